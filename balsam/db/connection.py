@@ -1,0 +1,298 @@
+"""The site store's connection: WAL, one writer at a time behind a file lock, and the home-host rule.
+
+Rules (DESIGN.md section 3):
+- Only processes on the site's home host open the DB. The host is recorded in ``.balsam/host`` (read before
+  SQLite touches the file, so a foreign host never maps the WAL index) and in the ``meta`` table.
+- Writers take a blocking ``flock`` on ``.balsam/db.lock`` and then ``BEGIN IMMEDIATE``: transactions
+  that read and then write never fail with "database is locked", and waiting writers queue in the kernel
+  instead of polling. Readers take no lock and never block writers.
+- Each thread gets its own connection (and lock descriptor); a forked child opens fresh ones.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
+from balsam.exceptions import ForeignHostError, SchemaError, StoreError
+
+BUSY_TIMEOUT_MS = 60_000
+CHUNK = 5000
+"""Largest number of bound values we pass in one statement (SQLite 3.32+ allows 32766)."""
+
+
+def chunks(seq: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    """Consecutive slices of ``seq`` of at most ``size`` items."""
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def placeholders(n: int) -> str:
+    """``?,?,...`` with ``n`` marks."""
+    return ",".join("?" * n)
+
+
+def apply_migrations(conn: sqlite3.Connection) -> List[str]:
+    """Apply every migration newer than the DB's ``user_version`` in one transaction; returns their names.
+
+    The caller holds the writer lock (or owns a DB nobody else can see yet).
+    """
+    applied: List[str] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, name, apply in MIGRATIONS:
+            if number > version:
+                apply(conn)
+                conn.execute("INSERT INTO migration(version, name, applied) VALUES (?,?,?)", (number, name, time.time()))
+                conn.execute(f"PRAGMA user_version={number}")
+                applied.append(name)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return applied
+
+
+class _Local(threading.local):
+    conn: Optional[sqlite3.Connection] = None
+    lock_fd: Optional[int] = None
+    pid: int = 0
+    depth: int = 0
+
+
+class Store:
+    """One site's SQLite DB. Construction does no I/O; the first use opens and checks it."""
+
+    def __init__(self, db_path: Path, lock_path: Path, host_path: Path, host: str) -> None:
+        self.db_path = Path(db_path)
+        self.lock_path = Path(lock_path)
+        self.host_path = Path(host_path)
+        self.host = host
+        self._local = _Local()
+        self._checked_pid = 0
+        self._check_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ opening
+    def _check_host(self) -> None:
+        try:
+            owner = self.host_path.read_text().strip()
+        except FileNotFoundError:
+            if not self.db_path.exists():
+                raise StoreError(f"{self.db_path}: no site DB here") from None
+            owner = ""
+        except OSError as exc:
+            raise StoreError(f"{self.host_path}: cannot read the site's home host: {exc.strerror}") from None
+        if owner and owner != self.host:
+            site = self.db_path.parent.parent
+            raise ForeignHostError(
+                f"site {site} belongs to host {owner!r} and this is {self.host!r}: SQLite must not be shared "
+                f"across hosts. Run this on {owner}, or, if the site moved here for good, run "
+                f"'balsam site rename-host' (from {site}) to make this host its home."
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-32768")
+            conn.execute("PRAGMA temp_store=MEMORY")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.db_path}: cannot open the site DB: {exc}") from None
+        return conn
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.db_path}: not a Balsam site DB, or corrupt ({exc}); try 'balsam db check'") from None
+        if version > CURRENT_VERSION:
+            raise SchemaError(
+                f"{self.db_path}: schema version {version} is newer than this Balsam understands ({CURRENT_VERSION}); "
+                "upgrade Balsam to use this site"
+            )
+        if version == 0:
+            raise StoreError(f"{self.db_path}: not a Balsam site DB (no schema); was it created by 'balsam site init'?")
+        if mode.lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        if version < CURRENT_VERSION:
+            self.migrate()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the site checked) on first use."""
+        local = self._local
+        pid = os.getpid()
+        if local.conn is not None and local.pid == pid:
+            return local.conn
+        # A new thread, or a forked child that must not reuse its parent's connection or lock descriptor.
+        local.conn, local.lock_fd, local.depth = None, None, 0
+        self._check_host()
+        conn = self._connect()
+        local.conn, local.pid = conn, pid
+        try:
+            with self._check_lock:
+                if self._checked_pid != pid:
+                    self._check_schema(conn)
+                    self._checked_pid = pid
+        except BaseException:
+            conn.close()
+            local.conn = None
+            raise
+        return conn
+
+    # ------------------------------------------------------------------ transactions
+    def _lock_fd(self) -> int:
+        local = self._local
+        if local.lock_fd is None:
+            local.lock_fd = os.open(str(self.lock_path), os.O_RDWR | os.O_CREAT, 0o600)
+        return local.lock_fd
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the writer lock, ``BEGIN IMMEDIATE``, commit on success, rollback on error.
+
+        Nested calls become savepoints of the enclosing transaction.
+        """
+        conn = self.conn
+        local = self._local
+        if local.depth > 0:
+            name = f"sp{local.depth}"
+            conn.execute(f"SAVEPOINT {name}")
+            local.depth += 1
+            try:
+                yield conn
+            except BaseException:
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+                raise
+            else:
+                conn.execute(f"RELEASE {name}")
+            finally:
+                local.depth -= 1
+            return
+        fd = self._lock_fd()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        local.depth = 1
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"{self.db_path}: cannot start a write: {exc}") from None
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise StoreError(f"{self.db_path}: commit failed: {exc}") from None
+        finally:
+            local.depth = 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent read snapshot (several statements see one state of the DB). Takes no lock."""
+        conn = self.conn
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
+        """Run one read statement and fetch all rows."""
+        return self.conn.execute(sql, params).fetchall()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap test for "anything new?"."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # ------------------------------------------------------------------ meta and lifecycle
+    def get_meta(self, key: str) -> Optional[str]:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> List[str]:
+        """Apply pending migrations under the writer lock; returns their names."""
+        fd = self._lock_fd()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return apply_migrations(self.conn)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close this thread's connection and lock descriptor."""
+        local = self._local
+        if local.conn is not None and local.pid == os.getpid():
+            local.conn.close()
+        if local.lock_fd is not None and local.pid == os.getpid():
+            os.close(local.lock_fd)
+        local.conn = None
+        local.lock_fd = None
+
+    @classmethod
+    def create(
+        cls,
+        db_path: Path,
+        lock_path: Path,
+        host_path: Path,
+        host: str,
+        *,
+        site_id: int,
+        name: str,
+        uuid: str,
+        path: str,
+        site_fields: Optional[Dict[str, Any]] = None,
+    ) -> "Store":
+        """Create a new site DB (schema, meta, the site row) owned by ``host``."""
+        if db_path.exists():
+            raise StoreError(f"{db_path}: a site DB already exists")
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        host_path.write_text(host + "\n")
+        conn = sqlite3.connect(str(db_path), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            apply_migrations(conn)
+        finally:
+            conn.close()
+        store = cls(db_path, lock_path, host_path, host)
+        now = time.time()
+        with store.write() as c:
+            c.execute("INSERT INTO meta(key, value) VALUES ('home_host', ?), ('site_id', ?), ('site_name', ?), ('uuid', ?), ('created', ?)",
+                      (host, str(site_id), name, uuid, repr(now)))
+            fields = {k: json.dumps(v) for k, v in (site_fields or {}).items()}
+            cols = ["id", "name", "path", "uuid", "creation_date", "last_refresh", *fields]
+            c.execute(
+                f"INSERT INTO site({','.join(cols)}) VALUES ({placeholders(len(cols))})",
+                (site_id, name, path, uuid, now, now, *fields.values()),
+            )
+        return store

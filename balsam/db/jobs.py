@@ -1,0 +1,581 @@
+"""Jobs in the site store: creation, state changes with their cascades, field updates, deletion.
+
+Every function here runs inside the caller's write transaction (``with store.write() as conn``), so a
+batch is all-or-nothing and cascades see a consistent DB. State changes go through
+:func:`apply_state_changes`, the only writer of ``job.state``:
+
+- each change is checked against the transition table (balsam.db.states) and writes one ``event`` row;
+- leaving RUNNING (or any change but to RUNNING) clears the job's session lock;
+- a RUNNING event records the node footprint (``num_nodes / node_packing_count``);
+- cascades run in the same transaction, for every path that moves a job: JOB_FINISHED releases children
+  whose parents are all finished; FAILED and USER_KILLED fail the children waiting on them (with the
+  reason); READY with no pending stage-in becomes STAGED_IN; POSTPROCESSED with no pending stage-out
+  becomes JOB_FINISHED.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import sqlite3
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+from balsam.db.codec import dumps, loads
+from balsam.db.connection import chunks
+from balsam.db.states import FAILED_STATES, LEGAL, JobState, check_transition
+from balsam.exceptions import IllegalTransition, JobLockedError, ValidationError
+
+S = JobState
+_RUNNING = S.RUNNING.value
+_FINISHED = S.JOB_FINISHED.value
+_FAILED_NAMES = frozenset(s.value for s in FAILED_STATES)
+
+JOB_COLUMNS = (
+    "id", "workdir", "app_id", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node",
+    "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params",
+    "wall_time_min", "parent_ids", "batch_job_id", "session_id", "state", "last_update", "created",
+    "pending_file_cleanup", "serialized_return_value", "serialized_exception", "version",
+)
+JSON_COLUMNS = frozenset({"tags", "data", "launch_params", "parent_ids"})
+UPDATABLE_FIELDS = frozenset({
+    "workdir", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node", "threads_per_rank",
+    "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min",
+    "batch_job_id", "pending_file_cleanup", "serialized_return_value", "serialized_exception",
+})
+RESOURCE_MINIMUMS = {"num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "threads_per_core": 1, "node_packing_count": 1}
+
+
+class StateChange:
+    """One requested job state change, with its event data and any fields written along with it."""
+
+    __slots__ = ("job_id", "state", "timestamp", "data", "fields", "session_id")
+
+    def __init__(
+        self,
+        job_id: int,
+        state: str,
+        timestamp: Optional[float] = None,
+        data: Optional[Dict[str, Any]] = None,
+        fields: Optional[Dict[str, Any]] = None,
+        session_id: Optional[int] = None,
+    ) -> None:
+        self.job_id = job_id
+        self.state = state.value if isinstance(state, JobState) else state
+        self.timestamp = timestamp
+        self.data = data
+        self.fields = fields
+        self.session_id = session_id
+        """For a change to RUNNING: the lease that must hold the job (refused otherwise)."""
+
+    def __repr__(self) -> str:
+        return f"StateChange(job_id={self.job_id}, state={self.state!r})"
+
+
+class ChangeResult:
+    """What a batch of state changes did: applied changes (cascades included) and refused ones."""
+
+    __slots__ = ("applied", "rejected")
+
+    def __init__(self) -> None:
+        self.applied: List[Tuple[int, str, str]] = []
+        self.rejected: List[Tuple[StateChange, str]] = []
+
+
+def _ids_param(ids: Iterable[int]) -> str:
+    return dumps(list(ids))
+
+
+def normalize_workdir(workdir: Any) -> str:
+    """A job workdir as a clean relative POSIX path under the site's data/ folder."""
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise ValidationError(f"workdir must be a path, got {workdir!r}")
+    text = os.fspath(workdir).strip()
+    if not text:
+        raise ValidationError("workdir must not be empty")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        raise ValidationError(f"workdir {text!r} is absolute: give a path relative to the site's data/ folder")
+    norm = posixpath.normpath(text.replace("\\", "/"))
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        raise ValidationError(f"workdir {text!r} leaves the site's data/ folder")
+    return norm
+
+
+def _check_resources(fields: Mapping[str, Any], where: str) -> None:
+    for name, minimum in RESOURCE_MINIMUMS.items():
+        value = fields.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+            raise ValidationError(f"{where}{name} must be an integer >= {minimum}, got {value!r}")
+    gpus = fields.get("gpus_per_rank")
+    if gpus is not None and (not isinstance(gpus, (int, float)) or isinstance(gpus, bool) or gpus < 0):
+        raise ValidationError(f"{where}gpus_per_rank must be a number >= 0, got {gpus!r}")
+    wall = fields.get("wall_time_min")
+    if wall is not None and (not isinstance(wall, int) or isinstance(wall, bool) or wall < 0):
+        raise ValidationError(f"{where}wall_time_min must be an integer >= 0, got {wall!r}")
+
+
+def check_tags(tags: Any, where: str = "") -> Dict[str, str]:
+    """Tags are a str -> str dict (numbers are accepted and stored as strings)."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise ValidationError(f"{where}tags must be a dict of strings, got {tags!r}")
+    out = {}
+    for k, v in tags.items():
+        if not isinstance(k, str) or not k or not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise ValidationError(f"{where}tags must map non-empty strings to strings, got {k!r}: {v!r}")
+        out[k] = v if isinstance(v, str) else str(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- creation
+def insert_jobs(conn: sqlite3.Connection, jobs: Sequence[Dict[str, Any]], now: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Insert validated new jobs; returns, per job, ``{id, state, created, last_update}``.
+
+    Each input dict holds the job's columns in Python form (``tags``, ``data``, ``launch_params`` dicts,
+    ``parent_ids`` list, ``parameters`` already encoded) plus an optional ``transfers`` dict. Apps, parents,
+    transfer slots and workdir uniqueness are checked; nothing is written if any job is refused.
+    """
+    if not jobs:
+        return []
+    from balsam.db import transfers as transfer_db
+
+    now = time.time() if now is None else now
+    app_ids = {j["app_id"] for j in jobs}
+    apps = {
+        row[0]: (row[1], loads(row[2]), loads(row[3]))
+        for row in conn.execute(
+            "SELECT id, name, parameters, transfers FROM app WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(app_ids),)
+        )
+    }
+    missing_apps = app_ids - apps.keys()
+    if missing_apps:
+        raise ValidationError(f"no app with id {sorted(missing_apps)[0]} at this site")
+    parent_set: Set[int] = set()
+    for j in jobs:
+        if j.get("parent_ids"):
+            parent_set.update(j["parent_ids"])
+    parent_states: Dict[int, str] = {}
+    if parent_set:
+        for chunk in chunks(sorted(parent_set)):
+            parent_states.update(conn.execute("SELECT id, state FROM job WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(chunk),)))
+        missing = parent_set - parent_states.keys()
+        if missing:
+            raise ValidationError(f"parent job {sorted(missing)[0]} does not exist at this site")
+
+    locations: Dict[str, str] = {}
+    if any(j.get("transfers") for j in jobs) or any(a[2] for a in apps.values()):
+        site_row = conn.execute("SELECT transfer_locations FROM site LIMIT 1").fetchone()
+        locations = loads(site_row[0]) if site_row else {}
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='job'").fetchone()
+    next_id = (row[0] if row else 0) + 1
+    rows: List[Tuple[Any, ...]] = []
+    tag_rows: List[Tuple[str, str, int]] = []
+    parent_rows: List[Tuple[int, int]] = []
+    events: List[Tuple[int, float, str, str, Optional[str]]] = []
+    transfer_specs: List[Tuple[int, List[Dict[str, Any]]]] = []
+    out: List[Dict[str, Any]] = []
+    staged_in = S.STAGED_IN.value
+    for i, j in enumerate(jobs):
+        job_id = next_id + i
+        tags = j.get("tags") or {}
+        parents = j.get("parent_ids") or []
+        transfers = j.get("transfers")
+        event_data = None
+        state = staged_in
+        if parents:
+            bad = [p for p in parents if parent_states[p] in _FAILED_NAMES]
+            if bad:
+                state = S.FAILED.value
+                event_data = dumps({"message": f"parent job {bad[0]} is {parent_states[bad[0]]}"})
+            elif any(parent_states[p] != _FINISHED for p in parents):
+                state = S.AWAITING_PARENTS.value
+            for p in parents:
+                parent_rows.append((p, job_id))
+        if transfers or apps[j["app_id"]][2]:
+            items = transfer_db.job_transfer_items(apps[j["app_id"]], transfers or {}, locations, j["workdir"])
+            transfer_specs.append((job_id, items))
+            has_in = any(item["direction"] == "in" for item in items)
+            if has_in and state == staged_in:
+                state = S.READY.value
+        rows.append((
+            job_id, j["workdir"], j["app_id"], dumps(tags), j.get("parameters") or "{}", dumps(j.get("data") or {}),
+            j.get("num_nodes", 1), j.get("ranks_per_node", 1), j.get("threads_per_rank", 1), j.get("threads_per_core", 1),
+            j.get("gpus_per_rank", 0.0), j.get("node_packing_count", 1), dumps(j.get("launch_params") or {}),
+            j.get("wall_time_min", 0), dumps(parents), state, now, now, 1 if j.get("pending_file_cleanup", True) else 0,
+        ))
+        for k, v in tags.items():
+            tag_rows.append((k, v, job_id))
+        events.append((job_id, now, S.CREATED.value, state, event_data))
+        out.append({"id": job_id, "state": state, "created": now, "last_update": now})
+    try:
+        conn.executemany(
+            "INSERT INTO job(id, workdir, app_id, tags, parameters, data, num_nodes, ranks_per_node, threads_per_rank, "
+            "threads_per_core, gpus_per_rank, node_packing_count, launch_params, wall_time_min, parent_ids, state, "
+            "last_update, created, pending_file_cleanup) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+    except sqlite3.IntegrityError:
+        _raise_duplicate_workdir(conn, [r[1] for r in rows])
+        raise
+    if tag_rows:
+        tag_rows.sort()
+        conn.executemany("INSERT INTO job_tag(key, value, job_id) VALUES (?,?,?)", tag_rows)
+    if parent_rows:
+        conn.executemany("INSERT OR IGNORE INTO job_parent(parent_id, child_id) VALUES (?,?)", parent_rows)
+    conn.executemany("INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?,?,?,?,?)", events)
+    if transfer_specs:
+        transfer_db.insert_items(conn, transfer_specs, now)
+    return out
+
+
+def _raise_duplicate_workdir(conn: sqlite3.Connection, workdirs: List[str]) -> None:
+    seen: Set[str] = set()
+    for w in workdirs:
+        if w in seen:
+            raise ValidationError(f"workdir {w!r} is given to two new jobs; each job needs its own workdir")
+        seen.add(w)
+    for chunk in chunks(workdirs):
+        hit = conn.execute("SELECT id, workdir FROM job WHERE workdir IN (SELECT value FROM json_each(?)) LIMIT 1", (dumps(list(chunk)),)).fetchone()
+        if hit:
+            raise ValidationError(f"workdir {hit[1]!r} is already used by job {hit[0]}; each job needs its own workdir")
+
+
+# --------------------------------------------------------------------------------------------- state changes
+def _rounds(changes: Sequence[StateChange]) -> List[List[StateChange]]:
+    """Split changes so each round has at most one change per job, keeping each job's order."""
+    rounds: List[List[StateChange]] = []
+    depth: Dict[int, int] = {}
+    for ch in changes:
+        k = depth.get(ch.job_id, 0)
+        depth[ch.job_id] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(ch)
+    return rounds
+
+
+def apply_state_changes(
+    conn: sqlite3.Connection,
+    changes: Sequence[StateChange],
+    *,
+    strict: bool = True,
+    now: Optional[float] = None,
+) -> ChangeResult:
+    """Apply job state changes in bulk, with events and cascades.
+
+    ``strict``: raise IllegalTransition (nothing written by the caller's transaction) on the first illegal
+    change or missing job. Otherwise refused changes are returned in ``result.rejected`` and the rest apply:
+    the launcher's status updater uses this, since a user may kill a job while it runs.
+    """
+    result = ChangeResult()
+    now = time.time() if now is None else now
+    pending: Sequence[StateChange] = changes
+    while pending:
+        cascade: List[StateChange] = []
+        for round_ in _rounds(pending):
+            _apply_round(conn, round_, strict, now, result, cascade)
+        pending = cascade
+        strict = False  # cascades are computed from current states; a race only means "already moved"
+    return result
+
+
+def _apply_round(
+    conn: sqlite3.Connection,
+    round_: List[StateChange],
+    strict: bool,
+    now: float,
+    result: ChangeResult,
+    cascade: List[StateChange],
+) -> None:
+    current: Dict[int, Tuple[str, int, int, Optional[int]]] = {}
+    for chunk in chunks(round_, 20000):
+        for row in conn.execute(
+            "SELECT id, state, num_nodes, node_packing_count, session_id FROM job WHERE id IN (SELECT value FROM json_each(?))",
+            (_ids_param(ch.job_id for ch in chunk),),
+        ):
+            current[row[0]] = (row[1], row[2], row[3], row[4])
+    updates: List[Tuple[str, float, str, int]] = []
+    events: List[Tuple[int, float, str, str, Optional[str]]] = []
+    extra: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
+    to_finished: List[int] = []
+    to_failed: List[Tuple[int, str]] = []
+    to_ready: List[int] = []
+    to_postprocessed: List[int] = []
+    legal = LEGAL
+    for ch in round_:
+        cur = current.get(ch.job_id)
+        if cur is None:
+            if strict:
+                raise IllegalTransition(f"job {ch.job_id} does not exist", ch.job_id)
+            result.rejected.append((ch, "no such job"))
+            continue
+        src, num_nodes, npc, holder = cur
+        dst = ch.state
+        if dst not in legal.get(src, ()):
+            if strict:
+                check_transition(src, dst, ch.job_id)
+            result.rejected.append((ch, f"{src} -> {dst} is not allowed"))
+            continue
+        if ch.session_id is not None and holder != ch.session_id:
+            reason = f"job {ch.job_id} is not held by session {ch.session_id} (its lease expired or it was released)"
+            if strict:
+                raise IllegalTransition(reason, ch.job_id)
+            result.rejected.append((ch, reason))
+            continue
+        data = ch.data
+        if dst == _RUNNING:
+            data = dict(data) if data else {}
+            data.setdefault("num_nodes", num_nodes / npc)
+        ts = ch.timestamp if ch.timestamp is not None else now
+        updates.append((dst, now, dst, ch.job_id))
+        events.append((ch.job_id, ts, src, dst, dumps(data) if data else None))
+        if ch.fields:
+            keys = tuple(sorted(ch.fields))
+            extra.setdefault(keys, []).append(tuple(ch.fields[k] for k in keys) + (ch.job_id,))
+        current[ch.job_id] = (dst, num_nodes, npc, holder if dst == _RUNNING else None)
+        result.applied.append((ch.job_id, src, dst))
+        if dst == _FINISHED:
+            to_finished.append(ch.job_id)
+        elif dst in _FAILED_NAMES:
+            to_failed.append((ch.job_id, dst))
+        elif dst == "READY":
+            to_ready.append(ch.job_id)
+        elif dst == "POSTPROCESSED":
+            to_postprocessed.append(ch.job_id)
+    if not updates:
+        return
+    conn.executemany(
+        "UPDATE job SET state=?, last_update=?, session_id=CASE WHEN ?='RUNNING' THEN session_id END, "
+        "version=version+1 WHERE id=?",
+        updates,
+    )
+    conn.executemany("INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?,?,?,?,?)", events)
+    for keys, values in extra.items():
+        _check_field_names(keys)
+        sets = ", ".join(f"{k}=?" for k in keys)
+        encoded = [tuple(dumps(v) if k in JSON_COLUMNS else v for k, v in zip(keys, row[:-1])) + (row[-1],) for row in values]
+        conn.executemany(f"UPDATE job SET {sets} WHERE id=?", encoded)
+    if to_finished:
+        cascade.extend(_release_children(conn, to_finished))
+    if to_failed:
+        cascade.extend(_fail_children(conn, to_failed))
+    if to_ready:
+        cascade.extend(_skip_stage_in(conn, to_ready))
+    if to_postprocessed:
+        cascade.extend(_skip_stage_out(conn, to_postprocessed))
+
+
+def _has_any(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+
+
+def _children(conn: sqlite3.Connection, parent_ids: List[int]) -> List[Tuple[int, int]]:
+    """(parent_id, child_id) pairs for children now AWAITING_PARENTS."""
+    if not _has_any(conn, "job_parent"):
+        return []
+    out: List[Tuple[int, int]] = []
+    for chunk in chunks(parent_ids, 20000):
+        out.extend(conn.execute(
+            "SELECT jp.parent_id, jp.child_id FROM job_parent jp JOIN job c ON c.id = jp.child_id "
+            "WHERE jp.parent_id IN (SELECT value FROM json_each(?)) AND c.state = 'AWAITING_PARENTS'",
+            (_ids_param(chunk),),
+        ))
+    return out
+
+
+def _release_children(conn: sqlite3.Connection, finished: List[int]) -> List[StateChange]:
+    pairs = _children(conn, finished)
+    if not pairs:
+        return []
+    child_ids = sorted({c for _, c in pairs})
+    ready = [
+        row[0]
+        for row in conn.execute(
+            "SELECT c.id FROM job c WHERE c.id IN (SELECT value FROM json_each(?)) AND NOT EXISTS ("
+            " SELECT 1 FROM json_each(c.parent_ids) p JOIN job pj ON pj.id = p.value WHERE pj.state != 'JOB_FINISHED')",
+            (_ids_param(child_ids),),
+        )
+    ]
+    return [StateChange(c, "READY", data={"message": "all parents finished"}) for c in ready]
+
+
+def _fail_children(conn: sqlite3.Connection, failed: List[Tuple[int, str]]) -> List[StateChange]:
+    states = dict(failed)
+    out: Dict[int, StateChange] = {}
+    for parent, child in _children(conn, list(states)):
+        if child not in out:
+            out[child] = StateChange(child, "FAILED", data={"message": f"parent job {parent} is {states[parent]}", "parent_id": parent})
+    return list(out.values())
+
+
+def _pending_transfer_jobs(conn: sqlite3.Connection, job_ids: List[int], direction: str) -> Set[int]:
+    if not _has_any(conn, "transfer_item"):
+        return set()
+    pending: Set[int] = set()
+    for chunk in chunks(job_ids, 20000):
+        pending.update(row[0] for row in conn.execute(
+            "SELECT DISTINCT job_id FROM transfer_item WHERE job_id IN (SELECT value FROM json_each(?)) "
+            "AND direction=? AND state != 'done'",
+            (_ids_param(chunk), direction),
+        ))
+    return pending
+
+
+def _skip_stage_in(conn: sqlite3.Connection, ready: List[int]) -> List[StateChange]:
+    pending = _pending_transfer_jobs(conn, ready, "in")
+    return [StateChange(j, "STAGED_IN", data={"message": "no stage-in pending"}) for j in ready if j not in pending]
+
+
+def _skip_stage_out(conn: sqlite3.Connection, done: List[int]) -> List[StateChange]:
+    pending = _pending_transfer_jobs(conn, done, "out")
+    if pending:
+        conn.execute(
+            "UPDATE transfer_item SET state='pending', last_update=? WHERE direction='out' AND state='awaiting_job' "
+            "AND job_id IN (SELECT value FROM json_each(?))",
+            (time.time(), _ids_param(pending)),
+        )
+    return [StateChange(j, "JOB_FINISHED", data={"message": "no stage-out pending"}) for j in done if j not in pending]
+
+
+# --------------------------------------------------------------------------------------------- field updates
+def _check_field_names(keys: Iterable[str]) -> None:
+    for k in keys:
+        if k not in UPDATABLE_FIELDS:
+            raise ValidationError(f"job field {k!r} cannot be updated (updatable: {', '.join(sorted(UPDATABLE_FIELDS))})")
+
+
+def update_job_fields(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dict[str, Any]]], now: Optional[float] = None) -> None:
+    """Write non-state fields of jobs (tags keep their index in step). Values are in Python form."""
+    now = time.time() if now is None else now
+    groups: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
+    tag_changes: Dict[int, Dict[str, str]] = {}
+    for job_id, fields in updates:
+        if not fields:
+            continue
+        _check_field_names(fields)
+        _check_resources(fields, f"job {job_id}: ")
+        if "workdir" in fields:
+            fields = dict(fields, workdir=normalize_workdir(fields["workdir"]))
+        if "tags" in fields:
+            fields = dict(fields, tags=check_tags(fields["tags"], f"job {job_id}: "))
+            tag_changes[job_id] = fields["tags"]
+        keys = tuple(sorted(fields))
+        groups.setdefault(keys, []).append(
+            tuple(dumps(fields[k]) if k in JSON_COLUMNS else fields[k] for k in keys) + (now, job_id)
+        )
+    if tag_changes:
+        old = {}
+        for chunk in chunks(list(tag_changes), 20000):
+            old.update((row[0], loads(row[1])) for row in conn.execute(
+                "SELECT id, tags FROM job WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(chunk),)))
+        conn.executemany("DELETE FROM job_tag WHERE key=? AND value=? AND job_id=?",
+                         [(k, v, j) for j, tags in old.items() for k, v in tags.items()])
+        conn.executemany("INSERT OR IGNORE INTO job_tag(key, value, job_id) VALUES (?,?,?)",
+                         sorted((k, v, j) for j, tags in tag_changes.items() if j in old for k, v in tags.items()))
+    for keys, rows in groups.items():
+        sets = ", ".join(f"{k}=?" for k in keys)
+        try:
+            conn.executemany(f"UPDATE job SET {sets}, last_update=?, version=version+1 WHERE id=?", rows)
+        except sqlite3.IntegrityError:
+            if "workdir" in keys:
+                _raise_duplicate_workdir(conn, [r[keys.index("workdir")] for r in rows])
+            raise
+
+
+def add_parents(conn: sqlite3.Connection, child_id: int, parent_ids: Sequence[int]) -> str:
+    """Make ``child_id`` depend on more parents; returns the child's state afterwards.
+
+    Only a job that has not started may gain parents. If a new parent is unfinished, the child goes back
+    to AWAITING_PARENTS (an event records why); a failed parent fails it.
+    """
+    row = conn.execute("SELECT state, parent_ids FROM job WHERE id=?", (child_id,)).fetchone()
+    if row is None:
+        raise ValidationError(f"job {child_id} does not exist")
+    state, current = row[0], loads(row[1])
+    if state not in ("AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED"):
+        raise IllegalTransition(f"job {child_id} is {state}: only a job that has not started can gain parents", child_id)
+    new = [p for p in parent_ids if p not in current]
+    if child_id in new:
+        raise ValidationError(f"job {child_id} cannot depend on itself")
+    parents = dict(conn.execute("SELECT id, state FROM job WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(new),)).fetchall())
+    for p in new:
+        if p not in parents:
+            raise ValidationError(f"parent job {p} does not exist at this site")
+    if new and _creates_cycle(conn, child_id, new):
+        raise ValidationError(f"making job {child_id} depend on {new} would create a cycle")
+    conn.execute("UPDATE job SET parent_ids=?, last_update=?, version=version+1 WHERE id=?", (dumps(current + new), time.time(), child_id))
+    conn.executemany("INSERT OR IGNORE INTO job_parent(parent_id, child_id) VALUES (?,?)", [(p, child_id) for p in new])
+    failed = [p for p in new if parents[p] in _FAILED_NAMES]
+    unfinished = [p for p in new if parents[p] != _FINISHED]
+    now = time.time()
+    if failed:
+        apply_state_changes(conn, [StateChange(child_id, "FAILED", data={"message": f"parent job {failed[0]} is {parents[failed[0]]}"})], strict=False)
+        return "FAILED"
+    if unfinished and state != "AWAITING_PARENTS":
+        conn.execute("UPDATE job SET state='AWAITING_PARENTS', last_update=?, version=version+1 WHERE id=?", (now, child_id))
+        conn.execute(
+            "INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?,?,?,?,?)",
+            (child_id, now, state, "AWAITING_PARENTS", dumps({"message": f"now depends on unfinished job {unfinished[0]}"})),
+        )
+        return "AWAITING_PARENTS"
+    return str(state)
+
+
+def _creates_cycle(conn: sqlite3.Connection, child_id: int, new_parents: List[int]) -> bool:
+    """True if ``child_id`` is an ancestor of any new parent."""
+    row = conn.execute(
+        "WITH RECURSIVE anc(id) AS (SELECT value FROM json_each(?) UNION "
+        "SELECT p.value FROM anc JOIN job j ON j.id = anc.id, json_each(j.parent_ids) p) "
+        "SELECT 1 FROM anc WHERE id = ? LIMIT 1",
+        (_ids_param(new_parents), child_id),
+    ).fetchone()
+    return row is not None
+
+
+# --------------------------------------------------------------------------------------------- deletion
+def live_locked(conn: sqlite3.Connection, job_ids: Sequence[int]) -> List[int]:
+    """Jobs among ``job_ids`` held by a session."""
+    out: List[int] = []
+    for chunk in chunks(list(job_ids), 20000):
+        out.extend(row[0] for row in conn.execute(
+            "SELECT id FROM job WHERE id IN (SELECT value FROM json_each(?)) AND session_id IS NOT NULL", (_ids_param(chunk),)))
+    return out
+
+
+def delete_jobs(conn: sqlite3.Connection, job_ids: Sequence[int]) -> int:
+    """Delete jobs, their tags, parent links, transfers and events; returns how many were deleted.
+
+    Jobs held by a launcher session are refused (nothing is deleted): kill them first. Children waiting
+    on a deleted job fail, with the reason in their event.
+    """
+    ids = sorted(set(job_ids))
+    if not ids:
+        return 0
+    locked = live_locked(conn, ids)
+    if locked:
+        raise JobLockedError(
+            f"{len(locked)} of these jobs are held by a running launcher (e.g. job {locked[0]}); "
+            "kill them first ('balsam job kill') or wait for them to finish",
+            locked,
+        )
+    waiting = _children(conn, ids)
+    id_set = set(ids)
+    orphans: Dict[int, StateChange] = {}
+    for parent, child in waiting:
+        if child not in id_set and child not in orphans:
+            orphans[child] = StateChange(child, "FAILED", data={"message": f"parent job {parent} was deleted", "parent_id": parent})
+    deleted = 0
+    for chunk in chunks(ids, 20000):
+        param = (_ids_param(chunk),)
+        rows = conn.execute("SELECT id, tags, parent_ids FROM job WHERE id IN (SELECT value FROM json_each(?))", param).fetchall()
+        conn.executemany("DELETE FROM job_tag WHERE key=? AND value=? AND job_id=?",
+                         [(k, v, j) for j, t, _ in rows for k, v in loads(t).items()])
+        conn.executemany("DELETE FROM job_parent WHERE parent_id=? AND child_id=?", [(p, j) for j, _, ps in rows for p in loads(ps)])
+        conn.execute("DELETE FROM job_parent WHERE parent_id IN (SELECT value FROM json_each(?))", param)
+        conn.execute("DELETE FROM event WHERE job_id IN (SELECT value FROM json_each(?))", param)
+        conn.execute("DELETE FROM transfer_item WHERE job_id IN (SELECT value FROM json_each(?))", param)
+        deleted += conn.execute("DELETE FROM job WHERE id IN (SELECT value FROM json_each(?))", param).rowcount
+    if orphans:
+        apply_state_changes(conn, list(orphans.values()), strict=False)
+    return deleted

@@ -1,0 +1,341 @@
+"""Filters, ordering and paging over the site DB, with Balsam 0.7's keywords.
+
+Each table has a set of filter keywords (an unknown one is an error that lists the valid ones) and of
+orderable fields (``-field`` for descending; ``id`` breaks ties). Tag filters go through the ``job_tag``
+index; id lists of any length bind as one JSON parameter. Naive datetimes are taken as UTC, as Balsam's
+server did.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from balsam.db.codec import dumps
+from balsam.db.states import to_batch_state, to_states
+from balsam.exceptions import ValidationError
+
+Clause = Tuple[str, List[Any]]
+FilterFn = Callable[[Any], Clause]
+
+
+def to_timestamp(value: Any) -> float:
+    """A datetime (naive means UTC), or seconds since the epoch, as seconds since the epoch."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return to_timestamp(_dt.datetime.fromisoformat(value))
+        except ValueError:
+            pass
+    raise ValidationError(f"expected a datetime, got {value!r}")
+
+
+def _as_list(value: Any) -> List[Any]:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return [value]
+
+
+def _int_list(name: str, value: Any) -> List[int]:
+    out = []
+    for v in _as_list(value):
+        if hasattr(v, "id") and not isinstance(v, (int, str)):
+            v = v.id
+        try:
+            out.append(int(v))
+        except (TypeError, ValueError):
+            raise ValidationError(f"{name}: expected an integer id, got {v!r}") from None
+    return out
+
+
+def tag_pairs(value: Any) -> List[Tuple[str, Optional[str]]]:
+    """Tags filter input (a dict, ``"k:v"`` strings, or ``"k"`` for "has key") as (key, value) pairs."""
+    if isinstance(value, dict):
+        return [(str(k), None if v is None else str(v)) for k, v in value.items()]
+    pairs: List[Tuple[str, Optional[str]]] = []
+    for item in _as_list(value):
+        if not isinstance(item, str) or not item:
+            raise ValidationError(f"tags: expected 'key:value' strings or a dict, got {item!r}")
+        k, sep, v = item.partition(":")
+        pairs.append((k, v if sep else None))
+    return pairs
+
+
+def ids_in(col: str) -> FilterFn:
+    def f(value: Any) -> Clause:
+        ids = _int_list(col, value)
+        if len(ids) == 1:
+            return f"{col} = ?", ids
+        return f"{col} IN (SELECT value FROM json_each(?))", [dumps(ids)]
+    return f
+
+
+def equals(col: str, convert: Callable[[Any], Any] = lambda v: v) -> FilterFn:
+    def f(value: Any) -> Clause:
+        if value is None:
+            return f"{col} IS NULL", []
+        return f"{col} = ?", [convert(value)]
+    return f
+
+
+def text_in(col: str, convert: Callable[[Any], Any] = str) -> FilterFn:
+    def f(value: Any) -> Clause:
+        values = [convert(v) for v in _as_list(value)]
+        if len(values) == 1:
+            return f"{col} = ?", values
+        return f"{col} IN (SELECT value FROM json_each(?))", [dumps(values)]
+    return f
+
+
+def before(col: str) -> FilterFn:
+    return lambda value: (f"{col} < ?", [to_timestamp(value)])
+
+
+def after(col: str) -> FilterFn:
+    return lambda value: (f"{col} > ?", [to_timestamp(value)])
+
+
+def contains(col: str) -> FilterFn:
+    return lambda value: (f"instr({col}, ?) > 0", [str(value)])
+
+
+def job_states(col: str) -> FilterFn:
+    def f(value: Any) -> Clause:
+        names = sorted(s.value for s in to_states(value))
+        if len(names) == 1:
+            return f"{col} = ?", names
+        return f"{col} IN ({','.join('?' * len(names))})", names
+    return f
+
+
+def job_states_ne(col: str) -> FilterFn:
+    def f(value: Any) -> Clause:
+        names = sorted(s.value for s in to_states(value))
+        return f"{col} NOT IN ({','.join('?' * len(names))})", names
+    return f
+
+
+def job_tags(id_col: str) -> FilterFn:
+    """Tag containment through the (key, value, job_id) index."""
+    def f(value: Any) -> Clause:
+        clauses, params = [], []
+        for k, v in tag_pairs(value):
+            if v is None:
+                clauses.append(f"{id_col} IN (SELECT job_id FROM job_tag WHERE key = ?)")
+                params.append(k)
+            else:
+                clauses.append(f"{id_col} IN (SELECT job_id FROM job_tag WHERE key = ? AND value = ?)")
+                params.extend((k, v))
+        return " AND ".join(clauses) or "1", params
+    return f
+
+
+def json_contains(col: str) -> FilterFn:
+    """``"k:v"`` containment in a JSON object column (event data, batch job filter_tags)."""
+    def f(value: Any) -> Clause:
+        clauses, params = [], []
+        for k, v in tag_pairs(value):
+            path = '$."' + k.replace('"', '""') + '"'
+            if v is None:
+                clauses.append(f"json_type({col}, ?) IS NOT NULL")
+                params.append(path)
+            else:
+                clauses.append(f"CAST(json_extract({col}, ?) AS TEXT) = ?")
+                params.extend((path, v))
+        return " AND ".join(clauses) or "1", params
+    return f
+
+
+def boolean(col: str, only_true: bool = False) -> FilterFn:
+    def f(value: Any) -> Clause:
+        if only_true and not value:
+            return "1", []
+        return f"{col} = ?", [1 if value else 0]
+    return f
+
+
+def subquery(col: str, sql: str, convert: Callable[[Any], List[Any]]) -> FilterFn:
+    return lambda value: (f"{col} IN ({sql})", convert(value))
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What can be filtered and ordered in one table."""
+
+    table: str
+    filters: Dict[str, FilterFn]
+    order_fields: Dict[str, str]
+    default_order: Tuple[str, ...] = ("id",)
+    scope_keys: Tuple[str, ...] = field(default=("site_id", "site_name", "site_path"))
+
+
+JOB = TableSpec(
+    table="job",
+    filters={
+        "id": ids_in("id"),
+        "parent_id": lambda v: ("id IN (SELECT child_id FROM job_parent WHERE parent_id IN (SELECT value FROM json_each(?)))",
+                                [dumps(_int_list("parent_id", v))]),
+        "app_id": ids_in("app_id"),
+        "app_name": subquery("app_id", "SELECT id FROM app WHERE name IN (SELECT value FROM json_each(?))", lambda v: [dumps([str(x) for x in _as_list(v)])]),
+        "batch_job_id": ids_in("batch_job_id"),
+        "session_id": equals("session_id"),
+        "last_update_before": before("last_update"),
+        "last_update_after": after("last_update"),
+        "created_before": before("created"),
+        "created_after": after("created"),
+        "workdir": text_in("workdir"),
+        "workdir__contains": contains("workdir"),
+        "state": job_states("state"),
+        "state__ne": job_states_ne("state"),
+        "tags": job_tags("id"),
+        "pending_file_cleanup": boolean("pending_file_cleanup", only_true=True),
+        "return_code": equals("return_code", int),
+    },
+    order_fields={"id": "id", "last_update": "last_update", "state": "state", "workdir": "workdir", "created": "created",
+                  "wall_time_min": "wall_time_min", "num_nodes": "num_nodes"},
+)
+
+EVENT = TableSpec(
+    table="event",
+    filters={
+        "id": ids_in("id"),
+        "job_id": ids_in("job_id"),
+        "batch_job_id": subquery("job_id", "SELECT id FROM job WHERE batch_job_id = ?", lambda v: [int(v)]),
+        "scheduler_id": subquery(
+            "job_id", "SELECT j.id FROM job j JOIN batch_job b ON b.id = j.batch_job_id WHERE b.scheduler_id = ?", lambda v: [int(v)]
+        ),
+        "tags": job_tags("job_id"),
+        "data": json_contains("data"),
+        "timestamp_before": before("timestamp"),
+        "timestamp_after": after("timestamp"),
+        "from_state": job_states("from_state"),
+        "to_state": job_states("to_state"),
+    },
+    order_fields={"id": "id", "timestamp": "timestamp"},
+    default_order=("-timestamp",),
+)
+
+BATCH_JOB = TableSpec(
+    table="batch_job",
+    filters={
+        "id": ids_in("id"),
+        "state": text_in("state", lambda v: to_batch_state(v).value),
+        "scheduler_id": ids_in("scheduler_id"),
+        "queue": text_in("queue"),
+        "project": text_in("project"),
+        "job_mode": text_in("job_mode"),
+        "start_time_before": before("start_time"),
+        "start_time_after": after("start_time"),
+        "end_time_before": before("end_time"),
+        "end_time_after": after("end_time"),
+        "filter_tags": json_contains("filter_tags"),
+    },
+    order_fields={"id": "id", "start_time": "start_time", "end_time": "end_time", "created": "created", "state": "state"},
+)
+
+APP = TableSpec(
+    table="app",
+    filters={"id": ids_in("id"), "name": text_in("name")},
+    order_fields={"id": "id", "name": "name", "last_update": "last_update"},
+)
+
+SESSION = TableSpec(
+    table="session",
+    filters={"id": ids_in("id"), "batch_job_id": ids_in("batch_job_id")},
+    order_fields={"id": "id", "heartbeat": "heartbeat"},
+)
+
+TRANSFER_ITEM = TableSpec(
+    table="transfer_item",
+    filters={
+        "id": ids_in("id"),
+        "job_id": ids_in("job_id"),
+        "state": text_in("state"),
+        "direction": text_in("direction"),
+        "job_state": lambda v: ("job_id IN (SELECT id FROM job WHERE " + job_states("state")(v)[0] + ")", job_states("state")(v)[1]),
+        "tags": job_tags("job_id"),
+    },
+    order_fields={"id": "id", "last_update": "last_update"},
+)
+
+SPECS = {spec.table: spec for spec in (JOB, EVENT, BATCH_JOB, APP, SESSION, TRANSFER_ITEM)}
+
+
+def where(spec: TableSpec, filters: Dict[str, Any]) -> Clause:
+    """The WHERE clause (without the keyword) for ``filters``; scope keys are the caller's business."""
+    clauses: List[str] = []
+    params: List[Any] = []
+    for key, value in filters.items():
+        if key in spec.scope_keys:
+            continue
+        fn = spec.filters.get(key)
+        if fn is None:
+            valid = ", ".join(sorted(set(spec.filters) | set(spec.scope_keys)))
+            raise ValidationError(f"unknown filter {key!r} for {spec.table} (valid: {valid})")
+        if isinstance(value, (list, tuple, set, frozenset)) and not value and key != "tags":
+            return "0", []
+        sql, p = fn(value)
+        clauses.append(sql)
+        params.extend(p)
+    return (" AND ".join(f"({c})" for c in clauses) if clauses else "1"), params
+
+
+def order_clause(spec: TableSpec, order_by: Sequence[str]) -> str:
+    """ORDER BY terms for ``order_by`` (``-field`` is descending), with id as the tie-breaker."""
+    terms: List[str] = []
+    keys = list(order_by) or list(spec.default_order)
+    for key in keys:
+        desc = key.startswith("-")
+        name = key.lstrip("-+")
+        col = spec.order_fields.get(name)
+        if col is None:
+            raise ValidationError(f"cannot order {spec.table} by {name!r} (valid: {', '.join(sorted(spec.order_fields))})")
+        terms.append(f"{col} {'DESC' if desc else 'ASC'}")
+    if not any(k.lstrip("-+") == "id" for k in keys):
+        last_desc = keys[-1].startswith("-")
+        terms.append(f"id {'DESC' if last_desc else 'ASC'}")
+    return ", ".join(terms)
+
+
+def select(
+    conn: sqlite3.Connection,
+    spec: TableSpec,
+    filters: Dict[str, Any],
+    *,
+    columns: Iterable[str],
+    order_by: Sequence[str] = (),
+    limit: Optional[int] = None,
+    offset: int = 0,
+) -> List[Tuple[Any, ...]]:
+    """Rows of ``columns`` matching ``filters``, ordered and paged."""
+    sql, params = where(spec, filters)
+    text = f"SELECT {', '.join(columns)} FROM {spec.table} WHERE {sql} ORDER BY {order_clause(spec, order_by)}"
+    if limit is not None or offset:
+        text += " LIMIT ? OFFSET ?"
+        params = [*params, -1 if limit is None else limit, offset]
+    return conn.execute(text, params).fetchall()
+
+
+def count(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any]) -> int:
+    """How many rows match ``filters``."""
+    sql, params = where(spec, filters)
+    return int(conn.execute(f"SELECT count(*) FROM {spec.table} WHERE {sql}", params).fetchone()[0])
+
+
+def ids(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any], order_by: Sequence[str] = (),
+        limit: Optional[int] = None, offset: int = 0) -> List[int]:
+    """Ids of the matching rows."""
+    return [row[0] for row in select(conn, spec, filters, columns=("id",), order_by=order_by, limit=limit, offset=offset)]
+
+
+def count_by(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
+    """Counts of the matching rows grouped by one column (``state``, say)."""
+    sql, params = where(spec, filters)
+    return dict(conn.execute(f"SELECT {column}, count(*) FROM {spec.table} WHERE {sql} GROUP BY {column}", params).fetchall())

@@ -1,0 +1,130 @@
+"""The exception tree. Every error Balsam raises on purpose derives from :class:`BalsamError`.
+
+::
+
+    BalsamError
+    ├── ConfigError               settings.yml or an argument is malformed (names the key)
+    ├── SiteError                 the site cannot be found, registered or opened
+    │   ├── SiteNotFound
+    │   └── ForeignHostError      the site DB belongs to another host (DESIGN.md section 3)
+    ├── StoreError                the site DB itself: corrupt, locked, newer schema
+    │   └── SchemaError
+    ├── ValidationError           bad input: unknown filter keyword, parameter, absolute workdir, ...
+    │   └── IllegalTransition     a job state change the state machine refuses
+    ├── JobLockedError            an operation on jobs held by a live launcher session
+    ├── SessionExpired            a lease that is gone (expired or released) was used
+    ├── ObjectDoesNotExist        (each model's ``DoesNotExist`` derives from it)
+    ├── MultipleObjectsReturned   (each model's ``MultipleObjectsReturned`` derives from it)
+    ├── AppError                  an ApplicationDefinition cannot be defined, saved or loaded
+    ├── SchedulerError            a batch scheduler command failed (carries argv, stdout, stderr, rc)
+    ├── LauncherError
+    ├── TransferError
+    └── ServiceError              the site agent: not running, already running, unreachable
+
+The CLI turns any BalsamError into one line on stderr and a non-zero exit; ``BALSAM_DEBUG=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+
+class BalsamError(Exception):
+    """Root of every error Balsam raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(BalsamError):
+    """Settings or arguments are malformed."""
+
+    exit_code = 2
+
+
+class SiteError(BalsamError):
+    """A site cannot be found, registered or opened."""
+
+
+class SiteNotFound(SiteError):
+    """No site matches the given name, id or path."""
+
+
+class ForeignHostError(SiteError):
+    """The site DB belongs to another host: SQLite WAL must not be shared across hosts."""
+
+
+class StoreError(BalsamError):
+    """The site database is unusable: corrupt, unreadable, or locked past the timeout."""
+
+
+class SchemaError(StoreError):
+    """The site database has a schema this version of Balsam does not know."""
+
+
+class ValidationError(BalsamError, ValueError):
+    """Input that Balsam refuses: nothing was written."""
+
+    exit_code = 2
+
+
+class IllegalTransition(ValidationError):
+    """A job state change that the state machine does not allow."""
+
+    def __init__(self, message: str, job_id: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobLockedError(BalsamError):
+    """Jobs are held by a live launcher or processing session."""
+
+    def __init__(self, message: str, job_ids: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.job_ids = list(job_ids)
+
+
+class SessionExpired(BalsamError):
+    """A launcher or processing lease no longer exists: it expired or was released."""
+
+
+class ObjectDoesNotExist(BalsamError, LookupError):
+    """A ``get()`` matched nothing."""
+
+
+class MultipleObjectsReturned(BalsamError, LookupError):
+    """A ``get()`` matched more than one object."""
+
+
+class AppError(BalsamError):
+    """An ApplicationDefinition cannot be defined, synced or loaded."""
+
+
+class SchedulerError(BalsamError):
+    """A batch scheduler command failed; carries what it printed."""
+
+    def __init__(
+        self,
+        message: str,
+        argv: Sequence[str] = (),
+        returncode: Optional[int] = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class LauncherError(BalsamError):
+    """The launcher cannot start or continue."""
+
+
+class TransferError(BalsamError):
+    """A data transfer failed."""
+
+
+class ServiceError(BalsamError):
+    """The site agent is not running, already running, or unreachable."""

@@ -1,0 +1,269 @@
+"""The typed settings of one site, read from its ``settings.yml`` and validated once.
+
+Every component gets its section from :class:`SiteSettings` (the composition root builds it); no component
+reads files or environment variables on its own. Unknown keys are rejected with their dotted name, values
+are checked against the field's type, and periods are named ``*_period_s``.
+
+Adapters are chosen by short names (``scheduler.type: slurm``, ``launcher.mpi_launcher: mpiexec``); the
+platforms package maps those names to classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+
+from balsam.exceptions import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class QueuePolicy:
+    """Limits of one scheduler queue that ``balsam queue submit`` and the agent enforce."""
+
+    max_nodes: int = 1
+    max_wall_time_min: int = 60
+    max_queued_jobs: int = 10
+
+
+@dataclass
+class SchedulerSettings:
+    """How the site agent talks to the local batch scheduler."""
+
+    type: str = "local"
+    sync_period_s: float = 10.0
+    command_timeout_s: float = 60.0
+    allowed_queues: Dict[str, QueuePolicy] = field(
+        default_factory=lambda: {"local": QueuePolicy(max_nodes=1, max_wall_time_min=1440, max_queued_jobs=10)}
+    )
+    allowed_projects: List[str] = field(default_factory=lambda: ["local"])
+    optional_batch_job_params: Dict[str, str] = field(default_factory=dict)
+    job_template: str = "job-template.sh"
+
+
+@dataclass
+class LauncherSettings:
+    """How the launcher sees its nodes and starts applications."""
+
+    mpi_launcher: str = "mpiexec"
+    node: str = "local"
+    cpus_per_node: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    gpu_env: str = "CUDA_VISIBLE_DEVICES"
+    mpirun_allows_node_packing: bool = True
+    max_concurrent_mpiruns: int = 990
+    idle_ttl_s: float = 10.0
+    poll_period_s: float = 0.05
+    error_tail_num_lines: int = 10
+    serial_prefetch_per_node: int = 64
+    status_flush_period_s: float = 0.25
+    python_exe: Optional[str] = None
+
+
+@dataclass
+class ProcessingSettings:
+    """The site agent's pre- and post-processing of jobs (app hooks)."""
+
+    num_workers: int = 2
+    period_s: float = 0.5
+    prefetch: int = 1000
+
+
+@dataclass
+class TransferSettings:
+    """Stage-in and stage-out of job data."""
+
+    transfer_locations: Dict[str, str] = field(default_factory=dict)
+    max_concurrent_transfers: int = 4
+    batch_size: int = 100
+    period_s: float = 2.0
+
+
+@dataclass
+class QueueMaintainerSettings:
+    """Keep a fixed number of fixed-size BatchJobs queued."""
+
+    project: str = "local"
+    queue: str = "local"
+    job_mode: str = "mpi"
+    num_queued_jobs: int = 1
+    num_nodes: int = 1
+    wall_time_min: int = 60
+    period_s: float = 60.0
+
+
+@dataclass
+class ElasticQueueSettings:
+    """Size BatchJobs to the runnable backlog (the autoscaler), one entry per queue."""
+
+    project: str = "local"
+    queue: str = "local"
+    job_mode: str = "mpi"
+    use_backfill: bool = True
+    min_wall_time_min: int = 10
+    max_wall_time_min: int = 60
+    wall_time_pad_min: int = 5
+    min_num_nodes: int = 1
+    max_num_nodes: int = 1
+    max_queue_wait_time_min: int = 60
+    max_queued_jobs: int = 5
+    period_s: float = 30.0
+
+
+@dataclass
+class FileCleanerSettings:
+    """Delete ``cleanup_files`` globs from finished jobs' workdirs."""
+
+    period_s: float = 60.0
+    batch_size: int = 200
+
+
+@dataclass
+class SessionSettings:
+    """Leases held by launchers and processing workers."""
+
+    heartbeat_period_s: float = 30.0
+    expiry_s: float = 300.0
+
+
+@dataclass
+class SyncSettings:
+    """The optional relay (none by default: the site works offline)."""
+
+    relay_url: Optional[str] = None
+    period_s: float = 10.0
+
+
+@dataclass
+class SiteSettings:
+    """Everything ``settings.yml`` may say. Each component receives its own section."""
+
+    title: str = "Local machine"
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)
+    processing: ProcessingSettings = field(default_factory=ProcessingSettings)
+    transfers: TransferSettings = field(default_factory=TransferSettings)
+    queue_maintainer: Optional[QueueMaintainerSettings] = None
+    elastic_queue: List[ElasticQueueSettings] = field(default_factory=list)
+    file_cleaner: FileCleanerSettings = field(default_factory=FileCleanerSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings as plain data (what ``settings.yml`` would hold)."""
+        return dataclasses.asdict(self)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Check and convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        non_none = [a for a in args if a is not type(None)]
+        if value is None:
+            if len(non_none) < len(args):
+                return None
+            raise ConfigError(f"{where}: a value is required")
+        return _convert(non_none[0], value, where)
+    if value is None:
+        raise ConfigError(f"{where}: a value is required")
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
+        return _build(tp, value, where)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
+    raise ConfigError(f"{where}: unsupported setting type {tp!r}")  # pragma: no cover - programming error
+
+
+def _build(cls: Type[T], data: Dict[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown setting {prefix}{unknown[0]!s} (known keys{' of ' + where if where else ''}: {', '.join(sorted(known))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where else name)
+    obj = cls(**kwargs)
+    _check_ranges(obj, where)
+    return obj
+
+
+def _check_ranges(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{where}.{f.name}" if where else f.name
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if f.name.endswith("period_s") and value <= 0:
+            raise ConfigError(f"{name}: must be positive, got {value}")
+        if value < 0:
+            raise ConfigError(f"{name}: must not be negative, got {value}")
+
+
+def settings_from_dict(data: Optional[Dict[str, Any]], source: str = "settings.yml") -> SiteSettings:
+    """Validate plain data into :class:`SiteSettings`; errors name ``source`` and the offending key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(data)}")
+    try:
+        return _build(SiteSettings, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_settings(path: Union[str, Path]) -> SiteSettings:
+    """Read and validate a ``settings.yml`` file."""
+    import yaml  # deferred: only commands that need settings pay for the import
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such settings file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    return settings_from_dict(data, str(path))

@@ -1,0 +1,326 @@
+"""Sites on disk: the directory layout, how a site is found, and the per-user registry.
+
+A site is a directory::
+
+    settings.yml        the typed settings (balsam.settings)
+    job-template.sh     the batch script template the scheduler service renders
+    data/               job workdirs (jobs name them relative to here)
+    log/                agent and launcher logs
+    qsubmit/            rendered batch scripts
+    .balsam/            state: site.db (SQLite, WAL), db.lock, host, agent pid and channel files
+
+A site is found from an explicit path (``--site``), then ``BALSAM_SITE_PATH``, then by walking up from the
+working directory. The registry (``~/.balsam/sites.json``, or ``$BALSAM_HOME/sites.json``) maps site names
+to paths and ids so ``site = "my-site"`` resolves from anywhere on the machine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import socket
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Union
+
+from balsam.exceptions import ConfigError, SiteError, SiteNotFound
+
+if TYPE_CHECKING:
+    from balsam.db import Store
+    from balsam.settings import SiteSettings
+
+STATE_DIR = ".balsam"
+SITE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def this_host() -> str:
+    """The name this host records as a site's home host."""
+    return os.environ.get("BALSAM_HOSTNAME") or socket.gethostname()
+
+
+def balsam_home() -> Path:
+    """The per-user folder holding the site registry (``$BALSAM_HOME`` or ``~/.balsam``)."""
+    env = os.environ.get("BALSAM_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".balsam"
+
+
+@dataclass(frozen=True)
+class SiteLayout:
+    """Paths of one site directory. Building one touches nothing on disk."""
+
+    root: Path
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "settings.yml"
+
+    @property
+    def job_template_path(self) -> Path:
+        return self.root / "job-template.sh"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def qsubmit(self) -> Path:
+        return self.root / "qsubmit"
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def db_path(self) -> Path:
+        return self.state / "site.db"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state / "db.lock"
+
+    @property
+    def host_path(self) -> Path:
+        return self.state / "host"
+
+    def is_site(self) -> bool:
+        """True when the directory holds a site DB."""
+        return self.db_path.is_file()
+
+
+def find_site_root(explicit: Optional[Union[str, Path]] = None, cwd: Optional[Path] = None) -> Optional[Path]:
+    """Find the site directory: ``explicit``, then ``$BALSAM_SITE_PATH``, then walk up from ``cwd``.
+
+    Returns None when no site is found by the environment or the working directory. An explicit path or
+    ``BALSAM_SITE_PATH`` that is not a site is an error, since the user asked for it by name.
+    """
+    for origin, value in (("--site", explicit), ("BALSAM_SITE_PATH", os.environ.get("BALSAM_SITE_PATH"))):
+        if value:
+            layout = SiteLayout(Path(value).expanduser().resolve())
+            if not layout.is_site():
+                raise SiteNotFound(f"{origin}={value}: not a Balsam site (no {STATE_DIR}/site.db there)")
+            return layout.root
+    here = (cwd or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if SiteLayout(candidate).is_site():
+            return candidate
+    return None
+
+
+@dataclass
+class RegistryEntry:
+    """One registered site."""
+
+    name: str
+    id: int
+    path: str
+    host: str
+    uuid: str
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"id": self.id, "path": self.path, "host": self.host, "uuid": self.uuid}
+
+
+class Registry:
+    """The per-user map of site names to directories, ids and home hosts (a JSON file under a lock)."""
+
+    def __init__(self, home: Optional[Path] = None) -> None:
+        self.home = home if home is not None else balsam_home()
+        self.path = self.home / "sites.json"
+
+    def _read(self) -> Dict[str, object]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {"next_id": 1, "sites": {}}
+        except (OSError, ValueError) as exc:
+            raise SiteError(f"{self.path}: unreadable site registry ({exc}); fix or remove it") from None
+        if not isinstance(data, dict) or not isinstance(data.get("sites"), dict):
+            raise SiteError(f"{self.path}: malformed site registry; fix or remove it")
+        return data
+
+    def entries(self) -> List[RegistryEntry]:
+        """Every registered site, by id."""
+        sites = self._read()["sites"]
+        assert isinstance(sites, dict)
+        out = [
+            RegistryEntry(name=name, id=int(v["id"]), path=str(v["path"]), host=str(v.get("host", "")), uuid=str(v.get("uuid", "")))
+            for name, v in sites.items()
+        ]
+        return sorted(out, key=lambda e: e.id)
+
+    @contextmanager
+    def _locked(self) -> Iterator[Dict[str, object]]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "sites.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._read()
+            yield data
+            tmp = self.path.with_name(f".sites.json.{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    def register(self, name: str, path: Path, host: str, site_uuid: str, site_id: Optional[int] = None) -> RegistryEntry:
+        """Add a site; its name must be free (a stale entry whose directory is gone is replaced)."""
+        with self._locked() as data:
+            sites = data["sites"]
+            assert isinstance(sites, dict)
+            old = sites.get(name)
+            if old is not None and old["path"] != str(path) and SiteLayout(Path(old["path"])).is_site():
+                raise SiteError(f"a site named {name!r} already exists at {old['path']}; choose another name (-n)")
+            if site_id is None:
+                site_id = int(data.get("next_id", 1))  # type: ignore[call-overload]
+                taken = {int(v["id"]) for v in sites.values()}
+                while site_id in taken:
+                    site_id += 1
+            data["next_id"] = max(int(data.get("next_id", 1)), site_id + 1)  # type: ignore[call-overload]
+            sites[name] = {"id": site_id, "path": str(path), "host": host, "uuid": site_uuid}
+            return RegistryEntry(name=name, id=site_id, path=str(path), host=host, uuid=site_uuid)
+
+    def unregister(self, name: str) -> None:
+        """Remove a site from the registry (its directory is untouched)."""
+        with self._locked() as data:
+            sites = data["sites"]
+            assert isinstance(sites, dict)
+            sites.pop(name, None)
+
+    def update(self, name: str, *, new_name: Optional[str] = None, path: Optional[Path] = None, host: Optional[str] = None) -> None:
+        """Rename, move or re-home a registered site."""
+        with self._locked() as data:
+            sites = data["sites"]
+            assert isinstance(sites, dict)
+            if name not in sites:
+                raise SiteNotFound(f"no registered site named {name!r}")
+            entry = dict(sites[name])
+            if path is not None:
+                entry["path"] = str(path)
+            if host is not None:
+                entry["host"] = host
+            if new_name is not None and new_name != name:
+                if new_name in sites:
+                    raise SiteError(f"a site named {new_name!r} already exists")
+                del sites[name]
+                name = new_name
+            sites[name] = entry
+
+    def lookup(self, key: Union[str, int]) -> RegistryEntry:
+        """Find a site by name, id, or path."""
+        entries = self.entries()
+        for e in entries:
+            if e.name == key or (isinstance(key, int) and e.id == key) or (isinstance(key, str) and key.isdigit() and e.id == int(key)):
+                return e
+        if isinstance(key, str):
+            resolved = str(Path(key).expanduser().resolve())
+            for e in entries:
+                if e.path == resolved:
+                    return e
+        known = ", ".join(e.name for e in entries) or "none registered"
+        raise SiteNotFound(f"no site {key!r} (known sites: {known})")
+
+    def by_path(self, root: Path) -> Optional[RegistryEntry]:
+        """The entry for a site directory, if registered."""
+        for e in self.entries():
+            if e.path == str(root):
+                return e
+        return None
+
+
+def validate_site_name(name: str) -> str:
+    """Check a site name: letters, digits, ``_ . -``; at most 100 characters."""
+    if not SITE_NAME_RE.match(name):
+        raise ConfigError(f"invalid site name {name!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)")
+    return name
+
+
+def new_site_uuid() -> str:
+    """A random identity for a site, stable across renames and moves (used by sync)."""
+    return uuid.uuid4().hex
+
+
+def site_row_fields(settings: "SiteSettings") -> Dict[str, object]:
+    """The parts of settings.yml mirrored into the site row (what the API checks new jobs and BatchJobs against)."""
+    import dataclasses
+
+    sched = settings.scheduler
+    return {
+        "allowed_projects": list(sched.allowed_projects),
+        "allowed_queues": {q: dataclasses.asdict(p) for q, p in sched.allowed_queues.items()},
+        "optional_batch_job_params": dict(sched.optional_batch_job_params),
+        "transfer_locations": dict(settings.transfers.transfer_locations),
+    }
+
+
+def refresh_site_row(store: "Store", settings: "SiteSettings") -> None:
+    """Copy the policy parts of settings.yml into the site row and stamp ``last_refresh``."""
+    import time as _time
+
+    from balsam.db.codec import dumps
+
+    fields = site_row_fields(settings)
+    with store.write() as conn:
+        conn.execute(
+            f"UPDATE site SET {', '.join(f'{k}=?' for k in fields)}, last_refresh=?, version=version+1",
+            (*[dumps(v) for v in fields.values()], _time.time()),
+        )
+
+
+def init_site(
+    path: Union[str, Path],
+    name: Optional[str] = None,
+    preset: str = "local",
+    *,
+    host: Optional[str] = None,
+    registry: Optional[Registry] = None,
+) -> RegistryEntry:
+    """Create a site directory from a preset, create its DB, and register it. Returns its registry entry.
+
+    Nothing is left behind if any step fails.
+    """
+    import shutil
+
+    import yaml
+
+    from balsam.db import Store
+    from balsam.platforms.presets import read_preset_file
+    from balsam.settings import settings_from_dict
+
+    root = Path(path).expanduser().resolve()
+    layout = SiteLayout(root)
+    if layout.is_site():
+        raise SiteError(f"{root} is already a Balsam site")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise SiteError(f"{root} exists and is not an empty directory; choose a new path")
+    name = validate_site_name(name or root.name)
+    host = host or this_host()
+    registry = registry or Registry()
+    settings_text = read_preset_file(preset, "settings.yml")
+    template_text = read_preset_file(preset, "job-template.sh")
+    settings = settings_from_dict(yaml.safe_load(settings_text), f"preset {preset}/settings.yml")
+    site_uuid = new_site_uuid()
+    entry = registry.register(name, root, host, site_uuid)
+    created_root = not root.exists()
+    try:
+        for d in (layout.data, layout.log, layout.qsubmit, layout.state):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(layout.state, 0o700)
+        layout.settings_path.write_text(settings_text)
+        layout.job_template_path.write_text(template_text)
+        (layout.state / "preset").write_text(preset + "\n")
+        Store.create(layout.db_path, layout.lock_path, layout.host_path, host, site_id=entry.id, name=name,
+                     uuid=site_uuid, path=str(root), site_fields=site_row_fields(settings))
+    except BaseException:
+        registry.unregister(name)
+        if created_root:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for child in root.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        raise
+    return entry
