@@ -14,11 +14,34 @@ from typing import Any, Dict, Optional
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
+_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 PICKLE_KEY = "__pickle__"
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON (the form every JSON column holds)."""
+    """Compact JSON (the form every JSON column holds).
+
+    Empty containers and flat dicts of strings and integers (tags, most parameters) are written directly:
+    building the C encoder per call costs more than the encoding, and bulk creation does this per job.
+    """
+    t = type(value)
+    if t is dict:
+        if not value:
+            return "{}"
+        parts = []
+        for k, v in value.items():
+            tv = type(v)
+            if type(k) is not str:
+                return _dumps(value)
+            if tv is str:
+                parts.append(_quote(k) + ":" + _quote(v))
+            elif tv is int:
+                parts.append(_quote(k) + ":" + int.__repr__(v))
+            else:
+                return _dumps(value)
+        return "{" + ",".join(parts) + "}"
+    if t is list and not value:
+        return "[]"
     return _dumps(value)
 
 
@@ -41,7 +64,7 @@ def _is_plain(value: Any) -> bool:
 def encode_parameters(params: Dict[str, Any]) -> str:
     """Parameters to their stored JSON, pickling only the values JSON would not give back unchanged."""
     if all(_is_plain(v) for v in params.values()):
-        return _dumps(params)
+        return dumps(params)
     out: Dict[str, Any] = {}
     for key, value in params.items():
         if _is_plain(value):
@@ -55,7 +78,7 @@ def decode_parameters(text: Optional[str]) -> Dict[str, Any]:
     """Stored parameters back to Python values."""
     if not text:
         return {}
-    params = _loads(text)
+    params: Dict[str, Any] = _loads(text)
     for key, value in params.items():
         if type(value) is dict and len(value) == 1 and PICKLE_KEY in value:
             params[key] = pickle.loads(base64.b64decode(value[PICKLE_KEY]))

@@ -107,7 +107,7 @@ class Store:
             conn.execute("PRAGMA cache_size=-32768")
             conn.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.db_path}: cannot open the site DB: {exc}") from None
+            raise StoreError(f"{self.db_path}: not a Balsam site DB, or corrupt ({exc}); try 'balsam db check'") from None
         return conn
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:

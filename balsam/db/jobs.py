@@ -129,19 +129,64 @@ def check_tags(tags: Any, where: str = "") -> Dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- creation
-def insert_jobs(conn: sqlite3.Connection, jobs: Sequence[Dict[str, Any]], now: Optional[float] = None) -> List[Dict[str, Any]]:
-    """Insert validated new jobs; returns, per job, ``{id, state, created, last_update}``.
+NEW_JOB_COLUMNS = (
+    "workdir", "app_id", "tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank",
+    "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min", "parent_ids",
+    "pending_file_cleanup",
+)
+"""The layout of a new-job tuple: exactly the values bound to the INSERT (JSON columns as text)."""
+_INSERT_JOB = (
+    f"INSERT INTO job({', '.join(NEW_JOB_COLUMNS)}, state, last_update, created) "
+    f"VALUES ({','.join('?' * len(NEW_JOB_COLUMNS))}, 'STAGED_IN', {{now}}, {{now}})"
+)
 
-    Each input dict holds the job's columns in Python form (``tags``, ``data``, ``launch_params`` dicts,
-    ``parent_ids`` list, ``parameters`` already encoded) plus an optional ``transfers`` dict. Apps, parents,
-    transfer slots and workdir uniqueness are checked; nothing is written if any job is refused.
+
+def new_job_row(
+    workdir: str,
+    app_id: int,
+    *,
+    tags: Optional[Dict[str, str]] = None,
+    parameters: str = "{}",
+    data: Optional[Dict[str, Any]] = None,
+    launch_params: Optional[Dict[str, str]] = None,
+    parent_ids: Sequence[int] = (),
+    pending_file_cleanup: bool = True,
+    **resources: Any,
+) -> Tuple[Any, ...]:
+    """A validated new-job tuple for :func:`insert_jobs` (the API builds these on its own fast path)."""
+    _check_resources(resources, f"job {workdir!r}: ")
+    unknown = set(resources) - set(RESOURCE_MINIMUMS) - {"gpus_per_rank", "wall_time_min"}
+    if unknown:
+        raise ValidationError(f"unknown job field {sorted(unknown)[0]!r}")
+    return (
+        normalize_workdir(workdir), int(app_id), dumps(check_tags(tags)), parameters, dumps(data or {}),
+        resources.get("num_nodes", 1), resources.get("ranks_per_node", 1), resources.get("threads_per_rank", 1),
+        resources.get("threads_per_core", 1), resources.get("gpus_per_rank", 0.0), resources.get("node_packing_count", 1),
+        dumps(launch_params or {}), resources.get("wall_time_min", 0), dumps([int(p) for p in parent_ids]),
+        1 if pending_file_cleanup else 0,
+    )
+
+
+def insert_jobs(
+    conn: sqlite3.Connection,
+    rows: Sequence[Tuple[Any, ...]],
+    transfers: Optional[Dict[int, Dict[str, Any]]] = None,
+    now: Optional[float] = None,
+) -> Tuple[int, Dict[int, str]]:
+    """Insert new jobs (tuples laid out as NEW_JOB_COLUMNS); returns (first id, {index: state} for the jobs
+    whose initial state is not STAGED_IN). Job ``i`` gets id ``first + i``.
+
+    ``transfers`` maps a row index to that job's transfers. Apps, parents, transfer slots and workdir
+    uniqueness are checked; nothing is written if any job is refused. Tags, parent links and creation
+    events are derived inside SQLite from the rows just inserted.
     """
-    if not jobs:
-        return []
+    if not rows:
+        return 0, {}
     from balsam.db import transfers as transfer_db
 
     now = time.time() if now is None else now
-    app_ids = {j["app_id"] for j in jobs}
+    transfers = transfers or {}
+    app_ids = {r[1] for r in rows}
     apps = {
         row[0]: (row[1], loads(row[2]), loads(row[3]))
         for row in conn.execute(
@@ -151,81 +196,81 @@ def insert_jobs(conn: sqlite3.Connection, jobs: Sequence[Dict[str, Any]], now: O
     missing_apps = app_ids - apps.keys()
     if missing_apps:
         raise ValidationError(f"no app with id {sorted(missing_apps)[0]} at this site")
-    parent_set: Set[int] = set()
-    for j in jobs:
-        if j.get("parent_ids"):
-            parent_set.update(j["parent_ids"])
-    parent_states: Dict[int, str] = {}
-    if parent_set:
-        for chunk in chunks(sorted(parent_set)):
-            parent_states.update(conn.execute("SELECT id, state FROM job WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(chunk),)))
-        missing = parent_set - parent_states.keys()
-        if missing:
-            raise ValidationError(f"parent job {sorted(missing)[0]} does not exist at this site")
-
-    locations: Dict[str, str] = {}
-    if any(j.get("transfers") for j in jobs) or any(a[2] for a in apps.values()):
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='job'").fetchone()
+    top = conn.execute("SELECT max(id) FROM job").fetchone()[0] or 0
+    first = max(seq[0] if seq else 0, top) + 1
+    last = first + len(rows) - 1
+    try:
+        conn.executemany(_INSERT_JOB.format(now=repr(float(now))), rows)
+    except sqlite3.IntegrityError:
+        _raise_duplicate_workdir(conn, [r[0] for r in rows])
+        raise
+    span = (first, last)
+    states: Dict[int, str] = {}
+    has_parents = conn.execute("SELECT 1 FROM job WHERE id BETWEEN ? AND ? AND parent_ids != '[]' LIMIT 1", span).fetchone()
+    if has_parents:
+        states.update(_link_parents(conn, first, last))
+    slotted = {a for a, info in apps.items() if info[2]}
+    if transfers or slotted:
         site_row = conn.execute("SELECT transfer_locations FROM site LIMIT 1").fetchone()
         locations = loads(site_row[0]) if site_row else {}
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='job'").fetchone()
-    next_id = (row[0] if row else 0) + 1
-    rows: List[Tuple[Any, ...]] = []
-    tag_rows: List[Tuple[str, str, int]] = []
-    parent_rows: List[Tuple[int, int]] = []
-    events: List[Tuple[int, float, str, str, Optional[str]]] = []
-    transfer_specs: List[Tuple[int, List[Dict[str, Any]]]] = []
-    out: List[Dict[str, Any]] = []
-    staged_in = S.STAGED_IN.value
-    for i, j in enumerate(jobs):
-        job_id = next_id + i
-        tags = j.get("tags") or {}
-        parents = j.get("parent_ids") or []
-        transfers = j.get("transfers")
-        event_data = None
-        state = staged_in
-        if parents:
-            bad = [p for p in parents if parent_states[p] in _FAILED_NAMES]
-            if bad:
-                state = S.FAILED.value
-                event_data = dumps({"message": f"parent job {bad[0]} is {parent_states[bad[0]]}"})
-            elif any(parent_states[p] != _FINISHED for p in parents):
-                state = S.AWAITING_PARENTS.value
-            for p in parents:
-                parent_rows.append((p, job_id))
-        if transfers or apps[j["app_id"]][2]:
-            items = transfer_db.job_transfer_items(apps[j["app_id"]], transfers or {}, locations, j["workdir"])
-            transfer_specs.append((job_id, items))
-            has_in = any(item["direction"] == "in" for item in items)
-            if has_in and state == staged_in:
-                state = S.READY.value
-        rows.append((
-            job_id, j["workdir"], j["app_id"], dumps(tags), j.get("parameters") or "{}", dumps(j.get("data") or {}),
-            j.get("num_nodes", 1), j.get("ranks_per_node", 1), j.get("threads_per_rank", 1), j.get("threads_per_core", 1),
-            j.get("gpus_per_rank", 0.0), j.get("node_packing_count", 1), dumps(j.get("launch_params") or {}),
-            j.get("wall_time_min", 0), dumps(parents), state, now, now, 1 if j.get("pending_file_cleanup", True) else 0,
-        ))
-        for k, v in tags.items():
-            tag_rows.append((k, v, job_id))
-        events.append((job_id, now, S.CREATED.value, state, event_data))
-        out.append({"id": job_id, "state": state, "created": now, "last_update": now})
-    try:
-        conn.executemany(
-            "INSERT INTO job(id, workdir, app_id, tags, parameters, data, num_nodes, ranks_per_node, threads_per_rank, "
-            "threads_per_core, gpus_per_rank, node_packing_count, launch_params, wall_time_min, parent_ids, state, "
-            "last_update, created, pending_file_cleanup) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
-        )
-    except sqlite3.IntegrityError:
-        _raise_duplicate_workdir(conn, [r[1] for r in rows])
-        raise
-    if tag_rows:
-        tag_rows.sort()
-        conn.executemany("INSERT INTO job_tag(key, value, job_id) VALUES (?,?,?)", tag_rows)
-    if parent_rows:
-        conn.executemany("INSERT OR IGNORE INTO job_parent(parent_id, child_id) VALUES (?,?)", parent_rows)
-    conn.executemany("INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?,?,?,?,?)", events)
-    if transfer_specs:
-        transfer_db.insert_items(conn, transfer_specs, now)
+        specs: List[Tuple[int, List[Dict[str, Any]]]] = []
+        for i, r in enumerate(rows):
+            if i in transfers or r[1] in slotted:
+                items = transfer_db.job_transfer_items(apps[r[1]], transfers.get(i) or {}, locations, r[0])
+                specs.append((first + i, items))
+                if i not in states and any(item["direction"] == "in" for item in items):
+                    states[i] = S.READY.value
+        transfer_db.insert_items(conn, specs, now)
+        ready = [first + i for i, st in states.items() if st == S.READY.value]
+        if ready:
+            conn.execute("UPDATE job SET state='READY' WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(ready),))
+    conn.execute(
+        "INSERT INTO job_tag(key, value, job_id) SELECT t.key, t.value, job.id FROM job, json_each(job.tags) t "
+        "WHERE job.id BETWEEN ? AND ? AND job.tags != '{}'",
+        span,
+    )
+    conn.execute(
+        "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT id, created, 'CREATED', state, "
+        "CASE WHEN state = 'FAILED' THEN (SELECT json_object('message', 'parent job ' || pj.id || ' is ' || pj.state) "
+        "FROM json_each(job.parent_ids) p JOIN job pj ON pj.id = p.value WHERE pj.state IN ('FAILED', 'USER_KILLED') LIMIT 1) END "
+        "FROM job WHERE id BETWEEN ? AND ?",
+        span,
+    )
+    return first, states
+
+
+def _link_parents(conn: sqlite3.Connection, first: int, last: int) -> Dict[int, str]:
+    """Record parent links of jobs first..last and set their initial states; returns {index: state}."""
+    span = (first, last)
+    missing = conn.execute(
+        "SELECT p.value FROM job c, json_each(c.parent_ids) p LEFT JOIN job pj ON pj.id = p.value "
+        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' AND (pj.id IS NULL OR pj.id >= ?) LIMIT 1",
+        (first, last, first),
+    ).fetchone()
+    if missing:
+        raise ValidationError(f"parent job {missing[0]} does not exist at this site")
+    conn.execute(
+        "INSERT OR IGNORE INTO job_parent(parent_id, child_id) SELECT p.value, c.id FROM job c, json_each(c.parent_ids) p "
+        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]'",
+        span,
+    )
+    out: Dict[int, str] = {}
+    rows = conn.execute(
+        "SELECT c.id, sum(pj.state IN ('FAILED', 'USER_KILLED')), sum(pj.state != 'JOB_FINISHED') "
+        "FROM job c, json_each(c.parent_ids) p JOIN job pj ON pj.id = p.value "
+        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' GROUP BY c.id",
+        span,
+    ).fetchall()
+    for child, failed, unfinished in rows:
+        if failed:
+            out[child - first] = S.FAILED.value
+        elif unfinished:
+            out[child - first] = S.AWAITING_PARENTS.value
+    for state in (S.FAILED.value, S.AWAITING_PARENTS.value):
+        ids = [first + i for i, st in out.items() if st == state]
+        if ids:
+            conn.execute("UPDATE job SET state=? WHERE id IN (SELECT value FROM json_each(?))", (state, _ids_param(ids)))
     return out
 
 
@@ -465,7 +510,7 @@ def update_job_fields(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dic
             tuple(dumps(fields[k]) if k in JSON_COLUMNS else fields[k] for k in keys) + (now, job_id)
         )
     if tag_changes:
-        old = {}
+        old: Dict[int, Dict[str, str]] = {}
         for chunk in chunks(list(tag_changes), 20000):
             old.update((row[0], loads(row[1])) for row in conn.execute(
                 "SELECT id, tags FROM job WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(chunk),)))

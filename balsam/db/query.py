@@ -26,7 +26,7 @@ def to_timestamp(value: Any) -> float:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
-        return value.timestamp()
+        return float(value.timestamp())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
@@ -122,25 +122,54 @@ def job_states_ne(col: str) -> FilterFn:
     return f
 
 
-def job_tags(id_col: str) -> FilterFn:
-    """Tag containment through the (key, value, job_id) index."""
+def job_tags(id_col: str, correlated: bool = False) -> FilterFn:
+    """Tag containment through the (key, value, job_id) index.
+
+    The ``IN`` form walks the tag's matches and probes each job; the ``correlated`` (EXISTS) form walks
+    the other filters' matches and probes the tag index for each. :func:`where` picks the smaller side.
+    """
     def f(value: Any) -> Clause:
-        clauses, params = [], []
+        clauses: List[str] = []
+        params: List[Any] = []
         for k, v in tag_pairs(value):
-            if v is None:
-                clauses.append(f"{id_col} IN (SELECT job_id FROM job_tag WHERE key = ?)")
-                params.append(k)
+            cond = "key = ?" if v is None else "key = ? AND value = ?"
+            if correlated:
+                clauses.append(f"EXISTS (SELECT 1 FROM job_tag WHERE {cond} AND job_id = {id_col})")
             else:
-                clauses.append(f"{id_col} IN (SELECT job_id FROM job_tag WHERE key = ? AND value = ?)")
-                params.extend((k, v))
+                clauses.append(f"{id_col} IN (SELECT job_id FROM job_tag WHERE {cond})")
+            params.extend((k,) if v is None else (k, v))
         return " AND ".join(clauses) or "1", params
     return f
+
+
+PROBE_LIMIT = 10_000
+
+
+def _tags_drive(conn: sqlite3.Connection, filters: Dict[str, Any]) -> bool:
+    """True if a job query with tags and a state filter should walk the tag matches (the smaller side).
+
+    Two bounded probes (at most PROBE_LIMIT index steps each) size the sides; SQLite's own statistics
+    cannot, since tags and states are skewed. Both large: walk the tags.
+    """
+    pairs = [(k, v) for k, v in tag_pairs(filters["tags"])]
+    if not pairs:
+        return True
+    tag_sizes = []
+    for k, v in pairs:
+        cond = "key = ?" if v is None else "key = ? AND value = ?"
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM job_tag WHERE {cond} LIMIT {PROBE_LIMIT})"
+        tag_sizes.append(conn.execute(sql, (k,) if v is None else (k, v)).fetchone()[0])
+    state_sql, state_params = (job_states("state")(filters["state"]) if "state" in filters
+                               else job_states_ne("state")(filters["state__ne"]))
+    state_size = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM job WHERE {state_sql} LIMIT {PROBE_LIMIT})", state_params).fetchone()[0]
+    return bool(min(tag_sizes) <= state_size)
 
 
 def json_contains(col: str) -> FilterFn:
     """``"k:v"`` containment in a JSON object column (event data, batch job filter_tags)."""
     def f(value: Any) -> Clause:
-        clauses, params = [], []
+        clauses: List[str] = []
+        params: List[Any] = []
         for k, v in tag_pairs(value):
             path = '$."' + k.replace('"', '""') + '"'
             if v is None:
@@ -174,10 +203,17 @@ class TableSpec:
     order_fields: Dict[str, str]
     default_order: Tuple[str, ...] = ("id",)
     scope_keys: Tuple[str, ...] = field(default=("site_id", "site_name", "site_path"))
+    label: str = ""
+    """The name users know the rows by (the API model), for error messages."""
+
+    @property
+    def noun(self) -> str:
+        return self.label or self.table
 
 
 JOB = TableSpec(
     table="job",
+    label="Job",
     filters={
         "id": ids_in("id"),
         "parent_id": lambda v: ("id IN (SELECT child_id FROM job_parent WHERE parent_id IN (SELECT value FROM json_each(?)))",
@@ -204,6 +240,7 @@ JOB = TableSpec(
 
 EVENT = TableSpec(
     table="event",
+    label="EventLog",
     filters={
         "id": ids_in("id"),
         "job_id": ids_in("job_id"),
@@ -224,6 +261,7 @@ EVENT = TableSpec(
 
 BATCH_JOB = TableSpec(
     table="batch_job",
+    label="BatchJob",
     filters={
         "id": ids_in("id"),
         "state": text_in("state", lambda v: to_batch_state(v).value),
@@ -242,18 +280,21 @@ BATCH_JOB = TableSpec(
 
 APP = TableSpec(
     table="app",
+    label="App",
     filters={"id": ids_in("id"), "name": text_in("name")},
     order_fields={"id": "id", "name": "name", "last_update": "last_update"},
 )
 
 SESSION = TableSpec(
     table="session",
+    label="Session",
     filters={"id": ids_in("id"), "batch_job_id": ids_in("batch_job_id")},
     order_fields={"id": "id", "heartbeat": "heartbeat"},
 )
 
 TRANSFER_ITEM = TableSpec(
     table="transfer_item",
+    label="TransferItem",
     filters={
         "id": ids_in("id"),
         "job_id": ids_in("job_id"),
@@ -268,17 +309,26 @@ TRANSFER_ITEM = TableSpec(
 SPECS = {spec.table: spec for spec in (JOB, EVENT, BATCH_JOB, APP, SESSION, TRANSFER_ITEM)}
 
 
-def where(spec: TableSpec, filters: Dict[str, Any]) -> Clause:
-    """The WHERE clause (without the keyword) for ``filters``; scope keys are the caller's business."""
+def where(spec: TableSpec, filters: Dict[str, Any], conn: Optional[sqlite3.Connection] = None) -> Clause:
+    """The WHERE clause (without the keyword) for ``filters``; scope keys are the caller's business.
+
+    With ``conn``, a job query combining tags and states is planned from whichever side is smaller.
+    """
     clauses: List[str] = []
     params: List[Any] = []
+    correlated_tags = (
+        conn is not None and spec.table == "job" and "tags" in filters and ("state" in filters or "state__ne" in filters)
+        and not _tags_drive(conn, filters)
+    )
     for key, value in filters.items():
         if key in spec.scope_keys:
             continue
         fn = spec.filters.get(key)
+        if correlated_tags and key == "tags":
+            fn = job_tags("id", correlated=True)
         if fn is None:
             valid = ", ".join(sorted(set(spec.filters) | set(spec.scope_keys)))
-            raise ValidationError(f"unknown filter {key!r} for {spec.table} (valid: {valid})")
+            raise ValidationError(f"unknown filter {key!r} for {spec.noun} (valid: {valid})")
         if isinstance(value, (list, tuple, set, frozenset)) and not value and key != "tags":
             return "0", []
         sql, p = fn(value)
@@ -296,7 +346,7 @@ def order_clause(spec: TableSpec, order_by: Sequence[str]) -> str:
         name = key.lstrip("-+")
         col = spec.order_fields.get(name)
         if col is None:
-            raise ValidationError(f"cannot order {spec.table} by {name!r} (valid: {', '.join(sorted(spec.order_fields))})")
+            raise ValidationError(f"cannot order {spec.noun} by {name!r} (valid: {', '.join(sorted(spec.order_fields))})")
         terms.append(f"{col} {'DESC' if desc else 'ASC'}")
     if not any(k.lstrip("-+") == "id" for k in keys):
         last_desc = keys[-1].startswith("-")
@@ -315,7 +365,7 @@ def select(
     offset: int = 0,
 ) -> List[Tuple[Any, ...]]:
     """Rows of ``columns`` matching ``filters``, ordered and paged."""
-    sql, params = where(spec, filters)
+    sql, params = where(spec, filters, conn)
     text = f"SELECT {', '.join(columns)} FROM {spec.table} WHERE {sql} ORDER BY {order_clause(spec, order_by)}"
     if limit is not None or offset:
         text += " LIMIT ? OFFSET ?"
@@ -325,7 +375,7 @@ def select(
 
 def count(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any]) -> int:
     """How many rows match ``filters``."""
-    sql, params = where(spec, filters)
+    sql, params = where(spec, filters, conn)
     return int(conn.execute(f"SELECT count(*) FROM {spec.table} WHERE {sql}", params).fetchone()[0])
 
 
@@ -337,5 +387,5 @@ def ids(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any], orde
 
 def count_by(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
     """Counts of the matching rows grouped by one column (``state``, say)."""
-    sql, params = where(spec, filters)
+    sql, params = where(spec, filters, conn)
     return dict(conn.execute(f"SELECT {column}, count(*) FROM {spec.table} WHERE {sql} GROUP BY {column}", params).fetchall())

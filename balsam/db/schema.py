@@ -9,7 +9,8 @@ Layout choices (measured on 100k-job bulk inserts, see bench/):
   tag filters use (one B-tree, sorted inserts).
 - ``job.parent_ids`` keeps the list for reads; ``job_parent`` (parent_id, child_id) finds children when a
   parent finishes or fails.
-- ``job(state, session_id)`` serves acquisition (runnable and unlocked, in id order) and counts by state.
+- ``job(state)`` (entries sorted by state, then id) serves acquisition in id order, counts by state, and
+  (state, id) probes when a tag filter drives a query.
 - Times are REAL seconds since the epoch, UTC. States are their names, so the DB reads well in ``sqlite3``.
 - ``version`` columns count updates (optimistic concurrency for sync); ``outbox`` is the sync change log.
 """
@@ -57,6 +58,7 @@ CREATE TABLE app (
     serialized_class TEXT NOT NULL,
     source_code TEXT NOT NULL DEFAULT '',
     parameters TEXT NOT NULL DEFAULT '{}',
+    var_keyword INTEGER NOT NULL DEFAULT 0,
     transfers TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
     last_update REAL NOT NULL,
@@ -91,7 +93,7 @@ CREATE TABLE job (
     version INTEGER NOT NULL DEFAULT 1
 );
 CREATE UNIQUE INDEX job_workdir ON job(workdir);
-CREATE INDEX job_state ON job(state, session_id);
+CREATE INDEX job_state ON job(state);
 CREATE INDEX job_app ON job(app_id);
 CREATE INDEX job_session ON job(session_id) WHERE session_id IS NOT NULL;
 CREATE INDEX job_batch_job ON job(batch_job_id) WHERE batch_job_id IS NOT NULL;

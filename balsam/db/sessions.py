@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from balsam.db.codec import dumps, loads
 from balsam.db.jobs import StateChange, apply_state_changes
-from balsam.db.states import JobState, RUNNABLE_STATES
+from balsam.db.states import RUNNABLE_STATES, JobState
 from balsam.exceptions import SessionExpired, ValidationError
 
 ACQUIRE_COLUMNS = (
@@ -26,6 +26,7 @@ ACQUIRE_COLUMNS = (
     "state", "batch_job_id",
 )
 _JSON = {"tags", "data", "launch_params", "parent_ids"}
+RUNNABLE_NAMES: Tuple[str, ...] = tuple(sorted(s.value for s in RUNNABLE_STATES))
 SORT_ORDERS = {
     None: "id",
     "id": "id",
@@ -126,7 +127,7 @@ def acquire(
     conn: sqlite3.Connection,
     session_id: int,
     *,
-    states: Iterable[str] = tuple(s.value for s in RUNNABLE_STATES),
+    states: Iterable[str] = RUNNABLE_NAMES,
     max_num_jobs: int = 1000,
     filter_tags: Optional[Dict[str, str]] = None,
     app_ids: Optional[Sequence[int]] = None,
@@ -205,12 +206,7 @@ def acquire(
     return out
 
 
-def runnable_states() -> Tuple[str, ...]:
-    """The states a launcher acquires, as names."""
-    return tuple(sorted(s.value for s in RUNNABLE_STATES))
-
-
 __all__ = [
-    "acquire", "create_session", "expire_sessions", "process_alive", "process_start_time", "release", "runnable_states",
-    "tick", "JobState",
+    "RUNNABLE_NAMES", "acquire", "create_session", "expire_sessions", "process_alive", "process_start_time", "release", "tick",
+    "JobState",
 ]

@@ -11,7 +11,7 @@ writes one EventLog row per change). The table is DESIGN.md section 4::
     RUN_DONE -> POSTPROCESSED (postprocess hook)          RUN_ERROR -> FAILED or RESTART_READY (handle_error)
     RUN_TIMEOUT -> RESTART_READY (handle_timeout)          POSTPROCESSED -> STAGED_OUT -> JOB_FINISHED
     any non-final state -> USER_KILLED (kill)
-    a user may reset FAILED/USER_KILLED/RUN_* to RESTART_READY or READY
+    a user may reset FAILED/USER_KILLED/RUN_* (and JOB_FINISHED, to run it again) to RESTART_READY or READY
 
 Hooks may also send a job to FAILED from any processing state, and a handle_error or handle_timeout hook may
 accept a run as done (POSTPROCESSED).
@@ -77,8 +77,8 @@ INITIAL_STATES: FrozenSet[JobState] = frozenset({S.AWAITING_PARENTS, S.READY, S.
 """States a job may be created in (FAILED when a parent has already failed)."""
 STORED_STATES: FrozenSet[JobState] = frozenset(set(JobState) - {S.CREATED})
 """States a job row may hold."""
-RESETTABLE_STATES: FrozenSet[JobState] = frozenset({S.FAILED, S.USER_KILLED, S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT})
-"""States from which a user may send a job back to READY or RESTART_READY."""
+RESETTABLE_STATES: FrozenSet[JobState] = frozenset({S.JOB_FINISHED, S.FAILED, S.USER_KILLED, S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT})
+"""States from which a user may send a job back to READY or RESTART_READY (to run it again)."""
 
 _NON_FINAL = [s for s in STORED_STATES if s not in DONE_STATES]
 
@@ -134,7 +134,7 @@ def is_legal(src: str, dst: str) -> bool:
 def check_transition(src: str, dst: str, job_id: int | None = None) -> None:
     """Raise IllegalTransition unless a job may move from ``src`` to ``dst``."""
     if dst not in LEGAL.get(src, ()):
-        allowed = ", ".join(sorted(LEGAL.get(src, ()))) or "nothing: it is final (reset it first)"
+        allowed = ", ".join(sorted(LEGAL.get(src, ()))) or "nothing"
         who = f"job {job_id}: " if job_id is not None else ""
         raise IllegalTransition(f"{who}cannot move from {src} to {dst} (allowed from {src}: {allowed})", job_id)
 

@@ -1,0 +1,1 @@
+"""The implementation of :mod:`balsam.api` (models, queries, apps, site scope)."""

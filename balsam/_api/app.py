@@ -1,0 +1,394 @@
+"""ApplicationDefinition: what users subclass to describe an app (a shell command template or a Python run()).
+
+Checked when the class is defined: exactly one of ``command_template`` and ``run``; the template's variables
+are its parameters (a ``parameters`` entry the template does not use is an error); ``run()``'s parameters
+come from its signature (no default = required; a default = optional; ``**kwargs`` accepts anything).
+A class with neither is an abstract base other apps may extend.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple, Union
+
+from balsam._api import sites as _sites
+from balsam._api.appsource import capture_source, load_source
+from balsam.db.codec import dumps
+from balsam.exceptions import AppError, ValidationError
+
+if TYPE_CHECKING:
+    from balsam._api.jobs import Job
+    from balsam._api.sites import SiteRef
+
+_IDENT = str.isidentifier
+_TRANSFER_KEYS = {"required", "direction", "local_path", "description", "recursive"}
+_BASE_NAME = "ApplicationDefinition"
+
+
+def _jinja_env() -> Any:
+    import jinja2
+
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+def _template_variables(template: str, app: str) -> List[str]:
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        ast = _jinja_env().parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise AppError(f"{app}: command_template line {exc.lineno}: {exc.message}") from None
+    return sorted(meta.find_undeclared_variables(ast))
+
+
+def _normalize_param(app: str, name: str, spec: Any) -> Dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise AppError(f"{app}: parameters[{name!r}] must be a dict like {{'required': False, 'default': 1, 'help': '...'}}")
+    unknown = set(spec) - {"required", "default", "help"}
+    if unknown:
+        raise AppError(f"{app}: parameters[{name!r}] has unknown key {sorted(unknown)[0]!r} (keys: required, default, help)")
+    required = bool(spec.get("required", "default" not in spec))
+    if required and "default" in spec:
+        raise AppError(f"{app}: parameter {name!r} is required, so it cannot have a default")
+    if not required and "default" not in spec:
+        raise AppError(f"{app}: optional parameter {name!r} needs a default")
+    out: Dict[str, Any] = {"required": required, "help": str(spec.get("help", ""))}
+    if not required:
+        out["default"] = spec["default"]
+    return out
+
+
+def _jsonable_default(value: Any) -> Any:
+    try:
+        dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _check_transfers(app: str, transfers: Any) -> Dict[str, Dict[str, Any]]:
+    if not isinstance(transfers, dict):
+        raise AppError(f"{app}: transfers must be a dict of slot name -> spec")
+    out = {}
+    for slot, spec in transfers.items():
+        if not isinstance(spec, dict) or set(spec) - _TRANSFER_KEYS:
+            raise AppError(f"{app}: transfers[{slot!r}] must be a dict with keys from {', '.join(sorted(_TRANSFER_KEYS))}")
+        direction = spec.get("direction")
+        if direction not in ("in", "out"):
+            raise AppError(f"{app}: transfers[{slot!r}] direction must be 'in' or 'out'")
+        local = str(spec.get("local_path", "."))
+        if local.startswith("/"):
+            raise AppError(f"{app}: transfers[{slot!r}] local_path must be relative to the job's workdir")
+        out[str(slot)] = {"required": bool(spec.get("required", False)), "direction": direction, "local_path": local,
+                          "description": str(spec.get("description", "")), "recursive": bool(spec.get("recursive", False))}
+    return out
+
+
+class _AppMeta(type):
+    def __new__(mcls, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any], **kwargs: Any) -> "_AppMeta":
+        cls = super().__new__(mcls, name, bases, namespace, **kwargs)
+        if name == _BASE_NAME and namespace.get("__module__") == __name__:
+            return cls
+        _define(cls)
+        return cls
+
+
+def _define(cls: Any) -> None:
+    name = cls.__name__
+    if not _IDENT(name):
+        raise AppError(f"app name {name!r} must be a Python identifier")
+    template = getattr(cls, "command_template", None)
+    run = getattr(cls, "run", None)
+    has_run = run is not None and callable(run)
+    if template is not None and has_run:
+        raise AppError(f"{name}: define command_template or run(), not both")
+    params_in = getattr(cls, "parameters", {}) or {}
+    if not isinstance(params_in, dict):
+        raise AppError(f"{name}: parameters must be a dict")
+    spec: Dict[str, Dict[str, Any]] = {}
+    var_keyword = False
+    kind: Optional[str] = None
+    if template is not None:
+        if not isinstance(template, str) or not template.strip():
+            raise AppError(f"{name}: command_template must be a non-empty string")
+        kind = "shell"
+        variables = _template_variables(template, name)
+        for v in variables:
+            if not _IDENT(v):
+                raise AppError(f"{name}: template variable {v!r} is not an identifier")
+        unused = sorted(set(params_in) - set(variables))
+        if unused:
+            raise AppError(f"{name}: parameter {unused[0]!r} is not used by the command_template")
+        for v in variables:
+            spec[v] = _normalize_param(name, v, params_in[v]) if v in params_in else {"required": True, "help": ""}
+    elif has_run:
+        kind = "python"
+        assert run is not None
+        sig = inspect.signature(run)
+        args = list(sig.parameters.values())[1:]  # skip self
+        for p in args:
+            if p.kind is p.VAR_POSITIONAL:
+                raise AppError(f"{name}.run: *{p.name} is not supported; name each parameter")
+            if p.kind is p.VAR_KEYWORD:
+                var_keyword = True
+                continue
+            if p.kind is p.POSITIONAL_ONLY:
+                raise AppError(f"{name}.run: positional-only parameter {p.name!r} is not supported")
+            help_text = ""
+            if p.annotation is not p.empty:
+                help_text = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+            if p.default is p.empty:
+                spec[p.name] = {"required": True, "help": help_text}
+            else:
+                spec[p.name] = {"required": False, "default": _jsonable_default(p.default), "help": help_text}
+        for k, v in params_in.items():
+            if k not in spec and not var_keyword:
+                raise AppError(f"{name}: parameter {k!r} is not an argument of run()")
+            merged = dict(spec.get(k, {}), **_normalize_param(name, k, v)) if k in spec else _normalize_param(name, k, v)
+            if "help" in v:
+                merged["help"] = str(v["help"])
+            spec[k] = merged
+    env = getattr(cls, "environment_variables", {}) or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+        raise AppError(f"{name}: environment_variables must be a dict of strings")
+    cleanup = getattr(cls, "cleanup_files", []) or []
+    if not isinstance(cleanup, (list, tuple)) or not all(isinstance(g, str) for g in cleanup):
+        raise AppError(f"{name}: cleanup_files must be a list of glob patterns")
+    for g in cleanup:
+        if g.startswith("/") or ".." in Path(g).parts:
+            raise AppError(f"{name}: cleanup_files pattern {g!r} must stay inside the job's workdir")
+    cls._balsam_kind = kind
+    cls._balsam_params = spec
+    cls._balsam_var_keyword = var_keyword
+    cls._balsam_transfers = _check_transfers(name, getattr(cls, "transfers", {}) or {})
+    cls._balsam_template = None
+    if "__app_id__" not in vars(cls):
+        cls.__app_id__ = None
+        cls.__app_site__ = None
+
+
+class ApplicationDefinition(metaclass=_AppMeta):
+    """Base class of Balsam apps. Subclass it with ``site`` and either ``command_template`` or ``run()``."""
+
+    site: ClassVar[Any] = None
+    command_template: ClassVar[Optional[str]] = None
+    parameters: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    environment_variables: ClassVar[Dict[str, str]] = {}
+    transfers: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    cleanup_files: ClassVar[List[str]] = []
+    python_exe: ClassVar[Optional[str]] = None
+
+    __app_id__: ClassVar[Optional[int]] = None
+    __app_site__: ClassVar[Optional[Path]] = None
+    _balsam_kind: ClassVar[Optional[str]]
+    _balsam_params: ClassVar[Dict[str, Dict[str, Any]]]
+    _balsam_var_keyword: ClassVar[bool]
+    _balsam_transfers: ClassVar[Dict[str, Dict[str, Any]]]
+    _balsam_template: ClassVar[Any]
+    _balsam_info: ClassVar[Any] = None
+
+    def __init__(self, job: "Job") -> None:
+        self.job = job
+
+    # ---------------------------------------------------------------- hooks (run by the site agent)
+    def preprocess(self) -> None:
+        """Runs in STAGED_IN; must set ``self.job.state`` (default: PREPROCESSED)."""
+        self.job.state = "PREPROCESSED"
+
+    def postprocess(self) -> None:
+        """Runs in RUN_DONE; must set ``self.job.state`` (default: POSTPROCESSED)."""
+        self.job.state = "POSTPROCESSED"
+
+    def handle_timeout(self) -> None:
+        """Runs in RUN_TIMEOUT; must set ``self.job.state`` (default: RESTART_READY, a retry)."""
+        self.job.state = "RESTART_READY"
+
+    def handle_error(self) -> None:
+        """Runs in RUN_ERROR; must set ``self.job.state`` (default: FAILED)."""
+        self.job.state = "FAILED"
+
+    def shell_preamble(self) -> Union[str, List[str], None]:
+        """Shell lines run before the app on the launch node (a string is sourced; a list is joined with &&)."""
+        return None
+
+    # ---------------------------------------------------------------- introspection
+    @classmethod
+    def _app_name(cls) -> str:
+        return cls.__name__
+
+    @classmethod
+    def has_hook(cls, name: str) -> bool:
+        """True if the app overrides hook ``name`` (apps without hooks take the agent's bulk fast path)."""
+        return getattr(cls, name) is not getattr(ApplicationDefinition, name)
+
+    @classmethod
+    def parameter_spec(cls) -> Dict[str, Dict[str, Any]]:
+        """``{name: {required, default, help}}``."""
+        return dict(cls._balsam_params)
+
+    @classmethod
+    def _require_concrete(cls) -> None:
+        if cls._balsam_kind is None:
+            raise AppError(f"{cls.__name__} has neither a command_template nor a run() method")
+
+    @classmethod
+    def _site_ref(cls) -> "SiteRef":
+        loaded_from = cls.__dict__.get("_balsam_loaded_from")
+        if loaded_from is not None:
+            return _sites.ref_for_root(loaded_from)
+        if cls.site is None:
+            current = _sites.current_site()
+            if current is None:
+                raise AppError(f"{cls.__name__}: set site = 'site-name' on the class (or work inside a site)")
+            return current
+        return _sites.resolve(cls.site)
+
+    # ---------------------------------------------------------------- commands
+    @classmethod
+    def render_command(cls, params: Dict[str, Any]) -> str:
+        """The shell command for ``params``: defaults first, every value shell-quoted."""
+        cls._require_concrete()
+        if cls._balsam_kind != "shell":
+            raise AppError(f"{cls.__name__} is a Python app: it has no command line")
+        values: Dict[str, Any] = {k: v["default"] for k, v in cls._balsam_params.items() if "default" in v}
+        values.update(params)
+        missing = sorted(k for k, v in cls._balsam_params.items() if v.get("required") and k not in values)
+        if missing:
+            raise ValidationError(f"{cls.__name__}: missing required parameter {missing[0]!r}")
+        if cls._balsam_template is None:
+            cls._balsam_template = _jinja_env().from_string(cls.command_template)
+        quoted = {k: shlex.quote(str(v)) for k, v in values.items()}
+        return str(cls._balsam_template.render(**quoted)).strip()
+
+    # ---------------------------------------------------------------- sync and submit
+    @classmethod
+    def sync(cls, rename_from: Optional[str] = None) -> int:
+        """Save the app to its site (create, or update the app of the same name); returns its id."""
+        from balsam._api.jobs import invalidate_app_cache
+
+        cls._require_concrete()
+        site = cls._site_ref()
+        source = capture_source(cls, ApplicationDefinition)
+        now = time.time()
+        meta = dumps({"format": "source-v1", "class_name": cls.__name__, "module": cls.__module__,
+                      "python": ".".join(map(str, sys.version_info[:3]))})
+        with site.store.write() as conn:
+            if rename_from and rename_from != cls.__name__:
+                if conn.execute("UPDATE app SET name=? WHERE name=?", (cls.__name__, rename_from)).rowcount == 0:
+                    raise AppError(f"no app named {rename_from!r} at site {site.name} to rename")
+            conn.execute(
+                "INSERT INTO app(site_id, name, description, kind, serialized_class, source_code, parameters, var_keyword, "
+                "transfers, created, last_update) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "description=excluded.description, kind=excluded.kind, serialized_class=excluded.serialized_class, "
+                "source_code=excluded.source_code, parameters=excluded.parameters, var_keyword=excluded.var_keyword, "
+                "transfers=excluded.transfers, last_update=excluded.last_update, version=version+1",
+                (site.id, cls.__name__, inspect.cleandoc(cls.__doc__ or ""), cls._balsam_kind, meta, source,
+                 dumps(cls._balsam_params), 1 if cls._balsam_var_keyword else 0, dumps(cls._balsam_transfers), now, now),
+            )
+            app_id = int(conn.execute("SELECT id FROM app WHERE name=?", (cls.__name__,)).fetchone()[0])
+        cls.__app_id__ = app_id
+        cls.__app_site__ = site.path
+        cls._balsam_info = None
+        invalidate_app_cache()
+        return app_id
+
+    @classmethod
+    def submit(
+        cls,
+        workdir: Union[str, Path],
+        *,
+        tags: Optional[Dict[str, str]] = None,
+        data: Optional[Dict[str, Any]] = None,
+        num_nodes: int = 1,
+        ranks_per_node: int = 1,
+        threads_per_rank: int = 1,
+        threads_per_core: int = 1,
+        launch_params: Optional[Dict[str, str]] = None,
+        gpus_per_rank: float = 0,
+        node_packing_count: int = 1,
+        wall_time_min: int = 0,
+        parent_ids: Any = (),
+        transfers: Optional[Dict[str, Any]] = None,
+        save: bool = True,
+        **params: Any,
+    ) -> "Job":
+        """Build a Job of this app (syncing the app first if needed) and save it unless ``save=False``."""
+        from balsam._api.jobs import Job
+
+        if cls.__app_id__ is None:
+            cls.sync()
+        job = Job(workdir, app_id=cls, tags=tags, parameters=params, data=data, num_nodes=num_nodes,
+                  ranks_per_node=ranks_per_node, threads_per_rank=threads_per_rank, threads_per_core=threads_per_core,
+                  launch_params=launch_params, gpus_per_rank=gpus_per_rank, node_packing_count=node_packing_count,
+                  wall_time_min=wall_time_min, parent_ids=parent_ids, transfers=transfers)
+        if save:
+            job.save()
+        return job
+
+    # ---------------------------------------------------------------- loading at the site
+    @classmethod
+    def load_by_id(cls, app_id: int, site: Any = None) -> type:
+        """The app class stored under ``app_id`` (reloaded when the app was re-synced since)."""
+        ref = site if isinstance(site, _sites.SiteRef) else (_sites.resolve(site) if site is not None else _single_scope())
+        row = ref.store.conn.execute("SELECT name, source_code, version FROM app WHERE id=?", (app_id,)).fetchone()
+        if row is None:
+            raise AppError(f"no app with id {app_id} at site {ref.name}")
+        return _load(ref, app_id, row[0], row[1], row[2])
+
+    @classmethod
+    def load_by_name(cls, name: str, site_name: Optional[str] = None) -> type:
+        """The app class stored under ``name``."""
+        ref = _sites.resolve(site_name) if site_name else _single_scope()
+        row = ref.store.conn.execute("SELECT id, source_code, version FROM app WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise AppError(f"no app named {name!r} at site {ref.name}")
+        return _load(ref, row[0], name, row[1], row[2])
+
+    @classmethod
+    def load_by_site(cls, site: Any = None) -> Dict[str, type]:
+        """Every app of a site, by name."""
+        ref = site if isinstance(site, _sites.SiteRef) else (_sites.resolve(site) if site is not None else _single_scope())
+        rows = ref.store.conn.execute("SELECT id, name, source_code, version FROM app ORDER BY id").fetchall()
+        return {name: _load(ref, app_id, name, src, ver) for app_id, name, src, ver in rows}
+
+    @classmethod
+    def to_dict(cls) -> Dict[str, Any]:
+        """The app's description as stored."""
+        return {"name": cls.__name__, "kind": cls._balsam_kind, "description": inspect.cleandoc(cls.__doc__ or ""),
+                "parameters": cls.parameter_spec(), "transfers": dict(cls._balsam_transfers),
+                "environment_variables": dict(cls.environment_variables), "cleanup_files": list(cls.cleanup_files)}
+
+
+_loaded: Dict[Tuple[Path, int], Tuple[int, type]] = {}
+_load_lock = threading.Lock()
+
+
+def _load(ref: "SiteRef", app_id: int, name: str, source: str, version: int) -> type:
+    key = (ref.path, app_id)
+    with _load_lock:
+        hit = _loaded.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        module_name = f"_balsam_app_{ref.id}_{app_id}_v{version}"
+        app_cls: Any = load_source(source, name, module_name, ApplicationDefinition)
+        app_cls.__app_id__ = app_id
+        app_cls.__app_site__ = ref.path
+        app_cls._balsam_loaded_from = ref.path
+        _loaded[key] = (version, app_cls)
+        return app_cls  # type: ignore[no-any-return]
+
+
+def _single_scope() -> "SiteRef":
+    sites = _sites.default_scope()
+    if len(sites) > 1:
+        raise ValidationError(f"several sites are in scope ({', '.join(s.name for s in sites)}): name one")
+    return sites[0]
+
+
+__all__ = ["ApplicationDefinition"]

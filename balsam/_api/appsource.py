@@ -1,0 +1,194 @@
+"""Ship an ApplicationDefinition to its site as Python source, and load it back there.
+
+Balsam 0.7 pickled app classes with dill, which broke ``super()``, replayed imports blindly and hid the
+code. Here the stored form is plain source: the class, plus what it refers to at module level —
+
+- modules become ``import`` lines; functions and classes from importable modules become ``from ... import``;
+- functions and classes defined beside the app (a script, a notebook cell) are shipped as source too;
+- constants whose ``repr`` reads back equal (numbers, strings, lists, dicts, ...) become assignments;
+- anything else is refused at ``sync()`` with the name of the global, rather than failing later on a
+  compute node.
+
+A class with no methods (a typical shell app) is rebuilt from its attributes, so it needs no source file at
+all, which matters in Jupyter, where classes have none.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import linecache
+import re
+import sys
+import textwrap
+import types
+from typing import Any, Dict, List, Optional, Set
+
+from balsam.exceptions import AppError
+
+APP_ATTRIBUTES = ("site", "command_template", "parameters", "environment_variables", "transfers", "cleanup_files", "python_exe")
+
+
+def _is_literal(value: Any) -> bool:
+    try:
+        return bool(ast.literal_eval(repr(value)) == value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+
+
+def _functions_of(cls: type) -> List[types.FunctionType]:
+    out: List[types.FunctionType] = []
+    for value in vars(cls).values():
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if isinstance(value, property):
+            value = value.fget
+        if isinstance(value, types.FunctionType):
+            out.append(value)
+    return out
+
+
+def _class_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        pass
+    # Jupyter: classes have no file, but their methods' code objects point into linecache's cell copies.
+    for fn in _functions_of(cls):
+        code = fn.__code__
+        lines = linecache.getlines(code.co_filename)
+        if not lines:
+            continue
+        pattern = re.compile(rf"^\s*class\s+{re.escape(cls.__name__)}\b")
+        for start in range(min(code.co_firstlineno - 1, len(lines) - 1), -1, -1):
+            if pattern.match(lines[start]):
+                return "".join(inspect.getblock(lines[start:]))
+    raise AppError(f"cannot find the source code of {cls.__qualname__}: define it in a file or a notebook cell")
+
+
+def _synthesized_source(cls: type) -> Optional[str]:
+    """Source rebuilt from attributes, for an app class with no methods."""
+    if _functions_of(cls):
+        return None
+    lines = [f"class {cls.__name__}({', '.join(b.__name__ for b in cls.__bases__)}):"]
+    if cls.__doc__:
+        lines.append(f"    {cls.__doc__!r}")
+    for name, value in vars(cls).items():
+        if name.startswith("__") or name.startswith("_balsam"):
+            continue
+        if not _is_literal(value):
+            return None
+        lines.append(f"    {name} = {value!r}")
+    if len(lines) == 1:
+        lines.append("    pass")
+    return "\n".join(lines) + "\n"
+
+
+def _names_loaded(source: str) -> List[str]:
+    tree = ast.parse(source)
+    seen: Dict[str, None] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            seen.setdefault(node.id, None)
+    return list(seen)
+
+
+def _exported_name(owner: Optional[str], name: str, value: Any) -> Optional[str]:
+    """The name under which module ``owner`` exposes exactly ``value``, if it is an importable module."""
+    if not owner or owner == "__main__" or owner.startswith("_balsam_app_"):
+        return None
+    module = sys.modules.get(owner)
+    if module is None:
+        return None
+    for candidate in (getattr(value, "__qualname__", None), getattr(value, "__name__", None), getattr(value, "_name", None), name):
+        if isinstance(candidate, str) and candidate.isidentifier() and getattr(module, candidate, None) is value:
+            return candidate
+    return None
+
+
+def _globals_of(cls: type) -> Dict[str, Any]:
+    """The namespace the class was defined in: its methods' globals, else its module's."""
+    for fn in _functions_of(cls):
+        return fn.__globals__
+    module = sys.modules.get(cls.__module__)
+    return vars(module) if module is not None else {}
+
+
+def capture_source(cls: type, base: type) -> str:
+    """The source that recreates ``cls`` at its site (see the module docstring)."""
+    globs = _globals_of(cls)
+    imports: List[str] = []
+    defs: List[str] = []
+    seen: Set[str] = set()
+    visiting: Set[int] = set()
+
+    def visit(obj: Any) -> None:
+        if id(obj) in visiting:
+            return
+        visiting.add(id(obj))
+        src = None
+        if inspect.isclass(obj):
+            src = _synthesized_source(obj)
+            if src is None:
+                src = _class_source(obj)
+        else:
+            try:
+                src = inspect.getsource(obj)
+            except (OSError, TypeError):
+                raise AppError(f"cannot find the source code of {obj.__qualname__}, which {cls.__name__} uses") from None
+        src = textwrap.dedent(src)
+        for name in _names_loaded(src):
+            refer(name)
+        defs.append(src)
+
+    def refer(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        if name not in globs:
+            return  # a local, a builtin, or a name bound inside the class
+        value = globs[name]
+        if value is base:
+            return
+        if hasattr(builtins, name) and getattr(builtins, name) is value:
+            return
+        if isinstance(value, types.ModuleType):
+            imports.append(f"import {value.__name__}" if value.__name__ == name else f"import {value.__name__} as {name}")
+            return
+        owner = getattr(value, "__module__", None)
+        if (inspect.isclass(value) or inspect.isfunction(value)) and owner == cls.__module__:
+            visit(value)
+            return
+        attr = _exported_name(owner, name, value)
+        if attr is not None:
+            imports.append(f"from {owner} import {attr}" + ("" if attr == name else f" as {name}"))
+            return
+        if _is_literal(value):
+            defs.append(f"{name} = {value!r}\n")
+            return
+        raise AppError(
+            f"{cls.__name__} uses the global {name!r} (a {type(value).__name__}), which cannot be shipped to the site: "
+            "define it inside the class, or import it from a module"
+        )
+
+    visit(cls)
+    header = "\n".join(sorted(set(imports)))
+    return (header + "\n\n" if header else "") + "\n\n".join(d.rstrip() + "\n" for d in defs)
+
+
+def load_source(source: str, class_name: str, module_name: str, base: type) -> type:
+    """Execute stored app source in a fresh module and return the class."""
+    filename = f"<balsam app {module_name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(module_name)
+    module.__dict__["ApplicationDefinition"] = base
+    sys.modules[module_name] = module  # so values pickled from the app's own classes can be loaded
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)
+    except Exception as exc:
+        raise AppError(f"app {class_name}: its stored code failed to load: {type(exc).__name__}: {exc}") from exc
+    cls = module.__dict__.get(class_name)
+    if not isinstance(cls, type):
+        raise AppError(f"app {class_name}: its stored code does not define class {class_name}")
+    return cls

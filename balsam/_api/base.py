@@ -1,0 +1,524 @@
+"""Models, fields, managers and lazy queries: the ORM-style layer of the Python API.
+
+A model instance keeps the row it was loaded with (``_row``, DB representation) and decodes a field on
+first access. ``save()`` compares each field's current value, encoded, with the loaded one, so changes made
+in place (``job.data["k"] = v``) are saved too (Balsam 0.7 missed them).
+
+A query is lazy and chainable; it runs on first iteration, ``len``, ``bool``, indexing or ``count()``, and
+caches its results. It touches the sites chosen by :mod:`balsam._api.sites`; results from several sites are
+merged in the requested order.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+from contextlib import contextmanager
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    Generic,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+    overload,
+)
+
+from balsam._api import sites as _sites
+from balsam.db import query as q
+from balsam.db.codec import decode_parameters, dumps, encode_parameters, loads
+from balsam.exceptions import MultipleObjectsReturned, ObjectDoesNotExist, ValidationError
+
+if TYPE_CHECKING:
+    from balsam._api.sites import SiteRef
+
+M = TypeVar("M", bound="Model")
+UTC = _dt.timezone.utc
+
+
+class _Lazy:
+    """Marks a row snapshot that will be built on first use (bulk creation defers it)."""
+
+    def __repr__(self) -> str:
+        return "<lazy row>"
+
+
+LAZY_ROW = _Lazy()
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic GC while bulk operations create many objects it would otherwise walk repeatedly."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def row_of(obj: Any) -> Optional[Dict[str, Any]]:
+    """The object's loaded row (DB representation), building a deferred one now; None for a new object."""
+    d = obj.__dict__
+    row = d.get("_row")
+    if row is LAZY_ROW:
+        row = d["_row"] = obj._materialize_row()
+    return row  # type: ignore[no-any-return]
+
+
+def to_datetime(ts: Optional[float]) -> Optional[_dt.datetime]:
+    """Seconds since the epoch as an aware UTC datetime."""
+    return None if ts is None else _dt.datetime.fromtimestamp(ts, UTC)
+
+
+def from_datetime(value: Any) -> Optional[float]:
+    """An aware or naive-UTC datetime (or epoch seconds) as epoch seconds."""
+    return None if value is None else q.to_timestamp(value)
+
+
+class Field:
+    """A model attribute backed by a column; decodes lazily, encodes for change detection and writes."""
+
+    def __init__(self, kind: str = "plain", default: Any = None, writable: bool = True) -> None:
+        self.kind = kind
+        self.default = default
+        self.writable = writable
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def decode(self, raw: Any) -> Any:
+        kind = self.kind
+        if kind == "plain" or raw is None and kind != "json":
+            return raw
+        if kind == "json":
+            return loads(raw) if raw is not None else (self.default() if callable(self.default) else self.default)
+        if kind == "time":
+            return to_datetime(raw)
+        if kind == "bool":
+            return bool(raw)
+        if kind == "params":
+            return decode_parameters(raw)
+        if kind == "state":
+            from balsam.db.states import JobState
+            return JobState(raw)
+        return raw
+
+    def encode(self, value: Any) -> Any:
+        kind = self.kind
+        if kind == "plain":
+            return value
+        if kind == "json":
+            return dumps(value)
+        if kind == "time":
+            return from_datetime(value)
+        if kind == "bool":
+            return 1 if value else 0
+        if kind == "params":
+            return encode_parameters(value or {})
+        if kind == "state":
+            return None if value is None else str(value.value if hasattr(value, "value") else value)
+        return value
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        d = obj.__dict__
+        try:
+            return d[self.name]
+        except KeyError:
+            pass
+        row = d.get("_row")
+        if row is LAZY_ROW:
+            row = row_of(obj)
+        if row is not None and self.name in row:
+            value = self.decode(row[self.name])
+        else:
+            value = self.default() if callable(self.default) else self.default
+        d[self.name] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+class Model:
+    """Base of the API models. Subclasses declare Fields and a table spec."""
+
+    _spec: ClassVar[q.TableSpec]
+    _columns: ClassVar[Tuple[str, ...]]
+    _fields: ClassVar[Dict[str, Field]]
+    objects: ClassVar["Manager[Any]"]
+    DoesNotExist: ClassVar[Type[ObjectDoesNotExist]]
+    MultipleObjectsReturned: ClassVar[Type[MultipleObjectsReturned]]
+    _read_only: ClassVar[bool] = False
+
+    id: Optional[int]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields: Dict[str, Field] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Field):
+                    fields[name] = value
+        cls._fields = fields
+        cls.DoesNotExist = type("DoesNotExist", (ObjectDoesNotExist,), {"__module__": cls.__module__, "__qualname__": f"{cls.__name__}.DoesNotExist"})
+        cls.MultipleObjectsReturned = type(
+            "MultipleObjectsReturned", (MultipleObjectsReturned,), {"__module__": cls.__module__, "__qualname__": f"{cls.__name__}.MultipleObjectsReturned"}
+        )
+
+    # ---------------------------------------------------------------- construction
+    def _init_fields(self, values: Dict[str, Any]) -> None:
+        self.__dict__["_row"] = None
+        self.__dict__["_site"] = None
+        for name, value in values.items():
+            if name not in self._fields:
+                raise ValidationError(f"{type(self).__name__} has no field {name!r} (fields: {', '.join(sorted(self._fields))})")
+            setattr(self, name, value)
+
+    @classmethod
+    def _from_row(cls: Type[M], site: "SiteRef", row: Sequence[Any]) -> M:
+        obj = cls.__new__(cls)
+        d = obj.__dict__
+        d["_row"] = dict(zip(cls._columns, row))
+        d["_site"] = site
+        return obj
+
+    @property
+    def site_id(self) -> Optional[int]:
+        """The id of the site this object lives in."""
+        site = self.__dict__.get("_site")
+        return None if site is None else site.id
+
+    @property
+    def _is_new(self) -> bool:
+        return self.__dict__.get("_row") is None
+
+    def _changed_fields(self) -> Dict[str, Any]:
+        """Writable fields whose current value differs from the loaded one: name -> Python value."""
+        row = row_of(self) or {}
+        d = self.__dict__
+        out = {}
+        for name, f in self._fields.items():
+            if not f.writable or name not in d:
+                continue
+            value = d[name]
+            if f.encode(value) != row.get(name, f.encode(f.default() if callable(f.default) else f.default)) or name not in row:
+                out[name] = value
+        return out
+
+    def _materialize_row(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def _reload_from(self, row: Sequence[Any]) -> None:
+        d = self.__dict__
+        for name in self._fields:
+            d.pop(name, None)
+        d.pop("_new_row", None)
+        d["_row"] = dict(zip(self._columns, row))
+
+    # ---------------------------------------------------------------- persistence (subclasses implement the writes)
+    def save(self) -> None:
+        """Create the object, or write the fields changed since it was loaded."""
+        raise NotImplementedError
+
+    def refresh_from_db(self) -> None:
+        """Reload every field from the site DB."""
+        if self._is_new or self.id is None:
+            raise ValidationError(f"this {type(self).__name__} was never saved")
+        site = self.__dict__["_site"]
+        rows = q.select(site.store.conn, self._spec, {"id": self.id}, columns=self._columns)
+        if not rows:
+            raise self.DoesNotExist(f"{type(self).__name__} {self.id} no longer exists")
+        self._reload_from(rows[0])
+
+    def display_dict(self) -> Dict[str, Any]:
+        """Every field's value, for printing."""
+        out: Dict[str, Any] = {"site_id": self.site_id}
+        for name in self._fields:
+            out[name] = getattr(self, name)
+        return out
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={_short(getattr(self, k))!r}" for k in self._repr_fields())
+        return f"{type(self).__name__}({shown})"
+
+    def _repr_fields(self) -> Sequence[str]:
+        return [n for n in self._fields][:6]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Model)
+        if self.id is None or other.id is None:
+            return self is other
+        return bool(self.id == other.id and self.site_id == other.site_id)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.site_id, self.id if self.id is not None else id(self)))
+
+
+class Query(Generic[M]):
+    """A lazy, chainable, cached query over one model, across the sites in scope."""
+
+    def __init__(
+        self,
+        manager: "Manager[M]",
+        filters: Optional[Dict[str, Any]] = None,
+        order: Tuple[str, ...] = (),
+        lo: Optional[int] = None,
+        hi: Optional[int] = None,
+    ) -> None:
+        self._manager = manager
+        self._model = manager.model
+        self._filters: Dict[str, Any] = dict(filters or {})
+        self._order = order
+        self._lo = lo
+        self._hi = hi
+        self._cache: Optional[List[M]] = None
+
+    def _clone(self, **changes: Any) -> "Query[M]":
+        args: Dict[str, Any] = {"filters": self._filters, "order": self._order, "lo": self._lo, "hi": self._hi}
+        args.update(changes)
+        return type(self)(self._manager, **args)
+
+    @property
+    def _sliced(self) -> bool:
+        return self._lo is not None or self._hi is not None
+
+    # ---------------------------------------------------------------- building
+    def filter(self, **kwargs: Any) -> "Query[M]":
+        """Narrow the query (keywords as in Balsam 0.7; an unknown one is an error)."""
+        if self._sliced:
+            raise ValidationError("cannot filter a query after slicing it")
+        filters = dict(self._filters)
+        for key, value in kwargs.items():
+            if key in filters and key in ("tags", "data", "filter_tags"):
+                merged = dict(q.tag_pairs(filters[key]))
+                merged.update(q.tag_pairs(value))
+                value = {k: v for k, v in merged.items()}
+            filters[key] = value
+        _check_filters(self._model, filters)
+        return self._clone(filters=filters)
+
+    def order_by(self, *fields: Optional[str]) -> "Query[M]":
+        """Order by fields (``-field`` descending); ``order_by(None)`` restores the default."""
+        if self._sliced:
+            raise ValidationError("cannot order a query after slicing it")
+        order = tuple(f for f in fields if f)
+        q.order_clause(self._model._spec, order)  # validates
+        return self._clone(order=order)
+
+    # ---------------------------------------------------------------- running
+    def _fetch(self) -> List[M]:
+        if self._cache is not None:
+            return self._cache
+        filters = dict(self._filters)
+        sites = _sites.scope(filters)
+        model = self._model
+        spec = model._spec
+        lo = self._lo or 0
+        hi = self._hi
+        results: List[M] = []
+        if len(sites) == 1:
+            site = sites[0]
+            limit = None if hi is None else max(hi - lo, 0)
+            rows = q.select(site.store.conn, spec, filters, columns=model._columns, order_by=self._order, limit=limit, offset=lo)
+            results = [model._from_row(site, r) for r in rows]
+        else:
+            for site in sites:
+                rows = q.select(site.store.conn, spec, filters, columns=model._columns, order_by=self._order, limit=hi)
+                results.extend(model._from_row(site, r) for r in rows)
+            results = _merge_sort(results, self._order or spec.default_order)
+            results = results[lo:hi]
+        self._cache = results
+        return results
+
+    def __iter__(self) -> Iterator[M]:
+        return iter(self._fetch())
+
+    def __len__(self) -> int:
+        return len(self._fetch())
+
+    def __bool__(self) -> bool:
+        return bool(self._fetch())
+
+    @overload
+    def __getitem__(self, key: int) -> M: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> "Query[M]": ...
+
+    def __getitem__(self, key: Union[int, slice]) -> Union[M, "Query[M]"]:
+        if isinstance(key, slice):
+            if key.step not in (None, 1):
+                raise ValidationError("query slices cannot have a step")
+            start, stop = key.start, key.stop
+            if (start is not None and start < 0) or (stop is not None and stop < 0):
+                raise ValidationError("query slices cannot use negative indices")
+            base = self._lo or 0
+            new_lo = base + (start or 0)
+            new_hi = None if stop is None else base + stop
+            if self._hi is not None:
+                new_hi = self._hi if new_hi is None else min(new_hi, self._hi)
+            return self._clone(lo=new_lo, hi=new_hi)
+        if not isinstance(key, int):
+            raise TypeError("query indices must be integers or slices")
+        if key < 0:
+            raise ValidationError("queries cannot use negative indices")
+        if self._cache is not None:
+            return self._cache[key]
+        items = list(self[key : key + 1])
+        if not items:
+            raise IndexError("query index out of range")
+        return items[0]
+
+    def __repr__(self) -> str:
+        items = self._fetch()
+        shown = ", ".join(repr(o) for o in items[:5])
+        more = f", ...({len(items) - 5} more)" if len(items) > 5 else ""
+        return f"<Query [{shown}{more}]>"
+
+    def count(self) -> int:
+        """How many objects match (without loading them)."""
+        if self._cache is not None:
+            return len(self._cache)
+        if self._sliced:
+            return len(self._fetch())
+        filters = dict(self._filters)
+        return sum(q.count(site.store.conn, self._model._spec, filters) for site in _sites.scope(filters))
+
+    def first(self) -> Optional[M]:
+        """The first object in order, or None."""
+        items = list(self[0:1]) if not self._sliced else self._fetch()[:1]
+        return items[0] if items else None
+
+    def get(self, **kwargs: Any) -> M:
+        """The one object matching; DoesNotExist or MultipleObjectsReturned otherwise."""
+        query = self.filter(**kwargs) if kwargs else self
+        items = list(query[0:2]) if not query._sliced else query._fetch()[:2]
+        model = self._model
+        if not items:
+            raise model.DoesNotExist(f"no {model.__name__} matches {_describe_filters(query._filters)}")
+        if len(items) > 1:
+            raise model.MultipleObjectsReturned(f"more than one {model.__name__} matches {_describe_filters(query._filters)}")
+        return items[0]
+
+    def exists(self) -> bool:
+        """True if anything matches."""
+        return self.first() is not None
+
+    def _per_site_ids(self) -> List[Tuple["SiteRef", List[int]]]:
+        if self._sliced:
+            groups: Dict[int, Tuple["SiteRef", List[int]]] = {}
+            for obj in self._fetch():
+                site = obj.__dict__["_site"]
+                groups.setdefault(site.id, (site, []))[1].append(int(obj.id or 0))
+            return list(groups.values())
+        filters = dict(self._filters)
+        out = []
+        for site in _sites.scope(filters):
+            out.append((site, q.ids(site.store.conn, self._model._spec, filters)))
+        return out
+
+    def update(self, **fields: Any) -> int:
+        """Write ``fields`` to every matching object; returns how many were updated."""
+        return self._manager._query_update(self, fields)
+
+    def delete(self) -> int:
+        """Delete every matching object; returns how many were deleted."""
+        return self._manager._query_delete(self)
+
+
+def _short(value: Any) -> Any:
+    """Enums show as their value, datetimes as ISO text: reprs meant for people."""
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)
+    if isinstance(value, _dt.datetime):
+        return value.isoformat(timespec="seconds")
+    return value
+
+
+def _describe_filters(filters: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in filters.items()) or "(no filters)"
+
+
+def _check_filters(model: Type[Model], filters: Dict[str, Any]) -> None:
+    spec = model._spec
+    for key in filters:
+        if key not in spec.filters and key not in spec.scope_keys:
+            valid = ", ".join(sorted(set(spec.filters) | set(spec.scope_keys)))
+            raise ValidationError(f"unknown filter {key!r} for {model.__name__} (valid: {valid})")
+
+
+def _merge_sort(items: List[M], order: Sequence[str]) -> List[M]:
+    keys = list(order)
+    if not any(k.lstrip("-+") == "id" for k in keys):
+        keys.append(("-" if keys and keys[-1].startswith("-") else "") + "id")
+    for key in reversed(keys):
+        name = key.lstrip("-+")
+        col = name
+
+        def k(o: Any, col: str = col) -> Tuple[bool, Any]:
+            v = o.__dict__["_row"].get(col)
+            return (v is not None, v if v is not None else 0)
+
+        items.sort(key=k, reverse=key.startswith("-"))
+    return items
+
+
+class Manager(Generic[M]):
+    """``Model.objects``: the entry point of queries and creation."""
+
+    def __init__(self, model: Type[M]) -> None:
+        self.model = model
+
+    def all(self) -> Query[M]:
+        """Every object in scope."""
+        return Query(self)
+
+    def filter(self, **kwargs: Any) -> Query[M]:
+        """Objects matching the Balsam filter keywords."""
+        return Query(self).filter(**kwargs)
+
+    def get(self, **kwargs: Any) -> M:
+        """The one object matching; DoesNotExist or MultipleObjectsReturned otherwise."""
+        return Query(self).get(**kwargs)
+
+    def order_by(self, *fields: Optional[str]) -> Query[M]:
+        """Every object in scope, ordered (``-field`` descending)."""
+        return Query(self).order_by(*fields)
+
+    def first(self) -> Optional[M]:
+        return Query(self).first()
+
+    def count(self) -> int:
+        return Query(self).count()
+
+    def create(self, **kwargs: Any) -> M:
+        """Build and save one object."""
+        obj = self.model(**kwargs)
+        obj.save()
+        return obj
+
+    def _query_update(self, query: Query[M], fields: Dict[str, Any]) -> int:
+        raise ValidationError(f"{self.model.__name__} objects cannot be updated in bulk")
+
+    def _query_delete(self, query: Query[M]) -> int:
+        raise ValidationError(f"{self.model.__name__} objects cannot be deleted in bulk")
+
+
+def bind_manager(model: Type[M], manager_cls: Callable[[Type[M]], Manager[M]] = Manager) -> None:
+    """Attach ``model.objects``."""
+    model.objects = manager_cls(model)

@@ -1,0 +1,552 @@
+"""The Job model, its manager, and the futures-style helpers (result, wait, as_completed)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
+
+from balsam._api import sites as _sites
+from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, paused_gc, row_of
+from balsam.db import jobs as job_db
+from balsam.db import query as q
+from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
+from balsam.db.jobs import StateChange, normalize_workdir
+from balsam.db.states import DONE_STATES, JobState, to_state
+from balsam.exceptions import AppError, BalsamError, ValidationError
+
+if TYPE_CHECKING:
+    from balsam._api.sites import SiteRef
+
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+_DONE_NAMES = tuple(sorted(s.value for s in DONE_STATES))
+
+
+class JobFailed(BalsamError):
+    """``result()`` of a job that ended FAILED or USER_KILLED without a Python exception to re-raise."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised by a job's ``run()`` on a compute node."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n" + self.tb
+
+
+class AppInfo(NamedTuple):
+    """What job creation needs to know about an app."""
+
+    site: "SiteRef"
+    id: int
+    name: str
+    parameters: Dict[str, Dict[str, Any]]
+    var_keyword: bool
+    required: frozenset  # type: ignore[type-arg]
+
+
+_app_cache: Dict[Tuple[Path, Union[int, str]], AppInfo] = {}
+
+
+def invalidate_app_cache() -> None:
+    """Forget cached app lookups (after an app is synced, renamed or deleted)."""
+    _app_cache.clear()
+
+
+def _load_apps(site: "SiteRef") -> None:
+    for app_id, name, params, var_kw in site.store.conn.execute("SELECT id, name, parameters, var_keyword FROM app"):
+        spec = loads(params)
+        info = AppInfo(site, app_id, name, spec, bool(var_kw), frozenset(k for k, v in spec.items() if v.get("required")))
+        _app_cache[(site.path, app_id)] = info
+        _app_cache[(site.path, name)] = info
+
+
+def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
+    """An app given as an ApplicationDefinition class, a name, or an id (``site_name`` disambiguates)."""
+    app_cls: Any = app
+    if isinstance(app, type) and hasattr(app, "sync") and hasattr(app, "_app_name"):
+        cached = app.__dict__.get("_balsam_info")
+        if cached is not None and cached[0] == _sites.generation and cached[1].id == app_cls.__app_id__:
+            return cached[1]  # type: ignore[no-any-return]
+        if getattr(app, "__app_id__", None) is None or app_cls._site_ref().path != app_cls.__app_site__:
+            app_cls.sync()
+        site = app_cls._site_ref()
+        key: Union[int, str] = int(app_cls.__app_id__)
+        sites = [site]
+    else:
+        if isinstance(app, str) and app.isdigit():
+            app = int(app)
+        if not isinstance(app, (int, str)) or isinstance(app, bool):
+            raise ValidationError(f"app_id must be an app class, name or id, got {app!r}")
+        key = app
+        sites = [_sites.resolve(site_name)] if site_name else _sites.default_scope()
+    found: List[AppInfo] = []
+    for site in sites:
+        info = _app_cache.get((site.path, key))
+        if info is None:
+            _load_apps(site)
+            info = _app_cache.get((site.path, key))
+        if info is not None:
+            found.append(info)
+    if not found:
+        where = f"site {site_name!r}" if site_name else ", ".join(s.name for s in sites) or "any site"
+        raise ValidationError(f"no app {key!r} at {where}; define it and call .sync(), or 'balsam app sync FILE'")
+    if len(found) > 1:
+        raise ValidationError(f"app {key!r} exists at several sites ({', '.join(i.site.name for i in found)}): pass site_name=")
+    if isinstance(app, type):
+        app_cls._balsam_info = (_sites.generation, found[0])
+    return found[0]
+
+
+_RESOURCE_NAMES = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count",
+                   "wall_time_min")
+_DEFAULT_RESOURCES = (1, 1, 1, 1, 0, 1, 0)
+_STATES = {s.value: s for s in JobState}
+
+
+def _fast_workdir(w: Any) -> str:
+    if type(w) is str and w and w[0] != "/" and "." not in w and "//" not in w and "\\" not in w and w[-1] != "/":
+        return w
+    return normalize_workdir(w)
+
+
+class Job(Model):
+    """A task: an app run with parameters, resources, tags and dependencies, in its own workdir."""
+
+    _spec = q.JOB
+    _columns = job_db.JOB_COLUMNS[:17] + ("state", "last_update", "created", "pending_file_cleanup",
+                                          "serialized_return_value", "serialized_exception", "version")
+
+    id = Field(writable=False)
+    workdir: str = Field()  # type: ignore[assignment]
+    app_id: int = Field()  # type: ignore[assignment]
+    tags: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
+    parameters: Dict[str, Any] = Field("params", dict)  # type: ignore[assignment]
+    data: Dict[str, Any] = Field("json", dict)  # type: ignore[assignment]
+    return_code: Optional[int] = Field()  # type: ignore[assignment]
+    num_nodes: int = Field(default=1)  # type: ignore[assignment]
+    ranks_per_node: int = Field(default=1)  # type: ignore[assignment]
+    threads_per_rank: int = Field(default=1)  # type: ignore[assignment]
+    threads_per_core: int = Field(default=1)  # type: ignore[assignment]
+    gpus_per_rank: float = Field(default=0.0)  # type: ignore[assignment]
+    node_packing_count: int = Field(default=1)  # type: ignore[assignment]
+    launch_params: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
+    wall_time_min: int = Field(default=0)  # type: ignore[assignment]
+    parent_ids: List[int] = Field("json", list)  # type: ignore[assignment]
+    batch_job_id: Optional[int] = Field()  # type: ignore[assignment]
+    state: Union[JobState, str] = Field("state")  # type: ignore[assignment]
+    last_update = Field("time", writable=False)
+    created = Field("time", writable=False)
+    pending_file_cleanup: bool = Field("bool", True)  # type: ignore[assignment]
+    serialized_return_value: Optional[bytes] = Field()  # type: ignore[assignment]
+    serialized_exception: Optional[bytes] = Field()  # type: ignore[assignment]
+    version = Field(writable=False)
+
+    NoResult = JobFailed
+    objects: ClassVar["JobManager"]  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        workdir: Union[str, Path],
+        app_id: Any = None,
+        tags: Optional[Dict[str, str]] = None,
+        parameters: Optional[Dict[str, Any]] = None,
+        data: Optional[Dict[str, Any]] = None,
+        return_code: Optional[int] = None,
+        num_nodes: int = 1,
+        ranks_per_node: int = 1,
+        threads_per_rank: int = 1,
+        threads_per_core: int = 1,
+        launch_params: Optional[Dict[str, str]] = None,
+        gpus_per_rank: float = 0,
+        node_packing_count: int = 1,
+        wall_time_min: int = 0,
+        parent_ids: Iterable[int] = (),
+        transfers: Optional[Dict[str, Any]] = None,
+        pending_file_cleanup: bool = True,
+        site_name: Optional[str] = None,
+        app_name: Optional[str] = None,
+    ) -> None:
+        d = self.__dict__
+        d["_row"] = None
+        d["_site"] = None
+        if app_id is None:
+            app_id = app_name
+        if app_id is None:
+            raise ValidationError("a Job needs an app: pass app_id= (an app class, name or id)")
+        info = resolve_app(app_id, site_name)
+        d["_app"] = info
+        d["_site"] = info.site
+        d["workdir"] = _fast_workdir(workdir)
+        d["app_id"] = info.id
+        d["tags"] = {} if tags is None else tags
+        d["parameters"] = {} if parameters is None else parameters
+        d["data"] = {} if data is None else data
+        d["return_code"] = return_code
+        d["num_nodes"] = num_nodes
+        d["ranks_per_node"] = ranks_per_node
+        d["threads_per_rank"] = threads_per_rank
+        d["threads_per_core"] = threads_per_core
+        d["launch_params"] = {} if launch_params is None else launch_params
+        d["gpus_per_rank"] = gpus_per_rank
+        d["node_packing_count"] = node_packing_count
+        d["wall_time_min"] = wall_time_min
+        d["parent_ids"] = [int(p.id if isinstance(p, Job) else p) for p in parent_ids] if parent_ids else []
+        d["pending_file_cleanup"] = pending_file_cleanup
+        if transfers:
+            d["transfers"] = transfers
+
+    def _repr_fields(self) -> Sequence[str]:
+        return ("id", "workdir", "state", "tags")
+
+    def __getattr__(self, name: str) -> Any:
+        # Write-only and creation-only attributes default to None on loaded jobs.
+        if name in ("state_data", "state_timestamp", "transfers"):
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # ---------------------------------------------------------------- creation
+    def _creation_row(self) -> Tuple[Any, ...]:
+        """The job as a new-job tuple (NEW_JOB_COLUMNS) for insert_jobs; cheap checks first, full ones if they fail."""
+        d = self.__dict__
+        info: AppInfo = d["_app"]
+        params = d["parameters"]
+        if type(params) is not dict:
+            raise ValidationError(f"job {d['workdir']!r}: parameters must be a dict, got {params!r}")
+        keys = params.keys()
+        if not info.required <= keys:
+            missing = sorted(info.required - keys)
+            raise ValidationError(f"job {d['workdir']!r}: app {info.name} needs parameter {missing[0]!r}")
+        if not info.var_keyword and not keys <= info.parameters.keys():
+            unknown = sorted(keys - info.parameters.keys())
+            known = ", ".join(sorted(info.parameters)) or "none"
+            raise ValidationError(f"job {d['workdir']!r}: app {info.name} has no parameter {unknown[0]!r} (parameters: {known})")
+        tags = d["tags"]
+        for k, v in tags.items():
+            if type(v) is not str or type(k) is not str or not k:
+                tags = d["tags"] = job_db.check_tags(tags, f"job {d['workdir']!r}: ")
+                break
+        resources = (d["num_nodes"], d["ranks_per_node"], d["threads_per_rank"], d["threads_per_core"], d["gpus_per_rank"],
+                     d["node_packing_count"], d["wall_time_min"])
+        if resources != _DEFAULT_RESOURCES:
+            job_db._check_resources(dict(zip(_RESOURCE_NAMES, resources)), f"job {d['workdir']!r}: ")
+        return (d["workdir"], info.id, dumps(tags), encode_parameters(params), dumps(d["data"])) + resources[:6] + (
+            dumps(d["launch_params"]), resources[6], dumps(d["parent_ids"]), 1 if d["pending_file_cleanup"] else 0)
+
+    def _materialize_row(self) -> Dict[str, Any]:
+        t, job_id, state, now = self.__dict__.pop("_new_row")
+        row = dict(zip(job_db.NEW_JOB_COLUMNS, t))
+        row.update(id=job_id, state=state, last_update=now, created=now, return_code=None, batch_job_id=None,
+                   serialized_return_value=None, serialized_exception=None, version=1)
+        return row
+
+    def _mark_created(self, t: Tuple[Any, ...], job_id: int, state: str, now: float) -> None:
+        d = self.__dict__
+        d["id"] = job_id
+        d["state"] = _STATES[state]
+        d["_new_row"] = (t, job_id, state, now)
+        d["_row"] = LAZY_ROW
+        if "transfers" in d:
+            del d["transfers"]
+
+    # ---------------------------------------------------------------- persistence
+    def save(self) -> None:
+        """Create the job, or write what changed (a state change goes through the state machine)."""
+        if self._is_new:
+            Job.objects.bulk_create([self])
+            return
+        Job.objects.bulk_update([self])
+
+    def delete(self) -> None:
+        """Delete the job (refused while a launcher holds it)."""
+        site = self.__dict__["_site"]
+        with site.store.write() as conn:
+            if job_db.delete_jobs(conn, [int(self.id or 0)]) == 0:
+                raise self.DoesNotExist(f"job {self.id} no longer exists")
+        self.__dict__["_row"] = None
+
+    # ---------------------------------------------------------------- parameters, app, paths
+    def get_parameters(self) -> Dict[str, Any]:
+        """The job's parameters."""
+        return dict(self.parameters)
+
+    def set_parameters(self, parameters: Dict[str, Any]) -> None:
+        """Replace the job's parameters (written on save)."""
+        self.parameters = dict(parameters)
+
+    @property
+    def app(self) -> Any:
+        """The job's ApplicationDefinition class, loaded from the site."""
+        from balsam._api.app import ApplicationDefinition
+
+        return ApplicationDefinition.load_by_id(self.app_id, site=self.__dict__["_site"])
+
+    def resolve_workdir(self, data_path: Optional[Path] = None) -> Path:
+        """The absolute path of the workdir (under the site's data/ folder)."""
+        base = Path(data_path) if data_path is not None else self.__dict__["_site"].layout.data
+        return base / self.workdir
+
+    @property
+    def workdir_path(self) -> Path:
+        """The absolute path of the job's workdir."""
+        return self.resolve_workdir()
+
+    def parent_query(self) -> Query["Job"]:
+        """The job's parents, as a query."""
+        return Job.objects.filter(id=list(self.parent_ids), site_id=self.site_id)
+
+    def child_query(self) -> Query["Job"]:
+        """The jobs that depend on this one."""
+        return Job.objects.filter(parent_id=[self.id], site_id=self.site_id)
+
+    def history(self) -> List[Any]:
+        """The job's EventLog in the order the changes were applied (timestamps may come from other hosts' clocks)."""
+        from balsam._api.models import EventLog
+
+        return list(EventLog.objects.filter(job_id=self.id, site_id=self.site_id).order_by("id"))
+
+    # ---------------------------------------------------------------- futures
+    def done(self) -> bool:
+        """Refresh, then True if the job reached JOB_FINISHED, FAILED or USER_KILLED."""
+        self.refresh_from_db()
+        return self.state in DONE_STATES
+
+    def result_nowait(self) -> Any:
+        """The return value of a finished run() job, or its exception re-raised; Job.NoResult if not done."""
+        state = self.state
+        if state not in DONE_STATES and self.serialized_exception is None:
+            raise Job.NoResult(f"job {self.id} is {state}: no result yet")
+        if self.serialized_exception is not None:
+            exc, tb = unpickle_value(self.serialized_exception)
+            if tb:
+                exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+        if state == JobState.JOB_FINISHED:
+            return unpickle_value(self.serialized_return_value)
+        raise JobFailed(f"job {self.id} ended {state}: {self._last_message()}")
+
+    def _last_message(self) -> str:
+        from balsam._api.models import EventLog
+
+        for ev in EventLog.objects.filter(job_id=self.id, site_id=self.site_id).order_by("-id")[:5]:
+            data = ev.data or {}
+            msg = data.get("message") or data.get("error")
+            if msg:
+                return str(msg).strip().splitlines()[-1][:300]
+        return "no message recorded"
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """Wait for the job to finish, then return its value or re-raise its exception.
+
+        Raises concurrent.futures.TimeoutError after ``timeout`` seconds.
+        """
+        done, _ = Job.objects.wait([self], timeout=timeout)
+        if not done:
+            raise concurrent.futures.TimeoutError(f"job {self.id} did not finish within {timeout} s")
+        return self.result_nowait()
+
+
+class JobManager(Manager[Job]):
+    """``Job.objects``."""
+
+    def bulk_create(self, jobs: Sequence[Job]) -> List[Job]:
+        """Create many jobs in one transaction per site; the given Job objects are updated in place and returned."""
+        with paused_gc():
+            return self._bulk_create(jobs)
+
+    def _bulk_create(self, jobs: Sequence[Job]) -> List[Job]:
+        groups: Dict[Path, Tuple["SiteRef", List[Tuple[Job, Tuple[Any, ...]]]]] = {}
+        for job in jobs:
+            if not isinstance(job, Job):
+                raise ValidationError(f"bulk_create takes Job objects, got {job!r}")
+            if not job._is_new:
+                raise ValidationError(f"job {job.id} already exists")
+            site = job.__dict__["_site"]
+            entry = groups.get(site.path)
+            if entry is None:
+                entry = groups[site.path] = (site, [])
+            entry[1].append((job, job._creation_row()))
+        for site, items in groups.values():
+            rows = [row for _, row in items]
+            transfers = {i: job.__dict__["transfers"] for i, (job, _) in enumerate(items) if job.__dict__.get("transfers")}
+            now = time.time()
+            with site.store.write() as conn:
+                first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
+            for i, (job, row) in enumerate(items):
+                job._mark_created(row, first + i, states.get(i, "STAGED_IN"), now)
+        return list(jobs)
+
+    def bulk_update(self, jobs: Sequence[Job]) -> None:
+        """Write the changed fields of many jobs (state changes through the state machine) per site."""
+        groups: Dict[Path, Tuple["SiteRef", List[Job]]] = {}
+        for job in jobs:
+            if job._is_new:
+                raise ValidationError("bulk_update needs saved jobs; use bulk_create for new ones")
+            site = job.__dict__["_site"]
+            groups.setdefault(site.path, (site, []))[1].append(job)
+        for site, group in groups.values():
+            updates: List[Tuple[int, Dict[str, Any]]] = []
+            changes: List[StateChange] = []
+            parents: List[Tuple[int, List[int]]] = []
+            for job in group:
+                fields = job._changed_fields()
+                state = fields.pop("state", None)
+                new_parents = fields.pop("parent_ids", None)
+                if "parameters" in fields:
+                    fields["parameters"] = encode_parameters(fields["parameters"])
+                if fields:
+                    updates.append((int(job.id or 0), fields))
+                if new_parents is not None:
+                    old = loads((row_of(job) or {})["parent_ids"])
+                    if not set(old) <= set(new_parents):
+                        raise ValidationError(f"job {job.id}: parents can be added but not removed")
+                    parents.append((int(job.id or 0), [p for p in new_parents if p not in old]))
+                if state is not None:
+                    ts = job.__dict__.get("state_timestamp")
+                    changes.append(StateChange(int(job.id or 0), to_state(state).value, timestamp=None if ts is None else q.to_timestamp(ts),
+                                               data=job.__dict__.get("state_data")))
+            with site.store.write() as conn:
+                if updates:
+                    job_db.update_job_fields(conn, updates)
+                for child, new in parents:
+                    job_db.add_parents(conn, child, new)
+                if changes:
+                    job_db.apply_state_changes(conn, changes, strict=True)
+            self._reload(site, group)
+
+    def _reload(self, site: "SiteRef", group: List[Job]) -> None:
+        by_id = {job.id: job for job in group}
+        for chunk_start in range(0, len(group), 20000):
+            ids = [j.id for j in group[chunk_start : chunk_start + 20000]]
+            for row in q.select(site.store.conn, q.JOB, {"id": ids}, columns=Job._columns):
+                job = by_id[row[0]]
+                job._reload_from(row)
+                job.__dict__["state_data"] = None
+                job.__dict__["state_timestamp"] = None
+
+    def bulk_refresh(self, jobs: Sequence[Job]) -> None:
+        """Reload many jobs from their sites."""
+        groups: Dict[Path, Tuple["SiteRef", List[Job]]] = {}
+        for job in jobs:
+            site = job.__dict__["_site"]
+            groups.setdefault(site.path, (site, []))[1].append(job)
+        for site, group in groups.values():
+            self._reload(site, group)
+
+    def _query_update(self, query: Query[Job], fields: Dict[str, Any]) -> int:
+        unknown = set(fields) - job_db.UPDATABLE_FIELDS - {"state", "state_data", "state_timestamp"}
+        if unknown:
+            raise ValidationError(f"job field {sorted(unknown)[0]!r} cannot be updated")
+        state = fields.pop("state", None)
+        state_data = fields.pop("state_data", None)
+        state_ts = fields.pop("state_timestamp", None)
+        if "parameters" in fields:
+            fields["parameters"] = encode_parameters(fields["parameters"])
+        total = 0
+        for site, ids in query._per_site_ids():
+            if not ids:
+                continue
+            with site.store.write() as conn:
+                if fields:
+                    job_db.update_job_fields(conn, [(i, dict(fields)) for i in ids])
+                if state is not None:
+                    name = to_state(state).value
+                    ts = None if state_ts is None else q.to_timestamp(state_ts)
+                    job_db.apply_state_changes(conn, [StateChange(i, name, timestamp=ts, data=state_data) for i in ids], strict=True)
+            total += len(ids)
+        return total
+
+    def _query_delete(self, query: Query[Job]) -> int:
+        total = 0
+        for site, ids in query._per_site_ids():
+            with site.store.write() as conn:
+                total += job_db.delete_jobs(conn, ids)
+        return total
+
+    # ---------------------------------------------------------------- futures over many jobs
+    def _done_ids(self, jobs: Sequence[Job]) -> Set[Tuple[int, int]]:
+        out: Set[Tuple[int, int]] = set()
+        groups: Dict[Path, Tuple["SiteRef", List[int]]] = {}
+        for job in jobs:
+            site = job.__dict__["_site"]
+            groups.setdefault(site.path, (site, []))[1].append(int(job.id or 0))
+        for site, ids in groups.values():
+            for start in range(0, len(ids), 20000):
+                chunk = ids[start : start + 20000]
+                rows = site.store.conn.execute(
+                    f"SELECT id FROM job WHERE id IN (SELECT value FROM json_each(?)) AND state IN ({','.join('?' * len(_DONE_NAMES))})",
+                    (dumps(chunk), *_DONE_NAMES),
+                ).fetchall()
+                out.update((site.id, r[0]) for r in rows)
+        return out
+
+    def _poll(self, jobs: Sequence[Job], timeout: Optional[float], poll_interval: Optional[float]) -> Iterator[List[Job]]:
+        """Yield batches of newly finished jobs until all are done or the timeout passes."""
+        for job in jobs:
+            if job._is_new:
+                raise ValidationError("save the job before waiting on it")
+        pending = {(job.site_id, job.id): job for job in jobs}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sites = {job.__dict__["_site"].path: job.__dict__["_site"] for job in jobs}
+        versions: Dict[Path, int] = {}
+        delay = 0.02
+        while pending:
+            changed = [s for p, s in sites.items() if versions.get(p) != s.store.data_version()]
+            for s in changed:
+                versions[s.path] = s.store.data_version()
+            if changed or not versions:
+                done_keys = self._done_ids(list(pending.values()))
+                finished = [pending.pop(k) for k in list(pending) if k in done_keys]
+                if finished:
+                    self.bulk_refresh(finished)
+                    yield finished
+                    delay = 0.02
+                    continue
+            if not pending:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            step = poll_interval if poll_interval is not None else delay
+            if deadline is not None:
+                step = min(step, max(deadline - time.monotonic(), 0))
+            time.sleep(step)
+            delay = min(delay * 1.5, 1.0)
+
+    def wait(
+        self,
+        jobs: Sequence[Job],
+        timeout: Optional[float] = None,
+        poll_interval: Optional[float] = None,
+        return_when: str = ALL_COMPLETED,
+    ) -> Tuple[List[Job], List[Job]]:
+        """Wait for jobs to finish; returns (done, not_done) like concurrent.futures.wait."""
+        jobs = list(jobs)
+        done: List[Job] = []
+        for batch in self._poll(jobs, timeout, poll_interval):
+            done.extend(batch)
+            if return_when == FIRST_COMPLETED:
+                break
+        done_set = {id(j) for j in done}
+        return done, [j for j in jobs if id(j) not in done_set]
+
+    def as_completed(self, jobs: Sequence[Job], timeout: Optional[float] = None, poll_interval: Optional[float] = None) -> Iterator[Job]:
+        """Yield jobs as they finish; concurrent.futures.TimeoutError if some are not done by ``timeout``."""
+        jobs = list(jobs)
+        seen = 0
+        for batch in self._poll(jobs, timeout, poll_interval):
+            for job in batch:
+                seen += 1
+                yield job
+        if seen < len(jobs):
+            raise concurrent.futures.TimeoutError(f"{len(jobs) - seen} of {len(jobs)} jobs did not finish within {timeout} s")
+
+
+bind_manager(Job, JobManager)
+
+__all__ = ["Job", "JobManager", "JobFailed", "RemoteTraceback", "resolve_app", "invalidate_app_cache", "ALL_COMPLETED",
+           "FIRST_COMPLETED", "AppError"]

@@ -1,0 +1,591 @@
+"""The API models besides Job: Site, App, BatchJob, Session, TransferItem, EventLog."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+from balsam._api import sites as _sites
+from balsam._api.base import Field, Manager, Model, Query, bind_manager, from_datetime
+from balsam._api.jobs import Job, invalidate_app_cache
+from balsam.db import jobs as job_db
+from balsam.db import query as q
+from balsam.db import sessions as session_db
+from balsam.db import transfers as transfer_db
+from balsam.db.codec import dumps, loads
+from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, check_batch_transition, to_batch_state
+from balsam.exceptions import JobLockedError, ValidationError
+
+if TYPE_CHECKING:
+    from balsam._api.sites import SiteRef
+
+
+def _single_site(site_id: Optional[int] = None, site_name: Optional[str] = None) -> "SiteRef":
+    if site_id is not None:
+        return _sites.resolve(int(site_id))
+    if site_name is not None:
+        return _sites.resolve(site_name)
+    sites = _sites.default_scope()
+    if len(sites) > 1:
+        raise ValidationError(f"several sites are in scope ({', '.join(s.name for s in sites)}): pass site_id= or site_name=")
+    return sites[0]
+
+
+class _SimpleManager(Manager[Any]):
+    """Creates rows with a plain INSERT and updates the changed columns."""
+
+
+def _write_changes(obj: Model, table: str) -> None:
+    changed = obj._changed_fields()
+    if not changed:
+        return
+    fields = obj._fields
+    site = obj.__dict__["_site"]
+    cols = list(changed)
+    values = [fields[c].encode(changed[c]) for c in cols]
+    with site.store.write() as conn:
+        conn.execute(
+            f"UPDATE {table} SET {', '.join(f'{c}=?' for c in cols)}{', last_update=?' if 'last_update' in obj._columns else ''}, "
+            f"version=version+1 WHERE id=?",
+            (*values, *([time.time()] if "last_update" in obj._columns else []), obj.id),
+        )
+    obj.refresh_from_db()
+
+
+# ============================================================================================ Site
+SITE_SPEC = q.TableSpec(
+    table="site",
+    label="Site",
+    filters={
+        "id": q.ids_in("id"),
+        "name": q.text_in("name"),
+        "path": q.contains("path"),
+        "last_refresh_after": q.after("last_refresh"),
+    },
+    order_fields={"id": "id", "name": "name"},
+    scope_keys=(),
+)
+
+
+class Site(Model):
+    """A site: a directory with its own job DB on one host."""
+
+    _spec = SITE_SPEC
+    _columns = ("id", "name", "path", "uuid", "creation_date", "last_refresh", "globus_endpoint_id", "backfill_windows",
+                "queued_jobs", "optional_batch_job_params", "allowed_projects", "allowed_queues", "transfer_locations", "version")
+
+    id = Field(writable=False)
+    name: str = Field(writable=False)  # type: ignore[assignment]
+    path: str = Field(writable=False)  # type: ignore[assignment]
+    uuid: str = Field(writable=False)  # type: ignore[assignment]
+    creation_date = Field("time", writable=False)
+    last_refresh = Field("time")
+    globus_endpoint_id: Optional[str] = Field()  # type: ignore[assignment]
+    backfill_windows: Dict[str, List[Dict[str, int]]] = Field("json", dict)  # type: ignore[assignment]
+    queued_jobs: Dict[str, Any] = Field("json", dict)  # type: ignore[assignment]
+    optional_batch_job_params: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
+    allowed_projects: List[str] = Field("json", list)  # type: ignore[assignment]
+    allowed_queues: Dict[str, Dict[str, int]] = Field("json", dict)  # type: ignore[assignment]
+    transfer_locations: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
+    version = Field(writable=False)
+
+    def __init__(self, name: str, path: str, preset: str = "local") -> None:
+        self._init_fields({})
+        self.__dict__["name"] = name
+        self.__dict__["path"] = path
+        self.__dict__["_preset"] = preset
+
+    def _repr_fields(self) -> Sequence[str]:
+        return ("id", "name", "path")
+
+    @property
+    def site_id(self) -> Optional[int]:
+        return None if self.id is None else int(self.id)
+
+    @property
+    def hostname(self) -> str:
+        """The site's home host (the only host that may open its DB)."""
+        return str(self.__dict__["_site"].host)
+
+    def save(self) -> None:
+        """Create the site (a new directory from its preset) or write changed fields."""
+        if self._is_new:
+            from balsam.site import init_site
+
+            entry = init_site(self.__dict__["path"], self.__dict__["name"], self.__dict__.get("_preset", "local"))
+            ref = _sites.ref_for_root(Path(entry.path))
+            self.__dict__["_site"] = ref
+            self.__dict__.pop("name", None)
+            self.__dict__.pop("path", None)
+            self.__dict__["_row"] = {}
+            self.refresh_from_db()
+            return
+        _write_changes(self, "site")
+
+    def refresh_from_db(self) -> None:
+        site = self.__dict__["_site"]
+        row = site.store.conn.execute(f"SELECT {', '.join(self._columns)} FROM site LIMIT 1").fetchone()
+        self._reload_from(row)
+
+    def delete(self) -> None:
+        """Remove the site: its directory (jobs, data, logs) and its registry entry."""
+        from balsam.site import Registry
+
+        site = self.__dict__["_site"]
+        running = site.store.conn.execute("SELECT count(*) FROM job WHERE session_id IS NOT NULL").fetchone()[0]
+        if running:
+            raise JobLockedError(f"site {site.name}: {running} jobs are held by running launchers; stop them first")
+        Registry().unregister(site.name)
+        _sites.reset()
+        shutil.rmtree(site.path)
+
+
+class _SiteQuery(Query[Site]):
+    def _fetch(self) -> List[Site]:
+        if self._cache is not None:
+            return self._cache
+        sites = _sites.local_sites()
+        current = _sites.current_site()
+        if current is not None and all(s.path != current.path for s in sites):
+            sites.append(current)
+        results: List[Site] = []
+        for site in sites:
+            rows = q.select(site.store.conn, SITE_SPEC, dict(self._filters), columns=Site._columns)
+            results.extend(Site._from_row(site, r) for r in rows)
+        from balsam._api.base import _merge_sort
+
+        results = _merge_sort(results, self._order or ("id",))[(self._lo or 0) : self._hi]
+        self._cache = results
+        return results
+
+    def count(self) -> int:
+        return len(self._fetch())
+
+
+class SiteManager(Manager[Site]):
+    """``Site.objects``: the sites registered on this host (and the current one)."""
+
+    def all(self) -> Query[Site]:
+        return _SiteQuery(self)
+
+    def filter(self, **kwargs: Any) -> Query[Site]:
+        return _SiteQuery(self).filter(**kwargs)
+
+    def get(self, **kwargs: Any) -> Site:
+        return _SiteQuery(self).get(**kwargs)
+
+    def first(self) -> Optional[Site]:
+        return _SiteQuery(self).first()
+
+    def count(self) -> int:
+        return _SiteQuery(self).count()
+
+
+bind_manager(Site, SiteManager)
+
+
+# ============================================================================================ App
+class App(Model):
+    """The stored form of an ApplicationDefinition (``balsam app ls`` lists these)."""
+
+    _spec = q.APP
+    _columns = ("id", "site_id", "name", "description", "kind", "serialized_class", "source_code", "parameters",
+                "var_keyword", "transfers", "created", "last_update", "version")
+
+    id = Field(writable=False)
+    name: str = Field()  # type: ignore[assignment]
+    description: str = Field(default="")  # type: ignore[assignment]
+    kind: str = Field(writable=False)  # type: ignore[assignment]
+    serialized_class: str = Field(writable=False)  # type: ignore[assignment]
+    source_code: str = Field(writable=False)  # type: ignore[assignment]
+    parameters: Dict[str, Dict[str, Any]] = Field("json", dict)  # type: ignore[assignment]
+    var_keyword: bool = Field("bool", False)  # type: ignore[assignment]
+    transfers: Dict[str, Dict[str, Any]] = Field("json", dict)  # type: ignore[assignment]
+    created = Field("time", writable=False)
+    last_update = Field("time", writable=False)
+    version = Field(writable=False)
+
+    def __init__(self) -> None:
+        raise ValidationError("apps are created by defining an ApplicationDefinition and calling .sync()")
+
+    def _repr_fields(self) -> Sequence[str]:
+        return ("id", "name", "kind")
+
+    def save(self) -> None:
+        """Write changed fields (name, description)."""
+        _write_changes(self, "app")
+        invalidate_app_cache()
+
+    def delete(self) -> None:
+        """Delete the app and its jobs (refused while a launcher holds any of them)."""
+        site = self.__dict__["_site"]
+        with site.store.write() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM job WHERE app_id=?", (self.id,))]
+            job_db.delete_jobs(conn, ids)
+            conn.execute("DELETE FROM app WHERE id=?", (self.id,))
+        invalidate_app_cache()
+
+
+class AppManager(Manager[App]):
+    def _query_delete(self, query: Query[App]) -> int:
+        n = 0
+        for app in list(query):
+            app.delete()
+            n += 1
+        return n
+
+
+bind_manager(App, AppManager)
+
+
+# ============================================================================================ BatchJob
+JOB_MODES = ("mpi", "serial")
+
+
+def parse_partition(text: str) -> Dict[str, Any]:
+    """``mode:nodes[:k=v,...]`` (the CLI's ``-p``) as a partition dict."""
+    parts = text.split(":")
+    if len(parts) < 2 or parts[0] not in JOB_MODES or not parts[1].isdigit():
+        raise ValidationError(f"partition {text!r}: expected MODE:NODES[:key=value,...] with MODE mpi or serial")
+    tags: Dict[str, str] = {}
+    for item in ":".join(parts[2:]).split(","):
+        if item:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise ValidationError(f"partition {text!r}: tag {item!r} must be key=value")
+            tags[k] = v
+    return {"job_mode": parts[0], "num_nodes": int(parts[1]), "filter_tags": tags}
+
+
+class BatchJob(Model):
+    """A pilot allocation: a batch job that runs a launcher on ``num_nodes`` nodes."""
+
+    _spec = q.BATCH_JOB
+    _columns = ("id", "scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",
+                "filter_tags", "partitions", "state", "status_info", "start_time", "end_time", "created", "last_update", "version")
+
+    id = Field(writable=False)
+    scheduler_id: Optional[int] = Field()  # type: ignore[assignment]
+    project: str = Field()  # type: ignore[assignment]
+    queue: str = Field()  # type: ignore[assignment]
+    num_nodes: int = Field()  # type: ignore[assignment]
+    wall_time_min: int = Field()  # type: ignore[assignment]
+    job_mode: str = Field()  # type: ignore[assignment]
+    optional_params: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
+    filter_tags: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
+    partitions: Optional[List[Dict[str, Any]]] = Field("json", None)  # type: ignore[assignment]
+    state: str = Field(default="pending_submission")  # type: ignore[assignment]
+    status_info: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
+    start_time = Field("time")
+    end_time = Field("time")
+    created = Field("time", writable=False)
+    last_update = Field("time", writable=False)
+    version = Field(writable=False)
+
+    def __init__(
+        self,
+        num_nodes: int,
+        wall_time_min: int,
+        job_mode: str = "mpi",
+        queue: Optional[str] = None,
+        project: Optional[str] = None,
+        optional_params: Optional[Dict[str, str]] = None,
+        filter_tags: Optional[Dict[str, str]] = None,
+        partitions: Optional[List[Any]] = None,
+        site_id: Optional[int] = None,
+        site_name: Optional[str] = None,
+    ) -> None:
+        self._init_fields({})
+        site = _single_site(site_id, site_name)
+        self.__dict__["_site"] = site
+        d = self.__dict__
+        d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue, project=project,
+                 optional_params=dict(optional_params or {}), filter_tags=job_db.check_tags(filter_tags or {}, "filter_"),
+                 partitions=[parse_partition(p) if isinstance(p, str) else dict(p) for p in partitions] if partitions else None,
+                 state="pending_submission", status_info={}, scheduler_id=None, start_time=None, end_time=None)
+
+    def _repr_fields(self) -> Sequence[str]:
+        return ("id", "scheduler_id", "queue", "num_nodes", "wall_time_min", "job_mode", "state")
+
+    def validate(self, conn: Any = None) -> None:
+        """Check the BatchJob against the site's queues, projects and optional parameters (settings.yml)."""
+        site = self.__dict__["_site"]
+        conn = conn or site.store.conn
+        row = conn.execute("SELECT allowed_queues, allowed_projects, optional_batch_job_params, name FROM site LIMIT 1").fetchone()
+        queues, projects, optional, site_name = loads(row[0]), loads(row[1]), loads(row[2]), row[3]
+        d = self.__dict__
+        if d.get("queue") is None and len(queues) == 1:
+            d["queue"] = next(iter(queues))
+        if d.get("project") is None and len(projects) == 1:
+            d["project"] = projects[0]
+        if d.get("queue") is None:
+            raise ValidationError(f"a queue is required (site {site_name} allows: {', '.join(sorted(queues)) or 'none configured'})")
+        if d.get("project") is None:
+            raise ValidationError(f"a project is required (site {site_name} allows: {', '.join(projects) or 'any'})")
+        for name in ("num_nodes", "wall_time_min"):
+            v = d[name]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValidationError(f"{name} must be a positive integer, got {v!r}")
+        if d["job_mode"] not in JOB_MODES:
+            raise ValidationError(f"job_mode must be one of {', '.join(JOB_MODES)}, got {d['job_mode']!r}")
+        if queues and d["queue"] not in queues:
+            raise ValidationError(f"queue {d['queue']!r} is not allowed at site {site_name} (allowed: {', '.join(sorted(queues))})")
+        policy = queues.get(d["queue"], {})
+        if "max_nodes" in policy and d["num_nodes"] > policy["max_nodes"]:
+            raise ValidationError(f"queue {d['queue']!r} allows at most {policy['max_nodes']} nodes, asked for {d['num_nodes']}")
+        if "max_wall_time_min" in policy and d["wall_time_min"] > policy["max_wall_time_min"]:
+            raise ValidationError(f"queue {d['queue']!r} allows at most {policy['max_wall_time_min']} minutes, asked for {d['wall_time_min']}")
+        if projects and d["project"] not in projects:
+            raise ValidationError(f"project {d['project']!r} is not allowed at site {site_name} (allowed: {', '.join(projects)})")
+        bad = sorted(set(d["optional_params"]) - set(optional))
+        if bad:
+            raise ValidationError(f"unknown optional parameter {bad[0]!r} (site {site_name} allows: {', '.join(sorted(optional)) or 'none'})")
+        if d["partitions"]:
+            total = sum(int(p.get("num_nodes", 0)) for p in d["partitions"])
+            if total != d["num_nodes"]:
+                raise ValidationError(f"partitions add up to {total} nodes, but the batch job has {d['num_nodes']}")
+            for p in d["partitions"]:
+                if p.get("job_mode") not in JOB_MODES:
+                    raise ValidationError(f"partition job_mode must be mpi or serial, got {p.get('job_mode')!r}")
+        if "max_queued_jobs" in policy and self._is_new:
+            queued = conn.execute(
+                "SELECT count(*) FROM batch_job WHERE queue=? AND state IN ('pending_submission', 'queued')", (d["queue"],)
+            ).fetchone()[0]
+            if queued >= policy["max_queued_jobs"]:
+                raise ValidationError(f"queue {d['queue']!r} already has {queued} batch jobs waiting (max_queued_jobs {policy['max_queued_jobs']})")
+
+    def save(self) -> None:
+        """Create the BatchJob (validated against the site's policies) or write changed fields."""
+        site = self.__dict__["_site"]
+        if self._is_new:
+            now = time.time()
+            with site.store.write() as conn:
+                self.validate(conn)
+                d = self.__dict__
+                cur = conn.execute(
+                    "INSERT INTO batch_job(project, queue, num_nodes, wall_time_min, job_mode, optional_params, filter_tags, "
+                    "partitions, state, status_info, created, last_update) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (d["project"], d["queue"], d["num_nodes"], d["wall_time_min"], d["job_mode"], dumps(d["optional_params"]),
+                     dumps(d["filter_tags"]), None if not d["partitions"] else dumps(d["partitions"]), "pending_submission", "{}", now, now),
+                )
+                new_id = cur.lastrowid
+            self.__dict__["_row"] = {"id": new_id}
+            self.refresh_from_db()
+            return
+        changed = self._changed_fields()
+        if "state" in changed:
+            new = to_batch_state(changed["state"]).value
+            current = site.store.conn.execute("SELECT state FROM batch_job WHERE id=?", (self.id,)).fetchone()
+            if current is not None:
+                check_batch_transition(current[0], new, self.id)
+            self.__dict__["state"] = new
+        _write_changes(self, "batch_job")
+
+    def delete(self) -> None:
+        """Delete a BatchJob that is not active (set state to pending_deletion to cancel an active one)."""
+        if self.state in {s.value for s in BATCH_ACTIVE_STATES} or self.state == BatchJobState.pending_deletion.value:
+            raise ValidationError(f"batch job {self.id} is {self.state}: set its state to pending_deletion to cancel it first")
+        site = self.__dict__["_site"]
+        with site.store.write() as conn:
+            conn.execute("DELETE FROM batch_job WHERE id=?", (self.id,))
+
+    def partitions_to_cli_args(self) -> str:
+        """The partitions as ``-p mode:nodes:k=v`` launcher arguments."""
+        args = []
+        for p in self.partitions or []:
+            tags = ",".join(f"{k}={v}" for k, v in (p.get("filter_tags") or {}).items())
+            args.append(f"-p {p['job_mode']}:{p['num_nodes']}" + (f":{tags}" if tags else ""))
+        return " ".join(args)
+
+    def jobs(self) -> Query[Job]:
+        """The jobs that ran (or run) in this BatchJob."""
+        return Job.objects.filter(batch_job_id=self.id, site_id=self.site_id)
+
+
+class BatchJobManager(Manager[BatchJob]):
+    def bulk_update(self, batch_jobs: Sequence[BatchJob]) -> None:
+        """Save many BatchJobs."""
+        for bj in batch_jobs:
+            bj.save()
+
+    def _query_update(self, query: Query[BatchJob], fields: Dict[str, Any]) -> int:
+        n = 0
+        for bj in list(query):
+            for k, v in fields.items():
+                setattr(bj, k, v)
+            bj.save()
+            n += 1
+        return n
+
+    def _query_delete(self, query: Query[BatchJob]) -> int:
+        items = list(query)
+        for bj in items:
+            bj.delete()
+        return len(items)
+
+
+bind_manager(BatchJob, BatchJobManager)
+
+
+# ============================================================================================ Session
+class Session(Model):
+    """A lease under which a launcher or processing worker holds jobs."""
+
+    _spec = q.SESSION
+    _columns = ("id", "batch_job_id", "heartbeat", "created", "host", "pid", "label")
+
+    id = Field(writable=False)
+    batch_job_id: Optional[int] = Field(writable=False)  # type: ignore[assignment]
+    heartbeat = Field("time", writable=False)
+    created = Field("time", writable=False)
+    host: str = Field(writable=False)  # type: ignore[assignment]
+    pid: Optional[int] = Field(writable=False)  # type: ignore[assignment]
+    label: str = Field(writable=False)  # type: ignore[assignment]
+
+    def __init__(self, batch_job_id: Optional[int] = None, site_id: Optional[int] = None, site_name: Optional[str] = None,
+                 label: str = "") -> None:
+        self._init_fields({})
+        self.__dict__["_site"] = _single_site(site_id, site_name)
+        self.__dict__["_new"] = (batch_job_id, label)
+
+    def save(self) -> None:
+        if not self._is_new:
+            return
+        site = self.__dict__["_site"]
+        batch_job_id, label = self.__dict__["_new"]
+        with site.store.write() as conn:
+            sid = session_db.create_session(conn, host=_sites.this_host(), batch_job_id=batch_job_id, label=label)
+        self.__dict__["_row"] = {"id": sid}
+        self.refresh_from_db()
+
+    def tick(self) -> None:
+        """Renew the lease."""
+        with self.__dict__["_site"].store.write() as conn:
+            session_db.tick(conn, int(self.id or 0))
+
+    def acquire_jobs(
+        self,
+        max_num_jobs: int = 1000,
+        states: Any = ("PREPROCESSED", "RESTART_READY"),
+        filter_tags: Optional[Dict[str, str]] = None,
+        app_ids: Optional[Sequence[int]] = None,
+        serial_only: bool = False,
+        max_nodes_per_job: Optional[float] = None,
+        max_aggregate_nodes: Optional[float] = None,
+        max_wall_time_min: Optional[float] = None,
+        sort_by: Optional[str] = None,
+    ) -> List[Job]:
+        """Lock up to ``max_num_jobs`` jobs to this session and return them."""
+        from balsam.db.states import to_states
+
+        site = self.__dict__["_site"]
+        names = sorted(s.value for s in to_states(states))
+        with site.store.write() as conn:
+            rows = session_db.acquire(conn, int(self.id or 0), states=names, max_num_jobs=max_num_jobs, filter_tags=filter_tags,
+                                      app_ids=app_ids, serial_only=serial_only, max_nodes_per_job=max_nodes_per_job,
+                                      max_aggregate_nodes=max_aggregate_nodes, max_wall_time_min=max_wall_time_min, sort_by=sort_by)
+        ids = [r["id"] for r in rows]
+        order = {i: n for n, i in enumerate(ids)}
+        jobs = list(Job.objects.filter(id=ids, site_id=site.id)) if ids else []
+        jobs.sort(key=lambda j: order[j.id])
+        return jobs
+
+    def delete(self) -> None:
+        """Release the lease: running jobs become RUN_TIMEOUT, the rest are unlocked."""
+        with self.__dict__["_site"].store.write() as conn:
+            session_db.release(conn, int(self.id or 0))
+
+
+bind_manager(Session)
+
+
+# ============================================================================================ TransferItem
+class TransferItem(Model):
+    """One file or directory to stage in before a job runs, or out after it finishes."""
+
+    _spec = q.TRANSFER_ITEM
+    _columns = ("id", "job_id", "direction", "slot", "local_path", "remote_path", "location_alias", "recursive", "state",
+                "task_id", "transfer_info", "last_update")
+
+    id = Field(writable=False)
+    job_id: int = Field(writable=False)  # type: ignore[assignment]
+    direction: str = Field(writable=False)  # type: ignore[assignment]
+    slot: str = Field(writable=False)  # type: ignore[assignment]
+    local_path: str = Field(writable=False)  # type: ignore[assignment]
+    remote_path: str = Field(writable=False)  # type: ignore[assignment]
+    location_alias: str = Field(writable=False)  # type: ignore[assignment]
+    recursive: bool = Field("bool", False, writable=False)  # type: ignore[assignment]
+    state: str = Field()  # type: ignore[assignment]
+    task_id: str = Field(default="")  # type: ignore[assignment]
+    transfer_info: Dict[str, Any] = Field("json", dict)  # type: ignore[assignment]
+    last_update = Field("time", writable=False)
+
+    objects: ClassVar["TransferItemManager"]  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        raise ValidationError("transfer items are created from a job's transfers= and its app's transfer slots")
+
+    def save(self) -> None:
+        """Write state, task_id and transfer_info (moving the job along when its transfers finish)."""
+        TransferItem.objects.bulk_update([self])
+
+
+class TransferItemManager(Manager[TransferItem]):
+    def bulk_update(self, items: Sequence[TransferItem]) -> None:
+        """Save many transfer items, one transaction per site."""
+        groups: Dict[Path, Tuple["SiteRef", List[Tuple[int, Dict[str, Any]]], List[TransferItem]]] = {}
+        for item in items:
+            site = item.__dict__["_site"]
+            g = groups.setdefault(site.path, (site, [], []))
+            changed = item._changed_fields()
+            if changed:
+                g[1].append((int(item.id or 0), changed))
+                g[2].append(item)
+        for site, updates, objs in groups.values():
+            with site.store.write() as conn:
+                transfer_db.update_items(conn, updates)
+            for obj in objs:
+                obj.refresh_from_db()
+
+    def _query_update(self, query: Query[TransferItem], fields: Dict[str, Any]) -> int:
+        n = 0
+        for site, ids in query._per_site_ids():
+            with site.store.write() as conn:
+                transfer_db.update_items(conn, [(i, dict(fields)) for i in ids])
+            n += len(ids)
+        return n
+
+
+bind_manager(TransferItem, TransferItemManager)
+
+
+# ============================================================================================ EventLog
+class EventLog(Model):
+    """One job state change: when, from, to, and why (read-only)."""
+
+    _spec = q.EVENT
+    _columns = ("id", "job_id", "timestamp", "from_state", "to_state", "data")
+    _read_only = True
+
+    id = Field(writable=False)
+    job_id: int = Field(writable=False)  # type: ignore[assignment]
+    timestamp = Field("time", writable=False)
+    from_state: str = Field(writable=False)  # type: ignore[assignment]
+    to_state: str = Field(writable=False)  # type: ignore[assignment]
+    data: Dict[str, Any] = Field("json", dict, writable=False)  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        raise ValidationError("the EventLog is read-only: events are written by job state changes")
+
+    def _repr_fields(self) -> Sequence[str]:
+        return ("job_id", "timestamp", "from_state", "to_state", "data")
+
+    def save(self) -> None:
+        raise ValidationError("the EventLog is read-only")
+
+
+bind_manager(EventLog)
+
+__all__ = ["Site", "App", "BatchJob", "Session", "TransferItem", "EventLog", "parse_partition", "from_datetime"]

@@ -1,0 +1,188 @@
+"""Which site DBs an API call touches, and the per-process cache of their stores.
+
+Scope rules:
+- a query naming sites (``site_id``, ``site_name``, ``site_path``) touches those;
+- otherwise the *current site*: :func:`use_site`, else ``BALSAM_SITE_PATH``, else the site enclosing the
+  working directory;
+- otherwise every registered site whose home host is this host.
+Sites of other hosts are never opened (DESIGN.md section 3); naming one explicitly is a ForeignHostError.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from balsam.db import Store, open_store
+from balsam.exceptions import ForeignHostError, SiteNotFound
+from balsam.site import Registry, SiteLayout, find_site_root, this_host
+
+__all__ = ["SiteRef", "current_site", "default_scope", "local_sites", "ref_for_root", "reset", "resolve", "scope", "this_host",
+           "use_site"]
+
+
+@dataclass(frozen=True)
+class SiteRef:
+    """A site this process can reach: its identity and its store."""
+
+    id: int
+    name: str
+    path: Path
+    host: str
+
+    @property
+    def layout(self) -> SiteLayout:
+        return SiteLayout(self.path)
+
+    @property
+    def store(self) -> Store:
+        return _store_for(self.path)
+
+
+_lock = threading.Lock()
+_stores: Dict[Path, Store] = {}
+_refs: Dict[Path, SiteRef] = {}
+_current: Optional[Path] = None
+generation = 0
+"""Bumped by :func:`reset`; caches keyed on sites compare it to know they are stale."""
+
+
+def _store_for(root: Path) -> Store:
+    with _lock:
+        store = _stores.get(root)
+        if store is None:
+            store = _stores[root] = open_store(root, this_host())
+        return store
+
+
+def ref_for_root(root: Path) -> SiteRef:
+    """The SiteRef of a site directory (identity read from its DB)."""
+    ref = _refs.get(root)  # paths are cached resolved; a hit skips the filesystem
+    if ref is not None:
+        return ref
+    root = Path(root).resolve()
+    with _lock:
+        ref = _refs.get(root)
+    if ref is not None:
+        return ref
+    store = _store_for(root)
+    row = store.conn.execute("SELECT id, name FROM site LIMIT 1").fetchone()
+    owner = store.get_meta("home_host") or this_host()
+    ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=owner)
+    with _lock:
+        _refs[root] = ref
+    return ref
+
+
+def use_site(site: Union[str, int, Path, None]) -> Optional[SiteRef]:
+    """Make ``site`` (a name, id or path; None to clear) the current site of this process."""
+    global _current
+    if site is None:
+        _current = None
+        return None
+    ref = resolve(site)
+    _current = ref.path
+    return ref
+
+
+def current_site() -> Optional[SiteRef]:
+    """The current site (use_site, BALSAM_SITE_PATH, or the enclosing directory), or None."""
+    if _current is not None:
+        return ref_for_root(_current)
+    root = find_site_root()
+    return ref_for_root(root) if root is not None else None
+
+
+def resolve(key: Union[str, int, Path, Any]) -> SiteRef:
+    """A site by name, id, path, or Site object; ForeignHostError if it belongs to another host."""
+    if hasattr(key, "path") and hasattr(key, "id") and not isinstance(key, (str, int, Path)):
+        key = Path(str(key.path))
+    if isinstance(key, Path) or (isinstance(key, str) and ("/" in key or key == ".")):
+        root = Path(key).expanduser().resolve()
+        if not SiteLayout(root).is_site():
+            raise SiteNotFound(f"{root} is not a Balsam site")
+        return ref_for_root(root)
+    current = None
+    try:
+        current = current_site()
+    except SiteNotFound:
+        current = None
+    if current is not None and (current.name == key or current.id == key or str(current.id) == str(key)):
+        return current
+    entry = Registry().lookup(key)
+    if entry.host and entry.host != this_host():
+        raise ForeignHostError(
+            f"site {entry.name!r} lives on host {entry.host!r} and this is {this_host()!r}: its DB can only be opened there "
+            f"(or run 'balsam site rename-host' in {entry.path} if it moved here)"
+        )
+    if not SiteLayout(Path(entry.path)).is_site():
+        raise SiteNotFound(f"site {entry.name!r} is registered at {entry.path}, but no site is there any more")
+    return ref_for_root(Path(entry.path))
+
+
+def local_sites() -> List[SiteRef]:
+    """Every registered site on this host whose directory still exists."""
+    host = this_host()
+    out = []
+    for entry in Registry().entries():
+        if entry.host == host and SiteLayout(Path(entry.path)).is_site():
+            out.append(ref_for_root(Path(entry.path)))
+    return out
+
+
+def scope(filters: Dict[str, Any]) -> List[SiteRef]:
+    """The sites a query with these filters touches (scope keys are consumed from ``filters``)."""
+    site_id = filters.pop("site_id", None)
+    site_name = filters.pop("site_name", None)
+    site_path = filters.pop("site_path", None)
+    if site_id is not None or site_name is not None or site_path is not None:
+        candidates: List[SiteRef] = []
+        if site_id is not None:
+            ids = site_id if isinstance(site_id, (list, tuple, set, frozenset)) else [site_id]
+            candidates = [resolve(int(getattr(i, "id", i) or 0)) for i in ids]
+        else:
+            candidates = default_scope(all_local=True)
+        if site_name is not None:
+            names = site_name if isinstance(site_name, (list, tuple, set)) else [site_name]
+            if site_id is None:
+                candidates = [resolve(n) for n in names]
+            else:
+                candidates = [c for c in candidates if c.name in names]
+        if site_path is not None:
+            candidates = [c for c in candidates if str(site_path) in str(c.path)]
+        return candidates
+    return default_scope()
+
+
+def default_scope(all_local: bool = False) -> List[SiteRef]:
+    """The current site if there is one, else every site on this host."""
+    if not all_local:
+        current = current_site()
+        if current is not None:
+            return [current]
+    sites = local_sites()
+    if not sites and not all_local:
+        entries = Registry().entries()
+        foreign = [e for e in entries if e.host != this_host()]
+        if foreign:
+            e = foreign[0]
+            raise ForeignHostError(
+                f"no site on this host ({this_host()!r}); site {e.name!r} lives on {e.host!r}: run there, "
+                f"or 'balsam site rename-host' in {e.path} if it moved here"
+            )
+        raise SiteNotFound("no Balsam site found: create one with 'balsam site init PATH', or cd into a site")
+    return sites
+
+
+def reset() -> None:
+    """Forget cached stores and the current site (tests, and after a site is moved or removed)."""
+    global _current, generation
+    generation += 1
+    with _lock:
+        for store in _stores.values():
+            store.close()
+        _stores.clear()
+        _refs.clear()
+    _current = None

@@ -1,0 +1,45 @@
+"""The Balsam Python API, compatible with Balsam 0.7's ``balsam.api``, working offline on local site DBs.
+
+::
+
+    from balsam.api import ApplicationDefinition, Job, BatchJob, Site, EventLog
+
+    class Hello(ApplicationDefinition):
+        site = "my-site"
+        command_template = "echo Hello, {{ say_hello_to }}!"
+
+    job = Hello.submit(workdir="demo/hello", say_hello_to="world")
+    Job.objects.filter(tags={"experiment": "xyz"}, state="PREPROCESSED").order_by("-id")[:10]
+
+Queries touch the current site (:func:`use_site`, ``BALSAM_SITE_PATH``, or the site around the working
+directory), else every site registered on this host. Importing this module opens nothing.
+"""
+
+from __future__ import annotations
+
+from balsam._api.app import ApplicationDefinition
+from balsam._api.jobs import ALL_COMPLETED, FIRST_COMPLETED, Job, JobFailed, RemoteTraceback
+from balsam._api.models import App, BatchJob, EventLog, Session, Site, TransferItem
+from balsam._api.sites import current_site, use_site
+from balsam.db.states import BatchJobState, JobState
+from balsam.exceptions import BalsamError
+
+__all__ = [
+    "ALL_COMPLETED",
+    "App",
+    "ApplicationDefinition",
+    "BalsamError",
+    "BatchJob",
+    "BatchJobState",
+    "EventLog",
+    "FIRST_COMPLETED",
+    "Job",
+    "JobFailed",
+    "JobState",
+    "RemoteTraceback",
+    "Session",
+    "Site",
+    "TransferItem",
+    "current_site",
+    "use_site",
+]

@@ -1,0 +1,192 @@
+"""ApplicationDefinition: validation at definition, parameters, source shipping, loading back at the site."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam.api import App, ApplicationDefinition, Job
+from balsam.exceptions import AppError, ValidationError
+
+SCALE = 10
+NAMES = ["a", "b"]
+
+
+def helper(v: int) -> int:
+    return v * SCALE
+
+
+class _Base(ApplicationDefinition):
+    site = "test-site"
+
+    def shared(self) -> str:
+        return "base"
+
+
+class Derived(_Base):
+    """Uses super(), a module helper, a constant, and an imported module."""
+
+    def run(self, v: int, *, label: str = "x", **extra: Any) -> float:
+        return helper(v) + math.floor(0.5) + len(NAMES)
+
+    def shared(self) -> str:
+        return "derived+" + super().shared()
+
+
+def test_shell_app_parameters_come_from_the_template(site: Any) -> None:
+    class Greet(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo {{ greeting }} {{ name }} > {{ out }}"
+        parameters = {"greeting": {"required": False, "default": "hi", "help": "what to say"}}
+
+    assert Greet.parameter_spec() == {
+        "greeting": {"required": False, "default": "hi", "help": "what to say"},
+        "name": {"required": True, "help": ""},
+        "out": {"required": True, "help": ""},
+    }
+    assert Greet.render_command({"name": "O'Brien; rm -rf /", "out": "o.txt"}) == "echo hi 'O'\"'\"'Brien; rm -rf /' > o.txt"
+    with pytest.raises(ValidationError, match="missing required parameter 'out'"):
+        Greet.render_command({"name": "x"})
+
+
+@pytest.mark.parametrize("body,message", [
+    ("command_template = 'echo {{ x }}'\n    def run(self): pass", "not both"),
+    ("command_template = 'echo {{ x }}'\n    parameters = {'y': {'required': True}}", "'y' is not used by the command_template"),
+    ("command_template = 'echo {{ x }'", "command_template line 1"),
+    ("command_template = 'echo {{ x }}'\n    parameters = {'x': {'required': True, 'default': 1}}", "cannot have a default"),
+    ("command_template = 'echo {{ x }}'\n    parameters = {'x': {'required': False}}", "needs a default"),
+    ("def run(self, *args): pass", r"\*args is not supported"),
+    ("command_template = 'ls'\n    transfers = {'in': {'direction': 'sideways'}}", "direction must be 'in' or 'out'"),
+    ("command_template = 'ls'\n    cleanup_files = ['/etc/*']", "must stay inside the job's workdir"),
+])
+def test_bad_definitions_fail_when_the_class_is_defined(site: Any, body: str, message: str) -> None:
+    with pytest.raises(AppError, match=message):
+        exec(f"class Bad(ApplicationDefinition):\n    site = 'test-site'\n    {body}\n", {"ApplicationDefinition": ApplicationDefinition})
+
+
+def test_python_app_parameters_from_the_signature(site: Any) -> None:
+    assert Derived.parameter_spec() == {
+        "v": {"required": True, "help": "int"},
+        "label": {"required": False, "default": "x", "help": "str"},
+    }
+    Derived.sync()
+    job = Derived.submit(workdir="d", v=1, anything="else")  # **extra accepts unknown keywords
+    assert job.parameters == {"v": 1, "anything": "else"}
+
+
+def test_sync_upserts_by_name_and_rename(site: Any, hello: Any) -> None:
+    first = hello.__app_id__
+    assert hello.sync() == first
+    assert App.objects.get(name="Hello").version == 2
+    assert App.objects.get(name="Hello").description == "Says hello."
+
+    class Hello2(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo {{ say_hello_to }}"
+
+    assert Hello2.sync(rename_from="Hello") == first
+    assert [a.name for a in App.objects.all()] == ["Hello2"]
+
+
+def test_shipped_source_recreates_the_class_with_super_helpers_and_constants(site: Any) -> None:
+    Derived.sync()
+    source = App.objects.get(name="Derived").source_code
+    assert "import math" in source and "def helper" in source and "SCALE = 10" in source and "class _Base" in source
+    loaded = ApplicationDefinition.load_by_name("Derived", site_name="test-site")
+    assert loaded is not Derived
+    instance = loaded(None)
+    assert instance.run(3) == 32
+    assert instance.shared() == "derived+base"
+
+
+def test_loading_in_a_fresh_interpreter(site: Any, balsam_home: Path) -> None:
+    Derived.sync()
+    script = textwrap.dedent(f"""
+        import json, os
+        os.environ["BALSAM_HOME"] = {str(balsam_home)!r}
+        from balsam.api import ApplicationDefinition
+        apps = ApplicationDefinition.load_by_site("test-site")
+        d = apps["Derived"](None)
+        print(json.dumps([sorted(apps), d.run(2), d.shared()]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd="/")
+    assert json.loads(out.stdout) == [["Derived"], 22, "derived+base"]
+
+
+def _cell(source: str, ns: dict, name: str) -> None:
+    """Run code the way IPython runs a cell: its text lives only in linecache, under a pseudo file name."""
+    import linecache
+
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    exec(compile(source, name, "exec"), ns)
+
+
+def test_a_global_that_cannot_be_shipped_is_named_at_sync(site: Any) -> None:
+    ns: dict = {"ApplicationDefinition": ApplicationDefinition, "HANDLE": open(__file__), "__name__": "__main__"}
+    _cell("class UsesHandle(ApplicationDefinition):\n    site = 'test-site'\n    def run(self):\n        return HANDLE.read()\n", ns, "<cell-7>")
+    ns["HANDLE"].close()
+    with pytest.raises(AppError, match="uses the global 'HANDLE'"):
+        ns["UsesHandle"].sync()
+
+
+def test_notebook_cell_app_with_methods_and_helpers(site: Any) -> None:
+    ns: dict = {"ApplicationDefinition": ApplicationDefinition, "__name__": "__main__"}
+    _cell("FACTOR = 3\ndef triple(v):\n    return v * FACTOR\n", ns, "<cell-1>")
+    _cell("class InCell(ApplicationDefinition):\n    site = 'test-site'\n    def run(self, v):\n        return triple(v)\n", ns, "<cell-2>")
+    ns["InCell"].sync()
+    loaded = ApplicationDefinition.load_by_name("InCell", site_name="test-site")
+    assert loaded(None).run(2) == 6
+
+
+def test_method_less_app_needs_no_source_file(site: Any) -> None:
+    # Like a class typed into a notebook: exec'd code has no source file to read.
+    ns: dict = {"ApplicationDefinition": ApplicationDefinition, "__name__": "__notebook__"}
+    exec("class Nb(ApplicationDefinition):\n    site = 'test-site'\n    command_template = 'echo {{ a }}'\n", ns)
+    ns["Nb"].sync()
+    loaded = ApplicationDefinition.load_by_name("Nb", site_name="test-site")
+    assert loaded.render_command({"a": "b c"}) == "echo 'b c'"
+
+
+def test_resync_is_seen_by_loaders(site: Any) -> None:
+    class V(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo one {{ x }}"
+
+    V.sync()
+    assert ApplicationDefinition.load_by_name("V", site_name="test-site").render_command({"x": 1}) == "echo one 1"
+
+    class V(ApplicationDefinition):  # type: ignore[no-redef]  # the user edits the cell and re-runs it
+        site = "test-site"
+        command_template = "echo two {{ x }}"
+
+    V.sync()
+    assert ApplicationDefinition.load_by_name("V", site_name="test-site").render_command({"x": 1}) == "echo two 1"
+
+
+def test_hooks_default_and_overrides(site: Any, hello: Any) -> None:
+    class Hooked(ApplicationDefinition):
+        site = "test-site"
+        command_template = "true"
+
+        def handle_timeout(self) -> None:
+            self.job.state = "FAILED"
+
+    assert not hello.has_hook("postprocess")
+    assert Hooked.has_hook("handle_timeout") and not Hooked.has_hook("preprocess")
+    job = hello.submit(workdir="j", say_hello_to="x")
+    hooks = hello(job)
+    hooks.preprocess()
+    assert job.state == "PREPROCESSED"
+
+
+def test_app_delete_removes_its_jobs(hello: Any) -> None:
+    hello.submit(workdir="a", say_hello_to="x")
+    App.objects.get(name="Hello").delete()
+    assert Job.objects.count() == 0 and App.objects.count() == 0

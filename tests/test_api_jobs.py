@@ -1,0 +1,217 @@
+"""The Job API and lazy queries, against Balsam 0.7's documented semantics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import pytest
+
+from balsam.api import ApplicationDefinition, EventLog, Job
+from balsam.exceptions import ValidationError
+from tests.helpers import advance
+
+
+def test_the_issue_example_runs_offline(hello: Any) -> None:
+    jobs = [hello.submit(workdir=f"demo/{i}", say_hello_to=f"n{i}", save=False, tags={"experiment": "xyz"}) for i in range(1000)]
+    jobs = Job.objects.bulk_create(jobs)
+    Job.objects.filter(id=[j.id for j in jobs[:20]]).update(state="PREPROCESSED")
+    top = Job.objects.filter(tags={"experiment": "xyz"}, state="PREPROCESSED").order_by("-id")[:10]
+    assert [j.id for j in top] == [jobs[i].id for i in range(19, 9, -1)]
+    assert Job.objects.filter(state__ne="JOB_FINISHED").count() == 1000
+    assert [e.to_state for e in EventLog.objects.filter(job_id=jobs[0].id)] == ["PREPROCESSED", "STAGED_IN"]
+
+
+def test_bulk_create_updates_inputs_in_place(hello: Any) -> None:
+    jobs = [hello.submit(workdir=f"d/{i}", say_hello_to="x", save=False) for i in range(3)]
+    out = Job.objects.bulk_create(jobs)
+    assert out[0] is jobs[0] and all(j.id for j in jobs)
+    assert jobs[0].state == "STAGED_IN" and jobs[0].created is not None
+    assert isinstance(jobs[0].last_update, dt.datetime) and jobs[0].last_update.tzinfo is not None
+
+
+def test_create_by_app_name_and_id_and_class(hello: Any) -> None:
+    a = Job("a", app_id="Hello", parameters={"say_hello_to": "x"})
+    a.save()
+    b = Job.objects.create(workdir="b", app_id=hello.__app_id__, parameters={"say_hello_to": "y"})
+    c = Job(workdir="c", app_id=hello, parameters={"say_hello_to": "z"}, tags={"k": "v"})
+    c.save()
+    assert {a.app_id, b.app_id, c.app_id} == {hello.__app_id__}
+    assert Job.objects.get(workdir="c").tags == {"k": "v"}
+
+
+def test_unknown_and_missing_parameters(hello: Any, adder: Any) -> None:
+    with pytest.raises(ValidationError, match="needs parameter 'say_hello_to'"):
+        hello.submit(workdir="a")
+    with pytest.raises(ValidationError, match=r"no parameter 'bogus' \(parameters: say_hello_to\)"):
+        hello.submit(workdir="a", say_hello_to="x", bogus=1)
+    with pytest.raises(ValidationError, match="no app 'Nope'"):
+        Job("a", app_id="Nope")
+    assert Job.objects.count() == 0
+
+
+def test_data_tags_and_parameters_round_trip_and_in_place_changes_are_saved(adder: Any) -> None:
+    job = adder.submit(workdir="a", x=(1, 2), tags={"exp": "1"}, data={"a": [1, {"b": 2}]})
+    fresh = Job.objects.get(id=job.id)
+    assert fresh.parameters == {"x": (1, 2)}  # a tuple comes back a tuple (pickled), not a list
+    assert fresh.data == {"a": [1, {"b": 2}]}
+    fresh.data["a"].append(3)
+    fresh.tags["exp"] = "2"
+    fresh.save()
+    again = Job.objects.get(id=job.id)
+    assert again.data == {"a": [1, {"b": 2}, 3]}
+    assert Job.objects.filter(tags={"exp": "2"}).count() == 1
+    assert Job.objects.filter(tags={"exp": "1"}).count() == 0
+
+
+def test_filters(hello: Any) -> None:
+    a = hello.submit(workdir="runs/a", say_hello_to="x", tags={"exp": "1", "size": "big"})
+    b = hello.submit(workdir="runs/b", say_hello_to="x", tags={"exp": "1"}, parent_ids=[a.id])
+    c = hello.submit(workdir="other/c", say_hello_to="x", tags={"exp": "2"})
+    advance(a, "PREPROCESSED")
+
+    def ids(**kw: Any) -> list:
+        return sorted(j.id for j in Job.objects.filter(**kw))
+
+    assert ids(id=[a.id, c.id]) == sorted([a.id, c.id])
+    assert ids(id=[]) == []
+    assert ids(tags={"exp": "1"}) == [a.id, b.id]
+    assert ids(tags=["exp:1", "size:big"]) == [a.id]
+    assert ids(tags="size") == [a.id]
+    assert ids(state="PREPROCESSED") == [a.id]
+    assert ids(state=["AWAITING_PARENTS", "STAGED_IN"]) == [b.id, c.id]
+    assert ids(state__ne="PREPROCESSED") == [b.id, c.id]
+    assert ids(workdir__contains="runs/") == [a.id, b.id]
+    assert ids(parent_id=[a.id]) == [b.id]
+    assert ids(app_id=hello.__app_id__) == [a.id, b.id, c.id]
+    assert ids(last_update_after=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)) == [a.id, b.id, c.id]
+    assert ids(last_update_before=dt.datetime(2000, 1, 1)) == []
+    assert Job.objects.filter(tags={"exp": "1"}).filter(tags={"size": "big"}).count() == 1
+    assert [j.id for j in a.parent_query()] == [] and [j.id for j in b.parent_query()] == [a.id]
+    with pytest.raises(ValidationError, match="unknown filter 'stat'"):
+        Job.objects.filter(stat="RUNNING")
+    with pytest.raises(ValidationError, match="unknown job state 'RUNNIN'"):
+        list(Job.objects.filter(state="RUNNIN"))
+
+
+def test_order_slicing_get_first(hello: Any) -> None:
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"w{i:02d}", say_hello_to="x", save=False) for i in range(12)])
+    q = Job.objects.all().order_by("-workdir")
+    assert [j.workdir for j in q[:3]] == ["w11", "w10", "w09"]
+    assert [j.workdir for j in q[2:4]] == ["w09", "w08"]
+    assert q[0].workdir == "w11" and len(q) == 12 and bool(q)
+    assert q[2:8][1:3].count() == 2
+    with pytest.raises(ValidationError, match="negative"):
+        q[-1]
+    with pytest.raises(ValidationError, match="after slicing"):
+        q[:3].filter(state="RUNNING")
+    with pytest.raises(ValidationError, match="cannot order Job by 'bogus'"):
+        Job.objects.order_by("bogus")
+    assert Job.objects.first().id == jobs[0].id  # type: ignore[union-attr]
+    with pytest.raises(Job.DoesNotExist, match="no Job matches workdir='nope'"):
+        Job.objects.get(workdir="nope")
+    with pytest.raises(Job.MultipleObjectsReturned):
+        Job.objects.get(state="STAGED_IN")
+    assert not Job.objects.filter(workdir="nope")
+
+
+def test_query_update_and_delete(hello: Any) -> None:
+    Job.objects.bulk_create([hello.submit(workdir=f"w{i}", say_hello_to="x", save=False, tags={"g": str(i % 2)}) for i in range(6)])
+    assert Job.objects.filter(tags={"g": "0"}).update(state="PREPROCESSED", data={"marked": True}) == 3
+    assert Job.objects.filter(state="PREPROCESSED").count() == 3
+    assert all(j.data == {"marked": True} for j in Job.objects.filter(state="PREPROCESSED"))
+    assert Job.objects.filter(tags={"g": "1"}).delete() == 3
+    assert Job.objects.count() == 3
+
+
+def test_bulk_update_writes_only_changes(hello: Any) -> None:
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"w{i}", say_hello_to="x", save=False) for i in range(3)])
+    for j in jobs:
+        j.num_nodes = 2
+        j.state = "PREPROCESSED"
+    Job.objects.bulk_update(jobs)
+    assert {(j.num_nodes, str(j.state)) for j in Job.objects.all()} == {(2, "PREPROCESSED")}
+    assert all(j.version == 3 for j in jobs)
+
+
+def test_bad_values_are_refused(hello: Any) -> None:
+    for kwargs, message in [
+        ({"num_nodes": 0}, "num_nodes must be an integer >= 1"),
+        ({"gpus_per_rank": -1}, "gpus_per_rank must be a number >= 0"),
+        ({"tags": {"a": ["list"]}}, "tags must map"),
+        ({"workdir": "../escape"}, "leaves the site's data/ folder"),
+    ]:
+        kwargs = dict({"workdir": "w"}, **kwargs)
+        with pytest.raises(ValidationError, match=message):
+            hello.submit(say_hello_to="x", **kwargs)
+    assert Job.objects.count() == 0
+
+
+class _Fails(ApplicationDefinition):
+    site = "test-site"
+
+    def run(self, x: Any) -> Any:
+        return x
+
+
+def _finish_from_thread(job_id: int, value: Any = None, exc: Any = None, delay: float = 0.2) -> None:
+    import threading
+
+    from balsam.db.codec import pickle_value
+
+    def go() -> None:
+        time.sleep(delay)
+        job = Job.objects.get(id=job_id)
+        advance(job, "PREPROCESSED", "RUNNING")
+        if exc is not None:
+            job.serialized_exception = pickle_value((exc, "Traceback (most recent call last):\n  remote\nTypeError: bad"))
+            advance(job, "RUN_ERROR", "FAILED")
+        else:
+            job.serialized_return_value = pickle_value(value)
+            advance(job, "RUN_DONE", "POSTPROCESSED")
+
+    threading.Thread(target=go, daemon=True).start()
+
+
+def test_result_as_completed_and_wait(adder: Any) -> None:
+    import concurrent.futures
+
+    jobs = [adder.submit(workdir=f"a{i}", x=i) for i in range(3)]
+    for k, job in enumerate(jobs):
+        _finish_from_thread(job.id, value=job.parameters["x"] + 2, delay=0.1 * (3 - k))
+    assert sorted(j.result() for j in Job.objects.as_completed(jobs, timeout=10)) == [2, 3, 4]
+    done, not_done = Job.objects.wait(jobs, timeout=1)
+    assert len(done) == 3 and not not_done
+    slow = adder.submit(workdir="slow", x=1)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        slow.result(timeout=0.2)
+    with pytest.raises(Job.NoResult):
+        slow.result_nowait()
+    assert not slow.done()
+
+
+def test_result_reraises_the_remote_exception(site: Any) -> None:
+    job = _Fails.submit(workdir="f", x=(3, "hello"))
+    _finish_from_thread(job.id, exc=TypeError("bad operand"))
+    with pytest.raises(TypeError, match="bad operand") as info:
+        job.result(timeout=10)
+    assert "remote" in str(info.value.__cause__)
+
+
+def test_result_of_a_failed_shell_job_says_why(hello: Any) -> None:
+    job = hello.submit(workdir="s", say_hello_to="x")
+    advance(job, "PREPROCESSED", "RUNNING")
+    job.state = "RUN_ERROR"
+    job.state_data = {"error": "command not found"}
+    job.save()
+    advance(job, "FAILED")
+    from balsam.api import JobFailed
+
+    with pytest.raises(JobFailed, match="FAILED: command not found"):
+        job.result(timeout=5)
+
+
+def test_repr_is_readable(hello: Any) -> None:
+    job = hello.submit(workdir="r", say_hello_to="x", tags={"a": "b"})
+    assert repr(job) == f"Job(id={job.id}, workdir='r', state='STAGED_IN', tags={{'a': 'b'}})"

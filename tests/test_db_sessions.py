@@ -1,0 +1,184 @@
+"""Leases: acquisition filters, concurrent acquirers, heartbeats, expiry, and a lease holder killed with -9."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, List, Tuple
+
+import pytest
+
+from balsam.api import Job, Session
+from balsam.db import sessions
+from balsam.db.jobsource import JobSource
+from balsam.exceptions import SessionExpired, ValidationError
+
+
+def runnable(hello: Any, n: int, prefix: str = "j", **kwargs: Any) -> List[Any]:
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"{prefix}{i}", say_hello_to="x", save=False, **kwargs) for i in range(n)])
+    Job.objects.filter(id=[j.id for j in jobs]).update(state="PREPROCESSED")
+    return jobs
+
+
+def test_two_sessions_split_jobs_without_overlap(hello: Any) -> None:
+    runnable(hello, 10)
+    s1, s2 = Session.objects.create(), Session.objects.create()
+    a = s1.acquire_jobs(max_num_jobs=2)
+    b = s2.acquire_jobs(max_num_jobs=100)
+    assert (len(a), len(b)) == (2, 8)
+    assert not {j.id for j in a} & {j.id for j in b}
+    assert s1.acquire_jobs(max_num_jobs=5) == []
+
+
+def test_acquire_filters(hello: Any, adder: Any) -> None:
+    runnable(hello, 3, "small", tags={"role": "worker"})
+    runnable(hello, 2, "big", num_nodes=4, wall_time_min=30, tags={"role": "leader"})
+    adds = Job.objects.bulk_create([adder.submit(workdir=f"add{i}", x=i, save=False) for i in range(2)])
+    Job.objects.filter(id=[j.id for j in adds]).update(state="PREPROCESSED")
+    s = Session.objects.create()
+
+    def ids(jobs: List[Any]) -> List[str]:
+        return sorted(j.workdir for j in jobs)
+
+    assert ids(s.acquire_jobs(filter_tags={"role": "leader"})) == ["big0", "big1"]
+    s.delete()
+    s = Session.objects.create()
+    assert ids(s.acquire_jobs(app_ids=[adder.__app_id__])) == ["add0", "add1"]
+    s.delete()
+    s = Session.objects.create()
+    assert ids(s.acquire_jobs(serial_only=True)) == ["add0", "add1", "small0", "small1", "small2"]
+    s.delete()
+    s = Session.objects.create()
+    assert ids(s.acquire_jobs(max_wall_time_min=10, max_nodes_per_job=2)) == ["add0", "add1", "small0", "small1", "small2"]
+    s.delete()
+    s = Session.objects.create()
+    assert [j.workdir for j in s.acquire_jobs(sort_by="long_large_first", max_num_jobs=1)] == ["big0"]
+
+
+def test_aggregate_footprint_packs_small_jobs_into_the_budget(hello: Any) -> None:
+    runnable(hello, 2, "two", num_nodes=2)
+    runnable(hello, 8, "eighth", node_packing_count=8)
+    s = Session.objects.create()
+    got = s.acquire_jobs(max_aggregate_nodes=5, sort_by="long_large_first")
+    footprint = sum(j.num_nodes / j.node_packing_count for j in got)
+    assert footprint == pytest.approx(5.0)
+    assert sorted(j.workdir for j in got if j.num_nodes == 2) == ["two0", "two1"]
+    assert len(got) == 10
+
+
+def test_running_keeps_the_lock_and_finishing_releases_it(hello: Any, store: Any) -> None:
+    (job,) = runnable(hello, 1)
+    s = Session.objects.create()
+    (got,) = s.acquire_jobs()
+    got.state = "RUNNING"
+    got.save()
+    assert store.execute("SELECT session_id FROM job WHERE id=?", (job.id,))[0][0] == s.id
+    got.state = "RUN_DONE"
+    got.save()
+    assert store.execute("SELECT session_id FROM job WHERE id=?", (job.id,))[0][0] is None
+
+
+def test_expired_lease_times_out_running_jobs_and_unlocks_the_rest(hello: Any, store: Any) -> None:
+    runnable(hello, 3)
+    with store.write() as conn:
+        sid = sessions.create_session(conn, host="elsewhere", pid=1)
+        got = sessions.acquire(conn, sid, max_num_jobs=3)
+        conn.execute("UPDATE job SET state='RUNNING' WHERE id=?", (got[0]["id"],))
+        conn.execute("UPDATE session SET heartbeat=heartbeat-1000 WHERE id=?", (sid,))
+        expired = sessions.expire_sessions(conn, expiry_s=300, host="here")
+    assert expired == [sid]
+    states = dict(store.execute("SELECT id, state FROM job"))
+    assert states[got[0]["id"]] == "RUN_TIMEOUT"
+    assert store.execute("SELECT count(*) FROM job WHERE session_id IS NOT NULL")[0][0] == 0
+    event = Job.objects.get(id=got[0]["id"]).history()[-1]
+    assert event.to_state == "RUN_TIMEOUT" and "no heartbeat" in event.data["message"]
+    with pytest.raises(SessionExpired):
+        with store.write() as conn:
+            sessions.tick(conn, sid)
+
+
+def test_a_lapsed_lease_cannot_mark_its_old_jobs_running(hello: Any, store: Any) -> None:
+    from balsam.db.jobs import StateChange, apply_state_changes
+
+    runnable(hello, 1)
+    with store.write() as conn:
+        old = sessions.create_session(conn, host="x", pid=1)
+        (job,) = sessions.acquire(conn, old, max_num_jobs=1)
+        sessions.release(conn, old)
+        new = sessions.create_session(conn, host="x", pid=1)
+        assert sessions.acquire(conn, new, max_num_jobs=1)[0]["id"] == job["id"]
+        result = apply_state_changes(conn, [StateChange(job["id"], "RUNNING", session_id=old)], strict=False)
+    assert result.rejected and "not held by session" in result.rejected[0][1]
+
+
+def _acquirer(args: Tuple[str, int]) -> List[int]:
+    home, rounds = args
+    os.environ["BALSAM_HOME"] = home
+    from balsam._api import sites
+
+    sites.reset()
+    source = JobSource(sites.resolve("test-site").store, host="h", heartbeat_period_s=60).start()
+    got: List[int] = []
+    for _ in range(rounds):
+        got.extend(j["id"] for j in source.acquire(7))
+    return got
+
+
+def test_concurrent_acquirer_processes_never_share_a_job(hello: Any, balsam_home: Path) -> None:
+    runnable(hello, 300)
+    with mp.get_context("spawn").Pool(4) as pool:
+        results = pool.map(_acquirer, [(str(balsam_home), 12)] * 4)
+    all_ids = [i for r in results for i in r]
+    assert len(all_ids) == len(set(all_ids)) == 300
+
+
+def test_lease_of_a_killed_local_process_is_released_at_once(hello: Any, balsam_home: Path, store: Any) -> None:
+    runnable(hello, 4)
+    script = textwrap.dedent(f"""
+        import os, time
+        os.environ["BALSAM_HOME"] = {str(balsam_home)!r}
+        from balsam._api import sites
+        from balsam.db.jobsource import JobSource
+        from balsam.db.jobs import StateChange, apply_state_changes
+        store = sites.resolve("test-site").store
+        src = JobSource(store, host=store.host).start()
+        jobs = src.acquire(4)
+        with store.write() as conn:
+            apply_state_changes(conn, [StateChange(jobs[0]["id"], "RUNNING", session_id=src.session_id)])
+        print("holding", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    source = JobSource(store, host=store.host).start()  # expiry runs when a lease is opened or jobs are acquired
+    got = source.acquire(10)
+    source.release()
+    assert len(got) == 3  # the three unlocked at once; the running one timed out
+    states = sorted(r[0] for r in store.execute("SELECT state FROM job"))
+    assert states.count("RUN_TIMEOUT") == 1
+    assert "is gone" in Job.objects.filter(state="RUN_TIMEOUT").first().history()[-1].data["message"]  # type: ignore[union-attr]
+
+
+def test_unknown_sort_order_is_refused(hello: Any) -> None:
+    s = Session.objects.create()
+    with pytest.raises(ValidationError, match="unknown sort order"):
+        s.acquire_jobs(sort_by="random")
+
+
+def test_heartbeat_thread_keeps_the_lease(hello: Any, store: Any) -> None:
+    runnable(hello, 1)
+    source = JobSource(store, host=store.host, heartbeat_period_s=0.05).start()
+    first = store.execute("SELECT heartbeat FROM session WHERE id=?", (source.session_id,))[0][0]
+    time.sleep(0.3)
+    later = store.execute("SELECT heartbeat FROM session WHERE id=?", (source.session_id,))[0][0]
+    source.release()
+    assert later > first
+    assert store.execute("SELECT count(*) FROM session")[0][0] == 0

@@ -1,0 +1,100 @@
+"""Sites on disk (init, registry, discovery, ownership) and settings.yml validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam.exceptions import ConfigError, ForeignHostError, SiteError, SiteNotFound
+from balsam.settings import load_settings, settings_from_dict
+from balsam.site import Registry, SiteLayout, find_site_root, init_site
+
+
+def test_init_creates_the_layout_and_registers(tmp_path: Path) -> None:
+    entry = init_site(tmp_path / "s", name="alpha")
+    layout = SiteLayout(tmp_path / "s")
+    assert layout.is_site() and layout.data.is_dir() and layout.log.is_dir() and layout.qsubmit.is_dir()
+    assert (layout.state.stat().st_mode & 0o777) == 0o700
+    assert load_settings(layout.settings_path).scheduler.type == "local"
+    assert Registry().lookup("alpha").path == str(tmp_path / "s") == entry.path
+    assert Registry().lookup(entry.id).name == "alpha"
+
+
+def test_init_refusals_leave_nothing_behind(tmp_path: Path) -> None:
+    init_site(tmp_path / "s", name="alpha")
+    with pytest.raises(SiteError, match="already a Balsam site"):
+        init_site(tmp_path / "s")
+    with pytest.raises(SiteError, match="a site named 'alpha' already exists"):
+        init_site(tmp_path / "t", name="alpha")
+    assert not (tmp_path / "t").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(SiteError, match="not an empty directory"):
+        init_site(tmp_path / "full")
+    with pytest.raises(ConfigError, match="invalid site name"):
+        init_site(tmp_path / "u", name="bad name!")
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        init_site(tmp_path / "v", preset="nope")
+    assert [e.name for e in Registry().entries()] == ["alpha"]
+
+
+def test_site_is_found_from_env_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    init_site(tmp_path / "s", name="alpha")
+    (tmp_path / "s" / "data" / "deep").mkdir()
+    assert find_site_root(cwd=tmp_path / "s" / "data" / "deep") == tmp_path / "s"
+    assert find_site_root(cwd=tmp_path) is None
+    monkeypatch.setenv("BALSAM_SITE_PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(SiteNotFound, match="BALSAM_SITE_PATH=.*not a Balsam site"):
+        find_site_root()
+
+
+def test_registry_lookup_errors_name_the_known_sites(tmp_path: Path) -> None:
+    init_site(tmp_path / "s", name="alpha")
+    with pytest.raises(SiteNotFound, match=r"no site 'beta' \(known sites: alpha\)"):
+        Registry().lookup("beta")
+
+
+def test_a_site_of_another_host_is_never_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam._api import sites
+    from balsam.api import Job
+
+    monkeypatch.setenv("BALSAM_HOSTNAME", "login1")
+    init_site(tmp_path / "s", name="alpha")
+    monkeypatch.setenv("BALSAM_HOSTNAME", "login2")
+    sites.reset()
+    with pytest.raises(ForeignHostError, match="lives on 'login1'"):
+        Job.objects.count()
+    with pytest.raises(ForeignHostError, match="site 'alpha' lives on host 'login1'"):
+        sites.resolve("alpha")
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"launcher": {"idle_ttl": 3}}, "unknown setting launcher.idle_ttl"),
+    ({"bogus": 1}, "unknown setting bogus"),
+    ({"launcher": {"idle_ttl_s": "soon"}}, "launcher.idle_ttl_s: expected a number, got 'soon'"),
+    ({"processing": {"num_workers": 1.5}}, "processing.num_workers: expected an integer"),
+    ({"scheduler": {"sync_period_s": 0}}, "scheduler.sync_period_s: must be positive"),
+    ({"scheduler": {"allowed_queues": {"q": {"max_nodes": -1}}}}, "allowed_queues.q.max_nodes: must not be negative"),
+    ({"elastic_queue": {"queue": "x"}}, "elastic_queue: expected a list"),
+    ([1, 2], "expected a mapping at the top level"),
+])
+def test_settings_errors_name_the_key(data: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict(data)
+
+
+def test_settings_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "settings.yml"
+    bad.write_text("launcher:\n  idle_ttl_s: [1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line \d+, column \d+\)"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="no such settings file"):
+        load_settings(tmp_path / "missing.yml")
+
+
+def test_settings_defaults_and_sections() -> None:
+    s = settings_from_dict({"elastic_queue": [{"queue": "debug", "max_num_nodes": 4}], "queue_maintainer": {"num_queued_jobs": 2}})
+    assert s.elastic_queue[0].max_num_nodes == 4 and s.queue_maintainer is not None and s.queue_maintainer.num_queued_jobs == 2
+    assert s.launcher.mpi_launcher == "mpiexec" and s.session.expiry_s == 300
