@@ -65,14 +65,16 @@ def render_submit(
     wall_time_min: int,
     job_name: str = "",
     optional_params: Optional[Mapping[str, str]] = None,
+    select_suffix: str = "",
 ) -> List[str]:
-    """The ``qsub`` argv (pure). Optional params become ``-l key=value`` (e.g. filesystems, place)."""
+    """The ``qsub`` argv (pure). Optional params become ``-l key=value`` (e.g. filesystems, place);
+    ``select_suffix`` is appended to ``select=N`` (e.g. ``:system=polaris``)."""
     argv = ["qsub", "-N", scheduler_job_name(job_name, script_path)[:236]]
     if project:
         argv += ["-A", project]
     if queue:
         argv += ["-q", queue]
-    argv += ["-l", f"select={int(num_nodes)}", "-l", f"walltime={format_hms(int(wall_time_min))}"]
+    argv += ["-l", f"select={int(num_nodes)}{select_suffix}", "-l", f"walltime={format_hms(int(wall_time_min))}"]
     for key, value in sorted((optional_params or {}).items()):
         argv += ["-l", f"{check_param_key(key, 'pbs')}={value}"]
     argv += ["-o", str(output_path_for(script_path)), "-j", "oe", str(script_path)]
@@ -259,6 +261,7 @@ class PBSScheduler(Scheduler):
     name = "pbs"
     title = "PBS Professional"
     can_report_backfill = True
+    options_help = {"select_suffix": "appended to select=N, e.g. :system=polaris (a command-line -l select replaces the script's)"}
 
     def submit(
         self,
@@ -282,6 +285,7 @@ class PBSScheduler(Scheduler):
             wall_time_min=wall_time_min,
             job_name=job_name,
             optional_params=optional_params,
+            select_suffix=self.options.get("select_suffix", ""),
         )
         result = self._run(argv, cwd=cwd, env=env)
         try:
