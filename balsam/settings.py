@@ -43,6 +43,7 @@ class SchedulerSettings:
     allowed_projects: List[str] = field(default_factory=lambda: ["local"])
     optional_batch_job_params: Dict[str, str] = field(default_factory=dict)
     job_template: str = "job-template.sh"
+    options: Dict[str, str] = field(default_factory=dict)  # adapter-specific, e.g. slurm queue_option: qos
 
 
 @dataclass
@@ -62,6 +63,9 @@ class LauncherSettings:
     serial_prefetch_per_node: int = 64
     status_flush_period_s: float = 0.25
     python_exe: Optional[str] = None
+    mpi_executable: Optional[str] = None  # the launcher program if not its usual name, e.g. mpiexec.mpich
+    mpi_options: Dict[str, str] = field(default_factory=dict)  # launcher-specific, e.g. mpirun oversubscribe
+    gpu_ids: List[str] = field(default_factory=list)  # explicit per-node GPU ids, e.g. Aurora tiles 0.0 0.1 ...
 
 
 @dataclass

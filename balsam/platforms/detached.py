@@ -1,0 +1,188 @@
+"""Detached background processes that keep a record file: start and end times, exit code, identity.
+
+The local scheduler (a BatchJob is a background ``bash script``) and the cp/rsync transfer adapters (a
+transfer task is a background shell script) both start work that must outlive the process that started it,
+and both must later answer "is it still running, and how did it end?" even after a restart. They share this
+module: the work runs under a tiny bash wrapper that appends ``start`` and ``end`` lines to a record file,
+and the starter appends the PID and the process's creation time, so a recycled PID is never mistaken for
+the original process.
+
+Record lines (append-only, ``key values...``)::
+
+    pid 12345 1732440000.12          written by the starter: PID and psutil create_time
+    submitted 1732440000.10          written by the starter
+    meta queue local                 written by the starter: free-form facts (queue, project, ...)
+    start 12345 1732440000.15        written by the wrapper as it begins
+    end 0 1732440100.02              written by the wrapper (or by terminate) with the exit code
+    cancelled 1732440050.00          written by terminate
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import psutil
+
+# The wrapper runs its command as a child, forwards TERM/INT/HUP to it, and records how it ended. The child
+# sees its job id (the wrapper's PID) as BALSAM_LOCAL_JOB_ID. It uses
+# $EPOCHREALTIME (bash 5) when present and falls back to `date +%s` (macOS ships bash 3.2).
+WRAPPER_SCRIPT = r"""rec=$1; shift
+now() { printf '%s' "${EPOCHREALTIME:-$(date +%s)}"; }
+printf 'start %s %s\n' "$$" "$(now)" >> "$rec"
+export BALSAM_LOCAL_JOB_ID=$$
+"$@" </dev/null &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+wait "$child"; rc=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+printf 'end %s %s\n' "$rc" "$(now)" >> "$rec"
+exit "$rc"
+"""
+
+WRAPPER_NAME = "balsam-detached"
+
+
+def wrapper_argv(command: Sequence[str], record_path: Union[str, "os.PathLike[str]"]) -> List[str]:
+    """The argv that runs ``command`` under the recording wrapper (pure)."""
+    return ["bash", "-c", WRAPPER_SCRIPT, WRAPPER_NAME, str(record_path), *[str(c) for c in command]]
+
+
+@dataclass
+class ProcessRecord:
+    """What a record file says about one detached process."""
+
+    pid: Optional[int] = None
+    create_time: Optional[float] = None
+    submitted: Optional[float] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    returncode: Optional[int] = None
+    cancelled: Optional[float] = None
+    meta: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        """True once an ``end`` line was written."""
+        return self.end is not None
+
+
+def _float(text: str) -> Optional[float]:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_record(text: str) -> ProcessRecord:
+    """Parse a record file's text (pure). Unknown or malformed lines are ignored."""
+    rec = ProcessRecord()
+    for line in text.splitlines():
+        parts = line.split(None, 2)
+        if not parts:
+            continue
+        key, args = parts[0], parts[1:]
+        if key == "pid" and args:
+            rec.pid = int(args[0]) if args[0].isdigit() else rec.pid
+            if len(args) > 1:
+                rec.create_time = _float(args[1])
+        elif key == "submitted" and args:
+            rec.submitted = _float(args[0])
+        elif key == "start" and len(args) > 1:
+            rec.start = _float(args[1])
+        elif key == "end" and len(args) > 1 and rec.end is None:
+            try:
+                rec.returncode = int(args[0])
+            except ValueError:
+                rec.returncode = None
+            rec.end = _float(args[1])
+        elif key == "cancelled" and args:
+            rec.cancelled = _float(args[0])
+        elif key == "meta" and args:
+            rec.meta[args[0]] = args[1] if len(args) > 1 else ""
+    return rec
+
+
+def append_record(path: Path, *lines: str) -> None:
+    """Append lines to a record file (one write; each line is far below PIPE_BUF, so appends never mix)."""
+    data = "".join(line.rstrip("\n") + "\n" for line in lines)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def read_record(path: Path) -> Optional[ProcessRecord]:
+    """Read and parse a record file; None if it does not exist."""
+    try:
+        return parse_record(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def create_time_of(pid: int) -> Optional[float]:
+    """The creation time psutil reports for ``pid``, or None if there is no such process."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_alive(pid: Optional[int], create_time: Optional[float]) -> bool:
+    """True if ``pid`` runs and is the same process (same creation time) and not a zombie."""
+    if pid is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.5:
+            return False  # the PID was recycled by an unrelated process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def terminate_tree(pid: int, create_time: Optional[float], grace_s: float = 10.0) -> List[int]:
+    """Send TERM to a process, its whole tree and its process group; KILL whatever survives ``grace_s``.
+
+    Returns the PIDs that were signalled. A process that is gone, or whose PID now belongs to another
+    process, is left alone.
+    """
+    if not is_alive(pid, create_time):
+        return []
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    try:  # strays that left the tree (re-parented to init) still share the process group
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if alive:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        psutil.wait_procs(alive, timeout=2.0)
+    return [p.pid for p in procs]
+
+
+def now() -> float:
+    """Seconds since the epoch (one place to read the clock)."""
+    return time.time()

@@ -1,0 +1,282 @@
+"""What every batch-scheduler adapter offers, and the one state enum all their states map to.
+
+An adapter splits each operation in three: *render* the argv (a pure function), *run* it through the
+injected :class:`~balsam.platforms.runner.CommandRunner` (with a timeout and an explicit environment), and
+*parse* the output (a pure function). Only the middle step touches the system, so parsers are tested on
+captured output and argv on exact expectations.
+
+The scheduler service calls, per sync cycle, one :meth:`Scheduler.get_statuses` (ONE scheduler command,
+whatever the number of BatchJobs), then :meth:`~Scheduler.submit` / :meth:`~Scheduler.delete` for the
+BatchJobs that need it, and :meth:`~Scheduler.job_times` for BatchJobs that vanished from the listing.
+
+Contract of :meth:`Scheduler.get_statuses`: it lists the jobs the scheduler still knows. Finished jobs may or
+may not appear (Slurm keeps them for ``MinJobAge``, PBS with job history, LSF for ``CLEAN_PERIOD``); a
+BatchJob missing from the listing has finished, and :meth:`Scheduler.job_times` says when it ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import re
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
+from enum import Enum
+from pathlib import Path
+from typing import ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from balsam.exceptions import ConfigError, SchedulerError
+from balsam.platforms.runner import CommandResult, CommandRunner, SubprocessRunner
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class SchedulerState(str, Enum):
+    """The state of a batch job as Balsam sees it, whatever scheduler reported it."""
+
+    QUEUED = "queued"
+    """Waiting for resources (includes dependencies, transit, starting up)."""
+    HELD = "held"
+    """Will not start until released (user/admin/system hold, suspended)."""
+    RUNNING = "running"
+    """Has resources; the script runs (includes exiting and completing)."""
+    FINISHED = "finished"
+    """Ended with exit code 0."""
+    FAILED = "failed"
+    """Ended with an error: non-zero exit, timeout, node failure, out of memory, or an error state."""
+    CANCELLED = "cancelled"
+    """Deleted by a user or an administrator before or while it ran."""
+    UNKNOWN = "unknown"
+    """The scheduler printed a state Balsam does not know (logged as a warning)."""
+
+
+ACTIVE_STATES: FrozenSet[SchedulerState] = frozenset({SchedulerState.QUEUED, SchedulerState.HELD, SchedulerState.RUNNING})
+DONE_STATES: FrozenSet[SchedulerState] = frozenset({SchedulerState.FINISHED, SchedulerState.FAILED, SchedulerState.CANCELLED})
+
+
+def translate_state(table: Mapping[str, SchedulerState], raw: str, scheduler: str) -> SchedulerState:
+    """Look ``raw`` up in a scheduler's table; an unknown state is UNKNOWN, with a warning."""
+    state = table.get(raw)
+    if state is None:
+        logger.warning("%s reported job state %r, which Balsam does not know; treating it as unknown", scheduler, raw)
+        return SchedulerState.UNKNOWN
+    return state
+
+
+@dataclass
+class SchedulerJobStatus:
+    """One batch job as the scheduler reports it. Times are UTC-aware; durations are in minutes."""
+
+    scheduler_id: int
+    state: SchedulerState
+    queue: str = ""
+    num_nodes: int = 0
+    wall_time_min: int = 0
+    project: str = ""
+    time_remaining_min: Optional[float] = None
+    queued_time_min: Optional[float] = None
+    start_time: Optional[datetime] = None
+    end_time: Optional[datetime] = None
+    job_name: str = ""
+    raw_state: str = ""
+    exit_code: Optional[int] = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BackfillWindow:
+    """Idle nodes a job of at most ``wall_time_min`` could start on now (``UNLIMITED_MIN`` if unlimited)."""
+
+    num_nodes: int
+    wall_time_min: int
+
+
+JobTimes = Tuple[Optional[datetime], Optional[datetime]]
+
+_OPTION_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def check_param_key(key: str, scheduler: str) -> str:
+    """An optional batch-job parameter name must look like a flag name (no spaces, no leading dash)."""
+    if not _OPTION_KEY.match(key):
+        raise SchedulerError(f"{scheduler}: invalid optional parameter name {key!r} (use letters, digits, '_' and '-')")
+    return key
+
+
+def current_user() -> str:
+    """The login name of this process's user, from the password database (not the environment)."""
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def as_bool(value: str, name: str) -> bool:
+    """Parse an option string (``true``/``false``/``yes``/``no``/``1``/``0``)."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"option {name}: expected true or false, got {value!r}")
+
+
+def as_int(value: str, name: str, minimum: int = 0) -> int:
+    """Parse an integer option."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"option {name}: expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"option {name}: must be at least {minimum}, got {number}")
+    return number
+
+
+class Scheduler(ABC):
+    """Base of every scheduler adapter. Building one does no work: no command runs until a method is called.
+
+    ``runner`` runs the commands (default: a :class:`SubprocessRunner` inheriting this process's
+    environment); ``timeout_s`` bounds each command; ``env`` is laid over the runner's environment for every
+    command; ``options`` are the adapter's own settings (``scheduler.options`` in settings.yml), each named in
+    the class's ``options_help``; ``tz`` is the zone the scheduler prints times in (None: local).
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    options_help: ClassVar[Dict[str, str]] = {}
+    can_discover_projects: ClassVar[bool] = False
+    can_report_backfill: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        runner: Optional[CommandRunner] = None,
+        *,
+        timeout_s: float = 60.0,
+        env: Optional[Mapping[str, str]] = None,
+        options: Optional[Mapping[str, str]] = None,
+        tz: Optional[tzinfo] = None,
+    ) -> None:
+        self.runner: CommandRunner = runner if runner is not None else SubprocessRunner(timeout_s=timeout_s)
+        self.timeout_s = timeout_s
+        self.env = dict(env or {})
+        self.options = dict(options or {})
+        unknown = sorted(set(self.options) - set(self.options_help))
+        if unknown:
+            known = ", ".join(sorted(self.options_help)) or "none"
+            raise ConfigError(f"scheduler {self.name}: unknown option {unknown[0]!r} (known options: {known})")
+        self.tz = tz
+
+    # -- running commands -------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Optional[PathLike] = None,
+        env: Optional[Mapping[str, str]] = None,
+        ok_codes: Iterable[int] = (0,),
+        input_text: Optional[str] = None,
+    ) -> CommandResult:
+        """Run one scheduler command; translate every failure into :class:`SchedulerError` here, once."""
+        merged = {**self.env, **(env or {})}
+        try:
+            result = self.runner.run(argv, env=merged or None, cwd=cwd, timeout_s=self.timeout_s, input_text=input_text)
+        except FileNotFoundError as exc:
+            raise SchedulerError(
+                f"{argv[0]}: command not found (is {self.title or self.name} installed and on PATH?)", argv
+            ) from exc
+        except PermissionError as exc:
+            raise SchedulerError(f"{argv[0]}: permission denied", argv) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise SchedulerError(f"{argv[0]} did not finish within {self.timeout_s:g} s", argv) from exc
+        except OSError as exc:
+            raise SchedulerError(f"{argv[0]}: cannot run: {exc.strerror or exc}", argv) from exc
+        if result.returncode not in tuple(ok_codes):
+            raise command_failed(result)
+        return result
+
+    def _now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    # -- the interface ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def submit(
+        self,
+        script_path: PathLike,
+        *,
+        project: str,
+        queue: str,
+        num_nodes: int,
+        wall_time_min: int,
+        job_name: str = "",
+        optional_params: Optional[Mapping[str, str]] = None,
+        cwd: Optional[PathLike] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> int:
+        """Submit a rendered batch script; return the scheduler's job id. Output goes to ``<script>.output``."""
+
+    @abstractmethod
+    def get_statuses(
+        self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
+    ) -> Dict[int, SchedulerJobStatus]:
+        """The jobs the scheduler knows, by id, with ONE command; ``scheduler_ids`` filters (None: all of
+        ``user``'s jobs, by default this process's user)."""
+
+    @abstractmethod
+    def delete(self, scheduler_id: int) -> None:
+        """Cancel a queued or running job."""
+
+    def get_backfill_windows(self) -> Dict[str, List[BackfillWindow]]:
+        """Windows of idle nodes per queue; {} where the scheduler does not publish them."""
+        return {}
+
+    def job_times(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> JobTimes:
+        """When a finished job started and ended (UTC), as far as the scheduler still knows; (None, None)
+        if it does not."""
+        return (None, None)
+
+    def discover_projects(self, user: Optional[str] = None) -> List[str]:
+        """Projects (accounts) the user may charge, where the scheduler can say; [] otherwise."""
+        return []
+
+
+def command_failed(result: CommandResult, what: str = "") -> SchedulerError:
+    """A :class:`SchedulerError` for a command that exited non-zero, naming its first line of complaint."""
+    text = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    detail = text[-1] if text else "no output"
+    prefix = what or result.argv[0]
+    return SchedulerError(
+        f"{prefix} failed (exit {result.returncode}): {detail}", result.argv, result.returncode, result.stdout, result.stderr
+    )
+
+
+def output_path_for(script_path: PathLike) -> Path:
+    """Where a batch script's output goes: ``qlaunch00001.sh`` -> ``qlaunch00001.output``."""
+    return Path(script_path).with_suffix(".output")
+
+
+def scheduler_job_name(job_name: str, script_path: PathLike) -> str:
+    """The job name to submit under: the given one, else the script's stem."""
+    return job_name or Path(script_path).stem
+
+
+@dataclass
+class StatusFilter:
+    """Which ids a status poll asked about (None: every job of the user)."""
+
+    ids: Optional[FrozenSet[int]] = None
+
+    @classmethod
+    def of(cls, scheduler_ids: Optional[Iterable[int]]) -> "StatusFilter":
+        return cls(None if scheduler_ids is None else frozenset(int(i) for i in scheduler_ids))
+
+    def keep(self, scheduler_id: int) -> bool:
+        return self.ids is None or scheduler_id in self.ids
+
+    def apply(self, statuses: Dict[int, SchedulerJobStatus]) -> Dict[int, SchedulerJobStatus]:
+        if self.ids is None:
+            return statuses
+        return {k: v for k, v in statuses.items() if k in self.ids}

@@ -1,0 +1,237 @@
+"""Cobalt (ALCF Theta, ThetaGPU, Cooley; all retired): ``qsub``, ``qstat --header``, ``qdel``, ``nodelist``.
+
+Formats follow the ALCF user guide for Theta (qstat with a custom header, nodelist with its Backfill column);
+see tests/fixtures/cobalt/README.md. Cobalt writes ``<prefix>.output``, ``<prefix>.error`` and
+``<prefix>.cobaltlog`` for ``-O <prefix>``; the script's path without its suffix is the prefix, so the output
+lands in ``<script>.output`` like every other adapter's.
+
+Optional params become one ``--attrs k=v:k=v`` (filesystems, mcdram, numa, location, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional
+
+from balsam.exceptions import SchedulerError
+from balsam.platforms.schedulers.base import (
+    BackfillWindow,
+    JobTimes,
+    PathLike,
+    Scheduler,
+    SchedulerJobStatus,
+    SchedulerState,
+    StatusFilter,
+    check_param_key,
+    command_failed,
+    current_user,
+    translate_state,
+)
+from balsam.platforms.schedulers.timefmt import NOT_SET, parse_ctime, parse_hms_minutes
+
+STATE_TABLE: Dict[str, SchedulerState] = {
+    "queued": SchedulerState.QUEUED,
+    "starting": SchedulerState.QUEUED,  # resources chosen, nodes booting into the requested mode
+    "running": SchedulerState.RUNNING,
+    "exiting": SchedulerState.RUNNING,
+    "user_hold": SchedulerState.HELD,
+    "admin_hold": SchedulerState.HELD,
+    "dep_hold": SchedulerState.HELD,
+    "maxrun_hold": SchedulerState.HELD,
+    "dep_fail": SchedulerState.FAILED,
+    "killing": SchedulerState.CANCELLED,
+    "done": SchedulerState.FINISHED,
+}
+
+STATUS_FIELDS = ("JobID", "User", "State", "Queue", "Nodes", "WallTime", "QueuedTime", "RunTime", "TimeRemaining", "Project")
+
+
+def render_submit(
+    script_path: PathLike,
+    *,
+    project: str,
+    queue: str,
+    num_nodes: int,
+    wall_time_min: int,
+    optional_params: Optional[Mapping[str, str]] = None,
+) -> List[str]:
+    """The ``qsub`` argv (pure)."""
+    argv = ["qsub", "-O", str(Path(script_path).with_suffix(""))]
+    if project:
+        argv += ["-A", project]
+    if queue:
+        argv += ["-q", queue]
+    argv += ["-n", str(int(num_nodes)), "-t", str(int(wall_time_min))]
+    attrs = [f"{check_param_key(k, 'cobalt')}={v}" for k, v in sorted((optional_params or {}).items())]
+    if attrs:
+        argv += ["--attrs", ":".join(attrs)]
+    argv.append(str(script_path))
+    return argv
+
+
+def parse_submit(stdout: str) -> int:
+    """``qsub`` prints the job id on the last line (notices may come first) (pure)."""
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    if not lines or not lines[-1].isdigit():
+        raise SchedulerError(f"qsub printed no job id: {stdout.strip()!r}", stdout=stdout)
+    return int(lines[-1])
+
+
+def render_status(user: str) -> List[str]:
+    """One ``qstat`` for a user, with the columns Balsam reads (pure)."""
+    return ["qstat", "-u", user, f"--header={':'.join(STATUS_FIELDS)}"]
+
+
+def parse_table(stdout: str) -> List[Dict[str, str]]:
+    """A Cobalt table (header, a ``====`` rule, whitespace-separated rows) to dicts (pure)."""
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    header: List[str] = []
+    rows: List[Dict[str, str]] = []
+    for line in lines:
+        if set(line.strip()) == {"="}:
+            continue
+        cols = line.split()
+        if not header:
+            header = cols
+            continue
+        if len(cols) == len(header):
+            rows.append(dict(zip(header, cols)))
+    return rows
+
+
+def parse_status(stdout: str, now: datetime) -> Dict[int, SchedulerJobStatus]:
+    """Parse ``qstat --header=...`` output (pure)."""
+    out: Dict[int, SchedulerJobStatus] = {}
+    for row in parse_table(stdout):
+        jid = row.get("JobID", "")
+        if not jid.isdigit():
+            continue
+        raw = row.get("State", "")
+        state = translate_state(STATE_TABLE, raw, "cobalt")
+        wall = parse_hms_minutes(row.get("WallTime", "")) or 0.0
+        nodes = row.get("Nodes", "0")
+        out[int(jid)] = SchedulerJobStatus(
+            scheduler_id=int(jid),
+            state=state,
+            queue=row.get("Queue", ""),
+            num_nodes=int(nodes) if nodes.isdigit() else 0,
+            wall_time_min=int(wall),
+            project=row.get("Project", "") if row.get("Project", "") not in NOT_SET else "",
+            time_remaining_min=parse_hms_minutes(row.get("TimeRemaining", "")) if state is SchedulerState.RUNNING else None,
+            queued_time_min=parse_hms_minutes(row.get("QueuedTime", "")),
+            raw_state=raw,
+        )
+    return out
+
+
+def render_delete(scheduler_id: int) -> List[str]:
+    """``qdel <id>`` (pure)."""
+    return ["qdel", str(int(scheduler_id))]
+
+
+def parse_backfill(stdout: str) -> Dict[str, List[BackfillWindow]]:
+    """``nodelist``: idle nodes with a Backfill time, per queue, as cumulative windows (pure).
+
+    A node idle for ``t`` minutes can run any job of ``t`` minutes or less, so the window of length ``t``
+    counts every idle node whose backfill time is at least ``t``.
+    """
+    per_queue: Dict[str, List[float]] = {}
+    for row in parse_table(stdout):
+        if row.get("Status") != "idle":
+            continue
+        minutes = parse_hms_minutes(row.get("Backfill", ""))
+        if minutes is None:
+            continue
+        for queue in row.get("Queues", "").split(":"):
+            if queue:
+                per_queue.setdefault(queue, []).append(minutes)
+    out: Dict[str, List[BackfillWindow]] = {}
+    for queue, times in sorted(per_queue.items()):
+        windows = [BackfillWindow(sum(1 for t in times if t >= length), int(length)) for length in sorted(set(times), reverse=True)]
+        out[queue] = windows
+    return out
+
+
+_LOG_STAMP = re.compile(r"^(\w{3} \w{3}\s+\d{1,2} \d{2}:\d{2}:\d{2} \d{4}) \+0000 \(UTC\)")
+
+
+def parse_cobaltlog(text: str) -> JobTimes:
+    """Start and end from a ``.cobaltlog`` (pure): its lines begin ``<ctime> +0000 (UTC)``; the job starts at
+    the line that mentions ``COBALT_STARTTIME`` (or "starting") and ends at the last stamped line."""
+    stamped = []
+    for line in text.splitlines():
+        m = _LOG_STAMP.match(line.strip())
+        if m:
+            stamped.append((parse_ctime(m.group(1), timezone.utc), line))
+    start = next((t for t, line in stamped if "COBALT_STARTTIME" in line or "starting" in line.lower()), None)
+    if start is None:
+        return (None, None)
+    return start, stamped[-1][0]
+
+
+class CobaltScheduler(Scheduler):
+    """Cobalt through its command-line tools."""
+
+    name = "cobalt"
+    title = "Cobalt"
+    can_report_backfill = True
+
+    def submit(
+        self,
+        script_path: PathLike,
+        *,
+        project: str,
+        queue: str,
+        num_nodes: int,
+        wall_time_min: int,
+        job_name: str = "",
+        optional_params: Optional[Mapping[str, str]] = None,
+        cwd: Optional[PathLike] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> int:
+        """``qsub``; the job id it prints. (Cobalt names the job after the script; ``job_name`` is unused.)"""
+        argv = render_submit(
+            script_path,
+            project=project,
+            queue=queue,
+            num_nodes=num_nodes,
+            wall_time_min=wall_time_min,
+            optional_params=optional_params,
+        )
+        result = self._run(argv, cwd=cwd, env=env)
+        try:
+            return parse_submit(result.stdout)
+        except SchedulerError as exc:
+            raise SchedulerError(str(exc), argv, result.returncode, result.stdout, result.stderr) from None
+
+    def get_statuses(
+        self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
+    ) -> Dict[int, SchedulerJobStatus]:
+        """One ``qstat -u``, filtered by id on this side."""
+        wanted = StatusFilter.of(scheduler_ids)
+        if wanted.ids is not None and not wanted.ids:
+            return {}
+        result = self._run(render_status(user or current_user()))
+        return wanted.apply(parse_status(result.stdout, self._now()))
+
+    def delete(self, scheduler_id: int) -> None:
+        """``qdel``."""
+        result = self._run(render_delete(scheduler_id), ok_codes=range(256))
+        if result.returncode != 0 and "not found" not in (result.stdout + result.stderr).lower():
+            raise command_failed(result)
+
+    def get_backfill_windows(self) -> Dict[str, List[BackfillWindow]]:
+        """From ``nodelist``."""
+        return parse_backfill(self._run(["nodelist"]).stdout)
+
+    def job_times(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> JobTimes:
+        """From ``<script>.cobaltlog`` next to the script; (None, None) if it is missing."""
+        if script_path is None:
+            return (None, None)
+        try:
+            text = Path(script_path).with_suffix(".cobaltlog").read_text(errors="replace")
+        except OSError:
+            return (None, None)
+        return parse_cobaltlog(text)
