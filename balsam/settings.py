@@ -97,6 +97,7 @@ class QueueMaintainerSettings:
     num_queued_jobs: int = 1
     num_nodes: int = 1
     wall_time_min: int = 60
+    filter_tags: Dict[str, str] = field(default_factory=dict)
     period_s: float = 60.0
 
 
@@ -115,6 +116,7 @@ class ElasticQueueSettings:
     max_num_nodes: int = 1
     max_queue_wait_time_min: int = 60
     max_queued_jobs: int = 5
+    filter_tags: Dict[str, str] = field(default_factory=dict)
     period_s: float = 30.0
 
 

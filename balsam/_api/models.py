@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence,
 from balsam._api import sites as _sites
 from balsam._api.base import Field, Manager, Model, Query, bind_manager, from_datetime
 from balsam._api.jobs import Job, invalidate_app_cache
+from balsam.db import batch_jobs as batch_db
 from balsam.db import jobs as job_db
 from balsam.db import query as q
 from balsam.db import sessions as session_db
 from balsam.db import transfers as transfer_db
-from balsam.db.codec import dumps, loads
 from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, check_batch_transition, to_batch_state
 from balsam.exceptions import JobLockedError, ValidationError
 
@@ -241,24 +241,6 @@ bind_manager(App, AppManager)
 
 
 # ============================================================================================ BatchJob
-JOB_MODES = ("mpi", "serial")
-
-
-def parse_partition(text: str) -> Dict[str, Any]:
-    """``mode:nodes[:k=v,...]`` (the CLI's ``-p``) as a partition dict."""
-    parts = text.split(":")
-    if len(parts) < 2 or parts[0] not in JOB_MODES or not parts[1].isdigit():
-        raise ValidationError(f"partition {text!r}: expected MODE:NODES[:key=value,...] with MODE mpi or serial")
-    tags: Dict[str, str] = {}
-    for item in ":".join(parts[2:]).split(","):
-        if item:
-            k, sep, v = item.partition("=")
-            if not sep:
-                raise ValidationError(f"partition {text!r}: tag {item!r} must be key=value")
-            tags[k] = v
-    return {"job_mode": parts[0], "num_nodes": int(parts[1]), "filter_tags": tags}
-
-
 class BatchJob(Model):
     """A pilot allocation: a batch job that runs a launcher on ``num_nodes`` nodes."""
 
@@ -303,7 +285,7 @@ class BatchJob(Model):
         d = self.__dict__
         d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue, project=project,
                  optional_params=dict(optional_params or {}), filter_tags=job_db.check_tags(filter_tags or {}, "filter_"),
-                 partitions=[parse_partition(p) if isinstance(p, str) else dict(p) for p in partitions] if partitions else None,
+                 partitions=[batch_db.parse_partition(p) if isinstance(p, str) else dict(p) for p in partitions] if partitions else None,
                  state="pending_submission", status_info={}, scheduler_id=None, start_time=None, end_time=None)
 
     def _repr_fields(self) -> Sequence[str]:
@@ -312,65 +294,20 @@ class BatchJob(Model):
     def validate(self, conn: Any = None) -> None:
         """Check the BatchJob against the site's queues, projects and optional parameters (settings.yml)."""
         site = self.__dict__["_site"]
-        conn = conn or site.store.conn
-        row = conn.execute("SELECT allowed_queues, allowed_projects, optional_batch_job_params, name FROM site LIMIT 1").fetchone()
-        queues, projects, optional, site_name = loads(row[0]), loads(row[1]), loads(row[2]), row[3]
         d = self.__dict__
-        if d.get("queue") is None and len(queues) == 1:
-            d["queue"] = next(iter(queues))
-        if d.get("project") is None and len(projects) == 1:
-            d["project"] = projects[0]
-        if d.get("queue") is None:
-            raise ValidationError(f"a queue is required (site {site_name} allows: {', '.join(sorted(queues)) or 'none configured'})")
-        if d.get("project") is None:
-            raise ValidationError(f"a project is required (site {site_name} allows: {', '.join(projects) or 'any'})")
-        for name in ("num_nodes", "wall_time_min"):
-            v = d[name]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValidationError(f"{name} must be a positive integer, got {v!r}")
-        if d["job_mode"] not in JOB_MODES:
-            raise ValidationError(f"job_mode must be one of {', '.join(JOB_MODES)}, got {d['job_mode']!r}")
-        if queues and d["queue"] not in queues:
-            raise ValidationError(f"queue {d['queue']!r} is not allowed at site {site_name} (allowed: {', '.join(sorted(queues))})")
-        policy = queues.get(d["queue"], {})
-        if "max_nodes" in policy and d["num_nodes"] > policy["max_nodes"]:
-            raise ValidationError(f"queue {d['queue']!r} allows at most {policy['max_nodes']} nodes, asked for {d['num_nodes']}")
-        if "max_wall_time_min" in policy and d["wall_time_min"] > policy["max_wall_time_min"]:
-            raise ValidationError(f"queue {d['queue']!r} allows at most {policy['max_wall_time_min']} minutes, asked for {d['wall_time_min']}")
-        if projects and d["project"] not in projects:
-            raise ValidationError(f"project {d['project']!r} is not allowed at site {site_name} (allowed: {', '.join(projects)})")
-        bad = sorted(set(d["optional_params"]) - set(optional))
-        if bad:
-            raise ValidationError(f"unknown optional parameter {bad[0]!r} (site {site_name} allows: {', '.join(sorted(optional)) or 'none'})")
-        if d["partitions"]:
-            total = sum(int(p.get("num_nodes", 0)) for p in d["partitions"])
-            if total != d["num_nodes"]:
-                raise ValidationError(f"partitions add up to {total} nodes, but the batch job has {d['num_nodes']}")
-            for p in d["partitions"]:
-                if p.get("job_mode") not in JOB_MODES:
-                    raise ValidationError(f"partition job_mode must be mpi or serial, got {p.get('job_mode')!r}")
-        if "max_queued_jobs" in policy and self._is_new:
-            queued = conn.execute(
-                "SELECT count(*) FROM batch_job WHERE queue=? AND state IN ('pending_submission', 'queued')", (d["queue"],)
-            ).fetchone()[0]
-            if queued >= policy["max_queued_jobs"]:
-                raise ValidationError(f"queue {d['queue']!r} already has {queued} batch jobs waiting (max_queued_jobs {policy['max_queued_jobs']})")
+        fields = {k: d.get(k) for k in ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "partitions")}
+        checked = batch_db.check_batch_job(conn or site.store.conn, fields, new=self._is_new)
+        d["queue"], d["project"] = checked["queue"], checked["project"]
 
     def save(self) -> None:
         """Create the BatchJob (validated against the site's policies) or write changed fields."""
         site = self.__dict__["_site"]
         if self._is_new:
-            now = time.time()
+            d = self.__dict__
             with site.store.write() as conn:
-                self.validate(conn)
-                d = self.__dict__
-                cur = conn.execute(
-                    "INSERT INTO batch_job(project, queue, num_nodes, wall_time_min, job_mode, optional_params, filter_tags, "
-                    "partitions, state, status_info, created, last_update) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (d["project"], d["queue"], d["num_nodes"], d["wall_time_min"], d["job_mode"], dumps(d["optional_params"]),
-                     dumps(d["filter_tags"]), None if not d["partitions"] else dumps(d["partitions"]), "pending_submission", "{}", now, now),
-                )
-                new_id = cur.lastrowid
+                new_id = batch_db.create_batch_job(
+                    conn, num_nodes=d["num_nodes"], wall_time_min=d["wall_time_min"], job_mode=d["job_mode"], queue=d["queue"],
+                    project=d["project"], optional_params=d["optional_params"], filter_tags=d["filter_tags"], partitions=d["partitions"])
             self.__dict__["_row"] = {"id": new_id}
             self.refresh_from_db()
             return
@@ -588,4 +525,4 @@ class EventLog(Model):
 
 bind_manager(EventLog)
 
-__all__ = ["Site", "App", "BatchJob", "Session", "TransferItem", "EventLog", "parse_partition", "from_datetime"]
+__all__ = ["Site", "App", "BatchJob", "Session", "TransferItem", "EventLog", "from_datetime"]

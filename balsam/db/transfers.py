@@ -14,7 +14,7 @@ import sqlite3
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from balsam.db.codec import dumps
+from balsam.db.codec import dumps, loads
 from balsam.exceptions import ValidationError
 
 ITEM_STATES = ("pending", "active", "inactive", "done", "error", "awaiting_job")
@@ -122,7 +122,10 @@ def update_items(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dict[str
         items = conn.execute("SELECT id, state, transfer_info FROM transfer_item WHERE job_id=? AND direction=?", (job_id, direction)).fetchall()
         errors = [it for it in items if it[1] == "error"]
         if errors:
-            changes.append(StateChange(job_id, "FAILED", data={"message": f"stage-{direction} transfer {errors[0][0]} failed", "transfer_info": errors[0][2]}))
+            info = loads(errors[0][2]) or {}
+            detail = f": {str(info['error']).strip().splitlines()[-1]}" if info.get("error") else ""
+            changes.append(StateChange(job_id, "FAILED", data={"message": f"stage-{direction} transfer {errors[0][0]} failed{detail}",
+                                                               "transfer_info": info}))
         elif all(it[1] == "done" for it in items):
             if direction == "in":
                 changes.append(StateChange(job_id, "STAGED_IN", data={"message": "stage-in complete"}))

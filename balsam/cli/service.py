@@ -1,0 +1,116 @@
+"""``balsam service``: the site agent (Balsam 0.x names; ``balsam site start/stop/status`` are the same)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import click
+
+
+def _site_root(site: Optional[str]) -> Path:
+    from balsam.exceptions import SiteNotFound
+    from balsam.site import find_site_root
+
+    root = find_site_root(site)
+    if root is None:
+        raise SiteNotFound("not inside a site: cd into one, pass --site PATH, or set BALSAM_SITE_PATH")
+    return root
+
+
+site_option = click.option("--site", "site", metavar="PATH", help="The site (default: the one around the working directory).")
+
+
+@click.group()
+def service() -> None:
+    """Run and inspect the site agent (processing, scheduler, autoscaling, cleanup).
+
+    \b
+    Example:
+      balsam service start && balsam service status
+    """
+
+
+@service.command()
+@site_option
+def start(site: Optional[str]) -> None:
+    """Start the site agent in the background.
+
+    \b
+    Example:
+      cd my-site && balsam service start
+    """
+    from balsam.services.agent import start_agent
+
+    root = _site_root(site)
+    pid = start_agent(root)
+    click.echo(f"Started the site agent of {root} (pid {pid}); log: {root / 'log' / 'agent.log'}")
+
+
+@service.command()
+@site_option
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait before killing it.")
+def stop(site: Optional[str], timeout: float) -> None:
+    """Stop the site agent (its leases are released; running batch jobs go on).
+
+    \b
+    Example:
+      balsam service stop --site ~/my-site
+    """
+    from balsam.services.agent import stop_agent
+
+    root = _site_root(site)
+    pid = stop_agent(root, timeout_s=timeout)
+    click.echo(f"Stopped the site agent (pid {pid})" if pid else "The site agent is not running")
+
+
+def _age(ts: Optional[float]) -> str:
+    if not ts:
+        return "never"
+    return f"{time.time() - ts:.0f} s ago"
+
+
+def format_status(status: Dict[str, Any]) -> str:
+    """The agent status as lines for people."""
+    lines = []
+    if status.get("running"):
+        started = dt.datetime.fromtimestamp(status.get("started", 0)).isoformat(timespec="seconds")
+        lines.append(f"agent: running (pid {status.get('pid')} on {status.get('host')}, since {started}, updated {_age(status.get('updated'))})")
+    else:
+        lines.append("agent: not running" + (" (last report " + _age(status.get("updated")) + ")" if status.get("updated") else ""))
+    for name, h in sorted(status.get("services", {}).items()):
+        health = "ok" if not h.get("last_error") else "ERROR"
+        backlog = "" if h.get("backlog") is None else f", backlog {h['backlog']}"
+        lines.append(f"  {name:<16} {health:<5} last cycle {_age(h.get('last_cycle'))}, {h.get('cycles', 0)} cycles, "
+                     f"{h.get('errors', 0)} errors{backlog}")
+        if h.get("last_error"):
+            lines.append(f"  {'':<16} last error: {h['last_error']}")
+    return "\n".join(lines)
+
+
+@service.command()
+@site_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(site: Optional[str], as_json: bool) -> None:
+    """Show whether the agent runs and each service's health, last cycle, backlog and errors.
+
+    \b
+    Example:
+      balsam service status --json
+    """
+    from balsam.services.agent import agent_status
+
+    st = agent_status(_site_root(site))
+    click.echo(json.dumps(st, indent=1) if as_json else format_status(st))
+
+
+@service.command(hidden=True)
+@site_option
+def run(site: Optional[str]) -> None:
+    """Run the site agent in the foreground (what ``start`` runs in the background)."""
+    from balsam.services.agent import run_agent
+
+    raise SystemExit(run_agent(_site_root(site)))

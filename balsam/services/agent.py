@@ -1,0 +1,201 @@
+"""The site agent: the composition root that reads settings.yml and runs the site's services.
+
+``balsam site start`` runs :func:`start_agent`, which starts ``balsam service run --site PATH`` as a
+detached process and waits until it reports itself running. That process (:func:`run_agent`) holds the PID
+file (a second agent is refused; a stale file from a crash is taken over), logs to ``log/agent.log``, runs
+each service on its own thread with the shared loop, writes its health to ``.balsam/agent.json`` for
+``balsam site status``, and on SIGTERM/SIGINT stops the services and releases their leases. Work survives a
+crash: every step is a committed state in the site DB, and leases of a dead agent are released at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from balsam import __version__
+from balsam._api import sites as _sites
+from balsam.exceptions import ServiceError
+from balsam.runtime import balsam_argv, subprocess_env
+from balsam.services.base import Service, ServiceThread, pid_file, pid_file_held, read_pid
+from balsam.settings import SiteSettings, load_settings
+from balsam.site import SiteLayout, refresh_site_row, this_host
+
+logger = logging.getLogger("balsam.agent")
+STATUS_PERIOD_S = 2.0
+
+
+def pid_path(layout: SiteLayout) -> Path:
+    return layout.state / "agent.pid"
+
+
+def status_path(layout: SiteLayout) -> Path:
+    return layout.state / "agent.json"
+
+
+def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str) -> List[Service]:
+    """Every service the settings ask for, each given its own section."""
+    from balsam.platforms.schedulers import get_scheduler
+    from balsam.services.file_cleaner import FileCleanerService
+    from balsam.services.processing import ProcessingService
+    from balsam.services.scheduler import SchedulerService
+
+    sched = settings.scheduler
+    adapter = get_scheduler(sched.type, timeout_s=sched.command_timeout_s, options=sched.options,
+                            state_dir=site.layout.state / "local-jobs")
+    services: List[Service] = [
+        ProcessingService(site, settings.processing, settings.session, host),
+        SchedulerService(site, sched, adapter),
+        FileCleanerService(site, settings.file_cleaner),
+    ]
+    if settings.transfers.transfer_locations:
+        from balsam.services.transfers import TransferService
+
+        services.append(TransferService(site, settings.transfers))
+    if settings.queue_maintainer is not None:
+        from balsam.services.queue_maintainer import QueueMaintainerService
+
+        services.append(QueueMaintainerService(site, settings.queue_maintainer))
+    if settings.elastic_queue:
+        from balsam.services.elastic import ElasticQueueService
+
+        services.append(ElasticQueueService(site, settings.elastic_queue))
+    return services
+
+
+def _setup_logging(layout: SiteLayout) -> None:
+    layout.log.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(layout.log / "agent.log", maxBytes=10_000_000, backupCount=5)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool) -> None:
+    status = {
+        "pid": os.getpid(), "host": socket.gethostname(), "version": __version__, "started": started, "updated": time.time(),
+        "running": running, "services": {t.service.name: t.health() for t in threads},
+    }
+    tmp = status_path(layout).with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1))
+    os.replace(tmp, status_path(layout))
+
+
+def run_agent(site_root: Path) -> int:
+    """Run the agent in this process until SIGTERM/SIGINT; returns the exit code."""
+    root = Path(site_root).resolve()
+    layout = SiteLayout(root)
+    _setup_logging(layout)
+    stop = threading.Event()
+    with pid_file(pid_path(layout)):
+        settings = load_settings(layout.settings_path)
+        site = _sites.ref_for_root(root)
+        host = this_host()
+        if site.host != host:
+            raise ServiceError(f"site {site.name} belongs to host {site.host}; start its agent there")
+        refresh_site_row(site.store, settings)
+        _sites.use_site(root)  # hooks that create jobs default to this site
+        services = build_services(site, settings, host)
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            logger.info("received %s: stopping", signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        threads = [ServiceThread(s, stop) for s in services]
+        started = time.time()
+        logger.info("agent %s starting on %s for site %s (%s): %s", __version__, host, site.name, root,
+                    ", ".join(s.name for s in services))
+        for t in threads:
+            t.start()
+        _write_status(layout, threads, started, True)
+        while not stop.wait(STATUS_PERIOD_S):
+            _write_status(layout, threads, started, True)
+        for t in threads:
+            t.join(timeout=60)
+        _write_status(layout, threads, started, False)
+        logger.info("agent stopped")
+    return 0
+
+
+def start_agent(site_root: Path, timeout_s: float = 30.0) -> int:
+    """Start the agent of a site as a background process; returns its pid once it runs."""
+    root = Path(site_root).resolve()
+    layout = SiteLayout(root)
+    if pid_file_held(pid_path(layout)):
+        raise ServiceError(f"the site agent is already running (pid {read_pid(pid_path(layout))})")
+    status_path(layout).unlink(missing_ok=True)
+    layout.log.mkdir(parents=True, exist_ok=True)
+    with open(layout.log / "agent.out", "ab") as out:
+        proc = subprocess.Popen([*balsam_argv(), "service", "run", "--site", str(root)], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=str(root), env=subprocess_env())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = read_status(layout)
+        if status.get("pid") == proc.pid and status.get("running"):
+            return proc.pid
+        if proc.poll() is not None:
+            raise ServiceError(f"the site agent exited at start: {_last_error(layout)}")
+        time.sleep(0.05)
+    raise ServiceError(f"the site agent did not report running within {timeout_s:g} s (see {layout.log / 'agent.log'})")
+
+
+def _last_error(layout: SiteLayout) -> str:
+    for name in ("agent.out", "agent.log"):
+        try:
+            lines = [ln for ln in (layout.log / name).read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if "Error" in line or "ERROR" in line:
+                return line.strip()[-500:]
+    return f"see {layout.log / 'agent.log'}"
+
+
+def stop_agent(site_root: Path, timeout_s: float = 60.0) -> Optional[int]:
+    """Stop the site's agent (SIGTERM, then SIGKILL after ``timeout_s``); returns its pid, or None if not running."""
+    layout = SiteLayout(Path(site_root).resolve())
+    path = pid_path(layout)
+    if not pid_file_held(path):
+        return None
+    pid = read_pid(path)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while pid_file_held(path):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    return pid
+
+
+def read_status(layout: SiteLayout) -> Dict[str, Any]:
+    """The agent's last status report ({} if none)."""
+    try:
+        data = json.loads(status_path(layout).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def agent_status(site_root: Path) -> Dict[str, Any]:
+    """Whether the agent runs, and each service's health."""
+    layout = SiteLayout(Path(site_root).resolve())
+    status = read_status(layout)
+    status["running"] = pid_file_held(pid_path(layout))
+    if not status["running"]:
+        status["services"] = status.get("services", {})
+    return status

@@ -1,0 +1,146 @@
+"""The one service loop every site-agent service shares, and the agent's PID file.
+
+A service implements :meth:`Service.run_cycle` (one pass of its work) and optionally :meth:`Service.cleanup`.
+:class:`ServiceThread` calls ``run_cycle`` every ``period_s`` until the stop event is set, records each
+cycle's time and any error (a failing cycle is logged and retried next period, never fatal), and calls
+``cleanup`` once at the end. Health is what ``balsam site status`` shows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+from balsam.exceptions import ServiceError
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    """Base class of the agent's services."""
+
+    name = "service"
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.backlog: Optional[int] = None
+        """What is waiting for this service (shown by ``balsam site status``), if it can tell."""
+
+    def run_cycle(self) -> None:
+        """Do one pass of work."""
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Release what the service holds (leases, child processes) when the agent stops."""
+
+
+class ServiceThread(threading.Thread):
+    """Runs one service's cycles on a thread until ``stop`` is set."""
+
+    def __init__(self, service: Service, stop: threading.Event) -> None:
+        super().__init__(name=f"balsam-{service.name}", daemon=True)
+        self.service = service
+        self.stop = stop
+        self.cycles = 0
+        self.errors = 0
+        self.last_cycle: Optional[float] = None
+        self.last_cycle_s: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self.last_error_time: Optional[float] = None
+
+    def run_one(self) -> None:
+        """One cycle, with its time and error recorded."""
+        start = time.time()
+        try:
+            self.service.run_cycle()
+            self.last_error = None
+        except Exception as exc:  # a failing cycle must not kill the agent
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error_time = time.time()
+            logger.error("%s: cycle failed: %s\n%s", self.service.name, self.last_error, traceback.format_exc())
+        self.cycles += 1
+        self.last_cycle = start
+        self.last_cycle_s = time.time() - start
+
+    def run(self) -> None:
+        logger.info("%s: started (period %.1f s)", self.service.name, self.service.period_s)
+        while not self.stop.is_set():
+            self.run_one()
+            self.stop.wait(self.service.period_s)
+        try:
+            self.service.cleanup()
+        except Exception:
+            logger.exception("%s: cleanup failed", self.service.name)
+        logger.info("%s: stopped", self.service.name)
+
+    def health(self) -> Dict[str, Any]:
+        """The service's state for ``balsam site status``."""
+        return {
+            "alive": self.is_alive(),
+            "period_s": self.service.period_s,
+            "cycles": self.cycles,
+            "errors": self.errors,
+            "last_cycle": self.last_cycle,
+            "last_cycle_s": self.last_cycle_s,
+            "last_error": self.last_error,
+            "last_error_time": self.last_error_time,
+            "backlog": self.service.backlog,
+        }
+
+
+def read_pid(path: Path) -> Optional[int]:
+    """The pid recorded in a PID file, or None."""
+    try:
+        text = path.read_text().split()
+        return int(text[0]) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def pid_file_held(path: Path) -> bool:
+    """True if a live process holds the PID file's lock (a stale file from a crash is not held)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextmanager
+def pid_file(path: Path, what: str = "the site agent") -> Iterator[None]:
+    """Hold ``path`` as this process's PID file for the duration; refuse if a live process holds it.
+
+    The file is locked with ``flock`` while the process lives, so a PID file left by a crash (kill -9, a
+    reboot) is recognised as stale and taken over, without trusting a possibly reused pid.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ServiceError(f"{what} is already running (pid {read_pid(path)}, {path})") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        try:
+            os.unlink(str(path))
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -1,0 +1,193 @@
+"""Processing: run the app hooks that move jobs along (preprocess, postprocess, handle_error, handle_timeout).
+
+Two paths:
+- **bulk**: for apps that do not override a hook, the default transition (STAGED_IN -> PREPROCESSED,
+  RUN_DONE -> POSTPROCESSED, RUN_ERROR -> FAILED, RUN_TIMEOUT -> RESTART_READY) is applied to a whole batch in
+  one transaction, so processing never limits launcher throughput;
+- **hooks**: jobs of apps that do override a hook are locked under the service's lease and their hooks run in
+  a pool of threads. A hook that raises sends its job to FAILED with the exception; a hook that leaves the
+  state unchanged, or sets one the state machine refuses, is an error with a message, not a stuck job.
+
+An app whose stored code no longer loads fails the jobs that need it processed, with the load error.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Tuple
+
+from balsam._api.app import ApplicationDefinition
+from balsam._api.jobs import Job
+from balsam._api.sites import SiteRef
+from balsam.db import sessions
+from balsam.db.codec import dumps
+from balsam.db.jobs import StateChange, apply_state_changes
+from balsam.db.states import is_legal
+from balsam.exceptions import BalsamError
+from balsam.services.base import Service
+from balsam.settings import ProcessingSettings, SessionSettings
+
+logger = logging.getLogger(__name__)
+
+HOOKS: Dict[str, Tuple[str, str]] = {
+    "STAGED_IN": ("preprocess", "PREPROCESSED"),
+    "RUN_DONE": ("postprocess", "POSTPROCESSED"),
+    "RUN_ERROR": ("handle_error", "FAILED"),
+    "RUN_TIMEOUT": ("handle_timeout", "RESTART_READY"),
+}
+BULK_BATCH = 20_000
+CYCLE_BUDGET_S = 2.0
+
+
+class ProcessingService(Service):
+    """Moves jobs through their app hooks (see the module docstring)."""
+
+    name = "processing"
+
+    def __init__(self, site: SiteRef, settings: ProcessingSettings, session_settings: SessionSettings, host: str) -> None:
+        super().__init__(settings.period_s)
+        self.site = site
+        self.settings = settings
+        self.session_settings = session_settings
+        self.host = host
+        self.session_id: Optional[int] = None
+        self._last_tick = 0.0
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    # ---------------------------------------------------------------- apps
+    def _apps(self) -> Tuple[Dict[int, Any], Dict[int, str]]:
+        """Loadable app classes by id, and load errors by id."""
+        store = self.site.store
+        classes: Dict[int, Any] = {}
+        errors: Dict[int, str] = {}
+        for app_id, name in store.execute("SELECT id, name FROM app"):
+            try:
+                classes[app_id] = ApplicationDefinition.load_by_id(app_id, site=self.site)
+            except Exception as exc:
+                errors[app_id] = f"app {name} could not be loaded: {exc}"
+        return classes, errors
+
+    # ---------------------------------------------------------------- cycle
+    def run_cycle(self) -> None:
+        classes, load_errors = self._apps()
+        deadline = time.monotonic() + CYCLE_BUDGET_S
+        self._fail_unloadable(load_errors)
+        for state, (hook, default) in HOOKS.items():
+            plain = [a for a, cls in classes.items() if not cls.has_hook(hook)]
+            while plain and time.monotonic() < deadline:
+                if self._bulk(state, default, plain) < BULK_BATCH:
+                    break
+        hooked = {a for a, cls in classes.items() if any(cls.has_hook(h) for h, _ in HOOKS.values())}
+        if hooked:
+            self._run_hooks(classes, hooked)
+        self.backlog = int(self.site.store.execute(
+            "SELECT count(*) FROM job WHERE state IN ('STAGED_IN','RUN_DONE','RUN_ERROR','RUN_TIMEOUT')")[0][0])
+
+    def _bulk(self, state: str, default: str, app_ids: List[int]) -> int:
+        """Apply ``default`` to a batch of unlocked ``state`` jobs of ``app_ids``; returns how many."""
+        with self.site.store.write() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM job WHERE state=? AND session_id IS NULL AND app_id IN (SELECT value FROM json_each(?)) LIMIT ?",
+                (state, dumps(app_ids), BULK_BATCH),
+            )]
+            if ids:
+                apply_state_changes(conn, [StateChange(i, default) for i in ids], strict=False)
+        return len(ids)
+
+    def _fail_unloadable(self, errors: Dict[int, str]) -> None:
+        if not errors:
+            return
+        with self.site.store.write() as conn:
+            for app_id, message in errors.items():
+                ids = [r[0] for r in conn.execute(
+                    "SELECT id FROM job WHERE app_id=? AND session_id IS NULL AND state IN ('STAGED_IN','RUN_DONE','RUN_ERROR','RUN_TIMEOUT')",
+                    (app_id,))]
+                if ids:
+                    apply_state_changes(conn, [StateChange(i, "FAILED", data={"message": message}) for i in ids], strict=False)
+
+    # ---------------------------------------------------------------- hooks
+    def _lease(self) -> int:
+        store = self.site.store
+        now = time.time()
+        with store.write() as conn:
+            if self.session_id is not None and now - self._last_tick > self.session_settings.heartbeat_period_s / 2:
+                try:
+                    sessions.tick(conn, self.session_id)
+                except Exception:
+                    self.session_id = None
+                self._last_tick = now
+            if self.session_id is None:
+                sessions.expire_sessions(conn, expiry_s=self.session_settings.expiry_s, host=self.host)
+                self.session_id = sessions.create_session(conn, host=self.host, label="processing")
+                self._last_tick = now
+        return self.session_id
+
+    def _run_hooks(self, classes: Dict[int, Any], hooked: set) -> None:  # type: ignore[type-arg]
+        session_id = self._lease()
+        with self.site.store.write() as conn:
+            rows = sessions.acquire(conn, session_id, states=list(HOOKS), app_ids=sorted(hooked), max_num_jobs=self.settings.prefetch)
+        if not rows:
+            return
+        jobs = list(Job.objects.filter(id=[r["id"] for r in rows], site_id=self.site.id))
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.settings.num_workers, thread_name_prefix="balsam-hook")
+        failures: List[StateChange] = []
+        done: List[Job] = []
+        for job, error in zip(jobs, self._pool.map(lambda j: self._one(j, classes), jobs)):
+            if error is None:
+                done.append(job)
+            else:
+                failures.append(error)
+        if done:
+            self._save(done)
+        if failures:
+            with self.site.store.write() as conn:
+                apply_state_changes(conn, failures, strict=False)
+
+    def _save(self, jobs: List[Job]) -> None:
+        """Save hook results in one batch; if the batch is refused (a job moved meanwhile), one by one."""
+        try:
+            Job.objects.bulk_update(jobs)
+            return
+        except BalsamError as exc:
+            logger.warning("saving %d hook results together failed (%s); saving them one by one", len(jobs), exc)
+        stuck: List[int] = []
+        for job in jobs:
+            try:
+                Job.objects.bulk_update([job])
+            except BalsamError as exc:
+                logger.warning("job %s: hook result not saved: %s", job.id, exc)
+                stuck.append(int(job.id or 0))
+        if stuck:
+            with self.site.store.write() as conn:
+                conn.execute("UPDATE job SET session_id=NULL WHERE id IN (SELECT value FROM json_each(?)) AND state != 'RUNNING'",
+                             (dumps(stuck),))
+
+    def _one(self, job: Job, classes: Dict[int, Any]) -> Optional[StateChange]:
+        """Run a job's hook; None if it set a legal new state, else the FAILED change to apply."""
+        src = str(job.state)
+        hook, _ = HOOKS[src]
+        cls = classes[job.app_id]
+        try:
+            getattr(cls(job), hook)()
+        except Exception as exc:
+            tb = traceback.format_exc(limit=-8)
+            return StateChange(int(job.id or 0), "FAILED", data={"message": f"{hook} hook raised {type(exc).__name__}: {exc}",
+                                                                  "exception": tb[-4000:]})
+        dst = str(job.state)
+        if dst == src:
+            return StateChange(int(job.id or 0), "FAILED", data={"message": f"{cls.__name__}.{hook} left the job in {src}; a hook must set job.state"})
+        if not is_legal(src, dst):
+            return StateChange(int(job.id or 0), "FAILED", data={"message": f"{cls.__name__}.{hook} set an illegal state {src} -> {dst}"})
+        return None
+
+    def cleanup(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self.session_id is not None:
+            with self.site.store.write() as conn:
+                sessions.release(conn, self.session_id, message="the site agent stopped")
+            self.session_id = None

@@ -1,0 +1,222 @@
+"""The scheduler service: BatchJobs <-> the local batch scheduler.
+
+Each cycle: submit BatchJobs in ``pending_submission`` (render the site's job template into ``qsubmit/``,
+then the adapter's submit); cancel those in ``pending_deletion``; poll every known BatchJob with ONE scheduler
+command and record state, start and end times; a BatchJob the scheduler no longer lists has finished (its
+times come from the adapter). When a BatchJob finishes, leases still held by its launchers are released
+(running jobs become RUN_TIMEOUT, the rest unlock), so nothing waits on a dead allocation. The site row gets
+the scheduler's view (queued jobs, backfill windows) for the elastic queue and for humans.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from balsam._api.sites import SiteRef
+from balsam.db import sessions
+from balsam.db.codec import dumps, loads
+from balsam.db.states import check_batch_transition
+from balsam.exceptions import BalsamError, IllegalTransition
+from balsam.platforms.schedulers import DONE_STATES, Scheduler, SchedulerJobStatus, SchedulerState
+from balsam.platforms.templates import format_partition, job_script_context, render_job_script
+from balsam.runtime import balsam_shell_words
+from balsam.services.base import Service
+from balsam.settings import SchedulerSettings
+
+logger = logging.getLogger(__name__)
+
+STATE_OF = {
+    SchedulerState.QUEUED: "queued",
+    SchedulerState.HELD: "queued",
+    SchedulerState.RUNNING: "running",
+    SchedulerState.FINISHED: "finished",
+    SchedulerState.FAILED: "finished",
+    SchedulerState.CANCELLED: "finished",
+}
+BACKFILL_EVERY_S = 60.0
+
+
+def _epoch(value: Optional[dt.datetime]) -> Optional[float]:
+    return None if value is None else value.timestamp()
+
+
+class SchedulerService(Service):
+    """Submits, polls and cancels BatchJobs through one scheduler adapter."""
+
+    name = "scheduler"
+
+    def __init__(self, site: SiteRef, settings: SchedulerSettings, adapter: Scheduler, *, balsam_command: Optional[str] = None) -> None:
+        super().__init__(settings.sync_period_s)
+        self.site = site
+        self.settings = settings
+        self.adapter = adapter
+        self.balsam_command = balsam_command or balsam_shell_words()
+        self._last_backfill = 0.0
+
+    # ---------------------------------------------------------------- helpers
+    def _batch_jobs(self, states: Tuple[str, ...]) -> List[Dict[str, Any]]:
+        cols = ("id", "scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",
+                "filter_tags", "partitions", "state", "status_info")
+        rows = self.site.store.execute(
+            f"SELECT {', '.join(cols)} FROM batch_job WHERE state IN ({','.join('?' * len(states))}) ORDER BY id", states)
+        out = []
+        for row in rows:
+            d = dict(zip(cols, row))
+            for k in ("optional_params", "filter_tags", "status_info"):
+                d[k] = loads(d[k])
+            d["partitions"] = loads(d["partitions"]) if d["partitions"] else None
+            out.append(d)
+        return out
+
+    def _update(self, bj_id: int, *, state: Optional[str] = None, info: Optional[Dict[str, Any]] = None, **fields: Any) -> None:
+        """Write a BatchJob's fields (a state change checked against the BatchJob state table)."""
+        now = time.time()
+        with self.site.store.write() as conn:
+            row = conn.execute("SELECT state, status_info FROM batch_job WHERE id=?", (bj_id,)).fetchone()
+            if row is None:
+                return
+            current, status_info = row[0], loads(row[1])
+            sets: Dict[str, Any] = dict(fields)
+            if state is not None and state != current:
+                try:
+                    check_batch_transition(current, state, bj_id)
+                except IllegalTransition as exc:
+                    logger.warning("%s", exc)
+                    return
+                sets["state"] = state
+            if info:
+                status_info.update({k: str(v) for k, v in info.items()})
+                sets["status_info"] = dumps(status_info)
+            if not sets:
+                return
+            conn.execute(f"UPDATE batch_job SET {', '.join(f'{k}=?' for k in sets)}, last_update=?, version=version+1 WHERE id=?",
+                         (*sets.values(), now, bj_id))
+            if sets.get("state") == "finished":
+                for (sid,) in conn.execute("SELECT id FROM session WHERE batch_job_id=?", (bj_id,)).fetchall():
+                    sessions.release(conn, sid, message=f"batch job {bj_id} ended while the job was running")
+
+    # ---------------------------------------------------------------- the cycle
+    def run_cycle(self) -> None:
+        for bj in self._batch_jobs(("pending_submission",)):
+            self._submit(bj)
+        for bj in self._batch_jobs(("pending_deletion",)):
+            self._delete(bj)
+        self._poll()
+        self._refresh_site()
+
+    def script_path(self, bj_id: int) -> Path:
+        return self.site.layout.qsubmit / f"qlaunch{bj_id}.sh"
+
+    def render_script(self, bj: Dict[str, Any]) -> str:
+        """The batch script of one BatchJob, from the site's job template."""
+        template = (self.site.path / self.settings.job_template).read_text()
+        partitions = [format_partition(p["job_mode"], p["num_nodes"], p.get("filter_tags")) for p in bj["partitions"] or []]
+        context = job_script_context(
+            balsam=self.balsam_command, site_path=str(self.site.path), batch_job_id=bj["id"], job_mode=bj["job_mode"],
+            wall_time_min=bj["wall_time_min"], num_nodes=bj["num_nodes"], project=bj["project"], queue=bj["queue"],
+            filter_tags=bj["filter_tags"], partitions=partitions, optional_params=bj["optional_params"],
+        )
+        return render_job_script(template, context)
+
+    def _submit(self, bj: Dict[str, Any]) -> None:
+        script = self.script_path(bj["id"])
+        try:
+            text = self.render_script(bj)
+            script.parent.mkdir(parents=True, exist_ok=True)
+            script.write_text(text)
+            script.chmod(0o755)
+            scheduler_id = self.adapter.submit(
+                script, project=bj["project"], queue=bj["queue"], num_nodes=bj["num_nodes"], wall_time_min=bj["wall_time_min"],
+                job_name=f"balsam-{bj['id']}", optional_params=bj["optional_params"], cwd=self.site.path,
+            )
+        except (BalsamError, OSError) as exc:
+            message = str(exc).strip() or type(exc).__name__
+            stderr = getattr(exc, "stderr", "")
+            logger.error("batch job %s: submit failed: %s", bj["id"], message)
+            self._update(bj["id"], state="submit_failed", info={"error": message[:2000], **({"stderr": stderr[-2000:]} if stderr else {})})
+            return
+        logger.info("batch job %s submitted as %s %s", bj["id"], self.adapter.name, scheduler_id)
+        self._update(bj["id"], state="queued", scheduler_id=scheduler_id,
+                     info={"submit_script": str(script), "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+
+    def _delete(self, bj: Dict[str, Any]) -> None:
+        if bj["scheduler_id"] is None:
+            self._update(bj["id"], state="finished", end_time=time.time(), info={"deleted": "before submission"})
+            return
+        if "delete_requested" in bj["status_info"]:
+            return  # asked already; the poll records the end
+        try:
+            self.adapter.delete(int(bj["scheduler_id"]))
+        except BalsamError as exc:
+            logger.warning("batch job %s: delete of %s failed: %s", bj["id"], bj["scheduler_id"], exc)
+            self._update(bj["id"], info={"delete_error": str(exc)[:2000]})
+            return
+        self._update(bj["id"], info={"delete_requested": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+
+    def _poll(self) -> None:
+        active = [bj for bj in self._batch_jobs(("queued", "running", "pending_deletion")) if bj["scheduler_id"] is not None]
+        if not active:
+            self.backlog = 0
+            return
+        statuses = self.adapter.get_statuses(scheduler_ids=[int(bj["scheduler_id"]) for bj in active])
+        self.backlog = len(active)
+        for bj in active:
+            status = statuses.get(int(bj["scheduler_id"]))
+            if status is None:
+                self._finish(bj, None)
+            elif status.state in DONE_STATES:
+                self._finish(bj, status)
+            else:
+                new = STATE_OF.get(status.state)
+                fields: Dict[str, Any] = {}
+                if status.start_time is not None:
+                    fields["start_time"] = _epoch(status.start_time)
+                info = {"scheduler_state": status.raw_state} if status.raw_state else None
+                if bj["state"] == "pending_deletion" or new is None or new == bj["state"]:
+                    new = None
+                self._update(bj["id"], state=new, info=info, **fields)
+
+    def _finish(self, bj: Dict[str, Any], status: Optional[SchedulerJobStatus]) -> None:
+        start = _epoch(status.start_time) if status is not None else None
+        end = _epoch(status.end_time) if status is not None else None
+        if start is None or end is None:
+            try:
+                times = self.adapter.job_times(int(bj["scheduler_id"]), self.script_path(bj["id"]))
+                start = start if start is not None else _epoch(times[0])
+                end = end if end is not None else _epoch(times[1])
+            except BalsamError as exc:
+                logger.info("batch job %s: end time unknown: %s", bj["id"], exc)
+        info: Dict[str, Any] = {}
+        if status is not None:
+            info["scheduler_state"] = status.state.value
+            if status.exit_code is not None:
+                info["exit_code"] = status.exit_code
+            if status.reason:
+                info["reason"] = status.reason
+        fields: Dict[str, Any] = {"end_time": end if end is not None else time.time()}
+        if start is not None:
+            fields["start_time"] = start
+        logger.info("batch job %s (%s %s) finished", bj["id"], self.adapter.name, bj["scheduler_id"])
+        self._update(bj["id"], state="finished", info=info, **fields)
+
+    def _refresh_site(self) -> None:
+        now = time.time()
+        fields: Dict[str, Any] = {"last_refresh": now}
+        queued = {str(bj["scheduler_id"]): {"state": bj["state"], "queue": bj["queue"], "num_nodes": bj["num_nodes"],
+                                            "wall_time_min": bj["wall_time_min"]}
+                  for bj in self._batch_jobs(("queued", "running")) if bj["scheduler_id"] is not None}
+        fields["queued_jobs"] = dumps(queued)
+        if self.adapter.can_report_backfill and now - self._last_backfill > BACKFILL_EVERY_S:
+            self._last_backfill = now
+            try:
+                windows = self.adapter.get_backfill_windows()
+                fields["backfill_windows"] = dumps({q: [{"num_nodes": w.num_nodes, "wall_time_min": w.wall_time_min} for w in ws]
+                                                    for q, ws in windows.items()})
+            except BalsamError as exc:
+                logger.info("backfill windows unavailable: %s", exc)
+        with self.site.store.write() as conn:
+            conn.execute(f"UPDATE site SET {', '.join(f'{k}=?' for k in fields)}", tuple(fields.values()))

@@ -1,0 +1,111 @@
+"""The processing service: the bulk default path, user hooks, and hooks that go wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from balsam.api import ApplicationDefinition, Job
+from balsam.services.processing import ProcessingService
+from balsam.settings import ProcessingSettings, SessionSettings
+from tests.helpers import advance
+
+
+@pytest.fixture
+def processing(site: Any) -> Any:
+    service = ProcessingService(site, ProcessingSettings(num_workers=2), SessionSettings(), host=site.host)
+    yield service
+    service.cleanup()
+
+
+def states(*jobs: Any) -> list:
+    return [str(Job.objects.get(id=j.id).state) for j in jobs]
+
+
+def test_default_transitions_in_bulk(processing: Any, hello: Any) -> None:
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"j{i}", say_hello_to="x", save=False) for i in range(300)])
+    processing.run_cycle()
+    assert Job.objects.filter(state="PREPROCESSED").count() == 300
+    a, b, c = jobs[:3]
+    advance(a, "RUNNING", "RUN_DONE")
+    advance(b, "RUNNING", "RUN_ERROR")
+    advance(c, "RUNNING", "RUN_TIMEOUT")
+    processing.run_cycle()
+    assert states(a, b, c) == ["JOB_FINISHED", "FAILED", "RESTART_READY"]
+    assert processing.backlog == 0
+
+
+class Retrying(ApplicationDefinition):
+    """Retries a failed run twice, and spawns a follow-up job when it succeeds."""
+
+    site = "test-site"
+    command_template = "false"
+
+    def handle_error(self) -> None:
+        retries = self.job.data.get("retries", 0)
+        if retries < 2:
+            self.job.data["retries"] = retries + 1
+            self.job.state = "RESTART_READY"
+        else:
+            self.job.state = "FAILED"
+            self.job.state_data = {"message": "gave up after 2 retries"}
+
+    def postprocess(self) -> None:
+        Retrying.submit(workdir=self.job.workdir + "-next", tags={"spawned_by": str(self.job.id)})
+        self.job.state = "POSTPROCESSED"
+
+
+def test_user_hooks_run_and_their_changes_are_saved(processing: Any, site: Any) -> None:
+    job = Retrying.submit(workdir="r")
+    processing.run_cycle()  # no preprocess override: bulk path
+    for attempt in (1, 2):
+        advance(job, "RUNNING", "RUN_ERROR")
+        processing.run_cycle()
+        job.refresh_from_db()
+        assert (str(job.state), job.data) == ("RESTART_READY", {"retries": attempt})
+    advance(job, "RUNNING", "RUN_ERROR")
+    processing.run_cycle()
+    job.refresh_from_db()
+    assert str(job.state) == "FAILED" and job.history()[-1].data == {"message": "gave up after 2 retries"}
+    ok = Retrying.submit(workdir="ok")
+    processing.run_cycle()
+    advance(ok, "RUNNING", "RUN_DONE")
+    processing.run_cycle()
+    assert states(ok) == ["JOB_FINISHED"]
+    assert Job.objects.filter(tags={"spawned_by": str(ok.id)}).count() == 1
+
+
+class Broken(ApplicationDefinition):
+    site = "test-site"
+    command_template = "true {{ mode }}"
+
+    def preprocess(self) -> None:
+        mode = self.job.parameters["mode"]
+        if mode == "raise":
+            raise RuntimeError("cannot read the input deck")
+        if mode == "illegal":
+            self.job.state = "JOB_FINISHED"
+        # mode == "forget": leaves the state unchanged
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("raise", "preprocess hook raised RuntimeError: cannot read the input deck"),
+    ("illegal", "set an illegal state STAGED_IN -> JOB_FINISHED"),
+    ("forget", "left the job in STAGED_IN; a hook must set job.state"),
+])
+def test_a_hook_that_goes_wrong_fails_its_job_with_a_message(processing: Any, site: Any, mode: str, message: str) -> None:
+    job = Broken.submit(workdir=mode, mode=mode)
+    processing.run_cycle()
+    assert states(job) == ["FAILED"]
+    assert message in job.history()[-1].data["message"]
+    assert site.store.execute("SELECT session_id FROM job WHERE id=?", (job.id,))[0][0] is None
+
+
+def test_an_app_whose_code_no_longer_loads_fails_its_waiting_jobs(processing: Any, site: Any, hello: Any) -> None:
+    job = hello.submit(workdir="x", say_hello_to="x")
+    with site.store.write() as conn:
+        conn.execute("UPDATE app SET source_code='raise ImportError(\"no module named numpy\")', version=version+1")
+    processing.run_cycle()
+    assert states(job) == ["FAILED"]
+    assert "could not be loaded" in job.history()[-1].data["message"]
