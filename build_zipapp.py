@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Build ``dist/balsam.pyz``: the whole ``balsam`` command in one file, run with ``python3 balsam.pyz ...``.
+
+What goes in:
+- the ``balsam`` package from this source tree (Python files and package data: presets, templates, web assets);
+- its pure-Python dependencies, copied from the installed distributions (click, jinja2, markupsafe, pyyaml):
+  their optional C speedups are left out, since a zip cannot load compiled modules and each of these falls
+  back to pure Python on its own;
+- psutil, which needs its compiled module: it is stored under ``_balsam_native/`` and unpacked once, on the
+  first run that needs it, into a per-user, per-build cache (``$BALSAM_CACHE``, else
+  ``$XDG_CACHE_HOME/balsam`` or ``~/.cache/balsam``), under a file lock so concurrent first runs do not race.
+  It is compiled for the build machine's OS and CPU (an ``abi3`` wheel works with any CPython 3); elsewhere
+  the import fails and the code paths that use psutil say so.
+- ``_balsam_build.json``: the Balsam version, the dependency versions, and the build's content hash.
+
+mpi4py is not included: it must match the site's own MPI, so it comes from the site's Python environment.
+
+The build is reproducible: the same inputs give the same bytes (sorted entries, fixed timestamps and modes,
+no byte-code, no absolute paths).
+
+    python build_zipapp.py [-o dist/balsam.pyz] [--python "/usr/bin/env python3"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata as md
+import io
+import json
+import os
+import stat
+import sys
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Dict, Iterable, List, Tuple
+
+ROOT = Path(__file__).resolve().parent
+PURE_DEPS = ("click", "jinja2", "markupsafe", "pyyaml")
+NATIVE_DEPS = ("psutil",)
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".c", ".h", ".pyx")
+SKIP_PARTS = ("__pycache__",)
+
+MAIN = '''\
+"""Entry point of balsam.pyz (written by build_zipapp.py)."""
+import sys
+
+if sys.version_info < (3, 9):
+    sys.exit("balsam needs Python 3.9 or newer; this is " + sys.version.split()[0])
+
+from balsam._zipapp import install_native
+
+install_native()
+
+from balsam.cli import main
+
+main()
+'''
+
+
+def _dist_files(name: str) -> Tuple[str, List[Tuple[str, Path]]]:
+    """(version, [(archive path, file on disk)]) of an installed distribution's importable files."""
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        raise SystemExit(f"build_zipapp: {name} is not installed in this Python ({sys.executable}); pip install it first") from None
+    out = []
+    for f in dist.files or []:
+        parts = PurePosixPath(str(f)).parts
+        if not parts or parts[0].endswith((".dist-info", ".egg-info", ".data")) or parts[0] in ("..", "bin"):
+            continue
+        if any(p in SKIP_PARTS for p in parts):
+            continue
+        out.append((str(PurePosixPath(*parts)), Path(str(dist.locate_file(f)))))
+    return dist.version, out
+
+
+def _balsam_files() -> List[Tuple[str, Path]]:
+    out = []
+    for path in sorted((ROOT / "balsam").rglob("*")):
+        rel = path.relative_to(ROOT)
+        if path.is_dir() or any(p in SKIP_PARTS for p in rel.parts) or path.suffix in (".pyc", ".pyo"):
+            continue
+        out.append((rel.as_posix(), path))
+    return out
+
+
+def _write(zf: zipfile.ZipFile, name: str, data: bytes, executable: bool = False) -> None:
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = ((0o755 if executable else 0o644) | stat.S_IFREG) << 16
+    info.create_system = 3
+    zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+
+
+def collect() -> Tuple[Dict[str, bytes], Dict[str, str]]:
+    """Every archive member (name -> bytes) and the dependency versions."""
+    from balsam import __version__
+
+    members: Dict[str, bytes] = {}
+    versions: Dict[str, str] = {"balsam": __version__}
+    for name, path in _balsam_files():
+        members[name] = path.read_bytes()
+    for dep in PURE_DEPS:
+        version, files = _dist_files(dep)
+        versions[dep] = version
+        for name, path in files:
+            if name.endswith(SKIP_SUFFIXES):
+                continue
+            members[name] = path.read_bytes()
+    for dep in NATIVE_DEPS:
+        version, files = _dist_files(dep)
+        versions[dep] = version
+        for name, path in files:
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            members[f"_balsam_native/{name}"] = path.read_bytes()
+    members["__main__.py"] = MAIN.encode()
+    return members, versions
+
+
+def build(output: Path, interpreter: str = "/usr/bin/env python3") -> Dict[str, str]:
+    """Write the zipapp to ``output``; returns the build info."""
+    members, versions = collect()
+    digest = hashlib.sha256()
+    for name in sorted(members):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(members[name]).digest())
+    info = {"version": versions["balsam"], "dependencies": versions, "build_hash": digest.hexdigest()[:16],
+            "python_built_with": ".".join(map(str, sys.version_info[:3])), "native": list(NATIVE_DEPS)}
+    members["_balsam_build.json"] = json.dumps(info, indent=1, sort_keys=True).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in sorted(members):
+            _write(zf, name, members[name])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_bytes(b"#!" + interpreter.encode() + b"\n" + buf.getvalue())
+    tmp.chmod(0o755)
+    os.replace(tmp, output)
+    return info
+
+
+def main(argv: Iterable[str] = ()) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-o", "--output", default=str(ROOT / "dist" / "balsam.pyz"), help="where to write the zipapp")
+    parser.add_argument("--python", default="/usr/bin/env python3", help="the interpreter line (#!) of the zipapp")
+    args = parser.parse_args(list(argv) or None)
+    sys.path.insert(0, str(ROOT))
+    out = Path(args.output)
+    info = build(out, args.python)
+    size = out.stat().st_size
+    deps = ", ".join(f"{k} {v}" for k, v in sorted(info["dependencies"].items()) if k != "balsam")
+    print(f"wrote {out} ({size / 1e6:.2f} MB): balsam {info['version']} build {info['build_hash']} with {deps}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

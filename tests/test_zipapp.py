@@ -1,0 +1,65 @@
+"""The zipapp: reproducible, self-contained, and working in an isolated interpreter with an empty HOME."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "balsam.pyz"
+    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+def isolated(pyz: Path, home: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    """Run the zipapp as a user would on a login node: -I (no site-packages, no PYTHON* variables), empty HOME."""
+    env: Dict[str, str] = {"HOME": str(home), "PATH": "/usr/bin:/bin", "BALSAM_HOME": str(home / ".balsam")}
+    return subprocess.run([sys.executable, "-I", str(pyz), *args], env=env, capture_output=True, text=True, **kwargs)
+
+
+def test_build_is_reproducible(pyz: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again.pyz"
+    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "-o", str(again)], check=True, capture_output=True)
+    assert again.read_bytes() == pyz.read_bytes()
+
+
+def test_contents_and_build_info(pyz: Path) -> None:
+    with zipfile.ZipFile(pyz) as zf:
+        names = set(zf.namelist())
+        info = json.loads(zf.read("_balsam_build.json"))
+    assert "__main__.py" in names and "balsam/api.py" in names and "click/__init__.py" in names
+    assert "balsam/platforms/presets/local/settings.yml" in names
+    assert not any(n.endswith((".so", ".pyc")) and not n.startswith("_balsam_native/") for n in names)
+    assert any(n.startswith("_balsam_native/psutil/") and ".so" in n for n in names)
+    assert not any("mpi4py" in n for n in names)
+    assert set(info["dependencies"]) == {"balsam", "click", "jinja2", "markupsafe", "pyyaml", "psutil"}
+
+
+def test_runs_isolated_and_unpacks_psutil_once(pyz: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    out = isolated(pyz, home, "--version")
+    assert out.returncode == 0 and "balsam, version" in out.stdout, out.stderr
+    cached = list((home / ".cache" / "balsam").glob("native-*/psutil/__init__.py"))
+    assert len(cached) == 1
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from balsam._zipapp import install_native; install_native(); "
+             "import psutil, os; print(psutil.Process(os.getpid()).pid == os.getpid())")
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-I", "-c", probe, str(pyz)], env=env, capture_output=True, text=True)
+    assert res.stdout.strip() == "True", res.stderr
+
+
+def test_subprocesses_are_started_from_the_archive(pyz: Path, tmp_path: Path) -> None:
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); from balsam.runtime import balsam_argv; print(balsam_argv()[1:])"
+    res = subprocess.run([sys.executable, "-I", "-c", probe, str(pyz)], capture_output=True, text=True, env={"HOME": str(tmp_path)})
+    assert res.stdout.strip() == repr([str(pyz.resolve())])
