@@ -140,3 +140,24 @@ def test_transfer_location_forms() -> None:
 
     with pytest.raises(ConfigError, match="not one of"):
         parse_location("a", "globus://1234")
+
+
+def test_stuck_jobs_say_why(site: Any, hello: Any) -> None:
+    from balsam.api import BatchJob
+    from balsam.services.diagnose import explain
+
+    def why(job: Any) -> str:
+        return " | ".join(explain(site.store, site.path, job.id))
+
+    parent = hello.submit(workdir="p", say_hello_to="x")
+    child = hello.submit(workdir="c", say_hello_to="x", parent_ids=[parent.id])
+    assert why(child) == f"waits for parent job {parent.id} (STAGED_IN)"
+    assert "the site agent is not running" in why(parent)
+    advance(parent, "PREPROCESSED")
+    assert "no BatchJob is queued or running" in why(parent)
+    BatchJob.objects.create(num_nodes=1, wall_time_min=5, filter_tags={"exp": "other"})
+    assert "only runs jobs tagged {'exp': 'other'}" in why(parent)
+    BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    assert "waits to be submitted, but the site agent is not running" in why(parent)
+    advance(parent, "RUNNING", "RUN_ERROR", "FAILED")
+    assert why(parent).startswith("FAILED")

@@ -1,0 +1,112 @@
+"""Why is this job where it is? Plain-language reasons for ``balsam job show``.
+
+Each state waits on something: parents, transfers, the site agent's processing, a launcher in a running
+BatchJob. :func:`explain` checks what the job waits on and says what is missing, for example a BatchJob that
+was never submitted because the agent is not running, or one whose filter tags exclude the job.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+from balsam.db.codec import loads
+from balsam.services.agent import agent_status
+
+AGENT_DOWN = "the site agent is not running: start it with 'balsam site start'"
+
+
+def _events_message(store: Any, job_id: int) -> str:
+    for (data,) in store.execute("SELECT data FROM event WHERE job_id=? AND data IS NOT NULL ORDER BY id DESC LIMIT 5", (job_id,)):
+        d = loads(data) or {}
+        msg = d.get("message") or d.get("error")
+        if msg:
+            return str(msg).strip().splitlines()[-1][:300]
+    return ""
+
+
+def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[str]:
+    rows = store.execute(
+        "SELECT id, state, num_nodes, wall_time_min, filter_tags, status_info, scheduler_id FROM batch_job "
+        "WHERE state IN ('pending_submission','queued','running','submit_failed','pending_deletion') ORDER BY id")
+    if not rows:
+        return ["no BatchJob is queued or running to launch it: submit one ('balsam queue submit -n 1 -t 10 ...') "
+                "or enable the elastic queue in settings.yml"]
+    out: List[str] = []
+    tags = job["tags"]
+    usable = 0
+    for bid, state, nodes, wall, ftags, info, sched_id in rows:
+        ftags = loads(ftags) or {}
+        info = loads(info) or {}
+        if any(tags.get(k) != v for k, v in ftags.items()):
+            out.append(f"BatchJob {bid} ({state}) only runs jobs tagged {ftags}")
+            continue
+        if job["num_nodes"] > nodes:
+            out.append(f"BatchJob {bid} ({state}) has {nodes} node(s); this job needs {job['num_nodes']}")
+            continue
+        if job["wall_time_min"] and job["wall_time_min"] > wall:
+            out.append(f"BatchJob {bid} ({state}) runs {wall} min; this job declares {job['wall_time_min']} min")
+            continue
+        if state == "submit_failed":
+            out.append(f"BatchJob {bid} could not be submitted: {info.get('error', 'see balsam queue ls -v')}")
+        elif state == "pending_submission":
+            out.append(f"BatchJob {bid} waits to be submitted" + ("" if agent_up else f", but {AGENT_DOWN}"))
+            usable += 1
+        elif state == "queued":
+            out.append(f"BatchJob {bid} (scheduler id {sched_id}) is queued in the scheduler")
+            usable += 1
+        elif state == "running":
+            out.append(f"BatchJob {bid} (scheduler id {sched_id}) is running; its launcher will pick the job up when it has room")
+            usable += 1
+        elif state == "pending_deletion":
+            out.append(f"BatchJob {bid} is being cancelled")
+    if not usable:
+        out.insert(0, "no active BatchJob can run this job")
+    return out
+
+
+def explain(store: Any, site_root: Any, job_id: int) -> List[str]:
+    """Reasons why job ``job_id`` is in its state and what would move it on."""
+    row = store.execute("SELECT state, tags, num_nodes, wall_time_min, parent_ids, session_id, batch_job_id FROM job WHERE id=?", (job_id,))
+    if not row:
+        return [f"job {job_id} does not exist"]
+    state, tags, num_nodes, wall, parents, session_id, batch_job_id = row[0]
+    job = {"tags": loads(tags), "num_nodes": num_nodes, "wall_time_min": wall}
+    agent_up = bool(agent_status(site_root).get("running"))
+    if state == "AWAITING_PARENTS":
+        ids = loads(parents)
+        waiting = store.execute(
+            f"SELECT id, state FROM job WHERE id IN ({','.join('?' * len(ids))}) AND state != 'JOB_FINISHED'", ids) if ids else []
+        return [f"waits for parent job {pid} ({pstate})" for pid, pstate in waiting] or ["waits for its parents"]
+    if state in ("READY", "POSTPROCESSED"):
+        direction = "in" if state == "READY" else "out"
+        items = store.execute("SELECT id, state, location_alias FROM transfer_item WHERE job_id=? AND direction=?", (job_id, direction))
+        out = [f"stage-{direction} item {i} from '{alias}' is {st}" for i, st, alias in items if st != "done"]
+        if not agent_up:
+            out.append(AGENT_DOWN + " (it runs the transfers)")
+        return out or [f"stage-{direction} is complete; the job moves on at the next step"]
+    if state in ("STAGED_IN", "RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT"):
+        hook = {"STAGED_IN": "preprocess", "RUN_DONE": "postprocess", "RUN_ERROR": "handle_error", "RUN_TIMEOUT": "handle_timeout"}[state]
+        if not agent_up:
+            return [f"waits for its {hook} step, which the site agent runs; {AGENT_DOWN}"]
+        return [f"waits for its {hook} step (the agent's processing service)"]
+    if state in ("PREPROCESSED", "RESTART_READY"):
+        if session_id is not None:
+            sess = store.execute("SELECT label, host, pid, batch_job_id FROM session WHERE id=?", (session_id,))
+            if sess:
+                label, host, pid, bj = sess[0]
+                return [f"acquired by {label or 'a launcher'} (session {session_id}, pid {pid} on {host}"
+                        + (f", BatchJob {bj})" if bj else ")") + "; it will start when resources free up"]
+        return ["ready to run"] + _batch_job_reasons(store, job, agent_up)
+    if state == "RUNNING":
+        sess = store.execute("SELECT host, pid, heartbeat FROM session WHERE id=?", (session_id,)) if session_id else []
+        if sess:
+            host, pid, beat = sess[0]
+            return [f"running under launcher pid {pid} on {host} (BatchJob {batch_job_id}); last heartbeat {time.time() - beat:.0f} s ago"]
+        return ["marked RUNNING but no launcher holds it; the next launcher or agent cycle will time it out"]
+    if state in ("FAILED", "USER_KILLED"):
+        msg = _events_message(store, job_id)
+        return [f"{state}: {msg}" if msg else state, "reset it to run again: 'balsam job reset ID'"]
+    if state == "JOB_FINISHED":
+        return ["finished"]
+    return [state]
