@@ -15,14 +15,32 @@ from typing import Any, Dict, Optional
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
 _quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_INFINITIES = (float("inf"), float("-inf"))
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 PICKLE_KEY = "__pickle__"
+
+
+def _scalar(v: Any) -> Optional[str]:
+    """JSON text of a str, int, float, bool or None, written directly; None for anything else."""
+    t = type(v)
+    if t is str:
+        return _quote(v)  # type: ignore[no-any-return]
+    if t is int:
+        return int.__repr__(v)
+    if t is float:
+        return float.__repr__(v) if v == v and v not in _INFINITIES else None
+    if t is bool:
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    return None
 
 
 def dumps(value: Any) -> str:
     """Compact JSON (the form every JSON column holds).
 
-    Empty containers and flat dicts of strings and integers (tags, most parameters) are written directly:
-    building the C encoder per call costs more than the encoding, and bulk creation does this per job.
+    Empty containers and flat dicts of scalars (tags, most parameters) are written directly: building the C
+    encoder per call costs more than the encoding, and bulk creation does this per job.
     """
     t = type(value)
     if t is dict:
@@ -30,15 +48,10 @@ def dumps(value: Any) -> str:
             return "{}"
         parts = []
         for k, v in value.items():
-            tv = type(v)
-            if type(k) is not str:
+            text = _scalar(v)
+            if text is None or type(k) is not str:
                 return _dumps(value)
-            if tv is str:
-                parts.append(_quote(k) + ":" + _quote(v))
-            elif tv is int:
-                parts.append(_quote(k) + ":" + int.__repr__(v))
-            else:
-                return _dumps(value)
+            parts.append(_quote(k) + ":" + text)
         return "{" + ",".join(parts) + "}"
     if t is list and not value:
         return "[]"
@@ -63,7 +76,10 @@ def _is_plain(value: Any) -> bool:
 
 def encode_parameters(params: Dict[str, Any]) -> str:
     """Parameters to their stored JSON, pickling only the values JSON would not give back unchanged."""
-    if all(_is_plain(v) for v in params.values()):
+    for v in params.values():
+        if type(v) not in _PLAIN_SCALARS and not _is_plain(v):
+            break
+    else:
         return dumps(params)
     out: Dict[str, Any] = {}
     for key, value in params.items():
