@@ -30,6 +30,8 @@ S = JobState
 _RUNNING = S.RUNNING.value
 _FINISHED = S.JOB_FINISHED.value
 _FAILED_NAMES = frozenset(s.value for s in FAILED_STATES)
+_CASCADES = {"JOB_FINISHED": 0, "FAILED": 1, "USER_KILLED": 1, "READY": 2, "POSTPROCESSED": 3}
+"""States whose arrival triggers a cascade: 0 release children, 1 fail children, 2 skip stage-in, 3 skip stage-out."""
 
 JOB_COLUMNS = (
     "id", "workdir", "app_id", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node",
@@ -289,6 +291,8 @@ def _raise_duplicate_workdir(conn: sqlite3.Connection, workdirs: List[str]) -> N
 # --------------------------------------------------------------------------------------------- state changes
 def _rounds(changes: Sequence[StateChange]) -> List[List[StateChange]]:
     """Split changes so each round has at most one change per job, keeping each job's order."""
+    if len({ch.job_id for ch in changes}) == len(changes):
+        return [list(changes)]
     rounds: List[List[StateChange]] = []
     depth: Dict[int, int] = {}
     for ch in changes:
@@ -380,14 +384,16 @@ def _apply_round(
             extra.setdefault(keys, []).append(tuple(ch.fields[k] for k in keys) + (ch.job_id,))
         current[ch.job_id] = (dst, num_nodes, npc, holder if dst == _RUNNING else None)
         result.applied.append((ch.job_id, src, dst))
-        if dst == _FINISHED:
-            to_finished.append(ch.job_id)
-        elif dst in _FAILED_NAMES:
-            to_failed.append((ch.job_id, dst))
-        elif dst == "READY":
-            to_ready.append(ch.job_id)
-        elif dst == "POSTPROCESSED":
-            to_postprocessed.append(ch.job_id)
+        kind = _CASCADES.get(dst)
+        if kind is not None:
+            if kind == 0:
+                to_finished.append(ch.job_id)
+            elif kind == 1:
+                to_failed.append((ch.job_id, dst))
+            elif kind == 2:
+                to_ready.append(ch.job_id)
+            else:
+                to_postprocessed.append(ch.job_id)
     if not updates:
         return
     conn.executemany(
