@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Dict, List, Mapping, Optional, Sequence
-
-import jinja2
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from balsam.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import jinja2
 
 CONTEXT_KEYS = (
     "balsam",
@@ -68,8 +69,10 @@ def _hms(minutes: Any) -> str:
     return f"{m // 60:02d}:{m % 60:02d}:00"
 
 
-def make_environment() -> jinja2.Environment:
+def make_environment() -> "jinja2.Environment":
     """The Jinja environment job templates render in (strict, no autoescape, trailing newline kept)."""
+    import jinja2  # deferred: only rendering pays for the import
+
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters["shquote"] = _shquote
     env.filters["directive"] = _directive
@@ -79,6 +82,8 @@ def make_environment() -> jinja2.Environment:
 
 def render_job_script(template_text: str, context: Mapping[str, Any]) -> str:
     """Render a job template with ``context`` (see the module docstring); template errors are ConfigError."""
+    import jinja2
+
     env = make_environment()
     try:
         template = env.from_string(template_text)

@@ -1,0 +1,55 @@
+"""Detached processes with record files: exit codes, times, recycled PIDs, and killing whole trees."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+from balsam.platforms import detached
+from balsam.platforms.runner import SubprocessRunner
+
+
+def run_detached(tmp_path, command, wait=True):
+    record = tmp_path / "rec"
+    record.touch()
+    runner = SubprocessRunner()
+    pid = runner.spawn(detached.wrapper_argv(command, record), output_path=tmp_path / "out")
+    detached.append_record(record, f"pid {pid} {detached.create_time_of(pid)}")
+    if wait:
+        deadline = time.monotonic() + 10
+        while not detached.parse_record(record.read_text()).ended and time.monotonic() < deadline:
+            time.sleep(0.02)
+    runner.reap()
+    return pid, record
+
+
+def test_parse_record_reads_every_line_kind():
+    rec = detached.parse_record("pid 12 100.5\nsubmitted 100.0\nmeta queue debug\nstart 12 101.0\nend 3 105.25\ngarbage\ncancelled 104\n")
+    assert (rec.pid, rec.create_time, rec.submitted, rec.start, rec.end, rec.returncode, rec.cancelled) == (12, 100.5, 100.0, 101.0, 105.25, 3, 104.0)
+    assert rec.meta == {"queue": "debug"} and rec.ended
+
+
+def test_wrapper_records_start_end_and_exit_code(tmp_path):
+    pid, record = run_detached(tmp_path, ["bash", "-c", "echo $BALSAM_LOCAL_JOB_ID; exit 7"])
+    rec = detached.parse_record(record.read_text())
+    assert rec.returncode == 7 and rec.start is not None and rec.end >= rec.start
+    assert (tmp_path / "out").read_text().strip() == str(pid)
+    assert not detached.is_alive(rec.pid, rec.create_time)
+
+
+def test_a_recycled_pid_is_not_alive(tmp_path):
+    me = psutil.Process()
+    assert detached.is_alive(me.pid, me.create_time())
+    assert not detached.is_alive(me.pid, me.create_time() - 100)
+
+
+def test_terminate_tree_kills_children_and_grandchildren(tmp_path):
+    pid, record = run_detached(tmp_path, ["bash", "-c", "sleep 60 & (sleep 61 & wait) & wait"], wait=False)
+    time.sleep(0.3)
+    rec = detached.parse_record(record.read_text())
+    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    assert len(tree) >= 4
+    detached.terminate_tree(pid, rec.create_time, grace_s=5)
+    time.sleep(0.2)
+    assert [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []

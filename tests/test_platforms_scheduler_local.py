@@ -1,0 +1,95 @@
+"""The local scheduler: a BatchJob is a background bash process; statuses, exit codes, times and deletion of
+the whole tree, surviving a restart of the adapter."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from balsam.exceptions import SchedulerError
+from balsam.platforms.schedulers import SchedulerState, get_scheduler
+from balsam.platforms.schedulers.local import LocalScheduler
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def wait_state(sched, pid, states, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = sched.get_statuses([pid])[pid]
+        if status.state in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {pid} never reached {states}")
+
+
+@pytest.fixture
+def sched(tmp_path):
+    return get_scheduler("local", state_dir=tmp_path / "state", options={"kill_grace_s": "2"})
+
+
+def test_a_job_runs_to_completion_with_output_times_and_exit_code(sched, tmp_path):
+    script = write(tmp_path / "qlaunch00001.sh", "echo hello from $BALSAM_LOCAL_JOB_ID in $PWD\nexit 0\n")
+    pid = sched.submit(script, project="local", queue="local", num_nodes=1, wall_time_min=10, env={"EXTRA": "1"})
+    status = wait_state(sched, pid, {SchedulerState.FINISHED})
+    assert status.exit_code == 0 and status.queue == "local" and status.wall_time_min == 10
+    assert status.start_time is not None and status.end_time >= status.start_time
+    assert (tmp_path / "qlaunch00001.output").read_text() == f"hello from {pid} in {tmp_path}\n"
+    assert sched.job_times(pid) == (status.start_time, status.end_time)
+    assert pid not in sched.get_statuses()  # without ids: only running jobs
+
+
+def test_a_failing_job_is_failed_and_a_restarted_adapter_still_knows_it(sched, tmp_path):
+    pid = sched.submit(write(tmp_path / "bad.sh", "exit 5\n"), project="local", queue="local", num_nodes=1, wall_time_min=5)
+    wait_state(sched, pid, {SchedulerState.FAILED})
+    again = LocalScheduler(state_dir=sched.state_dir)
+    status = again.get_statuses([pid])[pid]
+    assert (status.state, status.exit_code) == (SchedulerState.FAILED, 5)
+
+
+def test_running_jobs_are_listed_and_delete_kills_the_whole_tree(sched, tmp_path):
+    script = write(tmp_path / "tree.sh", "sleep 120 &\n(sleep 121 & wait) &\nsleep 122\n")
+    pid = sched.submit(script, project="local", queue="local", num_nodes=1, wall_time_min=5)
+    time.sleep(0.3)
+    assert sched.get_statuses()[pid].state is SchedulerState.RUNNING
+    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    assert len(tree) >= 5
+    sched.delete(pid)
+    alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    status = sched.get_statuses([pid])[pid]
+    assert status.state is SchedulerState.CANCELLED and status.end_time is not None
+    sched.delete(pid)  # deleting a finished job is a no-op
+
+
+def test_a_job_that_ignores_term_is_killed_after_the_grace_period(sched, tmp_path):
+    script = write(tmp_path / "stubborn.sh", "trap '' TERM\nwhile true; do sleep 0.1; done\n")
+    pid = sched.submit(script, project="local", queue="local", num_nodes=1, wall_time_min=5)
+    time.sleep(0.3)
+    start = time.monotonic()
+    sched.delete(pid)
+    assert 1.5 < time.monotonic() - start < 10
+    assert sched.get_statuses([pid])[pid].state is SchedulerState.CANCELLED
+
+
+def test_bad_requests_are_clear_errors(sched, tmp_path):
+    with pytest.raises(SchedulerError, match="no batch script"):
+        sched.submit(tmp_path / "missing.sh", project="local", queue="local", num_nodes=1, wall_time_min=5)
+    with pytest.raises(SchedulerError, match="one host"):
+        sched.submit(write(tmp_path / "x.sh", "true\n"), project="local", queue="local", num_nodes=2, wall_time_min=5)
+    with pytest.raises(SchedulerError, match="no job"):
+        sched.delete(os.getpid())
+    assert sched.get_statuses([123456789]) == {} and sched.job_times(123456789) == (None, None)
+    assert sched.discover_projects() == ["local"] and sched.get_backfill_windows() == {}
+
+
+def test_constructing_does_no_work(tmp_path):
+    LocalScheduler(state_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
