@@ -9,7 +9,7 @@ from platforms_support import fixture
 
 from balsam.exceptions import SchedulerError
 from balsam.platforms.runner import CommandResult, FakeRunner
-from balsam.platforms.schedulers import SchedulerState, UNLIMITED_MIN, get_scheduler, pbs
+from balsam.platforms.schedulers import UNLIMITED_MIN, SchedulerState, get_scheduler, pbs
 
 UTC = timezone.utc
 NOW = datetime(2023, 11, 10, 11, 31, 18, tzinfo=UTC)

@@ -118,10 +118,14 @@ def test_real_submit_runs_the_launcher_line_then_times_come_from_qacct(tmp_path:
 @pytest.mark.skipif(not up, reason=why)
 def test_real_delete_removes_a_running_job(tmp_path: Path):
     script = tmp_path / "long.sh"
-    script.write_text("#!/bin/bash\nsleep 300\n")
+    started = tmp_path / "started"
+    script.write_text(f"#!/bin/bash\ntouch {started}\nsleep 300\n")
     sched = get_scheduler("sge")
     jid = sched.submit(script, project="", queue="all.q", num_nodes=1, wall_time_min=10, cwd=tmp_path)
     status = wait_for(lambda: (s := sched.get_statuses([jid]).get(jid)) and s.state is SchedulerState.RUNNING and s)
+    # Grid Engine starts jobs as login shells whose profile may still be running: delete only once the
+    # script body runs, so no half-finished profile step (a lock file, say) is left behind
+    wait_for(started.exists)
     assert status.wall_time_min == 10 and status.start_time is not None
     sched.delete(jid)
     wait_for(lambda: jid not in sched.get_statuses())

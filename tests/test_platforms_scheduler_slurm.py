@@ -15,8 +15,7 @@ from platforms_support import fixture, make_recorder, read_calls, slurm_status
 from balsam.exceptions import ConfigError, SchedulerError
 from balsam.platforms.presets import read_preset_file
 from balsam.platforms.runner import CommandResult, FakeRunner
-from balsam.platforms.schedulers import SchedulerState, UNLIMITED_MIN, get_scheduler
-from balsam.platforms.schedulers import slurm
+from balsam.platforms.schedulers import UNLIMITED_MIN, SchedulerState, get_scheduler, slurm
 from balsam.platforms.templates import job_script_context, render_job_script
 
 UTC = timezone.utc

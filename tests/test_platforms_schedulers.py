@@ -7,8 +7,19 @@ import pytest
 
 from balsam.exceptions import ConfigError
 from balsam.platforms.runner import FakeRunner
-from balsam.platforms.schedulers import ACTIVE_STATES, DONE_STATES, SCHEDULERS, SchedulerState, get_scheduler, scheduler_names
-from balsam.platforms.schedulers import cobalt, lsf, pbs, sge, slurm
+from balsam.platforms.schedulers import (
+    ACTIVE_STATES,
+    DONE_STATES,
+    SCHEDULERS,
+    SchedulerState,
+    cobalt,
+    get_scheduler,
+    lsf,
+    pbs,
+    scheduler_names,
+    sge,
+    slurm,
+)
 
 
 def test_every_adapter_is_available_by_short_name():
