@@ -48,3 +48,12 @@ def test_importing_starts_no_process_and_loads_no_jinja():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_public_functions_and_classes_have_docstrings():
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_") and not ast.get_docstring(node):
+                missing.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert missing == []

@@ -17,6 +17,7 @@ class CobaltNodes(NodeAdapter):
     job_id_vars = ("COBALT_JOBID",)
 
     def allocation_hosts(self, env: Mapping[str, str]) -> List[str]:
+        """Theta node ids from the partition name, else the node file's hosts."""
         partname = env.get("COBALT_PARTNAME", "").strip()
         if partname and partname.replace("-", "").replace(",", "").isdigit():
             return parse_partname(partname)

@@ -17,6 +17,7 @@ class HostListNodes(NodeAdapter):
     job_id_vars = ("BALSAM_BATCH_JOB_ID",)
 
     def allocation_hosts(self, env: Mapping[str, str]) -> List[str]:
+        """The hosts in ``BALSAM_LAUNCHER_NODES``."""
         text = env.get(PARTITION_VAR, "")
         if not text.strip():
             raise LauncherError(f"{PARTITION_VAR} is not set: the hostlist node adapter needs the hosts there")

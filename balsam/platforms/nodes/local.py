@@ -14,4 +14,5 @@ class LocalNodes(NodeAdapter):
     job_id_vars = ("BALSAM_LOCAL_JOB_ID",)
 
     def allocation_hosts(self, env: Mapping[str, str]) -> List[str]:
+        """This host."""
         return [local_hostname(env)]

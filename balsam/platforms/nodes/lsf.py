@@ -22,6 +22,7 @@ class LSFNodes(NodeAdapter):
         self.skip_launch_node = skip_launch_node
 
     def allocation_hosts(self, env: Mapping[str, str]) -> List[str]:
+        """The compute hosts of the host file, launch node skipped."""
         lines = [ln.strip() for ln in read_env_file(env, "LSB_DJOB_HOSTFILE").splitlines() if ln.strip()]
         if self.skip_launch_node and lines:
             launch = lines[0]

@@ -15,4 +15,5 @@ class PBSNodes(NodeAdapter):
     job_id_vars = ("PBS_JOBID",)
 
     def allocation_hosts(self, env: Mapping[str, str]) -> List[str]:
+        """The hosts of the PBS node file."""
         return parse_nodefile(read_env_file(env, "PBS_NODEFILE"))

@@ -15,6 +15,7 @@ class SGENodes(NodeAdapter):
     job_id_vars = ("JOB_ID",)
 
     def allocation_hosts(self, env: Mapping[str, str]) -> List[str]:
+        """The PE host file's hosts, or this host."""
         if env.get("PE_HOSTFILE"):
             return parse_pe_hostfile(read_env_file(env, "PE_HOSTFILE"))
         return [local_hostname(env)]

@@ -16,6 +16,7 @@ class SlurmNodes(NodeAdapter):
     job_id_vars = ("SLURM_JOB_ID", "SLURM_JOBID")
 
     def allocation_hosts(self, env: Mapping[str, str]) -> List[str]:
+        """The expanded Slurm node list."""
         expr = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
         if not expr:
             raise LauncherError("SLURM_JOB_NODELIST is not set: is this running inside a Slurm job?")

@@ -271,12 +271,15 @@ class StatusFilter:
 
     @classmethod
     def of(cls, scheduler_ids: Optional[Iterable[int]]) -> "StatusFilter":
+        """The filter for a poll's ``scheduler_ids`` argument."""
         return cls(None if scheduler_ids is None else frozenset(int(i) for i in scheduler_ids))
 
     def keep(self, scheduler_id: int) -> bool:
+        """Whether the poll asked about this id."""
         return self.ids is None or scheduler_id in self.ids
 
     def apply(self, statuses: Dict[int, SchedulerJobStatus]) -> Dict[int, SchedulerJobStatus]:
+        """The statuses the poll asked about."""
         if self.ids is None:
             return statuses
         return {k: v for k, v in statuses.items() if k in self.ids}

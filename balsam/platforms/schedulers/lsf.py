@@ -230,10 +230,12 @@ class LSFScheduler(Scheduler):
 
     @property
     def slots_per_node(self) -> int:
+        """Slots per node (option ``slots_per_node``, default 42)."""
         return as_int(self.options.get("slots_per_node", "42"), "slots_per_node", minimum=1)
 
     @property
     def node_flag(self) -> str:
+        """How nodes are requested: ``nnodes`` or ``n`` (option ``node_flag``)."""
         flag = self.options.get("node_flag", "nnodes")
         if flag not in ("nnodes", "n"):
             raise ConfigError(f"scheduler lsf: option node_flag must be nnodes or n, got {flag!r}")

@@ -194,6 +194,7 @@ class SGEScheduler(Scheduler):
 
     @property
     def slots_per_node(self) -> int:
+        """Slots per Balsam node (option ``slots_per_node``, default 1)."""
         return as_int(self.options.get("slots_per_node", "1"), "slots_per_node", minimum=1)
 
     def submit(

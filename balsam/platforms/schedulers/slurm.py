@@ -261,6 +261,7 @@ class SlurmScheduler(Scheduler):
 
     @property
     def queue_option(self) -> str:
+        """Which sbatch flag a Balsam queue becomes (option ``queue_option``)."""
         value = self.options.get("queue_option", "partition")
         if value not in QUEUE_OPTIONS:
             raise ConfigError(f"scheduler slurm: option queue_option must be one of {', '.join(QUEUE_OPTIONS)}, got {value!r}")

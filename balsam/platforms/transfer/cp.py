@@ -33,4 +33,5 @@ class CpTransfer(TransferAdapter):
     name = "cp"
 
     def render_steps(self, items: Sequence[TransferItem]) -> List[List[str]]:
+        """See :func:`render_cp_steps`."""
         return render_cp_steps(items)

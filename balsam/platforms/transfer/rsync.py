@@ -51,6 +51,7 @@ class RsyncTransfer(TransferAdapter):
     }
 
     def render_steps(self, items: Sequence[TransferItem]) -> List[List[str]]:
+        """See :func:`render_rsync_steps` (with this adapter's options)."""
         return render_rsync_steps(
             items,
             rsh=self.options.get("rsh", ""),
