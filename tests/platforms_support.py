@@ -1,4 +1,4 @@
-"""Shared helpers for the platform tests: fake programs that record how they were called, and checks that a
+"""Shared helpers for the platform tests (import as ``from tests.platforms_support import ...``): fake programs that record how they were called, and checks that a
 real scheduler daemon is up (so daemon tests skip with a clear reason instead of failing)."""
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ import socket
 import subprocess
 
 import pytest
-from platforms_support import env_with_path, make_recorder, mpi_venv_python, read_calls, slurm_status
 
 from balsam.exceptions import ConfigError, LauncherError
 from balsam.platforms.mpi import LaunchSpec, get_mpi_launcher, launcher_names, mpi_flavor
 from balsam.platforms.mpi.base import bind_lists, param_args
+from tests.platforms_support import env_with_path, make_recorder, mpi_venv_python, read_calls, slurm_status
 
 APP = ["python3", "app.py", "--msg", "hello world", "$NOT_EXPANDED"]
 SPEC = LaunchSpec(

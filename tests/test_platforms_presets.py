@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from platforms_support import REPO, env_with_path, make_recorder, read_calls, slurm_status
 
 from balsam.exceptions import ConfigError
 from balsam.platforms.mpi import LaunchSpec, get_mpi_launcher
@@ -20,6 +19,7 @@ from balsam.platforms.presets import describe_presets, list_presets, preset_data
 from balsam.platforms.schedulers import get_scheduler
 from balsam.platforms.templates import format_partition, job_script_context, render_job_script
 from balsam.settings import settings_from_dict
+from tests.platforms_support import REPO, env_with_path, make_recorder, read_calls, slurm_status
 
 PRESETS = list_presets()
 REQUIRED = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from platforms_support import fixture
 
 from balsam.exceptions import SchedulerError
 from balsam.platforms.runner import FakeRunner
 from balsam.platforms.schedulers import SchedulerState, cobalt, get_scheduler
+from tests.platforms_support import fixture
 
 UTC = timezone.utc
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from platforms_support import fixture
 
 from balsam.exceptions import SchedulerError
 from balsam.platforms.runner import CommandResult, FakeRunner
 from balsam.platforms.schedulers import UNLIMITED_MIN, SchedulerState, get_scheduler, pbs
+from tests.platforms_support import fixture
 
 UTC = timezone.utc
 NOW = datetime(2023, 11, 10, 11, 31, 18, tzinfo=UTC)

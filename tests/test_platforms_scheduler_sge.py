@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from platforms_support import fixture, make_recorder, read_calls, sge_status
 
 from balsam.exceptions import SchedulerError
 from balsam.platforms.presets import read_preset_file
 from balsam.platforms.runner import CommandResult, FakeRunner
 from balsam.platforms.schedulers import SchedulerState, get_scheduler, sge
 from balsam.platforms.templates import job_script_context, render_job_script
+from tests.platforms_support import fixture, make_recorder, read_calls, sge_status
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 24, 9, 20, 0, tzinfo=UTC)
