@@ -33,8 +33,14 @@ def test_unknown_names_and_options_are_refused_naming_what_is_known():
         get_scheduler("torque")
     with pytest.raises(ConfigError, match="unknown option 'queue_opt'.*queue_option"):
         get_scheduler("slurm", options={"queue_opt": "qos"})
-    with pytest.raises(ConfigError, match="unexpected argument"):
-        get_scheduler("slurm", state_dir="/tmp")
+
+
+
+def test_state_dir_is_accepted_for_every_type_and_used_by_the_local_one(tmp_path):
+    for name in scheduler_names():  # the site agent passes it whatever the type
+        get_scheduler(name, FakeRunner(), state_dir=tmp_path / "local-jobs")
+    assert get_scheduler("local", state_dir=tmp_path / "local-jobs").state_dir == tmp_path / "local-jobs"
+    assert not (tmp_path / "local-jobs").exists()
 
 
 def test_constructors_run_no_command():

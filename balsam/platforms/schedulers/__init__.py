@@ -68,18 +68,16 @@ def get_scheduler(
     env: Optional[Mapping[str, str]] = None,
     options: Optional[Mapping[str, str]] = None,
     tz: Optional[tzinfo] = None,
-    **extra: Any,
+    state_dir: Any = None,
 ) -> Scheduler:
-    """Build the adapter named ``name`` (no command runs). ``extra`` goes to adapters that take more
-    (the local scheduler's ``state_dir``)."""
+    """Build the adapter named ``name`` (no command runs).
+
+    ``state_dir`` is where an adapter may keep records of its own (the local scheduler's job records); the
+    composition root can pass it whatever the type, and adapters that need none ignore it.
+    """
     cls = SCHEDULERS.get(name)
     if cls is None:
         raise ConfigError(f"unknown scheduler {name!r} (known: {', '.join(scheduler_names())})")
-    kwargs: Dict[str, Any] = {"timeout_s": timeout_s, "env": env, "options": options}
     if cls is LocalScheduler:
-        kwargs["state_dir"] = extra.pop("state_dir", None)
-    else:
-        kwargs["tz"] = tz
-    if extra:
-        raise ConfigError(f"scheduler {name}: unexpected argument {sorted(extra)[0]!r}")
-    return cls(runner, **kwargs)
+        return LocalScheduler(runner, state_dir=state_dir, timeout_s=timeout_s, env=env, options=options)
+    return cls(runner, timeout_s=timeout_s, env=env, options=options, tz=tz)
