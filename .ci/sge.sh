@@ -132,6 +132,12 @@ do_start() {
   wait_for "qmaster" qconf -sh
   configure
   if ! ex_running; then
+    # Jobs the qmaster still lists while no execd runs are orphans of an earlier run (stuck in "t"): with one
+    # slot they would keep the smoke job, and every test job, from ever starting.
+    if [ -n "$(qstat -u '*' 2>/dev/null | awk 'NR>2')" ]; then
+      log "deleting jobs left over from an earlier run"
+      qdel -f -u '*' >/dev/null 2>&1 || true
+    fi
     log "starting sge_execd"
     /usr/sbin/sge_execd
   fi
