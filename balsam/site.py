@@ -20,14 +20,16 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
-from balsam.exceptions import ConfigError, SiteError, SiteNotFound
+from balsam.exceptions import ConfigError, JobLockedError, ServiceError, SiteError, SiteNotFound
 
 if TYPE_CHECKING:
     from balsam.db import Store
@@ -89,6 +91,30 @@ class SiteLayout:
     @property
     def host_path(self) -> Path:
         return self.state / "host"
+
+    @property
+    def preset_path(self) -> Path:
+        """Names the preset the site was created from."""
+        return self.state / "preset"
+
+    @property
+    def agent_pid_path(self) -> Path:
+        """The site agent's PID file (``pid [host]``), present while the agent runs."""
+        return self.state / "agent.pid"
+
+    def preset(self) -> Optional[str]:
+        """The preset the site was created from, if recorded."""
+        try:
+            return self.preset_path.read_text().strip() or None
+        except OSError:
+            return None
+
+    def home_host(self) -> Optional[str]:
+        """The host recorded as the site's home (the only one that may open its DB)."""
+        try:
+            return self.host_path.read_text().strip() or None
+        except OSError:
+            return None
 
     def is_site(self) -> bool:
         """True when the directory holds a site DB."""
@@ -324,3 +350,225 @@ def init_site(
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
         raise
     return entry
+
+
+# ============================================================================================ managing sites
+LIVE_SESSION_S = 300.0
+"""A launcher session that beat within this many seconds counts as live (the default lease expiry)."""
+
+
+def agent_running(layout: SiteLayout) -> Optional[str]:
+    """Why the site agent may be running (its PID file says so), or None.
+
+    The agent runs on the site's home host and holds its PID file locked while it lives. On this host a
+    PID file nobody holds is stale (a crash) and ignored; a PID file from another host cannot be checked
+    from here, so it counts as running.
+    """
+    path = layout.agent_pid_path
+    try:
+        words = path.read_text().split()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path} is unreadable ({exc.strerror})"
+    pid = words[0] if words else "?"
+    host = words[1] if len(words) > 1 else (layout.home_host() or this_host())
+    if host != this_host():
+        return f"its PID file says pid {pid} on host {host!r}"
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"pid {pid} on this host holds {path}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def live_launchers(store: "Store", live_s: float = LIVE_SESSION_S) -> List[Tuple[int, str, Optional[int], int]]:
+    """Sessions that beat within ``live_s`` seconds and hold jobs: (session id, host, pid, jobs held)."""
+    rows = store.conn.execute(
+        "SELECT s.id, s.host, s.pid, count(j.id) FROM session s JOIN job j ON j.session_id = s.id "
+        "WHERE s.heartbeat > ? GROUP BY s.id ORDER BY s.id",
+        (time.time() - live_s,),
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), r[2], int(r[3])) for r in rows]
+
+
+def _check_idle(layout: SiteLayout, store: "Store", action: str) -> None:
+    why = agent_running(layout)
+    if why is not None:
+        raise ServiceError(f"cannot {action} {layout.root}: the site agent is running ({why}); stop it first")
+    live = live_launchers(store)
+    if live:
+        sid, host, pid, held = live[0]
+        total = sum(n for *_, n in live)
+        raise JobLockedError(
+            f"cannot {action} {layout.root}: launchers hold {total} jobs (session {sid}, pid {pid} on {host}); "
+            "wait for them to finish or cancel their BatchJobs ('balsam queue term ID')"
+        )
+
+
+def _site_store(root: Path) -> "Store":
+    from balsam.db import open_store
+
+    if not SiteLayout(root).is_site():
+        raise SiteNotFound(f"{root} is not a Balsam site (no {STATE_DIR}/site.db there)")
+    return open_store(root, this_host())
+
+
+def site_identity(store: "Store") -> Tuple[int, str]:
+    """(id, name) from a site's DB."""
+    row = store.conn.execute("SELECT id, name FROM site LIMIT 1").fetchone()
+    if row is None:
+        raise SiteError(f"{store.db_path}: the site row is missing; run 'balsam db check'")
+    return int(row[0]), str(row[1])
+
+
+def move_site(src: Union[str, Path], dest: Union[str, Path], registry: Optional[Registry] = None) -> Path:
+    """Move a site directory (into ``dest`` if that is a directory, like ``mv``); returns the new root.
+
+    The registry and the site row follow. Refused while the agent runs or a launcher holds jobs; on a
+    failure after the move, the directory is moved back.
+    """
+    root = Path(src).expanduser().resolve()
+    registry = registry or Registry()
+    store = _site_store(root)
+    try:
+        _check_idle(SiteLayout(root), store, "move")
+        _, name = site_identity(store)
+    finally:
+        store.close()
+    target = Path(dest).expanduser().resolve()
+    if target.is_dir():
+        target = target / root.name
+    if target.exists():
+        raise SiteError(f"{target} already exists; choose a new path")
+    if target == root or root in target.parents:
+        raise SiteError(f"cannot move {root} into itself")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(root), str(target))
+    try:
+        moved = _site_store(target)
+        try:
+            with moved.write() as conn:
+                conn.execute("UPDATE site SET path=?, version=version+1", (str(target),))
+        finally:
+            moved.close()
+        entry = registry.by_path(root)
+        if entry is not None:
+            registry.update(entry.name, path=target)
+        else:
+            registry.register(name, target, this_host(), _meta(target, "uuid") or new_site_uuid())
+    except BaseException:
+        shutil.move(str(target), str(root))
+        raise
+    return target
+
+
+def _meta(root: Path, key: str) -> Optional[str]:
+    store = _site_store(root)
+    try:
+        return store.get_meta(key)
+    finally:
+        store.close()
+
+
+def rename_site(root: Union[str, Path], new_name: str, registry: Optional[Registry] = None) -> str:
+    """Give a site a new name (registry, site row and DB meta); returns the old name."""
+    root = Path(root).expanduser().resolve()
+    new_name = validate_site_name(new_name)
+    registry = registry or Registry()
+    store = _site_store(root)
+    try:
+        site_id, old = site_identity(store)
+        entry = registry.by_path(root)
+        if entry is not None:
+            registry.update(entry.name, new_name=new_name)
+        else:
+            registry.register(new_name, root, this_host(), store.get_meta("uuid") or new_site_uuid(), site_id=site_id)
+        try:
+            with store.write() as conn:
+                conn.execute("UPDATE site SET name=?, version=version+1", (new_name,))
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('site_name', ?)", (new_name,))
+        except BaseException:
+            if entry is not None:
+                registry.update(new_name, new_name=entry.name)
+            else:
+                registry.unregister(new_name)
+            raise
+    finally:
+        store.close()
+    return old
+
+
+def rename_host(root: Union[str, Path], *, force: bool = False, host: Optional[str] = None,
+                registry: Optional[Registry] = None) -> Tuple[Optional[str], str]:
+    """Make this host (or ``host``) the site's home host; returns (old host, new host).
+
+    Rewrites ``.balsam/host``, the DB's ``home_host`` and the registry. Refused while the agent's PID file
+    says it runs (on the old host, it cannot be checked from here), unless ``force``: two hosts must never
+    write one SQLite DB.
+    """
+    root = Path(root).expanduser().resolve()
+    layout = SiteLayout(root)
+    if not layout.is_site():
+        raise SiteNotFound(f"{root} is not a Balsam site (no {STATE_DIR}/site.db there)")
+    new = host or this_host()
+    old = layout.home_host()
+    why = agent_running(layout)
+    if why is not None and not force:
+        raise ServiceError(
+            f"the site agent may be running ({why}); stop it on {old or 'its host'} first, or pass --force if that host is gone for good"
+        )
+    registry = registry or Registry()
+    tmp = layout.host_path.with_name(f".host.{os.getpid()}")
+    tmp.write_text(new + "\n")
+    os.replace(tmp, layout.host_path)
+    try:
+        from balsam.db import Store
+
+        store = Store(layout.db_path, layout.lock_path, layout.host_path, new)
+        try:
+            store.set_meta("home_host", new)
+            site_id, name = site_identity(store)
+            site_uuid = store.get_meta("uuid") or new_site_uuid()
+        finally:
+            store.close()
+        entry = registry.by_path(root)
+        if entry is not None:
+            registry.update(entry.name, host=new)
+        else:
+            registry.register(name, root, new, site_uuid, site_id=site_id)
+    except BaseException:
+        if old is not None:
+            layout.host_path.write_text(old + "\n")
+        raise
+    return old, new
+
+
+def remove_site(root: Union[str, Path], registry: Optional[Registry] = None) -> None:
+    """Delete a site: its directory (jobs, data, logs) and its registry entry.
+
+    Refused while the agent runs or a launcher holds jobs. A registered site whose directory is gone is
+    just unregistered.
+    """
+    root = Path(root).expanduser().resolve()
+    registry = registry or Registry()
+    entry = registry.by_path(root)
+    layout = SiteLayout(root)
+    if layout.is_site():
+        store = _site_store(root)
+        try:
+            _check_idle(layout, store, "remove")
+        finally:
+            store.close()
+    elif entry is None:
+        raise SiteNotFound(f"{root} is not a Balsam site")
+    if entry is not None:
+        registry.unregister(entry.name)
+    if root.exists():
+        shutil.rmtree(root)

@@ -238,6 +238,13 @@ class Job(Model):
         return (d["workdir"], info.id, dumps(tags), encode_parameters(params), dumps(d["data"])) + resources[:6] + (
             dumps(d["launch_params"]), resources[6], dumps(d["parent_ids"]), 1 if d["pending_file_cleanup"] else 0)
 
+    def validate(self) -> None:
+        """Check a new job against its app (required and known parameters), its tags and resources, as
+        ``save()`` and ``bulk_create`` do, without writing anything; raises ValidationError."""
+        if not self._is_new:
+            return
+        self._creation_row()
+
     def _materialize_row(self) -> Dict[str, Any]:
         t, job_id, state, now = self.__dict__.pop("_new_row")
         row = dict(zip(job_db.NEW_JOB_COLUMNS, t))

@@ -13,14 +13,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from balsam.db import Store, open_store
 from balsam.exceptions import ForeignHostError, SiteNotFound
 from balsam.site import Registry, SiteLayout, find_site_root, this_host
 
-__all__ = ["SiteRef", "current_site", "default_scope", "local_sites", "ref_for_root", "reset", "resolve", "scope", "this_host",
-           "use_site"]
+__all__ = ["SiteRef", "current_site", "default_scope", "local_sites", "ref_for_root", "reset", "resolve", "scope", "select",
+           "this_host", "use_site"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,50 @@ def default_scope(all_local: bool = False) -> List[SiteRef]:
             )
         raise SiteNotFound("no Balsam site found: create one with 'balsam site init PATH', or cd into a site")
     return sites
+
+
+def select(selectors: Sequence[str]) -> List[SiteRef]:
+    """The sites named by Balsam's ``--site`` selectors, in order, without repeats.
+
+    Each selector is ``all`` (every site on this host, and the current one), ``this`` (the current site),
+    a name, an id, a path, or a fragment of registered sites' paths; several may be comma-separated. No
+    selector at all means :func:`default_scope`. A site of another host is a ForeignHostError.
+    """
+    keys = [k.strip() for s in selectors for k in str(s).split(",") if k.strip()]
+    if not keys:
+        return default_scope()
+    out: Dict[Path, SiteRef] = {}
+    for key in keys:
+        if key == "all":
+            refs = local_sites()
+            current = current_site()
+            if current is not None:
+                refs.append(current)
+            if not refs:
+                raise SiteNotFound("--site all: no site on this host; create one with 'balsam site init PATH'")
+        elif key == "this":
+            current = current_site()
+            if current is None:
+                raise SiteNotFound("--site this: the working directory is not inside a site (and BALSAM_SITE_PATH is unset)")
+            refs = [current]
+        else:
+            refs = _select_one(key)
+        for ref in refs:
+            out.setdefault(ref.path, ref)
+    return list(out.values())
+
+
+def _select_one(key: str) -> List[SiteRef]:
+    try:
+        return [resolve(key)]
+    except SiteNotFound:
+        pass
+    entries = Registry().entries()
+    matches = [e for e in entries if key in e.path]
+    if not matches:
+        known = ", ".join(e.name for e in entries) or "none registered"
+        raise SiteNotFound(f"no site matches {key!r} by name, id or path (known sites: {known})") from None
+    return [resolve(e.name) for e in matches]
 
 
 def reset() -> None:
