@@ -1,0 +1,223 @@
+"""Job records from a file, for ``balsam job create --from FILE``: YAML (a list of mappings), CSV (a header
+row), JSON Lines (one object per line) or JSON (a list).
+
+Each record has the fields of ``balsam job create``, by their long names (``workdir``, ``app``,
+``parameters``, ``tags``, ``num_nodes``, ``ranks_per_node``, ``threads_per_rank``, ``threads_per_core``,
+``gpus_per_rank``, ``node_packing_count``, ``launch_params``, ``wall_time_min``, ``parent_ids``, ``data``,
+``transfers``) or their short flags (``a``, ``n``, ``rpn``, ``tpr``, ``tpc``, ``g``, ``npc``, ``lp``, ``t``,
+``pid``). A flat file spells dict entries as prefixed columns: ``param.NAME``, ``tag.NAME``, ``lp.NAME``,
+``data.NAME``, ``stage.SLOT``; a CSV cell may also hold a JSON object, or ``k=v;k2=v2``. Every error names
+the file and the line (or record) it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from balsam.cli._common import CLIError
+
+DICT_FIELDS = ("parameters", "tags", "launch_params", "data", "transfers")
+INT_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "node_packing_count", "wall_time_min")
+FIELDS = ("workdir", "app", *DICT_FIELDS, *INT_FIELDS, "gpus_per_rank", "parent_ids")
+ALIASES = {
+    "a": "app", "app_name": "app", "app_id": "app", "w": "workdir", "params": "parameters", "param": "parameters", "p": "parameters",
+    "tag": "tags", "n": "num_nodes", "rpn": "ranks_per_node", "tpr": "threads_per_rank", "tpc": "threads_per_core",
+    "g": "gpus_per_rank", "npc": "node_packing_count", "lp": "launch_params", "launch_param": "launch_params",
+    "t": "wall_time_min", "pid": "parent_ids", "parent_id": "parent_ids", "parents": "parent_ids", "stage_data": "transfers",
+}
+PREFIXES = {"param.": "parameters", "p.": "parameters", "tag.": "tags", "lp.": "launch_params", "data.": "data",
+            "stage.": "transfers", "transfer.": "transfers"}
+FORMATS = ("yaml", "csv", "jsonl", "json")
+
+Record = Tuple[str, Dict[str, Any]]
+"""(where: "line 7" or "record 3", fields)"""
+
+
+def detect_format(path: str, given: Optional[str]) -> str:
+    """The file format: ``given``, else from the extension."""
+    if given:
+        return given
+    suffix = Path(path).suffix.lower()
+    for fmt, suffixes in (("yaml", (".yml", ".yaml")), ("csv", (".csv",)), ("jsonl", (".jsonl", ".ndjson")), ("json", (".json",))):
+        if suffix in suffixes:
+            return fmt
+    raise CLIError(f"{path}: cannot tell the format from the extension; pass --format ({', '.join(FORMATS)})", 2)
+
+
+def read_text(path: str) -> str:
+    import sys
+
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file", 2) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path}: cannot read it: {exc}", 2) from None
+
+
+def read_records(path: str, fmt: str) -> List[Record]:
+    """Every record in the file, each with where it starts."""
+    text = read_text(path)
+    reader = {"yaml": _yaml_records, "csv": _csv_records, "jsonl": _jsonl_records, "json": _json_records}[fmt]
+    return list(reader(path, text))
+
+
+def _yaml_records(path: str, text: str) -> Iterator[Record]:
+    import yaml
+
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = loader_cls(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return
+        if not isinstance(root, yaml.SequenceNode):
+            raise CLIError(f"{path} line {root.start_mark.line + 1}: expected a list of jobs (lines starting with '- ')", 2)
+        for node in root.value:
+            where = f"line {node.start_mark.line + 1}"
+            value = loader.construct_object(node, deep=True)
+            if not isinstance(value, dict):
+                raise CLIError(f"{path} {where}: expected a mapping of job fields, got {type(value).__name__}", 2)
+            yield where, value
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise CLIError(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}", 2) from None
+    finally:
+        loader.dispose()
+
+
+def _csv_records(path: str, text: str) -> Iterator[Record]:
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise CLIError(f"{path} line 1: {exc}", 2) from None
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise CLIError(f"{path} line 1: expected a header row naming the fields", 2)
+    start = reader.line_num + 1
+    try:
+        for row in reader:
+            where = f"line {start}"
+            start = reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise CLIError(f"{path} {where}: {len(row)} cells, but the header has {len(header)}", 2)
+            yield where, {h: c for h, c in zip(header, row) if c != ""}
+    except csv.Error as exc:
+        raise CLIError(f"{path} line {reader.line_num}: {exc}", 2) from None
+
+
+def _jsonl_records(path: str, text: str) -> Iterator[Record]:
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            value = json.loads(stripped)
+        except ValueError as exc:
+            raise CLIError(f"{path} line {n}: not valid JSON: {exc}", 2) from None
+        if not isinstance(value, dict):
+            raise CLIError(f"{path} line {n}: expected a JSON object of job fields", 2)
+        yield f"line {n}", value
+
+
+def _json_records(path: str, text: str) -> Iterator[Record]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CLIError(f"{path}: not valid JSON: {exc}", 2) from None
+    if not isinstance(value, list):
+        raise CLIError(f"{path}: expected a JSON list of job objects", 2)
+    for n, item in enumerate(value, 1):
+        if not isinstance(item, dict):
+            raise CLIError(f"{path} record {n}: expected a JSON object of job fields", 2)
+        yield f"record {n}", item
+
+
+# ------------------------------------------------------------------------------------------- normalizing
+def _cell_dict(value: Any, field: str) -> Dict[str, Any]:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            parsed = json.loads(text)
+            if isinstance(parsed, dict):
+                return parsed
+        out: Dict[str, Any] = {}
+        for item in text.split(";"):
+            if item.strip():
+                k, sep, v = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{field}: {item!r} is not KEY=VALUE")
+                out[k.strip()] = v
+        return out
+    raise ValueError(f"{field}: expected a mapping, got {value!r}")
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"{field}: expected an integer, got {value!r}")
+
+
+def _parents(value: Any) -> List[int]:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        text = str(value).strip()
+        if text.startswith("["):
+            value = json.loads(text)
+        else:
+            value = [p for p in text.replace(";", " ").replace(",", " ").split() if p]
+    if not isinstance(value, list):
+        raise ValueError(f"parent_ids: expected a list of job ids, got {value!r}")
+    return [_int(p, "parent_ids") for p in value]
+
+
+def normalize(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A record's fields under their canonical names, with flat columns folded into dicts; ValueError if bad."""
+    out: Dict[str, Any] = {}
+    for raw_key, value in record.items():
+        key = str(raw_key).strip()
+        for prefix, field in PREFIXES.items():
+            if key.startswith(prefix) and len(key) > len(prefix):
+                out.setdefault(field, {})[key[len(prefix):]] = value
+                break
+        else:
+            field = ALIASES.get(key, key)
+            if field not in FIELDS:
+                raise ValueError(f"unknown field {key!r} (fields: {', '.join(FIELDS)}; or param.NAME, tag.NAME, lp.NAME, data.NAME columns)")
+            if value is None:
+                continue
+            if field in DICT_FIELDS:
+                out.setdefault(field, {}).update(_cell_dict(value, field))
+            elif field in INT_FIELDS:
+                out[field] = _int(value, field)
+            elif field == "gpus_per_rank":
+                try:
+                    out[field] = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"gpus_per_rank: expected a number, got {value!r}") from None
+            elif field == "parent_ids":
+                out[field] = _parents(value)
+            else:
+                out[field] = str(value) if field == "workdir" else value
+    for field in ("tags", "launch_params"):
+        if field in out:
+            out[field] = {str(k): str(v) for k, v in out[field].items()}
+    return out

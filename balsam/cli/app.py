@@ -1,0 +1,185 @@
+"""``balsam app``: list apps, sync ApplicationDefinitions from a Python file, remove apps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import click
+
+from balsam.cli._common import (
+    CLIError,
+    confirm,
+    echo_json,
+    echo_table,
+    json_option,
+    one_site,
+    scope_sites,
+    site_option,
+    yes_option,
+)
+
+
+@click.group()
+def app() -> None:
+    """List, sync and remove applications (ApplicationDefinition classes stored at a site).
+
+    \b
+    Examples:
+      balsam app sync apps.py
+      balsam app ls --site all
+      balsam app rm Hello
+    """
+
+
+def _params_text(params: Dict[str, Dict[str, Any]]) -> str:
+    parts = []
+    for name, spec in params.items():
+        parts.append(name if spec.get("required") else f"{name}={spec.get('default')!r}")
+    return ", ".join(parts)
+
+
+def app_dict(a: Any, site_names: Dict[int, str]) -> Dict[str, Any]:
+    """An App as plain data."""
+    return {"id": a.id, "name": a.name, "site": site_names.get(a.site_id or 0, a.site_id), "site_id": a.site_id, "kind": a.kind,
+            "description": a.description, "parameters": a.parameters, "transfers": a.transfers, "last_update": a.last_update}
+
+
+@app.command("ls")
+@site_option()
+@click.option("-v", "--verbose", is_flag=True, help="Show each app's description, parameters and transfer slots.")
+@json_option()
+def app_ls(sites: Sequence[str], verbose: bool, as_json: bool) -> None:
+    """List the apps of the selected sites.
+
+    \b
+    Examples:
+      balsam app ls
+      balsam app ls --site all -v
+    """
+    from balsam.api import App
+
+    refs, scope = scope_sites(sites)
+    names = {r.id: r.name for r in refs}
+    apps = list(App.objects.filter(**scope).order_by("id"))
+    if as_json:
+        echo_json([app_dict(a, names) for a in apps])
+        return
+    if not apps:
+        click.echo(f"No apps at {', '.join(names.values())}. Define an ApplicationDefinition and run: balsam app sync FILE")
+        return
+    if verbose:
+        for a in apps:
+            click.echo(f"{a.name} (id {a.id}, site {names.get(a.site_id or 0, a.site_id)}, {a.kind})")
+            if a.description:
+                click.echo("  " + a.description.replace("\n", "\n  "))
+            for pname, spec in a.parameters.items():
+                req = "required" if spec.get("required") else f"default {spec.get('default')!r}"
+                click.echo(f"  param {pname}: {req}" + (f" - {spec['help']}" if spec.get("help") else ""))
+            for slot, spec in a.transfers.items():
+                click.echo(f"  transfer {slot}: {spec['direction']} {spec['local_path']}" + (" (required)" if spec.get("required") else ""))
+        return
+    echo_table(["ID", "Name", "Site", "Kind", "Parameters", "Description"],
+               [[a.id, a.name, names.get(a.site_id or 0, a.site_id), a.kind, _params_text(a.parameters), a.description.split("\n")[0]]
+                for a in apps], flex=["Parameters", "Description"])
+
+
+@app.command("rm")
+@click.argument("name")
+@site_option()
+@yes_option()
+def app_rm(name: str, sites: Sequence[str], yes: bool) -> None:
+    """Remove an app and every job of it (NAME or id).
+
+    Asks first (showing how many jobs go with it) unless -y; refused while a launcher holds its jobs.
+
+    \b
+    Example:
+      balsam app rm Hello --site my-site -y
+    """
+    from balsam.api import App, Job
+
+    refs, scope = scope_sites(sites)
+    key: Dict[str, Any] = {"id": int(name)} if name.isdigit() else {"name": name}
+    found = list(App.objects.filter(**scope, **key))
+    if not found:
+        raise CLIError(f"no app {name!r} at {', '.join(r.name for r in refs)} (see 'balsam app ls')", 1)
+    if len(found) > 1:
+        raise CLIError(f"app {name!r} exists at several sites: choose one with --site", 2)
+    target = found[0]
+    njobs = Job.objects.filter(app_id=target.id, site_id=target.site_id).count()
+    confirm(f"Remove app {target.name} (id {target.id}) and its {njobs} jobs?", yes, f"not removing app {target.name} and its {njobs} jobs")
+    target.delete()
+    click.echo(f"Removed app {target.name} (id {target.id}) and {njobs} jobs")
+
+
+def load_app_file(path: Path) -> List[Any]:
+    """Import a Python file as a fresh module and return the ApplicationDefinition classes it defines."""
+    import importlib.util
+    import re
+
+    from balsam.api import ApplicationDefinition
+
+    if not path.is_file():
+        raise CLIError(f"{path}: no such file", 2)
+    module_name = "balsam_appfile_" + re.sub(r"\W", "_", path.stem) + f"_{abs(hash(str(path.resolve()))) % 10**8}"
+    spec = importlib.util.spec_from_file_location(module_name, str(path))
+    if spec is None or spec.loader is None:
+        raise CLIError(f"{path}: not a Python file", 2)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # classes' source is found through their module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise CLIError(f"{path} line {exc.lineno}: {exc.msg}", 2) from None
+    except Exception as exc:
+        from balsam.exceptions import BalsamError
+
+        if isinstance(exc, BalsamError):
+            raise
+        raise CLIError(f"{path}: importing it failed: {type(exc).__name__}: {exc}", 1) from exc
+    return [v for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, ApplicationDefinition) and v is not ApplicationDefinition
+            and v.__module__ == module_name and v._balsam_kind is not None]
+
+
+@app.command("sync")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--site", "sites", multiple=True, metavar="SITE", help="Site for apps that do not name one (default: the current site).")
+@json_option()
+def app_sync(files: Sequence[Path], sites: Sequence[str], as_json: bool) -> None:
+    """Sync the ApplicationDefinitions defined in Python FILE(s) to their sites.
+
+    Each file is imported as a fresh module; every ApplicationDefinition subclass defined in it is saved
+    (created, or updated if an app of that name exists). Apps without a 'site' attribute go to --site or
+    the current site. Without FILE, the site's apps.py is synced.
+
+    \b
+    Examples:
+      balsam app sync apps.py
+      balsam app sync hello.py vecnorm.py --site my-site
+    """
+    from balsam._api import sites as _sites
+
+    ref = None
+    if sites:
+        ref = one_site(sites, "app sync")
+    if not files:
+        ref = ref or _sites.current_site()
+        if ref is None:
+            raise CLIError("no FILE given and not inside a site: give the Python file that defines your apps", 2)
+        files = [ref.path / "apps.py"]
+    synced = []
+    for path in files:
+        classes = load_app_file(Path(path))
+        if not classes:
+            raise CLIError(f"{path}: defines no ApplicationDefinition with a command_template or run()", 1)
+        for cls in classes:
+            app_id = cls.sync()
+            synced.append({"name": cls.__name__, "id": app_id, "site": cls._site_ref().name, "file": str(path)})
+    if as_json:
+        echo_json(synced)
+        return
+    for s in synced:
+        click.echo(f"Synced {s['name']} (id {s['id']}) to site {s['site']}")

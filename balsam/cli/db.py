@@ -1,0 +1,150 @@
+"""``balsam db``: check (and repair), back up, compact and migrate a site's SQLite database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from balsam.cli._common import CLIError, echo_json, json_option, one_site, site_option
+
+_site_option = site_option("The site (default: the current site).")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@click.group()
+def db() -> None:
+    """Check, back up, compact and migrate a site's database.
+
+    \b
+    Examples:
+      balsam db check
+      balsam db backup ~/backups/my-site.db
+    """
+
+
+@db.command("check")
+@click.option("--fix", is_flag=True, help="Repair what can be repaired (in one transaction).")
+@_site_option
+@json_option()
+def db_check(fix: bool, sites: Sequence[str], as_json: bool) -> None:
+    """Check the DB: SQLite integrity, then the store's consistency (tag index, parent links, session locks,
+    orphan rows). Exits 1 if problems remain.
+
+    \b
+    Examples:
+      balsam db check
+      balsam db check --fix
+    """
+    from balsam.db import maintenance
+
+    ref = one_site(sites, "db check")
+    problems = maintenance.check(ref.store.conn)
+    fixed = maintenance.repair(ref.store) if fix and any(p.fixable for p in problems) else []
+    remaining = maintenance.check(ref.store.conn) if fixed else problems
+    if as_json:
+        echo_json({"site": ref.name, "db": str(ref.store.db_path), "problems": [vars(p) for p in problems],
+                   "fixed": [vars(p) for p in fixed], "remaining": [vars(p) for p in remaining]})
+    else:
+        if not problems:
+            click.echo(f"{ref.store.db_path}: ok (integrity and consistency)")
+        for p in problems:
+            click.echo(f"problem: {p}" + ("" if p.fixable else " [not repairable by --fix]"))
+        for p in fixed:
+            click.echo(f"fixed: {p.name} ({p.count})")
+        if remaining and not fix and any(p.fixable for p in remaining):
+            click.echo("Run 'balsam db check --fix' to repair.")
+    if remaining:
+        raise CLIError(f"{len(remaining)} kinds of problems remain in {ref.store.db_path}", 1)
+
+
+@db.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite DEST if it exists.")
+@_site_option
+def db_backup(dest: Path, force: bool, sites: Sequence[str]) -> None:
+    """Copy the site DB to DEST, safely while the agent and launchers write (SQLite online backup).
+
+    DEST may be a directory (the copy is named after the site and the time). Restore by stopping the
+    site and copying the file over .balsam/site.db.
+
+    \b
+    Example:
+      balsam db backup ~/backups/
+    """
+    import time
+
+    from balsam.db import maintenance
+
+    ref = one_site(sites, "db backup")
+    if dest.is_dir():
+        dest = dest / f"{ref.name}-{time.strftime('%Y%m%d-%H%M%S')}.db"
+    if dest.exists() and not force:
+        raise CLIError(f"{dest} exists; pass --force to overwrite it", 1)
+    if not dest.parent.is_dir():
+        raise CLIError(f"{dest.parent}: no such directory", 2)
+    size = maintenance.backup(ref.store, dest)
+    click.echo(f"Backed up site {ref.name} to {dest} ({_mb(size)})")
+
+
+@db.command("vacuum")
+@_site_option
+def db_vacuum(sites: Sequence[str]) -> None:
+    """Compact the DB (VACUUM) under the writer lock; writers wait meanwhile.
+
+    \b
+    Example:
+      balsam db vacuum
+    """
+    from balsam.db import maintenance
+
+    ref = one_site(sites, "db vacuum")
+    before, after = maintenance.vacuum(ref.store)
+    click.echo(f"Compacted {ref.store.db_path}: {_mb(before)} -> {_mb(after)}")
+
+
+@db.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Only show what would be applied.")
+@_site_option
+def db_migrate(dry_run: bool, sites: Sequence[str]) -> None:
+    """Upgrade the DB schema to this Balsam's version (opening a site also does this).
+
+    \b
+    Example:
+      balsam db migrate --dry-run
+    """
+    from balsam._api import sites as _sites
+    from balsam.db import maintenance, open_store
+    from balsam.site import find_site_root, this_host
+
+    refs = [s for s in sites if s]
+    root: Optional[Path]
+    if refs:
+        # Resolve without opening the store: opening it would migrate at once.
+        from balsam.site import Registry, SiteLayout
+
+        key = refs[0]
+        candidate = Path(key).expanduser().resolve()
+        root = candidate if SiteLayout(candidate).is_site() else Path(Registry().lookup(key).path)
+    else:
+        root = find_site_root()
+    if root is None:
+        raise CLIError("not inside a site: give --site", 2)
+    store = open_store(root, this_host())
+    version, current, pending = maintenance.schema_status(store)
+    if version > current:
+        raise CLIError(f"{store.db_path}: schema version {version} is newer than this Balsam ({current}); upgrade Balsam", 1)
+    if not pending:
+        click.echo(f"{store.db_path}: schema version {version} is current")
+        return
+    click.echo(f"{store.db_path}: schema version {version} -> {current}: " + ", ".join(pending))
+    if dry_run:
+        return
+    applied = store.migrate()
+    store.close()
+    _sites.reset()
+    click.echo(f"Applied {len(applied)} migrations; schema version is now {current}")

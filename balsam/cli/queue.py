@@ -1,0 +1,181 @@
+"""``balsam queue``: submit, list and cancel BatchJobs (pilot allocations the site agent submits)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import click
+
+from balsam.cli._common import (
+    CLIError,
+    echo_json,
+    echo_table,
+    format_kv,
+    format_time,
+    json_option,
+    kv_option,
+    one_site,
+    scope_sites,
+    site_option,
+)
+
+ACTIVE = ("pending_submission", "queued", "running", "pending_deletion")
+
+
+@click.group()
+def queue() -> None:
+    """Submit, list and cancel BatchJobs (pilot allocations that run launchers).
+
+    \b
+    Examples:
+      balsam queue submit -n 1 -t 10 -q local -A local -j mpi
+      balsam queue ls
+      balsam queue term 3
+    """
+
+
+def batch_job_dict(b: Any, site_name: Optional[str]) -> Dict[str, Any]:
+    """A BatchJob as plain data."""
+    return {"id": b.id, "site": site_name, "site_id": b.site_id, "scheduler_id": b.scheduler_id, "project": b.project, "queue": b.queue,
+            "num_nodes": b.num_nodes, "wall_time_min": b.wall_time_min, "job_mode": b.job_mode, "filter_tags": b.filter_tags,
+            "partitions": b.partitions, "optional_params": b.optional_params, "state": b.state, "status_info": b.status_info,
+            "start_time": b.start_time, "end_time": b.end_time, "created": b.created}
+
+
+@queue.command("submit")
+@click.option("-n", "--num-nodes", type=click.IntRange(min=1), required=True, help="Nodes to allocate.")
+@click.option("-t", "--wall-time-min", type=click.IntRange(min=1), required=True, help="Wall time in minutes.")
+@click.option("-q", "--queue", "queue_name", help="Scheduler queue (default: the site's only queue).")
+@click.option("-A", "--project", help="Project to charge (default: the site's only project).")
+@click.option("-j", "--job-mode", type=click.Choice(["mpi", "serial"]), default="mpi", show_default=True,
+              help="Launcher mode: mpi (any job) or serial (many single-node jobs).")
+@kv_option("--tag", "filter_tags", help="Run only jobs having tag KEY=VALUE")
+@click.option("-p", "--part", "partitions", multiple=True, metavar="MODE:NODES[:K=V,...]",
+              help="A partition of the allocation with its own mode and tags (repeatable; nodes must add up to -n).")
+@kv_option("-x", "--extra-param", "optional_params", help="Extra job-template parameter KEY=VALUE")
+@site_option("The site (default: the current site).")
+@json_option()
+def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], project: Optional[str], job_mode: str,
+                 filter_tags: Dict[str, str], partitions: Tuple[str, ...], optional_params: Dict[str, str], sites: Sequence[str],
+                 as_json: bool) -> None:
+    """Ask the site agent to submit a BatchJob (checked against the site's queues and projects first).
+
+    \b
+    Examples:
+      balsam queue submit -n 1 -t 10 -q local -A local -j mpi
+      balsam queue submit -n 128 -t 60 -q prod -A MyProj -j serial --tag workflow=sweep
+      balsam queue submit -n 4 -t 30 -q debug -A MyProj -p mpi:1:role=leader -p serial:3:role=worker
+      balsam submit-launch -n 2 -t 20 -q debug -A MyProj -j mpi      (the Balsam 0.x name)
+    """
+    from balsam.api import BatchJob
+
+    ref = one_site(sites, "queue submit")
+    bj = BatchJob.objects.create(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue_name, project=project,
+                                 optional_params=optional_params, filter_tags=filter_tags, partitions=list(partitions) or None,
+                                 site_id=ref.id)
+    if as_json:
+        echo_json(batch_job_dict(bj, ref.name))
+        return
+    click.echo(f"Submitted BatchJob {bj.id} at site {ref.name}: {bj.num_nodes} nodes, {bj.wall_time_min} min, {bj.job_mode} mode, "
+               f"queue {bj.queue}, project {bj.project} ({bj.state}; the site agent submits it)")
+
+
+@queue.command("ls")
+@click.option("-h", "--history", is_flag=True, help="Include finished and failed BatchJobs (newest first).")
+@click.option("-n", "--num", "limit", type=click.IntRange(min=0), default=50, show_default=True, help="With --history, at most this many (0: all).")
+@click.option("--scheduler-id", type=int, help="Only the BatchJob with this scheduler id.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every field (partitions, status info, times).")
+@site_option()
+@json_option()
+def queue_ls(history: bool, limit: int, scheduler_id: Optional[int], verbose: bool, sites: Sequence[str], as_json: bool) -> None:
+    """List BatchJobs: the active ones, or all of them with --history.
+
+    \b
+    Examples:
+      balsam queue ls
+      balsam queue ls --history -n 10 --json
+    """
+    from balsam.api import BatchJob
+
+    refs, scope = scope_sites(sites)
+    filters: Dict[str, Any] = dict(scope)
+    if not history:
+        filters["state"] = list(ACTIVE)
+    if scheduler_id is not None:
+        filters["scheduler_id"] = scheduler_id
+    query = BatchJob.objects.filter(**filters).order_by("-id")
+    items: List[Any] = list(query[:limit] if history and limit else query)
+    names = {r.id: r.name for r in refs}
+    if as_json:
+        echo_json([batch_job_dict(b, names.get(b.site_id or 0)) for b in items])
+        return
+    if not items:
+        click.echo("No BatchJobs" + ("." if history else " active (see --history)."))
+        return
+    if verbose:
+        for b in items:
+            d = batch_job_dict(b, names.get(b.site_id or 0))
+            click.echo(f"BatchJob {d.pop('id')}")
+            for k, v in d.items():
+                if v not in (None, {}, []):
+                    click.echo(f"  {k + ':':16}{format_time(v) if hasattr(v, 'astimezone') else v}")
+        return
+    multi = len(refs) > 1
+    rows = []
+    for b in items:
+        info = b.status_info or {}
+        note = info.get("error") or info.get("message") or ""
+        rows.append([b.id, *([names.get(b.site_id or 0)] if multi else []), b.scheduler_id, b.queue, b.project, b.num_nodes,
+                     b.wall_time_min, b.job_mode, b.state, format_kv(b.filter_tags), format_time(b.start_time), note])
+    echo_table(["ID", *(["Site"] if multi else []), "Sched ID", "Queue", "Project", "Nodes", "Minutes", "Mode", "State", "Tags",
+                "Started", "Info"], rows, flex=["Tags", "Info", "Project"])
+
+
+def _cancel(batch_job_id: int, sites: Sequence[str], delete_inactive: bool) -> None:
+    from balsam.api import BatchJob
+
+    refs, scope = scope_sites(sites)
+    found = list(BatchJob.objects.filter(id=batch_job_id, **scope)[:2])
+    if not found:
+        raise CLIError(f"no BatchJob {batch_job_id} at {', '.join(r.name for r in refs)} (see 'balsam queue ls --history')", 1)
+    if len(found) > 1:
+        raise CLIError(f"BatchJob {batch_job_id} exists at several sites: choose one with --site", 2)
+    bj = found[0]
+    if bj.state in ("pending_submission", "queued", "running"):
+        bj.state = "pending_deletion"
+        bj.save()
+        click.echo(f"BatchJob {bj.id} marked for deletion: the site agent cancels it" +
+                   (f" (scheduler id {bj.scheduler_id})" if bj.scheduler_id else "") + "; its running jobs end as RUN_TIMEOUT")
+    elif bj.state == "pending_deletion":
+        click.echo(f"BatchJob {bj.id} is already marked for deletion")
+    elif delete_inactive:
+        bj.delete()
+        click.echo(f"Deleted the record of BatchJob {bj.id} ({bj.state})")
+    else:
+        raise CLIError(f"BatchJob {bj.id} is {bj.state}: nothing to cancel", 1)
+
+
+@queue.command("term")
+@click.argument("batch_job_id", type=int)
+@site_option()
+def queue_term(batch_job_id: int, sites: Sequence[str]) -> None:
+    """Cancel a BatchJob: the site agent deletes it from the scheduler (ID as in 'queue ls').
+
+    \b
+    Example:
+      balsam queue term 3
+    """
+    _cancel(batch_job_id, sites, delete_inactive=False)
+
+
+@queue.command("rm")
+@click.argument("batch_job_id", type=int)
+@site_option()
+def queue_rm(batch_job_id: int, sites: Sequence[str]) -> None:
+    """Cancel an active BatchJob like 'term', or delete the record of a finished one.
+
+    \b
+    Example:
+      balsam queue rm 3
+    """
+    _cancel(batch_job_id, sites, delete_inactive=True)

@@ -1,0 +1,328 @@
+"""``balsam site``: create, list, move, rename, re-home, sync and remove sites; presets and sample settings.
+
+(``site start/stop/status`` belong to the site agent and are added by its module.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import click
+
+from balsam.cli._common import CLIError, confirm, echo_json, echo_table, format_time, is_interactive, json_option, yes_option
+
+
+@click.group()
+def site() -> None:
+    """Create, list, move, rename and remove sites.
+
+    \b
+    Examples:
+      balsam site init ./my-site --preset polaris -n my-site
+      balsam site ls
+      balsam site sync
+    """
+
+
+# ------------------------------------------------------------------------------------------- presets
+def _presets() -> List[Tuple[str, str, str, str]]:
+    """(name, machine, scheduler, MPI launcher) per preset; bare names where the presets cannot describe themselves."""
+    from balsam.platforms import presets
+
+    describe = getattr(presets, "describe_presets", None)
+    if describe is None:
+        return [(name, "", "", "") for name in presets.list_presets()]
+    return [(p.name, p.title, p.scheduler, p.mpi_launcher) for p in describe()]
+
+
+def _choose_preset(options: List[Tuple[str, str, str, str]]) -> str:
+    names = [o[0] for o in options]
+    default = names.index("local") + 1 if "local" in names else 1
+    click.echo("Presets:")
+    for i, (name, title, sched, mpi) in enumerate(options, 1):
+        detail = ", ".join(x for x in (title, sched, mpi) if x)
+        click.echo(f"  {i:2d}) {name}" + (f"  ({detail})" if detail else ""))
+    while True:
+        answer = str(click.prompt("Preset (number or name)", default=str(default))).strip()
+        if answer.isdigit() and 1 <= int(answer) <= len(names):
+            return names[int(answer) - 1]
+        if answer in names:
+            return answer
+        click.echo(f"Choose 1-{len(names)} or one of: {', '.join(names)}", err=True)
+
+
+@site.command("init")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-n", "--name", help="Site name (default: the directory's name).")
+@click.option("--preset", help="Machine preset (see 'balsam site presets'; default: local).")
+def site_init(path: Path, name: Optional[str], preset: Optional[str]) -> None:
+    """Create a site at PATH and register it.
+
+    On a terminal, a missing --preset or --name is asked for (a menu of presets); otherwise the defaults
+    are used: preset 'local' and the directory's name.
+
+    \b
+    Examples:
+      balsam site init ./my-site
+      balsam site init /lus/proj/sites/polaris -n polaris --preset polaris
+    """
+    from balsam.site import init_site
+
+    options = _presets()
+    names = [o[0] for o in options]
+    if preset is not None and preset not in names:
+        raise CLIError(f"unknown preset {preset!r} (available: {', '.join(names)}; see 'balsam site presets')", 2)
+    interactive = is_interactive()
+    if preset is None:
+        preset = _choose_preset(options) if interactive and len(names) > 1 else "local"
+    if name is None:
+        default = Path(path).expanduser().resolve().name
+        name = str(click.prompt("Site name", default=default)).strip() if interactive else default
+    entry = init_site(path, name=name, preset=preset)
+    click.echo(f"Created site {entry.name!r} (id {entry.id}, preset {preset}) at {entry.path}")
+    click.echo(f"Next: cd {entry.path} && balsam app sync apps.py && balsam job create ...")
+
+
+# ------------------------------------------------------------------------------------------- ls
+def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
+    from balsam.db import open_store
+    from balsam.site import Registry, SiteLayout, agent_running, this_host
+
+    here = this_host()
+    out = []
+    for e in Registry().entries():
+        layout = SiteLayout(Path(e.path))
+        row: Dict[str, Any] = {"id": e.id, "name": e.name, "path": e.path, "host": e.host}
+        if e.host and e.host != here:
+            row["status"] = f"on {e.host}: not reachable from here"
+        elif not layout.is_site():
+            row["status"] = "missing: no site at this path"
+        else:
+            row["status"] = "agent running" if agent_running(layout) else "ok"
+            store = open_store(layout.root, here)
+            try:
+                counts = dict(store.conn.execute("SELECT state, count(*) FROM job GROUP BY state").fetchall())
+                row["jobs"] = sum(counts.values())
+                if verbose:
+                    row["preset"] = layout.preset()
+                    row["jobs_by_state"] = counts
+                    created = store.conn.execute("SELECT creation_date FROM site").fetchone()[0]
+                    row["created"] = _time(created)
+                    row["apps"] = store.conn.execute("SELECT count(*) FROM app").fetchone()[0]
+                    row["schema_version"] = store.schema_version()
+            except Exception as exc:  # one broken site must not hide the others
+                row["status"] = f"error: {exc}"
+            finally:
+                store.close()
+        out.append(row)
+    return out
+
+
+def _time(ts: Optional[float]) -> str:
+    import datetime as dt
+
+    return "" if ts is None else format_time(dt.datetime.fromtimestamp(ts, dt.timezone.utc))
+
+
+@site.command("ls")
+@click.option("-v", "--verbose", is_flag=True, help="Show preset, apps, jobs by state and creation time.")
+@json_option()
+def site_ls(verbose: bool, as_json: bool) -> None:
+    """List the sites registered for this user.
+
+    A site whose home is another host is listed with its host and marked as not reachable from here.
+
+    \b
+    Examples:
+      balsam site ls
+      balsam site ls -v --json
+    """
+    rows = _site_rows(verbose or as_json)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("No sites registered. Create one with: balsam site init PATH")
+        return
+    if not verbose:
+        echo_table(["ID", "Name", "Host", "Jobs", "Status", "Path"],
+                   [[r["id"], r["name"], r["host"], r.get("jobs", ""), r["status"], r["path"]] for r in rows], flex=["Path", "Status"])
+        return
+    for r in rows:
+        click.echo(f"{r['name']} (id {r['id']})")
+        for key in ("path", "host", "status", "preset", "created", "schema_version", "apps", "jobs"):
+            if r.get(key) not in (None, ""):
+                click.echo(f"  {key + ':':16}{r[key]}")
+        by_state = r.get("jobs_by_state") or {}
+        if by_state:
+            click.echo(f"  {'by state:':16}" + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())))
+
+
+# ------------------------------------------------------------------------------------------- mv, rm, rename, rename-host
+def _site_root(path: str) -> Path:
+    """A site directory given by path (or by a registered name or id)."""
+    from balsam.site import Registry, SiteLayout
+
+    candidate = Path(path).expanduser().resolve()
+    if SiteLayout(candidate).is_site() or candidate.exists() or "/" in path:
+        return candidate
+    return Path(Registry().lookup(path).path)
+
+
+def _reset_api() -> None:
+    from balsam._api import sites as _sites
+
+    _sites.reset()
+
+
+@site.command("mv")
+@click.argument("src")
+@click.argument("dest", type=click.Path(path_type=Path))
+def site_mv(src: str, dest: Path) -> None:
+    """Move a site directory; the registry and the site's DB follow.
+
+    DEST may be an existing directory to move the site into, or the new path. Refused while the site
+    agent runs or a launcher holds jobs.
+
+    \b
+    Example:
+      balsam site mv ./my-site /lus/proj/sites/my-site
+    """
+    from balsam.site import move_site
+
+    _reset_api()
+    target = move_site(_site_root(src), dest)
+    _reset_api()
+    click.echo(f"Moved site to {target}")
+
+
+@site.command("rm")
+@click.argument("path")
+@yes_option()
+def site_rm(path: str, yes: bool) -> None:
+    """Delete a site: its directory (jobs, data, logs) and its registration.
+
+    Asks first unless -f; refused while the site agent runs or a launcher holds jobs.
+
+    \b
+    Example:
+      balsam site rm ./old-site -f
+    """
+    from balsam.db import open_store
+    from balsam.site import SiteLayout, remove_site, this_host
+
+    root = _site_root(path)
+    layout = SiteLayout(root)
+    detail = "its registration"
+    if layout.is_site():
+        store = open_store(root, this_host())
+        try:
+            njobs = store.conn.execute("SELECT count(*) FROM job").fetchone()[0]
+        finally:
+            store.close()
+        detail = f"{njobs} jobs and everything under it"
+    confirm(f"Delete the site at {root} ({detail})?", yes, f"not deleting {root} without confirmation")
+    _reset_api()
+    remove_site(root)
+    _reset_api()
+    click.echo(f"Deleted site {root}")
+
+
+@site.command("rename")
+@click.argument("path")
+@click.argument("name")
+def site_rename(path: str, name: str) -> None:
+    """Rename a site (PATH: its directory, or its current name).
+
+    \b
+    Example:
+      balsam site rename ./my-site polaris-prod
+    """
+    from balsam.site import rename_site
+
+    _reset_api()
+    old = rename_site(_site_root(path), name)
+    _reset_api()
+    click.echo(f"Renamed site {old!r} to {name!r}")
+
+
+@site.command("rename-host")
+@click.argument("path", required=False)
+@click.option("--force", is_flag=True, help="Even if the agent's PID file says it runs on the old host (that host is gone).")
+def site_rename_host(path: Optional[str], force: bool) -> None:
+    """Make this host the site's home host (after the site moved to a new machine or login node).
+
+    Only the home host may open a site's DB. PATH defaults to the site around the working directory.
+
+    \b
+    Example:
+      cd /lus/proj/sites/my-site && balsam site rename-host
+    """
+    from balsam.site import find_site_root, rename_host
+
+    root = _site_root(path) if path else find_site_root()
+    if root is None:
+        raise CLIError("not inside a site: give its PATH", 2)
+    _reset_api()
+    old, new = rename_host(root, force=force)
+    _reset_api()
+    click.echo(f"{root}: home host is now {new!r}" + (f" (was {old!r})" if old and old != new else ""))
+
+
+# ------------------------------------------------------------------------------------------- sync, presets, sample-settings
+@site.command("sync")
+@click.option("--site", "sites", multiple=True, metavar="SITE", help="The site (default: the current site).")
+def site_sync(sites: Sequence[str]) -> None:
+    """Re-read settings.yml, validate it, and refresh the site's policies (queues, projects, transfers).
+
+    The DB keeps a copy of these policies, which 'queue submit' and job creation check against.
+
+    \b
+    Example:
+      vi settings.yml && balsam site sync
+    """
+    from balsam.cli._common import one_site
+    from balsam.settings import load_settings
+    from balsam.site import refresh_site_row
+
+    ref = one_site(sites, "site sync")
+    settings = load_settings(ref.layout.settings_path)
+    refresh_site_row(ref.store, settings)
+    queues = ", ".join(sorted(settings.scheduler.allowed_queues)) or "none"
+    click.echo(f"Site {ref.name}: settings.yml is valid; policies refreshed (queues: {queues}; "
+               f"projects: {', '.join(settings.scheduler.allowed_projects) or 'none'})")
+
+
+@site.command("presets")
+@json_option()
+def site_presets(as_json: bool) -> None:
+    """List the machine presets 'site init --preset' accepts.
+
+    \b
+    Example:
+      balsam site presets
+    """
+    rows = _presets()
+    if as_json:
+        echo_json([{"name": n, "machine": t, "scheduler": s, "mpi_launcher": m} for n, t, s, m in rows])
+        return
+    echo_table(["Preset", "Machine", "Scheduler", "MPI launcher"], rows, flex=["Machine"])
+
+
+@site.command("sample-settings")
+@click.option("--preset", help="Preset to print (default: the current site's preset, else local).")
+def site_sample_settings(preset: Optional[str]) -> None:
+    """Print a preset's settings.yml, to start a site's settings from.
+
+    \b
+    Example:
+      balsam site sample-settings --preset polaris > settings.yml
+    """
+    from balsam.platforms.presets import read_preset_file
+    from balsam.site import SiteLayout, find_site_root
+
+    if preset is None:
+        root = find_site_root()
+        preset = (SiteLayout(root).preset() if root is not None else None) or "local"
+    click.echo(read_preset_file(preset, "settings.yml"), nl=False)

@@ -1,0 +1,116 @@
+"""``balsam which``: the site this shell resolves to and why, its DB, and the Balsam that runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import click
+
+from balsam.cli._common import echo_json, json_option
+
+
+def _running_from() -> Dict[str, str]:
+    """Where this Balsam's code comes from: a zipapp, a source tree, or an installed package."""
+    import balsam
+
+    origin = Path(balsam.__file__).resolve().parent
+    text = str(origin)
+    if ".pyz" + os.sep in text:
+        return {"kind": "zipapp", "path": text.split(".pyz" + os.sep, 1)[0] + ".pyz"}
+    kind = "installed" if "site-packages" in origin.parts or "dist-packages" in origin.parts else "source tree"
+    return {"kind": kind, "path": text}
+
+
+def _resolve(site: Optional[str]) -> Dict[str, Any]:
+    from balsam.site import Registry, SiteLayout, find_site_root
+
+    out: Dict[str, Any] = {"found_by": None, "root": None}
+    if site:
+        candidate = Path(site).expanduser().resolve()
+        if SiteLayout(candidate).is_site():
+            out.update(found_by=f"--site {site}", root=candidate)
+        else:
+            entry = Registry().lookup(site)
+            out.update(found_by=f"--site {site} (registered as {entry.name!r})", root=Path(entry.path))
+        return out
+    env = os.environ.get("BALSAM_SITE_PATH")
+    root = find_site_root()
+    if root is None:
+        out["found_by"] = "none: not inside a site and BALSAM_SITE_PATH is unset"
+    elif env:
+        out.update(found_by=f"BALSAM_SITE_PATH={env}", root=root)
+    else:
+        out.update(found_by=f"the working directory ({Path.cwd()})", root=root)
+    return out
+
+
+def _site_info(root: Path) -> Dict[str, Any]:
+    from balsam.db import maintenance, open_store
+    from balsam.db.schema import CURRENT_VERSION
+    from balsam.site import SiteLayout, this_host
+
+    layout = SiteLayout(root)
+    home = layout.home_host()
+    info: Dict[str, Any] = {"path": str(root), "home_host": home, "preset": layout.preset(), "db": str(layout.db_path),
+                            "code_schema_version": CURRENT_VERSION}
+    if home and home != this_host():
+        info["note"] = f"the site belongs to host {home!r}: its DB can only be opened there"
+        return info
+    store = open_store(root, this_host())
+    try:
+        version, _, pending = maintenance.schema_status(store)
+        info["schema_version"] = version
+        if pending:
+            info["pending_migrations"] = pending
+        row = store.conn.execute("SELECT id, name FROM site").fetchone()
+        info.update(id=row[0], name=row[1], db_bytes=maintenance.db_size(store))
+    finally:
+        store.close()
+    return info
+
+
+@click.command("which")
+@click.option("--site", help="Resolve this site (name, id or path) instead of the current one.")
+@json_option()
+def which(site: Optional[str], as_json: bool) -> None:
+    """Show the site this shell resolves to and why (--site, BALSAM_SITE_PATH, the working directory, or
+    none), its database and schema version, its preset, and the Balsam version and where it runs from.
+
+    \b
+    Examples:
+      balsam which
+      balsam which --site my-site --json
+    """
+    from balsam import __version__
+    from balsam.site import Registry, this_host
+
+    found = _resolve(site)
+    data: Dict[str, Any] = {"found_by": found["found_by"], "site": _site_info(found["root"]) if found["root"] else None,
+                            "host": this_host(), "registry": str(Registry().path),
+                            "balsam": {"version": __version__, **_running_from()},
+                            "python": {"executable": sys.executable, "version": sys.version.split()[0]}}
+    if as_json:
+        echo_json(data)
+        return
+    s = data["site"]
+    if s is None:
+        click.echo(f"Site:       {data['found_by']}")
+    else:
+        name = f"{s['name']} (id {s['id']})" if "name" in s else "(not readable from this host)"
+        click.echo(f"Site:       {name} at {s['path']}")
+        click.echo(f"Found by:   {data['found_by']}")
+        click.echo(f"Home host:  {s['home_host']}" + ("" if s["home_host"] == data["host"] else f" (this host is {data['host']})"))
+        if "note" in s:
+            click.echo(f"Note:       {s['note']}")
+        schema = f"schema {s['schema_version']}" if "schema_version" in s else "schema ?"
+        extra = f", {s['db_bytes'] / 1e6:.1f} MB" if "db_bytes" in s else ""
+        pending = f"; 'balsam db migrate' applies: {', '.join(s['pending_migrations'])}" if s.get("pending_migrations") else ""
+        click.echo(f"Database:   {s['db']} ({schema}; this Balsam: {s['code_schema_version']}{extra}){pending}")
+        click.echo(f"Preset:     {s['preset'] or 'unknown'}")
+    b = data["balsam"]
+    click.echo(f"Balsam:     {b['version']} ({b['kind']}: {b['path']})")
+    click.echo(f"Python:     {data['python']['version']} ({data['python']['executable']})")
+    click.echo(f"Registry:   {data['registry']}")
