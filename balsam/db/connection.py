@@ -241,11 +241,16 @@ class Store:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def migrate(self) -> List[str]:
-        """Apply pending migrations under the writer lock; returns their names."""
+        """Apply pending migrations under the writer lock; returns their names.
+
+        Opening the DB (the first use of :attr:`conn`) migrates it already; that happens before the lock is
+        taken here, since opening resets this thread's lock descriptor (a second descriptor would deadlock).
+        """
+        conn = self.conn
         fd = self._lock_fd()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            return apply_migrations(self.conn)
+            return apply_migrations(conn)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
