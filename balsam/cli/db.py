@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import click
 
@@ -107,6 +107,26 @@ def db_vacuum(sites: Sequence[str]) -> None:
     click.echo(f"Compacted {ref.store.db_path}: {_mb(before)} -> {_mb(after)}")
 
 
+def _root_without_opening(sites: Sequence[str]) -> Path:
+    """The site directory for ``db migrate``, found like ``--site`` does but without opening the store
+    (opening it would migrate it at once)."""
+    from balsam.site import Registry, SiteLayout, find_site_root, this_host
+
+    keys = [k.strip() for s in sites for k in s.split(",") if k.strip()]
+    if len(keys) > 1:
+        raise CLIError("db migrate takes one site", 2)
+    if keys:
+        candidate = Path(keys[0]).expanduser().resolve()
+        return candidate if SiteLayout(candidate).is_site() else Path(Registry().lookup(keys[0]).path)
+    root = find_site_root()
+    if root is not None:
+        return root
+    local = [e for e in Registry().entries() if e.host == this_host() and SiteLayout(Path(e.path)).is_site()]
+    if len(local) != 1:
+        raise CLIError(f"not inside a site, and {len(local)} sites are on this host: give --site", 2)
+    return Path(local[0].path)
+
+
 @db.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Only show what would be applied.")
 @_site_option
@@ -119,21 +139,9 @@ def db_migrate(dry_run: bool, sites: Sequence[str]) -> None:
     """
     from balsam._api import sites as _sites
     from balsam.db import maintenance, open_store
-    from balsam.site import find_site_root, this_host
+    from balsam.site import this_host
 
-    refs = [s for s in sites if s]
-    root: Optional[Path]
-    if refs:
-        # Resolve without opening the store: opening it would migrate at once.
-        from balsam.site import Registry, SiteLayout
-
-        key = refs[0]
-        candidate = Path(key).expanduser().resolve()
-        root = candidate if SiteLayout(candidate).is_site() else Path(Registry().lookup(key).path)
-    else:
-        root = find_site_root()
-    if root is None:
-        raise CLIError("not inside a site: give --site", 2)
+    root = _root_without_opening(sites)
     store = open_store(root, this_host())
     version, current, pending = maintenance.schema_status(store)
     if version > current:
@@ -144,7 +152,10 @@ def db_migrate(dry_run: bool, sites: Sequence[str]) -> None:
     click.echo(f"{store.db_path}: schema version {version} -> {current}: " + ", ".join(pending))
     if dry_run:
         return
-    applied = store.migrate()
+    store.migrate()
+    now = store.schema_version()
     store.close()
     _sites.reset()
-    click.echo(f"Applied {len(applied)} migrations; schema version is now {current}")
+    if now != current:
+        raise CLIError(f"{store.db_path}: schema version is {now} after migrating, expected {current}", 1)
+    click.echo(f"Applied {len(pending)} migrations; schema version is now {current}")

@@ -254,7 +254,7 @@ def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[st
                 kwargs.update(fields)
                 new = Job(kwargs.pop("workdir"), app_id=info[0], parameters=record_params, **kwargs)
             except CLIError as exc:
-                raise CLIError(f"{path} {where}: {exc.message}", exc.exit_code) from None
+                raise CLIError(f"{path} {where}: {exc.message}", 2) from None
             except (ValueError, TypeError) as exc:
                 raise CLIError(f"{path} {where}: {exc}", 2) from None
             if new.workdir in lines:

@@ -1,0 +1,118 @@
+"""``balsam db``: check (and --fix), backup, vacuum, migrate."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam.api import Job
+from tests.cli_helpers import fails, ok
+
+
+def test_check_a_healthy_db(site: Any, hello: Any) -> None:
+    hello.submit("a", say_hello_to="x", tags={"k": "v"})
+    assert ": ok (integrity and consistency)" in ok("db", "check").stdout
+    assert json.loads(ok("db", "check", "--json").stdout)["problems"] == []
+
+
+def test_check_finds_and_fixes_inconsistencies(site: Any, hello: Any) -> None:
+    parent = hello.submit("p", say_hello_to="x", tags={"k": "v"})
+    child = hello.submit("c", say_hello_to="x", tags={"k": "v"}, parent_ids=[parent.id])
+    with site.store.write() as conn:  # damage what the store keeps twice
+        conn.execute("DELETE FROM job_tag WHERE job_id=?", (parent.id,))
+        conn.execute("INSERT INTO job_tag(key, value, job_id) VALUES ('ghost', '1', ?)", (child.id,))
+        conn.execute("DELETE FROM job_parent")
+        conn.execute("UPDATE job SET session_id=42 WHERE id=?", (parent.id,))
+        conn.execute("INSERT INTO event(job_id, timestamp, from_state, to_state) VALUES (999, 0, 'A', 'B')")
+    assert [j.id for j in Job.objects.filter(tags={"k": "v"})] == [child.id]  # the symptom
+    result = fails("db", "check", code=1)
+    assert "5 kinds of problems remain" in result
+    out = ok("db", "check", "--fix").stdout
+    for name in ("missing tag index rows", "stale tag index rows", "missing parent links", "dangling session locks", "orphan events"):
+        assert f"fixed: {name} (1)" in out
+    assert [j.id for j in Job.objects.filter(tags={"k": "v"})] == [parent.id, child.id]
+    assert ": ok" in ok("db", "check").stdout
+    parent.state = "FAILED"
+    parent.save()
+    child.refresh_from_db()
+    assert child.state == "FAILED"  # the repaired parent link carries the cascade again
+
+
+def test_check_reports_what_it_cannot_fix(site: Any, hello: Any) -> None:
+    hello.submit("a", say_hello_to="x")
+    with site.store.write() as conn:
+        conn.execute("UPDATE job SET app_id=77")
+    err = fails("db", "check", "--fix")
+    assert "1 kinds of problems remain" in err
+
+
+def test_backup_while_writing(site: Any, hello: Any, tmp_path: Path) -> None:
+    hello.submit("first", say_hello_to="x")
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            hello.submit(f"w/{i}", say_hello_to="x")
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        out = ok("db", "backup", tmp_path / "copy.db").stdout
+    finally:
+        stop.set()
+        thread.join()
+    assert "Backed up site test-site to" in out
+    conn = sqlite3.connect(str(tmp_path / "copy.db"))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT name FROM site").fetchone()[0] == "test-site"
+        assert conn.execute("SELECT count(*) FROM job").fetchone()[0] >= 1
+    finally:
+        conn.close()
+    assert "exists; pass --force" in fails("db", "backup", tmp_path / "copy.db")
+    ok("db", "backup", tmp_path / "copy.db", "--force")
+    ok("db", "backup", tmp_path)
+    assert len(list(tmp_path.glob("test-site-*.db"))) == 1
+    assert "no such directory" in fails("db", "backup", tmp_path / "nope" / "x.db", code=2)
+
+
+def test_vacuum(site: Any, hello: Any) -> None:
+    for i in range(50):
+        hello.submit(f"j/{i}", say_hello_to="x" * 500)
+    Job.objects.all().delete()
+    out = ok("db", "vacuum").stdout
+    assert out.startswith("Compacted ") and " MB -> " in out
+
+
+def test_migrate(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "schema version 1 is current" in ok("db", "migrate").stdout
+    import balsam.db.connection as connection
+    import balsam.db.maintenance as maintenance
+    from balsam.db import schema
+
+    def v2(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE extra (id INTEGER PRIMARY KEY)")
+
+    migrations = [*schema.MIGRATIONS, (2, "extra table", v2)]
+    for module in (connection, maintenance):
+        monkeypatch.setattr(module, "MIGRATIONS", migrations)
+        monkeypatch.setattr(module, "CURRENT_VERSION", 2)
+    out = ok("db", "migrate", "--dry-run").stdout
+    assert "schema version 1 -> 2: extra table" in out
+    out = ok("db", "migrate", "--site", "test-site").stdout
+    assert "Applied 1 migrations; schema version is now 2" in out
+    assert "schema version 2 is current" in ok("db", "migrate").stdout
+    monkeypatch.setattr(maintenance, "CURRENT_VERSION", 1)
+    assert "newer than this Balsam" in fails("db", "migrate")
+
+
+def test_db_needs_a_site(tmp_path: Path) -> None:
+    assert "no Balsam site found" in fails("db", "check")
+    assert "0 sites are on this host" in fails("db", "migrate", code=2)

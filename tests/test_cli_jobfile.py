@@ -1,0 +1,134 @@
+"""``balsam job create --from FILE``: YAML, CSV, JSON Lines and JSON records; errors name the line; all or nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam.api import Job
+from tests.cli_helpers import fails, ok
+
+YAML = """\
+# two jobs
+- workdir: y/1
+  app: Hello
+  parameters: {say_hello_to: one}
+  tags: {exp: yaml}
+  num_nodes: 2
+- workdir: y/2
+  app: Adder
+  parameters:
+    x: 3
+    y: 4
+  t: 10
+  rpn: 8
+"""
+
+
+def test_yaml(site: Any, hello: Any, adder: Any, tmp_path: Path) -> None:
+    (tmp_path / "jobs.yml").write_text(YAML)
+    out = ok("job", "create", "--from", tmp_path / "jobs.yml").stdout
+    assert out.strip() == "Created 2 jobs at site test-site (ids 1-2)"
+    one, two = Job.objects.order_by("id")
+    assert one.parameters == {"say_hello_to": "one"} and one.tags == {"exp": "yaml"} and one.num_nodes == 2
+    assert two.parameters == {"x": 3, "y": 4} and two.wall_time_min == 10 and two.ranks_per_node == 8
+
+
+def test_csv_with_prefixed_columns_and_defaults_from_flags(site: Any, adder: Any, tmp_path: Path) -> None:
+    parents = [adder.submit(f"parent/{i}", x=i) for i in range(2)]
+    (tmp_path / "jobs.csv").write_text(
+        "workdir,param.x,tag.exp,num_nodes,parent_ids\n"
+        "c/1,1,csv,,\n"
+        '"c/2",2,csv,3,1\n'
+        "\n"
+        "c/3,\"[1, 2]\",other,,1;2\n"
+    )
+    data = json.loads(ok("job", "create", "--from", tmp_path / "jobs.csv", "-a", "Adder", "--tag", "src=file", "-p", "y=10",
+                         "--json").stdout)
+    assert data == {"site": "test-site", "created": 3, "first_id": 3, "last_id": 5}
+    jobs = [j for j in Job.objects.order_by("id") if j not in parents]
+    assert [j.parameters for j in jobs] == [{"x": 1, "y": 10}, {"x": 2, "y": 10}, {"x": [1, 2], "y": 10}]  # typed for a Python app
+    assert [j.tags for j in jobs] == [{"src": "file", "exp": "csv"}, {"src": "file", "exp": "csv"}, {"src": "file", "exp": "other"}]
+    assert [j.num_nodes for j in jobs] == [1, 3, 1]
+    assert [j.parent_ids for j in jobs] == [[], [1], [1, 2]]
+    assert [str(j.state) for j in jobs] == ["STAGED_IN", "AWAITING_PARENTS", "AWAITING_PARENTS"]
+
+
+def test_jsonl_and_json(site: Any, hello: Any, tmp_path: Path) -> None:
+    lines = [json.dumps({"workdir": f"j/{i}", "app": "Hello", "params": {"say_hello_to": str(i)}, "tags": {"i": i}}) for i in range(3)]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(["# comment", *lines, ""]))
+    ok("job", "create", "--from", tmp_path / "jobs.jsonl")
+    (tmp_path / "more.json").write_text(json.dumps([{"workdir": "k/0", "a": "Hello", "p": {"say_hello_to": "k"}}]))
+    ok("job", "create", "--from", tmp_path / "more.json")
+    assert Job.objects.count() == 4
+    assert Job.objects.get(workdir="j/2").tags == {"i": "2"}
+
+
+def test_stdin_with_format(site: Any, hello: Any) -> None:
+    text = "workdir,say_hello_to\n"
+    assert "unknown field 'say_hello_to'" in fails("job", "create", "--from", "-", "--format", "csv", "-a", "Hello", input=text + "a,b\n",
+                                                   code=2)
+    ok("job", "create", "--from", "-", "--format", "csv", "-a", "Hello", input="workdir,p.say_hello_to\na,b\n")
+    assert Job.objects.get(workdir="a").parameters == {"say_hello_to": "b"}
+
+
+def test_many_jobs(site: Any, hello: Any, tmp_path: Path) -> None:
+    n = 5000
+    path = tmp_path / "many.csv"
+    path.write_text("workdir,p.say_hello_to,tag.batch\n" + "".join(f"m/{i},n{i},{i // 1000}\n" for i in range(n)))
+    assert f"Created {n} jobs" in ok("job", "create", "--from", path, "-a", "Hello").stdout
+    assert json.loads(ok("job", "ls", "--by-state", "--json", "--tag", "batch=4").stdout) == {"STAGED_IN": 1000}
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.yml", YAML + "- workdir: y/3\n  app: Hello\n  nodes: 3\n", "bad.yml line 14: unknown field 'nodes'"),
+    ("bad.yml", "- workdir: a\n  app: [unclosed\n", "bad.yml line 3: not valid YAML"),
+    ("bad.yml", "workdir: a\n", "bad.yml line 1: expected a list of jobs"),
+    ("bad.yml", YAML + "- just a string\n", "bad.yml line 14: expected a mapping"),
+    ("bad.yml", YAML.replace("num_nodes: 2", "num_nodes: two"), "bad.yml line 2: num_nodes: expected an integer, got 'two'"),
+    ("bad.csv", "workdir,p.say_hello_to\na,1\nb\n", "bad.csv line 3: 1 cells, but the header has 2"),
+    ("bad.csv", "workdir,p.say_hello_to,n\na,1,1\nb,2,x\n", "bad.csv line 3: num_nodes: expected an integer, got 'x'"),
+    ("bad.csv", "workdir,p.say_hello_to\na,1\nb,2\na,3\n", "bad.csv line 4: workdir 'a' is already used by the job on line 2"),
+    ("bad.jsonl", '{"workdir": "a", "p": {"say_hello_to": 1}}\n{"workdir": "b", \n', "bad.jsonl line 2: not valid JSON"),
+    ("bad.jsonl", '{"workdir": "a", "p": {"say_hello_to": 1}}\n[1]\n', "bad.jsonl line 2: expected a JSON object"),
+    ("bad.jsonl", '{"workdir": "a", "p": {"say_hello_to": 1}}\n{"workdir": "b", "app": "Nope"}\n', "bad.jsonl line 2: no app 'Nope'"),
+    ("bad.jsonl", '{"workdir": "a", "p": {"say_hello_to": 1}}\n{"p": {"say_hello_to": 1}}\n', "bad.jsonl line 2: no workdir field"),
+    ("bad.jsonl", '{"workdir": "a", "p": {"say_hello_to": 1}}\n{"workdir": "/abs", "p": {"say_hello_to": 1}}\n',
+     "bad.jsonl line 2: workdir '/abs' is absolute"),
+    ("bad.json", '[{"workdir": "a", "p": {"say_hello_to": 1}}, 3]', "bad.json record 2: expected a JSON object"),
+    ("bad.txt", "", "cannot tell the format"),
+])
+def test_errors_name_the_line(site: Any, hello: Any, adder: Any, tmp_path: Path, name: str, text: str, message: str) -> None:
+    (tmp_path / name).write_text(text)
+    err = fails("job", "create", "--from", tmp_path / name, "-a", "Hello", code=2)
+    assert message in err
+    assert Job.objects.count() == 0
+
+
+def test_errors_found_while_inserting_name_the_line_and_write_nothing(site: Any, hello: Any, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import balsam.cli.job as job_cli
+
+    monkeypatch.setattr(job_cli, "BULK_CHUNK", 2)  # the bad record is in the third chunk: earlier chunks must roll back
+    ok("job", "create", "-a", "Hello", "-w", "taken", "-p", "say_hello_to=x")
+    records = [{"workdir": f"w/{i}", "p": {"say_hello_to": i}} for i in range(5)]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [*records, {"workdir": "w/5"}]))
+    assert "jobs.jsonl line 6: job 'w/5': app Hello needs parameter 'say_hello_to'" in fails(
+        "job", "create", "--from", path, "-a", "Hello", code=2)
+    path.write_text("\n".join(json.dumps(r) for r in [*records, {"workdir": "taken", "p": {"say_hello_to": 1}}]))
+    assert "jobs.jsonl line 6: workdir 'taken' is already used by job 1" in fails("job", "create", "--from", path, "-a", "Hello", code=2)
+    path.write_text("\n".join(json.dumps(r) for r in [*records, {"workdir": "w/9", "p": {"say_hello_to": 1}, "parent_ids": [77]}]))
+    assert "jobs.jsonl line 6: parent job 77 does not exist" in fails("job", "create", "--from", path, "-a", "Hello", code=2)
+    assert Job.objects.count() == 1
+
+
+def test_from_and_workdir_conflict(site: Any, hello: Any, tmp_path: Path) -> None:
+    (tmp_path / "j.yml").write_text(YAML)
+    assert "--from and -w/--workdir" in fails("job", "create", "--from", tmp_path / "j.yml", "-w", "x", code=2)
+    assert "no such file" in fails("job", "create", "--from", tmp_path / "none.yml", code=2)
+    (tmp_path / "empty.csv").write_text("")
+    assert "no job records" in fails("job", "create", "--from", tmp_path / "empty.csv", code=2)

@@ -1,0 +1,62 @@
+"""``balsam queue``: submit (checked against the site's policies), ls, term, rm; ``submit-launch``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from balsam.api import BatchJob
+from tests.cli_helpers import fails, ok
+
+
+def test_submit(site: Any) -> None:
+    out = ok("queue", "submit", "-n", "1", "-t", "10", "-q", "local", "-A", "local", "-j", "serial", "--tag", "workflow=w",
+             "--tag", "role=any").stdout
+    assert "Submitted BatchJob 1 at site test-site: 1 nodes, 10 min, serial mode, queue local, project local" in out
+    bj = BatchJob.objects.get(id=1)
+    assert (bj.state, bj.job_mode, bj.filter_tags) == ("pending_submission", "serial", {"workflow": "w", "role": "any"})
+
+
+def test_submit_defaults_and_json(site: Any) -> None:
+    data = json.loads(ok("queue", "submit", "-n", "1", "-t", "5", "--json").stdout)
+    assert (data["queue"], data["project"], data["job_mode"], data["state"]) == ("local", "local", "mpi", "pending_submission")
+
+
+def test_submit_refused_by_the_sites_policies(site: Any) -> None:
+    assert "queue 'local' allows at most 1 nodes, asked for 4" in fails("queue", "submit", "-n", "4", "-t", "5", code=2)
+    assert "queue 'debug' is not allowed at site test-site" in fails("queue", "submit", "-n", "1", "-t", "5", "-q", "debug", code=2)
+    assert "project 'Other' is not allowed" in fails("queue", "submit", "-n", "1", "-t", "5", "-A", "Other", code=2)
+    assert "unknown optional parameter 'k'" in fails("queue", "submit", "-n", "1", "-t", "5", "-x", "k=v", code=2)
+    assert "'bad' is not KEY=VALUE" in fails("queue", "submit", "-n", "1", "-t", "5", "--tag", "bad", code=2)
+    assert "Missing option '-t'" in fails("queue", "submit", "-n", "1", code=2)
+    assert "partition 'mpi'" in fails("queue", "submit", "-n", "1", "-t", "5", "-p", "mpi", code=2)
+    assert "partitions add up to 2 nodes" in fails("queue", "submit", "-n", "1", "-t", "5", "-p", "mpi:1", "-p", "serial:1", code=2)
+    assert BatchJob.objects.count() == 0
+
+
+def test_partitions_and_the_0x_alias(site: Any) -> None:
+    ok("submit-launch", "-n", "1", "-t", "5", "-p", "serial:1:role=worker,size=s")
+    assert BatchJob.objects.get(id=1).partitions == [{"job_mode": "serial", "num_nodes": 1, "filter_tags": {"role": "worker", "size": "s"}}]
+
+
+def test_ls_term_rm(site: Any) -> None:
+    ok("queue", "submit", "-n", "1", "-t", "5")
+    ok("queue", "submit", "-n", "1", "-t", "6")
+    lines = ok("queue", "ls").stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "Sched", "ID"] and [line.split()[0] for line in lines[1:]] == ["2", "1"]
+    assert "marked for deletion" in ok("queue", "term", "1").stdout
+    assert "already marked" in ok("queue", "rm", "1").stdout
+    bj = BatchJob.objects.get(id=1)
+    bj.state = "finished"
+    bj.save()
+    assert [b["id"] for b in json.loads(ok("queue", "ls", "--json").stdout)] == [2]
+    assert [b["id"] for b in json.loads(ok("queue", "ls", "-h", "--json").stdout)] == [2, 1]
+    assert len(json.loads(ok("queue", "ls", "--history", "-n", "1", "--json").stdout)) == 1
+    assert "BatchJob 1 is finished: nothing to cancel" in fails("queue", "term", "1")
+    assert "Deleted the record of BatchJob 1" in ok("queue", "rm", "1").stdout
+    assert "no BatchJob 1" in fails("queue", "rm", "1")
+    assert "BatchJob 2\n" in ok("queue", "ls", "-v").stdout
+
+
+def test_ls_empty(site: Any) -> None:
+    assert "No BatchJobs active (see --history)." in ok("queue", "ls").stdout

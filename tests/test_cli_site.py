@@ -1,0 +1,194 @@
+"""``balsam site``: init (interactive and not), ls, mv, rm, rename, rename-host, sync, presets, sample-settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam.site import Registry, SiteLayout
+from tests.cli_helpers import fails, ok
+
+
+def _site_row(root: Path) -> Any:
+    import sqlite3
+
+    conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
+    try:
+        return conn.execute("SELECT name, path, allowed_queues FROM site").fetchone()
+    finally:
+        conn.close()
+
+
+def test_init_without_a_terminal_uses_the_defaults(tmp_path: Path) -> None:
+    out = ok("site", "init", "my-site").stdout
+    assert "Created site 'my-site'" in out and "preset local" in out
+    entry = Registry().lookup("my-site")
+    assert entry.path == str(tmp_path / "my-site")
+    assert SiteLayout(tmp_path / "my-site").preset() == "local"
+    assert (tmp_path / "my-site" / "settings.yml").is_file() and (tmp_path / "my-site" / "data").is_dir()
+
+
+def test_init_with_name_and_preset(tmp_path: Path) -> None:
+    ok("site", "init", "dir", "-n", "polaris-site", "--preset", "polaris")
+    assert Registry().lookup("polaris-site").path == str(tmp_path / "dir")
+    assert SiteLayout(tmp_path / "dir").preset() == "polaris"
+
+
+def test_init_asks_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import balsam.cli.site as site_cli
+
+    monkeypatch.setattr(site_cli, "is_interactive", lambda: True)
+    names = [p[0] for p in site_cli._presets()]
+    result = ok("site", "init", "asked", input=f"nonsense\n{names.index('slurm') + 1}\nchosen-name\n")
+    assert "Presets:" in result.stdout and "slurm" in result.stdout
+    assert "Choose 1-" in result.stderr
+    assert Registry().lookup("chosen-name").path == str(tmp_path / "asked")
+    assert SiteLayout(tmp_path / "asked").preset() == "slurm"
+
+
+def test_init_refuses_unknown_preset_and_existing_site(site: Any) -> None:
+    assert "unknown preset 'nope'" in fails("site", "init", "x", "--preset", "nope", code=2)
+    assert "already a Balsam site" in fails("site", "init", str(site.path))
+    assert "invalid site name" in fails("site", "init", "y", "-n", "bad name!", code=2)
+
+
+def test_ls_lists_sites_with_their_status(site: Any, tmp_path: Path) -> None:
+    Registry().register("faraway", tmp_path / "elsewhere", "other-host", "u1")
+    Registry().register("gone", tmp_path / "gone", "", "u2")
+    out = ok("site", "ls").stdout
+    assert out.splitlines()[0].split() == ["ID", "Name", "Host", "Jobs", "Status", "Path"]
+    assert "test-site" in out and "ok" in out
+    assert "faraway" in out and "on other-host: not reachable from here" in out
+    assert "missing" in out
+    rows = {r["name"]: r for r in json.loads(ok("site", "ls", "--json").stdout)}
+    assert rows["test-site"]["jobs"] == 0 and rows["test-site"]["preset"] == "local"
+    assert rows["faraway"]["status"].startswith("on other-host")
+
+
+def test_ls_verbose_counts_jobs_by_state(site: Any, hello: Any) -> None:
+    hello.submit("a", say_hello_to="x")
+    out = ok("site", "ls", "-v").stdout
+    assert "by state:" in out and "STAGED_IN 1" in out and "preset:" in out
+
+
+def test_ls_without_sites() -> None:
+    assert "No sites registered" in ok("site", "ls").stdout
+
+
+def test_mv_moves_directory_registry_and_site_row(site: Any, hello: Any, tmp_path: Path) -> None:
+    hello.submit("a", say_hello_to="x")
+    (tmp_path / "dest").mkdir()
+    out = ok("site", "mv", str(site.path), str(tmp_path / "dest")).stdout
+    new = tmp_path / "dest" / "test-site"
+    assert f"Moved site to {new}" in out
+    assert not site.path.exists() and SiteLayout(new).is_site()
+    assert Registry().lookup("test-site").path == str(new)
+    assert _site_row(new)[1] == str(new)
+    assert json.loads(ok("job", "ls", "--by-state", "--json", "--site", "test-site").stdout) == {"STAGED_IN": 1}
+
+
+def test_mv_refuses_an_existing_target(site: Any, tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "test-site").mkdir()
+    assert "already exists" in fails("site", "mv", "test-site", str(tmp_path / "taken"))
+    assert site.path.exists()
+
+
+def test_rm_asks_then_deletes(site: Any, tmp_path: Path) -> None:
+    assert "without confirmation" in fails("site", "rm", str(site.path))
+    assert site.path.exists()
+    assert "Deleted site" in ok("site", "rm", str(site.path), "-f").stdout
+    assert not site.path.exists()
+    assert Registry().entries() == []
+
+
+def test_rm_refuses_while_a_launcher_holds_jobs(site: Any, hello: Any) -> None:
+    from balsam.api import Session
+    from tests.helpers import advance
+
+    job = hello.submit("a", say_hello_to="x")
+    advance(job, "PREPROCESSED")
+    session = Session(site_name="test-site")
+    session.save()
+    assert session.acquire_jobs()
+    err = fails("site", "rm", "test-site", "-f")
+    assert "launchers hold 1 jobs" in err
+    assert site.path.exists()
+
+
+def test_rm_of_a_registered_but_missing_site_unregisters_it(tmp_path: Path) -> None:
+    Registry().register("gone", tmp_path / "gone", "", "u")
+    ok("site", "rm", str(tmp_path / "gone"), "-y")
+    assert Registry().entries() == []
+
+
+def test_rename(site: Any) -> None:
+    assert "Renamed site 'test-site' to 'prod'" in ok("site", "rename", str(site.path), "prod").stdout
+    assert Registry().lookup("prod").path == str(site.path)
+    assert _site_row(site.path)[0] == "prod"
+    ok("site", "init", "other")
+    assert "already exists" in fails("site", "rename", "other", "prod")
+
+
+def test_rename_host(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BALSAM_HOSTNAME", "new-login-node")
+    assert "belongs to host" in fails("job", "ls", "--site", str(site.path))
+    out = ok("site", "rename-host", str(site.path)).stdout
+    assert "home host is now 'new-login-node'" in out
+    assert SiteLayout(site.path).home_host() == "new-login-node"
+    assert Registry().lookup("test-site").host == "new-login-node"
+    ok("job", "ls", "--site", "test-site")
+
+
+def test_rename_host_refuses_while_the_agent_runs_on_the_old_host(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = SiteLayout(site.path).home_host()
+    SiteLayout(site.path).agent_pid_path.write_text("4242\n")  # the agent records only its pid: it runs on the home host
+    monkeypatch.setenv("BALSAM_HOSTNAME", "new-login-node")
+    err = fails("site", "rename-host", str(site.path))
+    assert f"pid 4242 on host {old!r}" in err and "--force" in err
+    assert SiteLayout(site.path).home_host() == old
+    ok("site", "rename-host", str(site.path), "--force")
+    assert SiteLayout(site.path).home_host() == "new-login-node"
+
+
+def test_rename_host_ignores_a_stale_pid_file_on_this_host(site: Any) -> None:
+    SiteLayout(site.path).agent_pid_path.write_text(f"{os.getpid() + 99999} \n")
+    ok("site", "rename-host", str(site.path))
+
+
+def test_sync_refreshes_policies_from_settings(site: Any) -> None:
+    settings = site.layout.settings_path
+    text = settings.read_text()
+    import yaml
+
+    data = yaml.safe_load(text)
+    data.setdefault("scheduler", {})["allowed_queues"] = {"debug": {"max_nodes": 2, "max_wall_time_min": 30, "max_queued_jobs": 1}}
+    settings.write_text(yaml.safe_dump(data))
+    out = ok("site", "sync", "--site", "test-site").stdout
+    assert "queues: debug" in out
+    assert json.loads(_site_row(site.path)[2]) == {"debug": {"max_nodes": 2, "max_wall_time_min": 30, "max_queued_jobs": 1}}
+    assert "queue 'local' is not allowed" in fails("queue", "submit", "-n", "1", "-t", "5", "-q", "local", "--site", "test-site", code=2)
+
+
+def test_sync_rejects_malformed_settings(site: Any) -> None:
+    settings = site.layout.settings_path
+    settings.write_text(settings.read_text() + "\nlauncher:\n  idle_ttl_s: 3\n  bogus_key: 1\n")
+    err = fails("site", "sync", "--site", "test-site", code=2)
+    assert "bogus_key" in err
+    settings.write_text("scheduler: [unclosed\n")
+    assert "not valid YAML (line" in fails("site", "sync", "--site", "test-site", code=2)
+
+
+def test_presets_and_sample_settings(site: Any) -> None:
+    out = ok("site", "presets").stdout
+    assert out.splitlines()[0].split()[:2] == ["Preset", "Machine"]
+    assert "local" in out and "polaris" in out
+    rows = {r["name"]: r for r in json.loads(ok("site", "presets", "--json").stdout)}
+    assert rows["polaris"]["scheduler"] == "pbs"
+    assert ok("site", "sample-settings").stdout == site.layout.settings_path.read_text()
+    assert "pbs" in ok("site", "sample-settings", "--preset", "polaris").stdout
+    assert "unknown preset" in fails("site", "sample-settings", "--preset", "nope", code=2)
