@@ -1,14 +1,16 @@
-"""Command-line start-up benchmark: wall time of whole ``balsam`` processes on a 1,000,000-job site.
+"""Command-line benchmark: wall time of whole ``balsam`` processes on a 1,000,000-job site, and bulk
+creation of 100,000 jobs from a file.
 
-Each command is timed as a fresh process (median of ``--repeat`` runs) and printed as a ratio to two
-baselines measured in the same run: ``python -c pass`` (the interpreter's floor) and ``python -c "import
-click"`` (the floor of any click program). Aims: ``balsam --help`` < 5x ``python -c pass``; ``balsam job ls
---by-state`` < 8x.
+Each start-up command is timed as a fresh process (median of ``--repeat`` runs) and printed as a ratio to
+two baselines measured in the same run: ``python -c pass`` (the interpreter's floor) and ``python -c
+"import click"`` (the floor of any click program). Aims: ``balsam --help`` < 5x ``python -c pass``;
+``balsam job ls --by-state`` < 8x. ``balsam job create --from`` (JSONL, CSV, YAML) is timed against the
+Python API doing the same in-process (building Job objects and ``bulk_create``).
 
 The package is byte-compiled first, as an installation does (this machine sets PYTHONDONTWRITEBYTECODE, so
 otherwise every run would compile Balsam's sources again).
 
-    python bench/bench_cli.py [--jobs 1000000] [--repeat 7]
+    python bench/bench_cli.py [--jobs 1000000] [--repeat 7] [--bulk 100000]
 """
 
 from __future__ import annotations
@@ -74,10 +76,45 @@ def time_process(argv: Sequence[str], cwd: Path, env: Dict[str, str], repeat: in
     return statistics.median(times)
 
 
+def bench_bulk(tmp: Path, n: int, env: Dict[str, str]) -> Dict[str, float]:
+    """Seconds to create ``n`` jobs: through the API in-process, and by ``balsam job create --from`` per format."""
+    from balsam._api import sites
+    from balsam.api import ApplicationDefinition, Job
+    from balsam.site import init_site
+
+    init_site(tmp / "bulk-site", name="bulk-site")
+    sites.reset()
+    ns: Dict[str, object] = {"ApplicationDefinition": ApplicationDefinition}
+    exec("class Hello(ApplicationDefinition):\n    site = 'bulk-site'\n    command_template = 'echo {{ x }}'\n", ns)
+    ns["Hello"].sync()  # type: ignore[attr-defined]
+    sites.use_site("bulk-site")
+    out: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    Job.objects.bulk_create([Job(f"api/{i}", app_id="Hello", parameters={"x": str(i)}, tags={"exp": "e"}) for i in range(n)])
+    out["api"] = time.perf_counter() - t0
+    sites.reset()
+    files = {
+        "jsonl": "".join(json.dumps({"workdir": f"jsonl/{i}", "parameters": {"x": str(i)}, "tags": {"exp": "e"}}) + "\n" for i in range(n)),
+        "csv": "workdir,param.x,tag.exp\n" + "".join(f"csv/{i},{i},e\n" for i in range(n)),
+        "yaml": "".join(f"- workdir: yaml/{i}\n  parameters: {{x: '{i}'}}\n  tags: {{exp: e}}\n" for i in range(n)),
+    }
+    for fmt, text in files.items():
+        path = tmp / f"jobs.{fmt}"
+        path.write_text(text)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "balsam", "job", "create", "--from", str(path), "-a", "Hello", "--site", "bulk-site"],
+                              env=env, cwd=str(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        out[fmt] = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"job create --from {path} failed: {proc.stderr.decode()[-500:]}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--bulk", type=int, default=100_000)
     args = parser.parse_args()
     compileall.compile_dir(str(ROOT / "balsam"), quiet=1)
     py = sys.executable
@@ -98,6 +135,7 @@ def main() -> None:
                                                                   "-n", "20"],
         }
         results = {name: time_process(argv, site, env, args.repeat) for name, argv in runs.items()}
+        bulk = bench_bulk(tmp, args.bulk, env)
     base, click_base = results["python -c pass"], results["python -c 'import click'"]
     aims = {"balsam --help": 5.0, "balsam job ls --by-state": 8.0}
     print(f"{args.jobs:,}-job site filled in {fill_s:.1f} s; median of {args.repeat} runs per command")
@@ -106,11 +144,16 @@ def main() -> None:
         aim = aims.get(name)
         verdict = "" if aim is None else f"< {aim:.0f}x pass: {'ok' if t / base < aim else 'MISSED'}"
         print(f"{name:52} {t * 1000:7.1f} {t / base:7.2f} {t / click_base:8.2f}  {verdict}")
+    print(f"creating {args.bulk:,} jobs: Python API in-process {bulk['api']:.2f} s ({args.bulk / bulk['api']:,.0f}/s)")
+    for fmt in ("jsonl", "csv", "yaml"):
+        print(f"  balsam job create --from jobs.{fmt:5}  {bulk[fmt]:.2f} s ({args.bulk / bulk[fmt]:,.0f}/s, a whole process) "
+              f"-> {bulk[fmt] / bulk['api']:.2f}x the API")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "bench_cli.json").write_text(json.dumps({"jobs": args.jobs, "seconds": results,
                                                     "ratio_to_pass": {k: v / base for k, v in results.items()},
-                                                    "ratio_to_click": {k: v / click_base for k, v in results.items()}}, indent=1))
+                                                    "ratio_to_click": {k: v / click_base for k, v in results.items()},
+                                                    "bulk_jobs": args.bulk, "bulk_seconds": bulk}, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ nothing is written). ``job ls --by-state`` counts in SQL and never loads jobs.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
@@ -220,11 +222,36 @@ def job_create(workdir: Optional[str], app: Optional[str], params: Dict[str, str
 def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[str], params: Dict[str, str], tags: Dict[str, str],
                  launch_params: Dict[str, str], parent_ids: Tuple[int, ...], transfers: Dict[str, str], resources: Dict[str, Any],
                  as_json: bool) -> None:
+    from balsam._api.base import paused_gc
     from balsam.api import Job
-    from balsam.cli import _jobfile
     from balsam.exceptions import ValidationError
 
+    with paused_gc():  # 100k records make millions of objects: collections would walk them again and again
+        jobs, lines = _build_jobs(ref, path, fmt, app, params, tags, launch_params, parent_ids, transfers, resources)
+    with progress(len(jobs), f"Creating {len(jobs)} jobs") as advance, ref.store.write():
+        for start in range(0, len(jobs), BULK_CHUNK):
+            chunk = jobs[start : start + BULK_CHUNK]
+            try:
+                Job.objects.bulk_create(chunk)
+            except ValidationError as exc:
+                raise _locate(path, exc, chunk, lines) from None
+            advance(len(chunk))
+    if as_json:
+        echo_json({"site": ref.name, "created": len(jobs), "first_id": jobs[0].id, "last_id": jobs[-1].id})
+        return
+    click.echo(f"Created {len(jobs)} jobs at site {ref.name} (ids {jobs[0].id}-{jobs[-1].id})")
+
+
+def _build_jobs(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[str], params: Dict[str, str], tags: Dict[str, str],
+                launch_params: Dict[str, str], parent_ids: Tuple[int, ...], transfers: Dict[str, str],
+                resources: Dict[str, Any]) -> Tuple[List["Job"], Dict[str, str]]:
+    """Job objects for every record of the file, and each workdir's line; a bad record is a usage error naming its line."""
+    from balsam.api import Job
+    from balsam.cli import _jobfile
+
     fmt = _jobfile.detect_format(path, fmt)
+    if sys.stderr.isatty() and path != "-" and os.path.isfile(path) and os.path.getsize(path) > 5_000_000:
+        click.echo(f"Reading {path} ...", err=True)  # parsing a big YAML file takes seconds before the bar starts
     records = _jobfile.read_records(path, fmt)
     if not records:
         raise CLIError(f"{path}: no job records in it", 2)
@@ -264,18 +291,7 @@ def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[st
             if n % 1000 == 0:
                 advance(1000)
         advance(len(records) % 1000)
-    with progress(len(jobs), f"Creating {len(jobs)} jobs") as advance, ref.store.write():
-        for start in range(0, len(jobs), BULK_CHUNK):
-            chunk = jobs[start : start + BULK_CHUNK]
-            try:
-                Job.objects.bulk_create(chunk)
-            except ValidationError as exc:
-                raise _locate(path, exc, chunk, lines) from None
-            advance(len(chunk))
-    if as_json:
-        echo_json({"site": ref.name, "created": len(jobs), "first_id": jobs[0].id, "last_id": jobs[-1].id})
-        return
-    click.echo(f"Created {len(jobs)} jobs at site {ref.name} (ids {jobs[0].id}-{jobs[-1].id})")
+    return jobs, lines
 
 
 def _locate(path: str, exc: Exception, chunk: List["Job"], lines: Dict[str, str]) -> CLIError:
