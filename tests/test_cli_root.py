@@ -21,6 +21,8 @@ def _walk(group: click.Group, path: List[str]) -> Iterator[Tuple[List[str], clic
     for name in group.list_commands(ctx):
         cmd = group.get_command(ctx, name)
         assert cmd is not None, name
+        if cmd.hidden:
+            continue  # internal (what other commands spawn), not for users
         yield [*path, name], cmd
         if isinstance(cmd, click.Group):
             yield from _walk(cmd, [*path, name])
@@ -36,13 +38,14 @@ def test_every_command_has_help_with_an_example() -> None:
     for expected in ("site init", "site ls", "site mv", "site rm", "site rename", "site rename-host", "site sync", "site presets",
                      "site sample-settings", "app ls", "app rm", "app sync", "job create", "job ls", "job modify", "job rm",
                      "job reset", "job kill", "job dep", "job show", "job log", "queue submit", "queue ls", "queue rm", "queue term",
-                     "db check", "db backup", "db vacuum", "db migrate", "which", "submit-launch"):
+                     "db check", "db backup", "db vacuum", "db migrate", "which", "submit-launch", "site start", "site stop",
+                     "site status", "service start"):
         assert expected in seen
 
 
 def test_top_level_help_lists_commands_and_completion() -> None:
     out = ok("--help").stdout
-    for name in ("site", "app", "job", "queue", "db", "which", "submit-launch"):
+    for name in ("site", "app", "job", "queue", "db", "which", "service", "submit-launch"):
         assert f"  {name} " in out
     assert "Create, list, modify, reset, kill and remove jobs." in out
     assert "_BALSAM_COMPLETE=bash_source balsam" in out
@@ -50,7 +53,7 @@ def test_top_level_help_lists_commands_and_completion() -> None:
 
 
 def test_version() -> None:
-    assert ok("--version").stdout.strip() == f"balsam {__version__}"
+    assert ok("--version").stdout.strip() == f"balsam, version {__version__}"
 
 
 def test_unknown_command_is_a_one_line_usage_error() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
 
 import click
 
@@ -100,17 +100,18 @@ class LazyGroup(click.Group):
         return found
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        sections: Dict[str, List[tuple]] = {}  # type: ignore[type-arg]
+        sections: Dict[str, List[Tuple[str, str]]] = {"Commands": []}
         for name in super().list_commands(ctx):
             cmd = super().get_command(ctx, name)
             if cmd is not None and not cmd.hidden:
-                sections.setdefault("Commands", []).append((name, cmd.get_short_help_str(formatter.width)))
+                sections["Commands"].append((name, cmd.get_short_help_str(formatter.width)))
         for name in self._lazy_names():
             entry = self.lazy[name]
             sections.setdefault(entry.section, []).append((name, entry.help))
         for title, rows in sections.items():
-            with formatter.section(title):
-                formatter.write_dl(sorted(rows) if title != "Commands" else rows)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows if self.lazy is COMMANDS and title == "Commands" else sorted(rows))
 
 
 def _debug() -> bool:
@@ -186,7 +187,7 @@ Errors print one line and exit non-zero; BALSAM_DEBUG=1 shows the traceback.
 
 
 @click.group(cls=BalsamCLI, lazy=COMMANDS, epilog=EPILOG, context_settings={"max_content_width": 110})
-@click.version_option(__version__, "--version", "-V", prog_name="balsam", message="%(prog)s %(version)s")
+@click.version_option(__version__, "--version", "-V", prog_name="balsam")
 def cli() -> None:
     """Balsam: HPC workflows with an embedded per-site SQLite store.
 

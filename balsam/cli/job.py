@@ -393,7 +393,7 @@ def job_ls(ids: Tuple[int, ...], tags: Dict[str, str], workflow: Optional[str], 
 @site_option()
 @json_option()
 def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
-    """Show every field of a job and its event history.
+    """Show every field of a job, why it is in its state (what it waits for), and its event history.
 
     \b
     Example:
@@ -404,11 +404,16 @@ def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
     d = job_dict(j, _app_names(refs).get((j.site_id or 0, j.app_id)), names.get(j.site_id or 0))
     d["workdir_path"] = str(j.workdir_path)
     events = [{"timestamp": e.timestamp, "from_state": e.from_state, "to_state": e.to_state, "data": e.data} for e in j.history()]
+    from balsam.services.diagnose import explain
+
+    site = j.__dict__["_site"]
+    why = explain(site.store, site.path, int(j.id or 0))
     if as_json:
-        echo_json(dict(d, events=events))
+        echo_json(dict(d, why=why, events=events))
         return
     click.echo(f"Job {d.pop('id')}")
     _echo_fields(d, "  ")
+    click.echo("Why: " + "; ".join(why))
     if j.serialized_return_value is not None:
         click.echo("  return value: <stored; Job.result_nowait() in Python>")
     if j.serialized_exception is not None:

@@ -1,6 +1,6 @@
 """``balsam site``: create, list, move, rename, re-home, sync and remove sites; presets and sample settings.
 
-(``site start/stop/status`` belong to the site agent and are added by its module.)
+``site start/stop/status`` are the site agent's commands (``balsam/cli/service.py``), loaded lazily from there.
 """
 
 from __future__ import annotations
@@ -10,10 +10,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from balsam.cli import Entry, LazyGroup
 from balsam.cli._common import CLIError, confirm, echo_json, echo_table, format_time, is_interactive, json_option, yes_option
 
+AGENT_COMMANDS = {
+    "start": Entry("balsam.cli.service:start", "Start the site agent in the background.", optional=True),
+    "stop": Entry("balsam.cli.service:stop", "Stop the site agent.", optional=True),
+    "status": Entry("balsam.cli.service:status", "Show whether the site agent runs, and its services' health.", optional=True),
+}
 
-@click.group()
+
+@click.group(cls=LazyGroup, lazy=AGENT_COMMANDS)
 def site() -> None:
     """Create, list, move, rename and remove sites.
 

@@ -15,13 +15,14 @@ from balsam.cli._common import echo_json, json_option
 def _running_from() -> Dict[str, str]:
     """Where this Balsam's code comes from: a zipapp, a source tree, or an installed package."""
     import balsam
+    from balsam.runtime import zipapp_path
 
+    archive = zipapp_path()
+    if archive is not None:
+        return {"kind": "zipapp", "path": str(archive)}
     origin = Path(balsam.__file__).resolve().parent
-    text = str(origin)
-    if ".pyz" + os.sep in text:
-        return {"kind": "zipapp", "path": text.split(".pyz" + os.sep, 1)[0] + ".pyz"}
     kind = "installed" if "site-packages" in origin.parts or "dist-packages" in origin.parts else "source tree"
-    return {"kind": kind, "path": text}
+    return {"kind": kind, "path": str(origin)}
 
 
 def _resolve(site: Optional[str]) -> Dict[str, Any]:
