@@ -171,3 +171,20 @@ def test_real_process_round_trip(tmp_path: Path) -> None:
     piped = subprocess.run(f"{sys.executable} -m balsam job ls | head -c 1", shell=True, cwd=str(site_dir), capture_output=True, text=True,
                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert "Error" not in piped.stderr and "Traceback" not in piped.stderr
+
+
+def test_ctrl_c_exits_130_quietly(site: Any, hello: Any) -> None:
+    import os
+    import signal
+    import time
+
+    hello.submit("waiting", say_hello_to="x")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "balsam", "job", "log", "1", "-f"], cwd=str(site.path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # following: job.out does not exist yet and the job is not done
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert err.strip() == "" and out == ""

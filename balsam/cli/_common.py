@@ -71,7 +71,7 @@ def site_option(help: str = "Site(s): a name, id, path fragment, 'this' or 'all'
 
 def json_option() -> Callable[[F], F]:
     """``--json``: machine-readable output on stdout."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 
 
 def yes_option(help: str = "Do not ask for confirmation.") -> Callable[[F], F]:
