@@ -116,7 +116,8 @@ def to_state(value: Union[str, JobState]) -> JobState:
     try:
         return JobState(str(value).upper())
     except ValueError:
-        raise ValidationError(f"unknown job state {value!r} (valid: {', '.join(s.value for s in STORED_STATES)})") from None
+        valid = ", ".join(s.value for s in JobState if s in STORED_STATES)  # lifecycle order
+        raise ValidationError(f"unknown job state {value!r} (valid: {valid})") from None
 
 
 def to_states(values: Union[str, JobState, Iterable[Union[str, JobState]]]) -> FrozenSet[JobState]:
