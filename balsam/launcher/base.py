@@ -1,0 +1,367 @@
+"""What both launcher modes share: configuration, the lease and the status updates, wall time, stopping.
+
+The life of a launcher:
+
+1. open a lease (JobSource) and start the StatusUpdater (through the transport the rule picks);
+2. loop: acquire what fits, start it, notice what ended, report; notice jobs a user killed; renew the lease;
+3. stop on wall time (``-t`` minus a margin), on ``idle_ttl_s`` with nothing to run, or on SIGTERM/SIGINT;
+4. shut down: running jobs are killed and become RUN_TIMEOUT, the updater is flushed, and only then the lease
+   is released (releasing first would time out jobs whose RUN_DONE was still queued).
+
+Jobs are acquired with ``max_wall_time_min`` set to the minutes left, so a job whose declared wall time does
+not fit is never started. A lease found expired (the agent timed it out) stops the jobs it held: they are
+already RUN_TIMEOUT at the site, and a fresh lease is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from balsam.db.updater import Rejected, StatusUpdater
+from balsam.exceptions import AppError, BalsamError, SessionExpired, ValidationError
+from balsam.launcher.executor import Finished
+from balsam.launcher.resources import Unplaceable
+from balsam.launcher.tasks import AppCache, Task, build_task
+from balsam.launcher.transport import JobSourceLike, Transport
+from balsam.platforms.nodes import ComputeNode
+from balsam.settings import SiteSettings
+from balsam.site import SiteLayout
+
+logger = logging.getLogger("balsam.launcher")
+
+KILL_CHECK_PERIOD_S = 0.25
+REMOTE_KILL_CHECK_PERIOD_S = 1.0
+ACQUIRE_FALLBACK_PERIOD_S = 1.0
+MAX_ACQUIRE = 2048
+
+
+@dataclass
+class LauncherConfig:
+    """Everything a launcher (or one partition of it) runs with, resolved once."""
+
+    root: Path
+    settings: SiteSettings
+    job_mode: str
+    wall_time_min: float
+    host: str
+    nodes: List[ComputeNode]
+    filter_tags: Dict[str, str] = field(default_factory=dict)
+    batch_job_id: Optional[int] = None
+    idle_ttl_s: float = 10.0
+    label: str = "launcher"
+    log_dir: Optional[Path] = None
+
+    @property
+    def layout(self) -> SiteLayout:
+        return SiteLayout(self.root)
+
+    @property
+    def data_dir(self) -> str:
+        return str(self.layout.data)
+
+    @property
+    def margin_s(self) -> float:
+        """How long before the wall time the launcher stops: 5% of it, between 0.5 s and 2 min."""
+        return min(120.0, max(0.5, 0.05 * self.wall_time_min * 60.0))
+
+    @property
+    def kill_grace_s(self) -> float:
+        """SIGTERM to SIGKILL, within the margin."""
+        return min(3.0, self.margin_s / 2)
+
+
+class Lifecycle:
+    """Wall time, signals and the stop request."""
+
+    def __init__(self, cfg: LauncherConfig) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + cfg.wall_time_min * 60.0 - cfg.margin_s
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.signum: Optional[int] = None
+        self._old: Dict[int, Any] = {}
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def remaining_min(self) -> float:
+        return max(0.0, self.remaining_s() / 60.0)
+
+    def stop(self, reason: str) -> None:
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+            self.stop_event.set()
+
+    @property
+    def stopping(self) -> bool:
+        if not self.stop_event.is_set() and self.remaining_s() <= 0:
+            self.stop("wall time reached")
+        return self.stop_event.is_set()
+
+    def install_signals(self, on_signal: Optional[Any] = None) -> None:
+        """SIGTERM and SIGINT stop the launcher cleanly (only possible from the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.info("not in the main thread: SIGTERM/SIGINT handlers not installed")
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            self.signum = signum
+            self.stop(f"received {signal.Signals(signum).name}")
+            if on_signal is not None:
+                on_signal()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, handler)
+
+    def restore_signals(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+class Reporter:
+    """Turns what happened to jobs into state changes on the StatusUpdater."""
+
+    def __init__(self, updater: StatusUpdater) -> None:
+        self.updater = updater
+        self.session_id: Optional[int] = None
+        self.done = 0
+        self.errors = 0
+        self.timeouts = 0
+
+    def running(self, job_id: int, timestamp: float) -> None:
+        self.updater.put(job_id, "RUNNING", timestamp=timestamp, session_id=self.session_id)
+
+    def failed(self, job_id: int, message: str) -> None:
+        """A job that cannot run at all (its app does not load, a parameter is missing, it can never fit)."""
+        self.errors += 1
+        self.updater.put(job_id, "FAILED", data={"message": message})
+
+    def finished(self, f: Finished, python: bool = False) -> None:
+        if f.killed:
+            return
+        if f.timed_out:
+            self.timeouts += 1
+            self.updater.put(f.job_id, "RUN_TIMEOUT", timestamp=f.end, data={"message": f.message or "stopped by the launcher"})
+            return
+        fields: Dict[str, Any] = {"return_code": f.rc}
+        if python or f.ret is not None or f.exc is not None:
+            fields["serialized_return_value"] = f.ret if f.rc == 0 else None
+            fields["serialized_exception"] = f.exc if f.rc != 0 else None
+        if f.rc == 0:
+            self.done += 1
+            self.updater.put(f.job_id, "RUN_DONE", timestamp=f.end, data={"returncode": 0}, fields=fields)
+        else:
+            self.errors += 1
+            self.updater.put(f.job_id, "RUN_ERROR", timestamp=f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields)
+
+
+class LauncherBase:
+    """The loop both modes share; :meth:`cycle` and :meth:`shutdown_jobs` are the mode's."""
+
+    mode = ""
+
+    def __init__(self, cfg: LauncherConfig, transport: Transport) -> None:
+        self.cfg = cfg
+        self.ls = cfg.settings.launcher
+        self.transport = transport
+        self.life = Lifecycle(cfg)
+        self.apps = AppCache(transport.app_rows, transport.site_id)
+        self.source: JobSourceLike = self._new_source()
+        self._rejected_running: List[int] = []
+        self._rejected_lock = threading.Lock()
+        self.updater = StatusUpdater(transport.sink(), period_s=self.ls.status_flush_period_s, on_rejected=self._on_rejected)
+        self.reporter = Reporter(self.updater)
+        self.idle_since = time.monotonic()
+        self._dv_acquire: Optional[int] = None
+        self._dv_kills: Optional[int] = None
+        self._last_acquire = 0.0
+        self._last_acquire_got = True
+        self._last_kill_check = 0.0
+        self.acquired_total = 0
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ lease and updates
+    def _new_source(self) -> JobSourceLike:
+        ss = self.cfg.settings.session
+        return self.transport.job_source(batch_job_id=self.cfg.batch_job_id, label=f"{self.cfg.label} ({self.mode})",
+                                         heartbeat_period_s=ss.heartbeat_period_s, expiry_s=ss.expiry_s)
+
+    def _on_rejected(self, rejected: Rejected) -> None:
+        # Called from the updater's thread. A refused RUNNING means the job is no longer ours (killed, or the
+        # lease lapsed): its process must stop.
+        ids = [ch.job_id for ch, _ in rejected if ch.state == "RUNNING"]
+        if ids:
+            with self._rejected_lock:
+                self._rejected_running.extend(ids)
+            self.wake()
+
+    def take_rejected(self) -> List[int]:
+        with self._rejected_lock:
+            out, self._rejected_running = self._rejected_running, []
+        return out
+
+    def wake(self) -> None:
+        """Interrupt the loop's wait (from another thread)."""
+
+    # ------------------------------------------------------------------ acquisition
+    def should_acquire(self, idle: bool) -> bool:
+        """Whether asking the DB for jobs may find something new (cheap: no write unless it might)."""
+        now = time.monotonic()
+        if self._last_acquire_got:
+            return True
+        if now - self._last_acquire >= ACQUIRE_FALLBACK_PERIOD_S:
+            return True
+        dv = self.transport.data_version()
+        if dv is None:
+            return now - self._last_acquire >= self.ls.poll_period_s
+        return dv != self._dv_acquire
+
+    def acquire(self, max_num_jobs: int, *, idle: bool, **constraints: Any) -> List[Dict[str, Any]]:
+        """Acquire up to ``max_num_jobs`` jobs that fit the remaining wall time and the filter tags."""
+        if max_num_jobs <= 0 or self.life.stopping:
+            return []
+        self._dv_acquire = self.transport.data_version()
+        self._last_acquire = time.monotonic()
+        remaining = self.life.remaining_min()
+        if self.transport.acquire_wait_s and idle:
+            constraints["wait_s"] = self.transport.acquire_wait_s
+        try:
+            jobs = self.source.acquire(min(max_num_jobs, MAX_ACQUIRE), filter_tags=self.cfg.filter_tags or None,
+                                       max_wall_time_min=math.floor(remaining), **constraints)
+        except SessionExpired:
+            self.lease_lost()
+            return []
+        except BalsamError as exc:
+            logger.warning("acquire failed, will retry: %s", exc)
+            self._last_acquire_got = False
+            return []
+        self._last_acquire_got = bool(jobs)
+        if jobs:
+            self.acquired_total += len(jobs)
+            logger.debug("acquired %d jobs", len(jobs))
+        return jobs
+
+    def tasks_for(self, jobs: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Task]]:
+        """Tasks for acquired jobs; jobs that cannot run are reported FAILED here."""
+        apps = self.apps.get_many(sorted({int(j["app_id"]) for j in jobs}))
+        out: List[Tuple[Dict[str, Any], Task]] = []
+        for job in jobs:
+            app = apps.get(int(job["app_id"]))
+            try:
+                if app is None:
+                    raise AppError(f"app {job['app_id']} does not exist at this site")
+                out.append((job, build_task(job, app, self.cfg.data_dir)))
+            except (ValidationError, AppError, Unplaceable) as exc:
+                self.fail(int(job["id"]), str(exc))
+            except Exception as exc:  # a user's shell_preamble() or a template error
+                self.fail(int(job["id"]), f"{type(exc).__name__}: {exc}")
+        return out
+
+    def fail(self, job_id: int, message: str) -> None:
+        logger.warning("job %s cannot run: %s", job_id, message)
+        self.reporter.failed(job_id, message)
+
+    # ------------------------------------------------------------------ kills
+    def killed_among(self, ids: Sequence[int]) -> List[int]:
+        """Jobs among ``ids`` that a user killed (or that otherwise left this launcher), checked cheaply."""
+        if not ids:
+            return []
+        now = time.monotonic()
+        dv = self.transport.data_version()
+        if dv is None:
+            if now - self._last_kill_check < REMOTE_KILL_CHECK_PERIOD_S:
+                return []
+        elif dv == self._dv_kills or now - self._last_kill_check < KILL_CHECK_PERIOD_S:
+            return []
+        self._dv_kills = dv
+        self._last_kill_check = now
+        try:
+            states = self.transport.job_states(ids)
+        except BalsamError as exc:
+            logger.warning("checking for killed jobs failed: %s", exc)
+            return []
+        return [j for j in ids if states.get(j) in ("USER_KILLED", "FAILED", "JOB_FINISHED") or j not in states]
+
+    def lease_lost(self) -> None:
+        """The lease expired at the site: stop everything it held and open a new one."""
+        logger.error("the lease %s expired at the site: its jobs were released; stopping them and opening a new lease",
+                     self.source.session_id)
+        self.drop_all("the launcher's lease expired")
+        try:
+            self.source.release()
+        except BalsamError:
+            pass
+        self.source = self._new_source()
+        self.source.start()
+        self.reporter.session_id = self.source.session_id
+
+    def drop_all(self, reason: str) -> None:
+        """Kill every job and forget the backlog, without status updates (the mode implements it)."""
+
+    # ------------------------------------------------------------------ the loop
+    def cycle(self) -> None:
+        raise NotImplementedError
+
+    def shutdown_jobs(self) -> None:
+        """Stop running jobs (they become RUN_TIMEOUT) and wait for them to end."""
+        raise NotImplementedError
+
+    def busy(self) -> bool:
+        """Anything running, queued or in flight."""
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        r = self.reporter
+        return f"acquired {self.acquired_total}, done {r.done}, errors {r.errors}, timed out {r.timeouts}"
+
+    def run(self) -> int:
+        """Run until a stop criterion; returns the exit code."""
+        self.life.install_signals(self.wake)
+        try:
+            self.source.start()
+            self.reporter.session_id = self.source.session_id
+            self.updater.start()
+            logger.info("%s mode: lease %s, wall time %.2f min (stops %.1f s early), idle ttl %.1f s, filter tags %s",
+                        self.mode, self.source.session_id, self.cfg.wall_time_min, self.cfg.margin_s, self.cfg.idle_ttl_s,
+                        self.cfg.filter_tags or "none")
+            self.idle_since = time.monotonic()
+            while not self.life.stopping:
+                self.cycle()
+                if self.source.expired.is_set():
+                    self.lease_lost()
+                if self.busy():
+                    self.idle_since = time.monotonic()
+                elif time.monotonic() - self.idle_since > self.cfg.idle_ttl_s:
+                    self.life.stop(f"nothing to run for {self.cfg.idle_ttl_s:g} s")
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self.life.stop("interrupted")
+            else:
+                logger.exception("launcher failed: %s", exc)
+                self.life.stop(f"error: {exc}")
+                self.exit_code = 1
+        finally:
+            logger.info("stopping: %s", self.life.stop_reason)
+            try:
+                self.shutdown_jobs()
+            finally:
+                flushed = self.updater.close(timeout=60.0)
+                if not flushed:
+                    logger.error("%d status updates could not be written before the lease is released", self.updater.pending())
+                try:
+                    self.source.release()
+                except BalsamError as exc:
+                    logger.error("releasing the lease failed: %s (it will expire)", exc)
+                self.life.restore_signals()
+                logger.info("%s mode done: %s", self.mode, self.summary())
+        if self.life.signum is not None and self.exit_code == 0:
+            return 128 + self.life.signum
+        return self.exit_code

@@ -1,0 +1,477 @@
+"""The executor: starts placed tasks as processes, notices when they end, kills them on request.
+
+How a task runs depends on where it was placed and what it is:
+
+=====================================  ==========================================================================
+single rank, on this host              shell: the command itself through ``posix_spawn`` when it needs no shell,
+                                       else ``bash -c``; Python ``run()``: a warm worker (:mod:`.pyworker`)
+several ranks, or another node         the platform's MPI launch line (``launcher.mpi_launcher``) around the
+                                       command, or around ``python -m balsam.launcher.pyrun SPEC`` for Python
+an app with a ``shell_preamble()``     bash sources it first (before the MPI launcher, if any)
+=====================================  ==========================================================================
+
+Every job gets ``BALSAM_JOB_ID``, the app's ``environment_variables``, ``OMP_NUM_THREADS`` (threads per rank)
+and, when it holds GPUs, the GPU visibility variable (``launcher.gpu_env``). ``launch_params["cpu_bind"]``
+asks for CPU binding: the MPI launcher binds ranks to the job's own CPUs; a direct process is pinned to them.
+Output goes to ``<workdir>/job.out``.
+
+One thread owns an executor. :meth:`Executor.poll` sleeps in a selector on pidfds (Linux), worker sockets and
+a wake-up pipe, so an exit is noticed at once without polling; children are reaped with ``waitpid(-1)``, so
+nothing else in this process may start child processes of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import selectors
+import signal
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Set
+
+from balsam.launcher import spawn as sp
+from balsam.launcher.pyrun import MODULE as PYRUN_MODULE
+from balsam.launcher.pyworker import PyWorker, PyWorkerPool
+from balsam.launcher.resources import Placement
+from balsam.launcher.tasks import Task
+from balsam.platforms.mpi import LaunchSpec, MPILauncher
+from balsam.platforms.nodes import gpu_visibility_env
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_NAME = "job.out"
+_WAKE = object()
+_HAS_PIDFD = hasattr(os, "pidfd_open")
+NO_PIDFD_POLL_S = 0.01
+
+
+class Finished:
+    """A task that ended: how, and what the status update needs."""
+
+    __slots__ = ("job_id", "rc", "tail", "ret", "exc", "killed", "timed_out", "message", "end")
+
+    def __init__(
+        self,
+        job_id: int,
+        rc: int,
+        *,
+        tail: str = "",
+        ret: Optional[bytes] = None,
+        exc: Optional[bytes] = None,
+        killed: bool = False,
+        timed_out: bool = False,
+        message: str = "",
+    ) -> None:
+        self.job_id = job_id
+        self.rc = rc
+        self.tail = tail
+        self.ret = ret
+        self.exc = exc
+        self.killed = killed
+        """Ended at a user's request (or its lease was lost): no status update is due."""
+        self.timed_out = timed_out
+        """Ended by the launcher (wall time, shutdown): RUN_TIMEOUT."""
+        self.message = message
+        self.end = time.time()
+
+    def __repr__(self) -> str:
+        return f"Finished(job_id={self.job_id}, rc={self.rc}, killed={self.killed}, timed_out={self.timed_out})"
+
+
+class _Run:
+    __slots__ = ("task", "pid", "worker", "output", "result_path", "spec_path", "pidfd", "mpi", "kill_at", "kill_reason",
+                 "timed_out", "is_python")
+
+    def __init__(self, task: Task, output: str) -> None:
+        self.task = task
+        self.output = output
+        self.pid = 0
+        self.worker: Optional[PyWorker] = None
+        self.result_path: Optional[str] = None
+        self.spec_path: Optional[str] = None
+        self.pidfd: Optional[int] = None
+        self.mpi = False
+        self.kill_at: Optional[float] = None
+        self.kill_reason = ""
+        self.timed_out = False
+        self.is_python = task.kind == "python"
+
+
+class Executor:
+    """Runs placed tasks on behalf of one launcher (mpi mode) or one node worker (serial mode)."""
+
+    def __init__(
+        self,
+        *,
+        mpi: MPILauncher,
+        local_hosts: Set[str],
+        all_local: bool,
+        gpu_env: str,
+        env: Mapping[str, str],
+        home: str,
+        log_dir: str,
+        error_tail_num_lines: int,
+        python_exe: Optional[str],
+        pylib: Optional[Path],
+        max_workers: int,
+        kill_grace_s: float = 3.0,
+    ) -> None:
+        self.mpi = mpi
+        self.local_hosts = local_hosts
+        self.all_local = all_local
+        self.gpu_env = gpu_env
+        self.env = dict(env)
+        self.home = home
+        self.error_tail_num_lines = error_tail_num_lines
+        self.python_exe = python_exe
+        self.pylib = pylib
+        self.kill_grace_s = kill_grace_s
+        self.pool = PyWorkerPool(env=self.env, home=home, log_path=os.path.join(log_dir, "pyworkers.out"),
+                                 max_idle=max_workers, pylib=pylib)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self.runs: Dict[int, _Run] = {}
+        self._by_pid: Dict[int, _Run] = {}
+        self._done: List[Finished] = []
+        self._killing: Set[int] = set()
+        self.mpi_running = 0
+        self._pyenv: Dict[str, Dict[str, str]] = {}
+        self._registered: Set[int] = set()
+
+    # ------------------------------------------------------------------ starting
+    def is_local(self, placement: Placement) -> bool:
+        """True if the job's node is this host (it can start without an MPI launcher)."""
+        return self.all_local or (len(placement.hostnames) == 1 and placement.hostnames[0] in self.local_hosts)
+
+    def needs_mpi(self, task: Task, placement: Placement) -> bool:
+        return task.num_ranks > 1 or not self.is_local(placement)
+
+    def job_env(self, task: Task, placement: Placement) -> Dict[str, str]:
+        """The variables this job adds to the launcher's environment."""
+        env = dict(task.env)
+        env["OMP_NUM_THREADS"] = str(task.threads_per_rank)
+        if placement.gpu_ids:
+            env.update(gpu_visibility_env(self.gpu_env, placement.gpu_ids))
+        return env
+
+    def start(self, task: Task, placement: Placement) -> float:
+        """Start a task on its placement; returns the start time. A task that cannot start ends at once (its
+        Finished comes from the next :meth:`poll`, with the reason in job.out and the error tail)."""
+        now = time.time()
+        output = f"{task.workdir}/{OUTPUT_NAME}"
+        run = _Run(task, output)
+        self.runs[task.id] = run
+        try:
+            sp.make_workdir(task.workdir)
+            job_env = self.job_env(task, placement)
+            local_single = task.num_ranks == 1 and self.is_local(placement)
+            if run.is_python and local_single and not task.preamble:
+                self._start_warm(run, placement, job_env)
+                return now
+            self._start_process(run, placement, job_env, local_single)
+        except Exception as exc:
+            self._fail_start(run, exc)
+        return now
+
+    def _start_warm(self, run: _Run, placement: Placement, job_env: Dict[str, str]) -> None:
+        task = run.task
+        python = task.python_exe or self.python_exe or sys_executable()
+        worker = self.pool.get(python, tuple(placement.gpu_ids))
+        if worker.pid not in self._registered:
+            self._sel.register(worker.sock, selectors.EVENT_READ, worker)
+            self._registered.add(worker.pid)
+        cpus = list(placement.cpu_ids) if task.cpu_bind and task.cpu_bind != "none" else None
+        assert task.app is not None
+        app = (task.app[0], task.app[1], task.app[2], task.app[3])
+        run.worker = worker
+        run.pid = worker.pid
+        self.pool.submit(worker, task.id, app, task.job, task.params, job_env, cpus, run.output)
+
+    def _python_path_env(self, python: str) -> Dict[str, str]:
+        env = self._pyenv.get(python)
+        if env is None:
+            full = sp.python_env(self.env, python, self.pylib)
+            env = self._pyenv[python] = {"PYTHONPATH": full["PYTHONPATH"]} if "PYTHONPATH" in full else {}
+        return env
+
+    def _start_process(self, run: _Run, placement: Placement, job_env: Dict[str, str], local_single: bool) -> None:
+        task = run.task
+        preamble_file = None
+        if task.preamble:
+            preamble_file = f"{task.workdir}/.balsam-preamble.sh"
+            with open(preamble_file, "w") as f:
+                f.write(task.preamble + "\n")
+        if run.is_python:
+            python = task.python_exe or self.python_exe or sys_executable()
+            run.spec_path = f"{task.workdir}/.balsam-run-{task.id}.pkl"
+            run.result_path = f"{task.workdir}/.balsam-result-{task.id}.pkl"
+            try:
+                os.unlink(run.result_path)
+            except FileNotFoundError:
+                pass
+            with open(run.spec_path, "wb") as f:
+                pickle.dump({"app": task.app, "job": task.job, "params": task.params, "result": run.result_path}, f, protocol=4)
+            job_env.update(self._python_path_env(python))
+            command = sp.python_module_argv(PYRUN_MODULE, python) + [run.spec_path]
+        else:
+            command = []
+        env = dict(self.env)
+        env.update(job_env)
+        if not run.is_python:
+            simple = None if (preamble_file and local_single) else sp.simple_argv(task.command, env)
+            command = simple if simple is not None else sp.shell_argv(task.command)
+        if local_single:
+            argv = command
+            if preamble_file:
+                argv = sp.shell_argv(task.command, preamble_file) if not run.is_python else _wrap_preamble(preamble_file, command)
+        else:
+            spec = LaunchSpec(
+                command=command, num_ranks=task.num_ranks, ranks_per_node=task.ranks_per_node,
+                threads_per_rank=task.threads_per_rank, threads_per_core=task.threads_per_core,
+                cpu_bind=_bind_for(task, placement), gpus_per_rank=task.gpus_per_rank, hosts=list(placement.hostnames),
+                env=job_env, launch_params=task.launch_params,
+            )
+            launch = self.mpi.render(spec)
+            env.update(launch.env)
+            argv = launch.argv if not preamble_file else _wrap_preamble(preamble_file, launch.argv)
+            run.mpi = True
+        run.pid = sp.spawn(argv, cwd=task.workdir, env=env, output=run.output)
+        if run.mpi:
+            self.mpi_running += 1
+        self._by_pid[run.pid] = run
+        if local_single and task.cpu_bind and task.cpu_bind != "none" and placement.cpu_ids:
+            try:
+                os.sched_setaffinity(run.pid, placement.cpu_ids)
+            except (OSError, AttributeError):
+                pass
+        if _HAS_PIDFD:
+            try:
+                run.pidfd = os.pidfd_open(run.pid)
+                self._sel.register(run.pidfd, selectors.EVENT_READ, run)
+            except OSError:
+                run.pidfd = None
+
+    def _fail_start(self, run: _Run, exc: BaseException) -> None:
+        message = f"balsam: cannot start job {run.task.id}: {type(exc).__name__}: {exc}"
+        logger.warning("%s", message)
+        try:
+            with open(run.output, "a") as f:
+                f.write(message + "\n")
+        except OSError:
+            pass
+        self.runs.pop(run.task.id, None)
+        rc = 127 if isinstance(exc, FileNotFoundError) else 126
+        self._done.append(Finished(run.task.id, rc, tail=message))
+
+    # ------------------------------------------------------------------ waiting
+    def wakeup(self) -> None:
+        """Make a :meth:`poll` in another thread return now."""
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def poll(self, timeout: float) -> List[Finished]:
+        """Wait up to ``timeout`` seconds for tasks to end (or a wake-up); return those that ended."""
+        if self._done:
+            timeout = 0.0
+        elif self._by_pid and not _HAS_PIDFD:
+            timeout = min(timeout, NO_PIDFD_POLL_S)
+        if self._killing:
+            pending = [r.kill_at for r in (self.runs.get(j) for j in self._killing) if r is not None and r.kill_at is not None]
+            if pending:
+                timeout = max(0.0, min(timeout, min(pending) - time.monotonic()))
+        for key, _ in self._sel.select(max(0.0, timeout)):
+            obj = key.data
+            if obj is _WAKE:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+            elif isinstance(obj, PyWorker):
+                self._read_worker(obj)
+        self._reap()
+        if self._killing:
+            self._enforce_kills()
+        out, self._done = self._done, []
+        return out
+
+    def _read_worker(self, worker: PyWorker) -> None:
+        msgs, closed = self.pool.read(worker)
+        for msg in msgs:
+            if msg[0] != "done":
+                continue
+            _, job_id, rc, ret, exc = msg
+            run = self.runs.get(job_id)
+            if run is None or run.worker is not worker:
+                continue
+            self._finish(run, int(rc), ret=ret, exc=exc)
+            if run.kill_at is None:
+                self.pool.release(worker)
+        if closed:
+            self._unregister_worker(worker)
+
+    def _unregister_worker(self, worker: PyWorker) -> None:
+        if worker.pid in self._registered:
+            self._registered.discard(worker.pid)
+            try:
+                self._sel.unregister(worker.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            rc = os.waitstatus_to_exitcode(status)
+            run = self._by_pid.pop(pid, None)
+            if run is not None:
+                if run.pidfd is not None:
+                    try:
+                        self._sel.unregister(run.pidfd)
+                    except (KeyError, ValueError):
+                        pass
+                    os.close(run.pidfd)
+                    run.pidfd = None
+                if run.mpi:
+                    self.mpi_running -= 1
+                self._finish_process(run, rc)
+                continue
+            worker = self.pool.workers.get(pid)
+            if worker is None:
+                logger.debug("reaped a process that is not a job: pid %s, status %s", pid, rc)
+                continue
+            if worker.job_id is not None and worker.pid in self._registered:
+                self._read_worker(worker)  # its "done" may still sit in the socket
+            self._unregister_worker(worker)
+            self.pool.forget(pid)
+            job_id = worker.job_id
+            if job_id is not None and job_id in self.runs and self.runs[job_id].worker is worker:
+                run = self.runs[job_id]
+                self._finish(run, rc if rc != 0 else 1, message=f"the Python worker running this job exited ({rc})")
+
+    def _finish_process(self, run: _Run, rc: int) -> None:
+        ret = exc = None
+        if run.result_path is not None:
+            try:
+                with open(run.result_path, "rb") as f:
+                    r_rc, ret, exc = pickle.load(f)
+                if rc == 0:
+                    rc = int(r_rc)
+            except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+                if rc == 0:
+                    rc = 1
+            for path in (run.result_path, run.spec_path):
+                try:
+                    if path:
+                        os.unlink(path)
+                except OSError:
+                    pass
+            if rc != 0:
+                ret = None
+        self._finish(run, rc, ret=ret, exc=exc)
+
+    def _finish(self, run: _Run, rc: int, *, ret: Optional[bytes] = None, exc: Optional[bytes] = None, message: str = "") -> None:
+        job_id = run.task.id
+        self.runs.pop(job_id, None)
+        self._killing.discard(job_id)
+        if run.kill_at is not None:
+            self._done.append(Finished(job_id, rc, killed=not run.timed_out, timed_out=run.timed_out, message=run.kill_reason))
+            return
+        tail = ""
+        if rc != 0:
+            tail = sp.tail_lines(run.output, self.error_tail_num_lines)
+            if message:
+                tail = f"{tail}\n{message}" if tail else message
+        self._done.append(Finished(job_id, rc, tail=tail, ret=ret if rc == 0 else None, exc=exc, message=message))
+
+    # ------------------------------------------------------------------ killing
+    def kill(self, job_id: int, reason: str, *, timed_out: bool = False) -> bool:
+        """Stop a running task: SIGTERM to its process group now, SIGKILL after the grace period. Its Finished
+        says ``killed`` (no status update due) or ``timed_out`` (RUN_TIMEOUT). False if it is not running."""
+        run = self.runs.get(job_id)
+        if run is None:
+            return False
+        if run.kill_at is None:
+            run.kill_reason = reason
+            run.timed_out = timed_out
+            run.kill_at = time.monotonic() + self.kill_grace_s
+            self._killing.add(job_id)
+            sp.kill_group(run.pid, signal.SIGTERM)
+        return True
+
+    def kill_all(self, reason: str, *, timed_out: bool = True) -> None:
+        """Stop every running task (shutdown, wall time)."""
+        for job_id in list(self.runs):
+            self.kill(job_id, reason, timed_out=timed_out)
+
+    def _enforce_kills(self) -> None:
+        now = time.monotonic()
+        for job_id in list(self._killing):
+            run = self.runs.get(job_id)
+            if run is None:
+                self._killing.discard(job_id)
+            elif run.kill_at is not None and now >= run.kill_at:
+                sp.kill_group(run.pid, signal.SIGKILL)
+                run.kill_at = now + 3600.0  # killed for good; wait for the exit
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Stop the warm workers and release the selector (call once nothing runs)."""
+        for worker in list(self.pool.workers.values()):
+            self.pool.kill(worker)
+        self.pool.shutdown()
+        deadline = time.monotonic() + 2.0
+        while self.pool.workers and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.01)
+                continue
+            self.pool.forget(pid)
+        self._sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def num_running(self) -> int:
+        return len(self.runs)
+
+
+def sys_executable() -> str:
+    import sys
+
+    return sys.executable
+
+
+def _wrap_preamble(preamble_file: str, argv: List[str]) -> List[str]:
+    return [sp.SHELL, "-c", 'source "$0" && exec "$@"', preamble_file, *argv]
+
+
+def _bind_for(task: Task, placement: Placement) -> Optional[str]:
+    """The MPI launcher's binding: the job's own CPUs, split per rank, when it holds part of one node."""
+    bind = task.cpu_bind
+    if bind not in ("core", "depth", "hwthread") or len(placement.nodes) != 1 or not placement.cpu_ids:
+        return bind
+    ranks = task.num_ranks
+    cpus = list(placement.cpu_ids)
+    per = len(cpus) // ranks
+    if per < 1:
+        return bind
+    groups = [cpus[i * per : (i + 1) * per] for i in range(ranks)]
+    return "list:" + ":".join(",".join(str(c) for c in g) for g in groups)

@@ -1,0 +1,168 @@
+"""MPI mode: one process on the head node places every job on the allocation and starts it.
+
+Multi-rank and off-node jobs go through the platform's MPI launch line; single-rank jobs on this node start
+directly (the fast path for floods), Python ``run()`` jobs in warm workers. Acquisition asks for what fits:
+``max_nodes_per_job`` is the number of idle nodes, ``max_aggregate_nodes`` the free node fractions plus one
+allocation's worth held ahead (so a flood never waits on the DB), ``max_num_jobs`` the room left in that
+backlog. Jobs are placed first fit in acquisition order; a job that does not fit yet waits in the backlog
+while smaller ones behind it start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Set, Tuple
+
+from balsam.launcher.base import LauncherBase, LauncherConfig
+from balsam.launcher.executor import Executor, Finished
+from balsam.launcher.resources import Placement, Request, ResourceManager, Unplaceable
+from balsam.launcher.tasks import Task
+from balsam.launcher.transport import Transport
+
+logger = logging.getLogger("balsam.launcher")
+
+IDLE_WAIT_S = 1.0
+
+
+class MPIMode(LauncherBase):
+    """The head-node launcher."""
+
+    mode = "mpi"
+
+    def __init__(self, cfg: LauncherConfig, transport: Transport, executor: Executor, rm: ResourceManager) -> None:
+        super().__init__(cfg, transport)
+        self.executor = executor
+        self.rm = rm
+        self.backlog: Deque[Tuple[Task, Request]] = deque()
+        self.backlog_footprint = 0.0
+        self.placements: Dict[int, Placement] = {}
+        self.python_jobs: Set[int] = set()
+        self.max_backlog = max(256, self.ls.serial_prefetch_per_node * rm.num_nodes)
+
+    def wake(self) -> None:
+        self.executor.wakeup()
+
+    def busy(self) -> bool:
+        return bool(self.placements or self.backlog or self.executor.num_running)
+
+    # ------------------------------------------------------------------ one pass
+    def cycle(self) -> None:
+        self.handle(self.executor.poll(self._timeout()))
+        for job_id in self.take_rejected():
+            self.executor.kill(job_id, "its RUNNING update was refused (killed, or the lease lapsed)")
+        self.check_kills()
+        if not self.life.stopping:
+            self.fill()
+            self.start_backlog()
+
+    def _timeout(self) -> float:
+        room = self.rm.free_footprint > 0 and len(self.backlog) < self.max_backlog
+        wait = self.ls.poll_period_s if room else IDLE_WAIT_S
+        return max(0.0, min(wait, self.life.remaining_s()))
+
+    def handle(self, finished: List[Finished]) -> None:
+        for f in finished:
+            placement = self.placements.pop(f.job_id, None)
+            if placement is not None:
+                self.rm.release(placement)
+            python = f.job_id in self.python_jobs
+            self.python_jobs.discard(f.job_id)
+            self.reporter.finished(f, python=python)
+
+    def check_kills(self) -> None:
+        for job_id in self.killed_among(list(self.placements)):
+            logger.info("job %s was killed at the site: stopping it", job_id)
+            self.executor.kill(job_id, "killed by the user")
+
+    # ------------------------------------------------------------------ acquisition and starting
+    def fill(self) -> None:
+        """Acquire jobs while there is room in the backlog."""
+        room_jobs = self.max_backlog - len(self.backlog)
+        budget = self.rm.free_footprint + self.rm.num_nodes - self.backlog_footprint
+        if room_jobs < max(1, self.max_backlog // 2) and self.backlog:
+            return
+        if budget <= 1e-9 or room_jobs <= 0:
+            return
+        idle = not self.busy()
+        if not self.should_acquire(idle):
+            return
+        jobs = self.acquire(room_jobs, idle=idle, max_nodes_per_job=max(1, self.rm.idle_nodes), max_aggregate_nodes=budget)
+        if not jobs:
+            return
+        for _job, task in self.tasks_for(jobs):
+            try:
+                exclusive = task.num_ranks > 1 and not self.ls.mpirun_allows_node_packing
+                req = self.rm.request(task.num_nodes, task.ranks_per_node, task.threads_per_rank, task.threads_per_core,
+                                      task.gpus_per_rank, task.node_packing_count, exclusive=exclusive)
+            except Unplaceable as exc:
+                self.fail(task.id, str(exc))
+                continue
+            self.backlog.append((task, req))
+            self.backlog_footprint += req.footprint
+
+    def start_backlog(self) -> None:
+        """Start every backlog job that fits now, in order."""
+        if not self.backlog:
+            return
+        failed: Set[Request] = set()
+        keep: Deque[Tuple[Task, Request]] = deque()
+        remaining_s = self.life.remaining_s()
+        mpi_room = self.ls.max_concurrent_mpiruns - self.executor.mpi_running
+        while self.backlog:
+            task, req = self.backlog.popleft()
+            if req in failed or (task.wall_time_min and task.wall_time_min * 60.0 > remaining_s):
+                keep.append((task, req))
+                continue
+            if task.num_ranks > 1 and mpi_room <= 0:
+                keep.append((task, req))
+                continue
+            placement = self.rm.place(req)
+            if placement is None:
+                failed.add(req)
+                keep.append((task, req))
+                continue
+            self.backlog_footprint -= req.footprint
+            if self.executor.needs_mpi(task, placement):
+                mpi_room -= 1
+            self.placements[task.id] = placement
+            if task.kind == "python":
+                self.python_jobs.add(task.id)
+            started = self.executor.start(task, placement)
+            self.reporter.running(task.id, started)
+        self.backlog = keep
+        if not keep:
+            self.backlog_footprint = 0.0
+
+    # ------------------------------------------------------------------ stopping
+    def drop_all(self, reason: str) -> None:
+        for job_id in list(self.placements):
+            self.executor.kill(job_id, reason)
+        self.backlog.clear()
+        self.backlog_footprint = 0.0
+
+    def shutdown_jobs(self) -> None:
+        reason = self.life.stop_reason or "the launcher stopped"
+        self.backlog.clear()
+        if self.executor.num_running:
+            logger.info("stopping %d running jobs (%s)", self.executor.num_running, reason)
+            self.executor.kill_all(f"the launcher stopped: {reason}", timed_out=True)
+        deadline = time.monotonic() + self.cfg.kill_grace_s + 10.0
+        while self.executor.num_running and time.monotonic() < deadline:
+            self.handle(self.executor.poll(0.1))
+        self.handle(self.executor.poll(0.0))
+        for job_id in list(self.placements):  # still not gone: report them anyway
+            self.reporter.finished(Finished(job_id, -9, timed_out=True, message=f"the launcher stopped: {reason}"))
+            self.placements.pop(job_id, None)
+        self.executor.close()
+
+
+def build(cfg: LauncherConfig, transport: Transport, **executor_args: Any) -> MPIMode:
+    """An MPI-mode launcher for ``cfg``'s nodes."""
+    from balsam.launcher.nodes import make_executor, make_resource_manager
+
+    rm = make_resource_manager(cfg)
+    executor = make_executor(cfg, **executor_args)
+    logger.info("mpi mode on %s", rm.describe())
+    return MPIMode(cfg, transport, executor, rm)

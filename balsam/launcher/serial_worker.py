@@ -1,0 +1,260 @@
+"""Serial mode's node worker: runs the tasks the master sends on one node, with its own resource manager.
+
+The worker keeps up to ``prefetch`` tasks queued: when its queue and outstanding requests fall below half of
+that, it asks the master for more (``want`` counts new tasks, so a request is never double-counted). Each
+loop it starts whatever fits the node (first fit, packing by ``node_packing_count``), waits for processes to
+end or messages to arrive, and reports started and finished jobs in one message.
+
+On the launcher's own node with a single node, the worker runs in a thread of the launcher process; on other
+nodes it is ``python -m balsam.launcher.serial_worker``, started by the platform's MPI launcher with one rank
+per node (or one process per node with the ``local`` launcher), connecting back over TCP (see
+:mod:`balsam.launcher.links`). SIGTERM to a worker process stops its jobs (RUN_TIMEOUT) and reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from balsam.launcher.executor import Executor, Finished
+from balsam.launcher.resources import Placement, Request, ResourceManager, Unplaceable
+from balsam.launcher.tasks import Task
+
+logger = logging.getLogger("balsam.launcher.worker")
+
+MODULE = "balsam.launcher.serial_worker"
+Message = Dict[str, Any]
+
+
+def finished_to_wire(f: Finished) -> Message:
+    return {"id": f.job_id, "rc": f.rc, "tail": f.tail, "ret": f.ret, "exc": f.exc, "killed": f.killed,
+            "timed_out": f.timed_out, "message": f.message, "end": f.end}
+
+
+def finished_from_wire(d: Message) -> Finished:
+    f = Finished(int(d["id"]), int(d["rc"]), tail=d.get("tail") or "", ret=d.get("ret"), exc=d.get("exc"),
+                 killed=bool(d.get("killed")), timed_out=bool(d.get("timed_out")), message=d.get("message") or "")
+    f.end = float(d.get("end") or f.end)
+    return f
+
+
+class SerialWorker:
+    """One node's worker loop (see the module docstring)."""
+
+    def __init__(self, send: Callable[[Message], None], executor: Executor, rm: ResourceManager, *, prefetch: int,
+                 allows_packing: bool = True) -> None:
+        self.send = send
+        self.executor = executor
+        self.rm = rm
+        self.prefetch = max(1, prefetch)
+        self.allows_packing = allows_packing
+        self.inbox: "queue.SimpleQueue[Message]" = queue.SimpleQueue()
+        self.queue: Deque[Tuple[Task, Request]] = deque()
+        self.placements: Dict[int, Placement] = {}
+        self.requested = 0
+        self.deadline: Optional[float] = None
+        self.stopping: Optional[str] = None
+
+    def deliver(self, msg: Message) -> None:
+        """A message from the master (any thread)."""
+        self.inbox.put(msg)
+        self.executor.wakeup()
+
+    def stop(self, reason: str) -> None:
+        self.deliver({"t": "exit", "reason": reason})
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        started: List[List[Any]] = []
+        done: List[Message] = []
+        failed: List[List[Any]] = []
+        try:
+            while True:
+                self._read_inbox(done, failed)
+                if self.stopping is not None:
+                    break
+                self._start(started)
+                want = self._want()
+                if started or done or failed or want:
+                    self.send({"t": "status", "started": started, "done": done, "failed": failed, "want": want})
+                    started, done, failed = [], [], []
+                timeout = 1.0 if self.executor.num_running or not self.queue else 0.05
+                for f in self.executor.poll(timeout):
+                    self._release(f.job_id)
+                    done.append(finished_to_wire(f))
+            self._shutdown(done, started)
+        finally:
+            self.executor.close()
+
+    def _read_inbox(self, done: List[Message], failed: List[List[Any]]) -> None:
+        while True:
+            try:
+                msg = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            kind = msg.get("t")
+            if kind == "jobs":
+                tasks = msg["tasks"]
+                self.requested = max(0, self.requested - len(tasks))
+                if msg.get("remaining_s") is not None:
+                    self.deadline = time.monotonic() + float(msg["remaining_s"])
+                for wire in tasks:
+                    task = wire if isinstance(wire, Task) else Task.from_wire(wire)
+                    try:
+                        exclusive = task.num_ranks > 1 and not self.allows_packing
+                        req = self.rm.request(1, task.ranks_per_node, task.threads_per_rank, task.threads_per_core,
+                                              task.gpus_per_rank, task.node_packing_count, exclusive=exclusive)
+                    except Unplaceable as exc:
+                        failed.append([task.id, str(exc)])
+                        continue
+                    self.queue.append((task, req))
+            elif kind == "kill":
+                ids = set(msg["ids"])
+                for job_id in ids:
+                    if not self.executor.kill(job_id, "killed by the user"):
+                        before = len(self.queue)
+                        self.queue = deque(x for x in self.queue if x[0].id != job_id)
+                        if len(self.queue) != before:
+                            done.append(finished_to_wire(Finished(job_id, -9, killed=True, message="killed before it started")))
+            elif kind == "exit":
+                self.stopping = str(msg.get("reason") or "the launcher stopped")
+
+    def _start(self, started: List[List[Any]]) -> None:
+        if not self.queue:
+            return
+        failed_reqs: Set[Request] = set()
+        keep: Deque[Tuple[Task, Request]] = deque()
+        remaining = None if self.deadline is None else self.deadline - time.monotonic()
+        while self.queue:
+            task, req = self.queue.popleft()
+            if req in failed_reqs or (remaining is not None and task.wall_time_min and task.wall_time_min * 60 > remaining):
+                keep.append((task, req))
+                continue
+            placement = self.rm.place(req)
+            if placement is None:
+                failed_reqs.add(req)
+                keep.append((task, req))
+                continue
+            self.placements[task.id] = placement
+            started.append([task.id, self.executor.start(task, placement)])
+        self.queue = keep
+
+    def _want(self) -> int:
+        have = len(self.queue) + self.requested
+        if self.stopping is None and have < max(1, self.prefetch // 2):
+            more = self.prefetch - len(self.queue) - self.requested
+            if more > 0:
+                self.requested += more
+                return more
+        return 0
+
+    def _release(self, job_id: int) -> None:
+        placement = self.placements.pop(job_id, None)
+        if placement is not None:
+            self.rm.release(placement)
+
+    def _shutdown(self, done: List[Message], started: List[List[Any]]) -> None:
+        reason = self.stopping or "the launcher stopped"
+        self.queue.clear()
+        self.executor.kill_all(f"the launcher stopped: {reason}", timed_out=True)
+        deadline = time.monotonic() + self.executor.kill_grace_s + 10.0
+        while self.executor.num_running and time.monotonic() < deadline:
+            for f in self.executor.poll(0.1):
+                self._release(f.job_id)
+                done.append(finished_to_wire(f))
+        for f in self.executor.poll(0.0):
+            done.append(finished_to_wire(f))
+        self.send({"t": "status", "started": started, "done": done, "failed": [], "want": 0})
+        self.send({"t": "bye"})
+
+
+# --------------------------------------------------------------------------------------------- process entry
+def _rank() -> int:
+    from balsam.launcher.pyrun import current_rank
+
+    return current_rank()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m balsam.launcher.serial_worker --site ROOT --master HOST:PORT --secret-file F [--node-index I]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description="Balsam serial-mode node worker (started by the launcher)")
+    parser.add_argument("--site", required=True)
+    parser.add_argument("--master", required=True)
+    parser.add_argument("--secret-file", required=True)
+    parser.add_argument("--node-index", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    from balsam.launcher import links
+    from balsam.launcher.base import LauncherConfig
+    from balsam.launcher.nodes import make_executor
+    from balsam.launcher.spawn import set_home
+    from balsam.platforms.nodes import ComputeNode
+    from balsam.settings import load_settings
+    from balsam.site import SiteLayout, this_host
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(process)d: %(message)s")
+    root = Path(args.site).resolve()
+    settings = load_settings(SiteLayout(root).settings_path)
+    secret = Path(args.secret_file).read_bytes()
+    host = this_host()
+    hello = {"host": host, "short": socket.gethostname().split(".", 1)[0], "rank": _rank(), "index": args.node_index, "pid": os.getpid()}
+    sock, sender, welcome = links.connect(args.master, secret, hello)
+    spec = welcome["node"]
+    node = ComputeNode(str(spec["hostname"]), tuple(spec["cpu_ids"]), tuple(spec["gpu_ids"]))
+    set_home(root)
+    cfg = LauncherConfig(root=root, settings=settings, job_mode="serial", wall_time_min=float(welcome.get("wall_time_min", 1e6)),
+                         host=node.hostname, nodes=[node])
+    executor = make_executor(cfg, [node])
+    executor.all_local = True
+    rm = ResourceManager([(node.hostname, node.cpu_ids, node.gpu_ids)])
+    worker = SerialWorker(lambda m: sender.send(links.encode(m)), executor, rm,
+                          prefetch=settings.launcher.serial_prefetch_per_node,
+                          allows_packing=settings.launcher.mpirun_allows_node_packing)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        worker.stop(f"the node worker received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def reader() -> None:
+        from balsam.launcher.wire import recv_frame
+
+        try:
+            while True:
+                data = recv_frame(sock)
+                if data is None:
+                    break
+                worker.deliver(links.decode(data))
+        except (OSError, ValueError):
+            pass
+        worker.stop("the connection to the master closed")
+
+    import threading
+
+    threading.Thread(target=reader, name="balsam-worker-link", daemon=True).start()
+    logger.info("node worker %s on %s: %d CPUs, %d GPUs", welcome["index"], node.hostname, len(node.cpu_ids), len(node.gpu_ids))
+    try:
+        worker.run()
+    except OSError as exc:
+        logger.error("node worker stopped: %s", exc)
+        return 1
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Starting processes fast: ``posix_spawn`` in the job's directory, output to a file, its own session.
+
+Measured on the 2-core machine kind (3,000 ``true`` in their own directories, output to a file, two at a
+time): ``os.posix_spawn`` 2,200-2,600/s, ``subprocess.Popen`` 1,500-1,850/s, ``/bin/sh -c 'cd D && exec
+true'`` through posix_spawn 1,400/s. ``posix_spawn`` has no "change directory" action in Python, so
+:func:`spawn` changes this process's working directory around the call, under a lock. The launcher uses
+absolute paths everywhere and removes the working directory from ``sys.path``, so nothing else depends on it.
+
+Each job runs in its own session (``setsid``): signals to the launcher's terminal do not reach it, and the
+launcher kills it and everything it started with one ``killpg``.
+
+Also here: how to run a Balsam module in a new interpreter (``python -m balsam.launcher.X``, from the zipapp
+when Balsam runs from one) and how to read the tail of a job's output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from balsam.runtime import zipapp_path
+
+_lock = threading.Lock()
+_which_cache: Dict[Tuple[str, str], Optional[str]] = {}
+_home = "/"
+# Python ignores SIGPIPE and SIGXFSZ; a launcher may ignore others. Jobs start with the defaults.
+_SIGDEF = tuple(
+    s for s in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None), signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    if s is not None
+)
+OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+
+# Words that need a shell: anything but plain words and single-quoted strings (what shlex.quote produces).
+_SAFE = re.compile(r"^(?:[A-Za-z0-9_@%+=:,./-]+|'[^']*')+$")
+_SPLIT = re.compile(r"'[^']*'|[^\s']+|\s+")
+
+
+def set_home(path: Path) -> None:
+    """The directory this process returns to after each spawn (the site root), and drop the working directory
+    from ``sys.path`` so an import in another thread never looks into a job's directory."""
+    global _home
+    _home = str(path)
+    while "" in sys.path:
+        sys.path.remove("")
+    os.chdir(_home)
+
+
+def which(name: str, env: Mapping[str, str]) -> Optional[str]:
+    """``name`` resolved on the job's PATH (cached), or None."""
+    path = env.get("PATH", os.defpath)
+    key = (name, path)
+    hit = _which_cache.get(key, False)
+    if hit is False:
+        hit = _which_cache[key] = shutil.which(name, path=path)
+    return hit  # type: ignore[return-value]
+
+
+def simple_argv(command: str, env: Mapping[str, str]) -> Optional[List[str]]:
+    """The argv of a command that needs no shell: plain words and single-quoted strings, whose first word is
+    a program (not a builtin, keyword or variable assignment). None means "run it through bash"."""
+    if "\n" in command or "\r" in command:
+        return None
+    tokens = _SPLIT.findall(command)
+    if sum(len(t) for t in tokens) != len(command):
+        return None  # an unbalanced quote: the shell reports it
+    words: List[str] = []
+    current = ""
+    for token in tokens:
+        if token.isspace():
+            if current:
+                words.append(current)
+                current = ""
+            continue
+        if token[0] == "'":
+            current += token[1:-1]
+        else:
+            if not _SAFE.match(token):
+                return None
+            current += token
+    if current:
+        words.append(current)
+    if not words or "=" in command.split(None, 1)[0]:
+        return None
+    if "/" not in words[0] and which(words[0], env) is None:
+        return None  # a builtin (cd, source, exit...) or a missing program: let the shell say so
+    return words
+
+
+def shell_argv(command: str, preamble_file: Optional[str] = None) -> List[str]:
+    """``bash -c`` running ``command``, after sourcing ``preamble_file`` if given."""
+    if preamble_file:
+        return [SHELL, "-c", 'source "$0" && eval "$1"', preamble_file, command]
+    return [SHELL, "-c", command]
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    output: str,
+    append: bool = False,
+    pass_fds: Sequence[int] = (),
+) -> int:
+    """Start ``argv`` in ``cwd`` with stdout and stderr to ``output`` (truncated unless ``append``) and stdin
+    from /dev/null, in its own session; returns its pid. Raises OSError if the program cannot be started.
+
+    ``pass_fds`` are made inheritable for this one spawn (for the launcher's own helper processes).
+    """
+    program = argv[0]
+    if "/" not in program:
+        found = which(program, env)
+        if found is None:
+            raise FileNotFoundError(2, f"{program}: command not found")
+        program = found
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, output, APPEND_FLAGS if append else OUT_FLAGS, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    with _lock:
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)
+        try:
+            os.chdir(cwd)
+            return os.posix_spawn(program, list(argv), env, file_actions=actions, setsid=True, setsigdef=_SIGDEF)
+        finally:
+            for fd in pass_fds:
+                os.set_inheritable(fd, False)
+            try:
+                os.chdir(_home)
+            except OSError:
+                pass
+
+
+def make_workdir(path: str) -> None:
+    """Create a job's workdir (and its parents) if missing."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+
+
+def tail_lines(path: str, num_lines: int, max_bytes: int = 65536) -> str:
+    """The last ``num_lines`` lines of a file ("" if it is missing)."""
+    if num_lines <= 0:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-num_lines:])
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Signal a job's whole process group (it leads its own session); a vanished group is fine."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# --------------------------------------------------------------------------------------------- Balsam helpers
+def _package_dir() -> Path:
+    import balsam
+
+    return Path(balsam.__file__).resolve().parent
+
+
+def python_module_argv(module: str, python: Optional[str] = None) -> List[str]:
+    """argv running a Balsam module (``python -m balsam.launcher.X``) in ``python`` (default: this interpreter)."""
+    return [python or sys.executable, "-m", module]
+
+
+def python_env(base: Mapping[str, str], python: Optional[str], pylib: Optional[Path] = None) -> Dict[str, str]:
+    """The environment in which ``python -m balsam...`` finds this Balsam.
+
+    From the zipapp: the archive goes on PYTHONPATH. From a source tree or an install: this interpreter gets
+    the package's parent directory (as ``balsam.runtime`` does); another interpreter (an app's ``python_exe``)
+    gets ``pylib``, a directory holding only a link to the ``balsam`` package, so it does not see this
+    interpreter's other packages.
+    """
+    env = dict(base)
+    archive = zipapp_path()
+    if archive is not None:
+        entry = str(archive)
+    elif python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
+        entry = str(_package_dir().parent)
+    else:
+        entry = str(pylib_dir(pylib)) if pylib is not None else str(_package_dir().parent)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if entry not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([entry, *paths])
+    return env
+
+
+def pylib_dir(path: Path) -> Path:
+    """Make ``path`` a directory whose only entry is a link to the ``balsam`` package (idempotent)."""
+    link = path / "balsam"
+    target = _package_dir()
+    try:
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            return path
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / f".balsam.{os.getpid()}"
+        if tmp.is_symlink():
+            tmp.unlink()
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+    except OSError:
+        return target.parent
+    return path
