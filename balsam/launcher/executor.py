@@ -142,6 +142,11 @@ class Executor:
         self.mpi_running = 0
         self._pyenv: Dict[str, Dict[str, str]] = {}
         self._registered: Set[int] = set()
+        self.workdirs = sp.WorkdirMaker()
+
+    def prepare(self, tasks: List[Task]) -> None:
+        """Create these tasks' workdirs in the background (they will start soon)."""
+        self.workdirs.prepare([t.workdir for t in tasks])
 
     # ------------------------------------------------------------------ starting
     def is_local(self, placement: Placement) -> bool:
@@ -167,7 +172,7 @@ class Executor:
         run = _Run(task, output)
         self.runs[task.id] = run
         try:
-            sp.make_workdir(task.workdir)
+            self.workdirs.ensure(task.workdir)
             job_env = self.job_env(task, placement)
             local_single = task.num_ranks == 1 and self.is_local(placement)
             if run.is_python and local_single and not task.preamble:
@@ -428,6 +433,7 @@ class Executor:
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
         """Stop the warm workers and release the selector (call once nothing runs)."""
+        self.workdirs.close()
         for worker in list(self.pool.workers.values()):
             self.pool.kill(worker)
         self.pool.shutdown()

@@ -78,11 +78,12 @@ class MPIMode(LauncherBase):
 
     # ------------------------------------------------------------------ acquisition and starting
     def fill(self) -> None:
-        """Acquire jobs while there is room in the backlog."""
-        room_jobs = self.max_backlog - len(self.backlog)
-        budget = self.rm.free_footprint + self.rm.num_nodes - self.backlog_footprint
-        if room_jobs < max(1, self.max_backlog // 2) and self.backlog:
+        """Acquire jobs when the backlog is down to half of what it may hold (by count and by footprint)."""
+        target = self.rm.free_footprint + self.rm.num_nodes
+        if self.backlog and (len(self.backlog) > self.max_backlog // 2 or self.backlog_footprint > target / 2):
             return
+        budget = target - self.backlog_footprint
+        room_jobs = self.max_backlog - len(self.backlog)
         if budget <= 1e-9 or room_jobs <= 0:
             return
         idle = not self.busy()
@@ -91,6 +92,7 @@ class MPIMode(LauncherBase):
         jobs = self.acquire(room_jobs, idle=idle, max_nodes_per_job=max(1, self.rm.idle_nodes), max_aggregate_nodes=budget)
         if not jobs:
             return
+        added = []
         for _job, task in self.tasks_for(jobs):
             try:
                 exclusive = task.num_ranks > 1 and not self.ls.mpirun_allows_node_packing
@@ -101,27 +103,27 @@ class MPIMode(LauncherBase):
                 continue
             self.backlog.append((task, req))
             self.backlog_footprint += req.footprint
+            added.append(task)
+        self.executor.prepare(added)
 
     def start_backlog(self) -> None:
-        """Start every backlog job that fits now, in order."""
-        if not self.backlog:
+        """Start backlog jobs that fit now, in order (skipping shapes that already failed to fit this pass)."""
+        if not self.backlog or not self.rm.has_room:
             return
         failed: Set[Request] = set()
-        keep: Deque[Tuple[Task, Request]] = deque()
+        skipped: List[Tuple[Task, Request]] = []
         remaining_s = self.life.remaining_s()
         mpi_room = self.ls.max_concurrent_mpiruns - self.executor.mpi_running
-        while self.backlog:
-            task, req = self.backlog.popleft()
-            if req in failed or (task.wall_time_min and task.wall_time_min * 60.0 > remaining_s):
-                keep.append((task, req))
-                continue
-            if task.num_ranks > 1 and mpi_room <= 0:
-                keep.append((task, req))
+        backlog = self.backlog
+        while backlog and self.rm.has_room:
+            task, req = backlog.popleft()
+            if req in failed or (task.wall_time_min and task.wall_time_min * 60.0 > remaining_s) or (task.num_ranks > 1 and mpi_room <= 0):
+                skipped.append((task, req))
                 continue
             placement = self.rm.place(req)
             if placement is None:
                 failed.add(req)
-                keep.append((task, req))
+                skipped.append((task, req))
                 continue
             self.backlog_footprint -= req.footprint
             if self.executor.needs_mpi(task, placement):
@@ -131,8 +133,9 @@ class MPIMode(LauncherBase):
                 self.python_jobs.add(task.id)
             started = self.executor.start(task, placement)
             self.reporter.running(task.id, started)
-        self.backlog = keep
-        if not keep:
+        if skipped:
+            backlog.extendleft(reversed(skipped))
+        if not backlog:
             self.backlog_footprint = 0.0
 
     # ------------------------------------------------------------------ stopping

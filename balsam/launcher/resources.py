@@ -32,9 +32,10 @@ class Unplaceable(LauncherError):
     """A job that no node of this launcher could ever hold (it fails instead of waiting forever)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Request:
-    """What one job needs, checked once against the node shape."""
+    """What one job needs, checked once against the node shape. Requests are interned per resource manager
+    (one object per shape), so they compare and hash by identity: cheap in the placement loop."""
 
     num_nodes: int
     cpus: int
@@ -122,6 +123,7 @@ class ResourceManager:
         self._open: List[int] = [n.index for n in self.nodes if n.has_room]
         self.max_cpus = max(len(n.cpu_ids) for n in self.nodes)
         self.max_gpus = max(len(n.gpu_ids) for n in self.nodes)
+        self._requests: Dict[Tuple[int, int, int, int, float, int, bool], Request] = {}
 
     # ------------------------------------------------------------------ requests
     def request(
@@ -135,6 +137,22 @@ class ResourceManager:
         exclusive: bool = False,
     ) -> Request:
         """What a job with these resources needs here; Unplaceable if it can never fit."""
+        key = (num_nodes, ranks_per_node, threads_per_rank, threads_per_core, gpus_per_rank, node_packing_count, exclusive)
+        req = self._requests.get(key)
+        if req is None:
+            req = self._requests[key] = self._request(*key)
+        return req
+
+    def _request(
+        self,
+        num_nodes: int,
+        ranks_per_node: int,
+        threads_per_rank: int,
+        threads_per_core: int,
+        gpus_per_rank: float,
+        node_packing_count: int,
+        exclusive: bool,
+    ) -> Request:
         num_nodes = max(1, int(num_nodes))
         if num_nodes > len(self.nodes):
             raise Unplaceable(f"needs {num_nodes} nodes; this launcher has {len(self.nodes)}")
@@ -235,6 +253,11 @@ class ResourceManager:
     @property
     def busy(self) -> bool:
         return any(n.num_jobs for n in self.nodes)
+
+    @property
+    def has_room(self) -> bool:
+        """False when no node can take any job (every node full)."""
+        return bool(self._open)
 
     def describe(self) -> str:
         """One line for the log: nodes, CPUs and GPUs."""

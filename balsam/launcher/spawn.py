@@ -151,6 +151,50 @@ def make_workdir(path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+class WorkdirMaker:
+    """Creates workdirs ahead of time on a helper thread (``mkdir`` costs ~0.2 ms and releases the GIL), so the
+    thread that spawns jobs rarely waits for one. :meth:`ensure` creates a workdir the helper has not reached."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: "queue.SimpleQueue[Optional[str]]" = queue.SimpleQueue()
+        self._ready: set = set()  # type: ignore[type-arg]
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def prepare(self, paths: Sequence[str]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="balsam-workdirs", daemon=True)
+            self._thread.start()
+        for p in paths:
+            self._queue.put(p)
+
+    def _run(self) -> None:
+        while True:
+            path = self._queue.get()
+            if path is None:
+                return
+            try:
+                make_workdir(path)
+            except OSError:
+                continue  # ensure() will report it
+            with self._lock:
+                self._ready.add(path)
+
+    def ensure(self, path: str) -> None:
+        with self._lock:
+            if path in self._ready:
+                self._ready.discard(path)
+                return
+        make_workdir(path)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
+
+
 def tail_lines(path: str, num_lines: int, max_bytes: int = 65536) -> str:
     """The last ``num_lines`` lines of a file ("" if it is missing)."""
     if num_lines <= 0:
