@@ -61,14 +61,11 @@ def app_module_name(site_id: int, app_id: int, version: int) -> str:
 
 
 def load_app(source: str, class_name: str, module_name: str) -> type:
-    """The app class from its stored source (AppError if it does not load)."""
+    """The app class from its stored source (AppError if it does not load). Always executes the source: callers
+    cache per app version."""
     from balsam._api.app import ApplicationDefinition
     from balsam._api.appsource import load_source
 
-    cls = sys.modules.get(module_name)
-    found = getattr(cls, class_name, None) if cls is not None else None
-    if isinstance(found, type):
-        return found
     return load_source(source, class_name, module_name, ApplicationDefinition)
 
 

@@ -35,8 +35,8 @@ class ChannelClient:
     def __init__(self, layout: SiteLayout, *, retry_s: float = 120.0) -> None:
         self.layout = layout
         self.retry_s = retry_s
-        self.secret = read_secret(layout.state / SECRET_FILE)
         self._info = read_address(layout.state)
+        self.secret = read_secret(layout.state / SECRET_FILE)
         self._local = threading.local()
         self._host_index = 0
 

@@ -269,7 +269,7 @@ class ChannelServer:
         tmp = path.with_name(f".{CHANNEL_FILE}.{os.getpid()}")
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, path)
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="balsam-channel", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="balsam-channel", daemon=True)
         self._thread.start()
         logger.info("channel listening on port %d (published in %s)", self.port, path)
         return self

@@ -1,0 +1,177 @@
+"""How a launcher stops, and what happens to its jobs: idle TTL, wall time, SIGTERM/SIGINT, jobs killed by the
+user while they run, a lease lost at the site, and kill -9 of the launcher itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+from tests.launcher_support import (
+    configure,
+    events,
+    job_row,
+    kill_quietly,
+    pid_alive,
+    read_pid,
+    run,
+    runnable,
+    set_state,
+    start,
+    states,
+    wait_for,
+)
+
+MODES = ["mpi", "serial"]
+
+
+@pytest.fixture
+def sleeper(site: Any) -> Any:
+    """A shell app that records its pid in ``pid`` and sleeps."""
+    from balsam.api import ApplicationDefinition
+
+    class Sleeper(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo $$ > pid; exec sleep {{ seconds }}"
+
+    Sleeper.sync()
+    return Sleeper
+
+
+@pytest.fixture
+def pids() -> Iterator[List[int]]:
+    """Job pids to kill at the end, whatever happened."""
+    out: List[int] = []
+    yield out
+    for pid in out:
+        kill_quietly(pid)
+
+
+def sessions(store: Any) -> int:
+    return int(store.execute("SELECT count(*) FROM session")[0][0])
+
+
+def test_idle_launcher_stops_after_idle_ttl(site: Any) -> None:
+    t0 = time.monotonic()
+    assert run(site, "mpi", idle_ttl_s=0.3) == 0
+    assert time.monotonic() - t0 < 5
+    assert sessions(site.store) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wall_time_times_out_running_jobs_and_skips_long_ones(site: Any, sleeper: Any, pids: List[int], mode: str) -> None:
+    running = sleeper.submit("wall/run", seconds=60, node_packing_count=2)
+    too_long = sleeper.submit("wall/long", seconds=1, wall_time_min=5, node_packing_count=2)
+    ids = runnable(site.store, [running, too_long])
+    t0 = time.monotonic()
+    assert run(site, mode, wall_time_min=0.04, idle_ttl_s=30) == 0  # 2.4 s, stops 0.5 s early
+    elapsed = time.monotonic() - t0
+    assert 1.5 < elapsed < 8, elapsed
+    pids.append(read_pid(site.path, "wall/run"))
+    assert states(site.store, ids) == {ids[0]: "RUN_TIMEOUT", ids[1]: "PREPROCESSED"}
+    assert job_row(site.store, ids[1])["session_id"] is None
+    assert "wall time" in events(site.store, ids[0])[-1]["data"]["message"]
+    assert not pid_alive(pids[0])
+
+
+@pytest.mark.parametrize("mode,sig", [("mpi", signal.SIGTERM), ("serial", signal.SIGTERM), ("mpi", signal.SIGINT)])
+def test_signals_stop_jobs_flush_and_release(site: Any, sleeper: Any, pids: List[int], mode: str, sig: int) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Quick(ApplicationDefinition):
+        site = "test-site"
+        command_template = "true"
+
+    slow = sleeper.submit("sig/slow", seconds=60, node_packing_count=2)
+    quick = [Quick.submit(f"sig/q{i}", node_packing_count=2) for i in range(3)]
+    ids = runnable(site.store, [slow, *quick])
+    proc = start(site.path, mode)
+    pids.append(read_pid(site.path, "sig/slow"))
+    wait_for(lambda: list(states(site.store, ids[1:]).values()) == ["RUN_DONE"] * 3, what="quick jobs done")
+    proc.send_signal(sig)
+    assert proc.wait(timeout=20) == 128 + sig
+    assert states(site.store, ids) == {ids[0]: "RUN_TIMEOUT", **{i: "RUN_DONE" for i in ids[1:]}}
+    assert sessions(site.store) == 0
+    assert not pid_alive(pids[0]), "the job's process was killed"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_user_kill_stops_the_running_process(site: Any, sleeper: Any, pids: List[int], mode: str) -> None:
+    a = sleeper.submit("kill/a", seconds=60, node_packing_count=2)
+    b = sleeper.submit("kill/b", seconds=0.5, node_packing_count=2)
+    ids = runnable(site.store, [a, b])
+    proc = start(site.path, mode, idle_ttl_s=0.5)
+    try:
+        pid = read_pid(site.path, "kill/a")
+        pids.append(pid)
+        wait_for(lambda: states(site.store, [ids[0]])[ids[0]] == "RUNNING", what="RUNNING written")
+        set_state(site.store, ids[0], "USER_KILLED", message="no longer needed")
+        wait_for(lambda: not pid_alive(pid), timeout=5, what="the killed job's process to end")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert states(site.store, ids) == {ids[0]: "USER_KILLED", ids[1]: "RUN_DONE"}
+    assert [e["to"] for e in events(site.store, ids[0])][-1] == "USER_KILLED", "nothing was written after the kill"
+
+
+def test_lost_lease_stops_its_jobs_and_the_launcher_goes_on(site: Any, sleeper: Any, hello: Any, pids: List[int]) -> None:
+    from balsam.db import sessions as db_sessions
+
+    configure(site.path, session={"heartbeat_period_s": 0.2})
+    [slow] = runnable(site.store, [sleeper.submit("lease/slow", seconds=60)])
+    proc = start(site.path, "mpi", idle_ttl_s=1.0)
+    try:
+        pid = read_pid(site.path, "lease/slow")
+        pids.append(pid)
+        wait_for(lambda: states(site.store, [slow])[slow] == "RUNNING", what="RUNNING written")
+        sid = job_row(site.store, slow)["session_id"]
+        with site.store.write() as conn:  # what the agent does to a lease that stopped beating
+            db_sessions.release(conn, sid, message="session expired")
+        wait_for(lambda: not pid_alive(pid), timeout=5, what="the job of the lost lease to be stopped")
+        [later] = runnable(site.store, [hello.submit("lease/later", say_hello_to="again")])
+        wait_for(lambda: states(site.store, [later])[later] == "RUN_DONE", timeout=10, what="a job under the new lease")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert states(site.store, [slow]) == {slow: "RUN_TIMEOUT"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_9_loses_nothing(site: Any, sleeper: Any, pids: List[int], mode: str) -> None:
+    from balsam.db.jobsource import JobSource
+    from balsam.site import this_host
+
+    jobs = [sleeper.submit(f"k9/{i}", seconds=60) for i in range(3)]  # one node, whole-node jobs: one runs
+    ids = runnable(site.store, jobs)
+    proc = start(site.path, mode)
+    wait_for(lambda: "RUNNING" in states(site.store, ids).values(), what="a job RUNNING")
+    running = [j for j, s in states(site.store, ids).items() if s == "RUNNING"]
+    pids.append(read_pid(site.path, f"k9/{ids.index(running[0])}"))
+    held = [r[0] for r in site.store.execute("SELECT id FROM job WHERE session_id IS NOT NULL")]
+    assert len(held) >= 2, "the launcher holds a running job and at least one waiting"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Any process on this host that opens a lease (the agent, another launcher) releases the dead one at once.
+    JobSource(site.store, host=this_host()).start().release()
+    after = states(site.store, ids)
+    assert [after[j] for j in running] == ["RUN_TIMEOUT"]
+    assert all(after[j] == "PREPROCESSED" for j in ids if j not in running)
+    assert site.store.execute("SELECT count(*) FROM job WHERE session_id IS NOT NULL")[0][0] == 0
+    assert "is gone" in events(site.store, running[0])[-1]["data"]["message"]
+
+
+def test_cli_help_and_errors(site: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from balsam.cli.launcher import launcher
+
+    result = CliRunner().invoke(launcher, ["--help"])
+    assert result.exit_code == 0 and "balsam launcher -j mpi -t 60" in result.output and "--part" in result.output
+    result = CliRunner().invoke(launcher, ["-j", "mpi", "-t", "1", "--site", str(site.path), "-p", "gpu:1"])
+    assert result.exit_code != 0 and "job mode must be mpi or serial" in str(result.exception)

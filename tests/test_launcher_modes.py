@@ -1,0 +1,193 @@
+"""Both launcher modes end to end with real processes: shell and Python apps, results and exceptions coming
+back to ``job.result()``, exit codes with the tail of job.out, the job environment, GPUs, preambles, and jobs
+that cannot run."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+from tests.helpers import advance
+from tests.launcher_support import configure, events, job_row, output, run, runnable, states
+
+MODES = ["mpi", "serial"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shell_jobs_run_to_run_done(site: Any, hello: Any, mode: str) -> None:
+    jobs = [hello.submit(f"hello/{i}", say_hello_to=f"world {i}", node_packing_count=4) for i in range(6)]
+    ids = runnable(site.store, jobs)
+    assert run(site, mode) == 0
+    assert set(states(site.store, ids).values()) == {"RUN_DONE"}
+    for i in range(6):
+        assert output(site.path, f"hello/{i}") == f"Hello, world {i}!\n"
+    row = job_row(site.store, ids[0])
+    assert row["return_code"] == 0 and row["session_id"] is None
+    history = [e["to"] for e in events(site.store, ids[0])]
+    assert history[-2:] == ["RUNNING", "RUN_DONE"]
+    assert site.store.execute("SELECT count(*) FROM session")[0][0] == 0, "the lease is released"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exit_code_and_output_tail_are_recorded(site: Any, mode: str) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Fails(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo one; echo two; echo three; exit 7"
+
+    configure(site.path, error_tail_num_lines=2)
+    [job_id] = runnable(site.store, [Fails.submit("fails")])
+    assert run(site, mode) == 0
+    row = job_row(site.store, job_id)
+    assert row["state"] == "RUN_ERROR" and row["return_code"] == 7
+    data = events(site.store, job_id)[-1]["data"]
+    assert data == {"returncode": 7, "error": "two\nthree"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_python_results_and_exceptions_reach_job_result(site: Any, adder: Any, mode: str) -> None:
+    ok = adder.submit("add/ok", x=3, node_packing_count=2)
+    bad = adder.submit("add/bad", x=3, y="text", node_packing_count=2)
+    runnable(site.store, [ok, bad])
+    assert run(site, mode) == 0
+    ok.refresh_from_db()
+    bad.refresh_from_db()
+    assert ok.state == "RUN_DONE" and bad.state == "RUN_ERROR" and bad.return_code == 1
+    advance(ok, "POSTPROCESSED")  # what the agent's processing does next
+    advance(bad, "FAILED")
+    assert ok.result() == 5
+    with pytest.raises(TypeError, match="unsupported operand"):
+        bad.result()
+    assert "TypeError" in output(site.path, "add/bad"), "the traceback goes to job.out"
+
+
+def test_python_jobs_reuse_warm_workers_and_keep_output_apart(site: Any) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Pid(ApplicationDefinition):
+        site = "test-site"
+
+        def run(self, i: int) -> int:
+            import os
+
+            print("job", i, "in", os.getcwd())
+            return os.getpid()
+
+    jobs = [Pid.submit(f"pid/{i}", i=i, node_packing_count=2) for i in range(10)]
+    ids = runnable(site.store, jobs)
+    assert run(site, "mpi") == 0
+    pids = {pickle.loads(job_row(site.store, j)["serialized_return_value"]) for j in ids}
+    assert len(pids) <= 2, f"10 jobs on 2 CPUs should share at most 2 warm workers, got {len(pids)}"
+    for i in range(10):
+        out = output(site.path, f"pid/{i}")
+        assert out.startswith(f"job {i} in ") and out.strip().endswith(f"data/pid/{i}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_job_environment(site: Any, mode: str) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Env(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo id=$BALSAM_JOB_ID omp=$OMP_NUM_THREADS foo=$FOO gpus=$CUDA_VISIBLE_DEVICES"
+        environment_variables = {"FOO": "bar baz"}
+
+    configure(site.path, gpus_per_node=2, cpus_per_node=4)
+    a = Env.submit("env/a", threads_per_rank=2, gpus_per_rank=1, node_packing_count=2)
+    b = Env.submit("env/b", gpus_per_rank=1, node_packing_count=2)
+    ids = runnable(site.store, [a, b])
+    assert run(site, mode) == 0
+    out_a, out_b = output(site.path, "env/a"), output(site.path, "env/b")
+    assert out_a.startswith(f"id={ids[0]} omp=2 foo=bar baz gpus=")
+    assert out_b.startswith(f"id={ids[1]} omp=1 foo=bar baz gpus=")
+    gpu_a, gpu_b = out_a.split("gpus=")[1].strip(), out_b.split("gpus=")[1].strip()
+    assert {gpu_a, gpu_b} <= {"0", "1"} and gpu_a != "" and gpu_b != ""
+
+
+def test_cpu_binding_pins_python_jobs_to_their_cpus(site: Any) -> None:
+    import os
+
+    from balsam.api import ApplicationDefinition
+
+    class Affinity(ApplicationDefinition):
+        site = "test-site"
+
+        def run(self) -> list:  # type: ignore[type-arg]
+            import os
+
+            return sorted(os.sched_getaffinity(0))
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    configure(site.path, cpus_per_node=2)
+    job = Affinity.submit("aff", launch_params={"cpu_bind": "core"}, node_packing_count=2)
+    [job_id] = runnable(site.store, [job])
+    assert run(site, "mpi") == 0
+    assert pickle.loads(job_row(site.store, job_id)["serialized_return_value"]) == [0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shell_preamble_runs_first(site: Any, mode: str) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class WithPreamble(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo $GREETING from {{ who }}"
+
+        def shell_preamble(self) -> Any:
+            return ["export GREETING=preamble", "true"]
+
+    [job_id] = runnable(site.store, [WithPreamble.submit("pre", who="job")])
+    assert run(site, mode) == 0
+    assert job_row(site.store, job_id)["state"] == "RUN_DONE"
+    assert output(site.path, "pre") == "preamble from job\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_jobs_that_cannot_run_fail_with_the_reason(site: Any, mode: str) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class NeedsGpus(ApplicationDefinition):
+        site = "test-site"
+        command_template = "true"
+
+    a = NeedsGpus.submit("gpu", gpus_per_rank=4)
+    ids = runnable(site.store, [a])
+    assert run(site, mode) == 0
+    assert states(site.store, ids) == {ids[0]: "FAILED"}
+    assert "GPUs" in events(site.store, ids[0])[-1]["data"]["message"]
+
+
+def test_missing_program_is_a_run_error(site: Any) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Missing(ApplicationDefinition):
+        site = "test-site"
+        command_template = "/no/such/program --flag"
+
+    [job_id] = runnable(site.store, [Missing.submit("missing")])
+    assert run(site, "mpi") == 0
+    row = job_row(site.store, job_id)
+    assert row["state"] == "RUN_ERROR" and row["return_code"] == 127
+    assert "/no/such/program" in events(site.store, job_id)[-1]["data"]["error"]
+
+
+def test_serial_mode_with_a_worker_process(site: Any, hello: Any, adder: Any) -> None:
+    jobs = [hello.submit(f"w/{i}", say_hello_to=str(i), node_packing_count=2) for i in range(4)]
+    jobs.append(adder.submit("w/add", x=40))
+    ids = runnable(site.store, jobs)
+    assert run(site, "serial", serial_workers="process") == 0
+    assert set(states(site.store, ids).values()) == {"RUN_DONE"}
+    assert pickle.loads(job_row(site.store, ids[-1])["serialized_return_value"]) == 42
+    assert output(site.path, "w/3") == "Hello, 3!\n"
+
+
+def test_filter_tags_select_jobs(site: Any, hello: Any) -> None:
+    a = hello.submit("tag/a", say_hello_to="a", tags={"role": "a"})
+    b = hello.submit("tag/b", say_hello_to="b", tags={"role": "b"})
+    ids = runnable(site.store, [a, b])
+    assert run(site, "mpi", filter_tags={"role": "b"}) == 0
+    assert states(site.store, ids) == {ids[0]: "PREPROCESSED", ids[1]: "RUN_DONE"}

@@ -1,0 +1,142 @@
+"""The launcher on another host than the site's home host: it must not open SQLite, and goes through the site
+agent's channel instead (signed HTTP). Tested on one machine with ``BALSAM_HOSTNAME=some-compute-node`` for
+the launcher, against a channel server started here."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pickle
+import stat
+import time
+from typing import Any, Iterator, List
+
+import pytest
+
+from tests.launcher_support import (
+    events,
+    job_row,
+    kill_quietly,
+    launcher_log,
+    pid_alive,
+    read_pid,
+    runnable,
+    set_state,
+    start,
+    states,
+    wait_for,
+)
+
+REMOTE = {"BALSAM_HOSTNAME": "some-compute-node"}
+
+
+@pytest.fixture
+def channel(site: Any) -> Iterator[Any]:
+    from balsam.services.channel import ChannelServer
+    from balsam.site import this_host
+
+    server = ChannelServer(site.path, site.store, host=this_host()).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("mode", ["mpi", "serial"])
+def test_remote_launcher_runs_jobs_through_the_channel(site: Any, channel: Any, hello: Any, adder: Any, mode: str) -> None:
+    jobs = [hello.submit(f"r/{i}", say_hello_to=str(i), node_packing_count=2) for i in range(3)]
+    jobs += [adder.submit("r/ok", x=1, y=2, node_packing_count=2), adder.submit("r/bad", x=1, y=None, node_packing_count=2)]
+    ids = runnable(site.store, jobs)
+    proc = start(site.path, mode, idle_ttl_s=0.5, env=REMOTE)
+    assert proc.wait(timeout=60) == 0
+    assert states(site.store, ids) == {**{i: "RUN_DONE" for i in ids[:4]}, ids[4]: "RUN_ERROR"}
+    assert pickle.loads(job_row(site.store, ids[3])["serialized_return_value"]) == 3
+    exc, tb = pickle.loads(job_row(site.store, ids[4])["serialized_exception"])
+    assert isinstance(exc, TypeError) and "Traceback" in tb
+    log = launcher_log(site.path, mode)
+    assert "launcher on some-compute-node" in log and "transport channel" in log
+    assert site.store.execute("SELECT count(*) FROM session")[0][0] == 0
+
+
+def test_remote_launcher_notices_user_kills(site: Any, channel: Any) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Sleeper(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo $$ > pid; exec sleep 60"
+
+    [job_id] = runnable(site.store, [Sleeper.submit("rk")])
+    proc = start(site.path, "mpi", idle_ttl_s=0.5, env=REMOTE)
+    pids: List[int] = []
+    try:
+        pids.append(read_pid(site.path, "rk"))
+        wait_for(lambda: states(site.store, [job_id])[job_id] == "RUNNING", what="RUNNING")
+        set_state(site.store, job_id, "USER_KILLED")
+        wait_for(lambda: not pid_alive(pids[0]), timeout=6, what="the killed job to stop")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in pids:
+            kill_quietly(pid)
+    assert [e["to"] for e in events(site.store, job_id)][-1] == "USER_KILLED"
+
+
+def test_remote_launcher_without_a_channel_says_why(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam.exceptions import LauncherError
+    from balsam.launcher import run_launcher
+
+    monkeypatch.setenv("BALSAM_HOSTNAME", "some-compute-node")
+    with pytest.raises(LauncherError, match="channel is not running"):
+        run_launcher(site.path, job_mode="mpi", wall_time_min=1, idle_ttl_s=0.1)
+
+
+def _post(channel: Any, path: str, body: bytes, headers: Any) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", channel.port, timeout=10)
+    conn.request("POST", path, body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+def test_channel_refuses_unsigned_forged_and_stale_requests(site: Any, channel: Any) -> None:
+    from balsam.services.channel import sign
+
+    body = b"{}"
+    assert _post(channel, "/v1/ping", body, {})[0] == 401
+    ts = repr(time.time())
+    forged = {"X-Balsam-Time": ts, "X-Balsam-Signature": sign(b"not-the-secret", ts, "POST", "/v1/ping", body)}
+    assert _post(channel, "/v1/ping", body, forged)[0] == 401
+    old = repr(time.time() - 3600)
+    stale = {"X-Balsam-Time": old, "X-Balsam-Signature": sign(channel.secret, old, "POST", "/v1/ping", body)}
+    status, answer = _post(channel, "/v1/ping", body, stale)
+    assert status == 401 and "off" in answer["error"]
+    good = {"X-Balsam-Time": ts, "X-Balsam-Signature": sign(channel.secret, ts, "POST", "/v1/ping", body)}
+    status, answer = _post(channel, "/v1/ping", body, good)
+    assert status == 200 and answer["site_name"] == "test-site"
+    secret_file = site.path / ".balsam" / "channel.secret"
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+    assert json.loads((site.path / ".balsam" / "channel.json").read_text())["port"] == channel.port
+
+
+def test_channel_client_job_source_and_idempotent_changes(site: Any, channel: Any, hello: Any) -> None:
+    from balsam.db.jobs import StateChange
+    from balsam.exceptions import SessionExpired
+    from balsam.launcher.remote import ChannelClient, RemoteJobSource, channel_sink
+
+    client = ChannelClient(site.layout)
+    [job_id] = runnable(site.store, [hello.submit("c/1", say_hello_to="x")])
+    source = RemoteJobSource(client, host="some-compute-node", batch_job_id=None, label="test", heartbeat_period_s=60).start()
+    jobs = source.acquire(10)
+    assert [j["id"] for j in jobs] == [job_id] and jobs[0]["workdir"] == "c/1"
+    sink = channel_sink(client)
+    assert sink([StateChange(job_id, "RUNNING", session_id=source.session_id)]) == []
+    wire = {"batch_id": "same-batch", "changes": [[job_id, "RUN_DONE", time.time(), {"returncode": 0}, {"return_code": 0}, None]]}
+    assert client.call("changes", wire) == {"rejected": []}
+    assert client.call("changes", wire) == {"rejected": []}, "a retried batch is answered, not applied again"
+    assert [e["to"] for e in events(site.store, job_id)].count("RUN_DONE") == 1
+    rejected = sink([StateChange(job_id, "RUNNING", session_id=source.session_id)])
+    assert len(rejected) == 1 and "not allowed" in rejected[0][1]
+    source.release()
+    with pytest.raises(SessionExpired):
+        client.call("session/tick", {"session_id": 12345})
+    channel.stop()
+    assert not (site.path / ".balsam" / "channel.json").exists()
