@@ -143,6 +143,8 @@ class Executor:
         self._pyenv: Dict[str, Dict[str, str]] = {}
         self._registered: Set[int] = set()
         self.workdirs = sp.WorkdirMaker()
+        self._no_pidfd = 0
+        """Running processes without a pidfd (none on Linux >= 5.3): poll for them."""
 
     def prepare(self, tasks: List[Task]) -> None:
         """Create these tasks' workdirs in the background (they will start soon)."""
@@ -260,6 +262,8 @@ class Executor:
                 self._sel.register(run.pidfd, selectors.EVENT_READ, run)
             except OSError:
                 run.pidfd = None
+        if run.pidfd is None:
+            self._no_pidfd += 1
 
     def _fail_start(self, run: _Run, exc: BaseException) -> None:
         message = f"balsam: cannot start job {run.task.id}: {type(exc).__name__}: {exc}"
@@ -285,7 +289,7 @@ class Executor:
         """Wait up to ``timeout`` seconds for tasks to end (or a wake-up); return those that ended."""
         if self._done:
             timeout = 0.0
-        elif self._by_pid and not _HAS_PIDFD:
+        elif self._no_pidfd:
             timeout = min(timeout, NO_PIDFD_POLL_S)
         if self._killing:
             pending = [r.kill_at for r in (self.runs.get(j) for j in self._killing) if r is not None and r.kill_at is not None]
@@ -341,7 +345,9 @@ class Executor:
             rc = os.waitstatus_to_exitcode(status)
             run = self._by_pid.pop(pid, None)
             if run is not None:
-                if run.pidfd is not None:
+                if run.pidfd is None:
+                    self._no_pidfd -= 1
+                else:
                     try:
                         self._sel.unregister(run.pidfd)
                     except (KeyError, ValueError):

@@ -113,20 +113,24 @@ class MasterServer:
         self.secret = secret
         self.inbox = inbox
         self.assign = assign
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("", 0))
-        self.sock.listen(128)
-        self.port = int(self.sock.getsockname()[1])
+        self.sock: Optional[socket.socket] = None
+        self.port = 0
         self.handles: List[WorkerHandle] = []
         self._closed = False
-        self._thread = threading.Thread(target=self._accept, name="balsam-serial-accept", daemon=True)
 
     def start(self) -> "MasterServer":
-        self._thread.start()
+        """Listen on a free port on all interfaces and accept workers on a thread."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("", 0))
+        sock.listen(128)
+        self.sock = sock
+        self.port = int(sock.getsockname()[1])
+        threading.Thread(target=self._accept, name="balsam-serial-accept", daemon=True).start()
         return self
 
     def _accept(self) -> None:
+        assert self.sock is not None
         while not self._closed:
             try:
                 conn, addr = self.sock.accept()
@@ -181,10 +185,11 @@ class MasterServer:
 
     def close(self) -> None:
         self._closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------------------------- TCP, worker side

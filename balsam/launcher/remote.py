@@ -33,6 +33,7 @@ class ChannelClient:
     """Signed JSON requests to the site agent's channel."""
 
     def __init__(self, layout: SiteLayout, *, retry_s: float = 120.0) -> None:
+        """Reads the channel's address and secret from the site's state folder (ServiceError if absent)."""
         self.layout = layout
         self.retry_s = retry_s
         self._info = read_address(layout.state)
@@ -195,10 +196,14 @@ class RemoteTransport(Transport):
     def __init__(self, client: ChannelClient, host: str) -> None:
         self.client = client
         self.host = host
-        info = client.call("ping", {})
+        self.home = ""
+
+    def connect(self) -> "RemoteTransport":
+        info = self.client.call("ping", {})
         self.site_id = int(info["site_id"])
         self.site_name = str(info["site_name"])
         self.home = str(info["host"])
+        return self
 
     @classmethod
     def from_site(cls, layout: SiteLayout, host: str) -> "RemoteTransport":

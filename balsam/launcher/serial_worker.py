@@ -105,6 +105,7 @@ class SerialWorker:
             if kind == "jobs":
                 tasks = msg["tasks"]
                 self.requested = max(0, self.requested - len(tasks))
+                new: List[Task] = []
                 if msg.get("remaining_s") is not None:
                     self.deadline = time.monotonic() + float(msg["remaining_s"])
                 for wire in tasks:
@@ -117,6 +118,8 @@ class SerialWorker:
                         failed.append([task.id, str(exc)])
                         continue
                     self.queue.append((task, req))
+                    new.append(task)
+                self.executor.prepare(new)
             elif kind == "kill":
                 ids = set(msg["ids"])
                 for job_id in ids:

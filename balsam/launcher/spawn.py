@@ -44,8 +44,8 @@ _SPLIT = re.compile(r"'[^']*'|[^\s']+|\s+")
 
 
 def set_home(path: Path) -> None:
-    """The directory this process returns to after each spawn (the site root), and drop the working directory
-    from ``sys.path`` so an import in another thread never looks into a job's directory."""
+    """Work from the site root, and drop the working directory from ``sys.path`` so an import never looks into
+    a job's directory (the working directory is the last job's after a spawn: nothing here uses relative paths)."""
     global _home
     _home = str(path)
     while "" in sys.path:
@@ -135,10 +135,6 @@ def spawn(
         finally:
             for fd in pass_fds:
                 os.set_inheritable(fd, False)
-            try:
-                os.chdir(_home)
-            except OSError:
-                pass
 
 
 def make_workdir(path: str) -> None:

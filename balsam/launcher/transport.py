@@ -42,11 +42,15 @@ class JobSourceLike(Protocol):
 
 
 class Transport(ABC):
-    """A launcher's way to its site."""
+    """A launcher's way to its site. Building one does no I/O; :meth:`connect` checks that the site answers."""
 
     name = ""
     site_id = 0
     site_name = ""
+
+    @abstractmethod
+    def connect(self) -> "Transport":
+        """Reach the site and learn its id and name; returns self."""
 
     @abstractmethod
     def job_source(self, *, batch_job_id: Optional[int], label: str, heartbeat_period_s: float, expiry_s: float) -> JobSourceLike:
@@ -91,11 +95,14 @@ class DirectTransport(Transport):
         self.root = root
         self.host = host
         self.store = open_store(root, host)
+
+    def connect(self) -> "DirectTransport":
         row = self.store.execute("SELECT id, name FROM site LIMIT 1")
         if not row:
-            raise LauncherError(f"{root}: the site DB has no site row")
+            raise LauncherError(f"{self.root}: the site DB has no site row")
         self.site_id = int(row[0][0])
         self.site_name = str(row[0][1])
+        return self
 
     def job_source(self, *, batch_job_id: Optional[int], label: str, heartbeat_period_s: float, expiry_s: float) -> JobSourceLike:
         from balsam.db.jobsource import JobSource
@@ -142,11 +149,11 @@ def choose_transport(root: Path, host: str) -> Transport:
     layout = SiteLayout(root)
     owner = home_host(layout)
     if not owner or owner == host:
-        return DirectTransport(root, host)
+        return DirectTransport(root, host).connect()
     from balsam.launcher.remote import RemoteTransport
 
     try:
-        return RemoteTransport.from_site(layout, host)
+        return RemoteTransport.from_site(layout, host).connect()
     except ServiceError as exc:
         raise LauncherError(
             f"this host ({host}) is not the site's home host ({owner}), so the launcher must go through the site "
