@@ -140,3 +140,19 @@ def test_channel_client_job_source_and_idempotent_changes(site: Any, channel: An
         client.call("session/tick", {"session_id": 12345})
     channel.stop()
     assert not (site.path / ".balsam" / "channel.json").exists()
+
+
+def test_site_agent_serves_remote_launchers(site: Any, hello: Any) -> None:
+    from balsam.services.agent import start_agent, stop_agent
+
+    [job_id] = runnable(site.store, [hello.submit("agent/1", say_hello_to="agent")])
+    start_agent(site.path)
+    try:
+        wait_for(lambda: (site.path / ".balsam" / "channel.json").exists(), what="the agent's channel")
+        proc = start(site.path, "mpi", idle_ttl_s=0.3, env=REMOTE)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_agent(site.path)
+    assert states(site.store, [job_id])[job_id] in ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
+    assert "transport channel" in launcher_log(site.path, "mpi")
+    assert not (site.path / ".balsam" / "channel.json").exists(), "the agent unpublishes its channel when it stops"

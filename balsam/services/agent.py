@@ -119,9 +119,16 @@ def run_agent(site_root: Path) -> int:
                     ", ".join(s.name for s in services))
         for t in threads:
             t.start()
-        _write_status(layout, threads, started, True)
-        while not stop.wait(STATUS_PERIOD_S):
+        # Launchers on other hosts (compute nodes) reach the DB through this channel (DESIGN.md section 3).
+        from balsam.services.channel import ChannelServer
+
+        channel = ChannelServer(root, site.store, host=host, expiry_s=settings.session.expiry_s).start()
+        try:
             _write_status(layout, threads, started, True)
+            while not stop.wait(STATUS_PERIOD_S):
+                _write_status(layout, threads, started, True)
+        finally:
+            channel.stop()
         for t in threads:
             t.join(timeout=60)
         _write_status(layout, threads, started, False)
