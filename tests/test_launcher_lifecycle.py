@@ -119,6 +119,38 @@ def test_user_kill_stops_the_running_process(site: Any, sleeper: Any, pids: List
     assert [e["to"] for e in events(site.store, ids[0])][-1] == "USER_KILLED", "nothing was written after the kill"
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_user_kill_of_a_python_job_replaces_its_worker(site: Any, adder: Any, mode: str) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Nap(ApplicationDefinition):
+        site = "test-site"
+
+        def run(self) -> int:
+            import os
+            import time
+
+            with open("pid", "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(60)
+            return 0
+
+    [nap] = runnable(site.store, [Nap.submit("pykill/nap")])
+    proc = start(site.path, mode, idle_ttl_s=0.5)
+    try:
+        pid = read_pid(site.path, "pykill/nap")
+        wait_for(lambda: states(site.store, [nap])[nap] == "RUNNING", what="RUNNING written")
+        set_state(site.store, nap, "USER_KILLED")
+        wait_for(lambda: not pid_alive(pid), timeout=5, what="the warm worker running the killed job to stop")
+        [after] = runnable(site.store, [adder.submit("pykill/after", x=1)])
+        wait_for(lambda: states(site.store, [after])[after] == "RUN_DONE", timeout=10, what="a Python job after the kill")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert states(site.store, [nap]) == {nap: "USER_KILLED"}
+
+
 def test_lost_lease_stops_its_jobs_and_the_launcher_goes_on(site: Any, sleeper: Any, hello: Any, pids: List[int]) -> None:
     from balsam.db import sessions as db_sessions
 

@@ -177,11 +177,12 @@ def test_missing_program_is_a_run_error(site: Any) -> None:
 
 def test_serial_mode_with_a_worker_process(site: Any, hello: Any, adder: Any) -> None:
     jobs = [hello.submit(f"w/{i}", say_hello_to=str(i), node_packing_count=2) for i in range(4)]
-    jobs.append(adder.submit("w/add", x=40))
+    jobs += [adder.submit("w/add", x=40), adder.submit("w/add2", x=1, y=1, node_packing_count=2)]
     ids = runnable(site.store, jobs)
     assert run(site, "serial", serial_workers="process") == 0
     assert set(states(site.store, ids).values()) == {"RUN_DONE"}
-    assert pickle.loads(job_row(site.store, ids[-1])["serialized_return_value"]) == 42
+    assert pickle.loads(job_row(site.store, ids[-2])["serialized_return_value"]) == 42
+    assert pickle.loads(job_row(site.store, ids[-1])["serialized_return_value"]) == 2, "the app's code is sent once per worker"
     assert output(site.path, "w/3") == "Hello, 3!\n"
 
 

@@ -7,7 +7,7 @@ compute nodes through the filesystem) by answering a random challenge with an HM
 the master results or take its jobs.
 
     master -> worker   {"t": "challenge", "nonce"}  then  {"t": "welcome", "index", "node": {...}}
-                       {"t": "jobs", "tasks": [...], "remaining_s"}  {"t": "kill", "ids"}  {"t": "exit", "reason"}
+                       {"t": "jobs", "tasks": [...], "apps": {key: code}, "remaining_s"}  {"t": "kill", "ids"}  {"t": "exit", "reason"}
     worker -> master   {"t": "hello", "mac", "host", "rank", "index"}
                        {"t": "status", "started": [[id, time]], "done": [...], "failed": [[id, why]], "want": n}
                        {"t": "bye"}
@@ -27,7 +27,7 @@ import secrets
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from balsam.exceptions import LauncherError
 from balsam.launcher.wire import FrameSender, recv_frame
@@ -91,6 +91,8 @@ class WorkerHandle:
         self.alive = True
         self.said_bye = False
         self.host = ""
+        self.apps_sent: Set[str] = set()
+        """Apps whose code this worker already has (sent once per link)."""
 
     def send(self, msg: Message) -> None:
         if not self.alive:

@@ -72,9 +72,19 @@ class MPIMode(LauncherBase):
             self.reporter.finished(f, python=python)
 
     def check_kills(self) -> None:
-        for job_id in self.killed_among(list(self.placements)):
-            logger.info("job %s was killed at the site: stopping it", job_id)
-            self.executor.kill(job_id, "killed by the user")
+        """Stop running jobs a user killed, and drop killed ones from the backlog before they start."""
+        killed = self.killed_among([*self.placements, *(t.id for t, _ in self.backlog)])
+        if not killed:
+            return
+        gone = set(killed)
+        for job_id in killed:
+            if job_id in self.placements:
+                logger.info("job %s was killed at the site: stopping it", job_id)
+                self.executor.kill(job_id, "killed by the user")
+        kept = [(t, r) for t, r in self.backlog if t.id not in gone]
+        if len(kept) != len(self.backlog):
+            self.backlog = deque(kept)
+            self.backlog_footprint = sum(r.footprint for _, r in kept)
 
     # ------------------------------------------------------------------ acquisition and starting
     def fill(self) -> None:

@@ -265,8 +265,21 @@ class SerialMaster(LauncherBase):
             for t in batch:
                 h.sent[t.id] = t
                 self.owner[t.id] = h
-            tasks: List[Any] = batch if self.in_process else [t.to_wire() for t in batch]
-            h.send({"t": "jobs", "tasks": tasks, "remaining_s": remaining})
+            if self.in_process:
+                h.send({"t": "jobs", "tasks": batch, "remaining_s": remaining})
+                continue
+            wires: List[Dict[str, Any]] = []
+            apps: Dict[str, Any] = {}
+            for t in batch:
+                wire = t.to_wire()
+                if t.app is not None:
+                    key = t.app[0]
+                    if key not in h.apps_sent:
+                        apps[key] = t.app
+                        h.apps_sent.add(key)
+                    wire["app"] = key  # the worker keeps each app's code after its first task
+                wires.append(wire)
+            h.send({"t": "jobs", "tasks": wires, "apps": apps, "remaining_s": remaining})
 
     # ------------------------------------------------------------------ stopping
     def drop_all(self, reason: str) -> None:

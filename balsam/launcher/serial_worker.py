@@ -63,6 +63,8 @@ class SerialWorker:
         self.requested = 0
         self.deadline: Optional[float] = None
         self.stopping: Optional[str] = None
+        self.apps: Dict[str, Any] = {}
+        """App code by key, as the master sent it (once per app version)."""
 
     def deliver(self, msg: Message) -> None:
         """A message from the master (any thread)."""
@@ -106,10 +108,13 @@ class SerialWorker:
                 tasks = msg["tasks"]
                 self.requested = max(0, self.requested - len(tasks))
                 new: List[Task] = []
+                self.apps.update(msg.get("apps") or {})
                 if msg.get("remaining_s") is not None:
                     self.deadline = time.monotonic() + float(msg["remaining_s"])
                 for wire in tasks:
                     task = wire if isinstance(wire, Task) else Task.from_wire(wire)
+                    if isinstance(task.app, str):
+                        task.app = self.apps.get(task.app)
                     try:
                         exclusive = task.num_ranks > 1 and not self.allows_packing
                         req = self.rm.request(1, task.ranks_per_node, task.threads_per_rank, task.threads_per_core,
