@@ -144,9 +144,14 @@ class Reporter:
         self.errors += 1
         self.updater.put(job_id, "FAILED", data={"message": message})
 
-    def finished(self, f: Finished, python: bool = False) -> None:
+    def finished(self, f: Finished, python: bool = False, stopping: bool = False) -> None:
+        """Report a job that ended. While the launcher stops, a job that died of a signal is taken as stopped
+        by it (on a batch system the same SIGTERM reaches the jobs and the launcher at once): RUN_TIMEOUT."""
         if f.killed:
             return
+        if stopping and f.rc < 0 and not f.timed_out:
+            f.timed_out = True
+            f.message = f.message or f"ended by signal {-f.rc} while the launcher stopped"
         if f.timed_out:
             self.timeouts += 1
             self.updater.put(f.job_id, "RUN_TIMEOUT", timestamp=f.end, data={"message": f.message or "stopped by the launcher"})

@@ -188,16 +188,26 @@ class Executor:
     def _start_warm(self, run: _Run, placement: Placement, job_env: Dict[str, str]) -> None:
         task = run.task
         python = task.python_exe or self.python_exe or sys_executable()
-        worker = self.pool.get(python, tuple(placement.gpu_ids))
-        if worker.pid not in self._registered:
-            self._sel.register(worker.sock, selectors.EVENT_READ, worker)
-            self._registered.add(worker.pid)
         cpus = list(placement.cpu_ids) if task.cpu_bind and task.cpu_bind != "none" else None
         assert task.app is not None
         app = (task.app[0], task.app[1], task.app[2], task.app[3])
-        run.worker = worker
-        run.pid = worker.pid
-        self.pool.submit(worker, task.id, app, task.job, task.params, job_env, cpus, run.output)
+        for attempt in (1, 2):
+            worker = self.pool.get(python, tuple(placement.gpu_ids))
+            if worker.pid not in self._registered:
+                self._sel.register(worker.sock, selectors.EVENT_READ, worker)
+                self._registered.add(worker.pid)
+            run.worker = worker
+            run.pid = worker.pid
+            try:
+                self.pool.submit(worker, task.id, app, task.job, task.params, job_env, cpus, run.output)
+                return
+            except OSError:
+                if attempt == 2:
+                    raise
+                logger.warning("warm Python worker %s is gone; starting another", worker.pid)  # it died while idle
+                self._unregister_worker(worker)
+                self.pool.kill(worker)
+                self.pool.forget(worker.pid)
 
     def _python_path_env(self, python: str) -> Dict[str, str]:
         env = self._pyenv.get(python)

@@ -69,7 +69,7 @@ class MPIMode(LauncherBase):
                 self.rm.release(placement)
             python = f.job_id in self.python_jobs
             self.python_jobs.discard(f.job_id)
-            self.reporter.finished(f, python=python)
+            self.reporter.finished(f, python=python, stopping=self.life.stop_event.is_set())
 
     def check_kills(self) -> None:
         """Stop running jobs a user killed, and drop killed ones from the backlog before they start."""

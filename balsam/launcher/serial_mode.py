@@ -206,7 +206,7 @@ class SerialMaster(LauncherBase):
                 python = h.started.pop(f.job_id, False)
                 h.sent.pop(f.job_id, None)
                 self.owner.pop(f.job_id, None)
-                self.reporter.finished(f, python=python)
+                self.reporter.finished(f, python=python, stopping=self.life.stop_event.is_set())
             for job_id, why in msg.get("failed") or ():
                 h.sent.pop(job_id, None)
                 self.owner.pop(job_id, None)
