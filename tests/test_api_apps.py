@@ -190,3 +190,18 @@ def test_app_delete_removes_its_jobs(hello: Any) -> None:
     hello.submit(workdir="a", say_hello_to="x")
     App.objects.get(name="Hello").delete()
     assert Job.objects.count() == 0 and App.objects.count() == 0
+
+
+def _app_for(site_name: str) -> Any:
+    class ClosureApp(ApplicationDefinition):
+        site = site_name
+
+        def run(self) -> str:
+            return "x"
+
+    return ClosureApp
+
+
+def test_a_local_variable_of_the_defining_function_is_named_at_sync(site: Any) -> None:
+    with pytest.raises(AppError, match="uses 'site_name', which the stored app cannot see"):
+        _app_for("test-site").sync()

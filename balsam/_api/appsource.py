@@ -174,7 +174,34 @@ def capture_source(cls: type, base: type) -> str:
 
     visit(cls)
     header = "\n".join(sorted(set(imports)))
-    return (header + "\n\n" if header else "") + "\n\n".join(d.rstrip() + "\n" for d in defs)
+    source = (header + "\n\n" if header else "") + "\n\n".join(d.rstrip() + "\n" for d in defs)
+    missing = _unresolved(source, base)
+    if missing:
+        raise AppError(
+            f"{cls.__name__} uses {', '.join(repr(m) for m in missing)}, which the stored app cannot see (a local variable of the "
+            "function that defines the class?): use a literal, a module-level constant, or define the class at module level"
+        )
+    return source
+
+
+def _unresolved(source: str, base: type) -> List[str]:
+    """Names the source reads as globals that it neither defines nor gets from builtins."""
+    import symtable
+
+    table = symtable.symtable(source, "<app>", "exec")
+    defined = {sym.get_name() for sym in table.get_symbols() if sym.is_assigned() or sym.is_imported()}
+    defined.add(base.__name__)
+    wanted: Set[str] = set()
+
+    def walk(t: symtable.SymbolTable) -> None:
+        for sym in t.get_symbols():
+            if sym.is_referenced() and (sym.is_global() or t.get_type() == "module") and not sym.is_assigned():
+                wanted.add(sym.get_name())
+        for child in t.get_children():
+            walk(child)
+
+    walk(table)
+    return sorted(n for n in wanted - defined if not hasattr(builtins, n))
 
 
 def load_source(source: str, class_name: str, module_name: str, base: type) -> type:
