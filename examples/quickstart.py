@@ -14,7 +14,6 @@ import time
 
 from balsam.api import ApplicationDefinition, BatchJob, Job
 
-
 SITE_NAME = os.environ.get("BALSAM_QUICKSTART_SITE", "demo-site")
 """The site the apps belong to. A module-level constant: the apps' code is shipped to the site as source."""
 
