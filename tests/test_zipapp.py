@@ -63,3 +63,47 @@ def test_subprocesses_are_started_from_the_archive(pyz: Path, tmp_path: Path) ->
     probe = "import sys; sys.path.insert(0, sys.argv[1]); from balsam.runtime import balsam_argv; print(balsam_argv()[1:])"
     res = subprocess.run([sys.executable, "-I", "-c", probe, str(pyz)], capture_output=True, text=True, env={"HOME": str(tmp_path)})
     assert res.stdout.strip() == repr([str(pyz.resolve())])
+
+
+APPS = """
+from balsam.api import ApplicationDefinition
+
+class Hello(ApplicationDefinition):
+    site = "zip-site"
+    command_template = "echo Hello from the zipapp, {{ who }}!"
+"""
+
+
+def test_zipapp_runs_a_job_end_to_end_in_an_isolated_interpreter(pyz: Path, tmp_path: Path) -> None:
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    site = tmp_path / "zip-site"
+
+    def run(*args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+        res = isolated(pyz, home, *args, cwd=str(tmp_path), timeout=120)
+        assert res.returncode == 0, f"{args}: {res.stderr}"
+        return res
+
+    run("site", "init", str(site), "-n", "zip-site", "--preset", "local")
+    (tmp_path / "apps.py").write_text(APPS)
+    run("app", "sync", str(tmp_path / "apps.py"), "--site", "zip-site")
+    run("job", "create", "--site", "zip-site", "-a", "Hello", "-w", "demo/hello", "-p", "who=world", "-y")
+    run("site", "start", "--site", str(site))
+    try:
+        run("queue", "submit", "--site", "zip-site", "-n", "1", "-t", "5", "-q", "local", "-A", "local", "-j", "mpi")
+        deadline = time.monotonic() + 90
+        while True:
+            jobs = json.loads(run("job", "ls", "--site", "zip-site", "--json").stdout)
+            if jobs and jobs[0]["state"] == "JOB_FINISHED":
+                break
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.3)
+    finally:
+        isolated(pyz, home, "site", "stop", "--site", str(site), timeout=120)
+    assert (site / "data" / "demo" / "hello" / "job.out").read_text().strip() == "Hello from the zipapp, world!"
+    script = next((site / "qsubmit").glob("qlaunch*.sh")).read_text()
+    assert str(pyz.resolve()) in script  # the batch script starts the launcher from the zipapp
+    which = run("which").stdout
+    assert "zipapp" in which and str(pyz.resolve()) in which and "Depends on: click" in which

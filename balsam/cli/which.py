@@ -19,10 +19,27 @@ def _running_from() -> Dict[str, str]:
 
     archive = zipapp_path()
     if archive is not None:
-        return {"kind": "zipapp", "path": str(archive)}
+        from balsam._zipapp import build_info
+
+        info = build_info(archive)
+        deps = {k: v for k, v in info.get("dependencies", {}).items() if k != "balsam"}
+        return {"kind": "zipapp", "path": str(archive), "build": info.get("build_hash", "?"), "dependencies": deps}
     origin = Path(balsam.__file__).resolve().parent
     kind = "installed" if "site-packages" in origin.parts or "dist-packages" in origin.parts else "source tree"
-    return {"kind": kind, "path": str(origin)}
+    return {"kind": kind, "path": str(origin), "dependencies": _installed_versions()}
+
+
+def _installed_versions() -> Dict[str, str]:
+    """Versions of Balsam's dependencies in this Python ('missing' where absent)."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("click", "jinja2", "markupsafe", "pyyaml", "psutil"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "missing"
+    return out
 
 
 def _resolve(site: Optional[str]) -> Dict[str, Any]:
@@ -112,6 +129,8 @@ def which(site: Optional[str], as_json: bool) -> None:
         click.echo(f"Database:   {s['db']} ({schema}; this Balsam: {s['code_schema_version']}{extra}){pending}")
         click.echo(f"Preset:     {s['preset'] or 'unknown'}")
     b = data["balsam"]
-    click.echo(f"Balsam:     {b['version']} ({b['kind']}: {b['path']})")
+    click.echo(f"Balsam:     {b['version']} ({b['kind']}: {b['path']}" + (f", build {b['build']})" if "build" in b else ")"))
+    if b.get("dependencies"):
+        click.echo("Depends on: " + ", ".join(f"{k} {v}" for k, v in sorted(b["dependencies"].items())))
     click.echo(f"Python:     {data['python']['version']} ({data['python']['executable']})")
     click.echo(f"Registry:   {data['registry']}")
