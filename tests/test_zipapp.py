@@ -39,10 +39,12 @@ def test_contents_and_build_info(pyz: Path) -> None:
         info = json.loads(zf.read("_balsam_build.json"))
     assert "__main__.py" in names and "balsam/api.py" in names and "click/__init__.py" in names
     assert "balsam/platforms/presets/local/settings.yml" in names
-    assert not any(n.endswith((".so", ".pyc")) and not n.startswith("_balsam_native/") for n in names)
+    assert not any(n.endswith(".so") and not n.startswith("_balsam_native/") for n in names)
+    assert "balsam/api.pyc" in names  # byte-code for the building Python: zipimport cannot cache it
     assert any(n.startswith("_balsam_native/psutil/") and ".so" in n for n in names)
     assert not any("mpi4py" in n for n in names)
     assert set(info["dependencies"]) == {"balsam", "click", "jinja2", "markupsafe", "pyyaml", "psutil"}
+    assert info["dependencies"]["click"] == "8.1.8"  # pinned in zipapp-requirements.txt, supports Python 3.9
 
 
 def test_runs_isolated_and_unpacks_psutil_once(pyz: Path, tmp_path: Path) -> None:
@@ -107,3 +109,14 @@ def test_zipapp_runs_a_job_end_to_end_in_an_isolated_interpreter(pyz: Path, tmp_
     assert str(pyz.resolve()) in script  # the batch script starts the launcher from the zipapp
     which = run("which").stdout
     assert "zipapp" in which and str(pyz.resolve()) in which and "Depends on: click" in which
+
+
+def test_the_oldest_supported_python_runs_it(pyz: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = shutil.which("python3.9")
+    if old is None:
+        pytest.skip("no python3.9 here")
+    res = subprocess.run([old, "-I", str(pyz), "site", "presets"], capture_output=True, text=True,
+                         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0 and "polaris" in res.stdout, res.stderr
