@@ -7,12 +7,14 @@ path inside the package, which does not exist inside a zip.
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import sys
 import zipimport
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 
 def zipapp_path() -> Optional[Path]:
@@ -55,3 +57,19 @@ def subprocess_env(extra: Optional[dict] = None) -> dict:  # type: ignore[type-a
     if extra:
         env.update(extra)
     return env
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic GC while bulk work creates many objects that collections would walk again and again.
+
+    Process-wide, but safe to nest and to use from several threads: only the pause that found the GC
+    enabled turns it back on.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -29,7 +29,7 @@ def test_every_legal_transition_is_applied_with_an_event(store: Any, hello: Any,
     with store.write() as conn:
         conn.execute("UPDATE job SET state=? WHERE id=?", (src, job.id))
         result = apply_state_changes(conn, [StateChange(job.id, dst, data={"why": "test"})])
-    assert (job.id, src, dst) in result.applied
+    assert result.applied >= 1 and not result.rejected
     events = store.execute("SELECT from_state, to_state, data FROM event WHERE job_id=? ORDER BY id", (job.id,))
     matching = [e for e in events if e[0] == src and e[1] == dst]
     assert matching, events

@@ -12,8 +12,6 @@ merged in the requested order.
 from __future__ import annotations
 
 import datetime as _dt
-import gc
-from contextlib import contextmanager
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -52,18 +50,6 @@ class _Lazy:
 
 
 LAZY_ROW = _Lazy()
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic GC while bulk operations create many objects it would otherwise walk repeatedly."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def row_of(obj: Any) -> Optional[Dict[str, Any]]:

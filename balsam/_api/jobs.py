@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from balsam._api import sites as _sites
-from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, paused_gc, row_of
+from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, row_of
 from balsam.db import jobs as job_db
 from balsam.db import query as q
 from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
 from balsam.db.jobs import StateChange, normalize_workdir
 from balsam.db.states import DONE_STATES, JobState, to_state
 from balsam.exceptions import AppError, BalsamError, ValidationError
+from balsam.runtime import paused_gc
 
 if TYPE_CHECKING:
     from balsam._api.sites import SiteRef

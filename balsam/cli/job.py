@@ -222,9 +222,9 @@ def job_create(workdir: Optional[str], app: Optional[str], params: Dict[str, str
 def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[str], params: Dict[str, str], tags: Dict[str, str],
                  launch_params: Dict[str, str], parent_ids: Tuple[int, ...], transfers: Dict[str, str], resources: Dict[str, Any],
                  as_json: bool) -> None:
-    from balsam._api.base import paused_gc
     from balsam.api import Job
     from balsam.exceptions import ValidationError
+    from balsam.runtime import paused_gc
 
     with paused_gc():  # 100k records make millions of objects: collections would walk them again and again
         jobs, lines = _build_jobs(ref, path, fmt, app, params, tags, launch_params, parent_ids, transfers, resources)

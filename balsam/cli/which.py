@@ -12,7 +12,7 @@ import click
 from balsam.cli._common import echo_json, json_option
 
 
-def _running_from() -> Dict[str, str]:
+def _running_from() -> Dict[str, Any]:
     """Where this Balsam's code comes from: a zipapp, a source tree, or an installed package."""
     import balsam
     from balsam.runtime import zipapp_path

@@ -19,7 +19,7 @@ import os
 import posixpath
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from balsam.db.codec import dumps, loads
 from balsam.db.connection import chunks
@@ -48,30 +48,19 @@ UPDATABLE_FIELDS = frozenset({
 RESOURCE_MINIMUMS = {"num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "threads_per_core": 1, "node_packing_count": 1}
 
 
-class StateChange:
-    """One requested job state change, with its event data and any fields written along with it."""
+class StateChange(NamedTuple):
+    """One requested job state change, with its event data and any fields written along with it.
 
-    __slots__ = ("job_id", "state", "timestamp", "data", "fields", "session_id")
+    A named tuple: launchers queue hundreds of thousands of these, and the StatusUpdater builds them in bulk.
+    """
 
-    def __init__(
-        self,
-        job_id: int,
-        state: str,
-        timestamp: Optional[float] = None,
-        data: Optional[Dict[str, Any]] = None,
-        fields: Optional[Dict[str, Any]] = None,
-        session_id: Optional[int] = None,
-    ) -> None:
-        self.job_id = job_id
-        self.state = state.value if isinstance(state, JobState) else state
-        self.timestamp = timestamp
-        self.data = data
-        self.fields = fields
-        self.session_id = session_id
-        """For a change to RUNNING: the lease that must hold the job (refused otherwise)."""
-
-    def __repr__(self) -> str:
-        return f"StateChange(job_id={self.job_id}, state={self.state!r})"
+    job_id: int
+    state: str
+    timestamp: Optional[float] = None
+    data: Optional[Dict[str, Any]] = None
+    fields: Optional[Dict[str, Any]] = None
+    session_id: Optional[int] = None
+    """For a change to RUNNING: the lease that must hold the job (refused otherwise)."""
 
 
 class ChangeResult:
@@ -80,7 +69,8 @@ class ChangeResult:
     __slots__ = ("applied", "rejected")
 
     def __init__(self) -> None:
-        self.applied: List[Tuple[int, str, str]] = []
+        self.applied = 0
+        """How many changes were applied (cascades included)."""
         self.rejected: List[Tuple[StateChange, str]] = []
 
 
@@ -329,6 +319,28 @@ def apply_state_changes(
     return result
 
 
+_TEMP_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS _legal (src TEXT NOT NULL, dst TEXT NOT NULL, PRIMARY KEY (src, dst)) WITHOUT ROWID",
+    "CREATE TEMP TABLE IF NOT EXISTS _chg (job_id INTEGER PRIMARY KEY, dst TEXT NOT NULL, ts REAL NOT NULL, data TEXT, "
+    "sid INTEGER, src TEXT, holder INTEGER, nodes REAL)",
+)
+_LEGAL_ROWS = [(src, dst) for src, dsts in LEGAL.items() for dst in dsts]
+_REFUSED = (
+    "src IS NULL OR NOT EXISTS (SELECT 1 FROM _legal l WHERE l.src = _chg.src AND l.dst = _chg.dst) "
+    "OR (sid IS NOT NULL AND holder IS NOT sid)"
+)
+
+
+def _prepare_temp(conn: sqlite3.Connection) -> None:
+    """The connection's scratch tables (in memory: temp_store=MEMORY): the legal transitions and a batch."""
+    for ddl in _TEMP_TABLES:
+        conn.execute(ddl)
+    if conn.execute("SELECT count(*) FROM _legal").fetchone()[0] != len(_LEGAL_ROWS):
+        conn.execute("DELETE FROM _legal")
+        conn.executemany("INSERT INTO _legal(src, dst) VALUES (?, ?)", _LEGAL_ROWS)
+    conn.execute("DELETE FROM _chg")
+
+
 def _apply_round(
     conn: sqlite3.Connection,
     round_: List[StateChange],
@@ -337,76 +349,82 @@ def _apply_round(
     result: ChangeResult,
     cascade: List[StateChange],
 ) -> None:
-    current: Dict[int, Tuple[str, int, int, Optional[int]]] = {}
-    for chunk in chunks(round_, 20000):
-        for row in conn.execute(
-            "SELECT id, state, num_nodes, node_packing_count, session_id FROM job WHERE id IN (SELECT value FROM json_each(?))",
-            (_ids_param(ch.job_id for ch in chunk),),
-        ):
-            current[row[0]] = (row[1], row[2], row[3], row[4])
-    updates: List[Tuple[str, float, str, int]] = []
-    events: List[Tuple[int, float, str, str, Optional[str]]] = []
-    extra: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
+    """Apply changes to distinct jobs, set-based: the batch goes into a scratch table, SQLite checks every change
+    against the transition table and the holding lease, then writes the events and the new states."""
+    _prepare_temp(conn)
+    conn.executemany(
+        "INSERT INTO _chg(job_id, dst, ts, data, sid) VALUES (?, ?, ?, ?, ?)",
+        [(ch.job_id, ch.state, now if ch.timestamp is None else ch.timestamp, None if not ch.data else dumps(ch.data), ch.session_id)
+         for ch in round_],
+    )
+    conn.execute(
+        "UPDATE _chg SET (src, holder, nodes) = (SELECT state, session_id, CAST(num_nodes AS REAL) / node_packing_count "
+        "FROM job WHERE job.id = _chg.job_id)"
+    )
+    refused = conn.execute(f"SELECT job_id, dst, src, sid, holder FROM _chg WHERE {_REFUSED}").fetchall()
+    if refused:
+        by_id = {ch.job_id: ch for ch in round_}
+        for job_id, dst, src, sid, _holder in refused:
+            if src is None:
+                reason = "no such job"
+                if strict:
+                    raise IllegalTransition(f"job {job_id} does not exist", job_id)
+            elif dst not in LEGAL.get(src, ()):
+                reason = f"{src} -> {dst} is not allowed"
+                if strict:
+                    check_transition(src, dst, job_id)
+            else:
+                reason = f"job {job_id} is not held by session {sid} (its lease expired or it was released)"
+                if strict:
+                    raise IllegalTransition(reason, job_id)
+            result.rejected.append((by_id[job_id], reason))
+        conn.execute(f"DELETE FROM _chg WHERE {_REFUSED}")
+    applied = len(round_) - len(refused)
+    if not applied:
+        return
+    result.applied += applied
+    conn.execute(
+        "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT job_id, ts, src, dst, "
+        "CASE WHEN dst = 'RUNNING' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes) ELSE data END FROM _chg"
+    )
+    conn.execute(
+        "UPDATE job SET state = 'RUNNING', last_update = ?, version = version + 1 "
+        "WHERE id IN (SELECT job_id FROM _chg WHERE dst = 'RUNNING')",
+        (now,),
+    )
+    conn.execute(
+        "UPDATE job SET state = (SELECT dst FROM _chg WHERE _chg.job_id = job.id), last_update = ?, session_id = NULL, "
+        "version = version + 1 WHERE id IN (SELECT job_id FROM _chg WHERE dst != 'RUNNING')",
+        (now,),
+    )
+    with_fields = [ch for ch in round_ if ch.fields]
+    if with_fields:
+        refused_ids = {r[0] for r in refused}
+        groups: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
+        for ch in with_fields:
+            if ch.job_id not in refused_ids and ch.fields is not None:
+                keys = tuple(sorted(ch.fields))
+                groups.setdefault(keys, []).append(
+                    tuple(dumps(ch.fields[k]) if k in JSON_COLUMNS else ch.fields[k] for k in keys) + (ch.job_id,))
+        for keys, rows in groups.items():
+            _check_field_names(keys)
+            conn.executemany(f"UPDATE job SET {', '.join(f'{k}=?' for k in keys)} WHERE id=?", rows)
     to_finished: List[int] = []
     to_failed: List[Tuple[int, str]] = []
     to_ready: List[int] = []
     to_postprocessed: List[int] = []
-    legal = LEGAL
-    for ch in round_:
-        cur = current.get(ch.job_id)
-        if cur is None:
-            if strict:
-                raise IllegalTransition(f"job {ch.job_id} does not exist", ch.job_id)
-            result.rejected.append((ch, "no such job"))
-            continue
-        src, num_nodes, npc, holder = cur
-        dst = ch.state
-        if dst not in legal.get(src, ()):
-            if strict:
-                check_transition(src, dst, ch.job_id)
-            result.rejected.append((ch, f"{src} -> {dst} is not allowed"))
-            continue
-        if ch.session_id is not None and holder != ch.session_id:
-            reason = f"job {ch.job_id} is not held by session {ch.session_id} (its lease expired or it was released)"
-            if strict:
-                raise IllegalTransition(reason, ch.job_id)
-            result.rejected.append((ch, reason))
-            continue
-        data = ch.data
-        if dst == _RUNNING:
-            data = dict(data) if data else {}
-            data.setdefault("num_nodes", num_nodes / npc)
-        ts = ch.timestamp if ch.timestamp is not None else now
-        updates.append((dst, now, dst, ch.job_id))
-        events.append((ch.job_id, ts, src, dst, dumps(data) if data else None))
-        if ch.fields:
-            keys = tuple(sorted(ch.fields))
-            extra.setdefault(keys, []).append(tuple(ch.fields[k] for k in keys) + (ch.job_id,))
-        current[ch.job_id] = (dst, num_nodes, npc, holder if dst == _RUNNING else None)
-        result.applied.append((ch.job_id, src, dst))
-        kind = _CASCADES.get(dst)
-        if kind is not None:
-            if kind == 0:
-                to_finished.append(ch.job_id)
-            elif kind == 1:
-                to_failed.append((ch.job_id, dst))
-            elif kind == 2:
-                to_ready.append(ch.job_id)
-            else:
-                to_postprocessed.append(ch.job_id)
-    if not updates:
-        return
-    conn.executemany(
-        "UPDATE job SET state=?, last_update=?, session_id=CASE WHEN ?='RUNNING' THEN session_id END, "
-        "version=version+1 WHERE id=?",
-        updates,
-    )
-    conn.executemany("INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?,?,?,?,?)", events)
-    for keys, values in extra.items():
-        _check_field_names(keys)
-        sets = ", ".join(f"{k}=?" for k in keys)
-        encoded = [tuple(dumps(v) if k in JSON_COLUMNS else v for k, v in zip(keys, row[:-1])) + (row[-1],) for row in values]
-        conn.executemany(f"UPDATE job SET {sets} WHERE id=?", encoded)
+    for job_id, dst in conn.execute(
+        "SELECT job_id, dst FROM _chg WHERE dst IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED', 'READY', 'POSTPROCESSED')"
+    ):
+        kind = _CASCADES[dst]
+        if kind == 0:
+            to_finished.append(job_id)
+        elif kind == 1:
+            to_failed.append((job_id, dst))
+        elif kind == 2:
+            to_ready.append(job_id)
+        else:
+            to_postprocessed.append(job_id)
     if to_finished:
         cascade.extend(_release_children(conn, to_finished))
     if to_failed:

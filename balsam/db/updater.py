@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from balsam.db.connection import Store
 from balsam.db.jobs import StateChange, apply_state_changes
 from balsam.exceptions import BalsamError
+from balsam.runtime import paused_gc
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def store_sink(store: Store) -> Sink:
     """A sink that applies changes to the site DB in one transaction and returns the refused ones."""
 
     def write(changes: Sequence[StateChange]) -> Rejected:
-        with store.write() as conn:
+        with paused_gc(), store.write() as conn:
             return apply_state_changes(conn, changes, strict=False).rejected
 
     return write
@@ -54,12 +55,14 @@ class StatusUpdater:
         self.max_batch = max_batch
         self._on_rejected = on_rejected
         self.retry_period_s = retry_period_s
-        self._queue: List[StateChange] = []
-        self._cond = threading.Condition()
+        self._queue: List[Tuple[Any, ...]] = []
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._put_seq = 0
         self._done_seq = 0
         self._flush_target = 0
         self._stopping = False
+        self._closed = False
         self._thread: Optional[threading.Thread] = None
         self.rejected_total = 0
         self.written_total = 0
@@ -82,14 +85,18 @@ class StatusUpdater:
         fields: Optional[Dict[str, Any]] = None,
         session_id: Optional[int] = None,
     ) -> None:
-        """Queue one state change (``timestamp`` defaults to now: when it happened, not when it is written)."""
-        change = StateChange(job_id, state, time.time() if timestamp is None else timestamp, data, fields, session_id)
-        with self._cond:
-            if self._stopping and self._thread is None:
+        """Queue one state change (``timestamp`` defaults to now: when it happened, not when it is written).
+
+        Cheap on purpose (a tuple appended under a plain lock): a launcher calls it twice per job.
+        """
+        item = (job_id, state, time.time() if timestamp is None else timestamp, data, fields, session_id)
+        with self._lock:
+            if self._closed:
                 raise BalsamError("the status updater is closed")
-            self._queue.append(change)
+            queue = self._queue
+            queue.append(item)
             self._put_seq += 1
-            if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
+            if len(queue) == 1 or len(queue) >= self.max_batch:
                 self._cond.notify_all()
 
     def pending(self) -> int:
@@ -98,9 +105,13 @@ class StatusUpdater:
             return self._put_seq - self._done_seq
 
     def _take(self) -> List[StateChange]:
-        batch = self._queue[: self.max_batch]
-        del self._queue[: len(batch)]
-        return batch
+        if len(self._queue) <= self.max_batch:
+            raw, self._queue = self._queue, []
+        else:
+            raw = self._queue[: self.max_batch]
+            del self._queue[: len(raw)]
+        with paused_gc():
+            return list(map(StateChange._make, raw))
 
     def _write(self, batch: List[StateChange]) -> bool:
         try:
@@ -135,7 +146,7 @@ class StatusUpdater:
                 while not self._write(batch):
                     if deadline is not None and time.monotonic() > deadline:
                         with self._cond:
-                            self._queue[:0] = batch
+                            self._queue[:0] = [tuple(c) for c in batch]
                         return False
                     time.sleep(self.retry_period_s)
                 with self._cond:
@@ -167,7 +178,7 @@ class StatusUpdater:
                     self._done_seq += len(batch)
                     self._cond.notify_all()
                 else:
-                    self._queue[:0] = batch
+                    self._queue[:0] = [tuple(c) for c in batch]
             if not ok:
                 time.sleep(self.retry_period_s)
 
@@ -176,6 +187,7 @@ class StatusUpdater:
         done = self.flush(timeout)
         with self._cond:
             self._stopping = True
+            self._closed = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
