@@ -215,3 +215,19 @@ def test_result_of_a_failed_shell_job_says_why(hello: Any) -> None:
 def test_repr_is_readable(hello: Any) -> None:
     job = hello.submit(workdir="r", say_hello_to="x", tags={"a": "b"})
     assert repr(job) == f"Job(id={job.id}, workdir='r', state='STAGED_IN', tags={{'a': 'b'}})"
+
+
+def test_tag_and_state_queries_agree_whichever_side_drives(hello: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam.db import query
+
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"w{i}", say_hello_to="x", save=False,
+                                                 tags={"exp": "big", "run": str(i % 7)}) for i in range(300)])
+    Job.objects.filter(id=[j.id for j in jobs[::3]]).update(state="PREPROCESSED")
+    expected = sorted(j.id for j in jobs[::3] if j.tags["run"] == "2")
+    for limit in (10_000, 1):  # a large probe lets the tags drive (join plan); a tiny one lets the states drive
+        monkeypatch.setattr(query, "PROBE_LIMIT", limit)
+        q = Job.objects.filter(tags={"exp": "big", "run": "2"}, state="PREPROCESSED")
+        assert q.count() == len(expected)
+        assert [j.id for j in q.order_by("id")] == expected
+        assert [j.id for j in Job.objects.filter(tags={"run": "2"}, state=["PREPROCESSED", "RUNNING"]).order_by("-id")[:3]] == expected[::-1][:3]
+        assert Job.objects.filter(tags={"exp": "big"}, state__ne="PREPROCESSED").count() == 200

@@ -145,24 +145,25 @@ def job_tags(id_col: str, correlated: bool = False) -> FilterFn:
 PROBE_LIMIT = 10_000
 
 
-def _tags_drive(conn: sqlite3.Connection, filters: Dict[str, Any]) -> bool:
-    """True if a job query with tags and a state filter should walk the tag matches (the smaller side).
+def _tag_driver(conn: sqlite3.Connection, filters: Dict[str, Any]) -> Optional[Tuple[str, Optional[str]]]:
+    """For a job query with tags and a state filter: the tag pair to walk first, or None to walk the states.
 
     Two bounded probes (at most PROBE_LIMIT index steps each) size the sides; SQLite's own statistics
     cannot, since tags and states are skewed. Both large: walk the tags.
     """
-    pairs = [(k, v) for k, v in tag_pairs(filters["tags"])]
+    pairs = tag_pairs(filters["tags"])
     if not pairs:
-        return True
-    tag_sizes = []
+        return None
+    sized = []
     for k, v in pairs:
         cond = "key = ?" if v is None else "key = ? AND value = ?"
         sql = f"SELECT count(*) FROM (SELECT 1 FROM job_tag WHERE {cond} LIMIT {PROBE_LIMIT})"
-        tag_sizes.append(conn.execute(sql, (k,) if v is None else (k, v)).fetchone()[0])
+        sized.append((conn.execute(sql, (k,) if v is None else (k, v)).fetchone()[0], (k, v)))
     state_sql, state_params = (job_states("state")(filters["state"]) if "state" in filters
                                else job_states_ne("state")(filters["state__ne"]))
     state_size = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM job WHERE {state_sql} LIMIT {PROBE_LIMIT})", state_params).fetchone()[0]
-    return bool(min(tag_sizes) <= state_size)
+    smallest = min(sized, key=lambda sp: sp[0])
+    return smallest[1] if smallest[0] <= state_size else None
 
 
 def json_contains(col: str) -> FilterFn:
@@ -309,32 +310,48 @@ TRANSFER_ITEM = TableSpec(
 SPECS = {spec.table: spec for spec in (JOB, EVENT, BATCH_JOB, APP, SESSION, TRANSFER_ITEM)}
 
 
-def where(spec: TableSpec, filters: Dict[str, Any], conn: Optional[sqlite3.Connection] = None) -> Clause:
-    """The WHERE clause (without the keyword) for ``filters``; scope keys are the caller's business.
+def plan(
+    spec: TableSpec, filters: Dict[str, Any], conn: Optional[sqlite3.Connection] = None, *, counting: bool = False
+) -> Tuple[str, str, List[Any]]:
+    """FROM, WHERE (without the keywords) and parameters for ``filters``; scope keys are the caller's business.
 
-    With ``conn``, a job query combining tags and states is planned from whichever side is smaller.
+    With ``conn``, a job query combining tags and states is driven from whichever side is smaller: walking
+    one tag's matches and probing each job's state in the (state) index, or walking the state and probing the
+    tag index for each job. Counts walk the tag matches in a join; ordered, paged selects keep the IN form, which
+    lets SQLite walk the state index in id order and stop at the page's end.
     """
+    source = spec.table
     clauses: List[str] = []
     params: List[Any] = []
-    correlated_tags = (
-        conn is not None and spec.table == "job" and "tags" in filters and ("state" in filters or "state__ne" in filters)
-        and not _tags_drive(conn, filters)
-    )
+    mode = "plain"
+    if conn is not None and spec.table == "job" and "tags" in filters and ("state" in filters or "state__ne" in filters):
+        driver = _tag_driver(conn, filters)
+        if driver is None:
+            mode = "correlated"
+        elif "state" in filters and counting:
+            mode = "join"
+            k, v = driver
+            source = "job_tag _t CROSS JOIN job INDEXED BY job_state"
+            clauses.append("_t.key = ?" if v is None else "_t.key = ? AND _t.value = ?")
+            params.extend((k,) if v is None else (k, v))
+            clauses.append("job.id = _t.job_id")
+            rest = [(pk, pv) for pk, pv in tag_pairs(filters["tags"]) if (pk, pv) != driver]
+            filters = dict(filters, tags=dict(rest)) if rest else {key: val for key, val in filters.items() if key != "tags"}
     for key, value in filters.items():
         if key in spec.scope_keys:
             continue
         fn = spec.filters.get(key)
-        if correlated_tags and key == "tags":
+        if mode == "correlated" and key == "tags":
             fn = job_tags("id", correlated=True)
         if fn is None:
             valid = ", ".join(sorted(set(spec.filters) | set(spec.scope_keys)))
             raise ValidationError(f"unknown filter {key!r} for {spec.noun} (valid: {valid})")
         if isinstance(value, (list, tuple, set, frozenset)) and not value and key != "tags":
-            return "0", []
+            return spec.table, "0", []
         sql, p = fn(value)
         clauses.append(sql)
         params.extend(p)
-    return (" AND ".join(f"({c})" for c in clauses) if clauses else "1"), params
+    return source, (" AND ".join(f"({c})" for c in clauses) if clauses else "1"), params
 
 
 def order_clause(spec: TableSpec, order_by: Sequence[str]) -> str:
@@ -365,8 +382,8 @@ def select(
     offset: int = 0,
 ) -> List[Tuple[Any, ...]]:
     """Rows of ``columns`` matching ``filters``, ordered and paged."""
-    sql, params = where(spec, filters, conn)
-    text = f"SELECT {', '.join(columns)} FROM {spec.table} WHERE {sql} ORDER BY {order_clause(spec, order_by)}"
+    source, sql, params = plan(spec, filters, conn)
+    text = f"SELECT {', '.join(columns)} FROM {source} WHERE {sql} ORDER BY {order_clause(spec, order_by)}"
     if limit is not None or offset:
         text += " LIMIT ? OFFSET ?"
         params = [*params, -1 if limit is None else limit, offset]
@@ -375,8 +392,8 @@ def select(
 
 def count(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any]) -> int:
     """How many rows match ``filters``."""
-    sql, params = where(spec, filters, conn)
-    return int(conn.execute(f"SELECT count(*) FROM {spec.table} WHERE {sql}", params).fetchone()[0])
+    source, sql, params = plan(spec, filters, conn, counting=True)
+    return int(conn.execute(f"SELECT count(*) FROM {source} WHERE {sql}", params).fetchone()[0])
 
 
 def ids(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any], order_by: Sequence[str] = (),
@@ -387,5 +404,5 @@ def ids(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any], orde
 
 def count_by(conn: sqlite3.Connection, spec: TableSpec, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
     """Counts of the matching rows grouped by one column (``state``, say)."""
-    sql, params = where(spec, filters, conn)
-    return dict(conn.execute(f"SELECT {column}, count(*) FROM {spec.table} WHERE {sql} GROUP BY {column}", params).fetchall())
+    source, sql, params = plan(spec, filters, conn, counting=True)
+    return dict(conn.execute(f"SELECT {column}, count(*) FROM {source} WHERE {sql} GROUP BY {column}", params).fetchall())
