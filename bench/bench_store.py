@@ -194,12 +194,19 @@ def _writer(args: Tuple[str, str, List[int], int]) -> Tuple[int, int, float]:
     errors = 0
     done = 0
     t0 = time.perf_counter()
+    from balsam.db.sessions import create_session
+
+    sid = None
     for state in ("PREPROCESSED", "RUNNING", "RUN_DONE"):
+        if state == "RUNNING":  # acquired first, as a launcher does: only a lease holder marks jobs RUNNING
+            with store.write() as conn:
+                sid = create_session(conn, host="bench")
+                conn.execute("UPDATE job SET session_id=? WHERE id IN (SELECT value FROM json_each(?))", (sid, str(ids)))
         for start in range(0, len(ids), per_txn):
             chunk = ids[start : start + per_txn]
             try:
                 with store.write() as conn:
-                    apply_state_changes(conn, [StateChange(i, state) for i in chunk], strict=True)
+                    apply_state_changes(conn, [StateChange(i, state, session_id=sid) for i in chunk], strict=True)
                 done += len(chunk)
             except Exception:
                 errors += 1

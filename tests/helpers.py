@@ -5,8 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 
+def hold(job: Any) -> int:
+    """Lock a saved job to a new lease, as a launcher's acquire would; returns the session id."""
+    from balsam.api import Session
+
+    session = Session.objects.create(site_id=job.site_id)
+    with job.__dict__["_site"].store.write() as conn:
+        conn.execute("UPDATE job SET session_id=? WHERE id=?", (session.id, job.id))
+    job.__dict__["_session_id"] = session.id
+    return int(session.id)
+
+
+def _still_held(job: Any) -> bool:
+    sid = job.__dict__.get("_session_id")
+    if sid is None:
+        return False
+    rows = job.__dict__["_site"].store.execute("SELECT session_id FROM job WHERE id=?", (job.id,))
+    return bool(rows) and rows[0][0] == sid
+
+
 def advance(job: Any, *states: str) -> None:
-    """Move a saved job through ``states``, each change through the state machine."""
+    """Move a saved job through ``states``, each change through the state machine (RUNNING under a lease)."""
     for state in states:
+        if state == "RUNNING" and not _still_held(job):
+            hold(job)  # a job acquired through a Session already names its lease
         job.state = state
         job.save()

@@ -25,10 +25,13 @@ def test_names_and_sets() -> None:
 
 @pytest.mark.parametrize("src,dst", [(s, d) for s in ALL for d in sorted(LEGAL[s])])
 def test_every_legal_transition_is_applied_with_an_event(store: Any, hello: Any, src: str, dst: str) -> None:
+    from balsam.db.sessions import create_session
+
     job = hello.submit(workdir="j", say_hello_to="x")
     with store.write() as conn:
-        conn.execute("UPDATE job SET state=? WHERE id=?", (src, job.id))
-        result = apply_state_changes(conn, [StateChange(job.id, dst, data={"why": "test"})])
+        sid = create_session(conn, host="test") if dst == "RUNNING" else None  # only a lease holder starts a job
+        conn.execute("UPDATE job SET state=?, session_id=? WHERE id=?", (src, sid, job.id))
+        result = apply_state_changes(conn, [StateChange(job.id, dst, data={"why": "test"}, session_id=sid)])
     assert result.applied >= 1 and not result.rejected
     events = store.execute("SELECT from_state, to_state, data FROM event WHERE job_id=? ORDER BY id", (job.id,))
     matching = [e for e in events if e[0] == src and e[1] == dst]
@@ -61,6 +64,21 @@ def test_non_strict_mode_reports_refusals_and_applies_the_rest(store: Any, hello
     assert [r[0].job_id for r in result.rejected] == [a.id, 999]
     assert "STAGED_IN -> RUNNING is not allowed" in result.rejected[0][1]
     assert store.execute("SELECT state FROM job WHERE id=?", (b.id,))[0][0] == "PREPROCESSED"
+
+
+def test_only_the_lease_holding_a_job_may_mark_it_running(store: Any, hello: Any) -> None:
+    from balsam.db.sessions import create_session
+
+    job = hello.submit(workdir="r", say_hello_to="x")
+    with store.write() as conn:
+        conn.execute("UPDATE job SET state='PREPROCESSED' WHERE id=?", (job.id,))
+    with pytest.raises(IllegalTransition, match="only a launcher holding the job can mark it RUNNING"):
+        with store.write() as conn:
+            apply_state_changes(conn, [StateChange(job.id, "RUNNING")])
+    with store.write() as conn:
+        sid = create_session(conn, host="test")
+        conn.execute("UPDATE job SET session_id=? WHERE id=?", (sid, job.id))
+        assert apply_state_changes(conn, [StateChange(job.id, "RUNNING", session_id=sid)]).applied == 1
 
 
 def test_error_message_lists_allowed_targets() -> None:

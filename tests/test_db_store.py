@@ -78,14 +78,21 @@ def _writer(args: Tuple[str, str, List[int]]) -> Tuple[int, List[str]]:
     from balsam._api import sites
 
     sites.reset()
+    from balsam.db.sessions import create_session
+
     store = sites.resolve(site_name).store
     errors: List[str] = []
     done = 0
+    sid = None
     for state in ("PREPROCESSED", "RUNNING", "RUN_DONE"):
+        if state == "RUNNING":  # hold the jobs as a launcher's acquire would: only a lease holder marks them RUNNING
+            with store.write() as conn:
+                sid = create_session(conn, host="test")
+                conn.execute("UPDATE job SET session_id=? WHERE id IN (SELECT value FROM json_each(?))", (sid, str(ids)))
         for i in range(0, len(ids), 5):
             try:
                 with store.write() as conn:
-                    apply_state_changes(conn, [StateChange(j, state) for j in ids[i : i + 5]])
+                    apply_state_changes(conn, [StateChange(j, state, session_id=sid) for j in ids[i : i + 5]])
                 done += len(ids[i : i + 5])
             except Exception as exc:  # any error at all fails the test
                 errors.append(repr(exc))

@@ -11,15 +11,27 @@ from balsam.db.updater import Rejected, StatusUpdater, store_sink
 from balsam.exceptions import StoreError
 
 
+def _held(store: Any, jobs: Any) -> int:
+    """Lock jobs to a new lease (what a launcher's acquire does); returns the session id."""
+    from balsam.db.sessions import create_session
+
+    with store.write() as conn:
+        sid = create_session(conn, host="test")
+        conn.execute("UPDATE job SET session_id=? WHERE id IN (SELECT value FROM json_each(?))", (sid, str([j.id for j in jobs])))
+    return int(sid)
+
+
 def test_several_transitions_of_one_job_apply_in_order(hello: Any, store: Any) -> None:
     jobs = Job.objects.bulk_create([hello.submit(workdir=f"j{i}", say_hello_to="x", save=False) for i in range(50)])
+    Job.objects.filter(id=[j.id for j in jobs]).update(state="PREPROCESSED")
+    sid = _held(store, jobs)  # acquired, as a launcher does, so it may mark them RUNNING
     updater = StatusUpdater(store_sink(store), period_s=10).start()
-    for state in ("PREPROCESSED", "RUNNING", "RUN_DONE"):
+    for state in ("RUNNING", "RUN_DONE", "POSTPROCESSED"):
         for job in jobs:
-            updater.put(job.id, state, data={"step": state})
+            updater.put(job.id, state, data={"step": state}, session_id=sid if state == "RUNNING" else None)
     assert updater.close(timeout=10)
-    assert store.execute("SELECT count(*) FROM job WHERE state='RUN_DONE'")[0][0] == 50
-    assert [e.to_state for e in jobs[7].history()] == ["STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE"]
+    assert store.execute("SELECT count(*) FROM job WHERE state='JOB_FINISHED'")[0][0] == 50
+    assert [e.to_state for e in jobs[7].history()] == ["STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"]
     assert updater.written_total == 150 and updater.rejected_total == 0
 
 
@@ -62,12 +74,14 @@ def test_a_failing_sink_keeps_the_batch_and_retries(hello: Any, store: Any) -> N
 
 def test_puts_from_many_threads(hello: Any, store: Any) -> None:
     jobs = Job.objects.bulk_create([hello.submit(workdir=f"j{i}", say_hello_to="x", save=False) for i in range(400)])
+    Job.objects.filter(id=[j.id for j in jobs]).update(state="PREPROCESSED")
+    sid = _held(store, jobs)
     updater = StatusUpdater(store_sink(store), period_s=0.01, max_batch=37).start()
 
     def worker(part: List[Any]) -> None:
         for job in part:
-            updater.put(job.id, "PREPROCESSED")
-            updater.put(job.id, "RUNNING")
+            updater.put(job.id, "RUNNING", session_id=sid)
+            updater.put(job.id, "RUN_DONE", fields={"return_code": 0})
 
     threads = [threading.Thread(target=worker, args=(jobs[k::4],)) for k in range(4)]
     for t in threads:
@@ -75,4 +89,4 @@ def test_puts_from_many_threads(hello: Any, store: Any) -> None:
     for t in threads:
         t.join()
     assert updater.close(timeout=10)
-    assert store.execute("SELECT count(*) FROM job WHERE state='RUNNING'")[0][0] == 400
+    assert store.execute("SELECT count(*) FROM job WHERE state='RUN_DONE' AND return_code=0")[0][0] == 400

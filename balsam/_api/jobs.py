@@ -416,8 +416,10 @@ class JobManager(Manager[Job]):
                     parents.append((int(job.id or 0), [p for p in new_parents if p not in old]))
                 if state is not None:
                     ts = job.__dict__.get("state_timestamp")
-                    changes.append(StateChange(int(job.id or 0), to_state(state).value, timestamp=None if ts is None else q.to_timestamp(ts),
-                                               data=job.__dict__.get("state_data")))
+                    name = to_state(state).value
+                    changes.append(StateChange(int(job.id or 0), name, timestamp=None if ts is None else q.to_timestamp(ts),
+                                               data=job.__dict__.get("state_data"),
+                                               session_id=job.__dict__.get("_session_id") if name == "RUNNING" else None))
             with site.store.write() as conn:
                 if updates:
                     job_db.update_job_fields(conn, updates)

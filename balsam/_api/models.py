@@ -427,6 +427,8 @@ class Session(Model):
         order = {i: n for n, i in enumerate(ids)}
         jobs = list(Job.objects.filter(id=ids, site_id=site.id)) if ids else []
         jobs.sort(key=lambda j: order[j.id])
+        for job in jobs:
+            job.__dict__["_session_id"] = self.id  # lets job.state = "RUNNING"; job.save() prove it holds the job
         return jobs
 
     def delete(self) -> None:

@@ -5,6 +5,8 @@ batch is all-or-nothing and cascades see a consistent DB. State changes go throu
 :func:`apply_state_changes`, the only writer of ``job.state``:
 
 - each change is checked against the transition table (balsam.db.states) and writes one ``event`` row;
+- only the lease holding a job may mark it RUNNING (the change names its session), so a RUNNING job always
+  has a launcher whose expiry or release will time it out if it dies;
 - leaving RUNNING (or any change but to RUNNING) clears the job's session lock;
 - a RUNNING event records the node footprint (``num_nodes / node_packing_count``);
 - cascades run in the same transaction, for every path that moves a job: JOB_FINISHED releases children
@@ -60,7 +62,7 @@ class StateChange(NamedTuple):
     data: Optional[Dict[str, Any]] = None
     fields: Optional[Dict[str, Any]] = None
     session_id: Optional[int] = None
-    """For a change to RUNNING: the lease that must hold the job (refused otherwise)."""
+    """The lease that must hold the job: required for a change to RUNNING, checked for any other."""
 
 
 class ChangeResult:
@@ -327,7 +329,7 @@ _TEMP_TABLES = (
 _LEGAL_ROWS = [(src, dst) for src, dsts in LEGAL.items() for dst in dsts]
 _REFUSED = (
     "src IS NULL OR NOT EXISTS (SELECT 1 FROM _legal l WHERE l.src = _chg.src AND l.dst = _chg.dst) "
-    "OR (sid IS NOT NULL AND holder IS NOT sid)"
+    "OR (sid IS NOT NULL AND holder IS NOT sid) OR (dst = 'RUNNING' AND sid IS NULL)"
 )
 
 
@@ -373,6 +375,11 @@ def _apply_round(
                 reason = f"{src} -> {dst} is not allowed"
                 if strict:
                     check_transition(src, dst, job_id)
+            elif sid is None:
+                reason = (f"job {job_id}: only a launcher holding the job can mark it RUNNING "
+                          "(acquire it through a Session first)")
+                if strict:
+                    raise IllegalTransition(reason, job_id)
             else:
                 reason = f"job {job_id} is not held by session {sid} (its lease expired or it was released)"
                 if strict:
