@@ -215,6 +215,10 @@ def build(output: Path, interpreter: str = "/usr/bin/env python3", bytecode: boo
 
 
 def main(argv: Iterable[str] = ()) -> None:
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # Byte-code must not depend on the per-process string hash seed: before Python 3.11, marshal writes a
+        # frozenset constant in hash order. Run the build again with a fixed seed.
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, "PYTHONHASHSEED": "0"})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-o", "--output", default=str(ROOT / "dist" / "balsam.pyz"), help="where to write the zipapp")
     parser.add_argument("--python", default="/usr/bin/env python3", help="the interpreter line (#!) of the zipapp")

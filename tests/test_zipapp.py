@@ -137,3 +137,20 @@ def test_the_oldest_supported_python_runs_it(pyz: Path, tmp_path: Path) -> None:
     res = subprocess.run([old, "-I", str(pyz), "site", "presets"], capture_output=True, text=True,
                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0 and "polaris" in res.stdout, res.stderr
+
+
+def test_every_package_directory_is_a_regular_package() -> None:
+    # Namespace packages are skipped by setuptools' package discovery and by Python 3.9's zipimport.
+    missing = [str(d.relative_to(ROOT)) for d in (ROOT / "balsam").rglob("*")
+               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").exists()]
+    assert missing == []
+
+
+def test_the_wheel_carries_every_package_and_the_presets(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("balsam-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for must in ("balsam/services/agent.py", "balsam/launcher/__init__.py", "balsam/cli/job.py", "balsam/db/schema.py",
+                 "balsam/platforms/presets/polaris/settings.yml", "balsam/platforms/presets/local/job-template.sh"):
+        assert must in names
