@@ -147,7 +147,7 @@ def test_every_package_directory_is_a_regular_package() -> None:
 
 
 def test_the_wheel_carries_every_package_and_the_presets(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("balsam-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
