@@ -19,7 +19,46 @@ from balsam.exceptions import SessionExpired
 logger = logging.getLogger(__name__)
 
 
-class JobSource:
+class Heartbeat:
+    """The lease heartbeat both JobSources share: a thread calls :meth:`heartbeat` every period; if the lease is
+    found gone, :attr:`expired` is set and the thread stops. Subclasses implement :meth:`heartbeat`."""
+
+    heartbeat_period_s: float
+    session_id: Optional[int]
+
+    def _init_heartbeat(self, period_s: float) -> None:
+        self.heartbeat_period_s = period_s
+        self.expired = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="balsam-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_period_s):
+            try:
+                self.heartbeat()
+            except SessionExpired:
+                logger.error("lease %s expired; its jobs were released", self.session_id)
+                self.expired.set()
+                return
+            except Exception as exc:  # a missed beat is retried; expiry is long enough for several
+                logger.warning("heartbeat failed; will retry: %s", exc)
+
+    def heartbeat(self) -> None:
+        """Renew the lease now."""
+        raise NotImplementedError
+
+
+class JobSource(Heartbeat):
     """Acquire jobs under a lease held by this process."""
 
     def __init__(
@@ -36,32 +75,17 @@ class JobSource:
         self.host = host
         self.batch_job_id = batch_job_id
         self.label = label
-        self.heartbeat_period_s = heartbeat_period_s
         self.expiry_s = expiry_s
         self.session_id: Optional[int] = None
-        self.expired = threading.Event()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._init_heartbeat(heartbeat_period_s)
 
     def start(self) -> "JobSource":
         """Open the lease and start its heartbeat."""
         with self.store.write() as conn:
             sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host)
             self.session_id = sessions.create_session(conn, host=self.host, batch_job_id=self.batch_job_id, label=self.label)
-        self._thread = threading.Thread(target=self._beat, name="balsam-heartbeat", daemon=True)
-        self._thread.start()
+        self._start_heartbeat()
         return self
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_period_s):
-            try:
-                self.heartbeat()
-            except SessionExpired:
-                logger.error("lease %s expired; its jobs were released", self.session_id)
-                self.expired.set()
-                return
-            except Exception:
-                logger.exception("heartbeat failed; will retry")
 
     def heartbeat(self) -> None:
         """Renew the lease now."""
@@ -82,10 +106,7 @@ class JobSource:
 
     def release(self) -> None:
         """End the lease: running jobs become RUN_TIMEOUT, the rest are unlocked."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._stop_heartbeat()
         if self.session_id is not None:
             with self.store.write() as conn:
                 sessions.release(conn, self.session_id)

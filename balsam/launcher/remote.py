@@ -18,8 +18,9 @@ import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
 from balsam.db.jobs import StateChange
+from balsam.db.jobsource import Heartbeat
 from balsam.db.updater import Rejected, Sink
-from balsam.exceptions import BalsamError, ServiceError, SessionExpired
+from balsam.exceptions import ServiceError, SessionExpired
 from balsam.launcher.transport import JobSourceLike, Transport
 from balsam.services.channel import SECRET_FILE, decode, encode, read_address, read_secret, sign
 from balsam.site import SiteLayout
@@ -116,7 +117,7 @@ class ChannelClient:
             self._host_index += 1
 
 
-class RemoteJobSource:
+class RemoteJobSource(Heartbeat):
     """A lease held through the channel; same interface as :class:`balsam.db.jobsource.JobSource`."""
 
     def __init__(self, client: ChannelClient, *, host: str, batch_job_id: Optional[int], label: str,
@@ -125,30 +126,15 @@ class RemoteJobSource:
         self.host = host
         self.batch_job_id = batch_job_id
         self.label = label
-        self.heartbeat_period_s = heartbeat_period_s
         self.session_id: Optional[int] = None
-        self.expired = threading.Event()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._init_heartbeat(heartbeat_period_s)
 
     def start(self) -> "RemoteJobSource":
         answer = self.client.call("session/create", {"batch_job_id": self.batch_job_id, "label": self.label, "host": self.host,
                                                      "pid": os.getpid()})
         self.session_id = int(answer["session_id"])
-        self._thread = threading.Thread(target=self._beat, name="balsam-heartbeat", daemon=True)
-        self._thread.start()
+        self._start_heartbeat()
         return self
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_period_s):
-            try:
-                self.heartbeat()
-            except SessionExpired:
-                logger.error("lease %s expired; its jobs were released", self.session_id)
-                self.expired.set()
-                return
-            except BalsamError as exc:
-                logger.warning("heartbeat failed; will retry: %s", exc)
 
     def heartbeat(self) -> None:
         self.client.call("session/tick", {"session_id": self.session_id})
@@ -165,10 +151,7 @@ class RemoteJobSource:
         return list(answer["jobs"])
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._stop_heartbeat()
         if self.session_id is not None:
             try:
                 self.client.call("session/release", {"session_id": self.session_id})

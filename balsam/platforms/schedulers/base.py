@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from enum import Enum
 from pathlib import Path
-from typing import ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from balsam.exceptions import ConfigError, SchedulerError
 from balsam.platforms.runner import CommandResult, CommandRunner, SubprocessRunner
@@ -34,6 +34,7 @@ from balsam.platforms.runner import CommandResult, CommandRunner, SubprocessRunn
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
+T = TypeVar("T")
 
 
 class SchedulerState(str, Enum):
@@ -196,6 +197,21 @@ class Scheduler(ABC):
         if result.returncode not in tuple(ok_codes):
             raise command_failed(result)
         return result
+
+    def _run_and_parse(
+        self,
+        argv: Sequence[str],
+        parse: Callable[[str], T],
+        *,
+        cwd: Optional[PathLike] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> T:
+        """Run a command and parse its standard output; a parse failure carries the command and its output."""
+        result = self._run(argv, cwd=cwd, env=env)
+        try:
+            return parse(result.stdout)
+        except SchedulerError as exc:
+            raise SchedulerError(str(exc), argv, result.returncode, result.stdout, result.stderr) from None
 
     def _now(self) -> datetime:
         return datetime.now(timezone.utc)

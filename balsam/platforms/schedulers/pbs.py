@@ -287,11 +287,7 @@ class PBSScheduler(Scheduler):
             optional_params=optional_params,
             select_suffix=self.options.get("select_suffix", ""),
         )
-        result = self._run(argv, cwd=cwd, env=env)
-        try:
-            return parse_submit(result.stdout)
-        except SchedulerError as exc:
-            raise SchedulerError(str(exc), argv, result.returncode, result.stdout, result.stderr) from None
+        return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None

@@ -223,11 +223,7 @@ class SGEScheduler(Scheduler):
             slots_per_node=self.slots_per_node,
             cwd=cwd,
         )
-        result = self._run(argv, cwd=cwd, env=env)
-        try:
-            return parse_submit(result.stdout)
-        except SchedulerError as exc:
-            raise SchedulerError(str(exc), argv, result.returncode, result.stdout, result.stderr) from None
+        return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
