@@ -375,17 +375,9 @@ def agent_running(layout: SiteLayout) -> Optional[str]:
     host = words[1] if len(words) > 1 else (layout.home_host() or this_host())
     if host != this_host():
         return f"its PID file says pid {pid} on host {host!r}"
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return f"pid {pid} on this host holds {path}"
-    finally:
-        os.close(fd)
-    return None
+    from balsam.pidfile import pid_file_held
+
+    return f"pid {pid} on this host holds {path}" if pid_file_held(path) else None
 
 
 def live_launchers(store: "Store", live_s: float = LIVE_SESSION_S) -> List[Tuple[int, str, Optional[int], int]]:

@@ -25,8 +25,9 @@ from typing import Any, Dict, List, Optional
 from balsam import __version__
 from balsam._api import sites as _sites
 from balsam.exceptions import ServiceError
+from balsam.pidfile import pid_file, pid_file_held, read_pid
 from balsam.runtime import balsam_argv, subprocess_env
-from balsam.services.base import Service, ServiceThread, pid_file, pid_file_held, read_pid
+from balsam.services.base import Service, ServiceThread
 from balsam.settings import SiteSettings, load_settings
 from balsam.site import SiteLayout, refresh_site_row, this_host
 

@@ -1,4 +1,4 @@
-"""The one service loop every site-agent service shares, and the agent's PID file.
+"""The one service loop every site-agent service shares (the agent's PID file is :mod:`balsam.pidfile`).
 
 A service implements :meth:`Service.run_cycle` (one pass of its work) and optionally :meth:`Service.cleanup`.
 :class:`ServiceThread` calls ``run_cycle`` every ``period_s`` until the stop event is set, records each
@@ -8,17 +8,11 @@ cycle's time and any error (a failing cycle is logged and retried next period, n
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 import time
 import traceback
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
-
-from balsam.exceptions import ServiceError
+from typing import Any, Dict, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -94,53 +88,3 @@ class ServiceThread(threading.Thread):
             "last_error_time": self.last_error_time,
             "backlog": self.service.backlog,
         }
-
-
-def read_pid(path: Path) -> Optional[int]:
-    """The pid recorded in a PID file, or None."""
-    try:
-        text = path.read_text().split()
-        return int(text[0]) if text else None
-    except (OSError, ValueError):
-        return None
-
-
-def pid_file_held(path: Path) -> bool:
-    """True if a live process holds the PID file's lock (a stale file from a crash is not held)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-@contextmanager
-def pid_file(path: Path, what: str = "the site agent") -> Iterator[None]:
-    """Hold ``path`` as this process's PID file for the duration; refuse if a live process holds it.
-
-    The file is locked with ``flock`` while the process lives, so a PID file left by a crash (kill -9, a
-    reboot) is recognised as stale and taken over, without trusting a possibly reused pid.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ServiceError(f"{what} is already running (pid {read_pid(path)}, {path})") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        try:
-            os.unlink(str(path))
-        except FileNotFoundError:
-            pass
-        os.close(fd)
