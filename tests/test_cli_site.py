@@ -158,6 +158,9 @@ def test_rename_host_refuses_while_the_agent_runs_on_the_old_host(site: Any, mon
 def test_rename_host_ignores_a_stale_pid_file_on_this_host(site: Any) -> None:
     SiteLayout(site.path).agent_pid_path.write_text(f"{os.getpid() + 99999} \n")
     ok("site", "rename-host", str(site.path))
+    from balsam.site import this_host
+
+    assert SiteLayout(site.path).home_host() == this_host()
 
 
 def test_sync_refreshes_policies_from_settings(site: Any) -> None:
