@@ -236,8 +236,11 @@ class Job(Model):
                      d["node_packing_count"], d["wall_time_min"])
         if resources != _DEFAULT_RESOURCES:
             job_db._check_resources(dict(zip(_RESOURCE_NAMES, resources)), f"job {d['workdir']!r}: ")
-        return (d["workdir"], info.id, dumps(tags), encode_parameters(params), dumps(d["data"])) + resources[:6] + (
-            dumps(d["launch_params"]), resources[6], dumps(d["parent_ids"]), 1 if d["pending_file_cleanup"] else 0)
+        data, launch_params, parents = d["data"], d["launch_params"], d["parent_ids"]
+        return (d["workdir"], info.id, dumps(tags) if tags else "{}", encode_parameters(params) if params else "{}",
+                dumps(data) if data else "{}") + resources[:6] + (
+            dumps(launch_params) if launch_params else "{}", resources[6], dumps(parents) if parents else "[]",
+            1 if d["pending_file_cleanup"] else 0)
 
     def validate(self) -> None:
         """Check a new job against its app (required and known parameters), its tags and resources, as
@@ -368,24 +371,29 @@ class JobManager(Manager[Job]):
             return self._bulk_create(jobs)
 
     def _bulk_create(self, jobs: Sequence[Job]) -> List[Job]:
-        groups: Dict[Path, Tuple["SiteRef", List[Tuple[Job, Tuple[Any, ...]]]]] = {}
+        groups: Dict[Path, Tuple["SiteRef", List[Job], List[Tuple[Any, ...]]]] = {}
+        last_site: Any = None
+        entry: Any = None
         for job in jobs:
-            if not isinstance(job, Job):
+            d = job.__dict__
+            if type(job) is not Job and not isinstance(job, Job):
                 raise ValidationError(f"bulk_create takes Job objects, got {job!r}")
-            if not job._is_new:
+            if d.get("_row") is not None:
                 raise ValidationError(f"job {job.id} already exists")
-            site = job.__dict__["_site"]
-            entry = groups.get(site.path)
-            if entry is None:
-                entry = groups[site.path] = (site, [])
-            entry[1].append((job, job._creation_row()))
-        for site, items in groups.values():
-            rows = [row for _, row in items]
-            transfers = {i: job.__dict__["transfers"] for i, (job, _) in enumerate(items) if job.__dict__.get("transfers")}
+            site = d["_site"]
+            if site is not last_site:  # jobs of one bulk call nearly always share a site
+                entry = groups.get(site.path)
+                if entry is None:
+                    entry = groups[site.path] = (site, [], [])
+                last_site = site
+            entry[1].append(job)
+            entry[2].append(job._creation_row())
+        for site, group, rows in groups.values():
+            transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
             now = time.time()
             with site.store.write() as conn:
                 first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
-            for i, (job, row) in enumerate(items):
+            for i, (job, row) in enumerate(zip(group, rows)):
                 job._mark_created(row, first + i, states.get(i, "STAGED_IN"), now)
         return list(jobs)
 
