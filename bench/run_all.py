@@ -1,0 +1,29 @@
+"""Run every benchmark, one after the other: ``python bench/run_all.py`` (about 10 minutes on 2 cores).
+
+Each prints its own ratios against a baseline measured in the same run. The Slurm polling benchmark needs
+the local Slurm (bash .ci/slurm.sh start) and says so otherwise.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ["bench_store.py", "bench_launcher.py", "bench_agent.py", "bench_cli.py", "bench_zipapp.py", "bench_scheduler_poll.py"]
+
+
+def main() -> int:
+    failed = []
+    for name in BENCHES:
+        print(f"\n=== {name}", flush=True)
+        if subprocess.run([sys.executable, str(HERE / name), *sys.argv[1:]]).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
