@@ -18,7 +18,7 @@ def main() -> int:
     failed = []
     for name in BENCHES:
         print(f"\n=== {name}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / name), *sys.argv[1:]]).returncode != 0:
+        if subprocess.run([sys.executable, str(HERE / name)]).returncode != 0:
             failed.append(name)
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
