@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from balsam._api.app import fast_renderer
 from balsam.exceptions import ConfigError, ValidationError
 from balsam.launcher.partitions import parse_partition, parse_tags, split_nodes
 from balsam.launcher.spawn import simple_argv, tail_lines
-from balsam.launcher.tasks import AppInfo, fast_renderer
+from balsam.launcher.tasks import AppInfo
 from balsam.platforms.nodes import ComputeNode
 
 

@@ -9,12 +9,13 @@ A class with neither is an abstract base other apps may extend.
 from __future__ import annotations
 
 import inspect
+import re
 import shlex
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 from balsam._api import sites as _sites
 from balsam._api.appsource import capture_source, load_source
@@ -34,6 +35,40 @@ def _jinja_env() -> Any:
     import jinja2
 
     return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def fast_renderer(template: str) -> Optional[Callable[[Dict[str, str]], str]]:
+    """A renderer for templates that only substitute ``{{ name }}`` (no Jinja needed); None otherwise.
+
+    Output is identical to Jinja's (stripped); launchers render a command per job, so skipping Jinja counts.
+    """
+    if "{%" in template or "{#" in template or "\r" in template:
+        return None
+    parts = _VAR.split(template)
+    literal = parts[0::2]
+    if any("{{" in p or "}}" in p for p in literal):
+        return None
+    names = parts[1::2]
+
+    def render(values: Dict[str, str]) -> str:
+        out = [literal[0]]
+        for name, text in zip(names, literal[1:]):
+            out.append(values[name])
+            out.append(text)
+        return "".join(out).strip()
+
+    return render
+
+
+def _compile_template(template: str) -> Callable[[Dict[str, str]], str]:
+    fast = fast_renderer(template)
+    if fast is not None:
+        return fast
+    compiled = _jinja_env().from_string(template)
+    return lambda values: str(compiled.render(**values)).strip()
 
 
 def _template_variables(template: str, app: str) -> List[str]:
@@ -165,6 +200,8 @@ def _define(cls: Any) -> None:
             raise AppError(f"{name}: cleanup_files pattern {g!r} must stay inside the job's workdir")
     cls._balsam_kind = kind
     cls._balsam_params = spec
+    cls._balsam_defaults = {k: v["default"] for k, v in spec.items() if "default" in v}
+    cls._balsam_required = tuple(sorted(k for k, v in spec.items() if v.get("required")))
     cls._balsam_var_keyword = var_keyword
     cls._balsam_transfers = _check_transfers(name, getattr(cls, "transfers", {}) or {})
     cls._balsam_template = None
@@ -188,6 +225,8 @@ class ApplicationDefinition(metaclass=_AppMeta):
     __app_site__: ClassVar[Optional[Path]] = None
     _balsam_kind: ClassVar[Optional[str]]
     _balsam_params: ClassVar[Dict[str, Dict[str, Any]]]
+    _balsam_defaults: ClassVar[Dict[str, Any]]
+    _balsam_required: ClassVar[Tuple[str, ...]]
     _balsam_var_keyword: ClassVar[bool]
     _balsam_transfers: ClassVar[Dict[str, Dict[str, Any]]]
     _balsam_template: ClassVar[Any]
@@ -256,15 +295,14 @@ class ApplicationDefinition(metaclass=_AppMeta):
         cls._require_concrete()
         if cls._balsam_kind != "shell":
             raise AppError(f"{cls.__name__} is a Python app: it has no command line")
-        values: Dict[str, Any] = {k: v["default"] for k, v in cls._balsam_params.items() if "default" in v}
+        values: Dict[str, Any] = dict(cls._balsam_defaults)
         values.update(params)
-        missing = sorted(k for k, v in cls._balsam_params.items() if v.get("required") and k not in values)
-        if missing:
-            raise ValidationError(f"{cls.__name__}: missing required parameter {missing[0]!r}")
+        for name in cls._balsam_required:
+            if name not in values:
+                raise ValidationError(f"{cls.__name__}: missing required parameter {name!r}")
         if cls._balsam_template is None:
-            cls._balsam_template = _jinja_env().from_string(cls.command_template)
-        quoted = {k: shlex.quote(str(v)) for k, v in values.items()}
-        return str(cls._balsam_template.render(**quoted)).strip()
+            cls._balsam_template = _compile_template(str(cls.command_template))
+        return str(cls._balsam_template({k: shlex.quote(str(v)) for k, v in values.items()}))
 
     # ---------------------------------------------------------------- sync and submit
     @classmethod

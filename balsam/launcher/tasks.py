@@ -4,20 +4,18 @@ The launcher loads each app once (from its stored source, through whichever tran
 reloads it when the app is re-synced. A task is placement-free: the executor that places it adds the CPU,
 GPU and thread settings. Tasks are plain data, so the serial-mode master can send them to node workers.
 
-Shell commands render exactly as ``ApplicationDefinition.render_command`` does (defaults first, every value
-shell-quoted); templates that only substitute parameters skip Jinja for speed.
+Shell commands render through ``ApplicationDefinition.render_command`` (defaults first, every value
+shell-quoted; templates that only substitute parameters skip Jinja).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import shlex
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from balsam.db.codec import decode_parameters
-from balsam.exceptions import AppError, ValidationError
+from balsam.exceptions import AppError
 from balsam.launcher.pyexec import JobView, app_module_name, load_app
 
 logger = logging.getLogger(__name__)
@@ -25,29 +23,8 @@ logger = logging.getLogger(__name__)
 AppRow = Dict[str, Any]
 """An app as the transport returns it: id, name, kind, source_code, version."""
 
-_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 JOB_FIELDS = ("id", "workdir", "app_id", "tags", "data", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
               "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min", "parent_ids", "batch_job_id")
-
-
-def fast_renderer(template: str) -> Optional[Callable[[Dict[str, str]], str]]:
-    """A renderer for templates that only substitute ``{{ name }}``; None if Jinja is needed."""
-    if "{%" in template or "{#" in template or "\r" in template:
-        return None
-    parts = _VAR.split(template)
-    literal = parts[0::2]
-    if any("{{" in p or "}}" in p for p in literal):
-        return None
-    names = parts[1::2]
-
-    def render(values: Dict[str, str]) -> str:
-        out = [literal[0]]
-        for name, text in zip(names, literal[1:]):
-            out.append(values[name])
-            out.append(text)
-        return "".join(out).strip()
-
-    return render
 
 
 class AppInfo:
@@ -73,13 +50,6 @@ class AppInfo:
         self.env = {str(k): str(v) for k, v in (getattr(cls, "environment_variables", None) or {}).items()}
         self.python_exe: Optional[str] = getattr(cls, "python_exe", None)
         self.has_preamble = bool(cls.has_hook("shell_preamble"))
-        self.params_spec: Dict[str, Dict[str, Any]] = dict(getattr(cls, "_balsam_params", {}))
-        self.defaults = {k: v["default"] for k, v in self.params_spec.items() if "default" in v}
-        self.required = sorted(k for k, v in self.params_spec.items() if v.get("required"))
-        self._fast = fast_renderer(cls.command_template) if self.kind == "shell" and cls.command_template else None
-        self._constant: Optional[str] = None
-        if self._fast is not None and not self.params_spec:
-            self._constant = self._fast({})
 
     @property
     def payload(self) -> List[str]:
@@ -88,16 +58,7 @@ class AppInfo:
 
     def render(self, params: Dict[str, Any]) -> str:
         """The shell command for ``params`` (ValidationError if a required parameter is missing)."""
-        if self._constant is not None and not params:
-            return self._constant
-        if self._fast is None:
-            return str(self.cls.render_command(params))
-        values = dict(self.defaults)
-        values.update(params)
-        for name in self.required:
-            if name not in values:
-                raise ValidationError(f"{self.name}: missing required parameter {name!r}")
-        return self._fast({k: shlex.quote(str(v)) for k, v in values.items()})
+        return str(self.cls.render_command(params))
 
 
 class AppCache:
