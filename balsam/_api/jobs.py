@@ -342,14 +342,7 @@ class Job(Model):
         raise JobFailed(f"job {self.id} ended {state}: {self._last_message()}")
 
     def _last_message(self) -> str:
-        from balsam._api.models import EventLog
-
-        for ev in EventLog.objects.filter(job_id=self.id, site_id=self.site_id).order_by("-id")[:5]:
-            data = ev.data or {}
-            msg = data.get("message") or data.get("error")
-            if msg:
-                return str(msg).strip().splitlines()[-1][:300]
-        return "no message recorded"
+        return job_db.last_event_message(self.__dict__["_site"].store.conn, int(self.id or 0)) or "no message recorded"
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """Wait for the job to finish, then return its value or re-raise its exception.

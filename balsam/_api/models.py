@@ -405,7 +405,7 @@ class Session(Model):
     def acquire_jobs(
         self,
         max_num_jobs: int = 1000,
-        states: Any = ("PREPROCESSED", "RESTART_READY"),
+        states: Any = session_db.RUNNABLE_NAMES,
         filter_tags: Optional[Dict[str, str]] = None,
         app_ids: Optional[Sequence[int]] = None,
         serial_only: bool = False,

@@ -655,3 +655,13 @@ def delete_jobs(conn: sqlite3.Connection, job_ids: Sequence[int]) -> int:
     if orphans:
         apply_state_changes(conn, list(orphans.values()), strict=False)
     return deleted
+
+
+def last_event_message(conn: sqlite3.Connection, job_id: int) -> str:
+    """The last line of the most recent message or error among a job's last five events with data ('' if none)."""
+    for (data,) in conn.execute("SELECT data FROM event WHERE job_id=? AND data IS NOT NULL ORDER BY id DESC LIMIT 5", (job_id,)):
+        d = loads(data) or {}
+        msg = d.get("message") or d.get("error")
+        if msg:
+            return str(msg).strip().splitlines()[-1][:300]
+    return ""

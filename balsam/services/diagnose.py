@@ -11,18 +11,10 @@ import time
 from typing import Any, Dict, List
 
 from balsam.db.codec import loads
+from balsam.db.jobs import last_event_message
 from balsam.services.agent import agent_status
 
 AGENT_DOWN = "the site agent is not running: start it with 'balsam site start'"
-
-
-def _events_message(store: Any, job_id: int) -> str:
-    for (data,) in store.execute("SELECT data FROM event WHERE job_id=? AND data IS NOT NULL ORDER BY id DESC LIMIT 5", (job_id,)):
-        d = loads(data) or {}
-        msg = d.get("message") or d.get("error")
-        if msg:
-            return str(msg).strip().splitlines()[-1][:300]
-    return ""
 
 
 def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[str]:
@@ -105,7 +97,7 @@ def explain(store: Any, site_root: Any, job_id: int) -> List[str]:
             return [f"running under launcher pid {pid} on {host} (BatchJob {batch_job_id}); last heartbeat {time.time() - beat:.0f} s ago"]
         return ["marked RUNNING but no launcher holds it; the next launcher or agent cycle will time it out"]
     if state in ("FAILED", "USER_KILLED"):
-        msg = _events_message(store, job_id)
+        msg = last_event_message(store.conn, job_id)
         return [f"{state}: {msg}" if msg else state, "reset it to run again: 'balsam job reset ID'"]
     if state == "JOB_FINISHED":
         return ["finished"]
