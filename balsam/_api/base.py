@@ -12,6 +12,7 @@ merged in the requested order.
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -19,6 +20,7 @@ from typing import (
     ClassVar,
     Dict,
     Generic,
+    Iterable,
     Iterator,
     List,
     Optional,
@@ -407,11 +409,7 @@ class Query(Generic[M]):
 
     def _per_site_ids(self) -> List[Tuple["SiteRef", List[int]]]:
         if self._sliced:
-            groups: Dict[int, Tuple["SiteRef", List[int]]] = {}
-            for obj in self._fetch():
-                site = obj.__dict__["_site"]
-                groups.setdefault(site.id, (site, []))[1].append(int(obj.id or 0))
-            return list(groups.values())
+            return [(site, [int(o.id or 0) for o in objs]) for site, objs in by_site(self._fetch())]
         filters = dict(self._filters)
         out = []
         for site in _sites.scope(filters):
@@ -434,6 +432,15 @@ def _short(value: Any) -> Any:
     if isinstance(value, _dt.datetime):
         return value.isoformat(timespec="seconds")
     return value
+
+
+def by_site(objects: Iterable[M]) -> List[Tuple["SiteRef", List[M]]]:
+    """Objects grouped by the site they live in (writes and refreshes go one transaction per site)."""
+    groups: Dict[Path, Tuple["SiteRef", List[M]]] = {}
+    for obj in objects:
+        site = obj.__dict__["_site"]
+        groups.setdefault(site.path, (site, []))[1].append(obj)
+    return list(groups.values())
 
 
 def _describe_filters(filters: Dict[str, Any]) -> str:

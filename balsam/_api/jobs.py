@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from balsam._api import sites as _sites
-from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, row_of
+from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
 from balsam.db import jobs as job_db
 from balsam.db import query as q
 from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
@@ -392,13 +392,9 @@ class JobManager(Manager[Job]):
 
     def bulk_update(self, jobs: Sequence[Job]) -> None:
         """Write the changed fields of many jobs (state changes through the state machine) per site."""
-        groups: Dict[Path, Tuple["SiteRef", List[Job]]] = {}
-        for job in jobs:
-            if job._is_new:
-                raise ValidationError("bulk_update needs saved jobs; use bulk_create for new ones")
-            site = job.__dict__["_site"]
-            groups.setdefault(site.path, (site, []))[1].append(job)
-        for site, group in groups.values():
+        if any(job._is_new for job in jobs):
+            raise ValidationError("bulk_update needs saved jobs; use bulk_create for new ones")
+        for site, group in by_site(jobs):
             updates: List[Tuple[int, Dict[str, Any]]] = []
             changes: List[StateChange] = []
             parents: List[Tuple[int, List[int]]] = []
@@ -442,11 +438,7 @@ class JobManager(Manager[Job]):
 
     def bulk_refresh(self, jobs: Sequence[Job]) -> None:
         """Reload many jobs from their sites."""
-        groups: Dict[Path, Tuple["SiteRef", List[Job]]] = {}
-        for job in jobs:
-            site = job.__dict__["_site"]
-            groups.setdefault(site.path, (site, []))[1].append(job)
-        for site, group in groups.values():
+        for site, group in by_site(jobs):
             self._reload(site, group)
 
     def _query_update(self, query: Query[Job], fields: Dict[str, Any]) -> int:
@@ -482,11 +474,8 @@ class JobManager(Manager[Job]):
     # ---------------------------------------------------------------- futures over many jobs
     def _done_ids(self, jobs: Sequence[Job]) -> Set[Tuple[int, int]]:
         out: Set[Tuple[int, int]] = set()
-        groups: Dict[Path, Tuple["SiteRef", List[int]]] = {}
-        for job in jobs:
-            site = job.__dict__["_site"]
-            groups.setdefault(site.path, (site, []))[1].append(int(job.id or 0))
-        for site, ids in groups.values():
+        for site, group in by_site(jobs):
+            ids = [int(job.id or 0) for job in group]
             for start in range(0, len(ids), 20000):
                 chunk = ids[start : start + 20000]
                 rows = site.store.conn.execute(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence
 
 from balsam._api import sites as _sites
-from balsam._api.base import Field, Manager, Model, Query, bind_manager, from_datetime
+from balsam._api.base import Field, Manager, Model, Query, bind_manager, by_site, from_datetime
 from balsam._api.jobs import Job, invalidate_app_cache
 from balsam.db import batch_jobs as batch_db
 from balsam.db import jobs as job_db
@@ -474,19 +474,13 @@ class TransferItem(Model):
 class TransferItemManager(Manager[TransferItem]):
     def bulk_update(self, items: Sequence[TransferItem]) -> None:
         """Save many transfer items, one transaction per site."""
-        groups: Dict[Path, Tuple["SiteRef", List[Tuple[int, Dict[str, Any]]], List[TransferItem]]] = {}
-        for item in items:
-            site = item.__dict__["_site"]
-            g = groups.setdefault(site.path, (site, [], []))
-            changed = item._changed_fields()
-            if changed:
-                g[1].append((int(item.id or 0), changed))
-                g[2].append(item)
-        for site, updates, objs in groups.values():
+        for site, group in by_site(items):
+            changed = [(item, item._changed_fields()) for item in group]
+            changed = [(item, fields) for item, fields in changed if fields]
             with site.store.write() as conn:
-                transfer_db.update_items(conn, updates)
-            for obj in objs:
-                obj.refresh_from_db()
+                transfer_db.update_items(conn, [(int(item.id or 0), fields) for item, fields in changed])
+            for item, _ in changed:
+                item.refresh_from_db()
 
     def _query_update(self, query: Query[TransferItem], fields: Dict[str, Any]) -> int:
         n = 0
