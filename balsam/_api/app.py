@@ -373,7 +373,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
     @classmethod
     def load_by_id(cls, app_id: int, site: Any = None) -> type:
         """The app class stored under ``app_id`` (reloaded when the app was re-synced since)."""
-        ref = site if isinstance(site, _sites.SiteRef) else (_sites.resolve(site) if site is not None else _single_scope())
+        ref = _sites.single_site(site)
         row = ref.store.conn.execute("SELECT name, source_code, version FROM app WHERE id=?", (app_id,)).fetchone()
         if row is None:
             raise AppError(f"no app with id {app_id} at site {ref.name}")
@@ -382,7 +382,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
     @classmethod
     def load_by_name(cls, name: str, site_name: Optional[str] = None) -> type:
         """The app class stored under ``name``."""
-        ref = _sites.resolve(site_name) if site_name else _single_scope()
+        ref = _sites.single_site(site_name or None)
         row = ref.store.conn.execute("SELECT id, source_code, version FROM app WHERE name=?", (name,)).fetchone()
         if row is None:
             raise AppError(f"no app named {name!r} at site {ref.name}")
@@ -391,7 +391,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
     @classmethod
     def load_by_site(cls, site: Any = None) -> Dict[str, type]:
         """Every app of a site, by name."""
-        ref = site if isinstance(site, _sites.SiteRef) else (_sites.resolve(site) if site is not None else _single_scope())
+        ref = _sites.single_site(site)
         rows = ref.store.conn.execute("SELECT id, name, source_code, version FROM app ORDER BY id").fetchall()
         return {name: _load(ref, app_id, name, src, ver) for app_id, name, src, ver in rows}
 
@@ -420,13 +420,6 @@ def _load(ref: "SiteRef", app_id: int, name: str, source: str, version: int) -> 
         app_cls._balsam_loaded_from = ref.path
         _loaded[key] = (version, app_cls)
         return app_cls  # type: ignore[no-any-return]
-
-
-def _single_scope() -> "SiteRef":
-    sites = _sites.default_scope()
-    if len(sites) > 1:
-        raise ValidationError(f"several sites are in scope ({', '.join(s.name for s in sites)}): name one")
-    return sites[0]
 
 
 __all__ = ["ApplicationDefinition"]

@@ -23,14 +23,7 @@ if TYPE_CHECKING:
 
 
 def _single_site(site_id: Optional[int] = None, site_name: Optional[str] = None) -> "SiteRef":
-    if site_id is not None:
-        return _sites.resolve(int(site_id))
-    if site_name is not None:
-        return _sites.resolve(site_name)
-    sites = _sites.default_scope()
-    if len(sites) > 1:
-        raise ValidationError(f"several sites are in scope ({', '.join(s.name for s in sites)}): pass site_id= or site_name=")
-    return sites[0]
+    return _sites.single_site(int(site_id) if site_id is not None else site_name, how="pass site_id= or site_name=")
 
 
 class _SimpleManager(Manager[Any]):

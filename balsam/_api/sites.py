@@ -122,6 +122,23 @@ def resolve(key: Union[str, int, Path, Any]) -> SiteRef:
     return ref_for_root(Path(entry.path))
 
 
+def single_site(site: Any = None, *, how: str = "name one") -> SiteRef:
+    """``site`` (a SiteRef, name, id, path or Site) resolved, else the one site in the default scope.
+
+    ``how`` tells the user how to choose when several sites are in scope.
+    """
+    if isinstance(site, SiteRef):
+        return site
+    if site is not None:
+        return resolve(site)
+    sites = default_scope()
+    if len(sites) > 1:
+        from balsam.exceptions import ValidationError
+
+        raise ValidationError(f"several sites are in scope ({', '.join(s.name for s in sites)}): {how}")
+    return sites[0]
+
+
 def local_sites() -> List[SiteRef]:
     """Every registered site on this host whose directory still exists."""
     host = this_host()
