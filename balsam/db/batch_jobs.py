@@ -18,18 +18,25 @@ JOB_MODES = ("mpi", "serial")
 
 
 def parse_partition(text: str) -> Dict[str, Any]:
-    """``mode:nodes[:k=v,...]`` (the CLI's ``-p``) as a partition dict."""
-    parts = text.split(":")
-    if len(parts) < 2 or parts[0] not in JOB_MODES or not parts[1].isdigit():
-        raise ValidationError(f"partition {text!r}: expected MODE:NODES[:key=value,...] with MODE mpi or serial")
+    """``mode:nodes[:k=v,...]`` (``-p`` of ``queue submit`` and of the launcher) as a partition dict; tags may be
+    separated by ``,`` or ``:``."""
+    parts = text.split(":", 2)
+    mode = parts[0].strip()
+    count = parts[1].strip() if len(parts) > 1 else ""
+    if len(parts) < 2:
+        raise ValidationError(f"partition {text!r}: expected MODE:NODES[:key=value,...], e.g. serial:4:role=worker")
+    if mode not in JOB_MODES:
+        raise ValidationError(f"partition {text!r}: job mode must be mpi or serial, not {mode!r}")
+    if not count.isdigit() or int(count) < 1:
+        raise ValidationError(f"partition {text!r}: the node count must be a positive integer, not {count!r}")
     tags: Dict[str, str] = {}
-    for item in ":".join(parts[2:]).split(","):
-        if item:
+    for item in (parts[2] if len(parts) == 3 else "").replace(":", ",").split(","):
+        if item.strip():
             k, sep, v = item.partition("=")
-            if not sep:
+            if not sep or not k.strip():
                 raise ValidationError(f"partition {text!r}: tag {item!r} must be key=value")
-            tags[k] = v
-    return {"job_mode": parts[0], "num_nodes": int(parts[1]), "filter_tags": tags}
+            tags[k.strip()] = v.strip()
+    return {"job_mode": mode, "num_nodes": int(count), "filter_tags": tags}
 
 
 def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bool = True) -> Dict[str, Any]:

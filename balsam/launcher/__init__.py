@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from balsam.db.batch_jobs import JOB_MODES
 from balsam.exceptions import ConfigError, SiteNotFound
 
 __all__ = ["JOB_MODES", "run_launcher"]
 
-JOB_MODES = ("mpi", "serial")
 logger = logging.getLogger("balsam.launcher")
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from balsam.exceptions import ConfigError
+from balsam.db.batch_jobs import parse_partition as parse_partition_spec
+from balsam.exceptions import ConfigError, ValidationError
 from balsam.platforms.nodes import ComputeNode
 
 logger = logging.getLogger("balsam.launcher")
 
-MODES = ("mpi", "serial")
 STRAGGLER_GRACE_S = 15.0
 
 
@@ -46,19 +46,12 @@ def parse_tags(items: Sequence[str], where: str = "--tag") -> Dict[str, str]:
 
 
 def parse_partition(text: str) -> Partition:
-    """Parse one ``-p`` value (tags may be separated by ``,`` or ``:``)."""
-    parts = text.split(":", 2)
-    if len(parts) < 2:
-        raise ConfigError(f"--part {text!r}: expected MODE:NUM_NODES[:KEY=VALUE,...], e.g. serial:4:role=worker")
-    mode, count = parts[0].strip(), parts[1].strip()
-    if mode not in MODES:
-        raise ConfigError(f"--part {text!r}: job mode must be mpi or serial, not {mode!r}")
-    if not count.isdigit() or int(count) < 1:
-        raise ConfigError(f"--part {text!r}: the node count must be a positive integer, not {count!r}")
-    tags: Dict[str, str] = {}
-    if len(parts) == 3 and parts[2].strip():
-        tags = parse_tags([t for t in parts[2].replace(":", ",").split(",") if t.strip()], where=f"--part {text!r}:")
-    return Partition(mode, int(count), tags)
+    """Parse one ``-p`` value (the grammar of :func:`balsam.db.batch_jobs.parse_partition`)."""
+    try:
+        spec = parse_partition_spec(text)
+    except ValidationError as exc:
+        raise ConfigError(f"--part: {exc}") from None
+    return Partition(spec["job_mode"], spec["num_nodes"], spec["filter_tags"])
 
 
 def split_nodes(parts: Sequence[Partition], nodes: Sequence[ComputeNode]) -> List[List[ComputeNode]]:
