@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import click
@@ -178,6 +179,18 @@ def scope_sites(selectors: Sequence[str]) -> Tuple[List["SiteRef"], Dict[str, An
         _sites.use_site(refs[0].path)
         return refs, {}
     return refs, {"site_id": [r.id for r in refs]}
+
+
+def site_root(site: Optional[str]) -> "Path":
+    """The directory of the site a per-site command acts on: ``--site PATH``, BALSAM_SITE_PATH, or the one
+    around the working directory."""
+    from balsam.exceptions import SiteNotFound
+    from balsam.site import find_site_root
+
+    root = find_site_root(site)
+    if root is None:
+        raise SiteNotFound("not inside a site: cd into one, pass --site PATH, or set BALSAM_SITE_PATH")
+    return root
 
 
 def one_site(selectors: Sequence[str], action: str = "this command") -> "SiteRef":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional, Tuple
 
 import click
@@ -31,14 +30,10 @@ def launcher(job_mode: str, wall_time_min: float, tags: Tuple[str, ...], parts: 
       balsam launcher -j serial -t 30 --tag experiment=xpcs --idle-ttl 120
       balsam launcher -j mpi -t 120 -p mpi:2:role=leader -p serial:6:role=worker
     """
-    from balsam.exceptions import SiteNotFound
+    from balsam.cli._common import site_root
     from balsam.launcher import run_launcher
     from balsam.launcher.partitions import parse_tags
-    from balsam.site import find_site_root
 
-    root = find_site_root(site)
-    if root is None:
-        raise SiteNotFound("not inside a site: cd into one, pass --site PATH, or set BALSAM_SITE_PATH")
-    code = run_launcher(Path(root), job_mode=job_mode, wall_time_min=wall_time_min, filter_tags=parse_tags(tags),
+    code = run_launcher(site_root(site), job_mode=job_mode, wall_time_min=wall_time_min, filter_tags=parse_tags(tags),
                         partitions=list(parts), batch_job_id=batch_job_id, idle_ttl_s=idle_ttl, serial_workers=serial_workers)
     sys.exit(code)

@@ -5,21 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import click
 
-
-def _site_root(site: Optional[str]) -> Path:
-    from balsam.exceptions import SiteNotFound
-    from balsam.site import find_site_root
-
-    root = find_site_root(site)
-    if root is None:
-        raise SiteNotFound("not inside a site: cd into one, pass --site PATH, or set BALSAM_SITE_PATH")
-    return root
-
+from balsam.cli._common import site_root
 
 site_option = click.option("--site", "site", metavar="PATH", help="The site (default: the one around the working directory).")
 
@@ -45,7 +35,7 @@ def start(site: Optional[str]) -> None:
     """
     from balsam.services.agent import start_agent
 
-    root = _site_root(site)
+    root = site_root(site)
     pid = start_agent(root)
     click.echo(f"Started the site agent of {root} (pid {pid}); log: {root / 'log' / 'agent.log'}")
 
@@ -62,7 +52,7 @@ def stop(site: Optional[str], timeout: float) -> None:
     """
     from balsam.services.agent import stop_agent
 
-    root = _site_root(site)
+    root = site_root(site)
     pid = stop_agent(root, timeout_s=timeout)
     click.echo(f"Stopped the site agent (pid {pid})" if pid else "The site agent is not running")
 
@@ -103,7 +93,7 @@ def status(site: Optional[str], as_json: bool) -> None:
     """
     from balsam.services.agent import agent_status
 
-    st = agent_status(_site_root(site))
+    st = agent_status(site_root(site))
     click.echo(json.dumps(st, indent=1) if as_json else format_status(st))
 
 
@@ -113,4 +103,4 @@ def run(site: Optional[str]) -> None:
     """Run the site agent in the foreground (what ``start`` runs in the background)."""
     from balsam.services.agent import run_agent
 
-    raise SystemExit(run_agent(_site_root(site)))
+    raise SystemExit(run_agent(site_root(site)))
