@@ -204,6 +204,5 @@ def agent_status(site_root: Path) -> Dict[str, Any]:
     layout = SiteLayout(Path(site_root).resolve())
     status = read_status(layout)
     status["running"] = pid_file_held(pid_path(layout))
-    if not status["running"]:
-        status["services"] = status.get("services", {})
+    status.setdefault("services", {})
     return status
