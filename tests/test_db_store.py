@@ -147,3 +147,34 @@ def test_raw_sqlite_reader_sees_committed_state(site: Any, hello: Any) -> None:
         assert raw.execute("SELECT workdir, state FROM job").fetchall() == [("r", "STAGED_IN")]
     finally:
         raw.close()
+
+
+def _with_v2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend this Balsam knows one more migration than the site's DB has."""
+    import balsam.db.connection as connection
+    import balsam.db.maintenance as maintenance
+    from balsam.db import schema
+
+    def v2(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE extra (id INTEGER PRIMARY KEY)")
+
+    migrations = [*schema.MIGRATIONS, (CURRENT_VERSION + 1, "extra table", v2)]
+    for module in (connection, maintenance):
+        monkeypatch.setattr(module, "MIGRATIONS", migrations)
+        monkeypatch.setattr(module, "CURRENT_VERSION", CURRENT_VERSION + 1)
+
+
+def test_older_schema_is_refused_with_the_command_to_run(site: Any, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening never migrates: a running older agent keeps a schema it understands (defect 10)."""
+    store.close()
+    _with_v2(monkeypatch)
+    fresh = open_store(site.path, store.host)
+    with pytest.raises(SchemaError, match="older than this Balsam.*balsam db migrate") as info:
+        _ = fresh.conn
+    assert "\n" not in str(info.value)
+    raw = sqlite3.connect(str(site.layout.db_path))
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION  # nothing was written
+    raw.close()
+    assert fresh.migrate() == ["extra table"]
+    assert fresh.schema_version() == CURRENT_VERSION + 1
+    assert open_store(site.path, store.host).execute("SELECT count(*) FROM extra") == [(0,)]

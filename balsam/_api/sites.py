@@ -38,7 +38,7 @@ class SiteRef:
 
     @property
     def store(self) -> Store:
-        return _store_for(self.path)
+        return store_for(self.path)
 
 
 _lock = threading.Lock()
@@ -49,7 +49,8 @@ generation = 0
 """Bumped by :func:`reset`; caches keyed on sites compare it to know they are stale."""
 
 
-def _store_for(root: Path) -> Store:
+def store_for(root: Path) -> Store:
+    """The (cached, not yet opened) Store of a site directory."""
     with _lock:
         store = _stores.get(root)
         if store is None:
@@ -67,7 +68,7 @@ def ref_for_root(root: Path) -> SiteRef:
         ref = _refs.get(root)
     if ref is not None:
         return ref
-    store = _store_for(root)
+    store = store_for(root)
     row = store.conn.execute("SELECT id, name FROM site LIMIT 1").fetchone()
     owner = store.get_meta("home_host") or this_host()
     ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=owner)

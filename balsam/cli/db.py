@@ -109,7 +109,7 @@ def db_vacuum(sites: Sequence[str]) -> None:
 
 def _root_without_opening(sites: Sequence[str]) -> Path:
     """The site directory for ``db migrate``, found like ``--site`` does but without opening the store
-    (opening it would migrate it at once)."""
+    (opening an older schema is refused)."""
     from balsam.site import Registry, SiteLayout, find_site_root, this_host
 
     keys = [k.strip() for s in sites for k in s.split(",") if k.strip()]
@@ -131,7 +131,8 @@ def _root_without_opening(sites: Sequence[str]) -> Path:
 @click.option("--dry-run", is_flag=True, help="Only show what would be applied.")
 @_site_option
 def db_migrate(dry_run: bool, sites: Sequence[str]) -> None:
-    """Upgrade the DB schema to this Balsam's version (opening a site also does this).
+    """Upgrade the DB schema to this Balsam's version (the site agent also does this when it starts; every
+    other command refuses an older schema and names this one). Stop older agents of the site first.
 
     \b
     Example:

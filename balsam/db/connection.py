@@ -80,6 +80,7 @@ class Store:
         self._local = _Local()
         self._checked_pid = 0
         self._check_lock = threading.Lock()
+        self._migrating = False
 
     # ------------------------------------------------------------------ opening
     def _check_host(self) -> None:
@@ -123,10 +124,16 @@ class Store:
             )
         if version == 0:
             raise StoreError(f"{self.db_path}: not a Balsam site DB (no schema); was it created by 'balsam site init'?")
+        if version < CURRENT_VERSION and not self._migrating:
+            # Never migrate on open: an older agent still running on this site would meet a schema it does not
+            # know. Migration is explicit (DESIGN.md section 3; `balsam db migrate`, or the agent at start).
+            raise SchemaError(
+                f"{self.db_path}: schema version {version} is older than this Balsam's ({CURRENT_VERSION}): stop the "
+                f"site's agent and run 'balsam db migrate --site {self.db_path.parent.parent}' (or start the agent, "
+                "which migrates at start)"
+            )
         if mode.lower() != "wal":
             conn.execute("PRAGMA journal_mode=WAL")
-        if version < CURRENT_VERSION:
-            self.migrate()
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -243,10 +250,17 @@ class Store:
     def migrate(self) -> List[str]:
         """Apply pending migrations under the writer lock; returns their names.
 
-        Opening the DB (the first use of :attr:`conn`) migrates it already; that happens before the lock is
-        taken here, since opening resets this thread's lock descriptor (a second descriptor would deadlock).
+        The only way a schema changes (``balsam db migrate`` and the site agent at start call it): every other
+        open of an older DB is refused. The connection is opened before the lock is taken, since opening
+        resets this thread's lock descriptor (a second descriptor would deadlock).
         """
-        conn = self.conn
+        with self._check_lock:
+            self._migrating = True
+        try:
+            conn = self.conn
+        finally:
+            with self._check_lock:
+                self._migrating = False
         fd = self._lock_fd()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

@@ -100,6 +100,9 @@ def run_agent(site_root: Path) -> int:
     stop = threading.Event()
     with pid_file(pid_path(layout)):
         settings = load_settings(layout.settings_path)
+        applied = _sites.store_for(root).migrate()  # the agent is one of the two places a schema is upgraded
+        if applied:
+            logger.info("migrated the site DB: %s", ", ".join(applied))
         site = _sites.ref_for_root(root)
         host = this_host()
         if site.host != host:
