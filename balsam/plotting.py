@@ -184,7 +184,7 @@ def plot_durations(
             values.extend(v for v in r.percentiles.values() if v > 0)
             ax.plot([r.percentiles[lo_p]], [g_i], "k|", markersize=10, label=f"p{lo_p:g}" if phase == phases[0] and g_i == 0 else None)
             ax.plot([r.percentiles[hi_p]], [g_i], "r|", markersize=10, label=f"p{hi_p:g}" if phase == phases[0] and g_i == 0 else None)
-            ax.text(r.percentiles[mid_p], g_i, f"  n={r.count}", va="center", fontsize="small")
+            ax.text(max(r.percentiles.values()), g_i, f"  n={r.count}", va="center", fontsize="small")
         ax.set_yticks(ys, [g or "(all)" for g in groups])
         ax.set_ylabel(phase.replace("_", " "))
         ax.grid(alpha=0.3, axis="x")

@@ -151,7 +151,7 @@ def test_no_matplotlib_import_and_one_line_error(monkeypatch: pytest.MonkeyPatch
     import subprocess
     import sys
 
-    code = ("import sys, balsam.api, balsam.analytics, balsam.widgets; "
+    code = ("import sys, balsam.api, balsam.analytics; "
             "assert 'matplotlib' not in sys.modules and 'ipywidgets' not in sys.modules, 'eager import'")
     subprocess.run([sys.executable, "-c", code], check=True)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -160,3 +160,28 @@ def test_no_matplotlib_import_and_one_line_error(monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(MissingExtra, match=r"pip install 'balsam\[jupyter\]'"):
         analytics.plot_throughput([])
+
+
+def test_plots_are_labelled_figures(scripted: Dict[str, int], tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    figs = {
+        "throughput": analytics.plot_throughput(EventLog.objects.all(), window_s=30),
+        "utilization": analytics.plot_utilization(EventLog.objects.all(), BatchJob.objects.all()),
+        "states": analytics.plot_states(EventLog.objects.all()),
+        "durations": analytics.plot_durations(EventLog.objects.all(), group_by="tag:size"),
+    }
+    labels = {name: [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes] for name, fig in figs.items()}
+    assert labels["throughput"][0][0].startswith("Time (local") and labels["throughput"][0][1] == "Jobs reaching JOB_FINISHED (cumulative count)"
+    assert labels["throughput"][1][1] == "Throughput (jobs/min)"
+    assert labels["utilization"][0][1] == "Nodes (weighted by node packing)"
+    assert labels["states"][0][1] == "Jobs (count)"
+    assert labels["durations"][-1][0] == "Duration (s)" and [yl for _, yl in labels["durations"]] == ["queue wait", "run", "postprocess"]
+    # The held-nodes outline reaches the BatchJobs' 6 nodes; busy nodes peak at 3.25.
+    util = figs["utilization"].axes[0]
+    assert max(max(line.get_ydata()) for line in util.get_lines()) == 6  # type: ignore[type-var]
+    legend = figs["states"].axes[0].get_legend()
+    assert {t.get_text() for t in legend.get_texts()} >= {"RUNNING", "JOB_FINISHED", "FAILED"}
+    for name, fig in figs.items():
+        out = tmp_path / f"{name}.png"
+        fig.savefig(out)
+        assert out.stat().st_size > 10_000
