@@ -50,11 +50,11 @@ class SchedulerSettings:
 class LauncherSettings:
     """How the launcher sees its nodes and starts applications."""
 
-    mpi_launcher: str = "mpiexec"
+    mpi_launcher: str = "auto"  # auto: the MPI on PATH when the launcher starts (platforms.mpi.detect)
     node: str = "local"
     cpus_per_node: Optional[int] = None
-    gpus_per_node: Optional[int] = None
-    gpu_env: str = "CUDA_VISIBLE_DEVICES"
+    gpus_per_node: Optional[int] = None  # None on a local node: found (visibility variables, nvidia-smi, ...)
+    gpu_env: Optional[str] = None  # None: the found GPUs' vendor variable, else CUDA_VISIBLE_DEVICES
     mpirun_allows_node_packing: bool = True
     max_concurrent_mpiruns: int = 990
     idle_ttl_s: float = 10.0

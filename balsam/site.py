@@ -27,7 +27,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from balsam.exceptions import ConfigError, JobLockedError, ServiceError, SiteError, SiteNotFound
 
@@ -297,6 +297,26 @@ def refresh_site_row(store: "Store", settings: "SiteSettings") -> None:
         )
 
 
+def note_found_hardware(settings_text: str, settings: "SiteSettings", env: Mapping[str, str], host: str) -> str:
+    """``settings_text`` with a comment above ``mpi_launcher: auto`` saying which MPI (and, on a local node
+    whose GPUs are not set, which GPUs) this host has now; the launcher looks again each time it starts."""
+    from balsam.platforms.mpi.detect import detect_mpi
+    from balsam.platforms.nodes.gpus import detect_gpus
+
+    ls = settings.launcher
+    if ls.mpi_launcher != "auto":
+        return settings_text
+    found = [f"MPI {detect_mpi(env).summary()}"]
+    if ls.node == "local" and ls.gpus_per_node is None and not ls.gpu_ids:
+        found.append(detect_gpus(env).summary())
+    line = re.compile(r"^([ \t]*)mpi_launcher:[ \t]*auto\b", re.MULTILINE)
+    m = line.search(settings_text)
+    if m is None:
+        return settings_text
+    comment = f"{m.group(1)}# at site init, {host} had: {'; '.join(found)}\n"
+    return settings_text[: m.start()] + comment + settings_text[m.start():]
+
+
 def init_site(
     path: Union[str, Path],
     name: Optional[str] = None,
@@ -329,6 +349,7 @@ def init_site(
     settings_text = read_preset_file(preset, "settings.yml")
     template_text = read_preset_file(preset, "job-template.sh")
     settings = settings_from_dict(yaml.safe_load(settings_text), f"preset {preset}/settings.yml")
+    settings_text = note_found_hardware(settings_text, settings, os.environ, host)
     site_uuid = new_site_uuid()
     entry = registry.register(name, root, host, site_uuid)
     created_root = not root.exists()

@@ -104,3 +104,31 @@ def test_mpi4py_app_returns_rank_zero_result(site: Any) -> None:
     assert row["state"] == "RUN_DONE", output(site.path, "mpi/py")
     assert pickle.loads(row["serialized_return_value"]) == (0, 4, 60)
     assert sorted(p.name for p in (site.path / "data" / "mpi" / "py").glob("rank*.txt")) == [f"rank{r}.txt" for r in range(4)]
+
+
+@pytest.mark.parametrize("program", ["mpirun.openmpi", "mpiexec.mpich"])
+def test_local_preset_runs_multi_rank_jobs_with_whichever_mpiexec_is_on_path(site: Any, tmp_path: Any, monkeypatch: Any,
+                                                                              program: str) -> None:
+    """The local preset says ``mpi_launcher: auto``: with Debian's Open MPI ``mpiexec`` (as root) or MPICH's
+    first on PATH, a 2-rank job runs, with no launcher settings touched."""
+    from balsam.api import ApplicationDefinition
+
+    target = shutil.which(program)
+    if target is None:
+        pytest.skip(f"{program} is not installed (run: bash .ci/mpi.sh)")
+    first = tmp_path / f"first-{program}"
+    first.mkdir()
+    (first / "mpiexec").write_text(f'#!/bin/sh\nexec {target} "$@"\n')  # Hydra finds its proxy next to argv[0]
+    (first / "mpiexec").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{first}:{os.environ['PATH']}")
+
+    class Ranks(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo rank ${PMI_RANK:-$OMPI_COMM_WORLD_RANK}"
+
+    [job_id] = runnable(site.store, [Ranks.submit("mpi/auto", ranks_per_node=2)])
+    assert run(site, "mpi", idle_ttl_s=0.5) == 0
+    assert states(site.store, [job_id]) == {job_id: "RUN_DONE"}, output(site.path, "mpi/auto")
+    assert sorted(line for line in output(site.path, "mpi/auto").split("\n") if line) == ["rank 0", "rank 1"]
+    log = "\n".join(p.read_text() for p in (site.path / "log").glob("*"))
+    assert f"as {first / 'mpiexec'}" in log  # the launcher's log says which MPI it found

@@ -13,6 +13,7 @@ import pytest
 
 from balsam.exceptions import ConfigError
 from balsam.platforms.mpi import LaunchSpec, get_mpi_launcher
+from balsam.platforms.mpi.detect import resolve_mpi
 from balsam.platforms.nodes import get_node_adapter, gpu_visibility_env
 from balsam.platforms.nodes.gpus import node_gpu_ids
 from balsam.platforms.presets import describe_presets, list_presets, preset_data, read_preset_file
@@ -51,11 +52,14 @@ def context_for(name, site: Path, balsam="balsam"):
 def test_settings_validate_and_name_real_adapters(name):
     s = settings_of(name)
     sched = get_scheduler(s.scheduler.type, options=s.scheduler.options)
-    launcher = get_mpi_launcher(s.launcher.mpi_launcher, s.launcher.mpi_executable, **s.launcher.mpi_options)
-    assert launcher.render(LaunchSpec(["app"], num_ranks=2, ranks_per_node=2, hosts=["nid00001"])).argv
+    # "auto" (the local preset) becomes whatever MPI is on PATH, or none ("local")
+    mpi, exe, options, _ = resolve_mpi(s.launcher.mpi_launcher, s.launcher.mpi_executable, s.launcher.mpi_options, os.environ)
+    launcher = get_mpi_launcher(mpi, exe, **options)
+    ranks = 1 if mpi == "local" else 2
+    assert launcher.render(LaunchSpec(["app"], num_ranks=ranks, ranks_per_node=ranks, hosts=["nid00001"])).argv
     node = get_node_adapter(s.launcher.node)
     gpus = node_gpu_ids(s.launcher.gpu_ids, s.launcher.gpus_per_node)
-    gpu_visibility_env(s.launcher.gpu_env, gpus[:1])
+    gpu_visibility_env(s.launcher.gpu_env or "CUDA_VISIBLE_DEVICES", gpus[:1])
     assert s.title and s.scheduler.allowed_queues and sched.name == s.scheduler.type and node.name == s.launcher.node
     for policy in s.scheduler.allowed_queues.values():
         assert policy.max_nodes >= 1 and policy.max_wall_time_min >= 1

@@ -97,4 +97,4 @@ def test_settings_file_errors(tmp_path: Path) -> None:
 def test_settings_defaults_and_sections() -> None:
     s = settings_from_dict({"elastic_queue": [{"queue": "debug", "max_num_nodes": 4}], "queue_maintainer": {"num_queued_jobs": 2}})
     assert s.elastic_queue[0].max_num_nodes == 4 and s.queue_maintainer is not None and s.queue_maintainer.num_queued_jobs == 2
-    assert s.launcher.mpi_launcher == "mpiexec" and s.session.expiry_s == 300
+    assert s.launcher.mpi_launcher == "auto" and s.session.expiry_s == 300

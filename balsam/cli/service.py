@@ -91,10 +91,19 @@ def status(site: Optional[str], as_json: bool) -> None:
     Example:
       balsam service status --json
     """
+    from balsam.cli.which import node_hardware
     from balsam.services.agent import agent_status
 
-    st = agent_status(site_root(site))
-    click.echo(json.dumps(st, indent=1) if as_json else format_status(st))
+    root = site_root(site)
+    st = agent_status(root)
+    st["node"] = node_hardware(root)
+    if as_json:
+        click.echo(json.dumps(st, indent=1))
+        return
+    click.echo(format_status(st))
+    for key, label in (("mpi", "MPI"), ("gpus", "GPUs"), ("warning", "warning")):
+        if key in st["node"]:
+            click.echo(f"{label}: {st['node'][key]}")
 
 
 @service.command(hidden=True)

@@ -65,6 +65,11 @@ def _resolve(site: Optional[str]) -> Dict[str, Any]:
     return out
 
 
+def data_site_readable(found: Dict[str, Any]) -> bool:
+    """True when a site was found and its settings.yml is there to read."""
+    return bool(found["root"]) and (Path(found["root"]) / "settings.yml").is_file()
+
+
 def _site_info(root: Path) -> Dict[str, Any]:
     from balsam.db import maintenance, open_store
     from balsam.db.schema import CURRENT_VERSION
@@ -90,6 +95,33 @@ def _site_info(root: Path) -> Dict[str, Any]:
     return info
 
 
+def node_hardware(root: Optional[Path]) -> Dict[str, str]:
+    """What a launcher started here would use: the MPI (``mpi``), the GPUs (``gpus``) and any ``warning``
+    about the settings (the site's, else the defaults), found the way the launcher finds them."""
+    from balsam.exceptions import BalsamError
+    from balsam.launcher.nodes import resolve_launcher_settings
+    from balsam.settings import LauncherSettings, load_settings
+
+    ls = LauncherSettings()
+    if root is not None:
+        try:
+            ls = load_settings(root / "settings.yml").launcher
+        except BalsamError as exc:
+            return {"warning": str(exc)}
+    resolved, notes = resolve_launcher_settings(ls, os.environ)
+    out: Dict[str, str] = {}
+    for note in notes:
+        key, _, text = note.partition(": ")
+        out[{"MPI": "mpi", "GPUs": "gpus"}.get(key, "warning")] = text
+    if "mpi" not in out:
+        exe = resolved.mpi_executable or "its usual program"
+        out["mpi"] = f"{resolved.mpi_launcher} (launcher.mpi_launcher in settings.yml, as {exe})"
+    if "gpus" not in out:
+        n = resolved.gpus_per_node or len(resolved.gpu_ids)
+        out["gpus"] = f"{n} per node (launcher settings); jobs see {resolved.gpu_env}"
+    return out
+
+
 @click.command("which")
 @click.option("--site", help="Resolve this site (name, id or path) instead of the current one.")
 @json_option()
@@ -109,7 +141,8 @@ def which(site: Optional[str], as_json: bool) -> None:
     data: Dict[str, Any] = {"found_by": found["found_by"], "site": _site_info(found["root"]) if found["root"] else None,
                             "host": this_host(), "registry": str(Registry().path),
                             "balsam": {"version": __version__, **_running_from()},
-                            "python": {"executable": sys.executable, "version": sys.version.split()[0]}}
+                            "python": {"executable": sys.executable, "version": sys.version.split()[0]},
+                            "node": node_hardware(found["root"] if data_site_readable(found) else None)}
     if as_json:
         echo_json(data)
         return
@@ -133,4 +166,11 @@ def which(site: Optional[str], as_json: bool) -> None:
     if b.get("dependencies"):
         click.echo("Depends on: " + ", ".join(f"{k} {v}" for k, v in sorted(b["dependencies"].items())))
     click.echo(f"Python:     {data['python']['version']} ({data['python']['executable']})")
+    hw = data["node"]
+    if "mpi" in hw:
+        click.echo(f"MPI:        {hw['mpi']}")
+    if "gpus" in hw:
+        click.echo(f"GPUs:       {hw['gpus']}")
+    if "warning" in hw:
+        click.echo(f"Warning:    {hw['warning']}")
     click.echo(f"Registry:   {data['registry']}")

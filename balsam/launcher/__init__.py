@@ -25,6 +25,7 @@ or :func:`run_launcher`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -87,7 +88,7 @@ def run_launcher(
     normal stop (idle, wall time), 128+N after signal N, 1 after an error.
     """
     from balsam.launcher.base import LauncherConfig
-    from balsam.launcher.nodes import discover_nodes
+    from balsam.launcher.nodes import discover_nodes, resolve_launcher_settings
     from balsam.launcher.partitions import parse_partition, run_partitions
     from balsam.launcher.spawn import set_home
     from balsam.launcher.transport import choose_transport
@@ -110,6 +111,10 @@ def run_launcher(
     environ = dict(os.environ if env is None else env)
     handlers = _setup_logging(layout.log, "partitions" if parts else job_mode)
     try:
+        resolved, notes = resolve_launcher_settings(settings.launcher, environ)
+        for note in notes:
+            (logger.warning if note.startswith("warning:") else logger.info)("%s", note)
+        settings = dataclasses.replace(settings, launcher=resolved)
         nodes = discover_nodes(settings.launcher, environ)
         ttl = settings.launcher.idle_ttl_s if idle_ttl_s is None else float(idle_ttl_s)
         if parts:

@@ -3,17 +3,47 @@ settings, and which nodes are this host (those start jobs without an MPI launche
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
-from typing import List, Mapping, Optional, Set
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from balsam.launcher.base import LauncherConfig
 from balsam.launcher.executor import Executor
 from balsam.launcher.resources import ResourceManager
-from balsam.platforms.mpi import MPILauncher, get_mpi_launcher
+from balsam.platforms.mpi import AUTO, MPILauncher, get_mpi_launcher
 from balsam.platforms.nodes import ComputeNode, get_node_adapter
+from balsam.platforms.runner import CommandRunner
 from balsam.settings import LauncherSettings
+
+
+def resolve_launcher_settings(ls: LauncherSettings, env: Mapping[str, str],
+                              runner: Optional[CommandRunner] = None) -> Tuple[LauncherSettings, List[str]]:
+    """The launcher settings with what the node itself says filled in, and a line per thing found (for the log):
+    ``mpi_launcher: auto`` becomes the MPI on PATH (Open MPI's ``allow_run_as_root`` only when running as root);
+    on a ``local`` node with neither ``gpus_per_node`` nor ``gpu_ids`` set, the GPUs are found (visibility
+    variables, then nvidia-smi / rocm-smi / amd-smi / xpu-smi). What the settings say explicitly wins."""
+    from balsam.platforms.mpi.detect import check_named_launcher, resolve_mpi
+    from balsam.platforms.nodes.gpus import detect_gpus
+
+    notes: List[str] = []
+    name, exe, opts, found = resolve_mpi(ls.mpi_launcher, ls.mpi_executable, ls.mpi_options, env, runner=runner)
+    if found is not None:
+        notes.append(f"MPI: {found.summary()} (launcher.mpi_launcher: auto)")
+    else:
+        warning = check_named_launcher(ls.mpi_launcher, ls.mpi_executable, env, runner)
+        if warning:
+            notes.append(f"warning: {warning}")
+    changes: Dict[str, Any] = {"mpi_launcher": name, "mpi_executable": exe, "mpi_options": opts}
+    gpu_env = ls.gpu_env
+    if ls.node == "local" and ls.gpus_per_node is None and not ls.gpu_ids:
+        gpus = detect_gpus(env, runner)
+        notes.append(f"GPUs: {gpus.summary()}")
+        changes.update(gpus_per_node=len(gpus.gpu_ids), gpu_ids=list(gpus.gpu_ids))
+        gpu_env = gpu_env or gpus.gpu_env
+    changes["gpu_env"] = gpu_env or "CUDA_VISIBLE_DEVICES"
+    return dataclasses.replace(ls, **changes), notes
 
 
 def discover_nodes(ls: LauncherSettings, env: Mapping[str, str]) -> List[ComputeNode]:
@@ -37,7 +67,9 @@ def local_host_names(host: str) -> Set[str]:
 
 
 def mpi_launcher(ls: LauncherSettings) -> MPILauncher:
-    """The MPI launch line the settings name."""
+    """The MPI launch line the settings name (``auto`` is resolved here if the caller has not)."""
+    if ls.mpi_launcher == AUTO:
+        ls = resolve_launcher_settings(dataclasses.replace(ls, gpus_per_node=0), os.environ)[0]
     return get_mpi_launcher(ls.mpi_launcher, ls.mpi_executable, **ls.mpi_options)
 
 
@@ -62,7 +94,8 @@ def make_executor(cfg: LauncherConfig, nodes: Optional[List[ComputeNode]] = None
     all_local = ls.node == "local" or ls.mpi_launcher == "local"
     log_dir = str(cfg.log_dir or cfg.layout.log)
     return Executor(
-        mpi=mpi_launcher(ls), local_hosts=local, all_local=all_local, gpu_env=ls.gpu_env, env=job_base_env(),
+        mpi=mpi_launcher(ls), local_hosts=local, all_local=all_local, gpu_env=ls.gpu_env or "CUDA_VISIBLE_DEVICES",
+        env=job_base_env(),
         home=str(cfg.root), log_dir=log_dir, error_tail_num_lines=ls.error_tail_num_lines,
         python_exe=ls.python_exe or sys.executable, pylib=cfg.layout.state / "pylib",
         max_workers=max(len(n.cpu_ids) for n in nodes), kill_grace_s=cfg.kill_grace_s,

@@ -124,7 +124,9 @@ class SerialMaster(LauncherBase):
             return None
         self._taken[pick] = True
         n = nodes[pick]
-        return pick, {"hostname": n.hostname, "cpu_ids": list(n.cpu_ids), "gpu_ids": list(n.gpu_ids)}
+        ls = self.cfg.settings.launcher  # resolved at launcher start: the worker uses the same MPI and GPU variable
+        return pick, {"hostname": n.hostname, "cpu_ids": list(n.cpu_ids), "gpu_ids": list(n.gpu_ids), "gpu_env": ls.gpu_env,
+                      "mpi": [ls.mpi_launcher, ls.mpi_executable, dict(ls.mpi_options)]}
 
     def _start_process_workers(self) -> None:
         from balsam.launcher.nodes import job_base_env, mpi_launcher

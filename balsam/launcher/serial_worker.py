@@ -14,6 +14,7 @@ per node (or one process per node with the ``local`` launcher), connecting back 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import queue
@@ -218,6 +219,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     sock, sender, welcome = links.connect(args.master, secret, hello)
     spec = welcome["node"]
     node = ComputeNode(str(spec["hostname"]), tuple(spec["cpu_ids"]), tuple(spec["gpu_ids"]))
+    if "mpi" in spec:  # what the master found at its start (launcher.mpi_launcher: auto, the GPUs' variable)
+        mpi, exe, opts = spec["mpi"]
+        settings = dataclasses.replace(settings, launcher=dataclasses.replace(
+            settings.launcher, mpi_launcher=str(mpi), mpi_executable=exe, mpi_options=dict(opts), gpu_env=spec.get("gpu_env")))
     set_home(root)
     cfg = LauncherConfig(root=root, settings=settings, job_mode="serial", wall_time_min=float(welcome.get("wall_time_min", 1e6)),
                          host=node.hostname, nodes=[node])
