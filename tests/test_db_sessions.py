@@ -182,3 +182,20 @@ def test_heartbeat_thread_keeps_the_lease(hello: Any, store: Any) -> None:
     source.release()
     assert later > first
     assert store.execute("SELECT count(*) FROM session")[0][0] == 0
+
+
+def test_jobs_needing_more_gpus_than_the_nodes_have_are_left_unlocked(hello: Any, store: Any) -> None:
+    runnable(hello, 1, "cpu")
+    runnable(hello, 1, "one-gpu", gpus_per_rank=1)
+    runnable(hello, 1, "four-gpus", gpus_per_rank=1, ranks_per_node=4)
+    runnable(hello, 1, "half-gpu", gpus_per_rank=0.5)
+    with store.write() as conn:
+        sid = sessions.create_session(conn, host="h", label=sessions.capacity_label("launcher (mpi)", 1, 8, 0))
+        got = sessions.acquire(conn, sid, max_gpus_per_node=0)
+        assert [j["workdir"] for j in got] == ["cpu0"]
+        sid2 = sessions.create_session(conn, host="h")
+        assert sorted(j["workdir"] for j in sessions.acquire(conn, sid2, max_gpus_per_node=1)) == ["half-gpu0", "one-gpu0"]
+        left = conn.execute("SELECT workdir FROM job WHERE session_id IS NULL").fetchall()
+    assert left == [("four-gpus0",)]
+    assert sessions.label_capacity(sessions.capacity_label("launcher (mpi)", 2, 8, 4)) == (2, 8, 4)
+    assert sessions.label_capacity("launcher (mpi)") is None

@@ -147,18 +147,33 @@ def test_shell_preamble_runs_first(site: Any, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_jobs_that_cannot_run_fail_with_the_reason(site: Any, mode: str) -> None:
+def test_jobs_this_launcher_cannot_hold_are_left_for_another(site: Any, mode: str) -> None:
+    """A job needing GPUs the nodes lack is not failed: it stays runnable for a launcher that has them, and
+    ``balsam job show`` (diagnose.explain) says why it waits while this launcher runs."""
     from balsam.api import ApplicationDefinition
+    from balsam.services.diagnose import explain
+    from tests.launcher_support import start, wait_for
 
     class NeedsGpus(ApplicationDefinition):
         site = "test-site"
         command_template = "true"
 
+    configure(site.path, gpus_per_node=0)
     a = NeedsGpus.submit("gpu", gpus_per_rank=4)
-    ids = runnable(site.store, [a])
+    b = NeedsGpus.submit("cpu")
+    ids = runnable(site.store, [a, b])
     assert run(site, mode) == 0
-    assert states(site.store, ids) == {ids[0]: "FAILED"}
-    assert "GPUs" in events(site.store, ids[0])[-1]["data"]["message"]
+    assert states(site.store, ids) == {ids[0]: "PREPROCESSED", ids[1]: "RUN_DONE"}
+    assert job_row(site.store, ids[0])["session_id"] is None
+    proc = start(site.path, mode, idle_ttl_s=60)
+    try:
+        wait_for(lambda: site.store.execute("SELECT count(*) FROM session")[0][0] == 1, timeout=60, what="the launcher's lease")
+        reasons = explain(site.store, site.path, ids[0])
+        assert any(r.startswith("no running launcher has GPUs; this job needs 4 per node") for r in reasons), reasons
+        assert states(site.store, ids[:1]) == {ids[0]: "PREPROCESSED"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_missing_program_is_a_run_error(site: Any) -> None:

@@ -10,6 +10,7 @@ RUN_TIMEOUT (the processing service then retries them) and unlock the rest. Acqu
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -62,6 +63,21 @@ def process_alive(pid: int, start: Optional[float]) -> bool:
         now_start = process_start_time(pid)
         return now_start is None or now_start == start
     return True
+
+
+_CAPACITY = re.compile(r"\[nodes=(\d+) cpus=(\d+) gpus=(\d+)\]\s*$")
+
+
+def capacity_label(label: str, nodes: int, cpus_per_node: int, gpus_per_node: int) -> str:
+    """A launcher's session label with what its nodes hold, e.g. ``launcher (mpi) [nodes=1 cpus=8 gpus=0]``
+    (read back by :func:`label_capacity`, so ``balsam job show`` can say why a job waits)."""
+    return f"{label} [nodes={nodes} cpus={cpus_per_node} gpus={gpus_per_node}]"
+
+
+def label_capacity(label: str) -> Optional[Tuple[int, int, int]]:
+    """(nodes, CPUs per node, GPUs per node) from a :func:`capacity_label`; None for other labels (pure)."""
+    m = _CAPACITY.search(label or "")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
 
 
 def create_session(
@@ -135,6 +151,7 @@ def acquire(
     max_nodes_per_job: Optional[float] = None,
     max_aggregate_nodes: Optional[float] = None,
     max_wall_time_min: Optional[float] = None,
+    max_gpus_per_node: Optional[float] = None,
     sort_by: Optional[str] = None,
     now: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
@@ -142,7 +159,8 @@ def acquire(
 
     Filters: ``filter_tags`` (all must match), ``app_ids``, ``serial_only`` (single-node jobs),
     ``max_nodes_per_job``, ``max_wall_time_min`` (jobs that declare more are skipped; 0 means "unknown" and
-    always fits), and ``max_aggregate_nodes`` (the summed footprint ``num_nodes / node_packing_count`` of
+    always fits), ``max_gpus_per_node`` (jobs needing more GPUs on a node than the launcher's nodes have stay
+    for another launcher), and ``max_aggregate_nodes`` (the summed footprint ``num_nodes / node_packing_count`` of
     the jobs taken stays within it; jobs are considered in ``sort_by`` order and skipped if they do not fit).
     """
     if sort_by not in SORT_ORDERS:
@@ -167,6 +185,9 @@ def acquire(
     if max_wall_time_min is not None:
         clauses.append("wall_time_min <= ?")
         params.append(max_wall_time_min)
+    if max_gpus_per_node is not None:
+        clauses.append("ranks_per_node * gpus_per_rank <= ?")
+        params.append(float(max_gpus_per_node) + 1e-9)
     tag_sql, tag_params = _tag_clauses(filter_tags)
     clauses += tag_sql
     params += tag_params
@@ -207,6 +228,6 @@ def acquire(
 
 
 __all__ = [
-    "RUNNABLE_NAMES", "acquire", "create_session", "expire_sessions", "process_alive", "process_start_time", "release", "tick",
+    "RUNNABLE_NAMES", "acquire", "capacity_label", "label_capacity", "create_session", "expire_sessions", "process_alive", "process_start_time", "release", "tick",
     "JobState",
 ]

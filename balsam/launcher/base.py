@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from balsam.db.sessions import capacity_label
 from balsam.db.updater import Rejected, StatusUpdater
 from balsam.exceptions import AppError, BalsamError, SessionExpired, ValidationError
 from balsam.launcher.executor import Finished
@@ -196,7 +197,10 @@ class LauncherBase:
     # ------------------------------------------------------------------ lease and updates
     def _new_source(self) -> JobSourceLike:
         ss = self.cfg.settings.session
-        return self.transport.job_source(batch_job_id=self.cfg.batch_job_id, label=f"{self.cfg.label} ({self.mode})",
+        nodes = self.cfg.nodes
+        label = capacity_label(f"{self.cfg.label} ({self.mode})", len(nodes), max((len(n.cpu_ids) for n in nodes), default=0),
+                               max((len(n.gpu_ids) for n in nodes), default=0))
+        return self.transport.job_source(batch_job_id=self.cfg.batch_job_id, label=label,
                                          heartbeat_period_s=ss.heartbeat_period_s, expiry_s=ss.expiry_s)
 
     def _on_rejected(self, rejected: Rejected) -> None:

@@ -99,7 +99,9 @@ class MPIMode(LauncherBase):
         idle = not self.busy()
         if not self.should_acquire(idle):
             return
-        jobs = self.acquire(room_jobs, idle=idle, max_nodes_per_job=max(1, self.rm.idle_nodes), max_aggregate_nodes=budget)
+        # Only jobs this launcher's nodes can hold: a job needing more GPUs or nodes stays for another launcher.
+        jobs = self.acquire(room_jobs, idle=idle, max_nodes_per_job=max(1, self.rm.idle_nodes), max_aggregate_nodes=budget,
+                            max_gpus_per_node=self.rm.max_gpus)
         if not jobs:
             return
         added = []

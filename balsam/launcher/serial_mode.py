@@ -251,7 +251,8 @@ class SerialMaster(LauncherBase):
         if total_want > len(self.backlog):
             idle = not self.busy()
             if self.should_acquire(idle):
-                jobs = self.acquire(total_want - len(self.backlog), idle=idle, serial_only=True, max_nodes_per_job=1)
+                jobs = self.acquire(total_want - len(self.backlog), idle=idle, serial_only=True, max_nodes_per_job=1,
+                                    max_gpus_per_node=max(len(n.gpu_ids) for n in self.cfg.nodes))
                 if jobs:
                     for _job, task in self.tasks_for(jobs):
                         self.backlog.append(task)

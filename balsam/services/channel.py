@@ -353,7 +353,7 @@ class ChannelServer:
         max_num_jobs = int(body.get("max_num_jobs") or 0)
         constraints = dict(body.get("constraints") or {})
         allowed = {"states", "filter_tags", "app_ids", "serial_only", "max_nodes_per_job", "max_aggregate_nodes",
-                   "max_wall_time_min", "sort_by"}
+                   "max_wall_time_min", "max_gpus_per_node", "sort_by"}
         unknown = set(constraints) - allowed
         if unknown:
             raise ValueError(f"unknown acquire constraint {sorted(unknown)[0]!r}")

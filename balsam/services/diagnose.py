@@ -57,13 +57,39 @@ def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[
     return out
 
 
+def _launcher_reasons(store: Any, job: Dict[str, Any]) -> List[str]:
+    """Why the running launchers leave the job alone: none has nodes with enough GPUs, or enough nodes. A
+    launcher never fails a job its nodes cannot hold; it waits for one that can (another partition or BatchJob)."""
+    from balsam.db.sessions import label_capacity
+
+    gpus = float(job["ranks_per_node"]) * float(job["gpus_per_rank"])
+    caps = [(sid, host, cap) for sid, host, label in store.execute("SELECT id, host, label FROM session ORDER BY id")
+            if (cap := label_capacity(label)) is not None]
+    if not caps:
+        return []
+    fits = [c for c in caps if c[2][0] >= job["num_nodes"] and c[2][2] + 1e-9 >= gpus]
+    if fits:
+        return []
+    seen = ", ".join(f"session {sid} on {host}: {n} node(s), {g} GPUs each" for sid, host, (n, _c, g) in caps)
+    largest = store.execute("SELECT max(num_nodes) FROM batch_job")[0][0]
+    sizes = f"; the largest BatchJob so far has {largest} node(s)" if largest else ""
+    if gpus > 0 and all(c[2][2] + 1e-9 < gpus for c in caps):
+        have = max(c[2][2] for c in caps)
+        what = "no running launcher has GPUs" if have == 0 else f"no running launcher has {gpus:g} GPUs per node (at most {have})"
+        return [f"{what}; this job needs {gpus:g} per node and waits for a launcher that has them ({seen}){sizes}; "
+                "on a GPU node set launcher.gpus_per_node (or let a local site find them) and start a new BatchJob"]
+    return [f"no running launcher has {job['num_nodes']} nodes ({seen}){sizes}; submit a BatchJob with at least "
+            f"{job['num_nodes']} nodes"]
+
+
 def explain(store: Any, site_root: Any, job_id: int) -> List[str]:
     """Reasons why job ``job_id`` is in its state and what would move it on."""
-    row = store.execute("SELECT state, tags, num_nodes, wall_time_min, parent_ids, session_id, batch_job_id FROM job WHERE id=?", (job_id,))
+    row = store.execute("SELECT state, tags, num_nodes, wall_time_min, parent_ids, session_id, batch_job_id, ranks_per_node, "
+                        "gpus_per_rank FROM job WHERE id=?", (job_id,))
     if not row:
         return [f"job {job_id} does not exist"]
-    state, tags, num_nodes, wall, parents, session_id, batch_job_id = row[0]
-    job = {"tags": loads(tags), "num_nodes": num_nodes, "wall_time_min": wall}
+    state, tags, num_nodes, wall, parents, session_id, batch_job_id, rpn, gpr = row[0]
+    job = {"tags": loads(tags), "num_nodes": num_nodes, "wall_time_min": wall, "ranks_per_node": rpn, "gpus_per_rank": gpr}
     agent_up = bool(agent_status(site_root).get("running"))
     if state == "AWAITING_PARENTS":
         ids = loads(parents)
@@ -89,7 +115,7 @@ def explain(store: Any, site_root: Any, job_id: int) -> List[str]:
                 label, host, pid, bj = sess[0]
                 return [f"acquired by {label or 'a launcher'} (session {session_id}, pid {pid} on {host}"
                         + (f", BatchJob {bj})" if bj else ")") + "; it will start when resources free up"]
-        return ["ready to run"] + _batch_job_reasons(store, job, agent_up)
+        return ["ready to run"] + _launcher_reasons(store, job) + _batch_job_reasons(store, job, agent_up)
     if state == "RUNNING":
         sess = store.execute("SELECT host, pid, heartbeat FROM session WHERE id=?", (session_id,)) if session_id else []
         if sess:
