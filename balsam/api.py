@@ -18,6 +18,7 @@ directory), else every site registered on this host. Importing this module opens
 from __future__ import annotations
 
 from balsam._api.app import ApplicationDefinition
+from balsam._api.dag import DAG, DAGInstance
 from balsam._api.jobs import ALL_COMPLETED, FIRST_COMPLETED, Job, JobFailed, RemoteTraceback
 from balsam._api.models import App, BatchJob, EventLog, Session, Site, TransferItem
 from balsam._api.sites import current_site, use_site
@@ -31,6 +32,8 @@ __all__ = [
     "BalsamError",
     "BatchJob",
     "BatchJobState",
+    "DAG",
+    "DAGInstance",
     "EventLog",
     "FIRST_COMPLETED",
     "Job",

@@ -180,7 +180,7 @@ class Job(Model):
             app_id = app_name
         if app_id is None:
             raise ValidationError("a Job needs an app: pass app_id= (an app class, name or id)")
-        info = resolve_app(app_id, site_name)
+        info = app_id if type(app_id) is AppInfo else resolve_app(app_id, site_name)
         d["_app"] = info
         d["_site"] = info.site
         d["workdir"] = _fast_workdir(workdir)
@@ -355,6 +355,19 @@ class Job(Model):
         return self.result_nowait()
 
 
+def _insert_rows(conn: Any, group: Sequence[Job], rows: Sequence[Tuple[Any, ...]], now: float) -> None:
+    transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
+    first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
+    for i, (job, row) in enumerate(zip(group, rows)):
+        job._mark_created(row, first + i, states.get(i, "STAGED_IN"), now)
+
+
+def insert_job_group(conn: Any, jobs: Sequence[Job], now: float) -> None:
+    """Insert new jobs of one site inside the caller's write transaction (DAG instantiation builds a workflow
+    level by level in one transaction); the Job objects get their ids and states."""
+    _insert_rows(conn, jobs, [job._creation_row() for job in jobs], now)
+
+
 class JobManager(Manager[Job]):
     """``Job.objects``."""
 
@@ -382,12 +395,9 @@ class JobManager(Manager[Job]):
             entry[1].append(job)
             entry[2].append(job._creation_row())
         for site, group, rows in groups.values():
-            transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
             now = time.time()
             with site.store.write() as conn:
-                first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
-            for i, (job, row) in enumerate(zip(group, rows)):
-                job._mark_created(row, first + i, states.get(i, "STAGED_IN"), now)
+                _insert_rows(conn, group, rows, now)
         return list(jobs)
 
     def bulk_update(self, jobs: Sequence[Job]) -> None:

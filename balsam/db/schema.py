@@ -188,8 +188,35 @@ def _v1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+SCHEMA_DAG = """
+CREATE TABLE IF NOT EXISTS dag (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    spec TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_update REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS dag_instance (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dag_id INTEGER NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dag_instance_dag ON dag_instance(dag_id);
+"""
+
+
+def _dags(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA_DAG.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
+    (2, "DAG templates and instances", _dags),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

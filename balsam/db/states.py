@@ -12,6 +12,7 @@ writes one EventLog row per change). The table is DESIGN.md section 4::
     RUN_TIMEOUT -> RESTART_READY (handle_timeout)          POSTPROCESSED -> STAGED_OUT -> JOB_FINISHED
     any non-final state -> USER_KILLED (kill)
     a user may reset FAILED/USER_KILLED/RUN_* (and JOB_FINISHED, to run it again) to RESTART_READY or READY
+    FAILED/USER_KILLED -> AWAITING_PARENTS (a retried job whose parent has not finished waits for it again)
 
 Hooks may also send a job to FAILED from any processing state, and a handle_error or handle_timeout hook may
 accept a run as done (POSTPROCESSED).
@@ -103,6 +104,9 @@ for _state in _NON_FINAL:
     TRANSITIONS[_state] = TRANSITIONS[_state] | {S.USER_KILLED}
 for _state in RESETTABLE_STATES:
     TRANSITIONS[_state] = TRANSITIONS[_state] | {S.READY, S.RESTART_READY}
+# A failed or killed job whose parent is being retried waits for it again (DAG retry_failed).
+for _state in FAILED_STATES:
+    TRANSITIONS[_state] = TRANSITIONS[_state] | {S.AWAITING_PARENTS}
 del _state
 
 # Plain-string view for the hot path (rows carry states as text).

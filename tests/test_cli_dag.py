@@ -1,0 +1,109 @@
+"""``balsam dag``: create from YAML, ls, show, run with JSONL/CSV/YAML parameters, status, kill, retry, rm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam.api import DAG, ApplicationDefinition, Job
+from tests.cli_helpers import fails, ok
+from tests.helpers import advance
+
+YAML = """\
+name: md-sweep
+description: prep, two sims, reduce
+nodes:
+  - {name: prep, app: Prep, workdir: "{run}/prep", params: {seed: "{seed}"}}
+  - {name: sim0, app: Simulate, workdir: "{run}/sim0", params: {k: 0, temp: "{temp}"}, parents: [prep]}
+  - {name: sim1, app: Simulate, workdir: "{run}/sim1", params: {k: 1, temp: "{temp}"}, parents: [prep]}
+  - {name: reduce, app: Reduce, workdir: "{run}/reduce", parents: [sim0, sim1]}
+"""
+
+
+@pytest.fixture
+def dag_file(site: Any, tmp_path: Path) -> Path:
+    class Prep(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo prep {{ seed }}"
+
+    class Simulate(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo sim {{ k }} {{ temp }}"
+
+    class Reduce(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo reduce"
+
+    for a in (Prep, Simulate, Reduce):
+        a.sync()
+    path = tmp_path / "dag.yml"
+    path.write_text(YAML)
+    return path
+
+
+def test_create_ls_show(dag_file: Path) -> None:
+    out = ok("dag", "create", dag_file).stdout
+    assert "Saved DAG md-sweep" in out and "4 nodes" in out and "placeholders: run, seed, temp" in out
+    listing = ok("dag", "ls").stdout
+    assert "md-sweep" in listing and "run, seed, temp" in listing
+    shown = ok("dag", "show", "md-sweep").stdout
+    assert "[1] sim0: Simulate(k=0, temp='{temp}') in {run}/sim0  after prep" in shown
+    assert "  sim1 -> reduce" in shown
+    data = json.loads(ok("dag", "show", "md-sweep", "--json").stdout)
+    assert [n["name"] for n in data["nodes"]] == ["prep", "sim0", "sim1", "reduce"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "yaml"])
+def test_run_one_instance_per_record(dag_file: Path, tmp_path: Path, fmt: str) -> None:
+    ok("dag", "create", dag_file)
+    params = tmp_path / f"runs.{fmt}"
+    rows = [{"run": f"r{i}", "seed": i, "temp": 300 + i} for i in range(5)]
+    if fmt == "jsonl":
+        params.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "csv":
+        params.write_text("run,seed,temp\n" + "".join(f"{r['run']},{r['seed']},{r['temp']}\n" for r in rows))
+    else:
+        params.write_text("".join(f"- {{run: {r['run']}, seed: {r['seed']}, temp: {r['temp']}}}\n" for r in rows))
+    out = ok("dag", "run", "md-sweep", "--params", params).stdout
+    assert "Created 5 instance(s) of DAG md-sweep" in out and "20 jobs" in out
+    assert Job.objects.filter(tags={"dag": "md-sweep"}).count() == 20
+    prep = Job.objects.filter(tags={"dag_node": "prep", "dag_instance": "3"}).get()
+    assert prep.parameters == {"seed": 2}  # CSV cells that read as numbers are numbers
+    status = json.loads(ok("dag", "status", "md-sweep", "--json").stdout)
+    assert status == {"instances": 5, "done": 0, "failed": 0, "jobs": {"STAGED_IN": 5, "AWAITING_PARENTS": 15}}
+
+
+def test_status_kill_retry_and_rm(dag_file: Path, tmp_path: Path) -> None:
+    ok("dag", "create", dag_file)
+    params = tmp_path / "runs.jsonl"
+    params.write_text('{"run": "a", "seed": 1, "temp": 2}\n{"run": "b", "seed": 2, "temp": 3}\n')
+    ok("dag", "run", "md-sweep", "--params", params)
+    text = ok("dag", "status", "md-sweep", "--instance", "1").stdout
+    assert "instance 1" in text and "a/reduce" in text and "AWAITING_PARENTS" in text
+    assert "Killed 4 job(s)" in ok("dag", "kill", "md-sweep", "--instance", "2").stdout
+    assert DAG.objects.get("md-sweep").instances().get(2).state() == {"USER_KILLED": 4}
+    prep = Job.objects.filter(tags={"dag_node": "prep", "dag_instance": "1"}).get()
+    advance(prep, "PREPROCESSED", "RUNNING", "RUN_ERROR", "FAILED")
+    assert "Reset 4 job(s)" in ok("dag", "retry", "md-sweep", "--instance", "1").stdout
+    states = {j.tags["dag_node"]: str(j.state) for j in Job.objects.filter(tags={"dag_instance": "1"})}
+    assert states["prep"] in ("READY", "STAGED_IN") and states["reduce"] == "AWAITING_PARENTS"
+    assert "Forgot DAG md-sweep" in ok("dag", "rm", "md-sweep", "-y").stdout
+    assert Job.objects.filter(tags={"dag": "md-sweep"}).count() == 8  # the jobs stay
+
+
+def test_errors_are_one_line(dag_file: Path, tmp_path: Path) -> None:
+    assert "no DAG named 'nope'" in fails("dag", "show", "nope")
+    ok("dag", "create", dag_file)
+    params = tmp_path / "bad.jsonl"
+    params.write_text('{"run": "a", "seed": 1}\n')
+    assert "no value for placeholder 'temp'" in fails("dag", "run", "md-sweep", "--params", params, code=2)
+    cyclic = tmp_path / "cyc.yml"
+    cyclic.write_text("name: c\nnodes:\n  - {name: a, app: Reduce, workdir: '{r}/a', parents: [a]}\n")
+    assert "its own parent" in fails("dag", "create", cyclic, code=2)
+    bad = tmp_path / "bad.yml"
+    bad.write_text("name: [unclosed\n")
+    assert "not valid YAML" in fails("dag", "create", bad, code=2)
+    assert Job.objects.count() == 0
