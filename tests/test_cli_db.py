@@ -92,24 +92,26 @@ def test_vacuum(site: Any, hello: Any) -> None:
 
 
 def test_migrate(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "schema version 1 is current" in ok("db", "migrate").stdout
+    from balsam.db.schema import CURRENT_VERSION as now
+
+    assert f"schema version {now} is current" in ok("db", "migrate").stdout
     import balsam.db.connection as connection
     import balsam.db.maintenance as maintenance
     from balsam.db import schema
 
-    def v2(conn: sqlite3.Connection) -> None:
+    def extra(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE extra (id INTEGER PRIMARY KEY)")
 
-    migrations = [*schema.MIGRATIONS, (2, "extra table", v2)]
+    migrations = [*schema.MIGRATIONS, (now + 1, "extra table", extra)]
     for module in (connection, maintenance):
         monkeypatch.setattr(module, "MIGRATIONS", migrations)
-        monkeypatch.setattr(module, "CURRENT_VERSION", 2)
+        monkeypatch.setattr(module, "CURRENT_VERSION", now + 1)
     out = ok("db", "migrate", "--dry-run").stdout
-    assert "schema version 1 -> 2: extra table" in out
+    assert f"schema version {now} -> {now + 1}: extra table" in out
     out = ok("db", "migrate", "--site", "test-site").stdout
-    assert "Applied 1 migrations; schema version is now 2" in out
-    assert "schema version 2 is current" in ok("db", "migrate").stdout
-    monkeypatch.setattr(maintenance, "CURRENT_VERSION", 1)
+    assert f"Applied 1 migrations; schema version is now {now + 1}" in out
+    assert f"schema version {now + 1} is current" in ok("db", "migrate").stdout
+    monkeypatch.setattr(maintenance, "CURRENT_VERSION", now)
     assert "newer than this Balsam" in fails("db", "migrate")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from balsam import __version__
+from balsam.db.schema import CURRENT_VERSION
 from balsam.site import Registry
 from tests.cli_helpers import fails, ok
 
@@ -19,10 +20,10 @@ def test_inside_a_site(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     out = ok("which").stdout
     assert f"Site:       test-site (id 1) at {site.path}" in out
     assert f"Found by:   the working directory ({site.path / 'data' / 'sub'})" in out
-    assert "(schema 1; this Balsam: 1" in out and "Preset:     local" in out
+    assert f"(schema {CURRENT_VERSION}; this Balsam: {CURRENT_VERSION}" in out and "Preset:     local" in out
     assert f"Balsam:     {__version__} (source tree:" in out or f"Balsam:     {__version__} (installed:" in out
     data = json.loads(ok("which", "--json").stdout)
-    assert data["site"]["name"] == "test-site" and data["site"]["schema_version"] == 1 and data["balsam"]["version"] == __version__
+    assert data["site"]["name"] == "test-site" and data["site"]["schema_version"] == CURRENT_VERSION and data["balsam"]["version"] == __version__
 
 
 def test_found_by_environment_and_option(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:

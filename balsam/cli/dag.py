@@ -40,7 +40,10 @@ def _scalar(value: Any) -> Any:
 
 @click.group()
 def dag() -> None:
-    """DAG templates: create, list, show, run (instantiate), watch, kill and retry instances."""
+    """DAG templates: create, list, show, run (instantiate), watch, kill and retry instances.
+
+    Example: balsam dag run md-sweep --params runs.jsonl
+    """
 
 
 @dag.command("create")
