@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from balsam._api.app import ApplicationDefinition
 from balsam._api.dag import DAG, DAGInstance
-from balsam._api.jobs import ALL_COMPLETED, FIRST_COMPLETED, Job, JobFailed, RemoteTraceback
+from balsam._api.jobs import ALL_COMPLETED, FIRST_COMPLETED, Job, JobFailed, RemoteTraceback, add_dependency
 from balsam._api.models import App, BatchJob, EventLog, Session, Site, TransferItem
 from balsam._api.sites import current_site, use_site
 from balsam.db.states import BatchJobState, JobState
@@ -43,6 +43,7 @@ __all__ = [
     "Session",
     "Site",
     "TransferItem",
+    "add_dependency",
     "current_site",
     "use_site",
 ]

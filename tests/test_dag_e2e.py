@@ -83,3 +83,33 @@ def test_the_sweep_runs_in_dependency_order(dag_site: Path) -> None:
     assert "parent job" in EventLog.objects.filter(job_id=failed_reduce.id, to_state="FAILED").first().data["message"]
     assert [i.id for i in DAG.objects.get("md-sweep").instances().filter(state="FAILED")] == [runs[2].id]
     assert Job.objects.filter(tags={"dag": "md-sweep"}, state="JOB_FINISHED").count() == 11
+
+
+class Child(ApplicationDefinition):
+    site = SITE
+
+    def run(self, k: int) -> int:
+        return k * k
+
+
+class Spawner(ApplicationDefinition):
+    site = SITE
+
+    def run(self, n: int) -> list:
+        from balsam.api import Job
+
+        me = Job.current()
+        kids = [me.spawn_child(Child, f"{me.workdir}/child{k}", k=k) for k in range(n)]
+        return [kid.id for kid in kids]
+
+
+def test_a_running_job_spawns_children_that_run_after_it(dag_site: Path) -> None:
+    for app in (Child, Spawner):
+        app.sync()
+    parent = Spawner.submit(workdir="spawn/p", n=3)
+    BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="serial", queue="local", project="local", site_id=parent.site_id)
+    assert parent.result(timeout=120) and len(parent.result()) == 3
+    kids = list(Job.objects.filter(id=parent.result()))
+    assert [k.parent_ids for k in kids] == [[parent.id]] * 3
+    assert sorted(k.result(timeout=120) for k in kids) == [0, 1, 4]
+    assert all(k.workdir.startswith("spawn/p/child") for k in kids)

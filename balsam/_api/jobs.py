@@ -321,6 +321,61 @@ class Job(Model):
 
         return list(EventLog.objects.filter(job_id=self.id, site_id=self.site_id).order_by("id"))
 
+    # ---------------------------------------------------------------- workflows (Balsam 0.x's dag module)
+    @classmethod
+    def current(cls) -> "Job":
+        """The job this process runs as (from ``BALSAM_JOB_ID``, which the launcher sets for every job)."""
+        import os
+
+        raw = os.environ.get("BALSAM_JOB_ID", "")
+        if not raw.strip().isdigit():
+            raise ValidationError("Job.current() works inside a job run by a Balsam launcher (BALSAM_JOB_ID is not set)")
+        return cls.objects.get(id=int(raw))
+
+    def spawn_child(self, app: Any, workdir: Union[str, Path], *, tags: Optional[Dict[str, str]] = None,
+                    job_options: Optional[Dict[str, Any]] = None, **params: Any) -> "Job":
+        """Create a job of ``app`` at this job's site that runs after this job finishes; ``params`` are its
+        parameters, ``job_options`` other job fields (num_nodes, gpus_per_rank, ...), ``tags`` default to this
+        job's tags. Works from any node of the allocation."""
+        child = Job(workdir, app_id=app, site_name=self.__dict__["_site"].name, parameters=params,
+                    tags=dict(self.tags) if tags is None else tags, parent_ids=[int(self.id or 0)], **(job_options or {}))
+        child.save()
+        return child
+
+    def clone(self, **changes: Any) -> "Job":
+        """A new job like this one (app, parameters, tags, resources, parents) with ``changes`` applied; the
+        workdir defaults to this one's with a ``.cloneN`` suffix."""
+        fields = {k: getattr(self, k) for k in ("tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank",
+                                                 "threads_per_core", "launch_params", "gpus_per_rank", "node_packing_count",
+                                                 "wall_time_min", "parent_ids", "pending_file_cleanup")}
+        fields = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in fields.items()}
+        workdir = changes.pop("workdir", None)
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise ValidationError(f"clone(): {sorted(unknown)[0]!r} is not a job field that can be changed")
+        fields.update(changes)
+        site = self.__dict__["_site"]
+        if workdir is None:
+            taken = {j.workdir for j in Job.objects.filter(site_id=self.site_id, workdir__contains=f"{self.workdir}.clone")}
+            n = 1
+            while f"{self.workdir}.clone{n}" in taken:
+                n += 1
+            workdir = f"{self.workdir}.clone{n}"
+        twin = Job(workdir, app_id=self.app_id, site_name=site.name, **fields)
+        twin.save()
+        return twin
+
+    def kill(self) -> None:
+        """Kill the job (USER_KILLED); jobs waiting on it fail with the reason."""
+        self.state = JobState.USER_KILLED
+        self.save()
+
+    def add_parent(self, *parents: Union["Job", int]) -> None:
+        """Make this job wait for more parents (only before it starts); see :func:`add_dependency`."""
+        ids = [int(p.id if isinstance(p, Job) else p) for p in parents]
+        self.parent_ids = list(self.parent_ids) + [i for i in ids if i not in self.parent_ids]
+        self.save()
+
     # ---------------------------------------------------------------- futures
     def done(self) -> bool:
         """Refresh, then True if the job reached JOB_FINISHED, FAILED or USER_KILLED."""
@@ -366,6 +421,13 @@ def insert_job_group(conn: Any, jobs: Sequence[Job], now: float) -> None:
     """Insert new jobs of one site inside the caller's write transaction (DAG instantiation builds a workflow
     level by level in one transaction); the Job objects get their ids and states."""
     _insert_rows(conn, jobs, [job._creation_row() for job in jobs], now)
+
+
+def add_dependency(parent: Union[Job, int], child: Union[Job, int]) -> None:
+    """Make ``child`` wait for ``parent`` (Balsam 0.x's ``dag.add_dependency``): only a child that has not
+    started may gain a parent; an unfinished parent sends it back to AWAITING_PARENTS, a failed one fails it."""
+    job = child if isinstance(child, Job) else Job.objects.get(id=int(child))
+    job.add_parent(parent)
 
 
 class JobManager(Manager[Job]):

@@ -157,6 +157,7 @@ def build_task(job: Dict[str, Any], app: AppInfo, data_dir: str) -> Task:
     cpu_bind = launch_params.pop("cpu_bind", None)
     env = dict(app.env)
     env["BALSAM_JOB_ID"] = str(job["id"])
+    env["BALSAM_SITE_PATH"] = data_dir.rsplit("/", 1)[0]  # Job.current() and jobs that create jobs find their site
     view_fields = {k: job.get(k) for k in JOB_FIELDS}
     view_fields["workdir_path"] = workdir
     preamble = None
