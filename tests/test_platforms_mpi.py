@@ -136,7 +136,7 @@ try:
         print("size=%d sum=%d var=%s" % (c.Get_size(), total, os.environ.get("BALSAM_TEST_VAR")))
 except ImportError:
     rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK")
-    print("rank=%s var=%s" % (rank, os.environ.get("BALSAM_TEST_VAR")))
+    os.write(1, ("rank=%s var=%s\\n" % (rank, os.environ.get("BALSAM_TEST_VAR"))).encode())  # one write: ranks don't interleave
 """
 
 
