@@ -245,6 +245,12 @@ class Model:
     def _repr_fields(self) -> Sequence[str]:
         return [n for n in self._fields][:6]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: a table of the fields."""
+        from balsam._api.display import model_html
+
+        return model_html(self)
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
@@ -378,6 +384,12 @@ class Query(Generic[M]):
         more = f", ...({len(items) - 5} more)" if len(items) > 5 else ""
         return f"<Query [{shown}{more}]>"
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the first rows, the total and counts by state, "N more" (never every row)."""
+        from balsam._api.display import query_html
+
+        return query_html(self)
+
     def count(self) -> int:
         """How many objects match (without loading them)."""
         if self._cache is not None:
@@ -494,9 +506,11 @@ class Manager(Generic[M]):
         return Query(self).order_by(*fields)
 
     def first(self) -> Optional[M]:
+        """The first object in the default order, or None."""
         return Query(self).first()
 
     def count(self) -> int:
+        """How many objects are in scope (without loading them)."""
         return Query(self).count()
 
     def create(self, **kwargs: Any) -> M:
