@@ -606,14 +606,28 @@ class JobManager(Manager[Job]):
         done_set = {id(j) for j in done}
         return done, [j for j in jobs if id(j) not in done_set]
 
-    def as_completed(self, jobs: Sequence[Job], timeout: Optional[float] = None, poll_interval: Optional[float] = None) -> Iterator[Job]:
-        """Yield jobs as they finish; concurrent.futures.TimeoutError if some are not done by ``timeout``."""
+    def as_completed(self, jobs: Sequence[Job], timeout: Optional[float] = None, poll_interval: Optional[float] = None,
+                     progress: bool = False) -> Iterator[Job]:
+        """Yield jobs as they finish; concurrent.futures.TimeoutError if some are not done by ``timeout``.
+
+        With ``progress``, a live bar (done, failed, running) follows the jobs while you iterate: a widget in
+        a notebook, a text line on stderr elsewhere (see :func:`balsam.widgets.progress`).
+        """
         jobs = list(jobs)
         seen = 0
-        for batch in self._poll(jobs, timeout, poll_interval):
-            for job in batch:
-                seen += 1
-                yield job
+        bar = None
+        if progress:
+            from balsam.widgets import progress as _progress
+
+            bar = _progress(jobs, poll_interval=poll_interval or 1.0)
+        try:
+            for batch in self._poll(jobs, timeout, poll_interval):
+                for job in batch:
+                    seen += 1
+                    yield job
+        finally:
+            if bar is not None:
+                bar.stop()
         if seen < len(jobs):
             raise concurrent.futures.TimeoutError(f"{len(jobs) - seen} of {len(jobs)} jobs did not finish within {timeout} s")
 
