@@ -167,7 +167,7 @@ def throughput_rate(
     """Jobs per minute reaching ``to_state``, over a sliding window of ``window_s`` seconds.
 
     Returns ``(times, jobs_per_min)`` sampled every ``step_s`` seconds (default: window_s / 4, at most 2,000
-    samples) from the first arrival to one window after the last; each value counts the arrivals in
+    samples) from the first arrival to one window after the last (where it is back to 0); each value counts the arrivals in
     ``(t - window_s, t]``, scaled to a minute.
     """
     if window_s <= 0:
@@ -183,16 +183,19 @@ def throughput_rate(
     step = max(step, (end - ts[0]) / 2000)
     out_t, out_v = [], []
     lo = hi = 0
-    t = ts[0]
     scale = 60.0 / window_s
-    while t <= end + 1e-9:
+    n = 0
+    while True:
+        t = min(ts[0] + n * step, end)
         while hi < len(ts) and ts[hi] <= t:
             hi += 1
         while lo < hi and ts[lo] <= t - window_s:
             lo += 1
         out_t.append(t)
         out_v.append((hi - lo) * scale)
-        t += step
+        if t >= end:
+            break
+        n += 1
     return _dt_list(out_t), out_v
 
 

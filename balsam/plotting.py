@@ -26,10 +26,10 @@ class MissingExtra(BalsamError):
 
 def _figure(width: float = 8.0, height: float = 4.0) -> "Figure":
     try:
-        from matplotlib.figure import Figure
+        from balsam._figure import NotebookFigure
     except ImportError:
         raise MissingExtra("plotting needs matplotlib: pip install 'balsam[jupyter]' (or pip install matplotlib)") from None
-    return Figure(figsize=(width, height), layout="constrained")
+    return NotebookFigure(figsize=(width, height), layout="constrained")
 
 
 def _local_tz() -> _dt.tzinfo:
