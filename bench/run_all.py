@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_store.py", "bench_launcher.py", "bench_agent.py", "bench_cli.py", "bench_zipapp.py", "bench_scheduler_poll.py", "bench_dag.py"]
+BENCHES = ["bench_store.py", "bench_launcher.py", "bench_agent.py", "bench_cli.py", "bench_zipapp.py", "bench_analytics.py", "bench_scheduler_poll.py",
+           "bench_dag.py"]
 
 
 def main() -> int:

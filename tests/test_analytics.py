@@ -186,3 +186,18 @@ def test_plots_are_labelled_figures(scripted: Dict[str, int], tmp_path: Any) -> 
         out = tmp_path / f"{name}.png"
         fig.savefig(out)
         assert out.stat().st_size > 10_000
+
+
+def test_utilization_plot_stays_one_outline_with_thousands_of_batch_jobs(scripted: Dict[str, int], site: Any) -> None:
+    pytest.importorskip("matplotlib")
+    with site.store.write() as conn:
+        conn.executemany(
+            "INSERT INTO batch_job (project, queue, num_nodes, wall_time_min, job_mode, state, start_time, end_time, created, last_update) "
+            "VALUES ('p', 'q', 2, 10, 'mpi', 'finished', ?, ?, ?, ?)",
+            [(T0 + i, T0 + i + 600, T0, T0) for i in range(3000)])
+    times, held = available_nodes(BatchJob.objects.all())
+    assert len(times) == 6003 and max(held) == 2 * 600 + 2  # 600 overlap at a time, plus the 2-node one still running
+    fig = analytics.plot_utilization(EventLog.objects.all(), BatchJob.objects.all())
+    ax = fig.axes[0]
+    assert [str(line.get_label()) for line in ax.get_lines() if not str(line.get_label()).startswith("_")] == ["held by BatchJobs"]
+    assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == 2
