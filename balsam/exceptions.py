@@ -123,7 +123,11 @@ class LauncherError(BalsamError):
 
 
 class TransferError(BalsamError):
-    """A data transfer failed."""
+    """A data transfer failed; ``transient`` when trying again later may succeed (a lost connection)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class ServiceError(BalsamError):

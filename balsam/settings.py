@@ -79,12 +79,26 @@ class ProcessingSettings:
 
 @dataclass
 class TransferSettings:
-    """Stage-in and stage-out of job data."""
+    """Stage-in and stage-out of job data (the transfer service; see balsam/services/transfers.py)."""
 
-    transfer_locations: Dict[str, str] = field(default_factory=dict)
-    max_concurrent_transfers: int = 4
+    transfer_locations: Dict[str, str] = field(default_factory=dict)  # alias -> globus://UUID | rsync://user@host | local
+    max_concurrent_transfers: int = 5
     batch_size: int = 100
+    num_items_query_limit: int = 2000
     period_s: float = 2.0
+    max_retries: int = 5  # a transient failure (lost connection, Globus 5xx) is retried this many times
+    retry_backoff_s: float = 10.0  # the first pause before a retry; it doubles each time (capped at 1 hour)
+    local_link: bool = False  # local: hard-link files instead of copying them
+    rsync_rsh: str = ""  # ssh command for rsync -e; empty: RSYNC_RSH from the environment, else ssh
+    rsync_flags: str = ""
+    rsync_attempts: int = 3  # tries within one task when the connection drops (partial files resumed)
+    rsync_timeout_s: int = 300
+    globus_endpoint_id: Optional[str] = None  # this site's endpoint (collection) UUID
+    globus_endpoint_site_path: Optional[str] = None  # the site folder as the endpoint sees it
+    globus_client_id: Optional[str] = None  # a Globus native app's client id, for balsam site globus-login
+    globus_sync_level: str = "size"
+    globus_verify_checksum: bool = True
+    globus_encrypt_data: bool = True
 
 
 @dataclass

@@ -57,14 +57,17 @@ def test_files_and_directories_are_copied_in_the_background(tmp_path, tree, name
 
 
 @pytest.mark.parametrize("name", ["cp", pytest.param("rsync", marks=needs_rsync)])
-def test_a_failure_is_an_error_carrying_the_step_and_output(tmp_path, tree, name):
+def test_a_missing_source_fails_only_its_item_with_the_tools_message(tmp_path, tree, name):
     adapter = get_transfer(name, state_dir=tmp_path / "state")
     task = adapter.submit([TransferItem(str(tree / "a.txt"), str(tmp_path / "ok.txt")),
                            TransferItem(str(tree / "missing.txt"), str(tmp_path / "x.txt"))])  # fmt: skip
     status = wait_done(adapter, task)
-    assert status.state is TransferState.ERROR and status.returncode != 0
-    assert "missing.txt" in status.error and "step 4 of 4 failed" in status.error
+    assert status.state is TransferState.DONE and status.returncode != 0
+    assert list(status.failed) == [1]
+    assert "missing.txt" in status.failed[1].message and "No such file" in status.failed[1].message
+    assert not status.failed[1].transient
     assert (tmp_path / "ok.txt").read_text() == "A"
+    assert adapter.poll(task) == status  # the outcome is kept
 
 
 @needs_rsync
@@ -93,14 +96,15 @@ def test_cancel_stops_a_running_task(tmp_path):
     time.sleep(0.3)
     assert adapter.poll(task).state is TransferState.ACTIVE
     adapter.cancel(task, grace_s=2)
-    assert wait_done(adapter, task).state is TransferState.ERROR
+    status = wait_done(adapter, task)
+    assert status.state is TransferState.ERROR and "cancelled" in status.error
 
 
 def test_rendered_steps_are_exact():
     items = [TransferItem("/data/in.h5", "/site/data/job1/in.h5"), TransferItem("/data/dir/", "/site/data/job1/dir", recursive=True)]
     assert render_cp_steps(items) == [
-        ["mkdir", "-p", "/site/data/job1"], ["cp", "-p", "/data/in.h5", "/site/data/job1/in.h5"],
-        ["mkdir", "-p", "/site/data/job1/dir"], ["cp", "-pR", "/data/dir/.", "/site/data/job1/dir"],
+        [["mkdir", "-p", "/site/data/job1"], ["cp", "-p", "/data/in.h5", "/site/data/job1/in.h5"]],
+        [["mkdir", "-p", "/site/data/job1/dir"], ["cp", "-pR", "/data/dir/.", "/site/data/job1/dir"]],
     ]  # fmt: skip
     remote = [TransferItem("/site/data/job1/out", "bob@dtn:/archive/out", recursive=True), TransferItem("dtn:/a/b.txt", "/site/b.txt")]
     assert render_rsync_steps(remote, rsh="ssh -o BatchMode=yes", flags=["--partial"]) == [
@@ -126,11 +130,11 @@ def test_errors_are_clear(tmp_path):
     with pytest.raises(TransferError, match="not one of this adapter's task ids"):
         adapter.poll("rsync:" + "0" * 32)
     assert "no such transfer task" in adapter.poll("cp:" + "0" * 32).error
-    with pytest.raises(ConfigError, match="unknown transfer adapter 'globus'"):
-        get_transfer("globus")
+    with pytest.raises(ConfigError, match="unknown transfer adapter 'gridftp'"):
+        get_transfer("gridftp")
     with pytest.raises(ConfigError, match="unknown option"):
         get_transfer("cp", options={"rsh": "ssh"})
-    assert transfer_names() == ["cp", "rsync"]
+    assert transfer_names() == ["cp", "globus", "rsync"]
 
 
 def test_submit_goes_through_the_injected_runner(tmp_path, tree):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional,
 from balsam._api import sites as _sites
 from balsam._api.appsource import capture_source, load_source
 from balsam.db.codec import dumps
+from balsam.db.transfers import check_local_path
 from balsam.exceptions import AppError, ValidationError
 
 if TYPE_CHECKING:
@@ -118,8 +119,10 @@ def _check_transfers(app: str, transfers: Any) -> Dict[str, Dict[str, Any]]:
         if direction not in ("in", "out"):
             raise AppError(f"{app}: transfers[{slot!r}] direction must be 'in' or 'out'")
         local = str(spec.get("local_path", "."))
-        if local.startswith("/"):
-            raise AppError(f"{app}: transfers[{slot!r}] local_path must be relative to the job's workdir")
+        try:
+            local = check_local_path(str(slot), local)
+        except ValidationError as exc:
+            raise AppError(f"{app}: {exc}") from None
         out[str(slot)] = {"required": bool(spec.get("required", False)), "direction": direction, "local_path": local,
                           "description": str(spec.get("description", "")), "recursive": bool(spec.get("recursive", False))}
     return out

@@ -301,6 +301,8 @@ TRANSFER_ITEM = TableSpec(
         "job_id": ids_in("job_id"),
         "state": text_in("state"),
         "direction": text_in("direction"),
+        "location_alias": text_in("location_alias"),
+        "task_id": text_in("task_id"),
         "job_state": lambda v: ("job_id IN (SELECT id FROM job WHERE " + job_states("state")(v)[0] + ")", job_states("state")(v)[1]),
         "tags": job_tags("job_id"),
     },

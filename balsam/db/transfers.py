@@ -39,6 +39,16 @@ def parse_transfer_target(slot: str, value: Any) -> Tuple[str, str]:
     return alias, path
 
 
+def check_local_path(slot: str, local_path: str) -> str:
+    """A slot's ``local_path``, normalized; it must stay inside the job's workdir (relative, no ``..`` out)."""
+    if not local_path or local_path.startswith(("/", "~")):
+        raise ValidationError(f"transfer slot {slot!r}: local_path {local_path!r} must be a path relative to the job's workdir")
+    norm = posixpath.normpath(local_path)
+    if norm == ".." or norm.startswith("../"):
+        raise ValidationError(f"transfer slot {slot!r}: local_path {local_path!r} leaves the job's workdir")
+    return norm
+
+
 def job_transfer_items(
     app: Tuple[str, Any, Dict[str, Dict[str, Any]]],
     transfers: Mapping[str, Any],
@@ -62,10 +72,11 @@ def job_transfer_items(
             known = ", ".join(sorted(locations)) or "none configured in settings.yml transfers.transfer_locations"
             raise ValidationError(f"transfer {slot!r}: unknown location alias {alias!r} (known: {known})")
         direction = spec.get("direction", "in")
+        local_path = check_local_path(slot, str(spec.get("local_path", ".")))
         items.append({
             "direction": direction,
             "slot": slot,
-            "local_path": posixpath.normpath(str(spec.get("local_path", "."))),
+            "local_path": local_path,
             "remote_path": remote,
             "location_alias": alias,
             "recursive": 1 if spec.get("recursive") else 0,
@@ -134,3 +145,38 @@ def update_items(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dict[str
                 changes.append(StateChange(job_id, "JOB_FINISHED"))
     if changes:
         apply_state_changes(conn, changes, strict=False, now=now)
+
+
+IN_FLIGHT = ("active", "inactive")
+
+
+def in_flight_tasks(conn: sqlite3.Connection) -> List[str]:
+    """The ids of the transfer tasks that are running (their items are active or inactive)."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT task_id FROM transfer_item WHERE state IN ('active','inactive') AND task_id != ''")]
+
+
+def task_items(conn: sqlite3.Connection, task_id: str) -> List[Tuple[int, Dict[str, Any]]]:
+    """The in-flight items of one task, in the order they were submitted (by id), with their transfer_info."""
+    rows = conn.execute(
+        "SELECT id, transfer_info FROM transfer_item WHERE task_id=? AND state IN ('active','inactive') ORDER BY id", (task_id,))
+    return [(int(r[0]), loads(r[1]) or {}) for r in rows]
+
+
+def startable_items(conn: sqlite3.Connection, limit: int, now: float) -> List[Dict[str, Any]]:
+    """Pending items whose job is waiting for them (stage-in: READY; stage-out: POSTPROCESSED) and whose retry
+    pause (``transfer_info.retry_at``) is over; oldest first, at most ``limit``."""
+    rows = conn.execute(
+        "SELECT t.id, t.direction, t.local_path, t.remote_path, t.location_alias, t.recursive, j.workdir, t.transfer_info "
+        "FROM transfer_item t JOIN job j ON j.id = t.job_id WHERE t.state='pending' "
+        "AND ((t.direction='in' AND j.state='READY') OR (t.direction='out' AND j.state='POSTPROCESSED')) "
+        "AND coalesce(json_extract(t.transfer_info, '$.retry_at'), 0) <= ? ORDER BY t.id LIMIT ?", (now, limit))
+    keys = ("id", "direction", "local_path", "remote_path", "location_alias", "recursive", "workdir")
+    return [dict(zip(keys, r[:7]), transfer_info=loads(r[7]) or {}) for r in rows]
+
+
+def transfer_info_of(conn: sqlite3.Connection, item_ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+    """The transfer_info of each item."""
+    rows = conn.execute("SELECT id, transfer_info FROM transfer_item WHERE id IN (SELECT value FROM json_each(?))",
+                        (dumps(list(item_ids)),))
+    return {int(r[0]): loads(r[1]) or {} for r in rows}

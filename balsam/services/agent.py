@@ -61,7 +61,7 @@ def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str) -> L
     if settings.transfers.transfer_locations:
         from balsam.services.transfers import TransferService
 
-        services.append(TransferService(site, settings.transfers))
+        services.append(TransferService(site, settings.transfers, env=os.environ))
     if settings.queue_maintainer is not None:
         from balsam.services.queue_maintainer import QueueMaintainerService
 

@@ -1,42 +1,80 @@
-"""The transfer service: stage job data in and out through the platform transfer adapters (cp, rsync).
+"""The transfer service: stage job data in and out, in batches, through the platform transfer adapters.
 
 ``transfers.transfer_locations`` in settings.yml maps an alias to where data lives:
 
-    local | cp://              files on this host (or a shared filesystem), copied with cp
-    rsync://                   the same, copied with rsync
-    rsync://[user@]host        another host, over ssh
+    local                      files on this host (or a shared filesystem): cp, or hard links (local_link)
+    rsync://[user@]host        another host, over ssh (rsync://  alone: this host, with rsync)
+    globus://ENDPOINT_UUID     a Globus endpoint (collection); needs balsam[globus] and balsam site globus-login
 
-Each cycle starts tasks for pending items (grouped by location and direction, ``batch_size`` items per task,
-at most ``max_concurrent_transfers`` tasks at once), then polls running tasks. Item states feed back into
-the store, which moves the jobs (all stage-in done -> STAGED_IN; all stage-out done -> JOB_FINISHED; an error
-fails the job with the transfer's message).
+Each cycle first polls the running tasks, then starts new ones. Pending items whose job waits for them
+(stage-in: READY; stage-out: POSTPROCESSED) are grouped by (protocol, endpoint, direction), larger groups
+first, and cut into batches of ``batch_size`` items, one task each, while fewer than
+``max_concurrent_transfers`` tasks run. When a task ends, each item is ``done`` or failed: a transient
+failure (a lost connection, a Globus server error) puts the item back to ``pending`` after a pause that
+doubles each time, up to ``max_retries``; any other failure sets it to ``error`` with the reason, and the
+store fails its job with that reason. All stage-in done moves the job READY -> STAGED_IN; all stage-out
+done moves POSTPROCESSED -> JOB_FINISHED (children released). Each item keeps its task's figures in
+``transfer_info`` (``bytes``, ``seconds``, ``bytes_per_s``).
 """
 
 from __future__ import annotations
 
 import logging
+import posixpath
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from balsam._api.sites import SiteRef
 from balsam.db import transfers as transfer_db
-from balsam.exceptions import BalsamError, ConfigError
-from balsam.platforms.transfer import TransferAdapter, TransferItem, TransferState, adapter_name_of, get_transfer
+from balsam.exceptions import BalsamError, ConfigError, TransferError
+from balsam.platforms.transfer import ItemFailure, TransferAdapter, TransferItem, TransferState, TransferStatus, get_transfer
 from balsam.services.base import Service
 from balsam.settings import TransferSettings
 
 logger = logging.getLogger(__name__)
 
+PROTOCOL_ADAPTER = {"local": "cp", "rsync": "rsync", "globus": "globus"}
+MAX_BACKOFF_S = 3600.0
+T = TypeVar("T")
 
-def parse_location(alias: str, url: str) -> Tuple[str, str]:
-    """A transfer location as (adapter name, remote host prefix or '')."""
-    text = url.strip()
-    if text in ("local", "cp://", "cp"):
-        return "cp", ""
+
+@dataclass(frozen=True)
+class Location:
+    """Where an alias points: a protocol and its endpoint (a host for rsync, a UUID for Globus, '' here)."""
+
+    protocol: str
+    endpoint: str = ""
+
+
+def parse_location(alias: str, url: str) -> Location:
+    """A ``transfer_locations`` value as a :class:`Location`; a clear error for anything else."""
+    text = str(url).strip()
+    if text in ("local", "cp://", "cp", "file://"):
+        return Location("local")
     if text.startswith("rsync://"):
         host = text[len("rsync://"):].rstrip("/")
-        return "rsync", host
-    raise ConfigError(f"transfer location {alias!r}: {url!r} is not one of local, cp://, rsync://, rsync://[user@]host")
+        if host and ("/" in host or " " in host):
+            raise ConfigError(f"transfer location {alias!r}: {url!r}: expected rsync://[user@]host (no path)")
+        return Location("rsync", host)
+    if text.startswith("globus://"):
+        from balsam.platforms.transfer.globus import is_endpoint_id, require_sdk
+
+        endpoint = text[len("globus://"):].strip("/")
+        if not is_endpoint_id(endpoint):
+            raise ConfigError(f"transfer location {alias!r}: {url!r}: expected globus://ENDPOINT_UUID")
+        try:
+            require_sdk()
+        except ConfigError as exc:
+            raise ConfigError(f"transfer location {alias!r} is {url}: {exc}") from None
+        return Location("globus", endpoint)
+    raise ConfigError(f"transfer location {alias!r}: {url!r} is not one of local, rsync://[user@]host, globus://ENDPOINT_UUID")
+
+
+def retry_pause(attempt: int, first_s: float) -> float:
+    """The pause before retry number ``attempt`` (1, 2, ...): doubling from ``first_s``, capped at an hour."""
+    return float(min(first_s * (2 ** max(attempt - 1, 0)), MAX_BACKOFF_S))
 
 
 class TransferService(Service):
@@ -44,86 +82,187 @@ class TransferService(Service):
 
     name = "transfers"
 
-    def __init__(self, site: SiteRef, settings: TransferSettings) -> None:
+    def __init__(
+        self,
+        site: SiteRef,
+        settings: TransferSettings,
+        env: Optional[Mapping[str, str]] = None,
+        globus_client_factory: Optional[Callable[[], Any]] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(settings.period_s)
         self.site = site
         self.settings = settings
+        self.env = dict(env) if env is not None else None
+        self.clock = clock
         self.locations = {alias: parse_location(alias, url) for alias, url in settings.transfer_locations.items()}
+        self._globus_client_factory = globus_client_factory
         self._adapters: Dict[str, TransferAdapter] = {}
 
+    # ----------------------------------------------------------------------------------------- adapters
     def adapter(self, name: str) -> TransferAdapter:
+        """The adapter for a protocol's short name (cp, rsync, globus), built once."""
         if name not in self._adapters:
-            self._adapters[name] = get_transfer(name, state_dir=self.site.layout.state / "transfers")
+            s = self.settings
+            state_dir = self.site.layout.state / "transfers"
+            extra: Dict[str, Any] = {}
+            if name == "cp":
+                options = {"link": "true" if s.local_link else "false"}
+            elif name == "rsync":
+                options = {"rsh": s.rsync_rsh, "flags": s.rsync_flags, "attempts": str(s.rsync_attempts),
+                           "timeout": str(s.rsync_timeout_s)}
+                options = {k: v for k, v in options.items() if v}
+            elif name == "globus":
+                from balsam.platforms.transfer.globus import globus_options
+
+                options = globus_options({
+                    "local_endpoint": s.globus_endpoint_id, "site_path": str(self.site.path),
+                    "endpoint_site_path": s.globus_endpoint_site_path, "sync_level": s.globus_sync_level,
+                    "verify_checksum": s.globus_verify_checksum, "encrypt_data": s.globus_encrypt_data,
+                })
+                extra["client_factory"] = self._globus_client_factory or self._default_globus_client
+            else:
+                raise TransferError(f"no transfer adapter {name!r}")
+            self._adapters[name] = get_transfer(name, state_dir=state_dir, env=self.env, options=options, **extra)
         return self._adapters[name]
 
+    def _default_globus_client(self) -> Any:
+        from balsam.platforms.transfer.globus_auth import transfer_client
+
+        return transfer_client(self.settings.globus_client_id, self.site.layout.state / "globus-tokens.json")
+
+    # ------------------------------------------------------------------------------------------- cycle
+    def _read(self, query: Callable[[Any], T]) -> T:
+        with self.site.store.read() as conn:
+            return query(conn)
+
     def run_cycle(self) -> None:
+        """Poll the running tasks, then start tasks for pending items."""
         self._poll()
         self._start()
 
-    def _active_tasks(self) -> List[str]:
-        return [r[0] for r in self.site.store.execute("SELECT DISTINCT task_id FROM transfer_item WHERE state='active' AND task_id != ''")]
-
-    def _start(self) -> None:
-        store = self.site.store
-        free = self.settings.max_concurrent_transfers - len(self._active_tasks())
-        if free <= 0:
-            return
-        rows = store.execute(
-            "SELECT t.id, t.direction, t.local_path, t.remote_path, t.location_alias, t.recursive, j.workdir "
-            "FROM transfer_item t JOIN job j ON j.id = t.job_id WHERE t.state='pending' ORDER BY t.id LIMIT ?",
-            (free * self.settings.batch_size,))
-        self.backlog = len(rows)
-        groups: Dict[Tuple[str, str], List[Any]] = {}
-        for row in rows:
-            groups.setdefault((row[4], row[1]), []).append(row)
-        data = self.site.layout.data
-        for (alias, _direction), items in groups.items():
-            location = self.locations.get(alias)
-            if location is None:
-                self._error([r[0] for r in items], f"transfer location {alias!r} is not in settings.yml transfers.transfer_locations")
-                continue
-            adapter_name, host = location
-            for start in range(0, len(items), self.settings.batch_size):
-                if free <= 0:
-                    return
-                batch = items[start : start + self.settings.batch_size]
-                specs = []
-                for _item_id, direction, local_path, remote_path, _alias, recursive, workdir in batch:
-                    local = str(Path(data, workdir, local_path))
-                    remote = f"{host}:{remote_path}" if host else remote_path
-                    src, dst = (remote, local) if direction == "in" else (local, remote)
-                    specs.append(TransferItem(source=src, destination=dst, recursive=bool(recursive)))
-                    Path(data, workdir).mkdir(parents=True, exist_ok=True)
-                try:
-                    task_id = self.adapter(adapter_name).submit(specs)
-                except BalsamError as exc:
-                    self._error([r[0] for r in batch], str(exc))
-                    continue
-                free -= 1
-                with store.write() as conn:
-                    transfer_db.update_items(conn, [(r[0], {"state": "active", "task_id": task_id}) for r in batch])
-                logger.info("transfer task %s started for %d items (%s)", task_id, len(batch), alias)
-
     def _poll(self) -> None:
         store = self.site.store
-        for task_id in self._active_tasks():
+        for task_id in self._read(transfer_db.in_flight_tasks):
+            name = task_id.partition(":")[0]
             try:
-                status = self.adapter(adapter_name_of(task_id)).poll(task_id)
+                status = self.adapter(name).poll(task_id)
             except BalsamError as exc:
-                status_state, error = TransferState.ERROR, str(exc)
-            else:
-                status_state, error = status.state, status.error
-            if status_state == TransferState.ACTIVE:
+                status = TransferStatus(task_id, TransferState.ERROR, str(exc))
+            items = self._read(lambda conn, t=task_id: transfer_db.task_items(conn, t))  # type: ignore[misc]
+            if not status.ended:
+                state = "inactive" if status.state is TransferState.INACTIVE else "active"
+                changed = [(i, info) for i, info in items if info.get("status") != status.error]
+                if changed:
+                    with store.write() as conn:
+                        transfer_db.update_items(conn, [(i, {"state": state, "transfer_info": dict(info, status=status.error)})
+                                                        for i, info in changed])
                 continue
-            ids = [r[0] for r in store.execute("SELECT id FROM transfer_item WHERE task_id=? AND state='active'", (task_id,))]
-            if status_state == TransferState.DONE:
-                with store.write() as conn:
-                    transfer_db.update_items(conn, [(i, {"state": "done"}) for i in ids])
-                logger.info("transfer task %s done (%d items)", task_id, len(ids))
-            else:
-                self._error(ids, error or "transfer failed")
+            self._finish(status, items)
 
-    def _error(self, item_ids: List[int], message: str) -> None:
-        logger.error("transfer of items %s failed: %s", item_ids[:10], message)
+    def _finish(self, status: TransferStatus, items: Sequence[Tuple[int, Dict[str, Any]]]) -> None:
+        figures: Dict[str, Any] = {"bytes": status.bytes, "seconds": status.seconds}
+        if status.bytes_per_s is not None:
+            figures["bytes_per_s"] = round(status.bytes_per_s, 1)
+        whole = ItemFailure(status.error or "transfer failed")
+        updates: List[Tuple[int, Dict[str, Any]]] = []
+        failures: Dict[int, ItemFailure] = {}
+        for position, (item_id, info) in enumerate(items):
+            index = int(info.get("task_index", position))
+            failure = status.failed.get(index)
+            if failure is None and status.state is TransferState.ERROR:
+                failure = whole
+            if failure is None:
+                info = {k: v for k, v in info.items() if k not in ("retry_at", "status")}
+                updates.append((item_id, {"state": "done", "transfer_info": dict(info, **figures)}))
+            else:
+                failures[item_id] = failure
+                updates.append(self._failed_update(item_id, info, failure))
         with self.site.store.write() as conn:
-            transfer_db.update_items(conn, [(i, {"state": "error", "transfer_info": {"error": message[-2000:]}}) for i in item_ids])
+            transfer_db.update_items(conn, updates)
+        done = len(items) - len(failures)
+        rate = f", {figures['bytes_per_s']:.0f} B/s" if "bytes_per_s" in figures else ""
+        logger.info("transfer task %s ended: %d done, %d failed%s", status.task_id, done, len(failures), rate)
+        for item_id, failure in list(failures.items())[:5]:
+            logger.warning("transfer item %d (task %s): %s", item_id, status.task_id, failure.message)
+
+    def _failed_update(self, item_id: int, info: Dict[str, Any], failure: ItemFailure) -> Tuple[int, Dict[str, Any]]:
+        attempts = int(info.get("attempts", 0)) + 1
+        message = failure.message[-2000:]
+        info = {k: v for k, v in info.items() if k not in ("task_index", "status")}
+        if failure.transient and attempts <= self.settings.max_retries:
+            pause = retry_pause(attempts, self.settings.retry_backoff_s)
+            info.update(attempts=attempts, retry_at=self.clock() + pause, last_error=message)
+            return item_id, {"state": "pending", "task_id": "", "transfer_info": info}
+        if failure.transient:
+            message = f"{message} (gave up after {attempts} tries)"
+        info.update(attempts=attempts, error=message)
+        info.pop("retry_at", None)
+        return item_id, {"state": "error", "transfer_info": info}
+
+    def _start(self) -> None:
+        s = self.settings
+        free = s.max_concurrent_transfers - len(self._read(transfer_db.in_flight_tasks))
+        now = self.clock()
+        rows = self._read(lambda conn: transfer_db.startable_items(conn, s.num_items_query_limit, now))
+        self.backlog = len(rows)
+        if free <= 0 or not rows:
+            return
+        groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+        unknown: List[Dict[str, Any]] = []
+        for row in rows:
+            location = self.locations.get(row["location_alias"])
+            if location is None:
+                unknown.append(row)
+                continue
+            groups.setdefault((location.protocol, location.endpoint, row["direction"]), []).append(row)
+        if unknown:
+            self._fail_now(unknown, "transfer location {alias!r} is not in settings.yml transfers.transfer_locations")
+        for (protocol, endpoint, direction), group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            for start in range(0, len(group), s.batch_size):
+                if free <= 0:
+                    return
+                batch = group[start : start + s.batch_size]
+                self._submit(protocol, endpoint, direction, batch)
+                free -= 1
+
+    def _submit(self, protocol: str, endpoint: str, direction: str, batch: List[Dict[str, Any]]) -> None:
+        data = self.site.layout.data
+        specs = []
+        for row in batch:
+            workdir = Path(data, row["workdir"])
+            remote = row["remote_path"]
+            local_rel = row["local_path"]
+            if direction == "in" and local_rel in (".", "") and not row["recursive"]:
+                local_rel = posixpath.basename(remote.rstrip("/")) or "."
+            local = str(workdir / local_rel) if local_rel not in (".", "") else str(workdir)
+            far = f"{endpoint}:{remote}" if endpoint else remote
+            src, dst = (far, local) if direction == "in" else (local, far)
+            specs.append(TransferItem(source=src, destination=dst, recursive=bool(row["recursive"])))
+            if direction == "in":
+                workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            task_id = self.adapter(PROTOCOL_ADAPTER[protocol]).submit(specs)
+        except TransferError as exc:
+            failure = ItemFailure(f"cannot start the transfer: {exc}", exc.transient)
+            with self.site.store.write() as conn:
+                transfer_db.update_items(conn, [self._failed_update(r["id"], r["transfer_info"], failure) for r in batch])
+            logger.warning("%s transfer of %d items could not start: %s", protocol, len(batch), exc)
+            return
+        except BalsamError as exc:
+            self._fail_now(batch, f"cannot start the transfer: {exc}")
+            return
+        with self.site.store.write() as conn:
+            transfer_db.update_items(conn, [
+                (r["id"], {"state": "active", "task_id": task_id,
+                           "transfer_info": dict(r["transfer_info"], task_index=i, submitted=round(self.clock(), 3))})
+                for i, r in enumerate(batch)
+            ])
+        logger.info("transfer task %s started: %d items, %s %s %s", task_id, len(batch), protocol, direction, endpoint or "local")
+
+    def _fail_now(self, rows: Sequence[Dict[str, Any]], template: str) -> None:
+        with self.site.store.write() as conn:
+            transfer_db.update_items(conn, [
+                (r["id"], {"state": "error", "transfer_info": dict(r["transfer_info"], error=template.format(alias=r["location_alias"]))})
+                for r in rows
+            ])

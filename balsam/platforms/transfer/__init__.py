@@ -1,13 +1,12 @@
 """Transfer adapters, chosen by short name: ``get_transfer("rsync")``; a task id's prefix names its adapter.
 
-=====  =====================================================================
-name   adapter
-=====  =====================================================================
-cp     :class:`~.cp.CpTransfer`: local copies
-rsync  :class:`~.rsync.RsyncTransfer`: local, or ``[user@]host:path`` over ssh
-=====  =====================================================================
-
-Globus is not implemented (it needs the Globus SDK and an interactive consent flow).
+======  =====================================================================
+name    adapter
+======  =====================================================================
+cp      :class:`~.cp.CpTransfer`: local copies (or hard links)
+rsync   :class:`~.rsync.RsyncTransfer`: batches over ssh to ``[user@]host``, or local
+globus  :class:`~.globus.GlobusTransfer`: Globus Transfer tasks (needs ``balsam[globus]``)
+======  =====================================================================
 """
 
 from __future__ import annotations
@@ -16,7 +15,15 @@ from typing import Any, Dict, List, Mapping, Optional, Type
 
 from balsam.exceptions import ConfigError
 from balsam.platforms.runner import CommandRunner
-from balsam.platforms.transfer.base import TransferAdapter, TransferItem, TransferState, TransferStatus, is_remote
+from balsam.platforms.transfer.base import (
+    ItemFailure,
+    ScriptTransfer,
+    TransferAdapter,
+    TransferItem,
+    TransferState,
+    TransferStatus,
+    is_remote,
+)
 from balsam.platforms.transfer.cp import CpTransfer
 from balsam.platforms.transfer.rsync import RsyncTransfer
 
@@ -24,6 +31,8 @@ TRANSFERS: Dict[str, Type[TransferAdapter]] = {cls.name: cls for cls in (CpTrans
 
 __all__ = [
     "TRANSFERS",
+    "ItemFailure",
+    "ScriptTransfer",
     "TransferAdapter",
     "TransferItem",
     "TransferState",
@@ -37,7 +46,7 @@ __all__ = [
 
 def transfer_names() -> List[str]:
     """The short names of the transfer adapters."""
-    return sorted(TRANSFERS)
+    return sorted([*TRANSFERS, "globus"])
 
 
 def get_transfer(
@@ -47,8 +56,14 @@ def get_transfer(
     state_dir: Any = None,
     env: Optional[Mapping[str, str]] = None,
     options: Optional[Mapping[str, str]] = None,
+    **extra: Any,
 ) -> TransferAdapter:
-    """Build the transfer adapter named ``name`` (nothing runs)."""
+    """Build the transfer adapter named ``name`` (nothing runs). ``extra`` goes to the Globus adapter
+    (``client`` or ``client_factory``)."""
+    if name == "globus":  # imported here: globus-sdk is optional
+        from balsam.platforms.transfer.globus import GlobusTransfer
+
+        return GlobusTransfer(runner, state_dir=state_dir, env=env, options=options, **extra)
     cls = TRANSFERS.get(name)
     if cls is None:
         raise ConfigError(f"unknown transfer adapter {name!r} (known: {', '.join(transfer_names())})")

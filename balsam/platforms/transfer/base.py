@@ -1,25 +1,32 @@
-"""Transfer adapters: copy a batch of items in the background, then poll the task until it is done.
+"""Transfer adapters: copy a batch of items as one task, then poll the task until it is done.
 
-``submit(items)`` renders one argv per step (pure), writes them as a small bash script into the task's own
-folder under ``state_dir``, starts it detached under the recording wrapper of
-:mod:`balsam.platforms.detached`, and returns a task id ``<adapter>:<token>``; the prefix names the adapter
-that can poll it. ``poll(task_id)`` reads the record: ``active`` while the script runs, ``done`` when it
-exited 0, ``error`` otherwise, with the failing step and the tail of its output carried in the status. The
-first failing step ends the task. Nothing runs when an adapter is built.
+Every adapter takes a batch with ``submit(items)`` and returns a task id ``<adapter>:<token>`` whose prefix
+names the adapter that can poll it. ``poll(task_id)`` answers ``active`` (or ``inactive``: stalled, waiting on
+something outside, e.g. Globus credentials) while it runs, and once it has ended ``done`` with the outcome of
+each item: the items listed in :attr:`TransferStatus.failed` failed (each with its own message, and whether
+trying again may help), every other item arrived. A task that failed as a whole lists every item.
+
+:class:`ScriptTransfer` is the base of the adapters that run programs on this host (cp, rsync): ``submit``
+writes a small bash script into the task's own folder under ``state_dir`` (with the items, as JSON),
+starts it detached under the recording wrapper of :mod:`balsam.platforms.detached`, and ``poll`` reads the
+record; the first poll after the script ended finishes the task (the rsync adapter moves the staged files
+into place there) and keeps the outcome, so later polls and restarts see the same answer. Nothing runs
+when an adapter is built.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Union
 
 from balsam.exceptions import ConfigError, TransferError
 from balsam.platforms import detached
@@ -28,6 +35,7 @@ from balsam.platforms.runner import CommandRunner, SubprocessRunner
 PathLike = Union[str, "os.PathLike[str]"]
 
 _REMOTE = re.compile(r"^(?:[^/:@\s]+@)?[A-Za-z0-9][A-Za-z0-9.-]*:")
+ITEM_FAILED = "balsam-item-failed"
 
 
 class TransferState(str, Enum):
@@ -35,30 +43,76 @@ class TransferState(str, Enum):
 
     ACTIVE = "active"
     """Still copying."""
+    INACTIVE = "inactive"
+    """Not ended, but stalled on something outside Balsam (the status's ``error`` says what)."""
     DONE = "done"
-    """Every item copied."""
+    """Ended: every item arrived except those in ``failed``."""
     ERROR = "error"
-    """A step failed, or the task's process vanished; ``error`` says which and why."""
+    """Ended, and every item failed (``error`` says why); kept for callers that test for it."""
 
 
 @dataclass(frozen=True)
 class TransferItem:
     """Copy ``source`` to ``destination`` (a file, or with ``recursive`` a directory's contents). Either side
-    may be remote for adapters that allow it (``user@host:/path`` for rsync)."""
+    may be remote for adapters that allow it (``[user@]host:/path`` for rsync, ``ENDPOINT_UUID:/path`` for
+    Globus)."""
 
     source: str
     destination: str
     recursive: bool = False
 
 
+@dataclass(frozen=True)
+class ItemFailure:
+    """Why one item of a task failed, and whether trying it again may help (a dropped connection)."""
+
+    message: str
+    transient: bool = False
+
+
 @dataclass
 class TransferStatus:
-    """A task's state, and what went wrong if it failed."""
+    """A task's state; once ended, which items failed and how much was moved."""
 
     task_id: str
     state: TransferState
     error: str = ""
     returncode: Optional[int] = None
+    failed: Dict[int, ItemFailure] = field(default_factory=dict)
+    """Index in the submitted batch -> why that item failed (ended tasks only)."""
+    bytes: Optional[int] = None
+    seconds: Optional[float] = None
+
+    @property
+    def ended(self) -> bool:
+        """True once the task will not change any more."""
+        return self.state in (TransferState.DONE, TransferState.ERROR)
+
+    @property
+    def bytes_per_s(self) -> Optional[float]:
+        """Throughput of the task, when both figures are known."""
+        if self.bytes is None or not self.seconds:
+            return None
+        return self.bytes / self.seconds
+
+    def to_json(self) -> Dict[str, Any]:
+        """The status as plain data (kept in the task folder)."""
+        return {"task_id": self.task_id, "state": self.state.value, "error": self.error, "returncode": self.returncode,
+                "failed": {str(i): [f.message, f.transient] for i, f in self.failed.items()},
+                "bytes": self.bytes, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TransferStatus":
+        """The inverse of :meth:`to_json`."""
+        return cls(str(data["task_id"]), TransferState(data["state"]), str(data.get("error", "")), data.get("returncode"),
+                   {int(i): ItemFailure(str(m), bool(t)) for i, (m, t) in dict(data.get("failed") or {}).items()},
+                   data.get("bytes"), data.get("seconds"))
+
+
+def all_failed(task_id: str, count: int, message: str, transient: bool = False, returncode: Optional[int] = None) -> TransferStatus:
+    """The status of a task whose every item failed for one reason."""
+    failure = ItemFailure(message, transient)
+    return TransferStatus(task_id, TransferState.ERROR, message, returncode, {i: failure for i in range(count)})
 
 
 def is_remote(path: str) -> bool:
@@ -66,8 +120,16 @@ def is_remote(path: str) -> bool:
     return bool(_REMOTE.match(path)) and not path.startswith(("/", "./", "../"))
 
 
+def split_remote(path: str) -> "tuple[str, str]":
+    """``user@host:/p`` -> (``user@host``, ``/p``); a local path -> ('', path)."""
+    if not is_remote(path):
+        return "", path
+    host, _, rest = path.partition(":")
+    return host, rest
+
+
 def render_script(steps: Sequence[Sequence[str]], labels: Sequence[str]) -> str:
-    """The bash script a task runs: each step quoted, the first failure reported and fatal (pure)."""
+    """A bash script that runs every step, quoted; the first failure is reported and ends it (pure)."""
     lines = ["#!/bin/bash", f"# Balsam transfer task: {len(steps)} step(s); written by balsam.platforms.transfer"]
     for i, (argv, label) in enumerate(zip(steps, labels), 1):
         cmd = " ".join(shlex.quote(str(a)) for a in argv)
@@ -75,6 +137,30 @@ def render_script(steps: Sequence[Sequence[str]], labels: Sequence[str]) -> str:
         lines.append(f'{cmd} || {{ rc=$?; echo {msg}" with exit $rc" >&2; exit "$rc"; }}')
     lines.append("")
     return "\n".join(lines)
+
+
+def render_item_script(item_steps: Sequence[Sequence[Sequence[str]]]) -> str:
+    """A bash script that copies every item in turn; an item whose command fails is reported on one line
+    (``balsam-item-failed INDEX MESSAGE``) and the script goes on with the next item, exiting non-zero at
+    the end if any failed (pure)."""
+    lines = ["#!/bin/bash", f"# Balsam transfer task: {len(item_steps)} item(s); written by balsam.platforms.transfer",
+             "failed=0"]
+    for index, steps in enumerate(item_steps):
+        cmd = " && ".join(" ".join(shlex.quote(str(a)) for a in argv) for argv in steps)
+        lines.append(f"if ! out=$( {{ {cmd}; }} 2>&1 ); then failed=1; printf '{ITEM_FAILED} {index} %s\\n' \"${{out//$'\\n'/ | }}\"; fi")
+    lines += ['exit "$failed"', ""]
+    return "\n".join(lines)
+
+
+def parse_item_failures(output: str) -> Dict[int, str]:
+    """The ``balsam-item-failed INDEX MESSAGE`` lines of a task's output (pure)."""
+    failures: Dict[int, str] = {}
+    for line in output.splitlines():
+        if line.startswith(ITEM_FAILED + " "):
+            _, index, *rest = line.split(" ", 2)
+            if index.isdigit():
+                failures[int(index)] = rest[0] if rest else "failed"
+    return failures
 
 
 def tail(path: Path, num_lines: int = 10) -> str:
@@ -87,8 +173,7 @@ def tail(path: Path, num_lines: int = 10) -> str:
 
 
 class TransferAdapter(ABC):
-    """Base of the transfer adapters. ``state_dir`` holds one folder per task (the composition root passes a
-    folder in the site's state directory); ``options`` are the adapter's own settings."""
+    """Base of the transfer adapters. ``options`` are the adapter's own settings (unknown ones are refused)."""
 
     name: ClassVar[str] = ""
     options_help: ClassVar[Dict[str, str]] = {}
@@ -117,9 +202,46 @@ class TransferAdapter(ABC):
             self._state_dir = Path(tempfile.gettempdir()) / f"balsam-transfers-{os.getuid()}"
         return self._state_dir
 
+    def option_flag(self, key: str, default: bool = False) -> bool:
+        """A yes/no option."""
+        value = self.options.get(key)
+        if value is None:
+            return default
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+
     @abstractmethod
-    def render_steps(self, items: Sequence[TransferItem]) -> List[List[str]]:
-        """The argv of every step that copies ``items`` (pure)."""
+    def submit(self, items: Sequence[TransferItem]) -> str:
+        """Start copying ``items`` as one task; return the task id."""
+
+    @abstractmethod
+    def poll(self, task_id: str) -> TransferStatus:
+        """Where the task stands (see :class:`TransferStatus`)."""
+
+    @abstractmethod
+    def cancel(self, task_id: str, grace_s: float = 5.0) -> None:
+        """Stop a running task."""
+
+
+class ScriptTransfer(TransferAdapter):
+    """An adapter that copies by running a bash script on this host, detached (see the module docstring)."""
+
+    @abstractmethod
+    def prepare(self, items: Sequence[TransferItem], task_dir: Path) -> str:
+        """Prepare the task folder and return the script that copies ``items``."""
+
+    def finish(self, task_id: str, items: Sequence[TransferItem], task_dir: Path, rec: detached.ProcessRecord) -> TransferStatus:
+        """The outcome of an ended task (the default reads the item failure lines of the output)."""
+        output = tail(task_dir / "output", 200)
+        rc = rec.returncode
+        seconds = (rec.end - rec.start) if rec.end is not None and rec.start is not None else None
+        if rc == 0:
+            return TransferStatus(task_id, TransferState.DONE, returncode=0, seconds=seconds)
+        marked = parse_item_failures(output)
+        if marked:
+            failed = {i: ItemFailure(msg) for i, msg in marked.items()}
+            return TransferStatus(task_id, TransferState.DONE, returncode=rc, failed=failed, seconds=seconds)
+        reason = "the transfer was cancelled" if rec.cancelled is not None else (output or f"exit {rc}")
+        return all_failed(task_id, len(items), reason, returncode=rc)
 
     def _task_dir(self, task_id: str) -> Path:
         prefix, _, token = task_id.partition(":")
@@ -131,12 +253,11 @@ class TransferAdapter(ABC):
         """Start copying ``items`` in the background; return the task id."""
         if not items:
             raise TransferError(f"{self.name}: nothing to transfer")
-        steps = self.render_steps(items)
         token = uuid.uuid4().hex
         task_dir = self.state_dir / token
         task_dir.mkdir(parents=True)
-        labels = [" ".join(s[:1] + s[-2:]) for s in steps]
-        (task_dir / "task.sh").write_text(render_script(steps, labels))
+        (task_dir / "items.json").write_text(json.dumps([[i.source, i.destination, i.recursive] for i in items]))
+        (task_dir / "task.sh").write_text(self.prepare(items, task_dir))
         record = task_dir / "record"
         record.touch()
         argv = detached.wrapper_argv(["bash", str(task_dir / "task.sh")], record)
@@ -147,29 +268,39 @@ class TransferAdapter(ABC):
         detached.append_record(record, f"pid {pid} {detached.create_time_of(pid) or ''}".rstrip(), f"submitted {detached.now()}")
         return f"{self.name}:{token}"
 
+    def _items(self, task_dir: Path) -> List[TransferItem]:
+        try:
+            return [TransferItem(str(s), str(d), bool(r)) for s, d, r in json.loads((task_dir / "items.json").read_text())]
+        except (OSError, ValueError):
+            return []
+
     def poll(self, task_id: str) -> TransferStatus:
-        """The task's state; an ERROR status carries the failing step and the tail of its output."""
+        """The task's state; once it ended, each failed item with its message."""
         task_dir = self._task_dir(task_id)
+        result = task_dir / "result.json"
+        if result.exists():
+            return TransferStatus.from_json(json.loads(result.read_text()))
         rec = detached.read_record(task_dir / "record")
+        items = self._items(task_dir)
         if rec is None:
-            return TransferStatus(task_id, TransferState.ERROR, f"no such transfer task (no record in {task_dir})")
-        if rec.ended:
-            if rec.returncode == 0:
-                return TransferStatus(task_id, TransferState.DONE, returncode=0)
-            message = tail(task_dir / "output") or f"exit {rec.returncode}"
-            return TransferStatus(task_id, TransferState.ERROR, message, rec.returncode)
-        if detached.is_alive(rec.pid, rec.create_time):
+            return all_failed(task_id, len(items), f"no such transfer task (no record in {task_dir})")
+        if not rec.ended and detached.is_alive(rec.pid, rec.create_time):
             return TransferStatus(task_id, TransferState.ACTIVE)
         # the process may have ended between the two reads: look once more before calling it lost
         rec = detached.read_record(task_dir / "record") or rec
         if rec.ended:
-            return self.poll(task_id)
-        return TransferStatus(task_id, TransferState.ERROR, "the transfer process vanished without finishing (killed?)")
+            status = self.finish(task_id, items, task_dir, rec)
+        else:
+            status = all_failed(task_id, len(items), "the transfer process vanished without finishing (killed?)", transient=True)
+        tmp = result.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status.to_json()))
+        os.replace(tmp, result)
+        return status
 
     def cancel(self, task_id: str, grace_s: float = 5.0) -> None:
         """Stop a running task (TERM, then KILL)."""
         task_dir = self._task_dir(task_id)
         rec = detached.read_record(task_dir / "record")
-        if rec is not None and rec.pid is not None:
+        if rec is not None and rec.pid is not None and not rec.ended:
             detached.append_record(task_dir / "record", f"cancelled {detached.now()}")
             detached.terminate_tree(rec.pid, rec.create_time, grace_s=grace_s)
