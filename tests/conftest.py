@@ -80,3 +80,24 @@ def adder(site: Any) -> Any:
     Adder.sync()
     return Adder
 
+
+
+@pytest.fixture(scope="session")
+def sshd_rsh() -> str:
+    """The ssh command (for rsync -e) that reaches the test sshd that ``.ci/sshd.sh`` starts on 127.0.0.1;
+    the test is skipped when it is not up."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = Path(os.environ.get("BALSAM_CI_SSHD_DIR", "/tmp/balsam-ci-sshd"))
+    port_file = folder / "port"
+    if not port_file.exists() or not shutil.which("rsync") or not shutil.which("ssh"):
+        pytest.skip("no test sshd (start it with: bash .ci/sshd.sh start)")
+    rsh = (f"ssh -p {port_file.read_text().strip()} -i {folder / 'client_key'} -o IdentitiesOnly=yes -o BatchMode=yes "
+           f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={folder / 'known_hosts'}")
+    probe = subprocess.run([*rsh.split(), "-o", "ConnectTimeout=10", "127.0.0.1", "true"], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"the test sshd does not answer (bash .ci/sshd.sh start): {probe.stderr.decode(errors='replace').strip()}")
+    return rsh

@@ -1,9 +1,8 @@
-"""The agent daemon (start, status, refusal, stop, crash and restart), the file cleaner, and transfers."""
+"""The agent daemon (start, status, refusal, stop, crash and restart) and the file cleaner (transfers: test_services_transfers)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -11,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from balsam.api import ApplicationDefinition, Job, TransferItem
+from balsam.api import ApplicationDefinition, Job
 from balsam.exceptions import ServiceError
 from balsam.services.agent import agent_status, start_agent, stop_agent
 from balsam.services.file_cleaner import FileCleanerService, clean_workdir
-from balsam.services.transfers import TransferService, parse_location
-from balsam.settings import FileCleanerSettings, TransferSettings
+from balsam.settings import FileCleanerSettings
 from tests.helpers import advance
 
 
@@ -88,58 +86,6 @@ def test_cleaning_never_leaves_the_workdir(tmp_path: Path) -> None:
     assert clean_workdir(data, "job", ["../../*.tmp", "*.tmp"]) == 1  # only the link itself goes
     assert outside.read_text() == "keep me"
     assert clean_workdir(data, "../", ["*"]) == 0
-
-
-class Staged(ApplicationDefinition):
-    site = "test-site"
-    command_template = "true"
-    transfers = {
-        "deck": {"required": True, "direction": "in", "local_path": "input/deck.txt"},
-        "results": {"required": False, "direction": "out", "local_path": "results", "recursive": True},
-    }
-
-
-@pytest.mark.parametrize("scheme", ["cp://", "rsync://"])
-def test_transfers_stage_in_and_out_for_real(site: Any, tmp_path: Path, scheme: str) -> None:
-    if scheme.startswith("rsync") and shutil.which("rsync") is None:
-        pytest.skip("rsync is not installed (.ci/run installs it)")
-    remote = tmp_path / "remote"
-    (remote / "in").mkdir(parents=True)
-    (remote / "in" / "deck.txt").write_text("deck contents")
-    with site.store.write() as conn:
-        conn.execute("UPDATE site SET transfer_locations=?", (f'{{"store":"{scheme}"}}',))
-    service = TransferService(site, TransferSettings(transfer_locations={"store": scheme}, batch_size=10))
-    Staged.sync()
-    job = Staged.submit(workdir="t", transfers={"deck": f"store:{remote}/in/deck.txt", "results": f"store:{remote}/out"})
-    assert str(job.state) == "READY"
-    wait_for(lambda: (service.run_cycle(), str(Job.objects.get(id=job.id).state))[1] == "STAGED_IN")
-    assert (site.layout.data / "t" / "input" / "deck.txt").read_text() == "deck contents"
-    advance(Job.objects.get(id=job.id), "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED")
-    (site.layout.data / "t" / "results").mkdir()
-    (site.layout.data / "t" / "results" / "r.txt").write_text("result")
-    wait_for(lambda: (service.run_cycle(), str(Job.objects.get(id=job.id).state))[1] == "JOB_FINISHED")
-    assert (remote / "out" / "r.txt").read_text() == "result"
-
-
-def test_a_failed_transfer_fails_the_job_with_the_error(site: Any, tmp_path: Path) -> None:
-    with site.store.write() as conn:
-        conn.execute("""UPDATE site SET transfer_locations='{"store":"cp://"}'""")
-    service = TransferService(site, TransferSettings(transfer_locations={"store": "cp://"}))
-    Staged.sync()
-    job = Staged.submit(workdir="t", transfers={"deck": f"store:{tmp_path}/missing.txt"})
-    wait_for(lambda: (service.run_cycle(), str(Job.objects.get(id=job.id).state))[1] == "FAILED")
-    message = Job.objects.get(id=job.id).history()[-1].data["message"]
-    assert "stage-in transfer" in message and "missing.txt" in message
-    assert TransferItem.objects.get(job_id=job.id).state == "error"
-
-
-def test_transfer_location_forms() -> None:
-    assert parse_location("a", "local") == ("cp", "")
-    assert parse_location("a", "rsync://me@dtn.example.org") == ("rsync", "me@dtn.example.org")
-    from balsam.exceptions import ConfigError
-
-    with pytest.raises(ConfigError, match="not one of"):
-        parse_location("a", "globus://1234")
 
 
 def test_stuck_jobs_say_why(site: Any, hello: Any) -> None:

@@ -43,6 +43,7 @@ COMMANDS: Dict[str, Entry] = {
     "job": Entry("balsam.cli.job:job", "Create, list, modify, reset, kill and remove jobs."),
     "queue": Entry("balsam.cli.queue:queue", "Submit, list and cancel BatchJobs (pilot allocations)."),
     "dag": Entry("balsam.cli.dag:dag", "Create, show and run DAG templates; watch, kill and retry instances."),
+    "transfer": Entry("balsam.cli.transfer:transfer", "List the data staged in and out of jobs."),
     "db": Entry("balsam.cli.db:db", "Check, back up, compact and migrate a site's database."),
     "which": Entry("balsam.cli.which:which", "Show which site, database and Balsam this shell uses."),
     "service": Entry("balsam.cli.service:service", "Start, stop and inspect the site agent (also 'site start/stop/status')."),

@@ -30,6 +30,7 @@ from balsam.cli._common import (
     one_site,
     plural,
     progress,
+    render_table,
     scope_sites,
     site_option,
     state_option,
@@ -408,8 +409,12 @@ def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
 
     site = j.__dict__["_site"]
     why = explain(site.store, site.path, int(j.id or 0))
+    from balsam._api.models import TransferItem
+    from balsam.cli.transfer import TABLE_HEADERS, item_dict, item_rows
+
+    transfers = list(TransferItem.objects.filter(job_id=j.id, site_id=j.site_id).order_by("id"))
     if as_json:
-        echo_json(dict(d, why=why, events=events))
+        echo_json(dict(d, why=why, events=events, transfers=[item_dict(t) for t in transfers]))
         return
     click.echo(f"Job {d.pop('id')}")
     _echo_fields(d, "  ")
@@ -418,6 +423,10 @@ def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
         click.echo("  return value: <stored; Job.result_nowait() in Python>")
     if j.serialized_exception is not None:
         click.echo("  exception: <stored; Job.result_nowait() re-raises it>")
+    if transfers:
+        click.echo("Transfers:")
+        for line in render_table(TABLE_HEADERS[2:], [row[2:] for row in item_rows(transfers)], flex=["Transfer", "Note"]).splitlines():
+            click.echo("  " + line)
     click.echo("History:")
     for e in events:
         data = e["data"] or {}

@@ -295,6 +295,10 @@ def site_sync(sites: Sequence[str]) -> None:
 
     ref = one_site(sites, "site sync")
     settings = load_settings(ref.layout.settings_path)
+    from balsam.platforms.transfer.locations import parse_location
+
+    for alias, url in settings.transfers.transfer_locations.items():
+        parse_location(alias, url)  # a bad URL, or globus:// without globus-sdk, is one clear error
     refresh_site_row(ref.store, settings)
     queues = ", ".join(sorted(settings.scheduler.allowed_queues)) or "none"
     click.echo(f"Site {ref.name}: settings.yml is valid; policies refreshed (queues: {queues}; "
@@ -333,3 +337,27 @@ def site_sample_settings(preset: Optional[str]) -> None:
         root = find_site_root()
         preset = (SiteLayout(root).preset() if root is not None else None) or "local"
     click.echo(read_preset_file(preset, "settings.yml"), nl=False)
+
+
+# ------------------------------------------------------------------------------------------- globus-login
+@site.command("globus-login")
+@click.option("--site", "sites", multiple=True, metavar="SITE", help="The site (default: the current site).")
+def site_globus_login(sites: Sequence[str]) -> None:
+    """Log in to Globus for this site's transfers: open the URL it prints, then paste the code.
+
+    The tokens are stored in the site's state folder with mode 0600 and refreshed when they expire.
+    Needs globus-sdk (pip install 'balsam[globus]') and transfers.globus_client_id in settings.yml.
+
+    \b
+    Example:
+      balsam site globus-login
+    """
+    from balsam.cli._common import one_site
+    from balsam.platforms.transfer.globus_auth import login
+    from balsam.settings import load_settings
+
+    ref = one_site(sites, "site globus-login")
+    settings = load_settings(ref.layout.settings_path)
+    path = ref.layout.state / "globus-tokens.json"
+    login(settings.transfers.globus_client_id, path, ask=lambda prompt: str(click.prompt(prompt)), say=click.echo)
+    click.echo(f"Logged in to Globus; tokens stored in {path} (mode 0600).")

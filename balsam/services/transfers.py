@@ -22,54 +22,23 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from balsam._api.sites import SiteRef
 from balsam.db import transfers as transfer_db
-from balsam.exceptions import BalsamError, ConfigError, TransferError
+from balsam.exceptions import BalsamError, TransferError
 from balsam.platforms.transfer import ItemFailure, TransferAdapter, TransferItem, TransferState, TransferStatus, get_transfer
+from balsam.platforms.transfer.locations import Location, parse_location
 from balsam.services.base import Service
 from balsam.settings import TransferSettings
 
 logger = logging.getLogger(__name__)
+__all__ = ["Location", "TransferService", "parse_location", "retry_pause"]
 
 PROTOCOL_ADAPTER = {"local": "cp", "rsync": "rsync", "globus": "globus"}
 MAX_BACKOFF_S = 3600.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where an alias points: a protocol and its endpoint (a host for rsync, a UUID for Globus, '' here)."""
-
-    protocol: str
-    endpoint: str = ""
-
-
-def parse_location(alias: str, url: str) -> Location:
-    """A ``transfer_locations`` value as a :class:`Location`; a clear error for anything else."""
-    text = str(url).strip()
-    if text in ("local", "cp://", "cp", "file://"):
-        return Location("local")
-    if text.startswith("rsync://"):
-        host = text[len("rsync://"):].rstrip("/")
-        if host and ("/" in host or " " in host):
-            raise ConfigError(f"transfer location {alias!r}: {url!r}: expected rsync://[user@]host (no path)")
-        return Location("rsync", host)
-    if text.startswith("globus://"):
-        from balsam.platforms.transfer.globus import is_endpoint_id, require_sdk
-
-        endpoint = text[len("globus://"):].strip("/")
-        if not is_endpoint_id(endpoint):
-            raise ConfigError(f"transfer location {alias!r}: {url!r}: expected globus://ENDPOINT_UUID")
-        try:
-            require_sdk()
-        except ConfigError as exc:
-            raise ConfigError(f"transfer location {alias!r} is {url}: {exc}") from None
-        return Location("globus", endpoint)
-    raise ConfigError(f"transfer location {alias!r}: {url!r} is not one of local, rsync://[user@]host, globus://ENDPOINT_UUID")
 
 
 def retry_pause(attempt: int, first_s: float) -> float:

@@ -81,6 +81,7 @@ def transfer_client(client_id: Optional[str], token_path: Path, auth_client: Any
     client = auth_client if auth_client is not None else sdk.NativeAppAuthClient(client_id)
 
     def on_refresh(response: Any) -> None:
+        """Keep the refreshed access token (the refresh token stays)."""
         fresh = dict(response.by_resource_server[TRANSFER_RESOURCE])
         fresh.setdefault("refresh_token", tokens["refresh_token"])
         fresh["client_id"] = client_id

@@ -240,7 +240,8 @@ class RsyncTransfer(ScriptTransfer):
         nbytes = transferred_bytes(output)
         errors = error_lines(output)
         transient = rc in TRANSIENT_EXIT
-        lost = f"rsync exit {rc}: " + (" | ".join(errors[-3:]) or tail(task_dir / "output", 3))
+        ssh_said = list(dict.fromkeys(e for e in errors if not e.startswith(("rsync", "balsam-transfer"))))[-2:]
+        lost = f"rsync exit {rc}: " + (" | ".join(ssh_said + errors[-2:]) or tail(task_dir / "output", 3))
         failed: Dict[int, ItemFailure] = {}
         if rec.cancelled is not None:
             return all_failed(task_id, len(items), "the transfer was cancelled", returncode=rc)
