@@ -91,6 +91,16 @@ def test_files_and_directories_go_in_and_out_over_ssh(site: Any, sshd_rsh: str, 
     assert (remote / "out" / "run.log").read_text() == "log"
 
 
+def test_without_rsync_rsh_in_settings_rsyncs_own_RSYNC_RSH_applies(site: Any, sshd_rsh: str, remote: Path) -> None:
+    settings = TransferSettings(transfer_locations={"far": REMOTE})
+    refresh_site_row(site.store, SiteSettings(transfers=settings))
+    service = TransferService(site, settings, env=dict(os.environ, RSYNC_RSH=sshd_rsh))
+    Staged.sync()
+    job = Staged.submit(workdir="t", transfers={"deck": f"far:{remote}/in/deck.bin"})
+    cycle_until(service, job.id, "STAGED_IN")
+    assert (site.layout.data / "t" / "input" / "deck.bin").read_bytes() == (remote / "in" / "deck.bin").read_bytes()
+
+
 def test_a_missing_remote_file_fails_the_job_with_rsyncs_message(site: Any, sshd_rsh: str, remote: Path) -> None:
     service = make_service(site, sshd_rsh)
     Staged.sync()

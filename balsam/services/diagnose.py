@@ -98,8 +98,20 @@ def explain(store: Any, site_root: Any, job_id: int) -> List[str]:
         return [f"waits for parent job {pid} ({pstate})" for pid, pstate in waiting] or ["waits for its parents"]
     if state in ("READY", "POSTPROCESSED"):
         direction = "in" if state == "READY" else "out"
-        items = store.execute("SELECT id, state, location_alias FROM transfer_item WHERE job_id=? AND direction=?", (job_id, direction))
-        out = [f"stage-{direction} item {i} from '{alias}' is {st}" for i, st, alias in items if st != "done"]
+        items = store.execute("SELECT id, state, location_alias, task_id, transfer_info FROM transfer_item WHERE job_id=? AND direction=?",
+                              (job_id, direction))
+        out = []
+        for i, st, alias, task, info_text in items:
+            if st == "done":
+                continue
+            info = loads(info_text) or {}
+            line = f"stage-{direction} item {i} {'from' if direction == 'in' else 'to'} '{alias}' is {st}"
+            if task and st in ("active", "inactive"):
+                line += f" (task {task}{': ' + str(info['status']) if info.get('status') else ''})"
+            if st == "pending" and info.get("retry_at"):
+                when = time.strftime("%H:%M:%S", time.localtime(float(info["retry_at"])))
+                line += f"; try {int(info.get('attempts', 0)) + 1} at {when} after: {str(info.get('last_error', ''))[-200:]}"
+            out.append(line)
         if not agent_up:
             out.append(AGENT_DOWN + " (it runs the transfers)")
         return out or [f"stage-{direction} is complete; the job moves on at the next step"]
