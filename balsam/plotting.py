@@ -194,6 +194,6 @@ def plot_durations(
     if not rows:
         _empty(axes[0], "durations")
     elif axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(loc="lower right", fontsize="small")
+        axes[0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize="small", frameon=False)
     fig.suptitle(title or ("Time in each phase" + (f" by {group_by}" if group_by else "")))
     return fig

@@ -201,3 +201,26 @@ def test_utilization_plot_stays_one_outline_with_thousands_of_batch_jobs(scripte
     ax = fig.axes[0]
     assert [str(line.get_label()) for line in ax.get_lines() if not str(line.get_label()).startswith("_")] == ["held by BatchJobs"]
     assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == 2
+
+
+def test_reports_merge_sites(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sites in scope: one curve, as if their events were in one DB."""
+    from balsam._api import sites
+    from balsam.site import init_site
+
+    refs = []
+    for name in ("site-a", "site-b"):
+        init_site(tmp_path / name, name=name)
+        refs.append(sites.resolve(name))
+    for n, ref in enumerate(refs):
+        with ref.store.write() as conn:
+            for job_id, (start, end) in enumerate([(10 + n, 20 + n), (30 + n, 40 + n)], start=1):
+                conn.execute("INSERT INTO event (job_id, timestamp, from_state, to_state, data) VALUES (?, ?, 'PREPROCESSED', 'RUNNING', ?)",
+                             (job_id, T0 + start, dumps({"num_nodes": 1.0 + n})))
+                conn.execute("INSERT INTO event (job_id, timestamp, from_state, to_state, data) VALUES (?, ?, 'RUNNING', 'RUN_DONE', NULL)",
+                             (job_id, T0 + end))
+    assert throughput_report(EventLog.objects.all(), to_state="RUN_DONE") == (at(20, 21, 40, 41), [1, 2, 3, 4])
+    times, busy = utilization_report(EventLog.objects.all())
+    assert times == at(10, 11, 20, 21, 30, 31, 40, 41)
+    assert busy == [1.0, 3.0, 2.0, 0.0, 1.0, 3.0, 2.0, 0.0]
+    assert len(throughput_report(EventLog.objects.filter(site_name="site-b"), to_state="RUN_DONE")[0]) == 2

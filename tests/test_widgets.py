@@ -40,6 +40,10 @@ def test_query_html_shows_first_rows_counts_and_more(site: Any, hello: Any) -> N
     assert "3 matching" in sliced and "w/24" in sliced and "more" not in sliced
     assert "<b>Job</b>" in jobs[0]._repr_html_() and "say_hello_to" in jobs[0]._repr_html_()
     assert "test-site" in Site.objects.get(name="test-site")._repr_html_()
+    assert "1 matching" in Site.objects.all()._repr_html_()
+    from balsam.api import App
+
+    assert "Hello" in App.objects.get(name="Hello")._repr_html_() and "source_code" not in App.objects.get(name="Hello")._repr_html_()
     events = EventLog.objects.filter(tags={"batch": "w"})._repr_html_()
     assert "FAILED: 5" in events  # events count by to_state
     bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5, queue="local", project="local")
