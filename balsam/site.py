@@ -165,7 +165,7 @@ class Registry:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {"next_id": 1, "sites": {}}
+            return {"sites": {}}
         except (OSError, ValueError) as exc:
             raise SiteError(f"{self.path}: unreadable site registry ({exc}); fix or remove it") from None
         if not isinstance(data, dict) or not isinstance(data.get("sites"), dict):
@@ -202,11 +202,11 @@ class Registry:
             if old is not None and old["path"] != str(path) and SiteLayout(Path(old["path"])).is_site():
                 raise SiteError(f"a site named {name!r} already exists at {old['path']}; choose another name (-n)")
             if site_id is None:
-                site_id = int(data.get("next_id", 1))  # type: ignore[call-overload]
-                taken = {int(v["id"]) for v in sites.values()}
-                while site_id in taken:
-                    site_id += 1
-            data["next_id"] = max(int(data.get("next_id", 1)), site_id + 1)  # type: ignore[call-overload]
+                # Random, so sites made on other machines that later meet at a relay almost surely differ
+                # (every id the site hands out carries it: balsam.db.ids).
+                from balsam.db.ids import draw_site_id
+
+                site_id = draw_site_id({int(v["id"]) for n, v in sites.items() if n != name})
             sites[name] = {"id": site_id, "path": str(path), "host": host, "uuid": site_uuid}
             return RegistryEntry(name=name, id=site_id, path=str(path), host=host, uuid=site_uuid)
 
@@ -217,8 +217,9 @@ class Registry:
             assert isinstance(sites, dict)
             sites.pop(name, None)
 
-    def update(self, name: str, *, new_name: Optional[str] = None, path: Optional[Path] = None, host: Optional[str] = None) -> None:
-        """Rename, move or re-home a registered site."""
+    def update(self, name: str, *, new_name: Optional[str] = None, path: Optional[Path] = None, host: Optional[str] = None,
+               site_id: Optional[int] = None) -> None:
+        """Rename, move or re-home a registered site, or record its new id (after a migration gave it one)."""
         with self._locked() as data:
             sites = data["sites"]
             assert isinstance(sites, dict)
@@ -229,6 +230,8 @@ class Registry:
                 entry["path"] = str(path)
             if host is not None:
                 entry["host"] = host
+            if site_id is not None:
+                entry["id"] = int(site_id)
             if new_name is not None and new_name != name:
                 if new_name in sites:
                     raise SiteError(f"a site named {new_name!r} already exists")

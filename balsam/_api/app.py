@@ -376,7 +376,10 @@ class ApplicationDefinition(metaclass=_AppMeta):
     @classmethod
     def load_by_id(cls, app_id: int, site: Any = None) -> type:
         """The app class stored under ``app_id`` (reloaded when the app was re-synced since)."""
-        ref = _sites.single_site(site)
+        from balsam.db.ids import site_of
+
+        owner = _sites.site_by_id(site_of(app_id)) if site is None and site_of(app_id) else None
+        ref = owner or _sites.single_site(site)
         row = ref.store.conn.execute("SELECT name, source_code, version FROM app WHERE id=?", (app_id,)).fetchone()
         if row is None:
             raise AppError(f"no app with id {app_id} at site {ref.name}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List,
 from balsam._api import sites as _sites
 from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
 from balsam.db import jobs as job_db
+from balsam.db.ids import site_of
 from balsam.db import query as q
 from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
 from balsam.db.jobs import StateChange, normalize_workdir
@@ -74,8 +75,9 @@ def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
         cached = app.__dict__.get("_balsam_info")
         if cached is not None and cached[0] == _sites.generation and cached[1].id == app_cls.__app_id__:
             return cached[1]  # type: ignore[no-any-return]
-        if getattr(app, "__app_id__", None) is None or app_cls._site_ref().path != app_cls.__app_site__:
-            app_cls.sync()
+        app_id = getattr(app, "__app_id__", None)
+        if app_id is None or app_cls._site_ref().path != app_cls.__app_site__ or site_of(app_id) != app_cls._site_ref().id:
+            app_cls.sync()  # never synced, synced elsewhere, or the site moved to another id since
         site = app_cls._site_ref()
         key: Union[int, str] = int(app_cls.__app_id__)
         sites = [site]
@@ -85,7 +87,16 @@ def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
         if not isinstance(app, (int, str)) or isinstance(app, bool):
             raise ValidationError(f"app_id must be an app class, name or id, got {app!r}")
         key = app
-        sites = [_sites.resolve(site_name)] if site_name else _sites.default_scope()
+        if site_name:
+            sites = [_sites.resolve(site_name)]
+        elif isinstance(app, int) and site_of(app):
+            # An app id names one app among all sites: its site is read off the id.
+            owner = _sites.site_by_id(site_of(app))
+            if owner is None:
+                raise ValidationError(f"no app {app} on this host: its site (id {site_of(app)}) is not registered here")
+            sites = [owner]
+        else:
+            sites = _sites.default_scope()
     found: List[AppInfo] = []
     for site in sites:
         info = _app_cache.get((site.path, key))

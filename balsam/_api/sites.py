@@ -112,7 +112,13 @@ def resolve(key: Union[str, int, Path, Any]) -> SiteRef:
         current = None
     if current is not None and (current.name == key or current.id == key or str(current.id) == str(key)):
         return current
-    entry = Registry().lookup(key)
+    try:
+        entry = Registry().lookup(key)
+    except SiteNotFound:
+        ref = site_by_id(int(key)) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else None
+        if ref is None:
+            raise
+        return ref
     if entry.host and entry.host != this_host():
         raise ForeignHostError(
             f"site {entry.name!r} lives on host {entry.host!r} and this is {this_host()!r}: its DB can only be opened there "
@@ -146,7 +152,10 @@ def local_sites() -> List[SiteRef]:
     out = []
     for entry in Registry().entries():
         if entry.host == host and SiteLayout(Path(entry.path)).is_site():
-            out.append(ref_for_root(Path(entry.path)))
+            ref = ref_for_root(Path(entry.path))
+            if ref.id != entry.id:  # a migration gave the site its id prefix; the registry follows
+                Registry().update(entry.name, site_id=ref.id)
+            out.append(ref)
     return out
 
 
@@ -171,7 +180,60 @@ def scope(filters: Dict[str, Any]) -> List[SiteRef]:
         if site_path is not None:
             candidates = [c for c in candidates if str(site_path) in str(c.path)]
         return candidates
-    return default_scope()
+    by_id = sites_of_ids(filters)
+    return default_scope() if by_id is None else by_id
+
+
+ID_KEYS = ("id", "job_id", "app_id", "batch_job_id", "parent_id")
+"""Filters holding ids of a site's rows (every such id carries its site's id: balsam.db.ids)."""
+
+
+def sites_of_ids(filters: Dict[str, Any]) -> Optional[List[SiteRef]]:
+    """The sites holding the rows that id filters name (an id names one row among all sites), or None when
+    no id filter narrows the scope. An id of a site this host cannot reach matches nothing here."""
+    from balsam.db.ids import site_of
+
+    wanted: Optional[set] = None  # type: ignore[type-arg]
+    for key in ID_KEYS:
+        value = filters.get(key)
+        if value is None or isinstance(value, (str, bytes)):
+            continue
+        values = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        try:
+            owners = {site_of(int(getattr(v, "id", v))) for v in values}
+        except (TypeError, ValueError):
+            continue  # the filter itself reports the bad value
+        if 0 in owners:
+            return None  # an id from before site prefixes: look where we always looked
+        wanted = owners if wanted is None else wanted & owners
+    if wanted is None:
+        return None
+    out = []
+    for site_id in sorted(wanted):
+        ref = site_by_id(site_id)
+        if ref is not None:
+            out.append(ref)
+    return out
+
+
+def site_by_id(site_id: int) -> Optional[SiteRef]:
+    """The reachable site with this id (the current site, or a registered one on this host), or None."""
+    try:
+        current = current_site()
+    except SiteNotFound:
+        current = None
+    if current is not None and current.id == site_id:
+        return current
+    for entry in Registry().entries():
+        if entry.id == site_id and entry.host == this_host() and SiteLayout(Path(entry.path)).is_site():
+            ref = ref_for_root(Path(entry.path))
+            if ref.id == site_id:
+                return ref
+    # The registry may lag a migration that gave a site its id ('balsam db migrate' updates it): ask the DBs.
+    for ref in local_sites():
+        if ref.id == site_id:
+            return ref
+    return None
 
 
 def default_scope(all_local: bool = False) -> List[SiteRef]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import click
 
 from balsam.cli._common import CLIError, echo_json, json_option, one_site, site_option
+
+if TYPE_CHECKING:
+    from balsam.db import Store
 
 _site_option = site_option("The site (default: the current site).")
 
@@ -127,6 +130,17 @@ def _root_without_opening(sites: Sequence[str]) -> Path:
     return Path(local[0].path)
 
 
+def _follow_site_id(root: Path, store: "Store") -> None:
+    """Record in the registry the site id a migration gave the site (ids carry it: balsam.db.ids)."""
+    from balsam.site import Registry, site_identity
+
+    site_id, _ = site_identity(store)
+    registry = Registry()
+    entry = registry.by_path(root)
+    if entry is not None and entry.id != site_id:
+        registry.update(entry.name, site_id=site_id)
+
+
 @db.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Only show what would be applied.")
 @_site_option
@@ -155,6 +169,7 @@ def db_migrate(dry_run: bool, sites: Sequence[str]) -> None:
         return
     store.migrate()
     now = store.schema_version()
+    _follow_site_id(root, store)
     store.close()
     _sites.reset()
     if now != current:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from balsam.db import ids
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import ForeignHostError, SchemaError, StoreError
 
@@ -314,4 +315,5 @@ class Store:
                 f"INSERT INTO site({','.join(cols)}) VALUES ({placeholders(len(cols))})",
                 (site_id, name, path, uuid, now, now, *fields.values()),
             )
+            ids.seed_sequences(c, site_id)
         return store

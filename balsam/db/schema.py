@@ -214,9 +214,31 @@ def _dags(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _v3_site_unique_ids(conn: sqlite3.Connection) -> None:
+    """Ids unique across a user's sites (balsam.db.ids): events get an AUTOINCREMENT counter like the other
+    tables, and an existing site moves to a random site id, its ids rewritten with that prefix."""
+    from balsam.db import ids
+
+    conn.execute(
+        "CREATE TABLE event_v2 (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, timestamp REAL NOT NULL, "
+        "from_state TEXT NOT NULL, to_state TEXT NOT NULL, data TEXT)"
+    )
+    conn.execute("INSERT INTO event_v2(id, job_id, timestamp, from_state, to_state, data) "
+                 "SELECT id, job_id, timestamp, from_state, to_state, data FROM event")
+    conn.execute("DROP TABLE event")
+    conn.execute("ALTER TABLE event_v2 RENAME TO event")
+    conn.execute("CREATE INDEX event_job ON event(job_id)")
+    if conn.execute("SELECT 1 FROM sqlite_sequence WHERE name='event'").fetchone() is None:
+        conn.execute("INSERT INTO sqlite_sequence(name, seq) SELECT 'event', coalesce(max(id), 0) FROM event")
+    row = conn.execute("SELECT id FROM site LIMIT 1").fetchone()
+    if row is not None:
+        ids.rewrite_site_ids(conn, ids.draw_site_id({int(row[0])}))
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
+    (3, "ids unique across sites (site id in the high bits)", _v3_site_unique_ids),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

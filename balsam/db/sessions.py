@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from balsam.db import ids
 from balsam.db.codec import dumps, loads
 from balsam.db.jobs import StateChange, apply_state_changes
 from balsam.db.states import RUNNABLE_STATES, JobState
@@ -92,6 +93,11 @@ def create_session(
     """Open a lease held by process ``pid`` on ``host``; returns its id."""
     now = time.time() if now is None else now
     pid = os.getpid() if pid is None else pid
+    if batch_job_id is not None and not ids.site_of(batch_job_id):
+        # A batch script rendered before the site got its id prefix ('balsam db migrate') names the old id.
+        site = conn.execute("SELECT id FROM site LIMIT 1").fetchone()
+        if site is not None:
+            batch_job_id = ids.in_site(batch_job_id, int(site[0]))
     cur = conn.execute(
         "INSERT INTO session(batch_job_id, heartbeat, created, host, pid, pid_start, label) VALUES (?,?,?,?,?,?,?)",
         (batch_job_id, now, now, host, pid, process_start_time(pid), label),
