@@ -5,7 +5,8 @@ Two paths:
   RUN_DONE -> POSTPROCESSED, RUN_ERROR -> FAILED, RUN_TIMEOUT -> RESTART_READY) is applied to a whole batch in
   one transaction, so processing never limits launcher throughput;
 - **hooks**: jobs of apps that do override a hook are locked under the service's lease and their hooks run in
-  a pool of threads. A hook that raises sends its job to FAILED with the exception; a hook that leaves the
+  a pool of worker processes (:mod:`balsam.services.hookworker`), each with the working directory set to the
+  job's workdir and its output in ``balsam.log`` there, as Balsam does. A hook that raises sends its job to FAILED with the exception; a hook that leaves the
   state unchanged, or sets one the state machine refuses, is an error with a message, not a stuck job.
 
 An app whose stored code no longer loads fails the jobs that need it processed, with the load error.
@@ -15,18 +16,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import multiprocessing
+import os
 import time
-import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
 from balsam._api.app import ApplicationDefinition
+from balsam._api.base import row_of
 from balsam._api.jobs import Job
 from balsam._api.sites import SiteRef
 from balsam.db import sessions
 from balsam.db.codec import dumps
 from balsam.db.jobs import StateChange, apply_state_changes
-from balsam.db.states import is_legal
 from balsam.exceptions import BalsamError
+from balsam.services import hookworker
 from balsam.services.base import Service
 from balsam.settings import ProcessingSettings, SessionSettings
 
@@ -55,7 +58,7 @@ class ProcessingService(Service):
         self.host = host
         self.session_id: Optional[int] = None
         self._last_tick = 0.0
-        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
 
     # ---------------------------------------------------------------- apps
     def _apps(self) -> Tuple[Dict[int, Any], Dict[int, str]]:
@@ -125,6 +128,13 @@ class ProcessingService(Service):
                 self._last_tick = now
         return self.session_id
 
+    def _hook_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.settings.num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=hookworker.init_worker,
+                initargs=(str(self.site.path), os.environ.get("BALSAM_HOME")))
+        return self._pool
+
     def _run_hooks(self, classes: Dict[int, Any], hooked: set) -> None:  # type: ignore[type-arg]
         session_id = self._lease()
         with self.site.store.write() as conn:
@@ -132,15 +142,28 @@ class ProcessingService(Service):
         if not rows:
             return
         jobs = list(Job.objects.filter(id=[r["id"] for r in rows], site_id=self.site.id))
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self.settings.num_workers, thread_name_prefix="balsam-hook")
         failures: List[StateChange] = []
         done: List[Job] = []
-        for job, error in zip(jobs, self._pool.map(lambda j: self._one(j, classes), jobs)):
-            if error is None:
-                done.append(job)
-            else:
-                failures.append(error)
+        pool = self._hook_pool()
+        futures = []
+        for job in jobs:
+            row = row_of(job) or {}
+            futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[str(job.state)][0]))
+        for job, future in zip(jobs, futures):
+            try:
+                changed, error = future.result()
+            except Exception as exc:  # the worker died (a hook called os._exit, or was killed)
+                self._pool = None
+                changed, error = None, {"message": f"the hook worker running {HOOKS[str(job.state)][0]} died: {type(exc).__name__}: {exc}"}
+            if error is not None:
+                failures.append(StateChange(int(job.id or 0), "FAILED", data=error))
+                continue
+            for name, value in (changed or {}).items():
+                if name in ("state_data", "state_timestamp"):
+                    job.__dict__[name] = value
+                else:
+                    setattr(job, name, value)
+            done.append(job)
         if done:
             self._save(done)
         if failures:
@@ -166,27 +189,10 @@ class ProcessingService(Service):
                 conn.execute("UPDATE job SET session_id=NULL WHERE id IN (SELECT value FROM json_each(?)) AND state != 'RUNNING'",
                              (dumps(stuck),))
 
-    def _one(self, job: Job, classes: Dict[int, Any]) -> Optional[StateChange]:
-        """Run a job's hook; None if it set a legal new state, else the FAILED change to apply."""
-        src = str(job.state)
-        hook, _ = HOOKS[src]
-        cls = classes[job.app_id]
-        try:
-            getattr(cls(job), hook)()
-        except Exception as exc:
-            tb = traceback.format_exc(limit=-8)
-            return StateChange(int(job.id or 0), "FAILED", data={"message": f"{hook} hook raised {type(exc).__name__}: {exc}",
-                                                                  "exception": tb[-4000:]})
-        dst = str(job.state)
-        if dst == src:
-            return StateChange(int(job.id or 0), "FAILED", data={"message": f"{cls.__name__}.{hook} left the job in {src}; a hook must set job.state"})
-        if not is_legal(src, dst):
-            return StateChange(int(job.id or 0), "FAILED", data={"message": f"{cls.__name__}.{hook} set an illegal state {src} -> {dst}"})
-        return None
-
     def cleanup(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self.session_id is not None:
             with self.site.store.write() as conn:
                 sessions.release(conn, self.session_id, message="the site agent stopped")

@@ -1,0 +1,109 @@
+"""The processing service's hook workers: separate processes that run app hooks in each job's workdir.
+
+Balsam runs ``preprocess``, ``postprocess``, ``handle_error`` and ``handle_timeout`` with the working
+directory set to the job's workdir (created if missing), the hook's stdout and stderr appended to
+``balsam.log`` there. The working directory belongs to a process, not a thread, so hooks run in a pool of
+worker processes (which also lets hook-heavy workflows use more than one core). A worker loads the app by id
+(reloaded when re-synced), binds a fresh app instance to the job, runs the hook, and hands back what the hook
+changed; the service saves the results of a batch together.
+
+Workers start with ``spawn`` (the agent runs threads; forking a threaded process is unsafe) and import
+nothing but Balsam and the app's own code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+HookResult = Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]
+"""(changed fields incl. state, state_data and state_timestamp; or None) and (a FAILED event's data; or None)."""
+
+LOG_NAME = "balsam.log"
+
+_site_path: Optional[Path] = None
+
+
+def init_worker(site_path: str, balsam_home: Optional[str]) -> None:
+    """Pool initializer: remember the site; start in its directory, as the agent does."""
+    global _site_path
+    if balsam_home:
+        os.environ["BALSAM_HOME"] = balsam_home
+    _site_path = Path(site_path)
+    os.chdir(site_path)
+
+
+@contextmanager
+def in_workdir(workdir: Path, log_name: str = LOG_NAME) -> Iterator[None]:
+    """Run the body with cwd = ``workdir`` (created if missing) and fds 1 and 2 appended to ``balsam.log``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    previous = os.getcwd()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    log_fd = os.open(str(workdir / log_name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.chdir(workdir)
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os.chdir(previous)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in (*saved, log_fd):
+                os.close(fd)
+
+
+def run_hook(job_row: Sequence[Any], hook: str) -> HookResult:
+    """Run ``hook`` of the job given as a row of Job columns; see :data:`HookResult`."""
+    from balsam._api import sites as _sites
+    from balsam._api.app import ApplicationDefinition
+    from balsam._api.jobs import Job
+    from balsam.db.states import is_legal
+
+    assert _site_path is not None, "init_worker was not called"
+    site = _sites.ref_for_root(_site_path)
+    job = Job._from_row(site, job_row)
+    job_id = int(job.id or 0)
+    src = str(job.state)
+    try:
+        cls = ApplicationDefinition.load_by_id(job.app_id, site=site)
+    except Exception as exc:
+        return None, {"message": f"app {job.app_id} could not be loaded: {exc}"}
+    workdir = job.resolve_workdir()
+    try:
+        with in_workdir(workdir):
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {job_id}: {cls.__name__}.{hook} ({src})", flush=True)
+            try:
+                getattr(cls(job), hook)()
+            finally:
+                sys.stdout.flush()
+    except Exception as exc:
+        tb = traceback.format_exc(limit=-8)
+        try:
+            with open(workdir / LOG_NAME, "a") as log:
+                log.write(tb)
+        except OSError:
+            pass
+        return None, {"message": f"{hook} hook raised {type(exc).__name__}: {exc}", "exception": tb[-4000:]}
+    dst = str(job.state)
+    if dst == src:
+        return None, {"message": f"{cls.__name__}.{hook} left the job in {src}; a hook must set job.state"}
+    if not is_legal(src, dst):
+        return None, {"message": f"{cls.__name__}.{hook} set an illegal state {src} -> {dst}"}
+    changed = job._changed_fields()
+    for extra in ("state_data", "state_timestamp"):
+        value = job.__dict__.get(extra)
+        if value is not None:
+            changed[extra] = value
+    return changed, None
