@@ -31,3 +31,11 @@ def advance(job: Any, *states: str) -> None:
             hold(job)  # a job acquired through a Session already names its lease
         job.state = state
         job.save()
+
+
+def sid(n: int, site: str = "test-site") -> int:
+    """The full id of site-local number ``n`` (ids carry their site: balsam.db.ids)."""
+    from balsam._api import sites
+    from balsam.db import ids
+
+    return ids.base(sites.resolve(site).id) | n

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from balsam.site import init_site
+from tests.helpers import sid
 from tests.cli_helpers import fails, invoke, ok
 
 APPS = '''
@@ -48,7 +49,7 @@ def _write(path: Path, text: str = APPS) -> Path:
 
 def test_sync_a_file_then_ls(site: Any) -> None:
     out = ok("app", "sync", _write(site.path / "apps.py"), "--site", "test-site").stdout
-    assert "Synced Hello (id 1) to site test-site" in out and "Synced Adder (id 2)" in out and "Shouter" in out
+    assert f"Synced Hello (id {sid(1)}) to site test-site" in out and f"Synced Adder (id {sid(2)})" in out and "Shouter" in out
     assert "Base" not in out
     table = ok("app", "ls", "--site", "test-site").stdout
     assert table.splitlines()[0].split() == ["ID", "Name", "Site", "Kind", "Parameters", "Description"]
@@ -76,13 +77,13 @@ def test_sync_without_file_uses_the_sites_apps_py(site: Any, monkeypatch: Any) -
     monkeypatch.chdir(site.path)
     assert "Synced Hello" in ok("app", "sync").stdout
     ok("app", "sync", "--json")  # re-sync updates in place
-    assert [a["id"] for a in json.loads(ok("app", "ls", "--json").stdout)] == [1, 2, 3]
+    assert [a["id"] for a in json.loads(ok("app", "ls", "--json").stdout)] == [sid(1), sid(2), sid(3)]
 
 
 def test_sync_json_and_resync_updates(site: Any) -> None:
     path = _write(site.path / "apps.py")
     first = json.loads(ok("app", "sync", path, "--site", "test-site", "--json").stdout)
-    assert [(a["name"], a["id"], a["site"]) for a in first][:2] == [("Hello", 1, "test-site"), ("Adder", 2, "test-site")]
+    assert [(a["name"], a["id"], a["site"]) for a in first][:2] == [("Hello", sid(1), "test-site"), ("Adder", sid(2), "test-site")]
     _write(path, APPS.replace("Says hello.", "Says hi."))
     ok("app", "sync", path, "--site", "test-site")
     apps = json.loads(ok("app", "ls", "--json", "--site", "test-site").stdout)
@@ -126,7 +127,7 @@ def test_rm_with_jobs(site: Any, hello: Any) -> None:
     hello.submit("b", say_hello_to="y")
     err = fails("app", "rm", "Hello")
     assert "not removing app Hello and its 2 jobs" in err
-    assert "Removed app Hello (id 1) and 2 jobs" in ok("app", "rm", "Hello", "-y").stdout
+    assert f"Removed app Hello (id {sid(1)}) and 2 jobs" in ok("app", "rm", "Hello", "-y").stdout
     assert json.loads(ok("app", "ls", "--json").stdout) == []
     assert ok("job", "ls", "--json").stdout.strip() == "[]"
     assert "no app 'Hello'" in fails("app", "rm", "Hello", "-y")

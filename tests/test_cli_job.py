@@ -11,7 +11,7 @@ import pytest
 from balsam.api import EventLog, Job
 from balsam.site import init_site
 from tests.cli_helpers import fails, invoke, ok
-from tests.helpers import advance
+from tests.helpers import advance, sid
 
 
 def _jobs() -> List[Dict[str, Any]]:
@@ -26,7 +26,7 @@ def _state(job_id: int) -> str:
 def test_create_a_job(site: Any, hello: Any) -> None:
     out = ok("job", "create", "-a", "Hello", "-w", "demo/hello", "-p", "say_hello_to=world", "--tag", "exp=a", "--workflow", "w1",
              "-n", "2", "-rpn", "4", "-tpr", "2", "-tpc", "2", "-g", "0.5", "-npc", "3", "-t", "15", "-lp", "cpu-bind=depth").stdout
-    assert out.strip() == "Created job 1 (STAGED_IN) at site test-site: Hello in demo/hello"
+    assert out.strip() == f"Created job {sid(1)} (STAGED_IN) at site test-site: Hello in demo/hello"
     job = Job.objects.get(id=1)
     assert job.parameters == {"say_hello_to": "world"} and job.tags == {"exp": "a", "workflow": "w1"}
     assert (job.num_nodes, job.ranks_per_node, job.threads_per_rank, job.threads_per_core, job.gpus_per_rank, job.node_packing_count,
@@ -56,10 +56,10 @@ def test_create_failures_write_nothing(site: Any, hello: Any) -> None:
     assert "num_nodes must be an integer >= 1" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-n", "0",
                                                         code=2)
     assert "give -w/--workdir and -a/--app" in fails("job", "create", "-a", "Hello", code=2)
-    assert "parent job 99 does not exist" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-pid", "99",
+    assert f"parent job {sid(99)} does not exist" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-pid", "99",
                                                    code=2)
     ok("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a")
-    assert "already used by job 1" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", code=2)
+    assert f"already used by job {sid(1)}" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", code=2)
     assert Job.objects.count() == 1
 
 
@@ -96,7 +96,7 @@ def many(site: Any, hello: Any, adder: Any) -> List[Any]:
 def test_ls_table(many: Any) -> None:
     lines = ok("job", "ls").stdout.splitlines()
     assert lines[0].split() == ["ID", "App", "Workdir", "State", "Tags"]
-    assert lines[1].split()[:4] == ["1", "Hello", "run/0", "PREPROCESSED"]
+    assert lines[1].split()[:4] == [str(sid(1)), "Hello", "run/0", "PREPROCESSED"]
     assert "exp=a workflow=w" in lines[1]
     assert len(lines) == 7
 
@@ -114,7 +114,7 @@ def test_ls_table(many: Any) -> None:
     (["--workflow", "none"], []),
 ])
 def test_ls_filters(many: Any, args: List[str], ids: List[int]) -> None:
-    assert [j["id"] for j in json.loads(ok("job", "ls", *args, "--json").stdout)] == ids
+    assert [j["id"] for j in json.loads(ok("job", "ls", *args, "--json").stdout)] == [sid(i) for i in ids]
 
 
 def test_ls_limit_says_how_many_more(many: Any) -> None:
@@ -138,7 +138,7 @@ def test_ls_by_state(many: Any) -> None:
 
 def test_ls_verbose(many: Any) -> None:
     out = ok("job", "ls", "-v", "-i", "1").stdout
-    assert out.startswith("Job 1\n") and "parameters:" in out and "say_hello_to" in out and "num_nodes:" in out
+    assert out.startswith(f"Job {sid(1)}\n") and "parameters:" in out and "say_hello_to" in out and "num_nodes:" in out
 
 
 def test_ls_empty_and_errors(site: Any) -> None:
@@ -163,7 +163,7 @@ def test_ls_across_sites(many: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 # ------------------------------------------------------------------------------------------- show, log
 def test_show_fields_and_history(many: Any) -> None:
     out = ok("job", "show", "2").stdout
-    assert out.startswith("Job 2\n") and "workdir_path:" in out
+    assert out.startswith(f"Job {sid(2)}\n") and "workdir_path:" in out
     assert "Why: FAILED" in out and "balsam job reset ID" in out
     assert "History:" in out and "CREATED -> STAGED_IN" in out and "STAGED_IN -> FAILED" in out
     data = json.loads(ok("job", "show", "2", "--json").stdout)
@@ -249,15 +249,15 @@ def test_rm_refuses_jobs_a_launcher_holds(many: Any) -> None:
 
     session = Session(site_name="test-site")
     session.save()
-    assert [j.id for j in session.acquire_jobs()] == [1]
+    assert [j.id for j in session.acquire_jobs()] == [sid(1)]
     assert "held by a running launcher" in fails("job", "rm", "1", "-y")
     assert len(_jobs()) == 6
 
 
 def test_dep(many: Any) -> None:
     out = ok("job", "dep", "3", "4").stdout
-    assert "Job 4 now depends on job 3" in out and "AWAITING_PARENTS" in out
-    assert Job.objects.get(id=4).parent_ids == [3]
+    assert "Job 4 now depends on job 3" in out and f"(parents: {sid(3)})" in out and "AWAITING_PARENTS" in out
+    assert Job.objects.get(id=4).parent_ids == [sid(3)]
     assert "would create a cycle" in fails("job", "dep", "4", "3", code=2)
     assert "only a job that has not started" in fails("job", "dep", "3", "2", code=2)
     assert "no job 99" in fails("job", "dep", "99", "5")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from balsam.api import Job
+from tests.helpers import sid
 from tests.cli_helpers import fails, ok
 
 YAML = """\
@@ -31,7 +32,7 @@ YAML = """\
 def test_yaml(site: Any, hello: Any, adder: Any, tmp_path: Path) -> None:
     (tmp_path / "jobs.yml").write_text(YAML)
     out = ok("job", "create", "--from", tmp_path / "jobs.yml").stdout
-    assert out.strip() == "Created 2 jobs at site test-site (ids 1-2)"
+    assert out.strip() == f"Created 2 jobs at site test-site (ids {sid(1)}-{sid(2)})"
     one, two = Job.objects.order_by("id")
     assert one.parameters == {"say_hello_to": "one"} and one.tags == {"exp": "yaml"} and one.num_nodes == 2
     assert two.parameters == {"x": 3, "y": 4} and two.wall_time_min == 10 and two.ranks_per_node == 8
@@ -48,12 +49,12 @@ def test_csv_with_prefixed_columns_and_defaults_from_flags(site: Any, adder: Any
     )
     data = json.loads(ok("job", "create", "--from", tmp_path / "jobs.csv", "-a", "Adder", "--tag", "src=file", "-p", "y=10",
                          "--json").stdout)
-    assert data == {"site": "test-site", "created": 3, "first_id": 3, "last_id": 5}
+    assert data == {"site": "test-site", "created": 3, "first_id": sid(3), "last_id": sid(5)}
     jobs = [j for j in Job.objects.order_by("id") if j not in parents]
     assert [j.parameters for j in jobs] == [{"x": 1, "y": 10}, {"x": 2, "y": 10}, {"x": [1, 2], "y": 10}]  # typed for a Python app
     assert [j.tags for j in jobs] == [{"src": "file", "exp": "csv"}, {"src": "file", "exp": "csv"}, {"src": "file", "exp": "other"}]
     assert [j.num_nodes for j in jobs] == [1, 3, 1]
-    assert [j.parent_ids for j in jobs] == [[], [1], [1, 2]]
+    assert [j.parent_ids for j in jobs] == [[], [sid(1)], [sid(1), sid(2)]]
     assert [str(j.state) for j in jobs] == ["STAGED_IN", "AWAITING_PARENTS", "AWAITING_PARENTS"]
 
 
@@ -120,9 +121,9 @@ def test_errors_found_while_inserting_name_the_line_and_write_nothing(site: Any,
     assert "jobs.jsonl line 6: job 'w/5': app Hello needs parameter 'say_hello_to'" in fails(
         "job", "create", "--from", path, "-a", "Hello", code=2)
     path.write_text("\n".join(json.dumps(r) for r in [*records, {"workdir": "taken", "p": {"say_hello_to": 1}}]))
-    assert "jobs.jsonl line 6: workdir 'taken' is already used by job 1" in fails("job", "create", "--from", path, "-a", "Hello", code=2)
+    assert f"jobs.jsonl line 6: workdir 'taken' is already used by job {sid(1)}" in fails("job", "create", "--from", path, "-a", "Hello", code=2)
     path.write_text("\n".join(json.dumps(r) for r in [*records, {"workdir": "w/9", "p": {"say_hello_to": 1}, "parent_ids": [77]}]))
-    assert "jobs.jsonl line 6: parent job 77 does not exist" in fails("job", "create", "--from", path, "-a", "Hello", code=2)
+    assert f"jobs.jsonl line 6: parent job {sid(77)} does not exist" in fails("job", "create", "--from", path, "-a", "Hello", code=2)
     assert Job.objects.count() == 1
 
 

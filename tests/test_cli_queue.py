@@ -6,13 +6,14 @@ import json
 from typing import Any
 
 from balsam.api import BatchJob
+from tests.helpers import sid
 from tests.cli_helpers import fails, ok
 
 
 def test_submit(site: Any) -> None:
     out = ok("queue", "submit", "-n", "1", "-t", "10", "-q", "local", "-A", "local", "-j", "serial", "--tag", "workflow=w",
              "--tag", "role=any").stdout
-    assert "Submitted BatchJob 1 at site test-site: 1 nodes, 10 min, serial mode, queue local, project local" in out
+    assert f"Submitted BatchJob {sid(1)} at site test-site: 1 nodes, 10 min, serial mode, queue local, project local" in out
     bj = BatchJob.objects.get(id=1)
     assert (bj.state, bj.job_mode, bj.filter_tags) == ("pending_submission", "serial", {"workflow": "w", "role": "any"})
 
@@ -43,18 +44,18 @@ def test_ls_term_rm(site: Any) -> None:
     ok("queue", "submit", "-n", "1", "-t", "5")
     ok("queue", "submit", "-n", "1", "-t", "6")
     lines = ok("queue", "ls").stdout.splitlines()
-    assert lines[0].split()[:3] == ["ID", "Sched", "ID"] and [line.split()[0] for line in lines[1:]] == ["2", "1"]
+    assert lines[0].split()[:3] == ["ID", "Sched", "ID"] and [line.split()[0] for line in lines[1:]] == [str(sid(2)), str(sid(1))]
     assert "marked for deletion" in ok("queue", "term", "1").stdout
     assert "already marked" in ok("queue", "rm", "1").stdout
     bj = BatchJob.objects.get(id=1)
     bj.state = "finished"
     bj.save()
-    assert [b["id"] for b in json.loads(ok("queue", "ls", "--json").stdout)] == [2]
-    assert [b["id"] for b in json.loads(ok("queue", "ls", "-h", "--json").stdout)] == [2, 1]
+    assert [b["id"] for b in json.loads(ok("queue", "ls", "--json").stdout)] == [sid(2)]
+    assert [b["id"] for b in json.loads(ok("queue", "ls", "-h", "--json").stdout)] == [sid(2), sid(1)]
     assert len(json.loads(ok("queue", "ls", "--history", "-n", "1", "--json").stdout)) == 1
-    assert "BatchJob 1 is finished: nothing to cancel" in fails("queue", "term", "1")
-    assert "Deleted the record of BatchJob 1" in ok("queue", "rm", "1").stdout
-    assert "no BatchJob 1" in fails("queue", "rm", "1")
+    assert f"BatchJob {sid(1)} is finished: nothing to cancel" in fails("queue", "term", "1")
+    assert f"Deleted the record of BatchJob {sid(1)}" in ok("queue", "rm", "1").stdout
+    assert "no BatchJob 1 at test-site" in fails("queue", "rm", "1")
     assert "BatchJob 2\n" in ok("queue", "ls", "-v").stdout
 
 

@@ -18,7 +18,7 @@ def test_inside_a_site(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     (site.path / "data" / "sub").mkdir(parents=True)
     monkeypatch.chdir(site.path / "data" / "sub")
     out = ok("which").stdout
-    assert f"Site:       test-site (id 1) at {site.path}" in out
+    assert f"Site:       test-site (id {site.id}) at {site.path}" in out
     assert f"Found by:   the working directory ({site.path / 'data' / 'sub'})" in out
     assert f"(schema {CURRENT_VERSION}; this Balsam: {CURRENT_VERSION}" in out and "Preset:     local" in out
     assert f"Balsam:     {__version__} (source tree:" in out or f"Balsam:     {__version__} (installed:" in out
@@ -32,7 +32,7 @@ def test_found_by_environment_and_option(site: Any, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("BALSAM_SITE_PATH")
     monkeypatch.chdir(site.path / "data")
     assert json.loads(ok("which", "--site", "test-site", "--json").stdout)["found_by"] == "--site test-site (registered as 'test-site')"
-    assert json.loads(ok("which", "--site", str(site.path), "--json").stdout)["site"]["id"] == 1
+    assert json.loads(ok("which", "--site", str(site.path), "--json").stdout)["site"]["id"] == site.id
     assert "no site 'nope'" in fails("which", "--site", "nope")
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from balsam._api import sites as _sites
 from balsam.api import ApplicationDefinition, BatchJob, EventLog, Job, TransferItem
+from balsam._api import jobs as jobs_api
 from balsam.db import ids
 from balsam.site import Registry, init_site
 from tests.cli_helpers import ok
@@ -119,6 +120,7 @@ def _legacy_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         m.setattr(connection, "CURRENT_VERSION", 1)
         m.setattr(ids, "seed_sequences", lambda conn, site_id: None)
         m.setattr(ids, "draw_site_id", lambda taken=(), rng=None: 1)
+        m.setattr(jobs_api, "in_site", lambda any_id, site_id: any_id)
         init_site(tmp_path / "old", name="old")
         _sites.reset()
 

@@ -60,8 +60,8 @@ def test_non_strict_mode_reports_refusals_and_applies_the_rest(store: Any, hello
     b = hello.submit(workdir="b", say_hello_to="x")
     with store.write() as conn:
         result = apply_state_changes(conn, [StateChange(a.id, "RUNNING"), StateChange(b.id, "PREPROCESSED"),
-                                            StateChange(999, "PREPROCESSED")], strict=False)
-    assert [r[0].job_id for r in result.rejected] == [a.id, 999]
+                                            StateChange(a.id + 999, "PREPROCESSED")], strict=False)
+    assert [r[0].job_id for r in result.rejected] == [a.id, a.id + 999]
     assert "STAGED_IN -> RUNNING is not allowed" in result.rejected[0][1]
     assert store.execute("SELECT state FROM job WHERE id=?", (b.id,))[0][0] == "PREPROCESSED"
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List,
 from balsam._api import sites as _sites
 from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
 from balsam.db import jobs as job_db
-from balsam.db.ids import site_of
+from balsam.db.ids import in_site, site_of
 from balsam.db import query as q
 from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
 from balsam.db.jobs import StateChange, normalize_workdir
@@ -97,6 +97,8 @@ def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
             sites = [owner]
         else:
             sites = _sites.default_scope()
+            if isinstance(app, int) and len(sites) == 1:
+                key = in_site(app, sites[0].id)  # a site-local number, as typed inside a site
     found: List[AppInfo] = []
     for site in sites:
         info = _app_cache.get((site.path, key))
@@ -208,7 +210,7 @@ class Job(Model):
         d["gpus_per_rank"] = gpus_per_rank
         d["node_packing_count"] = node_packing_count
         d["wall_time_min"] = wall_time_min
-        d["parent_ids"] = [int(p.id if isinstance(p, Job) else p) for p in parent_ids] if parent_ids else []
+        d["parent_ids"] = [in_site(int(p.id if isinstance(p, Job) else p), info.site.id) for p in parent_ids] if parent_ids else []
         d["pending_file_cleanup"] = pending_file_cleanup
         if transfers:
             d["transfers"] = transfers

@@ -179,9 +179,35 @@ def scope(filters: Dict[str, Any]) -> List[SiteRef]:
                 candidates = [c for c in candidates if c.name in names]
         if site_path is not None:
             candidates = [c for c in candidates if str(site_path) in str(c.path)]
-        return candidates
+        return _short_ids(filters, candidates)
     by_id = sites_of_ids(filters)
-    return default_scope() if by_id is None else by_id
+    return _short_ids(filters, default_scope()) if by_id is None else by_id
+
+
+def _short_ids(filters: Dict[str, Any], sites: List[SiteRef]) -> List[SiteRef]:
+    """Read a site-local number (an id without its site part, as a user types ``balsam job rm 3`` inside a
+    site) as that site's id. With several sites in scope it names no single row: an error, never a guess."""
+    from balsam.db.ids import in_site, site_of
+
+    for key in ID_KEYS:
+        value = filters.get(key)
+        if value is None or isinstance(value, (str, bytes, bool)):
+            continue
+        many = isinstance(value, (list, tuple, set, frozenset))
+        values = list(value) if many else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            continue
+        if all(site_of(v) for v in values):
+            continue
+        if len(sites) != 1:
+            from balsam.exceptions import ValidationError
+
+            short = next(v for v in values if not site_of(v))
+            raise ValidationError(f"{key} {short} is a site-local number and {len(sites)} sites are in scope: "
+                                  "give the full id, or choose the site (--site, site_name=)")
+        mapped = [in_site(v, sites[0].id) for v in values]
+        filters[key] = mapped if many else mapped[0]
+    return sites
 
 
 ID_KEYS = ("id", "job_id", "app_id", "batch_job_id", "parent_id")
@@ -204,7 +230,7 @@ def sites_of_ids(filters: Dict[str, Any]) -> Optional[List[SiteRef]]:
         except (TypeError, ValueError):
             continue  # the filter itself reports the bad value
         if 0 in owners:
-            return None  # an id from before site prefixes: look where we always looked
+            return None  # a site-local number: the scope decides its site (_short_ids)
         wanted = owners if wanted is None else wanted & owners
     if wanted is None:
         return None
