@@ -56,7 +56,7 @@ def test_ls_term_rm(site: Any) -> None:
     assert f"BatchJob {sid(1)} is finished: nothing to cancel" in fails("queue", "term", "1")
     assert f"Deleted the record of BatchJob {sid(1)}" in ok("queue", "rm", "1").stdout
     assert "no BatchJob 1 at test-site" in fails("queue", "rm", "1")
-    assert "BatchJob 2\n" in ok("queue", "ls", "-v").stdout
+    assert f"BatchJob {sid(2)}\n" in ok("queue", "ls", "-v").stdout
 
 
 def test_ls_empty(site: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 from balsam.api import ApplicationDefinition, EventLog, Job, TransferItem
 from balsam.db import jobs as job_db
 from balsam.exceptions import IllegalTransition, JobLockedError, ValidationError
-from tests.helpers import advance
+from tests.helpers import advance, sid
 
 FINISH = ("PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED")
 
@@ -43,7 +43,7 @@ def test_child_of_failed_parent_fails_at_creation_with_the_reason(hello: Any) ->
 
 
 def test_missing_parent_is_refused(hello: Any) -> None:
-    with pytest.raises(ValidationError, match="parent job 42 does not exist"):
+    with pytest.raises(ValidationError, match=f"parent job {sid(42)} does not exist"):
         hello.submit(workdir="c", say_hello_to="x", parent_ids=[42])
     assert Job.objects.count() == 0
 

@@ -199,3 +199,36 @@ def test_jobs_needing_more_gpus_than_the_nodes_have_are_left_unlocked(hello: Any
     assert left == [("four-gpus0",)]
     assert sessions.label_capacity(sessions.capacity_label("launcher (mpi)", 2, 8, 4)) == (2, 8, 4)
     assert sessions.label_capacity("launcher (mpi)") is None
+
+
+def _order_fixture(hello: Any) -> dict:
+    shapes = {"a": (2, 1, 10), "b": (1, 1, 5), "c": (1, 4, 5), "d": (1, 4, 30), "e": (1, 1, 5)}
+    jobs = {k: hello.submit(workdir=k, say_hello_to="x", num_nodes=n, node_packing_count=p, wall_time_min=w)
+            for k, (n, p, w) in shapes.items()}
+    Job.objects.filter(id=[j.id for k, j in jobs.items() if k != "e"]).update(state="PREPROCESSED")
+    Job.objects.filter(id=[jobs["e"].id]).update(state="RESTART_READY")
+    return {j.id: k for k, j in jobs.items()}
+
+
+@pytest.mark.parametrize("sort_by, expected", [
+    (None, "dcbea"),  # Balsam's default: num_nodes asc, node_packing_count desc, wall_time_min desc
+    ("long_large_first", "dabce"),  # wall_time_min desc, num_nodes desc
+    ("short_small_first", "bcead"),  # wall_time_min asc, num_nodes asc
+])
+def test_acquisition_order_spans_both_runnable_states(hello: Any, sort_by: Any, expected: str) -> None:
+    names = _order_fixture(hello)
+    session = Session.objects.create()
+    assert "".join(names[j.id] for j in session.acquire_jobs(sort_by=sort_by)) == expected
+
+
+def test_acquisition_order_with_a_limit_takes_the_first_in_order(hello: Any) -> None:
+    names = _order_fixture(hello)
+    session = Session.objects.create()
+    assert "".join(names[j.id] for j in session.acquire_jobs(max_num_jobs=3)) == "dcb"
+    assert "".join(names[j.id] for j in session.acquire_jobs(max_num_jobs=3)) == "ea"
+
+
+def test_unknown_sort_order_is_refused(hello: Any) -> None:
+    session = Session.objects.create()
+    with pytest.raises(ValidationError, match="unknown sort order 'biggest'.*long_large_first"):
+        session.acquire_jobs(sort_by="biggest")

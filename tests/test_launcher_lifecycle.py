@@ -207,3 +207,29 @@ def test_cli_help_and_errors(site: Any, tmp_path: Path) -> None:
     assert result.exit_code == 0 and "balsam launcher -j mpi -t 60" in result.output and "--part" in result.output
     result = CliRunner().invoke(launcher, ["-j", "mpi", "-t", "1", "--site", str(site.path), "-p", "gpu:1"])
     assert result.exit_code != 0 and "job mode must be mpi or serial" in str(result.exception)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_idle_launcher_runs_a_resynced_app_with_its_new_command(site: Any, mode: str) -> None:
+    """The README promises re-synced apps reach running launchers; an idle one must not keep the old command."""
+    from balsam.api import ApplicationDefinition, Job
+
+    def define(command: str) -> Any:
+        ns: dict = {"ApplicationDefinition": ApplicationDefinition}
+        exec(f"class Say(ApplicationDefinition):\n    site = 'test-site'\n    command_template = {command!r}\n", ns)
+        ns["Say"].sync()
+        return ns["Say"]
+
+    first = define("echo old {{ n }}").submit(workdir="one", n=1)
+    runnable(site.store, [first])
+    proc = start(site.path, mode, idle_ttl_s=60)
+    try:
+        wait_for(lambda: states(site.store, [first.id])[first.id] == "RUN_DONE", timeout=60, what="the first job")
+        second = define("echo new {{ n }}").submit(workdir="two", n=2)
+        runnable(site.store, [second])
+        wait_for(lambda: states(site.store, [second.id])[second.id] == "RUN_DONE", timeout=60, what="the second job")
+        assert (site.path / "data" / "two" / "job.out").read_text().strip() == "new 2"
+        assert str(Job.objects.get(id=second.id).state) == "RUN_DONE"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

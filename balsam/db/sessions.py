@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from balsam.db import ids
 from balsam.db.codec import dumps, loads
 from balsam.db.jobs import StateChange, apply_state_changes
+from balsam.db.schema import ACQUIRE_INDEXED_STATES
 from balsam.db.states import RUNNABLE_STATES, JobState
 from balsam.exceptions import SessionExpired, ValidationError
 
@@ -29,12 +30,15 @@ ACQUIRE_COLUMNS = (
 )
 _JSON = {"tags", "data", "launch_params", "parent_ids"}
 RUNNABLE_NAMES: Tuple[str, ...] = tuple(sorted(s.value for s in RUNNABLE_STATES))
-SORT_ORDERS = {
-    None: "id",
-    "id": "id",
-    "long_large_first": "wall_time_min DESC, num_nodes DESC, id",
-    "short_small_first": "wall_time_min, num_nodes, id",
+SORT_ORDERS: Dict[Optional[str], Tuple[Tuple[str, bool], ...]] = {
+    # Balsam's documented default: fewest nodes first, then the most tightly packed, then the longest.
+    None: (("num_nodes", False), ("node_packing_count", True), ("wall_time_min", True), ("id", False)),
+    "id": (("id", False),),
+    "long_large_first": (("wall_time_min", True), ("num_nodes", True), ("id", False)),
+    "short_small_first": (("wall_time_min", False), ("num_nodes", False), ("id", False)),
 }
+"""Acquisition orders (``launcher.sort_by``): (column, descending) pairs, applied across all states asked for."""
+SORT_NAMES = tuple(k for k in SORT_ORDERS if k)
 
 
 def process_start_time(pid: int) -> Optional[float]:
@@ -145,6 +149,83 @@ def _tag_clauses(tags: Optional[Dict[str, str]]) -> Tuple[List[str], List[Any]]:
     return clauses, params
 
 
+def _constraints(
+    app_ids: Optional[Sequence[int]],
+    serial_only: bool,
+    max_nodes_per_job: Optional[float],
+    max_wall_time_min: Optional[float],
+    max_gpus_per_node: Optional[float],
+    filter_tags: Optional[Dict[str, str]],
+) -> Tuple[List[str], List[Any]]:
+    """WHERE clauses (and their parameters) every acquired job meets, whatever its state."""
+    clauses = ["session_id IS NULL"]
+    params: List[Any] = []
+    if app_ids is not None:
+        clauses.append("app_id IN (SELECT value FROM json_each(?))")
+        params.append(dumps(list(app_ids)))
+    if serial_only:
+        clauses.append("num_nodes = 1")
+    if max_nodes_per_job is not None:
+        clauses.append("num_nodes <= ?")
+        params.append(max_nodes_per_job)
+    if max_wall_time_min is not None:
+        clauses.append("wall_time_min <= ?")
+        params.append(max_wall_time_min)
+    if max_gpus_per_node is not None:
+        clauses.append("ranks_per_node * gpus_per_rank <= ?")
+        params.append(float(max_gpus_per_node) + 1e-9)
+    tag_sql, tag_params = _tag_clauses(filter_tags)
+    return clauses + tag_sql, params + tag_params
+
+
+def _sort_key(order: Tuple[Tuple[str, bool], ...]) -> Any:
+    """A Python sort key matching the SQL ORDER BY of ``order`` (numbers only: descending negates)."""
+    return lambda row: tuple(-row[col] if desc else row[col] for col, desc in order)
+
+
+def _candidates(
+    conn: sqlite3.Connection, states: Iterable[str], where: List[str], params: List[Any], order: Tuple[Tuple[str, bool], ...],
+    limit: int,
+) -> List[Dict[str, Any]]:
+    """Unlocked jobs in ``states`` meeting ``where``, in ``order`` across all the states, at most ``limit``.
+
+    Each state is read through the (state) index in order, then the states are merged: the first ``limit``
+    of the merge are the first ``limit`` overall.
+    """
+    cols = ", ".join(ACQUIRE_COLUMNS)
+    order_sql = ", ".join(f"{col}{' DESC' if desc else ''}" for col, desc in order)
+    rows: List[Dict[str, Any]] = []
+    for state in sorted(set(states)):
+        # The state is written into the SQL (a known state name, never user text) so that SQLite can use the
+        # partial index of that state (schema v3) and stop after ``limit`` rows instead of sorting them all.
+        name = JobState(state).value
+        hint = f" INDEXED BY job_acquire_{name.lower()}" if order == SORT_ORDERS[None] and name in ACQUIRE_INDEXED_STATES else ""
+        sql = (f"SELECT {cols}, (SELECT version FROM app WHERE app.id = job.app_id) AS app_version FROM job{hint} "
+               f"WHERE state='{name}' AND {' AND '.join(where)} ORDER BY {order_sql} LIMIT ?")
+        cur = conn.execute(sql, (*params, limit))
+        names = [d[0] for d in cur.description]
+        rows.extend(dict(zip(names, r)) for r in cur)
+    if len(set(states)) > 1:
+        rows.sort(key=_sort_key(order))
+    return rows[:limit]
+
+
+def _within_budget(rows: List[Dict[str, Any]], max_num_jobs: int, budget: Optional[float]) -> List[Dict[str, Any]]:
+    """The rows taken in order while the summed footprint (num_nodes / node_packing_count) fits ``budget``."""
+    if budget is None:
+        return rows[:max_num_jobs]
+    taken = []
+    for row in rows:
+        footprint = row["num_nodes"] / row["node_packing_count"]
+        if footprint > budget + 1e-9:
+            continue
+        budget -= footprint
+        taken.append(row)
+        if len(taken) >= max_num_jobs or budget <= 1e-9:
+            break
+    return taken
+
+
 def acquire(
     conn: sqlite3.Connection,
     session_id: int,
@@ -161,76 +242,39 @@ def acquire(
     sort_by: Optional[str] = None,
     now: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
-    """Lock up to ``max_num_jobs`` unlocked jobs in ``states`` to the session and return them.
+    """Lock up to ``max_num_jobs`` unlocked jobs in ``states`` to the session and return them (dicts of
+    ACQUIRE_COLUMNS plus ``app_version``, so a launcher knows when an app was re-synced).
 
     Filters: ``filter_tags`` (all must match), ``app_ids``, ``serial_only`` (single-node jobs),
     ``max_nodes_per_job``, ``max_wall_time_min`` (jobs that declare more are skipped; 0 means "unknown" and
     always fits), ``max_gpus_per_node`` (jobs needing more GPUs on a node than the launcher's nodes have stay
     for another launcher), and ``max_aggregate_nodes`` (the summed footprint ``num_nodes / node_packing_count`` of
     the jobs taken stays within it; jobs are considered in ``sort_by`` order and skipped if they do not fit).
+    ``sort_by`` (SORT_ORDERS) orders the jobs across all ``states``; the default is Balsam's.
     """
     if sort_by not in SORT_ORDERS:
-        raise ValidationError(f"unknown sort order {sort_by!r} (valid: {', '.join(k for k in SORT_ORDERS if k)})")
-    if max_num_jobs <= 0:
+        raise ValidationError(f"unknown sort order {sort_by!r} (valid: {', '.join(SORT_NAMES)})")
+    if max_num_jobs <= 0 or (app_ids is not None and not app_ids):
         return []
     tick(conn, session_id, now)
     row = conn.execute("SELECT batch_job_id FROM session WHERE id=?", (session_id,)).fetchone()
     batch_job_id = row[0] if row else None
-    clauses = ["session_id IS NULL"]
-    params: List[Any] = []
-    if app_ids is not None:
-        if not app_ids:
-            return []
-        clauses.append("app_id IN (SELECT value FROM json_each(?))")
-        params.append(dumps(list(app_ids)))
-    if serial_only:
-        clauses.append("num_nodes = 1")
-    if max_nodes_per_job is not None:
-        clauses.append("num_nodes <= ?")
-        params.append(max_nodes_per_job)
-    if max_wall_time_min is not None:
-        clauses.append("wall_time_min <= ?")
-        params.append(max_wall_time_min)
-    if max_gpus_per_node is not None:
-        clauses.append("ranks_per_node * gpus_per_rank <= ?")
-        params.append(float(max_gpus_per_node) + 1e-9)
-    tag_sql, tag_params = _tag_clauses(filter_tags)
-    clauses += tag_sql
-    params += tag_params
-    order = SORT_ORDERS[sort_by]
-    cols = ", ".join(ACQUIRE_COLUMNS)
-    taken: List[Tuple[Any, ...]] = []
-    budget = max_aggregate_nodes
-    scan_limit = max_num_jobs * 4 + 1000 if budget is not None else max_num_jobs
-    for state in sorted(set(states)):
-        if len(taken) >= max_num_jobs or (budget is not None and budget <= 0):
-            break
-        sql = f"SELECT {cols} FROM job WHERE state=? AND {' AND '.join(clauses)} ORDER BY {order} LIMIT ?"
-        for job in conn.execute(sql, (state, *params, scan_limit)):
-            if budget is not None:
-                footprint = job[6] / job[11]
-                if footprint > budget + 1e-9:
-                    continue
-                budget -= footprint
-            taken.append(job)
-            if len(taken) >= max_num_jobs or (budget is not None and budget <= 1e-9):
-                break
+    where, params = _constraints(app_ids, serial_only, max_nodes_per_job, max_wall_time_min, max_gpus_per_node, filter_tags)
+    scan_limit = max_num_jobs * 4 + 1000 if max_aggregate_nodes is not None else max_num_jobs
+    taken = _within_budget(_candidates(conn, states, where, params, SORT_ORDERS[sort_by], scan_limit), max_num_jobs,
+                           max_aggregate_nodes)
     if not taken:
         return []
-    ids = [job[0] for job in taken]
     conn.execute(
         "UPDATE job SET session_id=?, batch_job_id=coalesce(?, batch_job_id) WHERE id IN (SELECT value FROM json_each(?))",
-        (session_id, batch_job_id, dumps(ids)),
+        (session_id, batch_job_id, dumps([job["id"] for job in taken])),
     )
-    out = []
     for job in taken:
-        d = dict(zip(ACQUIRE_COLUMNS, job))
         for k in _JSON:
-            d[k] = loads(d[k])
+            job[k] = loads(job[k])
         if batch_job_id is not None:
-            d["batch_job_id"] = batch_job_id
-        out.append(d)
-    return out
+            job["batch_job_id"] = batch_job_id
+    return taken
 
 
 __all__ = [

@@ -260,7 +260,8 @@ class LauncherBase:
 
     def tasks_for(self, jobs: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Task]]:
         """Tasks for acquired jobs; jobs that cannot run are reported FAILED here."""
-        apps = self.apps.get_many(sorted({int(j["app_id"]) for j in jobs}))
+        versions = {int(j["app_id"]): int(j["app_version"]) for j in jobs if j.get("app_version") is not None}
+        apps = self.apps.get_many(sorted({int(j["app_id"]) for j in jobs}), versions)
         out: List[Tuple[Dict[str, Any], Task]] = []
         for job in jobs:
             app = apps.get(int(job["app_id"]))

@@ -71,10 +71,16 @@ class AppCache:
         self._apps: Dict[int, AppInfo] = {}
         self._checked: Dict[int, float] = {}
 
-    def get_many(self, ids: Sequence[int]) -> Dict[int, AppInfo]:
-        """The apps with these ids (missing ones are absent from the result)."""
+    def get_many(self, ids: Sequence[int], versions: Optional[Dict[int, int]] = None) -> Dict[int, AppInfo]:
+        """The apps with these ids (missing ones are absent from the result).
+
+        ``versions`` (app id -> version, as acquired jobs carry it) names apps re-synced since they were
+        cached: those are fetched again at once, so even an idle launcher runs a re-synced app's new code.
+        """
         now = time.monotonic()
-        stale = sorted({i for i in ids if now - self._checked.get(i, -1e9) > self.refresh_s})
+        versions = versions or {}
+        stale = sorted({i for i in ids if now - self._checked.get(i, -1e9) > self.refresh_s
+                        or (i in versions and i in self._apps and self._apps[i].version != versions[i])})
         if stale:
             for row in self._fetch(stale):
                 app_id = int(row["id"])

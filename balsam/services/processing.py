@@ -138,7 +138,8 @@ class ProcessingService(Service):
     def _run_hooks(self, classes: Dict[int, Any], hooked: set) -> None:  # type: ignore[type-arg]
         session_id = self._lease()
         with self.site.store.write() as conn:
-            rows = sessions.acquire(conn, session_id, states=list(HOOKS), app_ids=sorted(hooked), max_num_jobs=self.settings.prefetch)
+            rows = sessions.acquire(conn, session_id, states=list(HOOKS), app_ids=sorted(hooked), max_num_jobs=self.settings.prefetch,
+                                    sort_by="id")
         if not rows:
             return
         jobs = list(Job.objects.filter(id=[r["id"] for r in rows], site_id=self.site.id))
