@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from balsam.site import init_site
-from tests.helpers import sid
 from tests.cli_helpers import fails, invoke, ok
+from tests.helpers import sid
 
 APPS = '''
 from balsam.api import ApplicationDefinition

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from balsam.api import Job
-from tests.helpers import sid
 from tests.cli_helpers import fails, ok
+from tests.helpers import sid
 
 YAML = """\
 # two jobs

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from balsam.api import BatchJob
-from tests.helpers import sid
 from tests.cli_helpers import fails, ok
+from tests.helpers import sid
 
 
 def test_submit(site: Any) -> None:

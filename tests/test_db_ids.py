@@ -13,9 +13,9 @@ from typing import Any, List, Tuple
 
 import pytest
 
+from balsam._api import jobs as jobs_api
 from balsam._api import sites as _sites
 from balsam.api import ApplicationDefinition, BatchJob, EventLog, Job, TransferItem
-from balsam._api import jobs as jobs_api
 from balsam.db import ids
 from balsam.site import Registry, init_site
 from tests.cli_helpers import ok

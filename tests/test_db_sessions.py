@@ -226,9 +226,3 @@ def test_acquisition_order_with_a_limit_takes_the_first_in_order(hello: Any) -> 
     session = Session.objects.create()
     assert "".join(names[j.id] for j in session.acquire_jobs(max_num_jobs=3)) == "dcb"
     assert "".join(names[j.id] for j in session.acquire_jobs(max_num_jobs=3)) == "ea"
-
-
-def test_unknown_sort_order_is_refused(hello: Any) -> None:
-    session = Session.objects.create()
-    with pytest.raises(ValidationError, match="unknown sort order 'biggest'.*long_large_first"):
-        session.acquire_jobs(sort_by="biggest")

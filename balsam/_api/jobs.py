@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List,
 from balsam._api import sites as _sites
 from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
 from balsam.db import jobs as job_db
-from balsam.db.ids import in_site, site_of
 from balsam.db import query as q
 from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
+from balsam.db.ids import in_site, site_of
 from balsam.db.jobs import StateChange, normalize_workdir
 from balsam.db.states import DONE_STATES, JobState, to_state
 from balsam.exceptions import AppError, BalsamError, ValidationError

@@ -226,7 +226,7 @@ def sites_of_ids(filters: Dict[str, Any]) -> Optional[List[SiteRef]]:
             continue
         values = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
         try:
-            owners = {site_of(int(getattr(v, "id", v))) for v in values}
+            owners = {site_of(int(getattr(v, "id", v) or 0)) for v in values}
         except (TypeError, ValueError):
             continue  # the filter itself reports the bad value
         if 0 in owners:
