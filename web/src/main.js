@@ -1,0 +1,23 @@
+import { createApp } from 'vue'
+import { createPinia } from 'pinia'
+import { createVuetify } from 'vuetify'
+import { aliases, mdi } from 'vuetify/iconsets/mdi-svg'
+import 'vuetify/styles'
+import App from './App.vue'
+import router from './router'
+
+// Icons are inline SVG paths (@mdi/js) and the page uses the system's fonts: nothing comes from the network.
+const vuetify = createVuetify({
+  icons: { defaultSet: 'mdi', aliases, sets: { mdi } },
+  theme: {
+    defaultTheme: 'balsam',
+    themes: {
+      balsam: {
+        dark: false,
+        colors: { primary: '#1a5e9a', secondary: '#4a5b6c', success: '#1b7f3b', error: '#b3261e', warning: '#8a5a00', info: '#1565c0' },
+      },
+    },
+  },
+})
+
+createApp(App).use(createPinia()).use(router).use(vuetify).mount('#app')
