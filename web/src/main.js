@@ -14,6 +14,8 @@ const vuetify = createVuetify({
     themes: {
       balsam: {
         dark: false,
+        // Enough contrast for WCAG AA on secondary text (hints, subtitles, labels): axe-core checks it in CI.
+        variables: { 'medium-emphasis-opacity': 0.74, 'high-emphasis-opacity': 0.9 },
         colors: { primary: '#1a5e9a', secondary: '#4a5b6c', success: '#1b7f3b', error: '#b3261e', warning: '#8a5a00', info: '#1565c0' },
       },
     },
