@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Dict
 
 REPO = Path(__file__).resolve().parents[1]
-VIEWS = ("SitesView", "AppsView", "BatchJobsView", "BatchJobView", "JobsView", "JobView", "NewJobView", "TransfersView", "HistoryView")
+VIEWS = ("SitesView", "AppsView", "BatchJobsView", "BatchJobView", "JobsView", "JobView", "NewJobView", "TransfersView", "HistoryView",
+         "DagsView")
 
 
 def _files() -> Dict[str, bytes]:

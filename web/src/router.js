@@ -15,6 +15,7 @@ const routes = [
   { path: '/jobs/new', name: 'new-job', component: () => import('./views/NewJobView.vue'), meta: { title: 'New job' } },
   { path: '/jobs/:id', name: 'job', component: () => import('./views/JobView.vue'), meta: { title: 'Job' } },
   { path: '/transfers', name: 'transfers', component: () => import('./views/TransfersView.vue'), meta: { title: 'Transfers' } },
+  { path: '/dags', name: 'dags', component: () => import('./views/DagsView.vue'), meta: { title: 'DAGs' } },
   { path: '/history', name: 'history', component: () => import('./views/HistoryView.vue'), meta: { title: 'History' } },
   { path: '/:rest(.*)*', redirect: '/sites' },
 ]
