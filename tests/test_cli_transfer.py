@@ -41,7 +41,8 @@ def test_ls_filters_by_state_direction_protocol_and_job(site: Any, tmp_path: Pat
         __import__("time").sleep(0.05)
     listing = ok("transfer", "ls").stdout
     assert "done" in listing and "error" in listing and "awaiting_job" in listing and "cp:" in listing
-    assert "cp: cannot stat" in listing  # the reason, in the last column
+    wide = ok("transfer", "ls", env={"COLUMNS": "200"}).stdout  # site-unique ids are 16 digits: give the reason room
+    assert "cp: cannot stat" in wide  # the reason, in the last column
     errors = json.loads(ok("transfer", "ls", "-s", "error", "--json").stdout)
     assert [(e["job_id"], e["state"], e["protocol"]) for e in errors] == [(bad.id, "error", "local")]
     assert "No such file" in errors[0]["transfer_info"]["error"]
