@@ -216,6 +216,7 @@ class SerialMaster(LauncherBase):
             h.want += int(msg.get("want") or 0)
         elif kind == "connected":
             self.handles.append(h)
+            self.idle_since = time.monotonic()  # idle time counts from the first moment jobs could run
             logger.info("node worker %d connected from %s", h.index, h.host)
         elif kind == "bye":
             h.said_bye = True
