@@ -35,7 +35,8 @@ class CLIError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(" ".join(str(message).split("\n")).strip())
-        self.exit_code = exit_code
+        # click 8.5 declares exit_code a ClassVar; each CLIError still carries its own.
+        setattr(self, "exit_code", exit_code)  # noqa: B010
 
 
 # ------------------------------------------------------------------------------------------- KEY=VALUE
