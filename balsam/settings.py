@@ -159,6 +159,26 @@ class SyncSettings:
 
 
 @dataclass
+class ApiSettings:
+    """The site agent's /v1 HTTP API, through which every host but the home host reaches the site."""
+
+    bind: str = "0.0.0.0"
+    port: int = 0
+    port_range: str = ""
+    """``"20000-20100"``: listen on the first free port of the range (facility firewalls); else ``port`` (0: any)."""
+    advertise: str = ""
+    """The host name clients use (default: this host's name)."""
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    max_body_mb: float = 256.0
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0
+    clock_skew_s: float = 300.0
+
+
+@dataclass
 class SiteSettings:
     """Everything ``settings.yml`` may say. Each component receives its own section."""
 
@@ -172,6 +192,7 @@ class SiteSettings:
     file_cleaner: FileCleanerSettings = field(default_factory=FileCleanerSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as plain data (what ``settings.yml`` would hold)."""

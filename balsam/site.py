@@ -7,7 +7,7 @@ A site is a directory::
     data/               job workdirs (jobs name them relative to here)
     log/                agent and launcher logs
     qsubmit/            rendered batch scripts
-    .balsam/            state: site.db (SQLite, WAL), db.lock, host, agent pid and channel files
+    .balsam/            state: site.db (SQLite, WAL), db.lock, host, agent pid, the API address (api.json) and secret (api.secret)
 
 A site is found from an explicit path (``--site``), then ``BALSAM_SITE_PATH``, then by walking up from the
 working directory. The registry (``~/.balsam/sites.json``, or ``$BALSAM_HOME/sites.json``) maps site names

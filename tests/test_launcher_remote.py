@@ -1,14 +1,10 @@
 """The launcher on another host than the site's home host: it must not open SQLite, and goes through the site
-agent's channel instead (signed HTTP). Tested on one machine with ``BALSAM_HOSTNAME=some-compute-node`` for
-the launcher, against a channel server started here."""
+agent's /v1 HTTP API instead (signed requests). Tested on one machine with ``BALSAM_HOSTNAME=some-compute-node``
+for the launcher, against an API server started here."""
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
 import pickle
-import stat
 import time
 from typing import Any, Iterator, List
 
@@ -33,10 +29,11 @@ REMOTE = {"BALSAM_HOSTNAME": "some-compute-node"}
 
 @pytest.fixture
 def channel(site: Any) -> Iterator[Any]:
-    from balsam.services.channel import ChannelServer
+    from balsam.services.api_server import start_api_server
+    from balsam.settings import ApiSettings
     from balsam.site import this_host
 
-    server = ChannelServer(site.path, site.store, host=this_host()).start()
+    server = start_api_server(site.path, site.store, ApiSettings(bind="127.0.0.1"), host=this_host())
     yield server
     server.stop()
 
@@ -53,7 +50,7 @@ def test_remote_launcher_runs_jobs_through_the_channel(site: Any, channel: Any, 
     exc, tb = pickle.loads(job_row(site.store, ids[4])["serialized_exception"])
     assert isinstance(exc, TypeError) and "Traceback" in tb
     log = launcher_log(site.path, mode)
-    assert "launcher on some-compute-node" in log and "transport channel" in log
+    assert "launcher on some-compute-node" in log and "transport http" in log
     assert site.store.execute("SELECT count(*) FROM session")[0][0] == 0
 
 
@@ -86,60 +83,37 @@ def test_remote_launcher_without_a_channel_says_why(site: Any, monkeypatch: pyte
     from balsam.launcher import run_launcher
 
     monkeypatch.setenv("BALSAM_HOSTNAME", "some-compute-node")
-    with pytest.raises(LauncherError, match="channel is not running"):
+    with pytest.raises(LauncherError, match="agent of .* is not running"):
         run_launcher(site.path, job_mode="mpi", wall_time_min=1, idle_ttl_s=0.1)
 
 
-def _post(channel: Any, path: str, body: bytes, headers: Any) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", channel.port, timeout=10)
-    conn.request("POST", path, body=body, headers=headers)
-    resp = conn.getresponse()
-    return resp.status, json.loads(resp.read())
-
-
-def test_channel_refuses_unsigned_forged_and_stale_requests(site: Any, channel: Any) -> None:
-    from balsam.services.channel import sign
-
-    body = b"{}"
-    assert _post(channel, "/v1/ping", body, {})[0] == 401
-    ts = repr(time.time())
-    forged = {"X-Balsam-Time": ts, "X-Balsam-Signature": sign(b"not-the-secret", ts, "POST", "/v1/ping", body)}
-    assert _post(channel, "/v1/ping", body, forged)[0] == 401
-    old = repr(time.time() - 3600)
-    stale = {"X-Balsam-Time": old, "X-Balsam-Signature": sign(channel.secret, old, "POST", "/v1/ping", body)}
-    status, answer = _post(channel, "/v1/ping", body, stale)
-    assert status == 401 and "off" in answer["error"]
-    good = {"X-Balsam-Time": ts, "X-Balsam-Signature": sign(channel.secret, ts, "POST", "/v1/ping", body)}
-    status, answer = _post(channel, "/v1/ping", body, good)
-    assert status == 200 and answer["site_name"] == "test-site"
-    secret_file = site.path / ".balsam" / "channel.secret"
-    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
-    assert json.loads((site.path / ".balsam" / "channel.json").read_text())["port"] == channel.port
-
-
-def test_channel_client_job_source_and_idempotent_changes(site: Any, channel: Any, hello: Any) -> None:
+def test_client_job_source_and_idempotent_status_batches(site: Any, channel: Any, hello: Any) -> None:
     from balsam.db.jobs import StateChange
     from balsam.exceptions import SessionExpired
-    from balsam.launcher.remote import ChannelClient, RemoteJobSource, channel_sink
+    from balsam.http.client import HttpBackend
+    from balsam.launcher.remote import RemoteJobSource, api_sink
 
-    client = ChannelClient(site.layout)
+    backend = HttpBackend.for_site(site.path, retry_s=5)
     [job_id] = runnable(site.store, [hello.submit("c/1", say_hello_to="x")])
-    source = RemoteJobSource(client, host="some-compute-node", batch_job_id=None, label="test", heartbeat_period_s=60).start()
+    source = RemoteJobSource(backend, host="some-compute-node", batch_job_id=None, label="test", heartbeat_period_s=60).start()
     jobs = source.acquire(10)
     assert [j["id"] for j in jobs] == [job_id] and jobs[0]["workdir"] == "c/1"
-    sink = channel_sink(client)
+    sink = api_sink(backend)
     assert sink([StateChange(job_id, "RUNNING", session_id=source.session_id)]) == []
-    wire = {"batch_id": "same-batch", "changes": [[job_id, "RUN_DONE", time.time(), {"returncode": 0}, {"return_code": 0}, None]]}
-    assert client.call("changes", wire) == {"rejected": []}
-    assert client.call("changes", wire) == {"rejected": []}, "a retried batch is answered, not applied again"
+    batch = {"changes": [{"job_id": job_id, "state": "RUN_DONE", "timestamp": time.time(), "data": {"returncode": 0},
+                          "fields": {"return_code": 0}}]}
+    client = backend.client
+    assert client.request("POST", "/v1/status-batches", batch, idempotency_key="same-batch") == {"rejected": []}
+    assert client.request("POST", "/v1/status-batches", batch, idempotency_key="same-batch") == {"rejected": []}, \
+        "a retried batch is answered, not applied again"
     assert [e["to"] for e in events(site.store, job_id)].count("RUN_DONE") == 1
     rejected = sink([StateChange(job_id, "RUNNING", session_id=source.session_id)])
     assert len(rejected) == 1 and "not allowed" in rejected[0][1]
     source.release()
     with pytest.raises(SessionExpired):
-        client.call("session/tick", {"session_id": 12345})
+        backend.tick(12345)
     channel.stop()
-    assert not (site.path / ".balsam" / "channel.json").exists()
+    assert not (site.path / ".balsam" / "api.json").exists()
 
 
 def test_site_agent_serves_remote_launchers(site: Any, hello: Any) -> None:
@@ -148,11 +122,11 @@ def test_site_agent_serves_remote_launchers(site: Any, hello: Any) -> None:
     [job_id] = runnable(site.store, [hello.submit("agent/1", say_hello_to="agent")])
     start_agent(site.path)
     try:
-        wait_for(lambda: (site.path / ".balsam" / "channel.json").exists(), what="the agent's channel")
+        wait_for(lambda: (site.path / ".balsam" / "api.json").exists(), what="the agent's API")
         proc = start(site.path, "mpi", idle_ttl_s=0.3, env=REMOTE)
         assert proc.wait(timeout=60) == 0
     finally:
         stop_agent(site.path)
     assert states(site.store, [job_id])[job_id] in ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
-    assert "transport channel" in launcher_log(site.path, "mpi")
-    assert not (site.path / ".balsam" / "channel.json").exists(), "the agent unpublishes its channel when it stops"
+    assert "transport http" in launcher_log(site.path, "mpi")
+    assert not (site.path / ".balsam" / "api.json").exists(), "the agent unpublishes its address when it stops"

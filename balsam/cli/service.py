@@ -33,11 +33,13 @@ def start(site: Optional[str]) -> None:
     Example:
       cd my-site && balsam service start
     """
-    from balsam.services.agent import start_agent
+    from balsam.services.agent import read_status, start_agent
+    from balsam.site import SiteLayout
 
     root = site_root(site)
     pid = start_agent(root)
-    click.echo(f"Started the site agent of {root} (pid {pid}); log: {root / 'log' / 'agent.log'}")
+    url = read_status(SiteLayout(root)).get("api_url") or "(not reported)"
+    click.echo(f"Started the site agent of {root} (pid {pid}); API listening at {url}; log: {root / 'log' / 'agent.log'}")
 
 
 @service.command()
@@ -69,6 +71,8 @@ def format_status(status: Dict[str, Any]) -> str:
     if status.get("running"):
         started = dt.datetime.fromtimestamp(status.get("started", 0)).isoformat(timespec="seconds")
         lines.append(f"agent: running (pid {status.get('pid')} on {status.get('host')}, since {started}, updated {_age(status.get('updated'))})")
+        if status.get("api_url"):
+            lines.append(f"  API: {status['api_url']}")
     else:
         lines.append("agent: not running" + (" (last report " + _age(status.get("updated")) + ")" if status.get("updated") else ""))
     for name, h in sorted(status.get("services", {}).items()):

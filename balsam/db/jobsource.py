@@ -1,6 +1,6 @@
 """JobSource: how a launcher or processing worker acquires jobs under a lease.
 
-This is the direct implementation, for processes on the site's home host. The site agent's channel offers
+This is the direct implementation, for processes on the site's home host. The site agent's HTTP API offers
 the same interface to launchers elsewhere (DESIGN.md section 3). A heartbeat thread renews the lease every
 ``heartbeat_period_s``; if the lease is found gone, :attr:`expired` is set and the owner must stop running
 the jobs it held (they were unlocked or timed out).

@@ -248,11 +248,20 @@ def _v4_acquire_order(conn: sqlite3.Connection) -> None:
                      f"WHERE state = '{state}' AND session_id IS NULL")
 
 
+def _http_answers(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS http_answer (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, "
+        "body BLOB NOT NULL, created REAL NOT NULL) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS http_answer_created ON http_answer(created)")
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
     (3, "ids unique across sites (site id in the high bits)", _v3_site_unique_ids),
     (4, "index for Balsam's default acquisition order", _v4_acquire_order),
+    (5, "answers of the HTTP API's mutating requests, kept for retries (idempotency keys)", _http_answers),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

@@ -6,7 +6,7 @@ soon as ``max_batch`` changes wait) in one transaction. Several changes of one j
 order they were put. A failed write (the disk, say) keeps the batch and retries; ``close()`` drains the
 queue before returning, so an orderly exit loses nothing.
 
-Where changes go is a *sink*: :func:`store_sink` writes to the site DB directly; the site agent's channel
+Where changes go is a *sink*: :func:`store_sink` writes to the site DB directly; the site agent's HTTP API
 provides another for launchers on other hosts. Either way the launcher sees the same interface.
 """
 

@@ -12,7 +12,7 @@ Modules, one concept each:
 ``pyworker``       warm Python workers (``python -m balsam.launcher.pyworker``)
 ``pyrun``          the one-shot Python runner for MPI ranks and other interpreters
 ``pyexec``         calling ``run()`` and capturing its value or exception
-``transport``      direct SQLite on the home host, else the site agent's channel (``remote``)
+``transport``      direct SQLite on the home host, else the site agent's /v1 HTTP API (``remote``)
 ``base``           what both modes share: lease, status updates, wall time, stopping
 ``mpi_mode``       one head-node process starts every job
 ``serial_mode``    a master feeding one worker per node (``serial_worker``, ``links``)

@@ -1,13 +1,13 @@
-"""How a launcher reaches its site's DB: directly, or through the site agent's channel (DESIGN.md section 3).
+"""How a launcher reaches its site's DB: directly, or through the site agent's HTTP API (DESIGN.md section 3).
 
 The rule: a launcher on the site's home host (``.balsam/host``) opens the SQLite store itself; a launcher on
-any other host (a compute node) must not, and talks to the site agent over the authenticated HTTP channel
-described in ``.balsam/channel.json``. Either way the launcher gets the same things:
+any other host (a compute node) must not, and talks to the site agent's /v1 API (address in
+``.balsam/api.json``, secret in ``.balsam/api.secret``). Either way the launcher gets the same things:
 
 - a **JobSource** (start, heartbeat, acquire, release, ``expired``) for its lease;
 - a **sink** for the StatusUpdater (bulk state changes, returning the refused ones);
 - the apps' stored code, the current states of jobs it runs (to notice kills), and a cheap "did anything
-  change?" signal (SQLite's ``data_version`` directly; a server-side wait over the channel).
+  change?" signal (SQLite's ``data_version`` directly; a server-side wait over HTTP).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ APP_COLUMNS = ("id", "name", "kind", "source_code", "version")
 
 
 class JobSourceLike(Protocol):
-    """What :class:`balsam.db.jobsource.JobSource` offers; the channel client offers the same."""
+    """What :class:`balsam.db.jobsource.JobSource` offers; the HTTP client offers the same."""
 
     session_id: Optional[int]
     expired: threading.Event
@@ -145,7 +145,7 @@ def home_host(layout: SiteLayout) -> str:
 
 
 def choose_transport(root: Path, host: str) -> Transport:
-    """Direct on the home host, the agent's channel elsewhere (see the module docstring)."""
+    """Direct on the home host, the agent's HTTP API elsewhere (see the module docstring)."""
     layout = SiteLayout(root)
     owner = home_host(layout)
     if not owner or owner == host:
@@ -157,5 +157,5 @@ def choose_transport(root: Path, host: str) -> Transport:
     except ServiceError as exc:
         raise LauncherError(
             f"this host ({host}) is not the site's home host ({owner}), so the launcher must go through the site "
-            f"agent's channel, and: {exc}"
+            f"agent's API, and: {exc}"
         ) from None

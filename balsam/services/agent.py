@@ -82,10 +82,10 @@ def _setup_logging(layout: SiteLayout) -> None:
     root.setLevel(logging.INFO)
 
 
-def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool) -> None:
+def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool, api_url: str = "") -> None:
     status = {
         "pid": os.getpid(), "host": socket.gethostname(), "version": __version__, "started": started, "updated": time.time(),
-        "running": running, "services": {t.service.name: t.health() for t in threads},
+        "running": running, "services": {t.service.name: t.health() for t in threads}, "api_url": api_url,
     }
     tmp = status_path(layout).with_suffix(".tmp")
     tmp.write_text(json.dumps(status, indent=1))
@@ -123,16 +123,23 @@ def run_agent(site_root: Path) -> int:
                     ", ".join(s.name for s in services))
         for t in threads:
             t.start()
-        # Launchers on other hosts (compute nodes) reach the DB through this channel (DESIGN.md section 3).
-        from balsam.services.channel import ChannelServer
+        # Every other host (login nodes, compute nodes) reaches the DB through the /v1 API (DESIGN.md section 3).
+        from balsam.services.api_server import start_api_server
 
-        channel = ChannelServer(root, site.store, host=host, expiry_s=settings.session.expiry_s).start()
         try:
-            _write_status(layout, threads, started, True)
+            api = start_api_server(root, site.store, settings.api, host=host, expiry_s=settings.session.expiry_s)
+        except BaseException:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            raise
+        logger.info("API listening at %s", api.url)
+        try:
+            _write_status(layout, threads, started, True, api.url)
             while not stop.wait(STATUS_PERIOD_S):
-                _write_status(layout, threads, started, True)
+                _write_status(layout, threads, started, True, api.url)
         finally:
-            channel.stop()
+            api.stop()
         for t in threads:
             t.join(timeout=60)
         _write_status(layout, threads, started, False)

@@ -1,0 +1,413 @@
+"""The Backend interface (DESIGN.md section 5) and its local implementation over one site's SQLite store.
+
+Everything the Python API, the CLI, the launcher and the /v1 HTTP API do to a site goes through these
+operations. Three implementations: :class:`LocalBackend` here (the home host opens SQLite), the HTTP client
+(:class:`balsam.http.client.HttpBackend`, any other host, through the site agent), and later the relay.
+Rows travel in the store's representation (JSON columns as text, times as epoch seconds) as tuples of the
+columns asked for, so the API's models do not care which backend loaded them.
+
+Each operation validates through the one writer of its fields in ``balsam.db`` (jobs, sessions, batch jobs,
+transfers); the HTTP server adds only who may call what (a launcher's status batch may change states of
+jobs its lease holds and write return codes and results, nothing else: DESIGN.md section 7).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from balsam.db import query as q
+from balsam.db.codec import dumps
+from balsam.db.connection import Store
+from balsam.db.jobs import StateChange
+from balsam.exceptions import ObjectDoesNotExist, ValidationError
+
+Row = Tuple[Any, ...]
+Rejected = List[Tuple[int, str]]
+"""Refused state changes: (index in the batch, why)."""
+
+LAUNCHER_FIELDS = frozenset({"return_code", "serialized_return_value", "serialized_exception"})
+"""What a launcher may write besides state changes of the jobs its lease holds (DESIGN.md section 7)."""
+
+ACQUIRE_CONSTRAINTS = frozenset({"states", "filter_tags", "app_ids", "serial_only", "max_nodes_per_job", "max_aggregate_nodes",
+                                 "max_wall_time_min", "max_gpus_per_node", "sort_by"})
+MAX_ACQUIRE_WAIT_S = 5.0
+APP_COLUMNS = ("id", "name", "kind", "source_code", "version")
+_SPECS: Dict[str, q.TableSpec] = dict(q.SPECS)
+_WRITABLE = {
+    "site": frozenset({"last_refresh", "globus_endpoint_id", "backfill_windows", "queued_jobs", "optional_batch_job_params",
+                       "allowed_projects", "allowed_queues", "transfer_locations"}),
+    "app": frozenset({"name", "description"}),
+    "batch_job": frozenset({"scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",
+                            "filter_tags", "partitions", "state", "status_info", "start_time", "end_time"}),
+}
+
+
+def register_spec(spec: q.TableSpec) -> None:
+    """Make another table (the API's Site) selectable through backends."""
+    _SPECS[spec.table] = spec
+
+
+def spec_for(table: str) -> q.TableSpec:
+    try:
+        return _SPECS[table]
+    except KeyError:
+        raise ValidationError(f"no table {table!r}") from None
+
+
+class Backend(ABC):
+    """One site's data, whichever way it is reached."""
+
+    kind = ""
+    """"local" or "http" (``balsam which`` shows it)."""
+
+    # ------------------------------------------------------------------ reads
+    @abstractmethod
+    def site_row(self, columns: Sequence[str]) -> Row:
+        """The site's own row."""
+
+    @abstractmethod
+    def select(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
+               limit: Optional[int] = None, offset: int = 0) -> List[Row]:
+        """Rows of ``columns`` matching Balsam filter keywords, ordered and paged."""
+
+    @abstractmethod
+    def count(self, table: str, filters: Dict[str, Any]) -> int:
+        """How many rows match."""
+
+    @abstractmethod
+    def count_by(self, table: str, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
+        """Counts of the matching rows grouped by one column."""
+
+    def ids(self, table: str, filters: Dict[str, Any]) -> List[int]:
+        """Ids of the matching rows."""
+        return [int(r[0]) for r in self.select(table, filters, columns=("id",))]
+
+    @abstractmethod
+    def last_event_message(self, job_id: int) -> str:
+        """The message of a job's latest event that has one ("" if none)."""
+
+    @abstractmethod
+    def data_version(self) -> Optional[int]:
+        """A number that changes when anything is committed (None when it cannot be had cheaply)."""
+
+    @abstractmethod
+    def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
+        """Apps' stored code (id, name, kind, source_code, version): for launchers and the site's owner only."""
+
+    # ------------------------------------------------------------------ jobs
+    @abstractmethod
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+        """Insert new-job tuples (``NEW_JOB_COLUMNS``); (ids, initial states, creation time), in order."""
+
+    @abstractmethod
+    def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
+                    changes: Sequence[StateChange] = ()) -> None:
+        """Write fields (stored form), add parents and apply state changes (strict), in one transaction."""
+
+    @abstractmethod
+    def delete_jobs(self, ids: Sequence[int]) -> int:
+        """Delete jobs (refused while a live launcher holds any); how many were deleted."""
+
+    @abstractmethod
+    def apply_changes(self, changes: Sequence[StateChange], session_id: Optional[int] = None) -> Rejected:
+        """A batch of state changes applied leniently (the refused ones returned). With ``session_id`` (a launcher's
+        status batch), every change must be for a job that lease holds and may carry only LAUNCHER_FIELDS."""
+
+    # ------------------------------------------------------------------ other rows
+    @abstractmethod
+    def update_rows(self, table: str, updates: Sequence[Tuple[int, Dict[str, Any]]]) -> None:
+        """Write fields (stored form) of site, app, batch_job or transfer_item rows."""
+
+    @abstractmethod
+    def create_batch_job(self, fields: Dict[str, Any]) -> int:
+        """A new BatchJob, validated against the site's policies; its id."""
+
+    @abstractmethod
+    def delete_rows(self, table: str, ids: Sequence[int]) -> int:
+        """Delete apps (with their jobs) or inactive batch jobs."""
+
+    @abstractmethod
+    def sync_app(self, fields: Dict[str, Any], rename_from: Optional[str] = None) -> int:
+        """Create or update the app of this name (site owner only); its id."""
+
+    # ------------------------------------------------------------------ sessions
+    @abstractmethod
+    def create_session(self, *, host: str, pid: int, batch_job_id: Optional[int], label: str) -> int:
+        """A new lease; its id."""
+
+    @abstractmethod
+    def tick(self, session_id: int) -> None:
+        """Renew a lease (SessionExpired if it is gone)."""
+
+    @abstractmethod
+    def acquire(self, session_id: int, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
+        """Lock up to ``max_num_jobs`` runnable jobs to the lease; waits up to ``wait_s`` when none are runnable."""
+
+    @abstractmethod
+    def release(self, session_id: int) -> int:
+        """End a lease: its running jobs time out, the rest unlock; how many timed out."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class LocalBackend(Backend):
+    """The site's SQLite store on its home host."""
+
+    kind = "local"
+
+    def __init__(self, store: Store, *, host: str = "", expiry_s: float = 300.0) -> None:
+        self.store = store
+        self.host = host or store.host
+        self.expiry_s = expiry_s
+
+    # ------------------------------------------------------------------ reads
+    def site_row(self, columns: Sequence[str]) -> Row:
+        row = self.store.conn.execute(f"SELECT {', '.join(columns)} FROM site LIMIT 1").fetchone()
+        if row is None:
+            raise ObjectDoesNotExist(f"{self.store.db_path}: the site DB has no site row")
+        return tuple(row)
+
+    def select(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
+               limit: Optional[int] = None, offset: int = 0) -> List[Row]:
+        return q.select(self.store.conn, spec_for(table), filters, columns=columns, order_by=order_by, limit=limit, offset=offset)
+
+    def count(self, table: str, filters: Dict[str, Any]) -> int:
+        return q.count(self.store.conn, spec_for(table), filters)
+
+    def count_by(self, table: str, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
+        if column not in spec_for(table).order_fields:
+            raise ValidationError(f"cannot group {table} by {column!r}")
+        return q.count_by(self.store.conn, spec_for(table), filters, column)
+
+    def ids(self, table: str, filters: Dict[str, Any]) -> List[int]:
+        return q.ids(self.store.conn, spec_for(table), filters)
+
+    def last_event_message(self, job_id: int) -> str:
+        from balsam.db.jobs import last_event_message
+
+        return last_event_message(self.store.conn, job_id)
+
+    def data_version(self) -> Optional[int]:
+        return self.store.data_version()
+
+    def events_since(self, after: Optional[int], limit: int) -> Tuple[Optional[int], List[Row]]:
+        """Events with ids above ``after`` (None: none yet, just the newest id) for the change stream: (last id, rows)."""
+        if after is None:
+            row = self.store.conn.execute("SELECT max(id) FROM event").fetchone()
+            return (int(row[0]) if row and row[0] is not None else 0), []
+        rows = self.store.conn.execute("SELECT id, job_id, timestamp, from_state, to_state FROM event WHERE id > ? ORDER BY id LIMIT ?",
+                                       (after, limit)).fetchall()
+        return (int(rows[-1][0]) if rows else after), rows
+
+    def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
+        rows = self.store.execute(
+            f"SELECT {', '.join(APP_COLUMNS)} FROM app WHERE id IN (SELECT value FROM json_each(?))", (dumps([int(i) for i in ids]),))
+        return [dict(zip(APP_COLUMNS, r)) for r in rows]
+
+    # ------------------------------------------------------------------ jobs
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+        from balsam.db import jobs as job_db
+
+        now = time.time()
+        with self.store.write() as conn:
+            first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
+        return [first + i for i in range(len(rows))], [states.get(i, "STAGED_IN") for i in range(len(rows))], now
+
+    def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
+                    changes: Sequence[StateChange] = ()) -> None:
+        from balsam.db import jobs as job_db
+
+        with self.store.write() as conn:
+            if updates:
+                job_db.update_job_fields(conn, updates)
+            for child, new in parents:
+                job_db.add_parents(conn, child, new)
+            if changes:
+                job_db.apply_state_changes(conn, changes, strict=True)
+
+    def delete_jobs(self, ids: Sequence[int]) -> int:
+        from balsam.db import jobs as job_db
+
+        with self.store.write() as conn:
+            return job_db.delete_jobs(conn, list(ids))
+
+    def apply_changes(self, changes: Sequence[StateChange], session_id: Optional[int] = None) -> Rejected:
+        from balsam.db.jobs import apply_state_changes
+
+        if session_id is not None:
+            for ch in changes:
+                extra = set(ch.fields or ()) - LAUNCHER_FIELDS
+                if extra:
+                    raise ValidationError(f"job {ch.job_id}: a launcher may not write {sorted(extra)[0]!r}")
+            changes = [ch._replace(session_id=session_id) for ch in changes]
+        index = {id(ch): i for i, ch in enumerate(changes)}
+        with self.store.write() as conn:
+            rejected = apply_state_changes(conn, changes, strict=False).rejected
+        return [(index[id(ch)], why) for ch, why in rejected if id(ch) in index]
+
+    # ------------------------------------------------------------------ other rows
+    def update_rows(self, table: str, updates: Sequence[Tuple[int, Dict[str, Any]]]) -> None:
+        if table == "transfer_item":
+            from balsam.db import transfers as transfer_db
+
+            with self.store.write() as conn:
+                transfer_db.update_items(conn, list(updates))
+            return
+        allowed = _WRITABLE.get(table)
+        if allowed is None:
+            raise ValidationError(f"{table} rows cannot be updated")
+        with self.store.write() as conn:
+            for row_id, fields in updates:
+                bad = set(fields) - allowed
+                if bad:
+                    raise ValidationError(f"{table} field {sorted(bad)[0]!r} cannot be updated")
+                if not fields:
+                    continue
+                if table == "batch_job":
+                    _check_batch_update(conn, row_id, fields)
+                cols = list(fields)
+                stamp = ", last_update=?" if table in ("app", "batch_job") else ""
+                params = [fields[c] for c in cols] + ([time.time()] if stamp else []) + [row_id]
+                cur = conn.execute(f"UPDATE {table} SET {', '.join(f'{c}=?' for c in cols)}{stamp}, version=version+1 WHERE id=?",
+                                   params)
+                if cur.rowcount == 0:
+                    raise ObjectDoesNotExist(f"no {table} {row_id}")
+
+    def create_batch_job(self, fields: Dict[str, Any]) -> int:
+        from balsam.db import batch_jobs as batch_db
+
+        known = {"num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "filter_tags", "partitions"}
+        bad = set(fields) - known
+        if bad:
+            raise ValidationError(f"unknown BatchJob field {sorted(bad)[0]!r}")
+        with self.store.write() as conn:
+            return int(batch_db.create_batch_job(conn, **fields))
+
+    def delete_rows(self, table: str, ids: Sequence[int]) -> int:
+        from balsam.db import jobs as job_db
+        from balsam.db.states import BATCH_ACTIVE_STATES
+
+        n = 0
+        with self.store.write() as conn:
+            for row_id in ids:
+                if table == "app":
+                    job_ids = [r[0] for r in conn.execute("SELECT id FROM job WHERE app_id=?", (row_id,))]
+                    job_db.delete_jobs(conn, job_ids)
+                    n += conn.execute("DELETE FROM app WHERE id=?", (row_id,)).rowcount
+                elif table == "batch_job":
+                    row = conn.execute("SELECT state FROM batch_job WHERE id=?", (row_id,)).fetchone()
+                    if row is None:
+                        continue
+                    if row[0] in {s.value for s in BATCH_ACTIVE_STATES} or row[0] == "pending_deletion":
+                        raise ValidationError(f"batch job {row_id} is {row[0]}: set its state to pending_deletion to cancel it first")
+                    n += conn.execute("DELETE FROM batch_job WHERE id=?", (row_id,)).rowcount
+                else:
+                    raise ValidationError(f"{table} rows cannot be deleted")
+        return n
+
+    def sync_app(self, fields: Dict[str, Any], rename_from: Optional[str] = None) -> int:
+        from balsam.exceptions import AppError
+
+        now = time.time()
+        name = str(fields["name"])
+        site_id = int(self.site_row(("id",))[0])
+        with self.store.write() as conn:
+            if rename_from and rename_from != name:
+                if conn.execute("UPDATE app SET name=? WHERE name=?", (name, rename_from)).rowcount == 0:
+                    raise AppError(f"no app named {rename_from!r} at this site to rename")
+            conn.execute(
+                "INSERT INTO app(site_id, name, description, kind, serialized_class, source_code, parameters, var_keyword, "
+                "transfers, created, last_update) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "description=excluded.description, kind=excluded.kind, serialized_class=excluded.serialized_class, "
+                "source_code=excluded.source_code, parameters=excluded.parameters, var_keyword=excluded.var_keyword, "
+                "transfers=excluded.transfers, last_update=excluded.last_update, version=version+1",
+                (site_id, name, str(fields.get("description") or ""), str(fields["kind"]), str(fields["serialized_class"]),
+                 str(fields["source_code"]), str(fields.get("parameters") or "{}"), 1 if fields.get("var_keyword") else 0,
+                 str(fields.get("transfers") or "{}"), now, now),
+            )
+            return int(conn.execute("SELECT id FROM app WHERE name=?", (name,)).fetchone()[0])
+
+    # ------------------------------------------------------------------ sessions
+    def create_session(self, *, host: str, pid: int, batch_job_id: Optional[int], label: str) -> int:
+        from balsam.db import sessions
+
+        with self.store.write() as conn:
+            sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host)
+            sid = sessions.create_session(conn, host=host, pid=pid, batch_job_id=batch_job_id, label=label)
+            if host != self.host:
+                conn.execute("UPDATE session SET pid_start=NULL WHERE id=?", (sid,))  # not a process of this host
+        return int(sid)
+
+    def tick(self, session_id: int) -> None:
+        from balsam.db import sessions
+
+        with self.store.write() as conn:
+            sessions.tick(conn, session_id)
+
+    def acquire(self, session_id: int, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
+        from balsam.db import sessions
+
+        unknown = set(constraints) - ACQUIRE_CONSTRAINTS
+        if unknown:
+            raise ValidationError(f"unknown acquire constraint {sorted(unknown)[0]!r}")
+        deadline = time.monotonic() + min(MAX_ACQUIRE_WAIT_S, max(0.0, float(wait_s)))
+        while True:
+            with self.store.write() as conn:
+                sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host)
+                jobs = sessions.acquire(conn, session_id, max_num_jobs=max_num_jobs, **constraints)
+            if jobs or time.monotonic() >= deadline:
+                return jobs
+            version = self.store.data_version()
+            while time.monotonic() < deadline and self.store.data_version() == version:
+                time.sleep(0.01)
+
+    def release(self, session_id: int) -> int:
+        from balsam.db import sessions
+
+        with self.store.write() as conn:
+            return int(sessions.release(conn, session_id))
+
+    # ------------------------------------------------------------------ exactly-once answers (HTTP)
+    def once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],
+             keep_s: float = 86400.0) -> Optional[Tuple[int, bytes, bool]]:
+        """Run ``fn`` (a mutating request) at most once per idempotency ``key``: its answer is stored in the site DB in
+        the same transaction as its writes, and a retry gets the stored answer. (status, body, replayed), or None
+        when ``fn`` returned None (it wrote nothing: an empty acquire, to be tried again).
+
+        A key reused for a different request (``fingerprint``: method, path, body hash) is a ValidationError.
+        """
+        with self.store.write() as conn:
+            row = conn.execute("SELECT fingerprint, status, body FROM http_answer WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                if row[0] != fingerprint:
+                    raise ValidationError("Idempotency-Key was already used for a different request")
+                return int(row[1]), bytes(row[2]), True
+            answer = fn()
+            if answer is None:
+                return None
+            status, body = answer
+            if status < 500:
+                now = time.time()
+                conn.execute("INSERT INTO http_answer(key, fingerprint, status, body, created) VALUES (?,?,?,?,?)",
+                             (key, fingerprint, status, body, now))
+                if now % 60 < 1:  # about once a minute under load: forget day-old answers
+                    conn.execute("DELETE FROM http_answer WHERE created < ?", (now - keep_s,))
+        return status, body, False
+
+
+def _check_batch_update(conn: Any, row_id: int, fields: Dict[str, Any]) -> None:
+    from balsam.db.states import check_batch_transition, to_batch_state
+
+    if "state" in fields:
+        new = to_batch_state(fields["state"]).value
+        current = conn.execute("SELECT state FROM batch_job WHERE id=?", (row_id,)).fetchone()
+        if current is not None:
+            check_batch_transition(current[0], new, row_id)
+        fields["state"] = new
+    for key in ("optional_params", "filter_tags", "partitions", "status_info"):
+        if key in fields and not isinstance(fields[key], str):
+            fields[key] = json.dumps(fields[key])

@@ -1,0 +1,353 @@
+"""The /v1 client (stdlib ``http.client``, so it runs from the zipapp) and the HTTP Backend over it.
+
+:class:`HttpClient` signs each request with the site secret, checks that each answer is bound to its request,
+and raises the exception class the server named (a ValidationError stays a ValidationError, so callers see
+the same errors as on the home host). Transient failures (connection refused or reset, timeouts, 503, and a
+request signed before the agent restarted) are retried with exponential backoff for up to ``retry_s``; every
+mutating request carries an ``Idempotency-Key`` that stays the same across its retries, so the server applies
+it once and answers a retry with the stored answer. The agent's address is re-read from ``.balsam/api.json``
+between retries, so an agent restarted on another port is found again.
+
+:class:`HttpBackend` implements :class:`balsam.db.backend.Backend` with these requests: the Python API, the CLI
+and the launcher use it on every host but the site's home host.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from balsam import exceptions as exc
+from balsam.db.backend import Backend, Rejected, Row
+from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
+from balsam.http.auth import SECRET_FILE, check_response, read_secret, sign_request
+from balsam.http.schemas import COLUMNS, encode_filter_value, wire_to_row
+from balsam.http.serve import host_port, read_address
+
+logger = logging.getLogger("balsam.http")
+
+REQUEST_TIMEOUT_S = 60.0
+RETRY_STATUSES = frozenset({502, 503, 504})
+_KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
+          and issubclass(getattr(exc, name), exc.BalsamError)}
+
+
+class HttpClient:
+    """Signed JSON requests to one site agent's /v1 API."""
+
+    def __init__(self, state_dir: Path, *, retry_s: float = 300.0, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        """Reads the agent's address and the site secret (ServiceError, saying how to start the agent, if absent)."""
+        self.state_dir = Path(state_dir)
+        self.retry_s = retry_s
+        self.timeout_s = timeout_s
+        self._info = read_address(self.state_dir)
+        self.secret = read_secret(self.state_dir / SECRET_FILE)
+        self._local = threading.local()
+        self._host_index = 0
+
+    @property
+    def address(self) -> str:
+        host, port = host_port(self._info, self._host_index)
+        return f"{self._info.get('scheme', 'http')}://{host}:{port}"
+
+    def _conn(self, timeout: float) -> http.client.HTTPConnection:
+        conn: Optional[http.client.HTTPConnection] = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "address", None) != self.address:
+            if conn is not None:
+                conn.close()
+            host, port = host_port(self._info, self._host_index)
+            if self._info.get("scheme") == "https":
+                ctx = ssl.create_default_context(cafile=self._info.get("cafile") or None)
+                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            self._local.conn = conn
+            self._local.address = self.address
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def close(self) -> None:
+        self._drop()
+
+    def request(self, method: str, path: str, payload: Any = None, *, timeout: Optional[float] = None,
+                idempotency_key: Optional[str] = None, retry_s: Optional[float] = None) -> Any:
+        """Send one request (retried while transient); the decoded answer, or the server's error raised."""
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        mutating = method in ("POST", "PUT", "PATCH", "DELETE")
+        if idempotency_key is None:
+            key: Optional[str] = uuid.uuid4().hex if mutating else None
+        else:
+            key = idempotency_key or None  # "": a POST that only reads (a query) needs none
+        timeout = self.timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
+        delay = 0.05
+        while True:
+            headers = sign_request(self.secret, method, path, body)
+            headers["Content-Type"] = "application/json"
+            if key:
+                headers["Idempotency-Key"] = key
+            why = ""
+            try:
+                conn = self._conn(timeout)
+                conn.request(method, path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                status = resp.status
+                signature = resp.getheader("X-Balsam-Signature")
+            except (OSError, http.client.HTTPException) as e:
+                self._drop()
+                why = f"{type(e).__name__}: {e}"
+                status, data, signature = 0, b"", None
+            if status:
+                if status not in RETRY_STATUSES or signature:
+                    if not check_response(self.secret, headers["X-Balsam-Nonce"], status, data, signature):
+                        self._drop()
+                        raise exc.ServiceError(f"the answer from {self.address} is not signed with the site's secret "
+                                               "(another server on that port, or a tampered answer)")
+                answer = _decode(data)
+                if 200 <= status < 300:
+                    return answer
+                error = (answer.get("error") or {}) if isinstance(answer, dict) else {}
+                message = str(error.get("message") or data[:200].decode(errors="replace"))
+                transient = status in RETRY_STATUSES or (status == 401 and "before this server started" in message)
+                if not transient:
+                    raise _exception(error, message, status)
+                why = f"{status} {message}"
+            if time.monotonic() > deadline:
+                raise exc.ServiceError(f"the site agent at {self.address} did not answer {method} {path}: {why}; is it running? "
+                                       f"(start it on the site's home host with 'balsam site start')")
+            logger.info("retrying %s %s in %.2f s: %s", method, path, delay, why)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(5.0, delay * 2)
+            self._reload()
+
+    def _reload(self) -> None:
+        """Re-read the agent's address (it may have restarted on another port), or try its next name."""
+        try:
+            info = read_address(self.state_dir)
+        except exc.ServiceError:
+            return
+        if info.get("port") != self._info.get("port") or info.get("pid") != self._info.get("pid"):
+            logger.info("the site agent now listens at port %s", info.get("port"))
+            self._info = info
+            self._host_index = 0
+        else:
+            self._host_index += 1
+
+
+def _decode(data: bytes) -> Any:
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"error": {"message": data[:200].decode(errors="replace")}}
+
+
+def _exception(error: Dict[str, Any], message: str, status: int) -> exc.BalsamError:
+    """The Balsam exception an error answer names (only classes of balsam.exceptions; nothing else is built)."""
+    kind = str(error.get("kind") or "")
+    cls = _KINDS.get(kind)
+    if cls is None:
+        cls = {404: exc.ObjectDoesNotExist, 401: exc.ServiceError, 413: exc.ValidationError, 422: exc.ValidationError,
+               409: exc.BalsamError}.get(status, exc.ValidationError if status == 400 else exc.ServiceError)
+    try:
+        return cls(message)  # type: ignore[no-any-return]
+    except TypeError:
+        return exc.BalsamError(message)
+
+
+_RESOURCE = {"job": "jobs", "app": "apps", "batch_job": "batch-jobs", "event": "events", "session": "sessions",
+             "transfer_item": "transfers"}
+
+
+class HttpBackend(Backend):
+    """A site reached through its agent's /v1 API (every host but the site's home host)."""
+
+    kind = "http"
+
+    def __init__(self, client: HttpClient) -> None:
+        self.client = client
+
+    @classmethod
+    def for_site(cls, root: Path, *, retry_s: float = 300.0) -> "HttpBackend":
+        return cls(HttpClient(Path(root) / ".balsam", retry_s=retry_s))
+
+    def describe(self) -> str:
+        return f"the site agent's API at {self.client.address}"
+
+    # ------------------------------------------------------------------ reads
+    def site_row(self, columns: Sequence[str]) -> Row:
+        sites = self.client.request("GET", "/v1/sites")["results"]
+        if not sites:
+            raise exc.ObjectDoesNotExist("the agent serves no site")
+        return wire_to_row("site", sites[0], columns)
+
+    def _query(self, table: str, filters: Dict[str, Any], **extra: Any) -> Any:
+        if table == "site":
+            raise exc.ValidationError("sites are read with site_row()")
+        body = {"filters": {k: encode_filter_value(v) for k, v in filters.items()}, **extra}
+        return self.client.request("POST", f"/v1/{_RESOURCE[table]}/query", body, idempotency_key="")
+
+    def select(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
+               limit: Optional[int] = None, offset: int = 0) -> List[Row]:
+        wire_cols = [c for c in columns if c in COLUMNS[table]]
+        answer = self._query(table, filters, columns=wire_cols, ordering=list(order_by), limit=limit, offset=offset)
+        return [wire_to_row(table, r, columns) for r in answer["results"]]
+
+    def count(self, table: str, filters: Dict[str, Any]) -> int:
+        return int(self._query(table, filters, aggregate="count")["count"])
+
+    def count_by(self, table: str, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
+        return dict(self._query(table, filters, aggregate="group", group_by=column)["counts"])
+
+    def ids(self, table: str, filters: Dict[str, Any]) -> List[int]:
+        return [int(i) for i in self._query(table, filters, aggregate="ids")["ids"]]
+
+    def last_event_message(self, job_id: int) -> str:
+        return str(self.client.request("GET", f"/v1/jobs/{int(job_id)}/message")["message"])
+
+    def data_version(self) -> Optional[int]:
+        return None
+
+    def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
+        return list(self.client.request("POST", "/v1/apps/code", {"ids": [int(i) for i in ids]}, idempotency_key="")["apps"])
+
+    # ------------------------------------------------------------------ jobs
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+        items = []
+        for i, r in enumerate(rows):
+            item = dict(zip(NEW_JOB_COLUMNS, r))
+            for k in ("tags", "parameters", "data", "launch_params", "parent_ids"):
+                item[k] = json.loads(item[k])
+            item["pending_file_cleanup"] = bool(item["pending_file_cleanup"])
+            if i in transfers:
+                item["transfers"] = transfers[i]
+            items.append(item)
+        jobs = self.client.request("POST", "/v1/jobs", items)
+        from balsam.http.schemas import epoch
+
+        now = epoch(jobs[0]["created"]) if jobs else time.time()
+        return [int(j["id"]) for j in jobs], [str(j["state"]) for j in jobs], now
+
+    def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
+                    changes: Sequence[StateChange] = ()) -> None:
+        items: Dict[int, Dict[str, Any]] = {}
+        for job_id, fields in updates:
+            item = items.setdefault(job_id, {"id": job_id})
+            for k, v in fields.items():
+                if k in ("tags", "parameters", "data", "launch_params") and isinstance(v, str):
+                    v = json.loads(v)
+                elif k in ("serialized_return_value", "serialized_exception") and v is not None:
+                    import base64
+
+                    v = base64.b64encode(bytes(v)).decode()
+                item[k] = v
+        for job_id, new in parents:
+            current = self.select("job", {"id": [job_id]}, columns=("parent_ids",))
+            old = json.loads(current[0][0]) if current else []
+            items.setdefault(job_id, {"id": job_id})["parent_ids"] = list(old) + [p for p in new if p not in old]
+        for ch in changes:
+            item = items.setdefault(ch.job_id, {"id": ch.job_id})
+            item.update(state=ch.state, state_timestamp=ch.timestamp, state_data=ch.data, session_id=ch.session_id)
+        if items:
+            self.client.request("PATCH", "/v1/jobs", list(items.values()))
+
+    def delete_jobs(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        total = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            total += int(self.client.request("DELETE", "/v1/jobs?" + "&".join(f"id={int(i)}" for i in chunk))["deleted"])
+        return total
+
+    def apply_changes(self, changes: Sequence[StateChange], session_id: Optional[int] = None) -> Rejected:
+        import base64
+
+        wire = []
+        for c in changes:
+            fields = None
+            if c.fields:
+                fields = {k: (base64.b64encode(bytes(v)).decode() if isinstance(v, (bytes, bytearray, memoryview)) else v)
+                          for k, v in c.fields.items()}
+            wire.append({"job_id": c.job_id, "state": c.state, "timestamp": c.timestamp, "data": c.data or None, "fields": fields,
+                         "session_id": c.session_id})
+        answer = self.client.request("POST", "/v1/status-batches", {"session_id": session_id, "changes": wire})
+        return [(int(i), str(why)) for i, why in answer.get("rejected", [])]
+
+    # ------------------------------------------------------------------ other rows
+    def update_rows(self, table: str, updates: Sequence[Tuple[int, Dict[str, Any]]]) -> None:
+        from balsam.http.schemas import JSON_COLUMNS
+
+        def wire(fields: Dict[str, Any]) -> Dict[str, Any]:
+            return {k: (json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v) for k, v in fields.items()}
+
+        if table == "transfer_item":
+            self.client.request("PATCH", "/v1/transfers", [dict(wire(f), id=i) for i, f in updates])
+            return
+        path = {"site": "sites", "app": "apps", "batch_job": "batch-jobs"}.get(table)
+        if path is None:
+            raise exc.ValidationError(f"{table} rows cannot be updated")
+        for row_id, fields in updates:
+            self.client.request("PATCH", f"/v1/{path}/{int(row_id)}", wire(fields))
+
+    def create_batch_job(self, fields: Dict[str, Any]) -> int:
+        return int(self.client.request("POST", "/v1/batch-jobs", fields)["id"])
+
+    def delete_rows(self, table: str, ids: Sequence[int]) -> int:
+        path = {"app": "apps", "batch_job": "batch-jobs"}.get(table)
+        if path is None:
+            raise exc.ValidationError(f"{table} rows cannot be deleted")
+        n = 0
+        for row_id in ids:
+            try:
+                n += int(self.client.request("DELETE", f"/v1/{path}/{int(row_id)}")["deleted"])
+            except exc.ObjectDoesNotExist:
+                pass
+        return n
+
+    def sync_app(self, fields: Dict[str, Any], rename_from: Optional[str] = None) -> int:
+        body = dict(fields)
+        for k in ("parameters", "transfers"):
+            if isinstance(body.get(k), str):
+                body[k] = json.loads(body[k])
+        body["var_keyword"] = bool(body.get("var_keyword"))
+        if rename_from:
+            body["rename_from"] = rename_from
+        return int(self.client.request("POST", "/v1/apps", body)["id"])
+
+    # ------------------------------------------------------------------ sessions
+    def create_session(self, *, host: str, pid: int, batch_job_id: Optional[int], label: str) -> int:
+        answer = self.client.request("POST", "/v1/sessions", {"batch_job_id": batch_job_id, "label": label, "host": host, "pid": pid})
+        return int(answer["id"])
+
+    def tick(self, session_id: int) -> None:
+        self.client.request("PUT", f"/v1/sessions/{int(session_id)}")
+
+    def acquire(self, session_id: int, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
+        body = {"max_num_jobs": max_num_jobs, "wait_s": wait_s, "constraints": constraints}
+        answer = self.client.request("POST", f"/v1/sessions/{int(session_id)}/acquire", body, timeout=self.client.timeout_s + wait_s)
+        return list(answer["jobs"])
+
+    def release(self, session_id: int) -> int:
+        return int(self.client.request("DELETE", f"/v1/sessions/{int(session_id)}")["timed_out"])
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,630 @@
+"""What each /v1 route does, over a :class:`balsam.db.backend.Backend`.
+
+A handler takes a :class:`Call` (the backend, the caller, path parameters, query pairs and the parsed JSON
+body) and returns ``(status, payload)``. Handlers are plain synchronous functions: the server runs them on
+worker threads (each with its own SQLite connection). Errors are Balsam exceptions; the server turns them into
+the documented error shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from balsam.db.backend import LAUNCHER_FIELDS, Backend
+from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange, new_job_row
+from balsam.exceptions import ObjectDoesNotExist, ValidationError
+from balsam.http.auth import Principal
+from balsam.http.schemas import COLUMNS, FILTER_KINDS, check_ordering, decode_filter, decode_filters, epoch, row_to_wire
+
+Answer = Tuple[int, Any]
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+MAX_QUERY_LIMIT = 100_000
+RESOURCES = {"jobs": "job", "apps": "app", "batch-jobs": "batch_job", "events": "event", "sessions": "session",
+             "transfers": "transfer_item"}
+
+
+@dataclass
+class Call:
+    """One request, as a handler sees it."""
+
+    backend: Backend
+    principal: Principal
+    params: Dict[str, str] = field(default_factory=dict)
+    query: List[Tuple[str, str]] = field(default_factory=list)
+    body: Any = None
+    site_root: Optional[Path] = None
+
+    def q1(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The last value of a query parameter."""
+        for k, v in reversed(self.query):
+            if k == name:
+                return v
+        return default
+
+    def int_param(self, name: str) -> int:
+        try:
+            value = int(self.params[name])
+        except (KeyError, ValueError):
+            raise ObjectDoesNotExist(f"no such {name}: {self.params.get(name)!r}") from None
+        if not 0 < value < 2**63:
+            raise ObjectDoesNotExist(f"no such {name}: {value}")
+        return value
+
+    @property
+    def private(self) -> bool:
+        """Whether the caller may see app code (the site's own principals)."""
+        return self.principal.kind == "site"
+
+
+def _need_site(call: Call, what: str) -> None:
+    if call.principal.kind != "site":
+        from balsam.exceptions import ServiceError
+
+        raise ServiceError(f"only the site's owner (the site secret) may {what}")
+
+
+def _need_write(call: Call) -> None:
+    if not call.principal.can_write:
+        raise ValidationError("this token is read-only")
+
+
+def _int(value: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValidationError(f"{name}: expected an integer, got {value!r}", )
+    try:
+        out = int(value)
+    except ValueError:
+        raise ValidationError(f"{name}: expected an integer, got {value!r}") from None
+    if not lo <= out <= hi:
+        raise ValidationError(f"{name}: must be between {lo} and {hi}, got {out}")
+    return out
+
+
+def _body_list(call: Call, what: str) -> List[Dict[str, Any]]:
+    body = call.body
+    if not isinstance(body, list) or not all(isinstance(x, dict) for x in body):
+        raise ValidationError(f"expected a JSON array of {what} objects")
+    return body
+
+
+def _body_obj(call: Call) -> Dict[str, Any]:
+    if not isinstance(call.body, dict):
+        raise ValidationError("expected a JSON object")
+    return call.body
+
+
+# ------------------------------------------------------------------------------------------ listing
+def _filters_from_query(table: str, call: Call, skip: Sequence[str] = ()) -> Dict[str, Any]:
+    reserved = {"ordering", "limit", "cursor", "count", "group_by", "include_source", "offset", "tail_bytes", *skip}
+    pairs = [(k, v) for k, v in call.query if k not in reserved]
+    filters = decode_filters(table, pairs)
+    filters.pop("site_id", None)
+    return filters
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("o"):
+            raise ValueError
+        return _int(text[1:], "cursor", 0, 2**62)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("cursor: not a cursor this server gave out") from None
+
+
+def _page(call: Call, table: str, filters: Dict[str, Any]) -> Answer:
+    ordering = check_ordering(table, [o for o in (call.q1("ordering") or "").split(",") if o])
+    limit = _int(call.q1("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT)
+    cursor = call.q1("cursor")
+    offset = _decode_cursor(cursor) if cursor else 0
+    columns = COLUMNS[table]
+    rows = call.backend.select(table, filters, columns=columns, order_by=ordering, limit=limit + 1, offset=offset)
+    more = len(rows) > limit
+    results = [row_to_wire(table, dict(zip(columns, r)), call.private) for r in rows[:limit]]
+    count = call.backend.count(table, filters) if (call.q1("count") or "").lower() in ("1", "true") else None
+    return 200, {"results": results, "next_cursor": _encode_cursor(offset + limit) if more else None, "count": count}
+
+
+def list_rows(call: Call, table: str) -> Answer:
+    return _page(call, table, _filters_from_query(table, call))
+
+
+def get_row(call: Call, table: str) -> Answer:
+    row_id = call.int_param("id")
+    columns = COLUMNS[table]
+    rows = call.backend.select(table, {"id": [row_id]}, columns=columns)
+    if not rows:
+        raise ObjectDoesNotExist(f"no {table.replace('_', ' ')} {row_id}")
+    out = row_to_wire(table, dict(zip(columns, rows[0])), call.private)
+    if table == "job":
+        out["child_ids"] = call.backend.ids("job", {"parent_id": [row_id]})
+    return 200, out
+
+
+def query_rows(call: Call, table: str) -> Answer:
+    """``POST /v1/<resource>/query``: the Python API's queries (filters as JSON, any length of id lists)."""
+    body = _body_obj(call)
+    unknown = set(body) - {"filters", "ordering", "limit", "offset", "columns", "aggregate", "group_by"}
+    if unknown:
+        raise ValidationError(f"unknown query key {sorted(unknown)[0]!r}")
+    raw = body.get("filters") or {}
+    if not isinstance(raw, dict):
+        raise ValidationError("filters: expected an object")
+    filters = {k: decode_filter(table, k, [v]) for k, v in raw.items() if k != "site_id"}
+    ordering = body.get("ordering") or []
+    if not isinstance(ordering, list) or not all(isinstance(o, str) for o in ordering):
+        raise ValidationError("ordering: expected a list of field names")
+    order = check_ordering(table, ordering)
+    aggregate = body.get("aggregate")
+    if aggregate == "count":
+        return 200, {"count": call.backend.count(table, filters)}
+    if aggregate == "ids":
+        return 200, {"ids": call.backend.ids(table, filters)}
+    if aggregate == "group":
+        column = str(body.get("group_by") or "")
+        return 200, {"counts": {str(k): v for k, v in call.backend.count_by(table, filters, column).items()}}
+    if aggregate is not None:
+        raise ValidationError("aggregate: expected null, 'count', 'ids' or 'group'")
+    limit = body.get("limit")
+    limit = None if limit is None else _int(limit, "limit", 0, MAX_QUERY_LIMIT)
+    offset = _int(body.get("offset") or 0, "offset", 0, 2**62)
+    columns = body.get("columns") or list(COLUMNS[table])
+    if not isinstance(columns, list) or not set(columns) <= set(COLUMNS[table]) or not columns:
+        raise ValidationError(f"columns: expected a list of {table} columns")
+    if not call.private:
+        columns = [c for c in columns if c not in ("serialized_class", "source_code")]
+    rows = call.backend.select(table, filters, columns=columns, order_by=order, limit=limit, offset=offset)
+    return 200, {"results": [row_to_wire(table, dict(zip(columns, r)), call.private) for r in rows]}
+
+
+def count_jobs(call: Call) -> Answer:
+    filters = _filters_from_query("job", call)
+    group_by = call.q1("group_by")
+    if group_by:
+        if group_by != "state":
+            raise ValidationError("group_by: only 'state' is supported")
+        return 200, {"counts": call.backend.count_by("job", filters, "state")}
+    return 200, {"count": call.backend.count("job", filters)}
+
+
+# ------------------------------------------------------------------------------------------ sites and apps
+def _site(call: Call) -> Dict[str, Any]:
+    columns = COLUMNS["site"]
+    out = row_to_wire("site", dict(zip(columns, call.backend.site_row(columns))))
+    out["backlog"] = {str(k): v for k, v in call.backend.count_by("job", {}, "state").items()}
+    from balsam.site import SiteLayout
+
+    host = ""
+    agent: Dict[str, Any] = {"running": True, "last_contact": None}
+    if call.site_root is not None:
+        layout = SiteLayout(call.site_root)
+        host = layout.home_host() or ""
+        out["preset"] = layout.preset()
+    out["hostname"] = host
+    out["agent"] = agent
+    return out
+
+
+def list_sites(call: Call) -> Answer:
+    site = _site(call)
+    return 200, {"results": [site], "next_cursor": None, "count": 1}
+
+
+def get_site(call: Call) -> Answer:
+    site_id = call.int_param("id")
+    site = _site(call)
+    if site["id"] != site_id:
+        raise ObjectDoesNotExist(f"no site {site_id} here")
+    return 200, site
+
+
+def update_site(call: Call) -> Answer:
+    _need_site(call, "change the site's settings")
+    site_id = call.int_param("id")
+    body = _body_obj(call)
+    if int(call.backend.site_row(("id",))[0]) != site_id:
+        raise ObjectDoesNotExist(f"no site {site_id} here")
+    call.backend.update_rows("site", [(site_id, _stored("site", body))])
+    return get_site(call)
+
+
+def list_apps(call: Call) -> Answer:
+    include = (call.q1("include_source") or "").lower() in ("1", "true")
+    if include:
+        _need_site(call, "read app code")
+    return _page(call, "app", _filters_from_query("app", call))
+
+
+def app_code(call: Call) -> Answer:
+    """``POST /v1/apps/code``: stored code of apps by id, for launchers."""
+    _need_site(call, "read app code")
+    ids = _body_obj(call).get("ids")
+    if not isinstance(ids, list):
+        raise ValidationError("ids: expected a list of app ids")
+    return 200, {"apps": call.backend.app_code([_int(i, "ids") for i in ids])}
+
+
+def sync_app(call: Call) -> Answer:
+    _need_site(call, "sync app code")
+    body = _body_obj(call)
+    for key in ("name", "kind", "serialized_class", "source_code"):
+        if not isinstance(body.get(key), str) or not body.get(key):
+            raise ValidationError(f"{key}: a non-empty string is required", )
+    fields = {k: body.get(k) for k in ("name", "description", "kind", "serialized_class", "source_code", "var_keyword")}
+    from balsam.db.codec import dumps
+
+    fields["parameters"] = dumps(body.get("parameters") or {})
+    fields["transfers"] = dumps(body.get("transfers") or {})
+    rename = body.get("rename_from")
+    app_id = call.backend.sync_app(fields, rename_from=str(rename) if rename else None)
+    call.params["id"] = str(app_id)
+    status, out = get_row(call, "app")
+    return 201, out
+
+
+def update_row(call: Call, table: str) -> Answer:
+    _need_write(call)
+    if table == "app":
+        _need_site(call, "change apps")
+    row_id = call.int_param("id")
+    call.backend.update_rows(table, [(row_id, _stored(table, _body_obj(call)))])
+    return get_row(call, table)
+
+
+def delete_row(call: Call, table: str) -> Answer:
+    _need_write(call)
+    row_id = call.int_param("id")
+    if call.backend.delete_rows(table, [row_id]) == 0:
+        raise ObjectDoesNotExist(f"no {table.replace('_', ' ')} {row_id}")
+    return 200, {"deleted": 1}
+
+
+def _stored(table: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """Wire field values in the store's form (JSON columns as text, times as epoch seconds)."""
+    from balsam.db.codec import dumps
+    from balsam.http.schemas import JSON_COLUMNS, TIME_COLUMNS
+
+    out: Dict[str, Any] = {}
+    for k, v in fields.items():
+        if k in ("id", "version"):
+            continue
+        if k in JSON_COLUMNS and v is not None:
+            out[k] = dumps(v)
+        elif k in TIME_COLUMNS and v is not None:
+            out[k] = epoch(v, k)
+        else:
+            out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def create_jobs(call: Call) -> Answer:
+    _need_write(call)
+    items = _body_list(call, "job")
+    rows = []
+    transfers: Dict[int, Dict[str, Any]] = {}
+    from balsam.db.codec import dumps
+
+    allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
+    for i, item in enumerate(items):
+        unknown = set(item) - allowed
+        if unknown:
+            raise ValidationError(f"job {i}: unknown field {sorted(unknown)[0]!r}")
+        if "workdir" not in item or "app_id" not in item:
+            raise ValidationError(f"job {i}: workdir and app_id are required")
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ValidationError(f"job {i}: parameters must be an object")
+        resources = {k: item[k] for k in ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
+                                           "node_packing_count", "wall_time_min") if k in item}
+        for k, v in resources.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValidationError(f"job {i}: {k} must be a number")
+        parents = item.get("parent_ids") or []
+        if not isinstance(parents, list):
+            raise ValidationError(f"job {i}: parent_ids must be a list")
+        for key in ("tags", "data", "launch_params"):
+            if item.get(key) is not None and not isinstance(item[key], dict):
+                raise ValidationError(f"job {i}: {key} must be an object", )
+        rows.append(new_job_row(
+            item["workdir"], _int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=dumps(params), data=item.get("data"),
+            launch_params=item.get("launch_params"), parent_ids=[_int(p, "parent_ids") for p in parents],
+            pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
+        if item.get("transfers"):
+            if not isinstance(item["transfers"], dict):
+                raise ValidationError(f"job {i}: transfers must be an object")
+            transfers[i] = item["transfers"]
+    _check_parameters(call, rows)
+    ids, states, now = call.backend.create_jobs(rows, transfers)
+    if not ids:
+        return 201, []
+    columns = COLUMNS["job"]
+    found = {r[0]: r for r in call.backend.select("job", {"id": ids}, columns=columns)}
+    return 201, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
+
+
+def _check_parameters(call: Call, rows: Sequence[Tuple[Any, ...]]) -> None:
+    """Every job's parameters against its app (required and known names), as the Python API checks them."""
+    import json
+
+    app_ids = sorted({r[1] for r in rows})
+    apps = {r[0]: (r[1], json.loads(r[2]), bool(r[3])) for r in
+            call.backend.select("app", {"id": app_ids}, columns=("id", "name", "parameters", "var_keyword"))}
+    for r in rows:
+        app = apps.get(r[1])
+        if app is None:
+            raise ValidationError(f"no app with id {r[1]} at this site")
+        name, spec, var_kw = app
+        keys = set(json.loads(r[3]))
+        missing = sorted(k for k, v in spec.items() if v.get("required") and k not in keys)
+        if missing:
+            raise ValidationError(f"job {r[0]!r}: app {name} needs parameter {missing[0]!r}")
+        if not var_kw and not keys <= set(spec):
+            raise ValidationError(f"job {r[0]!r}: app {name} has no parameter {sorted(keys - set(spec))[0]!r}")
+
+
+_JOB_WRITABLE = frozenset({"workdir", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node", "threads_per_rank",
+                           "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min",
+                           "batch_job_id", "pending_file_cleanup", "serialized_return_value", "serialized_exception"})
+
+
+def _job_fields(item: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Optional[StateChange], Optional[List[int]]]:
+    """(stored fields, state change, parents to add) of one job update object."""
+    from balsam.db.codec import dumps
+
+    fields: Dict[str, Any] = {}
+    change = None
+    parents = None
+    for k, v in item.items():
+        if k in ("id", "site_id", "state_data", "state_timestamp", "session_id"):
+            continue
+        if k == "state":
+            ts = item.get("state_timestamp")
+            data = item.get("state_data")
+            if data is not None and not isinstance(data, dict):
+                raise ValidationError(f"{where}: state_data must be an object")
+            sid = item.get("session_id")
+            change = StateChange(0, str(v), None if ts is None else epoch(ts, "state_timestamp"), data,
+                                 session_id=None if sid is None else _int(sid, "session_id"))
+        elif k == "parent_ids":
+            if not isinstance(v, list):
+                raise ValidationError(f"{where}: parent_ids must be a list")
+            parents = [_int(p, "parent_ids") for p in v]
+        elif k not in _JOB_WRITABLE:
+            raise ValidationError(f"{where}: job field {k!r} cannot be updated")
+        elif k in ("tags", "data", "launch_params", "parameters"):
+            if not isinstance(v, dict):
+                raise ValidationError(f"{where}: {k} must be an object")
+            fields[k] = dumps(v)
+        elif k in ("serialized_return_value", "serialized_exception"):
+            fields[k] = None if v is None else base64.b64decode(str(v))
+        else:
+            fields[k] = v
+    return fields, change, parents
+
+
+def update_jobs(call: Call) -> Answer:
+    """``PATCH /v1/jobs``: bulk update by id (fields, added parents, state changes through the state machine)."""
+    _need_write(call)
+    items = _body_list(call, "job update")
+    updates, changes, parents = [], [], []
+    ids = []
+    for i, item in enumerate(items):
+        job_id = _int(item.get("id"), f"item {i}: id", 1)
+        ids.append(job_id)
+        fields, change, new_parents = _job_fields(item, f"job {job_id}")
+        if fields:
+            updates.append((job_id, fields))
+        if change is not None:
+            changes.append(change._replace(job_id=job_id))
+        if new_parents is not None:
+            parents.append((job_id, new_parents))
+    _apply_job_updates(call, ids, updates, parents, changes)
+    columns = COLUMNS["job"]
+    found = {r[0]: r for r in call.backend.select("job", {"id": ids}, columns=columns)} if ids else {}
+    return 200, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
+
+
+def _apply_job_updates(call: Call, ids: List[int], updates: List[Tuple[int, Dict[str, Any]]], parents: List[Tuple[int, List[int]]],
+                       changes: List[StateChange]) -> None:
+    import json
+
+    if parents:
+        current = {r[0]: json.loads(r[1]) for r in call.backend.select("job", {"id": [p[0] for p in parents]}, columns=("id", "parent_ids"))}
+        added = []
+        for job_id, new in parents:
+            old = current.get(job_id)
+            if old is None:
+                raise ObjectDoesNotExist(f"no job {job_id}")
+            if not set(old) <= set(new):
+                raise ValidationError(f"job {job_id}: parents can be added but not removed")
+            extra = [p for p in new if p not in old]
+            if extra:
+                added.append((job_id, extra))
+        parents = added
+    if updates:
+        existing = set(call.backend.ids("job", {"id": [u[0] for u in updates]}))
+        missing = [u[0] for u in updates if u[0] not in existing]
+        if missing:
+            raise ObjectDoesNotExist(f"no job {missing[0]}")
+    call.backend.update_jobs(updates, parents, changes)
+
+
+def update_job(call: Call) -> Answer:
+    job_id = call.int_param("id")
+    call.body = [dict(_body_obj(call), id=job_id)]
+    status, jobs = update_jobs(call)
+    if not jobs:
+        raise ObjectDoesNotExist(f"no job {job_id}")
+    return 200, jobs[0]
+
+
+def query_update_jobs(call: Call) -> Answer:
+    """``PUT /v1/jobs?<filters>``: the same fields (or state) for every matching job."""
+    _need_write(call)
+    body = _body_obj(call)
+    filters = _filters_from_query("job", call)
+    raw = body.pop("filters", None)
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise ValidationError("filters: expected an object")
+        filters.update({k: decode_filter("job", k, [v]) for k, v in raw.items() if k != "site_id"})
+    fields, change, parents = _job_fields(body, "query update")
+    if parents is not None:
+        raise ValidationError("parent_ids cannot be set by a query update")
+    ids = call.backend.ids("job", filters)
+    if ids:
+        call.backend.update_jobs([(i, dict(fields)) for i in ids] if fields else [],
+                                 (), [change._replace(job_id=i) for i in ids] if change is not None else [])
+    return 200, {"updated": len(ids)}
+
+
+def delete_jobs(call: Call) -> Answer:
+    _need_write(call)
+    filters = _filters_from_query("job", call)
+    if not filters:
+        raise ValidationError("DELETE /v1/jobs needs at least one filter (to delete every job, say ?state__ne=)")
+    return 200, {"deleted": call.backend.delete_jobs(call.backend.ids("job", filters))}
+
+
+def delete_job(call: Call) -> Answer:
+    _need_write(call)
+    job_id = call.int_param("id")
+    if call.backend.delete_jobs([job_id]) == 0:
+        raise ObjectDoesNotExist(f"no job {job_id}")
+    return 200, {"deleted": 1}
+
+
+def job_output(call: Call) -> Answer:
+    job_id = call.int_param("id")
+    rows = call.backend.select("job", {"id": [job_id]}, columns=("workdir",))
+    if not rows:
+        raise ObjectDoesNotExist(f"no job {job_id}")
+    tail = _int(call.q1("tail_bytes", "65536"), "tail_bytes", 0, 16 * 1024 * 1024)
+    if call.site_root is None:
+        return 200, {"text": "", "truncated": False}
+    data_dir = (call.site_root / "data").resolve()
+    path = (data_dir / str(rows[0][0]) / "job.out").resolve()
+    if data_dir not in path.parents:
+        raise ObjectDoesNotExist(f"job {job_id}: no output")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - tail))
+            data = f.read(tail)
+    except OSError:
+        return 200, {"text": "", "truncated": False}
+    return 200, {"text": data.decode("utf-8", errors="replace"), "truncated": size > tail}
+
+
+def last_message(call: Call) -> Answer:
+    job_id = call.int_param("id")
+    return 200, {"message": call.backend.last_event_message(job_id)}
+
+
+# ------------------------------------------------------------------------------------------ batch jobs, transfers
+def create_batch_job(call: Call) -> Answer:
+    _need_write(call)
+    body = dict(_body_obj(call))
+    body.pop("site_id", None)
+    new_id = call.backend.create_batch_job(body)
+    call.params["id"] = str(new_id)
+    return 201, get_row(call, "batch_job")[1]
+
+
+def update_transfers(call: Call) -> Answer:
+    _need_write(call)
+    items = _body_list(call, "transfer item update")
+    updates = []
+    for i, item in enumerate(items):
+        item_id = _int(item.get("id"), f"item {i}: id", 1)
+        fields = {k: v for k, v in item.items() if k != "id"}
+        updates.append((item_id, fields))
+    call.backend.update_rows("transfer_item", updates)
+    ids = [u[0] for u in updates]
+    columns = COLUMNS["transfer_item"]
+    return 200, [row_to_wire("transfer_item", dict(zip(columns, r))) for r in call.backend.select("transfer_item", {"id": ids}, columns=columns)]
+
+
+# ------------------------------------------------------------------------------------------ sessions
+def create_session(call: Call) -> Answer:
+    _need_write(call)
+    body = _body_obj(call)
+    bj = body.get("batch_job_id")
+    sid = call.backend.create_session(host=str(body.get("host") or "")[:255], pid=_int(body.get("pid") or 0, "pid"),
+                                      batch_job_id=None if bj is None else _int(bj, "batch_job_id"),
+                                      label=str(body.get("label") or "remote launcher")[:255])
+    return 201, {"id": sid, "session_id": sid}
+
+
+def tick_session(call: Call) -> Answer:
+    call.backend.tick(call.int_param("id"))
+    return 200, {"id": call.int_param("id")}
+
+
+def acquire_once(call: Call) -> Tuple[int, Dict[str, Any], float]:
+    """The acquire request's arguments: (session id, constraints with max_num_jobs, wait_s)."""
+    body = _body_obj(call)
+    constraints = dict(body.get("constraints") or {})
+    if not isinstance(constraints, dict):
+        raise ValidationError("constraints: expected an object")
+    constraints["max_num_jobs"] = _int(body.get("max_num_jobs", 1), "max_num_jobs", 0, 100_000)
+    try:
+        wait_s = float(body.get("wait_s") or 0.0)
+    except (TypeError, ValueError):
+        raise ValidationError("wait_s: expected a number") from None
+    return call.int_param("id"), constraints, max(0.0, min(wait_s, 5.0))
+
+
+def release_session(call: Call) -> Answer:
+    return 200, {"timed_out": call.backend.release(call.int_param("id"))}
+
+
+def status_batch(call: Call) -> Answer:
+    """``POST /v1/status-batches``: a launcher's state changes, applied leniently under its lease."""
+    body = _body_obj(call)
+    sid = body.get("session_id")
+    session_id = None if sid is None else _int(sid, "session_id", 1)
+    raw = body.get("changes")
+    if not isinstance(raw, list):
+        raise ValidationError("changes: expected a list")
+    changes = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict):
+            raise ValidationError(f"changes[{i}]: expected an object")
+        fields = c.get("fields") or None
+        if fields is not None:
+            if not isinstance(fields, dict):
+                raise ValidationError(f"changes[{i}].fields: expected an object")
+            extra = set(fields) - LAUNCHER_FIELDS
+            if extra:
+                raise ValidationError(f"changes[{i}]: a launcher may not write {sorted(extra)[0]!r}")
+            fields = {k: (base64.b64decode(str(v)) if k != "return_code" and v is not None else v) for k, v in fields.items()}
+        data = c.get("data")
+        if data is not None and not isinstance(data, dict):
+            raise ValidationError(f"changes[{i}].data: expected an object")
+        ts = c.get("timestamp")
+        changes.append(StateChange(_int(c.get("job_id"), f"changes[{i}].job_id", 1), str(c.get("state")),
+                                   None if ts is None else epoch(ts, "timestamp"), data, fields,
+                                   None if c.get("session_id") is None else _int(c.get("session_id"), "session_id")))
+    if session_id is None and call.principal.kind != "site":
+        raise ValidationError("session_id is required")
+    rejected = call.backend.apply_changes(changes, session_id=session_id)
+    return 200, {"rejected": [[i, why] for i, why in rejected]}
+
+
+def whoami(call: Call) -> Answer:
+    site_id = int(call.backend.site_row(("id",))[0])
+    return 200, {"user": call.principal.name, "sites": [site_id], "kind": call.principal.kind}
+
+
+__all__ = ["Call", "FILTER_KINDS", "RESOURCES"]

@@ -1,0 +1,263 @@
+"""The one route table of the /v1 API: path, method, parameters, request and answer schemas, errors.
+
+The server (:mod:`balsam.http.server`) builds its Starlette routes from :data:`ROUTES`, and
+:func:`openapi` builds the OpenAPI 3 document served at ``/v1/openapi.json`` from the same table, so they
+cannot drift apart (a test checks both directions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from balsam import __version__
+from balsam.http import handlers as h
+from balsam.http.schemas import (
+    ERROR,
+    FILTER_KINDS,
+    JOB_CREATE,
+    JOB_UPDATE,
+    PAGE,
+    QUERY_BODY,
+    STATE_CHANGE,
+    row_schema,
+)
+
+Handler = Callable[[h.Call], Tuple[int, Any]]
+
+ERROR_STATUSES = {400: "invalid", 401: "unauthorized", 404: "not_found", 409: "conflict", 413: "too_large", 422: "malformed",
+                  429: "too_many", 503: "unavailable"}
+"""Status -> error code; every route documents these with the one error shape."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter."""
+
+    name: str
+    schema: Dict[str, Any]
+    description: str = ""
+    repeat: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation of the API."""
+
+    method: str
+    path: str
+    name: str
+    summary: str
+    handler: Optional[Handler]
+    query: Tuple[Param, ...] = ()
+    body: Optional[Dict[str, Any]] = None
+    response: Dict[str, Any] = None  # type: ignore[assignment]
+    status: int = 200
+    auth: bool = True
+    kind: str = "json"
+    """"json"; "acquire" (long-poll, exactly-once); "ws" (WebSocket); "openapi"; "static" (the dashboard)."""
+
+    @property
+    def mutating(self) -> bool:
+        return self.method in ("POST", "PUT", "PATCH", "DELETE")
+
+
+def _filter_params(table: str) -> Tuple[Param, ...]:
+    out = []
+    for name, kind in FILTER_KINDS[table].items():
+        schema: Dict[str, Any] = {"type": "string"}
+        if kind in ("ids",):
+            schema = {"type": "array", "items": {"type": "integer", "minimum": 1}}
+        elif kind in ("strs", "tags"):
+            schema = {"type": "array", "items": {"type": "string"}}
+        elif kind == "int":
+            schema = {"type": "integer"}
+        elif kind == "bool":
+            schema = {"type": "boolean"}
+        elif kind == "time":
+            schema = {"type": "string", "format": "date-time"}
+        out.append(Param(name, schema, f"filter ({kind})", repeat=schema.get("type") == "array"))
+    return tuple(out)
+
+
+def _page_params(table: str) -> Tuple[Param, ...]:
+    return _filter_params(table) + (
+        Param("ordering", {"type": "string"}, "field name, '-' for descending"),
+        Param("limit", {"type": "integer", "minimum": 1, "maximum": h.MAX_LIMIT}),
+        Param("cursor", {"type": "string"}, "next_cursor of the previous page"),
+        Param("count", {"type": "boolean"}, "include the total count"),
+    )
+
+
+def _page_of(table: str) -> Dict[str, Any]:
+    props: Dict[str, Any] = dict(PAGE["properties"])
+    props["results"] = {"type": "array", "items": row_schema(table)}
+    return {**PAGE, "properties": props}
+
+
+def _list(path: str, table: str, name: str, what: str) -> Route:
+    return Route("GET", path, name, f"List {what} (filters as in the Python API; paged by cursor)", partial(h.list_rows, table=table),
+                 query=_page_params(table), response=_page_of(table))
+
+
+def _query(path: str, table: str, name: str, what: str) -> Route:
+    return Route("POST", path, name, f"Query {what} with filters as JSON (rows, count, ids or counts by a column)",
+                 partial(h.query_rows, table=table), body=QUERY_BODY, response={"type": "object"})
+
+
+def _get(path: str, table: str, name: str, what: str) -> Route:
+    return Route("GET", path, name, f"One {what}", partial(h.get_row, table=table), response=row_schema(table))
+
+
+ID = "{id}"
+OBJ = {"type": "object"}
+ROW_LIST = {"type": "array", "items": OBJ}
+
+ROUTES: Tuple[Route, ...] = (
+    Route("GET", "/v1/health", "health", "Liveness (no credentials needed)", None, response={"type": "object"}, auth=False,
+          kind="health"),
+    Route("GET", "/v1/openapi.json", "openapi", "This document", None, response={"type": "object"}, auth=False, kind="openapi"),
+    Route("GET", "/v1/whoami", "whoami", "Who the credentials belong to", h.whoami,
+          response={"type": "object", "properties": {"user": {"type": "string"}, "sites": {"type": "array"}, "kind": {"type": "string"}}}),
+    # sites
+    Route("GET", "/v1/sites", "list_sites", "The sites this server serves", h.list_sites, response=_page_of("site")),
+    Route("GET", f"/v1/sites/{ID}", "get_site", "One site, with its agent and backlog", h.get_site, response=row_schema("site")),
+    Route("PATCH", f"/v1/sites/{ID}", "update_site", "Change a site's fields (site owner)", h.update_site, body=OBJ,
+          response=row_schema("site")),
+    # apps
+    Route("GET", "/v1/apps", "list_apps", "List apps", h.list_apps, query=_page_params("app") + (Param("include_source", {"type": "boolean"}),),
+          response=_page_of("app")),
+    _query("/v1/apps/query", "app", "query_apps", "apps"),
+    Route("POST", "/v1/apps", "sync_app", "Create or update an app by name (site owner)", h.sync_app, body=OBJ, response=row_schema("app"),
+          status=201),
+    Route("POST", "/v1/apps/code", "app_code", "Stored code of apps by id (launchers)", h.app_code,
+          body={"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "integer"}}}, "required": ["ids"]},
+          response={"type": "object"}),
+    _get(f"/v1/apps/{ID}", "app", "get_app", "app"),
+    Route("PATCH", f"/v1/apps/{ID}", "update_app", "Rename or describe an app", partial(h.update_row, table="app"), body=OBJ,
+          response=row_schema("app")),
+    Route("DELETE", f"/v1/apps/{ID}", "delete_app", "Delete an app and its jobs", partial(h.delete_row, table="app"),
+          response=OBJ),
+    # jobs
+    _list("/v1/jobs", "job", "list_jobs", "jobs"),
+    Route("GET", "/v1/jobs/count", "count_jobs", "Count jobs, or counts by state", h.count_jobs,
+          query=_filter_params("job") + (Param("group_by", {"type": "string", "enum": ["state"]}),), response=OBJ),
+    _query("/v1/jobs/query", "job", "query_jobs", "jobs"),
+    Route("POST", "/v1/jobs", "create_jobs", "Bulk create jobs", h.create_jobs, body={"type": "array", "items": JOB_CREATE},
+          response=ROW_LIST, status=201),
+    Route("PATCH", "/v1/jobs", "update_jobs", "Bulk update jobs by id (state changes through the state machine)", h.update_jobs,
+          body={"type": "array", "items": JOB_UPDATE}, response=ROW_LIST),
+    Route("PUT", "/v1/jobs", "query_update_jobs", "Set fields or the state of every matching job", h.query_update_jobs,
+          query=_filter_params("job"), body=OBJ, response=OBJ),
+    Route("DELETE", "/v1/jobs", "delete_jobs", "Delete every matching job (at least one filter)", h.delete_jobs,
+          query=_filter_params("job"), response=OBJ),
+    Route("GET", f"/v1/jobs/{ID}", "get_job", "One job, with its child ids", partial(h.get_row, table="job"), response=row_schema("job")),
+    Route("PATCH", f"/v1/jobs/{ID}", "update_job", "Update one job", h.update_job, body=OBJ, response=row_schema("job")),
+    Route("DELETE", f"/v1/jobs/{ID}", "delete_job", "Delete one job", h.delete_job, response=OBJ),
+    Route("GET", f"/v1/jobs/{ID}/output", "job_output", "The tail of the job's job.out", h.job_output,
+          query=(Param("tail_bytes", {"type": "integer", "minimum": 0, "maximum": 16 * 1024 * 1024}),), response=OBJ),
+    Route("GET", f"/v1/jobs/{ID}/message", "job_message", "The message of the job's latest event that has one", h.last_message,
+          response=OBJ),
+    # batch jobs
+    _list("/v1/batch-jobs", "batch_job", "list_batch_jobs", "batch jobs"),
+    _query("/v1/batch-jobs/query", "batch_job", "query_batch_jobs", "batch jobs"),
+    Route("POST", "/v1/batch-jobs", "create_batch_job", "Submit a BatchJob (validated against the site's queues)", h.create_batch_job,
+          body=OBJ, response=row_schema("batch_job"), status=201),
+    _get(f"/v1/batch-jobs/{ID}", "batch_job", "get_batch_job", "batch job"),
+    Route("PATCH", f"/v1/batch-jobs/{ID}", "update_batch_job", "Change a BatchJob (state: pending_deletion cancels it)",
+          partial(h.update_row, table="batch_job"), body=OBJ, response=row_schema("batch_job")),
+    Route("DELETE", f"/v1/batch-jobs/{ID}", "delete_batch_job", "Delete an inactive BatchJob", partial(h.delete_row, table="batch_job"),
+          response=OBJ),
+    # events, transfers, sessions
+    _list("/v1/events", "event", "list_events", "job state events"),
+    _query("/v1/events/query", "event", "query_events", "events"),
+    _list("/v1/transfers", "transfer_item", "list_transfers", "transfer items"),
+    _query("/v1/transfers/query", "transfer_item", "query_transfers", "transfer items"),
+    Route("PATCH", "/v1/transfers", "update_transfers", "Bulk update transfer items", h.update_transfers, body=ROW_LIST, response=ROW_LIST),
+    _list("/v1/sessions", "session", "list_sessions", "launcher sessions (leases)"),
+    _query("/v1/sessions/query", "session", "query_sessions", "sessions"),
+    Route("POST", "/v1/sessions", "create_session", "Open a lease", h.create_session,
+          body={"type": "object", "properties": {"batch_job_id": {"type": ["integer", "null"]}, "label": {"type": "string"},
+                                                 "host": {"type": "string"}, "pid": {"type": "integer"}}},
+          response=OBJ, status=201),
+    Route("POST", f"/v1/sessions/{ID}/acquire", "acquire", "Lock runnable jobs to the lease (a retry returns the same jobs)", None,
+          body={"type": "object", "properties": {"max_num_jobs": {"type": "integer", "minimum": 0}, "wait_s": {"type": "number"},
+                                                 "constraints": OBJ}},
+          response={"type": "object", "properties": {"jobs": ROW_LIST}}, kind="acquire"),
+    Route("PUT", f"/v1/sessions/{ID}", "tick_session", "Renew the lease", h.tick_session, response=OBJ),
+    Route("DELETE", f"/v1/sessions/{ID}", "release_session", "Release the lease (running jobs time out)", h.release_session,
+          response=OBJ),
+    Route("POST", "/v1/status-batches", "status_batch", "A launcher's batch of state changes (applied once per Idempotency-Key)",
+          h.status_batch, body={"type": "object", "properties": {"session_id": {"type": ["integer", "null"]},
+                                                                 "changes": {"type": "array", "items": STATE_CHANGE}},
+                                "required": ["changes"]},
+          response={"type": "object", "properties": {"rejected": {"type": "array"}}}),
+    Route("GET", "/v1/ws", "ws", "WebSocket of state changes ({type, site_id, id, state, ts}); ?token= for browsers", None,
+          query=(Param("token", {"type": "string"}),), response=OBJ, kind="ws"),
+    Route("GET", "/", "dashboard", "The web dashboard", None, response={"type": "string"}, auth=False, kind="static"),
+    Route("GET", "/assets/{path:path}", "dashboard_assets", "The dashboard's files", None, response={"type": "string"}, auth=False,
+          kind="static"),
+)
+
+
+def openapi_path(path: str) -> str:
+    """A route path in OpenAPI's form (``{path:path}`` -> ``{path}``)."""
+    return path.replace(":path}", "}")
+
+
+def openapi(routes: Tuple[Route, ...] = ROUTES) -> Dict[str, Any]:
+    """The OpenAPI 3.0 document of ``routes``."""
+    paths: Dict[str, Dict[str, Any]] = {}
+    for r in routes:
+        if r.kind in ("ws",):
+            continue
+        op: Dict[str, Any] = {"operationId": r.name, "summary": r.summary}
+        params: List[Dict[str, Any]] = []
+        for name in _path_names(r.path):
+            schema: Dict[str, Any] = {"type": "integer", "minimum": 1} if name == "id" else {"type": "string"}
+            params.append({"name": name, "in": "path", "required": True, "schema": schema})
+        for p in r.query:
+            entry: Dict[str, Any] = {"name": p.name, "in": "query", "required": False, "schema": p.schema}
+            if p.description:
+                entry["description"] = p.description
+            if p.repeat:
+                entry["style"] = "form"
+                entry["explode"] = True
+            params.append(entry)
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
+        content_type = "text/html" if r.kind == "static" else "application/json"
+        responses: Dict[str, Any] = {str(r.status): {"description": "success", "content": {content_type: {"schema": r.response}}}}
+        statuses = [404] if r.kind == "static" else [s for s in ERROR_STATUSES if r.auth or s not in (401,)]
+        for status in statuses:
+            responses[str(status)] = {"description": ERROR_STATUSES[status], "content": {"application/json": {"schema": ERROR}}}
+        op["responses"] = responses
+        if r.auth:
+            op["security"] = [{"siteSignature": []}, {"bearer": []}]
+        paths.setdefault(openapi_path(r.path), {})[r.method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Balsam API", "version": __version__,
+                 "description": "The Balsam data model over HTTP: sites, apps, jobs, batch jobs, events, transfers, sessions."},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "siteSignature": {"type": "apiKey", "in": "header", "name": "X-Balsam-Signature",
+                                  "description": "HMAC-SHA256 under the site secret of method, path+query, X-Balsam-Time, "
+                                                 "X-Balsam-Nonce and X-Balsam-Content-SHA256"},
+            },
+        },
+    }
+
+
+def _path_names(path: str) -> List[str]:
+    out = []
+    for part in path.split("/"):
+        if part.startswith("{") and part.endswith("}"):
+            out.append(part[1:-1].split(":")[0])
+    return out

@@ -1,0 +1,271 @@
+"""Serving the /v1 app with uvicorn (h11 + wsproto, pure Python; uvloop/httptools when installed) on a thread.
+
+:class:`ApiServer` binds the configured address and port (or the first free port of a range, for facility
+firewalls), wraps it in TLS when a certificate and key are set, and publishes where it listens in
+``.balsam/api.json`` (next to the site secret, on the filesystem every host of the site sees). The server, not
+hope, bounds what a client may hold: a cap on connections (503 past it), a deadline for a request's headers
+(a slow client is disconnected), an idle keep-alive timeout, a limit on header size, and the app's own limits
+on body size and body read time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from balsam.exceptions import ConfigError, ServiceError
+
+logger = logging.getLogger("balsam.http")
+
+ADDRESS_FILE = "api.json"
+
+
+@dataclass
+class ServeOptions:
+    """Where and how to listen (from settings.yml's ``api`` section)."""
+
+    bind: str = "0.0.0.0"
+    port: int = 0
+    port_range: str = ""
+    advertise: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+
+
+def parse_port_range(text: str) -> List[int]:
+    """``"20000-20100"`` (or one port) as the ports to try in order; ConfigError when malformed."""
+    text = text.strip()
+    if not text:
+        return []
+    lo_s, sep, hi_s = text.partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
+    except ValueError:
+        raise ConfigError(f"api.port_range: expected 'LOW-HIGH', got {text!r}") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise ConfigError(f"api.port_range: expected 1 <= LOW <= HIGH <= 65535, got {text!r}")
+    return list(range(lo, hi + 1))
+
+
+def bind_socket(host: str, ports: List[int]) -> socket.socket:
+    """A listening socket on the first free port of ``ports`` (``[0]``: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last: Optional[OSError] = None
+    for port in ports or [0]:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            last = e
+            continue
+        sock.listen(1024)
+        sock.set_inheritable(False)
+        return sock
+    where = f"{ports[0]}-{ports[-1]}" if ports else "0"
+    raise ServiceError(f"cannot listen on {host} port {where}: {last.strerror if last else 'no port free'}")
+
+
+def _protocol_class(header_timeout_s: float) -> Any:
+    """uvicorn's h11 protocol with a deadline for each request's headers (a slow client is disconnected)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+        _header_timer: Optional[asyncio.TimerHandle] = None
+        _armed_for: Any = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._armed_for = self.cycle
+            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.cycle is self._armed_for and not self.transport.is_closing():
+                logger.info("closed a connection whose request headers did not arrive within %g s", header_timeout_s)
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._header_timer is not None and self.cycle is not self._armed_for:
+                self._disarm()  # a request's headers are complete
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            self._disarm()
+            super().handle_websocket_upgrade(event)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+class ApiServer:
+    """The /v1 app served on a background thread. ``start()`` binds and publishes; ``stop()`` unpublishes."""
+
+    def __init__(self, app: Any, options: ServeOptions, *, state_dir: Optional[Path] = None) -> None:
+        self.app = app
+        self.options = options
+        self.state_dir = state_dir
+        self.port = 0
+        self.url = ""
+        self._server: Any = None
+        self._thread: Optional[threading.Thread] = None
+        self._sock: Optional[socket.socket] = None
+        self._error: Optional[BaseException] = None
+
+    def start(self, timeout_s: float = 30.0) -> "ApiServer":
+        import uvicorn
+
+        opts = self.options
+        ports = parse_port_range(opts.port_range) or [opts.port]
+        self._sock = bind_socket(opts.bind, ports)
+        self.port = int(self._sock.getsockname()[1])
+        tls = bool(opts.tls_cert)
+        if tls and not opts.tls_key:
+            raise ConfigError("api.tls_cert is set but api.tls_key is not")
+        for path in (opts.tls_cert, opts.tls_key):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"api TLS file {path} does not exist")
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off", ws="wsproto",
+            http=_protocol_class(opts.header_timeout_s), limit_concurrency=opts.max_connections,
+            timeout_keep_alive=int(max(1, opts.idle_timeout_s)), h11_max_incomplete_event_size=opts.max_header_bytes,
+            ssl_certfile=opts.tls_cert or None, ssl_keyfile=opts.tls_key or None, loop=_loop_name(),
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="balsam-api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise ServiceError(f"the API server failed to start: {self._error}")
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the API server did not start within {timeout_s:g} s")
+            time.sleep(0.01)
+        host = opts.advertise or socket.gethostname()
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{host}:{self.port}"
+        if self.state_dir is not None:
+            self._publish(host, scheme)
+        return self
+
+    def _run(self) -> None:
+        try:
+            assert self._sock is not None
+            self._server.run(sockets=[self._sock])
+        except BaseException as e:  # reported by start()
+            self._error = e
+            logger.exception("the API server stopped")
+
+    def _publish(self, host: str, scheme: str) -> None:
+        assert self.state_dir is not None
+        opts = self.options
+        info: Dict[str, Any] = {"url": self.url, "scheme": scheme, "host": host, "port": self.port, "addresses": _addresses(host, opts.bind),
+                                "pid": os.getpid(), "started": time.time(), "version": 2}
+        if opts.tls_cert:
+            info["cafile"] = str(Path(opts.tls_cert).resolve())
+        path = self.state_dir / ADDRESS_FILE
+        tmp = path.with_name(f".{ADDRESS_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, path)
+
+    def stop(self) -> None:
+        if self.state_dir is not None:
+            path = self.state_dir / ADDRESS_FILE
+            try:
+                info = json.loads(path.read_text())
+                if info.get("pid") == os.getpid() and info.get("port") == self.port:
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "ApiServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _loop_name() -> str:
+    import importlib.util
+
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def _addresses(host: str, bind: str) -> List[str]:
+    out = [host]
+    for name in (socket.getfqdn(),):
+        if name and name not in out:
+            out.append(name)
+    try:
+        ip = socket.gethostbyname(host)
+        if ip not in out:
+            out.append(ip)
+    except OSError:
+        pass
+    if bind in ("0.0.0.0", "127.0.0.1", "") and "127.0.0.1" not in out:
+        out.append("127.0.0.1")
+    return out
+
+
+def read_address(state_dir: Path) -> Dict[str, Any]:
+    """The agent's published address (ServiceError saying how to start it when there is none)."""
+    path = state_dir / ADDRESS_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        site = state_dir.parent
+        raise ServiceError(f"the site agent of {site} is not running (no {path}): start it on the site's home host with "
+                           f"'balsam site start' (from {site})") from None
+    except (OSError, ValueError) as e:
+        raise ServiceError(f"{path}: unreadable API address ({e})") from None
+    if not isinstance(info, dict) or "port" not in info:
+        raise ServiceError(f"{path}: malformed API address")
+    return info
+
+
+def host_port(info: Dict[str, Any], index: int = 0) -> Tuple[str, int]:
+    """The ``index``-th address to try from an address record."""
+    hosts = [str(h) for h in (info.get("addresses") or []) if h]
+    if info.get("host") and info["host"] not in hosts:
+        hosts.insert(0, str(info["host"]))
+    hosts = hosts or ["127.0.0.1"]
+    return hosts[index % len(hosts)], int(info["port"])

@@ -1,0 +1,386 @@
+"""The /v1 Starlette app, built from the route table (:mod:`balsam.http.routes`).
+
+Per request, in order: the route is matched (unknown paths are 404 without reading anything); credentials are
+checked from the headers (:class:`balsam.http.auth.Authenticator`), before any body is read; the declared
+``Content-Length`` is checked against the limit (413); the body is read with an idle timeout per chunk and
+its hash compared with the signed one; the handler runs on a worker thread. A mutating request with an
+``Idempotency-Key`` runs at most once: its answer is kept in the site DB, in the same transaction as its
+writes, and a retry gets the same answer (a retried acquire returns the same jobs). Answers to site-secret
+requests are signed, bound to the request's nonce.
+
+Errors are ``{"error": {"code", "message", "field", "kind"}}`` with the statuses of
+:data:`balsam.http.routes.ERROR_STATUSES`; an unexpected failure is logged and answered 503 ("try again"),
+never with a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from balsam import exceptions as exc
+from balsam.db.backend import Backend
+from balsam.http import handlers as h
+from balsam.http.auth import EMPTY_SHA256, H_HASH, Authenticator, Principal, Unauthorized, body_hash, response_signature
+from balsam.http.routes import ROUTES
+from balsam.http.routes import Route as ApiRoute
+from balsam.http.routes import openapi as build_openapi
+from balsam.http.schemas import COLUMNS, iso, row_to_wire
+
+logger = logging.getLogger("balsam.http")
+
+
+@dataclass
+class Limits:
+    """Sizes and times the server enforces."""
+
+    max_body_bytes: int = 256 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    """Longest wait for the next chunk of a request body."""
+
+
+class ApiError(Exception):
+    """An error answer with its status and code."""
+
+    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None, kind: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.kind = kind
+
+
+def error_for(error: BaseException) -> ApiError:
+    """The API error of a Balsam exception (its class name travels, so clients raise the same class)."""
+    kind = type(error).__name__
+    message = str(error).splitlines()[0] if str(error) else kind
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, exc.ObjectDoesNotExist):
+        return ApiError(404, "not_found", message, kind="ObjectDoesNotExist")
+    if isinstance(error, exc.IllegalTransition):
+        return ApiError(409, "illegal_transition", message, kind=kind)
+    if isinstance(error, exc.JobLockedError):
+        return ApiError(409, "locked", message, kind=kind)
+    if isinstance(error, exc.SessionExpired):
+        return ApiError(409, "session_expired", message, kind=kind)
+    if isinstance(error, exc.ValidationError):
+        return ApiError(400, "invalid", message, kind=kind)
+    if isinstance(error, exc.AppError):
+        return ApiError(400, "invalid", message, kind=kind)
+    if isinstance(error, exc.ServiceError):
+        return ApiError(401, "unauthorized", message, kind=kind)
+    if isinstance(error, exc.StoreError):
+        return ApiError(503, "unavailable", f"the site DB is busy or unusable: {message}", kind=kind)
+    if isinstance(error, exc.BalsamError):
+        return ApiError(400, "invalid", message, kind=kind)
+    return ApiError(503, "unavailable", "the server failed to answer; try again (see the agent's log)", kind="ServiceError")
+
+
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+class WebSocketHub:
+    """Streams job state changes (from the event table) to WebSocket subscribers; one poller for all."""
+
+    def __init__(self, backend: Backend, site_id: int, period_s: float = 0.25) -> None:
+        self.backend = backend
+        self.site_id = site_id
+        self.period_s = period_s
+        self.subscribers: Set["asyncio.Queue[Dict[str, Any]]"] = set()
+        self._task: Optional["asyncio.Task[None]"] = None
+
+    def subscribe(self) -> "asyncio.Queue[Dict[str, Any]]":
+        queue: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue(maxsize=10_000)
+        self.subscribers.add(queue)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._poll())
+        return queue
+
+    def unsubscribe(self, queue: "asyncio.Queue[Dict[str, Any]]") -> None:
+        self.subscribers.discard(queue)
+
+    def _read(self, after: Optional[int]) -> Tuple[Optional[int], List[Dict[str, Any]], Dict[str, int]]:
+        events_since = getattr(self.backend, "events_since", None)
+        if events_since is None:
+            return after, [], {}
+        last, rows = events_since(after, 5000)
+        msgs = [{"type": "job", "site_id": self.site_id, "id": r[1], "state": r[4], "from_state": r[3], "ts": iso(r[2]),
+                 "event_id": r[0]} for r in rows]
+        counts = {str(k): v for k, v in self.backend.count_by("job", {}, "state").items()} if rows or after is None else {}
+        return last, msgs, counts
+
+    async def _poll(self) -> None:
+        after: Optional[int] = None
+        try:
+            while self.subscribers:
+                after, msgs, counts = await asyncio.to_thread(self._read, after)
+                if counts:
+                    msgs.append({"type": "counts", "site_id": self.site_id, "counts": counts, "ts": iso(time.time())})
+                for queue in list(self.subscribers):
+                    for m in msgs:
+                        if queue.full():
+                            break  # a stalled subscriber misses changes; it reloads on reconnect
+                        queue.put_nowait(m)
+                await asyncio.sleep(self.period_s)
+        except Exception:  # the poller restarts with the next subscriber
+            logger.exception("the WebSocket poller failed")
+
+
+class Api:
+    """The app's state: the backend, who may call, limits, and the WebSocket hub."""
+
+    def __init__(self, backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
+                 site_id: int = 0) -> None:
+        self.backend = backend
+        self.auth = auth
+        self.site_root = site_root
+        self.limits = limits or Limits()
+        self.site_id = site_id
+        self.hub = WebSocketHub(backend, site_id)
+        self.openapi_doc = _json(build_openapi())
+        self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
+
+    # ------------------------------------------------------------------ pieces
+    def _principal(self, request: Any) -> Principal:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            return self.auth.check(request.method if hasattr(request, "method") else "GET", target, request.headers,
+                                   request.query_params.get("token"))
+        except Unauthorized as e:
+            raise ApiError(401, "unauthorized", str(e), kind="ServiceError") from None
+
+    async def _body(self, request: Request, principal: Principal) -> bytes:
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise ApiError(400, "invalid", "malformed Content-Length") from None
+            if size > limit:
+                raise ApiError(413, "too_large", f"request body of {size} bytes is over the limit of {limit}")
+        chunks: List[bytes] = []
+        total = 0
+        stream = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), timeout=self.limits.body_timeout_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise ApiError(400, "invalid", f"request body stalled for {self.limits.body_timeout_s:g} s") from None
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "too_large", f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if principal.kind == "site":
+            expected = request.headers.get(H_HASH, "")
+            if (body_hash(body) if body else EMPTY_SHA256) != expected:
+                raise ApiError(401, "unauthorized", "the body does not match its signed hash", kind="ServiceError")
+        return body
+
+    def _respond(self, status: int, body: bytes, principal: Optional[Principal], replayed: bool = False,
+                 media_type: str = "application/json") -> Response:
+        headers = {}
+        if principal is not None and principal.nonce and self.auth.secret is not None:
+            headers["X-Balsam-Signature"] = response_signature(self.auth.secret, principal.nonce, status, body_hash(body))
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(body, status_code=status, headers=headers, media_type=media_type)
+
+    def _error(self, error: ApiError, principal: Optional[Principal]) -> Response:
+        payload = {"error": {"code": error.code, "message": error.message, "field": error.field, "kind": error.kind or None}}
+        return self._respond(error.status, _json(payload), principal)
+
+    def _run(self, route: ApiRoute, call: h.Call) -> Tuple[int, bytes]:
+        assert route.handler is not None
+        status, payload = route.handler(call)
+        return status, _json(payload)
+
+    def _once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]]) -> Optional[Tuple[int, bytes, bool]]:
+        once = getattr(self.backend, "once", None)
+        if once is not None:
+            return once(key, fingerprint, fn)  # type: ignore[no-any-return]
+        hit = self._memory_answers.get(key)
+        if hit is not None:
+            if hit[0] != fingerprint:
+                raise exc.ValidationError("Idempotency-Key was already used for a different request")
+            return hit[1], hit[2], True
+        answer = fn()
+        if answer is None:
+            return None
+        self._memory_answers[key] = (fingerprint, answer[0], answer[1])
+        return answer[0], answer[1], False
+
+    # ------------------------------------------------------------------ endpoints
+    def endpoint(self, route: ApiRoute) -> Callable[[Request], Any]:
+        async def serve(request: Request) -> Response:
+            principal: Optional[Principal] = None
+            try:
+                principal = self._principal(request) if route.auth else None
+                body = await self._body(request, principal) if route.mutating and principal is not None else b""
+                try:
+                    parsed = json.loads(body) if body else None
+                except ValueError:
+                    raise ApiError(422, "malformed", "the request body is not JSON") from None
+                assert principal is not None
+                call = h.Call(self.backend, principal, dict(request.path_params), list(request.query_params.multi_items()), parsed,
+                              self.site_root)
+                key = request.headers.get("idempotency-key")
+                if key is not None and (len(key) > 200 or not key.strip()):
+                    raise ApiError(400, "invalid", "Idempotency-Key: 1 to 200 characters", field="Idempotency-Key")
+                if route.kind == "acquire":
+                    status, data, replayed = await self._acquire(call, key, request)
+                elif route.mutating and key:
+                    fingerprint = hashlib.sha256(f"{request.method} {request.url.path}?{request.url.query}\n".encode() + body).hexdigest()
+                    answer = await asyncio.to_thread(self._once, key, fingerprint, lambda: self._run(route, call))
+                    assert answer is not None
+                    status, data, replayed = answer
+                else:
+                    status, data = await asyncio.to_thread(self._run, route, call)
+                    replayed = False
+                return self._respond(status, data, principal, replayed)
+            except Exception as e:  # every error is the documented shape
+                error = error_for(e)
+                if error.status == 503 and not isinstance(e, (ApiError, exc.StoreError)):
+                    logger.exception("%s %s failed", request.method, request.url.path)
+                return self._error(error, principal)
+
+        return serve
+
+    async def _acquire(self, call: h.Call, key: Optional[str], request: Request) -> Tuple[int, bytes, bool]:
+        """Acquire with a server-side wait; with a key, the first non-empty answer is kept for retries."""
+        session_id, constraints, wait_s = h.acquire_once(call)
+        max_num_jobs = constraints.pop("max_num_jobs")
+        deadline = time.monotonic() + wait_s
+        fingerprint = hashlib.sha256(f"acquire {session_id}".encode()).hexdigest()
+
+        def attempt(final: bool) -> Optional[Tuple[int, bytes]]:
+            jobs = self.backend.acquire(session_id, max_num_jobs, 0.0, **constraints)
+            if not jobs and not final:
+                return None
+            return 200, _json({"jobs": [_acquired(j) for j in jobs]})
+
+        while True:
+            final = time.monotonic() >= deadline
+            if key:
+                answer = await asyncio.to_thread(self._once, key, fingerprint, functools.partial(attempt, final))
+            else:
+                plain = await asyncio.to_thread(attempt, final)
+                answer = None if plain is None else (plain[0], plain[1], False)
+            if answer is not None:
+                return answer
+            version = await asyncio.to_thread(self.backend.data_version)
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                if await asyncio.to_thread(self.backend.data_version) != version:
+                    break
+
+    async def health(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self.openapi_doc, media_type="application/json")
+
+    async def static(self, request: Request) -> Response:
+        rel = request.path_params.get("path")
+        name = "index.html" if rel is None else f"assets/{rel}"
+        parts = name.split("/")
+        if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+            return self._error(ApiError(404, "not_found", "no such file"), None)
+        try:
+            node = resources.files("balsam.web")
+            for p in parts:
+                node = node / p
+            data = node.read_bytes()
+        except (OSError, ModuleNotFoundError, TypeError):
+            message = "the dashboard is not built into this Balsam" if rel is None else "no such file"
+            return self._error(ApiError(404, "not_found", message), None)
+        return Response(data, media_type=_media_type(name))
+
+    async def websocket(self, ws: WebSocket) -> None:
+        try:
+            principal = self._principal(ws)
+        except ApiError as e:
+            await ws.close(code=4401, reason=e.message[:120])
+            return
+        await ws.accept()
+        queue = self.hub.subscribe()
+        await ws.send_json({"type": "hello", "site_id": self.site_id, "user": principal.name})
+        try:
+            while True:
+                msg = await queue.get()
+                await ws.send_json(msg)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            self.hub.unsubscribe(queue)
+
+
+def _acquired(job: Dict[str, Any]) -> Dict[str, Any]:
+    """An acquired job (the launcher's dict) as JSON: bytes as base64."""
+    import base64
+
+    out = {}
+    for k, v in job.items():
+        out[k] = {"__b64__": base64.b64encode(bytes(v)).decode()} if isinstance(v, (bytes, bytearray, memoryview)) else v
+    return out
+
+
+def _media_type(name: str) -> str:
+    suffix = name.rsplit(".", 1)[-1].lower()
+    return {"html": "text/html; charset=utf-8", "js": "text/javascript", "mjs": "text/javascript", "css": "text/css",
+            "json": "application/json", "svg": "image/svg+xml", "png": "image/png", "ico": "image/x-icon", "woff2": "font/woff2",
+            "woff": "font/woff", "map": "application/json", "txt": "text/plain; charset=utf-8"}.get(suffix, "application/octet-stream")
+
+
+def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
+              site_id: Optional[int] = None) -> Starlette:
+    """The Starlette app of ``ROUTES`` over ``backend``."""
+    if site_id is None:
+        site_id = int(backend.site_row(("id",))[0])
+    api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id)
+    routes: List[BaseRoute] = []
+    for r in ROUTES:
+        if r.kind == "ws":
+            routes.append(WebSocketRoute(r.path, api.websocket, name=r.name))
+        elif r.kind == "health":
+            routes.append(Route(r.path, api.health, methods=[r.method], name=r.name))
+        elif r.kind == "openapi":
+            routes.append(Route(r.path, api.openapi, methods=[r.method], name=r.name))
+        elif r.kind == "static":
+            routes.append(Route(r.path, api.static, methods=[r.method], name=r.name))
+        else:
+            routes.append(Route(r.path, api.endpoint(r), methods=[r.method], name=r.name))
+
+    async def not_found(request: Request, exc_: Exception) -> Response:
+        status = getattr(exc_, "status_code", 404)
+        code = {404: "not_found", 405: "invalid"}.get(status, "invalid")
+        payload = {"error": {"code": code, "message": "no such route" if status == 404 else "method not allowed", "field": None,
+                             "kind": None}}
+        return Response(_json(payload), status_code=404 if status == 404 else 400, media_type="application/json")
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.state.api = api
+    return app
+
+
+__all__ = ["Api", "ApiError", "Limits", "build_app", "row_to_wire", "COLUMNS"]
