@@ -13,7 +13,6 @@ import re
 import shlex
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
@@ -316,23 +315,15 @@ class ApplicationDefinition(metaclass=_AppMeta):
         cls._require_concrete()
         site = cls._site_ref()
         source = capture_source(cls, ApplicationDefinition)
-        now = time.time()
         meta = dumps({"format": "source-v1", "class_name": cls.__name__, "module": cls.__module__,
                       "python": ".".join(map(str, sys.version_info[:3]))})
-        with site.store.write() as conn:
-            if rename_from and rename_from != cls.__name__:
-                if conn.execute("UPDATE app SET name=? WHERE name=?", (cls.__name__, rename_from)).rowcount == 0:
-                    raise AppError(f"no app named {rename_from!r} at site {site.name} to rename")
-            conn.execute(
-                "INSERT INTO app(site_id, name, description, kind, serialized_class, source_code, parameters, var_keyword, "
-                "transfers, created, last_update) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                "description=excluded.description, kind=excluded.kind, serialized_class=excluded.serialized_class, "
-                "source_code=excluded.source_code, parameters=excluded.parameters, var_keyword=excluded.var_keyword, "
-                "transfers=excluded.transfers, last_update=excluded.last_update, version=version+1",
-                (site.id, cls.__name__, inspect.cleandoc(cls.__doc__ or ""), cls._balsam_kind, meta, source,
-                 dumps(cls._balsam_params), 1 if cls._balsam_var_keyword else 0, dumps(cls._balsam_transfers), now, now),
-            )
-            app_id = int(conn.execute("SELECT id FROM app WHERE name=?", (cls.__name__,)).fetchone()[0])
+        fields = {"name": cls.__name__, "description": inspect.cleandoc(cls.__doc__ or ""), "kind": cls._balsam_kind,
+                  "serialized_class": meta, "source_code": source, "parameters": dumps(cls._balsam_params),
+                  "var_keyword": bool(cls._balsam_var_keyword), "transfers": dumps(cls._balsam_transfers)}
+        try:
+            app_id = site.backend.sync_app(fields, rename_from=rename_from)
+        except AppError as e:
+            raise AppError(f"site {site.name}: {e}") from None
         cls.__app_id__ = app_id
         cls.__app_site__ = site.path
         cls._balsam_info = None
@@ -380,7 +371,8 @@ class ApplicationDefinition(metaclass=_AppMeta):
 
         owner = _sites.site_by_id(site_of(app_id)) if site is None and site_of(app_id) else None
         ref = owner or _sites.single_site(site)
-        row = ref.store.conn.execute("SELECT name, source_code, version FROM app WHERE id=?", (app_id,)).fetchone()
+        rows = ref.backend.select("app", {"id": [int(app_id)]}, columns=("name", "source_code", "version"))
+        row = rows[0] if rows else None
         if row is None:
             raise AppError(f"no app with id {app_id} at site {ref.name}")
         return _load(ref, app_id, row[0], row[1], row[2])
@@ -389,7 +381,8 @@ class ApplicationDefinition(metaclass=_AppMeta):
     def load_by_name(cls, name: str, site_name: Optional[str] = None) -> type:
         """The app class stored under ``name``."""
         ref = _sites.single_site(site_name or None)
-        row = ref.store.conn.execute("SELECT id, source_code, version FROM app WHERE name=?", (name,)).fetchone()
+        rows = ref.backend.select("app", {"name": [name]}, columns=("id", "source_code", "version"))
+        row = rows[0] if rows else None
         if row is None:
             raise AppError(f"no app named {name!r} at site {ref.name}")
         return _load(ref, row[0], name, row[1], row[2])
@@ -398,7 +391,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
     def load_by_site(cls, site: Any = None) -> Dict[str, type]:
         """Every app of a site, by name."""
         ref = _sites.single_site(site)
-        rows = ref.store.conn.execute("SELECT id, name, source_code, version FROM app ORDER BY id").fetchall()
+        rows = ref.backend.select("app", {}, columns=("id", "name", "source_code", "version"), order_by=("id",))
         return {name: _load(ref, app_id, name, src, ver) for app_id, name, src, ver in rows}
 
     @classmethod

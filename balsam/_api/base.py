@@ -226,7 +226,7 @@ class Model:
         if self._is_new or self.id is None:
             raise ValidationError(f"this {type(self).__name__} was never saved")
         site = self.__dict__["_site"]
-        rows = q.select(site.store.conn, self._spec, {"id": self.id}, columns=self._columns)
+        rows = site.backend.select(self._spec.table, {"id": self.id}, columns=self._columns)
         if not rows:
             raise self.DoesNotExist(f"{type(self).__name__} {self.id} no longer exists")
         self._reload_from(rows[0])
@@ -328,11 +328,11 @@ class Query(Generic[M]):
         if len(sites) == 1:
             site = sites[0]
             limit = None if hi is None else max(hi - lo, 0)
-            rows = q.select(site.store.conn, spec, filters, columns=model._columns, order_by=self._order, limit=limit, offset=lo)
+            rows = site.backend.select(spec.table, filters, columns=model._columns, order_by=self._order, limit=limit, offset=lo)
             results = [model._from_row(site, r) for r in rows]
         else:
             for site in sites:
-                rows = q.select(site.store.conn, spec, filters, columns=model._columns, order_by=self._order, limit=hi)
+                rows = site.backend.select(spec.table, filters, columns=model._columns, order_by=self._order, limit=hi)
                 results.extend(model._from_row(site, r) for r in rows)
             results = _merge_sort(results, self._order or spec.default_order)
             results = results[lo:hi]
@@ -397,7 +397,7 @@ class Query(Generic[M]):
         if self._sliced:
             return len(self._fetch())
         filters = dict(self._filters)
-        return sum(q.count(site.store.conn, self._model._spec, filters) for site in _sites.scope(filters))
+        return sum(site.backend.count(self._model._spec.table, filters) for site in _sites.scope(filters))
 
     def first(self) -> Optional[M]:
         """The first object in order, or None."""
@@ -425,7 +425,7 @@ class Query(Generic[M]):
         filters = dict(self._filters)
         out = []
         for site in _sites.scope(filters):
-            out.append((site, q.ids(site.store.conn, self._model._spec, filters)))
+            out.append((site, site.backend.ids(self._model._spec.table, filters)))
         return out
 
     def update(self, **fields: Any) -> int:

@@ -62,7 +62,7 @@ def _state_counts(query: "Query[Any]") -> Dict[str, int]:
     out: Dict[str, int] = {}
     filters = dict(query._filters)
     for site in _sites.scope(filters):
-        for state, n in q.count_by(site.store.conn, query._model._spec, filters, column).items():
+        for state, n in site.backend.count_by(query._model._spec.table, filters, column).items():
             out[str(state)] = out.get(str(state), 0) + n
     return out
 

@@ -61,7 +61,7 @@ def invalidate_app_cache() -> None:
 
 
 def _load_apps(site: "SiteRef") -> None:
-    for app_id, name, params, var_kw in site.store.conn.execute("SELECT id, name, parameters, var_keyword FROM app"):
+    for app_id, name, params, var_kw in site.backend.select("app", {}, columns=("id", "name", "parameters", "var_keyword")):
         spec = loads(params)
         info = AppInfo(site, app_id, name, spec, bool(var_kw), frozenset(k for k, v in spec.items() if v.get("required")))
         _app_cache[(site.path, app_id)] = info
@@ -289,9 +289,8 @@ class Job(Model):
     def delete(self) -> None:
         """Delete the job (refused while a launcher holds it)."""
         site = self.__dict__["_site"]
-        with site.store.write() as conn:
-            if job_db.delete_jobs(conn, [int(self.id or 0)]) == 0:
-                raise self.DoesNotExist(f"job {self.id} no longer exists")
+        if site.backend.delete_jobs([int(self.id or 0)]) == 0:
+            raise self.DoesNotExist(f"job {self.id} no longer exists")
         self.__dict__["_row"] = None
 
     # ---------------------------------------------------------------- parameters, app, paths
@@ -410,7 +409,7 @@ class Job(Model):
         raise JobFailed(f"job {self.id} ended {state}: {self._last_message()}")
 
     def _last_message(self) -> str:
-        return job_db.last_event_message(self.__dict__["_site"].store.conn, int(self.id or 0)) or "no message recorded"
+        return self.__dict__["_site"].backend.last_event_message(int(self.id or 0)) or "no message recorded"
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """Wait for the job to finish, then return its value or re-raise its exception.
@@ -470,9 +469,10 @@ class JobManager(Manager[Job]):
             entry[1].append(job)
             entry[2].append(job._creation_row())
         for site, group, rows in groups.values():
-            now = time.time()
-            with site.store.write() as conn:
-                _insert_rows(conn, group, rows, now)
+            transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
+            ids, states, now = site.backend.create_jobs(rows, transfers)
+            for i, (job, row) in enumerate(zip(group, rows)):
+                job._mark_created(row, ids[i], states[i], now)
         return list(jobs)
 
     def bulk_update(self, jobs: Sequence[Job]) -> None:
@@ -502,20 +502,14 @@ class JobManager(Manager[Job]):
                     changes.append(StateChange(int(job.id or 0), name, timestamp=None if ts is None else q.to_timestamp(ts),
                                                data=job.__dict__.get("state_data"),
                                                session_id=job.__dict__.get("_session_id") if name == "RUNNING" else None))
-            with site.store.write() as conn:
-                if updates:
-                    job_db.update_job_fields(conn, updates)
-                for child, new in parents:
-                    job_db.add_parents(conn, child, new)
-                if changes:
-                    job_db.apply_state_changes(conn, changes, strict=True)
+            site.backend.update_jobs(updates, parents, changes)
             self._reload(site, group)
 
     def _reload(self, site: "SiteRef", group: List[Job]) -> None:
         by_id = {job.id: job for job in group}
         for chunk_start in range(0, len(group), 20000):
             ids = [j.id for j in group[chunk_start : chunk_start + 20000]]
-            for row in q.select(site.store.conn, q.JOB, {"id": ids}, columns=Job._columns):
+            for row in site.backend.select("job", {"id": ids}, columns=Job._columns):
                 job = by_id[row[0]]
                 job._reload_from(row)
                 job.__dict__["state_data"] = None
@@ -539,21 +533,19 @@ class JobManager(Manager[Job]):
         for site, ids in query._per_site_ids():
             if not ids:
                 continue
-            with site.store.write() as conn:
-                if fields:
-                    job_db.update_job_fields(conn, [(i, dict(fields)) for i in ids])
-                if state is not None:
-                    name = to_state(state).value
-                    ts = None if state_ts is None else q.to_timestamp(state_ts)
-                    job_db.apply_state_changes(conn, [StateChange(i, name, timestamp=ts, data=state_data) for i in ids], strict=True)
+            changes: List[StateChange] = []
+            if state is not None:
+                name = to_state(state).value
+                ts = None if state_ts is None else q.to_timestamp(state_ts)
+                changes = [StateChange(i, name, timestamp=ts, data=state_data) for i in ids]
+            site.backend.update_jobs([(i, dict(fields)) for i in ids] if fields else [], (), changes)
             total += len(ids)
         return total
 
     def _query_delete(self, query: Query[Job]) -> int:
         total = 0
         for site, ids in query._per_site_ids():
-            with site.store.write() as conn:
-                total += job_db.delete_jobs(conn, ids)
+            total += site.backend.delete_jobs(ids)
         return total
 
     # ---------------------------------------------------------------- futures over many jobs
@@ -563,11 +555,7 @@ class JobManager(Manager[Job]):
             ids = [int(job.id or 0) for job in group]
             for start in range(0, len(ids), 20000):
                 chunk = ids[start : start + 20000]
-                rows = site.store.conn.execute(
-                    f"SELECT id FROM job WHERE id IN (SELECT value FROM json_each(?)) AND state IN ({','.join('?' * len(_DONE_NAMES))})",
-                    (dumps(chunk), *_DONE_NAMES),
-                ).fetchall()
-                out.update((site.id, r[0]) for r in rows)
+                out.update((site.id, i) for i in site.backend.ids("job", {"id": chunk, "state": list(_DONE_NAMES)}))
         return out
 
     def _poll(self, jobs: Sequence[Job], timeout: Optional[float], poll_interval: Optional[float]) -> Iterator[List[Job]]:
@@ -581,9 +569,10 @@ class JobManager(Manager[Job]):
         versions: Dict[Path, int] = {}
         delay = 0.02
         while pending:
-            changed = [s for p, s in sites.items() if versions.get(p) != s.store.data_version()]
+            now_versions = {p: s.backend.data_version() for p, s in sites.items()}
+            changed = [s for p, s in sites.items() if now_versions[p] is None or versions.get(p) != now_versions[p]]
             for s in changed:
-                versions[s.path] = s.store.data_version()
+                versions[s.path] = now_versions[s.path] or 0
             if changed or not versions:
                 done_keys = self._done_ids(list(pending.values()))
                 finished = [pending.pop(k) for k in list(pending) if k in done_keys]

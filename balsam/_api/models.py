@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence
 
@@ -14,8 +14,7 @@ from balsam.db import batch_jobs as batch_db
 from balsam.db import jobs as job_db
 from balsam.db import query as q
 from balsam.db import sessions as session_db
-from balsam.db import transfers as transfer_db
-from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, check_batch_transition, to_batch_state
+from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, to_batch_state
 from balsam.exceptions import JobLockedError, ValidationError
 
 if TYPE_CHECKING:
@@ -36,14 +35,7 @@ def _write_changes(obj: Model, table: str) -> None:
         return
     fields = obj._fields
     site = obj.__dict__["_site"]
-    cols = list(changed)
-    values = [fields[c].encode(changed[c]) for c in cols]
-    with site.store.write() as conn:
-        conn.execute(
-            f"UPDATE {table} SET {', '.join(f'{c}=?' for c in cols)}{', last_update=?' if 'last_update' in obj._columns else ''}, "
-            f"version=version+1 WHERE id=?",
-            (*values, *([time.time()] if "last_update" in obj._columns else []), obj.id),
-        )
+    site.backend.update_rows(table, [(int(obj.id or 0), {c: fields[c].encode(v) for c, v in changed.items()})])
     obj.refresh_from_db()
 
 
@@ -119,8 +111,7 @@ class Site(Model):
 
     def refresh_from_db(self) -> None:
         site = self.__dict__["_site"]
-        row = site.store.conn.execute(f"SELECT {', '.join(self._columns)} FROM site LIMIT 1").fetchone()
-        self._reload_from(row)
+        self._reload_from(site.backend.site_row(self._columns))
 
     def delete(self) -> None:
         """Remove the site: its directory (jobs, data, logs) and its registry entry."""
@@ -145,7 +136,10 @@ class _SiteQuery(Query[Site]):
             sites.append(current)
         results: List[Site] = []
         for site in sites:
-            rows = q.select(site.store.conn, SITE_SPEC, dict(self._filters), columns=Site._columns)
+            if site.is_home:
+                rows = q.select(site.store.conn, SITE_SPEC, dict(self._filters), columns=Site._columns)
+            else:
+                rows = [site.backend.site_row(Site._columns)] if _matches(site, self._filters) else []
             results.extend(Site._from_row(site, r) for r in rows)
         from balsam._api.base import _merge_sort
 
@@ -155,6 +149,19 @@ class _SiteQuery(Query[Site]):
 
     def count(self) -> int:
         return len(self._fetch())
+
+
+def _matches(site: "SiteRef", filters: Dict[str, Any]) -> bool:
+    """Site filters for a site reached over HTTP (id, name, path)."""
+    for key, value in filters.items():
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        if key == "id" and site.id not in {int(v) for v in values}:
+            return False
+        if key == "name" and site.name not in {str(v) for v in values}:
+            return False
+        if key == "path" and str(value) not in str(site.path):
+            return False
+    return True
 
 
 class SiteManager(Manager[Site]):
@@ -213,11 +220,7 @@ class App(Model):
 
     def delete(self) -> None:
         """Delete the app and its jobs (refused while a launcher holds any of them)."""
-        site = self.__dict__["_site"]
-        with site.store.write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM job WHERE app_id=?", (self.id,))]
-            job_db.delete_jobs(conn, ids)
-            conn.execute("DELETE FROM app WHERE id=?", (self.id,))
+        self.__dict__["_site"].backend.delete_rows("app", [int(self.id or 0)])
         invalidate_app_cache()
 
 
@@ -289,6 +292,8 @@ class BatchJob(Model):
         site = self.__dict__["_site"]
         d = self.__dict__
         fields = {k: d.get(k) for k in ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "partitions")}
+        if conn is None and not site.is_home:
+            return  # the agent checks it against the site's policies when it is saved
         checked = batch_db.check_batch_job(conn or site.store.conn, fields, new=self._is_new)
         d["queue"], d["project"] = checked["queue"], checked["project"]
 
@@ -297,29 +302,22 @@ class BatchJob(Model):
         site = self.__dict__["_site"]
         if self._is_new:
             d = self.__dict__
-            with site.store.write() as conn:
-                new_id = batch_db.create_batch_job(
-                    conn, num_nodes=d["num_nodes"], wall_time_min=d["wall_time_min"], job_mode=d["job_mode"], queue=d["queue"],
-                    project=d["project"], optional_params=d["optional_params"], filter_tags=d["filter_tags"], partitions=d["partitions"])
+            new_id = site.backend.create_batch_job(dict(
+                num_nodes=d["num_nodes"], wall_time_min=d["wall_time_min"], job_mode=d["job_mode"], queue=d["queue"],
+                project=d["project"], optional_params=d["optional_params"], filter_tags=d["filter_tags"], partitions=d["partitions"]))
             self.__dict__["_row"] = {"id": new_id}
             self.refresh_from_db()
             return
         changed = self._changed_fields()
         if "state" in changed:
-            new = to_batch_state(changed["state"]).value
-            current = site.store.conn.execute("SELECT state FROM batch_job WHERE id=?", (self.id,)).fetchone()
-            if current is not None:
-                check_batch_transition(current[0], new, self.id)
-            self.__dict__["state"] = new
+            self.__dict__["state"] = to_batch_state(changed["state"]).value  # the store checks the transition
         _write_changes(self, "batch_job")
 
     def delete(self) -> None:
         """Delete a BatchJob that is not active (set state to pending_deletion to cancel an active one)."""
         if self.state in {s.value for s in BATCH_ACTIVE_STATES} or self.state == BatchJobState.pending_deletion.value:
             raise ValidationError(f"batch job {self.id} is {self.state}: set its state to pending_deletion to cancel it first")
-        site = self.__dict__["_site"]
-        with site.store.write() as conn:
-            conn.execute("DELETE FROM batch_job WHERE id=?", (self.id,))
+        self.__dict__["_site"].backend.delete_rows("batch_job", [int(self.id or 0)])
 
     def partitions_to_cli_args(self) -> str:
         """The partitions as ``-p mode:nodes:k=v`` launcher arguments."""
@@ -385,15 +383,13 @@ class Session(Model):
             return
         site = self.__dict__["_site"]
         batch_job_id, label = self.__dict__["_new"]
-        with site.store.write() as conn:
-            sid = session_db.create_session(conn, host=_sites.this_host(), batch_job_id=batch_job_id, label=label)
+        sid = site.backend.create_session(host=_sites.this_host(), pid=os.getpid(), batch_job_id=batch_job_id, label=label)
         self.__dict__["_row"] = {"id": sid}
         self.refresh_from_db()
 
     def tick(self) -> None:
         """Renew the lease."""
-        with self.__dict__["_site"].store.write() as conn:
-            session_db.tick(conn, int(self.id or 0))
+        self.__dict__["_site"].backend.tick(int(self.id or 0))
 
     def acquire_jobs(
         self,
@@ -412,10 +408,9 @@ class Session(Model):
 
         site = self.__dict__["_site"]
         names = sorted(s.value for s in to_states(states))
-        with site.store.write() as conn:
-            rows = session_db.acquire(conn, int(self.id or 0), states=names, max_num_jobs=max_num_jobs, filter_tags=filter_tags,
-                                      app_ids=app_ids, serial_only=serial_only, max_nodes_per_job=max_nodes_per_job,
-                                      max_aggregate_nodes=max_aggregate_nodes, max_wall_time_min=max_wall_time_min, sort_by=sort_by)
+        rows = site.backend.acquire(int(self.id or 0), max_num_jobs, 0.0, states=names, filter_tags=filter_tags, app_ids=app_ids,
+                                    serial_only=serial_only, max_nodes_per_job=max_nodes_per_job,
+                                    max_aggregate_nodes=max_aggregate_nodes, max_wall_time_min=max_wall_time_min, sort_by=sort_by)
         ids = [r["id"] for r in rows]
         order = {i: n for n, i in enumerate(ids)}
         jobs = list(Job.objects.filter(id=ids, site_id=site.id)) if ids else []
@@ -426,8 +421,7 @@ class Session(Model):
 
     def delete(self) -> None:
         """Release the lease: running jobs become RUN_TIMEOUT, the rest are unlocked."""
-        with self.__dict__["_site"].store.write() as conn:
-            session_db.release(conn, int(self.id or 0))
+        self.__dict__["_site"].backend.release(int(self.id or 0))
 
 
 bind_manager(Session)
@@ -470,16 +464,14 @@ class TransferItemManager(Manager[TransferItem]):
         for site, group in by_site(items):
             changed = [(item, item._changed_fields()) for item in group]
             changed = [(item, fields) for item, fields in changed if fields]
-            with site.store.write() as conn:
-                transfer_db.update_items(conn, [(int(item.id or 0), fields) for item, fields in changed])
+            site.backend.update_rows("transfer_item", [(int(item.id or 0), fields) for item, fields in changed])
             for item, _ in changed:
                 item.refresh_from_db()
 
     def _query_update(self, query: Query[TransferItem], fields: Dict[str, Any]) -> int:
         n = 0
         for site, ids in query._per_site_ids():
-            with site.store.write() as conn:
-                transfer_db.update_items(conn, [(i, dict(fields)) for i in ids])
+            site.backend.update_rows("transfer_item", [(i, dict(fields)) for i in ids])
             n += len(ids)
         return n
 

@@ -5,7 +5,9 @@ Scope rules:
 - otherwise the *current site*: :func:`use_site`, else ``BALSAM_SITE_PATH``, else the site enclosing the
   working directory;
 - otherwise every registered site whose home host is this host.
-Sites of other hosts are never opened (DESIGN.md section 3); naming one explicitly is a ForeignHostError.
+A site of another host is never opened (DESIGN.md section 3): when its directory is visible here (a second
+login node, a compute node), it is reached through its agent's /v1 HTTP API with the same calls and errors
+(:attr:`SiteRef.backend`); otherwise naming it is a ForeignHostError.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from balsam.db import Store, open_store
+from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound
 from balsam.site import Registry, SiteLayout, find_site_root, this_host
 
@@ -38,11 +41,23 @@ class SiteRef:
 
     @property
     def store(self) -> Store:
+        """The SQLite store (home host only: elsewhere opening it is a ForeignHostError)."""
         return store_for(self.path)
+
+    @property
+    def is_home(self) -> bool:
+        """Whether this host is the site's home host (the DB is opened directly)."""
+        return not self.host or self.host == this_host()
+
+    @property
+    def backend(self) -> Backend:
+        """How this process reaches the site: its store on the home host, the agent's HTTP API elsewhere."""
+        return _backend_for(self.path, self.host)
 
 
 _lock = threading.Lock()
 _stores: Dict[Path, Store] = {}
+_backends: Dict[Path, Backend] = {}
 _refs: Dict[Path, SiteRef] = {}
 _current: Optional[Path] = None
 generation = 0
@@ -58,6 +73,28 @@ def store_for(root: Path) -> Store:
         return store
 
 
+def _backend_for(root: Path, owner: str) -> Backend:
+    backend = _backends.get(root)
+    if backend is not None:
+        return backend
+    if not owner or owner == this_host():
+        backend = LocalBackend(store_for(root))
+    else:
+        from balsam.http.client import HttpBackend
+
+        backend = HttpBackend.for_site(root)
+    with _lock:
+        return _backends.setdefault(root, backend)
+
+
+def backend_reason(ref: SiteRef) -> str:
+    """Why ``ref`` is reached the way it is (``balsam which``)."""
+    if ref.is_home:
+        return f"this host ({this_host()}) is the site's home host: the API opens its SQLite DB directly"
+    return (f"this host ({this_host()}) is not the site's home host ({ref.host}): SQLite must not be shared across hosts, so "
+            f"the API goes through the site agent's HTTP API (BALSAM_HOSTNAME sets this host's name)")
+
+
 def ref_for_root(root: Path) -> SiteRef:
     """The SiteRef of a site directory (identity read from its DB)."""
     ref = _refs.get(root)  # paths are cached resolved; a hit skips the filesystem
@@ -68,10 +105,15 @@ def ref_for_root(root: Path) -> SiteRef:
         ref = _refs.get(root)
     if ref is not None:
         return ref
-    store = store_for(root)
-    row = store.conn.execute("SELECT id, name FROM site LIMIT 1").fetchone()
-    owner = store.get_meta("home_host") or this_host()
-    ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=owner)
+    recorded = SiteLayout(root).home_host()
+    if recorded and recorded != this_host():
+        row = _backend_for(root, recorded).site_row(("id", "name"))
+        ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=recorded)
+    else:
+        store = store_for(root)
+        row = store.conn.execute("SELECT id, name FROM site LIMIT 1").fetchone()
+        owner = store.get_meta("home_host") or this_host()
+        ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=owner)
     with _lock:
         _refs[root] = ref
     return ref
@@ -119,6 +161,8 @@ def resolve(key: Union[str, int, Path, Any]) -> SiteRef:
         if ref is None:
             raise
         return ref
+    if entry.host and entry.host != this_host() and SiteLayout(Path(entry.path)).is_site():
+        return ref_for_root(Path(entry.path))  # reached through its agent's API
     if entry.host and entry.host != this_host():
         raise ForeignHostError(
             f"site {entry.name!r} lives on host {entry.host!r} and this is {this_host()!r}: its DB can only be opened there "
@@ -334,5 +378,9 @@ def reset() -> None:
         for store in _stores.values():
             store.close()
         _stores.clear()
+        for backend in _backends.values():
+            if backend.kind != "local":
+                backend.close()
+        _backends.clear()
         _refs.clear()
     _current = None

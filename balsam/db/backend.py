@@ -39,7 +39,7 @@ _SPECS: Dict[str, q.TableSpec] = dict(q.SPECS)
 _WRITABLE = {
     "site": frozenset({"last_refresh", "globus_endpoint_id", "backfill_windows", "queued_jobs", "optional_batch_job_params",
                        "allowed_projects", "allowed_queues", "transfer_locations"}),
-    "app": frozenset({"name", "description"}),
+    "app": frozenset({"name", "description", "parameters", "var_keyword", "transfers"}),
     "batch_job": frozenset({"scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",
                             "filter_tags", "partitions", "state", "status_info", "start_time", "end_time"}),
 }
