@@ -404,7 +404,7 @@ def _job_fields(item: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Optio
         elif k in ("tags", "data", "launch_params", "parameters"):
             if not isinstance(v, dict):
                 raise ValidationError(f"{where}: {k} must be an object")
-            fields[k] = dumps(v)
+            fields[k] = dumps(v) if k == "parameters" else v  # parameters are stored text; the rest the store encodes
         elif k in ("serialized_return_value", "serialized_exception"):
             fields[k] = None if v is None else base64.b64decode(str(v))
         else:
