@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytest
 
-from tests.launcher_support import runnable, states, wait_for
+from tests.launcher_support import runnable, states
 
 
 @pytest.fixture
