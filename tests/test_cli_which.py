@@ -21,6 +21,7 @@ def test_inside_a_site(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert f"Site:       test-site (id {site.id}) at {site.path}" in out
     assert f"Found by:   the working directory ({site.path / 'data' / 'sub'})" in out
     assert f"(schema {CURRENT_VERSION}; this Balsam: {CURRENT_VERSION}" in out and "Preset:     local" in out
+    assert "Backend:    local: this host" in out
     assert f"Balsam:     {__version__} (source tree:" in out or f"Balsam:     {__version__} (installed:" in out
     data = json.loads(ok("which", "--json").stdout)
     assert data["site"]["name"] == "test-site" and data["site"]["schema_version"] == CURRENT_VERSION and data["balsam"]["version"] == __version__
@@ -45,4 +46,7 @@ def test_site_of_another_host(tmp_path: Path, site: Any, monkeypatch: pytest.Mon
     monkeypatch.setenv("BALSAM_HOSTNAME", "elsewhere")
     data = json.loads(ok("which", "--site", str(site.path), "--json").stdout)
     assert "can only be opened there" in data["site"]["note"] and "schema_version" not in data["site"]
+    assert data["site"]["backend"] == "http" and "balsam site start" in data["site"]["api_error"]
     assert Registry().lookup("test-site")
+    out = ok("which", "--site", str(site.path)).stdout
+    assert "Backend:    http: this host (elsewhere) is not the site's home host" in out and "not running" in out

@@ -66,6 +66,12 @@ def test_a_site_of_another_host_is_never_opened(tmp_path: Path, monkeypatch: pyt
     sites.reset()
     with pytest.raises(ForeignHostError, match="lives on 'login1'"):
         Job.objects.count()
+    from balsam.exceptions import ServiceError
+
+    with pytest.raises(ServiceError, match="belongs to host 'login1' and this is 'login2'.*agent.*not running.*balsam site start"):
+        sites.resolve("alpha")  # the directory is visible here: reached through the agent's API, which is not running
+    (tmp_path / "s").rename(tmp_path / "gone")
+    sites.reset()
     with pytest.raises(ForeignHostError, match="site 'alpha' lives on host 'login1'"):
         sites.resolve("alpha")
 

@@ -80,9 +80,16 @@ def _backend_for(root: Path, owner: str) -> Backend:
     if not owner or owner == this_host():
         backend = LocalBackend(store_for(root))
     else:
+        from balsam.exceptions import ServiceError
         from balsam.http.client import HttpBackend
 
-        backend = HttpBackend.for_site(root)
+        try:
+            backend = HttpBackend.for_site(root)
+        except ServiceError as e:
+            raise ServiceError(
+                f"site {root} belongs to host {owner!r} and this is {this_host()!r}, so it is reached through its agent's "
+                f"HTTP API, and {e}; if the site moved here for good, run 'balsam site rename-host' (from {root})"
+            ) from None
     with _lock:
         return _backends.setdefault(root, backend)
 

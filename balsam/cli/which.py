@@ -34,7 +34,7 @@ def _installed_versions() -> Dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for name in ("click", "jinja2", "markupsafe", "pyyaml", "psutil"):
+    for name in ("click", "jinja2", "markupsafe", "pyyaml", "psutil", "starlette", "uvicorn", "h11", "wsproto"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -80,8 +80,25 @@ def _site_info(root: Path) -> Dict[str, Any]:
     info: Dict[str, Any] = {"path": str(root), "home_host": home, "preset": layout.preset(), "db": str(layout.db_path),
                             "code_schema_version": CURRENT_VERSION}
     if home and home != this_host():
+        info["backend"] = "http"
+        info["backend_reason"] = (f"this host ({this_host()}) is not the site's home host ({home}): its DB can only be opened "
+                                  "there, so the API and CLI go through the site agent's HTTP API")
         info["note"] = f"the site belongs to host {home!r}: its DB can only be opened there"
+        from balsam.exceptions import BalsamError
+        from balsam.http.serve import read_address
+
+        try:
+            address = read_address(layout.state)
+            info["api_url"] = address.get("url") or f"{address.get('host')}:{address.get('port')}"
+            from balsam.http.client import HttpBackend
+
+            row = HttpBackend.for_site(root, retry_s=2).site_row(("id", "name"))
+            info.update(id=row[0], name=row[1])
+        except BalsamError as e:
+            info["api_error"] = str(e)
         return info
+    info["backend"] = "local"
+    info["backend_reason"] = f"this host ({this_host()}) is the site's home host: the DB is opened directly"
     store = open_store(root, this_host())
     try:
         version, _, pending = maintenance.schema_status(store)
@@ -161,6 +178,9 @@ def which(site: Optional[str], as_json: bool) -> None:
         pending = f"; 'balsam db migrate' applies: {', '.join(s['pending_migrations'])}" if s.get("pending_migrations") else ""
         click.echo(f"Database:   {s['db']} ({schema}; this Balsam: {s['code_schema_version']}{extra}){pending}")
         click.echo(f"Preset:     {s['preset'] or 'unknown'}")
+        click.echo(f"Backend:    {s['backend']}" + (f" at {s['api_url']}" if s.get("api_url") else "") + f": {s['backend_reason']}")
+        if s.get("api_error"):
+            click.echo(f"API:        {s['api_error']}")
     b = data["balsam"]
     click.echo(f"Balsam:     {b['version']} ({b['kind']}: {b['path']}" + (f", build {b['build']})" if "build" in b else ")"))
     if b.get("dependencies"):
