@@ -105,12 +105,16 @@ class WebSocketHub:
         self.period_s = period_s
         self.subscribers: Set["asyncio.Queue[Dict[str, Any]]"] = set()
         self._task: Optional["asyncio.Task[None]"] = None
+        self._after: Optional[int] = None
 
-    def subscribe(self) -> "asyncio.Queue[Dict[str, Any]]":
+    async def subscribe(self) -> "asyncio.Queue[Dict[str, Any]]":
+        """A queue of changes made from now on."""
         queue: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue(maxsize=10_000)
-        self.subscribers.add(queue)
         if self._task is None or self._task.done():
+            self._after = None
+            self._after, _, _ = await asyncio.to_thread(self._read, None)  # the stream starts after the newest event
             self._task = asyncio.get_running_loop().create_task(self._poll())
+        self.subscribers.add(queue)
         return queue
 
     def unsubscribe(self, queue: "asyncio.Queue[Dict[str, Any]]") -> None:
@@ -123,14 +127,13 @@ class WebSocketHub:
         last, rows = events_since(after, 5000)
         msgs = [{"type": "job", "site_id": self.site_id, "id": r[1], "state": r[4], "from_state": r[3], "ts": iso(r[2]),
                  "event_id": r[0]} for r in rows]
-        counts = {str(k): v for k, v in self.backend.count_by("job", {}, "state").items()} if rows or after is None else {}
+        counts = {str(k): v for k, v in self.backend.count_by("job", {}, "state").items()} if rows else {}
         return last, msgs, counts
 
     async def _poll(self) -> None:
-        after: Optional[int] = None
         try:
             while self.subscribers:
-                after, msgs, counts = await asyncio.to_thread(self._read, after)
+                self._after, msgs, counts = await asyncio.to_thread(self._read, self._after)
                 if counts:
                     msgs.append({"type": "counts", "site_id": self.site_id, "counts": counts, "ts": iso(time.time())})
                 for queue in list(self.subscribers):
@@ -139,6 +142,8 @@ class WebSocketHub:
                             break  # a stalled subscriber misses changes; it reloads on reconnect
                         queue.put_nowait(m)
                 await asyncio.sleep(self.period_s)
+        except RuntimeError:  # the server is shutting down (no more worker threads)
+            pass
         except Exception:  # the poller restarts with the next subscriber
             logger.exception("the WebSocket poller failed")
 
@@ -323,9 +328,12 @@ class Api:
             await ws.close(code=4401, reason=e.message[:120])
             return
         await ws.accept()
-        queue = self.hub.subscribe()
+        queue = await self.hub.subscribe()
         await ws.send_json({"type": "hello", "site_id": self.site_id, "user": principal.name})
         try:
+            counts = await asyncio.to_thread(self.backend.count_by, "job", {}, "state")
+            await ws.send_json({"type": "counts", "site_id": self.site_id, "counts": {str(k): v for k, v in counts.items()},
+                                "ts": iso(time.time())})
             while True:
                 msg = await queue.get()
                 await ws.send_json(msg)
