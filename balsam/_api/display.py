@@ -11,7 +11,6 @@ import html
 from typing import TYPE_CHECKING, Any, Dict, List, Sequence
 
 from balsam._api import sites as _sites
-from balsam.db import query as q
 
 if TYPE_CHECKING:
     from balsam._api.base import Model, Query
