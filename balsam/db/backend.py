@@ -179,9 +179,11 @@ class LocalBackend(Backend):
         return q.count(self.store.conn, spec_for(table), filters)
 
     def count_by(self, table: str, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
-        if column not in spec_for(table).order_fields:
-            raise ValidationError(f"cannot group {table} by {column!r}")
-        return q.count_by(self.store.conn, spec_for(table), filters, column)
+        spec = spec_for(table)
+        columns = {r[1] for r in self.store.conn.execute(f"PRAGMA table_info({spec.table})")}
+        if column not in columns:
+            raise ValidationError(f"cannot group {spec.noun} by {column!r}")
+        return q.count_by(self.store.conn, spec, filters, column)
 
     def ids(self, table: str, filters: Dict[str, Any]) -> List[int]:
         return q.ids(self.store.conn, spec_for(table), filters)
