@@ -86,3 +86,72 @@ def test_a_refused_submission_is_submit_failed_with_the_reason(scheduler: Any, s
     bj.refresh_from_db()
     assert bj.state == "submit_failed"
     assert "no_such_variable" in bj.status_info["error"]
+
+
+# ------------------------------------------------------------------------------- scheduler outages (issue 19)
+def _pbs_service(site: Any, reply: Any) -> Any:
+    from balsam.platforms.runner import FakeRunner
+
+    adapter = get_scheduler("pbs", FakeRunner(responder=reply))
+    return SchedulerService(site, SchedulerSettings(sync_period_s=0.1), adapter, balsam_command="balsam")
+
+
+def _queued(site: Any, scheduler_id: int, state: str = "queued") -> int:
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    with site.store.write() as conn:
+        conn.execute("UPDATE batch_job SET state=?, scheduler_id=? WHERE id=?", (state, scheduler_id, bj.id))
+    return int(bj.id)
+
+
+def test_a_scheduler_outage_keeps_every_batch_job_and_says_why(site: Any) -> None:
+    """The real PBS outage capture: exit 255, a JSON header with no Jobs, 'cannot connect' on stderr."""
+    import json
+
+    from balsam.platforms.runner import CommandResult
+    from balsam.services.base import ServiceThread
+    from balsam.services.scheduler import SchedulerUnreachable
+    from tests.platforms_support import fixture
+
+    cap = json.loads(fixture("real", "pbs", "qut_qstat_connection_refused.json"))
+    service = _pbs_service(site, lambda a: CommandResult(a, cap["returncode"], cap["stdout"], cap["stderr"]))
+    queued, running = _queued(site, 101), _queued(site, 102, "running")
+    with pytest.raises(SchedulerUnreachable, match="keeps its state.*cannot connect to server"):
+        service.run_cycle()
+    assert BatchJob.objects.get(id=queued).state == "queued" and BatchJob.objects.get(id=running).state == "running"
+    import threading
+
+    thread = ServiceThread(service, threading.Event())
+    for _ in range(3):
+        thread.run_one()
+    health = thread.health()
+    assert health["failures_in_a_row"] == 3 and "cannot connect to server" in health["last_error"]
+    assert health["retry_in_s"] > service.period_s * 4  # backs off
+    from balsam.cli.service import format_status
+
+    text = format_status({"running": True, "services": {"scheduler": health}})
+    assert "ERROR" in text and "cannot connect to server" in text and "3 cycles in a row" in text
+    assert BatchJob.objects.get(id=queued).state == "queued"
+
+
+def test_a_batch_job_missing_from_the_listing_ends_only_when_the_history_agrees(site: Any) -> None:
+    from balsam.services.scheduler import MISSING_POLLS
+    from tests.platforms_support import fixture
+
+    listing = '{"timestamp":1,"pbs_version":"2022","pbs_server":"s"}'  # a successful poll that lists neither job
+    history = {"1290": fixture("pbs", "qstat_x_f_json_deleted_before_run.txt"),
+               "1147579": fixture("pbs", "qstat_f_json.txt")}  # the history shows 1147579 still running
+
+    def reply(argv: Any) -> str:
+        return history[argv[-1]] if len(argv) == 6 else listing
+
+    service = _pbs_service(site, reply)
+    deleted, alive = _queued(site, 1290), _queued(site, 1147579, "running")
+    for _ in range(MISSING_POLLS - 1):
+        service.run_cycle()
+        assert BatchJob.objects.get(id=deleted).state == "queued"  # missing once or twice is not the end
+    service.run_cycle()
+    bj = BatchJob.objects.get(id=deleted)
+    assert bj.state == "finished" and bj.status_info["scheduler_state"] == "cancelled"
+    assert "terminated" in bj.status_info["reason"]
+    kept = BatchJob.objects.get(id=alive)  # missing as often, but the history says it runs: kept, count reset
+    assert kept.state == "running" and kept.status_info["missing_polls"] == "0"

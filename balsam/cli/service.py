@@ -82,6 +82,9 @@ def format_status(status: Dict[str, Any]) -> str:
                      f"{h.get('errors', 0)} errors{backlog}")
         if h.get("last_error"):
             lines.append(f"  {'':<16} last error: {h['last_error']}")
+        if h.get("failures_in_a_row"):
+            lines.append(f"  {'':<16} failing for {_age(h.get('failing_since'))[:-4]} ({h['failures_in_a_row']} cycles in a row); "
+                         f"retrying every {h.get('retry_in_s') or 0:.0f} s")
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 
 A service implements :meth:`Service.run_cycle` (one pass of its work) and optionally :meth:`Service.cleanup`.
 :class:`ServiceThread` calls ``run_cycle`` every ``period_s`` until the stop event is set, records each
-cycle's time and any error (a failing cycle is logged and retried next period, never fatal), and calls
-``cleanup`` once at the end. Health is what ``balsam site status`` shows.
+cycle's time and any error (a failing cycle is logged and retried, never fatal: after consecutive failures
+the wait doubles, up to ``MAX_BACKOFF_S``, so an outage of the scheduler or a full disk is not hammered), and
+calls ``cleanup`` once at the end. Health is what ``balsam site status`` shows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import traceback
 from typing import Any, Dict, Optional
 
 logger = logging.getLogger(__name__)
+MAX_BACKOFF_S = 300.0
 
 
 class Service:
@@ -48,6 +50,14 @@ class ServiceThread(threading.Thread):
         self.last_cycle_s: Optional[float] = None
         self.last_error: Optional[str] = None
         self.last_error_time: Optional[float] = None
+        self.failures_in_a_row = 0
+        self.failing_since: Optional[float] = None
+
+    def next_wait_s(self) -> float:
+        """The wait before the next cycle: the period, doubled per failure in a row (capped)."""
+        if not self.failures_in_a_row:
+            return self.service.period_s
+        return float(max(self.service.period_s, min(MAX_BACKOFF_S, self.service.period_s * 2.0 ** min(self.failures_in_a_row, 20))))
 
     def run_one(self) -> None:
         """One cycle, with its time and error recorded."""
@@ -55,11 +65,16 @@ class ServiceThread(threading.Thread):
         try:
             self.service.run_cycle()
             self.last_error = None
+            self.failures_in_a_row = 0
+            self.failing_since = None
         except Exception as exc:  # a failing cycle must not kill the agent
             self.errors += 1
+            self.failures_in_a_row += 1
+            self.failing_since = self.failing_since or start
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.last_error_time = time.time()
-            logger.error("%s: cycle failed: %s\n%s", self.service.name, self.last_error, traceback.format_exc())
+            logger.error("%s: cycle failed (%d in a row; next try in %.0f s): %s\n%s", self.service.name, self.failures_in_a_row,
+                         self.next_wait_s(), self.last_error, traceback.format_exc(limit=-3))
         self.cycles += 1
         self.last_cycle = start
         self.last_cycle_s = time.time() - start
@@ -68,7 +83,7 @@ class ServiceThread(threading.Thread):
         logger.info("%s: started (period %.1f s)", self.service.name, self.service.period_s)
         while not self.stop.is_set():
             self.run_one()
-            self.stop.wait(self.service.period_s)
+            self.stop.wait(self.next_wait_s())
         try:
             self.service.cleanup()
         except Exception:
@@ -87,4 +102,7 @@ class ServiceThread(threading.Thread):
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
             "backlog": self.service.backlog,
+            "failures_in_a_row": self.failures_in_a_row,
+            "failing_since": self.failing_since,
+            "retry_in_s": self.next_wait_s() if self.failures_in_a_row else None,
         }

@@ -2,8 +2,10 @@
 
 Each cycle: submit BatchJobs in ``pending_submission`` (render the site's job template into ``qsubmit/``,
 then the adapter's submit); cancel those in ``pending_deletion``; poll every known BatchJob with ONE scheduler
-command and record state, start and end times; a BatchJob the scheduler no longer lists has finished (its
-times come from the adapter). When a BatchJob finishes, leases still held by its launchers are released
+command and record state, start and end times. A failed poll (scheduler unreachable) changes nothing: the
+cycle fails, the service thread retries with backoff and ``site status`` shows why. A BatchJob ends only when
+the scheduler says so, or after it has been missing from ``MISSING_POLLS`` successful polls in a row and the
+scheduler's history (``qstat -x``, ``sacct``, ``bjobs -a``, ``qacct``) does not show it still active. When a BatchJob finishes, leases still held by its launchers are released
 (running jobs become RUN_TIMEOUT, the rest unlock), so nothing waits on a dead allocation. The site row gets
 the scheduler's view (queued jobs, backfill windows) for the elastic queue and for humans.
 """
@@ -38,10 +40,16 @@ STATE_OF = {
     SchedulerState.CANCELLED: "finished",
 }
 BACKFILL_EVERY_S = 60.0
+MISSING_POLLS = 3
+"""Successful polls a BatchJob must be missing from before the scheduler's history is asked whether it ended."""
 
 
 def _epoch(value: Optional[dt.datetime]) -> Optional[float]:
     return None if value is None else value.timestamp()
+
+
+class SchedulerUnreachable(BalsamError):
+    """The scheduler's status command failed: a transient fault, retried with backoff; no state changes."""
 
 
 class SchedulerService(Service):
@@ -162,12 +170,15 @@ class SchedulerService(Service):
         if not active:
             self.backlog = 0
             return
-        statuses = self.adapter.get_statuses(scheduler_ids=[int(bj["scheduler_id"]) for bj in active])
+        try:
+            statuses = self.adapter.get_statuses(scheduler_ids=[int(bj["scheduler_id"]) for bj in active])
+        except BalsamError as exc:
+            raise SchedulerUnreachable(f"{self.adapter.name} status poll failed; every BatchJob keeps its state: {exc}") from exc
         self.backlog = len(active)
         for bj in active:
             status = statuses.get(int(bj["scheduler_id"]))
             if status is None:
-                self._finish(bj, None)
+                self._missing(bj)
             elif status.state in DONE_STATES:
                 self._finish(bj, status)
             else:
@@ -175,10 +186,32 @@ class SchedulerService(Service):
                 fields: Dict[str, Any] = {}
                 if status.start_time is not None:
                     fields["start_time"] = _epoch(status.start_time)
-                info = {"scheduler_state": status.raw_state} if status.raw_state else None
+                info: Dict[str, Any] = {"scheduler_state": status.raw_state} if status.raw_state else {}
+                if int(bj["status_info"].get("missing_polls", 0) or 0):
+                    info["missing_polls"] = 0
                 if bj["state"] == "pending_deletion" or new is None or new == bj["state"]:
                     new = None
-                self._update(bj["id"], state=new, info=info, **fields)
+                self._update(bj["id"], state=new, info=info or None, **fields)
+
+    def _missing(self, bj: Dict[str, Any]) -> None:
+        """A BatchJob the listing does not show: count it; after MISSING_POLLS, ask the scheduler's history."""
+        missed = int(bj["status_info"].get("missing_polls", 0) or 0) + 1
+        if missed < MISSING_POLLS:
+            self._update(bj["id"], info={"missing_polls": missed})
+            return
+        try:
+            history = self.adapter.job_history(int(bj["scheduler_id"]), self.script_path(bj["id"]))
+        except BalsamError as exc:
+            logger.warning("batch job %s: missing from %d polls; history unavailable (%s): keeping its state", bj["id"], missed, exc)
+            self._update(bj["id"], info={"missing_polls": missed})
+            return
+        if history is not None and history.state not in DONE_STATES:
+            logger.warning("batch job %s: missing from the listing but the history says %s: keeping it", bj["id"], history.raw_state)
+            self._update(bj["id"], info={"missing_polls": 0})
+            return
+        if history is None:
+            logger.info("batch job %s: missing from %d polls and the history has no record: finished", bj["id"], missed)
+        self._finish(bj, history)
 
     def _finish(self, bj: Dict[str, Any], status: Optional[SchedulerJobStatus]) -> None:
         start = _epoch(status.start_time) if status is not None else None

@@ -9,9 +9,11 @@ The scheduler service calls, per sync cycle, one :meth:`Scheduler.get_statuses` 
 whatever the number of BatchJobs), then :meth:`~Scheduler.submit` / :meth:`~Scheduler.delete` for the
 BatchJobs that need it, and :meth:`~Scheduler.job_times` for BatchJobs that vanished from the listing.
 
-Contract of :meth:`Scheduler.get_statuses`: it lists the jobs the scheduler still knows. Finished jobs may or
-may not appear (Slurm keeps them for ``MinJobAge``, PBS with job history, LSF for ``CLEAN_PERIOD``); a
-BatchJob missing from the listing has finished, and :meth:`Scheduler.job_times` says when it ran.
+Contract of :meth:`Scheduler.get_statuses`: it lists the jobs the scheduler still knows, or raises
+:class:`~balsam.exceptions.SchedulerError` when it cannot tell (server down, command failed): a failed poll is
+never an empty listing. Finished jobs may or may not appear (Slurm keeps them for ``MinJobAge``, PBS with job
+history, LSF for ``CLEAN_PERIOD``); a BatchJob missing from several successful listings is looked up in the
+scheduler's history (:meth:`Scheduler.job_history`) before the service calls it finished.
 """
 
 from __future__ import annotations
@@ -253,6 +255,17 @@ class Scheduler(ABC):
         """When a finished job started and ended (UTC), as far as the scheduler still knows; (None, None)
         if it does not."""
         return (None, None)
+
+    def job_history(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> Optional[SchedulerJobStatus]:
+        """What the scheduler's history (``qstat -x``, ``sacct``, ``bjobs -a``, ``qacct``, the cobaltlog) says of
+        a job missing from the listing: its final status, or None where the history has no record.
+
+        This default reads :meth:`job_times`: an end time means the job ended (its exit is unknown)."""
+        start, end = self.job_times(scheduler_id, script_path)
+        if end is None:
+            return None
+        return SchedulerJobStatus(scheduler_id=int(scheduler_id), state=SchedulerState.FINISHED, start_time=start,
+                                  end_time=end, raw_state="history")
 
     def discover_projects(self, user: Optional[str] = None) -> List[str]:
         """Projects (accounts) the user may charge, where the scheduler can say; [] otherwise."""

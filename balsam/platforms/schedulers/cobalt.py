@@ -159,16 +159,18 @@ _LOG_STAMP = re.compile(r"^(\w{3} \w{3}\s+\d{1,2} \d{2}:\d{2}:\d{2} \d{4}) \+000
 
 def parse_cobaltlog(text: str) -> JobTimes:
     """Start and end from a ``.cobaltlog`` (pure): its lines begin ``<ctime> +0000 (UTC)``; the job starts at
-    the line that mentions ``COBALT_STARTTIME`` (or "starting") and ends at the last stamped line."""
+    the line that mentions ``COBALT_STARTTIME`` (or "starting") and has ended at the last stamped line once a
+    line says it exited, ended or completed (Theta writes ``Info: task completed normally with an exit code``)."""
     stamped = []
     for line in text.splitlines():
         m = _LOG_STAMP.match(line.strip())
         if m:
             stamped.append((parse_ctime(m.group(1), timezone.utc), line))
     start = next((t for t, line in stamped if "COBALT_STARTTIME" in line or "starting" in line.lower()), None)
-    if start is None:
+    ended = any(re.search(r"\b(exited|ended|completed|terminated|exit code)\b", line, re.IGNORECASE) for _, line in stamped)
+    if start is None and not ended:
         return (None, None)
-    return start, stamped[-1][0]
+    return start, (stamped[-1][0] if ended or start is not None else None)
 
 
 class CobaltScheduler(Scheduler):

@@ -34,7 +34,7 @@ from balsam.platforms.schedulers.base import (
     scheduler_job_name,
     translate_state,
 )
-from balsam.platforms.schedulers.timefmt import NOT_SET, minutes_between, parse_lsf_time, parse_words_minutes
+from balsam.platforms.schedulers.timefmt import NOT_SET, minutes_between, parse_hms_minutes, parse_lsf_time, parse_words_minutes
 
 STATE_TABLE: Dict[str, SchedulerState] = {
     "PEND": SchedulerState.QUEUED,
@@ -122,8 +122,22 @@ def _records(stdout: str) -> List[Dict[str, Any]]:
 
 
 def _run_time_minutes(text: str) -> Optional[float]:
+    """``16038 second(s)``, or ``hh:mm:ss`` where the site sets ``LSB_HMS_TIME_FORMAT=Y`` (or ``-hms``)."""
+    if ":" in text:
+        return parse_hms_minutes(text)
     m = re.match(r"^\s*(\d+)\s*second", text)
     return int(m.group(1)) / 60.0 if m else None
+
+
+def limit_minutes(text: str) -> float:
+    """RUNTIMELIMIT: ``1440.0`` (minutes) or ``24:00:00`` in the hh:mm:ss form; 0 when unset (pure)."""
+    text = text.strip()
+    if ":" in text:
+        return parse_hms_minutes(text) or 0.0
+    try:
+        return float(text.split()[0])
+    except (ValueError, IndexError):
+        return 0.0
 
 
 def parse_status(
@@ -137,10 +151,7 @@ def parse_status(
             continue
         raw = str(rec.get("STAT", ""))
         state = translate_state(STATE_TABLE, raw, "lsf")
-        try:
-            limit = float(str(rec.get("RUNTIMELIMIT", "")).split()[0])
-        except (ValueError, IndexError):
-            limit = 0.0
+        limit = limit_minutes(str(rec.get("RUNTIMELIMIT", "")))
         slots = str(rec.get("NREQ_SLOT", "0")).strip()
         nodes = max(1, int(slots) // slots_per_node) if slots.isdigit() else 0
         submit = parse_lsf_time(str(rec.get("SUBMIT_TIME", "")), now, tz)
@@ -300,3 +311,12 @@ class LSFScheduler(Scheduler):
         if result.returncode != 0 and not result.stdout.strip().startswith("{"):
             return (None, None)
         return parse_job_times(result.stdout, self._now(), self.tz)
+
+    def job_history(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> Optional[SchedulerJobStatus]:
+        """``bjobs -a <id>`` while LSF remembers the job; None once it has forgotten it ("No job found")."""
+        argv = render_status(None)
+        result = self._run([*argv, str(int(scheduler_id))], ok_codes=range(256))
+        if result.returncode != 0 and "job found" not in (result.stdout + result.stderr).lower() and "not found" not in (
+                result.stdout + result.stderr).lower():
+            raise command_failed(result)
+        return parse_status(result.stdout, self._now(), self.tz, self.slots_per_node).get(int(scheduler_id))

@@ -50,7 +50,7 @@ STATE_TABLE: Dict[str, SchedulerState] = {
     "R": SchedulerState.RUNNING,
     "E": SchedulerState.RUNNING,  # exiting after having run
     "B": SchedulerState.RUNNING,  # array job: a subjob has begun
-    "F": SchedulerState.FINISHED,  # finished (history); FAILED when Exit_status != 0
+    "F": SchedulerState.FINISHED,  # finished (history); FAILED when Exit_status != 0, CANCELLED if it never ran
     "X": SchedulerState.FINISHED,  # subjob finished
     "M": SchedulerState.UNKNOWN,  # moved to another server
 }
@@ -133,6 +133,9 @@ def job_status(jid: int, job: Mapping[str, Any], now: datetime, tz: Optional[tzi
     exit_status = job.get("Exit_status")
     if state is SchedulerState.FINISHED and exit_status is not None and int(exit_status) != 0:
         state = SchedulerState.FAILED
+    elif state is SchedulerState.FINISHED and exit_status is None and not job.get("stime"):
+        # Deleted before it ran ("Not Running: ... terminated"): no exit code, no start; not a success.
+        state = SchedulerState.CANCELLED
     resources = job.get("Resource_List", {}) or {}
     wall = parse_hms_minutes(str(resources.get("walltime", ""))) or 0.0
     qtime = parse_ctime(str(job.get("qtime", "")), tz)
@@ -255,6 +258,15 @@ def _unknown_job(text: str) -> bool:
     return "Unknown Job Id" in text or "Job has finished" in text
 
 
+def status_complaints(stderr: str) -> List[str]:
+    """The lines of a failed ``qstat`` that are not about unknown ids (pure).
+
+    qstat exits non-zero both when some ids are unknown (it still lists the others) and when it cannot reach
+    its server (it then prints a JSON header with no ``Jobs``); only the first is a usable answer.
+    """
+    return [ln.strip() for ln in stderr.splitlines() if ln.strip() and not _unknown_job(ln)]
+
+
 class PBSScheduler(Scheduler):
     """PBS Professional / OpenPBS through its command-line tools."""
 
@@ -295,17 +307,16 @@ class PBSScheduler(Scheduler):
         """One ``qstat -f -F json`` (with ``-x`` and the ids when ids are given).
 
         qstat exits non-zero when some of the ids are unknown yet still prints the others, so its JSON is
-        parsed whatever the exit code, and an error is raised only when it printed none.
+        parsed then; any other complaint (``cannot connect to server``) is an error, never an empty listing.
         """
         wanted = StatusFilter.of(scheduler_ids)
         if wanted.ids is not None and not wanted.ids:
             return {}
         argv = render_status(wanted.ids)
         result = self._run(argv, ok_codes=range(256))
-        if result.returncode != 0 and not result.stdout.strip().startswith("{"):
-            if wanted.ids is not None and _unknown_job(result.stderr):
-                return {}
-            raise command_failed(result)
+        if result.returncode != 0:
+            if status_complaints(result.stderr) or not (wanted.ids is not None and _unknown_job(result.stderr)):
+                raise command_failed(result)  # the server is unreachable: no answer, not an empty one
         owner = user or current_user()
         return wanted.apply(parse_status(result.stdout, self._now(), self.tz, None if wanted.ids is not None else owner))
 
@@ -329,3 +340,10 @@ class PBSScheduler(Scheduler):
                 return (None, None)
             raise command_failed(result)
         return parse_job_times(result.stdout, self.tz)
+
+    def job_history(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> Optional[SchedulerJobStatus]:
+        """The job's record in ``qstat -x`` (None if the history no longer has it)."""
+        result = self._run(render_job_times(scheduler_id), ok_codes=range(256))
+        if result.returncode != 0 and (status_complaints(result.stderr) or not _unknown_job(result.stderr + result.stdout)):
+            raise command_failed(result)
+        return parse_status(result.stdout, self._now(), self.tz).get(int(scheduler_id))

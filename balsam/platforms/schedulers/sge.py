@@ -182,6 +182,24 @@ def parse_qacct_times(stdout: str, tz: Optional[tzinfo] = None) -> JobTimes:
     return parse_ctime(record.get("start_time", ""), tz), parse_ctime(record.get("end_time", ""), tz)
 
 
+def parse_qacct_status(stdout: str, scheduler_id: int, tz: Optional[tzinfo] = None) -> Optional[SchedulerJobStatus]:
+    """The final status in a ``qacct -j`` record (pure): ``failed`` non-zero (the job never ran properly,
+    e.g. deleted while pending) is CANCELLED or FAILED, else ``exit_status`` decides; None without a record."""
+    record = parse_qacct(stdout, tz)
+    if not record:
+        return None
+    exit_text = record.get("exit_status", "").split()[0] if record.get("exit_status", "").strip() else ""
+    exit_code = int(exit_text) if exit_text.lstrip("-").isdigit() else None
+    failed = record.get("failed", "0").split()[0] if record.get("failed", "").strip() else "0"
+    start, end = parse_ctime(record.get("start_time", ""), tz), parse_ctime(record.get("end_time", ""), tz)
+    if failed != "0":
+        state = SchedulerState.CANCELLED if start is None else SchedulerState.FAILED
+    else:
+        state = SchedulerState.FINISHED if exit_code == 0 else SchedulerState.FAILED
+    return SchedulerJobStatus(scheduler_id=int(scheduler_id), state=state, start_time=start, end_time=end,
+                              raw_state="qacct", exit_code=exit_code, reason=record.get("failed", "") if failed != "0" else "")
+
+
 class SGEScheduler(Scheduler):
     """(Son of) Grid Engine through its command-line tools."""
 
@@ -249,3 +267,12 @@ class SGEScheduler(Scheduler):
                 return (None, None)
             raise command_failed(result)
         return parse_qacct_times(result.stdout, self.tz)
+
+    def job_history(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> Optional[SchedulerJobStatus]:
+        """The job's accounting record (``qacct -j``); None until it is written."""
+        result = self._run(render_qacct(scheduler_id), ok_codes=range(256))
+        if result.returncode != 0:
+            if "not found" in result.stdout + result.stderr:
+                return None
+            raise command_failed(result)
+        return parse_qacct_status(result.stdout, scheduler_id, self.tz)
