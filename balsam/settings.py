@@ -60,6 +60,7 @@ class LauncherSettings:
     idle_ttl_s: float = 10.0
     poll_period_s: float = 0.05
     error_tail_num_lines: int = 10
+    kill_orphans: bool = True  # when a job ends, kill what is left of its process group
     serial_prefetch_per_node: int = 64
     status_flush_period_s: float = 0.25
     python_exe: Optional[str] = None

@@ -392,7 +392,9 @@ def _apply_round(
     result.applied += applied
     conn.execute(
         "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT job_id, ts, src, dst, "
-        "CASE WHEN dst = 'RUNNING' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes) ELSE data END FROM _chg"
+        "CASE WHEN dst = 'RUNNING' AND src = 'RESTART_READY' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes, "
+        "'$.run', (SELECT count(*) + 1 FROM event e WHERE e.job_id = _chg.job_id AND e.to_state = 'RUNNING')) "
+        "WHEN dst = 'RUNNING' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes) ELSE data END FROM _chg"
     )
     conn.execute(
         "UPDATE job SET state = 'RUNNING', last_update = ?, version = version + 1 "

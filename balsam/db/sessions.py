@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from balsam.db import ids
+from balsam.db import ids, journal
 from balsam.db.codec import dumps, loads
 from balsam.db.jobs import StateChange, apply_state_changes
 from balsam.db.schema import ACQUIRE_INDEXED_STATES
@@ -117,12 +117,15 @@ def tick(conn: sqlite3.Connection, session_id: int, now: Optional[float] = None)
 
 
 def release(conn: sqlite3.Connection, session_id: int, message: str = "the launcher released its lease") -> int:
-    """End a lease: its RUNNING jobs become RUN_TIMEOUT, the others are unlocked. Returns jobs timed out."""
+    """End a lease: first what its launcher journaled but had not written is applied (:mod:`balsam.db.journal`),
+    then its RUNNING jobs become RUN_TIMEOUT, the others are unlocked. Returns jobs timed out."""
+    journal.replay(conn, session_id)
     running = [row[0] for row in conn.execute("SELECT id FROM job WHERE session_id=? AND state='RUNNING'", (session_id,))]
     if running:
         apply_state_changes(conn, [StateChange(j, "RUN_TIMEOUT", data={"message": message}) for j in running], strict=False)
     conn.execute("UPDATE job SET session_id=NULL WHERE session_id=?", (session_id,))
     conn.execute("DELETE FROM session WHERE id=?", (session_id,))
+    journal.remove(conn, session_id)
     return len(running)
 
 
@@ -132,9 +135,9 @@ def expire_sessions(conn: sqlite3.Connection, *, expiry_s: float, host: str, now
     dead: List[Tuple[int, str]] = []
     for sid, heartbeat, s_host, pid, pid_start in conn.execute("SELECT id, heartbeat, host, pid, pid_start FROM session").fetchall():
         if heartbeat < now - expiry_s:
-            dead.append((sid, f"session expired: no heartbeat for {now - heartbeat:.0f} s"))
+            dead.append((sid, f"the launcher's lease expired: no heartbeat for {now - heartbeat:.0f} s (launcher presumed dead)"))
         elif s_host == host and pid is not None and not process_alive(pid, pid_start):
-            dead.append((sid, f"session's process {pid} on {host} is gone"))
+            dead.append((sid, f"the launcher died: its process {pid} on {host} is gone"))
     for sid, why in dead:
         release(conn, sid, message=why)
     return [sid for sid, _ in dead]

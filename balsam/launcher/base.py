@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from balsam.db.journal import JournalWriter
 from balsam.db.sessions import capacity_label
 from balsam.db.updater import Rejected, StatusUpdater
 from balsam.exceptions import AppError, BalsamError, SessionExpired, ValidationError
@@ -128,22 +129,46 @@ class Lifecycle:
 
 
 class Reporter:
-    """Turns what happened to jobs into state changes on the StatusUpdater."""
+    """Turns what happened to jobs into state changes: each is appended to the lease's journal first (it
+    survives the launcher's death; :mod:`balsam.db.journal`), then queued on the StatusUpdater."""
 
-    def __init__(self, updater: StatusUpdater) -> None:
+    def __init__(self, updater: StatusUpdater, state_dir: Optional[Path] = None) -> None:
         self.updater = updater
+        self.state_dir = state_dir
+        self.journal: Optional[JournalWriter] = None
         self.session_id: Optional[int] = None
         self.done = 0
         self.errors = 0
         self.timeouts = 0
 
+    def use_session(self, session_id: Optional[int]) -> None:
+        """Report under a (new) lease, journaling into its file."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        self.session_id = session_id
+        if session_id is not None and self.state_dir is not None:
+            self.journal = JournalWriter(self.state_dir, session_id)
+
+    def put(self, job_id: int, state: str, timestamp: Optional[float] = None, data: Optional[Dict[str, Any]] = None,
+            fields: Optional[Dict[str, Any]] = None, session_id: Optional[int] = None) -> None:
+        """Journal, then queue, one change."""
+        ts = time.time() if timestamp is None else timestamp
+        if self.journal is not None:
+            self.journal.append(job_id, state, ts, data, fields)
+        self.updater.put(job_id, state, timestamp=ts, data=data, fields=fields, session_id=session_id)
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
     def running(self, job_id: int, timestamp: float) -> None:
-        self.updater.put(job_id, "RUNNING", timestamp=timestamp, session_id=self.session_id)
+        self.put(job_id, "RUNNING", timestamp, session_id=self.session_id)
 
     def failed(self, job_id: int, message: str) -> None:
         """A job that cannot run at all (its app does not load, a parameter is missing, it can never fit)."""
         self.errors += 1
-        self.updater.put(job_id, "FAILED", data={"message": message})
+        self.put(job_id, "FAILED", data={"message": message})
 
     def finished(self, f: Finished, python: bool = False, stopping: bool = False) -> None:
         """Report a job that ended. While the launcher stops, a job that died of a signal is taken as stopped
@@ -155,7 +180,7 @@ class Reporter:
             f.message = f.message or f"ended by signal {-f.rc} while the launcher stopped"
         if f.timed_out:
             self.timeouts += 1
-            self.updater.put(f.job_id, "RUN_TIMEOUT", timestamp=f.end, data={"message": f.message or "stopped by the launcher"})
+            self.put(f.job_id, "RUN_TIMEOUT", f.end, data={"message": f.message or "stopped by the launcher"})
             return
         fields: Dict[str, Any] = {"return_code": f.rc}
         if python or f.ret is not None or f.exc is not None:
@@ -163,10 +188,10 @@ class Reporter:
             fields["serialized_exception"] = f.exc if f.rc != 0 else None
         if f.rc == 0:
             self.done += 1
-            self.updater.put(f.job_id, "RUN_DONE", timestamp=f.end, data={"returncode": 0}, fields=fields)
+            self.put(f.job_id, "RUN_DONE", f.end, data={"returncode": 0}, fields=fields)
         else:
             self.errors += 1
-            self.updater.put(f.job_id, "RUN_ERROR", timestamp=f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields)
+            self.put(f.job_id, "RUN_ERROR", f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields)
 
 
 class LauncherBase:
@@ -184,7 +209,7 @@ class LauncherBase:
         self._rejected_running: List[int] = []
         self._rejected_lock = threading.Lock()
         self.updater = StatusUpdater(transport.sink(), period_s=self.ls.status_flush_period_s, on_rejected=self._on_rejected)
-        self.reporter = Reporter(self.updater)
+        self.reporter = Reporter(self.updater, cfg.layout.state)
         self.idle_since = time.monotonic()
         self._dv_acquire: Optional[int] = None
         self._dv_kills: Optional[int] = None
@@ -311,7 +336,7 @@ class LauncherBase:
             pass
         self.source = self._new_source()
         self.source.start()
-        self.reporter.session_id = self.source.session_id
+        self.reporter.use_session(self.source.session_id)
 
     def drop_all(self, reason: str) -> None:
         """Kill every job and forget the backlog, without status updates (the mode implements it)."""
@@ -337,7 +362,7 @@ class LauncherBase:
         self.life.install_signals(self.wake)
         try:
             self.source.start()
-            self.reporter.session_id = self.source.session_id
+            self.reporter.use_session(self.source.session_id)
             self.updater.start()
             logger.info("%s mode: lease %s, wall time %.2f min (stops %.1f s early), idle ttl %.1f s, filter tags %s",
                         self.mode, self.source.session_id, self.cfg.wall_time_min, self.cfg.margin_s, self.cfg.idle_ttl_s,
@@ -366,10 +391,11 @@ class LauncherBase:
                 flushed = self.updater.close(timeout=60.0)
                 if not flushed:
                     logger.error("%d status updates could not be written before the lease is released", self.updater.pending())
+                self.reporter.close()
                 try:
                     self.source.release()
                 except BalsamError as exc:
-                    logger.error("releasing the lease failed: %s (it will expire)", exc)
+                    logger.error("releasing the lease failed: %s (it will expire; its journal is replayed then)", exc)
                 self.life.restore_signals()
                 logger.info("%s mode done: %s", self.mode, self.summary())
         if self.life.signum is not None and self.exit_code == 0:

@@ -22,6 +22,7 @@ nothing else in this process may start child processes of its own.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
@@ -29,13 +30,14 @@ import selectors
 import signal
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Set
+from typing import Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 from balsam.launcher import spawn as sp
 from balsam.launcher.pyrun import MODULE as PYRUN_MODULE
 from balsam.launcher.pyworker import PyWorker, PyWorkerPool
 from balsam.launcher.resources import Placement
 from balsam.launcher.tasks import Task
+from balsam.launcher.watchdog import Watchdog, stop_previous, write_record
 from balsam.platforms.mpi import LaunchSpec, MPILauncher
 from balsam.platforms.nodes import gpu_visibility_env
 
@@ -45,6 +47,7 @@ OUTPUT_NAME = "job.out"
 _WAKE = object()
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 NO_PIDFD_POLL_S = 0.01
+RECORD_AFTER_S = 0.5
 
 
 class Finished:
@@ -117,6 +120,7 @@ class Executor:
         pylib: Optional[Path],
         max_workers: int,
         kill_grace_s: float = 3.0,
+        kill_orphans: bool = True,
     ) -> None:
         self.mpi = mpi
         self.local_hosts = local_hosts
@@ -128,6 +132,9 @@ class Executor:
         self.python_exe = python_exe
         self.pylib = pylib
         self.kill_grace_s = kill_grace_s
+        self.kill_orphans = kill_orphans
+        """When a job's process ends, kill what is left of its process group (background children)."""
+        self.watchdog = Watchdog(os.path.join(log_dir, "watchdog.out"), home, self.env)
         self.pool = PyWorkerPool(env=self.env, home=home, log_path=os.path.join(log_dir, "pyworkers.out"),
                                  max_idle=max_workers, pylib=pylib)
         self._sel = selectors.DefaultSelector()
@@ -144,6 +151,9 @@ class Executor:
         self._registered: Set[int] = set()
         self.workdirs = sp.WorkdirMaker()
         self._no_pidfd = 0
+        self._unrecorded: Deque[Tuple[float, _Run]] = collections.deque()
+        """Runs whose pid record is not written yet: written once they outlive RECORD_AFTER_S (a job that ends
+        sooner never needs one, and most flood jobs do, so the record costs them nothing)."""
         """Running processes without a pidfd (none on Linux >= 5.3): poll for them."""
 
     def prepare(self, tasks: List[Task]) -> None:
@@ -196,6 +206,8 @@ class Executor:
             if worker.pid not in self._registered:
                 self._sel.register(worker.sock, selectors.EVENT_READ, worker)
                 self._registered.add(worker.pid)
+                self.watchdog.start()
+                self.watchdog.add(worker.pid)
             run.worker = worker
             run.pid = worker.pid
             try:
@@ -257,7 +269,11 @@ class Executor:
             env.update(launch.env)
             argv = launch.argv if not preamble_file else _wrap_preamble(preamble_file, launch.argv)
             run.mpi = True
+        self.watchdog.start()
+        stop_previous(task.workdir)  # a copy a dead launcher left running must end before this one starts
         run.pid = sp.spawn(argv, cwd=task.workdir, env=env, output=run.output)
+        self.watchdog.add(run.pid)
+        self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))
         if run.mpi:
             self.mpi_running += 1
         self._by_pid[run.pid] = run
@@ -316,10 +332,20 @@ class Executor:
             elif isinstance(obj, PyWorker):
                 self._read_worker(obj)
         self._reap()
+        if self._unrecorded:
+            self._write_records()
         if self._killing:
             self._enforce_kills()
         out, self._done = self._done, []
         return out
+
+    def _write_records(self) -> None:
+        now = time.monotonic()
+        queue = self._unrecorded
+        while queue and queue[0][0] <= now:
+            _, run = queue.popleft()
+            if self.runs.get(run.task.id) is run and run.pid in self._by_pid:
+                write_record(run.task.workdir, run.pid)
 
     def _read_worker(self, worker: PyWorker) -> None:
         msgs, closed = self.pool.read(worker)
@@ -339,6 +365,7 @@ class Executor:
     def _unregister_worker(self, worker: PyWorker) -> None:
         if worker.pid in self._registered:
             self._registered.discard(worker.pid)
+            self.watchdog.discard(worker.pid)
             try:
                 self._sel.unregister(worker.sock)
             except (KeyError, ValueError):
@@ -366,6 +393,9 @@ class Executor:
                     run.pidfd = None
                 if run.mpi:
                     self.mpi_running -= 1
+                if self.kill_orphans:
+                    _kill_leftovers(pid)
+                self.watchdog.discard(pid)
                 self._finish_process(run, rc)
                 continue
             worker = self.pool.workers.get(pid)
@@ -464,6 +494,7 @@ class Executor:
                 continue
             self.pool.forget(pid)
         self._sel.close()
+        self.watchdog.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -473,6 +504,15 @@ class Executor:
     @property
     def num_running(self) -> int:
         return len(self.runs)
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """SIGKILL what remains of an ended job's process group (its leader was just reaped, so the group id
+    cannot have been reused while members remain)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def sys_executable() -> str:

@@ -99,4 +99,5 @@ def make_executor(cfg: LauncherConfig, nodes: Optional[List[ComputeNode]] = None
         home=str(cfg.root), log_dir=log_dir, error_tail_num_lines=ls.error_tail_num_lines,
         python_exe=ls.python_exe or sys.executable, pylib=cfg.layout.state / "pylib",
         max_workers=max(len(n.cpu_ids) for n in nodes), kill_grace_s=cfg.kill_grace_s,
+        kill_orphans=ls.kill_orphans,
     )

@@ -1,0 +1,192 @@
+"""The launcher's journal: what a launcher learned about its jobs, kept where its death cannot lose it.
+
+A launcher appends one line per state change (RUNNING, RUN_DONE with its return code, RUN_ERROR, ...) to
+``<site>/.balsam/journal/<session id>.jsonl`` *before* it queues the change for the DB. The append is a plain
+``write`` on an ``O_APPEND`` descriptor: once it returns, the bytes are in the kernel, so they survive the
+process being killed with SIGKILL (no fsync: a power cut is not what this guards against, and fsync would
+cost the launcher its throughput).
+
+Whoever ends a lease (the launcher itself, the site agent when it finds the lease expired or its process
+gone, the scheduler service when the batch job ended) calls :func:`replay` inside the same transaction,
+before the lease's jobs are timed out and unlocked: for each job the lease still holds, the journal's changes
+are applied in order, with the lease, through the ordinary state machine. So a job that finished is recorded
+as finished (never run again), and one that was still running becomes RUN_TIMEOUT with an event saying the
+launcher died. Changes the DB already has are refused by the transition table and change nothing.
+
+The file lives in the site directory, so this works the same for a launcher on the home host (direct SQLite)
+and one on a compute node (the agent's HTTP API): the agent reads what the launcher wrote on the shared
+filesystem.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set
+
+from balsam.db.jobs import StateChange, apply_state_changes
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_DIR = "journal"
+_B64 = "__b64__"
+
+
+def journal_dir(state_dir: Path) -> Path:
+    """Where the journals of a site live, given its state folder (``.balsam``)."""
+    return Path(state_dir) / JOURNAL_DIR
+
+
+def journal_path(state_dir: Path, session_id: int) -> Path:
+    """The journal of one lease."""
+    return journal_dir(state_dir) / f"{int(session_id)}.jsonl"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {_B64: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _B64 in value and isinstance(value[_B64], str):
+            return base64.b64decode(value[_B64])
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+def encode_line(job_id: int, state: str, timestamp: float, data: Optional[Dict[str, Any]],
+                fields: Optional[Dict[str, Any]]) -> bytes:
+    """One journal line (pure)."""
+    record: List[Any] = [job_id, state, timestamp]
+    if data or fields:
+        record.append(data or None)
+    if fields:
+        record.append(_encode(fields))
+    return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+
+
+def read(path: Path, job_ids: Optional[Set[int]] = None) -> List[StateChange]:
+    """The changes in a journal (those of ``job_ids`` when given), in the order they were written. A torn last
+    line (the launcher died mid-write) and lines that are not journal records are skipped."""
+    out: List[StateChange] = []
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # torn write at the end
+                try:
+                    rec = json.loads(raw)
+                    job_id, state, ts = int(rec[0]), str(rec[1]), float(rec[2])
+                except (ValueError, TypeError, IndexError, KeyError):
+                    continue
+                if job_ids is not None and job_id not in job_ids:
+                    continue
+                data = rec[3] if len(rec) > 3 and isinstance(rec[3], dict) else None
+                fields = _decode(rec[4]) if len(rec) > 4 and isinstance(rec[4], dict) else None
+                out.append(StateChange(job_id, state, ts, data, fields))
+    except FileNotFoundError:
+        return []
+    return out
+
+
+def db_state_dir(conn: sqlite3.Connection) -> Optional[Path]:
+    """The state folder of the store behind ``conn`` (where its DB file is); None for an in-memory DB."""
+    for _seq, name, file in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return Path(file).parent
+    return None
+
+
+def replay(conn: sqlite3.Connection, session_id: int, state_dir: Optional[Path] = None) -> int:
+    """Apply the journal of lease ``session_id`` to the jobs it still holds (inside the caller's write
+    transaction, before the lease ends). Returns the number of changes applied."""
+    state_dir = state_dir if state_dir is not None else db_state_dir(conn)
+    if state_dir is None:
+        return 0
+    path = journal_path(state_dir, session_id)
+    if not path.exists():
+        return 0
+    held = {row[0] for row in conn.execute("SELECT id FROM job WHERE session_id=?", (session_id,))}
+    if not held:
+        return 0
+    changes = [StateChange(c.job_id, c.state, c.timestamp, {**(c.data or {}), "from_journal": session_id}, c.fields, session_id)
+               for c in read(path, held)]
+    if not changes:
+        return 0
+    result = apply_state_changes(conn, changes, strict=False)
+    if result.applied:
+        logger.warning("lease %s: %d state changes its launcher had not written were recovered from its journal",
+                       session_id, result.applied)
+    return result.applied
+
+
+def remove(conn: sqlite3.Connection, session_id: int, state_dir: Optional[Path] = None) -> None:
+    """Delete the journal of an ended lease (nothing in it is needed any more)."""
+    state_dir = state_dir if state_dir is not None else db_state_dir(conn)
+    if state_dir is None:
+        return
+    try:
+        os.unlink(journal_path(state_dir, session_id))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("cannot remove the journal of lease %s: %s", session_id, exc)
+
+
+def leftover(state_dir: Path, live_sessions: Sequence[int]) -> List[Path]:
+    """Journals whose lease no longer exists (left by a crash between the release and the removal)."""
+    directory = journal_dir(state_dir)
+    if not directory.is_dir():
+        return []
+    live = {int(s) for s in live_sessions}
+    return sorted(p for p in directory.glob("*.jsonl") if p.stem.isdigit() and int(p.stem) not in live)
+
+
+class JournalWriter:
+    """The launcher's side: appends a line per state change to its lease's journal (see the module docstring).
+
+    A write that fails (a full disk) is logged once and skipped: the change still goes to the DB through the
+    StatusUpdater, which keeps it until it can be written."""
+
+    def __init__(self, state_dir: Path, session_id: int) -> None:
+        self.path = journal_path(state_dir, session_id)
+        self._fd: Optional[int] = None
+        self._warned = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.error("the launcher's journal %s cannot be written (%s): results are kept in memory only until "
+                         "they reach the DB", self.path, exc.strerror or exc)
+
+    def append(self, job_id: int, state: str, timestamp: float, data: Optional[Dict[str, Any]] = None,
+               fields: Optional[Dict[str, Any]] = None) -> None:
+        """Record one change (a single ``write``: in the kernel when this returns)."""
+        if self._fd is None:
+            return
+        try:
+            os.write(self._fd, encode_line(job_id, state, timestamp, data, fields))
+        except OSError as exc:
+            self._warn(exc)
+
+    def close(self) -> None:
+        """Close the file (the lease's release removes it)."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
