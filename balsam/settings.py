@@ -14,11 +14,30 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 from balsam.exceptions import ConfigError
 
 T = TypeVar("T")
+DAY_S = 86400.0
+TIMING_RANGES: Dict[str, Tuple[float, float]] = {
+    "SchedulerSettings.sync_period_s": (0.05, DAY_S),
+    "SchedulerSettings.command_timeout_s": (1.0, 3600.0),
+    "LauncherSettings.idle_ttl_s": (0.0, 30 * DAY_S),
+    "LauncherSettings.poll_period_s": (0.001, 60.0),
+    "LauncherSettings.status_flush_period_s": (0.001, DAY_S),
+    "ProcessingSettings.period_s": (0.01, 3600.0),
+    "TransferSettings.period_s": (0.1, 3600.0),
+    "TransferSettings.retry_backoff_s": (0.1, DAY_S),
+    "TransferSettings.rsync_timeout_s": (1, DAY_S),
+    "QueueMaintainerSettings.period_s": (1.0, DAY_S),
+    "ElasticQueueSettings.period_s": (1.0, DAY_S),
+    "FileCleanerSettings.period_s": (1.0, DAY_S),
+    "SessionSettings.heartbeat_period_s": (0.05, 3600.0),
+    "SessionSettings.expiry_s": (5.0, 7 * DAY_S),
+    "SyncSettings.period_s": (0.5, DAY_S),
+}
+"""The range each timing setting can work in (seconds): ``session.expiry_s: 0`` would expire every lease at once."""
 
 
 @dataclass
@@ -59,7 +78,8 @@ class LauncherSettings:
     max_concurrent_mpiruns: int = 990
     idle_ttl_s: float = 10.0
     poll_period_s: float = 0.05
-    error_tail_num_lines: int = 10
+    error_tail_num_lines: int = 10  # a failed run's event keeps this many last lines of its output...
+    error_tail_max_bytes: int = 4096  # ...and at most this many bytes of them (the rest stays in job.out)
     kill_orphans: bool = True  # when a job ends, kill what is left of its process group
     serial_prefetch_per_node: int = 64
     status_flush_period_s: float = 0.25
@@ -145,10 +165,17 @@ class FileCleanerSettings:
 
 @dataclass
 class SessionSettings:
-    """Leases held by launchers and processing workers."""
+    """Leases held by launchers and processing workers. A lease must outlive a missed heartbeat: ``expiry_s``
+    is at least twice ``heartbeat_period_s``. Checked when built in code too (the API builds it)."""
 
     heartbeat_period_s: float = 30.0
     expiry_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, "session")
+        if self.expiry_s < 2 * self.heartbeat_period_s:
+            raise ConfigError(f"session.expiry_s ({self.expiry_s:g}) must be at least twice session.heartbeat_period_s "
+                              f"({self.heartbeat_period_s:g}): a lease would expire between two heartbeats")
 
 
 @dataclass
@@ -276,6 +303,9 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise ConfigError(f"{name}: must be positive, got {value}")
         if value < 0:
             raise ConfigError(f"{name}: must not be negative, got {value}")
+        bounds = TIMING_RANGES.get(f"{type(obj).__name__}.{f.name}")
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise ConfigError(f"{name}: must be between {bounds[0]:g} and {bounds[1]:g} seconds, got {value:g}")
 
 
 def settings_from_dict(data: Optional[Dict[str, Any]], source: str = "settings.yml") -> SiteSettings:

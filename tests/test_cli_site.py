@@ -198,3 +198,32 @@ def test_presets_and_sample_settings(site: Any) -> None:
     assert ok("site", "sample-settings").stdout == "".join(line for line in written if line not in found)
     assert "pbs" in ok("site", "sample-settings", "--preset", "polaris").stdout
     assert "unknown preset" in fails("site", "sample-settings", "--preset", "nope", code=2)
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("session", "expiry_s", 0, "session.expiry_s: must be between 5 and 604800 seconds, got 0"),
+    ("session", "heartbeat_period_s", 200, "session.expiry_s \\(300\\) must be at least twice session.heartbeat_period_s"),
+    ("launcher", "status_flush_period_s", 100000, "launcher.status_flush_period_s: must be between"),
+    ("scheduler", "command_timeout_s", 0.5, "scheduler.command_timeout_s: must be between 1 and 3600 seconds"),
+])
+def test_timing_settings_that_cannot_work_are_refused_at_sync_and_start(site: Any, section: str, key: str, value: float,
+                                                                        message: str) -> None:
+    import yaml
+
+    settings = site.layout.settings_path
+    data = yaml.safe_load(settings.read_text()) or {}
+    data.setdefault(section, {})[key] = value
+    settings.write_text(yaml.safe_dump(data))
+    import re
+
+    assert re.search(message, fails("site", "sync", "--site", "test-site", code=2))
+    assert re.search(message, fails("site", "start", "--site", str(site.path)))
+
+
+def test_timing_ranges_hold_for_settings_built_in_code() -> None:
+    from balsam.exceptions import ConfigError
+    from balsam.settings import SessionSettings
+
+    with pytest.raises(ConfigError, match="session.expiry_s: must be between"):
+        SessionSettings(expiry_s=0)
+    assert SessionSettings(heartbeat_period_s=1, expiry_s=10).expiry_s == 10

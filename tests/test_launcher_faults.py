@@ -175,3 +175,24 @@ def test_kill_orphans_can_be_turned_off(site: Any) -> None:
         assert pid_alive(child)
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_failed_runs_event_keeps_a_bounded_tail_and_job_out_keeps_everything(site: Any) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Noisy(ApplicationDefinition):
+        site = "test-site"
+        command_template = "printf '%0200000d' 0; echo; echo last words; exit 3"
+
+    Noisy.sync()
+    configure(site.path, error_tail_num_lines=5, error_tail_max_bytes=1000)
+    (job,) = runnable(site.store, [Noisy.submit("noisy/0")])
+    assert run(site, "mpi") == 0
+    assert states(site.store, [job])[job] == "RUN_ERROR"
+    error = events(site.store, job)[-1]["data"]["error"]
+    assert error.endswith("last words") and len(error.encode()) <= 1100
+    assert "full output is in job.out" in error
+    assert (site.path / "data" / "noisy" / "0" / "job.out").stat().st_size > 200000
+    assert events(site.store, job)[-1]["data"]["returncode"] == 3
+    stored = site.store.execute("SELECT sum(length(data)) FROM event WHERE job_id=?", (job,))[0][0]
+    assert stored < 1500  # not 64 KB per failed run

@@ -121,6 +121,7 @@ class Executor:
         max_workers: int,
         kill_grace_s: float = 3.0,
         kill_orphans: bool = True,
+        error_tail_max_bytes: int = 4096,
     ) -> None:
         self.mpi = mpi
         self.local_hosts = local_hosts
@@ -129,6 +130,7 @@ class Executor:
         self.env = dict(env)
         self.home = home
         self.error_tail_num_lines = error_tail_num_lines
+        self.error_tail_max_bytes = error_tail_max_bytes
         self.python_exe = python_exe
         self.pylib = pylib
         self.kill_grace_s = kill_grace_s
@@ -441,7 +443,7 @@ class Executor:
             return
         tail = ""
         if rc != 0:
-            tail = sp.tail_lines(run.output, self.error_tail_num_lines)
+            tail = sp.tail_lines(run.output, self.error_tail_num_lines, self.error_tail_max_bytes)
             if message:
                 tail = f"{tail}\n{message}" if tail else message
         self._done.append(Finished(job_id, rc, tail=tail, ret=ret if rc == 0 else None, exc=exc, message=message))

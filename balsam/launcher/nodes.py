@@ -97,6 +97,7 @@ def make_executor(cfg: LauncherConfig, nodes: Optional[List[ComputeNode]] = None
         mpi=mpi_launcher(ls), local_hosts=local, all_local=all_local, gpu_env=ls.gpu_env or "CUDA_VISIBLE_DEVICES",
         env=job_base_env(),
         home=str(cfg.root), log_dir=log_dir, error_tail_num_lines=ls.error_tail_num_lines,
+        error_tail_max_bytes=ls.error_tail_max_bytes,
         python_exe=ls.python_exe or sys.executable, pylib=cfg.layout.state / "pylib",
         max_workers=max(len(n.cpu_ids) for n in nodes), kill_grace_s=cfg.kill_grace_s,
         kill_orphans=ls.kill_orphans,

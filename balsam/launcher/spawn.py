@@ -191,9 +191,15 @@ class WorkdirMaker:
             self._thread = None
 
 
-def tail_lines(path: str, num_lines: int, max_bytes: int = 65536) -> str:
-    """The last ``num_lines`` lines of a file ("" if it is missing)."""
-    if num_lines <= 0:
+TRUNCATED = "[... the full output is in job.out]"
+
+
+def tail_lines(path: str, num_lines: int, max_bytes: int = 4096) -> str:
+    """The last ``num_lines`` lines of a file, at most ``max_bytes`` of them ("" if it is missing).
+
+    This is what a failed run's event keeps in the DB, so it is bounded both ways: a job that prints one 10 MB
+    line keeps its last ``max_bytes``, marked as truncated; the whole output stays in job.out."""
+    if num_lines <= 0 or max_bytes <= 0:
         return ""
     try:
         with open(path, "rb") as f:
@@ -204,7 +210,10 @@ def tail_lines(path: str, num_lines: int, max_bytes: int = 65536) -> str:
     except OSError:
         return ""
     lines = data.decode("utf-8", errors="replace").splitlines()
-    return "\n".join(lines[-num_lines:])
+    tail = "\n".join(lines[-num_lines:])
+    if size > max_bytes and len(lines) <= num_lines:
+        tail = f"{TRUNCATED}\n{tail}"  # the first line kept was cut
+    return tail
 
 
 def kill_group(pid: int, sig: int) -> None:
