@@ -1,7 +1,8 @@
 """Run every benchmark, one after the other: ``python bench/run_all.py`` (about 10 minutes on 2 cores).
 
 Each prints its own ratios against a baseline measured in the same run. The Slurm polling benchmark needs
-the local Slurm (bash .ci/slurm.sh start) and says so otherwise.
+the local Slurm (bash .ci/slurm.sh start), the transfer benchmark the test sshd (bash .ci/sshd.sh start); each
+says so otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_store.py", "bench_launcher.py", "bench_agent.py", "bench_cli.py", "bench_zipapp.py", "bench_analytics.py", "bench_scheduler_poll.py",
-           "bench_dag.py"]
+           "bench_dag.py", "bench_transfers.py"]
 
 
 def main() -> int:

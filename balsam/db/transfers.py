@@ -100,37 +100,44 @@ def insert_items(conn: sqlite3.Connection, specs: Sequence[Tuple[int, List[Dict[
 
 
 def update_items(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dict[str, Any]]], now: Optional[float] = None) -> None:
-    """Update transfer items (state, task_id, transfer_info) and move their jobs accordingly."""
+    """Update transfer items (state, task_id, transfer_info) and move their jobs accordingly, in bulk."""
     from balsam.db.jobs import StateChange, apply_state_changes
 
+    if not updates:
+        return
     now = time.time() if now is None else now
-    touched: Dict[int, str] = {}
-    for item_id, fields in updates:
+    for _item_id, fields in updates:
         bad = set(fields) - UPDATABLE
         if bad:
             raise ValidationError(f"transfer item field {sorted(bad)[0]!r} cannot be updated (updatable: state, task_id, transfer_info)")
         if "state" in fields and fields["state"] not in ITEM_STATES:
             raise ValidationError(f"unknown transfer item state {fields['state']!r} (valid: {', '.join(ITEM_STATES)})")
-        row = conn.execute("SELECT job_id FROM transfer_item WHERE id=?", (item_id,)).fetchone()
-        if row is None:
-            raise ValidationError(f"transfer item {item_id} does not exist")
-        keys = sorted(fields)
+    ids = [int(i) for i, _ in updates]
+    owner = dict(conn.execute("SELECT id, job_id FROM transfer_item WHERE id IN (SELECT value FROM json_each(?))", (dumps(ids),)))
+    missing = [i for i in ids if i not in owner]
+    if missing:
+        raise ValidationError(f"transfer item {missing[0]} does not exist")
+    by_keys: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
+    touched: Dict[int, None] = {}
+    for item_id, fields in updates:
+        keys = tuple(sorted(fields))
         values = [dumps(fields[k]) if k == "transfer_info" else fields[k] for k in keys]
-        conn.execute(f"UPDATE transfer_item SET {', '.join(f'{k}=?' for k in keys)}, last_update=? WHERE id=?", (*values, now, item_id))
+        by_keys.setdefault(keys, []).append((*values, now, int(item_id)))
         if "state" in fields:
-            touched[row[0]] = fields["state"]
+            touched[owner[int(item_id)]] = None
+    for keys, rows in by_keys.items():
+        assignments = "".join(f"{k}=?, " for k in keys)
+        conn.executemany(f"UPDATE transfer_item SET {assignments}last_update=? WHERE id=?", rows)
     if not touched:
         return
+    waiting: Dict[Tuple[int, str], List[Tuple[int, str, str]]] = {}
+    for job_id, item_id, direction, state, info in conn.execute(
+        "SELECT j.id, t.id, t.direction, t.state, t.transfer_info FROM job j JOIN transfer_item t ON t.job_id = j.id "
+        "WHERE j.id IN (SELECT value FROM json_each(?)) AND ((j.state='READY' AND t.direction='in') "
+        "OR (j.state='POSTPROCESSED' AND t.direction='out')) ORDER BY t.id", (dumps(list(touched)),)):
+        waiting.setdefault((job_id, direction), []).append((item_id, state, info))
     changes: List[StateChange] = []
-    for job_id in touched:
-        job = conn.execute("SELECT state FROM job WHERE id=?", (job_id,)).fetchone()
-        if job is None:
-            continue
-        state = job[0]
-        direction = "in" if state == "READY" else "out" if state == "POSTPROCESSED" else None
-        if direction is None:
-            continue
-        items = conn.execute("SELECT id, state, transfer_info FROM transfer_item WHERE job_id=? AND direction=?", (job_id, direction)).fetchall()
+    for (job_id, direction), items in waiting.items():
         errors = [it for it in items if it[1] == "error"]
         if errors:
             info = loads(errors[0][2]) or {}

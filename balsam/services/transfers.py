@@ -208,7 +208,7 @@ class TransferService(Service):
             far = f"{endpoint}:{remote}" if endpoint else remote
             src, dst = (far, local) if direction == "in" else (local, far)
             specs.append(TransferItem(source=src, destination=dst, recursive=bool(row["recursive"])))
-            if direction == "in":
+            if direction == "in" and protocol == "globus":  # cp and rsync make the folders they fill
                 workdir.mkdir(parents=True, exist_ok=True)
         try:
             task_id = self.adapter(PROTOCOL_ADAPTER[protocol]).submit(specs)
