@@ -71,3 +71,9 @@ def test_job_show_lists_the_jobs_transfers_with_state_and_task(site: Any, tmp_pa
     assert "out" in section and "awaiting_job" in section and "dtn:/archive/out.txt" in section
     shown = json.loads(ok("job", "show", str(job.id), "--json").stdout)
     assert {(t["slot"], t["state"], t["task_id"]) for t in shown["transfers"]} == {("deck", "done", task), ("out", "awaiting_job", "")}
+
+
+def test_site_sync_refuses_a_bad_location_in_one_line(site: Any) -> None:
+    settings = site.path / "settings.yml"
+    settings.write_text(settings.read_text() + "\ntransfers:\n  transfer_locations:\n    dtn: scp://me@dtn\n")
+    assert "transfer location 'dtn': 'scp://me@dtn' is not one of local, rsync://" in fails("site", "sync", "--site", str(site.path), code=2)

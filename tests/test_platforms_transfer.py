@@ -144,3 +144,17 @@ def test_submit_goes_through_the_injected_runner(tmp_path, tree):
     (call,) = fake.calls
     assert call.spawned and call.argv[0] == "bash" and call.argv[-1].endswith("task.sh")
     assert task.startswith("rsync:")
+
+
+def test_prune_removes_only_old_finished_task_folders(tmp_path, tree):
+    adapter = get_transfer("cp", state_dir=tmp_path / "state")
+    done = adapter.submit([TransferItem(str(tree / "a.txt"), str(tmp_path / "a.txt"))])
+    assert wait_done(adapter, done).state is TransferState.DONE
+    fifo = tmp_path / "never-ready"
+    __import__("os").mkfifo(fifo)
+    running = adapter.submit([TransferItem(str(fifo), str(tmp_path / "dest"))])
+    assert adapter.prune(3600) == 0  # finished a moment ago: kept
+    assert adapter.prune(3600, now=time.time() + 7200) == 1
+    assert not (tmp_path / "state" / done.partition(":")[2]).exists()
+    assert adapter.poll(running).state is TransferState.ACTIVE  # a running task is never pruned
+    adapter.cancel(running, grace_s=2)

@@ -28,7 +28,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from balsam._api.sites import SiteRef
 from balsam.db import transfers as transfer_db
 from balsam.exceptions import BalsamError, TransferError
-from balsam.platforms.transfer import ItemFailure, TransferAdapter, TransferItem, TransferState, TransferStatus, get_transfer
+from balsam.platforms.transfer import (
+    ItemFailure,
+    ScriptTransfer,
+    TransferAdapter,
+    TransferItem,
+    TransferState,
+    TransferStatus,
+    get_transfer,
+)
 from balsam.platforms.transfer.locations import Location, parse_location
 from balsam.services.base import Service
 from balsam.settings import TransferSettings
@@ -38,6 +46,8 @@ __all__ = ["Location", "TransferService", "parse_location", "retry_pause"]
 
 PROTOCOL_ADAPTER = {"local": "cp", "rsync": "rsync", "globus": "globus"}
 MAX_BACKOFF_S = 3600.0
+TASK_FOLDER_KEEP_S = 86400.0  # a finished task's folder (its script and rsync's output) is kept a day, then pruned
+PRUNE_PERIOD_S = 3600.0
 T = TypeVar("T")
 
 
@@ -67,6 +77,7 @@ class TransferService(Service):
         self.locations = {alias: parse_location(alias, url) for alias, url in settings.transfer_locations.items()}
         self._globus_client_factory = globus_client_factory
         self._adapters: Dict[str, TransferAdapter] = {}
+        self._last_prune = 0.0
 
     # ----------------------------------------------------------------------------------------- adapters
     def adapter(self, name: str) -> TransferAdapter:
@@ -106,9 +117,14 @@ class TransferService(Service):
             return query(conn)
 
     def run_cycle(self) -> None:
-        """Poll the running tasks, then start tasks for pending items."""
+        """Poll the running tasks, then start tasks for pending items (and now and then prune old task folders)."""
         self._poll()
         self._start()
+        if self.clock() - self._last_prune > PRUNE_PERIOD_S:
+            self._last_prune = self.clock()
+            for adapter in self._adapters.values():
+                if isinstance(adapter, ScriptTransfer):
+                    adapter.prune(TASK_FOLDER_KEEP_S)
 
     def _poll(self) -> None:
         store = self.site.store

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -296,6 +297,24 @@ class ScriptTransfer(TransferAdapter):
         tmp.write_text(json.dumps(status.to_json()))
         os.replace(tmp, result)
         return status
+
+    def prune(self, older_than_s: float, now: Optional[float] = None) -> int:
+        """Remove the folders of tasks whose outcome was read more than ``older_than_s`` ago; returns how many.
+        (The caller records each outcome when it first reads it, so an old folder is only a log by then.)"""
+        now = detached.now() if now is None else now
+        if self._state_dir is None or not self._state_dir.is_dir():
+            return 0
+        removed = 0
+        for folder in self._state_dir.iterdir():
+            result = folder / "result.json"
+            try:
+                old = result.stat().st_mtime < now - older_than_s
+            except OSError:
+                continue
+            if old and re.fullmatch(r"[0-9a-f]{32}", folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def cancel(self, task_id: str, grace_s: float = 5.0) -> None:
         """Stop a running task (TERM, then KILL)."""
