@@ -195,3 +195,15 @@ def test_globus_login_command(site: Any, mock: Any) -> None:
     assert result.exit_code == 0, result.stderr
     assert "https://auth.globus.org/" in result.stdout and "Logged in" in result.stdout
     assert stat.S_IMODE((site.layout.state / "globus-tokens.json").stat().st_mode) == 0o600
+
+
+def test_without_credentials_items_wait_and_say_how_to_log_in(site: Any) -> None:
+    settings = TransferSettings(transfer_locations={"beamline": f"globus://{FAR}"}, globus_endpoint_id=HOME)
+    refresh_site_row(site.store, SiteSettings(transfers=settings))
+    Scan.sync()
+    service = TransferService(site, settings)  # the real client factory: no token file yet
+    job = Scan.submit(workdir="s", transfers={"scan": "beamline:/beamline/scan.h5"})
+    service.run_cycle()
+    item = TransferItem.objects.get(job_id=job.id)
+    assert item.state == "pending" and "run: balsam site globus-login" in item.transfer_info["last_error"]
+    assert str(Job.objects.get(id=job.id).state) == "READY"  # not failed: it goes once the user logs in

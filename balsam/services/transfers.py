@@ -132,6 +132,11 @@ class TransferService(Service):
             name = task_id.partition(":")[0]
             try:
                 status = self.adapter(name).poll(task_id)
+            except TransferError as exc:
+                if exc.transient:  # e.g. Globus credentials missing for now: ask again next cycle
+                    logger.warning("cannot poll transfer task %s yet: %s", task_id, exc)
+                    continue
+                status = TransferStatus(task_id, TransferState.ERROR, str(exc))
             except BalsamError as exc:
                 status = TransferStatus(task_id, TransferState.ERROR, str(exc))
             items = self._read(lambda conn, t=task_id: transfer_db.task_items(conn, t))  # type: ignore[misc]

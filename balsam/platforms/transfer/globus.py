@@ -114,7 +114,7 @@ class GlobusTransfer(TransferAdapter):
         """The TransferClient (built on first use)."""
         if self._client is None:
             if self._client_factory is None:
-                raise TransferError("globus: no Globus credentials; run: balsam site globus-login")
+                raise TransferError("globus: no Globus credentials; run: balsam site globus-login", transient=True)
             self._client = self._client_factory()
         return self._client
 

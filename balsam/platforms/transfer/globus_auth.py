@@ -40,11 +40,11 @@ def load_tokens(path: Path) -> Dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise TransferError("globus: not logged in to Globus; run: balsam site globus-login") from None
+        raise TransferError("globus: not logged in to Globus; run: balsam site globus-login", transient=True) from None
     except (OSError, ValueError) as exc:
         raise TransferError(f"globus: cannot read {path}: {exc}") from None
     if not isinstance(data, dict) or not data.get("refresh_token"):
-        raise TransferError(f"globus: {path} holds no refresh token; run: balsam site globus-login")
+        raise TransferError(f"globus: {path} holds no refresh token; run: balsam site globus-login", transient=True)
     return data
 
 

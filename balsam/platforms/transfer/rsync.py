@@ -139,10 +139,10 @@ def _link_tree(src: Path, dst: Path) -> None:
 def _place(staged: Path, dest: Path, recursive: bool) -> None:
     """Put a staged file or directory at its destination by hard links (a copy across filesystems), so
     items that overlap (a file and the folder holding it) each get theirs; the staging folder goes after."""
-    if recursive or staged.is_dir():
+    if staged.is_dir() and not staged.is_symlink():
         dest.mkdir(parents=True, exist_ok=True)
         _link_tree(staged, dest)
-    else:
+    else:  # a file (also one named by a recursive slot) goes to the destination path itself
         _link_or_copy(staged, dest)
 
 
