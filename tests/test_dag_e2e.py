@@ -113,3 +113,24 @@ def test_a_running_job_spawns_children_that_run_after_it(dag_site: Path) -> None
     assert [k.parent_ids for k in kids] == [[parent.id]] * 3
     assert sorted(k.result(timeout=120) for k in kids) == [0, 1, 4]
     assert all(k.workdir.startswith("spawn/p/child") for k in kids)
+
+
+def test_a_job_on_a_compute_node_spawns_children_through_the_agent(dag_site: Path) -> None:
+    """The launcher and its jobs run on "node7" (not the site's home host): they reach the site only through the
+    agent's HTTP API, never by opening SQLite there (DESIGN 3)."""
+    from tests.launcher_support import start
+
+    for app in (Child, Spawner):
+        app.sync()
+    parent = Spawner.submit(workdir="remote/p", n=3)
+    launcher = start(dag_site, "serial", wall_time_min=3, idle_ttl_s=20, env={"BALSAM_HOSTNAME": "node7"})
+    try:
+        kid_ids = parent.result(timeout=150)
+        kids = list(Job.objects.filter(id=kid_ids))
+        assert sorted(k.result(timeout=150) for k in kids) == [0, 1, 4]
+        assert [k.parent_ids for k in kids] == [[parent.id]] * 3
+    finally:
+        launcher.terminate()
+        launcher.wait(timeout=60)
+    log = (dag_site / "launcher-test.out").read_text()
+    assert "launcher on node7" in log and "transport http" in log, log[-2000:]
