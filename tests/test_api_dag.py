@@ -185,3 +185,34 @@ def test_show_prints_nodes_edges_and_placeholders(apps: Dict[str, Any]) -> None:
     assert "placeholders: run, seed, temp" in text
     assert "[2] reduce: Reduce() in {run}/reduce  after sim0, sim1, sim2, sim3" in text
     assert "  prep -> sim3" in text
+
+
+def test_dags_work_from_another_host_through_the_agent(apps: Dict[str, Any], site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a login node or compute node that is not the site's home host, DAGs go through the agent's /v1 API."""
+    pytest.importorskip("starlette")
+    from balsam._api import sites as _sites
+    from balsam.services.api_server import start_api_server
+    from balsam.settings import ApiSettings
+    from balsam.site import this_host
+
+    server = start_api_server(site.path, site.store, ApiSettings(bind="127.0.0.1"), host=this_host())
+    try:
+        monkeypatch.setenv("BALSAM_HOSTNAME", "node7")
+        monkeypatch.setenv("BALSAM_SITE_PATH", str(site.path))
+        _sites.reset()
+        assert _sites.current_site().backend.kind == "http"  # type: ignore[union-attr]
+        d = sweep(apps).save()
+        runs = d.instantiate(records(3))
+        assert runs[1].state() == {"STAGED_IN": 1, "AWAITING_PARENTS": 5}
+        assert [i.id for i in DAG.objects.get("md-sweep").instances()] == [r.id for r in runs]
+        with pytest.raises(ValidationError, match="no value for placeholder 'temp'"):
+            d.instantiate([{"run": "x", "seed": 1}])
+        with pytest.raises(ValidationError, match="already"):  # a duplicate workdir, refused by the site, one error
+            d.instantiate(records(1))
+        assert runs[2].kill() == 6 and runs[2].retry_failed() == 6
+        assert DAG.objects.get("md-sweep").status()["instances"] == 3
+    finally:
+        server.stop()
+    monkeypatch.delenv("BALSAM_HOSTNAME")
+    _sites.reset()
+    assert Job.objects.filter(tags={"dag": "md-sweep"}).count() == 18

@@ -150,6 +150,36 @@ class Backend(ABC):
     def release(self, session_id: int) -> int:
         """End a lease: its running jobs time out, the rest unlock; how many timed out."""
 
+    # ------------------------------------------------------------------ DAG templates (balsam.db.dags)
+    def dag_save(self, name: str, description: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+        """Store (or replace) a DAG template, checked; its row (id, name, description, spec, version, ...)."""
+        raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
+
+    def dag_list(self) -> List[Dict[str, Any]]:
+        """Every DAG of the site, with ``num_instances``."""
+        raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
+
+    def dag_delete(self, name: str) -> int:
+        """Forget a DAG and its instance records (its jobs stay)."""
+        raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
+
+    def dag_instantiate(self, name: str, records: Sequence[Dict[str, Any]]) -> List[int]:
+        """One instance per record of placeholder values, in one transaction; the instance ids."""
+        raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
+
+    def dag_instances(self, dag_id: int, *, ids: Optional[Sequence[int]] = None, state: Optional[Sequence[str]] = None,
+                      limit: Optional[int] = None, offset: int = 0) -> List[Dict[str, Any]]:
+        """A DAG's instances (id, dag_id, params, created), optionally those with a job in ``state``."""
+        raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
+
+    def dag_counts(self, instance_ids: Sequence[int]) -> Dict[int, Dict[str, int]]:
+        """Jobs by state for each instance."""
+        raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
+
+    def dag_retry(self, instance_id: int) -> int:
+        """Reset an instance's failed and killed jobs; how many."""
+        raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -209,6 +239,50 @@ class LocalBackend(Backend):
         rows = self.store.execute(
             f"SELECT {', '.join(APP_COLUMNS)} FROM app WHERE id IN (SELECT value FROM json_each(?))", (dumps([int(i) for i in ids]),))
         return [dict(zip(APP_COLUMNS, r)) for r in rows]
+
+    # ------------------------------------------------------------------ DAG templates
+    def dag_save(self, name: str, description: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+        from balsam.db import dags
+
+        with self.store.write() as conn:
+            return dags.save_dag(conn, name, description, spec)
+
+    def dag_list(self) -> List[Dict[str, Any]]:
+        from balsam.db import dags
+
+        with self.store.read() as conn:
+            return dags.list_dags(conn)
+
+    def dag_delete(self, name: str) -> int:
+        from balsam.db import dags
+
+        with self.store.write() as conn:
+            return dags.delete_dag(conn, name)
+
+    def dag_instantiate(self, name: str, records: Sequence[Dict[str, Any]]) -> List[int]:
+        from balsam.db import dags
+
+        with self.store.write() as conn:
+            return dags.instantiate(conn, name, records)
+
+    def dag_instances(self, dag_id: int, *, ids: Optional[Sequence[int]] = None, state: Optional[Sequence[str]] = None,
+                      limit: Optional[int] = None, offset: int = 0) -> List[Dict[str, Any]]:
+        from balsam.db import dags
+
+        with self.store.read() as conn:
+            return dags.instances(conn, dag_id, ids=ids, state=state, limit=limit, offset=offset)
+
+    def dag_counts(self, instance_ids: Sequence[int]) -> Dict[int, Dict[str, int]]:
+        from balsam.db import dags
+
+        with self.store.read() as conn:
+            return dags.instance_counts(conn, instance_ids)
+
+    def dag_retry(self, instance_id: int) -> int:
+        from balsam.db import dags
+
+        with self.store.write() as conn:
+            return dags.retry_instance(conn, instance_id)
 
     # ------------------------------------------------------------------ jobs
     def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:

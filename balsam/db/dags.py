@@ -12,7 +12,8 @@ import sqlite3
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from balsam.db.codec import dumps, loads
+from balsam.db import dag_templates as tpl
+from balsam.db.codec import dumps, encode_parameters, loads
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 
 DAG_COLUMNS = ("id", "name", "description", "spec", "created", "last_update", "version")
@@ -26,9 +27,19 @@ def _dag_row(row: Sequence[Any]) -> Dict[str, Any]:
 
 
 def save_dag(conn: sqlite3.Connection, name: str, description: str, spec: Dict[str, Any], now: Optional[float] = None) -> Dict[str, Any]:
-    """Create the DAG ``name`` or replace its template (its version goes up); returns the stored row."""
+    """Create the DAG ``name`` or replace its template (its version goes up); returns the stored row.
+
+    The template is checked first: nodes, parents (no cycle), placeholders, and every app known at this site."""
+    name = check_name(name)
+    if not isinstance(description, str) or len(description) > 10_000:
+        raise ValidationError("a DAG description is text of at most 10,000 characters")
+    nodes = tpl.parse_spec(name, spec)
+    apps = _apps(conn, {n.app for n in nodes})
+    for n in nodes:
+        if n.app not in apps:
+            raise ValidationError(f"DAG {name!r} node {n.name!r}: no app {n.app!r} at this site; sync it first")
     now = time.time() if now is None else now
-    text = dumps(spec)
+    text = dumps({"nodes": [n.to_dict() for n in nodes], "placeholders": sorted(tpl.placeholders(nodes))})
     conn.execute(
         "INSERT INTO dag(name, description, spec, created, last_update) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT(name) DO UPDATE SET description=excluded.description, spec=excluded.spec, "
@@ -61,6 +72,91 @@ def list_dags(conn: sqlite3.Connection) -> List[Dict[str, Any]]:
         d["num_instances"] = row[-1]
         out.append(d)
     return out
+
+
+def _apps(conn: sqlite3.Connection, names: Any) -> Dict[str, Tuple[int, Dict[str, Any], bool]]:
+    """{app name: (id, parameter spec, takes **kwargs)} for the named apps that exist (names or ids as text)."""
+    keys = sorted({str(n) for n in names})
+    rows = conn.execute("SELECT id, name, parameters, var_keyword FROM app WHERE name IN (SELECT value FROM json_each(?)) "
+                        "OR CAST(id AS TEXT) IN (SELECT value FROM json_each(?))", (dumps(keys), dumps(keys))).fetchall()
+    out: Dict[str, Tuple[int, Dict[str, Any], bool]] = {}
+    for app_id, app_name, params, var_kw in rows:
+        entry = (int(app_id), loads(params), bool(var_kw))
+        out[app_name] = entry
+        out[str(app_id)] = entry
+    return out
+
+
+def instantiate(conn: sqlite3.Connection, name: str, records: Sequence[Any], now: Optional[float] = None,
+                progress: Optional[Any] = None) -> List[int]:
+    """Create one instance of the DAG per record of placeholder values, level by level with parents resolved,
+    inside the caller's transaction; returns the instance ids. Every placeholder and parameter error is raised
+    before anything is written; anything refused later (a duplicate workdir) rolls the whole call back."""
+    from balsam.db import jobs as job_db
+
+    dag = get_dag(conn, name=name)
+    nodes = tpl.parse_spec(dag["name"], dag["spec"])
+    names = tpl.placeholders(nodes)
+    checked = [tpl.check_record(dag["name"], r, i, names) for i, r in enumerate(records)]
+    fills = [tpl.filled(dag["name"], nodes, r, i) for i, r in enumerate(checked)]
+    if not checked:
+        return []
+    apps = _apps(conn, {n.app for n in nodes})
+    for n in nodes:
+        if n.app not in apps:
+            raise ValidationError(f"DAG {dag['name']!r} node {n.name!r}: no app {n.app!r} at this site; sync it first")
+    now = time.time() if now is None else now
+    inst_ids = insert_instances(conn, int(dag["id"]), checked, now)
+    ids: List[Dict[str, int]] = [{} for _ in checked]
+    made = 0
+    for level in tpl.levels(nodes, dag["name"]):
+        rows: List[Tuple[Any, ...]] = []
+        owners: List[Tuple[int, str]] = []
+        for i, (inst_id, fields) in enumerate(zip(inst_ids, fills)):
+            for n in level:
+                f = fields[n.name]
+                app_id, spec, var_kw = apps[n.app]
+                where = f"DAG {dag['name']!r} instance {i} node {n.name!r}"
+                params = f["params"]
+                missing = sorted(k for k, v in spec.items() if v.get("required") and k not in params)
+                if missing:
+                    raise ValidationError(f"{where}: app {n.app} needs parameter {missing[0]!r}")
+                if not var_kw:
+                    unknown = sorted(set(params) - set(spec))
+                    if unknown:
+                        raise ValidationError(f"{where}: app {n.app} has no parameter {unknown[0]!r}")
+                tags = dict(f["tags"])
+                tags.update(dag=dag["name"], dag_instance=str(inst_id), dag_node=n.name)
+                res = dict(f["resources"])
+                extra = {k: res.pop(k) for k in ("launch_params", "data") if k in res}
+                try:
+                    rows.append(job_db.new_job_row(f["workdir"], app_id, tags=tags, parameters=encode_parameters(params),
+                                                   parent_ids=[ids[i][p] for p in n.parents], **extra, **res))
+                except (TypeError, ValueError) as exc:
+                    raise ValidationError(f"{where}: {exc}") from None
+                owners.append((i, n.name))
+        first, _states = job_db.insert_jobs(conn, rows, None, now=now)
+        for k, (i, node_name) in enumerate(owners):
+            ids[i][node_name] = first + k
+        made += len(rows)
+        if progress is not None:
+            progress(made)
+    return inst_ids
+
+
+def retry_instance(conn: sqlite3.Connection, instance_id: int) -> int:
+    """Run an instance's failed and killed jobs again: those whose parents finished go back to READY, the rest
+    wait for their parents again (AWAITING_PARENTS). Returns how many jobs were reset."""
+    from balsam.db import jobs as job_db
+    from balsam.db.jobs import StateChange
+
+    runnable, waiting = failed_split(conn, instance_job_ids(conn, instance_id))
+    message = {"message": f"retry of DAG instance {instance_id}"}
+    changes = [StateChange(i, "READY", data=message) for i in runnable]
+    changes += [StateChange(i, "AWAITING_PARENTS", data=message) for i in waiting]
+    if changes:
+        job_db.apply_state_changes(conn, changes, strict=True)
+    return len(changes)
 
 
 def delete_dag(conn: sqlite3.Connection, name: str) -> int:

@@ -311,6 +311,38 @@ class HttpBackend(Backend):
     def create_batch_job(self, fields: Dict[str, Any]) -> int:
         return int(self.client.request("POST", "/v1/batch-jobs", fields)["id"])
 
+    # ------------------------------------------------------------------ DAG templates
+    def dag_save(self, name: str, description: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(self.client.request("PUT", "/v1/dags", {"name": name, "description": description, "spec": spec}))
+
+    def dag_list(self) -> List[Dict[str, Any]]:
+        return list(self.client.request("GET", "/v1/dags")["results"])
+
+    def dag_delete(self, name: str) -> int:
+        from urllib.parse import quote
+
+        return int(self.client.request("DELETE", f"/v1/dags?name={quote(name, safe='')}")["deleted"])
+
+    def dag_instantiate(self, name: str, records: Sequence[Dict[str, Any]]) -> List[int]:
+        return [int(i) for i in self.client.request("POST", "/v1/dags/instantiate", {"name": name, "records": list(records)})["instances"]]
+
+    def dag_instances(self, dag_id: int, *, ids: Optional[Sequence[int]] = None, state: Optional[Sequence[str]] = None,
+                      limit: Optional[int] = None, offset: int = 0) -> List[Dict[str, Any]]:
+        from urllib.parse import urlencode
+
+        query: List[Tuple[str, Any]] = [("dag_id", int(dag_id)), ("offset", int(offset))]
+        query += [("id", int(i)) for i in ids or ()] + [("state", str(s)) for s in state or ()]
+        if limit is not None:
+            query.append(("limit", int(limit)))
+        return list(self.client.request("GET", f"/v1/dag-instances?{urlencode(query)}")["results"])
+
+    def dag_counts(self, instance_ids: Sequence[int]) -> Dict[int, Dict[str, int]]:
+        out = self.client.request("POST", "/v1/dag-instances/counts", {"ids": [int(i) for i in instance_ids]}, idempotency_key="")
+        return {int(k): dict(v) for k, v in out["counts"].items()}
+
+    def dag_retry(self, instance_id: int) -> int:
+        return int(self.client.request("POST", f"/v1/dag-instances/{int(instance_id)}/retry")["reset"])
+
     def delete_rows(self, table: str, ids: Sequence[int]) -> int:
         path = {"app": "apps", "batch_job": "batch-jobs"}.get(table)
         if path is None:

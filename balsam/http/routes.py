@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from balsam import __version__
+from balsam.http import dag_handlers as dh
 from balsam.http import handlers as h
 from balsam.http.schemas import (
     ERROR,
@@ -193,6 +194,24 @@ ROUTES: Tuple[Route, ...] = (
                                                                  "changes": {"type": "array", "items": STATE_CHANGE}},
                                 "required": ["changes"]},
           response={"type": "object", "properties": {"rejected": {"type": "array"}}}),
+    # DAG templates and instances
+    Route("GET", "/v1/dags", "list_dags", "DAG templates of the site", dh.list_dags, response=OBJ),
+    Route("PUT", "/v1/dags", "save_dag", "Store or replace a DAG template (checked: nodes, cycles, placeholders, apps)", dh.save_dag,
+          body=OBJ, response=OBJ),
+    Route("DELETE", "/v1/dags", "delete_dag", "Forget a DAG template (its jobs stay)", dh.delete_dag,
+          query=(Param("name", {"type": "string"}),), response=OBJ),
+    Route("POST", "/v1/dags/instantiate", "instantiate_dag", "One instance per record of placeholder values, in one transaction",
+          dh.instantiate, body=OBJ, response=OBJ, status=201),
+    Route("GET", "/v1/dag-instances", "list_dag_instances", "A DAG's instances (state: those with a job in it)", dh.list_instances,
+          query=(Param("dag_id", {"type": "integer", "minimum": 1}),
+                 Param("id", {"type": "array", "items": {"type": "integer", "minimum": 1}}, repeat=True),
+                 Param("state", {"type": "array", "items": {"type": "string"}}, repeat=True),
+                 Param("limit", {"type": "integer", "minimum": 0}), Param("offset", {"type": "integer", "minimum": 0})),
+          response=OBJ),
+    Route("POST", "/v1/dag-instances/counts", "dag_instance_counts", "Jobs by state for each instance", dh.instance_counts,
+          body=OBJ, response=OBJ),
+    Route("POST", f"/v1/dag-instances/{ID}/retry", "retry_dag_instance", "Run an instance's failed and killed jobs again",
+          dh.retry_instance, response=OBJ),
     Route("GET", "/v1/ws", "ws", "WebSocket of state changes ({type, site_id, id, state, ts}); ?token= for browsers", None,
           query=(Param("token", {"type": "string"}),), response=OBJ, kind="ws"),
     Route("GET", "/", "dashboard", "The web dashboard", None, response={"type": "string"}, auth=False, kind="static"),
