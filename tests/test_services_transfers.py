@@ -146,7 +146,13 @@ def test_location_urls() -> None:
     assert parse_location("a", "local") == Location("local")
     assert parse_location("a", "rsync://me@dtn.example.org") == Location("rsync", "me@dtn.example.org")
     uuid = "ddb59aef-6d04-11e5-ba46-22000b92c6ec"
-    assert parse_location("a", f"globus://{uuid}") == Location("globus", uuid)
+    try:
+        import globus_sdk  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"balsam\[globus\]"):
+            parse_location("a", f"globus://{uuid}")
+    else:
+        assert parse_location("a", f"globus://{uuid}") == Location("globus", uuid)
     for bad, expected in [("globus://not-a-uuid", "globus://ENDPOINT_UUID"), ("ftp://x", "is not one of"),
                           ("rsync://host/with/path", "no path")]:
         with pytest.raises(ConfigError, match=expected):
