@@ -48,6 +48,8 @@ def test_ls_filters_by_state_direction_protocol_and_job(site: Any, tmp_path: Pat
     assert "No such file" in errors[0]["transfer_info"]["error"]
     outs = json.loads(ok("transfer", "ls", "-d", "out", "--json").stdout)
     assert [(o["job_id"], o["slot"], o["state"]) for o in outs] == [(good.id, "out", "awaiting_job")]
+    assert [t.location_alias for t in TransferItem.objects.filter(protocol="rsync")] == ["dtn"]  # the Python API too
+    assert TransferItem.objects.filter(protocol=["local", "rsync"], state="done").count() == 1
     rsync = json.loads(ok("transfer", "ls", "--protocol", "rsync", "--json").stdout)
     assert [r["location_alias"] for r in rsync] == ["dtn"]
     assert json.loads(ok("transfer", "ls", "--protocol", "local", "-j", str(good.id), "--json").stdout)[0]["state"] == "done"

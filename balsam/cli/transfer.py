@@ -100,10 +100,9 @@ def transfer_ls(states: Tuple[str, ...], direction: Optional[str], protocol: Opt
     if job_ids:
         filters["job_id"] = list(job_ids)
     if protocol:
-        aliases = sorted({a for urls in locations.values() for a, u in urls.items() if protocol_of(u) == protocol})
-        if not aliases:
+        if not any(protocol_of(u) == protocol for urls in locations.values() for u in urls.values()):
             raise CLIError(f"no transfer location uses {protocol} (settings.yml transfers.transfer_locations)", 1)
-        filters["location_alias"] = aliases
+        filters["protocol"] = protocol
     query = TransferItem.objects.filter(**filters).order_by("id")
     items = list(query[:limit]) if limit else list(query)
     if as_json:

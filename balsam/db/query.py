@@ -293,6 +293,25 @@ SESSION = TableSpec(
     order_fields={"id": "id", "heartbeat": "heartbeat"},
 )
 
+TRANSFER_PROTOCOLS = {
+    "local": "j.value IN ('local', 'cp', 'cp://', 'file://')",
+    "rsync": "j.value LIKE 'rsync://%'",
+    "globus": "j.value LIKE 'globus://%'",
+}
+
+
+def transfer_protocol(value: Any) -> Clause:
+    """Items whose location alias maps, in the site's transfer_locations, to one of these protocols."""
+    names = [str(v) for v in _as_list(value)]
+    unknown = [n for n in names if n not in TRANSFER_PROTOCOLS]
+    if unknown:
+        raise ValidationError(f"protocol: unknown {unknown[0]!r} (valid: {', '.join(TRANSFER_PROTOCOLS)})")
+    if not names:
+        return "0", []
+    test = " OR ".join(TRANSFER_PROTOCOLS[n] for n in names)
+    return f"location_alias IN (SELECT j.key FROM site s, json_each(s.transfer_locations) j WHERE {test})", []
+
+
 TRANSFER_ITEM = TableSpec(
     table="transfer_item",
     label="TransferItem",
@@ -303,6 +322,7 @@ TRANSFER_ITEM = TableSpec(
         "direction": text_in("direction"),
         "location_alias": text_in("location_alias"),
         "task_id": text_in("task_id"),
+        "protocol": transfer_protocol,
         "job_state": lambda v: ("job_id IN (SELECT id FROM job WHERE " + job_states("state")(v)[0] + ")", job_states("state")(v)[1]),
         "tags": job_tags("job_id"),
     },
