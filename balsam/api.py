@@ -45,5 +45,15 @@ __all__ = [
     "TransferItem",
     "add_dependency",
     "current_site",
+    "site_config",  # noqa: F822 - provided by __getattr__ (read when asked for)
     "use_site",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``site_config``: the current site's SiteConfig (None outside a site), read when first asked for."""
+    if name == "site_config":
+        from balsam.config import current_site_config
+
+        return current_site_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

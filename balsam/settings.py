@@ -87,6 +87,7 @@ class LauncherSettings:
     mpi_executable: Optional[str] = None  # the launcher program if not its usual name, e.g. mpiexec.mpich
     mpi_options: Dict[str, str] = field(default_factory=dict)  # launcher-specific, e.g. mpirun oversubscribe
     gpu_ids: List[str] = field(default_factory=list)  # explicit per-node GPU ids, e.g. Aurora tiles 0.0 0.1 ...
+    sort_by: Optional[str] = None  # acquisition order: None (Balsam's default), long_large_first, short_small_first, id
 
 
 @dataclass
@@ -207,6 +208,13 @@ class ApiSettings:
 
 
 @dataclass
+class LoggingSettings:
+    """How much the agent and launchers log (Balsam 0.7's ``logging`` section)."""
+
+    level: str = "INFO"
+
+
+@dataclass
 class SiteSettings:
     """Everything ``settings.yml`` may say. Each component receives its own section."""
 
@@ -221,6 +229,7 @@ class SiteSettings:
     session: SessionSettings = field(default_factory=SessionSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as plain data (what ``settings.yml`` would hold)."""
@@ -314,8 +323,13 @@ def settings_from_dict(data: Optional[Dict[str, Any]], source: str = "settings.y
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(data)}")
+    from balsam.settings_aliases import check_values, translate
+
+    data, _ = translate(data)  # Balsam 0.7's key names are accepted (balsam site sync notes them)
     try:
-        return _build(SiteSettings, data, "")
+        settings = _build(SiteSettings, data, "")
+        check_values(settings)
+        return settings
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

@@ -125,4 +125,4 @@ def kill_quietly(pid: int) -> None:
 
 
 def launcher_log(site_path: Path, mode: str) -> str:
-    return "".join(p.read_text() for p in sorted((site_path / "log").glob(f"launcher-{mode}-*.log")))
+    return "".join(p.read_text() for p in sorted((site_path / "log").glob(f"{mode}_mode_*.log")))

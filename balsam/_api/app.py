@@ -150,6 +150,7 @@ def _define(cls: Any) -> None:
         raise AppError(f"{name}: parameters must be a dict")
     spec: Dict[str, Dict[str, Any]] = {}
     var_keyword = False
+    var_positional: Optional[str] = None
     kind: Optional[str] = None
     if template is not None:
         if not isinstance(template, str) or not template.strip():
@@ -171,7 +172,10 @@ def _define(cls: Any) -> None:
         args = list(sig.parameters.values())[1:]  # skip self
         for p in args:
             if p.kind is p.VAR_POSITIONAL:
-                raise AppError(f"{name}.run: *{p.name} is not supported; name each parameter")
+                # Balsam 0.7 allows run(self, *args): the job passes them as a list parameter named after it.
+                var_positional = p.name
+                spec[p.name] = {"required": False, "default": [], "help": f"a list, passed to run() as *{p.name}"}
+                continue
             if p.kind is p.VAR_KEYWORD:
                 var_keyword = True
                 continue
@@ -205,6 +209,7 @@ def _define(cls: Any) -> None:
     cls._balsam_defaults = {k: v["default"] for k, v in spec.items() if "default" in v}
     cls._balsam_required = tuple(sorted(k for k, v in spec.items() if v.get("required")))
     cls._balsam_var_keyword = var_keyword
+    cls._balsam_var_positional = var_positional
     cls._balsam_transfers = _check_transfers(name, getattr(cls, "transfers", {}) or {})
     cls._balsam_template = None
     if "__app_id__" not in vars(cls):
@@ -230,6 +235,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
     _balsam_defaults: ClassVar[Dict[str, Any]]
     _balsam_required: ClassVar[Tuple[str, ...]]
     _balsam_var_keyword: ClassVar[bool]
+    _balsam_var_positional: ClassVar[Optional[str]] = None
     _balsam_transfers: ClassVar[Dict[str, Dict[str, Any]]]
     _balsam_template: ClassVar[Any]
     _balsam_info: ClassVar[Any] = None

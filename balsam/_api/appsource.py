@@ -115,6 +115,26 @@ def _globals_of(cls: type) -> Dict[str, Any]:
     return vars(module) if module is not None else {}
 
 
+def _pin_site(source: str, cls: type) -> str:
+    """``site = <a Site object or variable>`` in the class body, rewritten as the site's name: the stored app
+    lives at that site, and Balsam 0.7 lets ``site`` be a Site object."""
+    value = vars(cls).get("site")
+    name = getattr(value, "name", None)
+    if value is None or _is_literal(value) or not isinstance(name, str):
+        return source
+    tree = ast.parse(source)
+    if not tree.body or not isinstance(tree.body[0], ast.ClassDef):
+        return source
+    lines = source.splitlines(keepends=True)
+    for node in tree.body[0].body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "site" for t in targets) and node.end_lineno is not None:
+            indent = lines[node.lineno - 1][: node.col_offset]
+            lines[node.lineno - 1 : node.end_lineno] = [f"{indent}site = {name!r}\n"]
+            return "".join(lines)
+    return source
+
+
 def capture_source(cls: type, base: type) -> str:
     """The source that recreates ``cls`` at its site (see the module docstring)."""
     globs = _globals_of(cls)
@@ -138,6 +158,8 @@ def capture_source(cls: type, base: type) -> str:
             except (OSError, TypeError):
                 raise AppError(f"cannot find the source code of {obj.__qualname__}, which {cls.__name__} uses") from None
         src = textwrap.dedent(src)
+        if obj is cls:
+            src = _pin_site(src, cls)
         for name in _names_loaded(src):
             refer(name)
         defs.append(src)

@@ -100,6 +100,8 @@ class Field:
         if kind == "state":
             from balsam.db.states import JobState
             return JobState(raw)
+        if kind == "path":
+            return Path(raw)
         return raw
 
     def encode(self, value: Any) -> Any:
@@ -116,6 +118,8 @@ class Field:
             return encode_parameters(value or {})
         if kind == "state":
             return None if value is None else str(value.value if hasattr(value, "value") else value)
+        if kind == "path":
+            return None if value is None else str(value)
         return value
 
     def __get__(self, obj: Any, owner: Any = None) -> Any:

@@ -292,6 +292,7 @@ class Job(Model):
         if site.backend.delete_jobs([int(self.id or 0)]) == 0:
             raise self.DoesNotExist(f"job {self.id} no longer exists")
         self.__dict__["_row"] = None
+        self.__dict__["id"] = None  # as in Balsam: a deleted job has no id (saving it again creates a new job)
 
     # ---------------------------------------------------------------- parameters, app, paths
     def get_parameters(self) -> Dict[str, Any]:
@@ -440,6 +441,13 @@ def add_dependency(parent: Union[Job, int], child: Union[Job, int]) -> None:
     started may gain a parent; an unfinished parent sends it back to AWAITING_PARENTS, a failed one fails it."""
     job = child if isinstance(child, Job) else Job.objects.get(id=int(child))
     job.add_parent(parent)
+
+
+class WaitResult(NamedTuple):
+    """What ``Job.objects.wait`` returns: the jobs that finished and those that did not (yet)."""
+
+    done: List[Job]
+    not_done: List[Job]
 
 
 class JobManager(Manager[Job]):
@@ -597,8 +605,9 @@ class JobManager(Manager[Job]):
         timeout: Optional[float] = None,
         poll_interval: Optional[float] = None,
         return_when: str = ALL_COMPLETED,
-    ) -> Tuple[List[Job], List[Job]]:
-        """Wait for jobs to finish; returns (done, not_done) like concurrent.futures.wait."""
+    ) -> "WaitResult":
+        """Wait for jobs to finish; returns Balsam's result: ``.done`` and ``.not_done`` (it also unpacks as
+        ``done, not_done``, like concurrent.futures.wait)."""
         jobs = list(jobs)
         done: List[Job] = []
         for batch in self._poll(jobs, timeout, poll_interval):
@@ -606,7 +615,7 @@ class JobManager(Manager[Job]):
             if return_when == FIRST_COMPLETED:
                 break
         done_set = {id(j) for j in done}
-        return done, [j for j in jobs if id(j) not in done_set]
+        return WaitResult(done, [j for j in jobs if id(j) not in done_set])
 
     def as_completed(self, jobs: Sequence[Job], timeout: Optional[float] = None, poll_interval: Optional[float] = None,
                      progress: bool = False) -> Iterator[Job]:
@@ -636,5 +645,5 @@ class JobManager(Manager[Job]):
 
 bind_manager(Job, JobManager)
 
-__all__ = ["Job", "JobManager", "JobFailed", "RemoteTraceback", "resolve_app", "invalidate_app_cache", "ALL_COMPLETED",
+__all__ = ["Job", "JobManager", "WaitResult", "JobFailed", "RemoteTraceback", "resolve_app", "invalidate_app_cache", "ALL_COMPLETED",
            "FIRST_COMPLETED", "AppError"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Union
 
 from balsam._api import sites as _sites
 from balsam._api.base import Field, Manager, Model, Query, bind_manager, by_site, from_datetime
@@ -63,7 +63,7 @@ class Site(Model):
 
     id = Field(writable=False)
     name: str = Field(writable=False)  # type: ignore[assignment]
-    path: str = Field(writable=False)  # type: ignore[assignment]
+    path: Path = Field("path", writable=False)  # type: ignore[assignment]
     uuid: str = Field(writable=False)  # type: ignore[assignment]
     creation_date = Field("time", writable=False)
     last_refresh = Field("time")
@@ -76,10 +76,10 @@ class Site(Model):
     transfer_locations: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     version = Field(writable=False)
 
-    def __init__(self, name: str, path: str, preset: str = "local") -> None:
+    def __init__(self, name: str, path: Union[str, Path], preset: str = "local") -> None:
         self._init_fields({})
         self.__dict__["name"] = name
-        self.__dict__["path"] = path
+        self.__dict__["path"] = Path(path)
         self.__dict__["_preset"] = preset
 
     def _repr_fields(self) -> Sequence[str]:

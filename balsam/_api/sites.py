@@ -336,7 +336,8 @@ def default_scope(all_local: bool = False) -> List[SiteRef]:
 def select(selectors: Sequence[str]) -> List[SiteRef]:
     """The sites named by Balsam's ``--site`` selectors, in order, without repeats.
 
-    Each selector is ``all`` (every site on this host, and the current one), ``this`` (the current site),
+    Each selector is ``all`` (every site on this host, and the current one), ``active`` (those whose agent
+    runs; none is not an error), ``this`` (the current site),
     a name, an id, a path, or a fragment of registered sites' paths; several may be comma-separated. No
     selector at all means :func:`default_scope`. A site of another host is a ForeignHostError.
     """
@@ -352,6 +353,10 @@ def select(selectors: Sequence[str]) -> List[SiteRef]:
                 refs.append(current)
             if not refs:
                 raise SiteNotFound("--site all: no site on this host; create one with 'balsam site init PATH'")
+        elif key == "active":
+            from balsam.site import agent_running
+
+            refs = [r for r in local_sites() if agent_running(r.layout) is not None]  # Balsam 0.7: sites whose agent runs
         elif key == "this":
             current = current_site()
             if current is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import click
@@ -33,13 +34,13 @@ def start(site: Optional[str]) -> None:
     Example:
       cd my-site && balsam service start
     """
-    from balsam.services.agent import read_status, start_agent
+    from balsam.services.agent import AGENT_LOG, read_status, start_agent
     from balsam.site import SiteLayout
 
     root = site_root(site)
     pid = start_agent(root)
     url = read_status(SiteLayout(root)).get("api_url") or "(not reported)"
-    click.echo(f"Started the site agent of {root} (pid {pid}); API listening at {url}; log: {root / 'log' / 'agent.log'}")
+    click.echo(f"Started the site agent of {root} (pid {pid}); API listening at {url}; log: {root / 'log' / AGENT_LOG}")
 
 
 @service.command()
@@ -104,6 +105,7 @@ def status(site: Optional[str], as_json: bool) -> None:
     root = site_root(site)
     st = agent_status(root)
     st["node"] = node_hardware(root)
+    st["logs"] = log_locations(root)
     if as_json:
         click.echo(json.dumps(st, indent=1))
         return
@@ -111,6 +113,24 @@ def status(site: Optional[str], as_json: bool) -> None:
     for key, label in (("mpi", "MPI"), ("gpus", "GPUs"), ("warning", "warning")):
         if key in st["node"]:
             click.echo(f"{label}: {st['node'][key]}")
+    click.echo("Logs:")
+    for what, where in st["logs"].items():
+        click.echo(f"  {what + ':':22}{where}")
+
+
+def log_locations(root: Path) -> Dict[str, str]:
+    """Where each log is (Balsam 0.7's docs find them as service*.log, mpi_mode*.log, serial_mode*.log)."""
+    from balsam.services.agent import AGENT_LOG
+
+    log = root / "log"
+    return {
+        "site agent": str(log / AGENT_LOG),
+        "mpi-mode launchers": str(log / "mpi_mode_*.log"),
+        "serial-mode launchers": str(log / "serial_mode_*.log"),
+        "batch scripts": str(root / "qsubmit"),
+        "hooks": str(root / "data" / "<workdir>" / "balsam.log"),
+        "jobs": str(root / "data" / "<workdir>" / "job.out"),
+    }
 
 
 @service.command(hidden=True)

@@ -106,7 +106,8 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
         elif not layout.is_site():
             row["status"] = "missing: no site at this path"
         else:
-            row["status"] = "agent running" if agent_running(layout) else "ok"
+            row["active"] = agent_running(layout) is not None  # Balsam 0.7's "Active": the site's agent runs
+            row["status"] = "agent running" if row["active"] else "ok"
             store = open_store(layout.root, here)
             try:
                 counts = dict(store.conn.execute("SELECT state, count(*) FROM job GROUP BY state").fetchall())
@@ -153,8 +154,9 @@ def site_ls(verbose: bool, as_json: bool) -> None:
         click.echo("No sites registered. Create one with: balsam site init PATH")
         return
     if not verbose:
-        echo_table(["ID", "Name", "Host", "Jobs", "Status", "Path"],
-                   [[r["id"], r["name"], r["host"], r.get("jobs", ""), r["status"], r["path"]] for r in rows], flex=["Path", "Status"])
+        echo_table(["ID", "Name", "Host", "Active", "Jobs", "Status", "Path"],
+                   [[r["id"], r["name"], r["host"], "yes" if r.get("active") else "no", r.get("jobs", ""), r["status"], r["path"]]
+                    for r in rows], flex=["Path", "Status"])
         return
     for r in rows:
         click.echo(f"{r['name']} (id {r['id']})")
@@ -295,6 +297,10 @@ def site_sync(sites: Sequence[str]) -> None:
 
     ref = one_site(sites, "site sync")
     settings = load_settings(ref.layout.settings_path)
+    from balsam.settings_aliases import notes_for_file
+
+    for note in notes_for_file(ref.layout.settings_path):
+        click.echo(f"note: settings.yml: {note}")
     from balsam.platforms.transfer.locations import parse_location
 
     for alias, url in settings.transfers.transfer_locations.items():

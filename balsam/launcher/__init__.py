@@ -47,7 +47,7 @@ def _setup_logging(log_dir: Path, mode: str) -> List[logging.Handler]:
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        fh = logging.FileHandler(log_dir / f"launcher-{mode}-{stamp}-{os.getpid()}.log")
+        fh = logging.FileHandler(log_dir / f"{mode}_mode_{stamp}_{os.getpid()}.log")  # Balsam's names: mpi_mode*.log
         fh.setFormatter(fmt)
         handlers.append(fh)
     except OSError:
@@ -110,6 +110,7 @@ def run_launcher(
     host = this_host()
     environ = dict(os.environ if env is None else env)
     handlers = _setup_logging(layout.log, "partitions" if parts else job_mode)
+    logging.getLogger("balsam").setLevel(settings.logging.level)
     try:
         resolved, notes = resolve_launcher_settings(settings.launcher, environ)
         for note in notes:

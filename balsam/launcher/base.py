@@ -268,6 +268,8 @@ class LauncherBase:
         if self.transport.acquire_wait_s and idle:
             constraints["wait_s"] = self.transport.acquire_wait_s
         try:
+            if self.cfg.settings.launcher.sort_by is not None:
+                constraints["sort_by"] = self.cfg.settings.launcher.sort_by
             jobs = self.source.acquire(min(max_num_jobs, MAX_ACQUIRE), filter_tags=self.cfg.filter_tags or None,
                                        max_wall_time_min=math.floor(remaining), **constraints)
         except SessionExpired:

@@ -17,7 +17,7 @@ import pickle
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 Outcome = Tuple[int, Optional[bytes], Optional[bytes]]
 
@@ -79,6 +79,33 @@ def pickle_exception(exc: BaseException, tb_text: str) -> bytes:
         return pickle.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb_text), protocol=4)
 
 
+def run_arguments(app_cls: type, params: Dict[str, Any]) -> Tuple[List[Any], Dict[str, Any]]:
+    """``run()``'s positional and keyword arguments from a job's parameters.
+
+    For ``def run(self, a, *args)`` (Balsam 0.7 allows it) the parameter named after ``*args`` holds a list
+    spread as positional arguments, after the named ones before it.
+    """
+    star = getattr(app_cls, "_balsam_var_positional", None)
+    if not star:
+        return [], params
+    import inspect
+
+    kwargs = dict(params)
+    extra = list(kwargs.pop(star, None) or [])
+    lead: List[Any] = []
+    run = app_cls.run  # type: ignore[attr-defined]
+    for p in list(inspect.signature(run).parameters.values())[1:]:
+        if p.kind is p.VAR_POSITIONAL:
+            break
+        if p.name in kwargs:
+            lead.append(kwargs.pop(p.name))
+        elif p.default is not p.empty:
+            lead.append(p.default)
+        else:
+            break  # a required argument is missing: run() raises TypeError, which fails the job with its message
+    return lead + extra, kwargs
+
+
 def call_run(app_cls: type, job: Dict[str, Any], params_text: str) -> Outcome:
     """Call ``app_cls(job).run(**params)`` and capture its outcome (never raises, apart from KeyboardInterrupt)."""
     from balsam.db.codec import decode_parameters
@@ -87,7 +114,8 @@ def call_run(app_cls: type, job: Dict[str, Any], params_text: str) -> Outcome:
         params = decode_parameters(params_text)
         view = JobView(dict(job, parameters=params))
         instance: Any = app_cls(view)
-        value = instance.run(**params)
+        args, kwargs = run_arguments(app_cls, params)
+        value = instance.run(*args, **kwargs)
     except SystemExit as exc:
         if exc.code in (None, 0):
             value = None

@@ -18,6 +18,11 @@ partitions         list of ``mode:nodes[:k=v,...]`` strings splitting the alloca
 optional_params    dict of extra scheduler parameters (reservation, filesystems, constraint, qos, ...)
 =================  ====================================================================================
 
+Balsam 0.7's template names render too, so its documented templates work unchanged: ``launcher_cmd``
+(``{{ balsam }} launcher --batch-job-id N``), ``balsam_site_path``, ``balsam_bin`` (the directory of the Python
+that runs Balsam), ``pg_bin`` (empty: no PostgreSQL here); ``{{ partitions }}`` printed whole gives 0.7's
+``--part mode:n[:k=v]`` words while a loop over it still yields each partition string.
+
 Inside a template the launcher starts as
 ``{{ balsam }} launcher --batch-job-id N -j MODE -t WALLMIN [--tag k=v]... [-p mode:n[:k=v]]...``.
 Filters: ``shquote`` (:func:`shlex.quote`, for anything the shell parses) and ``directive`` (for values in
@@ -27,8 +32,10 @@ Undefined names are errors (StrictUndefined), so a typo in a template fails at r
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from balsam.exceptions import ConfigError
@@ -50,7 +57,17 @@ CONTEXT_KEYS = (
     "optional_params",
 )
 
+BALSAM07_KEYS = ("launcher_cmd", "balsam_site_path", "balsam_bin", "pg_bin")
+
 JOB_MODES = ("mpi", "serial")
+
+
+class Partitions(List[str]):
+    """The partition strings; printed whole (``{{ partitions }}``, as Balsam 0.7 templates do) they are the
+    launcher's ``--part`` words."""
+
+    def __str__(self) -> str:
+        return "".join(f" --part {shlex.quote(p)}" for p in self)
 
 
 def _shquote(value: Any) -> str:
@@ -91,7 +108,7 @@ def render_job_script(template_text: str, context: Mapping[str, Any]) -> str:
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"job template: syntax error at line {exc.lineno}: {exc.message}") from None
     except jinja2.UndefinedError as exc:
-        raise ConfigError(f"job template: {exc.message} (known names: {', '.join(CONTEXT_KEYS)})") from None
+        raise ConfigError(f"job template: {exc.message} (known names: {', '.join(CONTEXT_KEYS + BALSAM07_KEYS)})") from None
 
 
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -130,8 +147,12 @@ def job_script_context(
     for key in filter_tags or {}:
         if not _TAG_KEY.match(str(key)):
             raise ConfigError(f"filter tag name {key!r}: use letters, digits, '_', '.', '-'")
-    parts: List[str] = [str(p) for p in partitions]
+    parts = Partitions(str(p) for p in partitions)
     return {
+        "launcher_cmd": f"{balsam} launcher --batch-job-id {int(batch_job_id)}",
+        "balsam_site_path": shlex.quote(site_path),
+        "balsam_bin": shlex.quote(os.path.dirname(sys.executable)),
+        "pg_bin": "",
         "balsam": balsam,
         "site_path": site_path,
         "batch_job_id": int(batch_job_id),

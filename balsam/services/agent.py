@@ -2,7 +2,7 @@
 
 ``balsam site start`` runs :func:`start_agent`, which starts ``balsam service run --site PATH`` as a
 detached process and waits until it reports itself running. That process (:func:`run_agent`) holds the PID
-file (a second agent is refused; a stale file from a crash is taken over), logs to ``log/agent.log``, runs
+file (a second agent is refused; a stale file from a crash is taken over), logs to ``log/service.log`` (the name Balsam's docs use), runs
 each service on its own thread with the shared loop, writes its health to ``.balsam/agent.json`` for
 ``balsam site status``, and on SIGTERM/SIGINT stops the services and releases their leases. Work survives a
 crash: every step is a committed state in the site DB, and leases of a dead agent are released at once.
@@ -37,6 +37,10 @@ STATUS_PERIOD_S = 2.0
 
 def pid_path(layout: SiteLayout) -> Path:
     return layout.state / "agent.pid"
+
+
+AGENT_LOG = "service.log"
+"""The agent's log in ``log/`` (Balsam 0.7's docs find it as ``service*.log``)."""
 
 
 def status_path(layout: SiteLayout) -> Path:
@@ -75,7 +79,7 @@ def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str) -> L
 
 def _setup_logging(layout: SiteLayout) -> None:
     layout.log.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(layout.log / "agent.log", maxBytes=10_000_000, backupCount=5)
+    handler = logging.handlers.RotatingFileHandler(layout.log / AGENT_LOG, maxBytes=10_000_000, backupCount=5)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -100,6 +104,7 @@ def run_agent(site_root: Path) -> int:
     stop = threading.Event()
     with pid_file(pid_path(layout)):
         settings = load_settings(layout.settings_path)
+        logging.getLogger().setLevel(settings.logging.level)
         applied = _sites.store_for(root).migrate()  # the agent is one of the two places a schema is upgraded
         if applied:
             logger.info("migrated the site DB: %s", ", ".join(applied))
@@ -166,11 +171,11 @@ def start_agent(site_root: Path, timeout_s: float = 30.0) -> int:
         if proc.poll() is not None:
             raise ServiceError(f"the site agent exited at start: {_last_error(layout)}")
         time.sleep(0.05)
-    raise ServiceError(f"the site agent did not report running within {timeout_s:g} s (see {layout.log / 'agent.log'})")
+    raise ServiceError(f"the site agent did not report running within {timeout_s:g} s (see {layout.log / AGENT_LOG})")
 
 
 def _last_error(layout: SiteLayout) -> str:
-    for name in ("agent.out", "agent.log"):
+    for name in ("agent.out", AGENT_LOG):
         try:
             lines = [ln for ln in (layout.log / name).read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
@@ -178,7 +183,7 @@ def _last_error(layout: SiteLayout) -> str:
         for line in reversed(lines):
             if "Error" in line or "ERROR" in line:
                 return line.strip()[-500:]
-    return f"see {layout.log / 'agent.log'}"
+    return f"see {layout.log / AGENT_LOG}"
 
 
 def stop_agent(site_root: Path, timeout_s: float = 60.0) -> Optional[int]:
