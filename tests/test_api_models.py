@@ -124,7 +124,7 @@ def test_event_log_filters(hello: Any) -> None:
 
 def test_site_objects(site: Any, tmp_path: Path) -> None:
     sites = list(Site.objects.all())
-    assert [(s.name, s.path) for s in sites] == [("test-site", str(site.path))]
+    assert [(s.name, s.path) for s in sites] == [("test-site", site.path)]
     s = Site.objects.get(name="test-site")
     assert s.allowed_queues["local"]["max_nodes"] == 1 and s.hostname
     s.backfill_windows = {"debug": [{"num_nodes": 4, "wall_time_min": 30}]}

@@ -60,7 +60,7 @@ def test_ls_lists_sites_with_their_status(site: Any, tmp_path: Path) -> None:
     Registry().register("faraway", tmp_path / "elsewhere", "other-host", "u1")
     Registry().register("gone", tmp_path / "gone", "", "u2")
     out = ok("site", "ls").stdout
-    assert out.splitlines()[0].split() == ["ID", "Name", "Host", "Jobs", "Status", "Path"]
+    assert out.splitlines()[0].split() == ["ID", "Name", "Host", "Active", "Jobs", "Status", "Path"]
     assert "test-site" in out and "ok" in out
     assert "faraway" in out and "on other-host: not reachable from here" in out
     assert "missing" in out

@@ -98,10 +98,12 @@ def test_running_event_records_the_node_footprint(hello: Any) -> None:
 def test_delete_fails_waiting_children_and_refuses_locked_jobs(hello: Any, store: Any) -> None:
     parent = hello.submit(workdir="p", say_hello_to="x")
     child = hello.submit(workdir="c", say_hello_to="x", parent_ids=[parent.id])
+    parent_id = parent.id
     parent.delete()
+    assert parent.id is None  # as in Balsam, a deleted job has no id
     assert state(child) == "FAILED"
-    assert child.history()[-1].data["message"] == f"parent job {parent.id} was deleted"
-    assert EventLog.objects.filter(job_id=parent.id).count() == 0
+    assert child.history()[-1].data["message"] == f"parent job {parent_id} was deleted"
+    assert EventLog.objects.filter(job_id=parent_id).count() == 0
     held = hello.submit(workdir="h", say_hello_to="x")
     with store.write() as conn:
         conn.execute("UPDATE job SET session_id=1 WHERE id=?", (held.id,))

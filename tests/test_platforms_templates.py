@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from balsam.exceptions import ConfigError
-from balsam.platforms.templates import CONTEXT_KEYS, format_partition, job_script_context, render_job_script
+from balsam.platforms.templates import BALSAM07_KEYS, CONTEXT_KEYS, format_partition, job_script_context, render_job_script
 
 
 def context(**overrides):
@@ -19,7 +19,7 @@ def context(**overrides):
 
 
 def test_context_has_exactly_the_contract_keys():
-    assert sorted(context()) == sorted(CONTEXT_KEYS)
+    assert sorted(context()) == sorted(CONTEXT_KEYS + BALSAM07_KEYS)
 
 
 def test_filters_quote_for_the_shell_and_guard_directives():

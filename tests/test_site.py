@@ -83,7 +83,7 @@ def test_a_site_of_another_host_is_never_opened(tmp_path: Path, monkeypatch: pyt
     ({"processing": {"num_workers": 1.5}}, "processing.num_workers: expected an integer"),
     ({"scheduler": {"sync_period_s": 0}}, "scheduler.sync_period_s: must be positive"),
     ({"scheduler": {"allowed_queues": {"q": {"max_nodes": -1}}}}, "allowed_queues.q.max_nodes: must not be negative"),
-    ({"elastic_queue": {"queue": "x"}}, "elastic_queue: expected a list"),
+    ({"elastic_queue": "x"}, "elastic_queue: expected a list"),
     ([1, 2], "expected a mapping at the top level"),
 ])
 def test_settings_errors_name_the_key(data: Any, message: str) -> None:
