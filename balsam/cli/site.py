@@ -156,7 +156,7 @@ def site_ls(verbose: bool, as_json: bool) -> None:
     if not verbose:
         echo_table(["ID", "Name", "Host", "Active", "Jobs", "Status", "Path"],
                    [[r["id"], r["name"], r["host"], "yes" if r.get("active") else "no", r.get("jobs", ""), r["status"], r["path"]]
-                    for r in rows], flex=["Path", "Status"])
+                    for r in rows], flex=["Path"])
         return
     for r in rows:
         click.echo(f"{r['name']} (id {r['id']})")
