@@ -124,6 +124,10 @@ def test_the_agent_starts_with_balsam07_settings_and_a_globus_location(tmp_path:
         st = json.loads(status.stdout)
         assert st["running"] and "transfers" in st["services"]
         assert st["logs"]["site agent"].endswith("log/service.log") and list((root / "log").glob("service*.log"))
+        listed = json.loads(subprocess.run([*run, "site", "ls", "--json"], capture_output=True, text=True, timeout=120).stdout)
+        assert [r["name"] for r in listed if r.get("active")] == ["g-site"]
+        jobs = subprocess.run([*run, "job", "ls", "--site", "active", "--json"], capture_output=True, text=True, timeout=120)
+        assert jobs.returncode == 0 and json.loads(jobs.stdout) == []
     finally:
         subprocess.run([*run, "site", "stop", "--site", str(root)], capture_output=True, timeout=120)
 

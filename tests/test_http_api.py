@@ -271,3 +271,16 @@ def test_the_python_api_works_from_a_foreign_host_through_the_agent(site: Any, a
     monkeypatch.delenv("BALSAM_HOSTNAME")
     _sites.reset()
     assert Job.objects.filter(tags={"moved": "yes"}).count() == 1 and Job.objects.count() == 3
+
+
+def test_an_id_alone_finds_its_job_from_a_foreign_host(site: Any, api: Any, hello: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An id names one job among all of a user's sites: from another host, with no site named, it still does."""
+    from balsam._api import sites as _sites
+    from balsam.api import EventLog, Job
+
+    job = hello.submit("by-id", say_hello_to="x")
+    monkeypatch.setenv("BALSAM_HOSTNAME", "login2")
+    _sites.reset()
+    assert _sites.current_site() is None
+    assert Job.objects.get(id=job.id).workdir == "by-id"
+    assert [e.job_id for e in EventLog.objects.filter(job_id=[job.id])] == [job.id]

@@ -294,7 +294,8 @@ def sites_of_ids(filters: Dict[str, Any]) -> Optional[List[SiteRef]]:
 
 
 def site_by_id(site_id: int) -> Optional[SiteRef]:
-    """The reachable site with this id (the current site, or a registered one on this host), or None."""
+    """The reachable site with this id (the current site, or a registered one whose directory is visible here:
+    on this host through its DB, on another through its agent's API), or None."""
     try:
         current = current_site()
     except SiteNotFound:
@@ -302,7 +303,7 @@ def site_by_id(site_id: int) -> Optional[SiteRef]:
     if current is not None and current.id == site_id:
         return current
     for entry in Registry().entries():
-        if entry.id == site_id and entry.host == this_host() and SiteLayout(Path(entry.path)).is_site():
+        if entry.id == site_id and SiteLayout(Path(entry.path)).is_site():
             ref = ref_for_root(Path(entry.path))
             if ref.id == site_id:
                 return ref
