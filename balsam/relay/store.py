@@ -1,0 +1,365 @@
+"""RelayStore: the relay's database (SQLAlchemy 2 Core over SQLite or PostgreSQL).
+
+Users and their tokens; the sites each user linked; the mirror of every site's rows, fed by the sites' pushes
+(idempotent: a push is keyed by its ``submission_id`` and a retry is answered from the stored answer); and the
+commands users make at the relay for a site (new jobs, BatchJobs, state changes), which the site pulls from a
+cursor, applies or refuses, and answers. Execution state belongs to the site: the relay never writes a mirror
+row except from a site's push.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from balsam.exceptions import BalsamError, ObjectDoesNotExist, ValidationError
+from balsam.relay import auth
+from balsam.relay import schema as t
+
+DEFAULT_TOKEN_TTL_S = 30 * 86400.0
+SITE_TOKEN_TTL_S = 365 * 86400.0
+MAX_LOGIN_FAILURES = 5
+LOGIN_WINDOW_S = 60.0
+PUSH_MEMORY_S = 7 * 86400.0
+"""How long a push's answer is kept for replays."""
+
+
+class RelayAuthError(BalsamError):
+    """Wrong credentials, or a token that is unknown, expired or revoked (HTTP 401)."""
+
+    exit_code = 3
+
+
+class RateLimited(BalsamError):
+    """Too many failed logins for a user name in a short time (HTTP 429)."""
+
+    exit_code = 3
+
+
+class Conflict(BalsamError):
+    """A write made on a stale version, or an id another site already holds (HTTP 409)."""
+
+    def __init__(self, message: str, current: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a token belongs to: a user (kind "user") or one site's agent (kind "site", ``site_id`` set)."""
+
+    user_id: int
+    user: str
+    kind: str
+    site_id: Optional[int] = None
+    token_id: Optional[int] = None
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``); SQLite runs in WAL mode."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql"):
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    raise ValidationError(f"relay database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+
+
+class RelayStore:
+    """The relay's database. Constructing it connects to nothing; :meth:`migrate` creates or upgrades the schema."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Optional[Engine] = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = engine_for(self.url)
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the current version (Alembic migrations shipped in ``balsam/relay/migrations``)."""
+        from balsam.relay.migrate import upgrade
+
+        upgrade(self)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def begin(self) -> Any:
+        """A transaction (context manager yielding a Connection)."""
+        return self.engine.begin()
+
+    def connect(self) -> Any:
+        return self.engine.connect()
+
+    # ------------------------------------------------------------------ users
+    def add_user(self, name: str, password: str) -> int:
+        """A new user; refuses a taken or malformed name."""
+        name = _check_user_name(name)
+        digest = auth.hash_password(password)
+        with self.begin() as c:
+            if c.execute(sa.select(t.user.c.id).where(t.user.c.name == name)).first() is not None:
+                raise ValidationError(f"user {name!r} already exists")
+            return int(c.execute(t.user.insert().values(name=name, password_hash=digest, created=time.time(), disabled=False)).inserted_primary_key[0])
+
+    def set_password(self, name: str, password: str) -> None:
+        digest = auth.hash_password(password)
+        with self.begin() as c:
+            if c.execute(t.user.update().where(t.user.c.name == name).values(password_hash=digest)).rowcount == 0:
+                raise ObjectDoesNotExist(f"no user {name!r}")
+
+    def users(self) -> List[Dict[str, Any]]:
+        with self.connect() as c:
+            rows = c.execute(sa.select(t.user.c.id, t.user.c.name, t.user.c.created, t.user.c.disabled).order_by(t.user.c.name))
+            return [dict(r._mapping) for r in rows]
+
+    def user_id(self, name: str) -> int:
+        with self.connect() as c:
+            row = c.execute(sa.select(t.user.c.id).where(t.user.c.name == name)).first()
+        if row is None:
+            raise ObjectDoesNotExist(f"no user {name!r}")
+        return int(row[0])
+
+    def login(self, name: str, password: str, *, ttl_s: float = DEFAULT_TOKEN_TTL_S, label: str = "login") -> Tuple[str, Caller]:
+        """Check a password (rate limited per user name) and issue a user token; returns (token, caller)."""
+        now = time.time()
+        with self.begin() as c:
+            failures = c.execute(sa.select(sa.func.count()).select_from(t.login_failure).where(
+                t.login_failure.c.name == str(name)[:64], t.login_failure.c.time > now - LOGIN_WINDOW_S)).scalar_one()
+            if failures >= MAX_LOGIN_FAILURES:
+                raise RateLimited(f"too many failed logins for {name!r}: wait a minute and try again")
+            row = c.execute(sa.select(t.user.c.id, t.user.c.password_hash, t.user.c.disabled).where(t.user.c.name == name)).first()
+        ok = row is not None and not row.disabled and auth.verify_password(password, row.password_hash)
+        if not ok:
+            if row is None:
+                auth.verify_password(password, _DUMMY_HASH)  # the same work whether or not the user exists
+            with self.begin() as c:
+                c.execute(t.login_failure.insert().values(name=str(name)[:64], time=now))
+                c.execute(t.login_failure.delete().where(t.login_failure.c.time < now - LOGIN_WINDOW_S))
+            raise RelayAuthError("wrong user name or password")
+        assert row is not None
+        text = self.issue_token(int(row.id), kind="user", label=label, ttl_s=ttl_s)
+        return text, self.verify(text)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ tokens
+    def issue_token(self, user_id: int, *, kind: str = "user", site_id: Optional[int] = None, label: str = "",
+                    ttl_s: float = DEFAULT_TOKEN_TTL_S) -> str:
+        """A new token (shown once; only its hash is kept)."""
+        if kind not in ("user", "site") or (kind == "site") != (site_id is not None):
+            raise ValidationError("a token is a user's (no site) or a site agent's (one site)")
+        if not 0 < ttl_s <= 10 * 365 * 86400:
+            raise ValidationError("a token's lifetime must be between 1 second and 10 years")
+        text, digest = auth.new_token()
+        now = time.time()
+        with self.begin() as c:
+            c.execute(t.token.insert().values(user_id=user_id, token_hash=digest, kind=kind, site_id=site_id, label=label[:200],
+                                              created=now, expires=now + ttl_s, revoked=False))
+        return text
+
+    def verify(self, text: str) -> Optional[Caller]:
+        """The caller a bearer token names; None if it is unknown, expired, revoked or its user disabled."""
+        if not isinstance(text, str) or not text.startswith(auth.TOKEN_PREFIX) or len(text) > 200:
+            return None
+        digest = auth.token_hash(text)
+        now = time.time()
+        with self.connect() as c:
+            row = c.execute(
+                sa.select(t.token.c.id, t.token.c.kind, t.token.c.site_id, t.token.c.expires, t.token.c.revoked, t.token.c.token_hash,
+                          t.user.c.id.label("uid"), t.user.c.name, t.user.c.disabled)
+                .join(t.user, t.user.c.id == t.token.c.user_id).where(t.token.c.token_hash == digest)).first()
+        if row is None or row.revoked or row.disabled or row.expires < now:
+            return None
+        return Caller(user_id=int(row.uid), user=row.name, kind=row.kind, site_id=row.site_id, token_id=int(row.id))
+
+    def tokens(self, user_id: int) -> List[Dict[str, Any]]:
+        """A user's tokens (never their text)."""
+        with self.connect() as c:
+            rows = c.execute(sa.select(t.token.c.id, t.token.c.kind, t.token.c.site_id, t.token.c.label, t.token.c.created,
+                                       t.token.c.expires, t.token.c.revoked, t.token.c.last_used)
+                             .where(t.token.c.user_id == user_id).order_by(t.token.c.id))
+            return [dict(r._mapping) for r in rows]
+
+    def revoke(self, user_id: int, token_id: int) -> None:
+        """Revoke one of the user's tokens (another user's token is "no such token")."""
+        with self.begin() as c:
+            n = c.execute(t.token.update().where(t.token.c.id == token_id, t.token.c.user_id == user_id).values(revoked=True)).rowcount
+        if n == 0:
+            raise ObjectDoesNotExist(f"no token {token_id}")
+
+    # ------------------------------------------------------------------ sites
+    def link_site(self, caller: Caller, site_id: int, name: str, hostname: str = "", path: str = "") -> str:
+        """Register one of the user's sites (or re-link it) and issue its agent token. A site id another user's
+        site holds is a conflict: the site must take a new id (``balsam site link`` does so)."""
+        if caller.kind != "user":
+            raise RelayAuthError("only a user can link a site")
+        if not isinstance(site_id, int) or not 0 < site_id < 2**31:
+            raise ValidationError(f"bad site id {site_id!r}")
+        with self.begin() as c:
+            row = c.execute(sa.select(t.site.c.user_id, t.site.c.name).where(t.site.c.id == site_id)).first()
+            if row is not None and (row.user_id != caller.user_id or row.name != name):
+                raise Conflict(f"site id {site_id} is taken at this relay: the site needs a new id")
+            other = c.execute(sa.select(t.site.c.id).where(t.site.c.user_id == caller.user_id, t.site.c.name == name,
+                                                           t.site.c.id != site_id)).first()
+            if other is not None:
+                raise Conflict(f"you already have a site named {name!r} at this relay (id {other[0]})")
+            if row is None:
+                c.execute(t.site.insert().values(id=site_id, user_id=caller.user_id, name=name, hostname=hostname, path=path,
+                                                 row="{}", pushed_seq=0, command_seq=0, backlog="{}"))
+            else:
+                c.execute(t.site.update().where(t.site.c.id == site_id).values(hostname=hostname, path=path))
+        return self.issue_token(caller.user_id, kind="site", site_id=site_id, label=f"agent of {name}", ttl_s=SITE_TOKEN_TTL_S)
+
+    def sites(self, caller: Caller) -> List[Dict[str, Any]]:
+        """The caller's sites (a site token sees only its own)."""
+        q = sa.select(t.site).where(t.site.c.user_id == caller.user_id)
+        if caller.kind == "site":
+            q = q.where(t.site.c.id == caller.site_id)
+        with self.connect() as c:
+            out = []
+            for r in c.execute(q.order_by(t.site.c.name)):
+                d = dict(r._mapping)
+                d["row"] = json.loads(d["row"] or "{}")
+                d["backlog"] = json.loads(d["backlog"] or "{}")
+                out.append(d)
+            return out
+
+    def site_for(self, caller: Caller, key: Any) -> Dict[str, Any]:
+        """One of the caller's sites by id or name; another user's site is "no such site"."""
+        for s in self.sites(caller):
+            if str(key) in (str(s["id"]), s["name"]):
+                return s
+        raise ObjectDoesNotExist(f"no site {key!r}")
+
+    # ------------------------------------------------------------------ the sites' pushes
+    def ingest(self, caller: Caller, submission_id: str, last_seq: int, items: Sequence[Dict[str, Any]],
+               site_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Apply a site's push (upserts and deletes of its rows) once: a retried ``submission_id`` is answered
+        from the stored answer and changes nothing. Returns {"pushed_seq": ..., "applied": n}."""
+        from balsam.relay import mirror
+
+        if caller.kind != "site" or caller.site_id is None:
+            raise RelayAuthError("only a site's agent can push")
+        if not isinstance(submission_id, str) or not 8 <= len(submission_id) <= 64:
+            raise ValidationError("a push needs a submission_id of 8-64 characters")
+        site_id = caller.site_id
+        now = time.time()
+        with self.begin() as c:
+            done = c.execute(sa.select(t.push.c.answer, t.push.c.site_id).where(t.push.c.submission_id == submission_id)).first()
+            if done is not None:
+                if done.site_id != site_id:
+                    raise Conflict("that submission_id belongs to another site")
+                answer: Dict[str, Any] = json.loads(done.answer)
+                answer["replayed"] = True
+                return answer
+            current = c.execute(sa.select(t.site.c.pushed_seq).where(t.site.c.id == site_id).with_for_update()).scalar_one_or_none()
+            if current is None:
+                raise ObjectDoesNotExist(f"no site {site_id}")
+            applied = mirror.apply_items(c, site_id, items)
+            values: Dict[str, Any] = {"last_seen": now, "pushed_seq": max(int(current), int(last_seq))}
+            if site_info:
+                if isinstance(site_info.get("row"), dict):
+                    values["row"] = json.dumps(site_info["row"])
+                if isinstance(site_info.get("backlog"), dict):
+                    values["backlog"] = json.dumps(site_info["backlog"])
+            c.execute(t.site.update().where(t.site.c.id == site_id).values(**values))
+            answer = {"pushed_seq": values["pushed_seq"], "applied": applied}
+            c.execute(t.push.insert().values(submission_id=submission_id, site_id=site_id, received=now, answer=json.dumps(answer)))
+            c.execute(t.push.delete().where(t.push.c.site_id == site_id, t.push.c.received < now - PUSH_MEMORY_S))
+        return answer
+
+    def pushed_seq(self, caller: Caller) -> int:
+        """The site's outbox sequence the relay has applied (a site resumes its pushes after it)."""
+        with self.connect() as c:
+            v = c.execute(sa.select(t.site.c.pushed_seq).where(t.site.c.id == caller.site_id)).scalar_one_or_none()
+        if v is None:
+            raise ObjectDoesNotExist(f"no site {caller.site_id}")
+        return int(v)
+
+    # ------------------------------------------------------------------ commands (relay -> site)
+    def add_command(self, caller: Caller, site_id: int, kind: str, body: Dict[str, Any]) -> int:
+        """Queue a command for one of the caller's sites; its id (the provisional handle)."""
+        self.site_for(caller, site_id)
+        with self.begin() as c:
+            return int(c.execute(t.command.insert().values(site_id=site_id, user_id=caller.user_id, kind=kind, body=json.dumps(body),
+                                                           created=time.time(), state="pending")).inserted_primary_key[0])
+
+    def pending_commands(self, caller: Caller, after: int, limit: int = 1000) -> List[Dict[str, Any]]:
+        """Commands for the calling site after its cursor, oldest first."""
+        if caller.kind != "site":
+            raise RelayAuthError("only a site's agent can pull commands")
+        with self.begin() as c:
+            rows = c.execute(sa.select(t.command.c.id, t.command.c.kind, t.command.c.body, t.command.c.created)
+                             .where(t.command.c.site_id == caller.site_id, t.command.c.id > after, t.command.c.state == "pending")
+                             .order_by(t.command.c.id).limit(limit)).all()
+            c.execute(t.site.update().where(t.site.c.id == caller.site_id).values(last_seen=time.time()))
+        return [{"id": int(r.id), "kind": r.kind, "body": json.loads(r.body), "created": r.created} for r in rows]
+
+    def finish_commands(self, caller: Caller, results: Iterable[Dict[str, Any]]) -> int:
+        """Record what the site did with its commands: applied (with a result) or rejected (with the reason)."""
+        if caller.kind != "site":
+            raise RelayAuthError("only a site's agent can answer commands")
+        n = 0
+        now = time.time()
+        with self.begin() as c:
+            for r in results:
+                state = r.get("state")
+                if state not in ("applied", "rejected"):
+                    raise ValidationError(f"a command result's state is applied or rejected, got {state!r}")
+                n += c.execute(t.command.update().where(t.command.c.id == int(r["id"]), t.command.c.site_id == caller.site_id,
+                                                        t.command.c.state == "pending")
+                               .values(state=state, result=json.dumps(r.get("result")), finished=now)).rowcount
+        return n
+
+    def command(self, caller: Caller, command_id: int) -> Dict[str, Any]:
+        """One of the caller's commands with its state and result."""
+        with self.connect() as c:
+            r = c.execute(sa.select(t.command).where(t.command.c.id == command_id, t.command.c.user_id == caller.user_id)).first()
+        if r is None:
+            raise ObjectDoesNotExist(f"no command {command_id}")
+        d = dict(r._mapping)
+        d["body"] = json.loads(d["body"])
+        d["result"] = json.loads(d["result"]) if d["result"] else None
+        return d
+
+
+_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def _check_user_name(name: Any) -> str:
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ValidationError(f"a user name is 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+    return name
+
+
+def default_url(config_dir: Path) -> str:
+    """The relay's default database: ``relay.db`` beside its configuration."""
+    return f"sqlite:///{config_dir / 'relay.db'}"
