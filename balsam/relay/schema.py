@@ -169,7 +169,7 @@ Index("relay_push_site_time", push.c.site_id, push.c.received)
 
 command = Table(
     "relay_command", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("site_id", BigInteger, nullable=False),
     Column("user_id", Integer, nullable=False),
     Column("kind", String(32), nullable=False),

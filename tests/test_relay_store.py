@@ -1,0 +1,136 @@
+"""The relay's database on SQLite and PostgreSQL: users and rate-limited logins, tokens (hashed, expiring,
+revocable, scoped), site linking, idempotent pushes into the mirrors, filters as SQL, commands, isolation."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from balsam.exceptions import ObjectDoesNotExist, ValidationError
+from tests.relay_support import DATABASES, relay_store
+
+BASE = 7 << 32
+
+
+@pytest.fixture(params=DATABASES)
+def relay(request: Any, tmp_path: Path) -> Iterator[Any]:
+    yield from relay_store(request.param, tmp_path)
+
+
+def job_items(site_id: int, n: int, state: str = "RUNNING", start: int = 1) -> List[Dict[str, Any]]:
+    base = site_id << 32
+    now = time.time()
+    return [{"entity": "job", "op": "upsert", "id": base + i,
+             "row": {"id": base + i, "app_id": base + 1, "workdir": f"w/{i}", "state": state if i % 2 else "JOB_FINISHED",
+                     "tags": json.dumps({"exp": f"a{i % 3}"}), "parent_ids": "[]", "parameters": '{"x": 1}', "created": now,
+                     "last_update": now, "version": 1}} for i in range(start, start + n)]
+
+
+def test_users_logins_and_tokens(relay: Any) -> None:
+    from balsam.relay.store import RateLimited, RelayAuthError
+
+    relay.add_user("alice", "correct horse")
+    with pytest.raises(ValidationError, match="already exists"):
+        relay.add_user("alice", "another one")
+    with pytest.raises(ValidationError, match="user name"):
+        relay.add_user("bad name!", "whatever1")
+    token, caller = relay.login("alice", "correct horse")
+    assert caller.user == "alice" and caller.kind == "user"
+    assert relay.verify(token) == caller
+    assert relay.verify(token + "x") is None and relay.verify("not a token") is None
+    stored = relay.tokens(caller.user_id)
+    assert len(stored) == 1 and "token" not in json.dumps(stored).replace("token_hash", "")  # never the token itself
+    relay.revoke(caller.user_id, stored[0]["id"])
+    assert relay.verify(token) is None
+    for _ in range(5):
+        with pytest.raises(RelayAuthError, match="wrong user name or password"):
+            relay.login("alice", "wrong password")
+    with pytest.raises(RateLimited, match="too many failed logins"):
+        relay.login("alice", "correct horse")
+
+
+def test_expired_token_is_refused(relay: Any) -> None:
+    uid = relay.add_user("bob", "correct horse")
+    token = relay.issue_token(uid, ttl_s=0.05)
+    assert relay.verify(token) is not None
+    time.sleep(0.1)
+    assert relay.verify(token) is None
+
+
+def test_pushes_are_applied_once_and_mirrors_answer_balsam_filters(relay: Any) -> None:
+    relay.add_user("alice", "correct horse")
+    _, alice = relay.login("alice", "correct horse")
+    site = relay.verify(relay.link_site(alice, 7, "polaris", "login1", "/home/alice/site"))
+    assert site.kind == "site" and site.site_id == 7
+    first = relay.ingest(site, "push-0001", 10, job_items(7, 10))
+    assert first == {"pushed_seq": 10, "applied": 10}
+    assert relay.ingest(site, "push-0001", 10, job_items(7, 10)) == {**first, "replayed": True}
+    assert relay.pushed_seq(site) == 10
+    from balsam.relay import mirror
+
+    with relay.connect() as c:
+        assert mirror.count_by(c, "job", [7], {}, "state") == {"RUNNING": 5, "JOB_FINISHED": 5}
+        rows = mirror.select(c, "job", [7], {"tags": {"exp": "a1"}, "state": ["RUNNING"]}, ["id", "workdir", "parameters"],
+                             order_by=["-id"])
+        assert rows == [(BASE + 7, "w/7", '{"x": 1}'), (BASE + 1, "w/1", '{"x": 1}')]
+        assert mirror.count(c, "job", [7], {"workdir__contains": "w/1"}) == 2  # w/1 and w/10
+        assert mirror.count(c, "job", [8], {}) == 0
+        with pytest.raises(ValidationError, match="unknown job filter"):
+            mirror.count(c, "job", [7], {"colour": "red"})
+    # A later push moves jobs on; a delete removes them and their tags.
+    relay.ingest(site, "push-0002", 12, job_items(7, 1, "JOB_FINISHED", start=1) + [{"entity": "job", "op": "delete", "id": BASE + 3}])
+    with relay.connect() as c:
+        assert mirror.count_by(c, "job", [7], {}, "state") == {"RUNNING": 3, "JOB_FINISHED": 6}
+        assert mirror.count(c, "job", [7], {"tags": {"exp": "a0"}}) == 2  # 6 and 9: 3 is gone
+
+
+def test_a_site_cannot_write_another_sites_rows(relay: Any) -> None:
+    relay.add_user("alice", "correct horse")
+    _, alice = relay.login("alice", "correct horse")
+    site = relay.verify(relay.link_site(alice, 7, "polaris"))
+    with pytest.raises(ValidationError, match="is not a row of site 7"):
+        relay.ingest(site, "push-0003", 1, job_items(8, 1))
+    with pytest.raises(Exception, match="only a site's agent can push"):
+        relay.ingest(alice, "push-0004", 1, job_items(7, 1))
+
+
+def test_site_ids_and_names_are_checked_at_link(relay: Any) -> None:
+    from balsam.relay.store import Conflict
+
+    relay.add_user("alice", "correct horse")
+    relay.add_user("bob", "battery staple")
+    _, alice = relay.login("alice", "correct horse")
+    _, bob = relay.login("bob", "battery staple")
+    relay.link_site(alice, 7, "polaris")
+    relay.link_site(alice, 7, "polaris")  # re-linking is fine
+    with pytest.raises(Conflict, match="site id 7 is taken"):
+        relay.link_site(bob, 7, "laptop")
+    with pytest.raises(Conflict, match="already have a site named 'polaris'"):
+        relay.link_site(alice, 9, "polaris")
+    assert [s["name"] for s in relay.sites(alice)] == ["polaris"] and relay.sites(bob) == []
+    with pytest.raises(ObjectDoesNotExist):
+        relay.site_for(bob, 7)  # another user's site is "no such site"
+
+
+def test_commands_flow_from_user_to_site_and_back(relay: Any) -> None:
+    relay.add_user("alice", "correct horse")
+    relay.add_user("bob", "battery staple")
+    _, alice = relay.login("alice", "correct horse")
+    _, bob = relay.login("bob", "battery staple")
+    site = relay.verify(relay.link_site(alice, 7, "polaris"))
+    cid = relay.add_command(alice, 7, "create_jobs", {"jobs": [{"workdir": "x"}]})
+    with pytest.raises(ObjectDoesNotExist):
+        relay.add_command(bob, 7, "create_jobs", {"jobs": []})
+    pending = relay.pending_commands(site, 0)
+    assert [(p["id"], p["kind"]) for p in pending] == [(cid, "create_jobs")]
+    assert relay.finish_commands(site, [{"id": cid, "state": "rejected", "result": {"message": "no app Hello"}}]) == 1
+    assert relay.finish_commands(site, [{"id": cid, "state": "applied"}]) == 0  # answered once
+    done = relay.command(alice, cid)
+    assert done["state"] == "rejected" and done["result"] == {"message": "no app Hello"}
+    with pytest.raises(ObjectDoesNotExist):
+        relay.command(bob, cid)
+    assert relay.pending_commands(site, 0) == []
