@@ -132,3 +132,8 @@ class TransferError(BalsamError):
 
 class ServiceError(BalsamError):
     """The site agent is not running, already running, or unreachable."""
+
+
+class CommandPending(BalsamError):
+    """A write made through the relay is queued for its site, which has not applied it yet (it is offline or
+    busy): the write happens when the site next syncs. The message names the command (the provisional handle)."""

@@ -79,6 +79,54 @@ def relay_migrate(db_url: Optional[str]) -> None:
     click.echo(f"The relay database {_safe(store.url)} is at schema revision {current(store)}.")
 
 
+@relay.command("serve")
+@db_option
+@click.option("--bind", default="127.0.0.1:8443", show_default=True, metavar="HOST:PORT",
+              help="Where to listen (port 0: any free port). Other than this host needs TLS.")
+@click.option("--tls-cert", default="", metavar="PEM", help="TLS certificate (with --tls-key).")
+@click.option("--tls-key", default="", metavar="PEM", help="TLS private key.")
+def relay_serve(db_url: Optional[str], bind: str, tls_cert: str, tls_key: str) -> None:
+    """Serve the /v1 API for every user's sites (runs until interrupted).
+
+    Example: balsam relay serve --db postgresql+psycopg://balsam@dbhost/balsam --bind 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
+    """
+    import signal
+    import threading
+
+    from balsam.exceptions import BalsamError
+
+    host, _, port_text = bind.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise CLIError(f"--bind {bind!r}: expected HOST:PORT", 2)
+    if bool(tls_cert) != bool(tls_key):
+        raise CLIError("--tls-cert and --tls-key go together", 2)
+    store = open_relay(db_url)
+    from balsam.http.serve import ApiServer, ServeOptions
+    from balsam.relay.server import build_relay_app, check_transport
+
+    try:
+        check_transport(host, bool(tls_cert))
+        server = ApiServer(build_relay_app(store), ServeOptions(bind=host, port=int(port_text), tls_cert=tls_cert, tls_key=tls_key,
+                                                                advertise=host))
+        server.start()
+    except (BalsamError, OSError) as e:
+        raise CLIError(f"cannot serve the relay on {bind}: {str(e).splitlines()[0]}", 1) from None
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"The relay serves {scheme}://{host}:{server.port} (database {_safe(store.url)}); Ctrl-C stops it.", err=False)
+    sys.stdout.flush()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        store.close()
+
+
 @relay.group("user")
 def relay_user() -> None:
     """Add, list and change the relay's users.

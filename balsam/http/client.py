@@ -41,15 +41,26 @@ _KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(ex
 
 
 class HttpClient:
-    """Signed JSON requests to one site agent's /v1 API."""
+    """JSON requests to a /v1 API: a site agent's (signed with the site secret, found through the site's state
+    folder) or any server's by URL with a bearer token (the relay)."""
 
-    def __init__(self, state_dir: Path, *, retry_s: float = 300.0, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
-        """Reads the agent's address and the site secret (ServiceError, saying how to start the agent, if absent)."""
-        self.state_dir = Path(state_dir)
+    def __init__(self, state_dir: Optional[Path] = None, *, retry_s: float = 300.0, timeout_s: float = REQUEST_TIMEOUT_S,
+                 url: str = "", token: str = "", cafile: str = "") -> None:
+        """With ``state_dir``: reads the agent's address and the site secret (ServiceError, saying how to start the
+        agent, if absent). With ``url`` and ``token``: that server, bearer auth (plain HTTP only to this host)."""
         self.retry_s = retry_s
         self.timeout_s = timeout_s
-        self._info = read_address(self.state_dir)
-        self.secret = read_secret(self.state_dir / SECRET_FILE)
+        self.token = token
+        self.secret: Optional[bytes] = None
+        if state_dir is not None:
+            self.state_dir: Optional[Path] = Path(state_dir)
+            self._info = read_address(self.state_dir)
+            self.secret = read_secret(self.state_dir / SECRET_FILE)
+        else:
+            self.state_dir = None
+            self._info = parse_url(url, cafile)
+            if not token:
+                raise exc.ServiceError(f"no token for {url}: run 'balsam login {url}'")
         self._local = threading.local()
         self._host_index = 0
 
@@ -98,7 +109,10 @@ class HttpClient:
         deadline = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
         delay = 0.05
         while True:
-            headers = sign_request(self.secret, method, path, body)
+            if self.secret is not None:
+                headers = sign_request(self.secret, method, path, body)
+            else:
+                headers = {"Authorization": f"Bearer {self.token}"}
             headers["Content-Type"] = "application/json"
             if key:
                 headers["Idempotency-Key"] = key
@@ -115,12 +129,14 @@ class HttpClient:
                 why = f"{type(e).__name__}: {e}"
                 status, data, signature = 0, b"", None
             if status:
-                if status not in RETRY_STATUSES or signature:
+                if self.secret is not None and (status not in RETRY_STATUSES or signature):
                     if not check_response(self.secret, headers["X-Balsam-Nonce"], status, data, signature):
                         self._drop()
                         raise exc.ServiceError(f"the answer from {self.address} is not signed with the site's secret "
                                                "(another server on that port, or a tampered answer)")
                 answer = _decode(data)
+                if status == 202 and isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+                    raise _exception(answer["error"], str(answer["error"].get("message") or "queued"), status)
                 if 200 <= status < 300:
                     return answer
                 error = (answer.get("error") or {}) if isinstance(answer, dict) else {}
@@ -129,6 +145,8 @@ class HttpClient:
                 if not transient:
                     raise _exception(error, message, status)
                 why = f"{status} {message}"
+            if time.monotonic() > deadline and self.state_dir is None:
+                raise exc.ServiceError(f"{self.address} did not answer {method} {path}: {why}")
             if time.monotonic() > deadline:
                 raise exc.ServiceError(f"the site agent at {self.address} did not answer {method} {path}: {why}; is it running? "
                                        f"(start it on the site's home host with 'balsam site start')")
@@ -139,6 +157,8 @@ class HttpClient:
 
     def _reload(self) -> None:
         """Re-read the agent's address (it may have restarted on another port), or try its next name."""
+        if self.state_dir is None:
+            return
         try:
             info = read_address(self.state_dir)
         except exc.ServiceError:
@@ -149,6 +169,26 @@ class HttpClient:
             self._host_index = 0
         else:
             self._host_index += 1
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def parse_url(url: str, cafile: str = "") -> Dict[str, Any]:
+    """An address record for a server URL (``https://host[:port]``); tokens go over plain HTTP only to this host."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise exc.ValidationError(f"{url!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise exc.ValidationError(f"{url!r}: expected https://HOST[:PORT]")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK:
+        raise exc.ValidationError(f"{url}: tokens travel over plain HTTP only to this host; use https://")
+    return {"scheme": parts.scheme, "host": parts.hostname, "port": port or (443 if parts.scheme == "https" else 80),
+            "cafile": cafile}
 
 
 def _decode(data: bytes) -> Any:

@@ -101,10 +101,18 @@ def _body_obj(call: Call) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------ listing
 def _filters_from_query(table: str, call: Call, skip: Sequence[str] = ()) -> Dict[str, Any]:
     reserved = {"ordering", "limit", "cursor", "count", "group_by", "include_source", "offset", "tail_bytes", *skip}
-    pairs = [(k, v) for k, v in call.query if k not in reserved]
-    filters = decode_filters(table, pairs)
-    filters.pop("site_id", None)
-    return filters
+    pairs = [(k, v) for k, v in call.query if k not in reserved and k != "site_id"]
+    _narrow(call, [v for k, v in call.query if k == "site_id"] or None)
+    return decode_filters(table, pairs)
+
+
+def _narrow(call: Call, site_id: Any) -> None:
+    """A ``site_id`` filter: a backend serving several sites (the relay's) narrows to it; one site ignores it."""
+    narrow = getattr(call.backend, "narrow", None)
+    if site_id is None or narrow is None:
+        return
+    values = site_id if isinstance(site_id, list) else [site_id]
+    call.backend = narrow([_int(v, "site_id", 1) for v in values])
 
 
 def _encode_cursor(offset: int) -> str:
@@ -160,6 +168,7 @@ def query_rows(call: Call, table: str) -> Answer:
     if not isinstance(raw, dict):
         raise ValidationError("filters: expected an object")
     filters = {k: decode_filter(table, k, [v]) for k, v in raw.items() if k != "site_id"}
+    _narrow(call, raw.get("site_id"))
     ordering = body.get("ordering") or []
     if not isinstance(ordering, list) or not all(isinstance(o, str) for o in ordering):
         raise ValidationError("ordering: expected a list of field names")

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,6 +42,8 @@ from balsam.http.routes import openapi as build_openapi
 from balsam.http.schemas import COLUMNS, iso, row_to_wire
 
 logger = logging.getLogger("balsam.http")
+ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
+"""The caller of a route that needs no credentials (a password login)."""
 
 
 @dataclass
@@ -71,6 +73,8 @@ def error_for(error: BaseException) -> ApiError:
     message = str(error).splitlines()[0] if str(error) else kind
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, exc.CommandPending):
+        return ApiError(202, "pending", message, kind=kind)
     if isinstance(error, exc.ObjectDoesNotExist):
         return ApiError(404, "not_found", message, kind="ObjectDoesNotExist")
     if isinstance(error, exc.IllegalTransition):
@@ -152,8 +156,10 @@ class Api:
     """The app's state: the backend, who may call, limits, and the WebSocket hub."""
 
     def __init__(self, backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
-                 site_id: int = 0) -> None:
+                 site_id: int = 0, backend_for: Optional[Callable[[Principal], Backend]] = None) -> None:
         self.backend = backend
+        self.backend_for = backend_for
+        """Many users' server (the relay): the backend of each caller (``backend`` serves anonymous routes)."""
         self.auth = auth
         self.site_root = site_root
         self.limits = limits or Limits()
@@ -171,7 +177,7 @@ class Api:
         except Unauthorized as e:
             raise ApiError(401, "unauthorized", str(e), kind="ServiceError") from None
 
-    async def _body(self, request: Request, principal: Principal) -> bytes:
+    async def _body(self, request: Request, principal: Optional[Principal]) -> bytes:
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -196,7 +202,7 @@ class Api:
                 raise ApiError(413, "too_large", f"request body is over the limit of {limit} bytes")
             chunks.append(chunk)
         body = b"".join(chunks)
-        if principal.kind == "site":
+        if principal is not None and principal.kind == "site":
             expected = request.headers.get(H_HASH, "")
             if (body_hash(body) if body else EMPTY_SHA256) != expected:
                 raise ApiError(401, "unauthorized", "the body does not match its signed hash", kind="ServiceError")
@@ -220,8 +226,9 @@ class Api:
         status, payload = route.handler(call)
         return status, _json(payload)
 
-    def _once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]]) -> Optional[Tuple[int, bytes, bool]]:
-        once = getattr(self.backend, "once", None)
+    def _once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],
+              backend: Optional[Backend] = None) -> Optional[Tuple[int, bytes, bool]]:
+        once = getattr(backend or self.backend, "once", None)
         if once is not None:
             return once(key, fingerprint, fn)  # type: ignore[no-any-return]
         hit = self._memory_answers.get(key)
@@ -241,22 +248,27 @@ class Api:
             principal: Optional[Principal] = None
             try:
                 principal = self._principal(request) if route.auth else None
-                body = await self._body(request, principal) if route.mutating and principal is not None else b""
+                if principal is None and not (route.mutating and self.backend_for is not None):
+                    raise ApiError(401, "unauthorized", "no credentials", kind="ServiceError")
+                body = await self._body(request, principal) if route.mutating else b""
                 try:
                     parsed = json.loads(body) if body else None
                 except ValueError:
                     raise ApiError(422, "malformed", "the request body is not JSON") from None
-                assert principal is not None
-                call = h.Call(self.backend, principal, dict(request.path_params), list(request.query_params.multi_items()), parsed,
+                caller = principal if principal is not None else ANONYMOUS
+                backend = self.backend if self.backend_for is None else self.backend_for(caller)
+                call = h.Call(backend, caller, dict(request.path_params), list(request.query_params.multi_items()), parsed,
                               self.site_root)
                 key = request.headers.get("idempotency-key")
                 if key is not None and (len(key) > 200 or not key.strip()):
                     raise ApiError(400, "invalid", "Idempotency-Key: 1 to 200 characters", field="Idempotency-Key")
+                if key is not None and self.backend_for is not None:
+                    key = f"{caller.kind}:{caller.name}:{key}"  # one user's key never answers another's request
                 if route.kind == "acquire":
                     status, data, replayed = await self._acquire(call, key, request)
                 elif route.mutating and key:
                     fingerprint = hashlib.sha256(f"{request.method} {request.url.path}?{request.url.query}\n".encode() + body).hexdigest()
-                    answer = await asyncio.to_thread(self._once, key, fingerprint, lambda: self._run(route, call))
+                    answer = await asyncio.to_thread(self._once, key, fingerprint, lambda: self._run(route, call), backend)
                     assert answer is not None
                     status, data, replayed = answer
                 else:
@@ -279,7 +291,7 @@ class Api:
         fingerprint = hashlib.sha256(f"acquire {session_id}".encode()).hexdigest()
 
         def attempt(final: bool) -> Optional[Tuple[int, bytes]]:
-            jobs = self.backend.acquire(session_id, max_num_jobs, 0.0, **constraints)
+            jobs = call.backend.acquire(session_id, max_num_jobs, 0.0, **constraints)
             if not jobs and not final:
                 return None
             return 200, _json({"jobs": [_acquired(j) for j in jobs]})
@@ -287,16 +299,16 @@ class Api:
         while True:
             final = time.monotonic() >= deadline
             if key:
-                answer = await asyncio.to_thread(self._once, key, fingerprint, functools.partial(attempt, final))
+                answer = await asyncio.to_thread(self._once, key, fingerprint, functools.partial(attempt, final), call.backend)
             else:
                 plain = await asyncio.to_thread(attempt, final)
                 answer = None if plain is None else (plain[0], plain[1], False)
             if answer is not None:
                 return answer
-            version = await asyncio.to_thread(self.backend.data_version)
+            version = await asyncio.to_thread(call.backend.data_version)
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-                if await asyncio.to_thread(self.backend.data_version) != version:
+                if await asyncio.to_thread(call.backend.data_version) != version:
                     break
 
     async def health(self, request: Request) -> Response:
@@ -361,13 +373,16 @@ def _media_type(name: str) -> str:
 
 
 def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
-              site_id: Optional[int] = None) -> Starlette:
-    """The Starlette app of ``ROUTES`` over ``backend``."""
+              site_id: Optional[int] = None, backend_for: Optional[Callable[[Principal], Backend]] = None,
+              extra_routes: Sequence[ApiRoute] = ()) -> Starlette:
+    """The Starlette app of ``ROUTES`` over ``backend``. A server of many users (the relay) passes
+    ``backend_for``, the backend of each caller, and its own ``extra_routes`` (matched first); a route of
+    those with ``auth=False`` that changes something (a password login) gets its body and an anonymous caller."""
     if site_id is None:
         site_id = int(backend.site_row(("id",))[0])
-    api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id)
+    api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id, backend_for=backend_for)
     routes: List[BaseRoute] = []
-    for r in ROUTES:
+    for r in (*extra_routes, *ROUTES):
         if r.kind == "ws":
             routes.append(WebSocketRoute(r.path, api.websocket, name=r.name))
         elif r.kind == "health":

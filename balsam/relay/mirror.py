@@ -14,19 +14,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from balsam.db.ids import site_of
 from balsam.exceptions import ValidationError
 from balsam.relay import schema as t
 
-LOCAL_BITS = 32
 ENTITIES = tuple(t.MIRRORS)
 MAX_ITEMS = 50_000
 SECRET_APP_COLUMNS = frozenset({"serialized_class", "source_code"})
 """App columns that never reach the relay (code stays at its site)."""
-
-
-def site_of(any_id: int) -> int:
-    """The site id in an id's high bits (see balsam.db.ids)."""
-    return int(any_id) >> LOCAL_BITS
 
 
 def _float(v: Any, default: float = 0.0) -> float:

@@ -1,0 +1,275 @@
+"""RelayBackend: the Backend interface (DESIGN.md section 5) for one caller of the relay.
+
+Reads come from the mirrors of the caller's sites (a user token: every site of that user; a site token: its
+own site only), so another user's rows simply do not exist for the caller. Writes never touch the mirrors:
+each becomes a command for the site that owns the row (``site_of(id)``; new jobs go to the site of their
+app). The call then waits a bounded time for the site to apply it (the site's sync service long-polls for
+commands, applies them through its LocalBackend, pushes the resulting rows and answers): an applied command
+answers with the site's result, a refused one raises the site's error, and a site that does not answer in
+time gets :class:`balsam.exceptions.CommandPending` naming the queued command (the provisional handle); the
+write happens when the site next syncs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from balsam import exceptions as exc
+from balsam.db.backend import Backend, Rejected, Row
+from balsam.db.ids import site_of
+from balsam.db.jobs import StateChange
+from balsam.relay import mirror
+from balsam.relay.store import Caller, RelayStore
+
+DEFAULT_WAIT_S = 20.0
+"""How long a write waits for its site to apply it before answering with the queued command."""
+_KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
+          and issubclass(getattr(exc, name), exc.BalsamError)}
+
+
+def site_error(result: Any) -> exc.BalsamError:
+    """The Balsam exception a site's rejection names (only classes of balsam.exceptions are built)."""
+    info = result if isinstance(result, dict) else {}
+    message = str(info.get("message") or "the site refused the command")
+    cls = _KINDS.get(str(info.get("kind") or ""), exc.ValidationError)
+    try:
+        return cls(message)  # type: ignore[no-any-return]
+    except TypeError:
+        return exc.ValidationError(message)
+
+
+def change_to_wire(ch: StateChange) -> Dict[str, Any]:
+    """A state change as JSON (no session: a change made at the relay is a user's, never a launcher's)."""
+    return {"job_id": int(ch.job_id), "state": str(ch.state), "timestamp": ch.timestamp, "data": ch.data or None,
+            "fields": ch.fields or None}
+
+
+def change_from_wire(d: Dict[str, Any]) -> StateChange:
+    return StateChange(int(d["job_id"]), str(d["state"]), d.get("timestamp"), d.get("data") or None, d.get("fields") or None)
+
+
+class RelayBackend(Backend):
+    """The caller's sites at the relay (``caller`` None: nobody's, for routes that need no credentials)."""
+
+    kind = "relay"
+
+    def __init__(self, store: RelayStore, caller: Optional[Caller], *, site_ids: Optional[Sequence[int]] = None,
+                 wait_s: float = DEFAULT_WAIT_S) -> None:
+        self.store = store
+        self.caller = caller
+        self.wait_s = wait_s
+        self._site_ids: Optional[List[int]] = None if site_ids is None else [int(s) for s in site_ids]
+
+    # ------------------------------------------------------------------ scope
+    @property
+    def site_ids(self) -> List[int]:
+        """The sites this caller may read and write (computed once per request)."""
+        if self._site_ids is None:
+            caller = self.caller
+            self._site_ids = [] if caller is None else [int(s["id"]) for s in self.store.sites(caller)]
+        return self._site_ids
+
+    def narrow(self, site_ids: Sequence[int]) -> "RelayBackend":
+        """The same caller restricted to some of its sites (a ``site_id`` filter); others' sites give no rows."""
+        wanted = {int(s) for s in site_ids}
+        return RelayBackend(self.store, self.caller, site_ids=[s for s in self.site_ids if s in wanted], wait_s=self.wait_s)
+
+    def _need_caller(self) -> Caller:
+        if self.caller is None:
+            raise exc.ServiceError("this needs a relay token")
+        return self.caller
+
+    def _owner(self, row_id: int, what: str) -> int:
+        site = site_of(int(row_id))
+        if site not in self.site_ids:
+            raise exc.ObjectDoesNotExist(f"no {what} {row_id}")
+        return site
+
+    # ------------------------------------------------------------------ reads
+    def site_row(self, columns: Sequence[str]) -> Row:
+        sites = [s for s in self.store.sites(self._need_caller()) if s["id"] in self.site_ids]
+        if len(sites) != 1:
+            raise exc.ValidationError("several sites are in scope: choose one (site_id)" if sites else "no site in scope")
+        return site_tuple(sites[0], columns)
+
+    def select(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
+               limit: Optional[int] = None, offset: int = 0) -> List[Row]:
+        with self.store.connect() as c:
+            return mirror.select(c, table, self.site_ids, filters, columns, order_by, limit, offset)
+
+    def count(self, table: str, filters: Dict[str, Any]) -> int:
+        with self.store.connect() as c:
+            return mirror.count(c, table, self.site_ids, filters)
+
+    def count_by(self, table: str, filters: Dict[str, Any], column: str) -> Dict[Any, int]:
+        with self.store.connect() as c:
+            return mirror.count_by(c, table, self.site_ids, filters, column)
+
+    def last_event_message(self, job_id: int) -> str:
+        if not self.ids("job", {"id": [int(job_id)]}):
+            raise exc.ObjectDoesNotExist(f"no job {job_id}")
+        rows = self.select("event", {"job_id": [int(job_id)]}, columns=("data",), order_by=("-timestamp", "-id"), limit=50)
+        for (data,) in rows:
+            try:
+                parsed = json.loads(data) if isinstance(data, str) else data
+            except ValueError:
+                continue
+            if isinstance(parsed, dict) and parsed.get("message"):
+                return str(parsed["message"])
+        return ""
+
+    def data_version(self) -> Optional[int]:
+        return None
+
+    def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
+        raise exc.ServiceError("app code stays at its site: the relay never holds it")
+
+    # ------------------------------------------------------------------ commands
+    def run_command(self, site_id: int, kind: str, body: Dict[str, Any]) -> Any:
+        """Queue a command for a site and wait (bounded) for its answer: the site's result, its refusal
+        raised, or CommandPending naming the queued command."""
+        caller = self._need_caller()
+        if site_id not in self.site_ids:
+            raise exc.ObjectDoesNotExist(f"no site {site_id}")
+        command_id = self.store.add_command(caller, site_id, kind, body)
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.01
+        while True:
+            row = self.store.command(caller, command_id)
+            if row["state"] == "applied":
+                return row["result"]
+            if row["state"] == "rejected":
+                raise site_error(row["result"])
+            if time.monotonic() >= deadline:
+                raise exc.CommandPending(f"queued at the relay as command {command_id} for site {site_id}, which has not "
+                                         "synced yet: it is applied when the site's agent next syncs ('balsam site ls' shows "
+                                         "when each site was last seen)")
+            time.sleep(delay)
+            delay = min(0.1, delay * 1.5)
+
+    def _by_site(self, ids: Sequence[int], what: str) -> Dict[int, List[int]]:
+        out: Dict[int, List[int]] = {}
+        for i in ids:
+            out.setdefault(self._owner(int(i), what), []).append(int(i))
+        return out
+
+    # ------------------------------------------------------------------ jobs
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+        groups: Dict[int, List[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(self._owner(int(r[1]), "app"), []).append(i)
+        ids: List[int] = [0] * len(rows)
+        states: List[str] = [""] * len(rows)
+        created = time.time()
+        for site, idx in groups.items():
+            body = {"rows": [list(rows[i]) for i in idx], "transfers": {str(n): transfers[i] for n, i in enumerate(idx) if i in transfers}}
+            result = self.run_command(site, "create_jobs", body)
+            for n, i in enumerate(idx):
+                ids[i] = int(result["ids"][n])
+                states[i] = str(result["states"][n])
+            created = float(result.get("created") or created)
+        return ids, states, created
+
+    def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
+                    changes: Sequence[StateChange] = ()) -> None:
+        per: Dict[int, Dict[str, List[Any]]] = {}
+        for job_id, fields in updates:
+            per.setdefault(self._owner(job_id, "job"), {"updates": [], "parents": [], "changes": []})["updates"].append(
+                [int(job_id), _plain(fields)])
+        for job_id, new in parents:
+            per.setdefault(self._owner(job_id, "job"), {"updates": [], "parents": [], "changes": []})["parents"].append(
+                [int(job_id), [int(p) for p in new]])
+        for ch in changes:
+            if ch.session_id is not None:
+                raise exc.ValidationError("a state change made through the relay cannot name a launcher's lease")
+            per.setdefault(self._owner(ch.job_id, "job"), {"updates": [], "parents": [], "changes": []})["changes"].append(
+                change_to_wire(ch))
+        for site, body in per.items():
+            self.run_command(site, "update_jobs", body)
+
+    def delete_jobs(self, ids: Sequence[int]) -> int:
+        n = 0
+        for site, chunk in self._by_site(ids, "job").items():
+            n += int(self.run_command(site, "delete_jobs", {"ids": chunk}) or 0)
+        return n
+
+    def apply_changes(self, changes: Sequence[StateChange], session_id: Optional[int] = None) -> Rejected:
+        if session_id is not None:
+            raise exc.ServiceError("launchers report to their site, not to the relay")
+        per: Dict[int, List[int]] = {}
+        for i, ch in enumerate(changes):
+            per.setdefault(self._owner(ch.job_id, "job"), []).append(i)
+        rejected: Rejected = []
+        for site, idx in per.items():
+            result = self.run_command(site, "apply_changes", {"changes": [change_to_wire(changes[i]) for i in idx]})
+            rejected.extend((idx[int(n)], str(why)) for n, why in result or [])
+        return sorted(rejected)
+
+    # ------------------------------------------------------------------ other rows
+    def update_rows(self, table: str, updates: Sequence[Tuple[int, Dict[str, Any]]]) -> None:
+        if table not in ("app", "batch_job", "transfer_item"):
+            raise exc.ValidationError(f"{table} rows cannot be changed through the relay")
+        per: Dict[int, List[Any]] = {}
+        for row_id, fields in updates:
+            per.setdefault(self._owner(row_id, table.replace("_", " ")), []).append([int(row_id), _plain(fields)])
+        for site, items in per.items():
+            self.run_command(site, "update_rows", {"table": table, "updates": items})
+
+    def create_batch_job(self, fields: Dict[str, Any]) -> int:
+        fields = dict(fields)
+        site = fields.pop("site_id", None)
+        if site is None:
+            if len(self.site_ids) != 1:
+                raise exc.ValidationError("site_id: name the site the BatchJob is for")
+            site = self.site_ids[0]
+        if int(site) not in self.site_ids:
+            raise exc.ObjectDoesNotExist(f"no site {site}")
+        return int(self.run_command(int(site), "create_batch_job", {"fields": fields}))
+
+    def delete_rows(self, table: str, ids: Sequence[int]) -> int:
+        if table not in ("app", "batch_job"):
+            raise exc.ValidationError(f"{table} rows cannot be deleted")
+        n = 0
+        for site, chunk in self._by_site(ids, table.replace("_", " ")).items():
+            n += int(self.run_command(site, "delete_rows", {"table": table, "ids": chunk}) or 0)
+        return n
+
+    def sync_app(self, fields: Dict[str, Any], rename_from: Optional[str] = None) -> int:
+        raise exc.ServiceError("apps are registered at their site ('balsam app sync' there): app code never travels through the relay")
+
+    # ------------------------------------------------------------------ sessions: launchers talk to their site
+    def create_session(self, *, host: str, pid: int, batch_job_id: Optional[int], label: str) -> int:
+        raise exc.ServiceError("launchers talk to their site's agent, not to the relay")
+
+    def tick(self, session_id: int) -> None:
+        raise exc.ServiceError("launchers talk to their site's agent, not to the relay")
+
+    def acquire(self, session_id: int, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
+        raise exc.ServiceError("launchers talk to their site's agent, not to the relay")
+
+    def release(self, session_id: int) -> int:
+        raise exc.ServiceError("launchers talk to their site's agent, not to the relay")
+
+
+def _plain(fields: Dict[str, Any]) -> Dict[str, Any]:
+    """Fields as JSON values (bytes as base64 under ``{"__b64__": ...}``)."""
+    import base64
+
+    return {k: ({"__b64__": base64.b64encode(bytes(v)).decode()} if isinstance(v, (bytes, bytearray, memoryview)) else v)
+            for k, v in fields.items()}
+
+
+def unplain(fields: Dict[str, Any]) -> Dict[str, Any]:
+    """The inverse of :func:`_plain` (the site's side)."""
+    import base64
+
+    return {k: (base64.b64decode(v["__b64__"]) if isinstance(v, dict) and set(v) == {"__b64__"} else v) for k, v in fields.items()}
+
+
+def site_tuple(site: Dict[str, Any], columns: Sequence[str]) -> Row:
+    """A relay site as a tuple of the site table's columns (the site's own row, as it last pushed it)."""
+    row = dict(site.get("row") or {})
+    row.update(id=site["id"], name=site["name"])
+    return tuple(row.get(c) for c in columns)
