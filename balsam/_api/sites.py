@@ -50,6 +50,11 @@ class SiteRef:
         return not self.host or self.host == this_host()
 
     @property
+    def via_relay(self) -> bool:
+        """Whether the site is reached through the relay (it is on no host of this user's here)."""
+        return self.host.startswith("relay:")
+
+    @property
     def backend(self) -> Backend:
         """How this process reaches the site: its store on the home host, the agent's HTTP API elsewhere."""
         return _backend_for(self.path, self.host)
@@ -77,6 +82,11 @@ def _backend_for(root: Path, owner: str) -> Backend:
     backend = _backends.get(root)
     if backend is not None:
         return backend
+    if owner.startswith(RELAY_HOST):
+        relayed = _relay_ref(root.name)
+        if relayed is None or relayed.path != root:
+            raise SiteNotFound(f"site {root.name!r} is no longer one of your sites at the relay")
+        return _backends[root]
     if not owner or owner == this_host():
         backend = LocalBackend(store_for(root))
     else:
@@ -98,6 +108,9 @@ def backend_reason(ref: SiteRef) -> str:
     """Why ``ref`` is reached the way it is (``balsam which``)."""
     if ref.is_home:
         return f"this host ({this_host()}) is the site's home host: the API opens its SQLite DB directly"
+    if ref.via_relay:
+        return (f"no site of this name or id is on this host, and you are logged in to the relay {ref.host[len(RELAY_HOST):]}: "
+                "the API goes through the relay, which the site's agent syncs with")
     return (f"this host ({this_host()}) is not the site's home host ({ref.host}): SQLite must not be shared across hosts, so "
             f"the API goes through the site agent's HTTP API (BALSAM_HOSTNAME sets this host's name)")
 
@@ -107,6 +120,11 @@ def ref_for_root(root: Path) -> SiteRef:
     ref = _refs.get(root)  # paths are cached resolved; a hit skips the filesystem
     if ref is not None:
         return ref
+    if Path(root).parts[1:2] == (RELAY_DIR,):
+        relayed = _relay_ref(Path(root).name)
+        if relayed is None:
+            raise SiteNotFound(f"site {Path(root).name!r} is no longer one of your sites at the relay")
+        return relayed
     root = Path(root).resolve()
     with _lock:
         ref = _refs.get(root)
@@ -150,6 +168,8 @@ def resolve(key: Union[str, int, Path, Any]) -> SiteRef:
     if hasattr(key, "path") and hasattr(key, "id") and not isinstance(key, (str, int, Path)):
         key = Path(str(key.path))
     if isinstance(key, Path) or (isinstance(key, str) and ("/" in key or key == ".")):
+        if Path(key).parts[1:2] == (RELAY_DIR,):
+            return ref_for_root(Path(key))
         root = Path(key).expanduser().resolve()
         if not SiteLayout(root).is_site():
             raise SiteNotFound(f"{root} is not a Balsam site")
@@ -165,6 +185,8 @@ def resolve(key: Union[str, int, Path, Any]) -> SiteRef:
         entry = Registry().lookup(key)
     except SiteNotFound:
         ref = site_by_id(int(key)) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else None
+        if ref is None:
+            ref = _relay_ref(key)
         if ref is None:
             raise
         return ref
@@ -311,7 +333,7 @@ def site_by_id(site_id: int) -> Optional[SiteRef]:
     for ref in local_sites():
         if ref.id == site_id:
             return ref
-    return None
+    return _relay_ref(site_id)
 
 
 def default_scope(all_local: bool = False) -> List[SiteRef]:
@@ -322,6 +344,9 @@ def default_scope(all_local: bool = False) -> List[SiteRef]:
             return [current]
     sites = local_sites()
     if not sites and not all_local:
+        relayed = relay_scope()
+        if relayed:
+            return relayed
         entries = Registry().entries()
         foreign = [e for e in entries if e.host != this_host()]
         if foreign:
@@ -381,6 +406,55 @@ def _select_one(key: str) -> List[SiteRef]:
         known = ", ".join(e.name for e in entries) or "none registered"
         raise SiteNotFound(f"no site matches {key!r} by name, id or path (known sites: {known})") from None
     return [resolve(e.name) for e in matches]
+
+
+RELAY_DIR = "balsam-relay"
+RELAY_HOST = "relay:"
+"""A site reached through the relay has the path /balsam-relay/<relay>/<name> here (no such directory) and
+the host "relay:<url>"."""
+_relay_cache: Dict[str, Any] = {}
+
+
+def _relay_sites() -> List[Dict[str, Any]]:
+    """The logged-in user's sites at the relay (asked once per process generation; [] when not logged in)."""
+    from balsam.sync import current_login, relay_sites
+
+    record = current_login()
+    if record is None:
+        return []
+    if _relay_cache.get("generation") != generation or _relay_cache.get("url") != record["url"]:
+        _relay_cache.update(generation=generation, url=record["url"], sites=relay_sites(record), record=record)
+    return list(_relay_cache["sites"])
+
+
+def _relay_ref(key: Union[str, int, Path, Any]) -> Optional[SiteRef]:
+    """One of the logged-in user's relay sites by name or id, unless a site of that name is on this host."""
+    sites = _relay_sites()
+    if not sites:
+        return None
+    from balsam.sync import RelaySiteBackend, relay_root, user_client
+
+    record = _relay_cache["record"]
+    for s in sites:
+        if str(key) in (str(s["id"]), str(s["name"])):
+            root = relay_root(record, str(s["name"]))
+            with _lock:
+                ref = _refs.get(root)
+                if ref is None:
+                    ref = _refs[root] = SiteRef(id=int(s["id"]), name=str(s["name"]), path=root, host=RELAY_HOST + str(record["url"]))
+                    _backends[root] = RelaySiteBackend(user_client(record), ref.id)
+            return ref
+    return None
+
+
+def relay_scope() -> List[SiteRef]:
+    """Every relay site of the logged-in user (the scope on a host with no site of its own)."""
+    out = []
+    for s in _relay_sites():
+        ref = _relay_ref(s["id"])
+        if ref is not None:
+            out.append(ref)
+    return out
 
 
 def reset() -> None:

@@ -43,6 +43,8 @@ COMMANDS: Dict[str, Entry] = {
     "job": Entry("balsam.cli.job:job", "Create, list, modify, reset, kill and remove jobs."),
     "queue": Entry("balsam.cli.queue:queue", "Submit, list and cancel BatchJobs (pilot allocations)."),
     "relay": Entry("balsam.cli.relay:relay", "Run and administer the optional relay: users, tokens, its database."),
+    "login": Entry("balsam.cli.login:login", "Log in to a relay (token saved 0600) to reach your sites from anywhere."),
+    "logout": Entry("balsam.cli.login:logout", "Revoke and forget this host's relay token."),
     "dag": Entry("balsam.cli.dag:dag", "Create, show and run DAG templates; watch, kill and retry instances."),
     "transfer": Entry("balsam.cli.transfer:transfer", "List the data staged in and out of jobs."),
     "db": Entry("balsam.cli.db:db", "Check, back up, compact and migrate a site's database."),

@@ -127,6 +127,30 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
     return out
 
 
+def _relay_rows() -> List[Dict[str, Any]]:
+    """The logged-in user's sites at the relay: last seen, jobs by state, changes waiting to be pushed."""
+    from balsam.exceptions import BalsamError
+    from balsam.sync import current_login, relay_sites
+
+    record = current_login()
+    if record is None:
+        return []
+    try:
+        sites = relay_sites(record)
+    except BalsamError as e:
+        return [{"id": "", "name": "", "path": record["url"], "host": "relay", "status": f"relay unreachable: {e}"}]
+    out = []
+    for s in sites:
+        backlog = s.get("backlog") or {}
+        seen = s.get("last_seen")
+        status = ("online" if (s.get("agent") or {}).get("running") else "offline") + (f", last seen {seen[:19]}Z" if seen else ", never seen")
+        if s.get("outbox"):
+            status += f", {s['outbox']} changes to push"
+        out.append({"id": s["id"], "name": s["name"], "path": f"{record['url']} ({s.get('path') or ''})", "host": s.get("hostname") or "",
+                    "status": status, "jobs": sum(int(v) for v in backlog.values()), "jobs_by_state": backlog, "relay": record["url"]})
+    return out
+
+
 def _time(ts: Optional[float]) -> str:
     import datetime as dt
 
@@ -146,7 +170,7 @@ def site_ls(verbose: bool, as_json: bool) -> None:
       balsam site ls
       balsam site ls -v --json
     """
-    rows = _site_rows(verbose or as_json)
+    rows = _site_rows(verbose or as_json) + _relay_rows()
     if as_json:
         echo_json(rows)
         return
@@ -309,6 +333,51 @@ def site_sync(sites: Sequence[str]) -> None:
     queues = ", ".join(sorted(settings.scheduler.allowed_queues)) or "none"
     click.echo(f"Site {ref.name}: settings.yml is valid; policies refreshed (queues: {queues}; "
                f"projects: {', '.join(settings.scheduler.allowed_projects) or 'none'})")
+
+
+@site.command("link")
+@click.argument("url")
+@click.option("--site", "sites", multiple=True, metavar="SITE", help="The site (default: the current site).")
+def site_link(url: str, sites: Sequence[str]) -> None:
+    """Link this site to the relay you are logged in to: its agent then syncs jobs and takes remote work.
+
+    A site id the relay already knows from another site makes this site move to a free id first.
+
+    \b
+    Example:
+      balsam login https://relay.example.org -u alice && balsam site link https://relay.example.org
+    """
+    from balsam.cli._common import one_site
+    from balsam.exceptions import BalsamError
+    from balsam.site import agent_running
+    from balsam.sync import link_site
+
+    ref = one_site(sites, "site link")
+    try:
+        link = link_site(ref.path, url)
+    except BalsamError as e:
+        raise CLIError(f"cannot link site {ref.name} to {url}: {str(e).splitlines()[0]}", 1) from None
+    if link.get("moved_from"):
+        click.echo(f"Site id {link['moved_from']} is taken at the relay: site {ref.name} now has id {link['site_id']}.")
+    click.echo(f"Site {ref.name} is linked to {link['url']} (as {link['user']}).")
+    if agent_running(ref.layout):
+        click.echo("Restart its agent to start syncing: balsam site stop && balsam site start")
+
+
+@site.command("unlink")
+@click.option("--site", "sites", multiple=True, metavar="SITE", help="The site (default: the current site).")
+def site_unlink(sites: Sequence[str]) -> None:
+    """Stop syncing this site with its relay (the site keeps working on its own).
+
+    \b
+    Example:
+      balsam site unlink
+    """
+    from balsam.cli._common import one_site
+    from balsam.sync import unlink_site
+
+    ref = one_site(sites, "site unlink")
+    click.echo(f"Site {ref.name} is no longer linked." if unlink_site(ref.path) else f"Site {ref.name} was not linked.")
 
 
 @site.command("presets")

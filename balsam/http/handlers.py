@@ -544,7 +544,7 @@ def last_message(call: Call) -> Answer:
 def create_batch_job(call: Call) -> Answer:
     _need_write(call)
     body = dict(_body_obj(call))
-    body.pop("site_id", None)
+    _narrow(call, body.pop("site_id", None))
     new_id = call.backend.create_batch_job(body)
     call.params["id"] = str(new_id)
     return 201, get_row(call, "batch_job")[1]

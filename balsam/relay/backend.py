@@ -22,6 +22,8 @@ from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
 from balsam.relay import mirror
 from balsam.relay.store import Caller, RelayStore
+from balsam.sync import encode_change as change_to_wire
+from balsam.sync import encode_fields as _plain
 
 DEFAULT_WAIT_S = 20.0
 """How long a write waits for its site to apply it before answering with the queued command."""
@@ -38,16 +40,6 @@ def site_error(result: Any) -> exc.BalsamError:
         return cls(message)  # type: ignore[no-any-return]
     except TypeError:
         return exc.ValidationError(message)
-
-
-def change_to_wire(ch: StateChange) -> Dict[str, Any]:
-    """A state change as JSON (no session: a change made at the relay is a user's, never a launcher's)."""
-    return {"job_id": int(ch.job_id), "state": str(ch.state), "timestamp": ch.timestamp, "data": ch.data or None,
-            "fields": ch.fields or None}
-
-
-def change_from_wire(d: Dict[str, Any]) -> StateChange:
-    return StateChange(int(d["job_id"]), str(d["state"]), d.get("timestamp"), d.get("data") or None, d.get("fields") or None)
 
 
 class RelayBackend(Backend):
@@ -251,21 +243,6 @@ class RelayBackend(Backend):
 
     def release(self, session_id: int) -> int:
         raise exc.ServiceError("launchers talk to their site's agent, not to the relay")
-
-
-def _plain(fields: Dict[str, Any]) -> Dict[str, Any]:
-    """Fields as JSON values (bytes as base64 under ``{"__b64__": ...}``)."""
-    import base64
-
-    return {k: ({"__b64__": base64.b64encode(bytes(v)).decode()} if isinstance(v, (bytes, bytearray, memoryview)) else v)
-            for k, v in fields.items()}
-
-
-def unplain(fields: Dict[str, Any]) -> Dict[str, Any]:
-    """The inverse of :func:`_plain` (the site's side)."""
-    import base64
-
-    return {k: (base64.b64decode(v["__b64__"]) if isinstance(v, dict) and set(v) == {"__b64__"} else v) for k, v in fields.items()}
 
 
 def site_tuple(site: Dict[str, Any], columns: Sequence[str]) -> Row:

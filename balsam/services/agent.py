@@ -74,6 +74,13 @@ def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str) -> L
         from balsam.services.elastic import ElasticQueueService
 
         services.append(ElasticQueueService(site, settings.elastic_queue))
+    from balsam.sync import site_link
+
+    link = site_link(site.path)
+    if link is not None:
+        from balsam.services.sync import SyncService
+
+        services.append(SyncService(site, link))
     return services
 
 

@@ -1,0 +1,225 @@
+"""The agent's sync service (only on a site linked to a relay: ``balsam site link URL``).
+
+Two loops share one push routine:
+
+- **Push** (every cycle, about once a second): the outbox's logged changes (coalesced per row, current
+  content) and the events after the event cursor go to ``POST /v1/sync/push`` in batches. Each batch's
+  ``submission_id`` is fixed by what it covers (outbox sequence range and event id range), so a batch resent
+  after a lost answer, a relay restart or an agent crash is answered from the relay's stored answer and
+  applied once. Only after the relay acknowledges a batch are its outbox entries trimmed and the event
+  cursor advanced (in the site DB), so a site offline for days catches up from where it stopped.
+- **Commands** (a thread, long-polling ``GET /v1/sync/commands``): each command is applied through the
+  site's LocalBackend (the same validating writers every door uses) in one transaction with the command
+  cursor and its answer, so a crash never applies a command twice; the resulting rows are pushed, then the
+  answers are sent (``applied`` with the result, or ``rejected`` with the error class and message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
+
+from balsam import exceptions as exc
+from balsam.db import outbox
+from balsam.db.backend import LocalBackend
+from balsam.services.base import Service
+
+logger = logging.getLogger(__name__)
+
+BATCH = 5000
+HEARTBEAT_S = 15.0
+POLL_WAIT_S = 20.0
+EVENT_CURSOR = "relay_event_cursor"
+COMMAND_CURSOR = "relay_command_cursor"
+ANSWERS = "relay_answers"
+FORBIDDEN_FIELDS = frozenset({"serialized_return_value", "serialized_exception", "session_id", "serialized_class", "source_code"})
+"""Fields a relay command may never write: code and results come only from the site's owner and launchers."""
+
+
+def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
+    """Apply one command through the site's own writers; its result (JSON). Raises the writer's error."""
+    from balsam.sync import decode_change, decode_fields
+
+    kind, body = cmd.get("kind"), cmd.get("body")
+    if not isinstance(body, dict):
+        raise exc.ValidationError("malformed command")
+    if kind == "create_jobs":
+        rows = [tuple(r) for r in body.get("rows") or []]
+        transfers = {int(k): v for k, v in (body.get("transfers") or {}).items()}
+        ids, states, created = backend.create_jobs(rows, transfers)
+        return {"ids": ids, "states": states, "created": created}
+    if kind == "update_jobs":
+        updates = [(int(i), _checked(decode_fields(f))) for i, f in body.get("updates") or []]
+        parents = [(int(i), [int(p) for p in ps]) for i, ps in body.get("parents") or []]
+        changes = [decode_change(c) for c in body.get("changes") or []]
+        for ch in changes:
+            _checked(ch.fields or {})
+        backend.update_jobs(updates, parents, changes)
+        return None
+    if kind == "delete_jobs":
+        return backend.delete_jobs([int(i) for i in body.get("ids") or []])
+    if kind == "apply_changes":
+        changes = [decode_change(c) for c in body.get("changes") or []]
+        for ch in changes:
+            _checked(ch.fields or {})
+        return [[i, why] for i, why in backend.apply_changes(changes)]
+    if kind == "update_rows":
+        table = str(body.get("table"))
+        if table not in ("app", "batch_job", "transfer_item"):
+            raise exc.ValidationError(f"{table} rows cannot be changed through the relay")
+        backend.update_rows(table, [(int(i), _checked(decode_fields(f))) for i, f in body.get("updates") or []])
+        return None
+    if kind == "create_batch_job":
+        return backend.create_batch_job(dict(body.get("fields") or {}))
+    if kind == "delete_rows":
+        table = str(body.get("table"))
+        if table not in ("app", "batch_job"):
+            raise exc.ValidationError(f"{table} rows cannot be deleted through the relay")
+        return backend.delete_rows(table, [int(i) for i in body.get("ids") or []])
+    raise exc.ValidationError(f"unknown command {kind!r}")
+
+
+def _checked(fields: Dict[str, Any]) -> Dict[str, Any]:
+    bad = FORBIDDEN_FIELDS & set(fields)
+    if bad:
+        raise exc.ValidationError(f"{sorted(bad)[0]} cannot be written through the relay")
+    return fields
+
+
+class SyncService(Service):
+    """Keeps a linked site and its relay in step (see the module docstring)."""
+
+    name = "sync"
+
+    def __init__(self, site: Any, link: Dict[str, Any], period_s: float = 1.0) -> None:
+        super().__init__(period_s)
+        from balsam.sync import site_client
+
+        self.site = site
+        self.link = link
+        self.client = site_client(link, retry_s=2.0, timeout_s=POLL_WAIT_S + 30)
+        self.backend = LocalBackend(site.store)
+        self._push_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._puller: Optional[threading.Thread] = None
+        self._last_push = 0.0
+        self._version: Optional[int] = None
+        self.pushed = 0
+        """Items the relay acknowledged since start."""
+
+    # ------------------------------------------------------------------ push
+    def run_cycle(self) -> None:
+        if self._puller is None or not self._puller.is_alive():
+            self._puller = threading.Thread(target=self._pull_loop, name="balsam-sync-commands", daemon=True)
+            self._puller.start()
+        self.push()
+
+    def push(self, force: bool = False) -> int:
+        """Push everything logged so far, in batches until caught up (a heartbeat with the site's counts when
+        nothing changed for a while); how many items the relay took."""
+        with self._push_lock:
+            store = self.site.store
+            version = store.data_version()
+            due = time.time() - self._last_push > HEARTBEAT_S
+            if not force and not due and version == self._version:
+                return 0  # nothing committed since the last push
+            total = 0
+            while True:
+                payload, last_seq, ev_to, n = self._batch()
+                if n == 0 and (total or not (due or force)):
+                    break
+                self.client.request("POST", "/v1/sync/push", payload, retry_s=2.0)
+                with store.write() as conn:
+                    outbox.trim(conn, last_seq)
+                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (EVENT_CURSOR, str(ev_to)))
+                self._last_push = time.time()
+                total += n
+                self.pushed += n
+                if n == 0:
+                    break
+            self._version = version
+            return total
+
+    def _batch(self) -> Tuple[Dict[str, Any], int, int, int]:
+        """The next push: (payload, last outbox seq covered, last event id covered, item count)."""
+        store = self.site.store
+        with store.read() as conn:
+            first = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+            last_seq, items = outbox.pending(conn, 0, BATCH)
+            ev_from = int(store.get_meta(EVENT_CURSOR) or 0)
+            ev_to, events = outbox.events_after(conn, ev_from, BATCH)
+            backlog: Dict[str, Any] = dict(outbox.state_counts(conn))
+            self.backlog = outbox.backlog(conn)
+            backlog["_outbox"] = self.backlog
+            cur = conn.execute("SELECT * FROM site LIMIT 1")
+            names = [d[0] for d in cur.description]
+            row = dict(zip(names, cur.fetchone() or ()))
+        site_id = int(self.link["site_id"])
+        # Fixed by what it covers: a resent batch is recognised by the relay and applied once.
+        submission = f"s{site_id}o{first or 0}-{last_seq}e{ev_from}-{ev_to}" if items or events else uuid.uuid4().hex
+        payload = {"submission_id": submission, "last_seq": last_seq, "items": items + events,
+                   "site": {"row": {k: v for k, v in row.items() if isinstance(v, (str, int, float)) or v is None},
+                            "backlog": backlog}}
+        return payload, last_seq, ev_to, len(items) + len(events)
+
+    # ------------------------------------------------------------------ commands
+    def _pull_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.pull_once(wait_s=POLL_WAIT_S)
+            except exc.BalsamError as e:
+                logger.info("sync: commands not pulled (%s); retrying", e)
+                self._stop.wait(self.period_s)
+            except Exception:  # never let the thread die silently
+                logger.exception("sync: pulling commands failed")
+                self._stop.wait(self.period_s)
+
+    def pull_once(self, wait_s: float = 0.0) -> int:
+        """Send any unsent answers, then take, apply and answer the next commands; how many were applied."""
+        store = self.site.store
+        self._send_answers()
+        after = int(store.get_meta(COMMAND_CURSOR) or 0)
+        answer = self.client.request("GET", f"/v1/sync/commands?after={after}&wait={wait_s:g}", timeout=wait_s + 30, retry_s=2.0)
+        commands: List[Dict[str, Any]] = answer.get("commands") or []
+        for cmd in commands:
+            with store.write() as conn:
+                try:
+                    with store.write():  # a savepoint: a refused command changes nothing
+                        result = {"id": cmd["id"], "state": "applied", "result": apply_command(self.backend, cmd)}
+                except exc.BalsamError as e:
+                    result = {"id": cmd["id"], "state": "rejected", "result": {"kind": type(e).__name__,
+                                                                               "message": str(e).splitlines()[0] if str(e) else ""}}
+                except (TypeError, ValueError, KeyError) as e:
+                    result = {"id": cmd["id"], "state": "rejected", "result": {"kind": "ValidationError", "message": f"malformed: {e}"}}
+                pending = json.loads(store.get_meta(ANSWERS) or "[]")
+                pending.append(result)
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (ANSWERS, json.dumps(pending)))
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (COMMAND_CURSOR, str(int(cmd["id"]))))
+        if commands:
+            self.push(force=True)  # the rows the commands made reach the relay before their answers
+            self._send_answers()
+        return len(commands)
+
+    def _send_answers(self) -> None:
+        store = self.site.store
+        pending = json.loads(store.get_meta(ANSWERS) or "[]")
+        if not pending:
+            return
+        self.client.request("POST", "/v1/sync/answers", {"results": pending}, retry_s=2.0)
+        with store.write() as conn:
+            current = json.loads(store.get_meta(ANSWERS) or "[]")
+            sent = {int(r["id"]) for r in pending}
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                         (ANSWERS, json.dumps([r for r in current if int(r["id"]) not in sent])))
+
+    def cleanup(self) -> None:
+        self._stop.set()
+        try:
+            self.push(force=True)
+        except exc.BalsamError:
+            pass
+        self.client.close()

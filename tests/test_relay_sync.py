@@ -1,0 +1,258 @@
+"""The relay end to end, on SQLite and PostgreSQL: the laptop story (two BALSAM_HOMEs: a "laptop" with no site,
+and a "login node" whose site agent is linked to a relay on 127.0.0.1), sync faults (the relay stopped and
+restarted mid-push; a retried push applied once; a site offline while work piles up catches up), rejections
+the user sees, and a site whose id is taken at the relay moving to a free one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, Tuple
+
+import pytest
+
+from balsam import exceptions as exc
+from tests.relay_support import DATABASES, relay_store
+
+HELLO = """
+from balsam.api import ApplicationDefinition
+
+class Hello(ApplicationDefinition):
+    site = "polaris"
+    command_template = "echo Hello, {{ say_hello_to }}!"
+
+Hello.sync()
+"""
+
+
+class Relay:
+    """A relay server that can be stopped and restarted on the same port."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.port = 0
+        self.server: Any = None
+
+    def start(self) -> "Relay":
+        from balsam.http.serve import ApiServer, ServeOptions
+        from balsam.relay.server import build_relay_app
+
+        self.server = ApiServer(build_relay_app(self.store), ServeOptions(bind="127.0.0.1", port=self.port)).start()
+        self.port = self.server.port
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(params=DATABASES)
+def relay(request: Any, tmp_path: Path) -> Iterator[Relay]:
+    for store in relay_store(request.param, tmp_path):
+        store.add_user("alice", "alice-password")
+        store.add_user("mallory", "mallory-password")
+        r = Relay(store).start()
+        try:
+            yield r
+        finally:
+            r.stop()
+
+
+def run(env: Dict[str, str], *args: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    out = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, env=env, timeout=180)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def node_env(tmp_path: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["BALSAM_HOME"] = str(tmp_path / "login-node-home")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env.pop("BALSAM_SITE_PATH", None)
+    return env
+
+
+def login_node(tmp_path: Path, relay: Relay) -> Tuple[Dict[str, str], Path]:
+    """A site "polaris" with the Hello app, linked to the relay as alice (agent not started)."""
+    env = node_env(tmp_path)
+    root = tmp_path / "polaris"
+    run(env, "-m", "balsam", "site", "init", str(root), "-n", "polaris", "--preset", "local")
+    settings = root / "settings.yml"
+    settings.write_text(settings.read_text().replace("idle_ttl_s: 10", "idle_ttl_s: 3"))
+    run(env, "-c", f"import os; os.chdir({str(root)!r}); exec({HELLO!r})")
+    run(env, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
+    linked = run(env, "-m", "balsam", "site", "link", relay.url, "--site", str(root))
+    assert "is linked to" in linked.stdout
+    link = root / ".balsam" / "relay.json"
+    assert oct(link.stat().st_mode & 0o777) == "0o600" and json.loads(link.read_text())["token"].startswith("bt_")
+    return env, root
+
+
+def wait_for(what: str, fn: Any, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_the_laptop_story(relay: Relay, tmp_path: Path) -> None:
+    env, root = login_node(tmp_path, relay)
+    run(env, "-m", "balsam", "site", "start", "--site", str(root))
+    try:
+        # The laptop: this process's BALSAM_HOME has no site at all.
+        from balsam.cli import main  # noqa: F401  (the CLI runs in subprocesses with the laptop's home)
+
+        laptop = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        run(laptop, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
+        assert oct((Path(os.environ["BALSAM_HOME"]) / "relay-login.json").stat().st_mode & 0o777) == "0o600"
+        listing = wait_for("the site online", lambda: (lambda out: out if "online" in out else "")(
+            run(laptop, "-m", "balsam", "site", "ls").stdout))
+        assert "polaris" in listing
+        created = run(laptop, "-m", "balsam", "job", "create", "--site", "polaris", "-a", "Hello", "-w", "demo/x",
+                      "-p", "say_hello_to=laptop", "-y")
+        assert "demo/x" in created.stdout or "Created" in created.stdout, created.stdout
+        from balsam.api import BatchJob, Job
+
+        jobs = list(Job.objects.filter(site_name="polaris"))
+        assert [(j.workdir.as_posix() if hasattr(j.workdir, "as_posix") else str(j.workdir)) for j in jobs] == ["demo/x"]
+        BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local")
+        done = wait_for("JOB_FINISHED on the laptop", lambda: Job.objects.filter(state="JOB_FINISHED").count() == 1)
+        assert done
+        assert (root / "data" / "demo" / "x" / "job.out").read_text().strip() == "Hello, laptop!"
+        # The other user sees none of it.
+        from balsam.sync import login as relay_login
+        from balsam.sync import user_client
+
+        record = relay_login(relay.url, "mallory", "mallory-password")
+        assert user_client(record).request("GET", "/v1/jobs/count")["count"] == 0
+    finally:
+        run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)
+
+
+def _sync_service(root: Path, env: Dict[str, str]) -> Any:
+    """The site's sync service in this process (the login node's registry and BALSAM_HOME)."""
+    from balsam import _api
+    from balsam.services.sync import SyncService
+    from balsam.sync import site_link
+
+    os.environ["BALSAM_HOME"] = env["BALSAM_HOME"]
+    _api.sites.reset()
+    ref = _api.sites.ref_for_root(root)
+    link = site_link(root)
+    assert link is not None
+    return ref, SyncService(ref, link)
+
+
+@pytest.mark.slow
+def test_offline_site_catches_up_once_and_a_restarted_relay_loses_nothing(relay: Relay, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    env, root = login_node(tmp_path, relay)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    ref, sync = _sync_service(root, env)
+    from balsam.api import Job
+
+    # Offline: the relay is down while the site works (jobs created, states changed, one deleted).
+    relay.stop()
+    jobs = Job.objects.bulk_create([Job(workdir=f"off/{i}", app_id="Hello", parameters={"say_hello_to": str(i)}) for i in range(300)])
+    Job.objects.filter(id=[jobs[0].id]).delete()
+    with pytest.raises(exc.ServiceError):
+        sync.push(force=True)
+    assert sync.site.store.execute("SELECT count(*) FROM outbox")[0][0] > 0  # nothing lost: still queued
+    relay.start()  # back on the same port
+    assert sync.push(force=True) > 0
+    assert sync.push(force=True) == 0  # caught up
+    caller = relay.store.verify(json.loads((root / ".balsam" / "relay.json").read_text())["token"])
+    from balsam.relay.backend import RelayBackend
+
+    mirror = RelayBackend(relay.store, caller)
+    assert mirror.count("job", {}) == 299
+    site_counts = dict(sync.site.store.execute("SELECT state, count(*) FROM job GROUP BY state"))
+    assert mirror.count_by("job", {}, "state") == site_counts
+    events_site = sync.site.store.execute("SELECT count(*) FROM event")[0][0]
+    assert mirror.count("event", {}) == events_site
+    assert sync.site.store.execute("SELECT count(*) FROM outbox")[0][0] == 0  # acknowledged entries trimmed
+
+    # A push whose answer was lost is resent with the same submission_id and applied once.
+    jobs[1].tags = {"round": "2"}
+    jobs[1].save()
+    payload, last_seq, ev_to, n = sync._batch()
+    assert n >= 1
+    first = sync.client.request("POST", "/v1/sync/push", payload)
+    again = sync.client.request("POST", "/v1/sync/push", payload)
+    assert again == dict(first, replayed=True)
+    assert mirror.count("job", {"tags": {"round": "2"}}) == 1
+
+
+@pytest.mark.slow
+def test_remote_commands_applied_once_and_refusals_reach_the_user(relay: Relay, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    env, root = login_node(tmp_path, relay)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    ref, sync = _sync_service(root, env)
+    sync.push(force=True)
+    app_id = int(sync.site.store.execute("SELECT id FROM app WHERE name = 'Hello'")[0][0])
+    from balsam.relay.backend import RelayBackend
+    from balsam.sync import user_client
+
+    user = user_client(retry_s=5)
+    user.timeout_s = 30
+    caller = relay.store.verify(user.token)
+    # The user's write is queued while the site is busy; the site applies it, answers, and the answer is
+    # idempotent: a site that crashed after applying (cursor kept in its DB) does not apply it again.
+    queued = RelayBackend(relay.store, caller, wait_s=0.2)
+    from balsam.db.jobs import new_job_row
+
+    with pytest.raises(exc.CommandPending, match="queued at the relay as command"):
+        queued.create_jobs([new_job_row("remote/1", app_id, parameters='{"say_hello_to": "x"}')], {})
+    assert sync.pull_once() == 1
+    assert sync.pull_once() == 0  # the cursor moved: nothing applied twice
+    assert sync.site.store.execute("SELECT count(*) FROM job WHERE workdir = 'remote/1'")[0][0] == 1
+    command = relay.store.command(caller, 1)
+    assert command["state"] == "applied" and len(command["result"]["ids"]) == 1
+    assert RelayBackend(relay.store, caller).count("job", {"workdir": ["remote/1"]}) == 1  # pushed before answering
+    # A refused command comes back as the site's error, never dropped.
+    job_id = command["result"]["ids"][0]
+    with pytest.raises(exc.CommandPending):
+        queued.update_jobs([(job_id, {"serialized_return_value": b"\x80\x04evil"})])
+    sync.pull_once()
+    rejected = relay.store.command(caller, 2)
+    assert rejected["state"] == "rejected" and "cannot be written through the relay" in rejected["result"]["message"]
+
+
+def test_site_id_taken_at_the_relay_moves_to_a_free_one(relay: Relay, tmp_path: Path) -> None:
+    env = node_env(tmp_path)
+    root = tmp_path / "polaris"
+    run(env, "-m", "balsam", "site", "init", str(root), "-n", "polaris", "--preset", "local")
+    run(env, "-c", f"import os; os.chdir({str(root)!r}); exec({HELLO!r})")
+    import sqlite3
+
+    conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
+    site_id = int(conn.execute("SELECT id FROM site").fetchone()[0])
+    conn.close()
+    from balsam.relay.store import Caller
+
+    mallory = relay.store.user_id("mallory")
+    relay.store.link_site(Caller(user_id=mallory, user="mallory", kind="user"), site_id, "hers")
+    run(env, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
+    out = run(env, "-m", "balsam", "site", "link", relay.url, "--site", str(root)).stdout
+    assert f"Site id {site_id} is taken" in out
+    conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
+    new_id = int(conn.execute("SELECT id FROM site").fetchone()[0])
+    app_id = int(conn.execute("SELECT id FROM app").fetchone()[0])
+    conn.close()
+    assert new_id != site_id and app_id >> 32 == new_id
+    assert json.loads((root / ".balsam" / "relay.json").read_text())["site_id"] == new_id
