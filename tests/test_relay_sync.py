@@ -130,9 +130,21 @@ def test_the_laptop_story(relay: Relay, tmp_path: Path) -> None:
         jobs = list(Job.objects.filter(site_name="polaris"))
         assert [(j.workdir.as_posix() if hasattr(j.workdir, "as_posix") else str(j.workdir)) for j in jobs] == ["demo/x"]
         BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local")
-        done = wait_for("JOB_FINISHED on the laptop", lambda: Job.objects.filter(state="JOB_FINISHED").count() == 1)
+        # The login node's script runs unchanged on the laptop: site = "polaris" resolves through the relay.
+        from balsam.api import ApplicationDefinition
+
+        class Hello(ApplicationDefinition):
+            site = "polaris"
+            command_template = "echo Hello, {{ say_hello_to }}!"
+
+        scripted = Hello.submit(workdir="demo/y", say_hello_to="script")
+        assert scripted.id >> 32 == jobs[0].id >> 32
+        done = wait_for("JOB_FINISHED on the laptop", lambda: Job.objects.filter(state="JOB_FINISHED").count() == 2)
         assert done
         assert (root / "data" / "demo" / "x" / "job.out").read_text().strip() == "Hello, laptop!"
+        assert (root / "data" / "demo" / "y" / "job.out").read_text().strip() == "Hello, script!"
+        scripted.refresh_from_db()
+        assert str(scripted.state) == "JOB_FINISHED"
         # The other user sees none of it.
         from balsam.sync import login as relay_login
         from balsam.sync import user_client

@@ -326,10 +326,17 @@ class ApplicationDefinition(metaclass=_AppMeta):
         fields = {"name": cls.__name__, "description": inspect.cleandoc(cls.__doc__ or ""), "kind": cls._balsam_kind,
                   "serialized_class": meta, "source_code": source, "parameters": dumps(cls._balsam_params),
                   "var_keyword": bool(cls._balsam_var_keyword), "transfers": dumps(cls._balsam_transfers)}
-        try:
-            app_id = site.backend.sync_app(fields, rename_from=rename_from)
-        except AppError as e:
-            raise AppError(f"site {site.name}: {e}") from None
+        if site.via_relay:  # app code never travels through the relay: use the app the site registered
+            found = site.backend.select("app", {"name": [cls.__name__]}, columns=("id",))
+            if not found:
+                raise AppError(f"site {site.name}: no app {cls.__name__} there; register it on the site's host ({cls.__name__}.sync() "
+                               "or 'balsam app sync' there): app code never travels through the relay")
+            app_id = int(found[0][0])
+        else:
+            try:
+                app_id = site.backend.sync_app(fields, rename_from=rename_from)
+            except AppError as e:
+                raise AppError(f"site {site.name}: {e}") from None
         cls.__app_id__ = app_id
         cls.__app_site__ = site.path
         cls._balsam_info = None
