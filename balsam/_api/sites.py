@@ -2,6 +2,9 @@
 
 Scope rules:
 - a query naming sites (``site_id``, ``site_name``, ``site_path``) touches those;
+- otherwise a query by ids (``id``, ``job_id``, ``app_id``, ``batch_job_id``, ``parent_id``) touches the sites
+  those ids belong to (an id carries its site's id: :mod:`balsam.db.ids`), so it never meets another site's row;
+  a site-local number (``3`` typed inside a site) is read as that site's id when exactly one site is in scope;
 - otherwise the *current site*: :func:`use_site`, else ``BALSAM_SITE_PATH``, else the site enclosing the
   working directory;
 - otherwise every registered site whose home host is this host.
