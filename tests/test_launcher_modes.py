@@ -207,3 +207,15 @@ def test_filter_tags_select_jobs(site: Any, hello: Any) -> None:
     ids = runnable(site.store, [a, b])
     assert run(site, "mpi", filter_tags={"role": "b"}) == 0
     assert states(site.store, ids) == {ids[0]: "PREPROCESSED", ids[1]: "RUN_DONE"}
+
+
+@pytest.mark.parametrize("sort_by, expected", [(None, [5, 3, 1]), ("short_small_first", [1, 3, 5])])
+def test_launcher_sort_by_orders_what_runs_first(site: Any, hello: Any, sort_by: Any, expected: list) -> None:
+    """launcher.sort_by (Balsam 0.7's setting); unset, Balsam's default order puts the longest first among equals."""
+    configure(site.path, max_concurrent_mpiruns=1, **({"sort_by": sort_by} if sort_by else {}))  # one at a time
+    jobs = [hello.submit(f"sort/{w}", say_hello_to=str(w), wall_time_min=w) for w in (3, 1, 5)]
+    runnable(site.store, jobs)
+    assert run(site, "mpi", wall_time_min=10) == 0
+    started = site.store.execute("SELECT job_id FROM event WHERE to_state='RUNNING' ORDER BY timestamp, id")  # when each started
+    walls = {j.id: j.wall_time_min for j in jobs}
+    assert [walls[r[0]] for r in started] == expected
