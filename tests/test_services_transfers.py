@@ -253,3 +253,24 @@ def test_an_alias_removed_from_settings_fails_the_job_clearly(site: Any, remote:
     service.run_cycle()
     failed = Job.objects.get(id=job.id)
     assert str(failed.state) == "FAILED" and "'store' is not in settings.yml" in failed.history()[-1].data["message"]
+
+
+def test_a_reset_or_rerun_job_tries_its_failed_transfers_again(site: Any, remote: Path) -> None:
+    service = make_service(site, {"store": "local"})
+    Staged.sync()
+    job = Staged.submit(workdir="t", transfers={"deck": f"store:{remote}/in/late.txt", "log": f"store:{remote}/out/run.log"})
+    cycle_until(service, job.id, "FAILED")  # the input is not there yet
+    (remote / "in" / "late.txt").write_text("late")
+    reset = Job.objects.get(id=job.id)
+    reset.state = "READY"
+    reset.save()
+    assert TransferItem.objects.get(job_id=job.id, direction="in").state == "pending"
+    cycle_until(service, job.id, "STAGED_IN")
+    assert (site.layout.data / "t" / "input" / "deck.txt").read_text() == "late"
+    advance(Job.objects.get(id=job.id), "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED")
+    cycle_until(service, job.id, "FAILED")  # the run wrote no run.log
+    (site.layout.data / "t" / "run.log").write_text("second run")
+    advance(Job.objects.get(id=job.id), "RESTART_READY", "RUNNING", "RUN_DONE", "POSTPROCESSED")
+    assert TransferItem.objects.get(job_id=job.id, direction="out").state == "pending"
+    cycle_until(service, job.id, "JOB_FINISHED")
+    assert (remote / "out" / "run.log").read_text() == "second run"

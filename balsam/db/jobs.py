@@ -500,12 +500,27 @@ def _pending_transfer_jobs(conn: sqlite3.Connection, job_ids: List[int], directi
     return pending
 
 
+def _retry_failed_items(conn: sqlite3.Connection, job_ids: List[int], direction: str, states: str) -> None:
+    """A job that comes back to READY or POSTPROCESSED (a reset, a re-run) gets its failed (and for stage-out,
+    already sent) items of that direction pending again, so it is never left waiting on an old error."""
+    if not job_ids or not _has_any(conn, "transfer_item"):
+        return
+    for chunk in chunks(job_ids, 20000):
+        conn.execute(
+            f"UPDATE transfer_item SET state='pending', task_id='', transfer_info='{{}}', last_update=? WHERE direction=? "
+            f"AND state IN ({states}) AND job_id IN (SELECT value FROM json_each(?))",
+            (time.time(), direction, _ids_param(chunk)),
+        )
+
+
 def _skip_stage_in(conn: sqlite3.Connection, ready: List[int]) -> List[StateChange]:
+    _retry_failed_items(conn, ready, "in", "'error'")
     pending = _pending_transfer_jobs(conn, ready, "in")
     return [StateChange(j, "STAGED_IN", data={"message": "no stage-in pending"}) for j in ready if j not in pending]
 
 
 def _skip_stage_out(conn: sqlite3.Connection, done: List[int]) -> List[StateChange]:
+    _retry_failed_items(conn, done, "out", "'error', 'done'")  # a re-run's output goes out again
     pending = _pending_transfer_jobs(conn, done, "out")
     if pending:
         conn.execute(
