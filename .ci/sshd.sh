@@ -69,6 +69,7 @@ rsh() {
 }
 
 accepts_key() {
+  [ -s "$portfile" ] || return 1
   # shellcheck disable=SC2046
   timeout 10 $(rsh) -o ConnectTimeout=5 127.0.0.1 true </dev/null >/dev/null 2>&1
 }
