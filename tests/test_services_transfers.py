@@ -192,6 +192,7 @@ def test_batches_follow_batch_size_and_at_most_max_concurrent_tasks_run(site: An
         assert (site.layout.data / f"w{i}" / "input" / "deck.txt").read_text() == str(i)
     info = TransferItem.objects.filter(job_id=jobs[0].id)[0].transfer_info
     assert info["seconds"] is not None and info["seconds"] >= 0
+    assert info["bytes"] == 4  # its batch: the four one-byte files "0" to "3"
 
 
 class FlakyAdapter:

@@ -12,7 +12,19 @@ from pathlib import Path
 from typing import List, Sequence
 
 from balsam.exceptions import TransferError
-from balsam.platforms.transfer.base import ScriptTransfer, TransferItem, is_remote, render_item_script
+from balsam.platforms import detached
+from balsam.platforms.transfer.base import ScriptTransfer, TransferItem, TransferStatus, is_remote, render_item_script
+
+
+def size_of(path: str) -> int:
+    """Bytes in a file, or in every file below a directory (0 if it is gone)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(root, f)) for root, _d, files in os.walk(path) for f in files
+                   if not os.path.islink(os.path.join(root, f)))
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def render_cp_steps(items: Sequence[TransferItem], link: bool = False) -> List[List[List[str]]]:
@@ -44,3 +56,9 @@ class CpTransfer(ScriptTransfer):
     def prepare(self, items: Sequence[TransferItem], task_dir: Path) -> str:
         """The item-by-item script (see :func:`render_cp_steps`)."""
         return render_item_script(render_cp_steps(items, link=self.option_flag("link")))
+
+    def finish(self, task_id: str, items: Sequence[TransferItem], task_dir: Path, rec: detached.ProcessRecord) -> TransferStatus:
+        """The item outcomes, with the bytes that arrived (for the task's bytes/s)."""
+        status = super().finish(task_id, items, task_dir, rec)
+        status.bytes = sum(size_of(item.destination) for i, item in enumerate(items) if i not in status.failed)
+        return status
