@@ -107,3 +107,68 @@ def test_stuck_jobs_say_why(site: Any, hello: Any) -> None:
     assert "waits to be submitted, but the site agent is not running" in why(parent)
     advance(parent, "RUNNING", "RUN_ERROR", "FAILED")
     assert why(parent).startswith("FAILED")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """An 8 MB tmpfs (CI runs as root); skipped where mounting is not permitted."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(path: Path) -> None:
+    import errno
+
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                return
+
+
+def test_the_agent_survives_a_full_disk_and_says_so(small_disk: Path) -> None:
+    from balsam._api import sites
+    from balsam.cli.service import format_status
+    from balsam.services.diagnose import explain
+    from balsam.site import init_site
+
+    root = small_disk / "site"
+    init_site(root, name="full-site")
+
+    class Echo(ApplicationDefinition):
+        site = "full-site"
+        command_template = "echo {{ x }}"
+
+    Echo.sync()
+    pid = start_agent(root)
+    try:
+        first = Echo.submit(workdir="a", x=1)
+        wait_for(lambda: str(Job.objects.get(id=first.id).state) == "PREPROCESSED")
+        filler = small_disk / "filler"
+        _fill(filler)
+        time.sleep(5)  # a few status periods with every write failing
+        status = agent_status(root)
+        assert status["running"] and status["pid"] == pid  # still alive
+        assert status["disk"]["full"]
+        assert "disk: FULL" in format_status(status)
+        ref = sites.resolve("full-site")
+        assert "disk is full" in explain(ref.store, root, int(first.id))[0]
+        filler.unlink()
+        second = Echo.submit(workdir="b", x=2)  # space again: the agent serves the new job
+        wait_for(lambda: str(Job.objects.get(id=second.id).state) == "PREPROCESSED", timeout=40)
+        assert not agent_status(root)["disk"]["full"]
+        wait_for(lambda: agent_status(root).get("updated", 0) > time.time() - 10)  # its status is written again
+    finally:
+        stop_agent(root)

@@ -76,6 +76,10 @@ def format_status(status: Dict[str, Any]) -> str:
             lines.append(f"  API: {status['api_url']}")
     else:
         lines.append("agent: not running" + (" (last report " + _age(status.get("updated")) + ")" if status.get("updated") else ""))
+    disk = status.get("disk") or {}
+    if disk.get("full"):
+        lines.append(f"disk: FULL ({disk.get('free_bytes', 0)} bytes free on {disk.get('path')}): nothing new can be "
+                     "recorded until space is freed; the agent retries with backoff")
     for name, h in sorted(status.get("services", {}).items()):
         health = "ok" if not h.get("last_error") else "ERROR"
         backlog = "" if h.get("backlog") is None else f", backlog {h['backlog']}"

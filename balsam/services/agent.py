@@ -93,14 +93,43 @@ def _setup_logging(layout: SiteLayout) -> None:
     root.setLevel(logging.INFO)
 
 
-def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool, api_url: str = "") -> None:
+DISK_FULL_BYTES = 1 << 20
+_last_write_error = [0.0]
+
+
+def disk_state(path: Path) -> Dict[str, Any]:
+    """Free space on the filesystem of ``path``; ``full`` when under 1 MiB (or 2% of a small filesystem)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return {}
+    free = st.f_bavail * st.f_frsize
+    total = st.f_blocks * st.f_frsize
+    return {"path": str(path), "free_bytes": free, "full": free < min(DISK_FULL_BYTES, 0.02 * total)}
+
+
+def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool, api_url: str = "") -> bool:
+    """Write the agent's health for ``site status``. A failed write (a full disk) is logged, at most once a
+    minute, and never stops the agent: its services keep serving what they can."""
     status = {
         "pid": os.getpid(), "host": socket.gethostname(), "version": __version__, "started": started, "updated": time.time(),
         "running": running, "services": {t.service.name: t.health() for t in threads}, "api_url": api_url,
+        "disk": disk_state(layout.root),
     }
     tmp = status_path(layout).with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, status_path(layout))
+    try:
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, status_path(layout))
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if time.time() - _last_write_error[0] > 60:
+            _last_write_error[0] = time.time()
+            logger.error("cannot write the agent status %s (%s); the agent goes on", status_path(layout), exc.strerror or exc)
+        return False
+    return True
 
 
 def run_agent(site_root: Path) -> int:
@@ -227,4 +256,5 @@ def agent_status(site_root: Path) -> Dict[str, Any]:
     status = read_status(layout)
     status["running"] = pid_file_held(pid_path(layout))
     status.setdefault("services", {})
+    status["disk"] = disk_state(layout.root)  # now, not as of the last report (which a full disk may have stopped)
     return status

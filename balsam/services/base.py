@@ -57,7 +57,9 @@ class ServiceThread(threading.Thread):
         """The wait before the next cycle: the period, doubled per failure in a row (capped)."""
         if not self.failures_in_a_row:
             return self.service.period_s
-        return float(max(self.service.period_s, min(MAX_BACKOFF_S, self.service.period_s * 2.0 ** min(self.failures_in_a_row, 20))))
+        period = self.service.period_s
+        cap = min(MAX_BACKOFF_S, max(period * 16, 5.0))  # a recovered disk or scheduler is noticed soon
+        return float(max(period, min(cap, period * 2.0 ** min(self.failures_in_a_row, 20))))
 
     def run_one(self) -> None:
         """One cycle, with its time and error recorded."""

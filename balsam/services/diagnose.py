@@ -83,7 +83,16 @@ def _launcher_reasons(store: Any, job: Dict[str, Any]) -> List[str]:
 
 
 def explain(store: Any, site_root: Any, job_id: int) -> List[str]:
-    """Reasons why job ``job_id`` is in its state and what would move it on."""
+    """Reasons why job ``job_id`` is in its state and what would move it on (a full disk first: nothing moves)."""
+    disk = agent_status(site_root).get("disk") or {}
+    reasons = _explain_job(store, site_root, job_id)
+    if disk.get("full"):
+        reasons.insert(0, f"the site's disk is full ({disk.get('free_bytes', 0)} bytes free on {disk.get('path')}): no state "
+                          "change can be recorded until space is freed")
+    return reasons
+
+
+def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
     row = store.execute("SELECT state, tags, num_nodes, wall_time_min, parent_ids, session_id, batch_job_id, ranks_per_node, "
                         "gpus_per_rank FROM job WHERE id=?", (job_id,))
     if not row:
