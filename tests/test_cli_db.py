@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from balsam.api import Job
-from tests.cli_helpers import fails, ok
+from tests.cli_helpers import fails, invoke, ok
 
 
 def test_check_a_healthy_db(site: Any, hello: Any) -> None:
@@ -118,3 +118,87 @@ def test_migrate(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_db_needs_a_site(tmp_path: Path) -> None:
     assert "no Balsam site found" in fails("db", "check")
     assert "0 sites are on this host" in fails("db", "migrate", code=2)
+
+
+# ------------------------------------------------------------------------------- damaged and read-only sites (issue 19)
+def _second_site_with_jobs(tmp_path: Path, n: int = 400) -> Any:
+    from balsam._api import sites
+    from balsam.api import ApplicationDefinition
+    from balsam.site import init_site
+
+    init_site(tmp_path / "other", name="other")
+
+    class OtherApp(ApplicationDefinition):
+        site = "other"
+        command_template = "echo {{ x }}"
+
+    OtherApp.sync()
+    for i in range(n):
+        OtherApp.submit(workdir=f"w{i}", x="y" * 200)
+    ref = sites.resolve("other")
+    ref.store.close()
+    return ref
+
+
+def _damage(db: Path, start: float = 0.45, end: float = 0.55) -> None:
+    """Overwrite a stretch of pages in the middle of the file (the schema and site row on the first pages stay)."""
+    import random
+
+    data = bytearray(db.read_bytes())
+    lo, hi = int(len(data) * start) // 4096 * 4096, int(len(data) * end) // 4096 * 4096
+    data[lo:hi] = random.Random(19).randbytes(hi - lo)
+    db.write_bytes(bytes(data))
+
+
+def test_a_corrupt_site_is_skipped_by_reads_across_sites_then_recovered(site: Any, hello: Any, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from balsam._api import sites
+
+    hello.submit("mine", say_hello_to="x")
+    other = _second_site_with_jobs(tmp_path)
+    with sqlite3.connect(other.store.db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage(other.store.db_path)
+    sites.reset()
+    assert [str(j.workdir) for j in Job.objects.filter(site_name=["test-site", "other"])] == ["mine"]  # the healthy site answers
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped site 'other'") == 1 and "balsam db recover --site" in err
+    listing = ok("job", "ls", "--site", "all")
+    assert "mine" in listing.stdout and "skipped site 'other'" in listing.stderr
+    check = invoke("db", "check", "--site", str(other.path))
+    assert check.exit_code == 1 and "problems remain" in check.stderr  # db check runs on a damaged DB...
+    assert "recoverable:" in check.stdout and " job," in check.stdout and "balsam db recover" in check.stdout, check.stdout
+    rec = ok("db", "recover", "--python", "--site", str(other.path)).stdout
+    assert "Rebuilt" in rec and "kept as" in rec
+    assert list((other.path / ".balsam").glob("site.db.corrupt-*"))  # the old file is kept
+    assert ": ok" in ok("db", "check", "--site", str(other.path)).stdout
+    sites.reset()
+    recovered = Job.objects.filter(site_name="other").count()
+    assert 0 < recovered < 400  # what was readable came back; the damaged stretch did not
+
+
+def test_a_read_only_site_reads_and_refuses_writes_saying_so(site: Any, hello: Any) -> None:
+    import subprocess
+
+    job = hello.submit("ro", say_hello_to="x")
+    site.store.close()
+    with sqlite3.connect(site.store.db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    path = str(site.path)
+    if subprocess.run(["mount", "--bind", path, path], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (CI runs as root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", path], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        from balsam._api import sites
+
+        sites.reset()
+        assert "ro" in ok("job", "ls", "--site", path).stdout
+        assert str(Job.objects.get(id=job.id).workdir) == "ro"
+        err = fails("job", "rm", str(job.id), "--yes", "--site", path, code=1)
+        assert "is read-only" in err and "reads work" in err
+    finally:
+        subprocess.run(["umount", "-l", path], capture_output=True)
+        from balsam._api import sites
+
+        sites.reset()

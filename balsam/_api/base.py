@@ -335,9 +335,12 @@ class Query(Generic[M]):
             rows = site.backend.select(spec.table, filters, columns=model._columns, order_by=self._order, limit=limit, offset=lo)
             results = [model._from_row(site, r) for r in rows]
         else:
-            for site in sites:
+            def read(site: "SiteRef") -> List[M]:
                 rows = site.backend.select(spec.table, filters, columns=model._columns, order_by=self._order, limit=hi)
-                results.extend(model._from_row(site, r) for r in rows)
+                return [model._from_row(site, r) for r in rows]
+
+            for part in _sites.readable(sites, read):
+                results.extend(part)
             results = _merge_sort(results, self._order or spec.default_order)
             results = results[lo:hi]
         self._cache = results
@@ -401,7 +404,8 @@ class Query(Generic[M]):
         if self._sliced:
             return len(self._fetch())
         filters = dict(self._filters)
-        return sum(site.backend.count(self._model._spec.table, filters) for site in _sites.scope(filters))
+        table = self._model._spec.table
+        return sum(_sites.readable(_sites.scope(filters), lambda site: site.backend.count(table, filters)))
 
     def first(self) -> Optional[M]:
         """The first object in order, or None."""

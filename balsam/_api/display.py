@@ -60,8 +60,9 @@ def _state_counts(query: "Query[Any]") -> Dict[str, int]:
         return {}
     out: Dict[str, int] = {}
     filters = dict(query._filters)
-    for site in _sites.scope(filters):
-        for state, n in site.backend.count_by(query._model._spec.table, filters, column).items():
+    table = query._model._spec.table
+    for counts in _sites.readable(_sites.scope(filters), lambda site: site.backend.count_by(table, filters, column)):
+        for state, n in counts.items():
             out[str(state)] = out.get(str(state), 0) + n
     return out
 

@@ -15,14 +15,16 @@ login node, a compute node), it is reached through its agent's /v1 HTTP API with
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 from balsam.db import Store, open_store
 from balsam.db.backend import Backend, LocalBackend
-from balsam.exceptions import ForeignHostError, SiteNotFound
+from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
 from balsam.site import Registry, SiteLayout, find_site_root, this_host
 
 __all__ = ["SiteRef", "current_site", "default_scope", "local_sites", "ref_for_root", "reset", "resolve", "scope", "select",
@@ -222,13 +224,48 @@ def single_site(site: Any = None, *, how: str = "name one") -> SiteRef:
     return sites[0]
 
 
+_warned: Dict[Path, str] = {}
+T = TypeVar("T")
+
+
+def warn_broken(root: Path, name: str, exc: BaseException) -> None:
+    """One warning line (once per site and process) for a site a cross-site read skips."""
+    if root in _warned:
+        return
+    _warned[root] = str(exc)
+    detail = str(exc).split(" (", 1)[0] if isinstance(exc, StoreError) and str(exc).startswith(str(root)) else str(exc)
+    print(f"warning: skipped site {name!r} ({root}): its DB cannot be read ({detail}); check it with "
+          f"'balsam db check --site {root}' and rebuild it with 'balsam db recover --site {root}'", file=sys.stderr)
+
+
+def readable(sites: Sequence[SiteRef], read: Callable[[SiteRef], T]) -> List[T]:
+    """``read`` on each site. With several sites in scope, one whose DB cannot be read (corrupt, unreadable) is
+    skipped with a warning naming it and the repair command: one bad site must not break every read."""
+    if len(sites) <= 1:
+        return [read(s) for s in sites]
+    out: List[T] = []
+    for site in sites:
+        try:
+            out.append(read(site))
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            warn_broken(site.path, site.name, exc)
+    return out
+
+
 def local_sites() -> List[SiteRef]:
-    """Every registered site on this host whose directory still exists."""
+    """Every registered site on this host whose directory still exists (a site whose DB cannot be opened is
+    skipped with a warning)."""
     host = this_host()
     out = []
     for entry in Registry().entries():
         if entry.host == host and SiteLayout(Path(entry.path)).is_site():
-            ref = ref_for_root(Path(entry.path))
+            try:
+                ref = ref_for_root(Path(entry.path))
+            except (sqlite3.DatabaseError, StoreError) as exc:
+                warn_broken(Path(entry.path), entry.name, exc)
+                continue
             if ref.id != entry.id:  # a migration gave the site its id prefix; the registry follows
                 Registry().update(entry.name, site_id=ref.id)
             out.append(ref)
@@ -473,4 +510,5 @@ def reset() -> None:
                 backend.close()
         _backends.clear()
         _refs.clear()
+        _warned.clear()
     _current = None

@@ -43,26 +43,81 @@ def db_check(fix: bool, sites: Sequence[str], as_json: bool) -> None:
       balsam db check
       balsam db check --fix
     """
-    from balsam.db import maintenance
+    import sqlite3
 
-    ref = one_site(sites, "db check")
-    problems = maintenance.check(ref.store.conn)
-    fixed = maintenance.repair(ref.store) if fix and any(p.fixable for p in problems) else []
-    remaining = maintenance.check(ref.store.conn) if fixed else problems
+    from balsam.db import maintenance, open_store, recover
+    from balsam.exceptions import StoreError
+    from balsam.site import this_host
+
+    try:
+        ref = one_site(sites, "db check")
+        store, name = ref.store, ref.name
+    except (StoreError, sqlite3.DatabaseError):  # a damaged DB can always be checked: open the file itself
+        root = _root_without_opening(sites, "db check")
+        store, name = open_store(root, this_host()), root.name
+    try:
+        problems = maintenance.check(store.conn)
+    except (StoreError, sqlite3.DatabaseError) as exc:
+        problems = [maintenance.Problem("unreadable", 1, f"the DB cannot be read: {exc}", fixable=False)]
+    damaged = any(p.name in ("integrity", "unreadable") for p in problems)
+    salvage = None
+    if damaged:
+        try:
+            salvage = recover.salvage(store.db_path, None).summary()
+        except StoreError as exc:
+            salvage = f"nothing ({exc})"
+    fixed = maintenance.repair(store) if fix and not damaged and any(p.fixable for p in problems) else []
+    remaining = maintenance.check(store.conn) if fixed else problems
     if as_json:
-        echo_json({"site": ref.name, "db": str(ref.store.db_path), "problems": [vars(p) for p in problems],
-                   "fixed": [vars(p) for p in fixed], "remaining": [vars(p) for p in remaining]})
+        echo_json({"site": name, "db": str(store.db_path), "problems": [vars(p) for p in problems],
+                   "fixed": [vars(p) for p in fixed], "remaining": [vars(p) for p in remaining], "recoverable": salvage})
     else:
         if not problems:
-            click.echo(f"{ref.store.db_path}: ok (integrity and consistency)")
+            click.echo(f"{store.db_path}: ok (integrity and consistency)")
         for p in problems:
             click.echo(f"problem: {p}" + ("" if p.fixable else " [not repairable by --fix]"))
         for p in fixed:
             click.echo(f"fixed: {p.name} ({p.count})")
-        if remaining and not fix and any(p.fixable for p in remaining):
+        if salvage is not None:
+            click.echo(f"recoverable: {salvage}. Run 'balsam db recover --site {store.db_path.parent.parent}' to rebuild "
+                       "the DB from them (the damaged file is kept).")
+        elif remaining and not fix and any(p.fixable for p in remaining):
             click.echo("Run 'balsam db check --fix' to repair.")
     if remaining:
-        raise CLIError(f"{len(remaining)} kinds of problems remain in {ref.store.db_path}", 1)
+        raise CLIError(f"{len(remaining)} kinds of problems remain in {store.db_path}", 1)
+
+
+@db.command("recover")
+@click.option("--python", "python_only", is_flag=True,
+              help="Use Balsam's row-by-row salvage even where the sqlite3 shell (and its .recover) is installed.")
+@_site_option
+def db_recover(python_only: bool, sites: Sequence[str]) -> None:
+    """Rebuild a damaged site DB from every row that can still be read, into a new file that replaces it; the
+    damaged file is kept beside it (site.db.corrupt-TIME). Stop the site agent first.
+
+    \b
+    Example:
+      balsam site stop && balsam db recover && balsam db check
+    """
+    from balsam.db import maintenance, open_store, recover
+    from balsam.site import SiteLayout, agent_running, this_host
+
+    root = _root_without_opening(sites, "db recover")
+    layout = SiteLayout(root)
+    why = agent_running(layout)
+    if why:
+        raise CLIError(f"the site agent is running ({why}): stop it first with 'balsam site stop --site {root}'", 2)
+    result = recover.recover(layout.db_path, use_cli=False if python_only else None)
+    click.echo(f"Rebuilt {result.new_path} ({result.method}): {result.summary()}")
+    if result.lost:
+        click.echo(f"unreadable parts skipped in: {', '.join(sorted(result.lost))}")
+    click.echo(f"The damaged file is kept as {result.kept_path}")
+    store = open_store(root, this_host())
+    try:
+        for p in maintenance.repair(store):
+            click.echo(f"rebuilt: {p.name} ({p.count})")
+    finally:
+        store.close()
 
 
 @db.command("backup")
@@ -110,14 +165,14 @@ def db_vacuum(sites: Sequence[str]) -> None:
     click.echo(f"Compacted {ref.store.db_path}: {_mb(before)} -> {_mb(after)}")
 
 
-def _root_without_opening(sites: Sequence[str]) -> Path:
-    """The site directory for ``db migrate``, found like ``--site`` does but without opening the store
-    (opening an older schema is refused)."""
+def _root_without_opening(sites: Sequence[str], action: str = "db migrate") -> Path:
+    """The site directory for ``db migrate`` (or check/recover of a damaged DB), found like ``--site`` does but
+    without opening the store (opening an older schema is refused; a damaged one fails)."""
     from balsam.site import Registry, SiteLayout, find_site_root, this_host
 
     keys = [k.strip() for s in sites for k in s.split(",") if k.strip()]
     if len(keys) > 1:
-        raise CLIError("db migrate takes one site", 2)
+        raise CLIError(f"{action} takes one site", 2)
     if keys:
         candidate = Path(keys[0]).expanduser().resolve()
         return candidate if SiteLayout(candidate).is_site() else Path(Registry().lookup(keys[0]).path)

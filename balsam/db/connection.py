@@ -82,6 +82,8 @@ class Store:
         self._checked_pid = 0
         self._check_lock = threading.Lock()
         self._migrating = False
+        self.read_only = ""
+        """Why the site is read-only ("" when it is not): reads work, writes are refused saying so."""
 
     # ------------------------------------------------------------------ opening
     def _check_host(self) -> None:
@@ -101,7 +103,17 @@ class Store:
                 f"'balsam site rename-host' (from {site}) to make this host its home."
             )
 
+    def _read_only_reason(self) -> str:
+        """Why this process cannot write the DB (a read-only filesystem, no write permission), or ""."""
+        for path in (self.db_path.parent, self.db_path):
+            if path.exists() and not os.access(path, os.W_OK):
+                return f"{path} is not writable"
+        return ""
+
     def _connect(self) -> sqlite3.Connection:
+        self.read_only = self._read_only_reason()
+        if self.read_only:
+            return self._connect_read_only()
         try:
             conn = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -111,6 +123,27 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.db_path}: not a Balsam site DB, or corrupt ({exc}); try 'balsam db check'") from None
         return conn
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """Open a site that cannot be written: ``mode=ro`` needs WAL's shared-memory file to exist or be creatable;
+        where neither is possible, ``immutable=1`` (no locking: nobody can write a read-only site anyway)."""
+        last: Optional[Exception] = None
+        for query in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(f"file:{self.db_path}?{query}", uri=True, isolation_level=None, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)
+                conn.execute("PRAGMA user_version").fetchone()
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.DatabaseError as exc:
+                last = exc
+        raise StoreError(f"{self.db_path}: the site is read-only ({self.read_only}) and cannot be opened for reading "
+                         f"either ({last})") from None
+
+    def _refuse_write(self) -> None:
+        site = self.db_path.parent.parent
+        raise StoreError(f"site {site} is read-only ({self.read_only}): reads work, but this change cannot be recorded; "
+                         "make the site directory writable to change it")
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         try:
@@ -133,7 +166,7 @@ class Store:
                 f"site's agent and run 'balsam db migrate --site {self.db_path.parent.parent}' (or start the agent, "
                 "which migrates at start)"
             )
-        if mode.lower() != "wal":
+        if mode.lower() != "wal" and not self.read_only:
             conn.execute("PRAGMA journal_mode=WAL")
 
     @property
@@ -173,6 +206,8 @@ class Store:
         Nested calls become savepoints of the enclosing transaction.
         """
         conn = self.conn
+        if self.read_only:
+            self._refuse_write()
         local = self._local
         if local.depth > 0:
             name = f"sp{local.depth}"
