@@ -202,3 +202,14 @@ def test_a_read_only_site_reads_and_refuses_writes_saying_so(site: Any, hello: A
         from balsam._api import sites
 
         sites.reset()
+
+
+def test_site_ls_does_not_call_a_damaged_site_ok(site: Any, tmp_path: Path) -> None:
+    other = _second_site_with_jobs(tmp_path, n=200)
+    with sqlite3.connect(other.store.db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage(other.store.db_path)
+    listing = ok("site", "ls").stdout
+    line = next(ln for ln in listing.splitlines() if " other " in ln)
+    assert " ok " not in line and ("damaged" in line or "error" in line)
+    assert "balsam db check" in json.dumps(json.loads(ok("site", "ls", "--json").stdout))

@@ -92,6 +92,10 @@ def site_init(path: Path, name: Optional[str], preset: Optional[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- ls
+QUICK_CHECK_MAX_BYTES = 64 << 20
+"""``site ls`` runs SQLite's quick_check on DBs up to this size (``-v``: always), so a damaged site is not "ok"."""
+
+
 def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
     from balsam.db import open_store
     from balsam.site import Registry, SiteLayout, agent_running, this_host
@@ -119,8 +123,12 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
                     row["created"] = _time(created)
                     row["apps"] = store.conn.execute("SELECT count(*) FROM app").fetchone()[0]
                     row["schema_version"] = store.schema_version()
+                if store.db_path.stat().st_size <= QUICK_CHECK_MAX_BYTES or verbose:
+                    damage = store.conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+                    if damage != "ok":
+                        row["status"] = f"damaged DB: run 'balsam db check --site {e.name}'"
             except Exception as exc:  # one broken site must not hide the others
-                row["status"] = f"error: {exc}"
+                row["status"] = f"error: {exc} (run 'balsam db check --site {e.name}')"
             finally:
                 store.close()
         out.append(row)
