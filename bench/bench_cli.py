@@ -50,7 +50,7 @@ def build_site(tmp: Path, n_jobs: int) -> Path:
     store = sites.resolve("big-site").store
     chunk = 100_000
     for start in range(0, n_jobs, chunk):
-        rows = [new_job_row(f"run/{i}", app_id, tags={"experiment": f"e{i % 10}", "batch": str(i // 1000)}, parameters=f'{{"x":{i}}}')
+        rows = [new_job_row(f"run/{i}", app_id, tags={"experiment": f"e{i % 10}", "batch": str(i // 1000)}, parameters={"x": i})
                 for i in range(start, min(start + chunk, n_jobs))]
         with store.write() as conn:
             insert_jobs(conn, rows)

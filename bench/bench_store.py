@@ -144,7 +144,7 @@ def bench_big(tmp: Path, n: int) -> Dict[str, float]:
     batch = 100_000
     for start in range(0, n, batch):
         rows = [job_db.new_job_row(f"w/{i}", app_id, tags={"experiment": "xyz" if i % 10 == 0 else "abc", "run": str(i % 1000)},
-                                   parameters='{"say_hello_to":"x"}') for i in range(start, min(n, start + batch))]
+                                   parameters={"say_hello_to": "x"}) for i in range(start, min(n, start + batch))]
         with store.write() as conn:
             job_db.insert_jobs(conn, rows)
     with store.write() as conn:

@@ -10,7 +10,7 @@ import pytest
 
 from balsam.api import ApplicationDefinition, EventLog, Job
 from balsam.exceptions import ValidationError
-from tests.helpers import advance
+from tests.helpers import advance, finish_run
 
 
 def test_the_issue_example_runs_offline(hello: Any) -> None:
@@ -137,8 +137,8 @@ def test_bulk_update_writes_only_changes(hello: Any) -> None:
 
 def test_bad_values_are_refused(hello: Any) -> None:
     for kwargs, message in [
-        ({"num_nodes": 0}, "num_nodes must be an integer >= 1"),
-        ({"gpus_per_rank": -1}, "gpus_per_rank must be a number >= 0"),
+        ({"num_nodes": 0}, "num_nodes must be an integer from 1 to"),
+        ({"gpus_per_rank": -1}, "gpus_per_rank must be a number from 0 to"),
         ({"tags": {"a": ["list"]}}, "tags must map"),
         ({"workdir": "../escape"}, "leaves the site's data/ folder"),
     ]:
@@ -165,11 +165,12 @@ def _finish_from_thread(job_id: int, value: Any = None, exc: Any = None, delay: 
         job = Job.objects.get(id=job_id)
         advance(job, "PREPROCESSED", "RUNNING")
         if exc is not None:
-            job.serialized_exception = pickle_value((exc, "Traceback (most recent call last):\n  remote\nTypeError: bad"))
-            advance(job, "RUN_ERROR", "FAILED")
+            finish_run(job, "RUN_ERROR", return_code=1,
+                       serialized_exception=pickle_value((exc, "Traceback (most recent call last):\n  remote\nTypeError: bad")))
+            advance(job, "FAILED")
         else:
-            job.serialized_return_value = pickle_value(value)
-            advance(job, "RUN_DONE", "POSTPROCESSED")
+            finish_run(job, "RUN_DONE", return_code=0, serialized_return_value=pickle_value(value))
+            advance(job, "POSTPROCESSED")
 
     threading.Thread(target=go, daemon=True).start()
 

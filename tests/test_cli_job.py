@@ -53,7 +53,7 @@ def test_create_failures_write_nothing(site: Any, hello: Any) -> None:
     assert "needs parameter 'say_hello_to'" in fails("job", "create", "-a", "Hello", "-w", "x", code=2)
     assert "has no parameter 'nope'" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-p", "nope=1", code=2)
     assert "is absolute" in fails("job", "create", "-a", "Hello", "-w", "/abs", "-p", "say_hello_to=a", code=2)
-    assert "num_nodes must be an integer >= 1" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-n", "0",
+    assert "num_nodes must be an integer from 1 to" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-n", "0",
                                                         code=2)
     assert "give -w/--workdir and -a/--app" in fails("job", "create", "-a", "Hello", code=2)
     assert f"parent job {sid(99)} does not exist" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-pid", "99",

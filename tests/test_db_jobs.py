@@ -79,10 +79,10 @@ def test_failure_cascades_to_every_descendant_waiting(hello: Any, how: str) -> N
 def test_reset_after_failure_and_return_code_kept(hello: Any) -> None:
     job = hello.submit(workdir="a", say_hello_to="x")
     advance(job, "PREPROCESSED", "RUNNING")
-    job.state = "RUN_ERROR"
-    job.return_code = 3
-    job.state_data = {"error": "boom"}
-    job.save()
+    with job.__dict__["_site"].store.write() as conn:  # what the launcher holding the job writes
+        job_db.apply_state_changes(conn, [job_db.StateChange(int(job.id), "RUN_ERROR", data={"error": "boom"}, fields={"return_code": 3},
+                                               session_id=job.__dict__["_session_id"])])
+    job.refresh_from_db()
     assert job.return_code == 3 and job.state == "RUN_ERROR"
     advance(job, "FAILED", "RESTART_READY")
     assert state(job) == "RESTART_READY"

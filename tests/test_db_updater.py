@@ -81,7 +81,7 @@ def test_puts_from_many_threads(hello: Any, store: Any) -> None:
     def worker(part: List[Any]) -> None:
         for job in part:
             updater.put(job.id, "RUNNING", session_id=sid)
-            updater.put(job.id, "RUN_DONE", fields={"return_code": 0})
+            updater.put(job.id, "RUN_DONE", fields={"return_code": 0}, session_id=sid)
 
     threads = [threading.Thread(target=worker, args=(jobs[k::4],)) for k in range(4)]
     for t in threads:

@@ -101,7 +101,7 @@ def test_client_job_source_and_idempotent_status_batches(site: Any, channel: Any
     sink = api_sink(backend)
     assert sink([StateChange(job_id, "RUNNING", session_id=source.session_id)]) == []
     batch = {"changes": [{"job_id": job_id, "state": "RUN_DONE", "timestamp": time.time(), "data": {"returncode": 0},
-                          "fields": {"return_code": 0}}]}
+                          "fields": {"return_code": 0}, "session_id": source.session_id}]}
     client = backend.client
     assert client.request("POST", "/v1/status-batches", batch, idempotency_key="same-batch") == {"rejected": []}
     assert client.request("POST", "/v1/status-batches", batch, idempotency_key="same-batch") == {"rejected": []}, \

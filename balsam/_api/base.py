@@ -134,7 +134,10 @@ class Field:
         if row is LAZY_ROW:
             row = row_of(obj)
         if row is not None and self.name in row:
-            value = self.decode(row[self.name])
+            if self.kind == "params":  # the JSON, with the out-of-band pickled values over their placeholders
+                value = decode_parameters(row[self.name], row.get("parameters_pickled"))
+            else:
+                value = self.decode(row[self.name])
         else:
             value = self.default() if callable(self.default) else self.default
         d[self.name] = value
@@ -206,6 +209,10 @@ class Model:
             if not f.writable or name not in d:
                 continue
             value = d[name]
+            if f.kind == "params":
+                if name not in row or f.encode(value) != (row[name], row.get("parameters_pickled")):
+                    out[name] = value
+                continue
             if f.encode(value) != row.get(name, f.encode(f.default() if callable(f.default) else f.default)) or name not in row:
                 out[name] = value
         return out

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List,
 
 from balsam._api import sites as _sites
 from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
+from balsam.db import fields as field_db
 from balsam.db import jobs as job_db
 from balsam.db import query as q
 from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
+from balsam.db.fields import normalize_workdir
 from balsam.db.ids import in_site, site_of
-from balsam.db.jobs import StateChange, normalize_workdir
+from balsam.db.jobs import StateChange
 from balsam.db.states import DONE_STATES, JobState, to_state
 from balsam.exceptions import AppError, BalsamError, ValidationError
 from balsam.runtime import paused_gc
@@ -124,7 +126,8 @@ _STATES = {s.value: s for s in JobState}
 
 
 def _fast_workdir(w: Any) -> str:
-    if type(w) is str and w and w[0] != "/" and "." not in w and "//" not in w and "\\" not in w and w[-1] != "/":
+    if (type(w) is str and 0 < len(w) <= 255 and w[0] != "/" and "." not in w and "//" not in w and "\\" not in w and w[-1] != "/"
+            and w.isprintable() and not w[0].isspace() and not w[-1].isspace()):
         return w
     return normalize_workdir(w)
 
@@ -134,7 +137,7 @@ class Job(Model):
 
     _spec = q.JOB
     _columns = job_db.JOB_COLUMNS[:17] + ("state", "last_update", "created", "pending_file_cleanup",
-                                          "serialized_return_value", "serialized_exception", "version")
+                                          "serialized_return_value", "serialized_exception", "version", "parameters_pickled")
 
     id = Field(writable=False)
     workdir: str = Field()  # type: ignore[assignment]
@@ -241,19 +244,31 @@ class Job(Model):
             known = ", ".join(sorted(info.parameters)) or "none"
             raise ValidationError(f"job {d['workdir']!r}: app {info.name} has no parameter {unknown[0]!r} (parameters: {known})")
         tags = d["tags"]
+        if type(tags) is not dict:
+            tags = d["tags"] = field_db.check_tags(tags, f"job {d['workdir']!r}: ")
         for k, v in tags.items():
-            if type(v) is not str or type(k) is not str or not k:
-                tags = d["tags"] = job_db.check_tags(tags, f"job {d['workdir']!r}: ")
+            if type(v) is not str or type(k) is not str or not k or len(v) > 255 or len(k) > 255 or not (k + v).isprintable():
+                tags = d["tags"] = field_db.check_tags(tags, f"job {d['workdir']!r}: ")
                 break
         resources = (d["num_nodes"], d["ranks_per_node"], d["threads_per_rank"], d["threads_per_core"], d["gpus_per_rank"],
                      d["node_packing_count"], d["wall_time_min"])
-        if resources != _DEFAULT_RESOURCES:
-            job_db._check_resources(dict(zip(_RESOURCE_NAMES, resources)), f"job {d['workdir']!r}: ")
+        if resources != _DEFAULT_RESOURCES or not all([type(r) is int for i, r in enumerate(resources) if i != 4]):
+            checked = field_db.check_fields(dict(zip(_RESOURCE_NAMES, resources)), f"job {d['workdir']!r}: ")
+            resources = tuple(checked[name] for name in _RESOURCE_NAMES)
         data, launch_params, parents = d["data"], d["launch_params"], d["parent_ids"]
-        return (d["workdir"], info.id, dumps(tags) if tags else "{}", encode_parameters(params) if params else "{}",
+        if data:
+            data = field_db.check_json_dict("data", data, f"job {d['workdir']!r}: ")
+        if launch_params:
+            launch_params = field_db.check_str_dict("launch_params", launch_params, f"job {d['workdir']!r}: ")
+        if parents:
+            parents = field_db.check_parent_ids(parents, f"job {d['workdir']!r}: ")
+        if d["pending_file_cleanup"] not in (True, False):
+            field_db.check_bool("pending_file_cleanup", d["pending_file_cleanup"], f"job {d['workdir']!r}: ")
+        params_text, params_pickled = encode_parameters(params) if params else ("{}", None)
+        return (d["workdir"], info.id, dumps(tags) if tags else "{}", params_text,
                 dumps(data) if data else "{}") + resources[:6] + (
             dumps(launch_params) if launch_params else "{}", resources[6], dumps(parents) if parents else "[]",
-            1 if d["pending_file_cleanup"] else 0)
+            1 if d["pending_file_cleanup"] else 0, params_pickled)
 
     def validate(self) -> None:
         """Check a new job against its app (required and known parameters), its tags and resources, as
@@ -495,8 +510,6 @@ class JobManager(Manager[Job]):
                 fields = job._changed_fields()
                 state = fields.pop("state", None)
                 new_parents = fields.pop("parent_ids", None)
-                if "parameters" in fields:
-                    fields["parameters"] = encode_parameters(fields["parameters"])
                 if fields:
                     updates.append((int(job.id or 0), fields))
                 if new_parents is not None:
@@ -529,14 +542,13 @@ class JobManager(Manager[Job]):
             self._reload(site, group)
 
     def _query_update(self, query: Query[Job], fields: Dict[str, Any]) -> int:
-        unknown = set(fields) - job_db.UPDATABLE_FIELDS - {"state", "state_data", "state_timestamp"}
+        unknown = set(fields) - field_db.UPDATABLE_FIELDS - {"state", "state_data", "state_timestamp"}
         if unknown:
-            raise ValidationError(f"job field {sorted(unknown)[0]!r} cannot be updated")
+            raise ValidationError(f"job field {sorted(unknown)[0]!r} cannot be updated (updatable: "
+                                  f"{', '.join(sorted(field_db.UPDATABLE_FIELDS))}; results and return codes are the launcher's)")
         state = fields.pop("state", None)
         state_data = fields.pop("state_data", None)
         state_ts = fields.pop("state_timestamp", None)
-        if "parameters" in fields:
-            fields["parameters"] = encode_parameters(fields["parameters"])
         total = 0
         for site, ids in query._per_site_ids():
             if not ids:

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
+from balsam.db import fields as fields_db
 from balsam.db.codec import dumps, loads
 from balsam.exceptions import ValidationError
 
@@ -53,10 +54,8 @@ def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bo
         raise ValidationError(f"a queue is required (site {site_name} allows: {', '.join(sorted(queues)) or 'none configured'})")
     if d.get("project") is None:
         raise ValidationError(f"a project is required (site {site_name} allows: {', '.join(projects) or 'any'})")
-    for name in ("num_nodes", "wall_time_min"):
-        v = d.get(name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValidationError(f"{name} must be a positive integer, got {v!r}")
+    d["num_nodes"] = fields_db.check_count("num_nodes", d.get("num_nodes"))
+    d["wall_time_min"] = fields_db.check_count("wall_time_min", d.get("wall_time_min"), maximum=fields_db.MAX_WALL_TIME_MIN)
     if d.get("job_mode") not in JOB_MODES:
         raise ValidationError(f"job_mode must be one of {', '.join(JOB_MODES)}, got {d.get('job_mode')!r}")
     if queues and d["queue"] not in queues:

@@ -1,16 +1,19 @@
 """How Python values are stored in the site DB: compact JSON, parameters, pickled results.
 
 Job parameters are a JSON object whose keys are always readable (so the store can check them against the
-app); a value that is not plain JSON (a tuple, a NumPy array, an object) is stored as
-``{"__pickle__": "<base64>"}`` and comes back as the same Python object.
+app). A value that is not plain JSON (a tuple, a NumPy array, an object) is pickled into a separate column
+(``job.parameters_pickled``), out of band: nothing a user writes as data can reach it, and the JSON is never
+unpickled whatever its shape (DESIGN.md section 7). The old in-band marker ``{"__pickle__": ...}`` is refused
+on input.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import pickle
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+from balsam.exceptions import ValidationError
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
@@ -18,6 +21,7 @@ _quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _INFINITIES = (float("inf"), float("-inf"))
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 PICKLE_KEY = "__pickle__"
+"""The in-band marker older versions wrote; refused on input, never interpreted."""
 
 
 def _scalar(v: Any) -> Optional[str]:
@@ -63,41 +67,66 @@ def loads(text: Optional[str]) -> Any:
     return None if text is None else _loads(text)
 
 
-def _is_plain(value: Any) -> bool:
+def _is_plain(value: Any, key: str) -> bool:
+    """True for a value JSON gives back unchanged; refuses the old in-band pickle marker wherever it sits."""
     t = type(value)
     if t is str or t is int or t is float or t is bool or value is None:
-        return True
+        return t is not float or (value == value and value not in _INFINITIES)
     if t is list:
-        return all(_is_plain(v) for v in value)
+        return all([_is_plain(v, key) for v in value])
     if t is dict:
-        return all(type(k) is str and _is_plain(v) for k, v in value.items())
+        if PICKLE_KEY in value:
+            raise ValidationError(
+                f"parameter {key!r}: a {{{PICKLE_KEY!r}: ...}} value is refused (serialized values cannot be given as "
+                "data; pass the Python object through the Python API instead)"
+            )
+        return all([type(k) is str and _is_plain(v, key) for k, v in value.items()])
     return False
 
 
-def encode_parameters(params: Dict[str, Any]) -> str:
-    """Parameters to their stored JSON, pickling only the values JSON would not give back unchanged."""
-    for v in params.values():
-        if type(v) not in _PLAIN_SCALARS and not _is_plain(v):
+def _placeholder(value: Any) -> str:
+    t = type(value)
+    return f"<pickled {t.__module__}.{t.__qualname__}>"
+
+
+def encode_parameters(params: Dict[str, Any]) -> Tuple[str, Optional[bytes]]:
+    """Parameters to their stored form: (JSON text, pickled values or None).
+
+    Values JSON gives back unchanged go in the JSON; any other value (a tuple, a Fraction, an array) is pickled
+    into the second part (the ``parameters_pickled`` column), and the JSON holds a readable placeholder under its
+    key, so the store can still check names. Only this process's own objects are pickled here: text that came
+    from outside is parsed JSON, plain by construction, so nothing outside can reach the pickled column.
+    """
+    for k, v in params.items():
+        t = type(v)
+        if (t is float and (v != v or v in _INFINITIES)) or (t not in _PLAIN_SCALARS and not _is_plain(v, k)):
             break
     else:
-        return dumps(params)
+        if all([type(k) is str for k in params]):
+            return dumps(params), None
     out: Dict[str, Any] = {}
+    pickled: Dict[str, Any] = {}
     for key, value in params.items():
-        if _is_plain(value):
+        if type(key) is not str:
+            raise ValidationError(f"parameter names must be strings, got {key!r}")
+        if _is_plain(value, key):
             out[key] = value
         else:
-            out[key] = {PICKLE_KEY: base64.b64encode(pickle.dumps(value, protocol=4)).decode("ascii")}
-    return _dumps(out)
+            out[key] = _placeholder(value)
+            pickled[key] = value
+    try:
+        blob = pickle.dumps(pickled, protocol=4)
+    except Exception as exc:
+        raise ValidationError(f"parameters {sorted(pickled)}: cannot be stored: {type(exc).__name__}: {exc}") from None
+    return _dumps(out), blob
 
 
-def decode_parameters(text: Optional[str]) -> Dict[str, Any]:
-    """Stored parameters back to Python values."""
-    if not text:
-        return {}
-    params: Dict[str, Any] = _loads(text)
-    for key, value in params.items():
-        if type(value) is dict and len(value) == 1 and PICKLE_KEY in value:
-            params[key] = pickle.loads(base64.b64decode(value[PICKLE_KEY]))
+def decode_parameters(text: Optional[str], pickled: Optional[bytes] = None) -> Dict[str, Any]:
+    """Stored parameters back to Python values: the JSON as it is (whatever its shape), then the values of the
+    out-of-band pickled column (written only by :func:`encode_parameters`) over their placeholders."""
+    params: Dict[str, Any] = _loads(text) if text else {}
+    if pickled:
+        params.update(pickle.loads(pickled))
     return params
 
 

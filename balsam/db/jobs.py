@@ -17,14 +17,13 @@ batch is all-or-nothing and cascades see a consistent DB. State changes go throu
 
 from __future__ import annotations
 
-import os
-import posixpath
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from balsam.db.codec import dumps, loads
+from balsam.db.codec import dumps, encode_parameters, loads
 from balsam.db.connection import chunks
+from balsam.db.fields import LAUNCHER_FIELDS, RESOURCE_FIELDS, UPDATABLE_FIELDS, check_fields
 from balsam.db.states import FAILED_STATES, LEGAL, JobState, check_transition
 from balsam.exceptions import IllegalTransition, JobLockedError, ValidationError
 
@@ -39,15 +38,9 @@ JOB_COLUMNS = (
     "id", "workdir", "app_id", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node",
     "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params",
     "wall_time_min", "parent_ids", "batch_job_id", "session_id", "state", "last_update", "created",
-    "pending_file_cleanup", "serialized_return_value", "serialized_exception", "version",
+    "pending_file_cleanup", "serialized_return_value", "serialized_exception", "version", "parameters_pickled",
 )
 JSON_COLUMNS = frozenset({"tags", "data", "launch_params", "parent_ids"})
-UPDATABLE_FIELDS = frozenset({
-    "workdir", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node", "threads_per_rank",
-    "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min",
-    "batch_job_id", "pending_file_cleanup", "serialized_return_value", "serialized_exception",
-})
-RESOURCE_MINIMUMS = {"num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "threads_per_core": 1, "node_packing_count": 1}
 
 
 class StateChange(NamedTuple):
@@ -80,55 +73,22 @@ def _ids_param(ids: Iterable[int]) -> str:
     return dumps(list(ids))
 
 
-def normalize_workdir(workdir: Any) -> str:
-    """A job workdir as a clean relative POSIX path under the site's data/ folder."""
-    if not isinstance(workdir, (str, os.PathLike)):
-        raise ValidationError(f"workdir must be a path, got {workdir!r}")
-    text = os.fspath(workdir).strip()
-    if not text:
-        raise ValidationError("workdir must not be empty")
-    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
-        raise ValidationError(f"workdir {text!r} is absolute: give a path relative to the site's data/ folder")
-    norm = posixpath.normpath(text.replace("\\", "/"))
-    if norm == "." or norm == ".." or norm.startswith("../"):
-        raise ValidationError(f"workdir {text!r} leaves the site's data/ folder")
-    return norm
-
-
-def _check_resources(fields: Mapping[str, Any], where: str) -> None:
-    for name, minimum in RESOURCE_MINIMUMS.items():
-        value = fields.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
-            raise ValidationError(f"{where}{name} must be an integer >= {minimum}, got {value!r}")
-    gpus = fields.get("gpus_per_rank")
-    if gpus is not None and (not isinstance(gpus, (int, float)) or isinstance(gpus, bool) or gpus < 0):
-        raise ValidationError(f"{where}gpus_per_rank must be a number >= 0, got {gpus!r}")
-    wall = fields.get("wall_time_min")
-    if wall is not None and (not isinstance(wall, int) or isinstance(wall, bool) or wall < 0):
-        raise ValidationError(f"{where}wall_time_min must be an integer >= 0, got {wall!r}")
-
-
-def check_tags(tags: Any, where: str = "") -> Dict[str, str]:
-    """Tags are a str -> str dict (numbers are accepted and stored as strings)."""
-    if tags is None:
+def _params_dict(params: Any, where: str) -> Dict[str, Any]:
+    if params is None:
         return {}
-    if not isinstance(tags, dict):
-        raise ValidationError(f"{where}tags must be a dict of strings, got {tags!r}")
-    out = {}
-    for k, v in tags.items():
-        if not isinstance(k, str) or not k or not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            raise ValidationError(f"{where}tags must map non-empty strings to strings, got {k!r}: {v!r}")
-        out[k] = v if isinstance(v, str) else str(v)
-    return out
+    if not isinstance(params, dict):
+        raise ValidationError(f"{where}parameters must be a dict, got {params!r}")
+    return params
 
 
 # --------------------------------------------------------------------------------------------- creation
 NEW_JOB_COLUMNS = (
     "workdir", "app_id", "tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank",
     "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min", "parent_ids",
-    "pending_file_cleanup",
+    "pending_file_cleanup", "parameters_pickled",
 )
 """The layout of a new-job tuple: exactly the values bound to the INSERT (JSON columns as text)."""
+_CREATION_FIELDS = frozenset({*RESOURCE_FIELDS, "workdir", "tags", "data", "launch_params", "parent_ids", "pending_file_cleanup"})
 _INSERT_JOB = (
     f"INSERT INTO job({', '.join(NEW_JOB_COLUMNS)}, state, last_update, created) "
     f"VALUES ({','.join('?' * len(NEW_JOB_COLUMNS))}, 'STAGED_IN', {{now}}, {{now}})"
@@ -140,7 +100,7 @@ def new_job_row(
     app_id: int,
     *,
     tags: Optional[Dict[str, str]] = None,
-    parameters: str = "{}",
+    parameters: Optional[Dict[str, Any]] = None,
     data: Optional[Dict[str, Any]] = None,
     launch_params: Optional[Dict[str, str]] = None,
     parent_ids: Sequence[int] = (),
@@ -148,16 +108,19 @@ def new_job_row(
     **resources: Any,
 ) -> Tuple[Any, ...]:
     """A validated new-job tuple for :func:`insert_jobs` (the API builds these on its own fast path)."""
-    _check_resources(resources, f"job {workdir!r}: ")
-    unknown = set(resources) - set(RESOURCE_MINIMUMS) - {"gpus_per_rank", "wall_time_min"}
+    where = f"job {workdir!r}: "
+    unknown = set(resources) - set(RESOURCE_FIELDS)
     if unknown:
-        raise ValidationError(f"unknown job field {sorted(unknown)[0]!r}")
+        raise ValidationError(f"{where}unknown job field {sorted(unknown)[0]!r}")
+    f = check_fields(dict(resources, workdir=workdir, tags=tags, data=data, launch_params=launch_params, parent_ids=parent_ids,
+                          pending_file_cleanup=pending_file_cleanup), where, _CREATION_FIELDS)
+    params_text, params_pickled = encode_parameters(_params_dict(parameters, where))
     return (
-        normalize_workdir(workdir), int(app_id), dumps(check_tags(tags)), parameters, dumps(data or {}),
-        resources.get("num_nodes", 1), resources.get("ranks_per_node", 1), resources.get("threads_per_rank", 1),
-        resources.get("threads_per_core", 1), resources.get("gpus_per_rank", 0.0), resources.get("node_packing_count", 1),
-        dumps(launch_params or {}), resources.get("wall_time_min", 0), dumps([int(p) for p in parent_ids]),
-        1 if pending_file_cleanup else 0,
+        f["workdir"], int(app_id), dumps(f["tags"]), params_text, dumps(f["data"]),
+        f.get("num_nodes", 1), f.get("ranks_per_node", 1), f.get("threads_per_rank", 1),
+        f.get("threads_per_core", 1), f.get("gpus_per_rank", 0.0), f.get("node_packing_count", 1),
+        dumps(f["launch_params"]), f.get("wall_time_min", 0), dumps(f["parent_ids"]),
+        1 if f["pending_file_cleanup"] else 0, params_pickled,
     )
 
 
@@ -353,6 +316,10 @@ def _apply_round(
 ) -> None:
     """Apply changes to distinct jobs, set-based: the batch goes into a scratch table, SQLite checks every change
     against the transition table and the holding lease, then writes the events and the new states."""
+    if any([ch.fields for ch in round_]):
+        round_ = _checked_launcher_fields(round_, strict, result)
+        if not round_:
+            return
     _prepare_temp(conn)
     conn.executemany(
         "INSERT INTO _chg(job_id, dst, ts, data, sid) VALUES (?, ?, ?, ?, ?)",
@@ -416,7 +383,6 @@ def _apply_round(
                 groups.setdefault(keys, []).append(
                     tuple(dumps(ch.fields[k]) if k in JSON_COLUMNS else ch.fields[k] for k in keys) + (ch.job_id,))
         for keys, rows in groups.items():
-            _check_field_names(keys)
             conn.executemany(f"UPDATE job SET {', '.join(f'{k}=?' for k in keys)} WHERE id=?", rows)
     to_finished: List[int] = []
     to_failed: List[Tuple[int, str]] = []
@@ -442,6 +408,28 @@ def _apply_round(
         cascade.extend(_skip_stage_in(conn, to_ready))
     if to_postprocessed:
         cascade.extend(_skip_stage_out(conn, to_postprocessed))
+
+
+def _checked_launcher_fields(round_: List[StateChange], strict: bool, result: ChangeResult) -> List[StateChange]:
+    """The round with each change's fields validated: only what a launcher may write (LAUNCHER_FIELDS), only by
+    the lease that holds the job (the SQL check then verifies the holder). A refused change raises when
+    ``strict``, else it is returned in ``result.rejected`` and the rest go on."""
+    out: List[StateChange] = []
+    for ch in round_:
+        if ch.fields:
+            where = f"job {ch.job_id}: "
+            try:
+                if ch.session_id is None:
+                    raise ValidationError(f"{where}only the launcher holding the job may write {', '.join(sorted(ch.fields))} "
+                                          "(the change names no session)")
+                ch = ch._replace(fields=check_fields(ch.fields, where, LAUNCHER_FIELDS))
+            except ValidationError as exc:
+                if strict:
+                    raise
+                result.rejected.append((ch, str(exc)))
+                continue
+        out.append(ch)
+    return out
 
 
 def _has_any(conn: sqlite3.Connection, table: str) -> bool:
@@ -532,12 +520,6 @@ def _skip_stage_out(conn: sqlite3.Connection, done: List[int]) -> List[StateChan
 
 
 # --------------------------------------------------------------------------------------------- field updates
-def _check_field_names(keys: Iterable[str]) -> None:
-    for k in keys:
-        if k not in UPDATABLE_FIELDS:
-            raise ValidationError(f"job field {k!r} cannot be updated (updatable: {', '.join(sorted(UPDATABLE_FIELDS))})")
-
-
 def update_job_fields(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dict[str, Any]]], now: Optional[float] = None) -> None:
     """Write non-state fields of jobs (tags keep their index in step). Values are in Python form."""
     now = time.time() if now is None else now
@@ -546,13 +528,12 @@ def update_job_fields(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dic
     for job_id, fields in updates:
         if not fields:
             continue
-        _check_field_names(fields)
-        _check_resources(fields, f"job {job_id}: ")
-        if "workdir" in fields:
-            fields = dict(fields, workdir=normalize_workdir(fields["workdir"]))
+        fields = check_fields(fields, f"job {job_id}: ", UPDATABLE_FIELDS)
         if "tags" in fields:
-            fields = dict(fields, tags=check_tags(fields["tags"], f"job {job_id}: "))
             tag_changes[job_id] = fields["tags"]
+        if "parameters" in fields:
+            text, pickled = encode_parameters(_params_dict(fields["parameters"], f"job {job_id}: "))
+            fields = dict(fields, parameters=text, parameters_pickled=pickled)
         keys = tuple(sorted(fields))
         groups.setdefault(keys, []).append(
             tuple(dumps(fields[k]) if k in JSON_COLUMNS else fields[k] for k in keys) + (now, job_id)

@@ -256,12 +256,19 @@ def _http_answers(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS http_answer_created ON http_answer(created)")
 
 
+def _v6_pickled_parameters(conn: sqlite3.Connection) -> None:
+    # Values JSON cannot hold move out of band: the old in-band {"__pickle__": ...} marker is no longer read, so
+    # such values in older rows stay the plain dicts they are (nothing written as data is ever unpickled).
+    conn.execute("ALTER TABLE job ADD COLUMN parameters_pickled BLOB")
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
     (3, "ids unique across sites (site id in the high bits)", _v3_site_unique_ids),
     (4, "index for Balsam's default acquisition order", _v4_acquire_order),
     (5, "answers of the HTTP API's mutating requests, kept for retries (idempotency keys)", _http_answers),
+    (6, "pickled parameters out of band (job.parameters_pickled)", _v6_pickled_parameters),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

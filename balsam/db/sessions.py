@@ -26,7 +26,7 @@ from balsam.exceptions import SessionExpired, ValidationError
 ACQUIRE_COLUMNS = (
     "id", "workdir", "app_id", "tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank",
     "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min", "parent_ids",
-    "state", "batch_job_id",
+    "state", "batch_job_id", "parameters_pickled",
 )
 _JSON = {"tags", "data", "launch_params", "parent_ids"}
 RUNNABLE_NAMES: Tuple[str, ...] = tuple(sorted(s.value for s in RUNNABLE_STATES))

@@ -188,10 +188,10 @@ class Reporter:
             fields["serialized_exception"] = f.exc if f.rc != 0 else None
         if f.rc == 0:
             self.done += 1
-            self.put(f.job_id, "RUN_DONE", f.end, data={"returncode": 0}, fields=fields)
+            self.put(f.job_id, "RUN_DONE", f.end, data={"returncode": 0}, fields=fields, session_id=self.session_id)
         else:
             self.errors += 1
-            self.put(f.job_id, "RUN_ERROR", f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields)
+            self.put(f.job_id, "RUN_ERROR", f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields, session_id=self.session_id)
 
 
 class LauncherBase:

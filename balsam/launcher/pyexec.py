@@ -17,7 +17,7 @@ import pickle
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 Outcome = Tuple[int, Optional[bytes], Optional[bytes]]
 
@@ -106,12 +106,15 @@ def run_arguments(app_cls: type, params: Dict[str, Any]) -> Tuple[List[Any], Dic
     return lead + extra, kwargs
 
 
-def call_run(app_cls: type, job: Dict[str, Any], params_text: str) -> Outcome:
-    """Call ``app_cls(job).run(**params)`` and capture its outcome (never raises, apart from KeyboardInterrupt)."""
+def call_run(app_cls: type, job: Dict[str, Any], stored: Sequence[Any]) -> Outcome:
+    """Call ``app_cls(job).run(**params)`` and capture its outcome (never raises, apart from KeyboardInterrupt).
+
+    ``stored`` is ``[parameters JSON, pickled values or None]`` as the store's two columns hold them (the pickled
+    column is written only from the site owner's own Python objects: DESIGN.md section 7)."""
     from balsam.db.codec import decode_parameters
 
     try:
-        params = decode_parameters(params_text)
+        params = decode_parameters(stored[0], stored[1])
         view = JobView(dict(job, parameters=params))
         instance: Any = app_cls(view)
         args, kwargs = run_arguments(app_cls, params)

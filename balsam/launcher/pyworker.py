@@ -77,7 +77,7 @@ def worker_main(fd: int) -> int:
 def _run_one(
     app: Any,
     job: Dict[str, Any],
-    params: str,
+    params: Sequence[Any],
     env: Mapping[str, str],
     cpus: Optional[Sequence[int]],
     output: str,
@@ -200,7 +200,7 @@ class PyWorkerPool:
         job_id: int,
         app: Tuple[str, str, str, str],
         job: Dict[str, Any],
-        params: str,
+        params: Sequence[Any],
         env: Mapping[str, str],
         cpus: Optional[Sequence[int]],
         output: str,

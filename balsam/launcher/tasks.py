@@ -113,7 +113,8 @@ class Task:
     kind: str
     command: str
     app: Optional[List[str]]
-    params: str
+    params: List[Any]
+    """[parameters JSON, out-of-band pickled values or None] as the store holds them (decoded by the runner)."""
     env: Dict[str, str]
     preamble: Optional[str]
     python_exe: Optional[str]
@@ -159,6 +160,7 @@ def build_task(job: Dict[str, Any], app: AppInfo, data_dir: str) -> Task:
         raise AppError(app.error)
     workdir = f"{data_dir}/{job['workdir']}"
     params_text = job.get("parameters") or "{}"
+    params_pickled = job.get("parameters_pickled")
     launch_params = {str(k): str(v) for k, v in (job.get("launch_params") or {}).items()}
     cpu_bind = launch_params.pop("cpu_bind", None)
     env = dict(app.env)
@@ -168,15 +170,15 @@ def build_task(job: Dict[str, Any], app: AppInfo, data_dir: str) -> Task:
     view_fields["workdir_path"] = workdir
     preamble = None
     if app.has_preamble:
-        preamble = preamble_text(app, JobView(dict(view_fields, parameters=decode_parameters(params_text))))
+        preamble = preamble_text(app, JobView(dict(view_fields, parameters=decode_parameters(params_text, params_pickled))))
     if app.kind == "shell":
-        command = app.render(decode_parameters(params_text) if params_text != "{}" else {})
+        command = app.render(decode_parameters(params_text, params_pickled) if params_text != "{}" else {})
         payload = None
     else:
         command = ""
         payload = app.payload
     return Task(
-        id=int(job["id"]), workdir=workdir, kind=app.kind, command=command, app=payload, params=params_text, env=env,
+        id=int(job["id"]), workdir=workdir, kind=app.kind, command=command, app=payload, params=[params_text, params_pickled], env=env,
         preamble=preamble, python_exe=app.python_exe, num_nodes=int(job.get("num_nodes") or 1),
         ranks_per_node=int(job.get("ranks_per_node") or 1), threads_per_rank=int(job.get("threads_per_rank") or 1),
         threads_per_core=int(job.get("threads_per_core") or 1), gpus_per_rank=float(job.get("gpus_per_rank") or 0.0),
