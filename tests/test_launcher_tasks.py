@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from balsam._api.app import fast_renderer
 from balsam.exceptions import ConfigError, ValidationError
 from balsam.launcher.partitions import parse_partition, parse_tags, split_nodes
 from balsam.launcher.spawn import simple_argv, tail_lines
@@ -21,20 +20,23 @@ from balsam.platforms.nodes import ComputeNode
     "echo Hello, {{ name }}!",
     "{{name}} --x={{ other }}\n",
     "  run {{ name }} {{ name }}  ",
+    'echo "{{ name }}" \'{{ other }}\'',
 ])
 def test_fast_renderer_matches_jinja(template: str) -> None:
-    import jinja2
+    from balsam._api.command import _fast, _jinja_env, _rewrite
 
-    render = fast_renderer(template)
+    render = _fast(template, "app")
     assert render is not None
     values = {"name": "'a b'", "other": "$HOME"}
-    expected = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(**values).strip()
+    expected = _jinja_env().from_string(_rewrite(template, "app")).render(**values).strip()
     assert render(values) == expected
 
 
 @pytest.mark.parametrize("template", ["{% if x %}a{% endif %}", "{{ x | upper }}", "{{ x }}{# c #}"])
 def test_templates_with_jinja_logic_use_jinja(template: str) -> None:
-    assert fast_renderer(template) is None
+    from balsam._api.command import _fast
+
+    assert _fast(template, "app") is None
 
 
 def test_app_render_quotes_and_checks_parameters(site: Any) -> None:

@@ -9,15 +9,14 @@ A class with neither is an abstract base other apps may extend.
 from __future__ import annotations
 
 import inspect
-import re
-import shlex
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple, Union
 
 from balsam._api import sites as _sites
 from balsam._api.appsource import capture_source, load_source
+from balsam._api.command import compile_command, template_variables
 from balsam.db.codec import dumps
 from balsam.db.transfers import check_local_path
 from balsam.exceptions import AppError, ValidationError
@@ -29,57 +28,6 @@ if TYPE_CHECKING:
 _IDENT = str.isidentifier
 _TRANSFER_KEYS = {"required", "direction", "local_path", "description", "recursive"}
 _BASE_NAME = "ApplicationDefinition"
-
-
-def _jinja_env() -> Any:
-    import jinja2
-
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-
-
-_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-
-
-def fast_renderer(template: str) -> Optional[Callable[[Dict[str, str]], str]]:
-    """A renderer for templates that only substitute ``{{ name }}`` (no Jinja needed); None otherwise.
-
-    Output is identical to Jinja's (stripped); launchers render a command per job, so skipping Jinja counts.
-    """
-    if "{%" in template or "{#" in template or "\r" in template:
-        return None
-    parts = _VAR.split(template)
-    literal = parts[0::2]
-    if any("{{" in p or "}}" in p for p in literal):
-        return None
-    names = parts[1::2]
-
-    def render(values: Dict[str, str]) -> str:
-        out = [literal[0]]
-        for name, text in zip(names, literal[1:]):
-            out.append(values[name])
-            out.append(text)
-        return "".join(out).strip()
-
-    return render
-
-
-def _compile_template(template: str) -> Callable[[Dict[str, str]], str]:
-    fast = fast_renderer(template)
-    if fast is not None:
-        return fast
-    compiled = _jinja_env().from_string(template)
-    return lambda values: str(compiled.render(**values)).strip()
-
-
-def _template_variables(template: str, app: str) -> List[str]:
-    import jinja2
-    from jinja2 import meta
-
-    try:
-        ast = _jinja_env().parse(template)
-    except jinja2.TemplateSyntaxError as exc:
-        raise AppError(f"{app}: command_template line {exc.lineno}: {exc.message}") from None
-    return sorted(meta.find_undeclared_variables(ast))
 
 
 def _normalize_param(app: str, name: str, spec: Any) -> Dict[str, Any]:
@@ -156,7 +104,7 @@ def _define(cls: Any) -> None:
         if not isinstance(template, str) or not template.strip():
             raise AppError(f"{name}: command_template must be a non-empty string")
         kind = "shell"
-        variables = _template_variables(template, name)
+        variables = template_variables(template, name)
         for v in variables:
             if not _IDENT(v):
                 raise AppError(f"{name}: template variable {v!r} is not an identifier")
@@ -299,7 +247,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
     # ---------------------------------------------------------------- commands
     @classmethod
     def render_command(cls, params: Dict[str, Any]) -> str:
-        """The shell command for ``params``: defaults first, every value shell-quoted."""
+        """The shell command for ``params``: defaults first, every value quoted for where it sits (balsam._api.command)."""
         cls._require_concrete()
         if cls._balsam_kind != "shell":
             raise AppError(f"{cls.__name__} is a Python app: it has no command line")
@@ -309,8 +257,8 @@ class ApplicationDefinition(metaclass=_AppMeta):
             if name not in values:
                 raise ValidationError(f"{cls.__name__}: missing required parameter {name!r}")
         if cls._balsam_template is None:
-            cls._balsam_template = _compile_template(str(cls.command_template))
-        return str(cls._balsam_template({k: shlex.quote(str(v)) for k, v in values.items()}))
+            cls._balsam_template = compile_command(str(cls.command_template), cls.__name__)
+        return str(cls._balsam_template(values))
 
     # ---------------------------------------------------------------- sync and submit
     @classmethod
