@@ -90,3 +90,73 @@ def test_puts_from_many_threads(hello: Any, store: Any) -> None:
         t.join()
     assert updater.close(timeout=10)
     assert store.execute("SELECT count(*) FROM job WHERE state='RUN_DONE' AND return_code=0")[0][0] == 400
+
+
+def _running_jobs(hello: Any, store: Any, n: int) -> "tuple[List[Any], int]":
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"r{i}", say_hello_to="x", save=False) for i in range(n)])
+    Job.objects.filter(id=[j.id for j in jobs]).update(state="PREPROCESSED")
+    sid = _held(store, jobs)
+    updater = StatusUpdater(store_sink(store))
+    for job in jobs:
+        updater.put(job.id, "RUNNING", session_id=sid)
+    assert updater.close(timeout=10)
+    return jobs, sid
+
+
+def test_a_change_the_store_refuses_is_dropped_and_the_rest_go_through(hello: Any, store: Any, caplog: Any) -> None:
+    """A change that makes the whole write fail (here: data JSON cannot hold) does not block the batch or later
+    batches: it is found, logged with its reason, dropped; the job gets RUN_ERROR with the reason (defect 2)."""
+    jobs, sid = _running_jobs(hello, store, 9)
+    seen: List[Rejected] = []
+    updater = StatusUpdater(store_sink(store), period_s=0.01, retry_period_s=0.01, on_rejected=seen.append).start()
+    bad = jobs[4]
+    for job in jobs:
+        data = {"returncode": 0, "odd": object()} if job is bad else {"returncode": 0}
+        updater.put(job.id, "RUN_DONE", data=data, fields={"return_code": 0}, session_id=sid)
+    assert updater.flush(timeout=10), "a refused change must not block the batch"
+    states = dict(store.execute("SELECT id, state FROM job"))
+    assert [states[j.id] for j in jobs if j is not bad] == ["RUN_DONE"] * 8
+    assert states[bad.id] == "RUN_ERROR"
+    assert "refused" in bad.history()[-1].data["error"]
+    assert [c.job_id for batch in seen for c, _ in batch] == [bad.id]
+    assert "status update refused" in caplog.text and updater.rejected_total == 1
+    updater.put(jobs[0].id, "POSTPROCESSED")  # later batches go through
+    assert updater.close(timeout=10)
+    assert store.execute("SELECT state FROM job WHERE id=?", (jobs[0].id,)) == [("JOB_FINISHED",)]
+
+
+def test_an_oversized_result_is_refused_and_recorded(hello: Any, store: Any, monkeypatch: Any) -> None:
+    from balsam.db import fields
+
+    monkeypatch.setattr(fields, "MAX_RESULT_BYTES", 100)
+    jobs, sid = _running_jobs(hello, store, 2)
+    updater = StatusUpdater(store_sink(store), period_s=0.01).start()
+    updater.put(jobs[0].id, "RUN_DONE", fields={"return_code": 0, "serialized_return_value": b"x" * 101}, session_id=sid)
+    updater.put(jobs[1].id, "RUN_DONE", fields={"return_code": 0, "serialized_return_value": b"x" * 100}, session_id=sid)
+    assert updater.close(timeout=10)
+    first, second = (Job.objects.get(id=j.id) for j in jobs)
+    assert first.state == "RUN_ERROR" and first.serialized_return_value is None
+    assert "101 bytes" in first.history()[-1].data["error"]
+    assert second.state == "RUN_DONE" and second.serialized_return_value == b"x" * 100
+
+
+def test_transient_errors_are_retried_with_backoff(hello: Any, store: Any) -> None:
+    import sqlite3
+    import time
+
+    job = hello.submit(workdir="a", say_hello_to="x")
+    real = store_sink(store)
+    attempts: List[float] = []
+
+    def locked(changes: Sequence[StateChange]) -> Rejected:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 4:
+            raise (sqlite3.OperationalError("database is locked") if len(attempts) % 2 else StoreError("commit failed: disk I/O error"))
+        return real(changes)
+
+    updater = StatusUpdater(locked, period_s=0.01, retry_period_s=0.01).start()
+    updater.put(job.id, "PREPROCESSED")
+    assert updater.close(timeout=20)
+    assert len(attempts) == 5 and Job.objects.get(id=job.id).state == "PREPROCESSED"
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert gaps[-1] > gaps[0], f"the waits between retries grow: {gaps}"

@@ -3,8 +3,9 @@
 A launcher puts thousands of changes per second (RUNNING, RUN_DONE, ...); one transaction per change would
 cap it near the commit rate, so :class:`StatusUpdater` writes whatever accumulated every ``period_s`` (or as
 soon as ``max_batch`` changes wait) in one transaction. Several changes of one job in a batch apply in the
-order they were put. A failed write (the disk, say) keeps the batch and retries; ``close()`` drains the
-queue before returning, so an orderly exit loses nothing.
+order they were put. A transient failure (a lock, the disk, the network) keeps the batch and retries with
+backoff; a change the store refuses is dropped, logged and recorded on its job, and the rest of the batch goes
+through; ``close()`` drains the queue before returning, so an orderly exit loses nothing.
 
 Where changes go is a *sink*: :func:`store_sink` writes to the site DB directly; the site agent's HTTP API
 provides another for launchers on other hosts. Either way the launcher sees the same interface.
@@ -13,19 +14,29 @@ provides another for launchers on other hosts. Either way the launcher sees the 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.connection import Store
 from balsam.db.jobs import StateChange, apply_state_changes
-from balsam.exceptions import BalsamError
+from balsam.exceptions import BalsamError, SchemaError, ServiceError, StoreError, ValidationError
 from balsam.runtime import paused_gc
 
 logger = logging.getLogger(__name__)
 
 Rejected = List[Tuple[StateChange, str]]
 Sink = Callable[[Sequence[StateChange]], Rejected]
+
+
+TRANSIENT_ERRORS = (StoreError, ServiceError, OSError, TimeoutError, sqlite3.OperationalError)
+"""Errors that may pass if the write is tried again (a lock, I/O, the network, the agent restarting)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a failure worth retrying; False for a write the store refuses (retrying changes nothing)."""
+    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, (SchemaError, ValidationError))
 
 
 def store_sink(store: Store) -> Sink:
@@ -49,12 +60,14 @@ class StatusUpdater:
         max_batch: int = 10_000,
         on_rejected: Optional[Callable[[Rejected], None]] = None,
         retry_period_s: float = 1.0,
+        max_retry_period_s: float = 30.0,
     ) -> None:
         self._sink = sink
         self.period_s = period_s
         self.max_batch = max_batch
         self._on_rejected = on_rejected
         self.retry_period_s = retry_period_s
+        self.max_retry_period_s = max_retry_period_s
         self._queue: List[Tuple[Any, ...]] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -113,26 +126,56 @@ class StatusUpdater:
         with paused_gc():
             return list(map(StateChange._make, raw))
 
-    def _write(self, batch: List[StateChange]) -> bool:
-        try:
-            rejected = self._sink(batch)
-        except BalsamError as exc:
-            self.last_error = str(exc)
-            logger.warning("status update of %d jobs failed, will retry: %s", len(batch), exc)
-            return False
-        except Exception as exc:  # a transient I/O error must not lose the batch
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("status update of %d jobs failed, will retry", len(batch))
-            return False
-        self.last_error = None
-        self.written_total += len(batch) - len(rejected)
-        if rejected:
-            self.rejected_total += len(rejected)
-            for change, why in rejected[:5]:
-                logger.info("status update refused: job %s -> %s: %s", change.job_id, change.state, why)
-            if self._on_rejected is not None:
-                self._on_rejected(rejected)
-        return True
+    def _write(self, batch: List[StateChange]) -> List[StateChange]:
+        """Write a batch; returns what is left to retry (empty when done).
+
+        A transient failure (a lock, I/O, the network) leaves the unwritten part for a retry with backoff. A
+        write the store refuses as a whole is split in halves until the change that causes it is found; that
+        change is dropped and recorded (see :meth:`_refused`), and everything else goes through.
+        """
+        todo: List[List[StateChange]] = [batch]
+        while todo:
+            part = todo.pop(0)
+            try:
+                rejected = self._sink(part)
+            except Exception as exc:
+                if is_transient(exc):
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("status update of %d jobs failed, will retry: %s", len(part), self.last_error)
+                    return part + [c for p in todo for c in p]
+                if len(part) > 1:
+                    mid = len(part) // 2
+                    todo[:0] = [part[:mid], part[mid:]]
+                    continue
+                rejected = [(part[0], f"{type(exc).__name__}: {exc}")]
+            self.last_error = None
+            self.written_total += len(part) - len(rejected)
+            if rejected:
+                self._refused(rejected)
+        return []
+
+    def _refused(self, rejected: Rejected) -> None:
+        """Log refused changes, report them, and record on the job why its run's outcome was refused: a RUN_DONE
+        or RUN_ERROR whose results the store refused becomes RUN_ERROR with the reason (handle_error decides)."""
+        self.rejected_total += len(rejected)
+        for change, why in rejected[:5]:
+            logger.warning("status update refused: job %s -> %s: %s", change.job_id, change.state, why)
+        if len(rejected) > 5:
+            logger.warning("... and %d more status updates refused", len(rejected) - 5)
+        fallbacks = [
+            StateChange(c.job_id, "RUN_ERROR", c.timestamp, {"error": f"the launcher's update was refused: {why}"[:2000]},
+                        None, c.session_id)
+            for c, why in rejected if c.state in ("RUN_DONE", "RUN_ERROR") and (c.fields or c.data)
+        ]
+        if fallbacks:
+            try:
+                again = self._sink(fallbacks)
+            except Exception as exc:  # the record is best effort: the refusal is logged above
+                logger.warning("could not record %d refused updates on their jobs: %s", len(fallbacks), exc)
+            else:
+                self.written_total += len(fallbacks) - len(again)
+        if self._on_rejected is not None:
+            self._on_rejected(rejected)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Write everything queued so far; returns False if ``timeout`` passed first."""
@@ -143,14 +186,21 @@ class StatusUpdater:
                     batch = self._take()
                 if not batch:
                     return True
-                while not self._write(batch):
+                delay = self.retry_period_s
+                size = len(batch)
+                while True:
+                    batch = self._write(batch)
+                    if not batch:
+                        break
                     if deadline is not None and time.monotonic() > deadline:
                         with self._cond:
                             self._queue[:0] = [tuple(c) for c in batch]
+                            self._done_seq += size - len(batch)
                         return False
-                    time.sleep(self.retry_period_s)
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.max_retry_period_s)
                 with self._cond:
-                    self._done_seq += len(batch)
+                    self._done_seq += size
         with self._cond:
             target = self._put_seq
             self._flush_target = max(self._flush_target, target)
@@ -163,6 +213,7 @@ class StatusUpdater:
         return True
 
     def _run(self) -> None:
+        delay = self.retry_period_s
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
@@ -172,15 +223,17 @@ class StatusUpdater:
                 if not self._stopping and len(self._queue) < self.max_batch and self._flush_target <= self._done_seq:
                     self._cond.wait(self.period_s)  # let a burst accumulate; flush/close/max_batch cut it short
                 batch = self._take()
-            ok = self._write(batch)
+            left = self._write(batch)
             with self._cond:
-                if ok:
-                    self._done_seq += len(batch)
-                    self._cond.notify_all()
-                else:
-                    self._queue[:0] = [tuple(c) for c in batch]
-            if not ok:
-                time.sleep(self.retry_period_s)
+                self._done_seq += len(batch) - len(left)
+                self._cond.notify_all()
+                if left:
+                    self._queue[:0] = [tuple(c) for c in left]
+            if left:
+                time.sleep(delay)  # transient: back off, doubling up to max_retry_period_s
+                delay = min(delay * 2, self.max_retry_period_s)
+            else:
+                delay = self.retry_period_s
 
     def close(self, timeout: Optional[float] = None) -> bool:
         """Drain the queue and stop the thread. Returns False if changes are still unwritten at ``timeout``."""
