@@ -286,6 +286,34 @@ def site_row_fields(settings: "SiteSettings") -> Dict[str, object]:
     }
 
 
+def check_site_settings(root: Path, settings: "SiteSettings") -> None:
+    """What settings.yml names must exist and parse: the scheduler type, and the job template (its file, its
+    Jinja syntax, and only the names the scheduler service provides). ConfigError with one line otherwise."""
+    import jinja2
+    from jinja2 import meta
+
+    from balsam.platforms.schedulers import scheduler_names
+    from balsam.platforms.templates import CONTEXT_KEYS, make_environment
+
+    sched = settings.scheduler
+    if sched.type not in scheduler_names():
+        raise ConfigError(f"settings.yml: scheduler.type {sched.type!r} is not known (known: {', '.join(scheduler_names())})")
+    path = Path(root) / sched.job_template
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"settings.yml: scheduler.job_template {sched.job_template!r}: no file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings.yml: scheduler.job_template: cannot read {path}: {exc}") from None
+    try:
+        ast = make_environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{path} line {exc.lineno}: Jinja syntax error: {exc.message}") from None
+    unknown = sorted(meta.find_undeclared_variables(ast) - set(CONTEXT_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown name {unknown[0]!r} (templates may use: {', '.join(CONTEXT_KEYS)})")
+
+
 def refresh_site_row(store: "Store", settings: "SiteSettings") -> None:
     """Copy the policy parts of settings.yml into the site row and stamp ``last_refresh``."""
     import time as _time

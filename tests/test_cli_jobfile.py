@@ -133,3 +133,18 @@ def test_from_and_workdir_conflict(site: Any, hello: Any, tmp_path: Path) -> Non
     assert "no such file" in fails("job", "create", "--from", tmp_path / "none.yml", code=2)
     (tmp_path / "empty.csv").write_text("")
     assert "no job records" in fails("job", "create", "--from", tmp_path / "empty.csv", code=2)
+
+
+def test_yaml_alias_bombs_are_refused_quickly(site: Any, hello: Any, tmp_path: Path) -> None:
+    """Nested aliases ("billion laughs") are refused before anything expands them (defect 9)."""
+    import time
+
+    lines = ['    a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefghi", "bcdefghij"):
+        lines.append(f"    {name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("- workdir: w0\n  app: Hello\n  parameters: {say_hello_to: x}\n  data:\n" + "\n".join(lines) + "\n")
+    started = time.monotonic()
+    err = fails("job", "create", "--from", path, "-y", code=2)
+    assert "aliases" in err and time.monotonic() - started < 30
+    assert Job.objects.count() == 0

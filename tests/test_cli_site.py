@@ -227,3 +227,23 @@ def test_timing_ranges_hold_for_settings_built_in_code() -> None:
     with pytest.raises(ConfigError, match="session.expiry_s: must be between"):
         SessionSettings(expiry_s=0)
     assert SessionSettings(heartbeat_period_s=1, expiry_s=10).expiry_s == 10
+
+
+@pytest.mark.parametrize("setting,template,message", [
+    ("type: pbz", None, "scheduler.type 'pbz' is not known (known: "),
+    ("job_template: missing.sh", None, "no file"),
+    (None, "#!/bin/bash\n{{ balsam }} launcher {% if %}\n", "line 2: Jinja syntax error"),
+    (None, "#!/bin/bash\n{{ balsm }} launcher\n", "unknown name 'balsm'"),
+], ids=["scheduler-type", "template-file", "jinja-syntax", "unknown-name"])
+def test_sync_checks_what_settings_name(site: Any, setting: Any, template: Any, message: str) -> None:
+    """``site sync`` refuses, in one line, what would otherwise fail later in the agent (defect 9)."""
+    import yaml
+
+    if setting is not None:
+        data = yaml.safe_load(site.layout.settings_path.read_text())
+        key, value = setting.split(": ")
+        data.setdefault("scheduler", {})[key] = value
+        site.layout.settings_path.write_text(yaml.safe_dump(data))
+    if template is not None:
+        site.layout.job_template_path.write_text(template)
+    assert message in fails("site", "sync", "--site", "test-site", code=2)

@@ -30,6 +30,8 @@ ALIASES = {
 PREFIXES = {"param.": "parameters", "p.": "parameters", "tag.": "tags", "lp.": "launch_params", "data.": "data",
             "stage.": "transfers", "transfer.": "transfers"}
 FORMATS = ("yaml", "csv", "jsonl", "json")
+MAX_YAML_VALUES = 1_000_000
+"""Most values a YAML job file may expand to (aliases counted each time they are used)."""
 
 Record = Tuple[str, Dict[str, Any]]
 """(where: "line 7" or "record 3", fields)"""
@@ -77,8 +79,14 @@ def _yaml_records(path: str, text: str) -> Iterator[Record]:
             return
         if not isinstance(root, yaml.SequenceNode):
             raise CLIError(f"{path} line {root.start_mark.line + 1}: expected a list of jobs (lines starting with '- ')", 2)
+        sizes: Dict[int, int] = {}
+        total = 0
         for node in root.value:
             where = f"line {node.start_mark.line + 1}"
+            total += _expanded_size(node, sizes)
+            if total > MAX_YAML_VALUES:
+                raise CLIError(f"{path} {where}: the file expands to more than {MAX_YAML_VALUES:,} values (YAML aliases "
+                               "referring to aliases?); write the jobs out, or use JSON Lines", 2)
             value = loader.construct_object(node, deep=True)
             if not isinstance(value, dict):
                 raise CLIError(f"{path} {where}: expected a mapping of job fields, got {type(value).__name__}", 2)
@@ -89,6 +97,28 @@ def _yaml_records(path: str, text: str) -> Iterator[Record]:
         raise CLIError(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}", 2) from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(node: Any, sizes: Dict[int, int]) -> int:
+    """How many values a YAML node stands for once every alias is expanded (memoized per node: a shared node is
+    counted each time it is used, but computed once, so an alias bomb is measured without being expanded)."""
+    key = id(node)
+    known = sizes.get(key)
+    if known is not None:
+        return known
+    sizes[key] = MAX_YAML_VALUES + 1  # a node that contains itself expands forever
+    value = node.value
+    size = 1
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, tuple):
+                size += _expanded_size(item[0], sizes) + _expanded_size(item[1], sizes)
+            else:
+                size += _expanded_size(item, sizes)
+            if size > MAX_YAML_VALUES:
+                break
+    sizes[key] = size
+    return size
 
 
 def _csv_records(path: str, text: str) -> Iterator[Record]:

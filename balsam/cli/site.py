@@ -315,7 +315,8 @@ def site_rename_host(path: Optional[str], force: bool) -> None:
 @site.command("sync")
 @click.option("--site", "sites", multiple=True, metavar="SITE", help="The site (default: the current site).")
 def site_sync(sites: Sequence[str]) -> None:
-    """Re-read settings.yml, validate it, and refresh the site's policies (queues, projects, transfers).
+    """Re-read settings.yml, validate it (and the scheduler type and job template it names), and refresh the
+    site's policies (queues, projects, transfers).
 
     The DB keeps a copy of these policies, which 'queue submit' and job creation check against.
 
@@ -325,7 +326,7 @@ def site_sync(sites: Sequence[str]) -> None:
     """
     from balsam.cli._common import one_site
     from balsam.settings import load_settings
-    from balsam.site import refresh_site_row
+    from balsam.site import check_site_settings, refresh_site_row
 
     ref = one_site(sites, "site sync")
     settings = load_settings(ref.layout.settings_path)
@@ -333,6 +334,7 @@ def site_sync(sites: Sequence[str]) -> None:
 
     for note in notes_for_file(ref.layout.settings_path):
         click.echo(f"note: settings.yml: {note}")
+    check_site_settings(ref.path, settings)
     from balsam.platforms.transfer.locations import parse_location
 
     for alias, url in settings.transfers.transfer_locations.items():

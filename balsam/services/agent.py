@@ -29,7 +29,7 @@ from balsam.pidfile import pid_file, pid_file_held, read_pid
 from balsam.runtime import balsam_argv, subprocess_env
 from balsam.services.base import Service, ServiceThread
 from balsam.settings import SiteSettings, load_settings
-from balsam.site import SiteLayout, refresh_site_row, this_host
+from balsam.site import SiteLayout, check_site_settings, refresh_site_row, this_host
 
 logger = logging.getLogger("balsam.agent")
 STATUS_PERIOD_S = 2.0
@@ -141,6 +141,7 @@ def run_agent(site_root: Path) -> int:
     with pid_file(pid_path(layout)):
         settings = load_settings(layout.settings_path)
         logging.getLogger().setLevel(settings.logging.level)
+        check_site_settings(root, settings)
         applied = _sites.store_for(root).migrate()  # the agent is one of the two places a schema is upgraded
         if applied:
             logger.info("migrated the site DB: %s", ", ".join(applied))
