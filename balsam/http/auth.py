@@ -214,8 +214,15 @@ def ensure_secret(path: Path) -> Tuple[bytes, bool]:
     An existing file is never replaced: a bad one (empty, too open) is an error for the owner to fix, since a
     new secret would lock out every launcher already running.
     """
-    if path.exists():
-        return read_secret(path), False
+    for attempt in range(4):
+        if not path.exists():
+            break
+        try:
+            return read_secret(path), False
+        except ServiceError:  # a transient read error (NFS) is retried briefly; it never makes a new secret
+            if attempt == 3 or not path.exists():
+                raise
+            time.sleep(0.05 * 2**attempt)
     secret = secrets.token_hex(32).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
