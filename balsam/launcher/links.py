@@ -1,14 +1,16 @@
 """Serial mode's master <-> node-worker links: in process (one node) or TCP (several).
 
 Messages are dicts. Over TCP they travel as JSON frames (bytes values, such as pickled results, as base64).
-The master listens on a free port on all interfaces (no fixed port: several launchers may share a node); a
-worker proves it knows the launcher's secret (a file in the site's state folder, mode 0600, shared with
-compute nodes through the filesystem) by answering a random challenge with an HMAC, so nobody else can feed
-the master results or take its jobs.
+The master listens on a free port on all interfaces (no fixed port: several launchers may share a node). Both
+ends prove they know the launcher's secret (a file in the site's state folder, mode 0600, shared with compute
+nodes through the filesystem) by answering the other's random challenge with an HMAC (domain-separated, so
+neither answer can be replayed as the other), before either reads anything larger than a handshake frame
+(:data:`HANDSHAKE_MAX_FRAME`): nobody else can feed the master results or take its jobs, and no worker runs app
+code from anyone but its master. Frames after the handshake are bounded too (:data:`LINK_MAX_FRAME`).
 
-    master -> worker   {"t": "challenge", "nonce"}  then  {"t": "welcome", "index", "node": {...}}
+    master -> worker   {"t": "challenge", "nonce"}  then  {"t": "welcome", "mac", "index", "node": {...}}
                        {"t": "jobs", "tasks": [...], "apps": {key: code}, "remaining_s"}  {"t": "kill", "ids"}  {"t": "exit", "reason"}
-    worker -> master   {"t": "hello", "mac", "host", "rank", "index"}
+    worker -> master   {"t": "hello", "mac", "nonce", "host", "rank", "index"}
                        {"t": "status", "started": [[id, time]], "done": [...], "failed": [[id, why]], "want": n}
                        {"t": "bye"}
     (master-side only)  {"t": "lost", "why"} when a link breaks
@@ -36,6 +38,10 @@ logger = logging.getLogger("balsam.launcher")
 
 Message = Dict[str, Any]
 HANDSHAKE_TIMEOUT_S = 30.0
+HANDSHAKE_MAX_FRAME = 64 << 10
+"""Largest frame either end reads before the other has proven it knows the secret."""
+LINK_MAX_FRAME = 256 << 20
+"""Largest frame on an authenticated link (a batch of tasks with app code, or of results)."""
 
 
 def _default(value: Any) -> Any:
@@ -61,8 +67,9 @@ def decode(data: bytes) -> Message:
     return msg
 
 
-def mac(secret: bytes, nonce: str) -> str:
-    return hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()
+def mac(secret: bytes, nonce: str, role: str = "worker") -> str:
+    """The HMAC answering ``nonce`` for ``role`` (``worker`` or ``master``: one answer never passes as the other)."""
+    return hmac.new(secret, f"balsam-serial-link:{role}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
 def write_secret(path: Path) -> bytes:
@@ -147,7 +154,7 @@ class MasterServer:
             conn.settimeout(HANDSHAKE_TIMEOUT_S)
             nonce = secrets.token_hex(16)
             sender.send(encode({"t": "challenge", "nonce": nonce}))
-            data = recv_frame(conn)
+            data = recv_frame(conn, HANDSHAKE_MAX_FRAME)
             hello = decode(data) if data is not None else {}
             if hello.get("t") != "hello" or not hmac.compare_digest(str(hello.get("mac", "")), mac(self.secret, nonce)):
                 logger.warning("refused a node worker connection from %s: bad handshake", addr[0])
@@ -163,7 +170,8 @@ class MasterServer:
             handle = WorkerHandle(index, lambda m: sender.send(encode(m)))
             handle.host = str(hello.get("host", ""))
             self.handles.append(handle)
-            sender.send(encode({"t": "welcome", "index": index, "node": node}))
+            proof = mac(self.secret, str(hello.get("nonce", "")), "master")
+            sender.send(encode({"t": "welcome", "mac": proof, "index": index, "node": node}))
             self.inbox.put((handle, {"t": "connected"}))
         except (OSError, ValueError) as exc:
             logger.warning("node worker handshake from %s failed: %s", addr[0], exc)
@@ -172,7 +180,7 @@ class MasterServer:
         why = "its connection closed"
         try:
             while True:
-                data = recv_frame(conn)
+                data = recv_frame(conn, LINK_MAX_FRAME)
                 if data is None:
                     break
                 self.inbox.put((handle, decode(data)))
@@ -209,14 +217,23 @@ def connect(master: str, secret: bytes, hello: Message, timeout_s: float = 60.0)
         raise LauncherError(f"cannot reach the serial-mode master at {master}: {last}")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sender = FrameSender(sock)
-    data = recv_frame(sock)
-    challenge = decode(data) if data is not None else {}
-    if challenge.get("t") != "challenge":
-        raise LauncherError(f"the serial-mode master at {master} did not send a challenge")
-    sender.send(encode(dict(hello, t="hello", mac=mac(secret, str(challenge["nonce"])))))
-    data = recv_frame(sock)
-    welcome = decode(data) if data is not None else {}
+    nonce = secrets.token_hex(16)
+    try:
+        data = recv_frame(sock, HANDSHAKE_MAX_FRAME)
+        challenge = decode(data) if data is not None else {}
+        if challenge.get("t") != "challenge":
+            raise LauncherError(f"the serial-mode master at {master} did not send a challenge")
+        sender.send(encode(dict(hello, t="hello", mac=mac(secret, str(challenge["nonce"])), nonce=nonce)))
+        data = recv_frame(sock, HANDSHAKE_MAX_FRAME)
+        welcome = decode(data) if data is not None else {}
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise LauncherError(f"handshake with the serial-mode master at {master} failed: {exc}") from None
     if welcome.get("t") != "welcome":
+        sock.close()
         raise LauncherError(f"the serial-mode master refused this worker: {welcome.get('reason', 'handshake failed')}")
+    if not hmac.compare_digest(str(welcome.get("mac", "")), mac(secret, nonce, "master")):
+        sock.close()
+        raise LauncherError(f"the peer at {master} did not prove it knows the launcher's secret: refusing to run its jobs")
     sock.settimeout(None)
     return sock, sender, welcome

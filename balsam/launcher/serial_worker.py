@@ -244,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         try:
             while True:
-                data = recv_frame(sock)
+                data = recv_frame(sock, links.LINK_MAX_FRAME)
                 if data is None:
                     break
                 worker.deliver(links.decode(data))

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 30
+"""Largest frame between the launcher and its own Python workers (a socketpair: one trust domain)."""
 
 
 def frame(payload: bytes) -> bytes:
@@ -60,14 +61,15 @@ def _recv_exact(sock: socket.socket, n: int) -> Optional[bytes]:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket) -> Optional[bytes]:
-    """One frame from a blocking socket; None at end of stream."""
+def recv_frame(sock: socket.socket, max_size: int = MAX_FRAME) -> Optional[bytes]:
+    """One frame from a blocking socket; None at end of stream. A frame over ``max_size`` is refused from its
+    header, before any of it is read (ValueError)."""
     head = _recv_exact(sock, 4)
     if head is None:
         return None
     (size,) = _HEADER.unpack(head)
-    if size > MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes is too large")
+    if size > max_size:
+        raise ValueError(f"frame of {size} bytes is too large (at most {max_size} here)")
     return _recv_exact(sock, size) if size else b""
 
 
