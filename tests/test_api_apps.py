@@ -204,3 +204,46 @@ def _app_for(site_name: str) -> Any:
 def test_a_local_variable_of_the_defining_function_is_named_at_sync(site: Any) -> None:
     with pytest.raises(AppError, match="uses 'site_name', which the stored app cannot see"):
         _app_for("test-site").sync()
+
+
+def _resync_in_another_process(balsam_home: Path, template: str) -> None:
+    script = textwrap.dedent(f"""
+        import os
+        os.environ["BALSAM_HOME"] = {str(balsam_home)!r}
+        from balsam.api import ApplicationDefinition
+
+        class Hello(ApplicationDefinition):
+            site = "test-site"
+            command_template = {template!r}
+
+        Hello.sync()
+    """)
+    subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd="/")
+
+
+def test_an_app_resynced_by_another_process_is_seen(site: Any, hello: Any, balsam_home: Path) -> None:
+    """A long-lived process (a notebook) follows another process's re-sync of an app: it neither saves a job
+    missing a newly required parameter nor refuses a newly valid one (defect 4)."""
+    Job(workdir="before", app_id="Hello", parameters={"say_hello_to": "x"}).save()  # caches the app
+    _resync_in_another_process(balsam_home, "echo {{ say_hello_to }} {{ times }}")
+    with pytest.raises(ValidationError, match="times"):
+        Job(workdir="missing", app_id="Hello", parameters={"say_hello_to": "x"}).save()
+    job = Job(workdir="valid", app_id="Hello", parameters={"say_hello_to": "x", "times": 2})
+    job.save()
+    assert Job.objects.get(id=job.id).parameters == {"say_hello_to": "x", "times": 2}
+    assert Job.objects.count() == 2
+
+
+def test_insert_jobs_rechecks_parameters_against_the_stored_app(site: Any, hello: Any) -> None:
+    """The store's own writer checks parameters too: a door that skips the API's check cannot save a job the app
+    would refuse."""
+    from balsam.db import jobs as job_db
+
+    app_id = int(hello.__app_id__)
+    with pytest.raises(ValidationError, match="needs parameter 'say_hello_to'"):
+        with site.store.write() as conn:
+            job_db.insert_jobs(conn, [job_db.new_job_row("a", app_id, parameters={})])
+    with pytest.raises(ValidationError, match="has no parameter 'bogus'"):
+        with site.store.write() as conn:
+            job_db.insert_jobs(conn, [job_db.new_job_row("a", app_id, parameters={"say_hello_to": "x", "bogus": 1})])
+    assert Job.objects.count() == 0

@@ -52,6 +52,9 @@ class AppInfo(NamedTuple):
     parameters: Dict[str, Dict[str, Any]]
     var_keyword: bool
     required: frozenset  # type: ignore[type-arg]
+    version: int = 0
+    """The app's version when this was read: job creation revalidates against the store's (and insert_jobs
+    re-checks the parameters when the app was re-synced since)."""
 
 
 _app_cache: Dict[Tuple[Path, Union[int, str]], AppInfo] = {}
@@ -63,11 +66,24 @@ def invalidate_app_cache() -> None:
 
 
 def _load_apps(site: "SiteRef") -> None:
-    for app_id, name, params, var_kw in site.backend.select("app", {}, columns=("id", "name", "parameters", "var_keyword")):
+    for app_id, name, params, var_kw, version in site.backend.select("app", {}, columns=("id", "name", "parameters", "var_keyword",
+                                                                                         "version")):
         spec = loads(params)
-        info = AppInfo(site, app_id, name, spec, bool(var_kw), frozenset(k for k, v in spec.items() if v.get("required")))
+        info = AppInfo(site, app_id, name, spec, bool(var_kw), frozenset(k for k, v in spec.items() if v.get("required")), version)
         _app_cache[(site.path, app_id)] = info
         _app_cache[(site.path, name)] = info
+
+
+def _revalidate(info: AppInfo) -> AppInfo:
+    """The app as stored now: ``info`` itself if its version is current, else the reloaded definition (another
+    process re-synced it). ValidationError if the app is gone."""
+    row = info.site.store.conn.execute("SELECT version FROM app WHERE id=?", (info.id,)).fetchone()
+    if row is None:
+        raise ValidationError(f"app {info.name} (id {info.id}) no longer exists at site {info.site.name}")
+    if row[0] == info.version:
+        return info
+    _load_apps(info.site)
+    return _app_cache.get((info.site.path, info.id), info)
 
 
 def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
@@ -236,6 +252,8 @@ class Job(Model):
         if type(params) is not dict:
             raise ValidationError(f"job {d['workdir']!r}: parameters must be a dict, got {params!r}")
         keys = params.keys()
+        if not info.required <= keys or (not info.var_keyword and not keys <= info.parameters.keys()):
+            info = d["_app"] = _revalidate(info)  # the cached app may be older than the store's
         if not info.required <= keys:
             missing = sorted(info.required - keys)
             raise ValidationError(f"job {d['workdir']!r}: app {info.name} needs parameter {missing[0]!r}")
@@ -438,9 +456,20 @@ class Job(Model):
         return self.result_nowait()
 
 
+def _checked_versions(group: Sequence[Job]) -> Dict[int, int]:
+    """App id -> the version the jobs' parameters were checked against (insert_jobs re-checks any other)."""
+    checked: Dict[int, int] = {}
+    mixed: Set[int] = set()
+    for job in group:
+        info = job.__dict__["_app"]
+        if checked.setdefault(info.id, info.version) != info.version:
+            mixed.add(info.id)
+    return {a: v for a, v in checked.items() if a not in mixed}
+
+
 def _insert_rows(conn: Any, group: Sequence[Job], rows: Sequence[Tuple[Any, ...]], now: float) -> None:
     transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
-    first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
+    first, states = job_db.insert_jobs(conn, rows, transfers, now=now, checked_app_versions=_checked_versions(group))
     for i, (job, row) in enumerate(zip(group, rows)):
         job._mark_created(row, first + i, states.get(i, "STAGED_IN"), now)
 
@@ -493,7 +522,11 @@ class JobManager(Manager[Job]):
             entry[2].append(job._creation_row())
         for site, group, rows in groups.values():
             transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
-            ids, states, now = site.backend.create_jobs(rows, transfers)
+            try:
+                ids, states, now = site.backend.create_jobs(rows, transfers, checked_app_versions=_checked_versions(group))
+            except ValidationError:
+                invalidate_app_cache()  # an app may have been re-synced elsewhere: the next try reads it afresh
+                raise
             for i, (job, row) in enumerate(zip(group, rows)):
                 job._mark_created(row, ids[i], states[i], now)
         return list(jobs)

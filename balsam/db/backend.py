@@ -99,8 +99,10 @@ class Backend(ABC):
 
     # ------------------------------------------------------------------ jobs
     @abstractmethod
-    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
-        """Insert new-job tuples (``NEW_JOB_COLUMNS``); (ids, initial states, creation time), in order."""
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
+                    checked_app_versions: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[str], float]:
+        """Insert new-job tuples (``NEW_JOB_COLUMNS``); (ids, initial states, creation time), in order.
+        ``checked_app_versions``: apps whose parameters the caller checked at that version (others are re-checked)."""
 
     @abstractmethod
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
@@ -285,12 +287,13 @@ class LocalBackend(Backend):
             return dags.retry_instance(conn, instance_id)
 
     # ------------------------------------------------------------------ jobs
-    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
+                    checked_app_versions: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[str], float]:
         from balsam.db import jobs as job_db
 
         now = time.time()
         with self.store.write() as conn:
-            first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
+            first, states = job_db.insert_jobs(conn, rows, transfers, now=now, checked_app_versions=checked_app_versions)
         return [first + i for i in range(len(rows))], [states.get(i, "STAGED_IN") for i in range(len(rows))], now
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),

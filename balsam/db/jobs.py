@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from balsam.db.codec import dumps, encode_parameters, loads
 from balsam.db.connection import chunks
@@ -129,12 +129,16 @@ def insert_jobs(
     rows: Sequence[Tuple[Any, ...]],
     transfers: Optional[Dict[int, Dict[str, Any]]] = None,
     now: Optional[float] = None,
+    checked_app_versions: Optional[Mapping[int, int]] = None,
 ) -> Tuple[int, Dict[int, str]]:
     """Insert new jobs (tuples laid out as NEW_JOB_COLUMNS); returns (first id, {index: state} for the jobs
     whose initial state is not STAGED_IN). Job ``i`` gets id ``first + i``.
 
-    ``transfers`` maps a row index to that job's transfers. Apps, parents, transfer slots and workdir
-    uniqueness are checked; nothing is written if any job is refused. Tags, parent links and creation
+    ``transfers`` maps a row index to that job's transfers. Apps, parameters (against each app as stored now),
+    parents, transfer slots and workdir uniqueness are checked; nothing is written if any job is refused.
+    ``checked_app_versions`` ({app id: version}) names apps whose parameters the caller already checked the rows
+    against at that version (the API's fast path); rows of any other app, or of an app re-synced since, are
+    checked here. Tags, parent links and creation
     events are derived inside SQLite from the rows just inserted.
     """
     if not rows:
@@ -144,15 +148,20 @@ def insert_jobs(
     now = time.time() if now is None else now
     transfers = transfers or {}
     app_ids = {r[1] for r in rows}
-    apps = {
-        row[0]: (row[1], loads(row[2]), loads(row[3]))
-        for row in conn.execute(
-            "SELECT id, name, parameters, transfers FROM app WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(app_ids),)
-        )
-    }
+    apps = {}
+    stale: Dict[int, bool] = {}
+    for row in conn.execute(
+        "SELECT id, name, parameters, transfers, var_keyword, version FROM app WHERE id IN (SELECT value FROM json_each(?))",
+        (_ids_param(app_ids),),
+    ):
+        apps[row[0]] = (row[1], loads(row[2]), loads(row[3]))
+        if (checked_app_versions or {}).get(row[0]) != row[5]:
+            stale[row[0]] = bool(row[4])
     missing_apps = app_ids - apps.keys()
     if missing_apps:
         raise ValidationError(f"no app with id {sorted(missing_apps)[0]} at this site")
+    if stale:
+        _check_parameters(rows, apps, stale)
     seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='job'").fetchone()
     top = conn.execute("SELECT max(id) FROM job").fetchone()[0] or 0
     first = max(seq[0] if seq else 0, top) + 1
@@ -195,6 +204,25 @@ def insert_jobs(
         span,
     )
     return first, states
+
+
+def _check_parameters(rows: Sequence[Tuple[Any, ...]], apps: Dict[int, Tuple[Any, ...]], var_keyword_of: Dict[int, bool]) -> None:
+    """Each row's parameter names against its app's stored spec (required present, unknown refused); only rows of
+    the apps in ``var_keyword_of`` (app id -> whether run() takes **kwargs)."""
+    for r in rows:
+        if r[1] not in var_keyword_of:
+            continue
+        name, spec, _transfers = apps[r[1]]
+        var_keyword = var_keyword_of[r[1]]
+        keys = loads(r[3]).keys()
+        missing = [k for k, v in spec.items() if v.get("required") and k not in keys]
+        if missing:
+            raise ValidationError(f"job {r[0]!r}: app {name} needs parameter {sorted(missing)[0]!r}")
+        if not var_keyword:
+            unknown = sorted(k for k in keys if k not in spec)
+            if unknown:
+                raise ValidationError(f"job {r[0]!r}: app {name} has no parameter {unknown[0]!r} (parameters: "
+                                      f"{', '.join(sorted(spec)) or 'none'})")
 
 
 def _link_parents(conn: sqlite3.Connection, first: int, last: int) -> Dict[int, str]:

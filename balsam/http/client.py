@@ -270,10 +270,14 @@ class HttpBackend(Backend):
         return list(self.client.request("POST", "/v1/apps/code", {"ids": [int(i) for i in ids]}, idempotency_key="")["apps"])
 
     # ------------------------------------------------------------------ jobs
-    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
+                    checked_app_versions: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[str], float]:
         items = []
         for i, r in enumerate(rows):
             item = dict(zip(NEW_JOB_COLUMNS, r))
+            if item.pop("parameters_pickled", None) is not None:
+                raise exc.ValidationError(f"job {item['workdir']!r}: parameters JSON cannot hold (pickled Python objects) can "
+                                          "only be given on the site's home host; pass plain JSON values from here")
             for k in ("tags", "parameters", "data", "launch_params", "parent_ids"):
                 item[k] = json.loads(item[k])
             item["pending_file_cleanup"] = bool(item["pending_file_cleanup"])
