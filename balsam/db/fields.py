@@ -167,7 +167,7 @@ def check_json_dict(name: str, value: Any, where: str = "") -> Dict[str, Any]:
         return {}
     if type(value) is not dict or not _json_plain(value):
         raise ValidationError(f"{_where(where)}{name} must be a dict of plain JSON values (finite numbers, string keys), "
-                              f"got {str(value)[:80]}")
+                              f"got {repr(value)[:80]}")
     return value
 
 
