@@ -1,0 +1,125 @@
+"""Imports point one way (DESIGN.md section 1), checked for every layer from the source (imports inside functions
+included):
+
+- ``platforms`` imports nothing of Balsam's but ``balsam.exceptions`` (tests/test_platforms_imports.py);
+- ``db`` (the store) imports only itself, ``exceptions`` and ``runtime``;
+- ``launcher`` never imports ``services`` or ``cli``;
+- ``services`` use ``db`` and ``platforms``; of the API only site references (``_api.sites``), and the API's app
+  and Job in the modules that run an app's hooks (processing, file cleaning); never ``cli`` or ``launcher``;
+- ``cli`` imports the API and its own helpers; the commands that *are* another process's entry point (``balsam
+  launcher``, ``balsam service run``) import that process's package.
+
+``__main__`` modules are entry points (composition roots), outside the rules. An exception that remains is listed
+by name with the reason and the issue that removes it; the test fails when a listed exception is gone too, so the
+list only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, Iterator, List, Set, Tuple
+
+import balsam
+
+PACKAGE = Path(balsam.__file__).parent
+
+ALLOWED: Dict[str, Set[str]] = {
+    "db": {"db", "exceptions", "runtime"},
+    "platforms": {"platforms", "exceptions"},
+}
+FORBIDDEN: Dict[str, Set[str]] = {
+    "launcher": {"services", "cli"},
+    "services": {"cli", "launcher"},
+    "db": {"_api", "api", "cli", "launcher", "services", "site", "settings", "platforms"},
+}
+CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "pidfile"}
+"""The API, the CLI's own helpers, and the site layout/registry and settings files the CLI edits."""
+ENTRY_POINTS = {
+    ("cli/launcher.py", "launcher"): "balsam launcher starts the launcher process",
+    ("cli/service.py", "services"): "balsam service run/start/stop run the site agent process",
+}
+SERVICES_API = {"_api.sites"}
+HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py"}
+"""Modules that run an app's hooks, which use the API's ApplicationDefinition and Job."""
+
+KNOWN: Dict[str, str] = {
+    "launcher/remote.py -> services.channel": "the channel's wire protocol; replaced by balsam.http (issue 13)",
+    "cli/_common.py -> db.states": "job states and their named sets, to be re-exported by the API",
+    "cli/job.py -> db.states": "job states and their named sets, to be re-exported by the API",
+    "cli/job.py -> db.query": "job ls filter parsing, to move behind the API's Query",
+    "cli/job.py -> services.diagnose": "'job show' explains why a job waits; to move behind the API",
+    "cli/db.py -> db.maintenance": "db check/backup/vacuum/migrate; to move behind the API",
+    "cli/db.py -> db.open_store": "db migrate opens the store without the API (the API refuses an older schema)",
+    "cli/site.py -> db.open_store": "site init/rename-host open the store before the API knows the site",
+    "cli/site.py -> platforms.presets": "site presets and sample-settings list the packaged presets",
+    "cli/which.py -> db.open_store": "balsam which reports the schema version without migrating",
+    "cli/which.py -> db.maintenance": "balsam which reports the schema version without migrating",
+    "cli/which.py -> db.schema": "balsam which reports the schema version without migrating",
+    "cli/which.py -> launcher.nodes": "balsam which reports the launcher's node settings",
+    "cli/which.py -> _zipapp.build_info": "balsam which reports how Balsam was installed",
+}
+
+
+def _imports(path: Path) -> Iterator[str]:
+    """``balsam.X...`` module names a file imports (at any depth), without the ``balsam.`` prefix."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("balsam.") and not name.startswith("balsam.__"):  # not balsam.__version__
+                yield name[len("balsam."):]
+
+
+def _modules() -> Iterator[Tuple[str, str, Path]]:
+    """(layer, path relative to the package, path) for every module but entry points."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if path.name == "__main__.py":
+            continue
+        layer = rel.split("/")[0] if "/" in rel else rel[: -len(".py")]
+        yield layer, rel, path
+
+
+def _violations() -> List[str]:
+    out: List[str] = []
+    for layer, rel, path in _modules():
+        for name in set(_imports(path)):
+            top = name.split(".")[0]
+            short = ".".join(name.split(".")[:2])
+            if top == layer:
+                continue
+            bad = False
+            if layer in ALLOWED and top not in ALLOWED[layer]:
+                bad = True
+            if top in FORBIDDEN.get(layer, set()):
+                bad = True
+            if layer == "services" and top == "_api" and short not in SERVICES_API and rel not in HOOK_RUNNERS:
+                bad = True
+            if layer == "cli" and top not in CLI_ALLOWED and (rel, top) not in ENTRY_POINTS:
+                bad = True
+            if bad:
+                out.append(f"{rel} -> {short}")
+    return sorted(set(out))
+
+
+def test_every_layer_imports_one_way() -> None:
+    unexpected = [v for v in _violations() if v not in KNOWN]
+    assert unexpected == [], "imports against the layer rules (DESIGN.md section 1): " + "; ".join(unexpected)
+
+
+def test_the_list_of_known_exceptions_only_shrinks() -> None:
+    gone = sorted(set(KNOWN) - set(_violations()))
+    assert gone == [], f"no longer imported, remove from KNOWN: {gone}"
+
+
+def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
+    """The checker itself: a launcher module importing the CLI is found."""
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from balsam.cli import cli\n    import balsam.services.agent\n")
+    assert sorted(_imports(module)) == ["cli.cli", "services.agent"]
