@@ -148,6 +148,13 @@ def _fast_workdir(w: Any) -> str:
     return normalize_workdir(w)
 
 
+def _parent_ids(parents: Any) -> List[int]:
+    """Parent jobs given as Job objects or ids, as checked ids."""
+    if isinstance(parents, (list, tuple, set, frozenset)) or hasattr(parents, "__next__"):
+        parents = [p.id if isinstance(p, Job) else p for p in parents]
+    return field_db.check_parent_ids(parents)
+
+
 class Job(Model):
     """A task: an app run with parameters, resources, tags and dependencies, in its own workdir."""
 
@@ -229,7 +236,7 @@ class Job(Model):
         d["gpus_per_rank"] = gpus_per_rank
         d["node_packing_count"] = node_packing_count
         d["wall_time_min"] = wall_time_min
-        d["parent_ids"] = [in_site(int(p.id if isinstance(p, Job) else p), info.site.id) for p in parent_ids] if parent_ids else []
+        d["parent_ids"] = [in_site(p, info.site.id) for p in _parent_ids(parent_ids)] if parent_ids else []
         d["pending_file_cleanup"] = pending_file_cleanup
         if transfers:
             d["transfers"] = transfers

@@ -115,16 +115,16 @@ def normalize_workdir(workdir: Any, where: str = "") -> str:
     return norm
 
 
-def check_tags(tags: Any, where: str = "") -> Dict[str, str]:
+def check_tags(tags: Any, where: str = "", name: str = "tags") -> Dict[str, str]:
     """Tags are a str -> str dict (numbers are accepted and stored as strings)."""
     if tags is None:
         return {}
     if not isinstance(tags, dict):
-        raise ValidationError(f"{_where(where)}tags must be a dict of strings, got {tags!r}")
+        raise ValidationError(f"{_where(where)}{name} must be a dict of strings, got {tags!r}")
     out = {}
     for k, v in tags.items():
         if not isinstance(k, str) or not k or not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            raise ValidationError(f"{_where(where)}tags must map non-empty strings to strings, got {k!r}: {v!r}")
+            raise ValidationError(f"{_where(where)}{name} must map non-empty strings to strings, got {k!r}: {v!r}")
         if isinstance(v, float) and not math.isfinite(v):
             raise ValidationError(f"{_where(where)}tag {k!r}: {v!r} is not a finite number")
         check_text("tag name", k, where, MAX_TAG_CHARS)
