@@ -159,3 +159,26 @@ def test_queries_span_sites_unless_one_is_current(site: Any, hello: Any, tmp_pat
         use_site(None)
     with pytest.raises(SiteNotFound, match="no site 'third'"):
         Job.objects.filter(site_name="third").count()
+
+
+@pytest.mark.parametrize("field,value", [("num_nodes", 10**20), ("num_nodes", 0), ("wall_time_min", float("inf")),
+                                         ("filter_tags", {"k": ["not", "a", "string"]}), ("state", "exploded")])
+def test_batch_job_updates_are_validated(site: Any, field: str, value: Any) -> None:
+    """Every BatchJob write goes through one checked function (balsam.db.batch_jobs.update_batch_job)."""
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    setattr(bj, field, value)
+    with pytest.raises(ValidationError, match=field.replace("state", "batch job state")) as info:
+        bj.save()
+    assert "\n" not in str(info.value)
+    fresh = BatchJob.objects.get(id=bj.id)
+    assert (fresh.num_nodes, fresh.wall_time_min, fresh.state) == (1, 5, "pending_submission")
+
+
+def test_elastic_withdrawal_goes_through_the_state_table(site: Any) -> None:
+    from balsam.db import batch_jobs as batch_db
+
+    done = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    with site.store.write() as conn:
+        batch_db.update_batch_job(conn, int(done.id), state="finished")
+        assert not batch_db.update_batch_job(conn, int(done.id), state="pending_deletion", only_from=("pending_submission", "queued"))
+    assert BatchJob.objects.get(id=done.id).state == "finished"

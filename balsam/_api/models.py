@@ -281,7 +281,7 @@ class BatchJob(Model):
         self.__dict__["_site"] = site
         d = self.__dict__
         d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue, project=project,
-                 optional_params=dict(optional_params or {}), filter_tags=check_tags(filter_tags or {}, "filter_"),
+                 optional_params=dict(optional_params or {}), filter_tags=check_tags(filter_tags or {}, name="filter_tags"),
                  partitions=[batch_db.parse_partition(p) if isinstance(p, str) else dict(p) for p in partitions] if partitions else None,
                  state="pending_submission", status_info={}, scheduler_id=None, start_time=None, end_time=None)
 

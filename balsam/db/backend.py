@@ -36,6 +36,7 @@ ACQUIRE_CONSTRAINTS = frozenset({"states", "filter_tags", "app_ids", "serial_onl
 MAX_ACQUIRE_WAIT_S = 5.0
 APP_COLUMNS = ("id", "name", "kind", "source_code", "version")
 _SPECS: Dict[str, q.TableSpec] = dict(q.SPECS)
+_BATCH_JSON = frozenset({"optional_params", "filter_tags", "partitions", "status_info"})
 _WRITABLE = {
     "site": frozenset({"last_refresh", "globus_endpoint_id", "backfill_windows", "queued_jobs", "optional_batch_job_params",
                        "allowed_projects", "allowed_queues", "transfer_locations"}),
@@ -346,8 +347,15 @@ class LocalBackend(Backend):
                     raise ValidationError(f"{table} field {sorted(bad)[0]!r} cannot be updated")
                 if not fields:
                     continue
-                if table == "batch_job":
-                    _check_batch_update(conn, row_id, fields)
+                if table == "batch_job":  # its one checked writer (fields, the state table, leases when it ends)
+                    from balsam.db import batch_jobs as batch_db
+
+                    given = {k: (json.loads(v) if k in _BATCH_JSON and isinstance(v, str) else v) for k, v in fields.items()}
+                    state = given.pop("state", None)
+                    if not conn.execute("SELECT 1 FROM batch_job WHERE id=?", (row_id,)).fetchone():
+                        raise ObjectDoesNotExist(f"no batch_job {row_id}")
+                    batch_db.update_batch_job(conn, row_id, state=state, **given)
+                    continue
                 cols = list(fields)
                 stamp = ", last_update=?" if table in ("app", "batch_job") else ""
                 params = [fields[c] for c in cols] + ([time.time()] if stamp else []) + [row_id]
@@ -378,12 +386,9 @@ class LocalBackend(Backend):
                     job_db.delete_jobs(conn, job_ids)
                     n += conn.execute("DELETE FROM app WHERE id=?", (row_id,)).rowcount
                 elif table == "batch_job":
-                    row = conn.execute("SELECT state FROM batch_job WHERE id=?", (row_id,)).fetchone()
-                    if row is None:
-                        continue
-                    if row[0] in {s.value for s in BATCH_ACTIVE_STATES} or row[0] == "pending_deletion":
-                        raise ValidationError(f"batch job {row_id} is {row[0]}: set its state to pending_deletion to cancel it first")
-                    n += conn.execute("DELETE FROM batch_job WHERE id=?", (row_id,)).rowcount
+                    from balsam.db import batch_jobs as batch_db
+
+                    n += batch_db.delete_batch_job(conn, row_id)
                 else:
                     raise ValidationError(f"{table} rows cannot be deleted")
         return n
@@ -478,15 +483,3 @@ class LocalBackend(Backend):
         return status, body, False
 
 
-def _check_batch_update(conn: Any, row_id: int, fields: Dict[str, Any]) -> None:
-    from balsam.db.states import check_batch_transition, to_batch_state
-
-    if "state" in fields:
-        new = to_batch_state(fields["state"]).value
-        current = conn.execute("SELECT state FROM batch_job WHERE id=?", (row_id,)).fetchone()
-        if current is not None:
-            check_batch_transition(current[0], new, row_id)
-        fields["state"] = new
-    for key in ("optional_params", "filter_tags", "partitions", "status_info"):
-        if key in fields and not isinstance(fields[key], str):
-            fields[key] = json.dumps(fields[key])

@@ -2,18 +2,22 @@
 
 The policies (allowed queues with max nodes / wall time / queued jobs, allowed projects, optional
 parameters) are the site row's copy of settings.yml. The API and the site agent's autoscalers create
-BatchJobs through :func:`create_batch_job`, so both get the same checks and one-line errors.
+BatchJobs through :func:`create_batch_job`, and every later write (the API, the scheduler service, the elastic
+queue) goes through :func:`update_batch_job`, so all get the same checks, the state table and one-line errors.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from balsam.db import fields as fields_db
+from balsam.db import sessions
 from balsam.db.codec import dumps, loads
-from balsam.exceptions import ValidationError
+from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, check_batch_transition, to_batch_state
+from balsam.exceptions import IllegalTransition, ValidationError
 
 JOB_MODES = ("mpi", "serial")
 
@@ -112,3 +116,103 @@ def create_batch_job(
          None if not parts else dumps(parts), "pending_submission", dumps(dict(status_info or {})), now, now),
     )
     return int(cur.lastrowid or 0)
+
+
+def _check_time(name: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1e11:
+        raise ValidationError(f"{name} must be a time in seconds since the epoch, got {value!r}")
+    return float(value)
+
+
+def _check_str_dict(name: str, value: Any) -> str:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValidationError(f"{name} must be a dict of strings, got {value!r}")
+    return dumps({k: fields_db.check_text(f"{name}[{k!r}]", v) for k, v in value.items()})
+
+
+_BATCH_CHECKERS: Dict[str, Any] = {
+    "scheduler_id": lambda v: None if v is None else fields_db.check_count("scheduler_id", v, "", 0, fields_db.MAX_ID),
+    "num_nodes": lambda v: fields_db.check_count("num_nodes", v),
+    "wall_time_min": lambda v: fields_db.check_count("wall_time_min", v, maximum=fields_db.MAX_WALL_TIME_MIN),
+    "project": lambda v: fields_db.check_text("project", v),
+    "queue": lambda v: fields_db.check_text("queue", v),
+    "job_mode": lambda v: v if v in JOB_MODES else _refuse(f"job_mode must be one of {', '.join(JOB_MODES)}, got {v!r}"),
+    "optional_params": lambda v: _check_str_dict("optional_params", v),
+    "filter_tags": lambda v: dumps(fields_db.check_tags(v, name="filter_tags")),
+    "status_info": lambda v: _check_str_dict("status_info", v),
+    "start_time": lambda v: _check_time("start_time", v),
+    "end_time": lambda v: _check_time("end_time", v),
+    "partitions": lambda v: None if not v else dumps([parse_partition(p) if isinstance(p, str) else dict(p) for p in v]),
+}
+"""The BatchJob fields that may be written after creation, each with its checker (value -> stored form)."""
+
+
+def _refuse(message: str) -> Any:
+    raise ValidationError(message)
+
+
+def update_batch_job(
+    conn: sqlite3.Connection,
+    batch_job_id: int,
+    *,
+    state: Optional[str] = None,
+    info: Optional[Mapping[str, Any]] = None,
+    only_from: Optional[Sequence[str]] = None,
+    strict: bool = True,
+    now: Optional[float] = None,
+    **fields: Any,
+) -> bool:
+    """The one writer of a BatchJob after creation (the API, the scheduler service, the elastic queue).
+
+    Fields are checked (unknown ones refused by name); ``state`` goes through the BatchJob state table (and,
+    with ``only_from``, only from those states); ``info`` is merged into ``status_info``. When the BatchJob
+    ends, the leases of its launchers are released. Returns whether anything was written; a refused state
+    change raises (IllegalTransition) when ``strict``, else it is logged by the caller's choice and False returned.
+    """
+    row = conn.execute("SELECT state, status_info FROM batch_job WHERE id=?", (batch_job_id,)).fetchone()
+    if row is None:
+        if strict:
+            raise ValidationError(f"batch job {batch_job_id} does not exist")
+        return False
+    current, status_info = row[0], loads(row[1])
+    sets: Dict[str, Any] = {}
+    for name, value in fields.items():
+        checker = _BATCH_CHECKERS.get(name)
+        if checker is None:
+            raise ValidationError(f"batch job field {name!r} cannot be written (writable: {', '.join(sorted(_BATCH_CHECKERS))})")
+        sets[name] = checker(value)
+    if state is not None and state != current:
+        new = to_batch_state(state).value
+        if only_from is not None and current not in only_from:
+            return False
+        try:
+            check_batch_transition(current, new, batch_job_id)
+        except IllegalTransition:
+            if strict:
+                raise
+            return False
+        sets["state"] = new
+    if info:
+        status_info.update({str(k): str(v) for k, v in info.items()})
+        sets["status_info"] = _check_str_dict("status_info", status_info)
+    if not sets:
+        return False
+    conn.execute(f"UPDATE batch_job SET {', '.join(f'{k}=?' for k in sets)}, last_update=?, version=version+1 WHERE id=?",
+                 (*sets.values(), time.time() if now is None else now, batch_job_id))
+    if sets.get("state") == BatchJobState.finished.value:
+        for (sid,) in conn.execute("SELECT id FROM session WHERE batch_job_id=?", (batch_job_id,)).fetchall():
+            sessions.release(conn, sid, message=f"batch job {batch_job_id} ended while the job was running")
+    return True
+
+
+def delete_batch_job(conn: sqlite3.Connection, batch_job_id: int) -> int:
+    """Delete a BatchJob that is no longer active (an active one is cancelled through pending_deletion); returns
+    how many rows went (0 if it was gone already)."""
+    row = conn.execute("SELECT state FROM batch_job WHERE id=?", (batch_job_id,)).fetchone()
+    if row is None:
+        return 0
+    if row[0] in {s.value for s in BATCH_ACTIVE_STATES} or row[0] == BatchJobState.pending_deletion.value:
+        raise ValidationError(f"batch job {batch_job_id} is {row[0]}: set its state to pending_deletion to cancel it first")
+    return int(conn.execute("DELETE FROM batch_job WHERE id=?", (batch_job_id,)).rowcount)

@@ -175,8 +175,8 @@ class ElasticQueueService(Service):
             self.last_decisions[cfg.queue] = decision.reason
             with self.site.store.write() as conn:
                 for bid in decision.withdraw:
-                    conn.execute("UPDATE batch_job SET state='pending_deletion', last_update=?, version=version+1 "
-                                 "WHERE id=? AND state IN ('pending_submission', 'queued')", (now, bid))
+                    batch_db.update_batch_job(conn, bid, state="pending_deletion", only_from=("pending_submission", "queued"),
+                                              strict=False, now=now)
                     logger.info("elastic queue %s: withdrew batch job %s (%s)", cfg.queue, bid, decision.reason)
                 if decision.submit is not None:
                     nodes, wall = decision.submit

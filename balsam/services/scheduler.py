@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from balsam._api.sites import SiteRef
-from balsam.db import sessions
+from balsam.db import batch_jobs as batch_db
 from balsam.db.codec import dumps, loads
-from balsam.db.states import check_batch_transition
-from balsam.exceptions import BalsamError, IllegalTransition
+from balsam.exceptions import BalsamError, ValidationError
 from balsam.platforms.schedulers import DONE_STATES, Scheduler, SchedulerJobStatus, SchedulerState
 from balsam.platforms.templates import format_partition, job_script_context, render_job_script
 from balsam.runtime import balsam_shell_words
@@ -82,30 +81,11 @@ class SchedulerService(Service):
 
     def _update(self, bj_id: int, *, state: Optional[str] = None, info: Optional[Dict[str, Any]] = None, **fields: Any) -> None:
         """Write a BatchJob's fields (a state change checked against the BatchJob state table)."""
-        now = time.time()
         with self.site.store.write() as conn:
-            row = conn.execute("SELECT state, status_info FROM batch_job WHERE id=?", (bj_id,)).fetchone()
-            if row is None:
-                return
-            current, status_info = row[0], loads(row[1])
-            sets: Dict[str, Any] = dict(fields)
-            if state is not None and state != current:
-                try:
-                    check_batch_transition(current, state, bj_id)
-                except IllegalTransition as exc:
-                    logger.warning("%s", exc)
-                    return
-                sets["state"] = state
-            if info:
-                status_info.update({k: str(v) for k, v in info.items()})
-                sets["status_info"] = dumps(status_info)
-            if not sets:
-                return
-            conn.execute(f"UPDATE batch_job SET {', '.join(f'{k}=?' for k in sets)}, last_update=?, version=version+1 WHERE id=?",
-                         (*sets.values(), now, bj_id))
-            if sets.get("state") == "finished":
-                for (sid,) in conn.execute("SELECT id FROM session WHERE batch_job_id=?", (bj_id,)).fetchall():
-                    sessions.release(conn, sid, message=f"batch job {bj_id} ended while the job was running")
+            try:
+                batch_db.update_batch_job(conn, bj_id, state=state, info=info, **fields)
+            except ValidationError as exc:  # an illegal transition (the user cancelled it meanwhile), a vanished row
+                logger.warning("%s", exc)
 
     # ---------------------------------------------------------------- the cycle
     def run_cycle(self) -> None:
