@@ -40,7 +40,7 @@ ENTRY_POINTS = {
     ("cli/service.py", "services"): "balsam service run/start/stop run the site agent process",
 }
 SERVICES_API = {"_api.sites"}
-HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py"}
+HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py", "services/hookworker.py"}
 """Modules that run an app's hooks, which use the API's ApplicationDefinition and Job."""
 
 KNOWN: Dict[str, str] = {
@@ -51,8 +51,10 @@ KNOWN: Dict[str, str] = {
     "cli/job.py -> services.diagnose": "'job show' explains why a job waits; to move behind the API",
     "cli/db.py -> db.maintenance": "db check/backup/vacuum/migrate; to move behind the API",
     "cli/db.py -> db.open_store": "db migrate opens the store without the API (the API refuses an older schema)",
+    "cli/db.py -> db.Store": "db migrate opens the store without the API (the API refuses an older schema)",
     "cli/site.py -> db.open_store": "site init/rename-host open the store before the API knows the site",
     "cli/site.py -> platforms.presets": "site presets and sample-settings list the packaged presets",
+    "cli/site.py -> platforms.transfer": "site sync checks transfer location URLs; to move into balsam.site",
     "cli/which.py -> db.open_store": "balsam which reports the schema version without migrating",
     "cli/which.py -> db.maintenance": "balsam which reports the schema version without migrating",
     "cli/which.py -> db.schema": "balsam which reports the schema version without migrating",
