@@ -123,6 +123,10 @@ def _legacy_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         m.setattr(jobs_api, "in_site", lambda any_id, site_id: any_id)
         init_site(tmp_path / "old", name="old")
         _sites.reset()
+        raw = sqlite3.connect(str(tmp_path / "old" / ".balsam" / "site.db"))
+        raw.execute("ALTER TABLE job ADD COLUMN parameters_pickled BLOB")  # what today's job writer needs; v5 keeps it
+        raw.commit()
+        raw.close()
 
         class Old(ApplicationDefinition):
             site = "old"

@@ -259,7 +259,8 @@ def _http_answers(conn: sqlite3.Connection) -> None:
 def _v6_pickled_parameters(conn: sqlite3.Connection) -> None:
     # Values JSON cannot hold move out of band: the old in-band {"__pickle__": ...} marker is no longer read, so
     # such values in older rows stay the plain dicts they are (nothing written as data is ever unpickled).
-    conn.execute("ALTER TABLE job ADD COLUMN parameters_pickled BLOB")
+    if "parameters_pickled" not in {row[1] for row in conn.execute("PRAGMA table_info(job)")}:
+        conn.execute("ALTER TABLE job ADD COLUMN parameters_pickled BLOB")
 
 
 MIGRATIONS: List[Migration] = [
