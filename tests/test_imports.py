@@ -44,7 +44,6 @@ HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py", "services/
 """Modules that run an app's hooks, which use the API's ApplicationDefinition and Job."""
 
 KNOWN: Dict[str, str] = {
-    "launcher/remote.py -> services.channel": "the channel's wire protocol; replaced by balsam.http (issue 13)",
     "cli/_common.py -> db.states": "job states and their named sets, to be re-exported by the API",
     "cli/job.py -> db.states": "job states and their named sets, to be re-exported by the API",
     "cli/job.py -> db.query": "job ls filter parsing, to move behind the API's Query",
@@ -59,6 +58,8 @@ KNOWN: Dict[str, str] = {
     "cli/which.py -> db.maintenance": "balsam which reports the schema version without migrating",
     "cli/which.py -> db.schema": "balsam which reports the schema version without migrating",
     "cli/which.py -> launcher.nodes": "balsam which reports the launcher's node settings",
+    "cli/which.py -> http.client": "balsam which reports which backend (SQLite or the agent's HTTP API) and why",
+    "cli/which.py -> http.serve": "balsam which reports which backend (SQLite or the agent's HTTP API) and why",
     "cli/which.py -> _zipapp.build_info": "balsam which reports how Balsam was installed",
 }
 

@@ -77,7 +77,8 @@ def _load_apps(site: "SiteRef") -> None:
 def _revalidate(info: AppInfo) -> AppInfo:
     """The app as stored now: ``info`` itself if its version is current, else the reloaded definition (another
     process re-synced it). ValidationError if the app is gone."""
-    row = info.site.store.conn.execute("SELECT version FROM app WHERE id=?", (info.id,)).fetchone()
+    rows = info.site.backend.select("app", {"id": [info.id]}, columns=("version",))
+    row = rows[0] if rows else None
     if row is None:
         raise ValidationError(f"app {info.name} (id {info.id}) no longer exists at site {info.site.name}")
     if row[0] == info.version:

@@ -11,11 +11,10 @@ from balsam._api import sites as _sites
 from balsam._api.base import Field, Manager, Model, Query, bind_manager, by_site, from_datetime
 from balsam._api.jobs import Job, invalidate_app_cache
 from balsam.db import batch_jobs as batch_db
-from balsam.db import jobs as job_db
 from balsam.db import query as q
 from balsam.db import sessions as session_db
-from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, to_batch_state
 from balsam.db.fields import check_tags
+from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, to_batch_state
 from balsam.exceptions import JobLockedError, ValidationError
 
 if TYPE_CHECKING:

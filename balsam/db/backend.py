@@ -376,7 +376,6 @@ class LocalBackend(Backend):
 
     def delete_rows(self, table: str, ids: Sequence[int]) -> int:
         from balsam.db import jobs as job_db
-        from balsam.db.states import BATCH_ACTIVE_STATES
 
         n = 0
         with self.store.write() as conn:

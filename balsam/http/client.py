@@ -296,7 +296,15 @@ class HttpBackend(Backend):
         for job_id, fields in updates:
             item = items.setdefault(job_id, {"id": job_id})
             for k, v in fields.items():
-                if k in ("tags", "parameters", "data", "launch_params") and isinstance(v, str):
+                if k == "parameters" and isinstance(v, dict):
+                    from balsam.db.codec import encode_parameters
+
+                    text, pickled = encode_parameters(v)
+                    if pickled is not None:
+                        raise exc.ValidationError(f"job {job_id}: parameters JSON cannot hold (pickled Python objects) can only "
+                                                  "be given on the site's home host; pass plain JSON values from here")
+                    v = json.loads(text)
+                elif k in ("tags", "parameters", "data", "launch_params") and isinstance(v, str):
                     v = json.loads(v)
                 elif k in ("serialized_return_value", "serialized_exception") and v is not None:
                     import base64
@@ -420,7 +428,14 @@ class HttpBackend(Backend):
     def acquire(self, session_id: int, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
         body = {"max_num_jobs": max_num_jobs, "wait_s": wait_s, "constraints": constraints}
         answer = self.client.request("POST", f"/v1/sessions/{int(session_id)}/acquire", body, timeout=self.client.timeout_s + wait_s)
-        return list(answer["jobs"])
+        jobs = list(answer["jobs"])
+        for job in jobs:  # the one bytes column of an acquired job (the server sends bytes as {"__b64__": ...})
+            pickled = job.get("parameters_pickled")
+            if isinstance(pickled, dict):
+                import base64
+
+                job["parameters_pickled"] = base64.b64decode(str(pickled.get("__b64__", "")))
+        return jobs
 
     def release(self, session_id: int) -> int:
         return int(self.client.request("DELETE", f"/v1/sessions/{int(session_id)}")["timed_out"])

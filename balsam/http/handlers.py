@@ -321,7 +321,6 @@ def create_jobs(call: Call) -> Answer:
     items = _body_list(call, "job")
     rows = []
     transfers: Dict[int, Dict[str, Any]] = {}
-    from balsam.db.codec import dumps
 
     allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
     for i, item in enumerate(items):
@@ -345,7 +344,7 @@ def create_jobs(call: Call) -> Answer:
             if item.get(key) is not None and not isinstance(item[key], dict):
                 raise ValidationError(f"job {i}: {key} must be an object", )
         rows.append(new_job_row(
-            item["workdir"], _int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=dumps(params), data=item.get("data"),
+            item["workdir"], _int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=params, data=item.get("data"),
             launch_params=item.get("launch_params"), parent_ids=[_int(p, "parent_ids") for p in parents],
             pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
         if item.get("transfers"):
@@ -388,7 +387,6 @@ _JOB_WRITABLE = frozenset({"workdir", "tags", "parameters", "data", "return_code
 
 def _job_fields(item: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Optional[StateChange], Optional[List[int]]]:
     """(stored fields, state change, parents to add) of one job update object."""
-    from balsam.db.codec import dumps
 
     fields: Dict[str, Any] = {}
     change = None
@@ -413,7 +411,7 @@ def _job_fields(item: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Optio
         elif k in ("tags", "data", "launch_params", "parameters"):
             if not isinstance(v, dict):
                 raise ValidationError(f"{where}: {k} must be an object")
-            fields[k] = dumps(v) if k == "parameters" else v  # parameters are stored text; the rest the store encodes
+            fields[k] = v  # the store's field writer checks and encodes (parameters stay plain JSON)
         elif k in ("serialized_return_value", "serialized_exception"):
             fields[k] = None if v is None else base64.b64decode(str(v))
         else:

@@ -3,8 +3,9 @@
 A row of the site DB (JSON columns as text, times as epoch seconds, blobs as bytes) goes out as a JSON object
 whose JSON columns are decoded, whose times are ISO 8601 UTC strings and whose blobs are base64; the client
 turns it back into the same row, so the Python API's models work on either side unchanged. Job parameters
-travel in their stored form (values that are not plain JSON stay base64 pickles inside, never unpickled by
-the server).
+are plain JSON; values JSON cannot hold, pickled out of band on the site's home host (``parameters_pickled``),
+go only to the site's own principals, as base64, and are never unpickled by the server; a client cannot write
+them.
 
 Filters are the Python API's keywords. Each table's filter keywords have a kind (ids, strings, states, tags,
 time, int-or-null, bool, int), which says how a query-string value (``?state=RUNNING&state=RUN_DONE``) or a
@@ -28,7 +29,7 @@ JSON_COLUMNS = frozenset({"tags", "data", "launch_params", "parent_ids", "backfi
                           "optional_batch_job_params", "allowed_projects", "allowed_queues", "transfer_locations", "parameters",
                           "transfers", "optional_params", "filter_tags", "partitions", "status_info", "transfer_info"})
 BOOL_COLUMNS = frozenset({"pending_file_cleanup", "var_keyword", "recursive"})
-BYTES_COLUMNS = frozenset({"serialized_return_value", "serialized_exception"})
+BYTES_COLUMNS = frozenset({"serialized_return_value", "serialized_exception", "parameters_pickled"})
 
 COLUMNS: Dict[str, Tuple[str, ...]] = {
     "site": ("id", "name", "path", "uuid", "creation_date", "last_refresh", "globus_endpoint_id", "backfill_windows",
@@ -38,7 +39,7 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
     "job": ("id", "workdir", "app_id", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node",
             "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min",
             "parent_ids", "batch_job_id", "session_id", "state", "last_update", "created", "pending_file_cleanup",
-            "serialized_return_value", "serialized_exception", "version"),
+            "serialized_return_value", "serialized_exception", "version", "parameters_pickled"),
     "batch_job": ("id", "scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",
                   "filter_tags", "partitions", "state", "status_info", "start_time", "end_time", "created", "last_update",
                   "version"),
@@ -49,7 +50,7 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
 }
 """The columns each table shows over the API (the session's pid_start and internal tables stay home)."""
 
-PRIVATE_COLUMNS = {"app": frozenset({"serialized_class", "source_code"})}
+PRIVATE_COLUMNS = {"app": frozenset({"serialized_class", "source_code"}), "job": frozenset({"parameters_pickled"})}
 """Columns sent only to the site's own principals (app code is for launchers and the owner, not browsers)."""
 
 
