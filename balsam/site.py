@@ -316,16 +316,10 @@ def check_site_settings(root: Path, settings: "SiteSettings") -> None:
 
 def refresh_site_row(store: "Store", settings: "SiteSettings") -> None:
     """Copy the policy parts of settings.yml into the site row and stamp ``last_refresh``."""
-    import time as _time
+    from balsam.db.site_row import update_site_row
 
-    from balsam.db.codec import dumps
-
-    fields = site_row_fields(settings)
     with store.write() as conn:
-        conn.execute(
-            f"UPDATE site SET {', '.join(f'{k}=?' for k in fields)}, last_refresh=?, version=version+1",
-            (*[dumps(v) for v in fields.values()], _time.time()),
-        )
+        update_site_row(conn, site_row_fields(settings), stamp=True)
 
 
 def note_found_hardware(settings_text: str, settings: "SiteSettings", env: Mapping[str, str], host: str) -> str:

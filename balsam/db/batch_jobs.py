@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from balsam.db import fields as fields_db
 from balsam.db import sessions
@@ -216,3 +216,46 @@ def delete_batch_job(conn: sqlite3.Connection, batch_job_id: int) -> int:
     if row[0] in {s.value for s in BATCH_ACTIVE_STATES} or row[0] == BatchJobState.pending_deletion.value:
         raise ValidationError(f"batch job {batch_job_id} is {row[0]}: set its state to pending_deletion to cancel it first")
     return int(conn.execute("DELETE FROM batch_job WHERE id=?", (batch_job_id,)).rowcount)
+
+
+BATCH_JOB_COLUMNS = ("id", "scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",
+                     "filter_tags", "partitions", "state", "status_info", "created")
+_BATCH_JSON_COLUMNS = ("optional_params", "filter_tags", "status_info")
+
+
+def batch_jobs_in(conn: sqlite3.Connection, states: Sequence[str], queue: Optional[str] = None) -> List[Dict[str, Any]]:
+    """BatchJobs in ``states`` (and ``queue``), oldest first, as dicts with their JSON columns decoded."""
+    names = [to_batch_state(s).value for s in states]
+    sql = f"SELECT {', '.join(BATCH_JOB_COLUMNS)} FROM batch_job WHERE state IN (SELECT value FROM json_each(?))"
+    params: List[Any] = [dumps(names)]
+    if queue is not None:
+        sql += " AND queue=?"
+        params.append(queue)
+    out = []
+    for row in conn.execute(sql + " ORDER BY id", params):
+        d = dict(zip(BATCH_JOB_COLUMNS, row))
+        for k in _BATCH_JSON_COLUMNS:
+            d[k] = loads(d[k])
+        d["partitions"] = loads(d["partitions"]) if d["partitions"] else None
+        out.append(d)
+    return out
+
+
+def running_footprint(conn: sqlite3.Connection, batch_job_id: int) -> float:
+    """The nodes a BatchJob's RUNNING jobs occupy (``num_nodes / node_packing_count`` summed)."""
+    row = conn.execute("SELECT coalesce(sum(CAST(num_nodes AS REAL) / node_packing_count), 0) FROM job "
+                       "WHERE batch_job_id=? AND state='RUNNING'", (batch_job_id,)).fetchone()
+    return float(row[0])
+
+
+def waiting_demand(conn: sqlite3.Connection, states: Sequence[str], filter_tags: Mapping[str, str]) -> Tuple[float, int, int]:
+    """What unlocked jobs in ``states`` with ``filter_tags`` ask for: (summed node footprint, largest num_nodes,
+    longest wall_time_min); the elastic queue sizes BatchJobs from it."""
+    sql = ("SELECT coalesce(sum(CAST(num_nodes AS REAL) / node_packing_count), 0), coalesce(max(num_nodes), 0), "
+           "coalesce(max(wall_time_min), 0) FROM job WHERE state IN (SELECT value FROM json_each(?)) AND session_id IS NULL")
+    params: List[Any] = [dumps(list(states))]
+    for k, v in fields_db.check_tags(dict(filter_tags), name="filter_tags").items():
+        sql += " AND id IN (SELECT job_id FROM job_tag WHERE key=? AND value=?)"
+        params.extend((k, v))
+    row = conn.execute(sql, params).fetchone()
+    return float(row[0]), int(row[1]), int(row[2])

@@ -691,3 +691,16 @@ def last_event_message(conn: sqlite3.Connection, job_id: int) -> str:
         if msg:
             return str(msg).strip().splitlines()[-1][:300]
     return ""
+
+
+def jobs_to_clean(conn: sqlite3.Connection, limit: int) -> List[Tuple[int, int, str]]:
+    """(id, app_id, workdir) of up to ``limit`` finished jobs whose workdirs await the file cleaner."""
+    rows = conn.execute("SELECT id, app_id, workdir FROM job WHERE state='JOB_FINISHED' AND pending_file_cleanup=1 LIMIT ?",
+                        (int(limit),)).fetchall()
+    return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+
+def mark_cleaned(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
+    """Record that the file cleaner is done with these jobs' workdirs."""
+    for chunk in chunks(list(job_ids), 20000):
+        conn.execute("UPDATE job SET pending_file_cleanup=0 WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(chunk),))

@@ -22,11 +22,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
-from balsam.db.codec import dumps, loads
+from balsam.db.codec import dumps
+from balsam.db.site_row import read_site_row
+from balsam.db.states import BATCH_ACTIVE_STATES
 from balsam.exceptions import ValidationError
 from balsam.services.base import Service
 from balsam.settings import ElasticQueueSettings
@@ -115,15 +117,6 @@ def decide(
     return decision
 
 
-def _tag_clause(tags: Dict[str, str]) -> Tuple[str, List[Any]]:
-    sql = ""
-    params: List[Any] = []
-    for k, v in tags.items():
-        sql += " AND id IN (SELECT job_id FROM job_tag WHERE key=? AND value=?)"
-        params.extend((k, v))
-    return sql, params
-
-
 class ElasticQueueService(Service):
     """Runs :func:`decide` for each configured queue and acts on it."""
 
@@ -140,32 +133,21 @@ class ElasticQueueService(Service):
         return f"elastic:{cfg.queue}:{dumps(cfg.filter_tags)}"
 
     def demand(self, cfg: ElasticQueueSettings) -> Backlog:
-        tag_sql, tag_params = _tag_clause(cfg.filter_tags)
-        row = self.site.store.execute(
-            f"SELECT coalesce(sum(CAST(num_nodes AS REAL) / node_packing_count), 0), coalesce(max(num_nodes), 0), "
-            f"coalesce(max(wall_time_min), 0) FROM job WHERE state IN ({','.join('?' * len(DEMAND_STATES))}) "
-            f"AND session_id IS NULL{tag_sql}",
-            (*DEMAND_STATES, *tag_params),
-        )[0]
-        return Backlog(footprint=float(row[0]), max_job_nodes=int(row[1]), max_job_wall_time_min=int(row[2]))
+        footprint, max_nodes, max_wall = batch_db.waiting_demand(self.site.store.conn, DEMAND_STATES, cfg.filter_tags)
+        return Backlog(footprint=footprint, max_job_nodes=max_nodes, max_job_wall_time_min=max_wall)
 
     def managed(self, cfg: ElasticQueueSettings) -> List[ManagedBatchJob]:
         out = []
-        for bid, state, nodes, wall, created, info in self.site.store.execute(
-            "SELECT id, state, num_nodes, wall_time_min, created, status_info FROM batch_job "
-            "WHERE state IN ('pending_submission', 'queued', 'running') AND queue=?", (cfg.queue,)
-        ):
-            if loads(info).get("managed_by") != self.marker(cfg):
+        conn = self.site.store.conn
+        for bj in batch_db.batch_jobs_in(conn, sorted(BATCH_ACTIVE_STATES), queue=cfg.queue):
+            if bj["status_info"].get("managed_by") != self.marker(cfg):
                 continue
-            busy = self.site.store.execute(
-                "SELECT coalesce(sum(CAST(num_nodes AS REAL) / node_packing_count), 0) FROM job WHERE batch_job_id=? AND state='RUNNING'",
-                (bid,))[0][0]
-            out.append(ManagedBatchJob(bid, state, nodes, wall, created, float(busy)))
+            out.append(ManagedBatchJob(bj["id"], bj["state"], bj["num_nodes"], bj["wall_time_min"], bj["created"],
+                                       batch_db.running_footprint(conn, bj["id"])))
         return out
 
     def run_cycle(self) -> None:
-        site_row = self.site.store.execute("SELECT backfill_windows FROM site LIMIT 1")[0]
-        windows = loads(site_row[0])
+        windows = read_site_row(self.site.store.conn, ("backfill_windows",)).get("backfill_windows") or {}
         now = time.time()
         for cfg in self.queues:
             backfill = [(int(w["num_nodes"]), int(w["wall_time_min"])) for w in windows.get(cfg.queue, [])]

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 from balsam._api.app import ApplicationDefinition
 from balsam._api.sites import SiteRef
-from balsam.db.codec import dumps
+from balsam.db import jobs as job_db
 from balsam.services.base import Service
 from balsam.settings import FileCleanerSettings
 
@@ -59,9 +59,7 @@ class FileCleanerService(Service):
 
     def run_cycle(self) -> None:
         store = self.site.store
-        rows = store.execute(
-            "SELECT id, app_id, workdir FROM job WHERE state='JOB_FINISHED' AND pending_file_cleanup=1 LIMIT ?",
-            (self.settings.batch_size,))
+        rows = job_db.jobs_to_clean(store.conn, self.settings.batch_size)
         if not rows:
             self.backlog = 0
             return
@@ -79,5 +77,5 @@ class FileCleanerService(Service):
                 if n:
                     logger.info("job %s: removed %d paths", job_id, n)
         with store.write() as conn:
-            conn.execute("UPDATE job SET pending_file_cleanup=0 WHERE id IN (SELECT value FROM json_each(?))", (dumps([r[0] for r in rows]),))
+            job_db.mark_cleaned(conn, [r[0] for r in rows])
         self.backlog = len(rows)

@@ -10,7 +10,6 @@ import logging
 
 from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
-from balsam.db.codec import loads
 from balsam.exceptions import ValidationError
 from balsam.services.base import Service
 from balsam.settings import QueueMaintainerSettings
@@ -31,9 +30,8 @@ class QueueMaintainerService(Service):
 
     def waiting(self) -> int:
         """How many of this service's BatchJobs are waiting to start."""
-        rows = self.site.store.execute(
-            "SELECT status_info FROM batch_job WHERE state IN ('pending_submission', 'queued') AND queue=?", (self.settings.queue,))
-        return sum(1 for (info,) in rows if loads(info).get("managed_by") == MARKER)
+        waiting = batch_db.batch_jobs_in(self.site.store.conn, ("pending_submission", "queued"), queue=self.settings.queue)
+        return sum(1 for bj in waiting if bj["status_info"].get("managed_by") == MARKER)
 
     def run_cycle(self) -> None:
         s = self.settings

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
-from balsam.db.codec import dumps, loads
+from balsam.db.site_row import update_site_row
 from balsam.exceptions import BalsamError, ValidationError
 from balsam.platforms.schedulers import DONE_STATES, Scheduler, SchedulerJobStatus, SchedulerState
 from balsam.platforms.templates import format_partition, job_script_context, render_job_script
@@ -66,18 +66,7 @@ class SchedulerService(Service):
 
     # ---------------------------------------------------------------- helpers
     def _batch_jobs(self, states: Tuple[str, ...]) -> List[Dict[str, Any]]:
-        cols = ("id", "scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",
-                "filter_tags", "partitions", "state", "status_info")
-        rows = self.site.store.execute(
-            f"SELECT {', '.join(cols)} FROM batch_job WHERE state IN ({','.join('?' * len(states))}) ORDER BY id", states)
-        out = []
-        for row in rows:
-            d = dict(zip(cols, row))
-            for k in ("optional_params", "filter_tags", "status_info"):
-                d[k] = loads(d[k])
-            d["partitions"] = loads(d["partitions"]) if d["partitions"] else None
-            out.append(d)
-        return out
+        return batch_db.batch_jobs_in(self.site.store.conn, states)
 
     def _update(self, bj_id: int, *, state: Optional[str] = None, info: Optional[Dict[str, Any]] = None, **fields: Any) -> None:
         """Write a BatchJob's fields (a state change checked against the BatchJob state table)."""
@@ -222,14 +211,14 @@ class SchedulerService(Service):
         queued = {str(bj["scheduler_id"]): {"state": bj["state"], "queue": bj["queue"], "num_nodes": bj["num_nodes"],
                                             "wall_time_min": bj["wall_time_min"]}
                   for bj in self._batch_jobs(("queued", "running")) if bj["scheduler_id"] is not None}
-        fields["queued_jobs"] = dumps(queued)
+        fields["queued_jobs"] = queued
         if self.adapter.can_report_backfill and now - self._last_backfill > BACKFILL_EVERY_S:
             self._last_backfill = now
             try:
                 windows = self.adapter.get_backfill_windows()
-                fields["backfill_windows"] = dumps({q: [{"num_nodes": w.num_nodes, "wall_time_min": w.wall_time_min} for w in ws]
-                                                    for q, ws in windows.items()})
+                fields["backfill_windows"] = {q: [{"num_nodes": w.num_nodes, "wall_time_min": w.wall_time_min} for w in ws]
+                                              for q, ws in windows.items()}
             except BalsamError as exc:
                 logger.info("backfill windows unavailable: %s", exc)
         with self.site.store.write() as conn:
-            conn.execute(f"UPDATE site SET {', '.join(f'{k}=?' for k in fields)}", tuple(fields.values()))
+            update_site_row(conn, fields)
