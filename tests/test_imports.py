@@ -33,7 +33,7 @@ FORBIDDEN: Dict[str, Set[str]] = {
     "services": {"cli", "launcher"},
     "db": {"_api", "api", "cli", "launcher", "services", "site", "settings", "platforms"},
 }
-CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "pidfile"}
+CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "settings_aliases", "pidfile"}
 """The API, the CLI's own helpers, and the site layout/registry and settings files the CLI edits."""
 ENTRY_POINTS = {
     ("cli/launcher.py", "launcher"): "balsam launcher starts the launcher process",

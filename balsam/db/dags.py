@@ -13,7 +13,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db import dag_templates as tpl
-from balsam.db.codec import dumps, encode_parameters, loads
+from balsam.db.codec import dumps, loads
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 
 DAG_COLUMNS = ("id", "name", "description", "spec", "created", "last_update", "version")
@@ -130,7 +130,7 @@ def instantiate(conn: sqlite3.Connection, name: str, records: Sequence[Any], now
                 res = dict(f["resources"])
                 extra = {k: res.pop(k) for k in ("launch_params", "data") if k in res}
                 try:
-                    rows.append(job_db.new_job_row(f["workdir"], app_id, tags=tags, parameters=encode_parameters(params),
+                    rows.append(job_db.new_job_row(f["workdir"], app_id, tags=tags, parameters=params,
                                                    parent_ids=[ids[i][p] for p in n.parents], **extra, **res))
                 except (TypeError, ValueError) as exc:
                     raise ValidationError(f"{where}: {exc}") from None
