@@ -50,6 +50,7 @@ COMMANDS: Dict[str, Entry] = {
     "db": Entry("balsam.cli.db:db", "Check, back up, compact and migrate a site's database."),
     "which": Entry("balsam.cli.which:which", "Show which site, database and Balsam this shell uses."),
     "service": Entry("balsam.cli.service:service", "Start, stop and inspect the site agent (also 'site start/stop/status')."),
+    "ui": Entry("balsam.cli.ui:ui", "Serve the web dashboard of a site on this host (prints the link and the ssh -L line)."),
     "launcher": Entry("balsam.cli.launcher:launcher", "Run the pilot launcher inside an allocation.", optional=True),
     # Balsam 0.x names that users still type.
     "submit-launch": Entry("balsam.cli.queue:queue_submit", "Alias of 'queue submit'.", "Balsam 0.x aliases"),

@@ -1,0 +1,176 @@
+"""A real site for the dashboard's browser tests: `balsam site init/start`, an app, a running BatchJob (the
+local scheduler runs a real launcher), and `balsam ui` serving it, all as subprocesses of the `balsam` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+AXE = REPO / "web" / "node_modules" / "axe-core" / "axe.min.js"
+SCREENSHOTS = Path(os.environ.get("BALSAM_SCREENSHOTS", REPO / "artifacts" / "screenshots"))
+APPS = '''
+from balsam.api import ApplicationDefinition
+
+class Hello(ApplicationDefinition):
+    """Greets someone, in job.out."""
+    site = "dash-site"
+    command_template = "echo Hello, {{ who }}! {{ times }}"
+    parameters = {"who": {"required": True, "help": "who to greet"}, "times": {"required": False, "default": 1, "help": "a number"}}
+'''
+
+
+DAG_SCRIPT = '''
+import sys
+from balsam.api import DAG, use_site
+use_site(sys.argv[1])
+d = DAG(sys.argv[2], site="dash-site")
+prep = d.node("prep", app="Hello", workdir="{run}/prep", params={"who": "prep"}, tags={"lane": "web"})
+left = d.node("left", app="Hello", workdir="{run}/left", params={"who": "left"}, parents=[prep], tags={"lane": "web"})
+right = d.node("right", app="Hello", workdir="{run}/right", params={"who": "right"}, parents=[prep])
+d.node("join", app="Hello", workdir="{run}/join", params={"who": "join"}, parents=[left, right], tags={"lane": "web"})
+d.save()
+print(d.instantiate([{"run": "d1"}])[0].id)
+'''
+
+
+@dataclass
+class DashSite:
+    """The running site and its dashboard."""
+
+    root: Path
+    env: Dict[str, str]
+    base: str
+    token: str
+    ui: "subprocess.Popen[str]"
+    batch_job_id: int
+
+    @property
+    def link(self) -> str:
+        return f"{self.base}/#/login?token={self.token}"
+
+    def balsam(self, *args: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([sys.executable, "-m", "balsam", *args], capture_output=True, text=True, env=self.env, check=check,
+                              timeout=120)
+
+    def stop_ui(self) -> None:
+        """Stop `balsam ui` (as Ctrl-C or a reboot of the login node would)."""
+        self.ui.terminate()
+        self.ui.wait(timeout=30)
+
+    def start_ui(self) -> None:
+        """Start `balsam ui` again on the same port, with the same token."""
+        port = int(self.base.rsplit(":", 1)[1])
+        self.ui, link = _launch_ui(self.env, self.root, port)
+        assert link.startswith(self.base)
+
+    def make_dag(self, name: str = "diamond") -> int:
+        """A diamond DAG (prep -> left, right -> join) with one instance; "right" lacks the lane tag, so it waits."""
+        out = subprocess.run([sys.executable, "-c", DAG_SCRIPT, str(self.root), name], capture_output=True, text=True, env=self.env,
+                             check=True, timeout=120)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    def api(self, method: str, path: str, body: Any = None, token: Optional[str] = None) -> Any:
+        """Call the dashboard's /v1 API as the browser does (bearer token)."""
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.base}/v1{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {token or self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return {"status": e.code, **json.loads(e.read() or b"{}")}
+
+    def wait_jobs(self, ids: List[int], state: str, timeout_s: float = 120.0) -> None:
+        """Until every job in ``ids`` is in ``state``."""
+        deadline = time.monotonic() + timeout_s
+        query = "&".join(f"id={i}" for i in ids)
+        while True:
+            rows = self.api("GET", f"/jobs?{query}&limit={len(ids)}")["results"]
+            if len(rows) == len(ids) and all(r["state"] == state for r in rows):
+                return
+            assert time.monotonic() < deadline, f"jobs {ids} did not all reach {state}: {[(r['id'], r['state']) for r in rows]}"
+            time.sleep(0.3)
+
+
+def _balsam(env: Dict[str, str], *args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "balsam", *args], capture_output=True, text=True, env=env, check=True, timeout=120)
+
+
+def start_dash_site(tmp: Path) -> DashSite:
+    """Create and start everything; the caller must call :func:`stop_dash_site`."""
+    env = {**os.environ, "BALSAM_HOME": str(tmp / "home"), "PYTHONPATH": str(REPO)}
+    env.pop("BALSAM_SITE_PATH", None)
+    root = tmp / "dash-site"
+    _balsam(env, "site", "init", str(root), "-n", "dash-site", "--preset", "local")
+    settings = root / "settings.yml"
+    settings.write_text(re.sub(r"idle_ttl_s: \d+", "idle_ttl_s: 900", settings.read_text()))
+    (root / "dash_apps.py").write_text(APPS)
+    _balsam(env, "app", "sync", str(root / "dash_apps.py"), "--site", str(root))
+    _balsam(env, "site", "start", "--site", str(root))
+    # The launcher runs only jobs tagged lane=web, so a test can keep a job waiting by leaving the tag off.
+    sub = _balsam(env, "queue", "submit", "-n", "1", "-t", "30", "--tag", "lane=web", "--site", str(root), "--json")
+    batch_job_id = int(json.loads(sub.stdout)["id"])
+    env["BALSAM_UI_TOKEN"] = secrets.token_urlsafe(32)  # so a restarted `balsam ui` takes the open page back
+    ui, link = _launch_ui(env, root, 0)
+    base, _, token = link.partition("/#/login?token=")
+    assert token == env["BALSAM_UI_TOKEN"]
+    return DashSite(root=root, env=env, base=base, token=token, ui=ui, batch_job_id=batch_job_id)
+
+
+def _launch_ui(env: Dict[str, str], root: Path, port: int) -> "Tuple[subprocess.Popen[str], str]":
+    ui = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--site", str(root), "--port", str(port)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
+    return ui, _read_link(ui)
+
+
+def _read_link(ui: "subprocess.Popen[str]", timeout_s: float = 60.0) -> str:
+    assert ui.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    lines = []
+    while time.monotonic() < deadline:
+        line = ui.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"(http://127\.0\.0\.1:\d+/#/login\?token=\S+)", line)
+        if m:
+            return m.group(1)
+    ui.kill()
+    raise AssertionError("balsam ui printed no login link:\n" + "".join(lines))
+
+
+def stop_dash_site(site: Optional[DashSite]) -> None:
+    """Stop the UI, cancel the BatchJob (the agent stops its launcher), stop the agent."""
+    if site is None:
+        return
+    site.ui.terminate()
+    try:
+        site.ui.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        site.ui.kill()
+    site.balsam("queue", "term", str(site.batch_job_id), "--site", str(site.root), check=False)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = site.balsam("queue", "ls", "--history", "--json", "--site", str(site.root), check=False)
+        try:
+            rows = json.loads(out.stdout)
+        except ValueError:
+            break
+        if all(r.get("state") not in ("pending_submission", "queued", "running", "pending_deletion") for r in rows):
+            break
+        time.sleep(0.5)
+    site.balsam("site", "stop", "--site", str(site.root), check=False)
