@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytest.importorskip("starlette", reason="balsam ui needs starlette and uvicorn")
+pytest.importorskip("uvicorn", reason="balsam ui needs starlette and uvicorn")
 
 
 def _env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
