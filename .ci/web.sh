@@ -11,6 +11,7 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || die "node a
 node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
   || die "node $(node --version) is too old for vite 8 (need >= 20.19)"
 (cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent >/dev/null) || die "npm ci && npm run build failed"
+(cd web && npm test --silent >/dev/null) || die "the unit tests in web/tests failed (cd web && npm test)"
 if ! git diff --quiet --exit-code -- balsam/web || [ -n "$(git status --porcelain -- balsam/web)" ]; then
   git status --short -- balsam/web >&2
   die "the committed build in balsam/web differs from 'npm ci && npm run build' in web/: rebuild and commit it"
