@@ -75,8 +75,8 @@ def shot(page: Any, name: str) -> Path:
     return path
 
 
-def create_jobs(dash: DashSite, jobs: List[dict]) -> List[int]:
-    app = dash.api("GET", "/apps?name=Hello")["results"][0]
+def create_jobs(dash: DashSite, jobs: List[dict], app_name: str = "Hello") -> List[int]:
+    app = dash.api("GET", f"/apps?name={app_name}")["results"][0]
     made = dash.api("POST", "/jobs", [{"app_id": app["id"], **j} for j in jobs])
     assert isinstance(made, list), made
     return [int(j["id"]) for j in made]
@@ -227,6 +227,30 @@ def test_live_updates_come_back_after_a_server_restart(tab: Any, dash: DashSite)
     assert row.locator("a").first.inner_text() == str(job_id)
 
 
+def test_transfers_show_their_state_task_and_the_reason_of_a_failure(tab: Any, dash: DashSite) -> None:
+    page = tab
+    deck = dash.root.parent / "remote" / "deck.txt"
+    good, bad = create_jobs(dash, [
+        {"workdir": "web/t-good", "tags": {"lane": "web"}, "transfers": {"deck": f"store:{deck}"}},
+        {"workdir": "web/t-bad", "tags": {"lane": "web"}, "transfers": {"deck": "store:/no/such/deck.txt"}}], app_name="Show")
+    dash.wait_jobs([good], "JOB_FINISHED")
+    login(page, dash)
+    go(page, "Transfers")
+    table = page.locator("table")
+    good_row = table.locator("tbody tr", has=page.locator(f"a:text-is('{good}')"))
+    bad_row = table.locator("tbody tr", has=page.locator(f"a:text-is('{bad}')"))
+    good_row.locator("[data-state=done]").wait_for(timeout=TIMEOUT_MS)
+    assert "rsync" in good_row.inner_text()  # the protocol of the location 'store'
+    bad_row.locator("[data-state=error]").wait_for(timeout=TIMEOUT_MS)
+    assert "No such file or directory" in bad_row.inner_text()  # rsync's own words
+    shot(page, "transfers")
+    select_option(page, "State", "error")
+    page.wait_for_function("() => document.querySelectorAll('table tbody tr [data-state=done]').length === 0")
+    assert bad_row.count() == 1
+    page.goto(f"{dash.base}/#/jobs/{good}")
+    page.locator("[data-testid=job-out]", has_text="the deck").wait_for()
+
+
 def test_the_job_page_shows_every_field_its_events_and_job_out(tab: Any, dash: DashSite) -> None:
     page = tab
     (job_id,) = create_jobs(dash, [{"workdir": "web/page", "tags": {"lane": "web"}, "parameters": {"who": "job page"}}])
@@ -278,8 +302,7 @@ def test_every_view_renders(tab: Any, dash: DashSite) -> None:
     (job_id,) = create_jobs(dash, [{"workdir": "web/views", "tags": {"lane": "web"}, "parameters": {"who": "views"}}])
     dash.wait_jobs([job_id], "JOB_FINISHED")
     login(page, dash)
-    views = [("apps", "Apps"), ("batch-jobs", "BatchJobs"), (f"batch-jobs/{dash.batch_job_id}", f"BatchJob {dash.batch_job_id}"),
-             ("transfers", "Transfers")]
+    views = [("apps", "Apps"), ("batch-jobs", "BatchJobs"), (f"batch-jobs/{dash.batch_job_id}", f"BatchJob {dash.batch_job_id}")]
     for route, title in views:
         page.goto(f"{dash.base}/#/{route}")
         page.wait_for_function("t => document.querySelector('h1')?.textContent.includes(t)", arg=title)

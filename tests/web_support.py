@@ -27,6 +27,13 @@ class Hello(ApplicationDefinition):
     site = "dash-site"
     command_template = "echo Hello, {{ who }}! {{ times }}"
     parameters = {"who": {"required": True, "help": "who to greet"}, "times": {"required": False, "default": 1, "help": "a number"}}
+
+
+class Show(ApplicationDefinition):
+    """Prints a staged-in file."""
+    site = "dash-site"
+    command_template = "cat input/deck.txt"
+    transfers = {"deck": {"required": True, "direction": "in", "local_path": "input/deck.txt"}}
 '''
 
 
@@ -117,7 +124,10 @@ def start_dash_site(tmp: Path) -> DashSite:
     root = tmp / "dash-site"
     _balsam(env, "site", "init", str(root), "-n", "dash-site", "--preset", "local")
     settings = root / "settings.yml"
-    settings.write_text(re.sub(r"idle_ttl_s: \d+", "idle_ttl_s: 900", settings.read_text()))
+    text = re.sub(r"idle_ttl_s: \d+", "idle_ttl_s: 900", settings.read_text())
+    settings.write_text(text + "transfers:\n  transfer_locations: {store: 'rsync://'}\n  period_s: 0.5\n  max_retries: 0\n")
+    (tmp / "remote").mkdir()
+    (tmp / "remote" / "deck.txt").write_text("the deck\n")
     (root / "dash_apps.py").write_text(APPS)
     _balsam(env, "app", "sync", str(root / "dash_apps.py"), "--site", str(root))
     _balsam(env, "site", "start", "--site", str(root))
