@@ -82,6 +82,18 @@ def create_jobs(dash: DashSite, jobs: List[dict], app_name: str = "Hello") -> Li
     return [int(j["id"]) for j in made]
 
 
+def wait_workdirs(page: Any, expected: List[str]) -> None:
+    """Until the jobs table shows exactly these workdirs (in any order), and the count agrees."""
+    page.wait_for_function(
+        """want => {
+            const got = [...document.querySelectorAll('[data-testid=jobs-table] tbody tr td:nth-child(5)')].map(td => td.textContent.trim())
+            const range = document.querySelector('[data-testid=page-range]').textContent.trim()
+            return JSON.stringify(got.sort()) === JSON.stringify([...want].sort()) && range.endsWith(`of ${want.length}`)
+        }""",
+        arg=expected,
+    )
+
+
 def select_option(page: Any, label: str, option: str) -> None:
     """Pick ``option`` in the Vuetify select labelled ``label``."""
     page.get_by_label(label, exact=True).click(force=True)  # Vuetify's field wrapper takes the click
@@ -193,19 +205,16 @@ def test_filter_by_tag_and_state_and_kill_a_selected_job(tab: Any, dash: DashSit
     go(page, "Jobs")
     rows = page.locator("[data-testid=jobs-table] tbody tr")
     page.get_by_role("textbox", name="Tags (key=value)", exact=True).fill("grp=x")
-    page.wait_for_function("() => document.querySelector('[data-testid=page-range]').textContent.trim().endsWith('of 3')")
-    assert sorted(rows.locator("td:nth-child(5)").all_inner_texts()) == ["web/f-wait", "web/f0", "web/f1"]
+    wait_workdirs(page, ["web/f-wait", "web/f0", "web/f1"])
     select_option(page, "States", "JOB_FINISHED")
-    page.wait_for_function("() => document.querySelector('[data-testid=page-range]').textContent.trim().endsWith('of 2')")
-    assert sorted(rows.locator("td:nth-child(5)").all_inner_texts()) == ["web/f0", "web/f1"]
+    wait_workdirs(page, ["web/f0", "web/f1"])
     page.get_by_label("Clear States").click()
     select_option(page, "States", "PREPROCESSED")
-    page.wait_for_function("() => document.querySelector('[data-testid=page-range]').textContent.trim().endsWith('of 1')")
-    assert rows.locator("td:nth-child(5)").all_inner_texts() == ["web/f-wait"]
+    wait_workdirs(page, ["web/f-wait"])
     shot(page, "jobs-filtered")
     rows.first.locator("input[type=checkbox]").check()
     page.get_by_role("button", name="Kill").click()
-    page.wait_for_function("() => document.querySelector('[data-testid=page-range]').textContent.trim().endsWith('of 0')")
+    wait_workdirs(page, [])  # killed, it leaves the PREPROCESSED view at once
     dash.wait_jobs(waiting, "USER_KILLED", timeout_s=10)
 
 

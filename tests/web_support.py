@@ -47,7 +47,7 @@ left = d.node("left", app="Hello", workdir="{run}/left", params={"who": "left"},
 right = d.node("right", app="Hello", workdir="{run}/right", params={"who": "right"}, parents=[prep])
 d.node("join", app="Hello", workdir="{run}/join", params={"who": "join"}, parents=[left, right], tags={"lane": "web"})
 d.save()
-print(d.instantiate([{"run": "d1"}])[0].id)
+print(d.instantiate([{"run": "dag-" + sys.argv[2]}])[0].id)
 '''
 
 
@@ -84,7 +84,8 @@ class DashSite:
     def make_dag(self, name: str = "diamond") -> int:
         """A diamond DAG (prep -> left, right -> join) with one instance; "right" lacks the lane tag, so it waits."""
         out = subprocess.run([sys.executable, "-c", DAG_SCRIPT, str(self.root), name], capture_output=True, text=True, env=self.env,
-                             check=True, timeout=120)
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
         return int(out.stdout.strip().splitlines()[-1])
 
     def api(self, method: str, path: str, body: Any = None, token: Optional[str] = None) -> Any:

@@ -18,7 +18,7 @@ from balsam.db.backend import LAUNCHER_FIELDS, Backend
 from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange, new_job_row
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 from balsam.http.auth import Principal
-from balsam.http.schemas import COLUMNS, FILTER_KINDS, check_ordering, decode_filter, decode_filters, epoch, row_to_wire
+from balsam.http.schemas import COLUMNS, FILTER_KINDS, check_ordering, decode_filter, decode_filters, epoch, iso, row_to_wire
 
 Answer = Tuple[int, Any]
 DEFAULT_LIMIT = 100
@@ -218,9 +218,26 @@ def _site(call: Call) -> Dict[str, Any]:
         layout = SiteLayout(call.site_root)
         host = layout.home_host() or ""
         out["preset"] = layout.preset()
+        agent = _agent_health(call.site_root)
     out["hostname"] = host
     out["agent"] = agent
     return out
+
+
+def _agent_health(site_root: Path) -> Dict[str, Any]:
+    """The site agent's health as the dashboard shows it: running, its last report, each service's state."""
+    from balsam.services.agent import agent_status
+
+    status = agent_status(site_root)
+    raw = status.get("services")
+    services: Dict[str, Any] = raw if isinstance(raw, dict) else {}
+    updated = status.get("updated")
+    return {
+        "running": bool(status.get("running")),
+        "last_contact": iso(float(updated)) if isinstance(updated, (int, float)) else None,
+        "services": {str(name): {"alive": bool(s.get("alive")), "errors": int(s.get("errors") or 0), "last_error": s.get("last_error")}
+                     for name, s in services.items() if isinstance(s, dict)},
+    }
 
 
 def list_sites(call: Call) -> Answer:
