@@ -50,6 +50,10 @@ def test_the_documented_sweep_is_instantiated_with_parents_tags_and_typed_values
     assert d.placeholders == {"run", "seed", "temp"}
     runs = d.instantiate(records(10))
     assert len(runs) == 10 and len({r.id for r in runs}) == 10
+    from balsam.db.ids import site_of
+
+    job_site = site_of(Job.objects.first().id)
+    assert job_site and {site_of(r.id) for r in runs} == {job_site}  # instance ids carry the site's id too
     seven = runs[7]
     jobs = {j.tags["dag_node"]: j for j in seven.jobs()}
     assert sorted(jobs) == ["prep", "reduce", "sim0", "sim1", "sim2", "sim3"]
@@ -216,3 +220,40 @@ def test_dags_work_from_another_host_through_the_agent(apps: Dict[str, Any], sit
     monkeypatch.delenv("BALSAM_HOSTNAME")
     _sites.reset()
     assert Job.objects.filter(tags={"dag": "md-sweep"}).count() == 18
+
+
+def test_a_site_that_moves_to_a_new_id_keeps_its_dag_instances(apps: Dict[str, Any], site: Any) -> None:
+    """Linking to a relay may move a site to a free id: DAG ids and the dag_instance tags move with it."""
+    from balsam.db import ids
+
+    runs = sweep(apps).save().instantiate(records(2))
+    old = runs[1].id
+    with site.store.write() as conn:
+        ids.rewrite_site_ids(conn, 4242)
+    from balsam._api import sites as _sites
+
+    _sites.reset()
+    new_id = (old & ids.LOCAL_MASK) | ids.base(4242)
+    moved = DAG.objects.get("md-sweep").instances().get(new_id)
+    assert moved.params["run"] == "r1" and moved.state() == {"STAGED_IN": 1, "AWAITING_PARENTS": 5}
+    assert Job.objects.filter(tags={"dag_instance": str(new_id)}).count() == 6
+    assert Job.objects.filter(tags={"dag_instance": str(old)}).count() == 0
+
+
+def test_balsam_db_migrate_prefixes_dag_ids_of_an_older_site(apps: Dict[str, Any], site: Any) -> None:
+    from balsam.db import ids
+
+    runs = sweep(apps).save().instantiate(records(1))
+    local = runs[0].id & ids.LOCAL_MASK
+    with site.store.write() as conn:  # how a site made before DAG ids carried the site id looked
+        conn.execute("UPDATE dag_instance SET id = id & ?, dag_id = dag_id & ?", (ids.LOCAL_MASK, ids.LOCAL_MASK))
+        conn.execute("UPDATE dag SET id = id & ?", (ids.LOCAL_MASK,))
+        conn.execute("UPDATE job_tag SET value = ? WHERE key = 'dag_instance'", (str(local),))
+        conn.execute("UPDATE job SET tags = json_set(tags, '$.dag_instance', ?)", (str(local),))
+        ids.prefix_dag_ids(conn)
+    from balsam._api import sites as _sites
+
+    _sites.reset()
+    (inst,) = list(DAG.objects.get("md-sweep").instances())
+    assert inst.id == runs[0].id and inst.state() == {"STAGED_IN": 1, "AWAITING_PARENTS": 5}
+    assert Job.objects.filter(tags={"dag_instance": str(runs[0].id)}).count() == 6

@@ -70,7 +70,8 @@ def test_run_one_instance_per_record(dag_file: Path, tmp_path: Path, fmt: str) -
     out = ok("dag", "run", "md-sweep", "--params", params).stdout
     assert "Created 5 instance(s) of DAG md-sweep" in out and "20 jobs" in out
     assert Job.objects.filter(tags={"dag": "md-sweep"}).count() == 20
-    prep = Job.objects.filter(tags={"dag_node": "prep", "dag_instance": "3"}).get()
+    third = DAG.objects.get("md-sweep").instances()[2]
+    prep = Job.objects.filter(tags={"dag_node": "prep", "dag_instance": str(third.id)}).get()
     assert prep.parameters == {"seed": 2}  # CSV cells that read as numbers are numbers
     status = json.loads(ok("dag", "status", "md-sweep", "--json").stdout)
     assert status == {"instances": 5, "done": 0, "failed": 0, "jobs": {"STAGED_IN": 5, "AWAITING_PARENTS": 15}}
@@ -81,14 +82,15 @@ def test_status_kill_retry_and_rm(dag_file: Path, tmp_path: Path) -> None:
     params = tmp_path / "runs.jsonl"
     params.write_text('{"run": "a", "seed": 1, "temp": 2}\n{"run": "b", "seed": 2, "temp": 3}\n')
     ok("dag", "run", "md-sweep", "--params", params)
-    text = ok("dag", "status", "md-sweep", "--instance", "1").stdout
-    assert "instance 1" in text and "a/reduce" in text and "AWAITING_PARENTS" in text
-    assert "Killed 4 job(s)" in ok("dag", "kill", "md-sweep", "--instance", "2").stdout
-    assert DAG.objects.get("md-sweep").instances().get(2).state() == {"USER_KILLED": 4}
-    prep = Job.objects.filter(tags={"dag_node": "prep", "dag_instance": "1"}).get()
+    first, second = (str(i.id) for i in DAG.objects.get("md-sweep").instances())
+    text = ok("dag", "status", "md-sweep", "--instance", first).stdout
+    assert f"instance {first}" in text and "a/reduce" in text and "AWAITING_PARENTS" in text
+    assert "Killed 4 job(s)" in ok("dag", "kill", "md-sweep", "--instance", second).stdout
+    assert DAG.objects.get("md-sweep").instances().get(int(second)).state() == {"USER_KILLED": 4}
+    prep = Job.objects.filter(tags={"dag_node": "prep", "dag_instance": first}).get()
     advance(prep, "PREPROCESSED", "RUNNING", "RUN_ERROR", "FAILED")
-    assert "Reset 4 job(s)" in ok("dag", "retry", "md-sweep", "--instance", "1").stdout
-    states = {j.tags["dag_node"]: str(j.state) for j in Job.objects.filter(tags={"dag_instance": "1"})}
+    assert "Reset 4 job(s)" in ok("dag", "retry", "md-sweep", "--instance", first).stdout
+    states = {j.tags["dag_node"]: str(j.state) for j in Job.objects.filter(tags={"dag_instance": first})}
     assert states["prep"] in ("READY", "STAGED_IN") and states["reduce"] == "AWAITING_PARENTS"
     assert "Forgot DAG md-sweep" in ok("dag", "rm", "md-sweep", "-y").stdout
     assert Job.objects.filter(tags={"dag": "md-sweep"}).count() == 8  # the jobs stay

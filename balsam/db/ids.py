@@ -26,7 +26,7 @@ SITE_BITS = 21
 LOCAL_BITS = 32
 LOCAL_MASK = (1 << LOCAL_BITS) - 1
 MAX_SITE_ID = (1 << SITE_BITS) - 1
-ID_TABLES = ("app", "job", "event", "batch_job", "session", "transfer_item")
+ID_TABLES = ("app", "job", "event", "batch_job", "session", "transfer_item", "dag", "dag_instance")
 """Tables whose ids carry the site prefix (each has an AUTOINCREMENT primary key)."""
 
 
@@ -86,6 +86,8 @@ _ID_COLUMNS = {
     "batch_job": ("id",),
     "session": ("id", "batch_job_id"),
     "transfer_item": ("id", "job_id"),
+    "dag": ("id",),
+    "dag_instance": ("id", "dag_id"),
 }
 _OUTBOX_ENTITIES = ("job", "app", "batch_job", "event", "session", "transfer_item", "transfer")
 
@@ -117,6 +119,7 @@ def rewrite_site_ids(conn: sqlite3.Connection, new_site_id: int, extra: Iterable
         "WHERE parent_ids != '[]'",
         (LOCAL_MASK, new_base),
     )
+    _rewrite_instance_tags(conn, new_base)
     if "outbox" in tables:
         marks = ",".join("?" * len(_OUTBOX_ENTITIES))
         conn.execute(f"UPDATE outbox SET entity_id = (entity_id & ?) | ? WHERE entity IN ({marks})",
@@ -131,6 +134,33 @@ def rewrite_site_ids(conn: sqlite3.Connection, new_site_id: int, extra: Iterable
         conn.execute("UPDATE sqlite_sequence SET seq = (seq & ?) | ? WHERE name = ?", (LOCAL_MASK, new_base, table))
     seed_sequences(conn, new_site_id)
     return old_site_id
+
+
+def _rewrite_instance_tags(conn: sqlite3.Connection, new_base: int) -> None:
+    """DAG instance ids also live in job tags (``dag_instance``, as text): give them the new prefix too."""
+    def prefixed(value_sql: str) -> str:
+        return f"CAST(((CAST({value_sql} AS INTEGER) & {LOCAL_MASK}) | {new_base}) AS TEXT)"
+
+    current = "json_extract(tags, '$.dag_instance')"
+    conn.execute(f"UPDATE job SET tags = json_set(tags, '$.dag_instance', {prefixed(current)}) "
+                 "WHERE id IN (SELECT job_id FROM job_tag WHERE key = 'dag_instance')")
+    conn.execute(f"UPDATE job_tag SET value = {prefixed('value')} WHERE key = 'dag_instance'")
+
+
+def prefix_dag_ids(conn: sqlite3.Connection) -> None:
+    """Give a site's DAG and DAG-instance ids (and the dag_instance tags of their jobs) the site's prefix, and
+    start their counters at the site's base: the schema migration for sites made before DAG ids were unique."""
+    row = conn.execute("SELECT id FROM site LIMIT 1").fetchone()
+    if row is None or not int(row[0]):
+        return
+    new_base = base(int(row[0]))
+    for table, cols in (("dag", ("id",)), ("dag_instance", ("id", "dag_id"))):
+        for col in cols:
+            conn.execute(f"UPDATE {table} SET {col} = ({col} & {LOCAL_MASK}) | {new_base}")
+    _rewrite_instance_tags(conn, new_base)
+    for table in ("dag", "dag_instance"):
+        conn.execute("UPDATE sqlite_sequence SET seq = (seq & ?) | ? WHERE name = ?", (LOCAL_MASK, new_base, table))
+    seed_sequences(conn, int(row[0]))
 
 
 def ensure_unique_site_id(conn: sqlite3.Connection, taken: Collection[int]) -> Optional[int]:

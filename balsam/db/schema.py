@@ -263,6 +263,12 @@ def _v6_pickled_parameters(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE job ADD COLUMN parameters_pickled BLOB")
 
 
+def _v7_dag_ids(conn: sqlite3.Connection) -> None:
+    from balsam.db import ids
+
+    ids.prefix_dag_ids(conn)
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
@@ -270,6 +276,7 @@ MIGRATIONS: List[Migration] = [
     (4, "index for Balsam's default acquisition order", _v4_acquire_order),
     (5, "answers of the HTTP API's mutating requests, kept for retries (idempotency keys)", _http_answers),
     (6, "pickled parameters out of band (job.parameters_pickled)", _v6_pickled_parameters),
+    (7, "DAG and DAG-instance ids unique across sites (site id in the high bits)", _v7_dag_ids),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

@@ -148,7 +148,9 @@ class RelayBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ jobs
-    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+    def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
+                    checked_app_versions: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[str], float]:
+        # The site applying the command checks parameters against its own app versions.
         groups: Dict[int, List[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault(self._owner(int(r[1]), "app"), []).append(i)
