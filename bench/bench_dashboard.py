@@ -45,7 +45,7 @@ def fill_site(tmp: Path, n: int) -> Any:
     app_id = ns["Hello"].__app_id__
     for start in range(0, n, 100_000):
         rows = [job_db.new_job_row(f"w/{i}", app_id, tags={"experiment": "xyz" if i % 10 == 0 else "abc", "run": str(i % 1000)},
-                                   parameters='{"x":"1"}') for i in range(start, min(n, start + 100_000))]
+                                   parameters={"x": "1"}) for i in range(start, min(n, start + 100_000))]
         with site.store.write() as conn:
             job_db.insert_jobs(conn, rows)
     with site.store.write() as conn:
