@@ -9,6 +9,7 @@ site's token can never overwrite another site's rows.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
@@ -59,21 +60,29 @@ def _typed(entity: str, row_id: int, site_id: int, row: Dict[str, Any]) -> Dict[
             "direction": str(row.get("direction") or ""), "row": text}
 
 
+def upsert_sql(c: Connection, table: sa.Table, columns: Sequence[str]) -> str:
+    """``INSERT ... ON CONFLICT (id) DO UPDATE`` of ``columns`` in the driver's own parameter style (SQLite and
+    PostgreSQL share the syntax): executemany of plain tuples, without per-row SQLAlchemy parameter processing."""
+    mark = "?" if c.dialect.name == "sqlite" else "%s"
+    cols = ", ".join(f'"{k}"' for k in columns)
+    sets = ", ".join(f'"{k}" = excluded."{k}"' for k in columns if k != "id")
+    return f'INSERT INTO "{table.name}" ({cols}) VALUES ({", ".join([mark] * len(columns))}) ON CONFLICT ("id") DO UPDATE SET {sets}'
+
+
 def _upsert(c: Connection, table: sa.Table, rows: List[Dict[str, Any]]) -> None:
     if not rows:
         return
-    if c.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+    columns = list(rows[0])
+    c.exec_driver_sql(upsert_sql(c, table, columns), [tuple(r[k] for k in columns) for r in rows])
 
-        stmt = pg_insert(table)
-        keys = [k for k in rows[0] if k != "id"]
-        c.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={k: stmt.excluded[k] for k in keys}), rows)
-        return
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    stmt2 = sqlite_insert(table)
-    keys = [k for k in rows[0] if k != "id"]
-    c.execute(stmt2.on_conflict_do_update(index_elements=["id"], set_={k: stmt2.excluded[k] for k in keys}), rows)
+@lru_cache(maxsize=4096)
+def _parse(text: str) -> Any:
+    """JSON text of tags or parents (the same few texts recur across a push: parsed once)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) -> int:
@@ -103,11 +112,11 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
         upserts[entity].append(_typed(entity, row_id, site_id, row))
         if entity == "job":
             raw_tags = row.get("tags") or "{}"
-            parsed = json.loads(raw_tags) if isinstance(raw_tags, str) else raw_tags
+            parsed = _parse(raw_tags) if isinstance(raw_tags, str) else raw_tags
             if isinstance(parsed, dict):
                 tags.extend({"key": str(k)[:255], "value": str(v)[:255], "job_id": row_id} for k, v in parsed.items())
             raw_parents = row.get("parent_ids") or "[]"
-            plist = json.loads(raw_parents) if isinstance(raw_parents, str) else raw_parents
+            plist = _parse(raw_parents) if isinstance(raw_parents, str) else raw_parents
             if isinstance(plist, list):
                 parents.extend({"parent_id": int(p), "child_id": row_id} for p in plist if isinstance(p, int))
     n = 0
@@ -130,7 +139,9 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
         chunk = job_ids[start:start + 10_000]
         c.execute(t.job_tag.delete().where(t.job_tag.c.job_id.in_(chunk)))
     if tags:
-        c.execute(t.job_tag.insert(), list({(d["key"], d["value"], d["job_id"]): d for d in tags}.values()))
+        mark = "?" if c.dialect.name == "sqlite" else "%s"
+        c.exec_driver_sql(f'INSERT INTO "{t.job_tag.name}" ("key", "value", "job_id") VALUES ({mark}, {mark}, {mark})',
+                          list({(d["key"], d["value"], d["job_id"]) for d in tags}))
     if parents:
         c.execute(t.job_parent.delete().where(t.job_parent.c.child_id.in_(sorted({p["child_id"] for p in parents}))))
         c.execute(t.job_parent.insert(), list({(p["parent_id"], p["child_id"]): p for p in parents}.values()))
