@@ -229,7 +229,7 @@ def test_remote_commands_applied_once_and_refusals_reach_the_user(relay: Relay, 
     from balsam.db.jobs import new_job_row
 
     with pytest.raises(exc.CommandPending, match="queued at the relay as command"):
-        queued.create_jobs([new_job_row("remote/1", app_id, parameters='{"say_hello_to": "x"}')], {})
+        queued.create_jobs([new_job_row("remote/1", app_id, parameters={"say_hello_to": "x"})], {})
     assert sync.pull_once() == 1
     assert sync.pull_once() == 0  # the cursor moved: nothing applied twice
     assert sync.site.store.execute("SELECT count(*) FROM job WHERE workdir = 'remote/1'")[0][0] == 1

@@ -48,7 +48,7 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
     if not isinstance(body, dict):
         raise exc.ValidationError("malformed command")
     if kind == "create_jobs":
-        rows = [tuple(r) for r in body.get("rows") or []]
+        rows = [_validated_row(r) for r in body.get("rows") or []]
         transfers = {int(k): v for k, v in (body.get("transfers") or {}).items()}
         ids, states, created = backend.create_jobs(rows, transfers)
         return {"ids": ids, "states": states, "created": created}
@@ -81,6 +81,34 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
             raise exc.ValidationError(f"{table} rows cannot be deleted through the relay")
         return backend.delete_rows(table, [int(i) for i in body.get("ids") or []])
     raise exc.ValidationError(f"unknown command {kind!r}")
+
+
+def _validated_row(raw: Any) -> Tuple[Any, ...]:
+    """A new-job tuple from the relay, rebuilt through the store's one validating writer (new_job_row): the relay's
+    user may write plain JSON parameters, never pickled values."""
+    from balsam.db import jobs as job_db
+    from balsam.db.codec import loads
+
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(job_db.NEW_JOB_COLUMNS):
+        raise exc.ValidationError("malformed job row in a relay command")
+    d = dict(zip(job_db.NEW_JOB_COLUMNS, raw))
+    if d.get("parameters_pickled") is not None:
+        raise exc.ValidationError("parameters JSON cannot hold (pickled Python objects) cannot come through the relay")
+
+    def _json(name: str, default: Any) -> Any:
+        value = d.get(name)
+        try:
+            return loads(value) if isinstance(value, str) else (default if value is None else value)
+        except ValueError:
+            raise exc.ValidationError(f"job row: {name} is not valid JSON") from None
+
+    resources = {k: d[k] for k in ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
+                                   "node_packing_count", "wall_time_min")}
+    if not isinstance(d["app_id"], int) or isinstance(d["app_id"], bool):
+        raise exc.ValidationError(f"job row: app_id must be an integer, got {d['app_id']!r}")
+    return job_db.new_job_row(d["workdir"], d["app_id"], tags=_json("tags", {}), parameters=_json("parameters", {}),
+                              data=_json("data", {}), launch_params=_json("launch_params", {}),
+                              parent_ids=_json("parent_ids", []), pending_file_cleanup=bool(d["pending_file_cleanup"]), **resources)
 
 
 def _checked(fields: Dict[str, Any]) -> Dict[str, Any]:
