@@ -38,6 +38,8 @@ CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings"
 ENTRY_POINTS = {
     ("cli/launcher.py", "launcher"): "balsam launcher starts the launcher process",
     ("cli/service.py", "services"): "balsam service run/start/stop run the site agent process",
+    ("cli/relay.py", "relay"): "balsam relay serve runs the relay process",
+    ("cli/relay.py", "http"): "balsam relay serve runs the relay process",
 }
 SERVICES_API = {"_api.sites"}
 HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py", "services/hookworker.py"}
@@ -58,6 +60,13 @@ KNOWN: Dict[str, str] = {
     "cli/which.py -> db.maintenance": "balsam which reports the schema version without migrating",
     "cli/which.py -> db.schema": "balsam which reports the schema version without migrating",
     "cli/which.py -> launcher.nodes": "balsam which reports the launcher's node settings",
+    "cli/db.py -> db.recover": "db recover rebuilds a damaged DB without the API (which cannot open it)",
+    "cli/login.py -> sync.login": "relay login (balsam.sync), to move behind the API",
+    "cli/login.py -> sync.logout": "relay logout (balsam.sync), to move behind the API",
+    "cli/site.py -> sync.current_login": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
+    "cli/site.py -> sync.link_site": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
+    "cli/site.py -> sync.relay_sites": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
+    "cli/site.py -> sync.unlink_site": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
     "cli/which.py -> http.client": "balsam which reports which backend (SQLite or the agent's HTTP API) and why",
     "cli/which.py -> http.serve": "balsam which reports which backend (SQLite or the agent's HTTP API) and why",
     "cli/which.py -> _zipapp.build_info": "balsam which reports how Balsam was installed",
