@@ -40,6 +40,7 @@ ENTRY_POINTS = {
     ("cli/service.py", "services"): "balsam service run/start/stop run the site agent process",
     ("cli/relay.py", "relay"): "balsam relay serve runs the relay process",
     ("cli/relay.py", "http"): "balsam relay serve runs the relay process",
+    ("cli/ui.py", "http"): "balsam ui runs the dashboard's server process",
 }
 SERVICES_API = {"_api.sites"}
 HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py", "services/hookworker.py"}
