@@ -63,7 +63,8 @@ def _choose_preset(options: List[Tuple[str, str, str, str]]) -> str:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-n", "--name", help="Site name (default: the directory's name).")
 @click.option("--preset", help="Machine preset (see 'balsam site presets'; default: local).")
-def site_init(path: Path, name: Optional[str], preset: Optional[str]) -> None:
+@click.option("--relay", "relay_url", metavar="URL", help="Link the new site to this relay (after 'balsam login URL -u USER').")
+def site_init(path: Path, name: Optional[str], preset: Optional[str], relay_url: Optional[str]) -> None:
     """Create a site at PATH and register it.
 
     On a terminal, a missing --preset or --name is asked for (a menu of presets); otherwise the defaults
@@ -73,6 +74,7 @@ def site_init(path: Path, name: Optional[str], preset: Optional[str]) -> None:
     Examples:
       balsam site init ./my-site
       balsam site init /lus/proj/sites/polaris -n polaris --preset polaris
+      balsam site init ~/sites/polaris --preset polaris --relay https://relay.example.org
     """
     from balsam.site import init_site
 
@@ -86,8 +88,24 @@ def site_init(path: Path, name: Optional[str], preset: Optional[str]) -> None:
     if name is None:
         default = Path(path).expanduser().resolve().name
         name = str(click.prompt("Site name", default=default)).strip() if interactive else default
+    if relay_url:
+        from balsam.sync import current_login
+
+        record = current_login()
+        if record is None or record["url"] != relay_url.rstrip("/"):
+            raise CLIError(f"log in to the relay first: balsam login {relay_url} -u USER", 2)
     entry = init_site(path, name=name, preset=preset)
     click.echo(f"Created site {entry.name!r} (id {entry.id}, preset {preset}) at {entry.path}")
+    if relay_url:
+        from balsam.exceptions import BalsamError
+        from balsam.sync import link_site
+
+        try:
+            link = link_site(Path(entry.path), relay_url)
+        except BalsamError as e:
+            raise CLIError(f"site created, but linking it to {relay_url} failed: {str(e).splitlines()[0]} "
+                           f"(retry with: balsam site link {relay_url} --site {entry.name})", 1) from None
+        click.echo(f"Linked to {link['url']} as {link['user']}" + (f" (site id now {link['site_id']})" if link.get("moved_from") else ""))
     click.echo(f"Next: cd {entry.path} && balsam app sync apps.py && balsam job create ...")
 
 
