@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (in the dev extra)")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from balsam.api import Job
 from balsam.db import sessions
