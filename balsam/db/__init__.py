@@ -1,7 +1,10 @@
 """The site store: one SQLite DB per site (WAL, a file lock for writers, the home-host rule).
 
 Modules: ``schema`` (DDL and migrations), ``connection`` (Store: connections and transactions),
-``states`` (job states and the transition table), ``jobs`` (creation, state changes and cascades),
+``states`` (job states and the transition table), ``fields`` (the one validator of each job field),
+``codec`` (JSON columns, parameters with out-of-band pickled values), ``creation`` (new jobs), ``transitions``
+(state changes and cascades), ``jobs`` (edits and deletion; re-exports creation and transitions),
+``batch_jobs`` (BatchJob creation and its one checked writer), ``site_row`` (the site row's reader and writer),
 ``sessions`` (leases and acquisition), ``transfers`` (transfer items), ``query`` (filters and ordering),
 ``updater`` (the bulk StatusUpdater), ``jobsource`` (JobSource, acquisition under a lease).
 """

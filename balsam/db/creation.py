@@ -1,0 +1,218 @@
+"""Job creation in the site store: new-job rows validated field by field (balsam.db.fields), inserted in bulk,
+with parameters re-checked against each app as stored, parent links, initial states and creation events.
+
+Runs inside the caller's write transaction: nothing is written if any job is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from balsam.db.codec import dumps, encode_parameters, loads
+from balsam.db.connection import chunks
+from balsam.db.fields import RESOURCE_FIELDS, check_fields
+from balsam.db.states import JobState
+from balsam.db.transitions import ids_param
+from balsam.exceptions import ValidationError
+
+S = JobState
+
+
+def params_dict(params: Any, where: str) -> Dict[str, Any]:
+    """Parameters as a dict (None is none); ValidationError for anything else."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ValidationError(f"{where}parameters must be a dict, got {params!r}")
+    return params
+
+
+NEW_JOB_COLUMNS = (
+    "workdir", "app_id", "tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank",
+    "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min", "parent_ids",
+    "pending_file_cleanup", "parameters_pickled",
+)
+"""The layout of a new-job tuple: exactly the values bound to the INSERT (JSON columns as text)."""
+_CREATION_FIELDS = frozenset({*RESOURCE_FIELDS, "workdir", "tags", "data", "launch_params", "parent_ids", "pending_file_cleanup"})
+_INSERT_JOB = (
+    f"INSERT INTO job({', '.join(NEW_JOB_COLUMNS)}, state, last_update, created) "
+    f"VALUES ({','.join('?' * len(NEW_JOB_COLUMNS))}, 'STAGED_IN', {{now}}, {{now}})"
+)
+
+
+def new_job_row(
+    workdir: str,
+    app_id: int,
+    *,
+    tags: Optional[Dict[str, str]] = None,
+    parameters: Optional[Dict[str, Any]] = None,
+    data: Optional[Dict[str, Any]] = None,
+    launch_params: Optional[Dict[str, str]] = None,
+    parent_ids: Sequence[int] = (),
+    pending_file_cleanup: bool = True,
+    **resources: Any,
+) -> Tuple[Any, ...]:
+    """A validated new-job tuple for :func:`insert_jobs` (the API builds these on its own fast path)."""
+    where = f"job {workdir!r}: "
+    unknown = set(resources) - set(RESOURCE_FIELDS)
+    if unknown:
+        raise ValidationError(f"{where}unknown job field {sorted(unknown)[0]!r}")
+    f = check_fields(dict(resources, workdir=workdir, tags=tags, data=data, launch_params=launch_params, parent_ids=parent_ids,
+                          pending_file_cleanup=pending_file_cleanup), where, _CREATION_FIELDS)
+    params_text, params_pickled = encode_parameters(params_dict(parameters, where))
+    return (
+        f["workdir"], int(app_id), dumps(f["tags"]), params_text, dumps(f["data"]),
+        f.get("num_nodes", 1), f.get("ranks_per_node", 1), f.get("threads_per_rank", 1),
+        f.get("threads_per_core", 1), f.get("gpus_per_rank", 0.0), f.get("node_packing_count", 1),
+        dumps(f["launch_params"]), f.get("wall_time_min", 0), dumps(f["parent_ids"]),
+        1 if f["pending_file_cleanup"] else 0, params_pickled,
+    )
+
+
+def insert_jobs(
+    conn: sqlite3.Connection,
+    rows: Sequence[Tuple[Any, ...]],
+    transfers: Optional[Dict[int, Dict[str, Any]]] = None,
+    now: Optional[float] = None,
+    checked_app_versions: Optional[Mapping[int, int]] = None,
+) -> Tuple[int, Dict[int, str]]:
+    """Insert new jobs (tuples laid out as NEW_JOB_COLUMNS); returns (first id, {index: state} for the jobs
+    whose initial state is not STAGED_IN). Job ``i`` gets id ``first + i``.
+
+    ``transfers`` maps a row index to that job's transfers. Apps, parameters (against each app as stored now),
+    parents, transfer slots and workdir uniqueness are checked; nothing is written if any job is refused.
+    ``checked_app_versions`` ({app id: version}) names apps whose parameters the caller already checked the rows
+    against at that version (the API's fast path); rows of any other app, or of an app re-synced since, are
+    checked here. Tags, parent links and creation
+    events are derived inside SQLite from the rows just inserted.
+    """
+    if not rows:
+        return 0, {}
+    from balsam.db import transfers as transfer_db
+
+    now = time.time() if now is None else now
+    transfers = transfers or {}
+    app_ids = {r[1] for r in rows}
+    apps = {}
+    stale: Dict[int, bool] = {}
+    for row in conn.execute(
+        "SELECT id, name, parameters, transfers, var_keyword, version FROM app WHERE id IN (SELECT value FROM json_each(?))",
+        (ids_param(app_ids),),
+    ):
+        apps[row[0]] = (row[1], loads(row[2]), loads(row[3]))
+        if (checked_app_versions or {}).get(row[0]) != row[5]:
+            stale[row[0]] = bool(row[4])
+    missing_apps = app_ids - apps.keys()
+    if missing_apps:
+        raise ValidationError(f"no app with id {sorted(missing_apps)[0]} at this site")
+    if stale:
+        _check_parameters(rows, apps, stale)
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='job'").fetchone()
+    top = conn.execute("SELECT max(id) FROM job").fetchone()[0] or 0
+    first = max(seq[0] if seq else 0, top) + 1
+    last = first + len(rows) - 1
+    try:
+        conn.executemany(_INSERT_JOB.format(now=repr(float(now))), rows)
+    except sqlite3.IntegrityError:
+        raise_duplicate_workdir(conn, [r[0] for r in rows])
+        raise
+    span = (first, last)
+    states: Dict[int, str] = {}
+    has_parents = conn.execute("SELECT 1 FROM job WHERE id BETWEEN ? AND ? AND parent_ids != '[]' LIMIT 1", span).fetchone()
+    if has_parents:
+        states.update(_link_parents(conn, first, last))
+    slotted = {a for a, info in apps.items() if info[2]}
+    if transfers or slotted:
+        site_row = conn.execute("SELECT transfer_locations FROM site LIMIT 1").fetchone()
+        locations = loads(site_row[0]) if site_row else {}
+        specs: List[Tuple[int, List[Dict[str, Any]]]] = []
+        for i, r in enumerate(rows):
+            if i in transfers or r[1] in slotted:
+                items = transfer_db.job_transfer_items(apps[r[1]], transfers.get(i) or {}, locations, r[0])
+                specs.append((first + i, items))
+                if i not in states and any(item["direction"] == "in" for item in items):
+                    states[i] = S.READY.value
+        transfer_db.insert_items(conn, specs, now)
+        ready = [first + i for i, st in states.items() if st == S.READY.value]
+        if ready:
+            conn.execute("UPDATE job SET state='READY' WHERE id IN (SELECT value FROM json_each(?))", (ids_param(ready),))
+    conn.execute(
+        "INSERT INTO job_tag(key, value, job_id) SELECT t.key, t.value, job.id FROM job, json_each(job.tags) t "
+        "WHERE job.id BETWEEN ? AND ? AND job.tags != '{}'",
+        span,
+    )
+    conn.execute(
+        "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT id, created, 'CREATED', state, "
+        "CASE WHEN state = 'FAILED' THEN (SELECT json_object('message', 'parent job ' || pj.id || ' is ' || pj.state) "
+        "FROM json_each(job.parent_ids) p JOIN job pj ON pj.id = p.value WHERE pj.state IN ('FAILED', 'USER_KILLED') LIMIT 1) END "
+        "FROM job WHERE id BETWEEN ? AND ?",
+        span,
+    )
+    return first, states
+
+
+def _check_parameters(rows: Sequence[Tuple[Any, ...]], apps: Dict[int, Tuple[Any, ...]], var_keyword_of: Dict[int, bool]) -> None:
+    """Each row's parameter names against its app's stored spec (required present, unknown refused); only rows of
+    the apps in ``var_keyword_of`` (app id -> whether run() takes **kwargs)."""
+    for r in rows:
+        if r[1] not in var_keyword_of:
+            continue
+        name, spec, _transfers = apps[r[1]]
+        var_keyword = var_keyword_of[r[1]]
+        keys = loads(r[3]).keys()
+        missing = [k for k, v in spec.items() if v.get("required") and k not in keys]
+        if missing:
+            raise ValidationError(f"job {r[0]!r}: app {name} needs parameter {sorted(missing)[0]!r}")
+        if not var_keyword:
+            unknown = sorted(k for k in keys if k not in spec)
+            if unknown:
+                raise ValidationError(f"job {r[0]!r}: app {name} has no parameter {unknown[0]!r} (parameters: "
+                                      f"{', '.join(sorted(spec)) or 'none'})")
+
+
+def _link_parents(conn: sqlite3.Connection, first: int, last: int) -> Dict[int, str]:
+    """Record parent links of jobs first..last and set their initial states; returns {index: state}."""
+    span = (first, last)
+    missing = conn.execute(
+        "SELECT p.value FROM job c, json_each(c.parent_ids) p LEFT JOIN job pj ON pj.id = p.value "
+        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' AND (pj.id IS NULL OR pj.id >= ?) LIMIT 1",
+        (first, last, first),
+    ).fetchone()
+    if missing:
+        raise ValidationError(f"parent job {missing[0]} does not exist at this site")
+    conn.execute(
+        "INSERT OR IGNORE INTO job_parent(parent_id, child_id) SELECT p.value, c.id FROM job c, json_each(c.parent_ids) p "
+        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]'",
+        span,
+    )
+    out: Dict[int, str] = {}
+    rows = conn.execute(
+        "SELECT c.id, sum(pj.state IN ('FAILED', 'USER_KILLED')), sum(pj.state != 'JOB_FINISHED') "
+        "FROM job c, json_each(c.parent_ids) p JOIN job pj ON pj.id = p.value "
+        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' GROUP BY c.id",
+        span,
+    ).fetchall()
+    for child, failed, unfinished in rows:
+        if failed:
+            out[child - first] = S.FAILED.value
+        elif unfinished:
+            out[child - first] = S.AWAITING_PARENTS.value
+    for state in (S.FAILED.value, S.AWAITING_PARENTS.value):
+        ids = [first + i for i, st in out.items() if st == state]
+        if ids:
+            conn.execute("UPDATE job SET state=? WHERE id IN (SELECT value FROM json_each(?))", (state, ids_param(ids)))
+    return out
+
+
+def raise_duplicate_workdir(conn: sqlite3.Connection, workdirs: List[str]) -> None:
+    seen: Set[str] = set()
+    for w in workdirs:
+        if w in seen:
+            raise ValidationError(f"workdir {w!r} is given to two new jobs; each job needs its own workdir")
+        seen.add(w)
+    for chunk in chunks(workdirs):
+        hit = conn.execute("SELECT id, workdir FROM job WHERE workdir IN (SELECT value FROM json_each(?)) LIMIT 1", (dumps(list(chunk)),)).fetchone()
+        if hit:
+            raise ValidationError(f"workdir {hit[1]!r} is already used by job {hit[0]}; each job needs its own workdir")
