@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.connection import Store
 from balsam.db.jobs import StateChange, apply_state_changes
+from balsam.db.states import JobState
 from balsam.exceptions import BalsamError, SchemaError, ServiceError, StoreError, ValidationError
 from balsam.runtime import paused_gc
 
@@ -163,9 +164,9 @@ class StatusUpdater:
         if len(rejected) > 5:
             logger.warning("... and %d more status updates refused", len(rejected) - 5)
         fallbacks = [
-            StateChange(c.job_id, "RUN_ERROR", c.timestamp, {"error": f"the launcher's update was refused: {why}"[:2000]},
+            StateChange(c.job_id, JobState.RUN_ERROR, c.timestamp, {"error": f"the launcher's update was refused: {why}"[:2000]},
                         None, c.session_id)
-            for c, why in rejected if c.state in ("RUN_DONE", "RUN_ERROR") and (c.fields or c.data)
+            for c, why in rejected if c.state in (JobState.RUN_DONE, JobState.RUN_ERROR) and (c.fields or c.data)
         ]
         if fallbacks:
             try:

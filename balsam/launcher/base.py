@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.journal import JournalWriter
 from balsam.db.sessions import capacity_label
+from balsam.db.states import DONE_STATES, JobState
 from balsam.db.updater import Rejected, StatusUpdater
 from balsam.exceptions import AppError, BalsamError, SessionExpired, ValidationError
 from balsam.launcher.executor import Finished
@@ -37,6 +38,7 @@ from balsam.settings import SiteSettings
 from balsam.site import SiteLayout
 
 logger = logging.getLogger("balsam.launcher")
+S = JobState
 
 KILL_CHECK_PERIOD_S = 0.25
 REMOTE_KILL_CHECK_PERIOD_S = 1.0
@@ -163,12 +165,12 @@ class Reporter:
             self.journal.close()
 
     def running(self, job_id: int, timestamp: float) -> None:
-        self.put(job_id, "RUNNING", timestamp, session_id=self.session_id)
+        self.put(job_id, S.RUNNING, timestamp, session_id=self.session_id)
 
     def failed(self, job_id: int, message: str) -> None:
         """A job that cannot run at all (its app does not load, a parameter is missing, it can never fit)."""
         self.errors += 1
-        self.put(job_id, "FAILED", data={"message": message})
+        self.put(job_id, S.FAILED, data={"message": message})
 
     def finished(self, f: Finished, python: bool = False, stopping: bool = False) -> None:
         """Report a job that ended. While the launcher stops, a job that died of a signal is taken as stopped
@@ -180,7 +182,7 @@ class Reporter:
             f.message = f.message or f"ended by signal {-f.rc} while the launcher stopped"
         if f.timed_out:
             self.timeouts += 1
-            self.put(f.job_id, "RUN_TIMEOUT", f.end, data={"message": f.message or "stopped by the launcher"})
+            self.put(f.job_id, S.RUN_TIMEOUT, f.end, data={"message": f.message or "stopped by the launcher"})
             return
         fields: Dict[str, Any] = {"return_code": f.rc}
         if python or f.ret is not None or f.exc is not None:
@@ -188,10 +190,10 @@ class Reporter:
             fields["serialized_exception"] = f.exc if f.rc != 0 else None
         if f.rc == 0:
             self.done += 1
-            self.put(f.job_id, "RUN_DONE", f.end, data={"returncode": 0}, fields=fields, session_id=self.session_id)
+            self.put(f.job_id, S.RUN_DONE, f.end, data={"returncode": 0}, fields=fields, session_id=self.session_id)
         else:
             self.errors += 1
-            self.put(f.job_id, "RUN_ERROR", f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields, session_id=self.session_id)
+            self.put(f.job_id, S.RUN_ERROR, f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields, session_id=self.session_id)
 
 
 class LauncherBase:
@@ -231,7 +233,7 @@ class LauncherBase:
     def _on_rejected(self, rejected: Rejected) -> None:
         # Called from the updater's thread. A refused RUNNING means the job is no longer ours (killed, or the
         # lease lapsed): its process must stop.
-        ids = [ch.job_id for ch, _ in rejected if ch.state == "RUNNING"]
+        ids = [ch.job_id for ch, _ in rejected if ch.state == S.RUNNING]
         if ids:
             with self._rejected_lock:
                 self._rejected_running.extend(ids)
@@ -325,7 +327,7 @@ class LauncherBase:
         except BalsamError as exc:
             logger.warning("checking for killed jobs failed: %s", exc)
             return []
-        return [j for j in ids if states.get(j) in ("USER_KILLED", "FAILED", "JOB_FINISHED") or j not in states]
+        return [j for j in ids if states.get(j) in DONE_STATES or j not in states]
 
     def lease_lost(self) -> None:
         """The lease expired at the site: stop everything it held and open a new one."""

@@ -28,12 +28,13 @@ from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
 from balsam.db.codec import dumps
 from balsam.db.site_row import read_site_row
-from balsam.db.states import BATCH_ACTIVE_STATES
+from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState
 from balsam.exceptions import ValidationError
 from balsam.services.base import Service
 from balsam.settings import ElasticQueueSettings
 
 logger = logging.getLogger(__name__)
+B = BatchJobState
 
 DEMAND_STATES = ("STAGED_IN", "PREPROCESSED", "RESTART_READY")
 
@@ -79,15 +80,15 @@ def decide(
 ) -> Decision:
     """The autoscaler's choice for one queue (pure; see the module docstring)."""
     decision = Decision()
-    waiting = [b for b in managed if b.state in ("pending_submission", "queued")]
-    running = [b for b in managed if b.state == "running"]
+    waiting = [b for b in managed if b.state in (B.pending_submission, B.queued)]
+    running = [b for b in managed if b.state == B.running]
     idle = sum(max(b.num_nodes - b.busy_footprint, 0.0) for b in running)
     if backlog.footprint <= 1e-9:
         decision.withdraw = [b.id for b in waiting]
         decision.reason = "no backlog"
         return decision
     for b in waiting:
-        if b.state == "queued" and now - b.created > cfg.max_queue_wait_time_min * 60:
+        if b.state == B.queued and now - b.created > cfg.max_queue_wait_time_min * 60:
             decision.withdraw.append(b.id)
     still_waiting = [b for b in waiting if b.id not in decision.withdraw]
     supply = idle + sum(b.num_nodes for b in still_waiting)
@@ -157,7 +158,7 @@ class ElasticQueueService(Service):
             self.last_decisions[cfg.queue] = decision.reason
             with self.site.store.write() as conn:
                 for bid in decision.withdraw:
-                    batch_db.update_batch_job(conn, bid, state="pending_deletion", only_from=("pending_submission", "queued"),
+                    batch_db.update_batch_job(conn, bid, state=B.pending_deletion, only_from=(B.pending_submission, B.queued),
                                               strict=False, now=now)
                     logger.info("elastic queue %s: withdrew batch job %s (%s)", cfg.queue, bid, decision.reason)
                 if decision.submit is not None:

@@ -10,11 +10,13 @@ import logging
 
 from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
+from balsam.db.states import BatchJobState
 from balsam.exceptions import ValidationError
 from balsam.services.base import Service
 from balsam.settings import QueueMaintainerSettings
 
 logger = logging.getLogger(__name__)
+B = BatchJobState
 MARKER = "queue_maintainer"
 
 
@@ -30,7 +32,7 @@ class QueueMaintainerService(Service):
 
     def waiting(self) -> int:
         """How many of this service's BatchJobs are waiting to start."""
-        waiting = batch_db.batch_jobs_in(self.site.store.conn, ("pending_submission", "queued"), queue=self.settings.queue)
+        waiting = batch_db.batch_jobs_in(self.site.store.conn, (B.pending_submission, B.queued), queue=self.settings.queue)
         return sum(1 for bj in waiting if bj["status_info"].get("managed_by") == MARKER)
 
     def run_cycle(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
 from balsam.db.site_row import update_site_row
+from balsam.db.states import BatchJobState
 from balsam.exceptions import BalsamError, ValidationError
 from balsam.platforms.schedulers import DONE_STATES, Scheduler, SchedulerJobStatus, SchedulerState
 from balsam.platforms.templates import format_partition, job_script_context, render_job_script
@@ -29,14 +30,15 @@ from balsam.services.base import Service
 from balsam.settings import SchedulerSettings
 
 logger = logging.getLogger(__name__)
+B = BatchJobState
 
 STATE_OF = {
-    SchedulerState.QUEUED: "queued",
-    SchedulerState.HELD: "queued",
-    SchedulerState.RUNNING: "running",
-    SchedulerState.FINISHED: "finished",
-    SchedulerState.FAILED: "finished",
-    SchedulerState.CANCELLED: "finished",
+    SchedulerState.QUEUED: B.queued,
+    SchedulerState.HELD: B.queued,
+    SchedulerState.RUNNING: B.running,
+    SchedulerState.FINISHED: B.finished,
+    SchedulerState.FAILED: B.finished,
+    SchedulerState.CANCELLED: B.finished,
 }
 BACKFILL_EVERY_S = 60.0
 MISSING_POLLS = 3
@@ -78,9 +80,9 @@ class SchedulerService(Service):
 
     # ---------------------------------------------------------------- the cycle
     def run_cycle(self) -> None:
-        for bj in self._batch_jobs(("pending_submission",)):
+        for bj in self._batch_jobs((B.pending_submission,)):
             self._submit(bj)
-        for bj in self._batch_jobs(("pending_deletion",)):
+        for bj in self._batch_jobs((B.pending_deletion,)):
             self._delete(bj)
         self._poll()
         self._refresh_site()
@@ -114,15 +116,15 @@ class SchedulerService(Service):
             message = str(exc).strip() or type(exc).__name__
             stderr = getattr(exc, "stderr", "")
             logger.error("batch job %s: submit failed: %s", bj["id"], message)
-            self._update(bj["id"], state="submit_failed", info={"error": message[:2000], **({"stderr": stderr[-2000:]} if stderr else {})})
+            self._update(bj["id"], state=B.submit_failed, info={"error": message[:2000], **({"stderr": stderr[-2000:]} if stderr else {})})
             return
         logger.info("batch job %s submitted as %s %s", bj["id"], self.adapter.name, scheduler_id)
-        self._update(bj["id"], state="queued", scheduler_id=scheduler_id,
+        self._update(bj["id"], state=B.queued, scheduler_id=scheduler_id,
                      info={"submit_script": str(script), "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
     def _delete(self, bj: Dict[str, Any]) -> None:
         if bj["scheduler_id"] is None:
-            self._update(bj["id"], state="finished", end_time=time.time(), info={"deleted": "before submission"})
+            self._update(bj["id"], state=B.finished, end_time=time.time(), info={"deleted": "before submission"})
             return
         if "delete_requested" in bj["status_info"]:
             return  # asked already; the poll records the end
@@ -135,7 +137,7 @@ class SchedulerService(Service):
         self._update(bj["id"], info={"delete_requested": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
     def _poll(self) -> None:
-        active = [bj for bj in self._batch_jobs(("queued", "running", "pending_deletion")) if bj["scheduler_id"] is not None]
+        active = [bj for bj in self._batch_jobs((B.queued, B.running, B.pending_deletion)) if bj["scheduler_id"] is not None]
         if not active:
             self.backlog = 0
             return
@@ -158,7 +160,7 @@ class SchedulerService(Service):
                 info: Dict[str, Any] = {"scheduler_state": status.raw_state} if status.raw_state else {}
                 if int(bj["status_info"].get("missing_polls", 0) or 0):
                     info["missing_polls"] = 0
-                if bj["state"] == "pending_deletion" or new is None or new == bj["state"]:
+                if bj["state"] == B.pending_deletion or new is None or new == bj["state"]:
                     new = None
                 self._update(bj["id"], state=new, info=info or None, **fields)
 
@@ -203,14 +205,14 @@ class SchedulerService(Service):
         if start is not None:
             fields["start_time"] = start
         logger.info("batch job %s (%s %s) finished", bj["id"], self.adapter.name, bj["scheduler_id"])
-        self._update(bj["id"], state="finished", info=info, **fields)
+        self._update(bj["id"], state=B.finished, info=info, **fields)
 
     def _refresh_site(self) -> None:
         now = time.time()
         fields: Dict[str, Any] = {"last_refresh": now}
         queued = {str(bj["scheduler_id"]): {"state": bj["state"], "queue": bj["queue"], "num_nodes": bj["num_nodes"],
                                             "wall_time_min": bj["wall_time_min"]}
-                  for bj in self._batch_jobs(("queued", "running")) if bj["scheduler_id"] is not None}
+                  for bj in self._batch_jobs((B.queued, B.running)) if bj["scheduler_id"] is not None}
         fields["queued_jobs"] = queued
         if self.adapter.can_report_backfill and now - self._last_backfill > BACKFILL_EVERY_S:
             self._last_backfill = now
