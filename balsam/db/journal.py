@@ -1,10 +1,11 @@
 """The launcher's journal: what a launcher learned about its jobs, kept where its death cannot lose it.
 
-A launcher appends one line per state change (RUNNING, RUN_DONE with its return code, RUN_ERROR, ...) to
-``<site>/.balsam/journal/<session id>.jsonl`` *before* it queues the change for the DB. The append is a plain
-``write`` on an ``O_APPEND`` descriptor: once it returns, the bytes are in the kernel, so they survive the
-process being killed with SIGKILL (no fsync: a power cut is not what this guards against, and fsync would
-cost the launcher its throughput).
+A launcher records one line per state change (RUNNING, RUN_DONE with its return code, RUN_ERROR, ...) for
+``<site>/.balsam/journal/<session id>.jsonl`` as it queues the change for the DB, and appends the lines of a
+loop iteration with one plain ``write`` on an ``O_APPEND`` descriptor before the loop waits again (so within
+microseconds of the change, and before the StatusUpdater's next flush can run): once it returns, the bytes are
+in the kernel and survive the process being killed with SIGKILL (no fsync: a power cut is not what this
+guards against, and fsync would cost the launcher its throughput).
 
 Whoever ends a lease (the launcher itself, the site agent when it finds the lease expired or its process
 gone, the scheduler service when the batch job ended) calls :func:`replay` inside the same transaction,
@@ -62,15 +63,18 @@ def _decode(value: Any) -> Any:
     return value
 
 
+_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def encode_line(job_id: int, state: str, timestamp: float, data: Optional[Dict[str, Any]],
                 fields: Optional[Dict[str, Any]]) -> bytes:
     """One journal line (pure)."""
-    record: List[Any] = [job_id, state, timestamp]
-    if data or fields:
-        record.append(data or None)
+    if not data and not fields:
+        return f"[{int(job_id)},{_json(state)},{float(timestamp)!r}]\n".encode()
+    record: List[Any] = [job_id, state, timestamp, data or None]
     if fields:
-        record.append(_encode(fields))
-    return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+        record.append(_encode(fields) if any(isinstance(v, (bytes, bytearray, dict)) for v in fields.values()) else fields)
+    return (_json(record) + "\n").encode()
 
 
 def read(path: Path, job_ids: Optional[Set[int]] = None) -> List[StateChange]:
@@ -159,6 +163,7 @@ class JournalWriter:
     def __init__(self, state_dir: Path, session_id: int) -> None:
         self.path = journal_path(state_dir, session_id)
         self._fd: Optional[int] = None
+        self._buf: List[bytes] = []
         self._warned = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,16 +179,25 @@ class JournalWriter:
 
     def append(self, job_id: int, state: str, timestamp: float, data: Optional[Dict[str, Any]] = None,
                fields: Optional[Dict[str, Any]] = None) -> None:
-        """Record one change (a single ``write``: in the kernel when this returns)."""
-        if self._fd is None:
+        """Record one change; :meth:`flush` writes what was recorded."""
+        if self._fd is not None:
+            self._buf.append(encode_line(job_id, state, timestamp, data, fields))
+
+    def flush(self) -> None:
+        """Append what was recorded with one ``write`` (in the kernel when this returns)."""
+        if not self._buf or self._fd is None:
             return
+        data = b"".join(self._buf)
+        self._buf.clear()
         try:
-            os.write(self._fd, encode_line(job_id, state, timestamp, data, fields))
+            while data:
+                data = data[os.write(self._fd, data):]
         except OSError as exc:
             self._warn(exc)
 
     def close(self) -> None:
-        """Close the file (the lease's release removes it)."""
+        """Write what is left and close the file (the lease's release removes it)."""
+        self.flush()
         if self._fd is not None:
             try:
                 os.close(self._fd)

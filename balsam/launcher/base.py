@@ -160,6 +160,11 @@ class Reporter:
             self.journal.append(job_id, state, ts, data, fields)
         self.updater.put(job_id, state, timestamp=ts, data=data, fields=fields, session_id=session_id)
 
+    def flush(self) -> None:
+        """Append this loop iteration's changes to the journal (before the loop waits again)."""
+        if self.journal is not None:
+            self.journal.flush()
+
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
@@ -374,6 +379,7 @@ class LauncherBase:
             self.idle_since = time.monotonic()
             while not self.life.stopping:
                 self.cycle()
+                self.reporter.flush()
                 if self.source.expired.is_set():
                     self.lease_lost()
                 if self.busy():
@@ -392,6 +398,7 @@ class LauncherBase:
             try:
                 self.shutdown_jobs()
             finally:
+                self.reporter.flush()
                 flushed = self.updater.close(timeout=60.0)
                 if not flushed:
                     logger.error("%d status updates could not be written before the lease is released", self.updater.pending())

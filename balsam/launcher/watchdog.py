@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 PID_RECORD = ".balsam-job.pid"
 WATCHDOG_MODULE = "balsam.launcher.watchdog"
 GRACE_S = 2.0
+READ_PAUSE_S = 0.2
 _HOST = socket.gethostname()
 
 
@@ -181,6 +182,7 @@ def watch(fd: int, grace_s: float = GRACE_S) -> int:
             continue
         if not chunk:
             break
+        time.sleep(READ_PAUSE_S)  # let lines gather: a wake-up per job would cost the launcher's jobs CPU
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for line in lines:
