@@ -137,3 +137,8 @@ class ServiceError(BalsamError):
 class CommandPending(BalsamError):
     """A write made through the relay is queued for its site, which has not applied it yet (it is offline or
     busy): the write happens when the site next syncs. The message names the command (the provisional handle)."""
+
+
+class StaleVersion(BalsamError):
+    """A write made on an old copy of a row: the row changed since (at its site). Nothing was written; the
+    message says what the row is now. Reload it and try again (HTTP 409)."""

@@ -166,14 +166,20 @@ def test_writes_become_commands_the_site_answers(two_users: Dict[str, Any]) -> N
     with pytest.raises(exc.IllegalTransition, match="cannot go"):
         alice.request("PATCH", f"/v1/jobs/{job_id}", {"state": "RESTART_READY"})
     t.join()
+    # An edit made on a copy the site has moved on from: 409, saying what the row is now.
+    t = threading.Thread(target=lambda: _reject_next(agent, "StaleVersion", "job changed at its site (now version 3, state RUNNING)"))
+    t.start()
+    with pytest.raises(exc.StaleVersion, match="now version 3"):
+        alice.request("PATCH", f"/v1/jobs/{job_id}", {"tags": {"a": "b"}})
+    t.join()
 
 
-def _reject_next(agent: Any) -> None:
+def _reject_next(agent: Any, kind: str = "IllegalTransition", message: str = "cannot go") -> None:
     for _ in range(100):
         cmds = agent.request("GET", "/v1/sync/commands?after=0&wait=2")["commands"]
         if cmds:
             agent.request("POST", "/v1/sync/answers", {"results": [{"id": c["id"], "state": "rejected",
-                                                                    "result": {"kind": "IllegalTransition", "message": "cannot go"}}
+                                                                    "result": {"kind": kind, "message": message}}
                                                                    for c in cmds]})
             return
 

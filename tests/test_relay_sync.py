@@ -243,6 +243,22 @@ def test_remote_commands_applied_once_and_refusals_reach_the_user(relay: Relay, 
     sync.pull_once()
     rejected = relay.store.command(caller, 2)
     assert rejected["state"] == "rejected" and "cannot be written through the relay" in rejected["result"]["message"]
+    # Optimistic locking: an edit made on the relay's copy of a row the site has changed since is refused with
+    # the row as it is now (409 for the user), and applied once the relay's copy is current.
+    ref.backend.update_jobs([(job_id, {"tags": {"moved": "on"}})])  # at the site, not pushed yet
+    with pytest.raises(exc.CommandPending):
+        queued.update_jobs([(job_id, {"tags": {"from": "relay"}})])
+    sync.pull_once()
+    refused = relay.store.command(caller, 3)
+    assert refused["state"] == "rejected" and refused["result"]["kind"] == "StaleVersion", refused
+    assert "changed at its site" in refused["result"]["message"]
+    assert json.loads(sync.site.store.execute("SELECT tags FROM job WHERE id = ?", (job_id,))[0][0]) == {"moved": "on"}
+    sync.push(force=True)
+    with pytest.raises(exc.CommandPending):
+        queued.update_jobs([(job_id, {"tags": {"from": "relay"}})])
+    sync.pull_once()
+    assert relay.store.command(caller, 4)["state"] == "applied"
+    assert json.loads(sync.site.store.execute("SELECT tags FROM job WHERE id = ?", (job_id,))[0][0]) == {"from": "relay"}
 
 
 def test_site_id_taken_at_the_relay_moves_to_a_free_one(relay: Relay, tmp_path: Path) -> None:

@@ -73,6 +73,8 @@ def error_for(error: BaseException) -> ApiError:
     message = str(error).splitlines()[0] if str(error) else kind
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, exc.StaleVersion):
+        return ApiError(409, "conflict", message, kind=kind)
     if isinstance(error, exc.CommandPending):
         return ApiError(202, "pending", message, kind=kind)
     if isinstance(error, exc.ObjectDoesNotExist):

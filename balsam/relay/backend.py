@@ -181,6 +181,10 @@ class RelayBackend(Backend):
             per.setdefault(self._owner(ch.job_id, "job"), {"updates": [], "parents": [], "changes": []})["changes"].append(
                 change_to_wire(ch))
         for site, body in per.items():
+            ids = sorted({int(u[0]) for u in body["updates"]} | {int(p[0]) for p in body["parents"]}
+                         | {int(c["job_id"]) for c in body["changes"]})
+            # The version each row had in the relay's copy: the site refuses the edit if its row moved on since.
+            body["versions"] = [[int(i), int(v)] for i, v in self.select("job", {"id": ids}, columns=("id", "version"))]
             self.run_command(site, "update_jobs", body)
 
     def delete_jobs(self, ids: Sequence[int]) -> int:

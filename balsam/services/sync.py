@@ -58,6 +58,7 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
         changes = [decode_change(c) for c in body.get("changes") or []]
         for ch in changes:
             _checked(ch.fields or {})
+        _check_versions(backend, body.get("versions") or [])
         backend.update_jobs(updates, parents, changes)
         return None
     if kind == "delete_jobs":
@@ -109,6 +110,18 @@ def _validated_row(raw: Any) -> Tuple[Any, ...]:
     return job_db.new_job_row(d["workdir"], d["app_id"], tags=_json("tags", {}), parameters=_json("parameters", {}),
                               data=_json("data", {}), launch_params=_json("launch_params", {}),
                               parent_ids=_json("parent_ids", []), pending_file_cleanup=bool(d["pending_file_cleanup"]), **resources)
+
+
+def _check_versions(backend: LocalBackend, versions: List[Any]) -> None:
+    """Optimistic concurrency: each job must still be at the version the relay's copy had (else StaleVersion,
+    saying what the row is now; nothing is written)."""
+    if not versions:
+        return
+    expected = {int(i): int(v) for i, v in versions}
+    for job_id, version, state in backend.select("job", {"id": sorted(expected)}, columns=("id", "version", "state")):
+        if int(version) != expected[int(job_id)]:
+            raise exc.StaleVersion(f"job {job_id} changed at its site since the relay's copy (now version {version}, state {state}; "
+                                   f"the edit was made on version {expected[int(job_id)]}): reload it and try again")
 
 
 def _checked(fields: Dict[str, Any]) -> Dict[str, Any]:
