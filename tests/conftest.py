@@ -6,8 +6,9 @@ Fixtures are named for the state they give: ``site`` is a fresh local site regis
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator
 
 import pytest
 
@@ -36,13 +37,64 @@ def site_path(tmp_path: Path) -> Path:
     return tmp_path / "test-site"
 
 
+FOREIGN_HOST = "login-2"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test module with ``BACKENDS = ("local", "http")`` runs each test that uses a site twice: on the site's home
+    host (SQLite), and from another host through the site agent's HTTP API (one suite, two fixtures)."""
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if backends and "site" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
 @pytest.fixture
-def site(site_path: Path) -> Any:
-    """A fresh local site named "test-site"; returns its SiteRef."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """How the test reaches its site: "local" (the home host) or "http" (a foreign host, through the agent)."""
+    return str(getattr(request, "param", "local"))
+
+
+@dataclass(frozen=True)
+class HomeSiteRef(_sites.SiteRef):
+    """The site as the test sees it from a foreign host: API calls go through the agent, but ``store`` (for the
+    test's own assertions) opens SQLite as the home host would."""
+
+    @property
+    def store(self) -> Any:
+        from balsam.db import open_store
+
+        return _home_stores.setdefault(self.path, open_store(self.path, self.host))
+
+
+_home_stores: Dict[Path, Any] = {}
+
+
+@pytest.fixture
+def site(site_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh local site named "test-site"; returns its SiteRef. With the "http" backend, the site's API server runs
+    (as its agent would) and this process is on another host (BALSAM_HOSTNAME), so the API and CLI use HTTP."""
     from balsam.site import init_site
 
     init_site(site_path, name="test-site")
-    return _sites.resolve("test-site")
+    ref = _sites.resolve("test-site")
+    if backend != "http":
+        yield ref
+        return
+    from balsam.services.api_server import start_api_server
+    from balsam.settings import ApiSettings
+
+    server = start_api_server(ref.path, ref.store, ApiSettings(bind="127.0.0.1"), host=ref.host)
+    monkeypatch.setenv("BALSAM_HOSTNAME", FOREIGN_HOST)
+    _sites.reset()
+    assert _sites.resolve("test-site").backend.kind == "http"
+    try:
+        yield HomeSiteRef(ref.id, ref.name, ref.path, ref.host)
+    finally:
+        _sites.reset()
+        server.stop()
+        for store in _home_stores.values():
+            store.close()
+        _home_stores.clear()
 
 
 @pytest.fixture

@@ -15,6 +15,10 @@ import pytest
 from balsam.api import App, ApplicationDefinition, Job
 from balsam.exceptions import AppError, ValidationError
 
+BACKENDS = ("local", "http")
+"""Every test here runs on the home host and from another host through the agent's HTTP API."""
+
+
 SCALE = 10
 NAMES = ["a", "b"]
 

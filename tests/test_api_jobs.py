@@ -12,6 +12,9 @@ from balsam.api import ApplicationDefinition, EventLog, Job
 from balsam.exceptions import ValidationError
 from tests.helpers import advance, finish_run
 
+BACKENDS = ("local", "http")
+"""Every test here runs on the home host and from another host through the agent's HTTP API."""
+
 
 def test_the_issue_example_runs_offline(hello: Any) -> None:
     jobs = [hello.submit(workdir=f"demo/{i}", say_hello_to=f"n{i}", save=False, tags={"experiment": "xyz"}) for i in range(1000)]

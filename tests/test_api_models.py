@@ -13,6 +13,9 @@ from balsam.api import BatchJob, EventLog, Job, Site, use_site
 from balsam.exceptions import IllegalTransition, SiteNotFound, ValidationError
 from tests.helpers import advance
 
+BACKENDS = ("local", "http")
+"""Every test here runs on the home host and from another host through the agent's HTTP API."""
+
 
 def _policies(store: Any) -> None:
     with store.write() as conn:

@@ -10,6 +10,10 @@ from balsam.site import init_site
 from tests.cli_helpers import fails, invoke, ok
 from tests.helpers import sid
 
+BACKENDS = ("local", "http")
+"""Every test here runs on the home host and from another host ("login-2") through the agent's HTTP API."""
+
+
 APPS = '''
 from balsam.api import ApplicationDefinition
 

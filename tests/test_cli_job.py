@@ -13,6 +13,9 @@ from balsam.site import init_site
 from tests.cli_helpers import fails, invoke, ok
 from tests.helpers import advance, sid
 
+BACKENDS = ("local", "http")
+"""Every test here runs on the home host and from another host ("login-2") through the agent's HTTP API."""
+
 
 def _jobs() -> List[Dict[str, Any]]:
     return json.loads(ok("job", "ls", "--json", "-n", "0").stdout)  # type: ignore[no-any-return]

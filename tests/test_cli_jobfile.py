@@ -12,6 +12,10 @@ from balsam.api import Job
 from tests.cli_helpers import fails, ok
 from tests.helpers import sid
 
+BACKENDS = ("local", "http")
+"""Every test here runs on the home host and from another host ("login-2") through the agent's HTTP API."""
+
+
 YAML = """\
 # two jobs
 - workdir: y/1

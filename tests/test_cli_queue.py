@@ -9,6 +9,9 @@ from balsam.api import BatchJob
 from tests.cli_helpers import fails, ok
 from tests.helpers import sid
 
+BACKENDS = ("local", "http")
+"""Every test here runs on the home host and from another host ("login-2") through the agent's HTTP API."""
+
 
 def test_submit(site: Any) -> None:
     out = ok("queue", "submit", "-n", "1", "-t", "10", "-q", "local", "-A", "local", "-j", "serial", "--tag", "workflow=w",

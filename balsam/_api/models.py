@@ -130,7 +130,7 @@ class _SiteQuery(Query[Site]):
     def _fetch(self) -> List[Site]:
         if self._cache is not None:
             return self._cache
-        sites = _sites.local_sites()
+        sites = _sites.reachable_sites()
         current = _sites.current_site()
         if current is not None and all(s.path != current.path for s in sites):
             sites.append(current)

@@ -27,8 +27,8 @@ from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
 from balsam.site import Registry, SiteLayout, find_site_root, this_host
 
-__all__ = ["SiteRef", "current_site", "default_scope", "local_sites", "ref_for_root", "reset", "resolve", "scope", "select",
-           "this_host", "use_site"]
+__all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "reachable_sites", "ref_for_root", "reset",
+           "resolve", "scope", "select", "served_foreign_sites", "this_host", "use_site"]
 
 
 @dataclass(frozen=True)
@@ -376,19 +376,41 @@ def site_by_id(site_id: int) -> Optional[SiteRef]:
     return _relay_ref(site_id)
 
 
+def served_foreign_sites() -> List[SiteRef]:
+    """Registered sites of other hosts whose directory this host sees and whose agent has published its address
+    (reached through the agent's HTTP API)."""
+    out = []
+    for entry in Registry().entries():
+        if entry.host == this_host():
+            continue
+        layout = SiteLayout(Path(entry.path))
+        if layout.is_site() and (layout.state / "api.json").is_file():
+            out.append(ref_for_root(Path(entry.path)))
+    return out
+
+
+def reachable_sites() -> List[SiteRef]:
+    """Every site this process can use without naming it: this host's, then other hosts' served by their agents."""
+    return local_sites() + served_foreign_sites()
+
+
 def default_scope(all_local: bool = False) -> List[SiteRef]:
-    """The current site if there is one, else every site on this host."""
+    """The current site if there is one, else every reachable site (this host's, and other hosts' whose directory
+    this host sees and whose agent runs)."""
     if not all_local:
         current = current_site()
         if current is not None:
             return [current]
-    sites = local_sites()
+    sites = reachable_sites()
     if not sites and not all_local:
         relayed = relay_scope()
         if relayed:
             return relayed
         entries = Registry().entries()
         foreign = [e for e in entries if e.host != this_host()]
+        visible = [e for e in foreign if SiteLayout(Path(e.path)).is_site()]
+        if visible:  # its agent is not running: ref_for_root says so, and how to start it
+            return [ref_for_root(Path(visible[0].path))]
         if foreign:
             e = foreign[0]
             raise ForeignHostError(
@@ -402,10 +424,11 @@ def default_scope(all_local: bool = False) -> List[SiteRef]:
 def select(selectors: Sequence[str]) -> List[SiteRef]:
     """The sites named by Balsam's ``--site`` selectors, in order, without repeats.
 
-    Each selector is ``all`` (every site on this host, and the current one), ``active`` (those whose agent
+    Each selector is ``all`` (every reachable site, and the current one), ``active`` (those whose agent
     runs; none is not an error), ``this`` (the current site),
     a name, an id, a path, or a fragment of registered sites' paths; several may be comma-separated. No
-    selector at all means :func:`default_scope`. A site of another host is a ForeignHostError.
+    selector at all means :func:`default_scope`. A site of another host is reached through its agent's API when its
+    directory is visible here, else a ForeignHostError.
     """
     keys = [k.strip() for s in selectors for k in str(s).split(",") if k.strip()]
     if not keys:
@@ -413,7 +436,7 @@ def select(selectors: Sequence[str]) -> List[SiteRef]:
     out: Dict[Path, SiteRef] = {}
     for key in keys:
         if key == "all":
-            refs = local_sites()
+            refs = reachable_sites()
             current = current_site()
             if current is not None:
                 refs.append(current)

@@ -62,7 +62,7 @@ def job() -> None:
 def _app_names(refs: Sequence["SiteRef"]) -> Dict[Tuple[int, int], str]:
     out: Dict[Tuple[int, int], str] = {}
     for ref in refs:
-        for app_id, name in ref.store.conn.execute("SELECT id, name FROM app"):
+        for app_id, name in ref.backend.select("app", {}, columns=("id", "name")):
             out[(ref.id, app_id)] = name
     return out
 
@@ -229,9 +229,14 @@ def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[st
 
     with paused_gc():  # 100k records make millions of objects: collections would walk them again and again
         jobs, lines = _build_jobs(ref, path, fmt, app, params, tags, launch_params, parent_ids, transfers, resources)
-    with progress(len(jobs), f"Creating {len(jobs)} jobs") as advance, ref.store.write():
-        for start in range(0, len(jobs), BULK_CHUNK):
-            chunk = jobs[start : start + BULK_CHUNK]
+    import contextlib
+
+    # All or nothing: one transaction on the home host; elsewhere, one request (the agent's one transaction).
+    atomic = ref.store.write() if ref.is_home else contextlib.nullcontext()
+    step = BULK_CHUNK if ref.is_home else max(1, len(jobs))
+    with progress(len(jobs), f"Creating {len(jobs)} jobs") as advance, atomic:
+        for start in range(0, len(jobs), step):
+            chunk = jobs[start : start + step]
             try:
                 Job.objects.bulk_create(chunk)
             except ValidationError as exc:
@@ -325,11 +330,9 @@ STATE_ORDER = ("AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED", "RESTAR
 
 
 def _count_by_state(refs: Sequence["SiteRef"], filters: Dict[str, Any]) -> Dict[str, int]:
-    from balsam.db import query as q
-
     totals: Dict[str, int] = {}
     for ref in refs:
-        for state, n in q.count_by(ref.store.conn, q.JOB, dict(filters), "state").items():
+        for state, n in ref.backend.count_by("job", dict(filters), "state").items():
             totals[state] = totals.get(state, 0) + n
     return {s: totals[s] for s in sorted(totals, key=lambda s: STATE_ORDER.index(s) if s in STATE_ORDER else 99)}
 
@@ -408,7 +411,10 @@ def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
     from balsam.services.diagnose import explain
 
     site = j.__dict__["_site"]
-    why = explain(site.store, site.path, int(j.id or 0))
+    if site.is_home:
+        why = explain(site.store, site.path, int(j.id or 0))
+    else:  # the agent diagnoses it (the DB, the agent and the launchers' leases are on the home host)
+        why = list(site.backend.client.request("GET", f"/v1/jobs/{int(j.id or 0)}/why")["reasons"])
     from balsam._api.models import TransferItem
     from balsam.cli.transfer import TABLE_HEADERS, item_dict, item_rows
 

@@ -226,7 +226,9 @@ class HttpBackend(Backend):
         self.client = client
 
     @classmethod
-    def for_site(cls, root: Path, *, retry_s: float = 300.0) -> "HttpBackend":
+    def for_site(cls, root: Path, *, retry_s: float = 30.0) -> "HttpBackend":
+        """The backend of the site at ``root``; transient failures are retried for ``retry_s`` (launchers ride
+        through agent restarts with a longer one)."""
         return cls(HttpClient(Path(root) / ".balsam", retry_s=retry_s))
 
     def describe(self) -> str:

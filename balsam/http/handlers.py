@@ -550,6 +550,17 @@ def job_output(call: Call) -> Answer:
     return 200, {"text": data.decode("utf-8", errors="replace"), "truncated": size > tail}
 
 
+def why(call: Call) -> Answer:
+    """``GET /v1/jobs/{id}/why``: why the job is in its state and what would move it on (the agent's diagnosis)."""
+    job_id = call.int_param("id")
+    store = getattr(call.backend, "store", None)
+    if store is None or call.site_root is None:
+        return 200, {"reasons": []}
+    from balsam.services.diagnose import explain
+
+    return 200, {"reasons": explain(store, call.site_root, job_id)}
+
+
 def last_message(call: Call) -> Answer:
     job_id = call.int_param("id")
     return 200, {"message": call.backend.last_event_message(job_id)}

@@ -158,6 +158,8 @@ ROUTES: Tuple[Route, ...] = (
     Route("DELETE", f"/v1/jobs/{ID}", "delete_job", "Delete one job", h.delete_job, response=OBJ),
     Route("GET", f"/v1/jobs/{ID}/output", "job_output", "The tail of the job's job.out", h.job_output,
           query=(Param("tail_bytes", {"type": "integer", "minimum": 0, "maximum": 16 * 1024 * 1024}),), response=OBJ),
+    Route("GET", f"/v1/jobs/{ID}/why", "job_why", "Why the job is in its state and what would move it on", h.why,
+          response={"type": "object", "properties": {"reasons": {"type": "array", "items": {"type": "string"}}}}),
     Route("GET", f"/v1/jobs/{ID}/message", "job_message", "The message of the job's latest event that has one", h.last_message,
           response=OBJ),
     # batch jobs

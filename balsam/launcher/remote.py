@@ -23,6 +23,9 @@ from balsam.site import SiteLayout
 
 logger = logging.getLogger("balsam.launcher")
 
+RIDE_THROUGH_S = 900.0
+"""How long a launcher keeps retrying while the site agent is unreachable (an agent restart, a network blip)."""
+
 
 class RemoteJobSource(Heartbeat):
     """A lease held through the API; same interface as :class:`balsam.db.jobsource.JobSource`."""
@@ -92,7 +95,7 @@ class RemoteTransport(Transport):
 
     @classmethod
     def from_site(cls, layout: SiteLayout, host: str) -> "RemoteTransport":
-        return cls(HttpBackend.for_site(layout.root), host)
+        return cls(HttpBackend.for_site(layout.root, retry_s=RIDE_THROUGH_S), host)
 
     def job_source(self, *, batch_job_id: Optional[int], label: str, heartbeat_period_s: float, expiry_s: float) -> JobSourceLike:
         return RemoteJobSource(self.backend, host=self.host, batch_job_id=batch_job_id, label=label,
