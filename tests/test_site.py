@@ -64,14 +64,18 @@ def test_a_site_of_another_host_is_never_opened(tmp_path: Path, monkeypatch: pyt
     init_site(tmp_path / "s", name="alpha")
     monkeypatch.setenv("BALSAM_HOSTNAME", "login2")
     sites.reset()
-    with pytest.raises(ForeignHostError, match="lives on 'login1'"):
-        Job.objects.count()
     from balsam.exceptions import ServiceError
 
+    # The directory is visible here: reached through the agent's API, which is not running (SQLite stays closed).
     with pytest.raises(ServiceError, match="belongs to host 'login1' and this is 'login2'.*agent.*not running.*balsam site start"):
-        sites.resolve("alpha")  # the directory is visible here: reached through the agent's API, which is not running
+        Job.objects.count()
+    with pytest.raises(ServiceError, match="belongs to host 'login1' and this is 'login2'.*agent.*not running.*balsam site start"):
+        sites.resolve("alpha")
+    assert not (tmp_path / "s" / ".balsam" / "site.db-shm").exists()
     (tmp_path / "s").rename(tmp_path / "gone")
     sites.reset()
+    with pytest.raises(ForeignHostError, match="lives on 'login1'"):
+        Job.objects.count()
     with pytest.raises(ForeignHostError, match="site 'alpha' lives on host 'login1'"):
         sites.resolve("alpha")
 
