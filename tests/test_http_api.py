@@ -284,3 +284,16 @@ def test_an_id_alone_finds_its_job_from_a_foreign_host(site: Any, api: Any, hell
     assert _sites.current_site() is None
     assert Job.objects.get(id=job.id).workdir == "by-id"
     assert [e.job_id for e in EventLog.objects.filter(job_id=[job.id])] == [job.id]
+
+
+def test_job_validation_errors_name_the_field(site: Any, api: Any, hello: Any) -> None:
+    app_id = int(hello.__app_id__)
+    for item, field in [({"workdir": "v/1", "app_id": app_id, "parameters": {}}, "1.parameters.say_hello_to"),
+                        ({"workdir": "v/1", "app_id": app_id, "parameters": {"say_hello_to": "x", "nope": 1}}, "1.parameters.nope"),
+                        ({"workdir": "v/1", "app_id": app_id, "parameters": {"say_hello_to": "x"}, "num_nodes": 0}, "1.num_nodes"),
+                        ({"workdir": "/abs", "app_id": app_id, "parameters": {"say_hello_to": "x"}}, "1.workdir")]:
+        ok_item = {"workdir": "v/0", "app_id": app_id, "parameters": {"say_hello_to": "x"}}
+        body = json.dumps([ok_item, item]).encode()
+        status, answer, _ = _send(api, "POST", "/v1/jobs", body, _signed(site, "POST", "/v1/jobs", body))
+        assert status == 400 and answer["error"]["field"] == field, answer
+    assert states(site.store, []) == {} and site.store.execute("SELECT count(*) FROM job")[0][0] == 0, "nothing was created"

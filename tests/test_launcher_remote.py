@@ -4,6 +4,7 @@ for the launcher, against an API server started here."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from typing import Any, Iterator, List
@@ -130,3 +131,36 @@ def test_site_agent_serves_remote_launchers(site: Any, hello: Any) -> None:
     assert states(site.store, [job_id])[job_id] in ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
     assert "transport http" in launcher_log(site.path, "mpi")
     assert not (site.path / ".balsam" / "api.json").exists(), "the agent unpublishes its address when it stops"
+
+
+@pytest.mark.slow
+def test_an_agent_killed_and_restarted_under_a_remote_launcher_loses_nothing(site: Any) -> None:
+    import signal
+
+    from balsam.api import ApplicationDefinition
+    from balsam.services.agent import read_status, start_agent, stop_agent
+
+    class Nap(ApplicationDefinition):
+        site = "test-site"
+        command_template = "sleep 0.4; echo napped {{ i }}"
+
+    ids = runnable(site.store, [Nap.submit(f"nap/{i}", i=i, node_packing_count=4) for i in range(16)])
+    pid = start_agent(site.path)
+    proc = start(site.path, "mpi", idle_ttl_s=3.0, env=REMOTE)
+    try:
+        wait_for(lambda: "RUNNING" in states(site.store, ids).values(), timeout=60, what="a job to run")
+        os.kill(pid, signal.SIGKILL)  # the agent dies without unpublishing its address
+        time.sleep(3.0)  # the launcher keeps running its jobs; its status batches wait and retry
+        pid = start_agent(site.path)  # a new port, a new address file; the launcher finds it
+        assert read_status(site.layout)["pid"] == pid
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_agent(site.path)
+    final = states(site.store, ids)
+    assert all(s in ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED") for s in final.values()), final
+    for job_id in ids:
+        to = [e["to"] for e in events(site.store, job_id)]
+        assert to.count("RUNNING") == 1 and to.count("RUN_DONE") == 1, (job_id, to)
+    assert "transport http" in launcher_log(site.path, "mpi")

@@ -445,7 +445,7 @@ def select(selectors: Sequence[str]) -> List[SiteRef]:
         elif key == "active":
             from balsam.site import agent_running
 
-            refs = [r for r in local_sites() if agent_running(r.layout) is not None]  # Balsam 0.7: sites whose agent runs
+            refs = [r for r in local_sites() if agent_running(r.layout) is not None] + served_foreign_sites()  # Balsam 0.7: agent runs
         elif key == "this":
             current = current_site()
             if current is None:

@@ -61,6 +61,35 @@ class Call:
         return self.principal.kind == "site"
 
 
+class FieldError(ValidationError):
+    """A ValidationError about one field of the body (``field``: "3.parameters.x" for item 3 of a bulk body)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+_FIELD_NAMES = ("workdir", "app_id", "tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank",
+                "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min", "parent_ids",
+                "transfers")
+
+
+def _locate(i: int, error: ValidationError) -> FieldError:
+    """The field a job's validation error is about, from its message (the store's messages name the field)."""
+    import re
+
+    message = str(error)
+    param = re.search(r"parameter '([^']+)'", message)
+    if param:
+        return FieldError(message, f"{i}.parameters.{param.group(1)}")
+    for name in _FIELD_NAMES:
+        if re.search(rf"\b{name}\b", message):
+            return FieldError(message, f"{i}.{name}")
+    if "workdir" in message or message.startswith(("job '", 'job "')):
+        return FieldError(message, f"{i}.workdir")
+    return FieldError(message, str(i))
+
+
 def _need_site(call: Call, what: str) -> None:
     if call.principal.kind != "site":
         from balsam.exceptions import ServiceError
@@ -341,33 +370,38 @@ def create_jobs(call: Call) -> Answer:
 
     allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
     for i, item in enumerate(items):
-        unknown = set(item) - allowed
-        if unknown:
-            raise ValidationError(f"job {i}: unknown field {sorted(unknown)[0]!r}")
-        if "workdir" not in item or "app_id" not in item:
-            raise ValidationError(f"job {i}: workdir and app_id are required")
-        params = item.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise ValidationError(f"job {i}: parameters must be an object")
-        resources = {k: item[k] for k in ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
-                                           "node_packing_count", "wall_time_min") if k in item}
-        for k, v in resources.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValidationError(f"job {i}: {k} must be a number")
-        parents = item.get("parent_ids") or []
-        if not isinstance(parents, list):
-            raise ValidationError(f"job {i}: parent_ids must be a list")
-        for key in ("tags", "data", "launch_params"):
-            if item.get(key) is not None and not isinstance(item[key], dict):
-                raise ValidationError(f"job {i}: {key} must be an object", )
-        rows.append(new_job_row(
-            item["workdir"], _int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=params, data=item.get("data"),
-            launch_params=item.get("launch_params"), parent_ids=[_int(p, "parent_ids") for p in parents],
-            pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
-        if item.get("transfers"):
-            if not isinstance(item["transfers"], dict):
-                raise ValidationError(f"job {i}: transfers must be an object")
-            transfers[i] = item["transfers"]
+        try:
+            unknown = set(item) - allowed
+            if unknown:
+                raise ValidationError(f"job {i}: unknown field {sorted(unknown)[0]!r}")
+            if "workdir" not in item or "app_id" not in item:
+                raise ValidationError(f"job {i}: workdir and app_id are required")
+            params = item.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise ValidationError(f"job {i}: parameters must be an object")
+            resources = {k: item[k] for k in ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
+                                               "node_packing_count", "wall_time_min") if k in item}
+            for k, v in resources.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValidationError(f"job {i}: {k} must be a number")
+            parents = item.get("parent_ids") or []
+            if not isinstance(parents, list):
+                raise ValidationError(f"job {i}: parent_ids must be a list")
+            for key in ("tags", "data", "launch_params"):
+                if item.get(key) is not None and not isinstance(item[key], dict):
+                    raise ValidationError(f"job {i}: {key} must be an object", )
+            rows.append(new_job_row(
+                item["workdir"], _int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=params, data=item.get("data"),
+                launch_params=item.get("launch_params"), parent_ids=[_int(p, "parent_ids") for p in parents],
+                pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
+            if item.get("transfers"):
+                if not isinstance(item["transfers"], dict):
+                    raise ValidationError(f"job {i}: transfers must be an object")
+                transfers[i] = item["transfers"]
+        except FieldError:
+            raise
+        except ValidationError as e:
+            raise _locate(i, e) from None
     _check_parameters(call, rows)
     ids, states, now = call.backend.create_jobs(rows, transfers)
     if not ids:
@@ -384,17 +418,18 @@ def _check_parameters(call: Call, rows: Sequence[Tuple[Any, ...]]) -> None:
     app_ids = sorted({r[1] for r in rows})
     apps = {r[0]: (r[1], json.loads(r[2]), bool(r[3])) for r in
             call.backend.select("app", {"id": app_ids}, columns=("id", "name", "parameters", "var_keyword"))}
-    for r in rows:
+    for n, r in enumerate(rows):
         app = apps.get(r[1])
         if app is None:
-            raise ValidationError(f"no app with id {r[1]} at this site")
+            raise FieldError(f"no app with id {r[1]} at this site", f"{n}.app_id")
         name, spec, var_kw = app
         keys = set(json.loads(r[3]))
         missing = sorted(k for k, v in spec.items() if v.get("required") and k not in keys)
         if missing:
-            raise ValidationError(f"job {r[0]!r}: app {name} needs parameter {missing[0]!r}")
+            raise FieldError(f"job {r[0]!r}: app {name} needs parameter {missing[0]!r}", f"{n}.parameters.{missing[0]}")
         if not var_kw and not keys <= set(spec):
-            raise ValidationError(f"job {r[0]!r}: app {name} has no parameter {sorted(keys - set(spec))[0]!r}")
+            extra = sorted(keys - set(spec))[0]
+            raise FieldError(f"job {r[0]!r}: app {name} has no parameter {extra!r}", f"{n}.parameters.{extra}")
 
 
 _JOB_WRITABLE = frozenset({"workdir", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node", "threads_per_rank",

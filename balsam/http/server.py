@@ -86,7 +86,7 @@ def error_for(error: BaseException) -> ApiError:
     if isinstance(error, exc.SessionExpired):
         return ApiError(409, "session_expired", message, kind=kind)
     if isinstance(error, exc.ValidationError):
-        return ApiError(400, "invalid", message, kind=kind)
+        return ApiError(400, "invalid", message, field=getattr(error, "field", None), kind="ValidationError" if kind == "FieldError" else kind)
     if isinstance(error, exc.AppError):
         return ApiError(400, "invalid", message, kind=kind)
     if isinstance(error, exc.ServiceError):
