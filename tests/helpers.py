@@ -56,6 +56,6 @@ def finish_run(job: Any, state: str, **fields: Any) -> None:
     """End a RUNNING job as its launcher does: the change and its results (``fields``) under the job's lease."""
     from balsam.db.jobs import StateChange, apply_state_changes
 
-    with job.__dict__["_site"].store.write() as conn:
+    with home_store(job.__dict__["_site"]).write() as conn:
         apply_state_changes(conn, [StateChange(int(job.id), state, fields=fields, session_id=job.__dict__["_session_id"])])
     job.refresh_from_db()

@@ -49,7 +49,6 @@ HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py", "services/
 KNOWN: Dict[str, str] = {
     "cli/_common.py -> db.states": "job states and their named sets, to be re-exported by the API",
     "cli/job.py -> db.states": "job states and their named sets, to be re-exported by the API",
-    "cli/job.py -> db.query": "job ls filter parsing, to move behind the API's Query",
     "cli/job.py -> services.diagnose": "'job show' explains why a job waits; to move behind the API",
     "cli/db.py -> db.maintenance": "db check/backup/vacuum/migrate; to move behind the API",
     "cli/db.py -> db.open_store": "db migrate opens the store without the API (the API refuses an older schema)",

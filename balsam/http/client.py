@@ -99,7 +99,11 @@ class HttpClient:
     def request(self, method: str, path: str, payload: Any = None, *, timeout: Optional[float] = None,
                 idempotency_key: Optional[str] = None, retry_s: Optional[float] = None) -> Any:
         """Send one request (retried while transient); the decoded answer, or the server's error raised."""
-        body = b"" if payload is None else json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            body = b"" if payload is None else json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        except ValueError:  # inf or nan: JSON cannot carry them, and no field accepts them
+            where = _non_finite(payload) or "a value"
+            raise exc.ValidationError(f"{where}: must be a finite number (JSON cannot carry inf or nan)") from None
         mutating = method in ("POST", "PUT", "PATCH", "DELETE")
         if idempotency_key is None:
             key: Optional[str] = uuid.uuid4().hex if mutating else None
@@ -189,6 +193,20 @@ def parse_url(url: str, cafile: str = "") -> Dict[str, Any]:
         raise exc.ValidationError(f"{url}: tokens travel over plain HTTP only to this host; use https://")
     return {"scheme": parts.scheme, "host": parts.hostname, "port": port or (443 if parts.scheme == "https" else 80),
             "cafile": cafile}
+
+
+def _non_finite(value: Any, where: str = "") -> Optional[str]:
+    """The dotted path of the first inf or nan in a JSON-bound value."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
 
 
 def _decode(data: bytes) -> Any:

@@ -65,7 +65,9 @@ def bind_socket(host: str, ports: List[int]) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last: Optional[OSError] = None
     for port in ports or [0]:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off only on sockets whose proto says TCP, and with Nagle on
+        # each keep-alive answer (headers, then body) waits ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

@@ -1,0 +1,257 @@
+"""The /v1 HTTP API under load, every figure beside its baseline measured in the same run (ratios):
+
+1. **Launchers through the API**: N no-op shell jobs run by a launcher on a "foreign" host (BALSAM_HOSTNAME
+   differs, so it goes through the site agent's API) against the same launcher on the home host (SQLite
+   directly) and ``xargs -P <cores>`` (aim: foreign / home >= 0.9).
+2. **Simulated launchers**: 1, 16, 64 and 256 light launchers (open a lease, acquire, report RUNNING and
+   RUN_DONE in status batches, no process spawned) against one agent: completed jobs/s and the p99 latency
+   of acquire (aim on 2 cores: 10,000 jobs/s at 256 and p99 under 200 ms).
+3. **API reads on a big site**: a paged job listing (100 per page, cursor) and a filtered count (a tag and a
+   state) on a site of M jobs, p50 and p99 over HTTP against the same query in-process.
+
+    python bench/bench_http.py [--jobs 10000] [--sim-jobs 20000] [--big 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from balsam.api import ApplicationDefinition  # noqa: E402
+
+FOREIGN = "compute-node-7"
+
+
+class Noop(ApplicationDefinition):
+    """A no-op shell command."""
+
+    site = None
+    command_template = "true"
+
+
+def _setup(root: Path, name: str) -> Any:
+    os.environ["BALSAM_HOME"] = str(root / "home")
+    from balsam._api import sites
+    from balsam.site import init_site
+
+    sites.reset()
+    init_site(root / name, name=name)
+    ref = sites.resolve(name)
+    Noop.site = name
+    Noop.__app_id__ = None
+    Noop.sync()
+    return ref
+
+
+def _runnable(ref: Any, n: int, prefix: str, tags: Any = None) -> List[int]:
+    from balsam.api import Job
+    from balsam.db.jobs import StateChange, apply_state_changes
+
+    jobs = Job.objects.bulk_create([Job(f"{prefix}/{i:07d}", app_id=Noop, node_packing_count=64, tags=tags(i) if tags else None)
+                                    for i in range(n)])
+    ids = [int(j.id) for j in jobs]
+    for start in range(0, len(ids), 100_000):
+        with ref.store.write() as conn:
+            apply_state_changes(conn, [StateChange(i, "PREPROCESSED") for i in ids[start : start + 100_000]], strict=False)
+    return ids
+
+
+def _done(ref: Any, ids: List[int]) -> int:
+    """How many of the jobs ran (the agent may have moved them on since)."""
+    return int(ref.store.execute("SELECT count(DISTINCT job_id) FROM event WHERE job_id BETWEEN ? AND ? AND to_state = 'RUN_DONE'",
+                                 (min(ids), max(ids)))[0][0])
+
+
+def pipeline(ref: Any, n: int, prefix: str, host: str) -> float:
+    """Jobs/s from launcher start until every job ran, with the launcher on ``host``."""
+    ids = _runnable(ref, n, prefix)
+    env = dict(os.environ, PYTHONPATH=str(REPO), BALSAM_HOSTNAME=host)
+    argv = [sys.executable, "-m", "balsam.launcher", "--site", str(ref.path), "-j", "mpi", "-t", "30", "--idle-ttl", "1"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while _done(ref, ids) < n:
+        if proc.poll() is not None:
+            raise SystemExit(f"the launcher on {host} exited early ({proc.returncode}); see {ref.path}/log")
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - t0
+    proc.wait()
+    return n / elapsed
+
+
+def xargs(ref: Any, n: int, cores: int, prefix: str) -> float:
+    dirs = [str(ref.path / "data" / prefix / f"{i:07d}") for i in range(n)]
+    t0 = time.perf_counter()
+    subprocess.run(["xargs", "-P", str(cores), "-n", "1", "sh", "-c", 'cd "$1" && true > job.out 2>&1', "sh"],
+                   input="\n".join(dirs) + "\n", text=True, check=True, stdout=subprocess.DEVNULL)
+    return n / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ simulated launchers
+def _simulated(site_path: str, launchers: int, batch: int, out_q: Any) -> None:
+    """One process running ``launchers`` light launchers on threads (a real launcher is one process each; a
+    process per simulated one would measure fork, not the API)."""
+    os.environ["BALSAM_HOSTNAME"] = FOREIGN
+    from balsam.db.jobs import StateChange
+    from balsam.http.client import HttpBackend
+
+    backend = HttpBackend.for_site(Path(site_path), retry_s=120)
+    lat: List[float] = []
+    done = [0]
+    lock = threading.Lock()
+
+    def one() -> None:
+        sid = backend.create_session(host=FOREIGN, pid=os.getpid(), batch_job_id=None, label="sim")
+        mine = 0
+        my_lat = []
+        try:
+            while True:
+                t0 = time.perf_counter()
+                jobs = backend.acquire(sid, batch)
+                my_lat.append(time.perf_counter() - t0)
+                if not jobs:
+                    break
+                now = time.time()
+                backend.apply_changes([StateChange(j["id"], "RUNNING", now, session_id=sid) for j in jobs])
+                backend.apply_changes([StateChange(j["id"], "RUN_DONE", now, fields={"return_code": 0}, session_id=sid) for j in jobs])
+                mine += len(jobs)
+        finally:
+            backend.release(sid)
+        with lock:
+            done[0] += mine
+            lat.extend(my_lat)
+
+    with ThreadPoolExecutor(max_workers=launchers) as pool:
+        for f in [pool.submit(one) for _ in range(launchers)]:
+            f.result()
+    out_q.put((done[0], lat))
+
+
+def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, float]:
+    """(completed jobs/s, p99 acquire seconds) for ``launchers`` simulated launchers sharing ``total`` jobs."""
+    import multiprocessing as mp
+
+    ids = _runnable(ref, total, prefix)
+    procs_n = min(4, launchers)
+    per = [launchers // procs_n + (1 if i < launchers % procs_n else 0) for i in range(procs_n)]
+    batch = max(8, min(256, total // (launchers * 4) or 8))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=_simulated, args=(str(ref.path), k, batch, q)) for k in per]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    done = sum(r[0] for r in results)
+    lat = sorted(x for r in results for x in r[1])
+    if done != total or _done(ref, ids) != total:
+        raise SystemExit(f"simulated launchers finished {done} of {total} jobs ({_done(ref, ids)} have a RUN_DONE event)")
+    return done / elapsed, lat[min(len(lat) - 1, int(0.99 * (len(lat) - 1)))]
+
+
+# ------------------------------------------------------------------------------------------ reads on a big site
+def _percentiles(samples: List[float]) -> Tuple[float, float]:
+    s = sorted(samples)
+    return statistics.median(s), s[min(len(s) - 1, int(0.99 * (len(s) - 1)))]
+
+
+def reads(ref: Any, big: int, rounds: int) -> Dict[str, Tuple[float, float]]:
+    """p50/p99 seconds of a paged listing and a filtered count, over HTTP and in-process."""
+    from balsam.db.backend import LocalBackend
+    from balsam.http.client import HttpClient
+
+    ids = _runnable(ref, big, "big", tags=lambda i: {"exp": str(i % 100)})
+    with ref.store.write() as conn:  # a realistic mix of states
+        conn.execute("UPDATE job SET state='JOB_FINISHED' WHERE id BETWEEN ? AND ? AND id % 3 = 0", (min(ids), max(ids)))
+    local = LocalBackend(ref.store)
+    client = HttpClient(ref.path / ".balsam")
+    out: Dict[str, List[float]] = {"page http": [], "page local": [], "count http": [], "count local": []}
+    from balsam.http.schemas import COLUMNS
+
+    for r in range(rounds):
+        cursor = None
+        offset = 0
+        for _ in range(10):
+            target = "/v1/jobs?state=PREPROCESSED&limit=100" + (f"&cursor={cursor}" if cursor else "")
+            t0 = time.perf_counter()
+            page = client.request("GET", target)
+            out["page http"].append(time.perf_counter() - t0)
+            cursor = page["next_cursor"]
+            t0 = time.perf_counter()
+            local.select("job", {"state": ["PREPROCESSED"]}, columns=COLUMNS["job"], limit=101, offset=offset)
+            out["page local"].append(time.perf_counter() - t0)
+            offset += 100
+        exp = str(r % 100)
+        t0 = time.perf_counter()
+        n_http = client.request("GET", f"/v1/jobs/count?tags=exp:{exp}&state=JOB_FINISHED")["count"]
+        out["count http"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        n_local = local.count("job", {"tags": {"exp": exp}, "state": ["JOB_FINISHED"]})
+        out["count local"].append(time.perf_counter() - t0)
+        assert n_http == n_local
+    return {k: _percentiles(v) for k, v in out.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the launcher pipeline")
+    parser.add_argument("--sim-jobs", type=int, default=20_000, help="jobs shared by the simulated launchers, per size")
+    parser.add_argument("--launchers", default="1,16,64,256")
+    parser.add_argument("--big", type=int, default=1_000_000, help="jobs on the big site for the read benchmark")
+    parser.add_argument("--reads", type=int, default=30, help="rounds of reads (10 pages and one count each)")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    tmp = Path(tempfile.mkdtemp(prefix="balsam-bench-http-"))
+    from balsam.services.agent import start_agent, stop_agent
+
+    try:
+        ref = _setup(tmp, "bench")
+        start_agent(ref.path)
+        try:
+            print(f"{cores} cores; the site agent serves {ref.path}", flush=True)
+            home = pipeline(ref, args.jobs, "home", "")
+            foreign = pipeline(ref, args.jobs, "foreign", FOREIGN)
+            base = xargs(ref, args.jobs, cores, "home")
+            print(f"1. {args.jobs} no-op jobs: launcher on the home host {home:.0f} jobs/s, on a foreign host through the API "
+                  f"{foreign:.0f} jobs/s, xargs -P {cores} {base:.0f} jobs/s")
+            print(f"   ratios: foreign/home = {foreign / home:.2f} (aim >= 0.9), foreign/xargs = {foreign / base:.2f}, "
+                  f"home/xargs = {home / base:.2f}", flush=True)
+            print("2. simulated launchers against one agent:")
+            for k in [int(x) for x in args.launchers.split(",")]:
+                rate, p99 = simulate(ref, args.sim_jobs, k, f"sim{k}")
+                print(f"   {k:4d} launchers: {rate:8.0f} jobs/s, p99 acquire {p99 * 1000:7.1f} ms", flush=True)
+            if args.big:
+                big = _setup(tmp, "big")
+                stop_agent(ref.path)
+                start_agent(big.path)
+                t0 = time.perf_counter()
+                res = reads(big, args.big, args.reads)
+                print(f"3. reads on a {args.big}-job site (built in {time.perf_counter() - t0:.0f} s), p50 / p99:")
+                for what in ("page", "count"):
+                    (hp50, hp99), (lp50, lp99) = res[f"{what} http"], res[f"{what} local"]
+                    print(f"   {what:5s}: HTTP {hp50 * 1000:6.1f} / {hp99 * 1000:6.1f} ms, in-process {lp50 * 1000:6.1f} / "
+                          f"{lp99 * 1000:6.1f} ms; ratio p50 {hp50 / lp50:.2f}, p99 {hp99 / lp99:.2f}")
+                stop_agent(big.path)
+        finally:
+            stop_agent(ref.path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
