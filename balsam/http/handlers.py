@@ -588,6 +588,8 @@ def job_output(call: Call) -> Answer:
 def why(call: Call) -> Answer:
     """``GET /v1/jobs/{id}/why``: why the job is in its state and what would move it on (the agent's diagnosis)."""
     job_id = call.int_param("id")
+    if not call.backend.select("job", {"id": [job_id]}, columns=("id",)):
+        raise ObjectDoesNotExist(f"no job {job_id}")
     store = getattr(call.backend, "store", None)
     if store is None or call.site_root is None:
         return 200, {"reasons": []}
