@@ -23,6 +23,22 @@ def _env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), **(extra or {})}
 
 
+def _post(url: str, body: Any) -> Tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _session(base: str, token: str) -> str:
+    """What the login page does with the link's token: exchange it for a session token."""
+    status, out = _post(base + "/v1/ui/session", {"token": token})
+    assert status == 201, out
+    return str(out["token"])
+
+
 def _get(url: str, token: Optional[str] = None) -> Tuple[int, bytes, str]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
@@ -33,10 +49,11 @@ def _get(url: str, token: Optional[str] = None) -> Tuple[int, bytes, str]:
 
 
 @pytest.fixture
-def ui(site: Any, hello: Any) -> Iterator[Tuple[str, str, str]]:
-    """`balsam ui --site test-site` running: (base URL, token, everything it printed before serving)."""
+def ui(site: Any, hello: Any, request: Any) -> Iterator[Tuple[str, str, str]]:
+    """`balsam ui --site test-site` running: (base URL, the link's token, everything it printed before serving)."""
+    extra = getattr(request, "param", None)
     proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--site", "test-site"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env())
+                            stderr=subprocess.STDOUT, text=True, env=_env(extra))
     assert proc.stdout is not None
     printed = ""
     try:
@@ -60,18 +77,50 @@ def test_ui_serves_the_dashboard_and_the_api_behind_its_token(ui: Tuple[str, str
     assert status == 200 and ctype.startswith("text/html") and b'<div id="app">' in body
     asset = re.search(rb'src="(/assets/[^"]+\.js)"', body)
     assert asset and _get(base + asset.group(1).decode())[0] == 200
-    status, body, _ = _get(base + "/v1/whoami", token)
+    session = _session(base, token)
+    status, body, _ = _get(base + "/v1/whoami", session)
     assert status == 200 and json.loads(body)["kind"] == "ui"
-    status, body, _ = _get(base + "/v1/apps", token)
+    status, body, _ = _get(base + "/v1/apps", session)
     assert [a["name"] for a in json.loads(body)["results"]] == ["Hello"]
-    for wrong in (None, "x" * 43, token[:-1]):
+    for wrong in (None, "x" * 43, token[:-1], session[:-1]):
         status, body, _ = _get(base + "/v1/jobs", wrong)
         assert status == 401 and json.loads(body)["error"]["code"] == "unauthorized"
 
 
+def test_the_login_link_works_once(ui: Tuple[str, str, str]) -> None:
+    base, token, _ = ui
+    status, body, _ = _get(base + "/v1/whoami", token)  # the link's token is for the login page, not a bearer token
+    assert status == 401 and "login link" in json.loads(body)["error"]["message"]
+    session = _session(base, token)
+    assert session != token and _get(base + "/v1/whoami", session)[0] == 200
+    status, out = _post(base + "/v1/ui/session", {"token": token})  # the link again (a copy in the scrollback)
+    assert status == 401
+    message = out["error"]["message"]
+    assert "already used" in message and "balsam ui" in message and "BALSAM_UI_TOKEN" in message
+    status, body, _ = _get(base + "/v1/jobs", token)
+    assert status == 401 and "already used" in json.loads(body)["error"]["message"]
+    assert _get(base + "/v1/whoami", session)[0] == 200  # the session it opened goes on
+    assert _post(base + "/v1/ui/session", {"token": "x" * 43})[0] == 401
+
+
+REUSABLE = "a-reusable-token-for-scripts-0123456789"
+
+
+@pytest.mark.parametrize("ui", [{"BALSAM_UI_TOKEN": REUSABLE}], indirect=True)
+def test_balsam_ui_token_stays_reusable(ui: Tuple[str, str, str]) -> None:
+    base, token, _ = ui
+    assert token != REUSABLE  # the printed link still logs in once
+    for _ in range(2):
+        status, body, _ = _get(base + "/v1/whoami", REUSABLE)
+        assert status == 200 and json.loads(body)["kind"] == "ui"
+        assert _get(base + "/v1/whoami", _session(base, REUSABLE))[0] == 200
+    _session(base, token)
+    assert _post(base + "/v1/ui/session", {"token": token})[0] == 401
+
+
 def test_ui_site_rows_report_the_agent(ui: Tuple[str, str, str]) -> None:
     base, token, _ = ui
-    site = json.loads(_get(base + "/v1/sites", token)[1])["results"][0]
+    site = json.loads(_get(base + "/v1/sites", _session(base, token))[1])["results"][0]
     assert site["name"] == "test-site" and site["preset"] == "local"
     assert site["agent"]["running"] is False  # no agent was started for this site, and the page says so
 

@@ -112,6 +112,25 @@ def test_login_link_shows_the_site_card_with_a_healthy_agent(tab: Any, dash: Das
     shot(page, "sites")
 
 
+def test_the_printed_link_logs_in_once(tab: Any, dash: DashSite) -> None:
+    page = tab
+    link = dash.printed_link
+    page.goto(link)
+    page.wait_for_function("location.hash.startsWith('#/sites')")
+    session = page.evaluate("sessionStorage.getItem('balsam.token')")
+    assert session and session != dash.token and session not in link  # a session token of its own, not the link's
+    page.locator(".site-card", has_text="dash-site").wait_for()
+    page.evaluate("sessionStorage.clear()")
+    page.goto("about:blank")
+    page.goto(link)  # the same link again, as from the terminal's scrollback
+    alert = page.locator("[data-testid=login-error]")
+    alert.wait_for()
+    text = alert.inner_text()
+    assert "already used" in text and "balsam ui" in text and "BALSAM_UI_TOKEN" in text
+    assert "dash-site" not in page.inner_text("body")
+    shot(page, "login-link-used")
+
+
 def test_a_wrong_token_sees_nothing(tab: Any, dash: DashSite) -> None:
     page = tab
     page.goto(f"{dash.base}/#/login?token=not-the-token")

@@ -61,6 +61,8 @@ class DashSite:
     token: str
     ui: "subprocess.Popen[str]"
     batch_job_id: int
+    printed_link: str = ""
+    """The one-time link `balsam ui` printed."""
 
     @property
     def link(self) -> str:
@@ -80,6 +82,7 @@ class DashSite:
         port = int(self.base.rsplit(":", 1)[1])
         self.ui, link = _launch_ui(self.env, self.root, port)
         assert link.startswith(self.base)
+        self.printed_link = link
 
     def make_dag(self, name: str = "diamond") -> int:
         """A diamond DAG (prep -> left, right -> join) with one instance; "right" lacks the lane tag, so it waits."""
@@ -89,7 +92,7 @@ class DashSite:
         return int(out.stdout.strip().splitlines()[-1])
 
     def api(self, method: str, path: str, body: Any = None, token: Optional[str] = None) -> Any:
-        """Call the dashboard's /v1 API as the browser does (bearer token)."""
+        """Call the dashboard's /v1 API with a bearer token (BALSAM_UI_TOKEN's, as a script would)."""
         import urllib.error
         import urllib.request
 
@@ -135,11 +138,11 @@ def start_dash_site(tmp: Path) -> DashSite:
     # The launcher runs only jobs tagged lane=web, so a test can keep a job waiting by leaving the tag off.
     sub = _balsam(env, "queue", "submit", "-n", "1", "-t", "30", "--tag", "lane=web", "--site", str(root), "--json")
     batch_job_id = int(json.loads(sub.stdout)["id"])
-    env["BALSAM_UI_TOKEN"] = secrets.token_urlsafe(32)  # so a restarted `balsam ui` takes the open page back
+    env["BALSAM_UI_TOKEN"] = secrets.token_urlsafe(32)  # reusable (each test logs in with it); a restart keeps sessions
     ui, link = _launch_ui(env, root, 0)
-    base, _, token = link.partition("/#/login?token=")
-    assert token == env["BALSAM_UI_TOKEN"]
-    return DashSite(root=root, env=env, base=base, token=token, ui=ui, batch_job_id=batch_job_id)
+    base, _, once = link.partition("/#/login?token=")
+    assert once != env["BALSAM_UI_TOKEN"]  # the printed link's token is a new, one-time one
+    return DashSite(root=root, env=env, base=base, token=env["BALSAM_UI_TOKEN"], ui=ui, batch_job_id=batch_job_id, printed_link=link)
 
 
 def _launch_ui(env: Dict[str, str], root: Path, port: int) -> "Tuple[subprocess.Popen[str], str]":

@@ -18,9 +18,10 @@ import click
 def ui(site: Optional[str], port: int, bind: str) -> None:
     """Serve the web dashboard and the /v1 API of a site on this host, until Ctrl-C.
 
-    Prints a link that logs a browser in (its token lives only as long as this command, unless
-    BALSAM_UI_TOKEN gives one: then a restart with the same --port keeps open dashboards connected) and the
-    ``ssh -L`` line that brings the port to a laptop.
+    Prints a link that logs a browser in ONCE (the login page exchanges its token for a session token; a
+    second use is refused) and the ``ssh -L`` line that brings the port to a laptop. BALSAM_UI_TOKEN, when
+    set, is a reusable token for scripts and for the login page; a restart with the same token and --port
+    keeps open dashboards connected.
 
     \b
     Example:

@@ -250,7 +250,7 @@ class Api:
             principal: Optional[Principal] = None
             try:
                 principal = self._principal(request) if route.auth else None
-                if principal is None and not (route.mutating and self.backend_for is not None):
+                if principal is None and not (route.mutating and not route.auth):
                     raise ApiError(401, "unauthorized", "no credentials", kind="ServiceError")
                 body = await self._body(request, principal) if route.mutating else b""
                 try:

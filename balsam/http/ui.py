@@ -1,9 +1,17 @@
 """``balsam ui``: the dashboard and the /v1 API of one site, for a browser on this host (or through ``ssh -L``).
 
-It is the site agent's app (:func:`balsam.http.server.build_app`) over the site's own store, with one more
-credential: a random bearer token made for this run, printed in a link (``/#/login?token=...``: the part after
-``#`` never reaches the server or its logs). It binds 127.0.0.1 by default, so only this host's users can reach
-the port, and only the link's holder gets past the login page.
+It is the site agent's app (:func:`balsam.http.server.build_app`) over the site's own store, with its own
+credentials (:class:`UiTokens`):
+
+- the printed link (``/#/login?token=...``: the part after ``#`` never reaches the server or its logs) carries a
+  ONE-TIME token: the login page exchanges it (``POST /v1/ui/session``) for a session token, kept in the tab's
+  sessionStorage and sent as a Bearer header; the link then stops working, so a link left in a terminal's
+  scrollback or a shell history logs nobody else in;
+- ``BALSAM_UI_TOKEN``, when set, is a reusable token (for scripts, and for the login page's token field); session
+  tokens are then signed with a key derived from it, so a restarted ``balsam ui`` with the same token and port
+  takes open dashboards back.
+
+It binds 127.0.0.1 by default, so only this host's users can reach the port.
 """
 
 from __future__ import annotations
@@ -13,29 +21,101 @@ import hashlib
 import hmac
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional, Tuple
+
+from balsam.http.auth import Principal, Unauthorized
 
 if TYPE_CHECKING:
     from balsam._api.sites import SiteRef
-    from balsam.http.auth import Principal
+    from balsam.http.handlers import Call
     from balsam.http.serve import ApiServer
 
 MIN_TOKEN_CHARS = 24
 
 
-class _OneToken:
-    """The run's one bearer token (compared by hash, in constant time)."""
+LINK_USED = ("this login link was already used (a link logs in once): run `balsam ui` again for a new link, or set "
+             "BALSAM_UI_TOKEN to a token of your own and log in with it")
+LINK_IS_FOR_LOGIN = ("this is a login link's one-time token, for the login page only: open the link in a browser, or set "
+                     "BALSAM_UI_TOKEN for a reusable token")
+SESSION_PREFIX = "s."
 
-    def __init__(self, token: str, principal: "Principal") -> None:
-        self._digest = hashlib.sha256(token.encode()).digest()
-        self._principal = principal
 
-    def verify(self, token: str) -> "Optional[Principal]":
-        ok = hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._digest)
-        return self._principal if ok else None
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class UiTokens:
+    """The credentials of one ``balsam ui`` run (a :class:`balsam.http.auth.TokenVerifier`).
+
+    ``link_token`` is good for one exchange (:meth:`exchange`) and never as a bearer token; ``reusable`` (from
+    BALSAM_UI_TOKEN) is good as a bearer token and for any number of exchanges; session tokens are
+    ``s.<nonce>.<hmac>``, checked without a table.
+    """
+
+    def __init__(self, principal: Principal, reusable: Optional[str] = None) -> None:
+        self.principal = principal
+        self.link_token = secrets.token_urlsafe(32)
+        self._link = _digest(self.link_token)
+        self._link_used = False
+        self._reusable = _digest(reusable) if reusable else None
+        self._key = hashlib.sha256(b"balsam-ui-session\n" + reusable.encode()).digest() if reusable else secrets.token_bytes(32)
+        self._lock = threading.Lock()
+
+    def _mac(self, nonce: str) -> str:
+        return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()
+
+    def _new_session(self) -> str:
+        nonce = secrets.token_hex(16)
+        return f"{SESSION_PREFIX}{nonce}.{self._mac(nonce)}"
+
+    def verify(self, token: str) -> Optional[Principal]:
+        """The principal of a session or reusable token; Unauthorized (with what to do) for the link's token."""
+        if token.startswith(SESSION_PREFIX):
+            nonce, _, mac = token[len(SESSION_PREFIX):].partition(".")
+            return self.principal if nonce and hmac.compare_digest(self._mac(nonce).encode(), mac.encode()) else None
+        digest = _digest(token)
+        if self._reusable is not None and hmac.compare_digest(digest, self._reusable):
+            return self.principal
+        if hmac.compare_digest(digest, self._link):
+            raise Unauthorized(LINK_USED if self._link_used else LINK_IS_FOR_LOGIN)
+        return None
+
+    def exchange(self, token: str) -> str:
+        """A new session token for the link's token (once) or the reusable token; Unauthorized otherwise."""
+        digest = _digest(token)
+        if self._reusable is not None and hmac.compare_digest(digest, self._reusable):
+            return self._new_session()
+        if hmac.compare_digest(digest, self._link):
+            with self._lock:
+                if self._link_used:
+                    raise Unauthorized(LINK_USED)
+                self._link_used = True
+            return self._new_session()
+        if token.startswith(SESSION_PREFIX) and self.verify(token) is not None:
+            return token
+        raise Unauthorized("unknown token: open the link that `balsam ui` printed, or give BALSAM_UI_TOKEN's token")
+
+
+def _session_handler(tokens: UiTokens) -> "Any":
+    def open_session(call: "Call") -> Tuple[int, Any]:
+        from balsam.exceptions import ValidationError
+        from balsam.http.server import ApiError
+
+        body = call.body if isinstance(call.body, dict) else {}
+        token = body.get("token")
+        if not isinstance(token, str) or not token.strip():
+            raise ValidationError("token: the token of the login link (or BALSAM_UI_TOKEN's)")
+        try:
+            session = tokens.exchange(token.strip())
+        except Unauthorized as e:
+            raise ApiError(401, "unauthorized", str(e), field="token", kind="ServiceError") from None
+        return 201, {"token": session, "user": tokens.principal.name, "kind": tokens.principal.kind}
+
+    return open_session
 
 
 @dataclass
@@ -47,6 +127,8 @@ class UiServer:
     bind: str
     port: int
     token: str
+    """The link's one-time token."""
+    tokens: UiTokens
 
     @property
     def url(self) -> str:
@@ -56,7 +138,7 @@ class UiServer:
 
     @property
     def link(self) -> str:
-        """The URL that logs the browser in."""
+        """The URL that logs a browser in, once."""
         return f"{self.url}#/login?token={self.token}"
 
     def ssh_line(self, login_host: Optional[str] = None) -> str:
@@ -72,23 +154,27 @@ class UiServer:
 def start_ui(site: "SiteRef", *, port: int = 0, bind: str = "127.0.0.1", token: Optional[str] = None) -> UiServer:
     """Serve ``site``'s dashboard and API on ``bind:port`` (0: any free port); returns the running server.
 
-    ``token``: the bearer token to accept (default: a new random one). Giving the same token and port to a
-    restarted ``balsam ui`` lets open dashboards reconnect without logging in again.
+    The printed link's token is new and good for one login. ``token`` (BALSAM_UI_TOKEN): a reusable token
+    accepted as well; giving the same one and the same port to a restarted ``balsam ui`` lets open dashboards
+    reconnect without logging in again.
     """
     from balsam.db.backend import LocalBackend
     from balsam.exceptions import ConfigError
-    from balsam.http.auth import Authenticator, Principal
+    from balsam.http.auth import Authenticator
+    from balsam.http.routes import OBJ
+    from balsam.http.routes import Route as ApiRoute
     from balsam.http.serve import ApiServer, ServeOptions
     from balsam.http.server import build_app
 
-    if token is None:
-        token = secrets.token_urlsafe(32)
-    elif len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
+    if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token):
         raise ConfigError(f"the dashboard token must be at least {MIN_TOKEN_CHARS} printable characters without spaces")
     principal = Principal(kind="ui", name=getpass.getuser(), site_ids=frozenset({int(site.id)}))
+    tokens = UiTokens(principal, token)
     backend = LocalBackend(site.store, host=site.host)
     # Bearer tokens only: the site secret's HMAC is for the agent's own server and its launchers.
-    auth = Authenticator(None, _OneToken(token, principal), not_before=time.time() - 1.0)
-    app = build_app(backend, auth, site_root=Path(site.path))
+    auth = Authenticator(None, tokens, not_before=time.time() - 1.0)
+    session = ApiRoute("POST", "/v1/ui/session", "ui_session", "Exchange the login link's one-time token (or BALSAM_UI_TOKEN's) "
+                       "for a session token", _session_handler(tokens), body=OBJ, response=OBJ, status=201, auth=False)
+    app = build_app(backend, auth, site_root=Path(site.path), extra_routes=(session,))
     server = ApiServer(app, ServeOptions(bind=bind, port=port)).start()
-    return UiServer(server=server, site_name=site.name, bind=bind, port=server.port, token=token)
+    return UiServer(server=server, site_name=site.name, bind=bind, port=server.port, token=tokens.link_token, tokens=tokens)

@@ -19,10 +19,17 @@ export const useAuth = defineStore('auth', {
     loggedIn: (s) => !!s.token && !!s.whoami,
   },
   actions: {
-    /** Check a token with the server; keep it only if the server accepts it. */
+    /** Log in with a token. At `balsam ui`, the link's one-time token (or BALSAM_UI_TOKEN's) is first exchanged
+     * for a session token, and only that is kept; elsewhere (no such exchange) the token is used as it is. */
     async loginWithToken(token) {
       token = (token || '').trim()
       if (!token) throw new Error('Paste the token printed by `balsam ui`, or open its link.')
+      try {
+        const out = await api('POST', '/ui/session', { body: { token }, token: false })
+        token = out.token
+      } catch (e) {
+        if (e.status !== 404) throw e
+      }
       const who = await api('GET', '/whoami', { token })
       this.token = token
       this.whoami = who

@@ -1,0 +1,1 @@
+import{Mt as e}from"./VAlert-D69AK2Zz.js";var t=e(`v-spacer`,`div`,`VSpacer`);export{t};

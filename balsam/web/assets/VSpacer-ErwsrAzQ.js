@@ -1,1 +1,0 @@
-import{Mt as e}from"./VAlert-BplgTjXJ.js";var t=e(`v-spacer`,`div`,`VSpacer`);export{t};
