@@ -120,6 +120,8 @@ def test_a_running_job_of_a_dead_launcher_times_out_and_its_rerun_is_recorded(si
     proc = start(site.path, "mpi")
     pid = read_pid(site.path, "rr/0")
     pids.append(pid)
+    journal = site.layout.state / "journal"
+    wait_for(lambda: '"RUNNING"' in "".join(p.read_text() for p in journal.glob("*.jsonl")), what="RUNNING journaled")
     assert states(site.store, [job])[job] == "PREPROCESSED"  # RUNNING is only in the journal
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -171,6 +171,7 @@ class Reporter:
 
     def running(self, job_id: int, timestamp: float) -> None:
         self.put(job_id, S.RUNNING, timestamp, session_id=self.session_id)
+        self.flush()  # at once: the job already runs, and a run must never go unrecorded
 
     def failed(self, job_id: int, message: str) -> None:
         """A job that cannot run at all (its app does not load, a parameter is missing, it can never fit)."""
