@@ -302,3 +302,26 @@ def test_job_validation_errors_name_the_field(site: Any, api: Any, hello: Any) -
 def test_the_listening_socket_is_tcp_so_answers_are_not_delayed(site: Any, api: Any) -> None:
     # asyncio disables Nagle only on sockets whose proto is TCP; with it on, every keep-alive answer waited ~40 ms.
     assert api._sock.proto == socket.IPPROTO_TCP
+
+
+def test_transfers_are_filtered_by_protocol_on_the_server(site: Any, api: Any, tmp_path: Path) -> None:
+    from urllib.parse import urlencode
+
+    from tests.test_cli_transfer import Moves, staged_site
+
+    staged_site(site, tmp_path)  # locations: here -> local, dtn -> rsync://
+    for i in range(3):
+        Moves.submit(workdir=f"p/{i}", transfers={"deck": f"here:{tmp_path}/deck.txt", "out": "dtn:/archive/out.txt"})
+
+    def listed(query: Dict[str, Any]) -> Any:
+        target = "/v1/transfers?" + urlencode({**query, "limit": 2}, doseq=True)
+        return _send(api, "GET", target, headers=_signed(site, "GET", target))
+
+    status, page, _ = listed({"protocol": "rsync"})
+    assert status == 200 and [r["location_alias"] for r in page["results"]] == ["dtn", "dtn"] and page["next_cursor"]
+    status, page, _ = listed({"protocol": ["rsync", "local"], "direction": "in"})
+    assert status == 200 and {r["location_alias"] for r in page["results"]} == {"here"}
+    status, page, _ = listed({"protocol": "globus"})
+    assert status == 200 and page["results"] == []
+    status, answer, _ = listed({"protocol": "ftp"})
+    assert status == 400 and "protocol" in answer["error"]["message"]

@@ -275,6 +275,15 @@ def test_transfers_show_their_state_task_and_the_reason_of_a_failure(tab: Any, d
     select_option(page, "State", "error")
     page.wait_for_function("() => document.querySelectorAll('table tbody tr [data-state=done]').length === 0")
     assert bad_row.count() == 1
+    # The protocol filter is the server's (every page, not only the one loaded): the request carries it.
+    with page.expect_request(lambda r: "/v1/transfers?" in r.url and "protocol=local" in r.url):
+        select_option(page, "Protocol", "local")
+    page.wait_for_function("() => document.querySelectorAll('table tbody tr [data-state]').length === 0")
+    with page.expect_request(lambda r: "/v1/transfers?" in r.url and "protocol=rsync" in r.url):
+        page.get_by_role("combobox", name="Protocol").click(force=True)
+        page.get_by_role("option", name="rsync", exact=True).click()
+        page.keyboard.press("Escape")
+    bad_row.locator("[data-state=error]").wait_for(timeout=TIMEOUT_MS)
     page.goto(f"{dash.base}/#/jobs/{good}")
     page.locator("[data-testid=job-out]", has_text="the deck").wait_for()
 

@@ -139,7 +139,8 @@ FILTER_KINDS: Dict[str, Dict[str, str]] = {
                   "filter_tags": "tags"},
     "app": {"id": "ids", "name": "strs"},
     "session": {"id": "ids", "batch_job_id": "ids"},
-    "transfer_item": {"id": "ids", "job_id": "ids", "state": "strs", "direction": "strs", "job_state": "strs", "tags": "tags"},
+    "transfer_item": {"id": "ids", "job_id": "ids", "state": "strs", "direction": "strs", "protocol": "strs", "job_state": "strs",
+                      "tags": "tags"},
 }
 """Filter keyword -> kind, per table (the same keywords as balsam.db.query's TableSpecs)."""
 
