@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
@@ -68,6 +69,41 @@ def test_pending_deletion_cancels_and_times_out_the_launchers_jobs(scheduler: An
     assert BatchJob.objects.get(id=bj.id).status_info["scheduler_state"] == "cancelled"
     assert str(Job.objects.get(id=job.id).state) == "RUN_TIMEOUT"
     assert "ended while the job was running" in Job.objects.get(id=job.id).history()[-1].data["message"]
+
+
+def test_delete_of_a_running_batch_job_cancels_it_then_removes_it(scheduler: Any, site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BALSAM_TEST_SLEEP", "60")
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    until(lambda: BatchJob.objects.get(id=bj.id).state == "running", scheduler)
+    bj.refresh_from_db()
+    pid = int(bj.scheduler_id)  # the local scheduler's id is the batch script's process id
+    bj.delete()
+    assert bj.state == "pending_deletion"  # the agent asks the scheduler to cancel it
+    until(lambda: BatchJob.objects.filter(id=bj.id).count() == 0, scheduler)
+    with pytest.raises(ProcessLookupError):  # the batch script's process is gone, not just the record
+        for _ in range(200):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+
+
+def test_deleted_while_being_submitted_is_cancelled_at_the_scheduler(scheduler: Any, site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BALSAM_TEST_SLEEP", "60")
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    submitted = []
+    real_submit = scheduler.adapter.submit
+
+    def submit_then_user_deletes(*args: Any, **kw: Any) -> int:
+        submitted.append(real_submit(*args, **kw))
+        BatchJob.objects.get(id=bj.id).delete()  # the user's delete() lands while the agent submits
+        return submitted[-1]
+
+    monkeypatch.setattr(scheduler.adapter, "submit", submit_then_user_deletes)
+    scheduler.run_cycle()
+    assert BatchJob.objects.filter(id=bj.id).count() == 0
+    with pytest.raises(ProcessLookupError):
+        for _ in range(200):
+            os.kill(submitted[0], 0)
+            time.sleep(0.05)
 
 
 def test_deleting_before_submission_needs_no_scheduler(scheduler: Any) -> None:

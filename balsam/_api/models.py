@@ -14,7 +14,7 @@ from balsam.db import batch_jobs as batch_db
 from balsam.db import query as q
 from balsam.db import sessions as session_db
 from balsam.db.fields import check_tags
-from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, to_batch_state
+from balsam.db.states import to_batch_state
 from balsam.exceptions import JobLockedError, ValidationError
 
 if TYPE_CHECKING:
@@ -314,10 +314,15 @@ class BatchJob(Model):
         _write_changes(self, "batch_job")
 
     def delete(self) -> None:
-        """Delete a BatchJob that is not active (set state to pending_deletion to cancel an active one)."""
-        if self.state in {s.value for s in BATCH_ACTIVE_STATES} or self.state == BatchJobState.pending_deletion.value:
-            raise ValidationError(f"batch job {self.id} is {self.state}: set its state to pending_deletion to cancel it first")
-        self.__dict__["_site"].backend.delete_rows("batch_job", [int(self.id or 0)])
+        """Delete the BatchJob. One never submitted (``pending_submission``) or already ended is removed now; a
+        queued or running one becomes ``pending_deletion``: the site agent asks the scheduler to cancel it and
+        removes the record when the scheduler reports it ended (its running jobs end as RUN_TIMEOUT)."""
+        backend = self.__dict__["_site"].backend
+        if backend.delete_rows("batch_job", [int(self.id or 0)]) == 0:
+            raise ValidationError(f"batch job {self.id} does not exist (already deleted?)")
+        rows = backend.select("batch_job", {"id": int(self.id or 0)}, columns=("state",))
+        if rows:  # queued or running: cancelling
+            self.refresh_from_db()
 
     def partitions_to_cli_args(self) -> str:
         """The partitions as ``-p mode:nodes:k=v`` launcher arguments."""

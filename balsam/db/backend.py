@@ -375,6 +375,7 @@ class LocalBackend(Backend):
             return int(batch_db.create_batch_job(conn, **fields))
 
     def delete_rows(self, table: str, ids: Sequence[int]) -> int:
+        from balsam.db import batch_jobs as batch_db
         from balsam.db import jobs as job_db
 
         n = 0
@@ -384,10 +385,10 @@ class LocalBackend(Backend):
                     job_ids = [r[0] for r in conn.execute("SELECT id FROM job WHERE app_id=?", (row_id,))]
                     job_db.delete_jobs(conn, job_ids)
                     n += conn.execute("DELETE FROM app WHERE id=?", (row_id,)).rowcount
-                elif table == "batch_job":
+                elif table == "batch_job":  # never submitted or ended: gone now; queued or running: cancelled, then gone
                     from balsam.db import batch_jobs as batch_db
 
-                    n += batch_db.delete_batch_job(conn, row_id)
+                    n += batch_db.delete_batch_job(conn, row_id) != "missing"
                 else:
                     raise ValidationError(f"{table} rows cannot be deleted")
         return n

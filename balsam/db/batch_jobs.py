@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from balsam.db import fields as fields_db
 from balsam.db import sessions
 from balsam.db.codec import dumps, loads
-from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState, check_batch_transition, to_batch_state
+from balsam.db.states import BatchJobState, check_batch_transition, to_batch_state
 from balsam.exceptions import IllegalTransition, ValidationError
 
 JOB_MODES = ("mpi", "serial")
@@ -118,6 +118,9 @@ def create_batch_job(
     return int(cur.lastrowid or 0)
 
 
+REMOVE_FLAG = "remove_when_done"  # status_info key: the record is deleted once the scheduler reports the end
+
+
 def _check_time(name: str, value: Any) -> Optional[float]:
     if value is None:
         return None
@@ -204,18 +207,31 @@ def update_batch_job(
     if sets.get("state") == BatchJobState.finished.value:
         for (sid,) in conn.execute("SELECT id FROM session WHERE batch_job_id=?", (batch_job_id,)).fetchall():
             sessions.release(conn, sid, message=f"batch job {batch_job_id} ended while the job was running")
+        if REMOVE_FLAG in status_info:  # its owner deleted it while it was active: it is gone now that it ended
+            conn.execute("DELETE FROM batch_job WHERE id=?", (batch_job_id,))
     return True
 
 
-def delete_batch_job(conn: sqlite3.Connection, batch_job_id: int) -> int:
-    """Delete a BatchJob that is no longer active (an active one is cancelled through pending_deletion); returns
-    how many rows went (0 if it was gone already)."""
-    row = conn.execute("SELECT state FROM batch_job WHERE id=?", (batch_job_id,)).fetchone()
+def delete_batch_job(conn: sqlite3.Connection, batch_job_id: int, now: Optional[float] = None) -> str:
+    """Delete a BatchJob as a user means it; returns what happened:
+
+    ``deleted``: it was never submitted (``pending_submission``, no scheduler id) or has ended, and its record is
+    gone. ``cancelling``: it is queued or running, so it is marked ``pending_deletion`` for the site agent to
+    cancel at the scheduler, and its record is removed once the scheduler reports it ended. ``missing``: no such
+    BatchJob. A BatchJob the agent submits at the same moment is cancelled by the agent (it finds the record gone).
+    """
+    import datetime as dt
+
+    row = conn.execute("SELECT state, scheduler_id, status_info FROM batch_job WHERE id=?", (batch_job_id,)).fetchone()
     if row is None:
-        return 0
-    if row[0] in {s.value for s in BATCH_ACTIVE_STATES} or row[0] == BatchJobState.pending_deletion.value:
-        raise ValidationError(f"batch job {batch_job_id} is {row[0]}: set its state to pending_deletion to cancel it first")
-    return int(conn.execute("DELETE FROM batch_job WHERE id=?", (batch_job_id,)).rowcount)
+        return "missing"
+    state, scheduler_id, _info = row
+    if (state == "pending_submission" and scheduler_id is None) or state in ("finished", "submit_failed"):
+        conn.execute("DELETE FROM batch_job WHERE id=?", (batch_job_id,))
+        return "deleted"
+    update_batch_job(conn, batch_job_id, state=BatchJobState.pending_deletion.value, now=now,
+                     info={REMOVE_FLAG: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    return "cancelling"
 
 
 BATCH_JOB_COLUMNS = ("id", "scheduler_id", "project", "queue", "num_nodes", "wall_time_min", "job_mode", "optional_params",

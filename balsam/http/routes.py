@@ -170,7 +170,7 @@ ROUTES: Tuple[Route, ...] = (
     _get(f"/v1/batch-jobs/{ID}", "batch_job", "get_batch_job", "batch job"),
     Route("PATCH", f"/v1/batch-jobs/{ID}", "update_batch_job", "Change a BatchJob (state: pending_deletion cancels it)",
           partial(h.update_row, table="batch_job"), body=OBJ, response=row_schema("batch_job")),
-    Route("DELETE", f"/v1/batch-jobs/{ID}", "delete_batch_job", "Delete an inactive BatchJob", partial(h.delete_row, table="batch_job"),
+    Route("DELETE", f"/v1/batch-jobs/{ID}", "delete_batch_job", "Delete a BatchJob (a queued or running one is cancelled first, then removed)", partial(h.delete_row, table="batch_job"),
           response=OBJ),
     # events, transfers, sessions
     _list("/v1/events", "event", "list_events", "job state events"),

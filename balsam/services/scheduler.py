@@ -70,13 +70,17 @@ class SchedulerService(Service):
     def _batch_jobs(self, states: Tuple[str, ...]) -> List[Dict[str, Any]]:
         return batch_db.batch_jobs_in(self.site.store.conn, states)
 
-    def _update(self, bj_id: int, *, state: Optional[str] = None, info: Optional[Dict[str, Any]] = None, **fields: Any) -> None:
-        """Write a BatchJob's fields (a state change checked against the BatchJob state table)."""
+    def _update(self, bj_id: int, *, state: Optional[str] = None, info: Optional[Dict[str, Any]] = None, **fields: Any) -> bool:
+        """Write a BatchJob's fields (a state change checked against the BatchJob state table); False if its record
+        is gone (its owner deleted it). One deleted while active is removed when it ends (batch_jobs.update_batch_job)."""
         with self.site.store.write() as conn:
+            if conn.execute("SELECT 1 FROM batch_job WHERE id=?", (bj_id,)).fetchone() is None:
+                return False
             try:
                 batch_db.update_batch_job(conn, bj_id, state=state, info=info, **fields)
-            except ValidationError as exc:  # an illegal transition (the user cancelled it meanwhile), a vanished row
+            except ValidationError as exc:  # an illegal transition (the user cancelled it meanwhile)
                 logger.warning("%s", exc)
+        return True
 
     # ---------------------------------------------------------------- the cycle
     def run_cycle(self) -> None:
@@ -119,8 +123,14 @@ class SchedulerService(Service):
             self._update(bj["id"], state=B.submit_failed, info={"error": message[:2000], **({"stderr": stderr[-2000:]} if stderr else {})})
             return
         logger.info("batch job %s submitted as %s %s", bj["id"], self.adapter.name, scheduler_id)
-        self._update(bj["id"], state=B.queued, scheduler_id=scheduler_id,
-                     info={"submit_script": str(script), "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        if not self._update(bj["id"], state=B.queued, scheduler_id=scheduler_id,
+                            info={"submit_script": str(script), "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}):
+            # deleted by its owner while it was being submitted: nothing may run for a BatchJob that no longer exists
+            logger.info("batch job %s was deleted during its submission: cancelling %s %s", bj["id"], self.adapter.name, scheduler_id)
+            try:
+                self.adapter.delete(int(scheduler_id))
+            except BalsamError as exc:
+                logger.warning("batch job %s: cancelling %s after its deletion failed: %s", bj["id"], scheduler_id, exc)
 
     def _delete(self, bj: Dict[str, Any]) -> None:
         if bj["scheduler_id"] is None:
