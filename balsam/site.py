@@ -314,12 +314,43 @@ def check_site_settings(root: Path, settings: "SiteSettings") -> None:
         raise ConfigError(f"{path}: unknown name {unknown[0]!r} (templates may use: {', '.join(CONTEXT_KEYS)})")
 
 
-def refresh_site_row(store: "Store", settings: "SiteSettings") -> None:
-    """Copy the policy parts of settings.yml into the site row and stamp ``last_refresh``."""
+SETTINGS_STAMP_KEY = "settings_stamp"  # meta key: the settings.yml (mtime, size) the site row was copied from
+
+
+def settings_stamp(layout: "SiteLayout") -> str:
+    """settings.yml's modification time and size, as a string; empty if the file is missing."""
+    try:
+        st = layout.settings_path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def refresh_site_row(store: "Store", settings: "SiteSettings", stamp: Optional[str] = None) -> None:
+    """Copy the policy parts of settings.yml into the site row and stamp ``last_refresh`` (and the file's
+    ``stamp``, from :func:`settings_stamp`, when given)."""
     from balsam.db.site_row import update_site_row
 
     with store.write() as conn:
         update_site_row(conn, site_row_fields(settings), stamp=True)
+        if stamp is not None:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (SETTINGS_STAMP_KEY, stamp))
+
+
+def reread_settings_if_changed(store: "Store", layout: "SiteLayout") -> Optional["SiteSettings"]:
+    """settings.yml is the truth: when it changed (mtime or size) since the site row was copied from it, read
+    it again (checked as ``site sync`` checks it), copy its policies (queues, projects, transfer locations) into
+    the row and return the new settings; None when unchanged. An invalid file raises ConfigError naming the key,
+    and the row keeps the last good copy."""
+    from balsam.settings import load_settings
+
+    stamp = settings_stamp(layout)
+    if not stamp or store.get_meta(SETTINGS_STAMP_KEY) == stamp:
+        return None
+    settings = load_settings(layout.settings_path)
+    check_site_settings(layout.root, settings)
+    refresh_site_row(store, settings, stamp)
+    return settings
 
 
 def note_found_hardware(settings_text: str, settings: "SiteSettings", env: Mapping[str, str], host: str) -> str:
@@ -385,8 +416,12 @@ def init_site(
         layout.settings_path.write_text(settings_text)
         layout.job_template_path.write_text(template_text)
         (layout.state / "preset").write_text(preset + "\n")
-        Store.create(layout.db_path, layout.lock_path, layout.host_path, host, site_id=entry.id, name=name,
-                     uuid=site_uuid, path=str(root), site_fields=site_row_fields(settings))
+        store = Store.create(layout.db_path, layout.lock_path, layout.host_path, host, site_id=entry.id, name=name,
+                             uuid=site_uuid, path=str(root), site_fields=site_row_fields(settings))
+        try:  # the site row is a copy of this settings.yml: re-read only once the file changes
+            store.set_meta(SETTINGS_STAMP_KEY, settings_stamp(layout))
+        finally:
+            store.close()
     except BaseException:
         registry.unregister(name)
         if created_root:

@@ -64,3 +64,49 @@ def test_ls_term_rm(site: Any) -> None:
 
 def test_ls_empty(site: Any) -> None:
     assert "No BatchJobs active (see --history)." in ok("queue", "ls").stdout
+
+
+def test_dry_run_prints_the_script_and_command_and_submits_nothing(site: Any) -> None:
+    out = ok("queue", "submit", "-n", "1", "-t", "7", "-j", "serial", "--tag", "exp=a b", "--dry-run").stdout
+    lines = out.splitlines()
+    assert lines[0] == "# Dry run: nothing was submitted. BatchJob 1 at site test-site would be submitted as:"
+    assert lines[1] == f"# bash {site.path / 'qsubmit' / 'qlaunch1.sh'}"
+    assert "launcher --batch-job-id 1 -j serial -t 7 --tag 'exp=a b'" in out
+    assert BatchJob.objects.count() == 0 and not (site.path / "qsubmit" / "qlaunch1.sh").exists()
+    data = json.loads(ok("queue", "submit", "-n", "1", "-t", "7", "--dry-run", "--json").stdout)
+    assert data["command"] == ["bash", str(site.path / "qsubmit" / "qlaunch1.sh")] and data["script"].startswith("#!/bin/bash")
+    assert "allows at most 1 nodes" in fails("queue", "submit", "-n", "2", "-t", "5", "--dry-run", code=2)
+
+
+def test_dry_run_shows_the_real_schedulers_command_line(site: Any) -> None:
+    settings = site.path / "settings.yml"
+    text = settings.read_text().replace("type: local ", "type: slurm ").replace("local: {max_nodes: 1", "debug: {max_nodes: 8")
+    settings.write_text(text.replace("allowed_projects: [local]", "allowed_projects: [MyProj]"))
+    out = ok("queue", "submit", "-n", "4", "-t", "30", "-q", "debug", "-A", "MyProj", "--dry-run").stdout.splitlines()
+    assert out[1].startswith("# sbatch --parsable -o ") and "-A MyProj -p debug -N 4 -t 30" in out[1]
+    assert BatchJob.objects.count() == 0
+
+
+def test_show_prints_the_submitted_script(site: Any) -> None:
+    from balsam.services.scheduler import SchedulerService, scheduler_for
+    from balsam.settings import load_settings
+
+    ok("queue", "submit", "-n", "1", "-t", "5")
+    before = ok("queue", "show", "1").stdout
+    assert before.startswith("# BatchJob 1 (pending_submission) is not submitted yet; it would be submitted as:")
+    sched = load_settings(site.path / "settings.yml").scheduler
+    service = SchedulerService(site, sched, scheduler_for(site, sched))
+    service.run_cycle()  # the agent's submission: renders qsubmit/qlaunch1.sh and starts it
+    try:
+        out = ok("queue", "show", "1").stdout
+        script = site.path / "qsubmit" / "qlaunch1.sh"
+        assert out.splitlines()[0].startswith("# BatchJob 1 (") and f"was submitted with {script}:" in out
+        assert out.split("\n", 1)[1] == script.read_text()
+        assert json.loads(ok("queue", "show", "1", "--json").stdout)["script"] == script.read_text()
+        assert "no BatchJob 9" in fails("queue", "show", "9", code=1)
+    finally:
+        BatchJob.objects.get(id=1).delete()
+        for _ in range(100):
+            service.run_cycle()
+            if BatchJob.objects.count() == 0:
+                break

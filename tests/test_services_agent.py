@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -172,3 +173,33 @@ def test_the_agent_survives_a_full_disk_and_says_so(small_disk: Path) -> None:
         wait_for(lambda: agent_status(root).get("updated", 0) > time.time() - 10)  # its status is written again
     finally:
         stop_agent(root)
+
+
+def test_settings_yml_edits_take_effect_without_a_restart(site: Any) -> None:
+    """settings.yml is the truth: a new queue is usable at once from the API (no 'site sync', no restart); an
+    invalid edit is one error naming the key, and the running agent keeps the last good settings."""
+    from balsam.api import BatchJob
+    from balsam.exceptions import ConfigError
+
+    settings = site.path / "settings.yml"
+    good = settings.read_text()
+    pid = start_agent(site.path)
+    try:
+        with_debug = good.replace("  allowed_queues:\n", "  allowed_queues:\n    debug: {max_nodes: 1, max_wall_time_min: 30}\n")
+        settings.write_text(with_debug)
+        bj = BatchJob.objects.create(num_nodes=1, wall_time_min=20, queue="debug")  # the API re-reads the file
+        assert bj.queue == "debug"
+        settings.write_text(with_debug.replace("max_wall_time_min: 30}", "max_wall_time_min: 30, max_nodez: 2}"))
+        with pytest.raises(ConfigError, match=r"unknown setting scheduler\.allowed_queues\.debug\.max_nodez"):
+            BatchJob.objects.create(num_nodes=1, wall_time_min=20, queue="debug")
+        wait_for(lambda: "max_nodez" in agent_status(site.path).get("settings_error", ""))
+        status = agent_status(site.path)
+        assert status["running"] and status["pid"] == pid and "last good settings" in status["settings_error"]
+        fixed = with_debug.replace("debug: {max_nodes: 1, max_wall_time_min: 30}", "debug: {max_nodes: 1, max_wall_time_min: 45}")
+        settings.write_text(fixed)
+        wait_for(lambda: "settings_error" not in agent_status(site.path) and json.loads(
+            site.store.execute("SELECT allowed_queues FROM site")[0][0])["debug"]["max_wall_time_min"] == 45)  # the agent copied it
+        assert agent_status(site.path)["pid"] == pid
+        assert {"processing", "scheduler", "file_cleaner"} <= set(agent_status(site.path)["services"])
+    finally:
+        stop_agent(site.path)

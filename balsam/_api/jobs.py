@@ -530,6 +530,8 @@ class JobManager(Manager[Job]):
             entry[2].append(job._creation_row())
         for site, group, rows in groups.values():
             transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
+            if transfers:
+                _sites.current_policies(site)  # transfer locations come from settings.yml, which may have changed
             try:
                 ids, states, now = site.backend.create_jobs(rows, transfers, checked_app_versions=_checked_versions(group))
             except ValidationError:

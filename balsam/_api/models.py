@@ -290,6 +290,8 @@ class BatchJob(Model):
     def validate(self, conn: Any = None) -> None:
         """Check the BatchJob against the site's queues, projects and optional parameters (settings.yml)."""
         site = self.__dict__["_site"]
+        if conn is None:
+            _sites.current_policies(site)  # settings.yml edited since: its queues and projects count now
         d = self.__dict__
         fields = {k: d.get(k) for k in ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "partitions")}
         if conn is None and not site.is_home:
@@ -301,6 +303,7 @@ class BatchJob(Model):
         """Create the BatchJob (validated against the site's policies) or write changed fields."""
         site = self.__dict__["_site"]
         if self._is_new:
+            _sites.current_policies(site)  # settings.yml edited since: its queues and projects count now
             d = self.__dict__
             new_id = site.backend.create_batch_job(dict(
                 num_nodes=d["num_nodes"], wall_time_min=d["wall_time_min"], job_mode=d["job_mode"], queue=d["queue"],

@@ -65,6 +65,26 @@ class SiteRef:
         return _backend_for(self.path, self.host)
 
 
+_seen_stamps: Dict[Path, str] = {}
+
+
+def current_policies(ref: "SiteRef") -> None:
+    """Before checking new jobs or BatchJobs against a site's policies: if its settings.yml changed since this
+    process last looked (one stat), copy the new policies into the site row (ConfigError, naming the key, if the
+    edit is invalid). See :func:`balsam.site.reread_settings_if_changed`. Away from the home host the agent,
+    which watches the file itself, is the one that re-reads it."""
+    from balsam.site import reread_settings_if_changed, settings_stamp
+
+    if not ref.is_home:
+        return
+    layout = ref.layout
+    stamp = settings_stamp(layout)
+    if _seen_stamps.get(ref.path) == stamp:
+        return
+    reread_settings_if_changed(ref.store, layout)
+    _seen_stamps[ref.path] = stamp
+
+
 _lock = threading.Lock()
 _stores: Dict[Path, Store] = {}
 _backends: Dict[Path, Backend] = {}

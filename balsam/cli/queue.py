@@ -53,11 +53,12 @@ def batch_job_dict(b: Any, site_name: Optional[str]) -> Dict[str, Any]:
 @click.option("-p", "--part", "partitions", multiple=True, metavar="MODE:NODES[:K=V,...]",
               help="A partition of the allocation with its own mode and tags (repeatable; nodes must add up to -n).")
 @kv_option("-x", "--extra-param", "optional_params", help="Extra job-template parameter KEY=VALUE")
+@click.option("--dry-run", is_flag=True, help="Print the batch script and the scheduler command line; submit nothing.")
 @site_option("The site (default: the current site).")
 @json_option()
 def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], project: Optional[str], job_mode: str,
-                 filter_tags: Dict[str, str], partitions: Tuple[str, ...], optional_params: Dict[str, str], sites: Sequence[str],
-                 as_json: bool) -> None:
+                 filter_tags: Dict[str, str], partitions: Tuple[str, ...], optional_params: Dict[str, str], dry_run: bool,
+                 sites: Sequence[str], as_json: bool) -> None:
     """Ask the site agent to submit a BatchJob (checked against the site's queues and projects first).
 
     \b
@@ -65,11 +66,21 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
       balsam queue submit -n 1 -t 10 -q local -A local -j mpi
       balsam queue submit -n 128 -t 60 -q prod -A MyProj -j serial --tag workflow=sweep
       balsam queue submit -n 4 -t 30 -q debug -A MyProj -p mpi:1:role=leader -p serial:3:role=worker
+      balsam queue submit -n 1 -t 10 --dry-run                        (show the script and sbatch/qsub line)
       balsam submit-launch -n 2 -t 20 -q debug -A MyProj -j mpi      (the Balsam 0.x name)
     """
     from balsam.api import BatchJob
 
     ref = one_site(sites, "queue submit")
+    if dry_run:
+        draft = BatchJob(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue_name, project=project,
+                         optional_params=optional_params, filter_tags=filter_tags, partitions=list(partitions) or None,
+                         site_id=ref.id)
+        draft.validate()
+        last = list(BatchJob.objects.filter(site_id=ref.id).order_by("-id")[:1])
+        _show_submission(ref, draft, (int(last[0].id) + 1) if last else 1, as_json,
+                         f"Dry run: nothing was submitted. BatchJob {{id}} at site {ref.name} would be submitted as:")
+        return
     bj = BatchJob.objects.create(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue_name, project=project,
                                  optional_params=optional_params, filter_tags=filter_tags, partitions=list(partitions) or None,
                                  site_id=ref.id)
@@ -78,6 +89,69 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
         return
     click.echo(f"Submitted BatchJob {bj.id} at site {ref.name}: {bj.num_nodes} nodes, {bj.wall_time_min} min, {bj.job_mode} mode, "
                f"queue {bj.queue}, project {bj.project} ({bj.state}; the site agent submits it)")
+
+
+def _show_submission(ref: Any, bj: Any, bj_id: int, as_json: bool, heading: str) -> None:
+    """Print the batch script and scheduler command line the agent would use for ``bj`` (given id ``bj_id``)."""
+    import shlex
+
+    from balsam.services.scheduler import preview_submission
+    from balsam.settings import load_settings
+
+    settings = load_settings(ref.layout.settings_path)
+    fields = {"id": bj_id, "num_nodes": bj.num_nodes, "wall_time_min": bj.wall_time_min, "job_mode": bj.job_mode,
+              "queue": bj.queue, "project": bj.project, "optional_params": dict(bj.optional_params or {}),
+              "filter_tags": dict(bj.filter_tags or {}), "partitions": bj.partitions}
+    text, path, argv = preview_submission(ref, settings.scheduler, fields)
+    if as_json:
+        echo_json({"batch_job_id": bj_id, "site": ref.name, "script_path": str(path), "script": text, "command": argv})
+        return
+    click.echo(f"# {heading.format(id=bj_id)}")
+    click.echo(f"# {shlex.join(argv)}")
+    click.echo(f"# ---- {path} ----")
+    click.echo(text.rstrip("\n"))
+
+
+@queue.command("show")
+@click.argument("batch_job_id", type=int)
+@site_option()
+@json_option()
+def queue_show(batch_job_id: int, sites: Sequence[str], as_json: bool) -> None:
+    """Show the batch script a BatchJob was submitted with (or, before submission, the one it will get).
+
+    \b
+    Examples:
+      balsam queue show 3
+      balsam queue show 3 --json
+    """
+    from pathlib import Path
+
+    from balsam._api import sites as site_refs
+    from balsam.api import BatchJob
+
+    refs, scope = scope_sites(sites)
+    found = list(BatchJob.objects.filter(id=batch_job_id, **scope)[:2])
+    if not found:
+        raise CLIError(f"no BatchJob {batch_job_id} at {', '.join(r.name for r in refs)} (see 'balsam queue ls --history')", 1)
+    if len(found) > 1:
+        raise CLIError(f"BatchJob {batch_job_id} exists at several sites: choose one with --site", 2)
+    bj = found[0]
+    ref = next(r for r in refs if r.id == bj.site_id) if any(r.id == bj.site_id for r in refs) else site_refs.resolve(str(bj.site_id))
+    submitted = (bj.status_info or {}).get("submit_script")
+    if not submitted:
+        _show_submission(ref, bj, int(bj.id), as_json, f"BatchJob {{id}} ({bj.state}) is not submitted yet; it would be submitted as:")
+        return
+    path = Path(submitted)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CLIError(f"BatchJob {bj.id} was submitted with {path}, which cannot be read now: {exc.strerror or exc}", 1) from None
+    if as_json:
+        echo_json({"batch_job_id": bj.id, "site": ref.name, "state": bj.state, "scheduler_id": bj.scheduler_id,
+                   "script_path": str(path), "script": text})
+        return
+    click.echo(f"# BatchJob {bj.id} ({bj.state}, scheduler id {bj.scheduler_id}) was submitted with {path}:")
+    click.echo(text.rstrip("\n"))
 
 
 @queue.command("ls")

@@ -80,6 +80,8 @@ def format_status(status: Dict[str, Any]) -> str:
     if disk.get("full"):
         lines.append(f"disk: FULL ({disk.get('free_bytes', 0)} bytes free on {disk.get('path')}): nothing new can be "
                      "recorded until space is freed; the agent retries with backoff")
+    if status.get("settings_error"):
+        lines.append(f"settings.yml: {status['settings_error']}")
     for name, h in sorted(status.get("services", {}).items()):
         health = "ok" if not h.get("last_error") else "ERROR"
         backlog = "" if h.get("backlog") is None else f", backlog {h['backlog']}"

@@ -336,7 +336,8 @@ def site_sync(sites: Sequence[str]) -> None:
     """Re-read settings.yml, validate it (and the scheduler type and job template it names), and refresh the
     site's policies (queues, projects, transfers).
 
-    The DB keeps a copy of these policies, which 'queue submit' and job creation check against.
+    The DB keeps a copy of these policies, which 'queue submit' and job creation check against; the agent, the
+    CLI and the API also re-read settings.yml by themselves when it changes (its modification time).
 
     \b
     Example:
@@ -344,9 +345,10 @@ def site_sync(sites: Sequence[str]) -> None:
     """
     from balsam.cli._common import one_site
     from balsam.settings import load_settings
-    from balsam.site import check_site_settings, refresh_site_row
+    from balsam.site import check_site_settings, refresh_site_row, settings_stamp
 
     ref = one_site(sites, "site sync")
+    stamp = settings_stamp(ref.layout)
     settings = load_settings(ref.layout.settings_path)
     from balsam.settings_aliases import notes_for_file
 
@@ -357,7 +359,7 @@ def site_sync(sites: Sequence[str]) -> None:
 
     for alias, url in settings.transfers.transfer_locations.items():
         parse_location(alias, url)  # a bad URL, or globus:// without globus-sdk, is one clear error
-    refresh_site_row(ref.store, settings)
+    refresh_site_row(ref.store, settings, stamp)
     queues = ", ".join(sorted(settings.scheduler.allowed_queues)) or "none"
     click.echo(f"Site {ref.name}: settings.yml is valid; policies refreshed (queues: {queues}; "
                f"projects: {', '.join(settings.scheduler.allowed_projects) or 'none'})")

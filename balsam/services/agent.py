@@ -24,12 +24,12 @@ from typing import Any, Dict, List, Optional
 
 from balsam import __version__
 from balsam._api import sites as _sites
-from balsam.exceptions import ServiceError
+from balsam.exceptions import ConfigError, ServiceError
 from balsam.pidfile import pid_file, pid_file_held, read_pid
 from balsam.runtime import balsam_argv, subprocess_env
 from balsam.services.base import Service, ServiceThread
 from balsam.settings import SiteSettings, load_settings
-from balsam.site import SiteLayout, check_site_settings, refresh_site_row, this_host
+from balsam.site import SiteLayout, check_site_settings, refresh_site_row, reread_settings_if_changed, settings_stamp, this_host
 
 logger = logging.getLogger("balsam.agent")
 STATUS_PERIOD_S = 2.0
@@ -49,14 +49,12 @@ def status_path(layout: SiteLayout) -> Path:
 
 def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str) -> List[Service]:
     """Every service the settings ask for, each given its own section."""
-    from balsam.platforms.schedulers import get_scheduler
     from balsam.services.file_cleaner import FileCleanerService
     from balsam.services.processing import ProcessingService
-    from balsam.services.scheduler import SchedulerService
+    from balsam.services.scheduler import SchedulerService, scheduler_for
 
     sched = settings.scheduler
-    adapter = get_scheduler(sched.type, timeout_s=sched.command_timeout_s, options=sched.options,
-                            state_dir=site.layout.state / "local-jobs")
+    adapter = scheduler_for(site, sched)
     services: List[Service] = [
         ProcessingService(site, settings.processing, settings.session, host),
         SchedulerService(site, sched, adapter),
@@ -108,7 +106,8 @@ def disk_state(path: Path) -> Dict[str, Any]:
     return {"path": str(path), "free_bytes": free, "full": free < min(DISK_FULL_BYTES, 0.02 * total)}
 
 
-def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool, api_url: str = "") -> bool:
+def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool, api_url: str = "",
+                  settings_error: str = "") -> bool:
     """Write the agent's health for ``site status``. A failed write (a full disk) is logged, at most once a
     minute, and never stops the agent: its services keep serving what they can."""
     status = {
@@ -116,6 +115,8 @@ def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: flo
         "running": running, "services": {t.service.name: t.health() for t in threads}, "api_url": api_url,
         "disk": disk_state(layout.root),
     }
+    if settings_error:
+        status["settings_error"] = settings_error
     tmp = status_path(layout).with_suffix(".tmp")
     try:
         tmp.write_text(json.dumps(status, indent=1))
@@ -139,6 +140,7 @@ def run_agent(site_root: Path) -> int:
     _setup_logging(layout)
     stop = threading.Event()
     with pid_file(pid_path(layout)):
+        stamp = settings_stamp(layout)
         settings = load_settings(layout.settings_path)
         logging.getLogger().setLevel(settings.logging.level)
         check_site_settings(root, settings)
@@ -149,17 +151,19 @@ def run_agent(site_root: Path) -> int:
         host = this_host()
         if site.host != host:
             raise ServiceError(f"site {site.name} belongs to host {site.host}; start its agent there")
-        refresh_site_row(site.store, settings)
+        refresh_site_row(site.store, settings, stamp)
         _sites.use_site(root)  # hooks that create jobs default to this site
         services = build_services(site, settings, host)
+        generation = threading.Event()  # set to stop this generation of services (a settings change or the end)
 
         def on_signal(signum: int, _frame: Any) -> None:
             logger.info("received %s: stopping", signal.Signals(signum).name)
             stop.set()
+            generation.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        threads = [ServiceThread(s, stop) for s in services]
+        threads = [ServiceThread(s, generation) for s in services]
         started = time.time()
         logger.info("agent %s starting on %s for site %s (%s): %s", __version__, host, site.name, root,
                     ", ".join(s.name for s in services))
@@ -168,10 +172,12 @@ def run_agent(site_root: Path) -> int:
         # Every other host (login nodes, compute nodes) reaches the DB through the /v1 API (DESIGN.md section 3).
         from balsam.services.api_server import start_api_server
 
+        bad_stamp = settings_error = ""
         try:
             api = start_api_server(root, site.store, settings.api, host=host, expiry_s=settings.session.expiry_s)
         except BaseException:
             stop.set()
+            generation.set()
             for t in threads:
                 t.join(timeout=60)
             raise
@@ -179,9 +185,29 @@ def run_agent(site_root: Path) -> int:
         try:
             _write_status(layout, threads, started, True, api.url)
             while not stop.wait(STATUS_PERIOD_S):
-                _write_status(layout, threads, started, True, api.url)
+                new_stamp = settings_stamp(layout)
+                if new_stamp != stamp and new_stamp != bad_stamp:
+                    try:  # settings.yml is the truth: an edit takes effect without a restart
+                        new_settings = reread_settings_if_changed(site.store, layout)
+                    except ConfigError as exc:
+                        bad_stamp, settings_error = new_stamp, f"{exc} (the agent runs on the last good settings)"
+                        logger.error("settings.yml changed but is invalid; still running on the last good settings: %s", exc)
+                    else:
+                        stamp, settings_error = new_stamp, ""
+                        if new_settings is not None and new_settings != settings:
+                            logger.info("settings.yml changed: restarting the services with the new settings")
+                            generation.set()
+                            for t in threads:
+                                t.join(timeout=60)
+                            settings = new_settings
+                            generation = threading.Event()
+                            threads = [ServiceThread(s, generation) for s in build_services(site, settings, host)]
+                            for t in threads:
+                                t.start()
+                _write_status(layout, threads, started, True, api.url, settings_error)
         finally:
             api.stop()
+        generation.set()
         for t in threads:
             t.join(timeout=60)
         _write_status(layout, threads, started, False)

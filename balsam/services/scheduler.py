@@ -234,3 +234,23 @@ class SchedulerService(Service):
                 logger.info("backfill windows unavailable: %s", exc)
         with self.site.store.write() as conn:
             update_site_row(conn, fields)
+
+
+def scheduler_for(site: SiteRef, settings: SchedulerSettings) -> Scheduler:
+    """The scheduler adapter the site's settings name (what the agent submits through)."""
+    from balsam.platforms.schedulers import get_scheduler
+
+    return get_scheduler(settings.type, timeout_s=settings.command_timeout_s, options=settings.options,
+                         state_dir=site.layout.state / "local-jobs")
+
+
+def preview_submission(site: SiteRef, settings: SchedulerSettings, bj: Dict[str, Any]) -> Tuple[str, Path, List[str]]:
+    """What the agent would submit for the BatchJob fields ``bj`` (validated, with an ``id``): the rendered batch
+    script, where it would be written, and the scheduler command line. Nothing is written or submitted."""
+    service = SchedulerService(site, settings, scheduler_for(site, settings))
+    script = service.script_path(int(bj["id"]))
+    text = service.render_script(bj)
+    argv = service.adapter.submit_argv(script, project=bj["project"], queue=bj["queue"], num_nodes=bj["num_nodes"],
+                                       wall_time_min=bj["wall_time_min"], job_name=f"balsam-{bj['id']}",
+                                       optional_params=bj["optional_params"], cwd=site.path)
+    return text, script, argv

@@ -236,6 +236,21 @@ class Scheduler(ABC):
     ) -> int:
         """Submit a rendered batch script; return the scheduler's job id. Output goes to ``<script>.output``."""
 
+    def submit_argv(
+        self,
+        script_path: PathLike,
+        *,
+        project: str,
+        queue: str,
+        num_nodes: int,
+        wall_time_min: int,
+        job_name: str = "",
+        optional_params: Optional[Mapping[str, str]] = None,
+        cwd: Optional[PathLike] = None,
+    ) -> List[str]:
+        """The command :meth:`submit` would run (pure), for ``balsam queue submit --dry-run``."""
+        raise SchedulerError(f"{self.name}: this scheduler cannot show its submit command")
+
     @abstractmethod
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None

@@ -275,6 +275,30 @@ class PBSScheduler(Scheduler):
     can_report_backfill = True
     options_help = {"select_suffix": "appended to select=N, e.g. :system=polaris (a command-line -l select replaces the script's)"}
 
+    def submit_argv(
+        self,
+        script_path: PathLike,
+        *,
+        project: str,
+        queue: str,
+        num_nodes: int,
+        wall_time_min: int,
+        job_name: str = "",
+        optional_params: Optional[Mapping[str, str]] = None,
+        cwd: Optional[PathLike] = None,
+    ) -> List[str]:
+        """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
+        return render_submit(
+            script_path,
+            project=project,
+            queue=queue,
+            num_nodes=num_nodes,
+            wall_time_min=wall_time_min,
+            job_name=job_name,
+            optional_params=optional_params,
+            select_suffix=self.options.get("select_suffix", ""),
+        )
+
     def submit(
         self,
         script_path: PathLike,
@@ -289,16 +313,8 @@ class PBSScheduler(Scheduler):
         env: Optional[Mapping[str, str]] = None,
     ) -> int:
         """``qsub``; the numeric part of the job id it prints."""
-        argv = render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            job_name=job_name,
-            optional_params=optional_params,
-            select_suffix=self.options.get("select_suffix", ""),
-        )
+        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
+                                job_name=job_name, optional_params=optional_params, cwd=cwd)
         return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(

@@ -215,6 +215,32 @@ class SGEScheduler(Scheduler):
         """Slots per Balsam node (option ``slots_per_node``, default 1)."""
         return as_int(self.options.get("slots_per_node", "1"), "slots_per_node", minimum=1)
 
+    def submit_argv(
+        self,
+        script_path: PathLike,
+        *,
+        project: str,
+        queue: str,
+        num_nodes: int,
+        wall_time_min: int,
+        job_name: str = "",
+        optional_params: Optional[Mapping[str, str]] = None,
+        cwd: Optional[PathLike] = None,
+    ) -> List[str]:
+        """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
+        return render_submit(
+            script_path,
+            project=project,
+            queue=queue,
+            num_nodes=num_nodes,
+            wall_time_min=wall_time_min,
+            job_name=job_name,
+            optional_params=optional_params,
+            pe=self.options.get("pe", ""),
+            slots_per_node=self.slots_per_node,
+            cwd=cwd,
+        )
+
     def submit(
         self,
         script_path: PathLike,
@@ -229,18 +255,8 @@ class SGEScheduler(Scheduler):
         env: Optional[Mapping[str, str]] = None,
     ) -> int:
         """``qsub -terse``; the job id it prints."""
-        argv = render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            job_name=job_name,
-            optional_params=optional_params,
-            pe=self.options.get("pe", ""),
-            slots_per_node=self.slots_per_node,
-            cwd=cwd,
-        )
+        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
+                                job_name=job_name, optional_params=optional_params, cwd=cwd)
         return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(

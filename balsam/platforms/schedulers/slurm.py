@@ -267,6 +267,30 @@ class SlurmScheduler(Scheduler):
             raise ConfigError(f"scheduler slurm: option queue_option must be one of {', '.join(QUEUE_OPTIONS)}, got {value!r}")
         return value
 
+    def submit_argv(
+        self,
+        script_path: PathLike,
+        *,
+        project: str,
+        queue: str,
+        num_nodes: int,
+        wall_time_min: int,
+        job_name: str = "",
+        optional_params: Optional[Mapping[str, str]] = None,
+        cwd: Optional[PathLike] = None,
+    ) -> List[str]:
+        """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
+        return render_submit(
+            script_path,
+            project=project,
+            queue=queue,
+            num_nodes=num_nodes,
+            wall_time_min=wall_time_min,
+            job_name=job_name,
+            optional_params=optional_params,
+            queue_option=self.queue_option,
+        )
+
     def submit(
         self,
         script_path: PathLike,
@@ -281,16 +305,8 @@ class SlurmScheduler(Scheduler):
         env: Optional[Mapping[str, str]] = None,
     ) -> int:
         """``sbatch --parsable``; the job id it prints."""
-        argv = render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            job_name=job_name,
-            optional_params=optional_params,
-            queue_option=self.queue_option,
-        )
+        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
+                                job_name=job_name, optional_params=optional_params, cwd=cwd)
         return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
