@@ -3,7 +3,7 @@
 
 What goes in:
 - the ``balsam`` package from this source tree (Python files and package data: presets, templates, web assets);
-- its pure-Python dependencies (click, jinja2, markupsafe, pyyaml; starlette, uvicorn, h11, wsproto and theirs), at the versions pinned in
+- its pure-Python dependencies (click, jinja2, markupsafe, pyyaml, cloudpickle; starlette, uvicorn, h11, wsproto and theirs), at the versions pinned in
   ``zipapp-requirements.txt`` (chosen to support every Python Balsam supports), read from their wheels
   (downloaded once into ``build/wheels/``; ``--deps-from-env`` copies the installed distributions instead,
   for a build machine without PyPI). Their optional C speedups are left out: a zip cannot load compiled
@@ -41,8 +41,8 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Tuple
 
 ROOT = Path(__file__).resolve().parent
-PURE_DEPS = ("click", "jinja2", "markupsafe", "pyyaml", "starlette", "uvicorn", "h11", "wsproto", "anyio", "idna", "sniffio",
-             "typing_extensions", "exceptiongroup")
+PURE_DEPS = ("click", "jinja2", "markupsafe", "pyyaml", "cloudpickle", "starlette", "uvicorn", "h11", "wsproto", "anyio", "idna",
+             "sniffio", "typing_extensions", "exceptiongroup")
 NATIVE_DEPS = ("psutil",)
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".c", ".h", ".pyx")

@@ -251,3 +251,65 @@ def test_insert_jobs_rechecks_parameters_against_the_stored_app(site: Any, hello
         with site.store.write() as conn:
             job_db.insert_jobs(conn, [job_db.new_job_row("a", app_id, parameters={"say_hello_to": "x", "bogus": 1})])
     assert Job.objects.count() == 0
+
+
+STDIN_APP = """
+import math
+from balsam.api import ApplicationDefinition
+
+SCALE = 10
+
+def helper(x):
+    return math.sqrt(x) * SCALE
+
+class FromStdin(ApplicationDefinition):
+    site = "test-site"
+
+    def run(self, x):
+        return {"value": helper(x), "python": list(__import__("sys").version_info[:2])}
+
+FromStdin.sync()
+print(FromStdin.__app_id__)
+"""
+
+
+@pytest.mark.parametrize("how", ["stdin", "dash-c"])
+def test_apps_defined_without_a_source_file_are_stored_by_value_and_run(site: Any, balsam_home: Path, how: str) -> None:
+    """``python - <<EOF`` and ``python -c``: no source file exists, so sync stores the class by value (cloudpickle)
+    with its Python version; a launcher loads and runs it, helpers and module constants included."""
+    pytest.importorskip("cloudpickle")
+    import pickle
+
+    from tests.launcher_support import job_row, run, runnable, states
+
+    env = {**__import__("os").environ, "BALSAM_HOME": str(balsam_home)}
+    argv = [sys.executable, "-"] if how == "stdin" else [sys.executable, "-c", STDIN_APP]
+    proc = subprocess.run(argv, input=STDIN_APP if how == "stdin" else None, capture_output=True, text=True, env=env, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    app = App.objects.get(name="FromStdin")
+    assert app.source_code.startswith(f"#!balsam-app cloudpickle-v1 python={sys.version_info[0]}.{sys.version_info[1]}")
+    assert json.loads(site.store.execute("SELECT serialized_class FROM app WHERE name='FromStdin'")[0][0])["format"] == "cloudpickle-v1"
+    cls = ApplicationDefinition.load_by_name("FromStdin")
+    assert cls.__name__ == "FromStdin" and cls(None).run(4) == {"value": 20.0, "python": list(sys.version_info[:2])}
+    job = Job(workdir="stdin/1", app_id=app.id, parameters={"x": 9})
+    job.save()
+    [job_id] = runnable(site.store, [job])
+    assert run(site, "mpi") == 0
+    assert states(site.store, [job_id]) == {job_id: "RUN_DONE"}
+    assert pickle.loads(job_row(site.store, job_id)["serialized_return_value"]) == {"value": 30.0, "python": list(sys.version_info[:2])}
+
+
+def test_an_app_stored_by_value_is_refused_with_the_reason_on_another_python(site: Any) -> None:
+    from balsam._api.appsource import PICKLED_HEADER, load_source
+
+    other = "2.7" if sys.version_info[:2] != (2, 7) else "3.99"
+    stored = f"{PICKLED_HEADER}{other} cloudpickle=3.1.1\n# note\nAAAA\n"
+    with pytest.raises(AppError, match=rf"defined without a source file on Python {other} .* this node runs Python "
+                                       rf"{sys.version_info[0]}\.{sys.version_info[1]} .* launcher.python_exe"):
+        load_source(stored, "FromStdin", "_balsam_app_x", ApplicationDefinition)
+
+
+def test_apps_with_a_source_file_still_ship_readable_source(site: Any) -> None:
+    Derived.sync()
+    source = App.objects.get(name="Derived").source_code
+    assert "class Derived" in source and "cloudpickle" not in source

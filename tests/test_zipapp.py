@@ -45,7 +45,7 @@ def test_contents_and_build_info(pyz: Path) -> None:
     assert any(n.startswith("_balsam_native/psutil/") and ".so" in n for n in names)
     assert not any("mpi4py" in n for n in names)
     assert set(info["dependencies"]) == {"balsam", "click", "jinja2", "markupsafe", "pyyaml", "psutil", "starlette", "uvicorn", "h11",
-                                         "wsproto", "anyio", "idna", "sniffio", "typing_extensions", "exceptiongroup"}
+                                         "wsproto", "anyio", "idna", "sniffio", "typing_extensions", "exceptiongroup", "cloudpickle"}
     assert info["dependencies"]["click"] == "8.1.8"  # pinned in zipapp-requirements.txt, supports Python 3.9
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple, Union
 
 from balsam._api import sites as _sites
-from balsam._api.appsource import capture_source, load_source
+from balsam._api.appsource import capture_source, load_source, pickle_class
 from balsam._api.command import compile_command, template_variables
 from balsam.db.codec import dumps
 from balsam.db.transfers import check_local_path
@@ -268,8 +268,13 @@ class ApplicationDefinition(metaclass=_AppMeta):
 
         cls._require_concrete()
         site = cls._site_ref()
-        source = capture_source(cls, ApplicationDefinition)
-        meta = dumps({"format": "source-v1", "class_name": cls.__name__, "module": cls.__module__,
+        try:
+            source, form = capture_source(cls, ApplicationDefinition), "source-v1"
+        except AppError as exc:
+            if "cannot find the source code" not in str(exc):
+                raise
+            source, form = pickle_class(cls), "cloudpickle-v1"  # python -c, stdin, the REPL: stored by value
+        meta = dumps({"format": form, "class_name": cls.__name__, "module": cls.__module__,
                       "python": ".".join(map(str, sys.version_info[:3]))})
         fields = {"name": cls.__name__, "description": inspect.cleandoc(cls.__doc__ or ""), "kind": cls._balsam_kind,
                   "serialized_class": meta, "source_code": source, "parameters": dumps(cls._balsam_params),

@@ -227,7 +227,9 @@ def _unresolved(source: str, base: type) -> List[str]:
 
 
 def load_source(source: str, class_name: str, module_name: str, base: type) -> type:
-    """Execute stored app source in a fresh module and return the class."""
+    """Execute stored app source in a fresh module and return the class (or load one stored by value)."""
+    if is_pickled(source):
+        return load_pickled(source, class_name)
     filename = f"<balsam app {module_name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType(module_name)
@@ -240,4 +242,68 @@ def load_source(source: str, class_name: str, module_name: str, base: type) -> t
     cls = module.__dict__.get(class_name)
     if not isinstance(cls, type):
         raise AppError(f"app {class_name}: its stored code does not define class {class_name}")
+    return cls
+
+
+# ------------------------------------------------------------------------------------------ apps without source
+# A class defined in ``python -c``, ``python - <<EOF`` or the plain REPL has no source Python can find. Such a
+# class is stored by value (cloudpickle) instead, in the same app row that only sync writes (the site owner's
+# code, exactly like source, which the site executes too): nothing a user puts in job parameters, tags or data
+# ever takes this form or reaches this loader. Byte-code is tied to the Python version, so the version is
+# recorded and a node with another one refuses the app with a clear error instead of crashing on it.
+PICKLED_HEADER = "#!balsam-app cloudpickle-v1 python="
+
+
+def pickle_class(cls: type) -> str:
+    """``cls`` by value, as the text stored in the app's ``source_code`` (header, note, base64)."""
+    import base64
+
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise AppError(f"cannot find the source code of {cls.__qualname__}, and cloudpickle (which stores such classes "
+                       "by value) is not installed: pip install cloudpickle, or define the app in a file") from None
+    try:
+        data = cloudpickle.dumps(cls, protocol=4)
+    except Exception as exc:
+        raise AppError(f"cannot find the source code of {cls.__qualname__}, and it cannot be stored by value either: "
+                       f"{type(exc).__name__}: {exc}") from None
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    body = base64.encodebytes(data).decode("ascii")
+    return (f"{PICKLED_HEADER}{version} cloudpickle={cloudpickle.__version__}\n"
+            f"# {cls.__name__} was defined where Python keeps no source (python -c, a pipe, the interactive prompt),\n"
+            f"# so it is stored by value and loads only on Python {version}. Define it in a file to ship readable source.\n"
+            f"{body}")
+
+
+def is_pickled(source: str) -> bool:
+    """True for app code stored by :func:`pickle_class`."""
+    return source.startswith(PICKLED_HEADER)
+
+
+def load_pickled(source: str, class_name: str) -> type:
+    """The class stored by :func:`pickle_class`; AppError, saying what to do, when this Python cannot load it."""
+    import base64
+    import pickle
+
+    header, _, rest = source.partition("\n")
+    fields = dict(part.split("=", 1) for part in header[len("#!balsam-app "):].split()[1:] if "=" in part)
+    wanted = fields.get("python", "?")
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if wanted != here:
+        raise AppError(f"app {class_name} was defined without a source file on Python {wanted} and is stored as Python "
+                       f"{wanted} byte-code; this node runs Python {here} ({sys.executable}), which cannot load it: "
+                       f"set launcher.python_exe to a Python {wanted}, or define the app in a file and sync it again")
+    try:
+        import cloudpickle  # noqa: F401 - its functions are named inside the pickle
+    except ImportError:
+        raise AppError(f"app {class_name} is stored by value (cloudpickle) and cloudpickle is not installed here") from None
+    payload = "".join(line for line in rest.splitlines() if line and not line.startswith("#"))
+    try:
+        cls = pickle.loads(base64.decodebytes(payload.encode("ascii")))  # the site owner's code, from sync only
+    except Exception as exc:
+        raise AppError(f"app {class_name}: its stored class failed to load (stored with cloudpickle "
+                       f"{fields.get('cloudpickle', '?')}): {type(exc).__name__}: {exc}") from None
+    if not isinstance(cls, type) or cls.__name__ != class_name:
+        raise AppError(f"app {class_name}: its stored value is not the class {class_name}")
     return cls
