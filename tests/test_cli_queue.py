@@ -68,13 +68,15 @@ def test_ls_empty(site: Any) -> None:
 
 def test_dry_run_prints_the_script_and_command_and_submits_nothing(site: Any) -> None:
     out = ok("queue", "submit", "-n", "1", "-t", "7", "-j", "serial", "--tag", "exp=a b", "--dry-run").stdout
-    lines = out.splitlines()
-    assert lines[0] == "# Dry run: nothing was submitted. BatchJob 1 at site test-site would be submitted as:"
-    assert lines[1] == f"# bash {site.path / 'qsubmit' / 'qlaunch1.sh'}"
-    assert "launcher --batch-job-id 1 -j serial -t 7 --tag 'exp=a b'" in out
-    assert BatchJob.objects.count() == 0 and not (site.path / "qsubmit" / "qlaunch1.sh").exists()
     data = json.loads(ok("queue", "submit", "-n", "1", "-t", "7", "--dry-run", "--json").stdout)
-    assert data["command"] == ["bash", str(site.path / "qsubmit" / "qlaunch1.sh")] and data["script"].startswith("#!/bin/bash")
+    new_id = data["batch_job_id"]
+    lines = out.splitlines()
+    assert lines[0] == f"# Dry run: nothing was submitted. BatchJob {new_id} at site test-site would be submitted as:"
+    assert lines[1] == f"# bash {site.path / 'qsubmit' / f'qlaunch{new_id}.sh'}"
+    assert f"launcher --batch-job-id {new_id} -j serial -t 7 --tag 'exp=a b'" in out
+    assert BatchJob.objects.count() == 0 and not list((site.path / "qsubmit").glob("*.sh"))
+    assert data["command"] == ["bash", str(site.path / "qsubmit" / f"qlaunch{new_id}.sh")] and data["script"].startswith("#!/bin/bash")
+    assert json.loads(ok("queue", "submit", "-n", "1", "-t", "7", "--json").stdout)["id"] == new_id  # the id it said
     assert "allows at most 1 nodes" in fails("queue", "submit", "-n", "2", "-t", "5", "--dry-run", code=2)
 
 
@@ -91,21 +93,21 @@ def test_show_prints_the_submitted_script(site: Any) -> None:
     from balsam.services.scheduler import SchedulerService, scheduler_for
     from balsam.settings import load_settings
 
-    ok("queue", "submit", "-n", "1", "-t", "5")
-    before = ok("queue", "show", "1").stdout
-    assert before.startswith("# BatchJob 1 (pending_submission) is not submitted yet; it would be submitted as:")
+    bid = str(json.loads(ok("queue", "submit", "-n", "1", "-t", "5", "--json").stdout)["id"])
+    before = ok("queue", "show", bid).stdout
+    assert before.startswith(f"# BatchJob {bid} (pending_submission) is not submitted yet; it would be submitted as:")
     sched = load_settings(site.path / "settings.yml").scheduler
     service = SchedulerService(site, sched, scheduler_for(site, sched))
     service.run_cycle()  # the agent's submission: renders qsubmit/qlaunch1.sh and starts it
     try:
-        out = ok("queue", "show", "1").stdout
-        script = site.path / "qsubmit" / "qlaunch1.sh"
-        assert out.splitlines()[0].startswith("# BatchJob 1 (") and f"was submitted with {script}:" in out
+        out = ok("queue", "show", bid).stdout
+        script = site.path / "qsubmit" / f"qlaunch{bid}.sh"
+        assert out.splitlines()[0].startswith(f"# BatchJob {bid} (") and f"was submitted with {script}:" in out
         assert out.split("\n", 1)[1] == script.read_text()
-        assert json.loads(ok("queue", "show", "1", "--json").stdout)["script"] == script.read_text()
+        assert json.loads(ok("queue", "show", bid, "--json").stdout)["script"] == script.read_text()
         assert "no BatchJob 9" in fails("queue", "show", "9", code=1)
     finally:
-        BatchJob.objects.get(id=1).delete()
+        BatchJob.objects.get(id=int(bid)).delete()
         for _ in range(100):
             service.run_cycle()
             if BatchJob.objects.count() == 0:

@@ -77,8 +77,7 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
                          optional_params=optional_params, filter_tags=filter_tags, partitions=list(partitions) or None,
                          site_id=ref.id)
         draft.validate()
-        last = list(BatchJob.objects.filter(site_id=ref.id).order_by("-id")[:1])
-        _show_submission(ref, draft, (int(last[0].id) + 1) if last else 1, as_json,
+        _show_submission(ref, draft, None, as_json,
                          f"Dry run: nothing was submitted. BatchJob {{id}} at site {ref.name} would be submitted as:")
         return
     bj = BatchJob.objects.create(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue_name, project=project,
@@ -91,8 +90,8 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
                f"queue {bj.queue}, project {bj.project} ({bj.state}; the site agent submits it)")
 
 
-def _show_submission(ref: Any, bj: Any, bj_id: int, as_json: bool, heading: str) -> None:
-    """Print the batch script and scheduler command line the agent would use for ``bj`` (given id ``bj_id``)."""
+def _show_submission(ref: Any, bj: Any, bj_id: Optional[int], as_json: bool, heading: str) -> None:
+    """Print the batch script and scheduler command line the agent would use for ``bj`` (id ``bj_id``; None: new)."""
     import shlex
 
     from balsam.services.scheduler import preview_submission
@@ -102,7 +101,7 @@ def _show_submission(ref: Any, bj: Any, bj_id: int, as_json: bool, heading: str)
     fields = {"id": bj_id, "num_nodes": bj.num_nodes, "wall_time_min": bj.wall_time_min, "job_mode": bj.job_mode,
               "queue": bj.queue, "project": bj.project, "optional_params": dict(bj.optional_params or {}),
               "filter_tags": dict(bj.filter_tags or {}), "partitions": bj.partitions}
-    text, path, argv = preview_submission(ref, settings.scheduler, fields)
+    bj_id, text, path, argv = preview_submission(ref, settings.scheduler, fields)
     if as_json:
         echo_json({"batch_job_id": bj_id, "site": ref.name, "script_path": str(path), "script": text, "command": argv})
         return

@@ -275,3 +275,10 @@ def waiting_demand(conn: sqlite3.Connection, states: Sequence[str], filter_tags:
         params.extend((k, v))
     row = conn.execute(sql, params).fetchone()
     return float(row[0]), int(row[1]), int(row[2])
+
+
+def next_batch_job_id(conn: sqlite3.Connection) -> int:
+    """The id the next new BatchJob will get (for previews such as ``queue submit --dry-run``)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='batch_job'").fetchone()
+    top = conn.execute("SELECT max(id) FROM batch_job").fetchone()[0] or 0
+    return max(int(row[0]) if row else 0, int(top)) + 1

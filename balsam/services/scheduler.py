@@ -244,13 +244,18 @@ def scheduler_for(site: SiteRef, settings: SchedulerSettings) -> Scheduler:
                          state_dir=site.layout.state / "local-jobs")
 
 
-def preview_submission(site: SiteRef, settings: SchedulerSettings, bj: Dict[str, Any]) -> Tuple[str, Path, List[str]]:
-    """What the agent would submit for the BatchJob fields ``bj`` (validated, with an ``id``): the rendered batch
-    script, where it would be written, and the scheduler command line. Nothing is written or submitted."""
+def preview_submission(site: SiteRef, settings: SchedulerSettings, bj: Dict[str, Any]) -> Tuple[int, str, Path, List[str]]:
+    """What the agent would submit for the BatchJob fields ``bj`` (validated; without an ``id``, the one a new
+    BatchJob would get): the rendered batch script, where it would be written, and the scheduler command line.
+    Nothing is written or submitted."""
+    if bj.get("id") is None:  # a preview of a new BatchJob: the id it would get
+        from balsam.db.batch_jobs import next_batch_job_id
+
+        bj = {**bj, "id": next_batch_job_id(site.store.conn)}
     service = SchedulerService(site, settings, scheduler_for(site, settings))
     script = service.script_path(int(bj["id"]))
     text = service.render_script(bj)
     argv = service.adapter.submit_argv(script, project=bj["project"], queue=bj["queue"], num_nodes=bj["num_nodes"],
                                        wall_time_min=bj["wall_time_min"], job_name=f"balsam-{bj['id']}",
                                        optional_params=bj["optional_params"], cwd=site.path)
-    return text, script, argv
+    return int(bj["id"]), text, script, argv
