@@ -257,9 +257,11 @@ def _clip(text: str, width: int) -> str:
     return text[: max(width - 1, 0)] + ELLIPSIS if width > 0 else ""
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flex: Sequence[str] = (), width: Optional[int] = None) -> str:
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flex: Sequence[str] = (), width: Optional[int] = None,
+                 styles: Optional[Dict[str, Callable[[str], str]]] = None) -> str:
     """Rows under headers, fitted to the terminal: the ``flex`` columns (the widest first) are truncated with
-    an ellipsis until the table fits. Cells are converted with ``str``; None shows empty."""
+    an ellipsis until the table fits. Cells are converted with ``str``; None shows empty. ``styles`` maps a
+    header to a function applied to that column's padded cells (colour), after the widths are fixed."""
     cells = [["" if c is None else str(c).replace("\n", " ") for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     total = width if width is not None else terminal_width()
@@ -278,15 +280,26 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flex: Se
         widths[top] -= step
         excess -= step
     lines = []
-    for row in [list(headers), *cells]:
+    styled = {i: (styles or {})[h] for i, h in enumerate(headers) if h in (styles or {})}
+    for n, row in enumerate([list(headers), *cells]):
         parts = [_clip(c, widths[i]).ljust(widths[i]) for i, c in enumerate(row)]
+        if n:
+            parts = [styled[i](p) if i in styled else p for i, p in enumerate(parts)]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
-def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flex: Sequence[str] = ()) -> None:
-    """Print :func:`render_table`."""
-    click.echo(render_table(headers, rows, flex))
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flex: Sequence[str] = (),
+               styles: Optional[Dict[str, Callable[[str], str]]] = None) -> None:
+    """Print :func:`render_table` (``styles`` only on a terminal: pipes and files get plain text)."""
+    click.echo(render_table(headers, rows, flex, styles=styles if _stdout_is_tty() else None))
+
+
+def _stdout_is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------- prompts, progress
@@ -309,13 +322,56 @@ def confirm(question: str, yes: bool, refusal: str) -> None:
 
 
 @contextmanager
-def progress(length: int, label: str, threshold: int = 2000) -> Iterator[Callable[[int], None]]:
+def progress(length: int, label: str, threshold: int = 2000, quiet: bool = False) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr for long operations (on a terminal, for ``length >= threshold``).
 
-    Yields ``advance(n)``; without a terminal it does nothing, so logs and pipes stay clean.
+    Yields ``advance(n)``; without a terminal, or ``quiet`` (``--json``), it does nothing, so logs and pipes stay
+    clean.
     """
-    if length < threshold or not sys.stderr.isatty():
+    if quiet or length < threshold or not sys.stderr.isatty():
         yield lambda n: None
         return
     with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
         yield bar.update
+
+
+@contextmanager
+def working(label: str, enabled: bool = True, measure: Optional[Callable[[], str]] = None) -> Iterator[None]:
+    """A counter on stderr while one long step runs that cannot report its own progress (a transaction, an
+    online backup): ``label 3 s`` (and ``measure()``, e.g. bytes copied), then ``label done in 4 s``. Only on a
+    terminal and when ``enabled`` (pass False for small selections and for ``--json``)."""
+    if not enabled or not sys.stderr.isatty():
+        yield
+        return
+    import threading
+    import time
+
+    done = threading.Event()
+    start = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(0.5):
+            extra = f" {measure()}" if measure else ""
+            sys.stderr.write(f"\r{label} {time.monotonic() - start:.0f} s{extra}   ")
+            sys.stderr.flush()
+
+    thread = threading.Thread(target=tick, name="balsam-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        sys.stderr.write(f"\r{label} done in {time.monotonic() - start:.1f} s\n")
+        sys.stderr.flush()
+
+
+STATE_COLORS = {"JOB_FINISHED": "green", "RUN_DONE": "green", "POSTPROCESSED": "green", "STAGED_OUT": "green",
+                "RUNNING": "cyan", "FAILED": "red", "RUN_ERROR": "red", "RUN_TIMEOUT": "yellow", "USER_KILLED": "magenta",
+                "RESTART_READY": "yellow", "AWAITING_PARENTS": "blue"}
+
+
+def color_state(text: str) -> str:
+    """A job state coloured for a terminal (the padded cell: colour codes never upset column widths)."""
+    color = STATE_COLORS.get(text.strip())
+    return click.style(text, fg=color) if color else text

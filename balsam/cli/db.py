@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import click
 
-from balsam.cli._common import CLIError, echo_json, json_option, one_site, site_option
+from balsam.cli._common import CLIError, echo_json, json_option, one_site, site_option, working
 
 if TYPE_CHECKING:
     from balsam.db import Store
@@ -56,7 +56,8 @@ def db_check(fix: bool, sites: Sequence[str], as_json: bool) -> None:
         root = _root_without_opening(sites, "db check")
         store, name = open_store(root, this_host()), root.name
     try:
-        problems = maintenance.check(store.conn)
+        with working(f"Checking {store.db_path}:", enabled=not as_json):
+            problems = maintenance.check(store.conn)
     except (StoreError, sqlite3.DatabaseError) as exc:
         problems = [maintenance.Problem("unreadable", 1, f"the DB cannot be read: {exc}", fixable=False)]
     damaged = any(p.name in ("integrity", "unreadable") for p in problems)
@@ -145,7 +146,14 @@ def db_backup(dest: Path, force: bool, sites: Sequence[str]) -> None:
         raise CLIError(f"{dest} exists; pass --force to overwrite it", 1)
     if not dest.parent.is_dir():
         raise CLIError(f"{dest.parent}: no such directory", 2)
-    size = maintenance.backup(ref.store, dest)
+    total = maintenance.db_size(ref.store)
+
+    def copied() -> str:  # the copy is written next to dest, then renamed into place
+        done = sum(p.stat().st_size for p in dest.parent.glob(f".{dest.name}.*.tmp") if p.is_file())
+        return f"{_mb(done)} of about {_mb(total)}"
+
+    with working(f"Backing up site {ref.name}:", measure=copied):
+        size = maintenance.backup(ref.store, dest)
     click.echo(f"Backed up site {ref.name} to {dest} ({_mb(size)})")
 
 

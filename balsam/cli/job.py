@@ -17,6 +17,7 @@ import click
 
 from balsam.cli._common import (
     CLIError,
+    color_state,
     confirm,
     echo_json,
     echo_table,
@@ -34,6 +35,7 @@ from balsam.cli._common import (
     scope_sites,
     site_option,
     state_option,
+    working,
     yes_option,
 )
 
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from balsam._api.sites import SiteRef
 
 BULK_CHUNK = 10_000
+PROGRESS_MIN = 2000  # selections at least this large show a counter on a terminal
 FINAL_STATES = frozenset({"JOB_FINISHED", "FAILED", "USER_KILLED"})
 RESET_BY_DEFAULT = ("FAILED", "RUN_ERROR", "RUN_TIMEOUT", "USER_KILLED")
 
@@ -234,7 +237,7 @@ def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[st
     # All or nothing: one transaction on the home host; elsewhere, one request (the agent's one transaction).
     atomic = ref.store.write() if ref.is_home else contextlib.nullcontext()
     step = BULK_CHUNK if ref.is_home else max(1, len(jobs))
-    with progress(len(jobs), f"Creating {len(jobs)} jobs") as advance, atomic:
+    with progress(len(jobs), f"Creating {len(jobs)} jobs", quiet=as_json) as advance, atomic:
         for start in range(0, len(jobs), step):
             chunk = jobs[start : start + step]
             try:
@@ -383,7 +386,7 @@ def job_ls(ids: Tuple[int, ...], tags: Dict[str, str], workflow: Optional[str], 
         headers = ["ID", *(["Site"] if multi else []), "App", "Workdir", "State", "Tags"]
         rows = [[j.id, *([names.get(j.site_id or 0)] if multi else []), apps.get((j.site_id or 0, j.app_id), j.app_id), j.workdir, j.state,
                  format_kv(j.tags)] for j in jobs]
-        echo_table(headers, rows, flex=["Workdir", "Tags", "App"])
+        echo_table(headers, rows, flex=["Workdir", "Tags", "App"], styles={"State": color_state})
     more = query.count() - len(jobs) if limit and len(jobs) == limit else 0
     if not jobs:
         click.echo("No jobs match." if filters else f"No jobs at {', '.join(names.values())}.")
@@ -526,7 +529,8 @@ def _change_state(filters: Dict[str, Any], by_id: bool, all_jobs: bool, sites: S
         raise CLIError("no jobs match", 1)
     if n > 1 and not by_id:
         confirm(f"{what.capitalize()} {n} jobs?", yes, f"not changing {n} jobs without confirmation")
-    return int(query.update(state=state, state_data={"message": message}))
+    with working(f"Setting {n} jobs to {state}:", enabled=n >= PROGRESS_MIN):
+        return int(query.update(state=state, state_data={"message": message}))
 
 
 @job.command("modify")
@@ -644,7 +648,8 @@ def job_rm(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, str],
         click.echo("No jobs match.")
         return
     confirm(f"Delete {n} jobs?", yes, f"not deleting {n} jobs without confirmation")
-    deleted = query.delete()
+    with working(f"Deleting {n} jobs:", enabled=n >= PROGRESS_MIN):
+        deleted = query.delete()
     click.echo(f"Deleted {plural(deleted, 'job')}")
 
 
