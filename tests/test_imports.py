@@ -50,6 +50,8 @@ KNOWN: Dict[str, str] = {
     "cli/_common.py -> db.states": "job states and their named sets, to be re-exported by the API",
     "cli/job.py -> db.states": "job states and their named sets, to be re-exported by the API",
     "cli/job.py -> services.diagnose": "'job show' explains why a job waits; to move behind the API",
+    "cli/queue.py -> services.scheduler": "queue submit --dry-run / queue show render the batch script and submit line "
+                                          "as the agent would; to move behind the API",
     "cli/db.py -> db.maintenance": "db check/backup/vacuum/migrate; to move behind the API",
     "cli/db.py -> db.open_store": "db migrate opens the store without the API (the API refuses an older schema)",
     "cli/db.py -> db.Store": "db migrate opens the store without the API (the API refuses an older schema)",
