@@ -85,5 +85,5 @@ def test_a_launcher_runs_with_pickled_arguments(site: Any, adder: Any, mode: str
     runnable(site.store, [job])
     assert run(site, mode) == 0
     job.refresh_from_db()
-    assert job.state == "RUN_DONE"
+    assert job.state == "JOB_FINISHED"
     assert pickle.loads(site.store.execute("SELECT serialized_return_value FROM job WHERE id=?", (job.id,))[0][0]) == Fraction(2, 3)

@@ -91,10 +91,10 @@ def test_signals_stop_jobs_flush_and_release(site: Any, sleeper: Any, pids: List
     ids = runnable(site.store, [slow, *quick])
     proc = start(site.path, mode)
     pids.append(read_pid(site.path, "sig/slow"))
-    wait_for(lambda: list(states(site.store, ids[1:]).values()) == ["RUN_DONE"] * 3, what="quick jobs done")
+    wait_for(lambda: list(states(site.store, ids[1:]).values()) == ["JOB_FINISHED"] * 3, what="quick jobs done")
     proc.send_signal(sig)
     assert proc.wait(timeout=20) == 128 + sig
-    assert states(site.store, ids) == {ids[0]: "RUN_TIMEOUT", **{i: "RUN_DONE" for i in ids[1:]}}
+    assert states(site.store, ids) == {ids[0]: "RUN_TIMEOUT", **{i: "JOB_FINISHED" for i in ids[1:]}}
     assert sessions(site.store) == 0
     assert not pid_alive(pids[0]), "the job's process was killed"
 
@@ -115,7 +115,7 @@ def test_user_kill_stops_the_running_process(site: Any, sleeper: Any, pids: List
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert states(site.store, ids) == {ids[0]: "USER_KILLED", ids[1]: "RUN_DONE"}
+    assert states(site.store, ids) == {ids[0]: "USER_KILLED", ids[1]: "JOB_FINISHED"}
     assert [e["to"] for e in events(site.store, ids[0])][-1] == "USER_KILLED", "nothing was written after the kill"
 
 
@@ -143,7 +143,7 @@ def test_user_kill_of_a_python_job_replaces_its_worker(site: Any, adder: Any, mo
         set_state(site.store, nap, "USER_KILLED")
         wait_for(lambda: not pid_alive(pid), timeout=5, what="the warm worker running the killed job to stop")
         [after] = runnable(site.store, [adder.submit("pykill/after", x=1)])
-        wait_for(lambda: states(site.store, [after])[after] == "RUN_DONE", timeout=10, what="a Python job after the kill")
+        wait_for(lambda: states(site.store, [after])[after] == "JOB_FINISHED", timeout=10, what="a Python job after the kill")
         assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
@@ -166,7 +166,7 @@ def test_lost_lease_stops_its_jobs_and_the_launcher_goes_on(site: Any, sleeper: 
             db_sessions.release(conn, sid, message="session expired")
         wait_for(lambda: not pid_alive(pid), timeout=5, what="the job of the lost lease to be stopped")
         [later] = runnable(site.store, [hello.submit("lease/later", say_hello_to="again")])
-        wait_for(lambda: states(site.store, [later])[later] == "RUN_DONE", timeout=10, what="a job under the new lease")
+        wait_for(lambda: states(site.store, [later])[later] == "JOB_FINISHED", timeout=10, what="a job under the new lease")
         assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
@@ -224,12 +224,12 @@ def test_an_idle_launcher_runs_a_resynced_app_with_its_new_command(site: Any, mo
     runnable(site.store, [first])
     proc = start(site.path, mode, idle_ttl_s=60)
     try:
-        wait_for(lambda: states(site.store, [first.id])[first.id] == "RUN_DONE", timeout=60, what="the first job")
+        wait_for(lambda: states(site.store, [first.id])[first.id] == "JOB_FINISHED", timeout=60, what="the first job")
         second = define("echo new {{ n }}").submit(workdir="two", n=2)
         runnable(site.store, [second])
-        wait_for(lambda: states(site.store, [second.id])[second.id] == "RUN_DONE", timeout=60, what="the second job")
+        wait_for(lambda: states(site.store, [second.id])[second.id] == "JOB_FINISHED", timeout=60, what="the second job")
         assert (site.path / "data" / "two" / "job.out").read_text().strip() == "new 2"
-        assert str(Job.objects.get(id=second.id).state) == "RUN_DONE"
+        assert str(Job.objects.get(id=second.id).state) == "JOB_FINISHED"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

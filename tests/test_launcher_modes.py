@@ -20,13 +20,13 @@ def test_shell_jobs_run_to_run_done(site: Any, hello: Any, mode: str) -> None:
     jobs = [hello.submit(f"hello/{i}", say_hello_to=f"world {i}", node_packing_count=4) for i in range(6)]
     ids = runnable(site.store, jobs)
     assert run(site, mode) == 0
-    assert set(states(site.store, ids).values()) == {"RUN_DONE"}
+    assert set(states(site.store, ids).values()) == {"JOB_FINISHED"}
     for i in range(6):
         assert output(site.path, f"hello/{i}") == f"Hello, world {i}!\n"
     row = job_row(site.store, ids[0])
     assert row["return_code"] == 0 and row["session_id"] is None
     history = [e["to"] for e in events(site.store, ids[0])]
-    assert history[-2:] == ["RUNNING", "RUN_DONE"]
+    assert history[-4:] == ["RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"]
     assert site.store.execute("SELECT count(*) FROM session")[0][0] == 0, "the lease is released"
 
 
@@ -55,9 +55,8 @@ def test_python_results_and_exceptions_reach_job_result(site: Any, adder: Any, m
     assert run(site, mode) == 0
     ok.refresh_from_db()
     bad.refresh_from_db()
-    assert ok.state == "RUN_DONE" and bad.state == "RUN_ERROR" and bad.return_code == 1
-    advance(ok, "POSTPROCESSED")  # what the agent's processing does next
-    advance(bad, "FAILED")
+    assert ok.state == "JOB_FINISHED" and bad.state == "RUN_ERROR" and bad.return_code == 1
+    advance(bad, "FAILED")  # what the agent's processing does next (ok needs nothing: its app has no postprocess hook)
     assert ok.result() == 5
     with pytest.raises(TypeError, match="unsupported operand"):
         bad.result()
@@ -142,7 +141,7 @@ def test_shell_preamble_runs_first(site: Any, mode: str) -> None:
 
     [job_id] = runnable(site.store, [WithPreamble.submit("pre", who="job")])
     assert run(site, mode) == 0
-    assert job_row(site.store, job_id)["state"] == "RUN_DONE"
+    assert job_row(site.store, job_id)["state"] == "JOB_FINISHED"
     assert output(site.path, "pre") == "preamble from job\n"
 
 
@@ -163,7 +162,7 @@ def test_jobs_this_launcher_cannot_hold_are_left_for_another(site: Any, mode: st
     b = NeedsGpus.submit("cpu")
     ids = runnable(site.store, [a, b])
     assert run(site, mode) == 0
-    assert states(site.store, ids) == {ids[0]: "PREPROCESSED", ids[1]: "RUN_DONE"}
+    assert states(site.store, ids) == {ids[0]: "PREPROCESSED", ids[1]: "JOB_FINISHED"}
     assert job_row(site.store, ids[0])["session_id"] is None
     proc = start(site.path, mode, idle_ttl_s=60)
     try:
@@ -195,7 +194,7 @@ def test_serial_mode_with_a_worker_process(site: Any, hello: Any, adder: Any) ->
     jobs += [adder.submit("w/add", x=40), adder.submit("w/add2", x=1, y=1, node_packing_count=2)]
     ids = runnable(site.store, jobs)
     assert run(site, "serial", serial_workers="process") == 0
-    assert set(states(site.store, ids).values()) == {"RUN_DONE"}
+    assert set(states(site.store, ids).values()) == {"JOB_FINISHED"}
     assert pickle.loads(job_row(site.store, ids[-2])["serialized_return_value"]) == 42
     assert pickle.loads(job_row(site.store, ids[-1])["serialized_return_value"]) == 2, "the app's code is sent once per worker"
     assert output(site.path, "w/3") == "Hello, 3!\n"
@@ -206,7 +205,7 @@ def test_filter_tags_select_jobs(site: Any, hello: Any) -> None:
     b = hello.submit("tag/b", say_hello_to="b", tags={"role": "b"})
     ids = runnable(site.store, [a, b])
     assert run(site, "mpi", filter_tags={"role": "b"}) == 0
-    assert states(site.store, ids) == {ids[0]: "PREPROCESSED", ids[1]: "RUN_DONE"}
+    assert states(site.store, ids) == {ids[0]: "PREPROCESSED", ids[1]: "JOB_FINISHED"}
 
 
 @pytest.mark.parametrize("sort_by, expected", [(None, [5, 3, 1]), ("short_small_first", [1, 3, 5])])

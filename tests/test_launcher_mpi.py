@@ -54,7 +54,7 @@ def test_two_and_four_rank_jobs(site: Any, flavor: str) -> None:
     four = Ranks.submit("mpi/four", ranks_per_node=4, threads_per_rank=1)
     ids = runnable(site.store, [two, four])
     assert run(site, "mpi", idle_ttl_s=0.5) == 0
-    assert states(site.store, ids) == {ids[0]: "RUN_DONE", ids[1]: "RUN_DONE"}
+    assert states(site.store, ids) == {ids[0]: "JOB_FINISHED", ids[1]: "JOB_FINISHED"}
     lines2 = sorted(output(site.path, "mpi/two").split("\n"))[1:]
     lines4 = sorted(output(site.path, "mpi/four").split("\n"))[1:]
     assert lines2 == [f"rank {r} threads=1 job={ids[0]}" for r in range(2)]
@@ -101,7 +101,7 @@ def test_mpi4py_app_returns_rank_zero_result(site: Any) -> None:
     [job_id] = runnable(site.store, [AllReduce.submit("mpi/py", scale=10, ranks_per_node=4)])
     assert run(site, "mpi", idle_ttl_s=0.5) == 0
     row = job_row(site.store, job_id)
-    assert row["state"] == "RUN_DONE", output(site.path, "mpi/py")
+    assert row["state"] == "JOB_FINISHED", output(site.path, "mpi/py")
     assert pickle.loads(row["serialized_return_value"]) == (0, 4, 60)
     assert sorted(p.name for p in (site.path / "data" / "mpi" / "py").glob("rank*.txt")) == [f"rank{r}.txt" for r in range(4)]
 
@@ -128,7 +128,7 @@ def test_local_preset_runs_multi_rank_jobs_with_whichever_mpiexec_is_on_path(sit
 
     [job_id] = runnable(site.store, [Ranks.submit("mpi/auto", ranks_per_node=2)])
     assert run(site, "mpi", idle_ttl_s=0.5) == 0
-    assert states(site.store, [job_id]) == {job_id: "RUN_DONE"}, output(site.path, "mpi/auto")
+    assert states(site.store, [job_id]) == {job_id: "JOB_FINISHED"}, output(site.path, "mpi/auto")
     assert sorted(line for line in output(site.path, "mpi/auto").split("\n") if line) == ["rank 0", "rank 1"]
     log = "\n".join(p.read_text() for p in (site.path / "log").glob("*"))
     assert f"as {first / 'mpiexec'}" in log  # the launcher's log says which MPI it found

@@ -16,7 +16,7 @@ def test_partitions_split_nodes_and_jobs(site: Any, hello: Any) -> None:
     ids = runnable(site.store, [*a, *b, c])
     code = run(site, "mpi", partitions=["mpi:1:role=a", "serial:1:role=b"], env={"BALSAM_LAUNCHER_NODES": "n1,n2"})
     assert code == 0
-    assert states(site.store, ids) == {**{i: "RUN_DONE" for i in ids[:5]}, ids[5]: "PREPROCESSED"}
+    assert states(site.store, ids) == {**{i: "JOB_FINISHED" for i in ids[:5]}, ids[5]: "PREPROCESSED"}
     assert output(site.path, "p/b2") == "Hello, b2!\n"
     mpi_log, serial_log = launcher_log(site.path, "mpi"), launcher_log(site.path, "serial")
     assert "mpi mode on 1 node(s) [n1]" in mpi_log and "acquired 2," in mpi_log

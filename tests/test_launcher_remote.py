@@ -46,7 +46,7 @@ def test_remote_launcher_runs_jobs_through_the_channel(site: Any, channel: Any, 
     ids = runnable(site.store, jobs)
     proc = start(site.path, mode, idle_ttl_s=0.5, env=REMOTE)
     assert proc.wait(timeout=60) == 0
-    assert states(site.store, ids) == {**{i: "RUN_DONE" for i in ids[:4]}, ids[4]: "RUN_ERROR"}
+    assert states(site.store, ids) == {**{i: "JOB_FINISHED" for i in ids[:4]}, ids[4]: "RUN_ERROR"}
     assert pickle.loads(job_row(site.store, ids[3])["serialized_return_value"]) == 3
     exc, tb = pickle.loads(job_row(site.store, ids[4])["serialized_exception"])
     assert isinstance(exc, TypeError) and "Traceback" in tb

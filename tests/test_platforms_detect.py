@@ -159,5 +159,5 @@ def test_gpu_job_on_a_local_site_runs_on_the_gpu_nvidia_smi_lists(site: Any, tmp
 
     [job_id] = runnable(site.store, [OnGPU.submit("gpu/one", gpus_per_rank=1)])
     assert run(site, "mpi", idle_ttl_s=0.5) == 0
-    assert states(site.store, [job_id]) == {job_id: "RUN_DONE"}
+    assert states(site.store, [job_id]) == {job_id: "JOB_FINISHED"}
     assert output(site.path, "gpu/one").strip() == "gpu=0"

@@ -9,12 +9,14 @@ RUN_TIMEOUT (the processing service then retries them) and unlock the rest. Acqu
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import re
 import sqlite3
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from balsam.db import ids, journal
 from balsam.db.codec import dumps, loads
@@ -189,15 +191,17 @@ def _sort_key(order: Tuple[Tuple[str, bool], ...]) -> Any:
 def _candidates(
     conn: sqlite3.Connection, states: Iterable[str], where: List[str], params: List[Any], order: Tuple[Tuple[str, bool], ...],
     limit: int,
-) -> List[Dict[str, Any]]:
-    """Unlocked jobs in ``states`` meeting ``where``, in ``order`` across all the states, at most ``limit``.
+) -> Generator[Dict[str, Any], None, None]:
+    """Unlocked jobs in ``states`` meeting ``where``, in ``order`` across all the states, at most ``limit``, read lazily.
 
-    Each state is read through the (state) index in order, then the states are merged: the first ``limit``
-    of the merge are the first ``limit`` overall.
+    Each state is read through the (state) index in order, then the states are merged as they are read: a caller
+    that stops early (the budget is spent) has made SQLite step only over the rows it used, so acquiring the few
+    jobs a freed slot holds costs a few rows, not ``limit`` (the cursors are closed when the iterator is).
     """
     cols = ", ".join(ACQUIRE_COLUMNS)
     order_sql = ", ".join(f"{col}{' DESC' if desc else ''}" for col, desc in order)
-    rows: List[Dict[str, Any]] = []
+    cursors: List[sqlite3.Cursor] = []
+    streams: List[Iterator[Dict[str, Any]]] = []
     for state in sorted(set(states)):
         # The state is written into the SQL (a known state name, never user text) so that SQLite can use the
         # partial index of that state (schema v3) and stop after ``limit`` rows instead of sorting them all.
@@ -206,17 +210,21 @@ def _candidates(
         sql = (f"SELECT {cols}, (SELECT version FROM app WHERE app.id = job.app_id) AS app_version FROM job{hint} "
                f"WHERE state='{name}' AND {' AND '.join(where)} ORDER BY {order_sql} LIMIT ?")
         cur = conn.execute(sql, (*params, limit))
+        cursors.append(cur)
         names = [d[0] for d in cur.description]
-        rows.extend(dict(zip(names, r)) for r in cur)
-    if len(set(states)) > 1:
-        rows.sort(key=_sort_key(order))
-    return rows[:limit]
+        streams.append(dict(zip(names, r)) for r in cur)
+    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_sort_key(order))
+    try:
+        yield from itertools.islice(merged, limit)
+    finally:
+        for cur in cursors:
+            cur.close()
 
 
-def _within_budget(rows: List[Dict[str, Any]], max_num_jobs: int, budget: Optional[float]) -> List[Dict[str, Any]]:
+def _within_budget(rows: Iterable[Dict[str, Any]], max_num_jobs: int, budget: Optional[float]) -> List[Dict[str, Any]]:
     """The rows taken in order while the summed footprint (num_nodes / node_packing_count) fits ``budget``."""
     if budget is None:
-        return rows[:max_num_jobs]
+        return list(itertools.islice(rows, max_num_jobs))
     taken = []
     for row in rows:
         footprint = row["num_nodes"] / row["node_packing_count"]
@@ -264,8 +272,11 @@ def acquire(
     batch_job_id = row[0] if row else None
     where, params = _constraints(app_ids, serial_only, max_nodes_per_job, max_wall_time_min, max_gpus_per_node, filter_tags)
     scan_limit = max_num_jobs * 4 + 1000 if max_aggregate_nodes is not None else max_num_jobs
-    taken = _within_budget(_candidates(conn, states, where, params, SORT_ORDERS[sort_by], scan_limit), max_num_jobs,
-                           max_aggregate_nodes)
+    candidates = _candidates(conn, states, where, params, SORT_ORDERS[sort_by], scan_limit)
+    try:
+        taken = _within_budget(candidates, max_num_jobs, max_aggregate_nodes)
+    finally:
+        candidates.close()  # the SELECTs end here, before the UPDATE below
     if not taken:
         return []
     conn.execute(

@@ -96,10 +96,11 @@ def apply_state_changes(
     result = ChangeResult()
     now = time.time() if now is None else now
     pending: Sequence[StateChange] = changes
+    released: Dict[int, int] = {}
     while pending:
         cascade: List[StateChange] = []
         for round_ in _rounds(pending):
-            _apply_round(conn, round_, strict, now, result, cascade)
+            _apply_round(conn, round_, strict, now, result, cascade, released)
         pending = cascade
         strict = False  # cascades are computed from current states; a race only means "already moved"
     return result
@@ -134,9 +135,15 @@ def _apply_round(
     now: float,
     result: ChangeResult,
     cascade: List[StateChange],
+    released: Dict[int, int],
 ) -> None:
     """Apply changes to distinct jobs, set-based: the batch goes into a scratch table, SQLite checks every change
-    against the transition table and the holding lease, then writes the events and the new states."""
+    against the transition table and the holding lease, then writes the events and the new states.
+
+    ``released`` (job id -> lease) names the jobs whose RUN_DONE an earlier round of this batch applied under
+    their lease: the lease held them when the batch began, so the same lease's RUN_DONE -> POSTPROCESSED that
+    follows in the batch (a launcher finishing a job of an app without a postprocess hook) is still its own.
+    """
     if any([ch.fields for ch in round_]):
         round_ = _checked_launcher_fields(round_, strict, result)
         if not round_:
@@ -144,7 +151,8 @@ def _apply_round(
     _prepare_temp(conn)
     conn.executemany(
         "INSERT INTO _chg(job_id, dst, ts, data, sid) VALUES (?, ?, ?, ?, ?)",
-        [(ch.job_id, ch.state, now if ch.timestamp is None else ch.timestamp, None if not ch.data else dumps(ch.data), ch.session_id)
+        [(ch.job_id, ch.state, now if ch.timestamp is None else ch.timestamp, None if not ch.data else dumps(ch.data),
+          None if released and ch.state == "POSTPROCESSED" and released.get(ch.job_id) == ch.session_id else ch.session_id)
          for ch in round_],
     )
     conn.execute(
@@ -178,6 +186,10 @@ def _apply_round(
     if not applied:
         return
     result.applied += applied
+    refused_now = {r[0] for r in refused}
+    for ch in round_:
+        if ch.session_id is not None and ch.state == "RUN_DONE" and ch.job_id not in refused_now:
+            released[ch.job_id] = ch.session_id
     conn.execute(
         "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT job_id, ts, src, dst, "
         "CASE WHEN dst = 'RUNNING' AND src = 'RESTART_READY' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes, "

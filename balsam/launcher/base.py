@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from balsam.db.journal import JournalWriter
 from balsam.db.sessions import capacity_label
@@ -132,7 +132,11 @@ class Lifecycle:
 
 class Reporter:
     """Turns what happened to jobs into state changes: each is appended to the lease's journal first (it
-    survives the launcher's death; :mod:`balsam.db.journal`), then queued on the StatusUpdater."""
+    survives the launcher's death; :mod:`balsam.db.journal`), then queued on the StatusUpdater.
+
+    A job of an app without a postprocess hook (:meth:`finish_here`) that ends with rc 0 gets RUN_DONE and then
+    POSTPROCESSED in the same status batch: the state machine's cascade takes it on to JOB_FINISHED (releasing
+    its children) or to its stage-out, with every event, without waiting for the site agent's processing."""
 
     def __init__(self, updater: StatusUpdater, state_dir: Optional[Path] = None) -> None:
         self.updater = updater
@@ -142,6 +146,15 @@ class Reporter:
         self.done = 0
         self.errors = 0
         self.timeouts = 0
+        self._finish_here: Set[int] = set()
+
+    def finish_here(self, job_id: int) -> None:
+        """Job ``job_id``'s app has no postprocess hook: a clean run goes on to POSTPROCESSED from here."""
+        self._finish_here.add(job_id)
+
+    def forget_all(self) -> None:
+        """The lease was lost: its jobs are no longer this launcher's to move on."""
+        self._finish_here.clear()
 
     def use_session(self, session_id: Optional[int]) -> None:
         """Report under a (new) lease, journaling into its file."""
@@ -181,6 +194,8 @@ class Reporter:
     def finished(self, f: Finished, python: bool = False, stopping: bool = False) -> None:
         """Report a job that ended. While the launcher stops, a job that died of a signal is taken as stopped
         by it (on a batch system the same SIGTERM reaches the jobs and the launcher at once): RUN_TIMEOUT."""
+        finish_here = f.job_id in self._finish_here
+        self._finish_here.discard(f.job_id)
         if f.killed:
             return
         if stopping and f.rc < 0 and not f.timed_out:
@@ -197,6 +212,9 @@ class Reporter:
         if f.rc == 0:
             self.done += 1
             self.put(f.job_id, S.RUN_DONE, f.end, data={"returncode": 0}, fields=fields, session_id=self.session_id)
+            if finish_here:
+                self.put(f.job_id, S.POSTPROCESSED, f.end, data={"message": "no postprocess hook: moved on by the launcher"},
+                         session_id=self.session_id)
         else:
             self.errors += 1
             self.put(f.job_id, S.RUN_ERROR, f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields, session_id=self.session_id)
@@ -304,6 +322,8 @@ class LauncherBase:
                 if app is None:
                     raise AppError(f"app {job['app_id']} does not exist at this site")
                 out.append((job, build_task(job, app, self.cfg.data_dir)))
+                if app.finishes_in_launcher:
+                    self.reporter.finish_here(int(job["id"]))
             except (ValidationError, AppError, Unplaceable) as exc:
                 self.fail(int(job["id"]), str(exc))
             except Exception as exc:  # a user's shell_preamble() or a template error
@@ -340,6 +360,7 @@ class LauncherBase:
         logger.error("the lease %s expired at the site: its jobs were released; stopping them and opening a new lease",
                      self.source.session_id)
         self.drop_all("the launcher's lease expired")
+        self.reporter.forget_all()
         try:
             self.source.release()
         except BalsamError:

@@ -41,6 +41,7 @@ class AppInfo:
         self.loaded_at = time.monotonic()
         self.error: Optional[str] = None
         self.cls: Any = None
+        self.finishes_in_launcher = False
         try:
             self.cls = load_app(self.source, self.name, self.module_name)
         except Exception as exc:
@@ -50,6 +51,9 @@ class AppInfo:
         self.env = {str(k): str(v) for k, v in (getattr(cls, "environment_variables", None) or {}).items()}
         self.python_exe: Optional[str] = getattr(cls, "python_exe", None)
         self.has_preamble = bool(cls.has_hook("shell_preamble"))
+        self.finishes_in_launcher = not cls.has_hook("postprocess")
+        """No postprocess hook in the stored definition: the launcher itself moves a job that ran fine on to
+        POSTPROCESSED (and so JOB_FINISHED, or stage-out), in the status batch that records RUN_DONE."""
 
     @property
     def payload(self) -> List[str]:

@@ -3,7 +3,8 @@
 Two paths:
 - **bulk**: for apps that do not override a hook, the default transition (STAGED_IN -> PREPROCESSED,
   RUN_DONE -> POSTPROCESSED, RUN_ERROR -> FAILED, RUN_TIMEOUT -> RESTART_READY) is applied to a whole batch in
-  one transaction, so processing never limits launcher throughput;
+  one transaction, so processing never limits launcher throughput (a launcher already moves a clean run of an
+  app without a postprocess hook past RUN_DONE itself; this path catches the rest);
 - **hooks**: jobs of apps that do override a hook are locked under the service's lease and their hooks run in
   a pool of worker processes (:mod:`balsam.services.hookworker`), each with the working directory set to the
   job's workdir and its output in ``balsam.log`` there, as Balsam does. A hook that raises sends its job to FAILED with the exception; a hook that leaves the
