@@ -160,3 +160,19 @@ def test_transient_errors_are_retried_with_backoff(hello: Any, store: Any) -> No
     assert len(attempts) == 5 and Job.objects.get(id=job.id).state == "PREPROCESSED"
     gaps = [b - a for a, b in zip(attempts, attempts[1:])]
     assert gaps[-1] > gaps[0], f"the waits between retries grow: {gaps}"
+
+
+def test_state_data_json_cannot_hold_is_refused_alone(hello: Any, store: Any) -> None:
+    """NaN or an object in a change's data would fail SQLite's JSON functions for the whole batch (the updater
+    then retried it forever): that change is refused on its own and the others are written."""
+    from balsam.db.jobs import apply_state_changes
+
+    jobs = [hello.submit(f"nan/{i}", say_hello_to="x") for i in range(3)]
+    with store.write() as conn:
+        result = apply_state_changes(conn, [StateChange(jobs[0].id, "PREPROCESSED", data={"x": float("nan")}),
+                                            StateChange(jobs[1].id, "PREPROCESSED", data={"o": object()}),
+                                            StateChange(jobs[2].id, "PREPROCESSED", data={"ok": 1.5})], strict=False)
+    assert sorted(ch.job_id for ch, _ in result.rejected) == sorted([jobs[0].id, jobs[1].id])
+    assert all("not plain JSON" in why for _, why in result.rejected)
+    states = dict(store.execute("SELECT id, state FROM job"))
+    assert states[jobs[2].id] == "PREPROCESSED" and states[jobs[0].id] == states[jobs[1].id] == "STAGED_IN"

@@ -17,6 +17,7 @@ all-or-nothing and cascades see a consistent DB.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
@@ -148,10 +149,14 @@ def _apply_round(
         round_ = _checked_launcher_fields(round_, strict, result)
         if not round_:
             return
+    texts = _data_texts(round_, strict, result)
+    round_ = [ch for ch in round_ if ch.job_id in texts]
+    if not round_:
+        return
     _prepare_temp(conn)
     conn.executemany(
         "INSERT INTO _chg(job_id, dst, ts, data, sid) VALUES (?, ?, ?, ?, ?)",
-        [(ch.job_id, ch.state, now if ch.timestamp is None else ch.timestamp, None if not ch.data else dumps(ch.data),
+        [(ch.job_id, ch.state, now if ch.timestamp is None else ch.timestamp, texts[ch.job_id],
           None if released and ch.state == "POSTPROCESSED" and released.get(ch.job_id) == ch.session_id else ch.session_id)
          for ch in round_],
     )
@@ -241,6 +246,39 @@ def _apply_round(
         cascade.extend(_skip_stage_in(conn, to_ready))
     if to_postprocessed:
         cascade.extend(_skip_stage_out(conn, to_postprocessed))
+
+
+_STRICT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _data_texts(round_: List[StateChange], strict: bool, result: ChangeResult) -> Dict[int, Optional[str]]:
+    """Each change's event data as JSON text (job id -> text or None). Data that JSON cannot hold (NaN, infinities,
+    objects) would make SQLite's JSON functions fail for the whole batch: such a change is refused on its own
+    (raised when ``strict``, else returned in ``result.rejected``) and the rest go on."""
+    out: Dict[int, Optional[str]] = {}
+    for ch in round_:
+        if not ch.data:
+            out[ch.job_id] = None
+            continue
+        try:
+            if not isinstance(ch.data, dict):
+                raise ValueError(f"a mapping is needed, got {type(ch.data).__name__}")
+            out[ch.job_id] = dumps(ch.data) if _plain(ch.data) else _STRICT_JSON(ch.data)
+        except (ValueError, TypeError, RecursionError) as exc:
+            reason = f"job {ch.job_id}: state data is not plain JSON ({exc})"
+            if strict:
+                raise ValidationError(reason) from None
+            result.rejected.append((ch, reason))
+    return out
+
+
+def _plain(data: Dict[str, Any]) -> bool:
+    """A flat dict of strings, ints and bools (nearly all state data): the fast encoder is exact for it."""
+    for k, v in data.items():
+        t = type(v)
+        if type(k) is not str or not (t is str or t is int or t is bool or v is None):
+            return False
+    return True
 
 
 def _checked_launcher_fields(round_: List[StateChange], strict: bool, result: ChangeResult) -> List[StateChange]:
