@@ -291,6 +291,8 @@ class ScriptTransfer(TransferAdapter):
         rec = detached.read_record(task_dir / "record") or rec
         if rec.ended:
             status = self.finish(task_id, items, task_dir, rec)
+        elif rec.cancelled is not None:  # cancel() killed it before its wrapper could record the end
+            status = all_failed(task_id, len(items), "the transfer was cancelled")
         else:
             status = all_failed(task_id, len(items), "the transfer process vanished without finishing (killed?)", transient=True)
         tmp = result.with_suffix(".tmp")
