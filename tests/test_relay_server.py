@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+pytest.importorskip("sqlalchemy", reason="the relay needs its extra (balsam[relay])")
+
 from balsam import exceptions as exc
 from tests.relay_support import DATABASES, relay_store
 
