@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -153,3 +153,27 @@ def sshd_rsh() -> str:
     if probe.returncode != 0:
         pytest.skip(f"the test sshd does not answer (bash .ci/sshd.sh start): {probe.stderr.decode(errors='replace').strip()}")
     return rsh
+
+
+@pytest.fixture
+def sleeper(site: Any) -> Any:
+    """A shell app that records its pid in ``pid`` and sleeps (launcher lifecycle and fault tests)."""
+    from balsam.api import ApplicationDefinition
+
+    class Sleeper(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo $$ > pid; exec sleep {{ seconds }}"
+
+    Sleeper.sync()
+    return Sleeper
+
+
+@pytest.fixture
+def pids() -> Iterator[List[int]]:
+    """Job pids to kill at the end, whatever happened."""
+    from tests.launcher_support import kill_quietly
+
+    out: List[int] = []
+    yield out
+    for pid in out:
+        kill_quietly(pid)

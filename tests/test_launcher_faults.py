@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
@@ -30,24 +30,6 @@ from tests.launcher_support import (
 MODES = ["mpi", "serial"]
 
 
-@pytest.fixture
-def sleeper(site: Any) -> Any:
-    from balsam.api import ApplicationDefinition
-
-    class Sleeper(ApplicationDefinition):
-        site = "test-site"
-        command_template = "echo $$ > pid; exec sleep {{ seconds }}"
-
-    Sleeper.sync()
-    return Sleeper
-
-
-@pytest.fixture
-def pids() -> Iterator[List[int]]:
-    out: List[int] = []
-    yield out
-    for pid in out:
-        kill_quietly(pid)
 
 
 def _release_dead_leases(site: Any) -> None:

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
@@ -15,7 +15,6 @@ from tests.launcher_support import (
     configure,
     events,
     job_row,
-    kill_quietly,
     pid_alive,
     read_pid,
     run,
@@ -29,26 +28,6 @@ from tests.launcher_support import (
 MODES = ["mpi", "serial"]
 
 
-@pytest.fixture
-def sleeper(site: Any) -> Any:
-    """A shell app that records its pid in ``pid`` and sleeps."""
-    from balsam.api import ApplicationDefinition
-
-    class Sleeper(ApplicationDefinition):
-        site = "test-site"
-        command_template = "echo $$ > pid; exec sleep {{ seconds }}"
-
-    Sleeper.sync()
-    return Sleeper
-
-
-@pytest.fixture
-def pids() -> Iterator[List[int]]:
-    """Job pids to kill at the end, whatever happened."""
-    out: List[int] = []
-    yield out
-    for pid in out:
-        kill_quietly(pid)
 
 
 def sessions(store: Any) -> int:
