@@ -130,6 +130,10 @@ class TransferError(BalsamError):
         self.transient = transient
 
 
+GLOBUS_EXTRA_HINT = "Globus transfers need globus-sdk: pip install 'balsam[globus]'"
+"""What a globus:// location needs where globus-sdk is not installed (said at job creation, site sync, the agent)."""
+
+
 class ServiceError(BalsamError):
     """The site agent is not running, already running, or unreachable."""
 

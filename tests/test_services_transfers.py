@@ -142,29 +142,53 @@ def test_a_slot_whose_local_path_leaves_the_workdir_is_refused(site: Any, local_
             transfers = {"x": {"direction": "in", "local_path": local_path}}
 
 
+GLOBUS_URL = "globus://ddb59aef-6d04-11e5-ba46-22000b92c6ec"
+
+
 def test_location_urls() -> None:
     assert parse_location("a", "local") == Location("local")
     assert parse_location("a", "rsync://me@dtn.example.org") == Location("rsync", "me@dtn.example.org")
-    uuid = "ddb59aef-6d04-11e5-ba46-22000b92c6ec"
-    try:
-        import globus_sdk  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match=r"balsam\[globus\]"):
-            parse_location("a", f"globus://{uuid}")
-    else:
-        assert parse_location("a", f"globus://{uuid}") == Location("globus", uuid)
+    # a globus:// location is read whether or not globus-sdk is installed here (its jobs need the extra)
+    assert parse_location("a", GLOBUS_URL) == Location("globus", GLOBUS_URL[len("globus://"):])
     for bad, expected in [("globus://not-a-uuid", "globus://ENDPOINT_UUID"), ("ftp://x", "is not one of"),
                           ("rsync://host/with/path", "no path")]:
         with pytest.raises(ConfigError, match=expected):
             parse_location("a", bad)
 
 
-def test_without_globus_sdk_a_globus_alias_names_the_extra(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def without_globus_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "globus_sdk", None)  # as if it were not installed
-    with pytest.raises(ConfigError, match=r"pip install 'balsam\[globus\]'"):
-        TransferService(site, TransferSettings(transfer_locations={"hub": "globus://ddb59aef-6d04-11e5-ba46-22000b92c6ec"}))
+
+
+def test_without_globus_sdk_the_site_works_and_a_globus_alias_names_the_extra(
+        site: Any, remote: Path, without_globus_sdk: None, caplog: pytest.LogCaptureFixture) -> None:
+    # the agent's transfer service starts (it says once what the location needs) ...
+    service = make_service(site, {"hub": GLOBUS_URL, "store": "local"})
+    assert "pip install 'balsam[globus]'" in caplog.text
+    Staged.sync()
+    # ... a job using the globus location is refused at creation, naming the extra, with nothing written ...
+    with pytest.raises(BalsamError, match=r"location 'hub' is globus://.*pip install 'balsam\[globus\]'"):
+        Job.objects.bulk_create([Job(workdir="ok", app_id=Staged, transfers={"deck": f"store:{remote}/in/deck.txt"}),
+                                 Job(workdir="g", app_id=Staged, transfers={"deck": "hub:/data/deck.txt"})])
+    assert Job.objects.count() == 0 and TransferItem.objects.count() == 0
+    # ... and the rest of the site stages data as before
+    job = Staged.submit(workdir="t", transfers={"deck": f"store:{remote}/in/deck.txt"})
+    cycle_until(service, job.id, "STAGED_IN")
+    assert (site.layout.data / "t" / "input" / "deck.txt").read_text() == "deck contents"
+
+
+def test_without_globus_sdk_site_sync_notes_what_a_globus_location_needs(site: Any, without_globus_sdk: None) -> None:
+    from tests.cli_helpers import ok
+
+    with (site.path / "settings.yml").open("a") as f:
+        f.write(f"\ntransfers:\n  transfer_locations:\n    hub: {GLOBUS_URL}\n")
+    out = ok("site", "sync", "--site", "test-site").stdout
+    assert "note: settings.yml: transfer location 'hub' is globus://" in out
+    assert "pip install 'balsam[globus]'; jobs using it are refused until then" in out
+    assert "settings.yml is valid" in out
 
 
 def test_batches_follow_batch_size_and_at_most_max_concurrent_tasks_run(site: Any, tmp_path: Path) -> None:

@@ -355,10 +355,12 @@ def site_sync(sites: Sequence[str]) -> None:
     for note in notes_for_file(ref.layout.settings_path):
         click.echo(f"note: settings.yml: {note}")
     check_site_settings(ref.path, settings)
-    from balsam.platforms.transfer.locations import parse_location
+    from balsam.platforms.transfer.locations import missing_extra_notes, parse_location
 
     for alias, url in settings.transfers.transfer_locations.items():
-        parse_location(alias, url)  # a bad URL, or globus:// without globus-sdk, is one clear error
+        parse_location(alias, url)  # a bad URL is one clear error
+    for note in missing_extra_notes(settings.transfers.transfer_locations):
+        click.echo(f"note: settings.yml: {note}")
     refresh_site_row(ref.store, settings, stamp)
     queues = ", ".join(sorted(settings.scheduler.allowed_queues)) or "none"
     click.echo(f"Site {ref.name}: settings.yml is valid; policies refreshed (queues: {queues}; "

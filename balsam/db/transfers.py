@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from balsam.db.codec import dumps, loads
-from balsam.exceptions import ValidationError
+from balsam.exceptions import GLOBUS_EXTRA_HINT, ValidationError
 
 ITEM_STATES = ("pending", "active", "inactive", "done", "error", "awaiting_job")
 UPDATABLE = frozenset({"state", "task_id", "transfer_info"})
@@ -71,6 +71,8 @@ def job_transfer_items(
         if alias not in locations:
             known = ", ".join(sorted(locations)) or "none configured in settings.yml transfers.transfer_locations"
             raise ValidationError(f"transfer {slot!r}: unknown location alias {alias!r} (known: {known})")
+        if str(locations[alias]).strip().startswith("globus://") and not _globus_sdk_installed():
+            raise ValidationError(f"transfer {slot!r}: location {alias!r} is {locations[alias]}: {GLOBUS_EXTRA_HINT}")
         direction = spec.get("direction", "in")
         local_path = check_local_path(slot, str(spec.get("local_path", ".")))
         items.append({
@@ -83,6 +85,15 @@ def job_transfer_items(
             "state": "pending" if direction == "in" else "awaiting_job",
         })
     return items
+
+
+def _globus_sdk_installed() -> bool:
+    """True when this process can run Globus transfers (the site's agent runs them, in the same environment)."""
+    try:
+        import globus_sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def insert_items(conn: sqlite3.Connection, specs: Sequence[Tuple[int, List[Dict[str, Any]]]], now: float) -> None:

@@ -37,7 +37,7 @@ from balsam.platforms.transfer import (
     TransferStatus,
     get_transfer,
 )
-from balsam.platforms.transfer.locations import Location, parse_location
+from balsam.platforms.transfer.locations import Location, missing_extra_notes, parse_location
 from balsam.services.base import Service
 from balsam.settings import TransferSettings
 
@@ -75,6 +75,8 @@ class TransferService(Service):
         self.env = dict(env) if env is not None else None
         self.clock = clock
         self.locations = {alias: parse_location(alias, url) for alias, url in settings.transfer_locations.items()}
+        for note in missing_extra_notes(settings.transfer_locations):
+            logger.warning("%s", note)  # the agent starts; jobs using such a location are refused at creation
         self._globus_client_factory = globus_client_factory
         self._adapters: Dict[str, TransferAdapter] = {}
         self._last_prune = 0.0

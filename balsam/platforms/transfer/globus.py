@@ -19,7 +19,7 @@ import datetime
 import re
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from balsam.exceptions import ConfigError, TransferError
+from balsam.exceptions import GLOBUS_EXTRA_HINT, ConfigError, TransferError
 from balsam.platforms.runner import CommandRunner
 from balsam.platforms.transfer.base import (
     PathLike,
@@ -30,7 +30,7 @@ from balsam.platforms.transfer.base import (
     all_failed,
 )
 
-EXTRA_HINT = "Globus transfers need globus-sdk: pip install 'balsam[globus]'"
+EXTRA_HINT = GLOBUS_EXTRA_HINT
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 SYNC_LEVELS = ("exists", "size", "mtime", "checksum")
 
@@ -42,6 +42,15 @@ def require_sdk() -> Any:
     except ImportError:
         raise ConfigError(EXTRA_HINT) from None
     return globus_sdk
+
+
+def sdk_installed() -> bool:
+    """True when globus-sdk can be imported here."""
+    try:
+        require_sdk()
+    except ConfigError:
+        return False
+    return True
 
 
 def is_endpoint_id(text: str) -> bool:

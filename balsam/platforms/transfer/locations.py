@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List, Mapping
 
 from balsam.exceptions import ConfigError
 
@@ -26,14 +27,23 @@ def parse_location(alias: str, url: str) -> Location:
             raise ConfigError(f"transfer location {alias!r}: {url!r}: expected rsync://[user@]host (no path)")
         return Location("rsync", host)
     if text.startswith("globus://"):
-        from balsam.platforms.transfer.globus import is_endpoint_id, require_sdk
+        from balsam.platforms.transfer.globus import is_endpoint_id
 
         endpoint = text[len("globus://"):].strip("/")
         if not is_endpoint_id(endpoint):
             raise ConfigError(f"transfer location {alias!r}: {url!r}: expected globus://ENDPOINT_UUID")
-        try:
-            require_sdk()
-        except ConfigError as exc:
-            raise ConfigError(f"transfer location {alias!r} is {url}: {exc}") from None
         return Location("globus", endpoint)
     raise ConfigError(f"transfer location {alias!r}: {url!r} is not one of local, rsync://[user@]host, globus://ENDPOINT_UUID")
+
+
+def missing_extra_notes(locations: Mapping[str, str]) -> List[str]:
+    """One line per location this host cannot serve for want of an optional extra (globus:// without globus-sdk).
+
+    Such a location does not stop ``site sync`` or the agent: jobs that use it are refused at creation naming the
+    extra (see :mod:`balsam.db.transfers`), and the rest of the site works."""
+    from balsam.platforms.transfer.globus import EXTRA_HINT, sdk_installed
+
+    if sdk_installed():
+        return []
+    return [f"transfer location {alias!r} is {url}: {EXTRA_HINT}; jobs using it are refused until then"
+            for alias, url in sorted(locations.items()) if str(url).strip().startswith("globus://")]
