@@ -220,7 +220,6 @@ class Scheduler(ABC):
 
     # -- the interface ------------------------------------------------------------------------------------
 
-    @abstractmethod
     def submit(
         self,
         script_path: PathLike,
@@ -234,7 +233,16 @@ class Scheduler(ABC):
         cwd: Optional[PathLike] = None,
         env: Optional[Mapping[str, str]] = None,
     ) -> int:
-        """Submit a rendered batch script; return the scheduler's job id. Output goes to ``<script>.output``."""
+        """Submit a rendered batch script; return the scheduler's job id. Output goes to ``<script>.output``.
+
+        Runs :meth:`submit_argv`'s command and reads the id with :meth:`parse_submit_output`."""
+        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
+                                job_name=job_name, optional_params=optional_params, cwd=cwd)
+        return self._run_and_parse(argv, self.parse_submit_output, cwd=cwd, env=env)
+
+    def parse_submit_output(self, stdout: str) -> int:
+        """The job id in what the submit command printed."""
+        raise SchedulerError(f"{self.name}: this scheduler does not say how to read its submit output")
 
     def submit_argv(
         self,

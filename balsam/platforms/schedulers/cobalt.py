@@ -180,6 +180,9 @@ class CobaltScheduler(Scheduler):
     title = "Cobalt"
     can_report_backfill = True
 
+    parse_submit_output = staticmethod(parse_submit)
+    """``qsub``; the job id it prints. (Cobalt names the job after the script; ``job_name`` is unused.)"""
+
     def submit_argv(
         self,
         script_path: PathLike,
@@ -201,24 +204,6 @@ class CobaltScheduler(Scheduler):
             wall_time_min=wall_time_min,
             optional_params=optional_params,
         )
-
-    def submit(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-        env: Optional[Mapping[str, str]] = None,
-    ) -> int:
-        """``qsub``; the job id it prints. (Cobalt names the job after the script; ``job_name`` is unused.)"""
-        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
-                                job_name=job_name, optional_params=optional_params, cwd=cwd)
-        return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None

@@ -252,6 +252,9 @@ class LSFScheduler(Scheduler):
             raise ConfigError(f"scheduler lsf: option node_flag must be nnodes or n, got {flag!r}")
         return flag
 
+    parse_submit_output = staticmethod(parse_submit)
+    """``bsub``; the job id it prints."""
+
     def submit_argv(
         self,
         script_path: PathLike,
@@ -276,24 +279,6 @@ class LSFScheduler(Scheduler):
             node_flag=self.node_flag,
             slots_per_node=self.slots_per_node,
         )
-
-    def submit(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-        env: Optional[Mapping[str, str]] = None,
-    ) -> int:
-        """``bsub``; the job id it prints."""
-        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
-                                job_name=job_name, optional_params=optional_params, cwd=cwd)
-        return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None

@@ -275,6 +275,9 @@ class PBSScheduler(Scheduler):
     can_report_backfill = True
     options_help = {"select_suffix": "appended to select=N, e.g. :system=polaris (a command-line -l select replaces the script's)"}
 
+    parse_submit_output = staticmethod(parse_submit)
+    """``qsub``; the numeric part of the job id it prints."""
+
     def submit_argv(
         self,
         script_path: PathLike,
@@ -298,24 +301,6 @@ class PBSScheduler(Scheduler):
             optional_params=optional_params,
             select_suffix=self.options.get("select_suffix", ""),
         )
-
-    def submit(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-        env: Optional[Mapping[str, str]] = None,
-    ) -> int:
-        """``qsub``; the numeric part of the job id it prints."""
-        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
-                                job_name=job_name, optional_params=optional_params, cwd=cwd)
-        return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None

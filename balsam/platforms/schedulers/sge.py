@@ -215,6 +215,9 @@ class SGEScheduler(Scheduler):
         """Slots per Balsam node (option ``slots_per_node``, default 1)."""
         return as_int(self.options.get("slots_per_node", "1"), "slots_per_node", minimum=1)
 
+    parse_submit_output = staticmethod(parse_submit)
+    """``qsub -terse``; the job id it prints."""
+
     def submit_argv(
         self,
         script_path: PathLike,
@@ -240,24 +243,6 @@ class SGEScheduler(Scheduler):
             slots_per_node=self.slots_per_node,
             cwd=cwd,
         )
-
-    def submit(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-        env: Optional[Mapping[str, str]] = None,
-    ) -> int:
-        """``qsub -terse``; the job id it prints."""
-        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
-                                job_name=job_name, optional_params=optional_params, cwd=cwd)
-        return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None

@@ -267,6 +267,9 @@ class SlurmScheduler(Scheduler):
             raise ConfigError(f"scheduler slurm: option queue_option must be one of {', '.join(QUEUE_OPTIONS)}, got {value!r}")
         return value
 
+    parse_submit_output = staticmethod(parse_submit)
+    """``sbatch --parsable``; the job id it prints."""
+
     def submit_argv(
         self,
         script_path: PathLike,
@@ -290,24 +293,6 @@ class SlurmScheduler(Scheduler):
             optional_params=optional_params,
             queue_option=self.queue_option,
         )
-
-    def submit(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-        env: Optional[Mapping[str, str]] = None,
-    ) -> int:
-        """``sbatch --parsable``; the job id it prints."""
-        argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
-                                job_name=job_name, optional_params=optional_params, cwd=cwd)
-        return self._run_and_parse(argv, parse_submit, cwd=cwd, env=env)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
