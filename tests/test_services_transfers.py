@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, List
 
 import pytest
 
@@ -16,9 +16,9 @@ from balsam.api import ApplicationDefinition, Job, TransferItem
 from balsam.exceptions import AppError, BalsamError, ConfigError
 from balsam.platforms.transfer import ItemFailure, TransferState, TransferStatus
 from balsam.services.transfers import Location, TransferService, parse_location, retry_pause
-from balsam.settings import SiteSettings, TransferSettings
-from balsam.site import refresh_site_row
+from balsam.settings import TransferSettings
 from tests.helpers import advance
+from tests.transfer_support import cycle_until, make_service
 
 needs_rsync = pytest.mark.skipif(not shutil.which("rsync"), reason="rsync is not installed (bash .ci/sshd.sh installs it)")
 
@@ -32,25 +32,6 @@ class Staged(ApplicationDefinition):
         "results": {"required": False, "direction": "out", "local_path": "results", "recursive": True},
         "log": {"required": False, "direction": "out", "local_path": "run.log"},
     }
-
-
-def make_service(site: Any, locations: Dict[str, str], **kw: Any) -> TransferService:
-    settings = TransferSettings(transfer_locations=locations, **kw)
-    refresh_site_row(site.store, SiteSettings(transfers=settings))
-    return TransferService(site, settings, env=dict(os.environ))
-
-
-def cycle_until(service: TransferService, job_id: int, state: str, timeout: float = 30.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        service.run_cycle()
-        job = Job.objects.get(id=job_id)
-        if str(job.state) == state:
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} is {job.state}, not {state}; items: "
-                                 f"{[(t.state, t.transfer_info) for t in TransferItem.objects.filter(job_id=job_id)]}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

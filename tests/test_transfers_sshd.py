@@ -22,6 +22,8 @@ from balsam.services.transfers import TransferService
 from balsam.settings import SiteSettings, TransferSettings
 from balsam.site import refresh_site_row
 from tests.helpers import advance
+from tests.transfer_support import cycle_until
+from tests.transfer_support import make_service as make_transfer_service
 
 pytestmark = pytest.mark.sshd
 USER = getpass.getuser()
@@ -40,22 +42,7 @@ class Staged(ApplicationDefinition):
 
 
 def make_service(site: Any, rsh: str, **kw: Any) -> TransferService:
-    settings = TransferSettings(transfer_locations={"far": REMOTE}, rsync_rsh=rsh, **kw)
-    refresh_site_row(site.store, SiteSettings(transfers=settings))
-    return TransferService(site, settings, env=dict(os.environ))
-
-
-def cycle_until(service: TransferService, job_id: int, state: str, timeout: float = 60.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        service.run_cycle()
-        job = Job.objects.get(id=job_id)
-        if str(job.state) == state:
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} is {job.state}, not {state}: "
-                                 f"{[(t.state, t.transfer_info) for t in TransferItem.objects.filter(job_id=job_id)]}")
-        time.sleep(0.1)
+    return make_transfer_service(site, {"far": REMOTE}, rsync_rsh=rsh, **kw)
 
 
 @pytest.fixture
