@@ -30,7 +30,7 @@ from balsam._api import sites as _sites
 from balsam._api.base import Model, Query, by_site
 from balsam.db import analytics as adb
 from balsam.db import query as q
-from balsam.db.states import to_states
+from balsam.db.states import JobState, to_states
 from balsam.exceptions import ValidationError
 from balsam.plotting import plot_durations, plot_states, plot_throughput, plot_utilization
 
@@ -106,7 +106,7 @@ def _merge_levels(per_site: List[List[Tuple[float, float]]]) -> List[Tuple[float
 
 
 # ---------------------------------------------------------------------------------------------- Balsam 0.7
-def throughput_report(eventlog_query: Source, to_state: Any = "JOB_FINISHED") -> Tuple[List[_dt.datetime], List[int]]:
+def throughput_report(eventlog_query: Source, to_state: Any = JobState.JOB_FINISHED) -> Tuple[List[_dt.datetime], List[int]]:
     """Cumulative count of jobs reaching ``to_state`` over time, as Balsam 0.7 computes it.
 
     Returns ``(times, counts)``: the time of each matching event entering ``to_state`` (UTC, ascending)
@@ -162,7 +162,7 @@ def available_nodes(batchjob_query: Source) -> Tuple[List[_dt.datetime], List[in
 
 # ---------------------------------------------------------------------------------------------- beyond Balsam
 def throughput_rate(
-    eventlog_query: Source, to_state: Any = "JOB_FINISHED", window_s: float = 60.0, step_s: Optional[float] = None
+    eventlog_query: Source, to_state: Any = JobState.JOB_FINISHED, window_s: float = 60.0, step_s: Optional[float] = None
 ) -> Tuple[List[_dt.datetime], List[float]]:
     """Jobs per minute reaching ``to_state``, over a sliding window of ``window_s`` seconds.
 
@@ -229,7 +229,7 @@ def state_history(eventlog_query: Source, bins: int = 200) -> Tuple[List[_dt.dat
             i += 1
         for state, c in counts.items():
             series[state][n] = max(c, 0)
-    series.pop("CREATED", None)
+    series.pop(JobState.CREATED.value, None)
     return _dt_list(samples), series
 
 

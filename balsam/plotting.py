@@ -12,6 +12,7 @@ import datetime as _dt
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.exceptions import BalsamError
+from balsam.states import DISPLAY_ORDER, JobState
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -60,7 +61,7 @@ def _empty(ax: "Axes", what: str) -> None:
 
 
 def plot_throughput(
-    eventlog_query: Any, to_state: Any = "JOB_FINISHED", window_s: Optional[float] = 60.0, title: Optional[str] = None
+    eventlog_query: Any, to_state: Any = JobState.JOB_FINISHED, window_s: Optional[float] = 60.0, title: Optional[str] = None
 ) -> "Figure":
     """Cumulative jobs reaching ``to_state`` over time and, with ``window_s``, the rate in jobs/min.
 
@@ -125,8 +126,7 @@ def plot_utilization(
     return fig
 
 
-_STATE_ORDER = ["AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED", "RESTART_READY", "RUNNING", "RUN_DONE", "RUN_ERROR",
-                "RUN_TIMEOUT", "POSTPROCESSED", "STAGED_OUT", "JOB_FINISHED", "FAILED", "USER_KILLED"]
+_STATE_ORDER = [s.value for s in DISPLAY_ORDER]
 
 
 def plot_states(eventlog_query: Any, bins: int = 200, title: Optional[str] = None) -> "Figure":

@@ -25,15 +25,15 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 from balsam._api.base import Query, by_site
 from balsam._api.display import table
 from balsam.db import analytics as adb
-from balsam.db.states import JobState
+from balsam.db.states import FAILED_STATES, JobState
 from balsam.exceptions import BalsamError, ValidationError
 from balsam.plotting import MissingExtra
 
 __all__ = ["JobBrowser", "Progress", "in_notebook", "progress"]
 
-_DONE = {"JOB_FINISHED"}
-_FAILED = {"FAILED", "USER_KILLED"}
-_RUNNING = {"RUNNING"}
+_DONE = {JobState.JOB_FINISHED}
+_FAILED = FAILED_STATES
+_RUNNING = {JobState.RUNNING}
 _COLORS = {"done": "#2ca02c", "failed": "#d62728", "running": "#1f77b4"}
 
 

@@ -19,6 +19,7 @@ from balsam._api.appsource import capture_source, load_source, pickle_class
 from balsam._api.command import compile_command, template_variables
 from balsam.db.codec import dumps
 from balsam.db.transfers import check_local_path
+from balsam.db.states import JobState
 from balsam.exceptions import AppError, ValidationError
 
 if TYPE_CHECKING:
@@ -194,19 +195,19 @@ class ApplicationDefinition(metaclass=_AppMeta):
     # ---------------------------------------------------------------- hooks (run by the site agent)
     def preprocess(self) -> None:
         """Runs in STAGED_IN; must set ``self.job.state`` (default: PREPROCESSED)."""
-        self.job.state = "PREPROCESSED"
+        self.job.state = JobState.PREPROCESSED
 
     def postprocess(self) -> None:
         """Runs in RUN_DONE; must set ``self.job.state`` (default: POSTPROCESSED)."""
-        self.job.state = "POSTPROCESSED"
+        self.job.state = JobState.POSTPROCESSED
 
     def handle_timeout(self) -> None:
         """Runs in RUN_TIMEOUT; must set ``self.job.state`` (default: RESTART_READY, a retry)."""
-        self.job.state = "RESTART_READY"
+        self.job.state = JobState.RESTART_READY
 
     def handle_error(self) -> None:
         """Runs in RUN_ERROR; must set ``self.job.state`` (default: FAILED)."""
-        self.job.state = "FAILED"
+        self.job.state = JobState.FAILED
 
     def shell_preamble(self) -> Union[str, List[str], None]:
         """Shell lines run before the app on the launch node (a string is sourced; a list is joined with &&)."""

@@ -29,7 +29,7 @@ from balsam._api.jobs import Job, resolve_app
 from balsam.db import dag_templates as tpl
 from balsam.db.dag_templates import DAGNode
 from balsam.db.dags import check_name
-from balsam.db.states import DONE_STATES, JobState, to_states
+from balsam.db.states import DONE_STATES, FAILED_STATES, JobState, to_states
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class DAGInstance:
 
     def failed(self) -> bool:
         """True when a job of the instance failed or was killed."""
-        return any(s in ("FAILED", "USER_KILLED") for s in self.state())
+        return any(s in FAILED_STATES for s in self.state())
 
     def wait(self, timeout: Optional[float] = None, poll_interval: float = 0.5) -> Dict[str, int]:
         """Wait until every job is final; returns the counts by state (TimeoutError after ``timeout`` s)."""
@@ -283,7 +283,7 @@ class DAG:
             for s, n in c.items():
                 total[s] = total.get(s, 0) + n
             done += all(s in _DONE for s in c)
-            failed += any(s in ("FAILED", "USER_KILLED") for s in c)
+            failed += any(s in FAILED_STATES for s in c)
         return {"instances": len(rows), "done": done, "failed": failed, "jobs": total}
 
     # ---------------------------------------------------------------- text and YAML forms

@@ -479,7 +479,7 @@ def _insert_rows(conn: Any, group: Sequence[Job], rows: Sequence[Tuple[Any, ...]
     transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
     first, states = job_db.insert_jobs(conn, rows, transfers, now=now, checked_app_versions=_checked_versions(group))
     for i, (job, row) in enumerate(zip(group, rows)):
-        job._mark_created(row, first + i, states.get(i, "STAGED_IN"), now)
+        job._mark_created(row, first + i, states.get(i, JobState.STAGED_IN), now)
 
 
 def insert_job_group(conn: Any, jobs: Sequence[Job], now: float) -> None:
@@ -565,7 +565,7 @@ class JobManager(Manager[Job]):
                     name = to_state(state).value
                     changes.append(StateChange(int(job.id or 0), name, timestamp=None if ts is None else q.to_timestamp(ts),
                                                data=job.__dict__.get("state_data"),
-                                               session_id=job.__dict__.get("_session_id") if name == "RUNNING" else None))
+                                               session_id=job.__dict__.get("_session_id") if name == JobState.RUNNING else None))
             site.backend.update_jobs(updates, parents, changes)
             self._reload(site, group)
 

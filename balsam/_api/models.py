@@ -14,7 +14,7 @@ from balsam.db import batch_jobs as batch_db
 from balsam.db import query as q
 from balsam.db import sessions as session_db
 from balsam.db.fields import check_tags
-from balsam.db.states import to_batch_state
+from balsam.db.states import BatchJobState, to_batch_state
 from balsam.exceptions import JobLockedError, ValidationError
 
 if TYPE_CHECKING:
@@ -118,7 +118,10 @@ class Site(Model):
         from balsam.site import Registry
 
         site = self.__dict__["_site"]
-        running = site.store.conn.execute("SELECT count(*) FROM job WHERE session_id IS NOT NULL").fetchone()[0]
+        from balsam.db.job_reads import count_held
+
+        with site.store.read() as conn:
+            running = count_held(conn)
         if running:
             raise JobLockedError(f"site {site.name}: {running} jobs are held by running launchers; stop them first")
         Registry().unregister(site.name)
@@ -254,7 +257,7 @@ class BatchJob(Model):
     optional_params: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     filter_tags: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     partitions: Optional[List[Dict[str, Any]]] = Field("json", None)  # type: ignore[assignment]
-    state: str = Field(default="pending_submission")  # type: ignore[assignment]
+    state: str = Field(default=BatchJobState.pending_submission.value)  # type: ignore[assignment]
     status_info: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     start_time = Field("time")
     end_time = Field("time")
@@ -282,7 +285,7 @@ class BatchJob(Model):
         d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue, project=project,
                  optional_params=dict(optional_params or {}), filter_tags=check_tags(filter_tags or {}, name="filter_tags"),
                  partitions=[batch_db.parse_partition(p) if isinstance(p, str) else dict(p) for p in partitions] if partitions else None,
-                 state="pending_submission", status_info={}, scheduler_id=None, start_time=None, end_time=None)
+                 state=BatchJobState.pending_submission.value, status_info={}, scheduler_id=None, start_time=None, end_time=None)
 
     def _repr_fields(self) -> Sequence[str]:
         return ("id", "scheduler_id", "queue", "num_nodes", "wall_time_min", "job_mode", "state")

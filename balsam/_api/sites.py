@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 from balsam.db import Store, open_store
 from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
-from balsam.site import Registry, SiteLayout, find_site_root, this_host
+from balsam.site import Registry, SiteLayout, find_site_root, site_identity, this_host
 
 __all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "reachable_sites", "ref_for_root", "reset",
            "resolve", "scope", "select", "served_foreign_sites", "this_host", "use_site"]
@@ -161,9 +161,9 @@ def ref_for_root(root: Path) -> SiteRef:
         ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=recorded)
     else:
         store = store_for(root)
-        row = store.conn.execute("SELECT id, name FROM site LIMIT 1").fetchone()
+        site_id, name = site_identity(store)
         owner = store.get_meta("home_host") or this_host()
-        ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=owner)
+        ref = SiteRef(id=site_id, name=name, path=root, host=owner)
     with _lock:
         _refs[root] = ref
     return ref

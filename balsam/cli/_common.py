@@ -23,6 +23,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 
 import click
 
+from balsam.states import JobState
+
+S = JobState
+
 if TYPE_CHECKING:
     from balsam._api.sites import SiteRef
 
@@ -82,7 +86,7 @@ def yes_option(help: str = "Do not ask for confirmation.") -> Callable[[F], F]:
 
 
 def _state_callback(ctx: click.Context, param: click.Parameter, value: Tuple[str, ...]) -> Tuple[str, ...]:
-    from balsam.db.states import STORED_STATES, JobState
+    from balsam.states import STORED_STATES, JobState
 
     names = [s.value for s in JobState if s in STORED_STATES]
     out = []
@@ -366,9 +370,9 @@ def working(label: str, enabled: bool = True, measure: Optional[Callable[[], str
         sys.stderr.flush()
 
 
-STATE_COLORS = {"JOB_FINISHED": "green", "RUN_DONE": "green", "POSTPROCESSED": "green", "STAGED_OUT": "green",
-                "RUNNING": "cyan", "FAILED": "red", "RUN_ERROR": "red", "RUN_TIMEOUT": "yellow", "USER_KILLED": "magenta",
-                "RESTART_READY": "yellow", "AWAITING_PARENTS": "blue"}
+STATE_COLORS: Dict[str, str] = {S.JOB_FINISHED: "green", S.RUN_DONE: "green", S.POSTPROCESSED: "green", S.STAGED_OUT: "green",
+                S.RUNNING: "cyan", S.FAILED: "red", S.RUN_ERROR: "red", S.RUN_TIMEOUT: "yellow", S.USER_KILLED: "magenta",
+                S.RESTART_READY: "yellow", S.AWAITING_PARENTS: "blue"}
 
 
 def color_state(text: str) -> str:

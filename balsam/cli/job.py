@@ -38,6 +38,9 @@ from balsam.cli._common import (
     working,
     yes_option,
 )
+from balsam.states import DISPLAY_ORDER, DONE_STATES, RESET_DEFAULT_STATES, JobState
+
+S = JobState
 
 if TYPE_CHECKING:
     from balsam._api.jobs import Job
@@ -45,8 +48,6 @@ if TYPE_CHECKING:
 
 BULK_CHUNK = 10_000
 PROGRESS_MIN = 2000  # selections at least this large show a counter on a terminal
-FINAL_STATES = frozenset({"JOB_FINISHED", "FAILED", "USER_KILLED"})
-RESET_BY_DEFAULT = ("FAILED", "RUN_ERROR", "RUN_TIMEOUT", "USER_KILLED")
 
 
 @click.group()
@@ -328,16 +329,12 @@ def _locate(path: str, exc: Exception, chunk: List["Job"], lines: Dict[str, str]
 
 
 # ------------------------------------------------------------------------------------------- ls
-STATE_ORDER = ("AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED", "RESTART_READY", "RUNNING", "RUN_DONE", "RUN_ERROR",
-               "RUN_TIMEOUT", "POSTPROCESSED", "STAGED_OUT", "JOB_FINISHED", "FAILED", "USER_KILLED")
-
-
 def _count_by_state(refs: Sequence["SiteRef"], filters: Dict[str, Any]) -> Dict[str, int]:
     totals: Dict[str, int] = {}
     for ref in refs:
         for state, n in ref.backend.count_by("job", dict(filters), "state").items():
             totals[state] = totals.get(state, 0) + n
-    return {s: totals[s] for s in sorted(totals, key=lambda s: STATE_ORDER.index(s) if s in STATE_ORDER else 99)}
+    return {s: totals[s] for s in sorted(totals, key=lambda s: DISPLAY_ORDER.index(s) if s in DISPLAY_ORDER else 99)}
 
 
 @job.command("ls")
@@ -473,8 +470,6 @@ def job_log(job_id: int, tail: Optional[int], follow: bool, sites: Sequence[str]
       balsam job log 42
       balsam job log 42 --tail 20 -f
     """
-    from balsam.db.states import DONE_STATES
-
     j, _ = _get_job(job_id, sites)
     path = j.workdir_path / "job.out"
     if not path.exists() and not follow:
@@ -517,7 +512,7 @@ def job_log(job_id: int, tail: Optional[int], follow: bool, sites: Sequence[str]
 
 
 # ------------------------------------------------------------------------------------------- state changes
-def _change_state(filters: Dict[str, Any], by_id: bool, all_jobs: bool, sites: Sequence[str], state: str, message: str, what: str,
+def _change_state(filters: Dict[str, Any], by_id: bool, all_jobs: bool, sites: Sequence[str], state: JobState, message: str, what: str,
                   yes: bool) -> int:
     """Move the selected jobs to ``state`` (strictly: one refused transition and nothing changes); returns how many.
 
@@ -556,7 +551,7 @@ def job_modify(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, s
     if new_state is None:
         raise click.UsageError("give the new state with -s/--state")
     filters = job_filters([*ids, *job_ids], tags, workflow, states, exclude_states, workdir, app)
-    n = _change_state(filters, bool(ids or job_ids), all_jobs, sites, new_state, "set by the user (balsam job modify)", "modify", yes)
+    n = _change_state(filters, bool(ids or job_ids), all_jobs, sites, JobState(new_state), "set by the user (balsam job modify)", "modify", yes)
     click.echo(f"Set {plural(n, 'job')} to {new_state}")
 
 
@@ -581,11 +576,11 @@ def job_reset(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, st
       balsam job reset 42
       balsam job reset -s FAILED --tag experiment=xyz -y
     """
-    target = "READY" if stage_in else "RESTART_READY"
+    target = S.READY if stage_in else S.RESTART_READY
     by_id = bool(ids or job_ids)
     filters = job_filters([*ids, *job_ids], tags, workflow, states, exclude_states, workdir, app)
     if not by_id and not states and (filters or all_jobs):
-        filters["state"] = list(RESET_BY_DEFAULT)
+        filters["state"] = sorted(RESET_DEFAULT_STATES)
     n = _change_state(filters, by_id, all_jobs, sites, target, "reset by the user (balsam job reset)", "reset", yes)
     click.echo(f"Reset {plural(n, 'job')} to {target}")
 
@@ -612,13 +607,13 @@ def job_kill(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, str
     by_id = bool(ids or job_ids)
     filters = job_filters([*ids, *job_ids], tags, workflow, states, exclude_states, workdir, app)
     if not by_id and not states and (filters or all_jobs):
-        filters["state__ne"] = sorted(set(exclude_states) | FINAL_STATES)
+        filters["state__ne"] = sorted(set(exclude_states) | DONE_STATES)
     from balsam.api import Job
 
     _, scope = scope_sites(sites)
-    waiting_before = Job.objects.filter(state="AWAITING_PARENTS", **scope).count()
-    n = _change_state(filters, by_id, all_jobs, sites, "USER_KILLED", "killed by the user (balsam job kill)", "kill", yes)
-    failed = waiting_before - Job.objects.filter(state="AWAITING_PARENTS", **scope).count()
+    waiting_before = Job.objects.filter(state=S.AWAITING_PARENTS, **scope).count()
+    n = _change_state(filters, by_id, all_jobs, sites, S.USER_KILLED, "killed by the user (balsam job kill)", "kill", yes)
+    failed = waiting_before - Job.objects.filter(state=S.AWAITING_PARENTS, **scope).count()
     click.echo(f"Killed {plural(n, 'job')}" + (f"; {plural(failed, 'job')} waiting on them failed" if failed > 0 else ""))
 
 

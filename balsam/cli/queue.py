@@ -18,8 +18,9 @@ from balsam.cli._common import (
     scope_sites,
     site_option,
 )
+from balsam.states import BATCH_ACTIVE_STATES, BATCH_LISTED_STATES, BatchJobState
 
-ACTIVE = ("pending_submission", "queued", "running", "pending_deletion")
+B = BatchJobState
 
 
 @click.group()
@@ -176,7 +177,7 @@ def queue_ls(history: bool, limit: int, scheduler_id: Optional[int], verbose: bo
     refs, scope = scope_sites(sites)
     filters: Dict[str, Any] = dict(scope)
     if not history:
-        filters["state"] = list(ACTIVE)
+        filters["state"] = sorted(BATCH_LISTED_STATES)
     if scheduler_id is not None:
         filters["scheduler_id"] = scheduler_id
     query = BatchJob.objects.filter(**filters).order_by("-id")
@@ -217,12 +218,12 @@ def _cancel(batch_job_id: int, sites: Sequence[str], delete_inactive: bool) -> N
     if len(found) > 1:
         raise CLIError(f"BatchJob {batch_job_id} exists at several sites: choose one with --site", 2)
     bj = found[0]
-    if bj.state in ("pending_submission", "queued", "running"):
-        bj.state = "pending_deletion"
+    if bj.state in BATCH_ACTIVE_STATES:
+        bj.state = B.pending_deletion.value
         bj.save()
         click.echo(f"BatchJob {bj.id} marked for deletion: the site agent cancels it" +
                    (f" (scheduler id {bj.scheduler_id})" if bj.scheduler_id else "") + "; its running jobs end as RUN_TIMEOUT")
-    elif bj.state == "pending_deletion":
+    elif bj.state == B.pending_deletion:
         click.echo(f"BatchJob {bj.id} is already marked for deletion")
     elif delete_inactive:
         bj.delete()

@@ -115,8 +115,7 @@ QUICK_CHECK_MAX_BYTES = 64 << 20
 
 
 def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
-    from balsam.db import open_store
-    from balsam.site import Registry, SiteLayout, agent_running, this_host
+    from balsam.site import Registry, SiteLayout, agent_running, site_summary, this_host
 
     here = this_host()
     out = []
@@ -130,25 +129,19 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
         else:
             row["active"] = agent_running(layout) is not None  # Balsam 0.7's "Active": the site's agent runs
             row["status"] = "agent running" if row["active"] else "ok"
-            store = open_store(layout.root, here)
             try:
-                counts = dict(store.conn.execute("SELECT state, count(*) FROM job GROUP BY state").fetchall())
-                row["jobs"] = sum(counts.values())
+                summary = site_summary(layout.root, verbose=verbose, quick_check_max_bytes=QUICK_CHECK_MAX_BYTES, host=here)
+                row["jobs"] = summary["jobs"]
                 if verbose:
                     row["preset"] = layout.preset()
-                    row["jobs_by_state"] = counts
-                    created = store.conn.execute("SELECT creation_date FROM site").fetchone()[0]
-                    row["created"] = _time(created)
-                    row["apps"] = store.conn.execute("SELECT count(*) FROM app").fetchone()[0]
-                    row["schema_version"] = store.schema_version()
-                if store.db_path.stat().st_size <= QUICK_CHECK_MAX_BYTES or verbose:
-                    damage = store.conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-                    if damage != "ok":
-                        row["status"] = f"damaged DB: run 'balsam db check --site {e.name}'"
+                    row["jobs_by_state"] = summary["jobs_by_state"]
+                    row["created"] = _time(summary["created"])
+                    row["apps"] = summary["apps"]
+                    row["schema_version"] = summary["schema_version"]
+                if summary["damage"] is not None:
+                    row["status"] = f"damaged DB: run 'balsam db check --site {e.name}'"
             except Exception as exc:  # one broken site must not hide the others
                 row["status"] = f"error: {exc} (run 'balsam db check --site {e.name}')"
-            finally:
-                store.close()
         out.append(row)
     return out
 
@@ -268,18 +261,13 @@ def site_rm(path: str, yes: bool) -> None:
     Example:
       balsam site rm ./old-site -f
     """
-    from balsam.db import open_store
-    from balsam.site import SiteLayout, remove_site, this_host
+    from balsam.site import SiteLayout, remove_site, site_job_count
 
     root = _site_root(path)
     layout = SiteLayout(root)
     detail = "its registration"
     if layout.is_site():
-        store = open_store(root, this_host())
-        try:
-            njobs = store.conn.execute("SELECT count(*) FROM job").fetchone()[0]
-        finally:
-            store.close()
+        njobs = site_job_count(root)
         detail = f"{njobs} jobs and everything under it"
     confirm(f"Delete the site at {root} ({detail})?", yes, f"not deleting {root} without confirmation")
     _reset_api()

@@ -71,14 +71,12 @@ def data_site_readable(found: Dict[str, Any]) -> bool:
 
 
 def _site_info(root: Path) -> Dict[str, Any]:
-    from balsam.db import maintenance, open_store
-    from balsam.db.schema import CURRENT_VERSION
-    from balsam.site import SiteLayout, this_host
+    from balsam.site import SiteLayout, code_schema_version, store_report, this_host
 
     layout = SiteLayout(root)
     home = layout.home_host()
     info: Dict[str, Any] = {"path": str(root), "home_host": home, "preset": layout.preset(), "db": str(layout.db_path),
-                            "code_schema_version": CURRENT_VERSION}
+                            "code_schema_version": code_schema_version()}
     if home and home != this_host():
         info["backend"] = "http"
         info["backend_reason"] = (f"this host ({this_host()}) is not the site's home host ({home}): its DB can only be opened "
@@ -99,16 +97,7 @@ def _site_info(root: Path) -> Dict[str, Any]:
         return info
     info["backend"] = "local"
     info["backend_reason"] = f"this host ({this_host()}) is the site's home host: the DB is opened directly"
-    store = open_store(root, this_host())
-    try:
-        version, _, pending = maintenance.schema_status(store)
-        info["schema_version"] = version
-        if pending:
-            info["pending_migrations"] = pending
-        row = store.conn.execute("SELECT id, name FROM site").fetchone()
-        info.update(id=row[0], name=row[1], db_bytes=maintenance.db_size(store))
-    finally:
-        store.close()
+    info.update(store_report(root, this_host()))
     return info
 
 

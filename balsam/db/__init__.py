@@ -6,7 +6,11 @@ Modules: ``schema`` (DDL and migrations), ``connection`` (Store: connections and
 (state changes and cascades), ``jobs`` (edits and deletion; re-exports creation and transitions),
 ``batch_jobs`` (BatchJob creation and its one checked writer), ``site_row`` (the site row's reader and writer),
 ``sessions`` (leases and acquisition), ``transfers`` (transfer items), ``query`` (filters and ordering),
-``updater`` (the bulk StatusUpdater), ``jobsource`` (JobSource, acquisition under a lease).
+``updater`` (the bulk StatusUpdater), ``jobsource`` (JobSource, acquisition under a lease), ``job_reads`` (one
+job's fields, states by id, counts), ``apps`` (stored code, names), ``meta`` (the store's key/value notes).
+
+All of the site store's SQL is here (tests/test_architecture.py checks it): every other layer calls a function
+of this package, one per table and operation, which validates what it is given.
 """
 
 from __future__ import annotations

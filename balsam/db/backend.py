@@ -19,7 +19,6 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db import query as q
-from balsam.db.codec import dumps
 from balsam.db.connection import Store
 from balsam.db.jobs import StateChange
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
@@ -34,7 +33,6 @@ LAUNCHER_FIELDS = frozenset({"return_code", "serialized_return_value", "serializ
 ACQUIRE_CONSTRAINTS = frozenset({"states", "filter_tags", "app_ids", "serial_only", "max_nodes_per_job", "max_aggregate_nodes",
                                  "max_wall_time_min", "max_gpus_per_node", "sort_by"})
 MAX_ACQUIRE_WAIT_S = 5.0
-APP_COLUMNS = ("id", "name", "kind", "source_code", "version")
 _SPECS: Dict[str, q.TableSpec] = dict(q.SPECS)
 _BATCH_JSON = frozenset({"optional_params", "filter_tags", "partitions", "status_info"})
 _WRITABLE = {
@@ -239,9 +237,9 @@ class LocalBackend(Backend):
         return (int(rows[-1][0]) if rows else after), rows
 
     def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
-        rows = self.store.execute(
-            f"SELECT {', '.join(APP_COLUMNS)} FROM app WHERE id IN (SELECT value FROM json_each(?))", (dumps([int(i) for i in ids]),))
-        return [dict(zip(APP_COLUMNS, r)) for r in rows]
+        from balsam.db.apps import app_code
+
+        return app_code(self.store.conn, ids)
 
     # ------------------------------------------------------------------ DAG templates
     def dag_save(self, name: str, description: str, spec: Dict[str, Any]) -> Dict[str, Any]:

@@ -277,6 +277,16 @@ def waiting_demand(conn: sqlite3.Connection, states: Sequence[str], filter_tags:
     return float(row[0]), int(row[1]), int(row[2])
 
 
+def batch_job_exists(conn: sqlite3.Connection, batch_job_id: int) -> bool:
+    """True while the BatchJob's record exists (its owner may have deleted it)."""
+    return conn.execute("SELECT 1 FROM batch_job WHERE id=?", (int(batch_job_id),)).fetchone() is not None
+
+
+def largest_num_nodes(conn: sqlite3.Connection) -> int:
+    """The most nodes any BatchJob of the site asked for (0 when there are none)."""
+    return int(conn.execute("SELECT coalesce(max(num_nodes), 0) FROM batch_job").fetchone()[0])
+
+
 def next_batch_job_id(conn: sqlite3.Connection) -> int:
     """The id the next new BatchJob will get (for previews such as ``queue submit --dry-run``)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='batch_job'").fetchone()

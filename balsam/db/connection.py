@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from balsam.db import ids
+from balsam.db.meta import read_meta, write_meta
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import ForeignHostError, SchemaError, StoreError
 
@@ -273,12 +274,13 @@ class Store:
 
     # ------------------------------------------------------------------ meta and lifecycle
     def get_meta(self, key: str) -> Optional[str]:
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        """The meta value under ``key`` (None if unset)."""
+        return read_meta(self.conn, key)
 
     def set_meta(self, key: str, value: str) -> None:
+        """Store a meta value in its own write transaction."""
         with self.write() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            write_meta(conn, key, value)
 
     def schema_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])

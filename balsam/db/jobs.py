@@ -167,6 +167,14 @@ def delete_jobs(conn: sqlite3.Connection, job_ids: Sequence[int]) -> int:
     return deleted
 
 
+def unlock_jobs(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
+    """Let go of jobs a session holds but cannot move on (a hook result that was refused), so another cycle
+    retries them; RUNNING jobs stay with their launcher."""
+    for chunk in chunks([int(i) for i in job_ids], 20000):
+        conn.execute("UPDATE job SET session_id=NULL WHERE id IN (SELECT value FROM json_each(?)) AND state != ?",
+                     (ids_param(chunk), S.RUNNING.value))
+
+
 def last_event_message(conn: sqlite3.Connection, job_id: int) -> str:
     """The last line of the most recent message or error among a job's last five events with data ('' if none)."""
     for (data,) in conn.execute("SELECT data FROM event WHERE job_id=? AND data IS NOT NULL ORDER BY id DESC LIMIT 5", (job_id,)):
@@ -193,5 +201,5 @@ def mark_cleaned(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
 __all__ = [
     "JOB_COLUMNS", "JSON_COLUMNS", "NEW_JOB_COLUMNS", "UPDATABLE_FIELDS", "ChangeResult", "StateChange", "add_parents",
     "apply_state_changes", "delete_jobs", "insert_jobs", "jobs_to_clean", "last_event_message", "live_locked", "mark_cleaned",
-    "new_job_row", "update_job_fields",
+    "new_job_row", "unlock_jobs", "update_job_fields",
 ]

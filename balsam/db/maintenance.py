@@ -100,6 +100,11 @@ def integrity_errors(conn: sqlite3.Connection, limit: int = 20) -> List[str]:
     return [] if rows == ["ok"] else rows
 
 
+def quick_check(conn: sqlite3.Connection) -> str:
+    """SQLite's ``PRAGMA quick_check(1)``: "ok", or the first problem found (faster than the full check)."""
+    return str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+
+
 def check(conn: sqlite3.Connection) -> List[Problem]:
     """Every problem found: SQLite integrity first, then the store's own consistency rules."""
     problems: List[Problem] = []
@@ -198,4 +203,4 @@ def schema_status(store: Store) -> Tuple[int, int, List[str]]:
     return version, CURRENT_VERSION, pending
 
 
-__all__ = ["CHECKS", "Problem", "backup", "check", "db_size", "integrity_errors", "repair", "schema_status", "vacuum"]
+__all__ = ["CHECKS", "Problem", "backup", "check", "db_size", "integrity_errors", "quick_check", "repair", "schema_status", "vacuum"]

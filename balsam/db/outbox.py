@@ -99,6 +99,11 @@ def events_after(conn: sqlite3.Connection, after_id: int, limit: int = 5000) -> 
     return (items[-1]["id"] if items else after_id), items
 
 
+def first_seq(conn: sqlite3.Connection) -> int:
+    """The oldest entry still in the log (0 when it is empty)."""
+    return int(conn.execute("SELECT coalesce(min(seq), 0) FROM outbox").fetchone()[0])
+
+
 def trim(conn: sqlite3.Connection, upto_seq: int) -> None:
     """Forget log entries the relay has acknowledged."""
     conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))

@@ -145,6 +145,31 @@ def expire_sessions(conn: sqlite3.Connection, *, expiry_s: float, host: str, now
     return [sid for sid, _ in dead]
 
 
+SESSION_FIELDS = frozenset({"id", "host", "pid", "label", "heartbeat", "batch_job_id"})
+
+
+def session_fields(conn: sqlite3.Connection, session_id: int, columns: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """``columns`` of session ``session_id`` (from SESSION_FIELDS); None if it is gone."""
+    unknown = [c for c in columns if c not in SESSION_FIELDS]
+    if unknown or not columns:
+        raise ValidationError(f"session field {unknown[0]!r} cannot be read" if unknown else "no session field asked for")
+    row = conn.execute(f"SELECT {', '.join(columns)} FROM session WHERE id=?", (int(session_id),)).fetchone()
+    return None if row is None else dict(zip(columns, row))
+
+
+def session_labels(conn: sqlite3.Connection) -> List[Tuple[int, str, str]]:
+    """(id, host, label) of every open session, by id (a launcher's label carries its capacity)."""
+    return [(int(i), str(h), str(lb or "")) for i, h, lb in conn.execute("SELECT id, host, label FROM session ORDER BY id")]
+
+
+def live_holders(conn: sqlite3.Connection, beat_since: float) -> List[Tuple[int, str, Optional[int], int]]:
+    """Sessions that beat after ``beat_since`` and hold jobs: (session id, host, pid, jobs held), by id."""
+    rows = conn.execute(
+        "SELECT s.id, s.host, s.pid, count(j.id) FROM session s JOIN job j ON j.session_id = s.id "
+        "WHERE s.heartbeat > ? GROUP BY s.id ORDER BY s.id", (float(beat_since),)).fetchall()
+    return [(int(r[0]), str(r[1]), None if r[2] is None else int(r[2]), int(r[3])) for r in rows]
+
+
 def _tag_clauses(tags: Optional[Dict[str, str]]) -> Tuple[List[str], List[Any]]:
     clauses: List[str] = []
     params: List[Any] = []
@@ -292,6 +317,6 @@ def acquire(
 
 
 __all__ = [
-    "RUNNABLE_NAMES", "acquire", "capacity_label", "label_capacity", "create_session", "expire_sessions", "process_alive", "process_start_time", "release", "tick",
-    "JobState",
+    "RUNNABLE_NAMES", "SESSION_FIELDS", "acquire", "capacity_label", "label_capacity", "create_session", "expire_sessions",
+    "live_holders", "process_alive", "process_start_time", "release", "session_fields", "session_labels", "tick", "JobState",
 ]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from balsam.db.codec import dumps, loads
+from balsam.db.meta import write_meta
 from balsam.exceptions import ValidationError
 
 JSON_FIELDS = frozenset({"backfill_windows", "queued_jobs", "optional_batch_job_params", "allowed_projects", "allowed_queues",
@@ -41,4 +42,33 @@ def update_site_row(conn: sqlite3.Connection, fields: Mapping[str, Any], *, stam
         conn.execute(f"UPDATE site SET {', '.join(f'{k}=?' for k in values)}, version=version+1", tuple(values.values()))
 
 
-__all__ = ["JSON_FIELDS", "WRITABLE", "read_site_row", "update_site_row"]
+def site_identity(conn: sqlite3.Connection) -> Optional[Tuple[int, str]]:
+    """(id, name) of the site row; None if the DB has none."""
+    row = conn.execute("SELECT id, name FROM site LIMIT 1").fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def whole_site_row(conn: sqlite3.Connection) -> Dict[str, Any]:
+    """Every column of the site row as stored (JSON columns as text), for the relay's copy; empty if none."""
+    cur = conn.execute("SELECT * FROM site LIMIT 1")
+    names = [d[0] for d in cur.description]
+    return dict(zip(names, cur.fetchone() or ()))
+
+
+def set_site_path(conn: sqlite3.Connection, path: str) -> None:
+    """Record where the site's directory now is (after ``balsam site mv``)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValidationError(f"a site path is absolute, not {path!r}")
+    conn.execute("UPDATE site SET path=?, version=version+1", (path,))
+
+
+def set_site_name(conn: sqlite3.Connection, name: str) -> None:
+    """Give the site row (and the meta note of the name) a new name, already validated by the caller's layer."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"a site name is a non-empty string, not {name!r}")
+    conn.execute("UPDATE site SET name=?, version=version+1", (name,))
+    write_meta(conn, "site_name", name)
+
+
+__all__ = ["JSON_FIELDS", "WRITABLE", "read_site_row", "set_site_name", "set_site_path", "site_identity", "update_site_row",
+           "whole_site_row"]

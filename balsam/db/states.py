@@ -21,7 +21,7 @@ accept a run as done (POSTPROCESSED).
 from __future__ import annotations
 
 import enum
-from typing import Dict, FrozenSet, Iterable, Union
+from typing import Dict, FrozenSet, Iterable, Tuple, Union
 
 from balsam.exceptions import IllegalTransition, ValidationError
 
@@ -80,6 +80,13 @@ STORED_STATES: FrozenSet[JobState] = frozenset(set(JobState) - {S.CREATED})
 """States a job row may hold."""
 RESETTABLE_STATES: FrozenSet[JobState] = frozenset({S.JOB_FINISHED, S.FAILED, S.USER_KILLED, S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT})
 """States from which a user may send a job back to READY or RESTART_READY (to run it again)."""
+RESET_DEFAULT_STATES: FrozenSet[JobState] = frozenset({S.FAILED, S.RUN_ERROR, S.RUN_TIMEOUT, S.USER_KILLED})
+"""What ``balsam job reset`` resets when no state is named: jobs that did not finish."""
+DISPLAY_ORDER: Tuple[JobState, ...] = (
+    S.AWAITING_PARENTS, S.READY, S.STAGED_IN, S.PREPROCESSED, S.RESTART_READY, S.RUNNING, S.RUN_DONE, S.RUN_ERROR,
+    S.RUN_TIMEOUT, S.POSTPROCESSED, S.STAGED_OUT, S.JOB_FINISHED, S.FAILED, S.USER_KILLED,
+)
+"""The stored states in the order lists and plots show them (the two runnable states together)."""
 
 _NON_FINAL = [s for s in STORED_STATES if s not in DONE_STATES]
 
@@ -166,6 +173,9 @@ class BatchJobState(str, enum.Enum):
 
 B = BatchJobState
 BATCH_ACTIVE_STATES: FrozenSet[BatchJobState] = frozenset({B.pending_submission, B.queued, B.running})
+"""BatchJobs that are, or will be, an allocation (``balsam queue term`` may cancel them)."""
+BATCH_LISTED_STATES: FrozenSet[BatchJobState] = BATCH_ACTIVE_STATES | {B.pending_deletion}
+"""BatchJobs ``balsam queue ls`` shows without ``--history``: active ones and those being cancelled."""
 BATCH_TRANSITIONS: Dict[BatchJobState, FrozenSet[BatchJobState]] = {
     B.pending_submission: frozenset({B.queued, B.running, B.submit_failed, B.pending_deletion, B.finished}),
     B.queued: frozenset({B.running, B.finished, B.pending_deletion}),

@@ -198,3 +198,17 @@ def transfer_info_of(conn: sqlite3.Connection, item_ids: Sequence[int]) -> Dict[
     rows = conn.execute("SELECT id, transfer_info FROM transfer_item WHERE id IN (SELECT value FROM json_each(?))",
                         (dumps(list(item_ids)),))
     return {int(r[0]): loads(r[1]) or {} for r in rows}
+
+
+def items_of_job(conn: sqlite3.Connection, job_id: int, direction: str) -> List[Dict[str, Any]]:
+    """A job's stage-``direction`` ("in" or "out") items, by id: id, state, location_alias, task_id and
+    transfer_info (decoded)."""
+    if direction not in ("in", "out"):
+        raise ValidationError(f"a transfer direction is 'in' or 'out', not {direction!r}")
+    cols = ("id", "state", "location_alias", "task_id", "transfer_info")
+    rows = conn.execute(f"SELECT {', '.join(cols)} FROM transfer_item WHERE job_id=? AND direction=? ORDER BY id",
+                        (int(job_id), direction)).fetchall()
+    out = [dict(zip(cols, r)) for r in rows]
+    for d in out:
+        d["transfer_info"] = loads(d["transfer_info"]) or {}
+    return out

@@ -18,14 +18,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
-from balsam.db.codec import dumps
 from balsam.db.updater import Sink
 from balsam.exceptions import LauncherError, ServiceError
 from balsam.site import SiteLayout
 
 logger = logging.getLogger(__name__)
-
-APP_COLUMNS = ("id", "name", "kind", "source_code", "version")
 
 
 class JobSourceLike(Protocol):
@@ -97,11 +94,13 @@ class DirectTransport(Transport):
         self.store = open_store(root, host)
 
     def connect(self) -> "DirectTransport":
-        row = self.store.execute("SELECT id, name FROM site LIMIT 1")
-        if not row:
+        from balsam.db.site_row import site_identity
+
+        with self.store.read() as conn:
+            identity = site_identity(conn)
+        if identity is None:
             raise LauncherError(f"{self.root}: the site DB has no site row")
-        self.site_id = int(row[0][0])
-        self.site_name = str(row[0][1])
+        self.site_id, self.site_name = identity
         return self
 
     def job_source(self, *, batch_job_id: Optional[int], label: str, heartbeat_period_s: float, expiry_s: float) -> JobSourceLike:
@@ -116,15 +115,18 @@ class DirectTransport(Transport):
         return store_sink(self.store)
 
     def app_rows(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
-        rows = self.store.execute(
-            f"SELECT {', '.join(APP_COLUMNS)} FROM app WHERE id IN (SELECT value FROM json_each(?))", (dumps(list(ids)),))
-        return [dict(zip(APP_COLUMNS, r)) for r in rows]
+        from balsam.db.apps import app_code
+
+        with self.store.read() as conn:
+            return app_code(conn, ids)
 
     def job_states(self, ids: Sequence[int]) -> Dict[int, str]:
         if not ids:
             return {}
-        rows = self.store.execute("SELECT id, state FROM job WHERE id IN (SELECT value FROM json_each(?))", (dumps(list(ids)),))
-        return {int(i): str(s) for i, s in rows}
+        from balsam.db.job_reads import job_states
+
+        with self.store.read() as conn:
+            return job_states(conn, ids)
 
     def data_version(self) -> Optional[int]:
         return self.store.data_version()

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from balsam import __version__
 from balsam._api import sites as _sites
@@ -47,8 +47,9 @@ def status_path(layout: SiteLayout) -> Path:
     return layout.state / "agent.json"
 
 
-def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str) -> List[Service]:
-    """Every service the settings ask for, each given its own section."""
+def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str, env: Mapping[str, str]) -> List[Service]:
+    """Every service the settings ask for, each given its own section, this host's name and the agent's
+    environment (read once, by :func:`run_agent`)."""
     from balsam.services.file_cleaner import FileCleanerService
     from balsam.services.processing import ProcessingService
     from balsam.services.scheduler import SchedulerService, scheduler_for
@@ -56,14 +57,14 @@ def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str) -> L
     sched = settings.scheduler
     adapter = scheduler_for(site, sched)
     services: List[Service] = [
-        ProcessingService(site, settings.processing, settings.session, host),
+        ProcessingService(site, settings.processing, settings.session, host, balsam_home=env.get("BALSAM_HOME")),
         SchedulerService(site, sched, adapter),
         FileCleanerService(site, settings.file_cleaner),
     ]
     if settings.transfers.transfer_locations:
         from balsam.services.transfers import TransferService
 
-        services.append(TransferService(site, settings.transfers, env=os.environ))
+        services.append(TransferService(site, settings.transfers, env=env))
     if settings.queue_maintainer is not None:
         from balsam.services.queue_maintainer import QueueMaintainerService
 
@@ -106,12 +107,12 @@ def disk_state(path: Path) -> Dict[str, Any]:
     return {"path": str(path), "free_bytes": free, "full": free < min(DISK_FULL_BYTES, 0.02 * total)}
 
 
-def _write_status(layout: SiteLayout, threads: List[ServiceThread], started: float, running: bool, api_url: str = "",
+def _write_status(layout: SiteLayout, node: str, threads: List[ServiceThread], started: float, running: bool, api_url: str = "",
                   settings_error: str = "") -> bool:
     """Write the agent's health for ``site status``. A failed write (a full disk) is logged, at most once a
     minute, and never stops the agent: its services keep serving what they can."""
     status = {
-        "pid": os.getpid(), "host": socket.gethostname(), "version": __version__, "started": started, "updated": time.time(),
+        "pid": os.getpid(), "host": node, "version": __version__, "started": started, "updated": time.time(),
         "running": running, "services": {t.service.name: t.health() for t in threads}, "api_url": api_url,
         "disk": disk_state(layout.root),
     }
@@ -148,12 +149,12 @@ def run_agent(site_root: Path) -> int:
         if applied:
             logger.info("migrated the site DB: %s", ", ".join(applied))
         site = _sites.ref_for_root(root)
-        host = this_host()
+        host, node, env = this_host(), socket.gethostname(), dict(os.environ)
         if site.host != host:
             raise ServiceError(f"site {site.name} belongs to host {site.host}; start its agent there")
         refresh_site_row(site.store, settings, stamp)
         _sites.use_site(root)  # hooks that create jobs default to this site
-        services = build_services(site, settings, host)
+        services = build_services(site, settings, host, env)
         generation = threading.Event()  # set to stop this generation of services (a settings change or the end)
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -183,7 +184,7 @@ def run_agent(site_root: Path) -> int:
             raise
         logger.info("API listening at %s", api.url)
         try:
-            _write_status(layout, threads, started, True, api.url)
+            _write_status(layout, node, threads, started, True, api.url)
             while not stop.wait(STATUS_PERIOD_S):
                 new_stamp = settings_stamp(layout)
                 if new_stamp != stamp and new_stamp != bad_stamp:
@@ -201,16 +202,16 @@ def run_agent(site_root: Path) -> int:
                                 t.join(timeout=60)
                             settings = new_settings
                             generation = threading.Event()
-                            threads = [ServiceThread(s, generation) for s in build_services(site, settings, host)]
+                            threads = [ServiceThread(s, generation) for s in build_services(site, settings, host, env)]
                             for t in threads:
                                 t.start()
-                _write_status(layout, threads, started, True, api.url, settings_error)
+                _write_status(layout, node, threads, started, True, api.url, settings_error)
         finally:
             api.stop()
         generation.set()
         for t in threads:
             t.join(timeout=60)
-        _write_status(layout, threads, started, False)
+        _write_status(layout, node, threads, started, False)
         logger.info("agent stopped")
     return 0
 

@@ -10,26 +10,34 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List
 
+from balsam.db import batch_jobs as batch_db
+from balsam.db import job_reads, sessions, transfers
 from balsam.db.codec import loads
 from balsam.db.jobs import last_event_message
+from balsam.db.states import BATCH_ACTIVE_STATES, FAILED_STATES, PROCESSING_STATES, RUNNABLE_STATES, BatchJobState, JobState
 from balsam.services.agent import agent_status
+
+S = JobState
+B = BatchJobState
+HOOK_OF = {S.STAGED_IN: "preprocess", S.RUN_DONE: "postprocess", S.RUN_ERROR: "handle_error", S.RUN_TIMEOUT: "handle_timeout"}
+"""The hook (run by the agent's processing service) each processing state waits for."""
+SHOWN_BATCH_STATES = BATCH_ACTIVE_STATES | {B.submit_failed, B.pending_deletion}
 
 AGENT_DOWN = "the site agent is not running: start it with 'balsam site start'"
 
 
 def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[str]:
-    rows = store.execute(
-        "SELECT id, state, num_nodes, wall_time_min, filter_tags, status_info, scheduler_id FROM batch_job "
-        "WHERE state IN ('pending_submission','queued','running','submit_failed','pending_deletion') ORDER BY id")
+    rows = batch_db.batch_jobs_in(store.conn, sorted(SHOWN_BATCH_STATES))
     if not rows:
         return ["no BatchJob is queued or running to launch it: submit one ('balsam queue submit -n 1 -t 10 ...') "
                 "or enable the elastic queue in settings.yml"]
     out: List[str] = []
     tags = job["tags"]
     usable = 0
-    for bid, state, nodes, wall, ftags, info, sched_id in rows:
-        ftags = loads(ftags) or {}
-        info = loads(info) or {}
+    for bj in rows:
+        bid, state, nodes, wall, sched_id = bj["id"], B(bj["state"]), bj["num_nodes"], bj["wall_time_min"], bj["scheduler_id"]
+        ftags = bj["filter_tags"] or {}
+        info = bj["status_info"] or {}
         if any(tags.get(k) != v for k, v in ftags.items()):
             out.append(f"BatchJob {bid} ({state}) only runs jobs tagged {ftags}")
             continue
@@ -39,18 +47,18 @@ def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[
         if job["wall_time_min"] and job["wall_time_min"] > wall:
             out.append(f"BatchJob {bid} ({state}) runs {wall} min; this job declares {job['wall_time_min']} min")
             continue
-        if state == "submit_failed":
+        if state is B.submit_failed:
             out.append(f"BatchJob {bid} could not be submitted: {info.get('error', 'see balsam queue ls -v')}")
-        elif state == "pending_submission":
+        elif state is B.pending_submission:
             out.append(f"BatchJob {bid} waits to be submitted" + ("" if agent_up else f", but {AGENT_DOWN}"))
             usable += 1
-        elif state == "queued":
+        elif state is B.queued:
             out.append(f"BatchJob {bid} (scheduler id {sched_id}) is queued in the scheduler")
             usable += 1
-        elif state == "running":
+        elif state is B.running:
             out.append(f"BatchJob {bid} (scheduler id {sched_id}) is running; its launcher will pick the job up when it has room")
             usable += 1
-        elif state == "pending_deletion":
+        elif state is B.pending_deletion:
             out.append(f"BatchJob {bid} is being cancelled")
     if not usable:
         out.insert(0, "no active BatchJob can run this job")
@@ -60,18 +68,16 @@ def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[
 def _launcher_reasons(store: Any, job: Dict[str, Any]) -> List[str]:
     """Why the running launchers leave the job alone: none has nodes with enough GPUs, or enough nodes. A
     launcher never fails a job its nodes cannot hold; it waits for one that can (another partition or BatchJob)."""
-    from balsam.db.sessions import label_capacity
-
     gpus = float(job["ranks_per_node"]) * float(job["gpus_per_rank"])
-    caps = [(sid, host, cap) for sid, host, label in store.execute("SELECT id, host, label FROM session ORDER BY id")
-            if (cap := label_capacity(label)) is not None]
+    caps = [(sid, host, cap) for sid, host, label in sessions.session_labels(store.conn)
+            if (cap := sessions.label_capacity(label)) is not None]
     if not caps:
         return []
     fits = [c for c in caps if c[2][0] >= job["num_nodes"] and c[2][2] + 1e-9 >= gpus]
     if fits:
         return []
     seen = ", ".join(f"session {sid} on {host}: {n} node(s), {g} GPUs each" for sid, host, (n, _c, g) in caps)
-    largest = store.execute("SELECT max(num_nodes) FROM batch_job")[0][0]
+    largest = batch_db.largest_num_nodes(store.conn)
     sizes = f"; the largest BatchJob so far has {largest} node(s)" if largest else ""
     if gpus > 0 and all(c[2][2] + 1e-9 < gpus for c in caps):
         have = max(c[2][2] for c in caps)
@@ -93,59 +99,60 @@ def explain(store: Any, site_root: Any, job_id: int) -> List[str]:
 
 
 def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
-    row = store.execute("SELECT state, tags, num_nodes, wall_time_min, parent_ids, session_id, batch_job_id, ranks_per_node, "
-                        "gpus_per_rank FROM job WHERE id=?", (job_id,))
-    if not row:
+    row = job_reads.job_fields(store.conn, job_id, ("state", "tags", "num_nodes", "wall_time_min", "parent_ids", "session_id",
+                                                    "batch_job_id", "ranks_per_node", "gpus_per_rank"))
+    if row is None:
         return [f"job {job_id} does not exist"]
-    state, tags, num_nodes, wall, parents, session_id, batch_job_id, rpn, gpr = row[0]
-    job = {"tags": loads(tags), "num_nodes": num_nodes, "wall_time_min": wall, "ranks_per_node": rpn, "gpus_per_rank": gpr}
+    state, session_id = S(row["state"]), row["session_id"]
+    job = {"tags": loads(row["tags"]), "num_nodes": row["num_nodes"], "wall_time_min": row["wall_time_min"],
+           "ranks_per_node": row["ranks_per_node"], "gpus_per_rank": row["gpus_per_rank"]}
     agent_up = bool(agent_status(site_root).get("running"))
-    if state == "AWAITING_PARENTS":
-        ids = loads(parents)
-        waiting = store.execute(
-            f"SELECT id, state FROM job WHERE id IN ({','.join('?' * len(ids))}) AND state != 'JOB_FINISHED'", ids) if ids else []
+    if state is S.AWAITING_PARENTS:
+        waiting = job_reads.unfinished(store.conn, loads(row["parent_ids"]) or [])
         return [f"waits for parent job {pid} ({pstate})" for pid, pstate in waiting] or ["waits for its parents"]
-    if state in ("READY", "POSTPROCESSED"):
-        direction = "in" if state == "READY" else "out"
-        items = store.execute("SELECT id, state, location_alias, task_id, transfer_info FROM transfer_item WHERE job_id=? AND direction=?",
-                              (job_id, direction))
-        out = []
-        for i, st, alias, task, info_text in items:
-            if st == "done":
-                continue
-            info = loads(info_text) or {}
-            line = f"stage-{direction} item {i} {'from' if direction == 'in' else 'to'} '{alias}' is {st}"
-            if task and st in ("active", "inactive"):
-                line += f" (task {task}{': ' + str(info['status']) if info.get('status') else ''})"
-            if st == "pending" and info.get("retry_at"):
-                when = time.strftime("%H:%M:%S", time.localtime(float(info["retry_at"])))
-                line += f"; try {int(info.get('attempts', 0)) + 1} at {when} after: {str(info.get('last_error', ''))[-200:]}"
-            out.append(line)
-        if not agent_up:
-            out.append(AGENT_DOWN + " (it runs the transfers)")
-        return out or [f"stage-{direction} is complete; the job moves on at the next step"]
-    if state in ("STAGED_IN", "RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT"):
-        hook = {"STAGED_IN": "preprocess", "RUN_DONE": "postprocess", "RUN_ERROR": "handle_error", "RUN_TIMEOUT": "handle_timeout"}[state]
+    if state in (S.READY, S.POSTPROCESSED):
+        return _transfer_reasons(store, job_id, "in" if state is S.READY else "out", agent_up)
+    if state in PROCESSING_STATES:
+        hook = HOOK_OF[state]
         if not agent_up:
             return [f"waits for its {hook} step, which the site agent runs; {AGENT_DOWN}"]
         return [f"waits for its {hook} step (the agent's processing service)"]
-    if state in ("PREPROCESSED", "RESTART_READY"):
+    if state in RUNNABLE_STATES:
         if session_id is not None:
-            sess = store.execute("SELECT label, host, pid, batch_job_id FROM session WHERE id=?", (session_id,))
+            sess = sessions.session_fields(store.conn, session_id, ("label", "host", "pid", "batch_job_id"))
             if sess:
-                label, host, pid, bj = sess[0]
-                return [f"acquired by {label or 'a launcher'} (session {session_id}, pid {pid} on {host}"
+                bj = sess["batch_job_id"]
+                return [f"acquired by {sess['label'] or 'a launcher'} (session {session_id}, pid {sess['pid']} on {sess['host']}"
                         + (f", BatchJob {bj})" if bj else ")") + "; it will start when resources free up"]
         return ["ready to run"] + _launcher_reasons(store, job) + _batch_job_reasons(store, job, agent_up)
-    if state == "RUNNING":
-        sess = store.execute("SELECT host, pid, heartbeat FROM session WHERE id=?", (session_id,)) if session_id else []
+    if state is S.RUNNING:
+        sess = sessions.session_fields(store.conn, session_id, ("host", "pid", "heartbeat")) if session_id else None
         if sess:
-            host, pid, beat = sess[0]
-            return [f"running under launcher pid {pid} on {host} (BatchJob {batch_job_id}); last heartbeat {time.time() - beat:.0f} s ago"]
+            return [f"running under launcher pid {sess['pid']} on {sess['host']} (BatchJob {row['batch_job_id']}); "
+                    f"last heartbeat {time.time() - sess['heartbeat']:.0f} s ago"]
         return ["marked RUNNING but no launcher holds it; the next launcher or agent cycle will time it out"]
-    if state in ("FAILED", "USER_KILLED"):
+    if state in FAILED_STATES:
         msg = last_event_message(store.conn, job_id)
-        return [f"{state}: {msg}" if msg else state, "reset it to run again: 'balsam job reset ID'"]
-    if state == "JOB_FINISHED":
-        return ["finished"]
-    return [state]
+        return [f"{state}: {msg}" if msg else str(state), "reset it to run again: 'balsam job reset ID'"]
+    if state is S.JOB_FINISHED:
+        return ["finished successfully"]
+    return [str(state)]
+
+
+def _transfer_reasons(store: Any, job_id: int, direction: str, agent_up: bool) -> List[str]:
+    """What the job's unfinished stage-in or stage-out items are doing."""
+    out = []
+    for item in transfers.items_of_job(store.conn, job_id, direction):
+        i, st, alias, task, info = item["id"], item["state"], item["location_alias"], item["task_id"], item["transfer_info"]
+        if st == "done":
+            continue
+        line = f"stage-{direction} item {i} {'from' if direction == 'in' else 'to'} '{alias}' is {st}"
+        if task and st in ("active", "inactive"):
+            line += f" (task {task}{': ' + str(info['status']) if info.get('status') else ''})"
+        if st == "pending" and info.get("retry_at"):
+            when = time.strftime("%H:%M:%S", time.localtime(float(info["retry_at"])))
+            line += f"; try {int(info.get('attempts', 0)) + 1} at {when} after: {str(info.get('last_error', ''))[-200:]}"
+        out.append(line)
+    if not agent_up:
+        out.append(AGENT_DOWN + " (it runs the transfers)")
+    return out or [f"stage-{direction} is complete; the job moves on at the next step"]

@@ -28,7 +28,7 @@ from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
 from balsam.db.codec import dumps
 from balsam.db.site_row import read_site_row
-from balsam.db.states import BATCH_ACTIVE_STATES, BatchJobState
+from balsam.db.states import BATCH_ACTIVE_STATES, RUNNABLE_STATES, BatchJobState, JobState
 from balsam.exceptions import ValidationError
 from balsam.services.base import Service
 from balsam.settings import ElasticQueueSettings
@@ -36,7 +36,7 @@ from balsam.settings import ElasticQueueSettings
 logger = logging.getLogger(__name__)
 B = BatchJobState
 
-DEMAND_STATES = ("STAGED_IN", "PREPROCESSED", "RESTART_READY")
+DEMAND_STATES = (JobState.STAGED_IN, *sorted(RUNNABLE_STATES))
 
 
 @dataclass

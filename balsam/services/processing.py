@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
-import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,9 +25,10 @@ from balsam._api.app import ApplicationDefinition
 from balsam._api.base import row_of
 from balsam._api.jobs import Job
 from balsam._api.sites import SiteRef
-from balsam.db import sessions
-from balsam.db.codec import dumps
-from balsam.db.jobs import StateChange, apply_state_changes
+from balsam.db import apps as app_db
+from balsam.db import job_reads, sessions
+from balsam.db.jobs import StateChange, apply_state_changes, unlock_jobs
+from balsam.db.states import PROCESSING_STATES, JobState
 from balsam.exceptions import BalsamError
 from balsam.services import hookworker
 from balsam.services.base import Service
@@ -36,11 +36,12 @@ from balsam.settings import ProcessingSettings, SessionSettings
 
 logger = logging.getLogger(__name__)
 
-HOOKS: Dict[str, Tuple[str, str]] = {
-    "STAGED_IN": ("preprocess", "PREPROCESSED"),
-    "RUN_DONE": ("postprocess", "POSTPROCESSED"),
-    "RUN_ERROR": ("handle_error", "FAILED"),
-    "RUN_TIMEOUT": ("handle_timeout", "RESTART_READY"),
+S = JobState
+HOOKS: Dict[JobState, Tuple[str, JobState]] = {
+    S.STAGED_IN: ("preprocess", S.PREPROCESSED),
+    S.RUN_DONE: ("postprocess", S.POSTPROCESSED),
+    S.RUN_ERROR: ("handle_error", S.FAILED),
+    S.RUN_TIMEOUT: ("handle_timeout", S.RESTART_READY),
 }
 BULK_BATCH = 20_000
 CYCLE_BUDGET_S = 2.0
@@ -51,12 +52,16 @@ class ProcessingService(Service):
 
     name = "processing"
 
-    def __init__(self, site: SiteRef, settings: ProcessingSettings, session_settings: SessionSettings, host: str) -> None:
+    def __init__(self, site: SiteRef, settings: ProcessingSettings, session_settings: SessionSettings, host: str,
+                 balsam_home: Optional[str] = None) -> None:
+        """``balsam_home``: the registry folder the hook workers use (hooks that create jobs find sites by name),
+        where it is not this process's own."""
         super().__init__(settings.period_s)
         self.site = site
         self.settings = settings
         self.session_settings = session_settings
         self.host = host
+        self.balsam_home = balsam_home
         self.session_id: Optional[int] = None
         self._last_tick = 0.0
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
@@ -67,7 +72,9 @@ class ProcessingService(Service):
         store = self.site.store
         classes: Dict[int, Any] = {}
         errors: Dict[int, str] = {}
-        for app_id, name in store.execute("SELECT id, name FROM app"):
+        with store.read() as conn:
+            names = app_db.app_names(conn)
+        for app_id, name in names:
             try:
                 classes[app_id] = ApplicationDefinition.load_by_id(app_id, site=self.site)
             except Exception as exc:
@@ -87,16 +94,13 @@ class ProcessingService(Service):
         hooked = {a for a, cls in classes.items() if any(cls.has_hook(h) for h, _ in HOOKS.values())}
         if hooked:
             self._run_hooks(classes, hooked)
-        self.backlog = int(self.site.store.execute(
-            "SELECT count(*) FROM job WHERE state IN ('STAGED_IN','RUN_DONE','RUN_ERROR','RUN_TIMEOUT')")[0][0])
+        with self.site.store.read() as conn:
+            self.backlog = job_reads.count_in_states(conn, PROCESSING_STATES)
 
-    def _bulk(self, state: str, default: str, app_ids: List[int]) -> int:
+    def _bulk(self, state: JobState, default: JobState, app_ids: List[int]) -> int:
         """Apply ``default`` to a batch of unlocked ``state`` jobs of ``app_ids``; returns how many."""
         with self.site.store.write() as conn:
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM job WHERE state=? AND session_id IS NULL AND app_id IN (SELECT value FROM json_each(?)) LIMIT ?",
-                (state, dumps(app_ids), BULK_BATCH),
-            )]
+            ids = job_reads.unlocked_in_state(conn, [state], app_ids=app_ids, limit=BULK_BATCH)
             if ids:
                 apply_state_changes(conn, [StateChange(i, default) for i in ids], strict=False)
         return len(ids)
@@ -106,11 +110,9 @@ class ProcessingService(Service):
             return
         with self.site.store.write() as conn:
             for app_id, message in errors.items():
-                ids = [r[0] for r in conn.execute(
-                    "SELECT id FROM job WHERE app_id=? AND session_id IS NULL AND state IN ('STAGED_IN','RUN_DONE','RUN_ERROR','RUN_TIMEOUT')",
-                    (app_id,))]
+                ids = job_reads.unlocked_in_state(conn, PROCESSING_STATES, app_ids=[app_id])
                 if ids:
-                    apply_state_changes(conn, [StateChange(i, "FAILED", data={"message": message}) for i in ids], strict=False)
+                    apply_state_changes(conn, [StateChange(i, S.FAILED, data={"message": message}) for i in ids], strict=False)
 
     # ---------------------------------------------------------------- hooks
     def _lease(self) -> int:
@@ -133,7 +135,7 @@ class ProcessingService(Service):
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.settings.num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=hookworker.init_worker,
-                initargs=(str(self.site.path), os.environ.get("BALSAM_HOME")))
+                initargs=(str(self.site.path), self.balsam_home))
         return self._pool
 
     def _run_hooks(self, classes: Dict[int, Any], hooked: set) -> None:  # type: ignore[type-arg]
@@ -150,15 +152,15 @@ class ProcessingService(Service):
         futures = []
         for job in jobs:
             row = row_of(job) or {}
-            futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[str(job.state)][0]))
+            futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[S(job.state)][0]))
         for job, future in zip(jobs, futures):
             try:
                 changed, error = future.result()
             except Exception as exc:  # the worker died (a hook called os._exit, or was killed)
                 self._pool = None
-                changed, error = None, {"message": f"the hook worker running {HOOKS[str(job.state)][0]} died: {type(exc).__name__}: {exc}"}
+                changed, error = None, {"message": f"the hook worker running {HOOKS[S(job.state)][0]} died: {type(exc).__name__}: {exc}"}
             if error is not None:
-                failures.append(StateChange(int(job.id or 0), "FAILED", data=error))
+                failures.append(StateChange(int(job.id or 0), S.FAILED, data=error))
                 continue
             for name, value in (changed or {}).items():
                 if name in ("state_data", "state_timestamp"):
@@ -188,8 +190,7 @@ class ProcessingService(Service):
                 stuck.append(int(job.id or 0))
         if stuck:
             with self.site.store.write() as conn:
-                conn.execute("UPDATE job SET session_id=NULL WHERE id IN (SELECT value FROM json_each(?)) AND state != 'RUNNING'",
-                             (dumps(stuck),))
+                unlock_jobs(conn, stuck)
 
     def cleanup(self) -> None:
         if self._pool is not None:

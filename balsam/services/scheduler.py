@@ -74,7 +74,7 @@ class SchedulerService(Service):
         """Write a BatchJob's fields (a state change checked against the BatchJob state table); False if its record
         is gone (its owner deleted it). One deleted while active is removed when it ends (batch_jobs.update_batch_job)."""
         with self.site.store.write() as conn:
-            if conn.execute("SELECT 1 FROM batch_job WHERE id=?", (bj_id,)).fetchone() is None:
+            if not batch_db.batch_job_exists(conn, bj_id):
                 return False
             try:
                 batch_db.update_batch_job(conn, bj_id, state=state, info=info, **fields)

@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from balsam import exceptions as exc
 from balsam.db import outbox
 from balsam.db.backend import LocalBackend
+from balsam.db.meta import write_meta
+from balsam.db.site_row import whole_site_row
 from balsam.services.base import Service
 
 logger = logging.getLogger(__name__)
@@ -176,7 +178,7 @@ class SyncService(Service):
                 self.client.request("POST", "/v1/sync/push", payload, retry_s=2.0)
                 with store.write() as conn:
                     outbox.trim(conn, last_seq)
-                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (EVENT_CURSOR, str(ev_to)))
+                    write_meta(conn, EVENT_CURSOR, str(ev_to))
                 self._last_push = time.time()
                 total += n
                 self.pushed += n
@@ -189,16 +191,14 @@ class SyncService(Service):
         """The next push: (payload, last outbox seq covered, last event id covered, item count)."""
         store = self.site.store
         with store.read() as conn:
-            first = conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+            first = outbox.first_seq(conn)
             last_seq, items = outbox.pending(conn, 0, BATCH)
             ev_from = int(store.get_meta(EVENT_CURSOR) or 0)
             ev_to, events = outbox.events_after(conn, ev_from, BATCH)
             backlog: Dict[str, Any] = dict(outbox.state_counts(conn))
             self.backlog = outbox.backlog(conn)
             backlog["_outbox"] = self.backlog
-            cur = conn.execute("SELECT * FROM site LIMIT 1")
-            names = [d[0] for d in cur.description]
-            row = dict(zip(names, cur.fetchone() or ()))
+            row = whole_site_row(conn)
         site_id = int(self.link["site_id"])
         # Fixed by what it covers: a resent batch is recognised by the relay and applied once.
         submission = f"s{site_id}o{first or 0}-{last_seq}e{ev_from}-{ev_to}" if items or events else uuid.uuid4().hex
@@ -238,8 +238,8 @@ class SyncService(Service):
                     result = {"id": cmd["id"], "state": "rejected", "result": {"kind": "ValidationError", "message": f"malformed: {e}"}}
                 pending = json.loads(store.get_meta(ANSWERS) or "[]")
                 pending.append(result)
-                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (ANSWERS, json.dumps(pending)))
-                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (COMMAND_CURSOR, str(int(cmd["id"]))))
+                write_meta(conn, ANSWERS, json.dumps(pending))
+                write_meta(conn, COMMAND_CURSOR, str(int(cmd["id"])))
         if commands:
             self.push(force=True)  # the rows the commands made reach the relay before their answers
             self._send_answers()
@@ -254,8 +254,7 @@ class SyncService(Service):
         with store.write() as conn:
             current = json.loads(store.get_meta(ANSWERS) or "[]")
             sent = {int(r["id"]) for r in pending}
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                         (ANSWERS, json.dumps([r for r in current if int(r["id"]) not in sent])))
+            write_meta(conn, ANSWERS, json.dumps([r for r in current if int(r["id"]) not in sent]))
 
     def cleanup(self) -> None:
         self._stop.set()
