@@ -18,8 +18,8 @@ from balsam._api import sites as _sites
 from balsam._api.appsource import capture_source, load_source, pickle_class
 from balsam._api.command import compile_command, template_variables
 from balsam.db.codec import dumps
-from balsam.db.transfers import check_local_path
 from balsam.db.states import JobState
+from balsam.db.transfers import check_local_path
 from balsam.exceptions import AppError, ValidationError
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ class _AppMeta(type):
 
 
 def _define(cls: Any) -> None:
+    """Check an app class as it is defined and record what it takes: its kind (shell or python), parameter spec,
+    transfers and files to clean; any mistake is an AppError naming the app."""
     name = cls.__name__
     if not _IDENT(name):
         raise AppError(f"app name {name!r} must be a Python identifier")
@@ -102,57 +104,11 @@ def _define(cls: Any) -> None:
     var_positional: Optional[str] = None
     kind: Optional[str] = None
     if template is not None:
-        if not isinstance(template, str) or not template.strip():
-            raise AppError(f"{name}: command_template must be a non-empty string")
-        kind = "shell"
-        variables = template_variables(template, name)
-        for v in variables:
-            if not _IDENT(v):
-                raise AppError(f"{name}: template variable {v!r} is not an identifier")
-        unused = sorted(set(params_in) - set(variables))
-        if unused:
-            raise AppError(f"{name}: parameter {unused[0]!r} is not used by the command_template")
-        for v in variables:
-            spec[v] = _normalize_param(name, v, params_in[v]) if v in params_in else {"required": True, "help": ""}
+        kind, spec = "shell", _shell_spec(name, template, params_in)
     elif has_run:
         kind = "python"
-        assert run is not None
-        sig = inspect.signature(run)
-        args = list(sig.parameters.values())[1:]  # skip self
-        for p in args:
-            if p.kind is p.VAR_POSITIONAL:
-                # Balsam 0.7 allows run(self, *args): the job passes them as a list parameter named after it.
-                var_positional = p.name
-                spec[p.name] = {"required": False, "default": [], "help": f"a list, passed to run() as *{p.name}"}
-                continue
-            if p.kind is p.VAR_KEYWORD:
-                var_keyword = True
-                continue
-            if p.kind is p.POSITIONAL_ONLY:
-                raise AppError(f"{name}.run: positional-only parameter {p.name!r} is not supported")
-            help_text = ""
-            if p.annotation is not p.empty:
-                help_text = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
-            if p.default is p.empty:
-                spec[p.name] = {"required": True, "help": help_text}
-            else:
-                spec[p.name] = {"required": False, "default": _jsonable_default(p.default), "help": help_text}
-        for k, v in params_in.items():
-            if k not in spec and not var_keyword:
-                raise AppError(f"{name}: parameter {k!r} is not an argument of run()")
-            merged = dict(spec.get(k, {}), **_normalize_param(name, k, v)) if k in spec else _normalize_param(name, k, v)
-            if "help" in v:
-                merged["help"] = str(v["help"])
-            spec[k] = merged
-    env = getattr(cls, "environment_variables", {}) or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
-        raise AppError(f"{name}: environment_variables must be a dict of strings")
-    cleanup = getattr(cls, "cleanup_files", []) or []
-    if not isinstance(cleanup, (list, tuple)) or not all(isinstance(g, str) for g in cleanup):
-        raise AppError(f"{name}: cleanup_files must be a list of glob patterns")
-    for g in cleanup:
-        if g.startswith("/") or ".." in Path(g).parts:
-            raise AppError(f"{name}: cleanup_files pattern {g!r} must stay inside the job's workdir")
+        spec, var_positional, var_keyword = _python_spec(name, run, params_in)
+    _check_environment_and_cleanup(name, cls)
     cls._balsam_kind = kind
     cls._balsam_params = spec
     cls._balsam_defaults = {k: v["default"] for k, v in spec.items() if "default" in v}
@@ -164,6 +120,69 @@ def _define(cls: Any) -> None:
     if "__app_id__" not in vars(cls):
         cls.__app_id__ = None
         cls.__app_site__ = None
+
+
+def _shell_spec(name: str, template: Any, params_in: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The parameters of a command_template app: one per template variable (required unless ``parameters``
+    gives a default); a declared parameter the template does not use is an error."""
+    if not isinstance(template, str) or not template.strip():
+        raise AppError(f"{name}: command_template must be a non-empty string")
+    variables = template_variables(template, name)
+    for v in variables:
+        if not _IDENT(v):
+            raise AppError(f"{name}: template variable {v!r} is not an identifier")
+    unused = sorted(set(params_in) - set(variables))
+    if unused:
+        raise AppError(f"{name}: parameter {unused[0]!r} is not used by the command_template")
+    return {v: _normalize_param(name, v, params_in[v]) if v in params_in else {"required": True, "help": ""} for v in variables}
+
+
+def _python_spec(name: str, run: Any, params_in: Dict[str, Any]) -> Tuple[Dict[str, Dict[str, Any]], Optional[str], bool]:
+    """The parameters of a run() app, from its signature and ``parameters``: (spec, the ``*args`` name if any,
+    whether it takes ``**kwargs``)."""
+    spec: Dict[str, Dict[str, Any]] = {}
+    var_positional: Optional[str] = None
+    var_keyword = False
+    args = list(inspect.signature(run).parameters.values())[1:]  # skip self
+    for p in args:
+        if p.kind is p.VAR_POSITIONAL:
+            # Balsam 0.7 allows run(self, *args): the job passes them as a list parameter named after it.
+            var_positional = p.name
+            spec[p.name] = {"required": False, "default": [], "help": f"a list, passed to run() as *{p.name}"}
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            var_keyword = True
+            continue
+        if p.kind is p.POSITIONAL_ONLY:
+            raise AppError(f"{name}.run: positional-only parameter {p.name!r} is not supported")
+        help_text = ""
+        if p.annotation is not p.empty:
+            help_text = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+        if p.default is p.empty:
+            spec[p.name] = {"required": True, "help": help_text}
+        else:
+            spec[p.name] = {"required": False, "default": _jsonable_default(p.default), "help": help_text}
+    for k, v in params_in.items():
+        if k not in spec and not var_keyword:
+            raise AppError(f"{name}: parameter {k!r} is not an argument of run()")
+        merged = dict(spec.get(k, {}), **_normalize_param(name, k, v)) if k in spec else _normalize_param(name, k, v)
+        if "help" in v:
+            merged["help"] = str(v["help"])
+        spec[k] = merged
+    return spec, var_positional, var_keyword
+
+
+def _check_environment_and_cleanup(name: str, cls: Any) -> None:
+    """environment_variables is a dict of strings; cleanup_files are glob patterns inside the job's workdir."""
+    env = getattr(cls, "environment_variables", {}) or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+        raise AppError(f"{name}: environment_variables must be a dict of strings")
+    cleanup = getattr(cls, "cleanup_files", []) or []
+    if not isinstance(cleanup, (list, tuple)) or not all(isinstance(g, str) for g in cleanup):
+        raise AppError(f"{name}: cleanup_files must be a list of glob patterns")
+    for g in cleanup:
+        if g.startswith("/") or ".." in Path(g).parts:
+            raise AppError(f"{name}: cleanup_files pattern {g!r} must stay inside the job's workdir")
 
 
 class ApplicationDefinition(metaclass=_AppMeta):

@@ -32,6 +32,8 @@ S = JobState
 _CASCADES = {"JOB_FINISHED": 0, "FAILED": 1, "USER_KILLED": 1, "READY": 2, "POSTPROCESSED": 3}
 """States whose arrival triggers a cascade: 0 release children, 1 fail children, 2 skip stage-in, 3 skip stage-out."""
 JSON_COLUMNS = frozenset({"tags", "data", "launch_params", "parent_ids"})
+_RUN_DONE = S.RUN_DONE.value
+_POSTPROCESSED = S.POSTPROCESSED.value
 
 
 class StateChange(NamedTuple):
@@ -153,48 +155,70 @@ def _apply_round(
     round_ = [ch for ch in round_ if ch.job_id in texts]
     if not round_:
         return
+    _stage(conn, round_, texts, now, released)
+    refused = _refuse(conn, round_, strict, result)
+    applied = len(round_) - len(refused)
+    if not applied:
+        return
+    result.applied += applied
+    for ch in round_:
+        if ch.session_id is not None and ch.state == _RUN_DONE and ch.job_id not in refused:
+            released[ch.job_id] = ch.session_id
+    _write_states(conn, now)
+    if any([ch.fields for ch in round_]):
+        _write_fields(conn, [ch for ch in round_ if ch.fields and ch.job_id not in refused])
+    cascade.extend(_cascades(conn))
+
+
+def _stage(conn: sqlite3.Connection, round_: List[StateChange], texts: Dict[int, Optional[str]], now: float,
+           released: Dict[int, int]) -> None:
+    """Put the round into the scratch table ``_chg``, with each job's current state, holder and node footprint."""
     _prepare_temp(conn)
     conn.executemany(
         "INSERT INTO _chg(job_id, dst, ts, data, sid) VALUES (?, ?, ?, ?, ?)",
         [(ch.job_id, ch.state, now if ch.timestamp is None else ch.timestamp, texts[ch.job_id],
-          None if released and ch.state == "POSTPROCESSED" and released.get(ch.job_id) == ch.session_id else ch.session_id)
+          None if released and ch.state == _POSTPROCESSED and released.get(ch.job_id) == ch.session_id else ch.session_id)
          for ch in round_],
     )
     conn.execute(
         "UPDATE _chg SET (src, holder, nodes) = (SELECT state, session_id, CAST(num_nodes AS REAL) / node_packing_count "
         "FROM job WHERE job.id = _chg.job_id)"
     )
+
+
+def _refuse(conn: sqlite3.Connection, round_: List[StateChange], strict: bool, result: ChangeResult) -> Set[int]:
+    """Take the staged changes the table or the lease refuses out of ``_chg``; their job ids. Each is raised when
+    ``strict``, else recorded in ``result.rejected`` with its reason."""
     refused = conn.execute(f"SELECT job_id, dst, src, sid, holder FROM _chg WHERE {_REFUSED}").fetchall()
-    if refused:
-        by_id = {ch.job_id: ch for ch in round_}
-        for job_id, dst, src, sid, _holder in refused:
-            if src is None:
-                reason = "no such job"
-                if strict:
-                    raise IllegalTransition(f"job {job_id} does not exist", job_id)
-            elif dst not in LEGAL.get(src, ()):
-                reason = f"{src} -> {dst} is not allowed"
-                if strict:
-                    check_transition(src, dst, job_id)
-            elif sid is None:
-                reason = (f"job {job_id}: only a launcher holding the job can mark it RUNNING "
-                          "(acquire it through a Session first)")
-                if strict:
-                    raise IllegalTransition(reason, job_id)
-            else:
-                reason = f"job {job_id} is not held by session {sid} (its lease expired or it was released)"
-                if strict:
-                    raise IllegalTransition(reason, job_id)
-            result.rejected.append((by_id[job_id], reason))
-        conn.execute(f"DELETE FROM _chg WHERE {_REFUSED}")
-    applied = len(round_) - len(refused)
-    if not applied:
-        return
-    result.applied += applied
-    refused_now = {r[0] for r in refused}
-    for ch in round_:
-        if ch.session_id is not None and ch.state == "RUN_DONE" and ch.job_id not in refused_now:
-            released[ch.job_id] = ch.session_id
+    if not refused:
+        return set()
+    by_id = {ch.job_id: ch for ch in round_}
+    for job_id, dst, src, sid, _holder in refused:
+        if src is None:
+            reason = "no such job"
+            if strict:
+                raise IllegalTransition(f"job {job_id} does not exist", job_id)
+        elif dst not in LEGAL.get(src, ()):
+            reason = f"{src} -> {dst} is not allowed"
+            if strict:
+                check_transition(src, dst, job_id)
+        elif sid is None:
+            reason = (f"job {job_id}: only a launcher holding the job can mark it RUNNING "
+                      "(acquire it through a Session first)")
+            if strict:
+                raise IllegalTransition(reason, job_id)
+        else:
+            reason = f"job {job_id} is not held by session {sid} (its lease expired or it was released)"
+            if strict:
+                raise IllegalTransition(reason, job_id)
+        result.rejected.append((by_id[job_id], reason))
+    conn.execute(f"DELETE FROM _chg WHERE {_REFUSED}")
+    return {int(r[0]) for r in refused}
+
+
+def _write_states(conn: sqlite3.Connection, now: float) -> None:
+    """Write the staged changes: one event each (a run's node count and run number on RUNNING), then the states
+    (a job leaving RUNNING or a hook state is unlocked)."""
     conn.execute(
         "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT job_id, ts, src, dst, "
         "CASE WHEN dst = 'RUNNING' AND src = 'RESTART_READY' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes, "
@@ -211,17 +235,23 @@ def _apply_round(
         "version = version + 1 WHERE id IN (SELECT job_id FROM _chg WHERE dst != 'RUNNING')",
         (now,),
     )
-    with_fields = [ch for ch in round_ if ch.fields]
-    if with_fields:
-        refused_ids = {r[0] for r in refused}
-        groups: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
-        for ch in with_fields:
-            if ch.job_id not in refused_ids and ch.fields is not None:
-                keys = tuple(sorted(ch.fields))
-                groups.setdefault(keys, []).append(
-                    tuple(dumps(ch.fields[k]) if k in JSON_COLUMNS else ch.fields[k] for k in keys) + (ch.job_id,))
-        for keys, rows in groups.items():
-            conn.executemany(f"UPDATE job SET {', '.join(f'{k}=?' for k in keys)} WHERE id=?", rows)
+
+
+def _write_fields(conn: sqlite3.Connection, changes: List[StateChange]) -> None:
+    """Write the (already checked) launcher fields that came with applied changes, grouped by which fields."""
+    groups: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
+    for ch in changes:
+        if ch.fields is not None:
+            keys = tuple(sorted(ch.fields))
+            groups.setdefault(keys, []).append(
+                tuple(dumps(ch.fields[k]) if k in JSON_COLUMNS else ch.fields[k] for k in keys) + (ch.job_id,))
+    for keys, rows in groups.items():
+        conn.executemany(f"UPDATE job SET {', '.join(f'{k}=?' for k in keys)} WHERE id=?", rows)
+
+
+def _cascades(conn: sqlite3.Connection) -> List[StateChange]:
+    """What the staged changes set off: children released or failed, stage-in or stage-out skipped when there is
+    nothing to transfer."""
     to_finished: List[int] = []
     to_failed: List[Tuple[int, str]] = []
     to_ready: List[int] = []
@@ -238,14 +268,16 @@ def _apply_round(
             to_ready.append(job_id)
         else:
             to_postprocessed.append(job_id)
+    out: List[StateChange] = []
     if to_finished:
-        cascade.extend(_releasechildren_waiting(conn, to_finished))
+        out.extend(_releasechildren_waiting(conn, to_finished))
     if to_failed:
-        cascade.extend(_failchildren_waiting(conn, to_failed))
+        out.extend(_failchildren_waiting(conn, to_failed))
     if to_ready:
-        cascade.extend(_skip_stage_in(conn, to_ready))
+        out.extend(_skip_stage_in(conn, to_ready))
     if to_postprocessed:
-        cascade.extend(_skip_stage_out(conn, to_postprocessed))
+        out.extend(_skip_stage_out(conn, to_postprocessed))
+    return out
 
 
 _STRICT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
