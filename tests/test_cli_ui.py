@@ -1,4 +1,5 @@
-"""`balsam ui`: serves one site's dashboard and /v1 API on 127.0.0.1 behind a token, and says how to reach it."""
+"""`balsam ui`: serves the dashboard and /v1 API of this host's sites (or one, --site) on 127.0.0.1 behind a token, and says
+how to reach it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -133,10 +135,90 @@ def test_ui_refuses_a_short_token_with_one_line(site: Any) -> None:
     assert "at least 24" in out.stderr
 
 
-def test_ui_needs_one_site(tmp_path: Path) -> None:
+def _start(env: Dict[str, str], *args: str) -> "Tuple[subprocess.Popen[str], str, str]":
+    """`balsam ui ARGS` running: (the process, its base URL, what it printed)."""
+    proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    assert proc.stdout is not None
+    printed = ""
+    for _ in range(10):
+        line = proc.stdout.readline()
+        printed += line
+        if line.startswith("Ctrl-C") or not line:
+            break
+    m = re.search(r"(http://127\.0\.0\.1:\d+)/#/login", printed)
+    assert m, printed
+    return proc, m.group(1), printed
+
+
+def _jobs_at(name: str, root: Path, n: int) -> List[int]:
+    from balsam.api import ApplicationDefinition, Job
+
+    class Echo(ApplicationDefinition):
+        """Echoes."""
+
+        site = name
+        command_template = "echo {{ x }}"
+
+    Echo.sync()
+    jobs = Job.objects.bulk_create([Echo.submit(workdir=f"{name}/{i}", x=i, save=False) for i in range(n)])
+    return [int(j.id) for j in jobs]  # type: ignore[arg-type]
+
+
+def test_ui_serves_every_site_of_the_host_and_sites_created_later(tmp_path: Path) -> None:
     from balsam.site import init_site
 
     init_site(tmp_path / "a", name="a")
     init_site(tmp_path / "b", name="b")
-    out = subprocess.run([sys.executable, "-m", "balsam", "ui"], capture_output=True, text=True, env=_env(), timeout=60)
-    assert out.returncode != 0 and "choose one with --site" in out.stderr
+    a_jobs, b_jobs = _jobs_at("a", tmp_path / "a", 3), _jobs_at("b", tmp_path / "b", 2)
+    (tmp_path / "b" / "data" / "b" / "1").mkdir(parents=True)
+    (tmp_path / "b" / "data" / "b" / "1" / "job.out").write_text("output of b/1\n")
+    proc, base, printed = _start(_env({"BALSAM_UI_TOKEN": REUSABLE}))
+    try:
+        assert "this host's sites (a, b" in printed
+
+        def get(path: str) -> Any:
+            status, body, _ = _get(base + path, REUSABLE)
+            assert status == 200, body
+            return json.loads(body)
+
+        sites = {s["name"]: s for s in get("/v1/sites")["results"]}
+        assert sorted(sites) == ["a", "b"] and sites["b"]["agent"]["running"] is False and sites["b"]["preset"] == "local"
+        assert sorted(get("/v1/whoami")["sites"]) == sorted(s["id"] for s in sites.values())
+        page = get("/v1/jobs?ordering=-id&count=true&limit=4")
+        assert page["count"] == 5 and [j["id"] for j in page["results"]] == sorted(a_jobs + b_jobs, reverse=True)[:4]
+        rest = get(f"/v1/jobs?ordering=-id&limit=4&cursor={page['next_cursor']}")
+        assert [j["id"] for j in rest["results"]] == [min(a_jobs + b_jobs)] and rest["next_cursor"] is None
+        assert sorted(j["workdir"] for j in get(f"/v1/jobs?site_id={sites['b']['id']}")["results"]) == ["b/0", "b/1"]
+        assert get(f"/v1/jobs/count?site_id={sites['a']['id']}")["count"] == 3
+        assert get(f"/v1/jobs/{b_jobs[1]}")["workdir"] == "b/1"
+        assert get(f"/v1/jobs/{b_jobs[1]}/output")["text"] == "output of b/1\n"  # read from site b's own directory
+        status, body, _ = _get(base + f"/v1/jobs/{(4242 << 32) | 1}/output", REUSABLE)
+        assert status == 404
+        init_site(tmp_path / "c", name="c")  # created while it runs
+        deadline = time.monotonic() + 30
+        while sorted(s["name"] for s in get("/v1/sites")["results"]) != ["a", "b", "c"]:
+            assert time.monotonic() < deadline, "site c never appeared"
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_ui_site_limits_to_one(tmp_path: Path) -> None:
+    from balsam.site import init_site
+
+    init_site(tmp_path / "a", name="a")
+    init_site(tmp_path / "b", name="b")
+    _jobs_at("a", tmp_path / "a", 1)
+    _jobs_at("b", tmp_path / "b", 2)
+    proc, base, printed = _start(_env({"BALSAM_UI_TOKEN": REUSABLE}), "--site", "b")
+    try:
+        assert "of site 'b'" in printed
+        status, body, _ = _get(base + "/v1/sites", REUSABLE)
+        assert status == 200 and [s["name"] for s in json.loads(body)["results"]] == ["b"]
+        status, body, _ = _get(base + "/v1/jobs", REUSABLE)
+        assert sorted(j["workdir"] for j in json.loads(body)["results"]) == ["b/0", "b/1"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -102,23 +103,32 @@ def _json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-class WebSocketHub:
-    """Streams job state changes (from the event table) to WebSocket subscribers; one poller for all."""
+Part = Tuple[int, Backend]
+"""One site a server streams changes of: (site id, its backend)."""
 
-    def __init__(self, backend: Backend, site_id: int, period_s: float = 0.25) -> None:
-        self.backend = backend
-        self.site_id = site_id
+
+class WebSocketHub:
+    """Streams job state changes (from each site's event table) to WebSocket subscribers; one poller for all.
+
+    ``parts`` gives the sites to follow, asked again on every poll: a server of this host's sites (``balsam ui``)
+    follows a site registered after it started, and tells subscribers that the set of sites changed
+    (``{"type": "sites"}``) so the dashboard lists it without a reload.
+    """
+
+    def __init__(self, parts: Callable[[], Sequence[Part]], period_s: float = 0.25) -> None:
+        self.parts = parts
         self.period_s = period_s
         self.subscribers: Set["asyncio.Queue[Dict[str, Any]]"] = set()
         self._task: Optional["asyncio.Task[None]"] = None
-        self._after: Optional[int] = None
+        self._after: Dict[int, int] = {}
+        self._started = False
 
     async def subscribe(self) -> "asyncio.Queue[Dict[str, Any]]":
         """A queue of changes made from now on."""
         queue: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue(maxsize=10_000)
         if self._task is None or self._task.done():
-            self._after = None
-            self._after, _, _ = await asyncio.to_thread(self._read, None)  # the stream starts after the newest event
+            self._after, self._started = {}, False
+            await asyncio.to_thread(self._read)  # the stream starts after each site's newest event
             self._task = asyncio.get_running_loop().create_task(self._poll())
         self.subscribers.add(queue)
         return queue
@@ -126,22 +136,48 @@ class WebSocketHub:
     def unsubscribe(self, queue: "asyncio.Queue[Dict[str, Any]]") -> None:
         self.subscribers.discard(queue)
 
-    def _read(self, after: Optional[int]) -> Tuple[Optional[int], List[Dict[str, Any]], Dict[str, int]]:
-        events_since = getattr(self.backend, "events_since", None)
-        if events_since is None:
-            return after, [], {}
-        last, rows = events_since(after, 5000)
-        msgs = [{"type": "job", "site_id": self.site_id, "id": r[1], "state": r[4], "from_state": r[3], "ts": iso(r[2]),
-                 "event_id": r[0]} for r in rows]
-        counts = {str(k): v for k, v in self.backend.count_by("job", {}, "state").items()} if rows else {}
-        return last, msgs, counts
+    def counts(self) -> List[Dict[str, Any]]:
+        """Jobs by state at each site (what a new subscriber is sent first)."""
+        now = iso(time.time())
+        return [{"type": "counts", "site_id": site_id, "counts": {str(k): v for k, v in backend.count_by("job", {}, "state").items()},
+                 "ts": now} for site_id, backend in self.parts()]
+
+    def _read(self) -> List[Dict[str, Any]]:
+        msgs: List[Dict[str, Any]] = []
+        parts = [(site_id, backend, getattr(backend, "events_since", None)) for site_id, backend in self.parts()]
+        first, self._started = not self._started, True
+        seen = {site_id for site_id, _, events_since in parts if events_since is not None}
+        changed_sites = bool(set(self._after) - seen)
+        for site_id in set(self._after) - seen:
+            del self._after[site_id]
+        for site_id, backend, events_since in parts:
+            if events_since is None:
+                continue
+            if site_id not in self._after:
+                last, _ = events_since(None, 0)
+                self._after[site_id] = int(last or 0)
+                changed_sites = True
+                continue
+            try:
+                last, rows = events_since(self._after[site_id], 5000)
+            except (sqlite3.DatabaseError, exc.StoreError) as e:  # one unreadable site does not stop the others' stream
+                logger.warning("no changes from site %s: %s", site_id, e)
+                continue
+            self._after[site_id] = int(last or 0)
+            if not rows:
+                continue
+            msgs.extend({"type": "job", "site_id": site_id, "id": r[1], "state": r[4], "from_state": r[3], "ts": iso(r[2]),
+                         "event_id": r[0]} for r in rows)
+            msgs.append({"type": "counts", "site_id": site_id, "ts": iso(time.time()),
+                         "counts": {str(k): v for k, v in backend.count_by("job", {}, "state").items()}})
+        if changed_sites and not first:
+            msgs.append({"type": "sites", "site_ids": sorted(seen), "ts": iso(time.time())})
+        return msgs
 
     async def _poll(self) -> None:
         try:
             while self.subscribers:
-                self._after, msgs, counts = await asyncio.to_thread(self._read, self._after)
-                if counts:
-                    msgs.append({"type": "counts", "site_id": self.site_id, "counts": counts, "ts": iso(time.time())})
+                msgs = await asyncio.to_thread(self._read)
                 for queue in list(self.subscribers):
                     for m in msgs:
                         if queue.full():
@@ -166,7 +202,8 @@ class Api:
         self.site_root = site_root
         self.limits = limits or Limits()
         self.site_id = site_id
-        self.hub = WebSocketHub(backend, site_id)
+        site_parts = getattr(backend, "site_parts", None)
+        self.hub = WebSocketHub(site_parts if site_parts is not None else (lambda: [(site_id, backend)]))
         self.openapi_doc = _json(build_openapi())
         self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
 
@@ -345,9 +382,8 @@ class Api:
         queue = await self.hub.subscribe()
         await ws.send_json({"type": "hello", "site_id": self.site_id, "user": principal.name})
         try:
-            counts = await asyncio.to_thread(self.backend.count_by, "job", {}, "state")
-            await ws.send_json({"type": "counts", "site_id": self.site_id, "counts": {str(k): v for k, v in counts.items()},
-                                "ts": iso(time.time())})
+            for counts in await asyncio.to_thread(self.hub.counts):
+                await ws.send_json(counts)
             while True:
                 msg = await queue.get()
                 await ws.send_json(msg)

@@ -1,6 +1,9 @@
-"""``balsam ui``: the dashboard and the /v1 API of one site, for a browser on this host (or through ``ssh -L``).
+"""``balsam ui``: the dashboard and the /v1 API of this host's sites, for a browser on this host (or through ``ssh -L``).
 
-It is the site agent's app (:func:`balsam.http.server.build_app`) over the site's own store, with its own
+It is the site agent's app (:func:`balsam.http.server.build_app`) over every site whose home host this is (or
+the one ``--site`` names), through :class:`balsam.http.host.HostBackend`, which routes each request to its
+site and merges listings; a site created while it runs appears. The routes that read a site's directory
+(its row with the agent's health, a job's output, why a job waits) are answered per site here. It has its own
 credentials (:class:`UiTokens`):
 
 - the printed link (``/#/login?token=...``: the part after ``#`` never reaches the server or its logs) carries a
@@ -23,14 +26,13 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 from balsam.http.auth import Principal, Unauthorized
+from balsam.http.host import HostBackend, HostSite, HostSites
 
 if TYPE_CHECKING:
-    from balsam._api.sites import SiteRef
     from balsam.http.handlers import Call
     from balsam.http.serve import ApiServer
 
@@ -118,12 +120,75 @@ def _session_handler(tokens: UiTokens) -> "Any":
     return open_session
 
 
+def _host(call: "Call") -> HostBackend:
+    backend = call.backend
+    assert isinstance(backend, HostBackend)
+    return backend
+
+
+def _at_site(call: "Call", site: HostSite) -> "Call":
+    """The call as the one site's own server would see it (its backend and its directory)."""
+    from balsam.http.handlers import Call
+
+    return Call(site.backend, call.principal, dict(call.params), list(call.query), call.body, site.root)
+
+
+def _site_wire(call: "Call", site: HostSite) -> Dict[str, Any]:
+    from balsam.http.handlers import _site
+
+    return _site(_at_site(call, site))
+
+
+def list_sites(call: "Call") -> Tuple[int, Any]:
+    """Every site served, with its agent's health and backlog (``site_id``: some of them)."""
+    from balsam.http.handlers import _narrow
+
+    _narrow(call, [v for k, v in call.query if k == "site_id"] or None)
+    out = [_site_wire(call, s) for s in _host(call).parts()]
+    return 200, {"results": out, "next_cursor": None, "count": len(out)}
+
+
+def get_site(call: "Call") -> Tuple[int, Any]:
+    return 200, _site_wire(call, _host(call).part(call.int_param("id")))
+
+
+def whoami(call: "Call") -> Tuple[int, Any]:
+    return 200, {"user": call.principal.name, "sites": [s.id for s in _host(call).parts()], "kind": call.principal.kind}
+
+
+def _by_job(handler: "Callable[[Call], Tuple[int, Any]]") -> "Callable[[Call], Tuple[int, Any]]":
+    """A job route that reads the site's directory, answered at the job's site."""
+    def routed(call: "Call") -> Tuple[int, Any]:
+        from balsam.db.ids import site_of
+        from balsam.exceptions import ObjectDoesNotExist
+
+        job_id = call.int_param("id")
+        try:
+            site = _host(call).part(site_of(job_id))
+        except ObjectDoesNotExist:
+            raise ObjectDoesNotExist(f"no job {job_id}") from None
+        return handler(_at_site(call, site))
+
+    routed.__name__ = getattr(handler, "__name__", "routed")
+    routed.__doc__ = handler.__doc__
+    return routed
+
+
+def _site_routes() -> Tuple[Any, ...]:
+    from balsam.http import handlers as h
+    from balsam.http.routes import ROUTES
+
+    replaced = {"whoami": whoami, "list_sites": list_sites, "get_site": get_site, "job_output": _by_job(h.job_output),
+                "job_why": _by_job(h.why)}
+    return tuple(replace(r, handler=replaced[r.name]) for r in ROUTES if r.name in replaced)
+
+
 @dataclass
 class UiServer:
     """A running ``balsam ui`` server: where it listens and the token of its link."""
 
     server: "ApiServer"
-    site_name: str
+    sites: HostSites
     bind: str
     port: int
     token: str
@@ -147,18 +212,24 @@ class UiServer:
         host = login_host or (fqdn if fqdn and not fqdn.startswith("localhost") else socket.gethostname())
         return f"ssh -N -L {self.port}:127.0.0.1:{self.port} {getpass.getuser()}@{host}"
 
+    @property
+    def site_names(self) -> Sequence[str]:
+        """The names of the sites served now."""
+        return [s.name for s in self.sites.all()]
+
     def stop(self) -> None:
         self.server.stop()
 
 
-def start_ui(site: "SiteRef", *, port: int = 0, bind: str = "127.0.0.1", token: Optional[str] = None) -> UiServer:
-    """Serve ``site``'s dashboard and API on ``bind:port`` (0: any free port); returns the running server.
+def start_ui(discover: Callable[[], Sequence[HostSite]], *, port: int = 0, bind: str = "127.0.0.1", token: Optional[str] = None,
+             refresh_s: float = 2.0) -> UiServer:
+    """Serve the dashboard and API of the sites ``discover`` lists (asked again every ``refresh_s`` seconds, so sites
+    created later appear) on ``bind:port`` (0: any free port); returns the running server.
 
     The printed link's token is new and good for one login. ``token`` (BALSAM_UI_TOKEN): a reusable token
     accepted as well; giving the same one and the same port to a restarted ``balsam ui`` lets open dashboards
     reconnect without logging in again.
     """
-    from balsam.db.backend import LocalBackend
     from balsam.exceptions import ConfigError
     from balsam.http.auth import Authenticator
     from balsam.http.routes import OBJ
@@ -168,13 +239,14 @@ def start_ui(site: "SiteRef", *, port: int = 0, bind: str = "127.0.0.1", token: 
 
     if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token):
         raise ConfigError(f"the dashboard token must be at least {MIN_TOKEN_CHARS} printable characters without spaces")
-    principal = Principal(kind="ui", name=getpass.getuser(), site_ids=frozenset({int(site.id)}))
+    principal = Principal(kind="ui", name=getpass.getuser())
     tokens = UiTokens(principal, token)
-    backend = LocalBackend(site.store, host=site.host)
+    sites = HostSites(discover, refresh_s=refresh_s)
+    backend = HostBackend(sites)
     # Bearer tokens only: the site secret's HMAC is for the agent's own server and its launchers.
     auth = Authenticator(None, tokens, not_before=time.time() - 1.0)
     session = ApiRoute("POST", "/v1/ui/session", "ui_session", "Exchange the login link's one-time token (or BALSAM_UI_TOKEN's) "
                        "for a session token", _session_handler(tokens), body=OBJ, response=OBJ, status=201, auth=False)
-    app = build_app(backend, auth, site_root=Path(site.path), extra_routes=(session,))
+    app = build_app(backend, auth, site_id=0, extra_routes=(session, *_site_routes()))
     server = ApiServer(app, ServeOptions(bind=bind, port=port)).start()
-    return UiServer(server=server, site_name=site.name, bind=bind, port=server.port, token=tokens.link_token, tokens=tokens)
+    return UiServer(server=server, sites=sites, bind=bind, port=server.port, token=tokens.link_token, tokens=tokens)

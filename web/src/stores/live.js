@@ -1,4 +1,5 @@
-// Live changes from the server's WebSocket (/v1/ws): job and BatchJob state changes and per-site counts.
+// Live changes from the server's WebSocket (/v1/ws): job and BatchJob state changes, per-site counts, and a
+// "sites" message when the set of sites changes (a site created while `balsam ui` runs).
 // Views read `jobStates` for rows they show and watch `version` to refetch what they list; the socket
 // reconnects on its own (with backoff) after a server restart, and `reconnects` tells views to catch up.
 import { defineStore } from 'pinia'
@@ -15,6 +16,7 @@ export const useLive = defineStore('live', {
     jobStates: {},
     batchJobStates: {},
     counts: {},
+    sitesVersion: 0,
     lastMessageAt: null,
   }),
   actions: {
@@ -63,6 +65,9 @@ export const useLive = defineStore('live', {
           changed = true
         } else if (m.type === 'batch_job' && m.id != null) {
           this.batchJobStates[m.id] = m.state
+          changed = true
+        } else if (m.type === 'sites') {
+          this.sitesVersion += 1
           changed = true
         } else if (m.type === 'counts' && m.site_id != null) {
           this.counts[m.site_id] = m.counts || m.backlog || {}

@@ -1,0 +1,1 @@
+import{Nt as e}from"./VAlert-BYseoG1g.js";var t=e(`v-spacer`,`div`,`VSpacer`);export{t};

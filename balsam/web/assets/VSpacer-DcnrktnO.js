@@ -1,1 +1,0 @@
-import{Mt as e}from"./VAlert-D69AK2Zz.js";var t=e(`v-spacer`,`div`,`VSpacer`);export{t};
