@@ -1,11 +1,17 @@
-"""Benchmark: the relay's sync ingest, and the latency of remote work through the relay.
+"""Benchmark: the relay's sync ingest, listing over many jobs, and the latency of remote work through the relay.
 
 **Sync ingest.** ``--sites`` sites each push ``--jobs`` jobs through ``--rounds`` state changes (every change a
-full job row, as the sync service sends them) to a real relay server over HTTP, ``--clients`` sites at a time,
-in batches of 5,000 (the sync service's size). Measured: changes/s through HTTP and through ``RelayStore.ingest``
-directly, against the floor: raw ``executemany`` upserts of the same rows into the same table, with no
-validation, no idempotency record, no tags. On SQLite, and on PostgreSQL when ``BALSAM_TEST_PG_URL`` is set
-(``bash .ci/postgres.sh start; export BALSAM_TEST_PG_URL=$(bash .ci/postgres.sh url)``).
+full job row of the site store's 25 columns, as the sync service sends them; the first round creates the jobs)
+in batches of 5,000 (the sync service's size), ``--clients`` pushes at a time. Measured: changes/s through
+``RelayStore.ingest`` directly and through HTTP (``balsam relay serve`` in its own process, the sites' real
+``HttpClient`` in this one), against the floor: raw ``executemany`` upserts of the same rows (their mirror
+columns, built before the clock starts) into the same table, with no validation, no idempotency record, no tags.
+On SQLite, and on PostgreSQL when ``BALSAM_TEST_PG_URL`` is set (``bash .ci/postgres.sh start; export
+BALSAM_TEST_PG_URL=$(bash .ci/postgres.sh url)``).
+
+**Listing.** ``--listing`` jobs (100 sites of one user; states spread over Balsam's states) in the mirror, then
+p50/p99 of what the dashboard and ``Job.objects`` ask over HTTP: the first page of 100 jobs, a page of 100 in one
+state, one site's page, and counts by state; the same queries straight through the RelayBackend.
 
 **Remote work.** A real site (preset local) with its agent linked to the relay and a launcher running; jobs
 created on a "laptop" (a process with no site, through the relay) until JOB_FINISHED is visible there; against
@@ -13,7 +19,8 @@ the same jobs created and watched on the site's own host (its SQLite DB), in the
 
 Usage::
 
-    python bench/bench_relay.py [--sites 20] [--jobs 2500] [--rounds 4] [--clients 4] [--remote 20] [--json out.json]
+    python bench/bench_relay.py [--sites 20] [--jobs 2500] [--rounds 4] [--clients 4] [--listing 100000] [--remote 20] [--json out.json]
+    python bench/bench_relay.py --full     # the issue's sizes: 100 sites, 1,000,000 changes; listing over 1,000,000 jobs
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,28 +36,52 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STATES = ["STAGED_IN", "PREPROCESSED", "READY", "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"]
+STATES = ["STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"]
+BATCH = 5000
 
 
-def job_items(site_id: int, jobs: int, state: str, now: float) -> List[Dict[str, Any]]:
+def job_row(site_id: int, i: int, state: str, now: float) -> Dict[str, Any]:
+    """A job row as the site's outbox sends it (every column of the site store's job table)."""
     base = site_id << 32
-    return [{"entity": "job", "op": "upsert", "id": base + i,
-             "row": {"id": base + i, "app_id": base + 1, "workdir": f"runs/{i}", "state": state, "tags": '{"exp": "bench"}',
-                     "parent_ids": "[]", "parameters": '{"x": 1}', "created": now, "last_update": now, "version": 1,
-                     "num_nodes": 1, "ranks_per_node": 1, "data": "{}", "return_code": None}} for i in range(1, jobs + 1)]
+    return {"id": base + i, "workdir": f"runs/{i}", "app_id": base + 1, "tags": '{"exp": "bench", "round": "r1"}',
+            "parameters": f'{{"x": {i}, "name": "input-{i}"}}', "data": "{}", "return_code": 0 if state == "JOB_FINISHED" else None,
+            "num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "threads_per_core": 1, "gpus_per_rank": 0.0,
+            "node_packing_count": 1, "launch_params": "{}", "wall_time_min": 0, "parent_ids": "[]", "batch_job_id": None,
+            "session_id": None, "state": state, "last_update": now + i * 1e-3, "created": now, "pending_file_cleanup": 1,
+            "serialized_return_value": None, "serialized_exception": None, "version": 1}
+
+
+def job_items(site_id: int, first: int, n: int, state: str, now: float) -> List[Dict[str, Any]]:
+    base = site_id << 32
+    return [{"entity": "job", "op": "upsert", "id": base + i, "row": job_row(site_id, i, state, now)} for i in range(first, first + n)]
+
+
+def site_pushes(args: argparse.Namespace, site: int) -> Iterator[Tuple[int, int]]:
+    """(round, first job) of one site's pushes, in the order its sync service sends them."""
+    for rnd in range(args.rounds):
+        for first in range(1, args.jobs + 1, BATCH):
+            yield rnd, first
+
+
+def batches(args: argparse.Namespace) -> Iterator[Tuple[int, int, int]]:
+    """(site, round, first job) of every push, round by round."""
+    for rnd in range(args.rounds):
+        for site in range(1, args.sites + 1):
+            for first in range(1, args.jobs + 1, BATCH):
+                yield site, rnd, first
 
 
 def fresh_store(kind: str, tmp: Path) -> Any:
     from balsam.relay.store import RelayStore
 
     if kind == "sqlite":
-        store = RelayStore(f"sqlite:///{tmp / 'relay-bench.db'}")
         Path(tmp / "relay-bench.db").unlink(missing_ok=True)
+        store = RelayStore(f"sqlite:///{tmp / 'relay-bench.db'}")
     else:
         import sqlalchemy as sa
 
@@ -61,47 +93,55 @@ def fresh_store(kind: str, tmp: Path) -> Any:
     return store
 
 
-def ingest(kind: str, tmp: Path, args: argparse.Namespace, via_http: bool) -> float:
-    """Changes/s of every site's pushes (HTTP or the store directly)."""
-    from balsam.http.client import HttpClient
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
+def with_sites(store: Any, n: int) -> Tuple[Any, Dict[int, str]]:
+    """A user "bench" with ``n`` linked sites: (the user, {site id: agent token})."""
     from balsam.relay.store import Caller
 
-    store = fresh_store(kind, tmp)
     uid = store.add_user("bench", "bench-password")
     user = Caller(user_id=uid, user="bench", kind="user")
-    tokens = {s: store.link_site(user, s, f"site{s}") for s in range(1, args.sites + 1)}
-    server = ApiServer(build_relay_app(store), ServeOptions(bind="127.0.0.1", port=0)).start() if via_http else None
-    now = time.time()
-    batch = 5000
-    work = []
-    for rnd in range(args.rounds):  # built before the clock starts: the sites' side is not what is measured
-        for site in tokens:
-            for start in range(0, args.jobs, batch):
-                items = job_items(site, min(batch, args.jobs - start), STATES[rnd % len(STATES)], now)
-                for it in items:
-                    it["id"] += start
-                    it["row"]["id"] = it["id"]
-                work.append((site, rnd, start, items))
+    return user, {s: store.link_site(user, s, f"site{s}") for s in range(1, n + 1)}
+
+
+def serve(store: Any, tmp: Path) -> Tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
+    """``balsam relay serve`` over the store's database in its own process; (the process, its URL)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BALSAM_HOME=str(tmp / "serve-home"))
+    proc = subprocess.Popen([sys.executable, "-m", "balsam", "relay", "serve", "--db", store.url, "--bind", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    if not found:
+        proc.kill()
+        raise SystemExit(f"balsam relay serve did not start: {line}{proc.stdout.read()}")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain its log
+    return proc, f"http://127.0.0.1:{found.group(1)}"
+
+
+def run_pushes(args: argparse.Namespace, push: Callable[[int, str, int, List[Dict[str, Any]]], None]) -> float:
+    """Every push through ``push(site, submission_id, last_seq, items)``; changes/s. ``--clients`` pushes are in
+    flight at a time, at most one per site (a site's sync service sends its pushes one after the other)."""
+    from collections import deque
+
+    queue = deque((site, site_pushes(args, site)) for site in range(1, args.sites + 1))
     lock = threading.Lock()
     done = [0]
+    now = time.time()
 
     def worker() -> None:
-        clients: Dict[int, Any] = {}
         while True:
             with lock:
-                if not work:
+                if not queue:
                     return
-                site, rnd, start, items = work.pop(0)
-            sub = f"bench-{site}-{rnd}-{start}"
-            if server is not None:
-                client = clients.setdefault(site, HttpClient(url=f"http://127.0.0.1:{server.port}", token=tokens[site], retry_s=30))
-                client.request("POST", "/v1/sync/push", {"submission_id": sub, "last_seq": rnd, "items": items})
-            else:
-                store.ingest(store.verify(tokens[site]), sub, rnd, items)  # type: ignore[arg-type]
+                site, pushes = queue.popleft()
+                step = next(pushes, None)
+            if step is None:
+                continue
+            rnd, first = step
+            items = job_items(site, first, min(BATCH, args.jobs - first + 1), STATES[rnd % len(STATES)], now)
+            push(site, f"bench-{site}-{rnd}-{first}", rnd + 1, items)
             with lock:
                 done[0] += len(items)
+                queue.append((site, pushes))
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(args.clients)]
@@ -109,39 +149,166 @@ def ingest(kind: str, tmp: Path, args: argparse.Namespace, via_http: bool) -> fl
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
-    if server is not None:
-        server.stop()
+    return done[0] / (time.perf_counter() - t0)
+
+
+def check_mirror(store: Any, args: argparse.Namespace) -> None:
+    import sqlalchemy as sa
+
+    from balsam.relay import schema as t_
+
     with store.connect() as c:
-        import sqlalchemy as sa
+        n = c.execute(sa.select(sa.func.count()).select_from(t_.job)).scalar_one()
+        last = STATES[(args.rounds - 1) % len(STATES)]
+        moved = c.execute(sa.select(sa.func.count()).select_from(t_.job).where(t_.job.c.state == last)).scalar_one()
+    assert n == moved == args.sites * args.jobs, (n, moved)
 
-        from balsam.relay import schema as t_
 
-        assert c.execute(sa.select(sa.func.count()).select_from(t_.job)).scalar_one() == args.sites * args.jobs
+def ingest_direct(kind: str, tmp: Path, args: argparse.Namespace) -> float:
+    """Changes/s of every site's pushes straight into ``RelayStore.ingest``."""
+    store = fresh_store(kind, tmp)
+    _, tokens = with_sites(store, args.sites)
+    callers = {s: store.verify(tok) for s, tok in tokens.items()}
+    rate = run_pushes(args, lambda site, sub, seq, items: store.ingest(callers[site], sub, seq, items))
+    check_mirror(store, args)
     store.close()
-    return done[0] / elapsed
+    return rate
+
+
+def ingest_http(kind: str, tmp: Path, args: argparse.Namespace) -> float:
+    """Changes/s of every site's pushes over HTTP to ``balsam relay serve`` (another process)."""
+    from balsam.http.client import HttpClient
+
+    store = fresh_store(kind, tmp)
+    _, tokens = with_sites(store, args.sites)
+    proc, url = serve(store, tmp)
+    clients = {s: HttpClient(url=url, token=tok, retry_s=60) for s, tok in tokens.items()}
+    try:
+        rate = run_pushes(args, lambda site, sub, seq, items: clients[site].request(
+            "POST", "/v1/sync/push", {"submission_id": sub, "last_seq": seq, "items": items}))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    check_mirror(store, args)
+    store.close()
+    return rate
 
 
 def raw_executemany(kind: str, tmp: Path, args: argparse.Namespace) -> float:
-    """Changes/s of plain upserts of the same rows (built beforehand) into the same table: executemany of tuples."""
-    from balsam.relay import mirror
+    """Changes/s of plain upserts of the same rows' mirror columns (built beforehand, one round at a time)."""
+    from balsam.relay import bulk, mirror
 
     store = fresh_store(kind, tmp)
+    columns = list(mirror.job_columns(job_row(1, 1, "READY", 0.0)))
+    sql = None
     now = time.time()
-    batches = []
+    total, elapsed = 0, 0.0
     for rnd in range(args.rounds):
-        for site in range(1, args.sites + 1):
-            for start in range(0, args.jobs, 5000):
-                items = job_items(site, min(5000, args.jobs - start), STATES[rnd % len(STATES)], now)
-                batches.append([mirror._typed("job", it["id"] + start, site, it["row"]) for it in items])
-    columns = list(batches[0][0])
-    t0 = time.perf_counter()
-    for rows in batches:
-        with store.begin() as c:
-            c.exec_driver_sql(mirror.upsert_sql(c, mirror.t.job, columns), [tuple(r[k] for k in columns) for r in rows])
-    elapsed = time.perf_counter() - t0
+        rows = [[tuple(mirror.job_columns(it["row"]).values()) for it in job_items(site, first, min(BATCH, args.jobs - first + 1),
+                                                                                   STATES[rnd % len(STATES)], now)]
+                for site, r, first in batches(args) if r == rnd]
+        t0 = time.perf_counter()
+        for batch in rows:
+            with store.begin() as c:
+                sql = sql or bulk.upsert_sql(c, mirror.t.job, columns)
+                c.exec_driver_sql(sql, batch)
+        elapsed += time.perf_counter() - t0
+        total += sum(len(b) for b in rows)
     store.close()
-    return sum(len(b) for b in batches) / elapsed
+    return total / elapsed
+
+
+def raw_bulk(kind: str, tmp: Path, args: argparse.Namespace) -> float:
+    """Changes/s of the relay's own bulk upsert (:func:`balsam.relay.bulk.upsert`) of the same prepared tuples:
+    the floor of the ingest path itself, without validation, JSON, links or the idempotency record."""
+    from balsam.relay import bulk, mirror
+
+    store = fresh_store(kind, tmp)
+    columns = mirror.COLUMNS["job"]
+    now = time.time()
+    total, elapsed = 0, 0.0
+    for rnd in range(args.rounds):
+        rows = [[tuple(mirror.job_columns(it["row"]).values()) for it in job_items(site, first, min(BATCH, args.jobs - first + 1),
+                                                                                   STATES[rnd % len(STATES)], now)]
+                for site, r, first in batches(args) if r == rnd]
+        t0 = time.perf_counter()
+        for batch in rows:
+            with store.begin() as c:
+                bulk.upsert(c, mirror.t.job, columns, batch)
+        elapsed += time.perf_counter() - t0
+        total += sum(len(b) for b in rows)
+    store.close()
+    return total / elapsed
+
+
+# ------------------------------------------------------------------------------------------ listing
+ALL_STATES = ["CREATED", "AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "RUN_ERROR",
+              "RUN_TIMEOUT", "RESTART_READY", "POSTPROCESSED", "STAGED_OUT", "JOB_FINISHED", "FAILED"]
+
+
+def listing(kind: str, tmp: Path, n_jobs: int, repeat: int) -> Dict[str, Any]:
+    """p50/p99 (ms) of listing queries over ``n_jobs`` jobs of 100 sites, over HTTP and through the RelayBackend."""
+    from balsam.http.client import HttpClient
+    from balsam.relay.backend import RelayBackend
+    from balsam.relay.store import Caller
+
+    sites = 100
+    per_site = max(1, n_jobs // sites)
+    store = fresh_store(kind, tmp)
+    user, tokens = with_sites(store, sites)
+    now = time.time()
+    t0 = time.perf_counter()
+    for site, token in tokens.items():
+        caller = store.verify(token)
+        for first in range(1, per_site + 1, BATCH):
+            items = job_items(site, first, min(BATCH, per_site - first + 1), "READY", now)
+            for it in items:
+                i = it["id"] & 0xFFFFFFFF
+                it["row"]["state"] = ALL_STATES[i % len(ALL_STATES)]
+                it["row"]["tags"] = f'{{"exp": "bench", "batch": "b{i % 1000}"}}'
+            store.ingest(caller, f"fill-{site}-{first}", first, items)
+    fill_s = time.perf_counter() - t0
+    if kind == "postgresql":
+        with store.connect() as c:  # what autovacuum does after a bulk load
+            c.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+    queries = {
+        "page of 100 (all sites)": ("/v1/jobs?limit=100", {}, None),
+        "page of 100 in one state": ("/v1/jobs?limit=100&state=RUNNING", {"state": ["RUNNING"]}, None),
+        "page of 100 of one site": ("/v1/jobs?limit=100&site_id=42", {}, [42]),
+        "page of 100 by tag": ("/v1/jobs?limit=100&tags=batch:b7", {"tags": {"batch": "b7"}}, None),
+        "counts by state": ("/v1/jobs/count?group_by=state", None, None),
+    }
+    from balsam.http.schemas import COLUMNS
+
+    proc, url = serve(store, tmp)
+    token, _ = store.login("bench", "bench-password")
+    client = HttpClient(url=url, token=token, retry_s=60)
+    out: Dict[str, Any] = {"jobs": per_site * sites, "fill_per_s": per_site * sites / fill_s}
+    try:
+        for name, (path, filters, narrow) in queries.items():
+            backend = RelayBackend(store, Caller(user_id=user.user_id, user="bench", kind="user"))
+            if narrow:
+                backend = backend.narrow(narrow)
+            times: Dict[str, List[float]] = {"http": [], "backend": []}
+            for _ in range(repeat):
+                t1 = time.perf_counter()
+                answer = client.request("GET", path)
+                times["http"].append(time.perf_counter() - t1)
+                t1 = time.perf_counter()
+                if filters is None:
+                    direct: Any = backend.count_by("job", {}, "state")
+                else:
+                    direct = backend.select("job", filters, columns=COLUMNS["job"], limit=101)
+                times["backend"].append(time.perf_counter() - t1)
+            got = sum(answer["counts"].values()) if filters is None else len(answer["results"])
+            want = per_site * sites if filters is None else min(100, len(direct))
+            assert got == want, (name, got, want)
+            out[name] = {side: {"p50_ms": 1e3 * pct(v, 0.5), "p99_ms": 1e3 * pct(v, 0.99)} for side, v in times.items()}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        store.close()
+    return out
 
 
 # ------------------------------------------------------------------------------------------ remote latency
@@ -211,25 +378,48 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2500, help="jobs per site")
     parser.add_argument("--rounds", type=int, default=4, help="state changes per job")
     parser.add_argument("--clients", type=int, default=4, help="sites pushing at once")
+    parser.add_argument("--listing", type=int, default=100_000, help="jobs at the relay for the listing queries (0: skip)")
+    parser.add_argument("--repeat", type=int, default=50, help="times each listing query is timed")
     parser.add_argument("--remote", type=int, default=20, help="remote jobs timed (0: skip)")
+    parser.add_argument("--full", action="store_true", help="the issue's sizes: 100 sites x 2,500 jobs x 4 changes = 1,000,000 "
+                        "changes; listing over 1,000,000 jobs (about half an hour on 2 cores)")
+    parser.add_argument("--only", choices=["ingest", "listing", "remote"], action="append", help="run only these parts")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    results: Dict[str, Any] = {"changes": args.sites * args.jobs * args.rounds}
+    if args.full:
+        args.sites, args.jobs, args.rounds, args.listing = 100, 2500, 4, 1_000_000
+    parts = set(args.only or ["ingest", "listing", "remote"])
+    results: Dict[str, Any] = {"changes": args.sites * args.jobs * args.rounds, "load_average": os.getloadavg()}
     kinds = ["sqlite"] + (["postgresql"] if os.environ.get("BALSAM_TEST_PG_URL") else [])
     with tempfile.TemporaryDirectory(prefix="balsam-bench-relay-") as tmp_text:
         tmp = Path(tmp_text)
         (tmp / "remote").mkdir()
-        print(f"sync ingest: {args.sites} sites x {args.jobs} jobs x {args.rounds} state changes = {results['changes']:,} changes")
-        for kind in kinds:
-            raw = raw_executemany(kind, tmp, args)
-            direct = ingest(kind, tmp, args, via_http=False)
-            http = ingest(kind, tmp, args, via_http=True)
-            results[kind] = {"raw_executemany_per_s": raw, "ingest_per_s": direct, "http_per_s": http}
-            print(f"  {kind:10} raw executemany {raw:9,.0f}/s   RelayStore.ingest {direct:9,.0f}/s ({direct / raw:.2f}x raw)   "
-                  f"HTTP push {http:9,.0f}/s ({http / raw:.2f}x raw)")
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
         if "postgresql" not in kinds:
-            print("  postgresql skipped: BALSAM_TEST_PG_URL is not set (bash .ci/postgres.sh start)")
-        if args.remote:
+            print("postgresql skipped: BALSAM_TEST_PG_URL is not set (bash .ci/postgres.sh start)")
+        if "ingest" in parts:
+            print(f"sync ingest: {args.sites} sites x {args.jobs} jobs x {args.rounds} state changes = {results['changes']:,} changes, "
+                  f"{args.clients} pushes at a time")
+            for kind in kinds:
+                raw = raw_executemany(kind, tmp, args)
+                floor = raw_bulk(kind, tmp, args)
+                direct = ingest_direct(kind, tmp, args)
+                http = ingest_http(kind, tmp, args)
+                results[kind] = {"raw_executemany_per_s": raw, "bulk_upsert_per_s": floor, "ingest_per_s": direct, "http_per_s": http}
+                print(f"  {kind:10} raw executemany {raw:8,.0f}/s | bulk upsert alone {floor:8,.0f}/s ({floor / raw:.2f}x raw) | "
+                      f"RelayStore.ingest {direct:8,.0f}/s ({direct / raw:.2f}x raw) | HTTP push {http:8,.0f}/s ({http / raw:.2f}x raw)",
+                      flush=True)
+        if "listing" in parts and args.listing:
+            for kind in kinds:
+                lst = listing(kind, tmp, args.listing, args.repeat)
+                results[f"listing_{kind}"] = lst
+                print(f"listing on {kind} over {lst['jobs']:,} jobs of 100 sites (filled through ingest at {lst['fill_per_s']:,.0f}/s), "
+                      f"{args.repeat} times each, p50 / p99 ms:")
+                for name, v in lst.items():
+                    if isinstance(v, dict):
+                        print(f"  {name:26} HTTP {v['http']['p50_ms']:7.1f} / {v['http']['p99_ms']:7.1f}    "
+                              f"RelayBackend {v['backend']['p50_ms']:7.1f} / {v['backend']['p99_ms']:7.1f}", flush=True)
+        if "remote" in parts and args.remote:
             os.environ["BALSAM_HOME"] = str(tmp / "bench-home")
             lat = remote_latency(tmp, args.remote)
             for side in ("relay", "local"):

@@ -8,6 +8,7 @@ site's token can never overwrite another site's rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -15,65 +16,67 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from balsam.db.ids import site_of
+from balsam.db.ids import LOCAL_BITS, site_of
 from balsam.exceptions import ValidationError
+from balsam.relay import bulk
 from balsam.relay import schema as t
+from balsam.relay.bulk import dumps
 
 ENTITIES = tuple(t.MIRRORS)
 MAX_ITEMS = 50_000
 SECRET_APP_COLUMNS = frozenset({"serialized_class", "source_code"})
 """App columns that never reach the relay (code stays at its site)."""
+COLUMNS: Dict[str, Tuple[str, ...]] = {
+    "job": ("id", "site_id", "app_id", "workdir", "state", "batch_job_id", "return_code", "created", "last_update", "version", "row",
+            "links"),
+    "event": ("id", "site_id", "job_id", "timestamp", "from_state", "to_state", "data"),
+    "batch_job": ("id", "site_id", "state", "queue", "project", "scheduler_id", "start_time", "end_time", "created", "version", "row"),
+    "app": ("id", "site_id", "name", "version", "row"),
+    "transfer_item": ("id", "site_id", "job_id", "state", "direction", "row"),
+}
+"""Each mirror table's columns, in the order :func:`mirror_row` gives them."""
 
 
 def _float(v: Any, default: float = 0.0) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
+def _opt_float(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def _opt_int(v: Any) -> Optional[int]:
     return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def _typed(entity: str, row_id: int, site_id: int, row: Dict[str, Any]) -> Dict[str, Any]:
-    """The mirror row's own columns from a pushed row (the rest stays in ``row``)."""
-    text = json.dumps(row, separators=(",", ":"))
+def _int(v: Any, default: int) -> int:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else default
+
+
+def mirror_row(entity: str, row_id: int, site_id: int, row: Dict[str, Any]) -> Tuple[Any, ...]:
+    """The mirror table's columns (:data:`COLUMNS` order) for a pushed row: the columns queries filter and sort on,
+    and the whole row as JSON text (``row``) that reads answer from."""
+    g = row.get
     if entity == "job":
-        return {"id": row_id, "site_id": site_id, "app_id": int(row.get("app_id") or 0), "workdir": str(row.get("workdir") or ""),
-                "state": str(row.get("state") or ""), "batch_job_id": _opt_int(row.get("batch_job_id")),
-                "return_code": _opt_int(row.get("return_code")), "created": _float(row.get("created")),
-                "last_update": _float(row.get("last_update")), "version": int(row.get("version") or 1), "row": text}
+        return (row_id, site_id, _int(g("app_id"), 0), str(g("workdir") or ""), str(g("state") or ""), _opt_int(g("batch_job_id")),
+                _opt_int(g("return_code")), _float(g("created")), _float(g("last_update")), _int(g("version"), 1), dumps(row),
+                links_digest(g("tags"), g("parent_ids")))
     if entity == "event":
-        data = row.get("data")
-        return {"id": row_id, "site_id": site_id, "job_id": int(row.get("job_id") or 0), "timestamp": _float(row.get("timestamp")),
-                "from_state": str(row.get("from_state") or ""), "to_state": str(row.get("to_state") or ""),
-                "data": data if isinstance(data, str) or data is None else json.dumps(data)}
+        data = g("data")
+        return (row_id, site_id, _int(g("job_id"), 0), _float(g("timestamp")), str(g("from_state") or ""), str(g("to_state") or ""),
+                data if isinstance(data, str) or data is None else dumps(data))
     if entity == "batch_job":
-        return {"id": row_id, "site_id": site_id, "state": str(row.get("state") or ""), "queue": str(row.get("queue") or ""),
-                "project": str(row.get("project") or ""), "scheduler_id": _opt_int(row.get("scheduler_id")),
-                "start_time": row.get("start_time") if isinstance(row.get("start_time"), (int, float)) else None,
-                "end_time": row.get("end_time") if isinstance(row.get("end_time"), (int, float)) else None,
-                "created": _float(row.get("created")), "version": int(row.get("version") or 1), "row": text}
+        return (row_id, site_id, str(g("state") or ""), str(g("queue") or ""), str(g("project") or ""), _opt_int(g("scheduler_id")),
+                _opt_float(g("start_time")), _opt_float(g("end_time")), _float(g("created")), _int(g("version"), 1), dumps(row))
     if entity == "app":
         clean = {k: v for k, v in row.items() if k not in SECRET_APP_COLUMNS}
-        return {"id": row_id, "site_id": site_id, "name": str(row.get("name") or ""), "version": int(row.get("version") or 1),
-                "row": json.dumps(clean, separators=(",", ":"))}
-    return {"id": row_id, "site_id": site_id, "job_id": int(row.get("job_id") or 0), "state": str(row.get("state") or ""),
-            "direction": str(row.get("direction") or ""), "row": text}
+        return (row_id, site_id, str(g("name") or ""), _int(g("version"), 1), dumps(clean))
+    return (row_id, site_id, _int(g("job_id"), 0), str(g("state") or ""), str(g("direction") or ""), dumps(row))
 
 
-def upsert_sql(c: Connection, table: sa.Table, columns: Sequence[str]) -> str:
-    """``INSERT ... ON CONFLICT (id) DO UPDATE`` of ``columns`` in the driver's own parameter style (SQLite and
-    PostgreSQL share the syntax): executemany of plain tuples, without per-row SQLAlchemy parameter processing."""
-    mark = "?" if c.dialect.name == "sqlite" else "%s"
-    cols = ", ".join(f'"{k}"' for k in columns)
-    sets = ", ".join(f'"{k}" = excluded."{k}"' for k in columns if k != "id")
-    return f'INSERT INTO "{table.name}" ({cols}) VALUES ({", ".join([mark] * len(columns))}) ON CONFLICT ("id") DO UPDATE SET {sets}'
-
-
-def _upsert(c: Connection, table: sa.Table, rows: List[Dict[str, Any]]) -> None:
-    if not rows:
-        return
-    columns = list(rows[0])
-    c.exec_driver_sql(upsert_sql(c, table, columns), [tuple(r[k] for k in columns) for r in rows])
+def job_columns(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A pushed job row's mirror columns by name (the row's site is in its id's high bits)."""
+    return dict(zip(COLUMNS["job"], mirror_row("job", int(row["id"]), site_of(int(row["id"])), row)))
 
 
 @lru_cache(maxsize=4096)
@@ -85,67 +88,99 @@ def _parse(text: str) -> Any:
         return None
 
 
+def _links(raw_tags: Any, raw_parents: Any) -> Tuple[Dict[str, Any], List[int]]:
+    tags = _parse(raw_tags) if isinstance(raw_tags, str) else raw_tags
+    parents = _parse(raw_parents) if isinstance(raw_parents, str) else raw_parents
+    return (tags if isinstance(tags, dict) else {},
+            [p for p in parents if isinstance(p, int) and not isinstance(p, bool)] if isinstance(parents, list) else [])
+
+
+def links_digest(tags: Any, parent_ids: Any) -> str:
+    """A digest of a job's tags and parent ids as the site pushed them (texts, or values written as JSON)."""
+    text = (tags if isinstance(tags, str) else dumps(tags if tags is not None else {})) + "\x00" + (
+        parent_ids if isinstance(parent_ids, str) else dumps(parent_ids if parent_ids is not None else []))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
 def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) -> int:
-    """Apply one push's items inside the caller's transaction; returns how many were applied."""
+    """Apply one push's items inside the caller's transaction; returns how many were applied.
+
+    Every table is written with bulk statements (:mod:`balsam.relay.bulk`), whatever the push's size. A job's
+    tag and parent rows are rewritten only when its tags or parents differ from the mirror's copy (read back for
+    the whole push in one statement): a state change, the common push, touches the job row alone."""
     if not isinstance(items, (list, tuple)) or len(items) > MAX_ITEMS:
         raise ValidationError(f"a push carries a list of at most {MAX_ITEMS} items")
-    upserts: Dict[str, List[Dict[str, Any]]] = {e: [] for e in ENTITIES}
+    upserts: Dict[str, Dict[int, Dict[str, Any]]] = {e: {} for e in ENTITIES}
     deletes: Dict[str, List[int]] = {e: [] for e in ENTITIES}
-    tags: List[Dict[str, Any]] = []
-    parents: List[Dict[str, Any]] = []
+    lo, hi = site_id << LOCAL_BITS, (site_id + 1) << LOCAL_BITS
     for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValidationError(f"push item {i} is not an object")
+        if type(item) is not dict:
+            if not isinstance(item, dict):
+                raise ValidationError(f"push item {i} is not an object")
         entity, op, row_id = item.get("entity"), item.get("op"), item.get("id")
-        if entity not in t.MIRRORS:
-            raise ValidationError(f"push item {i}: unknown entity {entity!r}")
-        if not isinstance(row_id, int) or isinstance(row_id, bool) or row_id <= 0 or row_id >= 2**63:
+        if type(row_id) is not int:
             raise ValidationError(f"push item {i}: bad id {row_id!r}")
-        if site_of(row_id) != site_id:
+        if not lo <= row_id < hi:
+            if not 0 < row_id < 2**63:
+                raise ValidationError(f"push item {i}: bad id {row_id!r}")
             raise ValidationError(f"push item {i}: {entity} {row_id} is not a row of site {site_id}")
-        if op == "delete":
-            deletes[entity].append(row_id)
+        target = upserts.get(entity) if type(entity) is str else None
+        if target is None:
+            raise ValidationError(f"push item {i}: unknown entity {entity!r}")
+        if op == "upsert":
+            row = item.get("row")
+            if type(row) is dict:
+                target[row_id] = row  # a row pushed twice in one batch: the last one wins
+                continue
+        elif op == "delete":
+            deletes[str(entity)].append(row_id)
+            target.pop(row_id, None)
             continue
-        row = item.get("row")
-        if op != "upsert" or not isinstance(row, dict):
-            raise ValidationError(f"push item {i}: op must be upsert (with a row) or delete")
-        upserts[entity].append(_typed(entity, row_id, site_id, row))
-        if entity == "job":
-            raw_tags = row.get("tags") or "{}"
-            parsed = _parse(raw_tags) if isinstance(raw_tags, str) else raw_tags
-            if isinstance(parsed, dict):
-                tags.extend({"key": str(k)[:255], "value": str(v)[:255], "job_id": row_id} for k, v in parsed.items())
-            raw_parents = row.get("parent_ids") or "[]"
-            plist = _parse(raw_parents) if isinstance(raw_parents, str) else raw_parents
-            if isinstance(plist, list):
-                parents.extend({"parent_id": int(p), "child_id": row_id} for p in plist if isinstance(p, int))
+        raise ValidationError(f"push item {i}: op must be upsert (with a row) or delete")
     n = 0
     for entity, table in t.MIRRORS.items():
         ids = deletes[entity]
         if ids:
-            c.execute(table.delete().where(table.c.id.in_(ids)))
+            bulk.delete_ids(c, table, "id", ids)
             if entity == "job":
-                c.execute(t.job_tag.delete().where(t.job_tag.c.job_id.in_(ids)))
-                c.execute(t.job_parent.delete().where(t.job_parent.c.child_id.in_(ids)))
+                bulk.delete_ids(c, t.job_tag, "job_id", ids)
+                bulk.delete_ids(c, t.job_parent, "child_id", ids)
             n += len(ids)
+    for entity, table in t.MIRRORS.items():
         rows = upserts[entity]
-        if rows:
-            # A row pushed twice in one batch: the last one wins.
-            latest = list({r["id"]: r for r in rows}.values())
-            _upsert(c, table, latest)
-            n += len(rows)
-    job_ids = [r["id"] for r in upserts["job"]]
-    for start in range(0, len(job_ids), 10_000):
-        chunk = job_ids[start:start + 10_000]
-        c.execute(t.job_tag.delete().where(t.job_tag.c.job_id.in_(chunk)))
-    if tags:
-        mark = "?" if c.dialect.name == "sqlite" else "%s"
-        c.exec_driver_sql(f'INSERT INTO "{t.job_tag.name}" ("key", "value", "job_id") VALUES ({mark}, {mark}, {mark})',
-                          list({(d["key"], d["value"], d["job_id"]) for d in tags}))
-    if parents:
-        c.execute(t.job_parent.delete().where(t.job_parent.c.child_id.in_(sorted({p["child_id"] for p in parents}))))
-        c.execute(t.job_parent.insert(), list({(p["parent_id"], p["child_id"]): p for p in parents}.values()))
+        if not rows:
+            continue
+        mirrored = [mirror_row(entity, row_id, site_id, row) for row_id, row in rows.items()]
+        if entity == "job":
+            old = bulk.upsert(c, table, COLUMNS[entity], mirrored, previous="links")
+            _relink(c, rows, mirrored, old)
+        else:
+            bulk.upsert(c, table, COLUMNS[entity], mirrored)
+        n += len(rows)
     return n
+
+
+def _relink(c: Connection, jobs: Dict[int, Dict[str, Any]], mirrored: List[Tuple[Any, ...]], old: Dict[int, Any]) -> None:
+    """Rewrite the tag and parent rows of the jobs that are new or whose tags or parents changed (``old``: the
+    links digest each job had in the mirror before this push)."""
+    changed = [(m[0], row_id in old) for m, row_id in zip(mirrored, jobs) if old.get(row_id) != m[-1]]
+    if not changed:
+        return
+    again = [row_id for row_id, existed in changed if existed]
+    if again:
+        bulk.delete_ids(c, t.job_tag, "job_id", again)
+        bulk.delete_ids(c, t.job_parent, "child_id", again)
+    tags: Dict[Tuple[str, str, int], None] = {}
+    parents: Dict[Tuple[int, int], None] = {}
+    for row_id, _ in changed:
+        row = jobs[row_id]
+        tag_map, parent_ids = _links(row.get("tags"), row.get("parent_ids"))
+        for k, v in tag_map.items():
+            tags[(str(k)[:255], str(v)[:255], row_id)] = None
+        for p in parent_ids:
+            parents[(p, row_id)] = None
+    bulk.insert(c, t.job_tag, ("key", "value", "job_id"), list(tags))
+    bulk.insert(c, t.job_parent, ("parent_id", "child_id"), list(parents))
 
 
 # --------------------------------------------------------------------------------------------- queries

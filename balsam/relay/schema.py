@@ -87,6 +87,9 @@ job = Table(
     Column("last_update", Float, nullable=False),
     Column("version", Integer, nullable=False),
     Column("row", Text, nullable=False),
+    # A digest of the job's tags and parent ids as last pushed: a push rewrites a job's tag and parent rows only
+    # when it changes (revision 0002). NULL for rows from before it: their next push rewrites them once.
+    Column("links", String(32), nullable=True),
 )
 Index("relay_job_site_state", job.c.site_id, job.c.state, job.c.id)
 Index("relay_job_app", job.c.app_id)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -88,6 +89,7 @@ class RelayStore:
         self.url = url
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()
+        self._writer = threading.RLock()
 
     @property
     def engine(self) -> Engine:
@@ -113,8 +115,18 @@ class RelayStore:
             self._engine = None
 
     def begin(self) -> Any:
-        """A transaction (context manager yielding a Connection)."""
-        return self.engine.begin()
+        """A transaction (context manager yielding a Connection). On SQLite, one at a time in this process: SQLite
+        has one writer anyway, and a transaction that reads and then writes while another writes fails with
+        "database is locked" (or sleeps in SQLite's busy handler) instead of waiting its turn."""
+        if self.dialect != "sqlite":
+            return self.engine.begin()
+        return self._serialized()
+
+    @contextmanager
+    def _serialized(self) -> Iterator[Any]:
+        with self._writer:
+            with self.engine.begin() as c:
+                yield c
 
     def connect(self) -> Any:
         return self.engine.connect()

@@ -1,0 +1,120 @@
+"""Bulk statements for the relay's mirrors: a push of thousands of rows costs a few statements, never one per row.
+
+SQLite runs in this process, so ``executemany`` of plain tuples on the driver's own cursor is its bulk form (no
+per-row SQLAlchemy parameter processing). PostgreSQL is a round trip away and plans each statement, so rows
+travel by ``COPY`` (psycopg writes its rows in C) into a temporary staging table, and one ``INSERT ... SELECT``
+merges them; measured here, 2.4x ``executemany`` (pipelined) and 5-8x ``unnest`` of arrays.
+
+Rows are JSON text in the mirrors; :func:`dumps` writes it with orjson when installed (the relay extra pulls it
+in; several times faster than the standard library), else with :mod:`json`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the relay extra installs orjson
+    _orjson = None  # type: ignore[assignment]
+
+CHUNK = 10_000
+"""Ids per statement on SQLite (under its limit of host parameters)."""
+
+
+def _std_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _orjson_dumps(value: Any) -> str:
+    try:
+        return _orjson.dumps(value).decode()  # type: ignore[no-any-return]
+    except TypeError:  # a value orjson refuses (an integer past 64 bits): the standard library writes it
+        return _std_dumps(value)
+
+
+dumps: Callable[[Any], str] = _std_dumps if _orjson is None else _orjson_dumps
+"""Compact JSON text of a pushed value."""
+
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def upsert_sql(c: Connection, table: sa.Table, columns: Sequence[str]) -> str:
+    """``INSERT ... ON CONFLICT (id) DO UPDATE`` of ``columns``, for ``executemany`` of plain tuples in the driver's
+    own parameter style (SQLite and PostgreSQL share the syntax)."""
+    mark = "?" if c.dialect.name == "sqlite" else "%s"
+    return (f'INSERT INTO "{table.name}" ({_quoted(columns)}) VALUES ({", ".join([mark] * len(columns))}) '
+            f"ON CONFLICT (\"id\") DO UPDATE SET {_sets(columns)}")
+
+
+def _sets(columns: Sequence[str]) -> str:
+    return ", ".join(f'"{k}" = excluded."{k}"' for k in columns if k != "id")
+
+
+def _stage(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Tuple[Any, ...]]) -> str:
+    """COPY ``rows`` into the connection's staging table for ``table`` (emptied at commit); its name."""
+    stage = f"stage_{table.name}"
+    c.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{stage}" (LIKE "{table.name}") ON COMMIT DELETE ROWS')
+    cursor = c.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(f'COPY "{stage}" ({_quoted(columns)}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row(row)
+    finally:
+        cursor.close()
+    return stage
+
+
+def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Tuple[Any, ...]],
+           previous: Optional[str] = None) -> Dict[int, Any]:
+    """Insert ``rows`` (tuples in ``columns`` order, ``id`` first, ids unique), replacing the rows that exist by
+    id. With ``previous`` (a column name), answers that column's value before the write for each row that existed
+    ({id: value}), read in the same statement round. Once per table per transaction."""
+    old: Dict[int, Any] = {}
+    if not rows:
+        return old
+    if c.dialect.name != "postgresql":
+        if previous is not None:
+            for start in range(0, len(rows), CHUNK):
+                ids = _std_dumps([r[0] for r in rows[start:start + CHUNK]])
+                old.update(c.exec_driver_sql(f'SELECT "id", "{previous}" FROM "{table.name}" WHERE "id" IN (SELECT value FROM json_each(?))',
+                                             (ids,)).all())
+        c.exec_driver_sql(upsert_sql(c, table, columns), list(rows))
+        return old
+    stage = _stage(c, table, columns, rows)
+    if previous is not None:
+        old.update(c.exec_driver_sql(f'SELECT t."id", t."{previous}" FROM "{table.name}" t JOIN "{stage}" s ON s."id" = t."id"').all())
+    c.exec_driver_sql(f'INSERT INTO "{table.name}" ({_quoted(columns)}) SELECT {_quoted(columns)} FROM "{stage}" '
+                      f'ON CONFLICT ("id") DO UPDATE SET {_sets(columns)}')
+    return old
+
+
+def insert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Tuple[Any, ...]]) -> None:
+    """Insert ``rows``, skipping any already there (link rows: tags and parents). Once per table per transaction."""
+    if not rows:
+        return
+    if c.dialect.name != "postgresql":
+        marks = ", ".join("?" * len(columns))
+        c.exec_driver_sql(f'INSERT OR IGNORE INTO "{table.name}" ({_quoted(columns)}) VALUES ({marks})', list(rows))
+        return
+    stage = _stage(c, table, columns, rows)
+    c.exec_driver_sql(f'INSERT INTO "{table.name}" ({_quoted(columns)}) SELECT {_quoted(columns)} FROM "{stage}" ON CONFLICT DO NOTHING')
+
+
+def delete_ids(c: Connection, table: sa.Table, column: str, ids: Sequence[int]) -> None:
+    """Delete the rows whose ``column`` is one of ``ids``."""
+    if not ids:
+        return
+    if c.dialect.name == "postgresql":
+        c.exec_driver_sql(f'DELETE FROM "{table.name}" WHERE "{column}" = ANY(%s::int8[])', (list(ids),))
+        return
+    for start in range(0, len(ids), CHUNK):
+        chunk = list(ids[start:start + CHUNK])
+        c.exec_driver_sql(f'DELETE FROM "{table.name}" WHERE "{column}" IN (SELECT value FROM json_each(?))', (_std_dumps(chunk),))
