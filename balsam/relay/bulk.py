@@ -76,7 +76,7 @@ def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequenc
            previous: Optional[str] = None) -> Dict[int, Any]:
     """Insert ``rows`` (tuples in ``columns`` order, ``id`` first, ids unique), replacing the rows that exist by
     id. With ``previous`` (a column name), answers that column's value before the write for each row that existed
-    ({id: value}), read in the same statement round. Once per table per transaction."""
+    ({id: value}, NULL read as ""). Once per table per transaction."""
     old: Dict[int, Any] = {}
     if not rows:
         return old
@@ -84,13 +84,17 @@ def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequenc
         if previous is not None:
             for start in range(0, len(rows), CHUNK):
                 ids = _std_dumps([r[0] for r in rows[start:start + CHUNK]])
-                old.update(c.exec_driver_sql(f'SELECT "id", "{previous}" FROM "{table.name}" WHERE "id" IN (SELECT value FROM json_each(?))',
-                                             (ids,)).all())
+                old.update(c.exec_driver_sql(f'SELECT "id", coalesce("{previous}", \'\') FROM "{table.name}" '
+                                             'WHERE "id" IN (SELECT value FROM json_each(?))', (ids,)).all())
         c.exec_driver_sql(upsert_sql(c, table, columns), list(rows))
         return old
     stage = _stage(c, table, columns, rows)
     if previous is not None:
-        old.update(c.exec_driver_sql(f'SELECT t."id", t."{previous}" FROM "{table.name}" t JOIN "{stage}" s ON s."id" = t."id"').all())
+        # One primary-key lookup per staged row (a subquery in the select list is never turned into a join, which
+        # the planner might make a walk of the whole table).
+        got = c.exec_driver_sql(f'SELECT s."id", (SELECT coalesce(t."{previous}", \'\') FROM "{table.name}" t WHERE t."id" = s."id") '
+                                f'FROM "{stage}" s').all()
+        old.update((i, v) for i, v in got if v is not None)
     c.exec_driver_sql(f'INSERT INTO "{table.name}" ({_quoted(columns)}) SELECT {_quoted(columns)} FROM "{stage}" '
                       f'ON CONFLICT ("id") DO UPDATE SET {_sets(columns)}')
     return old

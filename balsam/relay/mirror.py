@@ -277,17 +277,35 @@ DEFAULT_ORDER = {"event": ("-timestamp",)}
 
 def where(table_name: str, site_ids: Sequence[int], filters: Dict[str, Any]) -> Tuple[sa.Table, Clause]:
     """The mirror table and the WHERE clause for Balsam filter keywords, restricted to ``site_ids``."""
+    table, clause = _filtered(table_name, filters)
+    return table, sa.and_(table.c.site_id.in_([int(s) for s in site_ids]), clause)
+
+
+def _filtered(table_name: str, filters: Dict[str, Any]) -> Tuple[sa.Table, Clause]:
     table = t.MIRRORS.get(table_name)
     if table is None:
         raise ValidationError(f"the relay has no {table_name} rows")
     known = FILTERS[table_name]
-    clauses = [table.c.site_id.in_([int(s) for s in site_ids])]
+    clauses = []
     for key, value in filters.items():
         fn = known.get(key)
         if fn is None:
             raise ValidationError(f"unknown {table_name} filter {key!r} (known: {', '.join(sorted(known))})")
         clauses.append(fn(table, value))
-    return table, sa.and_(*clauses)
+    return table, sa.and_(sa.true(), *clauses)
+
+
+def _one_site(table: sa.Table, site_id: int, by_state: bool) -> Clause:
+    """One site's rows as its range of row ids (a site's rows are the ids ``site_id << 32 ...``), which the
+    primary key walks in id order; with a state filter also by ``site_id``, so that the ``(site_id, state, id)``
+    index serves it, still in id order. (``site_id`` alone would pick that index and sort the site's rows.)"""
+    low = int(site_id) << LOCAL_BITS
+    ids = sa.and_(table.c.id >= low, table.c.id < low + (1 << LOCAL_BITS))
+    return sa.and_(table.c.site_id == int(site_id), ids) if by_state and "state" in table.c else ids
+
+
+DRIVING_FILTERS = frozenset({"id", "tags", "parent_id", "job_id"})
+"""Filters that name few rows through their own index: a query with one is best left whole."""
 
 
 def order_clauses(table: sa.Table, table_name: str, order_by: Sequence[str]) -> List[Any]:
@@ -317,9 +335,33 @@ def to_columns(table_name: str, mapping: Dict[str, Any], columns: Sequence[str])
 
 def select(c: Connection, table_name: str, site_ids: Sequence[int], filters: Dict[str, Any], columns: Sequence[str],
            order_by: Sequence[str] = (), limit: Optional[int] = None, offset: int = 0) -> List[Tuple[Any, ...]]:
-    """Rows of ``columns`` matching the filters, ordered and paged."""
-    table, clause = where(table_name, site_ids, filters)
-    stmt = sa.select(table).where(clause).order_by(*order_clauses(table, table_name, order_by))
+    """Rows of ``columns`` matching the filters, ordered and paged.
+
+    A page of a user's many sites is found with one query per site, merged (``UNION ALL``): each site's part
+    walks an index in the page's order (its id range of the primary key, or ``(site_id, state, id)``) and stops
+    after ``offset + limit`` ids, where one query over ``site_id IN (...)`` would sort every row of every site
+    first (a second, not milliseconds, over a million jobs). The parts carry ids and sort keys only; the page's
+    rows are then read by id."""
+    table, clause = _filtered(table_name, filters)
+    order = order_clauses(table, table_name, order_by)
+    sites = sorted({int(s) for s in site_ids})
+    by_state = "state" in filters
+    if limit is None or DRIVING_FILTERS & filters.keys() or not sites:
+        stmt = sa.select(table).where(table.c.site_id.in_(sites), clause).order_by(*order)
+    elif len(sites) == 1:
+        stmt = sa.select(table).where(_one_site(table, sites[0], by_state), clause).order_by(*order)
+    else:
+        fields = order_by or DEFAULT_ORDER.get(table_name, ("id",))
+        keys = [table.c.id] + [table.c[f.lstrip("-")] for f in fields if f.lstrip("-") != "id"]
+        k = int(limit) + int(offset)
+        parts = [sa.select(sa.select(*keys).where(_one_site(table, s, by_state), clause).order_by(*order).limit(k).subquery(f"s{i}"))
+                 for i, s in enumerate(sites)]
+        merged = sa.union_all(*parts).subquery("page")
+        page = sa.select(merged.c.id).order_by(*order_clauses(merged, table_name, order_by)).limit(int(limit))  # type: ignore[arg-type]
+        if offset:
+            page = page.offset(int(offset))
+        stmt = sa.select(table).where(table.c.id.in_(page)).order_by(*order)
+        return [to_columns(table_name, dict(r._mapping), columns) for r in c.execute(stmt)]
     if limit is not None:
         stmt = stmt.limit(int(limit))
     if offset:
@@ -336,5 +378,9 @@ def count_by(c: Connection, table_name: str, site_ids: Sequence[int], filters: D
     table, clause = where(table_name, site_ids, filters)
     if column not in table.c or column == "row":
         raise ValidationError(f"cannot group {table_name} by {column!r}")
-    rows = c.execute(sa.select(table.c[column], sa.func.count()).where(clause).group_by(table.c[column]))
-    return {r[0]: int(r[1]) for r in rows}
+    # Grouped by site first: each site's rows come out of the (site_id, state, id) index already in order, so
+    # nothing is sorted; the sites' counts are added up here.
+    out: Dict[Any, int] = {}
+    for value, n in c.execute(sa.select(table.c[column], sa.func.count()).where(clause).group_by(table.c.site_id, table.c[column])):
+        out[value] = out.get(value, 0) + int(n)
+    return out
