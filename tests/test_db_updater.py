@@ -176,3 +176,22 @@ def test_state_data_json_cannot_hold_is_refused_alone(hello: Any, store: Any) ->
     assert all("not plain JSON" in why for _, why in result.rejected)
     states = dict(store.execute("SELECT id, state FROM job"))
     assert states[jobs[2].id] == "PREPROCESSED" and states[jobs[0].id] == states[jobs[1].id] == "STAGED_IN"
+
+
+def test_a_launchers_run_done_and_postprocessed_reach_the_store_in_one_batch(hello: Any, store: Any) -> None:
+    # A launcher finishing a hookless job queues RUN_DONE then POSTPROCESSED under its lease. Were they written in
+    # separate batches, the second would find the job already released by the first and be refused (RUN_DONE stuck).
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"j{i}", say_hello_to="x", save=False) for i in range(3)])
+    Job.objects.filter(id=[j.id for j in jobs]).update(state="PREPROCESSED")
+    sid = _held(store, jobs)
+    seen: List[Rejected] = []
+    updater = StatusUpdater(store_sink(store), max_batch=2, on_rejected=seen.append)  # a batch cut falls inside the pair
+    for job in jobs:
+        updater.put(job.id, "RUNNING", session_id=sid)
+    assert updater.flush()
+    updater.put(jobs[0].id, "RUN_DONE", session_id=sid)
+    updater.put_together([(job.id, state, 1.0, None, {"return_code": 0} if state == "RUN_DONE" else None, sid)
+                          for job in jobs[1:] for state in ("RUN_DONE", "POSTPROCESSED")])
+    assert updater.flush()
+    assert seen == []
+    assert [Job.objects.get(id=j.id).state for j in jobs] == ["RUN_DONE", "JOB_FINISHED", "JOB_FINISHED"]

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from balsam.db import ids
+from balsam.db import doorbell, ids
 from balsam.db.meta import read_meta, write_meta
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import ForeignHostError, SchemaError, StoreError
@@ -228,6 +228,8 @@ class Store:
         fd = self._lock_fd()
         fcntl.flock(fd, fcntl.LOCK_EX)
         local.depth = 1
+        doorbell.take_noted()  # whatever an earlier, rolled-back transaction noted
+        committed = False
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -246,9 +248,13 @@ class Store:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise StoreError(f"{self.db_path}: commit failed: {exc}") from None
+                committed = True
         finally:
             local.depth = 0
             fcntl.flock(fd, fcntl.LOCK_UN)
+        topics = doorbell.take_noted()
+        if committed and topics:
+            doorbell.ring(self.db_path.parent, topics)  # wake who waits for this work (launchers, processing)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from balsam.db import doorbell
 from balsam.db.codec import dumps, encode_parameters, loads
 from balsam.db.connection import chunks
 from balsam.db.fields import RESOURCE_FIELDS, check_fields
@@ -150,6 +151,8 @@ def insert_jobs(
         "FROM job WHERE id BETWEEN ? AND ?",
         span,
     )
+    if len(states) < len(rows):
+        doorbell.note_states([S.STAGED_IN.value])  # the agent's processing takes them on once this commits
     return first, states
 
 

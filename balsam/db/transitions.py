@@ -22,6 +22,7 @@ import sqlite3
 import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
+from balsam.db import doorbell
 from balsam.db.codec import dumps
 from balsam.db.connection import chunks
 from balsam.db.fields import LAUNCHER_FIELDS, check_fields
@@ -100,12 +101,14 @@ def apply_state_changes(
     now = time.time() if now is None else now
     pending: Sequence[StateChange] = changes
     released: Dict[int, int] = {}
+    final: Dict[int, str] = {}
     while pending:
         cascade: List[StateChange] = []
         for round_ in _rounds(pending):
-            _apply_round(conn, round_, strict, now, result, cascade, released)
+            _apply_round(conn, round_, strict, now, result, cascade, released, final)
         pending = cascade
         strict = False  # cascades are computed from current states; a race only means "already moved"
+    doorbell.note_states(set(final.values()))  # after the commit, wake who waits for jobs in these states
     return result
 
 
@@ -139,6 +142,7 @@ def _apply_round(
     result: ChangeResult,
     cascade: List[StateChange],
     released: Dict[int, int],
+    final: Dict[int, str],
 ) -> None:
     """Apply changes to distinct jobs, set-based: the batch goes into a scratch table, SQLite checks every change
     against the transition table and the holding lease, then writes the events and the new states.
@@ -146,6 +150,7 @@ def _apply_round(
     ``released`` (job id -> lease) names the jobs whose RUN_DONE an earlier round of this batch applied under
     their lease: the lease held them when the batch began, so the same lease's RUN_DONE -> POSTPROCESSED that
     follows in the batch (a launcher finishing a job of an app without a postprocess hook) is still its own.
+    ``final`` (job id -> state) records where each applied change left its job (the doorbell's topics).
     """
     if any([ch.fields for ch in round_]):
         round_ = _checked_launcher_fields(round_, strict, result)
@@ -162,8 +167,10 @@ def _apply_round(
         return
     result.applied += applied
     for ch in round_:
-        if ch.session_id is not None and ch.state == _RUN_DONE and ch.job_id not in refused:
-            released[ch.job_id] = ch.session_id
+        if ch.job_id not in refused:
+            final[ch.job_id] = ch.state
+            if ch.session_id is not None and ch.state == _RUN_DONE:
+                released[ch.job_id] = ch.session_id
     _write_states(conn, now)
     if any([ch.fields for ch in round_]):
         _write_fields(conn, [ch for ch in round_ if ch.fields and ch.job_id not in refused])

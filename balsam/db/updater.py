@@ -113,17 +113,35 @@ class StatusUpdater:
             if len(queue) == 1 or len(queue) >= self.max_batch:
                 self._cond.notify_all()
 
+    def put_together(self, changes: Sequence[Tuple[int, str, float, Optional[Dict[str, Any]], Optional[Dict[str, Any]], Optional[int]]]) -> None:
+        """Queue changes (job_id, state, timestamp, data, fields, session_id) that must reach the store in one batch,
+        in this order: a launcher's RUN_DONE and the POSTPROCESSED that follows it under the same lease (applied in
+        separate batches, the second would find the job released by the first)."""
+        with self._lock:
+            if self._closed:
+                raise BalsamError("the status updater is closed")
+            queue = self._queue
+            was_empty = not queue
+            queue.extend(changes)
+            self._put_seq += len(changes)
+            if was_empty or len(queue) >= self.max_batch:
+                self._cond.notify_all()
+
     def pending(self) -> int:
         """Changes not yet written."""
         with self._cond:
             return self._put_seq - self._done_seq
 
     def _take(self) -> List[StateChange]:
-        if len(self._queue) <= self.max_batch:
-            raw, self._queue = self._queue, []
+        queue = self._queue
+        if len(queue) <= self.max_batch:
+            raw, self._queue = queue, []
         else:
-            raw = self._queue[: self.max_batch]
-            del self._queue[: len(raw)]
+            cut = self.max_batch
+            while cut < len(queue) and queue[cut][0] == queue[cut - 1][0]:
+                cut += 1  # a job's consecutive changes stay in one batch (see put_together)
+            raw = queue[:cut]
+            del queue[:cut]
         with paused_gc():
             return list(map(StateChange._make, raw))
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from balsam.db.doorbell import Doorbell
 from balsam.db.journal import JournalWriter
 from balsam.db.sessions import capacity_label
 from balsam.db.states import DONE_STATES, JobState
@@ -41,6 +42,8 @@ logger = logging.getLogger("balsam.launcher")
 S = JobState
 
 KILL_CHECK_PERIOD_S = 0.25
+DOORBELL_POLL_S = 0.25
+"""With a doorbell (rung when jobs become runnable), the poll for new jobs is only a fallback."""
 REMOTE_KILL_CHECK_PERIOD_S = 1.0
 ACQUIRE_FALLBACK_PERIOD_S = 1.0
 MAX_ACQUIRE = 2048
@@ -173,6 +176,13 @@ class Reporter:
             self.journal.append(job_id, state, ts, data, fields)
         self.updater.put(job_id, state, timestamp=ts, data=data, fields=fields, session_id=session_id)
 
+    def put_together(self, changes: List[Tuple[int, str, float, Optional[Dict[str, Any]], Optional[Dict[str, Any]], Optional[int]]]) -> None:
+        """Journal, then queue, changes that must reach the store in one batch (StatusUpdater.put_together)."""
+        if self.journal is not None:
+            for job_id, state, ts, data, fields, _sid in changes:
+                self.journal.append(job_id, state, ts, data, fields)
+        self.updater.put_together(changes)
+
     def flush(self) -> None:
         """Append this loop iteration's changes to the journal (before the loop waits again)."""
         if self.journal is not None:
@@ -211,10 +221,13 @@ class Reporter:
             fields["serialized_exception"] = f.exc if f.rc != 0 else None
         if f.rc == 0:
             self.done += 1
-            self.put(f.job_id, S.RUN_DONE, f.end, data={"returncode": 0}, fields=fields, session_id=self.session_id)
             if finish_here:
-                self.put(f.job_id, S.POSTPROCESSED, f.end, data={"message": "no postprocess hook: moved on by the launcher"},
-                         session_id=self.session_id)
+                self.put_together([
+                    (f.job_id, S.RUN_DONE, f.end, {"returncode": 0}, fields, self.session_id),
+                    (f.job_id, S.POSTPROCESSED, f.end, {"message": "no postprocess hook: moved on by the launcher"}, None, self.session_id),
+                ])
+            else:
+                self.put(f.job_id, S.RUN_DONE, f.end, data={"returncode": 0}, fields=fields, session_id=self.session_id)
         else:
             self.errors += 1
             self.put(f.job_id, S.RUN_ERROR, f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields, session_id=self.session_id)
@@ -244,6 +257,7 @@ class LauncherBase:
         self._last_kill_check = 0.0
         self.acquired_total = 0
         self.exit_code = 0
+        self.doorbell: Optional[Doorbell] = None
 
     # ------------------------------------------------------------------ lease and updates
     def _new_source(self) -> JobSourceLike:
@@ -270,6 +284,16 @@ class LauncherBase:
 
     def wake(self) -> None:
         """Interrupt the loop's wait (from another thread)."""
+
+    def listen(self, doorbell: "Doorbell") -> None:
+        """Wake the loop when ``doorbell`` rings (the mode implements it)."""
+
+    @property
+    def poll_s(self) -> float:
+        """How long the loop may wait for new jobs before looking: short without a doorbell."""
+        if self.doorbell is None:
+            return self.ls.poll_period_s
+        return max(self.ls.poll_period_s, DOORBELL_POLL_S)
 
     # ------------------------------------------------------------------ acquisition
     def should_acquire(self, idle: bool) -> bool:
@@ -395,6 +419,9 @@ class LauncherBase:
             self.source.start()
             self.reporter.use_session(self.source.session_id)
             self.updater.start()
+            self.doorbell = self.transport.doorbell()
+            if self.doorbell is not None:
+                self.listen(self.doorbell)
             logger.info("%s mode: lease %s, wall time %.2f min (stops %.1f s early), idle ttl %.1f s, filter tags %s",
                         self.mode, self.source.session_id, self.cfg.wall_time_min, self.cfg.margin_s, self.cfg.idle_ttl_s,
                         self.cfg.filter_tags or "none")
@@ -425,6 +452,8 @@ class LauncherBase:
                 if not flushed:
                     logger.error("%d status updates could not be written before the lease is released", self.updater.pending())
                 self.reporter.close()
+                if self.doorbell is not None:
+                    self.doorbell.close()
                 try:
                     self.source.release()
                 except BalsamError as exc:

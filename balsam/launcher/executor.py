@@ -306,6 +306,10 @@ class Executor:
         self._done.append(Finished(run.task.id, rc, tail=message))
 
     # ------------------------------------------------------------------ waiting
+    def add_wake_fd(self, fd: int) -> None:
+        """Make :meth:`poll` return when ``fd`` (non-blocking, e.g. a doorbell) becomes readable; it is drained."""
+        self._sel.register(fd, selectors.EVENT_READ, _WAKE)
+
     def wakeup(self) -> None:
         """Make a :meth:`poll` in another thread return now."""
         try:
@@ -327,7 +331,7 @@ class Executor:
             obj = key.data
             if obj is _WAKE:
                 try:
-                    while os.read(self._wake_r, 4096):
+                    while os.read(key.fd, 4096):
                         pass
                 except (BlockingIOError, OSError):
                     pass

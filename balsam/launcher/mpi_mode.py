@@ -15,6 +15,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Set, Tuple
 
+from balsam.db.doorbell import Doorbell
 from balsam.launcher.base import LauncherBase, LauncherConfig
 from balsam.launcher.executor import Executor, Finished
 from balsam.launcher.resources import Placement, Request, ResourceManager, Unplaceable
@@ -44,12 +45,20 @@ class MPIMode(LauncherBase):
     def wake(self) -> None:
         self.executor.wakeup()
 
+    def listen(self, doorbell: Doorbell) -> None:
+        self.executor.add_wake_fd(doorbell.fileno())
+
     def busy(self) -> bool:
         return bool(self.placements or self.backlog or self.executor.num_running)
 
     # ------------------------------------------------------------------ one pass
     def cycle(self) -> None:
-        self.handle(self.executor.poll(self._timeout()))
+        finished = self.executor.poll(self._timeout())
+        if finished:
+            self.free(finished)
+            if not self.life.stopping:
+                self.start_backlog()  # refill the freed CPUs first: reporting the ended jobs can wait microseconds
+            self.handle(finished)
         for job_id in self.take_rejected():
             self.executor.kill(job_id, "its RUNNING update was refused (killed, or the lease lapsed)")
         self.check_kills()
@@ -59,14 +68,20 @@ class MPIMode(LauncherBase):
 
     def _timeout(self) -> float:
         room = self.rm.free_footprint > 0 and len(self.backlog) < self.max_backlog
-        wait = self.ls.poll_period_s if room else IDLE_WAIT_S
+        wait = self.poll_s if room else IDLE_WAIT_S
         return max(0.0, min(wait, self.life.remaining_s()))
 
-    def handle(self, finished: List[Finished]) -> None:
+    def free(self, finished: List[Finished]) -> None:
+        """Give the resources of ended jobs back."""
         for f in finished:
             placement = self.placements.pop(f.job_id, None)
             if placement is not None:
                 self.rm.release(placement)
+
+    def handle(self, finished: List[Finished]) -> None:
+        """Free what ended jobs held (if not yet) and report how they ended."""
+        self.free(finished)
+        for f in finished:
             python = f.job_id in self.python_jobs
             self.python_jobs.discard(f.job_id)
             self.reporter.finished(f, python=python, stopping=self.life.stop_event.is_set())

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+from balsam.db.doorbell import Doorbell
 from balsam.launcher import links
 from balsam.launcher.base import LauncherBase, LauncherConfig
 from balsam.launcher.executor import Finished
@@ -36,6 +37,7 @@ logger = logging.getLogger("balsam.launcher")
 
 IDLE_WAIT_S = 1.0
 WORKER_START_TIMEOUT_S = 120.0
+DOORBELL_WAIT_S = 0.5
 
 
 class SerialMaster(LauncherBase):
@@ -58,6 +60,7 @@ class SerialMaster(LauncherBase):
         self._taken: Dict[int, bool] = {}
         self._started_at = time.monotonic()
         self._workers_log = ""
+        self._bell_thread: Optional[threading.Thread] = None
 
     def _local_single_node(self) -> bool:
         from balsam.launcher.nodes import local_host_names, short
@@ -71,6 +74,17 @@ class SerialMaster(LauncherBase):
     # ------------------------------------------------------------------ workers
     def wake(self) -> None:
         self.inbox.put((WorkerHandle(-1, lambda m: None), {"t": "wake"}))
+
+    def listen(self, doorbell: Doorbell) -> None:
+        """A thread turns the doorbell's rings into wake-ups of the loop (which waits on its inbox)."""
+
+        def run() -> None:
+            while not self.life.stop_event.is_set():
+                if doorbell.wait(DOORBELL_WAIT_S):
+                    self.wake()
+
+        self._bell_thread = threading.Thread(target=run, name="balsam-doorbell", daemon=True)
+        self._bell_thread.start()
 
     def start_workers(self) -> None:
         if self.in_process:
@@ -193,7 +207,7 @@ class SerialMaster(LauncherBase):
 
     def _timeout(self) -> float:
         wanting = any(h.want > 0 for h in self.handles if h.alive)
-        wait = self.ls.poll_period_s if wanting else IDLE_WAIT_S
+        wait = self.poll_s if wanting else IDLE_WAIT_S
         return max(0.0, min(wait, self.life.remaining_s()))
 
     def handle(self, h: WorkerHandle, msg: Message) -> None:
@@ -295,6 +309,8 @@ class SerialMaster(LauncherBase):
 
     def shutdown_jobs(self) -> None:
         reason = self.life.stop_reason or "the launcher stopped"
+        if self._bell_thread is not None:
+            self._bell_thread.join(timeout=2 * DOORBELL_WAIT_S + 1.0)  # before the doorbell closes under it
         self.backlog.clear()
         for h in self.handles:
             h.send({"t": "exit", "reason": reason})

@@ -16,11 +16,14 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence
 
 from balsam.db.updater import Sink
 from balsam.exceptions import LauncherError, ServiceError
 from balsam.site import SiteLayout
+
+if TYPE_CHECKING:
+    from balsam.db.doorbell import Doorbell
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,10 @@ class Transport(ABC):
 
     def data_version(self) -> Optional[int]:
         """A number that changes when anything is committed, or None when it cannot be had cheaply."""
+        return None
+
+    def doorbell(self) -> Optional["Doorbell"]:
+        """An open doorbell rung when jobs become runnable (:mod:`balsam.db.doorbell`), or None: then poll."""
         return None
 
     @property
@@ -130,6 +137,15 @@ class DirectTransport(Transport):
 
     def data_version(self) -> Optional[int]:
         return self.store.data_version()
+
+    def doorbell(self) -> Optional["Doorbell"]:
+        from balsam.db.doorbell import RUNNABLE, Doorbell
+
+        try:
+            return Doorbell(self.store.db_path.parent, RUNNABLE).open()
+        except OSError as exc:
+            logger.info("no doorbell for runnable jobs (%s): polling instead", exc)
+            return None
 
     def describe(self) -> str:
         return f"direct (SQLite at {self.store.db_path} on home host {self.host})"

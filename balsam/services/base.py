@@ -15,8 +15,11 @@ import time
 import traceback
 from typing import Any, Dict, Optional
 
+from balsam.db.doorbell import Doorbell
+
 logger = logging.getLogger(__name__)
 MAX_BACKOFF_S = 300.0
+STOP_CHECK_S = 0.25
 
 
 class Service:
@@ -35,6 +38,11 @@ class Service:
 
     def cleanup(self) -> None:
         """Release what the service holds (leases, child processes) when the agent stops."""
+
+    def doorbell(self) -> Optional[Doorbell]:
+        """An open doorbell (:mod:`balsam.db.doorbell`) rung when work for this service appears, or None (the
+        default): with one, a cycle starts as soon as it rings instead of at the end of the period."""
+        return None
 
 
 class ServiceThread(threading.Thread):
@@ -83,14 +91,30 @@ class ServiceThread(threading.Thread):
 
     def run(self) -> None:
         logger.info("%s: started (period %.1f s)", self.service.name, self.service.period_s)
-        while not self.stop.is_set():
-            self.run_one()
-            self.stop.wait(self.next_wait_s())
+        bell = self.service.doorbell()
+        try:
+            while not self.stop.is_set():
+                self.run_one()
+                self._sleep(self.next_wait_s(), bell if not self.failures_in_a_row else None)
+        finally:
+            if bell is not None:
+                bell.close()
         try:
             self.service.cleanup()
         except Exception:
             logger.exception("%s: cleanup failed", self.service.name)
         logger.info("%s: stopped", self.service.name)
+
+    def _sleep(self, seconds: float, bell: Optional[Doorbell]) -> None:
+        """Wait ``seconds``, or until ``bell`` rings; a stop is noticed within STOP_CHECK_S either way."""
+        if bell is None:
+            self.stop.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or bell.wait(min(left, STOP_CHECK_S)):
+                return
 
     def health(self) -> Dict[str, Any]:
         """The service's state for ``balsam site status``."""

@@ -27,6 +27,7 @@ from balsam._api.jobs import Job
 from balsam._api.sites import SiteRef
 from balsam.db import apps as app_db
 from balsam.db import job_reads, sessions
+from balsam.db.doorbell import PROCESS, Doorbell
 from balsam.db.jobs import StateChange, apply_state_changes, unlock_jobs
 from balsam.db.states import PROCESSING_STATES, JobState
 from balsam.exceptions import BalsamError
@@ -65,6 +66,14 @@ class ProcessingService(Service):
         self.session_id: Optional[int] = None
         self._last_tick = 0.0
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+
+    def doorbell(self) -> Optional[Doorbell]:
+        """Rung when jobs to process appear (created, or a launcher reported runs), so they wait no period."""
+        try:
+            return Doorbell(self.site.store.db_path.parent, PROCESS).open()
+        except OSError as exc:
+            logger.info("processing: no doorbell (%s): polling every %.1f s", exc, self.period_s)
+            return None
 
     # ---------------------------------------------------------------- apps
     def _apps(self) -> Tuple[Dict[int, Any], Dict[int, str]]:
