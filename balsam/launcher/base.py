@@ -340,12 +340,13 @@ class LauncherBase:
         versions = {int(j["app_id"]): int(j["app_version"]) for j in jobs if j.get("app_version") is not None}
         apps = self.apps.get_many(sorted({int(j["app_id"]) for j in jobs}), versions)
         out: List[Tuple[Dict[str, Any], Task]] = []
+        data_dir = self.cfg.data_dir
         for job in jobs:
             app = apps.get(int(job["app_id"]))
             try:
                 if app is None:
                     raise AppError(f"app {job['app_id']} does not exist at this site")
-                out.append((job, build_task(job, app, self.cfg.data_dir)))
+                out.append((job, build_task(job, app, data_dir)))
                 if app.finishes_in_launcher:
                     self.reporter.finish_here(int(job["id"]))
             except (ValidationError, AppError, Unplaceable) as exc:

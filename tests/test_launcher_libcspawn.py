@@ -1,0 +1,86 @@
+"""The launcher's spawn through the C library's posix_spawn starts the same child as ``os.posix_spawn`` does (its
+directory, its own session, default signals, stdin from /dev/null, output to job.out) and fails the same way,
+without changing the launcher's own working directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+from balsam.launcher import spawn as sp
+from balsam.launcher.libcspawn import load
+
+PROBE = ('echo "cwd=$(pwd) foo=$FOO pid=$$ sid=$(cut -d" " -f6 /proc/$$/stat)"; '
+         'echo "ignored=$(grep SigIgn /proc/$$/status | cut -f2)"; read line; echo "stdin=$?"; echo to-stderr >&2')
+
+needs_libc = pytest.mark.skipif(load(()) is None, reason="the C library has no posix_spawn_file_actions_addchdir_np")
+
+
+@pytest.fixture(params=["libc", "os"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Which way the launcher spawns: through the C library, or os.posix_spawn."""
+    if request.param == "libc" and load(()) is None:
+        pytest.skip("the C library has no posix_spawn_file_actions_addchdir_np")
+    monkeypatch.setattr(sp, "USE_LIBC", request.param == "libc")
+    yield str(request.param)
+
+
+def _run(tmp_path: Path, name: str, command: str, **kw: object) -> Dict[str, str]:
+    workdir = tmp_path / name
+    workdir.mkdir()
+    out = workdir / "job.out"
+    pid = sp.spawn(["/bin/sh", "-c", command], cwd=str(workdir), env=dict(os.environ, FOO="a b"), output=str(out), **kw)  # type: ignore[arg-type]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    text = out.read_text()
+    fields = dict(w.split("=", 1) for line in text.splitlines() for w in line.split() if "=" in w)
+    fields["pid"] = fields.get("pid", "")
+    fields["_spawned"] = str(pid)
+    fields["_text"] = text
+    return fields
+
+
+def test_the_child_runs_in_its_directory_and_session_with_default_signals(tmp_path: Path, path: str) -> None:
+    got = _run(tmp_path, "job", PROBE)
+    assert got["cwd"] == str(tmp_path / "job")
+    assert got["foo"] == "a"  # FOO="a b": the environment is passed as given
+    assert got["pid"] == got["_spawned"] == got["sid"], "the job leads its own session"
+    ignored = int(got["ignored"], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), "SIGPIPE (ignored by Python) is back to its default in the job"
+    assert not ignored & (1 << (signal.SIGINT - 1))
+    assert got["stdin"] == "1", "stdin is /dev/null (read finds end-of-file)"
+    assert "to-stderr" in got["_text"], "stderr goes to job.out too"
+
+
+def test_output_is_truncated_or_appended(tmp_path: Path, path: str) -> None:
+    (tmp_path / "job").mkdir()
+    out = tmp_path / "job" / "job.out"
+    out.write_text("old run\n")
+    for append in (True, False):
+        pid = sp.spawn(["/bin/echo", "new"], cwd=str(tmp_path / "job"), env=dict(os.environ), output=str(out), append=append)
+        os.waitpid(pid, 0)
+        assert out.read_text() == ("old run\nnew\n" if append else "new\n")
+
+
+def test_a_missing_program_or_directory_is_a_clear_error(tmp_path: Path, path: str) -> None:
+    (tmp_path / "job").mkdir()
+    with pytest.raises(FileNotFoundError):
+        sp.spawn(["/no/such/program"], cwd=str(tmp_path / "job"), env={}, output=str(tmp_path / "job" / "job.out"))
+    with pytest.raises(FileNotFoundError, match="gone"):
+        sp.spawn(["/bin/true"], cwd=str(tmp_path / "gone"), env={}, output=str(tmp_path / "job.out"))
+    with pytest.raises(FileNotFoundError, match="command not found"):
+        sp.spawn(["no-such-command-anywhere"], cwd=str(tmp_path / "job"), env={"PATH": "/usr/bin"}, output=str(tmp_path / "o"))
+
+
+@needs_libc
+def test_the_launchers_working_directory_never_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # os.posix_spawn has no "change directory" action: that path changes this process's directory around the call
+    # (under a lock). The C library path does it in the child, so another thread's relative paths stay valid.
+    monkeypatch.setattr(sp, "USE_LIBC", True)
+    here = os.getcwd()
+    _run(tmp_path, "job", "true")
+    assert os.getcwd() == here
