@@ -80,7 +80,7 @@ class LauncherSettings:
     poll_period_s: float = 0.05
     error_tail_num_lines: int = 10  # a failed run's event keeps this many last lines of its output...
     error_tail_max_bytes: int = 4096  # ...and at most this many bytes of them (the rest stays in job.out)
-    kill_orphans: bool = True  # when a job ends, kill what is left of its process group
+    kill_orphans: bool = True  # when a job ends, kill what it left: its process group, its setsid'd/daemon children
     serial_prefetch_per_node: int = 64
     status_flush_period_s: float = 0.25
     python_exe: Optional[str] = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import Any, Dict
 
 _stores: Dict[Any, Any] = {}
@@ -59,3 +61,15 @@ def finish_run(job: Any, state: str, **fields: Any) -> None:
     with home_store(job.__dict__["_site"]).write() as conn:
         apply_state_changes(conn, [StateChange(int(job.id), state, fields=fields, session_id=job.__dict__["_session_id"])])
     job.refresh_from_db()
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until its filesystem is full (ENOSPC); unlinking it frees the space again."""
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                return

@@ -143,23 +143,124 @@ def test_a_jobs_leftover_background_processes_are_killed_when_it_ends(site: Any)
         kill_quietly(child)
 
 
+def _own_session(stat_file: Path) -> int:
+    """The session id a process recorded from its /proc/<pid>/stat (field 6)."""
+    text = wait_for(lambda: stat_file.exists() and stat_file.read_text().strip(), what=f"{stat_file}")
+    return int(text.rsplit(")", 1)[1].split()[3])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_processes_a_job_left_in_sessions_of_their_own_are_killed_when_it_ends(site: Any, mode: str) -> None:
+    """A child started with setsid, and a daemon (double fork, setsid), outlive the job's process group; the
+    launcher adopts them (it is their subreaper) and knows them by the job marker in their environment."""
+    from balsam.api import ApplicationDefinition
+
+    class Detacher(ApplicationDefinition):
+        site = "test-site"
+        command_template = ("setsid sh -c 'cat /proc/$$/stat > setsid.stat; exec sleep 120' & "
+                            "( setsid sh -c 'cat /proc/$$/stat > daemon.stat; exec sleep 120' & ); "
+                            "while [ ! -s setsid.stat ] || [ ! -s daemon.stat ]; do sleep 0.05; done; echo started")
+
+    Detacher.sync()
+    (job,) = runnable(site.store, [Detacher.submit("detach/0")])
+    proc = start(site.path, mode)  # it stays up (idle ttl 30 s): the cleanup is the job's end, not the launcher's
+    workdir = site.path / "data" / "detach" / "0"
+    found: List[int] = []
+    try:
+        wait_for(lambda: states(site.store, [job])[job] == "JOB_FINISHED", timeout=30, what="the job to finish")
+        for name in ("setsid.stat", "daemon.stat"):
+            pid = int((workdir / name).read_text().split()[0])
+            found.append(pid)
+            assert _own_session(workdir / name) == pid  # it led a session of its own: the job's group did not hold it
+        for pid in found:
+            wait_for(lambda p=pid: not pid_alive(p), timeout=10, what=f"the detached process {pid} to be killed")
+        assert proc.poll() is None
+    finally:
+        _stop(proc, found)
+
+
+def _stop(proc: "subprocess.Popen[bytes]", pids: List[int]) -> None:
+    proc.terminate()
+    proc.wait()
+    for pid in pids:
+        kill_quietly(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_processes_a_python_run_left_behind_are_killed_when_it_ends(site: Any, mode: str) -> None:
+    """A run() in a warm worker that starts processes and returns: the worker lives on, its leftovers do not."""
+    from balsam.api import ApplicationDefinition, Job
+
+    class Starter(ApplicationDefinition):
+        site = "test-site"
+
+        def run(self) -> list:  # type: ignore[type-arg]
+            import subprocess
+
+            procs = [subprocess.Popen(["sleep", "120"]), subprocess.Popen(["setsid", "sleep", "120"])]
+            return [p.pid for p in procs]
+
+    Starter.sync()
+    (job,) = runnable(site.store, [Starter.submit("pyleft/0")])
+    proc = start(site.path, mode)
+    left: List[int] = []
+    try:
+        wait_for(lambda: states(site.store, [job])[job] == "JOB_FINISHED", timeout=30, what="the job to finish")
+        left.extend(Job.objects.get(id=job).result())
+        assert len(left) == 2
+        for pid in left:
+            wait_for(lambda p=pid: not pid_alive(p), timeout=10, what=f"process {pid} the run() left to be killed")
+        assert proc.poll() is None
+    finally:
+        _stop(proc, left)
+
+
+def test_a_killed_launchers_watchdog_kills_what_its_jobs_left_in_other_sessions(site: Any, sleeper: Any,
+                                                                                pids: List[int]) -> None:
+    from balsam.api import ApplicationDefinition
+
+    class Detacher(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo $$ > pid; setsid sh -c 'echo $$ > daemon; exec sleep 120' & exec sleep 120"
+
+    Detacher.sync()
+    runnable(site.store, [Detacher.submit("wd/0")])
+    proc = start(site.path, "mpi")
+    pids.append(read_pid(site.path, "wd/0"))
+    daemon_file = site.path / "data" / "wd" / "0" / "daemon"
+    daemon = int(wait_for(lambda: daemon_file.exists() and daemon_file.read_text().strip(), what="the daemon's pid"))
+    pids.append(daemon)
+    assert pid_alive(daemon)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_for(lambda: not pid_alive(pids[0]), timeout=20, what="the job to end with its launcher")
+    wait_for(lambda: not pid_alive(daemon), timeout=20, what="the job's detached process to end with its launcher")
+
+
 def test_kill_orphans_can_be_turned_off(site: Any) -> None:
     from balsam.api import ApplicationDefinition
 
     class Spawner(ApplicationDefinition):
         site = "test-site"
-        command_template = "sleep 120 & echo $! > child"
+        command_template = ("sleep 120 & echo $! > child; setsid sh -c 'echo $$ > detached; exec sleep 120' & "
+                            "while [ ! -s detached ]; do sleep 0.05; done")
 
     Spawner.sync()
     configure(site.path, kill_orphans=False)
     runnable(site.store, [Spawner.submit("keep/0")])
     assert run(site, "mpi") == 0
-    child = int((site.path / "data" / "keep" / "0" / "child").read_text())
+    workdir = site.path / "data" / "keep" / "0"
+    children = [int((workdir / name).read_text()) for name in ("child", "detached")]
     try:
         time.sleep(0.2)
-        assert pid_alive(child)
+        assert all(pid_alive(pid) for pid in children)
     finally:
-        os.kill(child, signal.SIGKILL)
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_failed_runs_event_keeps_a_bounded_tail_and_job_out_keeps_everything(site: Any) -> None:
@@ -181,3 +282,66 @@ def test_a_failed_runs_event_keeps_a_bounded_tail_and_job_out_keeps_everything(s
     assert events(site.store, job)[-1]["data"]["returncode"] == 3
     stored = site.store.execute("SELECT sum(length(data)) FROM event WHERE job_id=?", (job,))[0][0]
     assert stored < 1500  # not 64 KB per failed run
+
+
+def test_the_journal_keeps_lines_it_cannot_write_until_it_can(small_disk: Path) -> None:
+    from balsam.db.journal import JournalWriter, read
+    from tests.helpers import fill
+
+    writer = JournalWriter(small_disk / "state", 7)
+    writer.append(1, "RUNNING", 1.0)
+    assert writer.flush()
+    fill(small_disk / "filler")
+    for job_id in range(2, 2000):
+        writer.append(job_id, "RUN_DONE", 2.0, {"returncode": 0}, {"return_code": 0})
+    assert not writer.flush() and writer.pending  # the disk is full: kept, not dropped
+    (small_disk / "filler").unlink()
+    assert writer.close()
+    assert [c.job_id for c in read(writer.path)] == list(range(1, 2000))  # every line, in order, none torn
+
+
+def test_a_launcher_on_a_full_disk_keeps_its_results_until_it_can_write_them(small_disk: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The site (DB and journal) is on a full 8 MB tmpfs when the jobs end: the launcher keeps their results,
+    past the time it would give the DB alone (shortened here), until space is freed; then every result is
+    recorded once and nothing runs again."""
+    import threading
+
+    from balsam._api import sites
+    from balsam.api import ApplicationDefinition
+    from balsam.launcher import base
+    from balsam.site import init_site
+    from tests.helpers import fill
+
+    monkeypatch.setattr(base, "DB_WAIT_S", 0.5)
+    init_site(small_disk / "site", name="full-site")
+    ref = sites.resolve("full-site")
+    marks, go = tmp_path / "marks", tmp_path / "go"
+    marks.mkdir()
+
+    class Marker(ApplicationDefinition):
+        site = "full-site"
+        command_template = "echo ran >> " + str(marks) + "/{{ n }}; while [ ! -e " + str(go) + " ]; do sleep 0.05; done"
+
+    Marker.sync()
+    jobs = runnable(ref.store, [Marker.submit(f"m/{i}", n=i, node_packing_count=2) for i in range(2)])  # both at once
+    result: List[int] = []
+    thread = threading.Thread(target=lambda: result.append(run(ref, "mpi", idle_ttl_s=0.5, wall_time_min=5.0)))
+    thread.start()
+    try:
+        wait_for(lambda: set(states(ref.store, jobs).values()) == {"RUNNING"}, timeout=30, what="every job RUNNING")
+        fill(small_disk / "filler")
+        go.touch()  # the jobs end while nothing can be written
+        time.sleep(5)
+        assert thread.is_alive()  # done, idle, and past DB_WAIT_S: still holding the results
+        assert set(states(ref.store, jobs).values()) == {"RUNNING"}
+    finally:
+        go.touch()
+        (small_disk / "filler").unlink(missing_ok=True)
+        thread.join(timeout=90)
+    assert not thread.is_alive() and result == [0]
+    assert set(states(ref.store, jobs).values()) == {"JOB_FINISHED"}
+    for j in jobs:
+        assert [e["to"] for e in events(ref.store, j)].count("RUNNING") == 1
+    assert run(ref, "mpi") == 0  # nothing left to run
+    assert sorted((marks / str(i)).read_text() for i in range(2)) == ["ran\n"] * 2  # each ran exactly once

@@ -16,7 +16,7 @@ from balsam.exceptions import ServiceError
 from balsam.services.agent import agent_status, start_agent, stop_agent
 from balsam.services.file_cleaner import FileCleanerService, clean_workdir
 from balsam.settings import FileCleanerSettings
-from tests.helpers import advance
+from tests.helpers import advance, fill
 
 
 def wait_for(cond: Any, timeout: float = 20.0) -> None:
@@ -110,35 +110,6 @@ def test_stuck_jobs_say_why(site: Any, hello: Any) -> None:
     assert why(parent).startswith("FAILED")
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
-    """An 8 MB tmpfs (CI runs as root); skipped where mounting is not permitted."""
-    import subprocess
-
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(path: Path) -> None:
-    import errno
-
-    chunk = b"\0" * 65536
-    with open(path, "wb", buffering=0) as f:
-        while True:
-            try:
-                f.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                return
-
-
 def test_the_agent_survives_a_full_disk_and_says_so(small_disk: Path) -> None:
     from balsam._api import sites
     from balsam.cli.service import format_status
@@ -158,7 +129,7 @@ def test_the_agent_survives_a_full_disk_and_says_so(small_disk: Path) -> None:
         first = Echo.submit(workdir="a", x=1)
         wait_for(lambda: str(Job.objects.get(id=first.id).state) == "PREPROCESSED")
         filler = small_disk / "filler"
-        _fill(filler)
+        fill(filler)
         time.sleep(5)  # a few status periods with every write failing
         status = agent_status(root)
         assert status["running"] and status["pid"] == pid  # still alive

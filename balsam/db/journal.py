@@ -157,50 +157,72 @@ def leftover(state_dir: Path, live_sessions: Sequence[int]) -> List[Path]:
 class JournalWriter:
     """The launcher's side: appends a line per state change to its lease's journal (see the module docstring).
 
-    A write that fails (a full disk) is logged once and skipped: the change still goes to the DB through the
-    StatusUpdater, which keeps it until it can be written."""
+    A write that fails (a full disk) keeps what was not written, in order, and the next :meth:`flush` tries
+    again (the loop's next wake-up): a launcher that cannot write keeps its results until it can. The first
+    failure is logged, and so is the recovery."""
 
     def __init__(self, state_dir: Path, session_id: int) -> None:
         self.path = journal_path(state_dir, session_id)
         self._fd: Optional[int] = None
         self._buf: List[bytes] = []
-        self._warned = False
+        self._failing = False
+        self._open()
+
+    def _open(self) -> bool:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            self._warn(exc)
+            self._failed(exc)
+            return False
+        return True
 
-    def _warn(self, exc: OSError) -> None:
-        if not self._warned:
-            self._warned = True
-            logger.error("the launcher's journal %s cannot be written (%s): results are kept in memory only until "
-                         "they reach the DB", self.path, exc.strerror or exc)
+    def _failed(self, exc: OSError) -> None:
+        if not self._failing:
+            self._failing = True
+            logger.error("the launcher's journal %s cannot be written (%s): its lines are kept in memory and written "
+                         "as soon as it can", self.path, exc.strerror or exc)
+
+    @property
+    def pending(self) -> int:
+        """Lines (or parts of one) recorded but not yet in the journal."""
+        return len(self._buf)
 
     def append(self, job_id: int, state: str, timestamp: float, data: Optional[Dict[str, Any]] = None,
                fields: Optional[Dict[str, Any]] = None) -> None:
         """Record one change; :meth:`flush` writes what was recorded."""
-        if self._fd is not None:
-            self._buf.append(encode_line(job_id, state, timestamp, data, fields))
+        self._buf.append(encode_line(job_id, state, timestamp, data, fields))
 
-    def flush(self) -> None:
-        """Append what was recorded with one ``write`` (in the kernel when this returns)."""
-        if not self._buf or self._fd is None:
-            return
-        data = b"".join(self._buf)
+    def flush(self) -> bool:
+        """Append what was recorded with one ``write`` (in the kernel when this returns). Returns True when
+        nothing is left unwritten; on a failure what is left stays for the next call."""
+        if not self._buf:
+            return True
+        if self._fd is None and not self._open():
+            return False
+        assert self._fd is not None
+        data = b"".join(self._buf) if len(self._buf) > 1 else self._buf[0]
         self._buf.clear()
         try:
             while data:
                 data = data[os.write(self._fd, data):]
         except OSError as exc:
-            self._warn(exc)
+            self._buf.append(data)  # a part of a line may be in the file: the rest completes it, in order
+            self._failed(exc)
+            return False
+        if self._failing:
+            self._failing = False
+            logger.warning("the launcher's journal %s is written again", self.path)
+        return True
 
-    def close(self) -> None:
-        """Write what is left and close the file (the lease's release removes it)."""
-        self.flush()
+    def close(self) -> bool:
+        """Write what is left and close the file (the lease's release removes it). Returns True if nothing
+        recorded is left unwritten."""
+        done = self.flush()
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
             self._fd = None
+        return done

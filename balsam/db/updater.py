@@ -249,7 +249,8 @@ class StatusUpdater:
                 if left:
                     self._queue[:0] = [tuple(c) for c in left]
             if left:
-                time.sleep(delay)  # transient: back off, doubling up to max_retry_period_s
+                with self._cond:  # transient: back off, doubling up to max_retry_period_s; a flush() retries now
+                    self._cond.wait(delay)
                 delay = min(delay * 2, self.max_retry_period_s)
             else:
                 delay = self.retry_period_s

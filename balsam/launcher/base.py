@@ -34,6 +34,7 @@ from balsam.launcher.executor import Finished
 from balsam.launcher.resources import Unplaceable
 from balsam.launcher.tasks import AppCache, Task, build_task
 from balsam.launcher.transport import JobSourceLike, Transport
+from balsam.launcher.watchdog import unguarded
 from balsam.platforms.nodes import ComputeNode
 from balsam.settings import SiteSettings
 from balsam.site import SiteLayout
@@ -47,6 +48,11 @@ DOORBELL_POLL_S = 0.25
 REMOTE_KILL_CHECK_PERIOD_S = 1.0
 ACQUIRE_FALLBACK_PERIOD_S = 1.0
 MAX_ACQUIRE = 2048
+DB_WAIT_S = 60.0
+"""At the end, how long a launcher waits for the DB to take its last status updates before it relies on its
+journal alone (replayed when its lease ends), if the journal holds them all."""
+KEEP_RETRY_S = 2.0
+KEEP_LOG_PERIOD_S = 60.0
 
 
 @dataclass
@@ -165,7 +171,7 @@ class Reporter:
             self.journal.close()
             self.journal = None
         self.session_id = session_id
-        if session_id is not None and self.state_dir is not None:
+        if session_id is not None and self.state_dir is not None and not unguarded():
             self.journal = JournalWriter(self.state_dir, session_id)
 
     def put(self, job_id: int, state: str, timestamp: Optional[float] = None, data: Optional[Dict[str, Any]] = None,
@@ -183,10 +189,10 @@ class Reporter:
                 self.journal.append(job_id, state, ts, data, fields)
         self.updater.put_together(changes)
 
-    def flush(self) -> None:
-        """Append this loop iteration's changes to the journal (before the loop waits again)."""
-        if self.journal is not None:
-            self.journal.flush()
+    def flush(self) -> bool:
+        """Append this loop iteration's changes to the journal (before the loop waits again); lines a failed
+        write left (a full disk) are tried again. True when the journal holds everything reported."""
+        return self.journal.flush() if self.journal is not None else False
 
     def close(self) -> None:
         if self.journal is not None:
@@ -413,6 +419,27 @@ class LauncherBase:
         r = self.reporter
         return f"acquired {self.acquired_total}, done {r.done}, errors {r.errors}, timed out {r.timeouts}"
 
+    def keep_results(self) -> None:
+        """Before the lease goes: wait until the DB has every status update. A launcher that cannot write (a
+        full disk) keeps them, in memory and in its journal, for as long as it takes; after ``DB_WAIT_S`` it
+        may go once its journal holds them all (the journal is replayed when the lease ends, by the agent if
+        the release fails too)."""
+        started = time.monotonic()
+        next_log = started + KEEP_RETRY_S
+        self.reporter.flush()
+        while not self.updater.flush(timeout=KEEP_RETRY_S):
+            journaled = self.reporter.flush()
+            now = time.monotonic()
+            if journaled and now - started >= DB_WAIT_S:
+                logger.error("%d status updates could not be written to the DB for %.0f s (%s); they are in the journal "
+                             "%s, which is applied when the lease ends", self.updater.pending(), now - started,
+                             self.updater.last_error, self.reporter.journal.path if self.reporter.journal else "")
+                return
+            if now >= next_log:
+                next_log = now + KEEP_LOG_PERIOD_S
+                logger.error("%d status updates cannot be written yet (%s)%s: the launcher keeps them until they can be",
+                             self.updater.pending(), self.updater.last_error, "" if journaled else ", nor its journal")
+
     def run(self) -> int:
         """Run until a stop criterion; returns the exit code."""
         self.life.install_signals(self.wake)
@@ -448,10 +475,8 @@ class LauncherBase:
             try:
                 self.shutdown_jobs()
             finally:
-                self.reporter.flush()
-                flushed = self.updater.close(timeout=60.0)
-                if not flushed:
-                    logger.error("%d status updates could not be written before the lease is released", self.updater.pending())
+                self.keep_results()
+                self.updater.close(timeout=KEEP_RETRY_S)
                 self.reporter.close()
                 if self.doorbell is not None:
                     self.doorbell.close()

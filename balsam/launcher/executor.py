@@ -32,12 +32,13 @@ import time
 from pathlib import Path
 from typing import Deque, Dict, List, Mapping, Optional, Set, Tuple
 
+from balsam.launcher import orphans
 from balsam.launcher import spawn as sp
 from balsam.launcher.pyrun import MODULE as PYRUN_MODULE
 from balsam.launcher.pyworker import PyWorker, PyWorkerPool
 from balsam.launcher.resources import Placement
 from balsam.launcher.tasks import Task
-from balsam.launcher.watchdog import Watchdog, stop_previous, write_record
+from balsam.launcher.watchdog import Watchdog, stop_previous, unguarded, write_record
 from balsam.platforms.mpi import LaunchSpec, MPILauncher
 from balsam.platforms.nodes import gpu_visibility_env
 
@@ -135,8 +136,15 @@ class Executor:
         self.pylib = pylib
         self.kill_grace_s = kill_grace_s
         self.kill_orphans = kill_orphans
-        """When a job's process ends, kill what is left of its process group (background children)."""
-        self.watchdog = Watchdog(os.path.join(log_dir, "watchdog.out"), home, self.env)
+        """When a job's process ends, kill what is left of its process group (background children), and what it
+        left in sessions of its own (:mod:`.orphans`)."""
+        self.nonce = orphans.new_nonce()
+        self.env[orphans.NONCE_ENV] = self.nonce
+        self._subreaper: Optional[bool] = None
+        self._scan_orphans = False
+        self._served: Set[int] = set()
+        """Warm workers that finished a job since the last orphan scan (their children are checked)."""
+        self.watchdog = Watchdog(os.path.join(log_dir, "watchdog.out"), home, self.env, self.nonce if kill_orphans else None)
         self.pool = PyWorkerPool(env=self.env, home=home, log_path=os.path.join(log_dir, "pyworkers.out"),
                                  max_idle=max_workers, pylib=pylib)
         self._sel = selectors.DefaultSelector()
@@ -153,10 +161,19 @@ class Executor:
         self._registered: Set[int] = set()
         self.workdirs = sp.WorkdirMaker()
         self._no_pidfd = 0
+        """Running processes without a pidfd (none on Linux >= 5.3): poll for them."""
         self._unrecorded: Deque[Tuple[float, _Run]] = collections.deque()
         """Runs whose pid record is not written yet: written once they outlive RECORD_AFTER_S (a job that ends
         sooner never needs one, and most flood jobs do, so the record costs them nothing)."""
-        """Running processes without a pidfd (none on Linux >= 5.3): poll for them."""
+        self._pid_records = not unguarded()
+
+    def _guard(self) -> None:
+        """Before the first job starts: the watchdog, and (with kill_orphans) adopting what jobs leave behind."""
+        self.watchdog.start()
+        if self.kill_orphans and self._subreaper is None:
+            self._subreaper = orphans.become_subreaper()
+            if not self._subreaper:
+                logger.info("cannot adopt orphaned processes here: only a job's process group is cleaned up")
 
     def prepare(self, tasks: List[Task]) -> None:
         """Create these tasks' workdirs in the background (they will start soon)."""
@@ -208,7 +225,7 @@ class Executor:
             if worker.pid not in self._registered:
                 self._sel.register(worker.sock, selectors.EVENT_READ, worker)
                 self._registered.add(worker.pid)
-                self.watchdog.start()
+                self._guard()
                 self.watchdog.add(worker.pid)
             run.worker = worker
             run.pid = worker.pid
@@ -271,11 +288,13 @@ class Executor:
             env.update(launch.env)
             argv = launch.argv if not preamble_file else _wrap_preamble(preamble_file, launch.argv)
             run.mpi = True
-        self.watchdog.start()
-        stop_previous(task.workdir)  # a copy a dead launcher left running must end before this one starts
+        self._guard()
+        if self._pid_records:
+            stop_previous(task.workdir)  # a copy a dead launcher left running must end before this one starts
         run.pid = sp.spawn(argv, cwd=task.workdir, env=env, output=run.output)
         self.watchdog.add(run.pid)
-        self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))
+        if self._pid_records:
+            self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))
         if run.mpi:
             self.mpi_running += 1
         self._by_pid[run.pid] = run
@@ -338,12 +357,24 @@ class Executor:
             elif isinstance(obj, PyWorker):
                 self._read_worker(obj)
         self._reap()
+        if self._scan_orphans:
+            self._kill_orphans()
         if self._unrecorded:
             self._write_records()
         if self._killing:
             self._enforce_kills()
         out, self._done = self._done, []
         return out
+
+    def _kill_orphans(self) -> None:
+        """Kill what ended jobs left in sessions of their own (adopted by this process: see :mod:`.orphans`)."""
+        self._scan_orphans = False
+        known = set(self._by_pid)
+        known.update(self.pool.workers)
+        if self.watchdog.pid is not None:
+            known.add(self.watchdog.pid)
+        served, self._served = self._served, set()
+        orphans.kill_adopted(self.nonce, self.runs, known, served)
 
     def _write_records(self) -> None:
         now = time.monotonic()
@@ -363,6 +394,8 @@ class Executor:
             if run is None or run.worker is not worker:
                 continue
             self._finish(run, int(rc), ret=ret, exc=exc)
+            if self._subreaper:
+                self._served.add(worker.pid)
             if run.kill_at is None:
                 self.pool.release(worker)
         if closed:
@@ -407,6 +440,7 @@ class Executor:
             worker = self.pool.workers.get(pid)
             if worker is None:
                 logger.debug("reaped a process that is not a job: pid %s, status %s", pid, rc)
+                self._scan_orphans = self._subreaper is True  # an adopted orphan: its own children are ours now
                 continue
             if worker.job_id is not None and worker.pid in self._registered:
                 self._read_worker(worker)  # its "done" may still sit in the socket
@@ -442,6 +476,7 @@ class Executor:
         job_id = run.task.id
         self.runs.pop(job_id, None)
         self._killing.discard(job_id)
+        self._scan_orphans = self._subreaper is True
         if run.kill_at is not None:
             self._done.append(Finished(job_id, rc, killed=not run.timed_out, timed_out=run.timed_out, message=run.kill_reason))
             return
@@ -501,6 +536,12 @@ class Executor:
             self.pool.forget(pid)
         self._sel.close()
         self.watchdog.close()
+        if self._subreaper:
+            # A launcher run inside a longer-lived process (the API, a test) must not go on adopting orphans
+            # nobody reaps: stop, and reap what was adopted and has ended.
+            orphans.become_subreaper(False)
+            self._subreaper = None
+            self._reap()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

@@ -4,10 +4,11 @@ Each job runs in its own session (so a signal to the launcher's terminal does no
 that killing the launcher, even its whole process group with SIGKILL, leaves the jobs running: a second copy
 would then run in the same directory when the job is retried. Two guards, both cheap:
 
-* **A watchdog process** per executor, in a session of its own, reading a pipe whose only writer is the
-  launcher. The launcher writes ``+PGID`` when a job (or a warm Python worker) starts and ``-PGID`` when it
-  ends. When the launcher dies, however it dies, the kernel closes its end of the pipe; the watchdog reads
-  end-of-file, sends SIGTERM to every group still listed, SIGKILL after a grace period, and exits.
+* **A watchdog process** per executor (:mod:`balsam.jobwatch`, stdlib only), in a session of its own, reading
+  a pipe whose only writer is the launcher. The launcher writes ``+PGID`` when a job (or a warm Python worker)
+  starts and ``-PGID`` when it ends. When the launcher dies, however it dies, the kernel closes its end of the
+  pipe; the watchdog reads end-of-file, stops every group still listed and what the jobs left in sessions of
+  their own, and exits.
 * **A pid record** in the job's workdir (``.balsam-job.pid``: pid, process start time, host), written once the
   job has run for half a second (the watchdog alone covers shorter ones). Before a job
   starts again in that workdir, a launcher on the same host kills the recorded process group if that very
@@ -19,48 +20,59 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import time
-from typing import List, Mapping, Optional, Set
+from typing import Mapping, Optional
 
 from balsam.db.sessions import process_alive, process_start_time
+from balsam.jobwatch import GRACE_S, MODULE, kill_groups
 
 logger = logging.getLogger(__name__)
 
 PID_RECORD = ".balsam-job.pid"
-WATCHDOG_MODULE = "balsam.launcher.watchdog"
-GRACE_S = 2.0
-READ_PAUSE_S = 0.2
+BENCH_UNGUARDED_ENV = "_BALSAM_BENCH_UNGUARDED"
+"""For benchmarks only (``bench/bench_launcher.py``): set to ``1``, a launcher runs without its journal, watchdog
+and pid records, so the bench can show in one run what they cost. Deliberately not a setting: without them a
+killed launcher loses results and leaves copies of its jobs running."""
 _HOST = socket.gethostname()
+
+
+def unguarded() -> bool:
+    """True in a benchmark that measures the launcher without its fault guards (:data:`BENCH_UNGUARDED_ENV`)."""
+    return os.environ.get(BENCH_UNGUARDED_ENV) == "1"
 
 
 class Watchdog:
     """The launcher's side: start the watchdog process, tell it which process groups are jobs."""
 
-    def __init__(self, log_path: str, home: str, env: Mapping[str, str]) -> None:
+    def __init__(self, log_path: str, home: str, env: Mapping[str, str], nonce: Optional[str] = None) -> None:
         self.log_path = log_path
+        self.nonce = nonce
+        """When set, the watchdog also kills every process of this user carrying it (:mod:`balsam.jobwatch`)."""
         self.home = home
         self.env = env
         self.pid: Optional[int] = None
         self._w: Optional[int] = None
+        self.enabled = not unguarded()
 
     def start(self) -> None:
         """Spawn the watchdog (once); a failure is logged and the launcher goes on without it."""
-        if self._w is not None:
+        if self._w is not None or not self.enabled:
             return
-        from balsam.launcher.spawn import python_env, python_module_argv, spawn
+        from balsam.launcher.spawn import python_env, spawn
 
         r, w = os.pipe()
         try:
-            argv = python_module_argv(WATCHDOG_MODULE) + [str(r)]
+            # -S: no site packages to scan; the watchdog needs only the standard library (and PYTHONPATH).
+            argv = [sys.executable, "-S", "-m", MODULE, str(r)] + ([self.nonce] if self.nonce else [])
             env = python_env(self.env, None)
             self.pid = spawn(argv, cwd=self.home, env=env, output=self.log_path, append=True, pass_fds=[r])
             self._w = w
         except OSError as exc:
             logger.warning("cannot start the job watchdog (%s): jobs may outlive a killed launcher", exc)
             os.close(w)
+            self.enabled = False
         finally:
             os.close(r)
 
@@ -123,7 +135,7 @@ def stop_previous(workdir: str, timeout_s: float = 30.0) -> Optional[int]:
     if pid == os.getpid() or start is None or not _running(pid, start):
         return None
     logger.warning("an earlier copy of the job in %s still runs (pid %d): stopping it before the job runs again", workdir, pid)
-    _kill_groups([pid], GRACE_S)
+    kill_groups([pid], GRACE_S)
     deadline = time.monotonic() + timeout_s
     while _running(pid, start) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -140,60 +152,3 @@ def _running(pid: int, start: float) -> bool:
         return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
     except (OSError, ValueError):
         return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _kill_groups(groups: List[int], grace_s: float) -> None:
-    for g in groups:
-        try:
-            os.killpg(g, signal.SIGTERM)
-        except OSError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
-        time.sleep(0.05)
-    for g in groups:
-        try:
-            os.killpg(g, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-# ------------------------------------------------------------------------------------------ the watchdog
-def watch(fd: int, grace_s: float = GRACE_S) -> int:
-    """Read ``+PGID``/``-PGID`` lines until end-of-file, then stop every group still listed."""
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)  # only the pipe's end decides; a batch system's kill -9 still works
-    groups: Set[int] = set()
-    buf = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries
-            continue
-        if not chunk:
-            break
-        time.sleep(READ_PAUSE_S)  # let lines gather: a wake-up per job would cost the launcher's jobs CPU
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            if len(line) > 1 and line[1:].isdigit():
-                (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-    live = [g for g in groups if _group_alive(g)]
-    if live:
-        print(f"balsam watchdog: the launcher is gone; stopping {len(live)} job process group(s): {sorted(live)}", flush=True)
-        _kill_groups(live, grace_s)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(watch(int(sys.argv[1])))
