@@ -149,7 +149,7 @@ ENV_KNOWN: Dict[str, str] = {
     "launcher/pyrun.py: os.environ": "a Python job's environment, by default its runner's",
     "launcher/pyworker.py: os.environ": "a warm Python worker sets each job's environment in its own process",
     "launcher/serial_mode.py: gethostname()": "the master's address its node workers connect to; to come from run_launcher",
-    "launcher/watchdog.py: gethostname()": "the job watchdog runs as its own process (python -m balsam.launcher.watchdog)",
+    "launcher/watchdog.py: gethostname()": "a pid record names the host its job runs on (read back by the next launcher)",
     "platforms/nodes/base.py: gethostname()": "a local node's name when the environment passed in names none",
     "platforms/runner.py: os.environ": "a command's environment when the caller passes none",
     "runtime.py: os.environ": "the environment Balsam's own subprocesses start from",

@@ -92,6 +92,7 @@ def run_launcher(
     from balsam.launcher.partitions import parse_partition, run_partitions
     from balsam.launcher.spawn import set_home
     from balsam.launcher.transport import choose_transport
+    from balsam.launcher.watchdog import BENCH_UNGUARDED_ENV
     from balsam.settings import load_settings
     from balsam.site import SiteLayout, this_host
 
@@ -126,7 +127,8 @@ def run_launcher(
         logger.info("launcher on %s for site %s: transport %s", host, transport.site_name, transport.describe())
         set_home(root)
         cfg = LauncherConfig(root=root, settings=settings, job_mode=job_mode, wall_time_min=float(wall_time_min), host=host,
-                             nodes=nodes, filter_tags=dict(filter_tags), batch_job_id=batch_job_id, idle_ttl_s=ttl)
+                             nodes=nodes, filter_tags=dict(filter_tags), batch_job_id=batch_job_id, idle_ttl_s=ttl,
+                             guarded=environ.get(BENCH_UNGUARDED_ENV) != "1")
         try:
             if job_mode == "mpi":
                 from balsam.launcher import mpi_mode

@@ -34,7 +34,6 @@ from balsam.launcher.executor import Finished
 from balsam.launcher.resources import Unplaceable
 from balsam.launcher.tasks import AppCache, Task, build_task
 from balsam.launcher.transport import JobSourceLike, Transport
-from balsam.launcher.watchdog import unguarded
 from balsam.platforms.nodes import ComputeNode
 from balsam.settings import SiteSettings
 from balsam.site import SiteLayout
@@ -70,6 +69,9 @@ class LauncherConfig:
     idle_ttl_s: float = 10.0
     label: str = "launcher"
     log_dir: Optional[Path] = None
+    guarded: bool = True
+    """The journal, the job watchdog and pid records; False only in a benchmark of their cost (never a setting:
+    see :data:`balsam.launcher.watchdog.BENCH_UNGUARDED_ENV`)."""
 
     @property
     def layout(self) -> SiteLayout:
@@ -171,7 +173,7 @@ class Reporter:
             self.journal.close()
             self.journal = None
         self.session_id = session_id
-        if session_id is not None and self.state_dir is not None and not unguarded():
+        if session_id is not None and self.state_dir is not None:
             self.journal = JournalWriter(self.state_dir, session_id)
 
     def put(self, job_id: int, state: str, timestamp: Optional[float] = None, data: Optional[Dict[str, Any]] = None,
@@ -254,7 +256,7 @@ class LauncherBase:
         self._rejected_running: List[int] = []
         self._rejected_lock = threading.Lock()
         self.updater = StatusUpdater(transport.sink(), period_s=self.ls.status_flush_period_s, on_rejected=self._on_rejected)
-        self.reporter = Reporter(self.updater, cfg.layout.state)
+        self.reporter = Reporter(self.updater, cfg.layout.state if cfg.guarded else None)
         self.idle_since = time.monotonic()
         self._dv_acquire: Optional[int] = None
         self._dv_kills: Optional[int] = None

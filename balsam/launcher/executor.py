@@ -38,7 +38,7 @@ from balsam.launcher.pyrun import MODULE as PYRUN_MODULE
 from balsam.launcher.pyworker import PyWorker, PyWorkerPool
 from balsam.launcher.resources import Placement
 from balsam.launcher.tasks import Task
-from balsam.launcher.watchdog import Watchdog, stop_previous, unguarded, write_record
+from balsam.launcher.watchdog import Watchdog, stop_previous, write_record
 from balsam.platforms.mpi import LaunchSpec, MPILauncher
 from balsam.platforms.nodes import gpu_visibility_env
 
@@ -123,6 +123,7 @@ class Executor:
         kill_grace_s: float = 3.0,
         kill_orphans: bool = True,
         error_tail_max_bytes: int = 4096,
+        guarded: bool = True,
     ) -> None:
         self.mpi = mpi
         self.local_hosts = local_hosts
@@ -144,7 +145,8 @@ class Executor:
         self._scan_orphans = False
         self._served: Set[int] = set()
         """Warm workers that finished a job since the last orphan scan (their children are checked)."""
-        self.watchdog = Watchdog(os.path.join(log_dir, "watchdog.out"), home, self.env, self.nonce if kill_orphans else None)
+        self.watchdog = Watchdog(os.path.join(log_dir, "watchdog.out"), home, self.env, self.nonce if kill_orphans else None,
+                                 enabled=guarded)
         self.pool = PyWorkerPool(env=self.env, home=home, log_path=os.path.join(log_dir, "pyworkers.out"),
                                  max_idle=max_workers, pylib=pylib)
         self._sel = selectors.DefaultSelector()
@@ -165,7 +167,8 @@ class Executor:
         self._unrecorded: Deque[Tuple[float, _Run]] = collections.deque()
         """Runs whose pid record is not written yet: written once they outlive RECORD_AFTER_S (a job that ends
         sooner never needs one, and most flood jobs do, so the record costs them nothing)."""
-        self._pid_records = not unguarded()
+        self._pid_records = guarded
+        """False only in a benchmark of what the guards cost (``LauncherConfig.guarded``)."""
 
     def _guard(self) -> None:
         """Before the first job starts: the watchdog, and (with kill_orphans) adopting what jobs leave behind."""

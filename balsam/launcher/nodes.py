@@ -100,5 +100,5 @@ def make_executor(cfg: LauncherConfig, nodes: Optional[List[ComputeNode]] = None
         error_tail_max_bytes=ls.error_tail_max_bytes,
         python_exe=ls.python_exe or sys.executable, pylib=cfg.layout.state / "pylib",
         max_workers=max(len(n.cpu_ids) for n in nodes), kill_grace_s=cfg.kill_grace_s,
-        kill_orphans=ls.kill_orphans,
+        kill_orphans=ls.kill_orphans, guarded=cfg.guarded,
     )

@@ -206,6 +206,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from balsam.launcher.base import LauncherConfig
     from balsam.launcher.nodes import make_executor
     from balsam.launcher.spawn import set_home
+    from balsam.launcher.watchdog import BENCH_UNGUARDED_ENV
     from balsam.platforms.nodes import ComputeNode
     from balsam.settings import load_settings
     from balsam.site import SiteLayout, this_host
@@ -225,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             settings.launcher, mpi_launcher=str(mpi), mpi_executable=exe, mpi_options=dict(opts), gpu_env=spec.get("gpu_env")))
     set_home(root)
     cfg = LauncherConfig(root=root, settings=settings, job_mode="serial", wall_time_min=float(welcome.get("wall_time_min", 1e6)),
-                         host=node.hostname, nodes=[node])
+                         host=node.hostname, nodes=[node], guarded=os.environ.get(BENCH_UNGUARDED_ENV) != "1")
     executor = make_executor(cfg, [node])
     executor.all_local = True
     rm = ResourceManager([(node.hostname, node.cpu_ids, node.gpu_ids)])

@@ -32,21 +32,18 @@ logger = logging.getLogger(__name__)
 
 PID_RECORD = ".balsam-job.pid"
 BENCH_UNGUARDED_ENV = "_BALSAM_BENCH_UNGUARDED"
-"""For benchmarks only (``bench/bench_launcher.py``): set to ``1``, a launcher runs without its journal, watchdog
-and pid records, so the bench can show in one run what they cost. Deliberately not a setting: without them a
-killed launcher loses results and leaves copies of its jobs running."""
+"""For benchmarks only (``bench/bench_launcher.py``): set to ``1`` in a launcher's environment (read by its entry
+points into ``LauncherConfig.guarded``), it runs without its journal, watchdog and pid records, so the bench can
+show in one run what they cost. Deliberately not a setting: without them a killed launcher loses results and
+leaves copies of its jobs running."""
 _HOST = socket.gethostname()
-
-
-def unguarded() -> bool:
-    """True in a benchmark that measures the launcher without its fault guards (:data:`BENCH_UNGUARDED_ENV`)."""
-    return os.environ.get(BENCH_UNGUARDED_ENV) == "1"
 
 
 class Watchdog:
     """The launcher's side: start the watchdog process, tell it which process groups are jobs."""
 
-    def __init__(self, log_path: str, home: str, env: Mapping[str, str], nonce: Optional[str] = None) -> None:
+    def __init__(self, log_path: str, home: str, env: Mapping[str, str], nonce: Optional[str] = None,
+                 enabled: bool = True) -> None:
         self.log_path = log_path
         self.nonce = nonce
         """When set, the watchdog also kills every process of this user carrying it (:mod:`balsam.jobwatch`)."""
@@ -54,7 +51,7 @@ class Watchdog:
         self.env = env
         self.pid: Optional[int] = None
         self._w: Optional[int] = None
-        self.enabled = not unguarded()
+        self.enabled = enabled
 
     def start(self) -> None:
         """Spawn the watchdog (once); a failure is logged and the launcher goes on without it."""
