@@ -300,48 +300,106 @@ def test_the_journal_keeps_lines_it_cannot_write_until_it_can(small_disk: Path) 
     assert [c.job_id for c in read(writer.path)] == list(range(1, 2000))  # every line, in order, none torn
 
 
-def test_a_launcher_on_a_full_disk_keeps_its_results_until_it_can_write_them(small_disk: Path, tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The site (DB and journal) is on a full 8 MB tmpfs when the jobs end: the launcher keeps their results,
-    past the time it would give the DB alone (shortened here), until space is freed; then every result is
-    recorded once and nothing runs again."""
-    import threading
+class _FullDiskRun:
+    """Two jobs of a site on the 8 MB tmpfs, running in a launcher thread until the test says go; markers of
+    each run go outside the tmpfs."""
 
-    from balsam._api import sites
-    from balsam.api import ApplicationDefinition
+    def __init__(self, small_disk: Path, tmp_path: Path) -> None:
+        import threading
+
+        from balsam._api import sites
+        from balsam.api import ApplicationDefinition
+        from balsam.site import init_site
+
+        init_site(small_disk / "site", name="full-site")
+        self.ref = sites.resolve("full-site")
+        self.disk, self.marks, self.go = small_disk, tmp_path / "marks", tmp_path / "go"
+        self.marks.mkdir()
+
+        class Marker(ApplicationDefinition):
+            site = "full-site"
+            command_template = ("echo ran >> " + str(self.marks) + "/{{ n }}; "
+                                "while [ ! -e " + str(self.go) + " ]; do sleep 0.05; done")
+
+        Marker.sync()
+        self.jobs = runnable(self.ref.store, [Marker.submit(f"m/{i}", n=i, node_packing_count=2) for i in range(2)])
+        self.result: List[int] = []
+        self.thread = threading.Thread(target=lambda: self.result.append(run(self.ref, "mpi", idle_ttl_s=0.5, wall_time_min=5.0)))
+
+    def start_and_fill(self) -> None:
+        """Start the launcher; once both jobs run, fill the disk and let the jobs end."""
+        from tests.helpers import fill
+
+        self.thread.start()
+        wait_for(lambda: set(self.states()) == {"RUNNING"}, timeout=30, what="every job RUNNING")
+        fill(self.disk / "filler")
+
+    def states(self) -> List[str]:
+        return list(states(self.ref.store, self.jobs).values())
+
+    def free(self) -> None:
+        self.go.touch()
+        (self.disk / "filler").unlink(missing_ok=True)
+
+    def check_each_ran_once_and_finished(self) -> None:
+        assert set(self.states()) == {"JOB_FINISHED"}
+        for j in self.jobs:
+            assert [e["to"] for e in events(self.ref.store, j)].count("RUNNING") == 1
+        assert run(self.ref, "mpi") == 0  # nothing left to run
+        assert sorted((self.marks / str(i)).read_text() for i in range(2)) == ["ran\n"] * 2  # each ran exactly once
+
+
+def test_a_launcher_that_can_write_neither_db_nor_journal_keeps_its_results_until_it_can(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The site (DB and journal) is on a full 8 MB tmpfs when the jobs end: the launcher keeps their results,
+    past the time it gives the DB alone (shortened here), until space is freed; then every result is recorded
+    once and nothing runs again."""
     from balsam.launcher import base
-    from balsam.site import init_site
-    from tests.helpers import fill
 
     monkeypatch.setattr(base, "DB_WAIT_S", 0.5)
-    init_site(small_disk / "site", name="full-site")
-    ref = sites.resolve("full-site")
-    marks, go = tmp_path / "marks", tmp_path / "go"
-    marks.mkdir()
-
-    class Marker(ApplicationDefinition):
-        site = "full-site"
-        command_template = "echo ran >> " + str(marks) + "/{{ n }}; while [ ! -e " + str(go) + " ]; do sleep 0.05; done"
-
-    Marker.sync()
-    jobs = runnable(ref.store, [Marker.submit(f"m/{i}", n=i, node_packing_count=2) for i in range(2)])  # both at once
-    result: List[int] = []
-    thread = threading.Thread(target=lambda: result.append(run(ref, "mpi", idle_ttl_s=0.5, wall_time_min=5.0)))
-    thread.start()
+    fd = _FullDiskRun(small_disk, tmp_path)
     try:
-        wait_for(lambda: set(states(ref.store, jobs).values()) == {"RUNNING"}, timeout=30, what="every job RUNNING")
-        fill(small_disk / "filler")
-        go.touch()  # the jobs end while nothing can be written
+        fd.start_and_fill()
+        journal = next((fd.ref.path / ".balsam" / "journal").glob("*.jsonl"))
+        with open(journal, "ab", buffering=0) as f:  # fill the journal's last page too (blank lines are skipped)
+            while True:
+                try:
+                    f.write(b"\n")
+                except OSError:
+                    break
+        fd.go.touch()  # the jobs end while nothing can be written
         time.sleep(5)
-        assert thread.is_alive()  # done, idle, and past DB_WAIT_S: still holding the results
-        assert set(states(ref.store, jobs).values()) == {"RUNNING"}
+        assert fd.thread.is_alive()  # done, idle, and past DB_WAIT_S: still holding the results
+        assert set(fd.states()) == {"RUNNING"}
+        assert '"RUN_DONE"' not in journal.read_text()
     finally:
-        go.touch()
-        (small_disk / "filler").unlink(missing_ok=True)
-        thread.join(timeout=90)
-    assert not thread.is_alive() and result == [0]
-    assert set(states(ref.store, jobs).values()) == {"JOB_FINISHED"}
-    for j in jobs:
-        assert [e["to"] for e in events(ref.store, j)].count("RUNNING") == 1
-    assert run(ref, "mpi") == 0  # nothing left to run
-    assert sorted((marks / str(i)).read_text() for i in range(2)) == ["ran\n"] * 2  # each ran exactly once
+        fd.free()
+        fd.thread.join(timeout=90)
+    assert not fd.thread.is_alive() and fd.result == [0]
+    fd.check_each_ran_once_and_finished()
+
+
+def test_a_launcher_that_can_write_only_its_journal_leaves_its_results_there(small_disk: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DB cannot take the results but the journal's last page can: after DB_WAIT_S (shortened here) the
+    launcher goes; once there is space, releasing its lease (what the agent does) records every result."""
+    from balsam.launcher import base
+
+    monkeypatch.setattr(base, "DB_WAIT_S", 0.5)
+    fd = _FullDiskRun(small_disk, tmp_path)
+    try:
+        fd.start_and_fill()
+        fd.go.touch()
+        fd.thread.join(timeout=60)
+        assert not fd.thread.is_alive()
+        assert set(fd.states()) == {"RUNNING"}  # the DB has heard nothing...
+        (journal,) = (fd.ref.path / ".balsam" / "journal").glob("*.jsonl")  # its release failed: the journal stays
+        assert journal.read_text().count('"RUN_DONE"') == 2  # ...the journal has it all
+    finally:
+        fd.free()
+    from balsam.db import sessions
+
+    with fd.ref.store.write() as conn:  # what the agent does once it can write: the launcher thread is gone
+        sessions.release(conn, int(journal.stem), message="the launcher died")
+    assert not journal.exists()
+    fd.check_each_ran_once_and_finished()

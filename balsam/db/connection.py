@@ -19,7 +19,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from balsam.db import doorbell, ids
 from balsam.db.meta import read_meta, write_meta
@@ -27,6 +27,16 @@ from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import ForeignHostError, SchemaError, StoreError
 
 BUSY_TIMEOUT_MS = 60_000
+_AFTER_COMMIT: Dict[int, List[Callable[[], None]]] = {}
+
+
+def after_commit(conn: sqlite3.Connection, action: Callable[[], None]) -> None:
+    """Run ``action`` once the write transaction on ``conn`` commits (at once outside one); never if it rolls
+    back. For what must not happen unless the DB has the change: removing a journal that was just replayed."""
+    if conn.in_transaction:
+        _AFTER_COMMIT.setdefault(id(conn), []).append(action)
+    else:
+        action()
 CHUNK = 5000
 """Largest number of bound values we pass in one statement (SQLite 3.32+ allows 32766)."""
 
@@ -238,6 +248,7 @@ class Store:
             try:
                 yield conn
             except BaseException:
+                _AFTER_COMMIT.pop(id(conn), None)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
@@ -245,10 +256,13 @@ class Store:
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.OperationalError as exc:
+                    _AFTER_COMMIT.pop(id(conn), None)
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise StoreError(f"{self.db_path}: commit failed: {exc}") from None
                 committed = True
+                for action in _AFTER_COMMIT.pop(id(conn), ()):
+                    action()
         finally:
             local.depth = 0
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -29,6 +29,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
 
+from balsam.db.connection import after_commit
 from balsam.db.jobs import StateChange, apply_state_changes
 
 logger = logging.getLogger(__name__)
@@ -133,16 +134,22 @@ def replay(conn: sqlite3.Connection, session_id: int, state_dir: Optional[Path] 
 
 
 def remove(conn: sqlite3.Connection, session_id: int, state_dir: Optional[Path] = None) -> None:
-    """Delete the journal of an ended lease (nothing in it is needed any more)."""
+    """Delete the journal of an ended lease (nothing in it is needed any more) once the transaction that
+    ended the lease commits: if the commit fails (a full disk), the journal must stay for the next try."""
     state_dir = state_dir if state_dir is not None else db_state_dir(conn)
     if state_dir is None:
         return
-    try:
-        os.unlink(journal_path(state_dir, session_id))
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        logger.warning("cannot remove the journal of lease %s: %s", session_id, exc)
+    path = journal_path(state_dir, session_id)
+
+    def unlink() -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("cannot remove the journal of lease %s: %s", session_id, exc)
+
+    after_commit(conn, unlink)
 
 
 def leftover(state_dir: Path, live_sessions: Sequence[int]) -> List[Path]:

@@ -250,13 +250,17 @@ class StatusUpdater:
                     self._queue[:0] = [tuple(c) for c in left]
             if left:
                 with self._cond:  # transient: back off, doubling up to max_retry_period_s; a flush() retries now
+                    if self._closed:  # close() gave up waiting: its caller keeps them elsewhere (the journal)
+                        logger.error("%d status updates not written before the updater closed", len(self._queue))
+                        return
                     self._cond.wait(delay)
                 delay = min(delay * 2, self.max_retry_period_s)
             else:
                 delay = self.retry_period_s
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Drain the queue and stop the thread. Returns False if changes are still unwritten at ``timeout``."""
+        """Drain the queue and stop the thread. Returns False if changes are still unwritten at ``timeout``
+        (the thread then tries once more and stops: whoever closes it keeps them, as a launcher's journal does)."""
         done = self.flush(timeout)
         with self._cond:
             self._stopping = True
