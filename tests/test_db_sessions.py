@@ -226,3 +226,29 @@ def test_acquisition_order_with_a_limit_takes_the_first_in_order(hello: Any) -> 
     session = Session.objects.create()
     assert "".join(names[j.id] for j in session.acquire_jobs(max_num_jobs=3)) == "dcb"
     assert "".join(names[j.id] for j in session.acquire_jobs(max_num_jobs=3)) == "ea"
+
+
+def test_a_lease_silent_while_the_disk_was_full_gets_its_expiry_counted_from_when_writes_work_again(
+        small_disk: Path) -> None:
+    """Nobody could write a heartbeat while the disk was full: a lease is not ended for that silence the moment
+    space is back (its launcher still has results to write); it expires only if it stays silent after."""
+    import sqlite3
+
+    from balsam._api import sites
+    from balsam.exceptions import StoreError
+    from balsam.site import init_site
+    from tests.helpers import fill
+
+    init_site(small_disk / "site", name="full-site")
+    store = sites.resolve("full-site").store
+    with store.write() as conn:
+        silent = sessions.create_session(conn, host="compute-node-7", pid=1, label="launcher", now=time.time() - 1000)
+    fill(small_disk / "filler")
+    with pytest.raises((StoreError, sqlite3.OperationalError)):
+        with store.write() as conn:  # this process (the agent, say) cannot write either
+            for _ in range(2000):
+                sessions.create_session(conn, host="compute-node-8", pid=2, label="x" * 1000)
+    (small_disk / "filler").unlink()
+    with store.write() as conn:
+        assert sessions.expire_sessions(conn, expiry_s=300, host="login") == []  # 1000 s silent, but deaf until now
+        assert sessions.expire_sessions(conn, expiry_s=300, host="login", now=time.time() + 301) == [silent]

@@ -28,6 +28,28 @@ from balsam.exceptions import ForeignHostError, SchemaError, StoreError
 
 BUSY_TIMEOUT_MS = 60_000
 _AFTER_COMMIT: Dict[int, List[Callable[[], None]]] = {}
+_WRITES_FAILED: Dict[str, float] = {}
+_DISK_ERRORS = (13, 10)  # SQLITE_FULL, SQLITE_IOERR
+
+
+def _note_failure(db_path: Path, exc: BaseException) -> None:
+    """Remember when this process last could not write ``db_path`` for lack of space or I/O."""
+    if isinstance(exc, sqlite3.OperationalError) and (
+            getattr(exc, "sqlite_errorcode", None) in _DISK_ERRORS or "disk is full" in str(exc) or "disk I/O" in str(exc)):
+        _WRITES_FAILED[os.path.realpath(db_path)] = time.time()
+
+
+def writes_failed_at(conn: sqlite3.Connection) -> float:
+    """When this process last failed to write the DB behind ``conn`` (a full disk, an I/O error), 0 if never.
+
+    Nobody's heartbeat could be written then either, so a lease's silence up to that time proves nothing
+    (:func:`balsam.db.sessions.expire_sessions` counts its expiry from there)."""
+    if not _WRITES_FAILED:
+        return 0.0
+    for _seq, name, file in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return _WRITES_FAILED.get(os.path.realpath(file), 0.0)
+    return 0.0
 
 
 def after_commit(conn: sqlite3.Connection, action: Callable[[], None]) -> None:
@@ -244,10 +266,12 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
+                _note_failure(self.db_path, exc)
                 raise StoreError(f"{self.db_path}: cannot start a write: {exc}") from None
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
+                _note_failure(self.db_path, exc)
                 _AFTER_COMMIT.pop(id(conn), None)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -256,6 +280,7 @@ class Store:
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.OperationalError as exc:
+                    _note_failure(self.db_path, exc)
                     _AFTER_COMMIT.pop(id(conn), None)
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")

@@ -20,6 +20,7 @@ from typing import Any, Dict, Generator, Iterable, Iterator, List, Optional, Seq
 
 from balsam.db import ids, journal
 from balsam.db.codec import dumps, loads
+from balsam.db.connection import writes_failed_at
 from balsam.db.jobs import StateChange, apply_state_changes
 from balsam.db.schema import ACQUIRE_INDEXED_STATES
 from balsam.db.states import RUNNABLE_STATES, JobState
@@ -132,11 +133,16 @@ def release(conn: sqlite3.Connection, session_id: int, message: str = "the launc
 
 
 def expire_sessions(conn: sqlite3.Connection, *, expiry_s: float, host: str, now: Optional[float] = None) -> List[int]:
-    """Release leases that stopped beating, or whose process on this host is gone. Returns their ids."""
+    """Release leases that stopped beating, or whose process on this host is gone. Returns their ids.
+
+    A silence this process could not have heard through (it could not write the DB itself: a full disk) does
+    not count: the lease's expiry runs from then, so a launcher that kept its results through the outage gets
+    the time to write them (its journal included) before its lease is ended."""
     now = time.time() if now is None else now
+    deaf_until = writes_failed_at(conn)
     dead: List[Tuple[int, str]] = []
     for sid, heartbeat, s_host, pid, pid_start in conn.execute("SELECT id, heartbeat, host, pid, pid_start FROM session").fetchall():
-        if heartbeat < now - expiry_s:
+        if max(heartbeat, deaf_until) < now - expiry_s:
             dead.append((sid, f"the launcher's lease expired: no heartbeat for {now - heartbeat:.0f} s (launcher presumed dead)"))
         elif s_host == host and pid is not None and not process_alive(pid, pid_start):
             dead.append((sid, f"the launcher died: its process {pid} on {host} is gone"))
