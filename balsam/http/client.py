@@ -35,6 +35,9 @@ from balsam.http.serve import host_port, read_address
 logger = logging.getLogger("balsam.http")
 
 REQUEST_TIMEOUT_S = 60.0
+CREATE_CHUNK = 5000
+"""Jobs per create request: a bulk_create of any size is requests of bounded size and time (a relay turns each into
+one command its site applies in a second or two, well inside the relay's wait)."""
 RETRY_STATUSES = frozenset({502, 503, 504})
 _KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
           and issubclass(getattr(exc, name), exc.BalsamError)}
@@ -304,7 +307,15 @@ class HttpBackend(Backend):
             if i in transfers:
                 item["transfers"] = transfers[i]
             items.append(item)
-        jobs = self.client.request("POST", "/v1/jobs", items)
+        jobs: List[Dict[str, Any]] = []
+        for start in range(0, len(items), CREATE_CHUNK):
+            try:
+                jobs.extend(self.client.request("POST", "/v1/jobs", items[start:start + CREATE_CHUNK]))
+            except exc.BalsamError as e:
+                if jobs:  # the earlier requests' jobs exist: say which, so nothing is created twice by a blind retry
+                    e.args = (f"{len(jobs)} of {len(items)} jobs were created (ids {jobs[0]['id']}..{jobs[-1]['id']}) before "
+                              f"this error: {e}", *e.args[1:])
+                raise
         from balsam.http.schemas import epoch
 
         now = epoch(jobs[0]["created"]) if jobs else time.time()
