@@ -104,6 +104,13 @@ def first_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(min(seq), 0) FROM outbox").fetchone()[0])
 
 
+def high_water(conn: sqlite3.Connection) -> Tuple[int, int]:
+    """The newest log entry and the newest event: (seq, event id), 0 for none."""
+    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+    event = conn.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
+    return int(seq), int(event)
+
+
 def trim(conn: sqlite3.Connection, upto_seq: int) -> None:
     """Forget log entries the relay has acknowledged."""
     conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))

@@ -162,14 +162,18 @@ class SyncService(Service):
         self.push()
 
     def push(self, force: bool = False) -> int:
-        """Push everything logged so far, in batches until caught up (a heartbeat with the site's counts when
-        nothing changed for a while); how many items the relay took."""
+        """Push everything logged before this call, in batches (a heartbeat with the site's counts when nothing
+        changed for a while); how many items the relay took. What is logged meanwhile (a site busy creating and
+        processing jobs logs all the time) waits for the next call: a push is bounded, and a command's answer,
+        which waits for the push of its rows, is not held up by work logged after it."""
         with self._push_lock:
             store = self.site.store
             version = store.data_version()
             due = time.time() - self._last_push > HEARTBEAT_S
             if not force and not due and version == self._version:
                 return 0  # nothing committed since the last push
+            with store.read() as conn:
+                seq_goal, event_goal = outbox.high_water(conn)
             total = 0
             while True:
                 payload, last_seq, ev_to, n = self._batch()
@@ -182,7 +186,7 @@ class SyncService(Service):
                 self._last_push = time.time()
                 total += n
                 self.pushed += n
-                if n == 0:
+                if n == 0 or (last_seq >= seq_goal and ev_to >= event_goal):
                     break
             self._version = version
             return total
