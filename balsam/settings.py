@@ -77,7 +77,7 @@ class LauncherSettings:
     mpirun_allows_node_packing: bool = True
     max_concurrent_mpiruns: int = 990
     idle_ttl_s: float = 10.0
-    poll_period_s: float = 0.05
+    poll_period_s: float = 0.05  # on the home host a doorbell wakes the launcher at once; this poll is then a fallback
     error_tail_num_lines: int = 10  # a failed run's event keeps this many last lines of its output...
     error_tail_max_bytes: int = 4096  # ...and at most this many bytes of them (the rest stays in job.out)
     kill_orphans: bool = True  # when a job ends, kill what it left: its process group, its setsid'd/daemon children
