@@ -66,13 +66,21 @@ def kill_process(pid: int) -> None:
             pass
 
 
-def marker(pid: int) -> Optional[Tuple[str, int]]:
-    """(launcher nonce, job id) from a process's environment as it started, or None if it carries no marker
-    (or is gone, or is not ours to read)."""
+def environ(pid: int) -> Optional[bytes]:
+    """A process's environment as it started (NUL-separated), None if it is gone or not ours to read. Empty
+    while the process is between two programs (in execve): look again."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            raw = f.read()
+            return f.read()
     except OSError:
+        return None
+
+
+def marker(pid: int, raw: Optional[bytes] = None) -> Optional[Tuple[str, int]]:
+    """(launcher nonce, job id) from a process's environment (``raw``, default read now), or None if it
+    carries no marker (or is gone, or is not ours to read)."""
+    raw = environ(pid) if raw is None else raw
+    if not raw:
         return None
     found: Dict[bytes, bytes] = {}
     for item in raw.split(b"\0"):

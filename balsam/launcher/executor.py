@@ -49,6 +49,10 @@ _WAKE = object()
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 NO_PIDFD_POLL_S = 0.01
 RECORD_AFTER_S = 0.5
+ORPHAN_SCAN_PERIOD_S = 0.1
+"""At most this often, the look for what ended jobs left behind (a flood's jobs end hundreds of times a second)."""
+MAX_ORPHAN_RESCANS = 20
+"""Looks again for a child caught between two programs (its environment unreadable for that instant)."""
 
 
 class Finished:
@@ -143,6 +147,8 @@ class Executor:
         self.env[orphans.NONCE_ENV] = self.nonce
         self._subreaper: Optional[bool] = None
         self._scan_orphans = False
+        self._next_scan = 0.0
+        self._rescans = 0
         self._served: Set[int] = set()
         """Warm workers that finished a job since the last orphan scan (their children are checked)."""
         self.watchdog = Watchdog(os.path.join(log_dir, "watchdog.out"), home, self.env, self.nonce if kill_orphans else None,
@@ -292,8 +298,10 @@ class Executor:
             argv = launch.argv if not preamble_file else _wrap_preamble(preamble_file, launch.argv)
             run.mpi = True
         self._guard()
-        if self._pid_records:
-            stop_previous(task.workdir)  # a copy a dead launcher left running must end before this one starts
+        if self._pid_records and task.rerun:
+            # A copy a dead launcher left running must end before this one starts (only a job that ran before
+            # can have one: a pid record is written after RECORD_AFTER_S, once its RUNNING is journaled).
+            stop_previous(task.workdir, spare=self._by_pid)
         run.pid = sp.spawn(argv, cwd=task.workdir, env=env, output=run.output)
         self.watchdog.add(run.pid)
         if self._pid_records:
@@ -345,6 +353,8 @@ class Executor:
             timeout = 0.0
         elif self._no_pidfd:
             timeout = min(timeout, NO_PIDFD_POLL_S)
+        if self._scan_orphans:
+            timeout = min(timeout, max(0.0, self._next_scan - time.monotonic()))
         if self._killing:
             pending = [r.kill_at for r in (self.runs.get(j) for j in self._killing) if r is not None and r.kill_at is not None]
             if pending:
@@ -360,7 +370,7 @@ class Executor:
             elif isinstance(obj, PyWorker):
                 self._read_worker(obj)
         self._reap()
-        if self._scan_orphans:
+        if self._scan_orphans and time.monotonic() >= self._next_scan:
             self._kill_orphans()
         if self._unrecorded:
             self._write_records()
@@ -372,12 +382,17 @@ class Executor:
     def _kill_orphans(self) -> None:
         """Kill what ended jobs left in sessions of their own (adopted by this process: see :mod:`.orphans`)."""
         self._scan_orphans = False
+        self._next_scan = time.monotonic() + ORPHAN_SCAN_PERIOD_S
         known = set(self._by_pid)
         known.update(self.pool.workers)
         if self.watchdog.pid is not None:
             known.add(self.watchdog.pid)
-        served, self._served = self._served, set()
-        orphans.kill_adopted(self.nonce, self.runs, known, served)
+        _killed, again = orphans.kill_adopted(self.nonce, self.runs, known, self._served)
+        self._rescans = self._rescans + 1 if again else 0
+        if again and self._rescans <= MAX_ORPHAN_RESCANS:
+            self._scan_orphans = True  # in 0.1 s, the workers that served jobs included
+        else:
+            self._served.clear()
 
     def _write_records(self) -> None:
         now = time.monotonic()
@@ -539,6 +554,8 @@ class Executor:
             self.pool.forget(pid)
         self._sel.close()
         self.watchdog.close()
+        if self._scan_orphans:
+            self._kill_orphans()
         if self._subreaper:
             # A launcher run inside a longer-lived process (the API, a test) must not go on adopting orphans
             # nobody reaps: stop, and reap what was adopted and has ended.

@@ -23,9 +23,9 @@ import ctypes
 import logging
 import os
 import secrets
-from typing import Collection, Iterable, List, Optional
+from typing import Collection, Iterable, List, Optional, Tuple
 
-from balsam.jobwatch import NONCE_ENV, kill_process, marker
+from balsam.jobwatch import NONCE_ENV, environ, kill_process, marker
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +60,37 @@ def children(parent: Optional[int] = None) -> List[int]:
         return []
 
 
-def kill_adopted(nonce: str, running: Collection[int], known: Collection[int], workers: Iterable[int] = ()) -> List[int]:
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 :][:1] == b"Z"
+    except (OSError, ValueError):
+        return True
+
+
+def kill_adopted(nonce: str, running: Collection[int], known: Collection[int], workers: Iterable[int] = ()
+                 ) -> Tuple[List[int], bool]:
     """Kill this launcher's children, and those of the warm Python ``workers`` that just ran a job, that belong
     to a job no longer running (not in ``running``); ``known`` are children that are not orphans (jobs,
-    workers, the watchdog). Returns the pids killed."""
+    workers, the watchdog). Returns the pids killed, and whether to look again (a child was caught between
+    two programs, its environment unreadable for that instant)."""
     killed: List[int] = []
+    again = False
     candidates = children()
     for worker in workers:  # what a run() left: the worker lives on, so its children are not adopted
         candidates.extend(children(worker))
     for pid in candidates:
         if pid in known:
             continue
-        mark = marker(pid)
+        raw = environ(pid)
+        if raw == b"":
+            again = again or not _zombie(pid)  # a zombie has no environment any more, and needs no kill
+            continue
+        mark = marker(pid, raw)
         if mark is None or mark[0] != nonce or mark[1] in running:
             continue
         logger.info("job %s ended leaving process %d behind: killing it", mark[1], pid)
         kill_process(pid)
         killed.append(pid)
-    return killed
+    return killed, again

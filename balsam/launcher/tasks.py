@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from balsam.db.codec import decode_parameters
+from balsam.db.states import JobState
 from balsam.exceptions import AppError
 from balsam.launcher.pyexec import JobView, app_module_name, load_app
 
@@ -106,7 +107,7 @@ class Task:
 
     __slots__ = ("id", "workdir", "kind", "command", "app", "params", "env", "preamble", "python_exe", "num_nodes",
                  "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count",
-                 "cpu_bind", "launch_params", "wall_time_min", "job")
+                 "cpu_bind", "launch_params", "wall_time_min", "job", "rerun")
 
     def __init__(self, **fields: Any) -> None:
         for name in self.__slots__:
@@ -132,6 +133,8 @@ class Task:
     launch_params: Dict[str, str]
     wall_time_min: int
     job: Dict[str, Any]
+    rerun: Optional[bool]
+    """The job ran before (RESTART_READY): an earlier copy may still run in its workdir (see the pid records)."""
 
     @property
     def num_ranks(self) -> int:
@@ -188,4 +191,5 @@ def build_task(job: Dict[str, Any], app: AppInfo, data_dir: str) -> Task:
         threads_per_core=int(job.get("threads_per_core") or 1), gpus_per_rank=float(job.get("gpus_per_rank") or 0.0),
         node_packing_count=int(job.get("node_packing_count") or 1), cpu_bind=cpu_bind, launch_params=launch_params,
         wall_time_min=int(job.get("wall_time_min") or 0), job=view_fields if app.kind == "python" else None,
+        rerun=job.get("state") == JobState.RESTART_READY,
     )

@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from typing import Mapping, Optional
+from typing import Container, Mapping, Optional
 
 from balsam.db.sessions import process_alive, process_start_time
 from balsam.jobwatch import GRACE_S, MODULE, kill_groups
@@ -117,9 +117,10 @@ def write_record(workdir: str, pid: int) -> None:
         pass
 
 
-def stop_previous(workdir: str, timeout_s: float = 30.0) -> Optional[int]:
+def stop_previous(workdir: str, timeout_s: float = 30.0, spare: Container[int] = ()) -> Optional[int]:
     """If an earlier copy of this job still runs on this host (a launcher died), kill its process group and
-    wait until it is gone; returns its pid, or None if there was none."""
+    wait until it is gone; returns its pid, or None if there was none. Processes in ``spare`` (the caller's
+    own running jobs: another job may share the workdir) are never stopped."""
     try:
         with open(f"{workdir}/{PID_RECORD}") as f:
             words = f.read().split()
@@ -129,7 +130,7 @@ def stop_previous(workdir: str, timeout_s: float = 30.0) -> Optional[int]:
         return None
     pid = int(words[0])
     start = None if words[1] == "-" else float(words[1])
-    if pid == os.getpid() or start is None or not _running(pid, start):
+    if pid == os.getpid() or pid in spare or start is None or not _running(pid, start):
         return None
     logger.warning("an earlier copy of the job in %s still runs (pid %d): stopping it before the job runs again", workdir, pid)
     kill_groups([pid], GRACE_S)
