@@ -146,3 +146,14 @@ def test_a_relay_made_at_revision_0001_gains_the_links_column(tmp_path: Path) ->
     store.ingest(site, "push-old-2", 2, [job(1, "RUNNING", {"exp": "b"})])
     assert ids(store, tags={"exp": "b"}) == [1] and ids(store, tags={"exp": "a"}) == []
     store.close()
+
+
+def test_request_bodies_parse_the_same_with_or_without_orjson() -> None:
+    pytest.importorskip("starlette")
+    from balsam.http.server import _loads
+
+    for text in (b'{"items": [{"id": 1, "row": {"tags": "{}"}}]}', b"[NaN, Infinity, 123456789012345678901234567890]",
+                 b'"\\ud800"', b'{"a": 1, "a": 2}'):
+        assert repr(_loads(text)) == repr(json.loads(text))
+    with pytest.raises(ValueError):
+        _loads(b'{"not": json')

@@ -33,6 +33,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # the pure-Python install (the zipapp): the standard library parses alone
+    _orjson_loads = None  # type: ignore[assignment]
+
 from balsam import exceptions as exc
 from balsam.db.backend import Backend
 from balsam.http import handlers as h
@@ -97,6 +102,18 @@ def error_for(error: BaseException) -> ApiError:
     if isinstance(error, exc.BalsamError):
         return ApiError(400, "invalid", message, kind=kind)
     return ApiError(503, "unavailable", "the server failed to answer; try again (see the agent's log)", kind="ServiceError")
+
+
+def _loads(body: bytes) -> Any:
+    """A request body's JSON. With orjson installed (the relay's extra has it) large bodies, a site's pushes of
+    thousands of rows, parse several times faster; whatever orjson refuses goes to :mod:`json`, whose answer
+    (or error) stands, so both read exactly the same documents."""
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(body)
+        except ValueError:
+            pass
+    return json.loads(body)
 
 
 def _json(payload: Any) -> bytes:
@@ -291,7 +308,7 @@ class Api:
                     raise ApiError(401, "unauthorized", "no credentials", kind="ServiceError")
                 body = await self._body(request, principal) if route.mutating else b""
                 try:
-                    parsed = json.loads(body) if body else None
+                    parsed = _loads(body) if body else None
                 except ValueError:
                     raise ApiError(422, "malformed", "the request body is not JSON") from None
                 caller = principal if principal is not None else ANONYMOUS

@@ -35,6 +35,7 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
     "transfer_item": ("id", "site_id", "job_id", "state", "direction", "row"),
 }
 """Each mirror table's columns, in the order :func:`mirror_row` gives them."""
+_LINKS = COLUMNS["job"].index("links")
 
 
 def _float(v: Any, default: float = 0.0) -> float:
@@ -163,7 +164,7 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
 def _relink(c: Connection, jobs: Dict[int, Dict[str, Any]], mirrored: List[Tuple[Any, ...]], old: Dict[int, Any]) -> None:
     """Rewrite the tag and parent rows of the jobs that are new or whose tags or parents changed (``old``: the
     links digest each job had in the mirror before this push)."""
-    changed = [(m[0], row_id in old) for m, row_id in zip(mirrored, jobs) if old.get(row_id) != m[-1]]
+    changed = [(m[0], m[0] in old) for m in mirrored if old.get(m[0]) != m[_LINKS]]
     if not changed:
         return
     again = [row_id for row_id, existed in changed if existed]
@@ -337,7 +338,8 @@ def select(c: Connection, table_name: str, site_ids: Sequence[int], filters: Dic
            order_by: Sequence[str] = (), limit: Optional[int] = None, offset: int = 0) -> List[Tuple[Any, ...]]:
     """Rows of ``columns`` matching the filters, ordered and paged.
 
-    A page of a user's many sites is found with one query per site, merged (``UNION ALL``): each site's part
+    A page in id order (the default) reads the sites one after the other (:func:`_walk_sites`). A page in
+    another order of a user's many sites is found with one query per site, merged (``UNION ALL``): each site's part
     walks an index in the page's order (its id range of the primary key, or ``(site_id, state, id)``) and stops
     after ``offset + limit`` ids, where one query over ``site_id IN (...)`` would sort every row of every site
     first (a second, not milliseconds, over a million jobs). The parts carry ids and sort keys only; the page's
@@ -351,7 +353,11 @@ def select(c: Connection, table_name: str, site_ids: Sequence[int], filters: Dic
     elif len(sites) == 1:
         stmt = sa.select(table).where(_one_site(table, sites[0], by_state), clause).order_by(*order)
     else:
-        fields = order_by or DEFAULT_ORDER.get(table_name, ("id",))
+        fields = tuple(order_by or DEFAULT_ORDER.get(table_name, ("id",)))
+        if fields in (("id",), ("-id",)):
+            ids = _walk_sites(c, table, clause, sites, by_state, fields == ("-id",), int(limit), int(offset))
+            stmt = sa.select(table).where(table.c.id.in_(ids)).order_by(*order)
+            return [to_columns(table_name, dict(r._mapping), columns) for r in c.execute(stmt)]
         keys = [table.c.id] + [table.c[f.lstrip("-")] for f in fields if f.lstrip("-") != "id"]
         k = int(limit) + int(offset)
         parts = [sa.select(sa.select(*keys).where(_one_site(table, s, by_state), clause).order_by(*order).limit(k).subquery(f"s{i}"))
@@ -367,6 +373,27 @@ def select(c: Connection, table_name: str, site_ids: Sequence[int], filters: Dic
     if offset:
         stmt = stmt.offset(int(offset))
     return [to_columns(table_name, dict(r._mapping), columns) for r in c.execute(stmt)]
+
+
+def _walk_sites(c: Connection, table: sa.Table, clause: Clause, sites: List[int], by_state: bool, descending: bool, limit: int,
+                offset: int) -> List[int]:
+    """The ids of a page in id order. Every id of a site sorts before every id of the next site (the site id is
+    the high bits), so the sites are read one after the other, each through its own id range and only as far as
+    the page needs: the first page of the first site with jobs is one short index walk."""
+    skip, need, out = offset, limit, []
+    for site in reversed(sites) if descending else sites:
+        got = [int(r[0]) for r in c.execute(sa.select(table.c.id).where(_one_site(table, site, by_state), clause)
+                                             .order_by(table.c.id.desc() if descending else table.c.id.asc()).limit(skip + need))]
+        if len(got) <= skip:
+            skip -= len(got)
+            continue
+        taken = got[skip:skip + need]
+        out.extend(taken)
+        need -= len(taken)
+        skip = 0
+        if need == 0:
+            break
+    return out
 
 
 def count(c: Connection, table_name: str, site_ids: Sequence[int], filters: Dict[str, Any]) -> int:
