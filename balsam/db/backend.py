@@ -227,6 +227,15 @@ class LocalBackend(Backend):
     def data_version(self) -> Optional[int]:
         return self.store.data_version()
 
+    def index_step(self) -> int:
+        """Index a few more jobs' workdirs for substring filters (balsam.db.search); how many (0: up to date)."""
+        from balsam.db import search
+
+        if self.store.read_only or not search.pending(self.store.conn):
+            return 0
+        with self.store.write() as conn:
+            return search.catch_up(conn)
+
     def events_since(self, after: Optional[int], limit: int) -> Tuple[Optional[int], List[Row]]:
         """Events with ids above ``after`` (None: none yet, just the newest id) for the change stream: (last id, rows)."""
         if after is None:

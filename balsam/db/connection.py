@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from balsam.db import doorbell, ids
+from balsam.db import doorbell, ids, search
 from balsam.db.meta import read_meta, write_meta
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import ForeignHostError, SchemaError, StoreError
@@ -201,6 +201,9 @@ class Store:
             )
         if mode.lower() != "wal" and not self.read_only:
             conn.execute("PRAGMA journal_mode=WAL")
+        if not self.read_only and search.needs_reconcile(conn):
+            with self.write() as c:
+                search.reconcile(c)
 
     @property
     def conn(self) -> sqlite3.Connection:

@@ -133,6 +133,9 @@ def rewrite_site_ids(conn: sqlite3.Connection, new_site_id: int, extra: Iterable
     for table in ID_TABLES:
         conn.execute("UPDATE sqlite_sequence SET seq = (seq & ?) | ? WHERE name = ?", (LOCAL_MASK, new_base, table))
     seed_sequences(conn, new_site_id)
+    from balsam.db import search
+
+    search.reset(conn)  # the workdir index is keyed by job id: index again
     return old_site_id
 
 

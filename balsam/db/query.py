@@ -2,7 +2,8 @@
 
 Each table has a set of filter keywords (an unknown one is an error that lists the valid ones) and of
 orderable fields (``-field`` for descending; ``id`` breaks ties). Tag filters go through the ``job_tag``
-index; id lists of any length bind as one JSON parameter. Naive datetimes are taken as UTC, as Balsam's
+index, a workdir substring through the trigram index where SQLite has one (:mod:`balsam.db.search`); id lists
+of any length bind as one JSON parameter. Naive datetimes are taken as UTC, as Balsam's
 server did.
 """
 
@@ -13,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from balsam.db import search
 from balsam.db.codec import dumps
 from balsam.db.states import to_batch_state, to_states
 from balsam.exceptions import ValidationError
@@ -365,6 +367,12 @@ def plan(
         fn = spec.filters.get(key)
         if mode == "correlated" and key == "tags":
             fn = job_tags("id", correlated=True)
+        if key == "workdir__contains" and spec.table == "job":
+            indexed = search.contains_clause(conn, str(value))
+            if indexed is not None:
+                clauses.append(indexed[0])
+                params.extend(indexed[1])
+                continue
         if fn is None:
             valid = ", ".join(sorted(set(spec.filters) | set(spec.scope_keys)))
             raise ValidationError(f"unknown filter {key!r} for {spec.noun} (valid: {valid})")

@@ -269,6 +269,15 @@ def _v7_dag_ids(conn: sqlite3.Connection) -> None:
     ids.prefix_dag_ids(conn)
 
 
+def _v8_dashboard_indexes(conn: sqlite3.Connection) -> None:
+    """The jobs table sorted by last update walks an index instead of sorting every job; a workdir substring
+    filter uses an FTS5 trigram index where this SQLite has one (balsam.db.search; otherwise it scans)."""
+    from balsam.db import search
+
+    conn.execute("CREATE INDEX IF NOT EXISTS job_last_update ON job(last_update)")
+    search.install(conn)
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
@@ -277,6 +286,7 @@ MIGRATIONS: List[Migration] = [
     (5, "answers of the HTTP API's mutating requests, kept for retries (idempotency keys)", _http_answers),
     (6, "pickled parameters out of band (job.parameters_pickled)", _v6_pickled_parameters),
     (7, "DAG and DAG-instance ids unique across sites (site id in the high bits)", _v7_dag_ids),
+    (8, "indexes for the dashboard: jobs by last update, workdir substrings (FTS5 trigrams)", _v8_dashboard_indexes),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

@@ -211,6 +211,18 @@ class HostBackend(Backend):
         versions = [p.backend.data_version() for p in self.parts()]
         return None if any(v is None for v in versions) else sum(int(v or 0) for v in versions)
 
+    def index_step(self) -> int:
+        """A step of each site's workdir indexing (:meth:`balsam.db.backend.LocalBackend.index_step`)."""
+        n = 0
+        for part in self.parts():
+            step = getattr(part.backend, "index_step", None)
+            if step is not None:
+                try:
+                    n += int(step())
+                except (sqlite3.DatabaseError, StoreError) as e:
+                    logger.warning("could not index workdirs of site %s: %s", part.name, e)
+        return n
+
     def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
         out: List[Dict[str, Any]] = []
         for site, chunk in self._group(ids, "app").values():

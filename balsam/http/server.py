@@ -223,6 +223,7 @@ class Api:
         self.hub = WebSocketHub(site_parts if site_parts is not None else (lambda: [(site_id, backend)]))
         self.openapi_doc = _json(build_openapi())
         self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
+        self._indexer: Optional["asyncio.Task[None]"] = None
 
     # ------------------------------------------------------------------ pieces
     def _principal(self, request: Any) -> Principal:
@@ -302,6 +303,7 @@ class Api:
     def endpoint(self, route: ApiRoute) -> Callable[[Request], Any]:
         async def serve(request: Request) -> Response:
             principal: Optional[Principal] = None
+            self._start_indexer()
             try:
                 principal = self._principal(request) if route.auth else None
                 if principal is None and not (route.mutating and not route.auth):
@@ -338,6 +340,24 @@ class Api:
                 return self._error(error, principal)
 
         return serve
+
+    def _start_indexer(self) -> None:
+        """Index new jobs' workdirs for substring filters in the background (a site's store; balsam.db.search),
+        from the first request on, while the server runs."""
+        step = getattr(self.backend, "index_step", None)
+        if self._indexer is None and step is not None:
+            self._indexer = asyncio.get_running_loop().create_task(self._index(step))
+
+    async def _index(self, step: Callable[[], int]) -> None:
+        while True:
+            try:
+                done = await asyncio.to_thread(step)
+            except RuntimeError:  # the server is shutting down (no more worker threads)
+                return
+            except Exception:  # the index waits; substring filters scan the jobs it does not cover
+                logger.exception("indexing workdirs failed")
+                done = 0
+            await asyncio.sleep(0.1 if done else 1.0)
 
     async def _acquire(self, call: h.Call, key: Optional[str], request: Request) -> Tuple[int, bytes, bool]:
         """Acquire with a server-side wait; with a key, the first non-empty answer is kept for retries."""
