@@ -116,3 +116,27 @@ def test_the_agent_server_fills_the_index_and_the_sort_by_last_update_walks_an_i
     plan = " ".join(str(r[3]) for r in site.store.conn.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM job ORDER BY last_update DESC, id DESC LIMIT 50"))
     assert "job_last_update" in plan and "TEMP B-TREE" not in plan  # no sort of every job
+
+
+@pytest.mark.parametrize("how", ["--python", "--cli"])
+def test_a_recovered_site_indexes_its_jobs_again(jobs: Any, how: str) -> None:
+    import shutil
+
+    from balsam._api import sites
+    from balsam.db import open_store
+    from tests.cli_helpers import ok
+
+    if how == "--cli" and shutil.which("sqlite3") is None:
+        pytest.skip("no sqlite3 shell")
+    _catch_up(jobs)
+    root = jobs.db_path.parent.parent
+    jobs.close()
+    out = ok("db", "recover", *([how] if how == "--python" else []), "--site", str(root)).stdout
+    assert "Rebuilt" in out and "job_workdir_fts" not in out  # the index is not a table of the user's rows
+    sites.reset()
+    store = open_store(root, jobs.host)
+    assert search._state(store.conn)[2] == 0 and search.pending(store.conn)  # it starts over from the recovered jobs
+    _catch_up(store)
+    for needle in NEEDLES:
+        assert _workdirs(store, needle) == _scan(store, needle), needle
+    assert len(_workdirs(store, "w/")) == 2000

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from balsam.db import ids
+from balsam.db import ids, search
 from balsam.db.connection import apply_migrations
 from balsam.exceptions import StoreError
 
@@ -159,8 +159,8 @@ def salvage(old_path: Path, new_path: Optional[Path]) -> Recovery:
         try:
             new.execute("BEGIN")
             for table, cols, has_rowid in _tables(new):
-                if table in DERIVED or table == "migration":
-                    continue
+                if table in DERIVED or table == "migration" or table.startswith(search.TABLE):
+                    continue  # derived (the workdir index is filled again from the jobs)
                 old_cols = _old_columns(old, table)
                 if old_cols is None:
                     result.lost[table] = result.lost.get(table, 0) + 1
@@ -196,7 +196,7 @@ def recover_with_cli(cli: str, old_path: Path, new_path: Path, timeout_s: float 
         conn.execute("PRAGMA journal_mode=WAL")
         result = Recovery("sqlite3 .recover")
         for table, _cols, _rowid in _tables(conn):
-            if table != "lost_and_found":
+            if table != "lost_and_found" and not table.startswith(search.TABLE):
                 result.counts[table] = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     finally:
         conn.close()
@@ -232,6 +232,14 @@ def recover(db_path: Path, *, use_cli: Optional[bool] = None) -> Recovery:
         result.method = f"python salvage, after {exc}"
     conn = sqlite3.connect(str(new_path), isolation_level=None)
     try:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            search.reset(conn)  # the workdir index starts over from the recovered jobs
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("UPDATE meta SET value = '-1' WHERE key = ?", (search.CURSOR,))  # stale: rebuilt at the next open
         problems = [r[0] for r in conn.execute("PRAGMA integrity_check(5)")]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if not version and old_version:
