@@ -140,7 +140,12 @@ class ServiceError(BalsamError):
 
 class CommandPending(BalsamError):
     """A write made through the relay is queued for its site, which has not applied it yet (it is offline or
-    busy): the write happens when the site next syncs. The message names the command (the provisional handle)."""
+    busy): the write happens when the site next syncs. The message names the command (the provisional handle),
+    and ``command_id`` holds it (``GET /v1/commands/{id}``; ``refresh_from_db()`` of a queued Job or BatchJob)."""
+
+    def __init__(self, message: str = "", command_id: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.command_id = command_id
 
 
 class StaleVersion(BalsamError):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -32,3 +33,46 @@ def relay_store(kind: str, tmp_path: Path) -> Iterator[Any]:
     store.migrate()
     yield store
     store.close()
+
+
+class WsReader:
+    """A WebSocket client (wsproto over a socket) that collects the server's JSON messages."""
+
+    def __init__(self, url: str, token: str) -> None:
+        import socket
+        from urllib.parse import quote, urlsplit
+
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import Request
+
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=1)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(self.ws.send(Request(host=f"{parts.hostname}", target=f"/v1/ws?token={quote(token)}")))
+        self.messages: List[Dict[str, Any]] = []
+        self.closed: Optional[int] = None
+
+    def read_until(self, what: str, fn: Any, timeout: float = 60.0) -> List[Dict[str, Any]]:
+        """Read until ``fn(messages)`` holds (AssertionError naming ``what`` after ``timeout``); the messages."""
+        import socket
+        import time
+
+        from wsproto.events import CloseConnection, TextMessage
+
+        deadline = time.monotonic() + timeout
+        while not fn(self.messages):
+            assert time.monotonic() < deadline and self.closed is None, f"timed out waiting for {what}: {self.messages[-5:]}"
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            self.ws.receive_data(data or None)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    self.messages.append(json.loads(event.data))
+                elif isinstance(event, CloseConnection):
+                    self.closed = event.code
+        return self.messages
+
+    def close(self) -> None:
+        self.sock.close()

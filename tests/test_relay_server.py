@@ -245,3 +245,47 @@ def test_link_conflict_and_plain_http_refused(two_users: Dict[str, Any]) -> None
         check_transport("0.0.0.0", tls=False)
     check_transport("0.0.0.0", tls=True)
     check_transport("127.0.0.1", tls=False)
+
+
+def _finish(agent: Any, site_id: int, n: int, submission: str) -> int:
+    """The site's agent pushes job n of site_id going RUNNING -> JOB_FINISHED (the row and its event); the job id."""
+    job_id, now = (site_id << 32) + n, time.time()
+    row = {"id": job_id, "app_id": (site_id << 32) + 1, "workdir": f"w/{n}", "state": "JOB_FINISHED", "tags": "{}", "parent_ids": "[]",
+           "parameters": "{}", "created": now, "last_update": now, "version": 2}
+    event = {"id": (site_id << 32) + 100 + n, "job_id": job_id, "timestamp": now, "from_state": "RUNNING", "to_state": "JOB_FINISHED",
+             "data": None}
+    agent.request("POST", "/v1/sync/push", {"submission_id": submission, "last_seq": 20 + n, "items": [
+        {"entity": "job", "op": "upsert", "id": job_id, "row": row}, {"entity": "event", "op": "upsert", "id": event["id"], "row": event}]})
+    return job_id
+
+
+def test_the_websocket_streams_only_the_callers_own_sites(two_users: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam.http import server
+    from tests.relay_support import WsReader
+
+    url = two_users["url"]
+    streams = {"a": WsReader(url, two_users["alice"].token), "b": WsReader(url, two_users["bob"].token)}
+    try:
+        for who, site in (("a", SITE_A), ("b", SITE_B)):
+            got = streams[who].read_until("hello and counts", lambda ms: any(m["type"] == "counts" for m in ms))
+            assert got[0]["type"] == "hello" and [m["site_id"] for m in got if m["type"] == "counts"] == [site]
+        finished = {who: _finish(two_users[f"agent_{who}"], site, 1, f"ws-finish-{who}") for who, site in (("b", SITE_B), ("a", SITE_A))}
+        for who, site in (("a", SITE_A), ("b", SITE_B)):
+            mine = finished[who]
+            got = streams[who].read_until(f"{who}'s job finishing", lambda ms, mine=mine: any(
+                m["type"] == "job" and m["id"] == mine and m["state"] == "JOB_FINISHED" for m in ms))
+            streams[who].read_until(f"{who}'s new counts", lambda ms: any(
+                m["type"] == "counts" and m["counts"].get("JOB_FINISHED") == 2 for m in ms))
+            assert all(m["site_id"] == site for m in got if m["type"] != "hello"), got  # never the other user's site
+            other = finished["b" if who == "a" else "a"]
+            assert str(other) not in json.dumps(got), got
+        # A token revoked while its stream is open ends the stream.
+        monkeypatch.setattr(server, "REVERIFY_S", 0.5)
+        _finish(two_users["agent_a"], SITE_A, 3, "ws-finish-a3")
+        streams["a"].read_until("job 3", lambda ms: any(m["type"] == "job" and m["id"] == (SITE_A << 32) + 3 for m in ms))
+        two_users["alice"].request("DELETE", "/v1/token")
+        streams["a"].read_until("the stream closed", lambda ms: streams["a"].closed is not None)
+        assert streams["a"].closed == 4401
+    finally:
+        for s in streams.values():
+            s.close()

@@ -36,12 +36,14 @@ class Relay:
         self.store = store
         self.port = 0
         self.server: Any = None
+        self.wait_s: Any = None
+        """How long a write waits for its site (None: the relay's default)."""
 
     def start(self) -> "Relay":
         from balsam.http.serve import ApiServer, ServeOptions
         from balsam.relay.server import build_relay_app
 
-        self.server = ApiServer(build_relay_app(self.store), ServeOptions(bind="127.0.0.1", port=self.port)).start()
+        self.server = ApiServer(build_relay_app(self.store, wait_s=self.wait_s), ServeOptions(bind="127.0.0.1", port=self.port)).start()
         self.port = self.server.port
         return self
 

@@ -9,11 +9,11 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator
 
 import pytest
 
-from tests.test_relay_server import client, login, site_rows
+from tests.test_relay_server import _finish, client, login, site_rows
 from tests.web_support import CHROMIUM, SCREENSHOTS
 
 pytestmark = [
@@ -21,6 +21,10 @@ pytestmark = [
     pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="needs Debian's chromium (bash .ci/chromium.sh)"),
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="needs playwright (bash .ci/chromium.sh)"),
 ]
+
+
+AGENT_TOKENS: Dict[str, str] = {}
+"""The token of alice's site agent, by relay URL (to push changes while the dashboard is open)."""
 
 
 @pytest.fixture
@@ -39,6 +43,7 @@ def relay_url(tmp_path: Path) -> Iterator[str]:
         try:
             alice = login(url, "alice", "alice-password")
             link = alice.request("POST", "/v1/sites", {"site_id": 7, "name": "alice-site", "hostname": "login1", "path": "/p"})
+            AGENT_TOKENS[url] = link["token"]
             client(url, link["token"]).request("POST", "/v1/sync/push", {
                 "submission_id": "web-first", "last_seq": 10, "items": site_rows(7, 3),
                 "site": {"backlog": {"RUNNING": 2, "JOB_FINISHED": 1}, "row": {"name": "alice-site"}}})
@@ -82,6 +87,13 @@ def test_password_login_at_the_relay_shows_only_your_sites_and_logout_revokes(re
             page.goto(f"{relay_url}/#/jobs")
             page.wait_for_function("document.querySelectorAll('[data-testid=jobs-table] tbody tr a').length === 3")
             assert sorted(page.locator("[data-testid=jobs-table] tbody tr td:nth-child(5)").all_inner_texts()) == ["w/1", "w/2", "w/3"]
+            # The site's agent pushes job w/1 finishing: the open page shows it live (the relay's WebSocket), no reload.
+            row_w1 = "[...document.querySelectorAll('[data-testid=jobs-table] tbody tr')].find(r => r.innerText.includes('w/1'))"
+            assert "JOB_FINISHED" not in page.evaluate(f"({row_w1} || {{}}).innerText || ''")
+            origin = page.evaluate("performance.timeOrigin")
+            _finish(client(relay_url, AGENT_TOKENS[relay_url]), 7, 1, "web-live-1")
+            page.wait_for_function(f"(({row_w1}) || {{innerText: ''}}).innerText.includes('JOB_FINISHED')", timeout=60_000)
+            assert page.evaluate("performance.timeOrigin") == origin  # the same page: not reloaded
             page.get_by_role("button", name="Log out").click()
             page.wait_for_function("location.hash.startsWith('#/login')")
             assert _status(f"{relay_url}/v1/whoami", token) == 401  # revoked at the relay, not just forgotten

@@ -35,7 +35,7 @@ from typing import (
 from balsam._api import sites as _sites
 from balsam.db import query as q
 from balsam.db.codec import decode_parameters, dumps, encode_parameters, loads
-from balsam.exceptions import MultipleObjectsReturned, ObjectDoesNotExist, ValidationError
+from balsam.exceptions import CommandPending, MultipleObjectsReturned, ObjectDoesNotExist, ValidationError
 
 if TYPE_CHECKING:
     from balsam._api.sites import SiteRef
@@ -232,8 +232,39 @@ class Model:
         """Create the object, or write the fields changed since it was loaded."""
         raise NotImplementedError
 
+    @property
+    def queued_command(self) -> Optional[int]:
+        """The relay command that creates this object, while its site has not applied it (None otherwise):
+        ``save()`` through a relay whose site is offline queues the write; ``refresh_from_db()`` resolves it."""
+        queued = self.__dict__.get("_queued")
+        return None if queued is None else int(queued[0])
+
+    def _queue(self, command_id: int, detail: Any = None) -> None:
+        """Mark the object as created by a queued relay command (``detail``: what resolving it needs)."""
+        self.__dict__["_queued"] = (int(command_id), detail)
+
+    def _resolve_queued(self) -> None:
+        """Ask the relay about the queued create: applied, the object gets its real id; refused, the site's error is
+        raised (and the object is new again); still queued, CommandPending."""
+        command_id, detail = self.__dict__["_queued"]
+        answer = self.__dict__["_site"].backend.queued_command(command_id)
+        if answer["state"] == "rejected":
+            del self.__dict__["_queued"]  # nothing was created: saving it again makes a new command
+            raise answer["error"]
+        if answer["state"] != "applied":
+            raise CommandPending(f"{type(self).__name__} still queued at the relay as command {command_id}: its site has not synced "
+                                 "yet ('balsam site ls' shows when it was last seen)", command_id)
+        del self.__dict__["_queued"]
+        self._created_by_command(detail, answer["result"])
+
+    def _created_by_command(self, detail: Any, result: Any) -> None:
+        """Take the real id from the applied command's result."""
+        raise NotImplementedError
+
     def refresh_from_db(self) -> None:
-        """Reload every field from the site DB."""
+        """Reload every field from the site DB (a create queued at the relay is resolved first: see ``queued_command``)."""
+        if self.__dict__.get("_queued") is not None:
+            self._resolve_queued()
         if self._is_new or self.id is None:
             raise ValidationError(f"this {type(self).__name__} was never saved")
         site = self.__dict__["_site"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
@@ -17,11 +18,13 @@ from balsam.db.fields import normalize_workdir
 from balsam.db.ids import in_site, site_of
 from balsam.db.jobs import StateChange
 from balsam.db.states import DONE_STATES, JobState, to_state
-from balsam.exceptions import AppError, BalsamError, ValidationError
+from balsam.exceptions import AppError, BalsamError, CommandPending, ValidationError
 from balsam.runtime import paused_gc
 
 if TYPE_CHECKING:
     from balsam._api.sites import SiteRef
+
+logger = logging.getLogger(__name__)
 
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
@@ -319,9 +322,15 @@ class Job(Model):
         if "transfers" in d:
             del d["transfers"]
 
+    def _created_by_command(self, detail: Any, result: Any) -> None:
+        index, row = detail
+        self._mark_created(row, int(result["ids"][index]), str(result["states"][index]), float(result.get("created") or time.time()))
+
     # ---------------------------------------------------------------- persistence
     def save(self) -> None:
-        """Create the job, or write what changed (a state change goes through the state machine)."""
+        """Create the job, or write what changed (a state change goes through the state machine). Through a relay
+        whose site is offline the create is queued: ``job.id`` stays None and ``job.queued_command`` names the
+        command until ``refresh_from_db()`` finds it applied."""
         if self._is_new:
             Job.objects.bulk_create([self])
             return
@@ -520,6 +529,9 @@ class JobManager(Manager[Job]):
                 raise ValidationError(f"bulk_create takes Job objects, got {job!r}")
             if d.get("_row") is not None:
                 raise ValidationError(f"job {job.id} already exists")
+            if d.get("_queued") is not None:
+                raise ValidationError(f"job {d.get('workdir')!r} is already queued at the relay as command {d['_queued'][0]}: "
+                                      "refresh_from_db() resolves it once its site syncs")
             site = d["_site"]
             if site is not last_site:  # jobs of one bulk call nearly always share a site
                 entry = groups.get(site.path)
@@ -537,9 +549,43 @@ class JobManager(Manager[Job]):
             except ValidationError:
                 invalidate_app_cache()  # an app may have been re-synced elsewhere: the next try reads it afresh
                 raise
+            except CommandPending as e:
+                if e.command_id is None:
+                    raise
+                # The relay keeps the create for its site (offline now): each job is a provisional handle that
+                # refresh_from_db() (or Job.objects.resolve) turns into the real job once the site applied it.
+                for i, (job, row) in enumerate(zip(group, rows)):
+                    job._queue(e.command_id, (i, row))
+                logger.warning("%s", e)
+                continue
             for i, (job, row) in enumerate(zip(group, rows)):
                 job._mark_created(row, ids[i], states[i], now)
         return list(jobs)
+
+    def resolve(self, jobs: Sequence[Job]) -> List[Job]:
+        """Resolve jobs whose create the relay queued (``job.queued_command``): those the site applied get their
+        real ids and rows (one request per command); returns the jobs still queued. A refused create raises the
+        site's error (those jobs are new again)."""
+        answers: Dict[Tuple[Path, int], Dict[str, Any]] = {}
+        waiting: List[Job] = []
+        for job in jobs:
+            queued = job.__dict__.get("_queued")
+            if queued is None:
+                continue
+            site = job.__dict__["_site"]
+            key = (site.path, int(queued[0]))
+            if key not in answers:
+                answers[key] = site.backend.queued_command(queued[0])
+            answer = answers[key]
+            if answer["state"] == "rejected":
+                del job.__dict__["_queued"]
+                raise answer["error"]
+            if answer["state"] != "applied":
+                waiting.append(job)
+                continue
+            del job.__dict__["_queued"]
+            job._created_by_command(queued[1], answer["result"])
+        return waiting
 
     def bulk_update(self, jobs: Sequence[Job]) -> None:
         """Write the changed fields of many jobs (state changes through the state machine) per site."""

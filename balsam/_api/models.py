@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,10 +16,12 @@ from balsam.db import query as q
 from balsam.db import sessions as session_db
 from balsam.db.fields import check_tags
 from balsam.db.states import BatchJobState, to_batch_state
-from balsam.exceptions import JobLockedError, ValidationError
+from balsam.exceptions import CommandPending, JobLockedError, ValidationError
 
 if TYPE_CHECKING:
     from balsam._api.sites import SiteRef
+
+logger = logging.getLogger(__name__)
 
 
 def _single_site(site_id: Optional[int] = None, site_name: Optional[str] = None) -> "SiteRef":
@@ -305,12 +308,22 @@ class BatchJob(Model):
     def save(self) -> None:
         """Create the BatchJob (validated against the site's policies) or write changed fields."""
         site = self.__dict__["_site"]
+        if self.__dict__.get("_queued") is not None:
+            raise ValidationError(f"this BatchJob is already queued at the relay as command {self.queued_command}: "
+                                  "refresh_from_db() resolves it once its site syncs")
         if self._is_new:
             _sites.current_policies(site)  # settings.yml edited since: its queues and projects count now
             d = self.__dict__
-            new_id = site.backend.create_batch_job(dict(
-                num_nodes=d["num_nodes"], wall_time_min=d["wall_time_min"], job_mode=d["job_mode"], queue=d["queue"],
-                project=d["project"], optional_params=d["optional_params"], filter_tags=d["filter_tags"], partitions=d["partitions"]))
+            try:
+                new_id = site.backend.create_batch_job(dict(
+                    num_nodes=d["num_nodes"], wall_time_min=d["wall_time_min"], job_mode=d["job_mode"], queue=d["queue"],
+                    project=d["project"], optional_params=d["optional_params"], filter_tags=d["filter_tags"], partitions=d["partitions"]))
+            except CommandPending as e:  # the relay keeps it for its offline site: a provisional handle until applied
+                if e.command_id is None:
+                    raise
+                self._queue(e.command_id)
+                logger.warning("%s", e)
+                return
             self.__dict__["_row"] = {"id": new_id}
             self.refresh_from_db()
             return
@@ -318,6 +331,10 @@ class BatchJob(Model):
         if "state" in changed:
             self.__dict__["state"] = to_batch_state(changed["state"]).value  # the store checks the transition
         _write_changes(self, "batch_job")
+
+    def _created_by_command(self, detail: Any, result: Any) -> None:
+        self.__dict__.pop("id", None)  # read (None) while queued
+        self.__dict__["_row"] = {"id": int(result)}
 
     def delete(self) -> None:
         """Delete the BatchJob. One never submitted (``pending_submission``) or already ended is removed now; a

@@ -218,6 +218,13 @@ def job_create(workdir: Optional[str], app: Optional[str], params: Dict[str, str
         if not click.confirm("Create it?", default=True):
             raise CLIError("nothing created", 1)
     new.save()
+    if new.queued_command is not None:
+        if as_json:
+            echo_json({"site": ref.name, "workdir": str(new.workdir), "queued_command": new.queued_command})
+            return
+        click.echo(f"Queued job {app_name} in {new.workdir} at the relay as command {new.queued_command}: site {ref.name} "
+                   "creates it when its agent next syncs ('balsam site ls' shows when it was last seen)")
+        return
     if as_json:
         echo_json(job_dict(new, app_name, ref.name))
         return
@@ -246,6 +253,14 @@ def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[st
             except ValidationError as exc:
                 raise _locate(path, exc, chunk, lines) from None
             advance(len(chunk))
+    queued = sorted({j.queued_command for j in jobs if j.queued_command is not None})
+    if queued:
+        if as_json:
+            echo_json({"site": ref.name, "queued": len(jobs), "queued_commands": queued})
+            return
+        click.echo(f"Queued {len(jobs)} jobs at the relay (command {', '.join(map(str, queued))}): site {ref.name} creates them "
+                   "when its agent next syncs")
+        return
     if as_json:
         echo_json({"site": ref.name, "created": len(jobs), "first_id": jobs[0].id, "last_id": jobs[-1].id})
         return

@@ -381,7 +381,7 @@ def site_link(url: str, sites: Sequence[str]) -> None:
         click.echo(f"Site id {link['moved_from']} is taken at the relay: site {ref.name} now has id {link['site_id']}.")
     click.echo(f"Site {ref.name} is linked to {link['url']} (as {link['user']}).")
     if agent_running(ref.layout):
-        click.echo("Restart its agent to start syncing: balsam site stop && balsam site start")
+        click.echo("Its running agent starts syncing within a few seconds.")
 
 
 @site.command("unlink")

@@ -181,6 +181,11 @@ class Backend(ABC):
         """Reset an instance's failed and killed jobs; how many."""
         raise ValidationError(f"DAGs cannot be reached through a {self.kind} backend")
 
+    def queued_command(self, command_id: int) -> Dict[str, Any]:
+        """A write the relay queued for its site: {"state": "pending" | "applied" | "rejected", "result", and for a
+        rejection "error" (the site's refusal as a BalsamError)}. Only a relay queues writes."""
+        raise ObjectDoesNotExist(f"no queued command {command_id}: only writes made through a relay are queued")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

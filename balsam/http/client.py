@@ -228,6 +228,9 @@ def _exception(error: Dict[str, Any], message: str, status: int) -> exc.BalsamEr
     if cls is None:
         cls = {404: exc.ObjectDoesNotExist, 401: exc.ServiceError, 413: exc.ValidationError, 422: exc.ValidationError,
                409: exc.BalsamError}.get(status, exc.ValidationError if status == 400 else exc.ServiceError)
+    if cls is exc.CommandPending:
+        command = error.get("command")
+        return exc.CommandPending(message, command if isinstance(command, int) and not isinstance(command, bool) else None)
     try:
         return cls(message)  # type: ignore[no-any-return]
     except TypeError:
@@ -291,6 +294,15 @@ class HttpBackend(Backend):
 
     def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
         return list(self.client.request("POST", "/v1/apps/code", {"ids": [int(i) for i in ids]}, idempotency_key="")["apps"])
+
+    def queued_command(self, command_id: int) -> Dict[str, Any]:
+        answer = dict(self.client.request("GET", f"/v1/commands/{int(command_id)}"))
+        if answer.get("state") == "rejected":
+            raw = answer.get("result")
+            result: Dict[str, Any] = raw if isinstance(raw, dict) else {}
+            message = str(result.get("message") or f"the site refused command {command_id}")
+            answer["error"] = _exception({"kind": result.get("kind")}, message, 400)
+        return answer
 
     # ------------------------------------------------------------------ jobs
     def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],

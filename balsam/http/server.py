@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,6 +48,8 @@ from balsam.http.routes import openapi as build_openapi
 from balsam.http.schemas import COLUMNS, iso, row_to_wire
 
 logger = logging.getLogger("balsam.http")
+REVERIFY_S = 30.0
+"""How often a many-user server checks that a WebSocket's token is still valid."""
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
 """The caller of a route that needs no credentials (a password login)."""
 
@@ -64,13 +66,16 @@ class Limits:
 class ApiError(Exception):
     """An error answer with its status and code."""
 
-    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None, kind: str = "") -> None:
+    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None, kind: str = "",
+                 command: Optional[int] = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.kind = kind
+        self.command = command
+        """The queued command of a 202 (a write the relay keeps for its site): the provisional handle."""
 
 
 def error_for(error: BaseException) -> ApiError:
@@ -82,7 +87,7 @@ def error_for(error: BaseException) -> ApiError:
     if isinstance(error, exc.StaleVersion):
         return ApiError(409, "conflict", message, kind=kind)
     if isinstance(error, exc.CommandPending):
-        return ApiError(202, "pending", message, kind=kind)
+        return ApiError(202, "pending", message, kind=kind, command=error.command_id)
     if isinstance(error, exc.ObjectDoesNotExist):
         return ApiError(404, "not_found", message, kind="ObjectDoesNotExist")
     if isinstance(error, exc.IllegalTransition):
@@ -211,7 +216,8 @@ class Api:
     """The app's state: the backend, who may call, limits, and the WebSocket hub."""
 
     def __init__(self, backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
-                 site_id: int = 0, backend_for: Optional[Callable[[Principal], Backend]] = None) -> None:
+                 site_id: int = 0, backend_for: Optional[Callable[[Principal], Backend]] = None,
+                 routes: Sequence[ApiRoute] = ROUTES) -> None:
         self.backend = backend
         self.backend_for = backend_for
         """Many users' server (the relay): the backend of each caller (``backend`` serves anonymous routes)."""
@@ -221,7 +227,9 @@ class Api:
         self.site_id = site_id
         site_parts = getattr(backend, "site_parts", None)
         self.hub = WebSocketHub(site_parts if site_parts is not None else (lambda: [(site_id, backend)]))
-        self.openapi_doc = _json(build_openapi())
+        self.hubs: Dict[Tuple[str, str, FrozenSet[int]], WebSocketHub] = {}
+        """A many-user server's change streams, one per caller (each follows only the caller's own sites)."""
+        self.openapi_doc = _json(build_openapi(tuple(routes)))
         self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
         self._indexer: Optional["asyncio.Task[None]"] = None
 
@@ -275,7 +283,9 @@ class Api:
         return Response(body, status_code=status, headers=headers, media_type=media_type)
 
     def _error(self, error: ApiError, principal: Optional[Principal]) -> Response:
-        payload = {"error": {"code": error.code, "message": error.message, "field": error.field, "kind": error.kind or None}}
+        payload: Dict[str, Any] = {"error": {"code": error.code, "message": error.message, "field": error.field, "kind": error.kind or None}}
+        if error.command is not None:
+            payload["error"]["command"] = error.command
         return self._respond(error.status, _json(payload), principal)
 
     def _run(self, route: ApiRoute, call: h.Call) -> Tuple[int, bytes]:
@@ -409,25 +419,52 @@ class Api:
             return self._error(ApiError(404, "not_found", message), None)
         return Response(data, media_type=_media_type(name))
 
+    def _hub_for(self, principal: Principal) -> WebSocketHub:
+        """The change stream a caller may see: the site's, or (many users) one over the caller's own sites."""
+        if self.backend_for is None:
+            return self.hub
+        key = (principal.kind, principal.name, frozenset(principal.site_ids or ()))
+        hub = self.hubs.get(key)
+        if hub is None:
+            backend = self.backend_for(principal)
+            site_parts = getattr(backend, "site_parts", None)
+            if site_parts is None:
+                raise ApiError(404, "not_found", "this server streams no changes")
+            hub = self.hubs[key] = WebSocketHub(site_parts)
+        return hub
+
     async def websocket(self, ws: WebSocket) -> None:
         try:
             principal = self._principal(ws)
+            hub = self._hub_for(principal)
         except ApiError as e:
             await ws.close(code=4401, reason=e.message[:120])
             return
         await ws.accept()
-        queue = await self.hub.subscribe()
+        queue = await hub.subscribe()
         await ws.send_json({"type": "hello", "site_id": self.site_id, "user": principal.name})
+        checked = time.monotonic()
         try:
-            for counts in await asyncio.to_thread(self.hub.counts):
+            for counts in await asyncio.to_thread(hub.counts):
                 await ws.send_json(counts)
             while True:
-                msg = await queue.get()
-                await ws.send_json(msg)
+                try:
+                    msg: Optional[Dict[str, Any]] = await asyncio.wait_for(queue.get(), timeout=REVERIFY_S)
+                except asyncio.TimeoutError:
+                    msg = None
+                if self.backend_for is not None and time.monotonic() - checked > REVERIFY_S:
+                    try:  # a token revoked (logout) or expired while connected ends the stream
+                        await asyncio.to_thread(self._principal, ws)
+                    except ApiError as e:
+                        await ws.close(code=4401, reason=e.message[:120])
+                        return
+                    checked = time.monotonic()
+                if msg is not None:
+                    await ws.send_json(msg)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
-            self.hub.unsubscribe(queue)
+            hub.unsubscribe(queue)
 
 
 def _acquired(job: Dict[str, Any]) -> Dict[str, Any]:
@@ -447,6 +484,13 @@ def _media_type(name: str) -> str:
             "woff": "font/woff", "map": "application/json", "txt": "text/plain; charset=utf-8"}.get(suffix, "application/octet-stream")
 
 
+def served_routes(extra_routes: Sequence[ApiRoute] = ()) -> Tuple[ApiRoute, ...]:
+    """``extra_routes`` and then ``ROUTES``, an operation of ``extra_routes`` replacing the one of ``ROUTES`` with the
+    same method and path (what the server matches, and what its OpenAPI document describes)."""
+    own = {(r.method, r.path) for r in extra_routes}
+    return (*extra_routes, *(r for r in ROUTES if (r.method, r.path) not in own))
+
+
 def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
               site_id: Optional[int] = None, backend_for: Optional[Callable[[Principal], Backend]] = None,
               extra_routes: Sequence[ApiRoute] = ()) -> Starlette:
@@ -455,9 +499,10 @@ def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path
     those with ``auth=False`` that changes something (a password login) gets its body and an anonymous caller."""
     if site_id is None:
         site_id = int(backend.site_row(("id",))[0])
-    api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id, backend_for=backend_for)
+    served = served_routes(extra_routes)
+    api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id, backend_for=backend_for, routes=served)
     routes: List[BaseRoute] = []
-    for r in (*extra_routes, *ROUTES):
+    for r in served:
         if r.kind == "ws":
             routes.append(WebSocketRoute(r.path, api.websocket, name=r.name))
         elif r.kind == "health":

@@ -115,6 +115,20 @@ class RelayBackend(Backend):
     def data_version(self) -> Optional[int]:
         return None
 
+    def site_parts(self) -> List[Tuple[int, "RelayBackend"]]:
+        """Each of the caller's sites as a backend of its own, for the change stream (asked again on every poll:
+        a site linked since joins it; another user's never does)."""
+        self._site_ids = None
+        return [(site, self.narrow([site])) for site in self.site_ids]
+
+    def events_since(self, after: Optional[int], limit: int) -> Tuple[int, List[Row]]:
+        """The events the one site in scope pushed with ids above ``after`` (None: none yet, just its newest id), for
+        the change stream: (the last id, rows of id, job_id, timestamp, from_state, to_state)."""
+        if len(self.site_ids) != 1:
+            return int(after or 0), []
+        with self.store.connect() as c:
+            return mirror.events_since(c, self.site_ids[0], after, limit)
+
     def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
         raise exc.ServiceError("app code stays at its site: the relay never holds it")
 
@@ -137,7 +151,7 @@ class RelayBackend(Backend):
             if time.monotonic() >= deadline:
                 raise exc.CommandPending(f"queued at the relay as command {command_id} for site {site_id}, which has not "
                                          "synced yet: it is applied when the site's agent next syncs ('balsam site ls' shows "
-                                         "when each site was last seen)")
+                                         "when each site was last seen)", command_id)
             time.sleep(delay)
             delay = min(0.1, delay * 1.5)
 

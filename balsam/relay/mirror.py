@@ -411,3 +411,19 @@ def count_by(c: Connection, table_name: str, site_ids: Sequence[int], filters: D
     for value, n in c.execute(sa.select(table.c[column], sa.func.count()).where(clause).group_by(table.c.site_id, table.c[column])):
         out[value] = out.get(value, 0) + int(n)
     return out
+
+
+def events_since(c: Connection, site_id: int, after: Optional[int], limit: int) -> Tuple[int, List[Tuple[Any, ...]]]:
+    """A site's events with ids above ``after``, oldest first (a site's event ids grow in the order it pushes them;
+    its range of ids is walked through the primary key); ``after`` None: none, just the newest id. Returns (the
+    last id, rows of id, job_id, timestamp, from_state, to_state)."""
+    from balsam.db.ids import LOCAL_BITS
+
+    ev = t.event
+    low, high = int(site_id) << LOCAL_BITS, (int(site_id) + 1) << LOCAL_BITS
+    if after is None:
+        top = c.execute(sa.select(sa.func.max(ev.c.id)).where(ev.c.id >= low, ev.c.id < high)).scalar_one_or_none()
+        return (int(top) if top is not None else low), []
+    rows = [tuple(r) for r in c.execute(sa.select(ev.c.id, ev.c.job_id, ev.c.timestamp, ev.c.from_state, ev.c.to_state)
+                                        .where(ev.c.id > max(int(after), low - 1), ev.c.id < high).order_by(ev.c.id).limit(limit))]
+    return (int(rows[-1][0]) if rows else int(after)), rows

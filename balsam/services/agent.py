@@ -73,13 +73,6 @@ def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str, env:
         from balsam.services.elastic import ElasticQueueService
 
         services.append(ElasticQueueService(site, settings.elastic_queue))
-    from balsam.sync import site_link
-
-    link = site_link(site.path)
-    if link is not None:
-        from balsam.services.sync import SyncService
-
-        services.append(SyncService(site, link))
     return services
 
 
@@ -170,6 +163,10 @@ def run_agent(site_root: Path) -> int:
                     ", ".join(s.name for s in services))
         for t in threads:
             t.start()
+        from balsam.services.sync import LinkFollower
+
+        relay = LinkFollower(site)  # syncs while the site is linked ('balsam site link' / 'unlink' need no restart)
+        relay.check()
         # Every other host (login nodes, compute nodes) reaches the DB through the /v1 API (DESIGN.md section 3).
         from balsam.services.api_server import start_api_server
 
@@ -179,13 +176,15 @@ def run_agent(site_root: Path) -> int:
         except BaseException:
             stop.set()
             generation.set()
+            relay.stop()
             for t in threads:
                 t.join(timeout=60)
             raise
         logger.info("API listening at %s", api.url)
         try:
-            _write_status(layout, node, threads, started, True, api.url)
+            _write_status(layout, node, threads + relay.threads(), started, True, api.url)
             while not stop.wait(STATUS_PERIOD_S):
+                relay.check()
                 new_stamp = settings_stamp(layout)
                 if new_stamp != stamp and new_stamp != bad_stamp:
                     try:  # settings.yml is the truth: an edit takes effect without a restart
@@ -205,13 +204,15 @@ def run_agent(site_root: Path) -> int:
                             threads = [ServiceThread(s, generation) for s in build_services(site, settings, host, env)]
                             for t in threads:
                                 t.start()
-                _write_status(layout, node, threads, started, True, api.url, settings_error)
+                _write_status(layout, node, threads + relay.threads(), started, True, api.url, settings_error)
         finally:
             api.stop()
         generation.set()
+        sync_threads = relay.threads()
+        relay.stop()
         for t in threads:
             t.join(timeout=60)
-        _write_status(layout, node, threads, started, False)
+        _write_status(layout, node, threads + sync_threads, started, False)
         logger.info("agent stopped")
     return 0
 

@@ -28,7 +28,7 @@ from balsam.db import outbox
 from balsam.db.backend import LocalBackend
 from balsam.db.meta import write_meta
 from balsam.db.site_row import whole_site_row
-from balsam.services.base import Service
+from balsam.services.base import Service, ServiceThread
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class SyncService(Service):
         self._puller: Optional[threading.Thread] = None
         self._last_push = 0.0
         self._version: Optional[int] = None
+        self._completed = False
         self.pushed = 0
         """Items the relay acknowledged since start."""
 
@@ -267,3 +268,59 @@ class SyncService(Service):
         except exc.BalsamError:
             pass
         self.client.close()
+
+
+class LinkFollower:
+    """Runs the sync service while the site is linked to a relay, as the running agent finds it: ``balsam site
+    link`` starts syncing within a check period, ``balsam site unlink`` stops it, and a link to another relay
+    (or a new token) restarts it with the new link. No agent restart is needed."""
+
+    def __init__(self, site: Any, period_s: float = 1.0) -> None:
+        self.site = site
+        self.period_s = period_s
+        self.link: Optional[Dict[str, Any]] = None
+        self.thread: Optional[ServiceThread] = None
+        self._stop: Optional[threading.Event] = None
+        self._bad = ""
+
+    def check(self) -> None:
+        """Start, stop or restart the sync service to match the site's link file now."""
+        from balsam.sync import site_link
+
+        try:
+            link = site_link(self.site.path)
+        except exc.ConfigError as e:  # an unreadable link file: keep what runs, and say why once
+            if str(e) != self._bad:
+                self._bad = str(e)
+                logger.error("sync: %s", e)
+            return
+        self._bad = ""
+        if link == self.link and (self.thread is None or self.thread.is_alive()):
+            return
+        self.stop()
+        if link is not None:
+            try:
+                service = SyncService(self.site, link, self.period_s)
+            except exc.BalsamError as e:  # a link record this agent cannot use (a bad URL): said once, retried on change
+                logger.error("sync: cannot sync with %s: %s", link.get("url"), e)
+                self.link = link
+                return
+            logger.info("sync: the site is linked to %s (site id %s): syncing", link.get("url"), link.get("site_id"))
+            self._stop = threading.Event()
+            self.thread = ServiceThread(service, self._stop)
+            self.thread.start()
+        self.link = link
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop the sync service (it pushes what it can first)."""
+        if self.thread is not None and self._stop is not None:
+            logger.info("sync: stopping (the site was unlinked, re-linked or the agent stops)")
+            self._stop.set()
+            self.thread.join(timeout=timeout_s)
+        self.thread = None
+        self._stop = None
+        self.link = None
+
+    def threads(self) -> List[ServiceThread]:
+        """The running sync service's thread, for the agent's status ([] when the site is not linked)."""
+        return [] if self.thread is None else [self.thread]
