@@ -17,7 +17,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from balsam import exceptions as exc
 from balsam.db.backend import Row
@@ -233,6 +233,23 @@ class RelaySiteBackend(HttpBackend):
 
     def create_batch_job(self, fields: Dict[str, Any]) -> int:
         return int(self.client.request("POST", "/v1/batch-jobs", {**fields, "site_id": self.site_id})["id"])
+
+    # DAG templates of this site (the relay holds many sites: each request names this one)
+    def dag_save(self, name: str, description: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+        body = {"name": name, "description": description, "spec": spec, "site_id": self.site_id}
+        return dict(self.client.request("PUT", "/v1/dags", body))
+
+    def dag_list(self) -> List[Dict[str, Any]]:
+        return list(self.client.request("GET", f"/v1/dags?site_id={self.site_id}")["results"])
+
+    def dag_delete(self, name: str) -> int:
+        from urllib.parse import quote
+
+        return int(self.client.request("DELETE", f"/v1/dags?name={quote(name, safe='')}&site_id={self.site_id}")["deleted"])
+
+    def dag_instantiate(self, name: str, records: Sequence[Dict[str, Any]]) -> List[int]:
+        body = {"name": name, "records": list(records), "site_id": self.site_id}
+        return [int(i) for i in self.client.request("POST", "/v1/dags/instantiate", body)["instances"]]
 
 
 def relay_sites(record: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:

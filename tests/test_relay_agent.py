@@ -1,5 +1,6 @@
 """A linked site's agent and the relay, end to end: a running agent starts syncing when the site is linked and
-stops when it is unlinked (no restart)."""
+stops when it is unlinked (no restart); DAGs are saved, instantiated, run and read from a laptop (this process,
+no site) through the relay, and another user sees none of them."""
 
 from __future__ import annotations
 
@@ -58,3 +59,40 @@ def test_a_running_agent_syncs_once_linked_and_stops_once_unlinked(relay: Relay,
     finally:
         run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)
 
+
+@pytest.mark.slow
+def test_dags_saved_instantiated_and_read_from_the_laptop(relay: Relay, tmp_path: Path) -> None:  # noqa: F811
+    env, root = login_node(tmp_path, relay)
+    run(env, "-m", "balsam", "site", "start", "--site", str(root))
+    try:
+        from balsam import _api
+        from balsam.api import DAG, BatchJob
+        from balsam.sync import login as relay_login
+        from balsam.sync import user_client
+
+        user = user_client(relay_login(relay.url, "alice", "alice-password"))  # the laptop: no site here
+        _api.sites.reset()
+        wait_for("the site's app at the relay", lambda: user.request("GET", "/v1/apps")["results"])
+        dag = DAG("greetings", site="polaris")
+        first = dag.node("hello", "Hello", "greet/{who}/hello", params={"say_hello_to": "{who}"})
+        dag.node("again", "Hello", "greet/{who}/again", params={"say_hello_to": "again {who}"}, parents=[first])
+        dag.save()  # applied by the site while the laptop waits: the DAG's real id
+        site_id = user.request("GET", "/v1/sites")["results"][0]["id"]
+        assert dag.id is not None and dag.id >> 32 == site_id
+        made = dag.instantiate([{"who": "ann"}, {"who": "bob"}])
+        assert [i.id >> 32 for i in made] == [site_id, site_id]
+        found = wait_for("the DAG at the relay", lambda: DAG.objects.filter("greetings", site="polaris"))
+        assert found[0].id == dag.id and {n.name for n in found[0].nodes} == {"hello", "again"}
+        wait_for("the instances at the relay", lambda: len(dag.instances()) == 2)
+        assert sorted(i.params["who"] for i in dag.instances()) == ["ann", "bob"]
+        BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local", site_name="polaris")
+        wait_for("both instances finished", lambda: all(i.state() == {"JOB_FINISHED": 2} for i in dag.instances()), timeout=240)
+        assert dag.instances().filter(state="JOB_FINISHED").count() == 2
+        assert dag.status() == {"instances": 2, "done": 2, "failed": 0, "jobs": {"JOB_FINISHED": 4}}
+        assert (root / "data" / "greet" / "bob" / "again" / "job.out").read_text().strip() == "Hello, again bob!"
+        mallory = user_client(relay_login(relay.url, "mallory", "mallory-password"))
+        assert mallory.request("GET", "/v1/dags")["results"] == []
+        assert mallory.request("GET", f"/v1/dag-instances?dag_id={dag.id}")["results"] == []
+        assert mallory.request("POST", "/v1/dag-instances/counts", {"ids": [made[0].id]})["counts"] == {str(made[0].id): {}}
+    finally:
+        run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)

@@ -136,7 +136,7 @@ def test_a_relay_made_at_revision_0001_gains_the_links_column(tmp_path: Path) ->
     store.close()
     store = RelayStore(f"sqlite:///{tmp_path / 'old.db'}")
     store.migrate()
-    assert current(store) == "0002"
+    assert current(store) >= "0002"  # and any revision after it
     with store.connect() as c:
         assert "links" in {col["name"] for col in sa.inspect(c).get_columns("relay_job")}
     store.add_user("alice", "correct horse")

@@ -134,3 +134,35 @@ def test_commands_flow_from_user_to_site_and_back(relay: Any) -> None:
     with pytest.raises(ObjectDoesNotExist):
         relay.command(bob, cid)
     assert relay.pending_commands(site, 0) == []
+
+
+def test_a_relay_made_before_dags_gains_their_mirrors(tmp_path: Path) -> None:
+    pytest.importorskip("alembic")
+    import sqlalchemy as sa
+
+    from balsam.relay.migrate import current, upgrade
+    from balsam.relay.store import RelayStore
+
+    store = RelayStore(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(store, "0002")
+    with store.begin() as c:  # the relay as revision 0002 made it: no DAG mirrors
+        c.exec_driver_sql("DROP TABLE relay_dag_instance")
+        c.exec_driver_sql("DROP TABLE relay_dag")
+    store.close()
+    store = RelayStore(f"sqlite:///{tmp_path / 'old.db'}")
+    store.migrate()
+    assert current(store) >= "0003"
+    with store.connect() as c:
+        assert {"relay_dag", "relay_dag_instance"} <= set(sa.inspect(c).get_table_names())
+    store.add_user("alice", "correct horse")
+    _, alice = store.login("alice", "correct horse")
+    site = store.verify(store.link_site(alice, 7, "polaris"))
+    assert site is not None
+    dag_id = (7 << 32) + 1
+    store.ingest(site, "push-dag-1", 1, [{"entity": "dag", "op": "upsert", "id": dag_id, "row": {
+        "id": dag_id, "name": "sweep", "description": "", "spec": json.dumps({"nodes": []}), "created": time.time(),
+        "last_update": time.time(), "version": 1}}])
+    from balsam.relay.backend import RelayBackend
+
+    assert [d["name"] for d in RelayBackend(store, alice).dag_list()] == ["sweep"]
+    store.close()

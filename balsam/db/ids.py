@@ -89,7 +89,7 @@ _ID_COLUMNS = {
     "dag": ("id",),
     "dag_instance": ("id", "dag_id"),
 }
-_OUTBOX_ENTITIES = ("job", "app", "batch_job", "event", "session", "transfer_item", "transfer")
+_OUTBOX_ENTITIES = ("job", "app", "batch_job", "event", "session", "transfer_item", "transfer", "dag", "dag_instance")
 
 
 def _existing(conn: sqlite3.Connection, table: str) -> set:  # type: ignore[type-arg]

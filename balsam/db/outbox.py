@@ -1,8 +1,8 @@
 """The site's outbox: a monotonic log of changed rows that the sync service pushes to a relay (DESIGN.md 6).
 
 Only a site linked to a relay keeps one: :func:`enable` creates triggers that append ``(entity, id, op)`` for
-every insert, update and delete of jobs, BatchJobs, apps and transfer items, whichever door wrote them, so
-nothing can change a row without the relay hearing of it. Events are append-only and carry increasing ids,
+every insert, update and delete of jobs, BatchJobs, apps, transfer items, DAG templates and DAG instances,
+whichever door wrote them, so nothing can change a row without the relay hearing of it. Events are append-only and carry increasing ids,
 so they are pushed from an id cursor instead. An unlinked site has no triggers and pays nothing.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from balsam.db.codec import dumps
 
-ENTITIES = ("job", "batch_job", "app", "transfer_item")
+ENTITIES = ("job", "batch_job", "app", "transfer_item", "dag", "dag_instance")
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 BLOB_COLUMNS = frozenset({"serialized_return_value", "serialized_exception"})
 
@@ -33,15 +33,23 @@ def _triggers(entity: str) -> List[Tuple[str, str]]:
 def enable(conn: sqlite3.Connection) -> int:
     """Start logging changes, and log every existing row once (the relay's first push mirrors the whole site).
     Returns how many rows were logged. Idempotent."""
-    if is_enabled(conn):
-        return 0
-    for entity in ENTITIES:
-        for name, body in _triggers(entity):
-            conn.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
     n = 0
     for entity in ENTITIES:
+        if _logged(conn, entity):
+            continue  # a site linked by an older Balsam gains the entities added since (DAGs) here
+        for name, body in _triggers(entity):
+            conn.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
         n += conn.execute(f"INSERT INTO outbox(entity, entity_id, op, time) SELECT '{entity}', id, 'upsert', {_NOW} FROM {entity}").rowcount
     return n
+
+
+def _logged(conn: sqlite3.Connection, entity: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='trigger' AND name=?", (f"outbox_{entity}_ins",)).fetchone() is not None
+
+
+def complete(conn: sqlite3.Connection) -> int:
+    """On a linked site, log the entities an older Balsam did not (as :func:`enable` does); how many rows."""
+    return enable(conn) if is_enabled(conn) else 0
 
 
 def disable(conn: sqlite3.Connection) -> None:

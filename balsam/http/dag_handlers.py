@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List
 
+from balsam.db.backend import Backend
 from balsam.exceptions import ValidationError
 from balsam.http.handlers import Answer, Call, _body_obj, _int, _need_write
 
@@ -14,8 +15,17 @@ def _states(call: Call) -> List[str]:
     return [v for k, v in call.query if k == "state"]
 
 
+def _scoped(call: Call, site_id: Any) -> Backend:
+    """The backend narrowed to ``site_id`` where a server holds many sites (the relay); a site's own server is
+    one site already."""
+    narrow = getattr(call.backend, "narrow", None)
+    if site_id is None or narrow is None:
+        return call.backend
+    return narrow([_int(site_id, "site_id", 1)])  # type: ignore[no-any-return]
+
+
 def list_dags(call: Call) -> Answer:
-    return 200, {"results": call.backend.dag_list()}
+    return 200, {"results": _scoped(call, call.q1("site_id")).dag_list()}
 
 
 def save_dag(call: Call) -> Answer:
@@ -24,7 +34,7 @@ def save_dag(call: Call) -> Answer:
     name, description, spec = body.get("name"), body.get("description") or "", body.get("spec")
     if not isinstance(name, str) or not isinstance(description, str) or not isinstance(spec, dict):
         raise ValidationError("a DAG needs name (text), spec (an object with nodes) and optionally description (text)")
-    return 200, call.backend.dag_save(name, description, spec)
+    return 200, _scoped(call, body.get("site_id")).dag_save(name, description, spec)
 
 
 def delete_dag(call: Call) -> Answer:
@@ -32,7 +42,7 @@ def delete_dag(call: Call) -> Answer:
     name = call.q1("name")
     if not name:
         raise ValidationError("name: the DAG to delete is required")
-    return 200, {"deleted": call.backend.dag_delete(name)}
+    return 200, {"deleted": _scoped(call, call.q1("site_id")).dag_delete(name)}
 
 
 def instantiate(call: Call) -> Answer:
@@ -43,7 +53,7 @@ def instantiate(call: Call) -> Answer:
         raise ValidationError("instantiate needs name (text) and records (a list of placeholder objects)")
     if len(records) > MAX_RECORDS:
         raise ValidationError(f"at most {MAX_RECORDS} instances per request")
-    return 201, {"instances": call.backend.dag_instantiate(name, records)}
+    return 201, {"instances": _scoped(call, body.get("site_id")).dag_instantiate(name, records)}
 
 
 def list_instances(call: Call) -> Answer:

@@ -251,6 +251,40 @@ class RelayBackend(Backend):
     def sync_app(self, fields: Dict[str, Any], rename_from: Optional[str] = None) -> int:
         raise exc.ServiceError("apps are registered at their site ('balsam app sync' there): app code never travels through the relay")
 
+    # ------------------------------------------------------------------ DAG templates: read from the mirror, written by the site
+    def _one_site(self, what: str) -> int:
+        if len(self.site_ids) != 1:
+            raise exc.ValidationError(f"{what}: name the site (site_id)" if self.site_ids else "no site in scope")
+        return self.site_ids[0]
+
+    def dag_save(self, name: str, description: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+        site = self._one_site("save a DAG")
+        return dict(self.run_command(site, "dag_save", {"name": name, "description": description, "spec": spec}))
+
+    def dag_list(self) -> List[Dict[str, Any]]:
+        with self.store.connect() as c:
+            return mirror.dags(c, self.site_ids)
+
+    def dag_delete(self, name: str) -> int:
+        return int(self.run_command(self._one_site("delete a DAG"), "dag_delete", {"name": name}) or 0)
+
+    def dag_instantiate(self, name: str, records: Sequence[Dict[str, Any]]) -> List[int]:
+        site = self._one_site("instantiate a DAG")
+        return [int(i) for i in self.run_command(site, "dag_instantiate", {"name": name, "records": list(records)}) or []]
+
+    def dag_instances(self, dag_id: int, *, ids: Optional[Sequence[int]] = None, state: Optional[Sequence[str]] = None,
+                      limit: Optional[int] = None, offset: int = 0) -> List[Dict[str, Any]]:
+        with self.store.connect() as c:
+            return mirror.dag_instances(c, self.site_ids, dag_id, ids, state, limit, offset)
+
+    def dag_counts(self, instance_ids: Sequence[int]) -> Dict[int, Dict[str, int]]:
+        with self.store.connect() as c:
+            return mirror.dag_counts(c, self.site_ids, instance_ids)
+
+    def dag_retry(self, instance_id: int) -> int:
+        site = self._owner(int(instance_id), "DAG instance")
+        return int(self.run_command(site, "dag_retry", {"instance_id": int(instance_id)}) or 0)
+
     # ------------------------------------------------------------------ sessions: launchers talk to their site
     def create_session(self, *, host: str, pid: int, batch_job_id: Optional[int], label: str) -> int:
         raise exc.ServiceError("launchers talk to their site's agent, not to the relay")

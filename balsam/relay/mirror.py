@@ -33,6 +33,8 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
     "batch_job": ("id", "site_id", "state", "queue", "project", "scheduler_id", "start_time", "end_time", "created", "version", "row"),
     "app": ("id", "site_id", "name", "version", "row"),
     "transfer_item": ("id", "site_id", "job_id", "state", "direction", "row"),
+    "dag": ("id", "site_id", "name", "version", "row"),
+    "dag_instance": ("id", "site_id", "dag_id", "created", "row"),
 }
 """Each mirror table's columns, in the order :func:`mirror_row` gives them."""
 _LINKS = COLUMNS["job"].index("links")
@@ -72,6 +74,10 @@ def mirror_row(entity: str, row_id: int, site_id: int, row: Dict[str, Any]) -> T
     if entity == "app":
         clean = {k: v for k, v in row.items() if k not in SECRET_APP_COLUMNS}
         return (row_id, site_id, str(g("name") or ""), _int(g("version"), 1), dumps(clean))
+    if entity == "dag":
+        return (row_id, site_id, str(g("name") or ""), _int(g("version"), 1), dumps(row))
+    if entity == "dag_instance":
+        return (row_id, site_id, _int(g("dag_id"), 0), _float(g("created")), dumps(row))
     return (row_id, site_id, _int(g("job_id"), 0), str(g("state") or ""), str(g("direction") or ""), dumps(row))
 
 
@@ -271,8 +277,16 @@ TRANSFER_FILTERS: Dict[str, FilterFn] = {
     "direction": lambda tb, v: tb.c.direction.in_([str(x) for x in _list(v)]),
     "tags": lambda tb, v: _tag_clause(tb, v, "job_id"),
 }
+DAG_FILTERS: Dict[str, FilterFn] = {
+    "id": lambda tb, v: tb.c.id.in_(_ints("id", v)),
+    "name": lambda tb, v: tb.c.name.in_([str(x) for x in _list(v)]),
+}
+DAG_INSTANCE_FILTERS: Dict[str, FilterFn] = {
+    "id": lambda tb, v: tb.c.id.in_(_ints("id", v)),
+    "dag_id": lambda tb, v: tb.c.dag_id.in_(_ints("dag_id", v)),
+}
 FILTERS = {"job": JOB_FILTERS, "event": EVENT_FILTERS, "batch_job": BATCH_JOB_FILTERS, "app": APP_FILTERS,
-           "transfer_item": TRANSFER_FILTERS}
+           "transfer_item": TRANSFER_FILTERS, "dag": DAG_FILTERS, "dag_instance": DAG_INSTANCE_FILTERS}
 DEFAULT_ORDER = {"event": ("-timestamp",)}
 
 
@@ -427,3 +441,62 @@ def events_since(c: Connection, site_id: int, after: Optional[int], limit: int) 
     rows = [tuple(r) for r in c.execute(sa.select(ev.c.id, ev.c.job_id, ev.c.timestamp, ev.c.from_state, ev.c.to_state)
                                         .where(ev.c.id > max(int(after), low - 1), ev.c.id < high).order_by(ev.c.id).limit(limit))]
     return (int(rows[-1][0]) if rows else int(after)), rows
+
+
+# --------------------------------------------------------------------------------------------- DAGs
+def dags(c: Connection, site_ids: Sequence[int]) -> List[Dict[str, Any]]:
+    """The DAG templates of ``site_ids`` as their sites stored them, with ``num_instances``, by name."""
+    inst = sa.select(sa.func.count()).select_from(t.dag_instance).where(t.dag_instance.c.dag_id == t.dag.c.id).scalar_subquery()
+    rows = c.execute(sa.select(t.dag.c.row, inst).where(t.dag.c.site_id.in_([int(s) for s in site_ids]))
+                     .order_by(t.dag.c.name, t.dag.c.id))
+    out = []
+    for text, n in rows:
+        d = json.loads(text)
+        d["spec"] = json.loads(d["spec"]) if isinstance(d.get("spec"), str) else d.get("spec")
+        d["num_instances"] = int(n)
+        out.append(d)
+    return out
+
+
+def _instance_has_state(states: Sequence[str]) -> Clause:
+    """An instance with at least one job in ``states`` (its jobs carry the tag dag_instance=<id>)."""
+    as_text = sa.cast(t.dag_instance.c.id, sa.String)
+    return sa.exists(sa.select(1).select_from(t.job_tag.join(t.job, t.job.c.id == t.job_tag.c.job_id))
+                     .where(t.job_tag.c.key == "dag_instance", t.job_tag.c.value == as_text, t.job.c.state.in_(_states(states))))
+
+
+def dag_instances(c: Connection, site_ids: Sequence[int], dag_id: int, ids: Optional[Sequence[int]], states: Optional[Sequence[str]],
+                  limit: Optional[int], offset: int) -> List[Dict[str, Any]]:
+    """A DAG's instances in id order (none for a DAG of a site not in ``site_ids``)."""
+    di = t.dag_instance
+    q = sa.select(di.c.id, di.c.dag_id, di.c.row, di.c.created).where(
+        di.c.dag_id == int(dag_id), di.c.site_id.in_([int(s) for s in site_ids])).order_by(di.c.id)
+    if ids is not None:
+        q = q.where(di.c.id.in_([int(i) for i in ids]))
+    if states:
+        q = q.where(_instance_has_state(states))
+    if limit is not None:
+        q = q.limit(int(limit)).offset(int(offset))
+    elif offset:
+        q = q.offset(int(offset))
+    out = []
+    for inst_id, d_id, text, created in c.execute(q):
+        params = json.loads(text).get("params")
+        out.append({"id": int(inst_id), "dag_id": int(d_id), "params": json.loads(params) if isinstance(params, str) else params,
+                    "created": created})
+    return out
+
+
+def dag_counts(c: Connection, site_ids: Sequence[int], instance_ids: Sequence[int]) -> Dict[int, Dict[str, int]]:
+    """Jobs by state of each instance (through the relay's tag index); instances of other sites count nothing."""
+    mine = [int(i) for i in instance_ids if site_of(int(i)) in set(int(s) for s in site_ids)]
+    out: Dict[int, Dict[str, int]] = {int(i): {} for i in instance_ids}
+    for start in range(0, len(mine), 10_000):
+        chunk = [str(i) for i in mine[start:start + 10_000]]
+        rows = c.execute(sa.select(t.job_tag.c.value, t.job.c.state, sa.func.count())
+                         .select_from(t.job_tag.join(t.job, t.job.c.id == t.job_tag.c.job_id))
+                         .where(t.job_tag.c.key == "dag_instance", t.job_tag.c.value.in_(chunk))
+                         .group_by(t.job_tag.c.value, t.job.c.state))
+        for value, state, n in rows:
+            out.setdefault(int(value), {})[str(state)] = int(n)
+    return out

@@ -24,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 metadata = MetaData()
 
 user = Table(
@@ -161,6 +161,26 @@ transfer_item = Table(
 )
 Index("relay_transfer_item_job", transfer_item.c.job_id)
 
+dag = Table(
+    "relay_dag", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("site_id", BigInteger, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("row", Text, nullable=False),  # the template (name, description, spec, times) as the site stored it
+)
+Index("relay_dag_site_name", dag.c.site_id, dag.c.name)
+
+dag_instance = Table(
+    "relay_dag_instance", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("site_id", BigInteger, nullable=False),
+    Column("dag_id", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("row", Text, nullable=False),  # its placeholder values (params)
+)
+Index("relay_dag_instance_dag", dag_instance.c.dag_id, dag_instance.c.id)
+
 push = Table(
     "relay_push", metadata,
     Column("submission_id", String(64), primary_key=True),
@@ -190,5 +210,6 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
-MIRRORS = {"job": job, "event": event, "batch_job": batch_job, "app": app, "transfer_item": transfer_item}
+MIRRORS = {"job": job, "event": event, "batch_job": batch_job, "app": app, "transfer_item": transfer_item, "dag": dag,
+           "dag_instance": dag_instance}
 """The site tables the relay mirrors, by the site store's table names."""

@@ -83,6 +83,20 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
         if table not in ("app", "batch_job"):
             raise exc.ValidationError(f"{table} rows cannot be deleted through the relay")
         return backend.delete_rows(table, [int(i) for i in body.get("ids") or []])
+    if kind == "dag_save":
+        spec = body.get("spec")
+        if not isinstance(spec, dict):
+            raise exc.ValidationError("a DAG command needs its spec (an object)")
+        return backend.dag_save(str(body.get("name")), str(body.get("description") or ""), spec)
+    if kind == "dag_delete":
+        return backend.dag_delete(str(body.get("name")))
+    if kind == "dag_instantiate":
+        records = body.get("records")
+        if not isinstance(records, list):
+            raise exc.ValidationError("a DAG instantiation needs its records (a list)")
+        return backend.dag_instantiate(str(body.get("name")), records)
+    if kind == "dag_retry":
+        return backend.dag_retry(int(body.get("instance_id") or 0))
     raise exc.ValidationError(f"unknown command {kind!r}")
 
 
@@ -157,6 +171,10 @@ class SyncService(Service):
 
     # ------------------------------------------------------------------ push
     def run_cycle(self) -> None:
+        if not self._completed:  # a site linked by an older Balsam: log what it did not (DAG templates, instances)
+            with self.site.store.write() as conn:
+                outbox.complete(conn)
+            self._completed = True
         if self._puller is None or not self._puller.is_alive():
             self._puller = threading.Thread(target=self._pull_loop, name="balsam-sync-commands", daemon=True)
             self._puller.start()
