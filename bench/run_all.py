@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_store.py", "bench_launcher.py", "bench_agent.py", "bench_pipeline.py", "bench_cli.py", "bench_zipapp.py",
-           "bench_analytics.py", "bench_scheduler_poll.py", "bench_dag.py", "bench_transfers.py", "bench_relay.py", "bench_dashboard.py",
+           "bench_analytics.py", "bench_scheduler_poll.py", "bench_dag.py", "bench_transfers.py", "bench_relay.py", "bench_relay_live.py", "bench_dashboard.py",
            "bench_http.py"]
 
 
