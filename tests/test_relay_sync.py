@@ -278,8 +278,13 @@ def test_site_id_taken_at_the_relay_moves_to_a_free_one(relay: Relay, tmp_path: 
     mallory = relay.store.user_id("mallory")
     relay.store.link_site(Caller(user_id=mallory, user="mallory", kind="user"), site_id, "hers")
     run(env, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
-    out = run(env, "-m", "balsam", "site", "link", relay.url, "--site", str(root)).stdout
+    run(env, "-m", "balsam", "site", "start", "--site", str(root))
+    try:
+        out = run(env, "-m", "balsam", "site", "link", relay.url, "--site", str(root)).stdout
+    finally:
+        run(env, "-m", "balsam", "site", "stop", "--site", str(root))
     assert f"Site id {site_id} is taken" in out
+    assert "Its agent is running with the old id: restart it to sync (balsam site stop --site polaris" in out
     conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
     new_id = int(conn.execute("SELECT id FROM site").fetchone()[0])
     app_id = int(conn.execute("SELECT id FROM app").fetchone()[0])
