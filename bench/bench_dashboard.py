@@ -192,6 +192,19 @@ def drop_indexes(store: Any) -> None:
         conn.execute(f"DROP TRIGGER IF EXISTS {search.TRIGGER}")
 
 
+def drop_relay_indexes(store: Any) -> List[str]:
+    """The relay as it was before revision 0003's dashboard indexes; the names of those dropped."""
+    import sqlalchemy as sa
+
+    names = ["relay_job_site_last_update", "relay_job_workdir", "relay_job_workdir_trgm"]
+    with store.begin() as c:
+        present = {str(i["name"]) for i in sa.inspect(c).get_indexes("relay_job")}
+        for name in names:
+            if name in present:
+                c.execute(sa.text(f"DROP INDEX {name}"))
+    return [n for n in names if n in present]
+
+
 def add_indexes(store: Any) -> None:
     from balsam.db import search
 
@@ -324,7 +337,15 @@ def main() -> int:
         store, rserver, rbase, rtoken, rbackend = relay_of(site, relay_url)
         print(f"\nrelay ({relay_url.split(':', 1)[0]}) filled with the site's rows in {time.perf_counter() - t0:.1f} s", flush=True)
         try:
-            print_cases("served by the relay", requests_p99(cases(rbackend, rbase, rtoken), rbase, rtoken, args.repeat))
+            rtodo = cases(rbackend, rbase, rtoken)
+            r_with = requests_p99(rtodo, rbase, rtoken, args.repeat)
+            print_cases("served by the relay", r_with)
+            dropped = drop_relay_indexes(store)
+            r_without = requests_p99([c for c in rtodo if c[0] in INDEXED], rbase, rtoken, max(3, args.repeat // 10))
+            print_cases(f"the same, without the relay's dashboard indexes (revision 0002; dropped {', '.join(dropped)})", r_without)
+            for (name, p50, _, local), (_, p50_0, _, local_0) in zip([r for r in r_with if r[0] in INDEXED], r_without):
+                print(f"  {name}: {p50_0 / max(p50, 1e-3):.0f}x faster over HTTP with the index ({p50_0:.0f} -> {p50:.1f} ms), "
+                      f"{local_0 / max(local, 1e-3):.0f}x in-process")
             render("relay", rbase, rtoken, args.renders)
         finally:
             rserver.stop()

@@ -228,6 +228,13 @@ def _tag_clause(table: sa.Table, v: Any, id_col: str = "id") -> Clause:
     return sa.and_(*clauses) if clauses else sa.true()
 
 
+def _workdir_contains(table: sa.Table, value: str) -> Clause:
+    """Jobs whose workdir holds ``value``: the ids found through an index of workdirs (PostgreSQL's trigram
+    index, or a scan of the narrow ``(workdir, id)`` index instead of the wide rows; revision 0003)."""
+    w = table.alias("w")
+    return table.c.id.in_(sa.select(w.c.id).where(w.c.workdir.contains(value, autoescape=True)))
+
+
 JOB_FILTERS: Dict[str, FilterFn] = {
     "id": lambda tb, v: tb.c.id.in_(_ints("id", v)),
     "app_id": lambda tb, v: tb.c.app_id.in_(_ints("app_id", v)),
@@ -237,7 +244,7 @@ JOB_FILTERS: Dict[str, FilterFn] = {
     "state": lambda tb, v: tb.c.state.in_(_states(v)),
     "state__ne": lambda tb, v: tb.c.state.notin_(_states(v)),
     "workdir": lambda tb, v: tb.c.workdir.in_([str(x) for x in _list(v)]),
-    "workdir__contains": lambda tb, v: tb.c.workdir.contains(str(v), autoescape=True),
+    "workdir__contains": lambda tb, v: _workdir_contains(tb, str(v)),
     "tags": _tag_clause,
     "return_code": lambda tb, v: tb.c.return_code == int(v),
     "last_update_before": lambda tb, v: tb.c.last_update < _ts(v),
@@ -312,11 +319,17 @@ def _filtered(table_name: str, filters: Dict[str, Any]) -> Tuple[sa.Table, Claus
 
 def _one_site(table: sa.Table, site_id: int, by_state: bool) -> Clause:
     """One site's rows as its range of row ids (a site's rows are the ids ``site_id << 32 ...``), which the
-    primary key walks in id order; with a state filter also by ``site_id``, so that the ``(site_id, state, id)``
-    index serves it, still in id order. (``site_id`` alone would pick that index and sort the site's rows.)"""
+    primary key walks in id order; with a state filter, or jobs by last update, also by ``site_id``, so that the
+    ``(site_id, state, id)`` or ``(site_id, last_update, id)`` index serves it in the page's order. (``site_id``
+    alone would pick an index and sort the site's rows.)"""
     low = int(site_id) << LOCAL_BITS
     ids = sa.and_(table.c.id >= low, table.c.id < low + (1 << LOCAL_BITS))
     return sa.and_(table.c.site_id == int(site_id), ids) if by_state and "state" in table.c else ids
+
+
+def _by_site(table_name: str, filters: Dict[str, Any], order_by: Sequence[str]) -> bool:
+    """Whether a site's part is best found through a ``(site_id, ...)`` index (see :func:`_one_site`)."""
+    return "state" in filters or (table_name == "job" and bool(order_by) and order_by[0].lstrip("-") == "last_update")
 
 
 DRIVING_FILTERS = frozenset({"id", "tags", "parent_id", "job_id"})
@@ -331,8 +344,8 @@ def order_clauses(table: sa.Table, table_name: str, order_by: Sequence[str]) -> 
         if name not in table.c:
             raise ValidationError(f"cannot order {table_name} by {name!r}")
         out.append(table.c[name].desc() if desc else table.c[name].asc())
-    if not any(f.lstrip("-") == "id" for f in order_by or ()):
-        out.append(table.c.id.asc())
+    if not any(f.lstrip("-") == "id" for f in order_by or ()):  # ties by id, in the last key's direction (as at a site)
+        out.append(table.c.id.desc() if order_by and order_by[-1].startswith("-") else table.c.id.asc())
     return out
 
 
@@ -361,7 +374,7 @@ def select(c: Connection, table_name: str, site_ids: Sequence[int], filters: Dic
     table, clause = _filtered(table_name, filters)
     order = order_clauses(table, table_name, order_by)
     sites = sorted({int(s) for s in site_ids})
-    by_state = "state" in filters
+    by_state = _by_site(table_name, filters, order_by)
     if limit is None or DRIVING_FILTERS & filters.keys() or not sites:
         stmt = sa.select(table).where(table.c.site_id.in_(sites), clause).order_by(*order)
     elif len(sites) == 1:
