@@ -193,7 +193,7 @@ def drop_indexes(store: Any) -> None:
 
 
 def drop_relay_indexes(store: Any) -> List[str]:
-    """The relay as it was before revision 0003's dashboard indexes; the names of those dropped."""
+    """The relay as it was before revision 0004's dashboard indexes; the names of those dropped."""
     import sqlalchemy as sa
 
     names = ["relay_job_site_last_update", "relay_job_workdir", "relay_job_workdir_trgm"]
@@ -342,7 +342,7 @@ def main() -> int:
             print_cases("served by the relay", r_with)
             dropped = drop_relay_indexes(store)
             r_without = requests_p99([c for c in rtodo if c[0] in INDEXED], rbase, rtoken, max(3, args.repeat // 10))
-            print_cases(f"the same, without the relay's dashboard indexes (revision 0002; dropped {', '.join(dropped)})", r_without)
+            print_cases(f"the same, without the relay's dashboard indexes (revision 0003; dropped {', '.join(dropped)})", r_without)
             for (name, p50, _, local), (_, p50_0, _, local_0) in zip([r for r in r_with if r[0] in INDEXED], r_without):
                 print(f"  {name}: {p50_0 / max(p50, 1e-3):.0f}x faster over HTTP with the index ({p50_0:.0f} -> {p50:.1f} ms), "
                       f"{local_0 / max(local, 1e-3):.0f}x in-process")

@@ -160,7 +160,7 @@ def test_pages_across_sites_are_the_pages_of_one_sorted_list(relay: Any) -> None
 
 
 def test_the_dashboards_sort_and_workdir_filter_use_their_indexes(relay: Any) -> None:
-    """Revision 0003: jobs by last update walk (site_id, last_update, id) in order; a workdir substring is found
+    """Revision 0004: jobs by last update walk (site_id, last_update, id) in order; a workdir substring is found
     through an index of workdirs (PostgreSQL: the pg_trgm index; SQLite: the narrow (workdir, id) index, read
     instead of the wide rows)."""
     from balsam.relay.backend import RelayBackend

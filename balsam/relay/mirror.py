@@ -230,7 +230,7 @@ def _tag_clause(table: sa.Table, v: Any, id_col: str = "id") -> Clause:
 
 def _workdir_contains(table: sa.Table, value: str) -> Clause:
     """Jobs whose workdir holds ``value``: the ids found through an index of workdirs (PostgreSQL's trigram
-    index, or a scan of the narrow ``(workdir, id)`` index instead of the wide rows; revision 0003)."""
+    index, or a scan of the narrow ``(workdir, id)`` index instead of the wide rows; revision 0004)."""
     w = table.alias("w")
     return table.c.id.in_(sa.select(w.c.id).where(w.c.workdir.contains(value, autoescape=True)))
 

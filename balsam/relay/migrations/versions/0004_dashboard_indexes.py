@@ -6,8 +6,8 @@
   '%...%'``; where the extension cannot be created (no privilege), and on SQLite, the narrow index
   ``relay_job_workdir (workdir, id)`` is scanned instead of the wide rows.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import logging
@@ -15,8 +15,8 @@ import logging
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 logger = logging.getLogger("balsam.relay")
 
 
