@@ -13,7 +13,7 @@ from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manage
 from balsam.db import fields as field_db
 from balsam.db import jobs as job_db
 from balsam.db import query as q
-from balsam.db.codec import dumps, encode_parameters, loads, unpickle_value
+from balsam.db.codec import dumps, encode_parameters, loads, tags_json, unpickle_value
 from balsam.db.fields import normalize_workdir
 from balsam.db.ids import in_site, site_of
 from balsam.db.jobs import StateChange
@@ -142,6 +142,9 @@ def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
 _RESOURCE_NAMES = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count",
                    "wall_time_min")
 _DEFAULT_RESOURCES = (1, 1, 1, 1, 0, 1, 0)
+_DEFAULT_TYPES = frozenset({(int, int, int, int, int, int, int), (int, int, int, int, float, int, int)})
+"""The types the default resources may come in (``gpus_per_rank`` may be a float): equal values of other types
+(True, 1.0) go through the field checks."""
 _STATES = {s.value: s for s in JobState}
 
 
@@ -157,6 +160,18 @@ def _parent_ids(parents: Any) -> List[int]:
     if isinstance(parents, (list, tuple, set, frozenset)) or hasattr(parents, "__next__"):
         parents = [p.id if isinstance(p, Job) else p for p in parents]
     return field_db.check_parent_ids(parents)
+
+
+def _check_parameter_names(workdir: str, info: AppInfo, keys: Any) -> None:
+    """A new job's parameter names against its app: every required one given, no unknown one (unless run() takes
+    ``**kwargs``)."""
+    if not info.required <= keys:
+        missing = sorted(info.required - keys)
+        raise ValidationError(f"job {workdir!r}: app {info.name} needs parameter {missing[0]!r}")
+    if not info.var_keyword and not keys <= info.parameters.keys():
+        unknown = sorted(keys - info.parameters.keys())
+        known = ", ".join(sorted(info.parameters)) or "none"
+        raise ValidationError(f"job {workdir!r}: app {info.name} has no parameter {unknown[0]!r} (parameters: {known})")
 
 
 class Job(Model):
@@ -256,7 +271,10 @@ class Job(Model):
 
     # ---------------------------------------------------------------- creation
     def _creation_row(self) -> Tuple[Any, ...]:
-        """The job as a new-job tuple (NEW_JOB_COLUMNS) for insert_jobs; cheap checks first, full ones if they fail."""
+        """The job as a new-job tuple (NEW_JOB_COLUMNS) for insert_jobs; cheap checks first, full ones if they fail.
+
+        Bulk creation calls this once per job, so the common case (string tags, default resources, empty data)
+        takes the fewest steps; every value still passes the same checks as the field writer's."""
         d = self.__dict__
         info: AppInfo = d["_app"]
         params = d["parameters"]
@@ -265,39 +283,30 @@ class Job(Model):
         keys = params.keys()
         if not info.required <= keys or (not info.var_keyword and not keys <= info.parameters.keys()):
             info = d["_app"] = _revalidate(info)  # the cached app may be older than the store's
-        if not info.required <= keys:
-            missing = sorted(info.required - keys)
-            raise ValidationError(f"job {d['workdir']!r}: app {info.name} needs parameter {missing[0]!r}")
-        if not info.var_keyword and not keys <= info.parameters.keys():
-            unknown = sorted(keys - info.parameters.keys())
-            known = ", ".join(sorted(info.parameters)) or "none"
-            raise ValidationError(f"job {d['workdir']!r}: app {info.name} has no parameter {unknown[0]!r} (parameters: {known})")
+            _check_parameter_names(d["workdir"], info, keys)
         tags = d["tags"]
-        if type(tags) is not dict:
+        tags_text = tags_json(tags, field_db.MAX_TAG_CHARS) if type(tags) is dict else None
+        if tags_text is None:
             tags = d["tags"] = field_db.check_tags(tags, f"job {d['workdir']!r}: ")
-        for k, v in tags.items():
-            if type(v) is not str or type(k) is not str or not k or len(v) > 255 or len(k) > 255 or not (k + v).isprintable():
-                tags = d["tags"] = field_db.check_tags(tags, f"job {d['workdir']!r}: ")
-                break
-        resources = (d["num_nodes"], d["ranks_per_node"], d["threads_per_rank"], d["threads_per_core"], d["gpus_per_rank"],
-                     d["node_packing_count"], d["wall_time_min"])
-        if resources != _DEFAULT_RESOURCES or not all([type(r) is int for i, r in enumerate(resources) if i != 4]):
+            tags_text = dumps(tags)
+        n, rpn, tpr, tpc, gpr, npc, wall = resources = (
+            d["num_nodes"], d["ranks_per_node"], d["threads_per_rank"], d["threads_per_core"], d["gpus_per_rank"],
+            d["node_packing_count"], d["wall_time_min"])
+        if resources != _DEFAULT_RESOURCES or tuple(map(type, resources)) not in _DEFAULT_TYPES:
             checked = field_db.check_fields(dict(zip(_RESOURCE_NAMES, resources)), f"job {d['workdir']!r}: ")
-            resources = tuple(checked[name] for name in _RESOURCE_NAMES)
-        data, launch_params, parents = d["data"], d["launch_params"], d["parent_ids"]
+            n, rpn, tpr, tpc, gpr, npc, wall = (checked[name] for name in _RESOURCE_NAMES)
+        data, launch_params, parents, cleanup = d["data"], d["launch_params"], d["parent_ids"], d["pending_file_cleanup"]
         if data:
-            data = field_db.check_json_dict("data", data, f"job {d['workdir']!r}: ")
+            data = dumps(field_db.check_json_dict("data", data, f"job {d['workdir']!r}: "))
         if launch_params:
-            launch_params = field_db.check_str_dict("launch_params", launch_params, f"job {d['workdir']!r}: ")
+            launch_params = dumps(field_db.check_str_dict("launch_params", launch_params, f"job {d['workdir']!r}: "))
         if parents:
-            parents = field_db.check_parent_ids(parents, f"job {d['workdir']!r}: ")
-        if d["pending_file_cleanup"] not in (True, False):
-            field_db.check_bool("pending_file_cleanup", d["pending_file_cleanup"], f"job {d['workdir']!r}: ")
+            parents = dumps(field_db.check_parent_ids(parents, f"job {d['workdir']!r}: "))
+        if cleanup not in (True, False):
+            field_db.check_bool("pending_file_cleanup", cleanup, f"job {d['workdir']!r}: ")
         params_text, params_pickled = encode_parameters(params) if params else ("{}", None)
-        return (d["workdir"], info.id, dumps(tags) if tags else "{}", params_text,
-                dumps(data) if data else "{}") + resources[:6] + (
-            dumps(launch_params) if launch_params else "{}", resources[6], dumps(parents) if parents else "[]",
-            1 if d["pending_file_cleanup"] else 0, params_pickled)
+        return (d["workdir"], info.id, tags_text, params_text, data or "{}", n, rpn, tpr, tpc, gpr, npc,
+                launch_params or "{}", wall, parents or "[]", 1 if cleanup else 0, params_pickled)
 
     def validate(self) -> None:
         """Check a new job against its app (required and known parameters), its tags and resources, as
@@ -319,8 +328,7 @@ class Job(Model):
         d["state"] = _STATES[state]
         d["_new_row"] = (t, job_id, state, now)
         d["_row"] = LAZY_ROW
-        if "transfers" in d:
-            del d["transfers"]
+        d.pop("transfers", None)
 
     def _created_by_command(self, detail: Any, result: Any) -> None:
         index, row = detail
@@ -484,6 +492,20 @@ def _checked_versions(group: Sequence[Job]) -> Dict[int, int]:
     return {a: v for a, v in checked.items() if a not in mixed}
 
 
+def _mark_all_created(group: Sequence[Job], rows: Sequence[Tuple[Any, ...]], ids: Sequence[int], states: Sequence[str],
+                      now: float) -> None:
+    """What :meth:`Job._mark_created` does, for every job of a bulk creation in one loop."""
+    lazy, by_name = LAZY_ROW, _STATES
+    for job, row, job_id, state in zip(group, rows, ids, states):
+        d = job.__dict__
+        d["id"] = job_id
+        d["state"] = by_name[state]
+        d["_new_row"] = (row, job_id, state, now)
+        d["_row"] = lazy
+        if "transfers" in d:
+            del d["transfers"]
+
+
 def _insert_rows(conn: Any, group: Sequence[Job], rows: Sequence[Tuple[Any, ...]], now: float) -> None:
     transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
     first, states = job_db.insert_jobs(conn, rows, transfers, now=now, checked_app_versions=_checked_versions(group))
@@ -522,7 +544,8 @@ class JobManager(Manager[Job]):
     def _bulk_create(self, jobs: Sequence[Job]) -> List[Job]:
         groups: Dict[Path, Tuple["SiteRef", List[Job], List[Tuple[Any, ...]]]] = {}
         last_site: Any = None
-        entry: Any = None
+        add_job: Any = None
+        add_row: Any = None
         for job in jobs:
             d = job.__dict__
             if type(job) is not Job and not isinstance(job, Job):
@@ -537,9 +560,10 @@ class JobManager(Manager[Job]):
                 entry = groups.get(site.path)
                 if entry is None:
                     entry = groups[site.path] = (site, [], [])
+                add_job, add_row = entry[1].append, entry[2].append
                 last_site = site
-            entry[1].append(job)
-            entry[2].append(job._creation_row())
+            add_job(job)
+            add_row(job._creation_row())
         for site, group, rows in groups.values():
             transfers = {i: job.__dict__["transfers"] for i, job in enumerate(group) if job.__dict__.get("transfers")}
             if transfers:
@@ -558,8 +582,7 @@ class JobManager(Manager[Job]):
                     job._queue(e.command_id, (i, row))
                 logger.warning("%s", e)
                 continue
-            for i, (job, row) in enumerate(zip(group, rows)):
-                job._mark_created(row, ids[i], states[i], now)
+            _mark_all_created(group, rows, ids, states, now)
         return list(jobs)
 
     def resolve(self, jobs: Sequence[Job]) -> List[Job]:

@@ -40,6 +40,35 @@ def _scalar(v: Any) -> Optional[str]:
     return None
 
 
+def _flat_object(value: Dict[Any, Any]) -> Optional[str]:
+    """JSON text of a non-empty flat dict of str keys to plain scalars (finite floats), written directly; None for
+    any other dict. String values, the common case (tags, most parameters), take the shortest path."""
+    parts = []
+    for k, v in value.items():
+        if type(k) is not str:
+            return None
+        if type(v) is str:
+            parts.append(_quote(k) + ":" + _quote(v))
+            continue
+        text = _scalar(v)
+        if text is None:
+            return None
+        parts.append(_quote(k) + ":" + text)
+    return "{" + ",".join(parts) + "}"
+
+
+def tags_json(tags: Dict[Any, Any], max_chars: int) -> Optional[str]:
+    """JSON text of tags that are plainly valid (non-empty printable str keys to printable str values, each at
+    most ``max_chars``), checked and written in one pass; None when any tag needs the full check (which then
+    refuses it, or converts a number to its string)."""
+    parts = []
+    for k, v in tags.items():
+        if type(v) is not str or type(k) is not str or not k or len(v) > max_chars or len(k) > max_chars or not (k + v).isprintable():
+            return None
+        parts.append(_quote(k) + ":" + _quote(v))
+    return "{" + ",".join(parts) + "}"
+
+
 def dumps(value: Any) -> str:
     """Compact JSON (the form every JSON column holds).
 
@@ -50,13 +79,8 @@ def dumps(value: Any) -> str:
     if t is dict:
         if not value:
             return "{}"
-        parts = []
-        for k, v in value.items():
-            text = _scalar(v)
-            if text is None or type(k) is not str:
-                return _dumps(value)
-            parts.append(_quote(k) + ":" + text)
-        return "{" + ",".join(parts) + "}"
+        text = _flat_object(value)
+        return _dumps(value) if text is None else text
     if t is list and not value:
         return "[]"
     return _dumps(value)
@@ -97,6 +121,9 @@ def encode_parameters(params: Dict[str, Any]) -> Tuple[str, Optional[bytes]]:
     key, so the store can still check names. Only this process's own objects are pickled here: text that came
     from outside is parsed JSON, plain by construction, so nothing outside can reach the pickled column.
     """
+    flat = _flat_object(params) if type(params) is dict and params else None
+    if flat is not None:  # the common case: names to strings and numbers
+        return flat, None
     for k, v in params.items():
         t = type(v)
         if (t is float and (v != v or v in _INFINITIES)) or (t not in _PLAIN_SCALARS and not _is_plain(v, k)):

@@ -36,10 +36,21 @@ NEW_JOB_COLUMNS = (
     "pending_file_cleanup", "parameters_pickled",
 )
 """The layout of a new-job tuple: exactly the values bound to the INSERT (JSON columns as text)."""
+_PARENTS = NEW_JOB_COLUMNS.index("parent_ids")
 _CREATION_FIELDS = frozenset({*RESOURCE_FIELDS, "workdir", "tags", "data", "launch_params", "parent_ids", "pending_file_cleanup"})
 _INSERT_JOB = (
     f"INSERT INTO job({', '.join(NEW_JOB_COLUMNS)}, state, last_update, created) "
     f"VALUES ({','.join('?' * len(NEW_JOB_COLUMNS))}, 'STAGED_IN', {{now}}, {{now}})"
+)
+_SHORT = 4
+"""New-job tuples whose columns past the first four hold the schema's defaults are inserted binding only those four:
+binding a value costs more than SQLite's filling in a default, and bulk creation binds millions."""
+_DEFAULT_TAIL = ("{}", 1, 1, 1, 1, 0, 1, "{}", 0, "[]", 1, None)
+"""The job table's defaults for NEW_JOB_COLUMNS[4:] (data, the resources, launch_params, wall_time_min, parent_ids,
+pending_file_cleanup, parameters_pickled)."""
+_INSERT_JOB_SHORT = (
+    f"INSERT INTO job({', '.join(NEW_JOB_COLUMNS[:_SHORT])}, state, last_update, created) "
+    f"VALUES ({','.join('?' * _SHORT)}, 'STAGED_IN', {{now}}, {{now}})"
 )
 
 
@@ -115,14 +126,17 @@ def insert_jobs(
     first = max(seq[0] if seq else 0, top) + 1
     last = first + len(rows) - 1
     try:
-        conn.executemany(_INSERT_JOB.format(now=repr(float(now))), rows)
+        short = [r[:_SHORT] for r in rows if r[_SHORT:] == _DEFAULT_TAIL]
+        if len(short) == len(rows):  # one statement either way, so job i still gets id first + i
+            conn.executemany(_INSERT_JOB_SHORT.format(now=repr(float(now))), short)
+        else:
+            conn.executemany(_INSERT_JOB.format(now=repr(float(now))), rows)
     except sqlite3.IntegrityError:
         raise_duplicate_workdir(conn, [r[0] for r in rows])
         raise
     span = (first, last)
     states: Dict[int, str] = {}
-    has_parents = conn.execute("SELECT 1 FROM job WHERE id BETWEEN ? AND ? AND parent_ids != '[]' LIMIT 1", span).fetchone()
-    if has_parents:
+    if any([r[_PARENTS] != "[]" for r in rows]):  # the rows as inserted: no need to read them back
         states.update(_link_parents(conn, first, last))
     slotted = {a for a, info in apps.items() if info[2]}
     if transfers or slotted:
