@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from balsam.db import query as q
 from balsam.db.connection import Store
 from balsam.db.jobs import StateChange
+from balsam.db.states import JobState
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 
 Row = Tuple[Any, ...]
@@ -307,7 +308,11 @@ class LocalBackend(Backend):
         now = time.time()
         with self.store.write() as conn:
             first, states = job_db.insert_jobs(conn, rows, transfers, now=now, checked_app_versions=checked_app_versions)
-        return [first + i for i in range(len(rows))], [states.get(i, "STAGED_IN") for i in range(len(rows))], now
+        n = len(rows)
+        initial = [JobState.STAGED_IN.value] * n
+        for i, state in states.items():
+            initial[i] = state
+        return list(range(first, first + n)), initial, now
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
                     changes: Sequence[StateChange] = ()) -> None:

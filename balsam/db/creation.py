@@ -158,13 +158,17 @@ def insert_jobs(
         "WHERE job.id BETWEEN ? AND ? AND job.tags != '{}'",
         span,
     )
-    conn.execute(
-        "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT id, created, 'CREATED', state, "
-        "CASE WHEN state = 'FAILED' THEN (SELECT json_object('message', 'parent job ' || pj.id || ' is ' || pj.state) "
-        "FROM json_each(job.parent_ids) p JOIN job pj ON pj.id = p.value WHERE pj.state IN ('FAILED', 'USER_KILLED') LIMIT 1) END "
-        "FROM job WHERE id BETWEEN ? AND ?",
-        span,
-    )
+    if any([st == S.FAILED.value for st in states.values()]):  # created FAILED: a parent had failed; say which
+        conn.execute(
+            "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT id, created, 'CREATED', state, "
+            "CASE WHEN state = 'FAILED' THEN (SELECT json_object('message', 'parent job ' || pj.id || ' is ' || pj.state) "
+            "FROM json_each(job.parent_ids) p JOIN job pj ON pj.id = p.value WHERE pj.state IN ('FAILED', 'USER_KILLED') LIMIT 1) END "
+            "FROM job WHERE id BETWEEN ? AND ?",
+            span,
+        )
+    else:
+        conn.execute("INSERT INTO event(job_id, timestamp, from_state, to_state) SELECT id, created, 'CREATED', state FROM job "
+                     "WHERE id BETWEEN ? AND ?", span)
     if len(states) < len(rows):
         doorbell.note_states([S.STAGED_IN.value])  # the agent's processing takes them on once this commits
     return first, states
