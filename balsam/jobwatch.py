@@ -24,6 +24,10 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 MODULE = "balsam.jobwatch"
 GRACE_S = 2.0
 READ_PAUSE_S = 0.2
+RESCAN_PAUSES_S = (0.0, 0.1, 0.4)
+"""Looks for processes carrying the launcher's nonce, after these pauses: a job whose spawn was under way when the
+launcher died (glibc's posix_spawn returns only once the child has exec'd) shows its environment only once it
+has exec'd, and may not be in any listed group."""
 NONCE_ENV = "BALSAM_LAUNCHER_NONCE"
 """Set in every job's environment: which launcher started it (inherited by everything the job starts)."""
 JOB_ENV = "BALSAM_JOB_ID"
@@ -138,11 +142,15 @@ def watch(fd: int, grace_s: float = GRACE_S, nonce: Optional[str] = None) -> int
         print(f"balsam watchdog: the launcher is gone; stopping {len(live)} job process group(s): {sorted(live)}", flush=True)
         kill_groups(live, grace_s)
     if nonce:
-        left = marked(nonce)
-        for pid in left:
-            kill_process(pid)
-        if left:
-            print(f"balsam watchdog: killed {len(left)} process(es) the launcher's jobs left: {sorted(left)}", flush=True)
+        killed: Set[int] = set()
+        for pause in RESCAN_PAUSES_S:
+            time.sleep(pause)
+            left = [pid for pid in marked(nonce) if pid not in killed]
+            for pid in left:
+                kill_process(pid)
+            killed.update(left)
+        if killed:
+            print(f"balsam watchdog: killed {len(killed)} process(es) the launcher's jobs left: {sorted(killed)}", flush=True)
     return 0
 
 

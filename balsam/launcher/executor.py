@@ -30,7 +30,7 @@ import selectors
 import signal
 import time
 from pathlib import Path
-from typing import Deque, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 from balsam.launcher import orphans
 from balsam.launcher import spawn as sp
@@ -90,7 +90,7 @@ class Finished:
 
 class _Run:
     __slots__ = ("task", "pid", "worker", "output", "result_path", "spec_path", "pidfd", "mpi", "kill_at", "kill_reason",
-                 "timed_out", "is_python")
+                 "timed_out", "is_python", "announce")
 
     def __init__(self, task: Task, output: str) -> None:
         self.task = task
@@ -105,6 +105,13 @@ class _Run:
         self.kill_reason = ""
         self.timed_out = False
         self.is_python = task.kind == "python"
+        self.announce: Optional[Callable[[float], None]] = None
+
+    def announce_start(self) -> None:
+        """Tell the caller the job starts now (once): called just before the spawn, or when starting failed."""
+        announce, self.announce = self.announce, None
+        if announce is not None:
+            announce(time.time())
 
 
 class Executor:
@@ -204,12 +211,17 @@ class Executor:
             env.update(gpu_visibility_env(self.gpu_env, placement.gpu_ids))
         return env
 
-    def start(self, task: Task, placement: Placement) -> float:
+    def start(self, task: Task, placement: Placement, announce: Optional[Callable[[float], None]] = None) -> float:
         """Start a task on its placement; returns the start time. A task that cannot start ends at once (its
-        Finished comes from the next :meth:`poll`, with the reason in job.out and the error tail)."""
+        Finished comes from the next :meth:`poll`, with the reason in job.out and the error tail).
+
+        ``announce(start_time)`` is called exactly once: right before the process is spawned (so a caller that
+        journals it there leaves the run on record even if it is killed while the child starts), or when the
+        start failed before that."""
         now = time.time()
         output = f"{task.workdir}/{OUTPUT_NAME}"
         run = _Run(task, output)
+        run.announce = announce
         self.runs[task.id] = run
         try:
             self.workdirs.ensure(task.workdir)
@@ -220,6 +232,7 @@ class Executor:
                 return now
             self._start_process(run, placement, job_env, local_single)
         except Exception as exc:
+            run.announce_start()
             self._fail_start(run, exc)
         return now
 
@@ -239,6 +252,7 @@ class Executor:
             run.worker = worker
             run.pid = worker.pid
             try:
+                run.announce_start()
                 self.pool.submit(worker, task.id, app, task.job, task.params, job_env, cpus, run.output)
                 return
             except OSError:
@@ -302,6 +316,7 @@ class Executor:
             # A copy a dead launcher left running must end before this one starts (only a job that ran before
             # can have one: a pid record is written after RECORD_AFTER_S, once its RUNNING is journaled).
             stop_previous(task.workdir, spare=self._by_pid)
+        run.announce_start()
         run.pid = sp.spawn(argv, cwd=task.workdir, env=env, output=run.output)
         self.watchdog.add(run.pid)
         if self._pid_records:

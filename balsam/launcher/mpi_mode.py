@@ -10,6 +10,7 @@ while smaller ones behind it start.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -158,8 +159,10 @@ class MPIMode(LauncherBase):
             self.placements[task.id] = placement
             if task.kind == "python":
                 self.python_jobs.add(task.id)
-            started = self.executor.start(task, placement)
-            self.reporter.running(task.id, started)
+            # RUNNING is journaled just before the spawn: a launcher killed while its child starts (glibc's
+            # posix_spawn waits for the child's exec) still leaves the run on record, so the job is re-run as a
+            # re-run, never twice in silence. A start that fails is reported by the next poll, after RUNNING.
+            self.executor.start(task, placement, announce=functools.partial(self.reporter.running, task.id))
         if skipped:
             backlog.extendleft(reversed(skipped))
         if not backlog:
