@@ -199,12 +199,20 @@ class ApiSettings:
     """The host name clients use (default: this host's name)."""
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
+    """The CA certificate(s) clients verify ``tls_cert`` with (published in ``.balsam/api.json``); default: the
+    certificate file itself (self-signed, or holding its chain up to the CA)."""
     max_body_mb: float = 256.0
     max_connections: int = 1000
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
     clock_skew_s: float = 300.0
+    group_commit: bool = True
+    http_parser: str = "auto"
+    """"auto": httptools when installed (compiled, faster), else h11 (pure Python, in the zipapp); or "h11"."""
+    """Concurrent requests' writes share one SQLite transaction (on one writer thread): many launchers' small
+    status batches and acquires then cost one commit, not one each."""
 
 
 @dataclass

@@ -148,6 +148,9 @@ def check_values(settings: Any) -> None:
     sort_by = settings.launcher.sort_by
     if sort_by is not None and sort_by not in SORT_NAMES:
         raise ConfigError(f"launcher.sort_by: {sort_by!r} is not one of {', '.join(SORT_NAMES)} (or null for Balsam's default)")
+    parser = settings.api.http_parser
+    if parser not in ("auto", "h11", "httptools"):
+        raise ConfigError(f"api.http_parser: {parser!r} is not one of auto, h11, httptools")
     transfers = settings.transfers
     endpoint = getattr(transfers, "globus_endpoint_id", None)
     if endpoint:

@@ -9,13 +9,15 @@
 3. **API reads on a big site**: a paged job listing (100 per page, cursor) and a filtered count (a tag and a
    state) on a site of M jobs, p50 and p99 over HTTP against the same query in-process.
 
-    python bench/bench_http.py [--jobs 10000] [--sim-jobs 20000] [--big 1000000]
+    python bench/bench_http.py [--jobs 10000] [--sim-jobs 20000] [--big 1000000] [--parts 1,2,3]
+    python bench/bench_http.py --against main   # part 2 before (main) and after (this tree), in one run
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -207,6 +209,40 @@ def reads(ref: Any, big: int, rounds: int) -> Dict[str, Tuple[float, float]]:
     return {k: _percentiles(v) for k, v in out.items()}
 
 
+_SIM_LINE = re.compile(r"^\s*(\d+) launchers:\s+([\d.]+) jobs/s, p99 acquire\s+([\d.]+) ms", re.M)
+
+
+def against(ref: str, launchers: List[int], sim_jobs: int, rounds: int) -> None:
+    """Part 2 for git ``ref`` (the code before a change) and for this tree, alternating in one run (each in a fresh
+    process with a fresh site and agent): the same load meets both, whatever else the machine is doing."""
+    tmp = Path(tempfile.mkdtemp(prefix="balsam-bench-ref-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        trees = {"before": tmp, "after": REPO}
+        print(f"2. simulated launchers, {ref} (before) against this tree (after), alternating, {sim_jobs} jobs each:", flush=True)
+        for k in launchers:
+            got: Dict[str, List[Tuple[float, float]]] = {"before": [], "after": []}
+            for _ in range(rounds):
+                for name, tree in trees.items():
+                    argv = [sys.executable, str(tree / "bench" / "bench_http.py"), "--launchers", str(k), "--sim-jobs", str(sim_jobs),
+                            "--jobs", "200", "--big", "0"]
+                    env = dict(os.environ, PYTHONPATH=str(tree))
+                    out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=str(tree))
+                    m = _SIM_LINE.search(out.stdout)
+                    if m is None:
+                        raise SystemExit(f"the {name} run failed:\n{out.stdout}\n{out.stderr[-2000:]}")
+                    got[name].append((float(m.group(2)), float(m.group(3))))
+            b_rate = statistics.median(r for r, _ in got["before"])
+            a_rate = statistics.median(r for r, _ in got["after"])
+            b_p99 = statistics.median(p for _, p in got["before"])
+            a_p99 = statistics.median(p for _, p in got["after"])
+            print(f"   {k:4d} launchers: before {b_rate:7.0f} jobs/s p99 {b_p99:7.1f} ms | after {a_rate:7.0f} jobs/s p99 {a_p99:7.1f} ms"
+                  f" | throughput x{a_rate / b_rate:.2f}, p99 x{a_p99 / b_p99:.2f}  (load average {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the launcher pipeline")
@@ -214,7 +250,13 @@ def main() -> None:
     parser.add_argument("--launchers", default="1,16,64,256")
     parser.add_argument("--big", type=int, default=1_000_000, help="jobs on the big site for the read benchmark")
     parser.add_argument("--reads", type=int, default=30, help="rounds of reads (10 pages and one count each)")
+    parser.add_argument("--parts", default="1,2,3", help="which measurements to run (1: launcher pipeline, 2: simulated, 3: reads)")
+    parser.add_argument("--against", default="", help="a git ref: part 2 for that code and this tree, alternating")
+    parser.add_argument("--rounds", type=int, default=1, help="with --against: runs of each (the median is shown)")
     args = parser.parse_args()
+    if args.against:
+        against(args.against, [int(x) for x in args.launchers.split(",")], args.sim_jobs, args.rounds)
+        return
     cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="balsam-bench-http-"))
     from balsam.services.agent import start_agent, stop_agent
@@ -222,20 +264,25 @@ def main() -> None:
     try:
         ref = _setup(tmp, "bench")
         start_agent(ref.path)
+        if os.environ.get("BENCH_AGENT_PID_FILE"):  # for a profiler: the agent's pid
+            Path(os.environ["BENCH_AGENT_PID_FILE"]).write_text((ref.path / ".balsam" / "agent.pid").read_text())
         try:
             print(f"{cores} cores; the site agent serves {ref.path}", flush=True)
-            home = pipeline(ref, args.jobs, "home", "")
-            foreign = pipeline(ref, args.jobs, "foreign", FOREIGN)
-            base = xargs(ref, args.jobs, cores, "home")
-            print(f"1. {args.jobs} no-op jobs: launcher on the home host {home:.0f} jobs/s, on a foreign host through the API "
-                  f"{foreign:.0f} jobs/s, xargs -P {cores} {base:.0f} jobs/s")
-            print(f"   ratios: foreign/home = {foreign / home:.2f} (aim >= 0.9), foreign/xargs = {foreign / base:.2f}, "
-                  f"home/xargs = {home / base:.2f}", flush=True)
-            print("2. simulated launchers against one agent:")
-            for k in [int(x) for x in args.launchers.split(",")]:
-                rate, p99 = simulate(ref, args.sim_jobs, k, f"sim{k}")
-                print(f"   {k:4d} launchers: {rate:8.0f} jobs/s, p99 acquire {p99 * 1000:7.1f} ms", flush=True)
-            if args.big:
+            parts = set(args.parts.split(","))
+            if "1" in parts:
+                home = pipeline(ref, args.jobs, "home", "")
+                foreign = pipeline(ref, args.jobs, "foreign", FOREIGN)
+                base = xargs(ref, args.jobs, cores, "home")
+                print(f"1. {args.jobs} no-op jobs: launcher on the home host {home:.0f} jobs/s, on a foreign host through the API "
+                      f"{foreign:.0f} jobs/s, xargs -P {cores} {base:.0f} jobs/s")
+                print(f"   ratios: foreign/home = {foreign / home:.2f} (aim >= 0.9), foreign/xargs = {foreign / base:.2f}, "
+                      f"home/xargs = {home / base:.2f}", flush=True)
+            if "2" in parts:
+                print("2. simulated launchers against one agent:")
+                for k in [int(x) for x in args.launchers.split(",")]:
+                    rate, p99 = simulate(ref, args.sim_jobs, k, f"sim{k}")
+                    print(f"   {k:4d} launchers: {rate:8.0f} jobs/s, p99 acquire {p99 * 1000:7.1f} ms", flush=True)
+            if args.big and "3" in parts:
                 big = _setup(tmp, "big")
                 stop_agent(ref.path)
                 start_agent(big.path)

@@ -83,6 +83,8 @@ class HomeSiteRef(_sites.SiteRef):
 
 
 _home_stores: Dict[Path, Any] = {}
+_running_servers: Dict[Path, Any] = {}
+"""The agent API server of each ``site`` fixture on the "http" backend (a test may restart it)."""
 
 
 @pytest.fixture
@@ -99,7 +101,7 @@ def site(site_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     from balsam.services.api_server import start_api_server
     from balsam.settings import ApiSettings
 
-    server = start_api_server(ref.path, ref.store, ApiSettings(bind="127.0.0.1"), host=ref.host)
+    _running_servers[ref.path] = start_api_server(ref.path, ref.store, ApiSettings(bind="127.0.0.1"), host=ref.host)
     monkeypatch.setenv("BALSAM_HOSTNAME", FOREIGN_HOST)
     _sites.reset()
     assert _sites.resolve("test-site").backend.kind == "http"
@@ -107,7 +109,7 @@ def site(site_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> Iter
         yield HomeSiteRef(ref.id, ref.name, ref.path, ref.host)
     finally:
         _sites.reset()
-        server.stop()
+        _running_servers.pop(ref.path).stop()
         for store in _home_stores.values():
             store.close()
         _home_stores.clear()

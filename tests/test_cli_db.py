@@ -14,13 +14,18 @@ import pytest
 from balsam.api import Job
 from tests.cli_helpers import fails, invoke, ok
 
+HOME_AND_FOREIGN = pytest.mark.parametrize("backend", ["local", "http"], indirect=True)
+"""On the site's home host, and from another host (check, backup and vacuum then run in the site's agent)."""
 
+
+@HOME_AND_FOREIGN
 def test_check_a_healthy_db(site: Any, hello: Any) -> None:
     hello.submit("a", say_hello_to="x", tags={"k": "v"})
     assert ": ok (integrity and consistency)" in ok("db", "check").stdout
     assert json.loads(ok("db", "check", "--json").stdout)["problems"] == []
 
 
+@HOME_AND_FOREIGN
 def test_check_finds_and_fixes_inconsistencies(site: Any, hello: Any) -> None:
     parent = hello.submit("p", say_hello_to="x", tags={"k": "v"})
     child = hello.submit("c", say_hello_to="x", tags={"k": "v"}, parent_ids=[parent.id])
@@ -44,6 +49,7 @@ def test_check_finds_and_fixes_inconsistencies(site: Any, hello: Any) -> None:
     assert child.state == "FAILED"  # the repaired parent link carries the cascade again
 
 
+@HOME_AND_FOREIGN
 def test_check_reports_what_it_cannot_fix(site: Any, hello: Any) -> None:
     hello.submit("a", say_hello_to="x")
     with site.store.write() as conn:
@@ -52,6 +58,7 @@ def test_check_reports_what_it_cannot_fix(site: Any, hello: Any) -> None:
     assert "1 kinds of problems remain" in err
 
 
+@HOME_AND_FOREIGN
 def test_backup_while_writing(site: Any, hello: Any, tmp_path: Path) -> None:
     hello.submit("first", say_hello_to="x")
     stop = threading.Event()
@@ -84,6 +91,7 @@ def test_backup_while_writing(site: Any, hello: Any, tmp_path: Path) -> None:
     assert "no such directory" in fails("db", "backup", tmp_path / "nope" / "x.db", code=2)
 
 
+@HOME_AND_FOREIGN
 def test_vacuum(site: Any, hello: Any) -> None:
     for i in range(50):
         hello.submit(f"j/{i}", say_hello_to="x" * 500)
@@ -215,3 +223,17 @@ def test_site_ls_does_not_call_a_damaged_site_ok(site: Any, tmp_path: Path) -> N
     line = next(ln for ln in listing.splitlines() if " other " in ln)
     assert " ok " not in line and ("damaged" in line or "error" in line)
     assert "balsam db check" in json.dumps(json.loads(ok("site", "ls", "--json").stdout))
+
+
+@pytest.mark.parametrize("backend", ["http"], indirect=True)
+def test_what_replaces_the_db_is_refused_away_from_home_naming_the_home_host(site: Any, hello: Any) -> None:
+    from balsam.api import Site
+    from balsam.exceptions import ForeignHostError
+
+    home = site.host
+    for args in (("db", "recover", "--site", site.path), ("db", "migrate", "--site", site.path), ("site", "rm", site.path, "-f")):
+        err = fails(*args, code=ForeignHostError.exit_code)
+        assert f"only on its home host {home!r}" in err and "balsam site stop" in err, err
+    with pytest.raises(ForeignHostError, match=f"only on its home host {home!r}"):
+        Site.objects.get(name="test-site").delete()
+    assert (site.path / ".balsam" / "site.db").exists() and Job.objects.count() == 0

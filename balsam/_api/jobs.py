@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 _DONE_NAMES = tuple(sorted(s.value for s in DONE_STATES))
+STREAM_RECHECK_S = 30.0
+"""Waiting on a change stream, every job still pending is re-read this often anyway (a missed message costs that)."""
 
 
 class JobFailed(BalsamError):
@@ -691,13 +693,37 @@ class JobManager(Manager[Job]):
         return out
 
     def _poll(self, jobs: Sequence[Job], timeout: Optional[float], poll_interval: Optional[float]) -> Iterator[List[Job]]:
-        """Yield batches of newly finished jobs until all are done or the timeout passes."""
+        """Yield batches of newly finished jobs until all are done or the timeout passes.
+
+        A site reached through its agent's API is followed on its change stream (the /v1/ws WebSocket): the
+        stream names jobs that changed, which are then re-read (a message is a hint, the signed read is the
+        truth), with a full re-read when the stream had a gap and every ``STREAM_RECHECK_S``. A site without a
+        stream (home host: a cheap change counter; a server without the stream) is polled; so is every site when
+        ``poll_interval`` is given.
+        """
         for job in jobs:
             if job._is_new:
                 raise ValidationError("save the job before waiting on it")
         pending = {(job.site_id, job.id): job for job in jobs}
         deadline = None if timeout is None else time.monotonic() + timeout
         sites = {job.__dict__["_site"].path: job.__dict__["_site"] for job in jobs}
+        streams: Dict[Path, Any] = {}
+        if poll_interval is None:
+            for p, s in sites.items():
+                stream = s.backend.watch() if s.backend.data_version() is None else None
+                if stream is not None:
+                    streams[p] = stream
+        try:
+            if streams and len(streams) == len(sites):
+                yield from self._follow(pending, sites, streams, deadline)
+                return
+            yield from self._poll_rounds(pending, sites, deadline, poll_interval)
+        finally:
+            for stream in streams.values():
+                stream.close()
+
+    def _poll_rounds(self, pending: Dict[Tuple[Any, Any], Job], sites: Dict[Path, "SiteRef"], deadline: Optional[float],
+                     poll_interval: Optional[float]) -> Iterator[List[Job]]:
         versions: Dict[Path, int] = {}
         delay = 0.02
         while pending:
@@ -706,10 +732,8 @@ class JobManager(Manager[Job]):
             for s in changed:
                 versions[s.path] = now_versions[s.path] or 0
             if changed or not versions:
-                done_keys = self._done_ids(list(pending.values()))
-                finished = [pending.pop(k) for k in list(pending) if k in done_keys]
+                finished = self._take_done(pending, list(pending.values()))
                 if finished:
-                    self.bulk_refresh(finished)
                     yield finished
                     delay = 0.02
                     continue
@@ -722,6 +746,62 @@ class JobManager(Manager[Job]):
                 step = min(step, max(deadline - time.monotonic(), 0))
             time.sleep(step)
             delay = min(delay * 1.5, 1.0)
+
+    def _take_done(self, pending: Dict[Tuple[Any, Any], Job], candidates: List[Job]) -> List[Job]:
+        """The candidates that are done now (removed from ``pending``, refreshed)."""
+        done_keys = self._done_ids(candidates)
+        finished = [pending.pop(k) for k in [(j.site_id, j.id) for j in candidates] if k in done_keys and k in pending]
+        if finished:
+            self.bulk_refresh(finished)
+        return finished
+
+    def _follow(self, pending: Dict[Tuple[Any, Any], Job], sites: Dict[Path, "SiteRef"], streams: Dict[Path, Any],
+                deadline: Optional[float]) -> Iterator[List[Job]]:
+        """``_poll`` over change streams (every site has one): re-read only the jobs a stream says reached a final
+        state; everything after a gap or a quiet ``STREAM_RECHECK_S``."""
+        recheck = True
+        hinted: Set[Tuple[Any, Any]] = set()
+        reopen: Set[Path] = set()
+        last_full = time.monotonic()
+        while pending:
+            for path in list(reopen):  # a stream that ended (an agent restart): a new one, then everything is re-read
+                fresh = sites[path].backend.watch()
+                if fresh is None:  # no stream to be had: poll from here on
+                    yield from self._poll_rounds(pending, sites, deadline, None)
+                    return
+                streams[path] = fresh
+                reopen.discard(path)
+            if recheck:
+                candidates = list(pending.values())
+                last_full = time.monotonic()
+                recheck = False
+            else:
+                candidates = [pending[k] for k in hinted if k in pending]
+            hinted.clear()
+            if candidates:
+                finished = self._take_done(pending, candidates)
+                if finished:
+                    yield finished
+                    continue
+            if not pending:
+                return
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            step = max(0.0, last_full + STREAM_RECHECK_S - now)
+            if deadline is not None:
+                step = min(step, deadline - now)
+            step /= len(streams)
+            for path, stream in list(streams.items()):
+                site_id = sites[path].id
+                changes, gap = stream.wait(step)
+                hinted.update((site_id, job_id) for job_id, state in changes if state in _DONE_NAMES)
+                if gap:
+                    recheck = True
+                    stream.close()
+                    reopen.add(path)
+            if time.monotonic() >= last_full + STREAM_RECHECK_S:
+                recheck = True
 
     def wait(
         self,

@@ -118,9 +118,10 @@ class Site(Model):
 
     def delete(self) -> None:
         """Remove the site: its directory (jobs, data, logs) and its registry entry."""
-        from balsam.site import Registry
+        from balsam.site import Registry, refuse_away_from_home
 
         site = self.__dict__["_site"]
+        refuse_away_from_home(site.layout, "deleted")
         from balsam.db.job_reads import count_held
 
         with site.store.read() as conn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import click
 
@@ -11,6 +11,7 @@ from balsam.cli._common import CLIError, echo_json, json_option, one_site, site_
 
 if TYPE_CHECKING:
     from balsam.db import Store
+    from balsam.db.maintenance import Problem
 
 _site_option = site_option("The site (default: the current site).")
 
@@ -22,6 +23,9 @@ def _mb(n: int) -> str:
 @click.group()
 def db() -> None:
     """Check, back up, compact and migrate a site's database.
+
+    From another host than the site's home, check, backup and vacuum run in the site's agent; recover and
+    migrate replace the DB under a stopped agent, so they run only on the home host.
 
     \b
     Examples:
@@ -51,6 +55,12 @@ def db_check(fix: bool, sites: Sequence[str], as_json: bool) -> None:
 
     try:
         ref = one_site(sites, "db check")
+        if not ref.is_home:  # the agent checks it on the home host
+            with working(f"Checking site {ref.name} (through its agent):", enabled=not as_json):
+                answer = ref.backend.db_check(fix)
+            found, fixed, left = ([maintenance.Problem(**p) for p in answer[k]] for k in ("problems", "fixed", "remaining"))
+            _report(ref.name, str(answer["db"]), found, fixed, left, None, fix, as_json)
+            return
         store, name = ref.store, ref.name
     except (StoreError, sqlite3.DatabaseError):  # a damaged DB can always be checked: open the file itself
         root = _root_without_opening(sites, "db check")
@@ -69,23 +79,31 @@ def db_check(fix: bool, sites: Sequence[str], as_json: bool) -> None:
             salvage = f"nothing ({exc})"
     fixed = maintenance.repair(store) if fix and not damaged and any(p.fixable for p in problems) else []
     remaining = maintenance.check(store.conn) if fixed else problems
+    _report(name, str(store.db_path), problems, fixed, remaining, salvage, fix, as_json)
+
+
+def _report(name: str, db_path: str, problems: List["Problem"], fixed: List["Problem"], remaining: List["Problem"],
+            salvage: Optional[str], fix: bool, as_json: bool) -> None:
+    """What ``db check`` found (and fixed); exit 1 if problems remain."""
     if as_json:
-        echo_json({"site": name, "db": str(store.db_path), "problems": [vars(p) for p in problems],
+        echo_json({"site": name, "db": db_path, "problems": [vars(p) for p in problems],
                    "fixed": [vars(p) for p in fixed], "remaining": [vars(p) for p in remaining], "recoverable": salvage})
     else:
         if not problems:
-            click.echo(f"{store.db_path}: ok (integrity and consistency)")
+            click.echo(f"{db_path}: ok (integrity and consistency)")
         for p in problems:
             click.echo(f"problem: {p}" + ("" if p.fixable else " [not repairable by --fix]"))
         for p in fixed:
             click.echo(f"fixed: {p.name} ({p.count})")
         if salvage is not None:
-            click.echo(f"recoverable: {salvage}. Run 'balsam db recover --site {store.db_path.parent.parent}' to rebuild "
+            click.echo(f"recoverable: {salvage}. Run 'balsam db recover --site {Path(db_path).parent.parent}' to rebuild "
                        "the DB from them (the damaged file is kept).")
         elif remaining and not fix and any(p.fixable for p in remaining):
             click.echo("Run 'balsam db check --fix' to repair.")
+        elif any(p.name == "integrity" for p in remaining):
+            click.echo(f"The DB is damaged: on its home host, stop the agent and run 'balsam db recover --site {Path(db_path).parent.parent}'.")
     if remaining:
-        raise CLIError(f"{len(remaining)} kinds of problems remain in {store.db_path}", 1)
+        raise CLIError(f"{len(remaining)} kinds of problems remain in {db_path}", 1)
 
 
 @db.command("recover")
@@ -101,10 +119,11 @@ def db_recover(python_only: bool, sites: Sequence[str]) -> None:
       balsam site stop && balsam db recover && balsam db check
     """
     from balsam.db import maintenance, open_store, recover
-    from balsam.site import SiteLayout, agent_running, this_host
+    from balsam.site import SiteLayout, agent_running, refuse_away_from_home, this_host
 
     root = _root_without_opening(sites, "db recover")
     layout = SiteLayout(root)
+    refuse_away_from_home(layout, "recovered")
     why = agent_running(layout)
     if why:
         raise CLIError(f"the site agent is running ({why}): stop it first with 'balsam site stop --site {root}'", 2)
@@ -140,6 +159,15 @@ def db_backup(dest: Path, force: bool, sites: Sequence[str]) -> None:
     from balsam.db import maintenance
 
     ref = one_site(sites, "db backup")
+    if not ref.is_home:  # the agent copies it (dest as seen from the home host: a shared filesystem's path)
+        if dest.exists() and not dest.is_dir() and not force:
+            raise CLIError(f"{dest} exists; pass --force to overwrite it", 1)
+        if not dest.is_dir() and not dest.parent.is_dir():
+            raise CLIError(f"{dest.parent}: no such directory", 2)
+        with working(f"Backing up site {ref.name} (through its agent):"):
+            answer = ref.backend.db_backup(str(dest.expanduser().resolve()), force)
+        click.echo(f"Backed up site {ref.name} to {answer['path']} ({_mb(int(answer['bytes']))})")
+        return
     if dest.is_dir():
         dest = dest / f"{ref.name}-{time.strftime('%Y%m%d-%H%M%S')}.db"
     if dest.exists() and not force:
@@ -169,6 +197,10 @@ def db_vacuum(sites: Sequence[str]) -> None:
     from balsam.db import maintenance
 
     ref = one_site(sites, "db vacuum")
+    if not ref.is_home:  # the agent compacts it on the home host
+        answer = ref.backend.db_vacuum()
+        click.echo(f"Compacted {answer['db']}: {_mb(int(answer['before']))} -> {_mb(int(answer['after']))}")
+        return
     before, after = maintenance.vacuum(ref.store)
     click.echo(f"Compacted {ref.store.db_path}: {_mb(before)} -> {_mb(after)}")
 
@@ -217,9 +249,10 @@ def db_migrate(dry_run: bool, sites: Sequence[str]) -> None:
     """
     from balsam._api import sites as _sites
     from balsam.db import maintenance, open_store
-    from balsam.site import this_host
+    from balsam.site import SiteLayout, refuse_away_from_home, this_host
 
     root = _root_without_opening(sites)
+    refuse_away_from_home(SiteLayout(root), "migrated")
     store = open_store(root, this_host())
     version, current, pending = maintenance.schema_status(store)
     if version > current:

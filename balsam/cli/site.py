@@ -261,12 +261,13 @@ def site_rm(path: str, yes: bool) -> None:
     Example:
       balsam site rm ./old-site -f
     """
-    from balsam.site import SiteLayout, remove_site, site_job_count
+    from balsam.site import SiteLayout, refuse_away_from_home, remove_site, site_job_count
 
     root = _site_root(path)
     layout = SiteLayout(root)
     detail = "its registration"
     if layout.is_site():
+        refuse_away_from_home(layout, "removed")
         njobs = site_job_count(root)
         detail = f"{njobs} jobs and everything under it"
     confirm(f"Delete the site at {root} ({detail})?", yes, f"not deleting {root} without confirmation")

@@ -73,6 +73,15 @@ class Backend(ABC):
                limit: Optional[int] = None, offset: int = 0) -> List[Row]:
         """Rows of ``columns`` matching Balsam filter keywords, ordered and paged."""
 
+    keyset = False
+    """Whether :meth:`page` resumes from a row's order values (else listings page by offset)."""
+
+    def page(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (), limit: int,
+             after: Optional[Sequence[Any]] = None, offset: int = 0) -> Tuple[List[Row], Optional[List[Any]]]:
+        """One page of ``limit`` rows in order, after the row whose order values (``balsam.db.query.order_terms``)
+        are ``after``: (rows, the order values of the page's last row when more follow, else None)."""
+        raise ValidationError(f"keyset paging is not available through a {self.kind} backend")
+
     @abstractmethod
     def count(self, table: str, filters: Dict[str, Any]) -> int:
         """How many rows match."""
@@ -92,6 +101,11 @@ class Backend(ABC):
     @abstractmethod
     def data_version(self) -> Optional[int]:
         """A number that changes when anything is committed (None when it cannot be had cheaply)."""
+
+    def watch(self) -> Optional[Any]:
+        """A stream of job state changes to wait on (``wait(timeout) -> (changes, gap)``, ``close()``), or None when
+        this backend has none (waiting then polls; ``data_version`` makes that cheap on the home host)."""
+        return None
 
     @abstractmethod
     def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
@@ -187,6 +201,20 @@ class Backend(ABC):
         rejection "error" (the site's refusal as a BalsamError)}. Only a relay queues writes."""
         raise ObjectDoesNotExist(f"no queued command {command_id}: only writes made through a relay are queued")
 
+    # ------------------------------------------------------------------ maintenance (balsam.db.maintenance)
+    def db_check(self, fix: bool = False) -> Dict[str, Any]:
+        """SQLite integrity and the store's consistency: {"db", "problems", "fixed", "remaining"} (lists of
+        {name, count, description, fixable}); with ``fix``, what can be repaired is, in one transaction."""
+        raise ValidationError(f"the DB cannot be checked through a {self.kind} backend")
+
+    def db_backup(self, dest: str, force: bool = False) -> Dict[str, Any]:
+        """An online copy of the DB at ``dest`` (a file, or a directory to name it in): {"path", "bytes"}."""
+        raise ValidationError(f"the DB cannot be backed up through a {self.kind} backend")
+
+    def db_vacuum(self) -> Dict[str, Any]:
+        """Compact the DB: {"db", "before", "after"} in bytes."""
+        raise ValidationError(f"the DB cannot be compacted through a {self.kind} backend")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -211,6 +239,13 @@ class LocalBackend(Backend):
     def select(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
                limit: Optional[int] = None, offset: int = 0) -> List[Row]:
         return q.select(self.store.conn, spec_for(table), filters, columns=columns, order_by=order_by, limit=limit, offset=offset)
+
+    keyset = True
+
+    def page(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (), limit: int,
+             after: Optional[Sequence[Any]] = None, offset: int = 0) -> Tuple[List[Row], Optional[List[Any]]]:
+        return q.page(self.store.conn, spec_for(table), filters, columns=columns, order_by=order_by, limit=limit, after=after,
+                      offset=offset)
 
     def count(self, table: str, filters: Dict[str, Any]) -> int:
         return q.count(self.store.conn, spec_for(table), filters)
@@ -449,7 +484,9 @@ class LocalBackend(Backend):
         with self.store.write() as conn:
             sessions.tick(conn, session_id)
 
-    def acquire(self, session_id: int, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
+    def acquire(self, session_id: int, max_num_jobs: int, wait_s: float = 0.0, *, json_text: bool = False,
+                **constraints: Any) -> List[Dict[str, Any]]:
+        """(``json_text``: the JSON columns as stored text, for a server that passes them on as they are.)"""
         from balsam.db import sessions
 
         unknown = set(constraints) - ACQUIRE_CONSTRAINTS
@@ -459,7 +496,7 @@ class LocalBackend(Backend):
         while True:
             with self.store.write() as conn:
                 sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host)
-                jobs = sessions.acquire(conn, session_id, max_num_jobs=max_num_jobs, **constraints)
+                jobs = sessions.acquire(conn, session_id, max_num_jobs=max_num_jobs, json_text=json_text, **constraints)
             if jobs or time.monotonic() >= deadline:
                 return jobs
             version = self.store.data_version()
@@ -471,6 +508,40 @@ class LocalBackend(Backend):
 
         with self.store.write() as conn:
             return int(sessions.release(conn, session_id))
+
+    # ------------------------------------------------------------------ maintenance
+    def db_check(self, fix: bool = False) -> Dict[str, Any]:
+        from balsam.db import maintenance
+
+        problems = maintenance.check(self.store.conn)
+        damaged = any(p.name == "integrity" for p in problems)
+        fixed = maintenance.repair(self.store) if fix and not damaged and any(p.fixable for p in problems) else []
+        remaining = maintenance.check(self.store.conn) if fixed else problems
+        return {"db": str(self.store.db_path), "problems": [vars(p) for p in problems], "fixed": [vars(p) for p in fixed],
+                "remaining": [vars(p) for p in remaining]}
+
+    def db_backup(self, dest: str, force: bool = False) -> Dict[str, Any]:
+        from pathlib import Path
+
+        from balsam.db import maintenance
+
+        target = Path(dest)
+        if not target.is_absolute():
+            raise ValidationError(f"dest: {dest!r} must be an absolute path (it is written by the site's agent)")
+        if target.is_dir():
+            name = self.store.get_meta("site_name") or "site"
+            target = target / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.db"
+        if target.exists() and not force:
+            raise ValidationError(f"{target} exists; pass force to overwrite it")
+        if not target.parent.is_dir():
+            raise ValidationError(f"{target.parent}: no such directory")
+        return {"path": str(target), "bytes": maintenance.backup(self.store, target)}
+
+    def db_vacuum(self) -> Dict[str, Any]:
+        from balsam.db import maintenance
+
+        before, after = maintenance.vacuum(self.store)
+        return {"db": str(self.store.db_path), "before": before, "after": after}
 
     # ------------------------------------------------------------------ exactly-once answers (HTTP)
     def once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from balsam.db import search
 from balsam.db.codec import dumps
@@ -384,9 +384,9 @@ def plan(
     return source, (" AND ".join(f"({c})" for c in clauses) if clauses else "1"), params
 
 
-def order_clause(spec: TableSpec, order_by: Sequence[str]) -> str:
-    """ORDER BY terms for ``order_by`` (``-field`` is descending), with id as the tie-breaker."""
-    terms: List[str] = []
+def order_terms(spec: TableSpec, order_by: Sequence[str]) -> List[Tuple[str, bool]]:
+    """(column, descending) for ``order_by`` (``-field`` is descending), with id as the tie-breaker."""
+    terms: List[Tuple[str, bool]] = []
     keys = list(order_by) or list(spec.default_order)
     for key in keys:
         desc = key.startswith("-")
@@ -394,11 +394,97 @@ def order_clause(spec: TableSpec, order_by: Sequence[str]) -> str:
         col = spec.order_fields.get(name)
         if col is None:
             raise ValidationError(f"cannot order {spec.noun} by {name!r} (valid: {', '.join(sorted(spec.order_fields))})")
-        terms.append(f"{col} {'DESC' if desc else 'ASC'}")
-    if not any(k.lstrip("-+") == "id" for k in keys):
-        last_desc = keys[-1].startswith("-")
-        terms.append(f"id {'DESC' if last_desc else 'ASC'}")
-    return ", ".join(terms)
+        terms.append((col, desc))
+        if col == "id":
+            break  # id is unique: later terms never decide anything
+    if terms[-1][0] != "id":
+        terms.append(("id", terms[-1][1]))
+    return terms
+
+
+def order_clause(spec: TableSpec, order_by: Sequence[str]) -> str:
+    """ORDER BY terms for ``order_by`` (``-field`` is descending), with id as the tie-breaker."""
+    return ", ".join(f"{col} {'DESC' if desc else 'ASC'}" for col, desc in order_terms(spec, order_by))
+
+
+_NOT_NULL: Dict[str, FrozenSet[str]] = {}
+
+
+def _not_null(conn: sqlite3.Connection, table: str) -> FrozenSet[str]:
+    """Columns of ``table`` declared NOT NULL (the primary key included)."""
+    known = _NOT_NULL.get(table)
+    if known is None:
+        known = frozenset(str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})") if r[3] or r[5])
+        _NOT_NULL[table] = known
+    return known
+
+
+def keyset_clause(terms: Sequence[Tuple[str, bool]], after: Sequence[Any], not_null: FrozenSet[str] = frozenset()) -> Tuple[str, List[Any]]:
+    """A WHERE clause for the rows that come after the row whose order values are ``after``, in the order of
+    ``terms`` (NULLs sort first ascending and last descending, as SQLite sorts them). With one direction and
+    columns that cannot be NULL it is a row-value comparison an index can seek to, so a deep page costs what
+    the first one does."""
+    if len(after) != len(terms):
+        raise ValidationError("cursor: it does not fit this ordering")
+    if len({desc for _, desc in terms}) == 1 and None not in after and all(c in not_null or c == "id" for c, _ in terms):
+        op = "<" if terms[0][1] else ">"
+        cols = ", ".join(c for c, _ in terms)
+        return f"({cols}) {op} ({', '.join('?' * len(terms))})", list(after)
+    ors: List[str] = []
+    params: List[Any] = []
+    for i, ((col, desc), value) in enumerate(zip(terms, after)):
+        parts: List[str] = []
+        part_params: List[Any] = []
+        for (prev, _), prev_value in zip(terms[:i], after[:i]):
+            if prev_value is None:
+                parts.append(f"{prev} IS NULL")
+            else:
+                parts.append(f"{prev} = ?")
+                part_params.append(prev_value)
+        if value is None:
+            if desc:
+                continue  # nothing sorts after NULL in descending order
+            parts.append(f"{col} IS NOT NULL")
+        elif desc:
+            parts.append(f"({col} < ? OR {col} IS NULL)")
+            part_params.append(value)
+        else:
+            parts.append(f"{col} > ?")
+            part_params.append(value)
+        ors.append("(" + " AND ".join(parts) + ")")
+        params.extend(part_params)
+    return ("(" + " OR ".join(ors) + ")") if ors else "0", params
+
+
+def page(
+    conn: sqlite3.Connection,
+    spec: TableSpec,
+    filters: Dict[str, Any],
+    *,
+    columns: Sequence[str],
+    order_by: Sequence[str] = (),
+    limit: int,
+    after: Optional[Sequence[Any]] = None,
+    offset: int = 0,
+) -> Tuple[List[Tuple[Any, ...]], Optional[List[Any]]]:
+    """One page of rows in order, resuming after the row whose order values are ``after`` (keyset paging:
+    rows added or removed before it never shift the page, and a deep page costs what the first one does), or
+    at ``offset`` (a slice's start, for the first page). (rows, the order values of its last row when more rows
+    follow, else None)."""
+    terms = order_terms(spec, order_by)
+    source, sql, params = plan(spec, filters, conn)
+    if after is not None:
+        clause, extra = keyset_clause(terms, after, _not_null(conn, spec.table))
+        sql = f"({sql}) AND {clause}"
+        params = [*params, *extra]
+    keys = [col for col, _ in terms]
+    order = ", ".join(f"{col} {'DESC' if desc else 'ASC'}" for col, desc in terms)
+    text = f"SELECT {', '.join([*columns, *keys])} FROM {source} WHERE {sql} ORDER BY {order} LIMIT ? OFFSET ?"
+    rows = conn.execute(text, [*params, limit + 1, offset]).fetchall()
+    n = len(columns)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [tuple(r[:n]) for r in rows], (list(rows[-1][n:]) if more and rows else None)
 
 
 def select(

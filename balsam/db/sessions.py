@@ -141,7 +141,10 @@ def expire_sessions(conn: sqlite3.Connection, *, expiry_s: float, host: str, now
     now = time.time() if now is None else now
     deaf_until = writes_failed_at(conn)
     dead: List[Tuple[int, str]] = []
-    for sid, heartbeat, s_host, pid, pid_start in conn.execute("SELECT id, heartbeat, host, pid, pid_start FROM session").fetchall():
+    # Only stale leases and this host's can be dead: hundreds of live remote launchers' leases are not read.
+    rows = conn.execute("SELECT id, heartbeat, host, pid, pid_start FROM session WHERE heartbeat < ? OR host = ?",
+                        (now - expiry_s, host)).fetchall()
+    for sid, heartbeat, s_host, pid, pid_start in rows:
         if max(heartbeat, deaf_until) < now - expiry_s:
             dead.append((sid, f"the launcher's lease expired: no heartbeat for {now - heartbeat:.0f} s (launcher presumed dead)"))
         elif s_host == host and pid is not None and not process_alive(pid, pid_start):
@@ -283,9 +286,11 @@ def acquire(
     max_gpus_per_node: Optional[float] = None,
     sort_by: Optional[str] = None,
     now: Optional[float] = None,
+    json_text: bool = False,
 ) -> List[Dict[str, Any]]:
     """Lock up to ``max_num_jobs`` unlocked jobs in ``states`` to the session and return them (dicts of
-    ACQUIRE_COLUMNS plus ``app_version``, so a launcher knows when an app was re-synced).
+    ACQUIRE_COLUMNS plus ``app_version``, so a launcher knows when an app was re-synced). ``json_text``: the
+    JSON columns stay JSON text (the HTTP server splices them into its answer instead of decoding and re-encoding).
 
     Filters: ``filter_tags`` (all must match), ``app_ids``, ``serial_only`` (single-node jobs),
     ``max_nodes_per_job``, ``max_wall_time_min`` (jobs that declare more are skipped; 0 means "unknown" and
@@ -315,14 +320,18 @@ def acquire(
         (session_id, batch_job_id, dumps([job["id"] for job in taken])),
     )
     for job in taken:
-        for k in _JSON:
-            job[k] = loads(job[k])
+        if not json_text:
+            for k in _JSON:
+                job[k] = loads(job[k])
         if batch_job_id is not None:
             job["batch_job_id"] = batch_job_id
     return taken
 
 
+JSON_COLUMNS = frozenset(_JSON)
+"""Acquired columns holding JSON (text with ``json_text``)."""
+
 __all__ = [
-    "RUNNABLE_NAMES", "SESSION_FIELDS", "acquire", "capacity_label", "label_capacity", "create_session", "expire_sessions",
+    "JSON_COLUMNS", "RUNNABLE_NAMES", "SESSION_FIELDS", "acquire", "capacity_label", "label_capacity", "create_session", "expire_sessions",
     "live_holders", "process_alive", "process_start_time", "release", "session_fields", "session_labels", "tick", "JobState",
 ]

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from balsam import exceptions as exc
 from balsam.db.backend import Backend, Rejected, Row
@@ -38,6 +38,8 @@ REQUEST_TIMEOUT_S = 60.0
 CREATE_CHUNK = 5000
 """Jobs per create request: a bulk_create of any size is requests of bounded size and time (a relay turns each into
 one command its site applies in a second or two, well inside the relay's wait)."""
+PAGE_ROWS = 5000
+"""Rows per request when the client reads a long listing (one keyset page each)."""
 RETRY_STATUSES = frozenset({502, 503, 504})
 _KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
           and issubclass(getattr(exc, name), exc.BalsamError)}
@@ -115,6 +117,7 @@ class HttpClient:
         timeout = self.timeout_s if timeout is None else timeout
         deadline = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
         delay = 0.05
+        cert_failures = 0
         while True:
             if self.secret is not None:
                 headers = sign_request(self.secret, method, path, body)
@@ -131,6 +134,16 @@ class HttpClient:
                 data = resp.read()
                 status = resp.status
                 signature = resp.getheader("X-Balsam-Signature")
+            except ssl.SSLCertVerificationError as e:  # not transient: every address is tried once, then it is an error
+                self._drop()
+                cert_failures += 1
+                where = self.address
+                if cert_failures >= len(self._info.get("addresses") or [None]):
+                    trusted = self._info.get("cafile") or "the system's CA store"
+                    raise exc.ServiceError(f"{where}: the server's TLS certificate does not verify ({e.verify_message or e}); "
+                                           f"trusting {trusted}") from None
+                self._host_index += 1
+                continue
             except (OSError, http.client.HTTPException) as e:
                 self._drop()
                 why = f"{type(e).__name__}: {e}"
@@ -273,9 +286,25 @@ class HttpBackend(Backend):
 
     def select(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
                limit: Optional[int] = None, offset: int = 0) -> List[Row]:
+        return list(self.iterate(table, filters, columns=columns, order_by=order_by, limit=limit, offset=offset))
+
+    def iterate(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
+                limit: Optional[int] = None, offset: int = 0, page_rows: int = PAGE_ROWS) -> Iterator[Row]:
+        """Matching rows, fetched a page at a time with the server's keyset cursors (each page resumes after the last
+        row given: a deep page costs the server what the first does, and rows added meanwhile never repeat one)."""
         wire_cols = [c for c in columns if c in COLUMNS[table]]
-        answer = self._query(table, filters, columns=wire_cols, ordering=list(order_by), limit=limit, offset=offset)
-        return [wire_to_row(table, r, columns) for r in answer["results"]]
+        cursor: Optional[str] = None
+        given = 0
+        while limit is None or given < limit:
+            n = page_rows if limit is None else min(page_rows, limit - given)
+            extra: Dict[str, Any] = {"cursor": cursor} if cursor else {"offset": offset}
+            answer = self._query(table, filters, columns=wire_cols, ordering=list(order_by), limit=n, page=True, **extra)
+            for r in answer["results"]:
+                yield wire_to_row(table, r, columns)
+            given += len(answer["results"])
+            cursor = answer.get("next_cursor")
+            if not cursor or not answer["results"]:
+                return
 
     def count(self, table: str, filters: Dict[str, Any]) -> int:
         return int(self._query(table, filters, aggregate="count")["count"])
@@ -291,6 +320,28 @@ class HttpBackend(Backend):
 
     def data_version(self) -> Optional[int]:
         return None
+
+    def watch(self) -> Optional[Any]:
+        """The agent's change stream (/v1/ws), or None when the server refuses one (waiting then polls). An agent
+        that is away (restarting) is waited for, as long as a request would wait for it."""
+        from balsam.http.watch import ChangeStream, StreamClosed, StreamRefused
+
+        client = self.client
+        deadline = time.monotonic() + client.retry_s
+        delay = 0.05
+        while True:
+            try:
+                return ChangeStream(client._info, secret=client.secret, token=client.token, host_index=client._host_index).open()
+            except StreamRefused as e:
+                logger.info("waiting polls: %s", e)
+                return None
+            except StreamClosed as e:
+                if time.monotonic() > deadline:
+                    logger.info("waiting polls: %s", e)
+                    return None
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(2.0, delay * 2)
+            client._reload()
 
     def app_code(self, ids: Sequence[int]) -> List[Dict[str, Any]]:
         return list(self.client.request("POST", "/v1/apps/code", {"ids": [int(i) for i in ids]}, idempotency_key="")["apps"])
@@ -482,6 +533,17 @@ class HttpBackend(Backend):
 
     def release(self, session_id: int) -> int:
         return int(self.client.request("DELETE", f"/v1/sessions/{int(session_id)}")["timed_out"])
+
+    # ------------------------------------------------------------------ maintenance (run by the agent)
+    def db_check(self, fix: bool = False) -> Dict[str, Any]:
+        return dict(self.client.request("POST", "/v1/db/check", {"fix": bool(fix)}, idempotency_key="", timeout=3600))
+
+    def db_backup(self, dest: str, force: bool = False) -> Dict[str, Any]:
+        return dict(self.client.request("POST", "/v1/db/backup", {"dest": dest, "force": bool(force)}, idempotency_key="",
+                                        timeout=3600))
+
+    def db_vacuum(self) -> Dict[str, Any]:
+        return dict(self.client.request("POST", "/v1/db/vacuum", idempotency_key="", timeout=3600))
 
     def close(self) -> None:
         self.client.close()

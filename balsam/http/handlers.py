@@ -9,6 +9,7 @@ the documented error shape.
 from __future__ import annotations
 
 import base64
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,31 +145,78 @@ def _narrow(call: Call, site_id: Any) -> None:
     call.backend = narrow([_int(v, "site_id", 1) for v in values])
 
 
-def _encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def _unb64(cursor: str) -> str:
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+
+
+def encode_cursor(terms: Sequence[Tuple[str, bool]], after: Sequence[Any]) -> str:
+    """An opaque cursor: the ordering and the order values of the last row given out (keyset paging)."""
+    return "k" + _b64(json.dumps({"o": [[c, d] for c, d in terms], "k": list(after)}, separators=(",", ":"), allow_nan=False))
+
+
+def decode_cursor(cursor: str, terms: Sequence[Tuple[str, bool]]) -> List[Any]:
+    """The order values a cursor resumes after, checked against this request's ordering; ValidationError if it is
+    not a cursor this server gave out for it (the values are bound as SQL parameters, never spliced in)."""
+    bad = ValidationError("cursor: not a cursor this server gave out for this ordering (start again without one)")
+    if not cursor.startswith("k") or len(cursor) > 4096:
+        raise bad
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("o"):
+        data = json.loads(_unb64(cursor[1:]))
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(data, dict) or data.get("o") != [[c, d] for c, d in terms]:
+        raise bad
+    after = data.get("k")
+    if (not isinstance(after, list) or len(after) != len(terms)
+            or not all(v is None or (isinstance(v, (int, float, str)) and not isinstance(v, bool)) for v in after)
+            or not isinstance(after[-1], int)):
+        raise bad
+    return after
+
+
+def _encode_offset(offset: int) -> str:
+    return "o" + _b64(str(offset))
+
+
+def _decode_offset(cursor: str) -> int:
+    """A cursor of a backend without keyset paging (an offset)."""
+    try:
+        if not cursor.startswith("o"):
             raise ValueError
-        return _int(text[1:], "cursor", 0, 2**62)
+        return _int(_unb64(cursor[1:]), "cursor", 0, 2**62)
     except (ValueError, UnicodeDecodeError):
         raise ValidationError("cursor: not a cursor this server gave out") from None
+
+
+def _rows_page(call: Call, table: str, filters: Dict[str, Any], columns: Sequence[str], ordering: Sequence[str], limit: int,
+               cursor: Optional[str], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Optional[str]]:
+    """One page of rows and the cursor of the next (None at the end): keyset where the backend has it."""
+    if call.backend.keyset:
+        from balsam.db.backend import spec_for
+        from balsam.db.query import order_terms
+
+        terms = order_terms(spec_for(table), ordering)
+        after = decode_cursor(cursor, terms) if cursor else None
+        rows, last = call.backend.page(table, filters, columns=columns, order_by=ordering, limit=limit, after=after,
+                                       offset=0 if cursor else offset)
+        return rows, (encode_cursor(terms, last) if last is not None else None)
+    start = _decode_offset(cursor) if cursor else offset
+    rows = call.backend.select(table, filters, columns=columns, order_by=ordering, limit=limit + 1, offset=start)
+    return rows[:limit], (_encode_offset(start + limit) if len(rows) > limit else None)
 
 
 def _page(call: Call, table: str, filters: Dict[str, Any]) -> Answer:
     ordering = check_ordering(table, [o for o in (call.q1("ordering") or "").split(",") if o])
     limit = _int(call.q1("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT)
-    cursor = call.q1("cursor")
-    offset = _decode_cursor(cursor) if cursor else 0
     columns = COLUMNS[table]
-    rows = call.backend.select(table, filters, columns=columns, order_by=ordering, limit=limit + 1, offset=offset)
-    more = len(rows) > limit
-    results = [row_to_wire(table, dict(zip(columns, r)), call.private) for r in rows[:limit]]
+    rows, next_cursor = _rows_page(call, table, filters, columns, ordering, limit, call.q1("cursor"))
+    results = [row_to_wire(table, dict(zip(columns, r)), call.private) for r in rows]
     count = call.backend.count(table, filters) if (call.q1("count") or "").lower() in ("1", "true") else None
-    return 200, {"results": results, "next_cursor": _encode_cursor(offset + limit) if more else None, "count": count}
+    return 200, {"results": results, "next_cursor": next_cursor, "count": count}
 
 
 def list_rows(call: Call, table: str) -> Answer:
@@ -190,7 +238,7 @@ def get_row(call: Call, table: str) -> Answer:
 def query_rows(call: Call, table: str) -> Answer:
     """``POST /v1/<resource>/query``: the Python API's queries (filters as JSON, any length of id lists)."""
     body = _body_obj(call)
-    unknown = set(body) - {"filters", "ordering", "limit", "offset", "columns", "aggregate", "group_by"}
+    unknown = set(body) - {"filters", "ordering", "limit", "offset", "columns", "aggregate", "group_by", "page", "cursor"}
     if unknown:
         raise ValidationError(f"unknown query key {sorted(unknown)[0]!r}")
     raw = body.get("filters") or {}
@@ -220,6 +268,14 @@ def query_rows(call: Call, table: str) -> Answer:
         raise ValidationError(f"columns: expected a list of {table} columns")
     if not call.private:
         columns = [c for c in columns if c not in ("serialized_class", "source_code")]
+    cursor = body.get("cursor")
+    if body.get("page") or cursor:  # a page and the cursor of the next (the client iterates big results this way)
+        if cursor is not None and (not isinstance(cursor, str) or offset):
+            raise ValidationError("cursor: expected the string a previous page gave (and no offset with it)")
+        page_rows, next_cursor = _rows_page(call, table, filters, columns, order, _int(limit or MAX_LIMIT, "limit", 1, MAX_LIMIT),
+                                            cursor, offset)
+        return 200, {"results": [row_to_wire(table, dict(zip(columns, r)), call.private) for r in page_rows],
+                     "next_cursor": next_cursor}
     rows = call.backend.select(table, filters, columns=columns, order_by=order, limit=limit, offset=offset)
     return 200, {"results": [row_to_wire(table, dict(zip(columns, r)), call.private) for r in rows]}
 

@@ -13,8 +13,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from balsam import __version__
 from balsam.http import dag_handlers as dh
+from balsam.http import db_handlers as mh
 from balsam.http import handlers as h
 from balsam.http.schemas import (
+    BOOL,
     ERROR,
     FILTER_KINDS,
     JOB_CREATE,
@@ -22,6 +24,8 @@ from balsam.http.schemas import (
     PAGE,
     QUERY_BODY,
     STATE_CHANGE,
+    STR,
+    _obj,
     row_schema,
 )
 
@@ -58,6 +62,9 @@ class Route:
     auth: bool = True
     kind: str = "json"
     """"json"; "acquire" (long-poll, exactly-once); "ws" (WebSocket); "openapi"; "static" (the dashboard)."""
+    alone: bool = False
+    """Runs outside any transaction of the server's (no group commit, no stored answer): DB maintenance, which
+    takes the writer lock itself (VACUUM cannot run inside a transaction)."""
 
     @property
     def mutating(self) -> bool:
@@ -215,6 +222,12 @@ ROUTES: Tuple[Route, ...] = (
           body=OBJ, response=OBJ),
     Route("POST", f"/v1/dag-instances/{ID}/retry", "retry_dag_instance", "Run an instance's failed and killed jobs again",
           dh.retry_instance, response=OBJ),
+    # DB maintenance, for the site's owner on any host (the agent runs it on the home host)
+    Route("POST", "/v1/db/check", "db_check", "SQLite integrity and the store's consistency; fix: repair what can be", mh.db_check,
+          body=_obj({"fix": BOOL}), response=OBJ, alone=True),
+    Route("POST", "/v1/db/backup", "db_backup", "An online copy of the DB at dest (an absolute path the agent writes)", mh.db_backup,
+          body=_obj({"dest": STR, "force": BOOL}, required=("dest",)), response=OBJ, alone=True),
+    Route("POST", "/v1/db/vacuum", "db_vacuum", "Compact the DB (writers wait meanwhile)", mh.db_vacuum, response=OBJ, alone=True),
     Route("GET", "/v1/ws", "ws", "WebSocket of state changes ({type, site_id, id, state, ts}); ?token= for browsers", None,
           query=(Param("token", {"type": "string"}),), response=OBJ, kind="ws"),
     Route("GET", "/", "dashboard", "The web dashboard", None, response={"type": "string"}, auth=False, kind="static"),

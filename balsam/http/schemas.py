@@ -310,7 +310,8 @@ PAGE: Dict[str, Any] = {"type": "object", "properties": {"results": LIST, "next_
         "required": ["results", "next_cursor"]}
 
 QUERY_BODY = _obj({"filters": MAP, "ordering": {"type": "array", "items": STR}, "limit": _nullable(INT), "offset": INT,
-                   "columns": {"type": "array", "items": STR}})
+                   "columns": {"type": "array", "items": STR}, "page": BOOL, "cursor": _nullable(STR)})
+"""``page`` (or a ``cursor``): one page and ``next_cursor``, the opaque keyset cursor of the next (null at the end)."""
 
 JOB_CREATE = _obj({
     "workdir": STR, "app_id": INT, "tags": {"type": "object", "additionalProperties": STR}, "parameters": MAP, "data": MAP,

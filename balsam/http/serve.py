@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from balsam.exceptions import ConfigError, ServiceError
 
@@ -38,10 +38,13 @@ class ServeOptions:
     advertise: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    tls_ca: str = ""
     max_connections: int = 1000
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
     max_header_bytes: int = 64 * 1024
+    http_parser: str = "auto"
+    """"auto" (httptools when installed, else h11), "h11" or "httptools"."""
 
 
 def parse_port_range(text: str) -> List[int]:
@@ -82,17 +85,69 @@ def bind_socket(host: str, ports: List[int]) -> socket.socket:
     raise ServiceError(f"cannot listen on {host} port {where}: {last.strerror if last else 'no port free'}")
 
 
-def _protocol_class(header_timeout_s: float) -> Any:
-    """uvicorn's h11 protocol with a deadline for each request's headers (a slow client is disconnected)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+class _CorkedTransport:
+    """A transport whose writes are gathered and sent together: at the end of each answer (the protocol calls
+    :meth:`flush`), or at the latest on the event loop's next turn. uvicorn writes an answer's head and body
+    separately; two sends per answer cost two syscalls and two packets (and the client two wake-ups)."""
 
-    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+    __slots__ = ("_transport", "_loop", "_buffer", "_scheduled")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._buffer: List[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str = "h11") -> Any:
+    """uvicorn's HTTP protocol (``parser``: "h11", pure Python, or "httptools", compiled, when installed) with a
+    deadline for each request's headers and a cap on their size (a slow or endless client is disconnected)."""
+    Base: Any
+    if parser == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        Base = HttpToolsProtocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        Base = H11Protocol
+
+    class GuardedProtocol(Base):  # type: ignore[misc,valid-type]
+        _corked: Optional[_CorkedTransport] = None
+
         _header_timer: Optional[asyncio.TimerHandle] = None
         _armed_for: Any = None
+        _header_bytes = 0
 
         def _arm(self) -> None:
             self._disarm()
             self._armed_for = self.cycle
+            self._header_bytes = 0
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
 
         def _disarm(self) -> None:
@@ -108,18 +163,28 @@ def _protocol_class(header_timeout_s: float) -> Any:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._corked = self.transport = _CorkedTransport(transport, self.loop)  # an answer's head and body: one send
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            waiting = self._header_timer is not None
             super().data_received(data)
             if self._header_timer is not None and self.cycle is not self._armed_for:
                 self._disarm()  # a request's headers are complete
+            elif waiting and self._header_timer is not None:
+                self._header_bytes += len(data)
+                if self._header_bytes > max_header_bytes and not self.transport.is_closing():
+                    logger.info("closed a connection whose request headers passed %d bytes", max_header_bytes)
+                    self._disarm()
+                    self.transport.close()
 
-        def handle_websocket_upgrade(self, event: Any) -> None:
+        def handle_websocket_upgrade(self, *event: Any) -> None:
             self._disarm()
-            super().handle_websocket_upgrade(event)
+            super().handle_websocket_upgrade(*event)
 
         def on_response_complete(self) -> None:
+            if self._corked is not None:
+                self._corked.flush()
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm()
@@ -128,7 +193,7 @@ def _protocol_class(header_timeout_s: float) -> Any:
             self._disarm()
             super().connection_lost(exc)
 
-    return GuardedH11Protocol
+    return GuardedProtocol
 
 
 class ApiServer:
@@ -144,6 +209,11 @@ class ApiServer:
         self._thread: Optional[threading.Thread] = None
         self._sock: Optional[socket.socket] = None
         self._error: Optional[BaseException] = None
+        self._on_stop: List[Callable[[], None]] = []
+
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` after the server stopped serving (to end what its app uses, like a group writer)."""
+        self._on_stop.append(fn)
 
     def start(self, timeout_s: float = 30.0) -> "ApiServer":
         import uvicorn
@@ -155,14 +225,15 @@ class ApiServer:
         tls = bool(opts.tls_cert)
         if tls and not opts.tls_key:
             raise ConfigError("api.tls_cert is set but api.tls_key is not")
-        for path in (opts.tls_cert, opts.tls_key):
+        for path in (opts.tls_cert, opts.tls_key, opts.tls_ca):
             if path and not Path(path).is_file():
                 raise ConfigError(f"api TLS file {path} does not exist")
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off", ws="wsproto",
-            http=_protocol_class(opts.header_timeout_s), limit_concurrency=opts.max_connections,
+            http=_protocol_class(opts.header_timeout_s, opts.max_header_bytes, parser_name(opts.http_parser)), limit_concurrency=opts.max_connections,
             timeout_keep_alive=int(max(1, opts.idle_timeout_s)), h11_max_incomplete_event_size=opts.max_header_bytes,
             ssl_certfile=opts.tls_cert or None, ssl_keyfile=opts.tls_key or None, loop=_loop_name(),
+            proxy_headers=False, server_header=False, date_header=False,  # no proxy in front; nothing per answer to spare
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="balsam-api", daemon=True)
@@ -195,7 +266,7 @@ class ApiServer:
         info: Dict[str, Any] = {"url": self.url, "scheme": scheme, "host": host, "port": self.port, "addresses": _addresses(host, opts.bind),
                                 "pid": os.getpid(), "started": time.time(), "version": 2}
         if opts.tls_cert:
-            info["cafile"] = str(Path(opts.tls_cert).resolve())
+            info["cafile"] = str(Path(opts.tls_ca or opts.tls_cert).resolve())
         path = self.state_dir / ADDRESS_FILE
         tmp = path.with_name(f".{ADDRESS_FILE}.{os.getpid()}")
         tmp.write_text(json.dumps(info, indent=1))
@@ -218,6 +289,9 @@ class ApiServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for fn in self._on_stop:
+            fn()
+        self._on_stop.clear()
 
     def __enter__(self) -> "ApiServer":
         return self.start()
@@ -230,6 +304,16 @@ def _loop_name() -> str:
     import importlib.util
 
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def parser_name(choice: str = "auto") -> str:
+    """The HTTP parser to serve with: httptools (compiled, faster) when installed and ``choice`` is "auto" or
+    "httptools"; h11 (pure Python, what the zipapp carries) otherwise."""
+    import importlib.util
+
+    if choice == "h11":
+        return "h11"
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
 def _addresses(host: str, bind: str) -> List[str]:

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -40,6 +41,8 @@ except ImportError:  # the pure-Python install (the zipapp): the standard librar
 
 from balsam import exceptions as exc
 from balsam.db.backend import Backend
+from balsam.db.group import GroupWriter
+from balsam.db.sessions import JSON_COLUMNS
 from balsam.http import handlers as h
 from balsam.http.auth import EMPTY_SHA256, H_HASH, Authenticator, Principal, Unauthorized, body_hash, response_signature
 from balsam.http.routes import ROUTES
@@ -217,8 +220,10 @@ class Api:
 
     def __init__(self, backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
                  site_id: int = 0, backend_for: Optional[Callable[[Principal], Backend]] = None,
-                 routes: Sequence[ApiRoute] = ROUTES) -> None:
+                 routes: Sequence[ApiRoute] = ROUTES, writer: Optional[GroupWriter] = None) -> None:
         self.backend = backend
+        self.writer = writer
+        """Group commit (one site's store): writes of concurrent requests share one transaction on its thread."""
         self.backend_for = backend_for
         """Many users' server (the relay): the backend of each caller (``backend`` serves anonymous routes)."""
         self.auth = auth
@@ -235,16 +240,43 @@ class Api:
 
     # ------------------------------------------------------------------ pieces
     def _principal(self, request: Any) -> Principal:
+        """The caller of a WebSocket (a Starlette connection object)."""
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return self._check("GET", target, request.headers, lambda: request.query_params.get("token"))
+
+    def _check(self, method: str, target: str, headers: Mapping[str, str], token: Callable[[], Optional[str]]) -> Principal:
         try:
-            return self.auth.check(request.method if hasattr(request, "method") else "GET", target, request.headers,
-                                   request.query_params.get("token"))
+            return self.auth.check(method, target, headers, token() if "x-balsam-signature" not in headers else None)
         except Unauthorized as e:
             raise ApiError(401, "unauthorized", str(e), kind="ServiceError") from None
 
-    async def _body(self, request: Request, principal: Optional[Principal]) -> bytes:
+    async def _receive(self, receive: Callable[[], Any]) -> Any:
+        """The next ASGI message of a request body, or ApiError when none came for ``body_timeout_s``. (A timer that
+        cancels this task, not ``asyncio.wait_for``, which makes a task per call.)"""
+        task = asyncio.current_task()
+        assert task is not None
+        expired: List[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.limits.body_timeout_s, expire)
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            raise ApiError(400, "invalid", f"request body stalled for {self.limits.body_timeout_s:g} s") from None
+        finally:
+            timer.cancel()
+
+    async def _body(self, receive: Callable[[], Any], headers: Mapping[str, str], principal: Optional[Principal]) -> bytes:
         limit = self.limits.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared is not None:
             try:
                 size = int(declared)
@@ -254,24 +286,36 @@ class Api:
                 raise ApiError(413, "too_large", f"request body of {size} bytes is over the limit of {limit}")
         chunks: List[bytes] = []
         total = 0
-        stream = request.stream().__aiter__()
         while True:
-            try:
-                chunk = await asyncio.wait_for(stream.__anext__(), timeout=self.limits.body_timeout_s)
-            except StopAsyncIteration:
-                break
-            except asyncio.TimeoutError:
-                raise ApiError(400, "invalid", f"request body stalled for {self.limits.body_timeout_s:g} s") from None
+            message = await self._receive(receive)
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "invalid", "the client went away before sending its body")
+            chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:
                 raise ApiError(413, "too_large", f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         body = b"".join(chunks)
         if principal is not None and principal.kind == "site":
-            expected = request.headers.get(H_HASH, "")
+            expected = headers.get(H_HASH, "")
             if (body_hash(body) if body else EMPTY_SHA256) != expected:
                 raise ApiError(401, "unauthorized", "the body does not match its signed hash", kind="ServiceError")
         return body
+
+    async def _answer(self, send: Callable[[Any], Any], status: int, body: bytes, principal: Optional[Principal],
+                      replayed: bool = False) -> None:
+        """Send a JSON answer (signed for a site-secret caller) as two ASGI messages."""
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if principal is not None and principal.nonce and self.auth.secret is not None:
+            signature = response_signature(self.auth.secret, principal.nonce, status, body_hash(body))
+            headers.append((b"x-balsam-signature", signature.encode()))
+        if replayed:
+            headers.append((b"idempotent-replayed", b"true"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _respond(self, status: int, body: bytes, principal: Optional[Principal], replayed: bool = False,
                  media_type: str = "application/json") -> Response:
@@ -293,6 +337,13 @@ class Api:
         status, payload = route.handler(call)
         return status, _json(payload)
 
+    async def _write(self, fn: Callable[[], Any], backend: Backend) -> Any:
+        """``fn()`` (a request's writes) in the next group transaction when this server has a group writer for
+        ``backend``, else on a worker thread in its own transaction."""
+        if self.writer is not None and backend is self.backend:
+            return await self.writer.submit_async(fn)
+        return await asyncio.to_thread(fn)
+
     def _once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],
               backend: Optional[Backend] = None) -> Optional[Tuple[int, bytes, bool]]:
         once = getattr(backend or self.backend, "once", None)
@@ -310,46 +361,60 @@ class Api:
         return answer[0], answer[1], False
 
     # ------------------------------------------------------------------ endpoints
-    def endpoint(self, route: ApiRoute) -> Callable[[Request], Any]:
-        async def serve(request: Request) -> Response:
-            principal: Optional[Principal] = None
-            self._start_indexer()
-            try:
-                principal = self._principal(request) if route.auth else None
-                if principal is None and not (route.mutating and not route.auth):
-                    raise ApiError(401, "unauthorized", "no credentials", kind="ServiceError")
-                body = await self._body(request, principal) if route.mutating else b""
-                try:
-                    parsed = _loads(body) if body else None
-                except ValueError:
-                    raise ApiError(422, "malformed", "the request body is not JSON") from None
-                caller = principal if principal is not None else ANONYMOUS
-                backend = self.backend if self.backend_for is None else self.backend_for(caller)
-                call = h.Call(backend, caller, dict(request.path_params), list(request.query_params.multi_items()), parsed,
-                              self.site_root)
-                key = request.headers.get("idempotency-key")
-                if key is not None and (len(key) > 200 or not key.strip()):
-                    raise ApiError(400, "invalid", "Idempotency-Key: 1 to 200 characters", field="Idempotency-Key")
-                if key is not None and self.backend_for is not None:
-                    key = f"{caller.kind}:{caller.name}:{key}"  # one user's key never answers another's request
-                if route.kind == "acquire":
-                    status, data, replayed = await self._acquire(call, key, request)
-                elif route.mutating and key:
-                    fingerprint = hashlib.sha256(f"{request.method} {request.url.path}?{request.url.query}\n".encode() + body).hexdigest()
-                    answer = await asyncio.to_thread(self._once, key, fingerprint, lambda: self._run(route, call), backend)
-                    assert answer is not None
-                    status, data, replayed = answer
-                else:
-                    status, data = await asyncio.to_thread(self._run, route, call)
-                    replayed = False
-                return self._respond(status, data, principal, replayed)
-            except Exception as e:  # every error is the documented shape
-                error = error_for(e)
-                if error.status == 503 and not isinstance(e, (ApiError, exc.StoreError)):
-                    logger.exception("%s %s failed", request.method, request.url.path)
-                return self._error(error, principal)
+    def endpoint(self, route: ApiRoute) -> "_Endpoint":
+        """The ASGI app of one route (plain ASGI: no Request and Response objects per call)."""
+        return _Endpoint(self, route)
 
-        return serve
+    async def serve(self, route: ApiRoute, scope: Dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        """One request: credentials from the headers, then the body (bounded), then the handler (writes in the group
+        transaction, exactly once per idempotency key), then the signed answer."""
+        principal: Optional[Principal] = None
+        self._start_indexer()
+        method = scope["method"]
+        # The target as Starlette's URL renders it (the client signs the path it sent, the server checks this).
+        path = scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+        query = scope.get("query_string", b"").decode()
+        try:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if route.auth:
+                principal = self._check(method, path + (f"?{query}" if query else ""), headers,
+                                        lambda: dict(parse_qsl(query, keep_blank_values=True)).get("token"))
+            elif not route.mutating:
+                raise ApiError(401, "unauthorized", "no credentials", kind="ServiceError")
+            body = await self._body(receive, headers, principal) if route.mutating else b""
+            try:
+                parsed = _loads(body) if body else None
+            except ValueError:
+                raise ApiError(422, "malformed", "the request body is not JSON") from None
+            caller = principal if principal is not None else ANONYMOUS
+            backend = self.backend if self.backend_for is None else self.backend_for(caller)
+            call = h.Call(backend, caller, dict(scope.get("path_params") or {}), parse_qsl(query, keep_blank_values=True), parsed,
+                          self.site_root)
+            key = headers.get("idempotency-key")
+            if key is not None and (len(key) > 200 or not key.strip()):
+                raise ApiError(400, "invalid", "Idempotency-Key: 1 to 200 characters", field="Idempotency-Key")
+            if key is not None and self.backend_for is not None:
+                key = f"{caller.kind}:{caller.name}:{key}"  # one user's key never answers another's request
+            replayed = False
+            if route.kind == "acquire":
+                status, data, replayed = await self._acquire(call, key)
+            elif route.alone:  # takes the writer lock itself (VACUUM cannot run in a transaction): no group, no stored answer
+                status, data = await asyncio.to_thread(self._run, route, call)
+            elif route.mutating and key:
+                fingerprint = hashlib.sha256(f"{method} {path}?{query}\n".encode() + body).hexdigest()
+                answer = await self._write(functools.partial(self._once, key, fingerprint, functools.partial(self._run, route, call),
+                                                             backend), backend)
+                assert answer is not None
+                status, data, replayed = answer
+            else:
+                status, data = await asyncio.to_thread(self._run, route, call)
+        except Exception as e:  # every error is the documented shape
+            error = error_for(e)
+            if error.status == 503 and not isinstance(e, (ApiError, exc.StoreError)):
+                logger.exception("%s %s failed", method, path)
+            payload = {"error": {"code": error.code, "message": error.message, "field": error.field, "kind": error.kind or None}}
+            status, data, replayed = error.status, _json(payload), False
+        await self._answer(send, status, data, principal, replayed)
 
     def _start_indexer(self) -> None:
         """Index new jobs' workdirs for substring filters in the background (a site's store; balsam.db.search),
@@ -369,25 +434,34 @@ class Api:
                 done = 0
             await asyncio.sleep(0.1 if done else 1.0)
 
-    async def _acquire(self, call: h.Call, key: Optional[str], request: Request) -> Tuple[int, bytes, bool]:
+    async def _acquire(self, call: h.Call, key: Optional[str]) -> Tuple[int, bytes, bool]:
         """Acquire with a server-side wait; with a key, the first non-empty answer is kept for retries."""
         session_id, constraints, wait_s = h.acquire_once(call)
         max_num_jobs = constraints.pop("max_num_jobs")
         deadline = time.monotonic() + wait_s
         fingerprint = hashlib.sha256(f"acquire {session_id}".encode()).hexdigest()
 
+        spliced = call.backend.kind == "local"  # its JSON columns come as stored text, spliced into the answer
+
         def attempt(final: bool) -> Optional[Tuple[int, bytes]]:
-            jobs = call.backend.acquire(session_id, max_num_jobs, 0.0, **constraints)
+            if spliced:
+                jobs = call.backend.acquire(session_id, max_num_jobs, 0.0, json_text=True, **constraints)  # type: ignore[call-arg]
+            else:
+                jobs = call.backend.acquire(session_id, max_num_jobs, 0.0, **constraints)
             if not jobs and not final:
                 return None
+            if spliced:
+                return 200, b'{"jobs":[' + b",".join(_acquired_text(j) for j in jobs) + b"]}"
             return 200, _json({"jobs": [_acquired(j) for j in jobs]})
 
         while True:
             final = time.monotonic() >= deadline
+            answer: Optional[Tuple[int, bytes, bool]]
             if key:
-                answer = await asyncio.to_thread(self._once, key, fingerprint, functools.partial(attempt, final), call.backend)
+                answer = await self._write(functools.partial(self._once, key, fingerprint, functools.partial(attempt, final),
+                                                             call.backend), call.backend)
             else:
-                plain = await asyncio.to_thread(attempt, final)
+                plain = await self._write(functools.partial(attempt, final), call.backend)
                 answer = None if plain is None else (plain[0], plain[1], False)
             if answer is not None:
                 return answer
@@ -467,6 +541,17 @@ class Api:
             hub.unsubscribe(queue)
 
 
+class _Endpoint:
+    """One API route as an ASGI app (Starlette calls an endpoint that is not a function as one)."""
+
+    def __init__(self, api: Api, route: ApiRoute) -> None:
+        self.api = api
+        self.route = route
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        await self.api.serve(self.route, scope, receive, send)
+
+
 def _acquired(job: Dict[str, Any]) -> Dict[str, Any]:
     """An acquired job (the launcher's dict) as JSON: bytes as base64."""
     import base64
@@ -475,6 +560,16 @@ def _acquired(job: Dict[str, Any]) -> Dict[str, Any]:
     for k, v in job.items():
         out[k] = {"__b64__": base64.b64encode(bytes(v)).decode()} if isinstance(v, (bytes, bytearray, memoryview)) else v
     return out
+
+
+def _acquired_text(job: Dict[str, Any]) -> bytes:
+    """An acquired job whose JSON columns are stored JSON text, as the JSON of :func:`_acquired` (the text is
+    spliced in as it is: the store's one writer of those columns wrote it as JSON)."""
+    raw = b",".join(b'"%s":%s' % (k.encode(), str(job.pop(k)).encode()) for k in JSON_COLUMNS if k in job)
+    rest = _json(_acquired(job))
+    if not raw:
+        return rest
+    return b"{" + raw + (b"," + rest[1:] if len(rest) > 2 else b"}")
 
 
 def _media_type(name: str) -> str:
@@ -493,14 +588,16 @@ def served_routes(extra_routes: Sequence[ApiRoute] = ()) -> Tuple[ApiRoute, ...]
 
 def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
               site_id: Optional[int] = None, backend_for: Optional[Callable[[Principal], Backend]] = None,
-              extra_routes: Sequence[ApiRoute] = ()) -> Starlette:
+              extra_routes: Sequence[ApiRoute] = (), writer: Optional[GroupWriter] = None) -> Starlette:
     """The Starlette app of ``ROUTES`` over ``backend``. A server of many users (the relay) passes
     ``backend_for``, the backend of each caller, and its own ``extra_routes`` (matched first); a route of
-    those with ``auth=False`` that changes something (a password login) gets its body and an anonymous caller."""
+    those with ``auth=False`` that changes something (a password login) gets its body and an anonymous caller.
+    ``writer``: group commit for ``backend``'s store (the site agent), so concurrent writes share transactions."""
     if site_id is None:
         site_id = int(backend.site_row(("id",))[0])
     served = served_routes(extra_routes)
-    api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id, backend_for=backend_for, routes=served)
+    api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id, backend_for=backend_for, routes=served,
+              writer=writer)
     routes: List[BaseRoute] = []
     for r in served:
         if r.kind == "ws":

@@ -12,6 +12,7 @@ from typing import Optional
 
 from balsam.db.backend import LocalBackend
 from balsam.db.connection import Store
+from balsam.db.group import GroupWriter
 from balsam.http.auth import SECRET_FILE, Authenticator, TokenVerifier, ensure_secret
 from balsam.http.serve import ApiServer, ServeOptions
 from balsam.settings import ApiSettings
@@ -20,8 +21,10 @@ from balsam.settings import ApiSettings
 def serve_options(settings: ApiSettings) -> ServeOptions:
     """The serving part of the ``api`` settings."""
     return ServeOptions(bind=settings.bind, port=settings.port, port_range=settings.port_range, advertise=settings.advertise,
-                        tls_cert=settings.tls_cert or "", tls_key=settings.tls_key or "", max_connections=settings.max_connections,
-                        header_timeout_s=settings.header_timeout_s, idle_timeout_s=settings.idle_timeout_s)
+                        tls_cert=settings.tls_cert or "", tls_key=settings.tls_key or "", tls_ca=settings.tls_ca or "",
+                        max_connections=settings.max_connections,
+                        header_timeout_s=settings.header_timeout_s, idle_timeout_s=settings.idle_timeout_s,
+                        http_parser=settings.http_parser)
 
 
 def start_api_server(root: Path, store: Store, settings: ApiSettings, *, host: str, expiry_s: float = 300.0,
@@ -34,5 +37,9 @@ def start_api_server(root: Path, store: Store, settings: ApiSettings, *, host: s
     backend = LocalBackend(store, host=host, expiry_s=expiry_s)
     auth = Authenticator(secret, tokens, window_s=settings.clock_skew_s, not_before=time.time() - 1.0)
     limits = Limits(max_body_bytes=int(settings.max_body_mb * 1024 * 1024), body_timeout_s=settings.body_timeout_s)
-    app = build_app(backend, auth, site_root=Path(root), limits=limits)
-    return ApiServer(app, serve_options(settings), state_dir=state).start()
+    writer = GroupWriter(store) if settings.group_commit else None
+    app = build_app(backend, auth, site_root=Path(root), limits=limits, writer=writer)
+    server = ApiServer(app, serve_options(settings), state_dir=state)
+    if writer is not None:
+        server.on_stop(writer.stop)
+    return server.start()

@@ -13,6 +13,7 @@ from balsam.site.operations import (
     init_site,
     live_launchers,
     move_site,
+    refuse_away_from_home,
     remove_site,
     rename_host,
     rename_site,
@@ -35,7 +36,8 @@ from balsam.site.registry import SITE_NAME_RE, Registry, RegistryEntry, new_site
 __all__ = [
     "LIVE_SESSION_S", "SETTINGS_STAMP_KEY", "SITE_NAME_RE", "STATE_DIR", "Registry", "RegistryEntry", "SiteLayout",
     "agent_running", "balsam_home", "check_site_settings", "code_schema_version", "find_site_root", "init_site",
-    "live_launchers", "move_site", "new_site_uuid", "note_found_hardware", "refresh_site_row", "remove_site",
+    "live_launchers", "move_site", "new_site_uuid", "note_found_hardware", "refresh_site_row", "refuse_away_from_home",
+    "remove_site",
     "rename_host", "rename_site", "reread_settings_if_changed", "settings_stamp", "site_identity", "site_job_count",
     "site_row_fields", "site_summary", "store_report", "this_host", "validate_site_name",
 ]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
-from balsam.exceptions import JobLockedError, ServiceError, SiteError, SiteNotFound
+from balsam.exceptions import ForeignHostError, JobLockedError, ServiceError, SiteError, SiteNotFound
 from balsam.site.layout import STATE_DIR, SiteLayout, this_host
 from balsam.site.policies import SETTINGS_STAMP_KEY, note_found_hardware, settings_stamp, site_row_fields
 from balsam.site.registry import Registry, RegistryEntry, new_site_uuid, validate_site_name
@@ -126,6 +126,18 @@ def _check_idle(layout: SiteLayout, store: "Store", action: str) -> None:
             f"cannot {action} {layout.root}: launchers hold {total} jobs (session {sid}, pid {pid} on {host}); "
             "wait for them to finish or cancel their BatchJobs ('balsam queue term ID')"
         )
+
+
+def refuse_away_from_home(layout: SiteLayout, what: str) -> None:
+    """ForeignHostError, naming the home host, for what only the home host may do to a site (remove it, rebuild or
+    migrate its DB): these delete or replace the DB and the directory its agent runs from, and only the home host
+    can stop that agent (through the API the agent would pull the floor from under itself and its launchers)."""
+    owner = layout.home_host()
+    here = this_host()
+    if owner and owner != here:
+        raise ForeignHostError(f"site {layout.root} can be {what} only on its home host {owner!r} (this is {here!r}): that "
+                               f"deletes or replaces the site's DB, which the agent there holds open; on {owner}, stop the agent "
+                               "('balsam site stop') and run this again")
 
 
 def _site_store(root: Path) -> "Store":
@@ -283,6 +295,7 @@ def remove_site(root: Union[str, Path], registry: Optional[Registry] = None) -> 
     entry = registry.by_path(root)
     layout = SiteLayout(root)
     if layout.is_site():
+        refuse_away_from_home(layout, "removed")
         store = _site_store(root)
         try:
             _check_idle(layout, store, "remove")

@@ -1,0 +1,190 @@
+"""Group commit: many callers' small write transactions run as one SQLite transaction on one writer thread.
+
+The site agent's API serves hundreds of launchers whose requests are each a small write (acquire a few jobs,
+a status batch, an idempotency answer). Run one by one, each pays for the writer lock, ``BEGIN IMMEDIATE``,
+the temp tables of the state engine and a ``COMMIT`` that appends the same B-tree pages to the WAL again;
+and threads queueing on the lock hand the GIL back and forth. :class:`GroupWriter` instead takes every
+request waiting when the previous group ended and runs them in one transaction, each in its own savepoint:
+
+- a call that raises rolls back its own writes only (its savepoint) and gets its exception; the others commit;
+- a call's result is handed back only after the group committed, so an answer never reports a write that
+  could still be lost (the exactly-once answers of the HTTP API are written in the same savepoint as the
+  writes they describe);
+- a failed commit fails every call of the group with the error (nothing of theirs was written).
+
+The calls run in arrival order on the writer thread, through the same ``Store.write()`` as any other writer
+(which nests as a savepoint inside the group), so nothing about the SQL changes: only how often it commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from balsam.db.connection import Store
+from balsam.exceptions import StoreError
+
+logger = logging.getLogger("balsam.db")
+
+MAX_GROUP = 256
+"""Most calls in one transaction (a bound on how long one commit keeps the others waiting)."""
+MAX_GROUP_S = 0.05
+"""Most seconds of work in one group: past it, the group commits and the rest wait for the next."""
+
+_Waiter = Union["Future[Any]", "asyncio.Future[Any]"]
+_Item = Tuple[Callable[[], Any], _Waiter, Optional[asyncio.AbstractEventLoop]]
+
+
+class GroupWriter:
+    """One writer thread for a store; :meth:`submit` queues a call and returns a Future of its result."""
+
+    def __init__(self, store: Store, *, max_group: int = MAX_GROUP, max_group_s: float = MAX_GROUP_S, name: str = "balsam-writer") -> None:
+        self.store = store
+        self.max_group = max_group
+        self.max_group_s = max_group_s
+        self.name = name
+        self._queue: "queue.SimpleQueue[Optional[_Item]]" = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.groups = 0
+        """Transactions committed (for tests and benchmarks: calls / groups is the coalescing achieved)."""
+        self.calls = 0
+
+    def submit(self, fn: Callable[[], Any]) -> "Future[Any]":
+        """Run ``fn()`` inside the next group transaction (it may use ``store.write()``, which nests); its Future
+        resolves after that transaction committed (or with its exception, or the commit's)."""
+        future: "Future[Any]" = Future()
+        self._put((fn, future, None))
+        return future
+
+    def submit_async(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+        """:meth:`submit` for a coroutine of the running event loop: await the result. The writer settles all of a
+        group's futures of one loop with one wake-up of that loop."""
+        loop = asyncio.get_running_loop()
+        future: "asyncio.Future[Any]" = loop.create_future()
+        self._put((fn, future, loop))
+        return future
+
+    def _put(self, item: _Item) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the group writer is stopped")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        self._queue.put(item)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``submit(fn)`` and wait for its result (from any thread but the writer's)."""
+        return self.submit(fn).result()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the queued calls and end the writer thread."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=timeout_s)
+
+    # ------------------------------------------------------------------ the writer thread
+    def _take(self, first: _Item) -> Tuple[List[_Item], bool]:
+        """The group: ``first`` and whatever else is queued now (up to max_group); (items, stop seen)."""
+        items = [first]
+        while len(items) < self.max_group:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return items, True
+            items.append(nxt)
+        return items, False
+
+    def _run(self) -> None:
+        stop = False
+        leftover: List[_Item] = []
+        while not stop or leftover:
+            if leftover:
+                items, leftover = leftover, []
+            else:
+                first = self._queue.get()
+                if first is None:
+                    break
+                items, stop = self._take(first)
+            leftover = self._group(items)
+        self.store.close()
+
+    def _group(self, items: List[_Item]) -> List[_Item]:
+        """Run ``items`` in one transaction; the ones left for the next group when time ran out."""
+        done: List[Tuple[_Waiter, Optional[asyncio.AbstractEventLoop], bool, Any]] = []
+        rest: List[_Item] = []
+        deadline = time.monotonic() + self.max_group_s
+        try:
+            with self.store.write() as conn:
+                for n, (fn, future, loop) in enumerate(items):
+                    if n and time.monotonic() > deadline:
+                        rest = items[n:]
+                        break
+                    if loop is None:
+                        if not future.set_running_or_notify_cancel():  # type: ignore[union-attr]
+                            continue
+                    elif future.cancelled():
+                        continue
+                    try:
+                        with self.store.write():  # a savepoint: a failure undoes this call's writes only
+                            result = fn()
+                    except BaseException as e:  # handed to the caller, who raises it
+                        done.append((future, loop, False, e))
+                    else:
+                        done.append((future, loop, True, result))
+                    if not conn.in_transaction:  # SQLite rolled the whole transaction back (disk full, I/O error)
+                        raise StoreError(f"{self.store.db_path}: the write transaction was lost")
+        except BaseException as e:  # the commit (or BEGIN) failed: nothing of the group was written
+            logger.warning("a group of %d writes failed to commit: %s", len(done), e)
+            self._settle([(future, loop, False, e) for future, loop, _ok, _value in done]
+                         + [(future, loop, False, e) for _fn, future, loop in rest])
+            return []
+        self.groups += 1
+        self.calls += len(done)
+        self._settle(done)
+        return rest
+
+    @staticmethod
+    def _settle(done: List[Tuple[_Waiter, Optional[asyncio.AbstractEventLoop], bool, Any]]) -> None:
+        """Hand out results: thread futures at once, each event loop's futures in one call on that loop."""
+        by_loop: Dict[asyncio.AbstractEventLoop, List[Tuple[_Waiter, bool, Any]]] = {}
+        for future, loop, ok, value in done:
+            if loop is None:
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            else:
+                by_loop.setdefault(loop, []).append((future, ok, value))
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_on_loop, results)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+
+def _settle_on_loop(results: List[Tuple[_Waiter, bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+__all__ = ["GroupWriter", "MAX_GROUP", "MAX_GROUP_S"]
