@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+TREE = Path(os.environ.get("BALSAM_BENCH_TREE") or REPO)
+"""The Balsam code measured (``--against`` points it at an older tree for the "before" runs)."""
+sys.path.insert(0, str(TREE))
 
 from balsam.api import ApplicationDefinition  # noqa: E402
 
@@ -141,11 +143,23 @@ def _simulated(site_path: str, launchers: int, batch: int, out_q: Any) -> None:
     out_q.put((done[0], lat))
 
 
-def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, float]:
-    """(completed jobs/s, p99 acquire seconds) for ``launchers`` simulated launchers sharing ``total`` jobs."""
+def _agent_cpu_s(ref: Any) -> float:
+    """CPU seconds (user + system) the site agent's process has used so far (0 where /proc is absent)."""
+    try:
+        pid = int((ref.path / ".balsam" / "agent.pid").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, float, float, float]:
+    """(completed jobs/s, p99 acquire seconds, the agent's and the launchers' CPU microseconds per job) for
+    ``launchers`` simulated launchers sharing ``total`` jobs. CPU per job is what a loaded machine cannot blur."""
     import multiprocessing as mp
 
     ids = _runnable(ref, total, prefix)
+    cpu0, kids0 = _agent_cpu_s(ref), os.times()
     procs_n = min(4, launchers)
     per = [launchers // procs_n + (1 if i < launchers % procs_n else 0) for i in range(procs_n)]
     batch = max(8, min(256, total // (launchers * 4) or 8))
@@ -159,11 +173,14 @@ def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, 
     elapsed = time.perf_counter() - t0
     for p in procs:
         p.join()
+    agent_us = (_agent_cpu_s(ref) - cpu0) * 1e6 / total
+    kids1 = os.times()
+    launchers_us = ((kids1.children_user + kids1.children_system) - (kids0.children_user + kids0.children_system)) * 1e6 / total
     done = sum(r[0] for r in results)
     lat = sorted(x for r in results for x in r[1])
     if done != total or _done(ref, ids) != total:
         raise SystemExit(f"simulated launchers finished {done} of {total} jobs ({_done(ref, ids)} have a RUN_DONE event)")
-    return done / elapsed, lat[min(len(lat) - 1, int(0.99 * (len(lat) - 1)))]
+    return done / elapsed, lat[min(len(lat) - 1, int(0.99 * (len(lat) - 1)))], agent_us, launchers_us
 
 
 # ------------------------------------------------------------------------------------------ reads on a big site
@@ -209,7 +226,7 @@ def reads(ref: Any, big: int, rounds: int) -> Dict[str, Tuple[float, float]]:
     return {k: _percentiles(v) for k, v in out.items()}
 
 
-_SIM_LINE = re.compile(r"^\s*(\d+) launchers:\s+([\d.]+) jobs/s, p99 acquire\s+([\d.]+) ms", re.M)
+_SIM_LINE = re.compile(r"^\s*(\d+) launchers:\s+([\d.]+) jobs/s, p99 acquire\s+([\d.]+) ms(?:, CPU per job: agent\s+(\d+) us)?", re.M)
 
 
 def against(ref: str, launchers: List[int], sim_jobs: int, rounds: int) -> None:
@@ -224,21 +241,21 @@ def against(ref: str, launchers: List[int], sim_jobs: int, rounds: int) -> None:
         for k in launchers:
             got: Dict[str, List[Tuple[float, float]]] = {"before": [], "after": []}
             for _ in range(rounds):
-                for name, tree in trees.items():
-                    argv = [sys.executable, str(tree / "bench" / "bench_http.py"), "--launchers", str(k), "--sim-jobs", str(sim_jobs),
-                            "--jobs", "200", "--big", "0"]
-                    env = dict(os.environ, PYTHONPATH=str(tree))
+                for name, tree in trees.items():  # this script either way; the Balsam it imports (agent, launchers) differs
+                    argv = [sys.executable, str(Path(__file__).resolve()), "--parts", "2", "--launchers", str(k), "--sim-jobs", str(sim_jobs)]
+                    env = dict(os.environ, PYTHONPATH=str(tree), BALSAM_BENCH_TREE=str(tree))
                     out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=str(tree))
                     m = _SIM_LINE.search(out.stdout)
                     if m is None:
                         raise SystemExit(f"the {name} run failed:\n{out.stdout}\n{out.stderr[-2000:]}")
-                    got[name].append((float(m.group(2)), float(m.group(3))))
-            b_rate = statistics.median(r for r, _ in got["before"])
-            a_rate = statistics.median(r for r, _ in got["after"])
-            b_p99 = statistics.median(p for _, p in got["before"])
-            a_p99 = statistics.median(p for _, p in got["after"])
+                    cpu = float(m.group(4) or 0)
+                    got[name].append((float(m.group(2)), float(m.group(3)), cpu))
+            b_rate, b_p99, b_cpu = (statistics.median(r[i] for r in got["before"]) for i in range(3))
+            a_rate, a_p99, a_cpu = (statistics.median(r[i] for r in got["after"]) for i in range(3))
+            cpu_text = f", agent CPU/job {b_cpu:.0f} -> {a_cpu:.0f} us (x{a_cpu / b_cpu:.2f})" if b_cpu and a_cpu else ""
             print(f"   {k:4d} launchers: before {b_rate:7.0f} jobs/s p99 {b_p99:7.1f} ms | after {a_rate:7.0f} jobs/s p99 {a_p99:7.1f} ms"
-                  f" | throughput x{a_rate / b_rate:.2f}, p99 x{a_p99 / b_p99:.2f}  (load average {os.getloadavg()[0]:.1f})", flush=True)
+                  f" | throughput x{a_rate / b_rate:.2f}, p99 x{a_p99 / b_p99:.2f}{cpu_text}  (load average {os.getloadavg()[0]:.1f})",
+                  flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -280,8 +297,9 @@ def main() -> None:
             if "2" in parts:
                 print("2. simulated launchers against one agent:")
                 for k in [int(x) for x in args.launchers.split(",")]:
-                    rate, p99 = simulate(ref, args.sim_jobs, k, f"sim{k}")
-                    print(f"   {k:4d} launchers: {rate:8.0f} jobs/s, p99 acquire {p99 * 1000:7.1f} ms", flush=True)
+                    rate, p99, agent_us, launchers_us = simulate(ref, args.sim_jobs, k, f"sim{k}")
+                    print(f"   {k:4d} launchers: {rate:8.0f} jobs/s, p99 acquire {p99 * 1000:7.1f} ms, CPU per job: agent {agent_us:5.0f} us, "
+                          f"launchers {launchers_us:5.0f} us (load average {os.getloadavg()[0]:.1f})", flush=True)
             if args.big and "3" in parts:
                 big = _setup(tmp, "big")
                 stop_agent(ref.path)
