@@ -188,6 +188,36 @@ def test_a_retried_acquire_returns_the_same_jobs_and_answers_survive_a_restart(s
         server.stop()
 
 
+def test_many_launchers_status_batches_apply_once_each_and_retries_replay(site: Any, api: Any, hello: Any) -> None:
+    """Concurrent batches are applied together (one pass of the state engine): each still counts once, a retry gets
+    its first answer, and a key reused for another batch is refused alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from balsam.exceptions import ValidationError
+    from balsam.http.client import HttpBackend
+
+    ids = runnable(site.store, [hello.submit(f"m/{i}", say_hello_to=str(i)) for i in range(48)])
+    client = HttpBackend.for_site(site.path, retry_s=10).client
+    sessions = [client.request("POST", "/v1/sessions", {"host": f"n{i}"})["id"] for i in range(12)]
+    held = {sid: [j["id"] for j in client.request("POST", f"/v1/sessions/{sid}/acquire", {"max_num_jobs": 4})["jobs"]]
+            for sid in sessions}
+    assert sorted(i for js in held.values() for i in js) == sorted(ids)
+
+    def report(sid: int, state: str, key: str) -> Any:
+        body = {"session_id": sid, "changes": [{"job_id": j, "state": state} for j in held[sid]] + [{"job_id": ids[0] + 10**6, "state": state}]}
+        return client.request("POST", "/v1/status-batches", body, idempotency_key=key)
+
+    with ThreadPoolExecutor(12) as pool:
+        first = list(pool.map(lambda sid: report(sid, "RUNNING", f"run-{sid}"), sessions))
+        again = list(pool.map(lambda sid: report(sid, "RUNNING", f"run-{sid}"), sessions + sessions))
+    assert all(a == first[n % len(sessions)] for n, a in enumerate(again)), "a retry gets the first answer"
+    assert all([r[0] for r in a["rejected"]] == [4] for a in first), "each batch's own refusals, by its own index"
+    with pytest.raises(ValidationError, match="different request"):
+        report(sessions[0], "RUN_DONE", f"run-{sessions[1]}")
+    running = site.store.execute("SELECT job_id, count(*) FROM event WHERE to_state='RUNNING' GROUP BY job_id")
+    assert sorted(running) == [(i, 1) for i in sorted(ids)], "every change applied exactly once"
+
+
 def test_launcher_fields_are_limited(site: Any, api: Any, hello: Any) -> None:
     from balsam.exceptions import ValidationError
     from balsam.http.client import HttpBackend

@@ -75,16 +75,23 @@ class DAGInstance:
         """True when a job of the instance failed or was killed."""
         return any(s in FAILED_STATES for s in self.state())
 
-    def wait(self, timeout: Optional[float] = None, poll_interval: float = 0.5) -> Dict[str, int]:
-        """Wait until every job is final; returns the counts by state (TimeoutError after ``timeout`` s)."""
+    def wait(self, timeout: Optional[float] = None, poll_interval: Optional[float] = None) -> Dict[str, int]:
+        """Wait until every job is final; returns the counts by state (TimeoutError after ``timeout`` s). Waits the
+        way ``Job.objects.wait`` does: on the agent's change stream from another host, polling otherwise (and
+        every ``poll_interval`` s when one is given)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             counts = self.state()
             if all(s in _DONE for s in counts):
                 return counts
-            if deadline is not None and time.monotonic() >= deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise TimeoutError(f"DAG {self.dag.name!r} instance {self.id} not done after {timeout} s: {counts}")
-            time.sleep(poll_interval)
+            pending = list(self.jobs().filter(state__ne=list(_DONE)))
+            if pending:
+                Job.objects.wait(pending, timeout=left, poll_interval=poll_interval)
+            else:  # they finished between the two reads
+                time.sleep(0.01)
 
     def kill(self) -> int:
         """Kill the instance's jobs that are not final yet; returns how many."""

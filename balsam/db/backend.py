@@ -544,6 +544,63 @@ class LocalBackend(Backend):
         return {"db": str(self.store.db_path), "before": before, "after": after}
 
     # ------------------------------------------------------------------ exactly-once answers (HTTP)
+    def apply_batches_once(self, batches: Sequence[Tuple[str, str, Optional[int], Sequence[StateChange]]],
+                           answer: Callable[[Rejected], Tuple[int, bytes]]) -> List[Any]:
+        """Several launchers' status batches (idempotency key, fingerprint, lease, changes) applied as one, each at
+        most once: one pass of the state engine and one write of the answers for all of them. Per batch, in order:
+        (status, body, replayed), or the exception that batch alone gets (a key reused for another request, a
+        field a launcher may not write). ``answer`` makes a batch's answer from its refused changes."""
+        from balsam.db.codec import dumps
+        from balsam.db.jobs import apply_state_changes
+
+        results: List[Any] = [None] * len(batches)
+        now = time.time()
+        with self.store.write() as conn:
+            keys = [b[0] for b in batches]
+            stored = {str(r[0]): (str(r[1]), int(r[2]), bytes(r[3])) for r in conn.execute(
+                "SELECT key, fingerprint, status, body FROM http_answer WHERE key IN (SELECT value FROM json_each(?))", (dumps(keys),))}
+            first: Dict[str, int] = {}
+            todo: List[Tuple[int, List[StateChange]]] = []
+            for i, (key, fingerprint, session_id, changes) in enumerate(batches):
+                hit = stored.get(key)
+                if hit is not None or key in first:
+                    known = hit[0] if hit is not None else batches[first[key]][1]
+                    if known != fingerprint:
+                        results[i] = ValidationError("Idempotency-Key was already used for a different request")
+                    elif hit is not None:
+                        results[i] = (hit[1], hit[2], True)
+                    continue  # a retry of a batch in this same group: answered below from the first
+                first[key] = i
+                try:
+                    if session_id is not None:
+                        for ch in changes:
+                            extra = set(ch.fields or ()) - LAUNCHER_FIELDS
+                            if extra:
+                                raise ValidationError(f"job {ch.job_id}: a launcher may not write {sorted(extra)[0]!r}")
+                        changes = [ch._replace(session_id=session_id) for ch in changes]
+                except ValidationError as e:
+                    results[i] = e
+                    continue
+                todo.append((i, list(changes)))
+            owner = {id(ch): (i, n) for i, chs in todo for n, ch in enumerate(chs)}
+            refused: Dict[int, Rejected] = {i: [] for i, _ in todo}
+            if owner:
+                for ch, why in apply_state_changes(conn, [ch for _, chs in todo for ch in chs], strict=False).rejected:
+                    where = owner.get(id(ch))
+                    if where is not None:
+                        refused[where[0]].append((where[1], why))
+            rows = []
+            for i, _ in todo:
+                status, body = answer(refused[i])
+                results[i] = (status, body, False)
+                rows.append((batches[i][0], batches[i][1], status, body, now))
+            conn.executemany("INSERT INTO http_answer(key, fingerprint, status, body, created) VALUES (?,?,?,?,?)", rows)
+            for i, (key, _fingerprint, _sid, _changes) in enumerate(batches):
+                if results[i] is None:  # the same key twice in one group: the second is a replay of the first
+                    original = results[first[key]]
+                    results[i] = original if isinstance(original, BaseException) else (original[0], original[1], True)
+        return results
+
     def once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],
              keep_s: float = 86400.0) -> Optional[Tuple[int, bytes, bool]]:
         """Run ``fn`` (a mutating request) at most once per idempotency ``key``: its answer is stored in the site DB in

@@ -1,4 +1,4 @@
-"""The /v1 client (stdlib ``http.client``, so it runs from the zipapp) and the HTTP Backend over it.
+"""The /v1 client (stdlib sockets, :mod:`balsam.http.wire`, so it runs from the zipapp) and the HTTP Backend over it.
 
 :class:`HttpClient` signs each request with the site secret, checks that each answer is bound to its request,
 and raises the exception class the server named (a ValidationError stays a ValidationError, so callers see
@@ -31,6 +31,7 @@ from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
 from balsam.http.auth import SECRET_FILE, check_response, read_secret, sign_request
 from balsam.http.schemas import COLUMNS, encode_filter_value, wire_to_row
 from balsam.http.serve import host_port, read_address
+from balsam.http.wire import Connection
 
 logger = logging.getLogger("balsam.http")
 
@@ -74,22 +75,17 @@ class HttpClient:
         host, port = host_port(self._info, self._host_index)
         return f"{self._info.get('scheme', 'http')}://{host}:{port}"
 
-    def _conn(self, timeout: float) -> http.client.HTTPConnection:
-        conn: Optional[http.client.HTTPConnection] = getattr(self._local, "conn", None)
+    def _conn(self, timeout: float) -> Connection:
+        conn: Optional[Connection] = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "address", None) != self.address:
             if conn is not None:
                 conn.close()
             host, port = host_port(self._info, self._host_index)
-            if self._info.get("scheme") == "https":
-                ctx = ssl.create_default_context(cafile=self._info.get("cafile") or None)
-                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
-            else:
-                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            ctx = ssl.create_default_context(cafile=self._info.get("cafile") or None) if self._info.get("scheme") == "https" else None
+            conn = Connection(host, port, timeout=timeout, context=ctx)
             self._local.conn = conn
             self._local.address = self.address
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
+        conn.settimeout(timeout)
         return conn
 
     def _drop(self) -> None:
@@ -128,12 +124,8 @@ class HttpClient:
                 headers["Idempotency-Key"] = key
             why = ""
             try:
-                conn = self._conn(timeout)
-                conn.request(method, path, body=body or None, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                status = resp.status
-                signature = resp.getheader("X-Balsam-Signature")
+                status, answer_headers, data = self._conn(timeout).exchange(method, path, body, headers)
+                signature = answer_headers.get("x-balsam-signature")
             except ssl.SSLCertVerificationError as e:  # not transient: every address is tried once, then it is an error
                 self._drop()
                 cert_failures += 1

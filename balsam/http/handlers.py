@@ -719,6 +719,17 @@ def release_session(call: Call) -> Answer:
 
 def status_batch(call: Call) -> Answer:
     """``POST /v1/status-batches``: a launcher's state changes, applied leniently under its lease."""
+    session_id, changes = parse_status_batch(call)
+    return status_answer(call.backend.apply_changes(changes, session_id=session_id))
+
+
+def status_answer(rejected: Sequence[Tuple[int, str]]) -> Answer:
+    """The answer of a status batch: the refused changes, by index."""
+    return 200, {"rejected": [[i, why] for i, why in rejected]}
+
+
+def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
+    """A status batch's lease and checked changes (ValidationError naming the first bad one)."""
     body = _body_obj(call)
     sid = body.get("session_id")
     session_id = None if sid is None else _int(sid, "session_id", 1)
@@ -746,8 +757,7 @@ def status_batch(call: Call) -> Answer:
                                    None if c.get("session_id") is None else _int(c.get("session_id"), "session_id")))
     if session_id is None and call.principal.kind != "site":
         raise ValidationError("session_id is required")
-    rejected = call.backend.apply_changes(changes, session_id=session_id)
-    return 200, {"rejected": [[i, why] for i, why in rejected]}
+    return session_id, changes
 
 
 def whoami(call: Call) -> Answer:

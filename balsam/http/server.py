@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -237,6 +238,7 @@ class Api:
         self.openapi_doc = _json(build_openapi(tuple(routes)))
         self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
         self._indexer: Optional["asyncio.Task[None]"] = None
+        self._batches = _StatusBatches(self)
 
     # ------------------------------------------------------------------ pieces
     def _principal(self, request: Any) -> Principal:
@@ -400,6 +402,11 @@ class Api:
                 status, data, replayed = await self._acquire(call, key)
             elif route.alone:  # takes the writer lock itself (VACUUM cannot run in a transaction): no group, no stored answer
                 status, data = await asyncio.to_thread(self._run, route, call)
+            elif (route.name == "status_batch" and key and self.writer is not None and backend is self.backend
+                  and hasattr(backend, "apply_batches_once")):  # applied with the other batches of its group
+                fingerprint = hashlib.sha256(f"{method} {path}?{query}\n".encode() + body).hexdigest()
+                session_id, changes = h.parse_status_batch(call)
+                status, data, replayed = await self._batches.add(key, fingerprint, session_id, changes)
             elif route.mutating and key:
                 fingerprint = hashlib.sha256(f"{method} {path}?{query}\n".encode() + body).hexdigest()
                 answer = await self._write(functools.partial(self._once, key, fingerprint, functools.partial(self._run, route, call),
@@ -539,6 +546,48 @@ class Api:
             pass
         finally:
             hub.unsubscribe(queue)
+
+
+class _StatusBatches:
+    """Launchers' status batches that arrive while the group writer is busy, applied as one: they join the open
+    flush, which the writer runs as one call (one pass of the state engine, one write of all their answers), and
+    each request gets its own answer from it."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self._lock = threading.Lock()
+        self._open: Optional[List[Any]] = None
+        self._future: Optional["asyncio.Future[List[Any]]"] = None
+
+    async def add(self, key: str, fingerprint: str, session_id: Optional[int], changes: List[Any]) -> Tuple[int, bytes, bool]:
+        writer = self.api.writer
+        assert writer is not None
+        with self._lock:
+            if self._open is None:
+                self._open = []
+                self._future = writer.submit_async(functools.partial(self._flush, self._open))
+            entries, future = self._open, self._future
+            index = len(entries)
+            entries.append((key, fingerprint, session_id, changes))
+        assert future is not None
+        result = (await asyncio.shield(future))[index]
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _flush(self, entries: List[Any]) -> List[Any]:
+        """On the writer thread: close this flush to newcomers, then apply every batch in it."""
+        with self._lock:
+            if self._open is entries:
+                self._open = None
+                self._future = None
+            batch = list(entries)
+        return self.api.backend.apply_batches_once(batch, _status_answer)  # type: ignore[attr-defined,no-any-return]
+
+
+def _status_answer(rejected: Sequence[Tuple[int, str]]) -> Tuple[int, bytes]:
+    status, payload = h.status_answer(rejected)
+    return status, _json(payload)
 
 
 class _Endpoint:
