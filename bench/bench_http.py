@@ -185,6 +185,8 @@ def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, 
 
 # ------------------------------------------------------------------------------------------ reads on a big site
 def _percentiles(samples: List[float]) -> Tuple[float, float]:
+    if not samples:
+        return 0.0, 0.0
     s = sorted(samples)
     return statistics.median(s), s[min(len(s) - 1, int(0.99 * (len(s) - 1)))]
 
@@ -199,8 +201,27 @@ def reads(ref: Any, big: int, rounds: int) -> Dict[str, Tuple[float, float]]:
         conn.execute("UPDATE job SET state='JOB_FINISHED' WHERE id BETWEEN ? AND ? AND id % 3 = 0", (min(ids), max(ids)))
     local = LocalBackend(ref.store)
     client = HttpClient(ref.path / ".balsam")
-    out: Dict[str, List[float]] = {"page http": [], "page local": [], "count http": [], "count local": []}
+    out: Dict[str, List[float]] = {"page http": [], "page local": [], "count http": [], "count local": [], "deep http": [],
+                                   "first http": []}
     from balsam.http.schemas import COLUMNS
+
+    deep = None  # a cursor ~90% of the way through the listing (walked to with the biggest pages)
+    cursor_walk: Any = None
+    walked = 0
+    target_rows = int(0.9 * local.count("job", {"state": ["PREPROCESSED"]}))
+    while walked < target_rows:
+        page = client.request("GET", "/v1/jobs?state=PREPROCESSED&limit=10000" + (f"&cursor={cursor_walk}" if cursor_walk else ""))
+        walked += len(page["results"])
+        cursor_walk = page["next_cursor"]
+        if cursor_walk is None:
+            break
+        deep = cursor_walk
+    for _ in range(rounds * 3 if deep else 0):
+        for name, target in (("first http", "/v1/jobs?state=PREPROCESSED&limit=100"),
+                             ("deep http", f"/v1/jobs?state=PREPROCESSED&limit=100&cursor={deep}")):
+            t0 = time.perf_counter()
+            client.request("GET", target)
+            out[name].append(time.perf_counter() - t0)
 
     for r in range(rounds):
         cursor = None
@@ -311,6 +332,10 @@ def main() -> None:
                     (hp50, hp99), (lp50, lp99) = res[f"{what} http"], res[f"{what} local"]
                     print(f"   {what:5s}: HTTP {hp50 * 1000:6.1f} / {hp99 * 1000:6.1f} ms, in-process {lp50 * 1000:6.1f} / "
                           f"{lp99 * 1000:6.1f} ms; ratio p50 {hp50 / lp50:.2f}, p99 {hp99 / lp99:.2f}")
+                if res["deep http"][0]:
+                    (d50, d99), (f50, f99) = res["deep http"], res["first http"]
+                    print(f"   a page 90% deep (keyset cursor) against the first page, over HTTP: {d50 * 1000:.1f} / {d99 * 1000:.1f} ms vs "
+                          f"{f50 * 1000:.1f} / {f99 * 1000:.1f} ms; ratio p50 {d50 / f50:.2f}, p99 {d99 / f99:.2f}")
                 stop_agent(big.path)
         finally:
             stop_agent(ref.path)
