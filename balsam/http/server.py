@@ -125,6 +125,14 @@ def _loads(body: bytes) -> Any:
     return json.loads(body)
 
 
+def _error_body(error: ApiError) -> bytes:
+    """The documented error shape (with the queued command of a 202)."""
+    payload: Dict[str, Any] = {"error": {"code": error.code, "message": error.message, "field": error.field, "kind": error.kind or None}}
+    if error.command is not None:
+        payload["error"]["command"] = error.command
+    return _json(payload)
+
+
 def _json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
@@ -329,10 +337,7 @@ class Api:
         return Response(body, status_code=status, headers=headers, media_type=media_type)
 
     def _error(self, error: ApiError, principal: Optional[Principal]) -> Response:
-        payload: Dict[str, Any] = {"error": {"code": error.code, "message": error.message, "field": error.field, "kind": error.kind or None}}
-        if error.command is not None:
-            payload["error"]["command"] = error.command
-        return self._respond(error.status, _json(payload), principal)
+        return self._respond(error.status, _error_body(error), principal)
 
     def _run(self, route: ApiRoute, call: h.Call) -> Tuple[int, bytes]:
         assert route.handler is not None
@@ -419,8 +424,7 @@ class Api:
             error = error_for(e)
             if error.status == 503 and not isinstance(e, (ApiError, exc.StoreError)):
                 logger.exception("%s %s failed", method, path)
-            payload = {"error": {"code": error.code, "message": error.message, "field": error.field, "kind": error.kind or None}}
-            status, data, replayed = error.status, _json(payload), False
+            status, data, replayed = error.status, _error_body(error), False
         await self._answer(send, status, data, principal, replayed)
 
     def _start_indexer(self) -> None:
