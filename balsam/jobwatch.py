@@ -117,6 +117,27 @@ def marked(nonce: str, pids: Optional[Iterable[int]] = None) -> List[int]:
     return out
 
 
+def copies_of(job_id: int, nonce: str, pids: Optional[Iterable[int]] = None) -> List[int]:
+    """Processes of this user that belong to job ``job_id`` (by their environment) but were started by another
+    launcher than the one whose nonce is ``nonce``: an earlier copy of the job a dead launcher left running."""
+    me, uid = os.getpid(), os.getuid()
+    if pids is None:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    out: List[int] = []
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        mark = marker(pid)
+        if mark is not None and mark[1] == job_id and mark[0] != nonce:
+            out.append(pid)
+    return out
+
+
 def watch(fd: int, grace_s: float = GRACE_S, nonce: Optional[str] = None) -> int:
     """Read ``+PGID``/``-PGID`` lines until end-of-file, then stop every group still listed, and with a
     ``nonce`` every process that carries it."""

@@ -1,7 +1,8 @@
 """The chaos test (issue 19): a site runs a few hundred short jobs while a driver kills the site agent and the
 launchers with SIGKILL at random moments and restarts them. At the end every job finished, no two copies of a
 job ever ran at once (each run holds a lock on its marker file), every run a job made is in its history (no
-invisible re-runs), and ``db check`` is clean. Bounded to a few minutes; marked slow."""
+invisible re-runs; a run recorded as its launcher died may have been stopped before its first line), and
+``db check`` is clean. Bounded to a few minutes; marked slow."""
 
 from __future__ import annotations
 
@@ -117,8 +118,13 @@ def test_chaos_every_job_runs_to_completion_and_every_run_is_recorded(site: Any)
         marker = (site.path / "data" / "chaos" / str(i) / "marker").read_text().split("\n")
         assert "TWIN" not in marker, f"job {job_id}: two copies ran at once"
         runs = sum(1 for line in marker if line.startswith("start"))
-        recorded = [e for e in events(site.store, job_id) if e["to"] == "RUNNING"]
-        assert runs == len(recorded), f"job {job_id}: {runs} runs, {len(recorded)} in its history"
+        history = events(site.store, job_id)
+        recorded = [e for e in history if e["to"] == "RUNNING"]
+        # Every run is in the history (no invisible re-runs). RUNNING is journaled just before the spawn, so a
+        # launcher killed in between, or a watchdog that stopped the new process before its first line, leaves a
+        # recorded run with no line here: each such run ended as the launcher's death (RUN_TIMEOUT), never as done.
+        died = sum(1 for e in history if e["to"] == "RUN_TIMEOUT" and "launcher died" in str(e["data"].get("message", "")))
+        assert len(recorded) - died <= runs <= len(recorded), f"job {job_id}: {runs} runs, {len(recorded)} in its history ({died} ended by a dead launcher)"
         assert sum(1 for line in marker if line.startswith("end")) >= 1
         reruns += runs - 1
         assert all(e["data"].get("run") == n for n, e in enumerate(recorded[1:], start=2))  # re-runs say so

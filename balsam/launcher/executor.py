@@ -38,7 +38,7 @@ from balsam.launcher.pyrun import MODULE as PYRUN_MODULE
 from balsam.launcher.pyworker import PyWorker, PyWorkerPool
 from balsam.launcher.resources import Placement
 from balsam.launcher.tasks import Task
-from balsam.launcher.watchdog import Watchdog, stop_previous, write_record
+from balsam.launcher.watchdog import Watchdog, stop_copies, stop_previous, write_record
 from balsam.platforms.mpi import LaunchSpec, MPILauncher
 from balsam.platforms.nodes import gpu_visibility_env
 
@@ -314,8 +314,10 @@ class Executor:
         self._guard()
         if self._pid_records and task.rerun:
             # A copy a dead launcher left running must end before this one starts (only a job that ran before
-            # can have one: a pid record is written after RECORD_AFTER_S, once its RUNNING is journaled).
+            # can have one): by its pid record (written after RECORD_AFTER_S, also on other hosts' shared
+            # workdirs) and, on this host, by the job id in its environment (a copy too young for a record).
             stop_previous(task.workdir, spare=self._by_pid)
+            stop_copies(task.id, self.nonce)
         run.announce_start()
         run.pid = sp.spawn(argv, cwd=task.workdir, env=env, output=run.output)
         self.watchdog.add(run.pid)

@@ -23,10 +23,10 @@ import os
 import socket
 import sys
 import time
-from typing import Container, Mapping, Optional
+from typing import Container, List, Mapping, Optional
 
 from balsam.db.sessions import process_alive, process_start_time
-from balsam.jobwatch import GRACE_S, MODULE, kill_groups
+from balsam.jobwatch import GRACE_S, MODULE, copies_of, kill_groups, kill_process
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,33 @@ def stop_previous(workdir: str, timeout_s: float = 30.0, spare: Container[int] =
     while _running(pid, start) and time.monotonic() < deadline:
         time.sleep(0.05)
     return pid
+
+
+def stop_copies(job_id: int, nonce: str, timeout_s: float = 30.0) -> List[int]:
+    """Before a job runs again on this host: kill every process still carrying the job's id from another
+    launcher (a copy its dead launcher's watchdog has not stopped yet: the job was released the moment that
+    launcher was seen gone) and wait until they are gone; returns their pids. Covers copies too young to have
+    a pid record, and what they left in sessions of their own."""
+    found = copies_of(job_id, nonce)
+    if not found:
+        return []
+    logger.warning("job %d: an earlier copy still runs (pids %s): stopping it before the job runs again", job_id, found)
+    for pid in found:
+        kill_process(pid)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in found):
+        time.sleep(0.02)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
 
 
 def _running(pid: int, start: float) -> bool:
