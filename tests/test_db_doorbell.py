@@ -92,3 +92,40 @@ def test_the_agent_processes_new_jobs_at_once_not_at_its_next_period(site: Any, 
                  what="processing to preprocess the new job")
     finally:
         stop_agent(site.path)
+
+
+def test_a_stream_of_rings_is_taken_in_batches_not_a_cycle_per_commit(tmp_path: Any) -> None:
+    import threading
+    import time
+
+    from balsam.services.base import Service, ServiceThread
+
+    class Counting(Service):
+        name = "counting"
+
+        def __init__(self) -> None:
+            super().__init__(period_s=600.0)
+            self.cycles = 0
+
+        def run_cycle(self) -> None:
+            self.cycles += 1
+
+        def doorbell(self) -> Any:
+            return Doorbell(tmp_path, PROCESS).open()
+
+    service, stop = Counting(), threading.Event()
+    thread = ServiceThread(service, stop)
+    thread.start()
+    try:
+        wait_for(lambda: service.cycles == 1 and list(tmp_path.glob("doorbell/process.*")), timeout=30.0, what="the first cycle")
+        started = time.monotonic()
+        while time.monotonic() - started < 0.5:  # 500 commits in half a second, as launchers' status batches come
+            ring(tmp_path, [PROCESS])
+            time.sleep(0.001)
+        wait_for(lambda: service.cycles > 1, timeout=30.0, what="a cycle after the rings")
+        time.sleep(0.2)
+        # each ring is answered within Service.wake_gap_s, but rings close together share a cycle
+        assert 2 <= service.cycles <= 1 + 0.5 / Service.wake_gap_s + 3, service.cycles
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -26,6 +26,10 @@ class Service:
     """Base class of the agent's services."""
 
     name = "service"
+    wake_gap_s = 0.05
+    """With a doorbell: the least time from one cycle's start to the next one a ring starts. Work that arrives
+    in a stream of small commits (a launcher's status batches) is then taken in batches, not a cycle per commit
+    (each cycle has fixed costs), at the price of at most this much latency."""
 
     def __init__(self, period_s: float) -> None:
         self.period_s = period_s
@@ -113,7 +117,12 @@ class ServiceThread(threading.Thread):
         deadline = time.monotonic() + seconds
         while not self.stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or bell.wait(min(left, STOP_CHECK_S)):
+            if left <= 0:
+                return
+            if bell.wait(min(left, STOP_CHECK_S)):
+                since = time.time() - (self.last_cycle or 0.0)
+                if since < self.service.wake_gap_s:  # coalesce a stream of rings into one cycle
+                    self.stop.wait(min(self.service.wake_gap_s - since, max(0.0, deadline - time.monotonic())))
                 return
 
     def health(self) -> Dict[str, Any]:
