@@ -97,12 +97,11 @@ def marker(pid: int, raw: Optional[bytes] = None) -> Optional[Tuple[str, int]]:
     return nonce.decode(errors="replace"), int(job)
 
 
-def marked(nonce: str, pids: Optional[Iterable[int]] = None) -> List[int]:
-    """Processes of this user (among ``pids``, default all) whose environment names ``nonce`` and a job."""
+def _marks(pids: Optional[Iterable[int]]) -> Iterable[Tuple[int, Tuple[str, int]]]:
+    """(pid, (nonce, job id)) of this user's processes (among ``pids``, default all) that carry a job marker."""
     me, uid = os.getpid(), os.getuid()
     if pids is None:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    out: List[int] = []
     for pid in pids:
         if pid == me:
             continue
@@ -112,30 +111,19 @@ def marked(nonce: str, pids: Optional[Iterable[int]] = None) -> List[int]:
         except OSError:
             continue
         mark = marker(pid)
-        if mark is not None and mark[0] == nonce:
-            out.append(pid)
-    return out
+        if mark is not None:
+            yield pid, mark
+
+
+def marked(nonce: str, pids: Optional[Iterable[int]] = None) -> List[int]:
+    """Processes of this user (among ``pids``, default all) whose environment names ``nonce`` and a job."""
+    return [pid for pid, (owner, _job) in _marks(pids) if owner == nonce]
 
 
 def copies_of(job_id: int, nonce: str, pids: Optional[Iterable[int]] = None) -> List[int]:
     """Processes of this user that belong to job ``job_id`` (by their environment) but were started by another
     launcher than the one whose nonce is ``nonce``: an earlier copy of the job a dead launcher left running."""
-    me, uid = os.getpid(), os.getuid()
-    if pids is None:
-        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    out: List[int] = []
-    for pid in pids:
-        if pid == me:
-            continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-        except OSError:
-            continue
-        mark = marker(pid)
-        if mark is not None and mark[1] == job_id and mark[0] != nonce:
-            out.append(pid)
-    return out
+    return [pid for pid, (owner, job) in _marks(pids) if job == job_id and owner != nonce]
 
 
 def watch(fd: int, grace_s: float = GRACE_S, nonce: Optional[str] = None) -> int:
