@@ -157,23 +157,24 @@ def stop_copies(job_id: int, nonce: str, timeout_s: float = 30.0) -> List[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
+def _proc_state(pid: int) -> Optional[bytes]:
+    """The process's state letter from /proc (``b"Z"`` for a zombie); None when it cannot be read (gone, or no
+    /proc on this system)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
+        return stat[stat.rindex(b")") + 2 :][:1]
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (pids found by scanning /proc)."""
+    state = _proc_state(pid)
+    return state is not None and state != b"Z"
 
 
 def _running(pid: int, start: float) -> bool:
-    """The recorded process still runs (a zombie has ended: its parent just has not reaped it)."""
-    if not process_alive(pid, start):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
-    except (OSError, ValueError):
-        return True
+    """The recorded process still runs (a zombie has ended: its parent just has not reaped it). Without a
+    readable /proc entry the signal-0 check decides."""
+    return process_alive(pid, start) and _proc_state(pid) != b"Z"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from enum import Enum
 from pathlib import Path
-from typing import Callable, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from balsam.exceptions import ConfigError, SchedulerError
 from balsam.platforms.runner import CommandResult, CommandRunner, SubprocessRunner
@@ -256,7 +256,14 @@ class Scheduler(ABC):
         optional_params: Optional[Mapping[str, str]] = None,
         cwd: Optional[PathLike] = None,
     ) -> List[str]:
-        """The command :meth:`submit` would run (pure), for ``balsam queue submit --dry-run``."""
+        """The command :meth:`submit` would run (pure), for ``balsam queue submit --dry-run``: the adapter's
+        :meth:`render_submit` with its own options."""
+        return self.render_submit(script_path, project=project, queue=queue, num_nodes=num_nodes,
+                                  wall_time_min=wall_time_min, job_name=job_name, optional_params=optional_params,
+                                  cwd=cwd)
+
+    def render_submit(self, script_path: PathLike, **request: Any) -> List[str]:
+        """The adapter's submit command for a request (the keyword arguments of :meth:`submit_argv`)."""
         raise SchedulerError(f"{self.name}: this scheduler cannot show its submit command")
 
     @abstractmethod
@@ -325,6 +332,11 @@ class StatusFilter:
     def of(cls, scheduler_ids: Optional[Iterable[int]]) -> "StatusFilter":
         """The filter for a poll's ``scheduler_ids`` argument."""
         return cls(None if scheduler_ids is None else frozenset(int(i) for i in scheduler_ids))
+
+    @property
+    def none(self) -> bool:
+        """The poll asked about an empty set of ids: nothing to run."""
+        return self.ids is not None and not self.ids
 
     def keep(self, scheduler_id: int) -> bool:
         """Whether the poll asked about this id."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from balsam.exceptions import SchedulerError
 from balsam.platforms.schedulers.base import (
@@ -183,34 +183,18 @@ class CobaltScheduler(Scheduler):
     parse_submit_output = staticmethod(parse_submit)
     """``qsub``; the job id it prints. (Cobalt names the job after the script; ``job_name`` is unused.)"""
 
-    def submit_argv(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-    ) -> List[str]:
+    def render_submit(self, script_path: PathLike, **request: Any) -> List[str]:
         """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
-        return render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            optional_params=optional_params,
-        )
+        request.pop("job_name")  # Cobalt names the job after the script
+        request.pop("cwd")
+        return render_submit(script_path, **request)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
     ) -> Dict[int, SchedulerJobStatus]:
         """One ``qstat -u``, filtered by id on this side."""
         wanted = StatusFilter.of(scheduler_ids)
-        if wanted.ids is not None and not wanted.ids:
+        if wanted.none:
             return {}
         result = self._run(render_status(user or current_user()))
         return wanted.apply(parse_status(result.stdout, self._now()))

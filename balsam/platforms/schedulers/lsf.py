@@ -255,37 +255,17 @@ class LSFScheduler(Scheduler):
     parse_submit_output = staticmethod(parse_submit)
     """``bsub``; the job id it prints."""
 
-    def submit_argv(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-    ) -> List[str]:
+    def render_submit(self, script_path: PathLike, **request: Any) -> List[str]:
         """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
-        return render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            job_name=job_name,
-            optional_params=optional_params,
-            node_flag=self.node_flag,
-            slots_per_node=self.slots_per_node,
-        )
+        request.pop("cwd")
+        return render_submit(script_path, node_flag=self.node_flag, slots_per_node=self.slots_per_node, **request)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
     ) -> Dict[int, SchedulerJobStatus]:
         """One ``bjobs -a -json``; "No job found" (non-zero exit) is an empty listing."""
         wanted = StatusFilter.of(scheduler_ids)
-        if wanted.ids is not None and not wanted.ids:
+        if wanted.none:
             return {}
         result = self._run(render_status(user), ok_codes=range(256))
         if result.returncode != 0 and "job found" not in (result.stdout + result.stderr).lower():

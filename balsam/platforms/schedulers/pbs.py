@@ -278,29 +278,10 @@ class PBSScheduler(Scheduler):
     parse_submit_output = staticmethod(parse_submit)
     """``qsub``; the numeric part of the job id it prints."""
 
-    def submit_argv(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-    ) -> List[str]:
+    def render_submit(self, script_path: PathLike, **request: Any) -> List[str]:
         """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
-        return render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            job_name=job_name,
-            optional_params=optional_params,
-            select_suffix=self.options.get("select_suffix", ""),
-        )
+        request.pop("cwd")
+        return render_submit(script_path, select_suffix=self.options.get("select_suffix", ""), **request)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
@@ -311,7 +292,7 @@ class PBSScheduler(Scheduler):
         parsed then; any other complaint (``cannot connect to server``) is an error, never an empty listing.
         """
         wanted = StatusFilter.of(scheduler_ids)
-        if wanted.ids is not None and not wanted.ids:
+        if wanted.none:
             return {}
         argv = render_status(wanted.ids)
         result = self._run(argv, ok_codes=range(256))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, tzinfo
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from balsam.exceptions import SchedulerError
 from balsam.platforms.schedulers.base import (
@@ -218,38 +218,16 @@ class SGEScheduler(Scheduler):
     parse_submit_output = staticmethod(parse_submit)
     """``qsub -terse``; the job id it prints."""
 
-    def submit_argv(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-    ) -> List[str]:
+    def render_submit(self, script_path: PathLike, **request: Any) -> List[str]:
         """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
-        return render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            job_name=job_name,
-            optional_params=optional_params,
-            pe=self.options.get("pe", ""),
-            slots_per_node=self.slots_per_node,
-            cwd=cwd,
-        )
+        return render_submit(script_path, pe=self.options.get("pe", ""), slots_per_node=self.slots_per_node, **request)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
     ) -> Dict[int, SchedulerJobStatus]:
         """One ``qstat -xml -r``, filtered by id on this side."""
         wanted = StatusFilter.of(scheduler_ids)
-        if wanted.ids is not None and not wanted.ids:
+        if wanted.none:
             return {}
         result = self._run(render_status(user))
         return wanted.apply(parse_status(result.stdout, self._now(), self.tz, self.slots_per_node))

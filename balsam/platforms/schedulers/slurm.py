@@ -10,7 +10,7 @@ Options (``scheduler.options``):
 from __future__ import annotations
 
 from datetime import datetime, tzinfo
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from balsam.exceptions import ConfigError, SchedulerError
 from balsam.platforms.schedulers.base import (
@@ -270,36 +270,17 @@ class SlurmScheduler(Scheduler):
     parse_submit_output = staticmethod(parse_submit)
     """``sbatch --parsable``; the job id it prints."""
 
-    def submit_argv(
-        self,
-        script_path: PathLike,
-        *,
-        project: str,
-        queue: str,
-        num_nodes: int,
-        wall_time_min: int,
-        job_name: str = "",
-        optional_params: Optional[Mapping[str, str]] = None,
-        cwd: Optional[PathLike] = None,
-    ) -> List[str]:
+    def render_submit(self, script_path: PathLike, **request: Any) -> List[str]:
         """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
-        return render_submit(
-            script_path,
-            project=project,
-            queue=queue,
-            num_nodes=num_nodes,
-            wall_time_min=wall_time_min,
-            job_name=job_name,
-            optional_params=optional_params,
-            queue_option=self.queue_option,
-        )
+        request.pop("cwd")
+        return render_submit(script_path, queue_option=self.queue_option, **request)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
     ) -> Dict[int, SchedulerJobStatus]:
         """One ``squeue -t all``; filtered by id on this side (squeue errors on ids it has forgotten)."""
         wanted = StatusFilter.of(scheduler_ids)
-        if wanted.ids is not None and not wanted.ids:
+        if wanted.none:
             return {}
         result = self._run(render_status(user))
         return wanted.apply(parse_status(result.stdout, self._now(), self.tz, self.queue_option))
