@@ -48,9 +48,6 @@ HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py", "services/
 """Modules that run an app's hooks, which use the API's ApplicationDefinition and Job."""
 
 KNOWN: Dict[str, str] = {
-    "cli/job.py -> services.diagnose": "'job show' explains why a job waits; to move behind the API",
-    "cli/queue.py -> services.scheduler": "queue submit --dry-run / queue show render the batch script and submit line "
-                                          "as the agent would; to move behind the API",
     "cli/db.py -> db.maintenance": "db check/backup/vacuum/migrate; to move behind the API",
     "cli/db.py -> db.open_store": "db migrate opens the store without the API (the API refuses an older schema)",
     "cli/db.py -> db.Store": "db migrate opens the store without the API (the API refuses an older schema)",

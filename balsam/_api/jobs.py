@@ -394,6 +394,12 @@ class Job(Model):
 
         return list(EventLog.objects.filter(job_id=self.id, site_id=self.site_id).order_by("id"))
 
+    def why(self) -> List[str]:
+        """Why the job is in its state and what would move it on, in plain words (``balsam job show``'s "Why")."""
+        from balsam._api.diagnosis import why
+
+        return why(self)
+
     # ---------------------------------------------------------------- workflows (Balsam 0.x's dag module)
     @classmethod
     def current(cls) -> "Job":

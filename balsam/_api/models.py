@@ -19,6 +19,7 @@ from balsam.db.states import BatchJobState, to_batch_state
 from balsam.exceptions import CommandPending, JobLockedError, ValidationError
 
 if TYPE_CHECKING:
+    from balsam._api.diagnosis import Submission
     from balsam._api.sites import SiteRef
 
 logger = logging.getLogger(__name__)
@@ -359,6 +360,13 @@ class BatchJob(Model):
     def jobs(self) -> Query[Job]:
         """The jobs that ran (or run) in this BatchJob."""
         return Job.objects.filter(batch_job_id=self.id, site_id=self.site_id)
+
+    def preview_submission(self) -> "Submission":
+        """The batch script and scheduler command line the site agent submits this BatchJob with (for a BatchJob
+        not yet saved, with the id it would get). Nothing is written or submitted."""
+        from balsam._api.diagnosis import preview_submission
+
+        return preview_submission(self)
 
 
 class BatchJobManager(Manager[BatchJob]):

@@ -423,13 +423,7 @@ def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
     d = job_dict(j, _app_names(refs).get((j.site_id or 0, j.app_id)), names.get(j.site_id or 0))
     d["workdir_path"] = str(j.workdir_path)
     events = [{"timestamp": e.timestamp, "from_state": e.from_state, "to_state": e.to_state, "data": e.data} for e in j.history()]
-    from balsam.services.diagnose import explain
-
-    site = j.__dict__["_site"]
-    if site.is_home:
-        why = explain(site.store, site.path, int(j.id or 0))
-    else:  # the agent diagnoses it (the DB, the agent and the launchers' leases are on the home host)
-        why = list(site.backend.client.request("GET", f"/v1/jobs/{int(j.id or 0)}/why")["reasons"])
+    why = j.why()
     from balsam._api.models import TransferItem
     from balsam.cli.transfer import TABLE_HEADERS, item_dict, item_rows
 

@@ -98,14 +98,10 @@ def _show_submission(ref: Any, bj: Any, bj_id: Optional[int], as_json: bool, hea
     """Print the batch script and scheduler command line the agent would use for ``bj`` (id ``bj_id``; None: new)."""
     import shlex
 
-    from balsam.services.scheduler import preview_submission
-    from balsam.settings import load_settings
+    from balsam._api.diagnosis import preview_submission
 
-    settings = load_settings(ref.layout.settings_path)
-    fields = {"id": bj_id, "num_nodes": bj.num_nodes, "wall_time_min": bj.wall_time_min, "job_mode": bj.job_mode,
-              "queue": bj.queue, "project": bj.project, "optional_params": dict(bj.optional_params or {}),
-              "filter_tags": dict(bj.filter_tags or {}), "partitions": bj.partitions}
-    bj_id, text, path, argv = preview_submission(ref, settings.scheduler, fields)
+    preview = preview_submission(bj, bj_id)
+    bj_id, text, path, argv = preview.batch_job_id, preview.script, preview.script_path, preview.command
     if as_json:
         echo_json({"batch_job_id": bj_id, "site": ref.name, "script_path": str(path), "script": text, "command": argv})
         return

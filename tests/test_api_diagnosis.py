@@ -1,0 +1,55 @@
+"""The agent's view through the API, on the home host and from another host through the agent: ``Job.why()``
+(why a job waits: its parents, a BatchJob that cannot take it, the agent not running) and
+``BatchJob.preview_submission()`` (the batch script and submit line, nothing written; a draft's preview is refused
+away from the home host, naming it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from balsam.exceptions import ForeignHostError
+from tests.helpers import advance
+
+BACKENDS = ("local", "http")
+
+
+def test_why_a_job_waits(site: Any, hello: Any) -> None:
+    from balsam.api import BatchJob, Job
+
+    parent = hello.submit(workdir="p", say_hello_to="x")
+    child = hello.submit(workdir="c", say_hello_to="x", parent_ids=[parent.id])
+    assert Job.objects.get(id=child.id).why() == [f"waits for parent job {parent.id} (STAGED_IN)"]
+    assert any("the site agent is not running" in r for r in parent.why())
+    advance(parent, "PREPROCESSED")
+    assert "no BatchJob is queued or running" in " ".join(parent.why())
+    BatchJob.objects.create(num_nodes=1, wall_time_min=5, filter_tags={"exp": "other"})
+    assert "only runs jobs tagged {'exp': 'other'}" in " ".join(parent.why())
+    BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    assert "waits to be submitted, but the site agent is not running" in " ".join(parent.why())
+
+
+def test_preview_of_a_saved_batch_job_writes_nothing(site: Any, backend: str) -> None:
+    from balsam.api import BatchJob
+
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=7, job_mode="serial", filter_tags={"exp": "a b"})
+    preview = BatchJob.objects.get(id=bj.id).preview_submission()
+    assert preview.batch_job_id == bj.id
+    assert preview.script_path == site.path / "qsubmit" / f"qlaunch{bj.id}.sh"
+    assert preview.command == ["bash", str(preview.script_path)]
+    assert preview.script.startswith("#!/bin/bash") and f"--batch-job-id {bj.id} -j serial -t 7 --tag 'exp=a b'" in preview.script
+    assert not list((site.path / "qsubmit").glob("*.sh")) and BatchJob.objects.get(id=bj.id).state == "pending_submission"
+
+
+def test_preview_of_a_draft_gives_the_id_it_would_get_on_the_home_host_only(site: Any, backend: str) -> None:
+    from balsam.api import BatchJob
+
+    draft = BatchJob(num_nodes=1, wall_time_min=5)
+    if backend == "http":
+        with pytest.raises(ForeignHostError, match=f"run it on {site.host}, the home host of site test-site"):
+            draft.preview_submission()
+        return
+    preview = draft.preview_submission()
+    assert BatchJob.objects.count() == 0 and not list((site.path / "qsubmit").glob("*.sh"))
+    assert BatchJob.objects.create(num_nodes=1, wall_time_min=5).id == preview.batch_job_id
