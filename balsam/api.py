@@ -13,10 +13,15 @@
 
 Queries touch the current site (:func:`use_site`, ``BALSAM_SITE_PATH``, or the site around the working
 directory), else every site registered on this host. Importing this module opens nothing.
+
+Beyond Balsam 0.7: ``job.why()`` says why a job waits, ``batch_job.preview_submission()`` renders its batch script
+and submit line, :mod:`maintenance` checks, backs up, compacts, migrates and rebuilds a site's DB, and :mod:`relay`
+logs in to a relay and links sites to it (what ``balsam db``, ``balsam login`` and ``balsam site link`` do).
 """
 
 from __future__ import annotations
 
+from balsam._api import maintenance, relay
 from balsam._api.app import ApplicationDefinition
 from balsam._api.dag import DAG, DAGInstance
 from balsam._api.jobs import ALL_COMPLETED, FIRST_COMPLETED, Job, JobFailed, RemoteTraceback, add_dependency
@@ -45,6 +50,8 @@ __all__ = [
     "TransferItem",
     "add_dependency",
     "current_site",
+    "maintenance",
+    "relay",
     "site_config",  # noqa: F822 - provided by __getattr__ (read when asked for)
     "use_site",
 ]

@@ -47,24 +47,9 @@ SERVICES_API = {"_api.sites"}
 HOOK_RUNNERS = {"services/processing.py", "services/file_cleaner.py", "services/hookworker.py"}
 """Modules that run an app's hooks, which use the API's ApplicationDefinition and Job."""
 
-KNOWN: Dict[str, str] = {
-    "cli/db.py -> db.maintenance": "db check/backup/vacuum/migrate; to move behind the API",
-    "cli/db.py -> db.open_store": "db migrate opens the store without the API (the API refuses an older schema)",
-    "cli/db.py -> db.Store": "db migrate opens the store without the API (the API refuses an older schema)",
-    "cli/site.py -> platforms.presets": "site presets and sample-settings list the packaged presets",
-    "cli/site.py -> platforms.transfer": "site sync checks transfer location URLs; to move into balsam.site",
-    "cli/which.py -> launcher.nodes": "balsam which reports the launcher's node settings",
-    "cli/db.py -> db.recover": "db recover rebuilds a damaged DB without the API (which cannot open it)",
-    "cli/login.py -> sync.login": "relay login (balsam.sync), to move behind the API",
-    "cli/login.py -> sync.logout": "relay logout (balsam.sync), to move behind the API",
-    "cli/site.py -> sync.current_login": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
-    "cli/site.py -> sync.link_site": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
-    "cli/site.py -> sync.relay_sites": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
-    "cli/site.py -> sync.unlink_site": "site link/unlink/ls with a relay (balsam.sync), to move behind the API",
-    "cli/which.py -> http.client": "balsam which reports which backend (SQLite or the agent's HTTP API) and why",
-    "cli/which.py -> http.serve": "balsam which reports which backend (SQLite or the agent's HTTP API) and why",
-    "cli/which.py -> _zipapp.build_info": "balsam which reports how Balsam was installed",
-}
+KNOWN: Dict[str, str] = {}
+"""Exceptions that remain, ``"path -> module": "reason and the issue that removes it"`` (none left: the CLI reaches
+internals only through the API, balsam.site and the entry points above)."""
 
 
 def _imports(path: Path) -> Iterator[str]:

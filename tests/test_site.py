@@ -107,3 +107,23 @@ def test_settings_defaults_and_sections() -> None:
     s = settings_from_dict({"elastic_queue": [{"queue": "debug", "max_num_nodes": 4}], "queue_maintainer": {"num_queued_jobs": 2}})
     assert s.elastic_queue[0].max_num_nodes == 4 and s.queue_maintainer is not None and s.queue_maintainer.num_queued_jobs == 2
     assert s.launcher.mpi_launcher == "auto" and s.session.expiry_s == 300
+
+
+def test_presets_and_their_sample_settings() -> None:
+    from balsam.site.presets import preset_rows, sample_settings
+
+    rows = {name: (machine, scheduler, mpi) for name, machine, scheduler, mpi in preset_rows()}
+    assert rows["local"][1] == "local" and all(rows[n][1] and rows[n][2] for n in rows)
+    assert settings_from_dict(__import__("yaml").safe_load(sample_settings("local"))).scheduler.type == "local"
+    with pytest.raises(ConfigError, match="unknown preset 'nope' \\(available: .*local"):
+        sample_settings("nope")
+
+
+def test_transfer_locations_are_checked_with_one_line_naming_the_alias() -> None:
+    from balsam.site import transfer_location_notes
+
+    ok = settings_from_dict({"transfers": {"transfer_locations": {"here": "local", "peer": "rsync://me@host"}}})
+    assert transfer_location_notes(ok) == []
+    bad = settings_from_dict({"transfers": {"transfer_locations": {"peer": "rsync://host/with/path"}}})
+    with pytest.raises(ConfigError, match="transfer location 'peer': .*expected rsync://\\[user@\\]host \\(no path\\)"):
+        transfer_location_notes(bad)

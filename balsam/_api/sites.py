@@ -27,7 +27,7 @@ from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
 from balsam.site import Registry, SiteLayout, find_site_root, site_identity, this_host
 
-__all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "reachable_sites", "ref_for_root", "reset",
+__all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "process_host", "reachable_sites", "ref_for_root", "reset",
            "resolve", "scope", "select", "served_foreign_sites", "this_host", "use_site"]
 
 
@@ -127,6 +127,12 @@ def _backend_for(root: Path, owner: str) -> Backend:
             ) from None
     with _lock:
         return _backends.setdefault(root, backend)
+
+
+def process_host() -> str:
+    """This process's host name, as the API's root reads it (``BALSAM_HOSTNAME``, else the system's): the other
+    API modules compare a site's home host with it instead of reading the environment themselves."""
+    return this_host()
 
 
 def backend_reason(ref: SiteRef) -> str:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence, Union
 
 import click
 
 from balsam.cli._common import CLIError, echo_json, json_option, one_site, site_option, working
 
 if TYPE_CHECKING:
-    from balsam.db import Store
-    from balsam.db.maintenance import Problem
+    from balsam._api.maintenance import CheckReport
+    from balsam._api.sites import SiteRef
 
 _site_option = site_option("The site (default: the current site).")
 
@@ -49,45 +49,28 @@ def db_check(fix: bool, sites: Sequence[str], as_json: bool) -> None:
     """
     import sqlite3
 
-    from balsam.db import maintenance, open_store, recover
+    from balsam._api import maintenance
     from balsam.exceptions import StoreError
-    from balsam.site import this_host
+    from balsam.site import SiteLayout
 
+    target: Union["SiteRef", Path]
     try:
         ref = one_site(sites, "db check")
-        if not ref.is_home:  # the agent checks it on the home host
-            with working(f"Checking site {ref.name} (through its agent):", enabled=not as_json):
-                answer = ref.backend.db_check(fix)
-            found, fixed, left = ([maintenance.Problem(**p) for p in answer[k]] for k in ("problems", "fixed", "remaining"))
-            _report(ref.name, str(answer["db"]), found, fixed, left, None, fix, as_json)
-            return
-        store, name = ref.store, ref.name
+        target = ref
+        label = f"Checking site {ref.name} (through its agent):" if not ref.is_home else f"Checking {ref.layout.db_path}:"
     except (StoreError, sqlite3.DatabaseError):  # a damaged DB can always be checked: open the file itself
-        root = _root_without_opening(sites, "db check")
-        store, name = open_store(root, this_host()), root.name
-    try:
-        with working(f"Checking {store.db_path}:", enabled=not as_json):
-            problems = maintenance.check(store.conn)
-    except (StoreError, sqlite3.DatabaseError) as exc:
-        problems = [maintenance.Problem("unreadable", 1, f"the DB cannot be read: {exc}", fixable=False)]
-    damaged = any(p.name in ("integrity", "unreadable") for p in problems)
-    salvage = None
-    if damaged:
-        try:
-            salvage = recover.salvage(store.db_path, None).summary()
-        except StoreError as exc:
-            salvage = f"nothing ({exc})"
-    fixed = maintenance.repair(store) if fix and not damaged and any(p.fixable for p in problems) else []
-    remaining = maintenance.check(store.conn) if fixed else problems
-    _report(name, str(store.db_path), problems, fixed, remaining, salvage, fix, as_json)
+        target = _root_without_opening(sites, "db check")
+        label = f"Checking {SiteLayout(target).db_path}:"
+    with working(label, enabled=not as_json):
+        report = maintenance.check(target, fix)
+    _report(report, fix, as_json)
 
 
-def _report(name: str, db_path: str, problems: List["Problem"], fixed: List["Problem"], remaining: List["Problem"],
-            salvage: Optional[str], fix: bool, as_json: bool) -> None:
+def _report(report: "CheckReport", fix: bool, as_json: bool) -> None:
     """What ``db check`` found (and fixed); exit 1 if problems remain."""
+    db_path, problems, fixed, remaining, salvage = report.db, report.problems, report.fixed, report.remaining, report.recoverable
     if as_json:
-        echo_json({"site": name, "db": db_path, "problems": [vars(p) for p in problems],
-                   "fixed": [vars(p) for p in fixed], "remaining": [vars(p) for p in remaining], "recoverable": salvage})
+        echo_json(report.as_dict())
     else:
         if not problems:
             click.echo(f"{db_path}: ok (integrity and consistency)")
@@ -118,8 +101,8 @@ def db_recover(python_only: bool, sites: Sequence[str]) -> None:
     Example:
       balsam site stop && balsam db recover && balsam db check
     """
-    from balsam.db import maintenance, open_store, recover
-    from balsam.site import SiteLayout, agent_running, refuse_away_from_home, this_host
+    from balsam._api import maintenance
+    from balsam.site import SiteLayout, agent_running, refuse_away_from_home
 
     root = _root_without_opening(sites, "db recover")
     layout = SiteLayout(root)
@@ -127,17 +110,13 @@ def db_recover(python_only: bool, sites: Sequence[str]) -> None:
     why = agent_running(layout)
     if why:
         raise CLIError(f"the site agent is running ({why}): stop it first with 'balsam site stop --site {root}'", 2)
-    result = recover.recover(layout.db_path, use_cli=False if python_only else None)
-    click.echo(f"Rebuilt {result.new_path} ({result.method}): {result.summary()}")
+    result = maintenance.recover(root, python_only=python_only)
+    click.echo(f"Rebuilt {result.new_path} ({result.method}): {result.summary}")
     if result.lost:
-        click.echo(f"unreadable parts skipped in: {', '.join(sorted(result.lost))}")
+        click.echo(f"unreadable parts skipped in: {', '.join(result.lost)}")
     click.echo(f"The damaged file is kept as {result.kept_path}")
-    store = open_store(root, this_host())
-    try:
-        for p in maintenance.repair(store):
-            click.echo(f"rebuilt: {p.name} ({p.count})")
-    finally:
-        store.close()
+    for p in result.rebuilt:
+        click.echo(f"rebuilt: {p.name} ({p.count})")
 
 
 @db.command("backup")
@@ -156,7 +135,7 @@ def db_backup(dest: Path, force: bool, sites: Sequence[str]) -> None:
     """
     import time
 
-    from balsam.db import maintenance
+    from balsam._api import maintenance
 
     ref = one_site(sites, "db backup")
     if not ref.is_home:  # the agent copies it (dest as seen from the home host: a shared filesystem's path)
@@ -165,8 +144,8 @@ def db_backup(dest: Path, force: bool, sites: Sequence[str]) -> None:
         if not dest.is_dir() and not dest.parent.is_dir():
             raise CLIError(f"{dest.parent}: no such directory", 2)
         with working(f"Backing up site {ref.name} (through its agent):"):
-            answer = ref.backend.db_backup(str(dest.expanduser().resolve()), force)
-        click.echo(f"Backed up site {ref.name} to {answer['path']} ({_mb(int(answer['bytes']))})")
+            path, size = maintenance.backup(ref, dest, force)
+        click.echo(f"Backed up site {ref.name} to {path} ({_mb(size)})")
         return
     if dest.is_dir():
         dest = dest / f"{ref.name}-{time.strftime('%Y%m%d-%H%M%S')}.db"
@@ -174,14 +153,14 @@ def db_backup(dest: Path, force: bool, sites: Sequence[str]) -> None:
         raise CLIError(f"{dest} exists; pass --force to overwrite it", 1)
     if not dest.parent.is_dir():
         raise CLIError(f"{dest.parent}: no such directory", 2)
-    total = maintenance.db_size(ref.store)
+    total = maintenance.db_size(ref)
 
     def copied() -> str:  # the copy is written next to dest, then renamed into place
         done = sum(p.stat().st_size for p in dest.parent.glob(f".{dest.name}.*.tmp") if p.is_file())
         return f"{_mb(done)} of about {_mb(total)}"
 
     with working(f"Backing up site {ref.name}:", measure=copied):
-        size = maintenance.backup(ref.store, dest)
+        _, size = maintenance.backup(ref, dest, force)
     click.echo(f"Backed up site {ref.name} to {dest} ({_mb(size)})")
 
 
@@ -194,15 +173,11 @@ def db_vacuum(sites: Sequence[str]) -> None:
     Example:
       balsam db vacuum
     """
-    from balsam.db import maintenance
+    from balsam._api import maintenance
 
     ref = one_site(sites, "db vacuum")
-    if not ref.is_home:  # the agent compacts it on the home host
-        answer = ref.backend.db_vacuum()
-        click.echo(f"Compacted {answer['db']}: {_mb(int(answer['before']))} -> {_mb(int(answer['after']))}")
-        return
-    before, after = maintenance.vacuum(ref.store)
-    click.echo(f"Compacted {ref.store.db_path}: {_mb(before)} -> {_mb(after)}")
+    db_path, before, after = maintenance.vacuum(ref)  # from another host, the agent compacts it on the home host
+    click.echo(f"Compacted {db_path}: {_mb(before)} -> {_mb(after)}")
 
 
 def _root_without_opening(sites: Sequence[str], action: str = "db migrate") -> Path:
@@ -225,17 +200,6 @@ def _root_without_opening(sites: Sequence[str], action: str = "db migrate") -> P
     return Path(local[0].path)
 
 
-def _follow_site_id(root: Path, store: "Store") -> None:
-    """Record in the registry the site id a migration gave the site (ids carry it: balsam.db.ids)."""
-    from balsam.site import Registry, site_identity
-
-    site_id, _ = site_identity(store)
-    registry = Registry()
-    entry = registry.by_path(root)
-    if entry is not None and entry.id != site_id:
-        registry.update(entry.name, site_id=site_id)
-
-
 @db.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Only show what would be applied.")
 @_site_option
@@ -247,27 +211,21 @@ def db_migrate(dry_run: bool, sites: Sequence[str]) -> None:
     Example:
       balsam db migrate --dry-run
     """
-    from balsam._api import sites as _sites
-    from balsam.db import maintenance, open_store
-    from balsam.site import SiteLayout, refuse_away_from_home, this_host
+    from balsam._api import maintenance
+    from balsam.exceptions import StoreError
 
     root = _root_without_opening(sites)
-    refuse_away_from_home(SiteLayout(root), "migrated")
-    store = open_store(root, this_host())
-    version, current, pending = maintenance.schema_status(store)
-    if version > current:
-        raise CLIError(f"{store.db_path}: schema version {version} is newer than this Balsam ({current}); upgrade Balsam", 1)
-    if not pending:
-        click.echo(f"{store.db_path}: schema version {version} is current")
+    status = maintenance.schema_status(root)
+    if status.version > status.current:
+        raise CLIError(f"{status.db}: schema version {status.version} is newer than this Balsam ({status.current}); upgrade Balsam", 1)
+    if not status.pending:
+        click.echo(f"{status.db}: schema version {status.version} is current")
         return
-    click.echo(f"{store.db_path}: schema version {version} -> {current}: " + ", ".join(pending))
+    click.echo(f"{status.db}: schema version {status.version} -> {status.current}: " + ", ".join(status.pending))
     if dry_run:
         return
-    store.migrate()
-    now = store.schema_version()
-    _follow_site_id(root, store)
-    store.close()
-    _sites.reset()
-    if now != current:
-        raise CLIError(f"{store.db_path}: schema version is {now} after migrating, expected {current}", 1)
-    click.echo(f"Applied {len(pending)} migrations; schema version is now {current}")
+    try:
+        maintenance.migrate(root)
+    except StoreError as exc:
+        raise CLIError(str(exc), 1) from None
+    click.echo(f"Applied {len(status.pending)} migrations; schema version is now {status.current}")

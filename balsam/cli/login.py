@@ -26,12 +26,12 @@ def login(url: str, user: str, password_stdin: bool, cafile: str) -> None:
     Example:
       balsam login https://relay.example.org -u alice
     """
+    from balsam._api import relay
     from balsam.exceptions import BalsamError
-    from balsam.sync import login as do_login
 
     password: Optional[str] = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("Password", hide_input=True)
     try:
-        record = do_login(url, user, password or "", cafile)
+        record = relay.login(url, user, password or "", cafile)
     except BalsamError as e:
         raise CLIError(f"login to {url} failed: {str(e).splitlines()[0]}", 1) from None
     click.echo(f"Logged in to {record['url']} as {record['user']} (token saved; it expires {record.get('expires') or 'never'}).")
@@ -45,7 +45,7 @@ def logout() -> None:
     Example:
       balsam logout
     """
-    from balsam.sync import logout as do_logout
+    from balsam._api import relay
 
-    url = do_logout()
+    url = relay.logout()
     click.echo(f"Logged out of {url}." if url else "Not logged in to a relay.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -105,12 +106,12 @@ def status(site: Optional[str], as_json: bool) -> None:
     Example:
       balsam service status --json
     """
-    from balsam.cli.which import node_hardware
+    from balsam._api.environment import node_hardware
     from balsam.services.agent import agent_status
 
     root = site_root(site)
     st = agent_status(root)
-    st["node"] = node_hardware(root)
+    st["node"] = node_hardware(root, os.environ)
     st["logs"] = log_locations(root)
     if as_json:
         click.echo(json.dumps(st, indent=1))

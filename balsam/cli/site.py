@@ -34,13 +34,10 @@ def site() -> None:
 
 # ------------------------------------------------------------------------------------------- presets
 def _presets() -> List[Tuple[str, str, str, str]]:
-    """(name, machine, scheduler, MPI launcher) per preset; bare names where the presets cannot describe themselves."""
-    from balsam.platforms import presets
+    """(name, machine, scheduler, MPI launcher) per packaged preset."""
+    from balsam.site.presets import preset_rows
 
-    describe = getattr(presets, "describe_presets", None)
-    if describe is None:
-        return [(name, "", "", "") for name in presets.list_presets()]
-    return [(p.name, p.title, p.scheduler, p.mpi_launcher) for p in describe()]
+    return preset_rows()
 
 
 def _choose_preset(options: List[Tuple[str, str, str, str]]) -> str:
@@ -89,19 +86,18 @@ def site_init(path: Path, name: Optional[str], preset: Optional[str], relay_url:
         default = Path(path).expanduser().resolve().name
         name = str(click.prompt("Site name", default=default)).strip() if interactive else default
     if relay_url:
-        from balsam.sync import current_login
+        from balsam._api import relay
 
-        record = current_login()
+        record = relay.current_login()
         if record is None or record["url"] != relay_url.rstrip("/"):
             raise CLIError(f"log in to the relay first: balsam login {relay_url} -u USER", 2)
     entry = init_site(path, name=name, preset=preset)
     click.echo(f"Created site {entry.name!r} (id {entry.id}, preset {preset}) at {entry.path}")
     if relay_url:
         from balsam.exceptions import BalsamError
-        from balsam.sync import link_site
 
         try:
-            link = link_site(Path(entry.path), relay_url)
+            link = relay.link(Path(entry.path), relay_url)
         except BalsamError as e:
             raise CLIError(f"site created, but linking it to {relay_url} failed: {str(e).splitlines()[0]} "
                            f"(retry with: balsam site link {relay_url} --site {entry.name})", 1) from None
@@ -148,14 +144,14 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
 
 def _relay_rows() -> List[Dict[str, Any]]:
     """The logged-in user's sites at the relay: last seen, jobs by state, changes waiting to be pushed."""
+    from balsam._api import relay
     from balsam.exceptions import BalsamError
-    from balsam.sync import current_login, relay_sites
 
-    record = current_login()
+    record = relay.current_login()
     if record is None:
         return []
     try:
-        sites = relay_sites(record)
+        sites = relay.sites(record)
     except BalsamError as e:
         return [{"id": "", "name": "", "path": record["url"], "host": "relay", "status": f"relay unreachable: {e}"}]
     out = []
@@ -344,11 +340,9 @@ def site_sync(sites: Sequence[str]) -> None:
     for note in notes_for_file(ref.layout.settings_path):
         click.echo(f"note: settings.yml: {note}")
     check_site_settings(ref.path, settings)
-    from balsam.platforms.transfer.locations import missing_extra_notes, parse_location
+    from balsam.site import transfer_location_notes
 
-    for alias, url in settings.transfers.transfer_locations.items():
-        parse_location(alias, url)  # a bad URL is one clear error
-    for note in missing_extra_notes(settings.transfers.transfer_locations):
+    for note in transfer_location_notes(settings):  # a bad URL is one clear error
         click.echo(f"note: settings.yml: {note}")
     refresh_site_row(ref.store, settings, stamp)
     queues = ", ".join(sorted(settings.scheduler.allowed_queues)) or "none"
@@ -368,14 +362,14 @@ def site_link(url: str, sites: Sequence[str]) -> None:
     Example:
       balsam login https://relay.example.org -u alice && balsam site link https://relay.example.org
     """
+    from balsam._api import relay
     from balsam.cli._common import one_site
     from balsam.exceptions import BalsamError
     from balsam.site import agent_running
-    from balsam.sync import link_site
 
     ref = one_site(sites, "site link")
     try:
-        link = link_site(ref.path, url)
+        link = relay.link(ref, url)
     except BalsamError as e:
         raise CLIError(f"cannot link site {ref.name} to {url}: {str(e).splitlines()[0]}", 1) from None
     if link.get("moved_from"):
@@ -398,11 +392,11 @@ def site_unlink(sites: Sequence[str]) -> None:
     Example:
       balsam site unlink
     """
+    from balsam._api import relay
     from balsam.cli._common import one_site
-    from balsam.sync import unlink_site
 
     ref = one_site(sites, "site unlink")
-    click.echo(f"Site {ref.name} is no longer linked." if unlink_site(ref.path) else f"Site {ref.name} was not linked.")
+    click.echo(f"Site {ref.name} is no longer linked." if relay.unlink(ref) else f"Site {ref.name} was not linked.")
 
 
 @site.command("presets")
@@ -430,13 +424,13 @@ def site_sample_settings(preset: Optional[str]) -> None:
     Example:
       balsam site sample-settings --preset polaris > settings.yml
     """
-    from balsam.platforms.presets import read_preset_file
     from balsam.site import SiteLayout, find_site_root
+    from balsam.site.presets import sample_settings
 
     if preset is None:
         root = find_site_root()
         preset = (SiteLayout(root).preset() if root is not None else None) or "local"
-    click.echo(read_preset_file(preset, "settings.yml"), nl=False)
+    click.echo(sample_settings(preset), nl=False)
 
 
 # ------------------------------------------------------------------------------------------- globus-login
@@ -453,11 +447,10 @@ def site_globus_login(sites: Sequence[str]) -> None:
       balsam site globus-login
     """
     from balsam.cli._common import one_site
-    from balsam.platforms.transfer.globus_auth import login
     from balsam.settings import load_settings
+    from balsam.site import globus_login
 
     ref = one_site(sites, "site globus-login")
     settings = load_settings(ref.layout.settings_path)
-    path = ref.layout.state / "globus-tokens.json"
-    login(settings.transfers.globus_client_id, path, ask=lambda prompt: str(click.prompt(prompt)), say=click.echo)
+    path = globus_login(ref.layout, settings.transfers.globus_client_id, ask=lambda prompt: str(click.prompt(prompt)), say=click.echo)
     click.echo(f"Logged in to Globus; tokens stored in {path} (mode 0600).")

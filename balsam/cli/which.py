@@ -12,36 +12,6 @@ import click
 from balsam.cli._common import echo_json, json_option
 
 
-def _running_from() -> Dict[str, Any]:
-    """Where this Balsam's code comes from: a zipapp, a source tree, or an installed package."""
-    import balsam
-    from balsam.runtime import zipapp_path
-
-    archive = zipapp_path()
-    if archive is not None:
-        from balsam._zipapp import build_info
-
-        info = build_info(archive)
-        deps = {k: v for k, v in info.get("dependencies", {}).items() if k != "balsam"}
-        return {"kind": "zipapp", "path": str(archive), "build": info.get("build_hash", "?"), "dependencies": deps}
-    origin = Path(balsam.__file__).resolve().parent
-    kind = "installed" if "site-packages" in origin.parts or "dist-packages" in origin.parts else "source tree"
-    return {"kind": kind, "path": str(origin), "dependencies": _installed_versions()}
-
-
-def _installed_versions() -> Dict[str, str]:
-    """Versions of Balsam's dependencies in this Python ('missing' where absent)."""
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("click", "jinja2", "markupsafe", "pyyaml", "psutil", "starlette", "uvicorn", "h11", "wsproto"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "missing"
-    return out
-
-
 def _resolve(site: Optional[str]) -> Dict[str, Any]:
     from balsam.site import Registry, SiteLayout, find_site_root
 
@@ -70,64 +40,6 @@ def data_site_readable(found: Dict[str, Any]) -> bool:
     return bool(found["root"]) and (Path(found["root"]) / "settings.yml").is_file()
 
 
-def _site_info(root: Path) -> Dict[str, Any]:
-    from balsam.site import SiteLayout, code_schema_version, store_report, this_host
-
-    layout = SiteLayout(root)
-    home = layout.home_host()
-    info: Dict[str, Any] = {"path": str(root), "home_host": home, "preset": layout.preset(), "db": str(layout.db_path),
-                            "code_schema_version": code_schema_version()}
-    if home and home != this_host():
-        info["backend"] = "http"
-        info["backend_reason"] = (f"this host ({this_host()}) is not the site's home host ({home}): its DB can only be opened "
-                                  "there, so the API and CLI go through the site agent's HTTP API")
-        info["note"] = f"the site belongs to host {home!r}: its DB can only be opened there"
-        from balsam.exceptions import BalsamError
-        from balsam.http.serve import read_address
-
-        try:
-            address = read_address(layout.state)
-            info["api_url"] = address.get("url") or f"{address.get('host')}:{address.get('port')}"
-            from balsam.http.client import HttpBackend
-
-            row = HttpBackend.for_site(root, retry_s=2).site_row(("id", "name"))
-            info.update(id=row[0], name=row[1])
-        except BalsamError as e:
-            info["api_error"] = str(e)
-        return info
-    info["backend"] = "local"
-    info["backend_reason"] = f"this host ({this_host()}) is the site's home host: the DB is opened directly"
-    info.update(store_report(root, this_host()))
-    return info
-
-
-def node_hardware(root: Optional[Path]) -> Dict[str, str]:
-    """What a launcher started here would use: the MPI (``mpi``), the GPUs (``gpus``) and any ``warning``
-    about the settings (the site's, else the defaults), found the way the launcher finds them."""
-    from balsam.exceptions import BalsamError
-    from balsam.launcher.nodes import resolve_launcher_settings
-    from balsam.settings import LauncherSettings, load_settings
-
-    ls = LauncherSettings()
-    if root is not None:
-        try:
-            ls = load_settings(root / "settings.yml").launcher
-        except BalsamError as exc:
-            return {"warning": str(exc)}
-    resolved, notes = resolve_launcher_settings(ls, os.environ)
-    out: Dict[str, str] = {}
-    for note in notes:
-        key, _, text = note.partition(": ")
-        out[{"MPI": "mpi", "GPUs": "gpus"}.get(key, "warning")] = text
-    if "mpi" not in out:
-        exe = resolved.mpi_executable or "its usual program"
-        out["mpi"] = f"{resolved.mpi_launcher} (launcher.mpi_launcher in settings.yml, as {exe})"
-    if "gpus" not in out:
-        n = resolved.gpus_per_node or len(resolved.gpu_ids)
-        out["gpus"] = f"{n} per node (launcher settings); jobs see {resolved.gpu_env}"
-    return out
-
-
 @click.command("which")
 @click.option("--site", help="Resolve this site (name, id or path) instead of the current one.")
 @json_option()
@@ -141,14 +53,15 @@ def which(site: Optional[str], as_json: bool) -> None:
       balsam which --site my-site --json
     """
     from balsam import __version__
+    from balsam._api.environment import node_hardware, running_from, site_backend
     from balsam.site import Registry, this_host
 
     found = _resolve(site)
-    data: Dict[str, Any] = {"found_by": found["found_by"], "site": _site_info(found["root"]) if found["root"] else None,
+    data: Dict[str, Any] = {"found_by": found["found_by"], "site": site_backend(found["root"]) if found["root"] else None,
                             "host": this_host(), "registry": str(Registry().path),
-                            "balsam": {"version": __version__, **_running_from()},
+                            "balsam": {"version": __version__, **running_from()},
                             "python": {"executable": sys.executable, "version": sys.version.split()[0]},
-                            "node": node_hardware(found["root"] if data_site_readable(found) else None)}
+                            "node": node_hardware(found["root"] if data_site_readable(found) else None, os.environ)}
     if as_json:
         echo_json(data)
         return

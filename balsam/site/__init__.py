@@ -10,6 +10,7 @@ from balsam.site.operations import (
     LIVE_SESSION_S,
     agent_running,
     code_schema_version,
+    globus_login,
     init_site,
     live_launchers,
     move_site,
@@ -30,14 +31,15 @@ from balsam.site.policies import (
     reread_settings_if_changed,
     settings_stamp,
     site_row_fields,
+    transfer_location_notes,
 )
 from balsam.site.registry import SITE_NAME_RE, Registry, RegistryEntry, new_site_uuid, validate_site_name
 
 __all__ = [
     "LIVE_SESSION_S", "SETTINGS_STAMP_KEY", "SITE_NAME_RE", "STATE_DIR", "Registry", "RegistryEntry", "SiteLayout",
-    "agent_running", "balsam_home", "check_site_settings", "code_schema_version", "find_site_root", "init_site",
+    "agent_running", "balsam_home", "check_site_settings", "code_schema_version", "find_site_root", "globus_login", "init_site",
     "live_launchers", "move_site", "new_site_uuid", "note_found_hardware", "refresh_site_row", "refuse_away_from_home",
     "remove_site",
     "rename_host", "rename_site", "reread_settings_if_changed", "settings_stamp", "site_identity", "site_job_count",
-    "site_row_fields", "site_summary", "store_report", "this_host", "validate_site_name",
+    "site_row_fields", "site_summary", "store_report", "this_host", "transfer_location_notes", "validate_site_name",
 ]

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from balsam.exceptions import ForeignHostError, JobLockedError, ServiceError, SiteError, SiteNotFound
 from balsam.site.layout import STATE_DIR, SiteLayout, this_host
@@ -376,3 +376,13 @@ def code_schema_version() -> int:
     from balsam.db.schema import CURRENT_VERSION
 
     return CURRENT_VERSION
+
+
+def globus_login(layout: SiteLayout, client_id: Optional[str], ask: Callable[[str], str], say: Callable[[str], None]) -> Path:
+    """Log the site in to Globus for its transfers (the native-app flow: ``say`` shows the URL, ``ask`` reads the
+    code) and store the tokens in the site's state folder, mode 0600; the file's path. Needs globus-sdk."""
+    from balsam.platforms.transfer.globus_auth import login
+
+    path = layout.state / "globus-tokens.json"
+    login(client_id, path, ask=ask, say=say)
+    return path

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional
 
 from balsam.exceptions import ConfigError
 from balsam.site.layout import SiteLayout
@@ -55,6 +55,17 @@ def check_site_settings(root: Path, settings: "SiteSettings") -> None:
     unknown = sorted(meta.find_undeclared_variables(ast) - set(CONTEXT_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown name {unknown[0]!r} (templates may use: {', '.join(CONTEXT_KEYS)})")
+
+
+def transfer_location_notes(settings: "SiteSettings") -> List[str]:
+    """Check every transfer location URL in settings.yml (a bad one is one clear error naming its alias); notes on
+    locations whose protocol needs an optional package that is not installed."""
+    from balsam.platforms.transfer.locations import missing_extra_notes, parse_location
+
+    locations = settings.transfers.transfer_locations
+    for alias, url in locations.items():
+        parse_location(alias, url)
+    return missing_extra_notes(locations)
 
 
 SETTINGS_STAMP_KEY = "settings_stamp"  # meta key: the settings.yml (mtime, size) the site row was copied from
