@@ -7,7 +7,9 @@ included):
 - ``services`` use ``db`` and ``platforms``; of the API only site references (``_api.sites``), and the API's app
   and Job in the modules that run an app's hooks (processing, file cleaning); never ``cli`` or ``launcher``;
 - ``cli`` imports the API and its own helpers; the commands that *are* another process's entry point (``balsam
-  launcher``, ``balsam service run``) import that process's package.
+  launcher``, ``balsam service run``) import that process's package;
+- the API (``api``, ``_api``) never imports ``cli`` or the relay's server; of the agent and the launcher only what
+  it answers for them on the home host (``API_AGENT_VIEW``).
 
 ``__main__`` modules are entry points (composition roots), outside the rules. An exception that remains is listed
 by name with the reason and the issue that removes it; the test fails when a listed exception is gone too, so the
@@ -32,7 +34,15 @@ FORBIDDEN: Dict[str, Set[str]] = {
     "launcher": {"services", "cli"},
     "services": {"cli", "launcher"},
     "db": {"_api", "api", "cli", "launcher", "services", "site", "settings", "platforms"},
+    "_api": {"cli", "relay"},
+    "api": {"cli", "relay", "services", "launcher"},
 }
+API_AGENT_VIEW = {
+    ("_api/diagnosis.py", "services"): "job.why() and batch_job.preview_submission() work out on the home host what the "
+                                       "agent would say (its diagnosis) and submit (its scheduler's rendering)",
+    ("_api/environment.py", "launcher"): "balsam which shows the MPI and GPUs a launcher started here would resolve",
+}
+"""The API modules that answer for the agent or the launcher on the home host (elsewhere they ask the agent)."""
 CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "settings_aliases", "pidfile", "states"}
 """The API, the CLI's own helpers, the states and their named sets, and the site layout/registry and settings files
 the CLI edits."""
@@ -94,6 +104,8 @@ def _violations() -> List[str]:
                 bad = True
             if layer == "cli" and top not in CLI_ALLOWED and (rel, top) not in ENTRY_POINTS:
                 bad = True
+            if layer == "_api" and top in ("services", "launcher") and (rel, top) not in API_AGENT_VIEW:
+                bad = True
             if bad:
                 out.append(f"{rel} -> {short}")
     return sorted(set(out))
@@ -107,6 +119,12 @@ def test_every_layer_imports_one_way() -> None:
 def test_the_list_of_known_exceptions_only_shrinks() -> None:
     gone = sorted(set(KNOWN) - set(_violations()))
     assert gone == [], f"no longer imported, remove from KNOWN: {gone}"
+
+
+def test_every_named_api_exception_is_still_needed() -> None:
+    """An API_AGENT_VIEW entry whose module no longer imports that layer goes (the list only shrinks)."""
+    used = {(rel, name.split(".")[0]) for layer, rel, path in _modules() if layer == "_api" for name in _imports(path)}
+    assert sorted(set(API_AGENT_VIEW) - used) == []
 
 
 def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
