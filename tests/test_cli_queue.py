@@ -97,14 +97,15 @@ def test_dry_run_shows_the_real_schedulers_command_line(site: Any, backend: str)
 
 
 def test_show_prints_the_submitted_script(site: Any) -> None:
-    from balsam.services.scheduler import SchedulerService, scheduler_for
+    from balsam.services.scheduler import SchedulerService
     from balsam.settings import load_settings
+    from balsam.site.submission import scheduler_for
 
     bid = str(json.loads(ok("queue", "submit", "-n", "1", "-t", "5", "--json").stdout)["id"])
     before = ok("queue", "show", bid).stdout
     assert before.startswith(f"# BatchJob {bid} (pending_submission) is not submitted yet; it would be submitted as:")
     sched = load_settings(site.path / "settings.yml").scheduler
-    service = SchedulerService(site, sched, scheduler_for(site, sched))
+    service = SchedulerService(site, sched, scheduler_for(site.layout, sched))
     service.run_cycle()  # the agent's submission: renders qsubmit/qlaunch1.sh and starts it
     try:
         out = ok("queue", "show", bid).stdout

@@ -8,8 +8,11 @@ included):
   and Job in the modules that run an app's hooks (processing, file cleaning); never ``cli`` or ``launcher``;
 - ``cli`` imports the API and its own helpers; the commands that *are* another process's entry point (``balsam
   launcher``, ``balsam service run``) import that process's package;
-- the API (``api``, ``_api``) never imports ``cli`` or the relay's server; of the agent and the launcher only what
-  it answers for them on the home host (``API_AGENT_VIEW``).
+- ``site`` (layout, registry, settings policies, and what the agent, the launcher and the API share: the job
+  diagnosis, the batch script's rendering, the node's MPI and GPUs, the agent's status file) uses ``db``,
+  ``platforms`` and ``settings``, never the API, the CLI, the HTTP layer, the launcher or the agent;
+- the API (``api``, ``_api``) never imports ``cli`` or the relay's server, nor the agent's or the launcher's code:
+  what it answers for them on the home host comes from ``site`` (``API_AGENT_VIEW`` lists exceptions; none left).
 
 ``__main__`` modules are entry points (composition roots), outside the rules. An exception that remains is listed
 by name with the reason and the issue that removes it; the test fails when a listed exception is gone too, so the
@@ -36,13 +39,12 @@ FORBIDDEN: Dict[str, Set[str]] = {
     "db": {"_api", "api", "cli", "launcher", "services", "site", "settings", "platforms"},
     "_api": {"cli", "relay"},
     "api": {"cli", "relay", "services", "launcher"},
+    "site": {"_api", "api", "cli", "http", "launcher", "relay", "services"},
 }
-API_AGENT_VIEW = {
-    ("_api/diagnosis.py", "services"): "job.why() and batch_job.preview_submission() work out on the home host what the "
-                                       "agent would say (its diagnosis) and submit (its scheduler's rendering)",
-    ("_api/environment.py", "launcher"): "balsam which shows the MPI and GPUs a launcher started here would resolve",
-}
-"""The API modules that answer for the agent or the launcher on the home host (elsewhere they ask the agent)."""
+API_AGENT_VIEW: Dict[Tuple[str, str], str] = {}
+"""The API modules that answer for the agent or the launcher on the home host (elsewhere they ask the agent); none
+left: job.why(), batch_job.preview_submission() and balsam which use the site layer's diagnosis, submission and
+hardware modules, which the agent and the launcher use too."""
 CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "settings_aliases", "pidfile", "states"}
 """The API, the CLI's own helpers, the states and their named sets, and the site layout/registry and settings files
 the CLI edits."""

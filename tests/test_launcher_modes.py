@@ -150,7 +150,7 @@ def test_jobs_this_launcher_cannot_hold_are_left_for_another(site: Any, mode: st
     """A job needing GPUs the nodes lack is not failed: it stays runnable for a launcher that has them, and
     ``balsam job show`` (diagnose.explain) says why it waits while this launcher runs."""
     from balsam.api import ApplicationDefinition
-    from balsam.services.diagnose import explain
+    from balsam.site.diagnosis import explain
     from tests.launcher_support import start, wait_for
 
     class NeedsGpus(ApplicationDefinition):

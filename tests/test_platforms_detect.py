@@ -10,11 +10,11 @@ from typing import Any, Dict
 
 import pytest
 
-from balsam.launcher.nodes import resolve_launcher_settings
 from balsam.platforms.mpi import LaunchSpec, get_mpi_launcher
 from balsam.platforms.mpi.detect import check_named_launcher, detect_mpi, resolve_mpi
 from balsam.platforms.nodes.gpus import detect_gpus
 from balsam.settings import LauncherSettings
+from balsam.site.hardware import resolve_launcher_settings
 
 OPENMPI = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 HYDRA = "HYDRA build details:\n    Version:                                 4.0.2\n    Release Date: Thu Apr  7 2022\n"

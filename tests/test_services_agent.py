@@ -91,7 +91,7 @@ def test_cleaning_never_leaves_the_workdir(tmp_path: Path) -> None:
 
 def test_stuck_jobs_say_why(site: Any, hello: Any) -> None:
     from balsam.api import BatchJob
-    from balsam.services.diagnose import explain
+    from balsam.site.diagnosis import explain
 
     def why(job: Any) -> str:
         return " | ".join(explain(site.store, site.path, job.id))
@@ -113,8 +113,8 @@ def test_stuck_jobs_say_why(site: Any, hello: Any) -> None:
 def test_the_agent_survives_a_full_disk_and_says_so(small_disk: Path) -> None:
     from balsam._api import sites
     from balsam.cli.service import format_status
-    from balsam.services.diagnose import explain
     from balsam.site import init_site
+    from balsam.site.diagnosis import explain
 
     root = small_disk / "site"
     init_site(root, name="full-site")

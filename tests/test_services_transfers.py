@@ -230,7 +230,7 @@ def test_transient_failures_are_retried_with_doubling_pauses_then_fail_the_job(s
     item = TransferItem.objects.get(job_id=job.id)
     assert (item.state, item.transfer_info["attempts"], item.transfer_info["retry_at"]) == ("pending", 1, 1010.0)
     assert "Connection closed" in item.transfer_info["last_error"]
-    from balsam.services.diagnose import explain
+    from balsam.site.diagnosis import explain
 
     why = " ".join(explain(site.store, site.path, job.id))  # balsam job show says why the job waits
     assert "is pending; try 2 at" in why and "Connection closed" in why

@@ -23,7 +23,7 @@ def why(job: Any) -> List[str]:
     site = job.__dict__["_site"]
     job_id = int(job.id or 0)
     if site.is_home:
-        from balsam.services.diagnose import explain
+        from balsam.site.diagnosis import explain
 
         return explain(site.store, site.path, job_id)
     # the agent diagnoses it: the DB, the agent's status and the launchers' leases are on the home host
@@ -44,8 +44,8 @@ def preview_submission(batch_job: Any, batch_job_id: Optional[int] = None) -> Su
     """The batch script and scheduler command line the site agent would use for ``batch_job`` (saved, or a draft
     not yet saved: then the id it would get). Nothing is written or submitted. A draft is previewed only on the
     site's home host (the next id is the site DB's): elsewhere a ForeignHostError names the home host."""
-    from balsam.services.scheduler import preview_submission as render
     from balsam.settings import load_settings
+    from balsam.site.submission import preview_submission as render
 
     site = batch_job.__dict__["_site"]
     if batch_job_id is None and batch_job.id is not None:
@@ -58,5 +58,5 @@ def preview_submission(batch_job: Any, batch_job_id: Optional[int] = None) -> Su
                               "job_mode": batch_job.job_mode, "queue": batch_job.queue, "project": batch_job.project,
                               "optional_params": dict(batch_job.optional_params or {}),
                               "filter_tags": dict(batch_job.filter_tags or {}), "partitions": batch_job.partitions}
-    bj_id, text, path, argv = render(site, settings.scheduler, fields)
+    bj_id, text, path, argv = render(site.store, site.path, settings.scheduler, fields)
     return Submission(batch_job_id=bj_id, script=text, script_path=Path(path), command=list(argv))

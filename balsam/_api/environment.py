@@ -92,8 +92,8 @@ def node_hardware(root: Optional[Path], env: Mapping[str, str]) -> Dict[str, str
     any ``warning`` about the settings (the site ``root``'s, else the defaults), found the way the launcher finds
     them."""
     from balsam.exceptions import BalsamError
-    from balsam.launcher.nodes import resolve_launcher_settings
     from balsam.settings import LauncherSettings, load_settings
+    from balsam.site.hardware import resolve_launcher_settings
 
     ls = LauncherSettings()
     if root is not None:

@@ -311,7 +311,7 @@ def _site(call: Call) -> Dict[str, Any]:
 
 def _agent_health(site_root: Path) -> Dict[str, Any]:
     """The site agent's health as the dashboard shows it: running, its last report, each service's state."""
-    from balsam.services.agent import agent_status
+    from balsam.site.agent_state import agent_status
 
     status = agent_status(site_root)
     raw = status.get("services")
@@ -649,7 +649,7 @@ def why(call: Call) -> Answer:
     store = getattr(call.backend, "store", None)
     if store is None or call.site_root is None:
         return 200, {"reasons": []}
-    from balsam.services.diagnose import explain
+    from balsam.site.diagnosis import explain
 
     return 200, {"reasons": explain(store, call.site_root, job_id)}
 

@@ -88,13 +88,14 @@ def run_launcher(
     normal stop (idle, wall time), 128+N after signal N, 1 after an error.
     """
     from balsam.launcher.base import LauncherConfig
-    from balsam.launcher.nodes import discover_nodes, resolve_launcher_settings
+    from balsam.launcher.nodes import discover_nodes
     from balsam.launcher.partitions import parse_partition, run_partitions
     from balsam.launcher.spawn import set_home
     from balsam.launcher.transport import choose_transport
     from balsam.launcher.watchdog import BENCH_UNGUARDED_ENV
     from balsam.settings import load_settings
     from balsam.site import SiteLayout, this_host
+    from balsam.site.hardware import resolve_launcher_settings
 
     if job_mode not in JOB_MODES:
         raise ConfigError(f"job mode must be one of {', '.join(JOB_MODES)}, not {job_mode!r}")

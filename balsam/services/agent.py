@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 from balsam import __version__
 from balsam._api import sites as _sites
@@ -30,21 +30,16 @@ from balsam.runtime import balsam_argv, subprocess_env
 from balsam.services.base import Service, ServiceThread
 from balsam.settings import SiteSettings, load_settings
 from balsam.site import SiteLayout, check_site_settings, refresh_site_row, reread_settings_if_changed, settings_stamp, this_host
+from balsam.site.agent_state import agent_status as agent_status  # read by balsam site status and the dashboard
+from balsam.site.agent_state import disk_state, pid_path, status_path
+from balsam.site.agent_state import read_status as read_status
 
 logger = logging.getLogger("balsam.agent")
 STATUS_PERIOD_S = 2.0
 
 
-def pid_path(layout: SiteLayout) -> Path:
-    return layout.state / "agent.pid"
-
-
 AGENT_LOG = "service.log"
 """The agent's log in ``log/`` (Balsam 0.7's docs find it as ``service*.log``)."""
-
-
-def status_path(layout: SiteLayout) -> Path:
-    return layout.state / "agent.json"
 
 
 def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str, env: Mapping[str, str]) -> List[Service]:
@@ -52,10 +47,11 @@ def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str, env:
     environment (read once, by :func:`run_agent`)."""
     from balsam.services.file_cleaner import FileCleanerService
     from balsam.services.processing import ProcessingService
-    from balsam.services.scheduler import SchedulerService, scheduler_for
+    from balsam.services.scheduler import SchedulerService
+    from balsam.site.submission import scheduler_for
 
     sched = settings.scheduler
-    adapter = scheduler_for(site, sched)
+    adapter = scheduler_for(site.layout, sched)
     services: List[Service] = [
         ProcessingService(site, settings.processing, settings.session, host, balsam_home=env.get("BALSAM_HOME")),
         SchedulerService(site, sched, adapter),
@@ -85,19 +81,7 @@ def _setup_logging(layout: SiteLayout) -> None:
     root.setLevel(logging.INFO)
 
 
-DISK_FULL_BYTES = 1 << 20
 _last_write_error = [0.0]
-
-
-def disk_state(path: Path) -> Dict[str, Any]:
-    """Free space on the filesystem of ``path``; ``full`` when under 1 MiB (or 2% of a small filesystem)."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return {}
-    free = st.f_bavail * st.f_frsize
-    total = st.f_blocks * st.f_frsize
-    return {"path": str(path), "free_bytes": free, "full": free < min(DISK_FULL_BYTES, 0.02 * total)}
 
 
 def _write_status(layout: SiteLayout, node: str, threads: List[ServiceThread], started: float, running: bool, api_url: str = "",
@@ -268,22 +252,3 @@ def stop_agent(site_root: Path, timeout_s: float = 60.0) -> Optional[int]:
             break
         time.sleep(0.05)
     return pid
-
-
-def read_status(layout: SiteLayout) -> Dict[str, Any]:
-    """The agent's last status report ({} if none)."""
-    try:
-        data = json.loads(status_path(layout).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def agent_status(site_root: Path) -> Dict[str, Any]:
-    """Whether the agent runs, and each service's health."""
-    layout = SiteLayout(Path(site_root).resolve())
-    status = read_status(layout)
-    status["running"] = pid_file_held(pid_path(layout))
-    status.setdefault("services", {})
-    status["disk"] = disk_state(layout.root)  # now, not as of the last report (which a full disk may have stopped)
-    return status

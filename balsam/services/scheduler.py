@@ -24,10 +24,10 @@ from balsam.db.site_row import update_site_row
 from balsam.db.states import BatchJobState
 from balsam.exceptions import BalsamError, ValidationError
 from balsam.platforms.schedulers import DONE_STATES, Scheduler, SchedulerJobStatus, SchedulerState
-from balsam.platforms.templates import format_partition, job_script_context, render_job_script
 from balsam.runtime import balsam_shell_words
 from balsam.services.base import Service
 from balsam.settings import SchedulerSettings
+from balsam.site.submission import render_script, script_path
 
 logger = logging.getLogger(__name__)
 B = BatchJobState
@@ -92,18 +92,11 @@ class SchedulerService(Service):
         self._refresh_site()
 
     def script_path(self, bj_id: int) -> Path:
-        return self.site.layout.qsubmit / f"qlaunch{bj_id}.sh"
+        return script_path(self.site.layout, bj_id)
 
     def render_script(self, bj: Dict[str, Any]) -> str:
         """The batch script of one BatchJob, from the site's job template."""
-        template = (self.site.path / self.settings.job_template).read_text()
-        partitions = [format_partition(p["job_mode"], p["num_nodes"], p.get("filter_tags")) for p in bj["partitions"] or []]
-        context = job_script_context(
-            balsam=self.balsam_command, site_path=str(self.site.path), batch_job_id=bj["id"], job_mode=bj["job_mode"],
-            wall_time_min=bj["wall_time_min"], num_nodes=bj["num_nodes"], project=bj["project"], queue=bj["queue"],
-            filter_tags=bj["filter_tags"], partitions=partitions, optional_params=bj["optional_params"],
-        )
-        return render_job_script(template, context)
+        return render_script(self.site.path, self.settings, bj, self.balsam_command)
 
     def _submit(self, bj: Dict[str, Any]) -> None:
         script = self.script_path(bj["id"])
@@ -234,28 +227,3 @@ class SchedulerService(Service):
                 logger.info("backfill windows unavailable: %s", exc)
         with self.site.store.write() as conn:
             update_site_row(conn, fields)
-
-
-def scheduler_for(site: SiteRef, settings: SchedulerSettings) -> Scheduler:
-    """The scheduler adapter the site's settings name (what the agent submits through)."""
-    from balsam.platforms.schedulers import get_scheduler
-
-    return get_scheduler(settings.type, timeout_s=settings.command_timeout_s, options=settings.options,
-                         state_dir=site.layout.state / "local-jobs")
-
-
-def preview_submission(site: SiteRef, settings: SchedulerSettings, bj: Dict[str, Any]) -> Tuple[int, str, Path, List[str]]:
-    """What the agent would submit for the BatchJob fields ``bj`` (validated; without an ``id``, the one a new
-    BatchJob would get): the rendered batch script, where it would be written, and the scheduler command line.
-    Nothing is written or submitted."""
-    if bj.get("id") is None:  # a preview of a new BatchJob: the id it would get
-        from balsam.db.batch_jobs import next_batch_job_id
-
-        bj = {**bj, "id": next_batch_job_id(site.store.conn)}
-    service = SchedulerService(site, settings, scheduler_for(site, settings))
-    script = service.script_path(int(bj["id"]))
-    text = service.render_script(bj)
-    argv = service.adapter.submit_argv(script, project=bj["project"], queue=bj["queue"], num_nodes=bj["num_nodes"],
-                                       wall_time_min=bj["wall_time_min"], job_name=f"balsam-{bj['id']}",
-                                       optional_params=bj["optional_params"], cwd=site.path)
-    return int(bj["id"]), text, script, argv

@@ -1,6 +1,10 @@
 """Sites: the directory layout and how a site is found (:mod:`~balsam.site.layout`), the per-user registry
 (:mod:`~balsam.site.registry`), settings.yml's policies mirrored into the site row (:mod:`~balsam.site.policies`),
 and operations on whole sites (:mod:`~balsam.site.operations`). Every name is importable from here as well.
+
+What the agent, the launcher and the API share, imported by module: why a job waits (:mod:`~balsam.site.diagnosis`),
+the agent's status file (:mod:`~balsam.site.agent_state`), a BatchJob's batch script and submit line
+(:mod:`~balsam.site.submission`) and the MPI and GPUs a launcher here would use (:mod:`~balsam.site.hardware`).
 """
 
 from __future__ import annotations

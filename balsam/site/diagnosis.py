@@ -1,4 +1,5 @@
-"""Why is this job where it is? Plain-language reasons for ``balsam job show``.
+"""Why is this job where it is? Plain-language reasons for ``balsam job show``, ``job.why()`` and the agent's
+``GET /v1/jobs/{id}/why`` (one implementation, over rows read with ``balsam.db`` functions and the agent's status file).
 
 Each state waits on something: parents, transfers, the site agent's processing, a launcher in a running
 BatchJob. :func:`explain` checks what the job waits on and says what is missing, for example a BatchJob that
@@ -15,7 +16,7 @@ from balsam.db import job_reads, sessions, transfers
 from balsam.db.codec import loads
 from balsam.db.jobs import last_event_message
 from balsam.db.states import BATCH_ACTIVE_STATES, FAILED_STATES, PROCESSING_STATES, RUNNABLE_STATES, BatchJobState, JobState
-from balsam.services.agent import agent_status
+from balsam.site.agent_state import agent_status
 
 S = JobState
 B = BatchJobState
