@@ -1,7 +1,7 @@
 """The agent's view through the API, on the home host and from another host through the agent: ``Job.why()``
 (why a job waits: its parents, a BatchJob that cannot take it, the agent not running) and
-``BatchJob.preview_submission()`` (the batch script and submit line, nothing written; a draft's preview is refused
-away from the home host, naming it)."""
+``BatchJob.preview_submission()`` (the batch script and submit line, nothing written; away from the home host the
+agent renders a draft, with the id the site's DB would give it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from balsam.exceptions import ForeignHostError
+from balsam.exceptions import ValidationError
 from tests.helpers import advance
 
 BACKENDS = ("local", "http")
@@ -42,14 +42,17 @@ def test_preview_of_a_saved_batch_job_writes_nothing(site: Any, backend: str) ->
     assert not list((site.path / "qsubmit").glob("*.sh")) and BatchJob.objects.get(id=bj.id).state == "pending_submission"
 
 
-def test_preview_of_a_draft_gives_the_id_it_would_get_on_the_home_host_only(site: Any, backend: str) -> None:
+def test_preview_of_a_draft_gives_the_id_it_would_get_on_either_host(site: Any, backend: str) -> None:
+    """From another host the agent renders the draft (POST /v1/batch-jobs/preview): the same script, its queue and
+    project filled in as its creation would, the id the site's DB would give it; nothing written or created."""
     from balsam.api import BatchJob
 
-    draft = BatchJob(num_nodes=1, wall_time_min=5)
-    if backend == "http":
-        with pytest.raises(ForeignHostError, match=f"run it on {site.host}, the home host of site test-site"):
-            draft.preview_submission()
-        return
+    draft = BatchJob(num_nodes=1, wall_time_min=5, job_mode="serial", filter_tags={"exp": "a b"})
     preview = draft.preview_submission()
     assert BatchJob.objects.count() == 0 and not list((site.path / "qsubmit").glob("*.sh"))
+    assert preview.script_path == site.path / "qsubmit" / f"qlaunch{preview.batch_job_id}.sh"
+    assert preview.command == ["bash", str(preview.script_path)]
+    assert f"--batch-job-id {preview.batch_job_id} -j serial -t 5 --tag 'exp=a b'" in preview.script
     assert BatchJob.objects.create(num_nodes=1, wall_time_min=5).id == preview.batch_job_id
+    with pytest.raises(ValidationError, match="allows at most 1 nodes"):  # checked against the site's queues first
+        BatchJob(num_nodes=2, wall_time_min=5).preview_submission()

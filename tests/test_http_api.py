@@ -355,3 +355,23 @@ def test_transfers_are_filtered_by_protocol_on_the_server(site: Any, api: Any, t
     assert status == 200 and page["results"] == []
     status, answer, _ = listed({"protocol": "ftp"})
     assert status == 400 and "protocol" in answer["error"]["message"]
+
+
+def test_a_batch_job_preview_checks_its_fields_and_writes_nothing(site: Any, api: Any) -> None:
+    """POST /v1/batch-jobs/preview (``balsam queue submit --dry-run`` from another host): the agent's rendering with
+    the id the BatchJob would get; bad fields are one 400 line naming what is wrong, and nothing is created."""
+    from balsam.api import BatchJob
+
+    for body, says in [({"num_nodes": 1, "wall_time_min": 5, "color": "red"}, "unknown BatchJob field 'color'"),
+                       ({"num_nodes": 0, "wall_time_min": 5}, "num_nodes"),
+                       ({"num_nodes": 1, "wall_time_min": 5, "filter_tags": {"a": 1}}, "filter_tags must be a dict of strings"),
+                       ({"num_nodes": 1, "wall_time_min": 5, "partitions": [3]}, "each partition must be"),
+                       ({"num_nodes": 2, "wall_time_min": 5, "partitions": ["mpi:1", "serial:1:role=w"]}, "allows at most 1 nodes")]:
+        raw = json.dumps(body).encode()
+        status, answer, _ = _send(api, "POST", "/v1/batch-jobs/preview", raw, _signed(site, "POST", "/v1/batch-jobs/preview", raw))
+        assert status == 400 and says in answer["error"]["message"] and "\n" not in answer["error"]["message"], (body, answer)
+    raw = json.dumps({"num_nodes": 1, "wall_time_min": 5, "partitions": ["serial:1:role=w"]}).encode()
+    status, answer, _ = _send(api, "POST", "/v1/batch-jobs/preview", raw, _signed(site, "POST", "/v1/batch-jobs/preview", raw))
+    assert status == 200 and answer["command"] == ["bash", answer["script_path"]]
+    assert " -p serial:1:role=w" in answer["script"]  # the partition as the launcher in the script is given it
+    assert BatchJob.objects.count() == 0 and not list((site.path / "qsubmit").glob("*.sh"))

@@ -74,9 +74,6 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
 
     ref = one_site(sites, "queue submit")
     if dry_run:
-        if not ref.is_home:
-            raise CLIError(f"--dry-run renders the batch script as the site agent would, from the site's DB: run it on "
-                           f"{ref.host}, the home host of site {ref.name}", 2)
         draft = BatchJob(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue_name, project=project,
                          optional_params=optional_params, filter_tags=filter_tags, partitions=list(partitions) or None,
                          site_id=ref.id)

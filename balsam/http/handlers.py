@@ -669,6 +669,21 @@ def create_batch_job(call: Call) -> Answer:
     return 201, get_row(call, "batch_job")[1]
 
 
+def preview_batch_job(call: Call) -> Answer:
+    """``POST /v1/batch-jobs/preview``: the batch script and scheduler command line the agent would submit a new
+    BatchJob with, and the id it would get (``balsam queue submit --dry-run`` from another host). Nothing is written
+    or submitted; the fields are checked against the site's queues and projects as its creation would be."""
+    body = dict(_body_obj(call))
+    _narrow(call, body.pop("site_id", None))
+    store = getattr(call.backend, "store", None)
+    if store is None or call.site_root is None:
+        raise ValidationError("a new BatchJob's batch script is rendered by its site's agent: ask the site's own API")
+    from balsam.site.submission import preview_new_batch_job
+
+    bj_id, text, path, argv = preview_new_batch_job(store, call.site_root, body)
+    return 200, {"batch_job_id": bj_id, "script": text, "script_path": str(path), "command": list(argv)}
+
+
 def update_transfers(call: Call) -> Answer:
     _need_write(call)
     items = _body_list(call, "transfer item update")

@@ -174,6 +174,10 @@ ROUTES: Tuple[Route, ...] = (
     _query("/v1/batch-jobs/query", "batch_job", "query_batch_jobs", "batch jobs"),
     Route("POST", "/v1/batch-jobs", "create_batch_job", "Submit a BatchJob (validated against the site's queues)", h.create_batch_job,
           body=OBJ, response=row_schema("batch_job"), status=201),
+    Route("POST", "/v1/batch-jobs/preview", "preview_batch_job", "The batch script and scheduler command line a new BatchJob would be "
+          "submitted with, and the id it would get (nothing is written or submitted)", h.preview_batch_job, body=OBJ,
+          response={"type": "object", "properties": {"batch_job_id": {"type": "integer"}, "script": STR, "script_path": STR,
+                                                     "command": {"type": "array", "items": STR}}}),
     _get(f"/v1/batch-jobs/{ID}", "batch_job", "get_batch_job", "batch job"),
     Route("PATCH", f"/v1/batch-jobs/{ID}", "update_batch_job", "Change a BatchJob (state: pending_deletion cancels it)",
           partial(h.update_row, table="batch_job"), body=OBJ, response=row_schema("batch_job")),

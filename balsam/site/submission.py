@@ -14,7 +14,7 @@ from balsam.runtime import balsam_shell_words
 from balsam.settings import SchedulerSettings
 from balsam.site.layout import SiteLayout
 
-__all__ = ["preview_submission", "render_script", "scheduler_for", "script_path"]
+__all__ = ["preview_new_batch_job", "preview_submission", "render_script", "scheduler_for", "script_path"]
 
 
 def scheduler_for(layout: SiteLayout, settings: SchedulerSettings) -> Scheduler:
@@ -57,3 +57,35 @@ def preview_submission(store: Any, site_path: Path, settings: SchedulerSettings,
         script, project=bj["project"], queue=bj["queue"], num_nodes=bj["num_nodes"], wall_time_min=bj["wall_time_min"],
         job_name=f"balsam-{bj['id']}", optional_params=bj["optional_params"], cwd=site_path)
     return int(bj["id"]), text, script, argv
+
+
+NEW_FIELDS = ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "filter_tags", "partitions")
+"""The fields a new BatchJob is given (the rest are the agent's)."""
+
+
+def preview_new_batch_job(store: Any, site_path: Path, fields: Dict[str, Any]) -> Tuple[int, str, Path, List[str]]:
+    """:func:`preview_submission` of a BatchJob not yet created, from its ``fields`` as a client sends them (checked
+    against the site's queues, projects and optional parameters first, a missing queue or project filled in the way
+    its creation would): what ``balsam queue submit --dry-run`` shows, on the home host or through the agent."""
+    from balsam.db import batch_jobs as batch_db
+    from balsam.exceptions import ValidationError
+    from balsam.settings import load_settings
+
+    bad = sorted(set(fields) - set(NEW_FIELDS))
+    if bad:
+        raise ValidationError(f"unknown BatchJob field {bad[0]!r}")
+    d: Dict[str, Any] = {"job_mode": "mpi", **{k: v for k, v in fields.items() if v is not None}}
+    for name in ("optional_params", "filter_tags"):
+        value = d.get(name) or {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ValidationError(f"{name} must be a dict of strings, got {value!r}")
+        d[name] = dict(value)
+    parts = d.get("partitions") or None
+    if parts is not None and not isinstance(parts, list):
+        raise ValidationError(f"partitions must be a list, got {parts!r}")
+    if parts and not all(isinstance(p, (str, dict)) for p in parts):
+        raise ValidationError(f"each partition must be MODE:NODES[:key=value,...] or an object, got {parts!r}")
+    d["partitions"] = [batch_db.parse_partition(p) if isinstance(p, str) else dict(p) for p in parts] if parts else None
+    checked = batch_db.check_batch_job(store.conn, d)
+    settings = load_settings(SiteLayout(site_path).settings_path)
+    return preview_submission(store, site_path, settings.scheduler, {**checked, "id": None})
