@@ -65,11 +65,12 @@ NEW_FIELDS = ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "opt
 
 def preview_new_batch_job(store: Any, site_path: Path, fields: Dict[str, Any]) -> Tuple[int, str, Path, List[str]]:
     """:func:`preview_submission` of a BatchJob not yet created, from its ``fields`` as a client sends them (checked
-    against the site's queues, projects and optional parameters first, a missing queue or project filled in the way
-    its creation would): what ``balsam queue submit --dry-run`` shows, on the home host or through the agent."""
+    against the site's queues, projects and optional parameters first, as settings.yml says now, a missing queue or
+    project filled in the way its creation would): what ``balsam queue submit --dry-run`` shows, on the home host or through the agent."""
     from balsam.db import batch_jobs as batch_db
     from balsam.exceptions import ValidationError
     from balsam.settings import load_settings
+    from balsam.site.policies import reread_settings_if_changed
 
     bad = sorted(set(fields) - set(NEW_FIELDS))
     if bad:
@@ -86,6 +87,8 @@ def preview_new_batch_job(store: Any, site_path: Path, fields: Dict[str, Any]) -
     if parts and not all(isinstance(p, (str, dict)) for p in parts):
         raise ValidationError(f"each partition must be MODE:NODES[:key=value,...] or an object, got {parts!r}")
     d["partitions"] = [batch_db.parse_partition(p) if isinstance(p, str) else dict(p) for p in parts] if parts else None
+    layout = SiteLayout(site_path)
+    reread_settings_if_changed(store, layout)  # the script is rendered from settings.yml as it is now: so are the checks
     checked = batch_db.check_batch_job(store.conn, d)
-    settings = load_settings(SiteLayout(site_path).settings_path)
+    settings = load_settings(layout.settings_path)
     return preview_submission(store, site_path, settings.scheduler, {**checked, "id": None})
