@@ -11,11 +11,13 @@ BALSAM_TEST_PG_URL=$(bash .ci/postgres.sh url)``).
 
 **Listing.** ``--listing`` jobs (100 sites of one user; states spread over Balsam's states) in the mirror, then
 p50/p99 of what the dashboard and ``Job.objects`` ask over HTTP: the first page of 100 jobs, a page of 100 in one
-state, one site's page, and counts by state; the same queries straight through the RelayBackend.
+state, one site's page, and counts by state; the same queries straight through the RelayBackend. Counts by state
+read the per-site count table: measured against the GROUP BY of the jobs it replaced, in the same run.
 
 **Remote work.** A real site (preset local) with its agent linked to the relay and a launcher running; jobs
 created on a "laptop" (a process with no site, through the relay) until JOB_FINISHED is visible there; against
-the same jobs created and watched on the site's own host (its SQLite DB), in the same run. Median and p99.
+the same jobs created and watched on the site's own host (its SQLite DB), in the same run. Median and p99, and
+each way: created on the laptop -> RUNNING at the site, and JOB_FINISHED at the site -> visible on the laptop.
 
 Usage::
 
@@ -304,6 +306,22 @@ def listing(kind: str, tmp: Path, n_jobs: int, repeat: int) -> Dict[str, Any]:
             want = per_site * sites if filters is None else min(100, len(direct))
             assert got == want, (name, got, want)
             out[name] = {side: {"p50_ms": 1e3 * pct(v, 0.5), "p99_ms": 1e3 * pct(v, 0.99)} for side, v in times.items()}
+        # The baseline, in the same run: counts by state as a GROUP BY of the job mirror (how they were read before
+        # the per-site count table of revision 0005), one index entry per job.
+        import sqlalchemy as sa
+
+        from balsam.relay import schema as t
+
+        site_ids = sorted(tokens)
+        grouped = sa.select(t.job.c.state, sa.func.count()).where(t.job.c.site_id.in_(site_ids)).group_by(t.job.c.site_id, t.job.c.state)
+        base: List[float] = []
+        for _ in range(repeat):
+            t1 = time.perf_counter()
+            with store.connect() as c:
+                total = sum(int(n) for _, n in c.execute(grouped))
+            base.append(time.perf_counter() - t1)
+        assert total == per_site * sites
+        out["counts_group_by_baseline"] = {"p50_ms": 1e3 * pct(base, 0.5), "p99_ms": 1e3 * pct(base, 0.99)}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -319,8 +337,10 @@ def sh(env: Dict[str, str], *args: str, stdin: str = "") -> str:
     return out.stdout
 
 
-def remote_latency(tmp: Path, n: int) -> Dict[str, List[float]]:
-    """Seconds from creation to JOB_FINISHED visible, through the relay and on the site's host."""
+def remote_latency(tmp: Path, n: int) -> Dict[str, List[List[float]]]:
+    """Per job, seconds from creation to JOB_FINISHED visible, from creation to RUNNING at the site (the site's
+    event), and from JOB_FINISHED at the site to visible (the way back), through the relay and on the site's host
+    (one machine: the site's clock is the laptop's)."""
     from balsam.http.serve import ApiServer, ServeOptions
     from balsam.relay.server import build_relay_app
 
@@ -340,7 +360,7 @@ def remote_latency(tmp: Path, n: int) -> Dict[str, List[float]]:
     sh(laptop, "-m", "balsam", "login", url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
     probe = tmp / "probe.py"
     probe.write_text(
-        "import json, sys, time\nfrom balsam.api import BatchJob, Job\n"
+        "import json, sys, time\nfrom balsam.api import BatchJob, EventLog, Job\n"
         "n, site = int(sys.argv[1]), sys.argv[2]\n"
         "if sys.argv[3] == 'batch':\n"
         "    BatchJob.objects.create(num_nodes=1, wall_time_min=30, job_mode='serial', queue='local', project='local')\n"
@@ -351,7 +371,9 @@ def remote_latency(tmp: Path, n: int) -> Dict[str, List[float]]:
         "    job.save()\n"
         "    while Job.objects.filter(id=[job.id], state='JOB_FINISHED').count() == 0:\n"
         "        time.sleep(0.05)\n"
-        "    out.append(time.time() - t0)\n"
+        "    t1 = time.time()\n"
+        "    ev = {str(e.to_state): e.timestamp.timestamp() for e in EventLog.objects.filter(job_id=job.id)}\n"
+        "    out.append([t1 - t0, ev.get('RUNNING', t1) - t0, t1 - ev.get('JOB_FINISHED', t1)])\n"
         "print(json.dumps(out))\n")
     try:
         remote = json.loads(sh(laptop, str(probe), str(n), "polaris", "batch").strip().splitlines()[-1])
@@ -416,18 +438,28 @@ def main() -> int:
                 print(f"listing on {kind} over {lst['jobs']:,} jobs of 100 sites (filled through ingest at {lst['fill_per_s']:,.0f}/s), "
                       f"{args.repeat} times each, p50 / p99 ms:")
                 for name, v in lst.items():
-                    if isinstance(v, dict):
+                    if isinstance(v, dict) and "http" in v:
                         print(f"  {name:26} HTTP {v['http']['p50_ms']:7.1f} / {v['http']['p99_ms']:7.1f}    "
                               f"RelayBackend {v['backend']['p50_ms']:7.1f} / {v['backend']['p99_ms']:7.1f}", flush=True)
+                old, new = lst["counts_group_by_baseline"], lst["counts by state"]["backend"]
+                print(f"  counts by state before the count table (GROUP BY of the jobs): {old['p50_ms']:7.1f} / {old['p99_ms']:7.1f} ms; "
+                      f"count table {new['p50_ms']:.1f} / {new['p99_ms']:.1f} ms ({old['p50_ms'] / max(new['p50_ms'], 1e-6):.0f}x faster "
+                      "at p50)", flush=True)
         if "remote" in parts and args.remote:
             os.environ["BALSAM_HOME"] = str(tmp / "bench-home")
             lat = remote_latency(tmp, args.remote)
             for side in ("relay", "local"):
-                results[f"latency_{side}"] = {"median_s": statistics.median(lat[side]), "p99_s": pct(lat[side], 0.99)}
+                for leg, name in enumerate(("", "_to_running", "_back")):
+                    values = [x[leg] for x in lat[side]]
+                    results[f"latency_{side}{name}"] = {"median_s": statistics.median(values), "p99_s": pct(values, 0.99)}
             r, loc = results["latency_relay"], results["latency_local"]
+            up, back = results["latency_relay_to_running"], results["latency_relay_back"]
             print(f"remote work ({args.remote} jobs, created -> JOB_FINISHED visible): through the relay median {r['median_s']:.2f} s, "
                   f"p99 {r['p99_s']:.2f} s; on the site's host median {loc['median_s']:.2f} s, p99 {loc['p99_s']:.2f} s "
                   f"(relay/local median {r['median_s'] / max(loc['median_s'], 1e-9):.2f}x)")
+            print(f"  each way through the relay: created on the laptop -> RUNNING at the site median {up['median_s']:.2f} s, "
+                  f"p99 {up['p99_s']:.2f} s; JOB_FINISHED at the site -> visible on the laptop median {back['median_s']:.2f} s, "
+                  f"p99 {back['p99_s']:.2f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

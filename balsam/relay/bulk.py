@@ -12,7 +12,7 @@ in; several times faster than the standard library), else with :mod:`json`.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -73,31 +73,57 @@ def _stage(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequenc
 
 
 def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Tuple[Any, ...]],
-           previous: Optional[str] = None) -> Dict[int, Any]:
+           previous: Sequence[str] = ()) -> Dict[int, Tuple[Any, ...]]:
     """Insert ``rows`` (tuples in ``columns`` order, ``id`` first, ids unique), replacing the rows that exist by
-    id. With ``previous`` (a column name), answers that column's value before the write for each row that existed
-    ({id: value}, NULL read as ""). Once per table per transaction."""
-    old: Dict[int, Any] = {}
+    id. With ``previous`` (column names), answers those columns' values before the write for each row that
+    existed ({id: (value, ...)}, NULL read as ""). Once per table per transaction."""
+    old: Dict[int, Tuple[Any, ...]] = {}
     if not rows:
         return old
+    wanted = ", ".join(f'coalesce(t."{p}", \'\') AS "p{i}"' for i, p in enumerate(previous))
     if c.dialect.name != "postgresql":
-        if previous is not None:
+        if previous:
             for start in range(0, len(rows), CHUNK):
                 ids = _std_dumps([r[0] for r in rows[start:start + CHUNK]])
-                old.update(c.exec_driver_sql(f'SELECT "id", coalesce("{previous}", \'\') FROM "{table.name}" '
-                                             'WHERE "id" IN (SELECT value FROM json_each(?))', (ids,)).all())
+                old.update((r[0], tuple(r[1:])) for r in c.exec_driver_sql(
+                    f'SELECT t."id", {wanted} FROM "{table.name}" t WHERE t."id" IN (SELECT value FROM json_each(?))', (ids,)))
         c.exec_driver_sql(upsert_sql(c, table, columns), list(rows))
         return old
     stage = _stage(c, table, columns, rows)
-    if previous is not None:
-        # One primary-key lookup per staged row (a subquery in the select list is never turned into a join, which
-        # the planner might make a walk of the whole table).
-        got = c.exec_driver_sql(f'SELECT s."id", (SELECT coalesce(t."{previous}", \'\') FROM "{table.name}" t WHERE t."id" = s."id") '
-                                f'FROM "{stage}" s').all()
-        old.update((i, v) for i, v in got if v is not None)
+    if previous:
+        # One primary-key lookup per staged row: OFFSET 0 keeps the lateral subquery a subquery (PostgreSQL would
+        # otherwise pull it up into a join, which the planner may answer with a walk of the whole table).
+        got = c.exec_driver_sql(f'SELECT s."id", p.* FROM "{stage}" s CROSS JOIN LATERAL '
+                                f'(SELECT {wanted} FROM "{table.name}" t WHERE t."id" = s."id" OFFSET 0) p').all()
+        old.update((r[0], tuple(r[1:])) for r in got)
     c.exec_driver_sql(f'INSERT INTO "{table.name}" ({_quoted(columns)}) SELECT {_quoted(columns)} FROM "{stage}" '
                       f'ON CONFLICT ("id") DO UPDATE SET {_sets(columns)}')
     return old
+
+
+def add_counts(c: Connection, table: sa.Table, keys: Sequence[str], deltas: Sequence[Tuple[Any, ...]]) -> None:
+    """Add to counters: ``deltas`` are tuples of ``keys`` values and then the amount, added to the row of those
+    keys (created at the amount where missing). One statement for all of them."""
+    if not deltas:
+        return
+    mark = "?" if c.dialect.name == "sqlite" else "%s"
+    names = list(keys) + ["n"]
+    c.exec_driver_sql(f'INSERT INTO "{table.name}" ({_quoted(names)}) VALUES ({", ".join([mark] * len(names))}) '
+                      f'ON CONFLICT ({_quoted(keys)}) DO UPDATE SET "n" = "{table.name}"."n" + excluded."n"', list(deltas))
+
+
+def values_of(c: Connection, table: sa.Table, column: str, ids: Sequence[int]) -> List[Any]:
+    """``column`` of the rows of ``table`` whose ids are ``ids`` (those that exist; in no particular order)."""
+    out: List[Any] = []
+    if not ids:
+        return out
+    if c.dialect.name == "postgresql":
+        return [r[0] for r in c.exec_driver_sql(f'SELECT "{column}" FROM "{table.name}" WHERE "id" = ANY(%s::int8[])', (list(ids),))]
+    for start in range(0, len(ids), CHUNK):
+        chunk = _std_dumps(list(ids[start:start + CHUNK]))
+        out.extend(r[0] for r in c.exec_driver_sql(f'SELECT "{column}" FROM "{table.name}" WHERE "id" IN (SELECT value FROM json_each(?))',
+                                                   (chunk,)))
+    return out
 
 
 def insert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Tuple[Any, ...]]) -> None:

@@ -38,6 +38,7 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
 }
 """Each mirror table's columns, in the order :func:`mirror_row` gives them."""
 _LINKS = COLUMNS["job"].index("links")
+_STATE = COLUMNS["job"].index("state")
 
 
 def _float(v: Any, default: float = 0.0) -> float:
@@ -145,9 +146,13 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
             continue
         raise ValidationError(f"push item {i}: op must be upsert (with a row) or delete")
     n = 0
+    counts: Dict[str, int] = {}  # jobs gained (lost, negative) per state by this push: the count table's change
     for entity, table in t.MIRRORS.items():
         ids = deletes[entity]
         if ids:
+            if entity == "job":
+                for state in bulk.values_of(c, table, "state", ids):
+                    counts[state] = counts.get(state, 0) - 1
             bulk.delete_ids(c, table, "id", ids)
             if entity == "job":
                 bulk.delete_ids(c, t.job_tag, "job_id", ids)
@@ -159,11 +164,18 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
             continue
         mirrored = [mirror_row(entity, row_id, site_id, row) for row_id, row in rows.items()]
         if entity == "job":
-            old = bulk.upsert(c, table, COLUMNS[entity], mirrored, previous="links")
-            _relink(c, rows, mirrored, old)
+            old = bulk.upsert(c, table, COLUMNS[entity], mirrored, previous=("links", "state"))
+            _relink(c, rows, mirrored, {i: v[0] for i, v in old.items()})
+            for m in mirrored:
+                before = old.get(m[0])
+                if before is None or before[1] != m[_STATE]:
+                    counts[m[_STATE]] = counts.get(m[_STATE], 0) + 1
+                    if before is not None:
+                        counts[before[1]] = counts.get(before[1], 0) - 1
         else:
             bulk.upsert(c, table, COLUMNS[entity], mirrored)
         n += len(rows)
+    bulk.add_counts(c, t.job_count, ("site_id", "state"), [(site_id, state, d) for state, d in sorted(counts.items()) if d])
     return n
 
 
@@ -423,7 +435,18 @@ def _walk_sites(c: Connection, table: sa.Table, clause: Clause, sites: List[int]
     return out
 
 
+def _job_counts(c: Connection, site_ids: Sequence[int], states: Optional[List[str]] = None) -> Dict[str, int]:
+    """Jobs by state of ``site_ids`` from the count table (a few rows per site, whatever the number of jobs)."""
+    jc = t.job_count
+    q = sa.select(jc.c.state, sa.func.sum(jc.c.n)).where(jc.c.site_id.in_([int(s) for s in site_ids]), jc.c.n > 0)
+    if states is not None:
+        q = q.where(jc.c.state.in_(states))
+    return {str(state): int(n) for state, n in c.execute(q.group_by(jc.c.state)) if n}
+
+
 def count(c: Connection, table_name: str, site_ids: Sequence[int], filters: Dict[str, Any]) -> int:
+    if table_name == "job" and filters.keys() <= {"state"}:
+        return sum(_job_counts(c, site_ids, _states(filters["state"]) if "state" in filters else None).values())
     table, clause = where(table_name, site_ids, filters)
     return int(c.execute(sa.select(sa.func.count()).select_from(table).where(clause)).scalar_one())
 
@@ -432,6 +455,8 @@ def count_by(c: Connection, table_name: str, site_ids: Sequence[int], filters: D
     table, clause = where(table_name, site_ids, filters)
     if column not in table.c or column == "row":
         raise ValidationError(f"cannot group {table_name} by {column!r}")
+    if table_name == "job" and column == "state" and filters.keys() <= {"state"}:
+        return dict(_job_counts(c, site_ids, _states(filters["state"]) if "state" in filters else None))
     # Grouped by site first: each site's rows come out of the (site_id, state, id) index already in order, so
     # nothing is sorted; the sites' counts are added up here.
     out: Dict[Any, int] = {}

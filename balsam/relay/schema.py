@@ -96,6 +96,15 @@ Index("relay_job_app", job.c.app_id)
 Index("relay_job_batch_job", job.c.batch_job_id)
 Index("relay_job_last_update", job.c.last_update)
 
+job_count = Table(
+    "relay_job_count", metadata,
+    Column("site_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("state", String(20), primary_key=True),
+    Column("n", BigInteger, nullable=False, default=0),
+)
+"""How many jobs of each site are in each state: counts by state read a few rows here instead of an index entry
+per job. Kept by every write of the job mirror (a push's upserts and deletes), in the push's transaction."""
+
 job_tag = Table(
     "relay_job_tag", metadata,
     Column("key", String(255), primary_key=True),
