@@ -82,3 +82,88 @@ def test_creates_queued_for_an_offline_site_resolve_once_it_syncs(relay: Relay, 
     assert conn.execute("SELECT count(*) FROM job WHERE workdir LIKE 'queued/%'").fetchone()[0] == 4  # applied once each
     assert conn.execute("SELECT count(*) FROM batch_job").fetchone()[0] == 1
     conn.close()
+
+
+MAKE_JOBS = """
+import os, sys
+os.chdir(sys.argv[1])
+from balsam.api import Job
+Job.objects.bulk_create([Job(f"site/{i}", app_id="Hello", parameters={"say_hello_to": str(i)}) for i in range(6)])
+"""
+
+
+@pytest.mark.slow
+def test_changes_deletes_and_dags_queued_for_an_offline_site_resolve_once_it_syncs(relay: Relay, tmp_path: Path) -> None:  # noqa: F811
+    """Every write that waits on an offline site is queued, not an error: job changes and state changes, deletes
+    (one job, a query), a DAG saved and instantiated, and the CLI's kill, each say "queued for site polaris (...)"
+    and return a handle; once the site syncs, ``refresh_from_db()`` shows what the site did, or its refusal."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    env, root = login_node(tmp_path, relay)
+    run(env, "-c", MAKE_JOBS, str(root))
+    assert sync_once(env, root) == 0  # the relay now holds the site's app and jobs
+    relay.stop()
+    relay.wait_s = 0.5
+    relay.start()
+    from balsam import _api
+    from balsam.api import DAG, Job
+    from balsam.sync import login as relay_login
+
+    relay_login(relay.url, "alice", "alice-password")  # the laptop: no site here at all
+    _api.sites.reset()
+    jobs = {str(j.workdir): j for j in Job.objects.filter(site_name="polaris")}
+    assert sorted(jobs) == [f"site/{i}" for i in range(6)]
+    tagged, killed, gone, bad = jobs["site/0"], jobs["site/1"], jobs["site/2"], jobs["site/3"]
+    tagged.tags = {"round": "2"}
+    tagged.save()
+    assert tagged.queued_command is not None and tagged.queued is not None
+    assert tagged.queued.message.startswith("queued for site polaris (")
+    with pytest.raises(exc.CommandPending, match="still queued"):
+        tagged.refresh_from_db()
+    with pytest.raises(exc.ValidationError, match="already has its update queued"):
+        tagged.save()  # one queued write per object at a time
+    n = Job.objects.filter(site_name="polaris", workdir="site/1").update(state="USER_KILLED")
+    assert n == 1 and len(n.queued) == 1 and n.queued[0].state() == "pending"
+    gone.delete()
+    assert gone.queued_command is not None and gone.id is not None  # deleted when the site applies it
+    removed = Job.objects.filter(site_name="polaris", workdir="site/4").delete()
+    assert removed == 1 and removed.queued
+    bad.state = "RUN_DONE"  # a transition the site's state machine refuses
+    bad.save()
+    assert bad.queued_command is not None
+    sweep = DAG("sweep", site="polaris")
+    sweep.node("hello", app="Hello", workdir="{run}/hello", params={"say_hello_to": "{run}"})
+    sweep.save()
+    assert sweep.id is None and sweep.queued_command is not None
+    instances = sweep.instantiate([{"run": "a"}, {"run": "b"}])
+    assert [i.id for i in instances] == [None, None] and instances[0].queued is not None
+    # The CLI says the same, and exits 0: nothing failed.
+    cli = subprocess.run([sys.executable, "-m", "balsam", "job", "kill", str(jobs["site/5"].id), "-y"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])), timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert "queued for site polaris (" in cli.stdout and "Killed" not in cli.stdout, cli.stdout
+
+    assert sync_once(env, root) == 8  # the site is back: applies each command once, in order
+    tagged.refresh_from_db()
+    assert tagged.queued_command is None and tagged.tags == {"round": "2"}
+    assert n.queued[0].state() == "applied" and Job.objects.get(id=killed.id).state == "USER_KILLED"
+    gone.refresh_from_db()
+    assert gone.id is None and gone.queued_command is None  # deleted, as a local delete leaves it
+    assert removed.queued[0].result() == 1
+    with pytest.raises(exc.IllegalTransition):
+        bad.refresh_from_db()  # the site's refusal, on the laptop
+    bad.refresh_from_db()
+    assert bad.queued_command is None and str(bad.state) != "RUN_DONE"
+    sweep.refresh_from_db()
+    assert sweep.id is not None and sweep.id >> 32 == killed.id >> 32
+    assert [i.refresh_from_db().id for i in instances] == sorted(i.id for i in instances) and instances[0].id is not None
+    assert sum(instances[1].state().values()) == 1
+    assert Job.objects.get(id=jobs["site/5"].id).state == "USER_KILLED"
+    conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
+    assert sorted(r[0] for r in conn.execute("SELECT workdir FROM job WHERE workdir LIKE 'site/%'")) == [
+        "site/0", "site/1", "site/3", "site/5"]
+    assert conn.execute("SELECT count(*) FROM job WHERE workdir LIKE '_/hello'").fetchone()[0] == 2
+    conn.close()

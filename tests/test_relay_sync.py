@@ -230,7 +230,7 @@ def test_remote_commands_applied_once_and_refusals_reach_the_user(relay: Relay, 
     queued = RelayBackend(relay.store, caller, wait_s=0.2)
     from balsam.db.jobs import new_job_row
 
-    with pytest.raises(exc.CommandPending, match="queued at the relay as command"):
+    with pytest.raises(exc.CommandPending, match="queued for site .* as command"):
         queued.create_jobs([new_job_row("remote/1", app_id, parameters={"say_hello_to": "x"})], {})
     assert sync.pull_once() == 1
     assert sync.pull_once() == 0  # the cursor moved: nothing applied twice
@@ -263,7 +263,10 @@ def test_remote_commands_applied_once_and_refusals_reach_the_user(relay: Relay, 
     assert json.loads(sync.site.store.execute("SELECT tags FROM job WHERE id = ?", (job_id,))[0][0]) == {"from": "relay"}
 
 
-def test_site_id_taken_at_the_relay_moves_to_a_free_one(relay: Relay, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_site_id_taken_at_the_relay_moves_to_a_free_one_under_its_running_agent(relay: Relay, tmp_path: Path) -> None:
+    """The site's agent is running when ``balsam site link`` moves the site to a new id: the same agent process
+    takes the new id up (no restart), syncs, and runs a job the laptop creates for the site."""
     env = node_env(tmp_path)
     root = tmp_path / "polaris"
     run(env, "-m", "balsam", "site", "init", str(root), "-n", "polaris", "--preset", "local")
@@ -279,15 +282,34 @@ def test_site_id_taken_at_the_relay_moves_to_a_free_one(relay: Relay, tmp_path: 
     relay.store.link_site(Caller(user_id=mallory, user="mallory", kind="user"), site_id, "hers")
     run(env, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
     run(env, "-m", "balsam", "site", "start", "--site", str(root))
+    pid = (root / ".balsam" / "agent.pid").read_text().split()[0]
     try:
         out = run(env, "-m", "balsam", "site", "link", relay.url, "--site", str(root)).stdout
+        assert f"Site id {site_id} is taken" in out
+        assert "Its running agent takes up the new id and starts syncing within a few seconds." in out
+        conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
+        new_id = int(conn.execute("SELECT id FROM site").fetchone()[0])
+        app_id = int(conn.execute("SELECT id FROM app").fetchone()[0])
+        conn.close()
+        assert new_id != site_id and app_id >> 32 == new_id
+        assert json.loads((root / ".balsam" / "relay.json").read_text())["site_id"] == new_id
+        # The laptop (this process: no site here) sees the site under its new id and gets work done there.
+        laptop = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        run(laptop, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
+        alice = relay.store.login("alice", "alice-password")[1]
+        wait_for("the site's row pushed under its new id", lambda: relay.store.site_for(alice, new_id)["row"].get("id") == new_id)
+        assert "online" in run(laptop, "-m", "balsam", "site", "ls").stdout
+        run(laptop, "-m", "balsam", "job", "create", "--site", "polaris", "-a", "Hello", "-w", "moved/x", "-p", "say_hello_to=moved", "-y")
+        from balsam.api import BatchJob, Job
+
+        BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local", site_name="polaris")
+        wait_for("JOB_FINISHED on the laptop", lambda: Job.objects.filter(site_name="polaris", state="JOB_FINISHED").count() == 1)
+        job = Job.objects.get(site_name="polaris", workdir="moved/x")
+        assert job.id is not None and job.id >> 32 == new_id
+        assert (root / "data" / "moved" / "x" / "job.out").read_text().strip() == "Hello, moved!"
+        assert (root / ".balsam" / "agent.pid").read_text().split()[0] == pid  # the same agent process throughout
+        # ...whose services run with the new id (hooks that read job.site_id or query by it see the site's id).
+        log = (root / "log" / "service.log").read_text()
+        assert f"the site's id changed from {site_id} to {new_id}" in log, log[-3000:]
     finally:
-        run(env, "-m", "balsam", "site", "stop", "--site", str(root))
-    assert f"Site id {site_id} is taken" in out
-    assert "Its agent is running with the old id: restart it to sync (balsam site stop --site polaris" in out
-    conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
-    new_id = int(conn.execute("SELECT id FROM site").fetchone()[0])
-    app_id = int(conn.execute("SELECT id FROM app").fetchone()[0])
-    conn.close()
-    assert new_id != site_id and app_id >> 32 == new_id
-    assert json.loads((root / ".balsam" / "relay.json").read_text())["site_id"] == new_id
+        run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)

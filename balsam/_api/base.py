@@ -38,6 +38,7 @@ from balsam.db.codec import decode_parameters, dumps, encode_parameters, loads
 from balsam.exceptions import CommandPending, MultipleObjectsReturned, ObjectDoesNotExist, ValidationError
 
 if TYPE_CHECKING:
+    from balsam._api.queued import QueuedWrite
     from balsam._api.sites import SiteRef
 
 M = TypeVar("M", bound="Model")
@@ -234,37 +235,81 @@ class Model:
 
     @property
     def queued_command(self) -> Optional[int]:
-        """The relay command that creates this object, while its site has not applied it (None otherwise):
-        ``save()`` through a relay whose site is offline queues the write; ``refresh_from_db()`` resolves it."""
+        """The relay command that creates, changes or deletes this object, while its site has not applied it (None
+        otherwise): ``save()`` or ``delete()`` through a relay whose site is offline queues the write, and
+        ``refresh_from_db()`` shows the outcome (see :mod:`balsam._api.queued`)."""
         queued = self.__dict__.get("_queued")
         return None if queued is None else int(queued[0])
 
-    def _queue(self, command_id: int, detail: Any = None) -> None:
-        """Mark the object as created by a queued relay command (``detail``: what resolving it needs)."""
-        self.__dict__["_queued"] = (int(command_id), detail)
+    @property
+    def queued(self) -> Optional["QueuedWrite"]:
+        """The queued write as a handle (its command, site and the relay's message), or None."""
+        from balsam._api.queued import QueuedWrite
 
-    def _resolve_queued(self) -> None:
-        """Ask the relay about the queued create: applied, the object gets its real id; refused, the site's error is
-        raised (and the object is new again); still queued, CommandPending."""
-        command_id, detail = self.__dict__["_queued"]
-        answer = self.__dict__["_site"].backend.queued_command(command_id)
+        queued = self.__dict__.get("_queued")
+        if queued is None:
+            return None
+        return QueuedWrite(self.__dict__["_site"], queued[0], f"{queued[2]} of {self._label()}", queued[3])
+
+    def _label(self) -> str:
+        return f"{type(self).__name__} {self.id}" if self.id is not None else f"new {type(self).__name__}"
+
+    def _queue(self, command_id: int, detail: Any = None, kind: str = "create", message: str = "") -> None:
+        """Mark the object as written by a queued relay command (``kind``: create, update or delete; ``detail``:
+        what resolving a create needs)."""
+        self.__dict__["_queued"] = (int(command_id), detail, kind, message)
+
+    def _queued_pending(self, error: CommandPending, kind: str) -> None:
+        """Keep the write the relay queued (``error`` names its command) as this object's handle."""
+        from balsam._api.queued import QueuedWrite
+
+        QueuedWrite.from_pending(self.__dict__["_site"], error, f"{kind} of {self._label()}")
+        self._queue(int(error.command_id or 0), None, kind, str(error))
+
+    def _refuse_if_queued(self) -> None:
+        queued = self.__dict__.get("_queued")
+        if queued is not None:
+            raise ValidationError(f"{self._label()} already has its {queued[2]} queued at the relay as command {queued[0]}: "
+                                  "refresh_from_db() resolves it once its site syncs")
+
+    def _resolve_queued(self) -> bool:
+        """Ask the relay about the queued write: applied, a create gets its real id; refused, the site's error is
+        raised (a create is new again, a change or delete did nothing); still queued, CommandPending. Returns
+        whether the object was deleted."""
+        return self._settle(self.__dict__["_site"].backend.queued_command(self.__dict__["_queued"][0]))
+
+    def _settle(self, answer: Dict[str, Any]) -> bool:
+        """Take the relay's answer about this object's queued write (see :meth:`_resolve_queued`)."""
+        command_id, detail, kind = self.__dict__["_queued"][:3]
         if answer["state"] == "rejected":
-            del self.__dict__["_queued"]  # nothing was created: saving it again makes a new command
+            del self.__dict__["_queued"]  # nothing was written: saving it again makes a new command
             raise answer["error"]
         if answer["state"] != "applied":
-            raise CommandPending(f"{type(self).__name__} still queued at the relay as command {command_id}: its site has not synced "
-                                 "yet ('balsam site ls' shows when it was last seen)", command_id)
+            raise CommandPending(f"{self._label()}: {kind} still queued at the relay as command {command_id}: its site has not "
+                                 "synced yet ('balsam site ls' shows when it was last seen)", command_id)
         del self.__dict__["_queued"]
-        self._created_by_command(detail, answer["result"])
+        if kind == "create":
+            self._created_by_command(detail, answer["result"])
+        elif kind == "delete":
+            self._deleted()
+            return True
+        return False
+
+    def _deleted(self) -> None:
+        """The object after its row was deleted: new again, with no id (saving it creates a new row)."""
+        self.__dict__["_row"] = None
+        self.__dict__["id"] = None
 
     def _created_by_command(self, detail: Any, result: Any) -> None:
         """Take the real id from the applied command's result."""
         raise NotImplementedError
 
     def refresh_from_db(self) -> None:
-        """Reload every field from the site DB (a create queued at the relay is resolved first: see ``queued_command``)."""
-        if self.__dict__.get("_queued") is not None:
-            self._resolve_queued()
+        """Reload every field from the site DB. A write queued at the relay is resolved first (see
+        ``queued_command``): an applied delete leaves the object deleted (``id`` None), a refused write raises the
+        site's error."""
+        if self.__dict__.get("_queued") is not None and self._resolve_queued():
+            return
         if self._is_new or self.id is None:
             raise ValidationError(f"this {type(self).__name__} was never saved")
         site = self.__dict__["_site"]

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, 
 
 from balsam._api import sites as _sites
 from balsam._api.jobs import Job, resolve_app
+from balsam._api.queued import QueuedWrite, WriteCount
 from balsam.db import dag_templates as tpl
 from balsam.db.dag_templates import DAGNode
 from balsam.db.dags import check_name
 from balsam.db.states import DONE_STATES, FAILED_STATES, JobState, to_states
-from balsam.exceptions import ObjectDoesNotExist, ValidationError
+from balsam.exceptions import CommandPending, ObjectDoesNotExist, ValidationError
 
 if TYPE_CHECKING:
     from balsam._api.base import Query
@@ -50,22 +51,44 @@ class DAGDoesNotExist(ObjectDoesNotExist):
 class DAGInstance:
     """One instantiation of a DAG: its placeholder values and its jobs (tagged ``dag_instance=<id>``)."""
 
-    def __init__(self, dag: "DAG", instance_id: int, params: Dict[str, Any], created: Optional[float] = None) -> None:
+    def __init__(self, dag: "DAG", instance_id: Optional[int], params: Dict[str, Any], created: Optional[float] = None,
+                 queued: Optional[Tuple[QueuedWrite, int]] = None) -> None:
         self.dag = dag
-        self.id = int(instance_id)
+        self.id: Optional[int] = None if instance_id is None else int(instance_id)
         self.params = params
         self.created = created
+        self._queued = queued
 
     def __repr__(self) -> str:
         return f"DAGInstance(dag={self.dag.name!r}, id={self.id}, params={self.params!r})"
 
+    @property
+    def queued(self) -> Optional[QueuedWrite]:
+        """The relay command that makes this instance while its site has not applied it (``id`` is None until then)."""
+        return None if self._queued is None else self._queued[0]
+
+    def refresh_from_db(self) -> "DAGInstance":
+        """Resolve a queued instance: its id once the site made it; the site's refusal raised as its error;
+        CommandPending while the site has not synced."""
+        if self._queued is not None:
+            queued, index = self._queued
+            self.id = int(queued.result()[index])
+            self._queued = None
+        return self
+
+    def _id(self) -> int:
+        if self.id is None:
+            raise ValidationError(f"this instance of DAG {self.dag.name!r} is still queued at the relay: refresh_from_db() "
+                                  "resolves it once its site syncs")
+        return self.id
+
     def jobs(self) -> "Query[Job]":
         """A query of this instance's jobs (filter, order and slice it like any job query)."""
-        return Job.objects.filter(site_name=self.dag.site.name, tags={"dag_instance": str(self.id)})
+        return Job.objects.filter(site_name=self.dag.site.name, tags={"dag_instance": str(self._id())})
 
     def state(self) -> Dict[str, int]:
         """Counts of this instance's jobs by state."""
-        return self.dag._counts([self.id])[self.id]
+        return self.dag._counts([self._id()])[self._id()]
 
     def done(self) -> bool:
         """True when every job of the instance is in a final state (finished, failed or killed)."""
@@ -101,7 +124,11 @@ class DAGInstance:
     def retry_failed(self) -> int:
         """Run the instance's failed and killed jobs again: those whose parents finished go back to READY, the
         rest wait for their parents again (AWAITING_PARENTS). Returns how many jobs were reset."""
-        return self.dag.site.backend.dag_retry(self.id)
+        site = self.dag.site
+        try:
+            return site.backend.dag_retry(self._id())
+        except CommandPending as e:  # kept by the relay for its offline site
+            return WriteCount(0, [QueuedWrite.from_pending(site, e, f"retry of DAG {self.dag.name!r} instance {self.id}")])
 
 
 class InstanceQuery:
@@ -176,6 +203,8 @@ class DAG:
         self._nodes: Dict[str, DAGNode] = {}
         self.id: Optional[int] = None
         self.version: Optional[int] = None
+        self.queued: Optional[QueuedWrite] = None
+        """The save the relay keeps for an offline site (see ``queued_command``)."""
 
     def __repr__(self) -> str:
         return f"DAG({self.name!r}, nodes={len(self._nodes)}, placeholders={sorted(self.placeholders)})"
@@ -233,9 +262,33 @@ class DAG:
                 raise ValidationError(f"DAG {self.name!r} node {n.name!r}: {exc}") from None
 
     def save(self) -> "DAG":
-        """Store (or replace) the template at the site; refuses cycles, unknown parents and unknown apps."""
+        """Store (or replace) the template at the site; refuses cycles, unknown parents and unknown apps. Through
+        a relay whose site is offline the save is queued: ``queued_command`` names it (``id`` stays None) and
+        ``refresh_from_db()`` shows the outcome; ``instantiate`` may follow at once (the site applies in order)."""
         self.validate()
-        row = self.site.backend.dag_save(self.name, self.description, self.spec())
+        try:
+            row = self.site.backend.dag_save(self.name, self.description, self.spec())
+        except CommandPending as e:
+            self.queued = QueuedWrite.from_pending(self.site, e, f"save of DAG {self.name!r}")
+            return self
+        self.queued = None
+        self.id, self.version = int(row["id"]), int(row["version"])
+        return self
+
+    @property
+    def queued_command(self) -> Optional[int]:
+        """The relay command that saves this DAG while its site has not applied it (None otherwise)."""
+        return None if self.queued is None else self.queued.command_id
+
+    def refresh_from_db(self) -> "DAG":
+        """Read the DAG back from its site (a queued save is resolved first: its refusal raised as the site's error,
+        CommandPending while its site has not synced)."""
+        if self.queued is not None:
+            self.queued.result()
+            self.queued = None
+        row = next((r for r in self.site.backend.dag_list() if r["name"] == self.name), None)
+        if row is None:
+            raise DAGDoesNotExist(f"no DAG named {self.name!r} at site {self.site.name}")
         self.id, self.version = int(row["id"]), int(row["version"])
         return self
 
@@ -255,7 +308,8 @@ class DAG:
         if isinstance(records, Mapping):
             records = [records]
         records = list(records)
-        self._require_id()
+        if self.queued is None:
+            self._require_id()
         names = self.placeholders
         checked = [tpl.check_record(self.name, r, i, names) for i, r in enumerate(records)]
         for i, r in enumerate(checked):
@@ -266,7 +320,12 @@ class DAG:
         now = time.time()
         for start in range(0, len(checked), max(step, 1)):
             chunk = checked[start:start + step]
-            ids = backend.dag_instantiate(self.name, chunk)
+            try:
+                ids = backend.dag_instantiate(self.name, chunk)
+            except CommandPending as e:  # kept by the relay for its offline site: provisional instances
+                queued = QueuedWrite.from_pending(self.site, e, f"{len(chunk)} instances of DAG {self.name!r}")
+                out.extend(DAGInstance(self, None, r, now, queued=(queued, n)) for n, r in enumerate(chunk))
+                continue
             out.extend(DAGInstance(self, i, r, now) for i, r in zip(ids, chunk))
             if progress is not None:
                 progress(len(out) * len(self._nodes))
@@ -350,10 +409,15 @@ class DAGManager:
             raise ValidationError(f"several sites have a DAG named {name!r}: pass site=")
         return found[0]
 
-    def delete(self, name: str, site: Any = None) -> None:
-        """Forget a DAG template and its instance records (the jobs stay)."""
+    def delete(self, name: str, site: Any = None) -> Optional[QueuedWrite]:
+        """Forget a DAG template and its instance records (the jobs stay). Through a relay whose site is offline,
+        the delete is queued: returns its handle (None when done)."""
         dag = self.get(name, site)
-        dag.site.backend.dag_delete(name)
+        try:
+            dag.site.backend.dag_delete(name)
+        except CommandPending as e:
+            return QueuedWrite.from_pending(dag.site, e, f"delete of DAG {name!r}")
+        return None
 
 
 DAG.objects = DAGManager()

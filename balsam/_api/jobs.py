@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List,
 
 from balsam._api import sites as _sites
 from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
+from balsam._api.queued import QueuedWrite, WriteCount, resolve_all
 from balsam.db import fields as field_db
 from balsam.db import jobs as job_db
 from balsam.db import query as q
@@ -349,10 +350,14 @@ class Job(Model):
     def delete(self) -> None:
         """Delete the job (refused while a launcher holds it)."""
         site = self.__dict__["_site"]
-        if site.backend.delete_jobs([int(self.id or 0)]) == 0:
-            raise self.DoesNotExist(f"job {self.id} no longer exists")
-        self.__dict__["_row"] = None
-        self.__dict__["id"] = None  # as in Balsam: a deleted job has no id (saving it again creates a new job)
+        self._refuse_if_queued()
+        try:
+            if site.backend.delete_jobs([int(self.id or 0)]) == 0:
+                raise self.DoesNotExist(f"job {self.id} no longer exists")
+        except CommandPending as e:  # kept by the relay for its offline site: refresh_from_db() resolves it
+            self._queued_pending(e, "delete")
+            return
+        self._deleted()  # as in Balsam: a deleted job has no id (saving it again creates a new job)
 
     # ---------------------------------------------------------------- parameters, app, paths
     def get_parameters(self) -> Dict[str, Any]:
@@ -587,41 +592,24 @@ class JobManager(Manager[Job]):
                 # The relay keeps the create for its site (offline now): each job is a provisional handle that
                 # refresh_from_db() (or Job.objects.resolve) turns into the real job once the site applied it.
                 for i, (job, row) in enumerate(zip(group, rows)):
-                    job._queue(e.command_id, (i, row))
+                    job._queue(e.command_id, (i, row), "create", str(e))
                 logger.warning("%s", e)
                 continue
             _mark_all_created(group, rows, ids, states, now)
         return list(jobs)
 
     def resolve(self, jobs: Sequence[Job]) -> List[Job]:
-        """Resolve jobs whose create the relay queued (``job.queued_command``): those the site applied get their
-        real ids and rows (one request per command); returns the jobs still queued. A refused create raises the
-        site's error (those jobs are new again)."""
-        answers: Dict[Tuple[Path, int], Dict[str, Any]] = {}
-        waiting: List[Job] = []
-        for job in jobs:
-            queued = job.__dict__.get("_queued")
-            if queued is None:
-                continue
-            site = job.__dict__["_site"]
-            key = (site.path, int(queued[0]))
-            if key not in answers:
-                answers[key] = site.backend.queued_command(queued[0])
-            answer = answers[key]
-            if answer["state"] == "rejected":
-                del job.__dict__["_queued"]
-                raise answer["error"]
-            if answer["state"] != "applied":
-                waiting.append(job)
-                continue
-            del job.__dict__["_queued"]
-            job._created_by_command(queued[1], answer["result"])
-        return waiting
+        """Resolve jobs whose create, change or delete the relay queued (``job.queued_command``): those the site
+        applied get their real ids and rows (one request per command); returns the jobs still queued. A refused
+        write raises the site's error (a refused create leaves those jobs new again)."""
+        return resolve_all(jobs, self.bulk_refresh)
 
     def bulk_update(self, jobs: Sequence[Job]) -> None:
         """Write the changed fields of many jobs (state changes through the state machine) per site."""
         if any(job._is_new for job in jobs):
             raise ValidationError("bulk_update needs saved jobs; use bulk_create for new ones")
+        for job in jobs:
+            job._refuse_if_queued()
         for site, group in by_site(jobs):
             updates: List[Tuple[int, Dict[str, Any]]] = []
             changes: List[StateChange] = []
@@ -643,7 +631,12 @@ class JobManager(Manager[Job]):
                     changes.append(StateChange(int(job.id or 0), name, timestamp=None if ts is None else q.to_timestamp(ts),
                                                data=job.__dict__.get("state_data"),
                                                session_id=job.__dict__.get("_session_id") if name == JobState.RUNNING else None))
-            site.backend.update_jobs(updates, parents, changes)
+            try:
+                site.backend.update_jobs(updates, parents, changes)
+            except CommandPending as e:  # kept by the relay for its offline site: each job holds the handle
+                for job in group:
+                    job._queued_pending(e, "update")
+                continue
             self._reload(site, group)
 
     def _reload(self, site: "SiteRef", group: List[Job]) -> None:
@@ -670,6 +663,7 @@ class JobManager(Manager[Job]):
         state_data = fields.pop("state_data", None)
         state_ts = fields.pop("state_timestamp", None)
         total = 0
+        queued: List[QueuedWrite] = []
         for site, ids in query._per_site_ids():
             if not ids:
                 continue
@@ -678,15 +672,23 @@ class JobManager(Manager[Job]):
                 name = to_state(state).value
                 ts = None if state_ts is None else q.to_timestamp(state_ts)
                 changes = [StateChange(i, name, timestamp=ts, data=state_data) for i in ids]
-            site.backend.update_jobs([(i, dict(fields)) for i in ids] if fields else [], (), changes)
+            try:
+                site.backend.update_jobs([(i, dict(fields)) for i in ids] if fields else [], (), changes)
+            except CommandPending as e:  # kept by the relay for its offline site
+                queued.append(QueuedWrite.from_pending(site, e, f"update of {len(ids)} jobs", len(ids)))
             total += len(ids)
-        return total
+        return WriteCount(total, queued)
 
     def _query_delete(self, query: Query[Job]) -> int:
         total = 0
+        queued: List[QueuedWrite] = []
         for site, ids in query._per_site_ids():
-            total += site.backend.delete_jobs(ids)
-        return total
+            try:
+                total += site.backend.delete_jobs(ids)
+            except CommandPending as e:  # kept by the relay for its offline site
+                queued.append(QueuedWrite.from_pending(site, e, f"delete of {len(ids)} jobs", len(ids)))
+                total += len(ids)
+        return WriteCount(total, queued)
 
     # ---------------------------------------------------------------- futures over many jobs
     def _done_ids(self, jobs: Sequence[Job]) -> Set[Tuple[int, int]]:

@@ -39,7 +39,12 @@ def _write_changes(obj: Model, table: str) -> None:
         return
     fields = obj._fields
     site = obj.__dict__["_site"]
-    site.backend.update_rows(table, [(int(obj.id or 0), {c: fields[c].encode(v) for c, v in changed.items()})])
+    obj._refuse_if_queued()
+    try:
+        site.backend.update_rows(table, [(int(obj.id or 0), {c: fields[c].encode(v) for c, v in changed.items()})])
+    except CommandPending as e:  # kept by the relay for its offline site: refresh_from_db() resolves it
+        obj._queued_pending(e, "update")
+        return
     obj.refresh_from_db()
 
 
@@ -228,7 +233,11 @@ class App(Model):
 
     def delete(self) -> None:
         """Delete the app and its jobs (refused while a launcher holds any of them)."""
-        self.__dict__["_site"].backend.delete_rows("app", [int(self.id or 0)])
+        self._refuse_if_queued()
+        try:
+            self.__dict__["_site"].backend.delete_rows("app", [int(self.id or 0)])
+        except CommandPending as e:  # kept by the relay for its offline site: refresh_from_db() resolves it
+            self._queued_pending(e, "delete")
         invalidate_app_cache()
 
 
@@ -323,7 +332,7 @@ class BatchJob(Model):
             except CommandPending as e:  # the relay keeps it for its offline site: a provisional handle until applied
                 if e.command_id is None:
                     raise
-                self._queue(e.command_id)
+                self._queue(e.command_id, None, "create", str(e))
                 logger.warning("%s", e)
                 return
             self.__dict__["_row"] = {"id": new_id}
@@ -343,8 +352,13 @@ class BatchJob(Model):
         queued or running one becomes ``pending_deletion``: the site agent asks the scheduler to cancel it and
         removes the record when the scheduler reports it ended (its running jobs end as RUN_TIMEOUT)."""
         backend = self.__dict__["_site"].backend
-        if backend.delete_rows("batch_job", [int(self.id or 0)]) == 0:
-            raise ValidationError(f"batch job {self.id} does not exist (already deleted?)")
+        self._refuse_if_queued()
+        try:
+            if backend.delete_rows("batch_job", [int(self.id or 0)]) == 0:
+                raise ValidationError(f"batch job {self.id} does not exist (already deleted?)")
+        except CommandPending as e:  # kept by the relay: refresh_from_db() shows it cancelling, or gone
+            self._queued_pending(e, "cancel")
+            return
         rows = backend.select("batch_job", {"id": int(self.id or 0)}, columns=("state",))
         if rows:  # queued or running: cancelling
             self.refresh_from_db()

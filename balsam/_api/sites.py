@@ -27,7 +27,8 @@ from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
 from balsam.site import Registry, SiteLayout, find_site_root, site_identity, this_host
 
-__all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "process_host", "reachable_sites", "ref_for_root", "reset",
+__all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "process_host", "reachable_sites", "ref_for_root",
+           "reidentify", "reset",
            "resolve", "scope", "select", "served_foreign_sites", "this_host", "use_site"]
 
 
@@ -170,6 +171,20 @@ def ref_for_root(root: Path) -> SiteRef:
         site_id, name = site_identity(store)
         owner = store.get_meta("home_host") or this_host()
         ref = SiteRef(id=site_id, name=name, path=root, host=owner)
+    with _lock:
+        _refs[root] = ref
+    return ref
+
+
+def reidentify(root: Path) -> SiteRef:
+    """The SiteRef of a site on this host read afresh from its DB, replacing the cached one: after its id changed
+    under a running process (``balsam site link`` moves a site whose id the relay knows elsewhere). The store stays
+    open: its users (the agent's API server) go on."""
+    root = Path(root).resolve()
+    store = store_for(root)
+    site_id, name = site_identity(store)
+    owner = store.get_meta("home_host") or this_host()
+    ref = SiteRef(id=site_id, name=name, path=root, host=owner)
     with _lock:
         _refs[root] = ref
     return ref

@@ -19,7 +19,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import click
 
@@ -238,6 +238,18 @@ def format_time(value: Optional[_dt.datetime]) -> str:
     if value is None:
         return ""
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def echo_queued(handles: Iterable[Any]) -> int:
+    """Say each write the relay queued for an offline site ("Kill of 3 jobs queued for site polaris (offline since
+    ...) as command 7: applied when the site's agent next syncs"); how many were said."""
+    seen: Set[int] = set()
+    for h in handles:
+        if h is None or h.command_id in seen:
+            continue
+        seen.add(h.command_id)
+        click.echo(f"{h.what[:1].upper()}{h.what[1:]} {h.message}")
+    return len(seen)
 
 
 def plural(n: int, noun: str) -> str:

@@ -12,6 +12,7 @@ from balsam.cli._common import (
     CLIError,
     confirm,
     echo_json,
+    echo_queued,
     echo_table,
     json_option,
     one_site,
@@ -111,6 +112,8 @@ def app_rm(name: str, sites: Sequence[str], yes: bool) -> None:
     njobs = Job.objects.filter(app_id=target.id, site_id=target.site_id).count()
     confirm(f"Remove app {target.name} (id {target.id}) and its {njobs} jobs?", yes, f"not removing app {target.name} and its {njobs} jobs")
     target.delete()
+    if echo_queued([target.queued]):
+        return
     click.echo(f"Removed app {target.name} (id {target.id}) and {njobs} jobs")
 
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from balsam.cli._common import CLIError, echo_json, echo_table, json_option, one_site, progress, site_option
+from balsam.cli._common import CLIError, echo_json, echo_queued, echo_table, json_option, one_site, progress, site_option
 
 
 def _dag(name: str, sites: Tuple[str, ...]) -> Any:
@@ -64,6 +64,12 @@ def dag_create(path: str, sites: Tuple[str, ...], as_json: bool) -> None:
 
     ref = one_site(sites, "dag create")
     dag_obj = DAG.from_yaml(path, site=ref.name).save()
+    if dag_obj.queued is not None:
+        if as_json:
+            echo_json({"name": dag_obj.name, "queued_command": dag_obj.queued_command})
+        else:
+            echo_queued([dag_obj.queued])
+        return
     if as_json:
         echo_json({"id": dag_obj.id, "name": dag_obj.name, "version": dag_obj.version, "placeholders": sorted(dag_obj.placeholders)})
         return
@@ -142,7 +148,15 @@ def dag_run(name: str, params_file: str, file_format: Optional[str], sites: Tupl
             done[0] = n
 
         instances = d.instantiate(records, progress=step)
-    ids = [i.id for i in instances]
+    queued = [i.queued for i in instances if i.queued is not None]
+    if queued:
+        if as_json:
+            echo_json({"dag": d.name, "queued_commands": sorted({h.command_id for h in queued}), "jobs": len(instances) * len(d.nodes)})
+        else:
+            echo_queued(queued)
+        if len(queued) == len(instances):
+            return
+    ids = [i.id for i in instances if i.id is not None]
     if as_json:
         echo_json({"dag": d.name, "instances": ids, "jobs": len(ids) * len(d.nodes)})
         return
@@ -193,7 +207,8 @@ def dag_kill(name: str, instance_id: int, sites: Tuple[str, ...]) -> None:
     Example: balsam dag kill md-sweep --instance 7
     """
     n = _dag(name, sites).instances().get(instance_id).kill()
-    click.echo(f"Killed {n} job(s) of instance {instance_id}.")
+    if not echo_queued(getattr(n, "queued", [])):
+        click.echo(f"Killed {n} job(s) of instance {instance_id}.")
 
 
 @dag.command("retry")
@@ -206,7 +221,8 @@ def dag_retry(name: str, instance_id: int, sites: Tuple[str, ...]) -> None:
     Example: balsam dag retry md-sweep --instance 7
     """
     n = _dag(name, sites).instances().get(instance_id).retry_failed()
-    click.echo(f"Reset {n} job(s) of instance {instance_id}.")
+    if not echo_queued(getattr(n, "queued", [])):
+        click.echo(f"Reset {n} job(s) of instance {instance_id}.")
 
 
 @dag.command("rm")
@@ -222,5 +238,5 @@ def dag_rm(name: str, sites: Tuple[str, ...], yes: bool) -> None:
 
     d = _dag(name, sites)
     confirm(f"Forget DAG {d.name}?", yes, f"refusing to forget DAG {d.name} without confirmation")
-    type(d).objects.delete(d.name, site=d.site.name)
-    click.echo(f"Forgot DAG {d.name}.")
+    if not echo_queued([type(d).objects.delete(d.name, site=d.site.name)]):
+        click.echo(f"Forgot DAG {d.name}.")

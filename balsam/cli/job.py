@@ -20,6 +20,7 @@ from balsam.cli._common import (
     color_state,
     confirm,
     echo_json,
+    echo_queued,
     echo_table,
     format_kv,
     format_time,
@@ -222,8 +223,7 @@ def job_create(workdir: Optional[str], app: Optional[str], params: Dict[str, str
         if as_json:
             echo_json({"site": ref.name, "workdir": str(new.workdir), "queued_command": new.queued_command})
             return
-        click.echo(f"Queued job {app_name} in {new.workdir} at the relay as command {new.queued_command}: site {ref.name} "
-                   "creates it when its agent next syncs ('balsam site ls' shows when it was last seen)")
+        click.echo(f"Job {app_name} in {new.workdir} {new.queued.message if new.queued else ''}")
         return
     if as_json:
         echo_json(job_dict(new, app_name, ref.name))
@@ -258,8 +258,16 @@ def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[st
         if as_json:
             echo_json({"site": ref.name, "queued": len(jobs), "queued_commands": queued})
             return
-        click.echo(f"Queued {len(jobs)} jobs at the relay (command {', '.join(map(str, queued))}): site {ref.name} creates them "
-                   "when its agent next syncs")
+        from balsam._api.queued import QueuedWrite
+
+        handles: Dict[int, Any] = {}
+        for j in jobs:
+            h = j.queued
+            if h is not None:
+                handles.setdefault(h.command_id, QueuedWrite(ref, h.command_id, "", h.message)).rows += 1
+        for h in handles.values():
+            h.what = plural(h.rows, "job")
+        echo_queued(handles.values())
         return
     if as_json:
         echo_json({"site": ref.name, "created": len(jobs), "first_id": jobs[0].id, "last_id": jobs[-1].id})
@@ -522,8 +530,9 @@ def job_log(job_id: int, tail: Optional[int], follow: bool, sites: Sequence[str]
 
 # ------------------------------------------------------------------------------------------- state changes
 def _change_state(filters: Dict[str, Any], by_id: bool, all_jobs: bool, sites: Sequence[str], state: JobState, message: str, what: str,
-                  yes: bool) -> int:
-    """Move the selected jobs to ``state`` (strictly: one refused transition and nothing changes); returns how many.
+                  yes: bool) -> Optional[int]:
+    """Move the selected jobs to ``state`` (strictly: one refused transition and nothing changes); returns how many
+    (None when the relay queued every change for offline sites, which is said).
 
     A selection by filters that matches several jobs is confirmed first (explicit ids are not)."""
     _require_selection(filters, all_jobs, what)
@@ -534,7 +543,11 @@ def _change_state(filters: Dict[str, Any], by_id: bool, all_jobs: bool, sites: S
     if n > 1 and not by_id:
         confirm(f"{what.capitalize()} {n} jobs?", yes, f"not changing {n} jobs without confirmation")
     with working(f"Setting {n} jobs to {state}:", enabled=n >= PROGRESS_MIN):
-        return int(query.update(state=state, state_data={"message": message}))
+        done = query.update(state=state, state_data={"message": message})
+    queued = getattr(done, "queued", [])
+    echo_queued(queued)  # writes the relay keeps for offline sites: said, and not counted as done
+    applied = int(done) - sum(h.rows for h in queued)
+    return None if queued and not applied else applied
 
 
 @job.command("modify")
@@ -561,7 +574,8 @@ def job_modify(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, s
         raise click.UsageError("give the new state with -s/--state")
     filters = job_filters([*ids, *job_ids], tags, workflow, states, exclude_states, workdir, app)
     n = _change_state(filters, bool(ids or job_ids), all_jobs, sites, JobState(new_state), "set by the user (balsam job modify)", "modify", yes)
-    click.echo(f"Set {plural(n, 'job')} to {new_state}")
+    if n is not None:
+        click.echo(f"Set {plural(n, 'job')} to {new_state}")
 
 
 @job.command("reset")
@@ -591,7 +605,8 @@ def job_reset(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, st
     if not by_id and not states and (filters or all_jobs):
         filters["state"] = sorted(RESET_DEFAULT_STATES)
     n = _change_state(filters, by_id, all_jobs, sites, target, "reset by the user (balsam job reset)", "reset", yes)
-    click.echo(f"Reset {plural(n, 'job')} to {target}")
+    if n is not None:
+        click.echo(f"Reset {plural(n, 'job')} to {target}")
 
 
 @job.command("kill")
@@ -622,6 +637,8 @@ def job_kill(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, str
     _, scope = scope_sites(sites)
     waiting_before = Job.objects.filter(state=S.AWAITING_PARENTS, **scope).count()
     n = _change_state(filters, by_id, all_jobs, sites, S.USER_KILLED, "killed by the user (balsam job kill)", "kill", yes)
+    if n is None:
+        return
     failed = waiting_before - Job.objects.filter(state=S.AWAITING_PARENTS, **scope).count()
     click.echo(f"Killed {plural(n, 'job')}" + (f"; {plural(failed, 'job')} waiting on them failed" if failed > 0 else ""))
 
@@ -654,7 +671,11 @@ def job_rm(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, str],
     confirm(f"Delete {n} jobs?", yes, f"not deleting {n} jobs without confirmation")
     with working(f"Deleting {n} jobs:", enabled=n >= PROGRESS_MIN):
         deleted = query.delete()
-    click.echo(f"Deleted {plural(deleted, 'job')}")
+    queued = getattr(deleted, "queued", [])
+    echo_queued(queued)
+    applied = int(deleted) - sum(h.rows for h in queued)
+    if applied or not queued:
+        click.echo(f"Deleted {plural(applied, 'job')}")
 
 
 # ------------------------------------------------------------------------------------------- dep
@@ -676,4 +697,7 @@ def job_dep(parent: int, child: int, sites: Sequence[str]) -> None:
     p, _ = _get_job(parent, [str(c.site_id)])
     c.parent_ids = [*c.parent_ids, int(p.id or 0)]
     c.save()
+    if c.queued is not None:
+        echo_queued([c.queued])
+        return
     click.echo(f"Job {child} now depends on job {parent} (parents: {', '.join(map(str, c.parent_ids))}); it is {c.state}")

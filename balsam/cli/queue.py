@@ -9,6 +9,7 @@ import click
 from balsam.cli._common import (
     CLIError,
     echo_json,
+    echo_queued,
     echo_table,
     format_kv,
     format_time,
@@ -84,6 +85,12 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
     bj = BatchJob.objects.create(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue_name, project=project,
                                  optional_params=optional_params, filter_tags=filter_tags, partitions=list(partitions) or None,
                                  site_id=ref.id)
+    if bj.queued is not None:  # the relay keeps it for its offline site
+        if as_json:
+            echo_json({"site": ref.name, "queued_command": bj.queued_command})
+        else:
+            echo_queued([bj.queued])
+        return
     if as_json:
         echo_json(batch_job_dict(bj, ref.name))
         return
@@ -214,13 +221,16 @@ def _cancel(batch_job_id: int, sites: Sequence[str], delete_inactive: bool) -> N
     if bj.state in BATCH_ACTIVE_STATES:
         bj.state = B.pending_deletion.value
         bj.save()
+        if echo_queued([bj.queued]):
+            return
         click.echo(f"BatchJob {bj.id} marked for deletion: the site agent cancels it" +
                    (f" (scheduler id {bj.scheduler_id})" if bj.scheduler_id else "") + "; its running jobs end as RUN_TIMEOUT")
     elif bj.state == B.pending_deletion:
         click.echo(f"BatchJob {bj.id} is already marked for deletion")
     elif delete_inactive:
         bj.delete()
-        click.echo(f"Deleted the record of BatchJob {bj.id} ({bj.state})")
+        if not echo_queued([bj.queued]):
+            click.echo(f"Deleted the record of BatchJob {bj.id} ({bj.state})")
     else:
         raise CLIError(f"BatchJob {bj.id} is {bj.state}: nothing to cancel", 1)
 

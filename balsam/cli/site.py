@@ -376,11 +376,7 @@ def site_link(url: str, sites: Sequence[str]) -> None:
         click.echo(f"Site id {link['moved_from']} is taken at the relay: site {ref.name} now has id {link['site_id']}.")
     click.echo(f"Site {ref.name} is linked to {link['url']} (as {link['user']}).")
     if agent_running(ref.layout):
-        if link.get("moved_from"):  # the running agent and launchers still carry the old id
-            click.echo(f"Its agent is running with the old id: restart it to sync "
-                       f"(balsam site stop --site {ref.name} && balsam site start --site {ref.name}).")
-        else:
-            click.echo("Its running agent starts syncing within a few seconds.")
+        click.echo("Its running agent " + ("takes up the new id and " if link.get("moved_from") else "") + "starts syncing within a few seconds.")
 
 
 @site.command("unlink")

@@ -27,6 +27,10 @@ from balsam.sync import encode_fields as _plain
 
 DEFAULT_WAIT_S = 20.0
 """How long a write waits for its site to apply it before answering with the queued command."""
+OFFLINE_AFTER_S = 60.0
+"""A site not seen for this long is offline (an online agent long-polls for commands every 20 s)."""
+OFFLINE_WAIT_S = 0.5
+"""How long a write for an offline site waits (it may be coming back) before answering with the queued command."""
 _KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
           and issubclass(getattr(exc, name), exc.BalsamError)}
 
@@ -40,6 +44,17 @@ def site_error(result: Any) -> exc.BalsamError:
         return cls(message)  # type: ignore[no-any-return]
     except TypeError:
         return exc.ValidationError(message)
+
+
+def pending_reason(site: Dict[str, Any]) -> str:
+    """Why a write waits for a site: "queued for site NAME (offline since TIME)", or not answering yet."""
+    last_seen = site.get("last_seen")
+    if last_seen is None:
+        return f"queued for site {site['name']} (never seen online)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last_seen)))
+    if time.time() - float(last_seen) > OFFLINE_AFTER_S:
+        return f"queued for site {site['name']} (offline since {since})"
+    return f"queued for site {site['name']} (online, last seen {since}, busy)"
 
 
 class RelayBackend(Backend):
@@ -139,8 +154,12 @@ class RelayBackend(Backend):
         caller = self._need_caller()
         if site_id not in self.site_ids:
             raise exc.ObjectDoesNotExist(f"no site {site_id}")
+        site = self.store.site_for(caller, site_id)
         command_id = self.store.add_command(caller, site_id, kind, body)
-        deadline = time.monotonic() + self.wait_s
+        last_seen = site.get("last_seen")
+        offline = last_seen is None or time.time() - float(last_seen) > OFFLINE_AFTER_S
+        # A site that has not polled for a while is offline: the write is queued at once instead of waiting.
+        deadline = time.monotonic() + (min(self.wait_s, OFFLINE_WAIT_S) if offline else self.wait_s)
         delay = 0.01
         while True:
             row = self.store.command(caller, command_id)
@@ -149,9 +168,8 @@ class RelayBackend(Backend):
             if row["state"] == "rejected":
                 raise site_error(row["result"])
             if time.monotonic() >= deadline:
-                raise exc.CommandPending(f"queued at the relay as command {command_id} for site {site_id}, which has not "
-                                         "synced yet: it is applied when the site's agent next syncs ('balsam site ls' shows "
-                                         "when each site was last seen)", command_id)
+                raise exc.CommandPending(f"{pending_reason(site)} as command {command_id}: applied when the site's agent next "
+                                         "syncs", command_id)
             time.sleep(delay)
             delay = min(0.1, delay * 1.5)
 

@@ -29,7 +29,15 @@ from balsam.pidfile import pid_file, pid_file_held, read_pid
 from balsam.runtime import balsam_argv, subprocess_env
 from balsam.services.base import Service, ServiceThread
 from balsam.settings import SiteSettings, load_settings
-from balsam.site import SiteLayout, check_site_settings, refresh_site_row, reread_settings_if_changed, settings_stamp, this_host
+from balsam.site import (
+    SiteLayout,
+    check_site_settings,
+    refresh_site_row,
+    reread_settings_if_changed,
+    settings_stamp,
+    site_identity,
+    this_host,
+)
 from balsam.site.agent_state import agent_status as agent_status  # read by balsam site status and the dashboard
 from balsam.site.agent_state import disk_state, pid_path, status_path
 from balsam.site.agent_state import read_status as read_status
@@ -168,6 +176,21 @@ def run_agent(site_root: Path) -> int:
         try:
             _write_status(layout, node, threads + relay.threads(), started, True, api.url)
             while not stop.wait(STATUS_PERIOD_S):
+                moved = _moved(site)
+                if moved is not None:  # 'balsam site link' gave the site a new id: its services take it up
+                    logger.info("the site's id changed from %s to %s (balsam site link moved it): restarting the services "
+                                "with the new id", site.id, moved.id)
+                    generation.set()
+                    relay.stop()
+                    for t in threads:
+                        t.join(timeout=60)
+                    site = moved
+                    _sites.use_site(root)
+                    relay = LinkFollower(site)
+                    generation = threading.Event()
+                    threads = [ServiceThread(s, generation) for s in build_services(site, settings, host, env)]
+                    for t in threads:
+                        t.start()
                 relay.check()
                 new_stamp = settings_stamp(layout)
                 if new_stamp != stamp and new_stamp != bad_stamp:
@@ -199,6 +222,12 @@ def run_agent(site_root: Path) -> int:
         _write_status(layout, node, threads + sync_threads, started, False)
         logger.info("agent stopped")
     return 0
+
+
+def _moved(site: _sites.SiteRef) -> Optional[_sites.SiteRef]:
+    """The site afresh when its id in the DB is no longer the one the agent runs with (None otherwise)."""
+    site_id, _name = site_identity(site.store)
+    return _sites.reidentify(site.path) if site_id != site.id else None
 
 
 def start_agent(site_root: Path, timeout_s: float = 30.0) -> int:
