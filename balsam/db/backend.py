@@ -601,6 +601,62 @@ class LocalBackend(Backend):
                     results[i] = original if isinstance(original, BaseException) else (original[0], original[1], True)
         return results
 
+    def acquire_batch(self, requests: Sequence[Tuple[Optional[str], str, int, int, Dict[str, Any], bool]],
+                      answer: Callable[[List[Dict[str, Any]]], Tuple[int, bytes]], keep_s: float = 86400.0) -> List[Any]:
+        """Several launchers' acquires (idempotency key or None, fingerprint, lease, max_num_jobs, constraints, final)
+        in one transaction: one look-up of the keys' stored answers, one expiry pass over the leases and one write
+        of the new answers for all of them; each acquire in its own savepoint (a lease that expired fails alone).
+        Per request, in order: (status, body, replayed) (``answer`` makes the body from the jobs, JSON columns as
+        stored text), None when it found no job and is not ``final`` (nothing written: the caller waits and asks
+        again), or the exception that request alone gets. A key's answer is kept only when it holds jobs or is final."""
+        from balsam.db import sessions
+        from balsam.db.codec import dumps
+
+        results: List[Any] = [None] * len(requests)
+        now = time.time()
+        with self.store.write() as conn:
+            keys = [r[0] for r in requests if r[0]]
+            stored = {str(r[0]): (str(r[1]), int(r[2]), bytes(r[3])) for r in conn.execute(
+                "SELECT key, fingerprint, status, body FROM http_answer WHERE key IN (SELECT value FROM json_each(?))",
+                (dumps(keys),))} if keys else {}
+            sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host, now=now)
+            first: Dict[str, int] = {}
+            rows = []
+            for i, (key, fingerprint, session_id, max_num_jobs, constraints, final) in enumerate(requests):
+                hit = stored.get(key) if key else None
+                if key and (hit is not None or key in first):
+                    known = hit[0] if hit is not None else requests[first[key]][1]
+                    if known != fingerprint:
+                        results[i] = ValidationError("Idempotency-Key was already used for a different request")
+                    elif hit is not None:
+                        results[i] = (hit[1], hit[2], True)
+                    continue  # a retry within this batch: answered below from the first
+                try:
+                    unknown = set(constraints) - ACQUIRE_CONSTRAINTS
+                    if unknown:
+                        raise ValidationError(f"unknown acquire constraint {sorted(unknown)[0]!r}")
+                    with self.store.write():
+                        jobs = sessions.acquire(conn, session_id, max_num_jobs=max_num_jobs, json_text=True, now=now, **constraints)
+                except Exception as e:  # this request's error (its savepoint undid its writes); the others go on
+                    results[i] = e
+                    continue
+                if not jobs and not final:
+                    continue  # None: nothing written, and the key stays free for the next try
+                status, body = answer(jobs)
+                results[i] = (status, body, False)
+                if key:
+                    first[key] = i
+                    rows.append((key, fingerprint, status, body, now))
+            if rows:
+                conn.executemany("INSERT INTO http_answer(key, fingerprint, status, body, created) VALUES (?,?,?,?,?)", rows)
+                if now % 60 < 1:  # about once a minute under load: forget day-old answers
+                    conn.execute("DELETE FROM http_answer WHERE created < ?", (now - keep_s,))
+        for i, (key, fingerprint, *_rest) in enumerate(requests):
+            if key and results[i] is None and key in first and first[key] != i and requests[first[key]][1] == fingerprint:
+                original = results[first[key]]
+                results[i] = (original[0], original[1], True)
+        return results
+
     def once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],
              keep_s: float = 86400.0) -> Optional[Tuple[int, bytes, bool]]:
         """Run ``fn`` (a mutating request) at most once per idempotency ``key``: its answer is stored in the site DB in

@@ -46,6 +46,7 @@ from balsam.db.group import GroupWriter
 from balsam.db.sessions import JSON_COLUMNS
 from balsam.http import handlers as h
 from balsam.http.auth import EMPTY_SHA256, H_HASH, Authenticator, Principal, Unauthorized, body_hash, response_signature
+from balsam.http.dispatch import SegmentRouter
 from balsam.http.routes import ROUTES
 from balsam.http.routes import Route as ApiRoute
 from balsam.http.routes import openapi as build_openapi
@@ -246,7 +247,8 @@ class Api:
         self.openapi_doc = _json(build_openapi(tuple(routes)))
         self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
         self._indexer: Optional["asyncio.Task[None]"] = None
-        self._batches = _StatusBatches(self)
+        self._batches = _Joined(self, lambda batch: self.backend.apply_batches_once(batch, _status_answer))  # type: ignore[attr-defined]
+        self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch, _acquire_answer))  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ pieces
     def _principal(self, request: Any) -> Principal:
@@ -411,7 +413,7 @@ class Api:
                   and hasattr(backend, "apply_batches_once")):  # applied with the other batches of its group
                 fingerprint = hashlib.sha256(f"{method} {path}?{query}\n".encode() + body).hexdigest()
                 session_id, changes = h.parse_status_batch(call)
-                status, data, replayed = await self._batches.add(key, fingerprint, session_id, changes)
+                status, data, replayed = await self._batches.add((key, fingerprint, session_id, changes))
             elif route.mutating and key:
                 fingerprint = hashlib.sha256(f"{method} {path}?{query}\n".encode() + body).hexdigest()
                 answer = await self._write(functools.partial(self._once, key, fingerprint, functools.partial(self._run, route, call),
@@ -462,13 +464,16 @@ class Api:
             if not jobs and not final:
                 return None
             if spliced:
-                return 200, b'{"jobs":[' + b",".join(_acquired_text(j) for j in jobs) + b"]}"
+                return _acquire_answer(jobs)
             return 200, _json({"jobs": [_acquired(j) for j in jobs]})
 
+        joined = self.writer is not None and call.backend is self.backend and hasattr(call.backend, "acquire_batch")
         while True:
             final = time.monotonic() >= deadline
             answer: Optional[Tuple[int, bytes, bool]]
-            if key:
+            if joined:  # with the other acquires waiting for the writer: one transaction, one write of their answers
+                answer = await self._acquires.add((key, fingerprint, session_id, max_num_jobs, constraints, final))
+            elif key:
                 answer = await self._write(functools.partial(self._once, key, fingerprint, functools.partial(attempt, final),
                                                              call.backend), call.backend)
             else:
@@ -552,18 +557,19 @@ class Api:
             hub.unsubscribe(queue)
 
 
-class _StatusBatches:
-    """Launchers' status batches that arrive while the group writer is busy, applied as one: they join the open
-    flush, which the writer runs as one call (one pass of the state engine, one write of all their answers), and
-    each request gets its own answer from it."""
+class _Joined:
+    """Requests that arrive while the group writer is busy, run as one call of the writer: they join the open
+    batch, which the writer runs with ``run`` (one pass over all of them: one look-up and one write of their
+    idempotent answers), and each request gets its own result from it (or its own exception)."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, run: Callable[[List[Any]], List[Any]]) -> None:
         self.api = api
+        self.run = run
         self._lock = threading.Lock()
         self._open: Optional[List[Any]] = None
         self._future: Optional["asyncio.Future[List[Any]]"] = None
 
-    async def add(self, key: str, fingerprint: str, session_id: Optional[int], changes: List[Any]) -> Tuple[int, bytes, bool]:
+    async def add(self, entry: Any) -> Any:
         writer = self.api.writer
         assert writer is not None
         with self._lock:
@@ -572,21 +578,26 @@ class _StatusBatches:
                 self._future = writer.submit_async(functools.partial(self._flush, self._open))
             entries, future = self._open, self._future
             index = len(entries)
-            entries.append((key, fingerprint, session_id, changes))
+            entries.append(entry)
         assert future is not None
         result = (await asyncio.shield(future))[index]
         if isinstance(result, BaseException):
             raise result
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _flush(self, entries: List[Any]) -> List[Any]:
-        """On the writer thread: close this flush to newcomers, then apply every batch in it."""
+        """On the writer thread: close this batch to newcomers, then run every request in it."""
         with self._lock:
             if self._open is entries:
                 self._open = None
                 self._future = None
             batch = list(entries)
-        return self.api.backend.apply_batches_once(batch, _status_answer)  # type: ignore[attr-defined,no-any-return]
+        return self.run(batch)
+
+
+def _acquire_answer(jobs: List[Dict[str, Any]]) -> Tuple[int, bytes]:
+    """The answer of an acquire whose jobs' JSON columns are stored text."""
+    return 200, b'{"jobs":[' + b",".join(_acquired_text(j) for j in jobs) + b"]}"
 
 
 def _status_answer(rejected: Sequence[Tuple[int, str]]) -> Tuple[int, bytes]:
@@ -652,6 +663,7 @@ def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path
     api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id, backend_for=backend_for, routes=served,
               writer=writer)
     routes: List[BaseRoute] = []
+    direct: List[Tuple[str, str, Optional[_Endpoint]]] = []
     for r in served:
         if r.kind == "ws":
             routes.append(WebSocketRoute(r.path, api.websocket, name=r.name))
@@ -662,7 +674,12 @@ def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path
         elif r.kind == "static":
             routes.append(Route(r.path, api.static, methods=[r.method], name=r.name))
         else:
-            routes.append(Route(r.path, api.endpoint(r), methods=[r.method], name=r.name))
+            endpoint = api.endpoint(r)
+            routes.append(Route(r.path, endpoint, methods=[r.method], name=r.name))
+            direct.append((r.method, r.path, endpoint))
+            continue
+        if r.kind != "ws":
+            direct.append((r.method, r.path, None))  # Starlette answers it (and whatever it shadows)
 
     async def not_found(request: Request, exc_: Exception) -> Response:
         status = getattr(exc_, "status_code", 404)
@@ -673,6 +690,9 @@ def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.state.api = api
+    # The API's own routes are found by path segments and called directly (the same route Starlette would pick);
+    # everything else goes through Starlette's middlewares and router as before.
+    app.middleware_stack = SegmentRouter(direct, app.build_middleware_stack())
     return app
 
 
