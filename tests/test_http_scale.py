@@ -146,3 +146,17 @@ def test_processing_reads_the_jobs_in_a_state_not_every_job_of_the_app(site: Any
         conn.execute("UPDATE job SET state='JOB_FINISHED' WHERE workdir LIKE 'f/%'")
     assert site.store.execute("SELECT count(*) FROM job WHERE state='JOB_FINISHED'")[0][0] == 3000
     assert steps() < 2 * few + 50, "the finished jobs are not read"
+
+
+def test_acquired_jobs_read_the_same_whichever_json_writer_wrote_them(site: Any, api: Any) -> None:
+    """An acquire answer's jobs are written with orjson when it is installed: the launcher reads exactly what the
+    standard library would have written (unicode, floats, None, bytes as base64)."""
+    import json
+
+    from balsam.http import server
+
+    row = {"id": 2**62 + 3, "workdir": "runs/été/日本/x y", "wall_time_min": 12.5, "threads_per_core": 1, "batch_job_id": None,
+           "parameters_pickled": b"\x00\x01\xff", "state": "PREPROCESSED", "tags": '{"a":"b"}', "parameters": '{"x":[1,2.0,"\\u00e9"]}'}
+    text = server._acquired_text(dict(row))
+    assert json.loads(text) == json.loads(server._json(server._acquired({**row, "tags": {"a": "b"}})))
+    assert json.loads(text)["workdir"] == "runs/été/日本/x y" and json.loads(text)["parameters_pickled"] == {"__b64__": "AAH/"}

@@ -36,9 +36,11 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 try:
+    from orjson import dumps as _orjson_dumps
     from orjson import loads as _orjson_loads
 except ImportError:  # the pure-Python install (the zipapp): the standard library parses alone
     _orjson_loads = None  # type: ignore[assignment]
+    _orjson_dumps = None  # type: ignore[assignment]
 
 from balsam import exceptions as exc
 from balsam.db.backend import Backend
@@ -136,6 +138,18 @@ def _error_body(error: ApiError) -> bytes:
 
 def _json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _fast_json(row: Dict[str, Any]) -> bytes:
+    """:func:`_json` of a row read from the site DB (no NaN or infinity there: SQLite stores them as NULL), with
+    orjson when installed (``balsam[fast]``): ~10x less CPU for each job of an acquire answer. Whatever orjson
+    refuses goes to :func:`_json`, whose answer (or error) stands."""
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(row)  # type: ignore[no-any-return]
+        except TypeError:
+            pass
+    return _json(row)
 
 
 Part = Tuple[int, Backend]
@@ -630,7 +644,7 @@ def _acquired_text(job: Dict[str, Any]) -> bytes:
     """An acquired job whose JSON columns are stored JSON text, as the JSON of :func:`_acquired` (the text is
     spliced in as it is: the store's one writer of those columns wrote it as JSON)."""
     raw = b",".join(b'"%s":%s' % (k.encode(), str(job.pop(k)).encode()) for k in JSON_COLUMNS if k in job)
-    rest = _json(_acquired(job))
+    rest = _fast_json(_acquired(job))
     if not raw:
         return rest
     return b"{" + raw + (b"," + rest[1:] if len(rest) > 2 else b"}")
