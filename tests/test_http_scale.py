@@ -160,3 +160,22 @@ def test_acquired_jobs_read_the_same_whichever_json_writer_wrote_them(site: Any,
     text = server._acquired_text(dict(row))
     assert json.loads(text) == json.loads(server._json(server._acquired({**row, "tags": {"a": "b"}})))
     assert json.loads(text)["workdir"] == "runs/été/日本/x y" and json.loads(text)["parameters_pickled"] == {"__b64__": "AAH/"}
+
+
+def test_idempotency_keys_are_unique_and_grow_with_time() -> None:
+    """The client's keys sort in the order they were made (the server's B-tree of answers is appended to, not
+    written all over) and never repeat, across threads."""
+    from balsam.http.client import new_key
+
+    keys: List[str] = []
+    lock = threading.Lock()
+
+    def make(_: int) -> None:
+        mine = [new_key() for _ in range(2000)]
+        assert mine == sorted(mine)
+        with lock:
+            keys.extend(mine)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(make, range(4)))
+    assert len(set(keys)) == len(keys) == 8000 and all(len(k) == 32 for k in keys)
