@@ -179,3 +179,41 @@ def test_idempotency_keys_are_unique_and_grow_with_time() -> None:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(make, range(4)))
     assert len(set(keys)) == len(keys) == 8000 and all(len(k) == 32 for k in keys)
+
+
+def test_idle_launchers_waiting_for_work_share_one_watch_and_the_first_job_wakes_them(site: Any, api: Any, hello: Any,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """24 launchers with free slots wait in acquire (wait_s) on an empty site: the agent polls the DB once for all
+    of them, not once each, and a job made runnable meanwhile goes to one of them before the others' waits end."""
+    import time
+
+    from balsam.http.client import HttpBackend
+
+    backend = HttpBackend.for_site(site.path, retry_s=20)
+    sessions = [backend.create_session(host=f"n{i}", pid=1, batch_job_id=None, label="") for i in range(24)]
+    looks = [0]
+    version = site.store.data_version
+
+    def counted() -> int:
+        looks[0] += 1
+        return int(version())
+
+    monkeypatch.setattr(site.store, "data_version", counted)  # what the agent reads to see that something changed
+    started = threading.Barrier(len(sessions) + 1)
+
+    def wait_for_work(sid: int) -> Tuple[List[int], float]:
+        started.wait(timeout=30)
+        t0 = time.monotonic()
+        jobs = backend.acquire(sid, 5, wait_s=4.0)
+        return [int(j["id"]) for j in jobs], time.monotonic() - t0
+
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        futures = [pool.submit(wait_for_work, sid) for sid in sessions]
+        started.wait(timeout=30)
+        time.sleep(1.0)  # they are all waiting now
+        [job_id] = runnable(site.store, [hello.submit("w/1", say_hello_to="w")])
+        results = [f.result() for f in futures]
+    winners = [(jobs, took) for jobs, took in results if jobs]
+    assert [jobs for jobs, _ in winners] == [[job_id]], "one launcher took the job"
+    assert winners[0][1] < min(took for jobs, took in results if not jobs), "it did not wait for the others' timeout"
+    assert 0 < looks[0] < 24 * 4.0 / 0.02 / 4, "one poll serves every waiting launcher"

@@ -48,6 +48,7 @@ from balsam.db.group import GroupWriter
 from balsam.db.sessions import JSON_COLUMNS
 from balsam.http import handlers as h
 from balsam.http.auth import EMPTY_SHA256, H_HASH, Authenticator, Principal, Unauthorized, body_hash, response_signature
+from balsam.http.changes import ChangeWatch
 from balsam.http.dispatch import SegmentRouter
 from balsam.http.routes import ROUTES
 from balsam.http.routes import Route as ApiRoute
@@ -262,7 +263,13 @@ class Api:
         self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
         self._indexer: Optional["asyncio.Task[None]"] = None
         self._batches = _Joined(self, lambda batch: self.backend.apply_batches_once(batch, _status_answer))  # type: ignore[attr-defined]
+        self._watch = ChangeWatch(backend.data_version)
+        """What idle launchers' acquires wait on: one poll of the site DB for all of them."""
         self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch, _acquire_answer))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """End what the app runs beside the server (the change watch's thread)."""
+        self._watch.close()
 
     # ------------------------------------------------------------------ pieces
     def _principal(self, request: Any) -> Principal:
@@ -495,6 +502,9 @@ class Api:
                 answer = None if plain is None else (plain[0], plain[1], False)
             if answer is not None:
                 return answer
+            if joined:  # one watch of the site DB for every waiting acquire
+                await self._watch.wait(deadline - time.monotonic())
+                continue
             version = await asyncio.to_thread(call.backend.data_version)
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

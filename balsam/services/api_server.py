@@ -40,6 +40,7 @@ def start_api_server(root: Path, store: Store, settings: ApiSettings, *, host: s
     writer = GroupWriter(store) if settings.group_commit else None
     app = build_app(backend, auth, site_root=Path(root), limits=limits, writer=writer)
     server = ApiServer(app, serve_options(settings), state_dir=state)
+    server.on_stop(app.state.api.close)
     if writer is not None:
         server.on_stop(writer.stop)
     return server.start()
