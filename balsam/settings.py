@@ -353,8 +353,12 @@ def load_settings(path: Union[str, Path]) -> SiteSettings:
         raise ConfigError(f"{path}: no such settings file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read settings: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); settings.yml is YAML text") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -14,7 +14,7 @@ from balsam._api.jobs import Job, invalidate_app_cache
 from balsam.db import batch_jobs as batch_db
 from balsam.db import query as q
 from balsam.db import sessions as session_db
-from balsam.db.fields import check_tags
+from balsam.db.fields import check_str_dict, check_tags
 from balsam.db.states import BatchJobState, to_batch_state
 from balsam.exceptions import CommandPending, JobLockedError, ValidationError
 
@@ -297,8 +297,8 @@ class BatchJob(Model):
         self.__dict__["_site"] = site
         d = self.__dict__
         d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue, project=project,
-                 optional_params=dict(optional_params or {}), filter_tags=check_tags(filter_tags or {}, name="filter_tags"),
-                 partitions=[batch_db.parse_partition(p) if isinstance(p, str) else dict(p) for p in partitions] if partitions else None,
+                 optional_params=check_str_dict("optional_params", optional_params or {}),
+                 filter_tags=check_tags(filter_tags or {}, name="filter_tags"), partitions=batch_db.check_partitions(partitions),
                  state=BatchJobState.pending_submission.value, status_info={}, scheduler_id=None, start_time=None, end_time=None)
 
     def _repr_fields(self) -> Sequence[str]:

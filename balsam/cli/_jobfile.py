@@ -68,22 +68,79 @@ def read_records(path: str, fmt: str) -> List[Record]:
     return list(reader(path, text))
 
 
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of a YAML job file (libyaml's own composer recurses in C without a bound: a file of 100,000
+nested brackets crashed the process with a segmentation fault)."""
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _yaml_loader(text: str) -> Any:
+    """A safe YAML loader (libyaml's parser where installed) whose composer is Python's, so that nesting is bounded
+    (:data:`MAX_YAML_DEPTH`) and each node notes its expanded size (aliases counted each time they are used)."""
+    import yaml
+    from yaml.composer import Composer
+    from yaml.events import AliasEvent
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class JobFileLoader(Composer, base):  # type: ignore[misc,valid-type]
+        def __init__(self, stream: str) -> None:
+            base.__init__(self, stream)
+            Composer.__init__(self)
+            self.depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(AliasEvent):
+                return Composer.compose_node(self, parent, index)  # a shared node: its size is known (or it contains itself)
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    raise _TooDeep(self.peek_event().start_mark.line + 1)
+                node: Any = Composer.compose_node(self, parent, index)
+            finally:
+                self.depth -= 1
+            size = 1
+            if isinstance(node.value, list):
+                for item in node.value:
+                    for part in item if isinstance(item, tuple) else (item,):
+                        size += getattr(part, "balsam_size", MAX_YAML_VALUES + 1)  # not sized yet: a node that contains itself
+                    if size > MAX_YAML_VALUES:
+                        break
+            node.balsam_size = size
+            return node
+
+    return JobFileLoader(text)
+
+
 def _yaml_records(path: str, text: str) -> Iterator[Record]:
     import yaml
+    from yaml.events import DocumentStartEvent, ScalarEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
 
-    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    loader = loader_cls(text)
+    loader = _yaml_loader(text)
     try:
-        root = loader.get_single_node()
-        if root is None:
+        loader.get_event()  # the stream's start
+        if loader.check_event(DocumentStartEvent):
+            loader.get_event()
+        if loader.check_event(StreamEndEvent):
             return
-        if not isinstance(root, yaml.SequenceNode):
-            raise CLIError(f"{path} line {root.start_mark.line + 1}: expected a list of jobs (lines starting with '- ')", 2)
-        sizes: Dict[int, int] = {}
+        if not loader.check_event(SequenceStartEvent):
+            event = loader.peek_event()
+            if isinstance(event, ScalarEvent) and event.value == "" and event.tag is None:
+                return  # an empty document ("---" alone)
+            raise CLIError(f"{path} line {event.start_mark.line + 1}: expected a list of jobs (lines starting with '- ')", 2)
+        loader.get_event()
         total = 0
-        for node in root.value:
+        index = 0
+        while not loader.check_event(SequenceEndEvent):
+            node = loader.compose_node(None, index)
+            index += 1
             where = f"line {node.start_mark.line + 1}"
-            total += _expanded_size(node, sizes)
+            total += node.balsam_size
             if total > MAX_YAML_VALUES:
                 raise CLIError(f"{path} {where}: the file expands to more than {MAX_YAML_VALUES:,} values (YAML aliases "
                                "referring to aliases?); write the jobs out, or use JSON Lines", 2)
@@ -91,34 +148,18 @@ def _yaml_records(path: str, text: str) -> Iterator[Record]:
             if not isinstance(value, dict):
                 raise CLIError(f"{path} {where}: expected a mapping of job fields, got {type(value).__name__}", 2)
             yield where, value
+        loader.get_event()  # the list's end
+        loader.get_event()  # the document's end
+        if not loader.check_event(StreamEndEvent):
+            raise CLIError(f"{path} line {loader.peek_event().start_mark.line + 1}: expected one list of jobs, found another document", 2)
+    except _TooDeep as exc:
+        raise CLIError(f"{path} line {exc.line}: nested more than {MAX_YAML_DEPTH} levels deep", 2) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
         raise CLIError(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}", 2) from None
     finally:
         loader.dispose()
-
-
-def _expanded_size(node: Any, sizes: Dict[int, int]) -> int:
-    """How many values a YAML node stands for once every alias is expanded (memoized per node: a shared node is
-    counted each time it is used, but computed once, so an alias bomb is measured without being expanded)."""
-    key = id(node)
-    known = sizes.get(key)
-    if known is not None:
-        return known
-    sizes[key] = MAX_YAML_VALUES + 1  # a node that contains itself expands forever
-    value = node.value
-    size = 1
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, tuple):
-                size += _expanded_size(item[0], sizes) + _expanded_size(item[1], sizes)
-            else:
-                size += _expanded_size(item, sizes)
-            if size > MAX_YAML_VALUES:
-                break
-    sizes[key] = size
-    return size
 
 
 def _csv_records(path: str, text: str) -> Iterator[Record]:
@@ -149,13 +190,21 @@ def _csv_records(path: str, text: str) -> Iterator[Record]:
         raise CLIError(f"{path} line {reader.line_num}: {exc}", 2) from None
 
 
+def loads(text: str) -> Any:
+    """``json.loads``, with a document nested past Python's recursion limit refused as invalid (ValueError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _jsonl_records(path: str, text: str) -> Iterator[Record]:
     for n, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            value = json.loads(stripped)
+            value = loads(stripped)
         except ValueError as exc:
             raise CLIError(f"{path} line {n}: not valid JSON: {exc}", 2) from None
         if not isinstance(value, dict):
@@ -165,7 +214,7 @@ def _jsonl_records(path: str, text: str) -> Iterator[Record]:
 
 def _json_records(path: str, text: str) -> Iterator[Record]:
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError as exc:
         raise CLIError(f"{path}: not valid JSON: {exc}", 2) from None
     if not isinstance(value, list):
@@ -183,7 +232,7 @@ def _cell_dict(value: Any, field: str) -> Dict[str, Any]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
-            parsed = json.loads(text)
+            parsed = loads(text)
             if isinstance(parsed, dict):
                 return parsed
         out: Dict[str, Any] = {}
@@ -211,7 +260,7 @@ def _parents(value: Any) -> List[int]:
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         text = str(value).strip()
         if text.startswith("["):
-            value = json.loads(text)
+            value = loads(text)
         else:
             value = [p for p in text.replace(";", " ").replace(",", " ").split() if p]
     if not isinstance(value, list):

@@ -138,7 +138,7 @@ def _typed_params(params: Dict[str, Any], kind: str) -> Dict[str, Any]:
     for k, v in params.items():
         try:
             out[k] = json.loads(v) if isinstance(v, str) else v
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or nested past the recursion limit): the text itself
             out[k] = v
     return out
 

@@ -50,6 +50,12 @@ def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bo
     row = conn.execute("SELECT allowed_queues, allowed_projects, optional_batch_job_params, name FROM site LIMIT 1").fetchone()
     queues, projects, optional, site_name = loads(row[0]), loads(row[1]), loads(row[2]), row[3]
     d = dict(fields)
+    for name in ("queue", "project"):
+        if d.get(name) is not None:
+            d[name] = fields_db.check_text(name, d[name], max_chars=fields_db.MAX_TAG_CHARS, empty=False)
+    if d.get("optional_params") is not None:
+        d["optional_params"] = fields_db.check_str_dict("optional_params", d["optional_params"])
+    d["partitions"] = check_partitions(d.get("partitions"))
     if d.get("queue") is None and len(queues) == 1:
         d["queue"] = next(iter(queues))
     if d.get("project") is None and len(projects) == 1:
@@ -91,6 +97,25 @@ def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bo
     return d
 
 
+def check_partitions(partitions: Any) -> Optional[List[Dict[str, Any]]]:
+    """Partitions as a list of dicts (``"mode:nodes[:k=v]"`` text parsed), each with a job mode, a node count and tags."""
+    if not partitions:
+        return None
+    if not isinstance(partitions, (list, tuple)):
+        raise ValidationError(f"partitions must be a list, got {partitions!r}")
+    out = []
+    for p in partitions:
+        if isinstance(p, str):
+            p = parse_partition(p)
+        if not isinstance(p, Mapping):
+            raise ValidationError(f"a partition must be 'MODE:NODES[:key=value,...]' or an object, got {p!r}")
+        p = dict(p)
+        p["num_nodes"] = fields_db.check_count("partition num_nodes", p.get("num_nodes"))
+        p["filter_tags"] = fields_db.check_tags(p.get("filter_tags") or {}, name="partition filter_tags")
+        out.append(p)
+    return out
+
+
 def create_batch_job(
     conn: sqlite3.Connection,
     *,
@@ -105,14 +130,17 @@ def create_batch_job(
     status_info: Optional[Mapping[str, str]] = None,
 ) -> int:
     """Insert a checked BatchJob in ``pending_submission``; returns its id."""
-    parts = [parse_partition(p) if isinstance(p, str) else dict(p) for p in partitions] if partitions else None
+    if status_info is not None and not isinstance(status_info, Mapping):
+        raise ValidationError(f"status_info must be an object, got {status_info!r}")
     d = check_batch_job(conn, {"num_nodes": num_nodes, "wall_time_min": wall_time_min, "job_mode": job_mode, "queue": queue,
-                               "project": project, "optional_params": dict(optional_params or {}), "partitions": parts})
+                               "project": project, "optional_params": optional_params or {}, "partitions": partitions})
+    parts = d["partitions"]
+    filter_tags = fields_db.check_tags(filter_tags or {}, name="filter_tags")
     now = time.time()
     cur = conn.execute(
         "INSERT INTO batch_job(project, queue, num_nodes, wall_time_min, job_mode, optional_params, filter_tags, partitions, "
         "state, status_info, created, last_update) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (d["project"], d["queue"], num_nodes, wall_time_min, job_mode, dumps(d["optional_params"]), dumps(dict(filter_tags or {})),
+        (d["project"], d["queue"], d["num_nodes"], d["wall_time_min"], job_mode, dumps(d["optional_params"]), dumps(filter_tags),
          None if not parts else dumps(parts), "pending_submission", dumps(dict(status_info or {})), now, now),
     )
     return int(cur.lastrowid or 0)

@@ -91,20 +91,28 @@ def loads(text: Optional[str]) -> Any:
     return None if text is None else _loads(text)
 
 
-def _is_plain(value: Any, key: str) -> bool:
-    """True for a value JSON gives back unchanged; refuses the old in-band pickle marker wherever it sits."""
+MAX_DEPTH = 64
+"""Deepest nesting of a parameter value (as for ``data``): deeper JSON would reach Python's recursion limit in
+whoever reads it back."""
+
+
+def _is_plain(value: Any, key: str, depth: int = 0) -> bool:
+    """True for a value JSON gives back unchanged; refuses the old in-band pickle marker wherever it sits, and
+    lists and dicts nested more than :data:`MAX_DEPTH` levels deep."""
     t = type(value)
     if t is str or t is int or t is float or t is bool or value is None:
         return t is not float or (value == value and value not in _INFINITIES)
+    if depth >= MAX_DEPTH and (t is list or t is dict):
+        raise ValidationError(f"parameter {key!r} is nested more than {MAX_DEPTH} levels deep")
     if t is list:
-        return all([_is_plain(v, key) for v in value])
+        return all([_is_plain(v, key, depth + 1) for v in value])
     if t is dict:
         if PICKLE_KEY in value:
             raise ValidationError(
                 f"parameter {key!r}: a {{{PICKLE_KEY!r}: ...}} value is refused (serialized values cannot be given as "
                 "data; pass the Python object through the Python API instead)"
             )
-        return all([type(k) is str and _is_plain(v, key) for k, v in value.items()])
+        return all([type(k) is str and _is_plain(v, key, depth + 1) for k, v in value.items()])
     return False
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from balsam.db import doorbell, ids, search
 from balsam.db.meta import read_meta, write_meta
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
-from balsam.exceptions import ForeignHostError, SchemaError, StoreError
+from balsam.exceptions import ForeignHostError, SchemaError, StoreError, ValidationError
 
 BUSY_TIMEOUT_MS = 60_000
 _AFTER_COMMIT: Dict[int, List[Callable[[], None]]] = {}
@@ -278,6 +278,9 @@ class Store:
                 _AFTER_COMMIT.pop(id(conn), None)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if isinstance(exc, UnicodeEncodeError):  # text SQLite cannot take: a value that is not Unicode
+                    raise ValidationError(f"{exc.object[:60]!r} is not valid Unicode text (bytes that are not UTF-8?): "
+                                          "nothing was written") from None
                 raise
             else:
                 try:

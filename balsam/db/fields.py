@@ -88,7 +88,18 @@ def check_text(name: str, value: Any, where: str = "", max_chars: int = MAX_TAG_
         raise ValidationError(f"{_where(where)}{name} must not be empty")
     if _CONTROL.search(value):
         raise ValidationError(f"{_where(where)}{name} {value[:60]!r} contains control characters")
+    _check_unicode(name, value, where)
     return value
+
+
+def _check_unicode(name: str, value: str, where: str) -> None:
+    """Refuse text that is not Unicode: a lone surrogate, as Python spells bytes that are not UTF-8 in a command
+    line argument or a file name (SQLite cannot store it)."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValidationError(f"{_where(where)}{name} {value[:60]!r} is not valid Unicode text (bytes that are not UTF-8?)") from None
 
 
 def normalize_workdir(workdir: Any, where: str = "") -> str:
@@ -105,6 +116,7 @@ def normalize_workdir(workdir: Any, where: str = "") -> str:
         raise ValidationError(f"{_where(where)}workdir is {len(text)} characters long (at most {MAX_WORKDIR_CHARS})")
     if _CONTROL.search(text):
         raise ValidationError(f"{_where(where)}workdir {text[:60]!r} contains control characters (newlines, tabs, ...)")
+    _check_unicode("workdir", text, where)
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
         raise ValidationError(f"{_where(where)}workdir {text!r} is absolute: give a path relative to the site's data/ folder")
     norm = posixpath.normpath(text.replace("\\", "/"))

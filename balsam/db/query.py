@@ -380,8 +380,27 @@ def plan(
             return spec.table, "0", []
         sql, p = fn(value)
         clauses.append(sql)
-        params.extend(p)
+        params.extend(_bindable(key, p))
     return source, (" AND ".join(f"({c})" for c in clauses) if clauses else "1"), params
+
+
+def _bindable(key: str, params: List[Any]) -> List[Any]:
+    """The parameters of one filter, checked for what SQLite can bind: integers beyond 64 bits (an id of 10**30)
+    and text that is not Unicode (a lone surrogate) are refused naming the filter, instead of failing in sqlite3."""
+    for p in params:
+        if type(p) is int and not -(2**63) <= p < 2**63:
+            raise ValidationError(f"{key}: {p} is out of range (at most 64-bit integers)")
+        if type(p) is str:
+            try:
+                p.encode()
+            except UnicodeEncodeError:
+                raise ValidationError(f"{key}: {p[:60]!r} is not valid Unicode text") from None
+    return params
+
+
+def _row_count(n: int) -> int:
+    """A LIMIT or OFFSET SQLite can bind (anything past 2**62 rows means "no limit")."""
+    return min(n, 2**62)
 
 
 def order_terms(spec: TableSpec, order_by: Sequence[str]) -> List[Tuple[str, bool]]:
@@ -426,6 +445,7 @@ def keyset_clause(terms: Sequence[Tuple[str, bool]], after: Sequence[Any], not_n
     the first one does."""
     if len(after) != len(terms):
         raise ValidationError("cursor: it does not fit this ordering")
+    _bindable("cursor", list(after))
     if len({desc for _, desc in terms}) == 1 and None not in after and all(c in not_null or c == "id" for c, _ in terms):
         op = "<" if terms[0][1] else ">"
         cols = ", ".join(c for c, _ in terms)
@@ -480,7 +500,7 @@ def page(
     keys = [col for col, _ in terms]
     order = ", ".join(f"{col} {'DESC' if desc else 'ASC'}" for col, desc in terms)
     text = f"SELECT {', '.join([*columns, *keys])} FROM {source} WHERE {sql} ORDER BY {order} LIMIT ? OFFSET ?"
-    rows = conn.execute(text, [*params, limit + 1, offset]).fetchall()
+    rows = conn.execute(text, [*params, _row_count(limit + 1), _row_count(offset)]).fetchall()
     n = len(columns)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -502,7 +522,7 @@ def select(
     text = f"SELECT {', '.join(columns)} FROM {source} WHERE {sql} ORDER BY {order_clause(spec, order_by)}"
     if limit is not None or offset:
         text += " LIMIT ? OFFSET ?"
-        params = [*params, -1 if limit is None else limit, offset]
+        params = [*params, -1 if limit is None else _row_count(limit), _row_count(offset)]
     return conn.execute(text, params).fetchall()
 
 

@@ -9,6 +9,7 @@ the documented error shape.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 from dataclasses import dataclass, field
@@ -113,6 +114,16 @@ def _int(value: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     if not lo <= out <= hi:
         raise ValidationError(f"{name}: must be between {lo} and {hi}, got {out}")
     return out
+
+
+def _b64_bytes(value: Any, name: str) -> bytes:
+    """Bytes sent as base64 text; ValidationError naming the field if they are not."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{name}: expected base64 text, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValidationError(f"{name}: not base64 text") from None
 
 
 def _body_list(call: Call, what: str) -> List[Dict[str, Any]]:
@@ -521,7 +532,7 @@ def _job_fields(item: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Optio
                 raise ValidationError(f"{where}: {k} must be an object")
             fields[k] = v  # the store's field writer checks and encodes (parameters stay plain JSON)
         elif k in ("serialized_return_value", "serialized_exception"):
-            fields[k] = None if v is None else base64.b64decode(str(v))
+            fields[k] = None if v is None else _b64_bytes(v, f"{where}: {k}")
         else:
             fields[k] = v
     return fields, change, parents
@@ -762,7 +773,8 @@ def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
             extra = set(fields) - LAUNCHER_FIELDS
             if extra:
                 raise ValidationError(f"changes[{i}]: a launcher may not write {sorted(extra)[0]!r}")
-            fields = {k: (base64.b64decode(str(v)) if k != "return_code" and v is not None else v) for k, v in fields.items()}
+            fields = {k: (_b64_bytes(v, f"changes[{i}].fields.{k}") if k != "return_code" and v is not None else v)
+                      for k, v in fields.items()}
         data = c.get("data")
         if data is not None and not isinstance(data, dict):
             raise ValidationError(f"changes[{i}].data: expected an object")

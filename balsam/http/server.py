@@ -528,7 +528,7 @@ class Api:
             for p in parts:
                 node = node / p
             data = node.read_bytes()
-        except (OSError, ModuleNotFoundError, TypeError):
+        except (OSError, ModuleNotFoundError, TypeError, ValueError):  # ValueError: a NUL in the path (/assets/%00)
             message = "the dashboard is not built into this Balsam" if rel is None else "no such file"
             return self._error(ApiError(404, "not_found", message), None)
         return Response(data, media_type=_media_type(name))

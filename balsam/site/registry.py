@@ -46,20 +46,21 @@ class Registry:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {"sites": {}}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise SiteError(f"{self.path}: unreadable site registry ({exc}); fix or remove it") from None
         if not isinstance(data, dict) or not isinstance(data.get("sites"), dict):
             raise SiteError(f"{self.path}: malformed site registry; fix or remove it")
+        for name, v in data["sites"].items():
+            if not isinstance(v, dict) or type(v.get("id")) is not int or not isinstance(v.get("path"), str) or "\0" in v["path"]:
+                raise SiteError(f"{self.path}: malformed entry for site {name!r} (wants an integer id and a path); fix or remove it")
         return data
 
     def entries(self) -> List[RegistryEntry]:
         """Every registered site, by id."""
         sites = self._read()["sites"]
         assert isinstance(sites, dict)
-        out = [
-            RegistryEntry(name=name, id=int(v["id"]), path=str(v["path"]), host=str(v.get("host", "")), uuid=str(v.get("uuid", "")))
-            for name, v in sites.items()
-        ]
+        out = [RegistryEntry(name=name, id=v["id"], path=v["path"], host=str(v.get("host", "")), uuid=str(v.get("uuid", "")))
+               for name, v in sites.items()]
         return sorted(out, key=lambda e: e.id)
 
     @contextmanager

@@ -1,0 +1,158 @@
+"""Hostile input found by a red-team sweep of every command (see also test_db_fuzz.py): each case below crashed
+the CLI (a segmentation fault, or an "unexpected ...Error" instead of a one-line error) before it was fixed.
+Each must now end with one ``Error:`` line and a non-zero exit, write nothing, and leave the site usable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+from balsam.api import BatchJob, Job
+from tests.cli_helpers import ROOT, fails, invoke, ok
+
+
+def _balsam(args: List[bytes], cwd: Path, timeout: float = 120) -> "subprocess.CompletedProcess[bytes]":
+    """``python -m balsam ARGS`` as a real process, arguments as raw bytes (a terminal that is not UTF-8)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), COLUMNS="120")
+    return subprocess.run([sys.executable.encode(), b"-m", b"balsam", *args], cwd=str(cwd), env=env, capture_output=True,
+                          timeout=timeout)
+
+
+def _one_error_line(done: "subprocess.CompletedProcess[bytes]", code: int) -> str:
+    err = done.stderr.decode(errors="replace").strip()
+    assert done.returncode == code, f"exit {done.returncode} (wanted {code}): {err[-800:]}"
+    assert err.startswith("Error: ") and "\n" not in err and "unexpected" not in err, err[-800:]
+    return err
+
+
+@pytest.mark.parametrize("name, text", [
+    ("flow.yaml", "- " + "[" * 100_000 + "]" * 100_000 + "\n"),
+    ("block.yaml", "- " * 100_000 + "x\n"),
+    ("param.yaml", "- {app: Hello, workdir: a, parameters: {say_hello_to: " + "[" * 3000 + "]" * 3000 + "}}\n"),
+], ids=["flow", "block", "param"])
+def test_deeply_nested_yaml_job_files_are_refused_not_a_crash(site: Any, hello: Any, tmp_path: Path, name: str, text: str) -> None:
+    """libyaml's composer recursed in C without a bound: these files ended the process with SIGSEGV (exit 139)."""
+    (tmp_path / name).write_text(text)
+    err = _one_error_line(_balsam([b"job", b"create", b"--from", name.encode(), b"--site", b"test-site", b"-y"], tmp_path), 2)
+    assert f"{name} line 1: nested more than 64 levels deep" in err
+    assert Job.objects.count() == 0
+
+
+def test_yaml_job_files_keep_their_meaning_read_one_record_at_a_time(site: Any, hello: Any, tmp_path: Path) -> None:
+    """The bounded reader still takes a leading '---' and aliases, finds nothing in an empty file, and names the
+    line of a second document."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text("---\n- {app: Hello, workdir: a/1, parameters: &p {say_hello_to: x}}\n- {app: Hello, workdir: a/2, parameters: *p}\n")
+    ok("job", "create", "--from", path, "-y")
+    assert sorted((j.workdir, j.parameters["say_hello_to"]) for j in Job.objects.all()) == [("a/1", "x"), ("a/2", "x")]
+    path.write_text("")
+    assert "no job records" in fails("job", "create", "--from", path, "-y", code=2)
+    path.write_text("- {app: Hello, workdir: b/1, parameters: {say_hello_to: x}}\n---\n- {}\n")
+    assert "jobs.yaml line 2: expected one list of jobs, found another document" in fails("job", "create", "--from", path, "-y", code=2)
+    assert Job.objects.count() == 2
+
+
+@pytest.mark.parametrize("name, text", [
+    ("deep.json", "[" * 100_000 + "]" * 100_000),
+    ("deep.jsonl", '{"app": "Hello", "workdir": "a", "data": ' + "[" * 100_000 + "]" * 100_000 + "}\n"),
+    ("param.jsonl", json.dumps({"app": "Hello", "workdir": "a", "parameters": {"say_hello_to": json.loads("[" * 900 + "]" * 900)}}) + "\n"),
+], ids=["json", "jsonl", "param"])
+def test_deeply_nested_json_job_files_are_one_line_errors(site: Any, hello: Any, tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / name).write_text(text)
+    err = fails("job", "create", "--from", tmp_path / name, "-y", code=2)
+    assert "nested" in err and name in err
+    assert Job.objects.count() == 0
+
+
+def test_a_parameter_nested_past_64_levels_is_refused_by_every_door(site: Any, adder: Any) -> None:
+    from balsam.exceptions import ValidationError
+
+    deep: Any = 1
+    for _ in range(900):
+        deep = [deep]
+    with pytest.raises(ValidationError, match="nested more than 64 levels"):
+        adder.submit("deep", x=deep)
+    assert "nested more than 64 levels" in fails("job", "create", "-a", "Adder", "-w", "d", "-p", "x=" + json.dumps(deep), "-y", code=2)
+    assert Job.objects.count() == 0
+    shallow: Any = 1
+    for _ in range(60):
+        shallow = [shallow]
+    assert adder.submit("shallow", x=shallow).parameters["x"] == shallow
+
+
+@pytest.mark.parametrize("args", [
+    [b"-w", b"\xff", b"-p", b"say_hello_to=x"],
+    [b"-w", b"ok", b"-p", b"say_hello_to=caf\xe9"],
+    [b"-w", b"ok", b"-p", b"say_hello_to=x", b"--tag", b"k=\xff\xfe"],
+    [b"-w", b"ok", b"-p", b"say_hello_to=x", b"-lp", b"k=\xff"],
+])
+def test_arguments_that_are_not_utf8_are_refused_in_one_line(site: Any, hello: Any, tmp_path: Path, args: List[bytes]) -> None:
+    """A Latin-1 terminal's bytes reach Python as lone surrogates, which SQLite cannot store (UnicodeEncodeError)."""
+    err = _one_error_line(_balsam([b"job", b"create", b"-a", b"Hello", *args, b"--site", b"test-site", b"-y"], tmp_path), 2)
+    assert "not valid Unicode text" in err
+    assert Job.objects.count() == 0
+    err = _one_error_line(_balsam([b"job", b"ls", b"--tag", b"k=\xff", b"--site", b"test-site"], tmp_path), 2)
+    assert "not valid Unicode text" in err
+
+
+@pytest.mark.parametrize("text", ['{"sites": {"s": 5}}', '{"sites": {"s": {}}}', '{"sites": {"s": {"id": "x", "path": "/p"}}}',
+                                  '{"sites": {"s": {"id": 1, "path": null}}}', "[" * 100_000 + "]" * 100_000],
+                         ids=["int", "empty", "str-id", "null-path", "deep"])
+def test_a_damaged_site_registry_is_named_in_one_line(site: Any, balsam_home: Path, text: str) -> None:
+    (balsam_home / "sites.json").write_text(text)
+    for args in (["site", "ls"], ["job", "ls"], ["job", "ls", "--site", "test-site"]):
+        err = fails(*args, code=1)
+        assert "sites.json" in err and "fix or remove it" in err
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00 not text", ("a: " + "[" * 5000 + "]" * 5000 + "\n").encode()], ids=["binary", "deep"])
+def test_a_damaged_settings_file_is_named_not_a_crash(site: Any, content: bytes) -> None:
+    """``site status`` and ``which`` still report (with a warning naming the file) instead of "unexpected ...Error"."""
+    (site.path / "settings.yml").write_bytes(content)
+    for args in (["site", "status", "--site", "test-site"], ["which", "--site", "test-site"]):
+        result = invoke(*args)
+        said = result.stdout + result.stderr
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        assert "settings.yml" in said and ("not UTF-8" in said or "nested too deeply" in said), said
+        assert "unexpected" not in said and "Traceback" not in said
+
+
+def test_integers_past_64_bits_are_refused_or_clamped_not_an_overflow(site: Any, hello: Any) -> None:
+    from balsam.exceptions import ValidationError
+
+    job = hello.submit("x", say_hello_to="x")
+    assert str(job.id) in ok("job", "ls", "--limit", str(2**63)).stdout
+    assert "out of range" in fails("queue", "ls", "--scheduler-id", str(2**64), code=2)
+    assert "No jobs match" in ok("job", "ls", "-i", str(10**30)).stdout
+    assert list(Job.objects.filter(id=10**30)) == []  # an id no site can have
+    with pytest.raises(ValidationError, match="out of range"):
+        list(Job.objects.filter(return_code=2**70))
+    with pytest.raises(ValidationError, match="out of range"):
+        BatchJob.objects.filter(scheduler_id=-(2**63) - 1).count()
+    assert [j.id for j in Job.objects.all()[: 10**30]] == [job.id]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"queue": ["local"]}, "queue must be a string"),
+    ({"project": {"a": 1}}, "project must be a string"),
+    ({"queue": "local\n"}, "control characters"),
+    ({"optional_params": 5}, "optional_params must be a dict"),
+    ({"filter_tags": "x"}, "filter_tags must be a dict"),
+    ({"partitions": 3}, "partitions must be a list"),
+    ({"partitions": [7]}, "a partition must be"),
+    ({"partitions": [{"job_mode": "mpi", "num_nodes": "x"}]}, "partition num_nodes must be an integer"),
+])
+def test_batch_jobs_of_the_wrong_types_are_refused_by_name(site: Any, fields: Any, message: str) -> None:
+    from balsam.exceptions import ValidationError
+
+    base = {"num_nodes": 1, "wall_time_min": 5, "job_mode": "mpi", "queue": "local", "project": "local"}
+    with pytest.raises(ValidationError, match=message):
+        BatchJob.objects.create(**dict(base, **fields))
+    assert BatchJob.objects.count() == 0
+    assert invoke("queue", "ls").exit_code == 0
