@@ -156,3 +156,48 @@ def test_batch_jobs_of_the_wrong_types_are_refused_by_name(site: Any, fields: An
         BatchJob.objects.create(**dict(base, **fields))
     assert BatchJob.objects.count() == 0
     assert invoke("queue", "ls").exit_code == 0
+
+
+@pytest.mark.parametrize("free_kb", [0, 64, 160, 320])
+def test_site_init_on_a_full_disk_says_so_and_leaves_nothing_behind(balsam_home: Path, small_disk: Path, free_kb: int) -> None:
+    """SQLite ends its transaction itself when the disk fills: the ROLLBACK that followed failed and hid the reason
+    ("site database error: cannot rollback - no transaction is active")."""
+    from tests.helpers import fill
+
+    fill(small_disk / "filler")
+    with open(small_disk / "filler", "r+b") as f:
+        f.truncate(max(0, f.seek(0, 2) - free_kb * 1024))
+    result = invoke("site", "init", small_disk / "new-site", "-n", "new-site")
+    if result.exit_code != 0:
+        err = result.stderr.strip()
+        assert err.startswith("Error: ") and "\n" not in err and "rollback" not in err and "unexpected" not in err, err
+        assert "full" in err or "No space left" in err, err
+        assert not (small_disk / "new-site").exists()
+    (small_disk / "filler").unlink()
+    if result.exit_code != 0:
+        ok("site", "init", small_disk / "new-site", "-n", "new-site")  # nothing half made, and the name was not left taken
+    assert ok("job", "ls", "--site", "new-site").stdout.strip() == "No jobs at new-site."
+
+
+def test_when_every_site_is_unreadable_the_error_says_so(site: Any, tmp_path: Path) -> None:
+    (site.path / ".balsam" / "site.db").write_bytes(b"garbage" * 1000)
+    result = invoke("job", "ls")
+    assert result.exit_code == 1 and "warning: skipped site 'test-site'" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Error: no readable Balsam site: test-site skipped (see the warning above)"
+
+
+def test_a_deeply_nested_dag_file_is_refused_quickly(site: Any, tmp_path: Path) -> None:
+    """PyYAML's scanner is quadratic in the nesting depth: a 20,000-deep DAG file took minutes (a hang)."""
+    import time
+
+    path = tmp_path / "dag.yml"
+    path.write_text("name: d\nnodes: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    started = time.monotonic()
+    assert "dag.yml line 2: nested more than 64 levels deep" in fails("dag", "create", path, code=2)
+    assert time.monotonic() - started < 30
+
+
+def test_a_device_is_not_read_as_a_job_file(site: Any, hello: Any) -> None:
+    """``--from /dev/zero`` read forever."""
+    assert "/dev/zero: a device, not a file of jobs" in fails("job", "create", "--from", "/dev/zero", "--format", "jsonl", "-y", code=2)
+    assert "not a regular file" in fails("dag", "create", "/dev/zero", code=2)

@@ -173,6 +173,16 @@ def test_real_process_round_trip(tmp_path: Path) -> None:
     assert "Error" not in piped.stderr and "Traceback" not in piped.stderr
 
 
+def _catches_sigint(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGINT handler (a Python interpreter past its start-up)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next((int(line.split()[1], 16) for line in f if line.startswith("SigCgt:")), 0)
+    except (OSError, ValueError):
+        return False
+    return bool(caught & (1 << 1))  # bit 1 is signal 2
+
+
 def test_ctrl_c_exits_130_quietly(site: Any, hello: Any) -> None:
     import os
     import signal
@@ -182,7 +192,10 @@ def test_ctrl_c_exits_130_quietly(site: Any, hello: Any) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "balsam", "job", "log", "1", "-f"], cwd=str(site.path), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # following: job.out does not exist yet and the job is not done
+    deadline = time.monotonic() + 60
+    while not _catches_sigint(proc.pid) and time.monotonic() < deadline:  # Python's handler is in place (slow start-up under load)
+        time.sleep(0.05)
+    time.sleep(0.5)  # following: job.out does not exist yet and the job is not done
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)

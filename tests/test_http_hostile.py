@@ -97,3 +97,37 @@ def test_batch_jobs_of_the_wrong_types_are_a_400(served: Any, fields: Dict[str, 
 def test_the_dashboards_files_answer_404_for_hostile_paths(served: Any, target: str) -> None:
     code, body = _call(served, "GET", target)
     assert code == 404, (code, body)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10**400, "x", None], ids=["nan", "inf", "huge", "text", "null"])
+def test_a_relay_push_with_hostile_numbers_is_stored_or_refused_not_a_503(tmp_path: Any, value: Any) -> None:
+    """A pushed job row whose ``created`` was NaN reached a NOT NULL column as NULL: 503 "the server failed to answer"."""
+    pytest.importorskip("sqlalchemy", reason="the relay needs its extra (balsam[relay])")
+    from balsam.http.serve import ApiServer, ServeOptions
+    from balsam.relay.server import build_relay_app
+    from tests.relay_support import relay_store
+    from tests.test_relay_server import client, login, site_rows
+
+    for store in relay_store("sqlite", tmp_path):
+        store.add_user("alice", "alice-password")
+        server = ApiServer(build_relay_app(store, wait_s=0.2), ServeOptions(bind="127.0.0.1", port=0)).start()
+        try:
+            url = f"http://127.0.0.1:{server.port}"
+            alice = login(url, "alice", "alice-password")
+            agent = client(url, alice.request("POST", "/v1/sites", {"site_id": 7, "name": "a", "hostname": "h", "path": "/p"})["token"])
+            items = site_rows(7, 2)
+            for item in items:
+                if item["entity"] == "job":
+                    item["row"].update(created=value, last_update=value, return_code=value if not isinstance(value, float) else 2**70)
+            body = json.dumps({"submission_id": "hostile-numbers", "last_seq": 5, "items": items}).encode()  # NaN as JSON's NaN
+            from balsam.http.auth import H_HASH, body_hash
+
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("POST", "/v1/sync/push", body=body, headers={"Authorization": f"Bearer {agent.token}", H_HASH: body_hash(body),
+                                                                      "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            answer = json.loads(resp.read())
+            assert resp.status == 200 and answer["applied"] == len(items), (resp.status, answer)
+            assert len(alice.request("GET", "/v1/jobs")["results"]) == 2
+        finally:
+            server.stop()

@@ -458,6 +458,9 @@ def default_scope(all_local: bool = False) -> List[SiteRef]:
                 f"no site on this host ({this_host()!r}); site {e.name!r} lives on {e.host!r}: run there, "
                 f"or 'balsam site rename-host' in {e.path} if it moved here"
             )
+        skipped = [e.name for e in entries if Path(e.path) in _warned]
+        if skipped:  # every site there is was skipped as unreadable (each warned about above)
+            raise SiteNotFound(f"no readable Balsam site: {', '.join(skipped)} skipped (see the warning above)")
         raise SiteNotFound("no Balsam site found: create one with 'balsam site init PATH', or cd into a site")
     return sites
 

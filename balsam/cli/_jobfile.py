@@ -13,6 +13,8 @@ the file and the line (or record) it comes from.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -54,6 +56,8 @@ def read_text(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
     try:
+        if stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISBLK(os.stat(path).st_mode):  # /dev/zero would be read forever
+            raise CLIError(f"{path}: a device, not a file of jobs", 2)
         return Path(path).read_text()
     except FileNotFoundError:
         raise CLIError(f"{path}: no such file", 2) from None

@@ -91,7 +91,8 @@ def apply_migrations(conn: sqlite3.Connection) -> List[str]:
                 applied.append(name)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite ends the transaction itself on some errors (a full disk)
+            conn.execute("ROLLBACK")
         raise
     return applied
 

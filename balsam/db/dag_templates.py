@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keyword
 import re
+import stat
 import string
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Set
@@ -78,6 +79,7 @@ def fill(value: Any, record: Mapping[str, Any], where: str) -> Any:
 
 
 MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_DEPTH = 64
 
 
 def load_yaml(path: Path) -> Any:
@@ -86,16 +88,27 @@ def load_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # /dev/zero would be read forever
+            raise ValidationError(f"{path}: not a regular file")
+        size = info.st_size
         if size > MAX_YAML_BYTES:
             raise ValidationError(f"{path}: {size} bytes is too large for a DAG file (at most {MAX_YAML_BYTES})")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"cannot read {path}: {exc}") from None
     try:
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if getattr(event, "anchor", None) is not None or isinstance(event, yaml.AliasEvent):
                 raise ValidationError(f"{path}: YAML anchors and aliases are not allowed in DAG files")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:  # deeper, PyYAML's scanner takes time quadratic in the depth (minutes)
+                    line = event.start_mark.line + 1 if event.start_mark is not None else 0
+                    raise ValidationError(f"{path} line {line}: nested more than {MAX_YAML_DEPTH} levels deep")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
     except yaml.YAMLError as exc:
         raise ValidationError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     try:

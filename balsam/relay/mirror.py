@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -41,20 +42,30 @@ _LINKS = COLUMNS["job"].index("links")
 _STATE = COLUMNS["job"].index("state")
 
 
-def _float(v: Any, default: float = 0.0) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
-
-
 def _opt_float(v: Any) -> Optional[float]:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A pushed number as a finite float, else None (NaN, infinities and 10**400 are not times)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _float(v: Any, default: float = 0.0) -> float:
+    f = _opt_float(v)
+    return default if f is None else f
 
 
 def _opt_int(v: Any) -> Optional[int]:
-    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+    """A pushed integer that fits a BIGINT column, else None."""
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 else None
 
 
 def _int(v: Any, default: int) -> int:
-    return int(v) if isinstance(v, int) and not isinstance(v, bool) else default
+    i = _opt_int(v)
+    return default if i is None else i
 
 
 def mirror_row(entity: str, row_id: int, site_id: int, row: Dict[str, Any]) -> Tuple[Any, ...]:
