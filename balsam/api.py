@@ -17,15 +17,28 @@ directory), else every site registered on this host. Importing this module opens
 Beyond Balsam 0.7: ``job.why()`` says why a job waits, ``batch_job.preview_submission()`` renders its batch script
 and submit line, :mod:`maintenance` checks, backs up, compacts, migrates and rebuilds a site's DB, and :mod:`relay`
 logs in to a relay and links sites to it (what ``balsam db``, ``balsam login`` and ``balsam site link`` do).
+
+Balsam 0.7's other names work too: ``balsam.api.models.App``, and the typed specs ``AppParameter``,
+``TransferSlot``, ``TransferDirection``, ``JobTransferItem``, ``JobMode`` and ``BatchJobPartition``
+(:mod:`balsam._api.schemas`), accepted wherever their plain dicts are.
 """
 
 from __future__ import annotations
 
-from balsam._api import maintenance, relay
+from balsam._api import maintenance, models, relay
 from balsam._api.app import ApplicationDefinition
 from balsam._api.dag import DAG, DAGInstance
 from balsam._api.jobs import ALL_COMPLETED, FIRST_COMPLETED, Job, JobFailed, RemoteTraceback, add_dependency
 from balsam._api.models import App, BatchJob, EventLog, Session, Site, TransferItem
+from balsam._api.schemas import (
+    AppParameter,
+    BatchJobPartition,
+    JobMode,
+    JobTransferItem,
+    TransferDirection,
+    TransferItemState,
+    TransferSlot,
+)
 from balsam._api.sites import current_site, use_site
 from balsam.db.states import BatchJobState, JobState
 from balsam.exceptions import BalsamError
@@ -33,9 +46,11 @@ from balsam.exceptions import BalsamError
 __all__ = [
     "ALL_COMPLETED",
     "App",
+    "AppParameter",
     "ApplicationDefinition",
     "BalsamError",
     "BatchJob",
+    "BatchJobPartition",
     "BatchJobState",
     "DAG",
     "DAGInstance",
@@ -43,14 +58,20 @@ __all__ = [
     "FIRST_COMPLETED",
     "Job",
     "JobFailed",
+    "JobMode",
     "JobState",
+    "JobTransferItem",
     "RemoteTraceback",
     "Session",
     "Site",
+    "TransferDirection",
     "TransferItem",
+    "TransferItemState",
+    "TransferSlot",
     "add_dependency",
     "current_site",
     "maintenance",
+    "models",
     "relay",
     "site_config",  # noqa: F822 - provided by __getattr__ (read when asked for)
     "use_site",

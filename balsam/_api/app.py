@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple, Un
 from balsam._api import sites as _sites
 from balsam._api.appsource import capture_source, load_source, pickle_class
 from balsam._api.command import compile_command, template_variables
+from balsam._api.schemas import plain
 from balsam.db.codec import dumps
 from balsam.db.states import JobState
 from balsam.db.transfers import check_local_path
@@ -32,6 +33,7 @@ _BASE_NAME = "ApplicationDefinition"
 
 
 def _normalize_param(app: str, name: str, spec: Any) -> Dict[str, Any]:
+    spec = plain(spec)  # an AppParameter (Balsam 0.7) or its dict
     if not isinstance(spec, dict):
         raise AppError(f"{app}: parameters[{name!r}] must be a dict like {{'required': False, 'default': 1, 'help': '...'}}")
     unknown = set(spec) - {"required", "default", "help"}
@@ -61,9 +63,10 @@ def _check_transfers(app: str, transfers: Any) -> Dict[str, Dict[str, Any]]:
         raise AppError(f"{app}: transfers must be a dict of slot name -> spec")
     out = {}
     for slot, spec in transfers.items():
+        spec = plain(spec)  # a TransferSlot (Balsam 0.7) or its dict
         if not isinstance(spec, dict) or set(spec) - _TRANSFER_KEYS:
             raise AppError(f"{app}: transfers[{slot!r}] must be a dict with keys from {', '.join(sorted(_TRANSFER_KEYS))}")
-        direction = spec.get("direction")
+        direction = str(spec.get("direction"))
         if direction not in ("in", "out"):
             raise AppError(f"{app}: transfers[{slot!r}] direction must be 'in' or 'out'")
         local = str(spec.get("local_path", "."))

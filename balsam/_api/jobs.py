@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Iterator, List,
 from balsam._api import sites as _sites
 from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
 from balsam._api.queued import QueuedWrite, WriteCount, resolve_all
+from balsam._api.schemas import plain
 from balsam.db import fields as field_db
 from balsam.db import jobs as job_db
 from balsam.db import query as q
@@ -261,7 +262,7 @@ class Job(Model):
         d["parent_ids"] = [in_site(p, info.site.id) for p in _parent_ids(parent_ids)] if parent_ids else []
         d["pending_file_cleanup"] = pending_file_cleanup
         if transfers:
-            d["transfers"] = transfers
+            d["transfers"] = {slot: plain(t) for slot, t in transfers.items()} if isinstance(transfers, dict) else transfers
 
     def _repr_fields(self) -> Sequence[str]:
         return ("id", "workdir", "state", "tags")

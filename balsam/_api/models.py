@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence,
 from balsam._api import sites as _sites
 from balsam._api.base import Field, Manager, Model, Query, bind_manager, by_site, from_datetime
 from balsam._api.jobs import Job, invalidate_app_cache
+from balsam._api.schemas import plain
 from balsam.db import batch_jobs as batch_db
 from balsam.db import query as q
 from balsam.db import sessions as session_db
@@ -186,7 +187,11 @@ class SiteManager(Manager[Site]):
     def filter(self, **kwargs: Any) -> Query[Site]:
         return _SiteQuery(self).filter(**kwargs)
 
-    def get(self, **kwargs: Any) -> Site:
+    def get(self, name_or_id: Union[str, int, None] = None, **kwargs: Any) -> Site:
+        """The one site matching the filters; as in Balsam 0.7, ``Site.objects.get("my-site")`` takes a name (or an
+        id) positionally."""
+        if name_or_id is not None:
+            kwargs["id" if isinstance(name_or_id, int) else "name"] = name_or_id
         return _SiteQuery(self).get(**kwargs)
 
     def first(self) -> Optional[Site]:
@@ -296,9 +301,10 @@ class BatchJob(Model):
         site = _single_site(site_id, site_name)
         self.__dict__["_site"] = site
         d = self.__dict__
-        d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=job_mode, queue=queue, project=project,
-                 optional_params=check_str_dict("optional_params", optional_params or {}),
-                 filter_tags=check_tags(filter_tags or {}, name="filter_tags"), partitions=batch_db.check_partitions(partitions),
+        d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=str(job_mode) if isinstance(job_mode, str) else job_mode,
+                 queue=queue, project=project, optional_params=check_str_dict("optional_params", optional_params or {}),
+                 filter_tags=check_tags(filter_tags or {}, name="filter_tags"),
+                 partitions=batch_db.check_partitions([plain(p) for p in partitions] if isinstance(partitions, list) else partitions),
                  state=BatchJobState.pending_submission.value, status_info={}, scheduler_id=None, start_time=None, end_time=None)
 
     def _repr_fields(self) -> Sequence[str]:

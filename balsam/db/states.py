@@ -60,6 +60,23 @@ class JobState(str, enum.Enum):
     USER_KILLED = "USER_KILLED"
     """Killed by the user. Fails children that wait on it."""
 
+    # Balsam 0.7's member names (``JobState.job_finished``): aliases of the members above, not new states.
+    created = "CREATED"
+    awaiting_parents = "AWAITING_PARENTS"
+    ready = "READY"
+    staged_in = "STAGED_IN"
+    preprocessed = "PREPROCESSED"
+    running = "RUNNING"
+    run_done = "RUN_DONE"
+    run_error = "RUN_ERROR"
+    run_timeout = "RUN_TIMEOUT"
+    restart_ready = "RESTART_READY"
+    postprocessed = "POSTPROCESSED"
+    staged_out = "STAGED_OUT"
+    job_finished = "JOB_FINISHED"
+    failed = "FAILED"
+    user_killed = "USER_KILLED"
+
     def __str__(self) -> str:
         return self.value
 

@@ -1,0 +1,119 @@
+"""Balsam 0.7's small typed specs, usable wherever the API takes the plain dicts they stand for.
+
+Balsam 0.7 exported these from ``balsam.api`` (pydantic models there); code written for it builds app parameters,
+transfer slots, job transfers and BatchJob partitions with them::
+
+    parameters = {"mode": AppParameter(required=False, default="explore", help="The simulation mode")}
+    transfers = {"input_file": TransferSlot(required=True, direction=TransferDirection.stage_in, local_path="input.nw")}
+    Job(..., transfers={"input_file": JobTransferItem(location_alias="laptop", path="/data/input.nw")})
+    BatchJob(..., partitions=[BatchJobPartition(job_mode=JobMode.mpi, num_nodes=1)])
+
+Each is a frozen dataclass whose :meth:`to_dict` gives the plain form; :func:`plain` turns any of them (or leaves
+anything else) into that form, so every door checks one shape.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any, Dict, Union
+
+
+class JobMode(str, enum.Enum):
+    """A launcher's mode: ``mpi`` (any job, one launch command each) or ``serial`` (many single-node jobs)."""
+
+    serial = "serial"
+    mpi = "mpi"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TransferDirection(str, enum.Enum):
+    """A transfer slot's direction: staged in before the run, or out after it."""
+
+    stage_in = "in"
+    stage_out = "out"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TransferItemState(str, enum.Enum):
+    """The states of a TransferItem (stage-out items wait for their job as ``awaiting_job``)."""
+
+    awaiting_job = "awaiting_job"
+    pending = "pending"
+    active = "active"
+    inactive = "inactive"
+    done = "done"
+    error = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class AppParameter:
+    """An app parameter: required, or optional with a default; ``help`` is free text."""
+
+    required: bool = True
+    default: Any = None
+    help: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``{"required", "default", "help"}`` dict an ApplicationDefinition's ``parameters`` holds."""
+        out: Dict[str, Any] = {"required": self.required, "help": self.help}
+        if not self.required:
+            out["default"] = self.default
+        return out
+
+
+@dataclass(frozen=True)
+class TransferSlot:
+    """A named place for data staged in (``direction="in"``) or out, at ``local_path`` in the job's workdir."""
+
+    required: bool
+    direction: Union[TransferDirection, str]
+    local_path: Union[str, PurePath] = "."
+    description: str = ""
+    recursive: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The slot spec an ApplicationDefinition's ``transfers`` holds."""
+        return {"required": self.required, "direction": str(self.direction), "local_path": str(self.local_path),
+                "description": self.description, "recursive": self.recursive}
+
+
+@dataclass(frozen=True)
+class JobTransferItem:
+    """What fills a job's transfer slot: a location alias from settings.yml and an absolute path there."""
+
+    location_alias: str
+    path: Union[str, PurePath]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``{"location_alias", "path"}`` form (same as the string ``"alias:/path"``)."""
+        return {"location_alias": self.location_alias, "path": str(self.path)}
+
+
+@dataclass(frozen=True)
+class BatchJobPartition:
+    """A part of a BatchJob's allocation run by its own launcher, with its own mode and tag filter."""
+
+    job_mode: Union[JobMode, str]
+    num_nodes: int
+    filter_tags: Dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``{"job_mode", "num_nodes", "filter_tags"}`` dict a BatchJob's ``partitions`` holds."""
+        return {"job_mode": str(self.job_mode), "num_nodes": self.num_nodes, "filter_tags": dict(self.filter_tags)}
+
+
+_SPECS = (AppParameter, TransferSlot, JobTransferItem, BatchJobPartition)
+
+
+def plain(value: Any) -> Any:
+    """One of the specs above as its plain dict; any other value as it is."""
+    return value.to_dict() if isinstance(value, _SPECS) else value

@@ -1,0 +1,296 @@
+"""Balsam 0.7's Python API user guide (docs/user-guide/api.md, jobs, batchjob, transfer pages) and the ALCF
+workshop scripts, run as written against a fresh local site: every snippet is here as a user would type it.
+
+What differed and is now fixed: ``from balsam.api import models`` (``models.App.objects.get(...)``), the typed
+specs 0.7 exported (``AppParameter``, ``TransferSlot``, ``TransferDirection``, ``JobTransferItem``, ``JobMode``,
+``BatchJobPartition``, ``TransferItemState``), ``Site.objects.get("name")`` with the name positional, and
+``JobState``'s 0.7 member names (``JobState.job_finished``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam.api import (
+    App,
+    ApplicationDefinition,
+    AppParameter,
+    BatchJob,
+    BatchJobPartition,
+    EventLog,
+    Job,
+    JobMode,
+    JobState,
+    JobTransferItem,
+    Site,
+    TransferDirection,
+    TransferItem,
+    TransferItemState,
+    TransferSlot,
+)
+from balsam.exceptions import BalsamError
+from tests.launcher_support import runnable
+
+
+class SimulationX(ApplicationDefinition):
+    """A shell app without parameters (the batchjob guide's ``SimulationX``)."""
+
+    site = "test-site"
+    command_template = "echo sim"
+
+
+class MySimulation(ApplicationDefinition):
+    """Some description of the app goes here"""
+
+    site = "test-site"
+    environment_variables = {"HDF5_USE_FILE_LOCKING": "FALSE"}
+    command_template = "echo --mode {{ mode }} -inp {{ input_filename }}"
+    parameters = {
+        "input_filename": {"required": True},
+        "mode": {"required": False, "default": "explore", "help": "The simulation mode (default: explore)"},
+    }
+    cleanup_files = ["*.hdf", "*.imm", "*.h5"]
+
+
+class TypedSimulation(ApplicationDefinition):
+    """The same app written with 0.7's typed specs."""
+
+    site = "test-site"
+    command_template = "cat input.nw --mode {{ mode }}"
+    parameters = {"mode": AppParameter(required=False, default="explore", help="The simulation mode")}
+    transfers = {
+        "input_file": TransferSlot(required=True, direction=TransferDirection.stage_in, local_path="input.nw",
+                                   description="Input Deck"),
+        "result": TransferSlot(required=False, direction="out", local_path="job.out", description="stdout"),
+    }
+
+
+def _sync_all() -> None:
+    for app in (SimulationX, MySimulation, TypedSimulation):
+        app.sync()
+
+
+def test_the_three_ways_of_creating_and_updating_and_deleting(hello: Any) -> None:
+    # Create in memory, then persist; create and persist at once; bulk-create.
+    j = Job(workdir="test/1", app_id="Hello", parameters={"say_hello_to": "world"})
+    assert j.id is None
+    j.save()
+    assert j.id is not None and j.state == "STAGED_IN" and j.state == JobState.staged_in
+    j2 = Job.objects.create(workdir="test/2", app_id="Hello", parameters={"say_hello_to": "again"})
+    assert j2.id is not None
+    specs = [dict(workdir=f"bulk/{i}", app_id="Hello", parameters={"say_hello_to": str(i)}) for i in range(3)]
+    jobs = [Job(**kwargs) for kwargs in specs]
+    Job.objects.bulk_create(jobs)
+    for job in jobs:
+        assert job.id is not None
+
+    # Updating: save() after changing a field; refresh_from_db(); query update; bulk_update.
+    j.num_nodes = 2
+    j.save()
+    Job.objects.filter(id=[j.id]).update(state="FAILED")
+    j.refresh_from_db()
+    assert j.num_nodes == 2 and j.state == "FAILED"
+    n = Job.objects.filter(state="FAILED").update(num_nodes=1, state="RESTART_READY")
+    j.refresh_from_db()
+    assert n == 1 and (j.num_nodes, j.state) == (1, "RESTART_READY")
+    for job in jobs:
+        job.wall_time_min = 5 + int(job.workdir.split("/")[1])
+    Job.objects.bulk_update(jobs)
+    assert [x.wall_time_min for x in Job.objects.filter(workdir__contains="bulk").order_by("workdir")] == [5, 6, 7]
+
+    # Deleting one job, then a query.
+    j2.delete()
+    assert j2.id is None
+    Job.objects.filter(id=[j.id]).update(state="FAILED")
+    assert Job.objects.filter(state="FAILED").delete() == 1
+    assert Job.objects.count() == 3
+
+
+def test_querying_as_the_api_guide_shows(hello: Any) -> None:
+    for i in range(4):
+        hello.submit(workdir=f"foo/{i}", say_hello_to=str(i), tags={"experiment": "foo"})
+    hello.submit(workdir="h2o", say_hello_to="water", tags={"system": "H2O"})
+    hello.submit(workdir="bar", say_hello_to="bar", tags={"experiment": "bar"})
+    Job.objects.filter(workdir__contains="foo/1").update(state="FAILED")
+
+    # Chained filters equal one filter.
+    all_jobs = Job.objects.all()
+    foo_jobs = all_jobs.filter(tags={"experiment": "foo"})
+    failed_foo_jobs = foo_jobs.filter(state="FAILED")
+    assert [x.workdir for x in failed_foo_jobs] == ["foo/1"]
+    assert [x.workdir for x in Job.objects.filter(tags={"experiment": "foo"}, state="FAILED")] == ["foo/1"]
+
+    # Order and slice; [0] and first(); count(); get() and its two errors.
+    recent = Job.objects.filter(tags={"experiment": "foo"}).order_by("-last_update")[0:1000]
+    assert len(recent) == 4
+    assert [x.workdir for x in Job.objects.order_by("-id")[1:3]] == ["h2o", "foo/3"]
+    assert Job.objects.filter(state="STAGED_IN")[0].id == Job.objects.filter(state="STAGED_IN").first().id  # type: ignore[union-attr]
+    assert Job.objects.filter(state="RUNNING").first() is None
+    with pytest.raises(IndexError):
+        Job.objects.filter(state="RUNNING")[0]
+    counts = {state: Job.objects.filter(state=state).count() for state in ["RUNNING", "JOB_FINISHED", "STAGED_IN", "FAILED"]}
+    assert counts == {"RUNNING": 0, "JOB_FINISHED": 0, "STAGED_IN": 5, "FAILED": 1}
+    assert Job.objects.get(tags={"system": "H2O"}).workdir == "h2o"
+    with pytest.raises(Job.DoesNotExist):
+        Job.objects.get(tags={"system": "CO2"})
+    with pytest.raises(Job.MultipleObjectsReturned):
+        Job.objects.get(tags={"experiment": "foo"})
+
+    # Lazy and cached: a query fetches once, len() and bool() evaluate it.
+    failed_jobs = Job.objects.filter(state="FAILED")
+    first = [x.id for x in failed_jobs]
+    Job.objects.filter(workdir__contains="foo/2").update(state="FAILED")
+    assert [x.id for x in failed_jobs] == first  # the cached result
+    assert len(Job.objects.filter(state="FAILED")) == 2 and bool(failed_jobs) and not Job.objects.filter(state="RUNNING")
+
+    # The other Job filters of the guide: ids, states, state__ne, workdir__contains, last_update_after (naive UTC).
+    hour_ago = datetime.utcnow() - timedelta(hours=1)
+    assert Job.objects.filter(last_update_after=hour_ago).count() == 6
+    assert Job.objects.filter(last_update_before=hour_ago).count() == 0
+    assert Job.objects.filter(state__ne="FAILED").count() == 4
+    assert Job.objects.filter(state=["FAILED", "STAGED_IN"]).count() == 6
+    assert Job.objects.filter(id=first + [Job.objects.get(workdir__contains="h2o").id]).count() == 2
+    assert Job.objects.filter(id=[]).count() == 0
+    with pytest.raises(BalsamError, match="negative"):
+        Job.objects.all()[-1]
+
+
+def test_sites_and_models_as_the_workshop_scripts_use_them(site: Any, hello: Any) -> None:
+    # 9_complete_example.py / 4_create_multiple_jobs_with_deps.py: Site.objects.get(name) positionally.
+    s = Site.objects.get("test-site")
+    assert s.id == site.id and isinstance(s.path, Path) and Site.objects.get(s.id).name == "test-site"
+    hour_ago = datetime.utcnow() - timedelta(hours=1)
+    assert [x.name for x in Site.objects.filter(last_refresh_after=hour_ago)] == ["test-site"]
+    assert (s.allowed_projects, list(s.allowed_queues)) == (["local"], ["local"])
+
+    # 6_analytics.py: from balsam.api import models; models.App.objects.get(site_name=..., name=...).
+    from balsam.api import models
+
+    app = models.App.objects.get(site_name="test-site", name="Hello")
+    assert app is not None and isinstance(app, App) and app.description == "Says hello."
+    hello.submit(workdir="demo/a", say_hello_to="a", tags={"workflow": "hello_deps"})
+    jl = Job.objects.filter(app_id=app.id, tags={"workflow": "hello_deps"})
+    events = EventLog.objects.filter(job_id=[job.id for job in jl])
+    from balsam.analytics import throughput_report
+
+    times, counts = throughput_report(events, to_state="STAGED_IN")
+    t0 = min(times)
+    assert counts == [1] and [(t - t0).total_seconds() / 60 for t in times] == [0.0]
+
+
+def test_job_forms_of_the_workshop_and_batchjob_guide(site: Any, hello: Any) -> None:
+    _sync_all()
+    # 3_create_multiple_jobs.py: Job(site_name=..., app_id="Hello", ...) in a list, then bulk_create.
+    jobs = [Job(site_name="test-site", app_id="Hello", workdir=f"demo/hello_multi{n}", parameters={"say_hello_to": f"world {n}!"},
+                tags={"workflow": "hello_multi"}, node_packing_count=8, gpus_per_rank=1) for n in range(8)]
+    jobs = Job.objects.bulk_create(jobs)
+    assert len(jobs) == 8 and all(j.id for j in jobs) and {j.node_packing_count for j in jobs} == {8}
+
+    # 4_create_jobs_dependencies.py: a chain through parent_ids.
+    job = Job(site_name="test-site", app_id="Hello", workdir="demo/hello_deps0", parameters={"say_hello_to": "world 0!"},
+              tags={"workflow": "hello_deps"})
+    job.save()
+    chain = [job]
+    for n in range(1, 4):
+        job = Job(site_name="test-site", app_id="Hello", workdir=f"demo/hello_deps{n}", parameters={"say_hello_to": f"world {n}!"},
+                  tags={"workflow": "hello_deps"}, parent_ids=[job.id])
+        job.save()
+        chain.append(job)
+    assert [str(j.state) for j in chain] == ["STAGED_IN"] + ["AWAITING_PARENTS"] * 3
+    assert [p.id for p in chain[2].parent_query()] == [chain[1].id]
+    assert [c.id for c in Job.objects.filter(parent_id=[chain[0].id])] == [chain[1].id]
+
+    # 9_complete_example.py: Job.objects.create with resources and launch_params; the batchjob guide's create by
+    # site_name and app name with no parameters.
+    created = Job.objects.create(app_id="Hello", site_name="test-site", workdir="affinity/0",
+                                 parameters={"say_hello_to": "gpu"}, gpus_per_rank=1, threads_per_rank=16, threads_per_core=2,
+                                 ranks_per_node=4, node_packing_count=1, num_nodes=2, launch_params={"cpu_bind": "depth"},
+                                 tags={"test": "affinity"})
+    assert (created.num_nodes, created.launch_params) == (2, {"cpu_bind": "depth"})
+    sim = Job.objects.create(site_name="test-site", app_id="SimulationX", workdir="test-runs/foo/1")
+    assert sim.site_id == site.id and sim.app_id == SimulationX.__app_id__
+
+    # App by class and by id; parameters with a default are filled in.
+    by_class = Job(workdir="sim/1", app_id=MySimulation, parameters={"input_filename": "in.dat"})
+    by_id = Job(workdir="sim/2", app_id=MySimulation.__app_id__, parameters={"input_filename": "in.dat", "mode": "exploit"})
+    Job.objects.bulk_create([by_class, by_id])
+    assert MySimulation.render_command({"input_filename": "in.dat"}) == "echo --mode explore -inp in.dat"
+    with pytest.raises(BalsamError, match="input_filename"):
+        Job.objects.create(workdir="sim/3", app_id="MySimulation")
+
+
+def test_batch_jobs_as_the_guide_creates_and_queries_them(site: Any, hello: Any) -> None:
+    hello_job = hello.submit(workdir="demo/hello", say_hello_to="world")
+    bj = BatchJob.objects.create(site_id=hello_job.site_id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local",
+                                 project="local")
+    assert bj.state == "pending_submission" and bj.scheduler_id is None
+    tagged = BatchJob.objects.create(site_id=site.id, num_nodes=1, wall_time_min=10, job_mode=JobMode.serial, queue="local",
+                                     project="local", filter_tags={"system": "H2O", "scale": "4"})
+    parted = BatchJob.objects.create(site_id=site.id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local",
+                                     partitions=[BatchJobPartition(job_mode=JobMode.mpi, num_nodes=1, filter_tags={"role": "leader"})])
+    assert tagged.job_mode == "serial" and parted.partitions_to_cli_args() == "-p mpi:1:role=leader"
+    assert [b.id for b in BatchJob.objects.filter(filter_tags={"system": "H2O"})] == [tagged.id]
+
+    queued_nodes = sum(batch_job.num_nodes for batch_job in BatchJob.objects.filter(site_id=site.id, state="queued"))
+    pending = BatchJob.objects.filter(site_id=site.id, state="pending_submission")
+    assert queued_nodes == 0 and pending.count() == 3
+
+    # optional_params are checked against settings.yml's optional_batch_job_params.
+    with pytest.raises(BalsamError, match="mig_count"):
+        BatchJob.objects.create(site_id=site.id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local",
+                                optional_params={"mig_count": "3"})
+
+    # "cleanly terminate an allocation": a query update to pending_deletion.
+    assert BatchJob.objects.filter(scheduler_id=1234).update(state="pending_deletion") == 0
+    BatchJob.objects.filter(site_id=site.id, state="pending_submission").update(state="pending_deletion")
+    assert BatchJob.objects.filter(site_id=site.id, state="pending_deletion").count() == 3
+
+
+def test_typed_specs_and_transfer_items(site: Any) -> None:
+    (site.path / "settings.yml").write_text((site.path / "settings.yml").read_text() + "transfers:\n  transfer_locations:\n    laptop: local\n")
+    from tests.cli_helpers import ok
+
+    ok("site", "sync", "--site", "test-site")
+    TypedSimulation.sync()
+    assert TypedSimulation.parameter_spec()["mode"] == {"required": False, "help": "The simulation mode", "default": "explore"}
+    job = Job.objects.create(workdir="ensemble/1", app_id="TypedSimulation",
+                             transfers={"input_file": JobTransferItem(location_alias="laptop", path="/path/to/input.dat"),
+                                        "result": "laptop:/path/to/output.json"})
+    assert job.state == "READY"  # waiting for its stage-in
+    for item in TransferItem.objects.filter(direction="in", state="pending"):
+        assert (item.job_id, item.remote_path, item.local_path) == (job.id, "/path/to/input.dat", "input.nw") and not item.task_id
+    assert TransferItem.objects.filter(state=TransferItemState.awaiting_job).count() == 1
+    assert str(TransferDirection.stage_out) == "out" and JobState.job_finished == "JOB_FINISHED"
+    assert [s.name for s in JobState][:2] == ["CREATED", "AWAITING_PARENTS"]  # the aliases add no states
+
+
+def test_event_log_as_the_monitoring_scripts_read_it(hello: Any, site: Any) -> None:
+    jobs = [hello.submit(workdir=f"m/{i}", say_hello_to=str(i), tags={"workflow": "hello_multi"}) for i in range(2)]
+    runnable(site.store, jobs)
+    yesterday = datetime.utcnow() - timedelta(days=1)
+    events = list(EventLog.objects.filter(timestamp_after=yesterday))
+    assert len(events) == 4 and [e.timestamp for e in events] == sorted((e.timestamp for e in events), reverse=True)
+    for evt in EventLog.objects.filter(tags={"workflow": "hello_multi"}):
+        assert evt.job_id in {j.id for j in jobs} and isinstance(evt.timestamp, datetime)
+        assert (evt.from_state, evt.to_state) in {("CREATED", "STAGED_IN"), ("STAGED_IN", "PREPROCESSED")}
+    assert EventLog.objects.filter(to_state="PREPROCESSED", job_id=jobs[0].id).count() == 1
+    assert EventLog.objects.filter(from_state="CREATED").order_by("timestamp").count() == 2
+    assert EventLog.objects.filter(timestamp_before=yesterday).count() == 0
+
+
+def test_futures_without_a_launcher(site: Any, adder: Any) -> None:
+    job = adder.submit("test/add", x=1, y=2)
+    with pytest.raises(Job.NoResult):
+        job.result_nowait()
+    assert job.done() is False
+    with pytest.raises(concurrent.futures.TimeoutError):
+        job.result(timeout=0.2)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        list(Job.objects.as_completed([job], timeout=0.2))
+    done, not_done = Job.objects.wait([job], timeout=0.2, poll_interval=0.1, return_when="FIRST_COMPLETED")
+    assert (done, [j.id for j in not_done]) == ([], [job.id])
