@@ -70,9 +70,11 @@ def kv_option(*decls: str, help: str, metavar: str = "KEY=VALUE") -> Callable[[F
 
 
 # ------------------------------------------------------------------------------------------- shared options
-def site_option(help: str = "Site(s): a name, id, path fragment, 'this' or 'all' (comma-separated or repeated).") -> Callable[[F], F]:
-    """``--site``: which sites a command looks at (default: the current site, else every site on this host)."""
-    return click.option("--site", "sites", multiple=True, metavar="SITE", help=help)
+def site_option(help: str = "Site(s): a name, id, path fragment, 'this' or 'all' (comma-separated or repeated).",
+                short: bool = False) -> Callable[[F], F]:
+    """``--site``: which sites a command looks at (default: the current site, else every site on this host); ``-s``
+    too where Balsam 0.7 had it (``app ls -s SITE``)."""
+    return click.option("--site", *(["-s"] if short else []), "sites", multiple=True, metavar="SITE", help=help)
 
 
 def json_option() -> Callable[[F], F]:

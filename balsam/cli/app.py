@@ -48,7 +48,7 @@ def app_dict(a: Any, site_names: Dict[int, str]) -> Dict[str, Any]:
 
 
 @app.command("ls")
-@site_option()
+@site_option(short=True)
 @click.option("-v", "--verbose", is_flag=True, help="Show each app's description, parameters and transfer slots.")
 @json_option()
 def app_ls(sites: Sequence[str], verbose: bool, as_json: bool) -> None:
@@ -68,7 +68,8 @@ def app_ls(sites: Sequence[str], verbose: bool, as_json: bool) -> None:
         echo_json([app_dict(a, names) for a in apps])
         return
     if not apps:
-        click.echo(f"No apps at {', '.join(names.values())}. Define an ApplicationDefinition and run: balsam app sync FILE")
+        click.echo(f"No apps at {', '.join(names.values())}. Define an ApplicationDefinition and run: balsam app sync FILE" if names
+                   else "No apps: no site is selected ('balsam site ls' lists them; --site all selects every one).")
         return
     if verbose:
         for a in apps:
@@ -88,7 +89,7 @@ def app_ls(sites: Sequence[str], verbose: bool, as_json: bool) -> None:
 
 @app.command("rm")
 @click.argument("name")
-@site_option()
+@site_option(short=True)
 @yes_option()
 def app_rm(name: str, sites: Sequence[str], yes: bool) -> None:
     """Remove an app and every job of it (NAME or id).

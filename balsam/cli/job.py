@@ -409,7 +409,8 @@ def job_ls(ids: Tuple[int, ...], tags: Dict[str, str], workflow: Optional[str], 
         echo_table(headers, rows, flex=["Workdir", "Tags", "App"], styles={"State": color_state})
     more = query.count() - len(jobs) if limit and len(jobs) == limit else 0
     if not jobs:
-        click.echo("No jobs match." if filters else f"No jobs at {', '.join(names.values())}.")
+        click.echo("No jobs match." if filters else f"No jobs at {', '.join(names.values())}." if names
+                   else "No jobs: no site is selected ('balsam site ls' lists them; --site all selects every one).")
     elif more > 0:
         click.echo(f"... {more} more (show them with -n 0, or narrow with filters; count with --by-state)")
 

@@ -160,7 +160,7 @@ def queue_show(batch_job_id: int, sites: Sequence[str], as_json: bool) -> None:
 @queue.command("ls")
 @click.option("-h", "--history", is_flag=True, help="Include finished and failed BatchJobs (newest first).")
 @click.option("-n", "--num", "limit", type=click.IntRange(min=0), default=50, show_default=True, help="With --history, at most this many (0: all).")
-@click.option("--scheduler-id", type=int, help="Only the BatchJob with this scheduler id.")
+@click.option("--scheduler-id", "--scheduler_id", "scheduler_id", type=int, help="Only the BatchJob with this scheduler id.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every field (partitions, status info, times).")
 @site_option()
 @json_option()
