@@ -34,7 +34,7 @@ from balsam.api import (
     TransferSlot,
 )
 from balsam.exceptions import BalsamError
-from tests.launcher_support import runnable
+from tests.launcher_support import run, runnable
 
 
 class SimulationX(ApplicationDefinition):
@@ -294,3 +294,66 @@ def test_futures_without_a_launcher(site: Any, adder: Any) -> None:
         list(Job.objects.as_completed([job], timeout=0.2))
     done, not_done = Job.objects.wait([job], timeout=0.2, poll_interval=0.1, return_when="FIRST_COMPLETED")
     assert (done, [j.id for j in not_done]) == ([], [job.id])
+
+
+def test_the_jobs_guides_examples(site: Any, hello: Any, adder: Any) -> None:
+    # "At a minimum": app_id or app_name and site_path; the CLI-equivalent Job(...).save(); create(); bulk_create.
+    job = Job(app_name="Hello", site_path=str(site.path), workdir="test/1", parameters={"say_hello_to": "world!"})
+    job.save()
+    assert job.site_id == site.id
+    Job.objects.create(app_id=hello.__app_id__, workdir="test/2", parameters={"say_hello_to": "x"},
+                       tags={"experiment": "foo", "system": "H2O", "run": "5"}, data={"retry_count": 0, "input_coords": [0, 1]})
+    jobs = Job.objects.bulk_create([Job(app_id=hello.__app_id__, workdir=f"test/{n}", parameters={"say_hello_to": f"world {n}!"})
+                                    for n in range(3, 10)])
+    assert len(jobs) == 7
+
+    # Filtering: Site.objects.get(name=..., path=fragment); single ids; parameters; slices; return_code loops.
+    theta_site = Site.objects.get(name="test-site", path="test-site")
+    foo_jobs = Job.objects.filter(site_id=theta_site.id, tags={"experiment": "foo"})
+    assert [j.workdir for j in foo_jobs] == ["test/2"] and [j.workdir for j in foo_jobs.filter(state="FAILED")] == []
+    assert Job.objects.filter(id=job.id).count() == 1 and Job.objects.get(id=job.id).workdir == "test/1"
+    assert [j.workdir for j in Job.objects.filter(parameters={"say_hello_to": "world 4!"})] == ["test/4"]
+    assert len(Job.objects.all()[5:15]) == 4
+    child = hello.submit(workdir="child", say_hello_to="c", parent_ids=[job.id])
+    assert [j.id for j in Job.objects.filter(parent_id=job.id)] == [child.id]
+
+    # data: assign a merged dict, then save.
+    job2 = Job.objects.get(tags={"experiment": "foo"}, workdir__contains="test/2")
+    dat = job2.data
+    job2.data = {**dat, "retry_count": dat["retry_count"] + 1}
+    job2.save()
+    assert Job.objects.get(id=job2.id).data == {"retry_count": 1, "input_coords": [0, 1]}
+
+    # "for job in failed: if job.return_code == 1: ... job.state = 'RESTART_READY'; job.save()" after a real run.
+    class Exit(ApplicationDefinition):
+        site = "test-site"
+        command_template = "exit {{ code }}"
+
+    Exit.sync()
+    runs = [Exit.submit(workdir=f"production-X/{code}", code=code) for code in (1, 2)]
+    runnable(site.store, runs)
+    assert run(site, "mpi") == 0
+    Job.objects.filter(state="RUN_ERROR").update(state="FAILED")  # what the default handle_error does at the agent
+    failed = Job.objects.filter(workdir__contains="production-X", state="FAILED")
+    for j in failed:
+        if j.return_code == 1:
+            j.num_nodes = 16
+            j.state = "RESTART_READY"
+            j.save()
+    assert [(j.workdir, str(j.state), j.num_nodes) for j in Job.objects.filter(workdir__contains="production-X").order_by("id")] == [
+        ("production-X/1", "RESTART_READY", 16), ("production-X/2", "FAILED", 1)]
+
+    # Resolving the workdir, three ways.
+    s = Site.objects.get(id=site.id)
+    assert s.path / "data" / job.workdir == job.resolve_workdir(s.path / "data") == site.path / "data" / "test/1"
+    # Deleting: one job, and a query.
+    jobs[2].tags = {"run": "H2O"}
+    jobs[2].save()
+    Job.objects.filter(id=[jobs[2].id]).update(state="FAILED")
+    assert Job.objects.filter(state="FAILED", tags={"run": "H2O"}).delete() == 1
+    child.delete()
+    assert child.id is None
+    # Futures: wait() with the guide's arguments.
+    add = adder.submit("test/123", x=3, y=7)
+    wait_result = Job.objects.wait([add], return_when="FIRST_COMPLETED", timeout=0.2, poll_interval=10)
+    assert (len(wait_result.done), len(wait_result.not_done)) == (0, 1)

@@ -26,6 +26,7 @@ from balsam.api import (
     JobTransferItem,
     TransferDirection,
     TransferSlot,
+    site_config,
 )
 
 SITE = "wf-site"
@@ -129,6 +130,9 @@ class Child(ApplicationDefinition):
         with open("parents.txt", "w") as fp:
             for parent in parents:
                 print("Parent workdir:", parent.workdir, file=fp)
+        # The jobs guide's "Accessing Parents": absolute workdirs through site_config.
+        parent_workdirs = [j.resolve_workdir(site_config.data_path) for j in self.job.parent_query()]
+        self.job.data = {"parent_outputs": sorted(Path(w, "job.out").read_text() for w in parent_workdirs)}
         self.job.state = "PREPROCESSED"
 
 
@@ -195,6 +199,8 @@ def test_the_app_guides_hooks_run_as_documented(wf_site: Path, tmp_path: Path) -
     assert (data / "listy/job.out").read_text() == "A=1 B=2\n"
     assert sorted((data / "child/job.out").read_text().splitlines()) == ["Parent workdir: listy", "Parent workdir: sim/good"]
     assert (data / "child/balsam.log").exists()
+    child.refresh_from_db()
+    assert child.data == {"parent_outputs": ["A=1 B=2\n", (data / "sim/good/job.out").read_text()]}
     # Transfer slots: staged in under the slot's local_path, result staged out to the remote path.
     assert (remote / "output.txt").read_text() == "HELLO STAGE IN\n"
     # run() as a future.

@@ -182,6 +182,11 @@ def capture_source(cls: type, base: type) -> str:
         if (inspect.isclass(value) or inspect.isfunction(value)) and owner == cls.__module__:
             visit(value)
             return
+        if name == "site_config" and (value is None or type(value).__name__ == "SiteConfig"):
+            # ``from balsam.api import site_config`` (Balsam 0.7's docs use it in hooks): the config of the site the
+            # app runs at, read there; this process's value (None outside a site) would be the wrong site's.
+            imports.append("from balsam.api import site_config")
+            return
         attr = _exported_name(owner, name, value)
         if attr is not None:
             imports.append(f"from {owner} import {attr}" + ("" if attr == name else f" as {name}"))

@@ -152,6 +152,16 @@ _DEFAULT_TYPES = frozenset({(int, int, int, int, int, int, int), (int, int, int,
 _STATES = {s.value: s for s in JobState}
 
 
+def _site_at(site_path: Union[str, Path]) -> str:
+    """The one site whose path is (or contains) ``site_path``, as a path ``resolve_app`` takes (Balsam 0.7's
+    ``Job(app_name=..., site_path=...)``)."""
+    refs = _sites.select([str(site_path)])
+    if len(refs) != 1:
+        names = ", ".join(r.name for r in refs) or "none"
+        raise ValidationError(f"site_path={str(site_path)!r} must name one site (matches: {names})")
+    return str(refs[0].path)
+
+
 def _fast_workdir(w: Any) -> str:
     if (type(w) is str and 0 < len(w) <= 255 and w[0] != "/" and "." not in w and "//" not in w and "\\" not in w and w[-1] != "/"
             and w.isprintable() and not w[0].isspace() and not w[-1].isspace()):
@@ -234,6 +244,7 @@ class Job(Model):
         pending_file_cleanup: bool = True,
         site_name: Optional[str] = None,
         app_name: Optional[str] = None,
+        site_path: Optional[Union[str, Path]] = None,
     ) -> None:
         d = self.__dict__
         d["_row"] = None
@@ -242,6 +253,8 @@ class Job(Model):
             app_id = app_name
         if app_id is None:
             raise ValidationError("a Job needs an app: pass app_id= (an app class, name or id)")
+        if site_path is not None and site_name is None:
+            site_name = _site_at(site_path)
         info = app_id if type(app_id) is AppInfo else resolve_app(app_id, site_name)
         d["_app"] = info
         d["_site"] = info.site

@@ -185,6 +185,33 @@ def json_contains(col: str) -> FilterFn:
     return f
 
 
+def json_equals(col: str) -> FilterFn:
+    """``{key: value}`` in a JSON object column (job parameters): a string matches the value's text (so ``"n:3"``, as
+    the HTTP API carries it, finds ``n=3``), other values compare as JSON, and ``"k"`` (or None) asks for the key."""
+    def f(value: Any) -> Clause:
+        pairs = [(str(k), v) for k, v in value.items()] if isinstance(value, dict) else tag_pairs(value)
+        clauses: List[str] = []
+        params: List[Any] = []
+        for k, v in pairs:
+            path = '$."' + k.replace('"', '""') + '"'
+            if v is None:
+                clauses.append(f"json_type({col}, ?) IS NOT NULL")
+                params.append(path)
+                continue
+            if isinstance(v, str):
+                clauses.append(f"CAST(json_extract({col}, ?) AS TEXT) = ?")
+                params.extend((path, v))
+                continue
+            try:
+                text = dumps(v)
+            except (TypeError, ValueError):
+                raise ValidationError(f"{col}: the value of {k!r} is not JSON ({type(v).__name__}), so no stored {col} equals it") from None
+            clauses.append(f"json_extract({col}, ?) IS json_extract(?, '$')")
+            params.extend((path, text))
+        return " AND ".join(clauses) or "1", params
+    return f
+
+
 def boolean(col: str, only_true: bool = False) -> FilterFn:
     def f(value: Any) -> Clause:
         if only_true and not value:
@@ -234,6 +261,7 @@ JOB = TableSpec(
         "state": job_states("state"),
         "state__ne": job_states_ne("state"),
         "tags": job_tags("id"),
+        "parameters": json_equals("parameters"),
         "pending_file_cleanup": boolean("pending_file_cleanup", only_true=True),
         "return_code": equals("return_code", int),
     },

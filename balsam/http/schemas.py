@@ -131,7 +131,7 @@ FILTER_KINDS: Dict[str, Dict[str, str]] = {
     "job": {"id": "ids", "parent_id": "ids", "app_id": "ids", "app_name": "strs", "batch_job_id": "ids", "session_id": "int_or_null",
             "last_update_before": "time", "last_update_after": "time", "created_before": "time", "created_after": "time",
             "workdir": "strs", "workdir__contains": "str", "state": "strs", "state__ne": "strs", "tags": "tags",
-            "pending_file_cleanup": "bool", "return_code": "int_or_null"},
+            "parameters": "tags", "pending_file_cleanup": "bool", "return_code": "int_or_null"},
     "event": {"id": "ids", "job_id": "ids", "batch_job_id": "int", "scheduler_id": "int", "tags": "tags", "data": "tags",
               "timestamp_before": "time", "timestamp_after": "time", "from_state": "strs", "to_state": "strs"},
     "batch_job": {"id": "ids", "state": "strs", "scheduler_id": "ids", "queue": "strs", "project": "strs", "job_mode": "strs",
