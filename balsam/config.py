@@ -16,7 +16,7 @@ Constructing one reads ``settings.yml`` (validated once) and nothing else; the s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from balsam.exceptions import SiteNotFound
 from balsam.settings import SiteSettings, load_settings
@@ -66,8 +66,31 @@ class SiteConfig:
 
         return sites.ref_for_root(self.site_path).id
 
+    @property
+    def client(self) -> "SiteClient":
+        """The API models for code that should not import ``balsam.api`` (Balsam 0.7's ``SiteConfig().client.Job``)."""
+        return SiteClient(self.site_path)
+
     def __repr__(self) -> str:
         return f"SiteConfig(site_path={str(self.site_path)!r})"
+
+
+class SiteClient:
+    """``SiteConfig().client``: ``Job``, ``BatchJob``, ``App``, ``Site``, ``EventLog``, ``TransferItem`` and ``Session``,
+    the same classes as ``balsam.api``'s (queries reach the sites ``balsam.api`` reaches from here)."""
+
+    def __init__(self, site_path: Path) -> None:
+        self.site_path = site_path
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("Job", "BatchJob", "App", "Site", "EventLog", "TransferItem", "Session"):
+            import balsam.api
+
+            return getattr(balsam.api, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"SiteClient(site_path={str(self.site_path)!r})"
 
 
 def current_site_config() -> Optional[SiteConfig]:
@@ -75,4 +98,4 @@ def current_site_config() -> Optional[SiteConfig]:
     return SiteConfig() if find_site_root() is not None else None
 
 
-__all__ = ["SiteConfig", "current_site_config"]
+__all__ = ["SiteClient", "SiteConfig", "current_site_config"]

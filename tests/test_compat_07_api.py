@@ -10,6 +10,7 @@ specs 0.7 exported (``AppParameter``, ``TransferSlot``, ``TransferDirection``, `
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,71 @@ def test_the_jobs_guides_examples(site: Any, hello: Any, adder: Any) -> None:
     add = adder.submit("test/123", x=3, y=7)
     wait_result = Job.objects.wait([add], return_when="FIRST_COMPLETED", timeout=0.2, poll_interval=10)
     assert (len(wait_result.done), len(wait_result.not_done)) == (0, 1)
+
+
+def test_the_app_guides_definitions(site: Any) -> None:
+    # site as a name, an id, or a Site object; submit() is sync + Job(...).save(); save=False for bulk creation.
+    class Sleeper(ApplicationDefinition):
+        site = "test-site"
+        command_template = "sleep {{ sleeptime }} && echo goodbye"
+
+    job = Sleeper.submit(workdir="test/sleep_3", sleeptime=3)
+    same = Job(workdir="test/sleep_3b", app_id=Sleeper, parameters={"sleeptime": 3})
+    same.save()
+    assert job.app_id == same.app_id == Sleeper.__app_id__ and job.get_parameters() == same.get_parameters() == {"sleeptime": 3}
+    jobs = Job.objects.bulk_create([Sleeper.submit(workdir=f"test/{i}", sleeptime=3, save=False) for i in range(5)])
+    assert len({j.id for j in jobs}) == 5
+
+    the_id = site.id
+
+    class ById(ApplicationDefinition):
+        site = the_id
+        command_template = "echo {{ x }}"
+
+    class ByObject(ApplicationDefinition):
+        site = Site.objects.get("test-site")
+
+        def run(self, *dims: int) -> int:
+            return len(dims)
+
+    class WithPython(ApplicationDefinition):
+        """A run() app with its own interpreter."""
+
+        site = "test-site"
+        python_exe = sys.executable
+
+        def run(self, vec: Any) -> float:
+            return float(sum(x**2 for x in vec) ** 0.5)
+
+    for app in (ById, ByObject, WithPython):
+        app.sync()
+    assert ById.__app_site__ == ByObject.__app_site__ == site.path
+
+    # Loading existing apps by site; app_id by name, by id, or by 0.7's "module.ClassName" class path.
+    apps_by_name = ApplicationDefinition.load_by_site("test-site")
+    assert set(apps_by_name) >= {"Sleeper", "ById", "ByObject", "WithPython"}
+    loaded = apps_by_name["Sleeper"]
+    assert loaded.submit(workdir="test/loaded", sleeptime=1).app_id == Sleeper.__app_id__
+    sim = Job.objects.create(workdir="ensemble/1", app_name="sim.Sleeper", parameters={"sleeptime": 2})
+    assert sim.app_id == Sleeper.__app_id__
+    dims = ByObject.submit(workdir="test/parallel", dims=[5, 6], ranks_per_node=1)
+    norm = WithPython.submit(workdir="test/norm", vec=[3, 4])
+    runnable(site.store, [dims, norm])
+    assert run(site, "mpi") == 0 and dims.result() == 2 and norm.result() == 5.0
+
+    # Re-syncing a class of the same name at the same site overwrites the app.
+    class Sleeper(ApplicationDefinition):  # type: ignore[no-redef]
+        site = "test-site"
+        command_template = "sleep {{ sleeptime }} && echo {{ word }}"
+        parameters = {"word": {"required": False, "default": "goodbye"}}
+
+    Sleeper.sync()
+    assert Sleeper.__app_id__ == job.app_id
+    assert set(App.objects.get(id=job.app_id).parameters) == {"sleeptime", "word"}
+
+    # SiteConfig().client, the guide's way to reach the API without importing balsam.api in an app.
+    from balsam.config import SiteConfig
+
+    client = SiteConfig(site.path).client
+    assert client.Job.objects.filter(workdir__contains="test/").count() == Job.objects.filter(workdir__contains="test/").count()
+    assert client.BatchJob is BatchJob

@@ -120,6 +120,15 @@ class Listy(ApplicationDefinition):
     def shell_preamble(self) -> Any:
         return ["export A=1", "export B=2"]
 
+    def postprocess(self) -> None:
+        # "dynamically creating additional Jobs", through SiteConfig().client as the guide suggests inside apps.
+        from balsam.config import SiteConfig
+
+        client = SiteConfig().client
+        if not self.job.workdir.endswith("-next"):
+            client.Job.objects.create(workdir=self.job.workdir + "-next", app_id="Listy", site_name=SITE, parent_ids=[self.job.id])
+        self.job.state = "POSTPROCESSED"
+
 
 class Child(ApplicationDefinition):
     site = SITE
@@ -197,6 +206,8 @@ def test_the_app_guides_hooks_run_as_documented(wf_site: Path, tmp_path: Path) -
     assert EventLog.objects.filter(job_id=flaky.id, to_state="FAILED").first().data == {"reason": "Exceeded maximum retries"}  # type: ignore[union-attr]
     # shell_preamble as a list; the child saw both parents from its preprocess (output in balsam.log stays empty).
     assert (data / "listy/job.out").read_text() == "A=1 B=2\n"
+    (follow,) = Job.objects.filter(workdir="listy-next")
+    assert follow.parent_ids == [listy.id] and str(Job.objects.as_completed([follow], timeout=60).__next__().state) == "JOB_FINISHED"
     assert sorted((data / "child/job.out").read_text().splitlines()) == ["Parent workdir: listy", "Parent workdir: sim/good"]
     assert (data / "child/balsam.log").exists()
     child.refresh_from_db()
@@ -207,7 +218,7 @@ def test_the_app_guides_hooks_run_as_documented(wf_site: Path, tmp_path: Path) -
     assert norm.result() == 5.0
 
     out = balsam("job", "ls", "--site", SITE).stdout
-    assert out.count("JOB_FINISHED") == 5 and out.count("FAILED") == 2
+    assert out.count("JOB_FINISHED") == 6 and out.count("FAILED") == 2
     apps = balsam("app", "ls", "--site=all").stdout
     assert "VecNorm" in apps and "MySimulation" in apps
 

@@ -110,6 +110,8 @@ def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
     else:
         if isinstance(app, str) and app.isdigit():
             app = int(app)
+        elif isinstance(app, str) and "." in app:
+            app = app.rsplit(".", 1)[1]  # Balsam 0.7's "module.ClassName" class path: apps are named by the class
         if not isinstance(app, (int, str)) or isinstance(app, bool):
             raise ValidationError(f"app_id must be an app class, name or id, got {app!r}")
         key = app
