@@ -178,7 +178,8 @@ def test_the_app_guides_hooks_run_as_documented(wf_site: Path, tmp_path: Path) -
                                            "result": f"laptop:{remote / 'output.txt'}"})
     norm = VecNorm.submit(workdir="demo/norm", vec=[3, 4])
     jobs = [sim, bad, flaky, listy, child, staged, norm]
-    BatchJob.objects.create(site_id=norm.site_id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local")
+    batch = BatchJob.objects.create(site_id=norm.site_id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local",
+                                    project="local")
 
     states: Dict[str, str] = {}
     for job in Job.objects.as_completed(jobs, timeout=180):
@@ -216,6 +217,21 @@ def test_the_app_guides_hooks_run_as_documented(wf_site: Path, tmp_path: Path) -
     assert (remote / "output.txt").read_text() == "HELLO STAGE IN\n"
     # run() as a future.
     assert norm.result() == 5.0
+
+    # The monitoring guide's EventLog queries and balsam.analytics reports over this run.
+    batch.refresh_from_db()
+    ran = {e.job_id for e in EventLog.objects.filter(batch_job_id=batch.id, to_state="RUNNING")}
+    assert ran >= {sim.id, flaky.id, listy.id, child.id, staged.id, norm.id} and bad.id not in ran
+    assert {e.job_id for e in EventLog.objects.filter(scheduler_id=batch.scheduler_id, to_state="RUNNING")} == ran
+    assert EventLog.objects.filter(job_id=[sim.id, bad.id], to_state="FAILED").count() == 1
+    from balsam.analytics import available_nodes, throughput_report, utilization_report
+
+    times, done_counts = throughput_report(EventLog.objects.filter(job_id=[j.id for j in jobs]), to_state="JOB_FINISHED")
+    assert done_counts == [1, 2, 3, 4, 5] and times == sorted(times)
+    times, util = utilization_report(EventLog.objects.filter(job_id=[j.id for j in jobs]), node_weighting=True)
+    assert len(times) == len(util) and max(util) > 0 and min(util) >= 0
+    times, node_counts = available_nodes(BatchJob.objects.filter(site_id=batch.site_id))
+    assert max(node_counts) == 1
 
     out = balsam("job", "ls", "--site", SITE).stdout
     assert out.count("JOB_FINISHED") == 6 and out.count("FAILED") == 2
