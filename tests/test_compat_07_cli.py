@@ -137,3 +137,18 @@ def test_the_quickstart_on_the_command_line(tmp_path: Path) -> None:
     finally:
         balsam("site", "stop", cwd=site)
     assert invoke("site", "ls").exit_code == 0
+
+
+def test_queue_term_by_scheduler_id_and_app_rm_as_07_spells_them(site: Any, hello: Any, adder: Any) -> None:
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local")
+    BatchJob.objects.filter(id=[bj.id]).update(scheduler_id=424242, state="queued")  # as the agent records a submission
+    out = ok("queue", "term", "424242").stdout  # 0.7: balsam queue term SCHED_ID
+    assert f"BatchJob {bj.id} marked for deletion" in out and BatchJob.objects.get(id=bj.id).state == "pending_deletion"
+    assert "no BatchJob 999" in fails("queue", "term", "999")
+
+    hello.submit(workdir="h", say_hello_to="x")
+    adder.submit(workdir="a", x=1)
+    assert "Removed app Hello" in ok("app", "rm", "-n", "Hello", "-s", "test-site", "-y").stdout
+    assert "give the app to remove" in fails("app", "rm", code=2)
+    assert "Removed 1 apps and 1 jobs" in ok("app", "rm", "--all", "--site", "test-site", "-y").stdout
+    assert Job.objects.count() == 0 and ok("app", "ls").stdout.startswith("No apps at test-site")

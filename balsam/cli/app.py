@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
@@ -88,21 +88,40 @@ def app_ls(sites: Sequence[str], verbose: bool, as_json: bool) -> None:
 
 
 @app.command("rm")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("-n", "--name", "name_opt", metavar="NAME", help="The app to remove (Balsam 0.7's spelling of NAME).")
+@click.option("-a", "--all", "all_apps", is_flag=True, help="Remove every app of the selected site, with all their jobs.")
 @site_option(short=True)
 @yes_option()
-def app_rm(name: str, sites: Sequence[str], yes: bool) -> None:
-    """Remove an app and every job of it (NAME or id).
+def app_rm(name: Optional[str], name_opt: Optional[str], all_apps: bool, sites: Sequence[str], yes: bool) -> None:
+    """Remove an app and every job of it (NAME or id; or -a for all apps of a site).
 
     Asks first (showing how many jobs go with it) unless -y; refused while a launcher holds its jobs.
 
     \b
-    Example:
+    Examples:
       balsam app rm Hello --site my-site -y
+      balsam app rm -n Hello -s my-site
+      balsam app rm --all -s my-site
     """
     from balsam.api import App, Job
 
+    name = name or name_opt
+    if (name is None) == (not all_apps):
+        raise CLIError("give the app to remove (NAME, -n NAME) or --all", 2)
     refs, scope = scope_sites(sites)
+    if all_apps:
+        if len(refs) != 1:
+            raise CLIError(f"--all removes the apps of one site, and {len(refs)} are in scope: choose one with --site", 2)
+        targets = list(App.objects.filter(**scope))
+        njobs = sum(Job.objects.filter(app_id=a.id, site_id=a.site_id).count() for a in targets)
+        confirm(f"Remove all {len(targets)} apps of site {refs[0].name} and their {njobs} jobs?", yes,
+                f"not removing the apps of site {refs[0].name}")
+        for target in targets:
+            target.delete()
+        click.echo(f"Removed {len(targets)} apps and {njobs} jobs")
+        return
+    assert name is not None
     key: Dict[str, Any] = {"id": int(name)} if name.isdigit() else {"name": name}
     found = list(App.objects.filter(**scope, **key))
     if not found:

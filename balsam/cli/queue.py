@@ -134,6 +134,8 @@ def queue_show(batch_job_id: int, sites: Sequence[str], as_json: bool) -> None:
 
     refs, scope = scope_sites(sites)
     found = list(BatchJob.objects.filter(id=batch_job_id, **scope)[:2])
+    if not found:  # Balsam 0.7's 'queue term SCHED_ID': the id the scheduler gave it (qstat, squeue)
+        found = list(BatchJob.objects.filter(scheduler_id=batch_job_id, **scope)[:2])
     if not found:
         raise CLIError(f"no BatchJob {batch_job_id} at {', '.join(r.name for r in refs)} (see 'balsam queue ls --history')", 1)
     if len(found) > 1:
@@ -213,6 +215,8 @@ def _cancel(batch_job_id: int, sites: Sequence[str], delete_inactive: bool) -> N
 
     refs, scope = scope_sites(sites)
     found = list(BatchJob.objects.filter(id=batch_job_id, **scope)[:2])
+    if not found:  # Balsam 0.7's 'queue term SCHED_ID': the id the scheduler gave it (qstat, squeue)
+        found = list(BatchJob.objects.filter(scheduler_id=batch_job_id, **scope)[:2])
     if not found:
         raise CLIError(f"no BatchJob {batch_job_id} at {', '.join(r.name for r in refs)} (see 'balsam queue ls --history')", 1)
     if len(found) > 1:
@@ -239,7 +243,7 @@ def _cancel(batch_job_id: int, sites: Sequence[str], delete_inactive: bool) -> N
 @click.argument("batch_job_id", type=int)
 @site_option()
 def queue_term(batch_job_id: int, sites: Sequence[str]) -> None:
-    """Cancel a BatchJob: the site agent deletes it from the scheduler (ID as in 'queue ls').
+    """Cancel a BatchJob: the site agent deletes it from the scheduler (ID as in 'queue ls', or its scheduler id).
 
     \b
     Example:
