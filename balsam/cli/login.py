@@ -15,12 +15,13 @@ from balsam.cli._common import CLIError
 
 
 @click.command("login")
-@click.argument("url")
-@click.option("-u", "--user", required=True, help="Your user name at the relay.")
+@click.argument("url", required=False)
+@click.option("-u", "--user", help="Your user name at the relay (required with URL).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (else: a prompt).")
 @click.option("--cafile", default="", metavar="PEM", help="CA bundle that signs the relay's certificate (self-signed relays).")
-def login(url: str, user: str, password_stdin: bool, cafile: str) -> None:
-    """Log in to a relay: the token is saved readable only by you.
+def login(url: Optional[str], user: Optional[str], password_stdin: bool, cafile: str) -> None:
+    """Log in to a relay: the token is saved readable only by you. Sites need no login (Balsam 0.7's bare
+    ``balsam login`` says so and succeeds).
 
     \b
     Example:
@@ -28,6 +29,13 @@ def login(url: str, user: str, password_stdin: bool, cafile: str) -> None:
     """
     from balsam._api import relay
     from balsam.exceptions import BalsamError
+
+    if url is None:
+        click.echo("No login is needed: sites work offline on this host (balsam site init PATH, then balsam site start).\n"
+                   "To reach your sites from anywhere through a relay: balsam login URL -u USER")
+        return
+    if not user:
+        raise CLIError("balsam login URL needs -u/--user USER (your user name at the relay)", 2)
 
     password: Optional[str] = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("Password", hide_input=True)
     try:
