@@ -156,3 +156,17 @@ def test_queue_term_by_scheduler_id_and_app_rm_as_07_spells_them(site: Any, hell
     assert "give the app to remove" in fails("app", "rm", code=2)
     assert "Removed 1 apps and 1 jobs" in ok("app", "rm", "--all", "--site", "test-site", "-y").stdout
     assert Job.objects.count() == 0 and ok("app", "ls").stdout.startswith("No apps at test-site")
+
+
+def test_app_sync_reads_the_sites_apps_folder(site: Any) -> None:
+    # Balsam 0.7's app guide: ApplicationDefinitions in <site>/apps/*.py, then `balsam app sync` and `balsam app ls`.
+    (site.path / "apps").mkdir()
+    (site.path / "apps" / "test.py").write_text(
+        "from balsam.api import ApplicationDefinition\n\n\n"
+        "class Sleeper(ApplicationDefinition):\n"
+        '    """\n    Application description\n    """\n'
+        "    command_template = 'sleep {{ sleeptime }} && echo goodbye'\n")
+    assert "Synced Sleeper" in ok("app", "sync", "--site", "test-site").stdout
+    rows = ok("app", "ls", "--site", "test-site").stdout.splitlines()
+    assert rows[1].split()[1:5] == ["Sleeper", "test-site", "shell", "sleeptime"] and rows[1].endswith("Application description")
+    assert Job.objects.create(workdir="s", app_id="test.Sleeper", parameters={"sleeptime": 0}).state == "STAGED_IN"

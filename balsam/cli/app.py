@@ -176,7 +176,8 @@ def app_sync(files: Sequence[Path], sites: Sequence[str], as_json: bool) -> None
 
     Each file is imported as a fresh module; every ApplicationDefinition subclass defined in it is saved
     (created, or updated if an app of that name exists). Apps without a 'site' attribute go to --site or
-    the current site. Without FILE, the site's apps.py is synced.
+    the current site. Without FILE, the site's apps.py (and each module in its apps/ folder, as Balsam 0.7 kept
+    them) is synced.
 
     \b
     Examples:
@@ -192,7 +193,9 @@ def app_sync(files: Sequence[Path], sites: Sequence[str], as_json: bool) -> None
         ref = ref or _sites.current_site()
         if ref is None:
             raise CLIError("no FILE given and not inside a site: give the Python file that defines your apps", 2)
-        files = [ref.path / "apps.py"]
+        # apps.py, and Balsam 0.7's apps/ folder of modules (its `balsam app sync` synced that folder).
+        files = [ref.path / "apps.py"] if (ref.path / "apps.py").exists() or not (ref.path / "apps").is_dir() else []
+        files += sorted(p for p in (ref.path / "apps").glob("*.py") if not p.name.startswith("_"))
     synced = []
     for path in files:
         classes = load_app_file(Path(path))
