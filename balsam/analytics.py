@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import heapq
 import html
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -105,6 +106,42 @@ def _merge_levels(per_site: List[List[Tuple[float, float]]]) -> List[Tuple[float
     return out
 
 
+def _local(site: Any) -> bool:
+    """Whether this process reads the site's DB itself (its home host); else the reports go through its agent's API."""
+    return str(site.backend.kind) == "local"
+
+
+def _event_times(site: Any, filters: Dict[str, Any], state: str) -> List[float]:
+    if _local(site):
+        return adb.event_times(site.store.conn, filters, state)
+    rows = site.backend.select("event", dict(filters, to_state=state) if "to_state" not in filters else filters,
+                               columns=("timestamp", "to_state"), order_by=("timestamp", "id"))
+    return [float(r[0]) for r in rows if str(r[1]) == state]
+
+
+def _node_time_rows(site: Any, filters: Dict[str, Any], node_weighting: bool) -> Tuple[List[float], List[float]]:
+    if _local(site):
+        return adb.node_time_rows(site.store.conn, filters, node_weighting)
+    rows = site.backend.select("event", filters, columns=("timestamp", "job_id", "from_state", "to_state", "data"),
+                               order_by=("timestamp", "id"))
+    runs: List[Tuple[float, int, bool, Optional[float]]] = []
+    for ts, job_id, src, dst, data in rows:
+        if str(dst) == JobState.RUNNING.value:
+            info = json.loads(data) if isinstance(data, str) else (data or {})
+            weight = float(info.get("num_nodes", 1.0)) if node_weighting else 1.0
+            runs.append((float(ts), int(job_id), True, weight))
+        elif str(src) == JobState.RUNNING.value:
+            runs.append((float(ts), int(job_id), False, None))
+    return adb.run_levels(runs)
+
+
+def _batch_job_windows(site: Any, filters: Dict[str, Any]) -> List[Tuple[Any, Any, int]]:
+    if _local(site):
+        return adb.batch_job_windows(site.store.conn, filters)
+    rows = site.backend.select("batch_job", filters, columns=("start_time", "end_time", "num_nodes"), order_by=("start_time", "id"))
+    return [(r[0], r[1], int(r[2])) for r in rows if r[0] is not None]
+
+
 # ---------------------------------------------------------------------------------------------- Balsam 0.7
 def throughput_report(eventlog_query: Source, to_state: Any = JobState.JOB_FINISHED) -> Tuple[List[_dt.datetime], List[int]]:
     """Cumulative count of jobs reaching ``to_state`` over time, as Balsam 0.7 computes it.
@@ -116,7 +153,7 @@ def throughput_report(eventlog_query: Source, to_state: Any = JobState.JOB_FINIS
     >>> times, done = throughput_report(EventLog.objects.filter(tags={"exp": "a"}), to_state="JOB_FINISHED")
     """
     state = _state_name(to_state)
-    parts = [adb.event_times(site.store.conn, filters, state) for site, filters in _per_site(eventlog_query, q.EVENT)]
+    parts = [_event_times(site, filters, state) for site, filters in _per_site(eventlog_query, q.EVENT)]
     times = parts[0] if len(parts) == 1 else list(heapq.merge(*parts))
     return _dt_list(times), list(range(1, len(times) + 1))
 
@@ -131,7 +168,7 @@ def utilization_report(eventlog_query: Source, node_weighting: bool = True) -> T
 
     >>> times, busy = utilization_report(EventLog.objects.filter(batch_job_id=123), node_weighting=True)
     """
-    parts = [adb.node_time_rows(site.store.conn, filters, node_weighting) for site, filters in _per_site(eventlog_query, q.EVENT)]
+    parts = [_node_time_rows(site, filters, node_weighting) for site, filters in _per_site(eventlog_query, q.EVENT)]
     if len(parts) == 1:
         return _dt_list(parts[0][0]), parts[0][1]
     rows = _merge_levels([list(zip(*p)) for p in parts])
@@ -147,7 +184,7 @@ def available_nodes(batchjob_query: Source) -> Tuple[List[_dt.datetime], List[in
     """
     deltas: List[Tuple[float, int]] = []
     for site, filters in _per_site(batchjob_query, q.BATCH_JOB):
-        for start, end, nodes in adb.batch_job_windows(site.store.conn, filters):
+        for start, end, nodes in _batch_job_windows(site, filters):
             deltas.append((float(start or 0.0), int(nodes)))
             if end is not None:
                 deltas.append((float(end), -int(nodes)))

@@ -163,7 +163,7 @@ def test_querying_as_the_api_guide_shows(hello: Any) -> None:
         Job.objects.all()[-1]
 
 
-def test_sites_and_models_as_the_workshop_scripts_use_them(site: Any, hello: Any, backend: str) -> None:
+def test_sites_and_models_as_the_workshop_scripts_use_them(site: Any, hello: Any) -> None:
     # 9_complete_example.py / 4_create_multiple_jobs_with_deps.py: Site.objects.get(name) positionally.
     s = Site.objects.get("test-site")
     assert s.id == site.id and isinstance(s.path, Path) and Site.objects.get(s.id).name == "test-site"
@@ -180,12 +180,11 @@ def test_sites_and_models_as_the_workshop_scripts_use_them(site: Any, hello: Any
     jl = Job.objects.filter(app_id=app.id, tags={"workflow": "hello_deps"})
     events = EventLog.objects.filter(job_id=[job.id for job in jl])
     assert [(e.from_state, e.to_state) for e in events] == [("CREATED", "STAGED_IN")]
-    if backend == "local":  # balsam.analytics reads the site DB, so it runs on the site's home host only
-        from balsam.analytics import throughput_report
+    from balsam.analytics import throughput_report
 
-        times, counts = throughput_report(events, to_state="STAGED_IN")
-        t0 = min(times)
-        assert counts == [1] and [(t - t0).total_seconds() / 60 for t in times] == [0.0]
+    times, counts = throughput_report(events, to_state="STAGED_IN")  # from another host too, through the agent
+    t0 = min(times)
+    assert counts == [1] and [(t - t0).total_seconds() / 60 for t in times] == [0.0]
 
 
 def test_job_forms_of_the_workshop_and_batchjob_guide(site: Any, hello: Any) -> None:
@@ -338,6 +337,13 @@ def test_the_jobs_guides_examples(site: Any, hello: Any, adder: Any) -> None:
     runs = [Exit.submit(workdir=f"production-X/{code}", code=code) for code in (1, 2)]
     runnable(site.store, runs)
     assert run(site, "mpi") == 0
+    from balsam.analytics import available_nodes, throughput_report, utilization_report
+
+    events = EventLog.objects.filter(job_id=[r.id for r in runs])
+    assert throughput_report(events, to_state="RUN_ERROR")[1] == [1, 2]
+    times, busy = utilization_report(events, node_weighting=True)
+    assert len(times) == 4 and max(busy) >= 1 and busy[-1] == 0
+    assert available_nodes(BatchJob.objects.all()) == ([], [])  # no BatchJob started
     Job.objects.filter(state="RUN_ERROR").update(state="FAILED")  # what the default handle_error does at the agent
     failed = Job.objects.filter(workdir__contains="production-X", state="FAILED")
     for j in failed:

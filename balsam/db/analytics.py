@@ -52,6 +52,11 @@ def node_time_rows(conn: sqlite3.Connection, filters: Dict[str, Any], node_weigh
     rows = conn.execute(
         f"SELECT timestamp, job_id, to_state = 'RUNNING', CASE WHEN to_state = 'RUNNING' THEN {weight} END FROM event "
         f"WHERE ({where}) AND (to_state = 'RUNNING' OR from_state = 'RUNNING') ORDER BY timestamp, id", params)
+    return run_levels(rows)
+
+
+def run_levels(rows: Iterable[Sequence[Any]]) -> Tuple[List[float], List[float]]:
+    """(times, nodes busy after each) from run events in time order: (timestamp, job_id, is a start, footprint)."""
     busy: Dict[int, float] = {}
     times: List[float] = []
     levels: List[float] = []
