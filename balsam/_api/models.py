@@ -304,7 +304,7 @@ class BatchJob(Model):
         d.update(num_nodes=num_nodes, wall_time_min=wall_time_min, job_mode=str(job_mode) if isinstance(job_mode, str) else job_mode,
                  queue=queue, project=project, optional_params=check_str_dict("optional_params", optional_params or {}),
                  filter_tags=check_tags(filter_tags or {}, name="filter_tags"),
-                 partitions=batch_db.check_partitions([plain(p) for p in partitions] if isinstance(partitions, list) else partitions),
+                 partitions=batch_db.check_partitions([plain(p) for p in partitions] if isinstance(partitions, (list, tuple)) else partitions),
                  state=BatchJobState.pending_submission.value, status_info={}, scheduler_id=None, start_time=None, end_time=None)
 
     def _repr_fields(self) -> Sequence[str]:
