@@ -185,3 +185,38 @@ def test_transfer_validation(site: Any, store: Any) -> None:
     with pytest.raises(ValidationError, match="must be absolute"):
         _Stager.submit(workdir="t4", transfers={"input": "here:relative"})
     assert Job.objects.count() == 0
+
+
+def test_bulk_creation_keeps_each_jobs_app_fields_and_tags_in_order(hello: Any, store: Any) -> None:
+    """Jobs of one app at default settings, of two apps, and with their own settings go in by different staging
+    forms: each job gets the next id in the order given and exactly its own columns, tags and creation event."""
+
+    class Other(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo {{ x }}"
+
+    Other.sync()
+    plain = Job.objects.bulk_create([hello.submit(workdir=f"p{i}", say_hello_to=f"n{i}", tags={"k": str(i % 2)}, save=False)
+                                     for i in range(5)])
+    mixed = Job.objects.bulk_create([
+        hello.submit(workdir="m0", say_hello_to="a", save=False),
+        Other.submit(workdir="m1", x="b", tags={"k": "1"}, save=False),
+        hello.submit(workdir="m2", say_hello_to="c", num_nodes=3, wall_time_min=7, data={"d": 1}, save=False),
+    ])
+    ids = [j.id for j in plain + mixed]
+    assert ids == list(range(ids[0], ids[0] + 8))
+    rows = {r[0]: r[1:] for r in store.execute("SELECT id, workdir, app_id, num_nodes, wall_time_min, data, parameters FROM job")}
+    assert rows[plain[3].id] == ("p3", hello.__app_id__, 1, 0, "{}", '{"say_hello_to":"n3"}')
+    assert rows[mixed[1].id] == ("m1", Other.__app_id__, 1, 0, "{}", '{"x":"b"}')
+    assert rows[mixed[2].id] == ("m2", hello.__app_id__, 3, 7, '{"d":1}', '{"say_hello_to":"c"}')
+    assert sorted(str(j.workdir) for j in Job.objects.filter(tags={"k": "1"})) == ["m1", "p1", "p3"]
+    assert store.execute("SELECT count(*) FROM event WHERE from_state='CREATED' AND to_state='STAGED_IN'")[0][0] == 8
+
+
+def test_a_refused_bulk_creation_writes_nothing_and_the_next_one_goes_through(hello: Any, store: Any) -> None:
+    hello.submit(workdir="taken", say_hello_to="x")
+    with pytest.raises(ValidationError, match="workdir 'taken' is already used by job"):
+        Job.objects.bulk_create([hello.submit(workdir=w, say_hello_to="x", tags={"t": "1"}, save=False) for w in ("a", "taken", "b")])
+    assert store.execute("SELECT count(*), (SELECT count(*) FROM job_tag), (SELECT count(*) FROM event) FROM job")[0] == (1, 0, 1)
+    again = Job.objects.bulk_create([hello.submit(workdir=w, say_hello_to="x", save=False) for w in ("a", "b")])
+    assert [str(j.workdir) for j in Job.objects.filter(id=[j.id for j in again]).order_by("id")] == ["a", "b"]

@@ -195,3 +195,51 @@ def test_a_launchers_run_done_and_postprocessed_reach_the_store_in_one_batch(hel
     assert updater.flush()
     assert seen == []
     assert [Job.objects.get(id=j.id).state for j in jobs] == ["RUN_DONE", "JOB_FINISHED", "JOB_FINISHED"]
+
+
+def test_one_batch_of_mixed_changes_applies_each_with_its_own_state_lease_time_and_data(hello: Any, store: Any) -> None:
+    """A launcher's batch mixes states, leases, event data and refusals: changes without data are written by
+    (state, lease) groups, the rest one by one, and each job still gets exactly its own change."""
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"m{i}", say_hello_to="x", save=False) for i in range(8)])
+    Job.objects.filter(id=[j.id for j in jobs]).update(state="PREPROCESSED")
+    lease_a, lease_b = _held(store, jobs[:2]), _held(store, jobs[2:4])
+    seen: List[Rejected] = []
+    updater = StatusUpdater(store_sink(store), period_s=10, on_rejected=seen.append)
+    updater.put(jobs[0].id, "RUNNING", timestamp=1001.0, session_id=lease_a)
+    updater.put(jobs[1].id, "RUNNING", timestamp=1002.0, data={"note": "warm"}, session_id=lease_a)
+    updater.put(jobs[2].id, "RUNNING", timestamp=1003.0, session_id=lease_b)
+    updater.put(jobs[3].id, "RUNNING", timestamp=1004.0, session_id=lease_a)  # lease_b holds it: refused
+    updater.put(jobs[4].id, "FAILED", timestamp=1005.0)
+    updater.put(jobs[5].id, "USER_KILLED", timestamp=1006.0, data={"message": "by hand"})
+    updater.put(jobs[6].id, "NOT_A_STATE", timestamp=1007.0)
+    updater.put(jobs[7].id, "RUNNING', NULL, NULL); DROP TABLE job; --", timestamp=1008.0)
+    assert updater.flush(timeout=10)
+    rows = dict(store.execute("SELECT id, state || ' ' || coalesce(session_id, '-') FROM job"))
+    assert [rows[j.id] for j in jobs] == [f"RUNNING {lease_a}", f"RUNNING {lease_a}", f"RUNNING {lease_b}", f"PREPROCESSED {lease_b}",
+                                          "FAILED -", "USER_KILLED -", "PREPROCESSED -", "PREPROCESSED -"]
+    last = {j.id: j.history()[-1] for j in jobs}
+    assert [(last[j.id].to_state, last[j.id].timestamp.timestamp()) for j in jobs[:3]] == [
+        ("RUNNING", 1001.0), ("RUNNING", 1002.0), ("RUNNING", 1003.0)]
+    assert last[jobs[0].id].data == {"num_nodes": 1.0} and last[jobs[1].id].data == {"note": "warm", "num_nodes": 1.0}
+    assert (last[jobs[4].id].to_state, last[jobs[4].id].timestamp.timestamp(), last[jobs[4].id].data) == ("FAILED", 1005.0, {})
+    assert (last[jobs[5].id].to_state, last[jobs[5].id].data) == ("USER_KILLED", {"message": "by hand"})
+    assert [last[j.id].to_state for j in jobs[6:]] == ["PREPROCESSED", "PREPROCESSED"]
+    reasons = {c.job_id: why for c, why in seen[0]}
+    assert sorted(reasons) == sorted(j.id for j in jobs[3:4] + jobs[6:])
+    assert f"is not held by session {lease_a}" in reasons[jobs[3].id]
+    assert "is not allowed" in reasons[jobs[6].id] and "is not allowed" in reasons[jobs[7].id]
+
+
+def test_a_batch_to_one_state_and_a_batch_to_several_states_write_each_jobs_own_time(hello: Any, store: Any) -> None:
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"t{i}", say_hello_to="x", save=False) for i in range(6)])
+    updater = StatusUpdater(store_sink(store), period_s=10)
+    for i, job in enumerate(jobs):
+        updater.put(job.id, "PREPROCESSED", timestamp=2000.0 + i)
+    assert updater.flush(timeout=10)
+    assert store.execute("SELECT count(*) FROM job WHERE state='PREPROCESSED' AND session_id IS NULL")[0][0] == 6
+    for i, job in enumerate(jobs):
+        updater.put(job.id, "FAILED" if i % 2 else "USER_KILLED", timestamp=3000.0 + i)
+    assert updater.close(timeout=10)
+    assert [str(Job.objects.get(id=j.id).state) for j in jobs] == ["USER_KILLED", "FAILED"] * 3
+    assert [[(e.to_state, e.timestamp.timestamp()) for e in j.history()[1:]] for j in jobs[:2]] == [
+        [("PREPROCESSED", 2000.0), ("USER_KILLED", 3000.0)], [("PREPROCESSED", 2001.0), ("FAILED", 3001.0)]]

@@ -46,21 +46,17 @@ their types): rows go in with executemany, where each row is one statement that 
 into ``job`` with one INSERT ... SELECT. One statement keeps the job table's cursors open, so its indexes (state,
 app, last update: keys that only grow) take appends instead of a seek from the root per row, and the executemany
 straight into ``job`` paid twice as much (measured on 100k jobs, bench/bench_store.py)."""
-_SHORT = 4
-"""New-job tuples whose columns past the first four hold the schema's defaults are staged binding only those four:
-binding a value costs more than SQLite's filling in a default, and bulk creation binds millions."""
 _DEFAULT_TAIL = ("{}", 1, 1, 1, 1, 0, 1, "{}", 0, "[]", 1, None)
 """The job table's defaults for NEW_JOB_COLUMNS[4:] (data, the resources, launch_params, wall_time_min, parent_ids,
 pending_file_cleanup, parameters_pickled)."""
-_STAGE_ROWS = {
-    n: f"INSERT INTO _new_job({', '.join(NEW_JOB_COLUMNS[:n])}) VALUES ({','.join('?' * n)})"
-    for n in (_SHORT, len(NEW_JOB_COLUMNS))
-}
-_INSERT_STAGED = {
-    n: (f"INSERT INTO job({', '.join(NEW_JOB_COLUMNS[:n])}, state, last_update, created) "
-        f"SELECT {', '.join(NEW_JOB_COLUMNS[:n])}, 'STAGED_IN', ?, ? FROM _new_job ORDER BY rowid")
-    for n in (_SHORT, len(NEW_JOB_COLUMNS))
-}
+_STAGE_ROWS = f"INSERT INTO _new_job({', '.join(NEW_JOB_COLUMNS)}) VALUES ({','.join('?' * len(NEW_JOB_COLUMNS))})"
+_INSERT_STAGED = (f"INSERT INTO job({', '.join(NEW_JOB_COLUMNS)}, state, last_update, created) "
+                  f"SELECT {', '.join(NEW_JOB_COLUMNS)}, 'STAGED_IN', ?, ? FROM _new_job ORDER BY rowid")
+_STAGE_SHORT = "INSERT INTO _new_job(workdir, tags, parameters) VALUES (?, ?, ?)"
+"""The common batch (jobs of one app, every other column at the schema's default) binds three values a row: binding
+a value costs more than SQLite's filling in a default, and bulk creation binds millions."""
+_INSERT_SHORT = ("INSERT INTO job(workdir, app_id, tags, parameters, state, last_update, created) "
+                 "SELECT workdir, ?, tags, parameters, 'STAGED_IN', ?, ? FROM _new_job ORDER BY rowid")
 
 
 def new_job_row(
@@ -134,7 +130,7 @@ def insert_jobs(
     top = conn.execute("SELECT max(id) FROM job").fetchone()[0] or 0
     first = max(seq[0] if seq else 0, top) + 1
     last = first + len(rows) - 1
-    _insert_job_rows(conn, rows, now)
+    _insert_job_rows(conn, rows, app_ids, now)
     span = (first, last)
     states: Dict[int, str] = {}
     if any([r[_PARENTS] != "[]" for r in rows]):  # the rows as inserted: no need to read them back
@@ -175,15 +171,19 @@ def insert_jobs(
     return first, states
 
 
-def _insert_job_rows(conn: sqlite3.Connection, rows: Sequence[Tuple[Any, ...]], now: float) -> None:
+def _insert_job_rows(conn: sqlite3.Connection, rows: Sequence[Tuple[Any, ...]], app_ids: Set[int], now: float) -> None:
     """Insert the rows into ``job`` through the scratch table, in order: job ``i`` gets the ``i``-th next id."""
-    short = [r[:_SHORT] for r in rows if r[_SHORT:] == _DEFAULT_TAIL]
-    width = _SHORT if len(short) == len(rows) else len(NEW_JOB_COLUMNS)
+    tail = _DEFAULT_TAIL
+    short = [(r[0], r[2], r[3]) for r in rows if r[4:] == tail] if len(app_ids) == 1 else []
     conn.execute(_STAGE_TABLE)
     conn.execute("DELETE FROM _new_job")
     try:
-        conn.executemany(_STAGE_ROWS[width], short if width == _SHORT else rows)
-        conn.execute(_INSERT_STAGED[width], (now, now))
+        if len(short) == len(rows):
+            conn.executemany(_STAGE_SHORT, short)
+            conn.execute(_INSERT_SHORT, (next(iter(app_ids)), now, now))
+        else:
+            conn.executemany(_STAGE_ROWS, rows)
+            conn.execute(_INSERT_STAGED, (now, now))
     except sqlite3.IntegrityError:
         raise_duplicate_workdir(conn, [r[0] for r in rows])
         raise
