@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from balsam.db.doorbell import Doorbell
 from balsam.db.journal import JournalWriter
@@ -368,16 +368,19 @@ class LauncherBase:
         self.reporter.failed(job_id, message)
 
     # ------------------------------------------------------------------ kills
-    def killed_among(self, ids: Sequence[int]) -> List[int]:
-        """Jobs among ``ids`` that a user killed (or that otherwise left this launcher), checked cheaply."""
-        if not ids:
-            return []
+    def killed_among(self, held: Callable[[], Sequence[int]]) -> List[int]:
+        """Jobs among those ``held()`` lists that a user killed (or that otherwise left this launcher), checked
+        cheaply: ``held`` is called only when a check is due (a pass of the loop that lists hundreds of held jobs
+        to find that nothing changed would cost more than the jobs it starts)."""
         now = time.monotonic()
         dv = self.transport.data_version()
         if dv is None:
             if now - self._last_kill_check < REMOTE_KILL_CHECK_PERIOD_S:
                 return []
         elif dv == self._dv_kills or now - self._last_kill_check < KILL_CHECK_PERIOD_S:
+            return []
+        ids = held()
+        if not ids:
             return []
         self._dv_kills = dv
         self._last_kill_check = now

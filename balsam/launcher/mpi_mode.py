@@ -2,16 +2,21 @@
 
 Multi-rank and off-node jobs go through the platform's MPI launch line; single-rank jobs on this node start
 directly (the fast path for floods), Python ``run()`` jobs in warm workers. Acquisition asks for what fits:
-``max_nodes_per_job`` is the number of idle nodes, ``max_aggregate_nodes`` the free node fractions plus one
-allocation's worth held ahead (so a flood never waits on the DB), ``max_num_jobs`` the room left in that
-backlog. Jobs are placed first fit in acquisition order; a job that does not fit yet waits in the backlog
-while smaller ones behind it start.
+``max_nodes_per_job`` is the number of idle nodes, ``max_aggregate_nodes`` the free node fractions plus what is
+held ahead (so a flood never waits on the DB), ``max_num_jobs`` the room left in that backlog. Held ahead is one
+allocation's worth, or what the launcher started in the last :data:`HOLD_AHEAD_S` if more (measured as it
+runs): a flood of short jobs is then acquired a few times a second, in hundreds, instead of a job or two per
+pass of the loop (each acquire is a write transaction: with one allocation's worth ahead, a 2-core node running
+no-op jobs two at a time spent a third of its launcher's CPU acquiring), while a launcher of long jobs still
+holds no more than one allocation's worth that other launchers could run. Jobs are placed first fit in
+acquisition order; a job that does not fit yet waits in the backlog while smaller ones behind it start.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Set, Tuple
@@ -26,6 +31,11 @@ from balsam.launcher.transport import Transport
 logger = logging.getLogger("balsam.launcher")
 
 IDLE_WAIT_S = 1.0
+HOLD_AHEAD_S = 0.25
+"""The backlog holds at least what the launcher started in this long (node fractions), besides one allocation's worth."""
+RATE_WINDOW_S = 0.25
+"""How often that start rate is measured again."""
+MIN_RATE_WINDOW_S = 0.02
 
 
 class MPIMode(LauncherBase):
@@ -42,6 +52,10 @@ class MPIMode(LauncherBase):
         self.placements: Dict[int, Placement] = {}
         self.python_jobs: Set[int] = set()
         self.max_backlog = max(256, self.ls.serial_prefetch_per_node * rm.num_nodes)
+        self.ahead = float(rm.num_nodes)
+        """Node fractions held ahead in the backlog: one allocation's worth, more in a flood (see HOLD_AHEAD_S)."""
+        self._window_start = time.monotonic()
+        self._window_footprint = 0.0
 
     def wake(self) -> None:
         self.executor.wakeup()
@@ -89,7 +103,7 @@ class MPIMode(LauncherBase):
 
     def check_kills(self) -> None:
         """Stop running jobs a user killed, and drop killed ones from the backlog before they start."""
-        killed = self.killed_among([*self.placements, *(t.id for t, _ in self.backlog)])
+        killed = self.killed_among(lambda: [*self.placements, *(t.id for t, _ in self.backlog)])
         if not killed:
             return
         gone = set(killed)
@@ -105,7 +119,18 @@ class MPIMode(LauncherBase):
     # ------------------------------------------------------------------ acquisition and starting
     def fill(self) -> None:
         """Acquire jobs when the backlog is down to half of what it may hold (by count and by footprint)."""
-        target = self.rm.free_footprint + self.rm.num_nodes
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed >= MIN_RATE_WINDOW_S:
+            # Whole nodes' worth: a budget that is a fraction no job's footprint fits makes the acquire scan
+            # every candidate in vain. It grows as soon as the rate shows (a flood's start), and shrinks at
+            # the end of a window (the jobs got longer).
+            wanted = float(max(self.rm.num_nodes, math.ceil(self._window_footprint / elapsed * HOLD_AHEAD_S)))
+            if wanted > self.ahead or elapsed >= RATE_WINDOW_S:
+                self.ahead = wanted
+            if elapsed >= RATE_WINDOW_S:
+                self._window_start, self._window_footprint = now, 0.0
+        target = self.rm.free_footprint + self.ahead
         if self.backlog and (len(self.backlog) > self.max_backlog // 2 or self.backlog_footprint > target / 2):
             return
         budget = target - self.backlog_footprint
@@ -154,6 +179,7 @@ class MPIMode(LauncherBase):
                 skipped.append((task, req))
                 continue
             self.backlog_footprint -= req.footprint
+            self._window_footprint += req.footprint
             if self.executor.needs_mpi(task, placement):
                 mpi_room -= 1
             self.placements[task.id] = placement

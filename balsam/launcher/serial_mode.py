@@ -190,8 +190,7 @@ class SerialMaster(LauncherBase):
                 item = None
         for job_id in self.take_rejected():
             self.kill_job(job_id, "its RUNNING update was refused")
-        running = [j for h in self.handles for j in h.started]
-        for job_id in self.killed_among(running):
+        for job_id in self.killed_among(lambda: [j for h in self.handles for j in h.started]):
             logger.info("job %s was killed at the site: stopping it", job_id)
             self.kill_job(job_id, "killed by the user")
         if not self.life.stopping:
