@@ -84,3 +84,23 @@ def test_the_launchers_working_directory_never_changes(tmp_path: Path, monkeypat
     here = os.getcwd()
     _run(tmp_path, "job", "true")
     assert os.getcwd() == here
+
+
+def test_a_prepared_environment_with_each_jobs_own_variables_on_top(tmp_path: Path, path: str) -> None:
+    """The launcher encodes its environment once; each job adds (or overrides) its own variables, and sees
+    none of another job's."""
+    block = sp.env_block({"PATH": os.environ["PATH"], "SHARED": "base", "FOO": "from-base"})
+    outputs = []
+    for i, extra in enumerate([{"BALSAM_JOB_ID": "1", "FOO": "job one"}, {"BALSAM_JOB_ID": "2"}, {"BALSAM_JOB_ID": "3", "FOO": "3"}]):
+        workdir = tmp_path / f"job{i}"
+        workdir.mkdir()
+        pid = sp.spawn(["env"], cwd=str(workdir), env=block, extra=extra, output=str(workdir / "job.out"))
+        os.waitpid(pid, 0)
+        lines = (workdir / "job.out").read_text().splitlines()
+        outputs.append(dict(line.split("=", 1) for line in lines))
+        assert len(lines) == len(set(line.split("=", 1)[0] for line in lines)), "no variable appears twice"
+    assert [o["BALSAM_JOB_ID"] for o in outputs] == ["1", "2", "3"]
+    assert [o["FOO"] for o in outputs] == ["job one", "from-base", "3"]
+    assert {o["SHARED"] for o in outputs} == {"base"}
+    with pytest.raises(ValueError, match="illegal environment variable"):
+        sp.spawn(["env"], cwd=str(tmp_path), env=block, extra={"BAD=NAME": "x"}, output=str(tmp_path / "bad.out"))

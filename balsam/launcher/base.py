@@ -200,9 +200,12 @@ class Reporter:
         if self.journal is not None:
             self.journal.close()
 
-    def running(self, job_id: int, timestamp: float) -> None:
+    def running(self, job_id: int, timestamp: float, flush: bool = True) -> None:
+        """A job starts (or started). Journaled at once unless ``flush`` is False: a caller reporting several
+        jobs that already run flushes once after the last."""
         self.put(job_id, S.RUNNING, timestamp, session_id=self.session_id)
-        self.flush()  # at once: the job already runs, and a run must never go unrecorded
+        if flush:
+            self.flush()  # at once: the job already runs, and a run must never go unrecorded
 
     def failed(self, job_id: int, message: str) -> None:
         """A job that cannot run at all (its app does not load, a parameter is missing, it can never fit)."""

@@ -152,6 +152,8 @@ class Executor:
         left in sessions of its own (:mod:`.orphans`)."""
         self.nonce = orphans.new_nonce()
         self.env[orphans.NONCE_ENV] = self.nonce
+        self._env_block = sp.env_block(self.env)
+        """The environment every job starts from, encoded once (a job adds its own variables)."""
         self._subreaper: Optional[bool] = None
         self._scan_orphans = False
         self._next_scan = 0.0
@@ -291,10 +293,9 @@ class Executor:
             command = sp.python_module_argv(PYRUN_MODULE, python) + [run.spec_path]
         else:
             command = []
-        env = dict(self.env)
-        env.update(job_env)
+        extra = job_env  # on top of the launcher's environment, prepared once (self._env_block)
         if not run.is_python:
-            simple = None if (preamble_file and local_single) else sp.simple_argv(task.command, env)
+            simple = None if (preamble_file and local_single) else sp.simple_argv(task.command, sp.path_of(self._env_block, extra))
             command = simple if simple is not None else sp.shell_argv(task.command)
         if local_single:
             argv = command
@@ -308,7 +309,7 @@ class Executor:
                 env=job_env, launch_params=task.launch_params,
             )
             launch = self.mpi.render(spec)
-            env.update(launch.env)
+            extra.update(launch.env)
             argv = launch.argv if not preamble_file else _wrap_preamble(preamble_file, launch.argv)
             run.mpi = True
         self._guard()
@@ -319,7 +320,7 @@ class Executor:
             stop_previous(task.workdir, spare=self._by_pid)
             stop_copies(task.id, self.nonce)
         run.announce_start()
-        run.pid = sp.spawn(argv, cwd=task.workdir, env=env, output=run.output)
+        run.pid = sp.spawn(argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
         self.watchdog.add(run.pid)
         if self._pid_records:
             self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))

@@ -117,7 +117,7 @@ class WorkerHandle:
 class MasterServer:
     """Accepts node workers on a free TCP port."""
 
-    def __init__(self, secret: bytes, inbox: "queue.Queue[Tuple[WorkerHandle, Message]]",
+    def __init__(self, secret: bytes, inbox: "queue.SimpleQueue[Tuple[WorkerHandle, Message]]",
                  assign: Callable[[Message], Optional[Tuple[int, Dict[str, Any]]]]) -> None:
         self.secret = secret
         self.inbox = inbox

@@ -47,7 +47,7 @@ class SerialMaster(LauncherBase):
 
     def __init__(self, cfg: LauncherConfig, transport: Transport, *, in_process: Optional[bool] = None) -> None:
         super().__init__(cfg, transport)
-        self.inbox: "queue.Queue[Tuple[WorkerHandle, Message]]" = queue.Queue()
+        self.inbox: "queue.SimpleQueue[Tuple[WorkerHandle, Message]]" = queue.SimpleQueue()  # C: no Python-level Condition per message
         self.handles: List[WorkerHandle] = []
         self.backlog: Deque[Task] = deque()
         self.owner: Dict[int, WorkerHandle] = {}
@@ -212,10 +212,13 @@ class SerialMaster(LauncherBase):
     def handle(self, h: WorkerHandle, msg: Message) -> None:
         kind = msg.get("t")
         if kind == "status":
-            for job_id, ts in msg.get("started") or ():
+            started = msg.get("started") or ()
+            for job_id, ts in started:
                 task = h.sent.pop(job_id, None)
                 h.started[job_id] = task is not None and task.kind == "python"
-                self.reporter.running(job_id, float(ts))
+                self.reporter.running(job_id, float(ts), flush=False)
+            if started:
+                self.reporter.flush()  # these already run: on record at once, in one write
             for d in msg.get("done") or ():
                 f = finished_from_wire(d) if isinstance(d, dict) else d
                 python = h.started.pop(f.job_id, False)

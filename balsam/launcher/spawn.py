@@ -26,9 +26,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from balsam.launcher.libcspawn import LibcSpawner
+from balsam.launcher.libcspawn import EnvBlock, LibcSpawner
 from balsam.launcher.libcspawn import load as load_libc_spawner
 from balsam.runtime import zipapp_path
 
@@ -59,6 +59,18 @@ def set_home(path: Path) -> None:
     os.chdir(_home)
 
 
+def env_block(base: Mapping[str, str]) -> EnvBlock:
+    """``base`` prepared once for many spawns that each add a few variables (``spawn(..., env=block, extra=...)``)."""
+    return EnvBlock(base)
+
+
+def path_of(env: Union[Mapping[str, str], EnvBlock], extra: Optional[Mapping[str, str]] = None) -> Mapping[str, str]:
+    """What :func:`which` reads (PATH) of ``env`` with ``extra`` on top."""
+    if extra and "PATH" in extra:
+        return extra
+    return env.base if isinstance(env, EnvBlock) else env
+
+
 def which(name: str, env: Mapping[str, str]) -> Optional[str]:
     """``name`` resolved on the job's PATH (cached), or None."""
     path = env.get("PATH", os.defpath)
@@ -69,9 +81,26 @@ def which(name: str, env: Mapping[str, str]) -> Optional[str]:
     return hit  # type: ignore[return-value]
 
 
+_simple: Dict[Tuple[str, str], Optional[Tuple[str, ...]]] = {}
+_SIMPLE_MAX = 4096
+
+
 def simple_argv(command: str, env: Mapping[str, str]) -> Optional[List[str]]:
     """The argv of a command that needs no shell: plain words and single-quoted strings, whose first word is
-    a program (not a builtin, keyword or variable assignment). None means "run it through bash"."""
+    a program (not a builtin, keyword or variable assignment). None means "run it through bash".
+
+    Remembered per command and PATH: a flood runs one command (or a few) thousands of times."""
+    key = (command, env.get("PATH", os.defpath))
+    hit = _simple.get(key, False)
+    if hit is False:
+        words = _simple_argv(command, env)
+        if len(_simple) > _SIMPLE_MAX:
+            _simple.clear()
+        hit = _simple[key] = None if words is None else tuple(words)
+    return None if hit is None else list(hit)  # type: ignore[arg-type]
+
+
+def _simple_argv(command: str, env: Mapping[str, str]) -> Optional[List[str]]:
     if "\n" in command or "\r" in command:
         return None
     tokens = _SPLIT.findall(command)
@@ -127,19 +156,22 @@ def spawn(
     argv: Sequence[str],
     *,
     cwd: str,
-    env: Mapping[str, str],
+    env: Union[Mapping[str, str], EnvBlock],
     output: str,
     append: bool = False,
     pass_fds: Sequence[int] = (),
+    extra: Optional[Mapping[str, str]] = None,
 ) -> int:
     """Start ``argv`` in ``cwd`` with stdout and stderr to ``output`` (truncated unless ``append``) and stdin
     from /dev/null, in its own session; returns its pid. Raises OSError if the program cannot be started.
 
-    ``pass_fds`` are made inheritable for this one spawn (for the launcher's own helper processes).
+    The environment is ``env`` (a mapping, or an :class:`EnvBlock` prepared once for many spawns) with
+    ``extra`` on top. ``pass_fds`` are made inheritable for this one spawn (for the launcher's own helper
+    processes).
     """
     program = argv[0]
     if "/" not in program:
-        found = which(program, env)
+        found = which(program, path_of(env, extra))
         if found is None:
             raise FileNotFoundError(2, f"{program}: command not found")
         program = found
@@ -148,7 +180,9 @@ def spawn(
         libc = _libc_spawner()
         if libc is not None:
             with _lock:  # not while another thread's pass_fds are inheritable: this child would get them too
-                return libc.spawn(program, argv, cwd=cwd, env=env, output=output, flags=flags)
+                return libc.spawn(program, argv, cwd=cwd, env=env, output=output, flags=flags, extra=extra)
+    if isinstance(env, EnvBlock) or extra:
+        env = {**(env.base if isinstance(env, EnvBlock) else env), **(extra or {})}
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, output, flags, 0o644),
