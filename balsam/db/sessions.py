@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Dict, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from balsam.db import ids, journal
+from balsam.db import doorbell, ids, journal
 from balsam.db.codec import dumps, loads
 from balsam.db.connection import writes_failed_at
 from balsam.db.jobs import StateChange, apply_state_changes
@@ -126,7 +126,8 @@ def release(conn: sqlite3.Connection, session_id: int, message: str = "the launc
     running = [row[0] for row in conn.execute("SELECT id FROM job WHERE session_id=? AND state='RUNNING'", (session_id,))]
     if running:
         apply_state_changes(conn, [StateChange(j, "RUN_TIMEOUT", data={"message": message}) for j in running], strict=False)
-    conn.execute("UPDATE job SET session_id=NULL WHERE session_id=?", (session_id,))
+    if conn.execute("UPDATE job SET session_id=NULL WHERE session_id=?", (session_id,)).rowcount:
+        doorbell.note_states([JobState.PREPROCESSED.value])  # jobs it held unstarted are free: wake who waits for some
     conn.execute("DELETE FROM session WHERE id=?", (session_id,))
     journal.remove(conn, session_id)
     return len(running)

@@ -47,6 +47,7 @@ DOORBELL_POLL_S = 0.25
 REMOTE_KILL_CHECK_PERIOD_S = 1.0
 ACQUIRE_FALLBACK_PERIOD_S = 1.0
 MAX_ACQUIRE = 2048
+MIN_ACQUIRE_WAIT_S = 0.05
 DB_WAIT_S = 60.0
 """At the end, how long a launcher waits for the DB to take its last status updates before it relies on its
 journal alone (replayed when its lease ends), if the journal holds them all."""
@@ -327,7 +328,12 @@ class LauncherBase:
         self._last_acquire = time.monotonic()
         remaining = self.life.remaining_min()
         if self.transport.acquire_wait_s and idle:
-            constraints["wait_s"] = self.transport.acquire_wait_s
+            # A long poll (the agent answers as soon as jobs become runnable), cut short where waiting would
+            # delay the stop: the idle time to live, the wall time.
+            wait_s = min(self.transport.acquire_wait_s, remaining * 60.0 / 2,
+                         self.cfg.idle_ttl_s - (time.monotonic() - self.idle_since))
+            if wait_s >= MIN_ACQUIRE_WAIT_S:
+                constraints["wait_s"] = wait_s
         try:
             if self.cfg.settings.launcher.sort_by is not None:
                 constraints["sort_by"] = self.cfg.settings.launcher.sort_by

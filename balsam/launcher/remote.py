@@ -23,6 +23,9 @@ from balsam.site import SiteLayout
 
 logger = logging.getLogger("balsam.launcher")
 
+REMOTE_ACQUIRE_WAIT_S = 2.0
+"""An idle launcher's long poll for jobs: the agent answers at once when jobs become runnable (its doorbell), so
+a longer wait costs no latency, only fewer requests (one every two seconds from an idle launcher)."""
 RIDE_THROUGH_S = 900.0
 """How long a launcher keeps retrying while the site agent is unreachable (an agent restart, a network blip)."""
 
@@ -114,7 +117,7 @@ class RemoteTransport(Transport):
 
     @property
     def acquire_wait_s(self) -> float:
-        return 0.5
+        return REMOTE_ACQUIRE_WAIT_S
 
     def describe(self) -> str:
         return f"http (the site agent's API at {self.backend.client.address})"
