@@ -382,11 +382,13 @@ class LauncherBase:
         cheaply: ``held`` is called only when a check is due (a pass of the loop that lists hundreds of held jobs
         to find that nothing changed would cost more than the jobs it starts)."""
         now = time.monotonic()
+        if now - self._last_kill_check < KILL_CHECK_PERIOD_S:
+            return []  # before asking the store anything: a flood passes through here once per job or two
         dv = self.transport.data_version()
         if dv is None:
             if now - self._last_kill_check < REMOTE_KILL_CHECK_PERIOD_S:
                 return []
-        elif dv == self._dv_kills or now - self._last_kill_check < KILL_CHECK_PERIOD_S:
+        elif dv == self._dv_kills:
             return []
         ids = held()
         if not ids:

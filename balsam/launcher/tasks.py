@@ -173,10 +173,12 @@ def build_task(job: Dict[str, Any], app: AppInfo, data_dir: str) -> Task:
     env = dict(app.env)
     env["BALSAM_JOB_ID"] = str(job["id"])
     env["BALSAM_SITE_PATH"] = data_dir.rsplit("/", 1)[0]  # Job.current() and jobs that create jobs find their site
-    view_fields = {k: job.get(k) for k in JOB_FIELDS}
-    view_fields["workdir_path"] = workdir
+    view_fields: Optional[Dict[str, Any]] = None
+    if app.kind == "python" or app.has_preamble:  # what run() and shell_preamble() see (a flood's shell jobs need none)
+        view_fields = {k: job.get(k) for k in JOB_FIELDS}
+        view_fields["workdir_path"] = workdir
     preamble = None
-    if app.has_preamble:
+    if view_fields is not None and app.has_preamble:
         preamble = preamble_text(app, JobView(dict(view_fields, parameters=decode_parameters(params_text, params_pickled))))
     if app.kind == "shell":
         command = app.render(decode_parameters(params_text, params_pickled) if params_text != "{}" else {})
