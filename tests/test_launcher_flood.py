@@ -44,8 +44,10 @@ def test_a_flood_of_short_jobs_is_acquired_in_bulk(site: Any, noop: Any, monkeyp
     assert run(site, "mpi", idle_ttl_s=0.5) == 0
     assert set(states(site.store, ids).values()) == {"JOB_FINISHED"}
     acquisitions = [k for k in taken if k]
-    # Holding only one allocation's worth ahead (2 jobs here), it took a job or two per pass: hundreds of writes.
-    assert sum(acquisitions) == n and len(acquisitions) <= n // 10, f"{len(acquisitions)} acquisitions for {n} jobs"
+    # Holding only one allocation's worth ahead (2 jobs here), it took a job or two per pass: ~465 writes for 600 jobs.
+    # Now a quarter second's worth: ~14 on a quiet 2-core machine; the bound leaves room for a machine so loaded
+    # that the launcher starts only ~30 jobs a second (its backlog follows the rate it measures).
+    assert sum(acquisitions) == n and len(acquisitions) <= n // 4, f"{len(acquisitions)} acquisitions for {n} jobs"
 
 
 def test_a_launcher_of_long_jobs_holds_only_what_its_node_runs_next(site: Any) -> None:
