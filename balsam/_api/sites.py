@@ -166,14 +166,10 @@ def ref_for_root(root: Path) -> SiteRef:
     if recorded and recorded != this_host():
         row = _backend_for(root, recorded).site_row(("id", "name"))
         ref = SiteRef(id=int(row[0]), name=str(row[1]), path=root, host=recorded)
-    else:
-        store = store_for(root)
-        site_id, name = site_identity(store)
-        owner = store.get_meta("home_host") or this_host()
-        ref = SiteRef(id=site_id, name=name, path=root, host=owner)
-    with _lock:
-        _refs[root] = ref
-    return ref
+        with _lock:
+            _refs[root] = ref
+        return ref
+    return reidentify(root)
 
 
 def reidentify(root: Path) -> SiteRef:
