@@ -161,7 +161,10 @@ def _yaml_records(path: str, text: str) -> Iterator[Record]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
-        raise CLIError(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}", 2) from None
+        problem = getattr(exc, "problem", None) or exc
+        if "nesting depth" in str(problem):  # PyYAML >= 6.0.4 bounds the depth itself, before our composer does
+            raise CLIError(f"{path}{at}: nested more than {MAX_YAML_DEPTH} levels deep", 2) from None
+        raise CLIError(f"{path}{at}: not valid YAML: {problem}", 2) from None
     finally:
         loader.dispose()
 

@@ -110,6 +110,9 @@ def load_yaml(path: Path) -> Any:
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
     except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if "nesting depth" in str(getattr(exc, "problem", "")) and mark is not None:  # PyYAML >= 6.0.4's own bound
+            raise ValidationError(f"{path} line {mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep") from None
         raise ValidationError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     try:
         return yaml.safe_load(text)
