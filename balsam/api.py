@@ -36,11 +36,10 @@ from balsam._api.schemas import (
     JobMode,
     JobTransferItem,
     TransferDirection,
-    TransferItemState,
     TransferSlot,
 )
 from balsam._api.sites import current_site, use_site
-from balsam.db.states import BatchJobState, JobState
+from balsam.db.states import BatchJobState, JobState, TransferItemState
 from balsam.exceptions import BalsamError
 
 __all__ = [

@@ -20,6 +20,7 @@ from balsam.db.states import (
     STORED_STATES,
     BatchJobState,
     JobState,
+    TransferItemState,
     to_batch_state,
     to_state,
     to_states,
@@ -27,6 +28,6 @@ from balsam.db.states import (
 
 __all__ = [
     "BATCH_ACTIVE_STATES", "BATCH_LISTED_STATES", "DISPLAY_ORDER", "DONE_STATES", "FAILED_STATES", "PROCESSING_STATES",
-    "RESETTABLE_STATES", "RESET_DEFAULT_STATES", "RUNNABLE_STATES", "STORED_STATES", "BatchJobState", "JobState",
+    "RESETTABLE_STATES", "RESET_DEFAULT_STATES", "RUNNABLE_STATES", "STORED_STATES", "BatchJobState", "JobState", "TransferItemState",
     "to_batch_state", "to_state", "to_states",
 ]

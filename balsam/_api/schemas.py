@@ -40,20 +40,6 @@ class TransferDirection(str, enum.Enum):
         return self.value
 
 
-class TransferItemState(str, enum.Enum):
-    """The states of a TransferItem (stage-out items wait for their job as ``awaiting_job``)."""
-
-    awaiting_job = "awaiting_job"
-    pending = "pending"
-    active = "active"
-    inactive = "inactive"
-    done = "done"
-    error = "error"
-
-    def __str__(self) -> str:
-        return self.value
-
-
 @dataclass(frozen=True)
 class AppParameter:
     """An app parameter: required, or optional with a default; ``help`` is free text."""

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import click
 
 from balsam.cli._common import CLIError, echo_json, echo_table, format_time, json_option, scope_sites, site_option
+from balsam.states import TransferItemState
 
 if TYPE_CHECKING:
     from balsam._api.models import TransferItem
     from balsam._api.sites import SiteRef
 
-ITEM_STATES = ("pending", "active", "inactive", "done", "error", "awaiting_job")
+ITEM_STATES = tuple(state.value for state in TransferItemState)
 PROTOCOLS = ("local", "rsync", "globus")
 
 

@@ -188,6 +188,20 @@ class BatchJobState(str, enum.Enum):
         return self.value
 
 
+class TransferItemState(str, enum.Enum):
+    """The states of a TransferItem (stage-out items wait for their job as ``awaiting_job``)."""
+
+    pending = "pending"
+    active = "active"
+    inactive = "inactive"
+    done = "done"
+    error = "error"
+    awaiting_job = "awaiting_job"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 B = BatchJobState
 BATCH_ACTIVE_STATES: FrozenSet[BatchJobState] = frozenset({B.pending_submission, B.queued, B.running})
 """BatchJobs that are, or will be, an allocation (``balsam queue term`` may cancel them)."""

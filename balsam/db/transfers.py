@@ -15,9 +15,10 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from balsam.db.codec import dumps, loads
+from balsam.db.states import TransferItemState
 from balsam.exceptions import GLOBUS_EXTRA_HINT, ValidationError
 
-ITEM_STATES = ("pending", "active", "inactive", "done", "error", "awaiting_job")
+ITEM_STATES = tuple(state.value for state in TransferItemState)
 UPDATABLE = frozenset({"state", "task_id", "transfer_info"})
 
 
