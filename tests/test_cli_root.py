@@ -191,7 +191,8 @@ def test_ctrl_c_exits_130_quietly(site: Any, hello: Any) -> None:
     hello.submit("waiting", say_hello_to="x")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "balsam", "job", "log", "1", "-f"], cwd=str(site.path), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's Ctrl-C, even when pytest runs in the background (SIGINT ignored)
     deadline = time.monotonic() + 60
     while not _catches_sigint(proc.pid) and time.monotonic() < deadline:  # Python's handler is in place (slow start-up under load)
         time.sleep(0.05)

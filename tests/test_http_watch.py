@@ -99,3 +99,17 @@ def test_a_wait_rides_through_an_agent_restart(site: Any, hello: Any) -> None:
     set_state(site.store, int(jobs[1].id), "USER_KILLED")
     waiter.join(timeout=60)
     assert waiter.error is None and [j.id for j in waiter.got] == [jobs[0].id, jobs[1].id]
+
+
+def test_a_stream_whose_client_hung_up_is_dropped_at_once(site: Any) -> None:
+    """A watcher that closes its stream (a finished wait, a closed dashboard tab) is forgotten by the agent at once,
+    not at the next change: nothing is read for it any more, and stopping the agent does not wait on it."""
+    from balsam._api import sites
+    from tests.conftest import _running_servers
+
+    hub = _running_servers[site.path].app.state.api.hub
+    stream = sites.resolve("test-site").backend.watch()
+    assert stream is not None, "the agent offers its change stream"
+    _until(lambda: len(hub.subscribers) == 1, 30)
+    stream.close()
+    _until(lambda: len(hub.subscribers) == 0, 10)  # nothing changed at the site since: only the hang-up ended it

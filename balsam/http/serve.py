@@ -26,6 +26,9 @@ from balsam.exceptions import ConfigError, ServiceError
 logger = logging.getLogger("balsam.http")
 
 ADDRESS_FILE = "api.json"
+STOP_GRACE_S = 2
+"""How long a stopping server waits for requests in flight (long-polls, WebSockets a client keeps open) to end
+before it cancels them: stopping an agent must not wait on a browser tab or a watcher that never hangs up."""
 
 
 @dataclass
@@ -234,6 +237,7 @@ class ApiServer:
             timeout_keep_alive=int(max(1, opts.idle_timeout_s)), h11_max_incomplete_event_size=opts.max_header_bytes,
             ssl_certfile=opts.tls_cert or None, ssl_keyfile=opts.tls_key or None, loop=_loop_name(),
             proxy_headers=False, server_header=False, date_header=False,  # no proxy in front; nothing per answer to spare
+            timeout_graceful_shutdown=STOP_GRACE_S,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="balsam-api", daemon=True)

@@ -558,14 +558,19 @@ class Api:
         queue = await hub.subscribe()
         await ws.send_json({"type": "hello", "site_id": self.site_id, "user": principal.name})
         checked = time.monotonic()
+        closed = asyncio.get_running_loop().create_task(_until_closed(ws))
         try:
             for counts in await asyncio.to_thread(hub.counts):
                 await ws.send_json(counts)
             while True:
-                try:
-                    msg: Optional[Dict[str, Any]] = await asyncio.wait_for(queue.get(), timeout=REVERIFY_S)
-                except asyncio.TimeoutError:
-                    msg = None
+                getting = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getting, closed}, timeout=REVERIFY_S, return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:  # the client hung up (or the server is stopping): end now, not at the next change
+                    getting.cancel()
+                    return
+                msg: Optional[Dict[str, Any]] = getting.result() if getting in done else None
+                if msg is None:
+                    getting.cancel()
                 if self.backend_for is not None and time.monotonic() - checked > REVERIFY_S:
                     try:  # a token revoked (logout) or expired while connected ends the stream
                         await asyncio.to_thread(self._principal, ws)
@@ -578,7 +583,17 @@ class Api:
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
+            closed.cancel()
             hub.unsubscribe(queue)
+
+
+async def _until_closed(ws: WebSocket) -> None:
+    """Returns when the client of ``ws`` disconnects (a stream's clients send nothing that needs an answer)."""
+    try:
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass
 
 
 class _Joined:
