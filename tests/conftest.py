@@ -15,6 +15,20 @@ import pytest
 from balsam._api import sites as _sites
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n``, with ``--dist loadgroup``), tests that share one outside system run in one worker,
+    one after another, as they would without it: the batch systems (one Slurm, one Grid Engine, a few slots each)
+    and the one PostgreSQL database the relay tests reset. The rest spread over the workers."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("slurm") or item.get_closest_marker("sge"):
+            item.add_marker(pytest.mark.xdist_group("batch-systems"))
+        elif item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
 @pytest.fixture(autouse=True)
 def balsam_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty per-test site registry; no current site from the environment."""

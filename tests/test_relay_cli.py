@@ -56,7 +56,7 @@ def test_serve_login_init_link_ls_logout(served: Dict[str, Any], tmp_path: Path)
     assert (tmp_path / "s1" / ".balsam" / "relay.json").stat().st_mode & 0o777 == 0o600
     listing = balsam(user, "site", "ls")
     assert listing.returncode == 0 and listing.stdout.count("s1") >= 2, listing.stdout  # the local site and its relay entry
-    tokens = balsam(served["env"], "relay", "token", "ls", "carol").stdout
+    tokens = balsam(dict(served["env"], COLUMNS="200"), "relay", "token", "ls", "carol").stdout  # labels in full
     assert "login" in tokens and "agent of s1" in tokens
     out = balsam(user, "logout")
     assert out.returncode == 0 and f"Logged out of {url}" in out.stdout and not token_file.exists()
