@@ -37,7 +37,8 @@ MAX_GROUP_S = 0.05
 """Most seconds of work in one group: past it, the group commits and the rest wait for the next."""
 
 _Waiter = Union["Future[Any]", "asyncio.Future[Any]"]
-_Item = Tuple[Callable[[], Any], _Waiter, Optional[asyncio.AbstractEventLoop]]
+_Item = Tuple[Callable[[], Any], _Waiter, Optional[asyncio.AbstractEventLoop], bool]
+"""(call, its future, the event loop awaiting it or None, urgent)."""
 
 
 class GroupWriter:
@@ -60,15 +61,16 @@ class GroupWriter:
         """Run ``fn()`` inside the next group transaction (it may use ``store.write()``, which nests); its Future
         resolves after that transaction committed (or with its exception, or the commit's)."""
         future: "Future[Any]" = Future()
-        self._put((fn, future, None))
+        self._put((fn, future, None, False))
         return future
 
-    def submit_async(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+    def submit_async(self, fn: Callable[[], Any], *, urgent: bool = False) -> "asyncio.Future[Any]":
         """:meth:`submit` for a coroutine of the running event loop: await the result. The writer settles all of a
-        group's futures of one loop with one wake-up of that loop."""
+        group's futures of one loop with one wake-up of that loop. ``urgent`` calls (a launcher waiting for jobs to
+        run) found waiting with others commit in a group of their own first: they wait for no one else's work."""
         loop = asyncio.get_running_loop()
         future: "asyncio.Future[Any]" = loop.create_future()
-        self._put((fn, future, loop))
+        self._put((fn, future, loop, urgent))
         return future
 
     def _put(self, item: _Item) -> None:
@@ -118,7 +120,11 @@ class GroupWriter:
                 if first is None:
                     break
                 items, stop = self._take(first)
-            leftover = self._group(items)
+                urgent = [item for item in items if item[3]]
+                if urgent and len(urgent) < len(items):  # the urgent first, in a transaction of their own
+                    leftover = [item for item in items if not item[3]]
+                    items = urgent
+            leftover = self._group(items) + leftover
         self.store.close()
 
     def _group(self, items: List[_Item]) -> List[_Item]:
@@ -128,7 +134,7 @@ class GroupWriter:
         deadline = time.monotonic() + self.max_group_s
         try:
             with self.store.write() as conn:
-                for n, (fn, future, loop) in enumerate(items):
+                for n, (fn, future, loop, _urgent) in enumerate(items):
                     if n and time.monotonic() > deadline:
                         rest = items[n:]
                         break
@@ -149,7 +155,7 @@ class GroupWriter:
         except BaseException as e:  # the commit (or BEGIN) failed: nothing of the group was written
             logger.warning("a group of %d writes failed to commit: %s", len(done), e)
             self._settle([(future, loop, False, e) for future, loop, _ok, _value in done]
-                         + [(future, loop, False, e) for _fn, future, loop in rest])
+                         + [(future, loop, False, e) for _fn, future, loop, _urgent in rest])
             return []
         self.groups += 1
         self.calls += len(done)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -245,8 +246,10 @@ class Api:
 
     def __init__(self, backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
                  site_id: int = 0, backend_for: Optional[Callable[[Principal], Backend]] = None,
-                 routes: Sequence[ApiRoute] = ROUTES, writer: Optional[GroupWriter] = None) -> None:
+                 routes: Sequence[ApiRoute] = ROUTES, writer: Optional[GroupWriter] = None, background: bool = True) -> None:
         self.backend = backend
+        self.background = background
+        """Run the site's background work (indexing workdirs): one of the processes serving a site does."""
         self.writer = writer
         """Group commit (one site's store): writes of concurrent requests share one transaction on its thread."""
         self.backend_for = backend_for
@@ -265,7 +268,8 @@ class Api:
         self._batches = _Joined(self, lambda batch: self.backend.apply_batches_once(batch, _status_answer))  # type: ignore[attr-defined]
         self._watch = ChangeWatch(backend.data_version)
         """What idle launchers' acquires wait on: one poll of the site DB for all of them."""
-        self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch, _acquire_answer))  # type: ignore[attr-defined]
+        self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch, _acquire_answer), urgent=True)  # type: ignore[attr-defined]
+        """Launchers waiting for jobs: their nodes idle until the answer, so acquires commit ahead of other writes."""
 
     def close(self) -> None:
         """End what the app runs beside the server (the change watch's thread)."""
@@ -454,7 +458,7 @@ class Api:
         """Index new jobs' workdirs for substring filters in the background (a site's store; balsam.db.search),
         from the first request on, while the server runs."""
         step = getattr(self.backend, "index_step", None)
-        if self._indexer is None and step is not None:
+        if self._indexer is None and step is not None and self.background:
             self._indexer = asyncio.get_running_loop().create_task(self._index(step))
 
     async def _index(self, step: Callable[[], int]) -> None:
@@ -512,7 +516,8 @@ class Api:
                     break
 
     async def health(self, request: Request) -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
+        """Liveness, and which process answered (an agent may serve from several: ``api.workers``)."""
+        return Response(b'{"status":"ok","pid":%d}' % os.getpid(), media_type="application/json")
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.openapi_doc, media_type="application/json")
@@ -601,9 +606,11 @@ class _Joined:
     batch, which the writer runs with ``run`` (one pass over all of them: one look-up and one write of their
     idempotent answers), and each request gets its own result from it (or its own exception)."""
 
-    def __init__(self, api: Api, run: Callable[[List[Any]], List[Any]]) -> None:
+    def __init__(self, api: Api, run: Callable[[List[Any]], List[Any]], urgent: bool = False) -> None:
         self.api = api
         self.run = run
+        self.urgent = urgent
+        """Run ahead of the other writes waiting (:meth:`GroupWriter.submit_async`)."""
         self._lock = threading.Lock()
         self._open: Optional[List[Any]] = None
         self._future: Optional["asyncio.Future[List[Any]]"] = None
@@ -614,7 +621,7 @@ class _Joined:
         with self._lock:
             if self._open is None:
                 self._open = []
-                self._future = writer.submit_async(functools.partial(self._flush, self._open))
+                self._future = writer.submit_async(functools.partial(self._flush, self._open), urgent=self.urgent)
             entries, future = self._open, self._future
             index = len(entries)
             entries.append(entry)
@@ -691,16 +698,17 @@ def served_routes(extra_routes: Sequence[ApiRoute] = ()) -> Tuple[ApiRoute, ...]
 
 def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path] = None, limits: Optional[Limits] = None,
               site_id: Optional[int] = None, backend_for: Optional[Callable[[Principal], Backend]] = None,
-              extra_routes: Sequence[ApiRoute] = (), writer: Optional[GroupWriter] = None) -> Starlette:
+              extra_routes: Sequence[ApiRoute] = (), writer: Optional[GroupWriter] = None, background: bool = True) -> Starlette:
     """The Starlette app of ``ROUTES`` over ``backend``. A server of many users (the relay) passes
     ``backend_for``, the backend of each caller, and its own ``extra_routes`` (matched first); a route of
     those with ``auth=False`` that changes something (a password login) gets its body and an anonymous caller.
-    ``writer``: group commit for ``backend``'s store (the site agent), so concurrent writes share transactions."""
+    ``writer``: group commit for ``backend``'s store (the site agent), so concurrent writes share transactions.
+    ``background``: this process also runs the site's background work (False in the agent's extra API processes)."""
     if site_id is None:
         site_id = int(backend.site_row(("id",))[0])
     served = served_routes(extra_routes)
     api = Api(backend, auth, site_root=site_root, limits=limits, site_id=site_id, backend_for=backend_for, routes=served,
-              writer=writer)
+              writer=writer, background=background)
     routes: List[BaseRoute] = []
     direct: List[Tuple[str, str, Optional[_Endpoint]]] = []
     for r in served:

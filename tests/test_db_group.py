@@ -1,0 +1,52 @@
+"""Group commit: calls waiting together share one transaction; an urgent call (a launcher's acquire) found
+waiting with others commits first, in a transaction of its own, so it waits for nobody else's writes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, List
+
+
+def test_calls_waiting_together_share_one_transaction(store: Any) -> None:
+    from balsam.db.group import GroupWriter
+
+    writer = GroupWriter(store)
+    gate, started = threading.Event(), threading.Event()
+    try:
+        writer.submit(lambda: (started.set(), gate.wait(10)))
+        assert started.wait(10)  # the writer holds the first call; the rest queue behind it
+        rest = [writer.submit(lambda i=i: i) for i in range(20)]
+        gate.set()
+        assert [f.result(timeout=10) for f in rest] == list(range(20))
+        assert writer.groups == 2, "the 20 calls that waited together committed once"
+    finally:
+        writer.stop()
+
+
+def test_an_urgent_call_commits_ahead_of_the_others_waiting(store: Any) -> None:
+    from balsam.db.group import GroupWriter
+
+    writer = GroupWriter(store)
+    gate, started = threading.Event(), threading.Event()
+    order: List[str] = []
+    committed_before: List[int] = []
+
+    async def main() -> None:
+        first = writer.submit_async(lambda: (started.set(), gate.wait(10), order.append("first")))
+        while not started.is_set():  # the writer holds the first call; the rest queue behind it
+            await asyncio.sleep(0.01)
+        later = [writer.submit_async(lambda i=i: order.append(f"status {i}")) for i in range(3)]
+        urgent = writer.submit_async(lambda: order.append("acquire"), urgent=True)
+        gate.set()
+        await urgent
+        committed_before.append(writer.groups)
+        await asyncio.gather(first, *later)
+
+    try:
+        asyncio.run(main())
+    finally:
+        writer.stop()
+    assert order == ["first", "acquire", "status 0", "status 1", "status 2"]
+    assert committed_before == [2], "the acquire was answered once its own group committed, before the status batches ran"
+    assert writer.groups == 3
