@@ -209,10 +209,14 @@ class ApiSettings:
     idle_timeout_s: float = 30.0
     clock_skew_s: float = 300.0
     group_commit: bool = True
-    http_parser: str = "auto"
-    """"auto": httptools when installed (compiled, faster), else h11 (pure Python, in the zipapp); or "h11"."""
     """Concurrent requests' writes share one SQLite transaction (on one writer thread): many launchers' small
     status batches and acquires then cost one commit, not one each."""
+    http_parser: str = "auto"
+    """"auto": httptools when installed (compiled, faster), else h11 (pure Python, in the zipapp); or "h11"."""
+    workers: int = 1
+    """Processes serving the API on its port (the agent's own and ``workers - 1`` more; SO_REUSEPORT spreads the
+    connections): one process serves on one core at most, so a login node serving hundreds of launchers wants
+    one per core it can spare."""
 
 
 @dataclass

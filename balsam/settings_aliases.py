@@ -151,6 +151,8 @@ def check_values(settings: Any) -> None:
     parser = settings.api.http_parser
     if parser not in ("auto", "h11", "httptools"):
         raise ConfigError(f"api.http_parser: {parser!r} is not one of auto, h11, httptools")
+    if not 1 <= settings.api.workers <= 64:
+        raise ConfigError(f"api.workers: must be between 1 and 64 processes, got {settings.api.workers}")
     transfers = settings.transfers
     endpoint = getattr(transfers, "globus_endpoint_id", None)
     if endpoint:

@@ -3,8 +3,9 @@
 1. **Launchers through the API**: N no-op shell jobs run by a launcher on a "foreign" host (BALSAM_HOSTNAME
    differs, so it goes through the site agent's API) against the same launcher on the home host (SQLite
    directly) and ``xargs -P <cores>`` (aim: foreign / home >= 0.9).
-2. **Simulated launchers**: 1, 16, 64 and 256 light launchers (open a lease, acquire, report RUNNING and
-   RUN_DONE in status batches, no process spawned) against one agent: completed jobs/s and the p99 latency
+2. **Simulated launchers**: 1, 16, 64 and 256 light launchers (open a lease, acquire, report RUNNING, then
+   RUN_DONE with POSTPROCESSED as a real launcher does for an app without a postprocess hook, in status batches, no
+   process spawned) against one agent serving from one process per core (``api.workers``): completed jobs/s and the p99 latency
    of acquire (aim on 2 cores: 10,000 jobs/s at 256 and p99 under 200 ms).
 3. **API reads on a big site**: a paged job listing (100 per page, cursor) and a filtered count (a tag and a
    state) on a site of M jobs, p50 and p99 over HTTP against the same query in-process.
@@ -53,11 +54,31 @@ def _setup(root: Path, name: str) -> Any:
 
     sites.reset()
     init_site(root / name, name=name)
+    _serve_from(root / name, API_WORKERS)
     ref = sites.resolve(name)
     Noop.site = name
     Noop.__app_id__ = None
     Noop.sync()
     return ref
+
+
+API_WORKERS = int(os.environ.get("BENCH_API_WORKERS") or os.cpu_count() or 1)
+"""Processes serving the agent's API (``api.workers``; one per core, as a login node serving hundreds of launchers
+would set it). Code from before the setting existed serves from one process."""
+
+
+def _serve_from(site: Path, workers: int) -> None:
+    """Set ``api.workers`` in the site's settings.yml, where this Balsam has the setting."""
+    import yaml
+
+    from balsam.settings import ApiSettings
+
+    if workers <= 1 or not hasattr(ApiSettings(), "workers"):
+        return
+    path = site / "settings.yml"
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("api", {})["workers"] = workers
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _runnable(ref: Any, n: int, prefix: str, tags: Any = None) -> List[int]:
@@ -135,7 +156,11 @@ def _simulated(site_path: str, launchers: int, batch: int, out_q: Any, go: Any =
                     break
                 now = time.time()
                 backend.apply_changes([StateChange(j["id"], "RUNNING", now, session_id=sid) for j in jobs])
-                backend.apply_changes([StateChange(j["id"], "RUN_DONE", now, fields={"return_code": 0}, session_id=sid) for j in jobs])
+                # As a real launcher reports a clean run of an app without a postprocess hook (Reporter.finished):
+                # RUN_DONE and then POSTPROCESSED in one status batch.
+                backend.apply_changes([c for j in jobs for c in (
+                    StateChange(j["id"], "RUN_DONE", now, {"returncode": 0}, {"return_code": 0}, sid),
+                    StateChange(j["id"], "POSTPROCESSED", now, {"message": "no postprocess hook: moved on by the launcher"}, None, sid))])
                 mine += len(jobs)
         finally:
             backend.release(sid)
@@ -150,13 +175,23 @@ def _simulated(site_path: str, launchers: int, batch: int, out_q: Any, go: Any =
 
 
 def _agent_cpu_s(ref: Any) -> float:
-    """CPU seconds (user + system) the site agent's process has used so far (0 where /proc is absent)."""
+    """CPU seconds (user + system) the site agent's process and its child processes (the extra API server
+    processes, hook workers) have used so far (0 where /proc is absent)."""
     try:
         pid = int((ref.path / ".balsam" / "agent.pid").read_text().split()[0])
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, ValueError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, float, float, float]:

@@ -75,7 +75,7 @@ def test_every_route_is_in_the_openapi_document_and_back(site: Any, api: Any) ->
 def test_unsigned_forged_stale_and_replayed_requests_are_refused(site: Any, api: Any) -> None:
     from balsam.http.auth import request_signature
 
-    assert _send(api, "GET", "/v1/health")[:2] == (200, {"status": "ok"})
+    assert _send(api, "GET", "/v1/health")[:2] == (200, {"status": "ok", "pid": os.getpid()})
     status, answer, _ = _send(api, "GET", "/v1/jobs")
     assert status == 401 and answer["error"]["code"] == "unauthorized"
     headers = _signed(site, "GET", "/v1/jobs")

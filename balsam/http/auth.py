@@ -141,6 +141,13 @@ class NonceCache:
             return True
 
 
+class NonceStore(Protocol):
+    """Where an Authenticator remembers nonces: :class:`NonceCache` (one process) or
+    :class:`balsam.db.nonces.SharedNonces` (the several processes of one agent's server)."""
+
+    def add(self, nonce: str, now: Optional[float] = None) -> bool: ...
+
+
 class Unauthorized(Exception):
     """A request whose credentials are missing or wrong (answered 401)."""
 
@@ -149,12 +156,13 @@ class Authenticator:
     """Checks one request's headers: the site secret's HMAC, else a bearer token."""
 
     def __init__(self, secret: Optional[bytes], tokens: Optional[TokenVerifier] = None, *, site_ids: FrozenSet[int] = frozenset(),
-                 window_s: float = MAX_SKEW_S, not_before: Optional[float] = None) -> None:
+                 window_s: float = MAX_SKEW_S, not_before: Optional[float] = None, nonces: Optional[NonceStore] = None) -> None:
+        """``nonces``: where seen nonces are kept (default: this process's memory)."""
         self.secret = secret
         self.tokens = tokens
         self.site_ids = site_ids
         self.window_s = window_s
-        self.nonces = NonceCache(window_s)
+        self.nonces: NonceStore = nonces if nonces is not None else NonceCache(window_s)
         self.not_before = not_before
         """Requests signed before this time are refused: nonces seen by an earlier server are not known here."""
 

@@ -66,9 +66,17 @@ def parse_port_range(text: str) -> List[int]:
     return list(range(lo, hi + 1))
 
 
-def bind_socket(host: str, ports: List[int]) -> socket.socket:
-    """A listening socket on the first free port of ``ports`` (``[0]``: any free port)."""
+def bind_socket(host: str, ports: List[int], reuse_port: bool = False, join: bool = False) -> socket.socket:
+    """A listening socket on the first free port of ``ports`` (``[0]``: any free port).
+
+    ``reuse_port``: other processes of this user may listen on the same port (SO_REUSEPORT), and the kernel spreads
+    the connections over them (an agent serving from several processes). A port is taken only if it is free: it is
+    first bound without SO_REUSEPORT, which fails where anyone listens, another site's agent with SO_REUSEPORT
+    included (whose connections would otherwise be shared with ours). ``join``: bind ``ports[0]``, the port of
+    the agent this process serves with, with no such check."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("api.workers > 1 needs SO_REUSEPORT, which this system does not have: set api.workers to 1")
     last: Optional[OSError] = None
     for port in ports or [0]:
         # IPPROTO_TCP, not 0: asyncio turns Nagle off only on sockets whose proto says TCP, and with Nagle on
@@ -76,6 +84,14 @@ def bind_socket(host: str, ports: List[int]) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
+            if reuse_port and not join:
+                sock.bind((host, port))  # free for us alone? (0: the kernel picks a free port)
+                port = sock.getsockname()[1]
+                sock.close()
+                sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
         except OSError as e:
             sock.close()
@@ -202,10 +218,17 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
 class ApiServer:
     """The /v1 app served on a background thread. ``start()`` binds and publishes; ``stop()`` unpublishes."""
 
-    def __init__(self, app: Any, options: ServeOptions, *, state_dir: Optional[Path] = None) -> None:
+    def __init__(self, app: Any, options: ServeOptions, *, state_dir: Optional[Path] = None, reuse_port: bool = False,
+                 join: bool = False) -> None:
+        """``state_dir``: publish the address there; ``reuse_port``: share the port with other processes (SO_REUSEPORT);
+        ``join``: serve on the port of another process of this agent (``options.port``)."""
         self.app = app
         self.options = options
         self.state_dir = state_dir
+        self.reuse_port = reuse_port
+        self.join = join
+        self.workers: Any = None
+        """The other processes serving this port (:class:`balsam.services.api_workers.ApiWorkers`), if any."""
         self.port = 0
         self.url = ""
         self._server: Any = None
@@ -223,7 +246,7 @@ class ApiServer:
 
         opts = self.options
         ports = parse_port_range(opts.port_range) or [opts.port]
-        self._sock = bind_socket(opts.bind, ports)
+        self._sock = bind_socket(opts.bind, ports, self.reuse_port, self.join)
         self.port = int(self._sock.getsockname()[1])
         tls = bool(opts.tls_cert)
         if tls and not opts.tls_key:
@@ -296,6 +319,7 @@ class ApiServer:
         for fn in self._on_stop:
             fn()
         self._on_stop.clear()
+
 
     def __enter__(self) -> "ApiServer":
         return self.start()
