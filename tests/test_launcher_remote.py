@@ -79,6 +79,44 @@ def test_remote_launcher_notices_user_kills(site: Any, channel: Any) -> None:
     assert [e["to"] for e in events(site.store, job_id)][-1] == "USER_KILLED"
 
 
+def _finished_acquires(store: Any, session_id: int) -> int:
+    """Acquire requests of a lease the API server has answered (it keeps each answer for a retry)."""
+    import hashlib
+
+    fingerprint = hashlib.sha256(f"acquire {session_id}".encode()).hexdigest()
+    return int(store.execute("SELECT count(*) FROM http_answer WHERE fingerprint=?", (fingerprint,))[0][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["mpi", "serial"])
+def test_a_busy_remote_launcher_with_free_slots_waits_at_the_agent_for_jobs(site: Any, channel: Any, hello: Any, mode: str) -> None:
+    """A remote launcher running a long job with room for more asks the agent for jobs about once per long poll
+    (2 s), not once per poll period (a write transaction at the agent each time), and still starts a job made
+    runnable meanwhile at once."""
+    from balsam.api import ApplicationDefinition
+
+    class Napper(ApplicationDefinition):
+        site = "test-site"
+        command_template = "sleep 30"
+
+    [long_id] = runnable(site.store, [Napper.submit("busy/long", node_packing_count=4)])
+    proc = start(site.path, mode, idle_ttl_s=30, env=REMOTE)
+    try:
+        wait_for(lambda: states(site.store, [long_id])[long_id] == "RUNNING", timeout=30, what="the long job to run")
+        session_id = int(job_row(site.store, long_id)["session_id"])
+        before = _finished_acquires(site.store, session_id)
+        time.sleep(3.0)
+        asked = _finished_acquires(site.store, session_id) - before
+        assert asked <= 4, f"a busy launcher with nothing to acquire asked {asked} times in 3 s"
+        [quick] = runnable(site.store, [hello.submit("busy/quick", say_hello_to="meanwhile", node_packing_count=4)])
+        wait_for(lambda: states(site.store, [quick])[quick] == "JOB_FINISHED", timeout=10, what="the new job to run")
+        assert states(site.store, [long_id])[long_id] == "RUNNING"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert states(site.store, [long_id])[long_id] == "RUN_TIMEOUT"
+
+
 def test_remote_launcher_without_a_channel_says_why(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from balsam.exceptions import LauncherError
     from balsam.launcher import run_launcher

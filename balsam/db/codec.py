@@ -87,7 +87,12 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: Optional[str]) -> Any:
-    """Parse a JSON column (None stays None)."""
+    """Parse a JSON column (None stays None). The empty object and list, which most jobs' tags, data, launch
+    parameters and parents are, skip the parser (a launcher acquiring a flood decodes four per job)."""
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
     return None if text is None else _loads(text)
 
 

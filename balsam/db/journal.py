@@ -67,11 +67,39 @@ def _decode(value: Any) -> Any:
 _json = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
+_texts: Dict[Any, str] = {}
+_TEXTS_MAX = 512
+
+
+def _text(value: Any) -> Optional[str]:
+    """The JSON text of a state name, or of a small flat dict whose values are strings, ints or None (what a launcher
+    journals for nearly every job: the same few, over and over), remembered; None for anything else."""
+    if type(value) is dict:
+        for k, v in value.items():
+            t = type(v)
+            if type(k) is not str or not (t is str or t is int or v is None):  # no bool: True == 1 would share an entry
+                return None
+        key: Any = tuple(value.items())
+    else:
+        key = value
+    text = _texts.get(key)
+    if text is None:
+        if len(_texts) >= _TEXTS_MAX:
+            _texts.clear()  # error tails vary: keep the memo small
+        text = _texts[key] = _json(value)
+    return text
+
+
 def encode_line(job_id: int, state: str, timestamp: float, data: Optional[Dict[str, Any]],
                 fields: Optional[Dict[str, Any]]) -> bytes:
     """One journal line (pure)."""
+    head = f"[{int(job_id)},{_text(state)},{float(timestamp)!r}"
     if not data and not fields:
-        return f"[{int(job_id)},{_json(state)},{float(timestamp)!r}]\n".encode()
+        return f"{head}]\n".encode()
+    data_text = _text(data) if data else "null"
+    fields_text = _text(fields) if fields else ""
+    if data_text is not None and fields_text is not None:
+        return f"{head},{data_text}{',' if fields_text else ''}{fields_text}]\n".encode()
     record: List[Any] = [job_id, state, timestamp, data or None]
     if fields:
         record.append(_encode(fields) if any(isinstance(v, (bytes, bytearray, dict)) for v in fields.values()) else fields)

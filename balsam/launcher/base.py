@@ -245,6 +245,28 @@ class Reporter:
             self.put(f.job_id, S.RUN_ERROR, f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields, session_id=self.session_id)
 
 
+class LongPoll:
+    """One acquire that waits at the site agent for jobs (``wait_s``), on a thread of its own; ``done()`` is called
+    (from that thread) once :attr:`jobs` or :attr:`error` holds the answer."""
+
+    def __init__(self, source: JobSourceLike, args: Tuple[Any, ...], kwargs: Dict[str, Any], done: Callable[[], None]) -> None:
+        self.source = source
+        self.jobs: Optional[List[Dict[str, Any]]] = None
+        self.error: Optional[BaseException] = None
+        self.finished = threading.Event()
+
+        def run() -> None:
+            try:
+                self.jobs = source.acquire(*args, **kwargs)
+            except BaseException as exc:  # handed to the loop, which decides (a lost lease, a retry)
+                self.error = exc
+            finally:
+                self.finished.set()
+                done()
+
+        threading.Thread(target=run, name="balsam-acquire-wait", daemon=True).start()
+
+
 class LauncherBase:
     """The loop both modes share; :meth:`cycle` and :meth:`shutdown_jobs` are the mode's."""
 
@@ -270,6 +292,8 @@ class LauncherBase:
         self.acquired_total = 0
         self.exit_code = 0
         self.doorbell: Optional[Doorbell] = None
+        self._waiting: Optional[LongPoll] = None
+        """A remote launcher's acquire waiting at the agent for jobs (on a thread of its own), or None."""
 
     # ------------------------------------------------------------------ lease and updates
     def _new_source(self) -> JobSourceLike:
@@ -310,6 +334,8 @@ class LauncherBase:
     # ------------------------------------------------------------------ acquisition
     def should_acquire(self, idle: bool) -> bool:
         """Whether asking the DB for jobs may find something new (cheap: no write unless it might)."""
+        if self._waiting is not None:
+            return self._waiting.finished.is_set()  # its answer is in
         now = time.monotonic()
         if self._last_acquire_got:
             return True
@@ -321,31 +347,55 @@ class LauncherBase:
         return dv != self._dv_acquire
 
     def acquire(self, max_num_jobs: int, *, idle: bool, **constraints: Any) -> List[Dict[str, Any]]:
-        """Acquire up to ``max_num_jobs`` jobs that fit the remaining wall time and the filter tags."""
+        """Acquire up to ``max_num_jobs`` jobs that fit the remaining wall time and the filter tags.
+
+        Through the agent's API (a remote launcher), once an acquire came back empty the next one waits at the
+        agent until jobs become runnable, busy or idle: on a thread (:class:`LongPoll`) that wakes the loop
+        when it has an answer, which a later call returns. So a busy launcher with free slots asks the agent
+        once per ``acquire_wait_s`` (one request, no write while nothing changes), not once per poll period
+        (a write transaction each), and its loop goes on starting and reporting jobs meanwhile."""
+        waiting = self._waiting
+        if waiting is not None:
+            if not waiting.finished.is_set():
+                return []
+            self._waiting = None
+            if waiting.source is self.source and not self.life.stopping:  # else the lease it acquired under is gone
+                return self._took(waiting.jobs, waiting.error)
         if max_num_jobs <= 0 or self.life.stopping:
             return []
         self._dv_acquire = self.transport.data_version()
         self._last_acquire = time.monotonic()
         remaining = self.life.remaining_min()
-        if self.transport.acquire_wait_s and idle:
-            # A long poll (the agent answers as soon as jobs become runnable), cut short where waiting would
-            # delay the stop: the idle time to live, the wall time.
-            wait_s = min(self.transport.acquire_wait_s, remaining * 60.0 / 2,
-                         self.cfg.idle_ttl_s - (time.monotonic() - self.idle_since))
+        if self.cfg.settings.launcher.sort_by is not None:
+            constraints["sort_by"] = self.cfg.settings.launcher.sort_by
+        args = (min(max_num_jobs, MAX_ACQUIRE),)
+        constraints.update(filter_tags=self.cfg.filter_tags or None, max_wall_time_min=math.floor(remaining))
+        if self.transport.acquire_wait_s and not self._last_acquire_got:
+            # Cut short where waiting would delay the stop: the wall time, and (idle) the idle time to live.
+            wait_s = min(self.transport.acquire_wait_s, remaining * 60.0 / 2)
+            if idle:
+                wait_s = min(wait_s, self.cfg.idle_ttl_s - (time.monotonic() - self.idle_since))
             if wait_s >= MIN_ACQUIRE_WAIT_S:
-                constraints["wait_s"] = wait_s
+                self._waiting = LongPoll(self.source, args, dict(constraints, wait_s=wait_s), self.wake)
+                return []
         try:
-            if self.cfg.settings.launcher.sort_by is not None:
-                constraints["sort_by"] = self.cfg.settings.launcher.sort_by
-            jobs = self.source.acquire(min(max_num_jobs, MAX_ACQUIRE), filter_tags=self.cfg.filter_tags or None,
-                                       max_wall_time_min=math.floor(remaining), **constraints)
-        except SessionExpired:
+            jobs = self.source.acquire(*args, **constraints)
+        except BalsamError as exc:
+            return self._took(None, exc)
+        return self._took(jobs, None)
+
+    def _took(self, jobs: Optional[List[Dict[str, Any]]], error: Optional[BaseException]) -> List[Dict[str, Any]]:
+        """What an acquire returned (or raised)."""
+        if isinstance(error, SessionExpired):
             self.lease_lost()
             return []
-        except BalsamError as exc:
-            logger.warning("acquire failed, will retry: %s", exc)
+        if error is not None:
+            if not isinstance(error, BalsamError):
+                raise error  # not the site's answer: a fault of the launcher's own
+            logger.warning("acquire failed, will retry: %s", error)
             self._last_acquire_got = False
             return []
+        jobs = jobs or []
         self._last_acquire_got = bool(jobs)
         if jobs:
             self.acquired_total += len(jobs)

@@ -30,6 +30,8 @@ _OPAQUE_BYTES = 1024
 _ENV_MEMO_MAX = 8192
 _ARGV_MEMO_MAX = 1024
 _KEPT_MAX = 256
+_FS = sys.getfilesystemencoding()
+_DEVNULL = os.fsencode(os.devnull)
 
 
 class LibcSpawner:
@@ -59,6 +61,7 @@ class LibcSpawner:
         _check(libc.posix_spawnattr_setflags(self._attr, ctypes.c_short(POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF)),
                "posix_spawnattr_setflags")
         self._memo: Dict[Tuple[str, str], bytes] = {}
+        self._paths: Dict[str, bytes] = {}
         self._argvs: Dict[Tuple[str, ...], "ctypes.Array[ctypes.c_char_p]"] = {}
 
     def _envp(self, env: Mapping[str, str]) -> "ctypes.Array[ctypes.c_char_p]":
@@ -98,14 +101,21 @@ class LibcSpawner:
             c_env = env.envp(extra or {})
         else:
             c_env = self._envp({**env, **extra} if extra else env)
-        path = os.fsencode(program)
+        path = self._paths.get(program)
+        if path is None:
+            if len(self._paths) > _ARGV_MEMO_MAX:
+                self._paths.clear()
+            path = self._paths[program] = os.fsencode(program)
         actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
         _check(self._fa_init(actions), "posix_spawn_file_actions_init")
         try:
-            _check(self._fa_chdir(actions, os.fsencode(cwd)), "posix_spawn_file_actions_addchdir_np")
-            _check(self._fa_open(actions, 0, os.fsencode(os.devnull), os.O_RDONLY, 0), "posix_spawn_file_actions_addopen")
-            _check(self._fa_open(actions, 1, os.fsencode(output), flags, 0o644), "posix_spawn_file_actions_addopen")
-            _check(self._fa_dup2(actions, 1, 2), "posix_spawn_file_actions_adddup2")
+            # One check for the four actions: each returns 0 or an error number (ENOMEM), and a failed one fails
+            # the spawn below anyway.
+            err = (self._fa_chdir(actions, cwd.encode(_FS, "surrogateescape"))
+                   or self._fa_open(actions, 0, _DEVNULL, os.O_RDONLY, 0)
+                   or self._fa_open(actions, 1, output.encode(_FS, "surrogateescape"), flags, 0o644)
+                   or self._fa_dup2(actions, 1, 2))
+            _check(err, "posix_spawn_file_actions")
             pid = ctypes.c_int(0)
             err = self._spawn(ctypes.byref(pid), path, actions, self._attr, c_argv, c_env)  # the GIL is released here
         finally:

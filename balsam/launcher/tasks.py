@@ -109,9 +109,35 @@ class Task:
                  "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count",
                  "cpu_bind", "launch_params", "wall_time_min", "job", "rerun")
 
-    def __init__(self, **fields: Any) -> None:
-        for name in self.__slots__:
-            setattr(self, name, fields.get(name))
+    def __init__(  # the fields spelled out: a flood builds one Task per job
+        self,
+        *,
+        id: Any = None, workdir: Any = None, kind: Any = None, command: Any = None, app: Any = None, params: Any = None,
+        env: Any = None, preamble: Any = None, python_exe: Any = None, num_nodes: Any = None, ranks_per_node: Any = None,
+        threads_per_rank: Any = None, threads_per_core: Any = None, gpus_per_rank: Any = None,
+        node_packing_count: Any = None, cpu_bind: Any = None, launch_params: Any = None, wall_time_min: Any = None,
+        job: Any = None, rerun: Any = None,
+    ) -> None:
+        self.id = id
+        self.workdir = workdir
+        self.kind = kind
+        self.command = command
+        self.app = app
+        self.params = params
+        self.env = env
+        self.preamble = preamble
+        self.python_exe = python_exe
+        self.num_nodes = num_nodes
+        self.ranks_per_node = ranks_per_node
+        self.threads_per_rank = threads_per_rank
+        self.threads_per_core = threads_per_core
+        self.gpus_per_rank = gpus_per_rank
+        self.node_packing_count = node_packing_count
+        self.cpu_bind = cpu_bind
+        self.launch_params = launch_params
+        self.wall_time_min = wall_time_min
+        self.job = job
+        self.rerun = rerun
 
     id: int
     workdir: str
