@@ -208,3 +208,43 @@ def test_a_port_another_agent_serves_from_several_processes_is_never_shared() ->
         own.close()
     finally:
         other.close()
+
+
+@pytest.mark.slow
+def test_an_agent_set_to_two_workers_serves_from_both_and_leaves_none_behind(site: Any, hello: Any) -> None:
+    import yaml
+
+    from balsam.http.client import HttpBackend
+    from balsam.http.wire import Connection
+    from balsam.services.agent import start_agent, stop_agent
+
+    path = site.layout.settings_path
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("api", {}).update(workers=2, bind="127.0.0.1")
+    path.write_text(yaml.safe_dump(data))
+    agent = start_agent(site.path)
+    try:
+        port = json.loads((site.path / ".balsam" / "api.json").read_text())["port"]
+        pids = set()
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            conn = Connection("127.0.0.1", port, timeout=10)
+            pids.add(json.loads(conn.exchange("GET", "/v1/health", b"", {})[2])["pid"])
+            conn.close()
+        assert agent in pids and len(pids) == 2, "the agent and its worker both answer"
+        worker = (pids - {agent}).pop()
+        ids = [int(hello.submit(f"a/{i}", say_hello_to=str(i)).id) for i in range(5)]
+        backend = HttpBackend.for_site(site.path, retry_s=30)
+        sid = backend.create_session(host="node1", pid=os.getpid(), batch_job_id=None, label="test")
+        got: List[int] = []
+        while len(got) < len(ids) and time.monotonic() < deadline + 30:  # the agent's processing makes them runnable
+            got += [j["id"] for j in backend.acquire(sid, 10, wait_s=1.0)]
+        assert sorted(got) == sorted(ids)
+        backend.release(sid)
+    finally:
+        stop_agent(site.path)
+    with pytest.raises(ProcessLookupError):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            os.kill(worker, 0)  # the worker is gone with its agent (a zombie until reaped would still answer)
+            time.sleep(0.1)
