@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, List
 
 import pytest
 
@@ -191,3 +191,72 @@ def test_a_batch_job_missing_from_the_listing_ends_only_when_the_history_agrees(
     assert "terminated" in bj.status_info["reason"]
     kept = BatchJob.objects.get(id=alive)  # missing as often, but the history says it runs: kept, count reset
     assert kept.state == "running" and kept.status_info["missing_polls"] == "0"
+
+
+FAKE_SBATCH = """#!/bin/bash
+# A Slurm stand-in: records each submission (id|name) in $FAKE_SLURM/jobs, before or after a pause.
+name=x; while [ $# -gt 1 ]; do [ "$1" = -J ] && name=$2; shift; done
+d=$FAKE_SLURM; echo "$$" >> "$d/calls"; [ "$FAKE_SBATCH_ORDER" = sleep-first ] && sleep "$FAKE_SBATCH_SLEEP"
+exec 9>>"$d/lock"; flock 9; id=$(( $(wc -l < "$d/jobs") + 1001 )); echo "$id|$name" >> "$d/jobs"; exec 9>&-
+[ "$FAKE_SBATCH_ORDER" = sleep-first ] || sleep "$FAKE_SBATCH_SLEEP"
+echo "$id"
+"""
+FAKE_SQUEUE = """#!/bin/bash
+while IFS='|' read -r id name; do
+  echo "$id|PENDING|debug|local|1|10:00|10:00|2026-01-01T00:00:00|N/A|N/A|Priority|normal|$name"
+done < "$FAKE_SLURM/jobs"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["after-sbatch", "during-sbatch", "sbatch-killed-too"])
+def test_an_agent_killed_mid_submit_never_submits_a_batch_job_twice(site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                   fault: str) -> None:
+    """kill -9 of the site agent while ``sbatch`` runs: the restarted agent records the submission Slurm took (it
+    lands before the kill, or after it, from the orphaned sbatch), or submits once if it never landed."""
+    import signal
+
+    import yaml
+
+    from balsam.pidfile import pid_file_held
+    from balsam.services.agent import start_agent, stop_agent
+    from balsam.site.agent_state import pid_path
+    from tests.launcher_support import wait_for
+
+    fake = tmp_path / "fake-slurm"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "jobs").write_text("")
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("sinfo", "#!/bin/sh\n")):
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(fake))
+    monkeypatch.setenv("FAKE_SBATCH_SLEEP", "3")
+    monkeypatch.setenv("FAKE_SBATCH_ORDER", "sleep-first" if fault != "after-sbatch" else "record-first")
+    settings = yaml.safe_load((site.path / "settings.yml").read_text())
+    settings["scheduler"].update(type="slurm", sync_period_s=0.2, command_timeout_s=4)
+    (site.path / "settings.yml").write_text(yaml.safe_dump(settings))
+
+    def submissions() -> List[str]:
+        return (fake / "jobs").read_text().splitlines()
+
+    pid = start_agent(site.path)
+    try:
+        bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+        wait_for(lambda: (fake / "calls").exists(), timeout=30, what="sbatch to start")
+        if fault == "after-sbatch":
+            wait_for(lambda: submissions(), timeout=30, what="sbatch to take the job")
+        time.sleep(0.3)
+        if fault == "sbatch-killed-too":
+            os.killpg(pid, signal.SIGKILL)  # the agent and its sbatch: the submission never lands
+        else:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_file_held(pid_path(site.layout)), timeout=10, what="the killed agent's end")
+        start_agent(site.path)
+        wait_for(lambda: BatchJob.objects.get(id=bj.id).scheduler_id is not None, timeout=60, what="the recorded submission")
+        time.sleep(2.0)  # a few more cycles of the new agent
+    finally:
+        stop_agent(site.path)
+    assert submissions() == [f"1001|balsam-{bj.id}"]  # Slurm saw it exactly once
+    after = BatchJob.objects.get(id=bj.id)
+    assert after.scheduler_id == 1001 and after.state == "queued" and "submitting" not in after.status_info

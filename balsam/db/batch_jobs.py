@@ -198,7 +198,7 @@ def update_batch_job(
     """The one writer of a BatchJob after creation (the API, the scheduler service, the elastic queue).
 
     Fields are checked (unknown ones refused by name); ``state`` goes through the BatchJob state table (and,
-    with ``only_from``, only from those states); ``info`` is merged into ``status_info``. When the BatchJob
+    with ``only_from``, only from those states); ``info`` is merged into ``status_info`` (None removes a key). When the BatchJob
     ends, the leases of its launchers are released. Returns whether anything was written; a refused state
     change raises (IllegalTransition) when ``strict``, else it is logged by the caller's choice and False returned.
     """
@@ -226,7 +226,11 @@ def update_batch_job(
             return False
         sets["state"] = new
     if info:
-        status_info.update({str(k): str(v) for k, v in info.items()})
+        for key, value in info.items():  # merged: a value of None removes its key
+            if value is None:
+                status_info.pop(str(key), None)
+            else:
+                status_info[str(key)] = str(value)
         sets["status_info"] = _check_str_dict("status_info", status_info)
     if not sets:
         return False

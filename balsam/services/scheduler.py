@@ -41,6 +41,10 @@ STATE_OF = {
     SchedulerState.CANCELLED: B.finished,
 }
 BACKFILL_EVERY_S = 60.0
+SUBMITTING = "submitting"
+"""The ``status_info`` key that marks a submission under way (its start time), cleared once its id is recorded."""
+SUBMIT_GRACE_S = 5.0
+"""How long past the submit command's timeout an interrupted submission may still land at the scheduler."""
 MISSING_POLLS = 3
 """Successful polls a BatchJob must be missing from before the scheduler's history is asked whether it ended."""
 
@@ -100,6 +104,14 @@ class SchedulerService(Service):
 
     def _submit(self, bj: Dict[str, Any]) -> None:
         script = self.script_path(bj["id"])
+        name = f"balsam-{bj['id']}"
+        since = bj["status_info"].get(SUBMITTING)
+        if since and not self._submission_lost(bj, name, script, since):
+            return
+        # The intent is committed before the scheduler hears of the BatchJob: an agent killed between the submit and
+        # recording its id leaves this mark, and the next agent looks the submission up instead of making it twice.
+        if not self._update(bj["id"], info={SUBMITTING: repr(time.time())}):
+            return
         try:
             text = self.render_script(bj)
             script.parent.mkdir(parents=True, exist_ok=True)
@@ -107,23 +119,56 @@ class SchedulerService(Service):
             script.chmod(0o755)
             scheduler_id = self.adapter.submit(
                 script, project=bj["project"], queue=bj["queue"], num_nodes=bj["num_nodes"], wall_time_min=bj["wall_time_min"],
-                job_name=f"balsam-{bj['id']}", optional_params=bj["optional_params"], cwd=self.site.path,
+                job_name=name, optional_params=bj["optional_params"], cwd=self.site.path,
             )
         except (BalsamError, OSError) as exc:
             message = str(exc).strip() or type(exc).__name__
             stderr = getattr(exc, "stderr", "")
             logger.error("batch job %s: submit failed: %s", bj["id"], message)
-            self._update(bj["id"], state=B.submit_failed, info={"error": message[:2000], **({"stderr": stderr[-2000:]} if stderr else {})})
+            self._update(bj["id"], state=B.submit_failed,
+                         info={"error": message[:2000], SUBMITTING: None, **({"stderr": stderr[-2000:]} if stderr else {})})
             return
         logger.info("batch job %s submitted as %s %s", bj["id"], self.adapter.name, scheduler_id)
+        self._record_submission(bj, scheduler_id, script)
+
+    def _record_submission(self, bj: Dict[str, Any], scheduler_id: int, script: Path, **info: str) -> None:
+        """Record the scheduler's id of a BatchJob's submission; cancel it if the BatchJob was deleted meanwhile."""
         if not self._update(bj["id"], state=B.queued, scheduler_id=scheduler_id,
-                            info={"submit_script": str(script), "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}):
+                            info={"submit_script": str(script), SUBMITTING: None, **info,
+                                  "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}):
             # deleted by its owner while it was being submitted: nothing may run for a BatchJob that no longer exists
             logger.info("batch job %s was deleted during its submission: cancelling %s %s", bj["id"], self.adapter.name, scheduler_id)
             try:
                 self.adapter.delete(int(scheduler_id))
             except BalsamError as exc:
                 logger.warning("batch job %s: cancelling %s after its deletion failed: %s", bj["id"], scheduler_id, exc)
+
+    def _submission_lost(self, bj: Dict[str, Any], name: str, script: Path, since_text: str) -> bool:
+        """A BatchJob whose submission was under way when the agent stopped: True if it never reached the scheduler
+        (submit it now). A submission the scheduler took is recorded (False), as is any doubt (False: ask again next
+        cycle), so a crash never makes a second submission."""
+        try:
+            since = float(since_text)
+        except ValueError:
+            since = 0.0
+        try:
+            found = self.adapter.find_submitted(name, script, since)
+        except BalsamError as exc:
+            logger.warning("batch job %s: its submission was interrupted, and %s cannot say whether it landed (%s): "
+                           "asking again before submitting", bj["id"], self.adapter.name, exc)
+            return False
+        if found is not None:
+            logger.info("batch job %s: its submission was interrupted after %s took it as %s: recorded, not submitted again",
+                        bj["id"], self.adapter.name, found)
+            self._record_submission(bj, int(found), script, recovered="submitted before the site agent restarted")
+            return False
+        if self.adapter.submit_outlives_caller and time.time() - since < self.adapter.timeout_s + SUBMIT_GRACE_S:
+            # the stopped agent's submit command may still be running (a SIGKILL of the agent does not stop it)
+            logger.info("batch job %s: its submission was interrupted; waiting for any submit still under way before "
+                        "submitting again", bj["id"])
+            return False
+        logger.info("batch job %s: its interrupted submission never reached %s: submitting it", bj["id"], self.adapter.name)
+        return True
 
     def _delete(self, bj: Dict[str, Any]) -> None:
         if bj["scheduler_id"] is None:

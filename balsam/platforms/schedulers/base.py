@@ -151,6 +151,9 @@ class Scheduler(ABC):
     options_help: ClassVar[Dict[str, str]] = {}
     can_discover_projects: ClassVar[bool] = False
     can_report_backfill: ClassVar[bool] = False
+    submit_outlives_caller: ClassVar[bool] = True
+    """Whether a submit command can still land after the process that ran it was killed (``sbatch``, ``qsub``
+    run as children, which a SIGKILL of the agent does not stop); False where the submit is done in-process."""
 
     def __init__(
         self,
@@ -300,6 +303,17 @@ class Scheduler(ABC):
     def discover_projects(self, user: Optional[str] = None) -> List[str]:
         """Projects (accounts) the user may charge, where the scheduler can say; [] otherwise."""
         return []
+
+    def find_submitted(self, job_name: str, script_path: PathLike, since: float) -> Optional[int]:
+        """The id of a job submitted as ``job_name`` (at or after ``since``, epoch seconds, where the scheduler
+        can tell) that the scheduler still knows, the newest if several; None if there is none.
+
+        The scheduler service asks this after a restart for a BatchJob whose submission was under way when the
+        agent stopped (killed between the submit command and recording its id), so a submission the scheduler
+        took is recorded instead of being made twice. Raises :class:`SchedulerError` when the scheduler cannot
+        tell. This default reads the user's jobs (:meth:`get_statuses`) by name."""
+        found = [s.scheduler_id for s in self.get_statuses().values() if s.job_name == job_name]
+        return max(found) if found else None
 
 
 def command_failed(result: CommandResult, what: str = "") -> SchedulerError:

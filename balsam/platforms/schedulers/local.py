@@ -14,7 +14,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from balsam.exceptions import SchedulerError
 from balsam.platforms import detached
@@ -81,6 +81,7 @@ class LocalScheduler(Scheduler):
     name = "local"
     title = "local processes"
     options_help = {"kill_grace_s": "seconds between TERM and KILL when a job is deleted (default 10)"}
+    submit_outlives_caller = False  # the job is spawned in-process: a killed agent's submit either happened or not
 
     def __init__(
         self,
@@ -228,6 +229,20 @@ class LocalScheduler(Scheduler):
             from_epoch(rec.start) if rec.start is not None else None,
             from_epoch(rec.end) if rec.end is not None else None,
         )
+
+    def find_submitted(self, job_name: str, script_path: PathLike, since: float) -> Optional[int]:
+        """The newest job started from ``script_path`` at or after ``since``, running or ended, from the records."""
+        script = str(Path(script_path).resolve())
+        newest: Optional[Tuple[float, int]] = None
+        if not self.state_dir.is_dir():
+            return None
+        for path in self.state_dir.glob("*.job"):
+            rec = detached.read_record(path) if path.stem.isdigit() else None
+            if rec is None or rec.meta.get("script") != script or (rec.submitted or 0.0) < since:
+                continue
+            if newest is None or (rec.submitted or 0.0, int(path.stem)) > newest:
+                newest = (rec.submitted or 0.0, int(path.stem))
+        return None if newest is None else newest[1]
 
     def discover_projects(self, user: Optional[str] = None) -> List[str]:
         """The local scheduler has one project: ``local``."""
