@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import pytest
 
@@ -174,3 +175,87 @@ def test_settings_yml_edits_take_effect_without_a_restart(site: Any) -> None:
         assert {"processing", "scheduler", "file_cleaner"} <= set(agent_status(site.path)["services"])
     finally:
         stop_agent(site.path)
+
+
+class SlowPre(ApplicationDefinition):
+    """Its preprocess hook notes each run (pid), then sleeps while ``block`` exists in the site folder."""
+
+    site = "test-site"
+    command_template = "true"
+
+    def preprocess(self) -> None:
+        import os as _os
+        import time as _time
+        from pathlib import Path as _Path
+
+        with open("hook-runs", "a") as f:
+            f.write(f"{_os.getpid()}\n")
+        block = _Path("../../../block")  # the hook runs in the job's workdir, <site>/data/slow/0
+        while block.exists():
+            _time.sleep(0.1)
+        self.job.state = "PREPROCESSED"
+
+
+def _hook_runs(site: Any, job: Any) -> List[int]:
+    path = site.layout.data / job.workdir / "hook-runs"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _held_by(site: Any, job_id: int) -> Any:
+    return site.store.execute("SELECT session_id FROM job WHERE id=?", (job_id,))[0][0]
+
+
+def _service_run(site: Any) -> "subprocess.Popen[bytes]":
+    """``balsam service run`` as a user runs it in a terminal: a foreground process group of its own."""
+    from balsam.runtime import balsam_argv, subprocess_env
+
+    out = open(site.path / "service-run.out", "ab")
+    try:
+        return subprocess.Popen([*balsam_argv(), "service", "run", "--site", str(site.path)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=subprocess_env())
+    finally:
+        out.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["site stop", "Ctrl-C"])
+def test_a_stop_during_a_long_hook_takes_seconds_and_hands_the_job_back(site: Any, how: str) -> None:
+    """``balsam site stop`` (SIGTERM) or a Ctrl-C in the terminal (SIGINT to the foreground group) while a preprocess
+    hook runs: the agent is gone within seconds, the hook's worker with it, and the job is handed back unchanged
+    (not FAILED, not locked); the next agent runs the hook again (an interrupted hook is re-run, as after a crash)."""
+    from balsam.pidfile import read_pid
+    from balsam.site.agent_state import pid_path
+    from tests.launcher_support import pid_alive
+
+    SlowPre.sync()
+    (site.path / "block").write_text("")
+    job = SlowPre.submit(workdir="slow/0")
+    proc = _service_run(site) if how == "Ctrl-C" else None
+    if proc is None:
+        start_agent(site.path)
+    try:
+        wait_for(lambda: _hook_runs(site, job), timeout=60)
+        (hook_pid,) = _hook_runs(site, job)
+        agent = read_pid(pid_path(site.layout))
+        assert agent is not None
+        began = time.monotonic()
+        if proc is None:
+            assert stop_agent(site.path, timeout_s=120) == agent
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=120) == 0
+        took = time.monotonic() - began
+        assert took < 10, f"the agent took {took:.1f} s to stop"
+        wait_for(lambda: not pid_alive(hook_pid), timeout=10)
+        assert str(Job.objects.get(id=job.id).state) == "STAGED_IN" and _held_by(site, int(job.id)) is None
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        stop_agent(site.path)
+    (site.path / "block").unlink()
+    start_agent(site.path)
+    try:
+        wait_for(lambda: str(Job.objects.get(id=job.id).state) == "PREPROCESSED", timeout=60)
+    finally:
+        stop_agent(site.path)
+    assert len(_hook_runs(site, job)) == 2

@@ -273,11 +273,15 @@ def stop_agent(site_root: Path, timeout_s: float = 60.0) -> Optional[int]:
     pid = read_pid(path)
     if pid is None:
         return None
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while pid_file_held(path):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while pid_file_held(path):
+            if time.monotonic() > deadline:
+                logger.warning("the site agent (pid %d) did not stop within %g s: killing it", pid, timeout_s)
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    except ProcessLookupError:  # it ended on its own meanwhile
+        pass
     return pid

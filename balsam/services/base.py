@@ -35,6 +35,9 @@ class Service:
         self.period_s = period_s
         self.backlog: Optional[int] = None
         """What is waiting for this service (shown by ``balsam site status``), if it can tell."""
+        self.stopping = threading.Event()
+        """Set when the agent stops (its service thread's stop event): a cycle that waits on slow work (app hooks)
+        checks it, so a stop finishes or hands back that work within seconds."""
 
     def run_cycle(self) -> None:
         """Do one pass of work."""
@@ -56,6 +59,7 @@ class ServiceThread(threading.Thread):
         super().__init__(name=f"balsam-{service.name}", daemon=True)
         self.service = service
         self.stop = stop
+        service.stopping = stop
         self.cycles = 0
         self.errors = 0
         self.last_cycle: Optional[float] = None

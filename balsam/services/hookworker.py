@@ -14,6 +14,7 @@ nothing but Balsam and the app's own code.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -32,6 +33,7 @@ _site_path: Optional[Path] = None
 def init_worker(site_path: str, balsam_home: Optional[str]) -> None:
     """Pool initializer: remember the site; start in its directory, as the agent does."""
     global _site_path
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the agent's terminal is for the agent (it stops us)
     if balsam_home:
         os.environ["BALSAM_HOME"] = balsam_home
     _site_path = Path(site_path)

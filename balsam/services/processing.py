@@ -11,6 +11,11 @@ Two paths:
   state unchanged, or sets one the state machine refuses, is an error with a message, not a stuck job.
 
 An app whose stored code no longer loads fails the jobs that need it processed, with the load error.
+
+When the agent stops (``balsam site stop``, Ctrl-C), running hooks get ``STOP_GRACE_S`` to finish; the workers of
+those still running are then killed and their jobs handed back, unchanged, so the next agent runs those hooks
+again (a hook must tolerate being re-run after an interruption, as after a crash). Hook workers ignore SIGINT: a
+Ctrl-C in the agent's terminal stops the agent, which stops them, rather than failing the jobs they run.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from balsam._api.app import ApplicationDefinition
 from balsam._api.base import row_of
@@ -46,6 +51,9 @@ HOOKS: Dict[JobState, Tuple[str, JobState]] = {
 }
 BULK_BATCH = 20_000
 CYCLE_BUDGET_S = 2.0
+STOP_GRACE_S = 3.0
+"""When the agent stops: how long running hooks get to finish before their workers are killed and their jobs handed
+back (unlocked, in the state they were in, so the next agent runs the hook again)."""
 
 
 class ProcessingService(Service):
@@ -162,7 +170,12 @@ class ProcessingService(Service):
         for job in jobs:
             row = row_of(job) or {}
             futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[S(job.state)][0]))
+        ended = self._wait_for_hooks(futures)
+        if len(ended) < len(futures):
+            self._kill_pool()  # the agent stops: unfinished hooks are handed back with the lease (see cleanup)
         for job, future in zip(jobs, futures):
+            if future not in ended:
+                continue
             try:
                 changed, error = future.result()
             except Exception as exc:  # the worker died (a hook called os._exit, or was killed)
@@ -182,6 +195,36 @@ class ProcessingService(Service):
         if failures:
             with self.site.store.write() as conn:
                 apply_state_changes(conn, failures, strict=False)
+
+    def _wait_for_hooks(self, futures: List["concurrent.futures.Future[Any]"]) -> Set["concurrent.futures.Future[Any]"]:
+        """Wait for the hooks to end; the ones that did (all, unless the agent stopped and some ran on past
+        ``STOP_GRACE_S``)."""
+        ended: Set["concurrent.futures.Future[Any]"] = set()
+        pending = set(futures)
+        give_up: Optional[float] = None
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.25)
+            ended |= done
+            if pending and self.stopping.is_set():
+                give_up = give_up or time.monotonic() + STOP_GRACE_S
+                if time.monotonic() > give_up:
+                    logger.info("processing: the agent stops: %d hooks still running are stopped and their jobs handed back",
+                                len(pending))
+                    break
+        return ended
+
+    def _kill_pool(self) -> None:
+        """Kill the hook workers (hooks that outlived the stop's grace) and drop the pool."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        for proc in workers:
+            try:
+                proc.kill()
+            except (OSError, ValueError):
+                pass
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def _save(self, jobs: List[Job]) -> None:
         """Save hook results in one batch; if the batch is refused (a job moved meanwhile), one by one."""
@@ -205,6 +248,7 @@ class ProcessingService(Service):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        # Releasing the lease hands back the jobs whose hooks did not finish: unlocked, their state unchanged.
         if self.session_id is not None:
             with self.site.store.write() as conn:
                 sessions.release(conn, self.session_id, message="the site agent stopped")
