@@ -70,11 +70,16 @@ def test_the_next_launcher_stops_an_earlier_copy_before_rerunning(tmp_path: Path
             proc.kill()
 
 
+@pytest.mark.parametrize("app", ["shell", "python"])
 @pytest.mark.parametrize("mode", MODES)
-def test_results_a_killed_launcher_had_not_written_are_recovered(site: Any, hello: Any, mode: str) -> None:
-    """The launcher's in-memory batch never reaches the DB (flush period of an hour); its journal does."""
+def test_results_a_killed_launcher_had_not_written_are_recovered(site: Any, hello: Any, adder: Any, mode: str, app: str) -> None:
+    """The launcher's in-memory batch never reaches the DB (flush period of an hour); its journal does, with a
+    Python app's return value."""
     configure(site.path, status_flush_period_s=3600.0)
-    jobs = runnable(site.store, [hello.submit(workdir=f"j/{i}", say_hello_to=str(i)) for i in range(5)])
+    if app == "shell":
+        jobs = runnable(site.store, [hello.submit(workdir=f"j/{i}", say_hello_to=str(i)) for i in range(5)])
+    else:
+        jobs = runnable(site.store, [adder.submit(workdir=f"j/{i}", x=i, y=100) for i in range(5)])
     proc = start(site.path, mode)
     journal = site.layout.state / "journal"
 
@@ -88,8 +93,12 @@ def test_results_a_killed_launcher_had_not_written_are_recovered(site: Any, hell
     proc.wait()
     _release_dead_leases(site)
     assert set(states(site.store, jobs).values()) == {"JOB_FINISHED"}  # finished: never run again
-    for j in jobs:
+    for i, j in enumerate(jobs):
         assert job_row(site.store, j)["return_code"] == 0
+        if app == "python":
+            from balsam.api import Job
+
+            assert Job.objects.get(id=j).result() == i + 100
         ev = events(site.store, j)
         assert [e["to"] for e in ev].count("RUNNING") == 1
         assert [e["data"].get("from_journal") is not None for e in ev if e["to"] in ("RUN_DONE", "POSTPROCESSED")] == [True, True]
@@ -403,3 +412,32 @@ def test_a_launcher_that_can_write_only_its_journal_leaves_its_results_there(sma
         sessions.release(conn, int(journal.stem), message="the launcher died")
     assert not journal.exists()
     fd.check_each_ran_once_and_finished()
+
+
+def test_a_clock_jump_does_not_end_a_live_launchers_lease(site: Any, sleeper: Any, pids: List[int]) -> None:
+    """NTP steps the home host's wall clock 10 minutes ahead while a launcher runs a job: its heartbeat looks 10
+    minutes old, but it is alive: its lease is kept (its job is not timed out and re-run), and it finishes."""
+    from balsam.db import sessions
+    from balsam.db.meta import read_meta, write_meta
+    from balsam.site import this_host
+
+    (job,) = runnable(site.store, [sleeper.submit("jump/0", seconds=4)])
+    proc = start(site.path, "mpi", idle_ttl_s=1.0)
+    try:
+        wait_for(lambda: states(site.store, [job])[job] == "RUNNING", timeout=30, what="the job RUNNING")
+        pids.append(read_pid(site.path, "jump/0"))
+        with site.store.write() as conn:  # an expiry check before the jump (the agent makes one every few seconds)
+            assert sessions.expire_sessions(conn, expiry_s=300, host=this_host()) == []
+        with site.store.write() as conn:
+            # The wall clock steps 600 s ahead: seen from the new clock, every wall time stored is 600 s older.
+            conn.execute("UPDATE session SET heartbeat=heartbeat-600")
+            wall, boot = (read_meta(conn, "clock_seen") or "").split()
+            write_meta(conn, "clock_seen", f"{float(wall) - 600!r} {boot}")
+            assert sessions.expire_sessions(conn, expiry_s=300, host=this_host()) == []
+        assert states(site.store, [job])[job] == "RUNNING"
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    history = [e["to"] for e in events(site.store, job)]
+    assert history.count("RUNNING") == 1 and "RUN_TIMEOUT" not in history and "RUN_DONE" in history

@@ -22,6 +22,7 @@ from balsam.db import doorbell, ids, journal
 from balsam.db.codec import dumps, loads
 from balsam.db.connection import writes_failed_at
 from balsam.db.jobs import StateChange, apply_state_changes
+from balsam.db.meta import read_meta, write_meta
 from balsam.db.schema import ACQUIRE_INDEXED_STATES
 from balsam.db.states import RUNNABLE_STATES, JobState
 from balsam.exceptions import SessionExpired, ValidationError
@@ -138,9 +139,14 @@ def expire_sessions(conn: sqlite3.Connection, *, expiry_s: float, host: str, now
 
     A silence this process could not have heard through (it could not write the DB itself: a full disk) does
     not count: the lease's expiry runs from then, so a launcher that kept its results through the outage gets
-    the time to write them (its journal included) before its lease is ended."""
-    now = time.time() if now is None else now
-    deaf_until = writes_failed_at(conn)
+    the time to write them (its journal included) before its lease is ended. Nor does a silence the wall clock
+    made by jumping ahead (:func:`clock_jumped_at`): a live launcher is not presumed dead because NTP stepped
+    the clock."""
+    jumped_at = 0.0
+    if now is None:
+        now = time.time()
+        jumped_at = clock_jumped_at(conn, now)
+    deaf_until = max(writes_failed_at(conn), jumped_at)
     dead: List[Tuple[int, str]] = []
     # Only stale leases and this host's can be dead: hundreds of live remote launchers' leases are not read.
     rows = conn.execute("SELECT id, heartbeat, host, pid, pid_start FROM session WHERE heartbeat < ? OR host = ?",
@@ -153,6 +159,47 @@ def expire_sessions(conn: sqlite3.Connection, *, expiry_s: float, host: str, now
     for sid, why in dead:
         release(conn, sid, message=why)
     return [sid for sid, _ in dead]
+
+
+CLOCK_JUMP_S = 5.0
+"""A step of the wall clock, against the host's monotonic boot clock, larger than this is a clock jump."""
+_CLOCK_SEEN = "clock_seen"
+_CLOCK_JUMPED = "clock_jumped_at"
+
+
+def _boot_clock() -> float:
+    """Seconds since boot, the same for every process on this host and blind to wall-clock steps."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+def clock_jumped_at(conn: sqlite3.Connection, now: float) -> float:
+    """When the home host's wall clock last jumped, as far as lease expiry has seen (0 if never).
+
+    Every lease's heartbeat is written on the home host (directly, or by its agent for other hosts) in wall-clock
+    time, so a step of that clock (NTP, an administrator's ``date -s``) ages or rejuvenates every heartbeat at once.
+    Each expiry check records the wall and boot clocks side by side in the site DB (any process on the home host
+    shares the boot clock); when the wall clock moved ahead of the boot clock by more than ``CLOCK_JUMP_S``, the
+    jump's time is kept and silence before it does not count. A step back brings heartbeats from the future back
+    to now, so a dead launcher's lease is not kept alive for the size of the step."""
+    boot = _boot_clock()
+    seen = read_meta(conn, _CLOCK_SEEN)
+    jumped_text = read_meta(conn, _CLOCK_JUMPED)
+    jumped = float(jumped_text) if jumped_text else 0.0
+    try:
+        wall0, boot0 = (float(x) for x in (seen or "").split())
+    except ValueError:
+        wall0 = boot0 = -1.0
+    if boot0 >= 0 and boot >= boot0:  # the same boot as the last check
+        drift = (now - wall0) - (boot - boot0)
+        if drift > CLOCK_JUMP_S:
+            jumped = now
+            write_meta(conn, _CLOCK_JUMPED, repr(now))
+        elif drift < -CLOCK_JUMP_S:
+            conn.execute("UPDATE session SET heartbeat=? WHERE heartbeat>?", (now, now))
+        if abs(drift) <= CLOCK_JUMP_S and boot - boot0 < 1.0:
+            return jumped  # checked within the last second: nothing new to record
+    write_meta(conn, _CLOCK_SEEN, f"{now!r} {boot!r}")
+    return jumped
 
 
 SESSION_FIELDS = frozenset({"id", "host", "pid", "label", "heartbeat", "batch_job_id"})
