@@ -201,3 +201,30 @@ def test_a_device_is_not_read_as_a_job_file(site: Any, hello: Any) -> None:
     """``--from /dev/zero`` read forever."""
     assert "/dev/zero: a device, not a file of jobs" in fails("job", "create", "--from", "/dev/zero", "--format", "jsonl", "-y", code=2)
     assert "not a regular file" in fails("dag", "create", "/dev/zero", code=2)
+
+
+def test_commands_on_a_full_disk_say_the_disk_is_full_and_work_again_when_space_is_back(balsam_home: Path,
+                                                                                       small_disk: Path) -> None:
+    """A process opening the site DB when its disk is full (SQLite cannot size the WAL index, a 'disk I/O error')
+    was told the DB was 'not a Balsam site DB, or corrupt'; nothing was wrong with it but the space."""
+    from tests.cli_helpers import run_process
+    from tests.helpers import fill
+
+    root = small_disk / "s"
+    ok("site", "init", root, "-n", "s")
+    (root / "app.py").write_text("from balsam.api import ApplicationDefinition\n\n\nclass Echo(ApplicationDefinition):\n"
+                                 "    site = 's'\n    command_template = 'echo {{ x }}'\n")
+    assert run_process("app", "sync", "app.py", cwd=root).returncode == 0
+    assert run_process("job", "create", "-a", "Echo", "-w", "a/1", "--param", "x=1", cwd=root).returncode == 0
+    fill(small_disk / "filler")
+    for args in (["job", "create", "-a", "Echo", "-w", "a/2", "--param", "x=2"], ["job", "ls"]):
+        done = run_process(*args, cwd=root)
+        err = done.stderr.strip()
+        assert done.returncode == 1 and err.startswith("Error: ") and "\n" not in err, err
+        assert "the disk holding it is full" in err and "corrupt" not in err, err
+    (small_disk / "filler").unlink()
+    assert run_process("job", "create", "-a", "Echo", "-w", "a/3", "--param", "x=3", cwd=root).returncode == 0
+    listing = run_process("job", "ls", cwd=root).stdout
+    assert "a/1" in listing and "a/3" in listing and "a/2" not in listing
+    check = run_process("db", "check", cwd=root)
+    assert check.returncode == 0 and "ok" in check.stdout

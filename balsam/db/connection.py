@@ -30,6 +30,8 @@ BUSY_TIMEOUT_MS = 60_000
 _AFTER_COMMIT: Dict[int, List[Callable[[], None]]] = {}
 _WRITES_FAILED: Dict[str, float] = {}
 _DISK_ERRORS = (13, 10)  # SQLITE_FULL, SQLITE_IOERR
+FULL_DISK_BYTES = 1 << 20
+"""Free space under which a failed open is put down to a full disk."""
 
 
 def _note_failure(db_path: Path, exc: BaseException) -> None:
@@ -37,6 +39,25 @@ def _note_failure(db_path: Path, exc: BaseException) -> None:
     if isinstance(exc, sqlite3.OperationalError) and (
             getattr(exc, "sqlite_errorcode", None) in _DISK_ERRORS or "disk is full" in str(exc) or "disk I/O" in str(exc)):
         _WRITES_FAILED[os.path.realpath(db_path)] = time.time()
+
+
+def _open_failed(db_path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    """The error for a DB that cannot be opened: a full disk says so (SQLite cannot size the WAL index of a DB nobody
+    has open, and calls it a 'disk I/O error'), anything else may be damage."""
+    _note_failure(db_path, exc)
+    if isinstance(exc, sqlite3.OperationalError) and (
+            ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) in _DISK_ERRORS or "disk" in str(exc)):
+        try:
+            st = os.statvfs(db_path.parent)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = -1
+        if 0 <= free < FULL_DISK_BYTES:
+            return StoreError(f"{db_path}: cannot open the site DB: the disk holding it is full ({free // 1024} KiB free on "
+                              f"{db_path.parent}); free some space and retry (nothing was changed)")
+        return StoreError(f"{db_path}: cannot open the site DB ({exc}): a full disk or a failing filesystem? Nothing was "
+                          "changed; if it persists with free space, try 'balsam db check'")
+    return StoreError(f"{db_path}: not a Balsam site DB, or corrupt ({exc}); try 'balsam db check'")
 
 
 def writes_failed_at(conn: sqlite3.Connection) -> float:
@@ -155,7 +176,7 @@ class Store:
             conn.execute("PRAGMA cache_size=-32768")
             conn.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.db_path}: not a Balsam site DB, or corrupt ({exc}); try 'balsam db check'") from None
+            raise _open_failed(self.db_path, exc) from None
         return conn
 
     def _connect_read_only(self) -> sqlite3.Connection:
@@ -184,7 +205,7 @@ class Store:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.db_path}: not a Balsam site DB, or corrupt ({exc}); try 'balsam db check'") from None
+            raise _open_failed(self.db_path, exc) from None
         if version > CURRENT_VERSION:
             raise SchemaError(
                 f"{self.db_path}: schema version {version} is newer than this Balsam understands ({CURRENT_VERSION}); "
