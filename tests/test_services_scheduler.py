@@ -209,7 +209,7 @@ done < "$FAKE_SLURM/jobs"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["after-sbatch", "during-sbatch", "sbatch-killed-too"])
+@pytest.mark.parametrize("fault", ["after-sbatch", "during-sbatch", "sbatch-killed-too", "site-stop-during-sbatch"])
 def test_an_agent_killed_mid_submit_never_submits_a_batch_job_twice(site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
                                                                    fault: str) -> None:
     """kill -9 of the site agent while ``sbatch`` runs: the restarted agent records the submission Slurm took (it
@@ -231,10 +231,10 @@ def test_an_agent_killed_mid_submit_never_submits_a_batch_job_twice(site: Any, t
         (fake / "bin" / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SLURM", str(fake))
-    monkeypatch.setenv("FAKE_SBATCH_SLEEP", "3")
+    monkeypatch.setenv("FAKE_SBATCH_SLEEP", "30" if fault == "site-stop-during-sbatch" else "3")  # a hung slurmctld
     monkeypatch.setenv("FAKE_SBATCH_ORDER", "sleep-first" if fault != "after-sbatch" else "record-first")
     settings = yaml.safe_load((site.path / "settings.yml").read_text())
-    settings["scheduler"].update(type="slurm", sync_period_s=0.2, command_timeout_s=4)
+    settings["scheduler"].update(type="slurm", sync_period_s=0.2, command_timeout_s=35 if fault == "site-stop-during-sbatch" else 4)
     (site.path / "settings.yml").write_text(yaml.safe_dump(settings))
 
     def submissions() -> List[str]:
@@ -247,13 +247,18 @@ def test_an_agent_killed_mid_submit_never_submits_a_batch_job_twice(site: Any, t
         if fault == "after-sbatch":
             wait_for(lambda: submissions(), timeout=30, what="sbatch to take the job")
         time.sleep(0.3)
-        if fault == "sbatch-killed-too":
-            os.killpg(pid, signal.SIGKILL)  # the agent and its sbatch: the submission never lands
+        if fault == "site-stop-during-sbatch":  # sbatch hangs: 'balsam site stop' still takes seconds, not its timeout
+            began = time.monotonic()
+            stop_agent(site.path)
+            assert time.monotonic() - began < 20
+        elif fault == "sbatch-killed-too":  # the agent and its sbatch: the submission never lands
+            os.kill(pid, signal.SIGKILL)
+            os.kill(int((fake / "calls").read_text().split()[0]), signal.SIGKILL)
         else:
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not pid_file_held(pid_path(site.layout)), timeout=10, what="the killed agent's end")
         start_agent(site.path)
-        wait_for(lambda: BatchJob.objects.get(id=bj.id).scheduler_id is not None, timeout=60, what="the recorded submission")
+        wait_for(lambda: BatchJob.objects.get(id=bj.id).scheduler_id is not None, timeout=90, what="the recorded submission")
         time.sleep(2.0)  # a few more cycles of the new agent
     finally:
         stop_agent(site.path)

@@ -103,6 +103,7 @@ class SubprocessRunner:
             cwd=None if cwd is None else str(cwd),
             timeout=self.timeout_s if timeout_s is None else timeout_s,
             check=False,
+            start_new_session=True,  # a Ctrl-C in the caller's terminal is not for it: an sbatch is finished, not cut off
         )
         return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 

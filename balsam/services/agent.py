@@ -44,6 +44,9 @@ from balsam.site.agent_state import read_status as read_status
 
 logger = logging.getLogger("balsam.agent")
 STATUS_PERIOD_S = 2.0
+STOP_S = 8.0
+"""How long a stopping agent waits for its services to finish what they hold (hooks hand theirs back after
+``processing.STOP_GRACE_S``); a service still busy then (a hung scheduler command) is left to the process's end."""
 
 
 AGENT_LOG = "service.log"
@@ -217,8 +220,12 @@ def run_agent(site_root: Path) -> int:
         generation.set()
         sync_threads = relay.threads()
         relay.stop()
+        deadline = time.monotonic() + STOP_S
         for t in threads:
-            t.join(timeout=60)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [t.service.name for t in threads if t.is_alive()]
+        if stuck:  # e.g. a scheduler command that hangs: a BatchJob's interrupted submission is recovered at the next start
+            logger.warning("stopping without waiting longer for %s (still busy after %g s)", ", ".join(stuck), STOP_S)
         _write_status(layout, node, threads + sync_threads, started, False)
         logger.info("agent stopped")
     return 0
