@@ -115,3 +115,14 @@ def test_show_prints_the_submitted_script(site: Any) -> None:
             service.run_cycle()
             if BatchJob.objects.count() == 0:
                 break
+
+
+def test_submit_says_when_no_agent_will_pick_it_up(site: Any, backend: str) -> None:
+    """A first BatchJob with the agent stopped sat in pending_submission with nothing saying why."""
+    result = ok("queue", "submit", "-n", "1", "-t", "5")
+    if backend == "local":
+        assert "Note: the site agent of test-site is not running, so it waits in pending_submission" in result.stderr
+        assert "balsam site start --site test-site" in result.stderr
+    else:  # reached through the running agent's API
+        assert "Note:" not in result.stderr
+    assert "Note:" not in ok("queue", "submit", "-n", "1", "-t", "5", "--json").stderr  # scripts read stdout; stay quiet

@@ -202,3 +202,36 @@ def test_ctrl_c_exits_130_quietly(site: Any, hello: Any) -> None:
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130
     assert err.strip() == "" and out == ""
+
+
+def test_a_mistyped_command_names_the_closest_ones() -> None:
+    assert "No such command 'jbo'. (did you mean 'job'?)" in fails("jbo", "ls", code=2)
+    assert "(did you mean 'ls'?)" in fails("job", "lss", code=2)
+    err = fails("site", "strat", code=2)
+    assert "did you mean 'start'" in err and "balsam site --help" in err
+    assert "(did you mean 'submit'?)" in fails("queue", "sumbit", code=2)
+    assert "did you mean" not in fails("frobnicate", code=2)
+
+
+def test_a_balsam_07_command_with_no_counterpart_says_what_replaced_it() -> None:
+    err = fails("register", code=2)
+    assert "no server to register with" in err and "balsam relay user add" in err
+    assert "'balsam relay serve'" in fails("server", "up", code=2)
+
+
+def test_output_cut_short_by_a_closed_pipe_ends_quietly(site: Any, hello: Any, tmp_path: Path) -> None:
+    """'balsam job ls -v | head' printed 'Error: Broken pipe' (the closed pipe was taken for a command's error)."""
+    import os
+
+    from balsam.api import Job
+
+    Job.objects.bulk_create([Job(f"p/{i}", app_id="Hello", parameters={"say_hello_to": "x" * 50}) for i in range(400)])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="120")
+    proc = subprocess.Popen([sys.executable, "-m", "balsam", "job", "ls", "-v", "-n", "0"], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"Job ")
+    proc.stdout.close()  # like head -1: what is left to print (far more than a pipe holds) meets a closed pipe
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert err == "", err

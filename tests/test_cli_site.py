@@ -50,6 +50,22 @@ def test_init_asks_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert SiteLayout(tmp_path / "asked").preset() == "slurm"
 
 
+def test_init_says_what_to_do_next(tmp_path: Path) -> None:
+    out = ok("site", "init", "first").stdout
+    assert f"Next (inside {tmp_path / 'first'} every command finds the site by itself; elsewhere add --site first)" in out
+    for step in ("balsam site start", "balsam app sync apps.py", "balsam docs using balsam", "balsam job create -a APP",
+                 "balsam queue submit -n 1 -t 10"):
+        assert step in out
+    assert "## Using Balsam" in ok("docs", "using", "balsam").stdout  # the section that next step names
+
+
+def test_init_forgives_a_preset_in_capitals_and_suggests_for_a_typo(tmp_path: Path) -> None:
+    ok("site", "init", "caps", "--preset", "Polaris")
+    assert SiteLayout(tmp_path / "caps").preset() == "polaris"
+    assert "unknown preset 'polris' (did you mean 'polaris'?)" in fails("site", "init", "typo", "--preset", "polris", code=2)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_init_refuses_unknown_preset_and_existing_site(site: Any) -> None:
     assert "unknown preset 'nope'" in fails("site", "init", "x", "--preset", "nope", code=2)
     assert "already a Balsam site" in fails("site", "init", str(site.path))

@@ -2,7 +2,8 @@
 included):
 
 - ``platforms`` imports nothing of Balsam's but ``balsam.exceptions`` (tests/test_platforms_imports.py);
-- ``db`` (the store) imports only itself, ``exceptions`` and ``runtime``;
+- ``db`` (the store) imports only itself, ``exceptions`` and ``runtime``; ``docs`` (the README shipped inside)
+  nothing of Balsam's;
 - ``launcher`` never imports ``services`` or ``cli``;
 - ``services`` use ``db`` and ``platforms``; of the API only site references (``_api.sites``), and the API's app
   and Job in the modules that run an app's hooks (processing, file cleaning); never ``cli`` or ``launcher``;
@@ -32,6 +33,7 @@ PACKAGE = Path(balsam.__file__).parent
 ALLOWED: Dict[str, Set[str]] = {
     "db": {"db", "exceptions", "runtime"},
     "platforms": {"platforms", "exceptions"},
+    "docs": {"docs"},
 }
 FORBIDDEN: Dict[str, Set[str]] = {
     "launcher": {"services", "cli"},
@@ -45,9 +47,9 @@ API_AGENT_VIEW: Dict[Tuple[str, str], str] = {}
 """The API modules that answer for the agent or the launcher on the home host (elsewhere they ask the agent); none
 left: job.why(), batch_job.preview_submission() and balsam which use the site layer's diagnosis, submission and
 hardware modules, which the agent and the launcher use too."""
-CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "settings_aliases", "pidfile", "states"}
-"""The API, the CLI's own helpers, the states and their named sets, and the site layout/registry and settings files
-the CLI edits."""
+CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "settings_aliases", "pidfile", "states", "docs"}
+"""The API, the CLI's own helpers, the states and their named sets, the site layout/registry and settings files
+the CLI edits, and the documentation shipped in the package (``balsam docs``; it imports nothing of Balsam's)."""
 ENTRY_POINTS = {
     ("cli/launcher.py", "launcher"): "balsam launcher starts the launcher process",
     ("cli/service.py", "services"): "balsam service run/start/stop run the site agent process",

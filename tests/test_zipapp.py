@@ -113,6 +113,15 @@ def test_zipapp_runs_a_job_end_to_end_in_an_isolated_interpreter(pyz: Path, tmp_
     assert "zipapp" in which and str(pyz.resolve()) in which and "Depends on:" in which and "click 8.1.8" in which and "uvicorn 0.34.3" in which
 
 
+def test_the_docs_read_from_the_archive_alone(pyz: Path, tmp_path: Path) -> None:
+    lone = tmp_path / "empty"
+    lone.mkdir()
+    copy = lone / "balsam.pyz"
+    copy.write_bytes(pyz.read_bytes())
+    res = isolated(copy, tmp_path, "docs", "one", "file", cwd=str(lone))
+    assert res.returncode == 0 and res.stdout.startswith("### One file for login nodes") and "build_zipapp.py" in res.stdout, res.stderr
+
+
 def python39() -> str:
     """The real Python 3.9 interpreter, or '' (pyenv's shim refuses a version that is not selected)."""
     import os
@@ -155,6 +164,6 @@ def test_the_wheel_carries_every_package_and_the_presets(tmp_path: Path) -> None
     names = set(zipfile.ZipFile(wheel).namelist())
     for must in ("balsam/services/agent.py", "balsam/launcher/__init__.py", "balsam/cli/job.py", "balsam/db/schema.py",
                  "balsam/platforms/presets/polaris/settings.yml", "balsam/platforms/presets/local/job-template.sh",
-                 "balsam/web/__init__.py", "balsam/web/index.html"):
+                 "balsam/web/__init__.py", "balsam/web/index.html", "balsam/docs/README.md"):
         assert must in names
     assert any(n.startswith("balsam/web/assets/") and n.endswith(".css") for n in names)  # the dashboard, built

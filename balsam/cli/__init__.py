@@ -50,6 +50,7 @@ COMMANDS: Dict[str, Entry] = {
     "db": Entry("balsam.cli.db:db", "Check, back up, compact and migrate a site's database."),
     "which": Entry("balsam.cli.which:which", "Show which site, database and Balsam this shell uses."),
     "service": Entry("balsam.cli.service:service", "Start, stop and inspect the site agent (also 'site start/stop/status')."),
+    "docs": Entry("balsam.cli.docs:docs", "Read the documentation offline (the README, by section): balsam docs TOPIC."),
     "ui": Entry("balsam.cli.ui:ui", "Serve the web dashboard of a site on this host (prints the link and the ssh -L line)."),
     "launcher": Entry("balsam.cli.launcher:launcher", "Run the pilot launcher inside an allocation.", optional=True),
     # Balsam 0.x names that users still type.
@@ -73,7 +74,48 @@ def _module_exists(target: str) -> bool:
         return False
 
 
-class LazyGroup(click.Group):
+RETIRED: Dict[str, str] = {
+    "register": "there is no server to register with: each site keeps its jobs in its own database "
+                "(the optional relay's users are added with 'balsam relay user add')",
+    "server": "there is no server to run: each site keeps its jobs in its own database "
+              "('balsam relay serve' runs the optional relay; 'balsam ui' the dashboard)",
+    "launch": "the pilot runs inside an allocation: 'balsam queue submit' (or 'balsam launcher' within one)",
+    "make_dummies": "create jobs with 'balsam job create' (many at once: --from FILE)",
+}
+"""Commands of Balsam 0.x/0.7 that have no counterpart, with what to do instead (said when one is typed)."""
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the choices closest to a mistyped ``word``, or ``""``."""
+    import difflib
+
+    lowered = {c.lower(): c for c in choices}
+    matches = difflib.get_close_matches(word.lower(), list(lowered), n=3, cutoff=0.6)
+    matches += [c for c in lowered if len(word) >= 2 and c.startswith(word.lower()) and c not in matches]
+    if not matches:
+        return ""
+    names = [repr(lowered[m]) for m in matches[:3]]
+    return f" (did you mean {' or '.join(names)}?)"
+
+
+class SuggestingGroup(click.Group):
+    """A click group that answers a mistyped subcommand with the closest names, and a retired Balsam 0.x/0.7
+    command with what replaced it. Its subgroups (``@group.group()``) are of the same kind."""
+
+    group_class = type
+
+    def resolve_command(self, ctx: click.Context, args: List[str]) -> Tuple[Optional[str], Optional[click.Command], List[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and not ctx.resilient_parsing and self.get_command(ctx, name) is None:
+            if name in RETIRED and ctx.parent is None:
+                ctx.fail(f"'{name}' is not a command here: {RETIRED[name]}.")
+            # Loaded commands may be hidden (internal); a lazy one is listed without importing its module.
+            visible = [n for n in self.list_commands(ctx) if not getattr(self.commands.get(n), "hidden", False)]
+            ctx.fail(f"No such command {name!r}.{did_you_mean(name, visible)}")
+        return super().resolve_command(ctx, args)
+
+
+class LazyGroup(SuggestingGroup):
     """A click group whose subcommands are imported on first use, from a name -> :class:`Entry` table."""
 
     def __init__(self, *args: Any, lazy: Optional[Dict[str, Entry]] = None, **kwargs: Any) -> None:
@@ -147,8 +189,8 @@ class BalsamCLI(LazyGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+            raise  # a closed pipe (balsam job ls -v | head) ends quietly in main()
         except Exception as exc:
             if _debug():
                 raise
@@ -204,6 +246,7 @@ def cli() -> None:
       balsam job create -a Hello -w demo/hello -p say_hello_to=world
       balsam job ls --by-state
       balsam queue submit -n 1 -t 10 -q local -A local -j mpi
+      balsam docs                       (the documentation, offline)
     """
 
 
@@ -230,4 +273,4 @@ def _quiet_broken_pipe() -> NoReturn:
     sys.exit(0)
 
 
-__all__ = ["COMMANDS", "Entry", "LazyGroup", "cli", "main", "translate_error"]
+__all__ = ["COMMANDS", "Entry", "LazyGroup", "RETIRED", "SuggestingGroup", "cli", "did_you_mean", "main", "translate_error"]

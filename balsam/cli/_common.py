@@ -212,6 +212,18 @@ def one_site(selectors: Sequence[str], action: str = "this command") -> "SiteRef
     return refs[0]
 
 
+def note_if_agent_stopped(ref: "SiteRef", waits: str) -> None:
+    """On the site's home host, say on stderr when its agent is not running (what was just created ``waits``
+    for it): a first BatchJob or job would otherwise sit there with nothing saying why."""
+    if not ref.is_home:
+        return  # reached through the agent's API (or the relay, which applies it when the site syncs)
+    from balsam.site import agent_running
+
+    if agent_running(ref.layout) is None:
+        click.echo(f"Note: the site agent of {ref.name} is not running, so {waits} until it starts: balsam site start --site {ref.name}",
+                   err=True)
+
+
 # ------------------------------------------------------------------------------------------- output
 def to_jsonable(value: Any) -> Any:
     """Plain JSON data from API values: enums by value, datetimes in ISO 8601, bytes by size, paths as text."""

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import (
     CLIError,
     confirm,
@@ -22,7 +23,7 @@ from balsam.cli._common import (
 )
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def app() -> None:
     """List, sync and remove applications (ApplicationDefinition classes stored at a site).
 

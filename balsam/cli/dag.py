@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import CLIError, echo_json, echo_queued, echo_table, json_option, one_site, progress, site_option
 
 
@@ -38,7 +39,7 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def dag() -> None:
     """DAG templates: create, list, show, run (instantiate), watch, kill and retry instances.
 

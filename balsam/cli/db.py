@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import CLIError, echo_json, json_option, one_site, site_option, working
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def db() -> None:
     """Check, back up, compact and migrate a site's database.
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import (
     CLIError,
     color_state,
@@ -51,7 +52,7 @@ BULK_CHUNK = 10_000
 PROGRESS_MIN = 2000  # selections at least this large show a counter on a terminal
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def job() -> None:
     """Create, list, modify, reset, kill and remove jobs.
 

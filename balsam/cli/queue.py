@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import (
     CLIError,
     echo_json,
@@ -15,6 +16,7 @@ from balsam.cli._common import (
     format_time,
     json_option,
     kv_option,
+    note_if_agent_stopped,
     one_site,
     scope_sites,
     site_option,
@@ -24,7 +26,7 @@ from balsam.states import BATCH_ACTIVE_STATES, BATCH_LISTED_STATES, BatchJobStat
 B = BatchJobState
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def queue() -> None:
     """Submit, list and cancel BatchJobs (pilot allocations that run launchers).
 
@@ -96,6 +98,7 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
         return
     click.echo(f"Submitted BatchJob {bj.id} at site {ref.name}: {bj.num_nodes} nodes, {bj.wall_time_min} min, {bj.job_mode} mode, "
                f"queue {bj.queue}, project {bj.project} ({bj.state}; the site agent submits it)")
+    note_if_agent_stopped(ref, "it waits in pending_submission")
 
 
 def _show_submission(ref: Any, bj: Any, bj_id: Optional[int], as_json: bool, heading: str) -> None:

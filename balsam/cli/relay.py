@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import CLIError, echo_json, echo_table, format_time, json_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,7 +59,7 @@ def _safe(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def relay() -> None:
     """Run and administer the relay: users, tokens, its database.
 

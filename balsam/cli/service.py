@@ -11,12 +11,13 @@ from typing import Any, Dict, Optional
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import site_root
 
 site_option = click.option("--site", "site", metavar="PATH", help="The site (default: the one around the working directory).")
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def service() -> None:
     """Run and inspect the site agent (processing, scheduler, autoscaling, cleanup).
 

@@ -56,6 +56,13 @@ def _choose_preset(options: List[Tuple[str, str, str, str]]) -> str:
         click.echo(f"Choose 1-{len(names)} or one of: {', '.join(names)}", err=True)
 
 
+NEXT_STEPS = """Next (inside {path} every command finds the site by itself; elsewhere add --site {name}):
+  balsam site start                 # the site agent: prepares jobs, submits BatchJobs
+  balsam app sync apps.py           # your ApplicationDefinitions ('balsam docs using balsam' shows some)
+  balsam job create -a APP -w WORKDIR -p NAME=VALUE
+  balsam queue submit -n 1 -t 10    # an allocation whose launcher runs the jobs"""
+
+
 @site.command("init")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-n", "--name", help="Site name (default: the directory's name).")
@@ -77,8 +84,13 @@ def site_init(path: Path, name: Optional[str], preset: Optional[str], relay_url:
 
     options = _presets()
     names = [o[0] for o in options]
+    if preset is not None and preset not in names and preset.lower() in names:
+        preset = preset.lower()  # --preset Polaris
     if preset is not None and preset not in names:
-        raise CLIError(f"unknown preset {preset!r} (available: {', '.join(names)}; see 'balsam site presets')", 2)
+        from balsam.cli import did_you_mean
+
+        raise CLIError(f"unknown preset {preset!r}{did_you_mean(preset, names)} (available: {', '.join(names)}; "
+                       "see 'balsam site presets')", 2)
     interactive = is_interactive()
     if preset is None:
         preset = _choose_preset(options) if interactive and len(names) > 1 else "local"
@@ -102,7 +114,7 @@ def site_init(path: Path, name: Optional[str], preset: Optional[str], relay_url:
             raise CLIError(f"site created, but linking it to {relay_url} failed: {str(e).splitlines()[0]} "
                            f"(retry with: balsam site link {relay_url} --site {entry.name})", 1) from None
         click.echo(f"Linked to {link['url']} as {link['user']}" + (f" (site id now {link['site_id']})" if link.get("moved_from") else ""))
-    click.echo(f"Next: cd {entry.path} && balsam app sync apps.py && balsam job create ...")
+    click.echo(NEXT_STEPS.format(path=entry.path, name=entry.name))
 
 
 # ------------------------------------------------------------------------------------------- ls

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
+from balsam.cli import SuggestingGroup
 from balsam.cli._common import CLIError, echo_json, echo_table, format_time, json_option, scope_sites, site_option
 from balsam.states import TransferItemState
 
@@ -17,7 +18,7 @@ ITEM_STATES = tuple(state.value for state in TransferItemState)
 PROTOCOLS = ("local", "rsync", "globus")
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def transfer() -> None:
     """Show the data staged in and out of jobs (the transfer service moves it).
 
