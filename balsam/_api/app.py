@@ -125,11 +125,24 @@ def _define(cls: Any) -> None:
         cls.__app_site__ = None
 
 
+def _check_launchable(name: str, what: str, text: str) -> None:
+    """Text that must reach a process (a command line, the environment): no NUL, which no argument or variable can
+    carry, and valid Unicode; refused when the app is defined, not when its first job starts."""
+    if "\x00" in text:
+        raise AppError(f"{name}: {what} contains a NUL character, which no command line or environment can carry")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise AppError(f"{name}: {what} {text[:60]!r} is not valid Unicode text (bytes that are not UTF-8?)") from None
+
+
 def _shell_spec(name: str, template: Any, params_in: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """The parameters of a command_template app: one per template variable (required unless ``parameters``
     gives a default); a declared parameter the template does not use is an error."""
     if not isinstance(template, str) or not template.strip():
         raise AppError(f"{name}: command_template must be a non-empty string")
+    _check_launchable(name, "command_template", template)
     variables = template_variables(template, name)
     for v in variables:
         if not _IDENT(v):
@@ -180,6 +193,11 @@ def _check_environment_and_cleanup(name: str, cls: Any) -> None:
     env = getattr(cls, "environment_variables", {}) or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         raise AppError(f"{name}: environment_variables must be a dict of strings")
+    for k, v in env.items():
+        if not k or "=" in k:
+            raise AppError(f"{name}: environment variable name {k!r} must be non-empty and without '='")
+        _check_launchable(name, f"environment variable {k!r}", k)
+        _check_launchable(name, f"environment variable {k!r}", str(v))
     cleanup = getattr(cls, "cleanup_files", []) or []
     if not isinstance(cleanup, (list, tuple)) or not all(isinstance(g, str) for g in cleanup):
         raise AppError(f"{name}: cleanup_files must be a list of glob patterns")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 from balsam.db import Store, open_store
 from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
-from balsam.site import Registry, SiteLayout, find_site_root, site_identity, this_host
+from balsam.site import Registry, SiteLayout, check_site_key, find_site_root, site_identity, this_host
 
 __all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "process_host", "reachable_sites", "ref_for_root",
            "reidentify", "reset",
@@ -209,6 +209,8 @@ def resolve(key: Union[str, int, Path, Any]) -> SiteRef:
     """A site by name, id, path, or Site object; ForeignHostError if it belongs to another host."""
     if hasattr(key, "path") and hasattr(key, "id") and not isinstance(key, (str, int, Path)):
         key = Path(str(key.path))
+    if isinstance(key, (str, Path)):
+        check_site_key(key)
     if isinstance(key, Path) or (isinstance(key, str) and ("/" in key or key == ".")):
         if Path(key).parts[1:2] == (RELAY_DIR,):
             return ref_for_root(Path(key))

@@ -9,7 +9,7 @@ the agent's status file (:mod:`~balsam.site.agent_state`), a BatchJob's batch sc
 
 from __future__ import annotations
 
-from balsam.site.layout import STATE_DIR, SiteLayout, balsam_home, find_site_root, this_host
+from balsam.site.layout import STATE_DIR, SiteLayout, balsam_home, check_site_key, find_site_root, this_host
 from balsam.site.operations import (
     LIVE_SESSION_S,
     agent_running,
@@ -41,7 +41,7 @@ from balsam.site.registry import SITE_NAME_RE, Registry, RegistryEntry, new_site
 
 __all__ = [
     "LIVE_SESSION_S", "SETTINGS_STAMP_KEY", "SITE_NAME_RE", "STATE_DIR", "Registry", "RegistryEntry", "SiteLayout",
-    "agent_running", "balsam_home", "check_site_settings", "code_schema_version", "find_site_root", "globus_login", "init_site",
+    "agent_running", "balsam_home", "check_site_key", "check_site_settings", "code_schema_version", "find_site_root", "globus_login", "init_site",
     "live_launchers", "move_site", "new_site_uuid", "note_found_hardware", "refresh_site_row", "refuse_away_from_home",
     "remove_site",
     "rename_host", "rename_site", "reread_settings_if_changed", "settings_stamp", "site_identity", "site_job_count",

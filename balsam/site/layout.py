@@ -21,9 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from balsam.exceptions import SiteNotFound
+from balsam.exceptions import SiteNotFound, ValidationError
 
 STATE_DIR = ".balsam"
+
+
+def check_site_key(key: Union[str, "os.PathLike[str]"], what: str = "site") -> str:
+    """A site's name or path as given, as text, if a file system and the site registry can hold it: a NUL
+    character, or text that is not Unicode (a lone surrogate, as Python spells bytes that are not UTF-8), is
+    refused here in one line (ValidationError) instead of failing deep in ``os.stat`` or SQLite."""
+    text = os.fspath(key)
+    if not isinstance(text, str):
+        raise ValidationError(f"{what} {text!r}: give a name or a text path, not bytes")
+    if "\x00" in text:
+        raise ValidationError(f"{what} {text[:60]!r} contains a NUL character, which no site name or path can hold")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValidationError(f"{what} {text[:60]!r} is not valid Unicode text (bytes that are not UTF-8?)") from None
+    return text
 
 
 def this_host() -> str:
@@ -116,7 +133,7 @@ def find_site_root(explicit: Optional[Union[str, Path]] = None, cwd: Optional[Pa
     """
     for origin, value in (("--site", explicit), ("BALSAM_SITE_PATH", os.environ.get("BALSAM_SITE_PATH"))):
         if value:
-            layout = SiteLayout(Path(value).expanduser().resolve())
+            layout = SiteLayout(Path(check_site_key(value, origin)).expanduser().resolve())
             if not layout.is_site():
                 raise SiteNotFound(f"{origin}={value}: not a Balsam site (no {STATE_DIR}/site.db there)")
             return layout.root

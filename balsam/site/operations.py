@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from balsam.exceptions import ForeignHostError, JobLockedError, ServiceError, SiteError, SiteNotFound
-from balsam.site.layout import STATE_DIR, SiteLayout, this_host
+from balsam.site.layout import STATE_DIR, SiteLayout, check_site_key, this_host
 from balsam.site.policies import SETTINGS_STAMP_KEY, note_found_hardware, settings_stamp, site_row_fields
 from balsam.site.registry import Registry, RegistryEntry, new_site_uuid, validate_site_name
 
@@ -38,7 +38,7 @@ def init_site(
     from balsam.platforms.presets import read_preset_file
     from balsam.settings import settings_from_dict
 
-    root = Path(path).expanduser().resolve()
+    root = Path(check_site_key(path, "site path")).expanduser().resolve()
     layout = SiteLayout(root)
     if layout.is_site():
         raise SiteError(f"{root} is already a Balsam site")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
 
 from balsam.exceptions import ConfigError, SiteError, SiteNotFound
-from balsam.site.layout import SiteLayout, balsam_home
+from balsam.site.layout import SiteLayout, balsam_home, check_site_key
 
 SITE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -122,6 +122,8 @@ class Registry:
 
     def lookup(self, key: Union[str, int]) -> RegistryEntry:
         """Find a site by name, id, or path."""
+        if isinstance(key, str):
+            check_site_key(key)
         entries = self.entries()
         for e in entries:
             if e.name == key or (isinstance(key, int) and e.id == key) or (isinstance(key, str) and key.isdigit() and e.id == int(key)):
