@@ -228,11 +228,19 @@ def test_job_forms_of_the_workshop_and_batchjob_guide(site: Any, hello: Any) -> 
         Job.objects.create(workdir="sim/3", app_id="MySimulation")
 
 
-def test_batch_jobs_as_the_guide_creates_and_queries_them(site: Any, hello: Any) -> None:
+def test_batch_jobs_as_the_guide_creates_and_queries_them(site: Any, hello: Any, backend: str) -> None:
     hello_job = hello.submit(workdir="demo/hello", say_hello_to="world")
     bj = BatchJob.objects.create(site_id=hello_job.site_id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local",
                                  project="local")
     assert bj.state == "pending_submission" and bj.scheduler_id is None
+    # validate() of a BatchJob read back (the client-side check before changing one) read its fields as None and
+    # refused it ("num_nodes must be an integer ..., got None").
+    loaded = BatchJob.objects.get(id=bj.id)
+    loaded.validate()
+    loaded.num_nodes = 4
+    if backend == "local":  # from another host the agent checks it when it is saved
+        with pytest.raises(BalsamError, match="queue 'local' allows at most 1 nodes, asked for 4"):
+            loaded.validate()
     tagged = BatchJob.objects.create(site_id=site.id, num_nodes=1, wall_time_min=10, job_mode=JobMode.serial, queue="local",
                                      project="local", filter_tags={"system": "H2O", "scale": "4"})
     parted = BatchJob.objects.create(site_id=site.id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local",

@@ -181,13 +181,7 @@ def _parent_ids(parents: Any) -> List[int]:
 def _check_parameter_names(workdir: str, info: AppInfo, keys: Any) -> None:
     """A new job's parameter names against its app: every required one given, no unknown one (unless run() takes
     ``**kwargs``)."""
-    if not info.required <= keys:
-        missing = sorted(info.required - keys)
-        raise ValidationError(f"job {workdir!r}: app {info.name} needs parameter {missing[0]!r}")
-    if not info.var_keyword and not keys <= info.parameters.keys():
-        unknown = sorted(keys - info.parameters.keys())
-        known = ", ".join(sorted(info.parameters)) or "none"
-        raise ValidationError(f"job {workdir!r}: app {info.name} has no parameter {unknown[0]!r} (parameters: {known})")
+    field_db.check_parameter_names(f"job {workdir!r}", info.name, info.parameters.keys(), info.required, keys, info.var_keyword)
 
 
 class Job(Model):

@@ -316,7 +316,8 @@ class BatchJob(Model):
         if conn is None:
             _sites.current_policies(site)  # settings.yml edited since: its queues and projects count now
         d = self.__dict__
-        fields = {k: d.get(k) for k in ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "partitions")}
+        # Through the fields' descriptors: a loaded BatchJob reads its values from its row when first asked.
+        fields = {k: getattr(self, k) for k in ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "partitions")}
         if conn is None and not site.is_home:
             return  # the agent checks it against the site's policies when it is saved
         checked = batch_db.check_batch_job(conn or site.store.conn, fields, new=self._is_new)

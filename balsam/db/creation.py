@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from balsam.db import doorbell
 from balsam.db.codec import dumps, encode_parameters, loads
 from balsam.db.connection import chunks
-from balsam.db.fields import RESOURCE_FIELDS, check_fields
+from balsam.db.fields import RESOURCE_FIELDS, check_fields, check_parameter_names
 from balsam.db.states import JobState
 from balsam.db.transitions import ids_param
 from balsam.exceptions import ValidationError
@@ -200,14 +200,9 @@ def _check_parameters(rows: Sequence[Tuple[Any, ...]], apps: Dict[int, Tuple[Any
         name, spec, _transfers = apps[r[1]]
         var_keyword = var_keyword_of[r[1]]
         keys = loads(r[3]).keys()
-        missing = [k for k, v in spec.items() if v.get("required") and k not in keys]
-        if missing:
-            raise ValidationError(f"job {r[0]!r}: app {name} needs parameter {sorted(missing)[0]!r}")
-        if not var_keyword:
-            unknown = sorted(k for k in keys if k not in spec)
-            if unknown:
-                raise ValidationError(f"job {r[0]!r}: app {name} has no parameter {unknown[0]!r} (parameters: "
-                                      f"{', '.join(sorted(spec)) or 'none'})")
+        required = [k for k, v in spec.items() if v.get("required")]
+        if not var_keyword or any(k not in keys for k in required):
+            check_parameter_names(f"job {r[0]!r}", name, spec.keys(), required, keys, var_keyword)
 
 
 def _link_parents(conn: sqlite3.Connection, first: int, last: int) -> Dict[int, str]:

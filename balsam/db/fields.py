@@ -15,7 +15,7 @@ import operator
 import os
 import posixpath
 import re
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional
 
 from balsam.exceptions import ValidationError
 
@@ -216,6 +216,25 @@ def check_bool(name: str, value: Any, where: str = "") -> bool:
     return bool(value)
 
 
+def check_parameter_names(where: str, app: str, known: Collection[str], required: Collection[str], given: Collection[str],
+                          var_keyword: bool = False) -> None:
+    """A new job's parameter names against its app's: every required one given, and no unknown one (unless the
+    app's run() takes ``**kwargs``). A misspelt name is named as such, with the one it resembles."""
+    missing = sorted(k for k in required if k not in given)
+    unknown = [] if var_keyword else sorted(k for k in given if k not in known)
+    if unknown:
+        import difflib
+
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
+            if close:
+                raise ValidationError(f"{where}: app {app} has no parameter {k!r} (did you mean {close[0]!r}?)")
+    if missing:
+        raise ValidationError(f"{where}: app {app} needs parameter {missing[0]!r}")
+    if unknown:
+        raise ValidationError(f"{where}: app {app} has no parameter {unknown[0]!r} (parameters: {', '.join(sorted(known)) or 'none'})")
+
+
 CHECKERS: Dict[str, Callable[[Any, str], Any]] = {
     "workdir": normalize_workdir,
     "tags": check_tags,
@@ -251,6 +270,6 @@ def check_fields(fields: Mapping[str, Any], where: str = "", allowed: FrozenSet[
 
 __all__ = [
     "CHECKERS", "COUNT_FIELDS", "LAUNCHER_FIELDS", "MAX_COUNT", "MAX_RESULT_BYTES", "MAX_WORKDIR_CHARS", "RESOURCE_FIELDS",
-    "UPDATABLE_FIELDS", "check_count", "check_fields", "check_gpus", "check_json_dict", "check_result", "check_tags", "check_text",
+    "UPDATABLE_FIELDS", "check_count", "check_fields", "check_parameter_names", "check_gpus", "check_json_dict", "check_result", "check_tags", "check_text",
     "normalize_workdir",
 ]
