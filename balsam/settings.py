@@ -237,7 +237,8 @@ class SiteSettings:
     transfers: TransferSettings = field(default_factory=TransferSettings)
     queue_maintainer: Optional[QueueMaintainerSettings] = None
     elastic_queue: List[ElasticQueueSettings] = field(default_factory=list)
-    file_cleaner: FileCleanerSettings = field(default_factory=FileCleanerSettings)
+    file_cleaner: Optional[FileCleanerSettings] = field(default_factory=FileCleanerSettings)
+    """On by default; ``file_cleaner: null`` turns it off (as in Balsam 0.7, whose template ships it so)."""
     session: SessionSettings = field(default_factory=SessionSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     api: ApiSettings = field(default_factory=ApiSettings)

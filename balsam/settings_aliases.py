@@ -82,11 +82,9 @@ def translate(data: Any) -> Tuple[Any, List[str]]:
         elif isinstance(eq, dict):
             out["elastic_queue"] = [eq]
             notes.append("elastic_queue: a single mapping (Balsam 0.7) is read as a list of one queue")
-    if out.get("queue_maintainer", "absent") is None:
-        del out["queue_maintainer"]
-    if out.get("file_cleaner", "absent") is None:
-        del out["file_cleaner"]
-        notes.append("file_cleaner: null (Balsam 0.7 disables it so) keeps the default cleaner here")
+    for section in ("queue_maintainer", "transfers"):  # null: the service is off (no queue kept, no locations)
+        if out.get(section, "absent") is None:
+            del out[section]
     queues = out.get("scheduler", {}).get("allowed_queues") if isinstance(out.get("scheduler"), dict) else None
     if isinstance(queues, dict):
         for qname, policy in queues.items():

@@ -125,6 +125,8 @@ def test_event_log_filters(hello: Any) -> None:
     assert newest.to_state == "RUN_ERROR"  # newest first by default
     with pytest.raises(ValidationError, match="read-only"):
         newest.save()
+    with pytest.raises(ValidationError, match="the EventLog is read-only: events are written by job state changes"):
+        EventLog.objects.create(job_id=b.id, from_state="RUNNING", to_state="RUN_DONE")  # a TypeError about arguments before
 
 
 def test_site_objects(site: Any, tmp_path: Path) -> None:

@@ -248,3 +248,24 @@ def test_launcher_logs_match_balsam07_globs(site: Any, hello: Any) -> None:
     assert list((site.path / "log").glob("mpi_mode*.log"))
     out = ok("site", "status", "--site", str(site.path)).stdout
     assert "mpi_mode_*.log" in out and "serial_mode_*.log" in out and "balsam.log" in out
+
+
+def test_a_service_set_to_null_is_off_as_balsam_07_documents(site: Any) -> None:
+    """Balsam 0.7: "a service can be disabled by setting its key to null", and its settings template ships the file
+    cleaner so. Here `file_cleaner: null` kept the cleaner running (deleting the cleanup_files globs of finished
+    jobs a 0.7 site never cleaned); now it is off, and `transfers: null` means no transfer service."""
+    from balsam.services.agent import agent_status, start_agent, stop_agent
+
+    settings = yaml.safe_load((site.path / "settings.yml").read_text())
+    settings.update(file_cleaner=None, transfers=None)
+    (site.path / "settings.yml").write_text(yaml.safe_dump(settings))
+    loaded = load_settings(site.path / "settings.yml")
+    assert loaded.file_cleaner is None and loaded.transfers.transfer_locations == {}
+    start_agent(site.path)
+    try:
+        services = set(agent_status(site.path)["services"])
+    finally:
+        stop_agent(site.path)
+    assert "processing" in services and "scheduler" in services
+    assert "file_cleaner" not in services and "transfers" not in services
+    assert settings_from_dict({}).file_cleaner is not None  # on by default

@@ -66,8 +66,9 @@ def build_services(site: _sites.SiteRef, settings: SiteSettings, host: str, env:
     services: List[Service] = [
         ProcessingService(site, settings.processing, settings.session, host, balsam_home=env.get("BALSAM_HOME")),
         SchedulerService(site, sched, adapter),
-        FileCleanerService(site, settings.file_cleaner),
     ]
+    if settings.file_cleaner is not None:  # file_cleaner: null turns it off, as in Balsam 0.7
+        services.append(FileCleanerService(site, settings.file_cleaner))
     if settings.transfers.transfer_locations:
         from balsam.services.transfers import TransferService
 
