@@ -81,7 +81,7 @@ def test_hostile_text_in_job_fields_was_and_is_refused_by_name(site: Any, hello:
 
 
 @pytest.mark.parametrize("body, says", [
-    ('site = "test\\x00site"\n    command_template = "echo hi"', "contains a NUL character, which no site name or path can hold"),
+    ('site = "test\\x00site"\n    command_template = "echo hi"', "contains a NUL character, which no name or path can hold"),
     ('site = "test-site"\n    command_template = "echo \\udcff"', "command_template 'echo \\udcff' is not valid Unicode text"),
 ], ids=["site", "template"])
 def test_the_cli_says_it_in_one_line(site: Any, tmp_path: Path, body: str, says: str) -> None:
@@ -92,3 +92,19 @@ def test_the_cli_says_it_in_one_line(site: Any, tmp_path: Path, body: str, says:
     assert done.returncode != 0 and err.startswith("Error: ") and "\n" not in err and "Traceback" not in err, err
     assert says in err
     assert ApplicationDefinition.load_by_site("test-site") == {}
+
+
+def test_db_maintenance_takes_a_site_by_name_and_refuses_hostile_text(site: Any, tmp_path: Path) -> None:
+    """balsam.api.maintenance's functions took only the API's internal site reference: check("test-site") was an
+    AttributeError ('str' object has no attribute 'is_home')."""
+    from balsam.api import maintenance
+
+    assert maintenance.check("test-site").remaining == []
+    copy, size = maintenance.backup("test-site", tmp_path)
+    assert copy.parent == tmp_path and size > 0 and maintenance.db_size("test-site") > 0
+    assert maintenance.vacuum(site.id)[0].endswith("site.db")
+    for bad in (NUL, SURROGATE):
+        with pytest.raises(ValidationError, match="backup destination"):
+            maintenance.backup("test-site", tmp_path / bad)
+        with pytest.raises(ValidationError, match="site 'my"):
+            maintenance.check(bad)

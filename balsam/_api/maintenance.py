@@ -72,14 +72,23 @@ def _open_directly(root: Path) -> "Store":
     return open_store(root, process_host())
 
 
-def check(site: Union["SiteRef", Path], fix: bool = False) -> CheckReport:
+def _ref(site: Union["SiteRef", str, int, Path]) -> "SiteRef":
+    """A site given as the API reaches it, or by name, id or path (as ``use_site`` takes it)."""
+    if isinstance(site, (str, int, Path)):
+        from balsam._api.sites import resolve
+
+        return resolve(site)
+    return site
+
+
+def check(site: Union["SiteRef", str, int, Path], fix: bool = False) -> CheckReport:
     """SQLite's integrity and the store's consistency (tag index, parent links, session locks, orphan rows); with
     ``fix``, what can be repaired is, in one transaction (never on a damaged file: see ``recoverable``)."""
     from balsam.db import maintenance, recover
 
     if isinstance(site, Path):
         store, name = _open_directly(site), site.name
-    elif not site.is_home:  # the agent checks it on the home host
+    elif not (site := _ref(site)).is_home:  # the agent checks it on the home host
         answer = site.backend.db_check(fix)
         found, fixed, left = ([maintenance.Problem(**p) for p in answer[k]] for k in ("problems", "fixed", "remaining"))
         return CheckReport(site.name, str(answer["db"]), found, fixed, left)
@@ -101,20 +110,23 @@ def check(site: Union["SiteRef", Path], fix: bool = False) -> CheckReport:
     return CheckReport(name, str(store.db_path), problems, fixed, remaining, salvage)
 
 
-def db_size(site: "SiteRef") -> int:
+def db_size(site: Union["SiteRef", str, int]) -> int:
     """Bytes of the site's DB file and its WAL (home host)."""
     from balsam.db import maintenance
 
-    return maintenance.db_size(site.store)
+    return maintenance.db_size(_ref(site).store)
 
 
-def backup(site: "SiteRef", dest: Path, force: bool = False) -> Tuple[Path, int]:
+def backup(site: Union["SiteRef", str, int], dest: Path, force: bool = False) -> Tuple[Path, int]:
     """An online copy of the site's DB (consistent while the agent and launchers write): ``dest`` is a file, or a
     directory to name the copy in (after the site and the time). From another host the agent writes it, so
     ``dest`` is a path as the home host sees it (a shared filesystem's). Returns the copy's path and size."""
     import time
 
-    dest = Path(dest).expanduser()
+    from balsam.site import check_site_key
+
+    dest = Path(check_site_key(dest, "backup destination")).expanduser()
+    site = _ref(site)
     if not site.is_home:
         answer = site.backend.db_backup(str(dest.resolve()), force)
         return Path(str(answer["path"])), int(answer["bytes"])
@@ -130,9 +142,10 @@ def backup(site: "SiteRef", dest: Path, force: bool = False) -> Tuple[Path, int]
     return dest, maintenance.backup(site.store, dest)
 
 
-def vacuum(site: "SiteRef") -> Tuple[str, int, int]:
+def vacuum(site: Union["SiteRef", str, int]) -> Tuple[str, int, int]:
     """Compact the site's DB (VACUUM) under the writer lock (writers wait meanwhile); from another host its agent
     does it. Returns the DB's path and its bytes before and after."""
+    site = _ref(site)
     if not site.is_home:
         answer = site.backend.db_vacuum()
         return str(answer["db"]), int(answer["before"]), int(answer["after"])

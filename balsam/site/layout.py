@@ -34,7 +34,7 @@ def check_site_key(key: Union[str, "os.PathLike[str]"], what: str = "site") -> s
     if not isinstance(text, str):
         raise ValidationError(f"{what} {text!r}: give a name or a text path, not bytes")
     if "\x00" in text:
-        raise ValidationError(f"{what} {text[:60]!r} contains a NUL character, which no site name or path can hold")
+        raise ValidationError(f"{what} {text[:60]!r} contains a NUL character, which no name or path can hold")
     if not text.isascii():
         try:
             text.encode()
