@@ -58,12 +58,12 @@ def test_a_misspelt_parameter_is_named_with_the_one_it_resembles(site: Any, hell
     """Balsam said only that the real name was missing; the typo is what the user needs to see, by every door."""
     from balsam.db import jobs as job_db
 
-    with pytest.raises(ValidationError, match=r"app Hello has no parameter 'say_hello_too' \(did you mean 'say_hello_to'\?\)"):
+    with pytest.raises(ValidationError, match=r"app Hello has no parameter 'say_hello_too' \(Did you mean 'say_hello_to'\?\)"):
         hello.submit(workdir="a", say_hello_too="x")
-    with pytest.raises(ValidationError, match=r"app Adder has no parameter 'xx' \(did you mean 'x'\?\)"):
+    with pytest.raises(ValidationError, match=r"app Adder has no parameter 'xx' \(Did you mean 'x'\?\)"):
         Job.objects.bulk_create([Job("b", app_id="Adder", parameters={"x": 1}), Job("c", app_id="Adder", parameters={"xx": 1})])
     if backend != "http":  # the store's own writer (job files, the agent's API) says the same
-        with pytest.raises(ValidationError, match="did you mean 'say_hello_to'"):
+        with pytest.raises(ValidationError, match="Did you mean 'say_hello_to'"):
             with site.store.write() as conn:
                 job_db.insert_jobs(conn, [job_db.new_job_row("d", int(hello.__app_id__), parameters={"say_helo_to": "x"})])
     assert Job.objects.count() == 0

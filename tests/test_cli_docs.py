@@ -36,7 +36,7 @@ def test_a_word_only_in_the_text_lists_the_sections_that_mention_it() -> None:
 
 def test_an_unknown_topic_is_one_line_with_a_suggestion() -> None:
     err = fails("docs", "dashbord", code=2)
-    assert "nothing in the documentation mentions 'dashbord'" in err and "did you mean 'dashboard'" in err
+    assert "nothing in the documentation mentions 'dashbord'" in err and "Did you mean 'dashboard'" in err
     assert "no section 999" in fails("docs", "999", code=2)
 
 

@@ -205,12 +205,13 @@ def test_ctrl_c_exits_130_quietly(site: Any, hello: Any) -> None:
 
 
 def test_a_mistyped_command_names_the_closest_ones() -> None:
-    assert "No such command 'jbo'. (did you mean 'job'?)" in fails("jbo", "ls", code=2)
-    assert "(did you mean 'ls'?)" in fails("job", "lss", code=2)
+    assert "No such command 'jbo'. (Did you mean 'job'?)" in fails("jbo", "ls", code=2)
+    assert "(Did you mean 'ls'?)" in fails("job", "lss", code=2)
     err = fails("site", "strat", code=2)
-    assert "did you mean 'start'" in err and "balsam site --help" in err
-    assert "(did you mean 'submit'?)" in fails("queue", "sumbit", code=2)
-    assert "did you mean" not in fails("frobnicate", code=2)
+    assert "(Did you mean one of: 'start', 'status'?)" in err and "balsam site --help" in err
+    assert "(Did you mean one of: 'rename', 'rename-host'?)" in fails("site", "renam", code=2)
+    assert "(Did you mean 'submit'?)" in fails("queue", "sumbit", code=2)
+    assert "Did you mean" not in fails("frobnicate", code=2)
 
 
 def test_a_balsam_07_command_with_no_counterpart_says_what_replaced_it() -> None:

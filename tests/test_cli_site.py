@@ -62,7 +62,7 @@ def test_init_says_what_to_do_next(tmp_path: Path) -> None:
 def test_init_forgives_a_preset_in_capitals_and_suggests_for_a_typo(tmp_path: Path) -> None:
     ok("site", "init", "caps", "--preset", "Polaris")
     assert SiteLayout(tmp_path / "caps").preset() == "polaris"
-    assert "unknown preset 'polris' (did you mean 'polaris'?)" in fails("site", "init", "typo", "--preset", "polris", code=2)
+    assert "unknown preset 'polris' (Did you mean 'polaris'?)" in fails("site", "init", "typo", "--preset", "polris", code=2)
     assert not (tmp_path / "typo").exists()
 
 

@@ -86,7 +86,7 @@ RETIRED: Dict[str, str] = {
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` naming the choices closest to a mistyped ``word``, or ``""``."""
+    """`` (Did you mean 'x'?)`` naming the choices closest to a mistyped ``word``, or ``""``."""
     import difflib
 
     lowered = {c.lower(): c for c in choices}
@@ -95,7 +95,8 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     if not matches:
         return ""
     names = [repr(lowered[m]) for m in matches[:3]]
-    return f" (did you mean {' or '.join(names)}?)"
+    # Phrased as click phrases a mistyped option.
+    return f" (Did you mean {names[0]}?)" if len(names) == 1 else f" (Did you mean one of: {', '.join(names)}?)"
 
 
 class SuggestingGroup(click.Group):

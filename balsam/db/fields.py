@@ -228,7 +228,7 @@ def check_parameter_names(where: str, app: str, known: Collection[str], required
         for k in unknown:
             close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
             if close:
-                raise ValidationError(f"{where}: app {app} has no parameter {k!r} (did you mean {close[0]!r}?)")
+                raise ValidationError(f"{where}: app {app} has no parameter {k!r} (Did you mean {close[0]!r}?)")
     if missing:
         raise ValidationError(f"{where}: app {app} needs parameter {missing[0]!r}")
     if unknown:
