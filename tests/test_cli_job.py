@@ -120,6 +120,15 @@ def test_ls_filters(many: Any, args: List[str], ids: List[int]) -> None:
     assert [j["id"] for j in json.loads(ok("job", "ls", *args, "--json").stdout)] == [sid(i) for i in ids]
 
 
+def test_ls_of_a_mistyped_app_says_there_is_no_such_app(site: Any, hello: Any) -> None:
+    """'job ls -a Helo' said only "No jobs match." (as if Hello had no jobs)."""
+    ok("job", "create", "-a", "Hello", "-w", "a", "-p", "say_hello_to=x", "-y")
+    out = ok("job", "ls", "-a", "Helo").stdout
+    assert out.strip() == "No jobs match: no app 'Helo' at test-site (apps: Hello) (Did you mean 'Hello'?)."
+    assert ok("job", "ls", "-a", "Hello", "-s", "FAILED").stdout.strip() == "No jobs match."  # the app exists
+    assert "demo" not in ok("job", "ls", "-a", "Hello").stdout and "Hello" in ok("job", "ls", "-a", "Hello").stdout
+
+
 def test_ls_limit_says_how_many_more(many: Any) -> None:
     out = ok("job", "ls", "-n", "2").stdout
     assert len(out.splitlines()) == 4 and "... 4 more" in out

@@ -410,6 +410,13 @@ def job_ls(ids: Tuple[int, ...], tags: Dict[str, str], workflow: Optional[str], 
         echo_table(headers, rows, flex=["Workdir", "Tags", "App"], styles={"State": color_state})
     more = query.count() - len(jobs) if limit and len(jobs) == limit else 0
     if not jobs:
+        known = sorted(set(apps.values()))
+        if app and not app.isdigit() and names and app not in known:  # a mistyped app name matches nothing: say so
+            from balsam.cli import did_you_mean
+
+            click.echo(f"No jobs match: no app {app!r} at {', '.join(names.values())} (apps: {', '.join(known) or 'none'})"
+                       f"{did_you_mean(app, known)}.")
+            return
         click.echo("No jobs match." if filters else f"No jobs at {', '.join(names.values())}." if names
                    else "No jobs: no site is selected ('balsam site ls' lists them; --site all selects every one).")
     elif more > 0:
