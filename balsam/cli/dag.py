@@ -43,7 +43,9 @@ def _scalar(value: Any) -> Any:
 def dag() -> None:
     """DAG templates: create, list, show, run (instantiate), watch, kill and retry instances.
 
-    Example: balsam dag run md-sweep --params runs.jsonl
+    \b
+    Example:
+      balsam dag run md-sweep --params runs.jsonl
     """
 
 
@@ -84,7 +86,9 @@ def dag_create(path: str, sites: Tuple[str, ...], as_json: bool) -> None:
 def dag_ls(sites: Tuple[str, ...], as_json: bool) -> None:
     """List DAG templates with their node and instance counts.
 
-    Example: balsam dag ls --site my-site
+    \b
+    Example:
+      balsam dag ls --site my-site
     """
     from balsam._api import sites as _sites
     from balsam.api import DAG
@@ -112,7 +116,9 @@ def dag_ls(sites: Tuple[str, ...], as_json: bool) -> None:
 def dag_show(name: str, sites: Tuple[str, ...], as_json: bool) -> None:
     """Show a DAG as text: nodes (app, workdir, parameters, resources), edges and placeholders.
 
-    Example: balsam dag show md-sweep
+    \b
+    Example:
+      balsam dag show md-sweep
     """
     d = _dag(name, sites)
     if as_json:
@@ -131,7 +137,9 @@ def dag_show(name: str, sites: Tuple[str, ...], as_json: bool) -> None:
 def dag_run(name: str, params_file: str, file_format: Optional[str], sites: Tuple[str, ...], as_json: bool) -> None:
     """Instantiate a DAG once per record of placeholder values (all in one transaction).
 
-    Example: balsam dag run md-sweep --params runs.csv     (header: run,seed,temp)
+    \b
+    Example:
+      balsam dag run md-sweep --params runs.csv     (header: run,seed,temp)
     """
     from balsam.cli._jobfile import detect_format, read_records
 
@@ -174,7 +182,9 @@ def dag_run(name: str, params_file: str, file_format: Optional[str], sites: Tupl
 def dag_status(name: str, instance_id: Optional[int], sites: Tuple[str, ...], as_json: bool) -> None:
     """Counts of a DAG's jobs by state and how many instances are done or failed; with --instance, its jobs.
 
-    Example: balsam dag status md-sweep --instance 7
+    \b
+    Example:
+      balsam dag status md-sweep --instance 7
     """
     d = _dag(name, sites)
     if instance_id is None:
@@ -205,7 +215,9 @@ def dag_status(name: str, instance_id: Optional[int], sites: Tuple[str, ...], as
 def dag_kill(name: str, instance_id: int, sites: Tuple[str, ...]) -> None:
     """Kill the unfinished jobs of one instance (its children fail with the reason).
 
-    Example: balsam dag kill md-sweep --instance 7
+    \b
+    Example:
+      balsam dag kill md-sweep --instance 7
     """
     n = _dag(name, sites).instances().get(instance_id).kill()
     if not echo_queued(getattr(n, "queued", [])):
@@ -219,7 +231,9 @@ def dag_kill(name: str, instance_id: int, sites: Tuple[str, ...]) -> None:
 def dag_retry(name: str, instance_id: int, sites: Tuple[str, ...]) -> None:
     """Run the failed and killed jobs of one instance again (descendants wait for their parents again).
 
-    Example: balsam dag retry md-sweep --instance 7
+    \b
+    Example:
+      balsam dag retry md-sweep --instance 7
     """
     n = _dag(name, sites).instances().get(instance_id).retry_failed()
     if not echo_queued(getattr(n, "queued", [])):
@@ -233,7 +247,9 @@ def dag_retry(name: str, instance_id: int, sites: Tuple[str, ...]) -> None:
 def dag_rm(name: str, sites: Tuple[str, ...], yes: bool) -> None:
     """Forget a DAG template and its instance records (its jobs stay; remove them with 'balsam job rm --tag dag=NAME').
 
-    Example: balsam dag rm md-sweep -y
+    \b
+    Example:
+      balsam dag rm md-sweep -y
     """
     from balsam.cli._common import confirm
 
