@@ -202,10 +202,35 @@ exec 9>>"$d/lock"; flock 9; id=$(( $(wc -l < "$d/jobs") + 1001 )); echo "$id|$na
 echo "$id"
 """
 FAKE_SQUEUE = """#!/bin/bash
+touch "$FAKE_SLURM/cancelled"
 while IFS='|' read -r id name; do
-  echo "$id|PENDING|debug|local|1|10:00|10:00|2026-01-01T00:00:00|N/A|N/A|Priority|normal|$name"
+  state=PENDING; grep -qx "$id" "$FAKE_SLURM/cancelled" && state=CANCELLED
+  echo "$id|$state|debug|local|1|10:00|10:00|2026-01-01T00:00:00|N/A|N/A|Priority|normal|$name"
 done < "$FAKE_SLURM/jobs"
 """
+FAKE_SCANCEL = """#!/bin/bash
+echo "$1" >> "$FAKE_SLURM/cancelled"
+"""
+
+
+def _fake_slurm(site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, *, sleep_s: float, order: str, timeout_s: float) -> Any:
+    """Fake sbatch/squeue/scancel/sinfo on PATH (real processes, state in files) and the site set to use Slurm."""
+    import yaml
+
+    fake = tmp_path / "fake-slurm"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "jobs").write_text("")
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scancel", FAKE_SCANCEL), ("sinfo", "#!/bin/sh\n")):
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(fake))
+    monkeypatch.setenv("FAKE_SBATCH_SLEEP", str(sleep_s))
+    monkeypatch.setenv("FAKE_SBATCH_ORDER", order)
+    settings = yaml.safe_load((site.path / "settings.yml").read_text())
+    settings["scheduler"].update(type="slurm", sync_period_s=0.2, command_timeout_s=timeout_s)
+    (site.path / "settings.yml").write_text(yaml.safe_dump(settings))
+    return fake
 
 
 @pytest.mark.slow
@@ -216,26 +241,14 @@ def test_an_agent_killed_mid_submit_never_submits_a_batch_job_twice(site: Any, t
     lands before the kill, or after it, from the orphaned sbatch), or submits once if it never landed."""
     import signal
 
-    import yaml
-
     from balsam.pidfile import pid_file_held
     from balsam.services.agent import start_agent, stop_agent
     from balsam.site.agent_state import pid_path
     from tests.launcher_support import wait_for
 
-    fake = tmp_path / "fake-slurm"
-    (fake / "bin").mkdir(parents=True)
-    (fake / "jobs").write_text("")
-    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("sinfo", "#!/bin/sh\n")):
-        (fake / "bin" / name).write_text(text)
-        (fake / "bin" / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_SLURM", str(fake))
-    monkeypatch.setenv("FAKE_SBATCH_SLEEP", "30" if fault == "site-stop-during-sbatch" else "3")  # a hung slurmctld
-    monkeypatch.setenv("FAKE_SBATCH_ORDER", "sleep-first" if fault != "after-sbatch" else "record-first")
-    settings = yaml.safe_load((site.path / "settings.yml").read_text())
-    settings["scheduler"].update(type="slurm", sync_period_s=0.2, command_timeout_s=35 if fault == "site-stop-during-sbatch" else 4)
-    (site.path / "settings.yml").write_text(yaml.safe_dump(settings))
+    hung = fault == "site-stop-during-sbatch"  # a hung slurmctld
+    fake = _fake_slurm(site, tmp_path, monkeypatch, sleep_s=30 if hung else 3, timeout_s=35 if hung else 4,
+                       order="sleep-first" if fault != "after-sbatch" else "record-first")
 
     def submissions() -> List[str]:
         return (fake / "jobs").read_text().splitlines()
@@ -265,3 +278,33 @@ def test_an_agent_killed_mid_submit_never_submits_a_batch_job_twice(site: Any, t
     assert submissions() == [f"1001|balsam-{bj.id}"]  # Slurm saw it exactly once
     after = BatchJob.objects.get(id=bj.id)
     assert after.scheduler_id == 1001 and after.state == "queued" and "submitting" not in after.status_info
+
+
+@pytest.mark.slow
+def test_a_batch_job_deleted_after_its_agent_died_mid_submit_is_cancelled_where_it_landed(
+        site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent is killed while sbatch runs; the user deletes the BatchJob; the orphaned sbatch lands afterwards.
+    The record was removed at once (nobody would ever cancel the Slurm job); it is now kept until the restarted agent
+    found the submission and cancelled it."""
+    import signal
+
+    from balsam.pidfile import pid_file_held
+    from balsam.services.agent import start_agent, stop_agent
+    from balsam.site.agent_state import pid_path
+    from tests.launcher_support import wait_for
+
+    fake = _fake_slurm(site, tmp_path, monkeypatch, sleep_s=3, timeout_s=4, order="sleep-first")
+    pid = start_agent(site.path)
+    try:
+        bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+        wait_for(lambda: (fake / "calls").exists(), timeout=30, what="sbatch to start")
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_file_held(pid_path(site.layout)), timeout=10, what="the killed agent's end")
+        BatchJob.objects.get(id=bj.id).delete()
+        start_agent(site.path)
+        wait_for(lambda: BatchJob.objects.filter(id=bj.id).count() == 0, timeout=60, what="the BatchJob to go")
+    finally:
+        stop_agent(site.path)
+    assert (fake / "jobs").read_text().splitlines() == [f"1001|balsam-{bj.id}"]
+    assert (fake / "cancelled").read_text().split() == ["1001"]  # the orphaned submission was cancelled

@@ -244,11 +244,15 @@ def update_batch_job(
     return True
 
 
+SUBMITTING = "submitting"
+"""The ``status_info`` key of a submission under way (its start time); the scheduler service writes and clears it."""
+
+
 def delete_batch_job(conn: sqlite3.Connection, batch_job_id: int, now: Optional[float] = None) -> str:
     """Delete a BatchJob as a user means it; returns what happened:
 
-    ``deleted``: it was never submitted (``pending_submission``, no scheduler id) or has ended, and its record is
-    gone. ``cancelling``: it is queued or running, so it is marked ``pending_deletion`` for the site agent to
+    ``deleted``: it was never submitted (``pending_submission``, no scheduler id, no submission under way) or has
+    ended, and its record is gone. ``cancelling``: it is queued or running (or its submission is under way), so it is marked ``pending_deletion`` for the site agent to
     cancel at the scheduler, and its record is removed once the scheduler reports it ended. ``missing``: no such
     BatchJob. A BatchJob the agent submits at the same moment is cancelled by the agent (it finds the record gone).
     """
@@ -257,8 +261,11 @@ def delete_batch_job(conn: sqlite3.Connection, batch_job_id: int, now: Optional[
     row = conn.execute("SELECT state, scheduler_id, status_info FROM batch_job WHERE id=?", (batch_job_id,)).fetchone()
     if row is None:
         return "missing"
-    state, scheduler_id, _info = row
-    if (state == "pending_submission" and scheduler_id is None) or state in ("finished", "submit_failed"):
+    state, scheduler_id, info = row
+    # A submission under way (its agent may have been killed in it) may have reached the scheduler: the agent looks
+    # it up and cancels it before the record goes (services.scheduler.SUBMITTING).
+    unsubmitted = state == "pending_submission" and scheduler_id is None and SUBMITTING not in (loads(info) if info else {})
+    if unsubmitted or state in ("finished", "submit_failed"):
         conn.execute("DELETE FROM batch_job WHERE id=?", (batch_job_id,))
         return "deleted"
     update_batch_job(conn, batch_job_id, state=BatchJobState.pending_deletion.value, now=now,

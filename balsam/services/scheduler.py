@@ -41,7 +41,7 @@ STATE_OF = {
     SchedulerState.CANCELLED: B.finished,
 }
 BACKFILL_EVERY_S = 60.0
-SUBMITTING = "submitting"
+SUBMITTING = batch_db.SUBMITTING
 """The ``status_info`` key that marks a submission under way (its start time), cleared once its id is recorded."""
 SUBMIT_GRACE_S = 5.0
 """How long past the submit command's timeout an interrupted submission may still land at the scheduler."""
@@ -133,7 +133,9 @@ class SchedulerService(Service):
 
     def _record_submission(self, bj: Dict[str, Any], scheduler_id: int, script: Path, **info: str) -> None:
         """Record the scheduler's id of a BatchJob's submission; cancel it if the BatchJob was deleted meanwhile."""
-        if not self._update(bj["id"], state=B.queued, scheduler_id=scheduler_id,
+        now = self._batch_jobs((B.pending_deletion,))
+        cancelling = any(row["id"] == bj["id"] for row in now)
+        if not self._update(bj["id"], state=None if cancelling else B.queued, scheduler_id=scheduler_id,
                             info={"submit_script": str(script), SUBMITTING: None, **info,
                                   "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}):
             # deleted by its owner while it was being submitted: nothing may run for a BatchJob that no longer exists
@@ -172,6 +174,9 @@ class SchedulerService(Service):
 
     def _delete(self, bj: Dict[str, Any]) -> None:
         if bj["scheduler_id"] is None:
+            since = bj["status_info"].get(SUBMITTING)
+            if since and not self._submission_lost(bj, f"balsam-{bj['id']}", self.script_path(bj["id"]), since):
+                return  # recorded (cancelled by the next cycle), or not known yet whether it landed: ask again
             self._update(bj["id"], state=B.finished, end_time=time.time(), info={"deleted": "before submission"})
             return
         if "delete_requested" in bj["status_info"]:
