@@ -67,13 +67,18 @@ API_WORKERS = int(os.environ.get("BENCH_API_WORKERS") or os.cpu_count() or 1)
 would set it). Code from before the setting existed serves from one process."""
 
 
+def _api_processes() -> int:
+    """How many processes the measured Balsam's agent serves its API from here."""
+    from balsam.settings import ApiSettings
+
+    return API_WORKERS if hasattr(ApiSettings(), "workers") else 1
+
+
 def _serve_from(site: Path, workers: int) -> None:
     """Set ``api.workers`` in the site's settings.yml, where this Balsam has the setting."""
     import yaml
 
-    from balsam.settings import ApiSettings
-
-    if workers <= 1 or not hasattr(ApiSettings(), "workers"):
+    if workers <= 1 or _api_processes() <= 1:
         return
     path = site / "settings.yml"
     data = yaml.safe_load(path.read_text()) or {}
@@ -349,7 +354,8 @@ def main() -> None:
         if os.environ.get("BENCH_AGENT_PID_FILE"):  # for a profiler: the agent's pid
             Path(os.environ["BENCH_AGENT_PID_FILE"]).write_text((ref.path / ".balsam" / "agent.pid").read_text())
         try:
-            print(f"{cores} cores; the site agent serves {ref.path}", flush=True)
+            processes = _api_processes()
+            print(f"{cores} cores; the site agent serves {ref.path} from {processes} API process(es)", flush=True)
             parts = set(args.parts.split(","))
             if "1" in parts:
                 home = pipeline(ref, args.jobs, "home", "")

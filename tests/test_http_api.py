@@ -375,3 +375,19 @@ def test_a_batch_job_preview_checks_its_fields_and_writes_nothing(site: Any, api
     assert status == 200 and answer["command"] == ["bash", answer["script_path"]]
     assert " -p serial:1:role=w" in answer["script"]  # the partition as the launcher in the script is given it
     assert BatchJob.objects.count() == 0 and not list((site.path / "qsubmit").glob("*.sh"))
+
+
+def test_a_number_past_64_bits_crosses_http_exactly(site: Any, api: Any, hello: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An integer past 64 bits in a job's parameters is sent, stored and read back exactly from another host (a fast
+    JSON parser that would make it a float is not used for such a document)."""
+    from balsam._api import sites as _sites
+    from balsam.api import Job
+    from balsam.db import open_store
+
+    big = 2**70 + 1
+    home = open_store(site.path, site.host)
+    monkeypatch.setenv("BALSAM_HOSTNAME", "login2")
+    _sites.reset()
+    job = hello.submit("big/1", say_hello_to=big)  # through the agent
+    assert home.execute("SELECT parameters FROM job WHERE id=?", (int(job.id),))[0][0] == f'{{"say_hello_to":{big}}}'
+    assert Job.objects.get(id=job.id).parameters == {"say_hello_to": big}  # read through the agent

@@ -15,6 +15,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from balsam.exceptions import ValidationError
 
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # the pure-Python install (the zipapp): the standard library parses alone
+    _orjson_loads = None  # type: ignore[assignment]
+
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
 _quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
@@ -84,6 +89,24 @@ def dumps(value: Any) -> str:
     if t is list and not value:
         return "[]"
     return _dumps(value)
+
+
+_DIGIT_RUNS = bytes(57 if 48 <= i <= 57 else 32 for i in range(256))
+"""A table for ``bytes.translate``: every digit becomes "9", everything else a space."""
+_LONG_RUN = b"9" * 19
+
+
+def loads_body(data: bytes) -> Any:
+    """A request's or an answer's JSON document. With orjson installed (``balsam[fast]``) it parses ~3x faster, but
+    orjson reads an integer past 64 bits as a float: a document with a run of 19 or more digits (which may be one;
+    ids have 16) goes to :mod:`json`, as does whatever orjson refuses, and that answer (or error) stands: both
+    read every document exactly alike. ValueError when it is not JSON."""
+    if _orjson_loads is not None and _LONG_RUN not in data.translate(_DIGIT_RUNS):
+        try:
+            return _orjson_loads(data)
+        except ValueError:
+            pass
+    return _loads(data)
 
 
 def loads(text: Optional[str]) -> Any:

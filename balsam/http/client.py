@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from balsam import exceptions as exc
 from balsam.db.backend import Backend, Rejected, Row
+from balsam.db.codec import loads_body
 from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
 from balsam.http.auth import SECRET_FILE, check_response, read_secret, sign_request
 from balsam.http.schemas import COLUMNS, encode_filter_value, wire_to_row
@@ -234,10 +235,11 @@ def _non_finite(value: Any, where: str = "") -> Optional[str]:
 
 
 def _decode(data: bytes) -> Any:
+    """An answer's JSON (:func:`balsam.db.codec.loads_body`: orjson when installed, exact either way)."""
     if not data:
         return None
     try:
-        return json.loads(data)
+        return loads_body(data)
     except ValueError:
         return {"error": {"message": data[:200].decode(errors="replace")}}
 

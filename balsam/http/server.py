@@ -38,13 +38,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 try:
     from orjson import dumps as _orjson_dumps
-    from orjson import loads as _orjson_loads
-except ImportError:  # the pure-Python install (the zipapp): the standard library parses alone
-    _orjson_loads = None  # type: ignore[assignment]
+except ImportError:  # the pure-Python install (the zipapp): the standard library writes alone
     _orjson_dumps = None  # type: ignore[assignment]
 
 from balsam import exceptions as exc
 from balsam.db.backend import Backend
+from balsam.db.codec import loads_body
 from balsam.db.group import GroupWriter
 from balsam.db.sessions import JSON_COLUMNS
 from balsam.http import handlers as h
@@ -119,15 +118,8 @@ def error_for(error: BaseException) -> ApiError:
 
 
 def _loads(body: bytes) -> Any:
-    """A request body's JSON. With orjson installed (the relay's extra has it) large bodies, a site's pushes of
-    thousands of rows, parse several times faster; whatever orjson refuses goes to :mod:`json`, whose answer
-    (or error) stands, so both read exactly the same documents."""
-    if _orjson_loads is not None:
-        try:
-            return _orjson_loads(body)
-        except ValueError:
-            pass
-    return json.loads(body)
+    """A request body's JSON (:func:`balsam.db.codec.loads_body`: orjson when installed, exact either way)."""
+    return loads_body(body)
 
 
 def _error_body(error: ApiError) -> bytes:
