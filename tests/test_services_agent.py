@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, List
@@ -259,3 +260,19 @@ def test_a_stop_during_a_long_hook_takes_seconds_and_hands_the_job_back(site: An
     finally:
         stop_agent(site.path)
     assert len(_hook_runs(site, job)) == 2
+
+
+def test_two_site_starts_at_once_give_one_agent_and_one_clear_refusal(site: Any) -> None:
+    from tests.cli_helpers import ROOT
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    starts = [subprocess.Popen([sys.executable, "-m", "balsam", "site", "start"], cwd=site.path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        results = sorted((p.wait(timeout=120), p.stdout.read() if p.stdout else "", p.stderr.read() if p.stderr else "")
+                         for p in starts)
+    finally:
+        stop_agent(site.path)
+    (ok_rc, ok_out, _), (bad_rc, _, bad_err) = results
+    assert ok_rc == 0 and "Started the site agent" in ok_out
+    assert bad_rc == 1 and bad_err.count("Error") == 1 and "already running" in bad_err and "\n" not in bad_err.strip(), bad_err

@@ -268,7 +268,7 @@ def _last_error(layout: SiteLayout) -> str:
             continue
         for line in reversed(lines):
             if "Error" in line or "ERROR" in line:
-                return line.strip()[-500:]
+                return line.strip().removeprefix("Error: ")[-500:]  # the CLI's own prefix is added again by the caller's
     return f"see {layout.log / AGENT_LOG}"
 
 
