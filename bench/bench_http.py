@@ -12,6 +12,7 @@
 
     python bench/bench_http.py [--jobs 10000] [--sim-jobs 20000] [--big 1000000] [--parts 1,2,3]
     python bench/bench_http.py --against main   # part 2 before (main) and after (this tree), in one run
+    BENCH_API_WORKERS=1 python bench/bench_http.py --parts 2   # the agent serving from one process (default: one per core)
 """
 
 from __future__ import annotations
