@@ -55,13 +55,16 @@ import sys
 if sys.version_info < (3, 9):
     sys.exit("balsam needs Python 3.9 or newer; this is " + sys.version.split()[0])
 
-from balsam._zipapp import install_native
+try:
+    from balsam._zipapp import install_native
 
-install_native()
+    install_native()
+except KeyboardInterrupt:  # Ctrl-C while starting: quiet, as later
+    sys.exit(130)
 
-from balsam.cli import main
+from balsam.__main__ import run
 
-main()
+run()
 '''
 
 
