@@ -167,3 +167,73 @@ def test_changes_deletes_and_dags_queued_for_an_offline_site_resolve_once_it_syn
         "site/0", "site/1", "site/3", "site/5"]
     assert conn.execute("SELECT count(*) FROM job WHERE workdir LIKE '_/hello'").fetchone()[0] == 2
     conn.close()
+
+
+STAGE_JOBS = """
+import os, sys
+os.chdir(sys.argv[1])
+from balsam.api import ApplicationDefinition, Job
+
+class Stage(ApplicationDefinition):
+    site = "polaris"
+    command_template = "cat input.dat"
+    transfers = {"inp": {"required": True, "direction": "in", "local_path": "input.dat"}}
+
+Stage.sync()
+Job.objects.bulk_create([Job(f"stage/{i}", app_id="Stage", transfers={"inp": f"laptop:/data/{i}.dat"}) for i in range(3)])
+"""
+
+
+@pytest.mark.slow
+def test_transfer_item_edits_queued_for_an_offline_site_resolve_once_it_syncs(relay: Relay, tmp_path: Path) -> None:  # noqa: F811
+    """A transfer item edited on the laptop while its site is offline is queued like every other write: the item
+    holds the command (``queued_command``, "queued for site polaris (...)"), a query update counts it in
+    ``.queued``; once the site syncs, ``refresh_from_db()`` / ``TransferItem.objects.resolve`` show the site's
+    outcome (the job staged in), or its refusal raised on the laptop."""
+    import sqlite3
+
+    env, root = login_node(tmp_path, relay)
+    settings = root / "settings.yml"
+    settings.write_text(settings.read_text() + "transfers:\n  transfer_locations:\n    laptop: local\n")
+    run(env, "-c", STAGE_JOBS, str(root))
+    assert sync_once(env, root) == 0  # the relay now holds the site's jobs and their transfer items
+    relay.stop()
+    relay.wait_s = 0.5
+    relay.start()
+    from balsam import _api
+    from balsam.api import Job, TransferItem
+    from balsam.sync import login as relay_login
+
+    relay_login(relay.url, "alice", "alice-password")  # the laptop: no site here at all
+    _api.sites.reset()
+    jobs = {str(j.workdir): j for j in Job.objects.filter(site_name="polaris", workdir__contains="stage/")}
+    assert sorted(jobs) == ["stage/0", "stage/1", "stage/2"] and {str(j.state) for j in jobs.values()} == {"READY"}
+    items = {j.workdir: TransferItem.objects.get(job_id=j.id) for j in jobs.values()}
+    done, bad = items[jobs["stage/0"].workdir], items[jobs["stage/2"].workdir]
+    done.state = "done"  # staged in by hand: the site moves the job along when it applies this
+    done.save()
+    assert done.queued_command is not None and done.queued is not None
+    assert done.queued.message.startswith("queued for site polaris (")
+    with pytest.raises(exc.CommandPending, match="still queued"):
+        done.refresh_from_db()
+    with pytest.raises(exc.ValidationError, match="already has its update queued"):
+        done.save()  # one queued write per object at a time
+    n = TransferItem.objects.filter(job_id=jobs["stage/1"].id).update(task_id="manual-1")
+    assert n == 1 and len(n.queued) == 1 and n.queued[0].state() == "pending" and "transfer items" in n.queued[0].what
+    bad.state = "teleported"  # not a transfer item state: the site refuses it
+    TransferItem.objects.bulk_update([bad])
+    assert bad.queued_command is not None and bad.queued_command != done.queued_command
+    assert TransferItem.objects.resolve([done]) == [done]  # still waiting
+
+    assert sync_once(env, root) == 3  # the site is back: applies each command once, pushes the rows, answers
+    assert TransferItem.objects.resolve([done]) == []
+    assert done.queued_command is None and done.state == "done"
+    assert Job.objects.get(id=jobs["stage/0"].id).state == "STAGED_IN"  # the site's outcome, seen on the laptop
+    assert n.queued[0].state() == "applied" and TransferItem.objects.get(job_id=jobs["stage/1"].id).task_id == "manual-1"
+    with pytest.raises(exc.ValidationError, match="unknown transfer item state"):
+        bad.refresh_from_db()  # the site's refusal, on the laptop
+    bad.refresh_from_db()
+    assert bad.queued_command is None and bad.state == "pending"
+    conn = sqlite3.connect(str(root / ".balsam" / "site.db"))
+    assert sorted(conn.execute("SELECT state, task_id FROM transfer_item")) == [("done", ""), ("pending", ""), ("pending", "manual-1")]
+    conn.close()

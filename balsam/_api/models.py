@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence,
 from balsam._api import sites as _sites
 from balsam._api.base import Field, Manager, Model, Query, bind_manager, by_site, from_datetime
 from balsam._api.jobs import Job, invalidate_app_cache
+from balsam._api.queued import QueuedWrite, WriteCount, resolve_all
 from balsam._api.schemas import plain
 from balsam.db import batch_jobs as batch_db
 from balsam.db import query as q
@@ -512,26 +513,56 @@ class TransferItem(Model):
         raise ValidationError("transfer items are created from a job's transfers= and its app's transfer slots")
 
     def save(self) -> None:
-        """Write state, task_id and transfer_info (moving the job along when its transfers finish)."""
+        """Write state, task_id and transfer_info (moving the job along when its transfers finish). Through a relay,
+        an edit its offline site has not applied yet is kept as ``queued_command`` (see :meth:`refresh_from_db`)."""
         TransferItem.objects.bulk_update([self])
 
 
 class TransferItemManager(Manager[TransferItem]):
     def bulk_update(self, items: Sequence[TransferItem]) -> None:
-        """Save many transfer items, one transaction per site."""
+        """Save many transfer items, one transaction per site. Items of a site the relay answers for (offline) keep
+        the queued edit as their ``queued_command``; ``refresh_from_db()`` or :meth:`resolve` shows the outcome."""
+        for item in items:
+            item._refuse_if_queued()
         for site, group in by_site(items):
             changed = [(item, item._changed_fields()) for item in group]
             changed = [(item, fields) for item, fields in changed if fields]
-            site.backend.update_rows("transfer_item", [(int(item.id or 0), fields) for item, fields in changed])
-            for item, _ in changed:
-                item.refresh_from_db()
+            if not changed:
+                continue
+            try:
+                site.backend.update_rows("transfer_item", [(int(item.id or 0), fields) for item, fields in changed])
+            except CommandPending as e:  # kept by the relay for its offline site: each item holds the handle
+                for item, _ in changed:
+                    item._queued_pending(e, "update")
+                continue
+            self.bulk_refresh([item for item, _ in changed])
+
+    def bulk_refresh(self, items: Sequence[TransferItem]) -> None:
+        """Reload many transfer items from their sites (one read per site)."""
+        for site, group in by_site(items):
+            by_id = {int(item.id or 0): item for item in group}
+            for row in site.backend.select("transfer_item", {"id": sorted(by_id)}, columns=TransferItem._columns):
+                by_id[int(row[0])]._reload_from(row)
+
+    def resolve(self, items: Sequence[TransferItem]) -> List[TransferItem]:
+        """Resolve items whose edit the relay queued (``item.queued_command``): applied edits are read back (one
+        request per command); returns the items still queued. A refused edit raises the site's error."""
+        return resolve_all(items, self.bulk_refresh)
 
     def _query_update(self, query: Query[TransferItem], fields: Dict[str, Any]) -> int:
+        """``TransferItem.objects.filter(...).update(...)``: how many items, counting those queued for offline sites
+        (each site's queued part is in the answer's ``queued``)."""
         n = 0
+        queued: List[QueuedWrite] = []
         for site, ids in query._per_site_ids():
-            site.backend.update_rows("transfer_item", [(i, dict(fields)) for i in ids])
+            if not ids:
+                continue
+            try:
+                site.backend.update_rows("transfer_item", [(i, dict(fields)) for i in ids])
+            except CommandPending as e:  # kept by the relay for its offline site
+                queued.append(QueuedWrite.from_pending(site, e, f"update of {len(ids)} transfer items", len(ids)))
             n += len(ids)
-        return n
+        return WriteCount(n, queued)
 
 
 bind_manager(TransferItem, TransferItemManager)
