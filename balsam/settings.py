@@ -184,7 +184,7 @@ class SyncSettings:
     """The optional relay (none by default: the site works offline)."""
 
     relay_url: Optional[str] = None
-    period_s: float = 10.0
+    period_s: float = 1.0  # a linked site pushes its changes this often (finished jobs at once: a doorbell wakes it)
 
 
 @dataclass

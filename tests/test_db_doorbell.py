@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from balsam.db.doorbell import DIR_NAME, PROCESS, RUNNABLE, Doorbell, ring
+from balsam.db.doorbell import DIR_NAME, FINISHED, PROCESS, RUNNABLE, Doorbell, ring
 from balsam.db.jobs import StateChange, apply_state_changes
 from tests.launcher_support import configure, runnable, start, states, wait_for
 
@@ -30,6 +30,20 @@ def test_creation_rings_processing_and_preprocessing_rings_launchers_after_the_c
             assert not launchers.wait(0.0), "rung before the commit: a waker would find nothing yet"
         assert launchers.wait(5.0), "a runnable job rings the launchers' doorbell"
         assert not processing.wait(0.0)
+
+
+def test_a_job_reaching_a_final_state_rings_the_finished_bell_after_the_commit(site: Any, hello: Any) -> None:
+    """A linked site's sync waits on ``finished``: a job that ends (finished, failed or killed) is pushed to the
+    relay at once, not at the sync's next period."""
+    job = hello.submit("a", say_hello_to="a")
+    with Doorbell(_state_dir(site), FINISHED) as finished:
+        with site.store.write() as conn:
+            apply_state_changes(conn, [StateChange(int(job.id), "PREPROCESSED")])
+        assert not finished.wait(0.2), "a job made runnable is not a finished one"
+        with site.store.write() as conn:
+            apply_state_changes(conn, [StateChange(int(job.id), "USER_KILLED")])
+            assert not finished.wait(0.0), "rung before the commit: the push would not find it yet"
+        assert finished.wait(5.0), "a killed job rings the finished bell"
 
 
 def test_a_rolled_back_change_rings_nothing(site: Any, hello: Any) -> None:

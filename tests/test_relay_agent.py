@@ -61,6 +61,34 @@ def test_a_running_agent_syncs_once_linked_and_stops_once_unlinked(relay: Relay,
 
 
 @pytest.mark.slow
+def test_a_finished_job_reaches_the_relay_at_once_not_at_the_next_sync_period(relay: Relay, tmp_path: Path) -> None:  # noqa: F811
+    """With ``sync: period_s`` at ten minutes, only the doorbell of finished jobs can bring a job's end to the
+    laptop within the test's wait: JOB_FINISHED is visible through the relay soon after the site finished it."""
+    import time
+
+    env, root = login_node(tmp_path, relay)
+    settings = root / "settings.yml"
+    settings.write_text(settings.read_text() + "sync:\n  period_s: 600\n")
+    run(env, "-m", "balsam", "site", "start", "--site", str(root))
+    try:
+        from balsam.sync import login as relay_login
+        from balsam.sync import user_client
+
+        user = user_client(relay_login(relay.url, "alice", "alice-password"))
+        wait_for("the site's first push", lambda: services(root).get("sync", {}).get("cycles", 0) >= 1)
+        make_job(env, "quick/1")  # pushed by the sync's first cycles, or not: the finish is what is timed
+        run(env, "-c", "from balsam.api import Job\n"
+                       "job = Job.objects.get(workdir='quick/1', site_name='polaris')\n"
+                       "job.state = 'USER_KILLED'\njob.save()")
+        killed = time.monotonic()
+        wait_for("the killed job at the relay", lambda: user.request("GET", "/v1/jobs/count?state=USER_KILLED")["count"] == 1,
+                 timeout=60.0)
+        assert time.monotonic() - killed < 60.0  # well before the sync's period of 600 s
+    finally:
+        run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)
+
+
+@pytest.mark.slow
 def test_dags_saved_instantiated_and_read_from_the_laptop(relay: Relay, tmp_path: Path) -> None:  # noqa: F811
     env, root = login_node(tmp_path, relay)
     run(env, "-m", "balsam", "site", "start", "--site", str(root))

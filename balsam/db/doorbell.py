@@ -7,9 +7,10 @@ for processing): that delay is most of a job's claim-to-start time, and the star
 So a waiter opens a :class:`Doorbell` for a topic: a FIFO ``<state folder>/doorbell/<topic>.<pid>.<n>`` that it
 holds open for reading and, so it never sees end-of-file, for writing too; its descriptor joins whatever the
 waiter sleeps on. The state engine notes which topics its changes concern (:func:`note_states`: jobs that end a
-batch PREPROCESSED or RESTART_READY are ``runnable``; STAGED_IN, RUN_DONE, RUN_ERROR or RUN_TIMEOUT, ``process``)
-and the store rings those topics once the transaction commits (:func:`ring`): one byte into every FIFO of the
-topic, without blocking. A FIFO whose owner died (nobody reads it) is removed by the next ring.
+batch PREPROCESSED or RESTART_READY are ``runnable``; STAGED_IN, RUN_DONE, RUN_ERROR or RUN_TIMEOUT, ``process``;
+JOB_FINISHED, FAILED or USER_KILLED, ``finished``, which a linked site's sync service waits on to push them to its
+relay) and the store rings those topics once the transaction commits (:func:`ring`): one byte into every FIFO of
+the topic, without blocking. A FIFO whose owner died (nobody reads it) is removed by the next ring.
 
 A doorbell only saves time: waiters still poll on a slower period, so a ring that never comes (a writer on
 another host, a full FIFO, a crash between commit and ring) costs latency, never a job. FIFOs are local to a
@@ -30,9 +31,12 @@ RUNNABLE = "runnable"
 """Jobs a launcher can acquire appeared (PREPROCESSED, RESTART_READY)."""
 PROCESS = "process"
 """Jobs the agent's processing moves on appeared (STAGED_IN, RUN_DONE, RUN_ERROR, RUN_TIMEOUT)."""
+FINISHED = "finished"
+"""Jobs reached a final state (JOB_FINISHED, FAILED, USER_KILLED): a linked site's sync pushes them to its relay."""
 TOPIC_OF_STATE = {
     "PREPROCESSED": RUNNABLE, "RESTART_READY": RUNNABLE,
     "STAGED_IN": PROCESS, "RUN_DONE": PROCESS, "RUN_ERROR": PROCESS, "RUN_TIMEOUT": PROCESS,
+    "JOB_FINISHED": FINISHED, "FAILED": FINISHED, "USER_KILLED": FINISHED,
 }
 DIR_NAME = "doorbell"
 
@@ -105,7 +109,7 @@ class Doorbell:
     goes into a selector, or :meth:`wait` blocks on it; :meth:`drain` empties it after a ring."""
 
     def __init__(self, state_dir: Path, topic: str) -> None:
-        if topic not in (RUNNABLE, PROCESS):
+        if topic not in (RUNNABLE, PROCESS, FINISHED):
             raise ValueError(f"unknown doorbell topic {topic!r}")
         self.path = Path(state_dir) / DIR_NAME / f"{topic}.{os.getpid()}.{next(_counter)}"
         self._r: Optional[int] = None

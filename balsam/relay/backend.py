@@ -31,6 +31,8 @@ OFFLINE_AFTER_S = 60.0
 """A site not seen for this long is offline (an online agent long-polls for commands every 20 s)."""
 OFFLINE_WAIT_S = 0.5
 """How long a write for an offline site waits (it may be coming back) before answering with the queued command."""
+ANSWER_LOOK_S = 0.25
+"""A write waiting for its site's answer looks at the database this often besides being woken."""
 _KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
           and issubclass(getattr(exc, name), exc.BalsamError)}
 
@@ -160,18 +162,20 @@ class RelayBackend(Backend):
         offline = last_seen is None or time.time() - float(last_seen) > OFFLINE_AFTER_S
         # A site that has not polled for a while is offline: the write is queued at once instead of waiting.
         deadline = time.monotonic() + (min(self.wait_s, OFFLINE_WAIT_S) if offline else self.wait_s)
-        delay = 0.01
         while True:
+            seen = self.store.generation()
             row = self.store.command(caller, command_id)
             if row["state"] == "applied":
                 return row["result"]
             if row["state"] == "rejected":
                 raise site_error(row["result"])
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise exc.CommandPending(f"{pending_reason(site)} as command {command_id}: applied when the site's agent next "
                                          "syncs", command_id)
-            time.sleep(delay)
-            delay = min(0.1, delay * 1.5)
+            # Woken when the site's answer arrives at this relay process; a look every ANSWER_LOOK_S finds one that
+            # arrived at another process over the same database.
+            self.store.wait_change(seen, min(left, ANSWER_LOOK_S))
 
     def _by_site(self, ids: Sequence[int], what: str) -> Dict[int, List[int]]:
         out: Dict[int, List[int]] = {}

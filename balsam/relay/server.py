@@ -37,6 +37,8 @@ from balsam.relay.store import Caller, Conflict, RateLimited, RelayAuthError, Re
 ONLINE_S = 60.0
 """A site seen within this long is shown as online."""
 MAX_POLL_S = 25.0
+POLL_LOOK_S = 0.25
+"""A long poll for commands looks at the database this often besides being woken (commands another relay process added)."""
 OBJ = {"type": "object"}
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -202,11 +204,17 @@ def pull_commands(call: h.Call) -> Tuple[int, Any]:
     except ValueError:
         raise exc.ValidationError("wait: expected seconds") from None
     deadline = time.monotonic() + wait
+    first = True
     while True:
-        commands = store.pending_commands(caller, after)
-        if commands or time.monotonic() >= deadline:
+        seen = store.generation()
+        commands = store.pending_commands(caller, after, seen=first)
+        first = False
+        left = deadline - time.monotonic()
+        if commands or left <= 0:
             return 200, {"commands": commands, "pushed_seq": store.pushed_seq(caller)}
-        time.sleep(0.05)
+        # Woken as soon as a command is added in this process; a look every POLL_LOOK_S finds one another relay
+        # process over the same database added.
+        store.wait_change(seen, min(left, POLL_LOOK_S))
 
 
 @_store_errors

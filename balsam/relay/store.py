@@ -90,6 +90,8 @@ class RelayStore:
         self._engine: Optional[Engine] = None
         self._lock = threading.Lock()
         self._writer = threading.RLock()
+        self._signal = threading.Condition()
+        self._generation = 0
 
     @property
     def engine(self) -> Engine:
@@ -130,6 +132,24 @@ class RelayStore:
 
     def connect(self) -> Any:
         return self.engine.connect()
+
+    # ------------------------------------------------------------------ waking waiters in this process
+    def generation(self) -> int:
+        """A counter of the commands added and answered through this store object (this relay process): read it
+        before looking, then :meth:`wait_change` sleeps only until something changed since."""
+        return self._generation
+
+    def wait_change(self, seen: int, timeout_s: float) -> None:
+        """Sleep until a command is added or answered after :meth:`generation` read ``seen``, or ``timeout_s``
+        passes (a change made by another relay process over the same database is found by the caller's next look)."""
+        with self._signal:
+            if self._generation == seen:
+                self._signal.wait(max(0.0, timeout_s))
+
+    def _changed(self) -> None:
+        with self._signal:
+            self._generation += 1
+            self._signal.notify_all()
 
     # ------------------------------------------------------------------ users
     def add_user(self, name: str, password: str) -> int:
@@ -319,18 +339,26 @@ class RelayStore:
         """Queue a command for one of the caller's sites; its id (the provisional handle)."""
         self.site_for(caller, site_id)
         with self.begin() as c:
-            return int(c.execute(t.command.insert().values(site_id=site_id, user_id=caller.user_id, kind=kind, body=json.dumps(body),
-                                                           created=time.time(), state="pending")).inserted_primary_key[0])
+            command_id = int(c.execute(t.command.insert().values(site_id=site_id, user_id=caller.user_id, kind=kind, body=json.dumps(body),
+                                                                 created=time.time(), state="pending")).inserted_primary_key[0])
+        self._changed()  # a site's long poll waiting in this process takes it at once
+        return command_id
 
-    def pending_commands(self, caller: Caller, after: int, limit: int = 1000) -> List[Dict[str, Any]]:
-        """Commands for the calling site after its cursor, oldest first."""
+    def pending_commands(self, caller: Caller, after: int, limit: int = 1000, *, seen: bool = True) -> List[Dict[str, Any]]:
+        """Commands for the calling site after its cursor, oldest first; ``seen``: also record that the site was
+        seen now (once per long poll is enough: a look again while it waits writes nothing)."""
         if caller.kind != "site":
             raise RelayAuthError("only a site's agent can pull commands")
-        with self.begin() as c:
-            rows = c.execute(sa.select(t.command.c.id, t.command.c.kind, t.command.c.body, t.command.c.created)
-                             .where(t.command.c.site_id == caller.site_id, t.command.c.id > after, t.command.c.state == "pending")
-                             .order_by(t.command.c.id).limit(limit)).all()
-            c.execute(t.site.update().where(t.site.c.id == caller.site_id).values(last_seen=time.time()))
+        query = (sa.select(t.command.c.id, t.command.c.kind, t.command.c.body, t.command.c.created)
+                 .where(t.command.c.site_id == caller.site_id, t.command.c.id > after, t.command.c.state == "pending")
+                 .order_by(t.command.c.id).limit(limit))
+        if seen:
+            with self.begin() as c:
+                rows = c.execute(query).all()
+                c.execute(t.site.update().where(t.site.c.id == caller.site_id).values(last_seen=time.time()))
+        else:
+            with self.connect() as c:
+                rows = c.execute(query).all()
         return [{"id": int(r.id), "kind": r.kind, "body": json.loads(r.body), "created": r.created} for r in rows]
 
     def finish_commands(self, caller: Caller, results: Iterable[Dict[str, Any]]) -> int:
@@ -347,6 +375,7 @@ class RelayStore:
                 n += c.execute(t.command.update().where(t.command.c.id == int(r["id"]), t.command.c.site_id == caller.site_id,
                                                         t.command.c.state == "pending")
                                .values(state=state, result=json.dumps(r.get("result")), finished=now)).rowcount
+        self._changed()  # the writes waiting on these answers in this process return at once
         return n
 
     def command(self, caller: Caller, command_id: int) -> Dict[str, Any]:

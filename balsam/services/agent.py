@@ -161,7 +161,7 @@ def run_agent(site_root: Path) -> int:
             t.start()
         from balsam.services.sync import LinkFollower
 
-        relay = LinkFollower(site)  # syncs while the site is linked ('balsam site link' / 'unlink' need no restart)
+        relay = LinkFollower(site, settings.sync.period_s)  # syncs while the site is linked ('balsam site link' / 'unlink' need no restart)
         relay.check()
         # Every other host (login nodes, compute nodes) reaches the DB through the /v1 API (DESIGN.md section 3).
         from balsam.services.api_server import start_api_server

@@ -2,11 +2,11 @@
 
 Two loops share one push routine:
 
-- **Push** (every cycle, about once a second): the outbox's logged changes (coalesced per row, current
-  content) and the events after the event cursor go to ``POST /v1/sync/push`` in batches. Each batch's
-  ``submission_id`` is fixed by what it covers (outbox sequence range and event id range), so a batch resent
-  after a lost answer, a relay restart or an agent crash is answered from the relay's stored answer and
-  applied once. Only after the relay acknowledges a batch are its outbox entries trimmed and the event
+- **Push** (every cycle: about once a second, and at once when jobs finish): the outbox's logged changes
+  (coalesced per row, current content) and the events after the event cursor go to ``POST /v1/sync/push`` in
+  batches. Each batch's ``submission_id`` is fixed by what it covers (outbox sequence range and event id
+  range), so a batch resent after a lost answer, a relay restart or an agent crash is answered from the relay's
+  stored answer and applied once. Only after the relay acknowledges a batch are its outbox entries trimmed and the event
   cursor advanced (in the site DB), so a site offline for days catches up from where it stopped.
 - **Commands** (a thread, long-polling ``GET /v1/sync/commands``): each command is applied through the
   site's LocalBackend (the same validating writers every door uses) in one transaction with the command
@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from balsam import exceptions as exc
 from balsam.db import outbox
 from balsam.db.backend import LocalBackend
+from balsam.db.doorbell import FINISHED, Doorbell
 from balsam.db.meta import write_meta
 from balsam.db.site_row import whole_site_row
 from balsam.services.base import Service, ServiceThread
@@ -151,6 +152,9 @@ class SyncService(Service):
     """Keeps a linked site and its relay in step (see the module docstring)."""
 
     name = "sync"
+    wake_gap_s = 0.2
+    """Finished jobs ring the sync's doorbell: pushed at once, but at most one push per this long (a flood of
+    finishing jobs goes in batches)."""
 
     def __init__(self, site: Any, link: Dict[str, Any], period_s: float = 1.0) -> None:
         super().__init__(period_s)
@@ -168,6 +172,15 @@ class SyncService(Service):
         self._completed = False
         self.pushed = 0
         """Items the relay acknowledged since start."""
+
+    def doorbell(self) -> Optional[Doorbell]:
+        """Rung when jobs reach a final state, so the relay (and a laptop watching through it) sees them without
+        waiting for the period."""
+        try:
+            return Doorbell(self.site.store.db_path.parent, FINISHED).open()
+        except OSError as e:
+            logger.info("sync: no doorbell (%s): pushing every %.1f s", e, self.period_s)
+            return None
 
     # ------------------------------------------------------------------ push
     def run_cycle(self) -> None:
