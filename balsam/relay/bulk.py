@@ -12,6 +12,7 @@ in; several times faster than the standard library), else with :mod:`json`.
 from __future__ import annotations
 
 import json
+import operator
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import sqlalchemy as sa
@@ -40,6 +41,16 @@ def _orjson_dumps(value: Any) -> str:
 dumps: Callable[[Any], str] = _std_dumps if _orjson is None else _orjson_dumps
 """Compact JSON text of a pushed value."""
 
+
+
+def _picker(indexes: Sequence[int]) -> Callable[[Sequence[Any]], Tuple[Any, ...]]:
+    """A function answering the tuple of a row's values at ``indexes`` (a tuple even for one index)."""
+    if len(indexes) == 1:
+        i = indexes[0]
+        return lambda row: (row[i],)
+    if not indexes:
+        return lambda row: ()
+    return operator.itemgetter(*indexes)  # type: ignore[return-value]
 
 
 def _quoted(names: Sequence[str]) -> str:
@@ -73,29 +84,54 @@ def _stage(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequenc
 
 
 def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Tuple[Any, ...]],
-           previous: Sequence[str] = ()) -> Dict[int, Tuple[Any, ...]]:
+           previous: Sequence[str] = (), stable: Sequence[str] = ()) -> Dict[int, Tuple[Any, ...]]:
     """Insert ``rows`` (tuples in ``columns`` order, ``id`` first, ids unique), replacing the rows that exist by
     id. With ``previous`` (column names), answers those columns' values before the write for each row that
-    existed ({id: (value, ...)}, NULL read as ""). Once per table per transaction."""
+    existed ({id: (value, ...)}, NULL read as ""). Once per table per transaction.
+
+    ``stable``: indexed columns that rarely change (a job's app, workdir, batch job). On SQLite, which rewrites
+    an index whenever a statement sets one of its columns, whatever the value, the rows that exist with these
+    columns unchanged are written by an ``UPDATE`` of the other columns: a job's state change rewrites the indexes
+    on its state and time, not every index of the table."""
     old: Dict[int, Tuple[Any, ...]] = {}
     if not rows:
         return old
     wanted = ", ".join(f'coalesce(t."{p}", \'\') AS "p{i}"' for i, p in enumerate(previous))
     if c.dialect.name != "postgresql":
-        if previous:
+        if previous or stable:
+            read = ", ".join([f't."{p}"' for p in stable] + ([wanted] if previous else []))
+            n = len(stable)
+            key = _picker([columns.index(k) for k in stable])
+            same: List[Tuple[Any, ...]] = []
+            changed: List[Tuple[Any, ...]] = []
             for start in range(0, len(rows), CHUNK):
-                ids = _std_dumps([r[0] for r in rows[start:start + CHUNK]])
-                old.update((r[0], tuple(r[1:])) for r in c.exec_driver_sql(
-                    f'SELECT t."id", {wanted} FROM "{table.name}" t WHERE t."id" IN (SELECT value FROM json_each(?))', (ids,)))
-        c.exec_driver_sql(upsert_sql(c, table, columns), list(rows))
+                chunk = rows[start:start + CHUNK]
+                before = {r[0]: tuple(r[1:]) for r in c.exec_driver_sql(
+                    f'SELECT t."id", {read} FROM "{table.name}" t WHERE t."id" IN (SELECT value FROM json_each(?))',
+                    (_std_dumps([r[0] for r in chunk]),))}
+                for row in chunk:
+                    got = before.get(row[0])
+                    if got is None:
+                        changed.append(row)
+                        continue
+                    old[row[0]] = got[n:]
+                    (same if key(row) == got[:n] else changed).append(row)
+            if same:
+                hot = [i for i, name in enumerate(columns) if name != "id" and name not in stable]
+                sets = ", ".join(f'"{columns[i]}" = ?' for i in hot)
+                pick = _picker(hot + [0])
+                c.exec_driver_sql(f'UPDATE "{table.name}" SET {sets} WHERE "id" = ?', [pick(row) for row in same])
+            rows = changed
+        if rows:
+            c.exec_driver_sql(upsert_sql(c, table, columns), list(rows))
         return old
     stage = _stage(c, table, columns, rows)
     if previous:
         # One primary-key lookup per staged row: OFFSET 0 keeps the lateral subquery a subquery (PostgreSQL would
         # otherwise pull it up into a join, which the planner may answer with a walk of the whole table).
-        got = c.exec_driver_sql(f'SELECT s."id", p.* FROM "{stage}" s CROSS JOIN LATERAL '
-                                f'(SELECT {wanted} FROM "{table.name}" t WHERE t."id" = s."id" OFFSET 0) p').all()
-        old.update((r[0], tuple(r[1:])) for r in got)
+        found = c.exec_driver_sql(f'SELECT s."id", p.* FROM "{stage}" s CROSS JOIN LATERAL '
+                                  f'(SELECT {wanted} FROM "{table.name}" t WHERE t."id" = s."id" OFFSET 0) p').all()
+        old.update((r[0], tuple(r[1:])) for r in found)
     c.exec_driver_sql(f'INSERT INTO "{table.name}" ({_quoted(columns)}) SELECT {_quoted(columns)} FROM "{stage}" '
                       f'ON CONFLICT ("id") DO UPDATE SET {_sets(columns)}')
     return old

@@ -38,6 +38,8 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
     "dag_instance": ("id", "site_id", "dag_id", "created", "row"),
 }
 """Each mirror table's columns, in the order :func:`mirror_row` gives them."""
+STABLE_JOB_COLUMNS = ("site_id", "app_id", "workdir", "batch_job_id")
+"""Indexed job columns a state change leaves as they were (see :func:`balsam.relay.bulk.upsert`)."""
 _LINKS = COLUMNS["job"].index("links")
 _STATE = COLUMNS["job"].index("state")
 
@@ -68,14 +70,41 @@ def _int(v: Any, default: int) -> int:
     return default if i is None else i
 
 
+_MIN_INT, _MAX_INT = -(2**63), 2**63
+
+
+def _job_row(row_id: int, site_id: int, row: Dict[str, Any]) -> Tuple[Any, ...]:
+    """:func:`mirror_row` of a job: the common case (values of the right types, as a site pushes them) is checked
+    inline, once per value; anything else goes through the converters above (a push carries thousands of these)."""
+    g = row.get
+    app_id, workdir, state, batch_job_id, return_code = g("app_id"), g("workdir"), g("state"), g("batch_job_id"), g("return_code")
+    created, last_update, version, tags, parents = g("created"), g("last_update"), g("version"), g("tags"), g("parent_ids")
+    if type(app_id) is not int or not _MIN_INT <= app_id < _MAX_INT:
+        app_id = _int(app_id, 0)
+    if type(workdir) is not str:
+        workdir = str(workdir or "")
+    if type(state) is not str:
+        state = str(state or "")
+    if batch_job_id is not None and (type(batch_job_id) is not int or not _MIN_INT <= batch_job_id < _MAX_INT):
+        batch_job_id = _opt_int(batch_job_id)
+    if return_code is not None and (type(return_code) is not int or not _MIN_INT <= return_code < _MAX_INT):
+        return_code = _opt_int(return_code)
+    if type(created) is not float or created - created != 0.0:  # (x - x is 0.0 for a finite float, NaN otherwise)
+        created = _float(created)
+    if type(last_update) is not float or last_update - last_update != 0.0:
+        last_update = _float(last_update)
+    if type(version) is not int or not _MIN_INT <= version < _MAX_INT:
+        version = _int(version, 1)
+    links = _text_digest(tags, parents) if type(tags) is str and type(parents) is str else links_digest(tags, parents)
+    return (row_id, site_id, app_id, workdir, state, batch_job_id, return_code, created, last_update, version, dumps(row), links)
+
+
 def mirror_row(entity: str, row_id: int, site_id: int, row: Dict[str, Any]) -> Tuple[Any, ...]:
     """The mirror table's columns (:data:`COLUMNS` order) for a pushed row: the columns queries filter and sort on,
     and the whole row as JSON text (``row``) that reads answer from."""
-    g = row.get
     if entity == "job":
-        return (row_id, site_id, _int(g("app_id"), 0), str(g("workdir") or ""), str(g("state") or ""), _opt_int(g("batch_job_id")),
-                _opt_int(g("return_code")), _float(g("created")), _float(g("last_update")), _int(g("version"), 1), dumps(row),
-                links_digest(g("tags"), g("parent_ids")))
+        return _job_row(row_id, site_id, row)
+    g = row.get
     if entity == "event":
         data = g("data")
         return (row_id, site_id, _int(g("job_id"), 0), _float(g("timestamp")), str(g("from_state") or ""), str(g("to_state") or ""),
@@ -116,9 +145,14 @@ def _links(raw_tags: Any, raw_parents: Any) -> Tuple[Dict[str, Any], List[int]]:
 
 def links_digest(tags: Any, parent_ids: Any) -> str:
     """A digest of a job's tags and parent ids as the site pushed them (texts, or values written as JSON)."""
-    text = (tags if isinstance(tags, str) else dumps(tags if tags is not None else {})) + "\x00" + (
-        parent_ids if isinstance(parent_ids, str) else dumps(parent_ids if parent_ids is not None else []))
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    return _text_digest(tags if isinstance(tags, str) else dumps(tags if tags is not None else {}),
+                        parent_ids if isinstance(parent_ids, str) else dumps(parent_ids if parent_ids is not None else []))
+
+
+@lru_cache(maxsize=4096)
+def _text_digest(tags: str, parent_ids: str) -> str:
+    """:func:`links_digest` of the texts (many jobs of a push share their tags and parents: computed once)."""
+    return hashlib.blake2b((tags + "\x00" + parent_ids).encode(), digest_size=12).hexdigest()
 
 
 def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) -> int:
@@ -175,7 +209,7 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
             continue
         mirrored = [mirror_row(entity, row_id, site_id, row) for row_id, row in rows.items()]
         if entity == "job":
-            old = bulk.upsert(c, table, COLUMNS[entity], mirrored, previous=("links", "state"))
+            old = bulk.upsert(c, table, COLUMNS[entity], mirrored, previous=("links", "state"), stable=STABLE_JOB_COLUMNS)
             _relink(c, rows, mirrored, {i: v[0] for i, v in old.items()})
             for m in mirrored:
                 before = old.get(m[0])
