@@ -157,3 +157,58 @@ def test_request_bodies_parse_the_same_with_or_without_orjson() -> None:
         assert repr(_loads(text)) == repr(json.loads(text))
     with pytest.raises(ValueError):
         _loads(b'{"not": json')
+
+
+def test_revision_0006_makes_mirror_ids_rowids_keeping_rows_indexes_and_counts(tmp_path: Path) -> None:
+    """A relay made before revision 0006 (BIGINT ids, the index of last_update alone) is rebuilt in place: every
+    job, tag and count is still there, the ids are SQLite's rowids, the other indexes remain, and pushes go on."""
+    pytest.importorskip("alembic")
+    from balsam.relay import mirror
+    from balsam.relay.migrate import current, upgrade
+    from balsam.relay.store import RelayStore
+
+    store = RelayStore(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(store, "0005")
+    with store.begin() as c:  # the mirror tables as revisions 0001-0005 made them (today's metadata differs)
+        for table in mirror.t.MIRRORS.values():
+            sql = c.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = ?", (table.name,)).scalar_one()
+            c.exec_driver_sql(f'ALTER TABLE "{table.name}" RENAME TO "{table.name}_x"')
+            c.exec_driver_sql(sql.replace(" INTEGER NOT NULL", " BIGINT NOT NULL", 1))
+            c.exec_driver_sql(f'INSERT INTO "{table.name}" SELECT * FROM "{table.name}_x"')
+            c.exec_driver_sql(f'DROP TABLE "{table.name}_x"')
+        c.exec_driver_sql("CREATE INDEX relay_job_site_state ON relay_job (site_id, state, id)")
+        c.exec_driver_sql("CREATE INDEX relay_job_app ON relay_job (app_id)")
+        c.exec_driver_sql("CREATE INDEX relay_job_last_update ON relay_job (last_update)")
+        c.exec_driver_sql("CREATE INDEX relay_job_site_last_update ON relay_job (site_id, last_update, id)")
+        c.exec_driver_sql("CREATE INDEX relay_job_workdir ON relay_job (workdir, id)")
+        c.exec_driver_sql("CREATE INDEX relay_event_job ON relay_event (job_id)")
+    store.add_user("alice", "correct horse")
+    _, alice = store.login("alice", "correct horse")
+    agent = store.verify(store.link_site(alice, SITE, "polaris"))
+    store.ingest(agent, "before-0006", 1, [job(i, "RUNNING", {"k": str(i % 3)}) for i in range(1, 301)]
+                 + [{"entity": "event", "op": "upsert", "id": BASE + 1, "row": {"id": BASE + 1, "job_id": BASE + 1, "timestamp": 1.0,
+                                                                               "from_state": "READY", "to_state": "RUNNING"}}])
+    with store.connect() as c:
+        assert c.exec_driver_sql("SELECT type FROM pragma_table_info('relay_job') WHERE pk = 1").scalar_one() == "BIGINT"
+    store.close()
+
+    store = RelayStore(f"sqlite:///{tmp_path / 'old.db'}")
+    store.migrate()
+    assert current(store) >= "0006"
+    with store.connect() as c:
+        for table in mirror.t.MIRRORS.values():
+            assert c.exec_driver_sql(f"SELECT type FROM pragma_table_info('{table.name}') WHERE pk = 1").scalar_one() == "INTEGER"
+        indexes = {r[0] for r in c.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'relay_job'")}
+        plan = " ".join(str(r[-1]) for r in c.exec_driver_sql("EXPLAIN QUERY PLAN SELECT state FROM relay_job WHERE id = 5"))
+    assert {"relay_job_site_state", "relay_job_site_last_update", "relay_job_workdir", "relay_job_app"} <= indexes
+    assert "relay_job_last_update" not in indexes and not any(n.startswith("sqlite_autoindex") for n in indexes)
+    assert "INTEGER PRIMARY KEY" in plan
+    assert ids(store, state="RUNNING") == list(range(1, 301)) and ids(store, tags={"k": "1"}) == list(range(1, 301, 3))
+    from balsam.relay.backend import RelayBackend
+
+    user = RelayBackend(store, alice)
+    assert user.count_by("job", {}, "state") == {"RUNNING": 300} and user.count("event", {}) == 1
+    store.ingest(agent, "after-0006", 2, [job(i, "JOB_FINISHED", {"k": str(i % 3)}) for i in range(1, 101)])
+    assert user.count_by("job", {}, "state") == {"RUNNING": 200, "JOB_FINISHED": 100}
+    assert ids(store, state="JOB_FINISHED", tags={"k": "2"}) == list(range(2, 101, 3))
+    store.close()

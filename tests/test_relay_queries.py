@@ -160,9 +160,9 @@ def test_pages_across_sites_are_the_pages_of_one_sorted_list(relay: Any) -> None
 
 
 def test_the_dashboards_sort_and_workdir_filter_use_their_indexes(relay: Any) -> None:
-    """Revision 0004: jobs by last update walk (site_id, last_update, id) in order; a workdir substring is found
-    through an index of workdirs (PostgreSQL: the pg_trgm index; SQLite: the narrow (workdir, id) index, read
-    instead of the wide rows)."""
+    """Revision 0004: jobs by last update walk (site_id, last_update, id) in order, and so do filters by last update
+    (0006 dropped the index of last_update alone); a workdir substring is found through an index of workdirs
+    (PostgreSQL: the pg_trgm index; SQLite: the narrow (workdir, id) index, read instead of the wide rows)."""
     from balsam.relay.backend import RelayBackend
 
     relay.add_user("alice", "correct horse")
@@ -178,12 +178,20 @@ def test_the_dashboards_sort_and_workdir_filter_use_their_indexes(relay: Any) ->
     backend = RelayBackend(relay, alice)
     recent = backend.narrow([5]).select("job", {}, columns=("id", "last_update"), order_by=["-last_update"], limit=20)
     found = backend.select("job", {"workdir__contains": "w/29"}, columns=("workdir",), order_by=["-id"], limit=50)
+    first = len(plans.plans)
+    changed = backend.select("job", {"last_update_after": 95.0}, columns=("id",), limit=100)  # what changed lately
+    n_changed = backend.count("job", {"last_update_after": 95.0})
+    since = plans.plans[first:]
     plans.on = False
+    late = sorted((s << 32) + i for s in SITES for i in range(1, 301) if float(((s << 32) + i & 0xFFFF) % 97) > 95.0)
+    assert [r[0] for r in changed] == late[:100] and n_changed == len(late) > 0
+    by_time = [" ".join(lines) for statement, lines in since if "last_update >" in statement]
+    assert len(by_time) == len(SITES) + 1 and all("relay_job_site_last_update" in p for p in by_time), since  # (revision 0006)
     want = sorted(((r, (5 << 32) + i) for i in range(1, 301) for r in [float(((5 << 32) + i & 0xFFFF) % 97)]), reverse=True)[:20]
     assert [(r[1], r[0]) for r in recent] == want  # newest first, ties by id in the same direction
     assert sorted(r[0] for r in found) == sorted([f"w/{n}" for n in range(1, 301) if "w/29" in f"w/{n}"] * len(SITES))
     text = "\n".join(" ".join(lines) for _, lines in plans.plans)
-    assert "relay_job_site_last_update" in text
+    assert "relay_job_site_last_update" in text and plans.full_scans() == []
     if relay.dialect == "sqlite":
         assert "COVERING INDEX relay_job_workdir" in text
     else:  # on 900 rows PostgreSQL walks the ids; the question is whether the trigram index serves the substring

@@ -376,17 +376,21 @@ def _filtered(table_name: str, filters: Dict[str, Any]) -> Tuple[sa.Table, Claus
 
 def _one_site(table: sa.Table, site_id: int, by_state: bool) -> Clause:
     """One site's rows as its range of row ids (a site's rows are the ids ``site_id << 32 ...``), which the
-    primary key walks in id order; with a state filter, or jobs by last update, also by ``site_id``, so that the
-    ``(site_id, state, id)`` or ``(site_id, last_update, id)`` index serves it in the page's order. (``site_id``
+    primary key walks in id order; with a state or last-update filter, or jobs by last update, also by
+    ``site_id``, so that the ``(site_id, state, id)`` or ``(site_id, last_update, id)`` index serves it. (``site_id``
     alone would pick an index and sort the site's rows.)"""
     low = int(site_id) << LOCAL_BITS
     ids = sa.and_(table.c.id >= low, table.c.id < low + (1 << LOCAL_BITS))
     return sa.and_(table.c.site_id == int(site_id), ids) if by_state and "state" in table.c else ids
 
 
+_BY_SITE_FILTERS = frozenset({"state", "last_update_before", "last_update_after"})
+"""Filters a ``(site_id, <column>, id)`` index serves (jobs: state, last update) once the site is named."""
+
+
 def _by_site(table_name: str, filters: Dict[str, Any], order_by: Sequence[str]) -> bool:
     """Whether a site's part is best found through a ``(site_id, ...)`` index (see :func:`_one_site`)."""
-    return "state" in filters or (table_name == "job" and bool(order_by) and order_by[0].lstrip("-") == "last_update")
+    return bool(_BY_SITE_FILTERS & filters.keys()) or (table_name == "job" and bool(order_by) and order_by[0].lstrip("-") == "last_update")
 
 
 DRIVING_FILTERS = frozenset({"id", "tags", "parent_id", "job_id"})

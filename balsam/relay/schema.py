@@ -27,6 +27,10 @@ from sqlalchemy import (
 SCHEMA_VERSION = 2
 metadata = MetaData()
 
+MIRROR_ID = BigInteger().with_variant(Integer, "sqlite")
+"""A mirror row's id: on SQLite an ``INTEGER PRIMARY KEY``, the table's own rowid (a BIGINT key would be a second
+index that every write and every lookup by id goes through; revision 0006), 64 bits either way."""
+
 user = Table(
     "relay_user", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -76,7 +80,7 @@ site = Table(
 
 job = Table(
     "relay_job", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", MIRROR_ID, primary_key=True, autoincrement=False),
     Column("site_id", BigInteger, nullable=False),
     Column("app_id", BigInteger, nullable=False),
     Column("workdir", Text, nullable=False),
@@ -94,7 +98,8 @@ job = Table(
 Index("relay_job_site_state", job.c.site_id, job.c.state, job.c.id)
 Index("relay_job_app", job.c.app_id)
 Index("relay_job_batch_job", job.c.batch_job_id)
-Index("relay_job_last_update", job.c.last_update)
+# Filters and sorts by last update walk (site_id, last_update, id): revision 0004 makes it, 0006 drops the index of
+# last_update alone, which every state change rewrote.
 
 job_count = Table(
     "relay_job_count", metadata,
@@ -122,7 +127,7 @@ Index("relay_job_parent_child", job_parent.c.child_id)
 
 event = Table(
     "relay_event", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", MIRROR_ID, primary_key=True, autoincrement=False),
     Column("site_id", BigInteger, nullable=False),
     Column("job_id", BigInteger, nullable=False),
     Column("timestamp", Float, nullable=False),
@@ -135,7 +140,7 @@ Index("relay_event_site_time", event.c.site_id, event.c.timestamp)
 
 batch_job = Table(
     "relay_batch_job", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", MIRROR_ID, primary_key=True, autoincrement=False),
     Column("site_id", BigInteger, nullable=False),
     Column("state", String(32), nullable=False),
     Column("queue", String(255), nullable=False, default=""),
@@ -151,7 +156,7 @@ Index("relay_batch_job_site_state", batch_job.c.site_id, batch_job.c.state)
 
 app = Table(
     "relay_app", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", MIRROR_ID, primary_key=True, autoincrement=False),
     Column("site_id", BigInteger, nullable=False),
     Column("name", String(255), nullable=False),
     Column("version", Integer, nullable=False),
@@ -161,7 +166,7 @@ Index("relay_app_site", app.c.site_id, app.c.name)
 
 transfer_item = Table(
     "relay_transfer_item", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", MIRROR_ID, primary_key=True, autoincrement=False),
     Column("site_id", BigInteger, nullable=False),
     Column("job_id", BigInteger, nullable=False),
     Column("state", String(32), nullable=False),
@@ -172,7 +177,7 @@ Index("relay_transfer_item_job", transfer_item.c.job_id)
 
 dag = Table(
     "relay_dag", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", MIRROR_ID, primary_key=True, autoincrement=False),
     Column("site_id", BigInteger, nullable=False),
     Column("name", String(200), nullable=False),
     Column("version", Integer, nullable=False),
@@ -182,7 +187,7 @@ Index("relay_dag_site_name", dag.c.site_id, dag.c.name)
 
 dag_instance = Table(
     "relay_dag_instance", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", MIRROR_ID, primary_key=True, autoincrement=False),
     Column("site_id", BigInteger, nullable=False),
     Column("dag_id", BigInteger, nullable=False),
     Column("created", Float, nullable=False),
