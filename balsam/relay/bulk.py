@@ -106,9 +106,9 @@ def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequenc
             changed: List[Tuple[Any, ...]] = []
             for start in range(0, len(rows), CHUNK):
                 chunk = rows[start:start + CHUNK]
-                before = {r[0]: tuple(r[1:]) for r in c.exec_driver_sql(
+                before = {r[0]: tuple(r[1:]) for r in c.exec_driver_sql(  # (fetched at once: not a fetch call per row)
                     f'SELECT t."id", {read} FROM "{table.name}" t WHERE t."id" IN (SELECT value FROM json_each(?))',
-                    (_std_dumps([r[0] for r in chunk]),))}
+                    (_std_dumps([r[0] for r in chunk]),)).all()}
                 for row in chunk:
                     got = before.get(row[0])
                     if got is None:
