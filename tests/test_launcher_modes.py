@@ -176,8 +176,8 @@ def test_jobs_this_launcher_cannot_hold_are_left_for_another(site: Any, mode: st
 
 
 def test_serial_mode_leaves_multi_node_jobs_for_an_mpi_launcher(site: Any, hello: Any) -> None:
-    """Serial mode runs single-node jobs only (on one node of this host it starts them from its own loop, as mpi
-    mode does): a two-node job stays runnable, unlocked, for an mpi-mode launcher with two nodes."""
+    """Serial mode runs single-node jobs only: a two-node job stays runnable, unlocked, for an mpi-mode launcher
+    with two nodes."""
     wide = hello.submit("wide", say_hello_to="two nodes", num_nodes=2)
     small = [hello.submit(f"small/{i}", say_hello_to=str(i), node_packing_count=4) for i in range(3)]
     ids = runnable(site.store, [wide, *small])

@@ -19,7 +19,7 @@ import click
 @click.option("--idle-ttl", type=float, default=None, help="Stop after this many seconds with nothing to run (default: launcher.idle_ttl_s).")
 @click.option("--site", "site", metavar="PATH", default=None, help="The site (default: BALSAM_SITE_PATH, or the one around the working directory).")
 @click.option("--serial-workers", type=click.Choice(["auto", "thread", "process"]), default="auto", hidden=True,
-              help="Where serial mode runs a single node's jobs: thread (the master's own loop), process (a worker process).")
+              help="Where serial mode's node worker runs on a single node.")
 def launcher(job_mode: str, wall_time_min: float, tags: Tuple[str, ...], parts: Tuple[str, ...], batch_job_id: Optional[int],
              idle_ttl: Optional[float], site: Optional[str], serial_workers: str) -> None:
     """Run the launcher: acquire runnable jobs and run them until idle, out of time, or signalled.

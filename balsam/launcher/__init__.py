@@ -15,8 +15,7 @@ Modules, one concept each:
 ``transport``      direct SQLite on the home host, else the site agent's /v1 HTTP API (``remote``)
 ``base``           what both modes share: lease, status updates, wall time, stopping
 ``mpi_mode``       one head-node process starts every job
-``serial_mode``    single-node jobs: on one local node in the master's loop, else fed to a worker process
-                   per node (``serial_worker``, ``links``)
+``serial_mode``    a master feeding one worker per node (``serial_worker``, ``links``)
 ``partitions``     ``-p MODE:N:k=v``: sub-launchers on shares of the allocation
 =================  ==========================================================================================
 
@@ -81,8 +80,8 @@ def run_launcher(
     ``job_mode`` is ``mpi`` or ``serial``; ``wall_time_min`` the time the allocation has (the launcher stops a
     little before it, timing out what still runs); ``filter_tags`` limits it to jobs with those tags;
     ``partitions`` (``MODE:N[:k=v,...]``) splits the allocation into sub-launchers; ``idle_ttl_s`` overrides
-    ``launcher.idle_ttl_s``. ``serial_workers`` (``auto``, ``thread``, ``process``) says where serial mode
-    runs the jobs of a single node: in its own loop, or in a worker process. ``env`` is the environment the node adapter reads (default: this
+    ``launcher.idle_ttl_s``. ``serial_workers`` (``auto``, ``thread``, ``process``) says where serial mode's
+    node worker runs when there is one node. ``env`` is the environment the node adapter reads (default: this
     process's).
 
     Raises ConfigError, SiteNotFound or LauncherError if the launcher cannot start. Exit codes: 0 after a

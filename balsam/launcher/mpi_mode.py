@@ -42,8 +42,6 @@ class MPIMode(LauncherBase):
     """The head-node launcher."""
 
     mode = "mpi"
-    serial_only = False
-    """Acquire single-node jobs only (serial mode on one node of this host runs this loop: :mod:`.serial_mode`)."""
 
     def __init__(self, cfg: LauncherConfig, transport: Transport, executor: Executor, rm: ResourceManager) -> None:
         super().__init__(cfg, transport)
@@ -143,9 +141,8 @@ class MPIMode(LauncherBase):
         if not self.should_acquire(idle):
             return
         # Only jobs this launcher's nodes can hold: a job needing more GPUs or nodes stays for another launcher.
-        shape: Dict[str, Any] = {"serial_only": True, "max_nodes_per_job": 1} if self.serial_only else \
-            {"max_nodes_per_job": max(1, self.rm.idle_nodes)}
-        jobs = self.acquire(room_jobs, idle=idle, max_aggregate_nodes=budget, max_gpus_per_node=self.rm.max_gpus, **shape)
+        jobs = self.acquire(room_jobs, idle=idle, max_nodes_per_job=max(1, self.rm.idle_nodes), max_aggregate_nodes=budget,
+                            max_gpus_per_node=self.rm.max_gpus)
         if not jobs:
             return
         added = []

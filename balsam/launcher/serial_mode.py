@@ -1,16 +1,11 @@
-"""Serial mode: a master that acquires single-node jobs and runs them on the allocation's nodes.
+"""Serial mode: a master that acquires single-node jobs and feeds them to one worker per node.
 
 For floods of single-node tasks. The master holds the lease and does all DB traffic (acquire and status
-updates in bulk).
-
-With one node, on this host, the master runs the node's jobs itself, in its own loop (:class:`LocalSerial`:
-mpi mode's loop, acquiring single-node jobs only): no worker to hand each job to and each result back from,
-which cost a flood of no-op jobs a fifth of the launcher's CPU time, and a Python ``run()`` job nearly half.
-
-Otherwise one node worker per node (:mod:`balsam.launcher.serial_worker`) places and runs tasks on its node and
-prefetches ``launcher.serial_prefetch_per_node`` tasks so it never waits on the master. Workers are processes on
-their nodes, started through the MPI launcher with one rank per node (``cpu_bind none``, so their jobs are not
-pinned to one core), that connect back over TCP on a free port with an HMAC handshake (:mod:`balsam.launcher.links`).
+updates in bulk); node workers (:mod:`balsam.launcher.serial_worker`) place and run tasks on their node and
+prefetch ``launcher.serial_prefetch_per_node`` tasks so they never wait on the master. With one node the
+worker runs in a thread of this process; otherwise workers are processes on their nodes, started through
+the MPI launcher with one rank per node (``cpu_bind none``, so their jobs are not pinned to one core), that
+connect back over TCP on a free port with an HMAC handshake (:mod:`balsam.launcher.links`).
 
 A worker that is lost (its node died) has its running jobs timed out (RUN_TIMEOUT, so they are retried) and
 its queued ones handed to the others.
@@ -33,9 +28,8 @@ from balsam.launcher import links
 from balsam.launcher.base import LauncherBase, LauncherConfig
 from balsam.launcher.executor import Finished
 from balsam.launcher.links import Message, WorkerHandle
-from balsam.launcher.mpi_mode import MPIMode
 from balsam.launcher.serial_worker import MODULE as WORKER_MODULE
-from balsam.launcher.serial_worker import finished_from_wire
+from balsam.launcher.serial_worker import SerialWorker, finished_from_wire
 from balsam.launcher.tasks import Task
 from balsam.launcher.transport import Transport
 
@@ -51,13 +45,15 @@ class SerialMaster(LauncherBase):
 
     mode = "serial"
 
-    def __init__(self, cfg: LauncherConfig, transport: Transport) -> None:
+    def __init__(self, cfg: LauncherConfig, transport: Transport, *, in_process: Optional[bool] = None) -> None:
         super().__init__(cfg, transport)
         self.inbox: "queue.SimpleQueue[Tuple[WorkerHandle, Message]]" = queue.SimpleQueue()  # C: no Python-level Condition per message
         self.handles: List[WorkerHandle] = []
         self.backlog: Deque[Task] = deque()
         self.owner: Dict[int, WorkerHandle] = {}
         self.python_jobs: set = set()  # type: ignore[type-arg]
+        self.in_process = in_process if in_process is not None else self._local_single_node()
+        self._threads: List[threading.Thread] = []
         self._procs: List[subprocess.Popen] = []  # type: ignore[type-arg]
         self._server: Optional[links.MasterServer] = None
         self._secret_path = cfg.layout.state / f"serial-{os.getpid()}.secret"
@@ -65,6 +61,15 @@ class SerialMaster(LauncherBase):
         self._started_at = time.monotonic()
         self._workers_log = ""
         self._bell_thread: Optional[threading.Thread] = None
+
+    def _local_single_node(self) -> bool:
+        from balsam.launcher.nodes import local_host_names, short
+
+        if len(self.cfg.nodes) != 1:
+            return False
+        names = local_host_names(self.cfg.host)
+        host = self.cfg.nodes[0].hostname
+        return self.ls.node == "local" or self.ls.mpi_launcher == "local" or host in names or short(host) in names
 
     # ------------------------------------------------------------------ workers
     def wake(self) -> None:
@@ -80,6 +85,40 @@ class SerialMaster(LauncherBase):
 
         self._bell_thread = threading.Thread(target=run, name="balsam-doorbell", daemon=True)
         self._bell_thread.start()
+
+    def start_workers(self) -> None:
+        if self.in_process:
+            self._start_thread_worker()
+        else:
+            self._start_process_workers()
+
+    def _start_thread_worker(self) -> None:
+        from balsam.launcher.nodes import make_executor, make_resource_manager
+
+        node = self.cfg.nodes[0]
+        executor = make_executor(self.cfg, [node])
+        executor.all_local = True
+        rm = make_resource_manager(self.cfg, [node])
+        handle_box: List[WorkerHandle] = []
+        worker = SerialWorker(lambda m: self.inbox.put((handle_box[0], m)), executor, rm, prefetch=self.ls.serial_prefetch_per_node,
+                              allows_packing=self.ls.mpirun_allows_node_packing)
+        handle = WorkerHandle(0, worker.deliver)
+        handle.host = node.hostname
+        handle_box.append(handle)
+        self.handles.append(handle)
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as exc:  # a crash must not leave the master waiting
+                logger.exception("the node worker thread failed: %s", exc)
+                handle.alive = False
+                self.inbox.put((handle, {"t": "lost", "why": f"its thread failed: {exc}"}))
+
+        thread = threading.Thread(target=run, name="balsam-node-worker", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        logger.info("serial mode: node worker runs in this process on %s (%d CPUs)", node.hostname, len(node.cpu_ids))
 
     def _assign(self, hello: Message) -> Optional[Tuple[int, Dict[str, Any]]]:
         nodes = self.cfg.nodes
@@ -103,7 +142,7 @@ class SerialMaster(LauncherBase):
         return pick, {"hostname": n.hostname, "cpu_ids": list(n.cpu_ids), "gpu_ids": list(n.gpu_ids), "gpu_env": ls.gpu_env,
                       "mpi": [ls.mpi_launcher, ls.mpi_executable, dict(ls.mpi_options)]}
 
-    def start_workers(self) -> None:
+    def _start_process_workers(self) -> None:
         from balsam.launcher.nodes import job_base_env, mpi_launcher
         from balsam.launcher.spawn import python_env, python_module_argv
         from balsam.platforms.mpi import LaunchSpec
@@ -119,7 +158,7 @@ class SerialMaster(LauncherBase):
         out = open(self._workers_log, "ab")
         try:
             hosts = [n.hostname for n in self.cfg.nodes]
-            if self.ls.mpi_launcher == "local" or local_single_node(self.cfg):
+            if self.ls.mpi_launcher == "local" or self._local_single_node():
                 for i in range(len(hosts)):
                     self._procs.append(subprocess.Popen(argv + ["--node-index", str(i)], env=env, stdout=out, stderr=subprocess.STDOUT,
                                                         stdin=subprocess.DEVNULL, cwd=str(self.cfg.root), start_new_session=True))
@@ -135,7 +174,8 @@ class SerialMaster(LauncherBase):
 
     # ------------------------------------------------------------------ loop
     def busy(self) -> bool:
-        return bool(self.backlog or self.owner) or not self.handles  # no handle: the workers are starting
+        starting = not self.in_process and not self.handles
+        return bool(self.backlog or self.owner) or starting
 
     def cycle(self) -> None:
         try:
@@ -155,7 +195,7 @@ class SerialMaster(LauncherBase):
             self.kill_job(job_id, "killed by the user")
         if not self.life.stopping:
             self.distribute()
-        if not self.handles:
+        if not self.in_process and not self.handles:
             log = self._workers_log
             if self._procs and all(p.poll() is not None for p in self._procs):
                 self.life.stop(f"the node workers exited before connecting (see {log})")
@@ -245,6 +285,9 @@ class SerialMaster(LauncherBase):
             for t in batch:
                 h.sent[t.id] = t
                 self.owner[t.id] = h
+            if self.in_process:
+                h.send({"t": "jobs", "tasks": batch, "remaining_s": remaining})
+                continue
             wires: List[Dict[str, Any]] = []
             apps: Dict[str, Any] = {}
             for t in batch:
@@ -288,6 +331,8 @@ class SerialMaster(LauncherBase):
             for job_id in list(h.started):
                 self.reporter.finished(Finished(job_id, -9, timed_out=True, message=f"the launcher stopped: {reason}"))
             h.started.clear()
+        for t in self._threads:
+            t.join(timeout=10.0)
         if self._server is not None:
             self._server.close()
         for p in self._procs:
@@ -306,37 +351,6 @@ class SerialMaster(LauncherBase):
         return super().run()
 
 
-class LocalSerial(MPIMode):
-    """Serial mode on one node of this host: the master starts the node's jobs itself (see the module docstring).
-    Only single-node jobs are acquired; every job starts on this host, without an MPI launcher unless it has
-    several ranks."""
-
-    mode = "serial"
-    serial_only = True
-
-
-def local_single_node(cfg: LauncherConfig) -> bool:
-    """One node, and it is this host (or the site's node adapter or MPI launcher is ``local``)."""
-    from balsam.launcher.nodes import local_host_names, short
-
-    if len(cfg.nodes) != 1:
-        return False
-    ls = cfg.settings.launcher
-    names = local_host_names(cfg.host)
-    host = cfg.nodes[0].hostname
-    return ls.node == "local" or ls.mpi_launcher == "local" or host in names or short(host) in names
-
-
-def build(cfg: LauncherConfig, transport: Transport, *, in_process: Optional[bool] = None) -> LauncherBase:
-    """A serial-mode launcher for ``cfg``'s nodes: on its first node in this process (``in_process``; by default
-    when there is one node, on this host), else with a worker process per node."""
-    from balsam.launcher.nodes import make_executor, make_resource_manager
-
-    if not (in_process if in_process is not None else local_single_node(cfg)):
-        return SerialMaster(cfg, transport)
-    node = cfg.nodes[0]
-    executor = make_executor(cfg, [node])
-    executor.all_local = True
-    logger.info("serial mode: node worker runs in this process on %s (%d CPUs), in the master's loop", node.hostname,
-                len(node.cpu_ids))
-    return LocalSerial(cfg, transport, executor, make_resource_manager(cfg, [node]))
+def build(cfg: LauncherConfig, transport: Transport, *, in_process: Optional[bool] = None) -> SerialMaster:
+    """A serial-mode master for ``cfg``'s nodes."""
+    return SerialMaster(cfg, transport, in_process=in_process)

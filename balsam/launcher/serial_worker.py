@@ -5,9 +5,10 @@ that, it asks the master for more (``want`` counts new tasks, so a request is ne
 loop it starts whatever fits the node (first fit, packing by ``node_packing_count``), waits for processes to
 end or messages to arrive, and reports started and finished jobs in one message.
 
-It is ``python -m balsam.launcher.serial_worker``, started by the platform's MPI launcher with one rank per node
-(or one process per node with the ``local`` launcher), connecting back over TCP (see :mod:`balsam.launcher.links`).
-(With a single node on the launcher's own host there is no worker: the master runs the jobs itself.) SIGTERM to a worker process stops its jobs (RUN_TIMEOUT) and reports them.
+On the launcher's own node with a single node, the worker runs in a thread of the launcher process; on other
+nodes it is ``python -m balsam.launcher.serial_worker``, started by the platform's MPI launcher with one rank
+per node (or one process per node with the ``local`` launcher), connecting back over TCP (see
+:mod:`balsam.launcher.links`). SIGTERM to a worker process stops its jobs (RUN_TIMEOUT) and reports them.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class SerialWorker:
                 if msg.get("remaining_s") is not None:
                     self.deadline = time.monotonic() + float(msg["remaining_s"])
                 for wire in tasks:
-                    task = Task.from_wire(wire)
+                    task = wire if isinstance(wire, Task) else Task.from_wire(wire)
                     if isinstance(task.app, str):
                         task.app = self.apps.get(task.app)
                     try:
