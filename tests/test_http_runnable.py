@@ -58,3 +58,30 @@ def test_jobs_another_launcher_lets_go_answer_a_waiting_launcher(site: Any, chan
     assert sorted(j["id"] for j in jobs) == sorted(ids)
     assert time.monotonic() - t0 < 4.5
     waiter.release()
+
+
+def test_stopping_the_agent_under_a_waiting_launcher_logs_no_error(site: Any, channel: Any, caplog: Any) -> None:
+    """An agent stopped while a launcher long-polls it cuts the wait off, as a stop should: no error and no
+    traceback in the agent's log (the launcher retries against the next agent)."""
+    import logging
+
+    source = _source(site)
+    waiting = threading.Thread(target=lambda: _quietly(lambda: source.acquire(10, wait_s=5.0)), daemon=True)
+    waiting.start()
+    time.sleep(0.5)
+    server_log = logging.getLogger("uvicorn.error")  # uvicorn's own (it does not propagate to the root)
+    server_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            channel.stop()
+    finally:
+        server_log.removeHandler(caplog.handler)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def _quietly(action: Any) -> None:
+    try:
+        action()
+    except Exception:  # the agent went away under it: this test looks at the agent's side
+        pass

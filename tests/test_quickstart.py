@@ -84,6 +84,8 @@ def test_quickstart(qs_site: Path, job_mode: str) -> None:
 
 
 def test_agent_killed_mid_run_and_restarted_loses_nothing(qs_site: Path) -> None:
+    settings = qs_site / "settings.yml"  # the launcher (started below) outlives the agent's restart, however slow
+    settings.write_text(settings.read_text().replace("idle_ttl_s: 3", "idle_ttl_s: 60"))
     sleepers = [Sleeper.submit(workdir=f"s{i}", seconds="0.5") for i in range(6)]
     BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="mpi")
     deadline = time.monotonic() + 60

@@ -31,6 +31,19 @@ STOP_GRACE_S = 2
 before it cancels them: stopping an agent must not wait on a browser tab or a watcher that never hangs up."""
 
 
+class _QuietStop(logging.Filter):
+    """Requests in flight cut off by a stop (a site's long poll for commands, a launcher's acquire wait) are the
+    stop working as meant: not an error with a traceback in the server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
+        return not str(record.msg).startswith("Cancel %s running task(s), timeout graceful shutdown exceeded")
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietStop())
+
+
 @dataclass
 class ServeOptions:
     """Where and how to listen (from settings.yml's ``api`` section)."""
