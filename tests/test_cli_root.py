@@ -240,7 +240,7 @@ def test_output_cut_short_by_a_closed_pipe_ends_quietly(site: Any, hello: Any, t
 def test_ctrl_c_while_the_command_starts_exits_130_quietly(tmp_path: Any) -> None:
     """Ctrl-C while the CLI is still importing (a slow start on a loaded login node): exit 130 and nothing on
     stderr, as later; no traceback. The interrupt is sent when the CLI's import of click begins."""
-    import os
+    import signal
 
     code = ("import importlib.abc, os, signal, sys\n"
             "class Interrupt(importlib.abc.MetaPathFinder):\n"
@@ -253,5 +253,6 @@ def test_ctrl_c_while_the_command_starts_exits_130_quietly(tmp_path: Any) -> Non
             "from balsam.__main__ import run\n"
             "run()\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal, even when pytest runs in the background
     assert out.returncode == 130 and out.stderr == "" and out.stdout == "", (out.returncode, out.stderr)
