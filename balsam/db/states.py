@@ -26,7 +26,14 @@ from typing import Dict, FrozenSet, Iterable, Tuple, Union
 from balsam.exceptions import IllegalTransition, ValidationError
 
 
-class JobState(str, enum.Enum):
+class ValueEnum(str, enum.Enum):
+    """A str enum whose members print as their values (``str``, f-strings and ``%s``), on every Python we run."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class JobState(ValueEnum):
     """The states of a Job. Members compare equal to their names (``JobState.RUNNING == "RUNNING"``)."""
 
     CREATED = "CREATED"
@@ -76,9 +83,6 @@ class JobState(str, enum.Enum):
     job_finished = "JOB_FINISHED"
     failed = "FAILED"
     user_killed = "USER_KILLED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 S = JobState
@@ -168,7 +172,7 @@ def check_transition(src: str, dst: str, job_id: int | None = None) -> None:
         raise IllegalTransition(f"{who}cannot move from {src} to {dst} (allowed from {src}: {allowed})", job_id)
 
 
-class BatchJobState(str, enum.Enum):
+class BatchJobState(ValueEnum):
     """The states of a BatchJob (a pilot allocation)."""
 
     pending_submission = "pending_submission"
@@ -184,11 +188,8 @@ class BatchJobState(str, enum.Enum):
     pending_deletion = "pending_deletion"
     """The user asked to delete it; the agent will cancel it."""
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TransferItemState(str, enum.Enum):
+class TransferItemState(ValueEnum):
     """The states of a TransferItem (stage-out items wait for their job as ``awaiting_job``)."""
 
     pending = "pending"
@@ -197,9 +198,6 @@ class TransferItemState(str, enum.Enum):
     done = "done"
     error = "error"
     awaiting_job = "awaiting_job"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 B = BatchJobState
