@@ -14,30 +14,25 @@ anything else) into that form, so every door checks one shape.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Dict, Union
 
+from balsam.db.states import ValueEnum
 
-class JobMode(str, enum.Enum):
+
+class JobMode(ValueEnum):
     """A launcher's mode: ``mpi`` (any job, one launch command each) or ``serial`` (many single-node jobs)."""
 
     serial = "serial"
     mpi = "mpi"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TransferDirection(str, enum.Enum):
+class TransferDirection(ValueEnum):
     """A transfer slot's direction: staged in before the run, or out after it."""
 
     stage_in = "in"
     stage_out = "out"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
