@@ -71,3 +71,27 @@ def test_a_launcher_of_long_jobs_holds_only_what_its_node_runs_next(site: Any) -
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["mpi", "serial"])
+def test_jobs_that_end_as_they_start_each_report_their_own_exit_code(site: Any, mode: str) -> None:
+    """Jobs are spawned off the launcher's loop, so many end before the loop has taken in their pids: each is
+    still reported once, with its own exit code (none lost, none taken for an orphan, none mixed up)."""
+    from balsam.api import ApplicationDefinition, Job
+
+    class Exits(ApplicationDefinition):
+        site = "test-site"
+        command_template = "exit {{ code }}"
+
+    Exits.sync()
+    configure(site.path, cpus_per_node=2)
+    n = 120
+    jobs = Job.objects.bulk_create([Exits.submit(f"exits/{i}", code=i % 3, node_packing_count=2, save=False) for i in range(n)])
+    ids = runnable(site.store, jobs)
+    assert run(site, mode, idle_ttl_s=0.5) == 0
+    rows = dict(site.store.execute(f"SELECT id, return_code FROM job WHERE id IN ({','.join('?' * n)})", ids))
+    assert [rows[i] for i in ids] == [k % 3 for k in range(n)]
+    got = states(site.store, ids)
+    assert [got[i] for i in ids] == ["JOB_FINISHED" if k % 3 == 0 else "RUN_ERROR" for k in range(n)]
+    running = site.store.execute(f"SELECT count(*) FROM event WHERE to_state='RUNNING' AND job_id IN ({','.join('?' * n)})", ids)
+    assert running[0][0] == n, "each job started once"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -104,3 +104,77 @@ def test_a_prepared_environment_with_each_jobs_own_variables_on_top(tmp_path: Pa
     assert {o["SHARED"] for o in outputs} == {"base"}
     with pytest.raises(ValueError, match="illegal environment variable"):
         sp.spawn(["env"], cwd=str(tmp_path), env=block, extra={"BAD=NAME": "x"}, output=str(tmp_path / "bad.out"))
+
+
+@needs_libc
+def test_jobs_spawned_from_several_threads_at_once_never_inherit_a_helpers_fd(tmp_path: Path) -> None:
+    """The launcher spawns jobs from helper threads while its loop may start a helper process (a warm Python
+    worker, the watchdog) that is handed an fd: the helper gets it, and no job started at the same moment does."""
+    import threading
+
+    r, w = os.pipe()
+    errors: List[BaseException] = []
+    pids: List[Tuple[int, Path]] = []
+
+    def jobs(k: int) -> None:
+        try:
+            for i in range(40):
+                workdir = tmp_path / f"job-{k}-{i}"
+                workdir.mkdir()
+                pids.append((sp.spawn(["/bin/sh", "-c", f"test -e /proc/self/fd/{r} && echo LEAKED || echo clean"],
+                                      cwd=str(workdir), env=os.environ, output=str(workdir / "job.out")), workdir))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=jobs, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    helpers = []
+    for i in range(20):
+        helper = tmp_path / f"helper-{i}"
+        helper.mkdir()
+        helpers.append((sp.spawn(["/bin/sh", "-c", f"test -e /proc/self/fd/{r} && echo got-it || echo missing"], cwd=str(helper),
+                                 env=os.environ, output=str(helper / "job.out"), pass_fds=[r]), helper))
+    for t in threads:
+        t.join()
+    for pid, _ in pids + helpers:
+        os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+    assert not errors
+    assert {(d / "job.out").read_text().strip() for _, d in helpers} == {"got-it"}
+    assert {(d / "job.out").read_text().strip() for _, d in pids} == {"clean"}
+
+
+@needs_libc
+def test_spawn_threads_report_every_pid_or_the_reason_it_did_not_start(tmp_path: Path) -> None:
+    """Spawns handed to the helper threads: each comes back once with its key, a pid that ran in the job's
+    directory, or the error (a missing directory) for the job that could not start."""
+    import threading
+
+    got: Dict[object, Tuple[int, object]] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def record(key: object, pid: int, exc: object) -> None:
+        with lock:
+            assert key not in got
+            got[key] = (pid, exc)
+            if len(got) == 31:
+                done.set()
+
+    spawner = sp.SpawnThreads(2, record)
+    for i in range(30):
+        (tmp_path / str(i)).mkdir()
+        spawner.submit(i, ["/bin/sh", "-c", f"echo {i} > here"], cwd=str(tmp_path / str(i)), env=os.environ,
+                       output=str(tmp_path / str(i) / "job.out"))
+    spawner.submit("missing", ["/bin/true"], cwd=str(tmp_path / "nope"), env=os.environ, output=str(tmp_path / "nope.out"))
+    assert done.wait(30)
+    spawner.close()
+    for i in range(30):
+        pid, exc = got[i]
+        assert exc is None and pid > 0
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert (tmp_path / str(i) / "here").read_text().strip() == str(i)
+    pid, exc = got["missing"]
+    assert pid == 0 and isinstance(exc, FileNotFoundError) and "no such working directory" in str(exc)

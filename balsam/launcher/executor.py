@@ -28,9 +28,10 @@ import os
 import pickle
 import selectors
 import signal
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
 from balsam.launcher import orphans
 from balsam.launcher import spawn as sp
@@ -51,6 +52,8 @@ NO_PIDFD_POLL_S = 0.01
 RECORD_AFTER_S = 0.5
 ORPHAN_SCAN_PERIOD_S = 0.1
 """At most this often, the look for what ended jobs left behind (a flood's jobs end hundreds of times a second)."""
+SPAWN_THREADS = 2
+"""Spawns that may wait for their child's ``exec`` at once, off the thread that starts jobs (:class:`.spawn.SpawnThreads`)."""
 MAX_ORPHAN_RESCANS = 20
 """Looks again for a child caught between two programs (its environment unreadable for that instant)."""
 
@@ -90,7 +93,7 @@ class Finished:
 
 class _Run:
     __slots__ = ("task", "pid", "worker", "output", "result_path", "spec_path", "pidfd", "mpi", "kill_at", "kill_reason",
-                 "timed_out", "is_python", "announce")
+                 "timed_out", "is_python", "announce", "cpus")
 
     def __init__(self, task: Task, output: str) -> None:
         self.task = task
@@ -106,6 +109,8 @@ class _Run:
         self.timed_out = False
         self.is_python = task.kind == "python"
         self.announce: Optional[Callable[[float], None]] = None
+        self.cpus: Sequence[int] = ()
+        """CPUs to pin the process to, once spawned."""
 
     def announce_start(self) -> None:
         """Tell the caller the job starts now (once): called just before the spawn, or when starting failed."""
@@ -184,6 +189,15 @@ class Executor:
         sooner never needs one, and most flood jobs do, so the record costs them nothing)."""
         self._pid_records = guarded
         """False only in a benchmark of what the guards cost (``LauncherConfig.guarded``)."""
+        self._spawner = sp.SpawnThreads(SPAWN_THREADS, self._spawned) if sp.concurrent() else None
+        """Where processes are spawned (None: by the calling thread, which then waits for each child's exec)."""
+        self._spawning = 0
+        """Spawns handed to :attr:`_spawner` whose pid has not been taken in yet (:meth:`_take_spawned`)."""
+        self._spawn_results: List[Tuple[_Run, int, Optional[BaseException]]] = []
+        self._spawn_lock = threading.Lock()
+        self._early: Dict[int, int] = {}
+        """Exit codes of children reaped while spawns were in flight, by pid: a job that ended before its pid
+        was taken in (or an adopted orphan, if no spawn claims it)."""
 
     def _guard(self) -> None:
         """Before the first job starts: the watchdog, and (with kill_orphans) adopting what jobs leave behind."""
@@ -320,16 +334,95 @@ class Executor:
             stop_previous(task.workdir, spare=self._by_pid)
             stop_copies(task.id, self.nonce)
         run.announce_start()
-        run.pid = sp.spawn(argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
-        self.watchdog.add(run.pid)
-        if self._pid_records:
-            self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))
         if run.mpi:
             self.mpi_running += 1
-        self._by_pid[run.pid] = run
         if local_single and task.cpu_bind and task.cpu_bind != "none" and placement.cpu_ids:
+            run.cpus = placement.cpu_ids
+        if self._spawner is not None:
+            self._spawning += 1
+            self._spawner.submit(run, argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
+            return
+        try:
+            pid = sp.spawn(argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
+        except BaseException:
+            if run.mpi:
+                self.mpi_running -= 1
+            raise
+        self._started(run, pid)
+
+    def _spawned(self, key: object, pid: int, exc: Optional[BaseException]) -> None:
+        """On a spawn thread, right after the spawn: what must not wait for the loop (the watchdog, the CPU
+        binding, and the pidfd that wakes the loop when the job ends). The loop takes in the rest when it next
+        wakes (:meth:`_take_spawned`); it is woken for this only when nothing else would wake it in time."""
+        run = cast(_Run, key)
+        pidfd: Optional[int] = None
+        if exc is None:
+            self.watchdog.add(pid)
+            if run.cpus:
+                try:
+                    os.sched_setaffinity(pid, run.cpus)
+                except (OSError, AttributeError):
+                    pass
+            if _HAS_PIDFD:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    pidfd = None  # it ended and was reaped already (the loop finds it among its early exits)
+        with self._spawn_lock:
+            if pidfd is not None:
+                try:
+                    self._sel.register(pidfd, selectors.EVENT_READ, run)
+                except (OSError, ValueError, KeyError):
+                    os.close(pidfd)
+                    pidfd = None
+            run.pidfd = pidfd
+            self._spawn_results.append((run, pid, exc))
+        if pidfd is None or run.kill_at is not None:
+            self.wakeup()
+
+    def _take_spawned(self) -> None:
+        """Take in the spawns the helper threads finished: each job's pid, or why it could not start."""
+        if not self._spawn_results:
+            return
+        with self._spawn_lock:
+            results, self._spawn_results = self._spawn_results, []
+        for run, pid, exc in results:
+            self._spawning -= 1
+            if exc is not None:
+                if run.mpi:
+                    self.mpi_running -= 1
+                self._fail_start(run, exc)
+                continue
+            run.pid = pid
+            rc = self._early.pop(pid, None)
+            if rc is not None:  # it ended already (reaped by :meth:`_reap` before its pid was known)
+                self._close_pidfd(run)
+                if self.kill_orphans:
+                    _kill_leftovers(pid)
+                self.watchdog.discard(pid)
+                self._ended(run, rc)
+                continue
+            self._by_pid[pid] = run
+            if self._pid_records:
+                self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))
+            if run.pidfd is None:
+                self._no_pidfd += 1
+            if run.kill_at is not None:  # killed while it was being spawned
+                sp.kill_group(pid, signal.SIGTERM)
+        if not self._spawning and self._early:  # no spawn claims them: adopted orphans
+            self._early.clear()
+            self._scan_orphans = self._subreaper is True
+
+    def _started(self, run: _Run, pid: int) -> None:
+        """Bookkeeping of a job process that was just spawned."""
+        run.pid = pid
+        self.watchdog.add(pid)
+        if self._pid_records:
+            self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))
+        self._by_pid[pid] = run
+        if run.cpus:
             try:
-                os.sched_setaffinity(run.pid, placement.cpu_ids)
+                os.sched_setaffinity(pid, run.cpus)
             except (OSError, AttributeError):
                 pass
         if _HAS_PIDFD:
@@ -374,10 +467,12 @@ class Executor:
         if self._scan_orphans:
             timeout = min(timeout, max(0.0, self._next_scan - time.monotonic()))
         if self._killing:
-            pending = [r.kill_at for r in (self.runs.get(j) for j in self._killing) if r is not None and r.kill_at is not None]
+            pending = [r.kill_at if r.pid else time.monotonic() + NO_PIDFD_POLL_S for r in (self.runs.get(j) for j in self._killing) if r is not None and r.kill_at is not None]
             if pending:
                 timeout = max(0.0, min(timeout, min(pending) - time.monotonic()))
-        for key, _ in self._sel.select(max(0.0, timeout)):
+        ready = self._sel.select(max(0.0, timeout))
+        self._take_spawned()
+        for key, _ in ready:
             obj = key.data
             if obj is _WAKE:
                 try:
@@ -460,20 +555,16 @@ class Executor:
                 if run.pidfd is None:
                     self._no_pidfd -= 1
                 else:
-                    try:
-                        self._sel.unregister(run.pidfd)
-                    except (KeyError, ValueError):
-                        pass
-                    os.close(run.pidfd)
-                    run.pidfd = None
-                if run.mpi:
-                    self.mpi_running -= 1
+                    self._close_pidfd(run)
                 if self.kill_orphans:
                     _kill_leftovers(pid)
                 self.watchdog.discard(pid)
-                self._finish_process(run, rc)
+                self._ended(run, rc)
                 continue
             worker = self.pool.workers.get(pid)
+            if worker is None and self._spawning:
+                self._early[pid] = rc  # perhaps a job whose spawn is not taken in yet (:meth:`_take_spawned`)
+                continue
             if worker is None:
                 logger.debug("reaped a process that is not a job: pid %s, status %s", pid, rc)
                 self._scan_orphans = self._subreaper is True  # an adopted orphan: its own children are ours now
@@ -486,6 +577,20 @@ class Executor:
             if job_id is not None and job_id in self.runs and self.runs[job_id].worker is worker:
                 run = self.runs[job_id]
                 self._finish(run, rc if rc != 0 else 1, message=f"the Python worker running this job exited ({rc})")
+
+    def _close_pidfd(self, run: _Run) -> None:
+        if run.pidfd is not None:
+            try:
+                self._sel.unregister(run.pidfd)
+            except (KeyError, ValueError):
+                pass
+            os.close(run.pidfd)
+            run.pidfd = None
+
+    def _ended(self, run: _Run, rc: int) -> None:
+        if run.mpi:
+            self.mpi_running -= 1
+        self._finish_process(run, rc)
 
     def _finish_process(self, run: _Run, rc: int) -> None:
         ret = exc = None
@@ -535,7 +640,8 @@ class Executor:
             run.timed_out = timed_out
             run.kill_at = time.monotonic() + self.kill_grace_s
             self._killing.add(job_id)
-            sp.kill_group(run.pid, signal.SIGTERM)
+            if run.pid:  # else it is being spawned: signalled once its pid is known (:meth:`_take_spawned`)
+                sp.kill_group(run.pid, signal.SIGTERM)
         return True
 
     def kill_all(self, reason: str, *, timed_out: bool = True) -> None:
@@ -549,7 +655,7 @@ class Executor:
             run = self.runs.get(job_id)
             if run is None:
                 self._killing.discard(job_id)
-            elif run.kill_at is not None and now >= run.kill_at:
+            elif run.kill_at is not None and now >= run.kill_at and run.pid:
                 sp.kill_group(run.pid, signal.SIGKILL)
                 run.kill_at = now + 3600.0  # killed for good; wait for the exit
 
@@ -557,6 +663,8 @@ class Executor:
     def close(self) -> None:
         """Stop the warm workers and release the selector (call once nothing runs)."""
         self.workdirs.close()
+        if self._spawner is not None:
+            self._spawner.close()
         for worker in list(self.pool.workers.values()):
             self.pool.kill(worker)
         self.pool.shutdown()

@@ -125,7 +125,11 @@ class MPIMode(LauncherBase):
             # Whole nodes' worth: a budget that is a fraction no job's footprint fits makes the acquire scan
             # every candidate in vain. It grows as soon as the rate shows (a flood's start), and shrinks at
             # the end of a window (the jobs got longer).
-            wanted = float(max(self.rm.num_nodes, math.ceil(self._window_footprint / elapsed * HOLD_AHEAD_S)))
+            # Only jobs that ended and were replaced within the window show a rate: the first allocation's worth
+            # starts at once, and over a few milliseconds that would look like a flood.
+            wanted = float(self.rm.num_nodes)
+            if self._window_footprint > self.rm.num_nodes:
+                wanted = max(wanted, math.ceil(self._window_footprint / elapsed * HOLD_AHEAD_S))
             if wanted > self.ahead or elapsed >= RATE_WINDOW_S:
                 self.ahead = wanted
             if elapsed >= RATE_WINDOW_S:
