@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from balsam.db import doorbell
 from balsam.db.codec import dumps
 from balsam.db.connection import chunks
-from balsam.db.fields import LAUNCHER_FIELDS, check_fields
+from balsam.db.fields import LAUNCHER_FIELDS, MAX_RETURN_CODE, check_fields
 from balsam.db.states import LEGAL, JobState, check_transition
 from balsam.exceptions import IllegalTransition, ValidationError
 
@@ -36,6 +36,9 @@ JSON_COLUMNS = frozenset({"tags", "data", "launch_params", "parent_ids"})
 _RUN_DONE = S.RUN_DONE.value
 _POSTPROCESSED = S.POSTPROCESSED.value
 _RUNNING = S.RUNNING.value
+_RESTART_READY = S.RESTART_READY.value
+_RETURN_CODES = (-MAX_RETURN_CODE, MAX_RETURN_CODE)
+"""The range check_return_code accepts (an int from -2**31 to 2**31 - 1)."""
 _NAMES = {s.value: s.value for s in JobState}
 """State names to themselves: a change's state (a name or a JobState member) as the plain name, for SQL text."""
 
@@ -72,21 +75,6 @@ def ids_param(ids: Iterable[int]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- state changes
-def _rounds(changes: Sequence[StateChange]) -> List[List[StateChange]]:
-    """Split changes so each round has at most one change per job, keeping each job's order."""
-    if len({ch.job_id for ch in changes}) == len(changes):
-        return [list(changes)]
-    rounds: List[List[StateChange]] = []
-    depth: Dict[int, int] = {}
-    for ch in changes:
-        k = depth.get(ch.job_id, 0)
-        depth[ch.job_id] = k + 1
-        if k == len(rounds):
-            rounds.append([])
-        rounds[k].append(ch)
-    return rounds
-
-
 def apply_state_changes(
     conn: sqlite3.Connection,
     changes: Sequence[StateChange],
@@ -99,206 +87,223 @@ def apply_state_changes(
     ``strict``: raise IllegalTransition (nothing written by the caller's transaction) on the first illegal
     change or missing job. Otherwise refused changes are returned in ``result.rejected`` and the rest apply:
     the launcher's status updater uses this, since a user may kill a job while it runs.
+
+    Each job's row is written once per batch, however many of its changes (and the cascades they set off) the
+    batch applies: a launcher's RUN_DONE, POSTPROCESSED and the JOB_FINISHED that follows are three events and one
+    write of the job (see :class:`_Batch`).
     """
     result = ChangeResult()
-    now = time.time() if now is None else now
+    batch = _Batch(conn, time.time() if now is None else now, result)
     pending: Sequence[StateChange] = changes
-    released: Dict[int, int] = {}
-    final: Dict[int, str] = {}
     while pending:
-        cascade: List[StateChange] = []
-        for round_ in _rounds(pending):
-            _apply_round(conn, round_, strict, now, result, cascade, released, final)
-        pending = cascade
+        triggers = batch.apply(pending, strict)
         strict = False  # cascades are computed from current states; a race only means "already moved"
-    doorbell.note_states(set(final.values()))  # after the commit, wake who waits for jobs in these states
+        pending = _cascades(conn, triggers, batch.flush)
+    batch.flush()
+    doorbell.note_states(set(batch.final.values()))  # after the commit, wake who waits for jobs in these states
     return result
 
 
-_TEMP_TABLES = (
-    "CREATE TEMP TABLE IF NOT EXISTS _legal (src TEXT NOT NULL, dst TEXT NOT NULL, PRIMARY KEY (src, dst)) WITHOUT ROWID",
-    "CREATE TEMP TABLE IF NOT EXISTS _chg (job_id INTEGER PRIMARY KEY, dst TEXT NOT NULL, ts REAL NOT NULL, data TEXT, "
-    "sid INTEGER, src TEXT, holder INTEGER, nodes REAL)",
-)
-_LEGAL_ROWS = [(src, dst) for src, dsts in LEGAL.items() for dst in dsts]
-_REFUSED = (
-    "src IS NULL OR NOT EXISTS (SELECT 1 FROM _legal l WHERE l.src = _chg.src AND l.dst = _chg.dst) "
-    "OR (sid IS NOT NULL AND holder IS NOT sid) OR (dst = 'RUNNING' AND sid IS NULL)"
-)
+_LEGAL_PAIRS = frozenset((_NAMES[src], _NAMES[dst]) for src, dsts in LEGAL.items() for dst in dsts)
+"""Every legal (from, to) pair of plain state names."""
 
 
-def _prepare_temp(conn: sqlite3.Connection) -> None:
-    """The connection's scratch tables (in memory: temp_store=MEMORY): the legal transitions and a batch."""
-    for ddl in _TEMP_TABLES:
-        conn.execute(ddl)
-    if conn.execute("SELECT count(*) FROM _legal").fetchone()[0] != len(_LEGAL_ROWS):
-        conn.execute("DELETE FROM _legal")
-        conn.executemany("INSERT INTO _legal(src, dst) VALUES (?, ?)", _LEGAL_ROWS)
-    conn.execute("DELETE FROM _chg")
+class _Batch:
+    """One call's changes, checked and applied in memory, then written: every event in order, and each job's row once.
 
-
-def _apply_round(
-    conn: sqlite3.Connection,
-    round_: List[StateChange],
-    strict: bool,
-    now: float,
-    result: ChangeResult,
-    cascade: List[StateChange],
-    released: Dict[int, int],
-    final: Dict[int, str],
-) -> None:
-    """Apply changes to distinct jobs, set-based: the batch goes into a scratch table, SQLite checks every change
-    against the transition table and the holding lease, then writes the events and the new states.
-
-    ``released`` (job id -> lease) names the jobs whose RUN_DONE an earlier round of this batch applied under
-    their lease: the lease held them when the batch began, so the same lease's RUN_DONE -> POSTPROCESSED that
-    follows in the batch (a launcher finishing a job of an app without a postprocess hook) is still its own.
-    ``final`` (job id -> state) records where each applied change left its job (the doorbell's topics).
+    A job's state, lease holder and node footprint are read once (:meth:`_load`); each change is checked against the
+    transition table and the lease as its job stands after the changes before it; :meth:`flush` then inserts the
+    events (in the order the changes came, a job's always in its own order) and writes each changed job's final
+    state, its lease (cleared unless the job is RUNNING), its launcher fields and one version step per change.
     """
-    if any([ch.fields for ch in round_]):
-        round_ = _checked_launcher_fields(round_, strict, result)
-        if not round_:
+
+    def __init__(self, conn: sqlite3.Connection, now: float, result: ChangeResult) -> None:
+        self.conn = conn
+        self.now = now
+        self.result = result
+        self.jobs: Dict[int, List[Any]] = {}
+        """Job id -> [state, lease holder, node footprint] as the changes so far leave it (None: no such job)."""
+        self.dirty: Dict[int, List[Any]] = {}
+        """Job id -> [state, lease cleared, changes applied, fields] of the jobs to write."""
+        self.levels: Dict[int, List[Tuple[Any, ...]]] = {}
+        """Event rows by level: the nth change of a job in a call is on level n (cascades go on later levels)."""
+        self.level0 = 0
+        self.runs: Dict[int, int] = {}
+        """RUNNING events of a job not yet written (a restarted job's event counts its runs)."""
+        self.released: Dict[int, int] = {}
+        """Job id -> the lease whose RUN_DONE this call applied: that lease's POSTPROCESSED that follows in the call (a
+        launcher finishing a job of an app without a postprocess hook) is still its own."""
+        self.final: Dict[int, str] = {}
+        """Job id -> where the applied changes left it (the doorbell's topics)."""
+
+    def _load(self, ids: Iterable[int]) -> None:
+        jobs = self.jobs
+        todo = [i for i in ids if i not in jobs]
+        if not todo:
             return
-    texts = _data_texts(round_, strict, result)
-    round_ = [ch for ch in round_ if ch.job_id in texts]
-    if not round_:
-        return
-    _stage(conn, round_, texts, now, released)
-    refused = _refuse(conn, round_, strict, result)
-    applied = len(round_) - len(refused)
-    if not applied:
-        return
-    result.applied += applied
-    states: Set[str] = set()
-    for ch in round_:
-        if ch.job_id not in refused:
-            final[ch.job_id] = ch.state
-            states.add(_NAMES[ch.state])  # a legal target: a known name
-            if ch.session_id is not None and ch.state == _RUN_DONE:
-                released[ch.job_id] = ch.session_id
-    _write_states(conn, now, states)
-    if any([ch.fields for ch in round_]):
-        _write_fields(conn, [ch for ch in round_ if ch.fields and ch.job_id not in refused])
-    if not states.isdisjoint(_CASCADES):
-        cascade.extend(_cascades(conn))
+        for chunk in chunks(todo, 20000):
+            for row in self.conn.execute(
+                    "SELECT id, state, session_id, CAST(num_nodes AS REAL) / node_packing_count FROM job "
+                    "WHERE id IN (SELECT value FROM json_each(?))", (ids_param(chunk),)):
+                jobs[row[0]] = [row[1], row[2], row[3]]
+        for i in todo:
+            jobs.setdefault(i, None)  # type: ignore[arg-type]
 
+    def apply(self, changes: Sequence[StateChange], strict: bool) -> List[Tuple[int, str]]:
+        """Check and apply ``changes`` in order; the (job id, state) of those that may set off a cascade."""
+        result = self.result
+        if any([ch.fields for ch in changes]):
+            changes = _checked_launcher_fields(changes, strict, result)
+        texts = _data_texts(changes, strict, result)
+        self._load([ch.job_id for ch in changes])
+        jobs, dirty, released, final, levels, runs = self.jobs, self.dirty, self.released, self.final, self.levels, self.runs
+        footprints: Dict[Optional[float], str] = {}
+        depth: Dict[int, int] = {}
+        triggers: List[Tuple[int, str]] = []
+        now = self.now
+        base = self.level0
+        applied = 0
+        for ch, text in zip(changes, texts):
+            if text is False:
+                continue  # refused by _data_texts
+            job_id, dst, ts, _data, fields, sid = ch
+            job = jobs[job_id]
+            if sid is not None and released and dst == _POSTPROCESSED and released.get(job_id) == sid:
+                sid = None
+            if job is None or (job[0], dst) not in _LEGAL_PAIRS or (sid is not None and job[1] != sid) \
+                    or (sid is None and dst == _RUNNING):
+                self._refuse(ch, job, sid, strict)
+                continue
+            src = job[0]
+            dst = _NAMES[dst]  # a legal target: a known name
+            if dst == _RUNNING:
+                if text is None and src != _RESTART_READY:  # a first run's plain change: its footprint alone
+                    text = footprints.get(job[2])
+                    if text is None:
+                        text = footprints[job[2]] = _with_key(None, "num_nodes", _real(job[2]))
+                else:
+                    text = self._run_data(ch, text, job, src)
+                runs[job_id] = runs.get(job_id, 0) + 1
+            else:
+                job[1] = None
+                if sid is not None and dst == _RUN_DONE:
+                    released[job_id] = sid
+            job[0] = dst
+            k = depth.get(job_id, 0)
+            depth[job_id] = k + 1
+            level = levels.get(base + k)
+            if level is None:
+                level = levels[base + k] = []
+            level.append((job_id, now if ts is None else ts, src, dst, text))
+            row = dirty.get(job_id)
+            if row is None:
+                dirty[job_id] = [dst, dst != _RUNNING, 1, fields]
+            else:
+                row[0] = dst
+                row[1] = row[1] or dst != _RUNNING
+                row[2] += 1
+                if fields:
+                    row[3] = dict(row[3] or {}, **fields)
+            final[job_id] = dst
+            if dst in _CASCADES:
+                triggers.append((job_id, dst))
+            applied += 1
+        result.applied += applied
+        self.level0 = base + max(depth.values(), default=0)
+        return triggers
 
-def _stage(conn: sqlite3.Connection, round_: List[StateChange], texts: Dict[int, Optional[str]], now: float,
-           released: Dict[int, int]) -> None:
-    """Put the round into the scratch table ``_chg``, with each job's current state, holder and node footprint.
-
-    Changes without data (nearly all of a launcher's) go in by (state, lease), each row binding only its job id and
-    time: the state name and the lease id, checked to be a known name and an integer, are the statement's constants
-    (binding a value costs more than the row; this halved the staging of a 20,000-change batch)."""
-    _prepare_temp(conn)
-    plain: Dict[Tuple[str, Optional[int]], List[Tuple[int, float]]] = {}
-    other: List[Tuple[Any, ...]] = []
-    for ch in round_:
-        ts = now if ch.timestamp is None else ch.timestamp
-        sid = None if released and ch.state == _POSTPROCESSED and released.get(ch.job_id) == ch.session_id else ch.session_id
-        name = _NAMES.get(ch.state) if isinstance(ch.state, str) else None
-        text = texts[ch.job_id]
-        if text is None and name is not None and (sid is None or type(sid) is int):
-            group = plain.get((name, sid))
-            if group is None:
-                group = plain[(name, sid)] = []
-            group.append((ch.job_id, ts))
-        else:
-            other.append((ch.job_id, ch.state, ts, text, sid))
-    for (name, sid), rows in plain.items():
-        conn.executemany(f"INSERT INTO _chg(job_id, dst, ts, sid) VALUES (?, '{name}', ?, {'NULL' if sid is None else int(sid)})", rows)
-    if other:
-        conn.executemany("INSERT INTO _chg(job_id, dst, ts, data, sid) VALUES (?, ?, ?, ?, ?)", other)
-    conn.execute(
-        "UPDATE _chg SET (src, holder, nodes) = (SELECT state, session_id, CAST(num_nodes AS REAL) / node_packing_count "
-        "FROM job WHERE job.id = _chg.job_id)"
-    )
-
-
-def _refuse(conn: sqlite3.Connection, round_: List[StateChange], strict: bool, result: ChangeResult) -> Set[int]:
-    """Take the staged changes the table or the lease refuses out of ``_chg``; their job ids. Each is raised when
-    ``strict``, else recorded in ``result.rejected`` with its reason."""
-    refused = conn.execute(f"SELECT job_id, dst, src, sid, holder FROM _chg WHERE {_REFUSED}").fetchall()
-    if not refused:
-        return set()
-    by_id = {ch.job_id: ch for ch in round_}
-    for job_id, dst, src, sid, _holder in refused:
-        if src is None:
+    def _refuse(self, ch: StateChange, job: Optional[List[Any]], sid: Optional[int], strict: bool) -> None:
+        """Record (or raise, when ``strict``) why ``ch`` is refused."""
+        job_id = ch.job_id
+        if job is None:
             reason = "no such job"
             if strict:
                 raise IllegalTransition(f"job {job_id} does not exist", job_id)
-        elif dst not in LEGAL.get(src, ()):
-            reason = f"{src} -> {dst} is not allowed"
+        elif (job[0], ch.state) not in _LEGAL_PAIRS:
+            reason = f"{job[0]} -> {ch.state} is not allowed"
             if strict:
-                check_transition(src, dst, job_id)
+                check_transition(job[0], ch.state, job_id)
         elif sid is None:
-            reason = (f"job {job_id}: only a launcher holding the job can mark it RUNNING "
-                      "(acquire it through a Session first)")
-            if strict:
-                raise IllegalTransition(reason, job_id)
+            reason = f"job {job_id}: only a launcher holding the job can mark it RUNNING (acquire it through a Session first)"
         else:
             reason = f"job {job_id} is not held by session {sid} (its lease expired or it was released)"
-            if strict:
-                raise IllegalTransition(reason, job_id)
-        result.rejected.append((by_id[job_id], reason))
-    conn.execute(f"DELETE FROM _chg WHERE {_REFUSED}")
-    return {int(r[0]) for r in refused}
+        if strict:
+            raise IllegalTransition(reason, job_id)
+        self.result.rejected.append((ch, reason))
+
+    def _run_data(self, ch: StateChange, text: Optional[str], job: List[Any], src: str) -> str:
+        """A RUNNING event's data: the change's, with the run's node footprint (and, for a restart, which run it is)."""
+        data = ch.data or {}
+        if "num_nodes" not in data:
+            text = _with_key(text, "num_nodes", _real(job[2]))
+        if src == _RESTART_READY and "run" not in data:
+            earlier = self.conn.execute("SELECT count(*) FROM event WHERE job_id=? AND to_state='RUNNING'", (ch.job_id,)).fetchone()[0]
+            text = _with_key(text, "run", str(earlier + self.runs.get(ch.job_id, 0) + 1))
+        return text or "{}"
+
+    def flush(self) -> None:
+        """Write what the changes so far did: their events, in order, and each changed job once."""
+        conn = self.conn
+        if self.levels:
+            conn.executemany("INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?, ?, ?, ?, ?)",
+                             [row for k in sorted(self.levels) for row in self.levels[k]])
+            self.levels = {}
+            self.runs = {}
+        if not self.dirty:
+            return
+        # Jobs that end alike (state, lease, number of changes, and fields of the same plain values, as most runs'
+        # return code 0) are one UPDATE over their ids; others (results, distinct codes) one row each.
+        now = self.now
+        alike: Dict[Tuple[Any, ...], List[int]] = {}
+        each: Dict[Tuple[str, bool, Tuple[str, ...]], List[Tuple[Any, ...]]] = {}
+        for job_id, (state, cleared, n, fields) in self.dirty.items():
+            if not fields:
+                key: Tuple[Any, ...] = (state, cleared, n)
+            elif len(fields) == 1 and type(fields.get("return_code")) is int:
+                key = (state, cleared, n, fields["return_code"])
+            else:
+                keys = tuple(sorted(fields))
+                row = (now, n, *(dumps(fields[k]) if k in JSON_COLUMNS else fields[k] for k in keys), job_id)
+                each.setdefault((state, cleared, keys), []).append(row)
+                continue
+            ids = alike.get(key)
+            if ids is None:
+                ids = alike[key] = []
+            ids.append(job_id)
+        for key, ids in alike.items():
+            code = ", return_code = ?" if len(key) > 3 else ""
+            for chunk in chunks(ids, 20000):
+                conn.execute(f"UPDATE job SET state = '{key[0]}', last_update = ?{', session_id = NULL' if key[1] else ''}, "
+                             f"version = version + {int(key[2])}{code} WHERE id IN (SELECT value FROM json_each(?))",
+                             (now, *key[3:], ids_param(chunk)))
+        for (state, cleared, keys), rows in each.items():
+            sets = "".join(f", {k} = ?" for k in keys)
+            conn.executemany(f"UPDATE job SET state = '{state}', last_update = ?{', session_id = NULL' if cleared else ''}, "
+                             f"version = version + ?{sets} WHERE id = ?", rows)
+        self.dirty = {}
 
 
-def _write_states(conn: sqlite3.Connection, now: float, states: Set[str]) -> None:
-    """Write the staged changes, whose target states are ``states``: one event each (a run's node count and run
-    number on RUNNING), then the states (a job leaving RUNNING or a hook state is unlocked). A round without RUNNING
-    (most) takes the short forms: plain events, and one UPDATE, with its state a constant when the round has one."""
-    if _RUNNING not in states:
-        conn.execute("INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT job_id, ts, src, dst, data FROM _chg")
-        if len(states) == 1:
-            conn.execute("UPDATE job SET state = ?, last_update = ?, session_id = NULL, version = version + 1 "
-                         "WHERE id IN (SELECT job_id FROM _chg)", (next(iter(states)), now))
-        else:
-            conn.execute("UPDATE job SET state = (SELECT dst FROM _chg WHERE _chg.job_id = job.id), last_update = ?, "
-                         "session_id = NULL, version = version + 1 WHERE id IN (SELECT job_id FROM _chg)", (now,))
-        return
-    conn.execute(
-        "INSERT INTO event(job_id, timestamp, from_state, to_state, data) SELECT job_id, ts, src, dst, "
-        "CASE WHEN dst = 'RUNNING' AND src = 'RESTART_READY' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes, "
-        "'$.run', (SELECT count(*) + 1 FROM event e WHERE e.job_id = _chg.job_id AND e.to_state = 'RUNNING')) "
-        "WHEN dst = 'RUNNING' THEN json_insert(coalesce(data, '{}'), '$.num_nodes', nodes) ELSE data END FROM _chg"
-    )
-    conn.execute(
-        "UPDATE job SET state = 'RUNNING', last_update = ?, version = version + 1 "
-        "WHERE id IN (SELECT job_id FROM _chg WHERE dst = 'RUNNING')",
-        (now,),
-    )
-    if len(states) > 1:
-        conn.execute(
-            "UPDATE job SET state = (SELECT dst FROM _chg WHERE _chg.job_id = job.id), last_update = ?, session_id = NULL, "
-            "version = version + 1 WHERE id IN (SELECT job_id FROM _chg WHERE dst != 'RUNNING')",
-            (now,),
-        )
+def _real(value: Optional[float]) -> str:
+    """A node footprint as JSON text."""
+    return "null" if value is None else repr(float(value))
 
 
-def _write_fields(conn: sqlite3.Connection, changes: List[StateChange]) -> None:
-    """Write the (already checked) launcher fields that came with applied changes, grouped by which fields."""
-    groups: Dict[Tuple[str, ...], List[Tuple[Any, ...]]] = {}
-    for ch in changes:
-        if ch.fields is not None:
-            keys = tuple(sorted(ch.fields))
-            groups.setdefault(keys, []).append(
-                tuple(dumps(ch.fields[k]) if k in JSON_COLUMNS else ch.fields[k] for k in keys) + (ch.job_id,))
-    for keys, rows in groups.items():
-        conn.executemany(f"UPDATE job SET {', '.join(f'{k}=?' for k in keys)} WHERE id=?", rows)
+def _with_key(text: Optional[str], key: str, value: str) -> str:
+    """JSON object text with ``"key": value`` added at the end (``value`` is JSON text; the key is new)."""
+    if text is None or text == "{}":
+        return f'{{"{key}":{value}}}'
+    return f'{text[:-1]},"{key}":{value}}}'
 
 
-def _cascades(conn: sqlite3.Connection) -> List[StateChange]:
-    """What the staged changes set off: children released or failed, stage-in or stage-out skipped when there is
-    nothing to transfer."""
+def _cascades(conn: sqlite3.Connection, triggers: List[Tuple[int, str]], flush: Callable[[], None]) -> List[StateChange]:
+    """What the applied changes set off (``triggers``: job id and state): children released or failed, stage-in or
+    stage-out skipped when there is nothing to transfer. ``flush`` writes the batch so far first where the cascade
+    reads jobs' states (parents and children), so it sees them as the changes left them."""
     to_finished: List[int] = []
     to_failed: List[Tuple[int, str]] = []
     to_ready: List[int] = []
     to_postprocessed: List[int] = []
-    for job_id, dst in conn.execute(
-        "SELECT job_id, dst FROM _chg WHERE dst IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED', 'READY', 'POSTPROCESSED')"
-    ):
+    for job_id, dst in triggers:
         kind = _CASCADES[dst]
         if kind == 0:
             to_finished.append(job_id)
@@ -309,10 +314,12 @@ def _cascades(conn: sqlite3.Connection) -> List[StateChange]:
         else:
             to_postprocessed.append(job_id)
     out: List[StateChange] = []
-    if to_finished:
-        out.extend(_releasechildren_waiting(conn, to_finished))
-    if to_failed:
-        out.extend(_failchildren_waiting(conn, to_failed))
+    if (to_finished or to_failed) and _has_any(conn, "job_parent"):
+        flush()
+        if to_finished:
+            out.extend(_releasechildren_waiting(conn, to_finished))
+        if to_failed:
+            out.extend(_failchildren_waiting(conn, to_failed))
     if to_ready:
         out.extend(_skip_stage_in(conn, to_ready))
     if to_postprocessed:
@@ -323,24 +330,26 @@ def _cascades(conn: sqlite3.Connection) -> List[StateChange]:
 _STRICT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def _data_texts(round_: List[StateChange], strict: bool, result: ChangeResult) -> Dict[int, Optional[str]]:
-    """Each change's event data as JSON text (job id -> text or None). Data that JSON cannot hold (NaN, infinities,
-    objects) would make SQLite's JSON functions fail for the whole batch: such a change is refused on its own
-    (raised when ``strict``, else returned in ``result.rejected``) and the rest go on."""
-    out: Dict[int, Optional[str]] = {}
-    for ch in round_:
-        if not ch.data:
-            out[ch.job_id] = None
+def _data_texts(changes: Sequence[StateChange], strict: bool, result: ChangeResult) -> List[Any]:
+    """Each change's event data as JSON text (or None; False for a change refused here). Data that JSON cannot hold
+    (NaN, infinities, objects) would make SQLite's JSON functions fail for the whole batch: such a change is refused
+    on its own (raised when ``strict``, else returned in ``result.rejected``) and the rest go on."""
+    out: List[Any] = []
+    for ch in changes:
+        data = ch.data
+        if not data:
+            out.append(None)
             continue
         try:
-            if not isinstance(ch.data, dict):
-                raise ValueError(f"a mapping is needed, got {type(ch.data).__name__}")
-            out[ch.job_id] = dumps(ch.data) if _plain(ch.data) else _STRICT_JSON(ch.data)
+            if not isinstance(data, dict):
+                raise ValueError(f"a mapping is needed, got {type(data).__name__}")
+            out.append(dumps(data) if _plain(data) else _STRICT_JSON(data))
         except (ValueError, TypeError, RecursionError) as exc:
             reason = f"job {ch.job_id}: state data is not plain JSON ({exc})"
             if strict:
                 raise ValidationError(reason) from None
             result.rejected.append((ch, reason))
+            out.append(False)
     return out
 
 
@@ -353,19 +362,24 @@ def _plain(data: Dict[str, Any]) -> bool:
     return True
 
 
-def _checked_launcher_fields(round_: List[StateChange], strict: bool, result: ChangeResult) -> List[StateChange]:
-    """The round with each change's fields validated: only what a launcher may write (LAUNCHER_FIELDS), only by
-    the lease that holds the job (the SQL check then verifies the holder). A refused change raises when
+def _checked_launcher_fields(changes: Sequence[StateChange], strict: bool, result: ChangeResult) -> List[StateChange]:
+    """The changes with each one's fields validated: only what a launcher may write (LAUNCHER_FIELDS), only by
+    the lease that holds the job (the state engine then verifies the holder). A refused change raises when
     ``strict``, else it is returned in ``result.rejected`` and the rest go on."""
     out: List[StateChange] = []
-    for ch in round_:
-        if ch.fields:
+    for ch in changes:
+        fields = ch.fields
+        if fields:
+            code = fields.get("return_code")
+            if ch.session_id is not None and len(fields) == 1 and type(code) is int and _RETURN_CODES[0] <= code < _RETURN_CODES[1]:
+                out.append(ch)  # a run's return code, nearly every launcher change with fields: already what it stores
+                continue
             where = f"job {ch.job_id}: "
             try:
                 if ch.session_id is None:
-                    raise ValidationError(f"{where}only the launcher holding the job may write {', '.join(sorted(ch.fields))} "
+                    raise ValidationError(f"{where}only the launcher holding the job may write {', '.join(sorted(fields))} "
                                           "(the change names no session)")
-                ch = ch._replace(fields=check_fields(ch.fields, where, LAUNCHER_FIELDS))
+                ch = ch._replace(fields=check_fields(fields, where, LAUNCHER_FIELDS))
             except ValidationError as exc:
                 if strict:
                     raise
