@@ -47,3 +47,38 @@ def test_an_urgent_call_commits_ahead_of_the_others_waiting(store: Any) -> None:
         writer.stop()
     assert order == ["first", "acquire", "status 0", "status 1", "status 2"]
     assert writer.groups == 3, "the acquire committed in a transaction of its own, then the status batches in one"
+
+
+def test_an_urgent_call_goes_ahead_of_work_left_over_from_a_long_group(store: Any) -> None:
+    """A group that runs out of time (max_group_s) leaves the rest for the next one: an acquire that arrived
+    meanwhile commits before that rest, not after it."""
+    from balsam.db.group import GroupWriter
+
+    writer = GroupWriter(store, max_group_s=0.01)
+    gate, started, slow_gate, slow_started = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    order: List[str] = []
+
+    def slow() -> None:
+        slow_started.set()
+        slow_gate.wait(10)
+        order.append("status 0")
+
+    async def main() -> None:
+        first = writer.submit_async(lambda: (started.set(), gate.wait(10), order.append("first")))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        later = [writer.submit_async(slow)] + [writer.submit_async(lambda i=i: order.append(f"status {i}")) for i in (1, 2)]
+        gate.set()
+        while not slow_started.is_set():  # the three status calls are one group; its first runs past the group's time
+            await asyncio.sleep(0.01)
+        urgent = writer.submit_async(lambda: order.append("acquire"), urgent=True)
+        await asyncio.sleep(0.05)
+        slow_gate.set()
+        await urgent
+        await asyncio.gather(first, *later)
+
+    try:
+        asyncio.run(main())
+    finally:
+        writer.stop()
+    assert order == ["first", "status 0", "acquire", "status 1", "status 2"]

@@ -131,3 +131,16 @@ def _running_again(store: Any, job_id: int) -> int:
         conn.execute("UPDATE job SET session_id=? WHERE id=?", (sid, job_id))
         apply_state_changes(conn, [StateChange(job_id, "RUNNING", session_id=sid)])
     return sid
+
+
+def test_a_refused_change_with_results_is_reported_as_the_caller_sent_it(hello: Any, store: Any) -> None:
+    """The HTTP API maps each refusal back to its batch by the change object: one whose fields were checked (and
+    so copied) must still come back as the caller's, or its launcher never hears of the refusal."""
+    job = hello.submit(workdir="x", say_hello_to="x")
+    sid = _running(store, [job])
+    stale = StateChange(job.id, "RUN_DONE", fields={"serialized_return_value": b"\x80\x04K\x01.", "return_code": 0},
+                        session_id=sid + 1)
+    with store.write() as conn:
+        result = apply_state_changes(conn, [stale], strict=False)
+    assert len(result.rejected) == 1 and result.rejected[0][0] is stale
+    assert "is not held by session" in result.rejected[0][1]

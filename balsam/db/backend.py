@@ -582,10 +582,12 @@ class LocalBackend(Backend):
                     results[i] = e
                     continue
                 todo.append((i, list(changes)))
-            owner = {id(ch): (i, n) for i, chs in todo for n, ch in enumerate(chs)}
             refused: Dict[int, Rejected] = {i: [] for i, _ in todo}
-            if owner:
-                for ch, why in apply_state_changes(conn, [ch for _, chs in todo for ch in chs], strict=False).rejected:
+            every = [ch for _, chs in todo for ch in chs]
+            rejected = apply_state_changes(conn, every, strict=False).rejected if every else []
+            if rejected:  # back to the batch and the index each refused change came with
+                owner = {id(ch): (i, n) for i, chs in todo for n, ch in enumerate(chs)}
+                for ch, why in rejected:
                     where = owner.get(id(ch))
                     if where is not None:
                         refused[where[0]].append((where[1], why))

@@ -96,35 +96,36 @@ class GroupWriter:
             thread.join(timeout=timeout_s)
 
     # ------------------------------------------------------------------ the writer thread
-    def _take(self, first: _Item) -> Tuple[List[_Item], bool]:
-        """The group: ``first`` and whatever else is queued now (up to max_group); (items, stop seen)."""
-        items = [first]
-        while len(items) < self.max_group:
+    def _drain(self, pending: List[_Item]) -> bool:
+        """Move every call queued now to ``pending``; True when the stop marker was among them."""
+        while True:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return False
             if nxt is None:
-                return items, True
-            items.append(nxt)
-        return items, False
+                return True
+            pending.append(nxt)
 
     def _run(self) -> None:
         stop = False
-        leftover: List[_Item] = []
-        while not stop or leftover:
-            if leftover:
-                items, leftover = leftover, []
-            else:
+        pending: List[_Item] = []
+        while pending or not stop:
+            if not pending:
                 first = self._queue.get()
                 if first is None:
                     break
-                items, stop = self._take(first)
-                urgent = [item for item in items if item[3]]
-                if urgent and len(urgent) < len(items):  # the urgent first, in a transaction of their own
-                    leftover = [item for item in items if not item[3]]
-                    items = urgent
-            leftover = self._group(items) + leftover
+                pending.append(first)
+            if not stop:
+                stop = self._drain(pending)
+            # Urgent calls waiting with others go first, in a transaction of their own, whether the others came
+            # with them or were left over from a group that ran out of time.
+            urgent = [item for item in pending if item[3]]
+            if urgent and len(urgent) < len(pending):
+                items, pending = urgent, [item for item in pending if not item[3]]
+            else:
+                items, pending = pending, []
+            pending = self._group(items[:self.max_group]) + items[self.max_group:] + pending
         self.store.close()
 
     def _group(self, items: List[_Item]) -> List[_Item]:

@@ -135,6 +135,8 @@ class _Batch:
         launcher finishing a job of an app without a postprocess hook) is still its own."""
         self.final: Dict[int, str] = {}
         """Job id -> where the applied changes left it (the doorbell's topics)."""
+        self.originals: Dict[int, StateChange] = {}
+        """id() of a change whose fields were converted -> the change as the caller sent it."""
 
     def _load(self, ids: Iterable[int]) -> None:
         jobs = self.jobs
@@ -153,7 +155,7 @@ class _Batch:
         """Check and apply ``changes`` in order; the (job id, state) of those that may set off a cascade."""
         result = self.result
         if any([ch.fields for ch in changes]):
-            changes = _checked_launcher_fields(changes, strict, result)
+            changes = _checked_launcher_fields(changes, strict, result, self.originals)
         texts = _data_texts(changes, strict, result)
         self._load([ch.job_id for ch in changes])
         jobs, dirty, released, final, levels, runs = self.jobs, self.dirty, self.released, self.final, self.levels, self.runs
@@ -229,7 +231,7 @@ class _Batch:
             reason = f"job {job_id} is not held by session {sid} (its lease expired or it was released)"
         if strict:
             raise IllegalTransition(reason, job_id)
-        self.result.rejected.append((ch, reason))
+        self.result.rejected.append((self.originals.get(id(ch), ch), reason))
 
     def _run_data(self, ch: StateChange, text: Optional[str], job: List[Any], src: str) -> str:
         """A RUNNING event's data: the change's, with the run's node footprint (and, for a restart, which run it is)."""
@@ -362,10 +364,12 @@ def _plain(data: Dict[str, Any]) -> bool:
     return True
 
 
-def _checked_launcher_fields(changes: Sequence[StateChange], strict: bool, result: ChangeResult) -> List[StateChange]:
+def _checked_launcher_fields(changes: Sequence[StateChange], strict: bool, result: ChangeResult,
+                             originals: Dict[int, StateChange]) -> List[StateChange]:
     """The changes with each one's fields validated: only what a launcher may write (LAUNCHER_FIELDS), only by
     the lease that holds the job (the state engine then verifies the holder). A refused change raises when
-    ``strict``, else it is returned in ``result.rejected`` and the rest go on."""
+    ``strict``, else it is returned in ``result.rejected`` and the rest go on. A change whose fields the checks
+    convert is a new one: ``originals`` maps it to the caller's (a refusal names the change the caller sent)."""
     out: List[StateChange] = []
     for ch in changes:
         fields = ch.fields
@@ -379,7 +383,9 @@ def _checked_launcher_fields(changes: Sequence[StateChange], strict: bool, resul
                 if ch.session_id is None:
                     raise ValidationError(f"{where}only the launcher holding the job may write {', '.join(sorted(fields))} "
                                           "(the change names no session)")
-                ch = ch._replace(fields=check_fields(fields, where, LAUNCHER_FIELDS))
+                checked = ch._replace(fields=check_fields(fields, where, LAUNCHER_FIELDS))
+                originals[id(checked)] = ch
+                ch = checked
             except ValidationError as exc:
                 if strict:
                     raise

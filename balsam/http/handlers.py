@@ -754,6 +754,9 @@ def status_answer(rejected: Sequence[Tuple[int, str]]) -> Answer:
     return 200, {"rejected": [[i, why] for i, why in rejected]}
 
 
+_MAX_ID = 2**63 - 1
+
+
 def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
     """A status batch's lease and checked changes (ValidationError naming the first bad one)."""
     body = _body_obj(call)
@@ -764,6 +767,14 @@ def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
         raise ValidationError("changes: expected a list")
     changes = []
     for i, c in enumerate(raw):
+        if type(c) is dict:  # a launcher's plain change (ids, an epoch time, data, at most a return code) as it is
+            job_id, csid, ts, data, fields = c.get("job_id"), c.get("session_id"), c.get("timestamp"), c.get("data"), c.get("fields")
+            if (type(job_id) is int and 0 < job_id <= _MAX_ID and (csid is None or (type(csid) is int and 0 <= csid <= _MAX_ID))
+                    and (ts is None or type(ts) is float) and (data is None or type(data) is dict)
+                    and (not fields or (type(fields) is dict and len(fields) == 1 and "return_code" in fields))):
+                state = c.get("state")
+                changes.append(StateChange(job_id, state if type(state) is str else str(state), ts, data, fields or None, csid))
+                continue
         if not isinstance(c, dict):
             raise ValidationError(f"changes[{i}]: expected an object")
         fields = c.get("fields") or None

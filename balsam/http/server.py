@@ -233,6 +233,11 @@ class WebSocketHub:
             logger.exception("the WebSocket poller failed")
 
 
+STATUS_GROUP_CHANGES = 2000
+"""Most state changes of launchers' status batches applied in one call of the group writer (~20 ms on a 2-core login
+node): more wait for the next call, so an acquire that arrives meanwhile commits after at most that much work."""
+
+
 class Api:
     """The app's state: the backend, who may call, limits, and the WebSocket hub."""
 
@@ -257,7 +262,8 @@ class Api:
         self.openapi_doc = _json(build_openapi(tuple(routes)))
         self._memory_answers: Dict[str, Tuple[str, int, bytes]] = {}
         self._indexer: Optional["asyncio.Task[None]"] = None
-        self._batches = _Joined(self, lambda batch: self.backend.apply_batches_once(batch, _status_answer))  # type: ignore[attr-defined]
+        self._batches = _Joined(self, lambda batch: self.backend.apply_batches_once(batch, _status_answer),  # type: ignore[attr-defined]
+                                weight=lambda entry: len(entry[3]), limit=STATUS_GROUP_CHANGES)
         self._watch = ChangeWatch(backend.data_version)
         """What idle launchers' acquires wait on: one poll of the site DB for all of them."""
         self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch, _acquire_answer), urgent=True)  # type: ignore[attr-defined]
@@ -598,14 +604,20 @@ class _Joined:
     batch, which the writer runs with ``run`` (one pass over all of them: one look-up and one write of their
     idempotent answers), and each request gets its own result from it (or its own exception)."""
 
-    def __init__(self, api: Api, run: Callable[[List[Any]], List[Any]], urgent: bool = False) -> None:
+    def __init__(self, api: Api, run: Callable[[List[Any]], List[Any]], urgent: bool = False,
+                 weight: Optional[Callable[[Any], int]] = None, limit: int = 0) -> None:
         self.api = api
         self.run = run
         self.urgent = urgent
         """Run ahead of the other writes waiting (:meth:`GroupWriter.submit_async`)."""
+        self.weight = weight
+        self.limit = limit
+        """With ``weight``: a batch whose entries weigh this much closes, and the next entry opens another (so that
+        one call of the writer, which urgent writes cannot cut short, stays short)."""
         self._lock = threading.Lock()
         self._open: Optional[List[Any]] = None
         self._future: Optional["asyncio.Future[List[Any]]"] = None
+        self._load = 0
 
     async def add(self, entry: Any) -> Any:
         writer = self.api.writer
@@ -613,10 +625,16 @@ class _Joined:
         with self._lock:
             if self._open is None:
                 self._open = []
+                self._load = 0
                 self._future = writer.submit_async(functools.partial(self._flush, self._open), urgent=self.urgent)
             entries, future = self._open, self._future
             index = len(entries)
             entries.append(entry)
+            if self.weight is not None:
+                self._load += self.weight(entry)
+                if self._load >= self.limit:  # full: it runs as it is
+                    self._open = None
+                    self._future = None
         assert future is not None
         result = (await asyncio.shield(future))[index]
         if isinstance(result, BaseException):
@@ -664,11 +682,22 @@ def _acquired(job: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+_JSON_KEYS = tuple((k, b'"%s":' % k.encode()) for k in sorted(JSON_COLUMNS))
+
+
 def _acquired_text(job: Dict[str, Any]) -> bytes:
     """An acquired job whose JSON columns are stored JSON text, as the JSON of :func:`_acquired` (the text is
     spliced in as it is: the store's one writer of those columns wrote it as JSON)."""
-    raw = b",".join(b'"%s":%s' % (k.encode(), str(job.pop(k)).encode()) for k in JSON_COLUMNS if k in job)
-    rest = _fast_json(_acquired(job))
+    raw = b",".join([key + str(job.pop(k)).encode() for k, key in _JSON_KEYS if k in job])
+    rest = None
+    if _orjson_dumps is not None:  # the pickled parameters are the one column that may hold bytes
+        pickled = job.get("parameters_pickled")
+        try:
+            rest = _orjson_dumps(job if pickled is None else dict(job, parameters_pickled=_acquired({"b": pickled})["b"]))
+        except TypeError:
+            pass
+    if rest is None:
+        rest = _fast_json(_acquired(job))
     if not raw:
         return rest
     return b"{" + raw + (b"," + rest[1:] if len(rest) > 2 else b"}")
