@@ -246,9 +246,16 @@ class _Batch:
     def flush(self) -> None:
         """Write what the changes so far did: their events, in order, and each changed job once."""
         conn = self.conn
+        for k in sorted(self.levels):  # a job has at most one change on a level: its events go in level by level
+            pairs: Dict[Tuple[str, str], List[Tuple[Any, ...]]] = {}
+            for job_id, ts, src, dst, text in self.levels[k]:
+                rows = pairs.get((src, dst))
+                if rows is None:
+                    rows = pairs[(src, dst)] = []
+                rows.append((job_id, ts, text))
+            for (src, dst), rows in pairs.items():  # legal pairs of known names: constants of the statement
+                conn.executemany(f"INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?, ?, '{src}', '{dst}', ?)", rows)
         if self.levels:
-            conn.executemany("INSERT INTO event(job_id, timestamp, from_state, to_state, data) VALUES (?, ?, ?, ?, ?)",
-                             [row for k in sorted(self.levels) for row in self.levels[k]])
             self.levels = {}
             self.runs = {}
         if not self.dirty:
@@ -337,15 +344,21 @@ def _data_texts(changes: Sequence[StateChange], strict: bool, result: ChangeResu
     (NaN, infinities, objects) would make SQLite's JSON functions fail for the whole batch: such a change is refused
     on its own (raised when ``strict``, else returned in ``result.rejected``) and the rest go on."""
     out: List[Any] = []
+    texts: Dict[int, str] = {}  # one text per data object (a cascade's changes share theirs)
     for ch in changes:
         data = ch.data
         if not data:
             out.append(None)
             continue
+        text = texts.get(id(data))
+        if text is not None:
+            out.append(text)
+            continue
         try:
             if not isinstance(data, dict):
                 raise ValueError(f"a mapping is needed, got {type(data).__name__}")
-            out.append(dumps(data) if _plain(data) else _STRICT_JSON(data))
+            text = texts[id(data)] = dumps(data) if _plain(data) else _STRICT_JSON(data)
+            out.append(text)
         except (ValueError, TypeError, RecursionError) as exc:
             reason = f"job {ch.job_id}: state data is not plain JSON ({exc})"
             if strict:
@@ -467,7 +480,8 @@ def _retry_failed_items(conn: sqlite3.Connection, job_ids: List[int], direction:
 def _skip_stage_in(conn: sqlite3.Connection, ready: List[int]) -> List[StateChange]:
     _retry_failed_items(conn, ready, "in", "'error'")
     pending = _pending_transfer_jobs(conn, ready, "in")
-    return [StateChange(j, "STAGED_IN", data={"message": "no stage-in pending"}) for j in ready if j not in pending]
+    data = {"message": "no stage-in pending"}
+    return [StateChange(j, "STAGED_IN", data=data) for j in ready if j not in pending]
 
 
 def _skip_stage_out(conn: sqlite3.Connection, done: List[int]) -> List[StateChange]:
@@ -479,4 +493,5 @@ def _skip_stage_out(conn: sqlite3.Connection, done: List[int]) -> List[StateChan
             "AND job_id IN (SELECT value FROM json_each(?))",
             (time.time(), ids_param(pending)),
         )
-    return [StateChange(j, "JOB_FINISHED", data={"message": "no stage-out pending"}) for j in done if j not in pending]
+    data = {"message": "no stage-out pending"}
+    return [StateChange(j, "JOB_FINISHED", data=data) for j in done if j not in pending]
