@@ -7,6 +7,8 @@ import asyncio
 import threading
 from typing import Any, List
 
+import pytest
+
 
 def test_calls_waiting_together_share_one_transaction(store: Any) -> None:
     from balsam.db.group import GroupWriter
@@ -49,12 +51,13 @@ def test_an_urgent_call_commits_ahead_of_the_others_waiting(store: Any) -> None:
     assert writer.groups == 3, "the acquire committed in a transaction of its own, then the status batches in one"
 
 
-def test_an_urgent_call_goes_ahead_of_work_left_over_from_a_long_group(store: Any) -> None:
-    """A group that runs out of time (max_group_s) leaves the rest for the next one: an acquire that arrived
-    meanwhile commits before that rest, not after it."""
+@pytest.mark.parametrize("max_group_s", [0.01, 10.0], ids=["group out of time", "group with time left"])
+def test_an_urgent_call_arriving_during_a_group_goes_next(store: Any, max_group_s: float) -> None:
+    """An acquire that arrives while a group of status batches runs commits right after the call running then:
+    the group ends there (whether or not its time ran out) and the rest of it commits after the acquire."""
     from balsam.db.group import GroupWriter
 
-    writer = GroupWriter(store, max_group_s=0.01)
+    writer = GroupWriter(store, max_group_s=max_group_s)
     gate, started, slow_gate, slow_started = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     order: List[str] = []
 
@@ -69,7 +72,7 @@ def test_an_urgent_call_goes_ahead_of_work_left_over_from_a_long_group(store: An
             await asyncio.sleep(0.01)
         later = [writer.submit_async(slow)] + [writer.submit_async(lambda i=i: order.append(f"status {i}")) for i in (1, 2)]
         gate.set()
-        while not slow_started.is_set():  # the three status calls are one group; its first runs past the group's time
+        while not slow_started.is_set():  # the three status calls are one group; its first is running
             await asyncio.sleep(0.01)
         urgent = writer.submit_async(lambda: order.append("acquire"), urgent=True)
         await asyncio.sleep(0.05)

@@ -12,6 +12,9 @@ request waiting when the previous group ended and runs them in one transaction, 
   writes they describe);
 - a failed commit fails every call of the group with the error (nothing of theirs was written).
 
+An urgent call (a launcher waiting for jobs) goes ahead of the calls waiting with it, and one that arrives while a
+group runs ends that group at its next call (committing what it did), so it waits for one call's work at most.
+
 The calls run in arrival order on the writer thread, through the same ``Store.write()`` as any other writer
 (which nests as a savepoint inside the group), so nothing about the SQL changes: only how often it commits.
 """
@@ -33,7 +36,7 @@ logger = logging.getLogger("balsam.db")
 
 MAX_GROUP = 256
 """Most calls in one transaction (a bound on how long one commit keeps the others waiting)."""
-MAX_GROUP_S = 0.05
+MAX_GROUP_S = 0.02
 """Most seconds of work in one group: past it, the group commits and the rest wait for the next."""
 
 _Waiter = Union["Future[Any]", "asyncio.Future[Any]"]
@@ -53,6 +56,9 @@ class GroupWriter:
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._closed = False
+        self._urgent_put = 0
+        self._urgent_taken = 0
+        """Urgent calls queued, and taken by the writer thread (the difference: urgent calls not yet seen)."""
         self.groups = 0
         """Transactions committed (for tests and benchmarks: calls / groups is the coalescing achieved)."""
         self.calls = 0
@@ -77,6 +83,8 @@ class GroupWriter:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the group writer is stopped")
+            if item[3]:
+                self._urgent_put += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
@@ -105,6 +113,8 @@ class GroupWriter:
                 return False
             if nxt is None:
                 return True
+            if nxt[3]:
+                self._urgent_taken += 1
             pending.append(nxt)
 
     def _run(self) -> None:
@@ -115,6 +125,8 @@ class GroupWriter:
                 first = self._queue.get()
                 if first is None:
                     break
+                if first[3]:
+                    self._urgent_taken += 1
                 pending.append(first)
             if not stop:
                 stop = self._drain(pending)
@@ -136,8 +148,8 @@ class GroupWriter:
         try:
             with self.store.write() as conn:
                 for n, (fn, future, loop, _urgent) in enumerate(items):
-                    if n and time.monotonic() > deadline:
-                        rest = items[n:]
+                    if n and (time.monotonic() > deadline or self._urgent_put != self._urgent_taken):
+                        rest = items[n:]  # out of time, or an urgent call came: it goes next
                         break
                     if loop is None:
                         if not future.set_running_or_notify_cancel():  # type: ignore[union-attr]

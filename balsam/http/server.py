@@ -233,8 +233,8 @@ class WebSocketHub:
             logger.exception("the WebSocket poller failed")
 
 
-STATUS_GROUP_CHANGES = 2000
-"""Most state changes of launchers' status batches applied in one call of the group writer (~20 ms on a 2-core login
+STATUS_GROUP_CHANGES = 1000
+"""Most state changes of launchers' status batches applied in one call of the group writer (~10 ms on a 2-core login
 node): more wait for the next call, so an acquire that arrives meanwhile commits after at most that much work."""
 
 
