@@ -295,6 +295,9 @@ def _candidates(
         cursors.append(cur)
         names = [d[0] for d in cur.description]
         streams.append(dict(zip(names, r)) for r in cur)
+    if len(streams) > 1:  # merge only the states that have candidates (most often one: a restarted job is rare)
+        heads = [(first, stream) for first, stream in ((next(stream, None), stream) for stream in streams) if first is not None]
+        streams = [itertools.chain((first,), stream) for first, stream in heads] or [iter(())]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_sort_key(order))
     try:
         yield from itertools.islice(merged, limit)

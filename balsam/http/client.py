@@ -35,6 +35,8 @@ from balsam.http.serve import host_port, read_address
 from balsam.http.wire import Connection
 
 logger = logging.getLogger("balsam.http")
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+"""One encoder for every request body (``json.dumps`` with options builds a new one per call)."""
 
 REQUEST_TIMEOUT_S = 60.0
 CREATE_CHUNK = 5000
@@ -102,7 +104,7 @@ class HttpClient:
                 idempotency_key: Optional[str] = None, retry_s: Optional[float] = None) -> Any:
         """Send one request (retried while transient); the decoded answer, or the server's error raised."""
         try:
-            body = b"" if payload is None else json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+            body = b"" if payload is None else _ENCODE(payload).encode()
         except ValueError:  # inf or nan: JSON cannot carry them, and no field accepts them
             where = _non_finite(payload) or "a value"
             raise exc.ValidationError(f"{where}: must be a finite number (JSON cannot carry inf or nan)") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -755,6 +756,8 @@ def status_answer(rejected: Sequence[Tuple[int, str]]) -> Answer:
 
 
 _MAX_ID = 2**63 - 1
+_change = functools.partial(tuple.__new__, StateChange)
+"""A StateChange of six values (without the keyword handling of its constructor: a launcher sends thousands)."""
 
 
 def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
@@ -773,7 +776,7 @@ def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
                     and (ts is None or type(ts) is float) and (data is None or type(data) is dict)
                     and (not fields or (type(fields) is dict and len(fields) == 1 and "return_code" in fields))):
                 state = c.get("state")
-                changes.append(StateChange(job_id, state if type(state) is str else str(state), ts, data, fields or None, csid))
+                changes.append(_change((job_id, state if type(state) is str else str(state), ts, data, fields or None, csid)))
                 continue
         if not isinstance(c, dict):
             raise ValidationError(f"changes[{i}]: expected an object")

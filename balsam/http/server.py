@@ -130,8 +130,12 @@ def _error_body(error: ApiError) -> bytes:
     return _json(payload)
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+"""One encoder for every answer (``json.dumps`` with options builds a new one per call)."""
+
+
 def _json(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODE(payload).encode()
 
 
 def _fast_json(row: Dict[str, Any]) -> bytes:
@@ -657,6 +661,8 @@ def _acquire_answer(jobs: List[Dict[str, Any]]) -> Tuple[int, bytes]:
 
 
 def _status_answer(rejected: Sequence[Tuple[int, str]]) -> Tuple[int, bytes]:
+    if not rejected:  # nearly every batch
+        return 200, b'{"rejected":[]}'
     status, payload = h.status_answer(rejected)
     return status, _json(payload)
 
