@@ -144,3 +144,13 @@ def test_a_refused_change_with_results_is_reported_as_the_caller_sent_it(hello: 
         result = apply_state_changes(conn, [stale], strict=False)
     assert len(result.rejected) == 1 and result.rejected[0][0] is stale
     assert "is not held by session" in result.rejected[0][1]
+
+
+def test_each_event_keeps_its_own_data_in_a_batch_of_lookalikes(hello: Any, store: Any) -> None:
+    """Equal-looking data of different types (1, True, "1", 1.0) stay what each change said."""
+    jobs = [hello.submit(workdir=f"d{i}", say_hello_to="x") for i in range(5)]
+    values: List[Any] = [1, True, "1", 1.0, None]
+    with store.write() as conn:
+        apply_state_changes(conn, [StateChange(j.id, "PREPROCESSED", data={"v": v}) for j, v in zip(jobs, values)])
+    got = [json.loads(_events(store, j.id)[-1][3])["v"] for j in jobs]
+    assert got == values and [type(v) for v in got] == [int, bool, str, float, type(None)]

@@ -345,6 +345,7 @@ def _data_texts(changes: Sequence[StateChange], strict: bool, result: ChangeResu
     on its own (raised when ``strict``, else returned in ``result.rejected``) and the rest go on."""
     out: List[Any] = []
     texts: Dict[int, str] = {}  # one text per data object (a cascade's changes share theirs)
+    texts_of_one: Dict[Tuple[str, Any, type], str] = {}
     for ch in changes:
         data = ch.data
         if not data:
@@ -354,6 +355,16 @@ def _data_texts(changes: Sequence[StateChange], strict: bool, result: ChangeResu
         if text is not None:
             out.append(text)
             continue
+        if type(data) is dict and len(data) == 1:  # a launcher's {"returncode": 0}, {"message": ...}: one text each
+            ((key, value),) = data.items()
+            kind = type(value)
+            if type(key) is str and (kind is str or kind is int):
+                one = (key, value, kind)
+                text = texts_of_one.get(one)
+                if text is None:
+                    text = texts_of_one[one] = dumps(data)
+                out.append(text)
+                continue
         try:
             if not isinstance(data, dict):
                 raise ValueError(f"a mapping is needed, got {type(data).__name__}")
