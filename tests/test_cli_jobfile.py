@@ -152,3 +152,36 @@ def test_yaml_alias_bombs_are_refused_quickly(site: Any, hello: Any, tmp_path: P
     err = fails("job", "create", "--from", path, "-y", code=2)
     assert "aliases" in err and time.monotonic() - started < 30
     assert Job.objects.count() == 0
+
+
+def test_a_nul_in_a_shell_apps_parameter_is_refused_when_the_job_is_made(site: Any, hello: Any, adder: Any, tmp_path: Path) -> None:
+    """A shell app's command line cannot carry a NUL: a job whose parameter has one is refused with one line when it is
+    created or changed (from the API, the CLI, and from another host over HTTP), not left to fail when it runs."""
+    from balsam.exceptions import ValidationError
+
+    said = "job 'n/1': parameter 'say_hello_to' contains a NUL character, which no command line can carry (app Hello runs a shell command)"
+    with pytest.raises(ValidationError) as refused:
+        Job("n/1", app_id="Hello", parameters={"say_hello_to": "a\x00b"}).save()
+    assert str(refused.value) == said
+    with pytest.raises(ValidationError, match="parameter 'say_hello_to' contains a NUL character"):
+        Job.objects.bulk_create([Job(f"ok/{i}", app_id="Hello", parameters={"say_hello_to": str(i)}) for i in range(3)]
+                                + [Job("n/2", app_id="Hello", parameters={"say_hello_to": "\x00"})])
+    assert Job.objects.count() == 0  # all or nothing: the good jobs of the batch were not made either
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"workdir": "c/1", "p": {"say_hello_to": "x"}}) + "\n"
+                    + json.dumps({"workdir": "c/2", "p": {"say_hello_to": "x\u0000y"}}) + "\n")
+    err = fails("job", "create", "--from", path, "-a", "Hello", code=2)
+    assert "jobs.jsonl line 2: job 'c/2': parameter 'say_hello_to' contains a NUL character" in err
+    assert Job.objects.count() == 0
+
+    job = Job("n/3", app_id="Hello", parameters={"say_hello_to": "world"})
+    job.save()
+    job.parameters = {"say_hello_to": "sneaky\x00"}
+    with pytest.raises(ValidationError, match=f"job {job.id}: parameter 'say_hello_to' contains a NUL character"):
+        job.save()
+    assert Job.objects.get(id=job.id).parameters == {"say_hello_to": "world"}
+
+    text = Job("py/1", app_id="Adder", parameters={"x": "a\x00b"})  # a run() app gets the value itself, NUL and all
+    text.save()
+    assert Job.objects.get(id=text.id).parameters == {"x": "a\x00b"}

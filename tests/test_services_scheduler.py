@@ -308,3 +308,31 @@ def test_a_batch_job_deleted_after_its_agent_died_mid_submit_is_cancelled_where_
         stop_agent(site.path)
     assert (fake / "jobs").read_text().splitlines() == [f"1001|balsam-{bj.id}"]
     assert (fake / "cancelled").read_text().split() == ["1001"]  # the orphaned submission was cancelled
+
+
+def test_recording_a_submission_reads_one_batch_job_however_many_are_being_deleted(scheduler: Any, site: Any) -> None:
+    """The agent records each submission by its BatchJob's id: a site with hundreds of BatchJobs being cancelled
+    (pending_deletion) costs it no more than one with none (it read every one of them to test one id)."""
+    store = site.store
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    row = {"id": bj.id}
+    script = scheduler.script_path(bj.id)
+
+    def steps_to_record(scheduler_id: int) -> int:
+        store.conn.execute("UPDATE batch_job SET state='pending_submission', scheduler_id=NULL WHERE id=?", (bj.id,))
+        count = [0]
+        store.conn.set_progress_handler(lambda: count.__setitem__(0, count[0] + 1) or 0, 100)
+        try:
+            scheduler._record_submission(row, scheduler_id, script)
+        finally:
+            store.conn.set_progress_handler(None, 100)
+        return count[0]
+
+    alone = steps_to_record(101)
+    with store.write() as conn:
+        for n in range(400):
+            conn.execute("INSERT INTO batch_job(project, queue, num_nodes, wall_time_min, job_mode, state, scheduler_id, status_info, "
+                         "created, last_update) VALUES ('p', 'q', 1, 5, 'mpi', 'pending_deletion', ?, ?, 0, 0)", (5000 + n, '{"big": "' + "x" * 200 + '"}'))
+    crowded = steps_to_record(102)
+    assert BatchJob.objects.get(id=bj.id).scheduler_id == 102 and BatchJob.objects.get(id=bj.id).state == "queued"
+    assert crowded <= alone + 3, (alone, crowded)

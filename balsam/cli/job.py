@@ -349,6 +349,9 @@ def _locate(path: str, exc: Exception, chunk: List["Job"], lines: Dict[str, str]
         for j in chunk:
             if pid in j.parent_ids:
                 return CLIError(f"{path} {lines[j.workdir]}: {exc}", 2)
+    named = re.match(r"job '([^']*)': ", str(exc))  # the store's own checks name the job by its workdir
+    if named and named.group(1) in lines:
+        return CLIError(f"{path} {lines[named.group(1)]}: {exc}", 2)
     return CLIError(f"{path}: {exc}", 2)
 
 

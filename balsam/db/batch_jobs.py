@@ -316,6 +316,12 @@ def waiting_demand(conn: sqlite3.Connection, states: Sequence[str], filter_tags:
     return float(row[0]), int(row[1]), int(row[2])
 
 
+def batch_job_state(conn: sqlite3.Connection, batch_job_id: int) -> Optional[str]:
+    """A BatchJob's state (one look-up by its id), or None when its record is gone."""
+    row = conn.execute("SELECT state FROM batch_job WHERE id=?", (int(batch_job_id),)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def batch_job_exists(conn: sqlite3.Connection, batch_job_id: int) -> bool:
     """True while the BatchJob's record exists (its owner may have deleted it)."""
     return conn.execute("SELECT 1 FROM batch_job WHERE id=?", (int(batch_job_id),)).fetchone() is not None

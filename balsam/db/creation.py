@@ -113,12 +113,15 @@ def insert_jobs(
     transfers = transfers or {}
     app_ids = {r[1] for r in rows}
     apps = {}
+    shell: Dict[int, str] = {}
     stale: Dict[int, bool] = {}
     for row in conn.execute(
-        "SELECT id, name, parameters, transfers, var_keyword, version FROM app WHERE id IN (SELECT value FROM json_each(?))",
+        "SELECT id, name, parameters, transfers, var_keyword, version, kind FROM app WHERE id IN (SELECT value FROM json_each(?))",
         (ids_param(app_ids),),
     ):
         apps[row[0]] = (row[1], loads(row[2]), loads(row[3]))
+        if row[6] == "shell":
+            shell[row[0]] = row[1]
         if (checked_app_versions or {}).get(row[0]) != row[5]:
             stale[row[0]] = bool(row[4])
     missing_apps = app_ids - apps.keys()
@@ -126,6 +129,10 @@ def insert_jobs(
         raise ValidationError(f"no app with id {sorted(missing_apps)[0]} at this site")
     if stale:
         _check_parameters(rows, apps, stale)
+    if shell:
+        for r in rows:
+            if _NUL in r[3] and r[1] in shell:
+                refuse_nul(f"job {r[0]!r}", shell[r[1]], r[3])
     seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='job'").fetchone()
     top = conn.execute("SELECT max(id) FROM job").fetchone()[0] or 0
     first = max(seq[0] if seq else 0, top) + 1
@@ -169,6 +176,21 @@ def insert_jobs(
     if len(states) < len(rows):
         doorbell.note_states([S.STAGED_IN.value])  # the agent's processing takes them on once this commits
     return first, states
+
+
+_NUL = "\\u0000"
+"""A NUL character as the JSON text of a parameter holds it (JSON always escapes control characters)."""
+
+
+def refuse_nul(where: str, app: str, params_text: str) -> None:
+    """ValidationError if a parameter of a shell app's job (its stored JSON text) is a string with a NUL character:
+    the command line it goes into cannot carry one, so the job is refused when it is made, not when it runs."""
+    if _NUL not in params_text:
+        return
+    for key, value in loads(params_text).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ValidationError(f"{where}: parameter {key!r} contains a NUL character, which no command line can carry "
+                                  f"(app {app} runs a shell command)")
 
 
 def _insert_job_rows(conn: sqlite3.Connection, rows: Sequence[Tuple[Any, ...]], app_ids: Set[int], now: float) -> None:

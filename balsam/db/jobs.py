@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.codec import dumps, encode_parameters, loads
 from balsam.db.connection import chunks
-from balsam.db.creation import NEW_JOB_COLUMNS, insert_jobs, new_job_row, params_dict, raise_duplicate_workdir
+from balsam.db.creation import NEW_JOB_COLUMNS, insert_jobs, new_job_row, params_dict, raise_duplicate_workdir, refuse_nul
 from balsam.db.fields import UPDATABLE_FIELDS, check_fields
 from balsam.db.states import FAILED_STATES, JobState
 from balsam.db.transitions import JSON_COLUMNS, ChangeResult, StateChange, apply_state_changes, children_waiting, ids_param
@@ -46,6 +46,10 @@ def update_job_fields(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dic
         if "parameters" in fields:
             text, pickled = encode_parameters(params_dict(fields["parameters"], f"job {job_id}: "))
             fields = dict(fields, parameters=text, parameters_pickled=pickled)
+            if "\\u0000" in text:
+                app = conn.execute("SELECT app.name, app.kind FROM job JOIN app ON app.id = job.app_id WHERE job.id=?", (job_id,)).fetchone()
+                if app is not None and app[1] == "shell":
+                    refuse_nul(f"job {job_id}", str(app[0]), text)
         keys = tuple(sorted(fields))
         groups.setdefault(keys, []).append(
             tuple(dumps(fields[k]) if k in JSON_COLUMNS else fields[k] for k in keys) + (now, job_id)

@@ -133,8 +133,7 @@ class SchedulerService(Service):
 
     def _record_submission(self, bj: Dict[str, Any], scheduler_id: int, script: Path, **info: str) -> None:
         """Record the scheduler's id of a BatchJob's submission; cancel it if the BatchJob was deleted meanwhile."""
-        now = self._batch_jobs((B.pending_deletion,))
-        cancelling = any(row["id"] == bj["id"] for row in now)
+        cancelling = batch_db.batch_job_state(self.site.store.conn, bj["id"]) == B.pending_deletion
         if not self._update(bj["id"], state=None if cancelling else B.queued, scheduler_id=scheduler_id,
                             info={"submit_script": str(script), SUBMITTING: None, **info,
                                   "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}):
