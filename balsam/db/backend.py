@@ -118,6 +118,19 @@ class Backend(ABC):
         """Insert new-job tuples (``NEW_JOB_COLUMNS``); (ids, initial states, creation time), in order.
         ``checked_app_versions``: apps whose parameters the caller checked at that version (others are re-checked)."""
 
+    def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> bool:
+        """Keep one part (checked new-job tuples, transfers by index in the part) of a bulk creation sent in several
+        requests, until :meth:`create_staged_jobs` creates them all; False when that upload was created already."""
+        raise ValidationError("this server does not take bulk creations in parts; send the jobs in requests of their own")
+
+    def create_staged_jobs(self, upload: str, parts: int) -> Tuple[List[int], List[str], float]:
+        """Create the jobs of parts ``0 .. parts-1`` of ``upload`` in one transaction, as :meth:`create_jobs` does."""
+        raise ValidationError("this server does not take bulk creations in parts; send the jobs in requests of their own")
+
+    def drop_upload(self, upload: str) -> int:
+        """Forget the parts of an upload that will not be created; how many there were."""
+        raise ValidationError("this server does not take bulk creations in parts")
+
     @abstractmethod
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
                     changes: Sequence[StateChange] = ()) -> None:
@@ -348,6 +361,43 @@ class LocalBackend(Backend):
         for i, state in states.items():
             initial[i] = state
         return list(range(first, first + n)), initial, now
+
+    def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> bool:
+        from balsam.db import uploads
+        from balsam.db.codec import dumps
+
+        if any(r[-1] is not None for r in rows):
+            raise ValidationError("parameters JSON cannot hold (pickled Python objects) are not taken in parts")
+        body = dumps({"rows": [list(r[:-1]) for r in rows], "transfers": {str(i): t for i, t in transfers.items()}}).encode()
+        with self.store.write() as conn:
+            return uploads.stage_part(conn, upload, part, len(rows), body)
+
+    def create_staged_jobs(self, upload: str, parts: int) -> Tuple[List[int], List[str], float]:
+        from balsam.db import jobs as job_db
+        from balsam.db import uploads
+        from balsam.db.codec import loads_body
+
+        now = time.time()
+        with self.store.write() as conn:
+            rows: List[Row] = []
+            transfers: Dict[int, Dict[str, Any]] = {}
+            for body in uploads.take_parts(conn, upload, parts, now=now):
+                part = loads_body(body)
+                base = len(rows)
+                transfers.update((base + int(i), t) for i, t in part["transfers"].items())
+                rows.extend((*r, None) for r in part["rows"])
+            first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
+        n = len(rows)
+        initial = [JobState.STAGED_IN.value] * n
+        for i, state in states.items():
+            initial[i] = state
+        return list(range(first, first + n)), initial, now
+
+    def drop_upload(self, upload: str) -> int:
+        from balsam.db import uploads
+
+        with self.store.write() as conn:
+            return uploads.drop_upload(conn, upload)
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
                     changes: Sequence[StateChange] = ()) -> None:

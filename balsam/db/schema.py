@@ -278,6 +278,13 @@ def _v8_dashboard_indexes(conn: sqlite3.Connection) -> None:
     search.install(conn)
 
 
+def _v9_uploads(conn: sqlite3.Connection) -> None:
+    """Parts of writes too large for one HTTP request, kept until one request applies them all (balsam.db.uploads)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS http_upload (upload TEXT NOT NULL, part INTEGER NOT NULL, rows INTEGER NOT NULL, "
+                 "body BLOB NOT NULL, created REAL NOT NULL, PRIMARY KEY (upload, part)) WITHOUT ROWID")
+    conn.execute("CREATE INDEX IF NOT EXISTS http_upload_created ON http_upload(created)")
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
@@ -287,6 +294,7 @@ MIGRATIONS: List[Migration] = [
     (6, "pickled parameters out of band (job.parameters_pickled)", _v6_pickled_parameters),
     (7, "DAG and DAG-instance ids unique across sites (site id in the high bits)", _v7_dag_ids),
     (8, "indexes for the dashboard: jobs by last update, workdir substrings (FTS5 trigrams)", _v8_dashboard_indexes),
+    (9, "parts of bulk writes sent over HTTP in several requests, applied together (staged uploads)", _v9_uploads),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

@@ -382,8 +382,10 @@ class HttpBackend(Backend):
             if i in transfers:
                 item["transfers"] = transfers[i]
             items.append(item)
+        if len(items) > CREATE_CHUNK and self.client.state_dir is not None:
+            return self._create_in_parts(items)
         jobs: List[Dict[str, Any]] = []
-        for start in range(0, len(items), CREATE_CHUNK):
+        for start in range(0, len(items), CREATE_CHUNK):  # a relay: each request is a command of its own for the site
             try:
                 jobs.extend(self.client.request("POST", "/v1/jobs", items[start:start + CREATE_CHUNK]))
             except exc.BalsamError as e:
@@ -395,6 +397,32 @@ class HttpBackend(Backend):
 
         now = epoch(jobs[0]["created"]) if jobs else time.time()
         return [int(j["id"]) for j in jobs], [str(j["state"]) for j in jobs], now
+
+    def _create_in_parts(self, items: List[Dict[str, Any]]) -> Tuple[List[int], List[str], float]:
+        """Jobs too many for one request, sent in parts the agent checks and keeps in the site DB, then created by one
+        request in one transaction: all of them or none, whether this process, the network or the agent fails in
+        between. Each request is retried with its own idempotency key, so a retry applies once; parts that are never
+        committed (this process was killed) expire at the site."""
+        from balsam.http.schemas import epoch
+
+        upload = new_key()
+        parts = 0
+        try:
+            for start in range(0, len(items), CREATE_CHUNK):
+                self.client.request("POST", "/v1/uploads/jobs", {"upload": upload, "part": parts, "offset": start,
+                                                                 "jobs": items[start:start + CREATE_CHUNK]})
+                parts += 1
+            answer = self.client.request("POST", "/v1/uploads/jobs/commit", {"upload": upload, "parts": parts},
+                                         timeout=max(self.client.timeout_s, len(items) / 2000))
+        except exc.BalsamError:
+            try:  # refused or unreachable: the parts are of no use (an expired commit made them all or none)
+                self.client.request("DELETE", f"/v1/uploads/jobs?upload={upload}", retry_s=2.0)
+            except exc.BalsamError:
+                pass  # they expire at the site
+            raise
+        ids = [first + k for first, count in answer["ids"] for k in range(int(count))]
+        states = [str(state) for state, count in answer["states"] for _ in range(int(count))]
+        return ids, states, epoch(answer["created"])
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
                     changes: Sequence[StateChange] = ()) -> None:

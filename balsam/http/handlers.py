@@ -430,46 +430,55 @@ def _stored(table: str, fields: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ jobs
-def create_jobs(call: Call) -> Answer:
-    _need_write(call)
-    items = _body_list(call, "job")
+def _new_job_rows(items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Dict[int, Dict[str, Any]]]:
+    """New-job rows (and transfers by row index) of job-create objects, each checked; errors name the job by its
+    index in the whole creation (``offset``: the index of the first of ``items``)."""
     rows = []
     transfers: Dict[int, Dict[str, Any]] = {}
-
     allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
     for i, item in enumerate(items):
+        n = i + offset
         try:
+            if not isinstance(item, dict):
+                raise ValidationError(f"job {n}: expected an object")
             unknown = set(item) - allowed
             if unknown:
-                raise ValidationError(f"job {i}: unknown field {sorted(unknown)[0]!r}")
+                raise ValidationError(f"job {n}: unknown field {sorted(unknown)[0]!r}")
             if "workdir" not in item or "app_id" not in item:
-                raise ValidationError(f"job {i}: workdir and app_id are required")
+                raise ValidationError(f"job {n}: workdir and app_id are required")
             params = item.get("parameters") or {}
             if not isinstance(params, dict):
-                raise ValidationError(f"job {i}: parameters must be an object")
+                raise ValidationError(f"job {n}: parameters must be an object")
             resources = {k: item[k] for k in ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
                                                "node_packing_count", "wall_time_min") if k in item}
             for k, v in resources.items():
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ValidationError(f"job {i}: {k} must be a number")
+                    raise ValidationError(f"job {n}: {k} must be a number")
             parents = item.get("parent_ids") or []
             if not isinstance(parents, list):
-                raise ValidationError(f"job {i}: parent_ids must be a list")
+                raise ValidationError(f"job {n}: parent_ids must be a list")
             for key in ("tags", "data", "launch_params"):
                 if item.get(key) is not None and not isinstance(item[key], dict):
-                    raise ValidationError(f"job {i}: {key} must be an object", )
+                    raise ValidationError(f"job {n}: {key} must be an object")
             rows.append(new_job_row(
                 item["workdir"], _int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=params, data=item.get("data"),
                 launch_params=item.get("launch_params"), parent_ids=[_int(p, "parent_ids") for p in parents],
                 pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
             if item.get("transfers"):
                 if not isinstance(item["transfers"], dict):
-                    raise ValidationError(f"job {i}: transfers must be an object")
+                    raise ValidationError(f"job {n}: transfers must be an object")
                 transfers[i] = item["transfers"]
         except FieldError:
             raise
         except ValidationError as e:
-            raise _locate(i, e) from None
+            raise _locate(n, e) from None
+    return rows, transfers
+
+
+def create_jobs(call: Call) -> Answer:
+    _need_write(call)
+    items = _body_list(call, "job")
+    rows, transfers = _new_job_rows(items)
     _check_parameters(call, rows)
     ids, states, now = call.backend.create_jobs(rows, transfers)
     if not ids:
@@ -479,14 +488,15 @@ def create_jobs(call: Call) -> Answer:
     return 201, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
 
 
-def _check_parameters(call: Call, rows: Sequence[Tuple[Any, ...]]) -> None:
-    """Every job's parameters against its app (required and known names), as the Python API checks them."""
+def _check_parameters(call: Call, rows: Sequence[Tuple[Any, ...]], offset: int = 0) -> None:
+    """Every job's parameters against its app (required and known names), as the Python API checks them (errors
+    name the job by its index in the whole creation, from ``offset``)."""
     import json
 
     app_ids = sorted({r[1] for r in rows})
     apps = {r[0]: (r[1], json.loads(r[2]), bool(r[3])) for r in
             call.backend.select("app", {"id": app_ids}, columns=("id", "name", "parameters", "var_keyword"))}
-    for n, r in enumerate(rows):
+    for n, r in enumerate(rows, offset):
         app = apps.get(r[1])
         if app is None:
             raise FieldError(f"no app with id {r[1]} at this site", f"{n}.app_id")

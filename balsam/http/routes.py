@@ -15,6 +15,7 @@ from balsam import __version__
 from balsam.http import dag_handlers as dh
 from balsam.http import db_handlers as mh
 from balsam.http import handlers as h
+from balsam.http import upload_handlers as uh
 from balsam.http.schemas import (
     BOOL,
     ERROR,
@@ -169,6 +170,17 @@ ROUTES: Tuple[Route, ...] = (
           response={"type": "object", "properties": {"reasons": {"type": "array", "items": {"type": "string"}}}}),
     Route("GET", f"/v1/jobs/{ID}/message", "job_message", "The message of the job's latest event that has one", h.last_message,
           response=OBJ),
+    # bulk creations too large for one request: parts kept at the site, then created together (balsam.db.uploads)
+    Route("POST", "/v1/uploads/jobs", "stage_jobs", "One part of a bulk creation, checked and kept at the site until its upload is "
+          "committed (a part sent again replaces itself)", uh.stage_jobs,
+          body=_obj({"upload": STR, "part": {"type": "integer", "minimum": 0}, "offset": {"type": "integer", "minimum": 0},
+                     "jobs": {"type": "array", "items": JOB_CREATE}}, required=("upload", "part", "jobs")), response=OBJ),
+    Route("POST", "/v1/uploads/jobs/commit", "commit_jobs", "Create the jobs of every part of an upload in one transaction (all or "
+          "none); ids and initial states come as [first, count] and [state, count] runs", uh.commit_jobs,
+          body=_obj({"upload": STR, "parts": {"type": "integer", "minimum": 1}}, required=("upload", "parts")), response=OBJ,
+          status=201),
+    Route("DELETE", "/v1/uploads/jobs", "drop_upload", "Forget the parts of an upload that will not be committed", uh.drop_upload,
+          query=(Param("upload", STR),), response=OBJ),
     # batch jobs
     _list("/v1/batch-jobs", "batch_job", "list_batch_jobs", "batch jobs"),
     _query("/v1/batch-jobs/query", "batch_job", "query_batch_jobs", "batch jobs"),

@@ -1,0 +1,202 @@
+"""A bulk creation too large for one request, from another host: sent in parts the agent keeps in the site DB, then
+created by one request in one transaction. All or nothing, as on the home host, whether the client is killed
+between parts or the agent is killed and restarted at any point; every retry applies once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+from balsam.api import Job
+from balsam.db import uploads
+from balsam.exceptions import ValidationError
+from tests.cli_helpers import ROOT
+from tests.conftest import FOREIGN_HOST
+
+CLIENT = """
+import json, sys
+import balsam.http.client as client
+client.CREATE_CHUNK = int(sys.argv[1])  # parts of this many jobs (5,000 by default)
+from balsam.api import Job
+jobs = Job.objects.bulk_create([Job(f"{sys.argv[3]}/{i}", app_id="Hello", parameters={"say_hello_to": str(i)})
+                                for i in range(int(sys.argv[2]))])
+print(json.dumps([j.id for j in jobs]))
+"""
+
+
+def _staged(store: Any) -> int:
+    with store.read() as conn:
+        return uploads.staged(conn)
+
+
+def _count(store: Any, prefix: str) -> int:
+    with store.read() as conn:
+        return int(conn.execute("SELECT count(*) FROM job WHERE workdir LIKE ?", (f"{prefix}/%",)).fetchone()[0])
+
+
+def _wait(cond: Callable[[], bool], what: str, timeout: float = 60.0, step: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def _client(site: Any, chunk: int, n: int, prefix: str) -> "subprocess.Popen[str]":
+    """A real process on another host (BALSAM_HOSTNAME) that bulk-creates ``n`` jobs in parts of ``chunk``."""
+    env = dict(os.environ, BALSAM_HOSTNAME=FOREIGN_HOST, BALSAM_SITE_PATH=str(site.path),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-c", CLIENT, str(chunk), str(n), prefix], env=env, cwd=str(site.path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def home(site: Any) -> Iterator[Any]:
+    """The site's store as its home host opens it (this test's own look at the DB, whichever host it plays)."""
+    from balsam.db import open_store
+
+    store = open_store(site.path, site.host)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def agent(site: Any, hello: Any) -> Iterator[Dict[str, int]]:
+    """The site's real agent process (its pid under "pid"; a test may kill and restart it)."""
+    from balsam.services.agent import start_agent, stop_agent
+
+    proc = {"pid": start_agent(site.path)}
+    try:
+        yield proc
+    finally:
+        stop_agent(site.path)
+
+
+@pytest.fixture
+def foreign(site: Any, hello: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """This process on another host, reaching the site through an API server (as its agent serves it)."""
+    from balsam._api import sites
+    from balsam.services.api_server import start_api_server
+    from balsam.settings import ApiSettings
+
+    server = start_api_server(site.path, site.store, ApiSettings(bind="127.0.0.1"), host=site.host)
+    monkeypatch.setenv("BALSAM_HOSTNAME", FOREIGN_HOST)
+    sites.reset()
+    try:
+        backend = sites.resolve("test-site").backend
+        assert backend.kind == "http"
+        yield backend
+    finally:
+        sites.reset()
+        server.stop()
+
+
+def test_a_bulk_create_in_parts_makes_every_job_at_once_and_reports_them_in_order(site: Any, home: Any, foreign: Any,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import balsam.http.client as client
+
+    monkeypatch.setattr(client, "CREATE_CHUNK", 40)
+    jobs = Job.objects.bulk_create([Job(f"p/{i}", app_id="Hello", parameters={"say_hello_to": str(i)}) for i in range(230)])
+    with home.read() as conn:
+        rows = conn.execute("SELECT id, workdir, state FROM job ORDER BY id").fetchall()
+        created = {r[0] for r in conn.execute("SELECT created FROM job")}
+        applied = conn.execute("SELECT count(*) FROM http_upload WHERE part = ?", (uploads.APPLIED,)).fetchone()[0]
+    assert [(j.id, j.workdir, j.state) for j in jobs] == [tuple(r) for r in rows]
+    assert len(rows) == 230 and len(created) == 1  # one transaction: one creation time for all 230
+    assert applied == 1 and _staged(home) == 0  # six parts, one upload, nothing left staged
+
+    monkeypatch.setattr(client, "CREATE_CHUNK", 3)
+    with pytest.raises(ValidationError, match="workdir 'p/7' is already used"):  # refused in the last part: none made
+        Job.objects.bulk_create([Job(f"q/{i}", app_id="Hello", parameters={"say_hello_to": "x"}) for i in range(9)]
+                                + [Job("p/7", app_id="Hello", parameters={"say_hello_to": "x"})])
+    assert _count(home, "q") == 0 and _staged(home) == 0  # the client dropped its parts
+
+
+def test_a_retried_part_or_commit_applies_once(site: Any, home: Any, foreign: Any) -> None:
+    request = foreign.client.request
+    app_id = int(home.execute("SELECT id FROM app WHERE name='Hello'")[0][0])
+
+    def part(n: int) -> Dict[str, Any]:
+        return {"upload": "up-1", "part": n, "offset": 2 * n,
+                "jobs": [{"workdir": f"r/{2 * n + k}", "app_id": app_id, "parameters": {"say_hello_to": "x"}} for k in range(2)]}
+
+    assert request("POST", "/v1/uploads/jobs", part(0), idempotency_key="p0")["kept"] is True
+    assert request("POST", "/v1/uploads/jobs", part(1), idempotency_key="p1")["kept"] is True
+    assert request("POST", "/v1/uploads/jobs", part(1), idempotency_key="p1-again")["kept"] is True  # a re-send replaces itself
+    assert _staged(home) == 2 and _count(home, "r") == 0  # kept, not created
+    first = request("POST", "/v1/uploads/jobs/commit", {"upload": "up-1", "parts": 2}, idempotency_key="commit")
+    again = request("POST", "/v1/uploads/jobs/commit", {"upload": "up-1", "parts": 2}, idempotency_key="commit")
+    assert again == first and _count(home, "r") == 4
+    assert sum(n for _, n in first["ids"]) == 4 and first["states"] == [["STAGED_IN", 4]]
+    late = request("POST", "/v1/uploads/jobs", part(0), idempotency_key="p0-late")  # a part's retry after the commit
+    assert late["kept"] is False and _staged(home) == 0
+    with pytest.raises(ValidationError, match="upload 'up-1' was applied already"):
+        request("POST", "/v1/uploads/jobs/commit", {"upload": "up-1", "parts": 2}, idempotency_key="another-commit")
+    with pytest.raises(ValidationError, match="part 1 of 2 never arrived"):
+        request("POST", "/v1/uploads/jobs", dict(part(0), upload="up-2"))
+        request("POST", "/v1/uploads/jobs/commit", {"upload": "up-2", "parts": 2})
+    assert _count(home, "r") == 4
+    with pytest.raises(ValidationError, match="job 's/5': app Hello needs parameter 'say_hello_to'"):  # each part is checked
+        request("POST", "/v1/uploads/jobs", {"upload": "up-3", "part": 2, "offset": 4,
+                                             "jobs": [{"workdir": "s/4", "app_id": app_id, "parameters": {"say_hello_to": "x"}},
+                                                      {"workdir": "s/5", "app_id": app_id}]})
+    with pytest.raises(ValidationError, match="job 5: unknown field 'nodes'"):  # named by its index in the whole upload
+        request("POST", "/v1/uploads/jobs", {"upload": "up-3", "part": 2, "offset": 4,
+                                             "jobs": [{"workdir": "s/4", "app_id": app_id}, {"workdir": "s/5", "app_id": app_id, "nodes": 2}]})
+    assert _staged(home) == 1  # up-2's part 0 (up-3's parts were refused)
+
+
+@pytest.mark.slow
+def test_a_client_killed_between_parts_creates_nothing_and_its_parts_expire(site: Any, home: Any, agent: Any) -> None:
+    client = _client(site, 200, 20_000, "k")  # 100 parts
+    try:
+        _wait(lambda: _staged(home) >= 3 or _count(home, "k") > 0, "three parts at the agent")
+        client.send_signal(signal.SIGSTOP)  # caught between parts
+        assert _count(home, "k") == 0
+        client.kill()  # kill -9
+        client.wait(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert 3 <= _staged(home) < 100 and _count(home, "k") == 0  # nothing half-made: its parts wait, unused
+    with home.write() as conn:  # a day and more later
+        conn.execute("UPDATE http_upload SET created = created - ?", (uploads.KEEP_S + 60,))
+    late = _client(site, 200, 300, "n")  # the next upload expires them
+    out, err = late.communicate(timeout=120)
+    assert late.returncode == 0, err
+    assert _count(home, "n") == 300 and _count(home, "k") == 0 and _staged(home) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["between_parts", "once_every_part_is_staged"])
+def test_an_agent_killed_and_restarted_under_a_bulk_create_makes_every_job_once(site: Any, home: Any, agent: Any, moment: str) -> None:
+    from balsam.services.agent import start_agent
+
+    n, chunk = 6000, 200  # 30 parts
+    client = _client(site, chunk, n, "a")
+    try:
+        need = 5 if moment == "between_parts" else n // chunk
+        _wait(lambda: _staged(home) >= need or _count(home, "a") > 0, f"{need} parts at the agent")
+        os.kill(agent["pid"], signal.SIGKILL)  # the agent dies mid-upload (or with the commit on its way)
+        time.sleep(0.5)
+        agent["pid"] = start_agent(site.path)  # a new process on a new port; the client finds it and retries
+        out, err = client.communicate(timeout=180)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 0, err
+    ids: List[int] = json.loads(out)
+    with home.read() as conn:
+        rows = conn.execute("SELECT id, workdir FROM job WHERE workdir LIKE 'a/%' ORDER BY id").fetchall()
+    assert len(rows) == n and [r[0] for r in rows] == ids  # every job once, the ids the client was told
+    assert [r[1] for r in rows] == [f"a/{i}" for i in range(n)]
+    assert _staged(home) == 0
