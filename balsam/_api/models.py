@@ -249,10 +249,14 @@ class App(Model):
 
 class AppManager(Manager[App]):
     def _query_delete(self, query: Query[App]) -> int:
+        """Delete the matching apps and their jobs: one transaction per site (from another host, one request)."""
         n = 0
-        for app in list(query):
-            app.delete()
-            n += 1
+        try:
+            for site, ids in query._per_site_ids():
+                if ids:
+                    n += site.backend.delete_rows("app", ids)
+        finally:
+            invalidate_app_cache()
         return n
 
 
@@ -393,24 +397,49 @@ class BatchJob(Model):
 
 class BatchJobManager(Manager[BatchJob]):
     def bulk_update(self, batch_jobs: Sequence[BatchJob]) -> None:
-        """Save many BatchJobs."""
-        for bj in batch_jobs:
-            bj.save()
+        """Save the changed fields of many BatchJobs: one transaction per site (from another host, one request), so
+        either every one changes or, when one is refused, none does."""
+        if any(bj._is_new for bj in batch_jobs):
+            raise ValidationError("bulk_update needs saved BatchJobs; save() a new one first")
+        for site, group in by_site(batch_jobs):
+            changed = []
+            for bj in group:
+                bj._refuse_if_queued()
+                fields = bj._changed_fields()
+                if "state" in fields:
+                    fields["state"] = bj.__dict__["state"] = to_batch_state(fields["state"]).value  # the store checks the transition
+                if fields:
+                    changed.append((bj, {c: bj._fields[c].encode(v) for c, v in fields.items()}))
+            if not changed:
+                continue
+            try:
+                site.backend.update_rows("batch_job", [(int(bj.id or 0), fields) for bj, fields in changed])
+            except CommandPending as e:  # kept by the relay for its offline site: refresh_from_db() resolves each
+                for bj, _ in changed:
+                    bj._queued_pending(e, "update")
+                continue
+            rows = {r[0]: r for r in site.backend.select("batch_job", {"id": [int(bj.id or 0) for bj, _ in changed]},
+                                                         columns=BatchJob._columns)}
+            for bj, _ in changed:
+                if bj.id in rows:
+                    bj._reload_from(rows[bj.id])
 
     def _query_update(self, query: Query[BatchJob], fields: Dict[str, Any]) -> int:
-        n = 0
-        for bj in list(query):
-            for k, v in fields.items():
-                setattr(bj, k, v)
-            bj.save()
-            n += 1
-        return n
-
-    def _query_delete(self, query: Query[BatchJob]) -> int:
+        """Set ``fields`` on every matching BatchJob, all in one transaction per site."""
         items = list(query)
         for bj in items:
-            bj.delete()
+            for k, v in fields.items():
+                setattr(bj, k, v)
+        self.bulk_update(items)
         return len(items)
+
+    def _query_delete(self, query: Query[BatchJob]) -> int:
+        """Delete (or cancel, then delete) every matching BatchJob: one transaction per site."""
+        n = 0
+        for site, ids in query._per_site_ids():
+            if ids:
+                n += site.backend.delete_rows("batch_job", ids)
+        return n
 
 
 bind_manager(BatchJob, BatchJobManager)

@@ -458,11 +458,7 @@ class HttpBackend(Backend):
     def delete_jobs(self, ids: Sequence[int]) -> int:
         if not ids:
             return 0
-        total = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            total += int(self.client.request("DELETE", "/v1/jobs?" + "&".join(f"id={int(i)}" for i in chunk))["deleted"])
-        return total
+        return int(self.client.request("POST", "/v1/jobs/delete", {"ids": [int(i) for i in ids]})["deleted"])  # one transaction
 
     def apply_changes(self, changes: Sequence[StateChange], session_id: Optional[int] = None) -> Rejected:
         import base64
@@ -491,8 +487,12 @@ class HttpBackend(Backend):
         path = {"site": "sites", "app": "apps", "batch_job": "batch-jobs"}.get(table)
         if path is None:
             raise exc.ValidationError(f"{table} rows cannot be updated")
-        for row_id, fields in updates:
-            self.client.request("PATCH", f"/v1/{path}/{int(row_id)}", wire(fields))
+        if table == "site":
+            for row_id, fields in updates:
+                self.client.request("PATCH", f"/v1/{path}/{int(row_id)}", wire(fields))
+            return
+        if updates:  # all in one request: one transaction at the site
+            self.client.request("PATCH", f"/v1/{path}", [dict(wire(f), id=int(i)) for i, f in updates])
 
     def create_batch_job(self, fields: Dict[str, Any]) -> int:
         return int(self.client.request("POST", "/v1/batch-jobs", fields)["id"])
@@ -533,13 +533,9 @@ class HttpBackend(Backend):
         path = {"app": "apps", "batch_job": "batch-jobs"}.get(table)
         if path is None:
             raise exc.ValidationError(f"{table} rows cannot be deleted")
-        n = 0
-        for row_id in ids:
-            try:
-                n += int(self.client.request("DELETE", f"/v1/{path}/{int(row_id)}")["deleted"])
-            except exc.ObjectDoesNotExist:
-                pass
-        return n
+        if not ids:
+            return 0
+        return int(self.client.request("POST", f"/v1/{path}/delete", {"ids": [int(i) for i in ids]})["deleted"])  # one transaction
 
     def sync_app(self, fields: Dict[str, Any], rename_from: Optional[str] = None) -> int:
         body = dict(fields)

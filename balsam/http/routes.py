@@ -12,10 +12,10 @@ from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from balsam import __version__
+from balsam.http import bulk_handlers as bh
 from balsam.http import dag_handlers as dh
 from balsam.http import db_handlers as mh
 from balsam.http import handlers as h
-from balsam.http import upload_handlers as uh
 from balsam.http.schemas import (
     BOOL,
     ERROR,
@@ -122,6 +122,7 @@ def _get(path: str, table: str, name: str, what: str) -> Route:
 ID = "{id}"
 OBJ = {"type": "object"}
 ROW_LIST = {"type": "array", "items": OBJ}
+IDS = {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "integer", "minimum": 1}}}, "required": ["ids"]}
 
 ROUTES: Tuple[Route, ...] = (
     Route("GET", "/v1/health", "health", "Liveness (no credentials needed)", None, response={"type": "object"}, auth=False,
@@ -146,6 +147,10 @@ ROUTES: Tuple[Route, ...] = (
     _get(f"/v1/apps/{ID}", "app", "get_app", "app"),
     Route("PATCH", f"/v1/apps/{ID}", "update_app", "Rename or describe an app", partial(h.update_row, table="app"), body=OBJ,
           response=row_schema("app")),
+    Route("PATCH", "/v1/apps", "update_apps", "Change many apps in one transaction (site owner)", partial(bh.update_many, table="app"),
+          body=ROW_LIST, response=ROW_LIST),
+    Route("POST", "/v1/apps/delete", "delete_apps", "Delete apps by id, and their jobs, in one transaction (site owner)",
+          partial(bh.delete_many, table="app"), body=IDS, response=OBJ),
     Route("DELETE", f"/v1/apps/{ID}", "delete_app", "Delete an app and its jobs", partial(h.delete_row, table="app"),
           response=OBJ),
     # jobs
@@ -161,6 +166,8 @@ ROUTES: Tuple[Route, ...] = (
           query=_filter_params("job"), body=OBJ, response=OBJ),
     Route("DELETE", "/v1/jobs", "delete_jobs", "Delete every matching job (at least one filter)", h.delete_jobs,
           query=_filter_params("job"), response=OBJ),
+    Route("POST", "/v1/jobs/delete", "delete_jobs_by_id", "Delete jobs by id in one transaction (any number of ids)",
+          partial(bh.delete_many, table="job"), body=IDS, response=OBJ),
     Route("GET", f"/v1/jobs/{ID}", "get_job", "One job, with its child ids", partial(h.get_row, table="job"), response=row_schema("job")),
     Route("PATCH", f"/v1/jobs/{ID}", "update_job", "Update one job", h.update_job, body=OBJ, response=row_schema("job")),
     Route("DELETE", f"/v1/jobs/{ID}", "delete_job", "Delete one job", h.delete_job, response=OBJ),
@@ -172,14 +179,14 @@ ROUTES: Tuple[Route, ...] = (
           response=OBJ),
     # bulk creations too large for one request: parts kept at the site, then created together (balsam.db.uploads)
     Route("POST", "/v1/uploads/jobs", "stage_jobs", "One part of a bulk creation, checked and kept at the site until its upload is "
-          "committed (a part sent again replaces itself)", uh.stage_jobs,
+          "committed (a part sent again replaces itself)", bh.stage_jobs,
           body=_obj({"upload": STR, "part": {"type": "integer", "minimum": 0}, "offset": {"type": "integer", "minimum": 0},
                      "jobs": {"type": "array", "items": JOB_CREATE}}, required=("upload", "part", "jobs")), response=OBJ),
     Route("POST", "/v1/uploads/jobs/commit", "commit_jobs", "Create the jobs of every part of an upload in one transaction (all or "
-          "none); ids and initial states come as [first, count] and [state, count] runs", uh.commit_jobs,
+          "none); ids and initial states come as [first, count] and [state, count] runs", bh.commit_jobs,
           body=_obj({"upload": STR, "parts": {"type": "integer", "minimum": 1}}, required=("upload", "parts")), response=OBJ,
           status=201),
-    Route("DELETE", "/v1/uploads/jobs", "drop_upload", "Forget the parts of an upload that will not be committed", uh.drop_upload,
+    Route("DELETE", "/v1/uploads/jobs", "drop_upload", "Forget the parts of an upload that will not be committed", bh.drop_upload,
           query=(Param("upload", STR),), response=OBJ),
     # batch jobs
     _list("/v1/batch-jobs", "batch_job", "list_batch_jobs", "batch jobs"),
@@ -190,6 +197,10 @@ ROUTES: Tuple[Route, ...] = (
           "submitted with, and the id it would get (nothing is written or submitted)", h.preview_batch_job, body=OBJ,
           response={"type": "object", "properties": {"batch_job_id": {"type": "integer"}, "script": STR, "script_path": STR,
                                                      "command": {"type": "array", "items": STR}}}),
+    Route("PATCH", "/v1/batch-jobs", "update_batch_jobs", "Change many BatchJobs in one transaction (state: pending_deletion "
+          "cancels)", partial(bh.update_many, table="batch_job"), body=ROW_LIST, response=ROW_LIST),
+    Route("POST", "/v1/batch-jobs/delete", "delete_batch_jobs", "Delete BatchJobs by id in one transaction (a queued or running one "
+          "is cancelled first, then removed)", partial(bh.delete_many, table="batch_job"), body=IDS, response=OBJ),
     _get(f"/v1/batch-jobs/{ID}", "batch_job", "get_batch_job", "batch job"),
     Route("PATCH", f"/v1/batch-jobs/{ID}", "update_batch_job", "Change a BatchJob (state: pending_deletion cancels it)",
           partial(h.update_row, table="batch_job"), body=OBJ, response=row_schema("batch_job")),

@@ -1,7 +1,8 @@
-"""The /v1 routes of bulk creations too large for one request (:mod:`balsam.db.uploads`): a client sends the jobs
-in parts, each checked and kept at the site, then one request creates them all in one transaction, so they appear
-all at once or not at all whatever happens to the client or the agent in between. Every request is idempotent
-(a part sent again replaces itself; a retried commit is answered from the site DB), so retries apply once.
+"""The /v1 routes of bulk writes, each all or nothing: a creation too large for one request (:mod:`balsam.db.uploads`)
+is sent in parts, each checked and kept at the site, then one request creates them all in one transaction; updates
+and deletes of many rows by id are one request (one transaction) whatever their number. So the rows change all at
+once or not at all whatever happens to the client or the agent in between. Every request is idempotent (a part sent
+again replaces itself; a retried commit, update or delete is answered from the site DB), so retries apply once.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any, List, Sequence
 
 from balsam.http import handlers as h
-from balsam.http.schemas import iso
+from balsam.http.schemas import COLUMNS, iso, row_to_wire
 
 
 def _upload_name(value: Any) -> str:
@@ -71,3 +72,42 @@ def value_runs(values: Sequence[str]) -> List[List[Any]]:
         else:
             out.append([v, 1])
     return out
+
+
+_DELETABLE = {"job": "jobs", "app": "apps", "batch_job": "batch jobs"}
+
+
+def delete_many(call: h.Call, table: str) -> h.Answer:
+    """``POST /v1/{jobs,apps,batch-jobs}/delete`` ``{"ids": [...]}``: delete these rows in one transaction (a job held by
+    a live launcher refuses the whole request; deleting an app deletes its jobs; a queued or running BatchJob is
+    cancelled first, then removed)."""
+    h._need_write(call)
+    if table == "app":
+        h._need_site(call, "delete apps")
+    ids = _ids(h._body_obj(call).get("ids"))
+    if table == "job":
+        return 200, {"deleted": call.backend.delete_jobs(ids)}
+    return 200, {"deleted": call.backend.delete_rows(table, ids)}
+
+
+def update_many(call: h.Call, table: str) -> h.Answer:
+    """``PATCH /v1/{apps,batch-jobs}`` ``[{"id", field: value...}]``: every row's fields in one transaction (a missing
+    row or a refused value refuses the whole request); the rows as they are afterwards."""
+    h._need_write(call)
+    if table == "app":
+        h._need_site(call, "change apps")
+    items = h._body_list(call, f"{table.replace('_', ' ')} update")
+    updates = []
+    for i, item in enumerate(items):
+        row_id = h._int(item.get("id"), f"item {i}: id", 1)
+        updates.append((row_id, h._stored(table, {k: v for k, v in item.items() if k != "id"})))
+    call.backend.update_rows(table, updates)
+    columns = COLUMNS[table]
+    found = {r[0]: r for r in call.backend.select(table, {"id": [u[0] for u in updates]}, columns=columns)} if updates else {}
+    return 200, [row_to_wire(table, dict(zip(columns, found[u[0]]))) for u in updates if u[0] in found]
+
+
+def _ids(value: Any) -> List[int]:
+    if not isinstance(value, list):
+        raise h.FieldError("ids: expected a list of ids", "ids")
+    return [h._int(v, "ids", 1) for v in value]
