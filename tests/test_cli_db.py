@@ -7,7 +7,7 @@ import sqlite3
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
 import pytest
 
@@ -142,19 +142,28 @@ def _second_site_with_jobs(tmp_path: Path, n: int = 400) -> Any:
         command_template = "echo {{ x }}"
 
     OtherApp.sync()
+    ref = sites.resolve("other")
+    with sqlite3.connect(ref.store.db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _MADE[ref.store.db_path] = ref.store.db_path.stat().st_size  # the schema, the site and its app: pages that stay
     for i in range(n):
         OtherApp.submit(workdir=f"w{i}", x="y" * 200)
-    ref = sites.resolve("other")
     ref.store.close()
     return ref
 
 
+_MADE: Dict[Path, int] = {}
+
+
 def _damage(db: Path, start: float = 0.45, end: float = 0.55) -> None:
-    """Overwrite a stretch of pages in the middle of the file (the schema and site row on the first pages stay)."""
+    """Overwrite a stretch of pages in the middle of the file, among the jobs' (the pages the site had when it was
+    made, its schema's among them wherever SQLite put them, stay)."""
     import random
 
     data = bytearray(db.read_bytes())
     lo, hi = int(len(data) * start) // 4096 * 4096, int(len(data) * end) // 4096 * 4096
+    floor = _MADE.get(db, 0) + 2 * 4096  # and the first pages the jobs took
+    lo, hi = max(lo, floor), max(hi, floor + (hi - lo))
     data[lo:hi] = random.Random(19).randbytes(hi - lo)
     db.write_bytes(bytes(data))
 
