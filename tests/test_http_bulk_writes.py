@@ -125,6 +125,46 @@ def test_batch_job_and_app_writes_of_many_rows_are_all_or_nothing(site: Any, hom
     assert _answers(home) == before + 1 and App.objects.count() == 0 and home.execute("SELECT count(*) FROM job")[0][0] == 0
 
 
+def test_transfer_item_writes_of_many_items_are_all_or_nothing(site: Any, home: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam._api import sites
+    from balsam.api import ApplicationDefinition, TransferItem
+    from balsam.services.api_server import start_api_server
+    from balsam.settings import ApiSettings, SiteSettings, TransferSettings
+    from balsam.site import refresh_site_row
+
+    class Moves(ApplicationDefinition):
+        site = "test-site"
+        command_template = "true"
+        transfers = {"deck": {"required": True, "direction": "in", "local_path": "deck.txt"}}
+
+    refresh_site_row(site.store, SiteSettings(transfers=TransferSettings(transfer_locations={"here": "local"})))
+    Moves.sync()
+    for i in range(4):
+        Moves.submit(workdir=f"t/{i}", transfers={"deck": f"here:{tmp_path}/deck{i}.txt"})
+    server = start_api_server(site.path, site.store, ApiSettings(bind="127.0.0.1"), host=site.host)
+    monkeypatch.setenv("BALSAM_HOSTNAME", FOREIGN_HOST)
+    sites.reset()
+    try:
+        items = list(TransferItem.objects.all())
+        assert len(items) == 4 and {str(i.state) for i in items} == {"pending"}
+        before = _answers(home)
+        for item in items:
+            item.task_id = f"task-{item.id}"
+        items[-1].state = "teleported"  # refused: none of the four is written
+        with pytest.raises(ValidationError, match="unknown transfer item state 'teleported'"):
+            TransferItem.objects.bulk_update(items)
+        assert {i.task_id for i in TransferItem.objects.all()} == {""}
+        items[-1].state = "done"
+        TransferItem.objects.bulk_update(items)
+        assert sorted(i.task_id for i in TransferItem.objects.all()) == sorted(f"task-{i.id}" for i in items)
+        assert TransferItem.objects.filter(state="pending").update(state="done") == 3
+        assert _answers(home) == before + 2  # two writes, two requests
+        assert {str(j.state) for j in Job.objects.all()} == {"STAGED_IN"}  # every job's stage-in done in those writes
+    finally:
+        sites.reset()
+        server.stop()
+
+
 def _client(site: Any, what: str) -> "subprocess.Popen[str]":
     env = dict(os.environ, BALSAM_HOSTNAME=FOREIGN_HOST, BALSAM_SITE_PATH=str(site.path),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
