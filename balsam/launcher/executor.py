@@ -198,6 +198,17 @@ class Executor:
         self._early: Dict[int, int] = {}
         """Exit codes of children reaped while spawns were in flight, by pid: a job that ended before its pid
         was taken in (or an adopted orphan, if no spawn claims it)."""
+        self._queued: List[Tuple[_Run, List[str], Dict[str, object]]] = []
+        """Spawns :meth:`launch` hands over (after ``before_spawns``)."""
+        self.before_spawns: Optional[Callable[[], object]] = None
+        """Called once before a batch of spawns is handed over, e.g. to journal at once the RUNNING of every job
+        in it: the caller's ``announce`` then need not write anything itself (see :attr:`defers_spawns`)."""
+
+    @property
+    def defers_spawns(self) -> bool:
+        """True when :meth:`start` leaves the spawn to :meth:`launch` (called by :meth:`poll` at the latest), so
+        ``before_spawns`` runs between a job's ``announce`` and its spawn; False when :meth:`start` spawns."""
+        return self._spawner is not None
 
     def _guard(self) -> None:
         """Before the first job starts: the watchdog, and (with kill_orphans) adopting what jobs leave behind."""
@@ -340,7 +351,7 @@ class Executor:
             run.cpus = placement.cpu_ids
         if self._spawner is not None:
             self._spawning += 1
-            self._spawner.submit(run, argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
+            self._queued.append((run, argv, {"cwd": task.workdir, "env": self._env_block, "extra": extra, "output": run.output}))
             return
         try:
             pid = sp.spawn(argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
@@ -349,6 +360,22 @@ class Executor:
                 self.mpi_running -= 1
             raise
         self._started(run, pid)
+
+    def launch(self) -> None:
+        """Hand the spawns :meth:`start` queued to the spawn threads, after ``before_spawns``."""
+        if not self._queued or self._spawner is None:
+            return
+        if self.before_spawns is not None:
+            self.before_spawns()
+        queued, self._queued = self._queued, []
+        for run, argv, kwargs in queued:
+            if run.kill_at is not None:  # killed before its spawn was handed over: it never starts
+                self._spawning -= 1
+                if run.mpi:
+                    self.mpi_running -= 1
+                self._finish(run, -signal.SIGTERM)
+                continue
+            self._spawner.submit(run, argv, **kwargs)
 
     def _spawned(self, key: object, pid: int, exc: Optional[BaseException]) -> None:
         """On a spawn thread, right after the spawn: what must not wait for the loop (the watchdog, the CPU
@@ -382,8 +409,11 @@ class Executor:
 
     def _take_spawned(self) -> None:
         """Take in the spawns the helper threads finished: each job's pid, or why it could not start."""
-        if not self._spawn_results:
+        if not self._spawning:
             return
+        # Always through the lock: a pidfd registered by a spawn thread may wake the select before that thread
+        # has appended its result (in the same locked section); reading the list without the lock, the loop
+        # would find it empty and spin on the ready pidfd until that thread got the GIL back (up to 5 ms).
         with self._spawn_lock:
             results, self._spawn_results = self._spawn_results, []
         for run, pid, exc in results:
@@ -460,6 +490,7 @@ class Executor:
 
     def poll(self, timeout: float) -> List[Finished]:
         """Wait up to ``timeout`` seconds for tasks to end (or a wake-up); return those that ended."""
+        self.launch()
         if self._done:
             timeout = 0.0
         elif self._no_pidfd:
@@ -489,6 +520,7 @@ class Executor:
             self._write_records()
         if self._killing:
             self._enforce_kills()
+        self.watchdog.flush()
         out, self._done = self._done, []
         return out
 

@@ -56,6 +56,9 @@ class MPIMode(LauncherBase):
         """Node fractions held ahead in the backlog: one allocation's worth, more in a flood (see HOLD_AHEAD_S)."""
         self._window_start = time.monotonic()
         self._window_footprint = 0.0
+        self.executor.before_spawns = self.reporter.flush
+        self._flush_each = not executor.defers_spawns
+        """Journal each RUNNING as it is announced (the executor spawns at once), not once per batch of starts."""
 
     def wake(self) -> None:
         self.executor.wakeup()
@@ -71,9 +74,16 @@ class MPIMode(LauncherBase):
         finished = self.executor.poll(self._timeout())
         if finished:
             self.free(finished)
-            if not self.life.stopping:
-                self.start_backlog()  # refill the freed CPUs first: reporting the ended jobs can wait microseconds
-            self.handle(finished)
+            if self.executor.defers_spawns:
+                # Reported first, so that the journal takes their ends and the next jobs' RUNNING in one write
+                # (the spawns wait for it, then go to the spawn threads without waiting for anything else).
+                self.handle(finished)
+                if not self.life.stopping:
+                    self.start_backlog()
+            else:
+                if not self.life.stopping:
+                    self.start_backlog()  # refill the freed CPUs first: reporting the ended jobs can wait microseconds
+                self.handle(finished)
         for job_id in self.take_rejected():
             self.executor.kill(job_id, "its RUNNING update was refused (killed, or the lease lapsed)")
         self.check_kills()
@@ -192,11 +202,12 @@ class MPIMode(LauncherBase):
             # RUNNING is journaled just before the spawn: a launcher killed while its child starts (glibc's
             # posix_spawn waits for the child's exec) still leaves the run on record, so the job is re-run as a
             # re-run, never twice in silence. A start that fails is reported by the next poll, after RUNNING.
-            self.executor.start(task, placement, announce=functools.partial(self.reporter.running, task.id))
+            self.executor.start(task, placement, announce=functools.partial(self.reporter.running, task.id, flush=self._flush_each))
         if skipped:
             backlog.extendleft(reversed(skipped))
         if not backlog:
             self.backlog_footprint = 0.0
+        self.executor.launch()  # the RUNNING of every job started here in one journal write, then their spawns
 
     # ------------------------------------------------------------------ stopping
     def drop_all(self, reason: str) -> None:

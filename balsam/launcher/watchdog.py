@@ -52,6 +52,7 @@ class Watchdog:
         self.pid: Optional[int] = None
         self._w: Optional[int] = None
         self.enabled = enabled
+        self._lines: List[bytes] = []
 
     def start(self) -> None:
         """Spawn the watchdog (once); a failure is logged and the launcher goes on without it."""
@@ -84,15 +85,26 @@ class Watchdog:
             self._w = None
 
     def add(self, pgid: int) -> None:
-        """A job's process group started."""
+        """A job's process group started: told at once (from any thread)."""
         self._send(b"+%d\n" % pgid)
 
     def discard(self, pgid: int) -> None:
-        """A job's process group ended (or was cleaned up)."""
-        self._send(b"-%d\n" % pgid)
+        """A job's process group ended or was cleaned up: told at the next :meth:`flush` (from the thread that
+        calls it)."""
+        if self._w is not None:
+            self._lines.append(b"-%d\n" % pgid)
+
+    def flush(self) -> None:
+        """Tell the watchdog which groups ended since the last call, in one write (the launcher calls it once per
+        pass of its loop: a group that ended is harmless in the watchdog's list meanwhile)."""
+        if self._lines and self._w is not None:
+            lines = b"".join(self._lines)
+            self._lines.clear()
+            self._send(lines)
 
     def close(self) -> None:
         """Orderly end: the watchdog sees end-of-file with nothing listed and exits."""
+        self.flush()
         if self._w is not None:
             os.close(self._w)
             self._w = None
