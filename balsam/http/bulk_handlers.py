@@ -1,5 +1,6 @@
-"""The /v1 routes of bulk writes, each all or nothing: a creation too large for one request (:mod:`balsam.db.uploads`)
-is sent in parts, each checked and kept at the site, then one request creates them all in one transaction; updates
+"""The /v1 routes of bulk writes, each all or nothing: jobs are created in one request, or, when they are too many
+for one (:mod:`balsam.db.uploads`), in parts, each checked and kept at the site, then one request creates them all in
+one transaction; updates
 and deletes of many rows by id are one request (one transaction) whatever their number. So the rows change all at
 once or not at all whatever happens to the client or the agent in between. Every request is idempotent (a part sent
 again replaces itself; a retried commit, update or delete is answered from the site DB), so retries apply once.
@@ -7,10 +8,92 @@ again replaces itself; a retried commit, update or delete is answered from the s
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
+from balsam.db.jobs import NEW_JOB_COLUMNS, new_job_row
+from balsam.exceptions import ValidationError
 from balsam.http import handlers as h
 from balsam.http.schemas import COLUMNS, iso, row_to_wire
+
+
+def _new_job_rows(items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Dict[int, Dict[str, Any]]]:
+    """New-job rows (and transfers by row index) of job-create objects, each checked; errors name the job by its
+    index in the whole creation (``offset``: the index of the first of ``items``)."""
+    rows = []
+    transfers: Dict[int, Dict[str, Any]] = {}
+    allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
+    for i, item in enumerate(items):
+        n = i + offset
+        try:
+            if not isinstance(item, dict):
+                raise ValidationError(f"job {n}: expected an object")
+            unknown = set(item) - allowed
+            if unknown:
+                raise ValidationError(f"job {n}: unknown field {sorted(unknown)[0]!r}")
+            if "workdir" not in item or "app_id" not in item:
+                raise ValidationError(f"job {n}: workdir and app_id are required")
+            params = item.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise ValidationError(f"job {n}: parameters must be an object")
+            resources = {k: item[k] for k in ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
+                                               "node_packing_count", "wall_time_min") if k in item}
+            for k, v in resources.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValidationError(f"job {n}: {k} must be a number")
+            parents = item.get("parent_ids") or []
+            if not isinstance(parents, list):
+                raise ValidationError(f"job {n}: parent_ids must be a list")
+            for key in ("tags", "data", "launch_params"):
+                if item.get(key) is not None and not isinstance(item[key], dict):
+                    raise ValidationError(f"job {n}: {key} must be an object")
+            rows.append(new_job_row(
+                item["workdir"], h._int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=params, data=item.get("data"),
+                launch_params=item.get("launch_params"), parent_ids=[h._int(p, "parent_ids") for p in parents],
+                pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
+            if item.get("transfers"):
+                if not isinstance(item["transfers"], dict):
+                    raise ValidationError(f"job {n}: transfers must be an object")
+                transfers[i] = item["transfers"]
+        except h.FieldError:
+            raise
+        except ValidationError as e:
+            raise h._locate(n, e) from None
+    return rows, transfers
+
+
+def create_jobs(call: h.Call) -> h.Answer:
+    h._need_write(call)
+    items = h._body_list(call, "job")
+    rows, transfers = _new_job_rows(items)
+    _check_parameters(call, rows)
+    ids, states, now = call.backend.create_jobs(rows, transfers)
+    if not ids:
+        return 201, []
+    columns = COLUMNS["job"]
+    found = {r[0]: r for r in call.backend.select("job", {"id": ids}, columns=columns)}
+    return 201, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
+
+
+def _check_parameters(call: h.Call, rows: Sequence[Tuple[Any, ...]], offset: int = 0) -> None:
+    """Every job's parameters against its app (required and known names), as the Python API checks them (errors
+    name the job by its index in the whole creation, from ``offset``)."""
+    import json
+
+    app_ids = sorted({r[1] for r in rows})
+    apps = {r[0]: (r[1], json.loads(r[2]), bool(r[3])) for r in
+            call.backend.select("app", {"id": app_ids}, columns=("id", "name", "parameters", "var_keyword"))}
+    for n, r in enumerate(rows, offset):
+        app = apps.get(r[1])
+        if app is None:
+            raise h.FieldError(f"no app with id {r[1]} at this site", f"{n}.app_id")
+        name, spec, var_kw = app
+        keys = set(json.loads(r[3]))
+        missing = sorted(k for k, v in spec.items() if v.get("required") and k not in keys)
+        if missing:
+            raise h.FieldError(f"job {r[0]!r}: app {name} needs parameter {missing[0]!r}", f"{n}.parameters.{missing[0]}")
+        if not var_kw and not keys <= set(spec):
+            extra = sorted(keys - set(spec))[0]
+            raise h.FieldError(f"job {r[0]!r}: app {name} has no parameter {extra!r}", f"{n}.parameters.{extra}")
 
 
 def _upload_name(value: Any) -> str:
@@ -30,8 +113,8 @@ def stage_jobs(call: h.Call) -> h.Answer:
     items = body.get("jobs")
     if not isinstance(items, list):
         raise h.FieldError("jobs: expected a list of jobs", "jobs")
-    rows, transfers = h._new_job_rows(items, offset)
-    h._check_parameters(call, rows, offset)
+    rows, transfers = _new_job_rows(items, offset)
+    _check_parameters(call, rows, offset)
     kept = call.backend.stage_jobs(upload, part, rows, transfers)
     return 200, {"upload": upload, "part": part, "jobs": len(rows), "kept": kept}
 

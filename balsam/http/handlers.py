@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.backend import LAUNCHER_FIELDS, Backend
-from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange, new_job_row
+from balsam.db.jobs import StateChange
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 from balsam.http.auth import Principal
 from balsam.http.schemas import COLUMNS, FILTER_KINDS, check_ordering, decode_filter, decode_filters, epoch, iso, row_to_wire
@@ -430,86 +430,6 @@ def _stored(table: str, fields: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ jobs
-def _new_job_rows(items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Dict[int, Dict[str, Any]]]:
-    """New-job rows (and transfers by row index) of job-create objects, each checked; errors name the job by its
-    index in the whole creation (``offset``: the index of the first of ``items``)."""
-    rows = []
-    transfers: Dict[int, Dict[str, Any]] = {}
-    allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
-    for i, item in enumerate(items):
-        n = i + offset
-        try:
-            if not isinstance(item, dict):
-                raise ValidationError(f"job {n}: expected an object")
-            unknown = set(item) - allowed
-            if unknown:
-                raise ValidationError(f"job {n}: unknown field {sorted(unknown)[0]!r}")
-            if "workdir" not in item or "app_id" not in item:
-                raise ValidationError(f"job {n}: workdir and app_id are required")
-            params = item.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise ValidationError(f"job {n}: parameters must be an object")
-            resources = {k: item[k] for k in ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
-                                               "node_packing_count", "wall_time_min") if k in item}
-            for k, v in resources.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ValidationError(f"job {n}: {k} must be a number")
-            parents = item.get("parent_ids") or []
-            if not isinstance(parents, list):
-                raise ValidationError(f"job {n}: parent_ids must be a list")
-            for key in ("tags", "data", "launch_params"):
-                if item.get(key) is not None and not isinstance(item[key], dict):
-                    raise ValidationError(f"job {n}: {key} must be an object")
-            rows.append(new_job_row(
-                item["workdir"], _int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=params, data=item.get("data"),
-                launch_params=item.get("launch_params"), parent_ids=[_int(p, "parent_ids") for p in parents],
-                pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
-            if item.get("transfers"):
-                if not isinstance(item["transfers"], dict):
-                    raise ValidationError(f"job {n}: transfers must be an object")
-                transfers[i] = item["transfers"]
-        except FieldError:
-            raise
-        except ValidationError as e:
-            raise _locate(n, e) from None
-    return rows, transfers
-
-
-def create_jobs(call: Call) -> Answer:
-    _need_write(call)
-    items = _body_list(call, "job")
-    rows, transfers = _new_job_rows(items)
-    _check_parameters(call, rows)
-    ids, states, now = call.backend.create_jobs(rows, transfers)
-    if not ids:
-        return 201, []
-    columns = COLUMNS["job"]
-    found = {r[0]: r for r in call.backend.select("job", {"id": ids}, columns=columns)}
-    return 201, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
-
-
-def _check_parameters(call: Call, rows: Sequence[Tuple[Any, ...]], offset: int = 0) -> None:
-    """Every job's parameters against its app (required and known names), as the Python API checks them (errors
-    name the job by its index in the whole creation, from ``offset``)."""
-    import json
-
-    app_ids = sorted({r[1] for r in rows})
-    apps = {r[0]: (r[1], json.loads(r[2]), bool(r[3])) for r in
-            call.backend.select("app", {"id": app_ids}, columns=("id", "name", "parameters", "var_keyword"))}
-    for n, r in enumerate(rows, offset):
-        app = apps.get(r[1])
-        if app is None:
-            raise FieldError(f"no app with id {r[1]} at this site", f"{n}.app_id")
-        name, spec, var_kw = app
-        keys = set(json.loads(r[3]))
-        missing = sorted(k for k, v in spec.items() if v.get("required") and k not in keys)
-        if missing:
-            raise FieldError(f"job {r[0]!r}: app {name} needs parameter {missing[0]!r}", f"{n}.parameters.{missing[0]}")
-        if not var_kw and not keys <= set(spec):
-            extra = sorted(keys - set(spec))[0]
-            raise FieldError(f"job {r[0]!r}: app {name} has no parameter {extra!r}", f"{n}.parameters.{extra}")
-
-
 _JOB_WRITABLE = frozenset({"workdir", "tags", "parameters", "data", "return_code", "num_nodes", "ranks_per_node", "threads_per_rank",
                            "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min",
                            "batch_job_id", "pending_file_cleanup", "serialized_return_value", "serialized_exception"})

@@ -158,7 +158,7 @@ ROUTES: Tuple[Route, ...] = (
     Route("GET", "/v1/jobs/count", "count_jobs", "Count jobs, or counts by state", h.count_jobs,
           query=_filter_params("job") + (Param("group_by", {"type": "string", "enum": ["state"]}),), response=OBJ),
     _query("/v1/jobs/query", "job", "query_jobs", "jobs"),
-    Route("POST", "/v1/jobs", "create_jobs", "Bulk create jobs", h.create_jobs, body={"type": "array", "items": JOB_CREATE},
+    Route("POST", "/v1/jobs", "create_jobs", "Bulk create jobs", bh.create_jobs, body={"type": "array", "items": JOB_CREATE},
           response=ROW_LIST, status=201),
     Route("PATCH", "/v1/jobs", "update_jobs", "Bulk update jobs by id (state changes through the state machine)", h.update_jobs,
           body={"type": "array", "items": JOB_UPDATE}, response=ROW_LIST),
