@@ -109,3 +109,21 @@ def test_errors_are_one_line(dag_file: Path, tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     assert "not valid YAML" in fails("dag", "create", bad, code=2)
     assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize("backend", ["local", "http"], indirect=True)
+def test_a_run_refused_in_a_later_part_makes_no_instance(dag_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instances are written in parts (the count shows as they go), but a run makes all of them or none: on the home
+    host in one transaction, from another host in one request."""
+    import balsam._api.dag as dag_api
+
+    monkeypatch.setattr(dag_api, "INSTANTIATE_CHUNK", 2)  # five records, three parts; the refused one is in the last
+    ok("dag", "create", dag_file)
+    Job("r4/reduce", app_id="Reduce").save()  # its workdir is taken
+    params = tmp_path / "runs.jsonl"
+    params.write_text("".join(json.dumps({"run": f"r{i}", "seed": i, "temp": 300 + i}) + "\n" for i in range(5)))
+    assert "workdir 'r4/reduce' is already used" in fails("dag", "run", "md-sweep", "--params", params, code=2)
+    assert Job.objects.count() == 1 and DAG.objects.get("md-sweep").instances().count() == 0
+    params.write_text("".join(json.dumps({"run": f"s{i}", "seed": i, "temp": 300 + i}) + "\n" for i in range(5)))
+    assert "Created 5 instance(s) of DAG md-sweep" in ok("dag", "run", "md-sweep", "--params", params).stdout
+    assert Job.objects.count() == 21

@@ -13,6 +13,7 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -149,14 +150,20 @@ def dag_run(name: str, params_file: str, file_format: Optional[str], sites: Tupl
                for _, fields in read_records(params_file, fmt)]
     if not records:
         raise CLIError(f"{params_file}: no records", 2)
-    with progress(len(records) * len(d.nodes), f"Creating {len(records) * len(d.nodes)} jobs") as advance:
+    # All or nothing, as `job create --from` is: one transaction on the home host (the count shown as it goes), one
+    # request from another host (the agent's one transaction). Through the relay, each part is a command of its own.
+    site = d.site
+    atomic = site.store.write() if site.is_home else contextlib.nullcontext()
+    with progress(len(records) * len(d.nodes), f"Creating {len(records) * len(d.nodes)} jobs") as advance, atomic:
         done = [0]
 
         def step(n: int) -> None:
             advance(n - done[0])
             done[0] = n
 
-        instances = d.instantiate(records, progress=step)
+        instances = d.instantiate(records, progress=step if site.is_home or site.via_relay else None)
+        if done[0] == 0:
+            step(len(instances) * len(d.nodes))
     queued = [i.queued for i in instances if i.queued is not None]
     if queued:
         if as_json:
