@@ -227,10 +227,12 @@ class SpawnThreads:
         self._done = done
         self._size = max(1, threads)
         self._threads: List[threading.Thread] = []
+        self._idle = 0
+        """Helper threads waiting for work: another is started only when none is (up to ``threads``)."""
 
     def submit(self, key: object, argv: Sequence[str], **kwargs: object) -> None:
         """Start ``spawn(argv, **kwargs)`` on a helper thread; ``done`` gets its outcome with ``key``."""
-        if len(self._threads) < self._size:
+        if self._idle == 0 and len(self._threads) < self._size:
             t = threading.Thread(target=self._run, name=f"balsam-spawn-{len(self._threads)}", daemon=True)
             self._threads.append(t)
             t.start()
@@ -238,7 +240,9 @@ class SpawnThreads:
 
     def _run(self) -> None:
         while True:
+            self._idle += 1  # (a race costs at most one thread more or less, never a spawn)
             item = self._queue.get()
+            self._idle -= 1
             if item is None:
                 return
             key, argv, kwargs = item
