@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from balsam import exceptions as exc
 from balsam.db.backend import Backend, Rejected, Row
-from balsam.db.codec import loads_body
+from balsam.db.codec import loads, loads_body
 from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
 from balsam.http.auth import SECRET_FILE, check_response, read_secret, sign_request
 from balsam.http.schemas import COLUMNS, encode_filter_value, wire_to_row
@@ -377,7 +377,7 @@ class HttpBackend(Backend):
                 raise exc.ValidationError(f"job {item['workdir']!r}: parameters JSON cannot hold (pickled Python objects) can "
                                           "only be given on the site's home host; pass plain JSON values from here")
             for k in ("tags", "parameters", "data", "launch_params", "parent_ids"):
-                item[k] = json.loads(item[k])
+                item[k] = loads(item[k])  # the empty object and list (most jobs' data, launch_params, parents) skip the parser
             item["pending_file_cleanup"] = bool(item["pending_file_cleanup"])
             if i in transfers:
                 item["transfers"] = transfers[i]
