@@ -200,3 +200,36 @@ def test_an_agent_killed_and_restarted_under_a_bulk_create_makes_every_job_once(
     assert len(rows) == n and [r[0] for r in rows] == ids  # every job once, the ids the client was told
     assert [r[1] for r in rows] == [f"a/{i}" for i in range(n)]
     assert _staged(home) == 0
+
+
+@pytest.mark.slow
+def test_a_commit_the_agent_never_answers_says_the_jobs_are_all_or_none(site: Any, home: Any, hello: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import balsam.http.client as client
+    from balsam._api import sites
+    from balsam.exceptions import ServiceError
+    from balsam.services.api_server import start_api_server
+    from balsam.settings import ApiSettings
+
+    server = start_api_server(site.path, site.store, ApiSettings(bind="127.0.0.1"), host=site.host)
+    monkeypatch.setenv("BALSAM_HOSTNAME", FOREIGN_HOST)
+    monkeypatch.setattr(client, "CREATE_CHUNK", 2)
+    sites.reset()
+    backend = sites.resolve("test-site").backend
+    backend.client.retry_s = 1.0
+    real = backend.client.request
+
+    def agent_stops_before_the_commit(method: str, path: str, *args: Any, **kw: Any) -> Any:
+        if path.endswith("/commit"):
+            server.stop()  # the agent goes away with every part staged
+        return real(method, path, *args, **kw)
+
+    monkeypatch.setattr(backend.client, "request", agent_stops_before_the_commit)
+    try:
+        with pytest.raises(ServiceError, match=r"the 5 jobs were created all together or not at all: look for one of them, e\.g\. "
+                                               r"workdir 'c/0', before sending them again"):
+            Job.objects.bulk_create([Job(f"c/{i}", app_id="Hello", parameters={"say_hello_to": "x"}) for i in range(5)])
+    finally:
+        sites.reset()
+        server.stop()
+    assert _count(home, "c") == 0 and _staged(home) == 3  # none made; the parts expire

@@ -407,18 +407,23 @@ class HttpBackend(Backend):
 
         upload = new_key()
         parts = 0
+        committing = False
         try:
             for start in range(0, len(items), CREATE_CHUNK):
                 self.client.request("POST", "/v1/uploads/jobs", {"upload": upload, "part": parts, "offset": start,
                                                                  "jobs": items[start:start + CREATE_CHUNK]})
                 parts += 1
+            committing = True
             answer = self.client.request("POST", "/v1/uploads/jobs/commit", {"upload": upload, "parts": parts},
                                          timeout=max(self.client.timeout_s, len(items) / 2000))
-        except exc.BalsamError:
-            try:  # refused or unreachable: the parts are of no use (an expired commit made them all or none)
+        except exc.BalsamError as e:
+            try:  # refused or unreachable: the parts are of no use (an unanswered commit made them all or none)
                 self.client.request("DELETE", f"/v1/uploads/jobs?upload={upload}", retry_s=2.0)
             except exc.BalsamError:
                 pass  # they expire at the site
+            if committing and isinstance(e, exc.ServiceError):  # no answer: the jobs exist all together, or none does
+                e.args = (f"{e} (the {len(items)} jobs were created all together or not at all: look for one of them, "
+                          f"e.g. workdir {items[0]['workdir']!r}, before sending them again)", *e.args[1:])
             raise
         ids = [first + k for first, count in answer["ids"] for k in range(int(count))]
         states = [str(state) for state, count in answer["states"] for _ in range(int(count))]
