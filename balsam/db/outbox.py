@@ -112,6 +112,11 @@ def first_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(min(seq), 0) FROM outbox").fetchone()[0])
 
 
+def logged_times(conn: sqlite3.Connection, first: int, last: int) -> str:
+    """When log entries ``first`` and ``last`` were written ("" when they are not there)."""
+    return ",".join(repr(t) for (t,) in conn.execute("SELECT time FROM outbox WHERE seq IN (?, ?) ORDER BY seq", (first, last)))
+
+
 def high_water(conn: sqlite3.Connection) -> Tuple[int, int]:
     """The newest log entry and the newest event: (seq, event id), 0 for none."""
     seq = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
@@ -122,6 +127,21 @@ def high_water(conn: sqlite3.Connection) -> Tuple[int, int]:
 def trim(conn: sqlite3.Connection, upto_seq: int) -> None:
     """Forget log entries the relay has acknowledged."""
     conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))
+
+
+def relog_after(conn: sqlite3.Connection, seq: int) -> int:
+    """Log every row again (and the deletes still waiting) with sequence numbers above ``seq``: the relay has taken
+    pushes up to ``seq`` from this site, so this site DB is older than what it pushed (a backup put back) and its
+    next pushes must come after them. Returns how many rows were logged."""
+    deletes = conn.execute("SELECT entity, entity_id, time FROM outbox WHERE op = 'delete' ORDER BY seq").fetchall()
+    conn.execute("DELETE FROM outbox")
+    if conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'outbox'", (seq,)).rowcount == 0:
+        conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('outbox', ?)", (seq,))
+    conn.executemany("INSERT INTO outbox(entity, entity_id, op, time) VALUES (?, ?, 'delete', ?)", deletes)
+    n = 0
+    for entity in ENTITIES:
+        n += conn.execute(f"INSERT INTO outbox(entity, entity_id, op, time) SELECT '{entity}', id, 'upsert', {_NOW} FROM {entity}").rowcount
+    return n
 
 
 def backlog(conn: sqlite3.Connection) -> Optional[int]:

@@ -83,24 +83,29 @@ def epoch(value: Any, name: str = "time") -> float:
 
 
 def row_to_wire(table: str, row: Mapping[str, Any], private: bool = True) -> Dict[str, Any]:
-    """One DB row (column -> stored value) as its JSON object."""
+    """One DB row (column -> stored value) as its JSON object. A value that is not what its column holds (a relay's
+    mirror keeps whatever a site pushed) is answered as the text it was stored as, or null: one bad row never fails
+    a listing."""
     out: Dict[str, Any] = {}
     hidden = () if private else PRIVATE_COLUMNS.get(table, ())
     for col, value in row.items():
         if col in hidden:
             continue
-        if value is None:
-            out[col] = None
-        elif col in TIME_COLUMNS:
-            out[col] = iso(value)
-        elif col in JSON_COLUMNS:
-            out[col] = json.loads(value) if isinstance(value, str) else value
-        elif col in BOOL_COLUMNS:
-            out[col] = bool(value)
-        elif col in BYTES_COLUMNS:
-            out[col] = base64.b64encode(bytes(value)).decode("ascii")
-        else:
-            out[col] = value
+        try:
+            if value is None:
+                out[col] = None
+            elif col in TIME_COLUMNS:
+                out[col] = iso(value)
+            elif col in JSON_COLUMNS:
+                out[col] = json.loads(value) if isinstance(value, str) else value
+            elif col in BOOL_COLUMNS:
+                out[col] = bool(value)
+            elif col in BYTES_COLUMNS:
+                out[col] = base64.b64encode(bytes(value)).decode("ascii")
+            else:
+                out[col] = value
+        except (ValueError, TypeError, OverflowError):
+            out[col] = value if isinstance(value, str) and col not in BYTES_COLUMNS else None
     return out
 
 

@@ -135,7 +135,25 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 
 
 def _json(payload: Any) -> bytes:
-    return _ENCODE(payload).encode()
+    try:
+        text = _ENCODE(payload)
+    except ValueError:  # a NaN or an infinity (a relay's mirror keeps what a site pushed): null, as JSON has no such number
+        text = _ENCODE(_finite(payload))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape in stored JSON text: U+FFFD's stand-in, not a 503
+        return text.encode("utf-8", "replace")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float as None."""
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fast_json(row: Dict[str, Any]) -> bytes:

@@ -22,6 +22,7 @@ from balsam.exceptions import ValidationError
 from balsam.relay import bulk
 from balsam.relay import schema as t
 from balsam.relay.bulk import dumps
+from balsam.relay.store import clean_text
 
 ENTITIES = tuple(t.MIRRORS)
 MAX_ITEMS = 50_000
@@ -71,6 +72,29 @@ def _int(v: Any, default: int) -> int:
 
 
 _MIN_INT, _MAX_INT = -(2**63), 2**63
+_MIN32, _MAX32 = -(2**31), 2**31
+"""The range of the mirrors' INTEGER columns (a job's return code and version): PostgreSQL's is 32 bits."""
+
+
+def _int32(v: Any) -> Optional[int]:
+    return v if type(v) is int and _MIN32 <= v < _MAX32 else None
+
+
+def _text(v: Any, width: Optional[int] = None) -> str:
+    """A pushed value for a text column: a string both databases store (:func:`balsam.relay.store.clean_text`: no NUL,
+    no lone surrogate, at most ``width`` characters; the whole value stays in the row's JSON)."""
+    text = v if type(v) is str else str(v or "")
+    if "\x00" in text or not text.isascii() or (width is not None and len(text) > width):
+        return clean_text(text, width)
+    return text
+
+
+_WIDTHS = frozenset({8, 20, 32, 200, 255})
+"""The widths of the mirrors' text columns (what :func:`_text` cuts to)."""
+
+
+def _opt_text(v: Any) -> Optional[str]:
+    return None if v is None else _text(v)
 
 
 def _job_row(row_id: int, site_id: int, row: Dict[str, Any]) -> Tuple[Any, ...]:
@@ -81,20 +105,20 @@ def _job_row(row_id: int, site_id: int, row: Dict[str, Any]) -> Tuple[Any, ...]:
     created, last_update, version, tags, parents = g("created"), g("last_update"), g("version"), g("tags"), g("parent_ids")
     if type(app_id) is not int or not _MIN_INT <= app_id < _MAX_INT:
         app_id = _int(app_id, 0)
-    if type(workdir) is not str:
-        workdir = str(workdir or "")
-    if type(state) is not str:
-        state = str(state or "")
+    if type(workdir) is not str or "\x00" in workdir or not workdir.isascii():
+        workdir = _text(workdir)
+    if type(state) is not str or len(state) > 20 or not state.isascii() or "\x00" in state:
+        state = _text(state, 20)
     if batch_job_id is not None and (type(batch_job_id) is not int or not _MIN_INT <= batch_job_id < _MAX_INT):
         batch_job_id = _opt_int(batch_job_id)
-    if return_code is not None and (type(return_code) is not int or not _MIN_INT <= return_code < _MAX_INT):
-        return_code = _opt_int(return_code)
+    if return_code is not None and (type(return_code) is not int or not _MIN32 <= return_code < _MAX32):
+        return_code = _int32(return_code)
     if type(created) is not float or created - created != 0.0:  # (x - x is 0.0 for a finite float, NaN otherwise)
         created = _float(created)
     if type(last_update) is not float or last_update - last_update != 0.0:
         last_update = _float(last_update)
-    if type(version) is not int or not _MIN_INT <= version < _MAX_INT:
-        version = _int(version, 1)
+    if type(version) is not int or not _MIN32 <= version < _MAX32:
+        version = _version(version)
     links = _text_digest(tags, parents) if type(tags) is str and type(parents) is str else links_digest(tags, parents)
     return (row_id, site_id, app_id, workdir, state, batch_job_id, return_code, created, last_update, version, dumps(row), links)
 
@@ -104,22 +128,30 @@ def mirror_row(entity: str, row_id: int, site_id: int, row: Dict[str, Any]) -> T
     and the whole row as JSON text (``row``) that reads answer from."""
     if entity == "job":
         return _job_row(row_id, site_id, row)
+    # Text columns take what both databases can store, cut to their widths (the whole value stays in ``row``):
+    # a value the site's store allows (a queue name of 1,000 characters) must not stop the site's pushes.
     g = row.get
     if entity == "event":
         data = g("data")
-        return (row_id, site_id, _int(g("job_id"), 0), _float(g("timestamp")), str(g("from_state") or ""), str(g("to_state") or ""),
-                data if isinstance(data, str) or data is None else dumps(data))
+        return (row_id, site_id, _int(g("job_id"), 0), _float(g("timestamp")), _text(g("from_state"), 20), _text(g("to_state"), 20),
+                _opt_text(data) if isinstance(data, str) or data is None else dumps(data))
     if entity == "batch_job":
-        return (row_id, site_id, str(g("state") or ""), str(g("queue") or ""), str(g("project") or ""), _opt_int(g("scheduler_id")),
-                _opt_float(g("start_time")), _opt_float(g("end_time")), _float(g("created")), _int(g("version"), 1), dumps(row))
+        return (row_id, site_id, _text(g("state"), 32), _text(g("queue"), 255), _text(g("project"), 255), _opt_int(g("scheduler_id")),
+                _opt_float(g("start_time")), _opt_float(g("end_time")), _float(g("created")), _version(g("version")), dumps(row))
     if entity == "app":
         clean = {k: v for k, v in row.items() if k not in SECRET_APP_COLUMNS}
-        return (row_id, site_id, str(g("name") or ""), _int(g("version"), 1), dumps(clean))
+        return (row_id, site_id, _text(g("name"), 255), _version(g("version")), dumps(clean))
     if entity == "dag":
-        return (row_id, site_id, str(g("name") or ""), _int(g("version"), 1), dumps(row))
+        return (row_id, site_id, _text(g("name"), 200), _version(g("version")), dumps(row))
     if entity == "dag_instance":
         return (row_id, site_id, _int(g("dag_id"), 0), _float(g("created")), dumps(row))
-    return (row_id, site_id, _int(g("job_id"), 0), str(g("state") or ""), str(g("direction") or ""), dumps(row))
+    return (row_id, site_id, _int(g("job_id"), 0), _text(g("state"), 32), _text(g("direction"), 8), dumps(row))
+
+
+def _version(v: Any) -> int:
+    """A pushed version for the mirrors' 32-bit column (1 for anything else)."""
+    i = _int32(v)
+    return 1 if i is None else i
 
 
 def job_columns(row: Dict[str, Any]) -> Dict[str, Any]:
@@ -140,7 +172,7 @@ def _links(raw_tags: Any, raw_parents: Any) -> Tuple[Dict[str, Any], List[int]]:
     tags = _parse(raw_tags) if isinstance(raw_tags, str) else raw_tags
     parents = _parse(raw_parents) if isinstance(raw_parents, str) else raw_parents
     return (tags if isinstance(tags, dict) else {},
-            [p for p in parents if isinstance(p, int) and not isinstance(p, bool)] if isinstance(parents, list) else [])
+            [p for p in parents if type(p) is int and 0 < p < _MAX_INT] if isinstance(parents, list) else [])
 
 
 def links_digest(tags: Any, parent_ids: Any) -> str:
@@ -240,7 +272,7 @@ def _relink(c: Connection, jobs: Dict[int, Dict[str, Any]], mirrored: List[Tuple
         row = jobs[row_id]
         tag_map, parent_ids = _links(row.get("tags"), row.get("parent_ids"))
         for k, v in tag_map.items():
-            tags[(str(k)[:255], str(v)[:255], row_id)] = None
+            tags[(_text(k, 255), _text(v, 255), row_id)] = None
         for p in parent_ids:
             parents[(p, row_id)] = None
     bulk.insert(c, t.job_tag, ("key", "value", "job_id"), list(tags))
@@ -416,7 +448,12 @@ def to_columns(table_name: str, mapping: Dict[str, Any], columns: Sequence[str])
     out = []
     for col in columns:
         if col in mapping and col != "row":
-            out.append(mapping[col])
+            value = mapping[col]
+            if type(value) is str and len(value) in _WIDTHS:  # perhaps cut to its column's width: the row has it whole
+                whole = row.get(col)
+                if type(whole) is str and whole.startswith(value):
+                    value = whole
+            out.append(value)
         else:
             out.append(row.get(col))
     return tuple(out)

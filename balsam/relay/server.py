@@ -165,7 +165,7 @@ def link_site(call: h.Call) -> Tuple[int, Any]:
     site_id, name = body.get("site_id"), body.get("name")
     if not isinstance(site_id, int) or isinstance(site_id, bool) or not isinstance(name, str) or not name:
         raise exc.ValidationError("expected {\"site_id\": int, \"name\": str, \"hostname\": str, \"path\": str}")
-    token = _backend(call).store.link_site(caller, site_id, name, str(body.get("hostname") or "")[:255], str(body.get("path") or ""))
+    token = _backend(call).store.link_site(caller, site_id, name, str(body.get("hostname") or ""), str(body.get("path") or ""))
     return 201, {"site_id": site_id, "name": name, "token": token}
 
 

@@ -9,7 +9,9 @@ row except from a site's push.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from balsam.db.fields import check_text
 from balsam.exceptions import BalsamError, ObjectDoesNotExist, ValidationError
 from balsam.relay import auth
 from balsam.relay import schema as t
@@ -253,6 +256,9 @@ class RelayStore:
             raise RelayAuthError("only a user can link a site")
         if not isinstance(site_id, int) or not 0 < site_id < 2**31:
             raise ValidationError(f"bad site id {site_id!r}")
+        name = check_text("site name", name, max_chars=200, empty=False)
+        hostname = check_text("hostname", hostname, max_chars=255)
+        path = check_text("site path", path, max_chars=4096)
         with self.begin() as c:
             row = c.execute(sa.select(t.site.c.user_id, t.site.c.name).where(t.site.c.id == site_id)).first()
             if row is not None and (row.user_id != caller.user_id or row.name != name):
@@ -277,8 +283,8 @@ class RelayStore:
             out = []
             for r in c.execute(q.order_by(t.site.c.name)):
                 d = dict(r._mapping)
-                d["row"] = json.loads(d["row"] or "{}")
-                d["backlog"] = json.loads(d["backlog"] or "{}")
+                d["row"] = plain(json.loads(d["row"] or "{}"))  # (plain: also what a push stored before it was checked)
+                d["backlog"] = plain(json.loads(d["backlog"] or "{}"))
                 out.append(d)
             return out
 
@@ -300,29 +306,37 @@ class RelayStore:
             raise RelayAuthError("only a site's agent can push")
         if not isinstance(submission_id, str) or not 8 <= len(submission_id) <= 64:
             raise ValidationError("a push needs a submission_id of 8-64 characters")
+        if type(last_seq) is not int or not 0 <= last_seq < 2**63:
+            raise ValidationError("last_seq: expected an integer from 0 to 2**63-1")
+        if not isinstance(items, (list, tuple)) or len(items) > mirror.MAX_ITEMS:
+            raise ValidationError(f"a push carries a list of at most {mirror.MAX_ITEMS} items")
         site_id = caller.site_id
+        key = push_key(site_id, submission_id)
         now = time.time()
         with self.begin() as c:
-            done = c.execute(sa.select(t.push.c.answer, t.push.c.site_id).where(t.push.c.submission_id == submission_id)).first()
+            done = c.execute(sa.select(t.push.c.answer).where(t.push.c.submission_id == key, t.push.c.site_id == site_id)).first()
             if done is not None:
-                if done.site_id != site_id:
-                    raise Conflict("that submission_id belongs to another site")
                 answer: Dict[str, Any] = json.loads(done.answer)
                 answer["replayed"] = True
                 return answer
             current = c.execute(sa.select(t.site.c.pushed_seq).where(t.site.c.id == site_id).with_for_update()).scalar_one_or_none()
             if current is None:
                 raise ObjectDoesNotExist(f"no site {site_id}")
-            applied = mirror.apply_items(c, site_id, items)
-            values: Dict[str, Any] = {"last_seen": now, "pushed_seq": max(int(current), int(last_seq))}
-            if site_info:
-                if isinstance(site_info.get("row"), dict):
-                    values["row"] = json.dumps(site_info["row"])
-                if isinstance(site_info.get("backlog"), dict):
-                    values["backlog"] = json.dumps(site_info["backlog"])
+            values: Dict[str, Any] = {"last_seen": now, "pushed_seq": max(int(current), last_seq)}
+            if 0 < last_seq < int(current):
+                # Older than a push already applied (a late duplicate, or pushes reordered on the way): every row
+                # in it was pushed again, as it is now, by the newer one. Applying it would put old states back.
+                applied, answer = 0, {"pushed_seq": int(current), "applied": 0, "stale": True}
+            else:
+                applied = mirror.apply_items(c, site_id, items)
+                answer = {"pushed_seq": values["pushed_seq"], "applied": applied}
+                if site_info:
+                    if isinstance(site_info.get("row"), dict):
+                        values["row"] = json.dumps(plain(site_info["row"]))
+                    if isinstance(site_info.get("backlog"), dict):
+                        values["backlog"] = json.dumps(plain(site_info["backlog"]))
             c.execute(t.site.update().where(t.site.c.id == site_id).values(**values))
-            answer = {"pushed_seq": values["pushed_seq"], "applied": applied}
-            c.execute(t.push.insert().values(submission_id=submission_id, site_id=site_id, received=now, answer=json.dumps(answer)))
+            c.execute(t.push.insert().values(submission_id=key, site_id=site_id, received=now, answer=json.dumps(answer)))
             c.execute(t.push.delete().where(t.push.c.site_id == site_id, t.push.c.received < now - PUSH_MEMORY_S))
         return answer
 
@@ -367,14 +381,19 @@ class RelayStore:
             raise RelayAuthError("only a site's agent can answer commands")
         n = 0
         now = time.time()
+        checked = []
+        for r in results:
+            state, command_id = r.get("state"), r.get("id")
+            if state not in ("applied", "rejected"):
+                raise ValidationError(f"a command result's state is applied or rejected, got {state!r}")
+            if type(command_id) is not int or not 0 < command_id < 2**63:
+                raise ValidationError(f"a command result's id is a command id, got {command_id!r}")
+            checked.append((command_id, state, json.dumps(plain(r.get("result")))))
         with self.begin() as c:
-            for r in results:
-                state = r.get("state")
-                if state not in ("applied", "rejected"):
-                    raise ValidationError(f"a command result's state is applied or rejected, got {state!r}")
-                n += c.execute(t.command.update().where(t.command.c.id == int(r["id"]), t.command.c.site_id == caller.site_id,
+            for command_id, state, result in checked:
+                n += c.execute(t.command.update().where(t.command.c.id == command_id, t.command.c.site_id == caller.site_id,
                                                         t.command.c.state == "pending")
-                               .values(state=state, result=json.dumps(r.get("result")), finished=now)).rowcount
+                               .values(state=state, result=result, finished=now)).rowcount
         self._changed()  # the writes waiting on these answers in this process return at once
         return n
 
@@ -388,6 +407,42 @@ class RelayStore:
         d["body"] = json.loads(d["body"])
         d["result"] = json.loads(d["result"]) if d["result"] else None
         return d
+
+
+def push_key(site_id: int, submission_id: str) -> str:
+    """The stored key of a site's push: its submission_id under the site's own name, so that no site (another user's
+    above all) can take, and so block, the id of another site's next push (the ids are predictable)."""
+    return hashlib.sha256(f"{int(site_id)}\n{submission_id}".encode()).hexdigest()
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON every reader can answer with: non-finite numbers and integers past 64 bits as null, text
+    as valid Unicode without NUL, at most 32 levels deep (what a site's push may say about itself)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth >= 32:
+        return None
+    if isinstance(value, dict):
+        return {clean_text(str(k)): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
+    return clean_text(str(value))
+
+
+def clean_text(text: str, width: Optional[int] = None) -> str:
+    """``text`` as both databases can store it: NUL and lone surrogates replaced (PostgreSQL refuses NUL, and
+    neither can encode a surrogate), cut at ``width`` characters."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if width is None or len(text) <= width else text[:width]
 
 
 _DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

@@ -16,6 +16,7 @@ Two loops share one push routine:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -207,11 +208,21 @@ class SyncService(Service):
             with store.read() as conn:
                 seq_goal, event_goal = outbox.high_water(conn)
             total = 0
+            relogged = False
             while True:
                 payload, last_seq, ev_to, n = self._batch()
                 if n == 0 and (total or not (due or force)):
                     break
-                self.client.request("POST", "/v1/sync/push", payload, retry_s=2.0)
+                answer = self.client.request("POST", "/v1/sync/push", payload, retry_s=2.0)
+                if isinstance(answer, dict) and answer.get("stale") and not relogged:
+                    # The relay took pushes past this outbox (this site DB is a backup put back): the relay kept the
+                    # newer rows, so every row is logged again after them and pushed as it is here now.
+                    with store.write() as conn:
+                        n = outbox.relog_after(conn, int(answer.get("pushed_seq") or 0))
+                    logger.warning("sync: the relay has pushes from this site newer than its DB (restored from a backup?): "
+                                   "pushing all %d rows again", n)
+                    relogged = True
+                    continue
                 with store.write() as conn:
                     outbox.trim(conn, last_seq)
                     write_meta(conn, EVENT_CURSOR, str(ev_to))
@@ -229,6 +240,7 @@ class SyncService(Service):
         with store.read() as conn:
             first = outbox.first_seq(conn)
             last_seq, items = outbox.pending(conn, 0, BATCH)
+            logged = outbox.logged_times(conn, first, last_seq)
             ev_from = int(store.get_meta(EVENT_CURSOR) or 0)
             ev_to, events = outbox.events_after(conn, ev_from, BATCH)
             backlog: Dict[str, Any] = dict(outbox.state_counts(conn))
@@ -236,8 +248,10 @@ class SyncService(Service):
             backlog["_outbox"] = self.backlog
             row = whole_site_row(conn)
         site_id = int(self.link["site_id"])
-        # Fixed by what it covers: a resent batch is recognised by the relay and applied once.
-        submission = f"s{site_id}o{first or 0}-{last_seq}e{ev_from}-{ev_to}" if items or events else uuid.uuid4().hex
+        # Fixed by what it covers, and when that was logged: a resent batch is recognised by the relay and applied
+        # once, and the same ranges logged again by a site DB put back from a backup are not mistaken for it.
+        covers = f"o{first or 0}-{last_seq}e{ev_from}-{ev_to}t{logged}" + (f"-{events[-1]['row']['timestamp']}" if events else "")
+        submission = f"s{site_id}-{hashlib.sha256(covers.encode()).hexdigest()[:40]}" if items or events else uuid.uuid4().hex
         payload = {"submission_id": submission, "last_seq": last_seq, "items": items + events,
                    "site": {"row": {k: v for k, v in row.items() if isinstance(v, (str, int, float)) or v is None},
                             "backlog": backlog}}
