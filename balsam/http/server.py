@@ -56,8 +56,9 @@ from balsam.http.routes import openapi as build_openapi
 from balsam.http.schemas import COLUMNS, iso, row_to_wire
 
 logger = logging.getLogger("balsam.http")
-REVERIFY_S = 30.0
-"""How often a many-user server checks that a WebSocket's token is still valid."""
+REVERIFY_S = 2.0
+"""How often a many-user server checks that a WebSocket's token is still valid: a token revoked (logout, ``balsam
+relay token revoke`` from another process) or expired ends its streams within this long (one indexed look-up)."""
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
 """The caller of a route that needs no credentials (a password login)."""
 

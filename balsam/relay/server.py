@@ -203,13 +203,16 @@ def pull_commands(call: h.Call) -> Tuple[int, Any]:
         wait = min(MAX_POLL_S, max(0.0, float(call.q1("wait", "0") or 0)))
     except ValueError:
         raise exc.ValidationError("wait: expected seconds") from None
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = started + wait
     first = True
     while True:
         seen = store.generation()
         commands = store.pending_commands(caller, after, seen=first)
         first = False
         left = deadline - time.monotonic()
+        if commands and time.monotonic() - started > 1.0 and store.verify_id(caller) is None:  # revoked or expired while it waited
+            raise ApiError(401, "unauthorized", "unknown, expired or revoked token", kind="ServiceError")
         if commands or left <= 0:
             return 200, {"commands": commands, "pushed_seq": store.pushed_seq(caller)}
         # Woken as soon as a command is added in this process; a look every POLL_LOOK_S finds one another relay

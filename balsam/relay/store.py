@@ -233,6 +233,13 @@ class RelayStore:
             return None
         return Caller(user_id=int(row.uid), user=row.name, kind=row.kind, site_id=row.site_id, token_id=int(row.id))
 
+    def verify_id(self, caller: Caller) -> Optional[Caller]:
+        """``caller`` if its token is still good now (not revoked or expired, its user not disabled), else None."""
+        with self.connect() as c:
+            row = c.execute(sa.select(t.token.c.expires, t.token.c.revoked, t.user.c.disabled)
+                            .join(t.user, t.user.c.id == t.token.c.user_id).where(t.token.c.id == caller.token_id)).first()
+        return None if row is None or row.revoked or row.disabled or row.expires < time.time() else caller
+
     def tokens(self, user_id: int) -> List[Dict[str, Any]]:
         """A user's tokens (never their text)."""
         with self.connect() as c:
