@@ -15,11 +15,13 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from balsam.db.codec import dumps, loads
+from balsam.db.fields import check_text
 from balsam.db.states import TransferItemState
 from balsam.exceptions import GLOBUS_EXTRA_HINT, ValidationError
 
 ITEM_STATES = tuple(state.value for state in TransferItemState)
 UPDATABLE = frozenset({"state", "task_id", "transfer_info"})
+MAX_REMOTE_PATH_CHARS = 4096
 
 
 def parse_transfer_target(slot: str, value: Any) -> Tuple[str, str]:
@@ -37,11 +39,17 @@ def parse_transfer_target(slot: str, value: Any) -> Tuple[str, str]:
         raise ValidationError(f"transfer {slot!r}: missing location alias in {value!r}")
     if not path.startswith("/"):
         raise ValidationError(f"transfer {slot!r}: remote path {path!r} must be absolute")
+    # A path reaches rsync's file lists (NUL- and line-separated) and names a local file when the slot has no
+    # local_path: control characters and ".." (which would name the folder above the job's) are refused here.
+    check_text(f"transfer {slot!r}: remote path", path, max_chars=MAX_REMOTE_PATH_CHARS)
+    if ".." in path.split("/"):
+        raise ValidationError(f"transfer {slot!r}: remote path {path!r} has a '..' component: give the path without it")
     return alias, path
 
 
 def check_local_path(slot: str, local_path: str) -> str:
     """A slot's ``local_path``, normalized; it must stay inside the job's workdir (relative, no ``..`` out)."""
+    check_text(f"transfer slot {slot!r}: local_path", local_path, max_chars=MAX_REMOTE_PATH_CHARS)
     if not local_path or local_path.startswith(("/", "~")):
         raise ValidationError(f"transfer slot {slot!r}: local_path {local_path!r} must be a path relative to the job's workdir")
     norm = posixpath.normpath(local_path)

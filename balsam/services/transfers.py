@@ -20,6 +20,7 @@ done moves POSTPROCESSED -> JOB_FINISHED (children released). Each item keeps it
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import time
 from pathlib import Path
@@ -221,6 +222,7 @@ class TransferService(Service):
     def _submit(self, protocol: str, endpoint: str, direction: str, batch: List[Dict[str, Any]]) -> None:
         data = self.site.layout.data
         specs = []
+        escaping = []
         for row in batch:
             workdir = Path(data, row["workdir"])
             remote = row["remote_path"]
@@ -228,11 +230,20 @@ class TransferService(Service):
             if direction == "in" and local_rel in (".", "") and not row["recursive"]:
                 local_rel = posixpath.basename(remote.rstrip("/")) or "."
             local = str(workdir / local_rel) if local_rel not in (".", "") else str(workdir)
+            if leaves_workdir(workdir, local):
+                escaping.append(row)
+                continue
             far = f"{endpoint}:{remote}" if endpoint else remote
             src, dst = (far, local) if direction == "in" else (local, far)
             specs.append(TransferItem(source=src, destination=dst, recursive=bool(row["recursive"])))
             if direction == "in" and protocol == "globus":  # cp and rsync make the folders they fill
                 workdir.mkdir(parents=True, exist_ok=True)
+        if escaping:
+            self._fail_now(escaping, "the local path leads out of the job's workdir through a symbolic link: nothing is "
+                                     "copied through it (copy the file into the workdir, or give a path that stays in it)")
+            batch = [r for r in batch if r not in escaping]
+            if not batch:
+                return
         try:
             task_id = self.adapter(PROTOCOL_ADAPTER[protocol]).submit(specs)
         except TransferError as exc:
@@ -255,6 +266,19 @@ class TransferService(Service):
     def _fail_now(self, rows: Sequence[Dict[str, Any]], template: str) -> None:
         with self.site.store.write() as conn:
             transfer_db.update_items(conn, [
-                (r["id"], {"state": "error", "transfer_info": dict(r["transfer_info"], error=template.format(alias=r["location_alias"]))})
+                (r["id"], {"state": "error", "transfer_info": dict(r["transfer_info"], error=template.replace("{alias!r}", repr(r["location_alias"])))})
                 for r in rows
             ])
+
+
+def leaves_workdir(workdir: Path, local: str) -> bool:
+    """Whether ``local``, a path in the job's ``workdir``, leads out of it through a symbolic link (the path, or the
+    nearest folder of it that exists: a stage-in makes the rest). The workdir itself may be a link (to scratch)."""
+    probe, top = local, str(workdir)
+    while not os.path.lexists(probe):
+        if probe == top or os.path.dirname(probe) == probe:
+            return False  # the workdir is not made yet: the transfer makes every folder of the path
+        probe = os.path.dirname(probe)
+    root = os.path.realpath(workdir)
+    real = os.path.realpath(probe)
+    return real != root and not real.startswith(root.rstrip(os.sep) + os.sep)
