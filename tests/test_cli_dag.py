@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from balsam.api import DAG, ApplicationDefinition, Job
+from balsam.exceptions import ValidationError
 from tests.cli_helpers import fails, ok
 from tests.helpers import advance
 
@@ -127,3 +128,25 @@ def test_a_run_refused_in_a_later_part_makes_no_instance(dag_file: Path, tmp_pat
     params.write_text("".join(json.dumps({"run": f"s{i}", "seed": i, "temp": 300 + i}) + "\n" for i in range(5)))
     assert "Created 5 instance(s) of DAG md-sweep" in ok("dag", "run", "md-sweep", "--params", params).stdout
     assert Job.objects.count() == 21
+
+
+def test_long_chains_cycles_and_huge_dags_get_one_line_answers(dag_file: Path, tmp_path: Path) -> None:
+    # A chain of 3,000 nodes written children first: checking it recursed once per node (a RecursionError traceback).
+    n = 3000
+    chain = tmp_path / "chain.yml"
+    parents = [f", parents: [n{i - 1}]" if i else "" for i in range(n)]
+    chain.write_text("name: chain\nnodes:\n" + "".join(
+        f"  - {{name: n{i}, app: Reduce, workdir: '{{r}}/n{i}'{parents[i]}}}\n" for i in reversed(range(n))))
+    assert "chain" in ok("dag", "create", chain).stdout
+    assert len(DAG.objects.get("chain").nodes) == n
+    # A cycle through all of them: one short line naming where it goes round.
+    ring = tmp_path / "ring.yml"
+    ring.write_text("name: ring\nnodes:\n" + "".join(
+        f"  - {{name: n{i}, app: Reduce, workdir: '{{r}}/n{i}', parents: [n{(i + 1) % n}]}}\n" for i in range(n)))
+    error = fails("dag", "create", ring, code=2)
+    assert "has a cycle: n0 -> n1" in error and f"({n - 9} more)" in error and len(error) < 300
+    # More nodes than a DAG may hold is refused at once, whatever door it comes through.
+    with pytest.raises(ValidationError, match="at most 100,000"):
+        DAG.from_dict({"name": "huge", "nodes": [{"name": f"n{i}", "app": "Reduce", "workdir": "{r}/n" + str(i)}
+                                                 for i in range(100_001)]}).save()
+    assert [d.name for d in DAG.objects.all()] == ["chain"]

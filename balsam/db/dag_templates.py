@@ -78,6 +78,8 @@ def fill(value: Any, record: Mapping[str, Any], where: str) -> Any:
 
 
 
+MAX_NODES = 100_000
+"""The most nodes a DAG template may have (checking one takes seconds at this size)."""
 MAX_YAML_BYTES = 4 * 1024 * 1024
 MAX_YAML_DEPTH = 64
 
@@ -201,22 +203,28 @@ def levels(nodes: Sequence[DAGNode], dag_name: str) -> List[List[DAGNode]]:
             if p == n.name:
                 raise ValidationError(f"DAG {dag_name!r}: node {n.name!r} is its own parent")
     depth: Dict[str, int] = {}
-    visiting: List[str] = []
-
-    def visit(name: str) -> int:
-        if name in depth:
-            return depth[name]
-        if name in visiting:
-            cycle = visiting[visiting.index(name):] + [name]
-            raise ValidationError(f"DAG {dag_name!r} has a cycle: {' -> '.join(cycle)}")
-        visiting.append(name)
-        d = 1 + max((visit(p) for p in by_name[name].parents), default=-1)
-        visiting.pop()
-        depth[name] = d
-        return d
-
-    for n in nodes:
-        visit(n.name)
+    on_path: Dict[str, int] = {}  # the names on the walk's current path, with their places on it
+    for start in by_name:  # an explicit stack: a chain of 100,000 nodes is no deeper for Python than one of two
+        if start in depth:
+            continue
+        path: List[str] = [start]
+        on_path[start] = 0
+        todo = [iter(by_name[start].parents)]
+        while todo:
+            parent = next(todo[-1], None)
+            if parent is None:
+                name = path.pop()
+                todo.pop()
+                del on_path[name]
+                depth[name] = 1 + max((depth[p] for p in by_name[name].parents), default=-1)
+            elif parent in on_path:
+                cycle = path[on_path[parent]:] + [parent]
+                shown = cycle if len(cycle) <= 12 else cycle[:5] + [f"... ({len(cycle) - 10} more)"] + cycle[-5:]
+                raise ValidationError(f"DAG {dag_name!r} has a cycle: {' -> '.join(shown)}")
+            elif parent not in depth:
+                on_path[parent] = len(path)
+                path.append(parent)
+                todo.append(iter(by_name[parent].parents))
     levels: List[List[DAGNode]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
     for n in nodes:
         levels[depth[n.name]].append(n)
@@ -240,6 +248,9 @@ def parse_spec(name: str, spec: Any) -> List[DAGNode]:
     every workdir with a placeholder (workdirs are unique, so instances cannot share one)."""
     if not isinstance(spec, Mapping) or not isinstance(spec.get("nodes"), list) or not spec["nodes"]:
         raise ValidationError(f"DAG {name!r} has no nodes")
+    if len(spec["nodes"]) > MAX_NODES:
+        raise ValidationError(f"DAG {name!r} has {len(spec['nodes']):,} nodes: a DAG holds at most {MAX_NODES:,} (each instance "
+                              "makes a job per node): split it, or make its repeated part a parameter sweep")
     nodes = [DAGNode.from_dict(n, f"DAG {name!r} node {i}") for i, n in enumerate(spec["nodes"])]
     seen: Set[str] = set()
     for n in nodes:
