@@ -176,3 +176,15 @@ def test_a_site_db_put_back_from_a_backup_catches_the_relay_up(tmp_path: Path) -
             assert_equal_sides(server, root)  # the relay shows the site as it is (it ignored the restored site before)
         finally:
             server.stop()
+
+
+def test_a_cursor_or_a_guessed_id_of_another_users_listing_shows_only_your_own_rows(two_users: Dict[str, Any]) -> None:  # noqa: F811
+    alice, bob = two_users["alice"], two_users["bob"]
+    page = alice.request("GET", "/v1/jobs?limit=1&ordering=id")
+    assert page["next_cursor"] and page["results"][0]["id"] == A + 1
+    for ordering in ("id", "-id"):
+        theirs = bob.request("GET", f"/v1/jobs?limit=50&ordering={ordering}&cursor={page['next_cursor']}")
+        assert all(j["id"] >> 32 == SITE_B for j in theirs["results"]), theirs
+    for guess in range(1, 6):  # ids are the site's id and a counter: easy to guess, never readable by another user
+        status, answer = raw(two_users["url"], bob.token, "GET", f"/v1/jobs/{A + guess}")
+        assert status == 404 and str(SITE_A) not in answer["error"]["message"].replace(str(A + guess), "")
