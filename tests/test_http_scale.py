@@ -120,6 +120,33 @@ def test_a_batch_of_acquires_answers_each_on_its_own(site: Any, hello: Any) -> N
     assert held == {ids[0]: s1, ids[1]: s1, ids[2]: s2, ids[3]: s2, ids[4]: s2, ids[5]: s4}
 
 
+def test_a_launchers_answers_are_kept_an_hour_others_a_day_and_then_forgotten(site: Any, hello: Any,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers kept for retries do not fill the disk: an acquire's answer (~0.5 KB per job) and a status batch's
+    are kept an hour (past the lease and every client's retries), another write's a day; a sweep about once a minute
+    forgets the expired ones, and a retry within the time still gets its answer."""
+    from balsam.db import backend as b
+    from balsam.db.jobs import StateChange
+
+    backend = b.LocalBackend(site.store)
+    ids = runnable(site.store, [hello.submit(f"k/{i}", say_hello_to=str(i)) for i in range(3)])
+    sid = backend.create_session(host="n", pid=1, batch_job_id=None, label="")
+    got = backend.acquire_batch([("acq", "f", sid, 2, {}, False)], lambda jobs: (200, b"jobs"))
+    assert got[0][2] is False
+    backend.apply_batches_once([("st", "g", sid, [StateChange(ids[0], "RUNNING")])], lambda refused: (200, b"ok"))
+    backend.once("other", "h", lambda: (201, b"made"))
+    kept = {k: e - c for k, e, c in site.store.execute("SELECT key, expires, created FROM http_answer")}
+    assert kept == pytest.approx({"acq": 3600.0, "st": 3600.0, "other": 86400.0})
+
+    with site.store.write() as conn:  # the launcher's answers' hour has passed; the other's day has not
+        conn.execute("UPDATE http_answer SET expires = expires - 3601")
+    monkeypatch.setattr(b, "_last_sweep", [0.0])
+    backend.once("next", "i", lambda: (201, b"made"))
+    left = {k for (k,) in site.store.execute("SELECT key FROM http_answer")}
+    assert left == {"other", "next"}
+    assert backend.once("other", "h", lambda: (201, b"again")) == (201, b"made", True), "a retry within its day"
+
+
 def test_processing_reads_the_jobs_in_a_state_not_every_job_of_the_app(site: Any, hello: Any) -> None:
     """The agent's processing looks for unlocked jobs in a state every cycle: the SQLite steps it takes stay the
     same when the app has thousands more finished jobs (it used to walk them all)."""

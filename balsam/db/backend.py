@@ -34,6 +34,11 @@ LAUNCHER_FIELDS = frozenset({"return_code", "serialized_return_value", "serializ
 ACQUIRE_CONSTRAINTS = frozenset({"states", "filter_tags", "app_ids", "serial_only", "max_nodes_per_job", "max_aggregate_nodes",
                                  "max_wall_time_min", "max_gpus_per_node", "sort_by"})
 MAX_ACQUIRE_WAIT_S = 5.0
+ANSWER_KEEP_S = 86400.0
+"""How long the answer of a mutating API request is kept for its retries (a day)."""
+LAUNCHER_ANSWER_KEEP_S = 3600.0
+"""How long a launcher's acquire and status-batch answers are kept: far past its lease (300 s) and its clients'
+retries (at most 300 s), but not a day: at thousands of jobs/s a day of them would fill the disk."""
 _SPECS: Dict[str, q.TableSpec] = dict(q.SPECS)
 _BATCH_JSON = frozenset({"optional_params", "filter_tags", "partitions", "status_info"})
 _WRITABLE = {
@@ -595,7 +600,7 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ exactly-once answers (HTTP)
     def apply_batches_once(self, batches: Sequence[Tuple[str, str, Optional[int], Sequence[StateChange]]],
-                           answer: Callable[[Rejected], Tuple[int, bytes]]) -> List[Any]:
+                           answer: Callable[[Rejected], Tuple[int, bytes]], keep_s: float = LAUNCHER_ANSWER_KEEP_S) -> List[Any]:
         """Several launchers' status batches (idempotency key, fingerprint, lease, changes) applied as one, each at
         most once: one pass of the state engine and one write of the answers for all of them. Per batch, in order:
         (status, body, replayed), or the exception that batch alone gets (a key reused for another request, a
@@ -646,7 +651,7 @@ class LocalBackend(Backend):
                 status, body = answer(refused[i])
                 results[i] = (status, body, False)
                 rows.append((batches[i][0], batches[i][1], status, body, now))
-            conn.executemany("INSERT INTO http_answer(key, fingerprint, status, body, created) VALUES (?,?,?,?,?)", rows)
+            _keep_answers(conn, rows, now, keep_s)
             for i, (key, _fingerprint, _sid, _changes) in enumerate(batches):
                 if results[i] is None:  # the same key twice in one group: the second is a replay of the first
                     original = results[first[key]]
@@ -654,7 +659,7 @@ class LocalBackend(Backend):
         return results
 
     def acquire_batch(self, requests: Sequence[Tuple[Optional[str], str, int, int, Dict[str, Any], bool]],
-                      answer: Callable[[List[Dict[str, Any]]], Tuple[int, bytes]], keep_s: float = 86400.0) -> List[Any]:
+                      answer: Callable[[List[Dict[str, Any]]], Tuple[int, bytes]], keep_s: float = LAUNCHER_ANSWER_KEEP_S) -> List[Any]:
         """Several launchers' acquires (idempotency key or None, fingerprint, lease, max_num_jobs, constraints, final)
         in one transaction: one look-up of the keys' stored answers, one expiry pass over the leases and one write
         of the new answers for all of them; each acquire in its own savepoint (a lease that expired fails alone).
@@ -700,9 +705,7 @@ class LocalBackend(Backend):
                     first[key] = i
                     rows.append((key, fingerprint, status, body, now))
             if rows:
-                conn.executemany("INSERT INTO http_answer(key, fingerprint, status, body, created) VALUES (?,?,?,?,?)", rows)
-                if now % 60 < 1:  # about once a minute under load: forget day-old answers
-                    conn.execute("DELETE FROM http_answer WHERE created < ?", (now - keep_s,))
+                _keep_answers(conn, rows, now, keep_s)
         for i, (key, fingerprint, *_rest) in enumerate(requests):
             if key and results[i] is None and key in first and first[key] != i and requests[first[key]][1] == fingerprint:
                 original = results[first[key]]
@@ -710,7 +713,7 @@ class LocalBackend(Backend):
         return results
 
     def once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],
-             keep_s: float = 86400.0) -> Optional[Tuple[int, bytes, bool]]:
+             keep_s: float = ANSWER_KEEP_S) -> Optional[Tuple[int, bytes, bool]]:
         """Run ``fn`` (a mutating request) at most once per idempotency ``key``: its answer is stored in the site DB in
         the same transaction as its writes, and a retry gets the stored answer. (status, body, replayed), or None
         when ``fn`` returned None (it wrote nothing: an empty acquire, to be tried again).
@@ -728,11 +731,18 @@ class LocalBackend(Backend):
                 return None
             status, body = answer
             if status < 500:
-                now = time.time()
-                conn.execute("INSERT INTO http_answer(key, fingerprint, status, body, created) VALUES (?,?,?,?,?)",
-                             (key, fingerprint, status, body, now))
-                if now % 60 < 1:  # about once a minute under load: forget day-old answers
-                    conn.execute("DELETE FROM http_answer WHERE created < ?", (now - keep_s,))
+                _keep_answers(conn, [(key, fingerprint, status, body, time.time())], time.time(), keep_s)
         return status, body, False
 
 
+_last_sweep = [0.0]
+
+
+def _keep_answers(conn: Any, rows: Sequence[Tuple[str, str, int, bytes, float]], now: float, keep_s: float) -> None:
+    """Store answers (key, fingerprint, status, body, created) for ``keep_s``, and about once a minute forget those
+    whose time has passed (one range of the expiry index)."""
+    conn.executemany("INSERT INTO http_answer(key, fingerprint, status, body, created, expires) VALUES (?,?,?,?,?,?)",
+                     [(*row, row[4] + keep_s) for row in rows])
+    if now - _last_sweep[0] >= 60.0:
+        _last_sweep[0] = now
+        conn.execute("DELETE FROM http_answer WHERE expires < ?", (now,))

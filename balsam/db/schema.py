@@ -285,6 +285,15 @@ def _v9_uploads(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS http_upload_created ON http_upload(created)")
 
 
+def _v10_answer_expiry(conn: sqlite3.Connection) -> None:
+    """Each kept API answer says when it may be forgotten: a launcher's acquire and status answers after an hour,
+    others after a day (before, every answer was kept a day: ~0.5 KB per acquired job)."""
+    conn.execute("ALTER TABLE http_answer ADD COLUMN expires REAL NOT NULL DEFAULT 0")
+    conn.execute("UPDATE http_answer SET expires = created + 86400")
+    conn.execute("DROP INDEX IF EXISTS http_answer_created")
+    conn.execute("CREATE INDEX IF NOT EXISTS http_answer_expires ON http_answer(expires)")
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
@@ -295,6 +304,7 @@ MIGRATIONS: List[Migration] = [
     (7, "DAG and DAG-instance ids unique across sites (site id in the high bits)", _v7_dag_ids),
     (8, "indexes for the dashboard: jobs by last update, workdir substrings (FTS5 trigrams)", _v8_dashboard_indexes),
     (9, "parts of bulk writes sent over HTTP in several requests, applied together (staged uploads)", _v9_uploads),
+    (10, "API answers kept for retries say when they expire (a launcher's for an hour, others a day)", _v10_answer_expiry),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 
