@@ -5,12 +5,14 @@
    directly) and ``xargs -P <cores>`` (aim: foreign / home >= 0.9).
 2. **Simulated launchers**: 1, 16, 64 and 256 light launchers (open a lease, acquire, report RUNNING, then
    RUN_DONE with POSTPROCESSED as a real launcher does for an app without a postprocess hook, in status batches, no
-   process spawned) against one agent serving from one process per core (``api.workers``): completed jobs/s and the p99 latency
-   of acquire (aim on 2 cores: 10,000 jobs/s at 256 and p99 under 200 ms).
+   process spawned; each acquires up to a node's worth, the jobs' node_packing_count of 64, as a launcher with that
+   many free slots does, and the jobs are enough for four such acquires each) against one agent serving from one
+   process per core (``api.workers``): completed jobs/s and the p99 latency of acquire (aim on 2 cores: 10,000
+   jobs/s at 256 and p99 under 200 ms).
 3. **API reads on a big site**: a paged job listing (100 per page, cursor) and a filtered count (a tag and a
    state) on a site of M jobs, p50 and p99 over HTTP against the same query in-process.
 
-    python bench/bench_http.py [--jobs 10000] [--sim-jobs 20000] [--big 1000000] [--parts 1,2,3]
+    python bench/bench_http.py [--jobs 10000] [--sim-jobs N] [--big 1000000] [--parts 1,2,3]
     python bench/bench_http.py --against main   # part 2 before (main) and after (this tree), in one run
     BENCH_API_WORKERS=1 python bench/bench_http.py --parts 2   # the agent serving from one process (default: one per core)
 """
@@ -39,6 +41,8 @@ sys.path.insert(0, str(TREE))
 from balsam.api import ApplicationDefinition  # noqa: E402
 
 FOREIGN = "compute-node-7"
+PACK = 64
+"""The jobs' node_packing_count: a launcher on one node runs this many at once, so it acquires up to this many."""
 
 
 class Noop(ApplicationDefinition):
@@ -91,7 +95,7 @@ def _runnable(ref: Any, n: int, prefix: str, tags: Any = None) -> List[int]:
     from balsam.api import Job
     from balsam.db.jobs import StateChange, apply_state_changes
 
-    jobs = Job.objects.bulk_create([Job(f"{prefix}/{i:07d}", app_id=Noop, node_packing_count=64, tags=tags(i) if tags else None)
+    jobs = Job.objects.bulk_create([Job(f"{prefix}/{i:07d}", app_id=Noop, node_packing_count=PACK, tags=tags(i) if tags else None)
                                     for i in range(n)])
     ids = [int(j.id) for j in jobs]
     for start in range(0, len(ids), 100_000):
@@ -200,6 +204,17 @@ def _agent_cpu_s(ref: Any) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _batch(total: int, launchers: int) -> int:
+    """Jobs per acquire: a node's worth (PACK, as a launcher with that many free slots asks for), fewer when
+    ``total`` is too small for every launcher to come back at least four times."""
+    return max(8, min(PACK, total // (launchers * 4) or 8))
+
+
+def sim_jobs(launchers: int, given: int) -> int:
+    """Jobs for a run of ``launchers``: ``given``, or (0) enough for four node-sized acquires each, 20,000 at least."""
+    return given or max(20_000, launchers * PACK * 4)
+
+
 def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, float, float, float]:
     """(completed jobs/s, p99 acquire seconds, the agent's and the launchers' CPU microseconds per job) for
     ``launchers`` simulated launchers sharing ``total`` jobs. CPU per job is what a loaded machine cannot blur."""
@@ -208,7 +223,7 @@ def simulate(ref: Any, total: int, launchers: int, prefix: str) -> Tuple[float, 
     ids = _runnable(ref, total, prefix)
     procs_n = min(4, launchers)
     per = [launchers // procs_n + (1 if i < launchers % procs_n else 0) for i in range(procs_n)]
-    batch = max(8, min(256, total // (launchers * 4) or 8))
+    batch = _batch(total, launchers)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     go = ctx.Event()
@@ -310,7 +325,7 @@ def against(ref: str, launchers: List[int], sim_jobs: int, rounds: int) -> None:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         trees = {"before": tmp, "after": REPO}
-        print(f"2. simulated launchers, {ref} (before) against this tree (after), alternating, {sim_jobs} jobs each:", flush=True)
+        print(f"2. simulated launchers, {ref} (before) against this tree (after), alternating, {sim_jobs or 'per size'} jobs each:", flush=True)
         for k in launchers:
             got: Dict[str, List[Tuple[float, float]]] = {"before": [], "after": []}
             for _ in range(rounds):
@@ -336,7 +351,8 @@ def against(ref: str, launchers: List[int], sim_jobs: int, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the launcher pipeline")
-    parser.add_argument("--sim-jobs", type=int, default=20_000, help="jobs shared by the simulated launchers, per size")
+    parser.add_argument("--sim-jobs", type=int, default=0,
+                        help="jobs shared by the simulated launchers, per size (default: four node-sized acquires each, 20,000 at least)")
     parser.add_argument("--launchers", default="1,16,64,256")
     parser.add_argument("--big", type=int, default=1_000_000, help="jobs on the big site for the read benchmark")
     parser.add_argument("--reads", type=int, default=30, help="rounds of reads (10 pages and one count each)")
@@ -371,9 +387,11 @@ def main() -> None:
             if "2" in parts:
                 print("2. simulated launchers against one agent:")
                 for k in [int(x) for x in args.launchers.split(",")]:
-                    rate, p99, agent_us, launchers_us = simulate(ref, args.sim_jobs, k, f"sim{k}")
+                    total = sim_jobs(k, args.sim_jobs)
+                    rate, p99, agent_us, launchers_us = simulate(ref, total, k, f"sim{k}")
                     print(f"   {k:4d} launchers: {rate:8.0f} jobs/s, p99 acquire {p99 * 1000:7.1f} ms, CPU per job: agent {agent_us:5.0f} us, "
-                          f"launchers {launchers_us:5.0f} us (load average {os.getloadavg()[0]:.1f})", flush=True)
+                          f"launchers {launchers_us:5.0f} us (load average {os.getloadavg()[0]:.1f}; {total} jobs, "
+                          f"{_batch(total, k)} per acquire)", flush=True)
             if args.big and "3" in parts:
                 big = _setup(tmp, "big")
                 stop_agent(ref.path)
