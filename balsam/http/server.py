@@ -59,6 +59,15 @@ logger = logging.getLogger("balsam.http")
 REVERIFY_S = 2.0
 """How often a many-user server checks that a WebSocket's token is still valid: a token revoked (logout, ``balsam
 relay token revoke`` from another process) or expired ends its streams within this long (one indexed look-up)."""
+PAGE_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""The dashboard's files: no other site may frame it (clicks lured through a frame), no plugin or base address is
+taken from markup, no type is guessed, and no address (the login link's token) leaves in a Referer. (Job data is
+shown as text by the page itself: tests/test_web_hostile.py.)"""
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
 """The caller of a route that needs no credentials (a password login)."""
 
@@ -557,7 +566,7 @@ class Api:
         except (OSError, ModuleNotFoundError, TypeError, ValueError):  # ValueError: a NUL in the path (/assets/%00)
             message = "the dashboard is not built into this Balsam" if rel is None else "no such file"
             return self._error(ApiError(404, "not_found", message), None)
-        return Response(data, media_type=_media_type(name))
+        return Response(data, media_type=_media_type(name), headers=PAGE_HEADERS)
 
     def _hub_for(self, principal: Principal) -> WebSocketHub:
         """The change stream a caller may see: the site's, or (many users) one over the caller's own sites."""
