@@ -371,13 +371,18 @@ class LocalBackend(Backend):
         from balsam.db import uploads
         from balsam.db.codec import dumps
 
-        if any(r[-1] is not None for r in rows):
-            raise ValidationError("parameters JSON cannot hold (pickled Python objects) are not taken in parts")
-        body = dumps({"rows": [list(r[:-1]) for r in rows], "transfers": {str(i): t for i, t in transfers.items()}}).encode()
+        staged: Dict[str, Any] = {"rows": [list(r[:-1]) for r in rows], "transfers": {str(i): t for i, t in transfers.items()}}
+        if any(r[-1] is not None for r in rows):  # run() arguments JSON cannot hold (the handler checked who sent them)
+            import base64
+
+            staged["pickled"] = [None if r[-1] is None else base64.b64encode(bytes(r[-1])).decode() for r in rows]
+        body = dumps(staged).encode()
         with self.store.write() as conn:
             return uploads.stage_part(conn, upload, part, len(rows), body)
 
     def create_staged_jobs(self, upload: str, parts: int) -> Tuple[List[int], List[str], float]:
+        import base64
+
         from balsam.db import jobs as job_db
         from balsam.db import uploads
         from balsam.db.codec import loads_body
@@ -390,7 +395,8 @@ class LocalBackend(Backend):
                 part = loads_body(body)
                 base = len(rows)
                 transfers.update((base + int(i), t) for i, t in part["transfers"].items())
-                rows.extend((*r, None) for r in part["rows"])
+                pickled = part.get("pickled") or [None] * len(part["rows"])
+                rows.extend((*r, None if pk is None else base64.b64decode(pk)) for r, pk in zip(part["rows"], pickled))
             first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
         n = len(rows)
         initial = [JobState.STAGED_IN.value] * n

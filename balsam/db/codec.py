@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from balsam.exceptions import ValidationError
@@ -178,7 +179,7 @@ def encode_parameters(params: Dict[str, Any]) -> Tuple[str, Optional[bytes]]:
             out[key] = _placeholder(value)
             pickled[key] = value
     try:
-        blob = pickle.dumps(pickled, protocol=4)
+        blob = pickle_value(pickled)
     except Exception as exc:
         raise ValidationError(f"parameters {sorted(pickled)}: cannot be stored: {type(exc).__name__}: {exc}") from None
     return _dumps(out), blob
@@ -193,9 +194,30 @@ def decode_parameters(text: Optional[str], pickled: Optional[bytes] = None) -> D
     return params
 
 
+_HERE_ONLY = (b"__main__", b"_balsam_app_")
+"""Module names a plain pickle may name that another process cannot import: a script's, a notebook's or the
+interactive prompt's ``__main__``, and the modules a launcher loads apps' shipped code into."""
+
+
 def pickle_value(value: Any) -> bytes:
-    """A Python value (a run() result or exception) as stored bytes."""
-    return pickle.dumps(value, protocol=4)
+    """A Python value (run() parameters, a result or an exception) as bytes another process can load.
+
+    A plain pickle names every class and function by module, which is enough when the reader can import them.
+    What lives only in this process (a lambda, a function or class defined in a script, a notebook or an app's own
+    code) is pickled by value with cloudpickle instead, as Balsam 0.7's dill did: such values fail a plain pickle,
+    or name one of :data:`_HERE_ONLY`. Both forms load with ``pickle.loads`` (given cloudpickle installed).
+    """
+    try:
+        data = pickle.dumps(value, protocol=4)
+    except Exception:
+        data = b""
+    if data and not any([mark in data for mark in _HERE_ONLY]):
+        return data
+    import cloudpickle
+
+    for name in [n for n in sys.modules if n.startswith("_balsam_app_")]:  # importable here only: by value too
+        cloudpickle.register_pickle_by_value(sys.modules[name])
+    return cloudpickle.dumps(value, protocol=4)  # type: ignore[no-any-return]
 
 
 def unpickle_value(data: Optional[bytes]) -> Any:

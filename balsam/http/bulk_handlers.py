@@ -16,7 +16,7 @@ from balsam.http import handlers as h
 from balsam.http.schemas import COLUMNS, iso, row_to_wire
 
 
-def _new_job_rows(items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Dict[int, Dict[str, Any]]]:
+def _new_job_rows(call: h.Call, items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Dict[int, Dict[str, Any]]]:
     """New-job rows (and transfers by row index) of job-create objects, each checked; errors name the job by its
     index in the whole creation (``offset``: the index of the first of ``items``)."""
     rows = []
@@ -46,10 +46,13 @@ def _new_job_rows(items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ..
             for key in ("tags", "data", "launch_params"):
                 if item.get(key) is not None and not isinstance(item[key], dict):
                     raise ValidationError(f"job {n}: {key} must be an object")
-            rows.append(new_job_row(
+            row = new_job_row(
                 item["workdir"], h._int(item["app_id"], "app_id"), tags=item.get("tags"), parameters=params, data=item.get("data"),
                 launch_params=item.get("launch_params"), parent_ids=[h._int(p, "parent_ids") for p in parents],
-                pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources))
+                pending_file_cleanup=bool(item.get("pending_file_cleanup", True)), **resources)
+            if item.get("parameters_pickled") is not None:
+                row = row[:-1] + (_pickled_parameters(call, item["parameters_pickled"], n),)
+            rows.append(row)
             if item.get("transfers"):
                 if not isinstance(item["transfers"], dict):
                     raise ValidationError(f"job {n}: transfers must be an object")
@@ -61,10 +64,20 @@ def _new_job_rows(items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ..
     return rows, transfers
 
 
+def _pickled_parameters(call: h.Call, value: Any, n: int) -> bytes:
+    """A job's ``parameters_pickled`` (run() arguments JSON cannot hold, pickled by the Python API): code as much as
+    app source is, so only the site's own principal may send it (as it alone may sync apps), and the server never
+    unpickles it; the launcher does, as it loads the site owner's apps (DESIGN.md section 7)."""
+    if call.principal.kind != "site":
+        raise h.FieldError(f"job {n}: Python objects JSON cannot hold (pickled parameters) are accepted only from the site's "
+                           "owner (the site secret); pass plain JSON values", f"{n}.parameters_pickled")
+    return h._b64_bytes(value, f"job {n}: parameters_pickled")
+
+
 def create_jobs(call: h.Call) -> h.Answer:
     h._need_write(call)
     items = h._body_list(call, "job")
-    rows, transfers = _new_job_rows(items)
+    rows, transfers = _new_job_rows(call, items)
     _check_parameters(call, rows)
     ids, states, now = call.backend.create_jobs(rows, transfers)
     if not ids:
@@ -113,7 +126,7 @@ def stage_jobs(call: h.Call) -> h.Answer:
     items = body.get("jobs")
     if not isinstance(items, list):
         raise h.FieldError("jobs: expected a list of jobs", "jobs")
-    rows, transfers = _new_job_rows(items, offset)
+    rows, transfers = _new_job_rows(call, items, offset)
     _check_parameters(call, rows, offset)
     kept = call.backend.stage_jobs(upload, part, rows, transfers)
     return 200, {"upload": upload, "part": part, "jobs": len(rows), "kept": kept}

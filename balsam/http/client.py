@@ -373,9 +373,11 @@ class HttpBackend(Backend):
         items = []
         for i, r in enumerate(rows):
             item = dict(zip(NEW_JOB_COLUMNS, r))
-            if item.pop("parameters_pickled", None) is not None:
-                raise exc.ValidationError(f"job {item['workdir']!r}: parameters JSON cannot hold (pickled Python objects) can "
-                                          "only be given on the site's home host; pass plain JSON values from here")
+            pickled = item.pop("parameters_pickled", None)
+            if pickled is not None:  # Python objects JSON cannot hold: only the site's owner may send them
+                import base64
+
+                item["parameters_pickled"] = base64.b64encode(bytes(pickled)).decode()
             for k in ("tags", "parameters", "data", "launch_params", "parent_ids"):
                 item[k] = loads(item[k])  # the empty object and list (most jobs' data, launch_params, parents) skip the parser
             item["pending_file_cleanup"] = bool(item["pending_file_cleanup"])

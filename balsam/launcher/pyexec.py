@@ -71,8 +71,10 @@ def load_app(source: str, class_name: str, module_name: str) -> type:
 
 def pickle_exception(exc: BaseException, tb_text: str) -> bytes:
     """``(exc, traceback_text)`` pickled; an exception that does not round-trip becomes a RuntimeError."""
+    from balsam.db.codec import pickle_value
+
     try:
-        data = pickle.dumps((exc, tb_text), protocol=4)
+        data = pickle_value((exc, tb_text))
         pickle.loads(data)
         return data
     except Exception:
@@ -128,8 +130,10 @@ def call_run(app_cls: type, job: Dict[str, Any], stored: Sequence[Any]) -> Outco
         raise
     except BaseException as exc:
         return _failure(exc)
+    from balsam.db.codec import pickle_value
+
     try:
-        return 0, pickle.dumps(value, protocol=4), None
+        return 0, pickle_value(value), None
     except Exception as exc:
         err = TypeError(f"the value run() returned cannot be pickled: {type(exc).__name__}: {exc}")
         print(f"balsam: {err}", file=sys.stderr)
