@@ -169,3 +169,16 @@ def test_only_the_sites_owner_may_send_pickled_arguments(tmp_path: Any) -> None:
         assert status == 201 and Job.objects.get(workdir="p/1").get_parameters() == {"x": (1, 2), "y": 1}
     finally:
         server.stop()
+
+
+def test_a_bulk_create_with_python_arguments_in_parts(site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The app guide's bulk creation, jobs = Job.objects.bulk_create([App.submit(..., save=False) ...]), with tuples:
+    # from another host a creation larger than one request goes in parts, created all at once (parts of 2 here).
+    import balsam.http.client as http_client
+
+    monkeypatch.setattr(http_client, "CREATE_CHUNK", 2)
+    Adder.sync()
+    jobs = Job.objects.bulk_create([Adder.submit(workdir=f"many/{i}", x=(i,), y=(i, i), save=False) for i in range(5)])
+    assert [Job.objects.get(id=j.id).get_parameters() for j in jobs] == [{"x": (i,), "y": (i, i)} for i in range(5)]
+    _run_all(site, jobs[:1])
+    assert jobs[0].result(timeout=30) == (0, 0, 0)
