@@ -188,3 +188,18 @@ def test_a_cursor_or_a_guessed_id_of_another_users_listing_shows_only_your_own_r
     for guess in range(1, 6):  # ids are the site's id and a counter: easy to guess, never readable by another user
         status, answer = raw(two_users["url"], bob.token, "GET", f"/v1/jobs/{A + guess}")
         assert status == 404 and str(SITE_A) not in answer["error"]["message"].replace(str(A + guess), "")
+
+
+@pytest.mark.parametrize("depth", [300, 5000, 100_000])
+def test_a_row_nested_deeper_than_any_store_holds_is_refused_in_one_line(two_users: Dict[str, Any], depth: int) -> None:  # noqa: F811
+    url, token = two_users["url"], two_users["agent_a"].token
+    deep = "[" * depth + "]" * depth
+    body = (f'{{"submission_id": "deep-{depth}", "last_seq": 70, "items": [{{"entity": "job", "op": "upsert", "id": {A + 20}, '
+            f'"row": {{"workdir": "deep", "state": "RUNNING", "data": {deep}}}}}]}}').encode()
+    status, answer = raw(url, token, "POST", "/v1/sync/push", data=body)
+    assert status in (200, 400), (status, answer)  # was a 503 from 2,000 levels: the site retried it forever
+    if status == 400:
+        assert "nested too deep" in answer["error"]["message"]
+    assert raw(url, two_users["alice"].token, "GET", "/v1/jobs")[0] == 200
+    assert two_users["agent_a"].request("POST", "/v1/sync/push", {"submission_id": f"after-deep-{depth}", "last_seq": 71,
+                                                                  "items": [job(2, "RUNNING", 6)]})["applied"] == 1

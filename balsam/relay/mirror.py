@@ -239,7 +239,10 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
         rows = upserts[entity]
         if not rows:
             continue
-        mirrored = [mirror_row(entity, row_id, site_id, row) for row_id, row in rows.items()]
+        try:
+            mirrored = [mirror_row(entity, row_id, site_id, row) for row_id, row in rows.items()]
+        except RecursionError:  # (a site's own store holds JSON at most 64 levels deep)
+            raise ValidationError(f"a pushed {entity} row is nested too deep to store") from None
         if entity == "job":
             old = bulk.upsert(c, table, COLUMNS[entity], mirrored, previous=("links", "state"), stable=STABLE_JOB_COLUMNS)
             _relink(c, rows, mirrored, {i: v[0] for i, v in old.items()})
