@@ -17,7 +17,10 @@ Output goes to ``<workdir>/job.out``.
 
 One thread owns an executor. :meth:`Executor.poll` sleeps in a selector on pidfds (Linux), worker sockets and
 a wake-up pipe, so an exit is noticed at once without polling; children are reaped with ``waitpid(-1)``, so
-nothing else in this process may start child processes of its own.
+nothing else in this process may start child processes of its own. Where the C library's ``posix_spawn`` is
+used, job processes are spawned on helper threads (:class:`.spawn.SpawnThreads`): :meth:`Executor.start`
+prepares the job, :meth:`Executor.launch` (or the next poll) hands the spawn over, and the owning thread takes
+in each pid when it next wakes (a job that ended before that is reaped all the same, then matched to its pid).
 """
 
 from __future__ import annotations
