@@ -203,3 +203,20 @@ def test_a_row_nested_deeper_than_any_store_holds_is_refused_in_one_line(two_use
     assert raw(url, two_users["alice"].token, "GET", "/v1/jobs")[0] == 200
     assert two_users["agent_a"].request("POST", "/v1/sync/push", {"submission_id": f"after-deep-{depth}", "last_seq": 71,
                                                                   "items": [job(2, "RUNNING", 6)]})["applied"] == 1
+
+
+def test_nul_and_lone_surrogates_in_logins_and_filters_are_plain_answers(two_users: Dict[str, Any]) -> None:  # noqa: F811
+    # PostgreSQL refuses a NUL in text and no database encodes a lone surrogate: these were 503s, with a traceback
+    # in the relay's log, for anyone who could reach the login route.
+    url = two_users["url"]
+    for user in ("al\x00ice", "\ud800", "alice\x00"):
+        status, answer = raw(url, "", "POST", "/v1/tokens", {"user": user, "password": "alice-password"})
+        assert status == 401 and answer["error"]["message"] == "wrong user name or password", (user, status, answer)
+    status, answer = raw(url, "", "POST", "/v1/tokens", {"user": "alice", "password": "alice-password", "label": "lab\x00el\ud800"})
+    assert status == 201 and answer["token"].startswith("bt_")
+    token = two_users["alice"].token
+    for query in ("workdir=a%00b", "tags=a%00:b", "workdir__contains=%00", "app_name=a%00", "state=RUN%00", "tags=k:%ED%A0%80"):
+        status, answer = raw(url, token, "GET", f"/v1/jobs?{query}")
+        assert (status, answer["results"]) == (200, []), (query, status, answer)
+    status, answer = raw(url, token, "GET", "/v1/batch-jobs?queue=q%00")
+    assert (status, answer["results"]) == (200, [])

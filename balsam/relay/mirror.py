@@ -405,8 +405,20 @@ def _filtered(table_name: str, filters: Dict[str, Any]) -> Tuple[sa.Table, Claus
         fn = known.get(key)
         if fn is None:
             raise ValidationError(f"unknown {table_name} filter {key!r} (known: {', '.join(sorted(known))})")
-        clauses.append(fn(table, value))
+        clauses.append(fn(table, _storable(value)))
     return table, sa.and_(sa.true(), *clauses)
+
+
+def _storable(value: Any) -> Any:
+    """A filter value as the databases can bind it: text with a NUL or a lone surrogate (which PostgreSQL refuses, and
+    which no stored value holds) as :func:`_text` stores such text, so it matches nothing instead of failing."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    return value
 
 
 def _one_site(table: sa.Table, site_id: int, by_state: bool) -> Clause:

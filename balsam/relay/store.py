@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -185,18 +186,20 @@ class RelayStore:
     def login(self, name: str, password: str, *, ttl_s: float = DEFAULT_TOKEN_TTL_S, label: str = "login") -> Tuple[str, Caller]:
         """Check a password (rate limited per user name) and issue a user token; returns (token, caller)."""
         now = time.time()
+        key = clean_text(str(name), 64)  # (a NUL or a lone surrogate is no user's name: counted, never a failed query)
         with self.begin() as c:
             failures = c.execute(sa.select(sa.func.count()).select_from(t.login_failure).where(
-                t.login_failure.c.name == str(name)[:64], t.login_failure.c.time > now - LOGIN_WINDOW_S)).scalar_one()
+                t.login_failure.c.name == key, t.login_failure.c.time > now - LOGIN_WINDOW_S)).scalar_one()
             if failures >= MAX_LOGIN_FAILURES:
                 raise RateLimited(f"too many failed logins for {name!r}: wait a minute and try again")
-            row = c.execute(sa.select(t.user.c.id, t.user.c.password_hash, t.user.c.disabled).where(t.user.c.name == name)).first()
+            row = (c.execute(sa.select(t.user.c.id, t.user.c.password_hash, t.user.c.disabled).where(t.user.c.name == name)).first()
+                   if isinstance(name, str) and _USER_NAME.fullmatch(name) else None)
         ok = row is not None and not row.disabled and auth.verify_password(password, row.password_hash)
         if not ok:
             if row is None:
                 auth.verify_password(password, _DUMMY_HASH)  # the same work whether or not the user exists
             with self.begin() as c:
-                c.execute(t.login_failure.insert().values(name=str(name)[:64], time=now))
+                c.execute(t.login_failure.insert().values(name=key, time=now))
                 c.execute(t.login_failure.delete().where(t.login_failure.c.time < now - LOGIN_WINDOW_S))
             raise RelayAuthError("wrong user name or password")
         assert row is not None
@@ -214,7 +217,7 @@ class RelayStore:
         text, digest = auth.new_token()
         now = time.time()
         with self.begin() as c:
-            c.execute(t.token.insert().values(user_id=user_id, token_hash=digest, kind=kind, site_id=site_id, label=label[:200],
+            c.execute(t.token.insert().values(user_id=user_id, token_hash=digest, kind=kind, site_id=site_id, label=clean_text(label, 200),
                                               created=now, expires=now + ttl_s, revoked=False))
         return text
 
@@ -455,10 +458,11 @@ def clean_text(text: str, width: Optional[int] = None) -> str:
 _DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
 
-def _check_user_name(name: Any) -> str:
-    import re
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+
+def _check_user_name(name: Any) -> str:
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
         raise ValidationError(f"a user name is 1-64 letters, digits, '.', '_' or '-', got {name!r}")
     return name
 
