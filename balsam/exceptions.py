@@ -42,11 +42,32 @@ class ConfigError(BalsamError):
     exit_code = 2
 
 
+class ObjectDoesNotExist(BalsamError, LookupError):
+    """A ``get()`` matched nothing."""
+
+
+class MultipleObjectsReturned(BalsamError, LookupError):
+    """A ``get()`` matched more than one object."""
+
+
+class SiteDoesNotExist(ObjectDoesNotExist):
+    """No site matches: ``Site.DoesNotExist`` in the Python API, which catches every :class:`SiteNotFound` too (a
+    Balsam 0.7 user catches that for an unknown ``site=`` of an app or ``site_name=`` of a job)."""
+
+
+class AppDoesNotExist(ObjectDoesNotExist):
+    """No app matches: ``App.DoesNotExist`` in the Python API, which catches every :class:`AppNotFound` too."""
+
+
+class AppMultipleObjectsReturned(MultipleObjectsReturned):
+    """More than one app matches: ``App.MultipleObjectsReturned`` in the Python API."""
+
+
 class SiteError(BalsamError):
     """A site cannot be found, registered or opened."""
 
 
-class SiteNotFound(SiteError):
+class SiteNotFound(SiteError, SiteDoesNotExist):
     """No site matches the given name, id or path."""
 
 
@@ -88,16 +109,16 @@ class SessionExpired(BalsamError):
     """A launcher or processing lease no longer exists: it expired or was released."""
 
 
-class ObjectDoesNotExist(BalsamError, LookupError):
-    """A ``get()`` matched nothing."""
-
-
-class MultipleObjectsReturned(BalsamError, LookupError):
-    """A ``get()`` matched more than one object."""
-
-
 class AppError(BalsamError):
     """An ApplicationDefinition cannot be defined, synced or loaded."""
+
+
+class AppNotFound(AppError, ValidationError, AppDoesNotExist):
+    """No app matches the name or id a job or a loader gave (``App.DoesNotExist`` catches it, as in Balsam 0.7)."""
+
+
+class AppAmbiguous(ValidationError, AppMultipleObjectsReturned):
+    """An app name matches apps at several sites (``App.MultipleObjectsReturned`` catches it)."""
 
 
 class SchedulerError(BalsamError):

@@ -444,3 +444,64 @@ def test_the_app_guides_definitions(site: Any) -> None:
     client = SiteConfig(site.path).client
     assert client.Job.objects.filter(workdir__contains="test/").count() == Job.objects.filter(workdir__contains="test/").count()
     assert client.BatchJob is BatchJob
+
+
+def test_lookups_raise_the_models_own_errors_as_07_users_catch_them(site: Any, hello: Any, adder: Any, backend: str,
+                                                                    tmp_path: Path) -> None:
+    # The API guide's pattern, ``except Job.DoesNotExist``, for the lookups that name an app or a site as well: an
+    # unknown app name or id is App.DoesNotExist, an unknown site App's or Job's is Site.DoesNotExist (they were a
+    # ValidationError, an AppError and a SiteNotFound only, which the model's error did not catch).
+    with pytest.raises(App.DoesNotExist, match="NoSuchApp"):
+        Job.objects.create(workdir="x/1", app_id="NoSuchApp", parameters={})
+    with pytest.raises(App.DoesNotExist):
+        Job(workdir="x/2", app_id="sim.NoSuchApp").save()
+    with pytest.raises(App.DoesNotExist, match="NoSuchApp"):
+        ApplicationDefinition.load_by_name("NoSuchApp", "test-site")
+    with pytest.raises(App.DoesNotExist):
+        ApplicationDefinition.load_by_id(hello.__app_id__ + 1000)
+    with pytest.raises(Site.DoesNotExist, match="no-such-site"):
+        ApplicationDefinition.load_by_site("no-such-site")
+    with pytest.raises(Site.DoesNotExist, match="no-such-site"):
+        Job.objects.create(workdir="x/3", app_id="Hello", site_name="no-such-site", parameters={"say_hello_to": "x"})
+
+    class Nowhere(ApplicationDefinition):
+        site = "no-such-site"
+        command_template = "echo nowhere"
+
+    with pytest.raises(Site.DoesNotExist):
+        Nowhere.sync()
+    # Still the errors they were for code that catches those, and each model keeps its own class.
+    from balsam.exceptions import AppError, SiteNotFound
+
+    with pytest.raises(ValueError):
+        Job.objects.create(workdir="x/4", app_id="NoSuchApp")
+    with pytest.raises(AppError):
+        ApplicationDefinition.load_by_name("NoSuchApp", "test-site")
+    with pytest.raises(SiteNotFound):
+        ApplicationDefinition.load_by_site("no-such-site")
+    assert not issubclass(App.DoesNotExist, Job.DoesNotExist) and not issubclass(Site.DoesNotExist, App.DoesNotExist)
+    assert Job.objects.count() == 0
+    if backend == "local":  # the same app name at two sites, and no site_name to choose: App.MultipleObjectsReturned
+        from balsam.site import init_site
+
+        init_site(tmp_path / "other-site", name="other-site")
+
+        class Hello(ApplicationDefinition):
+            site = "other-site"
+            command_template = "echo other {{ say_hello_to }}"
+
+        Hello.sync()
+        with pytest.raises(App.MultipleObjectsReturned, match="several sites"):
+            Job.objects.create(workdir="x/5", app_id="Hello", parameters={"say_hello_to": "x"})
+        assert Job.objects.create(workdir="x/5", app_id="Hello", site_name="other-site", parameters={"say_hello_to": "x"}).id
+
+
+def test_result_nowait_returns_a_result_that_is_available(site: Any, adder: Any) -> None:
+    # The jobs guide: "result_nowait() will return the result in a non-blocking fashion and raise Job.NoResult if a
+    # result is not immediately available": once the launcher has run the job, the same object returns it.
+    job = adder.submit("test/nowait", x=3, y=7)
+    with pytest.raises(Job.NoResult):
+        job.result_nowait()
+    runnable(site.store, [job])
+    assert run(site, "mpi") == 0
+    assert job.result_nowait() == 10 and str(job.state) == "JOB_FINISHED"

@@ -21,7 +21,7 @@ from balsam._api.schemas import plain
 from balsam.db.codec import dumps
 from balsam.db.states import JobState
 from balsam.db.transfers import check_local_path
-from balsam.exceptions import AppError, ValidationError
+from balsam.exceptions import AppError, AppNotFound, ValidationError
 
 if TYPE_CHECKING:
     from balsam._api.jobs import Job
@@ -381,7 +381,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
         rows = ref.backend.select("app", {"id": [int(app_id)]}, columns=("name", "source_code", "version"))
         row = rows[0] if rows else None
         if row is None:
-            raise AppError(f"no app with id {app_id} at site {ref.name}")
+            raise AppNotFound(f"no app with id {app_id} at site {ref.name}")
         return _load(ref, app_id, row[0], row[1], row[2])
 
     @classmethod
@@ -391,7 +391,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
         rows = ref.backend.select("app", {"name": [name]}, columns=("id", "source_code", "version"))
         row = rows[0] if rows else None
         if row is None:
-            raise AppError(f"no app named {name!r} at site {ref.name}")
+            raise AppNotFound(f"no app named {name!r} at site {ref.name}")
         return _load(ref, row[0], name, row[1], row[2])
 
     @classmethod

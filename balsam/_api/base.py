@@ -169,8 +169,11 @@ class Model:
                 if isinstance(value, Field):
                     fields[name] = value
         cls._fields = fields
-        cls.DoesNotExist = type("DoesNotExist", (ObjectDoesNotExist,), {"__module__": cls.__module__, "__qualname__": f"{cls.__name__}.DoesNotExist"})
-        cls.MultipleObjectsReturned = type(
+        # Each model's own classes, based on the ones a model names (Site's and App's, which the errors of site and
+        # app lookups elsewhere derive from, so ``except Site.DoesNotExist`` catches an unknown ``site=`` too).
+        cls.DoesNotExist = cls.__dict__.get("_does_not_exist") or type(
+            "DoesNotExist", (ObjectDoesNotExist,), {"__module__": cls.__module__, "__qualname__": f"{cls.__name__}.DoesNotExist"})
+        cls.MultipleObjectsReturned = cls.__dict__.get("_multiple_objects") or type(
             "MultipleObjectsReturned", (MultipleObjectsReturned,), {"__module__": cls.__module__, "__qualname__": f"{cls.__name__}.MultipleObjectsReturned"}
         )
 

@@ -21,7 +21,7 @@ from balsam.db.fields import normalize_workdir
 from balsam.db.ids import in_site, site_of
 from balsam.db.jobs import StateChange
 from balsam.db.states import DONE_STATES, JobState, to_state
-from balsam.exceptions import AppError, BalsamError, CommandPending, ValidationError
+from balsam.exceptions import AppAmbiguous, AppError, AppNotFound, BalsamError, CommandPending, ValidationError
 from balsam.runtime import paused_gc
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
             # An app id names one app among all sites: its site is read off the id.
             owner = _sites.site_by_id(site_of(app))
             if owner is None:
-                raise ValidationError(f"no app {app} on this host: its site (id {site_of(app)}) is not registered here")
+                raise AppNotFound(f"no app {app} on this host: its site (id {site_of(app)}) is not registered here")
             sites = [owner]
         else:
             sites = _sites.default_scope()
@@ -131,9 +131,9 @@ def resolve_app(app: Any, site_name: Optional[str] = None) -> AppInfo:
             found.append(info)
     if not found:
         where = f"site {site_name!r}" if site_name else ", ".join(s.name for s in sites) or "any site"
-        raise ValidationError(f"no app {key!r} at {where}; define it and call .sync(), or 'balsam app sync FILE'")
+        raise AppNotFound(f"no app {key!r} at {where}; define it and call .sync(), or 'balsam app sync FILE'")
     if len(found) > 1:
-        raise ValidationError(f"app {key!r} exists at several sites ({', '.join(i.site.name for i in found)}): pass site_name=")
+        raise AppAmbiguous(f"app {key!r} exists at several sites ({', '.join(i.site.name for i in found)}): pass site_name=")
     if isinstance(app, type):
         app_cls._balsam_info = (_sites.generation, found[0])
     return found[0]
@@ -471,7 +471,15 @@ class Job(Model):
         return self.state in DONE_STATES
 
     def result_nowait(self) -> Any:
-        """The return value of a finished run() job, or its exception re-raised; Job.NoResult if not done."""
+        """The return value of a finished run() job, or its exception re-raised; Job.NoResult if not done.
+
+        A job not yet done here is read again first (one query), so a result that is available is returned."""
+        if self.id is not None and self.state not in DONE_STATES and self.serialized_exception is None:
+            self.refresh_from_db()
+        return self._result_here()
+
+    def _result_here(self) -> Any:
+        """result_nowait() on the job as this object holds it (result() has just read it)."""
         state = self.state
         if state not in DONE_STATES and self.serialized_exception is None:
             raise Job.NoResult(f"job {self.id} is {state}: no result yet")
@@ -495,7 +503,7 @@ class Job(Model):
         done, _ = Job.objects.wait([self], timeout=timeout)
         if not done:
             raise concurrent.futures.TimeoutError(f"job {self.id} did not finish within {timeout} s")
-        return self.result_nowait()
+        return self._result_here()
 
 
 def _checked_versions(group: Sequence[Job]) -> Dict[int, int]:

@@ -18,7 +18,14 @@ from balsam.db import query as q
 from balsam.db import sessions as session_db
 from balsam.db.fields import check_str_dict, check_tags
 from balsam.db.states import BatchJobState, to_batch_state
-from balsam.exceptions import CommandPending, JobLockedError, ValidationError
+from balsam.exceptions import (
+    AppDoesNotExist,
+    AppMultipleObjectsReturned,
+    CommandPending,
+    JobLockedError,
+    SiteDoesNotExist,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from balsam._api.diagnosis import Submission
@@ -69,6 +76,7 @@ class Site(Model):
     """A site: a directory with its own job DB on one host."""
 
     _spec = SITE_SPEC
+    _does_not_exist = SiteDoesNotExist  # also the base of SiteNotFound: Site.DoesNotExist catches an unknown site=
     _columns = ("id", "name", "path", "uuid", "creation_date", "last_refresh", "globus_endpoint_id", "backfill_windows",
                 "queued_jobs", "optional_batch_job_params", "allowed_projects", "allowed_queues", "transfer_locations", "version")
 
@@ -210,6 +218,8 @@ class App(Model):
     """The stored form of an ApplicationDefinition (``balsam app ls`` lists these)."""
 
     _spec = q.APP
+    _does_not_exist = AppDoesNotExist  # also the base of AppNotFound (an unknown app name or id of a job or loader)
+    _multiple_objects = AppMultipleObjectsReturned
     _columns = ("id", "site_id", "name", "description", "kind", "serialized_class", "source_code", "parameters",
                 "var_keyword", "transfers", "created", "last_update", "version")
 
