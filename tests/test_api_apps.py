@@ -64,6 +64,9 @@ def test_shell_app_parameters_come_from_the_template(site: Any) -> None:
     ("command_template = 'echo {{ x }}'\n    def run(self): pass", "not both"),
     ("command_template = 'echo {{ x }}'\n    parameters = {'y': {'required': True}}", "'y' is not used by the command_template"),
     ("command_template = 'echo {{ x }'", "command_template line 1"),
+    # Balsam 0.7's app guide: "names with '-', for instance, will be rejected" (it said the name was unused)
+    ("command_template = 'echo {{ input_file }}'\n    parameters = {'input-file': {'required': True}}",
+     "'input-file' is not a valid Python identifier"),
     ("command_template = 'echo {{ x }}'\n    parameters = {'x': {'required': True, 'default': 1}}", "cannot have a default"),
     ("command_template = 'echo {{ x }}'\n    parameters = {'x': {'required': False}}", "needs a default"),
     ("command_template = 'ls'\n    transfers = {'in': {'direction': 'sideways'}}", "direction must be 'in' or 'out'"),

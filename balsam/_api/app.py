@@ -147,6 +147,9 @@ def _shell_spec(name: str, template: Any, params_in: Dict[str, Any]) -> Dict[str
     for v in variables:
         if not _IDENT(v):
             raise AppError(f"{name}: template variable {v!r} is not an identifier")
+    for v in params_in:  # Balsam 0.7's app guide: "names with '-', for instance, will be rejected"
+        if not isinstance(v, str) or not _IDENT(v):
+            raise AppError(f"{name}: parameter {v!r} is not a valid Python identifier (a template variable must be one)")
     unused = sorted(set(params_in) - set(variables))
     if unused:
         raise AppError(f"{name}: parameter {unused[0]!r} is not used by the command_template")
