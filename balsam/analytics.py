@@ -76,7 +76,9 @@ def _per_site(source: Source, spec: q.TableSpec) -> List[Tuple[Any, Dict[str, An
 
 
 def _dt_list(times: Iterable[float]) -> List[_dt.datetime]:
-    fromts = _dt.datetime.fromtimestamp
+    from balsam._api.base import UTCTime
+
+    fromts = UTCTime.fromtimestamp
     return [fromts(t, UTC) for t in times]
 
 

@@ -505,3 +505,21 @@ def test_result_nowait_returns_a_result_that_is_available(site: Any, adder: Any)
     runnable(site.store, [job])
     assert run(site, "mpi") == 0
     assert job.result_nowait() == 10 and str(job.state) == "JOB_FINISHED"
+
+
+def test_returned_times_meet_naive_utc_times_as_07_gave_them(site: Any, hello: Any) -> None:
+    # The API guide builds hour_ago = datetime.utcnow() - timedelta(hours=1) (naive UTC, as Balsam 0.7's times were);
+    # users then compare it with and subtract it from the times the API returns, which are aware UTC datetimes here.
+    hour_ago = datetime.utcnow() - timedelta(hours=1)
+    job = Job.objects.get(id=hello.submit(workdir="t/1", say_hello_to="x").id)
+    assert job.last_update > hour_ago and hour_ago < job.last_update and job.last_update.tzinfo is not None
+    assert timedelta(0) <= datetime.utcnow() - job.last_update < timedelta(minutes=10)
+    assert [j.workdir for j in Job.objects.all() if j.last_update > hour_ago] == ["t/1"]
+    (event,) = EventLog.objects.filter(job_id=job.id)
+    assert job.last_update - event.timestamp >= timedelta(0) and event.timestamp - hour_ago > timedelta(minutes=59)
+    assert Site.objects.get("test-site").last_refresh > hour_ago
+    assert repr(event.timestamp).startswith("datetime.datetime(")
+    from balsam.analytics import throughput_report
+
+    times, _ = throughput_report(EventLog.objects.filter(job_id=job.id), to_state="STAGED_IN")
+    assert datetime.utcnow() - times[0] < timedelta(minutes=10)

@@ -64,9 +64,51 @@ def row_of(obj: Any) -> Optional[Dict[str, Any]]:
     return row  # type: ignore[no-any-return]
 
 
+def _as_utc(other: Any) -> Any:
+    return other.replace(tzinfo=UTC) if isinstance(other, _dt.datetime) and other.tzinfo is None else other
+
+
+class UTCTime(_dt.datetime):
+    """An aware UTC datetime (every time the API returns) that also meets a naive one, taken as UTC: Balsam 0.7 gave
+    naive UTC times, and its users write ``datetime.utcnow() - job.last_update`` or compare with ``hour_ago``, which
+    an aware datetime alone refuses ("can't subtract offset-naive and offset-aware datetimes"). Python tries this
+    subclass's reflected operator first, so ``naive - t`` and ``naive < t`` work too."""
+
+    __slots__ = ()
+
+    def __sub__(self, other: Any) -> Any:  # type: ignore[override]
+        return _dt.datetime.__sub__(self, _as_utc(other))
+
+    def __rsub__(self, other: Any) -> Any:
+        return _dt.datetime.__sub__(_as_utc(other), self) if isinstance(other, _dt.datetime) else NotImplemented
+
+    def __eq__(self, other: object) -> bool:
+        return _dt.datetime.__eq__(self, _as_utc(other))
+
+    def __ne__(self, other: object) -> bool:
+        return _dt.datetime.__ne__(self, _as_utc(other))
+
+    def __lt__(self, other: Any) -> bool:  # type: ignore[override]
+        return _dt.datetime.__lt__(self, _as_utc(other))
+
+    def __le__(self, other: Any) -> bool:  # type: ignore[override]
+        return _dt.datetime.__le__(self, _as_utc(other))
+
+    def __gt__(self, other: Any) -> bool:  # type: ignore[override]
+        return _dt.datetime.__gt__(self, _as_utc(other))
+
+    def __ge__(self, other: Any) -> bool:  # type: ignore[override]
+        return _dt.datetime.__ge__(self, _as_utc(other))
+
+    __hash__ = _dt.datetime.__hash__
+
+    def __repr__(self) -> str:  # shown as the datetime it is
+        return repr(_dt.datetime(self.year, self.month, self.day, self.hour, self.minute, self.second, self.microsecond, self.tzinfo))
+
+
 def to_datetime(ts: Optional[float]) -> Optional[_dt.datetime]:
-    """Seconds since the epoch as an aware UTC datetime."""
-    return None if ts is None else _dt.datetime.fromtimestamp(ts, UTC)
+    """Seconds since the epoch as an aware UTC datetime (:class:`UTCTime`)."""
+    return None if ts is None else UTCTime.fromtimestamp(ts, UTC)
 
 
 def from_datetime(value: Any) -> Optional[float]:
