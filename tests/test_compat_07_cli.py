@@ -170,3 +170,19 @@ def test_app_sync_reads_the_sites_apps_folder(site: Any) -> None:
     rows = ok("app", "ls", "--site", "test-site").stdout.splitlines()
     assert rows[1].split()[1:5] == ["Sleeper", "test-site", "shell", "sleeptime"] and rows[1].endswith("Application description")
     assert Job.objects.create(workdir="s", app_id="test.Sleeper", parameters={"sleeptime": 0}).state == "STAGED_IN"
+
+
+def test_site_ls_verbose_shows_queues_and_backfill_windows(site: Any) -> None:
+    # The site guide: "much more detailed Site information (such as a listing of currently idle backfill windows at
+    # each Site) by including the -v/--verbose flag": balsam site ls -v.
+    from balsam.db.site_row import update_site_row
+
+    with site.store.write() as conn:  # what the agent's scheduler service records from the batch system each cycle
+        update_site_row(conn, {"backfill_windows": {"debug": [{"num_nodes": 4, "wall_time_min": 30}]},
+                               "queued_jobs": {"4242": {"state": "queued", "queue": "local", "num_nodes": 1}}})
+    out = ok("site", "ls", "-v").stdout
+    assert "backfill:       debug: 4 nodes x 30 min" in out
+    assert "queue:          local (max_nodes 1, " in out and "projects:       local" in out
+    assert "queued job:     4242 (state queued, queue local, num_nodes 1)" in out
+    listed = json.loads(ok("site", "ls", "-v", "--json").stdout)
+    assert listed[0]["backfill_windows"] == {"debug": [{"num_nodes": 4, "wall_time_min": 30}]}

@@ -146,6 +146,10 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
                     row["created"] = _time(summary["created"])
                     row["apps"] = summary["apps"]
                     row["schema_version"] = summary["schema_version"]
+                    for key in ("last_refresh", "allowed_projects", "allowed_queues", "backfill_windows", "queued_jobs",
+                                "transfer_locations"):
+                        row[key] = summary.get(key)
+                    row["last_refresh"] = _time(row["last_refresh"])
                 if summary["damage"] is not None:
                     row["status"] = f"damaged DB: run 'balsam db check --site {e.name}'"
             except Exception as exc:  # one broken site must not hide the others
@@ -217,6 +221,35 @@ def site_ls(verbose: bool, as_json: bool) -> None:
         by_state = r.get("jobs_by_state") or {}
         if by_state:
             click.echo(f"  {'by state:':16}" + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())))
+        for line in _site_details(r):
+            click.echo(f"  {line}")
+
+
+def _site_details(r: Dict[str, Any]) -> List[str]:
+    """``site ls -v``'s lines from the site row, as Balsam 0.7's verbose listing showed them: the queues and projects
+    the site may submit to, the scheduler's idle backfill windows, the BatchJobs queued there, transfer locations."""
+    out = []
+    if r.get("last_refresh"):
+        out.append(f"{'last refresh:':16}{r['last_refresh']}")
+    if r.get("allowed_projects"):
+        out.append(f"{'projects:':16}{', '.join(map(str, r['allowed_projects']))}")
+    for name, q in sorted((r.get("allowed_queues") or {}).items()):
+        limits = ", ".join(f"{k} {v}" for k, v in q.items()) if isinstance(q, dict) else str(q)
+        out.append(f"{'queue:':16}{name} ({limits})")
+    windows = r.get("backfill_windows") or {}
+    if windows:
+        for queue, spans in sorted(windows.items()):
+            spans = spans if isinstance(spans, list) else [spans]
+            text = ", ".join(f"{w.get('num_nodes')} nodes x {w.get('wall_time_min')} min" if isinstance(w, dict) else str(w) for w in spans)
+            out.append(f"{'backfill:':16}{queue}: {text or 'none'}")
+    elif "backfill_windows" in r:
+        out.append(f"{'backfill:':16}no idle backfill windows reported")
+    for sched_id, q in sorted((r.get("queued_jobs") or {}).items(), key=lambda kv: str(kv[0])):
+        text = ", ".join(f"{k} {v}" for k, v in q.items() if k != "scheduler_id") if isinstance(q, dict) else str(q)
+        out.append(f"{'queued job:':16}{sched_id} ({text})")
+    for alias, url in sorted((r.get("transfer_locations") or {}).items()):
+        out.append(f"{'transfers:':16}{alias} = {url}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------- mv, rm, rename, rename-host

@@ -312,7 +312,8 @@ def remove_site(root: Union[str, Path], registry: Optional[Registry] = None) -> 
 def site_summary(root: Union[str, Path], *, verbose: bool = False, quick_check_max_bytes: int = 64 << 20,
                  host: Optional[str] = None) -> Dict[str, Any]:
     """What ``balsam site ls`` shows of a site on this host: ``jobs`` (and with ``verbose``: ``jobs_by_state``,
-    ``created`` (epoch seconds), ``apps``, ``schema_version``), and ``damage``: SQLite's quick check when it is
+    ``created`` (epoch seconds), ``apps``, ``schema_version``, and the site row's ``last_refresh``, ``allowed_projects``,
+    ``allowed_queues``, ``backfill_windows``, ``queued_jobs`` and ``transfer_locations``), and ``damage``: SQLite's quick check when it is
     not "ok" (run on DBs up to ``quick_check_max_bytes``, or always with ``verbose``), else None."""
     from balsam.db import open_store
     from balsam.db.apps import app_count
@@ -327,8 +328,10 @@ def site_summary(root: Union[str, Path], *, verbose: bool = False, quick_check_m
             counts = counts_by_state(conn)
             out: Dict[str, Any] = {"jobs": sum(counts.values()), "damage": None}
             if verbose:
-                out.update(jobs_by_state=counts, created=read_site_row(conn, ["creation_date"]).get("creation_date"),
-                           apps=app_count(conn), schema_version=store.schema_version())
+                row = read_site_row(conn, ["creation_date", "last_refresh", "allowed_projects", "allowed_queues", "backfill_windows",
+                                           "queued_jobs", "transfer_locations"])
+                out.update(jobs_by_state=counts, created=row.pop("creation_date", None), apps=app_count(conn),
+                           schema_version=store.schema_version(), **row)
             if verbose or store.db_path.stat().st_size <= quick_check_max_bytes:
                 result = quick_check(conn)
                 out["damage"] = None if result == "ok" else result
