@@ -76,9 +76,7 @@ def _per_site(source: Source, spec: q.TableSpec) -> List[Tuple[Any, Dict[str, An
 
 
 def _dt_list(times: Iterable[float]) -> List[_dt.datetime]:
-    from balsam._api.base import UTCTime
-
-    fromts = UTCTime.fromtimestamp
+    fromts = _dt.datetime.fromtimestamp
     return [fromts(t, UTC) for t in times]
 
 
