@@ -57,8 +57,9 @@ from balsam.http.schemas import COLUMNS, iso, row_to_wire
 
 logger = logging.getLogger("balsam.http")
 REVERIFY_S = 2.0
-"""How often a many-user server checks that a WebSocket's token is still valid: a token revoked (logout, ``balsam
-relay token revoke`` from another process) or expired ends its streams within this long (one indexed look-up)."""
+"""How often a many-user server (and ``balsam ui``) checks that a WebSocket's token is still valid: a token revoked
+(logout, ``balsam relay token revoke`` from another process) or expired ends its streams within this long (one
+indexed look-up; in memory at ``balsam ui``)."""
 PAGE_HEADERS = {
     "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",
@@ -606,7 +607,7 @@ class Api:
                 msg: Optional[Dict[str, Any]] = getting.result() if getting in done else None
                 if msg is None:
                     getting.cancel()
-                if self.backend_for is not None and time.monotonic() - checked > REVERIFY_S:
+                if (self.backend_for is not None or principal.kind == "ui") and time.monotonic() - checked > REVERIFY_S:
                     try:  # a token revoked (logout) or expired while connected ends the stream
                         await asyncio.to_thread(self._principal, ws)
                     except ApiError as e:

@@ -12,7 +12,11 @@ credentials (:class:`UiTokens`):
   scrollback or a shell history logs nobody else in;
 - ``BALSAM_UI_TOKEN``, when set, is a reusable token (for scripts, and for the login page's token field); session
   tokens are then signed with a key derived from it, so a restarted ``balsam ui`` with the same token and port
-  takes open dashboards back.
+  takes open dashboards back;
+- a session token expires after :data:`SESSION_IDLE_S` without use and :data:`SESSION_MAX_S` after the login,
+  whichever comes first, and at once when its dashboard logs out (``DELETE /v1/token``, as at a relay); an expired or
+  logged-out token gets the same 401 as a wrong one, and its open change streams end within
+  :data:`balsam.http.server.REVERIFY_S`.
 
 It binds 127.0.0.1 by default, so only this host's users can reach the port.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import math
 import secrets
 import socket
 import threading
@@ -45,9 +50,32 @@ LINK_IS_FOR_LOGIN = ("this is a login link's one-time token, for the login page 
                      "BALSAM_UI_TOKEN for a reusable token")
 SESSION_PREFIX = "s."
 
+SESSION_IDLE_S = 12 * 3600.0
+"""A session token unused this long (seconds) expires: a dashboard tab left open overnight logs in again."""
+SESSION_MAX_S = 7 * 86400.0
+"""A session token expires this long (seconds) after its login, however often it is used. The time of the login
+is part of the signed token, so a restarted ``balsam ui`` (same BALSAM_UI_TOKEN) keeps this cap; the idle time
+is counted in memory and starts again from a restart."""
+
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def _login_time(nonce: str) -> float:
+    """The login time a session nonce (``<hex seconds>-<random>``) carries; -inf if it carries none."""
+    try:
+        return float(int(nonce.partition("-")[0], 16))
+    except ValueError:
+        return -math.inf
+
+
+@dataclass(frozen=True)
+class UiPrincipal(Principal):
+    """The caller of a ``balsam ui`` request made with a session token: which session (to log it out)."""
+
+    session: str = ""
+    """The session token's nonce (never the token)."""
 
 
 class UiTokens:
@@ -55,8 +83,12 @@ class UiTokens:
 
     ``link_token`` is good for one exchange (:meth:`exchange`) and never as a bearer token; ``reusable`` (from
     BALSAM_UI_TOKEN) is good as a bearer token and for any number of exchanges; session tokens are
-    ``s.<nonce>.<hmac>``, checked without a table.
+    ``s.<login time in hex>-<nonce>.<hmac>``: the signature proves them, and a table of the ones in use (last
+    use, and the logged-out ones until they would have expired anyway) makes them expire.
     """
+
+    clock: Callable[[], float] = staticmethod(time.time)
+    """The wall clock that session expiry reads (tests move it)."""
 
     def __init__(self, principal: Principal, reusable: Optional[str] = None) -> None:
         self.principal = principal
@@ -66,19 +98,52 @@ class UiTokens:
         self._reusable = _digest(reusable) if reusable else None
         self._key = hashlib.sha256(b"balsam-ui-session\n" + reusable.encode()).digest() if reusable else secrets.token_bytes(32)
         self._lock = threading.Lock()
+        self._last_use: Dict[str, float] = {}  # nonce -> its last use (-inf: logged out)
 
     def _mac(self, nonce: str) -> str:
         return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()
 
     def _new_session(self) -> str:
-        nonce = secrets.token_hex(16)
+        now = self.clock()
+        nonce = f"{int(now):x}-{secrets.token_hex(16)}"
+        with self._lock:
+            self._forget_expired(now)
+            self._last_use[nonce] = now
         return f"{SESSION_PREFIX}{nonce}.{self._mac(nonce)}"
 
+    def _forget_expired(self, now: float) -> None:
+        """Drop the table's rows of tokens past :data:`SESSION_MAX_S` (refused by their login time alone); called
+        under the lock. Rows of idle or logged-out tokens stay until then, so that such a token is never taken
+        for one signed before a restart."""
+        for nonce in [n for n in self._last_use if now - _login_time(n) > SESSION_MAX_S]:
+            del self._last_use[nonce]
+
+    def _session_nonce(self, token: str) -> Optional[str]:
+        """The nonce of a session token this server signed and that is still good, using it now; None otherwise."""
+        nonce, _, mac = token[len(SESSION_PREFIX):].partition(".")
+        if "-" not in nonce or not hmac.compare_digest(self._mac(nonce).encode(), mac.encode()):
+            return None
+        now = self.clock()
+        if now - _login_time(nonce) > SESSION_MAX_S:
+            return None
+        with self._lock:
+            # A nonce missing from the table was signed before a restart (same BALSAM_UI_TOKEN): in use from now.
+            if now - self._last_use.get(nonce, now) > SESSION_IDLE_S:
+                return None
+            self._last_use[nonce] = now
+        return nonce
+
+    def log_out_nonce(self, nonce: str) -> None:
+        """End a session at once (its dashboard logged out): ``nonce`` is its :attr:`UiPrincipal.session`."""
+        with self._lock:
+            self._last_use[nonce] = -math.inf  # idle forever
+
     def verify(self, token: str) -> Optional[Principal]:
-        """The principal of a session or reusable token; Unauthorized (with what to do) for the link's token."""
+        """The principal of a good session token or the reusable token; None for a wrong, expired or logged-out
+        one; Unauthorized (with what to do) for the link's token."""
         if token.startswith(SESSION_PREFIX):
-            nonce, _, mac = token[len(SESSION_PREFIX):].partition(".")
-            return self.principal if nonce and hmac.compare_digest(self._mac(nonce).encode(), mac.encode()) else None
+            nonce = self._session_nonce(token)
+            return None if nonce is None else UiPrincipal(self.principal.kind, self.principal.name, session=nonce)
         digest = _digest(token)
         if self._reusable is not None and hmac.compare_digest(digest, self._reusable):
             return self.principal
@@ -118,6 +183,19 @@ def _session_handler(tokens: UiTokens) -> "Any":
         return 201, {"token": session, "user": tokens.principal.name, "kind": tokens.principal.kind}
 
     return open_session
+
+
+def _logout_handler(tokens: UiTokens) -> "Any":
+    def log_out(call: "Call") -> Tuple[int, Any]:
+        from balsam.exceptions import ValidationError
+
+        session = call.principal.session if isinstance(call.principal, UiPrincipal) else ""
+        if not session:
+            raise ValidationError("only a session token logs out: BALSAM_UI_TOKEN stays valid until `balsam ui` runs without it")
+        tokens.log_out_nonce(session)
+        return 200, {"revoked": 1}
+
+    return log_out
 
 
 def _host(call: "Call") -> HostBackend:
@@ -247,6 +325,8 @@ def start_ui(discover: Callable[[], Sequence[HostSite]], *, port: int = 0, bind:
     auth = Authenticator(None, tokens, not_before=time.time() - 1.0)
     session = ApiRoute("POST", "/v1/ui/session", "ui_session", "Exchange the login link's one-time token (or BALSAM_UI_TOKEN's) "
                        "for a session token", _session_handler(tokens), body=OBJ, response=OBJ, status=201, auth=False)
-    app = build_app(backend, auth, site_id=0, extra_routes=(session, *_site_routes()))
+    logout = ApiRoute("DELETE", "/v1/token", "logout", "Log out: the session token of this request stops working at once",
+                      _logout_handler(tokens), response=OBJ)
+    app = build_app(backend, auth, site_id=0, extra_routes=(session, logout, *_site_routes()))
     server = ApiServer(app, ServeOptions(bind=bind, port=port)).start()
     return UiServer(server=server, sites=sites, bind=bind, port=server.port, token=tokens.link_token, tokens=tokens)
