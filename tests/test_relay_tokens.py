@@ -101,3 +101,26 @@ def test_a_long_poll_waiting_when_its_site_token_is_revoked_never_answers_the_co
     waiting.join(60)
     assert len(answers) == 1 and isinstance(answers[0], exc.ServiceError), answers  # 401, not the command
     assert "revoked" in str(answers[0])
+
+
+def test_a_password_change_revokes_all_the_users_tokens_and_ends_their_streams(two_users: Dict[str, Any], relay: Any) -> None:  # noqa: F811
+    store, url = relay
+    alice, bob = two_users["alice"], two_users["bob"]
+    stream = opened(url, alice.token)
+    try:
+        out = subprocess.run([sys.executable, "-m", "balsam", "relay", "user", "passwd", "alice", "--password-stdin", "--db", store.url],
+                             input="a-new-password-for-alice\n", capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert out.returncode == 0, out.stderr
+        assert "Revoked alice's tokens: 1 login, 1 site agent (alice must link that site again" in out.stdout
+        closed_within(stream, PROMPTLY_S)
+    finally:
+        stream.close()
+    with pytest.raises(exc.ServiceError, match="revoked"):
+        alice.request("GET", "/v1/jobs")
+    assert all(t["revoked"] for t in store.tokens(store.user_id("alice")))  # the site agent's token too
+    with pytest.raises(exc.ServiceError, match="wrong user name or password"):
+        login(url, "alice", "alice-password")
+    again = login(url, "alice", "a-new-password-for-alice")
+    assert [s["id"] for s in again.request("GET", "/v1/sites")["results"]] == [SITE_A]
+    assert len(bob.request("GET", "/v1/jobs")["results"]) == 2  # another user's tokens are untouched

@@ -160,15 +160,20 @@ def relay_user_add(name: str, password_stdin: bool, db_url: Optional[str]) -> No
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input instead of making one.")
 @db_option
 def relay_user_passwd(name: str, password_stdin: bool, db_url: Optional[str]) -> None:
-    """Set a user's password (prints a new one-time password unless --password-stdin gives one).
+    """Set a user's password (prints a new one-time password unless --password-stdin gives one) and revoke all the
+    user's tokens: logins end at once (open dashboards and streams too), and sites linked with the old password
+    must be linked again (`balsam site link URL`).
 
     Example: echo 'new secret' | balsam relay user passwd alice --password-stdin
     """
     from balsam.relay.auth import one_time_password
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else one_time_password()
-    open_relay(db_url).set_password(name, password)
+    revoked = open_relay(db_url).set_password(name, password)
     click.echo(f"Changed the password of {name}." + ("" if password_stdin else f" New password (shown once): {password}"))
+    logins, sites = revoked.get("user", 0), revoked.get("site", 0)
+    click.echo(f"Revoked {name}'s tokens: {logins} login{'' if logins == 1 else 's'}, {sites} site agent{'' if sites == 1 else 's'}"
+               + (f" ({name} must link {'that site' if sites == 1 else 'those sites'} again: balsam site link URL)." if sites else "."))
 
 
 @relay_user.command("ls")

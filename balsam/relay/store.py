@@ -165,11 +165,23 @@ class RelayStore:
                 raise ValidationError(f"user {name!r} already exists")
             return int(c.execute(t.user.insert().values(name=name, password_hash=digest, created=time.time(), disabled=False)).inserted_primary_key[0])
 
-    def set_password(self, name: str, password: str) -> None:
+    def set_password(self, name: str, password: str) -> Dict[str, int]:
+        """Set a user's password and revoke every token the user holds, in one transaction (whoever knew the old
+        password may have logged in, or linked a site, with it). Open streams and long polls of those tokens end
+        within :data:`balsam.http.server.REVERIFY_S`, as at any revocation. Returns how many tokens of each kind
+        ("user": logins, "site": site agents') were revoked."""
         digest = auth.hash_password(password)
         with self.begin() as c:
-            if c.execute(t.user.update().where(t.user.c.name == name).values(password_hash=digest)).rowcount == 0:
+            row = c.execute(sa.select(t.user.c.id).where(t.user.c.name == name)).first()
+            if row is None:
                 raise ObjectDoesNotExist(f"no user {name!r}")
+            c.execute(t.user.update().where(t.user.c.id == row.id).values(password_hash=digest))
+            live = sa.and_(t.token.c.user_id == row.id, t.token.c.revoked == sa.false(), t.token.c.expires >= time.time())
+            counts = {"user": 0, "site": 0}
+            for kind, n in c.execute(sa.select(t.token.c.kind, sa.func.count()).where(live).group_by(t.token.c.kind)):
+                counts[str(kind)] = int(n)
+            c.execute(t.token.update().where(live).values(revoked=True))
+        return counts
 
     def users(self) -> List[Dict[str, Any]]:
         with self.connect() as c:
