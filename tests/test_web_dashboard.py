@@ -112,6 +112,33 @@ def test_login_link_shows_the_site_card_with_a_healthy_agent(tab: Any, dash: Das
     shot(page, "sites")
 
 
+def test_log_out_ends_the_session_at_the_server(tab: Any, dash: DashSite) -> None:
+    """The Log out button makes `balsam ui` forget the session token: a copy of it (another tab, a stolen
+    sessionStorage) gets 401 at once, as a wrong token does."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def whoami(token: str) -> int:
+        req = urllib.request.Request(f"{dash.base}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            assert json.loads(e.read())["error"]["code"] == "unauthorized"
+            return int(e.code)
+
+    page = tab
+    login(page, dash)
+    session = page.evaluate("sessionStorage.getItem('balsam.token')")
+    assert session and whoami(session) == 200
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_function("location.hash.startsWith('#/login')")
+    assert page.evaluate("sessionStorage.getItem('balsam.token')") is None
+    assert whoami(session) == 401
+    assert whoami(dash.token) == 200  # BALSAM_UI_TOKEN, and other sessions, go on
+
+
 def test_the_printed_link_logs_in_once(tab: Any, dash: DashSite) -> None:
     page = tab
     link = dash.printed_link
