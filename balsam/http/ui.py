@@ -51,7 +51,9 @@ LINK_IS_FOR_LOGIN = ("this is a login link's one-time token, for the login page 
 SESSION_PREFIX = "s."
 
 SESSION_IDLE_S = 12 * 3600.0
-"""A session token unused this long (seconds) expires: a dashboard tab left open overnight logs in again."""
+"""A session token not used for this long (seconds) expires. An open dashboard uses its token all the time (its
+change stream is checked every few seconds); a token kept by a closed tab, or copied elsewhere, ends this long after
+its last use."""
 SESSION_MAX_S = 7 * 86400.0
 """A session token expires this long (seconds) after its login, however often it is used. The time of the login
 is part of the signed token, so a restarted ``balsam ui`` (same BALSAM_UI_TOKEN) keeps this cap; the idle time
