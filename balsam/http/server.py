@@ -451,6 +451,8 @@ class Api:
                 parsed = _loads(body) if body else None
             except ValueError:
                 raise ApiError(422, "malformed", "the request body is not JSON") from None
+            except RecursionError:  # json (without orjson) parses nesting past the recursion limit no further
+                raise ApiError(400, "invalid", "the request body is nested too deep") from None
             caller = principal if principal is not None else ANONYMOUS
             backend = self.backend if self.backend_for is None else self.backend_for(caller)
             call = h.Call(backend, caller, dict(scope.get("path_params") or {}), parse_qsl(query, keep_blank_values=True), parsed,
