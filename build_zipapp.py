@@ -28,6 +28,7 @@ no byte-code, no absolute paths).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.metadata as md
 import io
@@ -36,6 +37,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Tuple
@@ -86,8 +88,15 @@ def _wheel(name: str, version: str, cache: Path) -> Path:
     if not found:
         cache.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "-d", str(cache), f"{name}=={version}"]
-        if subprocess.run(cmd).returncode != 0:
-            raise SystemExit(f"build_zipapp: cannot download {name}=={version}; retry with network, or use --deps-from-env")
+        with open(cache / ".lock", "w") as lock:  # one download at a time into the cache (builds may run at once)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for attempt in range(3):  # a registry's passing refusal is not the end of the build
+                found = sorted(cache.glob(pattern))
+                if found or subprocess.run(cmd).returncode == 0:
+                    break
+                time.sleep(2 + 3 * attempt)
+            else:
+                raise SystemExit(f"build_zipapp: cannot download {name}=={version}; retry with network, or use --deps-from-env")
         found = sorted(cache.glob(pattern))
     if not found:
         raise SystemExit(f"build_zipapp: no wheel for {name}=={version} in {cache}")
