@@ -387,27 +387,9 @@ class Executor:
         binding, and the pidfd that wakes the loop when the job ends). The loop takes in the rest when it next
         wakes (:meth:`_take_spawned`); it is woken for this only when nothing else would wake it in time."""
         run = cast(_Run, key)
-        pidfd: Optional[int] = None
-        if exc is None:
-            self.watchdog.add(pid)
-            if run.cpus:
-                try:
-                    os.sched_setaffinity(pid, run.cpus)
-                except (OSError, AttributeError):
-                    pass
-            if _HAS_PIDFD:
-                try:
-                    pidfd = os.pidfd_open(pid)
-                except OSError:
-                    pidfd = None  # it ended and was reaped already (the loop finds it among its early exits)
+        pidfd = self._watch(run, pid) if exc is None else None
         with self._spawn_lock:
-            if pidfd is not None:
-                try:
-                    self._sel.register(pidfd, selectors.EVENT_READ, run)
-                except (OSError, ValueError, KeyError):
-                    os.close(pidfd)
-                    pidfd = None
-            run.pidfd = pidfd
+            pidfd = run.pidfd = self._register(run, pidfd)
             self._spawn_results.append((run, pid, exc))
         if pidfd is None or run.kill_at is not None:
             self.wakeup()
@@ -451,23 +433,40 @@ class Executor:
     def _started(self, run: _Run, pid: int) -> None:
         """Bookkeeping of a job process that was just spawned."""
         run.pid = pid
-        self.watchdog.add(pid)
+        run.pidfd = self._register(run, self._watch(run, pid))
         if self._pid_records:
             self._unrecorded.append((time.monotonic() + RECORD_AFTER_S, run))
         self._by_pid[pid] = run
+        if run.pidfd is None:
+            self._no_pidfd += 1
+
+    def _watch(self, run: _Run, pid: int) -> Optional[int]:
+        """What a just-spawned job process needs at once, on whichever thread spawned it: the watchdog, its CPU
+        binding, and a pidfd that becomes readable when it ends (None without pidfds, or when it ended and was
+        reaped already: the loop then finds it among its early exits)."""
+        self.watchdog.add(pid)
         if run.cpus:
             try:
                 os.sched_setaffinity(pid, run.cpus)
             except (OSError, AttributeError):
                 pass
-        if _HAS_PIDFD:
-            try:
-                run.pidfd = os.pidfd_open(run.pid)
-                self._sel.register(run.pidfd, selectors.EVENT_READ, run)
-            except OSError:
-                run.pidfd = None
-        if run.pidfd is None:
-            self._no_pidfd += 1
+        if not _HAS_PIDFD:
+            return None
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            return None
+
+    def _register(self, run: _Run, pidfd: Optional[int]) -> Optional[int]:
+        """``pidfd`` registered with the loop's selector for ``run`` (closed, and None, if it cannot be)."""
+        if pidfd is None:
+            return None
+        try:
+            self._sel.register(pidfd, selectors.EVENT_READ, run)
+        except (OSError, ValueError, KeyError):
+            os.close(pidfd)
+            return None
+        return pidfd
 
     def _fail_start(self, run: _Run, exc: BaseException) -> None:
         message = f"balsam: cannot start job {run.task.id}: {type(exc).__name__}: {exc}"
