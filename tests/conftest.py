@@ -209,3 +209,15 @@ def pids() -> Iterator[List[int]]:
     yield out
     for pid in out:
         kill_quietly(pid)
+
+
+@pytest.fixture
+def home(site: Any) -> Iterator[Any]:
+    """The site's store as its home host opens it (this test's own look at the DB, whichever host it plays)."""
+    from balsam.db import open_store
+
+    store = open_store(site.path, site.host)
+    try:
+        yield store
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -17,6 +17,7 @@ from balsam.api import App, BatchJob, Job
 from balsam.exceptions import ValidationError
 from tests.cli_helpers import ROOT
 from tests.conftest import FOREIGN_HOST
+from tests.launcher_support import wait_for
 
 CLIENT = """
 import sys
@@ -35,26 +36,6 @@ print(n)
 def _answers(store: Any) -> int:
     """Answers the agent keeps for retries: one per mutating request."""
     return int(store.execute("SELECT count(*) FROM http_answer")[0][0])
-
-
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-@pytest.fixture
-def home(site: Any) -> Iterator[Any]:
-    """The site's store as its home host opens it (this test's own look at the DB, whichever host it plays)."""
-    from balsam.db import open_store
-
-    store = open_store(site.path, site.host)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 @pytest.fixture
@@ -209,7 +190,7 @@ def test_a_client_killed_at_the_first_row_its_write_changed_leaves_all_or_nothin
     n = _setup(site, what)
     client = _client(site, what)
     try:
-        _wait(lambda: _progress(home, what, n) > 0 or client.poll() is not None, "the first row changed")
+        wait_for(lambda: _progress(home, what, n) > 0 or client.poll() is not None, 60.0, 0.002, "the first row changed")
         client.kill()  # kill -9 the moment the write shows
         client.wait(timeout=30)
     finally:
@@ -226,7 +207,7 @@ def test_an_agent_killed_as_a_big_delete_commits_answers_its_retry_once(site: An
     _jobs(20_000)
     client = _client(site, "delete_jobs")
     try:
-        _wait(lambda: home.execute("SELECT count(*) FROM job")[0][0] == 0 or client.poll() is not None, "the delete's commit")
+        wait_for(lambda: home.execute("SELECT count(*) FROM job")[0][0] == 0 or client.poll() is not None, 60.0, 0.002, "the delete's commit")
         os.kill(agent[0], signal.SIGKILL)  # the moment it committed, likely before its answer went out: the client retries
         time.sleep(0.3)
         agent[0] = start_agent(site.path)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -19,6 +19,7 @@ from balsam.db import uploads
 from balsam.exceptions import ValidationError
 from tests.cli_helpers import ROOT
 from tests.conftest import FOREIGN_HOST
+from tests.launcher_support import wait_for
 
 CLIENT = """
 import json, sys
@@ -41,32 +42,12 @@ def _count(store: Any, prefix: str) -> int:
         return int(conn.execute("SELECT count(*) FROM job WHERE workdir LIKE ?", (f"{prefix}/%",)).fetchone()[0])
 
 
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 60.0, step: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
-
-
 def _client(site: Any, chunk: int, n: int, prefix: str) -> "subprocess.Popen[str]":
     """A real process on another host (BALSAM_HOSTNAME) that bulk-creates ``n`` jobs in parts of ``chunk``."""
     env = dict(os.environ, BALSAM_HOSTNAME=FOREIGN_HOST, BALSAM_SITE_PATH=str(site.path),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-c", CLIENT, str(chunk), str(n), prefix], env=env, cwd=str(site.path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture
-def home(site: Any) -> Iterator[Any]:
-    """The site's store as its home host opens it (this test's own look at the DB, whichever host it plays)."""
-    from balsam.db import open_store
-
-    store = open_store(site.path, site.host)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 @pytest.fixture
@@ -159,7 +140,7 @@ def test_a_retried_part_or_commit_applies_once(site: Any, home: Any, foreign: An
 def test_a_client_killed_between_parts_creates_nothing_and_its_parts_expire(site: Any, home: Any, agent: Any) -> None:
     client = _client(site, 200, 20_000, "k")  # 100 parts
     try:
-        _wait(lambda: _staged(home) >= 3 or _count(home, "k") > 0, "three parts at the agent")
+        wait_for(lambda: _staged(home) >= 3 or _count(home, "k") > 0, 60.0, 0.005, "three parts at the agent")
         client.send_signal(signal.SIGSTOP)  # caught between parts
         assert _count(home, "k") == 0
         client.kill()  # kill -9
@@ -185,7 +166,7 @@ def test_an_agent_killed_and_restarted_under_a_bulk_create_makes_every_job_once(
     client = _client(site, chunk, n, "a")
     try:
         need = 5 if moment == "between_parts" else n // chunk
-        _wait(lambda: _staged(home) >= need or _count(home, "a") > 0, f"{need} parts at the agent")
+        wait_for(lambda: _staged(home) >= need or _count(home, "a") > 0, 60.0, 0.005, f"{need} parts at the agent")
         os.kill(agent["pid"], signal.SIGKILL)  # the agent dies mid-upload (or with the commit on its way)
         time.sleep(0.5)
         agent["pid"] = start_agent(site.path)  # a new process on a new port; the client finds it and retries
