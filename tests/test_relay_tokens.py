@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -39,6 +39,13 @@ def closed_within(stream: WsReader, seconds: float) -> float:
 
 def current_token_id(user: Any) -> int:
     return next(int(t["id"]) for t in user.request("GET", "/v1/tokens")["results"] if t["current"])
+
+
+
+def _relay_cli(store: Any, *args: str, input: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+    """``balsam relay ARGS --db URL`` in a process of its own (as an administrator runs it beside the relay)."""
+    return subprocess.run([sys.executable, "-m", "balsam", "relay", *args, "--db", store.url], input=input, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
 
 
 def test_a_stream_ends_at_once_when_its_token_is_revoked_through_the_api(two_users: Dict[str, Any]) -> None:  # noqa: F811
@@ -70,9 +77,7 @@ def test_a_stream_ends_when_the_admin_revokes_its_token_from_another_process(two
     alice = two_users["alice"]
     stream = opened(url, alice.token)
     try:
-        out = subprocess.run([sys.executable, "-m", "balsam", "relay", "token", "revoke", "alice", str(current_token_id(alice)),
-                              "--db", store.url], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        out = _relay_cli(store, "token", "revoke", "alice", str(current_token_id(alice)))
         assert out.returncode == 0, out.stderr
         assert "Revoked token" in out.stdout
         closed_within(stream, PROMPTLY_S)
@@ -108,9 +113,7 @@ def test_a_password_change_revokes_all_the_users_tokens_and_ends_their_streams(t
     alice, bob = two_users["alice"], two_users["bob"]
     stream = opened(url, alice.token)
     try:
-        out = subprocess.run([sys.executable, "-m", "balsam", "relay", "user", "passwd", "alice", "--password-stdin", "--db", store.url],
-                             input="a-new-password-for-alice\n", capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        out = _relay_cli(store, "user", "passwd", "alice", "--password-stdin", input="a-new-password-for-alice\n")
         assert out.returncode == 0, out.stderr
         assert "Revoked alice's tokens: 1 login, 1 site agent (alice must link that site again" in out.stdout
         closed_within(stream, PROMPTLY_S)
