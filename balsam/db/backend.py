@@ -737,7 +737,8 @@ class LocalBackend(Backend):
                 return None
             status, body = answer
             if status < 500:
-                _keep_answers(conn, [(key, fingerprint, status, body, time.time())], time.time(), keep_s)
+                now = time.time()
+                _keep_answers(conn, [(key, fingerprint, status, body, now)], now, keep_s)
         return status, body, False
 
 
