@@ -611,15 +611,13 @@ class LocalBackend(Backend):
         most once: one pass of the state engine and one write of the answers for all of them. Per batch, in order:
         (status, body, replayed), or the exception that batch alone gets (a key reused for another request, a
         field a launcher may not write). ``answer`` makes a batch's answer from its refused changes."""
-        from balsam.db.codec import dumps
         from balsam.db.jobs import apply_state_changes
 
         results: List[Any] = [None] * len(batches)
         now = time.time()
         with self.store.write() as conn:
             keys = [b[0] for b in batches]
-            stored = {str(r[0]): (str(r[1]), int(r[2]), bytes(r[3])) for r in conn.execute(
-                "SELECT key, fingerprint, status, body FROM http_answer WHERE key IN (SELECT value FROM json_each(?))", (dumps(keys),))}
+            stored = _kept_answers(conn, keys)
             first: Dict[str, int] = {}
             todo: List[Tuple[int, List[StateChange]]] = []
             for i, (key, fingerprint, session_id, changes) in enumerate(batches):
@@ -673,15 +671,12 @@ class LocalBackend(Backend):
         stored text), None when it found no job and is not ``final`` (nothing written: the caller waits and asks
         again), or the exception that request alone gets. A key's answer is kept only when it holds jobs or is final."""
         from balsam.db import sessions
-        from balsam.db.codec import dumps
 
         results: List[Any] = [None] * len(requests)
         now = time.time()
         with self.store.write() as conn:
             keys = [r[0] for r in requests if r[0]]
-            stored = {str(r[0]): (str(r[1]), int(r[2]), bytes(r[3])) for r in conn.execute(
-                "SELECT key, fingerprint, status, body FROM http_answer WHERE key IN (SELECT value FROM json_each(?))",
-                (dumps(keys),))} if keys else {}
+            stored = _kept_answers(conn, keys)
             sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host, now=now)
             first: Dict[str, int] = {}
             rows = []
@@ -740,6 +735,16 @@ class LocalBackend(Backend):
                 now = time.time()
                 _keep_answers(conn, [(key, fingerprint, status, body, now)], now, keep_s)
         return status, body, False
+
+
+def _kept_answers(conn: Any, keys: Sequence[str]) -> Dict[str, Tuple[str, int, bytes]]:
+    """The kept answers of these idempotency keys: key -> (fingerprint, status, body), in one statement."""
+    if not keys:
+        return {}
+    from balsam.db.codec import dumps
+
+    return {str(r[0]): (str(r[1]), int(r[2]), bytes(r[3])) for r in conn.execute(
+        "SELECT key, fingerprint, status, body FROM http_answer WHERE key IN (SELECT value FROM json_each(?))", (dumps(keys),))}
 
 
 _last_sweep = [0.0]
