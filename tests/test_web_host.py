@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.web_support import CHROMIUM, REPO, SCREENSHOTS, _read_link
+from tests.web_support import CHROMIUM, REPO, SCREENSHOTS, _read_link, watch_csp
 
 pytestmark = [
     pytest.mark.browser,
@@ -113,11 +113,12 @@ def test_one_dashboard_for_every_site_of_the_host(host: Host) -> None:
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 900})
             context.set_default_timeout(30_000)
-            page = context.new_page()
             errors: List[str] = []
+            watch_csp(context, errors)
+            page = context.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(host.link)
-            page.wait_for_function("location.hash.startsWith('#/sites')")
+            page.wait_for_function("() => location.hash.startsWith('#/sites')")
             for name, n in (("north", 3), ("south", 2)):
                 card = page.locator(".site-card", has_text=name)
                 card.locator("[data-testid=backlog]", has_text=str(n)).wait_for()
@@ -136,7 +137,7 @@ def test_one_dashboard_for_every_site_of_the_host(host: Host) -> None:
             page.keyboard.press("Escape")
             _wait_workdirs(page, ["south/0", "south/1"])
             page.locator("[data-testid=jobs-table] tbody tr", has_text="south/1").locator("a").first.click()
-            page.wait_for_function("location.hash.startsWith('#/jobs/')")
+            page.wait_for_function("() => location.hash.startsWith('#/jobs/')")
             page.get_by_text("south/1").first.wait_for()  # the job page of a job of the second site
 
             page.evaluate("window.__sameDocument = 'yes'")
@@ -151,6 +152,6 @@ def test_one_dashboard_for_every_site_of_the_host(host: Host) -> None:
             page.get_by_role("option", name="east", exact=True).wait_for()  # the new site is in the filter
             assert sorted(page.get_by_role("option").all_inner_texts()) == ["east", "north", "south"]
             page.keyboard.press("Escape")
-            assert not errors, f"JavaScript errors in the page: {errors}"
+            assert not errors, f"JavaScript errors or content security policy violations in the page: {errors}"
         finally:
             browser.close()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.test_web_host import Host
-from tests.web_support import CHROMIUM, SCREENSHOTS
+from tests.web_support import CHROMIUM, SCREENSHOTS, watch_csp
 
 XSS = [
     "<script>window.__xss = 'script'</script>",
@@ -72,11 +72,12 @@ def page(hostile: Tuple[Host, List[int]]) -> Iterator[Tuple[Any, List[str]]]:
         context.set_default_timeout(60_000)
         tab = context.new_page()
         seen: List[str] = []
+        watch_csp(context, seen)  # a violation means something in the job data tried to run or load
         tab.on("dialog", lambda d: (seen.append(f"dialog: {d.message}"), d.dismiss()))
         tab.on("pageerror", lambda e: seen.append(f"page error: {e}"))
         tab.on("request", lambda r: seen.append(f"request to {r.url}") if not r.url.startswith(hostile[0].base) else None)
         tab.goto(f"{hostile[0].link}")
-        tab.wait_for_function("location.hash.startsWith('#/sites')")
+        tab.wait_for_function("() => location.hash.startsWith('#/sites')")
         yield tab, seen
         browser.close()
 
@@ -91,7 +92,7 @@ def _nothing_ran(tab: Any, seen: List[str]) -> None:
 def test_the_jobs_table_shows_hostile_values_as_text(page: Tuple[Any, List[str]], hostile: Tuple[Host, List[int]]) -> None:
     tab, seen = page
     tab.goto(hostile[0].base + "/#/jobs")
-    tab.wait_for_function("document.querySelectorAll('[data-testid=jobs-table] tbody tr').length >= 6")
+    tab.wait_for_function("() => document.querySelectorAll('[data-testid=jobs-table] tbody tr').length >= 6")
     text = tab.inner_text("[data-testid=jobs-table]")
     for payload in XSS:
         assert payload[:60].split("/")[0] in text or payload[:30] in text  # the workdirs, as text

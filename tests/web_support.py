@@ -51,6 +51,28 @@ print(d.instantiate([{"run": "dag-" + sys.argv[2]}])[0].id)
 '''
 
 
+CSP_WATCH = """
+window.addEventListener('securitypolicyviolation', e => {
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline code'} at ${e.sourceFile || document.URL}:${e.lineNumber}`)
+}, true)
+"""
+"""Run in every page before its own scripts (Playwright's init scripts are not subject to the page's policy): each
+content security policy violation becomes a console error."""
+
+
+def watch_csp(context: Any, seen: List[str]) -> None:
+    """Put every content security policy violation in the pages of the browser ``context`` into ``seen``: the
+    page's own ``securitypolicyviolation`` events and Chromium's "Refused to ..." console errors."""
+    context.add_init_script(CSP_WATCH)
+
+    def on_console(message: Any) -> None:
+        text = str(message.text)
+        if message.type == "error" and ("CSP violation" in text or "Content Security Policy" in text):
+            seen.append(text)
+
+    context.on("console", on_console)
+
+
 @dataclass
 class DashSite:
     """The running site and its dashboard."""

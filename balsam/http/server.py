@@ -25,7 +25,6 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 from urllib.parse import parse_qsl
@@ -47,6 +46,7 @@ from balsam.db.codec import loads_body
 from balsam.db.group import GroupWriter
 from balsam.db.sessions import JSON_COLUMNS
 from balsam.http import handlers as h
+from balsam.http import pages
 from balsam.http.auth import EMPTY_SHA256, H_HASH, Authenticator, Principal, Unauthorized, body_hash, response_signature
 from balsam.http.changes import ChangeWatch
 from balsam.http.dispatch import SegmentRouter
@@ -60,15 +60,6 @@ REVERIFY_S = 2.0
 """How often a many-user server (and ``balsam ui``) checks that a WebSocket's token is still valid: a token revoked
 (logout, ``balsam relay token revoke`` from another process) or expired ends its streams within this long (one
 indexed look-up; in memory at ``balsam ui``)."""
-PAGE_HEADERS = {
-    "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'; form-action 'self'",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-"""The dashboard's files: no other site may frame it (clicks lured through a frame), no plugin or base address is
-taken from markup, no type is guessed, and no address (the login link's token) leaves in a Referer. (Job data is
-shown as text by the page itself: tests/test_web_hostile.py.)"""
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
 """The caller of a route that needs no credentials (a password login)."""
 
@@ -556,20 +547,14 @@ class Api:
         return Response(self.openapi_doc, media_type="application/json")
 
     async def static(self, request: Request) -> Response:
+        """A file of the dashboard (:mod:`balsam.http.pages`: its content security policy and other headers)."""
         rel = request.path_params.get("path")
-        name = "index.html" if rel is None else f"assets/{rel}"
-        parts = name.split("/")
-        if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-            return self._error(ApiError(404, "not_found", "no such file"), None)
-        try:
-            node = resources.files("balsam.web")
-            for p in parts:
-                node = node / p
-            data = node.read_bytes()
-        except (OSError, ModuleNotFoundError, TypeError, ValueError):  # ValueError: a NUL in the path (/assets/%00)
+        page = pages.read_page(rel)
+        if page is None:
             message = "the dashboard is not built into this Balsam" if rel is None else "no such file"
             return self._error(ApiError(404, "not_found", message), None)
-        return Response(data, media_type=_media_type(name), headers=PAGE_HEADERS)
+        name, data = page
+        return Response(data, media_type=pages.media_type(name), headers=pages.page_headers(name, request.headers.get("host")))
 
     def _hub_for(self, principal: Principal) -> WebSocketHub:
         """The change stream a caller may see: the site's, or (many users) one over the caller's own sites."""
@@ -738,13 +723,6 @@ def _acquired_text(job: Dict[str, Any]) -> bytes:
     if not raw:
         return rest
     return b"{" + raw + (b"," + rest[1:] if len(rest) > 2 else b"}")
-
-
-def _media_type(name: str) -> str:
-    suffix = name.rsplit(".", 1)[-1].lower()
-    return {"html": "text/html; charset=utf-8", "js": "text/javascript", "mjs": "text/javascript", "css": "text/css",
-            "json": "application/json", "svg": "image/svg+xml", "png": "image/png", "ico": "image/x-icon", "woff2": "font/woff2",
-            "woff": "font/woff", "map": "application/json", "txt": "text/plain; charset=utf-8"}.get(suffix, "application/octet-stream")
 
 
 def served_routes(extra_routes: Sequence[ApiRoute] = ()) -> Tuple[ApiRoute, ...]:
