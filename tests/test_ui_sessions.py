@@ -1,14 +1,21 @@
 """`balsam ui` session tokens end: after SESSION_IDLE_S without use, SESSION_MAX_S after the login however often
 they are used, and at once when the dashboard logs out; each then gets the same 401 as a wrong token. A real
-`balsam ui` server over HTTP, with the wall clock its tokens read moved forward."""
+`balsam ui` server over HTTP, with the wall clock its tokens read moved forward. A logout outlives restarts of
+`balsam ui` processes (Ctrl-C or kill -9), is seen by another `balsam ui` of the same token, and a damaged record of
+logouts makes everyone log in again rather than letting an ended session back in."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterator, Optional, Tuple
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -17,6 +24,7 @@ pytest.importorskip("uvicorn", reason="balsam ui needs starlette and uvicorn")
 
 from balsam.http import ui  # noqa: E402
 from tests.relay_support import WsReader  # noqa: E402
+from tests.web_support import REPO, _read_link  # noqa: E402
 
 REUSABLE = "a-reusable-token-for-scripts-0123456789"
 
@@ -138,3 +146,158 @@ def test_an_expired_session_s_stream_ends(served: Tuple[ui.UiServer, Clock]) -> 
         assert stream.closed == 4401
     finally:
         stream.close()
+
+
+# ---------------------------------------------------------------------------------- logouts outlive a restart
+class UiProcess:
+    """`balsam ui` as a user runs it (a subprocess of the `balsam` command), restarted on the same port."""
+
+    def __init__(self, home: Path, token: Optional[str] = REUSABLE) -> None:
+        self.env = {**os.environ, "BALSAM_HOME": str(home), "PYTHONPATH": str(REPO)}
+        self.env.pop("BALSAM_UI_TOKEN", None)
+        if token is not None:
+            self.env["BALSAM_UI_TOKEN"] = token
+        self.port = 0
+        self.proc: "Optional[subprocess.Popen[str]]" = None
+        self.link = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> "UiProcess":
+        self.proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--port", str(self.port)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=self.env)
+        self.link = _read_link(self.proc)
+        self.port = int(self.link.split("/")[2].rsplit(":", 1)[1])
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Ctrl-C's SIGTERM (or kill -9: nothing is saved at exit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def login(self, token: str = REUSABLE) -> str:
+        status, out = _call("POST", f"{self.url}v1/ui/session", {"token": token})
+        assert status == 201, out
+        return str(out["token"])
+
+    def whoami(self, token: str) -> int:
+        return _call("GET", f"{self.url}v1/whoami", token=token)[0]
+
+    def log_out(self, token: str) -> Tuple[int, Any]:
+        return _call("DELETE", f"{self.url}v1/token", token=token)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[List[UiProcess]]:
+    """The `balsam ui` processes a test starts (all stopped at its end)."""
+    started: List[UiProcess] = []
+    yield started
+    for p in started:
+        p.stop(signal.SIGKILL)
+
+
+def _ended_file(home: Path) -> Path:
+    files = list((home / "ui").glob("ended-sessions-*.json"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+@pytest.mark.slow
+def test_a_logged_out_session_stays_out_when_balsam_ui_restarts(tmp_path: Path, processes: List[UiProcess]) -> None:
+    ui_ = UiProcess(tmp_path / "home").start()
+    processes.append(ui_)
+    ended, live = ui_.login(), ui_.login(ui_.link.rsplit("=", 1)[1])  # one with BALSAM_UI_TOKEN, one with the link
+    assert ui_.log_out(ended) == (200, {"revoked": 1})
+    assert ui_.whoami(ended) == 401
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # Ctrl-C, then a crash (nothing is saved at exit)
+        ui_.stop(sig)
+        ui_.start()  # the same BALSAM_UI_TOKEN and port
+        assert ui_.whoami(ended) == 401
+        assert _call("POST", f"{ui_.url}v1/ui/session", {"token": ended})[0] == 401  # nor does it buy a new session
+        assert ui_.whoami(live) == 200  # a session that did not log out goes on: its dashboard reconnects
+        assert ui_.whoami(REUSABLE) == 200
+    again = ui_.login()
+    assert ui_.log_out(again)[0] == 200 and ui_.whoami(again) == 401
+    ui_.stop(signal.SIGKILL)
+    ui_.start()
+    assert ui_.whoami(again) == 401 and ui_.whoami(ended) == 401 and ui_.whoami(live) == 200
+    # The file keeps the sessions' nonces, never a token or signature; only its owner may read it.
+    path = _ended_file(tmp_path / "home")
+    text = path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert REUSABLE not in text and ended.rsplit(".", 1)[1] not in text and ended.split(".")[1] in text
+
+
+@pytest.mark.slow
+def test_without_balsam_ui_token_a_restart_ends_every_session(tmp_path: Path, processes: List[UiProcess]) -> None:
+    ui_ = UiProcess(tmp_path / "home", token=None).start()
+    processes.append(ui_)
+    session = ui_.login(ui_.link.rsplit("=", 1)[1])
+    assert ui_.whoami(session) == 200
+    ui_.stop()
+    ui_.start()
+    assert ui_.whoami(session) == 401  # the key that signed it was the last run's alone: log in with the new link
+    assert ui_.whoami(ui_.login(ui_.link.rsplit("=", 1)[1])) == 200
+    assert not (tmp_path / "home" / "ui").exists()  # nothing to keep
+
+
+@pytest.mark.slow
+def test_two_balsam_ui_of_one_token_see_each_other_s_logouts(tmp_path: Path, processes: List[UiProcess]) -> None:
+    first, second = UiProcess(tmp_path / "home").start(), UiProcess(tmp_path / "home").start()
+    processes += [first, second]
+    sessions = [first.login() for _ in range(6)]  # signed with the same key: good at either server
+    assert all(second.whoami(s) == 200 for s in sessions)
+    for i, s in enumerate(sessions[:4]):  # logouts at both, alternating: none lost to the other's write
+        assert (first if i % 2 else second).log_out(s)[0] == 200
+    for server in (first, second):
+        assert [server.whoami(s) for s in sessions] == [401] * 4 + [200] * 2
+    first.stop()
+    second.stop(signal.SIGKILL)
+    first.start()
+    assert [first.whoami(s) for s in sessions] == [401] * 4 + [200] * 2
+
+
+@pytest.mark.slow
+def test_a_damaged_file_of_ended_sessions_makes_everyone_log_in_again(tmp_path: Path, processes: List[UiProcess]) -> None:
+    ui_ = UiProcess(tmp_path / "home").start()
+    processes.append(ui_)
+    ended, live = ui_.login(), ui_.login()
+    assert ui_.log_out(ended)[0] == 200
+    ui_.stop()
+    path = _ended_file(tmp_path / "home")
+    path.write_bytes(path.read_bytes()[:-7] + b"\x00garbage")  # half a file: no logout may be forgotten
+    ui_.start()
+    assert ui_.whoami(ended) == 401 and ui_.whoami(live) == 401  # every session from before: log in again
+    fresh = ui_.login()
+    assert ui_.whoami(fresh) == 200
+    assert json.loads(path.read_text())["format"] == 1  # replaced by a good file
+    ui_.stop()
+    ui_.start()
+    assert ui_.whoami(fresh) == 200 and ui_.whoami(live) == 401
+
+
+def test_the_file_forgets_sessions_past_the_absolute_cap(served: Tuple[ui.UiServer, Clock], balsam_home: Path) -> None:
+    server, clock = served
+    old = _login(server, REUSABLE)
+    assert _call("DELETE", f"{server.url}v1/token", token=old)[0] == 200
+    path = _ended_file(balsam_home)
+    assert list(json.loads(path.read_text())["ended"]) == [old.split(".")[1]]
+    clock.now += ui.SESSION_MAX_S + 1
+    new = _login(server, REUSABLE)
+    assert _call("DELETE", f"{server.url}v1/token", token=new)[0] == 200
+    assert list(json.loads(path.read_text())["ended"]) == [new.split(".")[1]]  # the old one is refused by its age alone
+    _unauthorized_like_a_wrong_token(server, old)
+
+
+def test_a_logout_that_cannot_be_recorded_says_so(served: Tuple[ui.UiServer, Clock], balsam_home: Path) -> None:
+    server, _ = served
+    session = _login(server, REUSABLE)
+    (balsam_home / "ui").mkdir(parents=True, exist_ok=True)
+    (balsam_home / "ui" / f"{ui.ended_sessions_path(ui.UiTokens.session_key(REUSABLE)).name}.lock").mkdir()  # unwritable
+    status, out = _call("DELETE", f"{server.url}v1/token", token=session)
+    assert status == 503 and "could not be recorded" in out["error"]["message"]
+    _unauthorized_like_a_wrong_token(server, session)  # it holds for this run all the same

@@ -16,7 +16,12 @@ credentials (:class:`UiTokens`):
 - a session token expires after :data:`SESSION_IDLE_S` without use and :data:`SESSION_MAX_S` after the login,
   whichever comes first, and at once when its dashboard logs out (``DELETE /v1/token``, as at a relay); an expired or
   logged-out token gets the same 401 as a wrong one, and its open change streams end within
-  :data:`balsam.http.server.REVERIFY_S`.
+  :data:`balsam.http.server.REVERIFY_S`. With BALSAM_UI_TOKEN, a logout is also written to a file under
+  ``$BALSAM_HOME/ui/`` (:mod:`balsam.http.ended_sessions`), so a restarted ``balsam ui`` refuses that token too.
+
+What a restart does to live sessions: with BALSAM_UI_TOKEN (same token), every session that was neither logged
+out nor past :data:`SESSION_MAX_S` goes on (open dashboards reconnect), and its idle time counts again from the
+restart; without it, the session key was this run's alone, so every session ends and the new printed link logs in.
 
 It binds 127.0.0.1 by default, so only this host's users can reach the port.
 """
@@ -32,9 +37,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 from balsam.http.auth import Principal, Unauthorized
+from balsam.http.ended_sessions import EndedSessions, login_time
 from balsam.http.host import HostBackend, HostSite, HostSites
 
 if TYPE_CHECKING:
@@ -64,12 +71,12 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _login_time(nonce: str) -> float:
-    """The login time a session nonce (``<hex seconds>-<random>``) carries; -inf if it carries none."""
-    try:
-        return float(int(nonce.partition("-")[0], 16))
-    except ValueError:
-        return -math.inf
+def ended_sessions_path(key: bytes) -> Path:
+    """The file of the logged-out sessions signed with session key ``key`` (named by a digest of it)."""
+    from balsam.site import balsam_home
+
+    name = hmac.new(key, b"balsam-ui-ended-sessions", hashlib.sha256).hexdigest()[:24]
+    return balsam_home() / "ui" / f"ended-sessions-{name}.json"
 
 
 @dataclass(frozen=True)
@@ -86,21 +93,33 @@ class UiTokens:
     ``link_token`` is good for one exchange (:meth:`exchange`) and never as a bearer token; ``reusable`` (from
     BALSAM_UI_TOKEN) is good as a bearer token and for any number of exchanges; session tokens are
     ``s.<login time in hex>-<nonce>.<hmac>``: the signature proves them, and a table of the ones in use (last
-    use, and the logged-out ones until they would have expired anyway) makes them expire.
+    use, and the logged-out ones until they would have expired anyway) makes them expire. ``ended``: where
+    logouts are kept for the next run (with ``reusable``; :meth:`ended_for` makes it), else in memory only.
     """
 
     clock: Callable[[], float] = staticmethod(time.time)
     """The wall clock that session expiry reads (tests move it)."""
 
-    def __init__(self, principal: Principal, reusable: Optional[str] = None) -> None:
+    def __init__(self, principal: Principal, reusable: Optional[str] = None, ended: Optional[EndedSessions] = None) -> None:
         self.principal = principal
         self.link_token = secrets.token_urlsafe(32)
         self._link = _digest(self.link_token)
         self._link_used = False
         self._reusable = _digest(reusable) if reusable else None
-        self._key = hashlib.sha256(b"balsam-ui-session\n" + reusable.encode()).digest() if reusable else secrets.token_bytes(32)
+        self._key = self.session_key(reusable) if reusable else secrets.token_bytes(32)
+        self._ended = ended
         self._lock = threading.Lock()
         self._last_use: Dict[str, float] = {}  # nonce -> its last use (-inf: logged out)
+
+    @staticmethod
+    def session_key(reusable: str) -> bytes:
+        """The key that signs session tokens under BALSAM_UI_TOKEN ``reusable`` (the same in every run)."""
+        return hashlib.sha256(b"balsam-ui-session\n" + reusable.encode()).digest()
+
+    @classmethod
+    def ended_for(cls, reusable: str) -> EndedSessions:
+        """The logged-out sessions of BALSAM_UI_TOKEN ``reusable``, in its file under ``$BALSAM_HOME/ui/`` (not read yet)."""
+        return EndedSessions(ended_sessions_path(cls.session_key(reusable)), SESSION_MAX_S, lambda: cls.clock())
 
     def _mac(self, nonce: str) -> str:
         return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()
@@ -117,7 +136,7 @@ class UiTokens:
         """Drop the table's rows of tokens past :data:`SESSION_MAX_S` (refused by their login time alone); called
         under the lock. Rows of idle or logged-out tokens stay until then, so that such a token is never taken
         for one signed before a restart."""
-        for nonce in [n for n in self._last_use if now - _login_time(n) > SESSION_MAX_S]:
+        for nonce in [n for n in self._last_use if now - login_time(n) > SESSION_MAX_S]:
             del self._last_use[nonce]
 
     def _session_nonce(self, token: str) -> Optional[str]:
@@ -126,7 +145,9 @@ class UiTokens:
         if "-" not in nonce or not hmac.compare_digest(self._mac(nonce).encode(), mac.encode()):
             return None
         now = self.clock()
-        if now - _login_time(nonce) > SESSION_MAX_S:
+        if now - login_time(nonce) > SESSION_MAX_S:
+            return None
+        if self._ended is not None and self._ended.refuses(nonce):  # logged out, maybe by an earlier run
             return None
         with self._lock:
             # A nonce missing from the table was signed before a restart (same BALSAM_UI_TOKEN): in use from now.
@@ -136,9 +157,12 @@ class UiTokens:
         return nonce
 
     def log_out_nonce(self, nonce: str) -> None:
-        """End a session at once (its dashboard logged out): ``nonce`` is its :attr:`UiPrincipal.session`."""
+        """End a session at once (its dashboard logged out): ``nonce`` is its :attr:`UiPrincipal.session`. With
+        BALSAM_UI_TOKEN the logout is also written for later runs; OSError if that failed (it holds for this run)."""
         with self._lock:
             self._last_use[nonce] = -math.inf  # idle forever
+        if self._ended is not None:
+            self._ended.end(nonce)
 
     def verify(self, token: str) -> Optional[Principal]:
         """The principal of a good session token or the reusable token; None for a wrong, expired or logged-out
@@ -190,11 +214,16 @@ def _session_handler(tokens: UiTokens) -> "Any":
 def _logout_handler(tokens: UiTokens) -> "Any":
     def log_out(call: "Call") -> Tuple[int, Any]:
         from balsam.exceptions import ValidationError
+        from balsam.http.server import ApiError
 
         session = call.principal.session if isinstance(call.principal, UiPrincipal) else ""
         if not session:
             raise ValidationError("only a session token logs out: BALSAM_UI_TOKEN stays valid until `balsam ui` runs without it")
-        tokens.log_out_nonce(session)
+        try:
+            tokens.log_out_nonce(session)
+        except OSError as e:
+            raise ApiError(503, "unavailable", f"logged out until balsam ui stops, but the logout could not be recorded for "
+                           f"its next run ({e.strerror or e}): log out again once that is mended", kind="ServiceError") from None
         return 200, {"revoked": 1}
 
     return log_out
@@ -320,7 +349,11 @@ def start_ui(discover: Callable[[], Sequence[HostSite]], *, port: int = 0, bind:
     if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token):
         raise ConfigError(f"the dashboard token must be at least {MIN_TOKEN_CHARS} printable characters without spaces")
     principal = Principal(kind="ui", name=getpass.getuser())
-    tokens = UiTokens(principal, token)
+    ended = None
+    if token is not None:  # logouts outlive this run (sessions signed under the same token would come back)
+        ended = UiTokens.ended_for(token)
+        ended.load()
+    tokens = UiTokens(principal, token, ended)
     sites = HostSites(discover, refresh_s=refresh_s)
     backend = HostBackend(sites)
     # Bearer tokens only: the site secret's HMAC is for the agent's own server and its launchers.
