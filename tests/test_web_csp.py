@@ -13,14 +13,13 @@ from __future__ import annotations
 import http.client
 import re
 from importlib import resources
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
 from tests.test_web_host import Host
 from tests.test_web_hostile import XSS, in_chromium
-from tests.web_support import CHROMIUM, REPO, SCREENSHOTS, watch_csp
+from tests.web_support import CHROMIUM, REPO, SCREENSHOTS, SERVER_KINDS, Served, serving, watch_csp
 
 STRICT = {"default-src": ["'none'"], "script-src": ["'self'"], "object-src": ["'none'"], "base-uri": ["'none'"],
           "frame-ancestors": ["'none'"], "form-action": ["'none'"]}
@@ -56,56 +55,18 @@ def _get(port: int, path: str, host: str = "") -> Tuple[int, Dict[str, str], byt
         conn.close()
 
 
-def _agent(tmp_path: Path) -> Tuple[int, Callable[[], None]]:
-    from balsam._api import sites
-    from balsam.services.api_server import start_api_server
-    from balsam.settings import ApiSettings
-    from balsam.site import init_site, this_host
-
-    init_site(tmp_path / "csp-site", name="csp-site")
-    ref = sites.resolve("csp-site")
-    server = start_api_server(ref.path, ref.store, ApiSettings(bind="127.0.0.1"), host=this_host())
-    return server.port, server.stop
+served = pytest.fixture(params=SERVER_KINDS)(serving)
 
 
-def _ui(tmp_path: Path) -> Tuple[int, Callable[[], None]]:
-    from balsam.http.ui import start_ui
-
-    server = start_ui(lambda: [])
-    return server.port, server.stop
-
-
-def _relay(tmp_path: Path) -> Tuple[int, Callable[[], None]]:
-    pytest.importorskip("sqlalchemy")
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-    from tests.relay_support import relay_store
-
-    store = next(iter(relay_store("sqlite", tmp_path)))
-    server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0)).start()
-    return server.port, server.stop
-
-
-@pytest.fixture(params=["agent", "ui", "relay"])
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int]:
-    """The port of a running server of each kind that serves the dashboard."""
-    start = {"agent": _agent, "ui": _ui, "relay": _relay}[request.param]
-    port, stop = start(tmp_path)
-    try:
-        yield port
-    finally:
-        stop()
-
-
-def test_every_server_sends_every_dashboard_file_with_the_strict_policy(served: int) -> None:
+def test_every_server_sends_every_dashboard_file_with_the_strict_policy(served: Served) -> None:
     for path in _files():
-        status, headers, _ = _get(served, path)
+        status, headers, _ = _get(served.port, path)
         assert status == 200, path
         policy = _policy(headers["content-security-policy"])
         for directive, sources in STRICT.items():
             assert policy.get(directive) == sources, (path, directive, policy.get(directive))
         # The page's own server and its WebSocket, nothing else.
-        assert set(policy["connect-src"]) == {"'self'", f"ws://127.0.0.1:{served}", f"wss://127.0.0.1:{served}"}, path
+        assert set(policy["connect-src"]) == {"'self'", f"ws://127.0.0.1:{served.port}", f"wss://127.0.0.1:{served.port}"}, path
         assert not any(s in ("*", "'unsafe-inline'", "'unsafe-eval'", "'unsafe-hashes'", "data:", "blob:")
                        for s in policy["script-src"] + policy["default-src"]), path
         assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff", path

@@ -13,7 +13,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -210,3 +212,62 @@ def stop_dash_site(site: Optional[DashSite]) -> None:
             break
         time.sleep(0.5)
     site.balsam("site", "stop", "--site", str(site.root), check=False)
+
+
+# ------------------------------------------------------------------ the servers that serve the dashboard, in-process
+@dataclass
+class Served:
+    """A running server that serves the dashboard, and the credentials of a caller of its API."""
+
+    port: int
+    stop: Callable[[], None]
+    auth: Callable[[str, str], Dict[str, str]]
+    """The headers that authenticate a request (method, target)."""
+
+
+def _agent(tmp_path: Path) -> Served:
+    from balsam._api import sites
+    from balsam.http.auth import sign_request
+    from balsam.services.api_server import start_api_server
+    from balsam.settings import ApiSettings
+    from balsam.site import init_site, this_host
+
+    init_site(tmp_path / "csp-site", name="csp-site")
+    ref = sites.resolve("csp-site")
+    server = start_api_server(ref.path, ref.store, ApiSettings(bind="127.0.0.1"), host=this_host())
+    secret = (ref.path / ".balsam" / "api.secret").read_bytes().strip()
+    return Served(server.port, server.stop, lambda method, target: sign_request(secret, method, target, b""))
+
+
+def _ui(tmp_path: Path) -> Served:
+    from balsam.http.ui import start_ui
+
+    token = "a-reusable-token-for-the-doors-0123456789"
+    server = start_ui(lambda: [], token=token)
+    return Served(server.port, server.stop, lambda method, target: {"Authorization": f"Bearer {token}"})
+
+
+def _relay(tmp_path: Path) -> Served:
+    pytest.importorskip("sqlalchemy")
+    from balsam.http.serve import ApiServer, ServeOptions
+    from balsam.relay.server import build_relay_app
+    from tests.relay_support import relay_store
+    from tests.test_relay_server import login
+
+    store = next(iter(relay_store("sqlite", tmp_path)))
+    store.add_user("alice", "alice-password")
+    server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0)).start()
+    token = login(f"http://127.0.0.1:{server.port}", "alice", "alice-password").token
+    return Served(server.port, server.stop, lambda method, target: {"Authorization": f"Bearer {token}"})
+
+
+SERVER_KINDS = ("agent", "ui", "relay")
+
+
+def serving(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    """A running server of the kind ``request.param`` names (a fixture body: ``pytest.fixture(params=SERVER_KINDS)``)."""
+    server = {"agent": _agent, "ui": _ui, "relay": _relay}[request.param](tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()

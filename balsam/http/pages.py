@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from typing import Dict, Optional, Tuple
+from urllib.parse import urlsplit
 
 CSP_DIRECTIVES: Tuple[Tuple[str, str], ...] = (
     ("default-src", "'none'"),
@@ -74,6 +75,38 @@ def page_headers(name: str, host: Optional[str] = None) -> Dict[str, str]:
     return headers
 
 
+def same_origin(origin: Optional[str], *hosts: Optional[str]) -> bool:
+    """Whether a browser's ``Origin`` header names the address the request came to: one of ``hosts`` (the Host
+    header, or a proxy's X-Forwarded-Host), ports compared as the browser means them (``https://h`` is ``h:443``).
+    No Origin passes (a script, not a page: the token authenticates it); ``null`` or another site's does not, so a
+    page elsewhere cannot open the change stream even with a token it got hold of."""
+    if origin is None:
+        return True
+    parts = urlsplit(origin.strip().lower())
+    default = {"http": "80", "https": "443"}.get(parts.scheme)
+    if default is None or not parts.hostname:
+        return False
+    try:
+        port = str(parts.port or default)
+    except ValueError:
+        return False
+    want = f"{parts.hostname}:{port}"
+    for host in hosts:
+        if not host:
+            continue
+        name = host.split(",")[0].strip().lower()  # a proxy chain's first (the browser's) address
+        if not _HOST.fullmatch(name):
+            continue
+        if name.startswith("["):
+            bare, _, rest = name.partition("]")
+            name, given = bare + "]", rest.lstrip(":")
+        else:
+            name, _, given = name.partition(":")
+        if f"{name.strip('[]')}:{given or default}" == want.replace("[", "").replace("]", ""):
+            return True
+    return False
+
+
 def media_type(name: str) -> str:
     """The Content-Type of a dashboard file by its suffix (unknown: bytes, which nothing runs)."""
     return _TYPES.get(name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
@@ -95,4 +128,4 @@ def read_page(rel: Optional[str]) -> Optional[Tuple[str, bytes]]:
         return None
 
 
-__all__ = ["CSP_DIRECTIVES", "SAFE_HEADERS", "content_security_policy", "media_type", "page_headers", "read_page"]
+__all__ = ["CSP_DIRECTIVES", "SAFE_HEADERS", "content_security_policy", "media_type", "page_headers", "read_page", "same_origin"]

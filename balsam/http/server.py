@@ -60,6 +60,7 @@ REVERIFY_S = 2.0
 """How often a many-user server (and ``balsam ui``) checks that a WebSocket's token is still valid: a token revoked
 (logout, ``balsam relay token revoke`` from another process) or expired ends its streams within this long (one
 indexed look-up; in memory at ``balsam ui``)."""
+_NO_STORE = (b"cache-control", b"no-store")
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
 """The caller of a route that needs no credentials (a password login)."""
 
@@ -366,8 +367,9 @@ class Api:
 
     async def _answer(self, send: Callable[[Any], Any], status: int, body: bytes, principal: Optional[Principal],
                       replayed: bool = False) -> None:
-        """Send a JSON answer (signed for a site-secret caller) as two ASGI messages."""
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        """Send a JSON answer (signed for a site-secret caller) as two ASGI messages. No answer is kept by a browser's
+        or a proxy's cache (they hold the caller's data)."""
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), _NO_STORE]
         if principal is not None and principal.nonce and self.auth.secret is not None:
             signature = response_signature(self.auth.secret, principal.nonce, status, body_hash(body))
             headers.append((b"x-balsam-signature", signature.encode()))
@@ -378,7 +380,7 @@ class Api:
 
     def _respond(self, status: int, body: bytes, principal: Optional[Principal], replayed: bool = False,
                  media_type: str = "application/json") -> Response:
-        headers = {}
+        headers = {"Cache-Control": "no-store"}
         if principal is not None and principal.nonce and self.auth.secret is not None:
             headers["X-Balsam-Signature"] = response_signature(self.auth.secret, principal.nonce, status, body_hash(body))
         if replayed:
@@ -571,6 +573,9 @@ class Api:
         return hub
 
     async def websocket(self, ws: WebSocket) -> None:
+        if not pages.same_origin(ws.headers.get("origin"), ws.headers.get("host"), ws.headers.get("x-forwarded-host")):
+            await ws.close(code=4403, reason="a page of another site may not open this stream")  # before accept: HTTP 403
+            return
         try:
             principal = self._principal(ws)
             hub = self._hub_for(principal)
