@@ -1,7 +1,8 @@
 """The dashboard's other doors, at every server that serves it (the site agent, `balsam ui`, the relay): the change
 stream (WebSocket) refuses a page of another site even when it holds good credentials, and takes the dashboard's
 own page and scripts (no Origin); no answer that holds a caller's data may be kept by a browser's or a proxy's
-cache; no answer sets a cookie or grants another origin CORS access.
+cache; no answer sets a cookie or grants another origin CORS access; and a login door (the one route anyone may send
+a body to) reads no more than a login needs.
 """
 
 from __future__ import annotations
@@ -95,3 +96,43 @@ def test_no_answer_with_a_caller_s_data_may_be_cached_and_none_sets_a_cookie_or_
     # The dashboard's files: the page is checked every time, its hashed assets may be kept; neither holds data.
     status, got = _answer(served, "GET", "/", {})
     assert status == 200 and got["cache-control"] == "no-cache" and "set-cookie" not in got
+
+
+LOGINS = {"ui": ("/v1/ui/session", {"token": "a-reusable-token-for-the-doors-0123456789"}),
+          "relay": ("/v1/tokens", {"user": "alice", "password": "alice-password"})}
+"""The routes anyone may call with a body (no credentials yet), and a good body of each."""
+
+
+@pytest.mark.parametrize("served", ["ui", "relay"], indirect=True)
+def test_a_login_door_reads_no_large_body(served: Served) -> None:
+    import json
+
+    path, good = LOGINS[served.kind]
+    # Declared too large: refused before a byte of it is read.
+    status, _ = _answer(served, "POST", path, {"Content-Length": str(100 * 1024 * 1024), "Content-Type": "application/json"})
+    assert status == 413
+    # Sent in chunks without a length: refused once past the limit (64 KiB), not after the request limit (256 MB).
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("Content-Type", "application/json")
+        conn.endheaders()
+        chunk = b'{"token": "' + b"x" * 16 * 1024
+        try:
+            for _ in range(64):  # up to 1 MiB; the server answers (and may close) well before
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        except OSError:
+            pass
+        answer = conn.getresponse()
+        assert answer.status == 413 and json.loads(answer.read())["error"]["code"] == "too_large"
+    finally:
+        conn.close()
+    # A login of ordinary size works.
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        conn.request("POST", path, body=json.dumps(good), headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 201
+    finally:
+        conn.close()

@@ -223,6 +223,8 @@ class Served:
     stop: Callable[[], None]
     auth: Callable[[str, str], Dict[str, str]]
     """The headers that authenticate a request (method, target)."""
+    kind: str = ""
+    """"agent", "ui" or "relay"."""
 
 
 def _agent(tmp_path: Path) -> Served:
@@ -267,6 +269,7 @@ SERVER_KINDS = ("agent", "ui", "relay")
 def serving(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     """A running server of the kind ``request.param`` names (a fixture body: ``pytest.fixture(params=SERVER_KINDS)``)."""
     server = {"agent": _agent, "ui": _ui, "relay": _relay}[request.param](tmp_path)
+    server.kind = request.param
     try:
         yield server
     finally:

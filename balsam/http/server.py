@@ -61,6 +61,9 @@ REVERIFY_S = 2.0
 (logout, ``balsam relay token revoke`` from another process) or expired ends its streams within this long (one
 indexed look-up; in memory at ``balsam ui``)."""
 _NO_STORE = (b"cache-control", b"no-store")
+ANONYMOUS_BODY_BYTES = 64 * 1024
+"""The largest body a route without credentials reads (``balsam ui``'s and the relay's logins): the request limit
+otherwise lets anyone who reaches the port make the server hold hundreds of MB."""
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
 """The caller of a route that needs no credentials (a password login)."""
 
@@ -335,7 +338,8 @@ class Api:
             timer.cancel()
 
     async def _body(self, receive: Callable[[], Any], headers: Mapping[str, str], principal: Optional[Principal]) -> bytes:
-        limit = self.limits.max_body_bytes
+        # A caller without credentials (a login: a token or a password) sends a few hundred bytes, never a site's jobs.
+        limit = self.limits.max_body_bytes if principal is not None else min(self.limits.max_body_bytes, ANONYMOUS_BODY_BYTES)
         declared = headers.get("content-length")
         if declared is not None:
             try:
