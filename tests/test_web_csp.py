@@ -2,8 +2,8 @@
 the relay) sends every file of it with a policy that runs only the package's own script files; the shipped page
 and bundle need nothing more (no inline script or handler, no code built from strings); and in Chromium every view
 works under the policy without one violation, while markup that an injection bug would put in the page (a
-`<script>`, an `onerror=`/`onclick=` handler, a `javascript:` link, `eval`, a fetch to another site) runs and
-loads nothing, each refusal reported as a violation.
+`<script>`, an `onerror=`/`onclick=` handler, a `javascript:` link, `eval`, a fetch to another site, a `<style>` or
+`style=`) runs, loads and restyles nothing, each refusal reported as a violation.
 
 Run: bash .ci/chromium.sh && pytest tests/test_web_csp.py   (the Chromium tests are marked browser)
 """
@@ -59,18 +59,27 @@ served = pytest.fixture(params=SERVER_KINDS)(serving)
 
 
 def test_every_server_sends_every_dashboard_file_with_the_strict_policy(served: Served) -> None:
-    for path in _files():
-        status, headers, _ = _get(served.port, path)
+    nonces = set()
+    for path in _files() + ["/"]:
+        status, headers, body = _get(served.port, path)
         assert status == 200, path
         policy = _policy(headers["content-security-policy"])
         for directive, sources in STRICT.items():
             assert policy.get(directive) == sources, (path, directive, policy.get(directive))
+        if path == "/":  # the page's one <style> written at run time (Vuetify's theme) needs this load's nonce
+            meta = re.search(rb'<meta name="csp-nonce" content="([A-Za-z0-9_-]{24})" />', body)
+            assert meta is not None, body[:400]
+            nonces.add(meta.group(1).decode())
+            assert policy["style-src"] == ["'self'", f"'nonce-{meta.group(1).decode()}'"]
+        else:
+            assert policy["style-src"] == ["'self'"], path
         # The page's own server and its WebSocket, nothing else.
         assert set(policy["connect-src"]) == {"'self'", f"ws://127.0.0.1:{served.port}", f"wss://127.0.0.1:{served.port}"}, path
         assert not any(s in ("*", "'unsafe-inline'", "'unsafe-eval'", "'unsafe-hashes'", "data:", "blob:")
-                       for s in policy["script-src"] + policy["default-src"]), path
+                       for s in policy["script-src"] + policy["default-src"] + policy["style-src"]), path
         assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff", path
         assert headers["cache-control"] == ("no-cache" if path == "/" else "public, max-age=604800, immutable"), path
+    assert len(nonces) == 2  # a new nonce for each load of the page
 
 
 @pytest.mark.parametrize("host", ["evil.example;script-src *", "x' 'unsafe-inline", "a b", "[::1]:8080; default-src *", "%0d%0a"])
@@ -191,7 +200,9 @@ INJECTED = """() => {
     <button id="inj-click" onclick="window.__xss = 'onclick'">x</button>
     <a id="inj-href" href="javascript:window.__xss = 'href'">y</a>
     <img id="inj-away" src="http://evil.example/beacon.png">
-    <object data="/assets/no-such.swf"></object>`)
+    <object data="/assets/no-such.swf"></object>
+    <p id="inj-style" style="color: rgb(255, 0, 0)">z</p>
+    <style>body { background: rgb(255, 0, 0) }</style>`)
   const s = document.createElement('script')
   s.textContent = "window.__xss = 'script'"
   document.body.appendChild(s)
@@ -224,11 +235,14 @@ def test_markup_an_injection_would_put_in_the_page_runs_and_loads_nothing(tab: T
     page.wait_for_function("n => document.querySelectorAll('#inj-img, #inj-away').length === n", arg=2)
     page.wait_for_timeout(500)  # let the image error, timer and clicks happen (or not)
     assert page.evaluate("window.__xss") is None
+    assert page.evaluate("getComputedStyle(document.querySelector('#inj-style')).color") != "rgb(255, 0, 0)"
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(255, 0, 0)"
     # Neither the image nor the fetch left for another address: the browser stopped each on the policy (not the
     # network: this host may have none).
     assert away and all(why == "csp" for _, why in away), away
     refused = " ".join(seen)
-    for directive in ("script-src-elem", "script-src-attr", "script-src", "img-src", "connect-src", "object-src"):
+    for directive in ("script-src-elem", "script-src-attr", "script-src", "img-src", "connect-src", "object-src", "style-src-attr",
+                      "style-src-elem"):
         assert f"CSP violation: {directive} " in refused, (directive, seen)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "csp-injected.png"), full_page=True)

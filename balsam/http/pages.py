@@ -7,14 +7,17 @@ The content security policy lets the page run only the package's own script file
 that ever reached the page as markup (a tag, a parameter, an error message holding ``<script>``) would still run
 nothing. The page talks only to the server that served it (``connect-src``: its own address and WebSocket), loads
 no plugin, takes no base address from markup, submits no form natively (the login form is handled by the script,
-so a token never lands in a URL), and no other site may frame it. Styles may be inline: Vuetify writes its theme
-into a ``<style>`` element at run time (markup cannot inject one: job data is shown as text). The built assets are
-checked for inline scripts, inline handlers and code built from strings (tests/test_web_csp.py).
+so a token never lands in a URL), and no other site may frame it. Styles come from the package's files, and the one
+``<style>`` element written at run time (Vuetify's theme) carries a nonce new with each load of the page, which the
+server writes into ``index.html``'s ``csp-nonce`` meta element; a ``<style>`` or ``style=`` that markup brought
+is refused. The built assets are checked for inline scripts, inline handlers and code built from strings
+(tests/test_web_csp.py).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from importlib import resources
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
@@ -22,7 +25,7 @@ from urllib.parse import urlsplit
 CSP_DIRECTIVES: Tuple[Tuple[str, str], ...] = (
     ("default-src", "'none'"),
     ("script-src", "'self'"),
-    ("style-src", "'self' 'unsafe-inline'"),
+    ("style-src", "'self'"),
     ("img-src", "'self' data:"),
     ("font-src", "'self' data:"),
     ("connect-src", "'self'"),
@@ -33,7 +36,10 @@ CSP_DIRECTIVES: Tuple[Tuple[str, str], ...] = (
     ("frame-ancestors", "'none'"),
 )
 """The dashboard's content security policy, directive by directive (``connect-src`` also gets the page's own
-WebSocket address, from the request's Host: :func:`page_headers`)."""
+WebSocket address, from the request's Host, and ``style-src`` the page's nonce: :func:`page_headers`)."""
+
+NONCE_META = b'<meta name="csp-nonce" content="" />'
+"""Where ``index.html`` (web/index.html) takes the nonce of each load (the app's main.js reads it)."""
 
 SAFE_HEADERS: Dict[str, str] = {
     "X-Frame-Options": "DENY",
@@ -54,25 +60,42 @@ _TYPES = {"html": "text/html; charset=utf-8", "js": "text/javascript", "mjs": "t
           "woff": "font/woff", "map": "application/json", "txt": "text/plain; charset=utf-8"}
 
 
-def content_security_policy(host: Optional[str] = None) -> str:
+def content_security_policy(host: Optional[str] = None, nonce: Optional[str] = None) -> str:
     """The ``Content-Security-Policy`` of a dashboard page requested with ``host`` as its Host header. ``'self'``
     covers the page's WebSocket in browsers that follow CSP 3; older ones need its ``ws:``/``wss:`` address named,
-    which is added when ``host`` is a plain host[:port] (anything else is left out, never copied into the header)."""
+    which is added when ``host`` is a plain host[:port] (anything else is left out, never copied into the header).
+    ``nonce``: the page's, allowed on ``<style>`` elements."""
     parts = []
     for name, value in CSP_DIRECTIVES:
         if name == "connect-src" and host and _HOST.fullmatch(host):
             value = f"{value} ws://{host} wss://{host}"
+        if name == "style-src" and nonce:
+            value = f"{value} 'nonce-{nonce}'"
         parts.append(f"{name} {value}")
     return "; ".join(parts)
 
 
-def page_headers(name: str, host: Optional[str] = None) -> Dict[str, str]:
+def page_headers(name: str, host: Optional[str] = None, nonce: Optional[str] = None) -> Dict[str, str]:
     """The headers of the dashboard file ``name`` (``index.html`` or ``assets/...``): the policy, the headers of
-    :data:`SAFE_HEADERS`, and caching: ``index.html`` is checked every time (a new Balsam's page names new files),
-    the assets' names carry a hash of their content, so a browser may keep them."""
-    headers = {"Content-Security-Policy": content_security_policy(host), **SAFE_HEADERS}
+    :data:`SAFE_HEADERS`, and caching: ``index.html`` is checked every time (a new Balsam's page names new files,
+    and each load has its own nonce), the assets' names carry a hash of their content, so a browser may keep them."""
+    headers = {"Content-Security-Policy": content_security_policy(host, nonce), **SAFE_HEADERS}
     headers["Cache-Control"] = "no-cache" if name == "index.html" else "public, max-age=604800, immutable"
     return headers
+
+
+def page_answer(rel: Optional[str], host: Optional[str] = None) -> Optional[Tuple[bytes, str, Dict[str, str]]]:
+    """The body, Content-Type and headers that answer ``/`` (``rel`` None) or ``/assets/<rel>``; None when there is
+    no such file (:func:`read_page`). ``index.html`` gets a new nonce written in (:data:`NONCE_META`)."""
+    page = read_page(rel)
+    if page is None:
+        return None
+    name, data = page
+    nonce = None
+    if name == "index.html" and NONCE_META in data:
+        nonce = secrets.token_urlsafe(18)
+        data = data.replace(NONCE_META, NONCE_META.replace(b'content=""', b'content="%s"' % nonce.encode()), 1)
+    return data, media_type(name), page_headers(name, host, nonce)
 
 
 def same_origin(origin: Optional[str], *hosts: Optional[str]) -> bool:
@@ -128,4 +151,5 @@ def read_page(rel: Optional[str]) -> Optional[Tuple[str, bytes]]:
         return None
 
 
-__all__ = ["CSP_DIRECTIVES", "SAFE_HEADERS", "content_security_policy", "media_type", "page_headers", "read_page", "same_origin"]
+__all__ = ["CSP_DIRECTIVES", "SAFE_HEADERS", "content_security_policy", "media_type", "page_answer", "page_headers", "read_page",
+           "same_origin"]

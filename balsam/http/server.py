@@ -555,12 +555,12 @@ class Api:
     async def static(self, request: Request) -> Response:
         """A file of the dashboard (:mod:`balsam.http.pages`: its content security policy and other headers)."""
         rel = request.path_params.get("path")
-        page = pages.read_page(rel)
+        page = pages.page_answer(rel, request.headers.get("host"))
         if page is None:
             message = "the dashboard is not built into this Balsam" if rel is None else "no such file"
             return self._error(ApiError(404, "not_found", message), None)
-        name, data = page
-        return Response(data, media_type=pages.media_type(name), headers=pages.page_headers(name, request.headers.get("host")))
+        data, media_type, headers = page
+        return Response(data, media_type=media_type, headers=headers)
 
     def _hub_for(self, principal: Principal) -> WebSocketHub:
         """The change stream a caller may see: the site's, or (many users) one over the caller's own sites."""

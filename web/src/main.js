@@ -6,10 +6,15 @@ import 'vuetify/styles'
 import App from './App.vue'
 import router from './router'
 
+// The page's content security policy allows an inline <style> only with this load's nonce (the server writes it
+// into index.html): Vuetify's theme stylesheet carries it, and markup injected into the page could not.
+const cspNonce = document.querySelector('meta[name="csp-nonce"]')?.getAttribute('content') || undefined
+
 // Icons are inline SVG paths (@mdi/js) and the page uses the system's fonts: nothing comes from the network.
 const vuetify = createVuetify({
   icons: { defaultSet: 'mdi', aliases, sets: { mdi } },
   theme: {
+    cspNonce,
     defaultTheme: 'balsam',
     themes: {
       balsam: {
