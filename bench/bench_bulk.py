@@ -1,30 +1,40 @@
 """Bulk writes from another host, each figure beside its baselines measured in the same run (ratios):
 
-1. **Bulk create** of N jobs with ``Job.objects.bulk_create`` from a "foreign" host (BALSAM_HOSTNAME differs, so it
-   goes through the site agent's API): in staged parts committed in one transaction (all or nothing), against the
-   same jobs sent as independent requests of 5,000 (what a foreign bulk_create did before: each its own
-   transaction) and against the home host's one SQLite transaction.
+1. **Bulk create** of N jobs (each size of ``--sizes``) with ``Job.objects.bulk_create`` from a "foreign" host
+   (BALSAM_HOSTNAME differs, so it goes through the site agent's API; more than 5,000 jobs go in staged parts
+   committed in one transaction, all or nothing) against the same on the home host (one SQLite transaction).
+   With ``--before``, also the jobs sent as independent requests of 5,000 (what a foreign bulk_create did before
+   the staged parts: each its own transaction).
 2. **Query delete** of those N jobs from the foreign host (one request) against the home host.
 
-Rounds alternate the ways, so the machine's drift hits each alike; the median of each is shown.
+Rounds alternate the ways, so the machine's drift hits each alike; the median of each is shown. ``--against REV``
+runs this script for that git revision's code and for this tree, alternating, and prints foreign/home for each
+(the before and after of a change, in one run).
 
-    python bench/bench_bulk.py [--jobs 50000] [--rounds 3]
+    python bench/bench_bulk.py [--sizes 1000,10000,100000] [--rounds 3] [--before] [--against main]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, os.environ.get("BALSAM_BENCH_TREE") or str(REPO))  # --against: the Balsam of the tree measured
 
 FOREIGN = "login-2"
+STAGED = "create: foreign (staged parts, one transaction)"
+CHUNKED = "create: foreign, independent 5,000-job requests (before)"
+HOME = "create: home host, one transaction"
 
 
 def _jobs(n: int, prefix: str) -> List[Any]:
@@ -99,11 +109,7 @@ def delete(host: str, n: int, prefix: str) -> float:
     return n / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+def run(sizes: List[int], rounds: int, before: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     os.environ["BALSAM_HOME"] = str(root / "home")
     from balsam._api import sites
@@ -120,29 +126,77 @@ def main() -> None:
 
     Hello.sync()
     start_agent(root / "bench")
-    results: Dict[str, List[float]] = {}
-    ways: Dict[str, Callable[[int, str], float]] = {"create: foreign, staged parts, one transaction": create_staged,
-                                                     "create: foreign, independent 5,000-job requests (before)": create_chunked,
-                                                     "create: home host, one transaction": create_home}
+    ways: Dict[str, Callable[[int, str], float]] = {STAGED: create_staged, HOME: create_home}
+    if before:
+        ways[CHUNKED] = create_chunked
     try:
-        n = args.jobs
-        for r in range(args.rounds):
-            for k, (name, way) in enumerate(ways.items()):
-                prefix = f"r{r}w{k}"
-                results.setdefault(name, []).append(way(n, prefix))
-                host = FOREIGN if k % 2 == 0 else ""
-                results.setdefault(f"delete: {'foreign' if host else 'home host'}", []).append(delete(host, n, prefix))
+        for n in sizes:
+            results: Dict[str, List[float]] = {}
+            for r in range(rounds):
+                for k, (name, way) in enumerate(ways.items()):
+                    prefix = f"n{n}r{r}w{k}"
+                    results.setdefault(name, []).append(way(n, prefix))
+                    host = FOREIGN if name != HOME else ""
+                    results.setdefault(f"delete: {'foreign' if host else 'home host'}", []).append(delete(host, n, prefix))
+            print(f"{n} jobs, {rounds} rounds, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+            med = {name: statistics.median(v) for name, v in results.items()}
+            for name, value in med.items():
+                base = med[HOME] if name.startswith("create") else med["delete: home host"]
+                print(f"  {name:58s} {value:10,.0f} jobs/s  {value / base:5.2f}x home host", flush=True)
+            if before:
+                print(f"  staged / independent requests: {med[STAGED] / med[CHUNKED]:.2f}x", flush=True)
     finally:
         _as("")
         stop_agent(root / "bench")
-    print(f"{args.jobs} jobs, {args.rounds} rounds, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    med = {name: statistics.median(v) for name, v in results.items()}
-    home = med["create: home host, one transaction"]
-    for name, value in med.items():
-        base = home if name.startswith("create") else med["delete: home host"]
-        print(f"  {name:58s} {value:10,.0f} jobs/s  {value / base:5.2f}x home host")
-    staged, chunked = med["create: foreign, staged parts, one transaction"], med["create: foreign, independent 5,000-job requests (before)"]
-    print(f"  staged / independent requests: {staged / chunked:.2f}x")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_LINE = re.compile(r"^(\d+) jobs.*\n(?:.*\n)*?\s+create: foreign \(staged.*?([\d,]+) jobs/s\s+([\d.]+)x home host", re.M)
+
+
+def against(ref: str, sizes: List[int], rounds: int) -> None:
+    """This script for git ``ref``'s code (before) and for this tree (after), alternating, each in a fresh process
+    with a fresh site and agent; foreign/home of each, and after/before."""
+    tmp = Path(tempfile.mkdtemp(prefix="balsam-bench-ref-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        trees = {"before": tmp, "after": REPO}
+        print(f"bulk_create from another host, {ref} (before) against this tree (after), alternating, {rounds} rounds:", flush=True)
+        for n in sizes:
+            got: Dict[str, List[float]] = {"before": [], "after": []}
+            rate: Dict[str, List[float]] = {"before": [], "after": []}
+            for _ in range(rounds):
+                for name, tree in trees.items():  # this script either way; the Balsam it imports (client, agent) differs
+                    argv = [sys.executable, str(Path(__file__).resolve()), "--sizes", str(n), "--rounds", "1"]
+                    env = dict(os.environ, PYTHONPATH=str(tree), BALSAM_BENCH_TREE=str(tree))
+                    out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=str(tree))
+                    m = _LINE.search(out.stdout)
+                    if m is None:
+                        raise SystemExit(f"the {name} run failed:\n{out.stdout}\n{out.stderr[-2000:]}")
+                    rate[name].append(float(m.group(2).replace(",", "")))
+                    got[name].append(float(m.group(3)))
+            b, a = statistics.median(got["before"]), statistics.median(got["after"])
+            br, ar = statistics.median(rate["before"]), statistics.median(rate["after"])
+            print(f"  {n:7d} jobs: foreign/home before {b:.2f}x ({br:,.0f} jobs/s), after {a:.2f}x ({ar:,.0f} jobs/s); "
+                  f"foreign after/before x{ar / br:.2f}  (load average {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,100000", help="numbers of jobs, comma-separated")
+    parser.add_argument("--jobs", type=int, default=0, help="one size (overrides --sizes)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", action="store_true", help="also the independent 5,000-job requests of before the staged parts")
+    parser.add_argument("--against", default="", help="a git ref: this benchmark for that code and this tree, alternating")
+    args = parser.parse_args()
+    sizes = [args.jobs] if args.jobs else [int(x) for x in args.sizes.split(",")]
+    if args.against:
+        against(args.against, sizes, args.rounds)
+    else:
+        run(sizes, args.rounds, args.before)
 
 
 if __name__ == "__main__":

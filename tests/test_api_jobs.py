@@ -251,3 +251,46 @@ def test_tag_and_state_queries_agree_whichever_side_drives(hello: Any, monkeypat
         assert [j.id for j in q.order_by("id")] == expected
         assert [j.id for j in Job.objects.filter(tags={"run": "2"}, state=["PREPROCESSED", "RUNNING"]).order_by("-id")[:3]] == expected[::-1][:3]
         assert Job.objects.filter(tags={"exp": "big"}, state__ne="PREPROCESSED").count() == 200
+
+
+def test_jobs_of_every_shape_are_stored_alike_in_one_request_or_in_parts(site: Any, hello: Any, adder: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """What bulk_create stores for each kind of field: from another host the agent takes a job of the common shape
+    (workdir, app, tags, parameters) by a quicker check than the others, and more than CREATE_CHUNK jobs go in
+    staged parts; the rows must come out as the home host writes them, whichever way each job went."""
+    import json
+
+    import balsam.http.client as client
+
+    def shapes(prefix: str) -> Any:
+        return [
+            Job(f"{prefix}/plain", app_id="Hello", parameters={"say_hello_to": "x"}, tags={"exp": "a"}),
+            Job(f"{prefix}/./dotted//dir/", app_id="Hello", parameters={"say_hello_to": "y"}),
+            Job(f"{prefix}/données é", app_id="Hello", parameters={"say_hello_to": "ünï"}, tags={"clé": "vàl", "n": 5}),
+            Job(f"{prefix}/resources", app_id="Hello", parameters={"say_hello_to": "z"}, num_nodes=2, ranks_per_node=4,
+                gpus_per_rank=0.5, node_packing_count=3, wall_time_min=30, threads_per_rank=2, threads_per_core=2),
+            Job(f"{prefix}/data", app_id="Adder", parameters={"x": [1, 2.5, None, {"k": "v"}], "y": 10**17},
+                data={"nested": {"a": [True, False]}}, launch_params={"cpu_affinity": "depth"}, pending_file_cleanup=False),
+            Job(f"{prefix}/defaults-given", app_id="Adder", parameters={"x": 1}, num_nodes=1, gpus_per_rank=0, tags={}),
+        ]
+
+    columns = ("workdir", "tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
+               "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min", "parent_ids", "pending_file_cleanup", "state")
+    one = Job.objects.bulk_create(shapes("one"))
+    monkeypatch.setattr(client, "CREATE_CHUNK", 4)  # from another host: two staged parts, then one commit
+    parted = Job.objects.bulk_create(shapes("parts"))
+    child = Job.objects.create(workdir="parts/child", app_id="Hello", parameters={"say_hello_to": "c"}, parent_ids=[one[0].id])
+    with site.store.read() as conn:
+        rows = {r[0]: r for r in conn.execute(f"SELECT id, {', '.join(columns)} FROM job")}
+    for a, b in zip(one, parted):
+        ra, rb = rows[a.id], rows[b.id]
+        assert (a.workdir, b.workdir) == (ra[1], rb[1]) and ra[1].startswith("one/") and rb[1] == "parts/" + ra[1][4:]
+        assert ra[2:] == rb[2:], (ra, rb)
+    assert [rows[j.id][1] for j in one[:3]] == ["one/plain", "one/dotted/dir", "one/données é"]
+    assert json.loads(rows[one[2].id][2]) == {"clé": "vàl", "n": "5"}  # a number tag is stored as its text
+    assert rows[one[3].id][5:12] == (2, 4, 2, 2, 0.5, 3, "{}") and rows[one[3].id][12] == 30
+    assert json.loads(rows[one[4].id][3]) == {"x": [1, 2.5, None, {"k": "v"}], "y": 10**17}
+    assert json.loads(rows[one[4].id][4]) == {"nested": {"a": [True, False]}} and rows[one[4].id][14] == 0
+    assert rows[one[5].id][2:] == (*rows[one[5].id][2:3], '{"x":1}', "{}", 1, 1, 1, 1, 0, 1, "{}", 0, "[]", 1, "STAGED_IN")
+    assert (json.loads(rows[child.id][13]), child.state) == ([one[0].id], "AWAITING_PARENTS")
+    assert Job.objects.get(id=parted[4].id).parameters == {"x": [1, 2.5, None, {"k": "v"}], "y": 10**17}

@@ -140,3 +140,30 @@ def test_the_fuzzers_reach_the_store(site: Any, hello: Any) -> None:
     updater.put(int(job.id), "RUN_DONE", fields={"return_code": 0}, session_id=sid)
     assert updater.close(timeout=10) and Job.objects.get(id=job.id).state == "RUN_DONE"
     assert StateChange(1, "RUNNING").state == "RUNNING"
+
+
+@settings(max_examples=400, deadline=None)
+@given(workdir=hostile_text, app_id=st.one_of(st.integers(min_value=-5, max_value=2**64), st.text(max_size=3), st.none()),
+       tags=st.one_of(st.none(), st.dictionaries(st.one_of(hostile_text, st.integers()), st.one_of(hostile_text, numbers),
+                                                 max_size=3), st.lists(hostile_text, max_size=2)),
+       params=st.one_of(st.none(), st.dictionaries(st.one_of(hostile_text, st.integers()), values, max_size=3), hostile_text,
+                        st.dictionaries(st.sampled_from(["say_hello_to", "x"]), st.one_of(hostile_text, numbers), max_size=2)),
+       extra=st.dictionaries(st.sampled_from(["num_nodes", "data", "nodes", "parent_ids"]), values, max_size=1))
+def test_the_quick_check_of_common_jobs_agrees_with_the_full_one(workdir: Any, app_id: Any, tags: Any, params: Any,
+                                                                  extra: Dict[str, Any]) -> None:
+    """The agent checks a job-create object of the common shape (workdir, app id, tags, parameters) with a few cheap
+    tests (balsam.db.creation.plain_job_row), the others with the full field checks (new_job_row): for any object,
+    the quick check gives exactly the full check's row, or leaves the object to it; it never passes one the full
+    check refuses."""
+    from balsam.db.jobs import new_job_row, plain_job_row
+    from balsam.exceptions import ValidationError
+
+    item = {"workdir": workdir, "app_id": app_id, "tags": tags, "parameters": params, **extra}
+    quick = plain_job_row(item)
+    try:
+        full: Any = new_job_row(workdir, app_id if isinstance(app_id, int) else 0, tags=tags, parameters=params, **extra)
+    except (ValidationError, TypeError) as e:
+        full = e
+    if quick is not None:
+        assert not extra and isinstance(app_id, int) and 0 <= app_id < 2**63
+        assert quick == full, (item, quick, full)

@@ -214,3 +214,54 @@ def test_a_commit_the_agent_never_answers_says_the_jobs_are_all_or_none(site: An
         sites.reset()
         server.stop()
     assert _count(home, "c") == 0 and _staged(home) == 3  # none made; the parts expire
+
+
+def test_an_app_changed_between_the_parts_and_the_commit_is_checked_again(site: Any, home: Any, foreign: Any) -> None:
+    """Each part's jobs are checked against their app when the part arrives; the commit checks them again only if
+    the app was re-synced since, so a job made invalid by the change is refused and none is created."""
+    from balsam.api import ApplicationDefinition
+
+    request = foreign.client.request
+    app_id = int(home.execute("SELECT id FROM app WHERE name='Hello'")[0][0])
+    jobs = [{"workdir": f"v/{k}", "app_id": app_id, "parameters": {"say_hello_to": "x"}} for k in range(3)]
+    request("POST", "/v1/uploads/jobs", {"upload": "same", "part": 0, "jobs": jobs})
+    assert sum(n for _, n in request("POST", "/v1/uploads/jobs/commit", {"upload": "same", "parts": 1})["ids"]) == 3
+    request("POST", "/v1/uploads/jobs", {"upload": "changed", "part": 0, "jobs": [dict(j, workdir=f"w/{k}") for k, j in enumerate(jobs)]})
+
+    class Hello(ApplicationDefinition):  # re-synced at the site's home host: a new required parameter
+        site = "test-site"
+        command_template = "echo {{ greeting }}, {{ say_hello_to }}!"
+
+    from balsam._api import sites
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("BALSAM_HOSTNAME")
+        sites.reset()
+        Hello.sync()
+    sites.reset()
+    assert Hello.__app_id__ == app_id
+    with pytest.raises(ValidationError, match="job 'w/0': app Hello needs parameter 'greeting'"):
+        request("POST", "/v1/uploads/jobs/commit", {"upload": "changed", "parts": 1})
+    assert _count(home, "w") == 0 and _count(home, "v") == 3
+
+
+def test_a_create_can_be_answered_with_ids_and_states_only(site: Any, home: Any, foreign: Any) -> None:
+    """``POST /v1/jobs?answer=ids``: the ids and initial states as runs (what the Python API from another host asks
+    for: it has the jobs already), instead of every job as created; an unknown answer form is refused by name."""
+    request = foreign.client.request
+    app_id = int(home.execute("SELECT id FROM app WHERE name='Hello'")[0][0])
+    first = Job.objects.create(workdir="parent", app_id="Hello", parameters={"say_hello_to": "p"})
+    jobs = [{"workdir": f"a/{k}", "app_id": app_id, "parameters": {"say_hello_to": "x"}} for k in range(4)]
+    jobs[2]["parent_ids"] = [first.id]
+    answer = request("POST", "/v1/jobs?answer=ids", jobs)
+    assert answer["ids"] == [[first.id + 1, 4]] and answer["states"] == [["STAGED_IN", 2], ["AWAITING_PARENTS", 1], ["STAGED_IN", 1]]
+    with home.read() as conn:
+        created = conn.execute("SELECT created FROM job WHERE id = ?", (first.id + 1,)).fetchone()[0]
+    from balsam.http.schemas import epoch
+
+    assert abs(epoch(answer["created"]) - created) < 1e-3
+    rows = request("POST", "/v1/jobs", [{"workdir": "b/0", "app_id": app_id, "parameters": {"say_hello_to": "y"}}])
+    assert [(r["workdir"], r["state"]) for r in rows] == [("b/0", "STAGED_IN")]
+    with pytest.raises(ValidationError, match="answer: 'rows'.*or 'ids'.*got 'xml'") as e:
+        request("POST", "/v1/jobs?answer=xml", [{"workdir": "c/0", "app_id": app_id, "parameters": {"say_hello_to": "y"}}])
+    assert getattr(e.value, "field", "answer") == "answer" and _count(home, "c") == 0

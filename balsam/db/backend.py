@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from balsam.db import query as q
 from balsam.db.connection import Store
@@ -123,9 +123,12 @@ class Backend(ABC):
         """Insert new-job tuples (``NEW_JOB_COLUMNS``); (ids, initial states, creation time), in order.
         ``checked_app_versions``: apps whose parameters the caller checked at that version (others are re-checked)."""
 
-    def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> bool:
+    def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
+                   checked_app_versions: Optional[Dict[int, int]] = None) -> bool:
         """Keep one part (checked new-job tuples, transfers by index in the part) of a bulk creation sent in several
-        requests, until :meth:`create_staged_jobs` creates them all; False when that upload was created already."""
+        requests, until :meth:`create_staged_jobs` creates them all; False when that upload was created already.
+        ``checked_app_versions``: the apps (and versions) the rows' parameters were checked against, as for
+        :meth:`create_jobs`."""
         raise ValidationError("this server does not take bulk creations in parts; send the jobs in requests of their own")
 
     def create_staged_jobs(self, upload: str, parts: int) -> Tuple[List[int], List[str], float]:
@@ -367,11 +370,13 @@ class LocalBackend(Backend):
             initial[i] = state
         return list(range(first, first + n)), initial, now
 
-    def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]]) -> bool:
+    def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
+                   checked_app_versions: Optional[Dict[int, int]] = None) -> bool:
         from balsam.db import uploads
         from balsam.db.codec import dumps
 
-        staged: Dict[str, Any] = {"rows": [list(r[:-1]) for r in rows], "transfers": {str(i): t for i, t in transfers.items()}}
+        staged: Dict[str, Any] = {"rows": [r[:-1] for r in rows], "transfers": {str(i): t for i, t in transfers.items()},
+                                  "versions": [[a, v] for a, v in (checked_app_versions or {}).items()]}
         if any(r[-1] is not None for r in rows):  # run() arguments JSON cannot hold (the handler checked who sent them)
             import base64
 
@@ -391,13 +396,24 @@ class LocalBackend(Backend):
         with self.store.write() as conn:
             rows: List[Row] = []
             transfers: Dict[int, Dict[str, Any]] = {}
+            checked: Dict[int, int] = {}
+            conflicting: Set[int] = set()
             for body in uploads.take_parts(conn, upload, parts, now=now):
                 part = loads_body(body)
                 base = len(rows)
                 transfers.update((base + int(i), t) for i, t in part["transfers"].items())
-                pickled = part.get("pickled") or [None] * len(part["rows"])
-                rows.extend((*r, None if pk is None else base64.b64decode(pk)) for r, pk in zip(part["rows"], pickled))
-            first, states = job_db.insert_jobs(conn, rows, transfers, now=now)
+                pickled = part.get("pickled")
+                if pickled:
+                    rows.extend((*r, None if pk is None else base64.b64decode(pk)) for r, pk in zip(part["rows"], pickled))
+                else:
+                    rows.extend([(*r, None) for r in part["rows"]])
+                # An app whose parts were checked against different versions (re-synced between parts) is checked again.
+                for a, v in part.get("versions") or ():
+                    if checked.setdefault(int(a), int(v)) != int(v):
+                        conflicting.add(int(a))
+            for a in conflicting:
+                del checked[a]
+            first, states = job_db.insert_jobs(conn, rows, transfers, now=now, checked_app_versions=checked)
         n = len(rows)
         initial = [JobState.STAGED_IN.value] * n
         for i, state in states.items():

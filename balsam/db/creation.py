@@ -6,14 +6,15 @@ Runs inside the caller's write transaction: nothing is written if any job is ref
 
 from __future__ import annotations
 
+import posixpath
 import sqlite3
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from balsam.db import doorbell
-from balsam.db.codec import dumps, encode_parameters, loads
+from balsam.db.codec import dumps, encode_parameters, loads, tags_json
 from balsam.db.connection import chunks
-from balsam.db.fields import RESOURCE_FIELDS, check_fields, check_parameter_names
+from balsam.db.fields import MAX_TAG_CHARS, RESOURCE_FIELDS, check_fields, check_parameter_names
 from balsam.db.states import JobState
 from balsam.db.transitions import ids_param
 from balsam.exceptions import ValidationError
@@ -86,6 +87,37 @@ def new_job_row(
         dumps(f["launch_params"]), f.get("wall_time_min", 0), dumps(f["parent_ids"]),
         1 if f["pending_file_cleanup"] else 0, params_pickled,
     )
+
+
+_PLAIN_KEYS = frozenset({"workdir", "app_id", "tags", "parameters"})
+_PLAIN_TAIL = ("{}", 1, 1, 1, 1, 0.0, 1, "{}", 0, "[]", 1, None)
+
+
+def plain_job_row(item: Mapping[str, Any]) -> Optional[Tuple[Any, ...]]:
+    """The new-job tuple of a job-create object (as the HTTP API gets it) that holds only a workdir, an app id, tags
+    and parameters, each plainly valid: what :func:`new_job_row` gives for it, in a few cheap checks. None when the
+    object needs :func:`new_job_row`'s full checks (which then refuse it with their message, or normalize it): a
+    bulk creation from another host checks most of its jobs here."""
+    if not item.keys() <= _PLAIN_KEYS:
+        return None
+    workdir, app_id, tags, params = item.get("workdir"), item.get("app_id"), item.get("tags"), item.get("parameters")
+    if (type(workdir) is not str or not 0 < len(workdir) <= 255 or not workdir.isascii() or not workdir.isprintable()
+            or workdir[0] in "/ " or workdir[-1] == " " or workdir[1:2] == ":" or "\\" in workdir
+            or posixpath.normpath(workdir) != workdir or workdir in (".", "..") or workdir.startswith("../")):
+        return None  # printable ASCII, relative, already normal, one component at most 255: normalize_workdir's own result
+    if type(app_id) is not int or not 0 <= app_id < 2**63:
+        return None
+    if not tags:
+        tags_text: Optional[str] = "{}" if tags is None or type(tags) is dict else None
+    else:
+        tags_text = tags_json(tags, MAX_TAG_CHARS) if type(tags) is dict else None
+    if tags_text is None or (params is not None and type(params) is not dict):
+        return None
+    try:
+        params_text, pickled = encode_parameters(params) if params else ("{}", None)
+    except ValidationError:
+        return None  # refused by new_job_row too, with the job named
+    return (workdir, app_id, tags_text, params_text, *_PLAIN_TAIL[:-1], pickled)
 
 
 def insert_jobs(

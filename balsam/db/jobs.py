@@ -15,7 +15,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.codec import dumps, encode_parameters, loads
 from balsam.db.connection import chunks
-from balsam.db.creation import NEW_JOB_COLUMNS, insert_jobs, new_job_row, params_dict, raise_duplicate_workdir, refuse_nul
+from balsam.db.creation import (
+    NEW_JOB_COLUMNS,
+    insert_jobs,
+    new_job_row,
+    params_dict,
+    plain_job_row,
+    raise_duplicate_workdir,
+    refuse_nul,
+)
 from balsam.db.fields import UPDATABLE_FIELDS, check_fields
 from balsam.db.states import FAILED_STATES, JobState
 from balsam.db.transitions import JSON_COLUMNS, ChangeResult, StateChange, apply_state_changes, children_waiting, ids_param
@@ -205,5 +213,5 @@ def mark_cleaned(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
 __all__ = [
     "JOB_COLUMNS", "JSON_COLUMNS", "NEW_JOB_COLUMNS", "UPDATABLE_FIELDS", "ChangeResult", "StateChange", "add_parents",
     "apply_state_changes", "delete_jobs", "insert_jobs", "jobs_to_clean", "last_event_message", "live_locked", "mark_cleaned",
-    "new_job_row", "unlock_jobs", "update_job_fields",
+    "new_job_row", "plain_job_row", "unlock_jobs", "update_job_fields",
 ]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
 
-from balsam.db.jobs import NEW_JOB_COLUMNS, new_job_row
+from balsam.db.codec import loads
+from balsam.db.jobs import NEW_JOB_COLUMNS, new_job_row, plain_job_row
 from balsam.exceptions import ValidationError
 from balsam.http import handlers as h
 from balsam.http.schemas import COLUMNS, iso, row_to_wire
+from balsam.runtime import paused_gc
 
 
 def _new_job_rows(call: h.Call, items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Dict[int, Dict[str, Any]]]:
@@ -24,6 +26,10 @@ def _new_job_rows(call: h.Call, items: List[Any], offset: int = 0) -> Tuple[List
     allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
     for i, item in enumerate(items):
         n = i + offset
+        plain = plain_job_row(item) if type(item) is dict else None
+        if plain is not None:  # most jobs: the same row as below, in a few cheap checks
+            rows.append(plain)
+            continue
         try:
             if not isinstance(item, dict):
                 raise ValidationError(f"job {n}: expected an object")
@@ -75,11 +81,18 @@ def _pickled_parameters(call: h.Call, value: Any, n: int) -> bytes:
 
 
 def create_jobs(call: h.Call) -> h.Answer:
+    """``POST /v1/jobs``: create the jobs in one transaction; the answer is the jobs as created, or with
+    ``?answer=ids`` only their ids and initial states, as [first, count] and [state, count] runs (as a commit's),
+    which a client that keeps its own copy of each job needs (the Python API from another host)."""
     h._need_write(call)
+    compact = _compact_answer(call)
     items = h._body_list(call, "job")
-    rows, transfers = _new_job_rows(call, items)
-    _check_parameters(call, rows)
-    ids, states, now = call.backend.create_jobs(rows, transfers)
+    with paused_gc():  # thousands of jobs' objects: collections would walk them again and again
+        rows, transfers = _new_job_rows(call, items)
+        versions = _check_parameters(call, rows)
+        ids, states, now = call.backend.create_jobs(rows, transfers, checked_app_versions=versions)
+    if compact:
+        return 201, created_answer(ids, states, now)
     if not ids:
         return 201, []
     columns = COLUMNS["job"]
@@ -87,26 +100,46 @@ def create_jobs(call: h.Call) -> h.Answer:
     return 201, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
 
 
-def _check_parameters(call: h.Call, rows: Sequence[Tuple[Any, ...]], offset: int = 0) -> None:
+def _compact_answer(call: h.Call) -> bool:
+    answer = call.q1("answer", "rows")
+    if answer not in ("rows", "ids"):
+        raise h.FieldError(f"answer: 'rows' (the jobs as created) or 'ids' (ids and states as runs), got {answer!r}", "answer")
+    return answer == "ids"
+
+
+def created_answer(ids: Sequence[int], states: Sequence[str], now: float) -> Dict[str, Any]:
+    """Created jobs as an answer names them compactly: ids as [first, count] runs, initial states as [state, count]
+    runs, and the creation time."""
+    return {"ids": id_runs(ids), "states": value_runs(states), "created": iso(now)}
+
+
+def _check_parameters(call: h.Call, rows: Sequence[Tuple[Any, ...]], offset: int = 0) -> Dict[int, int]:
     """Every job's parameters against its app (required and known names), as the Python API checks them (errors
-    name the job by its index in the whole creation, from ``offset``)."""
+    name the job by its index in the whole creation, from ``offset``); the version of each app they were checked
+    against ({app id: version}: the store checks them again only if an app changed since)."""
     import json
 
     app_ids = sorted({r[1] for r in rows})
-    apps = {r[0]: (r[1], json.loads(r[2]), bool(r[3])) for r in
-            call.backend.select("app", {"id": app_ids}, columns=("id", "name", "parameters", "var_keyword"))}
+    apps = {r[0]: (r[1], json.loads(r[2]), bool(r[3]), r[4]) for r in
+            call.backend.select("app", {"id": app_ids}, columns=("id", "name", "parameters", "var_keyword", "version"))}
+    checks = {}
+    for app_id, (name, spec, var_kw, _version) in apps.items():
+        required = frozenset(k for k, v in spec.items() if v.get("required"))
+        checks[app_id] = (name, spec, var_kw, required, frozenset(spec))
     for n, r in enumerate(rows, offset):
-        app = apps.get(r[1])
-        if app is None:
+        check = checks.get(r[1])
+        if check is None:
             raise h.FieldError(f"no app with id {r[1]} at this site", f"{n}.app_id")
-        name, spec, var_kw = app
-        keys = set(json.loads(r[3]))
-        missing = sorted(k for k, v in spec.items() if v.get("required") and k not in keys)
+        name, spec, var_kw, required, known = check
+        keys = loads(r[3]).keys()
+        if required <= keys and (var_kw or keys <= known):
+            continue
+        missing = sorted(k for k in required if k not in keys)
         if missing:
             raise h.FieldError(f"job {r[0]!r}: app {name} needs parameter {missing[0]!r}", f"{n}.parameters.{missing[0]}")
-        if not var_kw and not keys <= set(spec):
-            extra = sorted(keys - set(spec))[0]
-            raise h.FieldError(f"job {r[0]!r}: app {name} has no parameter {extra!r}", f"{n}.parameters.{extra}")
+        extra = sorted(set(keys) - known)[0]
+        raise h.FieldError(f"job {r[0]!r}: app {name} has no parameter {extra!r}", f"{n}.parameters.{extra}")
+    return {app_id: int(a[3]) for app_id, a in apps.items() if a[3] is not None}
 
 
 def _upload_name(value: Any) -> str:
@@ -126,9 +159,10 @@ def stage_jobs(call: h.Call) -> h.Answer:
     items = body.get("jobs")
     if not isinstance(items, list):
         raise h.FieldError("jobs: expected a list of jobs", "jobs")
-    rows, transfers = _new_job_rows(call, items, offset)
-    _check_parameters(call, rows, offset)
-    kept = call.backend.stage_jobs(upload, part, rows, transfers)
+    with paused_gc():
+        rows, transfers = _new_job_rows(call, items, offset)
+        versions = _check_parameters(call, rows, offset)
+        kept = call.backend.stage_jobs(upload, part, rows, transfers, checked_app_versions=versions)
     return 200, {"upload": upload, "part": part, "jobs": len(rows), "kept": kept}
 
 
@@ -138,8 +172,9 @@ def commit_jobs(call: h.Call) -> h.Answer:
     h._need_write(call)
     body = h._body_obj(call)
     upload = _upload_name(body.get("upload"))
-    ids, states, now = call.backend.create_staged_jobs(upload, h._int(body.get("parts"), "parts", 1, 100_000))
-    return 201, {"upload": upload, "ids": id_runs(ids), "states": value_runs(states), "created": iso(now)}
+    with paused_gc():
+        ids, states, now = call.backend.create_staged_jobs(upload, h._int(body.get("parts"), "parts", 1, 100_000))
+    return 201, {"upload": upload, **created_answer(ids, states, now)}
 
 
 def drop_upload(call: h.Call) -> h.Answer:

@@ -122,6 +122,10 @@ def _get(path: str, table: str, name: str, what: str) -> Route:
 ID = "{id}"
 OBJ = {"type": "object"}
 ROW_LIST = {"type": "array", "items": OBJ}
+CREATED = {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                                           "states": {"type": "array", "items": {"type": "array"}}, "created": STR},
+           "required": ["ids", "states", "created"]}
+"""Created jobs named compactly: ids as [first, count] runs, initial states as [state, count] runs."""
 IDS = {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "integer", "minimum": 1}}}, "required": ["ids"]}
 
 ROUTES: Tuple[Route, ...] = (
@@ -158,8 +162,10 @@ ROUTES: Tuple[Route, ...] = (
     Route("GET", "/v1/jobs/count", "count_jobs", "Count jobs, or counts by state", h.count_jobs,
           query=_filter_params("job") + (Param("group_by", {"type": "string", "enum": ["state"]}),), response=OBJ),
     _query("/v1/jobs/query", "job", "query_jobs", "jobs"),
-    Route("POST", "/v1/jobs", "create_jobs", "Bulk create jobs", bh.create_jobs, body={"type": "array", "items": JOB_CREATE},
-          response=ROW_LIST, status=201),
+    Route("POST", "/v1/jobs", "create_jobs", "Bulk create jobs in one transaction; the answer is the jobs as created, or with "
+          "answer=ids their ids and initial states as [first, count] and [state, count] runs", bh.create_jobs,
+          query=(Param("answer", {"type": "string", "enum": ["rows", "ids"]}, "rows (default) or ids"),),
+          body={"type": "array", "items": JOB_CREATE}, response={"oneOf": [ROW_LIST, CREATED]}, status=201),
     Route("PATCH", "/v1/jobs", "update_jobs", "Bulk update jobs by id (state changes through the state machine)", h.update_jobs,
           body={"type": "array", "items": JOB_UPDATE}, response=ROW_LIST),
     Route("PUT", "/v1/jobs", "query_update_jobs", "Set fields or the state of every matching job", h.query_update_jobs,
