@@ -234,6 +234,9 @@ class RelaySiteBackend(HttpBackend):
     def create_batch_job(self, fields: Dict[str, Any]) -> int:
         return int(self.client.request("POST", "/v1/batch-jobs", {**fields, "site_id": self.site_id})["id"])
 
+    def upload_site_id(self) -> Optional[int]:
+        return self.site_id
+
     # DAG templates of this site (the relay holds many sites: each request names this one)
     def dag_save(self, name: str, description: str, spec: Dict[str, Any]) -> Dict[str, Any]:
         body = {"name": name, "description": description, "spec": spec, "site_id": self.site_id}

@@ -131,8 +131,10 @@ class Backend(ABC):
         :meth:`create_jobs`."""
         raise ValidationError("this server does not take bulk creations in parts; send the jobs in requests of their own")
 
-    def create_staged_jobs(self, upload: str, parts: int) -> Tuple[List[int], List[str], float]:
-        """Create the jobs of parts ``0 .. parts-1`` of ``upload`` in one transaction, as :meth:`create_jobs` does."""
+    def create_staged_jobs(self, upload: str, parts: int, again: bool = False) -> Tuple[List[int], List[str], float]:
+        """Create the jobs of parts ``0 .. parts-1`` of ``upload`` in one transaction, as :meth:`create_jobs` does.
+        ``again``: an upload applied already is answered with what it created (a relay's command sent twice), instead
+        of being refused."""
         raise ValidationError("this server does not take bulk creations in parts; send the jobs in requests of their own")
 
     def drop_upload(self, upload: str) -> int:
@@ -238,6 +240,14 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def _initial_states(n: int, states: Dict[Any, str]) -> List[str]:
+    """The initial state of each of ``n`` new jobs: STAGED_IN but those ``states`` names by index."""
+    initial = [JobState.STAGED_IN.value] * n
+    for i, state in states.items():
+        initial[int(i)] = state
+    return initial
 
 
 class LocalBackend(Backend):
@@ -385,15 +395,19 @@ class LocalBackend(Backend):
         with self.store.write() as conn:
             return uploads.stage_part(conn, upload, part, len(rows), body)
 
-    def create_staged_jobs(self, upload: str, parts: int) -> Tuple[List[int], List[str], float]:
+    def create_staged_jobs(self, upload: str, parts: int, again: bool = False) -> Tuple[List[int], List[str], float]:
         import base64
 
         from balsam.db import jobs as job_db
         from balsam.db import uploads
-        from balsam.db.codec import loads_body
+        from balsam.db.codec import dumps, loads_body
 
         now = time.time()
         with self.store.write() as conn:
+            done = uploads.applied_result(conn, upload) if again else None
+            if done is not None:
+                kept = loads_body(done)
+                return list(range(kept["first"], kept["first"] + kept["n"])), _initial_states(kept["n"], kept["states"]), kept["created"]
             rows: List[Row] = []
             transfers: Dict[int, Dict[str, Any]] = {}
             checked: Dict[int, int] = {}
@@ -414,11 +428,8 @@ class LocalBackend(Backend):
             for a in conflicting:
                 del checked[a]
             first, states = job_db.insert_jobs(conn, rows, transfers, now=now, checked_app_versions=checked)
-        n = len(rows)
-        initial = [JobState.STAGED_IN.value] * n
-        for i, state in states.items():
-            initial[i] = state
-        return list(range(first, first + n)), initial, now
+            uploads.record_result(conn, upload, dumps({"first": first, "n": len(rows), "states": states, "created": now}).encode())
+        return list(range(first, first + len(rows))), _initial_states(len(rows), states), now
 
     def drop_upload(self, upload: str) -> int:
         from balsam.db import uploads

@@ -5,8 +5,9 @@ checked when it arrives and kept here, in the site DB (so an agent restart loses
 and the part's number; a final request takes every part and applies them together in one transaction, so the
 jobs appear all at once or not at all, whatever happens to the client or the agent in between. A part sent
 again (a retry) replaces itself; one that arrives after its upload was applied is ignored (the applied upload
-leaves a marker, part ``APPLIED``). Parts of an upload nobody applies (its client was killed) expire after
-``KEEP_S``, as do the markers.
+leaves a marker, part ``APPLIED``, which also keeps what it created: a commit that comes again through the
+relay, where a user's retry may become a second command, is answered with it instead of applying anything).
+Parts of an upload nobody applies (its client was killed) expire after ``KEEP_S``, as do the markers.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def take_parts(conn: sqlite3.Connection, upload: str, parts: int, now: Optional[
     conn.execute("DELETE FROM http_upload WHERE upload=?", (upload,))
     conn.execute("INSERT INTO http_upload(upload, part, rows, body, created) VALUES (?,?,0,x'',?)", (upload, APPLIED, now))
     return [have[n] for n in range(parts)]
+
+
+def record_result(conn: sqlite3.Connection, upload: str, result: bytes) -> None:
+    """Keep what applying ``upload`` created (``result``: JSON the caller reads back with :func:`applied_result`) on
+    its applied marker, inside the transaction that applied it."""
+    conn.execute("UPDATE http_upload SET body=? WHERE upload=? AND part=?", (result, upload, APPLIED))
+
+
+def applied_result(conn: sqlite3.Connection, upload: str) -> Optional[bytes]:
+    """What applying ``upload`` created, as :func:`record_result` kept it; None when it was not applied (or its
+    marker expired)."""
+    _check(upload)
+    row = conn.execute("SELECT body FROM http_upload WHERE upload=? AND part=?", (upload, APPLIED)).fetchone()
+    return bytes(row[0]) if row and row[0] else None
 
 
 def drop_upload(conn: sqlite3.Connection, upload: str) -> int:

@@ -153,6 +153,7 @@ def stage_jobs(call: h.Call) -> h.Answer:
     (in its DB) until ``POST /v1/uploads/jobs/commit`` creates every part's jobs in one transaction."""
     h._need_write(call)
     body = h._body_obj(call)
+    h._narrow(call, body.get("site_id"))  # a relay: the site of the upload (one site's agent: its own)
     upload = _upload_name(body.get("upload"))
     part = h._int(body.get("part"), "part", 0, 99_999)
     offset = h._int(body.get("offset", 0), "offset")
@@ -171,6 +172,7 @@ def commit_jobs(call: h.Call) -> h.Answer:
     the answer names them compactly: ids as [first, count] runs, initial states as [state, count] runs."""
     h._need_write(call)
     body = h._body_obj(call)
+    h._narrow(call, body.get("site_id"))
     upload = _upload_name(body.get("upload"))
     with paused_gc():
         ids, states, now = call.backend.create_staged_jobs(upload, h._int(body.get("parts"), "parts", 1, 100_000))
@@ -180,6 +182,7 @@ def commit_jobs(call: h.Call) -> h.Answer:
 def drop_upload(call: h.Call) -> h.Answer:
     """``DELETE /v1/uploads/jobs?upload=KEY``: forget the parts of a bulk creation that will not be applied."""
     h._need_write(call)
+    h._narrow(call, call.q1("site_id"))
     return 200, {"deleted": call.backend.drop_upload(_upload_name(call.q1("upload")))}
 
 

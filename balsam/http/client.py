@@ -238,6 +238,10 @@ def _non_finite(value: Any, where: str = "") -> Optional[str]:
     return None
 
 
+_NO_PARTS = "this server does not take bulk creations in parts"
+"""How a server without staged parts (a relay of an earlier version) refuses one."""
+
+
 def _json_array(texts: Sequence[str]) -> bytes:
     """A JSON array of JSON texts, as UTF-8 (a lone surrogate, which UTF-8 cannot carry, goes escaped as JSON allows:
     the server then refuses it by name)."""
@@ -439,8 +443,13 @@ class HttpBackend(Backend):
     def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
                     checked_app_versions: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[str], float]:
         items = job_texts(rows, transfers)
-        if len(items) > CREATE_CHUNK and self.client.state_dir is not None:
-            return self._create_in_parts(items)
+        if len(items) > CREATE_CHUNK:
+            try:
+                return self._create_in_parts(items)
+            except exc.ValidationError as e:
+                if not str(e).startswith(_NO_PARTS):
+                    raise
+                # A relay of an earlier version: requests of their own (each one command for the site)
         ids: List[int] = []
         states: List[str] = []
         now = time.time()
@@ -465,17 +474,25 @@ class HttpBackend(Backend):
         upload = new_key()
         parts = 0
         committing = False
+        site_id = self.upload_site_id()
+        site = "" if site_id is None else f',"site_id":{site_id}'  # a relay serves several sites: the upload names its own
         try:
             for start in range(0, len(items), CREATE_CHUNK):
-                head = f'{{"upload":"{upload}","part":{parts},"offset":{start},"jobs":'
-                self.client.request("POST", "/v1/uploads/jobs", body=head.encode() + _json_array(items[start:start + CREATE_CHUNK]) + b"}")
+                head = f'{{"upload":"{upload}","part":{parts},"offset":{start}{site},"jobs":'
+                try:
+                    self.client.request("POST", "/v1/uploads/jobs", body=head.encode() + _json_array(items[start:start + CREATE_CHUNK]) + b"}")
+                except exc.CommandPending:
+                    pass  # a relay whose site is offline keeps the part for it, to be applied before the commit
                 parts += 1
             committing = True
-            answer = self.client.request("POST", "/v1/uploads/jobs/commit", {"upload": upload, "parts": parts},
+            answer = self.client.request("POST", "/v1/uploads/jobs/commit", body=f'{{"upload":"{upload}","parts":{parts}{site}}}'.encode(),
                                          timeout=max(self.client.timeout_s, len(items) / 2000))
+        except exc.CommandPending:
+            raise  # the relay keeps the commit for the site: every job is made when it applies it, or none
         except exc.BalsamError as e:
             try:  # refused or unreachable: the parts are of no use (an unanswered commit made them all or none)
-                self.client.request("DELETE", f"/v1/uploads/jobs?upload={upload}", retry_s=2.0)
+                query = "" if site_id is None else f"&site_id={site_id}"
+                self.client.request("DELETE", f"/v1/uploads/jobs?upload={upload}{query}", retry_s=2.0)
             except exc.BalsamError:
                 pass  # they expire at the site
             if committing and isinstance(e, exc.ServiceError):  # no answer: the jobs exist all together, or none does
@@ -484,6 +501,10 @@ class HttpBackend(Backend):
                           f"e.g. workdir {workdir!r}, before sending them again)", *e.args[1:])
             raise
         return _created(answer)
+
+    def upload_site_id(self) -> Optional[int]:
+        """The site a bulk creation in parts names (a relay serves several sites); None for a site's own agent."""
+        return None
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
                     changes: Sequence[StateChange] = ()) -> None:

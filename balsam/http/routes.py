@@ -122,6 +122,8 @@ def _get(path: str, table: str, name: str, what: str) -> Route:
 ID = "{id}"
 OBJ = {"type": "object"}
 ROW_LIST = {"type": "array", "items": OBJ}
+SITE_ID = {"type": "integer", "minimum": 1}
+"""The site of a bulk creation in parts, at a relay (which serves several); a site's agent ignores it."""
 CREATED = {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
                                            "states": {"type": "array", "items": {"type": "array"}}, "created": STR},
            "required": ["ids", "states", "created"]}
@@ -187,13 +189,15 @@ ROUTES: Tuple[Route, ...] = (
     Route("POST", "/v1/uploads/jobs", "stage_jobs", "One part of a bulk creation, checked and kept at the site until its upload is "
           "committed (a part sent again replaces itself)", bh.stage_jobs,
           body=_obj({"upload": STR, "part": {"type": "integer", "minimum": 0}, "offset": {"type": "integer", "minimum": 0},
-                     "jobs": {"type": "array", "items": JOB_CREATE}}, required=("upload", "part", "jobs")), response=OBJ),
+                     "jobs": {"type": "array", "items": JOB_CREATE}, "site_id": SITE_ID}, required=("upload", "part", "jobs")),
+          response=OBJ),
     Route("POST", "/v1/uploads/jobs/commit", "commit_jobs", "Create the jobs of every part of an upload in one transaction (all or "
           "none); ids and initial states come as [first, count] and [state, count] runs", bh.commit_jobs,
-          body=_obj({"upload": STR, "parts": {"type": "integer", "minimum": 1}}, required=("upload", "parts")), response=OBJ,
+          body=_obj({"upload": STR, "parts": {"type": "integer", "minimum": 1}, "site_id": SITE_ID}, required=("upload", "parts")),
+          response=OBJ,
           status=201),
     Route("DELETE", "/v1/uploads/jobs", "drop_upload", "Forget the parts of an upload that will not be committed", bh.drop_upload,
-          query=(Param("upload", STR),), response=OBJ),
+          query=(Param("upload", STR), Param("site_id", SITE_ID, "the upload's site (a relay)")), response=OBJ),
     # batch jobs
     _list("/v1/batch-jobs", "batch_job", "list_batch_jobs", "batch jobs"),
     _query("/v1/batch-jobs/query", "batch_job", "query_batch_jobs", "batch jobs"),

@@ -202,6 +202,29 @@ class RelayBackend(Backend):
             created = float(result.get("created") or created)
         return ids, states, created
 
+    # A bulk creation in parts goes to its one site as commands: each part is kept in the site's DB (as from any
+    # other host), then one command creates them all in one transaction there (all or none). The site applies each
+    # command once, and answers a commit it gets again (a user's retry) with what the first one created.
+    def _upload_site(self, rows: Sequence[Row] = ()) -> int:
+        sites = sorted({self._owner(int(r[1]), "app") for r in rows}) or self.site_ids
+        if len(sites) != 1 or sites[0] not in self.site_ids:
+            raise exc.ValidationError("site_id: a bulk creation in parts goes to one site: name it (site_id), and give "
+                                      "each site's jobs an upload of their own")
+        return int(sites[0])
+
+    def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
+                   checked_app_versions: Optional[Dict[int, int]] = None) -> bool:
+        body = {"upload": upload, "part": int(part), "rows": [list(r) for r in rows],
+                "transfers": {str(i): t for i, t in transfers.items()}}
+        return bool(self.run_command(self._upload_site(rows), "stage_jobs", body))
+
+    def create_staged_jobs(self, upload: str, parts: int, again: bool = False) -> Tuple[List[int], List[str], float]:
+        result = self.run_command(self._upload_site(), "commit_jobs", {"upload": upload, "parts": int(parts)})
+        return [int(i) for i in result["ids"]], [str(s) for s in result["states"]], float(result.get("created") or time.time())
+
+    def drop_upload(self, upload: str) -> int:
+        return int(self.run_command(self._upload_site(), "drop_upload", {"upload": upload}) or 0)
+
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
                     changes: Sequence[StateChange] = ()) -> None:
         per: Dict[int, Dict[str, List[Any]]] = {}

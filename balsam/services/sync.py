@@ -56,6 +56,15 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
         transfers = {int(k): v for k, v in (body.get("transfers") or {}).items()}
         ids, states, created = backend.create_jobs(rows, transfers)
         return {"ids": ids, "states": states, "created": created}
+    if kind == "stage_jobs":  # one part of a bulk creation through the relay: kept here until its commit
+        rows = [_validated_row(r) for r in body.get("rows") or []]
+        transfers = {int(k): v for k, v in (body.get("transfers") or {}).items()}
+        return backend.stage_jobs(str(body.get("upload")), _int(body.get("part")), rows, transfers)
+    if kind == "commit_jobs":  # every part's jobs in one transaction; sent again (a user's retry), answered again
+        ids, states, created = backend.create_staged_jobs(str(body.get("upload")), _int(body.get("parts")), again=True)
+        return {"ids": ids, "states": states, "created": created}
+    if kind == "drop_upload":
+        return backend.drop_upload(str(body.get("upload")))
     if kind == "update_jobs":
         updates = [(int(i), _checked(decode_fields(f))) for i, f in body.get("updates") or []]
         parents = [(int(i), [int(p) for p in ps]) for i, ps in body.get("parents") or []]
@@ -102,6 +111,11 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
     raise exc.ValidationError(f"unknown command {kind!r}")
 
 
+_PLAIN_TAIL = ("{}", 1, 1, 1, 1, 0, 1, "{}", 0, "[]", 1, None)
+"""A new-job row's columns after the first four when all are at their default (data, resources, launch_params,
+wall_time_min, parent_ids, pending_file_cleanup, parameters_pickled)."""
+
+
 def _validated_row(raw: Any) -> Tuple[Any, ...]:
     """A new-job tuple from the relay, rebuilt through the store's one validating writer (new_job_row): the relay's
     user may write plain JSON parameters, never pickled values."""
@@ -113,6 +127,15 @@ def _validated_row(raw: Any) -> Tuple[Any, ...]:
     d = dict(zip(job_db.NEW_JOB_COLUMNS, raw))
     if d.get("parameters_pickled") is not None:
         raise exc.ValidationError("parameters JSON cannot hold (pickled Python objects) cannot come through the relay")
+    tail = tuple(raw[4:])
+    if (tail == _PLAIN_TAIL and all(type(a) is type(b) or (a == 0 and type(a) is float) for a, b in zip(tail, _PLAIN_TAIL))
+            and isinstance(raw[2], str) and isinstance(raw[3], str)):
+        try:  # most jobs: workdir, app, tags and parameters, the rest at its default: the quick check of the same rules
+            plain = job_db.plain_job_row({"workdir": raw[0], "app_id": raw[1], "tags": loads(raw[2]), "parameters": loads(raw[3])})
+        except ValueError:
+            plain = None
+        if plain is not None:
+            return plain
 
     def _json(name: str, default: Any) -> Any:
         value = d.get(name)
@@ -128,6 +151,12 @@ def _validated_row(raw: Any) -> Tuple[Any, ...]:
     return job_db.new_job_row(d["workdir"], d["app_id"], tags=_json("tags", {}), parameters=_json("parameters", {}),
                               data=_json("data", {}), launch_params=_json("launch_params", {}),
                               parent_ids=_json("parent_ids", []), pending_file_cleanup=bool(d["pending_file_cleanup"]), **resources)
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise exc.ValidationError(f"a command's part number is an integer, got {value!r}")
+    return value
 
 
 def _check_versions(backend: LocalBackend, versions: List[Any]) -> None:
