@@ -6,12 +6,14 @@
    With ``--before``, also the jobs sent as independent requests of 5,000 (what a foreign bulk_create did before
    the staged parts: each its own transaction).
 2. **Query delete** of those N jobs from the foreign host (one request) against the home host.
+3. With ``--reads``: the home host's N jobs read from each host: a query iterated over every job, a filtered count,
+   and ``balsam job ls`` (a new process), foreign as a fraction of the home host's speed.
 
 Rounds alternate the ways, so the machine's drift hits each alike; the median of each is shown. ``--against REV``
 runs this script for that git revision's code and for this tree, alternating, and prints foreign/home for each
 (the before and after of a change, in one run).
 
-    python bench/bench_bulk.py [--sizes 1000,10000,100000] [--rounds 3] [--before] [--against main]
+    python bench/bench_bulk.py [--sizes 1000,10000,100000] [--rounds 3] [--before] [--reads] [--against main]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("BALSAM_BENCH_TREE") or str(REPO))  # --against: the Balsam of the tree measured
@@ -109,7 +111,29 @@ def delete(host: str, n: int, prefix: str) -> float:
     return n / elapsed
 
 
-def run(sizes: List[int], rounds: int, before: bool) -> None:
+def reads(host: str, n: int, prefix: str, site: Path) -> Dict[str, float]:
+    """Seconds to read the ``n`` jobs of ``prefix`` from ``host``: every job through a query's iteration, a filtered
+    count, and ``balsam job ls`` (a new process: the first 100 jobs and the count of the rest)."""
+    from balsam.api import Job
+
+    _as(host)
+    out: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    got = sum(1 for _ in Job.objects.filter(tags={"round": prefix}))
+    out["read: iterate every job"] = time.perf_counter() - t0
+    assert got == n, (got, n)
+    t0 = time.perf_counter()
+    assert Job.objects.filter(tags={"round": prefix}).count() == n
+    out["read: count"] = time.perf_counter() - t0
+    env = dict(os.environ, BALSAM_SITE_PATH=str(site), PYTHONPATH=os.environ.get("BALSAM_BENCH_TREE") or str(REPO))
+    t0 = time.perf_counter()
+    ls = subprocess.run([sys.executable, "-m", "balsam", "job", "ls", "--tag", f"round={prefix}"], env=env, capture_output=True, text=True)
+    out["read: balsam job ls (a new process)"] = time.perf_counter() - t0
+    assert ls.returncode == 0, ls.stderr
+    return out
+
+
+def run(sizes: List[int], rounds: int, before: bool, with_reads: bool = False) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
     os.environ["BALSAM_HOME"] = str(root / "home")
     from balsam._api import sites
@@ -132,10 +156,15 @@ def run(sizes: List[int], rounds: int, before: bool) -> None:
     try:
         for n in sizes:
             results: Dict[str, List[float]] = {}
+            spent: Dict[Tuple[str, bool], List[float]] = {}
             for r in range(rounds):
                 for k, (name, way) in enumerate(ways.items()):
                     prefix = f"n{n}r{r}w{k}"
                     results.setdefault(name, []).append(way(n, prefix))
+                    if with_reads and name == HOME:
+                        for host in (FOREIGN, "") if r % 2 == 0 else ("", FOREIGN):
+                            for what, seconds in reads(host, n, prefix, root / "bench").items():
+                                spent.setdefault((what, bool(host)), []).append(seconds)
                     host = FOREIGN if name != HOME else ""
                     results.setdefault(f"delete: {'foreign' if host else 'home host'}", []).append(delete(host, n, prefix))
             print(f"{n} jobs, {rounds} rounds, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -145,6 +174,9 @@ def run(sizes: List[int], rounds: int, before: bool) -> None:
                 print(f"  {name:58s} {value:10,.0f} jobs/s  {value / base:5.2f}x home host", flush=True)
             if before:
                 print(f"  staged / independent requests: {med[STAGED] / med[CHUNKED]:.2f}x", flush=True)
+            for what in dict.fromkeys(w for w, _ in spent):
+                f, h = statistics.median(spent[(what, True)]), statistics.median(spent[(what, False)])
+                print(f"  {what:42s} foreign {f * 1000:8.1f} ms, home host {h * 1000:8.1f} ms: {h / f:5.2f}x home host's speed", flush=True)
     finally:
         _as("")
         stop_agent(root / "bench")
@@ -191,12 +223,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", action="store_true", help="also the independent 5,000-job requests of before the staged parts")
     parser.add_argument("--against", default="", help="a git ref: this benchmark for that code and this tree, alternating")
+    parser.add_argument("--reads", action="store_true", help="also read the home host's jobs from each host: iterate, count, balsam job ls")
     args = parser.parse_args()
     sizes = [args.jobs] if args.jobs else [int(x) for x in args.sizes.split(",")]
     if args.against:
         against(args.against, sizes, args.rounds)
     else:
-        run(sizes, args.rounds, args.before)
+        run(sizes, args.rounds, args.before, args.reads)
 
 
 if __name__ == "__main__":

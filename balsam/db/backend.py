@@ -131,10 +131,11 @@ class Backend(ABC):
         :meth:`create_jobs`."""
         raise ValidationError("this server does not take bulk creations in parts; send the jobs in requests of their own")
 
-    def create_staged_jobs(self, upload: str, parts: int, again: bool = False) -> Tuple[List[int], List[str], float]:
+    def create_staged_jobs(self, upload: str, parts: int, again: bool = False, jobs: int = 0) -> Tuple[List[int], List[str], float]:
         """Create the jobs of parts ``0 .. parts-1`` of ``upload`` in one transaction, as :meth:`create_jobs` does.
         ``again``: an upload applied already is answered with what it created (a relay's command sent twice), instead
-        of being refused."""
+        of being refused. ``jobs``: how many the parts hold, as the client counts them (a relay waits for its site in
+        proportion)."""
         raise ValidationError("this server does not take bulk creations in parts; send the jobs in requests of their own")
 
     def drop_upload(self, upload: str) -> int:
@@ -395,7 +396,7 @@ class LocalBackend(Backend):
         with self.store.write() as conn:
             return uploads.stage_part(conn, upload, part, len(rows), body)
 
-    def create_staged_jobs(self, upload: str, parts: int, again: bool = False) -> Tuple[List[int], List[str], float]:
+    def create_staged_jobs(self, upload: str, parts: int, again: bool = False, jobs: int = 0) -> Tuple[List[int], List[str], float]:
         import base64
 
         from balsam.db import jobs as job_db

@@ -175,7 +175,8 @@ def commit_jobs(call: h.Call) -> h.Answer:
     h._narrow(call, body.get("site_id"))
     upload = _upload_name(body.get("upload"))
     with paused_gc():
-        ids, states, now = call.backend.create_staged_jobs(upload, h._int(body.get("parts"), "parts", 1, 100_000))
+        ids, states, now = call.backend.create_staged_jobs(upload, h._int(body.get("parts"), "parts", 1, 100_000),
+                                                           jobs=h._int(body.get("jobs", 0), "jobs"))
     return 201, {"upload": upload, **created_answer(ids, states, now)}
 
 

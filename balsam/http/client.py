@@ -485,8 +485,9 @@ class HttpBackend(Backend):
                     pass  # a relay whose site is offline keeps the part for it, to be applied before the commit
                 parts += 1
             committing = True
-            answer = self.client.request("POST", "/v1/uploads/jobs/commit", body=f'{{"upload":"{upload}","parts":{parts}{site}}}'.encode(),
-                                         timeout=max(self.client.timeout_s, len(items) / 2000))
+            commit = f'{{"upload":"{upload}","parts":{parts},"jobs":{len(items)}{site}}}'
+            answer = self.client.request("POST", "/v1/uploads/jobs/commit", body=commit.encode(),
+                                         timeout=max(self.client.timeout_s, len(items) / 1000 + 30))
         except exc.CommandPending:
             raise  # the relay keeps the commit for the site: every job is made when it applies it, or none
         except exc.BalsamError as e:

@@ -193,7 +193,9 @@ ROUTES: Tuple[Route, ...] = (
           response=OBJ),
     Route("POST", "/v1/uploads/jobs/commit", "commit_jobs", "Create the jobs of every part of an upload in one transaction (all or "
           "none); ids and initial states come as [first, count] and [state, count] runs", bh.commit_jobs,
-          body=_obj({"upload": STR, "parts": {"type": "integer", "minimum": 1}, "site_id": SITE_ID}, required=("upload", "parts")),
+          body=_obj({"upload": STR, "parts": {"type": "integer", "minimum": 1}, "site_id": SITE_ID,
+                     "jobs": {"type": "integer", "minimum": 0, "description": "how many jobs the parts hold (a relay waits for "
+                              "its site in proportion)"}}, required=("upload", "parts")),
           response=OBJ,
           status=201),
     Route("DELETE", "/v1/uploads/jobs", "drop_upload", "Forget the parts of an upload that will not be committed", bh.drop_upload,

@@ -31,6 +31,9 @@ OFFLINE_AFTER_S = 60.0
 """A site not seen for this long is offline (an online agent long-polls for commands every 20 s)."""
 OFFLINE_WAIT_S = 0.5
 """How long a write for an offline site waits (it may be coming back) before answering with the queued command."""
+COMMIT_JOBS_PER_S = 1000.0
+"""A commit of a bulk creation in parts waits for its (online) site at least a second per this many jobs: the site
+creates them and pushes their rows before it answers (a 100,000-job commit: 100 s)."""
 ANSWER_LOOK_S = 0.25
 """A write waiting for its site's answer looks at the database this often besides being woken."""
 _KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
@@ -150,9 +153,9 @@ class RelayBackend(Backend):
         raise exc.ServiceError("app code stays at its site: the relay never holds it")
 
     # ------------------------------------------------------------------ commands
-    def run_command(self, site_id: int, kind: str, body: Dict[str, Any]) -> Any:
-        """Queue a command for a site and wait (bounded) for its answer: the site's result, its refusal
-        raised, or CommandPending naming the queued command."""
+    def run_command(self, site_id: int, kind: str, body: Dict[str, Any], wait_s: Optional[float] = None) -> Any:
+        """Queue a command for a site and wait (bounded: ``wait_s``, the relay's setting by default) for its answer:
+        the site's result, its refusal raised, or CommandPending naming the queued command."""
         caller = self._need_caller()
         if site_id not in self.site_ids:
             raise exc.ObjectDoesNotExist(f"no site {site_id}")
@@ -161,7 +164,8 @@ class RelayBackend(Backend):
         last_seen = site.get("last_seen")
         offline = last_seen is None or time.time() - float(last_seen) > OFFLINE_AFTER_S
         # A site that has not polled for a while is offline: the write is queued at once instead of waiting.
-        deadline = time.monotonic() + (min(self.wait_s, OFFLINE_WAIT_S) if offline else self.wait_s)
+        wait_s = self.wait_s if wait_s is None else wait_s
+        deadline = time.monotonic() + (min(wait_s, OFFLINE_WAIT_S) if offline else wait_s)
         while True:
             seen = self.store.generation()
             row = self.store.command(caller, command_id)
@@ -218,8 +222,10 @@ class RelayBackend(Backend):
                 "transfers": {str(i): t for i, t in transfers.items()}}
         return bool(self.run_command(self._upload_site(rows), "stage_jobs", body))
 
-    def create_staged_jobs(self, upload: str, parts: int, again: bool = False) -> Tuple[List[int], List[str], float]:
-        result = self.run_command(self._upload_site(), "commit_jobs", {"upload": upload, "parts": int(parts)})
+    def create_staged_jobs(self, upload: str, parts: int, again: bool = False, jobs: int = 0) -> Tuple[List[int], List[str], float]:
+        # An online site creates the jobs and pushes their rows before it answers: a big commit is waited for longer.
+        wait_s = max(self.wait_s, jobs / COMMIT_JOBS_PER_S) if self.wait_s > OFFLINE_WAIT_S else self.wait_s
+        result = self.run_command(self._upload_site(), "commit_jobs", {"upload": upload, "parts": int(parts)}, wait_s=wait_s)
         return [int(i) for i in result["ids"]], [str(s) for s in result["states"]], float(result.get("created") or time.time())
 
     def drop_upload(self, upload: str) -> int:
