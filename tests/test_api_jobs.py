@@ -294,3 +294,36 @@ def test_jobs_of_every_shape_are_stored_alike_in_one_request_or_in_parts(site: A
     assert rows[one[5].id][2:] == (*rows[one[5].id][2:3], '{"x":1}', "{}", 1, 1, 1, 1, 0, 1, "{}", 0, "[]", 1, "STAGED_IN")
     assert (json.loads(rows[child.id][13]), child.state) == ([one[0].id], "AWAITING_PARENTS")
     assert Job.objects.get(id=parted[4].id).parameters == {"x": [1, 2.5, None, {"k": "v"}], "y": 10**17}
+
+
+def test_a_listing_gives_the_home_hosts_rows_value_for_value(site: Any, hello: Any, adder: Any) -> None:
+    """Every column of every job, read through the backend (from another host: pages of stored values, which the
+    client takes as they are) is exactly what the home host reads from SQLite: times to the last digit, JSON text,
+    flags, results and pickled parameters as bytes; an unknown answer form is refused by name."""
+    from fractions import Fraction
+
+    from balsam._api import sites as _sites
+    from balsam.db.backend import LocalBackend
+    from balsam.db.codec import pickle_value
+    from balsam.http.schemas import COLUMNS
+
+    jobs = Job.objects.bulk_create([hello.submit(workdir=f"l/{i}", say_hello_to=f"é{i}", save=False, tags={"k": str(i)}) for i in range(7)])
+    odd = adder.submit(workdir="l/odd", x=Fraction(1, 3), save=False)
+    if _sites.resolve("test-site").backend.kind == "local":
+        odd.save()  # pickled parameters: made on the home host (another host may not send them)
+    else:
+        LocalBackend(site.store).create_jobs([odd._creation_row()], {})
+    advance(jobs[0], "PREPROCESSED", "RUNNING")
+    finish_run(jobs[0], "RUN_DONE", return_code=0, serialized_return_value=pickle_value({"answer": 42}))
+    backend = _sites.resolve("test-site").backend
+    columns = COLUMNS["job"]
+    home = LocalBackend(site.store).select("job", {}, columns=columns, order_by=["id"])
+    assert len(home) == 8 and any(r[columns.index("parameters_pickled")] for r in home)
+    assert any(r[columns.index("serialized_return_value")] for r in home)
+    assert backend.select("job", {}, columns=columns, order_by=["id"]) == home
+    assert backend.select("job", {"tags": {"k": "3"}}, columns=("workdir", "created", "id")) == [
+        (r[1], r[columns.index("created")], r[0]) for r in home if r[1] == "l/3"]
+    if backend.kind == "http":
+        assert list(backend.iterate("job", {}, columns=("workdir", "id"), order_by=["id"], page_rows=3)) == [(r[1], r[0]) for r in home]
+        with pytest.raises(ValidationError, match="form: 'objects'.*or 'rows'.*got 'csv'"):
+            backend.client.request("POST", "/v1/jobs/query", {"page": True, "form": "csv"}, idempotency_key="")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import operator
 import os
 import random
 import ssl
@@ -242,6 +243,32 @@ _NO_PARTS = "this server does not take bulk creations in parts"
 """How a server without staged parts (a relay of an earlier version) refuses one."""
 
 
+def _stored_rows(table: str, have: Sequence[str], rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> Iterator[Row]:
+    """Rows of stored values (an answer's ``rows``, in the order of ``have``) as tuples of ``columns`` (a column the
+    answer lacks is None; bytes come as base64)."""
+    import base64
+
+    from balsam.http.schemas import BYTES_COLUMNS
+
+    index = {c: i for i, c in enumerate(have)}
+    binary = [n for n, c in enumerate(columns) if c in BYTES_COLUMNS and c in index]
+    if list(columns) == list(have):
+        pick: Any = tuple
+    elif all(c in index for c in columns):
+        pick = operator.itemgetter(*[index[c] for c in columns]) if len(columns) > 1 else (lambda r: (r[index[columns[0]]],))
+    else:
+        pick = lambda r: tuple(r[index[c]] if c in index else None for c in columns)  # noqa: E731
+    for r in rows:
+        row = pick(r)
+        if binary and any([row[n] is not None for n in binary]):
+            fixed = list(row)
+            for n in binary:
+                if fixed[n] is not None:
+                    fixed[n] = base64.b64decode(fixed[n])
+            row = tuple(fixed)
+        yield row
+
+
 def _json_array(texts: Sequence[str]) -> bytes:
     """A JSON array of JSON texts, as UTF-8 (a lone surrogate, which UTF-8 cannot carry, goes escaped as JSON allows:
     the server then refuses it by name)."""
@@ -345,6 +372,8 @@ class HttpBackend(Backend):
 
     def __init__(self, client: HttpClient) -> None:
         self.client = client
+        self._rows_form = True
+        """Whether listings ask for arrays of stored values (False once a server of an earlier version refused them)."""
 
     @classmethod
     def for_site(cls, root: Path, *, retry_s: float = 30.0) -> "HttpBackend":
@@ -382,12 +411,25 @@ class HttpBackend(Backend):
         while limit is None or given < limit:
             n = page_rows if limit is None else min(page_rows, limit - given)
             extra: Dict[str, Any] = {"cursor": cursor} if cursor else {"offset": offset}
-            answer = self._query(table, filters, columns=wire_cols, ordering=list(order_by), limit=n, page=True, **extra)
-            for r in answer["results"]:
-                yield wire_to_row(table, r, columns)
-            given += len(answer["results"])
+            if self._rows_form:
+                extra["form"] = "rows"  # arrays of stored values: nothing to convert on either side
+            try:
+                answer = self._query(table, filters, columns=wire_cols, ordering=list(order_by), limit=n, page=True, **extra)
+            except exc.ValidationError as e:
+                if not self._rows_form or "form" not in str(e):
+                    raise
+                self._rows_form = False  # an agent of an earlier version: JSON objects
+                continue
+            if "rows" in answer:
+                rows = answer["rows"]
+                yield from _stored_rows(table, answer["columns"], rows, columns)
+            else:
+                rows = answer["results"]
+                for r in rows:
+                    yield wire_to_row(table, r, columns)
+            given += len(rows)
             cursor = answer.get("next_cursor")
-            if not cursor or not answer["results"]:
+            if not cursor or not rows:
                 return
 
     def count(self, table: str, filters: Dict[str, Any]) -> int:
