@@ -186,7 +186,10 @@ def run(sizes: List[int], rounds: int, before: bool, with_reads: bool = False) -
 _LINE = re.compile(r"^(\d+) jobs.*\n(?:.*\n)*?\s+create: foreign \(staged.*?([\d,]+) jobs/s\s+([\d.]+)x home host", re.M)
 
 
-def against(ref: str, sizes: List[int], rounds: int) -> None:
+_READ = re.compile(r"^\s+(read: .*?)\s+foreign\s+[\d.]+ ms, home host\s+[\d.]+ ms:\s+([\d.]+)x", re.M)
+
+
+def against(ref: str, sizes: List[int], rounds: int, with_reads: bool = False) -> None:
     """This script for git ``ref``'s code (before) and for this tree (after), alternating, each in a fresh process
     with a fresh site and agent; foreign/home of each, and after/before."""
     tmp = Path(tempfile.mkdtemp(prefix="balsam-bench-ref-"))
@@ -198,9 +201,10 @@ def against(ref: str, sizes: List[int], rounds: int) -> None:
         for n in sizes:
             got: Dict[str, List[float]] = {"before": [], "after": []}
             rate: Dict[str, List[float]] = {"before": [], "after": []}
+            read: Dict[Tuple[str, str], List[float]] = {}
             for _ in range(rounds):
                 for name, tree in trees.items():  # this script either way; the Balsam it imports (client, agent) differs
-                    argv = [sys.executable, str(Path(__file__).resolve()), "--sizes", str(n), "--rounds", "1"]
+                    argv = [sys.executable, str(Path(__file__).resolve()), "--sizes", str(n), "--rounds", "1", *(["--reads"] if with_reads else [])]
                     env = dict(os.environ, PYTHONPATH=str(tree), BALSAM_BENCH_TREE=str(tree))
                     out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=str(tree))
                     m = _LINE.search(out.stdout)
@@ -208,10 +212,15 @@ def against(ref: str, sizes: List[int], rounds: int) -> None:
                         raise SystemExit(f"the {name} run failed:\n{out.stdout}\n{out.stderr[-2000:]}")
                     rate[name].append(float(m.group(2).replace(",", "")))
                     got[name].append(float(m.group(3)))
+                    for what, ratio in _READ.findall(out.stdout):
+                        read.setdefault((what, name), []).append(float(ratio))
             b, a = statistics.median(got["before"]), statistics.median(got["after"])
             br, ar = statistics.median(rate["before"]), statistics.median(rate["after"])
             print(f"  {n:7d} jobs: foreign/home before {b:.2f}x ({br:,.0f} jobs/s), after {a:.2f}x ({ar:,.0f} jobs/s); "
                   f"foreign after/before x{ar / br:.2f}  (load average {os.getloadavg()[0]:.1f})", flush=True)
+            for what in dict.fromkeys(w for w, _ in read):
+                print(f"      {what}: foreign at {statistics.median(read[(what, 'before')]):.2f}x the home host's speed before, "
+                      f"{statistics.median(read[(what, 'after')]):.2f}x after", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -227,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [args.jobs] if args.jobs else [int(x) for x in args.sizes.split(",")]
     if args.against:
-        against(args.against, sizes, args.rounds)
+        against(args.against, sizes, args.rounds, args.reads)
     else:
         run(sizes, args.rounds, args.before, args.reads)
 
