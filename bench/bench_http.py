@@ -386,9 +386,9 @@ def main() -> None:
                       f"home/xargs = {home / base:.2f}", flush=True)
             if "2" in parts:
                 print("2. simulated launchers against one agent:")
-                for k in [int(x) for x in args.launchers.split(",")]:
+                for n, k in enumerate(int(x) for x in args.launchers.split(",")):
                     total = sim_jobs(k, args.sim_jobs)
-                    rate, p99, agent_us, launchers_us = simulate(ref, total, k, f"sim{k}")
+                    rate, p99, agent_us, launchers_us = simulate(ref, total, k, f"sim{k}-{n}")
                     print(f"   {k:4d} launchers: {rate:8.0f} jobs/s, p99 acquire {p99 * 1000:7.1f} ms, CPU per job: agent {agent_us:5.0f} us, "
                           f"launchers {launchers_us:5.0f} us (load average {os.getloadavg()[0]:.1f}; {total} jobs, "
                           f"{_batch(total, k)} per acquire)", flush=True)
