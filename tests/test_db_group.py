@@ -85,3 +85,35 @@ def test_an_urgent_call_arriving_during_a_group_goes_next(store: Any, max_group_
     finally:
         writer.stop()
     assert order == ["first", "status 0", "acquire", "status 1", "status 2"]
+
+
+def test_the_wal_is_copied_back_beside_the_writer_not_in_its_commits(store: Any) -> None:
+    """Checkpoints (copying the WAL back into the database file, with an fsync) run on the writer's own thread
+    beside the writes, not inside a group's COMMIT while every other writer of the site waits for its lock."""
+    import sqlite3
+    import time
+
+    from balsam.db.group import SAFETY_CHECKPOINT_PAGES, GroupWriter
+
+    def main_file_rows() -> int:
+        """Rows in the database file itself (``immutable``: SQLite reads no WAL): what checkpoints copied back."""
+        conn = sqlite3.connect(f"file:{store.db_path}?immutable=1", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM app WHERE name LIKE 'ckpt-%'").fetchone()[0])
+        finally:
+            conn.close()
+
+    writer = GroupWriter(store, checkpoint_s=0.01)
+    try:
+        assert writer.call(lambda: store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == SAFETY_CHECKPOINT_PAGES
+        for i in range(5):  # far fewer pages than any commit would checkpoint by itself
+            writer.call(lambda i=i: store.conn.execute(
+                "INSERT INTO app(name, site_id, kind, serialized_class, created, last_update) VALUES (?, 1, 'shell', '', 0, 0)",
+                (f"ckpt-{i}",)))
+        deadline = time.monotonic() + 10
+        while main_file_rows() < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert main_file_rows() == 5, "the checkpoint thread copied the committed groups back into the database file"
+    finally:
+        writer.stop()
+    assert writer._checkpointer is not None and not writer._checkpointer.is_alive(), "stop() ends the checkpoint thread"

@@ -379,6 +379,12 @@ class Store:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
+    def checkpoint(self) -> Tuple[int, int]:
+        """SQLite's ``PASSIVE`` checkpoint on this thread's connection: copy what it can of the WAL back into the
+        database file without waiting for (or blocking) readers and writers. (WAL pages, pages copied back)."""
+        row = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(row[1]), int(row[2])
+
     def close(self) -> None:
         """Close this thread's connection and lock descriptor."""
         local = self._local
