@@ -261,9 +261,10 @@ class WebSocketHub:
             logger.exception("the WebSocket poller failed")
 
 
-STATUS_GROUP_CHANGES = 1000
-"""Most state changes of launchers' status batches applied in one call of the group writer (~10 ms on a 2-core login
-node): more wait for the next call, so an acquire that arrives meanwhile commits after at most that much work."""
+STATUS_GROUP_CHANGES = 250
+"""Most state changes of launchers' status batches applied in one call of the group writer (~3 ms on a 2-core login
+node, about one group's time: :data:`balsam.db.group.MAX_GROUP_S`): more wait for the next call, so an acquire that
+arrives meanwhile commits after at most that much work."""
 
 
 class Api:
