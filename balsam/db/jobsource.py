@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from balsam.db import sessions
@@ -19,9 +20,17 @@ from balsam.exceptions import SessionExpired
 logger = logging.getLogger(__name__)
 
 
+ASK_AGAIN_S = 1.0
+"""A lease that cannot be confirmed (the site does not answer) is asked about again after this long, not at once."""
+
+
 class Heartbeat:
     """The lease heartbeat both JobSources share: a thread calls :meth:`heartbeat` every period; if the lease is
-    found gone, :attr:`expired` is set and the thread stops. Subclasses implement :meth:`heartbeat`."""
+    found gone, :attr:`expired` is set and the thread stops. Subclasses implement :meth:`heartbeat`.
+
+    :meth:`fresh` tells an owner about to start jobs whether the lease was confirmed recently enough: a process
+    that did not run for a while (stopped with SIGSTOP or Ctrl-Z, a frozen VM) may have lost its lease meanwhile,
+    and another launcher may be running its jobs already."""
 
     heartbeat_period_s: float
     session_id: Optional[int]
@@ -30,7 +39,28 @@ class Heartbeat:
         self.heartbeat_period_s = period_s
         self.expired = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.renewed_at = time.monotonic()
+        """When the site last confirmed the lease (opened, renewed, or jobs acquired under it)."""
+        self._asked_at = 0.0
+
+    def renewed(self) -> None:
+        """The site confirmed the lease just now."""
+        self.renewed_at = time.monotonic()
+
+    def fresh(self, max_age_s: float) -> bool:
+        """True if the site confirmed the lease within ``max_age_s``. Otherwise False, and the heartbeat thread
+        renews it at once (it sets :attr:`expired` if the lease is gone): jobs held under it wait until then."""
+        if self.expired.is_set():
+            return False
+        now = time.monotonic()
+        if now - self.renewed_at <= max_age_s:
+            return True
+        if now - self._asked_at >= ASK_AGAIN_S:
+            self._asked_at = now
+            self._wake.set()
+        return False
 
     def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="balsam-heartbeat", daemon=True)
@@ -38,14 +68,20 @@ class Heartbeat:
 
     def _stop_heartbeat(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_period_s):
+        while True:
+            self._wake.wait(self.heartbeat_period_s)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             try:
                 self.heartbeat()
+                self.renewed()
             except SessionExpired:
                 logger.error("lease %s expired; its jobs were released", self.session_id)
                 self.expired.set()
@@ -84,6 +120,7 @@ class JobSource(Heartbeat):
         with self.store.write() as conn:
             sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host)
             self.session_id = sessions.create_session(conn, host=self.host, batch_job_id=self.batch_job_id, label=self.label)
+        self.renewed()
         self._start_heartbeat()
         return self
 
@@ -99,10 +136,12 @@ class JobSource(Heartbeat):
         with self.store.write() as conn:
             sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host)
             try:
-                return sessions.acquire(conn, self.session_id, max_num_jobs=max_num_jobs, **constraints)
+                jobs = sessions.acquire(conn, self.session_id, max_num_jobs=max_num_jobs, **constraints)
             except SessionExpired:
                 self.expired.set()
                 raise
+        self.renewed()  # acquiring renews the lease
+        return jobs
 
     def release(self) -> None:
         """End the lease: running jobs become RUN_TIMEOUT, the rest are unlocked."""

@@ -279,6 +279,9 @@ class LauncherBase:
         self.life = Lifecycle(cfg)
         self.apps = AppCache(transport.app_rows, transport.site_id)
         self.source: JobSourceLike = self._new_source()
+        ss = cfg.settings.session
+        self.lease_max_age_s = max(ss.expiry_s / 2, ss.expiry_s - 2 * ss.heartbeat_period_s)
+        """Jobs start only under a lease the site confirmed this recently (:meth:`may_start`)."""
         self._rejected_running: List[int] = []
         self._rejected_lock = threading.Lock()
         self.updater = StatusUpdater(transport.sink(), period_s=self.ls.status_flush_period_s, on_rejected=self._on_rejected)
@@ -303,6 +306,13 @@ class LauncherBase:
                                max((len(n.gpu_ids) for n in nodes), default=0))
         return self.transport.job_source(batch_job_id=self.cfg.batch_job_id, label=label,
                                          heartbeat_period_s=ss.heartbeat_period_s, expiry_s=ss.expiry_s)
+
+    def may_start(self) -> bool:
+        """Whether jobs held under the lease may start now: the site confirmed the lease within
+        :attr:`lease_max_age_s`. A launcher that did not run for a while (stopped with SIGSTOP or Ctrl-Z, a frozen
+        VM) may have lost its lease meanwhile, and another launcher may already run the jobs it held: they wait until
+        the heartbeat confirms the lease, or finds it gone (the loop then drops them and opens a new lease)."""
+        return self.source.fresh(self.lease_max_age_s)
 
     def _on_rejected(self, rejected: Rejected) -> None:
         # Called from the updater's thread. A refused RUNNING means the job is no longer ours (killed, or the

@@ -174,8 +174,9 @@ class MPIMode(LauncherBase):
         self.executor.prepare(added)
 
     def start_backlog(self) -> None:
-        """Start backlog jobs that fit now, in order (skipping shapes that already failed to fit this pass)."""
-        if not self.backlog or not self.rm.has_room:
+        """Start backlog jobs that fit now, in order (skipping shapes that already failed to fit this pass), while
+        the lease holds (:meth:`may_start`)."""
+        if not self.backlog or not self.rm.has_room or not self.may_start():
             return
         failed: Set[Request] = set()
         skipped: List[Tuple[Task, Request]] = []

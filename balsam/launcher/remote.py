@@ -45,6 +45,7 @@ class RemoteJobSource(Heartbeat):
     def start(self) -> "RemoteJobSource":
         self.session_id = self.backend.create_session(host=self.host, pid=os.getpid(), batch_job_id=self.batch_job_id,
                                                       label=self.label)
+        self.renewed()
         self._start_heartbeat()
         return self
 
@@ -55,10 +56,12 @@ class RemoteJobSource(Heartbeat):
     def acquire(self, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
         assert self.session_id is not None, "start() first"
         try:
-            return self.backend.acquire(self.session_id, max_num_jobs, wait_s, **constraints)
+            jobs = self.backend.acquire(self.session_id, max_num_jobs, wait_s, **constraints)
         except SessionExpired:
             self.expired.set()
             raise
+        self.renewed()  # acquiring renews the lease
+        return jobs
 
     def release(self) -> None:
         self._stop_heartbeat()
