@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from balsam.db import doorbell, ids, search
+from balsam.db import doorbell, ids, lockwait, search
 from balsam.db.meta import read_meta, write_meta
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import ForeignHostError, SchemaError, StoreError, ValidationError
@@ -283,7 +283,7 @@ class Store:
                 local.depth -= 1
             return
         fd = self._lock_fd()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lockwait.lock(fd, self.lock_path)
         local.depth = 1
         doorbell.take_noted()  # whatever an earlier, rolled-back transaction noted
         committed = False
@@ -373,7 +373,7 @@ class Store:
             with self._check_lock:
                 self._migrating = False
         fd = self._lock_fd()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lockwait.lock(fd, self.lock_path)
         try:
             return apply_migrations(conn)
         finally:

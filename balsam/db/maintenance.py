@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+from balsam.db import lockwait
 from balsam.db.connection import Store
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import StoreError
@@ -177,7 +178,7 @@ def vacuum(store: Store) -> Tuple[int, int]:
     before = db_size(store)
     fd = os.open(str(store.lock_path), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lockwait.lock(fd, store.lock_path)
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from balsam.db import lockwait
+
 NONCES_FILE = "nonces.db"
 PRUNE_EVERY = 1000
 """Nonces recorded by one process between two deletions of expired rows."""
@@ -58,7 +60,7 @@ class SharedNonces:
         now = time.time() if now is None else now
         conn = self._conn()
         fd: int = self._local.lock_fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lockwait.lock(fd, self._lock_path, "the API's replay memory lock")
         try:
             try:
                 conn.execute("INSERT INTO nonce(nonce, seen) VALUES (?, ?)", (nonce, now))
