@@ -262,6 +262,53 @@ def test_a_stop_during_a_long_hook_takes_seconds_and_hands_the_job_back(site: An
     assert len(_hook_runs(site, job)) == 2
 
 
+def _children(pid: int) -> List[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the agent's children in /proc")
+def test_a_killed_agents_hook_workers_end_with_it_and_the_next_agent_runs_the_hook_again(site: Any) -> None:
+    """kill -9 of the agent while a hook runs: its hook workers end within seconds (they lived on, one set per crash,
+    the cut-off hook still running while the next agent ran it again), and the next agent runs the hook once more
+    (an interrupted hook is re-run, as the README says) and it completes."""
+    from balsam.pidfile import read_pid
+    from balsam.site.agent_state import pid_path
+    from tests.launcher_support import pid_alive
+
+    SlowPre.sync()
+    (site.path / "block").write_text("")
+    job = SlowPre.submit(workdir="slow/0")
+    start_agent(site.path)
+    try:
+        wait_for(lambda: _hook_runs(site, job), timeout=60)
+        (hook_pid,) = _hook_runs(site, job)
+        agent = read_pid(pid_path(site.layout))
+        assert agent is not None
+        workers = _children(agent)
+        assert hook_pid in workers
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=15)
+        (site.path / "block").unlink()
+        start_agent(site.path)
+        wait_for(lambda: str(Job.objects.get(id=job.id).state) == "PREPROCESSED", timeout=90)
+    finally:
+        stop_agent(site.path)
+    runs = _hook_runs(site, job)
+    assert len(runs) == 2 and runs[0] == hook_pid, runs
+    check = subprocess.run([sys.executable, "-m", "balsam", "db", "check", "--site", str(site.path)], capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr
+
+
 def test_two_site_starts_at_once_give_one_agent_and_one_clear_refusal(site: Any) -> None:
     from tests.cli_helpers import ROOT
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -30,14 +31,36 @@ LOG_NAME = "balsam.log"
 _site_path: Optional[Path] = None
 
 
-def init_worker(site_path: str, balsam_home: Optional[str]) -> None:
-    """Pool initializer: remember the site; start in its directory, as the agent does."""
+PARENT_CHECK_S = 0.25
+"""How often a worker checks that the agent that started it is alive."""
+
+
+def init_worker(site_path: str, balsam_home: Optional[str], agent_pid: int = 0) -> None:
+    """Pool initializer: remember the site; start in its directory, as the agent does; end when the agent
+    ``agent_pid`` ends, however it ends."""
     global _site_path
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the agent's terminal is for the agent (it stops us)
+    if agent_pid:
+        _exit_with(agent_pid)
     if balsam_home:
         os.environ["BALSAM_HOME"] = balsam_home
     _site_path = Path(site_path)
     os.chdir(site_path)
+
+
+def _exit_with(agent_pid: int) -> None:
+    """End this worker as soon as the agent is gone. An agent killed with SIGKILL cannot stop its pool, and the
+    workers would live on, one set per crash, holding the site DB open; one that was running a hook would go on
+    with it while the next agent runs the same hook again (it gets the job back once the dead agent's lease
+    ends). A daemon thread polls the parent pid: it works whichever thread of the agent started the worker
+    (``PR_SET_PDEATHSIG`` fires when that thread ends, not the process) and on every OS."""
+
+    def watch() -> None:
+        while os.getppid() == agent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)  # the hook in progress, if any, ends here; its job is handed back by the lease (documented)
+
+    threading.Thread(target=watch, name="balsam-agent-watch", daemon=True).start()
 
 
 @contextmanager

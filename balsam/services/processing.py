@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -152,7 +153,7 @@ class ProcessingService(Service):
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.settings.num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=hookworker.init_worker,
-                initargs=(str(self.site.path), self.balsam_home))
+                initargs=(str(self.site.path), self.balsam_home, os.getpid()))
         return self._pool
 
     def _run_hooks(self, classes: Dict[int, Any], hooked: set) -> None:  # type: ignore[type-arg]
