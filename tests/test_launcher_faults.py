@@ -441,3 +441,112 @@ def test_a_clock_jump_does_not_end_a_live_launchers_lease(site: Any, sleeper: An
             proc.kill()
     history = [e["to"] for e in events(site.store, job)]
     assert history.count("RUNNING") == 1 and "RUN_TIMEOUT" not in history and "RUN_DONE" in history
+
+
+
+def _balsam_cli(*args: str) -> "subprocess.CompletedProcess[str]":
+    import sys
+
+    from tests.launcher_support import REPO
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "balsam", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_launcher_whose_workdirs_disk_fills_starts_nothing_new_and_resumes_once_space_is_freed(
+        site: Any, small_disk: Path, tmp_path: Path) -> None:
+    """The scratch filesystem holding the jobs' workdirs fills up while a launcher works through short jobs (the site
+    DB, elsewhere, still takes writes). While it is full the launcher starts no new job (each would fail for lack
+    of space), a job that failed then says why, and the launcher waits rather than ending; once space is freed
+    everything resumes, and every job ran exactly as often as its history says. No traceback anywhere."""
+    import shutil
+    import sys
+
+    from balsam.api import ApplicationDefinition
+    from tests.helpers import fill
+    from tests.launcher_support import REPO
+
+    shutil.rmtree(site.path / "data")
+    (small_disk / "data").mkdir()
+    (site.path / "data").symlink_to(small_disk / "data")  # data/ on a scratch filesystem of its own
+    marks = tmp_path / "marks"  # off the full disk: one line per run of each job
+    marks.mkdir()
+
+    class Short(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo ran >> " + str(marks) + "/{{ n }}; sleep 0.2; echo done {{ n }}"
+
+    Short.sync()
+    ids = runnable(site.store, [Short.submit(f"s/{i}", n=i, node_packing_count=4) for i in range(40)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out_path = tmp_path / "launcher.out"
+
+    def launcher() -> "subprocess.Popen[bytes]":
+        with open(out_path, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "balsam", "launcher", "--site", str(site.path), "-j", "mpi", "-t", "5",
+                                     "--idle-ttl", "2"], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def runs() -> int:
+        return sum(len(p.read_text().splitlines()) for p in marks.iterdir())
+
+    proc = launcher()
+    filler = small_disk / "filler"
+    try:
+        wait_for(lambda: list(states(site.store, ids).values()).count("JOB_FINISHED") >= 4, timeout=60, what="4 jobs done")
+        fill(filler)
+        time.sleep(2)  # jobs started just before the fill end
+        started = runs()
+        time.sleep(4)  # twice the idle TTL
+        assert runs() == started, "jobs were started on a full disk"
+        assert started < len(ids) and proc.poll() is None  # work left, and the launcher waits for space
+        filler.unlink()
+        wait_for(lambda: set(states(site.store, ids).values()) <= {"JOB_FINISHED", "RUN_ERROR"}, timeout=60, what="all ended")
+    finally:
+        filler.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.wait(timeout=60)  # idle: it ends after its idle TTL
+    failed = [j for j, s in states(site.store, ids).items() if s == "RUN_ERROR"]
+    for job_id in failed:  # started just before the fill, they failed for it and say so
+        (error,) = [e["data"]["error"] for e in events(site.store, job_id) if e["to"] == "RUN_ERROR"]
+        assert error.startswith("the disk holding the workdirs was full") and f"balsam job reset {job_id}" in error, error
+    if failed:
+        reset = _balsam_cli("job", "reset", *map(str, failed), "--site", str(site.path), "-y")
+        assert reset.returncode == 0, reset.stderr
+        proc = launcher()
+        wait_for(lambda: set(states(site.store, ids).values()) == {"JOB_FINISHED"}, timeout=60, what="reset jobs done")
+        proc.wait(timeout=60)
+    assert set(states(site.store, ids).values()) == {"JOB_FINISHED"}
+    for n, job_id in enumerate(ids):
+        ran = len((marks / str(n)).read_text().splitlines())
+        assert ran == [e["to"] for e in events(site.store, job_id)].count("RUNNING"), f"job {n} ran {ran} times"
+    said = out_path.read_text()
+    assert "Traceback" not in said and "Logging error" not in said, said[-3000:]
+    assert "is full" in said and "starting jobs again" in said
+
+
+@pytest.mark.slow
+def test_a_write_on_a_full_disk_is_one_line_that_says_so_and_works_once_space_is_freed(small_disk: Path) -> None:
+    from balsam.site import init_site
+    from tests.helpers import fill
+
+    root = small_disk / "site"
+    init_site(root, name="full-site")
+    (root / "apps.py").write_text("from balsam.api import ApplicationDefinition\n\n\nclass Echo(ApplicationDefinition):\n"
+                                  "    site = 'full-site'\n    command_template = 'echo hi'\n")
+    synced = _balsam_cli("app", "sync", str(root / "apps.py"), "--site", str(root))
+    assert synced.returncode == 0, synced.stderr
+    from balsam._api import sites
+
+    assert sites.resolve("full-site").store.execute("SELECT count(*) FROM job") == [(0,)]  # open, as an agent keeps it
+    fill(small_disk / "filler")
+    create = _balsam_cli("job", "create", "-a", "Echo", "-w", "late", "--site", str(root))
+    assert create.returncode == 1 and len(create.stderr.strip().splitlines()) == 1, create.stderr
+    assert "the disk holding it is full" in create.stderr and "free some space and retry" in create.stderr, create.stderr
+    (small_disk / "filler").unlink()
+    create = _balsam_cli("job", "create", "-a", "Echo", "-w", "late", "--site", str(root))
+    assert create.returncode == 0, create.stderr
+    listed = _balsam_cli("job", "ls", "--site", str(root))
+    assert listed.stdout.count("late") == 1
+    check = _balsam_cli("db", "check", "--site", str(root))
+    assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr

@@ -47,17 +47,32 @@ def _open_failed(db_path: Path, exc: sqlite3.DatabaseError) -> StoreError:
     _note_failure(db_path, exc)
     if isinstance(exc, sqlite3.OperationalError) and (
             ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) in _DISK_ERRORS or "disk" in str(exc)):
-        try:
-            st = os.statvfs(db_path.parent)
-            free = st.f_bavail * st.f_frsize
-        except OSError:
-            free = -1
-        if 0 <= free < FULL_DISK_BYTES:
-            return StoreError(f"{db_path}: cannot open the site DB: the disk holding it is full ({free // 1024} KiB free on "
-                              f"{db_path.parent}); free some space and retry (nothing was changed)")
+        full = _full_disk(db_path)
+        if full:
+            return StoreError(f"{db_path}: cannot open the site DB: {full}")
         return StoreError(f"{db_path}: cannot open the site DB ({exc}): a full disk or a failing filesystem? Nothing was "
                           "changed; if it persists with free space, try 'balsam db check'")
     return StoreError(f"{db_path}: not a Balsam site DB, or corrupt ({exc}); try 'balsam db check'")
+
+
+def _full_disk(db_path: Path) -> str:
+    """What to say when the disk holding ``db_path`` is full (under 1 MiB free), else ""."""
+    try:
+        st = os.statvfs(db_path.parent)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_DISK_BYTES:
+        return ""
+    return (f"the disk holding it is full ({free // 1024} KiB free on {db_path.parent}); free some space and retry "
+            "(nothing was changed)")
+
+
+def _write_failed(db_path: Path, what: str, exc: sqlite3.OperationalError) -> StoreError:
+    """The error for a write that could not start or commit: a full disk says so, in one line."""
+    _note_failure(db_path, exc)
+    full = _full_disk(db_path) if "full" in str(exc) or "disk" in str(exc) else ""
+    return StoreError(f"{db_path}: {what}: {full or exc}")
 
 
 def writes_failed_at(conn: sqlite3.Connection) -> float:
@@ -291,8 +306,7 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                _note_failure(self.db_path, exc)
-                raise StoreError(f"{self.db_path}: cannot start a write: {exc}") from None
+                raise _write_failed(self.db_path, "cannot start a write", exc) from None
             try:
                 yield conn
             except BaseException as exc:
@@ -308,11 +322,10 @@ class Store:
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.OperationalError as exc:
-                    _note_failure(self.db_path, exc)
                     _AFTER_COMMIT.pop(id(conn), None)
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    raise StoreError(f"{self.db_path}: commit failed: {exc}") from None
+                    raise _write_failed(self.db_path, "commit failed", exc) from None
                 committed = True
                 for action in _AFTER_COMMIT.pop(id(conn), ()):
                     action()

@@ -58,6 +58,7 @@ def _setup_logging(log_dir: Path, mode: str) -> List[logging.Handler]:
     root = logging.getLogger("balsam")
     for h in handlers:
         root.addHandler(h)
+    logging.raiseExceptions = False  # a log file that cannot be written (a full disk): no traceback per message on stderr
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     return handlers

@@ -37,6 +37,7 @@ from balsam.launcher.transport import JobSourceLike, Transport
 from balsam.platforms.nodes import ComputeNode
 from balsam.settings import SiteSettings
 from balsam.site import SiteLayout
+from balsam.site.agent_state import disk_state
 
 logger = logging.getLogger("balsam.launcher")
 S = JobState
@@ -53,6 +54,8 @@ DB_WAIT_S = 60.0
 journal alone (replayed when its lease ends), if the journal holds them all."""
 KEEP_RETRY_S = 2.0
 KEEP_LOG_PERIOD_S = 60.0
+DISK_CHECK_PERIOD_S = 1.0
+"""How often the launcher looks at the free space of the site's data disk while it acquires jobs."""
 
 
 @dataclass
@@ -150,9 +153,11 @@ class Reporter:
     POSTPROCESSED in the same status batch: the state machine's cascade takes it on to JOB_FINISHED (releasing
     its children) or to its stage-out, with every event, without waiting for the site agent's processing."""
 
-    def __init__(self, updater: StatusUpdater, state_dir: Optional[Path] = None) -> None:
+    def __init__(self, updater: StatusUpdater, state_dir: Optional[Path] = None, data_dir: Optional[Path] = None) -> None:
         self.updater = updater
         self.state_dir = state_dir
+        self.data_dir = data_dir
+        """The jobs' workdirs' folder: a job that fails while its disk is full is reported as such."""
         self.journal: Optional[JournalWriter] = None
         self.session_id: Optional[int] = None
         self.done = 0
@@ -242,7 +247,12 @@ class Reporter:
                 self.put(f.job_id, S.RUN_DONE, f.end, data={"returncode": 0}, fields=fields, session_id=self.session_id)
         else:
             self.errors += 1
-            self.put(f.job_id, S.RUN_ERROR, f.end, data={"returncode": f.rc, "error": f.tail}, fields=fields, session_id=self.session_id)
+            disk = disk_state(self.data_dir) if self.data_dir is not None else {}
+            error = f.tail
+            if disk.get("full"):  # say why where job.out could not even hold the job's own complaint
+                error = (f"the disk holding the workdirs was full ({disk.get('free_bytes', 0) // 1024} KiB free): the job "
+                         f"may have failed for lack of space; 'balsam job reset {f.job_id}' runs it again" + (f"\n{error}" if error else ""))
+            self.put(f.job_id, S.RUN_ERROR, f.end, data={"returncode": f.rc, "error": error}, fields=fields, session_id=self.session_id)
 
 
 class LongPoll:
@@ -285,7 +295,7 @@ class LauncherBase:
         self._rejected_running: List[int] = []
         self._rejected_lock = threading.Lock()
         self.updater = StatusUpdater(transport.sink(), period_s=self.ls.status_flush_period_s, on_rejected=self._on_rejected)
-        self.reporter = Reporter(self.updater, cfg.layout.state if cfg.guarded else None)
+        self.reporter = Reporter(self.updater, cfg.layout.state if cfg.guarded else None, cfg.layout.data)
         self.idle_since = time.monotonic()
         self._dv_acquire: Optional[int] = None
         self._dv_kills: Optional[int] = None
@@ -297,6 +307,8 @@ class LauncherBase:
         self.doorbell: Optional[Doorbell] = None
         self._waiting: Optional[LongPoll] = None
         """A remote launcher's acquire waiting at the agent for jobs (on a thread of its own), or None."""
+        self._disk_checked = -DISK_CHECK_PERIOD_S
+        self._disk_full = False
 
     # ------------------------------------------------------------------ lease and updates
     def _new_source(self) -> JobSourceLike:
@@ -371,7 +383,7 @@ class LauncherBase:
             self._waiting = None
             if waiting.source is self.source and not self.life.stopping:  # else the lease it acquired under is gone
                 return self._took(waiting.jobs, waiting.error)
-        if max_num_jobs <= 0 or self.life.stopping:
+        if max_num_jobs <= 0 or self.life.stopping or self._data_disk_full():
             return []
         self._dv_acquire = self.transport.data_version()
         self._last_acquire = time.monotonic()
@@ -393,6 +405,30 @@ class LauncherBase:
         except BalsamError as exc:
             return self._took(None, exc)
         return self._took(jobs, None)
+
+    def _data_disk_full(self) -> bool:
+        """Whether the disk of the site's data folder (the jobs' workdirs) is full, looked at once a second. A job
+        started there could not write its output and would fail for it: while it is full the launcher takes no
+        new jobs, says so once, and waits for space (that is not idleness: it does not end for its idle TTL);
+        it takes jobs again as soon as space is freed."""
+        now = time.monotonic()
+        if now - self._disk_checked < DISK_CHECK_PERIOD_S:
+            if self._disk_full:
+                self.idle_since = now
+            return self._disk_full
+        self._disk_checked = now
+        disk = disk_state(Path(self.cfg.data_dir))
+        full = bool(disk.get("full"))
+        if full != self._disk_full:
+            if full:
+                logger.error("the disk holding %s is full (%d KiB free): starting no new jobs until space is freed",
+                             self.cfg.data_dir, disk.get("free_bytes", 0) // 1024)
+            else:
+                logger.warning("space was freed on the disk holding %s: starting jobs again", self.cfg.data_dir)
+            self._disk_full = full
+        if full:
+            self.idle_since = now
+        return full
 
     def _took(self, jobs: Optional[List[Dict[str, Any]]], error: Optional[BaseException]) -> List[Dict[str, Any]]:
         """What an acquire returned (or raised)."""

@@ -91,6 +91,7 @@ def _setup_logging(layout: SiteLayout) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    logging.raiseExceptions = False  # a log that cannot be written (a full disk): no traceback per message in agent.out
 
 
 _last_write_error = [0.0]
