@@ -27,6 +27,10 @@ def _env() -> dict:  # type: ignore[type-arg]
 def stopped_writer(site: Any, hello: Any) -> Iterator["subprocess.Popen[str]"]:
     """A process that stops itself (SIGSTOP) inside a write transaction of the site: it holds the writer lock and
     has changed a job it made, not committed yet."""
+    yield from _stopped_writer(hello)
+
+
+def _stopped_writer(hello: Any) -> Iterator["subprocess.Popen[str]"]:
     script = textwrap.dedent("""
         import os, signal
         from balsam._api import sites
@@ -115,3 +119,34 @@ def test_the_holder_of_a_lock_is_named_running_or_stopped(tmp_path: Path) -> Non
         proc.kill()
         proc.wait()
     assert holder(lock) is None  # nobody holds it once its holder is gone
+
+
+@pytest.mark.slow
+def test_a_request_from_another_host_that_stalls_on_a_stopped_holder_says_so(site: Any, hello: Any) -> None:
+    """A client on another host writes through the site agent while a stopped process holds the writer lock: its
+    request times out, and the error says the agent runs but its writes wait for that pid, which is stopped (it
+    said "is it running? start it with 'balsam site start'", of an agent that was running)."""
+    from balsam.exceptions import ServiceError
+    from balsam.http.client import HttpBackend, HttpClient
+    from balsam.services.agent import start_agent, stop_agent
+
+    start_agent(site.path)
+    holding = _stopped_writer(hello)
+    try:
+        stopped_writer = next(holding)
+        backend = HttpBackend(HttpClient(site.path / ".balsam", retry_s=1.0, timeout_s=8.0))
+        with pytest.raises(ServiceError) as info:
+            backend.create_session(host="login-2", pid=1234, batch_job_id=None, label="stalled")
+        said = str(info.value)
+        assert "runs but did not answer" in said and f"held by pid {stopped_writer.pid} " in said, said
+        assert f"which is stopped ('kill -CONT {stopped_writer.pid}' there resumes it)" in said, said
+        assert "is it running" not in said
+        stopped_writer.send_signal(signal.SIGCONT)
+        assert stopped_writer.wait(timeout=30) == 0
+        session = backend.create_session(host="login-2", pid=1234, batch_job_id=None, label="after")  # going again
+        assert session > 0
+    finally:
+        holding.close()
+        stop_agent(site.path)
+    log = (site.path / "log" / "service.log").read_text()
+    assert f"held by pid {stopped_writer.pid} " in log and "which is stopped" in log

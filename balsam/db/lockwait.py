@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 logger = logging.getLogger("balsam.db")
 
@@ -145,6 +145,13 @@ class _Reporter:
         if wait is not None and wait.reported:  # it was reported: say it is over
             logger.warning("got %s %s after %.0f s", wait.what, wait.path, time.monotonic() - wait.started)
 
+    def longest(self) -> Optional[_Wait]:
+        """This process's longest wait going on now, if any."""
+        with self._cond:
+            if not self._waits or self._pid != os.getpid():
+                return None
+            return min(self._waits.values(), key=lambda w: w.started)
+
     def _watch(self) -> None:
         while True:
             with self._cond:
@@ -167,6 +174,31 @@ class _Reporter:
 
 
 _REPORTER = _Reporter()
+
+
+def stalled() -> Optional[Dict[str, Any]]:
+    """Whether this process's writes are stalled: its longest wait for a lock now, if it is past
+    :data:`REPORT_AFTER_S` (what ``/v1/health`` tells a client on another host whose request timed out), as
+    ``{"waiting_s", "lock", "holder_pid", "holder_stopped"}`` (no command line: health needs no credentials)."""
+    wait = _REPORTER.longest()
+    if wait is None:
+        return None
+    waited = time.monotonic() - wait.started
+    if waited < REPORT_AFTER_S:
+        return None
+    who = holder(wait.path)
+    return {"waiting_s": round(waited), "lock": wait.what, "holder_pid": who.pid if who else None,
+            "holder_stopped": who.stopped if who else None}
+
+
+def stall_message(stall: Dict[str, Any]) -> str:
+    """What a client says of a stall that :func:`stalled` reported (pure)."""
+    pid = stall.get("holder_pid")
+    by = f"pid {pid} on the site's home host" if pid else "another process"
+    text = f"its writes have waited {stall.get('waiting_s')} s for {stall.get('lock') or WRITER_LOCK}, held by {by}"
+    if pid and stall.get("holder_stopped"):
+        text += f", which is stopped ('kill -CONT {pid}' there resumes it)"
+    return text
 
 
 def lock(fd: int, path: Path, what: str = WRITER_LOCK) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from balsam import exceptions as exc
+from balsam.db import lockwait
 from balsam.db.backend import Backend, Rejected, Row
 from balsam.db.codec import loads, loads_body
 from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
@@ -40,6 +41,8 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 """One encoder for every request body (``json.dumps`` with options builds a new one per call)."""
 
 REQUEST_TIMEOUT_S = 60.0
+HEALTH_TIMEOUT_S = 5.0
+"""How long a client that timed out waits for ``/v1/health`` to say why."""
 CREATE_CHUNK = 5000
 """Jobs per create request: a bulk_create of any size is requests of bounded size and time (a relay turns each into
 one command its site applies in a second or two, well inside the relay's wait)."""
@@ -166,12 +169,34 @@ class HttpClient:
             if time.monotonic() > deadline and self.state_dir is None:
                 raise exc.ServiceError(f"{self.address} did not answer {method} {path}: {why}")
             if time.monotonic() > deadline:
+                stall = self._stall() if not status else None
+                if stall is not None:
+                    raise exc.ServiceError(f"the site agent at {self.address} runs but did not answer {method} {path} in time: "
+                                           f"{lockwait.stall_message(stall)}; the request may still be applied once it resumes")
                 raise exc.ServiceError(f"the site agent at {self.address} did not answer {method} {path}: {why}; is it running? "
                                        f"(start it on the site's home host with 'balsam site start')")
             logger.info("retrying %s %s in %.2f s: %s", method, path, delay, why)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(5.0, delay * 2)
             self._reload()
+
+    def _stall(self) -> Optional[Dict[str, Any]]:
+        """Why the agent did not answer in time, if it can say: its writes stalled behind the site DB's writer lock
+        (``/v1/health``, which writes nothing, answers while they wait)."""
+        try:
+            status, _headers, data = self._conn(HEALTH_TIMEOUT_S).exchange("GET", "/v1/health", b"", {})
+            answer = _decode(data) if status == 200 else None
+        except (OSError, http.client.HTTPException, ValueError):
+            self._drop()
+            return None
+        stall = answer.get("stalled") if isinstance(answer, dict) else None
+        if not isinstance(stall, dict):
+            return None
+        # Shown to the user (the pid in a command to copy): only numbers and a known wording pass.
+        pid, waited = stall.get("holder_pid"), stall.get("waiting_s")
+        return {"waiting_s": int(waited) if isinstance(waited, (int, float)) and not isinstance(waited, bool) else "?",
+                "holder_pid": pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
+                "holder_stopped": stall.get("holder_stopped") is True}
 
     def _reload(self) -> None:
         """Re-read the agent's address (it may have restarted on another port), or try its next name."""

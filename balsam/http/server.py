@@ -41,6 +41,7 @@ except ImportError:  # the pure-Python install (the zipapp): the standard librar
     _orjson_dumps = None  # type: ignore[assignment]
 
 from balsam import exceptions as exc
+from balsam.db import lockwait
 from balsam.db.backend import Backend
 from balsam.db.codec import loads_body
 from balsam.db.group import GroupWriter
@@ -547,8 +548,12 @@ class Api:
                     break
 
     async def health(self, request: Request) -> Response:
-        """Liveness, and which process answered (an agent may serve from several: ``api.workers``)."""
-        return Response(b'{"status":"ok","pid":%d}' % os.getpid(), media_type="application/json")
+        """Liveness, which process answered (an agent may serve from several: ``api.workers``), and whether its writes
+        are stalled behind the site DB's writer lock (``stalled``: see :func:`balsam.db.lockwait.stalled`)."""
+        stall = lockwait.stalled()
+        if stall is None:
+            return Response(b'{"status":"ok","pid":%d}' % os.getpid(), media_type="application/json")
+        return Response(json.dumps({"status": "ok", "pid": os.getpid(), "stalled": stall}).encode(), media_type="application/json")
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.openapi_doc, media_type="application/json")
