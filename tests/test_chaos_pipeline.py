@@ -1,7 +1,7 @@
 """The whole pipeline under kill -9: a site with an agent serving its API from two processes (``api.workers: 2``),
 an mpi-mode and a serial-mode launcher, shell jobs, Python ``run()`` jobs on warm workers, jobs with a postprocess
 hook, and a client on another host creating jobs through the agent. A seeded driver kills one of them at a
-random moment, again and again: the agent, a launcher, an API worker process, a hook worker or a Python worker.
+random moment, eleven times: the agent, a launcher, an API worker process, a hook worker or a Python worker.
 Then everything is started again (no manual cleanup) and left to finish.
 
 What a user would check: every job finished, or failed only where a killed Python worker or hook worker took its
@@ -32,7 +32,6 @@ pytestmark = pytest.mark.slow
 SEED = 613
 JOBS = 240
 FOREIGN_BATCHES = 8
-CHAOS_S = 25.0
 SETTLE_S = 150.0
 
 APPS = '''
@@ -195,10 +194,11 @@ def test_kill_9_anywhere_in_the_pipeline_loses_nothing_and_runs_nothing_twice(si
     kills: Counter = Counter()
     restarts = []
     try:
-        began = time.monotonic()
-        while time.monotonic() - began < CHAOS_S:
+        schedule = ["agent", "agent", "launcher", "launcher", "launcher", "apiworker", "apiworker", "hookworker",
+                    "hookworker", "pyworker", "pyworker"]
+        rng.shuffle(schedule)  # a count of kills, not a time: a loaded machine gets the same faults, only slower
+        for kind in schedule:
             time.sleep(rng.uniform(0.3, 1.5))
-            kind = rng.choice(["agent", "launcher", "launcher", "apiworker", "hookworker", "pyworker"])
             victims = _victims(kind, root, launchers)
             if victims:
                 try:
@@ -235,7 +235,7 @@ def test_kill_9_anywhere_in_the_pipeline_loses_nothing_and_runs_nothing_twice(si
             proc.wait()
         _balsam(root, "site", "stop")
     print(f"kills: {dict(kills)}")
-    assert kills["agent"] >= 1 and kills["launcher"] >= 2 and sum(kills.values()) >= 6, kills
+    assert kills["agent"] == 2 and kills["launcher"] == 3 and sum(kills.values()) >= 7, kills
     assert all(r.returncode == 0 for r in restarts), [r.stdout + r.stderr for r in restarts if r.returncode]
     final = states(store, ids)
     assert len(ids) == JOBS + 10 * FOREIGN_BATCHES
@@ -249,7 +249,9 @@ def test_kill_9_anywhere_in_the_pipeline_loses_nothing_and_runs_nothing_twice(si
         history = events(store, job_id)
         chain = [e["from"] for e in history[1:]] == [e["to"] for e in history[:-1]]
         recorded = sum(1 for e in history if e["to"] == "RUNNING")
-        died = sum(1 for e in history if e["to"] == "RUN_TIMEOUT" and "launcher died" in str(e["data"].get("message", "")))
+        # A recorded run may have been stopped before its first line: by its launcher's death, or its worker's kill.
+        died = sum(1 for e in history if e["to"] == "RUN_TIMEOUT" and "launcher died" in str(e["data"].get("message", ""))
+                   or e["to"] == "RUN_ERROR" and e["data"].get("returncode") == -9)
         runs = marker.count("start")
         tos = [e["to"] for e in history]
         killed_worker = any(e["to"] == "RUN_ERROR" and ("Python worker" in str(e["data"]) or "-9" in str(e["data"]))
