@@ -12,6 +12,7 @@ merged in the requested order.
 from __future__ import annotations
 
 import datetime as _dt
+import operator
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -255,12 +256,15 @@ class Model:
             if not f.writable or name not in d:
                 continue
             value = d[name]
-            if f.kind == "params":
-                if name not in row or f.encode(value) != (row[name], row.get("parameters_pickled")):
+            try:
+                if f.kind == "params":
+                    if name not in row or f.encode(value) != (row[name], row.get("parameters_pickled")):
+                        out[name] = value
+                    continue
+                if f.encode(value) != row.get(name, f.encode(f.default() if callable(f.default) else f.default)) or name not in row:
                     out[name] = value
-                continue
-            if f.encode(value) != row.get(name, f.encode(f.default() if callable(f.default) else f.default)) or name not in row:
-                out[name] = value
+            except (TypeError, ValueError, AttributeError):
+                out[name] = value  # a value its column cannot hold: the write refuses it, naming the field
         return out
 
     def _materialize_row(self) -> Dict[str, Any]:
@@ -493,19 +497,22 @@ class Query(Generic[M]):
         if isinstance(key, slice):
             if key.step not in (None, 1):
                 raise ValidationError("query slices cannot have a step")
-            start, stop = key.start, key.stop
+            start, stop = _slice_bound(key.start), _slice_bound(key.stop)
             if (start is not None and start < 0) or (stop is not None and stop < 0):
                 raise ValidationError("query slices cannot use negative indices")
             base = self._lo or 0
-            new_lo = base + (start or 0)
-            new_hi = None if stop is None else base + stop
+            # No site holds 2**62 rows: a bound past that (10**30) means "to the end", on every backend alike.
+            new_lo = min(base + (start or 0), MAX_ROWS)
+            new_hi = None if stop is None else min(base + stop, MAX_ROWS)
             if self._hi is not None:
                 new_hi = self._hi if new_hi is None else min(new_hi, self._hi)
             return self._clone(lo=new_lo, hi=new_hi)
-        if not isinstance(key, int):
+        if not isinstance(key, int) or isinstance(key, bool):
             raise TypeError("query indices must be integers or slices")
         if key < 0:
             raise ValidationError("queries cannot use negative indices")
+        if key >= MAX_ROWS:
+            raise IndexError("query index out of range")
         if self._cache is not None:
             return self._cache[key]
         items = list(self[key : key + 1])
@@ -573,6 +580,22 @@ class Query(Generic[M]):
         return self._manager._query_delete(self)
 
 
+MAX_ROWS = 2**62
+"""More rows than any site holds: slice bounds past it are cut to it."""
+
+
+def _slice_bound(value: Any) -> Optional[int]:
+    """A query slice's start or stop: None or an integer (a float, text or bool is refused by name)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationError(f"query slices take integers, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValidationError(f"query slices take integers, got {value!r:.80}") from None
+
+
 def _short(value: Any) -> Any:
     """Enums show as their value, datetimes as ISO text: reprs meant for people."""
     if isinstance(value, str) and type(value) is not str:
@@ -596,11 +619,9 @@ def _describe_filters(filters: Dict[str, Any]) -> str:
 
 
 def _check_filters(model: Type[Model], filters: Dict[str, Any]) -> None:
-    spec = model._spec
-    for key in filters:
-        if key not in spec.filters and key not in spec.scope_keys:
-            valid = ", ".join(sorted(set(spec.filters) | set(spec.scope_keys)))
-            raise ValidationError(f"unknown filter {key!r} for {model.__name__} (valid: {valid})")
+    """Refuse a bad filter when the query is built, with the same error on the home host and from another host
+    (:func:`balsam.db.query.check_filters`); the site scope keys are checked when the query runs."""
+    q.check_filters(model._spec, filters)
 
 
 def _merge_sort(items: List[M], order: Sequence[str]) -> List[M]:

@@ -460,7 +460,7 @@ class Job(Model):
 
     def add_parent(self, *parents: Union["Job", int]) -> None:
         """Make this job wait for more parents (only before it starts); see :func:`add_dependency`."""
-        ids = [int(p.id if isinstance(p, Job) else p) for p in parents]
+        ids = [p.id if isinstance(p, Job) else q.as_int("parent", p, "a job id") for p in parents]
         self.parent_ids = list(self.parent_ids) + [i for i in ids if i not in self.parent_ids]
         self.save()
 
@@ -547,7 +547,7 @@ def insert_job_group(conn: Any, jobs: Sequence[Job], now: float) -> None:
 def add_dependency(parent: Union[Job, int], child: Union[Job, int]) -> None:
     """Make ``child`` wait for ``parent`` (Balsam 0.x's ``dag.add_dependency``): only a child that has not
     started may gain a parent; an unfinished parent sends it back to AWAITING_PARENTS, a failed one fails it."""
-    job = child if isinstance(child, Job) else Job.objects.get(id=int(child))
+    job = child if isinstance(child, Job) else Job.objects.get(id=q.as_int("child", child, "a job id"))
     job.add_parent(parent)
 
 
@@ -564,10 +564,12 @@ class JobManager(JobWaiting, Manager[Job]):
         last_site: Any = None
         add_job: Any = None
         add_row: Any = None
+        if isinstance(jobs, (str, bytes, dict)) or not isinstance(jobs, Iterable):
+            raise ValidationError(f"bulk_create takes a list of Job objects, got {jobs!r:.80}")
         for job in jobs:
-            d = job.__dict__
             if type(job) is not Job and not isinstance(job, Job):
-                raise ValidationError(f"bulk_create takes Job objects, got {job!r}")
+                raise ValidationError(f"bulk_create takes Job objects, got {job!r:.80}")
+            d = job.__dict__
             if d.get("_row") is not None:
                 raise ValidationError(f"job {job.id} already exists")
             if d.get("_queued") is not None:
@@ -611,6 +613,11 @@ class JobManager(JobWaiting, Manager[Job]):
 
     def bulk_update(self, jobs: Sequence[Job]) -> None:
         """Write the changed fields of many jobs (state changes through the state machine) per site."""
+        if isinstance(jobs, (str, bytes, dict)) or not isinstance(jobs, Iterable):
+            raise ValidationError(f"bulk_update takes a list of Job objects, got {jobs!r:.80}")
+        bad = next((job for job in jobs if not isinstance(job, Job)), None)
+        if bad is not None:
+            raise ValidationError(f"bulk_update takes Job objects, got {bad!r:.80}")
         if any(job._is_new for job in jobs):
             raise ValidationError("bulk_update needs saved jobs; use bulk_create for new ones")
         for job in jobs:
@@ -624,7 +631,7 @@ class JobManager(JobWaiting, Manager[Job]):
                 state = fields.pop("state", None)
                 new_parents = fields.pop("parent_ids", None)
                 if fields:
-                    updates.append((int(job.id or 0), fields))
+                    updates.append((int(job.id or 0), job_db.check_job_update(int(job.id or 0), fields)))
                 if new_parents is not None:
                     old = loads((row_of(job) or {})["parent_ids"])
                     if not set(old) <= set(new_parents):
@@ -677,6 +684,8 @@ class JobManager(JobWaiting, Manager[Job]):
                 name = to_state(state).value
                 ts = None if state_ts is None else q.to_timestamp(state_ts)
                 changes = [StateChange(i, name, timestamp=ts, data=state_data) for i in ids]
+            if fields and ids:
+                fields = job_db.check_job_update(ids[0], fields)  # refused alike on every backend, before any is written
             try:
                 site.backend.update_jobs([(i, dict(fields)) for i in ids] if fields else [], (), changes)
             except CommandPending as e:  # kept by the relay for its offline site

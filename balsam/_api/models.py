@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 def _single_site(site_id: Optional[int] = None, site_name: Optional[str] = None) -> "SiteRef":
-    return _sites.single_site(int(site_id) if site_id is not None else site_name, how="pass site_id= or site_name=")
+    which = q.as_int("site_id", site_id, "a site id") if site_id is not None else site_name
+    return _sites.single_site(which, how="pass site_id= or site_name=")
 
 
 class _SimpleManager(Manager[Any]):
@@ -49,8 +50,14 @@ def _write_changes(obj: Model, table: str) -> None:
     fields = obj._fields
     site = obj.__dict__["_site"]
     obj._refuse_if_queued()
+    encoded = {}
+    for c, v in changed.items():
+        try:
+            encoded[c] = fields[c].encode(v)
+        except (TypeError, ValueError):
+            raise ValidationError(f"{type(obj).__name__} {obj.id}: {c} cannot be {v!r:.80}") from None
     try:
-        site.backend.update_rows(table, [(int(obj.id or 0), {c: fields[c].encode(v) for c, v in changed.items()})])
+        site.backend.update_rows(table, [(int(obj.id or 0), encoded)])
     except CommandPending as e:  # kept by the relay for its offline site: refresh_from_db() resolves it
         obj._queued_pending(e, "update")
         return
@@ -65,7 +72,7 @@ SITE_SPEC = q.TableSpec(
         "id": q.ids_in("id"),
         "name": q.text_in("name"),
         "path": q.contains("path"),
-        "last_refresh_after": q.after("last_refresh"),
+        "last_refresh_after": q.after("last_refresh", "last_refresh_after"),
     },
     order_fields={"id": "id", "name": "name"},
     scope_keys=(),
@@ -347,6 +354,8 @@ class BatchJob(Model):
         if self._is_new:
             _sites.current_policies(site)  # settings.yml edited since: its queues and projects count now
             d = self.__dict__
+            batch_db.check_batch_values({k: d[k] for k in ("num_nodes", "wall_time_min", "job_mode", "queue", "project",
+                                                            "optional_params", "partitions")})
             try:
                 new_id = site.backend.create_batch_job(dict(
                     num_nodes=d["num_nodes"], wall_time_min=d["wall_time_min"], job_mode=d["job_mode"], queue=d["queue"],

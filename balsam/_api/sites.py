@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 from balsam.db import Store, open_store
+from balsam.db import query as q
 from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
 from balsam.site import Registry, SiteLayout, check_site_key, find_site_root, site_identity, this_host
@@ -320,7 +321,7 @@ def scope(filters: Dict[str, Any]) -> List[SiteRef]:
         candidates: List[SiteRef] = []
         if site_id is not None:
             ids = site_id if isinstance(site_id, (list, tuple, set, frozenset)) else [site_id]
-            candidates = [resolve(int(getattr(i, "id", i) or 0)) for i in ids]
+            candidates = [resolve(q.as_int("site_id", getattr(i, "id", i) or 0, "a site id")) for i in ids]
         else:
             candidates = default_scope(all_local=True)
         if site_name is not None:

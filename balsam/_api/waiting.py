@@ -9,6 +9,7 @@ WebSocket), whose messages name jobs to re-read; a site on this host is polled t
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
@@ -26,6 +27,16 @@ FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 _DONE_NAMES = tuple(sorted(s.value for s in DONE_STATES))
 STREAM_RECHECK_S = 30.0
 """Waiting on a change stream, every job still pending is re-read this often anyway (a missed message costs that)."""
+
+
+def _seconds(name: str, value: Any) -> Optional[float]:
+    """A wait's ``timeout`` or ``poll_interval``: None or a number of seconds (negative is no wait at all). NaN, which
+    no clock reaches, text or a bool is refused by name, instead of waiting forever or failing mid-wait."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+        return max(float(value), 0.0)
+    raise ValidationError(f"{name}: expected a number of seconds or None, got {value!r:.80}")
 
 
 class WaitResult(NamedTuple):
@@ -62,6 +73,8 @@ class JobWaiting:
         for job in jobs:
             if job._is_new:
                 raise ValidationError("save the job before waiting on it")
+        timeout = _seconds("timeout", timeout)
+        poll_interval = _seconds("poll_interval", poll_interval)
         pending = {(job.site_id, job.id): job for job in jobs}
         deadline = None if timeout is None else time.monotonic() + timeout
         sites = {job.__dict__["_site"].path: job.__dict__["_site"] for job in jobs}

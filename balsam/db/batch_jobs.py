@@ -44,11 +44,9 @@ def parse_partition(text: str) -> Dict[str, Any]:
     return {"job_mode": mode, "num_nodes": int(count), "filter_tags": tags}
 
 
-def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bool = True) -> Dict[str, Any]:
-    """Check a BatchJob against the site's policies; fills a missing queue or project when the site allows
-    exactly one. Returns the (completed) fields."""
-    row = conn.execute("SELECT allowed_queues, allowed_projects, optional_batch_job_params, name FROM site LIMIT 1").fetchone()
-    queues, projects, optional, site_name = loads(row[0]), loads(row[1]), loads(row[2]), row[3]
+def check_batch_values(fields: Dict[str, Any]) -> Dict[str, Any]:
+    """The checks of a BatchJob's values that need no site policy (types, ranges, job mode): the Python API runs
+    them before a BatchJob leaves for any backend, so a bad value is the same error on every host."""
     d = dict(fields)
     for name in ("queue", "project"):
         if d.get(name) is not None:
@@ -56,6 +54,19 @@ def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bo
     if d.get("optional_params") is not None:
         d["optional_params"] = fields_db.check_str_dict("optional_params", d["optional_params"])
     d["partitions"] = check_partitions(d.get("partitions"))
+    d["num_nodes"] = fields_db.check_count("num_nodes", d.get("num_nodes"))
+    d["wall_time_min"] = fields_db.check_count("wall_time_min", d.get("wall_time_min"), maximum=fields_db.MAX_WALL_TIME_MIN)
+    if d.get("job_mode") not in JOB_MODES:
+        raise ValidationError(f"job_mode must be one of {', '.join(JOB_MODES)}, got {d.get('job_mode')!r}")
+    return d
+
+
+def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bool = True) -> Dict[str, Any]:
+    """Check a BatchJob against the site's policies; fills a missing queue or project when the site allows
+    exactly one. Returns the (completed) fields."""
+    d = check_batch_values(fields)
+    row = conn.execute("SELECT allowed_queues, allowed_projects, optional_batch_job_params, name FROM site LIMIT 1").fetchone()
+    queues, projects, optional, site_name = loads(row[0]), loads(row[1]), loads(row[2]), row[3]
     if d.get("queue") is None and len(queues) == 1:
         d["queue"] = next(iter(queues))
     if d.get("project") is None and len(projects) == 1:
@@ -64,10 +75,6 @@ def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bo
         raise ValidationError(f"a queue is required (site {site_name} allows: {', '.join(sorted(queues)) or 'none configured'})")
     if d.get("project") is None:
         raise ValidationError(f"a project is required (site {site_name} allows: {', '.join(projects) or 'any'})")
-    d["num_nodes"] = fields_db.check_count("num_nodes", d.get("num_nodes"))
-    d["wall_time_min"] = fields_db.check_count("wall_time_min", d.get("wall_time_min"), maximum=fields_db.MAX_WALL_TIME_MIN)
-    if d.get("job_mode") not in JOB_MODES:
-        raise ValidationError(f"job_mode must be one of {', '.join(JOB_MODES)}, got {d.get('job_mode')!r}")
     if queues and d["queue"] not in queues:
         raise ValidationError(f"queue {d['queue']!r} is not allowed at site {site_name} (allowed: {', '.join(sorted(queues))})")
     policy = queues.get(d["queue"], {})

@@ -75,6 +75,13 @@ def _write_failed(db_path: Path, what: str, exc: sqlite3.OperationalError) -> St
     return StoreError(f"{db_path}: {what}: {full or exc}")
 
 
+def not_unicode(exc: UnicodeEncodeError) -> ValidationError:
+    """The error for text SQLite cannot take (a lone surrogate: bytes that were not UTF-8, or a ``\\ud800`` escape in
+    JSON): one message whichever door the text came in by."""
+    text = exc.object if isinstance(exc.object, str) else repr(exc.object)
+    return ValidationError(f"{text[:60]!r} is not valid Unicode text (bytes that are not UTF-8?): nothing was written")
+
+
 def writes_failed_at(conn: sqlite3.Connection) -> float:
     """When this process last failed to write the DB behind ``conn`` (a full disk, an I/O error), 0 if never.
 
@@ -315,8 +322,7 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, UnicodeEncodeError):  # text SQLite cannot take: a value that is not Unicode
-                    raise ValidationError(f"{exc.object[:60]!r} is not valid Unicode text (bytes that are not UTF-8?): "
-                                          "nothing was written") from None
+                    raise not_unicode(exc) from None
                 raise
             else:
                 try:

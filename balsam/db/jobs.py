@@ -40,6 +40,17 @@ JOB_COLUMNS = (
     "pending_file_cleanup", "serialized_return_value", "serialized_exception", "version", "parameters_pickled",
 )
 # --------------------------------------------------------------------------------------------- field updates
+def check_job_update(job_id: int, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """One job's new field values checked as :func:`update_job_fields` checks them, without the DB. The Python API
+    checks a write with it before any backend sees it, so a bad value is the same ValidationError on the site's
+    home host and from another host (where the values would otherwise be turned into JSON first)."""
+    where = f"job {job_id}: "
+    checked = check_fields(fields, where, UPDATABLE_FIELDS)
+    if "parameters" in checked:
+        checked["parameters"] = params_dict(checked["parameters"], where)
+    return checked
+
+
 def update_job_fields(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dict[str, Any]]], now: Optional[float] = None) -> None:
     """Write non-state fields of jobs (tags keep their index in step). Values are in Python form."""
     now = time.time() if now is None else now

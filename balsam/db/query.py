@@ -10,6 +10,9 @@ server did.
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import operator
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
@@ -23,20 +26,81 @@ Clause = Tuple[str, List[Any]]
 FilterFn = Callable[[Any], Clause]
 
 
-def to_timestamp(value: Any) -> float:
-    """A datetime (naive means UTC), or seconds since the epoch, as seconds since the epoch."""
+def to_timestamp(value: Any, name: str = "time") -> float:
+    """A datetime (naive means UTC), seconds since the epoch, or ISO 8601 text, as seconds since the epoch; anything
+    else (a bool, NaN, infinity, a number past any date) is a ValidationError naming ``name``."""
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
         return float(value.timestamp())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds):
+            return seconds
     if isinstance(value, str):
         try:
-            return to_timestamp(_dt.datetime.fromisoformat(value))
+            return to_timestamp(_dt.datetime.fromisoformat(value), name)
         except ValueError:
             pass
-    raise ValidationError(f"expected a datetime, got {value!r}")
+    raise ValidationError(f"{name}: expected a datetime, epoch seconds or ISO 8601 text, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a readable length (hostile input can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def as_int(name: str, value: Any, what: str = "an integer") -> int:
+    """An integer filter value: an int (numpy's too), its text, or a float with no fraction; a bool, NaN, a
+    fraction or another type is a ValidationError naming the filter."""
+    if not isinstance(value, bool):
+        if isinstance(value, str):
+            try:
+                return _in_range(name, int(value.strip()))
+            except ValueError:
+                pass
+        elif isinstance(value, float):
+            if value.is_integer():
+                return _in_range(name, int(value))
+        else:
+            try:
+                return _in_range(name, operator.index(value))
+            except TypeError:
+                pass
+    raise ValidationError(f"{name}: expected {what}, got {_short(value)}")
+
+
+def _in_range(name: str, n: int) -> int:
+    if not -(2**63) <= n < 2**63:
+        raise ValidationError(f"{name}: {_short(n)} is out of range (at most 64-bit integers)")
+    return n
+
+
+def as_text(name: str, value: Any) -> str:
+    """A text filter value: a string (a state enum as its value), a path, or an integer as its digits; another
+    type (None, a float, a dict, bytes) is a ValidationError naming the filter."""
+    if isinstance(value, str):
+        return str(value.value) if hasattr(value, "value") and isinstance(value.value, str) else str.__str__(value)
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValidationError(f"{name}: expected text, got {_short(value)}")
+
+
+def as_bool(name: str, value: Any) -> bool:
+    """A true/false filter value: a bool, or 0 or 1."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValidationError(f"{name}: expected true or false, got {_short(value)}")
 
 
 def _as_list(value: Any) -> List[Any]:
@@ -50,62 +114,79 @@ def _int_list(name: str, value: Any) -> List[int]:
     for v in _as_list(value):
         if hasattr(v, "id") and not isinstance(v, (int, str)):
             v = v.id
-        try:
-            out.append(int(v))
-        except (TypeError, ValueError):
-            raise ValidationError(f"{name}: expected an integer id, got {v!r}") from None
+        out.append(as_int(name, v, "an integer id"))
     return out
 
 
-def tag_pairs(value: Any) -> List[Tuple[str, Optional[str]]]:
-    """Tags filter input (a dict, ``"k:v"`` strings, or ``"k"`` for "has key") as (key, value) pairs."""
+def tag_pairs(value: Any, name: str = "tags") -> List[Tuple[str, Optional[str]]]:
+    """Tags filter input (a dict, ``"k:v"`` strings, or ``"k"`` for "has key") as (key, value) pairs. Keys are text
+    (or integers); values are text, numbers (as their text) or None for "has the key"; anything else (a nested dict,
+    NaN, bytes) is a ValidationError naming the filter."""
     if isinstance(value, dict):
-        return [(str(k), None if v is None else str(v)) for k, v in value.items()]
+        pairs_: List[Tuple[str, Optional[str]]] = []
+        for k, v in value.items():
+            key = _tag_key(name, k)
+            if v is None or isinstance(v, str):
+                pairs_.append((key, None if v is None else str.__str__(v)))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                pairs_.append((key, str(v)))
+            else:
+                raise ValidationError(f"{name}: the value of {key!r} must be text or a number, got {_short(v)}")
+        return pairs_
     pairs: List[Tuple[str, Optional[str]]] = []
     for item in _as_list(value):
         if not isinstance(item, str) or not item:
-            raise ValidationError(f"tags: expected 'key:value' strings or a dict, got {item!r}")
+            raise ValidationError(f"{name}: expected 'key:value' strings or a dict, got {_short(item)}")
         k, sep, v = item.partition(":")
         pairs.append((k, v if sep else None))
     return pairs
 
 
-def ids_in(col: str) -> FilterFn:
+def _tag_key(name: str, key: Any) -> str:
+    if isinstance(key, str):
+        return str.__str__(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key)
+    raise ValidationError(f"{name}: keys must be text, got {_short(key)}")
+
+
+def ids_in(col: str, name: str = "") -> FilterFn:
     def f(value: Any) -> Clause:
-        ids = _int_list(col, value)
+        ids = _int_list(name or col, value)
         if len(ids) == 1:
             return f"{col} = ?", ids
         return f"{col} IN (SELECT value FROM json_each(?))", [dumps(ids)]
     return f
 
 
-def equals(col: str, convert: Callable[[Any], Any] = lambda v: v) -> FilterFn:
+def int_or_null(col: str) -> FilterFn:
+    """``col = n`` for an integer (or its text), ``col IS NULL`` for None."""
     def f(value: Any) -> Clause:
         if value is None:
             return f"{col} IS NULL", []
-        return f"{col} = ?", [convert(value)]
+        return f"{col} = ?", [as_int(col, value)]
     return f
 
 
-def text_in(col: str, convert: Callable[[Any], Any] = str) -> FilterFn:
+def text_in(col: str, convert: Optional[Callable[[Any], Any]] = None) -> FilterFn:
     def f(value: Any) -> Clause:
-        values = [convert(v) for v in _as_list(value)]
+        values = [as_text(col, v) if convert is None else convert(v) for v in _as_list(value)]
         if len(values) == 1:
             return f"{col} = ?", values
         return f"{col} IN (SELECT value FROM json_each(?))", [dumps(values)]
     return f
 
 
-def before(col: str) -> FilterFn:
-    return lambda value: (f"{col} < ?", [to_timestamp(value)])
+def before(col: str, name: str = "") -> FilterFn:
+    return lambda value: (f"{col} < ?", [to_timestamp(value, name or col)])
 
 
-def after(col: str) -> FilterFn:
-    return lambda value: (f"{col} > ?", [to_timestamp(value)])
+def after(col: str, name: str = "") -> FilterFn:
+    return lambda value: (f"{col} > ?", [to_timestamp(value, name or col)])
 
 
-def contains(col: str) -> FilterFn:
-    return lambda value: (f"instr({col}, ?) > 0", [str(value)])
+def contains(col: str, name: str = "") -> FilterFn:
+    return lambda value: (f"instr({col}, ?) > 0", [as_text(name or col, value)])
 
 
 def job_states(col: str) -> FilterFn:
@@ -168,19 +249,39 @@ def _tag_driver(conn: sqlite3.Connection, filters: Dict[str, Any]) -> Optional[T
     return smallest[1] if smallest[0] <= state_size else None
 
 
+def _json_value(col: str, key: str) -> Tuple[str, List[Any]]:
+    """SQL for the value at ``key`` of the JSON object in ``col`` (SQL NULL when the key is absent). A key with a
+    double quote or a backslash cannot be written as a JSON path that SQLite reads back, so it is looked up by
+    name; a NUL cannot be in any stored key SQLite reads, so it is refused."""
+    if "\x00" in key:
+        raise ValidationError(f"{col}: the key {key[:60]!r} has a NUL character, which no stored key can have")
+    if '"' in key or "\\" in key:
+        return f"(SELECT value FROM json_each({col}) WHERE key = ?)", [key]
+    return f"json_extract({col}, ?)", ['$."' + key + '"']
+
+
+def _json_has(col: str, key: str) -> Tuple[str, List[Any]]:
+    """SQL that is true when the JSON object in ``col`` has ``key`` (its value may be null)."""
+    if '"' in key or "\\" in key or "\x00" in key:
+        _, params = _json_value(col, key)  # refuses a NUL
+        return f"EXISTS (SELECT 1 FROM json_each({col}) WHERE key = ?)", params
+    return f"json_type({col}, ?) IS NOT NULL", ['$."' + key + '"']
+
+
 def json_contains(col: str) -> FilterFn:
     """``"k:v"`` containment in a JSON object column (event data, batch job filter_tags)."""
     def f(value: Any) -> Clause:
         clauses: List[str] = []
         params: List[Any] = []
-        for k, v in tag_pairs(value):
-            path = '$."' + k.replace('"', '""') + '"'
+        for k, v in tag_pairs(value, col):
             if v is None:
-                clauses.append(f"json_type({col}, ?) IS NOT NULL")
-                params.append(path)
+                sql, p = _json_has(col, k)
+                clauses.append(sql)
+                params.extend(p)
             else:
-                clauses.append(f"CAST(json_extract({col}, ?) AS TEXT) = ?")
-                params.extend((path, v))
+                expr, p = _json_value(col, k)
+                clauses.append(f"CAST({expr} AS TEXT) = ?")
+                params.extend((*p, v))
         return " AND ".join(clauses) or "1", params
     return f
 
@@ -189,34 +290,38 @@ def json_equals(col: str) -> FilterFn:
     """``{key: value}`` in a JSON object column (job parameters): a string matches the value's text (so ``"n:3"``, as
     the HTTP API carries it, finds ``n=3``), other values compare as JSON, and ``"k"`` (or None) asks for the key."""
     def f(value: Any) -> Clause:
-        pairs = [(str(k), v) for k, v in value.items()] if isinstance(value, dict) else tag_pairs(value)
+        pairs = [(_tag_key(col, k), v) for k, v in value.items()] if isinstance(value, dict) else tag_pairs(value, col)
         clauses: List[str] = []
         params: List[Any] = []
         for k, v in pairs:
-            path = '$."' + k.replace('"', '""') + '"'
             if v is None:
-                clauses.append(f"json_type({col}, ?) IS NOT NULL")
-                params.append(path)
+                sql, p = _json_has(col, k)
+                clauses.append(sql)
+                params.extend(p)
                 continue
+            expr, p = _json_value(col, k)
             if isinstance(v, str):
-                clauses.append(f"CAST(json_extract({col}, ?) AS TEXT) = ?")
-                params.extend((path, v))
+                clauses.append(f"CAST({expr} AS TEXT) = ?")
+                params.extend((*p, v))
                 continue
             try:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ValueError(v)
                 text = dumps(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ValidationError(f"{col}: the value of {k!r} is not JSON ({type(v).__name__}), so no stored {col} equals it") from None
-            clauses.append(f"json_extract({col}, ?) IS json_extract(?, '$')")
-            params.extend((path, text))
+            clauses.append(f"{expr} IS json_extract(?, '$')")
+            params.extend((*p, text))
         return " AND ".join(clauses) or "1", params
     return f
 
 
 def boolean(col: str, only_true: bool = False) -> FilterFn:
     def f(value: Any) -> Clause:
-        if only_true and not value:
+        flag = as_bool(col, value)
+        if only_true and not flag:
             return "1", []
-        return f"{col} = ?", [1 if value else 0]
+        return f"{col} = ?", [1 if flag else 0]
     return f
 
 
@@ -249,21 +354,21 @@ JOB = TableSpec(
         "parent_id": lambda v: ("id IN (SELECT child_id FROM job_parent WHERE parent_id IN (SELECT value FROM json_each(?)))",
                                 [dumps(_int_list("parent_id", v))]),
         "app_id": ids_in("app_id"),
-        "app_name": subquery("app_id", "SELECT id FROM app WHERE name IN (SELECT value FROM json_each(?))", lambda v: [dumps([str(x) for x in _as_list(v)])]),
+        "app_name": subquery("app_id", "SELECT id FROM app WHERE name IN (SELECT value FROM json_each(?))", lambda v: [dumps([as_text("app_name", x) for x in _as_list(v)])]),
         "batch_job_id": ids_in("batch_job_id"),
-        "session_id": equals("session_id"),
-        "last_update_before": before("last_update"),
-        "last_update_after": after("last_update"),
-        "created_before": before("created"),
-        "created_after": after("created"),
+        "session_id": int_or_null("session_id"),
+        "last_update_before": before("last_update", "last_update_before"),
+        "last_update_after": after("last_update", "last_update_after"),
+        "created_before": before("created", "created_before"),
+        "created_after": after("created", "created_after"),
         "workdir": text_in("workdir"),
-        "workdir__contains": contains("workdir"),
+        "workdir__contains": contains("workdir", "workdir__contains"),
         "state": job_states("state"),
         "state__ne": job_states_ne("state"),
         "tags": job_tags("id"),
         "parameters": json_equals("parameters"),
         "pending_file_cleanup": boolean("pending_file_cleanup", only_true=True),
-        "return_code": equals("return_code", int),
+        "return_code": int_or_null("return_code"),
     },
     order_fields={"id": "id", "last_update": "last_update", "state": "state", "workdir": "workdir", "created": "created",
                   "wall_time_min": "wall_time_min", "num_nodes": "num_nodes"},
@@ -275,14 +380,14 @@ EVENT = TableSpec(
     filters={
         "id": ids_in("id"),
         "job_id": ids_in("job_id"),
-        "batch_job_id": subquery("job_id", "SELECT id FROM job WHERE batch_job_id = ?", lambda v: [int(v)]),
+        "batch_job_id": subquery("job_id", "SELECT id FROM job WHERE batch_job_id = ?", lambda v: [as_int("batch_job_id", v)]),
         "scheduler_id": subquery(
-            "job_id", "SELECT j.id FROM job j JOIN batch_job b ON b.id = j.batch_job_id WHERE b.scheduler_id = ?", lambda v: [int(v)]
+            "job_id", "SELECT j.id FROM job j JOIN batch_job b ON b.id = j.batch_job_id WHERE b.scheduler_id = ?", lambda v: [as_int("scheduler_id", v)]
         ),
         "tags": job_tags("job_id"),
         "data": json_contains("data"),
-        "timestamp_before": before("timestamp"),
-        "timestamp_after": after("timestamp"),
+        "timestamp_before": before("timestamp", "timestamp_before"),
+        "timestamp_after": after("timestamp", "timestamp_after"),
         "from_state": job_states("from_state"),
         "to_state": job_states("to_state"),
     },
@@ -300,10 +405,10 @@ BATCH_JOB = TableSpec(
         "queue": text_in("queue"),
         "project": text_in("project"),
         "job_mode": text_in("job_mode"),
-        "start_time_before": before("start_time"),
-        "start_time_after": after("start_time"),
-        "end_time_before": before("end_time"),
-        "end_time_after": after("end_time"),
+        "start_time_before": before("start_time", "start_time_before"),
+        "start_time_after": after("start_time", "start_time_after"),
+        "end_time_before": before("end_time", "end_time_before"),
+        "end_time_after": after("end_time", "end_time_after"),
         "filter_tags": json_contains("filter_tags"),
     },
     order_fields={"id": "id", "start_time": "start_time", "end_time": "end_time", "created": "created", "state": "state"},
@@ -372,6 +477,7 @@ def plan(
     tag index for each job. Counts walk the tag matches in a join; ordered, paged selects keep the IN form, which
     lets SQLite walk the state index in id order and stop at the page's end.
     """
+    check_filters(spec, filters)
     source = spec.table
     clauses: List[str] = []
     params: List[Any] = []
@@ -412,6 +518,22 @@ def plan(
     return source, (" AND ".join(f"({c})" for c in clauses) if clauses else "1"), params
 
 
+def check_filters(spec: TableSpec, filters: Dict[str, Any]) -> None:
+    """Check every filter as a query would (an unknown keyword, a value of the wrong type, an integer past 64 bits,
+    text that is not Unicode) without reading the DB. The Python API checks a query's filters when it is built,
+    so a bad filter is the same ValidationError on the site's home host and from any other host."""
+    for key, value in filters.items():
+        if key in spec.scope_keys:
+            continue
+        fn = spec.filters.get(key)
+        if fn is None:
+            valid = ", ".join(sorted(set(spec.filters) | set(spec.scope_keys)))
+            raise ValidationError(f"unknown filter {key!r} for {spec.noun} (valid: {valid})")
+        if isinstance(value, (list, tuple, set, frozenset)) and not value and key != "tags":
+            continue
+        _bindable(key, fn(value)[1])
+
+
 def _bindable(key: str, params: List[Any]) -> List[Any]:
     """The parameters of one filter, checked for what SQLite can bind: integers beyond 64 bits (an id of 10**30)
     and text that is not Unicode (a lone surrogate) are refused naming the filter, instead of failing in sqlite3."""
@@ -436,6 +558,8 @@ def order_terms(spec: TableSpec, order_by: Sequence[str]) -> List[Tuple[str, boo
     terms: List[Tuple[str, bool]] = []
     keys = list(order_by) or list(spec.default_order)
     for key in keys:
+        if not isinstance(key, str):
+            raise ValidationError(f"cannot order {spec.noun} by {key!r:.80} (valid: {', '.join(sorted(spec.order_fields))})")
         desc = key.startswith("-")
         name = key.lstrip("-+")
         col = spec.order_fields.get(name)

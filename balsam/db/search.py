@@ -142,8 +142,9 @@ def _trigrams(value: str) -> str:
 
 def contains_clause(conn: Optional[sqlite3.Connection], value: str) -> Optional[Tuple[str, List[object]]]:
     """The WHERE clause of ``workdir__contains=value`` through the index, or None to scan (no index, a substring
-    too short for trigrams, or one so common that walking the jobs in order finds a page sooner)."""
-    if conn is None or len(value) < MIN_CHARS:
+    too short for trigrams, or one so common that walking the jobs in order finds a page sooner). A NUL, which FTS5
+    cannot take in a query, is scanned for too."""
+    if conn is None or len(value) < MIN_CHARS or "\x00" in value:
         return None
     table, trigger, cursor = _state(conn)
     if not (table and trigger) or cursor <= 0 or not capable(conn):

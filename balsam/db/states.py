@@ -154,8 +154,8 @@ def to_state(value: Union[str, JobState]) -> JobState:
 
 def to_states(values: Union[str, JobState, Iterable[Union[str, JobState]]]) -> FrozenSet[JobState]:
     """Parse one state name or several."""
-    if isinstance(values, (str, JobState)):
-        return frozenset({to_state(values)})
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        return frozenset({to_state(values)})  # one name (a number or None is refused by name)
     return frozenset(to_state(v) for v in values)
 
 

@@ -95,6 +95,10 @@ class ApiError(Exception):
 
 def error_for(error: BaseException) -> ApiError:
     """The API error of a Balsam exception (its class name travels, so clients raise the same class)."""
+    if isinstance(error, UnicodeEncodeError):  # text SQLite cannot take, as the home host's store says it
+        from balsam.db.connection import not_unicode
+
+        error = not_unicode(error)
     kind = type(error).__name__
     message = str(error).splitlines()[0] if str(error) else kind
     if isinstance(error, ApiError):
