@@ -228,3 +228,24 @@ def test_commands_on_a_full_disk_say_the_disk_is_full_and_work_again_when_space_
     assert "a/1" in listing and "a/3" in listing and "a/2" not in listing
     check = run_process("db", "check", cwd=root)
     assert check.returncode == 0 and "ok" in check.stdout
+
+
+def test_a_tag_filter_that_is_not_utf8_is_refused_where_the_state_is_filtered_too(site: Any, hello: Any, tmp_path: Path) -> None:
+    """``job kill`` and ``job reset`` filter on states as well: the tag index was probed with the text before it was
+    checked, and the user got "unexpected UnicodeEncodeError"."""
+    Job(workdir="w/1", app_id="Hello", parameters={"say_hello_to": "x"}, tags={"workflow": "w"}).save()
+    for command in (b"kill", b"reset"):
+        err = _one_error_line(_balsam([b"job", command, b"--workflow", b"\xff", b"--site", b"test-site", b"-y"], tmp_path), 2)
+        assert err == "Error: tags: '\\udcff' is not valid Unicode text"
+    assert [j.state.value for j in Job.objects.all()] == ["STAGED_IN"]
+
+
+def test_relay_user_commands_with_a_name_that_is_not_utf8_say_there_is_no_such_user(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'relay.db'}".encode()
+    for args in ([b"token", b"ls", b"\xff"], [b"token", b"revoke", b"\xff", b"1"]):
+        err = _one_error_line(_balsam([b"relay", *args, b"--db", db], tmp_path), 1)
+        assert err == "Error: no user '\\udcff'"
+    done = subprocess.run([sys.executable, "-m", "balsam", "relay", "user", "passwd", b"\xff".decode(errors="surrogateescape"),
+                           "--password-stdin", "--db", db.decode()], input=b"a-long-password\n", capture_output=True, cwd=str(tmp_path),
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert _one_error_line(done, 1) == "Error: no user '\\udcff'"

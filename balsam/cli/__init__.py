@@ -176,6 +176,11 @@ def translate_error(exc: BaseException) -> click.ClickException:
 
     if isinstance(exc, BalsamError):
         return CLIError(str(exc), exc.exit_code)
+    if isinstance(exc, UnicodeEncodeError):  # text from outside that no file, database or terminal here can take
+        bad = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else exc.object
+        if exc.encoding.replace("-", "").lower() == "utf8":
+            return CLIError(f"{bad!r} is not valid Unicode text (bytes that are not UTF-8?)", 2)
+        return CLIError(f"cannot write {bad!r} as {exc.encoding} (use a UTF-8 locale, e.g. LANG=C.UTF-8)", 1)
     if isinstance(exc, sqlite3.Error):
         return CLIError(f"site database error: {exc}", 1)
     if isinstance(exc, OSError):

@@ -170,6 +170,8 @@ class RelayStore:
         password may have logged in, or linked a site, with it). Open streams and long polls of those tokens end
         within :data:`balsam.http.server.REVERIFY_S`, as at any revocation. Returns how many tokens of each kind
         ("user": logins, "site": site agents') were revoked."""
+        if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+            raise ObjectDoesNotExist(f"no user {name!r}")  # no user can have this name (text that is not Unicode too)
         digest = auth.hash_password(password)
         with self.begin() as c:
             row = c.execute(sa.select(t.user.c.id).where(t.user.c.name == name)).first()
@@ -189,6 +191,8 @@ class RelayStore:
             return [dict(r._mapping) for r in rows]
 
     def user_id(self, name: str) -> int:
+        if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+            raise ObjectDoesNotExist(f"no user {name!r}")  # no user can have this name (text that is not Unicode too)
         with self.connect() as c:
             row = c.execute(sa.select(t.user.c.id).where(t.user.c.name == name)).first()
         if row is None:
