@@ -249,3 +249,32 @@ def test_relay_user_commands_with_a_name_that_is_not_utf8_say_there_is_no_such_u
                            "--password-stdin", "--db", db.decode()], input=b"a-long-password\n", capture_output=True, cwd=str(tmp_path),
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
     assert _one_error_line(done, 1) == "Error: no user '\\udcff'"
+
+
+def _bash(script: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
+    """``script`` under bash, with ``$BALSAM`` running this checkout's ``python -m balsam``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BALSAM=f"{sys.executable} -m balsam")
+    return subprocess.run(["bash", "-c", script], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_command_run_with_stdout_or_stderr_closed_ends_without_a_traceback(site: Any, hello: Any, tmp_path: Path) -> None:
+    """``balsam job ls >&-``: Python has no sys.stdout there, and the final flush raised AttributeError with a traceback."""
+    Job(workdir="w/1", app_id="Hello", parameters={"say_hello_to": "x"}).save()
+    done = _bash("$BALSAM job ls --site test-site >&-", tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    done = _bash("$BALSAM job ls --site nowhere >&-", tmp_path)
+    assert done.returncode == 1 and done.stderr == "Error: no site matches 'nowhere' by name, id or path (known sites: test-site)\n"
+    done = _bash("$BALSAM job create -a Hello -w w/2 -p say_hello_to=y --site test-site >&- 2>&-", tmp_path)
+    assert done.returncode == 0 and Job.objects.count() == 2
+
+
+def test_a_working_directory_that_was_removed_is_inside_no_site(site: Any, hello: Any, tmp_path: Path) -> None:
+    """A shell left in a removed directory: 'job ls' said "Error: No such file or directory" and nothing else."""
+    Job(workdir="w/1", app_id="Hello", parameters={"say_hello_to": "x"}).save()
+    (tmp_path / "gone").mkdir()
+    done = _bash("cd gone && rmdir ../gone && exec $BALSAM job ls", tmp_path)
+    assert done.returncode == 0 and "w/1" in done.stdout, done.stderr
+    (tmp_path / "gone").mkdir()
+    done = _bash("cd gone && rmdir ../gone && exec $BALSAM site init new-site", tmp_path)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "Error: the working directory no longer exists: cd to one that does, or give absolute paths"), done.stderr

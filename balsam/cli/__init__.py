@@ -183,10 +183,20 @@ def translate_error(exc: BaseException) -> click.ClickException:
         return CLIError(f"cannot write {bad!r} as {exc.encoding} (use a UTF-8 locale, e.g. LANG=C.UTF-8)", 1)
     if isinstance(exc, sqlite3.Error):
         return CLIError(f"site database error: {exc}", 1)
+    if isinstance(exc, FileNotFoundError) and not exc.filename and not _cwd_exists():
+        return CLIError("the working directory no longer exists: cd to one that does, or give absolute paths", 1)
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return CLIError(f"{where}{exc.strerror or exc}", 1)
     return CLIError(f"unexpected {type(exc).__name__}: {exc} (run with BALSAM_DEBUG=1 to see the traceback)", 1)
+
+
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class BalsamCLI(LazyGroup):
@@ -258,6 +268,11 @@ def cli() -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of the ``balsam`` command: runs :func:`cli` and exits with its status."""
+    # Started with stdout or stderr closed (``balsam job ls >&-``): Python has no stream there, and the first write
+    # or the final flush raised a traceback. Output then goes nowhere, as it does when the reader of a pipe has gone.
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
     try:
         cli.main(args=argv, prog_name="balsam")
     except BrokenPipeError:

@@ -137,7 +137,10 @@ def find_site_root(explicit: Optional[Union[str, Path]] = None, cwd: Optional[Pa
             if not layout.is_site():
                 raise SiteNotFound(f"{origin}={value}: not a Balsam site (no {STATE_DIR}/site.db there)")
             return layout.root
-    here = (cwd or Path.cwd()).resolve()
+    try:
+        here = (cwd or Path.cwd()).resolve()
+    except FileNotFoundError:
+        return None  # the working directory was removed: it is inside no site
     for candidate in (here, *here.parents):
         if SiteLayout(candidate).is_site():
             return candidate
