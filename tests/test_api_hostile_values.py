@@ -183,3 +183,30 @@ def test_waiting_with_a_timeout_that_is_not_a_number_is_refused_not_forever(site
     assert not waiter.is_alive(), f"result(timeout={timeout!r}) is still waiting"
     assert isinstance(outcome[0], ValidationError)
     assert str(outcome[0]) == f"timeout: expected a number of seconds or None, got {timeout!r}"
+
+
+def test_dag_instances_take_hostile_values_as_validation_errors(site: Any, hello: Any) -> None:
+    from balsam.api import DAG
+
+    dag = DAG("sweep", site="test-site")
+    dag.node("a", app="Hello", workdir="{run}/a", params={"say_hello_to": "{who}"})
+    dag.save()
+    said = _refused(lambda: dag.instantiate([{"run": "r", "who": b"x"}]))
+    assert said.startswith("DAG 'sweep' instance 0: placeholder values must be a dict of plain JSON values"), said
+    assert _refused(lambda: dag.instantiate(5)).startswith("DAG 'sweep': instantiate takes a mapping of placeholder values")
+    assert _refused(lambda: dag.instances().get("x")) == "id: expected an instance id, got 'x'"
+    assert _refused(lambda: dag.instances().filter(id=-1)) == f"id: must be between 1 and {2**63 - 1}, got -1"
+    (instance,) = dag.instantiate([{"run": "r", "who": "x"}])
+    outcome: List[BaseException] = []
+
+    def wait() -> None:
+        try:
+            instance.wait(timeout=NAN)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(60)
+    assert not waiter.is_alive() and isinstance(outcome[0], ValidationError)
+    assert Job.objects.count() == 1

@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, 
 from balsam._api import sites as _sites
 from balsam._api.jobs import Job, resolve_app
 from balsam._api.queued import QueuedWrite, WriteCount
+from balsam._api.waiting import seconds
 from balsam.db import dag_templates as tpl
 from balsam.db.dag_templates import DAGNode
 from balsam.db.dags import check_name
+from balsam.db.query import as_int
 from balsam.db.states import DONE_STATES, FAILED_STATES, JobState, to_states
 from balsam.exceptions import CommandPending, ObjectDoesNotExist, ValidationError
 
@@ -102,6 +104,7 @@ class DAGInstance:
         """Wait until every job is final; returns the counts by state (TimeoutError after ``timeout`` s). Waits the
         way ``Job.objects.wait`` does: on the agent's change stream from another host, polling otherwise (and
         every ``poll_interval`` s when one is given)."""
+        timeout = seconds("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             counts = self.state()
@@ -142,7 +145,10 @@ class InstanceQuery:
     def filter(self, state: Any = None, id: Any = None) -> "InstanceQuery":
         """Keep instances with at least one job in ``state`` (one or several), or with the given ids."""
         states = self._states if state is None else sorted(s.value for s in to_states(state))
-        ids = self._ids if id is None else [int(i) for i in (id if isinstance(id, (list, tuple, set)) else [id])]
+        ids = self._ids if id is None else [as_int("id", i, "an instance id") for i in (id if isinstance(id, (list, tuple, set)) else [id])]
+        bad = next((i for i in ids or () if i < 1), None)
+        if bad is not None:
+            raise ValidationError(f"id: must be between 1 and {2**63 - 1}, got {bad}")
         return InstanceQuery(self._dag, states, ids)
 
     def _rows(self, limit: Optional[int] = None, offset: int = 0) -> List[DAGInstance]:
@@ -166,9 +172,11 @@ class InstanceQuery:
                 return self._rows()[index]
             lo = index.start or 0
             return self._rows(None if index.stop is None else max(index.stop - lo, 0), lo)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError("DAG instance indices must be integers or slices")
         if index < 0:
             return self._rows()[index]
-        rows = self._rows(1, index)
+        rows = self._rows(1, index) if index < 2**62 else []
         if not rows:
             raise IndexError(f"DAG {self._dag.name!r} has no instance at position {index}")
         return rows[0]
@@ -307,6 +315,9 @@ class DAG:
         transactions of INSTANTIATE_CHUNK (placeholders of every record are still checked before the first)."""
         if isinstance(records, Mapping):
             records = [records]
+        if isinstance(records, (str, bytes)) or not isinstance(records, Iterable):
+            raise ValidationError(f"DAG {self.name!r}: instantiate takes a mapping of placeholder values or a list of them, "
+                                  f"got {records!r:.80}")
         records = list(records)
         if self.queued is None:
             self._require_id()

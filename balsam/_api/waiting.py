@@ -29,7 +29,7 @@ STREAM_RECHECK_S = 30.0
 """Waiting on a change stream, every job still pending is re-read this often anyway (a missed message costs that)."""
 
 
-def _seconds(name: str, value: Any) -> Optional[float]:
+def seconds(name: str, value: Any) -> Optional[float]:
     """A wait's ``timeout`` or ``poll_interval``: None or a number of seconds (negative is no wait at all). NaN, which
     no clock reaches, text or a bool is refused by name, instead of waiting forever or failing mid-wait."""
     if value is None:
@@ -73,8 +73,8 @@ class JobWaiting:
         for job in jobs:
             if job._is_new:
                 raise ValidationError("save the job before waiting on it")
-        timeout = _seconds("timeout", timeout)
-        poll_interval = _seconds("poll_interval", poll_interval)
+        timeout = seconds("timeout", timeout)
+        poll_interval = seconds("poll_interval", poll_interval)
         pending = {(job.site_id, job.id): job for job in jobs}
         deadline = None if timeout is None else time.monotonic() + timeout
         sites = {job.__dict__["_site"].path: job.__dict__["_site"] for job in jobs}

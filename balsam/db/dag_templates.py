@@ -16,6 +16,7 @@ import string
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Set
 
+from balsam.db.fields import check_json_dict
 from balsam.exceptions import ValidationError
 
 RESOURCE_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "gpus_per_rank",
@@ -269,7 +270,8 @@ def parse_spec(name: str, spec: Any) -> List[DAGNode]:
 def check_record(dag_name: str, record: Any, index: int, names: Set[str]) -> Dict[str, Any]:
     """One instance's placeholder values: a mapping with exactly the template's placeholders."""
     if not isinstance(record, Mapping):
-        raise ValidationError(f"DAG {dag_name!r} instance {index}: placeholder values must be a mapping, got {record!r}")
+        raise ValidationError(f"DAG {dag_name!r} instance {index}: placeholder values must be a mapping, got {record!r:.80}")
+    check_json_dict("placeholder values", dict(record), f"DAG {dag_name!r} instance {index}: ")  # bytes, NaN: named here
     keys = set(record)
     missing = sorted(names - keys)
     if missing:
