@@ -42,7 +42,8 @@ def _job(hello: Any, workdir: str = "w/1", **kwargs: Any) -> Job:
     (Job, {"return_code": NAN}, "return_code: expected an integer, got nan"),
     (Job, {"session_id": [1, "x"]}, "session_id: expected an integer, got [1, 'x']"),
     (Job, {"id": True}, "id: expected an integer id, got True"),
-    (Job, {"id": [1, 10**30]}, "id: 1000000000000000000000000000000 is out of range (at most 64-bit integers)"),
+    (Job, {"return_code": [10**30]}, "return_code: expected an integer, got [100000"),
+    (Job, {"return_code": 10**30}, "return_code: 1000000000000000000000000000000 is out of range (at most 64-bit integers)"),
     (Job, {"pending_file_cleanup": "abc"}, "pending_file_cleanup: expected true or false, got 'abc'"),
     (Job, {"workdir": None}, "workdir: expected text, got None"),
     (Job, {"workdir__contains": 1.5}, "workdir__contains: expected text, got 1.5"),
@@ -210,3 +211,11 @@ def test_dag_instances_take_hostile_values_as_validation_errors(site: Any, hello
     waiter.join(60)
     assert not waiter.is_alive() and isinstance(outcome[0], ValidationError)
     assert Job.objects.count() == 1
+
+
+def test_an_id_past_64_bits_matches_no_row_on_every_host(site: Any, hello: Any) -> None:
+    job = _job(hello)
+    assert list(Job.objects.filter(id=10**30)) == []
+    assert [j.id for j in Job.objects.filter(id=[job.id, 10**30])] == [job.id]
+    said = _refused(lambda: list(EventLog.objects.filter(job_id=-(2**70))))
+    assert said == "job_id: -1180591620717411303424 is out of range (at most 64-bit integers)"

@@ -54,28 +54,28 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def as_int(name: str, value: Any, what: str = "an integer") -> int:
+def as_int(name: str, value: Any, what: str = "an integer", bounded: bool = True) -> int:
     """An integer filter value: an int (numpy's too), its text, or a float with no fraction; a bool, NaN, a
-    fraction or another type is a ValidationError naming the filter."""
+    fraction, another type or (``bounded``) an integer past 64 bits is a ValidationError naming the filter."""
     if not isinstance(value, bool):
         if isinstance(value, str):
             try:
-                return _in_range(name, int(value.strip()))
+                return _in_range(name, int(value.strip()), bounded)
             except ValueError:
                 pass
         elif isinstance(value, float):
             if value.is_integer():
-                return _in_range(name, int(value))
+                return _in_range(name, int(value), bounded)
         else:
             try:
-                return _in_range(name, operator.index(value))
+                return _in_range(name, operator.index(value), bounded)
             except TypeError:
                 pass
     raise ValidationError(f"{name}: expected {what}, got {_short(value)}")
 
 
-def _in_range(name: str, n: int) -> int:
-    if not -(2**63) <= n < 2**63:
+def _in_range(name: str, n: int, bounded: bool = True) -> int:
+    if bounded and not -(2**63) <= n < 2**63:
         raise ValidationError(f"{name}: {_short(n)} is out of range (at most 64-bit integers)")
     return n
 
@@ -109,12 +109,12 @@ def _as_list(value: Any) -> List[Any]:
     return [value]
 
 
-def _int_list(name: str, value: Any) -> List[int]:
+def _int_list(name: str, value: Any, bounded: bool = True) -> List[int]:
     out = []
     for v in _as_list(value):
         if hasattr(v, "id") and not isinstance(v, (int, str)):
             v = v.id
-        out.append(as_int(name, v, "an integer id"))
+        out.append(as_int(name, v, "an integer id", bounded))
     return out
 
 
@@ -152,7 +152,11 @@ def _tag_key(name: str, key: Any) -> str:
 
 def ids_in(col: str, name: str = "") -> FilterFn:
     def f(value: Any) -> Clause:
-        ids = _int_list(name or col, value)
+        # A row's own id past 64 bits names no row (ids carry their site's prefix): it matches none, as an id of no
+        # site does. Other ids (a scheduler's, a BatchJob's) past 64 bits are refused by name.
+        ids = [i for i in _int_list(name or col, value, bounded=col != "id") if -(2**63) <= i < 2**63]
+        if not ids:
+            return "0", []
         if len(ids) == 1:
             return f"{col} = ?", ids
         return f"{col} IN (SELECT value FROM json_each(?))", [dumps(ids)]
