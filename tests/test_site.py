@@ -127,3 +127,29 @@ def test_transfer_locations_are_checked_with_one_line_naming_the_alias() -> None
     bad = settings_from_dict({"transfers": {"transfer_locations": {"peer": "rsync://host/with/path"}}})
     with pytest.raises(ConfigError, match="transfer location 'peer': .*expected rsync://\\[user@\\]host \\(no path\\)"):
         transfer_location_notes(bad)
+
+
+def test_the_sites_a_call_names_none_of_follow_every_change_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Job(workdir, "AppName")`` finds its site without reading the registry for every job (a script making
+    100,000 jobs), yet a new site, another working directory or another BALSAM_SITE_PATH counts at the next call."""
+    import os
+    import subprocess
+    import sys
+
+    from balsam._api import sites
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    init_site(tmp_path / "a", name="alpha")
+    assert [s.name for s in sites.default_scope()] == ["alpha"]
+    assert sites.default_scope() == sites.default_scope()  # remembered: the same answer
+    # A site made by another process is seen at once (the registry changed), not a second later.
+    subprocess.run([sys.executable, "-c", f"from balsam.site import init_site; init_site({str(tmp_path / 'b')!r}, name='beta')"],
+                   check=True, env=dict(os.environ))
+    assert sorted(s.name for s in sites.default_scope()) == ["alpha", "beta"]
+    monkeypatch.chdir(tmp_path / "b" / "data")  # inside a site: that site only
+    assert [s.name for s in sites.default_scope()] == ["beta"]
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("BALSAM_SITE_PATH", str(tmp_path / "a"))
+    assert [s.name for s in sites.default_scope()] == ["alpha"]

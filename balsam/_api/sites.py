@@ -15,9 +15,11 @@ login node, a compute node), it is reached through its agent's /v1 HTTP API with
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
@@ -434,9 +436,35 @@ def reachable_sites() -> List[SiteRef]:
     return local_sites() + served_foreign_sites()
 
 
+SCOPE_MEMO_S = 1.0
+"""How long the sites a call names none of stay known in this process (:func:`default_scope`)."""
+_scope_memo: Dict[Any, Any] = {}
+
+
 def default_scope(all_local: bool = False) -> List[SiteRef]:
     """The current site if there is one, else every reachable site (this host's, and other hosts' whose directory
-    this host sees and whose agent runs)."""
+    this host sees and whose agent runs).
+
+    Finding them reads the registry and looks at every site directory (~1 ms): a script that makes 100,000
+    ``Job(workdir, "AppName")`` asks once a second, not once a job. The answer is asked again at once when the
+    working directory, the environment that picks a site or a host, :func:`use_site` or the registry changes."""
+    try:
+        registry = os.stat(Registry().path)
+        key = (all_local, os.getcwd(), os.environ.get("BALSAM_SITE_PATH"), os.environ.get("BALSAM_HOME"), this_host(),
+               generation, _current, registry.st_mtime_ns, registry.st_size, registry.st_ino)
+    except OSError:  # no working directory, no registry yet: nothing to remember it by
+        return _default_scope(all_local)
+    now = time.monotonic()
+    hit = _scope_memo.get(key)
+    if hit is not None and now - hit[0] < SCOPE_MEMO_S:
+        return list(hit[1])
+    sites = _default_scope(all_local)
+    _scope_memo.clear()
+    _scope_memo[key] = (now, sites)
+    return list(sites)
+
+
+def _default_scope(all_local: bool) -> List[SiteRef]:
     if not all_local:
         current = current_site()
         if current is not None:
