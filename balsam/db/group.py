@@ -50,7 +50,7 @@ MAX_GROUP_S = 0.005
 site's other API processes wait for the writer lock while a group holds it, and an urgent call of theirs cannot
 end it: with 256 launchers on a 2-core login node, 5 ms groups (20 before) cut the p99 acquire latency from
 ~260 to ~110 ms at the same throughput (bench/bench_http.py)."""
-CHECKPOINT_S = 0.05
+CHECKPOINT_S = 0.5
 """The checkpoint thread runs at most this often, and only after a group committed (an idle site wakes nothing)."""
 SAFETY_CHECKPOINT_PAGES = 10_000
 """The writer's own ``wal_autocheckpoint`` (SQLite's default is 1,000 pages): only if the checkpoint thread falls behind."""
