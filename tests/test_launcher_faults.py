@@ -553,14 +553,11 @@ def test_a_write_on_a_full_disk_is_one_line_that_says_so_and_works_once_space_is
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known defect, in the launcher's hot loop (left to its owner): mpi mode's cycle starts its "
-                          "backlog as soon as its poll returns after a SIGCONT, before the heartbeat finds the lease gone")
 def test_a_launcher_stopped_past_its_lease_starts_none_of_the_jobs_it_held_when_it_resumes(site: Any) -> None:
     """A launcher is stopped (SIGSTOP, Ctrl-Z) with jobs acquired and waiting to start; its lease expires and another
-    launcher runs those jobs. When it resumes it must not start them again (it does, with no RUNNING recorded for
-    the copy, which it kills once its RUNNING is refused: an unrecorded second start of a finished job). The fix:
-    after a poll that returned long past its timeout (the process did not run), confirm the lease before
-    start_backlog, and drop the backlog if it is gone."""
+    launcher runs those jobs. When it resumes it must not start them again (it did, with no RUNNING recorded for
+    the copy, which it killed once its RUNNING was refused: an unrecorded second start of a finished job): jobs
+    start only under a lease the site confirmed recently, and a lease found gone drops them."""
     from balsam.api import ApplicationDefinition
 
     class Counted(ApplicationDefinition):
