@@ -54,7 +54,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tuple[ui.UiServer, Clock
     """`balsam ui` (BALSAM_UI_TOKEN set) serving on an ephemeral port, its tokens reading a clock the test moves."""
     clock = Clock(1_800_000_000.0)
     monkeypatch.setattr(ui.UiTokens, "clock", staticmethod(clock))
-    server = ui.start_ui(lambda: [], token=REUSABLE)
+    server = ui.start_ui(lambda: [], token=REUSABLE, home=Path(os.environ["BALSAM_HOME"]))
     try:
         yield server, clock
     finally:
@@ -105,7 +105,7 @@ def test_a_restarted_ui_keeps_the_absolute_cap(served: Tuple[ui.UiServer, Clock]
     """A restart (same BALSAM_UI_TOKEN) takes open dashboards back, but not past SESSION_MAX_S after their login."""
     server, clock = served
     session = _login(server, REUSABLE)
-    again = ui.start_ui(lambda: [], token=REUSABLE)
+    again = ui.start_ui(lambda: [], token=REUSABLE, home=Path(os.environ["BALSAM_HOME"]))
     try:
         assert _whoami(again, session)[0] == 200
         clock.now += ui.SESSION_MAX_S + 1
@@ -297,7 +297,7 @@ def test_a_logout_that_cannot_be_recorded_says_so(served: Tuple[ui.UiServer, Clo
     server, _ = served
     session = _login(server, REUSABLE)
     (balsam_home / "ui").mkdir(parents=True, exist_ok=True)
-    (balsam_home / "ui" / f"{ui.ended_sessions_path(ui.UiTokens.session_key(REUSABLE)).name}.lock").mkdir()  # unwritable
+    (balsam_home / "ui" / f"{ui.ended_sessions_path(balsam_home, ui.UiTokens.session_key(REUSABLE)).name}.lock").mkdir()  # unwritable
     status, out = _call("DELETE", f"{server.url}v1/token", token=session)
     assert status == 503 and "could not be recorded" in out["error"]["message"]
     _unauthorized_like_a_wrong_token(server, session)  # it holds for this run all the same

@@ -245,7 +245,7 @@ def _ui(tmp_path: Path) -> Served:
     from balsam.http.ui import start_ui
 
     token = "a-reusable-token-for-the-doors-0123456789"
-    server = start_ui(lambda: [], token=token)
+    server = start_ui(lambda: [], token=token, home=Path(os.environ["BALSAM_HOME"]))
     return Served(server.port, server.stop, lambda method, target: {"Authorization": f"Bearer {token}"})
 
 

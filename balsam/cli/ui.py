@@ -33,6 +33,7 @@ def ui(site: Optional[str], port: int, bind: str) -> None:
     from balsam.cli._common import one_site
     from balsam.http.host import HostSite
     from balsam.http.ui import start_ui
+    from balsam.site import balsam_home
 
     if site:
         ref = one_site([site], "balsam ui")
@@ -47,7 +48,7 @@ def ui(site: Optional[str], port: int, bind: str) -> None:
         def discover() -> List[HostSite]:
             return [HostSite(r.id, r.name, r.path, r.backend) for r in _sites.local_sites()]
 
-    server = start_ui(discover, port=port, bind=bind, token=os.environ.get("BALSAM_UI_TOKEN") or None)
+    server = start_ui(discover, port=port, bind=bind, token=os.environ.get("BALSAM_UI_TOKEN") or None, home=balsam_home())
     stop = threading.Event()
 
     def _stop(*_: Any) -> None:

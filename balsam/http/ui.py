@@ -71,12 +71,11 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def ended_sessions_path(key: bytes) -> Path:
-    """The file of the logged-out sessions signed with session key ``key`` (named by a digest of it)."""
-    from balsam.site import balsam_home
-
+def ended_sessions_path(home: Path, key: bytes) -> Path:
+    """The file (under BALSAM_HOME ``home``) of the logged-out sessions signed with session key ``key`` (named by a
+    digest of it)."""
     name = hmac.new(key, b"balsam-ui-ended-sessions", hashlib.sha256).hexdigest()[:24]
-    return balsam_home() / "ui" / f"ended-sessions-{name}.json"
+    return Path(home) / "ui" / f"ended-sessions-{name}.json"
 
 
 @dataclass(frozen=True)
@@ -117,9 +116,9 @@ class UiTokens:
         return hashlib.sha256(b"balsam-ui-session\n" + reusable.encode()).digest()
 
     @classmethod
-    def ended_for(cls, reusable: str) -> EndedSessions:
-        """The logged-out sessions of BALSAM_UI_TOKEN ``reusable``, in its file under ``$BALSAM_HOME/ui/`` (not read yet)."""
-        return EndedSessions(ended_sessions_path(cls.session_key(reusable)), SESSION_MAX_S, lambda: cls.clock())
+    def ended_for(cls, home: Path, reusable: str) -> EndedSessions:
+        """The logged-out sessions of BALSAM_UI_TOKEN ``reusable``, in its file under ``<home>/ui/`` (not read yet)."""
+        return EndedSessions(ended_sessions_path(home, cls.session_key(reusable)), SESSION_MAX_S, lambda: cls.clock())
 
     def _mac(self, nonce: str) -> str:
         return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()
@@ -331,13 +330,14 @@ class UiServer:
 
 
 def start_ui(discover: Callable[[], Sequence[HostSite]], *, port: int = 0, bind: str = "127.0.0.1", token: Optional[str] = None,
-             refresh_s: float = 2.0) -> UiServer:
+             refresh_s: float = 2.0, home: Optional[Path] = None) -> UiServer:
     """Serve the dashboard and API of the sites ``discover`` lists (asked again every ``refresh_s`` seconds, so sites
     created later appear) on ``bind:port`` (0: any free port); returns the running server.
 
     The printed link's token is new and good for one login. ``token`` (BALSAM_UI_TOKEN): a reusable token
     accepted as well; giving the same one and the same port to a restarted ``balsam ui`` lets open dashboards
-    reconnect without logging in again.
+    reconnect without logging in again. ``home`` (BALSAM_HOME): where the sessions logged out under ``token`` are
+    kept for the next run (without it, in memory only).
     """
     from balsam.exceptions import ConfigError
     from balsam.http.auth import Authenticator
@@ -350,8 +350,8 @@ def start_ui(discover: Callable[[], Sequence[HostSite]], *, port: int = 0, bind:
         raise ConfigError(f"the dashboard token must be at least {MIN_TOKEN_CHARS} printable characters without spaces")
     principal = Principal(kind="ui", name=getpass.getuser())
     ended = None
-    if token is not None:  # logouts outlive this run (sessions signed under the same token would come back)
-        ended = UiTokens.ended_for(token)
+    if token is not None and home is not None:  # logouts outlive this run (sessions signed under the same token would come back)
+        ended = UiTokens.ended_for(home, token)
         ended.load()
     tokens = UiTokens(principal, token, ended)
     sites = HostSites(discover, refresh_s=refresh_s)
