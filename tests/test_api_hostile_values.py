@@ -166,24 +166,31 @@ def test_slices_past_any_row_are_empty_on_every_host(site: Any, hello: Any) -> N
         Job.objects.all()[2**63]
 
 
+def _raised_within_a_minute(call: Callable[[], Any]) -> BaseException:
+    """What ``call()`` raised, on a thread given a minute (a wait that never ends fails the test instead of hanging it)."""
+    outcome: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome.append(e)
+
+    waiter = threading.Thread(target=run, daemon=True)
+    waiter.start()
+    waiter.join(60)
+    assert not waiter.is_alive(), "still waiting after a minute"
+    assert outcome, "it returned instead of raising"
+    return outcome[0]
+
+
 @pytest.mark.parametrize("timeout", [NAN, "10", True])
 def test_waiting_with_a_timeout_that_is_not_a_number_is_refused_not_forever(site: Any, hello: Any, timeout: Any) -> None:
     """``result(timeout=nan)`` waited forever: no clock passes NaN."""
     job = _job(hello)
-    outcome: List[BaseException] = []
-
-    def wait() -> None:
-        try:
-            job.result(timeout=timeout)
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            outcome.append(e)
-
-    waiter = threading.Thread(target=wait, daemon=True)
-    waiter.start()
-    waiter.join(60)
-    assert not waiter.is_alive(), f"result(timeout={timeout!r}) is still waiting"
-    assert isinstance(outcome[0], ValidationError)
-    assert str(outcome[0]) == f"timeout: expected a number of seconds or None, got {timeout!r}"
+    raised = _raised_within_a_minute(lambda: job.result(timeout=timeout))
+    assert isinstance(raised, ValidationError)
+    assert str(raised) == f"timeout: expected a number of seconds or None, got {timeout!r}"
 
 
 def test_dag_instances_take_hostile_values_as_validation_errors(site: Any, hello: Any) -> None:
@@ -198,18 +205,7 @@ def test_dag_instances_take_hostile_values_as_validation_errors(site: Any, hello
     assert _refused(lambda: dag.instances().get("x")) == "id: expected an instance id, got 'x'"
     assert _refused(lambda: dag.instances().filter(id=-1)) == f"id: must be between 1 and {2**63 - 1}, got -1"
     (instance,) = dag.instantiate([{"run": "r", "who": "x"}])
-    outcome: List[BaseException] = []
-
-    def wait() -> None:
-        try:
-            instance.wait(timeout=NAN)
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            outcome.append(e)
-
-    waiter = threading.Thread(target=wait, daemon=True)
-    waiter.start()
-    waiter.join(60)
-    assert not waiter.is_alive() and isinstance(outcome[0], ValidationError)
+    assert isinstance(_raised_within_a_minute(lambda: instance.wait(timeout=NAN)), ValidationError)
     assert Job.objects.count() == 1
 
 
