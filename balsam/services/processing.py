@@ -21,6 +21,7 @@ Ctrl-C in the agent's terminal stops the agent, which stops them, rather than fa
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import logging
 import multiprocessing
 import os
@@ -166,11 +167,12 @@ class ProcessingService(Service):
         jobs = list(Job.objects.filter(id=[r["id"] for r in rows], site_id=self.site.id))
         failures: List[StateChange] = []
         done: List[Job] = []
-        pool = self._hook_pool()
-        futures = []
-        for job in jobs:
-            row = row_of(job) or {}
-            futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[S(job.state)][0]))
+        try:
+            futures = self._submit_hooks(jobs)
+        except BaseException:  # nothing runs them: handed back at once (else they stay locked to this lease for good)
+            with self.site.store.write() as conn:
+                unlock_jobs(conn, [int(r["id"]) for r in rows])
+            raise
         ended = self._wait_for_hooks(futures)
         if len(ended) < len(futures):
             self._kill_pool()  # the agent stops: unfinished hooks are handed back with the lease (see cleanup)
@@ -196,6 +198,26 @@ class ProcessingService(Service):
         if failures:
             with self.site.store.write() as conn:
                 apply_state_changes(conn, failures, strict=False)
+
+    def _submit_hooks(self, jobs: List[Job]) -> List["concurrent.futures.Future[Any]"]:
+        """Each job's hook, handed to the pool of hook workers. A pool broken while it idled (a worker killed from
+        outside, by the OOM killer or kill -9) is replaced, once: it would refuse every hook until the agent restarts."""
+        for attempt in (1, 2):
+            pool = self._hook_pool()
+            futures = []
+            try:
+                for job in jobs:
+                    row = row_of(job) or {}
+                    futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[S(job.state)][0]))
+                return futures
+            except concurrent.futures.process.BrokenProcessPool:
+                for future in futures:
+                    future.cancel()
+                logger.warning("processing: a hook worker died while idle: starting the hook workers again")
+                self._kill_pool()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _wait_for_hooks(self, futures: List["concurrent.futures.Future[Any]"]) -> Set["concurrent.futures.Future[Any]"]:
         """Wait for the hooks to end; the ones that did (all, unless the agent stopped and some ran on past
