@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -224,8 +224,6 @@ def test_a_stop_during_a_long_hook_takes_seconds_and_hands_the_job_back(site: An
     """``balsam site stop`` (SIGTERM) or a Ctrl-C in the terminal (SIGINT to the foreground group) while a preprocess
     hook runs: the agent is gone within seconds, the hook's worker with it, and the job is handed back unchanged
     (not FAILED, not locked); the next agent runs the hook again (an interrupted hook is re-run, as after a crash)."""
-    from balsam.pidfile import read_pid
-    from balsam.site.agent_state import pid_path
     from tests.launcher_support import pid_alive
 
     SlowPre.sync()
@@ -235,10 +233,7 @@ def test_a_stop_during_a_long_hook_takes_seconds_and_hands_the_job_back(site: An
     if proc is None:
         start_agent(site.path)
     try:
-        wait_for(lambda: _hook_runs(site, job), timeout=60)
-        (hook_pid,) = _hook_runs(site, job)
-        agent = read_pid(pid_path(site.layout))
-        assert agent is not None
+        hook_pid, agent = _hook_running(site, job)
         began = time.monotonic()
         if proc is None:
             assert stop_agent(site.path, timeout_s=120) == agent
@@ -262,6 +257,18 @@ def test_a_stop_during_a_long_hook_takes_seconds_and_hands_the_job_back(site: An
     assert len(_hook_runs(site, job)) == 2
 
 
+def _hook_running(site: Any, job: Any) -> Tuple[int, int]:
+    """(the pid of the hook worker running ``job``'s hook, the agent's pid), once the hook runs."""
+    from balsam.pidfile import read_pid
+    from balsam.site.agent_state import pid_path
+
+    wait_for(lambda: _hook_runs(site, job), timeout=60)
+    (hook_pid,) = _hook_runs(site, job)
+    agent = read_pid(pid_path(site.layout))
+    assert agent is not None
+    return hook_pid, agent
+
+
 def _children(pid: int) -> List[int]:
     """The processes whose parent is ``pid`` (Linux /proc)."""
     out = []
@@ -280,8 +287,6 @@ def test_a_killed_agents_hook_workers_end_with_it_and_the_next_agent_runs_the_ho
     """kill -9 of the agent while a hook runs: its hook workers end within seconds (they lived on, one set per crash,
     the cut-off hook still running while the next agent ran it again), and the next agent runs the hook once more
     (an interrupted hook is re-run, as the README says) and it completes."""
-    from balsam.pidfile import read_pid
-    from balsam.site.agent_state import pid_path
     from tests.launcher_support import pid_alive
 
     SlowPre.sync()
@@ -289,10 +294,7 @@ def test_a_killed_agents_hook_workers_end_with_it_and_the_next_agent_runs_the_ho
     job = SlowPre.submit(workdir="slow/0")
     start_agent(site.path)
     try:
-        wait_for(lambda: _hook_runs(site, job), timeout=60)
-        (hook_pid,) = _hook_runs(site, job)
-        agent = read_pid(pid_path(site.layout))
-        assert agent is not None
+        hook_pid, agent = _hook_running(site, job)
         workers = _children(agent)
         assert hook_pid in workers
         os.kill(agent, signal.SIGKILL)
