@@ -241,6 +241,7 @@ def test_a_tag_filter_that_is_not_utf8_is_refused_where_the_state_is_filtered_to
 
 
 def test_relay_user_commands_with_a_name_that_is_not_utf8_say_there_is_no_such_user(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy", reason="the relay needs its extra (balsam[relay])")
     db = f"sqlite:///{tmp_path / 'relay.db'}".encode()
     for args in ([b"token", b"ls", b"\xff"], [b"token", b"revoke", b"\xff", b"1"]):
         err = _one_error_line(_balsam([b"relay", *args, b"--db", db], tmp_path), 1)
