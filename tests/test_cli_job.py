@@ -211,7 +211,10 @@ def test_modify_goes_through_the_state_machine(many: Any) -> None:
 
 
 def test_modify_by_filter_asks_first(many: Any) -> None:
-    assert "not changing 2 jobs without confirmation" in fails("job", "modify", "--tag", "exp=b", "-s", "PREPROCESSED")
+    """Filters beyond Balsam 0.7's ids and tags ask first (tags alone do not: test_compat_07_cli)."""
+    assert "not changing 2 jobs without confirmation" in fails("job", "modify", "--tag", "exp=b", "--from-state", "STAGED_IN",
+                                                              "-s", "PREPROCESSED")
+    assert "not changing 5 jobs without confirmation" in fails("job", "modify", "-w", "run/", "-s", "PREPROCESSED")
     assert _state(4) == "STAGED_IN"
 
 

@@ -30,7 +30,7 @@ from balsam.db.backend import Backend, LocalBackend
 from balsam.exceptions import ForeignHostError, SiteNotFound, StoreError
 from balsam.site import Registry, SiteLayout, check_site_key, find_site_root, site_identity, this_host
 
-__all__ = ["SiteRef", "backend_reason", "current_site", "default_scope", "local_sites", "process_host", "reachable_sites", "ref_for_root",
+__all__ = ["SiteRef", "agent_job_count", "backend_reason", "current_site", "default_scope", "local_sites", "process_host", "reachable_sites", "ref_for_root",
            "reidentify", "reset",
            "resolve", "scope", "select", "served_foreign_sites", "this_host", "use_site"]
 
@@ -429,6 +429,15 @@ def served_foreign_sites() -> List[SiteRef]:
         if layout.is_site() and (layout.state / "api.json").is_file():
             out.append(ref_for_root(Path(entry.path)))
     return out
+
+
+def agent_job_count(root: Path, timeout_s: float = 3.0) -> int:
+    """How many jobs a site of another host holds, asked once of its agent over HTTP (``balsam site ls`` away from
+    the home host, where the agent answering is Balsam 0.7's "Active"). ServiceError when it does not answer
+    within ``timeout_s`` or has published no address."""
+    from balsam.http.client import HttpBackend, HttpClient
+
+    return HttpBackend(HttpClient(SiteLayout(root).state, retry_s=0.0, timeout_s=timeout_s)).count("job", {})
 
 
 def reachable_sites() -> List[SiteRef]:

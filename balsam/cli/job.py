@@ -145,10 +145,12 @@ def _typed_params(params: Dict[str, Any], kind: str) -> Dict[str, Any]:
 
 
 def _find_app(key: str) -> Tuple[int, str, str]:
-    """(id, name, kind) of an app of the current site, by name or id."""
+    """(id, name, kind) of an app of the current site, by name, id, or Balsam 0.7's class path ``module.ClassName``
+    (``balsam job create -a demo.Hello``: an app is named by its class)."""
     from balsam.api import App
 
-    found = (App.objects.filter(id=int(key)) if key.isdigit() else App.objects.filter(name=key)).first()
+    name = key.rsplit(".", 1)[1] if "." in key and not key.isdigit() else key
+    found = (App.objects.filter(id=int(key)) if key.isdigit() else App.objects.filter(name=name)).first()
     if found is None:
         known = ", ".join(a.name for a in App.objects.order_by("name")) or "none"
         raise CLIError(f"no app {key!r} here (apps: {known}); define it and run 'balsam app sync FILE'", 1)
@@ -546,7 +548,8 @@ def _change_state(filters: Dict[str, Any], by_id: bool, all_jobs: bool, sites: S
     """Move the selected jobs to ``state`` (strictly: one refused transition and nothing changes); returns how many
     (None when the relay queued every change for offline sites, which is said).
 
-    A selection by filters that matches several jobs is confirmed first (explicit ids are not)."""
+    A selection by filters that matches several jobs is confirmed first, unless ``by_id`` (explicit ids, or for
+    ``modify`` Balsam 0.7's selectors: ids or tags alone)."""
     _require_selection(filters, all_jobs, what)
     _, query = _query(sites, filters)
     n = query.count()
@@ -575,7 +578,9 @@ def job_modify(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, s
     """Change the state of jobs (by ID, -i, or filters), as in Balsam: -s is the new state.
 
     Each change goes through the state machine: a transition it refuses is an error and no job changes.
-    Filtering by many jobs asks first unless -y.
+    As in Balsam 0.7, jobs chosen by id or by tags change without a prompt (each change is in the job's
+    history, and 'balsam job reset' undoes it); other filters and --all ask first when they match several
+    jobs, unless -y.
 
     \b
     Examples:
@@ -585,7 +590,8 @@ def job_modify(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, s
     if new_state is None:
         raise click.UsageError("give the new state with -s/--state")
     filters = job_filters([*ids, *job_ids], tags, workflow, states, exclude_states, workdir, app)
-    n = _change_state(filters, bool(ids or job_ids), all_jobs, sites, JobState(new_state), "set by the user (balsam job modify)", "modify", yes)
+    as_07 = bool(ids or job_ids) or bool(tags) and not (workflow or states or exclude_states or workdir or app or all_jobs)
+    n = _change_state(filters, as_07, all_jobs, sites, JobState(new_state), "set by the user (balsam job modify)", "modify", yes)
     if n is not None:
         click.echo(f"Set {plural(n, 'job')} to {new_state}")
 

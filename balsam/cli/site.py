@@ -132,6 +132,8 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
         row: Dict[str, Any] = {"id": e.id, "name": e.name, "path": e.path, "host": e.host}
         if e.host and e.host != here:
             row["status"] = f"on {e.host}: not reachable from here"
+            if layout.is_site():  # its directory is seen from here: its agent, if it runs, answers over HTTP
+                _foreign_row(row, layout.root, e.host)
         elif not layout.is_site():
             row["status"] = "missing: no site at this path"
         else:
@@ -156,6 +158,20 @@ def _site_rows(verbose: bool) -> List[Dict[str, Any]]:
                 row["status"] = f"error: {exc} (run 'balsam db check --site {e.name}')"
         out.append(row)
     return out
+
+
+def _foreign_row(row: Dict[str, Any], root: Path, host: str) -> None:
+    """Fill ``row`` for a site of another host whose directory this host sees, from its agent if it answers."""
+    from balsam._api.sites import agent_job_count
+    from balsam.exceptions import BalsamError
+
+    try:
+        row["jobs"] = agent_job_count(root)
+    except BalsamError:
+        row["status"] = f"on {host}: its agent does not answer from here"
+        return
+    row["active"] = True
+    row["status"] = f"agent running on {host}"
 
 
 def _relay_rows() -> List[Dict[str, Any]]:
@@ -194,7 +210,8 @@ def _time(ts: Optional[float]) -> str:
 def site_ls(verbose: bool, as_json: bool) -> None:
     """List the sites registered for this user.
 
-    A site whose home is another host is listed with its host and marked as not reachable from here.
+    A site whose home is another host is listed with its host; where its directory is seen from here, its agent is
+    asked for the job count (Active: it answered), else it is marked as not reachable from here.
 
     \b
     Examples:

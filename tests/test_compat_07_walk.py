@@ -1,0 +1,75 @@
+"""A fresh user's walk through Balsam 0.7's documented CLI, on the site's home host and from another host (each test
+runs twice: ``BACKENDS``), one test per documented example that differed.
+
+What differed and is now fixed:
+- ``balsam job create -w test/1 -a demo.Hello -p name="world!"`` (0.7's own ``job create --help`` example names the
+  app by its class path ``module.ClassName``) said there is no app 'demo.Hello'; the Python API already took it.
+- ``balsam job modify -t experiment=foo -s RESTART_READY`` (0.7 selects by ``-i`` or ``-t`` and changes without a
+  prompt) refused to change several jobs without ``-y`` when run from a script.
+- ``balsam site ls`` on another host that sees the site's directory (a second login node) listed a site whose agent
+  runs and answers as "not reachable from here", with no Active mark or job count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List
+
+from balsam.api import Job
+from tests.cli_helpers import fails, ok
+
+BACKENDS = ("local", "http")
+
+
+def _states(jobs: List[Any]) -> List[str]:
+    return [str(Job.objects.get(id=j.id).state) for j in jobs]
+
+
+def test_job_create_names_the_app_by_its_class_path_as_0_7_help_shows(site: Any, hello: Any) -> None:
+    out = ok("job", "create", "-w", "test/1", "-a", "demo.Hello", "-p", "say_hello_to=world!", "--site", "test-site").stdout
+    assert "Created job" in out and "Hello in test/1" in out
+    job = Job.objects.get(workdir="test/1")
+    assert job.get_parameters() == {"say_hello_to": "world!"} and job.app_id == hello.__app_id__
+    # An unknown class path is the usual one-line error naming what there is.
+    assert "no app 'demo.Nope' here (apps: Hello)" in fails("job", "create", "-w", "test/2", "-a", "demo.Nope", "--site", "test-site")
+
+
+def test_job_modify_by_ids_or_tags_changes_without_a_prompt_as_in_0_7(site: Any, hello: Any) -> None:
+    """Jobs chosen as 0.7 chooses them (``-i``, ``-t``) change at once, as 0.7's ``job modify`` did; each change still
+    goes through the state machine. A wider filter of ours (``-w``, ``--from-state``, ``--all``) still asks first."""
+    foo = [hello.submit(f"foo/{i}", say_hello_to="x", tags={"experiment": "foo"}) for i in range(3)]
+    bar = hello.submit("bar/0", say_hello_to="x", tags={"experiment": "bar"})
+    out = ok("job", "modify", "-t", "experiment=foo", "-s", "RESTART_READY", "--site", "test-site").stdout
+    assert out.strip() == "Set 3 jobs to RESTART_READY"
+    assert _states(foo) == ["RESTART_READY"] * 3 and _states([bar]) == ["STAGED_IN"]
+    ok("job", "modify", "-i", foo[0].id, "-i", foo[1].id, "-s", "FAILED", "--site", "test-site")
+    assert _states(foo) == ["FAILED", "FAILED", "RESTART_READY"]
+    assert "not changing 4 jobs without confirmation" in fails("job", "modify", "--all", "-s", "RESTART_READY", "--site", "test-site")
+    assert "not changing 3 jobs without confirmation" in fails("job", "modify", "-w", "foo/", "-s", "RESTART_READY", "--site", "test-site")
+    # A refused transition changes nothing, also when chosen by tags.
+    assert "cannot move from" in fails("job", "modify", "-t", "experiment=foo", "-s", "RUN_DONE", "--site", "test-site", code=2)
+    assert _states(foo) == ["FAILED", "FAILED", "RESTART_READY"]
+
+
+def test_site_ls_shows_a_running_agent_from_another_host(site: Any, hello: Any, backend: str, tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    """The site guide: "The Active column indicates whether Sites have recently communicated ... and are most likely
+    up and running". From another host that sees the site's directory, the agent is asked over HTTP; a site of
+    another host whose agent does not run says so."""
+    hello.submit("a/1", say_hello_to="x")
+    hello.submit("a/2", say_hello_to="x")
+    rows = [line.split() for line in ok("site", "ls").stdout.splitlines()]
+    assert rows[0] == ["ID", "Name", "Host", "Active", "Jobs", "Status", "Path"]
+    (row,) = [r for r in rows if r[1] == "test-site"]
+    if backend == "local":  # the fixture runs no agent on the home host
+        assert row[3:6] == ["no", "2", "ok"]
+        return
+    assert row[3:5] == ["yes", "2"] and " ".join(row[5:-1]) == f"agent running on {site.host}"
+    # A second site made on a third host, whose agent is not running: seen, but its agent does not answer.
+    from balsam.site import init_site
+
+    monkeypatch.setenv("BALSAM_HOSTNAME", "login-3")
+    init_site(tmp_path / "idle-site", name="idle-site")
+    monkeypatch.setenv("BALSAM_HOSTNAME", "login-2")
+    (idle,) = [r.split() for r in ok("site", "ls").stdout.splitlines() if " idle-site " in r]
+    assert idle[3] == "no" and "on login-3: its agent does not answer from here" in " ".join(idle)
