@@ -86,6 +86,21 @@ def test_elastic_service_acts_on_the_site(site: Any, hello: Any) -> None:
     assert BatchJob.objects.get(id=made.id).state == "pending_deletion"
 
 
+def test_one_job_too_big_for_the_queue_does_not_stop_it_serving_the_others(site: Any, hello: Any) -> None:
+    """Balsam 0.7's elastic queue sizes each BatchJob within max_num_nodes; here a 16-node job in the backlog of a
+    1-node queue kept every other job waiting (no BatchJob was ever submitted)."""
+    _site_with_queue(site.store)
+    big = hello.submit(workdir="big", say_hello_to="x", num_nodes=16)
+    hello.submit(workdir="small", say_hello_to="x", node_packing_count=2)
+    service = ElasticQueueService(site, [ElasticQueueSettings(queue="debug", project="p", min_num_nodes=1, max_num_nodes=1)])
+    service.run_cycle()
+    (made,) = BatchJob.objects.all()
+    assert made.num_nodes == 1 and made.state == "pending_submission"
+    Job.objects.filter(workdir="small").delete()
+    service.run_cycle()  # only the big job is left: nothing this queue could run, so its waiting BatchJob goes
+    assert BatchJob.objects.get(id=made.id).state == "pending_deletion" and Job.objects.get(id=big.id).state == "STAGED_IN"
+
+
 def test_queue_maintainer_keeps_n_waiting(site: Any) -> None:
     _site_with_queue(site.store)
     svc = QueueMaintainerService(site, QueueMaintainerSettings(queue="debug", project="p", num_queued_jobs=3, num_nodes=2))

@@ -310,12 +310,17 @@ def running_footprint(conn: sqlite3.Connection, batch_job_id: int) -> float:
     return float(row[0])
 
 
-def waiting_demand(conn: sqlite3.Connection, states: Sequence[str], filter_tags: Mapping[str, str]) -> Tuple[float, int, int]:
-    """What unlocked jobs in ``states`` with ``filter_tags`` ask for: (summed node footprint, largest num_nodes,
-    longest wall_time_min); the elastic queue sizes BatchJobs from it."""
+def waiting_demand(conn: sqlite3.Connection, states: Sequence[str], filter_tags: Mapping[str, str],
+                   max_num_nodes: Optional[int] = None) -> Tuple[float, int, int]:
+    """What unlocked jobs in ``states`` with ``filter_tags`` (and at most ``max_num_nodes`` nodes: larger ones no
+    BatchJob of the caller's could run) ask for: (summed node footprint, largest num_nodes, longest wall_time_min);
+    the elastic queue sizes BatchJobs from it."""
     sql = ("SELECT coalesce(sum(CAST(num_nodes AS REAL) / node_packing_count), 0), coalesce(max(num_nodes), 0), "
            "coalesce(max(wall_time_min), 0) FROM job WHERE state IN (SELECT value FROM json_each(?)) AND session_id IS NULL")
     params: List[Any] = [dumps(list(states))]
+    if max_num_nodes is not None:
+        sql += " AND num_nodes <= ?"
+        params.append(int(max_num_nodes))
     for k, v in fields_db.check_tags(dict(filter_tags), name="filter_tags").items():
         sql += " AND id IN (SELECT job_id FROM job_tag WHERE key=? AND value=?)"
         params.extend((k, v))

@@ -3,7 +3,8 @@
 Per configured queue (``elastic_queue`` in settings.yml is a list), each cycle:
 
 - **demand** is the node footprint (``num_nodes / node_packing_count``) of the unlocked jobs that can run or
-  soon can (STAGED_IN, PREPROCESSED, RESTART_READY) and match the queue's ``filter_tags``;
+  soon can (STAGED_IN, PREPROCESSED, RESTART_READY), match the queue's ``filter_tags`` and fit in
+  ``max_num_nodes``;
 - **supply** is the idle nodes of this queue's running BatchJobs (their nodes minus the footprint of their
   RUNNING jobs) plus the nodes of its BatchJobs still waiting to start;
 - if demand exceeds supply and fewer than ``max_queued_jobs`` wait, one BatchJob is submitted: as many nodes
@@ -134,7 +135,11 @@ class ElasticQueueService(Service):
         return f"elastic:{cfg.queue}:{dumps(cfg.filter_tags)}"
 
     def demand(self, cfg: ElasticQueueSettings) -> Backlog:
-        footprint, max_nodes, max_wall = batch_db.waiting_demand(self.site.store.conn, DEMAND_STATES, cfg.filter_tags)
+        # A job needing more nodes than max_num_nodes can run in none of this queue's BatchJobs: it is not demand
+        # (it waits for a BatchJob made by hand; `balsam job show` says so), and it must not stop the queue serving
+        # the jobs that fit (it did: one such job kept every other job of the site waiting).
+        footprint, max_nodes, max_wall = batch_db.waiting_demand(self.site.store.conn, DEMAND_STATES, cfg.filter_tags,
+                                                                 max_num_nodes=cfg.max_num_nodes)
         return Backlog(footprint=footprint, max_job_nodes=max_nodes, max_job_wall_time_min=max_wall)
 
     def managed(self, cfg: ElasticQueueSettings) -> List[ManagedBatchJob]:
