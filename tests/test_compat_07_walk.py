@@ -8,14 +8,22 @@ What differed and is now fixed:
   prompt) refused to change several jobs without ``-y`` when run from a script.
 - ``balsam site ls`` on another host that sees the site's directory (a second login node) listed a site whose agent
   runs and answers as "not reachable from here", with no Active mark or job count.
+- The API guide: "the new Balsam Python API was written to preserve a subset of the structure and syntax" of the
+  Django ORM of Balsam 0.x. Its lookups ``state__in=[...]``, ``tags__experiment="foo"``, ``last_update__gte=t``,
+  ``id__in`` were unknown filters; they are Balsam's own filters now, and ``__gte``/``__lte`` include the time given
+  (to the microsecond the API shows), so ``last_update__gte=job.last_update`` finds ``job``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any, List
 
-from balsam.api import Job
+import pytest
+
+from balsam.api import BatchJob, EventLog, Job, Site
+from balsam.exceptions import ValidationError
 from tests.cli_helpers import fails, ok
 
 BACKENDS = ("local", "http")
@@ -73,3 +81,35 @@ def test_site_ls_shows_a_running_agent_from_another_host(site: Any, hello: Any, 
     monkeypatch.setenv("BALSAM_HOSTNAME", "login-2")
     (idle,) = [r.split() for r in ok("site", "ls").stdout.splitlines() if " idle-site " in r]
     assert idle[3] == "no" and "on login-3: its agent does not answer from here" in " ".join(idle)
+
+
+def test_the_django_lookups_of_balsam_0x_are_balsams_own_filters(site: Any, hello: Any) -> None:
+    foo = [hello.submit(f"foo/{i}", say_hello_to="x", tags={"experiment": "foo", "run": str(i)}) for i in range(3)]
+    bar = hello.submit("bar/0", say_hello_to="x", tags={"experiment": "bar"})
+    Job.objects.filter(id=foo[0].id).update(state="PREPROCESSED")
+
+    def ids(query: Any) -> List[int]:
+        return sorted(int(j.id) for j in query)
+
+    assert ids(Job.objects.filter(state__in=["PREPROCESSED"])) == [foo[0].id]
+    assert ids(Job.objects.filter(tags__experiment="foo")) == ids(Job.objects.filter(tags={"experiment": "foo"})) == sorted(j.id for j in foo)
+    assert ids(Job.objects.filter(tags__experiment="foo", tags__run="2")) == [foo[2].id]
+    assert ids(Job.objects.filter(tags={"experiment": "foo"}).filter(tags__run="1")) == [foo[1].id]
+    assert ids(Job.objects.filter(id__in=[foo[1].id, bar.id])) == sorted([foo[1].id, bar.id])
+    assert Job.objects.filter(workdir__exact="bar/0").count() == 1
+
+    first = Job.objects.get(id=foo[0].id)  # updated last: its last_update is the latest
+    assert ids(Job.objects.filter(last_update__gte=first.last_update)) == [first.id]  # the shown time includes itself
+    assert Job.objects.filter(last_update__gt=first.last_update).count() == 0
+    assert first.id in ids(Job.objects.filter(last_update__lte=first.last_update))
+    assert first.id not in ids(Job.objects.filter(last_update__lt=first.last_update))
+    hour_ago = dt.datetime.utcnow() - dt.timedelta(hours=1)  # the API guide's naive UTC time
+    assert Job.objects.filter(last_update__gte=hour_ago).count() == 4
+
+    events = EventLog.objects.filter(timestamp__gte=hour_ago, to_state__in=["PREPROCESSED"], job_id__in=[first.id])
+    assert [(e.from_state, e.to_state) for e in events] == [("STAGED_IN", "PREPROCESSED")]
+    BatchJob.objects.create(num_nodes=1, wall_time_min=5, job_mode="mpi", queue="local", project="local", site_id=site.id)
+    assert BatchJob.objects.filter(state__in=["pending_submission"]).count() == 1
+    assert Site.objects.filter(name__in=["test-site"]).count() == 1
+    with pytest.raises(ValidationError, match="unknown filter 'state__bogus' for Job"):
+        Job.objects.filter(state__bogus="x")

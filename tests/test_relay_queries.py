@@ -205,3 +205,21 @@ def test_the_dashboards_sort_and_workdir_filter_use_their_indexes(relay: Any) ->
             sql = sa.select(w.c.id).where(w.c.workdir.contains("w/29", autoescape=True)).compile(c, compile_kwargs={"literal_binds": True})
             plan = " ".join(str(r[0]) for r in c.exec_driver_sql(f"EXPLAIN {sql}"))
         assert "relay_job_workdir_trgm" in plan, plan
+
+
+def test_the_django_time_lookups_mean_the_same_through_the_relay(relay: Any) -> None:
+    """``last_update__gte=t`` and its kin (Balsam 0.x's Django spelling, which the API accepts: test_compat_07_walk)
+    reach the relay's own SQL with the site's meaning: inclusive to the microsecond, strict past it."""
+    from balsam.relay.backend import RelayBackend
+
+    relay.add_user("alice", "correct horse")
+    _, alice = relay.login("alice", "correct horse")
+    rows = items(3, 4, "READY", {"exp": "a"})
+    for it in rows:
+        if it["entity"] == "job":
+            it["row"]["last_update"] = 1000.0 + (it["id"] & 0xFF) + 0.0000004  # shown rounded to the microsecond
+    relay.ingest(relay.verify(relay.link_site(alice, 3, "site3")), "push-3-django", 1, rows)
+    backend = RelayBackend(relay, alice)
+    counts = {k: backend.count("job", {k: 1002.0}) for k in ("last_update__gte", "last_update__gt", "last_update__lte", "last_update__lt")}
+    assert counts == {"last_update__gte": 3, "last_update__gt": 2, "last_update__lte": 2, "last_update__lt": 1}
+    assert backend.count("job", {"last_update_after": 1002.0}) == 3  # 0.7's strict comparison, unchanged

@@ -429,11 +429,12 @@ class Query(Generic[M]):
 
     # ---------------------------------------------------------------- building
     def filter(self, **kwargs: Any) -> "Query[M]":
-        """Narrow the query (keywords as in Balsam 0.7; an unknown one is an error)."""
+        """Narrow the query (keywords as in Balsam 0.7, or as the Django ORM of Balsam 0.x spells them:
+        ``state__in``, ``tags__experiment``, ``last_update__gte``...; an unknown one is an error)."""
         if self._sliced:
             raise ValidationError("cannot filter a query after slicing it")
         filters = dict(self._filters)
-        for key, value in kwargs.items():
+        for key, value in q.django_lookups(self._model._spec, kwargs).items():
             if key in filters and key in ("tags", "data", "filter_tags"):
                 merged = dict(q.tag_pairs(filters[key]))
                 merged.update(q.tag_pairs(value))

@@ -68,12 +68,12 @@ def _write_changes(obj: Model, table: str) -> None:
 SITE_SPEC = q.TableSpec(
     table="site",
     label="Site",
-    filters={
+    filters=q.with_comparisons({
         "id": q.ids_in("id"),
         "name": q.text_in("name"),
         "path": q.contains("path"),
         "last_refresh_after": q.after("last_refresh", "last_refresh_after"),
-    },
+    }),
     order_fields={"id": "id", "name": "name"},
     scope_keys=(),
 )

@@ -189,6 +189,58 @@ def after(col: str, name: str = "") -> FilterFn:
     return lambda value: (f"{col} > ?", [to_timestamp(value, name or col)])
 
 
+TIME_RESOLUTION_S = 1e-6
+"""Times are stored as float seconds and shown (datetimes) to the microsecond, rounded: a comparison with a shown
+time treats the whole microsecond around it as that time, so ``last_update__gte=job.last_update`` finds ``job``."""
+
+
+def compare(col: str, op: str, name: str) -> FilterFn:
+    """``col OP time`` (the Django-style ``col__gte`` and its kin: :func:`with_comparisons`), to the microsecond."""
+    slack = TIME_RESOLUTION_S if op in (">", "<=") else -TIME_RESOLUTION_S
+    return lambda value: (f"{col} {op} ?", [to_timestamp(value, name) + slack])
+
+
+def with_comparisons(filters: Dict[str, FilterFn]) -> Dict[str, FilterFn]:
+    """``filters`` plus, for each ``X_after``/``X_before``, the Django ORM's ``X__gt``/``X__gte`` and ``X__lt``/``X__lte``
+    (Balsam 0.x's queries, which 0.7's API was written to resemble), with their exact (strict or inclusive) meaning."""
+    out = dict(filters)
+    for key in filters:
+        for suffix, ops in (("_after", (("gt", ">"), ("gte", ">="))), ("_before", (("lt", "<"), ("lte", "<=")))):
+            if key.endswith(suffix):
+                col = key[: -len(suffix)]
+                for lookup, op in ops:
+                    out[f"{col}__{lookup}"] = compare(col, op, f"{col}__{lookup}")
+    return out
+
+
+DICT_FILTERS = ("tags", "data", "filter_tags")
+"""Filters whose value is a mapping: ``tags__experiment="foo"`` is one pair of it (:func:`django_lookups`)."""
+
+
+def django_lookups(spec: "TableSpec", filters: Dict[str, Any]) -> Dict[str, Any]:
+    """Filters written as the Django ORM spells them, in Balsam's own keywords: ``state__in=[...]`` (and any
+    ``X__in``/``X__exact`` of a known filter X) is ``X``; ``tags__experiment="foo"`` is one pair of ``tags`` (also
+    ``data__k``, ``filter_tags__k``). Other keys pass unchanged (an unknown one is then refused naming it)."""
+    out: Dict[str, Any] = {}
+    for key, value in filters.items():
+        if key not in spec.filters and key not in spec.scope_keys:
+            head, sep, rest = key.partition("__")
+            if sep and rest and head in DICT_FILTERS and head in spec.filters:
+                pairs = dict(tag_pairs(out[head], head)) if head in out else {}
+                pairs.update(tag_pairs({rest: value}, head))
+                out[head] = pairs
+                continue
+            base, sep, lookup = key.rpartition("__")
+            if sep and lookup in ("in", "exact") and (base in spec.filters or base in spec.scope_keys):
+                key = base
+        if key in DICT_FILTERS and key in out:
+            merged = dict(tag_pairs(out[key], key))
+            merged.update(tag_pairs(value, key))
+            value = merged
+        out[key] = value
+    return out
+
+
 def contains(col: str, name: str = "") -> FilterFn:
     return lambda value: (f"instr({col}, ?) > 0", [as_text(name or col, value)])
 
@@ -353,7 +405,7 @@ class TableSpec:
 JOB = TableSpec(
     table="job",
     label="Job",
-    filters={
+    filters=with_comparisons({
         "id": ids_in("id"),
         "parent_id": lambda v: ("id IN (SELECT child_id FROM job_parent WHERE parent_id IN (SELECT value FROM json_each(?)))",
                                 [dumps(_int_list("parent_id", v))]),
@@ -373,7 +425,7 @@ JOB = TableSpec(
         "parameters": json_equals("parameters"),
         "pending_file_cleanup": boolean("pending_file_cleanup", only_true=True),
         "return_code": int_or_null("return_code"),
-    },
+    }),
     order_fields={"id": "id", "last_update": "last_update", "state": "state", "workdir": "workdir", "created": "created",
                   "wall_time_min": "wall_time_min", "num_nodes": "num_nodes"},
 )
@@ -381,7 +433,7 @@ JOB = TableSpec(
 EVENT = TableSpec(
     table="event",
     label="EventLog",
-    filters={
+    filters=with_comparisons({
         "id": ids_in("id"),
         "job_id": ids_in("job_id"),
         "batch_job_id": subquery("job_id", "SELECT id FROM job WHERE batch_job_id = ?", lambda v: [as_int("batch_job_id", v)]),
@@ -394,7 +446,7 @@ EVENT = TableSpec(
         "timestamp_after": after("timestamp", "timestamp_after"),
         "from_state": job_states("from_state"),
         "to_state": job_states("to_state"),
-    },
+    }),
     order_fields={"id": "id", "timestamp": "timestamp"},
     default_order=("-timestamp",),
 )
@@ -402,7 +454,7 @@ EVENT = TableSpec(
 BATCH_JOB = TableSpec(
     table="batch_job",
     label="BatchJob",
-    filters={
+    filters=with_comparisons({
         "id": ids_in("id"),
         "state": text_in("state", lambda v: to_batch_state(v).value),
         "scheduler_id": ids_in("scheduler_id"),
@@ -414,7 +466,7 @@ BATCH_JOB = TableSpec(
         "end_time_before": before("end_time", "end_time_before"),
         "end_time_after": after("end_time", "end_time_after"),
         "filter_tags": json_contains("filter_tags"),
-    },
+    }),
     order_fields={"id": "id", "start_time": "start_time", "end_time": "end_time", "created": "created", "state": "state"},
 )
 

@@ -149,6 +149,18 @@ FILTER_KINDS: Dict[str, Dict[str, str]] = {
 }
 """Filter keyword -> kind, per table (the same keywords as balsam.db.query's TableSpecs)."""
 
+
+def _add_comparisons(kinds: Dict[str, str]) -> None:
+    """The Django ORM's ``X__gt``/``X__gte``/``X__lt``/``X__lte`` of each ``X_after``/``X_before`` (as
+    balsam.db.query.with_comparisons adds them to the TableSpecs)."""
+    for name in [n for n, kind in kinds.items() if kind == "time"]:
+        col, _, side = name.rpartition("_")
+        kinds.update({f"{col}__{op}": "time" for op in {"after": ("gt", "gte"), "before": ("lt", "lte")}[side]})
+
+
+for _kinds in FILTER_KINDS.values():
+    _add_comparisons(_kinds)
+
 ORDER_FIELDS: Dict[str, Tuple[str, ...]] = {
     "job": ("id", "last_update", "state", "workdir", "created", "wall_time_min", "num_nodes"),
     "event": ("id", "timestamp"),

@@ -384,6 +384,22 @@ DAG_INSTANCE_FILTERS: Dict[str, FilterFn] = {
     "id": lambda tb, v: tb.c.id.in_(_ints("id", v)),
     "dag_id": lambda tb, v: tb.c.dag_id.in_(_ints("dag_id", v)),
 }
+
+
+def _time_comparison(col: str, lookup: str) -> FilterFn:
+    """``col__gt/gte/lt/lte`` (the Django ORM's spelling), to the microsecond as at a site (balsam.db.query.compare)."""
+    from balsam.db.query import TIME_RESOLUTION_S
+
+    slack = TIME_RESOLUTION_S if lookup in ("gt", "lte") else -TIME_RESOLUTION_S
+    op = {"gt": "__gt__", "gte": "__ge__", "lt": "__lt__", "lte": "__le__"}[lookup]
+    return lambda tb, v: getattr(tb.c[col], op)(_ts(v) + slack)  # type: ignore[no-any-return]
+
+
+for _known in (JOB_FILTERS, EVENT_FILTERS, BATCH_JOB_FILTERS):
+    for _name in [n for n in _known if n.endswith(("_after", "_before"))]:
+        _col, _, _side = _name.rpartition("_")
+        _known.update({f"{_col}__{op}": _time_comparison(_col, op) for op in {"after": ("gt", "gte"), "before": ("lt", "lte")}[_side]})
+
 FILTERS = {"job": JOB_FILTERS, "event": EVENT_FILTERS, "batch_job": BATCH_JOB_FILTERS, "app": APP_FILTERS,
            "transfer_item": TRANSFER_FILTERS, "dag": DAG_FILTERS, "dag_instance": DAG_INSTANCE_FILTERS}
 DEFAULT_ORDER = {"event": ("-timestamp",)}
