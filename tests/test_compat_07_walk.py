@@ -12,6 +12,10 @@ What differed and is now fixed:
   Django ORM of Balsam 0.x. Its lookups ``state__in=[...]``, ``tags__experiment="foo"``, ``last_update__gte=t``,
   ``id__in`` were unknown filters; they are Balsam's own filters now, and ``__gte``/``__lte`` include the time given
   (to the microsecond the API shows), so ``last_update__gte=job.last_update`` finds ``job``.
+- The API guide's update, ``job.state = "RESTART_READY"; job.save()``, worked on a job the agent had not yet
+  preprocessed (STAGED_IN) and was an illegal transition once it had (PREPROCESSED): the same script passed or failed
+  with the agent's timing. Both states wait for a launcher; the change is allowed from either (``balsam job reset``
+  still says a PREPROCESSED job has not run).
 """
 
 from __future__ import annotations
@@ -113,3 +117,19 @@ def test_the_django_lookups_of_balsam_0x_are_balsams_own_filters(site: Any, hell
     assert Site.objects.filter(name__in=["test-site"]).count() == 1
     with pytest.raises(ValidationError, match="unknown filter 'state__bogus' for Job"):
         Job.objects.filter(state__bogus="x")
+
+
+def test_restart_ready_as_the_api_guide_sets_it_whether_or_not_the_agent_preprocessed(site: Any, hello: Any) -> None:
+    early = hello.submit("early", say_hello_to="x")
+    late = hello.submit("late", say_hello_to="x")
+    Job.objects.filter(id=late.id).update(state="PREPROCESSED")  # what the agent does within a second
+    for job in (Job.objects.get(id=early.id), Job.objects.get(id=late.id)):
+        job.state = "RESTART_READY"
+        job.save()
+    assert _states([early, late]) == ["RESTART_READY", "RESTART_READY"]
+    (event,) = EventLog.objects.filter(job_id=late.id, to_state="RESTART_READY")
+    assert event.from_state == "PREPROCESSED"
+    other = hello.submit("other", say_hello_to="x")
+    Job.objects.filter(id=other.id).update(state="PREPROCESSED")
+    err = fails("job", "reset", other.id, "--site", "test-site", code=2)
+    assert "cannot move from PREPROCESSED to RESTART_READY with reset: it has not run yet" in err

@@ -622,6 +622,14 @@ def job_reset(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, st
     filters = job_filters([*ids, *job_ids], tags, workflow, states, exclude_states, workdir, app)
     if not by_id and not states and (filters or all_jobs):
         filters["state"] = sorted(RESET_DEFAULT_STATES)
+    preprocessed = str(S.PREPROCESSED)
+    if not stage_in and (filters or all_jobs) and preprocessed in filters.get("state", [preprocessed]):
+        # PREPROCESSED -> RESTART_READY is legal (both wait for a launcher), but such a job has not run: no reset
+        _, query = _query(sites, {**filters, "state": [preprocessed]})
+        waiting = query.first()
+        if waiting is not None:
+            raise CLIError(f"job {waiting.id}: cannot move from PREPROCESSED to RESTART_READY with reset: it has not run yet "
+                           "(it waits for a launcher)", 2)
     n = _change_state(filters, by_id, all_jobs, sites, target, "reset by the user (balsam job reset)", "reset", yes)
     if n is not None:
         click.echo(f"Reset {plural(n, 'job')} to {target}")

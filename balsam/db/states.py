@@ -115,7 +115,9 @@ TRANSITIONS: Dict[JobState, FrozenSet[JobState]] = {
     S.AWAITING_PARENTS: frozenset({S.READY, S.STAGED_IN, S.FAILED}),
     S.READY: frozenset({S.STAGED_IN, S.FAILED}),
     S.STAGED_IN: frozenset({S.PREPROCESSED, S.FAILED, S.RESTART_READY}),
-    S.PREPROCESSED: frozenset({S.RUNNING, S.FAILED}),
+    # PREPROCESSED -> RESTART_READY: both wait for a launcher, and a user's "run it again" (Balsam 0.7's API guide:
+    # ``job.state = "RESTART_READY"; job.save()``) must not depend on whether the agent preprocessed the job yet.
+    S.PREPROCESSED: frozenset({S.RUNNING, S.FAILED, S.RESTART_READY}),
     S.RESTART_READY: frozenset({S.RUNNING, S.FAILED}),
     S.RUNNING: frozenset({S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT}),
     S.RUN_DONE: frozenset({S.POSTPROCESSED, S.RESTART_READY, S.FAILED}),
