@@ -675,7 +675,13 @@ def update_transfers(call: Call) -> Answer:
 
 
 # ------------------------------------------------------------------------------------------ sessions
+_LEASE = "hold a launcher's lease (a launcher runs with the site secret)"
+"""Leases, acquires and status batches are the site owner's alone: a launcher under a lease writes run() results,
+which the Python API unpickles (DESIGN.md section 7), so a dashboard or relay token must not hold one."""
+
+
 def create_session(call: Call) -> Answer:
+    _need_site(call, _LEASE)
     _need_write(call)
     body = _body_obj(call)
     bj = body.get("batch_job_id")
@@ -686,12 +692,14 @@ def create_session(call: Call) -> Answer:
 
 
 def tick_session(call: Call) -> Answer:
+    _need_site(call, _LEASE)
     call.backend.tick(call.int_param("id"))
     return 200, {"id": call.int_param("id")}
 
 
 def acquire_once(call: Call) -> Tuple[int, Dict[str, Any], float]:
     """The acquire request's arguments: (session id, constraints with max_num_jobs, wait_s)."""
+    _need_site(call, _LEASE)
     body = _body_obj(call)
     constraints = dict(body.get("constraints") or {})
     if not isinstance(constraints, dict):
@@ -705,6 +713,7 @@ def acquire_once(call: Call) -> Tuple[int, Dict[str, Any], float]:
 
 
 def release_session(call: Call) -> Answer:
+    _need_site(call, _LEASE)
     return 200, {"timed_out": call.backend.release(call.int_param("id"))}
 
 
@@ -726,6 +735,7 @@ _change = functools.partial(tuple.__new__, StateChange)
 
 def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
     """A status batch's lease and checked changes (ValidationError naming the first bad one)."""
+    _need_site(call, _LEASE)
     body = _body_obj(call)
     sid = body.get("session_id")
     session_id = None if sid is None else _int(sid, "session_id", 1)
@@ -760,8 +770,6 @@ def parse_status_batch(call: Call) -> Tuple[Optional[int], List[StateChange]]:
         changes.append(StateChange(_int(c.get("job_id"), f"changes[{i}].job_id", 1), str(c.get("state")),
                                    None if ts is None else epoch(ts, "timestamp"), data, fields,
                                    None if c.get("session_id") is None else _int(c.get("session_id"), "session_id")))
-    if session_id is None and call.principal.kind != "site":
-        raise ValidationError("session_id is required")
     return session_id, changes
 
 
