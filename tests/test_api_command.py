@@ -31,6 +31,11 @@ TEMPLATES = [
     ("{prog} \"{{% if x %}}{{{{ x }}}}{{% endif %}}\"", "{v}"),
     ("# it's a comment\n{prog} {{{{ x }}}}", "{v}"),
     ("{prog} $(echo '{{{{ x }}}}')", None),
+    ("{prog} {{{{ x }}}}#\"{{{{ x }}}}\"", "{v}#{v}"),
+    ("{prog} $'it\\'s'{{{{ x }}}}", "it's{v}"),
+    ("{prog} {{% for a in [x] %}}\"{{{{ a }}}}\"{{% endfor %}}", "{v}"),
+    ("{prog} {{% if x %}}'{{{{ x }}}}'{{% else %}}'{{{{ x }}}}'{{% endif %}}", "{v}"),
+    ("[[ -n {{{{ x }}}}x ]] && {prog} {{{{ x }}}}", "{v}"),
 ]
 
 PROG = "argv"
@@ -68,6 +73,52 @@ def test_placeholders_no_quoting_can_protect_are_refused(template: str) -> None:
         compile_command(template, "T")
 
 
+@pytest.mark.parametrize("template", [
+    "echo {% if q %}\"{% endif %}{{ x }}{% if q %}\"{% endif %}",  # quoting that depends on a value
+    "echo {% for a in xs %}'{% endfor %}{{ x }}",
+    "echo {% if q %}$({% endif %}{{ x }}",
+    "echo {% filter replace(\"'\", \"\") %}{{ x }}{% endfilter %}",  # output that skips the quoting
+    "{% macro m(v) %}{{ v }}{% endmacro %}echo \"{% call m(x) %}{% endcall %}\"",
+    "echo a{% if q %} {% endif %}#\"\n{{ x }}",  # a comment or not, as q says
+    "echo ${% if q %}{% endif %}{{ x }}",
+    "echo $'{{ x }}'",
+])
+def test_templates_whose_quoting_a_value_could_change_are_refused(template: str) -> None:
+    with pytest.raises(AppError, match="command_template"):
+        compile_command(template, "T")
+
+
+@pytest.mark.parametrize("template,value,expected", [
+    ("argv $(( {{ x }} * 2 ))", 21, ["42"]),
+    ("argv $(( {{ x }} * 2 ))", "-1.5e0"[:4], None),
+    ("(( {{ x }} > 0 )) && argv pos", "3", ["pos"]),
+    ("for (( i = 0; i < {{ x }}; i++ )); do argv $i; done", 2, ["0", "1"]),
+    ("let n={{ x }}+1; argv $n", 4, ["5"]),
+    ("a[{{ x }}]=7; argv ${a[@]}", 0, ["7"]),
+    ("declare -i n; n={{ x }}; argv $n", 9, ["9"]),
+    ("argv $[ {{ x }} + 1 ]", 1, ["2"]),
+    ("[[ {{ x }} -eq 5 ]] && argv five", 5, ["five"]),
+])
+def test_values_bash_evaluates_as_arithmetic_must_be_numbers(tmp_path: Path, template: str, value: Any, expected: Any) -> None:
+    """bash evaluates arithmetic after quote removal, so '$(...)' or 'a[$(...)]' in a value would run, quoted or not:
+    there a value must be a number (the job fails with the reason otherwise), and numbers work as before."""
+    render = compile_command(template, "T")
+    if expected is not None:
+        assert _argv(render({"x": value}), tmp_path) == expected
+    pwned = tmp_path / "pwned"
+    with pytest.raises(ValidationError, match="must be a number|cannot contain"):
+        render({"x": f"a[$(touch {pwned})]"})
+    for hostile in (f"$(touch {pwned})", f"`touch {pwned}`", f"1; touch {pwned}", "1e3", f"a[$(touch {pwned})]"):
+        try:
+            command = render({"x": hostile})
+        except ValidationError as e:
+            assert "must be a number" in str(e) or "cannot contain" in str(e)
+            continue
+        assert "[[" in template  # only there are values that are not numbers passed on (quoted, and without '[')
+        subprocess.run(["/bin/bash", "-c", "argv() { :; }\n" + command], cwd=str(tmp_path), capture_output=True, timeout=30)
+    assert not pwned.exists()
+
+
 def test_refused_at_app_definition_with_advice(site: Any) -> None:
     from balsam.api import ApplicationDefinition
 
@@ -97,4 +148,26 @@ def test_a_launcher_passes_a_quoted_placeholder_as_one_argument(site: Any, tmp_p
     runnable(site.store, [job])
     assert run(site, "mpi") == 0
     assert output(site.path, "e").strip() == f"$(touch {pwned})"
+    assert not pwned.exists()
+
+
+def test_a_launcher_fails_a_job_whose_value_bash_would_evaluate(site: Any, tmp_path: Path) -> None:
+    """`echo $(( {{ n }} * 2 ))` with n = 'a[$(touch ...)]': the job FAILS saying why, and nothing runs."""
+    from balsam.api import ApplicationDefinition
+    from tests.launcher_support import output, run, runnable
+
+    class Double(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo $(( {{ n }} * 2 ))"
+
+    Double.sync()
+    pwned = tmp_path / "pwned"
+    bad = Double.submit("bad", n=f"a[$(touch {pwned})]")
+    good = Double.submit("good", n=21)
+    runnable(site.store, [bad, good])
+    assert run(site, "mpi") == 0
+    assert output(site.path, "good").strip() == "42"
+    bad.refresh_from_db()
+    assert bad.state == "FAILED"
+    assert "must be a number" in site.backend.last_event_message(bad.id)
     assert not pwned.exists()

@@ -2,20 +2,27 @@
 text the template puts it in), whatever the template does around the placeholder (DESIGN.md section 7).
 
 Each ``{{ expression }}`` is quoted for the shell context it sits in, found by reading the template's own text
-the way ``sh`` would (quotes, backslashes, ``$(...)`` and backticks):
+the way bash would (quotes, ``$'...'``, backslashes, ``$(...)``, backticks, comments):
 
 - unquoted (``echo {{ x }}``): the value, shell-quoted;
 - inside double quotes (``echo "{{ x }}"``, ``"--name={{ x }}.txt"``): the quote is closed, the shell-quoted
   value put in, and the quote reopened, so the value joins the quoted word verbatim;
-- inside single quotes (``echo '{{ x }}'``): the same with single quotes.
+- inside single quotes (``echo '{{ x }}'``): the same with single quotes;
+- where bash evaluates text as arithmetic whatever its quotes (``$((...))``, ``((...))``, ``$[...]``, ``let``,
+  an array subscript, a variable the template declares ``-i``): the value must be a number, or rendering fails
+  with a ValidationError (the job FAILS with the reason), since ``$(...)`` or ``a[$(...)]`` there would run;
+- inside ``[[ ... ]]``: quoted, and a value with ``[`` is refused (bash may evaluate it as an array subscript).
 
 Places where no quoting is safe are refused when the app is defined: a placeholder right after a backslash or
-``$``, inside ``${...}``, or in a here-document. Quoting applies to the expression's final value, after any Jinja
-filter, so a filter cannot undo it.
+``$``, inside ``${...}`` or ``$'...'``, or in a here-document. Quoting applies to the expression's final value,
+after any Jinja filter, so a filter cannot undo it. Jinja blocks may output their text once, many times or not
+at all, so each part of a block must close every quote and substitution it opens, and blocks whose output
+skips ``{{ }}`` (``{% filter %}``, ``{% call %}``) are refused.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -23,101 +30,199 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from balsam.exceptions import AppError, ValidationError
 
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-UNQUOTED, DOUBLE, SINGLE = "u", "d", "s"
+UNQUOTED, DOUBLE, SINGLE, ARITH = "u", "d", "s", "m"
+COND = "c"
+"""Context prefix of a placeholder inside ``[[ ... ]]`` ("cu", "cd", "cs")."""
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_SUBSCRIPT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+?=")
+_DECLARE_INTEGER = re.compile(r"\b(?:declare|typeset|local|export|readonly)\s+(?:-[A-Za-z]+\s+)*-[A-Za-z]*i")
+"""A template that declares integer variables: bash evaluates what is assigned to them as arithmetic."""
+_BLOCK_OPEN = frozenset({"if", "for", "macro", "set", "with", "block", "autoescape"})
+_BLOCK_MIDDLE = frozenset({"elif", "else"})
+_UNSAFE_BLOCKS = frozenset({"call", "filter"})
+"""Blocks whose output reaches the command without passing through a quoted ``{{ ... }}``."""
 
 
 class _Scanner:
-    """Follows the shell's quoting state over the template's literal text, one chunk at a time."""
+    """Follows the shell's quoting state over the template's literal text, one chunk at a time.
 
-    def __init__(self, app: str) -> None:
+    A frame per open construct: [context, closer, depth]. Contexts: u (unquoted, also inside ``$( )``), "`"
+    (backticks), d, s, p (``${ }``), a (``$'...'``), m (arithmetic: ``$(( ))``, ``(( ))``, ``$[ ]``, ``let``,
+    an array subscript), c (``[[ ]]``).
+    """
+
+    def __init__(self, app: str, template: str = "") -> None:
         self.app = app
-        self.stack: List[str] = [UNQUOTED]  # contexts: u (unquoted, incl. $( ) and backticks), d, s, p (${ })
-        self.parens: List[int] = [0]
+        self.integers = bool(_DECLARE_INTEGER.search(template))
+        self.frames: List[List[Any]] = [[UNQUOTED, "", 0]]
         self.escaped = False
         self.last = ""
         self.heredoc = False
-        self.word_start = True
+        self.word_start: Optional[bool] = True
+        """Whether the next character starts a word (None: not known, after a ``{% %}`` tag)."""
+        self.word = ""
+        """The unquoted text of the current word so far (to see ``name[`` subscripts)."""
+
+    def _push(self, context: str, closer: str = "") -> None:
+        self.frames.append([context, closer, 0])
+
+    def state(self) -> Tuple[Any, ...]:
+        """What decides how the shell reads what follows (compared across the branches of a ``{% %}`` block)."""
+        return (tuple(tuple(f) for f in self.frames), self.escaped, self.heredoc, self.last == "$")
 
     def feed(self, text: str) -> None:
         i = 0
         n = len(text)
         while i < n:
             c = text[i]
-            top = self.stack[-1]
+            nxt = text[i + 1 : i + 2]
+            frame = self.frames[-1]
+            top = frame[0]
+            at_word_start = self.word_start
             self.last = c
             was_escaped = self.escaped
             if self.escaped:
                 self.escaped = False
             elif top == SINGLE:
                 if c == "'":
-                    self.stack.pop()
+                    self.frames.pop()
+            elif top == "a":  # $'...': backslash escapes apply
+                if c == "\\":
+                    self.escaped = True
+                elif c == "'":
+                    self.frames.pop()
             elif c == "\\":
                 self.escaped = True
             elif top == DOUBLE:
                 if c == '"':
-                    self.stack.pop()
-                elif c == "$" and text[i + 1 : i + 2] == "(":
-                    self.stack.append(UNQUOTED)
-                    self.parens.append(0)
+                    self.frames.pop()
+                elif c == "$" and text[i + 1 : i + 3] == "((":
+                    self._push(ARITH, "))")
+                    i += 2
+                elif c == "$" and nxt == "[":
+                    self._push(ARITH, "]")
                     i += 1
-                elif c == "$" and text[i + 1 : i + 2] == "{":
-                    self.stack.append("p")
+                elif c == "$" and nxt == "(":
+                    self._push(UNQUOTED, ")")
+                    i += 1
+                elif c == "$" and nxt == "{":
+                    self._push("p", "}")
                     i += 1
                 elif c == "`":
-                    self.stack.append("`")
+                    self._push("`", "`")
             elif top == "p":
                 if c == "}":
-                    self.stack.pop()
-            else:  # unquoted, a $( ) or a backtick command
-                if c == "'":
-                    self.stack.append(SINGLE)
+                    self.frames.pop()
+            else:  # unquoted, $( ), backticks, arithmetic, [[ ]], let
+                closer = frame[1]
+                if top == ARITH and c == "(":
+                    frame[2] += 1
+                elif top == ARITH and closer in ("))", "]") and c == closer[0] and frame[2] == 0 and text[i:i + len(closer)] == closer:
+                    self.frames.pop()
+                    i += len(closer) - 1
+                elif top == ARITH and c == ")" and frame[2] > 0:
+                    frame[2] -= 1
+                elif top == ARITH and closer == ";" and c in ";&|\n)":
+                    self.frames.pop()  # the end of a let command
+                    continue
+                elif top == COND and c == "]" and nxt == "]" and at_word_start:
+                    self.frames.pop()
+                    i += 1
+                elif c == "'":
+                    self._push(SINGLE)
                 elif c == '"':
-                    self.stack.append(DOUBLE)
+                    self._push(DOUBLE)
                 elif c == "`":
                     if top == "`":
-                        self.stack.pop()
+                        self.frames.pop()
                     else:
-                        self.stack.append("`")
-                elif c == "$" and text[i + 1 : i + 2] == "(":
-                    self.stack.append(UNQUOTED)
-                    self.parens.append(0)
+                        self._push("`", "`")
+                elif c == "$" and nxt == "'":
+                    self._push("a")
                     i += 1
-                elif c == "$" and text[i + 1 : i + 2] == "{":
-                    self.stack.append("p")
+                elif c == "$" and text[i + 1 : i + 3] == "((":
+                    self._push(ARITH, "))")
+                    i += 2
+                elif c == "$" and nxt == "[":
+                    self._push(ARITH, "]")
                     i += 1
+                elif c == "$" and nxt == "(":
+                    self._push(UNQUOTED, ")")
+                    i += 1
+                elif c == "$" and nxt == "{":
+                    self._push("p", "}")
+                    i += 1
+                elif c == "(" and nxt == "(" and at_word_start is not False and top != ARITH:
+                    self._push(ARITH, "))")  # (( arithmetic )), also for (( ... ))
+                    i += 1
+                elif c == "[" and nxt == "[" and at_word_start is not False and top != ARITH:
+                    self._push(COND, "]]")
+                    i += 1
+                elif (c == "l" and text[i:i + 4] in ("let ", "let\t") and at_word_start is not False and top in (UNQUOTED, "`")):
+                    self._push(ARITH, ";")
+                    i += 2
                 elif c == "(" and top == UNQUOTED:
-                    self.parens[-1] += 1
-                elif c == ")" and top == UNQUOTED and len(self.stack) > 1:
-                    if self.parens[-1] == 0:
-                        self.stack.pop()
-                        self.parens.pop()
+                    frame[2] += 1
+                elif c == ")" and top == UNQUOTED and len(self.frames) > 1 and frame[1] == ")":
+                    if frame[2] == 0:
+                        self.frames.pop()
                     else:
-                        self.parens[-1] -= 1
-                elif c == "<" and text[i + 1 : i + 2] == "<" and text[i + 2 : i + 3] != "<":
+                        frame[2] -= 1
+                elif c == "<" and nxt == "<" and text[i + 2 : i + 3] != "<":
                     self.heredoc = True
-                elif c == "#" and self.word_start:
-                    end = text.find("\n", i)
-                    i = n if end < 0 else end  # a comment: quotes in it mean nothing
-                    self.last = "\n"
-                    self.word_start = True
-                    continue
-            self.word_start = not was_escaped and c in " \t\n;&|()<>" and self.stack[-1] in (UNQUOTED, "`")
+                elif c == "#" and top in (UNQUOTED, "`"):
+                    if at_word_start is None:
+                        raise AppError(f"{self.app}: command_template: '#' right after a {{% %}} tag may or may not start a "
+                                       "comment; put a space or other text between them")
+                    if at_word_start:
+                        end = text.find("\n", i)
+                        i = n if end < 0 else end  # a comment: quotes in it mean nothing
+                        self.last = "\n"
+                        self.word_start = True
+                        self.word = ""
+                        continue
+            top = self.frames[-1][0]
+            self.word_start = not was_escaped and c in " \t\n;&|()<>" and top in (UNQUOTED, "`", COND)
+            self.word = "" if self.word_start else self.word + c
             i += 1
+
+    def after_tag(self) -> None:
+        """A ``{% %}`` tag was passed: the text before it may or may not have been output."""
+        self.word_start = None
+        self.word = ""
 
     def context(self, placeholder: str) -> str:
         """The quoting context of a placeholder at the current position (AppError where none is safe)."""
         where = f"{self.app}: command_template: {placeholder}"
         if self.escaped:
             raise AppError(f"{where} follows a backslash, which would escape its quoting; remove the backslash")
-        if self.last == "$" and self.stack[-1] != SINGLE:
+        if self.last == "$" and self.frames[-1][0] != SINGLE:
             raise AppError(f"{where} follows '$'; to pass a variable's name, write it out, or use the value directly")
         if self.heredoc:
             raise AppError(f"{where} comes after a here-document ('<<'), where quotes do not apply; pass the value as an "
                            "argument instead")
-        top = self.stack[-1]
+        contexts = [f[0] for f in self.frames]
+        top = contexts[-1]
         if top == "p":
             raise AppError(f"{where} is inside ${{...}}; put it outside, e.g. \"${{VAR:-}}\"{placeholder}")
-        return DOUBLE if top == DOUBLE else SINGLE if top == SINGLE else UNQUOTED
+        if top == "a":
+            raise AppError(f"{where} is inside $'...', where backslashes escape; put it outside the quotes")
+        if ARITH in contexts or _SUBSCRIPT.fullmatch(self.word) or (self.integers and _ASSIGNMENT.match(self.word)):
+            context = ARITH  # bash evaluates the text, quotes or not: $(...) in it would run
+        elif top == DOUBLE:
+            context = DOUBLE
+        elif top == SINGLE:
+            context = SINGLE
+        else:
+            context = UNQUOTED
+        if COND in contexts and context != ARITH:
+            context = COND + context
+        # What the placeholder puts here is never empty and never ends a word (quotes, or a number).
+        self.word_start = False
+        self.word += "0"
+        self.last = "0"
+        return context
 
 
 def quote_for(context: str, value: Any) -> str:
@@ -125,6 +230,16 @@ def quote_for(context: str, value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if "\x00" in text:
         raise ValidationError(f"a parameter value contains a NUL character, which no command line can carry: {text[:40]!r}")
+    if context == ARITH:
+        if isinstance(value, bool) or not _NUMBER.fullmatch(text.strip()):
+            raise ValidationError(f"a parameter value in an arithmetic expression ($((...)), ((...)), let, a subscript) must be "
+                                  f"a number, not {text[:40]!r}: bash would evaluate it, running any $(...) in it")
+        return text.strip()
+    if context.startswith(COND):
+        if "[" in text:
+            raise ValidationError(f"a parameter value inside [[ ... ]] cannot contain '[': bash may evaluate it as an array "
+                                  f"subscript, running any $(...) in it: {text[:40]!r}")
+        context = context[1:]
     quoted = shlex.quote(text)
     if context == DOUBLE:
         return '"' + quoted + '"'
@@ -137,9 +252,8 @@ def _jinja_env() -> Any:
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-    env.filters["_balsam_u"] = lambda v: quote_for(UNQUOTED, v)
-    env.filters["_balsam_d"] = lambda v: quote_for(DOUBLE, v)
-    env.filters["_balsam_s"] = lambda v: quote_for(SINGLE, v)
+    for context in (UNQUOTED, DOUBLE, SINGLE, ARITH, COND + UNQUOTED, COND + DOUBLE, COND + SINGLE):
+        env.filters[f"_balsam_{context}"] = functools.partial(quote_for, context)
     return env
 
 
@@ -155,7 +269,7 @@ def _fast(template: str, app: str) -> Optional[Callable[[Dict[str, Any]], str]]:
     if any("{{" in p or "}}" in p for p in literal):
         return None
     names = parts[1::2]
-    scanner = _Scanner(app)
+    scanner = _Scanner(app, template)
     contexts: List[str] = []
     for name, text in zip(names, literal):
         scanner.feed(text)
@@ -174,13 +288,19 @@ def _fast(template: str, app: str) -> Optional[Callable[[Dict[str, Any]], str]]:
 
 
 def _rewrite(template: str, app: str) -> str:
-    """The Jinja template with each ``{{ expression }}`` piped through the quoting filter of its context."""
+    """The Jinja template with each ``{{ expression }}`` piped through the quoting filter of its context.
+
+    Text between the tags of a ``{% %}`` block may be output once, many times or not at all, so each stretch
+    (``{% if %}`` to ``{% else %}``, a loop's body, ...) must leave the shell's quoting as it found it; a block
+    whose output skips ``{{ }}`` (``{% filter %}``, ``{% call %}``) would skip the quoting, and is refused."""
     import jinja2
 
     env = _jinja_env()
-    scanner = _Scanner(app)
+    scanner = _Scanner(app, template)
     out: List[str] = []
     expr: Optional[List[str]] = None
+    tag: Optional[List[Tuple[str, str]]] = None
+    blocks: List[Tuple[str, Tuple[Any, ...]]] = []
     try:
         for _line, kind, value in env.lex(template):
             if kind == "variable_begin":
@@ -195,6 +315,19 @@ def _rewrite(template: str, app: str) -> str:
                 expr = None
             elif expr is not None:
                 expr.append(value)
+            elif kind == "block_begin":
+                tag = []
+                out.append(value)
+            elif kind == "block_end":
+                assert tag is not None
+                _block_tag(scanner, blocks, tag, app)
+                scanner.after_tag()
+                tag = None
+                out.append(value)
+            elif tag is not None:
+                if kind != "whitespace":
+                    tag.append((kind, value))
+                out.append(value)
             else:
                 if kind == "data":
                     scanner.feed(value)
@@ -202,6 +335,29 @@ def _rewrite(template: str, app: str) -> str:
     except jinja2.TemplateSyntaxError as exc:
         raise AppError(f"{app}: command_template line {exc.lineno}: {exc.message}") from None
     return "".join(out)
+
+
+def _block_tag(scanner: _Scanner, blocks: List[Tuple[str, Tuple[Any, ...]]], tag: List[Tuple[str, str]], app: str) -> None:
+    """Check one ``{% %}`` tag against the quoting state where its block began (see :func:`_rewrite`)."""
+    name = tag[0][1] if tag and tag[0][0] == "name" else ""
+    shown = "{% " + name + " %}"
+    if name in _UNSAFE_BLOCKS:
+        raise AppError(f"{app}: command_template: {shown} blocks put text in the command without quoting its values; "
+                       "use a filter inside {{ }} instead (e.g. {{ x | upper }})")
+    if scanner.escaped or scanner.last == "$":
+        raise AppError(f"{app}: command_template: {shown} follows {'a backslash' if scanner.escaped else chr(36)}, whose "
+                       "meaning would depend on what the block outputs; move it inside the block")
+    if name == "set" and any(k == "operator" and v == "=" for k, v in tag):
+        return  # {% set x = ... %} outputs nothing
+    if name in _BLOCK_OPEN:
+        blocks.append((name, scanner.state()))
+        return
+    if name in _BLOCK_MIDDLE or name.startswith("end"):
+        if blocks and scanner.state() != blocks[-1][1]:
+            raise AppError(f"{app}: command_template: the text before {shown} leaves a quote, bracket or substitution open "
+                           f"that {{% {blocks[-1][0]} %}} did not: each part of a block must close what it opens")
+        if name.startswith("end") and blocks:
+            blocks.pop()
 
 
 def compile_command(template: str, app: str = "app") -> Callable[[Dict[str, Any]], str]:
