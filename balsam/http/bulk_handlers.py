@@ -17,10 +17,19 @@ from balsam.http import handlers as h
 from balsam.http.schemas import COLUMNS, iso, row_to_wire
 from balsam.runtime import paused_gc
 
+MAX_JOBS_PER_REQUEST = 100_000
+"""The most jobs one request may create or stage (20 times the Python API's 5,000-job parts). Each costs the server
+~1.4 KB while it is checked and written (100,000: ~140 MB); a million in one body would hold ~1.4 GB of the agent's
+memory for minutes, so more come in parts (``POST /v1/uploads/jobs``), all created at once by the commit."""
+
 
 def _new_job_rows(call: h.Call, items: List[Any], offset: int = 0) -> Tuple[List[Tuple[Any, ...]], Dict[int, Dict[str, Any]]]:
     """New-job rows (and transfers by row index) of job-create objects, each checked; errors name the job by its
     index in the whole creation (``offset``: the index of the first of ``items``)."""
+    if len(items) > MAX_JOBS_PER_REQUEST:
+        raise ValidationError(f"one request creates at most {MAX_JOBS_PER_REQUEST:,} jobs, and this one has {len(items):,}: send them "
+                              "in parts (POST /v1/uploads/jobs, then /v1/uploads/jobs/commit creates them all at once), as "
+                              "the Python API's bulk_create does")
     rows = []
     transfers: Dict[int, Dict[str, Any]] = {}
     allowed = set(NEW_JOB_COLUMNS) | {"transfers", "site_id"}
