@@ -149,3 +149,19 @@ def test_more_jobs_than_one_request_creates_are_one_line_and_the_server_stays_up
     assert status == 200 and counted["count"] == 1
     status, answer = _call(served, "POST", "/v1/uploads/jobs/commit", {"upload": "u1", "parts": 1})
     assert status >= 400 and _call(served, "GET", "/v1/jobs/count")[1]["count"] == 1
+
+
+def test_dag_placeholders_that_would_fill_gigabytes_are_refused_and_the_server_stays_up(served: Any) -> None:
+    """``{x:>2000000000}`` in a DAG's workdir was saved, and each instance then built a 2 GB string in the agent;
+    ``{x}`` repeated in a parameter filled a 1 MB value as many times. Refused in one line; nothing is created."""
+    node = {"name": "n", "app": "Hello", "workdir": "w/{x:>2000000000}", "params": {"say_hello_to": "hi"}}
+    _refused(_call(served, "PUT", "/v1/dags", {"name": "wide", "spec": {"nodes": [node]}}), 400, "width or precision above 1000")
+    _refused(_call(served, "PUT", "/v1/dags", {"name": "wide", "spec": {"nodes": [dict(node, workdir="w/{x:.999999999f}")]}}), 400,
+             "width or precision")
+    repeated = dict(node, workdir="w/{x:.10}", params={"say_hello_to": "{x}" * 2000})
+    assert _call(served, "PUT", "/v1/dags", {"name": "echo", "spec": {"nodes": [repeated]}})[0] == 200
+    _refused(_call(served, "POST", "/v1/dags/instantiate", {"name": "echo", "records": [{"x": "y" * 1_000_000}]}), 400,
+             "would fill to about 2,0")
+    status, made = _call(served, "POST", "/v1/dags/instantiate", {"name": "echo", "records": [{"x": "small"}]})
+    assert status == 201 and len(made["instances"]) == 1
+    assert _call(served, "GET", "/v1/jobs/count")[1]["count"] == 2  # the fixture's job and the small instance's

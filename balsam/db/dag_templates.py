@@ -25,6 +25,12 @@ RESOURCE_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_p
 DAG_TAGS = ("dag", "dag_instance", "dag_node")
 """Tags every instance's jobs carry (set by the DAG, refused in a node's own tags)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SPEC_NUMBERS = re.compile(r"\d+")
+MAX_FORMAT_WIDTH = 1000
+"""The widest width or precision a placeholder's format spec may ask for: ``{x:>2000000000}`` made a 2 GB string for
+every instance (and ``.2000000000f`` as many digits), in the agent's memory."""
+MAX_FILLED_CHARS = 1 << 20
+"""The longest text one template string may fill to: ``"{x}" * 100000`` with a 1 MB value was 100 GB."""
 _FORMATTER = string.Formatter()
 
 
@@ -44,8 +50,16 @@ def fields_of(text: str, where: str) -> List[str]:
             raise ValidationError(f"{where}: placeholder {{{name}!{conversion}}} in {text!r}: conversions are not supported")
         if spec and "{" in spec:
             raise ValidationError(f"{where}: placeholder {{{name}:{spec}}} in {text!r}: nested placeholders are not supported")
+        if spec and _spec_width(spec) > MAX_FORMAT_WIDTH:
+            raise ValidationError(f"{where}: placeholder {{{name}:{spec[:40]}}} asks for a width or precision above {MAX_FORMAT_WIDTH}")
         names.append(name)
     return names
+
+
+def _spec_width(spec: str) -> int:
+    """The largest number in a format spec (its width or precision; a digit used as the fill character counts too,
+    harmlessly)."""
+    return max((int(n) for n in _SPEC_NUMBERS.findall(spec[:200])), default=0) if len(spec) <= 200 else MAX_FORMAT_WIDTH + 1
 
 
 def walk_fields(value: Any, where: str, out: Set[str]) -> None:
@@ -67,6 +81,13 @@ def fill(value: Any, record: Mapping[str, Any], where: str) -> Any:
         parsed = list(_FORMATTER.parse(value))
         if len(parsed) == 1 and parsed[0][0] == "" and parsed[0][1] and not parsed[0][2]:
             return record[parsed[0][1]]
+        size = 0
+        for literal, name, spec, _conversion in parsed:
+            size += len(literal)
+            if name is not None:
+                size += max(len(str(record.get(name, ""))), _spec_width(spec or "")) + 16
+        if size > MAX_FILLED_CHARS:
+            raise ValidationError(f"{where}: {value[:40]!r}... would fill to about {size:,} characters (at most {MAX_FILLED_CHARS:,})")
         try:
             return value.format_map(record)
         except (ValueError, TypeError) as exc:
