@@ -165,3 +165,22 @@ def test_dag_placeholders_that_would_fill_gigabytes_are_refused_and_the_server_s
     status, made = _call(served, "POST", "/v1/dags/instantiate", {"name": "echo", "records": [{"x": "small"}]})
     assert status == 201 and len(made["instances"]) == 1
     assert _call(served, "GET", "/v1/jobs/count")[1]["count"] == 2  # the fixture's job and the small instance's
+
+
+@pytest.mark.parametrize("column", ["tags", "parameters"])
+def test_a_filter_naming_a_thousand_keys_is_one_line_on_both_hosts(served: Any, column: str) -> None:
+    """SQLite refuses a query of ~1,000 terms: the home host raised sqlite3.OperationalError ("Expression tree is too
+    large") and the agent answered 503, which clients retried for minutes. Now one ValidationError; 100 keys work."""
+    from balsam.api import Job
+    from balsam.exceptions import ValidationError
+
+    many = {f"k{i}": "v" for i in range(1000)}
+    _refused(_call(served, "POST", "/v1/jobs/query", {"filters": {column: many}, "aggregate": "count"}), 400, "at most 100 keys")
+    if column == "tags":
+        query = "&".join(f"tags=k{i}:v" for i in range(101))
+        _refused(_call(served, "GET", f"/v1/jobs?{query}"), 400, "at most 100 keys")
+    with pytest.raises(ValidationError, match="at most 100 keys"):
+        Job.objects.filter(**{column: many}).count()
+    hundred = {f"k{i}": "v" for i in range(100)}
+    assert _call(served, "POST", "/v1/jobs/query", {"filters": {column: hundred}, "aggregate": "count"}) == (200, {"count": 0})
+    assert Job.objects.filter(**{column: hundred}).count() == 0

@@ -118,11 +118,23 @@ def _int_list(name: str, value: Any, bounded: bool = True) -> List[int]:
     return out
 
 
+MAX_FILTER_KEYS = 100
+"""The most keys one tags, parameters or data filter may name: each is a term of the query, and SQLite refuses a
+query of about 1,000 ("Expression tree is too large"), which the home host raised as sqlite3.OperationalError and
+the agent answered with a 503 that clients retried for minutes."""
+
+
+def _few_keys(name: str, count: int) -> None:
+    if count > MAX_FILTER_KEYS:
+        raise ValidationError(f"{name}: a filter names at most {MAX_FILTER_KEYS} keys, got {count}")
+
+
 def tag_pairs(value: Any, name: str = "tags") -> List[Tuple[str, Optional[str]]]:
     """Tags filter input (a dict, ``"k:v"`` strings, or ``"k"`` for "has key") as (key, value) pairs. Keys are text
     (or integers); values are text, numbers (as their text) or None for "has the key"; anything else (a nested dict,
-    NaN, bytes) is a ValidationError naming the filter."""
+    NaN, bytes) is a ValidationError naming the filter, as are more than :data:`MAX_FILTER_KEYS` keys."""
     if isinstance(value, dict):
+        _few_keys(name, len(value))
         pairs_: List[Tuple[str, Optional[str]]] = []
         for k, v in value.items():
             key = _tag_key(name, k)
@@ -134,7 +146,9 @@ def tag_pairs(value: Any, name: str = "tags") -> List[Tuple[str, Optional[str]]]
                 raise ValidationError(f"{name}: the value of {key!r} must be text or a number, got {_short(v)}")
         return pairs_
     pairs: List[Tuple[str, Optional[str]]] = []
-    for item in _as_list(value):
+    items = _as_list(value)
+    _few_keys(name, len(items))
+    for item in items:
         if not isinstance(item, str) or not item:
             raise ValidationError(f"{name}: expected 'key:value' strings or a dict, got {_short(item)}")
         k, sep, v = item.partition(":")
@@ -346,6 +360,8 @@ def json_equals(col: str) -> FilterFn:
     """``{key: value}`` in a JSON object column (job parameters): a string matches the value's text (so ``"n:3"``, as
     the HTTP API carries it, finds ``n=3``), other values compare as JSON, and ``"k"`` (or None) asks for the key."""
     def f(value: Any) -> Clause:
+        if isinstance(value, dict):
+            _few_keys(col, len(value))
         pairs = [(_tag_key(col, k), v) for k, v in value.items()] if isinstance(value, dict) else tag_pairs(value, col)
         clauses: List[str] = []
         params: List[Any] = []
