@@ -220,7 +220,10 @@ class RelaySiteBackend(HttpBackend):
         return f"the relay at {self.client.address} (site {self.site_id}, synced by its agent)"
 
     def site_row(self, columns: Any) -> Row:
-        return wire_to_row("site", self.client.request("GET", f"/v1/sites/{self.site_id}"), columns)
+        answer = self.client.request("GET", f"/v1/sites/{self.site_id}")
+        if isinstance(answer, dict) and answer.get("last_refresh") is None and answer.get("last_seen"):
+            answer = {**answer, "last_refresh": answer["last_seen"]}  # Balsam 0.7's last_refresh: the agent's last contact
+        return wire_to_row("site", answer, columns)
 
     def _query(self, table: str, filters: Dict[str, Any], **extra: Any) -> Any:
         from balsam.http.client import _RESOURCE

@@ -16,6 +16,9 @@ What differed and is now fixed:
   preprocessed (STAGED_IN) and was an illegal transition once it had (PREPROCESSED): the same script passed or failed
   with the agent's timing. Both states wait for a launcher; the change is allowed from either (``balsam job reset``
   still says a PREPROCESSED job has not run).
+- ``Site.objects.filter(last_refresh_after=hour_ago)`` ignored the time for a site reached from another host. Through
+  the relay (a laptop with no site), ``Site.objects`` found none of the user's sites and ``balsam site ls`` marked an
+  online site "Active no" (tests/test_relay_sync.py's laptop story).
 """
 
 from __future__ import annotations
@@ -133,3 +136,15 @@ def test_restart_ready_as_the_api_guide_sets_it_whether_or_not_the_agent_preproc
     Job.objects.filter(id=other.id).update(state="PREPROCESSED")
     err = fails("job", "reset", other.id, "--site", "test-site", code=2)
     assert "cannot move from PREPROCESSED to RESTART_READY with reset: it has not run yet" in err
+
+
+def test_sites_by_last_refresh_as_the_api_guide_queries_them(site: Any) -> None:
+    """``Site.objects.filter(last_refresh_after=hour_ago)`` (the API guide's first query). From another host the
+    filter was ignored: a site refreshed long ago was "recently used"."""
+    (me,) = Site.objects.all()
+    assert me.last_refresh is not None
+    recent = me.last_refresh - dt.timedelta(minutes=1)
+    assert [s.name for s in Site.objects.filter(last_refresh_after=recent)] == ["test-site"]
+    assert Site.objects.filter(last_refresh_after=me.last_refresh + dt.timedelta(minutes=1)).count() == 0
+    assert Site.objects.filter(last_refresh__gte=me.last_refresh).count() == 1  # the time shown includes itself
+    assert Site.objects.filter(last_refresh__lt=me.last_refresh).count() == 0

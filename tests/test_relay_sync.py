@@ -5,6 +5,7 @@ the user sees, and a site whose id is taken at the relay moving to a free one.""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -124,6 +125,15 @@ def test_the_laptop_story(relay: Relay, tmp_path: Path) -> None:
         listing = wait_for("the site online", lambda: (lambda out: out if "online" in out else "")(
             run(laptop, "-m", "balsam", "site", "ls").stdout))
         assert "polaris" in listing
+        (row,) = [line.split() for line in listing.splitlines() if " polaris " in line]
+        assert row[3] == "yes"  # Balsam 0.7's Active column: the relay says the site's agent is in touch
+        # The API guide's Site query, on the laptop: the relay's sites, last_refresh being the agent's last contact.
+        from balsam.api import Site
+
+        hour_ago = datetime.datetime.utcnow() - datetime.timedelta(hours=1)
+        assert [s.name for s in Site.objects.filter(last_refresh_after=hour_ago)] == ["polaris"]
+        assert Site.objects.filter(last_refresh_after=datetime.datetime.utcnow() + datetime.timedelta(hours=1)).count() == 0
+        assert Site.objects.get("polaris").path == root
         created = run(laptop, "-m", "balsam", "job", "create", "--site", "polaris", "-a", "Hello", "-w", "demo/x",
                       "-p", "say_hello_to=laptop", "-y")
         assert "demo/x" in created.stdout or "Created" in created.stdout, created.stdout

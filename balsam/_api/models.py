@@ -73,6 +73,7 @@ SITE_SPEC = q.TableSpec(
         "name": q.text_in("name"),
         "path": q.contains("path"),
         "last_refresh_after": q.after("last_refresh", "last_refresh_after"),
+        "last_refresh_before": q.before("last_refresh", "last_refresh_before"),
     }),
     order_fields={"id": "id", "name": "name"},
     scope_keys=(),
@@ -164,12 +165,15 @@ class _SiteQuery(Query[Site]):
         current = _sites.current_site()
         if current is not None and all(s.path != current.path for s in sites):
             sites.append(current)
+        if not sites:  # a host with no site of its own (a laptop): the logged-in user's sites at the relay, as for jobs
+            sites = _sites.relay_scope()
         results: List[Site] = []
         for site in sites:
             if site.is_home:
                 rows = q.select(site.store.conn, SITE_SPEC, dict(self._filters), columns=Site._columns)
             else:
                 rows = [site.backend.site_row(Site._columns)] if _matches(site, self._filters) else []
+                rows = [r for r in rows if _refreshed_as_asked(dict(zip(Site._columns, r)).get("last_refresh"), self._filters)]
             results.extend(Site._from_row(site, r) for r in rows)
         from balsam._api.base import _merge_sort
 
@@ -191,6 +195,28 @@ def _matches(site: "SiteRef", filters: Dict[str, Any]) -> bool:
             return False
         if key == "path" and str(value) not in str(site.path):
             return False
+    return True
+
+
+_REFRESH_TESTS = {"last_refresh_after": ">", "last_refresh_before": "<", "last_refresh__gt": ">", "last_refresh__gte": ">=",
+                  "last_refresh__lt": "<", "last_refresh__lte": "<="}
+
+
+def _refreshed_as_asked(last_refresh: Any, filters: Dict[str, Any]) -> bool:
+    """The last_refresh filters for a site reached over HTTP or the relay, tested on the row it answered with (the
+    same comparisons, to the microsecond, as the site's own query: balsam.db.query.compare)."""
+    import operator
+
+    ops = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+    for key, op in _REFRESH_TESTS.items():
+        if key in filters:
+            if last_refresh is None:
+                return False
+            slack = q.TIME_RESOLUTION_S if op in (">", "<=") else -q.TIME_RESOLUTION_S
+            if not key.startswith("last_refresh__"):  # Balsam 0.7's _after (and _before): plain comparisons
+                slack = 0.0
+            if not ops[op](q.to_timestamp(last_refresh, "last_refresh"), q.to_timestamp(filters[key], key) + slack):
+                return False
     return True
 
 

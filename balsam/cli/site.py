@@ -190,11 +190,12 @@ def _relay_rows() -> List[Dict[str, Any]]:
     for s in sites:
         backlog = s.get("backlog") or {}
         seen = s.get("last_seen")
-        status = ("online" if (s.get("agent") or {}).get("running") else "offline") + (f", last seen {seen[:19]}Z" if seen else ", never seen")
+        online = bool((s.get("agent") or {}).get("running"))
+        status = ("online" if online else "offline") + (f", last seen {seen[:19]}Z" if seen else ", never seen")
         if s.get("outbox"):
             status += f", {s['outbox']} changes to push"
         out.append({"id": s["id"], "name": s["name"], "path": f"{record['url']} ({s.get('path') or ''})", "host": s.get("hostname") or "",
-                    "status": status, "jobs": sum(int(v) for v in backlog.values()), "jobs_by_state": backlog, "relay": record["url"]})
+                    "active": online, "status": status, "jobs": sum(int(v) for v in backlog.values()), "jobs_by_state": backlog, "relay": record["url"]})
     return out
 
 
