@@ -526,6 +526,53 @@ def test_a_launcher_whose_workdirs_disk_fills_starts_nothing_new_and_resumes_onc
 
 
 @pytest.mark.slow
+def test_jobs_held_ahead_in_mpi_modes_backlog_wait_for_space_like_new_ones(site: Any, small_disk: Path, tmp_path: Path) -> None:
+    """A job runs on the only node while the next ones wait in the launcher's backlog (acquired, not started). The
+    workdirs' disk fills: when the node frees up, the held jobs do not start (each would fail for lack of space), and
+    the launcher waits past its idle TTL; once space is freed they run, each once."""
+    import shutil
+
+    from balsam.api import ApplicationDefinition
+    from tests.helpers import fill
+
+    shutil.rmtree(site.path / "data")
+    (small_disk / "data").mkdir()
+    (site.path / "data").symlink_to(small_disk / "data")
+    marks, go = tmp_path / "marks", tmp_path / "go"  # off the full disk
+    marks.mkdir()
+
+    class Held(ApplicationDefinition):
+        site = "test-site"
+        command_template = f"echo ran >> {marks}/{{{{ n }}}}; while [ ! -e {go} ]; do sleep 0.05; done"
+
+    Held.sync()
+    ids = runnable(site.store, [Held.submit(f"h/{i}", n=i, node_packing_count=1) for i in range(3)])
+    proc = start(site.path, "mpi", wall_time_min=3, idle_ttl_s=1)
+    filler = small_disk / "filler"
+    try:
+        wait_for(lambda: (marks / "0").exists(), timeout=60, what="the first job to run")
+        wait_for(lambda: job_row(site.store, ids[1])["session_id"] is not None, timeout=30, what="the next job held ahead")
+        assert not (marks / "1").exists()  # one node, one job at a time: job 1 waits in the backlog
+        fill(filler)
+        time.sleep(1.5)  # past the launcher's once-a-second look at the disk
+        go.touch()  # the node frees up
+        wait_for(lambda: states(site.store, ids[:1])[ids[0]] in ("RUN_DONE", "JOB_FINISHED"), timeout=30, what="job 0 done")
+        time.sleep(3)  # three times the idle TTL
+        assert sorted(p.name for p in marks.iterdir()) == ["0"], "a job held ahead started on a full disk"
+        assert proc.poll() is None, "the launcher ended while jobs wait for space"
+        filler.unlink()
+        wait_for(lambda: set(states(site.store, ids).values()) == {"JOB_FINISHED"}, timeout=60, what="all jobs done")
+    finally:
+        filler.unlink(missing_ok=True)
+        go.touch()
+        if proc.poll() is None:
+            proc.wait(timeout=60)  # idle: it ends after its idle TTL
+    assert [len((marks / str(n)).read_text().splitlines()) for n in range(3)] == [1, 1, 1]
+    said = (site.path / "launcher-test.out").read_text()
+    assert "Traceback" not in said, said[-3000:]
+
+
+@pytest.mark.slow
 def test_a_write_on_a_full_disk_is_one_line_that_says_so_and_works_once_space_is_freed(small_disk: Path) -> None:
     from balsam.site import init_site
     from tests.helpers import fill

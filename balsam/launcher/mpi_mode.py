@@ -175,8 +175,9 @@ class MPIMode(LauncherBase):
 
     def start_backlog(self) -> None:
         """Start backlog jobs that fit now, in order (skipping shapes that already failed to fit this pass), while
-        the lease holds (:meth:`may_start`)."""
-        if not self.backlog or not self.rm.has_room or not self.may_start():
+        the lease holds (:meth:`may_start`) and the workdirs' disk has room (looked at once a second, as for acquires:
+        jobs already held ahead wait for space like new ones)."""
+        if not self.backlog or not self.rm.has_room or not self.may_start() or self._data_disk_full():
             return
         failed: Set[Request] = set()
         skipped: List[Tuple[Task, Request]] = []

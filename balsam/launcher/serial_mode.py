@@ -273,7 +273,7 @@ class SerialMaster(LauncherBase):
                 if jobs:
                     for _job, task in self.tasks_for(jobs):
                         self.backlog.append(task)
-        if not self.backlog or not self.may_start():  # jobs go out only while the lease holds
+        if not self.backlog or not self.may_start() or self._data_disk_full():  # only while the lease holds and the disk has room
             return
         remaining = self.life.remaining_s()
         for h in alive:
