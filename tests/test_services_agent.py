@@ -325,3 +325,54 @@ def test_two_site_starts_at_once_give_one_agent_and_one_clear_refusal(site: Any)
     (ok_rc, ok_out, _), (bad_rc, _, bad_err) = results
     assert ok_rc == 0 and "Started the site agent" in ok_out
     assert bad_rc == 1 and bad_err.count("Error") == 1 and "already running" in bad_err and "\n" not in bad_err.strip(), bad_err
+
+
+class SlowPreIgnoringTerm(SlowPre):
+    """Like SlowPre, in a worker that ignores SIGTERM (as a hook's library may make it)."""
+
+    def preprocess(self) -> None:
+        import signal as _signal
+
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
+        super().preprocess()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the agent's children in /proc")
+def test_a_hook_worker_killed_mid_hook_fails_only_its_job_and_leaves_no_worker_behind(site: Any) -> None:
+    """Two hooks run in the agent's two hook workers, with more jobs queued behind them; one worker is killed with
+    kill -9 (the OOM killer). Its job fails and says what happened and how to run it again; the other worker, whose
+    hook ignores SIGTERM, does not live on; the other hooks are handed back and run again; the agent goes on."""
+    from tests.launcher_support import events, pid_alive
+
+    SlowPre.sync()
+    SlowPreIgnoringTerm.sync()
+    (site.path / "block").write_text("")
+    victim = SlowPre.submit(workdir="slow/0")
+    bystander = SlowPreIgnoringTerm.submit(workdir="slow/1")
+    queued = [SlowPre.submit(workdir=f"slow/{i}") for i in (2, 3)]
+    start_agent(site.path)
+    try:
+        victim_pid, agent = _hook_running(site, victim)
+        bystander_pid, _ = _hook_running(site, bystander)
+        assert {victim_pid, bystander_pid} <= set(_children(agent))
+        os.kill(victim_pid, signal.SIGKILL)
+        wait_for(lambda: str(Job.objects.get(id=victim.id).state) == "FAILED", timeout=60)
+        wait_for(lambda: not pid_alive(bystander_pid), timeout=15)  # the broken pool's other worker is killed
+        (failed,) = [e["data"] for e in events(site.store, int(victim.id)) if e["to"] == "FAILED"]
+        assert "hook worker running preprocess died (killed by SIGKILL" in failed["message"], failed
+        assert f"balsam job reset {victim.id}" in failed["message"], failed
+        (site.path / "block").unlink()
+        others = [bystander, *queued]
+        wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "PREPROCESSED" for j in others), timeout=90)
+        assert len(_hook_runs(site, bystander)) == 2  # its hook was cut short with the pool: run again
+        assert len(_hook_runs(site, victim)) == 1
+        workers = [p for p in _children(agent) if pid_alive(p)]
+        assert victim_pid not in workers and bystander_pid not in workers
+    finally:
+        (site.path / "block").unlink(missing_ok=True)
+        stop_agent(site.path)
+    reset = subprocess.run([sys.executable, "-m", "balsam", "job", "reset", str(victim.id), "--site", str(site.path), "-y"],
+                           capture_output=True, text=True, timeout=120)
+    assert reset.returncode == 0, reset.stderr
+    assert str(Job.objects.get(id=victim.id).state) == "RESTART_READY"

@@ -34,6 +34,43 @@ _site_path: Optional[Path] = None
 PARENT_CHECK_S = 0.25
 """How often a worker checks that the agent that started it is alive."""
 
+RECORDS = "hook-workers"
+"""Folder of the site's state folder where each hook worker notes the job whose hook it runs (a file named by its pid)."""
+
+
+def record_path(state_dir: Path, pid: int) -> Path:
+    """Where hook worker ``pid`` notes the job whose hook it runs: read when the worker died, to tell its job (whose
+    hook killed it, or was cut short by the OOM killer) from the jobs of the other workers that the pool stopped."""
+    return state_dir / RECORDS / str(pid)
+
+
+def job_of(state_dir: Path, pid: int) -> Optional[int]:
+    """The job whose hook worker ``pid`` began last (None if unknown)."""
+    try:
+        return int(record_path(state_dir, pid).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _note(job_id: int) -> None:
+    """Note that this worker now runs ``job_id``'s hook (see :func:`record_path`); best effort (a full disk)."""
+    from balsam.site.layout import SiteLayout
+
+    assert _site_path is not None
+    path = record_path(SiteLayout(_site_path).state, os.getpid())
+    try:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except FileNotFoundError:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, str(job_id).encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
 
 def init_worker(site_path: str, balsam_home: Optional[str], agent_pid: int = 0) -> None:
     """Pool initializer: remember the site; start in its directory, as the agent does; end when the agent
@@ -100,6 +137,7 @@ def run_hook(job_row: Sequence[Any], hook: str) -> HookResult:
     site = _sites.ref_for_root(_site_path)
     job = Job._from_row(site, job_row)
     job_id = int(job.id or 0)
+    _note(job_id)
     src = str(job.state)
     try:
         cls = ApplicationDefinition.load_by_id(job.app_id, site=site)

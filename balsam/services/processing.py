@@ -10,6 +10,12 @@ Two paths:
   job's workdir and its output in ``balsam.log`` there, as Balsam does. A hook that raises sends its job to FAILED with the exception; a hook that leaves the
   state unchanged, or sets one the state machine refuses, is an error with a message, not a stuck job.
 
+A hook worker that dies mid-hook (the OOM killer, kill -9, a hook that ends its process) breaks the pool: its
+workers are killed (one path for every broken pool, so none lives on) and a new pool starts. The job whose worker
+died fails, saying how it died and how to run it again, as a job process killed from outside does (Balsam 0.7 does
+not retry those); each worker notes the job whose hook it runs (:func:`hookworker.record_path`) to tell that job
+from the others the pool stopped, which are handed back to run their hooks again.
+
 An app whose stored code no longer loads fails the jobs that need it processed, with the load error.
 
 When the agent stops (``balsam site stop``, Ctrl-C), running hooks get ``STOP_GRACE_S`` to finish; the workers of
@@ -24,7 +30,9 @@ import concurrent.futures
 import concurrent.futures.process
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -53,6 +61,8 @@ HOOKS: Dict[JobState, Tuple[str, JobState]] = {
 }
 BULK_BATCH = 20_000
 CYCLE_BUDGET_S = 2.0
+MAX_HANDED_BACK = 3
+"""A job whose hook was cut short this many times by a dying worker fails (its own hook may be what kills them)."""
 STOP_GRACE_S = 3.0
 """When the agent stops: how long running hooks get to finish before their workers are killed and their jobs handed
 back (unlocked, in the state they were in, so the next agent runs the hook again)."""
@@ -76,6 +86,8 @@ class ProcessingService(Service):
         self.session_id: Optional[int] = None
         self._last_tick = 0.0
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._handed_back: Dict[int, int] = {}
+        """Jobs handed back because another hook worker died while their hooks ran: how many times."""
 
     def doorbell(self) -> Optional[Doorbell]:
         """Rung when jobs to process appear (created, or a launcher reported runs), so they wait no period."""
@@ -176,14 +188,26 @@ class ProcessingService(Service):
         ended = self._wait_for_hooks(futures)
         if len(ended) < len(futures):
             self._kill_pool()  # the agent stops: unfinished hooks are handed back with the lease (see cleanup)
+        died: Optional[Dict[int, str]] = None
+        cut_short: List[int] = []
         for job, future in zip(jobs, futures):
             if future not in ended:
                 continue
+            job_id = int(job.id or 0)
             try:
                 changed, error = future.result()
-            except Exception as exc:  # the worker died (a hook called os._exit, or was killed)
-                self._pool = None
-                changed, error = None, {"message": f"the hook worker running {HOOKS[S(job.state)][0]} died: {type(exc).__name__}: {exc}"}
+            except concurrent.futures.process.BrokenProcessPool as exc:  # a worker died (killed, or a hook exited)
+                if died is None:
+                    died = self._dead_workers()  # before the pool is killed: which workers died on their own, of what
+                    self._kill_pool()
+                error = self._cut_short(job, died.get(job_id), exc)
+                if error is None:
+                    cut_short.append(job_id)
+                    continue
+                changed = None
+            except Exception as exc:  # the hook's result did not come back (it could not be pickled)
+                changed, error = None, {"message": f"{HOOKS[S(job.state)][0]} hook's result was lost: {type(exc).__name__}: {exc}"}
+            self._handed_back.pop(job_id, None)
             if error is not None:
                 failures.append(StateChange(int(job.id or 0), S.FAILED, data=error))
                 continue
@@ -198,6 +222,42 @@ class ProcessingService(Service):
         if failures:
             with self.site.store.write() as conn:
                 apply_state_changes(conn, failures, strict=False)
+        if cut_short:
+            logger.warning("processing: a hook worker died: %d jobs whose hooks it cut short are handed back", len(cut_short))
+            with self.site.store.write() as conn:
+                unlock_jobs(conn, cut_short)
+
+    def _dead_workers(self) -> Dict[int, str]:
+        """{job id: how its hook worker ended} for the workers of the broken pool that died on their own (killed from
+        outside, or a hook that exited); not those the pool stopped itself (SIGTERM) once one of them had died."""
+        pool = self._pool
+        out: Dict[int, str] = {}
+        for pid, proc in dict(getattr(pool, "_processes", None) or {}).items():
+            code = proc.exitcode
+            if code is None and multiprocessing.connection.wait([proc.sentinel], timeout=0):
+                proc.join(1.0)  # it is exiting (its pipes closed before the kernel has its exit status): wait for it
+                code = proc.exitcode
+            if code is None or code == -signal.SIGTERM:
+                continue
+            job_id = hookworker.job_of(self.site.layout.state, pid)
+            if job_id is not None:
+                out[job_id] = f"killed by {signal.Signals(-code).name}" if code < 0 else f"it exited with code {code}"
+        return out
+
+    def _cut_short(self, job: Job, how: Optional[str], exc: BaseException) -> Optional[Dict[str, Any]]:
+        """A job whose hook ended with its worker: the FAILED event's data for the job whose worker died running it
+        (``how``), as for a job process killed from outside (Balsam 0.7 does not retry those); None for a job whose
+        hook was cut short because another worker died, which is handed back to run its hook again (failed too once
+        that happened :data:`MAX_HANDED_BACK` times, so a job never loops)."""
+        job_id, hook = int(job.id or 0), HOOKS[S(job.state)][0]
+        if how is None:
+            times = self._handed_back[job_id] = self._handed_back.get(job_id, 0) + 1
+            if times < MAX_HANDED_BACK:
+                return None
+            how = f"{times} times while it ran: {type(exc).__name__}"
+        self._handed_back.pop(job_id, None)
+        return {"message": f"the hook worker running {hook} died ({how}; the OOM killer, kill -9, or the hook ended its "
+                           f"process): `balsam job reset {job_id}` runs the job again", "hook": hook}
 
     def _submit_hooks(self, jobs: List[Job]) -> List["concurrent.futures.Future[Any]"]:
         """Each job's hook, handed to the pool of hook workers. A pool broken while it idled (a worker killed from
@@ -237,17 +297,20 @@ class ProcessingService(Service):
         return ended
 
     def _kill_pool(self) -> None:
-        """Kill the hook workers (hooks that outlived the stop's grace) and drop the pool."""
+        """Kill the hook workers and drop the pool: hooks that outlived the stop's grace, and a pool broken by a worker
+        that died (the pool's own SIGTERM leaves a hook that ignores it running, and its shutdown waiting for it)."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        workers = list((getattr(pool, "_processes", None) or {}).values())
-        for proc in workers:
+        workers = dict(getattr(pool, "_processes", None) or {})
+        for proc in workers.values():
             try:
                 proc.kill()
             except (OSError, ValueError):
                 pass
         pool.shutdown(wait=True, cancel_futures=True)
+        for pid in workers:
+            hookworker.record_path(self.site.layout.state, pid).unlink(missing_ok=True)
 
     def _save(self, jobs: List[Job]) -> None:
         """Save hook results in one batch; if the batch is refused (a job moved meanwhile), one by one."""
@@ -268,9 +331,13 @@ class ProcessingService(Service):
                 unlock_jobs(conn, stuck)
 
     def cleanup(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        pool = self._pool
+        if pool is not None:
+            workers = list(getattr(pool, "_processes", None) or {})
+            pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            for pid in workers:
+                hookworker.record_path(self.site.layout.state, pid).unlink(missing_ok=True)
         # Releasing the lease hands back the jobs whose hooks did not finish: unlocked, their state unchanged.
         if self.session_id is not None:
             with self.site.store.write() as conn:
