@@ -641,3 +641,61 @@ def test_a_launcher_stopped_past_its_lease_starts_none_of_the_jobs_it_held_when_
         runs = marker.read_text().count("start") if marker.exists() else 0
         recorded = [e["to"] for e in events(site.store, job_id)].count("RUNNING")
         assert runs == recorded == 1, f"job {i}: ran {runs} times, {recorded} recorded"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("app", ["shell", "python"])
+def test_a_job_killed_from_outside_says_so_and_how_to_run_it_again(site: Any, pids: List[int], mode: str, app: str) -> None:
+    """The OOM killer (kill -9) ends a job's process, or the warm Python worker running its run(): as in Balsam 0.7 it
+    is not retried (RUN_ERROR, then FAILED by the default handle_error); its error names the signal and gives the
+    `balsam job reset` that runs it again, which then does."""
+    from balsam.api import ApplicationDefinition
+
+    flag = site.path / "let-it-live"
+
+    class Victim(ApplicationDefinition):
+        site = "test-site"
+        command_template = f"echo $$ > pid; while [ ! -e {flag} ]; do sleep 0.05; done"
+
+    class PyVictim(ApplicationDefinition):
+        site = "test-site"
+
+        def run(self, flag: str) -> int:
+            import os
+            import time
+
+            with open("pid", "w") as f:
+                f.write(str(os.getpid()))
+            while not os.path.exists(flag):
+                time.sleep(0.05)
+            return 7
+
+    cls = Victim if app == "shell" else PyVictim
+    cls.sync()
+    (job,) = runnable(site.store, [Victim.submit("oom/0") if app == "shell" else PyVictim.submit("oom/0", flag=str(flag))])
+    proc = start(site.path, mode, idle_ttl_s=1)
+    try:
+        pid = read_pid(site.path, "oom/0")
+        pids.append(pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: states(site.store, [job])[job] == "RUN_ERROR", timeout=60, what="RUN_ERROR")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    data = [e["data"] for e in events(site.store, job) if e["to"] == "RUN_ERROR"][-1]
+    assert data["returncode"] == -9, data
+    assert f"ended by SIGKILL (the OOM killer, or kill -9 from outside): 'balsam job reset {job}' runs it again" in data["error"]
+    from balsam.services.processing import ProcessingService
+    from balsam.settings import ProcessingSettings, SessionSettings
+    from balsam.site import this_host
+
+    ProcessingService(site, ProcessingSettings(), SessionSettings(), this_host()).run_cycle()  # the default handle_error
+    assert states(site.store, [job])[job] == "FAILED"
+    show = _balsam_cli("job", "show", str(job), "--site", str(site.path))
+    assert "SIGKILL" in show.stdout and f"balsam job reset {job}" in show.stdout, show.stdout + show.stderr
+    reset = _balsam_cli("job", "reset", str(job), "--site", str(site.path), "-y")
+    assert reset.returncode == 0, reset.stderr
+    flag.touch()
+    assert run(site, mode) == 0
+    assert states(site.store, [job])[job] in ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")

@@ -252,7 +252,19 @@ class Reporter:
             if disk.get("full"):  # say why where job.out could not even hold the job's own complaint
                 error = (f"the disk holding the workdirs was full ({disk.get('free_bytes', 0) // 1024} KiB free): the job "
                          f"may have failed for lack of space; 'balsam job reset {f.job_id}' runs it again" + (f"\n{error}" if error else ""))
+            elif f.rc < 0:  # a signal (the OOM killer, kill -9): not retried, as in Balsam 0.7; say so, and how to retry
+                why = " (the OOM killer, or kill -9 from outside)" if -f.rc == signal.SIGKILL else ""
+                error = (f"{error}\n" if error else "") + (
+                    f"ended by {_signal_name(-f.rc)}{why}: 'balsam job reset {f.job_id}' runs it again")
             self.put(f.job_id, S.RUN_ERROR, f.end, data={"returncode": f.rc, "error": error}, fields=fields, session_id=self.session_id)
+
+
+def _signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 99`` for a number with no name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class LongPoll:
