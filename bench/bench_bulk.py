@@ -192,10 +192,9 @@ _READ = re.compile(r"^\s+(read: .*?)\s+foreign\s+[\d.]+ ms, home host\s+[\d.]+ m
 def against(ref: str, sizes: List[int], rounds: int, with_reads: bool = False) -> None:
     """This script for git ``ref``'s code (before) and for this tree (after), alternating, each in a fresh process
     with a fresh site and agent; foreign/home of each, and after/before."""
-    tmp = Path(tempfile.mkdtemp(prefix="balsam-bench-ref-"))
-    try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    from _tree import git_tree  # bench/_tree.py, beside this script
+
+    with git_tree(ref) as tmp:
         trees = {"before": tmp, "after": REPO}
         print(f"bulk_create from another host, {ref} (before) against this tree (after), alternating, {rounds} rounds:", flush=True)
         for n in sizes:
@@ -221,8 +220,6 @@ def against(ref: str, sizes: List[int], rounds: int, with_reads: bool = False) -
             for what in dict.fromkeys(w for w, _ in read):
                 print(f"      {what}: foreign at {statistics.median(read[(what, 'before')]):.2f}x the home host's speed before, "
                       f"{statistics.median(read[(what, 'after')]):.2f}x after", flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

@@ -320,10 +320,9 @@ _SIM_LINE = re.compile(r"^\s*(\d+) launchers:\s+([\d.]+) jobs/s, p99 acquire\s+(
 def against(ref: str, launchers: List[int], sim_jobs: int, rounds: int) -> None:
     """Part 2 for git ``ref`` (the code before a change) and for this tree, alternating in one run (each in a fresh
     process with a fresh site and agent): the same load meets both, whatever else the machine is doing."""
-    tmp = Path(tempfile.mkdtemp(prefix="balsam-bench-ref-"))
-    try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    from _tree import git_tree  # bench/_tree.py, beside this script
+
+    with git_tree(ref) as tmp:
         trees = {"before": tmp, "after": REPO}
         print(f"2. simulated launchers, {ref} (before) against this tree (after), alternating, {sim_jobs or 'per size'} jobs each:", flush=True)
         for k in launchers:
@@ -344,8 +343,6 @@ def against(ref: str, launchers: List[int], sim_jobs: int, rounds: int) -> None:
             print(f"   {k:4d} launchers: before {b_rate:7.0f} jobs/s p99 {b_p99:7.1f} ms | after {a_rate:7.0f} jobs/s p99 {a_p99:7.1f} ms"
                   f" | throughput x{a_rate / b_rate:.2f}, p99 x{a_p99 / b_p99:.2f}{cpu_text}  (load average {os.getloadavg()[0]:.1f})",
                   flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
