@@ -32,7 +32,7 @@ LINK_FILE = "relay.json"
 
 def write_private(path: Path, payload: Dict[str, Any]) -> None:
     """Write JSON readable only by its owner (0600 from creation on, replaced atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

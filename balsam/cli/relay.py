@@ -41,7 +41,8 @@ def open_relay(db_url: Optional[str], migrate: bool = True) -> Any:
         from balsam.site import balsam_home
 
         folder = balsam_home() / "relay"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # BALSAM_HOME: private, as the registry makes it
+        folder.mkdir(exist_ok=True, mode=0o700)
         db_url = default_url(folder)
     store = RelayStore(db_url)
     if migrate:

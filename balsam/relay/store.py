@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -67,9 +68,22 @@ class Caller:
     token_id: Optional[int] = None
 
 
+def _private_file(url: str) -> None:
+    """Create a new SQLite database file readable only by its owner (it holds users' password and token hashes; SQLite
+    gives its -wal and -shm files the database file's mode). An existing file is left as its owner made it."""
+    path = sa.engine.make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # it exists (or its folder does not: SQLite says so when it opens it)
+
+
 def engine_for(url: str) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``); SQLite runs in WAL mode."""
     if url.startswith("sqlite"):
+        _private_file(url)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @sa.event.listens_for(engine, "connect")

@@ -57,6 +57,7 @@ def init_site(
     try:
         for d in (layout.data, layout.log, layout.qsubmit, layout.state):
             d.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)  # private to its owner: the DB, the API secret, job inputs and outputs (README, "Sites")
         os.chmod(layout.state, 0o700)
         layout.settings_path.write_text(settings_text)
         layout.job_template_path.write_text(template_text)

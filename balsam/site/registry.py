@@ -65,7 +65,7 @@ class Registry:
 
     @contextmanager
     def _locked(self) -> Iterator[Dict[str, object]]:
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)  # tokens live here too (each file 0600 besides)
         with open(self.home / "sites.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self._read()
