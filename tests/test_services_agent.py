@@ -344,6 +344,7 @@ def test_a_hook_worker_killed_mid_hook_fails_only_its_job_and_leaves_no_worker_b
     kill -9 (the OOM killer). Its job fails and says what happened and how to run it again; the other worker, whose
     hook ignores SIGTERM, does not live on; the other hooks are handed back and run again; the agent goes on."""
     from tests.launcher_support import events, pid_alive
+    from tests.launcher_support import wait_for as wait
 
     SlowPre.sync()
     SlowPreIgnoringTerm.sync()
@@ -357,16 +358,18 @@ def test_a_hook_worker_killed_mid_hook_fails_only_its_job_and_leaves_no_worker_b
         bystander_pid, _ = _hook_running(site, bystander)
         assert {victim_pid, bystander_pid} <= set(_children(agent))
         os.kill(victim_pid, signal.SIGKILL)
-        wait_for(lambda: str(Job.objects.get(id=victim.id).state) == "FAILED", timeout=60)
-        wait_for(lambda: not pid_alive(bystander_pid), timeout=15)  # the broken pool's other worker is killed
+        wait(lambda: str(Job.objects.get(id=victim.id).state) == "FAILED", timeout=60,
+             what=f"the killed worker's job FAILED (hook runs: {_hook_runs(site, victim)})")
+        wait(lambda: not pid_alive(bystander_pid), timeout=15, what="the broken pool's other worker to be killed")
         (failed,) = [e["data"] for e in events(site.store, int(victim.id)) if e["to"] == "FAILED"]
         assert "hook worker running preprocess died (killed by SIGKILL" in failed["message"], failed
         assert f"balsam job reset {victim.id}" in failed["message"], failed
         (site.path / "block").unlink()
         others = [bystander, *queued]
-        wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "PREPROCESSED" for j in others), timeout=90)
-        assert len(_hook_runs(site, bystander)) == 2  # its hook was cut short with the pool: run again
-        assert len(_hook_runs(site, victim)) == 1
+        wait(lambda: all(str(Job.objects.get(id=j.id).state) == "PREPROCESSED" for j in others), timeout=90,
+             what="the handed-back jobs PREPROCESSED")
+        assert len(_hook_runs(site, bystander)) == 2, _hook_runs(site, bystander)  # cut short with the pool: run again
+        assert len(_hook_runs(site, victim)) == 1, _hook_runs(site, victim)
         workers = [p for p in _children(agent) if pid_alive(p)]
         assert victim_pid not in workers and bystander_pid not in workers
     finally:

@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -61,6 +62,8 @@ HOOKS: Dict[JobState, Tuple[str, JobState]] = {
 }
 BULK_BATCH = 20_000
 CYCLE_BUDGET_S = 2.0
+REAP_WAIT_S = 5.0
+"""How long the exit status of a hook worker that died may take to show (it is exiting)."""
 MAX_HANDED_BACK = 3
 """A job whose hook was cut short this many times by a dying worker fails (its own hook may be what kills them)."""
 STOP_GRACE_S = 3.0
@@ -164,6 +167,9 @@ class ProcessingService(Service):
 
     def _hook_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
+            # Notes of an earlier pool's workers (an agent killed with kill -9 leaves them) must not name a job for a
+            # new worker that reuses a pid.
+            shutil.rmtree(self.site.layout.state / hookworker.RECORDS, ignore_errors=True)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.settings.num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=hookworker.init_worker,
                 initargs=(str(self.site.path), self.balsam_home, os.getpid()))
@@ -235,8 +241,12 @@ class ProcessingService(Service):
         for pid, proc in dict(getattr(pool, "_processes", None) or {}).items():
             code = proc.exitcode
             if code is None and multiprocessing.connection.wait([proc.sentinel], timeout=0):
-                proc.join(1.0)  # it is exiting (its pipes closed before the kernel has its exit status): wait for it
-                code = proc.exitcode
+                # It is exiting: its pipes close before the kernel has its exit status, and the pool's own thread may
+                # be the one that reaps it (then its status shows here a moment later).
+                deadline = time.monotonic() + REAP_WAIT_S
+                while code is None and time.monotonic() < deadline:
+                    proc.join(0.05)
+                    code = proc.exitcode
             if code is None or code == -signal.SIGTERM:
                 continue
             job_id = hookworker.job_of(self.site.layout.state, pid)
