@@ -30,6 +30,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def no_process_left_behind(balsam_home: Path, tmp_path: Path) -> Iterator[None]:
+    """Fail the test (at teardown, naming it) when an agent, launcher, worker or server it started still runs after
+    it ended and its fixtures stopped what they started; those processes are then killed."""
+    from tests import leaks
+
+    before = leaks.pids()
+    yield
+    found = leaks.left_behind(before, balsam_home, tmp_path)
+    if found:
+        pytest.fail("this test left processes running:\n" + "\n".join(leaks.describe(found)), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
 def balsam_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty per-test site registry; no current site from the environment."""
     home = tmp_path / "balsam-home"

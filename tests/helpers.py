@@ -73,3 +73,23 @@ def fill(path: Path) -> None:
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
                 return
+
+
+ACTIVE_BATCH_JOB_STATES = ["pending_submission", "queued", "running", "pending_deletion"]
+
+
+def end_allocations(site_name: str, timeout: float = 90.0) -> None:
+    """Delete a site's active BatchJobs through its running agent, and wait until its scheduler has ended them: the
+    local scheduler kills their launchers, which would otherwise outlive the test by their idle TTL. Call it before
+    stopping the agent (a stopped agent deletes nothing)."""
+    import time
+
+    from balsam.api import BatchJob
+
+    for bj in BatchJob.objects.filter(site_name=site_name, state=ACTIVE_BATCH_JOB_STATES[:3]):
+        bj.state = "pending_deletion"
+        bj.save()
+    deadline = time.monotonic() + timeout
+    while BatchJob.objects.filter(site_name=site_name, state=ACTIVE_BATCH_JOB_STATES).exists():
+        assert time.monotonic() < deadline, f"the agent of {site_name} did not end its BatchJobs in {timeout} s"
+        time.sleep(0.2)

@@ -17,6 +17,7 @@ from typing import Any, List
 import pytest
 
 from balsam.api import ApplicationDefinition, BatchJob, Job
+from tests.helpers import end_allocations
 
 SITE = "qs-site"
 
@@ -55,11 +56,11 @@ def qs_site(tmp_path: Path) -> Any:
     balsam("site", "init", str(root), "-n", SITE, "--preset", "local")
     (root / "settings.yml").write_text((root / "settings.yml").read_text().replace("idle_ttl_s: 10", "idle_ttl_s: 3"))
     balsam("site", "start", "--site", str(root))
-    yield root
-    balsam("site", "stop", "--site", str(root), check=False)
-    for bj in BatchJob.objects.filter(site_name=SITE, state=["pending_submission", "queued", "running"]):
-        bj.state = "pending_deletion"
-        bj.save()
+    try:
+        yield root
+        end_allocations(SITE)  # their launchers end with them (the agent's restart test keeps an idle one for 60 s)
+    finally:
+        balsam("site", "stop", "--site", str(root), check=False)
 
 
 @pytest.mark.parametrize("job_mode", ["mpi", "serial"])

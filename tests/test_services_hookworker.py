@@ -17,7 +17,7 @@ import pytest
 from balsam.api import ApplicationDefinition, BatchJob, Job
 from balsam.services.processing import ProcessingService
 from balsam.settings import ProcessingSettings, SessionSettings
-from tests.helpers import advance
+from tests.helpers import advance, end_allocations
 
 
 class Simulation(ApplicationDefinition):
@@ -120,7 +120,7 @@ def test_documented_postprocess_end_to_end(tmp_path: Path) -> None:
         assert (root / "data" / "e2e" / "out.hdf").read_text() == "energy 42\n"
         assert "read out.hdf" in (root / "data" / "e2e" / "balsam.log").read_text()
     finally:
-        subprocess.run([sys.executable, "-m", "balsam", "site", "stop", "--site", str(root)], capture_output=True, timeout=120)
-        for bj in BatchJob.objects.filter(site_name="test-site", state=["pending_submission", "queued", "running"]):
-            bj.state = "pending_deletion"
-            bj.save()
+        try:
+            end_allocations("test-site")
+        finally:
+            subprocess.run([sys.executable, "-m", "balsam", "site", "stop", "--site", str(root)], capture_output=True, timeout=120)
