@@ -106,3 +106,66 @@ def test_bobs_agent_cannot_answer_or_read_alices_commands(two_users: Dict[str, A
         assert status == 404, answer
     assert alice.request("GET", f"/v1/commands/{command}")["state"] == "pending"
     assert [int(c["id"]) for c in agent_a.request("GET", "/v1/sync/commands?after=0")["commands"]] == [command]
+
+
+def _trickle(stop: Any, socks: List[Any]) -> None:
+    """One more byte of each login body every 2 s, until ``stop`` is set."""
+    while not stop.wait(2.0):
+        for s in socks:
+            try:
+                s.sendall(b" ")
+            except OSError:
+                pass
+
+
+@pytest.mark.slow
+def test_logins_trickled_a_byte_at_a_time_cannot_hold_the_relay_from_its_users(tmp_path: Any) -> None:
+    """Anyone who reaches the relay may start a login. Before, a login body trickled a byte every few seconds held its
+    connection for as long as the trickle went on, and enough of them (the server's connection limit: 1,000 by
+    default, 40 here) answered every user 503. Now a body without credentials must arrive within 10 s."""
+    import socket
+    import threading
+    import time
+
+    from balsam.http.client import HttpClient
+    from balsam.http.serve import ApiServer, ServeOptions
+    from balsam.relay.server import build_relay_app
+    from tests.relay_support import relay_store
+    from tests.test_relay_server import login
+
+    for store in relay_store("sqlite", tmp_path):
+        store.add_user("alice", "alice-password")
+        server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0, max_connections=40)).start()
+        url = f"http://127.0.0.1:{server.port}"
+        alice = HttpClient(url=url, token=login(url, "alice", "alice-password").token, retry_s=0, timeout_s=10)
+        stop = threading.Event()
+        socks: List[Any] = []
+        try:
+            for _ in range(60):
+                s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                s.sendall(b"POST /v1/tokens HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{")
+                socks.append(s)
+            threading.Thread(target=_trickle, args=(stop, socks), daemon=True).start()
+            refused, answered, started = 0, None, time.monotonic()
+            while answered is None and time.monotonic() - started < 45:
+                try:
+                    answered = alice.request("GET", "/v1/whoami")
+                except Exception as e:  # 503 while the slots are held
+                    assert "503" in str(e), e
+                    refused += 1
+                    time.sleep(1.0)
+            assert answered is not None and answered["user"] == "alice", f"alice was refused for 45 s ({refused} tries)"
+            assert time.monotonic() - started < 30
+            said = b""
+            for s in socks[:5]:  # the trickling logins were told why
+                s.settimeout(5)
+                try:
+                    said += s.recv(4096)
+                except OSError:
+                    pass
+            assert b"without credentials sends its body within 10 s" in said or b"503" in said, said[:300]
+        finally:
+            stop.set()
+            for s in socks:
+                s.close()
+            server.stop()

@@ -63,6 +63,9 @@ REVERIFY_S = 2.0
 indexed look-up; in memory at ``balsam ui``)."""
 _NO_STORE = (b"cache-control", b"no-store")
 ANONYMOUS_BODY_BYTES = 64 * 1024
+ANONYMOUS_BODY_S = 10.0
+"""The longest a caller without credentials (a login) may take over its whole body: trickled a byte at a time, 1,000
+of them held every connection of the server (everyone else got 503) for as long as they kept trickling."""
 """The largest body a route without credentials reads (``balsam ui``'s and the relay's logins): the request limit
 otherwise lets anyone who reaches the port make the server hold hundreds of MB."""
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
@@ -319,9 +322,10 @@ class Api:
         except Unauthorized as e:
             raise ApiError(401, "unauthorized", str(e), kind="ServiceError") from None
 
-    async def _receive(self, receive: Callable[[], Any]) -> Any:
-        """The next ASGI message of a request body, or ApiError when none came for ``body_timeout_s``. (A timer that
-        cancels this task, not ``asyncio.wait_for``, which makes a task per call.)"""
+    async def _receive(self, receive: Callable[[], Any], timeout_s: Optional[float] = None) -> Any:
+        """The next ASGI message of a request body, or ApiError when none came for ``timeout_s`` (``body_timeout_s``).
+        (A timer that cancels this task, not ``asyncio.wait_for``, which makes a task per call.)"""
+        timeout_s = self.limits.body_timeout_s if timeout_s is None else timeout_s
         task = asyncio.current_task()
         assert task is not None
         expired: List[bool] = []
@@ -330,7 +334,7 @@ class Api:
             expired.append(True)
             task.cancel()
 
-        timer = asyncio.get_running_loop().call_later(self.limits.body_timeout_s, expire)
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
         try:
             return await receive()
         except asyncio.CancelledError:
@@ -339,7 +343,7 @@ class Api:
             uncancel = getattr(task, "uncancel", None)
             if uncancel is not None:
                 uncancel()
-            raise ApiError(400, "invalid", f"request body stalled for {self.limits.body_timeout_s:g} s") from None
+            raise ApiError(400, "invalid", f"request body stalled for {timeout_s:g} s") from None
         finally:
             timer.cancel()
 
@@ -356,8 +360,15 @@ class Api:
                 raise ApiError(413, "too_large", f"request body of {size} bytes is over the limit of {limit}")
         chunks: List[bytes] = []
         total = 0
+        deadline = None if principal is not None else time.monotonic() + ANONYMOUS_BODY_S
         while True:
-            message = await self._receive(receive)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                message = await self._receive(receive, left)
+            except ApiError:
+                if deadline is None:
+                    raise
+                raise ApiError(400, "invalid", f"a request without credentials sends its body within {ANONYMOUS_BODY_S:g} s") from None
             if message["type"] == "http.disconnect":
                 raise ApiError(400, "invalid", "the client went away before sending its body")
             chunk = message.get("body", b"")
