@@ -179,7 +179,7 @@ def test_a_retried_acquire_returns_the_same_jobs_and_answers_survive_a_restart(s
     server = start_api_server(site.path, site.store, ApiSettings(bind="127.0.0.1"), host=this_host())
     try:
         again = client.request("POST", f"/v1/sessions/{sid}/acquire", {"max_num_jobs": 2}, idempotency_key="acq-1")["jobs"]
-        assert [j["id"] for j in again] == [j["id"] for j in first] and len(first) == 2
+        assert again == first and len(first) == 2, "the same jobs, every field as first answered"
         rest = client.request("POST", f"/v1/sessions/{sid}/acquire", {"max_num_jobs": 10}, idempotency_key="acq-2")["jobs"]
         assert sorted(j["id"] for j in first + rest) == sorted(ids)
         with pytest.raises(Exception, match="different request"):

@@ -122,7 +122,7 @@ def test_a_batch_of_acquires_answers_each_on_its_own(site: Any, hello: Any) -> N
 
 def test_a_launchers_answers_are_kept_an_hour_others_a_day_and_then_forgotten(site: Any, hello: Any,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Answers kept for retries do not fill the disk: an acquire's answer (~0.5 KB per job) and a status batch's
+    """Answers kept for retries do not fill the disk: an acquire's answer (its jobs' ids) and a status batch's
     are kept an hour (past the lease and every client's retries), another write's a day; a sweep about once a minute
     forgets the expired ones, and a retry within the time still gets its answer."""
     from balsam.db import backend as b
@@ -244,3 +244,22 @@ def test_idle_launchers_waiting_for_work_share_one_watch_and_the_first_job_wakes
     assert [jobs for jobs, _ in winners] == [[job_id]], "one launcher took the job"
     assert winners[0][1] < min(took for jobs, took in results if not jobs), "it did not wait for the others' timeout"
     assert 0 < looks[0] < 24 * 4.0 / 0.02 / 4, "one poll serves every waiting launcher"
+
+
+def test_an_acquire_answer_kept_whole_by_an_earlier_balsam_is_still_replayed(site: Any, hello: Any) -> None:
+    """Answers kept before an upgrade (the whole JSON body) are answered as they were kept; new ones keep the ids and
+    a retry reads the same jobs again, in the order first answered."""
+    from balsam.db.backend import LocalBackend
+
+    backend = LocalBackend(site.store)
+    ids = runnable(site.store, [hello.submit(f"u/{i}", say_hello_to=str(i)) for i in range(3)])
+    sid = backend.create_session(host="n", pid=1, batch_job_id=None, label="")
+    with site.store.write() as conn:
+        conn.execute("INSERT INTO http_answer(key, fingerprint, status, body, created, expires) VALUES ('old', 'f', 200, ?, 0, 9e12)",
+                     (b'{"jobs":[{"id":1}]}',))
+    assert backend.acquire_batch([("old", "f", sid, 2, {}, False)]) == [(200, b'{"jobs":[{"id":1}]}', True)]
+    new = backend.acquire_batch([("new", "f", sid, 3, {}, False)])[0]
+    kept = site.store.execute("SELECT body FROM http_answer WHERE key='new'")[0][0]
+    assert bytes(kept) == b"ids:" + ",".join(str(j["id"]) for j in new[1]).encode() and sorted(j["id"] for j in new[1]) == sorted(ids)
+    again = backend.acquire_batch([("new", "f", sid, 3, {}, False)])[0]
+    assert again == (200, new[1], True)

@@ -691,13 +691,19 @@ class LocalBackend(Backend):
         return results
 
     def acquire_batch(self, requests: Sequence[Tuple[Optional[str], str, int, int, Dict[str, Any], bool]],
-                      answer: Callable[[List[Dict[str, Any]]], Tuple[int, bytes]], keep_s: float = LAUNCHER_ANSWER_KEEP_S) -> List[Any]:
+                      answer: Optional[Callable[[List[Dict[str, Any]]], Tuple[int, bytes]]] = None,
+                      keep_s: float = LAUNCHER_ANSWER_KEEP_S) -> List[Any]:
         """Several launchers' acquires (idempotency key or None, fingerprint, lease, max_num_jobs, constraints, final)
         in one transaction: one look-up of the keys' stored answers, one expiry pass over the leases and one write
         of the new answers for all of them; each acquire in its own savepoint (a lease that expired fails alone).
-        Per request, in order: (status, body, replayed) (``answer`` makes the body from the jobs, JSON columns as
-        stored text), None when it found no job and is not ``final`` (nothing written: the caller waits and asks
-        again), or the exception that request alone gets. A key's answer is kept only when it holds jobs or is final."""
+        Per request, in order: (status, body, replayed), None when it found no job and is not ``final`` (nothing
+        written: the caller waits and asks again), or the exception that request alone gets. A key's answer is kept
+        only when it holds jobs or is final.
+
+        ``answer`` makes the body from the jobs (JSON columns as stored text). Without it, the body is the list of
+        jobs itself and the caller makes it, after the transaction, off the site's writer lock (the HTTP server does:
+        encoding 64 jobs took as long as acquiring them). Either way a key keeps only the jobs' ids (kept whole, a
+        node's worth of jobs wrote ~23 KB to the WAL per acquire): a retry is answered with the same jobs, read again."""
         from balsam.db import sessions
 
         results: List[Any] = [None] * len(requests)
@@ -715,7 +721,7 @@ class LocalBackend(Backend):
                     if known != fingerprint:
                         results[i] = ValidationError("Idempotency-Key was already used for a different request")
                     elif hit is not None:
-                        results[i] = (hit[1], hit[2], True)
+                        results[i] = (hit[1], _acquired_again(conn, hit[2], answer), True)
                     continue  # a retry within this batch: answered below from the first
                 try:
                     unknown = set(constraints) - ACQUIRE_CONSTRAINTS
@@ -728,11 +734,11 @@ class LocalBackend(Backend):
                     continue
                 if not jobs and not final:
                     continue  # None: nothing written, and the key stays free for the next try
-                status, body = answer(jobs)
+                status, body = answer(jobs) if answer is not None else (200, jobs)
                 results[i] = (status, body, False)
                 if key:
                     first[key] = i
-                    rows.append((key, fingerprint, status, body, now))
+                    rows.append((key, fingerprint, status, _ACQUIRED_IDS + ",".join([str(j["id"]) for j in jobs]).encode(), now))
             if rows:
                 _keep_answers(conn, rows, now, keep_s)
         for i, (key, fingerprint, *_rest) in enumerate(requests):
@@ -763,6 +769,22 @@ class LocalBackend(Backend):
                 now = time.time()
                 _keep_answers(conn, [(key, fingerprint, status, body, now)], now, keep_s)
         return status, body, False
+
+
+_ACQUIRED_IDS = b"ids:"
+"""How a kept acquire answer starts: the acquired jobs' ids follow (an answer kept whole is JSON: it starts with "{")."""
+
+
+def _acquired_again(conn: Any, kept: bytes, answer: Optional[Callable[[List[Dict[str, Any]]], Tuple[int, bytes]]]) -> Any:
+    """A kept acquire answer for a retry: the same jobs read again (their body, or without ``answer`` the jobs
+    themselves), or the body as kept by a Balsam that kept it whole."""
+    from balsam.db import sessions
+
+    if not kept.startswith(_ACQUIRED_IDS):
+        return kept
+    ids = [int(i) for i in kept[len(_ACQUIRED_IDS):].split(b",") if i]
+    jobs = sessions.acquired_again(conn, ids)
+    return answer(jobs)[1] if answer is not None else jobs
 
 
 def _kept_answers(conn: Any, keys: Sequence[str]) -> Dict[str, Tuple[str, int, bytes]]:

@@ -379,10 +379,23 @@ def acquire(
     return taken
 
 
+def acquired_again(conn: sqlite3.Connection, job_ids: Sequence[int]) -> List[Dict[str, Any]]:
+    """The jobs of an acquire that is being answered again (a launcher's retry), as :func:`acquire` with ``json_text``
+    gave them, in the same order: the same jobs, as they are now (a job deleted since is left out)."""
+    if not job_ids:
+        return []
+    cols = ", ".join(ACQUIRE_COLUMNS)
+    cur = conn.execute(f"SELECT {cols}, (SELECT version FROM app WHERE app.id = job.app_id) AS app_version FROM job "
+                       "WHERE id IN (SELECT value FROM json_each(?))", (dumps(list(job_ids)),))
+    names = [d[0] for d in cur.description]
+    found = {row[0]: dict(zip(names, row)) for row in cur}
+    return [found[i] for i in job_ids if i in found]
+
+
 JSON_COLUMNS = frozenset(_JSON)
 """Acquired columns holding JSON (text with ``json_text``)."""
 
 __all__ = [
-    "JSON_COLUMNS", "RUNNABLE_NAMES", "SESSION_FIELDS", "acquire", "capacity_label", "label_capacity", "create_session", "expire_sessions",
+    "JSON_COLUMNS", "RUNNABLE_NAMES", "SESSION_FIELDS", "acquire", "acquired_again", "capacity_label", "label_capacity", "create_session", "expire_sessions",
     "live_holders", "process_alive", "process_start_time", "release", "session_fields", "session_labels", "tick", "JobState",
 ]

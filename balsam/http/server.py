@@ -303,7 +303,7 @@ class Api:
                                 weight=lambda entry: len(entry[3]), limit=STATUS_GROUP_CHANGES)
         self._watch = ChangeWatch(backend.data_version)
         """What idle launchers' acquires wait on: one poll of the site DB for all of them."""
-        self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch, _acquire_answer), urgent=True)  # type: ignore[attr-defined]
+        self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch), urgent=True)  # type: ignore[attr-defined]
         """Launchers waiting for jobs: their nodes idle until the answer, so acquires commit ahead of other writes."""
 
     def close(self) -> None:
@@ -545,6 +545,8 @@ class Api:
             answer: Optional[Tuple[int, bytes, bool]]
             if joined:  # with the other acquires waiting for the writer: one transaction, one write of their answers
                 answer = await self._acquires.add((key, fingerprint, session_id, max_num_jobs, constraints, final))
+                if answer is not None and not isinstance(answer[1], bytes):  # the jobs: their answer is made here, off the writer
+                    answer = (answer[0], _acquire_answer(answer[1])[1], answer[2])
             elif key:
                 answer = await self._write(functools.partial(self._once, key, fingerprint, functools.partial(attempt, final),
                                                              call.backend), call.backend)
@@ -740,7 +742,9 @@ _JSON_KEYS = tuple((k, b'"%s":' % k.encode()) for k in sorted(JSON_COLUMNS))
 def _acquired_text(job: Dict[str, Any]) -> bytes:
     """An acquired job whose JSON columns are stored JSON text, as the JSON of :func:`_acquired` (the text is
     spliced in as it is: the store's one writer of those columns wrote it as JSON)."""
-    raw = b",".join([key + str(job.pop(k)).encode() for k, key in _JSON_KEYS if k in job])
+    raw = b",".join([key + str(job[k]).encode() for k, key in _JSON_KEYS if k in job])
+    if raw:  # the other columns (the job itself is left as it was: a retry in the same group shares it)
+        job = {k: v for k, v in job.items() if k not in JSON_COLUMNS}
     rest = None
     if _orjson_dumps is not None:  # the pickled parameters are the one column that may hold bytes
         pickled = job.get("parameters_pickled")
