@@ -526,8 +526,10 @@ def test_a_launcher_whose_workdirs_disk_fills_starts_nothing_new_and_resumes_onc
 
 
 @pytest.mark.slow
-def test_jobs_held_ahead_in_mpi_modes_backlog_wait_for_space_like_new_ones(site: Any, small_disk: Path, tmp_path: Path) -> None:
-    """A job runs on the only node while the next ones wait in the launcher's backlog (acquired, not started). The
+@pytest.mark.parametrize("mode", MODES)
+def test_jobs_held_ahead_wait_for_space_like_new_ones(site: Any, small_disk: Path, tmp_path: Path, mode: str) -> None:
+    """A job runs on the only node while the next ones wait, acquired but not started (mpi mode's backlog; serial
+    mode's node worker's queue). The
     workdirs' disk fills: when the node frees up, the held jobs do not start (each would fail for lack of space), and
     the launcher waits past its idle TTL; once space is freed they run, each once."""
     import shutil
@@ -547,12 +549,12 @@ def test_jobs_held_ahead_in_mpi_modes_backlog_wait_for_space_like_new_ones(site:
 
     Held.sync()
     ids = runnable(site.store, [Held.submit(f"h/{i}", n=i, node_packing_count=1) for i in range(3)])
-    proc = start(site.path, "mpi", wall_time_min=3, idle_ttl_s=1)
+    proc = start(site.path, mode, wall_time_min=3, idle_ttl_s=1)
     filler = small_disk / "filler"
     try:
         wait_for(lambda: (marks / "0").exists(), timeout=60, what="the first job to run")
         wait_for(lambda: job_row(site.store, ids[1])["session_id"] is not None, timeout=30, what="the next job held ahead")
-        assert not (marks / "1").exists()  # one node, one job at a time: job 1 waits in the backlog
+        assert not (marks / "1").exists()  # one node, one job at a time: job 1 waits, held ahead
         fill(filler)
         time.sleep(1.5)  # past the launcher's once-a-second look at the disk
         go.touch()  # the node frees up

@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from balsam.db.doorbell import Doorbell
@@ -101,7 +102,7 @@ class SerialMaster(LauncherBase):
         rm = make_resource_manager(self.cfg, [node])
         handle_box: List[WorkerHandle] = []
         worker = SerialWorker(lambda m: self.inbox.put((handle_box[0], m)), executor, rm, prefetch=self.ls.serial_prefetch_per_node,
-                              allows_packing=self.ls.mpirun_allows_node_packing)
+                              allows_packing=self.ls.mpirun_allows_node_packing, data_dir=Path(self.cfg.data_dir))
         handle = WorkerHandle(0, worker.deliver)
         handle.host = node.hostname
         handle_box.append(handle)

@@ -29,10 +29,13 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from balsam.launcher.executor import Executor, Finished
 from balsam.launcher.resources import Placement, Request, ResourceManager, Unplaceable
 from balsam.launcher.tasks import Task
+from balsam.site.agent_state import disk_state
 
 logger = logging.getLogger("balsam.launcher.worker")
 
 MODULE = "balsam.launcher.serial_worker"
+DISK_CHECK_PERIOD_S = 1.0
+"""How often a worker with tasks queued looks at the free space of the workdirs' disk."""
 Message = Dict[str, Any]
 
 
@@ -52,8 +55,12 @@ class SerialWorker:
     """One node's worker loop (see the module docstring)."""
 
     def __init__(self, send: Callable[[Message], None], executor: Executor, rm: ResourceManager, *, prefetch: int,
-                 allows_packing: bool = True) -> None:
+                 allows_packing: bool = True, data_dir: Optional[Path] = None) -> None:
+        """``data_dir``: the jobs' workdirs' folder; while its disk is full, queued tasks wait (as the master's do)."""
         self.send = send
+        self.data_dir = data_dir
+        self._disk_checked = -DISK_CHECK_PERIOD_S
+        self._disk_full = False
         self.executor = executor
         self.rm = rm
         self.prefetch = max(1, prefetch)
@@ -138,7 +145,7 @@ class SerialWorker:
                 self.stopping = str(msg.get("reason") or "the launcher stopped")
 
     def _start(self, started: List[List[Any]]) -> None:
-        if not self.queue:
+        if not self.queue or self._data_disk_full():
             return
         failed_reqs: Set[Request] = set()
         keep: Deque[Tuple[Task, Request]] = deque()
@@ -156,6 +163,23 @@ class SerialWorker:
             self.placements[task.id] = placement
             started.append([task.id, self.executor.start(task, placement)])
         self.queue = keep
+
+    def _data_disk_full(self) -> bool:
+        """Whether the workdirs' disk is full, looked at once a second: queued tasks would fail for lack of space, so
+        they wait for it (the master sends no more meanwhile)."""
+        if self.data_dir is None:
+            return False
+        now = time.monotonic()
+        if now - self._disk_checked >= DISK_CHECK_PERIOD_S:
+            self._disk_checked = now
+            full = bool(disk_state(self.data_dir).get("full"))
+            if full != self._disk_full:
+                if full:
+                    logger.error("the disk holding %s is full: %d queued jobs wait for space", self.data_dir, len(self.queue))
+                else:
+                    logger.warning("space was freed on the disk holding %s: starting jobs again", self.data_dir)
+            self._disk_full = full
+        return self._disk_full
 
     def _want(self) -> int:
         have = len(self.queue) + self.requested
@@ -232,7 +256,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rm = ResourceManager([(node.hostname, node.cpu_ids, node.gpu_ids)])
     worker = SerialWorker(lambda m: sender.send(links.encode(m)), executor, rm,
                           prefetch=settings.launcher.serial_prefetch_per_node,
-                          allows_packing=settings.launcher.mpirun_allows_node_packing)
+                          allows_packing=settings.launcher.mpirun_allows_node_packing, data_dir=Path(cfg.data_dir))
 
     def on_term(signum: int, _frame: Any) -> None:
         worker.stop(f"the node worker received {signal.Signals(signum).name}")
