@@ -10,7 +10,8 @@
     ├── StoreError                the site DB itself: corrupt, locked, newer schema
     │   └── SchemaError
     ├── ValidationError           bad input: unknown filter keyword, parameter, absolute workdir, ...
-    │   └── IllegalTransition     a job state change the state machine refuses
+    │   ├── IllegalTransition     a job state change the state machine refuses
+    │   └── ReadOnlyError         a write to the EventLog (also an AttributeError, as in Balsam 0.7)
     ├── JobLockedError            an operation on jobs held by a live launcher session
     ├── SessionExpired            a lease that is gone (expired or released) was used
     ├── ObjectDoesNotExist        (each model's ``DoesNotExist`` derives from it)
@@ -95,6 +96,11 @@ class IllegalTransition(ValidationError):
     def __init__(self, message: str, job_id: Optional[int] = None) -> None:
         super().__init__(message)
         self.job_id = job_id
+
+
+class ReadOnlyError(ValidationError, AttributeError):
+    """A write to a read-only model (the EventLog): setting a field or creating a row. Also an AttributeError, which
+    Balsam 0.7 raised there (``EventLog.objects.create`` had no ``create``; setting a field said it is read-only)."""
 
 
 class JobLockedError(BalsamError):

@@ -276,6 +276,8 @@ def test_typed_specs_and_transfer_items(site: Any) -> None:
     assert job.state == "READY"  # waiting for its stage-in
     for item in TransferItem.objects.filter(direction="in", state="pending"):
         assert (item.job_id, item.remote_path, item.local_path) == (job.id, "/path/to/input.dat", "input.nw") and not item.task_id
+        assert item.remote_path.as_posix() == "/path/to/input.dat"  # 0.7's test_create_transfers_shortcut: a Path there
+        assert item.local_path == Path("input.nw") and item.local_path.name == "input.nw"
     assert TransferItem.objects.filter(state=TransferItemState.awaiting_job).count() == 1
     assert str(TransferDirection.stage_out) == "out" and JobState.job_finished == "JOB_FINISHED"
     assert [s.name for s in JobState][:2] == ["CREATED", "AWAITING_PARENTS"]  # the aliases add no states

@@ -148,3 +148,39 @@ def test_sites_by_last_refresh_as_the_api_guide_queries_them(site: Any) -> None:
     assert Site.objects.filter(last_refresh_after=me.last_refresh + dt.timedelta(minutes=1)).count() == 0
     assert Site.objects.filter(last_refresh__gte=me.last_refresh).count() == 1  # the time shown includes itself
     assert Site.objects.filter(last_refresh__lt=me.last_refresh).count() == 0
+
+
+def test_0_7s_own_api_tests_typed_fields_and_the_read_only_event_log(site: Any, hello: Any) -> None:
+    """Balsam 0.7's tests/api/test_api.py: ``job.workdir.as_posix()``, ``child.parent_ids == {parent.id}``,
+    ``transfer.remote_path.as_posix()``, ``Job.objects.create("test/run1", app_id=...)`` (workdir positional),
+    ``job._state`` ("creating", "dirty", "clean"), and the EventLog refusing writes with an AttributeError
+    (``EventLog.objects.create``: "has no attribute 'create'"; setting a field: "EventLog is read-only") while saving
+    an unchanged event is a no-op. Here workdir was plain text (no ``as_posix``), parent_ids a list unequal to the
+    set, create() took no positional argument, and the EventLog's refusals were only ValidationErrors."""
+    from balsam.exceptions import ReadOnlyError
+
+    job = Job.objects.create("test/run1", app_id=hello.__app_id__, parameters={"say_hello_to": "x"})
+    assert job.workdir.as_posix() == "test/run1" and job.workdir == "test/run1" and job.workdir == Path("test/run1")
+    assert job.workdir.name == "run1" and job.workdir / "job.out" == Path("test/run1/job.out")
+    assert site.path / "data" / job.workdir == site.path / "data" / "test" / "run1"
+    assert {j.workdir.as_posix() for j in Job.objects.filter(workdir__contains="test/")} == {"test/run1"}
+    child = Job("test/child", app_id=hello.__app_id__, parameters={"say_hello_to": "x"}, parent_ids=[job.id])
+    assert child._state == "creating"
+    child.save()
+    assert child._state == "clean" and child.parent_ids == {job.id} and Job.objects.get(id=child.id).parent_ids == {job.id}
+    assert child.parent_ids == [job.id]  # still a list, as stored and sent
+    child.num_nodes = 2
+    assert child._state == "dirty"
+    child.save()
+    assert child._state == "clean" and Job.objects.get(id=child.id).num_nodes == 2
+
+    with pytest.raises(AttributeError, match="has no attribute 'create'"):
+        EventLog.objects.create(job_id=job.id, from_state="RUNNING", to_state="RUN_DONE")
+    log = EventLog.objects.first()
+    assert log is not None
+    before = log.from_state
+    with pytest.raises(AttributeError, match="EventLog is read-only") as refused:
+        log.from_state = "RUN_DONE"
+    assert isinstance(refused.value, ReadOnlyError) and isinstance(refused.value, ValidationError)
+    log.save()  # nothing to write
+    assert EventLog.objects.first() == log and log.from_state == before != "RUN_DONE"

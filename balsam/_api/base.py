@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import operator
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -191,6 +191,92 @@ class Field:
         obj.__dict__[self.name] = value
 
 
+class PathStr(str):
+    """A path kept as text (a job's workdir, relative to the site's data/ folder; a transfer item's local and remote
+    paths): text, as it is stored, compared and shown, that also has the path methods of Balsam 0.7's ``Path``-typed
+    fields (``job.workdir.as_posix()``, ``.name``, ``.parent``, ``job.workdir / "job.out"``) and equals the same path
+    given as a ``Path``."""
+
+    __slots__ = ()
+
+    def as_posix(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def _path(self) -> PurePosixPath:
+        return PurePosixPath(str.__str__(self))
+
+    @property
+    def name(self) -> str:
+        return self._path.name
+
+    @property
+    def stem(self) -> str:
+        return self._path.stem
+
+    @property
+    def suffix(self) -> str:
+        return self._path.suffix
+
+    @property
+    def parts(self) -> Tuple[str, ...]:
+        return self._path.parts
+
+    @property
+    def parent(self) -> Path:
+        return Path(self._path.parent)
+
+    def joinpath(self, *other: Any) -> Path:
+        return Path(str.__str__(self)).joinpath(*other)
+
+    def __truediv__(self, other: Union[str, "PurePath"]) -> Path:
+        return Path(str.__str__(self)) / other
+
+    def __fspath__(self) -> str:
+        return str.__str__(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PurePath):
+            return PurePosixPath(str.__str__(self)) == PurePosixPath(other.as_posix())
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
+
+
+class IdSet(List[int]):
+    """A job's parent ids: a list (as stored and sent), that equals the same ids given as a set, as Balsam 0.7's
+    ``Set[int]``-typed field did (``child.parent_ids == {parent.id}``)."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (set, frozenset)):
+            return set(self) == other
+        return list.__eq__(self, other)  # type: ignore[no-any-return]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class TypedField(Field):
+    """A Field whose value is handed out as ``wrap(value)`` (:class:`PathStr`, :class:`IdSet`): stored and written
+    as the plain value."""
+
+    def __init__(self, wrap: Callable[[Any], Any], kind: str = "plain", default: Any = None, writable: bool = True) -> None:
+        super().__init__(kind, default, writable)
+        self.wrap = wrap
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        value = super().__get__(obj, owner)
+        if obj is None or value is None or type(value) is self.wrap:
+            return value
+        value = obj.__dict__[self.name] = self.wrap(value)
+        return value
+
+
 class Model:
     """Base of the API models. Subclasses declare Fields and a table spec."""
 
@@ -246,6 +332,14 @@ class Model:
     @property
     def _is_new(self) -> bool:
         return self.__dict__.get("_row") is None
+
+    @property
+    def _state(self) -> str:
+        """Balsam 0.7's lifecycle of a model object: "creating" (never saved), "dirty" (fields assigned since it was
+        loaded or saved) or "clean"."""
+        if self._is_new:
+            return "creating"
+        return "dirty" if self._changed_fields() else "clean"
 
     def _changed_fields(self) -> Dict[str, Any]:
         """Writable fields whose current value differs from the loaded one: name -> Python value."""
@@ -671,9 +765,9 @@ class Manager(Generic[M]):
         """How many objects are in scope (without loading them)."""
         return Query(self).count()
 
-    def create(self, **kwargs: Any) -> M:
-        """Build and save one object."""
-        obj = self.model(**kwargs)
+    def create(self, *args: Any, **kwargs: Any) -> M:
+        """Build and save one object (the model's own arguments: ``Job.objects.create("test/1", app_id=...)``)."""
+        obj = self.model(*args, **kwargs)
         obj.save()
         return obj
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from balsam._api import sites as _sites
-from balsam._api.base import LAZY_ROW, Field, Manager, Model, Query, bind_manager, by_site, row_of
+from balsam._api.base import LAZY_ROW, Field, IdSet, Manager, Model, PathStr, Query, TypedField, bind_manager, by_site, row_of
 from balsam._api.queued import QueuedWrite, WriteCount, resolve_all
 from balsam._api.schemas import plain
 from balsam._api.waiting import ALL_COMPLETED, FIRST_COMPLETED, JobWaiting, WaitResult
@@ -186,7 +186,7 @@ class Job(Model):
                                           "serialized_return_value", "serialized_exception", "version", "parameters_pickled")
 
     id = Field(writable=False)
-    workdir: str = Field()  # type: ignore[assignment]
+    workdir: str = TypedField(PathStr)  # type: ignore[assignment]
     app_id: int = Field()  # type: ignore[assignment]
     tags: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     parameters: Dict[str, Any] = Field("params", dict)  # type: ignore[assignment]
@@ -200,7 +200,7 @@ class Job(Model):
     node_packing_count: int = Field(default=1)  # type: ignore[assignment]
     launch_params: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     wall_time_min: int = Field(default=0)  # type: ignore[assignment]
-    parent_ids: List[int] = Field("json", list)  # type: ignore[assignment]
+    parent_ids: List[int] = TypedField(IdSet, "json", list)  # type: ignore[assignment]
     batch_job_id: Optional[int] = Field()  # type: ignore[assignment]
     state: Union[JobState, str] = Field("state")  # type: ignore[assignment]
     last_update = Field("time", writable=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Union
 
 from balsam._api import sites as _sites
-from balsam._api.base import Field, Manager, Model, Query, bind_manager, by_site, from_datetime
+from balsam._api.base import Field, Manager, Model, PathStr, Query, TypedField, bind_manager, by_site, from_datetime
 from balsam._api.jobs import Job, invalidate_app_cache
 from balsam._api.queued import QueuedWrite, WriteCount, resolve_all
 from balsam._api.schemas import plain
@@ -23,6 +23,7 @@ from balsam.exceptions import (
     AppMultipleObjectsReturned,
     CommandPending,
     JobLockedError,
+    ReadOnlyError,
     SiteDoesNotExist,
     ValidationError,
 )
@@ -572,8 +573,8 @@ class TransferItem(Model):
     job_id: int = Field(writable=False)  # type: ignore[assignment]
     direction: str = Field(writable=False)  # type: ignore[assignment]
     slot: str = Field(writable=False)  # type: ignore[assignment]
-    local_path: str = Field(writable=False)  # type: ignore[assignment]
-    remote_path: str = Field(writable=False)  # type: ignore[assignment]
+    local_path: str = TypedField(PathStr, writable=False)  # type: ignore[assignment]
+    remote_path: str = TypedField(PathStr, writable=False)  # type: ignore[assignment]
     location_alias: str = Field(writable=False)  # type: ignore[assignment]
     recursive: bool = Field("bool", False, writable=False)  # type: ignore[assignment]
     state: str = Field()  # type: ignore[assignment]
@@ -658,14 +659,22 @@ class EventLog(Model):
     data: Dict[str, Any] = Field("json", dict, writable=False)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # EventLog.objects.create(job_id=..., ...) lands here too: the same one line, not a TypeError about arguments.
-        raise ValidationError("the EventLog is read-only: events are written by job state changes")
+        # EventLog.objects.create(job_id=..., ...) lands here too: the same one line, not a TypeError about arguments
+        # (and an AttributeError naming 'create', as Balsam 0.7's manager had none).
+        raise ReadOnlyError("EventLog.objects has no attribute 'create': the EventLog is read-only: events are written by "
+                            "job state changes")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in type(self)._fields:
+            raise ReadOnlyError(f"EventLog is read-only: its {name} cannot be set (events are written by job state changes)")
+        super().__setattr__(name, value)
 
     def _repr_fields(self) -> Sequence[str]:
         return ("job_id", "timestamp", "from_state", "to_state", "data")
 
     def save(self) -> None:
-        raise ValidationError("the EventLog is read-only")
+        """Nothing to write: an event cannot be changed (setting a field is refused), so saving one is a no-op, as in
+        Balsam 0.7."""
 
 
 bind_manager(EventLog)
