@@ -263,3 +263,18 @@ def test_an_acquire_answer_kept_whole_by_an_earlier_balsam_is_still_replayed(sit
     assert bytes(kept) == b"ids:" + ",".join(str(j["id"]) for j in new[1]).encode() and sorted(j["id"] for j in new[1]) == sorted(ids)
     again = backend.acquire_batch([("new", "f", sid, 3, {}, False)])[0]
     assert again == (200, new[1], True)
+
+
+def test_a_retry_in_the_same_group_gets_the_same_answer_when_the_server_encodes_both(site: Any, hello: Any) -> None:
+    """Two requests with one key in one group: the server makes each answer from its own jobs (making one takes the
+    JSON columns out of its jobs), and both answers are the same."""
+    from balsam.db.backend import LocalBackend
+    from balsam.http.server import _acquire_answer
+
+    backend = LocalBackend(site.store)
+    runnable(site.store, [hello.submit(f"d/{i}", say_hello_to=str(i)) for i in range(2)])
+    sid = backend.create_session(host="n", pid=1, batch_job_id=None, label="")
+    first, retry = backend.acquire_batch([("k", "f", sid, 2, {}, False), ("k", "f", sid, 2, {}, False)])
+    assert first[2] is False and retry[2] is True and len(first[1]) == 2
+    one, two = _acquire_answer(first[1]), _acquire_answer(retry[1])
+    assert one == two and b'"tags":{}' in one[1] and b'"workdir":"d/0"' in one[1]

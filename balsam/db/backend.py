@@ -744,7 +744,8 @@ class LocalBackend(Backend):
         for i, (key, fingerprint, *_rest) in enumerate(requests):
             if key and results[i] is None and key in first and first[key] != i and requests[first[key]][1] == fingerprint:
                 original = results[first[key]]
-                results[i] = (original[0], original[1], True)
+                body = original[1] if isinstance(original[1], bytes) else [dict(job) for job in original[1]]
+                results[i] = (original[0], body, True)  # jobs of their own: whoever makes the answers may consume them
         return results
 
     def once(self, key: str, fingerprint: str, fn: Callable[[], Optional[Tuple[int, bytes]]],

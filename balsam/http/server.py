@@ -741,10 +741,9 @@ _JSON_KEYS = tuple((k, b'"%s":' % k.encode()) for k in sorted(JSON_COLUMNS))
 
 def _acquired_text(job: Dict[str, Any]) -> bytes:
     """An acquired job whose JSON columns are stored JSON text, as the JSON of :func:`_acquired` (the text is
-    spliced in as it is: the store's one writer of those columns wrote it as JSON)."""
-    raw = b",".join([key + str(job[k]).encode() for k, key in _JSON_KEYS if k in job])
-    if raw:  # the other columns (the job itself is left as it was: a retry in the same group shares it)
-        job = {k: v for k, v in job.items() if k not in JSON_COLUMNS}
+    spliced in as it is: the store's one writer of those columns wrote it as JSON). It takes those columns out of
+    ``job``."""
+    raw = b",".join([key + str(job.pop(k)).encode() for k, key in _JSON_KEYS if k in job])
     rest = None
     if _orjson_dumps is not None:  # the pickled parameters are the one column that may hold bytes
         pickled = job.get("parameters_pickled")
