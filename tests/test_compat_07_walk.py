@@ -184,3 +184,27 @@ def test_0_7s_own_api_tests_typed_fields_and_the_read_only_event_log(site: Any, 
     assert isinstance(refused.value, ReadOnlyError) and isinstance(refused.value, ValidationError)
     log.save()  # nothing to write
     assert EventLog.objects.first() == log and log.from_state == before != "RUN_DONE"
+
+
+def test_sessions_as_0_7s_api_tests_drive_them(site: Any, hello: Any) -> None:
+    """0.7's TestSessions: a lease on a BatchJob acquires the runnable jobs, ``app_ids`` given as a set (from another
+    host that was a TypeError: a set is not JSON), tick, and a deleted session's jobs are acquired again."""
+    from balsam.api import Session
+
+    jobs = Job.objects.bulk_create([Job(f"test/{i}", app_id=hello.__app_id__, parameters={"say_hello_to": "x"}) for i in range(3)])
+    for job in jobs:
+        job.state = "PREPROCESSED"
+    Job.objects.bulk_update(jobs)
+    batch_job = BatchJob.objects.create(site_id=site.id, project="local", queue="local", num_nodes=1, wall_time_min=30, job_mode="mpi")
+    before = dt.datetime.utcnow()
+    sess = Session.objects.create(batch_job_id=batch_job.id, site_id=site.id)
+    assert sess.heartbeat > before - dt.timedelta(seconds=1)
+    acquired = sess.acquire_jobs(max_wall_time_min=60, max_nodes_per_job=8, max_num_jobs=8, app_ids={hello.__app_id__})
+    assert sorted(j.id for j in acquired) == sorted(j.id for j in jobs) and all(j.batch_job_id == batch_job.id for j in acquired)
+    assert sorted(j.id for j in Job.objects.filter(batch_job_id=batch_job.id)) == sorted(j.id for j in acquired)
+    sess.tick()
+    sess.delete()
+    assert Session.objects.all().count() == 0
+    again = Session.objects.create(batch_job_id=batch_job.id, site_id=site.id)
+    assert len(again.acquire_jobs(max_wall_time_min=60, max_nodes_per_job=8, max_num_jobs=8)) == 3
+    again.delete()

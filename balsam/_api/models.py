@@ -542,6 +542,8 @@ class Session(Model):
 
         site = self.__dict__["_site"]
         names = sorted(s.value for s in to_states(states))
+        if app_ids is not None and not isinstance(app_ids, list):  # a set (as Balsam 0.7's tests pass) or any iterable
+            app_ids = list(app_ids)  # JSON carries lists: from another host a set was a TypeError
         rows = site.backend.acquire(int(self.id or 0), max_num_jobs, 0.0, states=names, filter_tags=filter_tags, app_ids=app_ids,
                                     serial_only=serial_only, max_nodes_per_job=max_nodes_per_job,
                                     max_aggregate_nodes=max_aggregate_nodes, max_wall_time_min=max_wall_time_min, sort_by=sort_by)
