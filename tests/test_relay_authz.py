@@ -169,3 +169,53 @@ def test_logins_trickled_a_byte_at_a_time_cannot_hold_the_relay_from_its_users(t
             for s in socks:
                 s.close()
             server.stop()
+
+
+@pytest.mark.slow
+def test_clients_without_credentials_cannot_keep_connections_open_to_hold_the_relay(tmp_path: Any) -> None:
+    """A /v1/health (or a dashboard file, or a wrong token) repeated on kept-alive connections held every slot of the
+    server (40 here, 1,000 by default): every user got 503 for as long as it went on. Answers to callers without good
+    credentials now close their connection; alice, with her token, is answered."""
+    import socket
+    import time
+
+    from balsam.http.client import HttpClient
+    from balsam.http.serve import ApiServer, ServeOptions
+    from balsam.relay.server import build_relay_app
+    from tests.relay_support import relay_store
+    from tests.test_relay_server import login
+
+    for store in relay_store("sqlite", tmp_path):
+        store.add_user("alice", "alice-password")
+        server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0, max_connections=40)).start()
+        url = f"http://127.0.0.1:{server.port}"
+        alice = HttpClient(url=url, token=login(url, "alice", "alice-password").token, retry_s=0, timeout_s=10)
+        socks: List[Any] = []
+        try:
+            for target, auth in (("/v1/health", b""), ("/v1/openapi.json", b""), ("/v1/jobs", b"Authorization: Bearer wrong\r\n")):
+                s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                s.sendall(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: relay\r\n" + auth + b"\r\n")
+                answer = b""
+                while True:  # the server answers, then closes: recv ends with b""
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+                s.close()
+                assert answer.startswith(b"HTTP/1.1 ") and b"connection: close" in answer.lower(), (target, answer[:200])
+            for _ in range(60):  # more kept-alive anonymous clients than the server has slots
+                s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: relay\r\n\r\n")
+                socks.append(s)
+            for _ in range(3):
+                time.sleep(2)
+                for s in socks:  # each asks again on its connection, if the server kept it
+                    try:
+                        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: relay\r\n\r\n")
+                    except OSError:
+                        pass
+                assert alice.request("GET", "/v1/whoami")["user"] == "alice"
+        finally:
+            for s in socks:
+                s.close()
+            server.stop()

@@ -63,6 +63,9 @@ REVERIFY_S = 2.0
 indexed look-up; in memory at ``balsam ui``)."""
 _NO_STORE = (b"cache-control", b"no-store")
 ANONYMOUS_BODY_BYTES = 64 * 1024
+_CLOSE = {"Connection": "close"}
+"""On every answer to a request without (good) credentials: such a client cannot keep its connection open between
+requests (a /v1/health every 29 s on 1,000 kept-alive connections held every slot of the server: 503 for everyone)."""
 ANONYMOUS_BODY_S = 10.0
 """The longest a caller without credentials (a login) may take over its whole body: trickled a byte at a time, 1,000
 of them held every connection of the server (everyone else got 503) for as long as they kept trickling."""
@@ -396,12 +399,14 @@ class Api:
             headers.append((b"x-balsam-signature", signature.encode()))
         if replayed:
             headers.append((b"idempotent-replayed", b"true"))
+        if principal is None:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _respond(self, status: int, body: bytes, principal: Optional[Principal], replayed: bool = False,
                  media_type: str = "application/json") -> Response:
-        headers = {"Cache-Control": "no-store"}
+        headers = {"Cache-Control": "no-store", **({} if principal is not None else _CLOSE)}
         if principal is not None and principal.nonce and self.auth.secret is not None:
             headers["X-Balsam-Signature"] = response_signature(self.auth.secret, principal.nonce, status, body_hash(body))
         if replayed:
@@ -569,11 +574,12 @@ class Api:
         are stalled behind the site DB's writer lock (``stalled``: see :func:`balsam.db.lockwait.stalled`)."""
         stall = lockwait.stalled()
         if stall is None:
-            return Response(b'{"status":"ok","pid":%d}' % os.getpid(), media_type="application/json")
-        return Response(json.dumps({"status": "ok", "pid": os.getpid(), "stalled": stall}).encode(), media_type="application/json")
+            return Response(b'{"status":"ok","pid":%d}' % os.getpid(), media_type="application/json", headers=_CLOSE)
+        return Response(json.dumps({"status": "ok", "pid": os.getpid(), "stalled": stall}).encode(), media_type="application/json",
+                        headers=_CLOSE)
 
     async def openapi(self, request: Request) -> Response:
-        return Response(self.openapi_doc, media_type="application/json")
+        return Response(self.openapi_doc, media_type="application/json", headers=_CLOSE)
 
     async def static(self, request: Request) -> Response:
         """A file of the dashboard (:mod:`balsam.http.pages`: its content security policy and other headers)."""
@@ -583,7 +589,7 @@ class Api:
             message = "the dashboard is not built into this Balsam" if rel is None else "no such file"
             return self._error(ApiError(404, "not_found", message), None)
         data, media_type, headers = page
-        return Response(data, media_type=media_type, headers=headers)
+        return Response(data, media_type=media_type, headers={**headers, **_CLOSE})
 
     def _hub_for(self, principal: Principal) -> WebSocketHub:
         """The change stream a caller may see: the site's, or (many users) one over the caller's own sites."""
@@ -802,7 +808,7 @@ def build_app(backend: Backend, auth: Authenticator, *, site_root: Optional[Path
         code = {404: "not_found", 405: "invalid"}.get(status, "invalid")
         payload = {"error": {"code": code, "message": "no such route" if status == 404 else "method not allowed", "field": None,
                              "kind": None}}
-        return Response(_json(payload), status_code=404 if status == 404 else 400, media_type="application/json")
+        return Response(_json(payload), status_code=404 if status == 404 else 400, media_type="application/json", headers=_CLOSE)
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.state.api = api
