@@ -208,3 +208,23 @@ def test_sessions_as_0_7s_api_tests_drive_them(site: Any, hello: Any) -> None:
     again = Session.objects.create(batch_job_id=batch_job.id, site_id=site.id)
     assert len(again.acquire_jobs(max_wall_time_min=60, max_nodes_per_job=8, max_num_jobs=8)) == 3
     again.delete()
+
+
+def test_0_7s_module_paths_and_the_apps_class_path(site: Any, hello: Any) -> None:
+    """0.7's tests and hooks import ``balsam.schemas`` (``from balsam.schemas import TransferItemState``,
+    ``from balsam.schemas.batchjob import BatchJobState``: no such module here before), and its site integration
+    test finds the app by ``App.objects.get(class_path="hello.Hello")`` (an unknown filter before)."""
+    from balsam.api import App, JobState, TransferItemState
+    from balsam.schemas import JobMode
+    from balsam.schemas import JobState as SchemaJobState
+    from balsam.schemas import TransferItemState as SchemaTransferItemState
+    from balsam.schemas.batchjob import BatchJobState
+    from balsam.schemas.job import JobTransferItem
+
+    assert SchemaJobState is JobState and SchemaTransferItemState is TransferItemState
+    assert (str(JobMode.mpi), str(BatchJobState.pending_deletion), JobTransferItem(location_alias="a", path="/b").path) == (
+        "mpi", "pending_deletion", "/b")
+    app = App.objects.get(class_path="hello.Hello")
+    assert app.id == hello.__app_id__ and App.objects.filter(class_path=["x.Nope", "Hello"]).count() == 1
+    job = Job.objects.create(Path("bar/0"), app_id=app.id, parameters={"say_hello_to": "x"}, node_packing_count=2)
+    assert job.state == "STAGED_IN" and job.resolve_workdir(site.path / "data").joinpath("job.out") == site.path / "data/bar/0/job.out"

@@ -489,7 +489,9 @@ BATCH_JOB = TableSpec(
 APP = TableSpec(
     table="app",
     label="App",
-    filters={"id": ids_in("id"), "name": text_in("name")},
+    filters={"id": ids_in("id"), "name": text_in("name"),
+             # Balsam 0.7's class path "module.ClassName": an app is named by its class
+             "class_path": text_in("name", lambda v: as_text("class_path", v).rsplit(".", 1)[-1])},
     order_fields={"id": "id", "name": "name", "last_update": "last_update"},
 )
 

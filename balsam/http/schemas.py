@@ -142,7 +142,7 @@ FILTER_KINDS: Dict[str, Dict[str, str]] = {
     "batch_job": {"id": "ids", "state": "strs", "scheduler_id": "ids", "queue": "strs", "project": "strs", "job_mode": "strs",
                   "start_time_before": "time", "start_time_after": "time", "end_time_before": "time", "end_time_after": "time",
                   "filter_tags": "tags"},
-    "app": {"id": "ids", "name": "strs"},
+    "app": {"id": "ids", "name": "strs", "class_path": "strs"},
     "session": {"id": "ids", "batch_job_id": "ids"},
     "transfer_item": {"id": "ids", "job_id": "ids", "state": "strs", "direction": "strs", "protocol": "strs", "job_state": "strs",
                       "tags": "tags"},

@@ -368,6 +368,7 @@ BATCH_JOB_FILTERS: Dict[str, FilterFn] = {
 APP_FILTERS: Dict[str, FilterFn] = {
     "id": lambda tb, v: tb.c.id.in_(_ints("id", v)),
     "name": lambda tb, v: tb.c.name.in_([str(x) for x in _list(v)]),
+    "class_path": lambda tb, v: tb.c.name.in_([str(x).rsplit(".", 1)[-1] for x in _list(v)]),  # 0.7's "module.ClassName"
 }
 TRANSFER_FILTERS: Dict[str, FilterFn] = {
     "id": lambda tb, v: tb.c.id.in_(_ints("id", v)),

@@ -1,0 +1,9 @@
+"""Balsam 0.7's ``balsam.schemas`` names, for code written against it (``from balsam.schemas import JobState,
+TransferItemState, JobMode``, as 0.7's own tests and many hooks import them). The definitions live in
+:mod:`balsam.states` (the states) and :mod:`balsam._api.schemas` (the typed specs); ``balsam.api`` exports them too."""
+
+from balsam._api.schemas import AppParameter, BatchJobPartition, JobMode, JobTransferItem, TransferDirection, TransferSlot
+from balsam.states import BatchJobState, JobState, TransferItemState
+
+__all__ = ["AppParameter", "BatchJobPartition", "BatchJobState", "JobMode", "JobState", "JobTransferItem", "TransferDirection",
+           "TransferItemState", "TransferSlot"]
