@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             item.add_marker(pytest.mark.xdist_group("postgres"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (``timeout``, a CI job cancelled) stops the run as Ctrl-C does, so fixtures and ``finally`` blocks still stop
+    the agents, launchers and servers the running tests started (killed outright, pytest left them running)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind(balsam_home: Path, tmp_path: Path) -> Iterator[None]:
     """Fail the test (at teardown, naming it) when an agent, launcher, worker or server it started still runs after

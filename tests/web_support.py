@@ -170,8 +170,9 @@ def start_dash_site(tmp: Path) -> DashSite:
 
 
 def _launch_ui(env: Dict[str, str], root: Path, port: int) -> "Tuple[subprocess.Popen[str], str]":
+    # In the site's folder, not the calling test's (a restart mid-test keeps serving the module's later tests).
     ui = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--site", str(root), "--port", str(port)], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env)
+                          stderr=subprocess.STDOUT, text=True, env=env, cwd=str(root))
     return ui, _read_link(ui)
 
 
