@@ -14,7 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 
@@ -123,3 +123,47 @@ def test_a_dashboard_token_cannot_act_as_a_launcher(ui_session: Tuple[str, str],
     with pytest.raises(Job.NoResult):
         job.result_nowait()
     assert not (tmp_path / "pwned").exists()
+
+
+def test_job_output_shows_only_the_jobs_own_file(ui_session: Tuple[str, str], adder: Any, site: Any, tmp_path: Path) -> None:
+    """A job (its app, given hostile parameters) can make its job.out anything: a link to a private file, a second
+    name (hard link) of the site's API secret, which the dashboard then served to whoever held a dashboard token, or a
+    FIFO, whose read held the request forever. Only a plain file of the job's own is shown."""
+    import threading
+
+    from balsam.api import Job
+
+    base, token = ui_session
+    jobs = {name: Job(f"out/{name}", adder, parameters={"x": 1}) for name in ("plain", "symlink", "hardlink", "fifo")}
+    for job in jobs.values():
+        job.save()
+    folder = {name: site.path / "data" / "out" / name for name in jobs}
+    for f in folder.values():
+        f.mkdir(parents=True)
+    (folder["plain"] / "job.out").write_text("hello from the job\n")
+    private = tmp_path / "id_rsa"
+    private.write_text("PRIVATE KEY\n")
+    (folder["symlink"] / "job.out").symlink_to(private)
+    from balsam.http.auth import ensure_secret
+
+    secret = site.path / ".balsam" / "api.secret"
+    ensure_secret(secret)  # as the site's agent makes it
+    os.link(secret, folder["hardlink"] / "job.out")
+    os.mkfifo(folder["fifo"] / "job.out")
+    answers: Dict[str, Tuple[int, Any]] = {}
+
+    def ask(name: str) -> None:
+        answers[name] = _call("GET", f"{base}/v1/jobs/{jobs[name].id}/output", token)
+
+    threads = [threading.Thread(target=ask, args=(name,), daemon=True) for name in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert set(answers) == set(jobs), f"no answer for {set(jobs) - set(answers)} (a FIFO's read never ended)"
+    assert answers["plain"] == (200, {"text": "hello from the job\n", "truncated": False})
+    for name in ("symlink", "hardlink", "fifo"):
+        status, out = answers[name]
+        assert status == 404 and "no output" in out["error"]["message"], (name, out)
+    shown = json.dumps(answers)
+    assert "PRIVATE KEY" not in shown and secret.read_text().strip() not in shown

@@ -13,6 +13,7 @@ import binascii
 import functools
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -607,13 +608,17 @@ def job_output(call: Call) -> Answer:
     path = (data_dir / str(rows[0][0]) / "job.out").resolve()
     if data_dir not in path.parents:
         raise ObjectDoesNotExist(f"job {job_id}: no output")
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - tail))
-            data = f.read(tail)
+    try:  # not through a link made since the check, nor a second name of a file elsewhere (the site's secret)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return 200, {"text": "", "truncated": False}
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise ObjectDoesNotExist(f"job {job_id}: no output (job.out is not a file of its own)")
+        size = st.st_size
+        f.seek(max(0, size - tail))
+        data = f.read(tail)
     return 200, {"text": data.decode("utf-8", errors="replace"), "truncated": size > tail}
 
 
