@@ -30,7 +30,7 @@ from typing import Any, List
 import pytest
 
 from balsam.api import BatchJob, EventLog, Job, Site
-from balsam.exceptions import ValidationError
+from balsam.exceptions import BalsamError, ValidationError
 from tests.cli_helpers import fails, ok
 
 BACKENDS = ("local", "http")
@@ -228,3 +228,14 @@ def test_0_7s_module_paths_and_the_apps_class_path(site: Any, hello: Any) -> Non
     assert app.id == hello.__app_id__ and App.objects.filter(class_path=["x.Nope", "Hello"]).count() == 1
     job = Job.objects.create(Path("bar/0"), app_id=app.id, parameters={"say_hello_to": "x"}, node_packing_count=2)
     assert job.state == "STAGED_IN" and job.resolve_workdir(site.path / "data").joinpath("job.out") == site.path / "data/bar/0/job.out"
+
+
+def test_a_deleted_site_has_no_id_as_0_7s_site_tests_check(site: Any, tmp_path: Path, backend: str) -> None:
+    if backend == "http":  # removing a site's directory is its home host's business (a clear refusal elsewhere)
+        with pytest.raises(BalsamError, match="home host"):
+            Site.objects.get(name="test-site").delete()
+        return
+    temp = Site.objects.create(name="cooley", path=str(tmp_path / "projects" / "bar"))
+    assert temp.id is not None and temp.path.as_posix().endswith("projects/bar") and len(Site.objects.all()) == 2
+    temp.delete()
+    assert temp.id is None and [s.name for s in Site.objects.all()] == ["test-site"]

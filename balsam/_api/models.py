@@ -156,6 +156,7 @@ class Site(Model):
         Registry().unregister(site.name)
         _sites.reset()
         shutil.rmtree(site.path)
+        self._deleted()  # as in Balsam 0.7: a deleted site has no id
 
 
 class _SiteQuery(Query[Site]):
