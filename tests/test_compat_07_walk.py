@@ -212,7 +212,8 @@ def test_sessions_as_0_7s_api_tests_drive_them(site: Any, hello: Any) -> None:
 
 def test_0_7s_module_paths_and_the_apps_class_path(site: Any, hello: Any) -> None:
     """0.7's tests and hooks import ``balsam.schemas`` (``from balsam.schemas import TransferItemState``,
-    ``from balsam.schemas.batchjob import BatchJobState``: no such module here before), and its site integration
+    ``from balsam.schemas.batchjob import BatchJobState``: no such module here before; ``JobState.is_valid`` too),
+    and its site integration
     test finds the app by ``App.objects.get(class_path="hello.Hello")`` (an unknown filter before)."""
     from balsam.api import App, JobState, TransferItemState
     from balsam.schemas import JobMode
@@ -222,6 +223,7 @@ def test_0_7s_module_paths_and_the_apps_class_path(site: Any, hello: Any) -> Non
     from balsam.schemas.job import JobTransferItem
 
     assert SchemaJobState is JobState and SchemaTransferItemState is TransferItemState
+    assert JobState.is_valid("RUNNING") and JobState.is_valid(JobState.job_finished) and not JobState.is_valid("NOPE")
     assert (str(JobMode.mpi), str(BatchJobState.pending_deletion), JobTransferItem(location_alias="a", path="/b").path) == (
         "mpi", "pending_deletion", "/b")
     app = App.objects.get(class_path="hello.Hello")

@@ -84,6 +84,11 @@ class JobState(ValueEnum):
     failed = "FAILED"
     user_killed = "USER_KILLED"
 
+    @classmethod
+    def is_valid(cls, state: object) -> bool:
+        """Whether ``state`` names a job state (Balsam 0.7's ``JobState.is_valid``: its CLI checks ``-s`` with it)."""
+        return isinstance(state, str) and state in cls._value2member_map_
+
 
 S = JobState
 
