@@ -119,6 +119,19 @@ def test_values_bash_evaluates_as_arithmetic_must_be_numbers(tmp_path: Path, tem
     assert not pwned.exists()
 
 
+@pytest.mark.parametrize("template", ["argv ok # with {{ x }}", "# {{ x }}\nargv ok", "argv ok; #{{ x }}'\"$(\nargv ok"])
+def test_a_value_in_a_comment_stays_in_it(tmp_path: Path, template: str) -> None:
+    """A comment ends at a line break, even one inside quotes the comment holds: a value with one ran its next line."""
+    render = compile_command(template, "T")
+    pwned = tmp_path / "pwned"
+    for value in ("$(touch {p})", "'; touch {p}", "a b"):
+        assert set(_argv(render({"x": value.format(p=pwned)}), tmp_path)) == {"ok"}
+    for value in ("\ntouch {p}\n", "'\ntouch {p}\n'", "x\r\ntouch {p}"):
+        with pytest.raises(ValidationError, match="line break"):
+            _argv(render({"x": value.format(p=pwned)}), tmp_path)
+    assert not pwned.exists()
+
+
 def test_refused_at_app_definition_with_advice(site: Any) -> None:
     from balsam.api import ApplicationDefinition
 

@@ -11,7 +11,8 @@ the way bash would (quotes, ``$'...'``, backslashes, ``$(...)``, backticks, comm
 - where bash evaluates text as arithmetic whatever its quotes (``$((...))``, ``((...))``, ``$[...]``, ``let``,
   an array subscript, a variable the template declares ``-i``): the value must be a number, or rendering fails
   with a ValidationError (the job FAILS with the reason), since ``$(...)`` or ``a[$(...)]`` there would run;
-- inside ``[[ ... ]]``: quoted, and a value with ``[`` is refused (bash may evaluate it as an array subscript).
+- inside ``[[ ... ]]``: quoted, and a value with ``[`` is refused (bash may evaluate it as an array subscript);
+- inside a ``#`` comment: as it is, and a value with a line break is refused (the break would end the comment).
 
 Places where no quoting is safe are refused when the app is defined: a placeholder right after a backslash or
 ``$``, inside ``${...}`` or ``$'...'``, or in a here-document. Quoting applies to the expression's final value,
@@ -30,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from balsam.exceptions import AppError, ValidationError
 
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-UNQUOTED, DOUBLE, SINGLE, ARITH = "u", "d", "s", "m"
+UNQUOTED, DOUBLE, SINGLE, ARITH, COMMENT = "u", "d", "s", "m", "k"
 COND = "c"
 """Context prefix of a placeholder inside ``[[ ... ]]`` ("cu", "cd", "cs")."""
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -59,6 +60,8 @@ class _Scanner:
         self.escaped = False
         self.last = ""
         self.heredoc = False
+        self.comment = False
+        """Inside a ``#`` comment (until the next line break)."""
         self.word_start: Optional[bool] = True
         """Whether the next character starts a word (None: not known, after a ``{% %}`` tag)."""
         self.word = ""
@@ -69,12 +72,18 @@ class _Scanner:
 
     def state(self) -> Tuple[Any, ...]:
         """What decides how the shell reads what follows (compared across the branches of a ``{% %}`` block)."""
-        return (tuple(tuple(f) for f in self.frames), self.escaped, self.heredoc, self.last == "$")
+        return (tuple(tuple(f) for f in self.frames), self.escaped, self.heredoc, self.last == "$", self.comment)
 
     def feed(self, text: str) -> None:
         i = 0
         n = len(text)
         while i < n:
+            if self.comment:  # quotes in a comment mean nothing; its line break ends it
+                end = text.find("\n", i)
+                if end < 0:
+                    self.last = text[-1]
+                    return
+                i, self.comment = end, False
             c = text[i]
             nxt = text[i + 1 : i + 2]
             frame = self.frames[-1]
@@ -176,10 +185,7 @@ class _Scanner:
                         raise AppError(f"{self.app}: command_template: '#' right after a {{% %}} tag may or may not start a "
                                        "comment; put a space or other text between them")
                     if at_word_start:
-                        end = text.find("\n", i)
-                        i = n if end < 0 else end  # a comment: quotes in it mean nothing
-                        self.last = "\n"
-                        self.word_start = True
+                        self.comment = True
                         self.word = ""
                         continue
             top = self.frames[-1][0]
@@ -195,6 +201,8 @@ class _Scanner:
     def context(self, placeholder: str) -> str:
         """The quoting context of a placeholder at the current position (AppError where none is safe)."""
         where = f"{self.app}: command_template: {placeholder}"
+        if self.comment:
+            return COMMENT  # inert text, unless a line break ends the comment
         if self.escaped:
             raise AppError(f"{where} follows a backslash, which would escape its quoting; remove the backslash")
         if self.last == "$" and self.frames[-1][0] != SINGLE:
@@ -230,6 +238,11 @@ def quote_for(context: str, value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if "\x00" in text:
         raise ValidationError(f"a parameter value contains a NUL character, which no command line can carry: {text[:40]!r}")
+    if context == COMMENT:
+        if "\n" in text:
+            raise ValidationError(f"a parameter value in a comment of the command cannot hold a line break (the rest would run as "
+                                  f"a command): {text[:40]!r}")
+        return text
     if context == ARITH:
         if isinstance(value, bool) or not _NUMBER.fullmatch(text.strip()):
             raise ValidationError(f"a parameter value in an arithmetic expression ($((...)), ((...)), let, a subscript) must be "
@@ -252,7 +265,7 @@ def _jinja_env() -> Any:
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-    for context in (UNQUOTED, DOUBLE, SINGLE, ARITH, COND + UNQUOTED, COND + DOUBLE, COND + SINGLE):
+    for context in (UNQUOTED, DOUBLE, SINGLE, ARITH, COMMENT, COND + UNQUOTED, COND + DOUBLE, COND + SINGLE):
         env.filters[f"_balsam_{context}"] = functools.partial(quote_for, context)
     return env
 
