@@ -6,6 +6,7 @@ big results with them."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -129,7 +130,19 @@ def test_the_python_api_on_a_foreign_host_iterates_with_cursors(big_site: Tuple[
     every = [int(j.id or 0) for j in Job.objects.filter(site_name="big").order_by("id")]
     assert every == sorted(ids)
     pages = [p for p in sent if p.get("page")]
-    assert len(pages) == N // http_client.PAGE_ROWS and all("cursor" in p for p in pages[1:]), "one keyset page per request"
+    first, rest = http_client.FIRST_PAGE_ROWS, N - http_client.FIRST_PAGE_ROWS
+    assert len(pages) == 1 + -(-rest // http_client.PAGE_ROWS) and all("cursor" in p for p in pages[1:]), "one keyset page per request"
+    assert pages[0]["limit"] == first and {p["limit"] for p in pages[1:-1]} == {http_client.PAGE_ROWS}
+    sent.clear()
+    rows = _sites.resolve("big").backend.iterate("job", {}, columns=["id"], order_by=["id"])
+    assert next(rows) == (min(ids),)
+    deadline = time.monotonic() + 30
+    while len(sent) < 2 and time.monotonic() < deadline:  # the caller holds the first row: the next page is on its way
+        time.sleep(0.01)
+    assert len(sent) == 2 and sent[1]["cursor"], "the second page is asked for while the caller takes the first"
+    rows.close()  # a caller that stops early: nothing more is asked for
+    time.sleep(0.2)
+    assert len(sent) == 2
     assert [int(j.id or 0) for j in Job.objects.filter(site_name="big").order_by("id")[95_000:95_003]] == sorted(ids)[95_000:95_003]
     _sites.reset()
 

@@ -559,8 +559,8 @@ class Query(Generic[M]):
         if len(sites) == 1:
             site = sites[0]
             limit = None if hi is None else max(hi - lo, 0)
-            rows = site.backend.select(spec.table, filters, columns=model._columns, order_by=self._order, limit=limit, offset=lo)
-            results = [model._from_row(site, r) for r in rows]
+            rows = site.backend.iterate(spec.table, filters, columns=model._columns, order_by=self._order, limit=limit, offset=lo)
+            results = [model._from_row(site, r) for r in rows]  # from another host, each page while the next comes
         else:
             def read(site: "SiteRef") -> List[M]:
                 rows = site.backend.select(spec.table, filters, columns=model._columns, order_by=self._order, limit=hi)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from balsam.db import query as q
 from balsam.db.connection import Store
@@ -77,6 +77,12 @@ class Backend(ABC):
     def select(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
                limit: Optional[int] = None, offset: int = 0) -> List[Row]:
         """Rows of ``columns`` matching Balsam filter keywords, ordered and paged."""
+
+    def iterate(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
+                limit: Optional[int] = None, offset: int = 0) -> Iterator[Row]:
+        """:meth:`select`'s rows one by one: a backend that reads them over the network in pages gives the first
+        rows while the rest are on their way."""
+        return iter(self.select(table, filters, columns=columns, order_by=order_by, limit=limit, offset=offset))
 
     keyset = False
     """Whether :meth:`page` resumes from a row's order values (else listings page by offset)."""

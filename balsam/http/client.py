@@ -48,6 +48,8 @@ CREATE_CHUNK = 5000
 one command its site applies in a second or two, well inside the relay's wait)."""
 PAGE_ROWS = 5000
 """Rows per request when the client reads a long listing (one keyset page each)."""
+FIRST_PAGE_ROWS = 500
+"""Rows of a listing's first page: the rest come while the caller takes these."""
 RETRY_STATUSES = frozenset({502, 503, 504})
 _KINDS = {name: getattr(exc, name) for name in dir(exc) if isinstance(getattr(exc, name), type)
           and issubclass(getattr(exc, name), exc.BalsamError)}
@@ -429,33 +431,57 @@ class HttpBackend(Backend):
     def iterate(self, table: str, filters: Dict[str, Any], *, columns: Sequence[str], order_by: Sequence[str] = (),
                 limit: Optional[int] = None, offset: int = 0, page_rows: int = PAGE_ROWS) -> Iterator[Row]:
         """Matching rows, fetched a page at a time with the server's keyset cursors (each page resumes after the last
-        row given: a deep page costs the server what the first does, and rows added meanwhile never repeat one)."""
+        row given: a deep page costs the server what the first does, and rows added meanwhile never repeat one).
+
+        While the caller takes one page's rows, the next page is on its way (one thread of this iteration asks for
+        it): the agent reads and encodes it while this process converts the rows it has, instead of each waiting
+        for the other (iterating 20,000 jobs from another host took 0.6 ms of waiting for each 1 ms of work)."""
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         wire_cols = [c for c in columns if c in COLUMNS[table]]
-        cursor: Optional[str] = None
-        given = 0
-        while limit is None or given < limit:
-            n = page_rows if limit is None else min(page_rows, limit - given)
+
+        def page(cursor: Optional[str], n: int) -> Any:
             extra: Dict[str, Any] = {"cursor": cursor} if cursor else {"offset": offset}
             if self._rows_form:
                 extra["form"] = "rows"  # arrays of stored values: nothing to convert on either side
-            try:
-                answer = self._query(table, filters, columns=wire_cols, ordering=list(order_by), limit=n, page=True, **extra)
-            except exc.ValidationError as e:
-                if not self._rows_form or "form" not in str(e):
-                    raise
-                self._rows_form = False  # an agent of an earlier version: JSON objects
-                continue
-            if "rows" in answer:
-                rows = answer["rows"]
-                yield from _stored_rows(table, answer["columns"], rows, columns)
-            else:
-                rows = answer["results"]
-                for r in rows:
-                    yield wire_to_row(table, r, columns)
-            given += len(rows)
-            cursor = answer.get("next_cursor")
-            if not cursor or not rows:
-                return
+            return self._query(table, filters, columns=wire_cols, ordering=list(order_by), limit=n, page=True, **extra)
+
+        def size(given: int) -> int:  # a short first page: the next one is on its way sooner
+            rows = page_rows if given else min(page_rows, FIRST_PAGE_ROWS)
+            return rows if limit is None else min(rows, limit - given)
+
+        given = 0
+        ahead: Optional["Future[Any]"] = None
+        fetcher: Optional[ThreadPoolExecutor] = None
+        try:
+            while limit is None or given < limit:
+                if ahead is not None:
+                    answer, ahead = ahead.result(), None
+                else:
+                    try:
+                        answer = page(None, size(given))
+                    except exc.ValidationError as e:
+                        if not self._rows_form or "form" not in str(e):
+                            raise
+                        self._rows_form = False  # an agent of an earlier version: JSON objects
+                        continue
+                rows = answer.get("rows", answer.get("results")) or []
+                given += len(rows)
+                cursor = answer.get("next_cursor")
+                more = bool(cursor and rows) and (limit is None or given < limit)
+                if more:
+                    fetcher = fetcher or ThreadPoolExecutor(1, thread_name_prefix="balsam-next-page")
+                    ahead = fetcher.submit(page, cursor, size(given))
+                if "rows" in answer:
+                    yield from _stored_rows(table, answer["columns"], rows, columns)
+                else:
+                    for r in rows:
+                        yield wire_to_row(table, r, columns)
+                if not more:
+                    return
+        finally:
+            if fetcher is not None:  # a caller that stopped early: a page on its way is dropped when it comes
+                fetcher.shutdown(wait=False, cancel_futures=True)
 
     def count(self, table: str, filters: Dict[str, Any]) -> int:
         return int(self._query(table, filters, aggregate="count")["count"])
