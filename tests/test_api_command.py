@@ -98,8 +98,10 @@ def test_templates_whose_quoting_a_value_could_change_are_refused(template: str)
     ("declare -i n; n={{ x }}; argv $n", 9, ["9"]),
     ("argv $[ {{ x }} + 1 ]", 1, ["2"]),
     ("[[ {{ x }} -eq 5 ]] && argv five", 5, ["five"]),
+    ("argv hi >&{{ x }}", 1, ["hi"]),  # bash expands the word after >& twice when it is not a number
+    ("argv hi >& {{ x }}", 1, ["hi"]),
 ])
-def test_values_bash_evaluates_as_arithmetic_must_be_numbers(tmp_path: Path, template: str, value: Any, expected: Any) -> None:
+def test_values_bash_evaluates_as_arithmetic_or_twice_must_be_numbers(tmp_path: Path, template: str, value: Any, expected: Any) -> None:
     """bash evaluates arithmetic after quote removal, so '$(...)' or 'a[$(...)]' in a value would run, quoted or not:
     there a value must be a number (the job fails with the reason otherwise), and numbers work as before."""
     render = compile_command(template, "T")

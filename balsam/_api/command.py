@@ -9,7 +9,8 @@ the way bash would (quotes, ``$'...'``, backslashes, ``$(...)``, backticks, comm
   value put in, and the quote reopened, so the value joins the quoted word verbatim;
 - inside single quotes (``echo '{{ x }}'``): the same with single quotes;
 - where bash evaluates text as arithmetic whatever its quotes (``$((...))``, ``((...))``, ``$[...]``, ``let``,
-  an array subscript, a variable the template declares ``-i``): the value must be a number, or rendering fails
+  an array subscript, a variable the template declares ``-i``), or expands it twice (the word after ``>&``, when it
+  is not a number): the value must be a number, or rendering fails
   with a ValidationError (the job FAILS with the reason), since ``$(...)`` or ``a[$(...)]`` there would run;
 - inside ``[[ ... ]]``: quoted, and a value with ``[`` is refused (bash may evaluate it as an array subscript);
 - inside a ``#`` comment: as it is, and a value with a line break is refused (the break would end the comment).
@@ -62,6 +63,8 @@ class _Scanner:
         self.heredoc = False
         self.comment = False
         """Inside a ``#`` comment (until the next line break)."""
+        self.dup = False
+        """In the word after ``>&``, which bash expands twice when it is not a number (quotes or not)."""
         self.word_start: Optional[bool] = True
         """Whether the next character starts a word (None: not known, after a ``{% %}`` tag)."""
         self.word = ""
@@ -72,7 +75,7 @@ class _Scanner:
 
     def state(self) -> Tuple[Any, ...]:
         """What decides how the shell reads what follows (compared across the branches of a ``{% %}`` block)."""
-        return (tuple(tuple(f) for f in self.frames), self.escaped, self.heredoc, self.last == "$", self.comment)
+        return (tuple(tuple(f) for f in self.frames), self.escaped, self.heredoc, self.last == "$", self.comment, self.dup)
 
     def feed(self, text: str) -> None:
         i = 0
@@ -180,6 +183,9 @@ class _Scanner:
                         frame[2] -= 1
                 elif c == "<" and nxt == "<" and text[i + 2 : i + 3] != "<":
                     self.heredoc = True
+                elif c == ">" and nxt == "&" and top in (UNQUOTED, "`"):
+                    self.dup = True
+                    i += 1
                 elif c == "#" and top in (UNQUOTED, "`"):
                     if at_word_start is None:
                         raise AppError(f"{self.app}: command_template: '#' right after a {{% %}} tag may or may not start a "
@@ -190,6 +196,8 @@ class _Scanner:
                         continue
             top = self.frames[-1][0]
             self.word_start = not was_escaped and c in " \t\n;&|()<>" and top in (UNQUOTED, "`", COND)
+            if self.dup and self.word_start and self.word and c != ">":
+                self.dup = False  # the word after >& ended
             self.word = "" if self.word_start else self.word + c
             i += 1
 
@@ -216,7 +224,8 @@ class _Scanner:
             raise AppError(f"{where} is inside ${{...}}; put it outside, e.g. \"${{VAR:-}}\"{placeholder}")
         if top == "a":
             raise AppError(f"{where} is inside $'...', where backslashes escape; put it outside the quotes")
-        if ARITH in contexts or _SUBSCRIPT.fullmatch(self.word) or (self.integers and _ASSIGNMENT.match(self.word)):
+        if (ARITH in contexts or self.dup or _SUBSCRIPT.fullmatch(self.word)
+                or (self.integers and _ASSIGNMENT.match(self.word))):
             context = ARITH  # bash evaluates the text, quotes or not: $(...) in it would run
         elif top == DOUBLE:
             context = DOUBLE
@@ -245,7 +254,7 @@ def quote_for(context: str, value: Any) -> str:
         return text
     if context == ARITH:
         if isinstance(value, bool) or not _NUMBER.fullmatch(text.strip()):
-            raise ValidationError(f"a parameter value in an arithmetic expression ($((...)), ((...)), let, a subscript) must be "
+            raise ValidationError(f"a parameter value in an arithmetic expression ($((...)), ((...)), let, a subscript) or after '>&' must be "
                                   f"a number, not {text[:40]!r}: bash would evaluate it, running any $(...) in it")
         return text.strip()
     if context.startswith(COND):
