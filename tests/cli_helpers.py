@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from click.testing import CliRunner, Result
 
@@ -58,3 +59,23 @@ def run_process(*args: str, cwd: Path, env: Optional[Dict[str, str]] = None, inp
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "balsam", *args], cwd=str(cwd), env=full_env, input=input, capture_output=True,
                           text=True, timeout=60)
+
+
+def start_ui(site_name: str, env: Dict[str, str]) -> Tuple["subprocess.Popen[str]", str, str, str]:
+    """``balsam ui --site NAME`` started as a real process: (the process, its base URL, its login link's token,
+    everything it printed before serving). The caller terminates it."""
+    proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--site", site_name], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    printed = ""
+    for _ in range(10):
+        line = proc.stdout.readline()
+        printed += line
+        if line.startswith("Ctrl-C") or not line:
+            break
+    m = re.search(r"(http://127\.0\.0\.1:\d+)/#/login\?token=(\S+)", printed)
+    if not m:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise AssertionError(printed)
+    return proc, m.group(1), m.group(2), printed

@@ -16,6 +16,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
+from tests.cli_helpers import start_ui
+
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("starlette", reason="balsam ui needs starlette and uvicorn")
 pytest.importorskip("uvicorn", reason="balsam ui needs starlette and uvicorn")
@@ -54,19 +56,9 @@ def _get(url: str, token: Optional[str] = None) -> Tuple[int, bytes, str]:
 def ui(site: Any, hello: Any, request: Any) -> Iterator[Tuple[str, str, str]]:
     """`balsam ui --site test-site` running: (base URL, the link's token, everything it printed before serving)."""
     extra = getattr(request, "param", None)
-    proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--site", "test-site"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env(extra))
-    assert proc.stdout is not None
-    printed = ""
+    proc, base, token, printed = start_ui("test-site", _env(extra))
     try:
-        for _ in range(10):
-            line = proc.stdout.readline()
-            printed += line
-            if line.startswith("Ctrl-C") or not line:
-                break
-        m = re.search(r"(http://127\.0\.0\.1:\d+)/#/login\?token=(\S+)", printed)
-        assert m, printed
-        yield m.group(1), m.group(2), printed
+        yield base, token, printed
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -8,15 +8,14 @@ import base64
 import json
 import os
 import pickle
-import re
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
 import pytest
+
+from tests.cli_helpers import start_ui
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("starlette", reason="balsam ui needs starlette and uvicorn")
@@ -47,20 +46,9 @@ def _call(method: str, url: str, token: str, body: Any = None) -> Tuple[int, Any
 @pytest.fixture
 def ui_session(site: Any, adder: Any) -> Iterator[Tuple[str, str]]:
     """`balsam ui --site test-site` running, logged in as its dashboard does: (base URL, session token)."""
-    proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--site", "test-site"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.stdout is not None
-    printed = ""
+    proc, base, link_token, _printed = start_ui("test-site", {**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        for _ in range(10):
-            line = proc.stdout.readline()
-            printed += line
-            if line.startswith("Ctrl-C") or not line:
-                break
-        m = re.search(r"(http://127\.0\.0\.1:\d+)/#/login\?token=(\S+)", printed)
-        assert m, printed
-        base = m.group(1)
-        req = urllib.request.Request(base + "/v1/ui/session", data=json.dumps({"token": m.group(2)}).encode(), method="POST",
+        req = urllib.request.Request(base + "/v1/ui/session", data=json.dumps({"token": link_token}).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             yield base, json.loads(resp.read())["token"]
