@@ -46,6 +46,10 @@ _UNSAFE_BLOCKS = frozenset({"call", "filter"})
 """Blocks whose output reaches the command without passing through a quoted ``{{ ... }}``."""
 
 
+_EXPANSIONS = {"[": (ARITH, "]"), "(": (UNQUOTED, ")"), "{": ("p", "}")}
+"""What ``$`` followed by each of these opens: a context and its closer."""
+
+
 class _Scanner:
     """Follows the shell's quoting state over the template's literal text, one chunk at a time.
 
@@ -72,6 +76,18 @@ class _Scanner:
 
     def _push(self, context: str, closer: str = "") -> None:
         self.frames.append([context, closer, 0])
+
+    def _expansion(self, text: str, i: int) -> int:
+        """At a ``$`` (``text[i]``), open the expansion it starts (``$(( ))``, ``$[ ]``, ``$( )``, ``${ }``: the same in
+        double quotes as unquoted): the index of its last opening character, or ``i`` when it starts none."""
+        if text[i + 1 : i + 3] == "((":
+            self._push(ARITH, "))")
+            return i + 2
+        opened = _EXPANSIONS.get(text[i + 1 : i + 2])
+        if opened is None:
+            return i
+        self._push(*opened)
+        return i + 1
 
     def state(self) -> Tuple[Any, ...]:
         """What decides how the shell reads what follows (compared across the branches of a ``{% %}`` block)."""
@@ -109,18 +125,8 @@ class _Scanner:
             elif top == DOUBLE:
                 if c == '"':
                     self.frames.pop()
-                elif c == "$" and text[i + 1 : i + 3] == "((":
-                    self._push(ARITH, "))")
-                    i += 2
-                elif c == "$" and nxt == "[":
-                    self._push(ARITH, "]")
-                    i += 1
-                elif c == "$" and nxt == "(":
-                    self._push(UNQUOTED, ")")
-                    i += 1
-                elif c == "$" and nxt == "{":
-                    self._push("p", "}")
-                    i += 1
+                elif c == "$" and (end := self._expansion(text, i)) > i:
+                    i = end
                 elif c == "`":
                     self._push("`", "`")
             elif top == "p":
@@ -153,18 +159,8 @@ class _Scanner:
                 elif c == "$" and nxt == "'":
                     self._push("a")
                     i += 1
-                elif c == "$" and text[i + 1 : i + 3] == "((":
-                    self._push(ARITH, "))")
-                    i += 2
-                elif c == "$" and nxt == "[":
-                    self._push(ARITH, "]")
-                    i += 1
-                elif c == "$" and nxt == "(":
-                    self._push(UNQUOTED, ")")
-                    i += 1
-                elif c == "$" and nxt == "{":
-                    self._push("p", "}")
-                    i += 1
+                elif c == "$" and (end := self._expansion(text, i)) > i:
+                    i = end
                 elif c == "(" and nxt == "(" and at_word_start is not False and top != ARITH:
                     self._push(ARITH, "))")  # (( arithmetic )), also for (( ... ))
                     i += 1
