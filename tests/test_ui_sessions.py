@@ -301,3 +301,22 @@ def test_a_logout_that_cannot_be_recorded_says_so(served: Tuple[ui.UiServer, Clo
     status, out = _call("DELETE", f"{server.url}v1/token", token=session)
     assert status == 503 and "could not be recorded" in out["error"]["message"]
     _unauthorized_like_a_wrong_token(server, session)  # it holds for this run all the same
+
+
+def test_a_session_logged_in_the_same_second_a_damaged_file_is_found_is_refused(tmp_path: Path) -> None:
+    """Login times are whole seconds: a session logged in at 1000.2 s, before the file was found damaged at 1000.7 s,
+    is refused like every older one, and a session logged in after it (still in that second) is taken (it carries
+    the cut-off as its login time). The dashboard test of the damaged file passed or failed by which second a fast
+    restart fell in."""
+    from balsam.http.ended_sessions import EndedSessions, login_time
+
+    clock = [1000.7]
+    path = tmp_path / "ended.json"
+    path.write_bytes(b'{"format":1,"ended":{"3e8-ab":1000.1}' + b"\x00garbage")
+    ended = EndedSessions(path, 3600.0, lambda: clock[0])
+    ended.load()
+    before = f"{1000:x}-{'0' * 32}"  # logged in at 1000.2 s, before the damage was seen
+    assert ended.refuses(before)
+    cut = ended.login_not_before()
+    assert cut == 1001.0 and not ended.refuses(f"{int(cut):x}-{'1' * 32}")
+    assert login_time(f"{int(cut):x}-x") == cut

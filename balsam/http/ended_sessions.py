@@ -81,6 +81,12 @@ class EndedSessions:
             self._read_if_changed()
             return nonce in self._ended or login_time(nonce) < self._not_before
 
+    def login_not_before(self) -> float:
+        """The earliest login time a new session may carry and still be taken (-inf when there is no cut-off)."""
+        with self._lock:
+            self._read_if_changed()
+            return self._not_before
+
     def end(self, nonce: str) -> None:
         """Record that the session ``nonce`` logged out, in memory at once and then in the file; OSError when the
         file cannot be written (the session is still refused by this process)."""
@@ -131,8 +137,10 @@ class EndedSessions:
         self._seen = seen
 
     def _damaged(self, why: str) -> None:
-        """Refuse every session logged in before this second, and write a good file saying so."""
-        now = float(math.floor(self.clock()))
+        """Refuse every session logged in up to this second, and write a good file saying so. (A login time is in whole
+        seconds, so a session of this same second may be from before the damage; sessions logged in from now on carry
+        the cut-off as their login time: :meth:`login_not_before`.)"""
+        now = float(math.floor(self.clock())) + 1.0
         if now > self._not_before:
             logger.warning("%s could not be read (%s): every balsam ui session logged in before now must log in again",
                            self.path, why)

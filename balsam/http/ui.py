@@ -125,7 +125,12 @@ class UiTokens:
 
     def _new_session(self) -> str:
         now = self.clock()
-        nonce = f"{int(now):x}-{secrets.token_hex(16)}"
+        login = int(now)
+        if self._ended is not None:  # a cut-off (a damaged file of ended sessions) may lie in this very second
+            cut = self._ended.login_not_before()
+            if cut > login:
+                login = int(math.ceil(cut))
+        nonce = f"{login:x}-{secrets.token_hex(16)}"
         with self._lock:
             self._forget_expired(now)
             self._last_use[nonce] = now
