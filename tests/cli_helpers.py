@@ -61,11 +61,11 @@ def run_process(*args: str, cwd: Path, env: Optional[Dict[str, str]] = None, inp
                           text=True, timeout=60)
 
 
-def start_ui(site_name: str, env: Dict[str, str]) -> Tuple["subprocess.Popen[str]", str, str, str]:
-    """``balsam ui --site NAME`` started as a real process: (the process, its base URL, its login link's token,
+def start_ui(env: Dict[str, str], *args: str) -> Tuple["subprocess.Popen[str]", str, str, str]:
+    """``balsam ui ARGS`` started as a real process: (the process, its base URL, its login link's token or "",
     everything it printed before serving). The caller terminates it."""
-    proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", "--site", site_name], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
     assert proc.stdout is not None
     printed = ""
     for _ in range(10):
@@ -73,9 +73,9 @@ def start_ui(site_name: str, env: Dict[str, str]) -> Tuple["subprocess.Popen[str
         printed += line
         if line.startswith("Ctrl-C") or not line:
             break
-    m = re.search(r"(http://127\.0\.0\.1:\d+)/#/login\?token=(\S+)", printed)
+    m = re.search(r"(http://127\.0\.0\.1:\d+)/#/login(?:\?token=(\S+))?", printed)
     if not m:
         proc.kill()
         proc.wait(timeout=30)
         raise AssertionError(printed)
-    return proc, m.group(1), m.group(2), printed
+    return proc, m.group(1), m.group(2) or "", printed

@@ -56,7 +56,7 @@ def _get(url: str, token: Optional[str] = None) -> Tuple[int, bytes, str]:
 def ui(site: Any, hello: Any, request: Any) -> Iterator[Tuple[str, str, str]]:
     """`balsam ui --site test-site` running: (base URL, the link's token, everything it printed before serving)."""
     extra = getattr(request, "param", None)
-    proc, base, token, printed = start_ui("test-site", _env(extra))
+    proc, base, token, printed = start_ui(_env(extra), "--site", "test-site")
     try:
         yield base, token, printed
     finally:
@@ -127,22 +127,6 @@ def test_ui_refuses_a_short_token_with_one_line(site: Any) -> None:
     assert "at least 24" in out.stderr
 
 
-def _start(env: Dict[str, str], *args: str) -> "Tuple[subprocess.Popen[str], str, str]":
-    """`balsam ui ARGS` running: (the process, its base URL, what it printed)."""
-    proc = subprocess.Popen([sys.executable, "-m", "balsam", "ui", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    assert proc.stdout is not None
-    printed = ""
-    for _ in range(10):
-        line = proc.stdout.readline()
-        printed += line
-        if line.startswith("Ctrl-C") or not line:
-            break
-    m = re.search(r"(http://127\.0\.0\.1:\d+)/#/login", printed)
-    assert m, printed
-    return proc, m.group(1), printed
-
-
 def _jobs_at(name: str, root: Path, n: int) -> List[int]:
     from balsam.api import ApplicationDefinition, Job
 
@@ -165,7 +149,7 @@ def test_ui_serves_every_site_of_the_host_and_sites_created_later(tmp_path: Path
     a_jobs, b_jobs = _jobs_at("a", tmp_path / "a", 3), _jobs_at("b", tmp_path / "b", 2)
     (tmp_path / "b" / "data" / "b" / "1").mkdir(parents=True)
     (tmp_path / "b" / "data" / "b" / "1" / "job.out").write_text("output of b/1\n")
-    proc, base, printed = _start(_env({"BALSAM_UI_TOKEN": REUSABLE}))
+    proc, base, _token, printed = start_ui(_env({"BALSAM_UI_TOKEN": REUSABLE}))
     try:
         assert "this host's sites (a, b" in printed
 
@@ -204,7 +188,7 @@ def test_ui_site_limits_to_one(tmp_path: Path) -> None:
     init_site(tmp_path / "b", name="b")
     _jobs_at("a", tmp_path / "a", 1)
     _jobs_at("b", tmp_path / "b", 2)
-    proc, base, printed = _start(_env({"BALSAM_UI_TOKEN": REUSABLE}), "--site", "b")
+    proc, base, _token, printed = start_ui(_env({"BALSAM_UI_TOKEN": REUSABLE}), "--site", "b")
     try:
         assert "of site 'b'" in printed
         status, body, _ = _get(base + "/v1/sites", REUSABLE)

@@ -46,7 +46,7 @@ def _call(method: str, url: str, token: str, body: Any = None) -> Tuple[int, Any
 @pytest.fixture
 def ui_session(site: Any, adder: Any) -> Iterator[Tuple[str, str]]:
     """`balsam ui --site test-site` running, logged in as its dashboard does: (base URL, session token)."""
-    proc, base, link_token, _printed = start_ui("test-site", {**os.environ, "PYTHONPATH": str(REPO)})
+    proc, base, link_token, _printed = start_ui({**os.environ, "PYTHONPATH": str(REPO)}, "--site", "test-site")
     try:
         req = urllib.request.Request(base + "/v1/ui/session", data=json.dumps({"token": link_token}).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
