@@ -182,18 +182,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _fast_json(row: Dict[str, Any]) -> bytes:
-    """:func:`_json` of a row read from the site DB (no NaN or infinity there: SQLite stores them as NULL), with
-    orjson when installed (``balsam[fast]``): ~10x less CPU for each job of an acquire answer. Whatever orjson
-    refuses goes to :func:`_json`, whose answer (or error) stands."""
-    if _orjson_dumps is not None:
-        try:
-            return _orjson_dumps(row)  # type: ignore[no-any-return]
-        except TypeError:
-            pass
-    return _json(row)
-
-
 Part = Tuple[int, Backend]
 """One site a server streams changes of: (site id, its backend)."""
 
@@ -767,7 +755,7 @@ def _acquired_text(job: Dict[str, Any]) -> bytes:
         except TypeError:
             pass
     if rest is None:
-        rest = _fast_json(_acquired(job))
+        rest = _json(_acquired(job))
     if not raw:
         return rest
     return b"{" + raw + (b"," + rest[1:] if len(rest) > 2 else b"}")
