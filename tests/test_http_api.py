@@ -21,14 +21,27 @@ from tests.launcher_support import runnable, states
 @pytest.fixture
 def api(site: Any) -> Iterator[Any]:
     """The site's API server on 127.0.0.1 (as the agent runs it)."""
+    yield from _serve(site, "auto")
+
+
+def _serve(site: Any, parser: str) -> Iterator[Any]:
     from balsam.services.api_server import start_api_server
     from balsam.settings import ApiSettings
     from balsam.site import this_host
 
     server = start_api_server(site.path, site.store, ApiSettings(bind="127.0.0.1", max_body_mb=1, header_timeout_s=1.0,
-                                                                 body_timeout_s=1.0), host=this_host())
+                                                                 body_timeout_s=1.0, http_parser=parser),
+                              host=this_host())
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["h11", "httptools"])
+def each_parser(request: Any, site: Any) -> Iterator[Any]:
+    """The site's API server with each HTTP parser (httptools when installed: the default then)."""
+    if request.param == "httptools":
+        pytest.importorskip("httptools")
+    yield from _serve(site, request.param)
 
 
 def _secret(site: Any) -> bytes:
@@ -121,6 +134,44 @@ def test_oversized_bodies_are_refused_before_reading(site: Any, api: Any) -> Non
     assert status == 413 and answer["error"]["code"] == "too_large"
     status, _, _ = _send(api, "POST", "/v1/jobs", big)
     assert status == 401, "an unsigned body is not even looked at"
+
+
+def _answer_then_finish_body(api: Any, head: bytes, size: int) -> bytes:
+    """Send ``head`` and the first KiB of a ``size``-byte body, read the whole answer, then send the rest of the body
+    (more than the kernel's socket buffers hold): the server must take it in, not reset the connection."""
+    sock = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+    try:
+        sock.sendall(head + b"[" + b" " * 1023)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                answer.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed before answering: {answer!r}"
+            answer += chunk
+        rest = b" " * (size - 1024)
+        sock.sendall(rest)  # before: ConnectionResetError / BrokenPipeError once the server closed on the body
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b"", "the server ends the connection once the body is in"
+        return answer
+    finally:
+        sock.close()
+
+
+def test_a_client_still_sending_a_refused_body_reads_the_answer(site: Any, each_parser: Any) -> None:
+    """A client sends its whole body before reading the answer (http.client, requests): a body refused unread (not
+    signed; too large) must not end in a reset while it is still being sent. Once failed in CI as a broken pipe."""
+    size = 32 * 1024 * 1024
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n"
+            "\r\n").encode()
+    answer = _answer_then_finish_body(each_parser, head, size)
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"connection: close" in answer.lower()
+    body = b"[" + b" " * (size - 2) + b"]"
+    signed = "".join(f"{k}: {v}\r\n" for k, v in _signed(site, "POST", "/v1/jobs", body).items())
+    head = f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n{signed}\r\n".encode()
+    answer = _answer_then_finish_body(each_parser, head, size)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b'"too_large"' in answer
+    status, _, _ = _send(each_parser, "GET", "/v1/health")
+    assert status == 200, "the server goes on serving"
 
 
 def test_slow_clients_are_disconnected(site: Any, api: Any) -> None:

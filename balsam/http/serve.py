@@ -122,13 +122,15 @@ class _CorkedTransport:
     :meth:`flush`), or at the latest on the event loop's next turn. uvicorn writes an answer's head and body
     separately; two sends per answer cost two syscalls and two packets (and the client two wake-ups)."""
 
-    __slots__ = ("_transport", "_loop", "_buffer", "_scheduled")
+    __slots__ = ("_transport", "_loop", "_buffer", "_scheduled", "linger")
 
     def __init__(self, transport: Any, loop: Any) -> None:
         self._transport = transport
         self._loop = loop
         self._buffer: List[bytes] = []
         self._scheduled = False
+        self.linger: Optional[Callable[[], bool]] = None
+        """Asked at :meth:`close`: True when the protocol closes the connection itself, after a lingering close."""
 
     def write(self, data: bytes) -> None:
         self._buffer.append(data)
@@ -150,15 +152,33 @@ class _CorkedTransport:
 
     def close(self) -> None:
         self.flush()
+        if self.linger is None or not self.linger():
+            self._transport.close()
+
+    def hard_close(self) -> None:
+        """Close now, whatever is still arriving."""
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
 
+LINGER_S = 5.0
+"""How long a connection answered before its request's body arrived (a 401, a 413) keeps taking that body in."""
+LINGER_BYTES = 64 * 1024 * 1024
+"""How much of such a body it takes in (and drops) at most."""
+
+
 def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str = "h11") -> Any:
     """uvicorn's HTTP protocol (``parser``: "h11", pure Python, or "httptools", compiled, when installed) with a
-    deadline for each request's headers and a cap on their size (a slow or endless client is disconnected)."""
+    deadline for each request's headers and a cap on their size (a slow or endless client is disconnected).
+
+    A request answered before its body arrived (refused unread: too large, not signed) ends with a lingering close:
+    the answer is sent, the server's side is shut, and the rest of the body is taken in and dropped, for at most
+    :data:`LINGER_S` and :data:`LINGER_BYTES`. Closing at once would make the kernel reset the connection when the
+    body's next bytes arrive, and a client still sending (as most do before reading an answer) would see a broken
+    pipe instead of the answer."""
     Base: Any
     if parser == "httptools":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -175,6 +195,23 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
         _header_timer: Optional[asyncio.TimerHandle] = None
         _armed_for: Any = None
         _header_bytes = 0
+        _draining = -1
+        """Bytes of a refused body still taken in (-1: not lingering)."""
+
+        def _linger(self) -> bool:
+            """Close after the answer without a reset, when the request's body is still arriving (see above)."""
+            if self._draining >= 0:
+                return False  # a second close (the linger's end, a keep-alive timer): now
+            if self.cycle is None or not self.cycle.more_body or self._corked is None:
+                return False
+            self._disarm()
+            self._draining = LINGER_BYTES
+            self._corked.flush()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.flow.resume_reading()
+            self.loop.call_later(LINGER_S, self._corked.hard_close)
+            return True
 
         def _arm(self) -> None:
             self._disarm()
@@ -196,9 +233,15 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._corked = self.transport = _CorkedTransport(transport, self.loop)  # an answer's head and body: one send
+            self._corked.linger = self._linger
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            if self._draining >= 0:  # the rest of a refused body: dropped unread
+                self._draining -= len(data)
+                if self._draining < 0 and self._corked is not None:
+                    self._corked.hard_close()
+                return
             waiting = self._header_timer is not None
             super().data_received(data)
             if self._header_timer is not None and self.cycle is not self._armed_for:
@@ -217,8 +260,13 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
         def on_response_complete(self) -> None:
             if self._corked is not None:
                 self._corked.flush()
+            unread = self.cycle is not None and self.cycle.more_body and self._draining < 0
             super().on_response_complete()
-            if not self.transport.is_closing():
+            if self.transport.is_closing() or self._draining >= 0:
+                return
+            if unread:
+                self._linger()  # a kept-alive connection whose request body was refused unread: it cannot go on
+            else:
                 self._arm()
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
