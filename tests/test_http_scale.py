@@ -125,10 +125,11 @@ def test_a_launchers_answers_are_kept_an_hour_others_a_day_and_then_forgotten(si
     """Answers kept for retries do not fill the disk: an acquire's answer (its jobs' ids) and a status batch's
     are kept an hour (past the lease and every client's retries), another write's a day; a sweep about once a minute
     forgets the expired ones, and a retry within the time still gets its answer."""
-    from balsam.db import backend as b
+    from balsam.db import once
+    from balsam.db.backend import LocalBackend
     from balsam.db.jobs import StateChange
 
-    backend = b.LocalBackend(site.store)
+    backend = LocalBackend(site.store)
     ids = runnable(site.store, [hello.submit(f"k/{i}", say_hello_to=str(i)) for i in range(3)])
     sid = backend.create_session(host="n", pid=1, batch_job_id=None, label="")
     got = backend.acquire_batch([("acq", "f", sid, 2, {}, False)], lambda jobs: (200, b"jobs"))
@@ -140,7 +141,7 @@ def test_a_launchers_answers_are_kept_an_hour_others_a_day_and_then_forgotten(si
 
     with site.store.write() as conn:  # the launcher's answers' hour has passed; the other's day has not
         conn.execute("UPDATE http_answer SET expires = expires - 3601")
-    monkeypatch.setattr(b, "_last_sweep", [0.0])
+    monkeypatch.setattr(once, "_last_sweep", [0.0])
     backend.once("next", "i", lambda: (201, b"made"))
     left = {k for (k,) in site.store.execute("SELECT key FROM http_answer")}
     assert left == {"other", "next"}

@@ -28,9 +28,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from balsam import exceptions as exc
 from balsam.db import lockwait
-from balsam.db.backend import Backend, Rejected, Row
+from balsam.db.backend import Backend, Row
 from balsam.db.codec import loads, loads_body
 from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
+from balsam.db.once import Rejected
 from balsam.http.auth import SECRET_FILE, check_response, read_secret, sign_request
 from balsam.http.schemas import COLUMNS, encode_filter_value, wire_to_row
 from balsam.http.serve import host_port, read_address

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from balsam.db.backend import LAUNCHER_FIELDS, Backend
+from balsam.db.backend import Backend
 from balsam.db.jobs import StateChange
+from balsam.db.once import LAUNCHER_FIELDS
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 from balsam.http.auth import Principal
 from balsam.http.schemas import (

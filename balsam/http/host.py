@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from balsam.db import query as q
-from balsam.db.backend import Backend, Rejected, Row, spec_for
+from balsam.db.backend import Backend, Row, spec_for
 from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
+from balsam.db.once import Rejected
 from balsam.exceptions import ObjectDoesNotExist, StoreError, ValidationError
 
 logger = logging.getLogger("balsam.http")

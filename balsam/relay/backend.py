@@ -17,9 +17,10 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam import exceptions as exc
-from balsam.db.backend import Backend, Rejected, Row
+from balsam.db.backend import Backend, Row
 from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
+from balsam.db.once import Rejected
 from balsam.relay import mirror
 from balsam.relay.store import Caller, RelayStore
 from balsam.sync import encode_change as change_to_wire
