@@ -49,30 +49,50 @@ class Holder:
         return f"{what}, which is still running (a long write?)"
 
 
+LOCKS_READS = 5
+"""How many times :func:`holder` reads ``/proc/locks`` before it says nobody holds the lock (see there)."""
+
+
 def holder(path: Path, locks: str = "/proc/locks") -> Optional[Holder]:
     """Who holds an exclusive ``flock`` on ``path``: read from ``/proc/locks`` (Linux); None where it cannot be told
-    (another OS, a lock held on another host of a shared filesystem, or nobody holds it now)."""
+    (another OS, a lock held on another host of a shared filesystem, or nobody holds it now).
+
+    The kernel hands ``/proc/locks`` out a page (~4 KB, ~60 locks) per read and finds where the next page starts
+    by counting entries again; a lock released meanwhile by any process of the machine shifts that count, and the
+    entry at the page's edge is then never shown. On a busy machine the list is longer than a page (every SQLite
+    connection holds a few locks) and changes all the time, so a holder that is there can be missed: the file is
+    read again, up to :data:`LOCKS_READS` times, before nobody is said to hold the lock."""
     try:
         st = os.stat(path)
-        with open(locks) as f:
-            lines = f.read().splitlines()
     except OSError:
         return None
+    for _ in range(LOCKS_READS):
+        try:
+            with open(locks) as f:
+                text = f.read()
+        except OSError:
+            return None
+        found = _holder_in(text, st)
+        if found is not None:
+            return None if found <= 0 else Holder(found, _command(found), _stopped(found))
+    return None
+
+
+def _holder_in(text: str, st: os.stat_result) -> Optional[int]:
+    """The pid holding an exclusive ``flock`` on the file of ``st`` in one read of ``/proc/locks`` (0 or less: a
+    holder in another pid namespace), or None if that read does not show one."""
     # "3: FLOCK  ADVISORY  WRITE 12041 fe:00:2302930 0 EOF"; waiters' lines have "->" after the number.
     want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in lines:
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) < 6 or parts[1] == "->" or parts[1] != "FLOCK" or parts[3] != "WRITE":
             continue
         if parts[5] != want and not _same_inode(parts[5], st.st_ino, st.st_dev):
             continue
         try:
-            pid = int(parts[4])
+            return int(parts[4])
         except ValueError:
             continue
-        if pid <= 0:  # a holder in another pid namespace
-            return None
-        return Holder(pid, _command(pid), _stopped(pid))
     return None
 
 
