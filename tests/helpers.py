@@ -64,15 +64,16 @@ def finish_run(job: Any, state: str, **fields: Any) -> None:
 
 
 def fill(path: Path) -> None:
-    """Write zeros to ``path`` until its filesystem is full (ENOSPC); unlinking it frees the space again."""
-    chunk = b"\0" * 65536
+    """Write zeros to ``path`` until its filesystem is full to the last byte (ENOSPC even for one byte: smaller and
+    smaller writes after the first refusal, so what is left does not depend on chance); unlinking it frees the space."""
+    size = 65536
     with open(path, "wb", buffering=0) as f:
-        while True:
+        while size:
             try:
-                f.write(chunk)
+                f.write(b"\0" * size)
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
-                return
+                size //= 2
 
 
 ACTIVE_BATCH_JOB_STATES = ["pending_submission", "queued", "running", "pending_deletion"]

@@ -400,7 +400,7 @@ def test_a_launcher_that_can_write_only_its_journal_leaves_its_results_there(sma
         fd.start_and_fill()
         fd.go.touch()
         fd.thread.join(timeout=60)
-        assert not fd.thread.is_alive()
+        assert not fd.thread.is_alive() and len(fd.result) == 1, fd.result  # it ended, not crashed at its log's flush
         assert set(fd.states()) == {"RUNNING"}  # the DB has heard nothing...
         (journal,) = (fd.ref.path / ".balsam" / "journal").glob("*.jsonl")  # its release failed: the journal stays
         assert journal.read_text().count('"RUN_DONE"') == 2  # ...the journal has it all

@@ -145,4 +145,7 @@ def run_launcher(
     finally:
         for h in handlers:
             logging.getLogger("balsam").removeHandler(h)
-            h.close()
+            try:
+                h.close()
+            except OSError:  # a full disk: the log's last lines are lost, the exit code and results are not
+                pass
