@@ -127,6 +127,16 @@ def test_ui_refuses_a_short_token_with_one_line(site: Any) -> None:
     assert "at least 24" in out.stderr
 
 
+@pytest.mark.parametrize("bind", ["", " 127.0.0.1"])
+def test_ui_refuses_an_empty_bind_address_instead_of_listening_everywhere(site: Any, bind: str) -> None:
+    """``--bind ''`` listened on every interface (0.0.0.0) while the link it printed said 127.0.0.1."""
+    out = subprocess.run([sys.executable, "-m", "balsam", "ui", "--site", "test-site", "--bind", bind], capture_output=True,
+                         text=True, env=_env({}), timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"Error: bind address {bind!r}: give an address of this host (127.0.0.1: "
+                                               "this host alone; 0.0.0.0: every interface)"]
+
+
 def _jobs_at(name: str, root: Path, n: int) -> List[int]:
     from balsam.api import ApplicationDefinition, Job
 

@@ -87,6 +87,9 @@ def bind_socket(host: str, ports: List[int], reuse_port: bool = False, join: boo
     first bound without SO_REUSEPORT, which fails where anyone listens, another site's agent with SO_REUSEPORT
     included (whose connections would otherwise be shared with ours). ``join``: bind ``ports[0]``, the port of
     the agent this process serves with, with no such check."""
+    if not host or host != host.strip() or "\x00" in host:  # "" would listen on every interface
+        raise ConfigError(f"bind address {host!r}: give an address of this host (127.0.0.1: this host alone; 0.0.0.0: "
+                          "every interface)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("api.workers > 1 needs SO_REUSEPORT, which this system does not have: set api.workers to 1")
@@ -113,8 +116,8 @@ def bind_socket(host: str, ports: List[int], reuse_port: bool = False, join: boo
         sock.listen(1024)
         sock.set_inheritable(False)
         return sock
-    where = f"{ports[0]}-{ports[-1]}" if ports else "0"
-    raise ServiceError(f"cannot listen on {host} port {where}: {last.strerror if last else 'no port free'}")
+    where = f"{ports[0]}-{ports[-1]}" if len(ports) > 1 else f"{ports[0] if ports else 0}"
+    raise ServiceError(f"cannot listen on {host} port{'s' if len(ports) > 1 else ''} {where}: {last.strerror if last else 'no port free'}")
 
 
 class _CorkedTransport:
