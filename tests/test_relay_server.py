@@ -289,3 +289,49 @@ def test_the_websocket_streams_only_the_callers_own_sites(two_users: Dict[str, A
     finally:
         for s in streams.values():
             s.close()
+
+
+def test_a_relay_stops_at_once_while_a_site_long_polls_and_a_user_waits_for_its_site(tmp_path: Path) -> None:
+    """Stopping the relay (Ctrl-C, SIGTERM, a restart) with a site's long poll for commands and a user's write
+    waiting for its site in flight: both waits end, and the stop returns with none of the relay's threads left.
+    Before, the stop cancelled their requests but the threads serving them ran on to their deadline (up to 25 s):
+    the server's stop gave up after 10 s and left them running."""
+    import threading
+
+    from balsam.http.serve import ApiServer, ServeOptions
+    from balsam.relay.server import build_relay_app
+
+    for store in relay_store("sqlite", tmp_path):
+        store.add_user("alice", "alice-password")
+        server = ApiServer(build_relay_app(store, wait_s=60), ServeOptions(bind="127.0.0.1", port=0)).start()
+        url = f"http://127.0.0.1:{server.port}"
+        try:
+            alice = login(url, "alice", "alice-password")
+            link = alice.request("POST", "/v1/sites", {"site_id": SITE_A, "name": "site-a", "hostname": "h", "path": "/p"})
+            agent = client(url, link["token"])
+            agent.request("POST", "/v1/sync/push", {"submission_id": "first-push", "last_seq": 10, "items": site_rows(SITE_A, 1),
+                                                    "site": {"backlog": {}, "row": {"name": "site-a"}}})
+            agent.request("GET", "/v1/sync/commands?after=0&wait=0")  # the site is seen online: a write waits for it
+            calls = [threading.Thread(target=lambda c=c, p=p: _ignore_errors(c, p), daemon=True)
+                     for c, p in ((agent, ("GET", "/v1/sync/commands?after=1000000&wait=25")),
+                                  (alice, ("DELETE", f"/v1/jobs/{(SITE_A << 32) + 1}")))]
+            for t in calls:
+                t.start()
+            deadline = time.monotonic() + 30
+            while sum(1 for t in threading.enumerate() if t.name.startswith("relay_")) < 2:  # both served, waiting
+                assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
+                time.sleep(0.05)
+        finally:
+            server.stop()
+        left = [t.name for t in threading.enumerate() if t.name.startswith("relay_") or t.name == "balsam-api"]
+        assert left == [], f"still running after the relay stopped: {left}"
+        for t in calls:
+            t.join(timeout=60)
+        assert [command["kind"] for command in store.pending_commands(store.verify(link["token"]), 0)] == ["delete_jobs"]
+
+
+def _ignore_errors(who: Any, request: Tuple[str, str]) -> None:
+    try:
+        who.request(*request)
+    except exc.BalsamError:  # cut off by the stop
+        pass

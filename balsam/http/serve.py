@@ -372,6 +372,9 @@ class ApiServer:
                     path.unlink()
             except (OSError, ValueError):
                 pass
+        stopping = getattr(getattr(self.app, "state", None), "stopping", None)
+        if stopping is not None:  # an app's waits in threads (the relay's), which stopping the loop cannot cancel, answer now
+            stopping.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -13,6 +13,7 @@ write happens when the site next syncs.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -69,10 +70,12 @@ class RelayBackend(Backend):
     kind = "relay"
 
     def __init__(self, store: RelayStore, caller: Optional[Caller], *, site_ids: Optional[Sequence[int]] = None,
-                 wait_s: float = DEFAULT_WAIT_S) -> None:
+                 wait_s: float = DEFAULT_WAIT_S, stopping: Optional[threading.Event] = None) -> None:
         self.store = store
         self.caller = caller
         self.wait_s = wait_s
+        self.stopping = stopping or threading.Event()
+        """Set when the relay's server stops: waits (long polls, writes waiting for their site) end at their next look."""
         self._site_ids: Optional[List[int]] = None if site_ids is None else [int(s) for s in site_ids]
 
     # ------------------------------------------------------------------ scope
@@ -87,7 +90,8 @@ class RelayBackend(Backend):
     def narrow(self, site_ids: Sequence[int]) -> "RelayBackend":
         """The same caller restricted to some of its sites (a ``site_id`` filter); others' sites give no rows."""
         wanted = {int(s) for s in site_ids}
-        return RelayBackend(self.store, self.caller, site_ids=[s for s in self.site_ids if s in wanted], wait_s=self.wait_s)
+        return RelayBackend(self.store, self.caller, site_ids=[s for s in self.site_ids if s in wanted], wait_s=self.wait_s,
+                            stopping=self.stopping)
 
     def _need_caller(self) -> Caller:
         if self.caller is None:
@@ -175,7 +179,7 @@ class RelayBackend(Backend):
             if row["state"] == "rejected":
                 raise site_error(row["result"])
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.stopping.is_set():  # a stopping relay answers at once: the command stays queued
                 raise exc.CommandPending(f"{pending_reason(site)} as command {command_id}: applied when the site's agent next "
                                          "syncs", command_id)
             # Woken when the site's answer arrives at this relay process; a look every ANSWER_LOOK_S finds one that

@@ -18,6 +18,7 @@ Another user's rows, sites, tokens and commands are "not found" (404), never "fo
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -213,7 +214,7 @@ def pull_commands(call: h.Call) -> Tuple[int, Any]:
         left = deadline - time.monotonic()
         if commands and time.monotonic() - started > 1.0 and store.verify_id(caller) is None:  # revoked or expired while it waited
             raise ApiError(401, "unauthorized", "unknown, expired or revoked token", kind="ServiceError")
-        if commands or left <= 0:
+        if commands or left <= 0 or _backend(call).stopping.is_set():
             return 200, {"commands": commands, "pushed_seq": store.pushed_seq(caller)}
         # Woken as soon as a command is added in this process; a look every POLL_LOOK_S finds one another relay
         # process over the same database added.
@@ -253,21 +254,26 @@ RELAY_ROUTES: Tuple[ApiRoute, ...] = (
 
 
 def build_relay_app(store: RelayStore, *, wait_s: Optional[float] = None) -> Any:
-    """The relay's Starlette app over ``store`` (whose schema must be current)."""
+    """The relay's Starlette app over ``store`` (whose schema must be current). ``app.state.stopping`` (set by
+    :meth:`balsam.http.serve.ApiServer.stop`) ends the waits that run in threads, which the server's stop cannot
+    cancel: before, a stop waited for every long poll in flight to run out (up to :data:`MAX_POLL_S`)."""
     executor: List[ThreadPoolExecutor] = []
+    stopping = threading.Event()
 
     def backend_for(principal: Principal) -> Backend:
         if not executor:  # long polls and writes waiting for their site hold threads: give the loop enough
             executor.append(ThreadPoolExecutor(max_workers=256, thread_name_prefix="relay"))
             asyncio.get_running_loop().set_default_executor(executor[0])
         caller = principal.caller if isinstance(principal, RelayPrincipal) else None
-        backend = RelayBackend(store, caller)
+        backend = RelayBackend(store, caller, stopping=stopping)
         if wait_s is not None:
             backend.wait_s = wait_s
         return backend
 
     auth = Authenticator(None, RelayTokens(store))
-    return build_app(RelayBackend(store, None), auth, site_id=0, backend_for=backend_for, extra_routes=RELAY_ROUTES)
+    app = build_app(RelayBackend(store, None, stopping=stopping), auth, site_id=0, backend_for=backend_for, extra_routes=RELAY_ROUTES)
+    app.state.stopping = stopping
+    return app
 
 
 def check_transport(bind: str, tls: bool) -> None:
