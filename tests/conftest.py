@@ -19,7 +19,8 @@ from balsam._api import sites as _sites
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     """Under pytest-xdist (``-n``, with ``--dist loadgroup``), tests that share one outside system run in one worker,
     one after another, as they would without it: the batch systems (one Slurm, one Grid Engine, a few slots each)
-    and the one PostgreSQL database the relay tests reset. The rest spread over the workers."""
+    and the one PostgreSQL database the relay tests reset; the zipapp's tests share one build of it (~10-25 s each).
+    The rest spread over the workers."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
@@ -27,6 +28,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             item.add_marker(pytest.mark.xdist_group("batch-systems"))
         elif item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.xdist_group("postgres"))
+        elif "pyz" in getattr(item, "fixturenames", ()):  # one zipapp build (tests/test_zipapp.py), not one per worker
+            item.add_marker(pytest.mark.xdist_group("zipapp"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
