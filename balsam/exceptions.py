@@ -20,7 +20,8 @@
     ├── SchedulerError            a batch scheduler command failed (carries argv, stdout, stderr, rc)
     ├── LauncherError
     ├── TransferError
-    └── ServiceError              the site agent: not running, already running, unreachable
+    ├── ServiceError              the site agent: not running, already running, unreachable
+    └── ResultNotTrusted          a result read through the relay lacks the site's valid signature (not loaded)
 
 The CLI turns any BalsamError into one line on stderr and a non-zero exit; ``BALSAM_DEBUG=1`` shows the
 traceback instead.
@@ -178,3 +179,9 @@ class CommandPending(BalsamError):
 class StaleVersion(BalsamError):
     """A write made on an old copy of a row: the row changed since (at its site). Nothing was written; the
     message says what the row is now. Reload it and try again (HTTP 409)."""
+
+
+class ResultNotTrusted(BalsamError):
+    """A ``run()`` result or exception read through the relay is not signed by its site with a result key this
+    computer holds (or was changed since): it is not unpickled. The message says why and what to do
+    (``balsam site key --trust``)."""

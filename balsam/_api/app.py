@@ -417,6 +417,9 @@ _load_lock = threading.Lock()
 
 
 def _load(ref: "SiteRef", app_id: int, name: str, source: str, version: int) -> type:
+    if ref.via_relay:  # the relay never carries app code: what it served as code would run here (DESIGN.md 7)
+        raise AppError(f"app {name} of site {ref.name} is read through the relay, which does not carry app code: "
+                       f"load it on the site's host, or define the class in your own script")
     key = (ref.path, app_id)
     with _load_lock:
         hit = _loaded.get(key)

@@ -68,6 +68,17 @@ class SiteRef:
         """How this process reaches the site: its store on the home host, the agent's HTTP API elsewhere."""
         return _backend_for(self.path, self.host)
 
+    def loadable_result(self, blob: bytes, job_id: int, column: str) -> bytes:
+        """The pickle a result ``blob`` read from this site holds, fit to load: as read from the site's DB or
+        agent; through the relay only when the site signed it with a result key this computer holds (else
+        ResultNotTrusted, saying what to do). See balsam.site.result_keys."""
+        if not self.via_relay:
+            return blob
+        from balsam.site import balsam_home
+        from balsam.site.result_keys import trusted_keys, verified
+
+        return verified(blob, job_id, column, self.name, trusted_keys(balsam_home()))
+
 
 _seen_stamps: Dict[Path, str] = {}
 

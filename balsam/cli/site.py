@@ -438,8 +438,48 @@ def site_link(url: str, sites: Sequence[str]) -> None:
     if link.get("moved_from"):
         click.echo(f"Site id {link['moved_from']} is taken at the relay: site {ref.name} now has id {link['site_id']}.")
     click.echo(f"Site {ref.name} is linked to {link['url']} (as {link['user']}).")
+    click.echo(f"Results read through the relay load on computers that trust this site's result key: "
+               f"`balsam site key --site {ref.name}` prints it.")
     if agent_running(ref.layout):
         click.echo("Its running agent " + ("takes up the new id and " if link.get("moved_from") else "") + "starts syncing within a few seconds.")
+
+
+@site.command("key")
+@click.option("--trust", "trust", metavar="KEY", default=None,
+              help="Keep a site's result key (the line `balsam site key` printed there; - reads it from stdin).")
+@click.option("--label", default="", help="With --trust: a name to remember the key by (the site's name).")
+@click.option("--site", "sites", multiple=True, metavar="SITE", help="The site (default: the current site).")
+def site_key(trust: Optional[str], label: str, sites: Sequence[str]) -> None:
+    """Print this site's result key, or keep another site's (--trust) on this computer.
+
+    The site signs each run() result and exception it pushes to a relay with this key; a computer reading them
+    through the relay loads (unpickles) only results signed with a key it holds. Do this once per computer.
+
+    \b
+    Example:
+      balsam site key --site polaris                  # on the site's host: prints balsam-result-key-1:...
+      balsam site key --trust balsam-result-key-1:... --label polaris   # on the laptop
+    """
+    from balsam.site import balsam_home
+    from balsam.site import result_keys as rk
+
+    if trust is not None:
+        text = click.get_text_stream("stdin").read() if trust == "-" else trust
+        try:
+            kid, new = rk.trust_key(text, balsam_home(), label)
+        except ValueError as e:
+            raise CLIError(str(e), 2) from None
+        click.echo(f"Result key {kid} is {'now' if new else 'already'} trusted on this computer: results signed with it "
+                   "load through the relay.")
+        return
+    from balsam.cli._common import one_site
+
+    ref = one_site(sites, "site key")
+    if ref.via_relay:
+        raise CLIError(f"site {ref.name} is reached through the relay here: run `balsam site key` on the site's host", 2)
+    click.echo(rk.export_key(rk.site_key(ref.layout)))
+    click.echo(f"On each other computer that reads site {ref.name}'s results through a relay, run once: "
+               f"balsam site key --trust <the line above> --label {ref.name}", err=True)
 
 
 @site.command("unlink")

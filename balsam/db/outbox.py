@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from balsam.db.codec import dumps
 
@@ -64,16 +64,23 @@ def is_enabled(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='trigger' AND name='outbox_job_ins'").fetchone() is not None
 
 
-def _wire(row: Dict[str, Any]) -> Dict[str, Any]:
+Signer = Callable[[int, str, bytes], bytes]
+"""(job id, column, pickled result) -> the bytes to push (the site's signature in front: balsam.site.result_keys)."""
+
+
+def _wire(row: Dict[str, Any], sign: Optional[Signer] = None) -> Dict[str, Any]:
     for col in BLOB_COLUMNS & row.keys():
         if row[col] is not None:
-            row[col] = base64.b64encode(bytes(row[col])).decode()
+            data = bytes(row[col])
+            row[col] = base64.b64encode(sign(int(row["id"]), col, data) if sign is not None else data).decode()
     return row
 
 
-def pending(conn: sqlite3.Connection, after_seq: int, limit: int = 5000) -> Tuple[int, List[Dict[str, Any]]]:
+def pending(conn: sqlite3.Connection, after_seq: int, limit: int = 5000,
+            sign: Optional[Signer] = None) -> Tuple[int, List[Dict[str, Any]]]:
     """The changes logged after ``after_seq`` (at most ``limit`` log entries), coalesced per row into push items
-    with each row's current content; returns (the last sequence number covered, items)."""
+    with each row's current content; returns (the last sequence number covered, items). Job results go out as
+    ``sign`` makes them (signed by the site, so a computer reading them through the relay can trust them)."""
     log = conn.execute("SELECT seq, entity, entity_id, op FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
     if not log:
         return after_seq, []
@@ -89,7 +96,7 @@ def pending(conn: sqlite3.Connection, after_seq: int, limit: int = 5000) -> Tupl
             cur = conn.execute(f"SELECT * FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", (dumps(chunk),))
             names = [d[0] for d in cur.description]
             for values in cur:
-                row = _wire(dict(zip(names, values)))
+                row = _wire(dict(zip(names, values)), sign if entity == "job" else None)
                 found.add(row["id"])
                 items.append({"entity": entity, "op": "upsert", "id": row["id"], "row": row})
         # A row updated and then deleted before this push is gone: it is a delete.

@@ -31,6 +31,7 @@ from balsam.db.doorbell import FINISHED, Doorbell
 from balsam.db.meta import write_meta
 from balsam.db.site_row import whole_site_row
 from balsam.services.base import Service, ServiceThread
+from balsam.site import result_keys
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class SyncService(Service):
         self._last_push = 0.0
         self._version: Optional[int] = None
         self._completed = False
+        self._result_key: Optional[bytes] = None
         self.pushed = 0
         """Items the relay acknowledged since start."""
 
@@ -268,7 +270,7 @@ class SyncService(Service):
         store = self.site.store
         with store.read() as conn:
             first = outbox.first_seq(conn)
-            last_seq, items = outbox.pending(conn, 0, BATCH)
+            last_seq, items = outbox.pending(conn, 0, BATCH, self._signer())
             logged = outbox.logged_times(conn, first, last_seq)
             ev_from = int(store.get_meta(EVENT_CURSOR) or 0)
             ev_to, events = outbox.events_after(conn, ev_from, BATCH)
@@ -285,6 +287,14 @@ class SyncService(Service):
                    "site": {"row": {k: v for k, v in row.items() if isinstance(v, (str, int, float)) or v is None},
                             "backlog": backlog}}
         return payload, last_seq, ev_to, len(items) + len(events)
+
+    def _signer(self) -> outbox.Signer:
+        """Signs each pushed result with the site's result key (made on first use), so a computer reading it
+        through the relay loads only what this site pushed (balsam.site.result_keys)."""
+        if self._result_key is None:
+            self._result_key = result_keys.site_key(self.site.layout)
+        key = self._result_key
+        return lambda job_id, column, data: result_keys.sign(key, job_id, column, data)
 
     # ------------------------------------------------------------------ commands
     def _pull_loop(self) -> None:
