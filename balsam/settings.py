@@ -88,6 +88,7 @@ class LauncherSettings:
     mpi_options: Dict[str, str] = field(default_factory=dict)  # launcher-specific, e.g. mpirun oversubscribe
     gpu_ids: List[str] = field(default_factory=list)  # explicit per-node GPU ids, e.g. Aurora tiles 0.0 0.1 ...
     sort_by: Optional[str] = None  # acquisition order: None (Balsam's default), long_large_first, short_small_first, id
+    allowed_launch_params: List[str] = field(default_factory=list)  # launcher flags jobs may pass beyond binding/placement
 
 
 @dataclass

@@ -270,7 +270,7 @@ def test_jobs_of_every_shape_are_stored_alike_in_one_request_or_in_parts(site: A
             Job(f"{prefix}/resources", app_id="Hello", parameters={"say_hello_to": "z"}, num_nodes=2, ranks_per_node=4,
                 gpus_per_rank=0.5, node_packing_count=3, wall_time_min=30, threads_per_rank=2, threads_per_core=2),
             Job(f"{prefix}/data", app_id="Adder", parameters={"x": [1, 2.5, None, {"k": "v"}], "y": 10**17},
-                data={"nested": {"a": [True, False]}}, launch_params={"cpu_affinity": "depth"}, pending_file_cleanup=False),
+                data={"nested": {"a": [True, False]}}, launch_params={"cpu-bind": "depth"}, pending_file_cleanup=False),
             Job(f"{prefix}/defaults-given", app_id="Adder", parameters={"x": 1}, num_nodes=1, gpus_per_rank=0, tags={}),
         ]
 

@@ -38,6 +38,7 @@ NEW_JOB_COLUMNS = (
 )
 """The layout of a new-job tuple: exactly the values bound to the INSERT (JSON columns as text)."""
 _PARENTS = NEW_JOB_COLUMNS.index("parent_ids")
+_LAUNCH_PARAMS = NEW_JOB_COLUMNS.index("launch_params")
 _CREATION_FIELDS = frozenset({*RESOURCE_FIELDS, "workdir", "tags", "data", "launch_params", "parent_ids", "pending_file_cleanup"})
 _STAGE_TABLE = (
     f"CREATE TEMP TABLE IF NOT EXISTS _new_job ({', '.join(NEW_JOB_COLUMNS)})"
@@ -161,6 +162,12 @@ def insert_jobs(
         raise ValidationError(f"no app with id {sorted(missing_apps)[0]} at this site")
     if stale:
         _check_parameters(rows, apps, stale)
+    flagged = [r for r in rows if r[_LAUNCH_PARAMS] != "{}"]
+    if flagged:
+        from balsam.db.launch_flags import refuse_at_site
+
+        for r in flagged:
+            refuse_at_site(conn, loads(r[_LAUNCH_PARAMS]), f"job {r[0]!r}: ")
     if shell:
         for r in rows:
             if _NUL in r[3] and r[1] in shell:

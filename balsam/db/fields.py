@@ -158,6 +158,18 @@ def check_str_dict(name: str, value: Any, where: str = "") -> Dict[str, str]:
     return out
 
 
+def check_launch_params(value: Any, where: str = "") -> Dict[str, str]:
+    """launch_params: a str -> str dict of launcher flags and their values, each in a form no launcher reads as
+    another flag (which flags a site passes is checked where the site is known: balsam.db.launch_flags)."""
+    from balsam.db.launch_flags import refused
+
+    out = check_str_dict("launch_params", value, where)
+    why = refused(out, None) if out else None
+    if why is not None:
+        raise ValidationError(f"{_where(where)}{why}")
+    return out
+
+
 def _json_plain(value: Any, depth: int = 0) -> bool:
     t = type(value)
     if t is str or t is int or t is bool or value is None:
@@ -239,7 +251,7 @@ CHECKERS: Dict[str, Callable[[Any, str], Any]] = {
     "workdir": normalize_workdir,
     "tags": check_tags,
     "data": lambda v, w: check_json_dict("data", v, w),
-    "launch_params": lambda v, w: check_str_dict("launch_params", v, w),
+    "launch_params": check_launch_params,
     "num_nodes": lambda v, w: check_count("num_nodes", v, w),
     "ranks_per_node": lambda v, w: check_count("ranks_per_node", v, w),
     "threads_per_rank": lambda v, w: check_count("threads_per_rank", v, w),

@@ -62,6 +62,10 @@ def update_job_fields(conn: sqlite3.Connection, updates: Sequence[Tuple[int, Dic
         fields = check_fields(fields, f"job {job_id}: ", UPDATABLE_FIELDS)
         if "tags" in fields:
             tag_changes[job_id] = fields["tags"]
+        if fields.get("launch_params"):
+            from balsam.db.launch_flags import refuse_at_site
+
+            refuse_at_site(conn, fields["launch_params"], f"job {job_id}: ")
         if "parameters" in fields:
             text, pickled = encode_parameters(params_dict(fields["parameters"], f"job {job_id}: "))
             fields = dict(fields, parameters=text, parameters_pickled=pickled)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from balsam.db import launch_flags
 from balsam.db.doorbell import Doorbell
 from balsam.db.journal import JournalWriter
 from balsam.db.sessions import capacity_label
@@ -471,7 +472,10 @@ class LauncherBase:
             try:
                 if app is None:
                     raise AppError(f"app {job['app_id']} does not exist at this site")
-                out.append((job, build_task(job, app, data_dir)))
+                task = build_task(job, app, data_dir)
+                if task.launch_params:
+                    self._refuse_flags(task.launch_params)
+                out.append((job, task))
                 if app.finishes_in_launcher:
                     self.reporter.finish_here(int(job["id"]))
             except (ValidationError, AppError, Unplaceable) as exc:
@@ -479,6 +483,15 @@ class LauncherBase:
             except Exception as exc:  # a user's shell_preamble() or a template error
                 self.fail(int(job["id"]), f"{type(exc).__name__}: {exc}")
         return out
+
+    def _refuse_flags(self, launch_params: Dict[str, str]) -> None:
+        """Defence in depth: a job's launch_params were checked when it was made, and are again here against this
+        launcher's MPI (its own flags and those settings.yml allows), before anything starts."""
+        ls = self.cfg.settings.launcher
+        why = launch_flags.refused(launch_params, launch_flags.allowed_for(ls.mpi_launcher, ls.allowed_launch_params),
+                                   ls.mpi_launcher)
+        if why is not None:
+            raise ValidationError(why)
 
     def fail(self, job_id: int, message: str) -> None:
         logger.warning("job %s cannot run: %s", job_id, message)

@@ -18,7 +18,9 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam import exceptions as exc
+from balsam.db import launch_flags
 from balsam.db.backend import Backend, Row
+from balsam.db.creation import NEW_JOB_COLUMNS
 from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
 from balsam.db.once import Rejected
@@ -26,6 +28,8 @@ from balsam.relay import mirror
 from balsam.relay.store import Caller, RelayStore
 from balsam.sync import encode_change as change_to_wire
 from balsam.sync import encode_fields as _plain
+
+_LAUNCH_PARAMS = NEW_JOB_COLUMNS.index("launch_params")
 
 DEFAULT_WAIT_S = 20.0
 """How long a write waits for its site to apply it before answering with the queued command."""
@@ -196,6 +200,7 @@ class RelayBackend(Backend):
     def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
                     checked_app_versions: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[str], float]:
         # The site applying the command checks parameters against its own app versions.
+        _refuse_flags(rows)
         groups: Dict[int, List[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault(self._owner(int(r[1]), "app"), []).append(i)
@@ -223,6 +228,7 @@ class RelayBackend(Backend):
 
     def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
                    checked_app_versions: Optional[Dict[int, int]] = None) -> bool:
+        _refuse_flags(rows)
         body = {"upload": upload, "part": int(part), "rows": [list(r) for r in rows],
                 "transfers": {str(i): t for i, t in transfers.items()}}
         return bool(self.run_command(self._upload_site(rows), "stage_jobs", body))
@@ -240,6 +246,7 @@ class RelayBackend(Backend):
                     changes: Sequence[StateChange] = ()) -> None:
         per: Dict[int, Dict[str, List[Any]]] = {}
         for job_id, fields in updates:
+            _refuse_flags_of(fields.get("launch_params"), f"job {job_id}: ")
             per.setdefault(self._owner(job_id, "job"), {"updates": [], "parents": [], "changes": []})["updates"].append(
                 [int(job_id), _plain(fields)])
         for job_id, new in parents:
@@ -360,3 +367,21 @@ def site_tuple(site: Dict[str, Any], columns: Sequence[str]) -> Row:
     row = dict(site.get("row") or {})
     row.update(id=site["id"], name=site["name"])
     return tuple(row.get(c) for c in columns)
+
+
+def _refuse_flags_of(launch_params: Any, where: str) -> None:
+    """At the relay, a job's launch_params may name the flags of any MPI launcher (balsam.db.launch_flags.ANY):
+    the relay does not know which one its site runs, nor the flags its owner added there, which only the site's
+    host and agent accept."""
+    if not launch_params or not isinstance(launch_params, dict):
+        return
+    why = launch_flags.refused(launch_params, launch_flags.ANY)
+    if why is not None:
+        raise exc.ValidationError(f"{where}{why}")
+
+
+def _refuse_flags(rows: Sequence[Row]) -> None:
+    for r in rows:
+        text = r[_LAUNCH_PARAMS]
+        if text and text != "{}":
+            _refuse_flags_of(json.loads(text), f"job {r[0]!r}: ")

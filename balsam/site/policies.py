@@ -35,9 +35,13 @@ def check_site_settings(root: Path, settings: "SiteSettings") -> None:
     import jinja2
     from jinja2 import meta
 
+    from balsam.db.launch_flags import bad_extra
     from balsam.platforms.schedulers import scheduler_names
     from balsam.platforms.templates import CONTEXT_KEYS, make_environment
 
+    bad = bad_extra(settings.launcher.allowed_launch_params)
+    if bad is not None:
+        raise ConfigError(f"settings.yml: launcher.allowed_launch_params: {bad} is not a launcher flag (e.g. --mca or -x)")
     sched = settings.scheduler
     if sched.type not in scheduler_names():
         raise ConfigError(f"settings.yml: scheduler.type {sched.type!r} is not known (known: {', '.join(scheduler_names())})")
@@ -83,11 +87,15 @@ def settings_stamp(layout: "SiteLayout") -> str:
 def refresh_site_row(store: "Store", settings: "SiteSettings", stamp: Optional[str] = None) -> None:
     """Copy the policy parts of settings.yml into the site row and stamp ``last_refresh`` (and the file's
     ``stamp``, from :func:`settings_stamp`, when given)."""
+    import json
+
+    from balsam.db.launch_flags import EXTRA_META_KEY
     from balsam.db.meta import write_meta
     from balsam.db.site_row import update_site_row
 
     with store.write() as conn:
         update_site_row(conn, site_row_fields(settings), stamp=True)
+        write_meta(conn, EXTRA_META_KEY, json.dumps(sorted(settings.launcher.allowed_launch_params)))
         if stamp is not None:
             write_meta(conn, SETTINGS_STAMP_KEY, stamp)
 
