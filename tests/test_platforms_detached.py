@@ -24,6 +24,18 @@ def run_detached(tmp_path, command, wait=True):
     return pid, record
 
 
+def whole_tree(pid, count, timeout=60.0):
+    """``pid`` and its descendants once there are ``count`` of them: a loaded machine may take well over the
+    0.3 s this test used to give bash to start them (the tree was then too small)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        if len(tree) >= count:
+            return tree
+        assert time.monotonic() < deadline, f"only {len(tree)} of {count} processes started"
+        time.sleep(0.02)
+
+
 def test_parse_record_reads_every_line_kind():
     rec = detached.parse_record("pid 12 100.5\nsubmitted 100.0\nmeta queue debug\nstart 12 101.0\nend 3 105.25\ngarbage\ncancelled 104\n")
     assert (rec.pid, rec.create_time, rec.submitted, rec.start, rec.end, rec.returncode, rec.cancelled) == (12, 100.5, 100.0, 101.0, 105.25, 3, 104.0)
@@ -46,10 +58,8 @@ def test_a_recycled_pid_is_not_alive(tmp_path):
 
 def test_terminate_tree_kills_children_and_grandchildren(tmp_path):
     pid, record = run_detached(tmp_path, ["bash", "-c", "sleep 60 & (sleep 61 & wait) & wait"], wait=False)
-    time.sleep(0.3)
+    tree = whole_tree(pid, 4)  # bash, sleep 60, the subshell, sleep 61
     rec = detached.parse_record(record.read_text())
-    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    assert len(tree) >= 4
     detached.terminate_tree(pid, rec.create_time, grace_s=5)
     time.sleep(0.2)
     assert [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []

@@ -13,6 +13,7 @@ import pytest
 from balsam.exceptions import SchedulerError
 from balsam.platforms.schedulers import SchedulerState, get_scheduler
 from balsam.platforms.schedulers.local import LocalScheduler
+from tests.test_platforms_detached import whole_tree
 
 
 def write(path: Path, text: str) -> Path:
@@ -57,10 +58,8 @@ def test_a_failing_job_is_failed_and_a_restarted_adapter_still_knows_it(sched, t
 def test_running_jobs_are_listed_and_delete_kills_the_whole_tree(sched, tmp_path):
     script = write(tmp_path / "tree.sh", "sleep 120 &\n(sleep 121 & wait) &\nsleep 122\n")
     pid = sched.submit(script, project="local", queue="local", num_nodes=1, wall_time_min=5)
-    time.sleep(0.3)
+    tree = whole_tree(pid, 5)  # waited for: a loaded machine may take well over 0.3 s to start them
     assert sched.get_statuses()[pid].state is SchedulerState.RUNNING
-    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    assert len(tree) >= 5
     sched.delete(pid)
     alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
