@@ -57,7 +57,7 @@ class WsReader:
         import socket
         import time
 
-        from wsproto.events import CloseConnection, TextMessage
+        from wsproto.events import CloseConnection, RejectConnection, TextMessage
 
         deadline = time.monotonic() + timeout
         while not fn(self.messages):
@@ -72,6 +72,8 @@ class WsReader:
                     self.messages.append(json.loads(event.data))
                 elif isinstance(event, CloseConnection):
                     self.closed = event.code
+                elif isinstance(event, RejectConnection):  # closed before it was accepted: an HTTP status
+                    self.closed = event.status_code
         return self.messages
 
     def close(self) -> None:

@@ -87,7 +87,9 @@ def relay_migrate(db_url: Optional[str]) -> None:
               help="Where to listen (port 0: any free port). Other than this host needs TLS.")
 @click.option("--tls-cert", default="", metavar="PEM", help="TLS certificate (with --tls-key).")
 @click.option("--tls-key", default="", metavar="PEM", help="TLS private key.")
-def relay_serve(db_url: Optional[str], bind: str, tls_cert: str, tls_key: str) -> None:
+@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(16, 100_000),
+              help="Connections held at once; one address may hold a quarter of them, one user's tokens an eighth.")
+def relay_serve(db_url: Optional[str], bind: str, tls_cert: str, tls_key: str, max_connections: int) -> None:
     """Serve the /v1 API for every user's sites (runs until interrupted).
 
     Example: balsam relay serve --db postgresql+psycopg://balsam@dbhost/balsam --bind 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
@@ -104,13 +106,12 @@ def relay_serve(db_url: Optional[str], bind: str, tls_cert: str, tls_key: str) -
     if bool(tls_cert) != bool(tls_key):
         raise CLIError("--tls-cert and --tls-key go together", 2)
     store = open_relay(db_url)
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app, check_transport
+    from balsam.http.serve import ApiServer
+    from balsam.relay.server import build_relay_app, check_transport, relay_options
 
     try:
         check_transport(host, bool(tls_cert))
-        server = ApiServer(build_relay_app(store), ServeOptions(bind=host, port=int(port_text), tls_cert=tls_cert, tls_key=tls_key,
-                                                                advertise=host))
+        server = ApiServer(build_relay_app(store), relay_options(host, int(port_text), tls_cert, tls_key, max_connections))
         server.start()
     except (BalsamError, OSError) as e:
         raise CLIError(f"cannot serve the relay on {bind}: {str(e).splitlines()[0]}", 1) from None

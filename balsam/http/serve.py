@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from balsam.exceptions import ConfigError, ServiceError
+from balsam.http.shares import ConnectionShares
 
 logger = logging.getLogger("balsam.http")
 
@@ -61,6 +62,10 @@ class ServeOptions:
     max_header_bytes: int = 64 * 1024
     http_parser: str = "auto"
     """"auto" (httptools when installed, else h11), "h11" or "httptools"."""
+    max_connections_per_address: int = 0
+    """Connections one address may hold at once (0: no cap; the relay's share: :mod:`balsam.http.shares`)."""
+    max_connections_per_caller: int = 0
+    """Connections one relay user's requests may arrive on at once (0: no cap)."""
 
 
 def parse_port_range(text: str) -> List[int]:
@@ -173,7 +178,15 @@ LINGER_BYTES = 64 * 1024 * 1024
 """How much of such a body it takes in (and drops) at most."""
 
 
-def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str = "h11") -> Any:
+_FULL_BODY = (b'{"error":{"code":"unavailable","message":"too many connections from this address: close some and try again",'
+              b'"field":null,"kind":"ServiceError"}}')
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+         b"connection: close\r\nretry-after: 1\r\n\r\n%s" % (len(_FULL_BODY), _FULL_BODY))
+"""The answer to a connection past its address's share (written before its request is read)."""
+
+
+def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str = "h11",
+                    shares: Optional[ConnectionShares] = None) -> Any:
     """uvicorn's HTTP protocol (``parser``: "h11", pure Python, or "httptools", compiled, when installed) with a
     deadline for each request's headers and a cap on their size (a slow or endless client is disconnected).
 
@@ -181,7 +194,9 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
     the answer is sent, the server's side is shut, and the rest of the body is taken in and dropped, for at most
     :data:`LINGER_S` and :data:`LINGER_BYTES`. Closing at once would make the kernel reset the connection when the
     body's next bytes arrive, and a client still sending (as most do before reading an answer) would see a broken
-    pipe instead of the answer."""
+    pipe instead of the answer.
+
+    ``shares``: each address's and caller's share of the connections (:mod:`balsam.http.shares`)."""
     Base: Any
     if parser == "httptools":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -200,6 +215,8 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
         _header_bytes = 0
         _draining = -1
         """Bytes of a refused body still taken in (-1: not lingering)."""
+        _peer: Any = None
+        """The client's address while it counts in ``shares``."""
 
         def _linger(self) -> bool:
             """Close after the answer without a reset, when the request's body is still arriving (see above)."""
@@ -207,6 +224,11 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
                 return False  # a second close (the linger's end, a keep-alive timer): now
             if self.cycle is None or not self.cycle.more_body or self._corked is None:
                 return False
+            self._shut_and_drain()
+            return True
+
+        def _shut_and_drain(self) -> None:
+            assert self._corked is not None
             self._disarm()
             self._draining = LINGER_BYTES
             self._corked.flush()
@@ -214,7 +236,6 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
                 self.transport.write_eof()
             self.flow.resume_reading()
             self.loop.call_later(LINGER_S, self._corked.hard_close)
-            return True
 
         def _arm(self) -> None:
             self._disarm()
@@ -238,6 +259,15 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
             self._corked = self.transport = _CorkedTransport(transport, self.loop)  # an answer's head and body: one send
             self._corked.linger = self._linger
             self._arm()
+            if shares is not None:
+                peer = transport.get_extra_info("peername")
+                if shares.opened(peer):
+                    self._peer = peer
+                else:
+                    logger.warning("answered 503 to a connection from %s: it holds %d connections already, its share",
+                                   peer[0], shares.per_address)
+                    self._corked.write(_FULL)
+                    self._shut_and_drain()
 
         def data_received(self, data: bytes) -> None:
             if self._draining >= 0:  # the rest of a refused body: dropped unread
@@ -259,6 +289,16 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
         def handle_websocket_upgrade(self, *event: Any) -> None:
             self._disarm()
             super().handle_websocket_upgrade(*event)
+            if shares is not None and self._peer is not None and self._corked is not None:
+                peer, self._peer = self._peer, None  # the WebSocket protocol serves the connection now: it frees its share
+                stream = self._corked._transport.get_protocol()
+                lost = stream.connection_lost
+
+                def connection_lost(exc: Optional[Exception]) -> None:
+                    shares.closed(peer)
+                    lost(exc)
+
+                stream.connection_lost = connection_lost
 
         def on_response_complete(self) -> None:
             if self._corked is not None:
@@ -274,6 +314,9 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
             self._disarm()
+            if shares is not None and self._peer is not None:
+                shares.closed(self._peer)
+                self._peer = None
             super().connection_lost(exc)
 
     return GuardedProtocol
@@ -300,6 +343,12 @@ class ApiServer:
         self._sock: Optional[socket.socket] = None
         self._error: Optional[BaseException] = None
         self._on_stop: List[Callable[[], None]] = []
+        self.shares: Optional[ConnectionShares] = None
+        if options.max_connections_per_address or options.max_connections_per_caller:
+            self.shares = ConnectionShares(options.max_connections_per_address, options.max_connections_per_caller)
+            api = getattr(getattr(app, "state", None), "api", None)
+            if api is not None:
+                api.shares = self.shares  # the app claims each caller's share once it knows who calls
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` after the server stopped serving (to end what its app uses, like a group writer)."""
@@ -320,7 +369,8 @@ class ApiServer:
                 raise ConfigError(f"api TLS file {path} does not exist")
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off", ws="wsproto",
-            http=_protocol_class(opts.header_timeout_s, opts.max_header_bytes, parser_name(opts.http_parser)), limit_concurrency=opts.max_connections,
+            http=_protocol_class(opts.header_timeout_s, opts.max_header_bytes, parser_name(opts.http_parser), self.shares),
+            limit_concurrency=opts.max_connections,
             timeout_keep_alive=int(max(1, opts.idle_timeout_s)), h11_max_incomplete_event_size=opts.max_header_bytes,
             ssl_certfile=opts.tls_cert or None, ssl_keyfile=opts.tls_key or None, loop=_loop_name(),
             proxy_headers=False, server_header=False, date_header=False,  # no proxy in front; nothing per answer to spare

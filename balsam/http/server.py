@@ -55,6 +55,7 @@ from balsam.http.routes import ROUTES
 from balsam.http.routes import Route as ApiRoute
 from balsam.http.routes import openapi as build_openapi
 from balsam.http.schemas import COLUMNS, row_to_wire
+from balsam.http.shares import ConnectionShares
 
 logger = logging.getLogger("balsam.http")
 REVERIFY_S = 2.0
@@ -63,14 +64,17 @@ REVERIFY_S = 2.0
 indexed look-up; in memory at ``balsam ui``)."""
 _NO_STORE = (b"cache-control", b"no-store")
 ANONYMOUS_BODY_BYTES = 64 * 1024
+"""The largest body a route without credentials reads (``balsam ui``'s and the relay's logins): the request limit
+otherwise lets anyone who reaches the port make the server hold hundreds of MB."""
 _CLOSE = {"Connection": "close"}
 """On every answer to a request without (good) credentials: such a client cannot keep its connection open between
 requests (a /v1/health every 29 s on 1,000 kept-alive connections held every slot of the server: 503 for everyone)."""
 ANONYMOUS_BODY_S = 10.0
 """The longest a caller without credentials (a login) may take over its whole body: trickled a byte at a time, 1,000
 of them held every connection of the server (everyone else got 503) for as long as they kept trickling."""
-"""The largest body a route without credentials reads (``balsam ui``'s and the relay's logins): the request limit
-otherwise lets anyone who reaches the port make the server hold hundreds of MB."""
+SHARED_KINDS = frozenset({"user", "agent"})
+"""Callers whose connections count against their share (:mod:`balsam.http.shares`): a relay's users and their sites'
+agents. The site secret (launchers) and ``balsam ui``'s one user have the server to themselves."""
 ANONYMOUS = Principal(kind="anonymous", name="", can_write=False)
 """The caller of a route that needs no credentials (a password login)."""
 
@@ -220,6 +224,19 @@ class Api:
         """What idle launchers' acquires wait on: one poll of the site DB for all of them."""
         self._acquires = _Joined(self, lambda batch: self.backend.acquire_batch(batch), urgent=True)  # type: ignore[attr-defined]
         """Launchers waiting for jobs: their nodes idle until the answer, so acquires commit ahead of other writes."""
+        self.shares: Optional[ConnectionShares] = None
+        """Each caller's share of the server's connections (the relay's; set by :class:`balsam.http.serve.ApiServer`)."""
+
+    def _claim_share(self, peer: Any, principal: Principal) -> None:
+        """ApiError 429 when ``principal`` holds its share of the connections already and this is one more."""
+        if self.shares is None or principal.kind not in SHARED_KINDS:
+            return
+        held = self.shares.claim(peer, (principal.kind, principal.name, principal.site_ids))
+        if held:
+            logger.warning("answered 429 to %s %r: %d connections of theirs are open, their share", principal.kind,
+                           principal.name, held)
+            raise ApiError(429, "too_many", f"{principal.name!r} has {held} connections open to this server, the most one "
+                           "user may: close some (fewer clients at once) and try again", kind="ServiceError")
 
     def close(self) -> None:
         """End what the app runs beside the server (the change watch's thread)."""
@@ -302,7 +319,7 @@ class Api:
         return body
 
     async def _answer(self, send: Callable[[Any], Any], status: int, body: bytes, principal: Optional[Principal],
-                      replayed: bool = False) -> None:
+                      replayed: bool = False, close: bool = False) -> None:
         """Send a JSON answer (signed for a site-secret caller) as two ASGI messages. No answer is kept by a browser's
         or a proxy's cache (they hold the caller's data)."""
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), _NO_STORE]
@@ -311,7 +328,7 @@ class Api:
             headers.append((b"x-balsam-signature", signature.encode()))
         if replayed:
             headers.append((b"idempotent-replayed", b"true"))
-        if principal is None:
+        if principal is None or close:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -365,6 +382,7 @@ class Api:
         """One request: credentials from the headers, then the body (bounded), then the handler (writes in the group
         transaction, exactly once per idempotency key), then the signed answer."""
         principal: Optional[Principal] = None
+        close = False
         self._start_indexer()
         method = scope["method"]
         # The target as Starlette's URL renders it (the client signs the path it sent, the server checks this).
@@ -375,6 +393,11 @@ class Api:
             if route.auth:
                 principal = self._check(method, path + (f"?{query}" if query else ""), headers,
                                         lambda: dict(parse_qsl(query, keep_blank_values=True)).get("token"))
+                try:
+                    self._claim_share(scope.get("client"), principal)
+                except ApiError:
+                    close = True
+                    raise
             elif not route.mutating:
                 raise ApiError(401, "unauthorized", "no credentials", kind="ServiceError")
             body = await self._body(receive, headers, principal) if route.mutating else b""
@@ -416,7 +439,7 @@ class Api:
             if error.status == 503 and not isinstance(e, (ApiError, exc.StoreError)):
                 logger.exception("%s %s failed", method, path)
             status, data, replayed = error.status, _error_body(error), False
-        await self._answer(send, status, data, principal, replayed)
+        await self._answer(send, status, data, principal, replayed, close)
 
     def _start_indexer(self) -> None:
         """Index new jobs' workdirs for substring filters in the background (a site's store; balsam.db.search),
@@ -523,6 +546,7 @@ class Api:
             return
         try:
             principal = self._principal(ws)
+            self._claim_share(ws.scope.get("client"), principal)
             hub = self._hub_for(principal)
         except ApiError as e:
             await ws.close(code=4401, reason=e.message[:120])

@@ -276,6 +276,16 @@ def build_relay_app(store: RelayStore, *, wait_s: Optional[float] = None) -> Any
     return app
 
 
+def relay_options(host: str, port: int, tls_cert: str = "", tls_key: str = "", max_connections: int = 1000) -> Any:
+    """How a relay serves: ``max_connections`` at once, of which one address may hold a quarter and one user's
+    tokens (their logins; each site's agent counts apart) an eighth, so no one caller locks the others out
+    (:mod:`balsam.http.shares`)."""
+    from balsam.http.serve import ServeOptions
+
+    return ServeOptions(bind=host, port=port, tls_cert=tls_cert, tls_key=tls_key, advertise=host, max_connections=max_connections,
+                        max_connections_per_address=max(4, max_connections // 4), max_connections_per_caller=max(2, max_connections // 8))
+
+
 def check_transport(bind: str, tls: bool) -> None:
     """Tokens travel over plain HTTP only to this host: a relay bound elsewhere needs TLS."""
     if not tls and bind not in LOOPBACK:
