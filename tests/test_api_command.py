@@ -186,3 +186,75 @@ def test_a_launcher_fails_a_job_whose_value_bash_would_evaluate(site: Any, tmp_p
     assert bad.state == "FAILED"
     assert "must be a number" in site.backend.last_event_message(bad.id)
     assert not pwned.exists()
+
+
+@pytest.mark.parametrize("template", [
+    "x=(( {{ x }} ))\nargv ok", "xesac=(( {{ x }} )else( [[", "fi; argv {{ x }}\nargv ok", "argv ) {{ x }}\nargv ok",
+    "case x in ) argv {{ x }}; esac", "argv $( ( {{ x }}",
+])
+def test_a_syntax_error_before_a_value_never_runs_its_next_line(tmp_path: Path, template: str) -> None:
+    """bash goes on with the next line after a syntax error: a value's line break is written as $'\\n', so the next
+    line is always the template's own."""
+    render = compile_command(template, "T")
+    pwned = tmp_path / "pwned"
+    for value in ("a\ntouch {p}\n", "\ntouch {p}", "a'\ntouch {p}\n'", "a\"\ntouch {p}\n\"", "a)\ntouch {p}\n", "x\n\ntouch {p} #"):
+        command = render({"x": value.format(p=pwned)})
+        assert command.count("\n") == template.count("\n")  # every line break is the template's own
+        subprocess.run(["/bin/bash", "-c", "argv() { :; }\n" + command], cwd=str(tmp_path), capture_output=True, timeout=30)
+    assert not pwned.exists()
+    assert _argv(compile_command("argv {{ x }} \"{{ x }}\" '{{ x }}'", "T")({"x": "a\nb\n"}), tmp_path) == ["a\nb\n"] * 3
+
+
+def test_backticks_end_where_bash_ends_them(tmp_path: Path) -> None:
+    """bash ends `...` at the next backtick whatever quotes lie between; a value inside backticks is refused (a
+    backtick in it would end them)."""
+    for template in ("argv `echo {{ x }}`", "argv \"`echo {{ x }}`\"", "argv `# {{ x }}`"):
+        with pytest.raises(AppError, match="inside backticks"):
+            compile_command(template, "T")
+    pwned = tmp_path / "pwned"
+    for template in ("argv `echo '` {{ x }}", "argv `printf \"` '{{ x }}'", "argv `echo '\\`'` {{ x }}"):
+        render = compile_command(template, "T")
+        for value in ("$(touch {p})", "`touch {p}`", "';touch {p};'", "\";touch {p};\""):
+            subprocess.run(["/bin/bash", "-c", "argv() { :; }\n" + render({"x": value.format(p=pwned)})], cwd=str(tmp_path),
+                           capture_output=True, timeout=30)
+    assert not pwned.exists()
+
+
+_TOKENS = ["echo", "(", ")", "fi", "then", "done", "do", "{", "}", ";", "|", "&&", "'", '"', "$(", "`", "case", "esac", "in",
+           "\n", "if", "#", "[[", "]]", " ", "x", "=", "\\", ";;", "((", "))", "while", "for", "f()", "else", "&", ">", "<"]
+
+
+@pytest.mark.slow
+def test_random_templates_with_hostile_values_run_nothing_under_bash(tmp_path: Path) -> None:
+    """1,000 random templates of shell fragments (syntax errors among them) around a placeholder, each rendered with
+    hostile values and run under real bash: no value ever runs a command (each would make the file ``pwned``)."""
+    import random
+
+    import jinja2
+
+    rnd = random.Random(20261201)
+    pwned = tmp_path / "pwned"
+    values = [v.format(p=pwned) for v in ("a\ntouch {p}\n", "\ntouch {p}", "a'\ntouch {p}\n'", "a)\ntouch {p}\n", "$(touch {p})",
+                                          "`touch {p}`", "';touch {p};'", "\";touch {p};\"", "a;\n\ntouch {p} #")]
+    ran = 0
+    for _ in range(1000):
+        parts = [rnd.choice(_TOKENS) for _ in range(rnd.randint(1, 7))]
+        parts.insert(rnd.randint(0, len(parts)), " {{ x }} ")
+        template = (" " if rnd.random() < 0.5 else "").join(parts + [rnd.choice(_TOKENS)] * (rnd.random() < 0.5))
+        try:
+            render = compile_command(template, "T")
+        except (AppError, jinja2.TemplateSyntaxError):  # refused when the app is defined
+            continue
+        for value in values:
+            try:
+                command = render({"x": value})
+            except ValidationError:
+                continue
+            try:
+                subprocess.run(["/bin/bash", "-c", command], cwd=str(tmp_path), capture_output=True, timeout=5,
+                               stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                pass
+            ran += 1
+            assert not pwned.exists(), f"template {template!r} ran a command from the value {value!r}: {command!r}"
+    assert ran > 2000  # most templates are taken and run

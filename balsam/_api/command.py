@@ -15,8 +15,12 @@ the way bash would (quotes, ``$'...'``, backslashes, ``$(...)``, backticks, comm
 - inside ``[[ ... ]]``: quoted, and a value with ``[`` is refused (bash may evaluate it as an array subscript);
 - inside a ``#`` comment: as it is, and a value with a line break is refused (the break would end the comment).
 
+A line break in a value is written as ``$'\n'`` (bash's own quoting), so a rendered command has no line break
+that came from a value: bash, after a syntax error in a template line, goes on with the next line, which is
+then always the template's own, never the rest of a value.
+
 Places where no quoting is safe are refused when the app is defined: a placeholder right after a backslash or
-``$``, inside ``${...}`` or ``$'...'``, or in a here-document. Quoting applies to the expression's final value,
+``$``, inside ``${...}``, ``$'...'`` or backticks (use ``$(...)``), or in a here-document. Quoting applies to the expression's final value,
 after any Jinja filter, so a filter cannot undo it. Jinja blocks may output their text once, many times or not
 at all, so each part of a block must close every quote and substitution it opens, and blocks whose output
 skips ``{{ }}`` (``{% filter %}``, ``{% call %}``) are refused.
@@ -112,6 +116,15 @@ class _Scanner:
             was_escaped = self.escaped
             if self.escaped:
                 self.escaped = False
+            elif c in "`\\" and any([f[0] == "`" for f in self.frames]):
+                # bash finds the end of a `...` substitution first, at the next backtick that no backslash escapes,
+                # whatever quotes the text between holds (it reads them only when it runs the inside).
+                if c == "\\":
+                    self.escaped = True
+                else:
+                    while self.frames[-1][0] != "`":
+                        self.frames.pop()
+                    self.frames.pop()
             elif top == SINGLE:
                 if c == "'":
                     self.frames.pop()
@@ -216,6 +229,9 @@ class _Scanner:
                            "argument instead")
         contexts = [f[0] for f in self.frames]
         top = contexts[-1]
+        if "`" in contexts:
+            raise AppError(f"{where} is inside backticks, where no quoting keeps a backtick in the value from ending "
+                           f"them; use $(...) instead of `...`")
         if top == "p":
             raise AppError(f"{where} is inside ${{...}}; put it outside, e.g. \"${{VAR:-}}\"{placeholder}")
         if top == "a":
@@ -258,7 +274,9 @@ def quote_for(context: str, value: Any) -> str:
             raise ValidationError(f"a parameter value inside [[ ... ]] cannot contain '[': bash may evaluate it as an array "
                                   f"subscript, running any $(...) in it: {text[:40]!r}")
         context = context[1:]
-    quoted = shlex.quote(text)
+    # A line break goes in as $'\n', never as itself: bash recovers from a syntax error by skipping to the next
+    # line, so the template text before a placeholder could otherwise make a value's next line run as a command.
+    quoted = shlex.quote(text) if "\n" not in text else "$'\\n'".join(shlex.quote(part) for part in text.split("\n"))
     if context == DOUBLE:
         return '"' + quoted + '"'
     if context == SINGLE:
