@@ -7,6 +7,7 @@ and says so in one line naming the job."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pickle
 import sqlite3
@@ -35,6 +36,8 @@ os.chdir({root!r})
 Square.sync()
 Job("sq/3", app_id="Square", site_name="polaris", parameters={"x": 3}).save()
 Job("sq/neg", app_id="Square", site_name="polaris", parameters={"x": -1}).save()
+import datetime
+Job("sq/date", app_id="Square", site_name="polaris", parameters={"x": datetime.date(2026, 12, 1)}).save()  # not JSON: pickled
 BatchJob.objects.create(num_nodes=1, wall_time_min=10, job_mode="serial", queue="local", project="local", site_name="polaris")
 """
 
@@ -59,13 +62,14 @@ def site_row(root: Path, workdir: str) -> Dict[str, Any]:
 
 
 def push_as_the_site(root: Path, row: Dict[str, Any], **blobs: bytes) -> None:
-    """Push ``row`` with ``blobs`` in place of its results, with the site's own relay token (stolen)."""
+    """Push ``row`` with ``blobs`` in place of its results (and pickled parameters), with the site's own relay token
+    (stolen)."""
     from balsam.sync import site_client, site_link
 
     link = site_link(root)
     assert link is not None
     row = dict(row, version=int(row["version"]) + 1)
-    for col in ("serialized_return_value", "serialized_exception"):
+    for col in ("serialized_return_value", "serialized_exception", "parameters_pickled"):
         value = blobs.get(col)
         row[col] = base64.b64encode(value).decode() if value is not None else None
     answer = site_client(link).request("POST", "/v1/sync/push", {
@@ -85,8 +89,11 @@ def test_results_load_through_the_relay_only_as_their_site_signed_them(relay: Re
         from balsam.api import Job
 
         _api.sites.reset()
-        wait_for("both jobs ended, as the laptop sees them", lambda: Job.objects.filter(
-            site_name="polaris", state=["JOB_FINISHED", "FAILED"]).count() == 2, timeout=90)
+        wait_for("the jobs ended, as the laptop sees them", lambda: Job.objects.filter(
+            site_name="polaris", state=["JOB_FINISHED", "FAILED"]).count() == 3, timeout=120)
+        # Pickled run() arguments stay at the site (a push holding them failed, every time, and the site stopped
+        # syncing): the laptop sees their placeholder.
+        assert Job.objects.get(workdir="sq/date", site_name="polaris").parameters == {"x": "<pickled datetime.date>"}
         good = Job.objects.get(workdir="sq/3", site_name="polaris")
         bad = Job.objects.get(workdir="sq/neg", site_name="polaris")
         # The laptop does not hold the site's key yet: nothing is unpickled, and the error says what to do.
@@ -132,6 +139,16 @@ def test_results_load_through_the_relay_only_as_their_site_signed_them(relay: Re
             with pytest.raises(exc.ResultNotTrusted, match=rf"^job {good.id}: .*{says}.*so it was not loaded"):
                 job.result_nowait()
             assert not marker.exists()
+        # A relay that serves pickled run() arguments (its operator changed it to) has them ignored: placeholders stay.
+        from balsam.http import schemas
+
+        with pytest.MonkeyPatch.context() as hostile:
+            hostile.setitem(schemas.PRIVATE_COLUMNS, "job", frozenset())
+            row = site_row(root, "sq/3")
+            push_as_the_site(root, dict(row, parameters=json.dumps({"x": "<pickled os.mkdir>"})), parameters_pickled=pickle.dumps(
+                {"x": Planted(marker)}, protocol=4), serialized_return_value=row["serialized_return_value"])
+            assert Job.objects.get(id=good.id).parameters == {"x": "<pickled os.mkdir>"}
+        assert not marker.exists()
         # The CLI says it in one line, too (a relay read from the laptop).
         out = run(laptop, "-c", f"from balsam.api import Job\nJob.objects.get(id={good.id}).result()", check=False)
         assert out.returncode != 0 and "ResultNotTrusted" in out.stderr and not marker.exists()

@@ -69,6 +69,8 @@ Signer = Callable[[int, str, bytes], bytes]
 
 
 def _wire(row: Dict[str, Any], sign: Optional[Signer] = None) -> Dict[str, Any]:
+    if row.get("parameters_pickled") is not None:
+        row["parameters_pickled"] = None  # run() arguments JSON cannot hold stay at the site (the relay keeps placeholders)
     for col in BLOB_COLUMNS & row.keys():
         if row[col] is not None:
             data = bytes(row[col])
