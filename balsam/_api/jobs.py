@@ -20,6 +20,7 @@ from balsam.db.codec import dumps, encode_parameters, loads, tags_json, unpickle
 from balsam.db.fields import normalize_workdir
 from balsam.db.ids import in_site, site_of
 from balsam.db.jobs import StateChange
+from balsam.db.merge import Read, read_of
 from balsam.db.states import DONE_STATES, JobState, to_state
 from balsam.exceptions import AppAmbiguous, AppError, AppNotFound, BalsamError, CommandPending, ValidationError
 from balsam.runtime import paused_gc
@@ -634,8 +635,13 @@ class JobManager(JobWaiting, Manager[Job]):
             updates: List[Tuple[int, Dict[str, Any]]] = []
             changes: List[StateChange] = []
             parents: List[Tuple[int, List[int]]] = []
+            reads: List[Read] = []
             for job in group:
                 fields = job._changed_fields()
+                if fields:  # what the save is made on: the site merges it with what moved there since, or refuses it
+                    read = read_of(int(job.id or 0), row_of(job) or {}, list(fields))
+                    if read is not None:
+                        reads.append(read)
                 state = fields.pop("state", None)
                 new_parents = fields.pop("parent_ids", None)
                 if fields:
@@ -652,7 +658,7 @@ class JobManager(JobWaiting, Manager[Job]):
                                                data=job.__dict__.get("state_data"),
                                                session_id=job.__dict__.get("_session_id") if name == JobState.RUNNING else None))
             try:
-                site.backend.update_jobs(updates, parents, changes)
+                site.backend.update_jobs(updates, parents, changes, reads)
             except CommandPending as e:  # kept by the relay for its offline site: each job holds the handle
                 for job in group:
                     job._queued_pending(e, "update")

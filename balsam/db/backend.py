@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 from balsam.db import query as q
 from balsam.db.connection import Store
 from balsam.db.jobs import StateChange
+from balsam.db.merge import Read
 from balsam.db.once import ACQUIRE_CONSTRAINTS, LAUNCHER_FIELDS, ExactlyOnce, Rejected
 from balsam.db.states import JobState
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
@@ -138,8 +139,9 @@ class Backend(ABC):
 
     @abstractmethod
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
-                    changes: Sequence[StateChange] = ()) -> None:
-        """Write fields (stored form), add parents and apply state changes (strict), in one transaction."""
+                    changes: Sequence[StateChange] = (), reads: Sequence[Read] = ()) -> None:
+        """Write fields (stored form), add parents and apply state changes (strict), in one transaction. ``reads``:
+        what each save was made on; a save that conflicts with what moved since is refused (balsam.db.merge)."""
 
     @abstractmethod
     def delete_jobs(self, ids: Sequence[int]) -> int:
@@ -433,10 +435,12 @@ class LocalBackend(ExactlyOnce, Backend):
             return uploads.drop_upload(conn, upload)
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
-                    changes: Sequence[StateChange] = ()) -> None:
+                    changes: Sequence[StateChange] = (), reads: Sequence[Read] = ()) -> None:
         from balsam.db import jobs as job_db
+        from balsam.db.merge import check_reads
 
         with self.store.write() as conn:
+            check_reads(conn, reads, updates, [(ch.job_id, ch.state) for ch in changes])
             if updates:
                 job_db.update_job_fields(conn, updates)
             for child, new in parents:

@@ -31,6 +31,7 @@ from balsam.db import lockwait
 from balsam.db.backend import Backend, Row
 from balsam.db.codec import loads, loads_body
 from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
+from balsam.db.merge import Read
 from balsam.db.once import Rejected
 from balsam.http.auth import SECRET_FILE, check_response, read_secret, sign_request
 from balsam.http.schemas import COLUMNS, encode_filter_value, wire_to_row
@@ -602,7 +603,7 @@ class HttpBackend(Backend):
         return None
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
-                    changes: Sequence[StateChange] = ()) -> None:
+                    changes: Sequence[StateChange] = (), reads: Sequence[Read] = ()) -> None:
         items: Dict[int, Dict[str, Any]] = {}
         for job_id, fields in updates:
             item = items.setdefault(job_id, {"id": job_id})
@@ -629,6 +630,9 @@ class HttpBackend(Backend):
         for ch in changes:
             item = items.setdefault(ch.job_id, {"id": ch.job_id})
             item.update(state=ch.state, state_timestamp=ch.timestamp, state_data=ch.data, session_id=ch.session_id)
+        for r in reads:
+            if r.job_id in items:  # what the save was made on: the server merges it with what moved since, or refuses it
+                items[r.job_id]["read"] = {"version": r.version, "state": r.state, "fields": r.fields}
         if items:
             self.client.request("PATCH", "/v1/jobs", list(items.values()))
 

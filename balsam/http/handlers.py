@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.backend import Backend
 from balsam.db.jobs import StateChange
+from balsam.db.merge import Read
 from balsam.db.once import LAUNCHER_FIELDS
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 from balsam.http.auth import Principal
@@ -478,7 +479,7 @@ def _job_fields(item: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Optio
     change = None
     parents = None
     for k, v in item.items():
-        if k in ("id", "site_id", "state_data", "state_timestamp", "session_id"):
+        if k in ("id", "site_id", "state_data", "state_timestamp", "session_id", "read"):
             continue
         if k == "state":
             ts = item.get("state_timestamp")
@@ -509,7 +510,7 @@ def update_jobs(call: Call) -> Answer:
     """``PATCH /v1/jobs``: bulk update by id (fields, added parents, state changes through the state machine)."""
     _need_write(call)
     items = _body_list(call, "job update")
-    updates, changes, parents = [], [], []
+    updates, changes, parents, reads = [], [], [], []
     ids = []
     for i, item in enumerate(items):
         job_id = _int(item.get("id"), f"item {i}: id", 1)
@@ -521,14 +522,26 @@ def update_jobs(call: Call) -> Answer:
             changes.append(change._replace(job_id=job_id))
         if new_parents is not None:
             parents.append((job_id, new_parents))
-    _apply_job_updates(call, ids, updates, parents, changes)
+        if item.get("read") is not None:
+            reads.append(_read(job_id, item["read"]))
+    _apply_job_updates(call, ids, updates, parents, changes, reads)
     columns = COLUMNS["job"]
     found = {r[0]: r for r in call.backend.select("job", {"id": ids}, columns=columns)} if ids else {}
     return 200, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
 
 
+def _read(job_id: int, raw: Any) -> Read:
+    """A job update's ``read`` (what the save was made on: {"version", "state", "fields"}), checked."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("fields", {}), dict):
+        raise ValidationError(f"job {job_id}: read must be an object {{version, state, fields}}")
+    state = raw.get("state")
+    if not isinstance(state, str):
+        raise ValidationError(f"job {job_id}: read.state must be a state name")
+    return Read(job_id, _int(raw.get("version"), "read.version", 0), state, dict(raw.get("fields") or {}))
+
+
 def _apply_job_updates(call: Call, ids: List[int], updates: List[Tuple[int, Dict[str, Any]]], parents: List[Tuple[int, List[int]]],
-                       changes: List[StateChange]) -> None:
+                       changes: List[StateChange], reads: Sequence[Read] = ()) -> None:
     import json
 
     if parents:
@@ -549,7 +562,7 @@ def _apply_job_updates(call: Call, ids: List[int], updates: List[Tuple[int, Dict
         missing = [u[0] for u in updates if u[0] not in existing]
         if missing:
             raise ObjectDoesNotExist(f"no job {missing[0]}")
-    call.backend.update_jobs(updates, parents, changes)
+    call.backend.update_jobs(updates, parents, changes, reads)
 
 
 def update_job(call: Call) -> Answer:

@@ -30,6 +30,7 @@ from balsam.db import query as q
 from balsam.db.backend import Backend, Row, spec_for
 from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
+from balsam.db.merge import Read
 from balsam.db.once import Rejected
 from balsam.exceptions import ObjectDoesNotExist, StoreError, ValidationError
 
@@ -250,12 +251,12 @@ class HostBackend(Backend):
         return ids, states, created
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
-                    changes: Sequence[StateChange] = ()) -> None:
-        per: Dict[int, Tuple[HostSite, List[Any], List[Any], List[StateChange]]] = {}
+                    changes: Sequence[StateChange] = (), reads: Sequence[Read] = ()) -> None:
+        per: Dict[int, Tuple[HostSite, List[Any], List[Any], List[StateChange], List[Read]]] = {}
 
-        def slot(job_id: int) -> Tuple[HostSite, List[Any], List[Any], List[StateChange]]:
+        def slot(job_id: int) -> Tuple[HostSite, List[Any], List[Any], List[StateChange], List[Read]]:
             site = self._of(job_id, "job")
-            return per.setdefault(site.id, (site, [], [], []))
+            return per.setdefault(site.id, (site, [], [], [], []))
 
         for u in updates:
             slot(u[0])[1].append(u)
@@ -263,8 +264,10 @@ class HostBackend(Backend):
             slot(p[0])[2].append(p)
         for ch in changes:
             slot(ch.job_id)[3].append(ch)
-        for site, ups, pars, chs in per.values():
-            site.backend.update_jobs(ups, pars, chs)
+        for r in reads:
+            slot(r.job_id)[4].append(r)
+        for site, ups, pars, chs, rds in per.values():
+            site.backend.update_jobs(ups, pars, chs, rds)
 
     def delete_jobs(self, ids: Sequence[int]) -> int:
         return sum(site.backend.delete_jobs(chunk) for site, chunk in self._group(ids, "job").values())

@@ -339,8 +339,11 @@ JOB_CREATE = _obj({
     "parent_ids": {"type": "array", "items": INT}, "pending_file_cleanup": BOOL, "transfers": MAP,
 }, required=("workdir", "app_id"))
 
-JOB_UPDATE = _obj({"id": INT, "state": STR, "state_data": MAP, "state_timestamp": {}, "parent_ids": {"type": "array", "items": INT}},
+JOB_UPDATE = _obj({"id": INT, "state": STR, "state_data": MAP, "state_timestamp": {}, "parent_ids": {"type": "array", "items": INT},
+                   "read": _obj({"version": INT, "state": STR, "fields": MAP}, required=("version", "state"))},
                   required=("id",))
+"""``read``: what the save was made on (the job's version and state when read, and each changed field's value then):
+a row that moved since is merged with the change when they do not conflict, else 409 (balsam.db.merge)."""
 
 STATE_CHANGE = _obj({"job_id": INT, "state": STR, "timestamp": _nullable(NUM), "data": _nullable(MAP), "fields": _nullable(MAP)},
                     required=("job_id", "state"))

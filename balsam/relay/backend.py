@@ -23,6 +23,7 @@ from balsam.db.backend import Backend, Row
 from balsam.db.creation import NEW_JOB_COLUMNS
 from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
+from balsam.db.merge import Read, read_to_wire
 from balsam.db.once import Rejected
 from balsam.relay import mirror
 from balsam.relay.store import Caller, RelayStore
@@ -243,7 +244,7 @@ class RelayBackend(Backend):
         return int(self.run_command(self._upload_site(), "drop_upload", {"upload": upload}) or 0)
 
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
-                    changes: Sequence[StateChange] = ()) -> None:
+                    changes: Sequence[StateChange] = (), reads: Sequence[Read] = ()) -> None:
         per: Dict[int, Dict[str, List[Any]]] = {}
         for job_id, fields in updates:
             _refuse_flags_of(fields.get("launch_params"), f"job {job_id}: ")
@@ -257,11 +258,16 @@ class RelayBackend(Backend):
                 raise exc.ValidationError("a state change made through the relay cannot name a launcher's lease")
             per.setdefault(self._owner(ch.job_id, "job"), {"updates": [], "parents": [], "changes": []})["changes"].append(
                 change_to_wire(ch))
+        read_by_id = {int(r.job_id): r for r in reads}
         for site, body in per.items():
             ids = sorted({int(u[0]) for u in body["updates"]} | {int(p[0]) for p in body["parents"]}
                          | {int(c["job_id"]) for c in body["changes"]})
-            # The version each row had in the relay's copy: the site refuses the edit if its row moved on since.
-            body["versions"] = [[int(i), int(v)] for i, v in self.select("job", {"id": ids}, columns=("id", "version"))]
+            # What each save was made on goes to the site, which merges it with what moved there since (or refuses
+            # it). A caller that says nothing of its read (an older client) gets the version of the relay's copy:
+            # the site refuses the edit if its row moved on since.
+            body["reads"] = [read_to_wire(read_by_id[i]) for i in ids if i in read_by_id]
+            unread = [i for i in ids if i not in read_by_id]
+            body["versions"] = [[int(i), int(v)] for i, v in self.select("job", {"id": unread}, columns=("id", "version"))] if unread else []
             self.run_command(site, "update_jobs", body)
 
     def delete_jobs(self, ids: Sequence[int]) -> int:

@@ -28,6 +28,7 @@ from balsam import exceptions as exc
 from balsam.db import outbox
 from balsam.db.backend import LocalBackend
 from balsam.db.doorbell import FINISHED, Doorbell
+from balsam.db.merge import read_from_wire
 from balsam.db.meta import write_meta
 from balsam.db.site_row import whole_site_row
 from balsam.services.base import Service, ServiceThread
@@ -72,8 +73,9 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
         changes = [decode_change(c) for c in body.get("changes") or []]
         for ch in changes:
             _checked(ch.fields or {})
+        reads = [read_from_wire(r) for r in body.get("reads") or []]
         _check_versions(backend, body.get("versions") or [])
-        backend.update_jobs(updates, parents, changes)
+        backend.update_jobs(updates, parents, changes, reads)
         return None
     if kind == "delete_jobs":
         return backend.delete_jobs([int(i) for i in body.get("ids") or []])
