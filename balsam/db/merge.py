@@ -10,8 +10,9 @@ checks the read against the row as it is now, in the write's own transaction (:f
   :class:`~balsam.exceptions.StaleVersion` (nothing written, the message says what moved) when they do:
 
   * a changed field whose value at the site is no longer the one read (someone else wrote it meanwhile);
-  * a state change, when the state moved since the read (the change was asked of a state the job has left),
-    except a kill, which stops the job from whatever state it reached;
+  * a state change that was a step from the state read (it was asked of that state), when the job has left that
+    state since, except a kill, which stops the job from whatever state it reached. A change that was no step from
+    the state read (a script driving a job it knows moved on) is judged by the state machine against the state now;
   * a field the run reads (:data:`RUN_FIELDS`: parameters, resources, launch parameters, wall time, workdir),
     when the job moved since the read into a state where a run has started or ended (:data:`STARTED_STATES`)
     or a launcher holds it: the run went on with the old values.
@@ -26,7 +27,7 @@ import sqlite3
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 from balsam.db.codec import loads
-from balsam.db.states import JobState
+from balsam.db.states import JobState, is_legal
 from balsam.exceptions import StaleVersion
 
 S = JobState
@@ -133,7 +134,7 @@ _COLUMNS = frozenset({"workdir", "tags", "parameters", "data", "num_nodes", "ran
 def _conflict(read: Read, now: Dict[str, Any], fields: Dict[str, Any], state: Optional[str]) -> str:
     """Why the save conflicts with what moved, or "" when it merges."""
     moved = str(now["state"]) != read.state
-    if state is not None and moved and state != S.USER_KILLED.value:
+    if state is not None and moved and state != S.USER_KILLED.value and is_legal(read.state, state):
         return f"the site moved it from {read.state} to {now['state']}, so its change to {state} no longer applies"
     for name in sorted(fields):
         if name not in read.fields or name not in now:
