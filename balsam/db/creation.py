@@ -15,6 +15,7 @@ from balsam.db import doorbell
 from balsam.db.codec import dumps, encode_parameters, loads, tags_json
 from balsam.db.connection import chunks
 from balsam.db.fields import MAX_TAG_CHARS, RESOURCE_FIELDS, check_fields, check_parameter_names
+from balsam.db.ids import LOCAL_BITS
 from balsam.db.states import JobState
 from balsam.db.transitions import ids_param
 from balsam.exceptions import ValidationError
@@ -268,14 +269,18 @@ def _check_parameters(rows: Sequence[Tuple[Any, ...]], apps: Dict[int, Tuple[Any
 
 def _link_parents(conn: sqlite3.Connection, first: int, last: int) -> Dict[int, str]:
     """Record parent links of jobs first..last and set their initial states; returns {index: state}."""
+    from balsam.db import foreign
+
     span = (first, last)
-    missing = conn.execute(
+    site_id = foreign.this_site(conn)
+    missing = conn.execute(  # a parent of another site is foreign's to check (this site must be linked to a relay)
         "SELECT p.value FROM job c, json_each(c.parent_ids) p LEFT JOIN job pj ON pj.id = p.value "
-        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' AND (pj.id IS NULL OR pj.id >= ?) LIMIT 1",
-        (first, last, first),
+        "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' AND (pj.id IS NULL OR pj.id >= ?) AND (p.value >> ?) IN (0, ?) LIMIT 1",
+        (first, last, first, LOCAL_BITS, site_id),
     ).fetchone()
     if missing:
         raise ValidationError(f"parent job {missing[0]} does not exist at this site")
+    away = foreign.link_new_jobs(conn, first, last, site_id)
     conn.execute(
         "INSERT OR IGNORE INTO job_parent(parent_id, child_id) SELECT p.value, c.id FROM job c, json_each(c.parent_ids) p "
         "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]'",
@@ -288,7 +293,11 @@ def _link_parents(conn: sqlite3.Connection, first: int, last: int) -> Dict[int, 
         "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' GROUP BY c.id",
         span,
     ).fetchall()
+    for child in set(away) - {r[0] for r in rows}:
+        rows.append((child, 0, 0))
     for child, failed, unfinished in rows:
+        failed_away, unfinished_away = away.get(child, (0, 0))
+        failed, unfinished = failed + failed_away, unfinished + unfinished_away
         if failed:
             out[child - first] = S.FAILED.value
         elif unfinished:

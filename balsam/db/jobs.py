@@ -112,9 +112,15 @@ def add_parents(conn: sqlite3.Connection, child_id: int, parent_ids: Sequence[in
     if child_id in new:
         raise ValidationError(f"job {child_id} cannot depend on itself")
     parents = dict(conn.execute("SELECT id, state FROM job WHERE id IN (SELECT value FROM json_each(?))", (ids_param(new),)).fetchall())
-    for p in new:
-        if p not in parents:
-            raise ValidationError(f"parent job {p} does not exist at this site")
+    away = [p for p in new if p not in parents]
+    if away:  # jobs of other sites (this site must be linked to a relay: balsam.db.foreign), or no such job
+        from balsam.db import foreign
+
+        site_id = foreign.this_site(conn)
+        for p in away:
+            if not foreign.is_foreign(p, site_id):
+                raise ValidationError(f"parent job {p} does not exist at this site")
+        parents.update(foreign.record(conn, away, f"job {child_id}: "))
     if new and _creates_cycle(conn, child_id, new):
         raise ValidationError(f"making job {child_id} depend on {new} would create a cycle")
     conn.execute("UPDATE job SET parent_ids=?, last_update=?, version=version+1 WHERE id=?", (dumps(current + new), time.time(), child_id))

@@ -294,6 +294,12 @@ def _v10_answer_expiry(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS http_answer_expires ON http_answer(expires)")
 
 
+def _v11_foreign_parents(conn: sqlite3.Connection) -> None:
+    """Parents at another site (balsam.db.foreign): the state the relay last reported for each job of another site
+    that a job here waits on."""
+    conn.execute("CREATE TABLE IF NOT EXISTS foreign_parent (id INTEGER PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL)")
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
@@ -305,6 +311,7 @@ MIGRATIONS: List[Migration] = [
     (8, "indexes for the dashboard: jobs by last update, workdir substrings (FTS5 trigrams)", _v8_dashboard_indexes),
     (9, "parts of bulk writes sent over HTTP in several requests, applied together (staged uploads)", _v9_uploads),
     (10, "API answers kept for retries say when they expire (a launcher's for an hour, others a day)", _v10_answer_expiry),
+    (11, "parents at another site: the state the relay reported for each (foreign_parent)", _v11_foreign_parents),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

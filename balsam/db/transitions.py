@@ -437,29 +437,38 @@ def children_waiting(conn: sqlite3.Connection, parent_ids: List[int]) -> List[Tu
     return out
 
 
+_ALL_PARENTS_FINISHED = ("SELECT c.id FROM job c WHERE c.id IN (SELECT value FROM json_each(?)) AND NOT EXISTS ("
+                         " SELECT 1 FROM json_each(c.parent_ids) p JOIN job pj ON pj.id = p.value WHERE pj.state != 'JOB_FINISHED')")
+_ALL_PARENTS_FINISHED_HERE_AND_AWAY = (
+    _ALL_PARENTS_FINISHED + " AND NOT EXISTS (SELECT 1 FROM json_each(c.parent_ids) p JOIN foreign_parent fp ON fp.id = p.value "
+    "WHERE fp.state != 'JOB_FINISHED')")
+"""Children whose parents all finished, those at other sites too (balsam.db.foreign), when any job here has one."""
+
+
 def _releasechildren_waiting(conn: sqlite3.Connection, finished: List[int]) -> List[StateChange]:
     pairs = children_waiting(conn, finished)
     if not pairs:
         return []
     child_ids = sorted({c for _, c in pairs})
-    ready = [
-        row[0]
-        for row in conn.execute(
-            "SELECT c.id FROM job c WHERE c.id IN (SELECT value FROM json_each(?)) AND NOT EXISTS ("
-            " SELECT 1 FROM json_each(c.parent_ids) p JOIN job pj ON pj.id = p.value WHERE pj.state != 'JOB_FINISHED')",
-            (ids_param(child_ids),),
-        )
-    ]
+    query = _ALL_PARENTS_FINISHED_HERE_AND_AWAY if _has_any(conn, "foreign_parent") else _ALL_PARENTS_FINISHED
+    ready = [row[0] for row in conn.execute(query, (ids_param(child_ids),))]
     return [StateChange(c, "READY", data={"message": "all parents finished"}) for c in ready]
 
 
-def _failchildren_waiting(conn: sqlite3.Connection, failed: List[Tuple[int, str]]) -> List[StateChange]:
+def _failchildren_waiting(conn: sqlite3.Connection, failed: List[Tuple[int, str]], where: str = "") -> List[StateChange]:
     states = dict(failed)
     out: Dict[int, StateChange] = {}
     for parent, child in children_waiting(conn, list(states)):
         if child not in out:
-            out[child] = StateChange(child, "FAILED", data={"message": f"parent job {parent} is {states[parent]}", "parent_id": parent})
+            out[child] = StateChange(child, "FAILED", data={"message": f"parent job {parent}{where} is {states[parent]}", "parent_id": parent})
     return list(out.values())
+
+
+def parent_cascade(conn: sqlite3.Connection, finished: List[int], failed: List[Tuple[int, str]], where: str = "") -> List[StateChange]:
+    """What parents that finished (``finished``) or failed (``failed``: id and state) set off for their children
+    waiting here, as when a parent of this site moves (for parents at another site: balsam.db.foreign)."""
+    out = _releasechildren_waiting(conn, finished) if finished else []
+    return out + (_failchildren_waiting(conn, failed, where) if failed else [])
 
 
 def _pending_transfer_jobs(conn: sqlite3.Connection, job_ids: List[int], direction: str) -> Set[int]:

@@ -10,7 +10,8 @@ token scoped to its site). Relay-only routes:
   ``{"site_id", "name", "hostname", "path"}`` links a site and answers its agent's token (409 when the id is taken).
 - ``GET /v1/commands/{id}``: a queued write's state (the provisional handle of a write the site has not applied).
 - Site tokens only: ``POST /v1/sync/push`` (idempotent by ``submission_id``), ``GET /v1/sync/commands?after=N&wait=S``
-  (long poll), ``POST /v1/sync/answers``.
+  (long poll), ``POST /v1/sync/answers``, ``POST /v1/sync/parents`` (states of the user's jobs at other sites
+  that the site's jobs wait on).
 
 Another user's rows, sites, tokens and commands are "not found" (404), never "forbidden".
 """
@@ -221,6 +222,22 @@ def pull_commands(call: h.Call) -> Tuple[int, Any]:
         store.wait_change(seen, min(left, POLL_LOOK_S))
 
 
+MAX_PARENTS_ASKED = 10000
+
+
+def parent_states(call: h.Call) -> Tuple[int, Any]:
+    """``POST /v1/sync/parents`` ``{"ids": [...]}`` (a site's token): the states of the jobs named that belong to the
+    site's user at any of their sites, for the site's jobs waiting on parents at another site (balsam.db.foreign).
+    Only states of jobs the site names; another user's jobs are absent from the answer."""
+    caller = _caller(call, "site")
+    body = call.body if isinstance(call.body, dict) else {}
+    ids = body.get("ids")
+    if not isinstance(ids, list) or len(ids) > MAX_PARENTS_ASKED:
+        raise exc.ValidationError(f"ids: expected a list of at most {MAX_PARENTS_ASKED} job ids")
+    wanted = [h._int(i, "ids", 1) for i in ids]
+    return 200, {"states": {str(i): s for i, s in _backend(call).store.job_states(caller, wanted).items()}}
+
+
 @_store_errors
 def answer_commands(call: h.Call) -> Tuple[int, Any]:
     caller = _caller(call, "site")
@@ -250,6 +267,8 @@ RELAY_ROUTES: Tuple[ApiRoute, ...] = (
              query=(Param("after", {"type": "integer"}), Param("wait", {"type": "number"})), response=OBJ),
     ApiRoute("POST", "/v1/sync/answers", "sync_answers", "What the site did with its commands", answer_commands, body=OBJ,
              response=OBJ),
+    ApiRoute("POST", "/v1/sync/parents", "sync_parents", "States of the user's jobs a site's jobs wait on (parents at "
+             "another site)", parent_states, body=OBJ, response=OBJ),
 )
 
 

@@ -328,6 +328,17 @@ class RelayStore:
                 out.append(d)
             return out
 
+    def job_states(self, caller: Caller, ids: Sequence[int]) -> Dict[int, str]:
+        """The mirrored states of the jobs named that belong to the caller's user, at any of their sites (a site waiting
+        on parents at another site asks; another user's jobs are simply absent)."""
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return {}
+        users_sites = sa.select(t.site.c.id).where(t.site.c.user_id == caller.user_id)
+        with self.connect() as c:
+            rows = c.execute(sa.select(t.job.c.id, t.job.c.state).where(t.job.c.id.in_(wanted), t.job.c.site_id.in_(users_sites)))
+            return {int(i): str(s) for i, s in rows}
+
     def site_for(self, caller: Caller, key: Any) -> Dict[str, Any]:
         """One of the caller's sites by id or name; another user's site is "no such site"."""
         for s in self.sites(caller):

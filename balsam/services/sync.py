@@ -226,6 +226,28 @@ class SyncService(Service):
             self._puller = threading.Thread(target=self._pull_loop, name="balsam-sync-commands", daemon=True)
             self._puller.start()
         self.push()
+        self.parents()
+
+    # ------------------------------------------------------------------ parents at other sites
+    def parents(self) -> int:
+        """Ask the relay for the states of the jobs of other sites that jobs here wait on (balsam.db.foreign), and
+        apply what they set off (children released or failed); how many jobs moved. No request while none waits."""
+        from balsam.db import foreign
+
+        store = self.site.store
+        with store.read() as conn:
+            ids = foreign.waiting(conn)
+        if not ids:
+            return 0
+        answer = self.client.request("POST", "/v1/sync/parents", {"ids": ids}, retry_s=2.0)
+        raw = answer.get("states") if isinstance(answer, dict) else None
+        states = {int(k): str(v) for k, v in (raw or {}).items() if str(k).isdigit() and isinstance(v, str)}
+        with store.write() as conn:
+            moved = foreign.report(conn, {i: s for i, s in states.items() if i in set(ids)})
+        if moved:
+            logger.info("sync: %d job(s) moved on their parents at other sites", len(moved))
+            self.push(force=True)
+        return len(moved)
 
     def push(self, force: bool = False) -> int:
         """Push everything logged before this call, in batches (a heartbeat with the site's counts when nothing

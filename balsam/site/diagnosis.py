@@ -109,8 +109,12 @@ def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
            "ranks_per_node": row["ranks_per_node"], "gpus_per_rank": row["gpus_per_rank"]}
     agent_up = bool(agent_status(site_root).get("running"))
     if state is S.AWAITING_PARENTS:
-        waiting = job_reads.unfinished(store.conn, loads(row["parent_ids"]) or [])
-        return [f"waits for parent job {pid} ({pstate})" for pid, pstate in waiting] or ["waits for its parents"]
+        from balsam.db.foreign import away_reasons
+
+        parents = loads(row["parent_ids"]) or []
+        waiting = job_reads.unfinished(store.conn, parents)
+        return ([f"waits for parent job {pid} ({pstate})" for pid, pstate in waiting] + away_reasons(store.conn, parents)
+                or ["waits for its parents"])
     if state in (S.READY, S.POSTPROCESSED):
         return _transfer_reasons(store, job_id, "in" if state is S.READY else "out", agent_up)
     if state in PROCESSING_STATES:

@@ -1,0 +1,95 @@
+"""Parents at another site, end to end: a workshop script on a laptop (this process, no site) preprocesses at one
+site and simulates at another with ``parent_ids=[pre.id]``, through a real relay, two real site agents and their
+launchers. The child waits (AWAITING_PARENTS, even with a launcher at its site) until its parent is JOB_FINISHED at
+the other site, then runs; a killed parent fails its child at the other site, saying why."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from tests.test_relay_sync import HELLO, Relay, node_env, relay, run, wait_for  # noqa: F401  (relay: the fixture)
+
+SITES = ("polaris", "theta")
+
+
+def two_sites(env: Dict[str, str], roots: Dict[str, Path], relay: Relay) -> None:  # noqa: F811
+    """Two sites on the login node, each with its Hello app, linked to the relay as alice, their agents started."""
+    run(env, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
+    for name, root in roots.items():
+        run(env, "-m", "balsam", "site", "init", str(root), "-n", name, "--preset", "local")
+        settings = root / "settings.yml"
+        settings.write_text(settings.read_text().replace("idle_ttl_s: 10", "idle_ttl_s: 3"))
+        run(env, "-c", f"import os; os.chdir({str(root)!r}); exec({HELLO.replace('polaris', name)!r})")
+        run(env, "-m", "balsam", "site", "link", relay.url, "--site", str(root))
+        run(env, "-m", "balsam", "site", "start", "--site", str(root))
+
+
+def events(root: Path, job_id: int) -> List[Tuple[float, str, str, str]]:
+    """The job's events in its site's own DB (read only): (time, from, to, data)."""
+    conn = sqlite3.connect(f"file:{root / '.balsam' / 'site.db'}?mode=ro", uri=True)
+    try:
+        return [tuple(r) for r in conn.execute("SELECT timestamp, from_state, to_state, coalesce(data, '') FROM event "
+                                               "WHERE job_id = ? ORDER BY id", (job_id,))]  # type: ignore[misc]
+    finally:
+        conn.close()
+
+
+def launcher_ran(name: str) -> Any:
+    """A BatchJob at the site, run to its end by the site's agent and local scheduler (its launcher idles out)."""
+    from balsam.api import BatchJob
+
+    batch = BatchJob(num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local", site_name=name)
+    batch.save()
+    return batch
+
+
+@pytest.mark.slow
+def test_a_job_waits_for_its_parent_at_another_site_then_runs(relay: Relay, tmp_path: Path) -> None:  # noqa: F811
+    env, roots = node_env(tmp_path), {name: tmp_path / name for name in SITES}
+    try:
+        two_sites(env, roots, relay)
+        from balsam.api import BatchJob, Job
+        from balsam.sync import login as relay_login
+
+        relay_login(relay.url, "alice", "alice-password")  # this process is the laptop
+        pre = Job("wf/pre", app_id="Hello", site_name="polaris", parameters={"say_hello_to": "preprocess"})
+        pre.save()
+        sim = Job("wf/sim", app_id="Hello", site_name="theta", parameters={"say_hello_to": "simulate"}, parent_ids=[pre.id])
+        sim.save()
+        assert sim.id >> 32 != pre.id >> 32 and sim.parent_ids == [pre.id]
+        assert sim.state == "AWAITING_PARENTS"
+        # A launcher at the child's site comes and goes without running it: its parent has not run.
+        idle = launcher_ran("theta")
+        wait_for("theta's launcher to end", lambda: BatchJob.objects.get(id=idle.id).state == "finished", timeout=180)
+        sim.refresh_from_db()
+        assert sim.state == "AWAITING_PARENTS" and not (roots["theta"] / "data" / "wf" / "sim" / "job.out").exists()
+        # The parent runs at its site; the relay carries its end to the child's site, which releases the child.
+        launcher_ran("polaris")
+        wait_for("the parent to finish", lambda: Job.objects.get(id=pre.id).state == "JOB_FINISHED", timeout=180)
+        wait_for("the child to be released", lambda: Job.objects.get(id=sim.id).state == "PREPROCESSED", timeout=120)
+        launcher_ran("theta")
+        wait_for("the child to finish", lambda: Job.objects.get(id=sim.id).state == "JOB_FINISHED", timeout=180)
+        assert (roots["theta"] / "data" / "wf" / "sim" / "job.out").read_text().strip() == "Hello, simulate!"
+        finished = [e[0] for e in events(roots["polaris"], pre.id) if e[2] == "JOB_FINISHED"]
+        released = [e for e in events(roots["theta"], sim.id) if e[1] == "AWAITING_PARENTS"]
+        started = [e[0] for e in events(roots["theta"], sim.id) if e[2] == "RUNNING"]
+        assert released[0][2] == "READY" and "all parents finished" in released[0][3]
+        assert len(finished) == 1 and len(started) == 1 and started[0] > finished[0]
+
+        # A killed parent fails its child at the other site, as a parent at the same site does.
+        doomed = Job("wf/pre2", app_id="Hello", site_name="polaris", parameters={"say_hello_to": "never"})
+        doomed.save()
+        orphan = Job("wf/sim2", app_id="Hello", site_name="theta", parameters={"say_hello_to": "never"}, parent_ids=[doomed.id])
+        orphan.save()
+        assert orphan.state == "AWAITING_PARENTS"
+        doomed.kill()
+        wait_for("the child to fail", lambda: Job.objects.get(id=orphan.id).state == "FAILED", timeout=120)
+        why = [e[3] for e in events(roots["theta"], orphan.id) if e[2] == "FAILED"]
+        assert f"parent job {doomed.id} (at another site) is USER_KILLED" in why[0]
+    finally:
+        for root in roots.values():
+            run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)
