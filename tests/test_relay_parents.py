@@ -11,12 +11,13 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from tests.test_relay_sync import HELLO, Relay, node_env, relay, run, wait_for  # noqa: F401  (relay: the fixture)
+from balsam import exceptions as exc
+from tests.test_relay_sync import HELLO, Relay, _sync_service, node_env, relay, run, wait_for  # noqa: F401  (relay: the fixture)
 
 SITES = ("polaris", "theta")
 
 
-def two_sites(env: Dict[str, str], roots: Dict[str, Path], relay: Relay) -> None:  # noqa: F811
+def two_sites(env: Dict[str, str], roots: Dict[str, Path], relay: Relay, start: bool = True) -> None:  # noqa: F811
     """Two sites on the login node, each with its Hello app, linked to the relay as alice, their agents started."""
     run(env, "-m", "balsam", "login", relay.url, "-u", "alice", "--password-stdin", stdin="alice-password\n")
     for name, root in roots.items():
@@ -25,7 +26,8 @@ def two_sites(env: Dict[str, str], roots: Dict[str, Path], relay: Relay) -> None
         settings.write_text(settings.read_text().replace("idle_ttl_s: 10", "idle_ttl_s: 3"))
         run(env, "-c", f"import os; os.chdir({str(root)!r}); exec({HELLO.replace('polaris', name)!r})")
         run(env, "-m", "balsam", "site", "link", relay.url, "--site", str(root))
-        run(env, "-m", "balsam", "site", "start", "--site", str(root))
+        if start:
+            run(env, "-m", "balsam", "site", "start", "--site", str(root))
 
 
 def events(root: Path, job_id: int) -> List[Tuple[float, str, str, str]]:
@@ -93,3 +95,49 @@ def test_a_job_waits_for_its_parent_at_another_site_then_runs(relay: Relay, tmp_
     finally:
         for root in roots.values():
             run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)
+
+
+@pytest.mark.slow
+def test_the_parents_end_reaches_the_child_once_both_sites_are_back_online(relay: Relay, tmp_path: Path,  # noqa: F811
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay is down while the parent finishes at its site (which goes on working) and while the child's site
+    asks; once the relay is back, the parent's site pushes its end and the child's site releases the child."""
+    import os
+
+    from balsam.db.backend import LocalBackend
+    from balsam.db.jobs import StateChange
+
+    env, roots = node_env(tmp_path), {name: tmp_path / name for name in SITES}
+    two_sites(env, roots, relay, start=False)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    (ref_a, sync_a), (ref_b, sync_b) = (_sync_service(roots[name], env) for name in SITES)
+    from balsam.api import Job
+
+    parent = Job("wf/pre", app_id="Hello", site_name="polaris", parameters={"say_hello_to": "pre"})
+    parent.save()
+    child = Job("wf/sim", app_id="Hello", site_name="theta", parameters={"say_hello_to": "sim"}, parent_ids=[parent.id])
+    child.save()
+    assert child.state == "AWAITING_PARENTS"
+    relay.stop()
+    site_a = LocalBackend(ref_a.store)  # the parent's site runs it to the end, offline
+    site_a.update_jobs([], (), [StateChange(parent.id, "PREPROCESSED")])
+    lease = site_a.create_session(host=ref_a.store.host, pid=os.getpid(), batch_job_id=None, label="test launcher")
+    assert [j["id"] for j in site_a.acquire(lease, 1)] == [parent.id]
+    for state in ("RUNNING", "RUN_DONE"):
+        assert site_a.apply_changes([StateChange(parent.id, state)], session_id=lease) == []
+    site_a.update_jobs([], (), [StateChange(parent.id, "POSTPROCESSED")])
+    parent.refresh_from_db()
+    assert parent.state == "JOB_FINISHED"
+    with pytest.raises(exc.ServiceError):
+        sync_a.push(force=True)
+    with pytest.raises(exc.ServiceError):
+        sync_b.parents()
+    child.refresh_from_db()
+    assert child.state == "AWAITING_PARENTS"
+    relay.start()  # back on the same port
+    sync_b.push(force=True)
+    assert sync_b.parents() == 0  # the relay has not heard of the parent's end yet: the child waits on
+    assert sync_a.push(force=True) > 0
+    assert sync_b.parents() == 1
+    child.refresh_from_db()
+    assert child.state == "STAGED_IN"  # released (READY), and on at once with nothing to stage in
