@@ -219,3 +219,21 @@ def test_clients_without_credentials_cannot_keep_connections_open_to_hold_the_re
             for s in socks:
                 s.close()
             server.stop()
+
+
+def test_a_site_learns_the_states_of_its_own_users_jobs_only(two_users: Dict[str, Any]) -> None:  # noqa: F811
+    """``POST /v1/sync/parents`` (a site's jobs waiting on parents at another site) answers the states of the jobs
+    named that are its user's, at any of their sites: bob's agent naming alice's jobs learns nothing, and neither
+    a user's token nor a guessed id beyond them gets an answer."""
+    from balsam import exceptions as exc
+    from tests.test_relay_server import SITE_B
+
+    agent_a, agent_b, bob = two_users["agent_a"], two_users["agent_b"], two_users["bob"]
+    asked = {"ids": [A + 1, A + 2, A + 3, A + 99, (SITE_B << 32) + 1]}
+    assert agent_a.request("POST", "/v1/sync/parents", asked)["states"] == {
+        str(A + 1): "RUNNING", str(A + 2): "JOB_FINISHED", str(A + 3): "RUNNING"}
+    assert agent_b.request("POST", "/v1/sync/parents", asked)["states"] == {str((SITE_B << 32) + 1): "RUNNING"}
+    with pytest.raises(exc.ServiceError, match="site agent's token"):
+        bob.request("POST", "/v1/sync/parents", asked)
+    status, answer = raw(two_users["url"], agent_b.token, "POST", "/v1/sync/parents", {"ids": ["x"]})
+    assert status == 400 and "ids" in json.dumps(answer)
