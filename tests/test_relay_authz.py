@@ -226,7 +226,6 @@ def test_a_site_learns_the_states_of_its_own_users_jobs_only(two_users: Dict[str
     named that are its user's, at any of their sites: bob's agent naming alice's jobs learns nothing, and neither
     a user's token nor a guessed id beyond them gets an answer."""
     from balsam import exceptions as exc
-    from tests.test_relay_server import SITE_B
 
     agent_a, agent_b, bob = two_users["agent_a"], two_users["agent_b"], two_users["bob"]
     asked = {"ids": [A + 1, A + 2, A + 3, A + 99, (SITE_B << 32) + 1]}
