@@ -22,7 +22,7 @@ from balsam.db import query as q
 from balsam.db.connection import Store
 from balsam.db.jobs import StateChange
 from balsam.db.merge import Read
-from balsam.db.once import ACQUIRE_CONSTRAINTS, LAUNCHER_FIELDS, ExactlyOnce, Rejected
+from balsam.db.once import ACQUIRE_CONSTRAINTS, ExactlyOnce, Rejected, launcher_changes
 from balsam.db.states import JobState
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 
@@ -457,12 +457,7 @@ class LocalBackend(ExactlyOnce, Backend):
     def apply_changes(self, changes: Sequence[StateChange], session_id: Optional[int] = None) -> Rejected:
         from balsam.db.jobs import apply_state_changes
 
-        if session_id is not None:
-            for ch in changes:
-                extra = set(ch.fields or ()) - LAUNCHER_FIELDS
-                if extra:
-                    raise ValidationError(f"job {ch.job_id}: a launcher may not write {sorted(extra)[0]!r}")
-            changes = [ch._replace(session_id=session_id) for ch in changes]
+        changes = launcher_changes(changes, session_id)
         index = {id(ch): i for i, ch in enumerate(changes)}
         with self.store.write() as conn:
             rejected = apply_state_changes(conn, changes, strict=False).rejected

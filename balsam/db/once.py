@@ -29,6 +29,18 @@ LAUNCHER_ANSWER_KEEP_S = 3600.0
 retries (at most 300 s), but not a day: at thousands of jobs/s a day of them would fill the disk."""
 
 
+def launcher_changes(changes: Sequence[StateChange], session_id: Optional[int]) -> Sequence[StateChange]:
+    """A launcher's status batch under its lease ``session_id``: each change bound to the lease, or ValidationError
+    for one that writes more than :data:`LAUNCHER_FIELDS`. Without a lease, ``changes`` as they are."""
+    if session_id is None:
+        return changes
+    for ch in changes:
+        extra = set(ch.fields or ()) - LAUNCHER_FIELDS
+        if extra:
+            raise ValidationError(f"job {ch.job_id}: a launcher may not write {sorted(extra)[0]!r}")
+    return [ch._replace(session_id=session_id) for ch in changes]
+
+
 class ExactlyOnce:
     """The operations of a site's backend that run each request at most once (HTTP retries, launchers' groups)."""
 
@@ -62,12 +74,7 @@ class ExactlyOnce:
                     continue  # a retry of a batch in this same group: answered below from the first
                 first[key] = i
                 try:
-                    if session_id is not None:
-                        for ch in changes:
-                            extra = set(ch.fields or ()) - LAUNCHER_FIELDS
-                            if extra:
-                                raise ValidationError(f"job {ch.job_id}: a launcher may not write {sorted(extra)[0]!r}")
-                        changes = [ch._replace(session_id=session_id) for ch in changes]
+                    changes = launcher_changes(changes, session_id)
                 except ValidationError as e:
                     results[i] = e
                     continue
