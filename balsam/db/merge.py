@@ -27,7 +27,9 @@ import sqlite3
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 from balsam.db.codec import loads
+from balsam.db.connection import chunks
 from balsam.db.states import JobState, is_legal
+from balsam.db.transitions import ids_param
 from balsam.exceptions import StaleVersion
 
 S = JobState
@@ -48,8 +50,8 @@ JSON_FIELDS: FrozenSet[str] = frozenset({"tags", "data", "launch_params", "param
 
 
 class Read(NamedTuple):
-    """What a save was made on: the job's version and state when read, and each changed field's value then (in
-    :func:`compared` form)."""
+    """What a save was made on: the job's version and state when read, and each changed field's value then (as
+    stored, or in :func:`compared` form: they are compared in that form, and only for a row that moved)."""
 
     job_id: int
     version: int
@@ -75,7 +77,7 @@ def read_of(job_id: int, row: Dict[str, Any], names: Sequence[str]) -> Optional[
     if version is None:
         return None
     return Read(int(job_id), int(version), str(row.get("state") or ""),
-                {n: compared(n, row.get(n)) for n in names if n in row and n not in ("state", "parent_ids")})
+                {n: row.get(n) for n in names if n in row and n not in ("state", "parent_ids")})
 
 
 def read_to_wire(read: Read) -> List[Any]:
@@ -101,23 +103,27 @@ def check_reads(conn: sqlite3.Connection, reads: Sequence[Read], updates: Sequen
     if not reads:
         return
     wanted: Dict[int, Read] = {int(r.job_id): r for r in reads}
-    names = sorted({n for r in reads for n in r.fields} & _COLUMNS)
-    columns = ", ".join(["id", "version", "state", "session_id"] + names)
+    moved: List[int] = []  # the common case, nothing moved since the read, costs one look at the versions
+    for chunk in chunks(sorted(wanted), 20000):
+        moved.extend(int(i) for i, v in conn.execute("SELECT id, version FROM job WHERE id IN (SELECT value FROM json_each(?))",
+                                                     (ids_param(chunk),)) if int(v) != wanted[int(i)].version)
+    if not moved:
+        return
+    names = sorted({n for i in moved for n in wanted[i].fields} & _COLUMNS)
+    columns = ["id", "version", "state", "session_id"] + names
     current: Dict[int, Dict[str, Any]] = {}
-    ids = sorted(wanted)
-    for start in range(0, len(ids), 20000):
-        chunk = ids[start:start + 20000]
-        marks = ",".join("?" * len(chunk))
-        for row in conn.execute(f"SELECT {columns} FROM job WHERE id IN ({marks})", chunk):
-            current[int(row[0])] = dict(zip(["id", "version", "state", "session_id"] + names, row))
+    for chunk in chunks(moved, 20000):
+        for row in conn.execute(f"SELECT {', '.join(columns)} FROM job WHERE id IN (SELECT value FROM json_each(?))",
+                                (ids_param(chunk),)):
+            current[int(row[0])] = dict(zip(columns, row))
     new_fields: Dict[int, Dict[str, Any]] = {}
     for job_id, fields in updates:
         new_fields.setdefault(int(job_id), {}).update(fields)
     asked = {int(job_id): str(state) for job_id, state in changes}
-    for job_id, read in wanted.items():
-        now = current.get(job_id)
-        if now is None or int(now["version"]) == read.version:
-            continue  # gone (the write says so) or unmoved: nothing to merge
+    for job_id in moved:
+        read, now = wanted[job_id], current.get(job_id)
+        if now is None:
+            continue  # gone since: the write says so
         why = _conflict(read, now, new_fields.get(job_id, {}), asked.get(job_id))
         if why:
             raise StaleVersion(f"job {job_id}: {why} since you read it (version {read.version}, {read.state}; now version "
@@ -140,7 +146,7 @@ def _conflict(read: Read, now: Dict[str, Any], fields: Dict[str, Any], state: Op
         if name not in read.fields or name not in now:
             continue
         at_site = compared(name, now[name])
-        if at_site != read.fields[name] and at_site != _plain(name, fields[name]):
+        if at_site != compared(name, read.fields[name]) and at_site != _plain(name, fields[name]):
             return f"{name} was changed by someone else"
     ran = sorted(set(fields) & RUN_FIELDS)
     if ran and moved and (str(now["state"]) in STARTED_STATES or now.get("session_id") is not None):
