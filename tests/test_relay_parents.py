@@ -64,6 +64,7 @@ def test_a_job_waits_for_its_parent_at_another_site_then_runs(relay: Relay, tmp_
         sim.save()
         assert sim.id >> 32 != pre.id >> 32 and sim.parent_ids == [pre.id]
         assert sim.state == "AWAITING_PARENTS"
+        assert [(p.id, p.site_id) for p in sim.parent_query()] == [(pre.id, pre.site_id)]
         # A launcher at the child's site comes and goes without running it: its parent has not run.
         idle = launcher_ran("theta")
         wait_for("theta's launcher to end", lambda: BatchJob.objects.get(id=idle.id).state == "finished", timeout=180)

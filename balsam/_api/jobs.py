@@ -391,8 +391,11 @@ class Job(Model):
         return self.resolve_workdir()
 
     def parent_query(self) -> Query["Job"]:
-        """The job's parents, as a query."""
-        return Job.objects.filter(id=list(self.parent_ids), site_id=self.site_id)
+        """The job's parents, as a query (a parent at another site is read from its own site)."""
+        ids = list(self.parent_ids)
+        if any(site_of(p) not in (0, self.site_id) for p in ids):
+            return Job.objects.filter(id=ids)
+        return Job.objects.filter(id=ids, site_id=self.site_id)
 
     def child_query(self) -> Query["Job"]:
         """The jobs that depend on this one."""
