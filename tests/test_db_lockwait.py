@@ -155,7 +155,7 @@ def test_the_holder_is_named_while_other_processes_lock_and_unlock_all_the_time(
               "print('locked', flush=True); time.sleep(600)")
     procs: List["subprocess.Popen[str]"] = []
     try:
-        for argv in ([script, str(lock)], [_HOLD_MANY, str(tmp_path), "100"],
+        for argv in ([script, str(lock)], [_HOLD_MANY, str(tmp_path), "150"],
                      *([_CHURN, str(tmp_path), f"churn{i}"] for i in range(4))):
             procs.append(subprocess.Popen([sys.executable, "-c", *argv], stdout=subprocess.PIPE, text=True))
             assert procs[-1].stdout is not None and procs[-1].stdout.readline().strip() in ("locked", "churning")
