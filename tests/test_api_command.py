@@ -100,6 +100,10 @@ def test_templates_whose_quoting_a_value_could_change_are_refused(template: str)
     ("[[ {{ x }} -eq 5 ]] && argv five", 5, ["five"]),
     ("argv hi >&{{ x }}", 1, ["hi"]),  # bash expands the word after >& twice when it is not a number
     ("argv hi >& {{ x }}", 1, ["hi"]),
+    ("let y=1 >&{{ x }}; argv ok", 1, ["ok"]),  # '&' of '>&' does not end let's words (found by random templates)
+    ("! let $ >& {{ x }}\nargv ok", 1, ["ok"]),
+    ("argv hi >&\\\n {{ x }}", 1, ["hi"]),  # a line continuation between '>&' and its word
+    ("[[x >&{{ x }}; argv hi", 1, ["hi"]),  # '[[x' is a command, not [[: '>&' redirects
 ])
 def test_values_bash_evaluates_as_arithmetic_or_twice_must_be_numbers(tmp_path: Path, template: str, value: Any, expected: Any) -> None:
     """bash evaluates arithmetic after quote removal, so '$(...)' or 'a[$(...)]' in a value would run, quoted or not:
@@ -205,6 +209,14 @@ def test_a_syntax_error_before_a_value_never_runs_its_next_line(tmp_path: Path, 
     assert _argv(compile_command("argv {{ x }} \"{{ x }}\" '{{ x }}'", "T")({"x": "a\nb\n"}), tmp_path) == ["a\nb\n"] * 3
 
 
+def test_an_open_subscript_is_one_word_to_bash_not_a_comment(tmp_path: Path) -> None:
+    """bash reads 'a[ # ( ]]' as one word up to its ']' (found by random templates): the '#' starts no comment, so
+    the value after it is quoted, never passed as it is."""
+    pwned = tmp_path / "pwned"
+    command = compile_command("a[ # ( ]]  {{ x }}\nargv ok", "T")({"x": f"$(touch {pwned})"})
+    assert _argv(command, tmp_path) == ["ok"] and not pwned.exists()
+
+
 def test_backticks_end_where_bash_ends_them(tmp_path: Path) -> None:
     """bash ends `...` at the next backtick whatever quotes lie between; a value inside backticks is refused (a
     backtick in it would end them)."""
@@ -221,7 +233,8 @@ def test_backticks_end_where_bash_ends_them(tmp_path: Path) -> None:
 
 
 _TOKENS = ["echo", "(", ")", "fi", "then", "done", "do", "{", "}", ";", "|", "&&", "'", '"', "$(", "`", "case", "esac", "in",
-           "\n", "if", "#", "[[", "]]", " ", "x", "=", "\\", ";;", "((", "))", "while", "for", "f()", "else", "&", ">", "<"]
+           "\n", "if", "#", "[[", "]]", " ", "x", "=", "\\", ";;", "((", "))", "while", "for", "f()", "else", "&", ">", "<",
+           "let ", ">&", "\\\n", "$((", "a[", "$'", "2>&1", "!"]
 
 
 @pytest.mark.slow

@@ -77,6 +77,8 @@ class _Scanner:
         """Whether the next character starts a word (None: not known, after a ``{% %}`` tag)."""
         self.word = ""
         """The unquoted text of the current word so far (to see ``name[`` subscripts)."""
+        self.continued: Tuple[Optional[bool], str, str] = (True, "", "")
+        """Word start, word and last character before the latest backslash (a line continuation restores them)."""
 
     def _push(self, context: str, closer: str = "") -> None:
         self.frames.append([context, closer, 0])
@@ -111,7 +113,14 @@ class _Scanner:
             nxt = text[i + 1 : i + 2]
             frame = self.frames[-1]
             top = frame[0]
+            if self.escaped and c == "\n" and top not in (SINGLE, "a"):
+                # A line continuation: bash removes the backslash and the line break as if neither were there.
+                self.escaped = False
+                self.word_start, self.word, self.last = self.continued
+                i += 1
+                continue
             at_word_start = self.word_start
+            word_before, last_before = self.word, self.last
             self.last = c
             was_escaped = self.escaped
             if self.escaped:
@@ -154,6 +163,8 @@ class _Scanner:
                     i += len(closer) - 1
                 elif top == ARITH and c == ")" and frame[2] > 0:
                     frame[2] -= 1
+                elif top == ARITH and closer == ";" and c in "<>" and nxt == "&":
+                    i += 1  # '>&' or '<&' among let's words: a redirection (its word is numbers-only, as let's are), not an end
                 elif top == ARITH and closer == ";" and c in ";&|\n)":
                     self.frames.pop()  # the end of a let command
                     continue
@@ -192,7 +203,7 @@ class _Scanner:
                         frame[2] -= 1
                 elif c == "<" and nxt == "<" and text[i + 2 : i + 3] != "<":
                     self.heredoc = True
-                elif c == ">" and nxt == "&" and top in (UNQUOTED, "`"):
+                elif c == ">" and nxt == "&" and top in (UNQUOTED, "`", COND):  # '[[x' is no [[: bash redirects
                     self.dup = True
                     i += 1
                 elif c == "#" and top in (UNQUOTED, "`"):
@@ -203,8 +214,12 @@ class _Scanner:
                         self.comment = True
                         self.word = ""
                         continue
+            if self.escaped and not was_escaped:
+                self.continued = (at_word_start, word_before, last_before)
             top = self.frames[-1][0]
-            self.word_start = not was_escaped and c in " \t\n;&|()<>" and top in (UNQUOTED, "`", COND)
+            # An open subscript (``a[ ...``) goes on to its ']' through spaces, '#' and all: bash reads it as one word.
+            self.word_start = (not was_escaped and c in " \t\n;&|()<>" and top in (UNQUOTED, "`", COND)
+                               and _SUBSCRIPT.fullmatch(self.word) is None)
             if self.dup and self.word_start and self.word and c != ">":
                 self.dup = False  # the word after >& ended
             self.word = "" if self.word_start else self.word + c

@@ -48,6 +48,7 @@ ANY = frozenset().union(*ALLOWED.values())
 """Every launcher's flags: what a job may name wherever the launcher is not known yet (the relay, ``auto``)."""
 AUTO_FLAVOURS = ("mpiexec", "mpirun", "pals")
 """The launchers ``mpi_launcher: auto`` may pick."""
+_EXAMPLES = ("--cpu-bind", "--gpu-bind", "--bind-to", "--map-by", "-d", "-cc", "--bind")
 _FLAG = re.compile(r"^--?[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -109,8 +110,9 @@ def refused(launch_params: Mapping[str, str], allowed: Optional[FrozenSet[str]],
         if not _FLAG.match(flag):
             return f"launch_params key {key!r} is not a launcher flag (a name like cpu-bind, --cpu-bind or -d)"
         if allowed is not None and flag not in allowed:
+            examples = [f for f in _EXAMPLES if f in allowed][:4] or sorted(allowed)[:4]
             return (f"launch_params flag {flag} is not one Balsam passes to {launcher}: only flags that bind, place or "
-                    f"map processes are (e.g. {', '.join(sorted(allowed)[:4]) or 'none here'}); the site's owner may allow "
+                    f"map processes are (e.g. {', '.join(examples) or 'none here'}); the site's owner may allow "
                     f"more in settings.yml launcher.allowed_launch_params")
         text = str(value)
         attached = str(key).split("=", 1)[1] if "=" in str(key) else ""
