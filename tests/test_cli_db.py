@@ -168,6 +168,25 @@ def _damage(db: Path, start: float = 0.45, end: float = 0.55) -> None:
     db.write_bytes(bytes(data))
 
 
+def test_a_site_of_an_older_schema_is_skipped_with_the_migrate_command_not_a_repair(site: Any, hello: Any, tmp_path: Path,
+                                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A site left at an older schema (Balsam upgraded, its agent not restarted yet) is not damaged: reads across
+    sites skip it saying to migrate it. They said to rebuild it with 'balsam db recover'."""
+    from balsam._api import sites
+    from balsam.db.connection import CURRENT_VERSION
+
+    hello.submit("mine", say_hello_to="x")
+    other = _second_site_with_jobs(tmp_path, n=3)
+    with sqlite3.connect(other.store.db_path) as conn:
+        conn.execute(f"PRAGMA user_version={CURRENT_VERSION - 1}")
+    sites.reset()
+    assert [str(j.workdir) for j in Job.objects.all()] == ["mine"]  # every site of this host
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: skipped site 'other' ({other.path}): schema version {CURRENT_VERSION - 1} is older than this "
+                   f"Balsam's ({CURRENT_VERSION}): stop the site's agent and run 'balsam db migrate --site {other.path}' (or "
+                   "start the agent, which migrates at start)"]
+
+
 def test_a_corrupt_site_is_skipped_by_reads_across_sites_then_recovered(site: Any, hello: Any, tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from balsam._api import sites

@@ -286,6 +286,12 @@ def warn_broken(root: Path, name: str, exc: BaseException) -> None:
     if root in _warned:
         return
     _warned[root] = str(exc)
+    from balsam.exceptions import SchemaError
+
+    if isinstance(exc, SchemaError):  # an older or newer schema: its own advice (migrate; upgrade), not a repair
+        detail = str(exc).split(": ", 1)[1] if str(exc).startswith(str(root)) else str(exc)
+        print(f"warning: skipped site {name!r} ({root}): {detail}", file=sys.stderr)
+        return
     detail = str(exc).split(" (", 1)[0] if isinstance(exc, StoreError) and str(exc).startswith(str(root)) else str(exc)
     print(f"warning: skipped site {name!r} ({root}): its DB cannot be read ({detail}); check it with "
           f"'balsam db check --site {root}' and rebuild it with 'balsam db recover --site {root}'", file=sys.stderr)
