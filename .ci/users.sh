@@ -14,7 +14,14 @@ die() { echo "FAILED users: $*" >&2; exit 1; }
 case "$ACTION" in
   start)
     [ "$(id -u)" = 0 ] || die "must run as root to create $NAME"
-    id "$NAME" >/dev/null 2>&1 || useradd -m "$NAME" || die "useradd $NAME failed"
+    if ! id "$NAME" >/dev/null 2>&1; then
+      # A group of that name left by an earlier user (userdel without its group, a restored /etc/passwd): join it.
+      if getent group "$NAME" >/dev/null 2>&1; then
+        useradd -m -g "$NAME" "$NAME" || die "useradd $NAME failed"
+      else
+        useradd -m "$NAME" || die "useradd $NAME failed"
+      fi
+    fi
     command -v runuser >/dev/null 2>&1 || die "runuser (util-linux) is missing"
     echo "READY users $NAME"
     ;;
