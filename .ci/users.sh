@@ -21,6 +21,8 @@ case "$ACTION" in
       else
         useradd -m "$NAME" || die "useradd $NAME failed"
       fi
+      home=$(getent passwd "$NAME" | cut -d: -f6)
+      [ -d "$home" ] && chown "$NAME": "$home"  # a home left by an earlier user of that name is theirs now
     fi
     command -v runuser >/dev/null 2>&1 || die "runuser (util-linux) is missing"
     echo "READY users $NAME"
