@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -464,7 +465,7 @@ def site_key(trust: Optional[str], label: str, sites: Sequence[str]) -> None:
     from balsam.site import result_keys as rk
 
     if trust is not None:
-        text = click.get_text_stream("stdin").read() if trust == "-" else trust
+        text = sys.stdin.read() if trust == "-" else trust
         try:
             kid, new = rk.trust_key(text, balsam_home(), label)
         except ValueError as e:
