@@ -303,7 +303,7 @@ def _protocol_class(header_timeout_s: float, max_header_bytes: int, parser: str 
         def on_response_complete(self) -> None:
             if self._corked is not None:
                 self._corked.flush()
-            unread = self.cycle is not None and self.cycle.more_body and self._draining < 0
+            unread = self.cycle is not None and self.cycle.more_body
             super().on_response_complete()
             if self.transport.is_closing() or self._draining >= 0:
                 return

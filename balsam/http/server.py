@@ -186,8 +186,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-
-
 STATUS_GROUP_CHANGES = 250
 """Most state changes of launchers' status batches applied in one call of the group writer (~3 ms on a 2-core login
 node, about one group's time: :data:`balsam.db.group.MAX_GROUP_S`): more wait for the next call, so an acquire that

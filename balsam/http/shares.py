@@ -14,7 +14,7 @@ A connection is known by its peer address (host, port). Everything runs on the s
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, Hashable, Optional, Tuple
+from typing import Any, Dict, Hashable, Optional, Set, Tuple
 
 Peer = Tuple[Any, ...]
 """A connection's peer: (host, port, ...) as the socket or the ASGI scope gives it."""
@@ -22,6 +22,13 @@ Peer = Tuple[Any, ...]
 
 def _key(peer: Peer) -> Tuple[str, int]:
     return str(peer[0]), int(peer[1])
+
+
+def _less(counts: "Counter[Any]", key: Any) -> None:
+    """One fewer of ``key`` in ``counts`` (gone at none: the counters hold only who holds something)."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 class ConnectionShares:
@@ -33,17 +40,17 @@ class ConnectionShares:
         self._by_address: "Counter[str]" = Counter()
         self._by_caller: "Counter[Hashable]" = Counter()
         self._caller_of: Dict[Tuple[str, int], Hashable] = {}
-        self._open: Dict[Tuple[str, int], str] = {}
+        self._open: Set[Tuple[str, int]] = set()
 
     def opened(self, peer: Optional[Peer]) -> bool:
         """A connection from ``peer`` was accepted: False when its address already holds its share (refuse it)."""
         if not peer:
             return True
-        address = str(peer[0])
-        if self.per_address and self._by_address[address] >= self.per_address:
+        key = _key(peer)
+        if self.per_address and self._by_address[key[0]] >= self.per_address:
             return False
-        self._by_address[address] += 1
-        self._open[_key(peer)] = address
+        self._by_address[key[0]] += 1
+        self._open.add(key)
         return True
 
     def claim(self, peer: Optional[Peer], caller: Hashable) -> int:
@@ -58,7 +65,7 @@ class ConnectionShares:
         if self._by_caller[caller] >= self.per_caller:
             return self._by_caller[caller]
         if held is not None:
-            self._release(held)
+            _less(self._by_caller, held)
         self._caller_of[key] = caller
         self._by_caller[caller] += 1
         return 0
@@ -68,19 +75,12 @@ class ConnectionShares:
         if not peer:
             return
         key = _key(peer)
-        address = self._open.pop(key, None)
-        if address is not None:
-            self._by_address[address] -= 1
-            if self._by_address[address] <= 0:
-                del self._by_address[address]
+        if key in self._open:
+            self._open.discard(key)
+            _less(self._by_address, key[0])
         caller = self._caller_of.pop(key, None)
         if caller is not None:
-            self._release(caller)
-
-    def _release(self, caller: Hashable) -> None:
-        self._by_caller[caller] -= 1
-        if self._by_caller[caller] <= 0:
-            del self._by_caller[caller]
+            _less(self._by_caller, caller)
 
     def held(self) -> Tuple[int, int]:
         """(connections counted, callers holding some): for tests and logs."""
