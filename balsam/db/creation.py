@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import sqlite3
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from balsam.db import doorbell
 from balsam.db.codec import dumps, encode_parameters, loads, tags_json
@@ -163,12 +163,12 @@ def insert_jobs(
         raise ValidationError(f"no app with id {sorted(missing_apps)[0]} at this site")
     if stale:
         _check_parameters(rows, apps, stale)
-    flagged = [r for r in rows if r[_LAUNCH_PARAMS] != "{}"]
+    flagged = list(launch_params_of(rows))
     if flagged:
         from balsam.db.launch_flags import refuse_at_site
 
-        for r in flagged:
-            refuse_at_site(conn, loads(r[_LAUNCH_PARAMS]), f"job {r[0]!r}: ")
+        for where, launch_params in flagged:
+            refuse_at_site(conn, launch_params, where)
     if shell:
         for r in rows:
             if _NUL in r[3] and r[1] in shell:
@@ -265,6 +265,15 @@ def _check_parameters(rows: Sequence[Tuple[Any, ...]], apps: Dict[int, Tuple[Any
         required = [k for k, v in spec.items() if v.get("required")]
         if not var_keyword or any(k not in keys for k in required):
             check_parameter_names(f"job {r[0]!r}", name, spec.keys(), required, keys, var_keyword)
+
+
+def launch_params_of(rows: Sequence[Tuple[Any, ...]]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """(where, launch_params) of the new-job tuples (:data:`NEW_JOB_COLUMNS`) that name any: what the flags'
+    checks look at (balsam.db.launch_flags), with the prefix of their error."""
+    for r in rows:
+        text = r[_LAUNCH_PARAMS]
+        if text and text != "{}":
+            yield f"job {r[0]!r}: ", loads(text)
 
 
 def _link_parents(conn: sqlite3.Connection, first: int, last: int) -> Dict[int, str]:

@@ -97,14 +97,19 @@ def site_extra(conn: sqlite3.Connection) -> FrozenSet[str]:
 
 def refuse_at_site(conn: sqlite3.Connection, launch_params: Mapping[str, str], where: str) -> None:
     """ValidationError (one line, starting with ``where``) unless every flag may be passed at this site."""
-    why = refused(launch_params, ANY | site_extra(conn))
+    refuse(launch_params, ANY | site_extra(conn), where)
+
+
+def refuse(launch_params: Mapping[str, str], allowed: Optional[FrozenSet[str]], where: str = "",
+           launcher: str = "MPI launchers") -> None:
+    """ValidationError (one line, starting with ``where``, naming the first bad flag) unless every flag can be
+    passed. ``allowed`` None checks only the form of flags and values (the rest is checked where the site is known)."""
+    why = _refused(launch_params, allowed, launcher)
     if why is not None:
         raise ValidationError(f"{where}{why}")
 
 
-def refused(launch_params: Mapping[str, str], allowed: Optional[FrozenSet[str]], launcher: str = "MPI launchers") -> Optional[str]:
-    """Why ``launch_params`` cannot be passed (one line naming the first bad flag), or None when all can.
-    ``allowed`` None checks only the form of flags and values (the rest is checked where the site is known)."""
+def _refused(launch_params: Mapping[str, str], allowed: Optional[FrozenSet[str]], launcher: str) -> Optional[str]:
     for key, value in launch_params.items():
         flag = flag_of(key)
         if not _FLAG.match(flag):

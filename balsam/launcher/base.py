@@ -488,10 +488,8 @@ class LauncherBase:
         """Defence in depth: a job's launch_params were checked when it was made, and are again here against this
         launcher's MPI (its own flags and those settings.yml allows), before anything starts."""
         ls = self.cfg.settings.launcher
-        why = launch_flags.refused(launch_params, launch_flags.allowed_for(ls.mpi_launcher, ls.allowed_launch_params),
-                                   ls.mpi_launcher)
-        if why is not None:
-            raise ValidationError(why)
+        launch_flags.refuse(launch_params, launch_flags.allowed_for(ls.mpi_launcher, ls.allowed_launch_params),
+                            launcher=ls.mpi_launcher)
 
     def fail(self, job_id: int, message: str) -> None:
         logger.warning("job %s cannot run: %s", job_id, message)

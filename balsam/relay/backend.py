@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from balsam import exceptions as exc
 from balsam.db import launch_flags
 from balsam.db.backend import Backend, Row
-from balsam.db.creation import NEW_JOB_COLUMNS
+from balsam.db.creation import launch_params_of
 from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
 from balsam.db.merge import Read, read_to_wire
@@ -29,8 +29,6 @@ from balsam.relay import mirror
 from balsam.relay.store import Caller, RelayStore
 from balsam.sync import encode_change as change_to_wire
 from balsam.sync import encode_fields as _plain
-
-_LAUNCH_PARAMS = NEW_JOB_COLUMNS.index("launch_params")
 
 DEFAULT_WAIT_S = 20.0
 """How long a write waits for its site to apply it before answering with the queued command."""
@@ -379,15 +377,10 @@ def _refuse_flags_of(launch_params: Any, where: str) -> None:
     """At the relay, a job's launch_params may name the flags of any MPI launcher (balsam.db.launch_flags.ANY):
     the relay does not know which one its site runs, nor the flags its owner added there, which only the site's
     host and agent accept."""
-    if not launch_params or not isinstance(launch_params, dict):
-        return
-    why = launch_flags.refused(launch_params, launch_flags.ANY)
-    if why is not None:
-        raise exc.ValidationError(f"{where}{why}")
+    if launch_params and isinstance(launch_params, dict):
+        launch_flags.refuse(launch_params, launch_flags.ANY, where)
 
 
 def _refuse_flags(rows: Sequence[Row]) -> None:
-    for r in rows:
-        text = r[_LAUNCH_PARAMS]
-        if text and text != "{}":
-            _refuse_flags_of(json.loads(text), f"job {r[0]!r}: ")
+    for where, launch_params in launch_params_of(rows):
+        _refuse_flags_of(launch_params, where)
