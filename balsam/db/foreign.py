@@ -22,7 +22,8 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 from balsam.db.connection import chunks
-from balsam.db.ids import LOCAL_BITS
+from balsam.db.ids import LOCAL_BITS, site_of
+from balsam.db.site_row import site_identity
 from balsam.db.transitions import StateChange, apply_state_changes, ids_param, parent_cascade
 from balsam.exceptions import ValidationError
 
@@ -35,14 +36,14 @@ MAX_ASK = 10000
 
 
 def this_site(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT id FROM site").fetchone()
-    return int(row[0]) if row else 0
+    """This site's id (0 in a store without a site row)."""
+    identity = site_identity(conn)
+    return identity[0] if identity else 0
 
 
 def is_foreign(parent_id: int, site_id: int) -> bool:
     """Whether ``parent_id`` is a job of another site (an unprefixed id from before site prefixes is this site's)."""
-    other = int(parent_id) >> LOCAL_BITS
-    return other not in (0, site_id)
+    return site_of(parent_id) not in (0, site_id)
 
 
 def record(conn: sqlite3.Connection, parent_ids: Sequence[int], where: str = "") -> Dict[int, str]:
@@ -54,7 +55,7 @@ def record(conn: sqlite3.Connection, parent_ids: Sequence[int], where: str = "")
     if not ids:
         return {}
     if not is_enabled(conn):
-        raise ValidationError(f"{where}parent job {ids[0]} is at another site (site {ids[0] >> LOCAL_BITS}): a job can wait "
+        raise ValidationError(f"{where}parent job {ids[0]} is at another site (site {site_of(ids[0])}): a job can wait "
                               "for a job of another site only when this site is linked to a relay (balsam site link URL), "
                               "which brings the parent's state here")
     now = time.time()
@@ -122,6 +123,6 @@ def away_reasons(conn: sqlite3.Connection, parent_ids: Sequence[int]) -> List[st
         if state == FINISHED:
             continue
         seen = "the relay has not reported its state yet" if state == UNKNOWN else f"{state} when the relay last reported it"
-        out.append(f"waits for parent job {pid} at another site (site {int(pid) >> LOCAL_BITS}; {seen}): its state comes "
+        out.append(f"waits for parent job {pid} at another site (site {site_of(pid)}; {seen}): its state comes "
                    "through the relay when both sites sync")
     return out

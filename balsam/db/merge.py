@@ -28,6 +28,7 @@ from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, T
 
 from balsam.db.codec import loads
 from balsam.db.connection import chunks
+from balsam.db.fields import UPDATABLE_FIELDS
 from balsam.db.states import JobState, is_legal
 from balsam.db.transitions import ids_param
 from balsam.exceptions import StaleVersion
@@ -109,7 +110,7 @@ def check_reads(conn: sqlite3.Connection, reads: Sequence[Read], updates: Sequen
                                                      (ids_param(chunk),)) if int(v) != wanted[int(i)].version)
     if not moved:
         return
-    names = sorted({n for i in moved for n in wanted[i].fields} & _COLUMNS)
+    names = sorted({n for i in moved for n in wanted[i].fields} & UPDATABLE_FIELDS)
     columns = ["id", "version", "state", "session_id"] + names
     current: Dict[int, Dict[str, Any]] = {}
     for chunk in chunks(moved, 20000):
@@ -129,12 +130,6 @@ def check_reads(conn: sqlite3.Connection, reads: Sequence[Read], updates: Sequen
             raise StaleVersion(f"job {job_id}: {why} since you read it (version {read.version}, {read.state}; now version "
                                f"{now['version']}, {now['state']}): nothing was saved; reload it (refresh_from_db()) and "
                                "make the change again")
-
-
-_COLUMNS = frozenset({"workdir", "tags", "parameters", "data", "num_nodes", "ranks_per_node", "threads_per_rank",
-                      "threads_per_core", "gpus_per_rank", "node_packing_count", "launch_params", "wall_time_min",
-                      "batch_job_id", "pending_file_cleanup"})
-"""The job columns a user's save may change (balsam.db.fields.UPDATABLE_FIELDS)."""
 
 
 def _conflict(read: Read, now: Dict[str, Any], fields: Dict[str, Any], state: Optional[str]) -> str:

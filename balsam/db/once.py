@@ -12,14 +12,13 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.connection import Store
+from balsam.db.fields import LAUNCHER_FIELDS
 from balsam.db.jobs import StateChange
 from balsam.exceptions import ValidationError
 
 Rejected = List[Tuple[int, str]]
 """Refused state changes: (index in the batch, why)."""
 
-LAUNCHER_FIELDS = frozenset({"return_code", "serialized_return_value", "serialized_exception"})
-"""What a launcher may write besides state changes of the jobs its lease holds (DESIGN.md section 7)."""
 ACQUIRE_CONSTRAINTS = frozenset({"states", "filter_tags", "app_ids", "serial_only", "max_nodes_per_job", "max_aggregate_nodes",
                                  "max_wall_time_min", "max_gpus_per_node", "sort_by"})
 ANSWER_KEEP_S = 86400.0

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.backend import Backend
+from balsam.db.fields import LAUNCHER_FIELDS
 from balsam.db.jobs import StateChange
 from balsam.db.merge import Read
-from balsam.db.once import LAUNCHER_FIELDS
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 from balsam.http.auth import Principal
 from balsam.http.schemas import (

@@ -242,8 +242,9 @@ class SyncService(Service):
         answer = self.client.request("POST", "/v1/sync/parents", {"ids": ids}, retry_s=2.0)
         raw = answer.get("states") if isinstance(answer, dict) else None
         states = {int(k): str(v) for k, v in (raw or {}).items() if str(k).isdigit() and isinstance(v, str)}
+        asked = set(ids)
         with store.write() as conn:
-            moved = foreign.report(conn, {i: s for i, s in states.items() if i in set(ids)})
+            moved = foreign.report(conn, {i: s for i, s in states.items() if i in asked})
         if moved:
             logger.info("sync: %d job(s) moved on their parents at other sites", len(moved))
             self.push(force=True)
