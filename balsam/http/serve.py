@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from balsam.exceptions import ConfigError, ServiceError
+from balsam.http.errors import ApiError, error_payload
 from balsam.http.shares import ConnectionShares
 
 logger = logging.getLogger("balsam.http")
@@ -178,8 +179,8 @@ LINGER_BYTES = 64 * 1024 * 1024
 """How much of such a body it takes in (and drops) at most."""
 
 
-_FULL_BODY = (b'{"error":{"code":"unavailable","message":"too many connections from this address: close some and try again",'
-              b'"field":null,"kind":"ServiceError"}}')
+_FULL_BODY = json.dumps(error_payload(ApiError(503, "unavailable", "too many connections from this address: close some and try again",
+                                                kind="ServiceError")), separators=(",", ":")).encode()
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
          b"connection: close\r\nretry-after: 1\r\n\r\n%s" % (len(_FULL_BODY), _FULL_BODY))
 """The answer to a connection past its address's share (written before its request is read)."""

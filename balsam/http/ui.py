@@ -200,7 +200,7 @@ class UiTokens:
 def _session_handler(tokens: UiTokens) -> "Any":
     def open_session(call: "Call") -> Tuple[int, Any]:
         from balsam.exceptions import ValidationError
-        from balsam.http.server import ApiError
+        from balsam.http.errors import ApiError
 
         body = call.body if isinstance(call.body, dict) else {}
         token = body.get("token")
@@ -218,7 +218,7 @@ def _session_handler(tokens: UiTokens) -> "Any":
 def _logout_handler(tokens: UiTokens) -> "Any":
     def log_out(call: "Call") -> Tuple[int, Any]:
         from balsam.exceptions import ValidationError
-        from balsam.http.server import ApiError
+        from balsam.http.errors import ApiError
 
         session = call.principal.session if isinstance(call.principal, UiPrincipal) else ""
         if not session:

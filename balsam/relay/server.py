@@ -29,10 +29,11 @@ from balsam import exceptions as exc
 from balsam.db.backend import Backend
 from balsam.http import handlers as h
 from balsam.http.auth import Authenticator, Principal
+from balsam.http.errors import ApiError
 from balsam.http.routes import Param
 from balsam.http.routes import Route as ApiRoute
 from balsam.http.schemas import iso
-from balsam.http.server import ApiError, build_app
+from balsam.http.server import build_app
 from balsam.relay.backend import RelayBackend
 from balsam.relay.store import Caller, Conflict, RateLimited, RelayAuthError, RelayStore
 
