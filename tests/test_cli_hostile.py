@@ -279,3 +279,38 @@ def test_a_working_directory_that_was_removed_is_inside_no_site(site: Any, hello
     done = _bash("cd gone && rmdir ../gone && exec $BALSAM site init new-site", tmp_path)
     assert done.returncode == 1 and done.stderr.strip() == (
         "Error: the working directory no longer exists: cd to one that does, or give absolute paths"), done.stderr
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("dup.yaml", "- {app: Hello, workdir: a, workdir: b, parameters: {say_hello_to: x}}\n",
+     "dup.yaml line 1: not valid YAML: the key 'workdir' is given twice"),
+    ("param.yaml", "- app: Hello\n  workdir: a\n  parameters:\n    say_hello_to: x\n    say_hello_to: y\n",
+     "param.yaml line 5: not valid YAML: the key 'say_hello_to' is given twice"),
+    ("alias.yaml", "- {app: Hello, w: a, workdir: b, parameters: {say_hello_to: x}}\n",
+     "alias.yaml line 1: 'workdir' gives workdir again (after 'w')"),
+    ("dup.jsonl", '{"app": "Hello", "workdir": "a", "workdir": "b", "parameters": {"say_hello_to": "x"}}\n',
+     "dup.jsonl line 1: not valid JSON: the key 'workdir' is given twice"),
+    ("dup.json", '[{"app": "Hello", "workdir": "a", "parameters": {"say_hello_to": "x", "say_hello_to": "y"}}]',
+     "dup.json: not valid JSON: the key 'say_hello_to' is given twice"),
+    ("dup.csv", "app,workdir,workdir,param.say_hello_to\nHello,a,b,x\n", "dup.csv line 1: the column 'workdir' is given twice"),
+    ("column.csv", "app,workdir,param.say_hello_to,parameters\nHello,a,x,say_hello_to=y\n",
+     "column.csv line 2: 'parameters' gives parameters entry 'say_hello_to' again (after 'param.say_hello_to')"),
+    ("cell.csv", 'app,workdir,param.say_hello_to,tags\nHello,a,x,"k=1;k=2"\n', "cell.csv line 2: tags: the key 'k' is given twice"),
+    ("text.yaml", "- {app: Hello, workdir: a, parameters: {say_hello_to: x}, tags: {1: a, '1': b}}\n",
+     "text.yaml line 1: tags entry '1' is given twice in 'tags'"),
+], ids=["yaml", "yaml-param", "alias", "jsonl", "json-param", "csv-header", "csv-column", "csv-cell", "as-text"])
+def test_a_job_file_that_gives_a_field_twice_is_refused_by_line(site: Any, hello: Any, tmp_path: Path, name: str, text: str,
+                                                                   message: str) -> None:
+    """Every reader kept the last of two values silently (one job in 'b' where the user wrote 'a' too); YAML and JSON
+    objects require unique keys, and a careless merge of two columns must not pick one for the user."""
+    (tmp_path / name).write_text(text)
+    assert message in fails("job", "create", "--from", tmp_path / name, "-y", code=2)
+    assert Job.objects.count() == 0
+
+
+def test_a_yaml_merge_key_may_still_be_overridden(site: Any, hello: Any, tmp_path: Path) -> None:
+    """``<<: *base`` then the key again is YAML's way to override a shared default, not a key given twice."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("- &base {app: Hello, workdir: m/1, parameters: {say_hello_to: x}}\n- {<<: *base, workdir: m/2}\n")
+    ok("job", "create", "--from", path, "-y")
+    assert sorted(j.workdir for j in Job.objects.all()) == ["m/1", "m/2"]

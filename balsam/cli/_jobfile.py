@@ -87,8 +87,9 @@ def _yaml_loader(text: str) -> Any:
     """A safe YAML loader (libyaml's parser where installed) whose composer is Python's, so that nesting is bounded
     (:data:`MAX_YAML_DEPTH`) and each node notes its expanded size (aliases counted each time they are used)."""
     import yaml
-    from yaml.composer import Composer
+    from yaml.composer import Composer, ComposerError
     from yaml.events import AliasEvent
+    from yaml.nodes import MappingNode, ScalarNode
 
     base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -108,6 +109,8 @@ def _yaml_loader(text: str) -> Any:
                 node: Any = Composer.compose_node(self, parent, index)
             finally:
                 self.depth -= 1
+            if isinstance(node, MappingNode):
+                _refuse_duplicate_keys(node, ComposerError, ScalarNode)
             size = 1
             if isinstance(node.value, list):
                 for item in node.value:
@@ -119,6 +122,19 @@ def _yaml_loader(text: str) -> Any:
             return node
 
     return JobFileLoader(text)
+
+
+def _refuse_duplicate_keys(node: Any, error: Any, scalar: Any) -> None:
+    """Refuse a YAML mapping that names a key twice (YAML requires keys to be unique; PyYAML kept the last silently, so
+    ``workdir: a`` then ``workdir: b`` made one job in ``b``). Merged keys (``<<: *base``) may still be overridden."""
+    seen = set()
+    for key_node, _value in node.value:
+        if not isinstance(key_node, scalar) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = (key_node.tag, key_node.value)
+        if key in seen:
+            raise error("while reading a mapping", node.start_mark, f"the key {key_node.value!r} is given twice", key_node.start_mark)
+        seen.add(key)
 
 
 def _yaml_records(path: str, text: str) -> Iterator[Record]:
@@ -183,6 +199,9 @@ def _csv_records(path: str, text: str) -> Iterator[Record]:
     header = [h.strip() for h in header]
     if not any(header):
         raise CLIError(f"{path} line 1: expected a header row naming the fields", 2)
+    for n, name in enumerate(header):
+        if name and name in header[:n]:
+            raise CLIError(f"{path} line 1: the column {name!r} is given twice", 2)
     start = reader.line_num + 1
     try:
         for row in reader:
@@ -197,10 +216,22 @@ def _csv_records(path: str, text: str) -> Iterator[Record]:
         raise CLIError(f"{path} line {reader.line_num}: {exc}", 2) from None
 
 
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} is given twice")
+            seen.add(key)
+    return out
+
+
 def loads(text: str) -> Any:
-    """``json.loads``, with a document nested past Python's recursion limit refused as invalid (ValueError)."""
+    """``json.loads``, with a document nested past Python's recursion limit, or an object that names a key twice (the
+    json module kept the last silently), refused as invalid (ValueError)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -248,6 +279,8 @@ def _cell_dict(value: Any, field: str) -> Dict[str, Any]:
                 k, sep, v = item.partition("=")
                 if not sep:
                     raise ValueError(f"{field}: {item!r} is not KEY=VALUE")
+                if k.strip() in out:
+                    raise ValueError(f"{field}: the key {k.strip()!r} is given twice")
                 out[k.strip()] = v
         return out
     raise ValueError(f"{field}: expected a mapping, got {value!r}")
@@ -278,11 +311,22 @@ def _parents(value: Any) -> List[int]:
 def normalize(record: Dict[str, Any]) -> Dict[str, Any]:
     """A record's fields under their canonical names, with flat columns folded into dicts; ValueError if bad."""
     out: Dict[str, Any] = {}
+    named: Dict[str, str] = {}  # each field or dict entry: the key that gave it (a second one is refused, not kept silently)
+
+    def give(field: str, name: str, key: str) -> None:
+        if field in named:
+            if named[field] == key:  # within one value: keys equal once written as text (1 and "1")
+                raise ValueError(f"{name} is given twice in {key!r}")
+            raise ValueError(f"{key!r} gives {name} again (after {named[field]!r})")
+        named[field] = key
+
     for raw_key, value in record.items():
         key = str(raw_key).strip()
         for prefix, field in PREFIXES.items():
             if key.startswith(prefix) and len(key) > len(prefix):
-                out.setdefault(field, {})[key[len(prefix):]] = value
+                entry = key[len(prefix):]
+                give(f"{field}.{entry}", f"{field} entry {entry!r}", key)
+                out.setdefault(field, {})[entry] = value
                 break
         else:
             field = ALIASES.get(key, key)
@@ -291,8 +335,13 @@ def normalize(record: Dict[str, Any]) -> Dict[str, Any]:
             if value is None:
                 continue
             if field in DICT_FIELDS:
-                out.setdefault(field, {}).update(_cell_dict(value, field))
-            elif field in INT_FIELDS:
+                entries = _cell_dict(value, field)
+                for entry in entries:
+                    give(f"{field}.{entry}", f"{field} entry {entry!r}", key)
+                out.setdefault(field, {}).update(entries)
+                continue
+            give(field, field, key)
+            if field in INT_FIELDS:
                 out[field] = _int(value, field)
             elif field == "gpus_per_rank":
                 try:
