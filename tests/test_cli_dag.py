@@ -112,6 +112,21 @@ def test_errors_are_one_line(dag_file: Path, tmp_path: Path) -> None:
     assert Job.objects.count() == 0
 
 
+def test_a_dag_file_that_names_a_node_or_key_twice_is_refused_by_line(dag_file: Path, tmp_path: Path) -> None:
+    """A node copied and not renamed replaced the first one silently (a DAG one node short); a key given twice inside
+    a node's params kept the last value."""
+    twice = tmp_path / "twice.yml"
+    twice.write_text("name: twice\nnodes:\n  prep: {app: Prep, workdir: '{r}/a'}\n  sim: {app: Simulate, workdir: '{r}/s', parents: [prep]}\n"
+                     "  prep: {app: Prep, workdir: '{r}/b'}\n")
+    assert "twice.yml line 5: the key 'prep' is given twice" in fails("dag", "create", twice, code=2)
+    twice.write_text("name: twice\nnodes:\n  prep:\n    app: Prep\n    workdir: '{r}/a'\n    params: {seed: 1, seed: 2}\n")
+    assert "twice.yml line 6: the key 'seed' is given twice" in fails("dag", "create", twice, code=2)
+    twice.write_text("name: ok\nnodes:\n  prep: {app: Prep, workdir: '{r}/a', params: {seed: [{a: 1}, {a: 2}]}}\n"
+                     "  sim: {app: Simulate, workdir: '{r}/s', parents: [prep], params: {k: {a: 1}, temp: {a: 2}}}\n")
+    ok("dag", "create", twice)  # the same key in sibling mappings is no repeat
+    assert [d.name for d in DAG.objects.all()] == ["ok"]
+
+
 @pytest.mark.parametrize("backend", ["local", "http"], indirect=True)
 def test_a_run_refused_in_a_later_part_makes_no_instance(dag_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Instances are written in parts (the count shows as they go), but a run makes all of them or none: on the home
