@@ -142,3 +142,83 @@ def test_the_parents_end_reaches_the_child_once_both_sites_are_back_online(relay
     assert sync_b.parents() == 1
     child.refresh_from_db()
     assert child.state == "STAGED_IN"  # released (READY), and on at once with nothing to stage in
+
+
+def _failed_why(root: Path, job_id: int) -> str:
+    """The message of the job's FAILED event at its site ('' when it has none)."""
+    import json
+
+    return next((str(json.loads(e[3])["message"]) for e in events(root, job_id) if e[2] == "FAILED"), "")
+
+
+def test_a_parent_at_another_site_that_will_never_finish_fails_its_child_saying_why(relay: Relay, tmp_path: Path,  # noqa: F811
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a deleted parent of the same site does, a parent at another site that was deleted there, that never existed,
+    or that waits on its own child through a loop of parents across the two sites fails the child, which says why;
+    a parent its site has made but not pushed yet is waited for, and "why" through the relay says what for."""
+    from balsam.db.backend import LocalBackend
+    from balsam.db.ids import base, site_of
+
+    env, roots = node_env(tmp_path), {name: tmp_path / name for name in SITES}
+    two_sites(env, roots, relay, start=False)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    (ref_a, sync_a), (ref_b, sync_b) = (_sync_service(roots[name], env) for name in SITES)
+    site_a = LocalBackend(ref_a.store)
+    from balsam.api import Job
+
+    def job(name: str, site: str, parents: Any = ()) -> Any:
+        j = Job(f"wf/{name}", app_id="Hello", site_name=site, parameters={"say_hello_to": name}, parent_ids=list(parents))
+        j.save()
+        return j
+
+    # A parent its site has made but not pushed yet: its child waits, and "why" says the relay has not heard of it.
+    parent = job("pre", "polaris")
+    sync_a.push(force=True)
+    child = job("sim", "theta", [parent.id])
+    unpushed = job("later", "polaris")
+    waits = job("sim-later", "theta", [unpushed.id])
+    sync_b.push(force=True)
+    assert sync_b.parents() == 0
+    waits.refresh_from_db()
+    assert waits.state == "AWAITING_PARENTS" and "the relay has not reported its state yet" in waits.why()[0]
+    assert sync_b.client.request("GET", f"/v1/jobs/{waits.id}/why")["reasons"] == [
+        f"waits for parent job {unpushed.id} at site polaris, which the relay has not heard of yet (its site has not pushed it)"]
+    parent.refresh_from_db()
+    assert sync_b.client.request("GET", f"/v1/jobs/{child.id}/why")["reasons"] == [
+        f"waits for parent job {parent.id} ({parent.state} at site polaris)"]
+    # Deleted at its site after its child was made; made and deleted before its site pushed it; at no site of the user.
+    early = job("early", "polaris")
+    early_child = job("sim-early", "theta", [early.id])
+    site_a.delete_jobs([early.id, parent.id])
+    other = next(s for s in (1, 2, 3) if s not in (site_of(parent.id), site_of(child.id)))
+    ghost_child = job("sim-ghost", "theta", [base(other) + 5])
+    sync_a.push(force=True)
+    sync_b.push(force=True)
+    assert sync_b.parents() == 3
+    for j in (child, early_child, ghost_child, waits):
+        j.refresh_from_db()
+    assert (child.state, early_child.state, ghost_child.state, waits.state) == ("FAILED", "FAILED", "FAILED", "AWAITING_PARENTS")
+    assert _failed_why(roots["theta"], child.id) == f"parent job {parent.id} is not at site polaris: it was deleted there, or never existed"
+    assert f"parent job {early.id} is not at site polaris" in _failed_why(roots["theta"], early_child.id)
+    assert _failed_why(roots["theta"], ghost_child.id) == (f"parent job {base(other) + 5} does not exist: its site (id {other}) is "
+                                                           "not one of your sites at the relay")
+
+    # A loop across the sites: a job at polaris made to wait on a job at theta that waits on it.
+    a1 = job("a1", "polaris")
+    b1 = job("b1", "theta", [a1.id])
+    site_a.update_jobs([], [(a1.id, [b1.id])], [])
+    a1.refresh_from_db()
+    assert a1.state == "AWAITING_PARENTS"
+    sync_a.push(force=True)
+    sync_b.push(force=True)
+    loop_why = sync_b.client.request("GET", f"/v1/jobs/{b1.id}/why")["reasons"]
+    assert any("loop of parents across sites" in r for r in loop_why), loop_why
+    assert sync_a.parents() == 1
+    a1.refresh_from_db()
+    assert a1.state == "FAILED"
+    assert (f"parent job {b1.id} waits on itself through a loop of parents across sites: job {b1.id} (theta) -> "
+            f"job {a1.id} (polaris) -> job {b1.id} (theta)") in _failed_why(roots["polaris"], a1.id)
+    sync_a.push(force=True)
+    assert sync_b.parents() == 1
+    b1.refresh_from_db()
+    assert b1.state == "FAILED" and f"parent job {a1.id} (at another site) is FAILED" in _failed_why(roots["theta"], b1.id)

@@ -11,6 +11,9 @@ when), and the job waits in AWAITING_PARENTS as for a parent of its own site:
 - :func:`report` records them and applies what they set off, through the state machine and the same cascade a
   parent of this site sets off: every parent JOB_FINISHED releases the child; a FAILED or USER_KILLED parent fails
   it, saying which parent and why.
+- A parent that will never finish fails the child as a deleted parent of this site does: the relay reports it
+  DELETED when its site lacks it (deleted there, or never made) and LOOP when it waits on itself through parents
+  at several sites (balsam.relay.parents), with why, which the child's FAILED event keeps.
 - Both sites keep working offline: a parent's state reaches the relay when its site next pushes, and this site
   when it next syncs; until then the child waits.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from balsam.db.connection import chunks
 from balsam.db.ids import LOCAL_BITS, site_of
@@ -31,6 +34,14 @@ UNKNOWN = "UNKNOWN"
 """The state of a foreign parent the relay has not reported yet (it waits, as for an unfinished parent)."""
 FINISHED = "JOB_FINISHED"
 FAILED_STATES = ("FAILED", "USER_KILLED")
+DELETED = "DELETED"
+"""A parent its site lacks (deleted there, or never made), as the relay reported it."""
+LOOP = "LOOP"
+"""A parent that waits on itself through parents at several sites, as the relay reported it."""
+GONE_STATES = (DELETED, LOOP)
+ENDED_STATES = frozenset(FAILED_STATES + GONE_STATES)
+"""A parent in one of these never finishes: its children fail."""
+_ENDED_SQL = "('FAILED', 'USER_KILLED', 'DELETED', 'LOOP')"
 MAX_ASK = 10000
 """Foreign parents asked about in one request to the relay."""
 
@@ -77,7 +88,7 @@ def link_new_jobs(conn: sqlite3.Connection, first: int, last: int, site_id: int)
         return {}
     record(conn, foreign, "")
     return {int(c): (int(f), int(u)) for c, f, u in conn.execute(
-        "SELECT c.id, sum(fp.state IN ('FAILED', 'USER_KILLED')), sum(fp.state != 'JOB_FINISHED') "
+        f"SELECT c.id, sum(fp.state IN {_ENDED_SQL}), sum(fp.state != 'JOB_FINISHED') "
         "FROM job c, json_each(c.parent_ids) p JOIN foreign_parent fp ON fp.id = p.value "
         "WHERE c.id BETWEEN ? AND ? AND c.parent_ids != '[]' GROUP BY c.id", (first, last))}
 
@@ -93,21 +104,26 @@ def waiting(conn: sqlite3.Connection, limit: int = MAX_ASK) -> List[int]:
         (limit,))]
 
 
-def report(conn: sqlite3.Connection, states: Dict[int, str]) -> List[StateChange]:
-    """Record the states the relay reported for foreign parents and apply what a change sets off (children
-    released when every parent finished, failed when a parent failed or was killed); the changes applied."""
-    if not states:
+def report(conn: sqlite3.Connection, states: Dict[int, str], ended: Optional[Dict[int, Tuple[str, str]]] = None) -> List[StateChange]:
+    """Record the states the relay reported for foreign parents (``states``; ``ended``: those that will never finish,
+    DELETED or LOOP, with why) and apply what they set off: children released when every parent finished, failed
+    when a parent failed, was killed or will never finish, saying why; the changes applied."""
+    ended = ended or {}
+    reported = dict(states)
+    reported.update((i, s) for i, (s, _) in ended.items())
+    if not reported:
         return []
     current = dict(conn.execute("SELECT id, state FROM foreign_parent WHERE id IN (SELECT value FROM json_each(?))",
-                                (ids_param(sorted(states)),)).fetchall())
-    moved = {int(i): str(s) for i, s in states.items() if int(i) in current and current[int(i)] != str(s)}
-    if not moved:
-        return []
-    now = time.time()
-    conn.executemany("UPDATE foreign_parent SET state = ?, updated = ? WHERE id = ?", [(s, now, i) for i, s in moved.items()])
+                                (ids_param(sorted(reported)),)).fetchall())
+    moved = {int(i): str(s) for i, s in reported.items() if int(i) in current and current[int(i)] != str(s)}
+    if moved:
+        now = time.time()
+        conn.executemany("UPDATE foreign_parent SET state = ?, updated = ? WHERE id = ?", [(s, now, i) for i, s in moved.items()])
     finished = [i for i, s in moved.items() if s == FINISHED]
-    failed = [(i, s) for i, s in moved.items() if s in FAILED_STATES]
-    changes = parent_cascade(conn, finished, failed, where=" (at another site)")
+    # Every parent that ended, moved or not: a child that came to wait on it since (balsam job add-parents) fails too.
+    failed = [(int(i), str(s)) for i, s in reported.items() if int(i) in current and s in ENDED_STATES]
+    reasons = {int(i): why for i, (_, why) in ended.items() if why}
+    changes = parent_cascade(conn, finished, failed, where=" (at another site)", reasons=reasons)
     if changes:
         apply_state_changes(conn, changes, strict=False)
     return changes
@@ -121,6 +137,10 @@ def away_reasons(conn: sqlite3.Connection, parent_ids: Sequence[int]) -> List[st
     for pid, state in conn.execute("SELECT id, state FROM foreign_parent WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
                                    (ids_param([int(p) for p in parent_ids]),)):
         if state == FINISHED:
+            continue
+        if state in ENDED_STATES:
+            out.append(f"parent job {pid} at another site (site {site_of(pid)}) will never finish (the relay reported it "
+                       f"{state}): the agent fails this job when it next syncs")
             continue
         seen = "the relay has not reported its state yet" if state == UNKNOWN else f"{state} when the relay last reported it"
         out.append(f"waits for parent job {pid} at another site (site {site_of(pid)}; {seen}): its state comes "

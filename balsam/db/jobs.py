@@ -113,8 +113,11 @@ def add_parents(conn: sqlite3.Connection, child_id: int, parent_ids: Sequence[in
         raise ValidationError(f"job {child_id} cannot depend on itself")
     parents = dict(conn.execute("SELECT id, state FROM job WHERE id IN (SELECT value FROM json_each(?))", (ids_param(new),)).fetchall())
     away = [p for p in new if p not in parents]
+    ended = _FAILED_NAMES
     if away:  # jobs of other sites (this site must be linked to a relay: balsam.db.foreign), or no such job
         from balsam.db import foreign
+
+        ended = _FAILED_NAMES | foreign.ENDED_STATES  # the relay reported it DELETED or in a LOOP: it never finishes
 
         site_id = foreign.this_site(conn)
         for p in away:
@@ -125,7 +128,7 @@ def add_parents(conn: sqlite3.Connection, child_id: int, parent_ids: Sequence[in
         raise ValidationError(f"making job {child_id} depend on {new} would create a cycle")
     conn.execute("UPDATE job SET parent_ids=?, last_update=?, version=version+1 WHERE id=?", (dumps(current + new), time.time(), child_id))
     conn.executemany("INSERT OR IGNORE INTO job_parent(parent_id, child_id) VALUES (?,?)", [(p, child_id) for p in new])
-    failed = [p for p in new if parents[p] in _FAILED_NAMES]
+    failed = [p for p in new if parents[p] in ended]
     unfinished = [p for p in new if parents[p] != _FINISHED]
     now = time.time()
     if failed:

@@ -133,6 +133,16 @@ def high_water(conn: sqlite3.Connection) -> Tuple[int, int]:
     return int(seq), int(event)
 
 
+def jobs_issued(conn: sqlite3.Connection, last_seq: int) -> Optional[int]:
+    """The highest job id this site has handed out, when the log holds nothing after ``last_seq`` (a push covering
+    it covers every job made so far, so the relay learns that an id below it that it lacks was deleted here or never
+    existed: balsam.relay.parents); None otherwise."""
+    # One statement, so one snapshot: a job made between two reads would be counted without having been pushed.
+    row = conn.execute("SELECT CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE seq > ?) THEN NULL "
+                       "ELSE (SELECT seq FROM sqlite_sequence WHERE name = 'job') END", (last_seq,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def trim(conn: sqlite3.Connection, upto_seq: int) -> None:
     """Forget log entries the relay has acknowledged."""
     conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))

@@ -455,20 +455,25 @@ def _releasechildren_waiting(conn: sqlite3.Connection, finished: List[int]) -> L
     return [StateChange(c, "READY", data={"message": "all parents finished"}) for c in ready]
 
 
-def _failchildren_waiting(conn: sqlite3.Connection, failed: List[Tuple[int, str]], where: str = "") -> List[StateChange]:
+def _failchildren_waiting(conn: sqlite3.Connection, failed: List[Tuple[int, str]], where: str = "",
+                          reasons: Optional[Dict[int, str]] = None) -> List[StateChange]:
     states = dict(failed)
+    reasons = reasons or {}
     out: Dict[int, StateChange] = {}
     for parent, child in children_waiting(conn, list(states)):
         if child not in out:
-            out[child] = StateChange(child, "FAILED", data={"message": f"parent job {parent}{where} is {states[parent]}", "parent_id": parent})
+            message = reasons.get(parent) or f"parent job {parent}{where} is {states[parent]}"
+            out[child] = StateChange(child, "FAILED", data={"message": message, "parent_id": parent})
     return list(out.values())
 
 
-def parent_cascade(conn: sqlite3.Connection, finished: List[int], failed: List[Tuple[int, str]], where: str = "") -> List[StateChange]:
+def parent_cascade(conn: sqlite3.Connection, finished: List[int], failed: List[Tuple[int, str]], where: str = "",
+                   reasons: Optional[Dict[int, str]] = None) -> List[StateChange]:
     """What parents that finished (``finished``) or failed (``failed``: id and state) set off for their children
-    waiting here, as when a parent of this site moves (for parents at another site: balsam.db.foreign)."""
+    waiting here, as when a parent of this site moves (for parents at another site: balsam.db.foreign, whose
+    ``reasons`` say why a parent failed when its state alone does not)."""
     out = _releasechildren_waiting(conn, finished) if finished else []
-    return out + (_failchildren_waiting(conn, failed, where) if failed else [])
+    return out + (_failchildren_waiting(conn, failed, where, reasons) if failed else [])
 
 
 def _pending_transfer_jobs(conn: sqlite3.Connection, job_ids: List[int], direction: str) -> Set[int]:

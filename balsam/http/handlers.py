@@ -641,8 +641,11 @@ def why(call: Call) -> Answer:
     job_id = call.int_param("id")
     if not call.backend.select("job", {"id": [job_id]}, columns=("id",)):
         raise ObjectDoesNotExist(f"no job {job_id}")
+    if call.site_root is None:  # no site here: a relay explains from its mirrors what it can
+        explain: Any = getattr(call.backend, "why", None)
+        return 200, {"reasons": [str(r) for r in explain(job_id)] if callable(explain) else []}
     store = getattr(call.backend, "store", None)
-    if store is None or call.site_root is None:
+    if store is None:
         return 200, {"reasons": []}
     from balsam.site.diagnosis import explain
 

@@ -140,6 +140,11 @@ class RelayBackend(Backend):
                 return str(parsed["message"])
         return ""
 
+    def why(self, job_id: int) -> List[str]:
+        """Why one of the caller's jobs is in its state, as the relay's mirrors tell (``GET /v1/jobs/{id}/why``):
+        the parents it waits for, where and in what state, or those that will never finish."""
+        return self.store.why(self._need_caller(), job_id)
+
     def data_version(self) -> Optional[int]:
         return None
 

@@ -75,6 +75,9 @@ site = Table(
     Column("pushed_seq", BigInteger, nullable=False, default=0),  # the site's outbox sequence applied so far
     Column("command_seq", BigInteger, nullable=False, default=0),  # commands the site has taken (its cursor)
     Column("backlog", Text, nullable=False, default="{}"),
+    # The highest job id the site is known to have handed out (its pushes' job ids, and its id counter when a push
+    # empties its outbox): a job of the site below it that the mirror lacks was deleted or never existed (0007).
+    Column("jobs_issued", BigInteger, nullable=False, default=0, server_default="0"),
     UniqueConstraint("user_id", "name", name="relay_site_user_name"),
 )
 

@@ -228,15 +228,19 @@ MAX_PARENTS_ASKED = 10000
 
 def parent_states(call: h.Call) -> Tuple[int, Any]:
     """``POST /v1/sync/parents`` ``{"ids": [...]}`` (a site's token): the states of the jobs named that belong to the
-    site's user at any of their sites, for the site's jobs waiting on parents at another site (balsam.db.foreign).
-    Only states of jobs the site names; another user's jobs are absent from the answer."""
+    site's user at any of their sites, for the site's jobs waiting on parents at another site (balsam.db.foreign), and
+    those that will never finish (balsam.relay.parents). Only jobs the site names; another user's are not its own."""
     caller = _caller(call, "site")
     body = call.body if isinstance(call.body, dict) else {}
     ids = body.get("ids")
     if not isinstance(ids, list) or len(ids) > MAX_PARENTS_ASKED:
         raise exc.ValidationError(f"ids: expected a list of at most {MAX_PARENTS_ASKED} job ids")
     wanted = [h._int(i, "ids", 1) for i in ids]
-    return 200, {"states": {str(i): s for i, s in _backend(call).store.job_states(caller, wanted).items()}}
+    states, ended = _backend(call).store.parent_states(caller, wanted)
+    # "ended": the parents that will never finish (deleted, never made, in a loop of parents across sites), with why;
+    # a site from before it reads "states" alone (and waits on those, as it did).
+    return 200, {"states": {str(i): s for i, s in states.items()},
+                 "ended": {str(i): {"state": s, "reason": why} for i, (s, why) in ended.items()}}
 
 
 @_store_errors

@@ -328,16 +328,22 @@ class RelayStore:
                 out.append(d)
             return out
 
-    def job_states(self, caller: Caller, ids: Sequence[int]) -> Dict[int, str]:
-        """The mirrored states of the jobs named that belong to the caller's user, at any of their sites (a site waiting
-        on parents at another site asks; another user's jobs are simply absent)."""
-        wanted = sorted({int(i) for i in ids})
-        if not wanted:
-            return {}
-        users_sites = sa.select(t.site.c.id).where(t.site.c.user_id == caller.user_id)
+    def parent_states(self, caller: Caller, ids: Sequence[int]) -> Tuple[Dict[int, str], Dict[int, Tuple[str, str]]]:
+        """For a site waiting on parents at another site: the mirrored states of the jobs named that belong to the
+        caller's user, at any of their sites, and those that will never finish (deleted, never made, in a loop of
+        parents across sites), with why (:func:`balsam.relay.parents.answer`). Another user's jobs are "not one of
+        your sites"."""
+        from balsam.relay import parents
+
         with self.connect() as c:
-            rows = c.execute(sa.select(t.job.c.id, t.job.c.state).where(t.job.c.id.in_(wanted), t.job.c.site_id.in_(users_sites)))
-            return {int(i): str(s) for i, s in rows}
+            return parents.answer(c, caller.user_id, ids)
+
+    def why(self, caller: Caller, job_id: int) -> List[str]:
+        """Why one of the caller's jobs is in its state, from the mirrors (:func:`balsam.relay.parents.why`)."""
+        from balsam.relay import parents
+
+        with self.connect() as c:
+            return parents.why(c, caller.user_id, int(job_id))
 
     def site_for(self, caller: Caller, key: Any) -> Dict[str, Any]:
         """One of the caller's sites by id or name; another user's site is "no such site"."""
@@ -381,6 +387,9 @@ class RelayStore:
             else:
                 applied = mirror.apply_items(c, site_id, items)
                 answer = {"pushed_seq": values["pushed_seq"], "applied": applied}
+                issued = _jobs_issued(site_id, items, site_info)
+                if issued:
+                    values["jobs_issued"] = sa.case((t.site.c.jobs_issued < issued, issued), else_=t.site.c.jobs_issued)
                 if site_info:
                     if isinstance(site_info.get("row"), dict):
                         values["row"] = json.dumps(plain(site_info["row"]))
@@ -511,3 +520,15 @@ def _check_user_name(name: Any) -> str:
 def default_url(config_dir: Path) -> str:
     """The relay's default database: ``relay.db`` beside its configuration."""
     return f"sqlite:///{config_dir / 'relay.db'}"
+
+
+def _jobs_issued(site_id: int, items: Sequence[Dict[str, Any]], site_info: Optional[Dict[str, Any]]) -> int:
+    """The highest job id a push shows its site has handed out: its job items' ids (already checked to be the
+    site's), and the site's id counter, which it reports when the push empties its outbox (0: nothing new)."""
+    from balsam.db.ids import site_of
+
+    high = max((int(i["id"]) for i in items if isinstance(i, dict) and i.get("entity") == "job"), default=0)
+    counter = (site_info or {}).get("jobs_issued")
+    if type(counter) is int and site_of(counter) == site_id:
+        high = max(high, counter)
+    return high

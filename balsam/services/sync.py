@@ -242,9 +242,13 @@ class SyncService(Service):
         answer = self.client.request("POST", "/v1/sync/parents", {"ids": ids}, retry_s=2.0)
         raw = answer.get("states") if isinstance(answer, dict) else None
         states = {int(k): str(v) for k, v in (raw or {}).items() if str(k).isdigit() and isinstance(v, str)}
+        raw_ended = answer.get("ended") if isinstance(answer, dict) else None  # absent from a relay before it
+        ended = {int(k): (str(v.get("state")), str(v.get("reason") or "")) for k, v in (raw_ended or {}).items()
+                 if str(k).isdigit() and isinstance(v, dict) and v.get("state") in foreign.GONE_STATES}
         asked = set(ids)
         with store.write() as conn:
-            moved = foreign.report(conn, {i: s for i, s in states.items() if i in asked})
+            moved = foreign.report(conn, {i: s for i, s in states.items() if i in asked},
+                                   {i: e for i, e in ended.items() if i in asked})
         if moved:
             logger.info("sync: %d job(s) moved on their parents at other sites", len(moved))
             self.push(force=True)
@@ -303,14 +307,17 @@ class SyncService(Service):
             self.backlog = outbox.backlog(conn)
             backlog["_outbox"] = self.backlog
             row = whole_site_row(conn)
+            issued = outbox.jobs_issued(conn, last_seq)
         site_id = int(self.link["site_id"])
         # Fixed by what it covers, and when that was logged: a resent batch is recognised by the relay and applied
         # once, and the same ranges logged again by a site DB put back from a backup are not mistaken for it.
         covers = f"o{first or 0}-{last_seq}e{ev_from}-{ev_to}t{logged}" + (f"-{events[-1]['row']['timestamp']}" if events else "")
         submission = f"s{site_id}-{hashlib.sha256(covers.encode()).hexdigest()[:40]}" if items or events else uuid.uuid4().hex
-        payload = {"submission_id": submission, "last_seq": last_seq, "items": items + events,
-                   "site": {"row": {k: v for k, v in row.items() if isinstance(v, (str, int, float)) or v is None},
-                            "backlog": backlog}}
+        site: Dict[str, Any] = {"row": {k: v for k, v in row.items() if isinstance(v, (str, int, float)) or v is None},
+                                "backlog": backlog}
+        if issued is not None:  # every job made so far is in this push: the relay learns which ids are no more
+            site["jobs_issued"] = issued
+        payload = {"submission_id": submission, "last_seq": last_seq, "items": items + events, "site": site}
         return payload, last_seq, ev_to, len(items) + len(events)
 
     def _signer(self) -> outbox.Signer:
