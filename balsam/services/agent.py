@@ -33,7 +33,7 @@ from balsam.site import (
     SiteLayout,
     check_site_settings,
     refresh_site_row,
-    reread_settings_if_changed,
+    reread_settings,
     settings_stamp,
     site_identity,
     this_host,
@@ -199,14 +199,14 @@ def run_agent(site_root: Path) -> int:
                 relay.check()
                 new_stamp = settings_stamp(layout)
                 if new_stamp != stamp and new_stamp != bad_stamp:
-                    try:  # settings.yml is the truth: an edit takes effect without a restart
-                        new_settings = reread_settings_if_changed(site.store, layout)
+                    try:  # settings.yml is the truth: an edit takes effect without a restart (whoever saw it first)
+                        new_settings = reread_settings(site.store, layout, new_stamp)
                     except ConfigError as exc:
                         bad_stamp, settings_error = new_stamp, f"{exc} (the agent runs on the last good settings)"
                         logger.error("settings.yml changed but is invalid; still running on the last good settings: %s", exc)
                     else:
                         stamp, settings_error = new_stamp, ""
-                        if new_settings is not None and new_settings != settings:
+                        if new_settings != settings:
                             logger.info("settings.yml changed: restarting the services with the new settings")
                             generation.set()
                             for t in threads:

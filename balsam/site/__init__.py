@@ -32,6 +32,7 @@ from balsam.site.policies import (
     check_site_settings,
     note_found_hardware,
     refresh_site_row,
+    reread_settings,
     reread_settings_if_changed,
     settings_stamp,
     site_row_fields,
@@ -44,6 +45,6 @@ __all__ = [
     "agent_running", "balsam_home", "check_site_key", "check_site_settings", "code_schema_version", "find_site_root", "globus_login", "init_site",
     "live_launchers", "move_site", "new_site_uuid", "note_found_hardware", "refresh_site_row", "refuse_away_from_home",
     "remove_site",
-    "rename_host", "rename_site", "reread_settings_if_changed", "settings_stamp", "site_identity", "site_job_count",
+    "rename_host", "rename_site", "reread_settings", "reread_settings_if_changed", "settings_stamp", "site_identity", "site_job_count",
     "site_row_fields", "site_summary", "store_report", "this_host", "transfer_location_notes", "validate_site_name",
 ]

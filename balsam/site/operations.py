@@ -35,7 +35,7 @@ def init_site(
     import yaml
 
     from balsam.db import Store
-    from balsam.platforms.presets import read_preset_file
+    from balsam.platforms.presets import read_preset_file, site_settings_text
     from balsam.settings import settings_from_dict
 
     root = Path(check_site_key(path, "site path")).expanduser().resolve()
@@ -47,7 +47,7 @@ def init_site(
     name = validate_site_name(name or root.name)
     host = host or this_host()
     registry = registry or Registry()
-    settings_text = read_preset_file(preset, "settings.yml")
+    settings_text = site_settings_text(preset)
     template_text = read_preset_file(preset, "job-template.sh")
     settings = settings_from_dict(yaml.safe_load(settings_text), f"preset {preset}/settings.yml")
     settings_text = note_found_hardware(settings_text, settings, os.environ, host)

@@ -105,11 +105,20 @@ def reread_settings_if_changed(store: "Store", layout: "SiteLayout") -> Optional
     it again (checked as ``site sync`` checks it), copy its policies (queues, projects, transfer locations) into
     the row and return the new settings; None when unchanged. An invalid file raises ConfigError naming the key,
     and the row keeps the last good copy."""
-    from balsam.settings import load_settings
-
     stamp = settings_stamp(layout)
     if not stamp or store.get_meta(SETTINGS_STAMP_KEY) == stamp:
         return None
+    return reread_settings(store, layout, stamp)
+
+
+def reread_settings(store: "Store", layout: "SiteLayout", stamp: Optional[str] = None) -> "SiteSettings":
+    """Read settings.yml (checked as ``site sync`` checks it), copy its policies into the site row with the file's
+    ``stamp`` and return the settings, whether or not the row already had this version: the agent, which restarts
+    its services when their settings change, calls this when the file differs from the one *it* last read (another
+    process, such as ``balsam site sync`` or any API call, may already have copied the edit into the row)."""
+    from balsam.settings import load_settings
+
+    stamp = stamp or settings_stamp(layout)
     settings = load_settings(layout.settings_path)
     check_site_settings(layout.root, settings)
     refresh_site_row(store, settings, stamp)

@@ -14,10 +14,10 @@ def preset_rows() -> List[Tuple[str, str, str, str]]:
 
 
 def sample_settings(preset: str) -> str:
-    """The text of a preset's settings.yml (ConfigError naming the presets for an unknown one)."""
-    from balsam.platforms.presets import read_preset_file
+    """The settings.yml a new site of ``preset`` starts with (ConfigError naming the presets for an unknown one)."""
+    from balsam.platforms.presets import site_settings_text
 
-    return read_preset_file(preset, "settings.yml")
+    return site_settings_text(preset)
 
 
 __all__ = ["preset_rows", "sample_settings"]
