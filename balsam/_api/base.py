@@ -593,8 +593,15 @@ class Query(Generic[M]):
 
     def __getitem__(self, key: Union[int, slice]) -> Union[M, "Query[M]"]:
         if isinstance(key, slice):
-            if key.step not in (None, 1):
-                raise ValidationError("query slices cannot have a step")
+            step = _slice_bound(key.step)
+            if step is not None and step != 1:
+                # Balsam 0.7 gave every step-th object of the slice (as a list); here a query holding them, so
+                # count(), update() and delete() act on exactly those. Its own slice took the start twice.
+                if step < 1:
+                    raise ValidationError(f"query slices take a positive step, got {step}")
+                part = self[key.start:key.stop]
+                part._cache = part._fetch()[::step]
+                return part
             start, stop = _slice_bound(key.start), _slice_bound(key.stop)
             if (start is not None and start < 0) or (stop is not None and stop < 0):
                 raise ValidationError("query slices cannot use negative indices")
