@@ -371,14 +371,17 @@ class RelayStore:
         key = push_key(site_id, submission_id)
         now = time.time()
         with self.begin() as c:
+            # The site's row is locked before the stored answers are read: two agents (or an agent's retry racing its
+            # first try) pushing the same batch at once then apply it once and answer the other from what it stored.
+            # Read first, both found nothing; the second applied the batch again and failed on the answer's key (503).
+            current = c.execute(sa.select(t.site.c.pushed_seq).where(t.site.c.id == site_id).with_for_update()).scalar_one_or_none()
+            if current is None:
+                raise ObjectDoesNotExist(f"no site {site_id}")
             done = c.execute(sa.select(t.push.c.answer).where(t.push.c.submission_id == key, t.push.c.site_id == site_id)).first()
             if done is not None:
                 answer: Dict[str, Any] = json.loads(done.answer)
                 answer["replayed"] = True
                 return answer
-            current = c.execute(sa.select(t.site.c.pushed_seq).where(t.site.c.id == site_id).with_for_update()).scalar_one_or_none()
-            if current is None:
-                raise ObjectDoesNotExist(f"no site {site_id}")
             values: Dict[str, Any] = {"last_seen": now, "pushed_seq": max(int(current), last_seq)}
             if 0 < last_seq < int(current):
                 # Older than a push already applied (a late duplicate, or pushes reordered on the way): every row
