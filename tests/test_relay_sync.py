@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -323,3 +323,52 @@ def test_site_id_taken_at_the_relay_moves_to_a_free_one_under_its_running_agent(
         assert f"the site's id changed from {site_id} to {new_id}" in log, log[-3000:]
     finally:
         run(env, "-m", "balsam", "site", "stop", "--site", str(root), check=False)
+
+
+def test_the_relay_checks_launch_flags_against_what_the_site_allows_and_the_site_judges(relay: Relay, tmp_path: Path,
+                                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flag the site's owner allowed in settings.yml (launcher.allowed_launch_params) is accepted at the relay once
+    the site has synced, not refused there as before; one the site no longer allows, which the relay has not heard
+    of yet, is refused by the site and comes back as the command's visible rejection."""
+    import yaml
+
+    from balsam.db.jobs import new_job_row
+    from balsam.relay.backend import RelayBackend
+    from balsam.sync import user_client
+
+    env, root = login_node(tmp_path, relay)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    ref, sync = _sync_service(root, env)
+    sync.push(force=True)
+    app_id = int(sync.site.store.execute("SELECT id FROM app WHERE name = 'Hello'")[0][0])
+    caller = relay.store.verify(user_client(retry_s=5).token)
+    queued = RelayBackend(relay.store, caller, wait_s=0.2)
+    mca = {"--mca": "btl_tcp_if_include"}
+    with pytest.raises(exc.ValidationError, match="launch_params flag --mca is not one Balsam passes to MPI launchers at site polaris"):
+        queued.create_jobs([new_job_row("mca/0", app_id, parameters={"say_hello_to": "x"}, launch_params=mca)], {})
+
+    def allow(flags: List[str]) -> None:
+        settings = root / "settings.yml"
+        data = yaml.safe_load(settings.read_text())
+        data["launcher"]["allowed_launch_params"] = flags
+        settings.write_text(yaml.safe_dump(data))
+        run(env, "-m", "balsam", "site", "sync", "--site", str(root))
+
+    allow(["--mca"])
+    sync.push()  # nothing else changed at the site: the new flags alone make it push
+    assert relay.store.site_for(caller, "polaris")["row"]["allowed_launch_params"] == ["--mca"]
+    with pytest.raises(exc.CommandPending):
+        queued.create_jobs([new_job_row("mca/1", app_id, parameters={"say_hello_to": "x"}, launch_params=mca)], {})
+    assert sync.pull_once() == 1
+    assert relay.store.command(caller, 1)["state"] == "applied", relay.store.command(caller, 1)["result"]
+    assert json.loads(sync.site.store.execute("SELECT launch_params FROM job WHERE workdir = 'mca/1'")[0][0]) == mca
+    allow([])  # the site's owner takes it back; the relay has not heard of it yet
+    with pytest.raises(exc.CommandPending):
+        queued.create_jobs([new_job_row("mca/2", app_id, parameters={"say_hello_to": "x"}, launch_params=mca)], {})
+    sync.pull_once()
+    rejected = relay.store.command(caller, 2)
+    assert rejected["state"] == "rejected" and "launch_params flag --mca is not one Balsam passes" in rejected["result"]["message"]
+    assert sync.site.store.execute("SELECT count(*) FROM job WHERE workdir = 'mca/2'")[0][0] == 0
+    sync.push()
+    with pytest.raises(exc.ValidationError, match="flag --mca is not one Balsam passes to MPI launchers at site polaris"):
+        queued.create_jobs([new_job_row("mca/3", app_id, parameters={"say_hello_to": "x"}, launch_params=mca)], {})

@@ -10,7 +10,8 @@ a site's owner may allow more for their own site in settings.yml::
       allowed_launch_params: ["--mca"]     # their site, their risk
 
 A job is refused when it is created (at the site, through its agent and at the relay) and again before it
-launches, in one line naming the flag. A value may not start with ``-`` (it would be read as a flag of its own).
+launches, in one line naming the flag. The relay checks against what the site allows, as the site last reported it
+when it synced (:func:`extra_flags`); the site, which checks every command it applies, remains the judge. A value may not start with ``-`` (it would be read as a flag of its own).
 The tables live with the validating writer of launch_params (the site store's rules, which the relay and the
 launcher share); the launch lines themselves are built in balsam.platforms.mpi.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from typing import Dict, FrozenSet, Iterable, Mapping, Optional
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional
 
 from balsam.exceptions import ValidationError
 
@@ -93,6 +94,18 @@ def site_extra(conn: sqlite3.Connection) -> FrozenSet[str]:
         return frozenset(flag_of(f) for f in json.loads(text)) if text else frozenset()
     except (ValueError, TypeError):
         return frozenset()
+
+
+MAX_EXTRA = 200
+"""Flags a site's owner may add, at most (what a site reports to the relay is bounded by it)."""
+
+
+def extra_flags(entries: Any) -> FrozenSet[str]:
+    """A site's added flags as it reports them to the relay when it syncs (a list; what is not a flag is ignored):
+    the relay checks a job's launch_params against :data:`ANY` and these, as that site would."""
+    if not isinstance(entries, list) or len(entries) > MAX_EXTRA:
+        return frozenset()
+    return frozenset(flag_of(e) for e in entries if isinstance(e, str) and len(e) <= 100 and _FLAG.match(flag_of(e)))
 
 
 def refuse_at_site(conn: sqlite3.Connection, launch_params: Mapping[str, str], where: str) -> None:

@@ -194,6 +194,17 @@ class RelayBackend(Backend):
             # arrived at another process over the same database.
             self.store.wait_change(seen, min(left, ANSWER_LOOK_S))
 
+    def _site(self, site_id: int) -> Optional[Dict[str, Any]]:
+        """One of the caller's sites as the relay last heard of it (None: not one of them)."""
+        return next((s for s in self.store.sites(self._need_caller()) if int(s["id"]) == int(site_id)), None)
+
+    def _refuse_flags(self, site_id: int, rows: Sequence[Row]) -> None:
+        """ValidationError unless the new jobs' launch_params name flags their site allows (:func:`_refuse_flags_of`)."""
+        site: Optional[Dict[str, Any]] = None
+        for where, launch_params in launch_params_of(rows):
+            site = site or self._site(site_id)
+            _refuse_flags_of(launch_params, where, site)
+
     def _by_site(self, ids: Sequence[int], what: str) -> Dict[int, List[int]]:
         out: Dict[int, List[int]] = {}
         for i in ids:
@@ -204,10 +215,11 @@ class RelayBackend(Backend):
     def create_jobs(self, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
                     checked_app_versions: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[str], float]:
         # The site applying the command checks parameters against its own app versions.
-        _refuse_flags(rows)
         groups: Dict[int, List[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault(self._owner(int(r[1]), "app"), []).append(i)
+        for site, idx in groups.items():
+            self._refuse_flags(site, [rows[i] for i in idx])
         ids: List[int] = [0] * len(rows)
         states: List[str] = [""] * len(rows)
         created = time.time()
@@ -232,7 +244,7 @@ class RelayBackend(Backend):
 
     def stage_jobs(self, upload: str, part: int, rows: Sequence[Row], transfers: Dict[int, Dict[str, Any]],
                    checked_app_versions: Optional[Dict[int, int]] = None) -> bool:
-        _refuse_flags(rows)
+        self._refuse_flags(self._upload_site(rows), rows)
         body = {"upload": upload, "part": int(part), "rows": [list(r) for r in rows],
                 "transfers": {str(i): t for i, t in transfers.items()}}
         return bool(self.run_command(self._upload_site(rows), "stage_jobs", body))
@@ -250,7 +262,8 @@ class RelayBackend(Backend):
                     changes: Sequence[StateChange] = (), reads: Sequence[Read] = ()) -> None:
         per: Dict[int, Dict[str, List[Any]]] = {}
         for job_id, fields in updates:
-            _refuse_flags_of(fields.get("launch_params"), f"job {job_id}: ")
+            if fields.get("launch_params"):
+                _refuse_flags_of(fields["launch_params"], f"job {job_id}: ", self._site(self._owner(job_id, "job")))
             per.setdefault(self._owner(job_id, "job"), {"updates": [], "parents": [], "changes": []})["updates"].append(
                 [int(job_id), _plain(fields)])
         for job_id, new in parents:
@@ -378,14 +391,13 @@ def site_tuple(site: Dict[str, Any], columns: Sequence[str]) -> Row:
     return tuple(row.get(c) for c in columns)
 
 
-def _refuse_flags_of(launch_params: Any, where: str) -> None:
-    """At the relay, a job's launch_params may name the flags of any MPI launcher (balsam.db.launch_flags.ANY):
-    the relay does not know which one its site runs, nor the flags its owner added there, which only the site's
-    host and agent accept."""
+def _refuse_flags_of(launch_params: Any, where: str, site: Optional[Dict[str, Any]]) -> None:
+    """At the relay, a job's launch_params may name the flags of any MPI launcher (balsam.db.launch_flags.ANY) and
+    those its site's owner added (settings.yml, as the site reported them when it last synced): the relay does not
+    know which launcher the site runs, which the site checks when it applies the command (the final judge)."""
     if launch_params and isinstance(launch_params, dict):
-        launch_flags.refuse(launch_params, launch_flags.ANY, where)
+        row = (site or {}).get("row") or {}
+        launch_flags.refuse(launch_params, launch_flags.ANY | launch_flags.extra_flags(row.get("allowed_launch_params")),
+                            where, launcher=f"MPI launchers at site {site['name']}" if site else "MPI launchers")
 
 
-def _refuse_flags(rows: Sequence[Row]) -> None:
-    for where, launch_params in launch_params_of(rows):
-        _refuse_flags_of(launch_params, where)

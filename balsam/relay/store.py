@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from balsam.db import launch_flags
 from balsam.db.fields import check_text
 from balsam.exceptions import BalsamError, ObjectDoesNotExist, ValidationError
 from balsam.relay import auth
@@ -395,7 +396,12 @@ class RelayStore:
                     values["jobs_issued"] = sa.case((t.site.c.jobs_issued < issued, issued), else_=t.site.c.jobs_issued)
                 if site_info:
                     if isinstance(site_info.get("row"), dict):
-                        values["row"] = json.dumps(plain(site_info["row"]))
+                        row = plain(site_info["row"])
+                        # The flags its owner lets jobs pass (settings.yml), which the relay checks new jobs against
+                        flags = launch_flags.extra_flags(site_info.get("allowed_launch_params"))
+                        if flags:
+                            row["allowed_launch_params"] = sorted(flags)
+                        values["row"] = json.dumps(row)
                     if isinstance(site_info.get("backlog"), dict):
                         values["backlog"] = json.dumps(plain(site_info["backlog"]))
             c.execute(t.site.update().where(t.site.c.id == site_id).values(**values))

@@ -25,7 +25,7 @@ import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 from balsam import exceptions as exc
-from balsam.db import outbox
+from balsam.db import launch_flags, outbox
 from balsam.db.backend import LocalBackend
 from balsam.db.doorbell import FINISHED, Doorbell
 from balsam.db.merge import read_from_wire
@@ -204,6 +204,7 @@ class SyncService(Service):
         self._version: Optional[int] = None
         self._completed = False
         self._result_key: Optional[bytes] = None
+        self._flags_sent: Optional[List[str]] = None
         self.pushed = 0
         """Items the relay acknowledged since start."""
 
@@ -263,6 +264,9 @@ class SyncService(Service):
             store = self.site.store
             version = store.data_version()
             due = time.time() - self._last_push > HEARTBEAT_S
+            if not due and version != self._version:
+                with store.read() as conn:  # settings.yml let jobs pass other flags: the relay hears of it now
+                    due = sorted(launch_flags.site_extra(conn)) != self._flags_sent
             if not force and not due and version == self._version:
                 return 0  # nothing committed since the last push
             with store.read() as conn:
@@ -308,6 +312,7 @@ class SyncService(Service):
             backlog["_outbox"] = self.backlog
             row = whole_site_row(conn)
             issued = outbox.jobs_issued(conn, last_seq)
+            flags = sorted(launch_flags.site_extra(conn))
         site_id = int(self.link["site_id"])
         # Fixed by what it covers, and when that was logged: a resent batch is recognised by the relay and applied
         # once, and the same ranges logged again by a site DB put back from a backup are not mistaken for it.
@@ -317,6 +322,8 @@ class SyncService(Service):
                                 "backlog": backlog}
         if issued is not None:  # every job made so far is in this push: the relay learns which ids are no more
             site["jobs_issued"] = issued
+        site["allowed_launch_params"] = flags  # what the relay checks new jobs' launch_params against, as this site does
+        self._flags_sent = flags
         payload = {"submission_id": submission, "last_seq": last_seq, "items": items + events, "site": site}
         return payload, last_seq, ev_to, len(items) + len(events)
 
