@@ -55,6 +55,14 @@ def test_shell_app_parameters_come_from_the_template(site: Any) -> None:
         "name": {"required": True, "help": ""},
         "out": {"required": True, "help": ""},
     }
+    # Balsam 0.7's class shows every parameter it takes (it showed only those declared: the template's were missing)
+    assert Greet.parameters == Greet.parameter_spec()
+
+    class Shout(Greet):  # declares nothing: inherits what Greet declared, not the variables of Greet's template
+        command_template = "echo {{ greeting }} {{ who }}"
+
+    assert Shout.parameters == {"greeting": {"required": False, "default": "hi", "help": "what to say"},
+                                "who": {"required": True, "help": ""}}
     assert Greet.render_command({"name": "O'Brien; rm -rf /", "out": "o.txt"}) == "echo hi 'O'\"'\"'Brien; rm -rf /' > o.txt"
     with pytest.raises(ValidationError, match="missing required parameter 'out'"):
         Greet.render_command({"name": "x"})
@@ -78,11 +86,12 @@ def test_bad_definitions_fail_when_the_class_is_defined(site: Any, body: str, me
 
 
 def test_python_app_parameters_from_the_signature(site: Any) -> None:
-    assert Derived.parameter_spec() == {
+    assert Derived.parameter_spec() == Derived.parameters == {
         "v": {"required": True, "help": "int"},
         "label": {"required": False, "default": "x", "help": "str"},
     }
     Derived.sync()
+    assert ApplicationDefinition.load_by_name("Derived").parameters == Derived.parameters
     job = Derived.submit(workdir="d", v=1, anything="else")  # **extra accepts unknown keywords
     assert job.parameters == {"v": 1, "anything": "else"}
 
@@ -294,6 +303,7 @@ def test_apps_defined_without_a_source_file_are_stored_by_value_and_run(site: An
     assert json.loads(site.store.execute("SELECT serialized_class FROM app WHERE name='FromStdin'")[0][0])["format"] == "cloudpickle-v1"
     cls = ApplicationDefinition.load_by_name("FromStdin")
     assert cls.__name__ == "FromStdin" and cls(None).run(4) == {"value": 20.0, "python": list(sys.version_info[:2])}
+    assert cls.parameters == {"x": {"required": True, "help": ""}}
     job = Job(workdir="stdin/1", app_id=app.id, parameters={"x": 9})
     job.save()
     [job_id] = runnable(site.store, [job])

@@ -99,7 +99,10 @@ def _define(cls: Any) -> None:
     has_run = run is not None and callable(run)
     if template is not None and has_run:
         raise AppError(f"{name}: define command_template or run(), not both")
-    params_in = getattr(cls, "parameters", {}) or {}
+    # What the class itself declares; a subclass that declares nothing inherits what its parent declared (not the
+    # full spec ``parameters`` holds after this, whose required entries its own template need not use).
+    params_in = cls.__dict__["parameters"] if "parameters" in cls.__dict__ else getattr(cls, "_balsam_params_in", {})
+    params_in = params_in or {}
     if not isinstance(params_in, dict):
         raise AppError(f"{name}: parameters must be a dict")
     spec: Dict[str, Dict[str, Any]] = {}
@@ -114,6 +117,9 @@ def _define(cls: Any) -> None:
     _check_environment_and_cleanup(name, cls)
     cls._balsam_kind = kind
     cls._balsam_params = spec
+    cls._balsam_params_in = params_in
+    # As in Balsam 0.7, the class shows every parameter it takes: the template's variables and run()'s arguments too.
+    cls.parameters = {k: dict(v) for k, v in spec.items()} if kind is not None else dict(params_in)
     cls._balsam_defaults = {k: v["default"] for k, v in spec.items() if "default" in v}
     cls._balsam_required = tuple(sorted(k for k, v in spec.items() if v.get("required")))
     cls._balsam_var_keyword = var_keyword
@@ -224,6 +230,7 @@ class ApplicationDefinition(metaclass=_AppMeta):
     __app_site__: ClassVar[Optional[Path]] = None
     _balsam_kind: ClassVar[Optional[str]]
     _balsam_params: ClassVar[Dict[str, Dict[str, Any]]]
+    _balsam_params_in: ClassVar[Dict[str, Any]] = {}
     _balsam_defaults: ClassVar[Dict[str, Any]]
     _balsam_required: ClassVar[Tuple[str, ...]]
     _balsam_var_keyword: ClassVar[bool]
