@@ -220,3 +220,25 @@ def test_nul_and_lone_surrogates_in_logins_and_filters_are_plain_answers(two_use
         assert (status, answer["results"]) == (200, []), (query, status, answer)
     status, answer = raw(url, token, "GET", "/v1/batch-jobs?queue=q%00")
     assert (status, answer["results"]) == (200, [])
+
+
+def test_integer_filters_past_64_bits_or_of_the_wrong_type_are_plain_answers(two_users: Dict[str, Any]) -> None:  # noqa: F811
+    """Each reached the database, which cannot bind such a value (SQLite: OverflowError; return_code=None: a TypeError
+    before it): a 503 and a logged traceback. A row's id past 64 bits names no row, as at a site; other integers past
+    64 bits, and text that is no integer, are refused by name."""
+    url, token = two_users["url"], two_users["alice"].token
+    huge = 2**64
+    for query in (f"id={huge}", f"id={A + 1}&id={huge}"):
+        status, answer = raw(url, token, "GET", f"/v1/jobs?{query}")
+        assert status == 200 and [j["id"] for j in answer["results"]] == [A + 1][: query.count("&")], (query, status, answer)
+    assert raw(url, token, "GET", f"/v1/events?id={huge}")[0] == 200
+    status, answer = raw(url, token, "PUT", "/v1/jobs", {"filters": {"id": [huge * 2**6]}, "state": "USER_KILLED"})
+    assert (status, answer) == (200, {"updated": 0})
+    for query, name in ((f"batch_job_id={huge}", "batch_job_id"), (f"app_id={huge}", "app_id"), ("parent_id=x", "parent_id"),
+                        (f"return_code={huge}", "return_code"), ("return_code=1.5", "return_code")):
+        status, answer = raw(url, token, "GET", f"/v1/jobs?{query}")
+        assert status == 400 and answer["error"]["message"].startswith(f"{name}: "), (query, status, answer)
+    before = states(two_users)
+    status, answer = raw(url, token, "PUT", "/v1/jobs", {"filters": {"return_code": None}, "state": "USER_KILLED"})
+    assert status in (200, 202), (status, answer)
+    assert states(two_users) == before  # nothing above changed a job (a kill is queued for the site)

@@ -292,10 +292,20 @@ def _list(v: Any) -> List[Any]:
 
 
 def _ints(name: str, v: Any) -> List[int]:
-    try:
-        return [int(getattr(x, "id", x)) for x in _list(v)]
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name} must be ids, got {v!r}") from None
+    """Integer filter values read as a site reads them (:func:`balsam.db.query.as_int`). A row's own id past 64 bits
+    names no row and matches none; any other integer past 64 bits is refused by name. (Before, either reached the
+    database, which cannot bind it: a 503 and a logged traceback.)"""
+    from balsam.db.query import as_int
+
+    values = [as_int(name, x if isinstance(x, (int, str)) else getattr(x, "id", x), "an integer id", bounded=name != "id")
+              for x in _list(v)]
+    return [i for i in values if _MIN_INT <= i < _MAX_INT]
+
+
+def _return_code(table: sa.Table, v: Any) -> Clause:
+    from balsam.db.query import as_int
+
+    return table.c.return_code.is_(None) if v is None else table.c.return_code == as_int("return_code", v)
 
 
 def _states(v: Any) -> List[str]:
@@ -338,7 +348,7 @@ JOB_FILTERS: Dict[str, FilterFn] = {
     "workdir": lambda tb, v: tb.c.workdir.in_([str(x) for x in _list(v)]),
     "workdir__contains": lambda tb, v: _workdir_contains(tb, str(v)),
     "tags": _tag_clause,
-    "return_code": lambda tb, v: tb.c.return_code == int(v),
+    "return_code": _return_code,
     "last_update_before": lambda tb, v: tb.c.last_update < _ts(v),
     "last_update_after": lambda tb, v: tb.c.last_update > _ts(v),
     "created_before": lambda tb, v: tb.c.created < _ts(v),
