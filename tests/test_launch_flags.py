@@ -115,6 +115,7 @@ def test_a_hostile_flag_already_stored_never_reaches_open_mpi(site: Any, tmp_pat
 
 def test_the_relay_refuses_a_hostile_flag_before_queuing_it(tmp_path: Path) -> None:
     pytest.importorskip("sqlalchemy")
+    from balsam.db.creation import NEW_JOB_COLUMNS
     from balsam.db.jobs import new_job_row
     from balsam.relay.backend import RelayBackend
     from tests.relay_support import relay_store
@@ -129,5 +130,62 @@ def test_the_relay_refuses_a_hostile_flag_before_queuing_it(tmp_path: Path) -> N
             backend.create_jobs([row], {})
         with pytest.raises(exc.ValidationError, match=r"launch_params flag --mca is not one"):
             backend.update_jobs([((7 << 32) + 1, {"launch_params": {"--mca": "plm_rsh_agent"}})])
+        with pytest.raises(exc.ValidationError, match=r"job 'w/2': launch_params cpu_bind 'sideways' is not a binding"):
+            raw = list(new_job_row("w/2", (7 << 32) + 1))  # as a client that skips the checks would send it
+            raw[NEW_JOB_COLUMNS.index("launch_params")] = '{"cpu_bind": "sideways"}'
+            backend.create_jobs([tuple(raw)], {})
+        with pytest.raises(exc.ValidationError, match=r"launch_params cpu_bind 'list:a' is not|cpu_bind 'list:a': a list"):
+            backend.update_jobs([((7 << 32) + 1, {"launch_params": {"cpu_bind": "list:a"}})])
         with pytest.raises(exc.ObjectDoesNotExist):
             store.command(alice, 1)  # nothing was queued for the site
+
+
+BOGUS_BINDS = ["sideways", "", "list:", "list:a-b", "list:5-2", "core:3", "list:0-3::4"]
+
+
+@pytest.mark.parametrize("backend", ["local", "http"], indirect=True)
+def test_a_bogus_cpu_bind_is_refused_when_the_job_is_made_not_when_it_launches(site: Any, backend: str) -> None:
+    """launch_params["cpu_bind"] is Balsam's own binding: a value no launcher renders is refused in one line when the
+    job is made or changed (before, the job was made and failed when a launcher first tried to start it)."""
+    from balsam.api import Job
+
+    echo = _app()
+    for n, bind in enumerate(BOGUS_BINDS):
+        with pytest.raises(exc.ValidationError, match=r"launch_params cpu_bind") as info:
+            Job(f"bind/{n}", app_id=echo, launch_params={"cpu_bind": bind}).save()
+        assert "\n" not in str(info.value)
+    assert Job.objects.filter(workdir__contains="bind/").count() == 0
+    ok = Job("bind/ok", app_id=echo, launch_params={"cpu_bind": "list:0-3:4,6"})
+    ok.save()
+    ok.launch_params = {"cpu_bind": "sideways"}
+    with pytest.raises(exc.ValidationError, match="cpu_bind 'sideways' is not a binding"):
+        ok.save()
+    with pytest.raises(exc.ValidationError, match="cpu_bind 'list:9-1': CPU range '9-1' runs backwards"):
+        Job.objects.filter(workdir__contains="bind/").update(launch_params={"cpu_bind": "list:9-1"})
+    assert Job.objects.get(id=ok.id).launch_params == {"cpu_bind": "list:0-3:4,6"}
+
+
+def test_the_cli_and_job_files_refuse_a_bogus_cpu_bind_in_one_line(site: Any, tmp_path: Path) -> None:
+    _app()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    jobs = tmp_path / "jobs.yml"
+    jobs.write_text(yaml.safe_dump([{"workdir": "file/1", "app": "Echo", "launch_params": {"cpu_bind": "list:3-0"}}]))
+    for args in (["-w", "cli/1", "-lp", "cpu_bind=sideways"], ["--from", str(jobs)]):
+        out = subprocess.run([sys.executable, "-m", "balsam", "job", "create", "--site", str(site.path), "-a", "Echo", *args, "-y"],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert "launch_params cpu_bind" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_the_store_and_the_launchers_agree_on_the_bindings() -> None:
+    """The store refuses what the launchers cannot render, and accepts what they render."""
+    from balsam.db.launch_flags import CPU_BIND_KINDS, bind_refused
+    from balsam.platforms.mpi.base import BIND_KINDS, LaunchSpec, validate
+
+    assert CPU_BIND_KINDS == BIND_KINDS
+    for bind in ("none", "core", "hwthread", "depth", "numa", "list:0-1:4,5"):
+        assert bind_refused(bind) is None
+        validate(LaunchSpec(["a"], cpu_bind=bind), "mpiexec")
+    for bind in ("sideways", "", "list:"):
+        with pytest.raises(exc.BalsamError):
+            validate(LaunchSpec(["a"], cpu_bind=bind), "mpiexec")

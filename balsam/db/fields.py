@@ -160,7 +160,8 @@ def check_str_dict(name: str, value: Any, where: str = "") -> Dict[str, str]:
 
 def check_launch_params(value: Any, where: str = "") -> Dict[str, str]:
     """launch_params: a str -> str dict of launcher flags and their values, each in a form no launcher reads as
-    another flag (which flags a site passes is checked where the site is known: balsam.db.launch_flags)."""
+    another flag, and ``cpu_bind`` a binding every launcher renders (which flags a site passes is checked where the
+    site is known: balsam.db.launch_flags)."""
     from balsam.db.launch_flags import refuse
 
     out = check_str_dict("launch_params", value, where)

@@ -122,8 +122,42 @@ def refuse(launch_params: Mapping[str, str], allowed: Optional[FrozenSet[str]], 
         raise ValidationError(f"{where}{why}")
 
 
+CPU_BIND_KINDS = ("none", "core", "hwthread", "depth", "numa", "list")
+"""The bindings every MPI launcher renders from ``launch_params["cpu_bind"]`` (balsam.platforms.mpi, which refuses
+the same at launch: tests/test_launch_flags.py checks that the two agree)."""
+MAX_CPU_ID = 1 << 16
+_CPU_GROUP = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def bind_refused(value: str) -> Optional[str]:
+    """Why ``launch_params["cpu_bind"]`` is not a binding (None when it is one of :data:`CPU_BIND_KINDS`, or
+    ``list`` with one CPU list per rank: ``list:0-3:4-7``, ``list:0,2:1,3``). Refused when the job is made or changed,
+    not when a launcher first tries to start it."""
+    kind, _, rest = value.partition(":")
+    if kind not in CPU_BIND_KINDS or (kind != "list" and rest):
+        return (f"launch_params cpu_bind {value[:60]!r} is not a binding: use one of {', '.join(CPU_BIND_KINDS[:-1])} "
+                "or list:CPUS:CPUS... (one CPU list per rank, e.g. list:0-3:4-7)")
+    if kind != "list":
+        return None
+    groups = rest.split(":")
+    bad = next((g for g in groups if not _CPU_GROUP.match(g)), None)
+    if bad is not None:
+        return (f"launch_params cpu_bind {value[:60]!r}: a list binding names one CPU list per rank, each like 0-3 or "
+                f"0,2,4 (e.g. list:0-3:4-7), not {bad[:20]!r}")
+    for group in groups:
+        for part in group.split(","):
+            lo, _, hi = part.partition("-")
+            if int(hi or lo) < int(lo) or int(hi or lo) >= MAX_CPU_ID:
+                return f"launch_params cpu_bind {value[:60]!r}: CPU range {part!r} runs backwards or past CPU {MAX_CPU_ID - 1}"
+    return None
+
+
 def _refused(launch_params: Mapping[str, str], allowed: Optional[FrozenSet[str]], launcher: str) -> Optional[str]:
     for key, value in launch_params.items():
+        if key == "cpu_bind":  # Balsam's own binding, which each launcher renders in its own flags
+            why = bind_refused(str(value))
+            if why is not None:
+                return why
         flag = flag_of(key)
         if not _FLAG.match(flag):
             return f"launch_params key {key!r} is not a launcher flag (a name like cpu-bind, --cpu-bind or -d)"
