@@ -43,6 +43,42 @@ def test_check_finds_and_fixes_a_stale_tag_index(site: Any, hello: Any) -> None:
 
 
 @HOME_AND_FOREIGN
+def test_a_backup_is_never_readable_by_other_users_nor_written_through_a_planted_link(site: Any, hello: Any, tmp_path: Path) -> None:
+    """A backup into a shared folder (a group's project space, /tmp) was written with the umask's mode (0644), every
+    user able to open it while the jobs' parameters were copied in, and made 0600 only once complete; and the copy
+    followed a link planted at its temporary name."""
+    import os
+
+    from balsam.db import maintenance as db_maintenance
+
+    hello.submit("a", say_hello_to="secret")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    modes = []
+
+    def seen(done: int, total: int) -> None:
+        modes.extend(os.stat(p).st_mode & 0o777 for p in shared.iterdir())
+
+    dest = shared / "site.db"
+    assert db_maintenance.backup(site.store, dest, progress=seen) > 0
+    assert modes and set(modes) == {0o600} and dest.stat().st_mode & 0o777 == 0o600
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    tmp = shared / f".again.db.{os.getpid()}.tmp"
+    real_unlink = Path.unlink
+
+    def unlink_then_plant(self: Path, missing_ok: bool = False) -> None:  # another user wins the race after the unlink
+        real_unlink(self, missing_ok=missing_ok)
+        if self == tmp:
+            os.symlink(victim, tmp)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(Path, "unlink", unlink_then_plant), pytest.raises(FileExistsError):
+        db_maintenance.backup(site.store, shared / "again.db")
+    assert victim.read_text() == "mine" and not (shared / "again.db").exists()
+
+
 def test_backup_is_a_readable_copy_and_vacuum_names_the_db(site: Any, hello: Any, tmp_path: Path) -> None:
     from balsam._api import maintenance
 

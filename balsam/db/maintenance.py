@@ -145,6 +145,10 @@ def backup(store: Store, dest: Path, progress: Optional[Callable[[int, int], Non
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
+    # Made here, owner-only and new (not through a link): sqlite3.connect would create it with the umask's mode (0644),
+    # readable by every user while the copy is written when dest is in a shared folder, and follow a link planted at
+    # its name since the unlink above.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
     target = sqlite3.connect(str(tmp))
     try:
         # One step copies every page inside one read snapshot: in WAL mode writers go on meanwhile, and the
@@ -156,7 +160,6 @@ def backup(store: Store, dest: Path, progress: Optional[Callable[[int, int], Non
         tmp.unlink(missing_ok=True)
         raise
     target.close()
-    os.chmod(tmp, 0o600)
     os.replace(tmp, dest)
     return dest.stat().st_size
 
