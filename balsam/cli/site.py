@@ -449,8 +449,10 @@ def site_link(url: str, sites: Sequence[str]) -> None:
 @click.option("--trust", "trust", metavar="KEY", default=None,
               help="Keep a site's result key (the line `balsam site key` printed there; - reads it from stdin).")
 @click.option("--label", default="", help="With --trust: a name to remember the key by (the site's name).")
+@click.option("--revoke", "revoke", metavar="ID|LABEL", default=None,
+              help="Stop trusting a key kept with --trust (its id, or the label given with it).")
 @click.option("--site", "sites", multiple=True, metavar="SITE", help="The site (default: the current site).")
-def site_key(trust: Optional[str], label: str, sites: Sequence[str]) -> None:
+def site_key(trust: Optional[str], label: str, revoke: Optional[str], sites: Sequence[str]) -> None:
     """Print this site's result key, or keep another site's (--trust) on this computer.
 
     The site signs each run() result and exception it pushes to a relay with this key; a computer reading them
@@ -460,9 +462,19 @@ def site_key(trust: Optional[str], label: str, sites: Sequence[str]) -> None:
     Example:
       balsam site key --site polaris                  # on the site's host: prints balsam-result-key-1:...
       balsam site key --trust balsam-result-key-1:... --label polaris   # on the laptop
+      balsam site key --revoke polaris                # results signed with it no longer load here
     """
     from balsam.site import balsam_home
     from balsam.site import result_keys as rk
+
+    if revoke is not None:
+        try:
+            gone = rk.revoke_key(revoke, balsam_home())
+        except ValueError as e:
+            raise CLIError(str(e), 2) from None
+        click.echo(f"Result key {', '.join(gone)} is no longer trusted on this computer: results signed with it do not "
+                   "load through the relay.")
+        return
 
     if trust is not None:
         text = sys.stdin.read() if trust == "-" else trust

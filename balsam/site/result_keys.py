@@ -11,6 +11,7 @@ alter them. A computer gets the key once::
 
     balsam site key                        # on the site's host: prints balsam-result-key-1:...
     balsam site key --trust balsam-result-key-1:...   # on the laptop: kept in $BALSAM_HOME/result-keys (0600)
+    balsam site key --revoke polaris                  # no longer trusted, from the next result read on
 
 The site's own host and hosts that reach the site through its agent read the site DB (inside the trust
 boundary) and check nothing.
@@ -24,8 +25,10 @@ import hmac
 import os
 import secrets
 import struct
+import threading
+import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 from balsam.exceptions import ResultNotTrusted, ValidationError
 from balsam.site.layout import SiteLayout
@@ -95,10 +98,40 @@ def sign(key: bytes, job_id: int, column: str, payload: bytes) -> bytes:
     return MAGIC + key_id(key) + tag + payload
 
 
+RACY_S = 2.0
+"""A trusted-keys file changed less than this long ago is read again at every use: an edit in the same tick of the
+file system's clock as the one before could leave its size and times as they were."""
+_cache: Dict[Path, Tuple[Tuple[int, ...], Dict[bytes, Tuple[bytes, str]]]] = {}
+_cache_lock = threading.Lock()
+
+
 def trusted_keys(home: Path) -> Dict[bytes, Tuple[bytes, str]]:
     """The result keys this computer holds (in ``home``, its BALSAM_HOME): key id -> (key, the site's name as given
-    when trusted)."""
+    when trusted).
+
+    Read once and kept while the file stays as it was (device, inode, size, modification and change times): reading
+    results through the relay checks a signature per result, and a waiting loop reads many. Any change to the file
+    (a key added, one revoked with ``balsam site key --revoke`` or by hand) is seen at the next use."""
     path = home / TRUSTED_FILE
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        with _cache_lock:
+            _cache.pop(path, None)
+        return {}
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _cache_lock:
+        hit = _cache.get(path)
+    if hit is not None and hit[0] == stamp:
+        return dict(hit[1])
+    keys = _read_trusted(path)  # read after the stat: a change meanwhile leaves a stamp that no longer matches
+    if time.time() - st.st_ctime > RACY_S:
+        with _cache_lock:
+            _cache[path] = (stamp, keys)
+    return dict(keys)
+
+
+def _read_trusted(path: Path) -> Dict[bytes, Tuple[bytes, str]]:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -114,6 +147,38 @@ def trusted_keys(home: Path) -> Dict[bytes, Tuple[bytes, str]]:
             continue
         out[key_id(key)] = (key, parts[1].strip() if len(parts) > 1 else "")
     return out
+
+
+def revoke_key(which: str, home: Path) -> List[str]:
+    """Stop trusting the keys named by ``which`` (a key id as ``balsam site key --trust`` printed it, or the label
+    given with it), from the next result read on: the file is replaced whole. Returns the ids revoked (hex);
+    ValidationError when none matches."""
+    path = home / TRUSTED_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    keep: List[str] = []
+    gone: List[str] = []
+    for line in lines:
+        parts = line.split(None, 1)
+        try:
+            kid = key_id(parse_key(parts[0])).hex() if parts else ""
+        except ValidationError:
+            kid = ""
+        label = parts[1].strip() if len(parts) > 1 else ""
+        if kid and which.strip() in (kid, label):
+            gone.append(kid)
+        else:
+            keep.append(line)
+    if not gone:
+        raise ValidationError(f"no trusted result key has the id or label {which!r} on this computer")
+    tmp = path.with_name(f".{TRUSTED_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+    return gone
 
 
 def trust_key(text: str, home: Path, label: str = "") -> Tuple[str, bool]:
