@@ -314,3 +314,14 @@ def test_a_yaml_merge_key_may_still_be_overridden(site: Any, hello: Any, tmp_pat
     path.write_text("- &base {app: Hello, workdir: m/1, parameters: {say_hello_to: x}}\n- {<<: *base, workdir: m/2}\n")
     ok("job", "create", "--from", path, "-y")
     assert sorted(j.workdir for j in Job.objects.all()) == ["m/1", "m/2"]
+
+
+def test_a_key_given_twice_with_two_values_on_the_command_line_is_refused(site: Any, hello: Any) -> None:
+    """``-p x=1 -p x=2`` kept the last value silently (a job with x=2, or a filter on one of two tags); the same
+    value twice is no contradiction."""
+    err = fails("job", "create", "-a", "Hello", "-w", "kv/1", "-p", "say_hello_to=a", "-p", "say_hello_to=b", "-y", code=2)
+    assert "'say_hello_to' is given twice (say_hello_to=a and say_hello_to=b)" in err
+    assert "'k' is given twice (k=1 and k=2)" in fails("job", "ls", "--tag", "k=1", "--tag", "k=2", code=2)
+    assert Job.objects.count() == 0
+    ok("job", "create", "-a", "Hello", "-w", "kv/1", "-p", "say_hello_to=a", "-p", "say_hello_to=a", "-y")
+    assert [j.parameters for j in Job.objects.all()] == [{"say_hello_to": "a"}]

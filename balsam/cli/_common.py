@@ -52,6 +52,8 @@ def parse_kv(items: Iterable[str], option: str) -> Dict[str, str]:
         key = key.strip()
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=f"'{option}'")
+        if out.get(key, value) != value:  # which one was meant? (the last was kept silently)
+            raise click.BadParameter(f"{key!r} is given twice ({key}={out[key]} and {item})", param_hint=f"'{option}'")
         out[key] = value
     return out
 
