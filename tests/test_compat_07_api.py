@@ -241,6 +241,23 @@ def test_batch_jobs_as_the_guide_creates_and_queries_them(site: Any, hello: Any,
     if backend == "local":  # from another host the agent checks it when it is saved
         with pytest.raises(BalsamError, match="queue 'local' allows at most 1 nodes, asked for 4"):
             loaded.validate()
+    # 0.7's client-side validate(allowed_queues, allowed_projects, optional_batch_job_params), from any host; its
+    # AllowedQueue named the wall time limit max_walltime. It was a TypeError (validate() took no policies).
+    site_row = Site.objects.get(id=site.id)
+    with pytest.raises(ValueError, match="queue 'local' allows at most 1 nodes, asked for 4"):
+        loaded.validate(site_row.allowed_queues, site_row.allowed_projects, site_row.optional_batch_job_params)
+    loaded.validate({"local": {"max_nodes": 8, "max_walltime": 60, "max_queued_jobs": 5}}, ["local"], {})
+    for queues, projects, extras, why in [
+        ({"local": {"max_nodes": 8, "max_walltime": 5}}, ["local"], {}, "allows at most 5 minutes, asked for 10"),
+        ({"debug": {"max_nodes": 8}}, ["local"], {}, "queue 'local' is not allowed by the policies given"),
+        ({"local": {"max_nodes": 8}}, ["datascience"], {}, "project 'local' is not allowed by the policies given"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            loaded.validate(queues, projects, extras)
+    loaded.optional_params = {"mig_count": "3"}
+    with pytest.raises(ValueError, match="unknown optional parameter 'mig_count'"):
+        loaded.validate({"local": {"max_nodes": 8}}, ["local"], {})
+    loaded.validate({"local": {"max_nodes": 8}}, ["local"], {"mig_count": "1"})
     tagged = BatchJob.objects.create(site_id=site.id, num_nodes=1, wall_time_min=10, job_mode=JobMode.serial, queue="local",
                                      project="local", filter_tags={"system": "H2O", "scale": "4"})
     parted = BatchJob.objects.create(site_id=site.id, num_nodes=1, wall_time_min=10, job_mode="mpi", queue="local", project="local",

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Union
 
 from balsam._api import sites as _sites
 from balsam._api.base import Field, Manager, Model, PathStr, Query, TypedField, bind_manager, by_site, from_datetime
@@ -309,6 +309,18 @@ bind_manager(App, AppManager)
 
 
 # ============================================================================================ BatchJob
+def _queue_policies(queues: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Queue policies as ``BatchJob.validate`` takes them (dicts or Balsam 0.7's AllowedQueue objects, whose wall time
+    limit is ``max_walltime``) as the site row holds them: name -> {max_nodes, max_wall_time_min, max_queued_jobs}."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, policy in queues.items():
+        raw = policy if isinstance(policy, Mapping) else vars(policy)
+        limits = {"max_nodes": raw.get("max_nodes"), "max_wall_time_min": raw.get("max_wall_time_min", raw.get("max_walltime")),
+                  "max_queued_jobs": raw.get("max_queued_jobs")}
+        out[str(name)] = {k: v for k, v in limits.items() if v is not None}
+    return out
+
+
 class BatchJob(Model):
     """A pilot allocation: a batch job that runs a launcher on ``num_nodes`` nodes."""
 
@@ -360,17 +372,25 @@ class BatchJob(Model):
     def _repr_fields(self) -> Sequence[str]:
         return ("id", "scheduler_id", "queue", "num_nodes", "wall_time_min", "job_mode", "state")
 
-    def validate(self, conn: Any = None) -> None:
-        """Check the BatchJob against the site's queues, projects and optional parameters (settings.yml)."""
+    def validate(self, allowed_queues: Optional[Mapping[str, Any]] = None, allowed_projects: Optional[Sequence[str]] = None,
+                 optional_batch_job_params: Optional[Mapping[str, Any]] = None) -> None:
+        """Check the BatchJob against its site's queues, projects and optional parameters (settings.yml); or, as
+        Balsam 0.7's ``validate(allowed_queues, allowed_projects, optional_batch_job_params)``, against the ones
+        given (queue policies as dicts or objects with max_nodes and max_wall_time_min, 0.7's max_walltime too;
+        an empty list or mapping allows any). A ValidationError (a ValueError, as 0.7 raised) names what is wrong."""
         site = self.__dict__["_site"]
-        if conn is None:
-            _sites.current_policies(site)  # settings.yml edited since: its queues and projects count now
         d = self.__dict__
         # Through the fields' descriptors: a loaded BatchJob reads its values from its row when first asked.
         fields = {k: getattr(self, k) for k in ("num_nodes", "wall_time_min", "job_mode", "queue", "project", "optional_params", "partitions")}
-        if conn is None and not site.is_home:
-            return  # the agent checks it against the site's policies when it is saved
-        checked = batch_db.check_batch_job(conn or site.store.conn, fields, new=self._is_new)
+        if allowed_queues is not None or allowed_projects is not None or optional_batch_job_params is not None:
+            checked = batch_db.check_policies(batch_db.check_batch_values(fields), _queue_policies(allowed_queues or {}),
+                                              [str(p) for p in allowed_projects or []], dict(optional_batch_job_params or {}),
+                                              "by the policies given")
+        else:
+            _sites.current_policies(site)  # settings.yml edited since: its queues and projects count now
+            if not site.is_home:
+                return  # the agent checks it against the site's policies when it is saved
+            checked = batch_db.check_batch_job(site.store.conn, fields, new=self._is_new)
         d["queue"], d["project"] = checked["queue"], checked["project"]
 
     def save(self) -> None:

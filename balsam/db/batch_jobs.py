@@ -66,27 +66,44 @@ def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bo
     exactly one. Returns the (completed) fields."""
     d = check_batch_values(fields)
     row = conn.execute("SELECT allowed_queues, allowed_projects, optional_batch_job_params, name FROM site LIMIT 1").fetchone()
-    queues, projects, optional, site_name = loads(row[0]), loads(row[1]), loads(row[2]), row[3]
+    d = check_policies(d, loads(row[0]), loads(row[1]), loads(row[2]), f"at site {row[3]}")
+    policy = loads(row[0]).get(d["queue"], {})
+    if new and "max_queued_jobs" in policy:
+        queued = conn.execute(
+            "SELECT count(*) FROM batch_job WHERE queue=? AND state IN ('pending_submission', 'queued')", (d["queue"],)
+        ).fetchone()[0]
+        if queued >= policy["max_queued_jobs"]:
+            raise ValidationError(f"queue {d['queue']!r} already has {queued} batch jobs waiting (max_queued_jobs {policy['max_queued_jobs']})")
+    return d
+
+
+def check_policies(d: Dict[str, Any], queues: Dict[str, Any], projects: List[str], optional: Dict[str, Any],
+                   where: str) -> Dict[str, Any]:
+    """Check BatchJob values (already through :func:`check_batch_values`) against queue policies (name -> {max_nodes,
+    max_wall_time_min, ...}), allowed projects and optional template parameters; ``where`` says whose they are in
+    errors ("at site polaris"). Fills a missing queue or project when exactly one is allowed; returns the fields.
+    Empty queues or projects mean any."""
+    d = dict(d)
     if d.get("queue") is None and len(queues) == 1:
         d["queue"] = next(iter(queues))
     if d.get("project") is None and len(projects) == 1:
         d["project"] = projects[0]
     if d.get("queue") is None:
-        raise ValidationError(f"a queue is required (site {site_name} allows: {', '.join(sorted(queues)) or 'none configured'})")
+        raise ValidationError(f"a queue is required (allowed {where}: {', '.join(sorted(queues)) or 'none configured'})")
     if d.get("project") is None:
-        raise ValidationError(f"a project is required (site {site_name} allows: {', '.join(projects) or 'any'})")
+        raise ValidationError(f"a project is required (allowed {where}: {', '.join(projects) or 'any'})")
     if queues and d["queue"] not in queues:
-        raise ValidationError(f"queue {d['queue']!r} is not allowed at site {site_name} (allowed: {', '.join(sorted(queues))})")
+        raise ValidationError(f"queue {d['queue']!r} is not allowed {where} (allowed: {', '.join(sorted(queues))})")
     policy = queues.get(d["queue"], {})
     if "max_nodes" in policy and d["num_nodes"] > policy["max_nodes"]:
         raise ValidationError(f"queue {d['queue']!r} allows at most {policy['max_nodes']} nodes, asked for {d['num_nodes']}")
     if "max_wall_time_min" in policy and d["wall_time_min"] > policy["max_wall_time_min"]:
         raise ValidationError(f"queue {d['queue']!r} allows at most {policy['max_wall_time_min']} minutes, asked for {d['wall_time_min']}")
     if projects and d["project"] not in projects:
-        raise ValidationError(f"project {d['project']!r} is not allowed at site {site_name} (allowed: {', '.join(projects)})")
+        raise ValidationError(f"project {d['project']!r} is not allowed {where} (allowed: {', '.join(projects)})")
     bad = sorted(set(d.get("optional_params") or {}) - set(optional))
     if bad:
-        raise ValidationError(f"unknown optional parameter {bad[0]!r} (site {site_name} allows: {', '.join(sorted(optional)) or 'none'})")
+        raise ValidationError(f"unknown optional parameter {bad[0]!r} (allowed {where}: {', '.join(sorted(optional)) or 'none'})")
     partitions = d.get("partitions")
     if partitions:
         total = sum(int(p.get("num_nodes", 0)) for p in partitions)
@@ -95,12 +112,6 @@ def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bo
         for p in partitions:
             if p.get("job_mode") not in JOB_MODES:
                 raise ValidationError(f"partition job_mode must be mpi or serial, got {p.get('job_mode')!r}")
-    if new and "max_queued_jobs" in policy:
-        queued = conn.execute(
-            "SELECT count(*) FROM batch_job WHERE queue=? AND state IN ('pending_submission', 'queued')", (d["queue"],)
-        ).fetchone()[0]
-        if queued >= policy["max_queued_jobs"]:
-            raise ValidationError(f"queue {d['queue']!r} already has {queued} batch jobs waiting (max_queued_jobs {policy['max_queued_jobs']})")
     return d
 
 
