@@ -35,6 +35,7 @@ from balsam.api import (
     TransferSlot,
 )
 from balsam.exceptions import BalsamError
+from balsam.schemas import DONE_STATES, RUNNABLE_STATES, AllowedQueue
 from tests.launcher_support import run, runnable
 
 BACKENDS = ("local", "http")  # each test on the home host, and from another host through the agent's HTTP API
@@ -247,6 +248,9 @@ def test_batch_jobs_as_the_guide_creates_and_queries_them(site: Any, hello: Any,
     with pytest.raises(ValueError, match="queue 'local' allows at most 1 nodes, asked for 4"):
         loaded.validate(site_row.allowed_queues, site_row.allowed_projects, site_row.optional_batch_job_params)
     loaded.validate({"local": {"max_nodes": 8, "max_walltime": 60, "max_queued_jobs": 5}}, ["local"], {})
+    loaded.validate({"local": AllowedQueue(max_nodes=8, max_walltime=60, max_queued_jobs=5)}, ["local"], {})
+    with pytest.raises(ValueError, match="allows at most 2 nodes"):
+        loaded.validate({"local": AllowedQueue(max_nodes=2, max_walltime=60, max_queued_jobs=5)}, ["local"], {})
     for queues, projects, extras, why in [
         ({"local": {"max_nodes": 8, "max_walltime": 5}}, ["local"], {}, "allows at most 5 minutes, asked for 10"),
         ({"debug": {"max_nodes": 8}}, ["local"], {}, "queue 'local' is not allowed by the policies given"),
@@ -278,6 +282,11 @@ def test_batch_jobs_as_the_guide_creates_and_queries_them(site: Any, hello: Any,
     assert BatchJob.objects.filter(scheduler_id=1234).update(state="pending_deletion") == 0
     BatchJob.objects.filter(site_id=site.id, state="pending_submission").update(state="pending_deletion")
     assert BatchJob.objects.filter(site_id=site.id, state="pending_deletion").count() == 3
+
+
+def test_the_state_sets_balsam_schemas_exported() -> None:
+    assert RUNNABLE_STATES == {JobState.PREPROCESSED, JobState.RESTART_READY}
+    assert {JobState.JOB_FINISHED, JobState.FAILED} <= DONE_STATES and JobState.RUNNING not in DONE_STATES
 
 
 def test_typed_specs_and_transfer_items(site: Any) -> None:

@@ -314,6 +314,7 @@ def _queue_policies(queues: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     limit is ``max_walltime``) as the site row holds them: name -> {max_nodes, max_wall_time_min, max_queued_jobs}."""
     out: Dict[str, Dict[str, Any]] = {}
     for name, policy in queues.items():
+        policy = plain(policy)  # an AllowedQueue
         raw = policy if isinstance(policy, Mapping) else vars(policy)
         limits = {"max_nodes": raw.get("max_nodes"), "max_wall_time_min": raw.get("max_wall_time_min", raw.get("max_walltime")),
                   "max_queued_jobs": raw.get("max_queued_jobs")}

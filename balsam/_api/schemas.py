@@ -92,7 +92,21 @@ class BatchJobPartition:
         return {"job_mode": str(self.job_mode), "num_nodes": self.num_nodes, "filter_tags": dict(self.filter_tags)}
 
 
-_SPECS = (AppParameter, TransferSlot, JobTransferItem, BatchJobPartition)
+@dataclass(frozen=True)
+class AllowedQueue:
+    """A queue's limits, as Balsam 0.7's site schema named them (``max_walltime`` is settings.yml's
+    ``max_wall_time_min``); ``BatchJob.validate(allowed_queues, ...)`` takes them."""
+
+    max_nodes: int
+    max_walltime: int
+    max_queued_jobs: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``{"max_nodes", "max_wall_time_min", "max_queued_jobs"}`` policy a site's ``allowed_queues`` holds."""
+        return {"max_nodes": self.max_nodes, "max_wall_time_min": self.max_walltime, "max_queued_jobs": self.max_queued_jobs}
+
+
+_SPECS = (AppParameter, TransferSlot, JobTransferItem, BatchJobPartition, AllowedQueue)
 
 
 def plain(value: Any) -> Any:
