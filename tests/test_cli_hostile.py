@@ -298,8 +298,9 @@ def test_a_working_directory_that_was_removed_is_inside_no_site(site: Any, hello
     ("cell.csv", 'app,workdir,param.say_hello_to,tags\nHello,a,x,"k=1;k=2"\n', "cell.csv line 2: tags: the key 'k' is given twice"),
     ("text.yaml", "- {app: Hello, workdir: a, parameters: {say_hello_to: x}, tags: {1: a, '1': b}}\n",
      "text.yaml line 1: tags entry '1' is given twice in 'tags'"),
-], ids=["yaml", "yaml-param", "alias", "jsonl", "json-param", "csv-header", "csv-column", "csv-cell", "as-text"])
-def test_a_job_file_that_gives_a_field_twice_is_refused_by_line(site: Any, hello: Any, tmp_path: Path, name: str, text: str,
+    ("super.csv", "app,workdir,param.say_hello_to,num_nodes\nHello,a,x,\u00b2\n", "super.csv line 2: num_nodes: expected an integer, got '\u00b2'"),
+], ids=["yaml", "yaml-param", "alias", "jsonl", "json-param", "csv-header", "csv-column", "csv-cell", "as-text", "superscript"])
+def test_a_job_file_that_gives_a_field_twice_or_a_bad_count_is_refused_by_line(site: Any, hello: Any, tmp_path: Path, name: str, text: str,
                                                                    message: str) -> None:
     """Every reader kept the last of two values silently (one job in 'b' where the user wrote 'a' too); YAML and JSON
     objects require unique keys, and a careless merge of two columns must not pick one for the user."""

@@ -291,7 +291,7 @@ def _int(value: Any, field: str) -> int:
         raise ValueError(f"{field}: expected an integer, got {value!r}")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isdecimal():  # not isdigit(): "²" is a digit int() refuses
         return int(value)
     raise ValueError(f"{field}: expected an integer, got {value!r}")
 
