@@ -348,6 +348,52 @@ def settings_from_dict(data: Optional[Dict[str, Any]], source: str = "settings.y
         raise ConfigError(f"{source}: {exc}") from None
 
 
+MAX_SETTINGS_DEPTH = 32
+"""How deep settings.yml may nest lists and maps (its own keys nest four levels; a user's template parameters a few
+more). A file nested deeper is refused as its parser reaches that level, before anything deeper is read or built:
+left to PyYAML, "[" * 5000 took over a second to fail with a RecursionError."""
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _bounded_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` with nesting bounded by :data:`MAX_SETTINGS_DEPTH` (_TooDeep, with the line): libyaml's
+    parser where installed, which reads events one at a time, under Python's composer, which counts the levels as it
+    builds them (libyaml's own composer builds the whole tree first)."""
+    import yaml
+    from yaml.composer import Composer
+    from yaml.events import AliasEvent
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class SettingsLoader(Composer, base):  # type: ignore[misc,valid-type]
+        def __init__(self, stream: str) -> None:
+            base.__init__(self, stream)
+            Composer.__init__(self)
+            self.depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(AliasEvent):
+                return Composer.compose_node(self, parent, index)  # a node already built, and bounded
+            self.depth += 1
+            try:
+                if self.depth > MAX_SETTINGS_DEPTH:
+                    raise _TooDeep(self.peek_event().start_mark.line + 1)
+                return Composer.compose_node(self, parent, index)
+            finally:
+                self.depth -= 1
+
+    loader = SettingsLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_settings(path: Union[str, Path]) -> SiteSettings:
     """Read and validate a ``settings.yml`` file."""
     import yaml  # deferred: only commands that need settings pay for the import
@@ -362,8 +408,11 @@ def load_settings(path: Union[str, Path]) -> SiteSettings:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); settings.yml is YAML text") from None
     try:
-        data = yaml.safe_load(text)
-    except RecursionError:
+        data = _bounded_yaml(text)
+    except _TooDeep as deep:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply (more than {MAX_SETTINGS_DEPTH} levels at line "
+                          f"{deep.line}; settings nest a few)") from None
+    except RecursionError:  # an alias chain the depth bound does not see (each level a new anchor)
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -103,6 +103,35 @@ def test_settings_file_errors(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.yml")
 
 
+DEEP_SETTINGS = {
+    "flow list": ("launcher:\n  idle_ttl_s: " + "[" * 100_000 + "]" * 100_000 + "\n", 2),
+    "flow map": ("launcher: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", 1),
+    "block list": ("launcher:\n" + "".join("  " * (i + 1) + "-\n" for i in range(3000)), 33),
+    "block map": ("".join("  " * i + f"k{i}:\n" for i in range(3000)), 32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_SETTINGS))
+def test_settings_nested_past_the_bound_are_refused_in_one_line_naming_the_line(tmp_path: Path, name: str) -> None:
+    """A settings.yml nested deeper than any settings need (lists or maps, flow or block) is refused as the parser
+    reaches the bound, naming the line; before, PyYAML read and built it all (over a second for "[" * 5000) and
+    failed with a RecursionError. Settings nested as deep as allowed still load."""
+    from balsam.settings import MAX_SETTINGS_DEPTH
+
+    text, line = DEEP_SETTINGS[name]
+    path = tmp_path / "settings.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    said = str(info.value)
+    assert said == (f"{path}: not valid YAML: nested too deeply (more than {MAX_SETTINGS_DEPTH} levels at line {line}; "
+                    "settings nest a few)")
+    # As deep as allowed (the document, launcher, the lists and the number): read, and refused for its value alone.
+    path.write_text("launcher:\n  idle_ttl_s: " + "[" * (MAX_SETTINGS_DEPTH - 3) + "1" + "]" * (MAX_SETTINGS_DEPTH - 3) + "\n")
+    with pytest.raises(ConfigError, match="idle_ttl_s"):
+        load_settings(path)
+
+
 def test_settings_defaults_and_sections() -> None:
     s = settings_from_dict({"elastic_queue": [{"queue": "debug", "max_num_nodes": 4}], "queue_maintainer": {"num_queued_jobs": 2}})
     assert s.elastic_queue[0].max_num_nodes == 4 and s.queue_maintainer is not None and s.queue_maintainer.num_queued_jobs == 2
