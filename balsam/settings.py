@@ -360,19 +360,29 @@ class _TooDeep(Exception):
         self.line = line
 
 
+def yaml_loader_bases() -> Tuple[Any, ...]:
+    """The bases of a safe YAML loader whose composer is Python's, so that it can bound nesting as it builds nodes:
+    libyaml's parser under Python's composer where libyaml is there, else PyYAML's pure-Python loader (the zipapp's),
+    whose composer is Python's already (naming Composer again would make no class: a method resolution conflict)."""
+    import yaml
+    from yaml.composer import Composer
+
+    parser = getattr(yaml, "CSafeLoader", None)
+    return (Composer, parser) if parser is not None else (yaml.SafeLoader,)
+
+
 def _bounded_yaml(text: str) -> Any:
     """``yaml.safe_load(text)`` with nesting bounded by :data:`MAX_SETTINGS_DEPTH` (_TooDeep, with the line): libyaml's
     parser where installed, which reads events one at a time, under Python's composer, which counts the levels as it
     builds them (libyaml's own composer builds the whole tree first)."""
-    import yaml
     from yaml.composer import Composer
     from yaml.events import AliasEvent
 
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    bases = yaml_loader_bases()
 
-    class SettingsLoader(Composer, base):  # type: ignore[misc,valid-type]
+    class SettingsLoader(*bases):  # type: ignore[misc]
         def __init__(self, stream: str) -> None:
-            base.__init__(self, stream)
+            bases[-1].__init__(self, stream)
             Composer.__init__(self)
             self.depth = 0
 

@@ -111,13 +111,21 @@ DEEP_SETTINGS = {
 }
 
 
+@pytest.mark.parametrize("yaml_kind", ["libyaml", "pure-python"])
 @pytest.mark.parametrize("name", sorted(DEEP_SETTINGS))
-def test_settings_nested_past_the_bound_are_refused_in_one_line_naming_the_line(tmp_path: Path, name: str) -> None:
+def test_settings_nested_past_the_bound_are_refused_in_one_line_naming_the_line(tmp_path: Path, name: str, yaml_kind: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A settings.yml nested deeper than any settings need (lists or maps, flow or block) is refused as the parser
     reaches the bound, naming the line; before, PyYAML read and built it all (over a second for "[" * 5000) and
     failed with a RecursionError. Settings nested as deep as allowed still load."""
+    import yaml
+
     from balsam.settings import MAX_SETTINGS_DEPTH
 
+    if yaml_kind == "pure-python":  # as in the zipapp, which carries PyYAML without libyaml
+        monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+        init_site(tmp_path / "site", name="pure", preset="local")
+        assert load_settings(SiteLayout(tmp_path / "site").settings_path).scheduler.type == "local"
     text, line = DEEP_SETTINGS[name]
     path = tmp_path / "settings.yml"
     path.write_text(text)

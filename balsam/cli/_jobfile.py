@@ -86,16 +86,17 @@ class _TooDeep(Exception):
 def _yaml_loader(text: str) -> Any:
     """A safe YAML loader (libyaml's parser where installed) whose composer is Python's, so that nesting is bounded
     (:data:`MAX_YAML_DEPTH`) and each node notes its expanded size (aliases counted each time they are used)."""
-    import yaml
     from yaml.composer import Composer, ComposerError
     from yaml.events import AliasEvent
     from yaml.nodes import MappingNode, ScalarNode
 
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    from balsam.settings import yaml_loader_bases
 
-    class JobFileLoader(Composer, base):  # type: ignore[misc,valid-type]
+    bases = yaml_loader_bases()
+
+    class JobFileLoader(*bases):  # type: ignore[misc]
         def __init__(self, stream: str) -> None:
-            base.__init__(self, stream)
+            bases[-1].__init__(self, stream)
             Composer.__init__(self)
             self.depth = 0
 
