@@ -23,7 +23,8 @@ import yaml
 
 from balsam.api import ApplicationDefinition, BatchJob, Job
 from balsam.site import init_site
-from tests.cli_helpers import fails, invoke, ok
+from tests.cli_helpers import fails, invoke, ok, run_process
+from tests.launcher_support import runnable
 
 
 def test_the_workshop_commands_and_the_site_selector(site: Any, hello: Any, tmp_path: Path) -> None:
@@ -186,3 +187,24 @@ def test_site_ls_verbose_shows_queues_and_backfill_windows(site: Any) -> None:
     assert "queued job:     4242 (state queued, queue local, num_nodes 1)" in out
     listed = json.loads(ok("site", "ls", "-v", "--json").stdout)
     assert listed[0]["backfill_windows"] == {"debug": [{"num_nodes": 4, "wall_time_min": 30}]}
+
+
+def test_the_single_dash_tag_flag_of_07s_job_create_queue_submit_and_launcher(site: Any, hello: Any) -> None:
+    """Balsam 0.7 spelled --tag also ``-tag`` on ``job create``, ``queue submit`` and its launcher; here click read it as
+    ``-t ag`` (the wall time): "Invalid value for '-t' / '--wall-time-min': 'ag' is not a valid integer"."""
+    ok("job", "create", "-w", "h2o/1", "-a", "Hello", "-p", "say_hello_to=H2O", "-tag", "system=H2O", "-tag", "scale=4", "-t", "5", "-y")
+    (job,) = Job.objects.filter(tags={"system": "H2O"})
+    assert job.tags == {"system": "H2O", "scale": "4"} and job.wall_time_min == 5
+    # 0.7's own job ls help: "balsam job ls --state JOB_FINISHED --tag system=H2O", and its -t spelling.
+    assert ok("job", "ls", "--state", "STAGED_IN", "--tag", "system=H2O").stdout == ok("job", "ls", "-t", "system=H2O").stdout
+
+    ok("queue", "submit", "-n", "1", "-t", "10", "-q", "local", "-A", "local", "-j", "mpi", "-tag", "system=H2O")
+    (bj,) = BatchJob.objects.all()
+    assert bj.filter_tags == {"system": "H2O"} and bj.wall_time_min == 10
+
+    # The launcher as a 0.7 job template starts it: -tag selects what it runs (here: the H2O job, not the other one).
+    other = hello.submit(workdir="other/1", say_hello_to="other")
+    runnable(site.store, [job, other])  # what the agent's preprocessing does
+    ran = run_process("launcher", "-j", "mpi", "-t", "10", "-tag", "system=H2O", "--idle-ttl", "1", "--site", str(site.path), cwd=site.path)
+    assert ran.returncode == 0, ran.stderr
+    assert Job.objects.get(id=job.id).state == "JOB_FINISHED" and Job.objects.get(id=other.id).state == "PREPROCESSED"

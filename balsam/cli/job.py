@@ -165,7 +165,7 @@ RESOURCE_FLAGS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_pe
 @click.option("-w", "--workdir", help="Working directory, relative to the site's data/ folder.")
 @click.option("-a", "--app", help="App name or id.")
 @kv_option("-p", "--param", "params", help="App parameter NAME=VALUE", metavar="NAME=VALUE")
-@kv_option("--tag", "tags", help="Tag the job KEY=VALUE")
+@kv_option("-tag", "--tag", "tags", help="Tag the job KEY=VALUE")  # -tag: Balsam 0.7's spelling
 @click.option("--workflow", metavar="NAME", help="Shortcut for --tag workflow=NAME.")
 @click.option("-n", "--num-nodes", type=int, help="Nodes per run [1].")
 @click.option("-rpn", "--ranks-per-node", type=int, help="MPI ranks per node [1].")

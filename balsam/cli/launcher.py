@@ -12,7 +12,7 @@ import click
 @click.option("-j", "--job-mode", type=click.Choice(["mpi", "serial"]), required=True,
               help="mpi: one process starts every job (multi-node, MPI). serial: one worker per node, for floods of single-node jobs.")
 @click.option("-t", "--wall-time-min", type=float, required=True, help="Minutes the allocation has; running jobs are timed out just before.")
-@click.option("--tag", "tags", multiple=True, metavar="K=V", help="Run only jobs with this tag (repeatable).")
+@click.option("-tag", "--tag", "tags", multiple=True, metavar="K=V", help="Run only jobs with this tag (repeatable).")
 @click.option("-p", "--part", "parts", multiple=True, metavar="MODE:N[:K=V,...]",
               help="Split the allocation: a sub-launcher in MODE on the next N nodes for jobs with these tags (repeatable).")
 @click.option("--batch-job-id", type=int, default=None, help="The BatchJob this allocation runs (links the lease to it).")

@@ -53,7 +53,7 @@ def batch_job_dict(b: Any, site_name: Optional[str]) -> Dict[str, Any]:
 @click.option("-A", "--project", help="Project to charge (default: the site's only project).")
 @click.option("-j", "--job-mode", type=click.Choice(["mpi", "serial"]), default="mpi", show_default=True,
               help="Launcher mode: mpi (any job) or serial (many single-node jobs).")
-@kv_option("--tag", "filter_tags", help="Run only jobs having tag KEY=VALUE")
+@kv_option("-tag", "--tag", "filter_tags", help="Run only jobs having tag KEY=VALUE")  # -tag: Balsam 0.7's spelling
 @click.option("-p", "--part", "partitions", multiple=True, metavar="MODE:NODES[:K=V,...]",
               help="A partition of the allocation with its own mode and tags (repeatable; nodes must add up to -n).")
 @kv_option("-x", "--extra-param", "optional_params", help="Extra job-template parameter KEY=VALUE")
