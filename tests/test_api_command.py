@@ -3,13 +3,15 @@ quotes it into), whatever the template does around the placeholder; run under re
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, List
 
 import pytest
 
-from balsam._api.command import compile_command
+from balsam._api.command import JINJA_NAMES, compile_command, template_variables
 from balsam.exceptions import AppError, ValidationError
 
 HOSTILE = [
@@ -145,6 +147,47 @@ def test_refused_at_app_definition_with_advice(site: Any) -> None:
         class Bad(ApplicationDefinition):
             site = "test-site"
             command_template = "echo \\{{ x }}"
+
+
+SIMPLE = ["true", "argv {{ x }}", "argv {{x}} \"{{ y }}\" '{{ x }}'", "argv {{ true }}", "argv {{ True }} {{ none }}",
+          "argv {{ if }} {{ in }}", "argv {{ loop }}"]
+"""Templates of plain ``{{ name }}`` placeholders, among them names that mean something else to Jinja."""
+
+
+@pytest.mark.parametrize("template", SIMPLE)
+def test_plain_placeholders_mean_what_jinja_says(tmp_path: Path, template: str) -> None:
+    """The parameters of a template read without Jinja are Jinja's, and it renders as Jinja renders it
+    (``{{ true }}`` is ``True``, not a parameter; it failed with KeyError('True') at its first job)."""
+    import jinja2
+    from jinja2 import meta
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    expected = sorted(meta.find_undeclared_variables(env.parse(template)))
+    assert template_variables(template, "T") == expected
+    values = {name: f"v-{name}" for name in expected}
+    # Plain words as values: Jinja's unquoted text is what the shell would see of Balsam's quoted one.
+    assert _argv(compile_command(template, "T")(values), tmp_path) == _argv(env.from_string(template).render(**values), tmp_path)
+
+
+def test_names_jinja_reads_otherwise_are_known() -> None:
+    """Every global a Jinja environment starts with sends its templates through Jinja."""
+    from jinja2.defaults import DEFAULT_NAMESPACE
+
+    assert set(DEFAULT_NAMESPACE) <= JINJA_NAMES
+    assert template_variables("echo {{ range }} {{ x }} {{ lipsum }}", "T") == ["x"]
+
+
+def test_defining_an_app_with_plain_placeholders_does_not_load_jinja(tmp_path: Path) -> None:
+    """A command (the CLI, a launcher before its first job) that defines a ``{{ name }}`` app does not spend tens
+    of milliseconds importing Jinja."""
+    code = ("import sys\nfrom balsam._api.command import compile_command, template_variables\n"
+            "assert template_variables('echo {{ x }} \"{{ y }}\"', 'T') == ['x', 'y']\n"
+            "assert compile_command('echo {{ x }}', 'T')({'x': 'a b'}) == \"echo 'a b'\"\n"
+            "print('jinja2' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_nul_in_a_value_is_a_clear_error() -> None:

@@ -36,6 +36,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from balsam.exceptions import AppError, ValidationError
 
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+JINJA_NAMES = frozenset({"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else", "self",
+                         "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+"""Names that are not plain variables to Jinja (its constants, operators, ``self`` and its default globals): a
+``{{ name }}`` template using one goes through Jinja, so it means what Jinja says (``{{ true }}`` is ``True``)."""
 UNQUOTED, DOUBLE, SINGLE, ARITH, COMMENT = "u", "d", "s", "m", "k"
 COND = "c"
 """Context prefix of a placeholder inside ``[[ ... ]]`` ("cu", "cd", "cs")."""
@@ -308,11 +312,9 @@ def _jinja_env() -> Any:
     return env
 
 
-def _fast(template: str, app: str) -> Optional[Callable[[Dict[str, Any]], str]]:
-    """A renderer for templates that only substitute ``{{ name }}`` (no Jinja needed); None otherwise.
-
-    Output is identical to Jinja's (stripped); launchers render a command per job, so skipping Jinja counts.
-    """
+def _simple_parts(template: str) -> Optional[Tuple[List[str], List[str]]]:
+    """(literal texts, variable names) of a template that only substitutes ``{{ name }}`` of plain variables; None
+    if it needs Jinja (a block, a comment, an expression, or a name that means something else to Jinja)."""
     if "{%" in template or "{#" in template or "\r" in template:
         return None
     parts = _VAR.split(template)
@@ -320,6 +322,20 @@ def _fast(template: str, app: str) -> Optional[Callable[[Dict[str, Any]], str]]:
     if any("{{" in p or "}}" in p for p in literal):
         return None
     names = parts[1::2]
+    if JINJA_NAMES.intersection(names):
+        return None
+    return literal, names
+
+
+def _fast(template: str, app: str) -> Optional[Callable[[Dict[str, Any]], str]]:
+    """A renderer for templates that only substitute ``{{ name }}`` (no Jinja needed); None otherwise.
+
+    Output is identical to Jinja's (stripped); launchers render a command per job, so skipping Jinja counts.
+    """
+    parts = _simple_parts(template)
+    if parts is None:
+        return None
+    literal, names = parts
     scanner = _Scanner(app, template)
     contexts: List[str] = []
     for name, text in zip(names, literal):
@@ -421,7 +437,15 @@ def compile_command(template: str, app: str = "app") -> Callable[[Dict[str, Any]
 
 
 def template_variables(template: str, app: str) -> List[str]:
-    """The variables a template uses (its parameters); AppError on a Jinja syntax error or an unsafe placeholder."""
+    """The variables a template uses (its parameters); AppError on a Jinja syntax error or an unsafe placeholder.
+
+    A template that only substitutes ``{{ name }}`` is read without Jinja (the same answer): importing Jinja
+    costs tens of milliseconds, paid by every process that defines such an app (a CLI command, a launcher
+    before its first job)."""
+    parts = _simple_parts(template)
+    if parts is not None:
+        compile_command(template, app)  # refuses placeholders that no quoting makes safe
+        return sorted(set(parts[1]))
     import jinja2
     from jinja2 import meta
 
