@@ -35,6 +35,25 @@ def test_several_transitions_of_one_job_apply_in_order(hello: Any, store: Any) -
     assert updater.written_total == 150 and updater.rejected_total == 0
 
 
+def test_a_kick_writes_what_waits_without_waiting_for_the_period(hello: Any, store: Any) -> None:
+    """A launcher whose jobs all ended kicks its updater: their ends reach the store now, not an hour later."""
+    import time
+
+    job = hello.submit(workdir="a", say_hello_to="x")
+    updater = StatusUpdater(store_sink(store), period_s=3600).start()
+    try:
+        updater.put(job.id, "PREPROCESSED")
+        updater.kick()
+        deadline = time.monotonic() + 60
+        while Job.objects.get(id=job.id).state != "PREPROCESSED":
+            assert time.monotonic() < deadline, "the kicked change was not written"
+            time.sleep(0.01)
+        updater.kick()  # nothing waits: no write, no error
+        assert updater.written_total == 1
+    finally:
+        assert updater.close(timeout=10)
+
+
 def test_refused_changes_are_reported_not_fatal(hello: Any, store: Any) -> None:
     job = hello.submit(workdir="a", say_hello_to="x")
     seen: List[Rejected] = []

@@ -10,7 +10,7 @@ import pytest
 
 from balsam.db import sessions
 from balsam.db.jobs import StateChange, apply_state_changes
-from tests.launcher_support import events, run, runnable, states
+from tests.launcher_support import configure, events, run, runnable, start, states, wait_for
 
 MODES = ["mpi", "serial"]
 
@@ -32,6 +32,21 @@ def test_hookless_job_finishes_in_the_launcher_with_its_history_and_children(sit
     assert states(site.store, [int(child.id)])[int(child.id)] == "STAGED_IN"
     rc = site.store.execute("SELECT return_code, session_id FROM job WHERE id=?", (ids[0],))[0]
     assert tuple(rc) == (0, None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_launcher_with_nothing_left_to_run_reports_its_last_job_at_once(site: Any, hello: Any, mode: str) -> None:
+    """The status updater batches changes for up to its period (here an hour): a launcher whose last job ended
+    has nothing to batch it with, so it is written at once (its children, or a user, need not wait)."""
+    configure(site.path, status_flush_period_s=3600)
+    (job_id,) = runnable(site.store, [hello.submit("last", say_hello_to="x")])
+    proc = start(site.path, mode, wall_time_min=10.0, idle_ttl_s=120.0)
+    try:
+        wait_for(lambda: states(site.store, [job_id])[job_id] == "JOB_FINISHED", timeout=60.0, what="JOB_FINISHED")
+        assert proc.poll() is None, "reported by the running launcher, not by its exit"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 @pytest.mark.parametrize("mode", MODES)

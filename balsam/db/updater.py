@@ -196,6 +196,15 @@ class StatusUpdater:
         if self._on_rejected is not None:
             self._on_rejected(rejected)
 
+    def kick(self) -> None:
+        """Have the thread write what is queued now instead of at the end of its period, without waiting for it:
+        for a caller with nothing more to add soon (a launcher whose jobs all ended), whose last changes would
+        otherwise wait up to ``period_s`` for company."""
+        with self._cond:
+            if self._put_seq > self._flush_target and self._put_seq > self._done_seq:
+                self._flush_target = self._put_seq
+                self._cond.notify_all()
+
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Write everything queued so far; returns False if ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout

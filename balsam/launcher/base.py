@@ -588,6 +588,7 @@ class LauncherBase:
             logger.info("%s mode: lease %s, wall time %.2f min (stops %.1f s early), idle ttl %.1f s, filter tags %s",
                         self.mode, self.source.session_id, self.cfg.wall_time_min, self.cfg.margin_s, self.cfg.idle_ttl_s,
                         self.cfg.filter_tags or "none")
+            self.apps.preload()
             self.idle_since = time.monotonic()
             while not self.life.stopping:
                 self.cycle()
@@ -596,8 +597,12 @@ class LauncherBase:
                     self.lease_lost()
                 if self.busy():
                     self.idle_since = time.monotonic()
-                elif time.monotonic() - self.idle_since > self.cfg.idle_ttl_s:
-                    self.life.stop(f"nothing to run for {self.cfg.idle_ttl_s:g} s")
+                else:
+                    # Nothing runs or waits: the last jobs' ends go to the site now, not at the end of the updater's
+                    # period (their children, or whoever waits for them, would wait up to that long for nothing).
+                    self.updater.kick()
+                    if time.monotonic() - self.idle_since > self.cfg.idle_ttl_s:
+                        self.life.stop(f"nothing to run for {self.cfg.idle_ttl_s:g} s")
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 self.life.stop("interrupted")

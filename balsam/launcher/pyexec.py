@@ -60,6 +60,12 @@ def app_module_name(site_id: int, app_id: int, version: int) -> str:
     return f"_balsam_app_{site_id}_{app_id}_v{version}"
 
 
+def preload_app_support() -> None:
+    """Import what :func:`load_app` needs, ahead of the first app."""
+    import balsam._api.app  # noqa: F401
+    import balsam._api.appsource  # noqa: F401
+
+
 def load_app(source: str, class_name: str, module_name: str) -> type:
     """The app class from its stored source (AppError if it does not load). Always executes the source: callers
     cache per app version."""

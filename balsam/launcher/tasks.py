@@ -76,6 +76,14 @@ class AppCache:
         self._apps: Dict[int, AppInfo] = {}
         self._checked: Dict[int, float] = {}
 
+    @staticmethod
+    def preload() -> None:
+        """Import what loading an app needs (Balsam's app classes: ~50 ms on a busy node), while the launcher has
+        nothing else to do: else the first job it acquires waits for it."""
+        from balsam.launcher.pyexec import preload_app_support
+
+        preload_app_support()
+
     def get_many(self, ids: Sequence[int], versions: Optional[Dict[int, int]] = None) -> Dict[int, AppInfo]:
         """The apps with these ids (missing ones are absent from the result).
 
