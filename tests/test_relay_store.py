@@ -118,6 +118,49 @@ def test_the_same_push_sent_twice_at_once_is_applied_once_and_replayed_once(rela
     assert relay.pushed_seq(site) == 10
 
 
+def test_users_and_sites_added_at_the_same_moment_get_the_answers_of_one_after_the_other(relay: Any) -> None:
+    """Two users linking the same new site id, one user linking two sites of one name, an admin adding one user from
+    two terminals, all at once. On PostgreSQL both transactions looked, found nothing, and the second failed on the
+    unique key (a 503 and a logged traceback) in about half of such races; now it is the answer it gets when it comes
+    second: a conflict, or "already exists"."""
+    import threading
+
+    from balsam.relay.store import Conflict
+
+    relay.add_user("alice", "correct horse")
+    relay.add_user("bob", "correct horse")
+    _, alice = relay.login("alice", "correct horse")
+    _, bob = relay.login("bob", "correct horse")
+
+    def race(*calls: Any) -> List[Any]:
+        barrier = threading.Barrier(len(calls))
+        out: List[Any] = []
+
+        def one(call: Any) -> None:
+            barrier.wait()
+            try:
+                out.append(call())
+            except Exception as exc:  # what each of the two gets is the point of the test
+                out.append(exc)
+
+        threads = [threading.Thread(target=one, args=(call,)) for call in calls]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return out
+
+    for i in range(8):
+        same_id = race(lambda i=i: relay.link_site(alice, 100 + i, f"a{i}"), lambda i=i: relay.link_site(bob, 100 + i, f"b{i}"))
+        same_name = race(lambda i=i: relay.link_site(alice, 200 + 2 * i, f"n{i}"), lambda i=i: relay.link_site(alice, 201 + 2 * i, f"n{i}"))
+        same_user = race(lambda i=i: relay.add_user(f"user{i}", "correct horse"), lambda i=i: relay.add_user(f"user{i}", "correct horse"))
+        for answers, refusal in ((same_id, Conflict), (same_name, Conflict), (same_user, ValidationError)):
+            kinds = sorted(type(a).__name__ for a in answers)
+            assert len([a for a in answers if isinstance(a, refusal)]) == 1 and len(answers) == 2, answers
+            assert kinds.count("int") + kinds.count("str") == 1, answers  # the other was added (an id) or linked (a token)
+    assert {s["name"] for s in relay.sites(alice)} | {s["name"] for s in relay.sites(bob)} >= {f"n{i}" for i in range(8)}
+
+
 def test_a_site_cannot_write_another_sites_rows(relay: Any) -> None:
     relay.add_user("alice", "correct horse")
     _, alice = relay.login("alice", "correct horse")

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -175,10 +175,24 @@ class RelayStore:
         """A new user; refuses a taken or malformed name."""
         name = _check_user_name(name)
         digest = auth.hash_password(password)
-        with self.begin() as c:
-            if c.execute(sa.select(t.user.c.id).where(t.user.c.name == name)).first() is not None:
-                raise ValidationError(f"user {name!r} already exists")
-            return int(c.execute(t.user.insert().values(name=name, password_hash=digest, created=time.time(), disabled=False)).inserted_primary_key[0])
+        def add() -> int:
+            with self.begin() as c:
+                if c.execute(sa.select(t.user.c.id).where(t.user.c.name == name)).first() is not None:
+                    raise ValidationError(f"user {name!r} already exists")
+                return int(c.execute(t.user.insert().values(name=name, password_hash=digest, created=time.time(),
+                                                            disabled=False)).inserted_primary_key[0])
+
+        return int(self._again_if_raced(add))
+
+    def _again_if_raced(self, write: Callable[[], Any]) -> Any:
+        """``write()``, a transaction that looks for a row and then inserts it, once more if another transaction inserted
+        the same key between its look and its insert (PostgreSQL: both looked, both found nothing): the second run
+        finds that row and answers as it would have (already exists, a conflict, a re-link). Before, the unique key
+        failed the insert: a 503 with a logged traceback."""
+        try:
+            return write()
+        except sa.exc.IntegrityError:
+            return write()
 
     def set_password(self, name: str, password: str) -> Dict[str, int]:
         """Set a user's password and revoke every token the user holds, in one transaction (whoever knew the old
@@ -300,19 +314,23 @@ class RelayStore:
         name = check_text("site name", name, max_chars=200, empty=False)
         hostname = check_text("hostname", hostname, max_chars=255)
         path = check_text("site path", path, max_chars=4096)
-        with self.begin() as c:
-            row = c.execute(sa.select(t.site.c.user_id, t.site.c.name).where(t.site.c.id == site_id)).first()
-            if row is not None and (row.user_id != caller.user_id or row.name != name):
-                raise Conflict(f"site id {site_id} is taken at this relay: the site needs a new id")
-            other = c.execute(sa.select(t.site.c.id).where(t.site.c.user_id == caller.user_id, t.site.c.name == name,
-                                                           t.site.c.id != site_id)).first()
-            if other is not None:
-                raise Conflict(f"you already have a site named {name!r} at this relay (id {other[0]})")
-            if row is None:
-                c.execute(t.site.insert().values(id=site_id, user_id=caller.user_id, name=name, hostname=hostname, path=path,
-                                                 row="{}", pushed_seq=0, command_seq=0, backlog="{}"))
-            else:
-                c.execute(t.site.update().where(t.site.c.id == site_id).values(hostname=hostname, path=path))
+
+        def link() -> None:
+            with self.begin() as c:
+                row = c.execute(sa.select(t.site.c.user_id, t.site.c.name).where(t.site.c.id == site_id)).first()
+                if row is not None and (row.user_id != caller.user_id or row.name != name):
+                    raise Conflict(f"site id {site_id} is taken at this relay: the site needs a new id")
+                other = c.execute(sa.select(t.site.c.id).where(t.site.c.user_id == caller.user_id, t.site.c.name == name,
+                                                               t.site.c.id != site_id)).first()
+                if other is not None:
+                    raise Conflict(f"you already have a site named {name!r} at this relay (id {other[0]})")
+                if row is None:
+                    c.execute(t.site.insert().values(id=site_id, user_id=caller.user_id, name=name, hostname=hostname, path=path,
+                                                     row="{}", pushed_seq=0, command_seq=0, backlog="{}"))
+                else:
+                    c.execute(t.site.update().where(t.site.c.id == site_id).values(hostname=hostname, path=path))
+
+        self._again_if_raced(link)
         return self.issue_token(caller.user_id, kind="site", site_id=site_id, label=f"agent of {name}", ttl_s=SITE_TOKEN_TTL_S)
 
     def sites(self, caller: Caller) -> List[Dict[str, Any]]:
