@@ -39,6 +39,7 @@ def test_contents_and_build_info(pyz: Path) -> None:
         info = json.loads(zf.read("_balsam_build.json"))
     assert "__main__.py" in names and "balsam/api.py" in names and "click/__init__.py" in names
     assert "balsam/platforms/presets/local/settings.yml" in names
+    assert "balsam/platforms/presets/optional-services.yml" in names  # every new site's settings.yml ends with it
     assert "balsam/web/index.html" in names and any(n.startswith("balsam/web/assets/") and n.endswith(".js") for n in names)
     assert not any(n.endswith(".so") and not n.startswith("_balsam_native/") for n in names)
     assert "balsam/api.pyc" in names  # byte-code for the building Python: zipimport cannot cache it
@@ -164,6 +165,7 @@ def test_the_wheel_carries_every_package_and_the_presets(tmp_path: Path) -> None
     names = set(zipfile.ZipFile(wheel).namelist())
     for must in ("balsam/services/agent.py", "balsam/launcher/__init__.py", "balsam/cli/job.py", "balsam/db/schema.py",
                  "balsam/platforms/presets/polaris/settings.yml", "balsam/platforms/presets/local/job-template.sh",
+                 "balsam/platforms/presets/optional-services.yml",
                  "balsam/web/__init__.py", "balsam/web/index.html", "balsam/docs/README.md"):
         assert must in names
     assert any(n.startswith("balsam/web/assets/") and n.endswith(".css") for n in names)  # the dashboard, built
