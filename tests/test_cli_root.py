@@ -213,6 +213,15 @@ def test_a_mistyped_command_names_the_closest_ones() -> None:
     assert "Did you mean" not in fails("frobnicate", code=2)
 
 
+def test_a_command_given_to_the_wrong_group_names_the_group_that_has_it() -> None:
+    """``balsam site migrate`` and ``balsam job submit`` said only "No such command": the user had to search every
+    group's help for the command they remembered."""
+    assert "No such command 'submit'. (Did you mean 'balsam queue submit'?)" in fails("job", "submit", code=2)
+    assert "(Did you mean 'balsam db backup'?)" in fails("job", "backup", code=2)
+    assert "'balsam db migrate'" in fails("site", "migrate", code=2)
+    assert "Did you mean" not in fails("site", "frobnicate", code=2)
+
+
 def test_a_balsam_07_command_with_no_counterpart_says_what_replaced_it() -> None:
     err = fails("register", code=2)
     assert "no server to register with" in err and "balsam relay user add" in err

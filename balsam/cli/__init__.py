@@ -112,8 +112,27 @@ class SuggestingGroup(click.Group):
                 ctx.fail(f"'{name}' is not a command here: {RETIRED[name]}.")
             # Loaded commands may be hidden (internal); a lazy one is listed without importing its module.
             visible = [n for n in self.list_commands(ctx) if not getattr(self.commands.get(n), "hidden", False)]
-            ctx.fail(f"No such command {name!r}.{did_you_mean(name, visible)}")
+            ctx.fail(f"No such command {name!r}.{did_you_mean(name, visible) or _in_another_group(ctx, name)}")
         return super().resolve_command(ctx, args)
+
+
+def _in_another_group(ctx: click.Context, name: str) -> str:
+    """`` (Did you mean 'balsam db migrate'?)`` when ``name`` is a command of another group than the one it was given
+    to (``balsam site migrate``, ``balsam job submit``), or ``""``. Only on this error path are the groups loaded."""
+    root = ctx.find_root()
+    if ctx.parent is None or not isinstance(root.command, click.Group):
+        return ""
+    found = []
+    for group_name in root.command.list_commands(root):
+        try:
+            group = root.command.get_command(root, group_name)
+        except Exception:  # a group whose optional dependency is broken here: the error being reported matters more
+            continue
+        if isinstance(group, click.Group) and group is not ctx.command and group.get_command(root, name) is not None:
+            found.append(repr(f"{root.info_name or 'balsam'} {group_name} {name}"))
+    if not found:
+        return ""
+    return f" (Did you mean {found[0]}?)" if len(found) == 1 else f" (Did you mean one of: {', '.join(found[:3])}?)"
 
 
 class LazyGroup(SuggestingGroup):
