@@ -372,3 +372,46 @@ def test_the_relay_checks_launch_flags_against_what_the_site_allows_and_the_site
     sync.push()
     with pytest.raises(exc.ValidationError, match="flag --mca is not one Balsam passes to MPI launchers at site polaris"):
         queued.create_jobs([new_job_row("mca/3", app_id, parameters={"say_hello_to": "x"}, launch_params=mca)], {})
+
+
+def test_a_saves_read_has_one_shape_through_the_agent_and_through_the_relay(relay: Relay, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a save was made on (its read: version, state, the changed fields' values) travels in the shape the HTTP
+    API documents for PATCH /v1/jobs, also inside the relay's command to the site (it was a list there), and a read
+    in any other shape is refused in one line naming the job."""
+    from balsam.db.jobs import new_job_row
+    from balsam.db.merge import Read
+    from balsam.http.schemas import JOB_UPDATE
+    from balsam.relay.backend import RelayBackend
+    from balsam.sync import user_client
+
+    env, root = login_node(tmp_path, relay)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    ref, sync = _sync_service(root, env)
+    app_id = int(sync.site.store.execute("SELECT id FROM app WHERE name = 'Hello'")[0][0])
+    (job_id,), _, _ = ref.backend.create_jobs([new_job_row("read/1", app_id, parameters={"say_hello_to": "x"})], {})
+    version, state = sync.site.store.execute("SELECT version, state FROM job WHERE id = ?", (job_id,))[0]
+    sync.push(force=True)
+    user = user_client(retry_s=5)
+    caller = relay.store.verify(user.token)
+    queued = RelayBackend(relay.store, caller, wait_s=0.2)
+    read = Read(job_id, int(version), str(state), {"tags": {}})
+    with pytest.raises(exc.CommandPending):
+        queued.update_jobs([(job_id, {"tags": {"from": "relay"}})], reads=[read])
+    sent = relay.store.command(caller, 1)["body"]["reads"]
+    documented = JOB_UPDATE["properties"]["read"]
+    assert sent == [[job_id, {"version": int(version), "state": str(state), "fields": {"tags": {}}}]]
+    assert set(sent[0][1]) == set(documented["properties"]) and set(documented["required"]) <= set(sent[0][1])
+    assert sync.pull_once() == 1 and relay.store.command(caller, 1)["state"] == "applied"
+    assert json.loads(sync.site.store.execute("SELECT tags FROM job WHERE id = ?", (job_id,))[0][0]) == {"from": "relay"}
+    # Another shape (the list the relay used to send) is refused, naming the job, by the relay and by the site.
+    with pytest.raises(exc.ValidationError, match=rf"^job {job_id}: read must be an object \{{version, state, fields\}}$"):
+        user.request("PATCH", "/v1/jobs", [{"id": job_id, "tags": {"k": "v"}, "read": [job_id, int(version), str(state), {}]}])
+    site_id = relay.store.site_for(caller, "polaris")["id"]
+    relay.store.add_command(caller, site_id, "update_jobs", {"updates": [[job_id, {"tags": {"k": "v"}}]],
+                                                             "reads": [[job_id, int(version), str(state), {}]]})
+    sync.pull_once()
+    rejected = relay.store.command(caller, 2)
+    assert rejected["state"] == "rejected", rejected
+    assert rejected["result"]["message"] == f"job {job_id}: read must be an object {{version, state, fields}}"
+    assert json.loads(sync.site.store.execute("SELECT tags FROM job WHERE id = ?", (job_id,))[0][0]) == {"from": "relay"}

@@ -31,7 +31,7 @@ from balsam.db.connection import chunks
 from balsam.db.fields import UPDATABLE_FIELDS
 from balsam.db.states import JobState, is_legal
 from balsam.db.transitions import ids_param
-from balsam.exceptions import StaleVersion
+from balsam.exceptions import StaleVersion, ValidationError
 
 S = JobState
 
@@ -81,19 +81,22 @@ def read_of(job_id: int, row: Dict[str, Any], names: Sequence[str]) -> Optional[
                 {n: row.get(n) for n in names if n in row and n not in ("state", "parent_ids")})
 
 
-def read_to_wire(read: Read) -> List[Any]:
-    """A Read as JSON: [job_id, version, state, {field: value}]."""
-    return [int(read.job_id), int(read.version), str(read.state), dict(read.fields)]
+def read_to_wire(read: Read) -> Dict[str, Any]:
+    """A Read as JSON, the one shape every door uses: ``{"version", "state", "fields"}``, beside the job's id (an
+    item of ``PATCH /v1/jobs``, and ``[job_id, read]`` in the relay's update command to a site)."""
+    return {"version": int(read.version), "state": str(read.state), "fields": dict(read.fields)}
 
 
-def read_from_wire(raw: Any) -> Read:
-    """The inverse of :func:`read_to_wire` (ValueError when malformed)."""
-    if not isinstance(raw, (list, tuple)) or len(raw) != 4 or not isinstance(raw[3], dict):
-        raise ValueError("a read is [job_id, version, state, {field: value}]")
-    job_id, version, state = raw[0], raw[1], raw[2]
-    if type(job_id) is not int or type(version) is not int or not isinstance(state, str):
-        raise ValueError("a read is [job_id, version, state, {field: value}]")
-    return Read(job_id, version, state, {str(k): v for k, v in raw[3].items()})
+def read_from_wire(job_id: int, raw: Any) -> Read:
+    """The inverse of :func:`read_to_wire` for job ``job_id``: ValidationError, one line, when malformed."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("fields", {}), dict):
+        raise ValidationError(f"job {job_id}: read must be an object {{version, state, fields}}")
+    version, state = raw.get("version"), raw.get("state")
+    if type(version) is not int or not 0 <= version < 2**63:
+        raise ValidationError(f"job {job_id}: read.version must be an integer from 0 to 2**63-1, got {version!r:.40}")
+    if not isinstance(state, str):
+        raise ValidationError(f"job {job_id}: read.state must be a state name")
+    return Read(int(job_id), version, state, {str(k): v for k, v in (raw.get("fields") or {}).items()})
 
 
 def check_reads(conn: sqlite3.Connection, reads: Sequence[Read], updates: Sequence[Tuple[int, Dict[str, Any]]],

@@ -31,7 +31,7 @@ from balsam.db import lockwait
 from balsam.db.backend import Backend, Row
 from balsam.db.codec import loads, loads_body
 from balsam.db.jobs import NEW_JOB_COLUMNS, StateChange
-from balsam.db.merge import Read
+from balsam.db.merge import Read, read_to_wire
 from balsam.db.once import Rejected
 from balsam.http.auth import SECRET_FILE, check_response, read_secret, sign_request
 from balsam.http.schemas import COLUMNS, encode_filter_value, wire_to_row
@@ -632,7 +632,7 @@ class HttpBackend(Backend):
             item.update(state=ch.state, state_timestamp=ch.timestamp, state_data=ch.data, session_id=ch.session_id)
         for r in reads:
             if r.job_id in items:  # what the save was made on: the server merges it with what moved since, or refuses it
-                items[r.job_id]["read"] = {"version": r.version, "state": r.state, "fields": r.fields}
+                items[r.job_id]["read"] = read_to_wire(r)
         if items:
             self.client.request("PATCH", "/v1/jobs", list(items.values()))
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from balsam.db.backend import Backend
 from balsam.db.fields import LAUNCHER_FIELDS
 from balsam.db.jobs import StateChange
-from balsam.db.merge import Read
+from balsam.db.merge import Read, read_from_wire
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
 from balsam.http.auth import Principal
 from balsam.http.schemas import (
@@ -523,21 +523,11 @@ def update_jobs(call: Call) -> Answer:
         if new_parents is not None:
             parents.append((job_id, new_parents))
         if item.get("read") is not None:
-            reads.append(_read(job_id, item["read"]))
+            reads.append(read_from_wire(job_id, item["read"]))  # what the save was made on (balsam.db.merge)
     _apply_job_updates(call, ids, updates, parents, changes, reads)
     columns = COLUMNS["job"]
     found = {r[0]: r for r in call.backend.select("job", {"id": ids}, columns=columns)} if ids else {}
     return 200, [row_to_wire("job", dict(zip(columns, found[i]))) for i in ids if i in found]
-
-
-def _read(job_id: int, raw: Any) -> Read:
-    """A job update's ``read`` (what the save was made on: {"version", "state", "fields"}), checked."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("fields", {}), dict):
-        raise ValidationError(f"job {job_id}: read must be an object {{version, state, fields}}")
-    state = raw.get("state")
-    if not isinstance(state, str):
-        raise ValidationError(f"job {job_id}: read.state must be a state name")
-    return Read(job_id, _int(raw.get("version"), "read.version", 0), state, dict(raw.get("fields") or {}))
 
 
 def _apply_job_updates(call: Call, ids: List[int], updates: List[Tuple[int, Dict[str, Any]]], parents: List[Tuple[int, List[int]]],

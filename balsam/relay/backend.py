@@ -281,7 +281,7 @@ class RelayBackend(Backend):
             # What each save was made on goes to the site, which merges it with what moved there since (or refuses
             # it). A caller that says nothing of its read (an older client) gets the version of the relay's copy:
             # the site refuses the edit if its row moved on since.
-            body["reads"] = [read_to_wire(read_by_id[i]) for i in ids if i in read_by_id]
+            body["reads"] = [[i, read_to_wire(read_by_id[i])] for i in ids if i in read_by_id]
             unread = [i for i in ids if i not in read_by_id]
             body["versions"] = [[int(i), int(v)] for i, v in self.select("job", {"id": unread}, columns=("id", "version"))] if unread else []
             self.run_command(site, "update_jobs", body)

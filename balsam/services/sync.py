@@ -28,7 +28,7 @@ from balsam import exceptions as exc
 from balsam.db import launch_flags, outbox
 from balsam.db.backend import LocalBackend
 from balsam.db.doorbell import FINISHED, Doorbell
-from balsam.db.merge import read_from_wire
+from balsam.db.merge import Read, read_from_wire
 from balsam.db.meta import write_meta
 from balsam.db.site_row import whole_site_row
 from balsam.services.base import Service, ServiceThread
@@ -73,7 +73,7 @@ def apply_command(backend: LocalBackend, cmd: Dict[str, Any]) -> Any:
         changes = [decode_change(c) for c in body.get("changes") or []]
         for ch in changes:
             _checked(ch.fields or {})
-        reads = [read_from_wire(r) for r in body.get("reads") or []]
+        reads = [_read_of(item) for item in body.get("reads") or []]
         _check_versions(backend, body.get("versions") or [])
         backend.update_jobs(updates, parents, changes, reads)
         return None
@@ -154,6 +154,13 @@ def _validated_row(raw: Any) -> Tuple[Any, ...]:
     return job_db.new_job_row(d["workdir"], d["app_id"], tags=_json("tags", {}), parameters=_json("parameters", {}),
                               data=_json("data", {}), launch_params=_json("launch_params", {}),
                               parent_ids=_json("parent_ids", []), pending_file_cleanup=bool(d["pending_file_cleanup"]), **resources)
+
+
+def _read_of(item: Any) -> Read:
+    """One read of an update command: ``[job_id, read]``, the read in the HTTP API's shape (balsam.db.merge)."""
+    if not isinstance(item, list) or not item or type(item[0]) is not int:
+        raise exc.ValidationError("a read is [job_id, {version, state, fields}]")
+    return read_from_wire(item[0], item[1] if len(item) == 2 else None)
 
 
 def _int(value: Any) -> int:
