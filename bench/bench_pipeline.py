@@ -7,15 +7,25 @@ same run (the machine is noisy: only ratios are meaningful), with:
 
 - ``xargs -P <cores>`` doing the same work: making each job's directory and writing its output
   (``mkdir -p DIR && cd DIR && true > job.out``);
-- the pure spawn floor: ``xargs -P <cores>`` running ``sh -c 'cd DIR && true > job.out'`` in directories made
-  beforehand.
+- the pure spawn floor: ``xargs -P <cores>`` running ``sh -c 'cd DIR && true > job.out'`` in empty directories
+  made beforehand (not timed), on the same file system as the site, so that it creates each job's output file
+  as the pipeline does. (Directories that already hold a job.out, e.g. the pipeline's own, only truncate it:
+  on an ext4 without a journal, as on this machine kind, creating a file cost 0.3-0.5 ms while other processes
+  delete files, as much as the spawn itself, so such a floor was up to twice as fast as a fair one.)
+
+Each pipeline case also prints where its time went: from creation to the first job's start, the steady rate
+(first to last start), and the tail (last start to the last JOB_FINISHED), and the CPU time per job of the
+launcher (user + system) and of the agent; the floor prints its CPU time per job (xargs and its shells).
+``--rt`` runs everything measured (agent, launchers, jobs, xargs) at real-time priority (SCHED_RR, root only):
+on a machine shared with other work, the runs then see a nearly quiet machine (the kernel still leaves 5% of
+each second to the rest); both sides of every ratio get the same priority.
 
 Python ``run()`` no-op jobs go through the same pipeline (warm workers), in each mode: jobs/s (``--py-jobs``).
 Then the claim-to-start latency with the agent running: jobs created one at a time while an mpi-mode launcher
 idles, from the agent making each runnable (its PREPROCESSED event) to its RUNNING event, p50 and p99; and the
 same from creation. The printed figures do not depend on the core count (``--cores``).
 
-    python bench/bench_pipeline.py [--jobs 5000] [--py-jobs 2000] [--cores N] [--rounds 2] [--latency 50] [--modes mpi,serial]
+    python bench/bench_pipeline.py [--jobs 5000] [--py-jobs 2000] [--cores N] [--rounds 2] [--latency 50] [--modes mpi,serial] [--rt]
 """
 
 from __future__ import annotations
@@ -125,8 +135,32 @@ def cpu_s(pid: int) -> float:
         return 0.0
 
 
+def cpu_split(pid: int) -> Tuple[float, float]:
+    """(user, system) CPU seconds process ``pid`` used so far (all threads, not its children); zeros if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+
+
 CPU: Dict[str, List[float]] = {}
 """CPU microseconds per job of the launcher and of the agent, by case: the overhead, robust to a noisy machine."""
+PHASES: Dict[str, List[Dict[str, float]]] = {}
+"""Per case and round: creation to first start (ms), the steady start rate (jobs/s), last start to the last
+JOB_FINISHED (ms), and the launcher's user and system CPU per job (us)."""
+
+
+def phases(ref: Any, lo: int, hi: int, t0: float) -> Dict[str, float]:
+    """Where a run's time went, from its jobs' events: ``t0`` is the wall-clock time their creation began."""
+    first, last, n = ref.store.execute("SELECT min(timestamp), max(timestamp), count(*) FROM event WHERE job_id BETWEEN ? AND ? "
+                                       "AND to_state='RUNNING'", (lo, hi))[0]
+    finished = ref.store.execute("SELECT max(timestamp) FROM event WHERE job_id BETWEEN ? AND ? AND to_state='JOB_FINISHED'",
+                                 (lo, hi))[0][0]
+    return {"start_ms": 1000 * (float(first) - t0), "steady_per_s": (n - 1) / max(1e-9, float(last) - float(first)),
+            "tail_ms": 1000 * (float(finished) - float(last))}
 
 
 def run_pipeline(ref: Any, n: int, mode: str, cores: int, prefix: str, profile: Optional[Path] = None,
@@ -143,7 +177,9 @@ def run_pipeline(ref: Any, n: int, mode: str, cores: int, prefix: str, profile: 
             spies = [_py_spy(proc.pid, profile / f"launcher-{prefix}.txt"), _py_spy(agent_pid, profile / f"agent-{prefix}.txt")]
             time.sleep(1.0)
         t0 = time.perf_counter()
+        wall0 = time.time()
         cpu0 = (cpu_s(proc.pid), cpu_s(agent_pid))
+        split0 = cpu_split(proc.pid)
         jobs = Job.objects.bulk_create([Job(f"{prefix}/{i:06d}", app_id=app, node_packing_count=cores) for i in range(n)])
         lo, hi = int(jobs[0].id), int(jobs[-1].id)
         while True:
@@ -156,8 +192,15 @@ def run_pipeline(ref: Any, n: int, mode: str, cores: int, prefix: str, profile: 
                 raise SystemExit(f"only {done}/{n} jobs finished in 15 minutes; see {ref.path}/log")
             time.sleep(0.02)
         rate = n / (time.perf_counter() - t0)
-        CPU.setdefault(f"{'python ' if app is PyNoop else ''}{mode}", []).extend(
-            [1e6 * (cpu_s(proc.pid) - cpu0[0]) / n, 1e6 * (cpu_s(agent_pid) - cpu0[1]) / n])
+        case = f"{'python ' if app is PyNoop else ''}{mode}"
+        split = cpu_split(proc.pid)
+        CPU.setdefault(case, []).extend([1e6 * (cpu_s(proc.pid) - cpu0[0]) / n, 1e6 * (cpu_s(agent_pid) - cpu0[1]) / n])
+        phase = dict(phases(ref, lo, hi, wall0), launcher_user_us=1e6 * (split[0] - split0[0]) / n,
+                     launcher_sys_us=1e6 * (split[1] - split0[1]) / n)
+        PHASES.setdefault(case, []).append(phase)
+        print(f"    first start after {phase['start_ms']:.0f} ms, then {phase['steady_per_s']:.0f} jobs/s, last JOB_FINISHED "
+              f"{phase['tail_ms']:.0f} ms after the last start; launcher CPU {phase['launcher_user_us']:.0f} us user + "
+              f"{phase['launcher_sys_us']:.0f} us system per job", flush=True)
         return rate
     finally:
         for spy in spies:
@@ -178,10 +221,17 @@ def main() -> None:
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="also sample the agent and the launcher with py-spy (slows both) into DIR, and print their top functions")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures to FILE as JSON")
+    parser.add_argument("--rt", action="store_true",
+                        help="run everything measured at real-time priority (SCHED_RR 1; root): a shared machine then looks quiet")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if args.jobs < 1 or args.py_jobs < 0 or args.cores < 1 or not modes or set(modes) - {"mpi", "serial"}:
         raise SystemExit("--jobs and --cores must be >= 1 and --modes a list of mpi, serial")
+    if args.rt:
+        try:  # inherited by everything started from here on: the agent, the launchers, their jobs, xargs
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+        except (OSError, AttributeError) as exc:
+            raise SystemExit(f"--rt: cannot take real-time priority here ({exc}); run as root, or without --rt") from None
     from balsam.services.agent import start_agent, stop_agent
 
     cores = args.cores
@@ -208,8 +258,15 @@ def main() -> None:
                 record(f"python run() {mode}", run_pipeline(ref, args.py_jobs, mode, cores, f"py{mode}{r}", None, agent_pid, PyNoop))
             fresh = [str(tmp / "xargs" / f"{r}" / f"{i:06d}") for i in range(args.jobs)]
             record("xargs same work", run_baseline(["xargs", "-P", str(cores), "-n", "1", "sh", "-c", SAME_WORK, "sh"], fresh))
-            made = [str(ref.path / "data" / f"{modes[0]}{r}" / f"{i:06d}") for i in range(args.jobs)]
+            made = [str(ref.path / "data" / f"floor{r}" / f"{i:06d}") for i in range(args.jobs)]
+            for d in made:  # empty, so that each job creates its job.out as in the pipeline (see the module's docstring)
+                os.makedirs(d)
+            before = os.times()
             record("xargs spawn floor", run_baseline(["xargs", "-P", str(cores), "-n", "1", "sh", "-c", FLOOR, "sh"], made))
+            after = os.times()
+            floor_cpu = 1e6 * (after.children_user + after.children_system - before.children_user - before.children_system) / args.jobs
+            CPU.setdefault("spawn floor", []).append(floor_cpu)
+            print(f"    CPU {floor_cpu:.0f} us per job (xargs and its shells)", flush=True)
         if args.py_spy is not None:
             for raw in sorted(args.py_spy.glob("*.txt")):
                 print(f"\n{raw.name}: " + "\n".join(top_functions(raw)))
@@ -229,15 +286,23 @@ def main() -> None:
             print("  python run() jobs/s through the pipeline: " + ", ".join(f"{m} {best[f'python run() {m}']:.0f}" for m in modes)
                   + " (aim > 5,000 on 16 cores)")
         for case, values in CPU.items():
+            if case == "spawn floor":
+                print(f"  CPU per job, spawn floor (xargs and its shells): {min(values):.0f} us (least of {len(values)} rounds)")
+                continue
             launcher, agent = values[0::2], values[1::2]
             print(f"  CPU per job, {case}: launcher {min(launcher):.0f} us, agent {min(agent):.0f} us (least of {len(launcher)} rounds)")
+        for case, rounds in PHASES.items():
+            steady = max(p["steady_per_s"] for p in rounds)
+            of_floor = "" if case.startswith("python") else f" (= {steady / best['xargs spawn floor']:.2f} of the spawn floor)"
+            print(f"  {case}: first start after {min(p['start_ms'] for p in rounds):.0f} ms, steady {steady:.0f} jobs/s{of_floor}, "
+                  f"tail {min(p['tail_ms'] for p in rounds):.0f} ms (best of {len(rounds)} rounds)")
         if lat:
             print(f"claim-to-start with the agent running: p50 {statistics.median(lat) * 1000:.1f} ms, p99 {_p99(lat) * 1000:.1f} ms "
                   f"over {len(lat)} jobs (aim p99 < 100 ms); from creation: p50 {statistics.median(from_creation) * 1000:.1f} ms, "
                   f"p99 {_p99(from_creation) * 1000:.1f} ms")
         if args.json is not None:
             figures: Dict[str, Any] = {"cores": cores, "jobs": args.jobs, "py_jobs": args.py_jobs, "rounds": args.rounds,
-                                       "load_average": [load_before, load_after], "runs": runs, "best": best, "cpu_us_per_job": CPU,
+                                       "load_average": [load_before, load_after], "runs": runs, "best": best, "cpu_us_per_job": CPU, "phases": PHASES, "rt": args.rt,
                                        "ratios": {m: {"same_work": best[f"pipeline {m}"] / best["xargs same work"],
                                                       "spawn_floor": best[f"pipeline {m}"] / best["xargs spawn floor"]} for m in modes}}
             if lat:

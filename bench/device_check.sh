@@ -86,6 +86,14 @@ else:
     for mode, r in p["ratios"].items():
         print(f"   pipeline {mode:6s} {best['pipeline ' + mode]:7.0f} jobs/s = {r['same_work']:.2f} of xargs doing the same work, "
               f"{r['spawn_floor']:.2f} of the spawn floor")
+    for case, rounds in (p.get("phases") or {}).items():
+        if not case.startswith("python"):
+            print(f"   pipeline {case:6s} first start after {min(r['start_ms'] for r in rounds):.0f} ms, steady "
+                  f"{max(r['steady_per_s'] for r in rounds):.0f} jobs/s, tail {min(r['tail_ms'] for r in rounds):.0f} ms")
+    cpu = p.get("cpu_us_per_job") or {}
+    if cpu.get("spawn floor"):
+        print(f"   CPU per job: spawn floor {min(cpu['spawn floor']):.0f} us; " + ", ".join(
+            f"{c} launcher {min(v[0::2]):.0f} us + agent {min(v[1::2]):.0f} us" for c, v in cpu.items() if c != "spawn floor"))
     py = [f"{k.split()[-1]} {v:.0f}" for k, v in best.items() if k.startswith("python run()")]
     if py:
         print(f"   python run() jobs/s: {', '.join(py)}")
