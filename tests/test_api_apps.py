@@ -79,6 +79,8 @@ def test_shell_app_parameters_come_from_the_template(site: Any) -> None:
     ("command_template = 'echo {{ x }}'\n    parameters = {'x': {'required': False}}", "needs a default"),
     ("command_template = 'ls'\n    transfers = {'in': {'direction': 'sideways'}}", "direction must be 'in' or 'out'"),
     ("command_template = 'ls'\n    cleanup_files = ['/etc/*']", "must stay inside the job's workdir"),
+    ("command_template = 'ls'\n    cleanup_files = ['*.tmp', './']", "pattern './' names no files inside the job's workdir"),
+    ("command_template = 'ls'\n    cleanup_files = ['']", "pattern '' names no files"),
 ])
 def test_bad_definitions_fail_when_the_class_is_defined(site: Any, body: str, message: str) -> None:
     with pytest.raises(AppError, match=message):

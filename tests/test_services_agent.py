@@ -91,6 +91,18 @@ def test_cleaning_never_leaves_the_workdir(tmp_path: Path) -> None:
     assert clean_workdir(data, "../", ["*"]) == 0
 
 
+def test_a_pattern_glob_cannot_read_skips_only_itself_and_none_deletes_the_workdir(tmp_path: Path) -> None:
+    """cleanup_files stored before they were checked (by an older Balsam): '.', './' or '' made Python's glob raise,
+    which ended every cleaner cycle before its jobs were marked cleaned, so no job of any app was cleaned again; and
+    '**' deleted the whole workdir, job.out with it."""
+    data = tmp_path / "data"
+    (data / "job" / "scratch").mkdir(parents=True)
+    for name in ("a.tmp", "job.out", "scratch/x"):
+        (data / "job" / name).write_text("x")
+    assert clean_workdir(data, "job", [".", "./", "", "**", "*.tmp"]) == 2  # scratch/ (by '**') and a.tmp
+    assert sorted(p.name for p in (data / "job").iterdir()) == ["job.out"]
+
+
 def test_stuck_jobs_say_why(site: Any, hello: Any) -> None:
     from balsam.api import BatchJob
     from balsam.site.diagnosis import explain

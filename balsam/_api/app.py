@@ -213,6 +213,8 @@ def _check_environment_and_cleanup(name: str, cls: Any) -> None:
     for g in cleanup:
         if g.startswith("/") or ".." in Path(g).parts:
             raise AppError(f"{name}: cleanup_files pattern {g!r} must stay inside the job's workdir")
+        if "\x00" in g or not Path(g).parts:  # '', '.', './': the workdir itself, which the cleaner never deletes
+            raise AppError(f"{name}: cleanup_files pattern {g!r} names no files inside the job's workdir (e.g. '*.tmp', 'scratch/*')")
 
 
 class ApplicationDefinition(metaclass=_AppMeta):

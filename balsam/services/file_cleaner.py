@@ -29,10 +29,17 @@ def clean_workdir(data_root: Path, workdir: str, patterns: List[str]) -> int:
         return 0
     removed = 0
     for pattern in patterns:
-        for path in base.glob(pattern):
+        try:  # all matches first: a match deleted while the glob still walks the tree below it ends the walk with an error
+            matches = list(base.glob(pattern))
+        except Exception as exc:  # '' is a ValueError, '.' an IndexError, './' an AttributeError (Python 3.11's glob)
+            # A pattern stored before it was checked: skipped, so that one app's pattern does not stop the cleaner
+            # (the error ended every cycle before the jobs were marked cleaned, so no job of any app was cleaned again).
+            logger.warning("cleanup_files pattern %r cannot be used (%s: %s): skipped", pattern, type(exc).__name__, exc)
+            continue
+        for path in matches:
             target = path.resolve() if not path.is_symlink() else path.parent.resolve() / path.name
-            if target != base and base not in target.parents:
-                logger.warning("refusing to delete %s: outside the workdir %s", path, base)
+            if base not in target.parents:  # nor the workdir itself ('**' matches it): only what is inside it
+                logger.warning("refusing to delete %s: not inside the workdir %s", path, base)
                 continue
             try:
                 if path.is_dir() and not path.is_symlink():
