@@ -203,6 +203,24 @@ def test_a_parent_at_another_site_that_will_never_finish_fails_its_child_saying_
     assert _failed_why(roots["theta"], ghost_child.id) == (f"parent job {base(other) + 5} does not exist: its site (id {other}) is "
                                                            "not one of your sites at the relay")
 
+    # An id its site had not handed out when the child came to wait on it (and still had not at its next sync): it
+    # never was that parent, whatever job its site makes with that id later.
+    from balsam.relay import parents as relay_parents
+
+    monkeypatch.setattr(relay_parents, "PUSH_SLACK_S", 0.0)  # the relay here hears of a site's push at once
+    future = site_of(unpushed.id) << 32 | ((unpushed.id & 0xFFFFFFFF) + 1000)
+    early_bird = job("sim-future", "theta", [future])
+    sync_b.push(force=True)
+    assert sync_b.parents() == 0  # the relay has not heard of it: it might be a job polaris made and has not pushed
+    early_bird.refresh_from_db()
+    assert early_bird.state == "AWAITING_PARENTS"
+    sync_a.push(force=True)  # polaris's id counter, read after the first ask, is below it
+    assert sync_b.parents() == 1
+    early_bird.refresh_from_db()
+    assert early_bird.state == "FAILED"
+    assert _failed_why(roots["theta"], early_bird.id).startswith(f"parent job {future} does not exist at site polaris: it had "
+                                                                 "handed out job ids up to ")
+
     # A loop across the sites: a job at polaris made to wait on a job at theta that waits on it.
     a1 = job("a1", "polaris")
     b1 = job("b1", "theta", [a1.id])

@@ -104,6 +104,19 @@ def waiting(conn: sqlite3.Connection, limit: int = MAX_ASK) -> List[int]:
         (limit,))]
 
 
+def asked_since(conn: sqlite3.Connection, ids: Sequence[int]) -> Dict[int, float]:
+    """When (the relay's clock) this site first asked about each of ``ids`` that the relay did not know then."""
+    return {int(i): float(t) for i, t in conn.execute(
+        "SELECT id, asked FROM foreign_parent WHERE asked IS NOT NULL AND id IN (SELECT value FROM json_each(?))",
+        (ids_param(sorted({int(i) for i in ids})),))}
+
+
+def note_unknown(conn: sqlite3.Connection, ids: Sequence[int], relay_now: float) -> None:
+    """Record that the relay, at ``relay_now`` (its clock), did not know these parents (the first such time is kept):
+    one whose site has handed out no such id by a later sync never existed (balsam.relay.parents)."""
+    conn.executemany("UPDATE foreign_parent SET asked = ? WHERE id = ? AND asked IS NULL", [(float(relay_now), int(i)) for i in ids])
+
+
 def report(conn: sqlite3.Connection, states: Dict[int, str], ended: Optional[Dict[int, Tuple[str, str]]] = None) -> List[StateChange]:
     """Record the states the relay reported for foreign parents (``states``; ``ended``: those that will never finish,
     DELETED or LOOP, with why) and apply what they set off: children released when every parent finished, failed

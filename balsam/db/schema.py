@@ -300,6 +300,12 @@ def _v11_foreign_parents(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS foreign_parent (id INTEGER PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL)")
 
 
+def _v12_foreign_parent_asked(conn: sqlite3.Connection) -> None:
+    """Parents at another site: when (the relay's clock) this site first asked the relay about one it did not know,
+    so that a parent id its site had not handed out by then fails the child instead of waiting forever."""
+    conn.execute("ALTER TABLE foreign_parent ADD COLUMN asked REAL")
+
+
 MIGRATIONS: List[Migration] = [
     (1, "initial schema", _v1),
     (2, "DAG templates and instances", _dags),
@@ -312,6 +318,8 @@ MIGRATIONS: List[Migration] = [
     (9, "parts of bulk writes sent over HTTP in several requests, applied together (staged uploads)", _v9_uploads),
     (10, "API answers kept for retries say when they expire (a launcher's for an hour, others a day)", _v10_answer_expiry),
     (11, "parents at another site: the state the relay reported for each (foreign_parent)", _v11_foreign_parents),
+    (12, "parents at another site: when the relay was first asked about one it did not know (foreign_parent.asked)",
+     _v12_foreign_parent_asked),
 ]
 """Ordered (version, name, apply) triples. Append; never edit a released one."""
 

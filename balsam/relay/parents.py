@@ -7,8 +7,9 @@ For each job named, the relay answers from its mirrors of the user's sites:
 - that it is *gone* when it never will finish: its site is not one of the user's sites here, or the mirror lacks it
   although its site has handed out a later id (``relay_site.jobs_issued``: a site pushes its rows in the order it
   wrote them, so every job it made before that id has reached the mirror, and one missing was deleted there or
-  never existed), or it waits on itself through a loop of parents that crosses sites (each site refuses a loop of
-  its own jobs, but not one through jobs it cannot see);
+  never existed), or its site had not handed out its id well after the asking site first asked about it (an id no
+  job had when the child was made), or it waits on itself through a loop of parents that crosses sites (each site
+  refuses a loop of its own jobs, but not one through jobs it cannot see);
 - nothing while its site has not pushed it yet (the site asking goes on waiting, as it would for a parent here).
 """
 
@@ -26,20 +27,27 @@ DELETED = "DELETED"
 """A parent that is not at its site (deleted there, or never made)."""
 LOOP = "LOOP"
 """A parent that waits on itself through parents at several sites."""
+PUSH_SLACK_S = 120.0
+"""A site's push reaches the relay within this long of the site reading what it pushes: a counter the relay heard
+of this long after a site first asked about a job was read at that site after the ask."""
 MAX_WALK = 100_000
 """Jobs looked at, at most, when looking for loops of parents in one answer (a longer chain of waiting jobs is not
 searched further: its jobs wait on)."""
 _CHUNK = 5000
 
 
-def answer(c: Connection, user_id: int, ids: Sequence[int]) -> Tuple[Dict[int, str], Dict[int, Tuple[str, str]]]:
+def answer(c: Connection, user_id: int, ids: Sequence[int], since: Optional[Dict[int, float]] = None
+           ) -> Tuple[Dict[int, str], Dict[int, Tuple[str, str]]]:
     """({id: mirrored state}, {id: (DELETED or LOOP, why in plain words)}) for the jobs ``ids`` as the user
-    ``user_id`` may see them; a job in neither is not known yet."""
+    ``user_id`` may see them; a job in neither is not known yet. ``since``: when (this relay's clock) the asking site
+    first asked about a job the relay did not know then: one above its site's id counter as that site reported it
+    later (by :data:`PUSH_SLACK_S`) did not exist when its child came to wait on it, and never will be that job."""
     wanted = sorted({int(i) for i in ids})
     if not wanted:
         return {}, {}
-    sites = {int(r.id): (str(r.name), int(r.jobs_issued or 0)) for r in c.execute(
-        sa.select(t.site.c.id, t.site.c.name, t.site.c.jobs_issued).where(t.site.c.user_id == user_id))}
+    since = since or {}
+    sites = {int(r.id): (str(r.name), int(r.jobs_issued or 0), r.jobs_issued_at) for r in c.execute(
+        sa.select(t.site.c.id, t.site.c.name, t.site.c.jobs_issued, t.site.c.jobs_issued_at).where(t.site.c.user_id == user_id))}
     states: Dict[int, str] = {}
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start:start + _CHUNK]
@@ -55,6 +63,9 @@ def answer(c: Connection, user_id: int, ids: Sequence[int]) -> Tuple[Dict[int, s
                                      "your sites at the relay")
         elif job_id <= site[1]:
             gone[job_id] = (DELETED, f"parent job {job_id} is not at site {site[0]}: it was deleted there, or never existed")
+        elif site[2] is not None and job_id in since and float(site[2]) - PUSH_SLACK_S > since[job_id]:
+            gone[job_id] = (DELETED, f"parent job {job_id} does not exist at site {site[0]}: it had handed out job ids up to "
+                                     f"{site[1]} after this job came to wait on it")
     waiting = [i for i, s in states.items() if s == "AWAITING_PARENTS"]
     for job_id, path in _loops(c, list(sites), waiting).items():
         names = " -> ".join(f"job {j} ({sites[site_of(j)][0]})" for j in path)

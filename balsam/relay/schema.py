@@ -78,6 +78,7 @@ site = Table(
     # The highest job id the site is known to have handed out (its pushes' job ids, and its id counter when a push
     # empties its outbox): a job of the site below it that the mirror lacks was deleted or never existed (0007).
     Column("jobs_issued", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("jobs_issued_at", Float, nullable=True),  # when a push last reported the site's id counter (the relay's clock)
     UniqueConstraint("user_id", "name", name="relay_site_user_name"),
 )
 

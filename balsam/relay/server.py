@@ -19,6 +19,7 @@ Another user's rows, sites, tokens and commands are "not found" (404), never "fo
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -227,7 +228,7 @@ MAX_PARENTS_ASKED = 10000
 
 
 def parent_states(call: h.Call) -> Tuple[int, Any]:
-    """``POST /v1/sync/parents`` ``{"ids": [...]}`` (a site's token): the states of the jobs named that belong to the
+    """``POST /v1/sync/parents`` ``{"ids": [...], "since": {id: relay time}}`` (a site's token): the states of the jobs named that belong to the
     site's user at any of their sites, for the site's jobs waiting on parents at another site (balsam.db.foreign), and
     those that will never finish (balsam.relay.parents). Only jobs the site names; another user's are not its own."""
     caller = _caller(call, "site")
@@ -236,11 +237,18 @@ def parent_states(call: h.Call) -> Tuple[int, Any]:
     if not isinstance(ids, list) or len(ids) > MAX_PARENTS_ASKED:
         raise exc.ValidationError(f"ids: expected a list of at most {MAX_PARENTS_ASKED} job ids")
     wanted = [h._int(i, "ids", 1) for i in ids]
-    states, ended = _backend(call).store.parent_states(caller, wanted)
+    raw_since = body.get("since") or {}
+    if not isinstance(raw_since, dict) or len(raw_since) > MAX_PARENTS_ASKED:
+        raise exc.ValidationError(f"since: expected an object of at most {MAX_PARENTS_ASKED} job ids and times")
+    since = {h._int(k, "since", 1): float(v) for k, v in raw_since.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    now = time.time()  # before the look: a parent its site pushed meanwhile is not taken for one it never made
+    states, ended = _backend(call).store.parent_states(caller, wanted, since)
     # "ended": the parents that will never finish (deleted, never made, in a loop of parents across sites), with why;
     # a site from before it reads "states" alone (and waits on those, as it did).
+    # "now": the relay's clock, which the site keeps for parents it did not know ("since" in its next ask)
     return 200, {"states": {str(i): s for i, s in states.items()},
-                 "ended": {str(i): {"state": s, "reason": why} for i, (s, why) in ended.items()}}
+                 "ended": {str(i): {"state": s, "reason": why} for i, (s, why) in ended.items()}, "now": now}
 
 
 @_store_errors

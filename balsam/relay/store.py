@@ -347,7 +347,8 @@ class RelayStore:
                 out.append(d)
             return out
 
-    def parent_states(self, caller: Caller, ids: Sequence[int]) -> Tuple[Dict[int, str], Dict[int, Tuple[str, str]]]:
+    def parent_states(self, caller: Caller, ids: Sequence[int], since: Optional[Dict[int, float]] = None
+                      ) -> Tuple[Dict[int, str], Dict[int, Tuple[str, str]]]:
         """For a site waiting on parents at another site: the mirrored states of the jobs named that belong to the
         caller's user, at any of their sites, and those that will never finish (deleted, never made, in a loop of
         parents across sites), with why (:func:`balsam.relay.parents.answer`). Another user's jobs are "not one of
@@ -355,7 +356,7 @@ class RelayStore:
         from balsam.relay import parents
 
         with self.connect() as c:
-            return parents.answer(c, caller.user_id, ids)
+            return parents.answer(c, caller.user_id, ids, since)
 
     def why(self, caller: Caller, job_id: int) -> List[str]:
         """Why one of the caller's jobs is in its state, from the mirrors (:func:`balsam.relay.parents.why`)."""
@@ -412,6 +413,8 @@ class RelayStore:
                 issued = _jobs_issued(site_id, items, site_info)
                 if issued:
                     values["jobs_issued"] = sa.case((t.site.c.jobs_issued < issued, issued), else_=t.site.c.jobs_issued)
+                if _reports_counter(site_id, site_info):
+                    values["jobs_issued_at"] = now
                 if site_info:
                     if isinstance(site_info.get("row"), dict):
                         row = plain(site_info["row"])
@@ -549,13 +552,19 @@ def default_url(config_dir: Path) -> str:
     return f"sqlite:///{config_dir / 'relay.db'}"
 
 
+def _reports_counter(site_id: int, site_info: Optional[Dict[str, Any]]) -> bool:
+    """Whether a push reports its site's id counter (it does when it empties the site's outbox)."""
+    from balsam.db.ids import site_of
+
+    counter = (site_info or {}).get("jobs_issued")
+    return type(counter) is int and site_of(counter) == site_id
+
+
 def _jobs_issued(site_id: int, items: Sequence[Dict[str, Any]], site_info: Optional[Dict[str, Any]]) -> int:
     """The highest job id a push shows its site has handed out: its job items' ids (already checked to be the
     site's), and the site's id counter, which it reports when the push empties its outbox (0: nothing new)."""
-    from balsam.db.ids import site_of
 
     high = max((int(i["id"]) for i in items if isinstance(i, dict) and i.get("entity") == "job"), default=0)
-    counter = (site_info or {}).get("jobs_issued")
-    if type(counter) is int and site_of(counter) == site_id:
-        high = max(high, counter)
+    if _reports_counter(site_id, site_info):
+        high = max(high, int((site_info or {})["jobs_issued"]))
     return high

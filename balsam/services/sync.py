@@ -245,16 +245,21 @@ class SyncService(Service):
         store = self.site.store
         with store.read() as conn:
             ids = foreign.waiting(conn)
+            since = foreign.asked_since(conn, ids) if ids else {}
         if not ids:
             return 0
-        answer = self.client.request("POST", "/v1/sync/parents", {"ids": ids}, retry_s=2.0)
+        answer = self.client.request("POST", "/v1/sync/parents", {"ids": ids, "since": {str(i): t for i, t in since.items()}},
+                                     retry_s=2.0)
         raw = answer.get("states") if isinstance(answer, dict) else None
         states = {int(k): str(v) for k, v in (raw or {}).items() if str(k).isdigit() and isinstance(v, str)}
         raw_ended = answer.get("ended") if isinstance(answer, dict) else None  # absent from a relay before it
         ended = {int(k): (str(v.get("state")), str(v.get("reason") or "")) for k, v in (raw_ended or {}).items()
                  if str(k).isdigit() and isinstance(v, dict) and v.get("state") in foreign.GONE_STATES}
         asked = set(ids)
+        now = answer.get("now") if isinstance(answer, dict) else None  # the relay's clock (absent from one before it)
         with store.write() as conn:
+            if isinstance(now, (int, float)) and not isinstance(now, bool):
+                foreign.note_unknown(conn, sorted(asked - states.keys() - ended.keys()), float(now))
             moved = foreign.report(conn, {i: s for i, s in states.items() if i in asked},
                                    {i: e for i, e in ended.items() if i in asked})
         if moved:
