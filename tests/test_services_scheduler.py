@@ -124,6 +124,17 @@ def test_a_refused_submission_is_submit_failed_with_the_reason(scheduler: Any, s
     assert "no_such_variable" in bj.status_info["error"]
 
 
+def test_a_template_whose_expression_fails_is_submit_failed_naming_its_line(scheduler: Any, site: Any) -> None:
+    """A TypeError or ZeroDivisionError of the template's own arithmetic left the scheduler service as itself: the
+    BatchJob stayed 'submitting' and was tried again every cycle, and --dry-run said 'unexpected TypeError'."""
+    (site.path / "job-template.sh").write_text("#!/bin/bash\n#SBATCH -N {{ num_nodes }}\n# {{ num_nodes + 'x' }}\n")
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    scheduler.run_cycle()
+    bj.refresh_from_db()
+    assert bj.state == "submit_failed" and bj.scheduler_id is None
+    assert bj.status_info["error"].startswith("job template line 3: TypeError: unsupported operand"), bj.status_info
+
+
 # ------------------------------------------------------------------------------- scheduler outages (issue 19)
 def _pbs_service(site: Any, reply: Any) -> Any:
     from balsam.platforms.runner import FakeRunner

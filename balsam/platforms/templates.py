@@ -109,6 +109,22 @@ def render_job_script(template_text: str, context: Mapping[str, Any]) -> str:
         raise ConfigError(f"job template: syntax error at line {exc.lineno}: {exc.message}") from None
     except jinja2.UndefinedError as exc:
         raise ConfigError(f"job template: {exc.message} (known names: {', '.join(CONTEXT_KEYS + BALSAM07_KEYS)})") from None
+    except Exception as exc:  # an expression of the template failed ({{ num_nodes + "x" }}, a division by zero, ...)
+        # Before, it left the renderer as itself: "unexpected TypeError" at --dry-run, and at the agent a BatchJob that
+        # stayed "submitting" and was tried again every cycle instead of failing with the reason.
+        line = _template_line(exc.__traceback__)
+        where = f" line {line}" if line else ""
+        raise ConfigError(f"job template{where}: {type(exc).__name__}: {exc}") from None
+
+
+def _template_line(tb: Any) -> Optional[int]:
+    """The template's line where rendering failed (Jinja rewrites its frames as the template's, file "<template>")."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
