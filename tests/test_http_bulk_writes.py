@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterator, List
 
 import pytest
@@ -163,6 +164,19 @@ def agent(site: Any, hello: Any) -> Iterator[List[int]]:
         yield pid
     finally:
         stop_agent(site.path)
+        _cancel_local_batch_jobs(site.path)
+
+
+def _cancel_local_batch_jobs(site_path: Path) -> None:
+    """A BatchJob the agent submitted to the local scheduler runs on after the agent stops, as a Slurm job does; the
+    BatchJobs made here only to be updated are cancelled as ``scancel`` would (the agent may submit them first)."""
+    from balsam.settings import SchedulerSettings
+    from balsam.site.layout import SiteLayout
+    from balsam.site.submission import scheduler_for
+
+    scheduler = scheduler_for(SiteLayout(site_path), SchedulerSettings(options={"kill_grace_s": "1"}))
+    for record in sorted(scheduler.state_dir.glob("*.job")):
+        scheduler.delete(int(record.stem))
 
 
 def _progress(home: Any, what: str, n: int) -> int:
