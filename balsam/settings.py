@@ -251,7 +251,12 @@ class SiteSettings:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    import reprlib
+
+    # reprlib: a bounded repr (a list of a billion items, shared through YAML aliases, is not written out to be cut)
+    bounded = reprlib.Repr()
+    bounded.maxlevel, bounded.maxlist, bounded.maxdict, bounded.maxstring, bounded.maxother = 3, 4, 4, 40, 40
+    text = bounded.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -348,6 +353,9 @@ def settings_from_dict(data: Optional[Dict[str, Any]], source: str = "settings.y
         raise ConfigError(f"{source}: {exc}") from None
 
 
+MAX_SETTINGS_VALUES = 100_000
+"""Most values settings.yml may expand to, a YAML alias counted each time it is used: ten anchors of ten aliases each
+("billion laughs") build in a moment, but every reader of the result then walked 10**9 values (site sync hung)."""
 MAX_SETTINGS_DEPTH = 32
 """How deep settings.yml may nest lists and maps (its own keys nest four levels; a user's template parameters a few
 more). A file nested deeper is refused as its parser reaches that level, before anything deeper is read or built:
@@ -358,6 +366,10 @@ class _TooDeep(Exception):
     def __init__(self, line: int) -> None:
         super().__init__(line)
         self.line = line
+
+
+class _TooMany(_TooDeep):
+    """More than :data:`MAX_SETTINGS_VALUES` values, at the line of the collection that passed the bound."""
 
 
 def yaml_loader_bases() -> Tuple[Any, ...]:
@@ -393,9 +405,18 @@ def _bounded_yaml(text: str) -> Any:
             try:
                 if self.depth > MAX_SETTINGS_DEPTH:
                     raise _TooDeep(self.peek_event().start_mark.line + 1)
-                return Composer.compose_node(self, parent, index)
+                node: Any = Composer.compose_node(self, parent, index)
             finally:
                 self.depth -= 1
+            size = 1  # the values it expands to (an alias's node was sized when it was built)
+            if isinstance(node.value, list):
+                for item in node.value:
+                    for part in item if isinstance(item, tuple) else (item,):
+                        size += getattr(part, "balsam_size", MAX_SETTINGS_VALUES + 1)  # not sized yet: it contains itself
+            if size > MAX_SETTINGS_VALUES:
+                raise _TooMany(node.start_mark.line + 1)
+            node.balsam_size = size
+            return node
 
     loader = SettingsLoader(text)
     try:
@@ -419,6 +440,9 @@ def load_settings(path: Union[str, Path]) -> SiteSettings:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); settings.yml is YAML text") from None
     try:
         data = _bounded_yaml(text)
+    except _TooMany as many:
+        raise ConfigError(f"{path}: line {many.line} expands to more than {MAX_SETTINGS_VALUES:,} values (YAML aliases "
+                          "referring to aliases?); write the values out") from None
     except _TooDeep as deep:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply (more than {MAX_SETTINGS_DEPTH} levels at line "
                           f"{deep.line}; settings nest a few)") from None

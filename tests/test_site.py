@@ -140,6 +140,40 @@ def test_settings_nested_past_the_bound_are_refused_in_one_line_naming_the_line(
         load_settings(path)
 
 
+@pytest.mark.parametrize("yaml_kind", ["libyaml", "pure-python"])
+def test_settings_that_expand_to_a_billion_values_are_refused_at_once(tmp_path: Path, yaml_kind: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nine anchors of ten aliases each ("billion laughs") in a value of settings.yml: the refusal of the value wrote
+    it out to name it, and 'balsam site sync' (and the agent's start) hung, growing, for as long as it was let run.
+    Anchors and aliases that expand to a few values still load."""
+    import yaml
+
+    from balsam.settings import MAX_SETTINGS_VALUES
+
+    if yaml_kind == "pure-python":
+        monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    levels = ['&a0 ["x","x","x","x","x","x","x","x","x","x"]'] + [
+        f"&a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "settings.yml"
+    path.write_text("title: [" + ", ".join(levels) + "]\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value) == (f"{path}: line 1 expands to more than {MAX_SETTINGS_VALUES:,} values (YAML aliases referring "
+                               "to aliases?); write the values out")
+    path.write_text("scheduler:\n  allowed_queues: &q {debug: {max_nodes: 2}}\nelastic_queue: []\ntitle: t\n"
+                    "queue_maintainer: {num_queued_jobs: 1}\nprocessing: &p {num_workers: 2}\n")
+    assert load_settings(path).processing.num_workers == 2
+
+
+def test_a_bad_value_is_named_in_a_few_characters_whatever_its_size() -> None:
+    shared: list = ["x"] * 10
+    for _ in range(8):
+        shared = [shared] * 10  # 10**9 values, as YAML aliases build them: shared, never copied
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"title": shared}, "settings.yml")
+    assert len(str(info.value)) < 200
+
+
 def test_settings_defaults_and_sections() -> None:
     s = settings_from_dict({"elastic_queue": [{"queue": "debug", "max_num_nodes": 4}], "queue_maintainer": {"num_queued_jobs": 2}})
     assert s.elastic_queue[0].max_num_nodes == 4 and s.queue_maintainer is not None and s.queue_maintainer.num_queued_jobs == 2
