@@ -333,3 +333,20 @@ def test_a_key_given_twice_with_two_values_on_the_command_line_is_refused(site: 
     assert Job.objects.count() == 0
     ok("job", "create", "-a", "Hello", "-w", "kv/1", "-p", "say_hello_to=a", "-p", "say_hello_to=a", "-y")
     assert [j.parameters for j in Job.objects.all()] == [{"say_hello_to": "a"}]
+
+
+def test_text_a_job_wrote_is_shown_not_obeyed_by_the_terminal(site: Any, hello: Any) -> None:
+    """An error message holds what the job printed or raised: its escape sequences (a window title, a cleared screen,
+    OSC 52 setting the clipboard) went to the terminal as they were in 'balsam job show' (Why:, History:)."""
+    from balsam.cli._common import render_table
+    from balsam.db.jobs import StateChange, apply_state_changes
+
+    job = hello.submit("esc/1", say_hello_to="x")
+    hostile = "boom \x1b]0;owned\x07 \x1b[2J \x1b]52;c;ZWNobyBoaQ==\x07 \x9b31m done"
+    with site.store.write() as conn:
+        apply_state_changes(conn, [StateChange(job.id, "FAILED", data={"message": hostile})])
+    out = ok("job", "show", job.id).stdout
+    assert not set(out) & {"\x1b", "\x07", "\x9b"}, repr(out)
+    assert "boom \\x1b]0;owned\\x07 \\x1b[2J \\x1b]52;c;ZWNobyBoaQ==\\x07 \\x9b31m done" in out
+    table = render_table(["ID", "Note"], [[1, hostile + "\nsecond line"]], width=400)
+    assert "\x1b" not in table and "\\x1b]0;owned" in table and "done second line" in table

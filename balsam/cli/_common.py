@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import json
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -289,12 +290,22 @@ def _clip(text: str, width: int) -> str:
     return text[: max(width - 1, 0)] + ELLIPSIS if width > 0 else ""
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters (ESC, BEL, C1 codes) written as escapes (``\\x1b``) and line breaks as
+    spaces: text a job or a remote tool wrote (an error message, a scheduler's answer) is shown, never obeyed by the
+    terminal (an escape sequence there could retitle the window, clear the screen or set the clipboard)."""
+    return _CONTROL.sub(lambda m: " " if m.group() == "\n" else repr(m.group())[1:-1], text)
+
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flex: Sequence[str] = (), width: Optional[int] = None,
                  styles: Optional[Dict[str, Callable[[str], str]]] = None) -> str:
     """Rows under headers, fitted to the terminal: the ``flex`` columns (the widest first) are truncated with
     an ellipsis until the table fits. Cells are converted with ``str``; None shows empty. ``styles`` maps a
     header to a function applied to that column's padded cells (colour), after the widths are fixed."""
-    cells = [["" if c is None else str(c).replace("\n", " ") for c in row] for row in rows]
+    cells = [["" if c is None else visible(str(c)) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     total = width if width is not None else terminal_width()
     avail = total - 2 * (len(headers) - 1)

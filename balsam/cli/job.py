@@ -37,6 +37,7 @@ from balsam.cli._common import (
     scope_sites,
     site_option,
     state_option,
+    visible,
     working,
     yes_option,
 )
@@ -97,7 +98,7 @@ def _echo_fields(d: Dict[str, Any], indent: str = "") -> None:
             value = json.dumps({str(k): v for k, v in value.items()}, default=str, ensure_ascii=False)
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
-        click.echo(f"{indent}{key + ':':{width}}{value}")
+        click.echo(f"{indent}{key + ':':{width}}{visible(str(value))}")
 
 
 def _query(sites: Sequence[str], filters: Dict[str, Any]) -> Tuple[List["SiteRef"], Any]:
@@ -455,7 +456,7 @@ def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
         return
     click.echo(f"Job {d.pop('id')}")
     _echo_fields(d, "  ")
-    click.echo("Why: " + "; ".join(why))
+    click.echo("Why: " + visible("; ".join(why)))
     if j.serialized_return_value is not None:
         click.echo("  return value: <stored; Job.result_nowait() in Python>")
     if j.serialized_exception is not None:
@@ -468,7 +469,7 @@ def job_show(job_id: int, sites: Sequence[str], as_json: bool) -> None:
     for e in events:
         data = e["data"] or {}
         text = data.get("message") or data.get("error") or (json.dumps(data, default=str) if data else "")
-        click.echo(f"  {format_time(e['timestamp'])}  {e['from_state']} -> {e['to_state']}" + (f"  {text}" if text else ""))
+        click.echo(f"  {format_time(e['timestamp'])}  {e['from_state']} -> {e['to_state']}" + (f"  {visible(text)}" if text else ""))
 
 
 def _tail_lines(path: Any, n: int) -> str:
