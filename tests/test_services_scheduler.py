@@ -177,6 +177,8 @@ def test_a_scheduler_outage_keeps_every_batch_job_and_says_why(site: Any) -> Non
 
     text = format_status({"running": True, "services": {"scheduler": health}})
     assert "ERROR" in text and "cannot connect to server" in text and "3 cycles in a row" in text
+    health["last_error"] = "qstat: \x1b]0;owned\x07 cannot connect"  # a scheduler's words, shown, not obeyed
+    assert "last error: qstat: \\x1b]0;owned\\x07 cannot connect" in format_status({"running": True, "services": {"scheduler": health}})
     assert BatchJob.objects.get(id=queued).state == "queued"
 
 

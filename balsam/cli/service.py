@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import click
 
 from balsam.cli import SuggestingGroup
-from balsam.cli._common import site_root
+from balsam.cli._common import site_root, visible
 
 site_option = click.option("--site", "site", metavar="PATH", help="The site (default: the one around the working directory).")
 
@@ -83,14 +83,14 @@ def format_status(status: Dict[str, Any]) -> str:
         lines.append(f"disk: FULL ({disk.get('free_bytes', 0)} bytes free on {disk.get('path')}): nothing new can be "
                      "recorded until space is freed; the agent retries with backoff")
     if status.get("settings_error"):
-        lines.append(f"settings.yml: {status['settings_error']}")
+        lines.append(f"settings.yml: {visible(str(status['settings_error']))}")
     for name, h in sorted(status.get("services", {}).items()):
         health = "ok" if not h.get("last_error") else "ERROR"
         backlog = "" if h.get("backlog") is None else f", backlog {h['backlog']}"
         lines.append(f"  {name:<16} {health:<5} last cycle {_age(h.get('last_cycle'))}, {h.get('cycles', 0)} cycles, "
                      f"{h.get('errors', 0)} errors{backlog}")
         if h.get("last_error"):
-            lines.append(f"  {'':<16} last error: {h['last_error']}")
+            lines.append(f"  {'':<16} last error: {visible(str(h['last_error']))}")  # a scheduler's or relay's words
         if h.get("failures_in_a_row"):
             lines.append(f"  {'':<16} failing for {_age(h.get('failing_since'))[:-4]} ({h['failures_in_a_row']} cycles in a row); "
                          f"retrying every {h.get('retry_in_s') or 0:.0f} s")
