@@ -82,7 +82,10 @@ class AppCache:
         nothing else to do: else the first job it acquires waits for it."""
         from balsam.launcher.pyexec import preload_app_support
 
-        preload_app_support()
+        try:
+            preload_app_support()
+        except Exception as exc:  # only an optimisation: the first app's load reports it, on its jobs
+            logger.debug("preloading the app support failed: %s", exc)
 
     def get_many(self, ids: Sequence[int], versions: Optional[Dict[int, int]] = None) -> Dict[int, AppInfo]:
         """The apps with these ids (missing ones are absent from the result).
