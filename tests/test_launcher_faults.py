@@ -72,14 +72,17 @@ def test_the_next_launcher_stops_an_earlier_copy_before_rerunning(tmp_path: Path
 
 @pytest.mark.parametrize("app", ["shell", "python"])
 @pytest.mark.parametrize("mode", MODES)
-def test_results_a_killed_launcher_had_not_written_are_recovered(site: Any, hello: Any, adder: Any, mode: str, app: str) -> None:
-    """The launcher's in-memory batch never reaches the DB (flush period of an hour); its journal does, with a
-    Python app's return value."""
+def test_results_a_killed_launcher_had_not_written_are_recovered(site: Any, hello: Any, adder: Any, sleeper: Any, pids: List[int],
+                                                                 mode: str, app: str) -> None:
+    """The launcher's in-memory batch never reaches the DB (flush period of an hour, and a long job beside them
+    keeps the launcher busy: one with nothing left to run writes at once); its journal does, with a Python app's
+    return value."""
     configure(site.path, status_flush_period_s=3600.0)
     if app == "shell":
-        jobs = runnable(site.store, [hello.submit(workdir=f"j/{i}", say_hello_to=str(i)) for i in range(5)])
+        jobs = runnable(site.store, [hello.submit(workdir=f"j/{i}", say_hello_to=str(i), node_packing_count=2) for i in range(5)])
     else:
-        jobs = runnable(site.store, [adder.submit(workdir=f"j/{i}", x=i, y=100) for i in range(5)])
+        jobs = runnable(site.store, [adder.submit(workdir=f"j/{i}", x=i, y=100, node_packing_count=2) for i in range(5)])
+    (long_job,) = runnable(site.store, [sleeper.submit("long", seconds=120, node_packing_count=2)])
     proc = start(site.path, mode)
     journal = site.layout.state / "journal"
 
@@ -87,12 +90,16 @@ def test_results_a_killed_launcher_had_not_written_are_recovered(site: Any, hell
         text = "".join(p.read_text() for p in journal.glob("*.jsonl")) if journal.is_dir() else ""
         return text.count('"RUN_DONE"') == len(jobs)
 
-    wait_for(journaled, timeout=30, what="every RUN_DONE in the journal")
-    assert all(s == "PREPROCESSED" for s in states(site.store, jobs).values())  # the DB has heard nothing
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_for(journaled, timeout=30, what="every RUN_DONE in the journal")
+        pids.append(read_pid(site.path, "long"))
+        assert all(s == "PREPROCESSED" for s in states(site.store, jobs + [long_job]).values())  # the DB has heard nothing
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     _release_dead_leases(site)
     assert set(states(site.store, jobs).values()) == {"JOB_FINISHED"}  # finished: never run again
+    assert states(site.store, [long_job])[long_job] == "RUN_TIMEOUT"  # its run, journaled, is on record
     for i, j in enumerate(jobs):
         assert job_row(site.store, j)["return_code"] == 0
         if app == "python":
