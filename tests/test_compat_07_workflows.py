@@ -28,6 +28,7 @@ from balsam.api import (
     TransferSlot,
     site_config,
 )
+from tests.helpers import end_allocations
 
 SITE = "wf-site"
 
@@ -40,20 +41,24 @@ def balsam(*args: str, cwd: Any = None, input: Any = None) -> "subprocess.Comple
 @pytest.fixture
 def wf_site(tmp_path: Path) -> Iterator[Path]:
     """`balsam site init` + `balsam site start` from inside the site, as the quickstart does; a "laptop" transfer
-    location (a local directory); launchers that leave after 3 idle seconds."""
+    location (a local directory). Its BatchJobs are ended through the agent before the agent stops: a launcher that
+    left after a few idle seconds (as here before) could leave while the agent, slow on a loaded machine, was still
+    running a hook, and the jobs after it waited with no launcher until the test timed out."""
     root = tmp_path / SITE
     assert balsam("site", "init", str(root), "-n", SITE).returncode == 0
     settings = yaml.safe_load((root / "settings.yml").read_text())
-    settings["launcher"]["idle_ttl_s"] = 3
+    settings["launcher"]["idle_ttl_s"] = 60
     settings["transfers"] = {"transfer_locations": {"laptop": "local"}}
     (root / "settings.yml").write_text(yaml.safe_dump(settings))
     started = balsam("site", "start", cwd=root)
     assert started.returncode == 0, started.stderr
-    yield root
-    balsam("site", "stop", cwd=root)
-    for bj in BatchJob.objects.filter(site_name=SITE, state=["pending_submission", "queued", "running"]):
-        bj.state = "pending_deletion"
-        bj.save()
+    try:
+        yield root
+    finally:
+        try:
+            end_allocations(SITE)
+        finally:
+            balsam("site", "stop", cwd=root)
 
 
 # ---------------------------------------------------------------------------------- the app guide's hooks
