@@ -261,9 +261,11 @@ class RelayBackend(Backend):
     def update_jobs(self, updates: Sequence[Tuple[int, Dict[str, Any]]], parents: Sequence[Tuple[int, List[int]]] = (),
                     changes: Sequence[StateChange] = (), reads: Sequence[Read] = ()) -> None:
         per: Dict[int, Dict[str, List[Any]]] = {}
+        sites: Dict[int, Dict[str, Any]] = {}  # the caller's sites, read once for all the updates that need them
         for job_id, fields in updates:
             if fields.get("launch_params"):
-                _refuse_flags_of(fields["launch_params"], f"job {job_id}: ", self._site(self._owner(job_id, "job")))
+                sites = sites or {int(s["id"]): s for s in self.store.sites(self._need_caller())}
+                _refuse_flags_of(fields["launch_params"], f"job {job_id}: ", sites.get(self._owner(job_id, "job")))
             per.setdefault(self._owner(job_id, "job"), {"updates": [], "parents": [], "changes": []})["updates"].append(
                 [int(job_id), _plain(fields)])
         for job_id, new in parents:
