@@ -284,6 +284,25 @@ def test_batch_jobs_as_the_guide_creates_and_queries_them(site: Any, hello: Any,
     assert BatchJob.objects.filter(site_id=site.id, state="pending_deletion").count() == 3
 
 
+def test_a_sites_queues_windows_and_queued_jobs_read_as_07s_models(site: Any) -> None:
+    """0.7's Site held AllowedQueue, BackfillWindow and SchedulerJobStatus models: ``q.max_nodes``, ``q.max_walltime``,
+    ``w.num_nodes``. Here they were plain dicts (AttributeError); they are dicts that also read so."""
+    from balsam.db.site_row import update_site_row
+
+    with site.store.write() as conn:  # what the agent's scheduler service records from the batch system each cycle
+        update_site_row(conn, {"backfill_windows": {"debug": [{"num_nodes": 4, "wall_time_min": 30}]},
+                               "queued_jobs": {"4242": {"state": "queued", "queue": "local", "num_nodes": 1}}})
+    row = Site.objects.get(id=site.id)
+    (name, queue), = row.allowed_queues.items()
+    assert (name, queue.max_nodes, queue.max_walltime, queue.max_queued_jobs) == ("local", 1, 1440, 10)
+    assert queue == {"max_nodes": 1, "max_wall_time_min": 1440, "max_queued_jobs": 10}  # still the dict it was
+    (window,) = row.backfill_windows["debug"]
+    assert (window.num_nodes, window.wall_time_min) == (4, 30)
+    assert row.queued_jobs["4242"].state == "queued"
+    with pytest.raises(AttributeError, match="no 'max_cores' here"):
+        queue.max_cores  # noqa: B018
+
+
 def test_the_state_sets_balsam_schemas_exported() -> None:
     assert RUNNABLE_STATES == {JobState.PREPROCESSED, JobState.RESTART_READY}
     assert {JobState.JOB_FINISHED, JobState.FAILED} <= DONE_STATES and JobState.RUNNING not in DONE_STATES

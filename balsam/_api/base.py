@@ -34,6 +34,7 @@ from typing import (
 )
 
 from balsam._api import sites as _sites
+from balsam._api.schemas import records
 from balsam.db import query as q
 from balsam.db.codec import decode_parameters, dumps, encode_parameters, loads
 from balsam.exceptions import CommandPending, MultipleObjectsReturned, ObjectDoesNotExist, ValidationError
@@ -131,10 +132,11 @@ class Field:
 
     def decode(self, raw: Any) -> Any:
         kind = self.kind
-        if kind == "plain" or raw is None and kind != "json":
+        if kind == "plain" or raw is None and kind not in ("json", "records"):
             return raw
-        if kind == "json":
-            return loads(raw) if raw is not None else (self.default() if callable(self.default) else self.default)
+        if kind in ("json", "records"):
+            value = loads(raw) if raw is not None else (self.default() if callable(self.default) else self.default)
+            return records(value) if kind == "records" else value
         if kind == "time":
             return to_datetime(raw)
         if kind == "bool":
@@ -152,7 +154,7 @@ class Field:
         kind = self.kind
         if kind == "plain":
             return value
-        if kind == "json":
+        if kind in ("json", "records"):
             return dumps(value)
         if kind == "time":
             return from_datetime(value)

@@ -96,11 +96,12 @@ class Site(Model):
     creation_date = Field("time", writable=False)
     last_refresh = Field("time")
     globus_endpoint_id: Optional[str] = Field()  # type: ignore[assignment]
-    backfill_windows: Dict[str, List[Dict[str, int]]] = Field("json", dict)  # type: ignore[assignment]
-    queued_jobs: Dict[str, Any] = Field("json", dict)  # type: ignore[assignment]
+    # "records": each queue, window and queued job also reads as attributes, as Balsam 0.7's models did.
+    backfill_windows: Dict[str, List[Dict[str, int]]] = Field("records", dict)  # type: ignore[assignment]
+    queued_jobs: Dict[str, Any] = Field("records", dict)  # type: ignore[assignment]
     optional_batch_job_params: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     allowed_projects: List[str] = Field("json", list)  # type: ignore[assignment]
-    allowed_queues: Dict[str, Dict[str, int]] = Field("json", dict)  # type: ignore[assignment]
+    allowed_queues: Dict[str, Dict[str, int]] = Field("records", dict)  # type: ignore[assignment]
     transfer_locations: Dict[str, str] = Field("json", dict)  # type: ignore[assignment]
     version = Field(writable=False)
 

@@ -109,6 +109,27 @@ class AllowedQueue:
 _SPECS = (AppParameter, TransferSlot, JobTransferItem, BatchJobPartition, AllowedQueue)
 
 
+class Record(Dict[str, Any]):
+    """A dict whose keys also read as attributes, as Balsam 0.7's models of a site's queues, backfill windows and
+    queued BatchJobs did (``site.allowed_queues["debug"].max_nodes``; its ``max_walltime`` is ``max_wall_time_min``)."""
+
+    _ALIASES = {"max_walltime": "max_wall_time_min"}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[self._ALIASES.get(name, name)]
+        except KeyError:
+            raise AttributeError(f"no {name!r} here (keys: {', '.join(map(str, self)) or 'none'})") from None
+
+
+def records(value: Any) -> Any:
+    """A site's ``{name: {...}}`` or ``{name: [{...}, ...]}`` column with each inner dict a :class:`Record`."""
+    if not isinstance(value, dict):
+        return value
+    return {k: Record(v) if isinstance(v, dict) else [Record(x) if isinstance(x, dict) else x for x in v] if isinstance(v, list) else v
+            for k, v in value.items()}
+
+
 def plain(value: Any) -> Any:
     """One of the specs above as its plain dict; any other value as it is."""
     return value.to_dict() if isinstance(value, _SPECS) else value
