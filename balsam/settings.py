@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
+from balsam import yamlsafe
 from balsam.exceptions import ConfigError
 
 T = TypeVar("T")
@@ -362,69 +363,6 @@ more). A file nested deeper is refused as its parser reaches that level, before 
 left to PyYAML, "[" * 5000 took over a second to fail with a RecursionError."""
 
 
-class _TooDeep(Exception):
-    def __init__(self, line: int) -> None:
-        super().__init__(line)
-        self.line = line
-
-
-class _TooMany(_TooDeep):
-    """More than :data:`MAX_SETTINGS_VALUES` values, at the line of the collection that passed the bound."""
-
-
-def yaml_loader_bases() -> Tuple[Any, ...]:
-    """The bases of a safe YAML loader whose composer is Python's, so that it can bound nesting as it builds nodes:
-    libyaml's parser under Python's composer where libyaml is there, else PyYAML's pure-Python loader (the zipapp's),
-    whose composer is Python's already (naming Composer again would make no class: a method resolution conflict)."""
-    import yaml
-    from yaml.composer import Composer
-
-    parser = getattr(yaml, "CSafeLoader", None)
-    return (Composer, parser) if parser is not None else (yaml.SafeLoader,)
-
-
-def _bounded_yaml(text: str) -> Any:
-    """``yaml.safe_load(text)`` with nesting bounded by :data:`MAX_SETTINGS_DEPTH` (_TooDeep, with the line): libyaml's
-    parser where installed, which reads events one at a time, under Python's composer, which counts the levels as it
-    builds them (libyaml's own composer builds the whole tree first)."""
-    from yaml.composer import Composer
-    from yaml.events import AliasEvent
-
-    bases = yaml_loader_bases()
-
-    class SettingsLoader(*bases):  # type: ignore[misc]
-        def __init__(self, stream: str) -> None:
-            bases[-1].__init__(self, stream)
-            Composer.__init__(self)
-            self.depth = 0
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(AliasEvent):
-                return Composer.compose_node(self, parent, index)  # a node already built, and bounded
-            self.depth += 1
-            try:
-                if self.depth > MAX_SETTINGS_DEPTH:
-                    raise _TooDeep(self.peek_event().start_mark.line + 1)
-                node: Any = Composer.compose_node(self, parent, index)
-            finally:
-                self.depth -= 1
-            size = 1  # the values it expands to (an alias's node was sized when it was built)
-            if isinstance(node.value, list):
-                for item in node.value:
-                    for part in item if isinstance(item, tuple) else (item,):
-                        size += getattr(part, "balsam_size", MAX_SETTINGS_VALUES + 1)  # not sized yet: it contains itself
-            if size > MAX_SETTINGS_VALUES:
-                raise _TooMany(node.start_mark.line + 1)
-            node.balsam_size = size
-            return node
-
-    loader = SettingsLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def load_settings(path: Union[str, Path]) -> SiteSettings:
     """Read and validate a ``settings.yml`` file."""
     import yaml  # deferred: only commands that need settings pay for the import
@@ -439,11 +377,11 @@ def load_settings(path: Union[str, Path]) -> SiteSettings:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); settings.yml is YAML text") from None
     try:
-        data = _bounded_yaml(text)
-    except _TooMany as many:
+        data = yamlsafe.load(text, max_depth=MAX_SETTINGS_DEPTH, max_values=MAX_SETTINGS_VALUES)
+    except yamlsafe.TooMany as many:
         raise ConfigError(f"{path}: line {many.line} expands to more than {MAX_SETTINGS_VALUES:,} values (YAML aliases "
                           "referring to aliases?); write the values out") from None
-    except _TooDeep as deep:
+    except yamlsafe.TooDeep as deep:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply (more than {MAX_SETTINGS_DEPTH} levels at line "
                           f"{deep.line}; settings nest a few)") from None
     except RecursionError:  # an alias chain the depth bound does not see (each level a new anchor)

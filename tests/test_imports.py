@@ -2,7 +2,7 @@
 included):
 
 - ``platforms`` imports nothing of Balsam's but ``balsam.exceptions`` (tests/test_platforms_imports.py);
-- ``db`` (the store) imports only itself, ``exceptions`` and ``runtime``; ``docs`` (the README shipped inside)
+- ``db`` (the store) imports only itself, ``exceptions``, ``runtime`` and ``yamlsafe`` (bounded YAML reading); ``docs`` (the README shipped inside)
   nothing of Balsam's;
 - ``launcher`` never imports ``services`` or ``cli``;
 - ``services`` use ``db`` and ``platforms``; of the API only site references (``_api.sites``), and the API's app
@@ -31,7 +31,7 @@ import balsam
 PACKAGE = Path(balsam.__file__).parent
 
 ALLOWED: Dict[str, Set[str]] = {
-    "db": {"db", "exceptions", "runtime"},
+    "db": {"db", "exceptions", "runtime", "yamlsafe"},
     "platforms": {"platforms", "exceptions"},
     "docs": {"docs"},
 }
@@ -47,7 +47,7 @@ API_AGENT_VIEW: Dict[Tuple[str, str], str] = {}
 """The API modules that answer for the agent or the launcher on the home host (elsewhere they ask the agent); none
 left: job.why(), batch_job.preview_submission() and balsam which use the site layer's diagnosis, submission and
 hardware modules, which the agent and the launcher use too."""
-CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "settings_aliases", "pidfile", "states", "docs"}
+CLI_ALLOWED = {"api", "_api", "cli", "exceptions", "runtime", "site", "settings", "settings_aliases", "pidfile", "states", "docs", "yamlsafe"}
 """The API, the CLI's own helpers, the states and their named sets, the site layout/registry and settings files
 the CLI edits, and the documentation shipped in the package (``balsam docs``; it imports nothing of Balsam's)."""
 ENTRY_POINTS = {

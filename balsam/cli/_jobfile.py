@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from balsam import yamlsafe
 from balsam.cli._common import CLIError
 
 DICT_FIELDS = ("parameters", "tags", "launch_params", "data", "transfers")
@@ -77,72 +78,11 @@ MAX_YAML_DEPTH = 64
 nested brackets crashed the process with a segmentation fault)."""
 
 
-class _TooDeep(Exception):
-    def __init__(self, line: int) -> None:
-        super().__init__(line)
-        self.line = line
-
-
-def _yaml_loader(text: str) -> Any:
-    """A safe YAML loader (libyaml's parser where installed) whose composer is Python's, so that nesting is bounded
-    (:data:`MAX_YAML_DEPTH`) and each node notes its expanded size (aliases counted each time they are used)."""
-    from yaml.composer import Composer, ComposerError
-    from yaml.events import AliasEvent
-    from yaml.nodes import MappingNode, ScalarNode
-
-    from balsam.settings import yaml_loader_bases
-
-    bases = yaml_loader_bases()
-
-    class JobFileLoader(*bases):  # type: ignore[misc]
-        def __init__(self, stream: str) -> None:
-            bases[-1].__init__(self, stream)
-            Composer.__init__(self)
-            self.depth = 0
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(AliasEvent):
-                return Composer.compose_node(self, parent, index)  # a shared node: its size is known (or it contains itself)
-            self.depth += 1
-            try:
-                if self.depth > MAX_YAML_DEPTH:
-                    raise _TooDeep(self.peek_event().start_mark.line + 1)
-                node: Any = Composer.compose_node(self, parent, index)
-            finally:
-                self.depth -= 1
-            if isinstance(node, MappingNode):
-                _refuse_duplicate_keys(node, ComposerError, ScalarNode)
-            size = 1
-            if isinstance(node.value, list):
-                for item in node.value:
-                    for part in item if isinstance(item, tuple) else (item,):
-                        size += getattr(part, "balsam_size", MAX_YAML_VALUES + 1)  # not sized yet: a node that contains itself
-                    if size > MAX_YAML_VALUES:
-                        break
-            node.balsam_size = size
-            return node
-
-    return JobFileLoader(text)
-
-
-def _refuse_duplicate_keys(node: Any, error: Any, scalar: Any) -> None:
-    """Refuse a YAML mapping that names a key twice (YAML requires keys to be unique; PyYAML kept the last silently, so
-    ``workdir: a`` then ``workdir: b`` made one job in ``b``). Merged keys (``<<: *base``) may still be overridden."""
-    seen = set()
-    for key_node, _value in node.value:
-        if not isinstance(key_node, scalar) or key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = (key_node.tag, key_node.value)
-        if key in seen:
-            raise error("while reading a mapping", node.start_mark, f"the key {key_node.value!r} is given twice", key_node.start_mark)
-        seen.add(key)
-
-
 def _yaml_records(path: str, text: str) -> Iterator[Record]:
     import yaml
     from yaml.events import DocumentStartEvent, ScalarEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent
 
-    loader = _yaml_loader(text)
+    loader = yamlsafe.loader(text, max_depth=MAX_YAML_DEPTH, max_values=MAX_YAML_VALUES, unique_keys=True)
     try:
         loader.get_event()  # the stream's start
         if loader.check_event(DocumentStartEvent):
@@ -173,8 +113,13 @@ def _yaml_records(path: str, text: str) -> Iterator[Record]:
         loader.get_event()  # the document's end
         if not loader.check_event(StreamEndEvent):
             raise CLIError(f"{path} line {loader.peek_event().start_mark.line + 1}: expected one list of jobs, found another document", 2)
-    except _TooDeep as exc:
-        raise CLIError(f"{path} line {exc.line}: nested more than {MAX_YAML_DEPTH} levels deep", 2) from None
+    except yamlsafe.TooMany as exc:
+        raise CLIError(f"{path} line {exc.line}: the file expands to more than {MAX_YAML_VALUES:,} values (YAML aliases "
+                       "referring to aliases?); write the jobs out, or use JSON Lines", 2) from None
+    except yamlsafe.DuplicateKey as exc:
+        raise CLIError(f"{path} line {exc.line}: not valid YAML: {exc.what}", 2) from None
+    except yamlsafe.Refused as exc:
+        raise CLIError(f"{path} line {exc.line}: {exc.what}", 2) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""

@@ -14,8 +14,9 @@ import re
 import stat
 import string
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Set
 
+from balsam import yamlsafe
 from balsam.db.fields import check_json_dict
 from balsam.exceptions import ValidationError
 
@@ -104,6 +105,8 @@ MAX_NODES = 100_000
 """The most nodes a DAG template may have (checking one takes seconds at this size)."""
 MAX_YAML_BYTES = 4 * 1024 * 1024
 MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 1_000_000
+"""Most values a DAG file may expand to (it has no aliases: its size bounds this already; a bound all the same)."""
 
 
 def load_yaml(path: Path) -> Any:
@@ -122,38 +125,15 @@ def load_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"cannot read {path}: {exc}") from None
     try:
-        # One entry per open collection: a mapping's keys so far and how many of its keys and values have ended (a
-        # key is given twice when a node is copied and not renamed: PyYAML kept the second silently, and the first
-        # node was lost); None for a sequence.
-        open_: List[Optional[Tuple[Set[str], int]]] = []
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if getattr(event, "anchor", None) is not None or isinstance(event, yaml.AliasEvent):
-                raise ValidationError(f"{path}: YAML anchors and aliases are not allowed in DAG files")
-            if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)) and open_ and open_[-1] is not None:
-                keys, ended = open_[-1]
-                if ended % 2 == 0 and isinstance(event, yaml.ScalarEvent):
-                    if event.value in keys:
-                        line = event.start_mark.line + 1 if event.start_mark is not None else 0
-                        raise ValidationError(f"{path} line {line}: the key {event.value!r} is given twice")
-                    keys.add(event.value)
-            if isinstance(event, yaml.CollectionStartEvent):
-                open_.append((set(), 0) if isinstance(event, yaml.MappingStartEvent) else None)
-                if len(open_) > MAX_YAML_DEPTH:  # deeper, PyYAML's scanner takes time quadratic in the depth (minutes)
-                    line = event.start_mark.line + 1 if event.start_mark is not None else 0
-                    raise ValidationError(f"{path} line {line}: nested more than {MAX_YAML_DEPTH} levels deep")
-            if isinstance(event, yaml.CollectionEndEvent):
-                open_.pop()
-            if isinstance(event, (yaml.ScalarEvent, yaml.CollectionEndEvent)) and open_ and open_[-1] is not None:
-                keys, ended = open_[-1]
-                open_[-1] = (keys, ended + 1)
+        return yamlsafe.load(text, max_depth=MAX_YAML_DEPTH, max_values=MAX_YAML_VALUES, unique_keys=True, aliases=False)
+    except yamlsafe.NoAliases:
+        raise ValidationError(f"{path}: YAML anchors and aliases are not allowed in DAG files") from None
+    except yamlsafe.Refused as exc:  # nested too deeply, a key given twice (a node copied and not renamed)
+        raise ValidationError(f"{path} line {exc.line}: {exc.what}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         if "nesting depth" in str(getattr(exc, "problem", "")) and mark is not None:  # PyYAML >= 6.0.4's own bound
             raise ValidationError(f"{path} line {mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep") from None
-        raise ValidationError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
         raise ValidationError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
