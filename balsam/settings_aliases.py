@@ -172,8 +172,11 @@ def notes_for_file(path: Any) -> List[str]:
     """The notes for a ``settings.yml`` file (none when it cannot be read: loading it reports that)."""
     import yaml
 
+    from balsam import yamlsafe
+    from balsam.settings import MAX_SETTINGS_DEPTH, MAX_SETTINGS_VALUES
+
     try:
         with open(path) as f:
-            return notes_for(yaml.safe_load(f))
-    except (OSError, yaml.YAMLError):
+            return notes_for(yamlsafe.load(f.read(), max_depth=MAX_SETTINGS_DEPTH, max_values=MAX_SETTINGS_VALUES))
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError, yamlsafe.Refused):
         return []
