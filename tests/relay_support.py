@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -78,3 +79,18 @@ class WsReader:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextmanager
+def served(store: Any, *, wait_s: Optional[float] = None, options: Any = None) -> Iterator[Tuple[Any, str]]:
+    """A relay server over ``store`` on a free port of 127.0.0.1 (``wait_s``: how long a write waits for its site;
+    ``options``: ServeOptions), stopped on exit: (server, URL)."""
+    from balsam.http.serve import ApiServer, ServeOptions
+    from balsam.relay.server import build_relay_app
+
+    app = build_relay_app(store) if wait_s is None else build_relay_app(store, wait_s=wait_s)
+    server = ApiServer(app, options or ServeOptions(bind="127.0.0.1", port=0)).start()
+    try:
+        yield server, f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()

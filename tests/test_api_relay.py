@@ -21,17 +21,12 @@ BACKENDS = ("local", "http")
 
 @pytest.fixture
 def relay_url(tmp_path: Path) -> Iterator[str]:
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-    from tests.relay_support import relay_store
+    from tests.relay_support import relay_store, served
 
     for store in relay_store("sqlite", tmp_path):
         store.add_user("alice", "alice-password")
-        server = ApiServer(build_relay_app(store), ServeOptions(bind="127.0.0.1", port=0)).start()
-        try:
-            yield f"http://127.0.0.1:{server.port}"
-        finally:
-            server.stop()
+        with served(store) as (_server, url):
+            yield url
 
 
 def test_login_link_list_unlink_logout(site: Any, backend: str, relay_url: str, balsam_home: Path) -> None:

@@ -103,15 +103,12 @@ def test_the_dashboards_files_answer_404_for_hostile_paths(served: Any, target: 
 def test_a_relay_push_with_hostile_numbers_is_stored_or_refused_not_a_503(tmp_path: Any, value: Any) -> None:
     """A pushed job row whose ``created`` was NaN reached a NOT NULL column as NULL: 503 "the server failed to answer"."""
     pytest.importorskip("sqlalchemy", reason="the relay needs its extra (balsam[relay])")
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-    from tests.relay_support import relay_store
+    from tests.relay_support import relay_store, served
     from tests.test_relay_server import client, login, site_rows
 
     for store in relay_store("sqlite", tmp_path):
         store.add_user("alice", "alice-password")
-        server = ApiServer(build_relay_app(store, wait_s=0.2), ServeOptions(bind="127.0.0.1", port=0)).start()
-        try:
+        with served(store, wait_s=0.2) as (server, url):
             url = f"http://127.0.0.1:{server.port}"
             alice = login(url, "alice", "alice-password")
             agent = client(url, alice.request("POST", "/v1/sites", {"site_id": 7, "name": "a", "hostname": "h", "path": "/p"})["token"])
@@ -129,8 +126,6 @@ def test_a_relay_push_with_hostile_numbers_is_stored_or_refused_not_a_503(tmp_pa
             answer = json.loads(resp.read())
             assert resp.status == 200 and answer["applied"] == len(items), (resp.status, answer)
             assert len(alice.request("GET", "/v1/jobs")["results"]) == 2
-        finally:
-            server.stop()
 
 
 @pytest.mark.slow

@@ -128,47 +128,44 @@ def test_logins_trickled_a_byte_at_a_time_cannot_hold_the_relay_from_its_users(t
     import time
 
     from balsam.http.client import HttpClient
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-    from tests.relay_support import relay_store
+    from balsam.http.serve import ServeOptions
+    from tests.relay_support import relay_store, served
     from tests.test_relay_server import login
 
     for store in relay_store("sqlite", tmp_path):
         store.add_user("alice", "alice-password")
-        server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0, max_connections=40)).start()
-        url = f"http://127.0.0.1:{server.port}"
-        alice = HttpClient(url=url, token=login(url, "alice", "alice-password").token, retry_s=0, timeout_s=10)
-        stop = threading.Event()
-        socks: List[Any] = []
-        try:
-            for _ in range(60):
-                s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-                s.sendall(b"POST /v1/tokens HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{")
-                socks.append(s)
-            threading.Thread(target=_trickle, args=(stop, socks), daemon=True).start()
-            refused, answered, started = 0, None, time.monotonic()
-            while answered is None and time.monotonic() - started < 45:
-                try:
-                    answered = alice.request("GET", "/v1/whoami")
-                except Exception as e:  # 503 while the slots are held
-                    assert "503" in str(e), e
-                    refused += 1
-                    time.sleep(1.0)
-            assert answered is not None and answered["user"] == "alice", f"alice was refused for 45 s ({refused} tries)"
-            assert time.monotonic() - started < 30
-            said = b""
-            for s in socks[:5]:  # the trickling logins were told why
-                s.settimeout(5)
-                try:
-                    said += s.recv(4096)
-                except OSError:
-                    pass
-            assert b"without credentials sends its body within 10 s" in said or b"503" in said, said[:300]
-        finally:
-            stop.set()
-            for s in socks:
-                s.close()
-            server.stop()
+        with served(store, wait_s=0.5, options=ServeOptions(bind="127.0.0.1", port=0, max_connections=40)) as (server, url):
+            alice = HttpClient(url=url, token=login(url, "alice", "alice-password").token, retry_s=0, timeout_s=10)
+            stop = threading.Event()
+            socks: List[Any] = []
+            try:
+                for _ in range(60):
+                    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                    s.sendall(b"POST /v1/tokens HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{")
+                    socks.append(s)
+                threading.Thread(target=_trickle, args=(stop, socks), daemon=True).start()
+                refused, answered, started = 0, None, time.monotonic()
+                while answered is None and time.monotonic() - started < 45:
+                    try:
+                        answered = alice.request("GET", "/v1/whoami")
+                    except Exception as e:  # 503 while the slots are held
+                        assert "503" in str(e), e
+                        refused += 1
+                        time.sleep(1.0)
+                assert answered is not None and answered["user"] == "alice", f"alice was refused for 45 s ({refused} tries)"
+                assert time.monotonic() - started < 30
+                said = b""
+                for s in socks[:5]:  # the trickling logins were told why
+                    s.settimeout(5)
+                    try:
+                        said += s.recv(4096)
+                    except OSError:
+                        pass
+                assert b"without credentials sends its body within 10 s" in said or b"503" in said, said[:300]
+            finally:
+                stop.set()
+                for s in socks:
+                    s.close()
 
 
 @pytest.mark.slow
@@ -180,45 +177,42 @@ def test_clients_without_credentials_cannot_keep_connections_open_to_hold_the_re
     import time
 
     from balsam.http.client import HttpClient
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-    from tests.relay_support import relay_store
+    from balsam.http.serve import ServeOptions
+    from tests.relay_support import relay_store, served
     from tests.test_relay_server import login
 
     for store in relay_store("sqlite", tmp_path):
         store.add_user("alice", "alice-password")
-        server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0, max_connections=40)).start()
-        url = f"http://127.0.0.1:{server.port}"
-        alice = HttpClient(url=url, token=login(url, "alice", "alice-password").token, retry_s=0, timeout_s=10)
-        socks: List[Any] = []
-        try:
-            for target, auth in (("/v1/health", b""), ("/v1/openapi.json", b""), ("/v1/jobs", b"Authorization: Bearer wrong\r\n")):
-                s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-                s.sendall(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: relay\r\n" + auth + b"\r\n")
-                answer = b""
-                while True:  # the server answers, then closes: recv ends with b""
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    answer += chunk
-                s.close()
-                assert answer.startswith(b"HTTP/1.1 ") and b"connection: close" in answer.lower(), (target, answer[:200])
-            for _ in range(60):  # more kept-alive anonymous clients than the server has slots
-                s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: relay\r\n\r\n")
-                socks.append(s)
-            for _ in range(3):
-                time.sleep(2)
-                for s in socks:  # each asks again on its connection, if the server kept it
-                    try:
-                        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: relay\r\n\r\n")
-                    except OSError:
-                        pass
-                assert alice.request("GET", "/v1/whoami")["user"] == "alice"
-        finally:
-            for s in socks:
-                s.close()
-            server.stop()
+        with served(store, wait_s=0.5, options=ServeOptions(bind="127.0.0.1", port=0, max_connections=40)) as (server, url):
+            alice = HttpClient(url=url, token=login(url, "alice", "alice-password").token, retry_s=0, timeout_s=10)
+            socks: List[Any] = []
+            try:
+                for target, auth in (("/v1/health", b""), ("/v1/openapi.json", b""), ("/v1/jobs", b"Authorization: Bearer wrong\r\n")):
+                    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                    s.sendall(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: relay\r\n" + auth + b"\r\n")
+                    answer = b""
+                    while True:  # the server answers, then closes: recv ends with b""
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        answer += chunk
+                    s.close()
+                    assert answer.startswith(b"HTTP/1.1 ") and b"connection: close" in answer.lower(), (target, answer[:200])
+                for _ in range(60):  # more kept-alive anonymous clients than the server has slots
+                    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                    s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: relay\r\n\r\n")
+                    socks.append(s)
+                for _ in range(3):
+                    time.sleep(2)
+                    for s in socks:  # each asks again on its connection, if the server kept it
+                        try:
+                            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: relay\r\n\r\n")
+                        except OSError:
+                            pass
+                    assert alice.request("GET", "/v1/whoami")["user"] == "alice"
+            finally:
+                for s in socks:
+                    s.close()
 
 
 def test_a_site_learns_the_states_of_its_own_users_jobs_only(two_users: Dict[str, Any]) -> None:  # noqa: F811

@@ -24,22 +24,16 @@ NOT_FUZZED = ("logout", "revoke_token")
 @pytest.fixture
 def relay_served(tmp_path: Path) -> Iterator[Dict[str, Any]]:
     """A relay on SQLite (writes wait 0.2 s for their site); alice's site 7 linked and pushed (3 jobs)."""
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-    from tests.relay_support import relay_store
+    from tests.relay_support import relay_store, served
 
     for store in relay_store("sqlite", tmp_path):
         store.add_user("alice", "alice-password")
-        server = ApiServer(build_relay_app(store, wait_s=0.2), ServeOptions(bind="127.0.0.1", port=0)).start()
-        url = f"http://127.0.0.1:{server.port}"
-        try:
+        with served(store, wait_s=0.2) as (server, url):
             alice = login(url, "alice", "alice-password")
             link = alice.request("POST", "/v1/sites", {"site_id": 7, "name": "alice-site", "hostname": "h", "path": "/p"})
             client(url, link["token"]).request("POST", "/v1/sync/push", {
                 "submission_id": "fuzz-first", "last_seq": 1, "items": site_rows(7, 3), "site": {"row": {"name": "alice-site"}}})
             yield {"url": url, "token": alice.token}
-        finally:
-            server.stop()
 
 
 @pytest.fixture

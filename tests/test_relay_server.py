@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("sqlalchemy", reason="the relay needs its extra (balsam[relay])")
 
 from balsam import exceptions as exc
-from tests.relay_support import DATABASES, relay_store
+from tests.relay_support import DATABASES, relay_store, served
 
 SITE_A, SITE_B = 7, 9
 
@@ -23,17 +23,11 @@ SITE_A, SITE_B = 7, 9
 @pytest.fixture(params=DATABASES)
 def relay(request: Any, tmp_path: Path) -> Iterator[Tuple[Any, str]]:
     """A relay server (writes wait 0.5 s for their site) over a fresh store; (store, URL)."""
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-
     for store in relay_store(request.param, tmp_path):
         store.add_user("alice", "alice-password")
         store.add_user("bob", "bob-password")
-        server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0)).start()
-        try:
-            yield store, f"http://127.0.0.1:{server.port}"
-        finally:
-            server.stop()
+        with served(store, wait_s=0.5) as (_server, url):
+            yield store, url
 
 
 def client(url: str, token: str) -> Any:
@@ -298,14 +292,10 @@ def test_a_relay_stops_at_once_while_a_site_long_polls_and_a_user_waits_for_its_
     the server's stop gave up after 10 s and left them running."""
     import threading
 
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
 
     for store in relay_store("sqlite", tmp_path):
         store.add_user("alice", "alice-password")
-        server = ApiServer(build_relay_app(store, wait_s=60), ServeOptions(bind="127.0.0.1", port=0)).start()
-        url = f"http://127.0.0.1:{server.port}"
-        try:
+        with served(store, wait_s=60) as (server, url):
             alice = login(url, "alice", "alice-password")
             link = alice.request("POST", "/v1/sites", {"site_id": SITE_A, "name": "site-a", "hostname": "h", "path": "/p"})
             agent = client(url, link["token"])
@@ -321,8 +311,6 @@ def test_a_relay_stops_at_once_while_a_site_long_polls_and_a_user_waits_for_its_
             while sum(1 for t in threading.enumerate() if t.name.startswith("relay_")) < 2:  # both served, waiting
                 assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
                 time.sleep(0.05)
-        finally:
-            server.stop()
         left = [t.name for t in threading.enumerate() if t.name.startswith("relay_") or t.name == "balsam-api"]
         assert left == [], f"still running after the relay stopped: {left}"
         for t in calls:

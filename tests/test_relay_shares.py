@@ -15,29 +15,25 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 
-from tests.relay_support import WsReader, relay_store  # noqa: E402
+from tests.relay_support import WsReader, relay_store, served  # noqa: E402
 
 
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[Tuple[Any, Dict[str, str]]]:
     """A relay of 32 connections (8 per address, 4 per user) with alice and bob logged in: (server, tokens)."""
-    from balsam.http.serve import ApiServer
-    from balsam.relay.server import build_relay_app, relay_options
+    from balsam.relay.server import relay_options
 
     for store in relay_store("sqlite", tmp_path):
         tokens = {}
         for user in ("alice", "bob"):
             store.add_user(user, f"{user}-password")
-        server = ApiServer(build_relay_app(store), relay_options("127.0.0.1", 0, max_connections=32)).start()
-        try:
+        with served(store, options=relay_options("127.0.0.1", 0, max_connections=32)) as (server, url):
             for user in ("alice", "bob"):
                 status, answer, _ = request(_connect(server.port), "POST", "/v1/tokens", "",
                                             {"user": user, "password": f"{user}-password"})
                 assert status == 201, answer
                 tokens[user] = answer["token"]
             yield server, tokens
-        finally:
-            server.stop()
 
 
 def _connect(port: int, source: str = "127.0.0.1") -> http.client.HTTPConnection:

@@ -31,16 +31,12 @@ AGENT_TOKENS: Dict[str, str] = {}
 def relay_url(tmp_path: Path) -> Iterator[str]:
     """A relay on SQLite where alice's site 'alice-site' (3 jobs) is linked and pushed, and bob has none."""
     pytest.importorskip("sqlalchemy")
-    from balsam.http.serve import ApiServer, ServeOptions
-    from balsam.relay.server import build_relay_app
-    from tests.relay_support import relay_store
+    from tests.relay_support import relay_store, served
 
     for store in relay_store("sqlite", tmp_path):
         store.add_user("alice", "alice-password")
         store.add_user("bob", "bob-password")
-        server = ApiServer(build_relay_app(store, wait_s=0.5), ServeOptions(bind="127.0.0.1", port=0)).start()
-        url = f"http://127.0.0.1:{server.port}"
-        try:
+        with served(store, wait_s=0.5) as (server, url):
             alice = login(url, "alice", "alice-password")
             link = alice.request("POST", "/v1/sites", {"site_id": 7, "name": "alice-site", "hostname": "login1", "path": "/p"})
             AGENT_TOKENS[url] = link["token"]
@@ -48,8 +44,6 @@ def relay_url(tmp_path: Path) -> Iterator[str]:
                 "submission_id": "web-first", "last_seq": 10, "items": site_rows(7, 3),
                 "site": {"backlog": {"RUNNING": 2, "JOB_FINISHED": 1}, "row": {"name": "alice-site"}}})
             yield url
-        finally:
-            server.stop()
 
 
 def _status(url: str, token: str) -> int:
