@@ -391,3 +391,33 @@ def test_a_hook_worker_killed_mid_hook_fails_only_its_job_and_leaves_no_worker_b
                            capture_output=True, text=True, timeout=120)
     assert reset.returncode == 0, reset.stderr
     assert str(Job.objects.get(id=victim.id).state) == "RESTART_READY"
+
+
+@pytest.mark.slow
+def test_an_agent_killed_while_one_hook_runs_on_keeps_the_hooks_that_ended_and_runs_them_once(site: Any) -> None:
+    """One slow hook and three quick ones in the same batch; the quick ones end and the agent is killed with kill -9
+    while the slow one still runs. The quick hooks' results were saved as each ended (they waited for the slowest of
+    the batch, so all four ran again after the crash: a postprocess that moved or appended to files, run twice); the
+    next agent runs only the slow hook again."""
+    from balsam.pidfile import read_pid
+    from balsam.site.agent_state import pid_path
+
+    SlowPre.sync()
+    (site.path / "block").write_text("")
+    slow = SlowPre.submit(workdir="slow/0")
+    quick = [SlowPre.submit(workdir=f"q/x/{i}") for i in range(3)]  # their hook looks for data/block: never there
+    start_agent(site.path)
+    try:
+        wait_for(lambda: _hook_runs(site, slow) and all(_hook_runs(site, j) for j in quick), timeout=60)
+        wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "PREPROCESSED" for j in quick), timeout=20)
+        agent = read_pid(pid_path(site.layout))
+        assert agent is not None
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: not agent_status(site.path)["running"], timeout=15)
+        (site.path / "block").unlink()
+        start_agent(site.path)
+        wait_for(lambda: str(Job.objects.get(id=slow.id).state) == "PREPROCESSED", timeout=90)
+    finally:
+        stop_agent(site.path)
+    assert [len(_hook_runs(site, j)) for j in quick] == [1, 1, 1]
+    assert len(_hook_runs(site, slow)) == 2

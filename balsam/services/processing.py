@@ -35,7 +35,7 @@ import os
 import shutil
 import signal
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from balsam._api.app import ApplicationDefinition
 from balsam._api.base import row_of
@@ -183,22 +183,45 @@ class ProcessingService(Service):
         if not rows:
             return
         jobs = list(Job.objects.filter(id=[r["id"] for r in rows], site_id=self.site.id))
-        failures: List[StateChange] = []
-        done: List[Job] = []
         try:
             futures = self._submit_hooks(jobs)
         except BaseException:  # nothing runs them: handed back at once (else they stay locked to this lease for good)
             with self.site.store.write() as conn:
                 unlock_jobs(conn, [int(r["id"]) for r in rows])
             raise
-        ended = self._wait_for_hooks(futures)
-        if len(ended) < len(futures):
-            self._kill_pool()  # the agent stops: unfinished hooks are handed back with the lease (see cleanup)
+        # Each hook's result is saved as soon as it ends, not once the whole batch has: an agent killed while one slow
+        # hook runs would otherwise lose the results of every quick one, and the next agent would run them all again
+        # (a postprocess that moved files, or appended to them, run twice).
+        pending = dict(zip(futures, jobs))
         died: Optional[Dict[int, str]] = None
+        give_up: Optional[float] = None
+        while pending:
+            ended, _ = concurrent.futures.wait(list(pending), timeout=0.25)
+            if ended:
+                died = self._settle([(pending.pop(f), f) for f in futures if f in ended], died)
+            self._heartbeat()
+            if pending and self.stopping.is_set():
+                give_up = give_up or time.monotonic() + STOP_GRACE_S
+                if time.monotonic() > give_up:
+                    logger.info("processing: the agent stops: %d hooks still running are stopped and their jobs handed back",
+                                len(pending))
+                    self._kill_pool()  # unfinished hooks are handed back with the lease (see cleanup)
+                    return
+
+    def _heartbeat(self) -> None:
+        """Keep the lease of the jobs whose hooks run while a batch of hooks outlasts a heartbeat period (a lease
+        that lapsed would hand jobs whose hooks still run to the next one who asks)."""
+        if self.session_id is not None and time.time() - self._last_tick > self.session_settings.heartbeat_period_s / 2:
+            self._lease()
+
+    def _settle(self, ended: List[Tuple[Job, "concurrent.futures.Future[Any]"]],
+                died: Optional[Dict[int, str]]) -> Optional[Dict[int, str]]:
+        """Save the results of hooks that ended. ``died``: how the workers of a broken pool died, found at the first
+        hook the break ended and passed on to the calls for the rest (the pool is gone by then); returned updated."""
+        failures: List[StateChange] = []
+        done: List[Job] = []
         cut_short: List[int] = []
-        for job, future in zip(jobs, futures):
-            if future not in ended:
-                continue
+        for job, future in ended:
             job_id = int(job.id or 0)
             try:
                 changed, error = future.result()
@@ -215,7 +238,7 @@ class ProcessingService(Service):
                 changed, error = None, {"message": f"{HOOKS[S(job.state)][0]} hook's result was lost: {type(exc).__name__}: {exc}"}
             self._handed_back.pop(job_id, None)
             if error is not None:
-                failures.append(StateChange(int(job.id or 0), S.FAILED, data=error))
+                failures.append(StateChange(job_id, S.FAILED, data=error))
                 continue
             for name, value in (changed or {}).items():
                 if name in ("state_data", "state_timestamp"):
@@ -232,6 +255,7 @@ class ProcessingService(Service):
             logger.warning("processing: a hook worker died: %d jobs whose hooks it cut short are handed back", len(cut_short))
             with self.site.store.write() as conn:
                 unlock_jobs(conn, cut_short)
+        return died
 
     def _dead_workers(self) -> Dict[int, str]:
         """{job id: how its hook worker ended} for the workers of the broken pool that died on their own (killed from
@@ -288,23 +312,6 @@ class ProcessingService(Service):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    def _wait_for_hooks(self, futures: List["concurrent.futures.Future[Any]"]) -> Set["concurrent.futures.Future[Any]"]:
-        """Wait for the hooks to end; the ones that did (all, unless the agent stopped and some ran on past
-        ``STOP_GRACE_S``)."""
-        ended: Set["concurrent.futures.Future[Any]"] = set()
-        pending = set(futures)
-        give_up: Optional[float] = None
-        while pending:
-            done, pending = concurrent.futures.wait(pending, timeout=0.25)
-            ended |= done
-            if pending and self.stopping.is_set():
-                give_up = give_up or time.monotonic() + STOP_GRACE_S
-                if time.monotonic() > give_up:
-                    logger.info("processing: the agent stops: %d hooks still running are stopped and their jobs handed back",
-                                len(pending))
-                    break
-        return ended
 
     def _kill_pool(self) -> None:
         """Kill the hook workers and drop the pool: hooks that outlived the stop's grace, and a pool broken by a worker
