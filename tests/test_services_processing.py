@@ -36,6 +36,18 @@ def test_default_transitions_in_bulk(processing: Any, hello: Any) -> None:
     assert processing.backlog == 0
 
 
+def test_a_flood_larger_than_a_batch_is_processed_in_one_cycle(processing: Any, hello: Any, monkeypatch: Any) -> None:
+    """Bulk transitions commit BULK_BATCH jobs at a time (a flood's first jobs become runnable without waiting for
+    the rest), and one cycle still takes the whole flood, the last partial batch included."""
+    from balsam.services import processing as module
+
+    monkeypatch.setattr(module, "BULK_BATCH", 100)
+    Job.objects.bulk_create([hello.submit(workdir=f"f{i}", say_hello_to="x", save=False) for i in range(250)])
+    processing.run_cycle()
+    assert Job.objects.filter(state="PREPROCESSED").count() == 250
+    assert processing.backlog == 0
+
+
 class Retrying(ApplicationDefinition):
     """Retries a failed run twice, and spawns a follow-up job when it succeeds."""
 
