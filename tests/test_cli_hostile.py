@@ -350,3 +350,16 @@ def test_text_a_job_wrote_is_shown_not_obeyed_by_the_terminal(site: Any, hello: 
     assert "boom \\x1b]0;owned\\x07 \\x1b[2J \\x1b]52;c;ZWNobyBoaQ==\\x07 \\x9b31m done" in out
     table = render_table(["ID", "Note"], [[1, hostile + "\nsecond line"]], width=400)
     assert "\x1b" not in table and "\\x1b]0;owned" in table and "done second line" in table
+
+
+@pytest.mark.parametrize("name, text", [
+    ("excel.csv", "app,workdir,param.say_hello_to\r\nHello,bom/1,x\r\n"),
+    ("notepad.json", '[{"app": "Hello", "workdir": "bom/1", "parameters": {"say_hello_to": "x"}}]'),
+    ("notepad.jsonl", '{"app": "Hello", "workdir": "bom/1", "parameters": {"say_hello_to": "x"}}\n'),
+], ids=["csv", "json", "jsonl"])
+def test_a_job_file_that_starts_with_a_byte_order_mark_is_read(site: Any, hello: Any, tmp_path: Path, name: str, text: str) -> None:
+    """Excel's "CSV UTF-8" and Notepad start the file with a byte order mark: the first column was an unknown field
+    '\\ufeffapp', and JSON was "Unexpected UTF-8 BOM"."""
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+    ok("job", "create", "--from", tmp_path / name, "-y")
+    assert [(j.workdir, j.parameters) for j in Job.objects.all()] == [("bom/1", {"say_hello_to": "x"})]

@@ -54,12 +54,14 @@ def detect_format(path: str, given: Optional[str]) -> str:
 def read_text(path: str) -> str:
     import sys
 
+    # A byte order mark (Excel's "CSV UTF-8", Notepad) is no part of the text: it made the first column an unknown field
+    # ('\ufeffapp') and JSON invalid.
     if path == "-":
-        return sys.stdin.read()
+        return sys.stdin.read().lstrip("\ufeff")
     try:
         if stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISBLK(os.stat(path).st_mode):  # /dev/zero would be read forever
             raise CLIError(f"{path}: a device, not a file of jobs", 2)
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise CLIError(f"{path}: no such file", 2) from None
     except (OSError, UnicodeDecodeError) as exc:
