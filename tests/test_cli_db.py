@@ -235,6 +235,8 @@ def test_a_read_only_site_reads_and_refuses_writes_saying_so(site: Any, hello: A
         assert str(Job.objects.get(id=job.id).workdir) == "ro"
         err = fails("job", "rm", str(job.id), "--yes", "--site", path, code=1)
         assert "is read-only" in err and "reads work" in err
+        err = fails("site", "start", "--site", path, code=1)  # was "agent.json: Read-only file system"
+        assert f"site {path} is read-only" in err and "the agent records the jobs' progress there and cannot run" in err
     finally:
         subprocess.run(["umount", "-l", path], capture_output=True)
         from balsam._api import sites

@@ -245,6 +245,9 @@ def start_agent(site_root: Path, timeout_s: float = 30.0) -> int:
     layout = SiteLayout(root)
     if pid_file_held(pid_path(layout)):
         raise ServiceError(f"the site agent is already running (pid {read_pid(pid_path(layout))})")
+    if layout.state.is_dir() and not os.access(layout.state, os.W_OK):  # a read-only mount, or another user's site
+        raise ServiceError(f"site {root} is read-only ({layout.state} is not writable): the agent records the jobs' "
+                           "progress there and cannot run; reads work, or make the site directory writable")
     status_path(layout).unlink(missing_ok=True)
     layout.log.mkdir(parents=True, exist_ok=True)
     with open(layout.log / "agent.out", "ab") as out:
