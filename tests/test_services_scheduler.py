@@ -135,6 +135,23 @@ def test_a_template_whose_expression_fails_is_submit_failed_naming_its_line(sche
     assert bj.status_info["error"].startswith("job template line 3: TypeError: unsupported operand"), bj.status_info
 
 
+def test_a_submission_the_scheduler_refuses_is_submit_failed_with_its_stderr(site: Any) -> None:
+    """Every refusing qsub/sbatch ends its stderr with a line feed, which the BatchJob's status_info refused as a
+    control character: the BatchJob stayed pending_submission, 'submitting', asked about again every cycle."""
+    from balsam.platforms.runner import CommandResult
+
+    stderr = "qsub: Unauthorized Request \nqsub: project MyProj has no allocation \x1b[31m\n"
+    service = _pbs_service(site, lambda a: CommandResult(a, 170, "", stderr) if a[0] == "qsub" else None)
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    (row,) = service._batch_jobs(("pending_submission",))
+    service._submit(row)
+    bj.refresh_from_db()
+    assert bj.state == "submit_failed" and bj.scheduler_id is None
+    assert bj.status_info["error"] == "qsub failed (exit 170): qsub: project MyProj has no allocation \\x1b[31m"
+    assert bj.status_info["stderr"] == "qsub: Unauthorized Request \nqsub: project MyProj has no allocation \\x1b[31m\n"
+    assert "submitting" not in bj.status_info
+
+
 # ------------------------------------------------------------------------------- scheduler outages (issue 19)
 def _pbs_service(site: Any, reply: Any) -> Any:
     from balsam.platforms.runner import FakeRunner

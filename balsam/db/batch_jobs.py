@@ -175,10 +175,10 @@ def _check_time(name: str, value: Any) -> Optional[float]:
     return float(value)
 
 
-def _check_str_dict(name: str, value: Any) -> str:
+def _check_str_dict(name: str, value: Any, multiline: bool = False) -> str:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ValidationError(f"{name} must be a dict of strings, got {value!r}")
-    return dumps({k: fields_db.check_text(f"{name}[{k!r}]", v) for k, v in value.items()})
+    return dumps({k: fields_db.check_text(f"{name}[{k!r}]", v, multiline=multiline) for k, v in value.items()})
 
 
 _BATCH_CHECKERS: Dict[str, Any] = {
@@ -190,7 +190,7 @@ _BATCH_CHECKERS: Dict[str, Any] = {
     "job_mode": lambda v: v if v in JOB_MODES else _refuse(f"job_mode must be one of {', '.join(JOB_MODES)}, got {v!r}"),
     "optional_params": lambda v: _check_str_dict("optional_params", v),
     "filter_tags": lambda v: dumps(fields_db.check_tags(v, name="filter_tags")),
-    "status_info": lambda v: _check_str_dict("status_info", v),
+    "status_info": lambda v: _check_str_dict("status_info", v, multiline=True),  # a scheduler's errors span lines
     "start_time": lambda v: _check_time("start_time", v),
     "end_time": lambda v: _check_time("end_time", v),
     "partitions": lambda v: None if not v else dumps([parse_partition(p) if isinstance(p, str) else dict(p) for p in v]),
@@ -247,9 +247,9 @@ def update_batch_job(
         for key, value in info.items():  # merged: a value of None removes its key
             if value is None:
                 status_info.pop(str(key), None)
-            else:
-                status_info[str(key)] = str(value)
-        sets["status_info"] = _check_str_dict("status_info", status_info)
+            else:  # the agent's notes quote tools (a submit command's stderr): kept as they said it, escapes shown
+                status_info[str(key)] = fields_db.escape_control(str(value))
+        sets["status_info"] = _check_str_dict("status_info", status_info, multiline=True)
     if not sets:
         return False
     conn.execute(f"UPDATE batch_job SET {', '.join(f'{k}=?' for k in sets)}, last_update=?, version=version+1 WHERE id=?",

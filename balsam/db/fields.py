@@ -33,6 +33,8 @@ MAX_JSON_CHARS = 1 << 20
 MAX_RESULT_BYTES = 64 << 20
 """Largest pickled run() result or exception a launcher may store."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+"""Control characters other than tab and line feed: what multi-line text (a scheduler's stderr) may not hold."""
 
 COUNT_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "node_packing_count")
 RESOURCE_FIELDS = (*COUNT_FIELDS, "gpus_per_rank", "wall_time_min")
@@ -78,18 +80,26 @@ def check_wall_time(value: Any, where: str = "") -> int:
     return check_count("wall_time_min", value, where, 0, MAX_WALL_TIME_MIN)
 
 
-def check_text(name: str, value: Any, where: str = "", max_chars: int = MAX_TAG_VALUE_CHARS, empty: bool = True) -> str:
-    """A string of at most ``max_chars`` characters without control characters."""
+def check_text(name: str, value: Any, where: str = "", max_chars: int = MAX_TAG_VALUE_CHARS, empty: bool = True,
+               multiline: bool = False) -> str:
+    """A string of at most ``max_chars`` characters without control characters (``multiline``: tabs and line feeds
+    allowed, as in the text a scheduler answers)."""
     if not isinstance(value, str):
         raise ValidationError(f"{_where(where)}{name} must be a string, got {value!r}")
     if len(value) > max_chars:
         raise ValidationError(f"{_where(where)}{name} is {len(value)} characters long (at most {max_chars})")
     if not empty and not value:
         raise ValidationError(f"{_where(where)}{name} must not be empty")
-    if _CONTROL.search(value):
+    if (_CONTROL_BUT_LINES if multiline else _CONTROL).search(value):
         raise ValidationError(f"{_where(where)}{name} {value[:60]!r} contains control characters")
     _check_unicode(name, value, where)
     return value
+
+
+def escape_control(text: str) -> str:
+    """``text`` with its control characters other than tab and line feed written as escapes (``\\x1b``, ``\\r``):
+    how a tool's own words (a scheduler's stderr) are kept, shown as they were and never obeyed by a terminal."""
+    return _CONTROL_BUT_LINES.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _check_unicode(name: str, value: str, where: str) -> None:
@@ -283,5 +293,5 @@ def check_fields(fields: Mapping[str, Any], where: str = "", allowed: FrozenSet[
 __all__ = [
     "CHECKERS", "COUNT_FIELDS", "LAUNCHER_FIELDS", "MAX_COUNT", "MAX_RESULT_BYTES", "MAX_WORKDIR_CHARS", "RESOURCE_FIELDS",
     "UPDATABLE_FIELDS", "check_count", "check_fields", "check_parameter_names", "check_gpus", "check_json_dict", "check_result", "check_tags", "check_text",
-    "normalize_workdir",
+    "escape_control", "normalize_workdir",
 ]
