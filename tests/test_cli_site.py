@@ -263,3 +263,17 @@ def test_sync_checks_what_settings_name(site: Any, setting: Any, template: Any, 
     if template is not None:
         site.layout.job_template_path.write_text(template)
     assert message in fails("site", "sync", "--site", "test-site", code=2)
+
+
+def test_agent_commands_take_the_site_by_name_as_every_other_command(site: Any, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`balsam site status --site NAME` (as the README and the CLI's own hints write it) said 'not a Balsam site'
+    outside the site's parent directory: the agent's commands took --site as a path only."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.delenv("BALSAM_SITE_PATH", raising=False)
+    assert ok("site", "status", "--site", "test-site").stdout.startswith("agent: not running")
+    assert ok("site", "stop", "--site", "test-site").stdout.strip() == "The site agent is not running"
+    assert ok("site", "status", "--site", str(site.id)).stdout.startswith("agent: not running")
+    err = fails("site", "status", "--site", "no-such-site")
+    assert "no-such-site" in err and "test-site" in err, err

@@ -192,11 +192,21 @@ def scope_sites(selectors: Sequence[str]) -> Tuple[List["SiteRef"], Dict[str, An
 
 
 def site_root(site: Optional[str]) -> "Path":
-    """The directory of the site a per-site command acts on: ``--site PATH``, BALSAM_SITE_PATH, or the one
-    around the working directory."""
-    from balsam.exceptions import SiteNotFound
-    from balsam.site import find_site_root
+    """The directory of the site a per-site command acts on: ``--site`` (a path, or the name or id of a site
+    registered on this host, as every other command takes it), BALSAM_SITE_PATH, or the one around the working
+    directory."""
+    from pathlib import Path
 
+    from balsam.exceptions import SiteNotFound
+    from balsam.site import SiteLayout, find_site_root
+
+    if site and "/" not in site and site not in (".", "..") and not SiteLayout(Path(site).resolve()).is_site():
+        from balsam._api import sites as _sites
+
+        ref = _sites.resolve(site)  # a name or id: the registry's entry (unknown: the known sites are named)
+        if not ref.layout.is_site():
+            raise SiteNotFound(f"--site {site}: site {ref.name!r} is reached through the relay; run this on its host")
+        return ref.path
     root = find_site_root(site)
     if root is None:
         raise SiteNotFound("not inside a site: cd into one, pass --site PATH, or set BALSAM_SITE_PATH")

@@ -14,7 +14,8 @@ import click
 from balsam.cli import SuggestingGroup
 from balsam.cli._common import site_root, visible
 
-site_option = click.option("--site", "site", metavar="PATH", help="The site (default: the one around the working directory).")
+site_option = click.option("--site", "site", metavar="SITE",
+                           help="The site: a path, or a name or id of this host's sites (default: the one around the working directory).")
 
 
 @click.group(cls=SuggestingGroup)
