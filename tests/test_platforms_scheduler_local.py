@@ -92,3 +92,61 @@ def test_bad_requests_are_clear_errors(sched, tmp_path):
 def test_constructing_does_no_work(tmp_path):
     LocalScheduler(state_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+# A process that submits one job and is killed with kill -9 the moment the job's process exists: when it next calls
+# ``at`` after the spawn, before it has noted the job's pid, as a site agent killed mid-submit is.
+SUBMIT_AND_DIE = r"""
+import os, signal, sys
+from balsam.platforms import detached
+from balsam.platforms.schedulers.local import LocalScheduler
+
+state_dir, script, at = sys.argv[1:4]
+
+spawned = []
+
+def die(frame, event, arg):
+    name = frame.f_code.co_name if event in ("call", "return") else getattr(arg, "__name__", "") if event == "c_call" else ""
+    if event == "return" and name == "spawn":
+        spawned.append(arg)
+    elif spawned and event != "return" and name == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sched = LocalScheduler(state_dir=state_dir)
+sys.setprofile(die)
+sched.submit(script, project="local", queue="local", num_nodes=1, wall_time_min=5, job_name="balsam-7")
+"""
+
+
+@pytest.mark.parametrize("at", ["create_time_of", "append_record", "symlink"])
+def test_a_submitter_killed_right_after_the_spawn_leaves_a_job_the_next_one_finds(sched, tmp_path, at):
+    """kill -9 of the site agent between the start of a local job and the note of its pid: the restarted agent's
+    ``find_submitted`` found nothing (the record said neither the script nor the pid yet), so it submitted the
+    BatchJob again: a second launcher on the same host. The job is found, with its status, and ends as it should."""
+    import subprocess
+    import sys
+
+    from tests.launcher_support import REPO
+
+    script = write(tmp_path / "qlaunch00007.sh", "touch started; while [ ! -e go ]; do sleep 0.05; done; exit 3\n")
+    since = time.time()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    died = subprocess.run([sys.executable, "-c", SUBMIT_AND_DIE, str(sched.state_dir), str(script), at], env=env, timeout=60)
+    assert died.returncode == -9
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    again = LocalScheduler(state_dir=sched.state_dir)
+    try:
+        pid = again.find_submitted("balsam-7", script, since)
+        assert pid is not None
+        assert again.get_statuses([pid])[pid].state is SchedulerState.RUNNING
+        assert pid in again.get_statuses()
+        (tmp_path / "go").write_text("")
+        status = wait_state(again, pid, {SchedulerState.FAILED})
+        assert status.exit_code == 3 and status.job_name == "balsam-7"
+    finally:
+        (tmp_path / "go").write_text("")  # the job ends whatever happened
+        while any(p.info["cmdline"] and str(script) in p.info["cmdline"] for p in psutil.process_iter(["cmdline"])):
+            time.sleep(0.05)

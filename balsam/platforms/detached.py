@@ -58,6 +58,9 @@ class ProcessRecord:
 
     pid: Optional[int] = None
     create_time: Optional[float] = None
+    started_pid: Optional[int] = None
+    """The PID the wrapper wrote as it began (it is the process the starter started): the only note of it when the
+    starter died before writing its ``pid`` line."""
     submitted: Optional[float] = None
     start: Optional[float] = None
     end: Optional[float] = None
@@ -93,6 +96,7 @@ def parse_record(text: str) -> ProcessRecord:
         elif key == "submitted" and args:
             rec.submitted = _float(args[0])
         elif key == "start" and len(args) > 1:
+            rec.started_pid = int(args[0]) if args[0].isdigit() else rec.started_pid
             rec.start = _float(args[1])
         elif key == "end" and len(args) > 1 and rec.end is None:
             try:
@@ -131,6 +135,17 @@ def create_time_of(pid: int) -> Optional[float]:
         return float(psutil.Process(pid).create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def wrapper_of(record_path: Path) -> Optional[int]:
+    """The PID of a running wrapper that writes to ``record_path`` (its argv names the record), if any: a process
+    started just before its starter died, too early to have written its ``start`` line."""
+    wanted = str(record_path)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if WRAPPER_NAME in cmdline and wanted in cmdline:
+            return int(proc.pid)
+    return None
 
 
 def is_alive(pid: Optional[int], create_time: Optional[float]) -> bool:

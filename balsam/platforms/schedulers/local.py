@@ -144,20 +144,11 @@ class LocalScheduler(Scheduler):
         # The wrapper writes to a record named by a random token (its PID is not known before it starts);
         # <pid>.job is then made a symlink to it, replacing any stale link left by a recycled PID.
         record = self.state_dir / f"{uuid.uuid4().hex}.rec"
-        record.touch()
-        argv = render_submit(script, record)
         submitted = detached.now()
-        try:
-            pid = self.runner.spawn(
-                argv, output_path=output_path_for(script), env={**self.env, **(env or {})} or None, cwd=cwd or script.parent
-            )
-        except OSError as exc:
-            record.unlink(missing_ok=True)
-            raise SchedulerError(f"local: cannot start bash: {exc.strerror or exc}", argv) from exc
-        create_time = detached.create_time_of(pid)
+        # Everything but the PID is written before the job starts: a submitter killed right after the spawn leaves a
+        # record that names the script and the time, which find_submitted matches (a second submission otherwise).
         detached.append_record(
             record,
-            f"pid {pid} {create_time if create_time is not None else ''}".rstrip(),
             f"submitted {submitted}",
             f"meta script {script}",
             f"meta queue {queue or 'local'}",
@@ -166,17 +157,35 @@ class LocalScheduler(Scheduler):
             f"meta wall_time_min {int(wall_time_min)}",
             f"meta job_name {scheduler_job_name(job_name, script)}",
         )
-        link = self._record_path(pid)
-        tmp_link = self.state_dir / f".{pid}.{record.stem}.link"
-        os.symlink(record.name, tmp_link)
-        os.replace(tmp_link, link)
+        argv = render_submit(script, record)
+        try:
+            pid = self.runner.spawn(
+                argv, output_path=output_path_for(script), env={**self.env, **(env or {})} or None, cwd=cwd or script.parent
+            )
+        except OSError as exc:
+            record.unlink(missing_ok=True)
+            raise SchedulerError(f"local: cannot start bash: {exc.strerror or exc}", argv) from exc
+        self._note_pid(record, pid)
         return pid
+
+    def _note_pid(self, record: Path, pid: int, *, write_pid: bool = True) -> None:
+        """Write the job's PID (with its creation time, so a recycled PID is never taken for it) to its record and
+        make ``<pid>.job`` point to the record, replacing any stale link left by a recycled PID."""
+        if write_pid:
+            create_time = detached.create_time_of(pid)
+            detached.append_record(record, f"pid {pid} {create_time if create_time is not None else ''}".rstrip())
+        tmp_link = self.state_dir / f".{pid}.{record.stem}.link"
+        tmp_link.unlink(missing_ok=True)  # left by a submitter killed before it replaced the link
+        os.symlink(record.name, tmp_link)
+        os.replace(tmp_link, self._record_path(pid))
 
     def _status(self, pid: int, now: float) -> Optional[SchedulerJobStatus]:
         rec = detached.read_record(self._record_path(pid))
         if rec is None:
             return None
-        return status_from_record(pid, rec, detached.is_alive(rec.pid or pid, rec.create_time), now)
+        # A job whose wrapper wrote its end has ended, whatever runs under its PID now (a PID noted after its end
+        # has no creation time to tell a recycled one apart).
+        return status_from_record(pid, rec, not rec.ended and detached.is_alive(rec.pid or pid, rec.create_time), now)
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
@@ -231,18 +240,33 @@ class LocalScheduler(Scheduler):
         )
 
     def find_submitted(self, job_name: str, script_path: PathLike, since: float) -> Optional[int]:
-        """The newest job started from ``script_path`` at or after ``since``, running or ended, from the records."""
+        """The newest job started from ``script_path`` at or after ``since``, running or ended, from the records.
+
+        Every record is read, not only those a ``<pid>.job`` link names: a submitter killed between the start of the
+        job and the note of its PID left a record without one. Its PID is then the one the job's wrapper wrote as
+        it began, or, for a wrapper killed or not yet that far, the running wrapper that names the record; it is
+        noted so the job's statuses read as any other's."""
         script = str(Path(script_path).resolve())
-        newest: Optional[Tuple[float, int]] = None
+        newest: Optional[Tuple[float, int, Path, Optional[int]]] = None
         if not self.state_dir.is_dir():
             return None
-        for path in self.state_dir.glob("*.job"):
-            rec = detached.read_record(path) if path.stem.isdigit() else None
+        for path in self.state_dir.glob("*.rec"):
+            rec = detached.read_record(path)
             if rec is None or rec.meta.get("script") != script or (rec.submitted or 0.0) < since:
                 continue
-            if newest is None or (rec.submitted or 0.0, int(path.stem)) > newest:
-                newest = (rec.submitted or 0.0, int(path.stem))
-        return None if newest is None else newest[1]
+            pid = rec.pid or rec.started_pid or detached.wrapper_of(path)
+            if pid is not None and (newest is None or (rec.submitted or 0.0, pid) > newest[:2]):
+                newest = (rec.submitted or 0.0, pid, path, rec.pid)
+        if newest is None:
+            return None
+        _, pid, path, noted = newest
+        try:
+            linked = os.readlink(self._record_path(pid)) == path.name
+        except OSError:
+            linked = False
+        if noted is None or not linked:
+            self._note_pid(path, pid, write_pid=noted is None)
+        return pid
 
     def discover_projects(self, user: Optional[str] = None) -> List[str]:
         """The local scheduler has one project: ``local``."""
