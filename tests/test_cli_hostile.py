@@ -363,3 +363,11 @@ def test_a_job_file_that_starts_with_a_byte_order_mark_is_read(site: Any, hello:
     (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
     ok("job", "create", "--from", tmp_path / name, "-y")
     assert [(j.workdir, j.parameters) for j in Job.objects.all()] == [("bom/1", {"say_hello_to": "x"})]
+
+
+def test_a_huge_value_refused_by_name_is_shown_in_a_few_characters(site: Any, hello: Any, tmp_path: Path) -> None:
+    """A list of 200,000 numbers given for num_nodes was written out whole in the error: a 2 MB "one line"."""
+    path = tmp_path / "big.yaml"
+    path.write_text("- {app: Hello, workdir: a, parameters: {say_hello_to: x}, num_nodes: [" + ",".join(["123456789"] * 200_000) + "]}\n")
+    err = fails("job", "create", "--from", path, "-y", code=2)
+    assert err.startswith(f"Error: {path} line 1: num_nodes: expected an integer, got [123456789, ") and len(err) < 300, err[:400]

@@ -212,6 +212,17 @@ def _json_records(path: str, text: str) -> Iterator[Record]:
 
 
 # ------------------------------------------------------------------------------------------- normalizing
+def _brief(value: Any) -> str:
+    """``repr(value)`` in a few dozen characters: a value refused by name may be a list of a million items (a 200,000
+    item list for num_nodes made a 2 MB error line)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset, short.maxstring, short.maxother = 2, 5, 5, 5, 5, 60, 60
+    text = short.repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def _cell_dict(value: Any, field: str) -> Dict[str, Any]:
     if isinstance(value, dict):
         return dict(value)
@@ -226,22 +237,22 @@ def _cell_dict(value: Any, field: str) -> Dict[str, Any]:
             if item.strip():
                 k, sep, v = item.partition("=")
                 if not sep:
-                    raise ValueError(f"{field}: {item!r} is not KEY=VALUE")
+                    raise ValueError(f"{field}: {_brief(item)} is not KEY=VALUE")
                 if k.strip() in out:
                     raise ValueError(f"{field}: the key {k.strip()!r} is given twice")
                 out[k.strip()] = v
         return out
-    raise ValueError(f"{field}: expected a mapping, got {value!r}")
+    raise ValueError(f"{field}: expected a mapping, got {_brief(value)}")
 
 
 def _int(value: Any, field: str) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{field}: expected an integer, got {value!r}")
+        raise ValueError(f"{field}: expected an integer, got {_brief(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().lstrip("-").isdecimal():  # not isdigit(): "²" is a digit int() refuses
         return int(value)
-    raise ValueError(f"{field}: expected an integer, got {value!r}")
+    raise ValueError(f"{field}: expected an integer, got {_brief(value)}")
 
 
 def _parents(value: Any) -> List[int]:
@@ -252,7 +263,7 @@ def _parents(value: Any) -> List[int]:
         else:
             value = [p for p in text.replace(";", " ").replace(",", " ").split() if p]
     if not isinstance(value, list):
-        raise ValueError(f"parent_ids: expected a list of job ids, got {value!r}")
+        raise ValueError(f"parent_ids: expected a list of job ids, got {_brief(value)}")
     return [_int(p, "parent_ids") for p in value]
 
 
@@ -295,7 +306,7 @@ def normalize(record: Dict[str, Any]) -> Dict[str, Any]:
                 try:
                     out[field] = float(value)
                 except (TypeError, ValueError):
-                    raise ValueError(f"gpus_per_rank: expected a number, got {value!r}") from None
+                    raise ValueError(f"gpus_per_rank: expected a number, got {_brief(value)}") from None
             elif field == "parent_ids":
                 out[field] = _parents(value)
             else:
