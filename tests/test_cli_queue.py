@@ -126,3 +126,17 @@ def test_submit_says_when_no_agent_will_pick_it_up(site: Any, backend: str) -> N
     else:  # reached through the running agent's API
         assert "Note:" not in result.stderr
     assert "Note:" not in ok("queue", "submit", "-n", "1", "-t", "5", "--json").stderr  # scripts read stdout; stay quiet
+
+
+def test_the_presets_optional_params_are_defaults_a_submission_can_override(tmp_path: Any) -> None:
+    """A Polaris site's BatchJob went to qsub without the '-l filesystems=home:eagle' its settings.yml names (PBS
+    there refuses a job that names none): optional_batch_job_params were only allowed names, not defaults as in 0.7."""
+    ok("site", "init", str(tmp_path / "pol"), "--preset", "polaris", "-n", "pol")
+    argv = json.loads(ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "--dry-run", "--json",
+                         "--site", "pol").stdout)["command"]
+    assert argv[argv.index("filesystems=home:eagle") - 1] == "-l"
+    out = ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "-x", "filesystems=home:grand", "--dry-run",
+             "--site", "pol").stdout
+    assert "#PBS -l filesystems=home:grand\n" in out and "eagle" not in out
+    data = json.loads(ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "--json", "--site", "pol").stdout)
+    assert data["optional_params"] == {"filesystems": "home:eagle"}
