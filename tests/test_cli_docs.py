@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from balsam.docs import find_sections, readme_text, sections
 from tests.cli_helpers import ROOT, fails, ok
 
@@ -44,3 +46,29 @@ def test_headings_inside_code_blocks_are_not_sections() -> None:
     text = "# T\nintro\n## A\n```bash\n## not a heading\n```\n### B\nbody\n"
     assert [(s.title, s.level) for s in sections(text)] == [("Overview", 1), ("A", 2), ("B", 3)]
     assert "## not a heading" in sections(text)[1].text
+
+
+def _using_balsam_block() -> list:
+    import shlex
+
+    text = next(s for s in sections(readme_text()) if s.title == "Using Balsam").text
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("  #", 1)[0]) for line in block.splitlines() if line.startswith("balsam ")]
+
+
+def test_the_readmes_site_and_queue_commands_pass_the_preset_they_name(tmp_path: Any, monkeypatch: Any) -> None:
+    """The README submitted 4 nodes to Polaris' debug queue (2 at most: 'queue debug allows at most 2 nodes') and
+    its --dry-run line named no site, which outside a site with two registered is an error."""
+    from balsam.api import BatchJob
+
+    monkeypatch.chdir(tmp_path)
+    lines = _using_balsam_block()
+    home = str(tmp_path / "my-site")
+    ok(*[arg.replace("~/my-site", home) for arg in next(line for line in lines if line[1:3] == ["site", "init"])[1:]])
+    ok("site", "init", str(tmp_path / "other"), "-n", "other-site")
+    submits = [line for line in lines if line[1:3] == ["queue", "submit"]]
+    assert len(submits) == 2
+    for line in submits:
+        assert "--site" in line
+        ok(*line[1:])
+    assert BatchJob.objects.filter(site_name="my-site").count() == 1
