@@ -14,7 +14,7 @@ import pytest
 
 from balsam.api import ApplicationDefinition, Job, TransferItem
 from balsam.exceptions import AppError, BalsamError, ConfigError
-from balsam.platforms.transfer import ItemFailure, TransferState, TransferStatus
+from balsam.platforms.transfer import ItemFailure, TransferAdapter, TransferState, TransferStatus
 from balsam.services.transfers import Location, TransferService, parse_location, retry_pause
 from balsam.settings import TransferSettings
 from tests.helpers import advance
@@ -200,13 +200,17 @@ def test_batches_follow_batch_size_and_at_most_max_concurrent_tasks_run(site: An
     assert info["bytes"] == 4  # its batch: the four one-byte files "0" to "3"
 
 
-class FlakyAdapter:
+class FlakyAdapter(TransferAdapter):
     """Stands in for a remote protocol whose connection drops: every task ends with a transient failure."""
 
     name = "cp"
 
     def __init__(self) -> None:
+        super().__init__()
         self.submitted: List[int] = []
+
+    def cancel(self, task_id: str, grace_s: float = 5.0) -> None:
+        raise AssertionError("nothing cancels a flaky task")
 
     def submit(self, items: Any) -> str:
         self.submitted.append(len(items))

@@ -73,3 +73,59 @@ def test_a_service_killed_mid_copy_is_followed_by_one_that_takes_the_result_once
     item = TransferItem.objects.get(job_id=job.id)
     assert item.state == "done" and item.task_id == task  # the same task, not a second copy
     assert [e.to_state for e in staged.history()].count("STAGED_IN") == 1
+
+
+# The service of SERVICE, killed with kill -9 at its first call of ``at`` once the copy's process exists (or, for
+# "spawn", as it is about to start it).
+SERVICE_DYING = """
+import os, signal, sys, time
+from pathlib import Path
+from balsam._api import sites
+from balsam.services.transfers import TransferService
+from balsam.settings import TransferSettings
+
+root, at = sys.argv[1:3]
+spawned = []
+
+def die(frame, event, arg):
+    name = frame.f_code.co_name if event in ("call", "return") else getattr(arg, "__name__", "") if event == "c_call" else ""
+    if event == "return" and name == "spawn":
+        spawned.append(arg)
+    elif event == "call" and name == at and (spawned or at == "spawn"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+site = sites.ref_for_root(Path(root))
+service = TransferService(site, TransferSettings(transfer_locations={"far": "local"}), env=dict(os.environ))
+sys.setprofile(die)
+while True:
+    service.run_cycle()
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("at", ["create_time_of", "spawn"])
+def test_a_service_killed_as_it_starts_a_copy_is_followed_by_one_that_copies_nothing_twice(site: Any, tmp_path: Path,
+                                                                                             at: str) -> None:
+    """kill -9 of the transfer service the moment its copy starts, before it has noted the task at the items (the copy
+    was started again by the next service: the data copied twice, two copies writing one file), or just before it
+    starts the copy it noted: the next service takes the one copy's result, or starts the noted copy, once."""
+    make_service(site, {"far": "local"})
+    Pull.sync()
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    payload = os.urandom(100_000)
+    (remote / "deck.bin").write_bytes(payload)
+    job = Pull.submit(workdir="quick", transfers={"deck": f"far:{remote}/deck.bin"})
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    service = subprocess.run([sys.executable, "-c", SERVICE_DYING, str(site.path), at], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert service.returncode == -signal.SIGKILL, service.stdout + service.stderr
+    again = make_service(site, {"far": "local"})
+    staged = cycle_until(again, job.id, "STAGED_IN", timeout=60)
+    assert (site.layout.data / "quick" / "input" / "deck.bin").read_bytes() == payload
+    tasks = site.layout.state / "transfers"
+    copies = [r for r in tasks.glob("*/record") if "\nstart " in "\n" + r.read_text()]
+    assert len(copies) == 1, [r.read_text() for r in tasks.glob("*/record")]
+    item = TransferItem.objects.get(job_id=job.id)
+    assert item.state == "done" and item.task_id.endswith(copies[0].parent.name)
+    assert [e.to_state for e in staged.history()].count("STAGED_IN") == 1

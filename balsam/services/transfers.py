@@ -244,13 +244,11 @@ class TransferService(Service):
             batch = [r for r in batch if r not in escaping]
             if not batch:
                 return
+        adapter = self.adapter(PROTOCOL_ADAPTER[protocol])
         try:
-            task_id = self.adapter(PROTOCOL_ADAPTER[protocol]).submit(specs)
+            task_id = adapter.create(specs)
         except TransferError as exc:
-            failure = ItemFailure(f"cannot start the transfer: {exc}", exc.transient)
-            with self.site.store.write() as conn:
-                transfer_db.update_items(conn, [self._failed_update(r["id"], r["transfer_info"], failure) for r in batch])
-            logger.warning("%s transfer of %d items could not start: %s", protocol, len(batch), exc)
+            self._not_started(protocol, batch, exc)
             return
         except BalsamError as exc:
             self._fail_now(batch, f"cannot start the transfer: {exc}")
@@ -261,7 +259,21 @@ class TransferService(Service):
                            "transfer_info": dict(r["transfer_info"], task_index=i, submitted=round(self.clock(), 3))})
                 for i, r in enumerate(batch)
             ])
+        # Started only once the items name their task: a service killed as the copy starts leaves a task the next
+        # one polls (and starts, if it never did), not items a second copy would be started for.
+        try:
+            adapter.start(task_id)
+        except TransferError as exc:
+            self._not_started(protocol, batch, exc)
+            return
         logger.info("transfer task %s started: %d items, %s %s %s", task_id, len(batch), protocol, direction, endpoint or "local")
+
+    def _not_started(self, protocol: str, batch: Sequence[Dict[str, Any]], exc: TransferError) -> None:
+        """A task that could not start: its items are retried later (a transient cause) or fail."""
+        failure = ItemFailure(f"cannot start the transfer: {exc}", exc.transient)
+        with self.site.store.write() as conn:
+            transfer_db.update_items(conn, [self._failed_update(r["id"], r["transfer_info"], failure) for r in batch])
+        logger.warning("%s transfer of %d items could not start: %s", protocol, len(batch), exc)
 
     def _fail_now(self, rows: Sequence[Dict[str, Any]], template: str) -> None:
         with self.site.store.write() as conn:

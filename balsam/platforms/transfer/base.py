@@ -214,6 +214,15 @@ class TransferAdapter(ABC):
     def submit(self, items: Sequence[TransferItem]) -> str:
         """Start copying ``items`` as one task; return the task id."""
 
+    def create(self, items: Sequence[TransferItem]) -> str:
+        """Make the task that copies ``items`` and return its id; :meth:`start` starts it. The caller notes the id in
+        between, so a caller killed as the copy starts leaves a task it finds again, never one started twice. Here
+        (an adapter whose tasks cannot wait to be started): the task starts at once."""
+        return self.submit(items)
+
+    def start(self, task_id: str) -> None:  # noqa: B027 - nothing to do where create started the task
+        """Start a task :meth:`create` made (here, :meth:`create` started it)."""
+
     @abstractmethod
     def poll(self, task_id: str) -> TransferStatus:
         """Where the task stands (see :class:`TransferStatus`)."""
@@ -252,6 +261,12 @@ class ScriptTransfer(TransferAdapter):
 
     def submit(self, items: Sequence[TransferItem]) -> str:
         """Start copying ``items`` in the background; return the task id."""
+        task_id = self.create(items)
+        self.start(task_id)
+        return task_id
+
+    def create(self, items: Sequence[TransferItem]) -> str:
+        """The task's folder, with its items, its script and an empty record; nothing runs until :meth:`start`."""
         if not items:
             raise TransferError(f"{self.name}: nothing to transfer")
         token = uuid.uuid4().hex
@@ -259,15 +274,20 @@ class ScriptTransfer(TransferAdapter):
         task_dir.mkdir(parents=True)
         (task_dir / "items.json").write_text(json.dumps([[i.source, i.destination, i.recursive] for i in items]))
         (task_dir / "task.sh").write_text(self.prepare(items, task_dir))
+        (task_dir / "record").touch()
+        return f"{self.name}:{token}"
+
+    def start(self, task_id: str) -> None:
+        """Start the copy of a task :meth:`create` made, in the background."""
+        task_dir = self._task_dir(task_id)
         record = task_dir / "record"
-        record.touch()
         argv = detached.wrapper_argv(["bash", str(task_dir / "task.sh")], record)
+        detached.append_record(record, f"submitted {detached.now()}")
         try:
             pid = self.runner.spawn(argv, output_path=task_dir / "output", env=self.env or None, cwd=task_dir)
         except OSError as exc:
             raise TransferError(f"{self.name}: cannot start the transfer: {exc.strerror or exc}") from exc
-        detached.append_record(record, f"pid {pid} {detached.create_time_of(pid) or ''}".rstrip(), f"submitted {detached.now()}")
-        return f"{self.name}:{token}"
+        detached.append_record(record, f"pid {pid} {detached.create_time_of(pid) or ''}".rstrip())
 
     def _items(self, task_dir: Path) -> List[TransferItem]:
         try:
@@ -285,7 +305,13 @@ class ScriptTransfer(TransferAdapter):
         items = self._items(task_dir)
         if rec is None:
             return all_failed(task_id, len(items), f"no such transfer task (no record in {task_dir})")
-        if not rec.ended and detached.is_alive(rec.pid, rec.create_time):
+        # Its starter may have died before noting the copy's PID (then the wrapper's own note, or the running wrapper,
+        # names it), or before starting the copy at all: then it starts now, once.
+        pid = rec.pid or rec.started_pid or (None if rec.ended else detached.wrapper_of(task_dir / "record"))
+        if pid is None and not rec.ended and rec.cancelled is None and rec.start is None:
+            self.start(task_id)
+            return TransferStatus(task_id, TransferState.ACTIVE)
+        if not rec.ended and detached.is_alive(pid, rec.create_time if rec.pid else None):
             return TransferStatus(task_id, TransferState.ACTIVE)
         # the process may have ended between the two reads: look once more before calling it lost
         rec = detached.read_record(task_dir / "record") or rec
