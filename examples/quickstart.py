@@ -57,6 +57,12 @@ def main() -> None:
     print(f"all {1 + len(norms)} jobs finished in {time.time() - t0:.1f} s")
     batch.state = "pending_deletion"
     batch.save()
+    # Wait for the agent to end the allocation: scripts/demo stops the agent next, and a BatchJob left in
+    # pending_deletion would show so in `balsam queue ls` until the agent ran again.
+    deadline = time.time() + 30
+    while batch.state != "finished" and time.time() < deadline:
+        time.sleep(0.2)
+        batch.refresh_from_db()
 
 
 if __name__ == "__main__":
