@@ -272,7 +272,9 @@ def test_agent_commands_take_the_site_by_name_as_every_other_command(site: Any, 
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     monkeypatch.delenv("BALSAM_SITE_PATH", raising=False)
-    assert ok("site", "status", "--site", "test-site").stdout.startswith("agent: not running")
+    out = ok("site", "status", "--site", "test-site").stdout
+    assert out.startswith("agent: not running")
+    assert f"  serial-mode launchers: {site.path}/log/serial_mode_*.log" in out  # was 'launchers:/...'
     assert ok("site", "stop", "--site", "test-site").stdout.strip() == "The site agent is not running"
     assert ok("site", "status", "--site", str(site.id)).stdout.startswith("agent: not running")
     err = fails("site", "status", "--site", "no-such-site")

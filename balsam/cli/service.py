@@ -123,8 +123,9 @@ def status(site: Optional[str], as_json: bool) -> None:
         if key in st["node"]:
             click.echo(f"{label}: {st['node'][key]}")
     click.echo("Logs:")
+    width = max(len(what) for what in st["logs"]) + 2  # the longest label keeps a space before its path
     for what, where in st["logs"].items():
-        click.echo(f"  {what + ':':22}{where}")
+        click.echo(f"  {what + ':':{width}}{where}")
 
 
 def log_locations(root: Path) -> Dict[str, str]:
