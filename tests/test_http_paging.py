@@ -109,6 +109,20 @@ def test_a_cursor_is_checked_against_its_query(big_site: Tuple[Any, List[int]], 
             client.request("GET", "/v1/jobs?ordering=id&limit=10&cursor=" + forged.replace(" ", "%20").replace(";", "%3B"))
 
 
+def test_a_listing_starts_at_its_offset_and_a_bad_offset_is_refused(big_site: Tuple[Any, List[int]], client: Any) -> None:
+    """``GET /v1/jobs?offset=N`` was accepted and ignored: every caller got the first page whatever N it asked for."""
+    from balsam.exceptions import ValidationError
+
+    _ref, ids = big_site
+    page = client.request("GET", "/v1/jobs?ordering=id&limit=5&offset=99990")
+    assert [int(r["id"]) for r in page["results"]] == sorted(ids)[99_990:99_995]
+    rest = client.request("GET", f"/v1/jobs?ordering=id&limit=100&cursor={page['next_cursor']}")
+    assert [int(r["id"]) for r in rest["results"]] == sorted(ids)[99_995:] and rest["next_cursor"] is None
+    for bad in ("-1", "x", str(2**70)):
+        with pytest.raises(ValidationError, match="offset"):
+            client.request("GET", f"/v1/jobs?ordering=id&limit=5&offset={bad}")
+
+
 def test_the_python_api_on_a_foreign_host_iterates_with_cursors(big_site: Tuple[Any, List[int]], client: Any,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from balsam._api import sites as _sites

@@ -239,7 +239,8 @@ def _page(call: Call, table: str, filters: Dict[str, Any]) -> Answer:
     ordering = check_ordering(table, [o for o in (call.q1("ordering") or "").split(",") if o])
     limit = _int(call.q1("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT)
     columns = COLUMNS[table]
-    rows, next_cursor = _rows_page(call, table, filters, columns, ordering, limit, call.q1("cursor"))
+    offset = _int(call.q1("offset") or "0", "offset", 0, 2**62)  # where the first page starts (a cursor goes on from there)
+    rows, next_cursor = _rows_page(call, table, filters, columns, ordering, limit, call.q1("cursor"), offset)
     results = [row_to_wire(table, dict(zip(columns, r)), call.private) for r in rows]
     count = call.backend.count(table, filters) if (call.q1("count") or "").lower() in ("1", "true") else None
     return 200, {"results": results, "next_cursor": next_cursor, "count": count}

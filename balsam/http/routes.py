@@ -95,6 +95,7 @@ def _page_params(table: str) -> Tuple[Param, ...]:
         Param("ordering", {"type": "string"}, "field name, '-' for descending"),
         Param("limit", {"type": "integer", "minimum": 1, "maximum": h.MAX_LIMIT}),
         Param("cursor", {"type": "string"}, "next_cursor of the previous page"),
+        Param("offset", {"type": "integer", "minimum": 0}, "rows skipped before the first page"),
         Param("count", {"type": "boolean"}, "include the total count"),
     )
 
