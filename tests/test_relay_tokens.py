@@ -127,3 +127,21 @@ def test_a_password_change_revokes_all_the_users_tokens_and_ends_their_streams(t
     again = login(url, "alice", "a-new-password-for-alice")
     assert [s["id"] for s in again.request("GET", "/v1/sites")["results"]] == [SITE_A]
     assert len(bob.request("GET", "/v1/jobs")["results"]) == 2  # another user's tokens are untouched
+
+
+def test_a_token_is_taken_from_the_url_only_by_the_websocket(two_users: Dict[str, Any]) -> None:  # noqa: F811
+    """Every route took ``?token=`` as well as the Authorization header: a token pasted into a URL ends up in proxies'
+    logs, the browser's history and Referer headers. Only the WebSocket (which a browser cannot give a header) takes it."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    url, alice = two_users["url"], two_users["alice"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/v1/jobs?token={quote(alice.token)}", timeout=30)
+    assert refused.value.code == 401
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/v1/jobs", headers={"Authorization": f"Bearer {alice.token}"}),
+                                timeout=30) as answer:
+        assert answer.status == 200
+    stream = opened(url, alice.token)  # the WebSocket still takes it
+    stream.close()

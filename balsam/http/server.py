@@ -337,8 +337,9 @@ class Api:
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             if route.auth:
-                principal = self._check(method, path + (f"?{query}" if query else ""), headers,
-                                        lambda: dict(parse_qsl(query, keep_blank_values=True)).get("token"))
+                # A token in the URL is taken only where a browser cannot send a header (the WebSocket): in any other
+                # URL it would end up in proxies' logs, the browser's history and Referer headers.
+                principal = self._check(method, path + (f"?{query}" if query else ""), headers, lambda: None)
                 try:
                     self._claim_share(scope.get("client"), principal)
                 except ApiError:
