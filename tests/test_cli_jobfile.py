@@ -185,3 +185,17 @@ def test_a_nul_in_a_shell_apps_parameter_is_refused_when_the_job_is_made(site: A
     text = Job("py/1", app_id="Adder", parameters={"x": "a\x00b"})  # a run() app gets the value itself, NUL and all
     text.save()
     assert Job.objects.get(id=text.id).parameters == {"x": "a\x00b"}
+
+
+def test_one_record_and_a_stopped_agent_are_said_plainly(site: Any, hello: Any, tmp_path: Path, backend: str) -> None:
+    """'Created 1 jobs ... (ids 7-7)', and nothing said when no agent runs to prepare them (they wait in STAGED_IN
+    for ever while a launcher idles): a first job made before 'balsam site start' now says what it waits for."""
+    (tmp_path / "one.jsonl").write_text('{"workdir": "j/1", "app": "Hello", "parameters": {"say_hello_to": "x"}}\n')
+    result = ok("job", "create", "--from", tmp_path / "one.jsonl")
+    assert result.stdout.strip() == f"Created 1 job at site test-site (id {sid(1)})"
+    single = ok("job", "create", "-a", "Hello", "-w", "j/2", "-p", "say_hello_to=y", "-y")
+    if backend == "local":  # on the home host, where the agent is not running; through the agent, it runs
+        assert "Note: the site agent of test-site is not running, so they wait" in result.stderr
+        assert "so it waits in STAGED_IN" in single.stderr and "balsam site start --site test-site" in single.stderr
+    else:
+        assert result.stderr == "" and single.stderr == ""
