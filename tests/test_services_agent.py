@@ -421,3 +421,49 @@ def test_an_agent_killed_while_one_hook_runs_on_keeps_the_hooks_that_ended_and_r
         stop_agent(site.path)
     assert [len(_hook_runs(site, j)) for j in quick] == [1, 1, 1]
     assert len(_hook_runs(site, slow)) == 2
+
+
+@pytest.mark.slow
+def test_a_hook_whose_result_meets_a_full_disk_is_saved_once_there_is_space_and_not_run_again(small_disk: Path) -> None:
+    """A postprocess hook fills the disk (its output, or another user's) and its result cannot be written: the agent
+    keeps the result and writes it once space is freed, instead of running the hook again (it had already done its
+    work: a postprocess run twice)."""
+    from balsam.site import init_site
+    from tests.helpers import advance
+
+    root = small_disk / "site"
+    init_site(root, name="full-site")
+
+    class Filling(ApplicationDefinition):
+        site = "full-site"
+        command_template = "true"
+
+        def postprocess(self) -> None:
+            import errno as _errno
+
+            with open("post", "a") as f:
+                f.write("post\n")
+            size = 65536
+            with open("../../../filler", "wb", buffering=0) as f:  # <mount>/filler: the workdir is <mount>/site/data/p
+                while size:
+                    try:
+                        f.write(b"\0" * size)
+                    except OSError as exc:
+                        assert exc.errno == _errno.ENOSPC
+                        size //= 2
+            self.job.state = "POSTPROCESSED"
+
+    Filling.sync()
+    job = Filling.submit(workdir="p")
+    advance(job, "PREPROCESSED", "RUNNING", "RUN_DONE")
+    filler = small_disk / "filler"
+    start_agent(root)
+    try:
+        wait_for(lambda: filler.exists() and (root / "data" / "p" / "post").exists(), timeout=60)
+        time.sleep(5)  # a few cycles with every write failing
+        assert str(Job.objects.get(id=job.id).state) == "RUN_DONE"
+        filler.unlink()
+        wait_for(lambda: str(Job.objects.get(id=job.id).state) in ("POSTPROCESSED", "JOB_FINISHED"), timeout=60)
+    finally:
+        stop_agent(root)
+    assert (root / "data" / "p" / "post").read_text() == "post\n"

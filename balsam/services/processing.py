@@ -46,7 +46,7 @@ from balsam.db import job_reads, sessions
 from balsam.db.doorbell import PROCESS, Doorbell
 from balsam.db.jobs import StateChange, apply_state_changes, unlock_jobs
 from balsam.db.states import PROCESSING_STATES, JobState
-from balsam.exceptions import BalsamError
+from balsam.exceptions import BalsamError, SchemaError, StoreError
 from balsam.services import hookworker
 from balsam.services.base import Service
 from balsam.settings import ProcessingSettings, SessionSettings
@@ -95,6 +95,10 @@ class ProcessingService(Service):
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
         self._handed_back: Dict[int, int] = {}
         """Jobs handed back because another hook worker died while their hooks ran: how many times."""
+        self._unsaved: Tuple[List[Job], List[StateChange], List[int]] = ([], [], [])
+        """Results of hooks that ended whose write failed (a full disk): the jobs to save, the failures to apply and
+        the jobs to hand back. Kept, still locked to the lease, and written first thing each cycle: a hook that did
+        its work is never run again for want of a write."""
 
     def doorbell(self) -> Optional[Doorbell]:
         """Rung when jobs to process appear (created, or a launcher reported runs), so they wait no period."""
@@ -121,6 +125,8 @@ class ProcessingService(Service):
 
     # ---------------------------------------------------------------- cycle
     def run_cycle(self) -> None:
+        if any(self._unsaved) and not self._write_results():
+            return  # nothing new is taken on while earlier results wait for the disk
         classes, load_errors = self._apps()
         deadline = time.monotonic() + CYCLE_BUDGET_S
         self._fail_unloadable(load_errors)
@@ -215,8 +221,14 @@ class ProcessingService(Service):
     def _heartbeat(self) -> None:
         """Keep the lease of the jobs whose hooks run while a batch of hooks outlasts a heartbeat period (a lease
         that lapsed would hand jobs whose hooks still run to the next one who asks)."""
-        if self.session_id is not None and time.time() - self._last_tick > self.session_settings.heartbeat_period_s / 2:
-            self._lease()
+        if self.session_id is None or time.time() - self._last_tick <= self.session_settings.heartbeat_period_s / 2:
+            return
+        self._last_tick = time.time()
+        try:
+            with self.site.store.write() as conn:
+                sessions.tick(conn, self.session_id)
+        except BalsamError as exc:  # a full disk (its silence is not counted against the lease), or the lease lapsed
+            logger.warning("processing: the lease of the running hooks could not be renewed: %s", exc)
 
     def _settle(self, ended: List[Tuple[Job, "concurrent.futures.Future[Any]"]],
                 died: Optional[Dict[int, str]]) -> Optional[Dict[int, str]]:
@@ -250,16 +262,36 @@ class ProcessingService(Service):
                 else:
                     setattr(job, name, value)
             done.append(job)
-        if done:
-            self._save(done)
-        if failures:
-            with self.site.store.write() as conn:
-                apply_state_changes(conn, failures, strict=False)
         if cut_short:
             logger.warning("processing: a hook worker died: %d jobs whose hooks it cut short are handed back", len(cut_short))
-            with self.site.store.write() as conn:
-                unlock_jobs(conn, cut_short)
+        self._unsaved[0].extend(done)
+        self._unsaved[1].extend(failures)
+        self._unsaved[2].extend(cut_short)
+        self._write_results()
         return died
+
+    def _write_results(self) -> bool:
+        """Write the hook results kept in :attr:`_unsaved`; False (they are kept) if the DB cannot be written now."""
+        done, failures, cut_short = self._unsaved
+        try:
+            if done:
+                self._save(done)
+                done.clear()
+            if failures:
+                with self.site.store.write() as conn:
+                    apply_state_changes(conn, failures, strict=False)
+                failures.clear()
+            if cut_short:
+                with self.site.store.write() as conn:
+                    unlock_jobs(conn, cut_short)
+                cut_short.clear()
+        except SchemaError:
+            raise
+        except StoreError as exc:
+            logger.warning("processing: %d hook results are kept until they can be written: %s",
+                           len(done) + len(failures) + len(cut_short), exc)
+            return False
+        return True
 
     def _dead_workers(self) -> Dict[int, str]:
         """{job id: how its hook worker ended} for the workers of the broken pool that died on their own (killed from
@@ -338,12 +370,16 @@ class ProcessingService(Service):
         try:
             Job.objects.bulk_update(jobs)
             return
+        except StoreError:
+            raise  # the DB cannot be written at all (a full disk): the caller keeps the results
         except BalsamError as exc:
             logger.warning("saving %d hook results together failed (%s); saving them one by one", len(jobs), exc)
         stuck: List[int] = []
         for job in jobs:
             try:
                 Job.objects.bulk_update([job])
+            except StoreError:
+                raise
             except BalsamError as exc:
                 logger.warning("job %s: hook result not saved: %s", job.id, exc)
                 stuck.append(int(job.id or 0))
@@ -359,6 +395,8 @@ class ProcessingService(Service):
             self._pool = None
             for pid in workers:
                 hookworker.record_path(self.site.layout.state, pid).unlink(missing_ok=True)
+        if any(self._unsaved) and not self._write_results():
+            logger.warning("processing: the agent stops with hook results it could not write: those hooks run again")
         # Releasing the lease hands back the jobs whose hooks did not finish: unlocked, their state unchanged.
         if self.session_id is not None:
             with self.site.store.write() as conn:
