@@ -140,3 +140,4 @@ def test_the_presets_optional_params_are_defaults_a_submission_can_override(tmp_
     assert "#PBS -l filesystems=home:grand\n" in out and "eagle" not in out
     data = json.loads(ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "--json", "--site", "pol").stdout)
     assert data["optional_params"] == {"filesystems": "home:eagle"}
+    assert "  optional_params: {'filesystems': 'home:eagle'}\n" in ok("queue", "ls", "-v", "--site", "pol").stdout

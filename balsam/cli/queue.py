@@ -198,9 +198,10 @@ def queue_ls(history: bool, limit: int, scheduler_id: Optional[int], verbose: bo
         for b in items:
             d = batch_job_dict(b, names.get(b.site_id or 0))
             click.echo(f"BatchJob {d.pop('id')}")
+            width = max(len(k) for k in d) + 2  # 'optional_params:' keeps a space before its value
             for k, v in d.items():
                 if v not in (None, {}, []):
-                    click.echo(f"  {k + ':':16}{format_time(v) if hasattr(v, 'astimezone') else v}")
+                    click.echo(f"  {k + ':':{width}}{format_time(v) if hasattr(v, 'astimezone') else v}")
         return
     multi = len(refs) > 1
     rows = []
