@@ -234,7 +234,7 @@ def job_create(workdir: Optional[str], app: Optional[str], params: Dict[str, str
         echo_json(job_dict(new, app_name, ref.name))
         return
     click.echo(f"Created job {new.id} ({new.state}) at site {ref.name}: {app_name} in {new.workdir}")
-    note_if_agent_stopped(ref, f"it waits in {new.state} (no launcher runs a job the agent has not prepared)")
+    note_if_agent_stopped(ref, f"it waits in {new.state}")
 
 
 def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[str], params: Dict[str, str], tags: Dict[str, str],
@@ -280,7 +280,7 @@ def _bulk_create(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[st
         return
     ids = f"id {jobs[0].id}" if len(jobs) == 1 else f"ids {jobs[0].id}-{jobs[-1].id}"
     click.echo(f"Created {plural(len(jobs), 'job')} at site {ref.name} ({ids})")
-    note_if_agent_stopped(ref, "they wait (no launcher runs a job the agent has not prepared)")
+    note_if_agent_stopped(ref, "they wait")
 
 
 def _build_jobs(ref: "SiteRef", path: str, fmt: Optional[str], app: Optional[str], params: Dict[str, str], tags: Dict[str, str],
