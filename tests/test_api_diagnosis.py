@@ -22,6 +22,8 @@ def test_why_a_job_waits(site: Any, hello: Any) -> None:
     child = hello.submit(workdir="c", say_hello_to="x", parent_ids=[parent.id])
     assert Job.objects.get(id=child.id).why() == [f"waits for parent job {parent.id} (STAGED_IN)"]
     assert any("the site agent is not running" in r for r in parent.why())
+    # the command works from any directory (it said 'balsam site start', which outside the site finds none)
+    assert any(r.endswith(f"start it with 'balsam site start --site {site.path}'") for r in parent.why()), parent.why()
     advance(parent, "PREPROCESSED")
     assert "no BatchJob is queued or running" in " ".join(parent.why())
     BatchJob.objects.create(num_nodes=1, wall_time_min=5, filter_tags={"exp": "other"})

@@ -24,10 +24,14 @@ HOOK_OF = {S.STAGED_IN: "preprocess", S.RUN_DONE: "postprocess", S.RUN_ERROR: "h
 """The hook (run by the agent's processing service) each processing state waits for."""
 SHOWN_BATCH_STATES = BATCH_ACTIVE_STATES | {B.submit_failed, B.pending_deletion}
 
-AGENT_DOWN = "the site agent is not running: start it with 'balsam site start'"
+def agent_down(site_root: Any) -> str:
+    """The reason a job waits when the agent is down, with the command that starts it from any directory."""
+    import shlex
+
+    return f"the site agent is not running: start it with 'balsam site start --site {shlex.quote(str(site_root))}'"
 
 
-def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[str]:
+def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool, site_root: Any) -> List[str]:
     rows = batch_db.batch_jobs_in(store.conn, sorted(SHOWN_BATCH_STATES))
     if not rows:
         return ["no BatchJob is queued or running to launch it: submit one ('balsam queue submit -n 1 -t 10 ...') "
@@ -51,7 +55,7 @@ def _batch_job_reasons(store: Any, job: Dict[str, Any], agent_up: bool) -> List[
         if state is B.submit_failed:
             out.append(f"BatchJob {bid} could not be submitted: {info.get('error', 'see balsam queue ls -v')}")
         elif state is B.pending_submission:
-            out.append(f"BatchJob {bid} waits to be submitted" + ("" if agent_up else f", but {AGENT_DOWN}"))
+            out.append(f"BatchJob {bid} waits to be submitted" + ("" if agent_up else f", but {agent_down(site_root)}"))
             usable += 1
         elif state is B.queued:
             out.append(f"BatchJob {bid} (scheduler id {sched_id}) is queued in the scheduler")
@@ -116,11 +120,11 @@ def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
         return ([f"waits for parent job {pid} ({pstate})" for pid, pstate in waiting] + away_reasons(store.conn, parents)
                 or ["waits for its parents"])
     if state in (S.READY, S.POSTPROCESSED):
-        return _transfer_reasons(store, job_id, "in" if state is S.READY else "out", agent_up)
+        return _transfer_reasons(store, job_id, "in" if state is S.READY else "out", agent_up, site_root)
     if state in PROCESSING_STATES:
         hook = HOOK_OF[state]
         if not agent_up:
-            return [f"waits for its {hook} step, which the site agent runs; {AGENT_DOWN}"]
+            return [f"waits for its {hook} step, which the site agent runs; {agent_down(site_root)}"]
         return [f"waits for its {hook} step (the agent's processing service)"]
     if state in RUNNABLE_STATES:
         if session_id is not None:
@@ -129,7 +133,7 @@ def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
                 bj = sess["batch_job_id"]
                 return [f"acquired by {sess['label'] or 'a launcher'} (session {session_id}, pid {sess['pid']} on {sess['host']}"
                         + (f", BatchJob {bj})" if bj else ")") + "; it will start when resources free up"]
-        return ["ready to run"] + _launcher_reasons(store, job) + _batch_job_reasons(store, job, agent_up)
+        return ["ready to run"] + _launcher_reasons(store, job) + _batch_job_reasons(store, job, agent_up, site_root)
     if state is S.RUNNING:
         sess = sessions.session_fields(store.conn, session_id, ("host", "pid", "heartbeat")) if session_id else None
         if sess:
@@ -144,7 +148,7 @@ def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
     return [str(state)]
 
 
-def _transfer_reasons(store: Any, job_id: int, direction: str, agent_up: bool) -> List[str]:
+def _transfer_reasons(store: Any, job_id: int, direction: str, agent_up: bool, site_root: Any) -> List[str]:
     """What the job's unfinished stage-in or stage-out items are doing."""
     out = []
     for item in transfers.items_of_job(store.conn, job_id, direction):
@@ -159,5 +163,5 @@ def _transfer_reasons(store: Any, job_id: int, direction: str, agent_up: bool) -
             line += f"; try {int(info.get('attempts', 0)) + 1} at {when} after: {str(info.get('last_error', ''))[-200:]}"
         out.append(line)
     if not agent_up:
-        out.append(AGENT_DOWN + " (it runs the transfers)")
+        out.append(agent_down(site_root) + " (it runs the transfers)")
     return out or [f"stage-{direction} is complete; the job moves on at the next step"]
