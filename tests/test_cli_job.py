@@ -176,7 +176,7 @@ def test_ls_across_sites(many: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_show_fields_and_history(many: Any) -> None:
     out = ok("job", "show", "2").stdout
     assert out.startswith(f"Job {sid(2)}\n") and "workdir_path:" in out
-    assert "Why: FAILED" in out and "balsam job reset ID" in out
+    assert "Why: FAILED" in out and f"'balsam job reset {sid(2)}'" in out  # the id, not the word ID
     assert "History:" in out and "CREATED -> STAGED_IN" in out and "STAGED_IN -> FAILED" in out
     data = json.loads(ok("job", "show", "2", "--json").stdout)
     assert [(e["from_state"], e["to_state"]) for e in data["events"]] == [("CREATED", "STAGED_IN"), ("STAGED_IN", "FAILED")]

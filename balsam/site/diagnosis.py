@@ -142,7 +142,7 @@ def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
         return ["marked RUNNING but no launcher holds it; the next launcher or agent cycle will time it out"]
     if state in FAILED_STATES:
         msg = last_event_message(store.conn, job_id)
-        return [f"{state}: {msg}" if msg else str(state), "reset it to run again: 'balsam job reset ID'"]
+        return [f"{state}: {msg}" if msg else str(state), f"reset it to run again: 'balsam job reset {job_id}'"]
     if state is S.JOB_FINISHED:
         return ["finished successfully"]
     return [str(state)]
