@@ -84,7 +84,8 @@ def test_a_job_waits_for_its_parent_at_another_site_then_runs(relay: Relay, tmp_
         assert len(finished) == 1 and len(started) == 1 and started[0] > finished[0]
 
         # A killed parent fails its child at the other site, as a parent at the same site does.
-        doomed = Job("wf/pre2", app_id="Hello", site_name="polaris", parameters={"say_hello_to": "never"})
+        # 64 nodes: more than polaris's launcher has, so it never runs before it is killed (it finished first once)
+        doomed = Job("wf/pre2", app_id="Hello", site_name="polaris", parameters={"say_hello_to": "never"}, num_nodes=64)
         doomed.save()
         orphan = Job("wf/sim2", app_id="Hello", site_name="theta", parameters={"say_hello_to": "never"}, parent_ids=[doomed.id])
         orphan.save()
