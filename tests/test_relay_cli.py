@@ -20,8 +20,9 @@ pytest.importorskip("alembic")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def balsam(env: Dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-    return subprocess.run([sys.executable, "-m", "balsam", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120)
+def balsam(env: Dict[str, str], *args: str, stdin: str = "", cwd: Any = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    return subprocess.run([sys.executable, "-m", "balsam", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120,
+                          cwd=cwd)
 
 
 @pytest.fixture
@@ -66,6 +67,12 @@ def test_serve_login_init_link_ls_logout(served: Dict[str, Any], tmp_path: Path)
     assert [(t["kind"], bool(t["revoked"])) for t in stored] == [("user", True), ("site", False)]  # the agent keeps its token
     no = balsam(user, "site", "init", str(tmp_path / "s2"), "--preset", "local", "-n", "s2", "--relay", url)
     assert no.returncode == 2 and "log in to the relay first" in no.stderr
+    laptop = dict(user, BALSAM_HOME=str(tmp_path / "laptop-home"))  # no site here: 'which' said nothing of the relay
+    assert balsam(laptop, "which").stdout.rstrip().endswith("Relay:      not logged in (optional: balsam login URL -u USER)")
+    assert balsam(laptop, "login", url, "-u", "carol", "--password-stdin", stdin="carol-password\n").returncode == 0
+    assert f"Relay:      logged in to {url} as carol" in balsam(laptop, "which").stdout
+    there = balsam(laptop, "which", "--site", "s1", cwd=tmp_path / "laptop-home")  # not beside the site's directory
+    assert there.returncode == 0 and f"Site:       --site s1: not on this host; reached through the relay at {url}" in there.stdout, there
 
 
 def test_serve_refuses_plain_http_off_this_host(tmp_path: Path) -> None:

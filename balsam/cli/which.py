@@ -21,7 +21,17 @@ def _resolve(site: Optional[str]) -> Dict[str, Any]:
         if SiteLayout(candidate).is_site():
             out.update(found_by=f"--site {site}", root=candidate)
         else:
-            entry = Registry().lookup(site)
+            from balsam.exceptions import SiteNotFound
+
+            try:
+                entry = Registry().lookup(site)
+            except SiteNotFound:
+                from balsam._api import sites as _sites
+
+                ref = _sites.resolve(site)  # the relay's sites (logged in), else the same SiteNotFound
+                out["found_by"] = (f"--site {site}: not on this host; reached through the relay at "
+                                   f"{ref.host.removeprefix('relay:')} ('balsam which' on the site's host says more)")
+                return out
             out.update(found_by=f"--site {site} (registered as {entry.name!r})", root=Path(entry.path))
         return out
     env = os.environ.get("BALSAM_SITE_PATH")
@@ -54,6 +64,7 @@ def which(site: Optional[str], as_json: bool) -> None:
     """
     from balsam import __version__
     from balsam._api.environment import node_hardware, running_from, site_backend
+    from balsam._api.relay import current_login
     from balsam.site import Registry, this_host
 
     found = _resolve(site)
@@ -62,6 +73,8 @@ def which(site: Optional[str], as_json: bool) -> None:
                             "balsam": {"version": __version__, **running_from()},
                             "python": {"executable": sys.executable, "version": sys.version.split()[0]},
                             "node": node_hardware(found["root"] if data_site_readable(found) else None, os.environ)}
+    login = current_login()
+    data["relay"] = {"url": login["url"], "user": login.get("user")} if login else None
     if as_json:
         echo_json(data)
         return
@@ -96,3 +109,6 @@ def which(site: Optional[str], as_json: bool) -> None:
     if "warning" in hw:
         click.echo(f"Warning:    {hw['warning']}")
     click.echo(f"Registry:   {data['registry']}")
+    relay = data["relay"]
+    click.echo(f"Relay:      logged in to {relay['url']}" + (f" as {relay['user']}" if relay["user"] else "") if relay
+               else "Relay:      not logged in (optional: balsam login URL -u USER)")
