@@ -267,6 +267,7 @@ def test_a_stop_during_a_long_hook_takes_seconds_and_hands_the_job_back(site: An
     finally:
         stop_agent(site.path)
     assert len(_hook_runs(site, job)) == 2
+    assert "cut short" in Job.objects.get(id=job.id).history()[-1].data.get("rerun", "")  # and the user is told why
 
 
 def _hook_running(site: Any, job: Any) -> Tuple[int, int]:
@@ -421,6 +422,11 @@ def test_an_agent_killed_while_one_hook_runs_on_keeps_the_hooks_that_ended_and_r
         stop_agent(site.path)
     assert [len(_hook_runs(site, j)) for j in quick] == [1, 1, 1]
     assert len(_hook_runs(site, slow)) == 2
+    # the user is told which hook ran again, and why: in its event (balsam job show) and in its log
+    told = Job.objects.get(id=slow.id).history()[-1].data["rerun"]
+    assert "cut short" in told and str(_hook_runs(site, slow)[0]) in told
+    assert "cut short" in (site.layout.data / "slow" / "0" / "balsam.log").read_text()
+    assert not any("rerun" in Job.objects.get(id=j.id).history()[-1].data for j in quick)
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ HookResult = Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]
 LOG_NAME = "balsam.log"
 
 _site_path: Optional[Path] = None
+_agent_pid = 0
+"""The site agent that started this worker (0: none to watch)."""
 
 
 PARENT_CHECK_S = 0.25
@@ -75,9 +77,10 @@ def _note(job_id: int) -> None:
 def init_worker(site_path: str, balsam_home: Optional[str], agent_pid: int = 0) -> None:
     """Pool initializer: remember the site; start in its directory, as the agent does; end when the agent
     ``agent_pid`` ends, however it ends."""
-    global _site_path
+    global _site_path, _agent_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the agent's terminal is for the agent (it stops us)
     if agent_pid:
+        _agent_pid = agent_pid
         _exit_with(agent_pid)
     if balsam_home:
         os.environ["BALSAM_HOME"] = balsam_home
@@ -126,8 +129,34 @@ def in_workdir(workdir: Path, log_name: str = LOG_NAME) -> Iterator[None]:
                 os.close(fd)
 
 
-def run_hook(job_row: Sequence[Any], hook: str) -> HookResult:
-    """Run ``hook`` of the job given as a row of Job columns; see :data:`HookResult`."""
+def run_hook(job_row: Sequence[Any], hook: str, again: str = "") -> HookResult:
+    """Run ``hook`` of the job given as a row of Job columns; see :data:`HookResult`. ``again``: why the hook runs
+    again (its last run was cut short), for the job's log. The worker's note of the job is removed once the hook
+    ends, so a note left in :data:`RECORDS` names a hook cut short (see :func:`cut_short_notes`)."""
+    try:
+        return _run_hook(job_row, hook, again)
+    finally:
+        # Kept when the agent is gone: the result goes nowhere and the next agent runs the hook again, saying why.
+        if _agent_pid == 0 or os.getppid() == _agent_pid:
+            assert _site_path is not None
+            from balsam.site.layout import SiteLayout
+
+            record_path(SiteLayout(_site_path).state, os.getpid()).unlink(missing_ok=True)
+
+
+def cut_short_notes(state_dir: Path) -> Dict[int, int]:
+    """{job id: pid} of the hooks whose workers ended before the hook did (an agent killed or stopped while they
+    ran): their notes are still there. Read before a new pool of workers starts (it clears them)."""
+    out: Dict[int, int] = {}
+    folder = state_dir / RECORDS
+    for path in folder.iterdir() if folder.is_dir() else []:
+        job_id = job_of(state_dir, int(path.name)) if path.name.isdigit() else None
+        if job_id is not None:
+            out[job_id] = int(path.name)
+    return out
+
+
+def _run_hook(job_row: Sequence[Any], hook: str, again: str) -> HookResult:
     from balsam._api import sites as _sites
     from balsam._api.app import ApplicationDefinition
     from balsam._api.jobs import Job
@@ -146,7 +175,8 @@ def run_hook(job_row: Sequence[Any], hook: str) -> HookResult:
     workdir = job.resolve_workdir()
     try:
         with in_workdir(workdir):
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {job_id}: {cls.__name__}.{hook} ({src})", flush=True)
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {job_id}: {cls.__name__}.{hook} ({src}){again and ', ' + again}",
+                  flush=True)
             try:
                 getattr(cls(job), hook)()
             finally:

@@ -95,6 +95,9 @@ class ProcessingService(Service):
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
         self._handed_back: Dict[int, int] = {}
         """Jobs handed back because another hook worker died while their hooks ran: how many times."""
+        self._reruns: Dict[int, str] = {}
+        """Jobs whose hook runs again because its last run was cut short (the agent died or stopped while it ran):
+        why, for their hook's log and the event the hook's result makes."""
         self._unsaved: Tuple[List[Job], List[StateChange], List[int]] = ([], [], [])
         """Results of hooks that ended whose write failed (a full disk): the jobs to save, the failures to apply and
         the jobs to hand back. Kept, still locked to the lease, and written first thing each cycle: a hook that did
@@ -178,12 +181,22 @@ class ProcessingService(Service):
     def _hook_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             # Notes of an earlier pool's workers (an agent killed with kill -9 leaves them) must not name a job for a
-            # new worker that reuses a pid.
+            # new worker that reuses a pid. They name the hooks that agent cut short: the user is told they run again.
+            self._note_reruns(hookworker.cut_short_notes(self.site.layout.state))
             shutil.rmtree(self.site.layout.state / hookworker.RECORDS, ignore_errors=True)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.settings.num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=hookworker.init_worker,
                 initargs=(str(self.site.path), self.balsam_home, os.getpid()))
         return self._pool
+
+    def _note_reruns(self, notes: Dict[int, int]) -> None:
+        waiting = [job for job in Job.objects.filter(id=sorted(notes), site_id=self.site.id) if S(job.state) in HOOKS] if notes else []
+        for job in waiting:
+            self._reruns[int(job.id or 0)] = (f"run again: its last run was cut short (its hook worker, pid {notes[int(job.id or 0)]}, "
+                                              "ended with the site agent before the hook did)")
+        if waiting:
+            logger.warning("processing: %d hooks were cut short when the last site agent stopped; they run again (jobs %s)",
+                           len(waiting), ", ".join(str(job.id) for job in waiting[:10]))
 
     def _run_hooks(self, classes: Dict[int, Any], hooked: set) -> None:  # type: ignore[type-arg]
         session_id = self._lease()
@@ -215,7 +228,7 @@ class ProcessingService(Service):
                 if time.monotonic() > give_up:
                     logger.info("processing: the agent stops: %d hooks still running are stopped and their jobs handed back",
                                 len(pending))
-                    self._kill_pool()  # unfinished hooks are handed back with the lease (see cleanup)
+                    self._kill_pool(keep_notes=True)  # unfinished hooks are handed back with the lease (see cleanup)
                     return
 
     def _heartbeat(self) -> None:
@@ -239,6 +252,7 @@ class ProcessingService(Service):
         cut_short: List[int] = []
         for job, future in ended:
             job_id = int(job.id or 0)
+            rerun = self._reruns.get(job_id)
             try:
                 changed, error = future.result()
             except concurrent.futures.process.BrokenProcessPool as exc:  # a worker died (killed, or a hook exited)
@@ -248,14 +262,18 @@ class ProcessingService(Service):
                 error = self._cut_short(job, died.get(job_id), exc)
                 if error is None:
                     cut_short.append(job_id)
+                    self._reruns[job_id] = "run again: its last run was cut short when another hook worker died"
                     continue
                 changed = None
             except Exception as exc:  # the hook's result did not come back (it could not be pickled)
                 changed, error = None, {"message": f"{HOOKS[S(job.state)][0]} hook's result was lost: {type(exc).__name__}: {exc}"}
             self._handed_back.pop(job_id, None)
+            self._reruns.pop(job_id, None)
             if error is not None:
-                failures.append(StateChange(job_id, S.FAILED, data=error))
+                failures.append(StateChange(job_id, S.FAILED, data=dict(error, rerun=rerun) if rerun else error))
                 continue
+            if rerun:  # told in the event of the hook's change (balsam job show), as it was in the hook's log
+                job.__dict__["state_data"] = dict(job.__dict__.get("state_data") or {}, rerun=rerun)
             for name, value in (changed or {}).items():
                 if name in ("state_data", "state_timestamp"):
                     job.__dict__[name] = value
@@ -338,7 +356,8 @@ class ProcessingService(Service):
             try:
                 for job in jobs:
                     row = row_of(job) or {}
-                    futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[S(job.state)][0]))
+                    futures.append(pool.submit(hookworker.run_hook, tuple(row[c] for c in Job._columns), HOOKS[S(job.state)][0],
+                                               self._reruns.get(int(job.id or 0), "")))
                 return futures
             except concurrent.futures.process.BrokenProcessPool:
                 for future in futures:
@@ -349,9 +368,10 @@ class ProcessingService(Service):
                     raise
         raise AssertionError("unreachable")
 
-    def _kill_pool(self) -> None:
+    def _kill_pool(self, keep_notes: bool = False) -> None:
         """Kill the hook workers and drop the pool: hooks that outlived the stop's grace, and a pool broken by a worker
-        that died (the pool's own SIGTERM leaves a hook that ignores it running, and its shutdown waiting for it)."""
+        that died (the pool's own SIGTERM leaves a hook that ignores it running, and its shutdown waiting for it).
+        ``keep_notes``: the agent stops; the workers' notes tell the next agent which hooks it cut short."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -362,7 +382,7 @@ class ProcessingService(Service):
             except (OSError, ValueError):
                 pass
         pool.shutdown(wait=True, cancel_futures=True)
-        for pid in workers:
+        for pid in workers if not keep_notes else ():
             hookworker.record_path(self.site.layout.state, pid).unlink(missing_ok=True)
 
     def _save(self, jobs: List[Job]) -> None:
