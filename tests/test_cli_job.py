@@ -251,6 +251,7 @@ def test_kill_by_filters_leaves_ended_jobs_alone(many: Any) -> None:
 
 def test_rm(many: Any) -> None:
     assert "not deleting 2 jobs without confirmation" in fails("job", "rm", "1", "2")
+    assert "not deleting 1 job without confirmation" in fails("job", "rm", "3")  # was '1 jobs'
     assert "Deleted 2 jobs" in ok("job", "rm", "1", "2", "-y").stdout
     assert "Deleted 2 jobs" in ok("job", "rm", "--tag", "exp=b", "--force").stdout
     assert "say which jobs to delete" in fails("job", "rm", "-y", code=2)

@@ -16,7 +16,7 @@ BACKENDS = ("local", "http")
 def test_submit(site: Any) -> None:
     out = ok("queue", "submit", "-n", "1", "-t", "10", "-q", "local", "-A", "local", "-j", "serial", "--tag", "workflow=w",
              "--tag", "role=any").stdout
-    assert f"Submitted BatchJob {sid(1)} at site test-site: 1 nodes, 10 min, serial mode, queue local, project local" in out
+    assert f"Submitted BatchJob {sid(1)} at site test-site: 1 node, 10 min, serial mode, queue local, project local" in out
     bj = BatchJob.objects.get(id=1)
     assert (bj.state, bj.job_mode, bj.filter_tags) == ("pending_submission", "serial", {"workflow": "w", "role": "any"})
 

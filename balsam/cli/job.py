@@ -561,7 +561,7 @@ def _change_state(filters: Dict[str, Any], by_id: bool, all_jobs: bool, sites: S
     if n == 0:
         raise CLIError("no jobs match", 1)
     if n > 1 and not by_id:
-        confirm(f"{what.capitalize()} {n} jobs?", yes, f"not changing {n} jobs without confirmation")
+        confirm(f"{what.capitalize()} {plural(n, 'job')}?", yes, f"not changing {plural(n, 'job')} without confirmation")
     with working(f"Setting {n} jobs to {state}:", enabled=n >= PROGRESS_MIN):
         done = query.update(state=state, state_data={"message": message})
     queued = getattr(done, "queued", [])
@@ -699,7 +699,7 @@ def job_rm(job_ids: Tuple[int, ...], ids: Tuple[int, ...], tags: Dict[str, str],
     if n == 0:
         click.echo("No jobs match.")
         return
-    confirm(f"Delete {n} jobs?", yes, f"not deleting {n} jobs without confirmation")
+    confirm(f"Delete {plural(n, 'job')}?", yes, f"not deleting {plural(n, 'job')} without confirmation")
     with working(f"Deleting {n} jobs:", enabled=n >= PROGRESS_MIN):
         deleted = query.delete()
     queued = getattr(deleted, "queued", [])

@@ -17,6 +17,7 @@ from balsam.cli._common import (
     json_option,
     kv_option,
     note_if_agent_stopped,
+    plural,
     one_site,
     scope_sites,
     site_option,
@@ -96,7 +97,7 @@ def queue_submit(num_nodes: int, wall_time_min: int, queue_name: Optional[str], 
     if as_json:
         echo_json(batch_job_dict(bj, ref.name))
         return
-    click.echo(f"Submitted BatchJob {bj.id} at site {ref.name}: {bj.num_nodes} nodes, {bj.wall_time_min} min, {bj.job_mode} mode, "
+    click.echo(f"Submitted BatchJob {bj.id} at site {ref.name}: {plural(bj.num_nodes, 'node')}, {bj.wall_time_min} min, {bj.job_mode} mode, "
                f"queue {bj.queue}, project {bj.project} ({bj.state}; the site agent submits it)")
     note_if_agent_stopped(ref, "it waits in pending_submission")
 
