@@ -17,8 +17,8 @@ from balsam.cli._common import (
     json_option,
     kv_option,
     note_if_agent_stopped,
-    plural,
     one_site,
+    plural,
     scope_sites,
     site_option,
 )
