@@ -415,3 +415,30 @@ def test_a_saves_read_has_one_shape_through_the_agent_and_through_the_relay(rela
     assert rejected["state"] == "rejected", rejected
     assert rejected["result"]["message"] == f"job {job_id}: read must be an object {{version, state, fields}}"
     assert json.loads(sync.site.store.execute("SELECT tags FROM job WHERE id = ?", (job_id,))[0][0]) == {"from": "relay"}
+
+
+def test_the_relay_refuses_a_batch_job_its_site_would_refuse_at_once(relay: Relay, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BatchJob of 2**40 nodes, or for a queue or project the site does not allow, was queued for the site and
+    rejected only after its next sync; now the relay refuses it at once, as the site would (from the queues and
+    projects the site last reported), and a good one is queued for the site as before."""
+    from balsam.relay.backend import RelayBackend
+    from balsam.sync import user_client
+
+    env, root = login_node(tmp_path, relay)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    _ref, sync = _sync_service(root, env)
+    sync.push(force=True)
+    caller = relay.store.verify(user_client(retry_s=5).token)
+    queued = RelayBackend(relay.store, caller, wait_s=0.2)
+    good = {"num_nodes": 1, "wall_time_min": 10, "job_mode": "mpi", "queue": "local", "project": "local"}
+    for bad, said in (({"num_nodes": 2**40}, "num_nodes"), ({"queue": "nope"}, "queue 'nope' is not allowed at site polaris"),
+                      ({"project": "other"}, "project 'other' is not allowed at site polaris"),
+                      ({"wall_time_min": 2000}, "queue .local. allows at most 1440 minutes")):
+        with pytest.raises(exc.ValidationError, match=said):
+            queued.create_batch_job({**good, **bad})
+    assert relay.store.pending_commands(relay.store.verify(sync.link["token"]), 0) == []
+    with pytest.raises(exc.CommandPending):
+        queued.create_batch_job(dict(good))
+    assert sync.pull_once() == 1
+    assert sync.site.store.execute("SELECT count(*) FROM batch_job")[0][0] == 1

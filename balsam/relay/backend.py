@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from balsam import exceptions as exc
 from balsam.db import launch_flags
 from balsam.db.backend import Backend, Row
+from balsam.db.batch_jobs import check_batch_values, check_policies
 from balsam.db.creation import launch_params_of
 from balsam.db.ids import site_of
 from balsam.db.jobs import StateChange
@@ -325,6 +326,13 @@ class RelayBackend(Backend):
             site = self.site_ids[0]
         if int(site) not in self.site_ids:
             raise exc.ObjectDoesNotExist(f"no site {site}")
+        # Refused here, at once, as the site would refuse it (a bad value, or its queue's policies as the site last
+        # reported them), instead of queued for the site and rejected only after its next sync; the site still judges.
+        checked = check_batch_values(fields)
+        known = self._site(int(site)) or {}
+        queues, projects, optional = (_reported(known, name) for name in ("allowed_queues", "allowed_projects", "optional_batch_job_params"))
+        if isinstance(queues, dict) and isinstance(projects, list):
+            check_policies(checked, queues, projects, optional if isinstance(optional, dict) else {}, f"at site {known.get('name') or site}")
         return int(self.run_command(int(site), "create_batch_job", {"fields": fields}))
 
     def delete_rows(self, table: str, ids: Sequence[int]) -> int:
@@ -391,6 +399,17 @@ def site_tuple(site: Dict[str, Any], columns: Sequence[str]) -> Row:
     row = dict(site.get("row") or {})
     row.update(id=site["id"], name=site["name"])
     return tuple(row.get(c) for c in columns)
+
+
+def _reported(site: Dict[str, Any], name: str) -> Any:
+    """A JSON column of the site's row as the site last pushed it (JSON text), decoded; None if absent or not JSON."""
+    value = (site.get("row") or {}).get(name)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
 
 
 def _refuse_flags_of(launch_params: Any, where: str, site: Optional[Dict[str, Any]]) -> None:
