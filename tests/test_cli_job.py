@@ -52,6 +52,7 @@ def test_create_with_parent_waits(site: Any, hello: Any) -> None:
 
 def test_create_failures_write_nothing(site: Any, hello: Any) -> None:
     assert "no app 'Nope' here (apps: Hello)" in fails("job", "create", "-a", "Nope", "-w", "x")
+    assert "no app 'Helo' here (Did you mean 'Hello'?) (apps: Hello)" in fails("job", "create", "-a", "Helo", "-w", "x")
     assert "'oops' is not KEY=VALUE" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "oops", code=2)
     assert "needs parameter 'say_hello_to'" in fails("job", "create", "-a", "Hello", "-w", "x", code=2)
     assert "has no parameter 'nope'" in fails("job", "create", "-a", "Hello", "-w", "x", "-p", "say_hello_to=a", "-p", "nope=1", code=2)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from balsam.cli import SuggestingGroup
+from balsam.cli import SuggestingGroup, did_you_mean
 from balsam.cli._common import (
     CLIError,
     color_state,
@@ -154,8 +154,9 @@ def _find_app(key: str) -> Tuple[int, str, str]:
     name = key.rsplit(".", 1)[1] if "." in key and not key.isdigit() else key
     found = (App.objects.filter(id=int(key)) if key.isdigit() else App.objects.filter(name=name)).first()
     if found is None:
-        known = ", ".join(a.name for a in App.objects.order_by("name")) or "none"
-        raise CLIError(f"no app {key!r} here (apps: {known}); define it and run 'balsam app sync FILE'", 1)
+        names = [a.name for a in App.objects.order_by("name")]
+        raise CLIError(f"no app {key!r} here{did_you_mean(name, names)} (apps: {', '.join(names) or 'none'}); "
+                       "define it and run 'balsam app sync FILE'", 1)
     return int(found.id or 0), found.name, found.kind
 
 
