@@ -132,12 +132,19 @@ def test_the_presets_optional_params_are_defaults_a_submission_can_override(tmp_
     """A Polaris site's BatchJob went to qsub without the '-l filesystems=home:eagle' its settings.yml names (PBS
     there refuses a job that names none): optional_batch_job_params were only allowed names, not defaults as in 0.7."""
     ok("site", "init", str(tmp_path / "pol"), "--preset", "polaris", "-n", "pol")
-    argv = json.loads(ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "--dry-run", "--json",
-                         "--site", "pol").stdout)["command"]
-    assert argv[argv.index("filesystems=home:eagle") - 1] == "-l"
+    preview = json.loads(ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "--dry-run", "--json",
+                            "--site", "pol").stdout)
+    assert "#PBS -l filesystems=home:eagle\n" in preview["script"], preview["script"]
     out = ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "-x", "filesystems=home:grand", "--dry-run",
              "--site", "pol").stdout
     assert "#PBS -l filesystems=home:grand\n" in out and "eagle" not in out
     data = json.loads(ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "--json", "--site", "pol").stdout)
-    assert data["optional_params"] == {"filesystems": "home:eagle"}
-    assert "  optional_params: {'filesystems': 'home:eagle'}\n" in ok("queue", "ls", "-v", "--site", "pol").stdout
+    assert data["optional_params"] == {}  # the default is the site's, applied when the script is rendered
+    ok("site", "init", str(tmp_path / "old"), "--preset", "polaris", "-n", "old")
+    settings = tmp_path / "old" / "settings.yml"  # a Balsam 0.7 site's switch of its own job template's
+    settings.write_text(settings.read_text().replace("{filesystems: \"home:eagle\"}", "{mig_count: \"0\"}"))
+    argv = json.loads(ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug", "-A", "P", "--dry-run", "--json",
+                         "--site", "old").stdout)["command"]
+    assert not any("mig_count" in a for a in argv), argv  # qsub refuses a resource it does not know
+    ok("queue", "submit", "-n", "2", "-t", "30", "-q", "debug-scaling", "-A", "P", "-x", "filesystems=home:grand", "--site", "pol")
+    assert "  optional_params: {'filesystems': 'home:grand'}\n" in ok("queue", "ls", "-v", "--site", "pol").stdout

@@ -63,14 +63,11 @@ def check_batch_values(fields: Dict[str, Any]) -> Dict[str, Any]:
 
 def check_batch_job(conn: sqlite3.Connection, fields: Dict[str, Any], *, new: bool = True) -> Dict[str, Any]:
     """Check a BatchJob against the site's policies; fills a missing queue or project when the site allows
-    exactly one, and (``new``) each optional parameter not given with the site's default for it. Returns the
-    (completed) fields."""
+    exactly one. Returns the (completed) fields. (The site's defaults of optional parameters fill the job template's
+    ``optional_params`` when the script is rendered: :func:`balsam.site.submission.render_script`.)"""
     d = check_batch_values(fields)
     row = conn.execute("SELECT allowed_queues, allowed_projects, optional_batch_job_params, name FROM site LIMIT 1").fetchone()
     d = check_policies(d, loads(row[0]), loads(row[1]), loads(row[2]), f"at site {row[3]}")
-    if new:  # settings.yml's optional_batch_job_params are defaults (Balsam 0.7): Polaris needs its filesystems
-        defaults = {str(k): str(v) for k, v in loads(row[2]).items() if v is not None and str(v) != ""}
-        d["optional_params"] = {**defaults, **(d.get("optional_params") or {})}
     policy = loads(row[0]).get(d["queue"], {})
     if new and "max_queued_jobs" in policy:
         queued = conn.execute(

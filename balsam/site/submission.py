@@ -30,13 +30,20 @@ def script_path(layout: SiteLayout, bj_id: int) -> Path:
 
 def render_script(site_path: Path, settings: SchedulerSettings, bj: Dict[str, Any], balsam_command: str) -> str:
     """The batch script of one BatchJob (its fields ``bj``), from the site's job template; the script runs the
-    launcher with ``balsam_command``."""
+    launcher with ``balsam_command``.
+
+    The template's ``optional_params`` are the BatchJob's over settings.yml's ``optional_batch_job_params``, which are
+    defaults (Balsam 0.7's "name -> default string"): a Polaris site's script carries its ``#PBS -l filesystems=...``
+    and a Perlmutter site's its ``--constraint``, which those schedulers require, unless the BatchJob gives its own.
+    Only the template sees the defaults (the presets' templates make each one a directive; a Balsam 0.7 template may
+    use one as a switch of its own, such as ``mig_count``): the submit command line carries what the BatchJob gave."""
     template = (site_path / settings.job_template).read_text()
+    defaults = {str(k): str(v) for k, v in settings.optional_batch_job_params.items() if v is not None and str(v) != ""}
     partitions = [format_partition(p["job_mode"], p["num_nodes"], p.get("filter_tags")) for p in bj["partitions"] or []]
     context = job_script_context(
         balsam=balsam_command, site_path=str(site_path), batch_job_id=bj["id"], job_mode=bj["job_mode"],
         wall_time_min=bj["wall_time_min"], num_nodes=bj["num_nodes"], project=bj["project"], queue=bj["queue"],
-        filter_tags=bj["filter_tags"], partitions=partitions, optional_params=bj["optional_params"],
+        filter_tags=bj["filter_tags"], partitions=partitions, optional_params={**defaults, **(bj["optional_params"] or {})},
     )
     return render_job_script(template, context)
 
