@@ -58,3 +58,18 @@ def test_preview_of_a_draft_gives_the_id_it_would_get_on_either_host(site: Any, 
     assert BatchJob.objects.create(num_nodes=1, wall_time_min=5).id == preview.batch_job_id
     with pytest.raises(ValidationError, match="allows at most 1 nodes"):  # checked against the site's queues first
         BatchJob(num_nodes=2, wall_time_min=5).preview_submission()
+
+
+def test_a_job_failed_by_its_parent_says_to_reset_the_parent_first(site: Any, hello: Any) -> None:
+    """A child failed because its parent was killed was told to reset itself, which fails it again at once (the
+    parent is still killed): it now says to reset the parent first, then itself; a job that failed on its own does not."""
+    from balsam.api import Job
+
+    parent = hello.submit(workdir="p", say_hello_to="x")
+    child = hello.submit(workdir="c", say_hello_to="x", parent_ids=[parent.id])
+    parent.kill()
+    why = Job.objects.get(id=child.id).why()
+    assert why[0].startswith("FAILED") and str(parent.id) in why[0]
+    assert why[1] == (f"to run it again, reset its failed parent first ('balsam job reset {parent.id}'), then this job "
+                      f"('balsam job reset {child.id}')")
+    assert Job.objects.get(id=parent.id).why()[-1] == f"reset it to run again: 'balsam job reset {parent.id}'"

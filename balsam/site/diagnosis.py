@@ -142,6 +142,12 @@ def _explain_job(store: Any, site_root: Any, job_id: int) -> List[str]:
         return ["marked RUNNING but no launcher holds it; the next launcher or agent cycle will time it out"]
     if state in FAILED_STATES:
         msg = last_event_message(store.conn, job_id)
+        ended = [pid for pid, pstate in job_reads.unfinished(store.conn, loads(row["parent_ids"]) or []) if pstate in FAILED_STATES]
+        if ended:  # resetting this job alone would fail it again at once, for the same parents
+            resets = " and ".join(f"'balsam job reset {pid}'" for pid in ended)
+            return [f"{state}: {msg}" if msg else str(state),
+                    f"to run it again, reset its failed parent{'s' if len(ended) > 1 else ''} first ({resets}), then this job "
+                    f"('balsam job reset {job_id}')"]
         return [f"{state}: {msg}" if msg else str(state), f"reset it to run again: 'balsam job reset {job_id}'"]
     if state is S.JOB_FINISHED:
         return ["finished successfully"]
