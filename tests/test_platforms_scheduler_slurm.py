@@ -207,3 +207,22 @@ def test_real_delete_cancels_a_running_job(tmp_path):
     assert status.end_time is not None
     windows = wait_for(lambda: sched.get_backfill_windows().get("debug"))  # the node is idle again
     assert windows[0].num_nodes == 1 and windows[0].wall_time_min == UNLIMITED_MIN
+
+
+def test_a_submission_slurm_has_forgotten_is_found_in_accounting():
+    """The agent was killed mid-``sbatch`` and restarted after the job had ended and slurmctld had forgotten it
+    (squeue lists it no more): the job is found in accounting, so it is recorded instead of being submitted again.
+    Without accounting, squeue's answer (none) stands."""
+    since = NOW.timestamp()
+
+    def reply(argv):
+        if argv[0] == "sacct":
+            return "5120|balsam-99\n5121|balsam-7\n5133|balsam-7\n"
+        return fixture("slurm", "squeue.txt")
+
+    fake = FakeRunner(responder=reply)
+    assert get_scheduler("slurm", fake, tz=UTC).find_submitted("balsam-7", "/site/qsubmit/qlaunch00007.sh", since) == 5133
+    assert fake.argvs[-1] == ["sacct", "-X", "-P", "-n", "-o", "JobID,JobName", "--name", "balsam-7", "-S", "2026-11-24T09:19:43"]
+    off = FakeRunner(responder=lambda a: CommandResult(a, 1, "", fixture("slurm", "sacct_disabled.txt")) if a[0] == "sacct"
+                     else fixture("slurm", "squeue.txt"))
+    assert get_scheduler("slurm", off, tz=UTC).find_submitted("balsam-7", "/site/qsubmit/qlaunch00007.sh", since) is None

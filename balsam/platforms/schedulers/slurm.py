@@ -217,6 +217,23 @@ def parse_sacct_times(stdout: str, scheduler_id: int, tz: Optional[tzinfo] = Non
     return (None, None)
 
 
+def render_find(job_name: str, since: float, tz: Optional[tzinfo] = None) -> List[str]:
+    """``sacct`` for the user's allocations named ``job_name`` that existed at or after ``since`` (epoch seconds), in
+    any state (pure). sacct reads the time in the cluster's zone (``tz``; None: this host's)."""
+    start = datetime.fromtimestamp(int(since), tz).strftime("%Y-%m-%dT%H:%M:%S")
+    return ["sacct", "-X", "-P", "-n", "-o", "JobID,JobName", "--name", job_name, "-S", start]
+
+
+def parse_find(stdout: str, job_name: str) -> List[int]:
+    """The job ids of ``sacct -P -o JobID,JobName`` lines named ``job_name`` (pure)."""
+    ids = []
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[1] == job_name and parts[0].isdigit():
+            ids.append(int(parts[0]))
+    return ids
+
+
 def render_scontrol_times(scheduler_id: int) -> List[str]:
     """``scontrol -o show job`` (pure); works while slurmctld still remembers the job (MinJobAge)."""
     return ["scontrol", "-o", "show", "job", str(int(scheduler_id))]
@@ -306,6 +323,22 @@ class SlurmScheduler(Scheduler):
                 return (None, None)
             raise command_failed(result)
         return parse_scontrol_times(result.stdout, self.tz)
+
+    def find_submitted(self, job_name: str, script_path: PathLike, since: float) -> Optional[int]:
+        """Listed by ``squeue`` while slurmctld remembers the job, else found in accounting (``sacct``): an agent
+        killed mid-``sbatch`` and restarted after the job had ended and been forgotten (``MinJobAge``, 5 minutes by
+        default) submitted it a second time. Without accounting, squeue's answer is all there is."""
+        found = super().find_submitted(job_name, script_path, since)
+        if found is not None:
+            return found
+        try:
+            result = self._run(render_find(job_name, since, self.tz), ok_codes=range(256))
+        except SchedulerError:  # no sacct, or it hung on a slurmdbd that is down: squeue's answer stands
+            return None
+        if result.returncode != 0:
+            return None
+        ids = parse_find(result.stdout, job_name)
+        return max(ids) if ids else None
 
     def discover_projects(self, user: Optional[str] = None) -> List[str]:
         """Accounts from ``sacctmgr`` (needs slurmdbd; raises SchedulerError where accounting is off)."""
