@@ -56,7 +56,8 @@ def test_serve_login_init_link_ls_logout(served: Dict[str, Any], tmp_path: Path)
     assert made.returncode == 0 and "Linked to" in made.stdout, made.stderr
     assert (tmp_path / "s1" / ".balsam" / "relay.json").stat().st_mode & 0o777 == 0o600
     listing = balsam(user, "site", "ls")
-    assert listing.returncode == 0 and listing.stdout.count("s1") >= 2, listing.stdout  # the local site and its relay entry
+    assert listing.returncode == 0 and f"linked to {url}" in listing.stdout, listing.stdout
+    assert len([line for line in listing.stdout.splitlines() if " s1 " in line]) == 1, listing.stdout  # one site, one row
     tokens = balsam(dict(served["env"], COLUMNS="200"), "relay", "token", "ls", "carol").stdout  # labels in full
     assert "login" in tokens and "agent of s1" in tokens
     out = balsam(user, "logout")

@@ -220,7 +220,14 @@ def site_ls(verbose: bool, as_json: bool) -> None:
       balsam site ls
       balsam site ls -v --json
     """
-    rows = _site_rows(verbose or as_json) + _relay_rows()
+    rows = _site_rows(verbose or as_json)
+    here = {r["id"]: r for r in rows if r.get("id") not in (None, "")}
+    for r in _relay_rows():  # a site of this host linked to the relay is one site: its row says so, not a second row
+        if r.get("id") in here:
+            here[r["id"]]["relay"] = r["relay"]
+            here[r["id"]]["status"] = f"{here[r['id']]['status']}; linked to {r['relay']}"
+        else:
+            rows.append(r)
     if as_json:
         echo_json(rows)
         return
