@@ -129,3 +129,23 @@ def test_real_delete_removes_a_running_job(tmp_path: Path):
     assert status.wall_time_min == 10 and status.start_time is not None
     sched.delete(jid)
     wait_for(lambda: jid not in sched.get_statuses())
+
+
+def test_a_submission_grid_engine_has_forgotten_is_found_in_accounting():
+    """Grid Engine forgets an ended job at once: an agent killed mid-``qsub`` and restarted after the job ended found
+    nothing in qstat and submitted it again. The job is found in ``qacct`` (submitted at or after the attempt began;
+    an older job of the same name is not it), and where qacct knows no such job, qstat's answer (none) stands."""
+    qacct = fixture("sge", "qacct_j.txt")  # job 2, named "probe", submitted Tue Nov 24 09:04:16 2026
+    attempt = datetime(2026, 11, 24, 9, 4, 16, tzinfo=UTC).timestamp() + 0.6  # the submit began within that second
+
+    def reply(argv):
+        return qacct if argv[0] == "qacct" else fixture("sge", "qstat_xml_r.xml")
+
+    fake = FakeRunner(responder=reply)
+    assert get_scheduler("sge", fake, tz=UTC).find_submitted("probe", "/site/qsubmit/qlaunch00002.sh", attempt) == 2
+    assert fake.argvs[-1] == ["qacct", "-j", "probe"]
+    later = datetime(2026, 11, 24, 9, 5, 0, tzinfo=UTC).timestamp()
+    assert get_scheduler("sge", FakeRunner(responder=reply), tz=UTC).find_submitted("probe", "x.sh", later) is None
+    unknown = FakeRunner(responder=lambda a: CommandResult(a, 1, "", fixture("sge", "qacct_unknown.txt")) if a[0] == "qacct"
+                         else fixture("sge", "qstat_xml_r.xml"))
+    assert get_scheduler("sge", unknown, tz=UTC).find_submitted("probe", "x.sh", attempt) is None

@@ -176,6 +176,25 @@ def parse_qacct(stdout: str, tz: Optional[tzinfo] = None) -> Dict[str, str]:
     return record
 
 
+def render_find(job_name: str) -> List[str]:
+    """``qacct -j <name>``: the accounting records of the user's jobs of that name (pure)."""
+    return ["qacct", "-j", job_name_for_sge(job_name)]
+
+
+def parse_find(stdout: str, job_name: str, since: float, tz: Optional[tzinfo] = None) -> List[int]:
+    """The job numbers of the ``qacct -j`` records named ``job_name`` submitted at or after ``since`` (epoch seconds;
+    qacct's times have whole seconds) (pure)."""
+    name = job_name_for_sge(job_name)
+    ids = []
+    for record in stdout.split("=====")[1:]:
+        fields = parse_qacct("=====\n" + record, tz)
+        submitted = parse_ctime(fields.get("qsub_time", ""), tz)
+        if fields.get("jobname") == name and fields.get("jobnumber", "").isdigit() and submitted is not None \
+                and submitted.timestamp() >= int(since):
+            ids.append(int(fields["jobnumber"]))
+    return ids
+
+
 def parse_qacct_times(stdout: str, tz: Optional[tzinfo] = None) -> JobTimes:
     """start_time and end_time from ``qacct -j`` (pure)."""
     record = parse_qacct(stdout, tz)
@@ -237,6 +256,20 @@ class SGEScheduler(Scheduler):
         result = self._run(render_delete(scheduler_id), ok_codes=range(256))
         if result.returncode != 0 and "does not exist" not in result.stdout + result.stderr:
             raise command_failed(result)
+
+    def find_submitted(self, job_name: str, script_path: PathLike, since: float) -> Optional[int]:
+        """Listed by ``qstat`` while the job waits or runs, else found in accounting (``qacct``): Grid Engine forgets an
+        ended job at once, so an agent killed mid-``qsub`` and restarted after the job had ended submitted it a
+        second time. Where qacct cannot answer, qstat's answer (none) stands."""
+        found = super().find_submitted(job_name, script_path, since)
+        if found is not None:
+            return found
+        try:
+            result = self._run(render_find(job_name), ok_codes=range(256))
+        except SchedulerError:
+            return None
+        ids = parse_find(result.stdout, job_name, since, self.tz) if result.returncode == 0 else []
+        return max(ids) if ids else None
 
     def job_times(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> JobTimes:
         """From ``qacct -j``; (None, None) until the accounting record is written."""
