@@ -99,3 +99,22 @@ def test_backfill_counts_free_unreserved_nodes_per_open_queue():
     fake = FakeRunner(responder=lambda a: fixture("pbs", "pbsnodes_a_json.txt") if a[0] == "pbsnodes" else fixture("pbs", "qstat_Qf_json.txt"))
     assert get_scheduler("pbs", fake).get_backfill_windows() == windows
     assert UNLIMITED_MIN > 4320
+
+
+def test_a_submission_that_already_ended_is_found_in_the_job_history():
+    """An agent killed mid-``qsub`` and restarted after the job had ended: the plain ``qstat`` no longer lists it, and
+    the BatchJob was submitted again. It is found in the server's job history (``qstat -x``), if it was queued since
+    the attempt began; without history (qstat -x fails), the plain listing's answer (none) stands."""
+    attempt = datetime(2023, 11, 10, 8, 39, 59, tzinfo=UTC).timestamp()  # balsam-9 was queued 08:40:00
+
+    def reply(argv):
+        return fixture("pbs", "qstat_x_f_json_finished.txt") if "-x" in argv else fixture("pbs", "qstat_f_json.txt")
+
+    fake = FakeRunner(responder=reply)
+    assert get_scheduler("pbs", fake, tz=UTC).find_submitted("balsam-9", "/site/qsubmit/qlaunch00009.sh", attempt) == 1180
+    assert fake.argvs[-1] == ["qstat", "-x", "-f", "-F", "json"]
+    later = datetime(2023, 11, 10, 9, 0, 0, tzinfo=UTC).timestamp()  # an older job of that name is not this submission
+    assert get_scheduler("pbs", FakeRunner(responder=reply), tz=UTC).find_submitted("balsam-9", "x.sh", later) is None
+    no_history = FakeRunner(responder=lambda a: CommandResult(a, 2, "", "qstat: illegal -x") if "-x" in a
+                            else fixture("pbs", "qstat_f_json.txt"))
+    assert get_scheduler("pbs", no_history, tz=UTC).find_submitted("balsam-9", "x.sh", attempt) is None

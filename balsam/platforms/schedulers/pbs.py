@@ -104,6 +104,24 @@ def render_status(scheduler_ids: Optional[Iterable[int]] = None) -> List[str]:
     return ["qstat", "-x", "-f", "-F", "json", *[str(int(i)) for i in sorted(scheduler_ids)]]
 
 
+def render_find() -> List[str]:
+    """``qstat -x -f -F json``: every job the server knows, ended ones too where it keeps job history (pure)."""
+    return ["qstat", "-x", "-f", "-F", "json"]
+
+
+def parse_find(stdout: str, job_name: str, since: float, tz: Optional[tzinfo] = None) -> List[int]:
+    """The ids of the jobs of ``qstat -x -f -F json`` named as :func:`render_submit` names ``job_name``, queued at or
+    after ``since`` (epoch seconds; qstat's times have whole seconds) (pure)."""
+    name = job_name[:236]
+    ids = []
+    for key, job in (load_json(stdout, "qstat -x").get("Jobs") or {}).items():
+        head = str(key).split(".", 1)[0]
+        queued = parse_ctime(str(job.get("qtime", "")), tz)
+        if head.isdigit() and str(job.get("Job_Name", "")) == name and (queued is None or queued.timestamp() >= int(since)):
+            ids.append(int(head))
+    return ids
+
+
 def load_json(stdout: str, command: str) -> Dict[str, Any]:
     """PBS JSON, leniently: raw control characters inside strings (seen in Variable_List) are accepted."""
     try:
@@ -282,6 +300,20 @@ class PBSScheduler(Scheduler):
         """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
         request.pop("cwd")
         return render_submit(script_path, select_suffix=self.options.get("select_suffix", ""), **request)
+
+    def find_submitted(self, job_name: str, script_path: PathLike, since: float) -> Optional[int]:
+        """Listed by ``qstat`` while the job waits or runs, else found in the server's job history (``qstat -x``): an
+        agent killed mid-``qsub`` and restarted after the job had ended submitted it a second time. Where the server
+        keeps no history, or qstat -x fails, the plain listing's answer (none) stands."""
+        found = super().find_submitted(job_name, script_path, since)
+        if found is not None:
+            return found
+        try:
+            result = self._run(render_find(), ok_codes=range(256))
+            ids = parse_find(result.stdout, job_name, since, self.tz) if result.returncode == 0 else []
+        except SchedulerError:
+            return None
+        return max(ids) if ids else None
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
