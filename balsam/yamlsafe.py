@@ -114,8 +114,17 @@ def _refuse_duplicate_keys(node: Any, scalar: Any) -> None:
 def load(text: str, *, max_depth: int, max_values: int, unique_keys: bool = False, aliases: bool = True) -> Any:
     """The one document in ``text`` as plain data (``yaml.safe_load``), bounded as :func:`loader` says; raises
     :class:`Refused` or PyYAML's own errors (``yaml.YAMLError``) for text that is not YAML."""
+    import yaml
+
     bounded = loader(text, max_depth=max_depth, max_values=max_values, unique_keys=unique_keys, aliases=aliases)
     try:
         return bounded.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None and "nesting depth" in str(getattr(exc, "problem", "")):
+            # libyaml's own bound (PyYAML >= 6.0.4's wheels), met reading ahead past a long line of "[[[[..." before
+            # the composer reached this one: the same refusal, at the line libyaml names
+            raise TooDeep(mark.line + 1, f"nested more than {max_depth} levels deep") from None
+        raise
     finally:
         bounded.dispose()
