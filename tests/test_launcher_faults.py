@@ -649,7 +649,10 @@ def test_a_launcher_stopped_past_its_lease_starts_none_of_the_jobs_it_held_when_
         marker = site.path / "data" / "c" / str(i) / "marker"
         runs = marker.read_text().count("start") if marker.exists() else 0
         recorded = [e["to"] for e in events(site.store, job_id)].count("RUNNING")
-        assert runs == recorded == 1, f"job {i}: ran {runs} times, {recorded} recorded"
+        # Never started without its RUNNING recorded, never twice. RUNNING is journaled just before the spawn, so a
+        # launcher stopped between the two leaves a RUNNING that never ran, which its lease's expiry ends as RUN_TIMEOUT.
+        assert runs <= recorded <= 1, f"job {i}: ran {runs} times, {recorded} recorded"
+        assert runs == 1 or states(site.store, [job_id])[job_id] == "RUN_TIMEOUT", f"job {i}: never ran, yet not timed out"
 
 
 @pytest.mark.slow
