@@ -252,3 +252,33 @@ def test_a_lease_silent_while_the_disk_was_full_gets_its_expiry_counted_from_whe
     with store.write() as conn:
         assert sessions.expire_sessions(conn, expiry_s=300, host="login") == []  # 1000 s silent, but deaf until now
         assert sessions.expire_sessions(conn, expiry_s=300, host="login", now=time.time() + 301) == [silent]
+
+
+def test_a_lease_counts_as_confirmed_from_when_it_was_asked_not_when_the_answer_was_read() -> None:
+    """A launcher stopped (SIGSTOP) between sending a heartbeat and reading its answer counted the lease as confirmed
+    when it resumed, though the site had expired it meanwhile and another launcher ran its jobs: it started one of
+    them a second time (tests/test_launcher_faults.py, under load in CI). A slow answer stands for the stop here."""
+    import time
+
+    from balsam.db.jobsource import Heartbeat
+
+    class SlowAnswer(Heartbeat):
+        def __init__(self) -> None:
+            self.session_id = 1
+            self._init_heartbeat(0.01)
+            self.renewed_at -= 100.0  # confirmed long ago
+            self.sent: list = []
+
+        def heartbeat(self) -> None:
+            self.sent.append(time.monotonic())
+            time.sleep(0.5)
+
+    beat = SlowAnswer()
+    beat._start_heartbeat()
+    deadline = time.monotonic() + 10
+    while beat.renewed_at < beat.sent[0] if beat.sent else True:
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.01)
+    beat._stop_heartbeat()  # the beat under way ends first
+    assert beat.sent[-1] - 0.1 < beat.renewed_at <= beat.sent[-1], "as of the last request, not of its answer 0.5 s later"
+    assert not beat.fresh(0.2)

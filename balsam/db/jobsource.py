@@ -45,9 +45,13 @@ class Heartbeat:
         """When the site last confirmed the lease (opened, renewed, or jobs acquired under it)."""
         self._asked_at = 0.0
 
-    def renewed(self) -> None:
-        """The site confirmed the lease just now."""
-        self.renewed_at = time.monotonic()
+    def renewed(self, sent: Optional[float] = None) -> None:
+        """The site confirmed the lease in answer to a request sent at ``sent`` (monotonic seconds; None: now). The
+        time the request left, not when its answer was read: a process stopped in between (SIGSTOP, a frozen VM) must
+        not count a confirmation from before the stop as a fresh one, while the site expired the lease meanwhile."""
+        at = time.monotonic() if sent is None else sent
+        if at > self.renewed_at:
+            self.renewed_at = at
 
     def fresh(self, max_age_s: float) -> bool:
         """True if the site confirmed the lease within ``max_age_s``. Otherwise False, and the heartbeat thread
@@ -80,8 +84,9 @@ class Heartbeat:
                 return
             self._wake.clear()
             try:
+                sent = time.monotonic()
                 self.heartbeat()
-                self.renewed()
+                self.renewed(sent)
             except SessionExpired:
                 logger.error("lease %s expired; its jobs were released", self.session_id)
                 self.expired.set()
@@ -133,6 +138,7 @@ class JobSource(Heartbeat):
     def acquire(self, max_num_jobs: int, **constraints: Any) -> List[Dict[str, Any]]:
         """Lock up to ``max_num_jobs`` runnable jobs to this lease (see :func:`balsam.db.sessions.acquire`)."""
         assert self.session_id is not None, "start() first"
+        sent = time.monotonic()
         with self.store.write() as conn:
             sessions.expire_sessions(conn, expiry_s=self.expiry_s, host=self.host)
             try:
@@ -140,7 +146,7 @@ class JobSource(Heartbeat):
             except SessionExpired:
                 self.expired.set()
                 raise
-        self.renewed()  # acquiring renews the lease
+        self.renewed(sent)  # acquiring renews the lease
         return jobs
 
     def release(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from balsam.db.jobs import StateChange
@@ -55,12 +56,14 @@ class RemoteJobSource(Heartbeat):
 
     def acquire(self, max_num_jobs: int, wait_s: float = 0.0, **constraints: Any) -> List[Dict[str, Any]]:
         assert self.session_id is not None, "start() first"
+        sent = time.monotonic()
         try:
             jobs = self.backend.acquire(self.session_id, max_num_jobs, wait_s, **constraints)
         except SessionExpired:
             self.expired.set()
             raise
-        self.renewed()  # acquiring renews the lease
+        # acquiring renews the lease: as of the request's start (a long poll confirms it when jobs come: then)
+        self.renewed(None if wait_s else sent)
         return jobs
 
     def release(self) -> None:
