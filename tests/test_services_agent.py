@@ -445,18 +445,13 @@ def test_a_hook_whose_result_meets_a_full_disk_is_saved_once_there_is_space_and_
         command_template = "true"
 
         def postprocess(self) -> None:
-            import errno as _errno
+            from pathlib import Path as _Path
+
+            from tests.helpers import fill  # the hook worker imports from the checkout, as the agent does
 
             with open("post", "a") as f:
                 f.write("post\n")
-            size = 65536
-            with open("../../../filler", "wb", buffering=0) as f:  # <mount>/filler: the workdir is <mount>/site/data/p
-                while size:
-                    try:
-                        f.write(b"\0" * size)
-                    except OSError as exc:
-                        assert exc.errno == _errno.ENOSPC
-                        size //= 2
+            fill(_Path("../../../filler"))  # <mount>/filler: the workdir is <mount>/site/data/p
             self.job.state = "POSTPROCESSED"
 
     Filling.sync()
