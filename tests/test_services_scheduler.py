@@ -10,7 +10,7 @@ import pytest
 
 from balsam.api import BatchJob, Job, Session
 from balsam.platforms.schedulers import get_scheduler
-from balsam.platforms.schedulers.base import output_path_for
+from balsam.platforms.schedulers.base import current_user, output_path_for
 from balsam.services.scheduler import SchedulerService
 from balsam.settings import SchedulerSettings
 from tests.helpers import advance
@@ -221,6 +221,68 @@ def test_a_batch_job_missing_from_the_listing_ends_only_when_the_history_agrees(
     assert "terminated" in bj.status_info["reason"]
     kept = BatchJob.objects.get(id=alive)  # missing as often, but the history says it runs: kept, count reset
     assert kept.state == "running" and kept.status_info["missing_polls"] == "0"
+
+
+def _interrupted_submission(site: Any, ago_s: float) -> Any:
+    """A BatchJob whose submission was under way ``ago_s`` seconds ago when its agent was killed (the mark it left)."""
+    from balsam.db import batch_jobs as batch_db
+
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    with site.store.write() as conn:
+        batch_db.update_batch_job(conn, bj.id, info={batch_db.SUBMITTING: repr(time.time() - ago_s)})
+    return bj
+
+
+@pytest.mark.parametrize("later", ["listed", "absent"])
+def test_an_interrupted_submission_that_cannot_be_confirmed_ends_submit_failed_and_follows_the_scheduler_later(
+        site: Any, monkeypatch: pytest.MonkeyPatch, later: str) -> None:
+    """The agent was killed mid-qsub an hour ago and PBS does not answer (the real outage capture): the BatchJob
+    waited in pending_submission for ever, looking fine. After a few lookups it is submit_failed, saying it could not be
+    confirmed and which command shows it; it is never submitted again. When PBS answers again, the record follows:
+    queued with PBS's id if the job is there, or a message that it never landed."""
+    import json
+
+    from balsam.platforms.runner import CommandResult
+    from balsam.services import scheduler as module
+    from tests.platforms_support import fixture
+
+    monkeypatch.setattr(module, "RECHECK_S", 0.0)
+    outage = json.loads(fixture("real", "pbs", "qut_qstat_connection_refused.json"))
+    answer: List[Any] = [None]
+    calls: List[List[str]] = []
+
+    def reply(argv: Any) -> Any:
+        calls.append(list(argv))
+        if answer[0] is None:
+            return CommandResult(argv, outage["returncode"], outage["stdout"], outage["stderr"])
+        return CommandResult(argv, 0, answer[0], "")
+
+    service = _pbs_service(site, reply)
+    bj = _interrupted_submission(site, ago_s=3600)
+    for _ in range(module.UNCONFIRMED_LOOKUPS - 1):
+        service.run_cycle()
+        assert BatchJob.objects.get(id=bj.id).state == "pending_submission"  # a scheduler down a little is waited out
+    service.run_cycle()
+    failed = BatchJob.objects.get(id=bj.id)
+    assert failed.state == "submit_failed" and failed.scheduler_id is None
+    error = failed.status_info["error"]
+    assert "could not say whether it landed" in error and "not submitted again" in error
+    assert f"qselect -x -u $USER -N balsam-{bj.id}" in error and "cannot connect to server" in error
+    service.run_cycle()  # still no answer: it stays as it is
+    assert BatchJob.objects.get(id=bj.id).state == "submit_failed"
+    job = {"Job_Name": f"balsam-{bj.id}", "Job_Owner": f"{current_user()}@login1", "job_state": "Q", "queue": "debug",
+           "qtime": time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(time.time() - 3590))}
+    answer[0] = json.dumps({"timestamp": 1, "pbs_version": "2022", "pbs_server": "s",
+                            **({"Jobs": {"4242.pbs01": job}} if later == "listed" else {})})
+    service.run_cycle()
+    after = BatchJob.objects.get(id=bj.id)
+    if later == "listed":
+        assert after.state == "queued" and after.scheduler_id == 4242 and "error" not in after.status_info
+        assert "could not be confirmed" in after.status_info["recovered"]
+    else:
+        assert after.state == "submit_failed" and after.scheduler_id is None and "submitting" not in after.status_info
+        assert f"never reached pbs (it answers again and has no job balsam-{bj.id})" in after.status_info["error"]
+    assert not any(argv[0] == "qsub" for argv in calls)  # never submitted a second time
 
 
 FAKE_SBATCH = """#!/bin/bash

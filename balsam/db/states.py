@@ -217,7 +217,7 @@ BATCH_TRANSITIONS: Dict[BatchJobState, FrozenSet[BatchJobState]] = {
     B.queued: frozenset({B.running, B.finished, B.pending_deletion}),
     B.running: frozenset({B.finished, B.pending_deletion}),
     B.pending_deletion: frozenset({B.finished}),
-    B.submit_failed: frozenset({B.pending_submission}),
+    B.submit_failed: frozenset({B.pending_submission, B.queued}),  # queued: found at the scheduler after all
     B.finished: frozenset(),
 }
 

@@ -47,6 +47,16 @@ SUBMIT_GRACE_S = 5.0
 """How long past the submit command's timeout an interrupted submission may still land at the scheduler."""
 MISSING_POLLS = 3
 """Successful polls a BatchJob must be missing from before the scheduler's history is asked whether it ended."""
+UNCONFIRMED = "unconfirmed_lookups"
+"""The ``status_info`` key counting lookups that could not say whether an interrupted submission landed."""
+UNCONFIRMED_LOOKUPS = 5
+"""Lookups of an interrupted submission that cannot say whether it landed (the scheduler does not answer) before its
+BatchJob is ``submit_failed``, saying so and where to look, instead of ``pending_submission`` for ever..."""
+UNCONFIRMED_AFTER_S = 600.0
+"""...and no sooner than this long after the submission began: a scheduler down for a few minutes is waited out."""
+RECHECK_S = 60.0
+"""How often a ``submit_failed`` BatchJob whose submission could not be confirmed is looked up again: found at the
+scheduler, it is recorded (queued); found to have never landed, its message says so."""
 
 
 def _epoch(value: Optional[dt.datetime]) -> Optional[float]:
@@ -69,6 +79,7 @@ class SchedulerService(Service):
         self.adapter = adapter
         self.balsam_command = balsam_command or balsam_shell_words()
         self._last_backfill = 0.0
+        self._last_recheck = 0.0
 
     # ---------------------------------------------------------------- helpers
     def _batch_jobs(self, states: Tuple[str, ...]) -> List[Dict[str, Any]]:
@@ -92,6 +103,11 @@ class SchedulerService(Service):
             self._submit(bj)
         for bj in self._batch_jobs((B.pending_deletion,)):
             self._delete(bj)
+        if time.time() - self._last_recheck >= RECHECK_S:
+            self._last_recheck = time.time()
+            for bj in self._batch_jobs((B.submit_failed,)):
+                if bj["status_info"].get(SUBMITTING):
+                    self._recheck(bj)
         self._poll()
         self._refresh_site()
 
@@ -131,11 +147,11 @@ class SchedulerService(Service):
         logger.info("batch job %s submitted as %s %s", bj["id"], self.adapter.name, scheduler_id)
         self._record_submission(bj, scheduler_id, script)
 
-    def _record_submission(self, bj: Dict[str, Any], scheduler_id: int, script: Path, **info: str) -> None:
+    def _record_submission(self, bj: Dict[str, Any], scheduler_id: int, script: Path, **info: Optional[str]) -> None:
         """Record the scheduler's id of a BatchJob's submission; cancel it if the BatchJob was deleted meanwhile."""
         cancelling = batch_db.batch_job_state(self.site.store.conn, bj["id"]) == B.pending_deletion
         if not self._update(bj["id"], state=None if cancelling else B.queued, scheduler_id=scheduler_id,
-                            info={"submit_script": str(script), SUBMITTING: None, **info,
+                            info={"submit_script": str(script), SUBMITTING: None, UNCONFIRMED: None, **info,
                                   "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}):
             # deleted by its owner while it was being submitted: nothing may run for a BatchJob that no longer exists
             logger.info("batch job %s was deleted during its submission: cancelling %s %s", bj["id"], self.adapter.name, scheduler_id)
@@ -155,8 +171,7 @@ class SchedulerService(Service):
         try:
             found = self.adapter.find_submitted(name, script, since)
         except BalsamError as exc:
-            logger.warning("batch job %s: its submission was interrupted, and %s cannot say whether it landed (%s): "
-                           "asking again before submitting", bj["id"], self.adapter.name, exc)
+            self._unconfirmed(bj, name, since, exc)
             return False
         if found is not None:
             logger.info("batch job %s: its submission was interrupted after %s took it as %s: recorded, not submitted again",
@@ -170,6 +185,53 @@ class SchedulerService(Service):
             return False
         logger.info("batch job %s: its interrupted submission never reached %s: submitting it", bj["id"], self.adapter.name)
         return True
+
+    def _unconfirmed(self, bj: Dict[str, Any], name: str, since: float, exc: BalsamError) -> None:
+        """A lookup of an interrupted submission that could not say whether it landed. Asked again next cycle, up to
+        UNCONFIRMED_LOOKUPS times and UNCONFIRMED_AFTER_S; then the BatchJob ends visibly (``submit_failed``, or
+        ``finished`` when its deletion was asked) with what to check, and is never submitted again by doubt. Its
+        SUBMITTING mark stays: a later lookup that finds it records it (:meth:`_recheck`), and a resubmission by the
+        user looks it up first."""
+        lookups = int(bj["status_info"].get(UNCONFIRMED, 0) or 0) + 1
+        waited = time.time() - since
+        if lookups < UNCONFIRMED_LOOKUPS or waited < UNCONFIRMED_AFTER_S:
+            logger.warning("batch job %s: its submission was interrupted, and %s cannot say whether it landed (%s): "
+                           "asking again before submitting (lookup %d)", bj["id"], self.adapter.name, exc, lookups)
+            self._update(bj["id"], info={UNCONFIRMED: lookups, "lookup_error": str(exc)[:2000]})
+            return
+        doubt = (f"its submission was interrupted (the site agent stopped while submitting it) and {self.adapter.name} "
+                 f"could not say whether it landed ({lookups} lookups over {waited / 60:.0f} min; last: {str(exc)[:500]}). "
+                 f"Check the scheduler's queue for a job named {name} ({self.adapter.lookup_hint(name)})")
+        if bj["state"] == B.pending_deletion:
+            message = f"deleted without cancelling at the scheduler: {doubt}, and cancel it there if it is listed"
+            logger.error("batch job %s: %s", bj["id"], message)
+            self._update(bj["id"], state=B.finished, end_time=time.time(), info={"deleted": message, UNCONFIRMED: None})
+            return
+        message = (f"not submitted again, so that it cannot run twice: {doubt}. Balsam records it here if "
+                   f"{self.adapter.name} shows it later; if it is not there, submit a new BatchJob (balsam queue submit)")
+        logger.error("batch job %s: %s", bj["id"], message)
+        self._update(bj["id"], state=B.submit_failed, info={"error": message[:2000], UNCONFIRMED: None,
+                                                            "lookup_error": str(exc)[:2000]})
+
+    def _recheck(self, bj: Dict[str, Any]) -> None:
+        """A ``submit_failed`` BatchJob whose interrupted submission could not be confirmed: asked again, so the record
+        follows the scheduler once it answers (queued if it landed; its message says so if it never did)."""
+        name, script = f"balsam-{bj['id']}", self.script_path(bj["id"])
+        try:
+            found = self.adapter.find_submitted(name, script, float(bj["status_info"][SUBMITTING]))
+        except (BalsamError, ValueError):
+            return  # still no answer: it stays submit_failed, saying what to check
+        if found is not None:
+            logger.info("batch job %s: its unconfirmed submission is at %s as %s: recorded", bj["id"], self.adapter.name, found)
+            self._record_submission(bj, int(found), script, error=None, lookup_error=None,
+                                    recovered=f"found at {self.adapter.name} after it could not be confirmed")
+            return
+        if self.adapter.submit_outlives_caller and time.time() - float(bj["status_info"][SUBMITTING]) < self.adapter.timeout_s + SUBMIT_GRACE_S:
+            return  # its submit command may still land
+        logger.info("batch job %s: its interrupted submission never reached %s", bj["id"], self.adapter.name)
+        self._update(bj["id"], info={SUBMITTING: None, "lookup_error": None,
+                                     "error": f"its interrupted submission never reached {self.adapter.name} (it answers "
+                                              f"again and has no job {name}): submit a new BatchJob (balsam queue submit)"})
 
     def _delete(self, bj: Dict[str, Any]) -> None:
         if bj["scheduler_id"] is None:

@@ -315,6 +315,11 @@ class Scheduler(ABC):
         found = [s.scheduler_id for s in self.get_statuses().values() if s.job_name == job_name]
         return max(found) if found else None
 
+    def lookup_hint(self, job_name: str) -> str:
+        """How a user looks for a job named ``job_name`` at this scheduler (a command to run), for the message of a
+        BatchJob whose submission Balsam could not confirm (pure)."""
+        return f"the {self.title or self.name} queue"
+
 
 def command_failed(result: CommandResult, what: str = "") -> SchedulerError:
     """A :class:`SchedulerError` for a command that exited non-zero, naming its first line of complaint."""

@@ -189,6 +189,10 @@ class CobaltScheduler(Scheduler):
         request.pop("cwd")
         return render_submit(script_path, **request)
 
+    def lookup_hint(self, job_name: str) -> str:
+        """The user's jobs (Cobalt names a job after its script, not ``job_name``)."""
+        return "qstat -u $USER (Cobalt names the job after its script, qlaunch<BatchJob id>.sh)"
+
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
     ) -> Dict[int, SchedulerJobStatus]:

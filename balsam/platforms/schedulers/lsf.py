@@ -260,6 +260,10 @@ class LSFScheduler(Scheduler):
         request.pop("cwd")
         return render_submit(script_path, node_flag=self.node_flag, slots_per_node=self.slots_per_node, **request)
 
+    def lookup_hint(self, job_name: str) -> str:
+        """``bjobs`` by name, ended jobs included (``-a``)."""
+        return f"bjobs -a -J {job_name}"
+
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
     ) -> Dict[int, SchedulerJobStatus]:

@@ -315,6 +315,10 @@ class PBSScheduler(Scheduler):
             return None
         return max(ids) if ids else None
 
+    def lookup_hint(self, job_name: str) -> str:
+        """``qselect`` by name, ended jobs included (``-x``)."""
+        return f"qselect -x -u $USER -N {job_name[:236]}"
+
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
     ) -> Dict[int, SchedulerJobStatus]:

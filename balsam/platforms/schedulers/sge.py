@@ -271,6 +271,11 @@ class SGEScheduler(Scheduler):
         ids = parse_find(result.stdout, job_name, since, self.tz) if result.returncode == 0 else []
         return max(ids) if ids else None
 
+    def lookup_hint(self, job_name: str) -> str:
+        """``qstat -j`` by name, and ``qacct -j`` for one that has ended."""
+        name = job_name_for_sge(job_name)
+        return f"qstat -j {name}, or qacct -j {name} once it ended"
+
     def job_times(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> JobTimes:
         """From ``qacct -j``; (None, None) until the accounting record is written."""
         result = self._run(render_qacct(scheduler_id), ok_codes=range(256))

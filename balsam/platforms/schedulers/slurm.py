@@ -340,6 +340,10 @@ class SlurmScheduler(Scheduler):
         ids = parse_find(result.stdout, job_name)
         return max(ids) if ids else None
 
+    def lookup_hint(self, job_name: str) -> str:
+        """``squeue`` by name, and ``sacct`` for one that has ended."""
+        return f"squeue -u $USER --name {job_name}, or sacct -X --name {job_name} once it ended"
+
     def discover_projects(self, user: Optional[str] = None) -> List[str]:
         """Accounts from ``sacctmgr`` (needs slurmdbd; raises SchedulerError where accounting is off)."""
         result = self._run(render_projects(user or current_user()))
