@@ -75,20 +75,31 @@ def balsam_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     _sites.reset()
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB tmpfs (CI runs as root); skipped where mounting is not permitted."""
+def _tmpfs(mnt: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mnt`` with ``options`` (CI runs as root); skipped where mounting is not permitted."""
     import subprocess
 
-    mnt = tmp_path / "small"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MB tmpfs (CI runs as root); skipped where mounting is not permitted."""
+    yield from _tmpfs(tmp_path / "small", "size=8m")
+
+
+@pytest.fixture
+def few_inodes_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs with room for 64 files (a disk whose inodes run out: creating a file, a folder or a link fails with
+    ENOSPC, 'No space left on device'); skipped where mounting is not permitted."""
+    yield from _tmpfs(tmp_path / "few-inodes", "size=8m,nr_inodes=64")
 
 
 @pytest.fixture

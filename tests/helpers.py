@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 _stores: Dict[Any, Any] = {}
 
@@ -74,6 +74,20 @@ def fill(path: Path) -> None:
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
                 size //= 2
+
+
+def fill_inodes(folder: Path) -> List[Path]:
+    """Create empty files in ``folder`` until its filesystem has no inode left (ENOSPC); returns them (unlinking one
+    frees one inode)."""
+    made: List[Path] = []
+    while True:
+        path = folder / f"inode-filler-{len(made)}"
+        try:
+            path.touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return made
+        made.append(path)
 
 
 ACTIVE_BATCH_JOB_STATES = ["pending_submission", "queued", "running", "pending_deletion"]

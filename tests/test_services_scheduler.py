@@ -285,6 +285,45 @@ def test_an_interrupted_submission_that_cannot_be_confirmed_ends_submit_failed_a
     assert not any(argv[0] == "qsub" for argv in calls)  # never submitted a second time
 
 
+def test_a_local_submission_that_meets_a_full_disk_once_its_job_started_is_recorded_as_running(
+        site: Any, few_inodes_disk: Any, tmp_path: Any) -> None:
+    """The local scheduler's disk fills between the start of the batch script and the note of its PID (the link
+    <pid>.job cannot be made: ENOSPC): the BatchJob was submit_failed ('No space left on device') while its launcher
+    ran. It is recorded as what it is, and followed until it ends, from its record, with or without the link."""
+    from balsam.services.scheduler import MISSING_POLLS
+    from tests.helpers import fill_inodes
+    from tests.launcher_support import wait_for
+
+    go = tmp_path / "go"
+    (site.path / "job-template.sh").write_text(
+        f'#!/bin/bash\necho "batch job {{{{ batch_job_id }}}} started"\nwhile [ ! -e {go} ]; do sleep 0.05; done\n')
+    state_dir = few_inodes_disk / "local-jobs"
+    state_dir.mkdir()
+    fillers = fill_inodes(few_inodes_disk)
+    fillers.pop().unlink()  # room for the job's record, none for the link that names it by its PID
+    adapter = get_scheduler("local", state_dir=state_dir, options={"kill_grace_s": "1"})
+    service = SchedulerService(site, SchedulerSettings(sync_period_s=0.1), adapter, balsam_command="balsam")
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    try:
+        service.run_cycle()
+        after = BatchJob.objects.get(id=bj.id)
+        assert after.state in ("queued", "running") and after.scheduler_id, after.status_info
+        output = output_path_for(service.script_path(bj.id))
+        wait_for(lambda: "started" in output.read_text(), timeout=30, what="the batch script to start")
+        until(lambda: BatchJob.objects.get(id=bj.id).state == "running", service)
+        for _ in range(MISSING_POLLS + 1):  # never taken for a job that vanished while it runs
+            service.run_cycle()
+        assert BatchJob.objects.get(id=bj.id).state == "running"
+        fillers.pop().unlink()  # an inode free again: the link is made, and the job found by it
+        service.run_cycle()
+        assert (state_dir / f"{after.scheduler_id}.job").is_symlink()
+    finally:
+        go.touch()
+    until(lambda: BatchJob.objects.get(id=bj.id).state == "finished", service)
+    ended = BatchJob.objects.get(id=bj.id)
+    assert ended.status_info["scheduler_state"] == "finished" and ended.end_time is not None
+
+
 FAKE_SBATCH = """#!/bin/bash
 # A Slurm stand-in: records each submission (id|name) in $FAKE_SLURM/jobs, before or after a pause.
 name=x; while [ $# -gt 1 ]; do [ "$1" = -J ] && name=$2; shift; done

@@ -10,6 +10,7 @@ the launcher inside the job stops itself at ``-t``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import uuid
@@ -30,6 +31,8 @@ from balsam.platforms.schedulers.base import (
     scheduler_job_name,
 )
 from balsam.platforms.schedulers.timefmt import from_epoch, minutes_between
+
+logger = logging.getLogger(__name__)
 
 
 def render_submit(script_path: PathLike, record_path: PathLike) -> List[str]:
@@ -165,8 +168,18 @@ class LocalScheduler(Scheduler):
         except OSError as exc:
             record.unlink(missing_ok=True)
             raise SchedulerError(f"local: cannot start bash: {exc.strerror or exc}", argv) from exc
-        self._note_pid(record, pid)
+        # The job runs from here on: a note that cannot be written (a full disk) must not make it a failed submission.
+        # It is found by its record until the note can be made (_record_file).
+        self._try_note_pid(record, pid)
         return pid
+
+    def _try_note_pid(self, record: Path, pid: int, *, write_pid: bool = True) -> None:
+        """:meth:`_note_pid`, where a failure (a full disk) is logged: the job is then found by its record."""
+        try:
+            self._note_pid(record, pid, write_pid=write_pid)
+        except OSError as exc:
+            logger.warning("local: job %s runs, but its PID could not be noted in %s (%s); it is found by its record "
+                           "until it can be", pid, self.state_dir, exc.strerror or exc)
 
     def _note_pid(self, record: Path, pid: int, *, write_pid: bool = True) -> None:
         """Write the job's PID (with its creation time, so a recycled PID is never taken for it) to its record and
@@ -179,8 +192,30 @@ class LocalScheduler(Scheduler):
         os.symlink(record.name, tmp_link)
         os.replace(tmp_link, self._record_path(pid))
 
+    def _record_file(self, pid: int) -> Optional[Path]:
+        """The record of job ``pid``: the one ``<pid>.job`` links to, else (its note could not be written: a full disk)
+        the record whose job runs or ran as ``pid``, whose note is then made where it can be; None if there is none."""
+        link = self._record_path(pid)
+        if link.exists():
+            return link
+        if not self.state_dir.is_dir():
+            return None
+        newest: Optional[Tuple[float, Path, bool]] = None
+        for path in self.state_dir.glob("*.rec"):
+            rec = detached.read_record(path)
+            if rec is None or rec.meta.get("script") is None:
+                continue
+            started = rec.started_pid or (None if rec.ended else detached.wrapper_of(path)) if rec.pid is None else None
+            if (rec.pid == pid or started == pid) and (newest is None or (rec.submitted or 0.0) > newest[0]):
+                newest = (rec.submitted or 0.0, path, rec.pid is None)  # the newest: a PID may have been recycled
+        if newest is None:
+            return None
+        self._try_note_pid(newest[1], pid, write_pid=newest[2])
+        return newest[1]
+
     def _status(self, pid: int, now: float) -> Optional[SchedulerJobStatus]:
-        rec = detached.read_record(self._record_path(pid))
+        path = self._record_file(pid)
+        rec = detached.read_record(path) if path is not None else None
         if rec is None:
             return None
         # A job whose wrapper wrote its end has ended, whatever runs under its PID now (a PID noted after its end
@@ -214,9 +249,9 @@ class LocalScheduler(Scheduler):
 
     def delete(self, scheduler_id: int) -> None:
         """Terminate the job's whole process tree (TERM, then KILL after the grace period)."""
-        path = self._record_path(int(scheduler_id))
-        rec = detached.read_record(path)
-        if rec is None:
+        path = self._record_file(int(scheduler_id))
+        rec = detached.read_record(path) if path is not None else None
+        if path is None or rec is None:
             raise SchedulerError(f"local: no job {scheduler_id} was started by Balsam here ({self.state_dir})")
         if not detached.is_alive(rec.pid or int(scheduler_id), rec.create_time):
             return
@@ -231,7 +266,8 @@ class LocalScheduler(Scheduler):
 
     def job_times(self, scheduler_id: int, script_path: Optional[PathLike] = None) -> JobTimes:
         """Start and end from the job's record."""
-        rec = detached.read_record(self._record_path(int(scheduler_id)))
+        path = self._record_file(int(scheduler_id))
+        rec = detached.read_record(path) if path is not None else None
         if rec is None:
             return (None, None)
         return (
@@ -265,7 +301,7 @@ class LocalScheduler(Scheduler):
         except OSError:
             linked = False
         if noted is None or not linked:
-            self._note_pid(path, pid, write_pid=noted is None)
+            self._try_note_pid(path, pid, write_pid=noted is None)
         return pid
 
     def discover_projects(self, user: Optional[str] = None) -> List[str]:
