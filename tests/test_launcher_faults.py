@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, List
@@ -13,6 +14,7 @@ from typing import Any, List
 import pytest
 
 from tests.launcher_support import (
+    REPO,
     configure,
     events,
     job_row,
@@ -609,11 +611,15 @@ def test_a_write_on_a_full_disk_is_one_line_that_says_so_and_works_once_space_is
 
 
 @pytest.mark.slow
-def test_a_launcher_stopped_past_its_lease_starts_none_of_the_jobs_it_held_when_it_resumes(site: Any) -> None:
+@pytest.mark.parametrize("mode", ["mpi", "serial", "serial-process"])
+def test_a_launcher_stopped_past_its_lease_starts_none_of_the_jobs_it_held_when_it_resumes(site: Any, mode: str) -> None:
     """A launcher is stopped (SIGSTOP, Ctrl-Z) with jobs acquired and waiting to start; its lease expires and another
     launcher runs those jobs. When it resumes it must not start them again (it did, with no RUNNING recorded for
     the copy, which it killed once its RUNNING was refused: an unrecorded second start of a finished job): jobs
-    start only under a lease the site confirmed recently, and a lease found gone drops them."""
+    start only under a lease the site confirmed recently, and a lease found gone drops them. In serial mode with
+    node worker processes (other nodes) only the master is stopped: its workers, which went on starting the jobs
+    queued with them, unrecorded, start nothing once the lease the master last confirmed is too old, and journal
+    each start themselves."""
     from balsam.api import ApplicationDefinition
 
     class Counted(ApplicationDefinition):
@@ -628,13 +634,24 @@ def test_a_launcher_stopped_past_its_lease_starts_none_of_the_jobs_it_held_when_
         rows = site.store.execute("SELECT count(*) FROM job WHERE session_id IS NOT NULL AND state='PREPROCESSED'")
         return int(rows[0][0])
 
-    first = start(site.path, "mpi", idle_ttl_s=3.0)
+    workers = mode == "serial-process"
+    if workers:
+        runner = ("import sys; from balsam.launcher import run_launcher; "
+                  f"sys.exit(run_launcher({str(site.path)!r}, job_mode='serial', wall_time_min=1.0, idle_ttl_s=3.0, serial_workers='process'))")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+        with open(site.path / "launcher-test.out", "ab") as out:
+            first = subprocess.Popen([sys.executable, "-c", runner], env=env, stdout=out, stderr=subprocess.STDOUT)
+        mode = "serial"
+    else:
+        first = start(site.path, mode, idle_ttl_s=3.0)
     second = None
     try:
         wait_for(lambda: held_waiting() >= 2, timeout=30, interval=0.005, what="jobs acquired ahead by the first launcher")
+        if workers:  # once they run jobs, with more queued
+            wait_for(lambda: (site.path / "data" / "c" / "0" / "marker").exists(), timeout=30, interval=0.005, what="a first job")
         first.send_signal(signal.SIGSTOP)
         time.sleep(6.0)  # past its lease's expiry
-        second = start(site.path, "mpi", idle_ttl_s=3.0)  # expires the silent lease and runs its jobs
+        second = start(site.path, mode, idle_ttl_s=3.0)  # expires the silent lease and runs its jobs
         done = {"JOB_FINISHED", "RUN_TIMEOUT"}
         wait_for(lambda: set(states(site.store, ids).values()) <= done, timeout=60, what="every job run by the second")
         first.send_signal(signal.SIGCONT)

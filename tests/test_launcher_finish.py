@@ -4,6 +4,7 @@ in its own status batch, through the one state machine), and leaves jobs of apps
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,3 +173,40 @@ def test_acquiring_a_few_jobs_does_not_read_the_whole_backlog(site: Any, hello: 
     add(5000, "many")
     many = steps_to_acquire_two()
     assert many < 3 * few + 50, f"acquiring 2 of 5,100 jobs took {many} steps, of 100: {few}"
+
+
+def test_a_start_only_a_node_worker_journaled_is_on_record_when_the_lease_ends(site: Any, hello: Any) -> None:
+    """A serial-mode node worker journals each RUNNING itself before the spawn: a launcher stopped or killed before
+    it heard of the start leaves the run on record (a re-run, never a second silent start), and a start the launcher
+    did record (the same time in both journals) is applied once, in the launcher's order."""
+    from balsam.db import journal
+
+    a, b = runnable(site.store, [hello.submit("a", say_hello_to="a"), hello.submit("b", say_hello_to="b")])
+    with site.store.write() as conn:
+        sid = sessions.create_session(conn, host="h", label="launcher")
+        assert sorted(r["id"] for r in sessions.acquire(conn, sid, max_num_jobs=2)) == sorted([a, b])
+    state = site.path / ".balsam"
+    master = journal.JournalWriter(state, sid)
+    master.append(a, "RUNNING", 1.5)
+    master.append(a, "RUN_DONE", 2.0, {"returncode": 0}, {"return_code": 0})
+    master.close()
+    worker = journal.JournalWriter(state, sid, "w0")
+    worker.append(a, "RUNNING", 1.5)  # the launcher heard of this one
+    worker.append(b, "RUNNING", 3.0)  # and not of this one
+    worker.close()
+    with site.store.write() as conn:
+        sessions.release(conn, sid, "the launcher died")
+    got = states(site.store, [a, b])
+    assert got[a] in ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
+    assert got[b] in ("RUN_TIMEOUT", "RESTART_READY")  # it ran (perhaps still runs): timed out, re-run as a re-run
+    assert [e["to"] for e in events(site.store, b)].count("RUNNING") == 1
+    assert [e["to"] for e in events(site.store, a)].count("RUNNING") == 1
+    assert not list(journal.journal_dir(state).glob(f"{sid}.*"))  # both journals removed with the lease
+
+
+def test_a_journal_part_name_cannot_leave_the_journal_folder(tmp_path: Path) -> None:
+    from balsam.db import journal
+
+    with pytest.raises(ValueError):
+        journal.journal_path(tmp_path, 1, "../x")
+    assert journal.journal_path(tmp_path, 1, "w3").name == "1.w3.jsonl"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -178,3 +178,70 @@ def test_spawn_threads_report_every_pid_or_the_reason_it_did_not_start(tmp_path:
         assert (tmp_path / str(i) / "here").read_text().strip() == str(i)
     pid, exc = got["missing"]
     assert pid == 0 and isinstance(exc, FileNotFoundError) and "no such working directory" in str(exc)
+
+
+def test_a_spawn_whose_lease_lapsed_while_it_waited_is_not_made(tmp_path: Path) -> None:
+    """A launcher stopped (SIGSTOP, a frozen VM) after it decided to start a job and before the spawn must not start it
+    when it resumes: its lease may have expired meanwhile and another launcher run the job. The spawn is checked
+    against the lease's ``start_by`` right before it is made."""
+    import threading
+    import time
+
+    got: Dict[object, Tuple[int, object]] = {}
+    done = threading.Event()
+
+    def record(key: object, pid: int, exc: object) -> None:
+        got[key] = (pid, exc)
+        if len(got) == 2:
+            done.set()
+
+    spawner = sp.SpawnThreads(1, record)
+    for key, start_by in (("lapsed", time.monotonic() - 0.5), ("fresh", time.monotonic() + 60)):
+        (tmp_path / key).mkdir()
+        spawner.submit(key, ["/bin/sh", "-c", "echo ran > marker"], cwd=str(tmp_path / key), env=os.environ,
+                       output=str(tmp_path / key / "job.out"), start_by=start_by)
+    assert done.wait(30)
+    spawner.close()
+    pid, exc = got["lapsed"]
+    assert pid == 0 and isinstance(exc, sp.LeaseLapsed) and "lease" in str(exc)
+    pid, exc = got["fresh"]
+    assert exc is None and os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert (tmp_path / "fresh" / "marker").exists() and not (tmp_path / "lapsed" / "marker").exists()
+
+
+@pytest.mark.parametrize("kind", ["shell", "python"])
+def test_an_executor_ends_a_job_whose_lease_lapsed_before_its_spawn_as_timed_out(tmp_path: Path, kind: str) -> None:
+    """The executor's side: a job whose turn to spawn came after its lease's ``start_by`` never runs, and ends timed
+    out (RUN_TIMEOUT: retried as a timeout), with its RUNNING announced before (so the record never misses a run)."""
+    import time
+
+    from balsam.launcher.executor import Executor
+    from balsam.launcher.resources import ResourceManager
+    from balsam.launcher.tasks import Task
+    from balsam.platforms.mpi import get_mpi_launcher
+
+    ex = Executor(mpi=get_mpi_launcher("mpirun", None), local_hosts=set(), all_local=True, gpu_env="CUDA_VISIBLE_DEVICES",
+                  env=dict(os.environ), home=str(tmp_path), log_dir=str(tmp_path), error_tail_num_lines=5,
+                  python_exe=None, pylib=None, max_workers=2, guarded=False)
+    ex.start_by = lambda: time.monotonic() - 1.0
+    rm = ResourceManager([("localhost", (0, 1), ())])
+    announced: List[float] = []
+    workdir = tmp_path / "job"
+    app = ("demo.App", "", "", "") if kind == "python" else None
+    task = Task(id=7, workdir=str(workdir), kind=kind, command="echo ran > marker", app=app, params=[], env={}, preamble=None,
+                python_exe=None, num_nodes=1, ranks_per_node=1, threads_per_rank=1, threads_per_core=1, gpus_per_rank=0,
+                node_packing_count=1, cpu_bind="none", launch_params={}, wall_time_min=0, job={}, rerun=False)
+    placement = rm.place(rm.request(1, 1, 1, 1, 0, 1))
+    assert placement is not None
+    try:
+        ex.start(task, placement, announce=announced.append)
+        ex.launch()
+        deadline = time.monotonic() + 30
+        ended: List[Any] = []
+        while not ended and time.monotonic() < deadline:
+            ended = ex.poll(0.1)
+    finally:
+        ex.close()
+    assert len(announced) == 1
+    assert [(f.job_id, f.timed_out) for f in ended] == [(7, True)] and "lease" in ended[0].message
+    assert not (workdir / "marker").exists()

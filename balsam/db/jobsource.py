@@ -66,6 +66,12 @@ class Heartbeat:
             self._wake.set()
         return False
 
+    def start_by(self, max_age_s: float) -> float:
+        """The last moment (``time.monotonic()``) a job held under the lease may still be started: ``max_age_s``
+        after the site's last confirmation; already past once the lease is found gone. Checked right before each
+        spawn, so that a process stopped between :meth:`fresh` and the spawn does not start the job after all."""
+        return 0.0 if self.expired.is_set() else self.renewed_at + max_age_s
+
     def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="balsam-heartbeat", daemon=True)
         self._thread.start()

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set
 
 from balsam.db.connection import after_commit
 from balsam.db.jobs import StateChange, apply_state_changes
+from balsam.db.states import JobState
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,20 @@ def journal_dir(state_dir: Path) -> Path:
     return Path(state_dir) / JOURNAL_DIR
 
 
-def journal_path(state_dir: Path, session_id: int) -> Path:
-    """The journal of one lease."""
-    return journal_dir(state_dir) / f"{int(session_id)}.jsonl"
+def journal_path(state_dir: Path, session_id: int, part: str = "") -> Path:
+    """The journal of one lease: its launcher's, or (``part``: ``w0``, ``w1``...) the RUNNING lines of one of its
+    serial-mode node workers, which start jobs away from the launcher's loop (see :func:`replay`)."""
+    if part and not (part.isascii() and part.isalnum()):
+        raise ValueError(f"bad journal part {part!r}")
+    return journal_dir(state_dir) / (f"{int(session_id)}.{part}.jsonl" if part else f"{int(session_id)}.jsonl")
+
+
+def _parts(state_dir: Path, session_id: int) -> List[Path]:
+    """The node workers' journals of lease ``session_id``."""
+    directory = journal_dir(state_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob(f"{int(session_id)}.w*.jsonl"))
 
 
 def _encode(value: Any) -> Any:
@@ -145,13 +157,24 @@ def replay(conn: sqlite3.Connection, session_id: int, state_dir: Optional[Path] 
     if state_dir is None:
         return 0
     path = journal_path(state_dir, session_id)
-    if not path.exists():
+    parts = _parts(state_dir, session_id)
+    if not path.exists() and not parts:
         return 0
     held = {row[0] for row in conn.execute("SELECT id FROM job WHERE session_id=?", (session_id,))}
     if not held:
         return 0
+    found = read(path, held)
+    # A serial-mode node worker journals each RUNNING itself before the spawn; the launcher journals it again (with
+    # the same time) when the worker tells it, then the job's end. A start the launcher never heard of (it was
+    # stopped or killed first) is the latest run of that job: it goes after everything the launcher wrote.
+    known = {(c.job_id, c.timestamp) for c in found if c.state == JobState.RUNNING.value}
+    for part in parts:
+        for c in read(part, held):
+            if c.state == JobState.RUNNING.value and (c.job_id, c.timestamp) not in known:
+                known.add((c.job_id, c.timestamp))
+                found.append(c)
     changes = [StateChange(c.job_id, c.state, c.timestamp, {**(c.data or {}), "from_journal": session_id}, c.fields, session_id)
-               for c in read(path, held)]
+               for c in found]
     if not changes:
         return 0
     result = apply_state_changes(conn, changes, strict=False)
@@ -167,15 +190,16 @@ def remove(conn: sqlite3.Connection, session_id: int, state_dir: Optional[Path] 
     state_dir = state_dir if state_dir is not None else db_state_dir(conn)
     if state_dir is None:
         return
-    path = journal_path(state_dir, session_id)
+    paths = [journal_path(state_dir, session_id)] + _parts(state_dir, session_id)
 
     def unlink() -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logger.warning("cannot remove the journal of lease %s: %s", session_id, exc)
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("cannot remove the journal of lease %s: %s", session_id, exc)
 
     after_commit(conn, unlink)
 
@@ -186,7 +210,8 @@ def leftover(state_dir: Path, live_sessions: Sequence[int]) -> List[Path]:
     if not directory.is_dir():
         return []
     live = {int(s) for s in live_sessions}
-    return sorted(p for p in directory.glob("*.jsonl") if p.stem.isdigit() and int(p.stem) not in live)
+    return sorted(p for p in directory.glob("*.jsonl")
+                  if p.name.split(".", 1)[0].isdigit() and int(p.name.split(".", 1)[0]) not in live)
 
 
 class JournalWriter:
@@ -196,8 +221,8 @@ class JournalWriter:
     again (the loop's next wake-up): a launcher that cannot write keeps its results until it can. The first
     failure is logged, and so is the recovery."""
 
-    def __init__(self, state_dir: Path, session_id: int) -> None:
-        self.path = journal_path(state_dir, session_id)
+    def __init__(self, state_dir: Path, session_id: int, part: str = "") -> None:
+        self.path = journal_path(state_dir, session_id, part)
         self._fd: Optional[int] = None
         self._buf: List[bytes] = []
         self._failing = False

@@ -339,6 +339,11 @@ class LauncherBase:
         the heartbeat confirms the lease, or finds it gone (the loop then drops them and opens a new lease)."""
         return self.source.fresh(self.lease_max_age_s)
 
+    def start_by(self) -> float:
+        """The last moment (``time.monotonic()``) a job held under the lease may still start: :meth:`may_start` is
+        asked before a batch of starts, this right before each spawn (a stop can fall in between)."""
+        return self.source.start_by(self.lease_max_age_s)
+
     def _on_rejected(self, rejected: Rejected) -> None:
         # Called from the updater's thread. A refused RUNNING means the job is no longer ours (killed, or the
         # lease lapsed): its process must stop.

@@ -208,6 +208,10 @@ class Executor:
         self.before_spawns: Optional[Callable[[], object]] = None
         """Called once before a batch of spawns is handed over, e.g. to journal at once the RUNNING of every job
         in it: the caller's ``announce`` then need not write anything itself (see :attr:`defers_spawns`)."""
+        self.start_by: Optional[Callable[[], Optional[float]]] = None
+        """The last moment (``time.monotonic()``) a job may still be started, asked right before spawns are made (a
+        launcher's lease: see :meth:`balsam.db.jobsource.Heartbeat.start_by`); a job whose turn comes later (the
+        process was stopped between deciding to start it and the spawn) is not started but ends as timed out."""
 
     @property
     def defers_spawns(self) -> bool:
@@ -274,6 +278,8 @@ class Executor:
         cpus = list(placement.cpu_ids) if task.cpu_bind and task.cpu_bind != "none" else None
         assert task.app is not None
         app = (task.app[0], task.app[1], task.app[2], task.app[3])
+        run.announce_start()
+        sp.check_start_by(self.start_by() if self.start_by is not None else None)
         for attempt in (1, 2):
             worker = self.pool.get(python, tuple(placement.gpu_ids))
             if worker.pid not in self._registered:
@@ -284,7 +290,6 @@ class Executor:
             run.worker = worker
             run.pid = worker.pid
             try:
-                run.announce_start()
                 self.pool.submit(worker, task.id, app, task.job, task.params, job_env, cpus, run.output)
                 return
             except OSError:
@@ -359,6 +364,7 @@ class Executor:
             self._queued.append((run, argv, {"cwd": task.workdir, "env": self._env_block, "extra": extra, "output": run.output}))
             return
         try:
+            sp.check_start_by(self.start_by() if self.start_by is not None else None)
             pid = sp.spawn(argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
         except BaseException:
             if run.mpi:
@@ -372,6 +378,7 @@ class Executor:
             return
         if self.before_spawns is not None:
             self.before_spawns()
+        start_by = self.start_by() if self.start_by is not None else None
         queued, self._queued = self._queued, []
         for run, argv, kwargs in queued:
             if run.kill_at is not None:  # killed before its spawn was handed over: it never starts
@@ -380,7 +387,7 @@ class Executor:
                     self.mpi_running -= 1
                 self._finish(run, -signal.SIGTERM)
                 continue
-            self._spawner.submit(run, argv, **kwargs)
+            self._spawner.submit(run, argv, start_by=start_by, **kwargs)
 
     def _spawned(self, key: object, pid: int, exc: Optional[BaseException]) -> None:
         """On a spawn thread, right after the spawn: what must not wait for the loop (the watchdog, the CPU
@@ -469,6 +476,11 @@ class Executor:
         return pidfd
 
     def _fail_start(self, run: _Run, exc: BaseException) -> None:
+        if isinstance(exc, sp.LeaseLapsed):  # it never ran: timed out (retried as a timeout), not failed
+            logger.warning("job %s %s", run.task.id, exc)
+            self.runs.pop(run.task.id, None)
+            self._done.append(Finished(run.task.id, -9, timed_out=True, message=str(exc)))
+            return
         message = f"balsam: cannot start job {run.task.id}: {type(exc).__name__}: {exc}"
         logger.warning("%s", message)
         try:

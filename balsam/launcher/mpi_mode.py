@@ -57,6 +57,7 @@ class MPIMode(LauncherBase):
         self._window_start = time.monotonic()
         self._window_footprint = 0.0
         self.executor.before_spawns = self.reporter.flush
+        self.executor.start_by = self.start_by
         self._flush_each = not executor.defers_spawns
         """Journal each RUNNING as it is announced (the executor spawns at once), not once per batch of starts."""
 

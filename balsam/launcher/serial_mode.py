@@ -62,6 +62,8 @@ class SerialMaster(LauncherBase):
         self._started_at = time.monotonic()
         self._workers_log = ""
         self._bell_thread: Optional[threading.Thread] = None
+        self._lease_told: Tuple[Optional[int], float] = (None, -1.0)
+        """The lease (session, start_by) the workers were last told of (:meth:`tell_lease`)."""
 
     def _local_single_node(self) -> bool:
         from balsam.launcher.nodes import local_host_names, short
@@ -102,7 +104,8 @@ class SerialMaster(LauncherBase):
         rm = make_resource_manager(self.cfg, [node])
         handle_box: List[WorkerHandle] = []
         worker = SerialWorker(lambda m: self.inbox.put((handle_box[0], m)), executor, rm, prefetch=self.ls.serial_prefetch_per_node,
-                              allows_packing=self.ls.mpirun_allows_node_packing, data_dir=Path(self.cfg.data_dir))
+                              allows_packing=self.ls.mpirun_allows_node_packing, data_dir=Path(self.cfg.data_dir),
+                              state_dir=self.cfg.layout.state if self.cfg.guarded else None, index=0)
         handle = WorkerHandle(0, worker.deliver)
         handle.host = node.hostname
         handle_box.append(handle)
@@ -196,6 +199,7 @@ class SerialMaster(LauncherBase):
             self.kill_job(job_id, "killed by the user")
         if not self.life.stopping:
             self.distribute()
+            self.tell_lease()
         if not self.in_process and not self.handles:
             log = self._workers_log
             if self._procs and all(p.poll() is not None for p in self._procs):
@@ -204,6 +208,22 @@ class SerialMaster(LauncherBase):
             elif time.monotonic() - self._started_at > WORKER_START_TIMEOUT_S:
                 self.life.stop(f"no node worker connected within {WORKER_START_TIMEOUT_S:g} s (see {log})")
                 self.exit_code = 1
+
+    def lease_message(self) -> Message:
+        """What workers need to know of the lease: its id (they journal each start under it) and for how much longer
+        they may start jobs (:meth:`start_by`, as seconds from now: their clocks are their own)."""
+        start_by = self.start_by()
+        self._lease_told = (self.source.session_id, start_by)
+        return {"session": self.source.session_id, "valid_s": start_by - time.monotonic()}
+
+    def tell_lease(self) -> None:
+        """Tell the workers when the site confirmed the lease again (or a new one opened): jobs queued at a worker start
+        only while the lease is confirmed, so a worker goes on starting them only while its master runs."""
+        if (self.source.session_id, self.start_by()) == self._lease_told or not self.handles:
+            return
+        msg = {"t": "lease", "lease": self.lease_message()}
+        for h in self.handles:
+            h.send(msg)
 
     def _timeout(self) -> float:
         wanting = any(h.want > 0 for h in self.handles if h.alive)
@@ -287,7 +307,7 @@ class SerialMaster(LauncherBase):
                 h.sent[t.id] = t
                 self.owner[t.id] = h
             if self.in_process:
-                h.send({"t": "jobs", "tasks": batch, "remaining_s": remaining})
+                h.send({"t": "jobs", "tasks": batch, "remaining_s": remaining, "lease": self.lease_message()})
                 continue
             wires: List[Dict[str, Any]] = []
             apps: Dict[str, Any] = {}
@@ -300,7 +320,7 @@ class SerialMaster(LauncherBase):
                         h.apps_sent.add(key)
                     wire["app"] = key  # the worker keeps each app's code after its first task
                 wires.append(wire)
-            h.send({"t": "jobs", "tasks": wires, "apps": apps, "remaining_s": remaining})
+            h.send({"t": "jobs", "tasks": wires, "apps": apps, "remaining_s": remaining, "lease": self.lease_message()})
 
     # ------------------------------------------------------------------ stopping
     def drop_all(self, reason: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -26,6 +27,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
+from balsam.db.journal import JournalWriter
+from balsam.db.states import JobState
 from balsam.launcher.executor import Executor, Finished
 from balsam.launcher.resources import Placement, Request, ResourceManager, Unplaceable
 from balsam.launcher.tasks import Task
@@ -55,8 +58,11 @@ class SerialWorker:
     """One node's worker loop (see the module docstring)."""
 
     def __init__(self, send: Callable[[Message], None], executor: Executor, rm: ResourceManager, *, prefetch: int,
-                 allows_packing: bool = True, data_dir: Optional[Path] = None) -> None:
-        """``data_dir``: the jobs' workdirs' folder; while its disk is full, queued tasks wait (as the master's do)."""
+                 allows_packing: bool = True, data_dir: Optional[Path] = None, state_dir: Optional[Path] = None,
+                 index: int = 0) -> None:
+        """``data_dir``: the jobs' workdirs' folder; while its disk is full, queued tasks wait (as the master's do).
+        ``state_dir``: the site's state folder, where the worker journals each start under the lease (None: it
+        does not, as in a benchmark of what the guards cost); ``index``: the worker's number (its journal's name)."""
         self.send = send
         self.data_dir = data_dir
         self._disk_checked = -DISK_CHECK_PERIOD_S
@@ -73,6 +79,17 @@ class SerialWorker:
         self.stopping: Optional[str] = None
         self.apps: Dict[str, Any] = {}
         """App code by key, as the master sent it (once per app version)."""
+        self.state_dir = state_dir
+        self.index = index
+        self.session_id: Optional[int] = None
+        self.journal: Optional[JournalWriter] = None
+        self.start_by: Optional[float] = None
+        """Until when (``time.monotonic()``) queued tasks may start: the master's lease, as it last told (None: no
+        limit). A worker whose master stopped (SIGSTOP, a frozen VM) or lost its lease starts nothing more; the
+        master sends jobs and lease renewals only while it runs."""
+        self._announced: Dict[int, float] = {}
+        executor.start_by = lambda: self.start_by
+        executor.before_spawns = self._flush_journal
 
     def deliver(self, msg: Message) -> None:
         """A message from the master (any thread)."""
@@ -104,6 +121,7 @@ class SerialWorker:
             self._shutdown(done, started)
         finally:
             self.executor.close()
+            self._close_journal()
 
     def _read_inbox(self, done: List[Message], failed: List[List[Any]]) -> None:
         while True:
@@ -119,6 +137,8 @@ class SerialWorker:
                 self.apps.update(msg.get("apps") or {})
                 if msg.get("remaining_s") is not None:
                     self.deadline = time.monotonic() + float(msg["remaining_s"])
+                if msg.get("lease"):
+                    self._lease(msg["lease"])
                 for wire in tasks:
                     task = wire if isinstance(wire, Task) else Task.from_wire(wire)
                     if isinstance(task.app, str):
@@ -141,11 +161,41 @@ class SerialWorker:
                         self.queue = deque(x for x in self.queue if x[0].id != job_id)
                         if len(self.queue) != before:
                             done.append(finished_to_wire(Finished(job_id, -9, killed=True, message="killed before it started")))
+            elif kind == "lease":
+                self._lease(msg["lease"])
             elif kind == "exit":
                 self.stopping = str(msg.get("reason") or "the launcher stopped")
 
+    # ------------------------------------------------------------------ the lease and its journal
+    def _lease(self, lease: Message) -> None:
+        self.start_by = time.monotonic() + float(lease["valid_s"])
+        session_id = lease.get("session")
+        if session_id != self.session_id:
+            self._close_journal()
+            self.session_id = session_id
+            if session_id is not None and self.state_dir is not None:
+                self.journal = JournalWriter(self.state_dir, int(session_id), f"w{int(self.index)}")
+
+    def _announce(self, job_id: int, ts: float) -> None:
+        """A job starts now: its RUNNING goes into the worker's journal before the spawn (:attr:`journal`): should
+        the master stop or die before it records the start, the lease's end still finds the run on record."""
+        self._announced[job_id] = ts
+        if self.journal is not None:
+            self.journal.append(job_id, JobState.RUNNING.value, ts)
+            if not self.executor.defers_spawns:
+                self.journal.flush()
+
+    def _flush_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.flush()
+
+    def _close_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.close()  # the lease's end removes it
+            self.journal = None
+
     def _start(self, started: List[List[Any]]) -> None:
-        if not self.queue or self._data_disk_full():
+        if not self.queue or self._data_disk_full() or (self.start_by is not None and time.monotonic() > self.start_by):
             return
         failed_reqs: Set[Request] = set()
         keep: Deque[Tuple[Task, Request]] = deque()
@@ -161,7 +211,8 @@ class SerialWorker:
                 keep.append((task, req))
                 continue
             self.placements[task.id] = placement
-            started.append([task.id, self.executor.start(task, placement)])
+            ts = self.executor.start(task, placement, announce=functools.partial(self._announce, task.id))
+            started.append([task.id, self._announced.pop(task.id, ts)])
         self.queue = keep
 
     def _data_disk_full(self) -> bool:
@@ -256,7 +307,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rm = ResourceManager([(node.hostname, node.cpu_ids, node.gpu_ids)])
     worker = SerialWorker(lambda m: sender.send(links.encode(m)), executor, rm,
                           prefetch=settings.launcher.serial_prefetch_per_node,
-                          allows_packing=settings.launcher.mpirun_allows_node_packing, data_dir=Path(cfg.data_dir))
+                          allows_packing=settings.launcher.mpirun_allows_node_packing, data_dir=Path(cfg.data_dir),
+                          state_dir=cfg.layout.state if cfg.guarded else None, index=int(welcome["index"]))
 
     def on_term(signum: int, _frame: Any) -> None:
         worker.stop(f"the node worker received {signal.Signals(signum).name}")

@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -210,6 +211,18 @@ def concurrent() -> bool:
     return _libc_spawner() is not None
 
 
+class LeaseLapsed(Exception):
+    """A job was not started: the time it could still start under its launcher's lease (``start_by``) had passed
+    when its turn came (the launcher was stopped, or its lease was found gone, in between)."""
+
+
+def check_start_by(start_by: Optional[float]) -> None:
+    """Raise :class:`LeaseLapsed` if ``start_by`` (``time.monotonic()``, None: no limit) has passed."""
+    if start_by is not None and time.monotonic() > start_by:
+        raise LeaseLapsed("not started: the site had not confirmed the launcher's lease recently enough "
+                          "(the launcher was stopped or lost touch with the site before the job's start)")
+
+
 class SpawnThreads:
     """:func:`spawn` on helper threads, so that the thread starting jobs never waits for one.
 
@@ -218,7 +231,9 @@ class SpawnThreads:
     A launcher that spawned from its loop started its next job (or noticed the last one end) only after that
     wait: measured on 2 cores, the loop spent more time in it than in all its own work, and the CPUs idled.
     Here the loop hands each spawn over (:meth:`submit`) and goes on; up to ``threads`` spawns wait at once.
-    ``done(key, pid, None)`` or ``done(key, 0, exception)`` is called on the helper thread after each."""
+    ``done(key, pid, None)`` or ``done(key, 0, exception)`` is called on the helper thread after each. A spawn
+    submitted with ``start_by`` is checked against it right before it is made (:func:`check_start_by`): what
+    waited past it (the process was stopped in between) is not spawned, and ``done`` gets a :class:`LeaseLapsed`."""
 
     def __init__(self, threads: int, done: Callable[[object, int, Optional[BaseException]], None]) -> None:
         import queue
@@ -247,6 +262,7 @@ class SpawnThreads:
                 return
             key, argv, kwargs = item
             try:
+                check_start_by(kwargs.pop("start_by", None))  # type: ignore[arg-type]
                 pid = spawn(argv, **kwargs)  # type: ignore[arg-type]
             except BaseException as exc:  # handed to the owner, which reports the job as not started
                 self._done(key, 0, exc)
