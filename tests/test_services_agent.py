@@ -429,6 +429,65 @@ def test_an_agent_killed_while_one_hook_runs_on_keeps_the_hooks_that_ended_and_r
     assert not any("rerun" in Job.objects.get(id=j.id).history()[-1].data for j in quick)
 
 
+class SpawningPost(ApplicationDefinition):
+    """Its postprocess makes a child job (in ``<workdir>/child``, app Hello), notes each run (pid), then sleeps while
+    ``block`` exists in the site folder."""
+
+    site = "test-site"
+    command_template = "true"
+
+    def postprocess(self) -> None:
+        import os as _os
+        import time as _time
+        from pathlib import Path as _Path
+
+        from balsam.api import Job as _Job
+
+        _Job(workdir=self.job.workdir + "/child", app_id="Hello", parameters={"say_hello_to": "child"},
+             parent_ids=[self.job.id]).save()
+        with open("hook-runs", "a") as f:
+            f.write(f"{_os.getpid()}\n")
+        while _Path("../../../block").exists():
+            _time.sleep(0.1)
+        self.job.state = "POSTPROCESSED"
+
+
+@pytest.mark.slow
+def test_a_postprocess_cut_short_after_making_a_child_runs_again_with_that_child(site: Any, hello: Any) -> None:
+    """kill -9 of the agent while a postprocess that made a child job still runs: the next agent runs the hook again,
+    which asks for the same child. The parent FAILED ('workdir ... is already used'); now the hook takes the child it
+    made, the parent finishes, and there is one child, which runs after it."""
+    from balsam.pidfile import read_pid
+    from balsam.site.agent_state import pid_path
+    from tests.helpers import finish_run
+
+    SpawningPost.sync()
+    (site.path / "block").write_text("")
+    parent = SpawningPost.submit(workdir="spawn/0")
+    advance(parent, "PREPROCESSED", "RUNNING")
+    finish_run(parent, "RUN_DONE")
+    start_agent(site.path)
+    try:
+        wait_for(lambda: _hook_runs(site, parent), timeout=60)
+        agent = read_pid(pid_path(site.layout))
+        assert agent is not None
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: not agent_status(site.path)["running"], timeout=15)
+        assert Job.objects.filter(workdir="spawn/0/child").count() == 1  # made before the kill
+        (site.path / "block").unlink()
+        start_agent(site.path)
+        wait_for(lambda: str(Job.objects.get(id=parent.id).state) in ("JOB_FINISHED", "FAILED"), timeout=90)
+        ended = Job.objects.get(id=parent.id)
+        assert str(ended.state) == "JOB_FINISHED", ended.history()[-1].data
+        (child,) = Job.objects.filter(workdir="spawn/0/child")
+        wait_for(lambda: str(Job.objects.get(id=child.id).state) == "PREPROCESSED", timeout=60)  # released by its parent
+    finally:
+        stop_agent(site.path)
+    assert len(_hook_runs(site, parent)) == 2
+    assert "cut short" in Job.objects.get(id=parent.id).history()[-2].data.get("rerun", "")
+    assert child.parent_ids == [parent.id]
+
+
 @pytest.mark.slow
 def test_a_hook_whose_result_meets_a_full_disk_is_saved_once_there_is_space_and_not_run_again(small_disk: Path) -> None:
     """A postprocess hook fills the disk (its output, or another user's) and its result cannot be written: the agent

@@ -88,6 +88,46 @@ def test_user_hooks_run_and_their_changes_are_saved(processing: Any, site: Any) 
     assert Job.objects.filter(tags={"spawned_by": str(ok.id)}).count() == 1
 
 
+class Diagnosed(ApplicationDefinition):
+    """Each failed run asks for the job that collects its diagnostics (data['vary']: with other parameters each time),
+    then runs again; the third failure is final."""
+
+    site = "test-site"
+    command_template = "false"
+
+    def handle_error(self) -> None:
+        runs = self.job.data.get("runs", 0) + 1
+        who = f"run {runs}" if self.job.data.get("vary") else "diagnostics"
+        Job(workdir=self.job.workdir + "/diag", app_id="Hello", parameters={"say_hello_to": who}).save()
+        self.job.data = {**self.job.data, "runs": runs}
+        self.job.state = "RESTART_READY" if runs < 3 else "FAILED"
+
+
+def test_a_hook_run_again_takes_the_job_it_made_before_instead_of_failing(processing: Any, hello: Any) -> None:
+    """handle_error runs after each failed run and asks for the same diagnostics job each time: the job it made the first
+    time is that job (it failed the second time with 'workdir ... is already used'); one asked for with other
+    parameters is still refused, saying how it differs."""
+    job = Diagnosed.submit(workdir="d")
+    processing.run_cycle()
+    for runs, state in ((1, "RESTART_READY"), (2, "RESTART_READY"), (3, "FAILED")):
+        advance(job, "RUNNING", "RUN_ERROR")
+        processing.run_cycle()
+        job.refresh_from_db()
+        assert (str(job.state), job.data["runs"]) == (state, runs), job.history()[-1].data
+    (diag,) = Job.objects.filter(workdir="d/diag")
+    assert diag.parameters == {"say_hello_to": "diagnostics"}
+    other = Diagnosed.submit(workdir="v", data={"vary": True})
+    processing.run_cycle()
+    advance(other, "RUNNING", "RUN_ERROR")
+    processing.run_cycle()
+    advance(other, "RUNNING", "RUN_ERROR")
+    processing.run_cycle()
+    assert states(other) == ["FAILED"]
+    message = other.history()[-1].data["message"]
+    assert "workdir 'v/diag' is already used" in message and "has other parameters than asked" in message
+    assert Job.objects.filter(workdir="v/diag").count() == 1
+
+
 class Broken(ApplicationDefinition):
     site = "test-site"
     command_template = "true {{ mode }}"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
+from balsam._api import rerun
 from balsam._api import sites as _sites
 from balsam._api.base import LAZY_ROW, Field, IdSet, Manager, Model, PathStr, Query, TypedField, bind_manager, by_site, row_of
 from balsam._api.queued import QueuedWrite, WriteCount, resolve_all
@@ -602,8 +603,11 @@ class JobManager(JobWaiting, Manager[Job]):
                 _sites.current_policies(site)  # transfer locations come from settings.yml, which may have changed
             try:
                 ids, states, now = site.backend.create_jobs(rows, transfers, checked_app_versions=_checked_versions(group))
-            except ValidationError:
+            except ValidationError as exc:
                 invalidate_app_cache()  # an app may have been re-synced elsewhere: the next try reads it afresh
+                if rerun.in_hook() and "already used" in str(exc):
+                    self._create_again(site, group, rows, exc)
+                    continue
                 raise
             except CommandPending as e:
                 if e.command_id is None:
@@ -616,6 +620,18 @@ class JobManager(JobWaiting, Manager[Job]):
                 continue
             _mark_all_created(group, rows, ids, states, now)
         return list(jobs)
+
+    def _create_again(self, site: "SiteRef", group: List[Job], rows: List[Tuple[Any, ...]], refused: ValidationError) -> None:
+        """A hook running again asked for jobs whose workdirs are taken: those it made before are taken as they are,
+        the others created (see :mod:`balsam._api.rerun`); ``refused`` is raised, saying why, if a taken one differs."""
+        same, differ = rerun.made_before(site, rows, Job._columns)
+        if differ or not same:
+            raise ValidationError("; ".join([str(refused), *differ])) from None
+        for i, row in same.items():
+            group[i]._reload_from(row)
+        rest = [i for i in range(len(rows)) if i not in same]
+        if rest:
+            self._bulk_create([group[i] for i in rest])
 
     def resolve(self, jobs: Sequence[Job]) -> List[Job]:
         """Resolve jobs whose create, change or delete the relay queued (``job.queued_command``): those the site

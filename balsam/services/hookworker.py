@@ -157,6 +157,7 @@ def cut_short_notes(state_dir: Path) -> Dict[int, int]:
 
 
 def _run_hook(job_row: Sequence[Any], hook: str, again: str) -> HookResult:
+    from balsam._api import rerun
     from balsam._api import sites as _sites
     from balsam._api.app import ApplicationDefinition
     from balsam._api.jobs import Job
@@ -178,7 +179,8 @@ def _run_hook(job_row: Sequence[Any], hook: str, again: str) -> HookResult:
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {job_id}: {cls.__name__}.{hook} ({src}){again and ', ' + again}",
                   flush=True)
             try:
-                getattr(cls(job), hook)()
+                with rerun.hook_running(job_id):  # the jobs it made before, asked for again, are those jobs
+                    getattr(cls(job), hook)()
             finally:
                 sys.stdout.flush()
     except Exception as exc:
