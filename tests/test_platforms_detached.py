@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import psutil
@@ -63,3 +64,22 @@ def test_terminate_tree_kills_children_and_grandchildren(tmp_path):
     detached.terminate_tree(pid, rec.create_time, grace_s=5)
     time.sleep(0.2)
     assert [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_terminate_tree_also_ends_what_the_tree_starts_while_it_is_being_stopped(tmp_path):
+    # TERM makes the script start one more process (ignoring TERM, as a command bash forked with TERM blocked never
+    # sees it), collect its sleep and exit: nothing of the tree as listed is left, not even a zombie, but the group
+    # still has a member
+    script = "trap 'trap \"\" TERM; sleep 61 & kill $s; wait $s; exit 0' TERM; sleep 60 & s=$!; wait"
+    pid, record = run_detached(tmp_path, ["bash", "-c", script], wait=False)
+    whole_tree(pid, 3)  # the wrapper, bash (its trap set), sleep 60
+    rec = detached.parse_record(record.read_text())
+    detached.terminate_tree(pid, rec.create_time, grace_s=1)
+    left = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                left.append(proc.info["cmdline"])
+        except OSError:
+            pass
+    assert left == []

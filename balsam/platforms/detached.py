@@ -161,41 +161,90 @@ def is_alive(pid: Optional[int], create_time: Optional[float]) -> bool:
         return False
 
 
-def terminate_tree(pid: int, create_time: Optional[float], grace_s: float = 10.0) -> List[int]:
-    """Send TERM to a process, its whole tree and its process group; KILL whatever survives ``grace_s``.
+def _running(proc: psutil.Process) -> bool:
+    """True while ``proc`` (the same process, not a recycled PID) runs and is not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
-    Returns the PIDs that were signalled. A process that is gone, or whose PID now belongs to another
+
+def _family(roots: Sequence[psutil.Process], pgid: Optional[int]) -> Dict[int, psutil.Process]:
+    """The running processes among ``roots``, their descendants and the members of process group ``pgid`` (one pass
+    over the process table; zombies left out: an orphan that init never reaps is dead all the same)."""
+    table: Dict[int, psutil.Process] = {}
+    children: Dict[int, List[int]] = {}
+    group: List[int] = []
+    for proc in psutil.process_iter(["ppid"]):
+        table[proc.pid] = proc
+        children.setdefault(proc.info["ppid"], []).append(proc.pid)
+        if pgid is not None:
+            try:
+                if os.getpgid(proc.pid) == pgid:
+                    group.append(proc.pid)
+            except OSError:
+                pass
+    found: Dict[int, psutil.Process] = {}
+    todo = [p for p in roots if _running(p)]
+    found.update((p.pid, p) for p in todo)
+    while todo:
+        for child in children.get(todo.pop().pid, []):
+            if child not in found:
+                found[child] = table[child]
+                todo.append(table[child])
+    found.update((p, table[p]) for p in group)
+    return {p: proc for p, proc in found.items() if _running(proc)}
+
+
+def _send(procs: Sequence[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def terminate_tree(pid: int, create_time: Optional[float], grace_s: float = 10.0) -> List[int]:
+    """Send TERM to a process, its whole tree and, when it leads one, its process group; KILL whatever is left after
+    ``grace_s``. Returns the PIDs that were signalled. A process that is gone, or whose PID now belongs to another
     process, is left alone.
+
+    The tree and the group (a detached process leads its own session, and what it starts stays in it unless it
+    leaves) are looked at until nothing of them runs, not only as they were at first: a process forked while they
+    were signalled gets TERM too, and KILL with the rest. Bash blocks TERM while it forks, so a wrapper or script
+    told to stop as it starts its next command dies having started it, and that command never saw the TERM (a
+    cancelled transfer task's copy ran on, blocked on its source, with nothing left to stop it).
     """
     if not is_alive(pid, create_time):
         return []
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
+        pgid = pid if os.getpgid(pid) == pid else None
+    except (psutil.Error, OSError):
         return []
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    try:  # strays that left the tree (re-parented to init) still share the process group
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    if alive:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        psutil.wait_procs(alive, timeout=2.0)
-    return [p.pid for p in procs]
+    signalled: Dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + grace_s
+    while True:
+        running = _family([root, *signalled.values()], pgid)
+        fresh = [p for p in running.values() if p.pid not in signalled or not signalled[p.pid].is_running()]
+        signalled.update((p.pid, p) for p in fresh)
+        _send(fresh, signal.SIGTERM)
+        if not running or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    # KILL cannot be blocked, so one KILL to the group reaches what it forks meanwhile; look again all the same
+    deadline = time.monotonic() + 5.0
+    while running and time.monotonic() < deadline:
+        signalled.update(running)
+        _send(list(running.values()), signal.SIGKILL)
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.05)
+        running = _family(list(signalled.values()), pgid)
+    return sorted(signalled)
 
 
 def now() -> float:
