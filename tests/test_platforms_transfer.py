@@ -100,6 +100,47 @@ def test_cancel_stops_a_running_task(tmp_path):
     assert status.state is TransferState.ERROR and "cancelled" in status.error
 
 
+
+def task_processes(tmp_path):
+    """The processes (not zombies) whose command line names something under tmp_path."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(str(tmp_path) in a for a in proc.info["cmdline"] or []):
+            out.append(proc.info["cmdline"])
+    return out
+
+
+def test_a_task_cancelled_before_it_started_is_never_started(tmp_path):
+    adapter = get_transfer("cp", state_dir=tmp_path / "state")
+    fifo = tmp_path / "never-ready"
+    __import__("os").mkfifo(fifo)
+    task = adapter.create([TransferItem(str(fifo), str(tmp_path / "dest"))])  # noted, not started yet
+    adapter.cancel(task, grace_s=2)
+    adapter.start(task)  # the starter comes back to it after the cancel: nothing starts
+    status = adapter.poll(task)  # a poll starts a noted task that never started, but not a cancelled one
+    assert status.state is TransferState.ERROR and "cancelled" in status.error
+    assert task_processes(tmp_path) == []
+
+
+def test_cancel_stops_a_task_whose_starter_never_noted_its_pid(tmp_path):
+    from balsam.platforms import detached
+    from balsam.platforms.runner import SubprocessRunner
+
+    adapter = get_transfer("cp", state_dir=tmp_path / "state")
+    fifo = tmp_path / "never-ready"
+    __import__("os").mkfifo(fifo)
+    task = adapter.create([TransferItem(str(fifo), str(tmp_path / "dest"))])
+    task_dir = tmp_path / "state" / task.partition(":")[2]
+    # what start() does up to the spawn, as if it were killed right after it
+    SubprocessRunner().spawn(detached.wrapper_argv(["bash", str(task_dir / "task.sh")], task_dir / "record"),
+                             output_path=task_dir / "output", cwd=task_dir)
+    adapter.cancel(task, grace_s=2)
+    status = wait_done(adapter, task)
+    assert status.state is TransferState.ERROR and "cancelled" in status.error
+    assert task_processes(tmp_path) == []
+
 def test_rendered_steps_are_exact():
     items = [TransferItem("/data/in.h5", "/site/data/job1/in.h5"), TransferItem("/data/dir/", "/site/data/job1/dir", recursive=True)]
     assert render_cp_steps(items) == [
@@ -158,3 +199,23 @@ def test_prune_removes_only_old_finished_task_folders(tmp_path, tree):
     assert not (tmp_path / "state" / done.partition(":")[2]).exists()
     assert adapter.poll(running).state is TransferState.ACTIVE  # a running task is never pruned
     adapter.cancel(running, grace_s=2)
+
+
+def test_a_task_cancelled_while_its_copy_is_being_spawned_is_stopped_by_its_starter(tmp_path):
+    from balsam.platforms.runner import SubprocessRunner
+
+    class CancelFirst(SubprocessRunner):
+        """Spawns for real, but only after the task was cancelled (cancel finds no copy to stop yet)."""
+
+        def spawn(self, argv, **kwargs):
+            adapter.cancel(task, grace_s=2)
+            return super().spawn(argv, **kwargs)
+
+    adapter = get_transfer("cp", CancelFirst(), state_dir=tmp_path / "state")
+    fifo = tmp_path / "never-ready"
+    __import__("os").mkfifo(fifo)
+    task = adapter.create([TransferItem(str(fifo), str(tmp_path / "dest"))])
+    adapter.start(task)
+    status = wait_done(adapter, task)
+    assert status.state is TransferState.ERROR and "cancelled" in status.error
+    assert task_processes(tmp_path) == []

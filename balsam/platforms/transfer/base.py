@@ -281,13 +281,23 @@ class ScriptTransfer(TransferAdapter):
         """Start the copy of a task :meth:`create` made, in the background."""
         task_dir = self._task_dir(task_id)
         record = task_dir / "record"
+        if self._cancelled(record):
+            return
         argv = detached.wrapper_argv(["bash", str(task_dir / "task.sh")], record)
         detached.append_record(record, f"submitted {detached.now()}")
         try:
             pid = self.runner.spawn(argv, output_path=task_dir / "output", env=self.env or None, cwd=task_dir)
         except OSError as exc:
             raise TransferError(f"{self.name}: cannot start the transfer: {exc.strerror or exc}") from exc
-        detached.append_record(record, f"pid {pid} {detached.create_time_of(pid) or ''}".rstrip())
+        created = detached.create_time_of(pid)
+        detached.append_record(record, f"pid {pid} {created or ''}".rstrip())
+        if self._cancelled(record):  # cancelled as it started, before cancel() could see the copy: stopped here
+            detached.terminate_tree(pid, created)
+
+    @staticmethod
+    def _cancelled(record: Path) -> bool:
+        rec = detached.read_record(record)
+        return rec is not None and rec.cancelled is not None
 
     def _items(self, task_dir: Path) -> List[TransferItem]:
         try:
@@ -345,9 +355,15 @@ class ScriptTransfer(TransferAdapter):
         return removed
 
     def cancel(self, task_id: str, grace_s: float = 5.0) -> None:
-        """Stop a running task (TERM, then KILL)."""
-        task_dir = self._task_dir(task_id)
-        rec = detached.read_record(task_dir / "record")
-        if rec is not None and rec.pid is not None and not rec.ended:
-            detached.append_record(task_dir / "record", f"cancelled {detached.now()}")
-            detached.terminate_tree(rec.pid, rec.create_time, grace_s=grace_s)
+        """Stop a task that has not ended (TERM, then KILL). One made but not started yet is never started; one whose
+        starter has not noted (or died before noting) the copy's PID is found by its wrapper."""
+        record = self._task_dir(task_id) / "record"
+        rec = detached.read_record(record)
+        if rec is None or rec.ended:
+            return
+        detached.append_record(record, f"cancelled {detached.now()}")
+        # read again after the note: a start() that spawns from now on sees the note and stops its own copy
+        rec = detached.read_record(record) or rec
+        pid = rec.pid or rec.started_pid or (None if rec.ended else detached.wrapper_of(record))
+        if pid is not None:
+            detached.terminate_tree(pid, rec.create_time if rec.pid else None, grace_s=grace_s)
