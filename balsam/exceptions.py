@@ -18,6 +18,7 @@
     ├── MultipleObjectsReturned   (each model's ``MultipleObjectsReturned`` derives from it)
     ├── AppError                  an ApplicationDefinition cannot be defined, saved or loaded
     ├── SchedulerError            a batch scheduler command failed (carries argv, stdout, stderr, rc)
+    │   └── SubmissionUnconfirmed a submit command ended without a clear answer: the job may have landed
     ├── LauncherError
     ├── TransferError
     ├── ServiceError              the site agent: not running, already running, unreachable
@@ -144,6 +145,13 @@ class SchedulerError(BalsamError):
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
+
+
+class SubmissionUnconfirmed(SchedulerError):
+    """A submit command that ended without a clear answer: it hung and was killed at its timeout, died by a signal,
+    lost its connection after sending the request, or exited 0 without printing a job id. The scheduler may have
+    taken the job, so it must be looked up before it is submitted again (a clear refusal is a plain
+    :class:`SchedulerError`)."""
 
 
 class LauncherError(BalsamError):

@@ -3,10 +3,12 @@ translation table per scheduler, and constructors that do no work."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from balsam.exceptions import ConfigError
-from balsam.platforms.runner import FakeRunner
+from balsam.exceptions import ConfigError, SchedulerError, SubmissionUnconfirmed
+from balsam.platforms.runner import CommandResult, FakeRunner
 from balsam.platforms.schedulers import (
     ACTIVE_STATES,
     DONE_STATES,
@@ -74,3 +76,27 @@ def test_every_adapter_class_documents_itself():
         assert cls.__doc__ and cls.title
         for method in ("submit", "get_statuses", "delete", "get_backfill_windows", "job_times", "discover_projects"):
             assert getattr(cls, method).__doc__, f"{cls.name}.{method}"
+
+
+@pytest.mark.parametrize("name", ["slurm", "pbs", "lsf", "sge", "cobalt"])
+@pytest.mark.parametrize("reply, unconfirmed", [
+    (subprocess.TimeoutExpired(["submit"], 60), True),  # hung, killed at the timeout: it may have sent the job
+    (CommandResult([], -9, "", ""), True),  # killed by a signal
+    (CommandResult([], 137, "", "Killed\n"), True),  # killed under a wrapper shell
+    (CommandResult([], 1, "", "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n"), True),
+    (CommandResult([], 1, "", "sbatch: error: Batch job submission failed: Zero Bytes were transmitted or received\n"), True),
+    (CommandResult([], 1, "", "qsub: End of File\n"), True),
+    (CommandResult([], 1, "", "sbatch: error: Batch job submission failed: Invalid partition name specified\n"), False),
+    (CommandResult([], 1, "", "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"), False),
+    (CommandResult([], 2, "", "qsub: Unknown queue\n"), False),
+    (CommandResult([], 137, "", "qsub: Job exceeds queue resource limits\n"), False),  # a refusal in words, whatever the code
+])  # fmt: skip
+def test_a_submit_without_a_clear_answer_is_unconfirmed_and_a_refusal_is_not(name, reply, unconfirmed, tmp_path):
+    """The scheduler service looks an unconfirmed submission up before submitting it again; a refusal ends it."""
+    fake = FakeRunner(responder=lambda argv: reply)
+    with pytest.raises(SchedulerError) as raised:
+        get_scheduler(name, fake).submit(tmp_path / "qlaunch7.sh", project="p", queue="q", num_nodes=1, wall_time_min=5,
+                                         job_name="balsam-7", cwd=tmp_path)
+    assert isinstance(raised.value, SubmissionUnconfirmed) is unconfirmed, raised.value
+    if unconfirmed:
+        assert "may have taken the job" in str(raised.value)

@@ -467,3 +467,105 @@ def test_recording_a_submission_reads_one_batch_job_however_many_are_being_delet
     crowded = steps_to_record(102)
     assert BatchJob.objects.get(id=bj.id).scheduler_id == 102 and BatchJob.objects.get(id=bj.id).state == "queued"
     assert crowded <= alone + 3, (alone, crowded)
+
+
+# ------------------------------------------------------------------- submit commands without a clear answer
+UNANSWERED_SBATCH = """#!/bin/bash
+# A Slurm stand-in whose n-th call does the n-th step of $FAKE_SBATCH_PLAN (the last step repeats): ok, hang (before
+# Slurm takes the job), record-hang (after), record-reset (takes it, then loses the connection), refuse.
+name=x; while [ $# -gt 1 ]; do [ "$1" = -J ] && name=$2; shift; done
+d=$FAKE_SLURM; echo "$$" >> "$d/calls"; n=$(wc -l < "$d/calls")
+IFS=, read -ra plan <<< "$FAKE_SBATCH_PLAN"; step=${plan[$(( n <= ${#plan[@]} ? n - 1 : ${#plan[@]} - 1 ))]}
+record() { id=$(( $(wc -l < "$d/jobs") + 1001 )); echo "$id|$name" >> "$d/jobs"; }
+case $step in
+  ok) record; echo "$id" ;;
+  hang) exec sleep 60 ;;
+  record-hang) record; exec sleep 60 ;;
+  record-reset) record; echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1 ;;
+  refuse) echo "sbatch: error: invalid partition specified: nope" >&2
+          echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2; exit 1 ;;
+esac
+"""
+
+
+def _unanswered_slurm(site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, plan: str) -> Any:
+    """A scheduler service on fake sbatch/squeue/sacct (real processes on PATH, state in files), sbatch timed out
+    after 1 s, and the fake's directory."""
+    from balsam.services import scheduler as module
+
+    fake = tmp_path / "fake-slurm"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "jobs").write_text("")
+    (fake / "calls").write_text("")
+    for name, text in (("sbatch", UNANSWERED_SBATCH), ("squeue", FAKE_SQUEUE), ("sacct", "#!/bin/sh\n")):
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(fake))
+    monkeypatch.setenv("FAKE_SBATCH_PLAN", plan)
+    monkeypatch.setattr(module, "SUBMIT_GRACE_S", 0.0)
+    (site.path / "job-template.sh").write_text(TEMPLATE)
+    service = SchedulerService(site, SchedulerSettings(sync_period_s=0.1), get_scheduler("slurm", timeout_s=1.0),
+                               balsam_command="balsam")
+    return service, fake
+
+
+@pytest.mark.parametrize("plan", ["record-hang", "record-reset"])
+def test_a_submission_without_an_answer_that_slurm_took_is_recorded_not_submitted_again(
+        site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, plan: str) -> None:
+    """sbatch hangs (and is killed at its timeout), or loses its connection after sending, with the job taken: the
+    BatchJob was submit_failed at once, and the elastic queue submitted another allocation while this one ran too. It
+    waits in pending_submission, is looked up, and is recorded with the id Slurm gave it; sbatch runs once."""
+    service, fake = _unanswered_slurm(site, tmp_path, monkeypatch, plan)
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    service.run_cycle()
+    doubted = BatchJob.objects.get(id=bj.id)
+    assert doubted.state == "pending_submission" and doubted.scheduler_id is None, doubted.status_info
+    assert "submitting" in doubted.status_info and "may have taken the job" in doubted.status_info["submit_doubt"]
+    assert doubted.status_info["message"].startswith("submission unconfirmed, being looked up")
+    until(lambda: BatchJob.objects.get(id=bj.id).scheduler_id is not None, service)
+    after = BatchJob.objects.get(id=bj.id)
+    assert after.scheduler_id == 1001 and after.state == "queued"
+    assert "ended without an answer" in after.status_info["recovered"]
+    assert not {"submitting", "submit_doubt", "message", "error"} & set(after.status_info)
+    assert (fake / "jobs").read_text().splitlines() == [f"1001|balsam-{bj.id}"]
+    assert len((fake / "calls").read_text().split()) == 1  # never submitted a second time
+
+
+def test_a_submission_without_an_answer_that_never_landed_is_submitted_again_once_slurm_says_so(
+        site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, fake = _unanswered_slurm(site, tmp_path, monkeypatch, "hang,ok")
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    service.run_cycle()
+    assert BatchJob.objects.get(id=bj.id).state == "pending_submission"
+    until(lambda: BatchJob.objects.get(id=bj.id).scheduler_id is not None, service)
+    after = BatchJob.objects.get(id=bj.id)
+    assert after.scheduler_id == 1001 and after.state == "queued" and "recovered" not in after.status_info
+    assert (fake / "jobs").read_text().splitlines() == [f"1001|balsam-{bj.id}"]
+    assert len((fake / "calls").read_text().split()) == 2
+
+
+def test_a_scheduler_that_never_answers_a_submit_ends_submit_failed_after_a_few_tries(
+        site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam.services.scheduler import DOUBTFUL_SUBMITS
+
+    service, fake = _unanswered_slurm(site, tmp_path, monkeypatch, "hang")
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    until(lambda: BatchJob.objects.get(id=bj.id).state == "submit_failed", service, timeout=60)
+    after = BatchJob.objects.get(id=bj.id)
+    assert f"{DOUBTFUL_SUBMITS} submissions in a row ended without an answer and slurm did not take them" in after.status_info["error"]
+    assert "did not finish within 1 s" in after.status_info["error"] and "submitting" not in after.status_info
+    assert len((fake / "calls").read_text().split()) == DOUBTFUL_SUBMITS and (fake / "jobs").read_text() == ""
+
+
+def test_a_clear_refusal_is_submit_failed_at_once_with_its_stderr(site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, fake = _unanswered_slurm(site, tmp_path, monkeypatch, "refuse")
+    bj = BatchJob.objects.create(num_nodes=1, wall_time_min=5)
+    service.run_cycle()
+    after = BatchJob.objects.get(id=bj.id)
+    assert after.state == "submit_failed" and after.scheduler_id is None
+    assert after.status_info["error"] == "sbatch failed (exit 1): sbatch: error: Batch job submission failed: Invalid partition name specified"
+    assert "invalid partition specified: nope" in after.status_info["stderr"]
+    assert not {"submitting", "submit_doubt"} & set(after.status_info)
+    service.run_cycle()
+    assert len((fake / "calls").read_text().split()) == 1

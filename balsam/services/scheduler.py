@@ -1,7 +1,8 @@
 """The scheduler service: BatchJobs <-> the local batch scheduler.
 
 Each cycle: submit BatchJobs in ``pending_submission`` (render the site's job template into ``qsubmit/``,
-then the adapter's submit); cancel those in ``pending_deletion``; poll every known BatchJob with ONE scheduler
+then the adapter's submit; a submission interrupted by the agent's death, or whose command ended without a clear answer,
+is looked up at the scheduler before it is ever made again); cancel those in ``pending_deletion``; poll every known BatchJob with ONE scheduler
 command and record state, start and end times. A failed poll (scheduler unreachable) changes nothing: the
 cycle fails, the service thread retries with backoff and ``site status`` shows why. A BatchJob ends only when
 the scheduler says so, or after it has been missing from ``MISSING_POLLS`` successful polls in a row and the
@@ -22,7 +23,7 @@ from balsam._api.sites import SiteRef
 from balsam.db import batch_jobs as batch_db
 from balsam.db.site_row import update_site_row
 from balsam.db.states import BatchJobState
-from balsam.exceptions import BalsamError, ValidationError
+from balsam.exceptions import BalsamError, SubmissionUnconfirmed, ValidationError
 from balsam.platforms.schedulers import DONE_STATES, Scheduler, SchedulerJobStatus, SchedulerState
 from balsam.runtime import balsam_shell_words
 from balsam.services.base import Service
@@ -57,6 +58,19 @@ UNCONFIRMED_AFTER_S = 600.0
 RECHECK_S = 60.0
 """How often a ``submit_failed`` BatchJob whose submission could not be confirmed is looked up again: found at the
 scheduler, it is recorded (queued); found to have never landed, its message says so."""
+SUBMIT_DOUBT = "submit_doubt"
+"""The ``status_info`` key of a submission whose command ended without a clear answer (it hung and was killed at its
+timeout, died by a signal, lost its connection after sending): what it said. Its SUBMITTING mark stays, so it is looked
+up like an interrupted submission (found: recorded; clearly absent: submitted again) instead of ``submit_failed`` while
+the scheduler may hold it, and the elastic queue asking for another allocation."""
+SUBMIT_ENDED = "submit_ended"
+"""When that command ended: a scheduler slow enough to time out a submit may still take the request for a while, so a
+lookup that does not find it counts only once another command timeout (and SUBMIT_GRACE_S) has passed since."""
+DOUBTS = "unanswered_submits"
+"""The ``status_info`` key counting submissions in a row that ended without an answer and were then found absent."""
+DOUBTFUL_SUBMITS = 3
+"""Such submissions before the BatchJob is ``submit_failed``, saying so, instead of submitted again (a scheduler that
+hangs on every submit but answers lookups would otherwise be asked for ever)."""
 
 
 def _epoch(value: Optional[dt.datetime]) -> Optional[float]:
@@ -126,7 +140,7 @@ class SchedulerService(Service):
             return
         # The intent is committed before the scheduler hears of the BatchJob: an agent killed between the submit and
         # recording its id leaves this mark, and the next agent looks the submission up instead of making it twice.
-        if not self._update(bj["id"], info={SUBMITTING: repr(time.time())}):
+        if not self._update(bj["id"], info={SUBMITTING: repr(time.time()), SUBMIT_DOUBT: None, SUBMIT_ENDED: None, "message": None}):
             return
         try:
             text = self.render_script(bj)
@@ -137,6 +151,9 @@ class SchedulerService(Service):
                 script, project=bj["project"], queue=bj["queue"], num_nodes=bj["num_nodes"], wall_time_min=bj["wall_time_min"],
                 job_name=name, optional_params=bj["optional_params"], cwd=self.site.path,
             )
+        except SubmissionUnconfirmed as exc:
+            self._doubt(bj, exc)
+            return
         except (BalsamError, OSError) as exc:
             message = str(exc).strip() or type(exc).__name__
             stderr = getattr(exc, "stderr", "")
@@ -147,11 +164,35 @@ class SchedulerService(Service):
         logger.info("batch job %s submitted as %s %s", bj["id"], self.adapter.name, scheduler_id)
         self._record_submission(bj, scheduler_id, script)
 
+    def _doubt(self, bj: Dict[str, Any], exc: SubmissionUnconfirmed) -> None:
+        """A submit command that ended without a clear answer: the BatchJob keeps its SUBMITTING mark and stays
+        ``pending_submission``; the next cycles look it up (:meth:`_submission_lost`) before any second submission."""
+        said = str(exc).strip()
+        doubts = int(bj["status_info"].get(DOUBTS, 0) or 0) + 1
+        logger.warning("batch job %s: %s: looking it up at %s before submitting it again", bj["id"], said, self.adapter.name)
+        self._update(bj["id"], info={SUBMIT_DOUBT: said[:2000], SUBMIT_ENDED: repr(time.time()), DOUBTS: doubts,
+                                     "message": f"submission unconfirmed, being looked up: {said[:500]}",
+                                     **({"stderr": exc.stderr[-2000:]} if exc.stderr else {})})
+
+    def _may_still_land(self, info: Dict[str, Any], since: float) -> bool:
+        """Whether a submission under way since ``since`` may still reach the scheduler, so that not finding it there
+        says nothing yet: its submit command may still run (an agent killed mid-submit leaves it running), or it ended
+        without an answer too recently (a scheduler slow enough to time it out may still be taking it)."""
+        now = time.time()
+        if self.adapter.submit_outlives_caller and now - since < self.adapter.timeout_s + SUBMIT_GRACE_S:
+            return True
+        try:
+            ended = float(info.get(SUBMIT_ENDED) or 0.0)
+        except ValueError:
+            ended = 0.0
+        return now - ended < self.adapter.timeout_s + SUBMIT_GRACE_S
+
     def _record_submission(self, bj: Dict[str, Any], scheduler_id: int, script: Path, **info: Optional[str]) -> None:
         """Record the scheduler's id of a BatchJob's submission; cancel it if the BatchJob was deleted meanwhile."""
         cancelling = batch_db.batch_job_state(self.site.store.conn, bj["id"]) == B.pending_deletion
         if not self._update(bj["id"], state=None if cancelling else B.queued, scheduler_id=scheduler_id,
-                            info={"submit_script": str(script), SUBMITTING: None, UNCONFIRMED: None, **info,
+                            info={"submit_script": str(script), SUBMITTING: None, UNCONFIRMED: None, SUBMIT_DOUBT: None,
+                                  SUBMIT_ENDED: None, DOUBTS: None, "message": None, **info,
                                   "submit_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}):
             # deleted by its owner while it was being submitted: nothing may run for a BatchJob that no longer exists
             logger.info("batch job %s was deleted during its submission: cancelling %s %s", bj["id"], self.adapter.name, scheduler_id)
@@ -173,17 +214,31 @@ class SchedulerService(Service):
         except BalsamError as exc:
             self._unconfirmed(bj, name, since, exc)
             return False
+        doubt = bj["status_info"].get(SUBMIT_DOUBT)
         if found is not None:
-            logger.info("batch job %s: its submission was interrupted after %s took it as %s: recorded, not submitted again",
-                        bj["id"], self.adapter.name, found)
-            self._record_submission(bj, int(found), script, recovered="submitted before the site agent restarted")
+            logger.info("batch job %s: its submission %s, and %s took it as %s: recorded, not submitted again", bj["id"],
+                        "ended without an answer" if doubt else "was interrupted", self.adapter.name, found)
+            recovered = (f"its submit command ended without an answer, and {self.adapter.name} had taken it" if doubt
+                         else "submitted before the site agent restarted")
+            self._record_submission(bj, int(found), script, recovered=recovered)
             return False
-        if self.adapter.submit_outlives_caller and time.time() - since < self.adapter.timeout_s + SUBMIT_GRACE_S:
-            # the stopped agent's submit command may still be running (a SIGKILL of the agent does not stop it)
-            logger.info("batch job %s: its submission was interrupted; waiting for any submit still under way before "
-                        "submitting again", bj["id"])
+        if self._may_still_land(bj["status_info"], since):
+            # the stopped agent's submit command may still be running (a SIGKILL of the agent does not stop it), or a
+            # scheduler that did not answer the submit in time may still be taking it
+            logger.info("batch job %s: its submission %s; waiting for it to land or not before submitting again", bj["id"],
+                        "ended without an answer" if doubt else "was interrupted")
             return False
-        logger.info("batch job %s: its interrupted submission never reached %s: submitting it", bj["id"], self.adapter.name)
+        doubts = int(bj["status_info"].get(DOUBTS, 0) or 0)
+        if doubt and doubts >= DOUBTFUL_SUBMITS:
+            message = (f"not submitted again: {doubts} submissions in a row ended without an answer and {self.adapter.name} "
+                       f"did not take them (last: {doubt[:500]}). Check the scheduler, then submit a new BatchJob "
+                       f"(balsam queue submit)")
+            logger.error("batch job %s: %s", bj["id"], message)
+            self._update(bj["id"], state=B.submit_failed, info={"error": message[:2000], SUBMITTING: None, SUBMIT_DOUBT: None,
+                                                                SUBMIT_ENDED: None, DOUBTS: None, "message": None})
+            return False
+        logger.info("batch job %s: its %s submission never reached %s: submitting it", bj["id"],
+                    "unanswered" if doubt else "interrupted", self.adapter.name)
         return True
 
     def _unconfirmed(self, bj: Dict[str, Any], name: str, since: float, exc: BalsamError) -> None:
@@ -199,8 +254,10 @@ class SchedulerService(Service):
                            "asking again before submitting (lookup %d)", bj["id"], self.adapter.name, exc, lookups)
             self._update(bj["id"], info={UNCONFIRMED: lookups, "lookup_error": str(exc)[:2000]})
             return
-        doubt = (f"its submission was interrupted (the site agent stopped while submitting it) and {self.adapter.name} "
-                 f"could not say whether it landed ({lookups} lookups over {waited / 60:.0f} min; last: {str(exc)[:500]}). "
+        cause = bj["status_info"].get(SUBMIT_DOUBT)
+        how = (f"its submit command ended without an answer ({cause[:500]})" if cause else
+               "its submission was interrupted (the site agent stopped while submitting it)")
+        doubt = (f"{how} and {self.adapter.name} could not say whether it landed ({lookups} lookups over {waited / 60:.0f} min; last: {str(exc)[:500]}). "
                  f"Check the scheduler's queue for a job named {name} ({self.adapter.lookup_hint(name)})")
         if bj["state"] == B.pending_deletion:
             message = f"deleted without cancelling at the scheduler: {doubt}, and cancel it there if it is listed"
@@ -210,7 +267,7 @@ class SchedulerService(Service):
         message = (f"not submitted again, so that it cannot run twice: {doubt}. Balsam records it here if "
                    f"{self.adapter.name} shows it later; if it is not there, submit a new BatchJob (balsam queue submit)")
         logger.error("batch job %s: %s", bj["id"], message)
-        self._update(bj["id"], state=B.submit_failed, info={"error": message[:2000], UNCONFIRMED: None,
+        self._update(bj["id"], state=B.submit_failed, info={"error": message[:2000], UNCONFIRMED: None, "message": None,
                                                             "lookup_error": str(exc)[:2000]})
 
     def _recheck(self, bj: Dict[str, Any]) -> None:
@@ -218,7 +275,8 @@ class SchedulerService(Service):
         follows the scheduler once it answers (queued if it landed; its message says so if it never did)."""
         name, script = f"balsam-{bj['id']}", self.script_path(bj["id"])
         try:
-            found = self.adapter.find_submitted(name, script, float(bj["status_info"][SUBMITTING]))
+            since = float(bj["status_info"][SUBMITTING])
+            found = self.adapter.find_submitted(name, script, since)
         except (BalsamError, ValueError):
             return  # still no answer: it stays submit_failed, saying what to check
         if found is not None:
@@ -226,11 +284,12 @@ class SchedulerService(Service):
             self._record_submission(bj, int(found), script, error=None, lookup_error=None,
                                     recovered=f"found at {self.adapter.name} after it could not be confirmed")
             return
-        if self.adapter.submit_outlives_caller and time.time() - float(bj["status_info"][SUBMITTING]) < self.adapter.timeout_s + SUBMIT_GRACE_S:
+        if self._may_still_land(bj["status_info"], since):
             return  # its submit command may still land
-        logger.info("batch job %s: its interrupted submission never reached %s", bj["id"], self.adapter.name)
-        self._update(bj["id"], info={SUBMITTING: None, "lookup_error": None,
-                                     "error": f"its interrupted submission never reached {self.adapter.name} (it answers "
+        logger.info("batch job %s: its unconfirmed submission never reached %s", bj["id"], self.adapter.name)
+        self._update(bj["id"], info={SUBMITTING: None, "lookup_error": None, SUBMIT_DOUBT: None, SUBMIT_ENDED: None,
+                                     DOUBTS: None, "message": None,
+                                     "error": f"its unconfirmed submission never reached {self.adapter.name} (it answers "
                                               f"again and has no job {name}): submit a new BatchJob (balsam queue submit)"})
 
     def _delete(self, bj: Dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
-from balsam.exceptions import ConfigError, SchedulerError
+from balsam.exceptions import ConfigError, SchedulerError, SubmissionUnconfirmed
 from balsam.platforms.runner import CommandResult, CommandRunner, SubprocessRunner
 
 logger = logging.getLogger(__name__)
@@ -241,7 +241,24 @@ class Scheduler(ABC):
         Runs :meth:`submit_argv`'s command and reads the id with :meth:`parse_submit_output`."""
         argv = self.submit_argv(script_path, project=project, queue=queue, num_nodes=num_nodes, wall_time_min=wall_time_min,
                                 job_name=job_name, optional_params=optional_params, cwd=cwd)
-        return self._run_and_parse(argv, self.parse_submit_output, cwd=cwd, env=env)
+        try:
+            result = self._run(argv, cwd=cwd, env=env, ok_codes=range(-256, 256))
+        except SchedulerError as exc:
+            if isinstance(exc.__cause__, subprocess.TimeoutExpired):  # killed there: it may have sent the job already
+                raise SubmissionUnconfirmed(f"{exc} and was stopped; {self.title or self.name} may have taken the job",
+                                            argv) from exc
+            raise
+        doubt = submit_doubt(result)
+        if doubt:
+            failed = command_failed(result)
+            raise SubmissionUnconfirmed(f"{failed} ({doubt}; {self.title or self.name} may have taken the job)",
+                                        argv, result.returncode, result.stdout, result.stderr)
+        if result.returncode != 0:
+            raise command_failed(result)
+        try:
+            return self.parse_submit_output(result.stdout)
+        except SchedulerError as exc:
+            raise SchedulerError(str(exc), argv, result.returncode, result.stdout, result.stderr) from None
 
     def parse_submit_output(self, stdout: str) -> int:
         """The job id in what the submit command printed."""
@@ -319,6 +336,27 @@ class Scheduler(ABC):
         """How a user looks for a job named ``job_name`` at this scheduler (a command to run), for the message of a
         BatchJob whose submission Balsam could not confirm (pure)."""
         return f"the {self.title or self.name} queue"
+
+
+_LOST_ANSWER = re.compile(r"timed out|timeout|zero bytes were transmitted|connection reset|connection closed|broken pipe|"
+                          r"end of file|unexpected eof", re.IGNORECASE)
+"""What a submit command says when its connection failed after the request may have been sent: Slurm's 'Socket timed
+out on send/recv operation' and 'Zero Bytes were transmitted or received', PBS's 'End of File', a reset connection.
+Not 'Connection refused' or 'cannot connect': a request that never left is a clear failure."""
+_KILLED_BY_SHELL = {128 + 9: "Killed", 128 + 15: "Terminated"}
+
+
+def submit_doubt(result: CommandResult) -> str:
+    """Why a finished submit command leaves it unknown whether the scheduler took the job, or "" if its answer is
+    clear (an id, or a refusal in words) (pure): it died by a signal, or its connection failed after sending."""
+    said = (result.stderr.strip() or result.stdout.strip())
+    if result.returncode < 0:
+        return f"it was killed by signal {-result.returncode}"
+    if result.returncode in _KILLED_BY_SHELL and said in ("", _KILLED_BY_SHELL[result.returncode]):
+        return f"it was killed (exit {result.returncode})"
+    if result.returncode != 0 and _LOST_ANSWER.search(said):
+        return "its connection failed after it may have sent the request"
+    return ""
 
 
 def command_failed(result: CommandResult, what: str = "") -> SchedulerError:
