@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from balsam.exceptions import SchedulerError
-from balsam.platforms.runner import FakeRunner
+from balsam.platforms.runner import CommandResult, FakeRunner
 from balsam.platforms.schedulers import SchedulerState, cobalt, get_scheduler
 from tests.platforms_support import fixture
 
@@ -65,3 +65,28 @@ def test_job_times_from_the_cobaltlog(tmp_path):
     (tmp_path / "qlaunch00005.cobaltlog").write_text(fixture("cobalt", "cobaltlog.txt"))
     start, end = get_scheduler("cobalt", FakeRunner()).job_times(104927, script)
     assert (start, end) == (datetime(2020, 8, 13, 15, 21, 3, tzinfo=UTC), datetime(2020, 8, 13, 17, 20, 44, tzinfo=UTC))
+
+
+def test_rows_are_cut_at_the_columns_cobalt_pads_so_a_path_with_a_space_keeps_its_row():
+    """Real qstat output (ThetaGPU, Theta) parses the same, and a Command with a space is one value, not a lost row."""
+    for name, jid in (("thetagpu_qstat_u_queued.txt", "10076391"), ("theta_qstat_harvester_a.txt", "77734")):
+        (row,) = cobalt.parse_table(fixture("real", "cobalt", name))
+        assert row["JobID"] == jid and row["State"] == "queued" and row["Location"] == "None"
+    rows = {r["JobID"]: r for r in cobalt.parse_table(fixture("cobalt", "qstat.txt"))}
+    assert rows["104951"]["Command"] == "/home/alice/my site/qsubmit/qlaunch2.sh" and rows["104951"]["State"] == "exiting"
+    assert rows["104950"]["JobName"] == "hello" and len(rows) == 5
+
+
+def test_find_submitted_finds_a_balsam_job_by_its_script_as_qstat_shows_it():
+    """Cobalt shows no name Balsam gave (JobName N/A): the lookup by name found nothing and the BatchJob was submitted
+    twice. The script's path in the Command column finds it, spaces and all; another script does not."""
+    fake = FakeRunner(responses={"qstat": fixture("cobalt", "qstat.txt")})
+    sched = get_scheduler("cobalt", fake)
+    assert sched.find_submitted("balsam-6", "/home/alice/site/qsubmit/qlaunch6.sh", 0.0) == 104941
+    assert sched.find_submitted("balsam-2", "/home/alice/my site/qsubmit/qlaunch2.sh", 0.0) == 104951
+    assert sched.find_submitted("balsam-8", "/home/alice/site/qsubmit/qlaunch8.sh", 0.0) is None
+    assert fake.argvs[0][:2] == ["qstat", "-u"] and fake.argvs[0][-1].endswith(":JobName:Command")
+    assert "qsubmit/qlaunch8.sh" in sched.lookup_hint("balsam-8")
+    down = FakeRunner(responder=lambda a: CommandResult(a, 1, "", "Failed to connect to queue manager\n"))
+    with pytest.raises(SchedulerError, match="queue manager"):
+        get_scheduler("cobalt", down).find_submitted("balsam-6", "/home/alice/site/qsubmit/qlaunch6.sh", 0.0)

@@ -72,3 +72,19 @@ def test_job_times():
     fake = FakeRunner(responses={"bjobs": fixture("lsf", "bjobs_json.txt")})
     assert get_scheduler("lsf", fake, tz=UTC).job_times(806290)[0].tzinfo is not None
     assert fake.argvs[0][-1] == "806290"
+
+
+def test_find_submitted_finds_the_name_bsub_gave_as_bjobs_json_prints_it():
+    """Checked as for Cobalt (whose qstat never shows Balsam's name): LSF shows the name bsub -J gave it, and bjobs -o
+    with bare field names prints it whole (a width would cut long names to '*...'; Balsam's ids are 16 digits), ended
+    jobs included (-a), so an interrupted submission is found by its name."""
+    argv = lsf.render_submit("/s/qsubmit/qlaunch3.sh", project="", queue="", num_nodes=1, wall_time_min=5, job_name="balsam-3")
+    assert argv[argv.index("-J") + 1] == "balsam-3" and ":" not in lsf.BJOBS_FIELDS
+    fake = FakeRunner(responses={"bjobs": fixture("lsf", "bjobs_json.txt")})
+    sched = get_scheduler("lsf", fake)
+    assert sched.find_submitted("balsam-3", "/s/qsubmit/qlaunch3.sh", 0.0) == 806290
+    assert sched.find_submitted("balsam-1", "/s/qsubmit/qlaunch1.sh", 0.0) == 806100  # ended, still listed
+    assert sched.find_submitted("balsam-9", "/s/qsubmit/qlaunch9.sh", 0.0) is None
+    assert all(a[:2] == ["bjobs", "-a"] for a in fake.argvs)
+    real = FakeRunner(responses={"bjobs": fixture("real", "lsf", "dkfz_bjobs_json_hms_done.json")})
+    assert get_scheduler("lsf", real).find_submitted("ls -l", "x.sh", 0.0) == 22005  # a real name, whole, space and all

@@ -569,3 +569,42 @@ def test_a_clear_refusal_is_submit_failed_at_once_with_its_stderr(site: Any, tmp
     assert not {"submitting", "submit_doubt"} & set(after.status_info)
     service.run_cycle()
     assert len((fake / "calls").read_text().split()) == 1
+
+
+def _cobalt_table(rows: List[List[str]]) -> str:
+    """A qstat listing as Cobalt prints it (the real captures in tests/fixtures/real/cobalt show it): each column padded
+    to its widest value, left-aligned, two spaces after each; a rule of '=' as wide."""
+    from balsam.platforms.schedulers.cobalt import STATUS_FIELDS
+
+    table = [list(STATUS_FIELDS), *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(STATUS_FIELDS))]
+    lines = ["".join(v.ljust(w) + "  " for v, w in zip(r, widths)) for r in table]
+    return "\n".join([lines[0], "=" * (sum(widths) + 2 * len(widths)), *lines[1:]]) + "\n"
+
+
+def test_an_interrupted_cobalt_submission_is_found_by_its_script_not_submitted_again(
+        site: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent was killed mid-qsub; Cobalt took the job. Cobalt shows it by its script (Command), not by the name
+    balsam-<id> (JobName N/A): the lookup by name found nothing and the BatchJob was submitted a second time."""
+    bj = _interrupted_submission(site, ago_s=3600)
+    service = SchedulerService(site, SchedulerSettings(sync_period_s=0.1), get_scheduler("cobalt"), balsam_command="balsam")
+    script = str(service.script_path(bj.id))
+    user = current_user()
+    listing = _cobalt_table([
+        ["10076390", user, "running", "single-gpu", "1", "00:05:00", "00:01:10", "00:02:00", "00:03:00", "p", "N/A",
+         script.replace(f"qlaunch{bj.id}.sh", "qlaunch1.sh")],
+        ["10076391", user, "queued", "single-gpu", "1", "00:05:00", "00:00:10", "N/A", "N/A", "p", "N/A", script],
+    ])  # fmt: skip
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "listing.txt").write_text(listing)
+    (bin_dir / "qstat").write_text(f"#!/bin/sh\ncat {tmp_path / 'listing.txt'}\n")
+    (bin_dir / "qsub").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'qsub-calls'}\necho 10076392\n")
+    for prog in ("qstat", "qsub"):
+        (bin_dir / prog).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    service.run_cycle()
+    after = BatchJob.objects.get(id=bj.id)
+    assert after.state == "queued" and after.scheduler_id == 10076391, after.status_info
+    assert after.status_info["recovered"] == "submitted before the site agent restarted"
+    assert not (tmp_path / "qsub-calls").exists()  # never submitted a second time

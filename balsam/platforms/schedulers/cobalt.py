@@ -6,10 +6,16 @@ see tests/fixtures/cobalt/README.md. Cobalt writes ``<prefix>.output``, ``<prefi
 lands in ``<script>.output`` like every other adapter's.
 
 Optional params become one ``--attrs k=v:k=v`` (filesystems, mcdram, numa, location, ...).
+
+Balsam's job name is not given to Cobalt (qsub gets no ``--jobname``, so qstat's ``JobName`` is Cobalt's default,
+``N/A``, or a name taken from the output path): a Balsam job is known by its script, which qstat's ``Command`` column
+shows as the absolute path qsub was given (``<site>/qsubmit/qlaunch<BatchJob id>.sh``), and
+:meth:`CobaltScheduler.find_submitted` looks for that path.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,7 +51,9 @@ STATE_TABLE: Dict[str, SchedulerState] = {
     "done": SchedulerState.FINISHED,
 }
 
-STATUS_FIELDS = ("JobID", "User", "State", "Queue", "Nodes", "WallTime", "QueuedTime", "RunTime", "TimeRemaining", "Project")
+STATUS_FIELDS = ("JobID", "User", "State", "Queue", "Nodes", "WallTime", "QueuedTime", "RunTime", "TimeRemaining", "Project",
+                 "JobName", "Command")
+"""The qstat columns Balsam asks for; ``Command`` (the script's path, which may hold spaces) comes last."""
 
 
 def render_submit(
@@ -85,9 +93,13 @@ def render_status(user: str) -> List[str]:
 
 
 def parse_table(stdout: str) -> List[Dict[str, str]]:
-    """A Cobalt table (header, a ``====`` rule, whitespace-separated rows) to dicts (pure)."""
+    """A Cobalt table (header, a ``====`` rule, rows) to dicts (pure).
+
+    Cobalt pads every column to its widest value, left-aligned, two spaces apart (the header too), so a row whose
+    values hold spaces (a script path) is cut at the header's column starts; any other row is split on whitespace."""
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     header: List[str] = []
+    starts: List[int] = []
     rows: List[Dict[str, str]] = []
     for line in lines:
         if set(line.strip()) == {"="}:
@@ -95,9 +107,13 @@ def parse_table(stdout: str) -> List[Dict[str, str]]:
         cols = line.split()
         if not header:
             header = cols
+            starts = [m.start() for m in re.finditer(r"\S+", line)]
             continue
         if len(cols) == len(header):
             rows.append(dict(zip(header, cols)))
+        elif len(cols) > len(header) and len(line) > starts[-1]:
+            ends = [*starts[1:], len(line)]
+            rows.append({name: line[a:b].strip() for name, a, b in zip(header, starts, ends)})
     return rows
 
 
@@ -121,9 +137,23 @@ def parse_status(stdout: str, now: datetime) -> Dict[int, SchedulerJobStatus]:
             project=row.get("Project", "") if row.get("Project", "") not in NOT_SET else "",
             time_remaining_min=parse_hms_minutes(row.get("TimeRemaining", "")) if state is SchedulerState.RUNNING else None,
             queued_time_min=parse_hms_minutes(row.get("QueuedTime", "")),
+            job_name=row.get("JobName", "") if row.get("JobName", "") not in NOT_SET else "",
             raw_state=raw,
         )
     return out
+
+
+def parse_find(stdout: str, job_name: str, script_path: PathLike) -> List[int]:
+    """The ids of the jobs in a ``qstat --header=...:JobName:Command`` listing that run ``script_path`` (Cobalt shows the
+    absolute path qsub was given) or are named ``job_name`` (pure)."""
+    script = os.path.normpath(os.path.abspath(script_path))
+    ids = []
+    for row in parse_table(stdout):
+        command = row.get("Command", "")
+        ran = bool(command) and os.path.normpath(command) == script
+        if row.get("JobID", "").isdigit() and (ran or (job_name and row.get("JobName") == job_name)):
+            ids.append(int(row["JobID"]))
+    return ids
 
 
 def render_delete(scheduler_id: int) -> List[str]:
@@ -181,17 +211,26 @@ class CobaltScheduler(Scheduler):
     can_report_backfill = True
 
     parse_submit_output = staticmethod(parse_submit)
-    """``qsub``; the job id it prints. (Cobalt names the job after the script; ``job_name`` is unused.)"""
+    """``qsub``; the job id it prints. (``job_name`` is not given to Cobalt: see :meth:`find_submitted`.)"""
 
     def render_submit(self, script_path: PathLike, **request: Any) -> List[str]:
         """The submit command :meth:`submit` runs (pure; ``balsam queue submit --dry-run`` shows it)."""
-        request.pop("job_name")  # Cobalt names the job after the script
+        request.pop("job_name")  # Cobalt knows the job by its script (find_submitted)
         request.pop("cwd")
         return render_submit(script_path, **request)
 
     def lookup_hint(self, job_name: str) -> str:
-        """The user's jobs (Cobalt names a job after its script, not ``job_name``)."""
-        return "qstat -u $USER (Cobalt names the job after its script, qlaunch<BatchJob id>.sh)"
+        """The user's jobs with their scripts (Cobalt knows a Balsam job by its script, not by ``job_name``)."""
+        script = f"qlaunch{job_name[len('balsam-'):]}.sh" if job_name.startswith("balsam-") else "its script"
+        return f"qstat -u $USER --header=JobID:State:Command, the job whose Command is the site's qsubmit/{script}"
+
+    def find_submitted(self, job_name: str, script_path: PathLike, since: float) -> Optional[int]:
+        """The newest of the user's jobs (one ``qstat -u``) that runs ``script_path``: Cobalt shows no job name Balsam
+        gave, so the default lookup by name never found an interrupted submission, which was submitted a second time. Cobalt lists no submit time to compare with ``since``; the script's path names one
+        BatchJob of one site. Raises :class:`SchedulerError` when qstat fails."""
+        result = self._run(render_status(current_user()))
+        ids = parse_find(result.stdout, job_name, script_path)
+        return max(ids) if ids else None
 
     def get_statuses(
         self, scheduler_ids: Optional[Iterable[int]] = None, user: Optional[str] = None
