@@ -229,3 +229,39 @@ def test_launcher_sort_by_orders_what_runs_first(site: Any, hello: Any, sort_by:
     started = site.store.execute("SELECT job_id FROM event WHERE to_state='RUNNING' ORDER BY timestamp, id")  # when each started
     walls = {j.id: j.wall_time_min for j in jobs}
     assert [walls[r[0]] for r in started] == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_that_makes_a_job_takes_it_again_when_it_runs_again(site: Any, hello: Any, mode: str) -> None:
+    """A Python run() that makes a child job and is cut short (here: it raises once) runs again after a reset: asking for
+    the same child again, it gets the job it made the first time, instead of failing with 'workdir ... is already
+    used'; one child only."""
+    from balsam.api import ApplicationDefinition, Job
+
+    class Splits(ApplicationDefinition):
+        site = "test-site"
+
+        def run(self) -> str:
+            from pathlib import Path
+
+            from balsam.api import Job
+
+            child = Job(workdir=self.job.workdir + "/part", app_id="Hello", parameters={"say_hello_to": "part"})
+            child.save()
+            marker = Path("tried")
+            if not marker.exists():
+                marker.write_text("once")
+                raise RuntimeError("cut short after making its part")
+            return f"made {child.id}"
+
+    Splits.sync()
+    [job_id] = runnable(site.store, [Splits.submit("split")])
+    assert run(site, mode) == 0
+    assert job_row(site.store, job_id)["state"] == "RUN_ERROR"
+    job = Job.objects.get(id=job_id)
+    job.state = "RESTART_READY"
+    job.save()
+    assert run(site, mode) == 0
+    (part,) = Job.objects.filter(workdir="split/part")
+    assert job_row(site.store, job_id)["state"] == "JOB_FINISHED"
+    assert pickle.loads(job_row(site.store, job_id)["serialized_return_value"]) == f"made {part.id}"

@@ -1,4 +1,5 @@
-"""Jobs a hook asks for again when it runs again: the job it made before is that job, not a second one.
+"""Jobs a hook, or a job's Python ``run()``, asks for again when it runs again: the job it made before is that job,
+not a second one. (A ``run()`` runs again after a timeout or a reset; the launcher marks it as a hook is marked.)
 
 A hook (preprocess, postprocess, handle_error, handle_timeout) runs again when its last run was cut short (the site
 agent killed or stopped while it ran, another hook worker died), and each time its job comes back to the same state

@@ -126,7 +126,10 @@ def call_run(app_cls: type, job: Dict[str, Any], stored: Sequence[Any]) -> Outco
         view = JobView(dict(job, parameters=params))
         instance: Any = app_cls(view)
         args, kwargs = run_arguments(app_cls, params)
-        value = instance.run(*args, **kwargs)
+        from balsam._api import rerun
+
+        with rerun.hook_running(int(job.get("id") or 0)):  # run again, it takes the jobs it made before (balsam._api.rerun)
+            value = instance.run(*args, **kwargs)
     except SystemExit as exc:
         if exc.code in (None, 0):
             value = None
