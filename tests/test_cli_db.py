@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -267,3 +268,62 @@ def test_what_replaces_the_db_is_refused_away_from_home_naming_the_home_host(sit
     with pytest.raises(ForeignHostError, match=f"only on its home host {home!r}"):
         Site.objects.get(name="test-site").delete()
     assert (site.path / ".balsam" / "site.db").exists() and Job.objects.count() == 0
+
+
+KILLED_AT = '''
+import os, re, signal, sys
+real, at = os.replace, sys.argv[1]
+def replace(src, dst, *args, **kwargs):  # kill -9 of this process right after the rename that gives a file a name AT matches
+    real(src, dst, *args, **kwargs)
+    if re.fullmatch(at, os.path.basename(str(dst))):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+sys.argv = ["balsam", *sys.argv[2:]]
+from balsam.cli import main
+main()
+'''
+
+
+@pytest.mark.parametrize("at", [r"site\.db\.corrupt-[0-9-]+", r"site\.db"])
+def test_a_recover_killed_as_it_swaps_the_rebuilt_db_in_leaves_a_whole_consistent_site(site: Any, hello: Any, at: str) -> None:
+    """``balsam db recover`` killed with kill -9 as the rebuilt DB takes the damaged one's place: right after the damaged
+    file was moved aside (no site.db for a moment), or right after the rebuilt one took its name. The next command finds
+    the site whole (every job, its tags found by tag filters, a child still linked to its parent: 'db check' is clean),
+    not 'not a Balsam site DB' (an empty site.db made by opening the missing one) nor a DB without its derived rows."""
+    import subprocess
+
+    from tests.cli_helpers import ROOT
+
+    parent = hello.submit("p", say_hello_to="x", tags={"kind": "parent"})
+    hello.submit("c", say_hello_to="y", parent_ids=[parent.id], tags={"kind": "child"})
+    site.store.close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, at, "db", "recover", "--python", "--site", str(site.path)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert ": ok" in ok("db", "check", "--site", str(site.path)).stdout
+    from balsam._api import sites
+
+    sites.reset()
+    assert {str(j.workdir) for j in Job.objects.filter(tags={"kind": "child"})} == {"c"}
+    assert str(Job.objects.get(workdir="c").state) == "AWAITING_PARENTS" and Job.objects.count() == 2
+    state = sorted(p.name for p in (site.path / ".balsam").iterdir() if p.name.startswith("site.db"))
+    assert [n for n in state if not n.startswith("site.db.corrupt-")] in (["site.db"], ["site.db", "site.db-shm", "site.db-wal"])
+
+
+def test_recover_removes_what_a_recover_killed_before_its_swap_left_and_keeps_every_damaged_file(site: Any, hello: Any) -> None:
+    """A recover killed while it rebuilt leaves its unfinished copy (site.db.recovered-TIME, as big as the DB); the next
+    recover removes it. The damaged files earlier recoveries kept are never removed nor overwritten."""
+    hello.submit("a", say_hello_to="x")
+    state = site.path / ".balsam"
+    for name in ("site.db.recovered-20200101-000000", "site.db.recovered-20200101-000000-wal"):
+        (state / name).write_bytes(b"half a rebuilt DB")
+    (state / "site.db.corrupt-20200101-000001").write_bytes(b"an earlier recovery's damaged DB")
+    site.store.close()
+    ok("db", "recover", "--python", "--site", str(site.path))
+    ok("db", "recover", "--python", "--site", str(site.path))  # twice in a second: the first one's kept file stays
+    names = sorted(p.name for p in state.iterdir() if p.name.startswith("site.db."))
+    assert not [n for n in names if ".recovered-" in n], names
+    kept = [n for n in names if n.startswith("site.db.corrupt-") and not n.endswith(("-wal", "-shm"))]
+    assert len(kept) == 3 and (state / "site.db.corrupt-20200101-000001").read_bytes() == b"an earlier recovery's damaged DB"
+    assert ": ok" in ok("db", "check", "--site", str(site.path)).stdout

@@ -254,7 +254,7 @@ def recover(site_path: Union[str, Path], python_only: bool = False) -> Recovered
     result = rebuild.recover(layout.db_path, use_cli=False if python_only else None)
     store = open_store(root, process_host())
     try:
-        rebuilt = maintenance.repair(store)
+        rebuilt = result.rebuilt + maintenance.repair(store)  # rebuilt in the new file before the swap; nothing left here
     finally:
         store.close()
     return Recovered(Path(str(result.new_path)), result.method, result.summary(), sorted(result.lost), Path(str(result.kept_path)),

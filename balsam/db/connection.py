@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from balsam.db import doorbell, ids, lockwait, search
+from balsam.db import doorbell, ids, lockwait, search, swap
 from balsam.db.meta import read_meta, write_meta
 from balsam.db.schema import CURRENT_VERSION, MIGRATIONS
 from balsam.exceptions import ForeignHostError, SchemaError, StoreError, ValidationError
@@ -259,6 +259,9 @@ class Store:
         # A new thread, or a forked child that must not reuse its parent's connection or lock descriptor.
         local.conn, local.lock_fd, local.depth = None, None, 0
         self._check_host()
+        swap.finish(self.db_path)  # a 'db recover' killed as it swapped its rebuilt DB in (one stat when none was)
+        if not self.db_path.is_file():  # never sqlite3.connect a missing DB: it makes an empty one in its place
+            raise StoreError(f"{self.db_path}: no site DB here (deleted or moved? restore it from a backup)")
         conn = self._connect()
         local.conn, local.pid = conn, pid
         try:

@@ -123,17 +123,22 @@ def check(conn: sqlite3.Connection) -> List[Problem]:
 
 def repair(store: Store) -> List[Problem]:
     """Fix every fixable problem in one transaction; returns what was fixed (with counts before the fix)."""
-    fixed: List[Problem] = []
     with store.write() as conn:
         if integrity_errors(conn):
             raise StoreError(f"{store.db_path}: SQLite reports integrity errors; repairs would not be safe: restore a backup")
-        for name, description, count_sql, fix_sql in CHECKS:
-            if fix_sql is None:
-                continue
-            n = int(conn.execute(count_sql).fetchone()[0])
-            if n:
-                conn.execute(fix_sql)
-                fixed.append(Problem(name, n, description))
+        return fix(conn)
+
+
+def fix(conn: sqlite3.Connection) -> List[Problem]:
+    """Fix every fixable problem inside the caller's write transaction (on a sound file); returns what was fixed."""
+    fixed: List[Problem] = []
+    for name, description, count_sql, fix_sql in CHECKS:
+        if fix_sql is None:
+            continue
+        n = int(conn.execute(count_sql).fetchone()[0])
+        if n:
+            conn.execute(fix_sql)
+            fixed.append(Problem(name, n, description))
     return fixed
 
 
@@ -207,4 +212,4 @@ def schema_status(store: Store) -> Tuple[int, int, List[str]]:
     return version, CURRENT_VERSION, pending
 
 
-__all__ = ["CHECKS", "Problem", "backup", "check", "db_size", "integrity_errors", "quick_check", "repair", "schema_status", "vacuum"]
+__all__ = ["CHECKS", "Problem", "backup", "check", "db_size", "fix", "integrity_errors", "quick_check", "repair", "schema_status", "vacuum"]

@@ -9,13 +9,13 @@ Two ways, the better first:
   skipped by probing ever further ahead. Rows of the derived indexes (``job_tag``, ``job_parent``) are rebuilt
   from the jobs afterwards (the same repairs as ``balsam db check --fix``).
 
-Either way the result goes to a new file that must pass SQLite's integrity check before it replaces the site
-DB; the old file is kept beside it (``site.db.corrupt-<time>``), never deleted.
+Either way the result goes to a new file, its derived rows rebuilt, that must pass SQLite's integrity check before it
+replaces the site DB (:mod:`balsam.db.swap`: a crash during the swap leaves one whole site DB); the old file is kept
+beside it (``site.db.corrupt-<time>``), never deleted.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from balsam.db import ids, search
+from balsam.db import ids, maintenance, search, swap
 from balsam.db.connection import apply_migrations
+from balsam.db.maintenance import Problem
 from balsam.exceptions import StoreError
 
 BATCH = 500
@@ -42,6 +43,8 @@ class Recovery:
     lost: Dict[str, int] = field(default_factory=dict)
     new_path: Optional[Path] = None
     kept_path: Optional[Path] = None
+    rebuilt: List[Problem] = field(default_factory=list)
+    """Derived rows rebuilt in the new DB before it took the site DB's place (as 'balsam db check --fix' reports them)."""
 
     def summary(self) -> str:
         """One line: the rows recovered per table."""
@@ -208,10 +211,9 @@ def recover(db_path: Path, *, use_cli: Optional[bool] = None) -> Recovery:
     one in its place. ``use_cli``: None uses the sqlite3 shell when installed; False forces the Python salvage.
     The caller makes sure nothing has the DB open (the agent is stopped)."""
     db_path = Path(db_path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    new_path = db_path.with_name(f"{db_path.name}.recovered-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{new_path}{suffix}").unlink(missing_ok=True)
+    swap.finish(db_path)  # a recovery killed as it swapped its rebuilt DB in: that one is the site's DB now
+    swap.drop_unfinished(db_path)  # rebuilt files of recoveries killed before their swap began
+    new_path, kept = swap.names(db_path, time.strftime("%Y%m%d-%H%M%S"))
     cli = sqlite_cli() if use_cli is not False else None
     old_version = 0
     try:
@@ -240,6 +242,14 @@ def recover(db_path: Path, *, use_cli: Optional[bool] = None) -> Recovery:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.execute("UPDATE meta SET value = '-1' WHERE key = ?", (search.CURSOR,))  # stale: rebuilt at the next open
+        try:  # the derived rows (tag index, parent links) too, before it is the site's DB: a kill after the swap
+            conn.execute("BEGIN IMMEDIATE")  # left a DB whose tag filters missed jobs and whose children waited for ever
+            result.rebuilt = maintenance.fix(conn)
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"the rebuilt DB {new_path} could not be completed ({exc}); the site DB is unchanged") from None
         problems = [r[0] for r in conn.execute("PRAGMA integrity_check(5)")]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if not version and old_version:
@@ -249,13 +259,6 @@ def recover(db_path: Path, *, use_cli: Optional[bool] = None) -> Recovery:
         conn.close()
     if problems != ["ok"]:
         raise StoreError(f"the rebuilt DB {new_path} fails its integrity check ({'; '.join(problems)}); the site DB is unchanged")
-    kept = db_path.with_name(f"{db_path.name}.corrupt-{stamp}")
-    for suffix in ("-wal", "-shm", ""):
-        src = Path(f"{db_path}{suffix}")
-        if src.exists():
-            os.replace(src, Path(f"{kept}{suffix}"))
-    for suffix in ("-wal", "-shm"):
-        Path(f"{new_path}{suffix}").unlink(missing_ok=True)
-    os.replace(new_path, db_path)
+    swap.swap_in(db_path, new_path, kept)
     result.new_path, result.kept_path = db_path, kept
     return result

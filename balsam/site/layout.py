@@ -121,8 +121,13 @@ class SiteLayout:
             return None
 
     def is_site(self) -> bool:
-        """True when the directory holds a site DB."""
-        return self.db_path.is_file()
+        """True when the directory holds a site DB (or a ``db recover`` killed as it swapped its rebuilt DB in left one
+        that opening the site puts in place)."""
+        if self.db_path.is_file():
+            return True
+        from balsam.db import swap
+
+        return swap.pending(self.db_path) is not None
 
 
 def find_site_root(explicit: Optional[Union[str, Path]] = None, cwd: Optional[Path] = None) -> Optional[Path]:
