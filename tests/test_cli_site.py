@@ -72,6 +72,45 @@ def test_init_refuses_unknown_preset_and_existing_site(site: Any) -> None:
     assert "invalid site name" in fails("site", "init", "y", "-n", "bad name!", code=2)
 
 
+KILLED_AROUND = '''
+import importlib, os, signal, sys
+when, dotted = sys.argv[1].split(":")
+*mod, owner, name = dotted.split(".")
+holder = getattr(importlib.import_module(".".join(mod)), owner)
+real = getattr(holder, name)
+def killed(*args, **kwargs):  # kill -9 of this process just before, or just after, the call
+    if when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    out = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(holder, name, killed)
+sys.argv = ["balsam", *sys.argv[2:]]
+from balsam.cli import main
+main()
+'''
+
+
+@pytest.mark.parametrize("at", ["before:balsam.db.connection.Store.create", "after:balsam.db.connection.apply_migrations"])
+def test_an_init_killed_half_way_is_finished_by_running_it_again(tmp_path: Path, at: str) -> None:
+    """``balsam site init`` killed with kill -9 once it wrote the site's files but before its DB was whole (no DB yet,
+    or its tables without the site's own row): running the same command again makes the site, instead of refusing
+    ('already a Balsam site', with a DB no command could use, or 'not an empty directory'), and the site works."""
+    import subprocess
+    import sys
+
+    from tests.cli_helpers import ROOT
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-c", KILLED_AROUND, at, "site", "init", str(tmp_path / "half"), "-n", "half"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert (tmp_path / "half" / "settings.yml").exists()  # killed half way: the files are there
+    assert "Created site 'half'" in ok("site", "init", str(tmp_path / "half"), "-n", "half").stdout
+    ok("job", "ls", "--site", "half")
+    assert ": ok" in ok("db", "check", "--site", str(tmp_path / "half")).stdout
+    assert [e.name for e in Registry().entries()] == ["half"]
+
+
 def test_ls_lists_sites_with_their_status(site: Any, tmp_path: Path) -> None:
     Registry().register("faraway", tmp_path / "elsewhere", "other-host", "u1")
     Registry().register("gone", tmp_path / "gone", "", "u2")

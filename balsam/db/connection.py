@@ -147,6 +147,10 @@ class _Local(threading.local):
     depth: int = 0
 
 
+NEW_SUFFIX = ".new"
+"""The name (after the DB's) a new site DB is made under before it is renamed into place (:meth:`Store.create`)."""
+
+
 class Store:
     """One site's SQLite DB. Construction does no I/O; the first use opens and checks it."""
 
@@ -431,27 +435,38 @@ class Store:
         path: str,
         site_fields: Optional[Dict[str, Any]] = None,
     ) -> "Store":
-        """Create a new site DB (schema, meta, the site row) owned by ``host``."""
+        """Create a new site DB (schema, meta, the site row) owned by ``host``.
+
+        The DB is made whole under another name (:data:`NEW_SUFFIX`) and renamed into place: a creation killed half way
+        (kill -9 of ``balsam site init``) leaves no site DB rather than one without its site row, which no command
+        could use and which made the directory 'already a Balsam site'."""
         if db_path.exists():
             raise StoreError(f"{db_path}: a site DB already exists")
         db_path.parent.mkdir(parents=True, exist_ok=True)
         host_path.write_text(host + "\n")
-        conn = sqlite3.connect(str(db_path), isolation_level=None)
+        tmp = db_path.with_name(db_path.name + NEW_SUFFIX)
+        for suffix in ("", "-wal", "-shm", "-journal"):  # what a creation killed before left
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        conn = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             apply_migrations(conn)
-        finally:
-            conn.close()
-        store = cls(db_path, lock_path, host_path, host)
-        now = time.time()
-        with store.write() as c:
-            c.execute("INSERT INTO meta(key, value) VALUES ('home_host', ?), ('site_id', ?), ('site_name', ?), ('uuid', ?), ('created', ?)",
-                      (host, str(site_id), name, uuid, repr(now)))
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO meta(key, value) VALUES ('home_host', ?), ('site_id', ?), ('site_name', ?), ('uuid', ?), "
+                         "('created', ?)", (host, str(site_id), name, uuid, repr(now)))
             fields = {k: json.dumps(v) for k, v in (site_fields or {}).items()}
             cols = ["id", "name", "path", "uuid", "creation_date", "last_refresh", *fields]
-            c.execute(
+            conn.execute(
                 f"INSERT INTO site({','.join(cols)}) VALUES ({placeholders(len(cols))})",
                 (site_id, name, path, uuid, now, now, *fields.values()),
             )
-            ids.seed_sequences(c, site_id)
-        return store
+            ids.seed_sequences(conn, site_id)
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself: it is renamed without its WAL
+        finally:
+            conn.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, db_path)
+        return cls(db_path, lock_path, host_path, host)

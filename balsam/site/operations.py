@@ -42,7 +42,7 @@ def init_site(
     layout = SiteLayout(root)
     if layout.is_site():
         raise SiteError(f"{root} is already a Balsam site")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not _unfinished_init(layout):
         raise SiteError(f"{root} exists and is not an empty directory; choose a new path")
     name = validate_site_name(name or root.name)
     host = host or this_host()
@@ -77,6 +77,36 @@ def init_site(
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
         raise
     return entry
+
+
+_INIT_FILES = frozenset({"settings.yml", "job-template.sh"})
+_INIT_FOLDERS = frozenset({"data", "log", "qsubmit"})
+_INIT_STATE = frozenset({"preset", "host", "db.lock"})
+
+
+def _unfinished_init(layout: SiteLayout) -> bool:
+    """Whether the directory holds what an init killed before its DB was in place left, and nothing else: its files,
+    its empty folders and its state folder without a site DB (init makes the DB last, whole or not at all). Such a
+    directory is made a site by running init again; any other file in it (a job's output, a user's file) keeps it
+    refused."""
+    from balsam.db.connection import NEW_SUFFIX
+
+    root, state = layout.root, layout.state
+    try:
+        if layout.is_site() or not state.is_dir():
+            return False
+        for entry in root.iterdir():
+            if entry.name == state.name:
+                continue
+            if entry.name in _INIT_FOLDERS and entry.is_dir() and not entry.is_symlink():
+                if any(entry.iterdir()):
+                    return False
+            elif not (entry.name in _INIT_FILES and entry.is_file() and not entry.is_symlink()):
+                return False
+        unfinished_db = layout.db_path.name + NEW_SUFFIX
+        return all(e.name in _INIT_STATE or e.name.startswith(unfinished_db) for e in state.iterdir())
+    except OSError:
+        return False
 
 
 # ============================================================================================ managing sites
