@@ -272,8 +272,10 @@ def test_what_replaces_the_db_is_refused_away_from_home_naming_the_home_host(sit
 
 KILLED_AT = '''
 import os, re, signal, sys
-real, at = os.replace, sys.argv[1]
-def replace(src, dst, *args, **kwargs):  # kill -9 of this process right after the rename that gives a file a name AT matches
+real, (when, at) = os.replace, sys.argv[1].split(":", 1)
+def replace(src, dst, *args, **kwargs):  # kill -9 of this process just before or after the rename to a name AT matches
+    if when == "before" and re.fullmatch(at, os.path.basename(str(dst))):
+        os.kill(os.getpid(), signal.SIGKILL)
     real(src, dst, *args, **kwargs)
     if re.fullmatch(at, os.path.basename(str(dst))):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -284,7 +286,7 @@ main()
 '''
 
 
-@pytest.mark.parametrize("at", [r"site\.db\.corrupt-[0-9-]+", r"site\.db"])
+@pytest.mark.parametrize("at", [r"after:site\.db\.corrupt-[0-9-]+", r"after:site\.db"])
 def test_a_recover_killed_as_it_swaps_the_rebuilt_db_in_leaves_a_whole_consistent_site(site: Any, hello: Any, at: str) -> None:
     """``balsam db recover`` killed with kill -9 as the rebuilt DB takes the damaged one's place: right after the damaged
     file was moved aside (no site.db for a moment), or right after the rebuilt one took its name. The next command finds
@@ -327,3 +329,27 @@ def test_recover_removes_what_a_recover_killed_before_its_swap_left_and_keeps_ev
     kept = [n for n in names if n.startswith("site.db.corrupt-") and not n.endswith(("-wal", "-shm"))]
     assert len(kept) == 3 and (state / "site.db.corrupt-20200101-000001").read_bytes() == b"an earlier recovery's damaged DB"
     assert ": ok" in ok("db", "check", "--site", str(site.path)).stdout
+
+
+def test_a_backup_killed_before_its_copy_is_in_place_leaves_no_copy_and_the_next_one_clears_its_temporary_file(
+        site: Any, hello: Any, tmp_path: Path) -> None:
+    """``balsam db backup DIR`` killed with kill -9 as its copy is done but not yet renamed: no backup is there to be
+    taken for a whole one, and the hidden temporary copy (as big as the DB) is removed by the next backup into that
+    folder, not left there for good, one per killed backup."""
+    import subprocess
+
+    from tests.cli_helpers import ROOT
+
+    hello.submit("a", say_hello_to="x")
+    dest = tmp_path / "backups"
+    dest.mkdir()
+    (dest / ".notes.tmp").write_text("a user's file")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, r"before:test-site-.*\.db", "db", "backup", str(dest), "--site",
+                             str(site.path)], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    left = sorted(p.name for p in dest.iterdir())
+    assert not [n for n in left if n.endswith(".db")] and [n for n in left if n.endswith(".tmp") and n != ".notes.tmp"], left
+    ok("db", "backup", str(dest))
+    names = sorted(p.name for p in dest.iterdir())
+    assert len(names) == 2 and names[0] == ".notes.tmp" and names[1].startswith("test-site-"), names

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,7 @@ def backup(store: Store, dest: Path, progress: Optional[Callable[[int, int], Non
     The copy is written next to ``dest`` and renamed into place, so ``dest`` is never half-written.
     """
     dest = Path(dest)
+    drop_dead_copies(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     # Made here, owner-only and new (not through a link): sqlite3.connect would create it with the umask's mode (0644),
@@ -167,6 +169,39 @@ def backup(store: Store, dest: Path, progress: Optional[Callable[[int, int], Non
     target.close()
     os.replace(tmp, dest)
     return dest.stat().st_size
+
+
+_COPY = re.compile(r"\.(.+)\.(\d+)\.tmp(-journal)?")
+_SQLITE_HEADER = b"SQLite format 3\0"
+
+
+def drop_dead_copies(folder: Path) -> List[Path]:
+    """Remove the temporary copies (``.NAME.PID.tmp``, and their rollback journals) that backups into ``folder`` killed
+    before their rename left, each as big as the DB: those whose process no longer runs, and that are SQLite files
+    (or empty, killed as they began). Returns what was removed."""
+    from balsam.db.sessions import process_alive
+
+    removed: List[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _COPY.fullmatch(name)
+        if m is None or process_alive(int(m.group(2)), None):
+            continue
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(_SQLITE_HEADER))
+            if m.group(3) is None and head not in (b"", _SQLITE_HEADER):
+                continue  # not a copy of ours
+            if not path.is_symlink() and path.is_file():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def db_size(store: Store) -> int:
@@ -212,4 +247,4 @@ def schema_status(store: Store) -> Tuple[int, int, List[str]]:
     return version, CURRENT_VERSION, pending
 
 
-__all__ = ["CHECKS", "Problem", "backup", "check", "db_size", "fix", "integrity_errors", "quick_check", "repair", "schema_status", "vacuum"]
+__all__ = ["CHECKS", "Problem", "backup", "check", "db_size", "drop_dead_copies", "fix", "integrity_errors", "quick_check", "repair", "schema_status", "vacuum"]
