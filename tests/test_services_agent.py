@@ -324,6 +324,62 @@ def test_a_killed_agents_hook_workers_end_with_it_and_the_next_agent_runs_the_ho
     assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr
 
 
+class SlowPost(ApplicationDefinition):
+    """Its postprocess hook notes each run; a job tagged slow sleeps while ``block`` exists in the site folder."""
+
+    site = "test-site"
+    command_template = "true"
+
+    def postprocess(self) -> None:
+        import time as _time
+        from pathlib import Path as _Path
+
+        with open("post-runs", "a") as f:
+            f.write("run\n")
+        while self.job.tags.get("slow") and _Path("../../../block").exists():
+            _time.sleep(0.1)
+        self.job.state = "POSTPROCESSED"
+
+
+@pytest.mark.slow
+def test_an_agent_killed_mid_postprocess_releases_every_waiting_child_once(site: Any, hello: Any) -> None:
+    """Parents in RUN_DONE, half of whose postprocess hooks end at once and half block; children wait on a quick
+    parent alone, or on a quick and a blocked one. The agent is killed with kill -9 while the blocked hooks run, then
+    started again. Every parent finishes and every child is released exactly once (one 'all parents finished' event):
+    none stays AWAITING_PARENTS with its parents done, none is released twice."""
+    from balsam.pidfile import read_pid
+    from balsam.site.agent_state import pid_path
+    from tests.helpers import finish_run
+    from tests.launcher_support import events
+
+    SlowPost.sync()
+    (site.path / "block").write_text("")
+    quick = [SlowPost.submit(workdir=f"q/x/{i}") for i in range(4)]
+    slow = [SlowPost.submit(workdir=f"s/x/{i}", tags={"slow": "1"}) for i in range(4)]
+    for job in (*quick, *slow):
+        advance(job, "PREPROCESSED", "RUNNING")
+        finish_run(job, "RUN_DONE", return_code=0)
+    early = [hello.submit(workdir=f"early/{i}", say_hello_to="x", parent_ids=[quick[i].id]) for i in range(4)]
+    late = [hello.submit(workdir=f"late/{i}", say_hello_to="x", parent_ids=[quick[i].id, slow[i].id]) for i in range(4)]
+    start_agent(site.path)
+    try:
+        wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "JOB_FINISHED" for j in quick)
+                 and all((site.layout.data / j.workdir / "post-runs").exists() for j in slow), timeout=60)
+        agent = read_pid(pid_path(site.layout))
+        assert agent is not None
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: not agent_status(site.path)["running"], timeout=15)
+        (site.path / "block").unlink()
+        start_agent(site.path)
+        wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "PREPROCESSED" for j in (*early, *late)), timeout=90)
+    finally:
+        stop_agent(site.path)
+    assert all(str(Job.objects.get(id=j.id).state) == "JOB_FINISHED" for j in (*quick, *slow))
+    for child in (*early, *late):
+        released = [e for e in events(site.store, int(child.id)) if e["from"] == "AWAITING_PARENTS"]
+        assert [e["to"] for e in released] == ["READY"], (child.workdir, released)
+
+
 def test_two_site_starts_at_once_give_one_agent_and_one_clear_refusal(site: Any) -> None:
     from tests.cli_helpers import ROOT
 
