@@ -199,3 +199,52 @@ def test_one_record_and_a_stopped_agent_are_said_plainly(site: Any, hello: Any, 
         assert "so it waits in STAGED_IN" in single.stderr and "balsam site start --site test-site" in single.stderr
     else:
         assert result.stderr == "" and single.stderr == ""
+
+
+KILLED_AT_CHUNK = '''
+import os, signal, sys
+from balsam._api.jobs import JobManager
+real, calls = JobManager.bulk_create, []
+def bulk_create(self, jobs):  # kill -9 once the first chunk is written, inside the command's one transaction
+    calls.append(len(jobs))
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, jobs)
+JobManager.bulk_create = bulk_create
+sys.argv = ["balsam", *sys.argv[1:]]
+from balsam.cli import main
+main()
+'''
+
+
+@pytest.mark.slow
+def test_a_create_from_a_file_killed_between_chunks_creates_none_and_its_rerun_creates_each_once(site_path: Path,
+                                                                                                 tmp_path: Path) -> None:
+    """``balsam job create --from`` of more jobs than one chunk, on the home host, killed with kill -9 after its first
+    chunk was written: no job exists (one transaction), and the same command run again creates every job once."""
+    import os
+    import subprocess
+    import sys
+
+    from balsam.api import ApplicationDefinition
+    from balsam.cli.job import BULK_CHUNK
+    from balsam.site import init_site
+    from tests.cli_helpers import ROOT
+
+    init_site(site_path, name="test-site")
+
+    class Hello(ApplicationDefinition):
+        site = "test-site"
+        command_template = "echo Hello, {{ say_hello_to }}!"
+
+    Hello.sync()
+    n = BULK_CHUNK + 10
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("workdir,param.say_hello_to\n" + "".join(f"w/{i},{i}\n" for i in range(n)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    args = ["job", "create", "--from", str(jobs), "-a", "Hello", "--site", "test-site"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_CHUNK, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert Job.objects.count() == 0
+    assert f"Created {n} jobs" in ok(*args).stdout
+    assert Job.objects.count() == n and len({j.workdir for j in Job.objects.all()}) == n
