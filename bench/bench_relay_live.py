@@ -32,7 +32,7 @@ SITE = 7
 def job_row(n: int, state: str, version: int) -> Dict[str, Any]:
     now = time.time()
     return {"id": (SITE << 32) + n, "app_id": (SITE << 32) + 1, "workdir": f"w/{n}", "state": state, "tags": "{}", "parent_ids": "[]",
-            "parameters": "{}", "created": now, "last_update": now, "version": version}
+            "parameters": "{}", "created": 1_700_000_000.0 + n, "last_update": now, "version": version}  # (created: fixed per job, as a site's)
 
 
 def push(agent: Any, n: int, state: str, event_n: int, version: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from tests.relay_support import DATABASES, relay_store
+from tests.relay_support import DATABASES, created_at, relay_store
 
 SITE = 7
 BASE = SITE << 32
@@ -35,7 +35,7 @@ def job(i: int, state: str, tags: Optional[Dict[str, str]] = None, parents: Opti
            "parameters": json.dumps({"x": i}), "data": "{}", "return_code": None, "num_nodes": 1, "ranks_per_node": 1,
            "threads_per_rank": 1, "threads_per_core": 1, "gpus_per_rank": 0.0, "node_packing_count": 1, "launch_params": "{}",
            "wall_time_min": 0, "parent_ids": json.dumps(parents or []), "batch_job_id": None, "session_id": None, "state": state,
-           "last_update": time.time(), "created": time.time(), "pending_file_cleanup": 1, "serialized_return_value": None,
+           "last_update": time.time(), "created": created_at(BASE + i), "pending_file_cleanup": 1, "serialized_return_value": None,
            "serialized_exception": None, "version": 1}
     return {"entity": "job", "op": "upsert", "id": BASE + i, "row": row}
 

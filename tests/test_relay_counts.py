@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.relay_support import DATABASES, relay_store
+from tests.relay_support import DATABASES, created_at, relay_store
 
 STATES = ("READY", "STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "JOB_FINISHED", "FAILED")
 
@@ -29,7 +29,7 @@ def upsert(site: int, local: int, state: str) -> Dict[str, Any]:
     now = time.time()
     return {"entity": "job", "op": "upsert", "id": job_id, "row": {
         "id": job_id, "workdir": f"w/{local}", "app_id": (site << 32) + 1, "tags": json.dumps({"n": str(local % 3)}),
-        "parameters": "{}", "parent_ids": "[]", "state": state, "created": now, "last_update": now, "version": 1}}
+        "parameters": "{}", "parent_ids": "[]", "state": state, "created": created_at(job_id), "last_update": now, "version": 1}}
 
 
 def delete(site: int, local: int) -> Dict[str, Any]:
@@ -78,12 +78,22 @@ def test_counts_stay_exact_through_pushes_replays_deletes_and_catching_up(relay:
     # Another filter is answered from the jobs themselves (and agrees).
     assert user.count_by("job", {"tags": {"n": "1"}}, "state") == truth_tagged(relay, [3, 5], "1")
 
-    # Site 5 catches up after being offline: one large push with many changes to the same jobs, creates and deletes.
+    # Site 5 catches up after being offline: one large push with many changes to the same jobs, creates and deletes
+    # (as a site logs them: new jobs in the order of their ids, and a deleted job never pushed again).
     rng = random.Random(5)
     backlog: List[Dict[str, Any]] = []
+    gone = set()
+    made = 50
     for _ in range(3000):
-        local = rng.randrange(1, 400)
-        backlog.append(delete(5, local) if rng.random() < 0.1 else upsert(5, local, rng.choice(STATES)))
+        local = rng.randrange(1, min(made + 2, 400))
+        if local in gone:
+            continue
+        made = max(made, local)
+        if rng.random() < 0.1:
+            gone.add(local)
+            backlog.append(delete(5, local))
+        else:
+            backlog.append(upsert(5, local, rng.choice(STATES)))
     for n, start in enumerate(range(0, len(backlog), 700)):  # in the site's batches
         relay.ingest(agents[5], f"p5-catchup-{n}", 10 + n, backlog[start:start + 700])
         relay.ingest(agents[5], f"p5-catchup-{n}", 10 + n, backlog[start:start + 700])  # each resent once: a lost answer

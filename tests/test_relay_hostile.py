@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.relay_support import created_at
 from tests.test_relay_server import SITE_A, SITE_B, relay, two_users  # noqa: F401  (the fixtures)
 
 A = SITE_A << 32
@@ -39,7 +40,7 @@ def raw(url: str, token: str, method: str, path: str, body: Any = None, data: Op
 def job(n: int, state: str, version: int, **extra: Any) -> Dict[str, Any]:
     now = time.time()
     row = {"id": A + n, "app_id": A + 1, "workdir": f"w/{n}", "state": state, "tags": "{}", "parent_ids": "[]", "parameters": "{}",
-           "created": now, "last_update": now, "version": version, **extra}
+           "created": created_at(A + n), "last_update": now, "version": version, **extra}
     return {"entity": "job", "op": "upsert", "id": A + n, "row": row}
 
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from tests.relay_support import DATABASES, relay_store
+from tests.relay_support import DATABASES, created_at, relay_store
 
 SITES = (3, 5, 8)
 
@@ -89,10 +89,10 @@ def items(site: int, n: int, state: str, tags: Dict[str, str]) -> List[Dict[str,
     base = site << 32
     return [{"entity": "job", "op": "upsert", "id": base + i,
              "row": {"id": base + i, "workdir": f"w/{i}", "app_id": base + 1, "tags": json.dumps(tags), "parameters": "{}",
-                     "parent_ids": json.dumps([base + i - 1] if i > 1 else []), "state": state, "created": now, "last_update": now,
+                     "parent_ids": json.dumps([base + i - 1] if i > 1 else []), "state": state, "created": created_at(base + i), "last_update": now,
                      "version": 1}} for i in range(1, n + 1)] + [
         {"entity": "event", "op": "upsert", "id": base + i,
-         "row": {"id": base + i, "job_id": base + i, "timestamp": now, "from_state": "CREATED", "to_state": state, "data": "{}"}}
+         "row": {"id": base + i, "job_id": base + i, "timestamp": created_at(base + i), "from_state": "CREATED", "to_state": state, "data": "{}"}}
         for i in range(1, n + 1)]
 
 

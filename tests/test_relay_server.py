@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("sqlalchemy", reason="the relay needs its extra (balsam[relay])")
 
 from balsam import exceptions as exc
-from tests.relay_support import DATABASES, relay_store, served
+from tests.relay_support import DATABASES, created_at, relay_store, served
 
 SITE_A, SITE_B = 7, 9
 
@@ -50,12 +50,12 @@ def site_rows(site_id: int, n: int) -> List[Dict[str, Any]]:
                                             "source_code": "print('secret')", "version": 1}},
                                    {"entity": "batch_job", "op": "upsert", "id": base + 1,
                                     "row": {"id": base + 1, "state": "queued", "queue": "debug", "project": "p", "num_nodes": 1,
-                                            "wall_time_min": 10, "job_mode": "mpi", "created": now, "version": 1}}]
+                                            "wall_time_min": 10, "job_mode": "mpi", "created": created_at(base + 1), "version": 1}}]
     for i in range(1, n + 1):
         items.append({"entity": "job", "op": "upsert", "id": base + i,
                       "row": {"id": base + i, "app_id": base + 1, "workdir": f"w/{i}", "state": "RUNNING" if i % 2 else "JOB_FINISHED",
-                              "tags": json.dumps({"exp": str(i % 2)}), "parent_ids": "[]", "parameters": "{}", "created": now,
-                              "last_update": now, "version": 1}})
+                              "tags": json.dumps({"exp": str(i % 2)}), "parent_ids": "[]", "parameters": "{}",
+                              "created": created_at(base + i), "last_update": now, "version": 1}})
         items.append({"entity": "event", "op": "upsert", "id": base + i,
                       "row": {"id": base + i, "job_id": base + i, "timestamp": now, "from_state": "READY", "to_state": "RUNNING",
                               "data": json.dumps({"message": f"started {i}"})}})
@@ -245,7 +245,7 @@ def _finish(agent: Any, site_id: int, n: int, submission: str) -> int:
     """The site's agent pushes job n of site_id going RUNNING -> JOB_FINISHED (the row and its event); the job id."""
     job_id, now = (site_id << 32) + n, time.time()
     row = {"id": job_id, "app_id": (site_id << 32) + 1, "workdir": f"w/{n}", "state": "JOB_FINISHED", "tags": "{}", "parent_ids": "[]",
-           "parameters": "{}", "created": now, "last_update": now, "version": 2}
+           "parameters": "{}", "created": created_at(job_id), "last_update": now, "version": 2}
     event = {"id": (site_id << 32) + 100 + n, "job_id": job_id, "timestamp": now, "from_state": "RUNNING", "to_state": "JOB_FINISHED",
              "data": None}
     agent.request("POST", "/v1/sync/push", {"submission_id": submission, "last_seq": 20 + n, "items": [

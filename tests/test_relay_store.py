@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from balsam.exceptions import ObjectDoesNotExist, ValidationError
-from tests.relay_support import DATABASES, relay_store
+from tests.relay_support import DATABASES, created_at, relay_store
 
 BASE = 7 << 32
 
@@ -26,7 +26,7 @@ def job_items(site_id: int, n: int, state: str = "RUNNING", start: int = 1) -> L
     now = time.time()
     return [{"entity": "job", "op": "upsert", "id": base + i,
              "row": {"id": base + i, "app_id": base + 1, "workdir": f"w/{i}", "state": state if i % 2 else "JOB_FINISHED",
-                     "tags": json.dumps({"exp": f"a{i % 3}"}), "parent_ids": "[]", "parameters": '{"x": 1}', "created": now,
+                     "tags": json.dumps({"exp": f"a{i % 3}"}), "parent_ids": "[]", "parameters": '{"x": 1}', "created": created_at(base + i),
                      "last_update": now, "version": 1}} for i in range(start, start + n)]
 
 

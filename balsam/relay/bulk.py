@@ -87,7 +87,7 @@ def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequenc
            previous: Sequence[str] = (), stable: Sequence[str] = ()) -> Dict[int, Tuple[Any, ...]]:
     """Insert ``rows`` (tuples in ``columns`` order, ``id`` first, ids unique), replacing the rows that exist by
     id. With ``previous`` (column names), answers those columns' values before the write for each row that
-    existed ({id: (value, ...)}, NULL read as ""). Once per table per transaction.
+    existed ({id: (value, ...)}, NULL text read as ""). Once per table per transaction.
 
     ``stable``: indexed columns that rarely change (a job's app, workdir, batch job). On SQLite, which rewrites
     an index whenever a statement sets one of its columns, whatever the value, the rows that exist with these
@@ -96,7 +96,8 @@ def upsert(c: Connection, table: sa.Table, columns: Sequence[str], rows: Sequenc
     old: Dict[int, Tuple[Any, ...]] = {}
     if not rows:
         return old
-    wanted = ", ".join(f'coalesce(t."{p}", \'\') AS "p{i}"' for i, p in enumerate(previous))
+    wanted = ", ".join((f'coalesce(t."{p}", \'\')' if isinstance(table.c[p].type, sa.String) else f't."{p}"') + f' AS "p{i}"'
+                       for i, p in enumerate(previous))
     if c.dialect.name != "postgresql":
         if previous or stable:
             read = ", ".join([f't."{p}"' for p in stable] + ([wanted] if previous else []))
@@ -159,6 +160,20 @@ def values_of(c: Connection, table: sa.Table, column: str, ids: Sequence[int]) -
         chunk = _std_dumps(list(ids[start:start + CHUNK]))
         out.extend(r[0] for r in c.exec_driver_sql(f'SELECT "{column}" FROM "{table.name}" WHERE "id" IN (SELECT value FROM json_each(?))',
                                                    (chunk,)))
+    return out
+
+
+def rows_of(c: Connection, table: sa.Table, columns: Sequence[str], ids: Sequence[int]) -> List[Sequence[Any]]:
+    """``columns`` of the rows of ``table`` whose ids are ``ids`` (those that exist; in no particular order)."""
+    out: List[Sequence[Any]] = []
+    if not ids:
+        return out
+    names = _quoted(columns)
+    if c.dialect.name == "postgresql":
+        return list(c.exec_driver_sql(f'SELECT {names} FROM "{table.name}" WHERE "id" = ANY(%s::int8[])', (list(ids),)).all())
+    for start in range(0, len(ids), CHUNK):  # (fetched at once: not a fetch call per row)
+        chunk = _std_dumps(list(ids[start:start + CHUNK]))
+        out.extend(c.exec_driver_sql(f'SELECT {names} FROM "{table.name}" WHERE "id" IN (SELECT value FROM json_each(?))', (chunk,)).all())
     return out
 
 

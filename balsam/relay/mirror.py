@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +44,7 @@ STABLE_JOB_COLUMNS = ("site_id", "app_id", "workdir", "batch_job_id")
 """Indexed job columns a state change leaves as they were (see :func:`balsam.relay.bulk.upsert`)."""
 _LINKS = COLUMNS["job"].index("links")
 _STATE = COLUMNS["job"].index("state")
+_CREATED = COLUMNS["job"].index("created")
 
 
 def _opt_float(v: Any) -> Optional[float]:
@@ -187,12 +189,88 @@ def _text_digest(tags: str, parent_ids: str) -> str:
     return hashlib.blake2b((tags + "\x00" + parent_ids).encode(), digest_size=12).hexdigest()
 
 
-def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) -> int:
+class Reissued(Exception):
+    """A push holds rows under ids its site handed out before for other rows (:func:`reissued`): nothing of it was
+    applied. ``ids``: those ids by entity."""
+
+    NAMES = {"job": "job", "event": "event", "batch_job": "BatchJob", "app": "app", "transfer_item": "transfer item", "dag": "DAG",
+             "dag_instance": "DAG instance"}
+
+    def __init__(self, ids: Dict[str, List[int]]) -> None:
+        super().__init__(", ".join(f"{len(v)} {self.NAMES.get(k, k)}{'' if len(v) == 1 else 's'}" for k, v in ids.items()))
+        self.ids = ids
+
+
+def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]], issued: Optional[Dict[str, int]] = None) -> int:
     """Apply one push's items inside the caller's transaction; returns how many were applied.
+
+    ``issued``: the highest id of each entity the site had pushed before (:func:`issued_by`). Given, a row at or below
+    it must be the row the mirror holds under its id (:func:`reissued`); otherwise :class:`Reissued` is raised, and
+    the caller rolls its transaction back (the push's jobs may have been written by then).
 
     Every table is written with bulk statements (:mod:`balsam.relay.bulk`), whatever the push's size. A job's
     tag and parent rows are rewritten only when its tags or parents differ from the mirror's copy (read back for
     the whole push in one statement): a state change, the common push, touches the job row alone."""
+    upserts, deletes = _items(site_id, items)
+    mirrored: Dict[str, List[Tuple[Any, ...]]] = {}
+    for entity, rows in upserts.items():
+        try:
+            mirrored[entity] = [mirror_row(entity, row_id, site_id, row) for row_id, row in rows.items()]
+        except RecursionError:  # (a site's own store holds JSON at most 64 levels deep)
+            raise ValidationError(f"a pushed {entity} row is nested too deep to store") from None
+    found: Dict[str, List[int]] = {}
+    if issued is not None:
+        # A job's creation time is read back with its previous state by the write itself (below; the transaction is
+        # rolled back if one differs): the jobs a push changes, thousands at a time, are not read twice. Jobs this
+        # push also deletes are checked here, before the delete.
+        again = set(deletes["job"])
+        checked = {e: ([m for m in rows if m[0] in again] if e == "job" else rows) for e, rows in mirrored.items()}
+        found = reissued(c, issued, upserts, checked)
+        if found and not mirrored["job"]:
+            raise Reissued(found)
+    n = 0
+    counts: Dict[str, int] = {}  # jobs gained (lost, negative) per state by this push: the count table's change
+    for entity, table in t.MIRRORS.items():
+        ids = deletes[entity]
+        if ids:
+            if entity == "job":
+                for state in bulk.values_of(c, table, "state", ids):
+                    counts[state] = counts.get(state, 0) - 1
+            bulk.delete_ids(c, table, "id", ids)
+            if entity == "job":
+                bulk.delete_ids(c, t.job_tag, "job_id", ids)
+                bulk.delete_ids(c, t.job_parent, "child_id", ids)
+                bulk.delete_ids(c, t.event, "job_id", ids)  # as the site deletes them (events are pushed, never deleted)
+            n += len(ids)
+    for entity, table in t.MIRRORS.items():
+        rows = upserts[entity]
+        if not rows:
+            continue
+        if entity == "job":
+            old = bulk.upsert(c, table, COLUMNS[entity], mirrored[entity], previous=("links", "state", "created"), stable=STABLE_JOB_COLUMNS)
+            if issued is not None:
+                top, again = issued.get("job") or 0, set(deletes["job"])
+                bad = [m[0] for m in mirrored[entity] if m[0] <= top and m[0] not in again and (m[0] not in old or old[m[0]][2] != m[_CREATED])]
+                if bad:
+                    found = {"job": sorted(found.get("job", []) + bad), **{k: v for k, v in found.items() if k != "job"}}
+                if found:
+                    raise Reissued(found)
+            _relink(c, rows, mirrored[entity], {i: v[0] for i, v in old.items()})
+            for m in mirrored[entity]:
+                before = old.get(m[0])
+                if before is None or before[1] != m[_STATE]:
+                    counts[m[_STATE]] = counts.get(m[_STATE], 0) + 1
+                    if before is not None:
+                        counts[before[1]] = counts.get(before[1], 0) - 1
+        else:
+            bulk.upsert(c, table, COLUMNS[entity], mirrored[entity])
+        n += len(rows)
+    bulk.add_counts(c, t.job_count, ("site_id", "state"), [(site_id, state, d) for state, d in sorted(counts.items()) if d])
+    return n
+
+
+def _items(site_id: int, items: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Dict[int, Dict[str, Any]]], Dict[str, List[int]]]:
+    """A push's items checked: ({entity: {id: row}} to upsert, {entity: [id]} to delete)."""
     if not isinstance(items, (list, tuple)) or len(items) > MAX_ITEMS:
         raise ValidationError(f"a push carries a list of at most {MAX_ITEMS} items")
     upserts: Dict[str, Dict[int, Dict[str, Any]]] = {e: {} for e in ENTITIES}
@@ -222,41 +300,80 @@ def apply_items(c: Connection, site_id: int, items: Sequence[Dict[str, Any]]) ->
             target.pop(row_id, None)
             continue
         raise ValidationError(f"push item {i}: op must be upsert (with a row) or delete")
-    n = 0
-    counts: Dict[str, int] = {}  # jobs gained (lost, negative) per state by this push: the count table's change
-    for entity, table in t.MIRRORS.items():
-        ids = deletes[entity]
-        if ids:
-            if entity == "job":
-                for state in bulk.values_of(c, table, "state", ids):
-                    counts[state] = counts.get(state, 0) - 1
-            bulk.delete_ids(c, table, "id", ids)
-            if entity == "job":
-                bulk.delete_ids(c, t.job_tag, "job_id", ids)
-                bulk.delete_ids(c, t.job_parent, "child_id", ids)
-            n += len(ids)
-    for entity, table in t.MIRRORS.items():
-        rows = upserts[entity]
-        if not rows:
+    return upserts, deletes
+
+
+# ------------------------------------------------------------------------------------------- reissued ids
+IDENTITY: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
+    "job": (("created",), ()),
+    "event": (("job_id", "timestamp"), ()),
+    "batch_job": (("created",), ()),
+    "app": ((), ("created",)),
+    "transfer_item": (("job_id", "direction"), ("slot",)),
+    "dag": ((), ("created",)),
+    "dag_instance": (("dag_id", "created"), ()),
+}
+"""What makes a row the row it is, whatever changes later: (mirror columns, keys of the pushed row). A site never
+changes these once the row is made (a job's creation time; an event's job and time; a transfer item's job,
+direction and slot), so a row pushed under an id the mirror holds with other values is another row."""
+
+
+def _identity_value(key: str, value: Any) -> Any:
+    """A pushed row's value at an identity key as the mirror's row text gives it back (times as floats)."""
+    return _opt_float(value) if key == "created" else _opt_text(value)
+
+
+def reissued(c: Connection, issued: Dict[str, int], upserts: Dict[str, Dict[int, Dict[str, Any]]],
+             mirrored: Dict[str, List[Tuple[Any, ...]]]) -> Dict[str, List[int]]:
+    """The upserted ids that the site handed out before for another row: at or below the highest id of their entity
+    the site had pushed (``issued``), and not in the mirror as the same row (:data:`IDENTITY`): the mirror holds
+    another row under the id, or none (it was deleted at the site, and the row is back from a backup). A site
+    reissues ids only when its DB was put back from a backup taken before it pushed them; such a row needs a new
+    id, or it would be taken for the row the relay and the user's other sites knew under this one. {entity: ids}."""
+    found: Dict[str, List[int]] = {}
+    for entity, rows in mirrored.items():
+        top = issued.get(entity) or 0
+        if not rows or top <= 0:
             continue
-        try:
-            mirrored = [mirror_row(entity, row_id, site_id, row) for row_id, row in rows.items()]
-        except RecursionError:  # (a site's own store holds JSON at most 64 levels deep)
-            raise ValidationError(f"a pushed {entity} row is nested too deep to store") from None
-        if entity == "job":
-            old = bulk.upsert(c, table, COLUMNS[entity], mirrored, previous=("links", "state"), stable=STABLE_JOB_COLUMNS)
-            _relink(c, rows, mirrored, {i: v[0] for i, v in old.items()})
-            for m in mirrored:
-                before = old.get(m[0])
-                if before is None or before[1] != m[_STATE]:
-                    counts[m[_STATE]] = counts.get(m[_STATE], 0) + 1
-                    if before is not None:
-                        counts[before[1]] = counts.get(before[1], 0) - 1
-        else:
-            bulk.upsert(c, table, COLUMNS[entity], mirrored)
-        n += len(rows)
-    bulk.add_counts(c, t.job_count, ("site_id", "state"), [(site_id, state, d) for state, d in sorted(counts.items()) if d])
-    return n
+        columns, keys = IDENTITY[entity]
+        picks = [0] + [COLUMNS[entity].index(col) for col in columns]
+        pick = operator.itemgetter(*picks) if len(picks) > 1 else (lambda m: (m[0],))
+        wanted = {m[0]: pick(m) for m in rows if m[0] <= top}
+        if not wanted:
+            continue
+        width = len(columns) + 1
+        held = {r[0]: r for r in bulk.rows_of(c, t.MIRRORS[entity], ("id",) + columns + (("row",) if keys else ()), list(wanted))}
+        bad = []
+        for row_id, mine in wanted.items():
+            have = held.get(row_id)
+            if have is None or tuple(have[:width]) != mine:
+                bad.append(row_id)
+            elif keys:
+                stored = _row_dict(have[-1])
+                pushed = upserts[entity][row_id]
+                if any(_identity_value(k, pushed.get(k)) != _identity_value(k, stored.get(k)) for k in keys):
+                    bad.append(row_id)
+        if bad:
+            found[entity] = sorted(bad)
+    return found
+
+
+def _row_dict(text: Any) -> Dict[str, Any]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def issued_by(items: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    """The highest id of each entity among a push's items (upserts and deletes; checked by :func:`apply_items`)."""
+    out: Dict[str, int] = {}
+    for item in items:
+        if isinstance(item, dict) and type(item.get("id")) is int and item.get("entity") in t.MIRRORS:
+            entity = str(item["entity"])
+            out[entity] = max(out.get(entity, 0), int(item["id"]))
+    return out
 
 
 def _relink(c: Connection, jobs: Dict[int, Dict[str, Any]], mirrored: List[Tuple[Any, ...]], old: Dict[int, Any]) -> None:

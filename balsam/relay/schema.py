@@ -79,6 +79,10 @@ site = Table(
     # empties its outbox): a job of the site below it that the mirror lacks was deleted or never existed (0007).
     Column("jobs_issued", BigInteger, nullable=False, default=0, server_default="0"),
     Column("jobs_issued_at", Float, nullable=True),  # when a push last reported the site's id counter (the relay's clock)
+    # The highest id of each other kind (events, apps, BatchJobs, transfer items, DAGs, DAG instances) the site has
+    # pushed, as JSON {entity: id}: a row pushed again at or below it must be the one the relay already holds, or the
+    # site reissued the id (its DB was put back from a backup) and gives the row a new one (balsam.relay.mirror, 0008).
+    Column("issued", Text, nullable=False, default="{}", server_default="{}"),
     UniqueConstraint("user_id", "name", name="relay_site_user_name"),
 )
 

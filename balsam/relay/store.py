@@ -390,29 +390,59 @@ class RelayStore:
         site_id = caller.site_id
         key = push_key(site_id, submission_id)
         now = time.time()
+        refused: Dict[str, Any] = {}
+        try:
+            answer = self._ingest(site_id, key, now, last_seq, items, site_info, refused)
+        except mirror.Reissued as e:
+            # The site's DB was put back from a backup: it made rows under ids it had pushed before (nothing of the push
+            # is kept). A site that says its id counters (an agent that renumbers) gets the ids to move.
+            if _sequences(site_info) is None:
+                entity, ids = next(iter(e.ids.items()))
+                raise Conflict(f"site {refused['name']} pushed rows under ids it had pushed before for other rows ({e}; first: "
+                               f"{entity} {ids[0]}): its DB was put back from a backup? Upgrade Balsam at the site: "
+                               "its agent then gives those rows new ids") from None
+            with self.begin() as c:
+                c.execute(t.site.update().where(t.site.c.id == site_id).values(last_seen=now))
+            return {"pushed_seq": refused["pushed_seq"], "applied": 0, "reissued": e.ids, "issued": refused["issued"]}
+        return answer
+
+    def _ingest(self, site_id: int, key: str, now: float, last_seq: int, items: Sequence[Dict[str, Any]],
+                site_info: Optional[Dict[str, Any]], refused: Dict[str, Any]) -> Dict[str, Any]:
+        """:meth:`ingest` in one transaction (``refused``: filled with what a refusal answers with)."""
+        from balsam.relay import mirror
+
         with self.begin() as c:
             # The site's row is locked before the stored answers are read: two agents (or an agent's retry racing its
             # first try) pushing the same batch at once then apply it once and answer the other from what it stored.
             # Read first, both found nothing; the second applied the batch again and failed on the answer's key (503).
-            current = c.execute(sa.select(t.site.c.pushed_seq).where(t.site.c.id == site_id).with_for_update()).scalar_one_or_none()
-            if current is None:
+            site = c.execute(sa.select(t.site.c.pushed_seq, t.site.c.jobs_issued, t.site.c.issued, t.site.c.name)
+                             .where(t.site.c.id == site_id).with_for_update()).first()
+            if site is None:
                 raise ObjectDoesNotExist(f"no site {site_id}")
+            current = int(site.pushed_seq)
             done = c.execute(sa.select(t.push.c.answer).where(t.push.c.submission_id == key, t.push.c.site_id == site_id)).first()
             if done is not None:
                 answer: Dict[str, Any] = json.loads(done.answer)
                 answer["replayed"] = True
                 return answer
-            values: Dict[str, Any] = {"last_seen": now, "pushed_seq": max(int(current), last_seq)}
-            if 0 < last_seq < int(current):
+            marks = _marks(site.issued, site.jobs_issued)
+            values: Dict[str, Any] = {"last_seen": now, "pushed_seq": max(current, last_seq)}
+            if 0 < last_seq < current:
                 # Older than a push already applied (a late duplicate, or pushes reordered on the way): every row
                 # in it was pushed again, as it is now, by the newer one. Applying it would put old states back.
-                applied, answer = 0, {"pushed_seq": int(current), "applied": 0, "stale": True}
+                applied, answer = 0, {"pushed_seq": current, "applied": 0, "stale": True}
             else:
-                applied = mirror.apply_items(c, site_id, items)
+                refused.update(name=site.name, pushed_seq=current, issued=dict(marks))
+                applied = mirror.apply_items(c, site_id, items, marks)  # (mirror.Reissued: rolled back)
                 answer = {"pushed_seq": values["pushed_seq"], "applied": applied}
                 issued = _jobs_issued(site_id, items, site_info)
                 if issued:
                     values["jobs_issued"] = sa.case((t.site.c.jobs_issued < issued, issued), else_=t.site.c.jobs_issued)
+                    marks["job"] = max(marks.get("job", 0), issued)
+                others = {k: v for k, v in mirror.issued_by(items).items() if k != "job" and v > marks.get(k, 0)}
+                if others:
+                    marks.update(others)
+                    values["issued"] = json.dumps({k: v for k, v in sorted(marks.items()) if k != "job"})
                 if _reports_counter(site_id, site_info):
                     values["jobs_issued_at"] = now
                 if site_info:
@@ -425,6 +455,9 @@ class RelayStore:
                         values["row"] = json.dumps(row)
                     if isinstance(site_info.get("backlog"), dict):
                         values["backlog"] = json.dumps(plain(site_info["backlog"]))
+            behind = _behind(marks, _sequences(site_info))
+            if behind:  # the site's id counters are behind ids it pushed (a DB put back from a backup): it moves them on
+                answer["issued"] = behind
             c.execute(t.site.update().where(t.site.c.id == site_id).values(**values))
             c.execute(t.push.insert().values(submission_id=key, site_id=site_id, received=now, answer=json.dumps(answer)))
             c.execute(t.push.delete().where(t.push.c.site_id == site_id, t.push.c.received < now - PUSH_MEMORY_S))
@@ -550,6 +583,34 @@ def _check_user_name(name: Any) -> str:
 def default_url(config_dir: Path) -> str:
     """The relay's default database: ``relay.db`` beside its configuration."""
     return f"sqlite:///{config_dir / 'relay.db'}"
+
+
+def _marks(issued: Any, jobs_issued: Any) -> Dict[str, int]:
+    """The highest id of each entity a site has pushed: ``relay_site.issued`` and ``jobs_issued``."""
+    try:
+        raw = json.loads(issued) if isinstance(issued, str) and issued else {}
+    except ValueError:
+        raw = {}
+    marks = {str(k): int(v) for k, v in (raw if isinstance(raw, dict) else {}).items() if type(v) is int}
+    if jobs_issued:
+        marks["job"] = int(jobs_issued)
+    return marks
+
+
+def _sequences(site_info: Optional[Dict[str, Any]]) -> Optional[Dict[str, int]]:
+    """The id counters a push reports its site at ({entity: the last id it handed out}), or None: a site from before
+    them, which cannot move its counters or give rows new ids."""
+    raw = (site_info or {}).get("sequences")
+    if not isinstance(raw, dict):
+        return None
+    return {str(k): int(v) for k, v in raw.items() if type(v) is int}
+
+
+def _behind(marks: Dict[str, int], sequences: Optional[Dict[str, int]]) -> Dict[str, int]:
+    """The entities whose id counter at the site is behind ids it pushed, with the highest id pushed."""
+    if sequences is None:
+        return {}
+    return {k: v for k, v in sorted(marks.items()) if v > sequences.get(k, 0)}
 
 
 def _reports_counter(site_id: int, site_info: Optional[Dict[str, Any]]) -> bool:
