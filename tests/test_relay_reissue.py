@@ -9,12 +9,14 @@ following the job that took its id."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from tests.relay_support import DATABASES, created_at, relay_store
+from tests.test_relay_sync import Relay, _sync_service, node_env, relay, run  # noqa: F401  (relay: the fixture)
 
 SITE = 9
 BASE = SITE << 32
@@ -134,3 +136,62 @@ def test_a_relay_from_before_revision_0008_knows_the_ids_its_mirrors_hold(tmp_pa
     answer = store.ingest(site, "push-two", 2, [event(4, 1, at=1.8e9), app(1, made=2.0)], counters(job=1, event=4, app=1))
     assert answer["reissued"] == {"app": [BASE + 1], "event": [BASE + 4]}
     store.close()
+
+
+# --------------------------------------------------------------------------------------------- end to end
+def test_a_site_db_put_back_from_a_backup_never_hands_out_a_pushed_id_again(relay: Relay, tmp_path: Path,  # noqa: F811
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam import _api
+    from tests.test_relay_faults import assert_equal_sides
+    from tests.test_relay_parents import SITES, _failed_why, two_sites
+
+    env, roots = node_env(tmp_path), {name: tmp_path / name for name in SITES}
+    two_sites(env, roots, relay, start=False)
+    monkeypatch.setenv("BALSAM_HOME", env["BALSAM_HOME"])
+    (_, sync_a), (_, sync_b) = (_sync_service(roots[name], env) for name in SITES)
+    from balsam.api import Job
+
+    def job(name: str, site: str, parents: Any = ()) -> Any:
+        j = Job(f"wf/{name}", app_id="Hello", site_name=site, parameters={"say_hello_to": name}, parent_ids=list(parents))
+        j.save()
+        return j
+
+    kept = job("kept", "polaris")
+    sync_a.push(force=True)
+    backup = tmp_path / "polaris-backup.db"
+    run(env, "-m", "balsam", "db", "backup", str(backup), "--site", str(roots["polaris"]))
+    # After the backup: a job at polaris, pushed, that a job at theta waits on.
+    lost = job("lost", "polaris")
+    sync_a.push(force=True)
+    child = job("sim", "theta", [lost.id])
+    sync_b.push(force=True)
+    assert sync_b.parents() == 0 and child.state == "AWAITING_PARENTS"
+    # The backup is put back (the agent stopped, the DB file copied over), and a job made before the agent syncs
+    # takes the id of the job it lost: the site alone cannot tell.
+    _api.sites.reset()
+    state = roots["polaris"] / ".balsam"
+    for f in state.glob("site.db*"):
+        f.unlink()
+    shutil.copy2(backup, state / "site.db")
+    fresh = job("fresh", "polaris")
+    assert fresh.id == lost.id
+    # The agent's sync: the relay refuses the job under the id it knew for "lost"; the site gives it a new one.
+    (_, sync_a), (_, sync_b) = (_sync_service(roots[name], env) for name in SITES)
+    assert sync_a.push(force=True) > 0
+    ids = {j.workdir: j.id for j in Job.objects.filter(site_id=fresh.site_id)}
+    assert ids["wf/kept"] == kept.id and ids["wf/fresh"] > lost.id and "wf/lost" not in ids
+    assert job("later", "polaris").id > ids["wf/fresh"]  # nothing made from now on takes an id the relay has seen
+    sync_a.push(force=True)
+    assert_equal_sides(relay, roots["polaris"])  # the relay holds the site as it is: "lost" gone, "fresh" under its new id
+    # The child at theta does not follow "fresh": its parent is gone, and it says so.
+    assert sync_b.parents() == 1
+    child.refresh_from_db()
+    assert child.state == "FAILED"
+    assert _failed_why(roots["theta"], child.id) == f"parent job {lost.id} is not at site polaris: it was deleted there, or never existed"
+    # The pushes the backup's DB makes again of what it kept change nothing at the relay.
+    with sync_a.site.store.write() as conn:
+        from balsam.db import outbox
+
+        outbox.relog_after(conn, 0)
+    sync_a.push(force=True)
+    assert_equal_sides(relay, roots["polaris"])

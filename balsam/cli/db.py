@@ -128,7 +128,9 @@ def db_backup(dest: Path, force: bool, sites: Sequence[str]) -> None:
     """Copy the site DB to DEST, safely while the agent and launchers write (SQLite online backup).
 
     DEST may be a directory (the copy is named after the site and the time). Restore by stopping the
-    site and copying the file over .balsam/site.db.
+    site and copying the file over .balsam/site.db. A site linked to a relay never hands out again an id
+    it pushed after the backup: at its first sync its agent moves its ids past them, and gives new ids to
+    jobs made under such an id meanwhile (the agent's log lists them).
 
     \b
     Example:

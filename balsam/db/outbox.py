@@ -143,6 +143,14 @@ def jobs_issued(conn: sqlite3.Connection, last_seq: int) -> Optional[int]:
     return None if row is None or row[0] is None else int(row[0])
 
 
+def log_deletes(conn: sqlite3.Connection, entity: str, ids: List[int]) -> int:
+    """Log deletes of these rows of ``entity`` (when the site keeps an outbox); how many were logged."""
+    if entity not in ENTITIES or not ids or not is_enabled(conn):
+        return 0
+    conn.executemany(f"INSERT INTO outbox(entity, entity_id, op, time) VALUES ('{entity}', ?, 'delete', {_NOW})", [(i,) for i in ids])
+    return len(ids)
+
+
 def trim(conn: sqlite3.Connection, upto_seq: int) -> None:
     """Forget log entries the relay has acknowledged."""
     conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto_seq,))

@@ -12,6 +12,10 @@ Two loops share one push routine:
   site's LocalBackend (the same validating writers every door uses) in one transaction with the command
   cursor and its answer, so a crash never applies a command twice; the resulting rows are pushed, then the
   answers are sent (``applied`` with the result, or ``rejected`` with the error class and message).
+- **A DB put back from a backup** hands out again ids it had pushed: the relay says so in its answer to a push, and
+  the service moves the site's id counters past every id the relay has seen and gives the rows it refused new ids
+  (:mod:`balsam.db.reissue`) before the push goes on. A cycle pushes before it takes commands, so no command makes
+  jobs under such ids.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 from balsam import exceptions as exc
-from balsam.db import launch_flags, outbox
+from balsam.db import launch_flags, outbox, reissue
 from balsam.db.backend import LocalBackend
 from balsam.db.doorbell import FINISHED, Doorbell
 from balsam.db.merge import Read, read_from_wire
@@ -212,6 +216,7 @@ class SyncService(Service):
         self._completed = False
         self._result_key: Optional[bytes] = None
         self._flags_sent: Optional[List[str]] = None
+        self._refused: Any = None
         self.pushed = 0
         """Items the relay acknowledged since start."""
 
@@ -226,14 +231,18 @@ class SyncService(Service):
 
     # ------------------------------------------------------------------ push
     def run_cycle(self) -> None:
-        if not self._completed:  # a site linked by an older Balsam: log what it did not (DAG templates, instances)
+        if not self._completed:
+            # A site linked by an older Balsam logs here what it did not (DAG templates, instances); a site DB put back
+            # from a backup taken before the site was linked starts logging (the relay hears of every row).
             with self.site.store.write() as conn:
-                outbox.complete(conn)
+                outbox.enable(conn)
             self._completed = True
+        # Pushed before any command is taken: a site DB put back from a backup moves its id counters past the ids the
+        # relay has seen (and renumbers what it made since) before a command makes jobs and answers with their ids.
+        self.push()
         if self._puller is None or not self._puller.is_alive():
             self._puller = threading.Thread(target=self._pull_loop, name="balsam-sync-commands", daemon=True)
             self._puller.start()
-        self.push()
         self.parents()
 
     # ------------------------------------------------------------------ parents at other sites
@@ -290,11 +299,18 @@ class SyncService(Service):
                 if n == 0 and (total or not (due or force)):
                     break
                 answer = self.client.request("POST", "/v1/sync/push", payload, retry_s=2.0)
+                if isinstance(answer, dict) and (answer.get("issued") or answer.get("reissued")):
+                    self._reissue(answer)
+                    if answer.get("reissued"):
+                        with store.read() as conn:  # the rows under their new ids go in this push too
+                            seq_goal, event_goal = outbox.high_water(conn)
+                        continue
                 if isinstance(answer, dict) and answer.get("stale") and not relogged:
                     # The relay took pushes past this outbox (this site DB is a backup put back): the relay kept the
                     # newer rows, so every row is logged again after them and pushed as it is here now.
                     with store.write() as conn:
                         n = outbox.relog_after(conn, int(answer.get("pushed_seq") or 0))
+                        seq_goal, event_goal = outbox.high_water(conn)
                     logger.warning("sync: the relay has pushes from this site newer than its DB (restored from a backup?): "
                                    "pushing all %d rows again", n)
                     relogged = True
@@ -325,6 +341,7 @@ class SyncService(Service):
             row = whole_site_row(conn)
             issued = outbox.jobs_issued(conn, last_seq)
             flags = sorted(launch_flags.site_extra(conn))
+            sequences = reissue.sequences(conn)
         site_id = int(self.link["site_id"])
         # Fixed by what it covers, and when that was logged: a resent batch is recognised by the relay and applied
         # once, and the same ranges logged again by a site DB put back from a backup are not mistaken for it.
@@ -335,9 +352,32 @@ class SyncService(Service):
         if issued is not None:  # every job made so far is in this push: the relay learns which ids are no more
             site["jobs_issued"] = issued
         site["allowed_launch_params"] = flags  # what the relay checks new jobs' launch_params against, as this site does
+        site["sequences"] = sequences  # the relay says when ids it has seen from this site are past them (balsam.db.reissue)
         self._flags_sent = flags
         payload = {"submission_id": submission, "last_seq": last_seq, "items": items + events, "site": site}
         return payload, last_seq, ev_to, len(items) + len(events)
+
+    def _reissue(self, answer: Dict[str, Any]) -> None:
+        """The relay has seen ids of this site past its id counters (``issued``): this site DB was put back from a
+        backup. Move the counters past them, and give the rows the relay refused (``reissued``: made since under ids it
+        knew for other rows) new ids (balsam.db.reissue)."""
+        raw_issued, raw_refused = answer.get("issued"), answer.get("reissued")
+        issued: Dict[str, Any] = raw_issued if isinstance(raw_issued, dict) else {}
+        refused: Dict[str, Any] = raw_refused if isinstance(raw_refused, dict) else {}
+        with self.site.store.write() as conn:
+            fenced = reissue.fence(conn, issued)
+            moved = reissue.renumber(conn, refused)
+        if fenced:
+            logger.warning("sync: the relay has seen ids from this site past its DB's id counters (the DB was put back from "
+                           "a backup?): new ids start after them (%s)", ", ".join(f"{k} {v}" for k, v in fenced.items()))
+        if moved:
+            logger.warning("sync: rows made since this DB was put back took ids the relay knew for other rows; they have "
+                           "new ids: %s", reissue.describe(moved))
+        elif refused:
+            if self._refused == refused:
+                raise exc.ServiceError(f"the relay refuses rows of this site under ids it has seen before, which this site "
+                                       f"does not hold: {refused}")
+            self._refused = refused
 
     def _signer(self) -> outbox.Signer:
         """Signs each pushed result with the site's result key (made on first use), so a computer reading it
