@@ -214,6 +214,17 @@ def _hook_runs(site: Any, job: Any) -> List[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
+def _kill_agent(site: Any) -> None:
+    """kill -9 the site's agent and wait until the site says it is not running."""
+    from balsam.pidfile import read_pid
+    from balsam.site.agent_state import pid_path
+
+    agent = read_pid(pid_path(site.layout))
+    assert agent is not None
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: not agent_status(site.path)["running"], timeout=15)
+
+
 def _held_by(site: Any, job_id: int) -> Any:
     return site.store.execute("SELECT session_id FROM job WHERE id=?", (job_id,))[0][0]
 
@@ -347,8 +358,6 @@ def test_an_agent_killed_mid_postprocess_releases_every_waiting_child_once(site:
     parent alone, or on a quick and a blocked one. The agent is killed with kill -9 while the blocked hooks run, then
     started again. Every parent finishes and every child is released exactly once (one 'all parents finished' event):
     none stays AWAITING_PARENTS with its parents done, none is released twice."""
-    from balsam.pidfile import read_pid
-    from balsam.site.agent_state import pid_path
     from tests.helpers import finish_run
     from tests.launcher_support import events
 
@@ -365,10 +374,7 @@ def test_an_agent_killed_mid_postprocess_releases_every_waiting_child_once(site:
     try:
         wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "JOB_FINISHED" for j in quick)
                  and all((site.layout.data / j.workdir / "post-runs").exists() for j in slow), timeout=60)
-        agent = read_pid(pid_path(site.layout))
-        assert agent is not None
-        os.kill(agent, signal.SIGKILL)
-        wait_for(lambda: not agent_status(site.path)["running"], timeout=15)
+        _kill_agent(site)
         (site.path / "block").unlink()
         start_agent(site.path)
         wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "PREPROCESSED" for j in (*early, *late)), timeout=90)
@@ -456,8 +462,6 @@ def test_an_agent_killed_while_one_hook_runs_on_keeps_the_hooks_that_ended_and_r
     while the slow one still runs. The quick hooks' results were saved as each ended (they waited for the slowest of
     the batch, so all four ran again after the crash: a postprocess that moved or appended to files, run twice); the
     next agent runs only the slow hook again."""
-    from balsam.pidfile import read_pid
-    from balsam.site.agent_state import pid_path
 
     SlowPre.sync()
     (site.path / "block").write_text("")
@@ -467,10 +471,7 @@ def test_an_agent_killed_while_one_hook_runs_on_keeps_the_hooks_that_ended_and_r
     try:
         wait_for(lambda: _hook_runs(site, slow) and all(_hook_runs(site, j) for j in quick), timeout=60)
         wait_for(lambda: all(str(Job.objects.get(id=j.id).state) == "PREPROCESSED" for j in quick), timeout=20)
-        agent = read_pid(pid_path(site.layout))
-        assert agent is not None
-        os.kill(agent, signal.SIGKILL)
-        wait_for(lambda: not agent_status(site.path)["running"], timeout=15)
+        _kill_agent(site)
         (site.path / "block").unlink()
         start_agent(site.path)
         wait_for(lambda: str(Job.objects.get(id=slow.id).state) == "PREPROCESSED", timeout=90)
@@ -513,8 +514,6 @@ def test_a_postprocess_cut_short_after_making_a_child_runs_again_with_that_child
     """kill -9 of the agent while a postprocess that made a child job still runs: the next agent runs the hook again,
     which asks for the same child. The parent FAILED ('workdir ... is already used'); now the hook takes the child it
     made, the parent finishes, and there is one child, which runs after it."""
-    from balsam.pidfile import read_pid
-    from balsam.site.agent_state import pid_path
     from tests.helpers import finish_run
 
     SpawningPost.sync()
@@ -525,10 +524,7 @@ def test_a_postprocess_cut_short_after_making_a_child_runs_again_with_that_child
     start_agent(site.path)
     try:
         wait_for(lambda: _hook_runs(site, parent), timeout=60)
-        agent = read_pid(pid_path(site.layout))
-        assert agent is not None
-        os.kill(agent, signal.SIGKILL)
-        wait_for(lambda: not agent_status(site.path)["running"], timeout=15)
+        _kill_agent(site)
         assert Job.objects.filter(workdir="spawn/0/child").count() == 1  # made before the kill
         (site.path / "block").unlink()
         start_agent(site.path)

@@ -279,7 +279,7 @@ class Executor:
         assert task.app is not None
         app = (task.app[0], task.app[1], task.app[2], task.app[3])
         run.announce_start()
-        sp.check_start_by(self.start_by() if self.start_by is not None else None)
+        sp.check_start_by(self._start_by())
         for attempt in (1, 2):
             worker = self.pool.get(python, tuple(placement.gpu_ids))
             if worker.pid not in self._registered:
@@ -364,7 +364,7 @@ class Executor:
             self._queued.append((run, argv, {"cwd": task.workdir, "env": self._env_block, "extra": extra, "output": run.output}))
             return
         try:
-            sp.check_start_by(self.start_by() if self.start_by is not None else None)
+            sp.check_start_by(self._start_by())
             pid = sp.spawn(argv, cwd=task.workdir, env=self._env_block, extra=extra, output=run.output)
         except BaseException:
             if run.mpi:
@@ -378,7 +378,7 @@ class Executor:
             return
         if self.before_spawns is not None:
             self.before_spawns()
-        start_by = self.start_by() if self.start_by is not None else None
+        start_by = self._start_by()
         queued, self._queued = self._queued, []
         for run, argv, kwargs in queued:
             if run.kill_at is not None:  # killed before its spawn was handed over: it never starts
@@ -474,6 +474,10 @@ class Executor:
             os.close(pidfd)
             return None
         return pidfd
+
+    def _start_by(self) -> Optional[float]:
+        """:attr:`start_by`'s answer now (None: no limit)."""
+        return self.start_by() if self.start_by is not None else None
 
     def _fail_start(self, run: _Run, exc: BaseException) -> None:
         if isinstance(exc, sp.LeaseLapsed):  # it never ran: timed out (retried as a timeout), not failed
